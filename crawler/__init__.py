@@ -1,0 +1,1 @@
+"""The web crawler (frontier, fetcher, robots.txt, politeness)."""

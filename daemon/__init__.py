@@ -1,0 +1,1 @@
+"""The CLI entry point, configuration and (later) the supervisor process tree."""

@@ -1,0 +1,216 @@
+"""The `crystalline` command: one argparse CLI with a subcommand per task.
+
+Errors reach the user as one line on stderr and a non-zero exit; ``--debug`` shows the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+from crystalline import __version__
+
+from ..workers.checkpoint import CheckpointError, load_latest
+from ..workers.model import GPT
+from ..workers.params import ModelConfig
+from ..workers.sampling import sample
+from ..workers.tokenizer import (
+    TokenizerError,
+    iter_text_files,
+    load_tokenizer,
+    read_text_file,
+    save_tokenizer,
+    tokenizer_from_json,
+    train_bpe,
+)
+from ..workers.train_config import FIELD_TYPES, TrainConfig, flag, load_toml, resolve
+from ..workers.trainer import Trainer, TrainingError, progress_stream
+
+log = logging.getLogger("crystalline")
+
+# The errors a user can cause; anything else is a bug and keeps its traceback under --debug.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, OSError, TrainingError, CheckpointError, TokenizerError,
+)  # fmt: skip
+
+TRAIN_HELP = {
+    "tokenizer": "'bytes' or a tokenizer file from vocab-build",
+    "batch_size": "global sequences per optimizer step (independent of --workers)",
+    "lr_decay_steps": "cosine decay length in steps (0: --max-steps)",
+    "eval_interval": "steps between validation evaluations",
+    "eval_windows": "validation windows per eval (0: the whole split)",
+    "target_val_loss": "stop once validation loss is at or below this (0: no target)",
+    "workers": "worker processes computing gradients (1: in this process)",
+    "init": "token-embedding initialisation: normal or lattice (prime/Ulam spiral)",
+}
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    defaults = TrainConfig()
+    for name, kind in FIELD_TYPES.items():
+        default = getattr(defaults, name)
+        help_text = TRAIN_HELP.get(name, "")
+        parser.add_argument(
+            f"--{flag(name)}",
+            dest=name,
+            type=kind,
+            default=None,
+            metavar=name.upper() if kind is str else kind.__name__.upper(),
+            help=f"{help_text} (default: {default})".strip(),
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    file_values = load_toml(args.config) if args.config else {}
+    cli_values = {name: getattr(args, name) for name in FIELD_TYPES}
+    config = resolve(file_values, cli_values)
+    if config.workers != 1:
+        raise ValueError(
+            "--workers > 1 needs the data-parallel engine, which is not built yet; use --workers 1"
+        )
+    trainer = Trainer(args.paths, args.checkpoint_dir, config, resume=args.resume)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        # record only; the loop finishes the step and checkpoints
+        trainer.stop_requested = True
+        log.warning("signal %d: stopping after this step", signum)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = trainer.run(progress=progress_stream())
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print(
+        f"steps {result.steps}  tokens {result.tokens}  train loss {result.train_loss:.4f}  "
+        f"val loss {result.val_loss:.4f}  checkpoint {result.checkpoint}"
+        + ("  (target reached)" if result.reached_target else "")
+    )
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    ckpt = load_latest(args.checkpoint_dir)
+    if ckpt is None:
+        raise ValueError(f"{args.checkpoint_dir}: no checkpoint found")
+    tokenizer = tokenizer_from_json(ckpt.tokenizer_json)
+    model = GPT(ModelConfig(**ckpt.state["model"]))
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(
+            f"{ckpt.path}: model vocab {model.config.vocab_size} != tokenizer vocab {tokenizer.vocab_size}"
+        )
+    prompt = tokenizer.encode(args.prompt)
+    ids = sample(
+        model, ckpt.arrays["params"], prompt, args.num_tokens, args.temperature, args.top_k, args.seed
+    )
+    sys.stdout.write(args.prompt + tokenizer.decode(ids) + "\n")
+    return 0
+
+
+def cmd_vocab_build(args: argparse.Namespace) -> int:
+    tok = train_bpe(args.data, args.vocab_size)
+    save_tokenizer(tok, args.out)
+    print(f"wrote {args.out}: byte-level BPE, vocab {tok.vocab_size}")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    tok = load_tokenizer(args.tokenizer)
+    total_chars = total_tokens = 0
+    for path in iter_text_files(args.files):
+        text = read_text_file(path)
+        ids = tok.encode(text)
+        if args.stats:
+            total_chars += len(text)
+            total_tokens += len(ids)
+            ratio = len(text.encode("utf-8")) / max(len(ids), 1)
+            print(f"{path}\tchars {len(text)}\ttokens {len(ids)}\tbytes/token {ratio:.2f}")
+        else:
+            print(" ".join(map(str, ids.tolist())))
+    if args.stats:
+        print(f"total\tchars {total_chars}\ttokens {total_tokens}\tvocab {tok.vocab_size}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crystalline",
+        description="A continuous-learning daemon and the tools around its numpy transformer.",
+    )
+    parser.add_argument("--version", action="version", version=f"crystalline {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train the model on text files", description="Train the model on "
+                       "text files or folders of them, checkpointing into --checkpoint-dir.")  # fmt: skip
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="text files or folders")
+    p.add_argument("--checkpoint-dir", type=Path, required=True, help="where checkpoints and metrics go")
+    p.add_argument("--config", type=Path, help="TOML file with any of the options below (CLI wins)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample a continuation from a checkpoint",
+                       description="Print the prompt and its continuation.")  # fmt: skip
+    p.add_argument("--checkpoint-dir", type=Path, required=True)
+    p.add_argument("-p", "--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("-n", "--num-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="seed for a repeatable sample")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("vocab-build", help="train a byte-level BPE tokenizer",
+                       description="Train a byte-level BPE tokenizer on text files.")  # fmt: skip
+    p.add_argument("data", nargs="+", type=Path, metavar="DATA", help="text files or folders")
+    p.add_argument("--vocab-size", type=int, required=True, help="257..65536")
+    p.add_argument("--out", type=Path, required=True, help="tokenizer file to write")
+    p.set_defaults(func=cmd_vocab_build)
+
+    p = sub.add_parser("tokenize", help="print token ids of text files",
+                       description="Print the token ids of each file, one line per file.")  # fmt: skip
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer file (default: bytes)")
+    p.add_argument("--stats", action="store_true", help="print counts instead of ids")
+    p.set_defaults(func=cmd_tokenize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("crystalline: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"crystalline: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

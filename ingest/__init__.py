@@ -1,0 +1,1 @@
+"""Text extraction, the drop folder, the token store and the batcher."""

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Sourced by run.sh and test.sh: makes .venv with the project and its dev tools installed,
+# and tesseract-ocr present (through apt when run as root). Idempotent and quiet when done.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "crystalline needs Python >= 3.11 (found: $("$PY" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "bootstrap: creating $VENV" >&2
+    "$PY" -m venv "$VENV"
+fi
+
+# Reinstall only when pyproject.toml changed since the last successful install.
+stamp="$VENV/.crystalline-installed"
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "bootstrap: installing crystalline and its dependencies into $VENV" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+    echo "$want" > "$stamp"
+fi
+
+if ! command -v tesseract >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: installing tesseract-ocr with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng >/dev/null
+    else
+        echo "bootstrap: tesseract-ocr is missing and this is not root: OCR of images and scanned PDFs" \
+             "will fail until you run: sudo apt-get install tesseract-ocr" >&2
+    fi
+fi

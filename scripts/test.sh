@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: sets everything up, then lint, type check and the whole pytest suite.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+cd "$ROOT"
+echo "== ruff" >&2
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+echo "== mypy" >&2
+"$VENV/bin/mypy"
+echo "== pytest" >&2
+# BLAS threads: the tests run several processes on 2 cores; one thread each keeps them honest.
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+exec "$VENV/bin/python" -m pytest "$@"

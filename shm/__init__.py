@@ -1,0 +1,1 @@
+"""Shared-memory segments: batch ring, parameter and gradient blocks."""

@@ -1,0 +1,1 @@
+"""The model, optimizer, tokenizers, checkpoints and the training loop."""
