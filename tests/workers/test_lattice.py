@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from crystalline.workers.lattice import lattice_embedding, nth_primes, ulam_coordinates
 
 
