@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from crystalline.workers.model import GPT, _layernorm, _layernorm_backward, init_params
+from crystalline.workers.model import GPT, _layernorm, _layernorm_backward, _softmax, init_params
 from crystalline.workers.params import ModelConfig, ParamTable
 
 TINY = ModelConfig(vocab_size=11, seq_len=6, embed_dim=8, num_layers=2, num_heads=2)
@@ -57,13 +57,16 @@ def test_layernorm_gradient_matches_finite_differences() -> None:
 
     def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> float:
         xhat, rstd, out = np.zeros((n, c)), np.zeros((n, 1)), np.zeros((n, c))
-        _layernorm(x, w, b, xhat, rstd, out)
+        _layernorm(x, w, b, xhat, rstd, out, mean_vec)
         return float((out * upstream).sum())
 
+    mean_vec = np.full((c, 1), 1.0 / c)
     xhat, rstd, out = np.zeros((n, c)), np.zeros((n, 1)), np.zeros((n, c))
-    _layernorm(x, w, b, xhat, rstd, out)
+    _layernorm(x, w, b, xhat, rstd, out, mean_vec)
     dw, db, dx = np.zeros(c), np.zeros(c), np.zeros((n, c))
-    _layernorm_backward(upstream.copy(), xhat, rstd, w, dw, db, dx, np.zeros((n, c)), np.zeros((n, 1)))
+    _layernorm_backward(
+        upstream.copy(), xhat, rstd, w, dw, db, dx, np.zeros((n, c)), np.zeros((n, 1)), mean_vec
+    )
     eps = 1e-6
     for arr, analytic in ((x, dx), (w, dw), (b, db)):
         numeric = np.zeros_like(arr)
@@ -169,3 +172,15 @@ def test_bad_shapes_are_rejected() -> None:
     params = init_params(model.table, 0)
     with pytest.raises(ValueError, match="token block"):
         model.probabilities(params, np.zeros((1, TINY.seq_len + 1), dtype=np.int64))
+
+
+@pytest.mark.parametrize("offset", [0.0, 200.0, -200.0])  # exact path, overflow, underflow
+def test_softmax_falls_back_to_the_stable_form(offset: float) -> None:
+    rng = np.random.default_rng(0)
+    scores = (rng.normal(size=(6, 5)) + offset).astype(np.float32)
+    scores[0, 3] = -np.inf  # a masked entry
+    out, row_sum = np.zeros_like(scores), np.zeros((6, 1), dtype=np.float32)
+    _softmax(scores, out, row_sum, np.ones((5, 1), dtype=np.float32))
+    shifted = np.exp(scores.astype(np.float64) - scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(out, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    assert out[0, 3] == 0.0
