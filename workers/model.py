@@ -172,7 +172,8 @@ def _softmax(scores: np.ndarray, out: np.ndarray, row_sum: np.ndarray, ones: np.
     more than the exp itself, and the row sums run as a matrix-vector product for the same
     reason (5x faster than ``sum(axis=-1)`` at these sizes).
     """
-    np.exp(scores, out=out)
+    with np.errstate(over="ignore", under="ignore"):  # detected below, not an error
+        np.exp(scores, out=out)
     np.matmul(out, ones, out=row_sum)
     if not (np.isfinite(row_sum).all() and row_sum.min() > 1e-30):
         np.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)
