@@ -1,0 +1,55 @@
+"""Shared fixtures: a small, learnable corpus and the environment for CLI subprocesses."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+# Sentences drawn from a tiny word list: repetitive enough for a 30k-parameter model to learn
+# in a few hundred steps, varied enough that the validation split is not a copy of training.
+_VOCABULARY = (
+    "the cat sat on the mat and the dog ran to the park while a bird sang in the tree "
+    "near old red house by river"
+)
+_WORDS = _VOCABULARY.split()
+
+
+def make_corpus(size: int = 30_000, seed: int = 0) -> str:
+    """About ``size`` bytes of ASCII sentences, one per line, deterministic for ``seed``."""
+    rng = random.Random(seed)
+    lines: list[str] = []
+    total = 0
+    while total < size:
+        line = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 10))).capitalize() + "."
+        lines.append(line)
+        total += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~30 KB text file of simple sentences (read-only by convention: do not modify it)."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer_file(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A byte-level BPE tokenizer (vocab <= 300) trained on ``corpus_file``."""
+    from crystalline.workers.tokenizer import save_tokenizer, train_bpe
+
+    path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
+    save_tokenizer(train_bpe([corpus_file], 300), path)
+    return path
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for `python -m crystalline.daemon.cli` subprocesses: one BLAS thread each."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
