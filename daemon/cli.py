@@ -70,10 +70,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     file_values = load_toml(args.config) if args.config else {}
     cli_values = {name: getattr(args, name) for name in FIELD_TYPES}
     config = resolve(file_values, cli_values)
-    if config.workers != 1:
-        raise ValueError(
-            "--workers > 1 needs the data-parallel engine, which is not built yet; use --workers 1"
-        )
     trainer = Trainer(args.paths, args.checkpoint_dir, config, resume=args.resume)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

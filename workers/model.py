@@ -172,9 +172,9 @@ def _softmax(scores: np.ndarray, out: np.ndarray, row_sum: np.ndarray, ones: np.
     more than the exp itself, and the row sums run as a matrix-vector product for the same
     reason (5x faster than ``sum(axis=-1)`` at these sizes).
     """
-    with np.errstate(over="ignore", under="ignore"):  # detected below, not an error
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # detected below
         np.exp(scores, out=out)
-    np.matmul(out, ones, out=row_sum)
+        np.matmul(out, ones, out=row_sum)
     if not (np.isfinite(row_sum).all() and row_sum.min() > 1e-30):
         np.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)
         np.exp(out, out=out)

@@ -34,8 +34,10 @@ class AdamWConfig:
             raise ValueError(f"min-lr must be between 0 and learning-rate, got {self.min_lr}")
         if self.warmup_steps < 0 or self.decay_steps < 0:
             raise ValueError("warmup-steps and decay steps must not be negative")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight-decay and grad-clip must not be negative")
+        for name in ("min_lr", "weight_decay", "grad_clip", "eps"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name.replace('_', '-')} must be a non-negative number, got {value}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("betas must lie in [0, 1)")
 
@@ -67,13 +69,59 @@ def clip_coefficient(norm: float, max_norm: float) -> float:
     return max_norm / (norm + 1e-6)
 
 
-class AdamW:
-    """AdamW state (first and second moments) for a flat parameter vector.
+def adamw_step(
+    p: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    grad: np.ndarray,
+    decay_mask: np.ndarray,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray],
+    scratch: tuple[np.ndarray, np.ndarray],
+    step: int,
+    lr: float,
+    cfg: AdamWConfig,
+    grad_scale: float = 1.0,
+) -> None:
+    """One AdamW step (PyTorch's formulation) from (p, m, v) into ``out`` = (p', m', v').
 
-    ``update`` works on a slice ``[lo, hi)`` so that, in the data-parallel engine, each owner
-    of a parameter slice steps its slice alone: clipping needs only the global norm's
-    coefficient, which the owner receives as ``grad_scale``.
+    Outputs may alias the inputs (an in-place step). Writing elsewhere keeps the inputs
+    intact, which is what makes a step in the data-parallel engine redoable until its new
+    version is published. ``step`` is 0-based (bias correction uses step + 1); ``grad_scale``
+    is the clipping coefficient; ``grad`` is never modified. Decoupled weight decay applies
+    where ``decay_mask`` is 1 (matrices and embeddings), never on norms and biases.
     """
+    p_out, m_out, v_out = out
+    a, b = scratch
+    t = step + 1
+    bias1 = 1.0 - cfg.beta1**t
+    bias2 = 1.0 - cfg.beta2**t
+    np.multiply(grad, grad_scale, out=a)  # the clipped gradient
+    # m + (1 - b1) (g - m)  is  b1 m + (1 - b1) g  without a third buffer
+    np.subtract(a, m, out=b)
+    b *= 1.0 - cfg.beta1
+    np.add(m, b, out=m_out)
+    np.multiply(a, a, out=b)
+    b -= v
+    b *= 1.0 - cfg.beta2
+    np.add(v, b, out=v_out)
+    # b = lr / bias1 * m' / (sqrt(v') / sqrt(bias2) + eps)
+    np.sqrt(v_out, out=b)
+    b *= 1.0 / math.sqrt(bias2)
+    b += cfg.eps
+    np.divide(m_out, b, out=b)
+    b *= lr / bias1
+    if cfg.weight_decay:
+        # decoupled decay on the pre-update weights: p' = p - lr * wd * mask * p - b
+        np.multiply(p, decay_mask, out=a)
+        a *= lr * cfg.weight_decay
+        np.subtract(p, a, out=p_out)
+        p_out -= b
+    else:
+        np.subtract(p, b, out=p_out)
+
+
+class AdamW:
+    """AdamW state (first and second moments) for a flat parameter vector, stepped in place."""
 
     def __init__(self, cfg: AdamWConfig, decay_mask: np.ndarray) -> None:
         cfg.validate()
@@ -94,37 +142,8 @@ class AdamW:
         lo: int = 0,
         hi: int | None = None,
     ) -> None:
-        """One step in place on ``params[lo:hi]`` (PyTorch's AdamW formulation).
-
-        ``step`` is the 0-based optimizer step (bias correction uses step + 1), ``grad`` is
-        the whole gradient (left untouched) and ``grad_scale`` the clipping coefficient.
-        Decoupled weight decay applies where the mask is 1 (matrices and embeddings).
-        """
+        """One in-place step on ``params[lo:hi]``; ``grad`` is the whole gradient."""
         sl = slice(lo, hi)
-        p, g, m, v = params[sl], grad[sl], self.m[sl], self.v[sl]
-        a, b, mask = self._a[sl], self._b[sl], self.decay_mask[sl]
-        cfg = self.cfg
-        t = step + 1
-        bias1 = 1.0 - cfg.beta1**t
-        bias2 = 1.0 - cfg.beta2**t
-        np.multiply(g, grad_scale, out=a)  # the clipped gradient
-        # m += (1 - b1) (g - m)  is  b1 m + (1 - b1) g  without a third buffer
-        np.subtract(a, m, out=b)
-        b *= 1.0 - cfg.beta1
-        m += b
-        np.multiply(a, a, out=b)
-        b -= v
-        b *= 1.0 - cfg.beta2
-        v += b
-        # decoupled decay on the pre-update weights: p -= lr * wd * mask * p
-        if cfg.weight_decay:
-            np.multiply(p, mask, out=a)
-            a *= lr * cfg.weight_decay
-            p -= a
-        # p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps)
-        np.sqrt(v, out=b)
-        b *= 1.0 / math.sqrt(bias2)
-        b += cfg.eps
-        np.divide(m, b, out=b)
-        b *= lr / bias1
-        p -= b
+        p, m, v = params[sl], self.m[sl], self.v[sl]
+        adamw_step(p, m, v, grad[sl], self.decay_mask[sl], (p, m, v), (self._a[sl], self._b[sl]),
+                   step, lr, self.cfg, grad_scale)  # fmt: skip

@@ -76,6 +76,8 @@ class TrainConfig:
             raise ValueError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.target_val_loss < 0 or not math.isfinite(self.target_val_loss):
             raise ValueError(f"target-val-loss must be a non-negative number, got {self.target_val_loss}")
+        if self.seed < 0:
+            raise ValueError(f"seed must not be negative, got {self.seed}")
         if self.init not in ("normal", "lattice"):
             raise ValueError(f"init must be normal or lattice, got {self.init!r}")
 

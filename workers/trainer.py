@@ -1,12 +1,13 @@
 """The training loop behind `crystalline train`: steps, evals, metrics and checkpoints.
 
 One path for every caller: the CLI, the daemon and the tests build a ``Trainer`` and call
-``run``. The gradient of a step comes from a ``GradientSource``; here that is the model in
-this process, and the data-parallel engine provides another with the same contract.
+``run``. A step is computed by a step engine (engine.py): in this process for one worker,
+by control and worker processes otherwise, with the same results either way.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -14,17 +15,18 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from .checkpoint import Checkpoint, load_latest, save_checkpoint
 from .dataset import TokenSplit, batch_for_step, eval_windows, load_split
+from .engine import EngineSettings, EngineStopped, LocalEngine, ProcessEngine, StepEngine
 from .model import GPT, init_params
-from .optimizer import AdamW, clip_coefficient, global_norm, learning_rate
+from .optimizer import learning_rate
 from .params import ModelConfig
 from .tokenizer import Tokenizer, load_tokenizer, tokenizer_from_json
 from .train_config import TrainConfig, flag
@@ -37,22 +39,6 @@ EVAL_BATCH = 64  # windows per forward pass when measuring validation loss
 
 class TrainingError(Exception):
     """A condition that stops training with a one-line explanation."""
-
-
-class GradientSource(Protocol):
-    """Computes the mean-loss gradient of one global batch into ``grad``."""
-
-    def compute(self, params: np.ndarray, windows: np.ndarray, grad: np.ndarray) -> tuple[float, int]: ...
-
-
-class LocalGradient:
-    """Forward and backward in this process."""
-
-    def __init__(self, model: GPT) -> None:
-        self.model = model
-
-    def compute(self, params: np.ndarray, windows: np.ndarray, grad: np.ndarray) -> tuple[float, int]:
-        return self.model.loss_and_grad(params, windows, grad)
 
 
 def evaluate(model: GPT, params: np.ndarray, windows: np.ndarray) -> float:
@@ -73,16 +59,22 @@ def data_fingerprint(split: TokenSplit) -> dict[str, Any]:
     return {"train_tokens": len(split.train), "val_tokens": len(split.val), "sha256": digest.hexdigest()}
 
 
+def engine_instance(checkpoint_dir: Path) -> str:
+    """Shared-memory instance name for a checkpoint dir: stable, so the next start can sweep
+    what a killed run left behind, and distinct between directories."""
+    return "t" + hashlib.sha256(str(checkpoint_dir.resolve()).encode()).hexdigest()[:12]
+
+
 @dataclass
 class TrainState:
-    """Everything that changes during training; together with the config it is a checkpoint."""
+    """The counters of a run; with the engine's parameters and moments it is a checkpoint."""
 
     step: int  # completed optimizer steps
     tokens: int  # training tokens consumed
-    params: np.ndarray
-    optimizer: AdamW
     skipped_steps: int = 0
     last_val_loss: float = math.nan
+    # batch losses since the last eval, checkpointed so a resumed run reports the same train_loss
+    pending_losses: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -103,17 +95,11 @@ class MetricsLog:
         self._file: TextIO = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self) -> None:
         self._file.close()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -121,12 +107,18 @@ def _finite_or_none(x: float) -> float | None:
 
 
 class Trainer:
-    """Single-path training: set up from scratch or from the newest checkpoint, then run."""
+    """Single-path training: set up from scratch or from the newest checkpoint, then ``run``.
 
-    def __init__(self, paths: Sequence[Path], checkpoint_dir: Path, config: TrainConfig, resume: bool = False,
-                 gradient: Callable[[GPT], GradientSource] = LocalGradient) -> None:  # fmt: skip
+    The engine (in-process for one worker, control + worker processes otherwise) exists from
+    construction until ``run`` returns or ``close`` is called.
+    """
+
+    def __init__(self, paths: Sequence[Path], checkpoint_dir: Path, config: TrainConfig,
+                 resume: bool = False) -> None:  # fmt: skip
         config.validate()
         self.checkpoint_dir = checkpoint_dir
+        self.config = config
+        self.stop_requested = False
         existing = load_latest(checkpoint_dir) if checkpoint_dir.exists() else None
         if existing is not None and not resume:
             raise TrainingError(
@@ -135,7 +127,6 @@ class Trainer:
             )
         if existing is None and resume:
             raise TrainingError(f"--resume given but {checkpoint_dir} holds no checkpoint")
-
         tokenizer = load_tokenizer(config.tokenizer)
         if existing is not None:
             saved = tokenizer_from_json(existing.tokenizer_json)
@@ -146,7 +137,6 @@ class Trainer:
                 )
             _check_same_run(existing.state["config"], config)
         self.tokenizer: Tokenizer = tokenizer
-        self.config = config
         self.model_config: ModelConfig = config.model_config(tokenizer.vocab_size)
         self.model = GPT(self.model_config)
         self.split = load_split(paths, tokenizer, config.val_fraction)
@@ -157,47 +147,68 @@ class Trainer:
             )
         self.val_windows = eval_windows(self.split.val, config.seq_len, config.eval_windows)
         self.fingerprint = data_fingerprint(self.split)
-        self.gradient = gradient(self.model)
+        self.adamw = config.adamw_config()
 
-        optimizer = AdamW(config.adamw_config(), self.model.table.decay_mask())
-        if existing is None:
-            params = init_params(self.model.table, config.seed, embedding=config.init)
-            self.state = TrainState(0, 0, params, optimizer)
-        else:
-            self.state = self._restore(existing, optimizer)
-        self.grad = np.zeros_like(self.state.params)
-        self.stop_requested = False
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self._lock: TextIO | None = _lock_dir(checkpoint_dir)
+        try:
+            self.engine: StepEngine = self._make_engine()
+            if existing is None:
+                params = init_params(self.model.table, config.seed, embedding=config.init)
+                self.engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+                self.state = TrainState(0, 0)
+            else:
+                self.state = self._restore(existing)
+        except BaseException:
+            self.close()
+            raise
 
-    def _restore(self, ckpt: Checkpoint, optimizer: AdamW) -> TrainState:
-        params = ckpt.arrays.get("params")
-        if params is None or params.shape != (self.model.num_params,) or params.dtype != np.float32:
-            raise TrainingError(f"{ckpt.path}: parameters do not match the model ({self.model.num_params})")
-        optimizer.m[...] = ckpt.arrays["adam_m"]
-        optimizer.v[...] = ckpt.arrays["adam_v"]
+    def _batch(self, step: int) -> np.ndarray:
+        cfg = self.config
+        return batch_for_step(self.split.train, cfg.seed, step, cfg.batch_size, cfg.seq_len)
+
+    def _make_engine(self) -> StepEngine:
+        cfg = self.config
+        if cfg.workers == 1:
+            return LocalEngine(self.model, self.adamw, self._batch)
+        settings = EngineSettings(workers=cfg.workers, instance=engine_instance(self.checkpoint_dir))
+        return ProcessEngine(self.model, self.adamw, self._batch, cfg.batch_size, settings,
+                             should_stop=lambda: self.stop_requested)  # fmt: skip
+
+    def _restore(self, ckpt: Checkpoint) -> TrainState:
+        size = self.model.num_params
+        for name in ("params", "adam_m", "adam_v"):
+            arr = ckpt.arrays.get(name)
+            if arr is None or arr.shape != (size,) or arr.dtype != np.float32:
+                raise TrainingError(f"{ckpt.path}: {name} does not match the model ({size} float32)")
+        self.engine.load_state(ckpt.arrays["params"], ckpt.arrays["adam_m"], ckpt.arrays["adam_v"])
         if ckpt.state.get("data", {}).get("sha256") != self.fingerprint["sha256"]:
             log.warning("training data differs from the data the checkpoint was trained on")
         s = ckpt.state
-        return TrainState(s["step"], s["tokens"], params.copy(), optimizer, s.get("skipped_steps", 0),
-                          s.get("val_loss") or math.nan)  # fmt: skip
+        pending = [math.nan if x is None else float(x) for x in s.get("pending_losses", [])]
+        return TrainState(s["step"], s["tokens"], s.get("skipped_steps", 0), s.get("val_loss") or math.nan,
+                          pending)  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the engine's processes and release the checkpoint dir (idempotent)."""
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     # ---- one step -------------------------------------------------------------------------
     def train_step(self) -> float:
         """One optimizer step; returns the mean training loss of its batch (nan if skipped)."""
-        st, cfg = self.state, self.config
-        windows = batch_for_step(self.split.train, cfg.seed, st.step, cfg.batch_size, cfg.seq_len)
-        loss_sum, n = self.gradient.compute(st.params, windows, self.grad)
-        norm = global_norm(self.grad)
-        st.tokens += n
-        if not (math.isfinite(norm) and math.isfinite(loss_sum)):
-            # a non-finite gradient would poison the moments: skip the update, count it
-            st.skipped_steps += 1
-            st.step += 1
-            log.warning("step %d: non-finite gradient, update skipped", st.step)
-            return math.nan
-        lr = learning_rate(st.step, st.optimizer.cfg)
-        st.optimizer.update(st.params, self.grad, st.step, lr, clip_coefficient(norm, cfg.grad_clip))
+        st = self.state
+        outcome = self.engine.step(st.step, learning_rate(st.step, self.adamw))
+        st.tokens += outcome.tokens
         st.step += 1
-        return loss_sum / n
+        if not outcome.applied:
+            st.skipped_steps += 1
+            return math.nan
+        return outcome.loss_sum / outcome.tokens
 
     # ---- checkpoints ------------------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -207,6 +218,7 @@ class Trainer:
             "tokens": st.tokens,
             "skipped_steps": st.skipped_steps,
             "val_loss": _finite_or_none(st.last_val_loss),
+            "pending_losses": [_finite_or_none(x) for x in st.pending_losses],
             # batches are a function of (seed, step): this is the whole RNG state
             "rng": {"batch_seed": self.config.seed, "next_step": st.step, "generator": "PCG64([seed, step])"},
             "model": vars(self.model_config),
@@ -214,33 +226,41 @@ class Trainer:
             "param_table": self.model.table.describe(),
             "data": self.fingerprint,
         }
-        arrays = {"params": st.params, "adam_m": st.optimizer.m, "adam_v": st.optimizer.v}
+        m, v = self.engine.moments()
+        arrays = {"params": self.engine.params(), "adam_m": m, "adam_v": v}
         ckpt = Checkpoint(st.step, arrays, state, self.tokenizer.to_json())
         return save_checkpoint(self.checkpoint_dir, ckpt, keep=self.config.keep_checkpoints)
 
     # ---- the loop ---------------------------------------------------------------------------
     def run(self, progress: TextIO | None = None) -> TrainResult:
-        """Train until max-steps, the target validation loss, or ``stop_requested``."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        """Train until max-steps, the target validation loss, or ``stop_requested``; then
+        checkpoint and close the engine."""
         metrics = MetricsLog(self.checkpoint_dir / "metrics.jsonl")
         try:
             return self._loop(metrics, progress)
         finally:
             metrics.close()
+            self.close()
 
-    def _eval_record(self, train_losses: list[float]) -> dict[str, Any]:
+    def _evaluate(self) -> dict[str, Any]:
+        """Validation loss now, and the eval record (which consumes the pending batch losses)."""
         st = self.state
-        st.last_val_loss = evaluate(self.model, st.params, self.val_windows)
-        finite = [x for x in train_losses if math.isfinite(x)]
+        st.last_val_loss = evaluate(self.model, self.engine.params(), self.val_windows)
+        finite = [x for x in st.pending_losses if math.isfinite(x)]
+        st.pending_losses = []
         return {
             "event": "eval",
             "step": st.step,
             "tokens": st.tokens,
             "elapsed_s": round(time.monotonic() - PROCESS_START, 3),
-            "train_loss": _finite_or_none(sum(finite) / len(finite)) if finite else None,
+            "train_loss": sum(finite) / len(finite) if finite else None,
             "val_loss": _finite_or_none(st.last_val_loss),
-            "lr": learning_rate(max(st.step - 1, 0), st.optimizer.cfg),
+            "lr": learning_rate(max(st.step - 1, 0), self.adamw),
         }
+
+    def _reached(self) -> bool:
+        target = self.config.target_val_loss
+        return bool(target) and self.state.last_val_loss <= target
 
     def _loop(self, metrics: MetricsLog, progress: TextIO | None) -> TrainResult:
         cfg, st = self.config, self.state
@@ -249,43 +269,50 @@ class Trainer:
             "resumed_from": st.step, "train_tokens": len(self.split.train),
             "val_tokens": len(self.split.val), "val_windows": len(self.val_windows),
         })  # fmt: skip
-        reached = False
-        train_losses: list[float] = []
         last_train_loss = math.nan
         last_ckpt: Path | None = None
         if st.step == 0:
-            metrics.write(self._eval_record([]))
+            metrics.write(self._evaluate())
+        reached = self._reached()
         t_rate, tokens_rate = time.monotonic(), st.tokens
         last_print = 0.0
-        while st.step < cfg.max_steps and not self.stop_requested:
-            train_losses.append(self.train_step())
+        while st.step < cfg.max_steps and not self.stop_requested and not reached:
+            try:
+                st.pending_losses.append(self.train_step())
+            except EngineStopped:
+                break  # the step was abandoned; nothing of it was published
             at_eval = st.step % cfg.eval_interval == 0 or st.step == cfg.max_steps
             if at_eval:
-                record = self._eval_record(train_losses)
+                record = self._evaluate()
                 metrics.write(record)
-                train_losses = []
                 if record["train_loss"] is not None:
                     last_train_loss = record["train_loss"]
-                if cfg.target_val_loss and st.last_val_loss <= cfg.target_val_loss:
-                    reached = True
+                reached = self._reached()
             if progress is not None and (time.monotonic() - last_print > 0.5 or at_eval):
                 last_print = time.monotonic()
                 rate = (st.tokens - tokens_rate) / max(last_print - t_rate, 1e-9)
-                loss = train_losses[-1] if train_losses else st.last_val_loss
-                progress.write(f"\rstep {st.step}/{cfg.max_steps}  loss {loss:.4f}  "
-                               f"val {st.last_val_loss:.4f}  {rate:,.0f} tok/s ")  # fmt: skip
+                progress.write(f"\rstep {st.step}/{cfg.max_steps}  val {st.last_val_loss:.4f}  "
+                               f"{rate:,.0f} tok/s ")  # fmt: skip
                 progress.flush()
             if st.step % cfg.checkpoint_interval == 0:
                 last_ckpt = self.checkpoint()
-            if reached:
-                break
         if progress is not None:
             progress.write("\n")
-        if last_ckpt is None or not last_ckpt.name.endswith(f"{st.step:08d}"):
+        if last_ckpt is None or last_ckpt.name != f"step-{st.step:08d}":
             last_ckpt = self.checkpoint()
-        if not math.isfinite(st.last_val_loss):
-            st.last_val_loss = evaluate(self.model, st.params, self.val_windows)
         return TrainResult(st.step, st.tokens, st.last_val_loss, last_train_loss, reached, last_ckpt)
+
+
+def _lock_dir(directory: Path) -> TextIO:
+    """An exclusive lock on DIR/.lock for as long as the returned file stays open: two
+    trainers in one directory would overwrite each other's checkpoints."""
+    f = (directory / ".lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise TrainingError(f"{directory} is in use by another crystalline process") from None
+    return f
 
 
 _SAME_RUN_KEYS = ("embed_dim", "num_layers", "num_heads", "seq_len", "seed", "batch_size", "init")

@@ -194,12 +194,6 @@ def test_debug_shows_traceback(tmp_path: Path, corpus_file: Path, cli_env: dict[
 @pytest.mark.parametrize(
     ("option", "value"), [("--weight-decay", "nan"), ("--grad-clip", "nan"), ("--weight-decay", "inf")]
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="optimizer.py AdamWConfig.validate (line 37) checks only `< 0`, so NaN/inf weight-decay and "
-    "grad-clip pass validation; train then creates the checkpoint dir and an empty metrics.jsonl and dies "
-    "with 'Out of range float values are not JSON compliant', which names no option",
-)
 def test_non_finite_optimizer_option_is_rejected_up_front(
     tmp_path: Path, corpus_file: Path, cli_env: dict[str, str], option: str, value: str
 ) -> None:
@@ -226,11 +220,6 @@ def test_non_finite_optimizer_option_is_rejected_up_front(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="train_config.py TrainConfig.validate does not check seed >= 0; --seed -1 fails later inside "
-    "numpy with 'expected non-negative integer', which does not name the option",
-)
 def test_negative_seed_error_names_the_option(
     tmp_path: Path, corpus_file: Path, cli_env: dict[str, str]
 ) -> None:

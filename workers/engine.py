@@ -1,0 +1,597 @@
+"""Step engines: how one optimizer step is computed.
+
+``LocalEngine`` runs forward, backward and AdamW in this process. ``ProcessEngine`` is node
+zero of the data-parallel engine: it drives W worker processes through three barriers per
+step over ZeroMQ (compute, reduce-scatter, sharded AdamW update), with parameters, optimizer
+moments, gradient rows and the batch ring in shared memory. Both have the same contract, so
+the trainer, the CLI, the daemon and the tests share one training path.
+
+Failure model of ``ProcessEngine``: every wait is a poll with a deadline. A worker that exits,
+sends garbage, or misses its deadline (e.g. stopped with SIGSTOP) is killed, restarted, says
+HELLO again and gets the same request. Nothing of the published version is written during a
+step (parameters and moments are double-buffered: a step reads buffer ``src`` and writes
+``dst``), so every phase can be redone until control publishes the new version by flipping
+``src``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from crystalline.shm.blocks import ArrayBlock, padded
+from crystalline.shm.segments import segment_name, sweep
+
+from . import protocol as P
+from .model import GPT
+from .optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm
+
+log = logging.getLogger("crystalline.control")
+
+BatchSource = Callable[[int], np.ndarray]  # step -> windows (batch, seq_len + 1)
+
+
+@dataclass
+class StepOutcome:
+    """What one optimizer step did; ``applied`` is False when a non-finite gradient skipped it."""
+
+    loss_sum: float
+    tokens: int
+    grad_norm: float
+    applied: bool
+
+
+class EngineError(Exception):
+    """The engine cannot go on (a worker crash loop, no workers at start)."""
+
+
+class EngineStopped(Exception):
+    """A stop was requested during a step; the step was abandoned, nothing was published."""
+
+
+class StepEngine(Protocol):
+    def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None: ...
+    def params(self) -> np.ndarray: ...
+    def moments(self) -> tuple[np.ndarray, np.ndarray]: ...
+    def step(self, step: int, lr: float) -> StepOutcome: ...
+    def stats(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class LocalEngine:
+    """Forward, backward and AdamW in the calling process."""
+
+    def __init__(self, model: GPT, adamw: AdamWConfig, batch_source: BatchSource) -> None:
+        self.model = model
+        self.batch_source = batch_source
+        self.optimizer = AdamW(adamw, model.table.decay_mask())
+        self._params = np.zeros(model.num_params, dtype=np.float32)
+        self._grad = np.zeros_like(self._params)
+
+    def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+        self._params[...] = params
+        self.optimizer.m[...] = m
+        self.optimizer.v[...] = v
+
+    def params(self) -> np.ndarray:
+        return self._params
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.optimizer.m, self.optimizer.v
+
+    def step(self, step: int, lr: float) -> StepOutcome:
+        loss_sum, tokens = self.model.loss_and_grad(self._params, self.batch_source(step), self._grad)
+        norm = global_norm(self._grad)
+        if not (math.isfinite(norm) and math.isfinite(loss_sum)):
+            return StepOutcome(loss_sum, tokens, norm, False)
+        coef = clip_coefficient(norm, self.optimizer.cfg.grad_clip)
+        self.optimizer.update(self._params, self._grad, step, lr, coef)
+        return StepOutcome(loss_sum, tokens, norm, True)
+
+    def stats(self) -> dict[str, Any]:
+        return {"workers": []}
+
+    def close(self) -> None:
+        pass
+
+
+# ---- the process engine ---------------------------------------------------------------------
+
+IDLE, COMPUTING, REDUCING, UPDATING, DEAD, RESTARTING = (
+    "idle",
+    "computing",
+    "reducing",
+    "updating",
+    "dead",
+    "restarting",
+)
+PHASE_STATE = {P.COMPUTE: COMPUTING, P.REDUCE: REDUCING, P.UPDATE: UPDATING}
+TICK_S = 0.05  # poll granularity: how fast a dead worker or a stop request is noticed
+
+
+@dataclass
+class EngineSettings:
+    """Knobs of the process engine; deadlines adapt to the measured phase times."""
+
+    workers: int
+    instance: str  # names the shared-memory segments: crystalline-<instance>-*
+    ring_slots: int = 3
+    first_deadline_s: float = 120.0  # the first phases include imports and buffer allocation
+    min_deadline_s: float = 5.0
+    deadline_factor: float = 20.0  # x the recent duration of the same phase
+    hello_timeout_s: float = 60.0
+    max_restarts: int = 8  # within restart_window_s, for one worker, before giving up
+    restart_window_s: float = 120.0
+    batch_timeout_s: float = 60.0
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    incarnation: int = 0
+    ready: bool = False
+    state: str = RESTARTING
+    steps: int = 0
+    restarts: int = 0
+    restart_times: list[float] = field(default_factory=list)
+    started: float = 0.0
+    last_seen: float = 0.0
+    compute_s: float = 0.0
+    wait_s: float = 0.0
+
+
+class RingBatcher:
+    """Fills free ring slots with the batches of upcoming steps, in a thread.
+
+    Control takes the slot of step s (``take``), hands it to the workers by message, and gives
+    it back after the step (``release``): slot readiness is a queue item, never a flag in
+    shared memory that another process spins on.
+    """
+
+    def __init__(self, slots: np.ndarray, source: BatchSource) -> None:
+        self.slots = slots
+        self.source = source
+        self._free: queue.Queue[int] = queue.Queue()
+        for i in range(len(slots)):
+            self._free.put(i)
+        self._ready: queue.Queue[tuple[int, int] | BaseException] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next: int | None = None
+
+    def _run(self, first: int) -> None:
+        step = first
+        while not self._stop.is_set():
+            try:
+                slot = self._free.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self.slots[slot] = self.source(step)
+            except BaseException as exc:  # handed to the control thread, which raises it
+                self._ready.put(exc)
+                return
+            self._ready.put((step, slot))
+            step += 1
+
+    def take(self, step: int, timeout: float) -> int:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, args=(step,), name="batcher", daemon=True)
+            self._thread.start()
+        try:
+            item = self._ready.get(timeout=timeout)
+        except queue.Empty:
+            raise EngineError(f"no batch for step {step} within {timeout:.0f} s") from None
+        if isinstance(item, BaseException):
+            raise item
+        got, slot = item
+        if got != step:
+            raise EngineError(f"batcher produced step {got}, control wanted {step}")
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.put(slot)
+
+    def close(self) -> None:
+        """Stop the thread and drop the view of the ring, so the segment can be closed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self.slots = np.zeros((0,), dtype=self.slots.dtype)
+
+
+def _shares(total: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
+    """Split range(total) into ``parts`` contiguous [lo, hi) shares, boundaries on ``align``."""
+    bounds = [min(total, (total * i // parts) // align * align) for i in range(parts)] + [total]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+class ProcessEngine:
+    """Node zero: W worker processes, three barriers per step, shared-memory state."""
+
+    def __init__(
+        self,
+        model: GPT,
+        adamw: AdamWConfig,
+        batch_source: BatchSource,
+        batch_size: int,
+        settings: EngineSettings,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        if settings.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {settings.workers}")
+        self.model = model
+        self.adamw = adamw
+        self.settings = settings
+        self.should_stop = should_stop
+        self.batch_size = batch_size
+        cfg = model.config
+        size = model.num_params
+        w = settings.workers
+        self.rows = _shares(batch_size, w)
+        self.slices = _shares(size, w, align=16)  # 64-byte boundaries between owners
+        self.tokens_per_step = batch_size * cfg.seq_len
+        self.src = 0
+        self.version = 0
+        self._seq = 0
+        self._ewma: dict[str, float] = {}
+        self._closed = False
+        self.workers = [WorkerHandle(i) for i in range(w)]
+        self.skipped_steps = 0
+        self.last_step: dict[str, Any] = {}
+
+        leftovers = sweep(settings.instance)
+        if leftovers:
+            log.warning(
+                "removed %d shared-memory segments left by a killed run: %s",
+                len(leftovers),
+                ", ".join(leftovers),
+            )
+        token_dtype = np.uint16 if cfg.vocab_size <= 65536 else np.uint32
+        self._blocks: list[ArrayBlock] = []
+        self._run_dir = Path(tempfile.mkdtemp(prefix="crystalline-"))
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        try:
+            self.state = self._block(
+                "state",
+                {
+                    "params": ((2, size), np.float32),
+                    "adam_m": ((2, size), np.float32),
+                    "adam_v": ((2, size), np.float32),
+                    "gsum": ((size,), np.float32),
+                },
+            )
+            self.grads = self._block("grads", {"rows": ((w, padded(size, np.float32)), np.float32)})
+            self.ring = self._block(
+                "ring", {"slots": ((settings.ring_slots, batch_size, cfg.seq_len + 1), token_dtype)}
+            )
+            self.batcher = RingBatcher(self.ring.arrays["slots"], batch_source)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished worker raises
+            self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
+            self.endpoint = f"ipc://{self._run_dir / 'engine.sock'}"
+            self._sock.bind(self.endpoint)
+            for h in self.workers:
+                self._spawn(h)
+            self._await_hellos()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _block(self, what: str, spec: dict[str, tuple[tuple[int, ...], Any]]) -> ArrayBlock:
+        block = ArrayBlock.create(segment_name(self.settings.instance, what), spec)
+        self._blocks.append(block)
+        return block
+
+    def _spec(self, h: WorkerHandle) -> dict[str, Any]:
+        return {
+            "worker": h.index,
+            "incarnation": h.incarnation,
+            "parent_pid": os.getpid(),
+            "endpoint": self.endpoint,
+            "model": vars(self.model.config),
+            "adamw": vars(self.adamw),
+            "state_block": self.state.name,
+            "grads_block": self.grads.name,
+            "ring_block": self.ring.name,
+        }
+
+    def _spawn(self, h: WorkerHandle) -> None:
+        h.incarnation += 1
+        env = dict(os.environ)
+        env.update(
+            OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false"
+        )
+        cmd = [sys.executable, "-m", "crystalline.workers.worker", json.dumps(self._spec(h))]
+        h.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        h.ready = False
+        h.state = RESTARTING
+        h.started = time.monotonic()
+
+    def _kill(self, h: WorkerHandle) -> None:
+        if h.proc is not None and h.proc.poll() is None:
+            h.proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) process
+            try:
+                h.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log.error("worker %d (pid %d) did not die after SIGKILL", h.index, h.proc.pid)
+        h.state = DEAD
+        h.ready = False
+
+    def _restart(self, h: WorkerHandle, reason: str) -> None:
+        now = time.monotonic()
+        h.restart_times = [t for t in h.restart_times if now - t < self.settings.restart_window_s] + [now]
+        log.warning("worker %d (pid %s) %s: restarting", h.index, h.proc.pid if h.proc else "-", reason)
+        self._kill(h)
+        if len(h.restart_times) > self.settings.max_restarts:
+            raise EngineError(
+                f"worker {h.index} failed {len(h.restart_times)} times in "
+                f"{self.settings.restart_window_s:.0f} s (last: {reason}); giving up"
+            )
+        h.restarts += 1
+        self._spawn(h)
+
+    def _await_hellos(self) -> None:
+        deadline = time.monotonic() + self.settings.hello_timeout_s
+        while not all(h.ready for h in self.workers):
+            if self.should_stop():
+                raise EngineStopped
+            self._pump(None, {})
+            for h in self.workers:
+                if not h.ready and h.proc is not None and h.proc.poll() is not None:
+                    self._restart(h, f"exited with status {h.proc.returncode} before saying hello")
+            if time.monotonic() > deadline:
+                missing = [h.index for h in self.workers if not h.ready]
+                raise EngineError(
+                    f"workers {missing} did not say hello within {self.settings.hello_timeout_s:.0f} s"
+                )
+
+    # ---- messaging ------------------------------------------------------------------------
+    def _send(self, h: WorkerHandle, kind: str, fields: dict[str, Any]) -> int:
+        self._seq += 1
+        try:
+            self._sock.send_multipart([P.identity(h.index), P.encode(kind, seq=self._seq, **fields)])
+        except zmq.ZMQError as exc:  # not connected (yet): the HELLO handler resends
+            log.debug("send to worker %d failed: %s", h.index, exc)
+        return self._seq
+
+    def _pump(self, kind: str | None, waiting: dict[int, int]) -> list[tuple[int, dict[str, Any]]]:
+        """Receive for up to one tick; handle HELLOs; return replies to ``kind`` whose seq is
+        the one ``waiting`` expects from that worker (stale replies of dead incarnations drop)."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        if not self._sock.poll(int(TICK_S * 1000)):
+            return out
+        while True:
+            try:
+                ident, data = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            except ValueError:  # not two frames
+                continue
+            try:
+                w = P.worker_of(ident)
+                msg = P.decode(data)
+                h = self.workers[w]
+            except (P.ProtocolError, IndexError) as exc:
+                log.warning("dropping message from %r: %s", ident, exc)
+                continue
+            h.last_seen = time.monotonic()
+            if msg["type"] == P.HELLO:
+                if msg.get("incarnation") == h.incarnation:
+                    h.ready = True
+                    h.state = IDLE
+                    log.debug("worker %d hello (pid %s)", w, msg.get("pid"))
+                    out.append((w, msg))
+            elif kind is not None and msg.get("seq") == waiting.get(w):
+                out.append((w, msg))
+
+    def _deadline(self, kind: str) -> float:
+        recent = self._ewma.get(kind)
+        if recent is None:
+            return self.settings.first_deadline_s
+        return max(self.settings.min_deadline_s, self.settings.deadline_factor * recent)
+
+    def _barrier(self, kind: str, requests: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Send each worker its request and wait for all replies, replacing failed workers."""
+        reply_type = P.REPLY_TO[kind]
+        started = time.monotonic()
+        limit = self._deadline(kind)
+        waiting: dict[int, int] = {}
+        deadline: dict[int, float] = {}
+        replies: dict[int, dict[str, Any]] = {}
+        for w, fields in requests.items():
+            h = self.workers[w]
+            if h.ready:
+                waiting[w] = self._send(h, kind, fields)
+                deadline[w] = started + limit
+                h.state = PHASE_STATE[kind]
+        while len(replies) < len(requests):
+            if self.should_stop():
+                raise EngineStopped
+            for w, msg in self._pump(kind, waiting):
+                h = self.workers[w]
+                if msg["type"] == P.HELLO:
+                    if w in requests and w not in replies:  # a fresh incarnation: hand it the work
+                        waiting[w] = self._send(h, kind, requests[w])
+                        deadline[w] = time.monotonic() + limit
+                        h.state = PHASE_STATE[kind]
+                elif msg["type"] == reply_type:
+                    replies[w] = msg
+                    waiting.pop(w, None)
+                    h.state = IDLE
+                else:  # ERROR or a reply of the wrong kind: this incarnation is not sane
+                    self._restart(h, f"answered {kind} with {msg['type']} {msg.get('reason', '')}".strip())
+            now = time.monotonic()
+            for w in requests:
+                if w in replies:
+                    continue
+                h = self.workers[w]
+                assert h.proc is not None
+                if h.proc.poll() is not None:
+                    self._restart(h, f"exited with status {h.proc.returncode}")
+                elif h.ready and w in deadline and now > deadline[w]:
+                    self._restart(h, f"missed its {kind} deadline ({limit:.1f} s)")
+                elif not h.ready and now - h.started > self.settings.hello_timeout_s:
+                    self._restart(h, "did not say hello")
+        elapsed = time.monotonic() - started
+        self._ewma[kind] = elapsed if kind not in self._ewma else 0.8 * self._ewma[kind] + 0.2 * elapsed
+        return replies
+
+    # ---- the step contract --------------------------------------------------------------------
+    def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+        s = self.state.arrays
+        s["params"][self.src] = params
+        s["adam_m"][self.src] = m
+        s["adam_v"][self.src] = v
+
+    def params(self) -> np.ndarray:
+        return self.state.arrays["params"][self.src]
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.state.arrays["adam_m"][self.src], self.state.arrays["adam_v"][self.src]
+
+    def step(self, step: int, lr: float) -> StepOutcome:
+        slot = self.batcher.take(step, self.settings.batch_timeout_s)
+        try:
+            return self._step(step, lr, slot)
+        finally:
+            self.batcher.release(slot)
+
+    def _step(self, step: int, lr: float, slot: int) -> StepOutcome:
+        t0 = time.monotonic()
+        src, dst = self.src, 1 - self.src
+        scale = 1.0 / self.tokens_per_step
+        done = self._barrier(
+            P.COMPUTE,
+            {
+                w: {"step": step, "slot": slot, "rows": list(self.rows[w]), "src": src, "scale": scale}
+                for w in range(len(self.workers))
+            },
+        )
+        t_compute = time.monotonic()
+        slowest = max(done.values(), key=lambda r: r["compute_s"])["compute_s"]
+        for w, r in done.items():
+            h = self.workers[w]
+            h.compute_s = r["compute_s"]
+            h.wait_s = max(0.0, slowest - r["compute_s"])
+        loss_sum = math.fsum(r["loss_sum"] for r in done.values())
+        tokens = sum(r["tokens"] for r in done.values())
+        if not all(r["finite"] for r in done.values()):
+            return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss")
+        reduced = self._barrier(
+            P.REDUCE, {w: {"step": step, "lo": lo, "hi": hi} for w, (lo, hi) in enumerate(self.slices)}
+        )
+        norm = math.sqrt(math.fsum(r["sq"] for r in reduced.values()))
+        if not math.isfinite(norm):
+            return self._skip(step, loss_sum, tokens, norm, "non-finite gradient")
+        coef = clip_coefficient(norm, self.adamw.grad_clip)
+        t_reduce = time.monotonic()
+        self._barrier(
+            P.UPDATE,
+            {
+                w: {
+                    "step": step,
+                    "lo": lo,
+                    "hi": hi,
+                    "src": src,
+                    "dst": dst,
+                    "lr": lr,
+                    "coef": coef,
+                    "t": step,
+                }
+                for w, (lo, hi) in enumerate(self.slices)
+            },
+        )
+        # publish: from here on the new buffers are the parameters
+        self.src = dst
+        self.version += 1
+        for h in self.workers:
+            h.steps += 1
+        t_end = time.monotonic()
+        self.last_step = {
+            "step": step,
+            "loss": loss_sum / max(tokens, 1),
+            "grad_norm": norm,
+            "version": self.version,
+            "compute_s": t_compute - t0,
+            "reduce_s": t_reduce - t_compute,
+            "update_s": t_end - t_reduce,
+            "slowest_worker_compute_s": slowest,
+        }
+        return StepOutcome(loss_sum, tokens, norm, True)
+
+    def _skip(self, step: int, loss_sum: float, tokens: int, norm: float, why: str) -> StepOutcome:
+        self.skipped_steps += 1
+        log.warning("step %d: %s, update skipped", step, why)
+        return StepOutcome(loss_sum, tokens, norm, False)
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "params_version": self.version,
+            "skipped_steps": self.skipped_steps,
+            "last_step": self.last_step,
+            "workers": [
+                {
+                    "id": h.index,
+                    "pid": h.proc.pid if h.proc else None,
+                    "state": h.state,
+                    "steps": h.steps,
+                    "restarts": h.restarts,
+                    "last_seen_s": round(now - h.last_seen, 3) if h.last_seen else None,
+                    "compute_s": round(h.compute_s, 6),
+                    "barrier_wait_s": round(h.wait_s, 6),
+                }
+                for h in self.workers
+            ],
+        }
+
+    # ---- shutdown -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the workers (STOP, then SIGKILL after a grace period), unlink all segments."""
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "batcher"):
+            self.batcher.close()
+        for h in self.workers:
+            if h.proc is not None and h.proc.poll() is None and h.ready:
+                self._send(h, P.STOP, {})
+        grace = time.monotonic() + 3.0
+        for h in self.workers:
+            if h.proc is None:
+                continue
+            try:
+                h.proc.wait(timeout=max(0.0, grace - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                h.proc.send_signal(signal.SIGKILL)
+                h.proc.wait(timeout=10)
+            h.state = DEAD
+        self._sock.close(0)
+        self._ctx.term()
+        for block in self._blocks:
+            try:
+                block.close()
+            finally:
+                block.unlink()  # even if a stray view keeps it mapped here, the name goes
+        shutil.rmtree(self._run_dir, ignore_errors=True)

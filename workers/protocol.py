@@ -1,0 +1,69 @@
+"""The control <-> worker wire protocol: msgpack maps over ZeroMQ ROUTER/DEALER.
+
+Every message is a map with ``v`` (protocol version), ``type`` and, for step traffic,
+``step``. Control binds a ROUTER; each worker connects a DEALER whose identity is
+``worker-NN``. Each step runs three barriers (see ARCHITECTURE.md, "The training step"):
+
+    COMPUTE(step, slot, rows, src, scale)  ->  DONE(step, loss_sum, tokens, finite, compute_s)
+    REDUCE(step, lo, hi)                   ->  REDUCED(step, sq)
+    UPDATE(step, lo, hi, src, dst, lr, coef, t) -> UPDATED(step)
+
+and HELLO(worker, pid) once per worker incarnation, STOP to end. Workers also reply
+ERROR(reason) when a request cannot be served; control treats that like a dead worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+
+HELLO = "HELLO"
+COMPUTE = "COMPUTE"
+DONE = "DONE"
+REDUCE = "REDUCE"
+REDUCED = "REDUCED"
+UPDATE = "UPDATE"
+UPDATED = "UPDATED"
+STOP = "STOP"
+ERROR = "ERROR"
+
+REPLY_TO = {COMPUTE: DONE, REDUCE: REDUCED, UPDATE: UPDATED}
+
+MAX_MESSAGE_BYTES = 64 * 1024  # control messages are tiny; anything larger is garbage
+
+
+class ProtocolError(ValueError):
+    """A message that is not ours (wrong version, type, or not a msgpack map)."""
+
+
+def identity(worker: int) -> bytes:
+    return f"worker-{worker:02d}".encode()
+
+
+def worker_of(ident: bytes) -> int:
+    """Inverse of ``identity``; ProtocolError for anything else."""
+    text = ident.decode("ascii", "replace")
+    if not text.startswith("worker-") or not text[7:].isdigit():
+        raise ProtocolError(f"unknown peer identity {text!r}")
+    return int(text[7:])
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    return msgpack.packb({"v": PROTOCOL_VERSION, "type": kind, **fields}, use_bin_type=True)
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes is too large")
+    try:
+        msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"not msgpack: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("message is not a map with a type")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}")
+    return msg
