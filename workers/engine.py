@@ -465,10 +465,12 @@ class ProcessEngine:
         s["adam_v"][self.src] = v
 
     def params(self) -> np.ndarray:
-        return self.state.arrays["params"][self.src]
+        """A copy of the published parameters (no view of shared memory escapes the engine,
+        so close() can always unmap it)."""
+        return self.state.arrays["params"][self.src].copy()
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.state.arrays["adam_m"][self.src], self.state.arrays["adam_v"][self.src]
+        return self.state.arrays["adam_m"][self.src].copy(), self.state.arrays["adam_v"][self.src].copy()
 
     def step(self, step: int, lr: float) -> StepOutcome:
         slot = self.batcher.take(step, self.settings.batch_timeout_s)
@@ -592,6 +594,7 @@ class ProcessEngine:
         for block in self._blocks:
             try:
                 block.close()
-            finally:
-                block.unlink()  # even if a stray view keeps it mapped here, the name goes
+            except BufferError as exc:  # a stray view keeps it mapped here; the name goes anyway
+                log.warning("%s", exc)
+            block.unlink()
         shutil.rmtree(self._run_dir, ignore_errors=True)
