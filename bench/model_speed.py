@@ -19,8 +19,10 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,10 +31,10 @@ from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm
 from crystalline.workers.params import ModelConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ holds torch_gpt.py
 try:
     import torch
-    import torch.nn.functional as F
-    from torch import nn
+    from torch_gpt import TorchGPT, adamw, load_params
 
     torch.set_num_threads(1)
 except ImportError:  # numpy figures only
@@ -55,91 +57,8 @@ def timeit(fn: Callable[[int], object], warmup: int, steps: int, repeats: int) -
     return out
 
 
-def torch_gpt(cfg: ModelConfig) -> Any:
-    """nanoGPT's model (bias=True, dropout 0, tanh GELU) with the ParamTable's module names."""
-
-    class Attention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
-            self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            b, t, c = x.shape
-            q, k, v = self.qkv(x).split(c, dim=2)
-            q, k, v = (z.view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2) for z in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.proj(y.transpose(1, 2).contiguous().view(b, t, c))
-
-    class MLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(cfg.embed_dim, cfg.mlp_ratio * cfg.embed_dim)
-            self.proj = nn.Linear(cfg.mlp_ratio * cfg.embed_dim, cfg.embed_dim)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.proj(F.gelu(self.fc(x), approximate="tanh"))
-
-    class Block(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.ln1, self.attn = nn.LayerNorm(cfg.embed_dim), Attention()
-            self.ln2, self.mlp = nn.LayerNorm(cfg.embed_dim), MLP()
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            x = x + self.attn(self.ln1(x))
-            return x + self.mlp(self.ln2(x))
-
-    class TorchGPT(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.wte = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
-            self.wpe = nn.Embedding(cfg.seq_len, cfg.embed_dim)
-            self.h = nn.ModuleList(Block() for _ in range(cfg.num_layers))
-            self.lnf = nn.LayerNorm(cfg.embed_dim)
-
-        def forward(self, windows: torch.Tensor) -> torch.Tensor:
-            idx, targets = windows[:, :-1], windows[:, 1:]
-            x = self.wte(idx) + self.wpe.weight[: idx.shape[1]]
-            for block in self.h:
-                x = block(x)
-            logits = self.lnf(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-    return TorchGPT()
-
-
-def torch_name(name: str) -> str:
-    """ParamTable name -> torch parameter name: "h3.mlp.fc.w" -> "h.3.mlp.fc.weight"."""
-    if name in ("wte", "wpe"):
-        return name + ".weight"
-    head, _, kind = name.rpartition(".")
-    if head.startswith("h") and head[1].isdigit():
-        layer, _, rest = head.partition(".")
-        head = f"h.{layer[1:]}.{rest}"
-    return head + (".weight" if kind == "w" else ".bias")
-
-
-def load_torch(model: Any, m: GPT, flat: np.ndarray) -> dict[str, tuple[Any, bool]]:
-    """Copies numpy's parameters into the model; name -> (parameter, transposed: numpy's W is (in, out))."""
-    named = dict(model.named_parameters())
-    pairs = {}
-    with torch.no_grad():
-        for name, view in m.table.views(flat).items():
-            tname, tr = torch_name(name), view.ndim == 2 and name not in ("wte", "wpe")
-            named[tname].copy_(torch.from_numpy(view.T.copy() if tr else view.copy()))
-            pairs[name] = (named[tname], tr)
-    assert len(pairs) == len(named), "every torch parameter maps to one table entry"
-    return pairs
-
-
 def torch_adamw(model: Any) -> Any:
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": OPT.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=OPT.learning_rate, betas=(OPT.beta1, OPT.beta2), eps=OPT.eps)
+    return adamw(model, OPT.learning_rate, (OPT.beta1, OPT.beta2), OPT.weight_decay, OPT.eps)
 
 
 def sanity(cfg: ModelConfig, windows: np.ndarray, dtype: type[np.floating]) -> None:
@@ -148,8 +67,8 @@ def sanity(cfg: ModelConfig, windows: np.ndarray, dtype: type[np.floating]) -> N
     flat = init_params(m.table, seed=1, dtype=dtype)
     grad = np.zeros_like(flat)
     loss_sum, n = m.loss_and_grad(flat, windows, grad)
-    model = torch_gpt(cfg).to(torch.float64 if dtype == np.float64 else torch.float32)
-    pairs = load_torch(model, m, flat)
+    model = TorchGPT(cfg).to(torch.float64 if dtype == np.float64 else torch.float32)
+    pairs = load_params(model, m.table, flat)
     loss = model(torch.from_numpy(windows))
     loss.backward()
 
@@ -220,8 +139,8 @@ def main() -> int:
     runs = a.warmup, a.steps, a.repeats
     rows = {"numpy": timeit(np_step, *runs)}
     if torch is not None:
-        model = torch_gpt(cfg)
-        load_torch(model, m, init_params(m.table, seed=0))
+        model = TorchGPT(cfg)
+        load_params(model, m.table, init_params(m.table, seed=0))
         topt, tb = torch_adamw(model), [torch.from_numpy(w) for w in batches]
 
         def torch_step(i: int) -> None:

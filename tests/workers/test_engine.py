@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -57,8 +58,13 @@ def make_engine(
     if workers == 0:
         engine: StepEngine = LocalEngine(model, ADAMW, source(batch, cfg))
     else:
-        engine = ProcessEngine(model, ADAMW, source(batch, cfg), batch,
-                               EngineSettings(workers=workers, instance=instance, **settings))  # type: ignore[arg-type]  # fmt: skip
+        engine = ProcessEngine(
+            model,
+            ADAMW,
+            source(batch, cfg),
+            batch,
+            EngineSettings(workers=workers, instance=instance, **settings),
+        )  # type: ignore[arg-type]
     params = init_params(model.table, 3)
     engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
     return engine
@@ -90,7 +96,7 @@ def test_worker_count_changes_speed_never_math(instance: str, workers: int, batc
 def test_shares_cover_the_range_and_align() -> None:
     shares = _shares(1000, 7, align=16)
     assert shares[0][0] == 0 and shares[-1][1] == 1000
-    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(shares))
     assert all(lo % 16 == 0 for lo, _ in shares)
     assert _shares(3, 5) == [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)]
 
@@ -154,8 +160,14 @@ def test_non_finite_gradient_skips_the_step(instance: str) -> None:
 def test_stop_while_parked_in_a_barrier_ends_the_step(instance: str) -> None:
     stop = threading.Event()
     model = GPT(SMALL)
-    engine = ProcessEngine(model, ADAMW, source(6), 6, EngineSettings(workers=3, instance=instance,
-                           min_deadline_s=600.0, first_deadline_s=600.0), should_stop=stop.is_set)  # fmt: skip
+    engine = ProcessEngine(
+        model,
+        ADAMW,
+        source(6),
+        6,
+        EngineSettings(workers=3, instance=instance, min_deadline_s=600.0, first_deadline_s=600.0),
+        should_stop=stop.is_set,
+    )
     params = init_params(model.table, 3)
     engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
     try:
