@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,16 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return env
+
+
+@pytest.fixture(autouse=True)
+def no_shared_memory_leaks() -> Iterator[None]:
+    """Every test leaves /dev/shm as it found it: no crystalline-* segment may outlive it."""
+    from crystalline.shm.segments import list_segments, unlink_segment
+
+    before = set(list_segments())
+    yield
+    leaked = sorted(set(list_segments()) - before)
+    for name in leaked:
+        unlink_segment(name)  # so one leak does not fail every later test
+    assert not leaked, f"shared-memory segments leaked: {leaked}"

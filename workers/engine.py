@@ -140,6 +140,7 @@ class EngineSettings:
     max_restarts: int = 8  # within restart_window_s, for one worker, before giving up
     restart_window_s: float = 120.0
     batch_timeout_s: float = 60.0
+    reduce_in_control: bool = False  # sum the gradient rows in control (for benchmarks)
 
 
 @dataclass
@@ -500,10 +501,13 @@ class ProcessEngine:
         tokens = sum(r["tokens"] for r in done.values())
         if not all(r["finite"] for r in done.values()):
             return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss")
-        reduced = self._barrier(
-            P.REDUCE, {w: {"step": step, "lo": lo, "hi": hi} for w, (lo, hi) in enumerate(self.slices)}
-        )
-        norm = math.sqrt(math.fsum(r["sq"] for r in reduced.values()))
+        if self.settings.reduce_in_control:
+            norm = self._reduce_here()
+        else:
+            reduced = self._barrier(
+                P.REDUCE, {w: {"step": step, "lo": lo, "hi": hi} for w, (lo, hi) in enumerate(self.slices)}
+            )
+            norm = math.sqrt(math.fsum(r["sq"] for r in reduced.values()))
         if not math.isfinite(norm):
             return self._skip(step, loss_sum, tokens, norm, "non-finite gradient")
         coef = clip_coefficient(norm, self.adamw.grad_clip)
@@ -541,6 +545,15 @@ class ProcessEngine:
             "slowest_worker_compute_s": slowest,
         }
         return StepOutcome(loss_sum, tokens, norm, True)
+
+    def _reduce_here(self) -> float:
+        """The reduction on control's one core instead of every worker's (for comparison)."""
+        rows = self.grads.arrays["rows"][:, : self.model.num_params]
+        gsum = self.state.arrays["gsum"]
+        np.copyto(gsum, rows[0])
+        for r in range(1, rows.shape[0]):
+            gsum += rows[r]
+        return global_norm(gsum)
 
     def _skip(self, step: int, loss_sum: float, tokens: int, norm: float, why: str) -> StepOutcome:
         self.skipped_steps += 1

@@ -361,3 +361,23 @@ def test_too_little_text_for_seq_len_raises(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="seq-len"):
         Trainer([small], tmp_path / "ck", tiny_config(max_steps=5))
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.timeout(120)
+def test_resume_with_worker_processes_is_exact(tmp_path: Path, corpus_file: Path) -> None:
+    """Checkpoints from the engine have the one-process format and resume bit-exactly."""
+    cfg = tiny_config(max_steps=12, eval_interval=4, checkpoint_interval=4, workers=3)
+    straight = tmp_path / "straight"
+    Trainer([corpus_file], straight, cfg).run()
+    split = tmp_path / "split"
+    first = StopAtStep([corpus_file], split, cfg)
+    first.stop_at = 6
+    first.run()
+    Trainer([corpus_file], split, cfg, resume=True).run()
+    a, b = load_latest(straight), load_latest(split)
+    assert a is not None and b is not None and a.step == b.step == 12
+    for name in ("params", "adam_m", "adam_v"):
+        assert np.array_equal(a.arrays[name], b.arrays[name]), name
+    # and the one-process trainer can resume an engine checkpoint
+    one = Trainer([corpus_file], split, dataclasses.replace(cfg, workers=1, max_steps=14), resume=True)
+    assert one.run().steps == 14
