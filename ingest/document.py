@@ -1,0 +1,135 @@
+"""The one interface between what fetches documents (crawler, drop folder, CLI) and ingest.
+
+A producer hands a ``Document`` to a ``DocumentSink``; ``submit`` returns only once the
+document is durable, so the producer may then forget it (the crawler marks the URL fetched,
+the drop folder moves the file away). ``Spool`` is the sink the crawler uses: one body file
+and one metadata file per document in a directory, each written to a temp name, fsynced and
+renamed, metadata last, so a reader never sees half a document and a crash loses nothing
+that ``submit`` acknowledged. Ingest consumes the spool (``pending``/``remove``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+SPOOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Document:
+    """A fetched or dropped document before extraction."""
+
+    source: str  # its identity: the final URL, or the absolute path of a dropped file
+    body: bytes
+    content_type: str  # media type without parameters, lower case ("" when unknown)
+    charset: str | None = None  # from the HTTP Content-Type header, if any
+    origin: str = "crawl"  # crawl | drop | cli
+    fetched_at: float = 0.0  # unix time
+
+    def key(self) -> str:
+        """Stable file-name-safe key of the source (never the raw URL or path)."""
+        return hashlib.sha256(self.source.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class DocumentSink(Protocol):
+    """Accepts documents durably; ``submit`` may wait (backpressure) but never drops one."""
+
+    async def submit(self, doc: Document) -> None: ...
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A directory of submitted documents awaiting ingest (``<key>-<ns>.body`` + ``.json``)."""
+
+    def __init__(self, directory: Path, max_pending: int = 10_000) -> None:
+        self.directory = directory
+        self.max_pending = max_pending
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def count(self) -> int:
+        return sum(1 for p in self.directory.iterdir() if p.suffix == ".json")
+
+    async def submit(self, doc: Document) -> None:
+        """Durably store ``doc``; waits while the spool holds ``max_pending`` documents."""
+        while self.count() >= self.max_pending:
+            await asyncio.sleep(0.5)
+        await asyncio.to_thread(self.put, doc)
+
+    def put(self, doc: Document) -> Path:
+        """Synchronous submit: body, then metadata (the commit point), then the directory."""
+        stem = f"{doc.key()}-{time.time_ns()}"
+        _write_atomic(self.directory / f"{stem}.body", doc.body)
+        meta = asdict(doc)
+        del meta["body"]
+        meta["v"] = SPOOL_VERSION
+        meta["bytes"] = len(doc.body)
+        meta_path = self.directory / f"{stem}.json"
+        _write_atomic(meta_path, json.dumps(meta).encode("utf-8"))
+        _fsync_dir(self.directory)
+        return meta_path
+
+    def pending(self) -> Iterator[tuple[Path, Document]]:
+        """Committed documents, oldest first; orphan bodies (a crash before the metadata)
+        are left for ``sweep_orphans``."""
+        metas = sorted(self.directory.glob("*.json"), key=lambda p: p.name.rsplit("-", 1)[-1])
+        for meta_path in metas:
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                body = meta_path.with_suffix(".body").read_bytes()
+            except (OSError, ValueError):
+                continue  # removed meanwhile or unreadable: the consumer's remove/fail decides
+            if meta.get("v") != SPOOL_VERSION:
+                continue
+            yield (
+                meta_path,
+                Document(
+                    source=meta["source"],
+                    body=body,
+                    content_type=meta["content_type"],
+                    charset=meta.get("charset"),
+                    origin=meta.get("origin", "crawl"),
+                    fetched_at=meta.get("fetched_at", 0.0),
+                ),
+            )
+
+    def remove(self, meta_path: Path) -> None:
+        """Forget a document once ingest has made it durable elsewhere (metadata first)."""
+        meta_path.unlink(missing_ok=True)
+        meta_path.with_suffix(".body").unlink(missing_ok=True)
+
+    def sweep_orphans(self, older_than_s: float = 60.0) -> int:
+        """Delete body files whose metadata never arrived (a crash inside ``put``)."""
+        now = time.time()
+        removed = 0
+        for body in self.directory.glob("*.body"):
+            if not body.with_suffix(".json").exists() and now - body.stat().st_mtime > older_than_s:
+                body.unlink(missing_ok=True)
+                removed += 1
+        for tmp in self.directory.glob(".*.tmp"):
+            if now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink(missing_ok=True)
+        return removed
