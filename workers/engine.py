@@ -257,6 +257,7 @@ class ProcessEngine:
         self._closed = False
         self.workers = [WorkerHandle(i) for i in range(w)]
         self.skipped_steps = 0
+        self.speculation_hits = 0  # steps whose update rode on the reduce barrier
         self.last_step: dict[str, Any] = {}
 
         leftovers = sweep(settings.instance)
@@ -501,33 +502,37 @@ class ProcessEngine:
         tokens = sum(r["tokens"] for r in done.values())
         if not all(r["finite"] for r in done.values()):
             return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss")
+        update = {"src": src, "dst": dst, "lr": lr, "t": step}
         if self.settings.reduce_in_control:
             norm = self._reduce_here()
+            speculated = False
         else:
+            # Each worker reduces its slice and at once applies the update as if no clipping
+            # were needed (coef 1): a step then takes two barriers instead of three. When the
+            # global norm says otherwise, the UPDATE barrier redoes it from the untouched src.
             reduced = self._barrier(
-                P.REDUCE, {w: {"step": step, "lo": lo, "hi": hi} for w, (lo, hi) in enumerate(self.slices)}
+                P.REDUCE,
+                {
+                    w: {"step": step, "lo": lo, "hi": hi, "update": {**update, "coef": 1.0}}
+                    for w, (lo, hi) in enumerate(self.slices)
+                },
             )
             norm = math.sqrt(math.fsum(r["sq"] for r in reduced.values()))
+            speculated = True
         if not math.isfinite(norm):
             return self._skip(step, loss_sum, tokens, norm, "non-finite gradient")
         coef = clip_coefficient(norm, self.adamw.grad_clip)
         t_reduce = time.monotonic()
-        self._barrier(
-            P.UPDATE,
-            {
-                w: {
-                    "step": step,
-                    "lo": lo,
-                    "hi": hi,
-                    "src": src,
-                    "dst": dst,
-                    "lr": lr,
-                    "coef": coef,
-                    "t": step,
-                }
-                for w, (lo, hi) in enumerate(self.slices)
-            },
-        )
+        if speculated and coef == 1.0:
+            self.speculation_hits += 1
+        else:
+            self._barrier(
+                P.UPDATE,
+                {
+                    w: {"step": step, "lo": lo, "hi": hi, **update, "coef": coef}
+                    for w, (lo, hi) in enumerate(self.slices)
+                },
+            )
         # publish: from here on the new buffers are the parameters
         self.src = dst
         self.version += 1
@@ -565,6 +570,7 @@ class ProcessEngine:
         return {
             "params_version": self.version,
             "skipped_steps": self.skipped_steps,
+            "speculative_updates": self.speculation_hits,
             "last_step": self.last_step,
             "workers": [
                 {

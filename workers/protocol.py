@@ -5,8 +5,11 @@ Every message is a map with ``v`` (protocol version), ``type`` and, for step tra
 ``worker-NN``. Each step runs three barriers (see ARCHITECTURE.md, "The training step"):
 
     COMPUTE(step, slot, rows, src, scale)  ->  DONE(step, loss_sum, tokens, finite, compute_s)
-    REDUCE(step, lo, hi)                   ->  REDUCED(step, sq)
+    REDUCE(step, lo, hi[, update])         ->  REDUCED(step, sq)
     UPDATE(step, lo, hi, src, dst, lr, coef, t) -> UPDATED(step)
+
+REDUCE may carry the update with coef 1 (speculation that no clipping is needed); control
+sends UPDATE only when the global norm calls for clipping.
 
 and HELLO(worker, pid) once per worker incarnation, STOP to end. Workers also reply
 ERROR(reason) when a request cannot be served; control treats that like a dead worker.

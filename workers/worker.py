@@ -90,25 +90,31 @@ class Worker:
             for r in range(1, self.rows.shape[0]):
                 out += self.rows[r, lo:hi]
             sq = float(np.dot(out, out))
+            if "update" in msg:  # speculative: right whenever control finds no clipping needed
+                self._update(lo, hi, **msg["update"])
             return P.encode(P.REDUCED, step=msg["step"], seq=seq, sq=sq)
         if kind == P.UPDATE:
-            lo, hi, src, dst = msg["lo"], msg["hi"], msg["src"], msg["dst"]
-            sl = slice(lo, hi)
-            adamw_step(
-                self.params[src, sl],
-                self.m[src, sl],
-                self.v[src, sl],
-                self.gsum[sl],
-                self.decay_mask[sl],
-                (self.params[dst, sl], self.m[dst, sl], self.v[dst, sl]),
-                (self._scratch[0][: hi - lo], self._scratch[1][: hi - lo]),
-                msg["t"],
-                msg["lr"],
-                self.adamw,
-                msg["coef"],
-            )
+            self._update(msg["lo"], msg["hi"], msg["src"], msg["dst"], msg["lr"], msg["t"], msg["coef"])
             return P.encode(P.UPDATED, step=msg["step"], seq=seq)
         return P.encode(P.ERROR, seq=seq, reason=f"unknown request {kind!r}")
+
+    def _update(self, lo: int, hi: int, src: int, dst: int, lr: float, t: int, coef: float) -> None:
+        """AdamW on slice [lo, hi): reads buffer ``src`` and ``gsum``, writes buffer ``dst``
+        only, so it can be redone (with another ``coef``) until control publishes ``dst``."""
+        sl = slice(lo, hi)
+        adamw_step(
+            self.params[src, sl],
+            self.m[src, sl],
+            self.v[src, sl],
+            self.gsum[sl],
+            self.decay_mask[sl],
+            (self.params[dst, sl], self.m[dst, sl], self.v[dst, sl]),
+            (self._scratch[0][: hi - lo], self._scratch[1][: hi - lo]),
+            t,
+            lr,
+            self.adamw,
+            coef,
+        )
 
 
 def serve(spec: dict[str, Any]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import signal
@@ -52,15 +53,20 @@ def source(batch: int, cfg: ModelConfig = SMALL) -> Callable[[int], np.ndarray]:
 
 
 def make_engine(
-    workers: int, batch: int, instance: str, cfg: ModelConfig = SMALL, **settings: float
+    workers: int,
+    batch: int,
+    instance: str,
+    cfg: ModelConfig = SMALL,
+    adamw: AdamWConfig = ADAMW,
+    **settings: float,
 ) -> StepEngine:
     model = GPT(cfg)
     if workers == 0:
-        engine: StepEngine = LocalEngine(model, ADAMW, source(batch, cfg))
+        engine: StepEngine = LocalEngine(model, adamw, source(batch, cfg))
     else:
         engine = ProcessEngine(
             model,
-            ADAMW,
+            adamw,
             source(batch, cfg),
             batch,
             EngineSettings(workers=workers, instance=instance, **settings),
@@ -91,6 +97,24 @@ def test_worker_count_changes_speed_never_math(instance: str, workers: int, batc
     result = train(make_engine(workers, batch, instance), 6)
     assert not np.array_equal(reference, init_params(GPT(SMALL).table, 3))  # it did train
     np.testing.assert_allclose(result, reference, rtol=0, atol=2e-5)
+
+
+def test_clipped_steps_take_the_update_barrier_and_match(instance: str) -> None:
+    """With a tiny clip every step needs the UPDATE barrier (the speculative update is redone)."""
+    clipped = dataclasses.replace(ADAMW, grad_clip=1e-3)
+    reference = train(make_engine(0, 8, instance, adamw=clipped), 4)
+    engine = make_engine(4, 8, instance, adamw=clipped)
+    assert isinstance(engine, ProcessEngine)
+    result = train(engine, 4)
+    assert engine.speculation_hits == 0
+    np.testing.assert_allclose(result, reference, rtol=0, atol=2e-5)
+
+
+def test_unclipped_steps_ride_on_the_reduce_barrier(instance: str) -> None:
+    engine = make_engine(3, 6, instance, adamw=dataclasses.replace(ADAMW, grad_clip=1e6))
+    assert isinstance(engine, ProcessEngine)
+    train(engine, 3)
+    assert engine.speculation_hits == 3
 
 
 def test_shares_cover_the_range_and_align() -> None:
