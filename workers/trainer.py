@@ -15,10 +15,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 
@@ -53,10 +53,44 @@ def evaluate(model: GPT, params: np.ndarray, windows: np.ndarray) -> float:
     return total / count
 
 
-def data_fingerprint(split: TokenSplit) -> dict[str, Any]:
-    digest = hashlib.sha256(split.train.tobytes())
-    digest.update(split.val.tobytes())
-    return {"train_tokens": len(split.train), "val_tokens": len(split.val), "sha256": digest.hexdigest()}
+class TrainingData(Protocol):
+    """Where a run's tokens come from: batches by step, and the validation windows."""
+
+    def batch(self, step: int) -> np.ndarray: ...
+    def val_windows(self) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+class FileData:
+    """Text files tokenized once: the split of dataset.load_split, batches by (seed, step)."""
+
+    def __init__(self, paths: Sequence[Path], tokenizer: Tokenizer, config: TrainConfig) -> None:
+        self.config = config
+        self.split: TokenSplit = load_split(paths, tokenizer, config.val_fraction)
+        if len(self.split.train) < config.seq_len + 1:
+            raise TrainingError(
+                f"only {len(self.split.train)} training tokens; seq-len {config.seq_len} needs at least "
+                f"{config.seq_len + 1} (give more text or a smaller --seq-len)"
+            )
+        self._val = eval_windows(self.split.val, config.seq_len, config.eval_windows)
+        digest = hashlib.sha256(self.split.train.tobytes())
+        digest.update(self.split.val.tobytes())
+        self._sha = digest.hexdigest()
+
+    def batch(self, step: int) -> np.ndarray:
+        cfg = self.config
+        return batch_for_step(self.split.train, cfg.seed, step, cfg.batch_size, cfg.seq_len)
+
+    def val_windows(self) -> np.ndarray:
+        return self._val
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "files",
+            "train_tokens": len(self.split.train),
+            "val_tokens": len(self.split.val),
+            "sha256": self._sha,
+        }
 
 
 def engine_instance(checkpoint_dir: Path) -> str:
@@ -113,8 +147,13 @@ class Trainer:
     construction until ``run`` returns or ``close`` is called.
     """
 
-    def __init__(self, paths: Sequence[Path], checkpoint_dir: Path, config: TrainConfig,
-                 resume: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data: Sequence[Path] | Callable[[Tokenizer], TrainingData],
+        checkpoint_dir: Path,
+        config: TrainConfig,
+        resume: bool = False,
+    ) -> None:
         config.validate()
         self.checkpoint_dir = checkpoint_dir
         self.config = config
@@ -139,14 +178,7 @@ class Trainer:
         self.tokenizer: Tokenizer = tokenizer
         self.model_config: ModelConfig = config.model_config(tokenizer.vocab_size)
         self.model = GPT(self.model_config)
-        self.split = load_split(paths, tokenizer, config.val_fraction)
-        if len(self.split.train) < config.seq_len + 1:
-            raise TrainingError(
-                f"only {len(self.split.train)} training tokens; seq-len {config.seq_len} needs at least "
-                f"{config.seq_len + 1} (give more text or a smaller --seq-len)"
-            )
-        self.val_windows = eval_windows(self.split.val, config.seq_len, config.eval_windows)
-        self.fingerprint = data_fingerprint(self.split)
+        self.data: TrainingData = data(tokenizer) if callable(data) else FileData(data, tokenizer, config)
         self.adamw = config.adamw_config()
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -163,17 +195,19 @@ class Trainer:
             self.close()
             raise
 
-    def _batch(self, step: int) -> np.ndarray:
-        cfg = self.config
-        return batch_for_step(self.split.train, cfg.seed, step, cfg.batch_size, cfg.seq_len)
-
     def _make_engine(self) -> StepEngine:
         cfg = self.config
         if cfg.workers == 1:
-            return LocalEngine(self.model, self.adamw, self._batch)
+            return LocalEngine(self.model, self.adamw, self.data.batch)
         settings = EngineSettings(workers=cfg.workers, instance=engine_instance(self.checkpoint_dir))
-        return ProcessEngine(self.model, self.adamw, self._batch, cfg.batch_size, settings,
-                             should_stop=lambda: self.stop_requested)  # fmt: skip
+        return ProcessEngine(
+            self.model,
+            self.adamw,
+            self.data.batch,
+            cfg.batch_size,
+            settings,
+            should_stop=lambda: self.stop_requested,
+        )
 
     def _restore(self, ckpt: Checkpoint) -> TrainState:
         size = self.model.num_params
@@ -182,12 +216,14 @@ class Trainer:
             if arr is None or arr.shape != (size,) or arr.dtype != np.float32:
                 raise TrainingError(f"{ckpt.path}: {name} does not match the model ({size} float32)")
         self.engine.load_state(ckpt.arrays["params"], ckpt.arrays["adam_m"], ckpt.arrays["adam_v"])
-        if ckpt.state.get("data", {}).get("sha256") != self.fingerprint["sha256"]:
+        saved, now = ckpt.state.get("data", {}), self.data.describe()
+        if saved.get("kind") == now.get("kind") == "files" and saved.get("sha256") != now.get("sha256"):
             log.warning("training data differs from the data the checkpoint was trained on")
         s = ckpt.state
         pending = [math.nan if x is None else float(x) for x in s.get("pending_losses", [])]
-        return TrainState(s["step"], s["tokens"], s.get("skipped_steps", 0), s.get("val_loss") or math.nan,
-                          pending)  # fmt: skip
+        return TrainState(
+            s["step"], s["tokens"], s.get("skipped_steps", 0), s.get("val_loss") or math.nan, pending
+        )
 
     def close(self) -> None:
         """Stop the engine's processes and release the checkpoint dir (idempotent)."""
@@ -224,7 +260,7 @@ class Trainer:
             "model": vars(self.model_config),
             "config": self.config.to_dict(),
             "param_table": self.model.table.describe(),
-            "data": self.fingerprint,
+            "data": self.data.describe(),
         }
         m, v = self.engine.moments()
         arrays = {"params": self.engine.params(), "adam_m": m, "adam_v": v}
@@ -245,7 +281,7 @@ class Trainer:
     def _evaluate(self) -> dict[str, Any]:
         """Validation loss now, and the eval record (which consumes the pending batch losses)."""
         st = self.state
-        st.last_val_loss = evaluate(self.model, self.engine.params(), self.val_windows)
+        st.last_val_loss = evaluate(self.model, self.engine.params(), self.data.val_windows())
         finite = [x for x in st.pending_losses if math.isfinite(x)]
         st.pending_losses = []
         return {
@@ -264,11 +300,16 @@ class Trainer:
 
     def _loop(self, metrics: MetricsLog, progress: TextIO | None) -> TrainResult:
         cfg, st = self.config, self.state
-        metrics.write({
-            "event": "start", "params": self.model.num_params, "config": cfg.to_dict(),
-            "resumed_from": st.step, "train_tokens": len(self.split.train),
-            "val_tokens": len(self.split.val), "val_windows": len(self.val_windows),
-        })  # fmt: skip
+        metrics.write(
+            {
+                "event": "start",
+                "params": self.model.num_params,
+                "config": cfg.to_dict(),
+                "resumed_from": st.step,
+                **self.data.describe(),
+                "val_windows": len(self.data.val_windows()),
+            }
+        )
         last_train_loss = math.nan
         last_ckpt: Path | None = None
         if st.step == 0:
@@ -291,8 +332,9 @@ class Trainer:
             if progress is not None and (time.monotonic() - last_print > 0.5 or at_eval):
                 last_print = time.monotonic()
                 rate = (st.tokens - tokens_rate) / max(last_print - t_rate, 1e-9)
-                progress.write(f"\rstep {st.step}/{cfg.max_steps}  val {st.last_val_loss:.4f}  "
-                               f"{rate:,.0f} tok/s ")  # fmt: skip
+                progress.write(
+                    f"\rstep {st.step}/{cfg.max_steps}  val {st.last_val_loss:.4f}  {rate:,.0f} tok/s "
+                )
                 progress.flush()
             if st.step % cfg.checkpoint_interval == 0:
                 last_ckpt = self.checkpoint()

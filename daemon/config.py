@@ -1,0 +1,201 @@
+"""The daemon's configuration: one flat set of keys, defaults < TOML file < environment < CLI.
+
+Every key is a field of ``DaemonConfig`` (the daemon's own) or of ``TrainConfig`` (the model
+and training knobs, shared with `crystalline train`); each is also a CLI flag (``--embed-dim``)
+and an environment variable (``CRYSTALLINE_EMBED_DIM``). Under systemd the directories default
+to ``$STATE_DIRECTORY`` and ``$RUNTIME_DIRECTORY``; otherwise to ``./state`` and ``./state/run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ..workers.train_config import TrainConfig
+
+ENV_PREFIX = "CRYSTALLINE_"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What `crystalline run` needs beyond the training knobs."""
+
+    state_dir: str = ""  # "" : $STATE_DIRECTORY, else ./state
+    runtime_dir: str = ""  # "" : $RUNTIME_DIRECTORY, else <state_dir>/run
+    inbox: str = ""  # "" : <state_dir>/inbox
+    seed_url: tuple[str, ...] = ()
+    no_crawl: bool = False
+    allowed_domain: tuple[str, ...] = ()
+    crawl_delay: float = 1.0  # seconds between requests to one host (at least)
+    crawl_concurrency: int = 8
+    user_agent: str = "crystalline/0.1 (+https://example.invalid/crystalline)"
+    checkpoint_interval_s: float = 300.0
+    status_interval_s: float = 10.0  # STATUS= lines to systemd
+    samples: bool = True  # copy the bundled sample documents into a fresh inbox
+    socket_mode: str = "0660"
+
+
+@dataclass(frozen=True)
+class Settings:
+    daemon: DaemonConfig
+    train: TrainConfig
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.daemon.state_dir or os.environ.get("STATE_DIRECTORY", "") or "state").absolute()
+
+    @property
+    def runtime_dir(self) -> Path:
+        value = self.daemon.runtime_dir or os.environ.get("RUNTIME_DIRECTORY", "")
+        return Path(value).absolute() if value else self.state_dir / "run"
+
+    @property
+    def inbox(self) -> Path:
+        return Path(self.daemon.inbox).absolute() if self.daemon.inbox else self.state_dir / "inbox"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "crystalline.sock"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.daemon), **self.train.to_dict()}
+
+
+def _all_fields() -> dict[str, tuple[str, Any]]:
+    """key -> (which dataclass, default)."""
+    out: dict[str, tuple[str, Any]] = {}
+    for owner, instance in (("daemon", DaemonConfig()), ("train", TrainConfig())):
+        for f in fields(instance):
+            out[f.name] = (owner, getattr(instance, f.name))
+    return out
+
+
+FIELDS = _all_fields()
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    _, default = FIELDS[name]
+    kind = type(default)
+    try:
+        if kind is tuple:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        if kind is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, int | str) and not isinstance(value, bool):
+            return int(value)
+        if kind is str:
+            return str(value)
+    except ValueError:
+        pass
+    raise ValueError(f"{source}: {name.replace('_', '-')} must be a {kind.__name__}, got {value!r}")
+
+
+def from_file(path: Path) -> dict[str, Any]:
+    """Keys from a TOML file: top level or under [daemon] / [train], dashes or underscores."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read config: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("daemon", "train") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    out = {}
+    for key, value in flat.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ValueError(f"{path}: unknown option {key!r}")
+        out[name] = _convert(name, value, str(path))
+    return out
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in FIELDS:
+                raise ValueError(f"environment: unknown variable {key}")
+            out[name] = _convert(name, value, key)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per key; defaults are None so only what was given overrides."""
+    parser.add_argument(
+        "--config", type=Path, help="TOML file with any of the options (env: CRYSTALLINE_CONFIG)"
+    )
+    for name, (_owner, default) in FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=name,
+                action="store_const",
+                const=True,
+                default=None,
+                help=f"(env {ENV_PREFIX}{name.upper()})",
+            )
+        elif isinstance(default, tuple):
+            parser.add_argument(
+                flag,
+                dest=name,
+                action="append",
+                default=None,
+                metavar="VALUE",
+                help=f"repeatable (env {ENV_PREFIX}{name.upper()}, comma-separated)",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                metavar=type(default).__name__.upper(),
+                help=f"default {default!r} (env {ENV_PREFIX}{name.upper()})",
+            )
+
+
+def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults < file (--config or CRYSTALLINE_CONFIG) < environment < command line."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_path = args.config or (
+        Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None
+    )
+    if config_path is not None:
+        values.update(from_file(config_path))
+    values.update(from_env(env))
+    for name in FIELDS:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = _convert(name, given, "--" + name.replace("_", "-"))
+    daemon = {k: v for k, v in values.items() if FIELDS[k][0] == "daemon"}
+    train = {k: v for k, v in values.items() if FIELDS[k][0] == "train"}
+    train.setdefault("max_steps", 1 << 62)  # a daemon trains until it is stopped
+    train.setdefault("workers", 12)  # node zero and its 12 workers
+    settings = Settings(DaemonConfig(**daemon), TrainConfig(**train))
+    settings.train.validate()
+    if settings.daemon.crawl_concurrency < 1 or settings.daemon.crawl_delay < 0:
+        raise ValueError("crawl-concurrency must be >= 1 and crawl-delay >= 0")
+    int(settings.daemon.socket_mode, 8)  # ValueError on garbage
+    return settings
