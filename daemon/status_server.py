@@ -27,7 +27,7 @@ from typing import Any
 log = logging.getLogger("crystalline.status")
 
 MAX_LINE = 64 * 1024
-MAX_CLIENTS = 256
+MAX_CLIENTS = 512
 IDLE_TIMEOUT_S = 60.0
 WRITE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
@@ -85,7 +85,9 @@ class StatusServer:
         # the umask makes the socket private from its first instant; chmod opens it to the group
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._client, path=str(self.path), limit=MAX_LINE)
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_LINE, backlog=max(self.max_clients, 128)
+            )
         finally:
             os.umask(old)
         os.chmod(self.path, self.mode)

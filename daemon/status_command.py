@@ -1,0 +1,153 @@
+"""`crystalline status`: ask the running daemon what it is doing.
+
+Exit status: 0 healthy, 1 unreachable, 2 degraded (a worker dead or restarting, training
+stalled, or the daemon reports an error state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .status_server import request
+
+HEALTHY, UNREACHABLE, DEGRADED = 0, 1, 2
+BAD_WORKER_STATES = ("dead", "restarting")
+
+
+def default_socket() -> Path:
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return Path(runtime) / "crystalline.sock"
+    return Path("state/run/crystalline.sock").absolute()
+
+
+def health(data: dict[str, Any]) -> tuple[int, list[str]]:
+    """(exit status, reasons) for a status ``data`` object."""
+    reasons = []
+    training = data.get("training") or {}
+    for w in training.get("workers", []):
+        if w.get("state") in BAD_WORKER_STATES:
+            reasons.append(f"worker {w.get('id')} is {w.get('state')}")
+    if data.get("state") in ("error", "stalled"):
+        reasons.append(f"daemon state is {data.get('state')}")
+    if training.get("stalled"):
+        reasons.append("training stalled: " + str(training["stalled"]))
+    return (DEGRADED if reasons else HEALTHY), reasons
+
+
+def _fmt(x: Any, spec: str = ".4f") -> str:
+    if isinstance(x, int | float) and not (isinstance(x, float) and not math.isfinite(x)):
+        return format(x, spec)
+    return "-"
+
+
+SYMBOL = {"idle": "o", "computing": "*", "reducing": "+", "updating": "^", "dead": "x", "restarting": "!"}
+
+
+def ring(workers: list[dict[str, Any]]) -> list[str]:
+    """The workers drawn around node zero, clockwise from the top (legend below)."""
+    if not workers:
+        return ["  (no worker processes: training runs in node zero)"]
+    n = len(workers)
+    width, height = 44, 9
+    grid = [[" "] * width for _ in range(height)]
+    cx, cy = width // 2, height // 2
+    for i, w in enumerate(workers):
+        angle = 2 * math.pi * i / n - math.pi / 2
+        x = round(cx + math.cos(angle) * 18)
+        y = round(cy + math.sin(angle) * 4)
+        label = f"{w['id']:02d}{SYMBOL.get(str(w.get('state')), '?')}"
+        for j, ch in enumerate(label):
+            if 0 <= x - 1 + j < width:
+                grid[y][x - 1 + j] = ch
+    center = "[node 0]"
+    for j, ch in enumerate(center):
+        grid[cy][cx - len(center) // 2 + j] = ch
+    lines = ["  " + "".join(row).rstrip() for row in grid]
+    lines.append("  " + "  ".join(f"{s} {k}" for k, s in SYMBOL.items()))
+    return lines
+
+
+def summary(data: dict[str, Any]) -> str:
+    t = data.get("training") or {}
+    c = data.get("crawler") or {}
+    i = data.get("ingest") or {}
+    r = data.get("ring") or {}
+    lines = [
+        f"crystalline  {data.get('state', '?')}  up {_fmt(data.get('uptime_s'), '.0f')} s",
+        f"training     step {t.get('step', '-')}  tokens {t.get('tokens', '-')}  loss {_fmt(t.get('loss'))}  "
+        f"val {_fmt(t.get('val_loss'))}  {_fmt(t.get('tokens_per_s'), ',.0f')} tok/s  "
+        f"params v{t.get('params_version', '-')}  checkpoint @{t.get('last_checkpoint_step', '-')}",
+    ]
+    trend = t.get("loss_trend") or []
+    if trend:
+        lines.append("loss trend   " + " ".join(_fmt(x, ".3f") for x in trend[-8:]))
+    lines += ring(t.get("workers", []))
+    restarts = sum(w.get("restarts", 0) for w in t.get("workers", []))
+    lines.append(f"workers      {len(t.get('workers', []))}  restarts {restarts}")
+    lines.append(
+        f"crawler      fetched {c.get('fetched', '-')}  queued {c.get('queued', '-')}  "
+        f"errors {c.get('errors', '-')}  hosts {c.get('hosts', '-')}"
+    )
+    lines.append(
+        f"ingest       documents {i.get('documents', '-')}  failed {i.get('failed', '-')}  "
+        f"pending {i.get('pending', '-')}  tokens {i.get('tokens', '-')}"
+    )
+    lines.append(f"ring         slots {r.get('slots', '-')}  ready {r.get('ready', '-')}")
+    return "\n".join(lines)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="ask the running daemon what it is doing",
+        description="Print the daemon's status: exit 1 if unreachable, 2 if degraded.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--socket", type=Path, help="the status socket (default: $RUNTIME_DIRECTORY or ./state/run)"
+    )
+    where.add_argument("--runtime-dir", type=Path, help="the daemon's runtime directory")
+    p.add_argument("--json", action="store_true", help="print the data object as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh every 2 s until interrupted")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon (default 5)")
+    p.set_defaults(func=run_status_command)
+
+
+def run_status_command(args: argparse.Namespace) -> int:
+    path = args.socket or (args.runtime_dir / "crystalline.sock" if args.runtime_dir else default_socket())
+    while True:
+        code = _once(path, args)
+        if not args.watch:
+            return code
+        time.sleep(2.0)
+
+
+def _once(path: Path, args: argparse.Namespace) -> int:
+    try:
+        reply = request(path, {"cmd": "status"}, timeout_s=args.timeout)
+    except (OSError, ValueError) as exc:
+        print(f"crystalline: daemon unreachable at {path}: {exc}", file=sys.stderr)
+        return UNREACHABLE
+    if not reply.get("ok"):
+        print(f"crystalline: status failed: {reply.get('error')}", file=sys.stderr)
+        return UNREACHABLE
+    data = reply.get("data") or {}
+    code, reasons = health(data)
+    if args.json:
+        print(json.dumps(data, indent=None if not args.watch else 2))
+    else:
+        if args.watch:
+            print("\033[2J\033[H", end="")
+        print(summary(data))
+        for reason in reasons:
+            print(f"degraded: {reason}")
+    sys.stdout.flush()
+    return code
