@@ -16,6 +16,7 @@ from types import FrameType
 
 from crystalline import __version__
 
+from ..crawler import command as crawl_command
 from ..workers.checkpoint import CheckpointError, load_latest
 from ..workers.model import GPT
 from ..workers.params import ModelConfig
@@ -31,6 +32,8 @@ from ..workers.tokenizer import (
 )
 from ..workers.train_config import FIELD_TYPES, TrainConfig, flag, load_toml, resolve
 from ..workers.trainer import Trainer, TrainingError, progress_stream
+from . import config as daemon_config
+from . import status_command
 
 log = logging.getLogger("crystalline")
 
@@ -134,6 +137,12 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .supervisor import run_daemon
+
+    return run_daemon(daemon_config.resolve(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="crystalline",
@@ -175,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default="bytes", help="'bytes' or a tokenizer file (default: bytes)")
     p.add_argument("--stats", action="store_true", help="print counts instead of ids")
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser(
+        "run",
+        help="run the daemon (crawl, ingest, train, serve status)",
+        description="Run the continuous-learning daemon. Every option is also a TOML key "
+        "(--config) and a CRYSTALLINE_* environment variable; CLI > env > file > defaults.",
+    )
+    daemon_config.add_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+    status_command.add_parser(sub)
+    crawl_command.add_parser(sub)
     return parser
 
 

@@ -37,7 +37,7 @@ class DaemonConfig:
     user_agent: str = "crystalline/0.1 (+https://example.invalid/crystalline)"
     checkpoint_interval_s: float = 300.0
     status_interval_s: float = 10.0  # STATUS= lines to systemd
-    samples: bool = True  # copy the bundled sample documents into a fresh inbox
+    no_samples: bool = False  # do not copy the bundled sample documents into a fresh inbox
     socket_mode: str = "0660"
 
 
