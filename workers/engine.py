@@ -106,7 +106,7 @@ class LocalEngine:
         return StepOutcome(loss_sum, tokens, norm, True)
 
     def stats(self) -> dict[str, Any]:
-        return {"workers": []}
+        return {"workers": [], "ring": {"slots": 0, "ready": 0}}
 
     def close(self) -> None:
         pass
@@ -210,6 +210,10 @@ class RingBatcher:
 
     def release(self, slot: int) -> None:
         self._free.put(slot)
+
+    def ready(self) -> int:
+        """Slots filled and waiting for their step."""
+        return self._ready.qsize()
 
     def close(self) -> None:
         """Stop the thread and drop the view of the ring, so the segment can be closed."""
@@ -572,6 +576,7 @@ class ProcessEngine:
             "skipped_steps": self.skipped_steps,
             "speculative_updates": self.speculation_hits,
             "last_step": self.last_step,
+            "ring": {"slots": self.settings.ring_slots, "ready": self.batcher.ready()},
             "workers": [
                 {
                     "id": h.index,

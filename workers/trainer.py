@@ -268,12 +268,16 @@ class Trainer:
         return save_checkpoint(self.checkpoint_dir, ckpt, keep=self.config.keep_checkpoints)
 
     # ---- the loop ---------------------------------------------------------------------------
-    def run(self, progress: TextIO | None = None) -> TrainResult:
+    def run(
+        self, progress: TextIO | None = None, between_steps: Callable[[], None] | None = None
+    ) -> TrainResult:
         """Train until max-steps, the target validation loss, or ``stop_requested``; then
-        checkpoint and close the engine."""
+        checkpoint and close the engine. ``between_steps`` runs before every step (the daemon's
+        control process serves its commands there, and blocks there while paused)."""
         metrics = MetricsLog(self.checkpoint_dir / "metrics.jsonl")
+        self.metrics = metrics
         try:
-            return self._loop(metrics, progress)
+            return self._loop(metrics, progress, between_steps)
         finally:
             metrics.close()
             self.close()
@@ -298,7 +302,9 @@ class Trainer:
         target = self.config.target_val_loss
         return bool(target) and self.state.last_val_loss <= target
 
-    def _loop(self, metrics: MetricsLog, progress: TextIO | None) -> TrainResult:
+    def _loop(
+        self, metrics: MetricsLog, progress: TextIO | None, between_steps: Callable[[], None] | None
+    ) -> TrainResult:
         cfg, st = self.config, self.state
         metrics.write(
             {
@@ -318,6 +324,10 @@ class Trainer:
         t_rate, tokens_rate = time.monotonic(), st.tokens
         last_print = 0.0
         while st.step < cfg.max_steps and not self.stop_requested and not reached:
+            if between_steps is not None:
+                between_steps()
+                if self.stop_requested:
+                    break
             try:
                 st.pending_losses.append(self.train_step())
             except EngineStopped:
