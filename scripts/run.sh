@@ -9,4 +9,4 @@ resume=()
 compgen -G "$ckpt/step-*" >/dev/null && resume=(--resume)
 # Until the daemon lands (issue: supervisor, status socket, systemd), the default is the
 # one-process trainer on the bundled samples; extra arguments pass through to it.
-exec "$VENV/bin/crystalline" train "$ROOT/daemon/samples" --checkpoint-dir "$ckpt" "${resume[@]}" "$@"
+exec "$VENV/bin/crystalline" train "$ROOT"/daemon/samples/*.txt --checkpoint-dir "$ckpt" "${resume[@]}" "$@"
