@@ -1,0 +1,260 @@
+"""``crystalline crawl``: crawl from start URLs into a data directory, then print a summary.
+
+    crystalline crawl --start-url URL [--start-url ...] [--max-pages N] [--max-depth D]
+        [--data-dir DIR] [--allowed-domain D ...] [--delay S] [--concurrency N]
+        [--user-agent UA] [--timeout S] [--log-jsonl FILE]
+
+``DIR/frontier.sqlite`` holds the frontier (rerunning with the same directory resumes) and
+``DIR/spool/`` the fetched documents that ingest consumes. The crawl ends when the frontier is
+empty or a limit is reached (exit 0), or on SIGINT/SIGTERM (exit 130/143 after requeueing what
+was in flight). ``--log-jsonl`` appends one JSON line per request: url, status, content_type,
+bytes, elapsed, error. Also runnable alone: ``python -m crystalline.crawler.command --start-url ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import IO
+
+from ..ingest.document import Spool
+from .crawl import Crawler, CrawlSummary, FetchRecord
+from .settings import CrawlSettings
+
+log = logging.getLogger("crystalline.crawler")
+
+_DEFAULTS = CrawlSettings()
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The crawl options (shared by ``crystalline crawl`` and ``python -m ...command``)."""
+    d = _DEFAULTS
+    p.add_argument(
+        "--start-url",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="where to start (repeatable); its host is in scope unless --allowed-domain is given",
+    )
+    p.add_argument(
+        "--max-pages",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stop after N pages are stored in DIR, all runs together (default: no limit)",
+    )
+    p.add_argument(
+        "--max-depth",
+        type=int,
+        default=d.max_depth,
+        metavar="D",
+        help=f"link hops from a start URL (default: {d.max_depth})",
+    )
+    p.add_argument(
+        "--max-pages-per-host",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pages stored per host (default: no limit)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        metavar="DIR",
+        help=f"frontier and spool of fetched documents (default: ./{d.data_dir})",
+    )
+    p.add_argument(
+        "--allowed-domain",
+        action="append",
+        default=[],
+        metavar="D",
+        help="crawl only this domain and its subdomains (repeatable)",
+    )
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=d.min_delay,
+        metavar="S",
+        help=f"minimum seconds between requests to one host; 0 also turns off the adaptive "
+        f"delay (default: {d.min_delay})",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=d.concurrency,
+        metavar="N",
+        help=f"requests in flight, all hosts together (default: {d.concurrency})",
+    )
+    p.add_argument(
+        "--per-host-concurrency",
+        type=int,
+        default=d.per_host_concurrency,
+        metavar="N",
+        help=f"requests in flight per host when --delay is 0 (default: {d.per_host_concurrency})",
+    )
+    p.add_argument(
+        "--user-agent",
+        default=d.user_agent,
+        metavar="UA",
+        help="User-Agent header; robots.txt is matched on its text before the first '/'",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=d.total_timeout,
+        metavar="S",
+        help=f"seconds per request, body included (default: {d.total_timeout})",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        metavar="N",
+        help=f"larger bodies (after decompression) are dropped (default: {d.max_body_bytes})",
+    )
+    p.add_argument("--log-jsonl", type=Path, metavar="FILE", help="append one JSON line per request")
+    p.add_argument("--allow-private-addresses", action="store_true",
+                   help="allow loopback and private addresses (local test servers)")  # fmt: skip
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``crawl`` subcommand to the ``crystalline`` CLI."""
+    p = subparsers.add_parser(
+        "crawl",
+        help="crawl the web from start URLs into a data directory",
+        description="Crawl politely from start URLs until the frontier is empty or a limit is reached; "
+        "rerunning with the same --data-dir resumes.",
+    )
+    add_options(p)
+    p.set_defaults(func=run_crawl_command)
+
+
+def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
+    """The crawl settings the options describe (raises ValueError for values out of range)."""
+    if args.timeout <= 0:
+        raise ValueError("--timeout must be positive")
+    return replace(
+        _DEFAULTS,
+        data_dir=args.data_dir,
+        user_agent=args.user_agent,
+        allowed_domains=tuple(args.allowed_domain),
+        max_pages=args.max_pages,
+        max_pages_per_host=args.max_pages_per_host,
+        max_depth=args.max_depth,
+        min_delay=args.delay,
+        autothrottle=args.delay > 0,
+        concurrency=args.concurrency,
+        per_host_concurrency=args.per_host_concurrency,
+        total_timeout=args.timeout,
+        connect_timeout=min(_DEFAULTS.connect_timeout, args.timeout),
+        read_timeout=min(_DEFAULTS.read_timeout, args.timeout),
+        max_body_bytes=args.max_body_bytes,
+        allow_private_addresses=args.allow_private_addresses,
+    )
+
+
+def run_crawl_command(args: argparse.Namespace) -> int:
+    """Run the crawl the options describe; print its summary; return the exit status."""
+    settings = settings_from_args(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    spool = Spool(settings.data_dir / "spool")
+    log_file: IO[str] | None = None
+    if args.log_jsonl is not None:
+        log_file = open(args.log_jsonl, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
+    crawler = Crawler(settings, spool, on_fetch=_jsonl_writer(log_file) if log_file else None)
+    try:
+        for url in args.start_url:
+            crawler.add_url(url)
+        summary, signum = asyncio.run(_crawl(crawler))
+    finally:
+        crawler.close()
+        if log_file is not None:
+            log_file.close()
+    print(summary.line())
+    return _SIGNAL_EXIT.get(signal.Signals(signum), 1) if signum else 0
+
+
+def _jsonl_writer(stream: IO[str]) -> Callable[[FetchRecord], None]:
+    def write(record: FetchRecord) -> None:
+        stream.write(json.dumps(asdict(record)) + "\n")
+
+    return write
+
+
+async def _crawl(crawler: Crawler) -> tuple[CrawlSummary, int]:
+    """Run the crawl with SIGINT/SIGTERM as stop requests and, on a terminal, a progress line."""
+    stop = asyncio.Event()
+    received: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:  # record only; the loop winds down
+        received.append(signum)
+        stop.set()
+
+    # only the main thread may own signals (a caller running this in a thread stops it otherwise)
+    signals = list(_SIGNAL_EXIT) if threading.current_thread() is threading.main_thread() else []
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    progress = asyncio.create_task(_progress(crawler)) if sys.stderr.isatty() else None
+    try:
+        summary = await crawler.run(stop)
+    finally:
+        if progress is not None:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            sys.stderr.write("\n")
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    return summary, (received[0] if received else 0)
+
+
+async def _progress(crawler: Crawler) -> None:
+    """Rewrite one stderr line each second with the crawl's counters."""
+    while True:
+        s = crawler.stats()
+        sys.stderr.write(
+            f"\rcrawl: {s['stored']} stored, {s['queued']} queued, {s['in_flight']} in flight, "
+            f"{s['errors']} errors, {s['hosts']} hosts, {s['bytes'] // 1024} KiB\x1b[K"
+        )
+        sys.stderr.flush()
+        await asyncio.sleep(1.0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crystalline crawl", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    add_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m crystalline.crawler.command``: the crawl subcommand on its own."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return run_crawl_command(args)
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"crystalline: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

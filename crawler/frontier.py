@@ -1,0 +1,273 @@
+"""The crawl frontier on disk: every URL seen, its state, and per-host scheduling, in SQLite (WAL).
+
+A URL is inserted once (its canonical form is the primary key of dedup) and moves
+QUEUED -> IN_FLIGHT -> STORED | FAILED | SKIPPED | REDIRECTED, or back to QUEUED for a retry.
+Each transition is one transaction, so a process killed at any point (SIGKILL included) reopens
+to a consistent frontier: in-flight URLs go back to the queue, nothing queued is lost, and a URL
+marked STORED is never fetched again. Memory does not grow with the frontier: lookups go through
+SQLite's indexes, not Python sets.
+
+The ``hosts`` table keeps per-origin queue counts and ``next_at`` (unix time before which the
+origin gets no request), so "which hosts may be asked now" is one indexed query.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .politeness import FAR_FUTURE
+
+QUEUED, IN_FLIGHT, STORED, FAILED, SKIPPED, REDIRECTED = range(6)
+STATE_NAMES = ("queued", "in_flight", "stored", "failed", "skipped", "redirected")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS urls (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL UNIQUE,
+    origin TEXT NOT NULL,
+    depth INTEGER NOT NULL,
+    redirects INTEGER NOT NULL DEFAULT 0,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    status INTEGER,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS urls_queue ON urls(origin, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS urls_in_flight ON urls(state) WHERE state = 1;
+CREATE TABLE IF NOT EXISTS hosts (
+    origin TEXT PRIMARY KEY,
+    queued INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    stored INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS hosts_ready ON hosts(next_at) WHERE queued > 0;
+CREATE TABLE IF NOT EXISTS patterns (
+    origin TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (origin, pattern)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class NewUrl:
+    """A URL to add: canonical ``url``, its ``origin``, and ``pattern`` for the trap budget."""
+
+    url: str
+    origin: str
+    depth: int
+    redirects: int = 0
+    pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class UrlEntry:
+    """A claimed URL."""
+
+    id: int
+    url: str
+    origin: str
+    depth: int
+    redirects: int
+    attempts: int
+
+
+class Frontier:
+    """The SQLite frontier at ``path`` (created if missing); close it when done."""
+
+    def __init__(self, path: Path, max_urls_per_pattern: int = 0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_urls_per_pattern = max_urls_per_pattern
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL: a commit survives a killed process; after a power cut the last commits may be
+            # lost, which refetches a page (its "stored" mark and its links go together) but loses none.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._recover()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise OSError(f"{path}: not a usable frontier database ({exc})") from exc
+        self.counts = [0] * len(STATE_NAMES)
+        for state, n in self._db.execute("SELECT state, COUNT(*) FROM urls GROUP BY state"):
+            self.counts[state] = n
+        self.hosts = self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0]
+
+    def _recover(self) -> None:
+        """Put what a previous process had in flight back in the queue and free its hosts."""
+        with self._transaction():
+            self._db.execute("UPDATE urls SET state = 0 WHERE state = 1")
+            self._db.execute(
+                "UPDATE hosts SET queued = (SELECT COUNT(*) FROM urls WHERE urls.origin = hosts.origin"
+                " AND urls.state = 0), next_at = MIN(next_at, ?)",
+                (time.time(),),
+            )
+
+    def _transaction(self) -> sqlite3.Connection:
+        return _Transaction(self._db)  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- adding ---------------------------------------------------------------------------------
+
+    def add(self, urls: Iterable[NewUrl]) -> int:
+        """Queue the URLs not seen before; return how many were new."""
+        with self._transaction():
+            return self._add(urls)
+
+    def _add(self, urls: Iterable[NewUrl]) -> int:
+        db = self._db
+        added = 0
+        for new in urls:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO urls (url, origin, depth, redirects) VALUES (?, ?, ?, ?)",
+                (new.url, new.origin, new.depth, new.redirects),
+            )
+            if cur.rowcount != 1:
+                continue
+            if new.pattern is not None and self.max_urls_per_pattern > 0:
+                (n,) = db.execute(
+                    "INSERT INTO patterns VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1 RETURNING n",
+                    (new.origin, new.pattern),
+                ).fetchone()
+                if n > self.max_urls_per_pattern:
+                    db.execute(
+                        "UPDATE urls SET state = ?, error = ? WHERE id = ?",
+                        (SKIPPED, "trap: too many URLs of one pattern", cur.lastrowid),
+                    )
+                    self.counts[SKIPPED] += 1
+                    continue
+            if db.execute("INSERT OR IGNORE INTO hosts (origin) VALUES (?)", (new.origin,)).rowcount:
+                self.hosts += 1
+            db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (new.origin,))
+            self.counts[QUEUED] += 1
+            added += 1
+        return added
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def ready_origins(self, now: float, limit: int) -> list[str]:
+        """Origins with queued URLs whose next_at has come, longest waiting first."""
+        rows = self._db.execute(
+            "SELECT origin FROM hosts WHERE queued > 0 AND next_at <= ? ORDER BY next_at LIMIT ?",
+            (now, limit),
+        )
+        return [r[0] for r in rows]
+
+    def next_ready_at(self) -> float | None:
+        """The earliest next_at of an origin with queued URLs (None: nothing queued anywhere)."""
+        row = self._db.execute("SELECT MIN(next_at) FROM hosts WHERE queued > 0").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def claim(self, origin: str, n: int, now: float) -> list[UrlEntry]:
+        """Mark up to ``n`` of the origin's queued URLs in flight (oldest first) and return them.
+        When all its queued URLs wait for a retry time, the origin's next_at moves there."""
+        with self._transaction():
+            rows = self._db.execute(
+                "SELECT id, url, depth, redirects, attempts FROM urls"
+                " WHERE origin = ? AND state = 0 AND not_before <= ? ORDER BY id LIMIT ?",
+                (origin, now, n),
+            ).fetchall()
+            if not rows:
+                wait = self._db.execute(
+                    "SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0", (origin,)
+                ).fetchone()
+                self._db.execute(
+                    "UPDATE hosts SET queued = ?, next_at = MAX(next_at, ?) WHERE origin = ?",
+                    (wait[1], wait[0] or 0.0, origin),
+                )
+                return []
+            self._db.executemany("UPDATE urls SET state = 1 WHERE id = ?", [(r[0],) for r in rows])
+            self._db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (len(rows), origin))
+        self.counts[QUEUED] -= len(rows)
+        self.counts[IN_FLIGHT] += len(rows)
+        return [UrlEntry(r[0], r[1], origin, r[2], r[3], r[4]) for r in rows]
+
+    def set_next_at(self, origin: str, when: float) -> None:
+        self._db.execute("UPDATE hosts SET next_at = ? WHERE origin = ?", (when, origin))
+
+    def host_stored(self, origin: str) -> int:
+        row = self._db.execute("SELECT stored FROM hosts WHERE origin = ?", (origin,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def drop_host_queue(self, origin: str, reason: str) -> int:
+        """Skip every queued URL of the origin (its page limit is reached); return how many."""
+        with self._transaction():
+            n = self._db.execute(
+                "UPDATE urls SET state = ?, error = ? WHERE origin = ? AND state = 0",
+                (SKIPPED, reason, origin),
+            ).rowcount
+            self._db.execute("UPDATE hosts SET queued = 0 WHERE origin = ?", (origin,))
+        self.counts[QUEUED] -= n
+        self.counts[SKIPPED] += n
+        return n
+
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def finish(
+        self, entry: UrlEntry, state: int, status: int = 0, error: str = "", links: Iterable[NewUrl] = ()
+    ) -> int:
+        """Record an in-flight URL's final state and queue its links, in one transaction (a page's
+        "stored" mark and its links are durable together); return how many links were new."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE urls SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE id = ?",
+                (state, status or None, error or None, entry.id),
+            )
+            if state == STORED:
+                self._db.execute("UPDATE hosts SET stored = stored + 1 WHERE origin = ?", (entry.origin,))
+            added = self._add(links)
+        self.counts[IN_FLIGHT] -= 1
+        self.counts[state] += 1
+        return added
+
+    def retry(self, entry: UrlEntry, not_before: float, status: int = 0, error: str = "") -> None:
+        """Put an in-flight URL back in the queue, not to be fetched before ``not_before``."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE urls SET state = 0, attempts = attempts + 1, not_before = ?, status = ?, error = ?"
+                " WHERE id = ?",
+                (not_before, status or None, error or None, entry.id),
+            )
+            self._db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (entry.origin,))
+        self.counts[IN_FLIGHT] -= 1
+        self.counts[QUEUED] += 1
+
+    def release(self, entry: UrlEntry) -> None:
+        """Return an in-flight URL to the queue unchanged (the crawl stopped before its outcome)."""
+        with self._transaction():
+            self._db.execute("UPDATE urls SET state = 0 WHERE id = ? AND state = 1", (entry.id,))
+            self._db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (entry.origin,))
+        self.counts[IN_FLIGHT] -= 1
+        self.counts[QUEUED] += 1
+
+    def free_hosts(self) -> None:
+        """Clear "slot full" marks (at the end of a run no request is in flight any more)."""
+        self._db.execute("UPDATE hosts SET next_at = ? WHERE next_at >= ?", (time.time(), FAR_FUTURE))
+
+    def state_of(self, url: str) -> tuple[str, int | None, str | None] | None:
+        """(state name, HTTP status, error) of a URL, or None if never seen: for tests and tools."""
+        row = self._db.execute("SELECT state, status, error FROM urls WHERE url = ?", (url,)).fetchone()
+        return None if row is None else (STATE_NAMES[row[0]], row[1], row[2])
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error) on an autocommit connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

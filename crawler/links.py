@@ -1,0 +1,60 @@
+"""Links of an HTML page: ``<a>``/``<area>`` hrefs resolved against ``<base href>`` or the page URL,
+without ``rel=nofollow`` ones, and none at all under ``<meta name=robots content=nofollow>``."""
+
+from __future__ import annotations
+
+import codecs
+from urllib.parse import urljoin
+
+import lxml.etree
+import lxml.html
+
+from .urls import canonical_url
+
+_SKIP_SCHEMES = ("javascript:", "mailto:", "tel:", "data:", "ftp:", "file:")
+
+
+def _codec(charset: str | None) -> str | None:
+    """Python's name for a declared charset, or None when unknown (lxml then sniffs <meta>)."""
+    if not charset:
+        return None
+    try:
+        return codecs.lookup(charset).name
+    except LookupError:
+        return None
+
+
+def extract_links(body: bytes, page_url: str, charset: str | None = None) -> list[str]:
+    """Canonical absolute URLs linked from ``body``, in document order, without duplicates."""
+    encoding = _codec(charset)
+    parser = lxml.html.HTMLParser(encoding=encoding, no_network=True, recover=True)
+    try:
+        root = lxml.html.document_fromstring(body, parser=parser)
+    except (lxml.etree.ParserError, ValueError, LookupError):
+        return []  # empty or undecodable document: nothing to follow
+    for meta in root.iter("meta"):
+        if (meta.get("name") or "").lower() == "robots" and "nofollow" in (meta.get("content") or "").lower():
+            return []
+    base = page_url
+    for element in root.iter("base"):
+        href = (element.get("href") or "").strip()
+        if href:
+            base = urljoin(page_url, href)
+            break
+    url_encoding = encoding or "utf-8"
+    seen: set[str] = set()
+    links: list[str] = []
+    for element in root.iter("a", "area"):
+        href = (element.get("href") or "").strip()
+        if not href or href.startswith("#") or href.lower().startswith(_SKIP_SCHEMES):
+            continue
+        if "nofollow" in (element.get("rel") or "").lower().split():
+            continue
+        try:
+            url = canonical_url(urljoin(base, href), encoding=url_encoding)
+        except ValueError:
+            continue  # e.g. an invalid IPv6 literal: not a link we can follow
+        if url not in seen:
+            seen.add(url)
+            links.append(url)
+    return links

@@ -1,0 +1,142 @@
+"""robots.txt per origin (RFC 9309): fetched once, shared by concurrent requests, cached with a lifetime.
+
+Parsing and matching are protego's (Scrapy's parser): the group of the most specific matching
+product token wins, within it the longest matching rule, Allow on a tie; ``*`` and ``$`` are
+wildcards and percent-encoding is normalised. A 4xx robots.txt allows everything; a 5xx or an
+unreachable host disallows everything until ``robots_error_ttl`` has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from protego import Protego
+
+log = logging.getLogger("crystalline.crawler.robots")
+
+
+@dataclass(frozen=True)
+class RobotsResponse:
+    """What fetching /robots.txt gave: an HTTP status (0 when unreachable) and the body."""
+
+    status: int
+    body: bytes
+    error: str = ""
+
+
+class RobotsRules:
+    """The rules of one origin for one product token."""
+
+    def __init__(self, product_token: str, parser: Protego | None, allow_all: bool, reason: str) -> None:
+        self.product_token = product_token
+        self._parser = parser
+        self._allow_all = allow_all
+        self.reason = reason  # "parsed", "404 allows all", "503 disallows all", ...
+
+    @classmethod
+    def parse(cls, text: str, product_token: str) -> RobotsRules:
+        return cls(product_token, Protego.parse(text), allow_all=False, reason="parsed")
+
+    @classmethod
+    def allow_everything(cls, product_token: str, reason: str) -> RobotsRules:
+        return cls(product_token, None, allow_all=True, reason=reason)
+
+    @classmethod
+    def disallow_everything(cls, product_token: str, reason: str) -> RobotsRules:
+        return cls(product_token, None, allow_all=False, reason=reason)
+
+    @property
+    def unavailable(self) -> bool:
+        """True when everything is disallowed because robots.txt could not be had (5xx, network)."""
+        return self._parser is None and not self._allow_all
+
+    def allowed(self, url: str) -> bool:
+        if self._parser is None:
+            return self._allow_all
+        return bool(self._parser.can_fetch(url, self.product_token))
+
+    def crawl_delay(self) -> float | None:
+        if self._parser is None:
+            return None
+        delay = self._parser.crawl_delay(self.product_token)
+        return float(delay) if delay is not None else None
+
+    def sitemaps(self) -> list[str]:
+        return list(self._parser.sitemaps) if self._parser is not None else []
+
+
+def rules_from_response(response: RobotsResponse, product_token: str) -> RobotsRules:
+    """RFC 9309 2.3.1: 2xx parse, 4xx allow all, 5xx or unreachable disallow all."""
+    if 200 <= response.status < 300:
+        text = response.body.decode("utf-8", errors="replace")
+        return RobotsRules.parse(text, product_token)
+    if 400 <= response.status < 500:
+        return RobotsRules.allow_everything(product_token, f"robots.txt {response.status}: allow all")
+    why = f"robots.txt {response.status}" if response.status else f"robots.txt unreachable ({response.error})"
+    return RobotsRules.disallow_everything(product_token, f"{why}: disallow all")
+
+
+class RobotsCache:
+    """Rules per origin, each fetched at most once at a time and kept for a lifetime (LRU-bounded)."""
+
+    def __init__(
+        self,
+        fetch: Callable[[str], Awaitable[RobotsResponse]],
+        product_token: str,
+        ttl: float,
+        error_ttl: float,
+        max_entries: int,
+    ) -> None:
+        self._fetch = fetch  # origin -> response of origin/robots.txt
+        self.product_token = product_token
+        self.ttl = ttl
+        self.error_ttl = error_ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, RobotsRules]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[RobotsRules]] = {}
+        self.fetches = 0
+
+    def cached(self, origin: str) -> RobotsRules | None:
+        entry = self._entries.get(origin)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        self._entries.move_to_end(origin)
+        return entry[1]
+
+    async def rules(self, origin: str) -> tuple[RobotsRules, bool]:
+        """The origin's rules, and whether this call fetched them (the caller then owes the host
+        a politeness delay before its next request)."""
+        rules = self.cached(origin)
+        if rules is not None:
+            return rules, False
+        pending = self._pending.get(origin)
+        if pending is not None:
+            return await asyncio.shield(pending), False
+        future: asyncio.Future[RobotsRules] = asyncio.get_running_loop().create_future()
+        self._pending[origin] = future
+        try:
+            self.fetches += 1
+            response = await self._fetch(origin)
+            rules = rules_from_response(response, self.product_token)
+            log.info("robots %s: %s", origin, rules.reason)
+            self._store(origin, rules)
+            future.set_result(rules)
+            return rules, True
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            raise
+        finally:
+            del self._pending[origin]
+
+    def _store(self, origin: str, rules: RobotsRules) -> None:
+        lifetime = self.error_ttl if rules.unavailable else self.ttl
+        self._entries[origin] = (time.monotonic() + lifetime, rules)
+        self._entries.move_to_end(origin)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)

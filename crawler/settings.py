@@ -1,0 +1,105 @@
+"""Every crawler setting and its default, in one flat dataclass (Scrapy's settings module, typed).
+
+Components receive the ``CrawlSettings`` they need when built; the CLI and the daemon config
+override fields with ``dataclasses.replace``. Times are seconds, sizes are bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_USER_AGENT = "crystalline-bot/0.1 (+https://github.com/crystalline/crystalline)"
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    """What to crawl, how fast, and where the frontier lives."""
+
+    data_dir: Path = Path("crawl-data")  # frontier.sqlite lives here (the Spool is the caller's)
+    user_agent: str = DEFAULT_USER_AGENT
+
+    # scope and limits
+    allowed_domains: tuple[str, ...] = ()  # empty: the hosts of the start URLs (and their subdomains)
+    max_pages: int = 0  # pages stored in this data dir, all runs together (0: no limit)
+    max_pages_per_host: int = 0  # 0: no limit
+    max_depth: int = 20  # link hops from a start URL (Heritrix's default max hops)
+    max_url_length: int = 2048
+
+    # trap guards: a generated URL space (calendars, session ids, /a/b/a/b/...) must end
+    max_path_segments: int = 32
+    max_repeated_segment: int = 3  # one path segment appearing more often than this is a trap
+    max_query_params: int = 24
+    max_urls_per_pattern: int = 1000  # per host, URLs whose shape (digits masked) repeats (0: off)
+
+    # concurrency and timeouts
+    concurrency: int = 16  # requests in flight, all hosts together
+    per_host_concurrency: int = 2  # only used when the host's delay is 0
+    connect_timeout: float = 10.0
+    read_timeout: float = 20.0  # between two reads of the socket
+    total_timeout: float = 60.0  # the whole request, headers and body
+    max_body_bytes: int = 10 * 1024 * 1024  # after decompression
+    max_redirects: int = 5  # hops followed from one URL (each hop is a frontier entry)
+    submit_timeout: float = 600.0  # the sink's backpressure wait before the URL is requeued
+    stop_grace: float = 10.0  # on stop, requests in flight get this long to finish, then are requeued
+
+    # politeness
+    min_delay: float = 1.0  # between the end of one request to a host and the next
+    honour_crawl_delay: bool = True
+    max_crawl_delay: float = 60.0  # a larger robots.txt Crawl-delay is clamped to this
+    autothrottle: bool = True
+    autothrottle_target_concurrency: float = 1.0
+    autothrottle_max_delay: float = 60.0
+    max_retries: int = 3  # on 5xx, 429, network errors and timeouts; never on other 4xx
+    backoff_base: float = 2.0  # first retry after this, doubling per attempt
+    max_backoff: float = 600.0  # also caps Retry-After
+
+    # robots.txt
+    obey_robots: bool = True
+    robots_ttl: float = 24 * 3600.0  # RFC 9309: should not be cached for more than 24 h
+    robots_error_ttl: float = 600.0  # 5xx/unreachable: disallow all this long, then ask again
+    robots_max_bytes: int = 500 * 1024  # RFC 9309: at least 500 KiB must be parsed
+
+    # safety (issue 7 extends this): loopback/private addresses are refused unless allowed
+    allow_private_addresses: bool = False
+    allowed_schemes: tuple[str, ...] = ("http", "https")
+
+    # bounded memory
+    max_host_slots: int = 10_000  # politeness state kept in memory for the most recent hosts
+    max_robots_cached: int = 10_000
+
+    # media types ingest handles; others are skipped and logged
+    content_types: frozenset[str] = field(
+        default_factory=lambda: frozenset(
+            {
+                "text/html",
+                "application/xhtml+xml",
+                "text/plain",
+                "application/pdf",
+                "image/jpeg",
+                "image/png",
+                "image/gif",
+                "image/webp",
+                "image/tiff",
+                "image/bmp",
+            }
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.per_host_concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        for name in ("min_delay", "connect_timeout", "read_timeout", "total_timeout", "max_backoff"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative")
+        if self.max_body_bytes < 1 or self.max_pages < 0 or self.max_depth < 0:
+            raise ValueError("max-body-bytes must be positive, max-pages and max-depth non-negative")
+
+    @property
+    def frontier_path(self) -> Path:
+        return self.data_dir / "frontier.sqlite"
+
+    @property
+    def product_token(self) -> str:
+        """The robots.txt product token: the User-Agent up to the first '/' (RFC 9309 2.2.1)."""
+        return self.user_agent.split("/", 1)[0].strip().split()[0] if self.user_agent.strip() else "*"

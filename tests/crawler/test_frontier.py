@@ -1,0 +1,82 @@
+"""The SQLite frontier: dedup, claiming, outcomes, recovery after a crash, the pattern budget."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from crystalline.crawler.frontier import FAILED, IN_FLIGHT, QUEUED, STORED, Frontier, NewUrl
+
+
+def _urls(n: int, origin: str = "http://h") -> list[NewUrl]:
+    return [NewUrl(f"{origin}/p/{i}", origin, 1) for i in range(n)]
+
+
+def test_each_url_is_queued_once(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    assert frontier.add(_urls(5)) == 5
+    assert frontier.add(_urls(7)) == 2
+    assert frontier.counts[QUEUED] == 7 and frontier.hosts == 1
+    frontier.close()
+
+
+def test_claim_finish_and_retry(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add(_urls(3))
+    now = time.time()
+    first, second = frontier.claim("http://h", 2, now)
+    assert (first.url, second.url) == ("http://h/p/0", "http://h/p/1")
+    assert frontier.finish(first, STORED, 200, links=[NewUrl("http://h/new", "http://h", 2)]) == 1
+    frontier.retry(second, now + 60, 503, "HTTP 503")
+    third, fourth = frontier.claim("http://h", 5, now)  # p/1 waits for its retry time
+    assert (third.url, fourth.url) == ("http://h/p/2", "http://h/new")
+    assert frontier.claim("http://h", 5, now) == []
+    assert frontier.next_ready_at() is not None and frontier.next_ready_at() >= now + 60  # type: ignore[operator]
+    frontier.finish(third, FAILED, 404, "HTTP 404")
+    assert frontier.state_of("http://h/p/0") == ("stored", 200, None)
+    assert frontier.state_of("http://h/p/2") == ("failed", 404, "HTTP 404")
+    frontier.close()
+
+
+def test_reopening_requeues_what_was_in_flight(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add(_urls(4))
+    claimed = frontier.claim("http://h", 3, time.time())
+    frontier.finish(claimed[0], STORED, 200)
+    assert frontier.counts[IN_FLIGHT] == 2
+    # no close(): as after a SIGKILL
+    reopened = Frontier(tmp_path / "f.sqlite")
+    assert (reopened.counts[QUEUED], reopened.counts[IN_FLIGHT], reopened.counts[STORED]) == (3, 0, 1)
+    assert [e.url for e in reopened.claim("http://h", 9, time.time())] == [
+        f"http://h/p/{i}" for i in (1, 2, 3)
+    ]
+    frontier.close()
+    reopened.close()
+
+
+def test_ready_origins_respect_next_at(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add(_urls(1, "http://a") + _urls(1, "http://b"))
+    now = time.time()
+    frontier.set_next_at("http://a", now + 30)
+    assert frontier.ready_origins(now, 10) == ["http://b"]
+    assert frontier.ready_origins(now + 31, 10) == ["http://b", "http://a"]
+    frontier.close()
+
+
+def test_pattern_budget_skips_the_excess(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite", max_urls_per_pattern=3)
+    urls = [NewUrl(f"http://h/cal?m={i}", "http://h", 1, pattern="/cal?m") for i in range(10)]
+    assert frontier.add(urls) == 3
+    assert frontier.state_of("http://h/cal?m=9") == ("skipped", None, "trap: too many URLs of one pattern")
+    frontier.close()
+
+
+def test_a_large_frontier_stays_on_disk(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    for chunk in range(4):
+        frontier.add(NewUrl(f"http://h{i % 50}/{chunk}/{i}", f"http://h{i % 50}", 1) for i in range(50_000))
+    assert frontier.counts[QUEUED] == 200_000 and frontier.hosts == 50
+    assert len(frontier.claim("http://h7", 10, time.time())) == 10
+    assert (tmp_path / "f.sqlite").stat().st_size + (tmp_path / "f.sqlite-wal").stat().st_size > 5_000_000
+    frontier.close()

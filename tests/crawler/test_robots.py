@@ -1,0 +1,154 @@
+"""robots.txt: RFC 9309 matching through protego, and the once-per-host fetch with its failure modes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from _loopback import Hits, crawl, fast_settings, gaps, html, serve
+from aiohttp import web
+
+from crystalline.crawler.robots import RobotsResponse, RobotsRules, rules_from_response
+from crystalline.crawler.settings import CrawlSettings
+
+ROBOTS = """
+User-agent: *
+Disallow: /
+
+User-agent: crystalline-bot
+Disallow: /private
+Allow: /private/open
+Disallow: /*.pdf$
+Disallow: /tmp*/cache
+Disallow: /%7Ejoe/
+Allow: /same
+Disallow: /same
+"""
+
+
+def _rules(text: str = ROBOTS, token: str = "crystalline-bot") -> RobotsRules:
+    return RobotsRules.parse(text, token)
+
+
+def test_product_token_is_the_user_agent_before_the_slash() -> None:
+    assert CrawlSettings(user_agent="crystalline-bot/0.1 (+https://x.org)").product_token == "crystalline-bot"
+    assert CrawlSettings(user_agent="MyCrawler").product_token == "MyCrawler"
+
+
+def test_the_most_specific_group_wins() -> None:
+    assert _rules().allowed("http://h/public")  # our group allows what * disallows
+    assert not _rules(token="otherbot").allowed("http://h/public")  # others fall back to *
+
+
+def test_longest_match_wins_and_allow_wins_a_tie() -> None:
+    rules = _rules()
+    assert not rules.allowed("http://h/private/x")
+    assert rules.allowed("http://h/private/open/x")
+    assert rules.allowed("http://h/same")
+
+
+def test_wildcards_and_end_anchor() -> None:
+    rules = _rules()
+    assert not rules.allowed("http://h/docs/a.pdf")
+    assert rules.allowed("http://h/docs/a.pdf?download=1")  # $ anchors the end
+    assert not rules.allowed("http://h/tmp123/cache/x")
+    assert rules.allowed("http://h/tmp123/other")
+
+
+def test_percent_encoding_is_normalised() -> None:
+    rules = _rules()
+    assert not rules.allowed("http://h/~joe/index.html")
+    assert not rules.allowed("http://h/%7ejoe/index.html")
+    assert not rules.allowed("http://h/%7Ejoe/index.html")
+
+
+def test_crawl_delay_and_sitemaps_are_read() -> None:
+    rules = _rules("User-agent: *\nCrawl-delay: 2.5\nSitemap: http://h/sitemap.xml\n")
+    assert rules.crawl_delay() == 2.5
+    assert rules.sitemaps() == ["http://h/sitemap.xml"]
+
+
+def test_status_classes() -> None:
+    assert rules_from_response(RobotsResponse(404, b""), "bot").allowed("http://h/x")
+    assert not rules_from_response(RobotsResponse(404, b""), "bot").unavailable
+    for response in (RobotsResponse(503, b""), RobotsResponse(0, b"", "connection refused")):
+        rules = rules_from_response(response, "bot")
+        assert rules.unavailable and not rules.allowed("http://h/x")
+
+
+def _site_with_robots(robots: tuple[int, str], pages: int = 6) -> list[web.RouteDef]:
+    async def robots_txt(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.1)  # concurrent first requests arrive while it is being fetched
+        return web.Response(status=robots[0], text=robots[1])
+
+    async def start(request: web.Request) -> web.Response:
+        return html("".join(f'<a href="/p/{i}">p</a>' for i in range(pages)) + '<a href="/private/x">x</a>')
+
+    async def page(request: web.Request) -> web.Response:
+        return html("page")
+
+    return [web.get("/robots.txt", robots_txt), web.get("/", start), web.get("/p/{i}", page),
+            web.get("/private/x", page)]  # fmt: skip
+
+
+def test_robots_fetched_once_and_obeyed(tmp_path: Path) -> None:
+    async def main() -> None:
+        hits = Hits()
+        robots = (200, "User-agent: *\nDisallow: /private\n")
+        async with serve(_site_with_robots(robots), hits=hits) as base:
+            seeds = [base + "/", *(f"{base}/p/{i}" for i in range(6))]  # concurrent first requests
+            _, sink, _ = await crawl(fast_settings(tmp_path, concurrency=8, per_host_concurrency=8), seeds)
+        assert hits.count("/robots.txt") == 1
+        assert hits.count("/private/x") == 0
+        assert len(sink.docs) == 7
+
+    asyncio.run(main())
+
+
+def test_robots_404_allows_everything(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serve(_site_with_robots((404, ""))) as base:
+            _, sink, _ = await crawl(fast_settings(tmp_path), [base + "/"])
+        assert len(sink.docs) == 8
+
+    asyncio.run(main())
+
+
+def test_robots_503_disallows_everything(tmp_path: Path) -> None:
+    async def main() -> None:
+        hits = Hits()
+        async with serve(_site_with_robots((503, "")), hits=hits) as base:
+            settings = fast_settings(tmp_path, max_retries=1, robots_error_ttl=0.2)
+            summary, sink, _ = await crawl(settings, [base + "/"])
+        assert sink.docs == []
+        assert set(hits.paths()) == {"/robots.txt"}  # asked again after the error lifetime, no page
+        assert hits.count("/robots.txt") == 2
+        assert summary.failed == 1
+
+    asyncio.run(main())
+
+
+def test_robots_unreachable_disallows_everything(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serve([]) as base:
+            pass  # the port is closed now: connection refused
+        settings = fast_settings(tmp_path, max_retries=0)
+        summary, sink, _ = await crawl(settings, [base + "/"])
+        assert sink.docs == [] and summary.failed == 1
+
+    asyncio.run(main())
+
+
+def test_crawl_delay_is_honoured(tmp_path: Path) -> None:
+    async def main() -> None:
+        hits = Hits()
+        robots = (200, "User-agent: *\nCrawl-delay: 0.3\n")
+        async with serve(_site_with_robots(robots, pages=3), hits=hits) as base:
+            settings = fast_settings(tmp_path, per_host_concurrency=4)
+            _, sink, _ = await crawl(settings, [base + "/"])
+        assert len(sink.docs) == 5
+        times = hits.times()  # robots.txt included: it is a request to the host as well
+        assert len(times) == 6
+        assert min(gaps(times)) >= 0.3
+
+    asyncio.run(main())
