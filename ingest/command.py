@@ -1,0 +1,182 @@
+"""The ``extract`` and ``ingest`` commands.
+
+``crystalline extract [--json] FILE...`` prints the text extracted from each file (HTML, PDF,
+images by OCR, plain text); with ``--json`` one line per file::
+
+    {"path": "a.pdf", "kind": "pdf", "text": "...", "chars": 1234, "error": null}
+
+A file that fails gets its ``error`` and the others are still done; the exit status is 1 if any
+failed. ``crystalline ingest PATH... --data-dir DIR [--tokenizer T]`` ingests files and folders
+once into the token store and registry of DIR and prints the counts (documents, tokens,
+duplicates, failed, filtered); files are left where they are, and a rerun skips what is already
+recorded. The daemon wires :func:`add_parsers` into its CLI; ``python -m
+crystalline.ingest.command`` runs these two commands alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .document import Document
+from .extract import ExtractLimits
+from .pool import ExtractionPool, PoolConfig
+from .settings import IngestSettings
+
+
+def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
+    """Files named, plus the files under folders named (hidden ones skipped), in order. A
+    missing path raises ValueError if ``strict``, else is kept (its read fails later)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        elif path.is_file() or not strict:
+            out.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or directory")
+    return out
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Print the extracted text of each file; exit 1 if any failed."""
+    paths = _files(args.files, strict=False)
+    limits = ExtractLimits(ocr=not args.no_ocr)
+    config = PoolConfig(processes=args.processes, time_limit_s=args.time_limit, limits=limits)
+    docs: list[Document] = []
+    errors: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            body = path.read_bytes() if path.stat().st_size <= limits.max_bytes else b""
+            if not body and path.stat().st_size:
+                errors[i] = f"too large ({path.stat().st_size} bytes > {limits.max_bytes})"
+        except OSError as e:
+            errors[i] = f"cannot read ({e.strerror})"
+            body = b""
+        docs.append(Document(str(path.resolve()), body, "", origin="cli"))
+    todo = [i for i in range(len(docs)) if i not in errors]
+    results = {}
+    with ExtractionPool(config) as pool:
+        for j, r in pool.map([docs[i] for i in todo], want_text=True, apply_filters=False):
+            results[todo[j]] = r
+    failed = 0
+    for i, path in enumerate(paths):
+        res = results.get(i)
+        error = errors.get(i) or (res.error if res else "") or None
+        text = res.text if res and not error else ""
+        kind = res.kind if res else ""
+        failed += error is not None
+        if args.json:
+            line = {"path": str(path), "kind": kind, "text": text, "chars": len(text), "error": error}
+            print(json.dumps(line, ensure_ascii=False))
+        elif error:
+            print(f"{path}: {error}", file=sys.stderr)
+        else:
+            print(text)
+    return 1 if failed else 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """Ingest files and folders into the store of ``--data-dir``; print the counts."""
+    from crystalline.workers.tokenizer import load_tokenizer
+
+    from .ingestor import Ingestor, Submission, file_entry
+
+    paths = _files(args.paths)
+    tokenizer = load_tokenizer(args.tokenizer)
+    settings = IngestSettings(processes=args.processes, time_limit_s=args.time_limit)
+    counts = dict.fromkeys(("documents", "tokens", "duplicates", "failed", "filtered", "skipped"), 0)
+    with Ingestor(settings, Path(args.data_dir), tokenizer) as ingestor:
+        batch: list[Submission] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal size
+            records = ingestor.process(batch)
+            counts["skipped"] += len(batch) - len(records)
+            for rec in records:
+                key = {"done": "documents", "duplicate": "duplicates"}.get(rec.state, rec.state)
+                counts[key] += 1
+                counts["tokens"] += rec.tokens
+            batch.clear()
+            size = 0
+
+        for path in paths:
+            try:
+                entry = file_entry(path, "file")
+                body = path.read_bytes() if path.stat().st_size <= settings.limits.max_bytes else b""
+            except OSError as e:
+                print(f"{path}: cannot read ({e.strerror})", file=sys.stderr)
+                counts["failed"] += 1
+                continue
+            doc = Document(str(path.resolve()), body, "", origin="cli")
+            batch.append(Submission(entry, doc, lambda _rec: None))
+            size += len(body)
+            if len(batch) >= settings.batch_documents or size >= settings.batch_bytes:
+                flush()
+        if batch:
+            flush()
+    print(" ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``extract`` and ``ingest`` subcommands (each sets ``func``) to a CLI."""
+    p = subparsers.add_parser(
+        "extract",
+        help="print the text extracted from files (HTML, PDF, images, text)",
+        description="Print the text extracted from each file; exit 1 if any file failed.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="files or folders to extract")
+    p.add_argument("--json", action="store_true", help='one JSON line per file: {"path", "kind", "text", '
+                   '"chars", "error"}')  # fmt: skip
+    p.add_argument("--no-ocr", action="store_true", help="do not OCR images and scanned PDF pages")
+    _add_pool_options(p)
+    p.set_defaults(func=cmd_extract)
+
+    p = subparsers.add_parser(
+        "ingest",
+        help="ingest files into the token store once",
+        description="Extract, deduplicate and tokenize files into the token store of --data-dir and print "
+        "the counts. Files stay where they are; what is already recorded is skipped.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to ingest")
+    p.add_argument("--data-dir", required=True, help="directory of the registry and token store")
+    p.add_argument("--tokenizer", default="bytes", help='"bytes" or a tokenizer file (default: bytes)')
+    _add_pool_options(p)
+    p.set_defaults(func=cmd_ingest)
+
+
+def _add_pool_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--processes", type=int, default=1, help="extraction processes (default 1)")
+    p.add_argument("--time-limit", type=float, default=120.0, help="seconds per file (default 120)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``extract`` or ``ingest`` alone (``python -m crystalline.ingest.command``)."""
+    parser = argparse.ArgumentParser(prog="crystalline", description="Text extraction and ingest.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parsers(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except (ValueError, OSError) as e:
+        if args.debug:
+            raise
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

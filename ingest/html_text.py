@@ -1,0 +1,362 @@
+"""Main text of an HTML page: headings and paragraphs of the article, in order, without the
+navigation, footers, cookie banners, share bars, comments and scripts around it.
+
+The method is readability's, on lxml directly (bs4 is ~5x slower and recurses on deep trees):
+drop elements that are boilerplate by tag, ARIA role or class/id words; score each container by
+the prose it holds (paragraph length and commas, discounted by link text); take the best one and
+its siblings of similar quality; emit its blocks, dropping link lists and short fragments that
+carry no sentence. Every walk is iterative, and libxml2 caps the tree depth at 256, so 100k
+nested tags cost no more than a normal page.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import lxml.html
+from lxml import etree
+
+_DROP_TAGS = (
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "svg",
+    "math",
+    "iframe",
+    "button",
+    "select",
+    "input",
+    "textarea",
+    "nav",
+    "footer",
+    "aside",
+    "canvas",
+    "object",
+    "embed",
+    "dialog",
+    "menu",
+    "figure",
+    "video",
+    "audio",
+    "map",
+)
+_DROP_ROLES = {
+    "navigation",
+    "banner",
+    "contentinfo",
+    "complementary",
+    "search",
+    "dialog",
+    "alertdialog",
+    "menu",
+    "menubar",
+    "toolbar",
+}
+# Words in class/id that mark boilerplate. Matched as whole words of the split attribute, so
+# "post-content" does not match "post" rules and "shadow" does not match "ad".
+_BOILER_WORDS = {
+    "nav",
+    "navbar",
+    "navigation",
+    "menu",
+    "footer",
+    "sidebar",
+    "breadcrumb",
+    "breadcrumbs",
+    "cookie",
+    "cookies",
+    "consent",
+    "gdpr",
+    "banner",
+    "share",
+    "sharing",
+    "social",
+    "related",
+    "recommended",
+    "advert",
+    "advertisement",
+    "ads",
+    "ad",
+    "sponsor",
+    "sponsored",
+    "promo",
+    "newsletter",
+    "subscribe",
+    "signup",
+    "popup",
+    "modal",
+    "comment",
+    "comments",
+    "disqus",
+    "widget",
+    "toolbar",
+    "pagination",
+    "pager",
+    "skip",
+    "masthead",
+    "tags",
+    "tagcloud",
+    "byline",
+    "author",
+    "meta",
+    "dateline",
+    "caption",
+    "toc",
+    "outbrain",
+    "taboola",
+    "login",
+    "hidden",
+    "sr",
+    "print",
+    "copyright",
+    "legal",
+    "infobox",
+    "navbox",
+    "reflist",
+    "references",
+    "footnotes",
+    "cta",
+    "trending",
+    "most",
+    "popular",
+}
+_GOOD_WORDS = {
+    "article",
+    "content",
+    "entry",
+    "main",
+    "post",
+    "story",
+    "text",
+    "body",
+    "blog",
+    "prose",
+    "articlebody",
+    "page",
+}
+_SPLIT = re.compile(r"[^a-z0-9]+")
+_HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
+_HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
+_BLOCK_TAGS = _HEADINGS | {
+    "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "pre", "blockquote", "td", "th", "tr", "table",
+    "section", "article", "main", "header", "body", "br", "hr", "address", "details", "summary", "center",
+}  # fmt: skip
+_PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
+# Sentence ends, including the CJK full stop and full-width marks.
+_SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
+
+
+@dataclass(frozen=True)
+class HtmlText:
+    """What :func:`extract_html` finds: the main text, the page title and language ("" if none)."""
+
+    text: str
+    title: str
+    language: str
+
+
+def _words(el: etree._Element) -> set[str]:
+    attrs = f"{el.get('class', '')} {el.get('id', '')}".lower()
+    return set(_SPLIT.split(attrs)) if attrs.strip() else set()
+
+
+def _is_boilerplate(el: etree._Element) -> bool:
+    if el.get("role", "").lower() in _DROP_ROLES or el.get("aria-hidden") == "true":
+        return True
+    if el.get("hidden") is not None or _HIDDEN.search(el.get("style", "")):
+        return True
+    words = _words(el)
+    return bool(words & _BOILER_WORDS) and not (words & {"article", "main", "content", "entry", "story"})
+
+
+def _no_article(el: etree._Element) -> bool:
+    """True unless ``el`` holds the page's <h1> or an <article>: a class like "ad-free" on a
+    wrapper must not take the article with it."""
+    return el.find(".//h1") is None and el.find(".//article") is None
+
+
+def _remove(el: etree._Element) -> None:
+    """Remove ``el`` and its subtree, keeping its tail text (which belongs to the parent)."""
+    parent = el.getparent()
+    if parent is None:
+        return
+    el.drop_tree()
+
+
+def _is_junk(el: etree._Element) -> bool:
+    tag = el.tag
+    if not isinstance(tag, str):  # comments, processing instructions
+        return True
+    if tag in _DROP_TAGS or (tag == "header" and el.find(".//h1") is None):
+        return True
+    return tag not in ("html", "body", "article", "main") and _is_boilerplate(el) and _no_article(el)
+
+
+def _clean(root: etree._Element) -> None:
+    """Drop comments, scripts, navigation and other boilerplate subtrees in place."""
+    doomed: list[etree._Element] = []
+    for el in root.iter():
+        if _is_junk(el):
+            doomed.append(el)
+    for el in doomed:
+        if el.getparent() is not None:  # not already gone with an ancestor
+            _remove(el)
+
+
+def _text_stats(root: etree._Element) -> tuple[dict[etree._Element, int], dict[etree._Element, int]]:
+    """Characters of text and of link text under each element, in one bottom-up pass."""
+    chars: dict[etree._Element, int] = {}
+    links: dict[etree._Element, int] = {}
+    for event, el in etree.iterwalk(root, events=("end",)):
+        del event
+        n = len((el.text or "").strip())
+        k = 0
+        for child in el:
+            n += chars.get(child, 0) + len((child.tail or "").strip())
+            k += links.get(child, 0)
+        if el.tag == "a":
+            k = n
+        chars[el] = n
+        links[el] = k
+    return chars, links
+
+
+def _best_container(root: etree._Element, chars: dict, links: dict) -> etree._Element:
+    """The element that holds most of the prose (readability's scoring)."""
+    scores: dict[etree._Element, float] = {}
+    for el in root.iter(*_PARA_TAGS):
+        if el.tag == "div" and any(child.tag in _BLOCK_TAGS for child in el):
+            continue  # a div of blocks is a container, not a paragraph
+        n = chars.get(el, 0)
+        if n < 25:
+            continue
+        text = el.text_content() if n < 20_000 else (el.text or "")
+        score = 1.0 + text.count(",") + text.count("\uff0c") + min(n / 100.0, 3.0)
+        parent = el.getparent()
+        for share in (1.0, 0.5, 0.25):
+            if parent is None:
+                break
+            scores[parent] = scores.get(parent, 0.0) + score * share
+            parent = parent.getparent()
+    best, best_score = root, 0.0
+    for el, score in scores.items():
+        words = _words(el)
+        if el.tag in ("article", "main") or el.get("itemprop") == "articleBody" or words & _GOOD_WORDS:
+            score *= 1.25
+        density = links.get(el, 0) / max(chars.get(el, 1), 1)
+        score *= 1.0 - density
+        if score > best_score:
+            best, best_score = el, score
+    return best
+
+
+def _selected(best: etree._Element, chars: dict, links: dict) -> list[etree._Element]:
+    """``best`` plus siblings that look like more of the same article (readability's rule)."""
+    parent = best.getparent()
+    if parent is None or best.tag in ("body", "html"):
+        return [best]
+    out = []
+    for sib in parent:
+        if sib is best:
+            out.append(sib)
+            continue
+        if not isinstance(sib.tag, str):
+            continue
+        n = chars.get(sib, 0)
+        density = links.get(sib, 0) / max(n, 1)
+        prose = (sib.tag in ("p", "pre", "blockquote") or sib.tag in _HEADINGS) and n > 0 and density < 0.25
+        if prose or (n > 200 and density < 0.2 and sib.tag == best.tag):
+            out.append(sib)
+    return out
+
+
+@dataclass
+class _Block:
+    text: list[str]
+    link_chars: int
+    heading: bool
+    tag: str
+
+
+def _blocks(roots: list[etree._Element]) -> list[_Block]:
+    """Split the selected subtrees into text blocks at block-level element boundaries."""
+    blocks: list[_Block] = []
+    cur = _Block([], 0, False, "p")
+    link_depth = 0
+
+    def flush(tag: str) -> None:
+        nonlocal cur
+        if "".join(cur.text).strip():
+            blocks.append(cur)
+        cur = _Block([], 0, tag in _HEADINGS, tag)
+
+    for root in roots:
+        flush(root.tag if isinstance(root.tag, str) else "p")
+        for event, el in etree.iterwalk(root, events=("start", "end")):
+            tag = el.tag if isinstance(el.tag, str) else ""
+            if event == "start":
+                if tag in _BLOCK_TAGS:
+                    flush(tag)
+                if tag == "a":
+                    link_depth += 1
+                if el.text:
+                    cur.text.append(el.text)
+                    if link_depth:
+                        cur.link_chars += len(el.text.strip())
+            else:
+                if tag == "a":
+                    link_depth -= 1
+                if tag in _BLOCK_TAGS:
+                    flush("p")
+                if el is not root and el.tail:
+                    cur.text.append(el.tail)
+                    if link_depth:
+                        cur.link_chars += len(el.tail.strip())
+        flush("p")
+    return blocks
+
+
+def _keep(block: _Block, text: str) -> bool:
+    n = len(text)
+    if block.link_chars > 0.5 * n:
+        return False
+    if block.heading:
+        return n <= 300
+    if n >= 80 or (n >= 25 and _SENTENCE_END.search(text)):
+        return True
+    return block.tag in ("li", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
+
+
+def extract_html(html: str) -> HtmlText:
+    """Extract the main text, title and language of an HTML document given as text."""
+    if not html.strip():
+        return HtmlText("", "", "")
+    parser = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, no_network=True, huge_tree=False)
+    try:
+        doc = lxml.html.document_fromstring(html, parser=parser)
+    except (etree.ParserError, ValueError):
+        return HtmlText("", "", "")
+    title_el = doc.find(".//title")
+    title = " ".join((title_el.text_content() if title_el is not None else "").split())
+    if not title:
+        og = doc.find(".//meta[@property='og:title']")
+        title = " ".join((og.get("content", "") if og is not None else "").split())
+    language = (doc.get("lang") or doc.get("xml:lang") or "").strip().lower()[:16]
+    body = doc.find("body")
+    if body is None:
+        body = doc
+    _clean(body)
+    chars, links = _text_stats(body)
+    best = _best_container(body, chars, links)
+    blocks = _blocks(_selected(best, chars, links))
+    texts = [" ".join("".join(b.text).split()) for b in blocks]
+    kept = [(b, t) for b, t in zip(blocks, texts, strict=True) if _keep(b, t)]
+    # A heading with nothing kept after it (before the next heading) is navigation, not a title.
+    out: list[str] = []
+    for i, (b, t) in enumerate(kept):
+        if b.heading and (i + 1 == len(kept) or kept[i + 1][0].heading) and b.tag != "h1":
+            continue
+        out.append(t)
+    return HtmlText("\n\n".join(out), title, language)

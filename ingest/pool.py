@@ -1,0 +1,306 @@
+"""A small pool of extraction processes with a per-document time limit.
+
+``concurrent.futures.ProcessPoolExecutor`` cannot stop one task: killing a worker breaks the
+whole pool and loses every other task in flight. Here each worker is its own spawned process on
+its own pipe; a document that overruns ``time_limit_s`` (or crashes its worker) gets an error
+result, that worker is killed and replaced, and the other documents carry on.
+
+Messages are raw bytes, never pickles: a task is ``<u32 header length><JSON header><body>``; a
+reply is ``<u32 header length><JSON header><UTF-8 text><token ids>``. Workers extract, normalise,
+apply the quality rules, fingerprint and tokenize, so the parent (the supervisor's thread) only
+does SQLite and file I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import struct
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .document import Document
+from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
+
+log = logging.getLogger("crystalline.ingest.pool")
+
+_LEN = struct.Struct("<I")
+_READY = b"ready"
+#: Seconds a new worker may take to import its libraries and say it is ready.
+STARTUP_DEADLINE_S = 60.0
+
+
+@dataclass
+class WorkResult:
+    """The outcome for one document. Exactly one of: ``error`` set (failed), ``filtered`` set
+    (extracted but rejected by the quality rules), or neither (text and ids are valid)."""
+
+    source: str
+    kind: str = ""
+    error: str = ""
+    filtered: str = ""
+    title: str = ""
+    language: str = ""
+    pages: int = 0
+    ocr_pages: int = 0
+    truncated: bool = False
+    encoding: str = ""
+    chars: int = 0
+    content_hash: str = ""
+    simhash: int = 0
+    text: str = ""
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How the pool runs: processes, limits, quality rules, and the tokenizer (as JSON) if any."""
+
+    processes: int = 1
+    time_limit_s: float = 120.0
+    memory_limit_mb: int = 2048  # address-space limit per worker (and its tesseract); 0: none
+    limits: ExtractLimits = field(default_factory=ExtractLimits)
+    min_chars: int = 200
+    min_words: int = 30
+    tokenizer_json: str = ""  # "": do not tokenize
+
+
+def _frame(header: dict[str, Any], *parts: bytes) -> bytes:
+    head = json.dumps(header).encode("utf-8")
+    return b"".join((_LEN.pack(len(head)), head, *parts))
+
+
+def _unframe(data: bytes) -> tuple[dict[str, Any], memoryview]:
+    (n,) = _LEN.unpack_from(data)
+    view = memoryview(data)
+    return json.loads(bytes(view[4 : 4 + n])), view[4 + n :]
+
+
+def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any) -> bytes:
+    """Process one task inside a worker; returns the reply frame."""
+    from .dedup import content_hash, simhash
+    from .normalize import QualityRules, quality_problem
+
+    config = json.loads(config_json)
+    limits = ExtractLimits(**config["limits"])
+    doc = Document(
+        source=header["source"],
+        body=body,
+        content_type=header.get("content_type", ""),
+        charset=header.get("charset"),
+        origin=header.get("origin", "crawl"),
+    )
+    reply: dict[str, Any] = {"source": doc.source}
+    try:
+        ex = extract_document(doc, limits)
+    except ExtractionError as e:
+        reply["error"] = str(e)
+        reply["kind"] = sniff_kind(body, doc.content_type, doc.source)
+        return _frame(reply)
+    reply.update(
+        kind=ex.kind,
+        title=ex.title,
+        language=ex.language,
+        pages=ex.pages,
+        ocr_pages=ex.ocr_pages,
+        truncated=ex.truncated,
+        encoding=ex.encoding,
+        chars=len(ex.text),
+    )
+    rules = QualityRules(min_chars=config["min_chars"], min_words=config["min_words"])
+    problem = quality_problem(ex.text, rules) if header.get("filter", True) else None
+    if problem:
+        reply["filtered"] = problem
+    text = ex.text.encode("utf-8", "surrogatepass") if header.get("want_text") else b""
+    reply["text_bytes"] = len(text)
+    ids = b""
+    if not problem and header.get("fingerprint", True):
+        reply["content_hash"] = content_hash(ex.text)
+        reply["simhash"] = simhash(ex.text)
+    if not problem and tokenizer is not None:
+        arr = tokenizer.encode(ex.text)
+        reply["dtype"] = arr.dtype.str
+        ids = arr.tobytes()
+    return _frame(reply, text, ids)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) -> None:
+    """Entry point of a pool process: handshake, then one reply per task until EOF."""
+    os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread per pool worker
+    logging.basicConfig(level=logging.INFO, format=f"ingest-pool[{os.getpid()}] %(levelname)s %(message)s")
+    config = json.loads(config_json)
+    if config["memory_limit_mb"] > 0:
+        import resource
+
+        limit = config["memory_limit_mb"] * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    tokenizer = None
+    if config["tokenizer_json"]:
+        # The tokenizer lives with the model (workers/); it is rebuilt from its JSON document.
+        from crystalline.workers.tokenizer import tokenizer_from_json
+
+        tokenizer = tokenizer_from_json(config["tokenizer_json"])
+    try:
+        conn.send_bytes(_READY)
+    except (BrokenPipeError, OSError):
+        return  # the pool was closed before this worker came up
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent closed the pipe or died
+        header, body = _unframe(data)
+        try:
+            reply = _work(config_json, header, bytes(body), tokenizer)
+        except MemoryError:
+            reply = _frame({"source": header["source"], "error": "out of memory during extraction"})
+        try:
+            conn.send_bytes(reply)
+        except (BrokenPipeError, OSError):
+            return
+
+
+class _Worker:
+    def __init__(self, ctx: Any, config_json: str) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, config_json), daemon=True)
+        self.process.start()
+        child.close()
+        self.task: tuple[int, Document] | None = None
+        self.deadline = time.monotonic() + STARTUP_DEADLINE_S
+        self.ready = False
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5.0)
+        self.conn.close()
+
+
+class ExtractionPool:
+    """``processes`` worker processes; :meth:`map` runs documents through them."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        if config.processes < 1:
+            raise ValueError(f"pool processes must be at least 1, got {config.processes}")
+        self.config = config
+        cfg = asdict(config)
+        self._config_json = json.dumps(cfg)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self.restarts = 0
+
+    def __enter__(self) -> ExtractionPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop every worker (closing its pipe ends its loop; a straggler is killed)."""
+        for w in self._workers:
+            w.conn.close()
+        for w in self._workers:
+            w.process.join(timeout=2.0)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=5.0)
+        self._workers.clear()
+
+    def _ensure_workers(self) -> None:
+        self._workers = [w for w in self._workers if w.process.is_alive() or w.task is not None]
+        while len(self._workers) < self.config.processes:
+            self._workers.append(_Worker(self._ctx, self._config_json))
+
+    def _replace(self, w: _Worker) -> None:
+        w.kill()
+        self._workers.remove(w)
+        self.restarts += 1
+        self._workers.append(_Worker(self._ctx, self._config_json))
+
+    def map(
+        self, docs: Iterable[Document], *, want_text: bool = False, apply_filters: bool = True
+    ) -> Iterator[tuple[int, WorkResult]]:
+        """Yield ``(input index, result)`` for every document, in completion order. Each document
+        yields exactly one result, whatever happens to its worker."""
+        todo: deque[tuple[int, Document]] = deque(enumerate(docs))
+        self._ensure_workers()
+        while todo or any(w.task is not None for w in self._workers):
+            for w in self._workers:
+                if w.ready and w.task is None and todo:
+                    index, doc = todo.popleft()
+                    header = {
+                        "source": doc.source,
+                        "content_type": doc.content_type,
+                        "charset": doc.charset,
+                        "origin": doc.origin,
+                        "want_text": want_text,
+                        "filter": apply_filters,
+                    }
+                    try:
+                        w.conn.send_bytes(_frame(header, doc.body))
+                    except (BrokenPipeError, OSError):
+                        todo.appendleft((index, doc))
+                        self._replace(w)
+                        break
+                    w.task = (index, doc)
+                    w.deadline = time.monotonic() + self.config.time_limit_s
+            now = time.monotonic()
+            timeout = max(0.0, min(w.deadline for w in self._workers) - now)
+            ready = multiprocessing.connection.wait([w.conn for w in self._workers], timeout=timeout)
+            for w in list(self._workers):
+                if w.conn in ready:
+                    try:
+                        data = w.conn.recv_bytes()
+                    except (EOFError, OSError) as e:
+                        w.process.join(timeout=5.0)
+                        code = w.process.exitcode
+                        task = w.task
+                        if not w.ready:
+                            w.kill()
+                            self._workers.remove(w)
+                            raise RuntimeError(
+                                f"extraction process failed to start (exit code {code})"
+                            ) from e
+                        self._replace(w)
+                        if task is None:
+                            log.warning("extraction process died while idle (exit %s)", code)
+                            continue
+                        crashed = f"extractor crashed (exit code {code})"
+                        yield task[0], WorkResult(task[1].source, error=crashed)
+                        continue
+                    if not w.ready:
+                        w.ready = data == _READY
+                        continue
+                    task, w.task = w.task, None
+                    if task is not None:
+                        yield task[0], self._parse(data)
+                elif time.monotonic() >= w.deadline:
+                    task = w.task
+                    self._replace(w)
+                    if task is None:
+                        raise TimeoutError(f"extraction process did not start within {STARTUP_DEADLINE_S:g}s")
+                    log.warning(
+                        "extraction of %s exceeded %gs; worker killed",
+                        task[1].source,
+                        self.config.time_limit_s,
+                    )
+                    limit = self.config.time_limit_s
+                    yield task[0], WorkResult(task[1].source, error=f"extraction timed out after {limit:g}s")
+
+    @staticmethod
+    def _parse(data: bytes) -> WorkResult:
+        header, rest = _unframe(data)
+        n_text = header.pop("text_bytes", 0)
+        dtype = header.pop("dtype", "")
+        text = bytes(rest[:n_text]).decode("utf-8", "surrogatepass")
+        ids = np.frombuffer(rest[n_text:], dtype=np.dtype(dtype)).copy() if dtype else np.zeros(0, np.uint16)
+        return WorkResult(text=text, ids=ids, **header)

@@ -1,0 +1,164 @@
+"""The document registry (SQLite, WAL): one row per submission that entered ingest.
+
+Each row is keyed by its *entry* (a spool file or a dropped file's path, size and mtime), so a
+submission seen again after a crash is recognised and not counted twice. A row's state is one
+of ``done`` (tokens in the store), ``duplicate``, ``failed`` or ``filtered``, each but ``done``
+with a reason. Rows are written only after the tokens they describe are durable; near-duplicate
+candidates are found through the SimHash bands table (see :mod:`dedup`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
+
+STATES = ("done", "duplicate", "failed", "filtered")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY,
+    entry TEXT NOT NULL UNIQUE,
+    doc_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    content_hash TEXT NOT NULL DEFAULT '',
+    simhash INTEGER NOT NULL DEFAULT 0,
+    chars INTEGER NOT NULL DEFAULT 0,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    split TEXT NOT NULL DEFAULT '',
+    shard INTEGER,
+    title TEXT NOT NULL DEFAULT '',
+    language TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_hash ON documents (content_hash) WHERE state = 'done';
+CREATE TABLE IF NOT EXISTS simhash_bands (
+    band INTEGER NOT NULL,
+    value INTEGER NOT NULL,
+    doc INTEGER NOT NULL REFERENCES documents (id)
+);
+CREATE INDEX IF NOT EXISTS simhash_bands_lookup ON simhash_bands (band, value);
+"""
+
+
+@dataclass
+class Record:
+    """One registry row to write."""
+
+    entry: str
+    doc_id: str
+    source: str
+    origin: str
+    state: str
+    reason: str = ""
+    kind: str = ""
+    content_hash: str = ""
+    simhash: int = 0
+    chars: int = 0
+    tokens: int = 0
+    split: str = ""
+    shard: int | None = None
+    title: str = ""
+    language: str = ""
+
+
+class Registry:
+    """The registry of one data directory; used by one writer (the ingestor) at a time."""
+
+    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        # The ingestor calls in from worker threads (asyncio.to_thread) and status requests from
+        # the loop: one connection shared under the lock of the caller (see Ingestor).
+        self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def state_of(self, entry: str) -> str | None:
+        """The recorded state of a submission, or None if it has not been recorded."""
+        row = self.db.execute("SELECT state FROM documents WHERE entry = ?", (entry,)).fetchone()
+        return str(row[0]) if row else None
+
+    def reason_of(self, entry: str) -> str:
+        row = self.db.execute("SELECT reason FROM documents WHERE entry = ?", (entry,)).fetchone()
+        return str(row[0]) if row else ""
+
+    def exact_duplicate(self, content_hash: str) -> str | None:
+        """The doc_id of a stored document with this exact text, if any."""
+        row = self.db.execute(
+            "SELECT doc_id FROM documents WHERE content_hash = ? AND state = 'done' LIMIT 1", (content_hash,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def near_duplicate(self, fingerprint: int) -> str | None:
+        """The doc_id of a stored document within :data:`NEAR_DISTANCE` bits, if any."""
+        for band, value in enumerate(bands(fingerprint)):
+            rows = self.db.execute(
+                "SELECT d.doc_id, d.simhash FROM simhash_bands b JOIN documents d ON d.id = b.doc "
+                "WHERE b.band = ? AND b.value = ?",
+                (band, value),
+            ).fetchall()
+            for doc_id, other in rows:
+                if hamming(fingerprint, to_unsigned(other)) <= NEAR_DISTANCE:
+                    return str(doc_id)
+        return None
+
+    def record(self, records: list[Record]) -> None:
+        """Write ``records`` in one transaction; entries already present are left as they are."""
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for r in records:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO documents (entry, doc_id, source, origin, kind, state, reason, "
+                    "content_hash, simhash, chars, tokens, split, shard, title, language, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.entry,
+                        r.doc_id,
+                        r.source,
+                        r.origin,
+                        r.kind,
+                        r.state,
+                        r.reason,
+                        r.content_hash,
+                        to_signed(r.simhash),
+                        r.chars,
+                        r.tokens,
+                        r.split,
+                        r.shard,
+                        r.title,
+                        r.language,
+                        now,
+                    ),
+                )
+                if cur.rowcount and r.state == "done" and r.content_hash:
+                    row_id = cur.lastrowid
+                    self.db.executemany(
+                        "INSERT INTO simhash_bands (band, value, doc) VALUES (?, ?, ?)",
+                        [(i, v, row_id) for i, v in enumerate(bands(r.simhash))][:BANDS],
+                    )
+
+    def counts(self) -> dict[str, int]:
+        """Documents per state, and tokens stored (train and validation)."""
+        out = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute("SELECT state, COUNT(*) FROM documents GROUP BY state"):
+            out[str(state)] = int(n)
+        tokens = self.db.execute("SELECT COALESCE(SUM(tokens), 0) FROM documents WHERE state = 'done'")
+        out["tokens"] = int(tokens.fetchone()[0])
+        val = self.db.execute("SELECT COUNT(*) FROM documents WHERE state = 'done' AND split = 'val'")
+        out["validation_documents"] = int(val.fetchone()[0])
+        return out
+
+    def entries(self) -> set[str]:
+        return {str(r[0]) for r in self.db.execute("SELECT entry FROM documents")}

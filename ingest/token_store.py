@@ -1,0 +1,191 @@
+"""The token store: append-only shards of token ids plus a JSON index per shard.
+
+``shard-NNNNNN.bin`` holds the ids of several documents back to back (uint16 when the
+vocabulary fits); ``shard-NNNNNN.json`` lists each document (id, entry, source, offset,
+length, split, fingerprints). Both are written to temporary names, fsynced and renamed, the
+index last, then the directory is fsynced: a shard exists for readers exactly when its index
+does, and shards never change afterwards, so a reader in another process (the trainer's
+batcher) needs no lock: it lists ``*.json`` and memory-maps the matching ``.bin``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("crystalline.ingest.token_store")
+
+INDEX_VERSION = 1
+_NAME = re.compile(r"^shard-(\d{6,})\.(bin|json)$")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """One document's place in the store."""
+
+    doc_id: str
+    entry: str  # the registry key of the submission that produced it
+    source: str
+    shard: int
+    offset: int  # in tokens, within the shard
+    length: int
+    split: str  # "train" or "val"
+    content_hash: str = ""
+    simhash: int = 0
+
+
+@dataclass
+class PendingDocument:
+    """A document on its way into a shard."""
+
+    doc_id: str
+    entry: str
+    source: str
+    split: str
+    ids: np.ndarray
+    content_hash: str = ""
+    simhash: int = 0
+
+
+def shard_seqs(directory: Path) -> list[int]:
+    """Sequence numbers of the committed shards (those with an index), ascending."""
+    out = []
+    for p in directory.iterdir():
+        m = _NAME.match(p.name)
+        if m and m.group(2) == "json":
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def read_index(directory: Path, seq: int) -> tuple[np.dtype[Any], list[StoredDocument]]:
+    """The dtype and documents of committed shard ``seq``."""
+    meta = json.loads((directory / f"shard-{seq:06d}.json").read_text(encoding="utf-8"))
+    if meta.get("version") != INDEX_VERSION:
+        raise ValueError(f"shard {seq}: unsupported index version {meta.get('version')!r}")
+    docs = [StoredDocument(shard=seq, **d) for d in meta["documents"]]
+    return np.dtype(meta["dtype"]), docs
+
+
+class TokenStore:
+    """The writer side: one process (the ingestor) appends shards."""
+
+    def __init__(self, directory: Path, dtype: np.dtype[Any] | type[np.unsignedinteger[Any]]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.dtype(dtype)
+        self._sweep_uncommitted()
+        seqs = [int(m.group(1)) for p in self.directory.iterdir() if (m := _NAME.match(p.name))]
+        self._next = max(seqs, default=0) + 1
+
+    def _sweep_uncommitted(self) -> None:
+        """Remove data files whose index never landed (a crash inside :meth:`append`): their
+        documents were never marked done, so they are still in the spool or drop folder."""
+        for p in self.directory.iterdir():
+            m = _NAME.match(p.name)
+            if m and m.group(2) == "bin" and not p.with_suffix(".json").exists():
+                log.warning("removing uncommitted shard data %s (its documents will be redone)", p.name)
+                p.unlink()
+            elif p.name.startswith(".") and p.name.endswith(".tmp"):
+                p.unlink()
+
+    def append(self, docs: list[PendingDocument]) -> list[StoredDocument]:
+        """Write ``docs`` as one new shard, durably; returns their places. Empty input: no shard."""
+        if not docs:
+            return []
+        seq = self._next
+        self._next += 1
+        parts = [np.ascontiguousarray(d.ids, dtype=self.dtype) for d in docs]
+        stored: list[StoredDocument] = []
+        offset = 0
+        for d, ids in zip(docs, parts, strict=True):
+            stored.append(
+                StoredDocument(
+                    d.doc_id, d.entry, d.source, seq, offset, len(ids), d.split, d.content_hash, d.simhash
+                )
+            )
+            offset += len(ids)
+        base = self.directory / f"shard-{seq:06d}"
+        data = b"".join(p.tobytes() for p in parts)
+        _write_atomic(base.with_suffix(".bin"), data)
+        index = {
+            "version": INDEX_VERSION,
+            "dtype": self.dtype.str,
+            "tokens": offset,
+            "documents": [{k: v for k, v in s.__dict__.items() if k != "shard"} for s in stored],
+        }
+        _write_atomic(base.with_suffix(".json"), json.dumps(index).encode("utf-8"))
+        _fsync_dir(self.directory)
+        return stored
+
+
+class StoreReader:
+    """The reader side, usable from any process: sees committed shards only, in commit order."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.documents: list[StoredDocument] = []
+        self._maps: dict[int, np.ndarray] = {}
+        self.dtype: np.dtype[Any] | None = None
+
+    def refresh(self) -> int:
+        """Pick up shards committed since the last call; returns how many documents were added."""
+        if not self.directory.exists():
+            return 0
+        added = 0
+        for seq in shard_seqs(self.directory):
+            if seq in self._maps:
+                continue
+            dtype, docs = read_index(self.directory, seq)
+            if self.dtype is None:
+                self.dtype = dtype
+            elif dtype != self.dtype:
+                raise ValueError(f"shard {seq} holds {dtype} ids, the store {self.dtype}")
+            path = self.directory / f"shard-{seq:06d}.bin"
+            count = sum(d.length for d in docs)
+            if count:
+                self._maps[seq] = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+            else:
+                self._maps[seq] = np.zeros(0, dtype=dtype)
+            self.documents.extend(docs)
+            added += len(docs)
+        return added
+
+    def shard(self, seq: int) -> np.ndarray:
+        """All ids of committed shard ``seq`` (read-only, memory-mapped)."""
+        return self._maps[seq]
+
+    def tokens(self, doc: StoredDocument) -> np.ndarray:
+        """The ids of one document (a read-only view of the memory-mapped shard)."""
+        return self._maps[doc.shard][doc.offset : doc.offset + doc.length]
+
+    def split_tokens(self, split: str) -> int:
+        return sum(d.length for d in self.documents if d.split == split)
+
+    def validation_tokens(self) -> np.ndarray:
+        """All held-out tokens, concatenated in commit order (for the validation loss)."""
+        parts = [self.tokens(d) for d in self.documents if d.split == "val"]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype or np.uint16)

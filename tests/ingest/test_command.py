@@ -1,0 +1,53 @@
+"""The extract and ingest commands, run as subprocesses the way a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import _ingest_samples as samples
+import pytest
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "crystalline.ingest.command", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.mark.timeout(150)
+def test_extract_json_reports_bad_file_and_does_the_rest(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    (tmp_path / "a.html").write_text(samples.article_page(), encoding="utf-8")
+    (tmp_path / "b.pdf").write_bytes(b"%PDF-1.4 truncated")
+    (tmp_path / "c.txt").write_text("plain text", encoding="utf-8")
+    files = [str(tmp_path / name) for name in ("a.html", "b.pdf", "c.txt")]
+    proc = run(["extract", "--json", *files], cli_env)
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [x["kind"] for x in lines] == ["html", "pdf", "text"]
+    assert lines[0]["error"] is None and samples.PARAGRAPHS[0] in lines[0]["text"]
+    assert "PDF" in lines[1]["error"] and lines[1]["text"] == ""
+    assert lines[2]["chars"] == len("plain text")
+
+
+@pytest.mark.timeout(150)
+def test_ingest_prints_counts_and_skips_on_rerun(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.html").write_text(samples.article_page(), encoding="utf-8")
+    (src / "copy.html").write_text(samples.article_page(), encoding="utf-8")
+    (src / "bad.png").write_bytes(b"not an image")
+    data = tmp_path / "data"
+    first = run(["ingest", str(src), "--data-dir", str(data)], cli_env)
+    assert first.returncode == 0, first.stderr
+    assert "documents=1" in first.stdout and "duplicates=1" in first.stdout and "failed=1" in first.stdout
+    again = run(["ingest", str(src), "--data-dir", str(data)], cli_env)
+    assert "documents=0" in again.stdout and "skipped=3" in again.stdout
+
+
+def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    assert "--data-dir" in run(["ingest", "--help"], cli_env).stdout
+    assert "--json" in run(["extract", "--help"], cli_env).stdout
+    proc = run(["ingest", str(tmp_path / "missing"), "--data-dir", str(tmp_path)], cli_env)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr

@@ -1,0 +1,75 @@
+"""The drop folder: complete files only, a scan at start, nothing deleted."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from crystalline.ingest.drop_folder import DropFolder
+
+
+def take_within(folder: DropFolder, timeout_s: float = 5.0) -> list[Path]:
+    """What the folder hands out within ``timeout_s`` (events arrive on watchdog's thread)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        taken = folder.take(10)
+        if taken:
+            return taken
+        time.sleep(0.05)
+    return []
+
+
+@pytest.mark.timeout(30)
+def test_half_written_file_waits_for_close(tmp_path: Path) -> None:
+    folder = DropFolder(tmp_path, settle_s=60.0)
+    folder.start()
+    try:
+        with open(tmp_path / "report.txt", "wb") as f:
+            f.write(b"first half ")
+            f.flush()
+            time.sleep(0.5)
+            assert folder.take(10) == []  # counted as pending, but not handed out
+            f.write(b"second half")
+        taken = take_within(folder)
+        assert taken == [tmp_path / "report.txt"]
+        assert taken[0].read_bytes() == b"first half second half"
+    finally:
+        folder.stop()
+
+
+@pytest.mark.timeout(30)
+def test_moved_in_file_is_taken_and_partial_names_ignored(tmp_path: Path) -> None:
+    folder = DropFolder(tmp_path, settle_s=60.0)
+    folder.start()
+    try:
+        (tmp_path / "download.part").write_bytes(b"partial")  # closed, but a partial-download name
+        outside = tmp_path.parent / f"{tmp_path.name}-elsewhere"
+        outside.write_bytes(b"complete")
+        os.utime(outside, (time.time() - 100, time.time() - 100))  # written long ago, as mv keeps it
+        os.rename(outside, tmp_path / "arrived.txt")
+        assert take_within(folder) == [tmp_path / "arrived.txt"]
+        assert folder.pending() == 0
+    finally:
+        folder.stop()
+
+
+def test_scan_at_start_skips_files_still_settling(tmp_path: Path) -> None:
+    old = tmp_path / "old.txt"
+    old.write_text("arrived while down")
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    (tmp_path / "new.txt").write_text("maybe still being written")
+    folder = DropFolder(tmp_path, settle_s=10.0)
+    assert folder.scan() == 1 and folder.take(10) == [old]
+
+
+def test_finish_never_overwrites(tmp_path: Path) -> None:
+    folder = DropFolder(tmp_path)
+    for _ in range(2):
+        (tmp_path / "a.txt").write_text("x")
+        folder.finish(tmp_path / "a.txt", "bad input")
+    assert sorted(p.name for p in folder.failed.iterdir()) == [
+        "a-1.txt", "a-1.txt.reason.txt", "a.txt", "a.txt.reason.txt"
+    ]  # fmt: skip

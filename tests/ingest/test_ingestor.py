@@ -1,0 +1,112 @@
+"""The ingestor end to end: spool in, store and registry out, every submission counted once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import _ingest_samples as samples
+import numpy as np
+import pytest
+
+from crystalline.ingest.document import Document, Spool
+from crystalline.ingest.drop_folder import DropFolder
+from crystalline.ingest.ingestor import Ingestor
+from crystalline.ingest.registry import Registry
+from crystalline.ingest.settings import IngestSettings
+from crystalline.ingest.token_store import StoreReader
+from crystalline.workers.tokenizer import load_tokenizer
+
+SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.3)
+
+
+def page(i: int) -> Document:
+    paras = [
+        f"Story number {i} begins here. " + p.replace("Rivers", f"Rivers ({i})") for p in samples.PARAGRAPHS
+    ]
+    html = samples.article_page(paras, title=f"Story {i}")
+    return Document(f"https://example.org/story/{i}", html.encode(), "text/html", "utf-8")
+
+
+def fill_spool(spool: Spool) -> None:
+    for i in range(6):
+        spool.put(page(i))
+    spool.put(page(0))  # exact duplicate (same text under a new fetch)
+    spool.put(Document("https://example.org/short", b"<p>tiny</p>", "text/html"))
+    spool.put(Document("https://example.org/broken.pdf", b"%PDF-1.4 garbage", "application/pdf"))
+
+
+@pytest.mark.timeout(120)
+def test_spool_is_consumed_and_every_document_accounted_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    fill_spool(spool)
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        while ing.run_once():
+            pass
+        stats = ing.stats()
+    assert (stats["documents"], stats["duplicates"], stats["filtered"], stats["failed"]) == (6, 1, 1, 1)
+    assert stats["pending"] == 0 and spool.count() == 0
+    reader = StoreReader(tmp_path / "data" / "tokens")
+    reader.refresh()
+    assert sum(d.length for d in reader.documents) == stats["tokens"]
+    text = load_tokenizer("bytes").decode(reader.tokens(reader.documents[0]))
+    assert "Story number" in text and "cookie" not in text
+
+
+@pytest.mark.timeout(120)
+def test_crash_between_store_and_registry_loses_nothing_counts_nothing_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    fill_spool(spool)
+
+    def crash(self: Registry, records: list) -> None:
+        raise KeyboardInterrupt("simulated crash after the shard was written")
+
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        monkeypatch.setattr(Registry, "record", crash)
+        with pytest.raises(KeyboardInterrupt):
+            ing.run_once()
+        monkeypatch.undo()
+    assert spool.count() == 9  # nothing was released
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        while ing.run_once():
+            pass
+        stats = ing.stats()
+    reader = StoreReader(tmp_path / "data" / "tokens")
+    reader.refresh()
+    sources = [d.source for d in reader.documents]
+    assert len(sources) == len(set(sources)) == 6
+    assert (stats["documents"], stats["duplicates"], stats["failed"], stats["filtered"]) == (6, 1, 1, 1)
+    assert stats["tokens"] == sum(d.length for d in reader.documents) and spool.count() == 0
+
+
+@pytest.mark.timeout(120)
+def test_validation_share_is_chosen_by_source_hash(tmp_path: Path) -> None:
+    from crystalline.workers.dataset import held_out
+
+    spool = Spool(tmp_path / "spool")
+    for i in range(6):
+        spool.put(page(i))
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        ing.run_once()
+    reader = StoreReader(tmp_path / "data" / "tokens")
+    reader.refresh()
+    for d in reader.documents:
+        assert (d.split == "val") == held_out(d.source, SETTINGS.val_fraction)
+    assert reader.documents[0].shard == 1 and np.dtype(reader.dtype) == np.uint16
+
+
+@pytest.mark.timeout(120)
+def test_drop_folder_files_end_in_done_or_failed(tmp_path: Path) -> None:
+    drop = DropFolder(tmp_path / "drop", settle_s=0.0)
+    (drop.root / "good.html").write_text(samples.article_page(), encoding="utf-8")
+    (drop.root / "empty.txt").write_bytes(b"")
+    drop.scan()
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), drop_folder=drop) as ing:
+        while ing.run_once():
+            pass
+        stats = ing.stats()
+    assert (drop.done / "good.html").exists()
+    assert (drop.failed / "empty.txt").exists()
+    assert "empty" in (drop.failed / "empty.txt.reason.txt").read_text()
+    assert (stats["documents"], stats["failed"]) == (1, 1)
