@@ -17,6 +17,7 @@ from types import FrameType
 from crystalline import __version__
 
 from ..crawler import command as crawl_command
+from ..ingest import command as ingest_command
 from ..workers.checkpoint import CheckpointError, load_latest
 from ..workers.model import GPT
 from ..workers.params import ModelConfig
@@ -196,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status_command.add_parser(sub)
     crawl_command.add_parser(sub)
+    ingest_command.add_parsers(sub)
     return parser
 
 

@@ -116,7 +116,9 @@ class DropFolder:
                 self.offer(p)
 
     def scan(self) -> int:
-        """Queue the files already in the folder that have settled; returns how many were queued."""
+        """Queue the files already in the folder that have settled, and note the younger ones as
+        settling (``take`` queues them once they are ``settle_s`` old, in case their close event
+        came before the watch began); returns how many were queued now."""
         now = time.time()
         found = 0
         for p in sorted(self.root.iterdir(), key=lambda p: p.name):
@@ -124,9 +126,13 @@ class DropFolder:
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            if p.is_file() and not p.is_symlink() and _wanted(p) and now - st.st_mtime >= self.settle_s:
+            if not (p.is_file() and not p.is_symlink() and _wanted(p)):
+                continue
+            if now - st.st_mtime >= self.settle_s:
                 self.offer(p)
                 found += 1
+            else:
+                self.settling(p)
         return found
 
     def pending(self) -> int:

@@ -73,3 +73,14 @@ def test_finish_never_overwrites(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.failed.iterdir()) == [
         "a-1.txt", "a-1.txt.reason.txt", "a.txt", "a.txt.reason.txt"
     ]  # fmt: skip
+
+
+def test_a_young_file_found_at_start_is_taken_once_it_settles(tmp_path: Path) -> None:
+    # its close event came before the watch began: only its age can tell it is complete
+    young = tmp_path / "young.txt"
+    young.write_text("copied in just before the daemon started")
+    folder = DropFolder(tmp_path, settle_s=0.3)
+    assert folder.scan() == 0 and folder.take(10) == []
+    assert folder.pending() == 1
+    time.sleep(0.4)
+    assert folder.take(10) == [young]

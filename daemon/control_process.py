@@ -1,0 +1,281 @@
+"""The daemon's control process ("node zero"): continuous training with the engine's workers,
+driven by the supervisor over a ZeroMQ channel.
+
+Started by the supervisor as ``python -m crystalline.daemon.control_process SPEC_JSON``. It waits for
+enough tokens in the store, then trains through the same ``Trainer`` as `crystalline train`
+(resuming from the newest checkpoint in ``<state>/checkpoints``), checkpoints every
+``checkpoint_interval_s`` and on stop, and between steps serves the supervisor's requests
+(pause, resume, checkpoint, generate, stop) and publishes a status snapshot.
+
+Channel: control's DEALER connects to the supervisor's ROUTER; msgpack maps. Control sends
+HELLO(pid) once, STATUS(data) at most every ``STATUS_EVERY_S``, REPLY(id, ok, data|error);
+the supervisor sends REQUEST(id, cmd, ...). Every wait is a poll with a timeout, and control
+exits when its parent is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import msgpack
+import zmq
+
+from ..workers.sampling import sample
+from ..workers.train_config import TrainConfig
+from ..workers.trainer import Trainer, TrainingData
+
+log = logging.getLogger("crystalline.control")
+
+STATUS_EVERY_S = 0.5
+MAX_MESSAGE = 1 << 20
+
+
+class ReadyData(TrainingData, Protocol):
+    """Training data that may not hold a batch yet (a store that ingest is still filling)."""
+
+    def ready(self) -> bool: ...
+
+
+class Channel:
+    """The DEALER end of the supervisor channel."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 100)  # status snapshots may be dropped, never pile up
+        self.sock.connect(endpoint)
+
+    def send(self, kind: str, **fields: Any) -> None:
+        try:
+            self.sock.send(msgpack.packb({"type": kind, **fields}, use_bin_type=True), zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("supervisor channel full; dropped a %s", kind)
+
+    def receive(self, timeout_s: float) -> dict[str, Any] | None:
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        data = self.sock.recv()
+        if len(data) > MAX_MESSAGE:
+            return None
+        try:
+            msg = msgpack.unpackb(data, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            return None
+        return msg if isinstance(msg, dict) else None
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class Control:
+    """One control-process incarnation."""
+
+    def __init__(self, spec: dict[str, Any], data_factory: Callable[[Any], ReadyData]) -> None:
+        self.spec = spec
+        self.config = TrainConfig(**spec["train"])
+        self.checkpoint_dir = Path(spec["state_dir"]) / "checkpoints"
+        self.parent_pid: int = spec["parent_pid"]
+        self.checkpoint_interval_s: float = spec.get("checkpoint_interval_s", 300.0)
+        self.channel = Channel(spec["endpoint"])
+        self.data = data_factory(spec)
+        self.data_ready = False
+        self.trainer: Trainer | None = None
+        self.paused = False
+        self.stopping = False
+        self.state = "starting"
+        self.started = time.monotonic()
+        self.last_checkpoint_step: int | None = None
+        self.last_checkpoint_at = time.monotonic()
+        self.last_status = 0.0
+        self.losses: deque[float] = deque(maxlen=50)
+        self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
+
+    # ---- requests -------------------------------------------------------------------------
+    def serve(self, timeout_s: float) -> None:
+        """Handle the supervisor's requests that arrive within ``timeout_s``, then publish."""
+        if os.getppid() != self.parent_pid:
+            log.error("supervisor is gone; stopping")
+            self.request_stop()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            msg = self.channel.receive(max(0.0, deadline - time.monotonic()))
+            if msg is None:
+                break
+            if msg.get("type") == "REQUEST":
+                self._answer(msg)
+            if time.monotonic() >= deadline:
+                break
+        self.publish()
+
+    def _answer(self, msg: dict[str, Any]) -> None:
+        rid, cmd = msg.get("id"), msg.get("cmd")
+        try:
+            data = self._execute(str(cmd), msg)
+            self.channel.send("REPLY", id=rid, ok=True, data=data)
+        except (ValueError, RuntimeError) as exc:
+            self.channel.send("REPLY", id=rid, ok=False, error=str(exc))
+        self.publish(force=True)
+
+    def _execute(self, cmd: str, msg: dict[str, Any]) -> Any:
+        if cmd == "pause":
+            self.paused = True
+            return {"training": "paused"}
+        if cmd == "resume":
+            self.paused = False
+            return {"training": "running"}
+        if cmd == "stop":
+            self.request_stop()
+            return {"training": "stopping"}
+        if cmd == "checkpoint":
+            if self.trainer is None:
+                raise RuntimeError("training has not started yet (waiting for data)")
+            return {"path": str(self._checkpoint())}
+        if cmd == "generate":
+            return self._generate(msg)
+        raise ValueError(f"control does not handle {cmd!r}")
+
+    def _generate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.trainer is None:
+            raise RuntimeError("no model yet: training has not started (waiting for data)")
+        t = self.trainer
+        prompt = str(msg.get("prompt", "\n")) or "\n"
+        n = int(msg.get("n", 200))
+        if not 0 <= n <= 2000:
+            raise ValueError("n must be between 0 and 2000")
+        ids = t.tokenizer.encode(prompt)
+        out = sample(
+            t.model,
+            t.engine.params(),
+            ids,
+            n,
+            float(msg.get("temperature", 0.8)),
+            int(msg.get("top_k", 0)),
+            msg.get("seed"),
+        )
+        return {"prompt": prompt, "text": t.tokenizer.decode(out), "step": t.state.step}
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        if self.trainer is not None:
+            self.trainer.stop_requested = True
+
+    # ---- status ---------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        t = self.trainer
+        snap: dict[str, Any] = {"state": self.state, "pid": os.getpid(), "paused": self.paused}
+        if t is None:
+            return {**snap, "workers": [], "ring": {"slots": 0, "ready": 0}}
+        stats = t.engine.stats()
+        now = time.monotonic()
+        rate = 0.0
+        if len(self.rate) >= 2 and not self.paused:
+            (t0, k0), (t1, k1) = self.rate[0], self.rate[-1]
+            rate = (k1 - k0) / max(t1 - t0, 1e-9)
+            if now - t1 > 30:  # no step for 30 s: not learning any more
+                snap["stalled"] = f"no step for {now - t1:.0f} s"
+        loss = self.losses[-1] if self.losses else math.nan
+        trend = [round(x, 4) for x in list(self.losses)[::10]]
+        return {
+            **snap,
+            "step": t.state.step,
+            "tokens": t.state.tokens,
+            "loss": loss if math.isfinite(loss) else None,
+            "val_loss": t.state.last_val_loss if math.isfinite(t.state.last_val_loss) else None,
+            "loss_trend": trend,
+            "tokens_per_s": rate,
+            "params_version": stats.get("params_version", t.state.step),
+            "skipped_steps": t.state.skipped_steps,
+            "last_checkpoint_step": self.last_checkpoint_step,
+            "workers": stats.get("workers", []),
+            "ring": stats.get("ring", {"slots": 0, "ready": 0}),
+            "data": t.data.describe(),
+        }
+
+    def publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self.last_status >= STATUS_EVERY_S:
+            self.last_status = now
+            self.channel.send("STATUS", data=self.snapshot())
+
+    # ---- training -------------------------------------------------------------------------
+    def _checkpoint(self) -> Path:
+        assert self.trainer is not None
+        path = self.trainer.checkpoint()
+        self.last_checkpoint_step = self.trainer.state.step
+        self.last_checkpoint_at = time.monotonic()
+        return path
+
+    def _between_steps(self) -> None:
+        t = self.trainer
+        assert t is not None
+        while not self.data_ready and not self.stopping:
+            self.data_ready = self.data.ready()
+            if not self.data_ready:
+                self.state = "waiting for data"
+                self.serve(1.0)
+        if t.state.pending_losses and math.isfinite(t.state.pending_losses[-1]):
+            self.losses.append(t.state.pending_losses[-1])
+        self.rate.append((time.monotonic(), t.state.tokens))
+        if time.monotonic() - self.last_checkpoint_at >= self.checkpoint_interval_s:
+            self._checkpoint()
+        self.serve(0.0)
+        while self.paused and not self.stopping:
+            self.state = "paused"
+            self.serve(0.2)
+        self.state = "training"
+
+    def run(self) -> int:
+        """Start the engine (its workers say hello now, so the daemon can report ready), then
+        train; the first step waits in ``_between_steps`` until the store holds data."""
+        self.channel.send("HELLO", pid=os.getpid())
+        resume = any(self.checkpoint_dir.glob("step-*"))
+        data = self.data
+        self.trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume)
+        self.trainer.stop_requested = self.stopping
+        self.last_checkpoint_step = self.trainer.state.step if resume else None
+        self.state = "training"
+        try:
+            result = self.trainer.run(between_steps=self._between_steps)  # checkpoints at the end
+            self.last_checkpoint_step = result.steps
+        finally:
+            self.state = "stopped"
+            self.publish(force=True)
+        return 0
+
+
+def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(args[0])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s control: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when control stops
+    if data_factory is None:
+        from .store_data import store_training_data
+
+        data_factory = store_training_data
+    control = Control(spec, data_factory)
+
+    def on_term(signum: int, _frame: FrameType | None) -> None:
+        control.request_stop()  # record only: the loop finishes the step and checkpoints
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return control.run()
+    finally:
+        control.channel.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The supervisor: systemd's main process. One asyncio loop runs the crawler, ingest (drop
+folder and spool, CPU work in a process pool), the status socket and sd_notify, and starts and
+restarts the control process, which starts the workers.
+
+Signal handlers only record the signal; the loop stops the parts in order (crawler, control
+with a final checkpoint, ingest), unlinks what it created and exits 0. A second signal makes
+every wait short. Repeated crashes of the control process are reported in status and in the
+log, with backoff, never looped on silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from ..crawler.crawl import Crawler
+from ..crawler.settings import CrawlSettings
+from ..ingest.document import Spool
+from ..ingest.drop_folder import DropFolder
+from ..ingest.ingestor import Ingestor
+from ..ingest.settings import IngestSettings
+from ..workers.tokenizer import load_tokenizer
+from .config import Settings
+from .notify import Notifier
+from .status_server import Command, CommandError, StatusServer
+
+log = logging.getLogger("crystalline.supervisor")
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+TICK_S = 1.0
+CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 s)
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+CRASH_WINDOW_S = 600.0
+CRASHES_BEFORE_ERROR = 5
+
+
+class ControlLink:
+    """The supervisor's end of the control channel (ROUTER), and the control child itself."""
+
+    def __init__(self, settings: Settings, endpoint: str) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.bind(endpoint)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.identity: bytes | None = None
+        self.status: dict[str, Any] = {}
+        self.status_at = 0.0
+        self.crashes: list[float] = []
+        self.restarts = 0
+        self.next_start = 0.0
+        self.error: str | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._reader: asyncio.Task[None] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "endpoint": self.endpoint,
+            "parent_pid": os.getpid(),
+            "state_dir": str(s.state_dir),
+            "train": s.train.to_dict(),
+            "checkpoint_interval_s": s.daemon.checkpoint_interval_s,
+        }
+
+    async def start(self) -> None:
+        env = dict(os.environ)
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.identity = None
+        self.status = {}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "crystalline.daemon.control_process",
+            json.dumps(self.spec()),
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+        log.info("control process started (pid %d)", self.proc.pid)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name="control-channel")
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                ident, data = await self.sock.recv_multipart()
+                msg = msgpack.unpackb(data, raw=False)
+            except (ValueError, msgpack.UnpackException):
+                continue
+            if not isinstance(msg, dict):
+                continue
+            kind = msg.get("type")
+            if kind == "HELLO":
+                self.identity = ident
+            elif kind == "STATUS" and isinstance(msg.get("data"), dict):
+                self.identity = ident
+                self.status = msg["data"]
+                self.status_at = time.monotonic()
+            elif kind == "REPLY":
+                fut = self._pending.pop(msg.get("id", -1), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+
+    async def request(self, cmd: str, timeout_s: float = 30.0, **fields: Any) -> Any:
+        """Ask control to do something between steps; CommandError when it cannot."""
+        if self.identity is None or self.proc is None or self.proc.returncode is not None:
+            raise CommandError("the control process is not running (starting or restarting)")
+        self._next_id += 1
+        rid = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        await self.sock.send_multipart(
+            [self.identity, msgpack.packb({"type": "REQUEST", "id": rid, "cmd": cmd, **fields})]
+        )
+        try:
+            reply = await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            raise CommandError(f"control did not answer {cmd} within {timeout_s:.0f} s") from None
+        finally:
+            self._pending.pop(rid, None)
+        if not reply.get("ok"):
+            raise CommandError(str(reply.get("error")))
+        return reply.get("data")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def check(self) -> None:
+        """Restart a dead control process with backoff; after repeated crashes, report an error."""
+        now = time.monotonic()
+        if self.proc is not None and self.proc.returncode is not None:
+            code = self.proc.returncode
+            self.proc = None
+            self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
+            delay = RESTART_BACKOFF_S[min(len(self.crashes) - 1, len(RESTART_BACKOFF_S) - 1)]
+            self.next_start = now + delay
+            self.error = f"control process exited with status {code} ({len(self.crashes)} in 10 min)"
+            level = logging.ERROR if len(self.crashes) >= CRASHES_BEFORE_ERROR else logging.WARNING
+            log.log(level, "%s; restarting in %.0f s", self.error, delay)
+        if self.proc is None and now >= self.next_start:
+            self.restarts += 1
+            await self.start()
+
+    async def stop(self, grace_s: float) -> None:
+        """Ask control to checkpoint and exit; SIGTERM, then SIGKILL when it does not."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(CommandError):
+                await self.request("stop", timeout_s=min(5.0, grace_s))
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                log.warning("control did not stop within %.0f s: SIGTERM", grace_s)
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5.0)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.notifier = Notifier()
+        self.started = time.monotonic()
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self.state = "starting"
+        self.crawl_stop = asyncio.Event()
+        self.crawl_paused = False
+        self.crawler: Crawler | None = None
+        self.ingestor: Ingestor | None = None
+        self.ingest_stop = asyncio.Event()
+        self.ingest_error: str | None = None
+        self._lock: TextIO | None = None
+        self.ready_sent = False
+
+    # ---- set-up ---------------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        s = self.settings
+        for d in (s.state_dir, s.runtime_dir, s.inbox):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = (s.state_dir / "daemon.lock").open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(f"{s.state_dir} is in use by another crystalline daemon") from None
+        marker = s.state_dir / ".samples-copied"
+        if not s.daemon.no_samples and not marker.exists():
+            for src in sorted(SAMPLES.iterdir()):
+                if src.is_file():
+                    tmp = s.inbox / f".{src.name}.part"
+                    shutil.copyfile(src, tmp)
+                    os.replace(tmp, s.inbox / src.name)  # appears complete: renamed into place
+            marker.write_text("bundled samples copied into the inbox\n", encoding="utf-8")
+
+    def _crawl_settings(self) -> CrawlSettings:
+        d = self.settings.daemon
+        return replace(
+            CrawlSettings(),
+            data_dir=self.settings.state_dir / "crawl",
+            user_agent=d.user_agent,
+            allowed_domains=d.allowed_domain,
+            min_delay=d.crawl_delay,
+            concurrency=d.crawl_concurrency,
+        )
+
+    def _commands(self) -> dict[str, Command]:
+        return {
+            "status": Command("status", self._cmd_status, control=False, help="what the daemon is doing"),
+            "pause": Command("pause", self._cmd_pause, control=True, help='{"what": "training"|"crawl"}'),
+            "resume": Command("resume", self._cmd_resume, control=True, help='{"what": "training"|"crawl"}'),
+            "add-url": Command("add-url", self._cmd_add_url, control=True, help='{"url": "https://..."}'),
+            "checkpoint": Command("checkpoint", self._cmd_checkpoint, control=True, help="write one now"),
+            "generate": Command(
+                "generate",
+                self._cmd_generate,
+                control=False,
+                help='{"prompt": "...", "n": 200, "temperature": 0.8, "top_k": 0, "seed": 1}',
+            ),
+            "stop": Command("stop", self._cmd_stop, control=True, help="checkpoint and exit"),
+        }
+
+    # ---- commands -------------------------------------------------------------------------
+    async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    def _what(self, req: dict[str, Any]) -> str:
+        what = req.get("what", "training")
+        if what not in ("training", "crawl"):
+            raise CommandError('"what" must be "training" or "crawl"')
+        return str(what)
+
+    async def _cmd_pause(self, req: dict[str, Any]) -> Any:
+        if self._what(req) == "crawl":
+            self.crawl_paused = True
+            self.crawl_stop.set()
+            return {"crawl": "paused"}
+        return await self.control.request("pause")
+
+    async def _cmd_resume(self, req: dict[str, Any]) -> Any:
+        if self._what(req) == "crawl":
+            self.crawl_paused = False
+            self.crawl_stop = asyncio.Event()
+            return {"crawl": "running"}
+        return await self.control.request("resume")
+
+    async def _cmd_add_url(self, req: dict[str, Any]) -> Any:
+        url = req.get("url")
+        if not isinstance(url, str) or not url:
+            raise CommandError('add-url needs {"url": "http(s)://..."}')
+        if self.settings.daemon.no_crawl:
+            raise CommandError("crawling is off (--no-crawl)")
+        crawler = self._ensure_crawler()
+        try:
+            added = crawler.add_url(url)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        return {"url": url, "queued": added}
+
+    async def _cmd_checkpoint(self, _req: dict[str, Any]) -> Any:
+        return await self.control.request("checkpoint", timeout_s=60.0)
+
+    async def _cmd_generate(self, req: dict[str, Any]) -> Any:
+        fields = {k: req[k] for k in ("prompt", "n", "temperature", "top_k", "seed") if k in req}
+        return await self.control.request("generate", timeout_s=60.0, **fields)
+
+    async def _cmd_stop(self, _req: dict[str, Any]) -> Any:
+        self.should_exit.set()
+        return {"daemon": "stopping"}
+
+    # ---- status ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        c = self.control.status
+        workers = [
+            {k: w.get(k) for k in ("id", "pid", "state", "restarts", "last_seen_s", "steps")}
+            for w in c.get("workers", [])
+        ]
+        training = {
+            "state": c.get("state", "starting") if self.control.alive() else "restarting",
+            "step": c.get("step", 0),
+            "tokens": c.get("tokens", 0),
+            "loss": c.get("loss"),
+            "val_loss": c.get("val_loss"),
+            "loss_trend": c.get("loss_trend", []),
+            "tokens_per_s": c.get("tokens_per_s", 0.0),
+            "params_version": c.get("params_version", 0),
+            "last_checkpoint_step": c.get("last_checkpoint_step"),
+            "skipped_steps": c.get("skipped_steps", 0),
+            "control_pid": c.get("pid"),
+            "control_restarts": self.control.restarts - 1 if self.control.restarts else 0,
+            "workers": workers,
+        }
+        if c.get("stalled"):
+            training["stalled"] = c["stalled"]
+        crawler = self.crawler.stats() if self.crawler is not None else {}
+        crawler["state"] = (
+            "off"
+            if self.settings.daemon.no_crawl
+            else "paused"
+            if self.crawl_paused
+            else "running"
+            if self.crawler
+            else "idle"
+        )
+        data: dict[str, Any] = {
+            "state": self.state,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "pid": os.getpid(),
+            "training": training,
+            "crawler": crawler,
+            "ingest": self.ingest_stats(),
+            "ring": c.get("ring", {"slots": 0, "ready": 0}),
+        }
+        if self.control.error:
+            data["last_error"] = self.control.error
+        return data
+
+    def ingest_stats(self) -> dict[str, Any]:
+        if self.ingestor is None:
+            return {"state": "starting"}
+        stats = self.ingestor.stats()
+        stats["state"] = "failed" if self.ingest_error else "running"
+        if self.ingest_error:
+            stats["error"] = self.ingest_error
+        return stats
+
+    def _make_ingestor(self) -> Ingestor:
+        s = self.settings
+        settings = IngestSettings(val_fraction=s.train.val_fraction)
+        return Ingestor(
+            settings,
+            s.state_dir / "ingest",
+            load_tokenizer(s.train.tokenizer),
+            spool=Spool(s.state_dir / "spool"),
+            drop_folder=DropFolder(s.inbox, settings.drop_settle_s),
+        )
+
+    async def _ingest_loop(self) -> None:
+        """Ingest until stopped; a crash is reported and retried with backoff, not looped on."""
+        delay = 1.0
+        while not self.should_exit.is_set():
+            assert self.ingestor is not None
+            try:
+                await self.ingestor.run(self.ingest_stop)
+                return
+            except Exception as exc:  # keep the daemon up; status shows it
+                self.ingest_error = f"{type(exc).__name__}: {exc}"
+                log.error("ingest failed (%s); retrying in %.0f s", self.ingest_error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), delay)
+                delay = min(delay * 2, 300.0)
+
+    # ---- parts ----------------------------------------------------------------------------
+    def _ensure_crawler(self) -> Crawler:
+        if self.crawler is None:
+            spool = Spool(self.settings.state_dir / "spool")
+            self.crawler = Crawler(self._crawl_settings(), spool)
+        return self.crawler
+
+    async def _crawl_loop(self) -> None:
+        """Crawl while there is work; idle (without exiting) when the frontier is empty."""
+        crawler = self._ensure_crawler()
+        for url in self.settings.daemon.seed_url:
+            try:
+                crawler.add_url(url)
+            except ValueError as exc:
+                log.error("seed URL refused: %s", exc)
+        while not self.should_exit.is_set():
+            if self.crawl_paused:
+                await asyncio.sleep(TICK_S)
+                continue
+            stop = self.crawl_stop
+            summary = await crawler.run(stop)
+            log.info("crawl pass ended: %s", summary.line())
+            if self.should_exit.is_set():
+                break
+            # the frontier is empty (or paused): wait for add-url or the next pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.should_exit.wait(), 30.0)
+
+    def _status_line(self) -> str:
+        t = self.control.status
+        return (
+            f"{self.state}: step {t.get('step', 0)} loss {t.get('loss') or float('nan'):.3f} "
+            f"{t.get('tokens_per_s', 0.0):,.0f} tok/s, workers {len(t.get('workers', []))}"
+        )
+
+    def _healthy(self) -> bool:
+        """Whether to ping the watchdog: control alive, and training stepping (or legitimately
+        idle: paused or waiting for data) according to a recent status."""
+        if not self.control.alive():
+            return time.monotonic() - self.control.next_start < 120  # restarting is progress
+        c = self.control.status
+        fresh = time.monotonic() - self.control.status_at < 60
+        return fresh and not c.get("stalled")
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        if self.should_exit.is_set():
+            self.force_exit = True
+            log.warning("second signal %d: exiting faster", signum)
+        else:
+            log.info("signal %d: stopping", signum)
+        self.should_exit.set()
+
+    async def run(self) -> int:
+        s = self.settings
+        self._prepare_dirs()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        self.control = ControlLink(s, f"ipc://{s.runtime_dir / 'control.sock'}")
+        server = StatusServer(s.socket_path, self._commands(), mode=int(s.daemon.socket_mode, 8))
+        await server.start()
+        self.ingestor = await asyncio.to_thread(self._make_ingestor)  # recovery may touch the disk
+        await self.control.start()
+        self.control.restarts = 1
+        tasks = [asyncio.create_task(self._ingest_loop(), name="ingest")]
+        if s.daemon.seed_url and not s.daemon.no_crawl:
+            tasks.append(asyncio.create_task(self._crawl_loop(), name="crawl"))
+        self.state = "running"
+        last_ping = last_status = 0.0
+        interval = self.notifier.watchdog_interval()
+        try:
+            while not self.should_exit.is_set():
+                await self.control.check()
+                now = time.monotonic()
+                if (
+                    not self.ready_sent
+                    and len(self.control.status.get("workers", [])) == s.train.workers
+                    and all(w.get("state") != "restarting" for w in self.control.status["workers"])
+                ):
+                    self.notifier.ready(self._status_line())
+                    self.ready_sent = True
+                    log.info("ready: status socket %s, %d workers said hello", s.socket_path, s.train.workers)
+                if interval and now - last_ping >= interval and self._healthy():
+                    self.notifier.watchdog()
+                    last_ping = now
+                if now - last_status >= s.daemon.status_interval_s:
+                    self.notifier.status(self._status_line())
+                    last_status = now
+                for t in tasks:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        log.error("%s failed: %s", t.get_name(), t.exception())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), TICK_S)
+        finally:
+            self.state = "stopping"
+            self.notifier.stopping("stopping: checkpointing")
+            self.crawl_stop.set()
+            self.ingest_stop.set()  # ingest finishes the batch in hand (durably), then returns
+            grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(t, 15.0)
+            await self.control.stop(grace)
+            if self.ingestor is not None:
+                await asyncio.to_thread(self.ingestor.close)
+            if self.crawler is not None:
+                self.crawler.close()
+            await server.close()
+            self.notifier.close()
+            if self._lock is not None:
+                self._lock.close()
+        log.info("stopped")
+        return 0
+
+
+def run_daemon(settings: Settings) -> int:
+    return asyncio.run(Supervisor(settings).run())
