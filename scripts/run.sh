@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The run command: sets everything up, then learns from the bundled sample documents
-# (no internet needed). State goes to ./state; running it again resumes.
+# The run command: sets everything up, then runs the daemon on its built-in default: no
+# config, no internet; it learns from the bundled sample documents (texts, an HTML page, a
+# scanned page, a PDF) copied into its drop folder. State goes to ./state; running it again
+# resumes. Ctrl-C checkpoints and stops. Extra arguments pass through (`--seed-url URL` crawls).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-ckpt="$ROOT/state/checkpoints"
-resume=()
-compgen -G "$ckpt/step-*" >/dev/null && resume=(--resume)
-# Until the daemon lands (issue: supervisor, status socket, systemd), the default is the
-# one-process trainer on the bundled samples; extra arguments pass through to it.
-exec "$VENV/bin/crystalline" train "$ROOT"/daemon/samples/*.txt --checkpoint-dir "$ckpt" "${resume[@]}" "$@"
+echo "crystalline: running; ask it with: $VENV/bin/crystalline status --runtime-dir $ROOT/state/run" >&2
+exec "$VENV/bin/crystalline" run --state-dir "$ROOT/state" "$@"

@@ -1,0 +1,211 @@
+"""`crystalline run` end to end: real processes, a notify socket of our own, the status socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crystalline.daemon.status_server import request
+from crystalline.shm.segments import list_segments
+from crystalline.workers.trainer import engine_instance
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+SMALL = [
+    "--embed-dim",
+    "32",
+    "--num-layers",
+    "2",
+    "--num-heads",
+    "2",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "12",
+    "--eval-interval",
+    "25",
+    "--eval-windows",
+    "16",
+    "--checkpoint-interval-s",
+    "5",
+]
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's notify socket; records every message."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def seen(self, line: str) -> int:
+        return sum(1 for _, m in self.messages if line in m.split("\n"))
+
+    def wait_for(self, line: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.seen(line):
+            assert proc.poll() is None, f"daemon exited with {proc.returncode} before {line}"
+            assert time.monotonic() < deadline, f"no {line} within {timeout_s} s: {self.messages}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="cd-", dir="/tmp") as d:  # AF_UNIX path limit
+        yield Path(d)
+
+
+def start(state: Path, run: Path, notify: NotifyListener) -> subprocess.Popen[bytes]:
+    env = dict(
+        os.environ,
+        NOTIFY_SOCKET=str(notify.path),
+        WATCHDOG_USEC="2000000",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+    )
+    env.pop("WATCHDOG_PID", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "crystalline.daemon.cli",
+        "run",
+        "--state-dir",
+        str(state),
+        "--runtime-dir",
+        str(run),
+        "--no-crawl",
+        "--workers",
+        "12",
+        *SMALL,
+    ]
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+
+def status(run: Path) -> dict[str, Any]:
+    reply = request(run / "crystalline.sock", {"cmd": "status"})
+    assert reply["ok"], reply
+    data: dict[str, Any] = reply["data"]
+    return data
+
+
+def wait_for_step(run: Path, above: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        data = status(run)
+        if data["training"]["step"] > above:
+            return data
+        assert time.monotonic() < deadline, f"training did not pass step {above}: {data}"
+        time.sleep(0.5)
+
+
+def stop(proc: subprocess.Popen[bytes], notify: NotifyListener) -> int:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    assert notify.seen("STOPPING=1")
+    return code
+
+
+def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
+    state, run = short_dir / "state", short_dir / "run"
+    notify = NotifyListener(short_dir / "notify")
+    proc = start(state, run, notify)
+    try:
+        notify.wait_for("READY=1", 180, proc)
+        data = wait_for_step(run, 5, 240, proc)  # the bundled samples were ingested and learned from
+        workers = data["training"]["workers"]
+        assert len(workers) == 12 and all(w["state"] not in ("dead", "restarting") for w in workers)
+        assert len({w["pid"] for w in workers}) == 12
+        assert data["ingest"]["documents"] >= 40 and data["ingest"]["failed"] == 0
+        assert data["ingest"]["tokens"] > 0
+        pings = notify.seen("WATCHDOG=1")
+        time.sleep(2.5)
+        assert notify.seen("WATCHDOG=1") > pings  # the watchdog is fed while training progresses
+
+        # the CLI: readable summary and --json, exit 0 when healthy
+        cli = [sys.executable, "-m", "crystalline.daemon.cli", "status", "--runtime-dir", str(run)]
+        out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "[node 0]" in out.stdout and "ingest" in out.stdout
+        out = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30)
+        assert json.loads(out.stdout)["training"]["step"] > 0
+
+        reply = request(
+            run / "crystalline.sock", {"cmd": "generate", "prompt": "ROMEO:", "n": 20, "seed": 3}, 60
+        )
+        assert reply["ok"] and len(reply["data"]["text"]) > 0
+        reply = request(run / "crystalline.sock", {"cmd": "no-such-command"})
+        assert reply["ok"] is False
+
+        step_before_stop = status(run)["training"]["step"]
+        assert stop(proc, notify) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    checkpoints = sorted((state / "checkpoints").glob("step-*"))
+    assert checkpoints, "no checkpoint written on stop"
+    final_step = int(checkpoints[-1].name.split("-")[1])
+    assert final_step >= step_before_stop
+    assert list_segments(engine_instance(state / "checkpoints")) == []  # /dev/shm is clean
+    assert not (run / "crystalline.sock").exists()
+
+    # a second start resumes at (or past) the checkpointed step
+    notify2 = NotifyListener(short_dir / "notify2")
+    proc = start(state, run, notify2)
+    try:
+        notify2.wait_for("READY=1", 180, proc)
+        data = wait_for_step(run, final_step, 240, proc)
+        assert data["training"]["step"] > final_step
+        assert stop(proc, notify2) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        notify2.close()
+    assert list_segments(engine_instance(state / "checkpoints")) == []
+
+
+def test_status_cli_exit_code_when_unreachable(short_dir: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "crystalline.daemon.cli", "status", "--runtime-dir", str(short_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert "unreachable" in out.stderr and len(out.stderr.strip().splitlines()) == 1
