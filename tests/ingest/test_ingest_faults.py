@@ -1,0 +1,132 @@
+"""Ingest under faults: a process killed between the shard and the registry, near duplicates
+through the whole path, and files that arrive while the ingestor runs."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import _ingest_samples as samples
+import pytest
+
+from crystalline.ingest.document import Document, Spool
+from crystalline.ingest.drop_folder import DropFolder
+from crystalline.ingest.ingestor import Ingestor
+from crystalline.ingest.settings import IngestSettings
+from crystalline.ingest.token_store import StoreReader
+from crystalline.workers.tokenizer import load_tokenizer
+
+SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
+HERE = Path(__file__).resolve().parent
+
+
+def article(i: int, tweak: str = "") -> Document:
+    paras = [f"Story {i}. " + p for p in samples.PARAGRAPHS]
+    paras[-1] += tweak
+    return Document(
+        f"https://example.org/{i}{'b' if tweak else ''}",
+        samples.article_page(paras).encode(),
+        "text/html",
+        "utf-8",
+    )
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_between_shard_and_registry_loses_nothing_counts_nothing_twice(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for i in range(4):
+        spool.put(article(i))
+    # a real process, killed with SIGKILL right after its shard is durable and before the
+    # registry commit: the worst moment
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(HERE)!r})
+        from pathlib import Path
+        from crystalline.ingest.document import Spool
+        from crystalline.ingest.ingestor import Ingestor
+        from crystalline.ingest.registry import Registry
+        from crystalline.ingest.settings import IngestSettings
+        from crystalline.workers.tokenizer import load_tokenizer
+        Registry.record = lambda self, records: os.kill(os.getpid(), signal.SIGKILL)
+        settings = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
+        ing = Ingestor(settings, Path({str(tmp_path / "data")!r}), load_tokenizer("bytes"),
+                       spool=Spool(Path({str(tmp_path / "spool")!r})))
+        ing.run_once()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=150)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    reader = StoreReader(tmp_path / "data" / "tokens")
+    reader.refresh()
+    assert len(reader.documents) == 4  # the shard was durable before the kill
+    assert spool.count() == 4  # and nothing was released from the spool
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        while ing.run_once():
+            pass
+        stats = ing.stats()
+    reader = StoreReader(tmp_path / "data" / "tokens")
+    reader.refresh()
+    assert [d.source for d in reader.documents] == [f"https://example.org/{i}" for i in range(4)]
+    assert stats["documents"] == 4 and stats["duplicates"] == 0 and spool.count() == 0
+
+
+def long_text(seed: int, words: int = 600) -> str:
+    rng = random.Random(seed)
+    vocab = [
+        "river",
+        "delta",
+        "flood",
+        "farmer",
+        "grain",
+        "city",
+        "channel",
+        "survey",
+        "map",
+        "coast",
+        "levee",
+        "storm",
+        "water",
+        "wall",
+    ]
+    return " ".join(rng.choice(vocab) for _ in range(words))
+
+
+@pytest.mark.timeout(120)
+def test_a_near_duplicate_is_counted_not_stored(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    text = long_text(1)
+    spool.put(Document("https://example.org/a", text.encode(), "text/plain"))
+    edited = text.replace("storm", "gale", 1)  # the same page with a one-word edit
+    spool.put(Document("https://example.org/a-edited", edited.encode(), "text/plain"))
+    spool.put(Document("https://example.org/b", long_text(2).encode(), "text/plain"))
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        while ing.run_once():
+            pass
+        stats = ing.stats()
+    assert (stats["documents"], stats["duplicates"]) == (2, 1)
+
+
+@pytest.mark.timeout(120)
+def test_files_dropped_while_running_are_ingested(tmp_path: Path) -> None:
+    drop = DropFolder(tmp_path / "drop", settle_s=0.2)
+
+    async def main() -> dict[str, int]:
+        stop = asyncio.Event()
+        with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), drop_folder=drop) as ing:
+            task = asyncio.create_task(ing.run(stop, idle_s=0.1))
+            await asyncio.sleep(0.5)  # the watch is on
+            (drop.root / "late.html").write_text(samples.article_page(), encoding="utf-8")
+            deadline = time.monotonic() + 60
+            while not (drop.done / "late.html").exists():
+                assert time.monotonic() < deadline, "a file written while running was never ingested"
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            return ing.stats()
+
+    stats = asyncio.run(main())
+    assert stats["documents"] == 1 and stats["pending"] == 0
