@@ -76,22 +76,8 @@ def test_sigkill_between_shard_and_registry_loses_nothing_counts_nothing_twice(t
 
 def long_text(seed: int, words: int = 600) -> str:
     rng = random.Random(seed)
-    vocab = [
-        "river",
-        "delta",
-        "flood",
-        "farmer",
-        "grain",
-        "city",
-        "channel",
-        "survey",
-        "map",
-        "coast",
-        "levee",
-        "storm",
-        "water",
-        "wall",
-    ]
+    vocab = ["river", "delta", "flood", "farmer", "grain", "city", "channel"]
+    vocab += ["survey", "map", "coast", "levee", "storm", "water", "wall"]
     return " ".join(rng.choice(vocab) for _ in range(words))
 
 
