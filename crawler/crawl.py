@@ -31,6 +31,7 @@ log = logging.getLogger("crystalline.crawler")
 
 _HTML = frozenset({"text/html", "application/xhtml+xml"})
 _THREAD_PARSE_BYTES = 256 * 1024  # larger pages are parsed off the event loop
+_LOGGED_REFUSALS = 10  # per page: a page of 10k hostile links must not flood the log
 
 
 @dataclass(frozen=True)
@@ -269,6 +270,9 @@ class Crawler:
         """Whether robots.txt lets us fetch the URL; settles the entry when it does not."""
         rules, fetched_now = await self.robots.rules(entry.origin)
         self.politeness.set_crawl_delay(entry.origin, rules.crawl_delay())
+        if rules.unavailable and "refused:" in rules.reason:  # the SSRF guard: final, no retry
+            self._finish(entry, SKIPPED, 0, rules.reason)
+            return False
         if rules.unavailable:
             self.politeness.hold(entry.origin, self.settings.robots_error_ttl)
             self._retry_or_fail(entry, self.settings.robots_error_ttl, 0, rules.reason)
@@ -288,6 +292,8 @@ class Crawler:
         status = result.status
         if result.retryable:
             self._retry_or_fail(entry, self._backoff(entry), 0, result.error)
+        elif result.error.startswith("refused:"):
+            self._finish(entry, SKIPPED, status, result.error)  # the URL policy or the SSRF guard
         elif result.error and not status:
             self._finish(entry, FAILED, 0, result.error)
         elif 300 <= status < 400 and result.location:
@@ -331,7 +337,7 @@ class Crawler:
                 found = await asyncio.to_thread(extract_links, result.body, entry.url, result.charset)
             else:
                 found = extract_links(result.body, entry.url, result.charset)
-            links = self._admit(found, entry.depth + 1, 0)
+            links = self._admit(found, entry.depth + 1, 0, entry.url)
         self._counts["stored"] += 1
         self._counts["bytes"] += len(result.body)
         self.frontier.finish(entry, STORED, result.status, links=links)
@@ -347,16 +353,33 @@ class Crawler:
         if entry.redirects >= self.settings.max_redirects:
             self._finish(entry, FAILED, result.status, f"more than {self.settings.max_redirects} redirects")
             return
-        links = self._admit([target], entry.depth, entry.redirects + 1)
-        why = "" if links else f"redirect to {target} not followed"
+        refused = self.policy.check_discovered(target)
+        links = self._admit([target], entry.depth, entry.redirects + 1, entry.url)
+        why = "" if links else f"redirect to {target[:200]} not followed: {refused}"
+        if not links:
+            self._counts["skipped"] += 1
+            log.info("skipped redirect %s -> %s: %s", entry.url, target[:200], refused)
         self._finish(entry, REDIRECTED, result.status, why, links)
 
-    def _admit(self, urls: list[str], depth: int, redirects: int) -> list[NewUrl]:
-        """The URLs that pass the fetch check, scope and trap guards, ready for the frontier."""
+    def _admit(self, urls: list[str], depth: int, redirects: int, source: str) -> list[NewUrl]:
+        """The URLs that pass the fetch check, scope and trap guards, ready for the frontier.
+
+        Links the fetch check refuses (a scheme other than http(s), a loopback, private or
+        link-local address, an overlong URL) are logged, a few per page: on a public page they
+        are what an SSRF attempt looks like. Out-of-scope links are routine and only counted."""
         admitted = []
+        refused = 0
         for url in urls:
+            why = self.policy.check_fetch(url)
+            if why is not None:
+                refused += 1
+                if refused <= _LOGGED_REFUSALS:
+                    log.info("skipped link %s on %s: %s", url[:200], source, why)
+                continue
             if self.policy.check_discovered(url) is None:
                 admitted.append(NewUrl(url, origin_of(url), depth, redirects, url_pattern(url)))
+        if refused > _LOGGED_REFUSALS:
+            log.info("skipped %d more refused links on %s", refused - _LOGGED_REFUSALS, source)
         return admitted
 
     # -- bookkeeping ----------------------------------------------------------------------------

@@ -43,6 +43,10 @@ class FetchResult:
     retry_after: float | None = None  # seconds, from a Retry-After header
 
 
+class PrivateAddressRefused(OSError):
+    """A host name resolved only to loopback, private or link-local addresses (SSRF guard)."""
+
+
 class BodyTooLarge(Exception):
     """The body (after decompression) passed the byte cap."""
 
@@ -93,19 +97,22 @@ class GuardedResolver(AbstractResolver):
     """Resolves names through ``inner`` and drops private/loopback answers unless allowed,
     so a public-looking hostname cannot lead the crawler into the local network."""
 
-    def __init__(self, inner: AbstractResolver, allow_private: bool) -> None:
+    def __init__(
+        self, inner: AbstractResolver, allow_private: bool, trusted_hosts: tuple[str, ...] = ()
+    ) -> None:
         self.inner = inner
         self.allow_private = allow_private
+        self.trusted_hosts = frozenset(h.lower().rstrip(".") for h in trusted_hosts)
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self.inner.resolve(host, port, family)
-        if self.allow_private:
+        if self.allow_private or host.lower().rstrip(".") in self.trusted_hosts:
             return results
         public = [r for r in results if not is_private_host(r["host"])]
         if not public:
-            raise OSError(f"{host} resolves only to private addresses")
+            raise PrivateAddressRefused(f"{host} resolves only to private addresses")
         return public
 
     async def close(self) -> None:
@@ -125,7 +132,9 @@ class Fetcher:
 
     async def __aenter__(self) -> Fetcher:
         s = self.settings
-        resolver = GuardedResolver(self._resolver or aiohttp.ThreadedResolver(), s.allow_private_addresses)
+        resolver = GuardedResolver(
+            self._resolver or aiohttp.ThreadedResolver(), s.allow_private_addresses, s.trusted_hosts
+        )
         connector = aiohttp.TCPConnector(
             limit=s.concurrency + 4,  # + robots.txt fetches
             limit_per_host=0,  # per-host limits are the crawl's (politeness), not the pool's
@@ -189,6 +198,11 @@ class Fetcher:
             return FetchResult(url, elapsed=time.monotonic() - start, error=f"bad response: {exc}")
         except TimeoutError:
             return FetchResult(url, elapsed=time.monotonic() - start, error="timeout", retryable=True)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddressRefused):  # final: asking again cannot help
+                return FetchResult(url, elapsed=time.monotonic() - start, error=f"refused: {exc.os_error}")
+            error = " ".join((str(exc) or type(exc).__name__).split())
+            return FetchResult(url, elapsed=time.monotonic() - start, error=error, retryable=True)
         except (aiohttp.ClientError, OSError) as exc:
             error = " ".join((str(exc) or type(exc).__name__).split())
             return FetchResult(url, elapsed=time.monotonic() - start, error=error, retryable=True)

@@ -11,7 +11,12 @@ import lxml.html
 
 from .urls import canonical_url
 
-_SKIP_SCHEMES = ("javascript:", "mailto:", "tel:", "data:", "ftp:", "file:")
+# Not navigations at all. Other schemes (ftp:, file:, gopher:, ...) are returned so that the URL
+# policy refuses them where it is logged, like any other link the crawler must not follow.
+_SKIP_SCHEMES = ("javascript:", "mailto:", "tel:", "data:")
+# An href longer than this is no URL any crawl would fetch (the default limit is 2048): it is
+# dropped before urljoin/canonicalisation, whose cost grows with its length.
+MAX_HREF_CHARS = 16 * 1024
 
 
 def _codec(charset: str | None) -> str | None:
@@ -46,7 +51,9 @@ def extract_links(body: bytes, page_url: str, charset: str | None = None) -> lis
     links: list[str] = []
     for element in root.iter("a", "area"):
         href = (element.get("href") or "").strip()
-        if not href or href.startswith("#") or href.lower().startswith(_SKIP_SCHEMES):
+        if not href or len(href) > MAX_HREF_CHARS or href.startswith("#"):
+            continue
+        if href.lower().startswith(_SKIP_SCHEMES):
             continue
         if "nofollow" in (element.get("rel") or "").lower().split():
             continue

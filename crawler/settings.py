@@ -62,6 +62,9 @@ class CrawlSettings:
 
     # safety (issue 7 extends this): loopback/private addresses are refused unless allowed
     allow_private_addresses: bool = False
+    # host names the resolver guard lets resolve to private addresses while the rest stay refused
+    # (an intranet seed; tests that give a "public" name to a loopback server)
+    trusted_hosts: tuple[str, ...] = ()
     allowed_schemes: tuple[str, ...] = ("http", "https")
 
     # bounded memory

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections import Counter
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,14 +45,28 @@ def host_of(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+")
+
+
 def is_private_host(host: str) -> bool:
-    """True for loopback, private, link-local and other non-public literal addresses and localhost."""
+    """True for loopback, private, link-local and other non-public literal addresses and localhost.
+
+    Besides dotted quads this knows the forms ``inet_aton`` (and so the system resolver) accepts:
+    ``127.1``, ``0x7f.0.0.1``, ``0177.0.0.1``, ``2130706433``; a trailing dot changes nothing."""
+    host = host.lower().rstrip(".")
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        if not _LEGACY_IPV4.fullmatch(host) or not host[:1].isdigit():
+            return False
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return not address.is_global
 
 

@@ -32,6 +32,19 @@ log = logging.getLogger("crystalline.ingest.drop_folder")
 _PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".tmp", ".download", ".swp")
 
 
+_MAX_NAME_BYTES = 200  # + "-NNN" + ".reason.txt" stays under NAME_MAX (255)
+
+
+def _short_name(name: str) -> str:
+    """``name`` cut (keeping its extension) to at most ``_MAX_NAME_BYTES`` bytes."""
+    if len(os.fsencode(name)) <= _MAX_NAME_BYTES:
+        return name
+    stem, ext = os.path.splitext(name)
+    ext = ext if len(os.fsencode(ext)) <= 16 else ""
+    raw = os.fsencode(stem)[: _MAX_NAME_BYTES - len(os.fsencode(ext)) - 1]
+    return os.fsdecode(raw).rstrip() + "~" + ext
+
+
 def _wanted(path: Path) -> bool:
     return not path.name.startswith(".") and not path.name.endswith(_PARTIAL_SUFFIXES)
 
@@ -126,7 +139,14 @@ class DropFolder:
                 st = p.stat()
             except FileNotFoundError:
                 continue
-            if not (p.is_file() and not p.is_symlink() and _wanted(p)):
+            if not _wanted(p) or p.is_dir():
+                continue
+            if p.is_symlink():
+                self.offer(p)  # take() moves it to failed/ unread
+                found += 1
+                continue
+            if not p.is_file():
+                log.info("skipped %r: not a regular file", p.name)  # a FIFO or socket would block
                 continue
             if now - st.st_mtime >= self.settle_s:
                 self.offer(p)
@@ -143,16 +163,24 @@ class DropFolder:
         """Up to ``max_files`` queued paths that still exist, oldest first."""
         self._promote_settled()
         out: list[Path] = []
+        links: list[Path] = []
         with self._lock:
             for p in list(self._queue):
                 if len(out) >= max_files:
                     break
                 del self._queue[p]
-                if p.is_file():
+                if p.is_symlink():
+                    links.append(p)
+                elif p.is_file():
                     out.append(p)
+        for p in links:  # never read through a link: it could point anywhere on the machine
+            self.finish(p, "symbolic link: not followed")
         return out
 
     def _free_name(self, directory: Path, name: str) -> Path:
+        """A name in ``directory`` not taken yet, short enough that it and its ``.reason.txt``
+        (and a ``-N`` suffix) stay under the file system's 255-byte limit."""
+        name = _short_name(name)
         target = directory / name
         n = 1
         while target.exists() or target.with_name(target.name + ".reason.txt").exists():
@@ -170,7 +198,7 @@ class DropFolder:
             target = self._free_name(self.failed, path.name)
             reason = target.with_name(target.name + ".reason.txt")
             tmp = reason.with_name(f".{reason.name}.tmp")
-            tmp.write_text(failed_reason.strip() + "\n", encoding="utf-8")
+            tmp.write_text(failed_reason.strip() + "\n", encoding="utf-8", errors="backslashreplace")
             os.replace(tmp, reason)
             os.replace(path, target)
         fd = os.open(target.parent, os.O_RDONLY)
@@ -178,5 +206,5 @@ class DropFolder:
             os.fsync(fd)
         finally:
             os.close(fd)
-        log.info("%s -> %s", path.name, target.relative_to(self.root))
+        log.info("%r -> %r", path.name, str(target.relative_to(self.root)))
         return target

@@ -37,6 +37,8 @@ class ExtractLimits:
     max_chars: int = 32 * 1024 * 1024  # longer text is cut (and flagged) rather than refused
     max_pixels: int = 40_000_000  # per image or rendered page (~ A4 at 600 dpi)
     max_pages: int = 500  # PDF pages or image frames
+    max_ocr_pages: int = 50  # of a PDF's pages without a text layer, at most this many are OCRed
+    pdf_time_budget_s: float = 60.0  # a PDF's pages are read until then, the rest cut (0: none)
     min_page_chars: int = 20  # letters in a PDF page's text layer below which it is OCRed
     ocr: bool = True
     ocr_dpi: int = 200
@@ -55,6 +57,7 @@ class Extraction:
     ocr_pages: int = 0
     truncated: bool = False
     encoding: str = ""
+    truncated_reason: str = ""  # what was left out when ``truncated``
 
 
 def sniff_kind(body: bytes, content_type: str = "", name: str = "") -> str:
@@ -96,7 +99,7 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
     if len(body) > limits.max_bytes:
         raise ExtractionError(f"too large ({len(body)} bytes > {limits.max_bytes})")
     kind = sniff_kind(body, doc.content_type, doc.source)
-    title = language = encoding = ""
+    title = language = encoding = cut = ""
     pages = ocr_pages = 0
     if kind == "pdf":
         try:
@@ -108,10 +111,12 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
                 ocr_dpi=limits.ocr_dpi,
                 max_pixels=limits.max_pixels,
                 ocr_timeout_s=limits.ocr_timeout_s,
+                max_ocr_pages=limits.max_ocr_pages,
+                time_budget_s=limits.pdf_time_budget_s,
             )
         except PdfError as e:
             raise ExtractionError(str(e)) from e
-        raw, pages, ocr_pages = pdf.text, pdf.pages, pdf.ocr_pages
+        raw, pages, ocr_pages, cut = pdf.text, pdf.pages, pdf.ocr_pages, pdf.truncated
     elif kind == "image":
         if not limits.ocr:
             raise ExtractionError("image skipped: OCR is disabled")
@@ -129,7 +134,7 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
         else:
             raw = decoded
     text = normalize_text(raw)
-    truncated = len(text) > limits.max_chars
-    if truncated:
+    if len(text) > limits.max_chars:
         text = text[: limits.max_chars]
-    return Extraction(kind, text, title, language, pages, ocr_pages, truncated, encoding)
+        cut = cut or f"text cut at {limits.max_chars} characters"
+    return Extraction(kind, text, title, language, pages, ocr_pages, bool(cut), encoding, cut)

@@ -8,6 +8,7 @@ numbers) on an image page, which must not stop OCR.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import pypdfium2 as pdfium
@@ -27,6 +28,7 @@ class PdfText:
     pages: int  # pages read (at most max_pages)
     ocr_pages: int  # of which OCRed
     total_pages: int
+    truncated: str = ""  # why not every page was read (page cap, OCR cap, time budget), or ""
 
 
 def _letters(text: str) -> int:
@@ -42,9 +44,14 @@ def extract_pdf(
     ocr_dpi: int,
     max_pixels: int,
     ocr_timeout_s: float,
+    max_ocr_pages: int = 50,
+    time_budget_s: float = 0.0,
 ) -> PdfText:
     """Read up to ``max_pages`` pages; pages without usable text are rendered at ``ocr_dpi``
-    (less if the page would exceed ``max_pixels``) and OCRed when ``ocr`` is set."""
+    (less if the page would exceed ``max_pixels``) and OCRed when ``ocr`` is set, at most
+    ``max_ocr_pages`` of them. Reading stops after ``time_budget_s`` (0: no budget), so a
+    10k-page document yields its first pages, marked truncated, instead of running into the
+    pool's hard time limit and yielding nothing."""
     try:
         pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as e:
@@ -52,17 +59,25 @@ def extract_pdf(
         if "password" in message.lower():
             raise PdfError("encrypted PDF: a password is required") from e
         raise PdfError(f"not a readable PDF ({message.strip().rstrip('.')})") from e
+    deadline = time.monotonic() + time_budget_s if time_budget_s > 0 else math.inf
     try:
         total = len(pdf)
         texts: list[str] = []
         ocr_pages = 0
+        truncated = f"read {max_pages} of {total} pages" if total > max_pages else ""
         for index in range(min(total, max_pages)):
-            page = pdf[index]
+            if time.monotonic() > deadline:
+                truncated = f"time budget of {time_budget_s:g}s spent after {index} of {total} pages"
+                break
+            try:
+                page = pdf[index]
+            except pdfium.PdfiumError as e:
+                raise PdfError(f"page {index + 1} is unreadable ({str(e).strip()})") from e
             try:
                 textpage = page.get_textpage()
                 text = textpage.get_text_bounded()
                 textpage.close()
-                if _letters(text) < min_page_chars and ocr:
+                if _letters(text) < min_page_chars and ocr and ocr_pages < max_ocr_pages:
                     width, height = page.get_size()  # points, 1/72 inch
                     scale = ocr_dpi / 72.0
                     if width * height * scale * scale > max_pixels:
@@ -75,11 +90,13 @@ def extract_pdf(
                     except OcrError as e:
                         raise PdfError(f"page {index + 1}: {e}") from e
                     ocr_pages += 1
+                    if ocr_pages == max_ocr_pages and not truncated:
+                        truncated = f"OCR stopped after {max_ocr_pages} pages"
             except pdfium.PdfiumError as e:
                 raise PdfError(f"page {index + 1} is unreadable ({str(e).strip()})") from e
             finally:
                 page.close()
             texts.append(text)
-        return PdfText("\n\n".join(t.strip() for t in texts), len(texts), ocr_pages, total)
+        return PdfText("\n\n".join(t.strip() for t in texts), len(texts), ocr_pages, total, truncated)
     finally:
         pdf.close()

@@ -52,6 +52,7 @@ class WorkResult:
     pages: int = 0
     ocr_pages: int = 0
     truncated: bool = False
+    truncated_reason: str = ""
     encoding: str = ""
     chars: int = 0
     content_hash: str = ""
@@ -112,6 +113,7 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
         pages=ex.pages,
         ocr_pages=ex.ocr_pages,
         truncated=ex.truncated,
+        truncated_reason=ex.truncated_reason,
         encoding=ex.encoding,
         chars=len(ex.text),
     )
@@ -162,6 +164,11 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
             reply = _work(config_json, header, bytes(body), tokenizer)
         except MemoryError:
             reply = _frame({"source": header["source"], "error": "out of memory during extraction"})
+        except Exception as e:  # a library's own error on hostile input: fail the document, keep the worker
+            log.warning("extraction of %s raised %s", header["source"], type(e).__name__, exc_info=True)
+            why = " ".join(str(e).split())[:200] or "no message"
+            error = f"extractor error ({type(e).__name__}: {why})"
+            reply = _frame({"source": header["source"], "error": error})
         try:
             conn.send_bytes(reply)
         except (BrokenPipeError, OSError):
@@ -282,7 +289,10 @@ class ExtractionPool:
                         continue
                     task, w.task = w.task, None
                     if task is not None:
-                        yield task[0], self._parse(data)
+                        result = self._parse(data)
+                        if result.truncated:
+                            log.info("%s truncated: %s", result.source, result.truncated_reason)
+                        yield task[0], result
                 elif time.monotonic() >= w.deadline:
                     task = w.task
                     self._replace(w)
