@@ -34,6 +34,7 @@ class DaemonConfig:
     allowed_domain: tuple[str, ...] = ()
     crawl_delay: float = 1.0  # seconds between requests to one host (at least)
     crawl_concurrency: int = 8
+    crawl_allow_private: bool = False  # let the crawl reach loopback/private addresses (tests, soak)
     user_agent: str = "crystalline/0.1 (+https://example.invalid/crystalline)"
     checkpoint_interval_s: float = 300.0
     status_interval_s: float = 10.0  # STATUS= lines to systemd

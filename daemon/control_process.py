@@ -15,6 +15,7 @@ exits when its parent is gone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -99,6 +100,7 @@ class Control:
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_at = time.monotonic()
+        self.checkpoint_error: str | None = None  # the last periodic checkpoint failed (full disk)
         self.last_status = 0.0
         self.losses: deque[float] = deque(maxlen=50)
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
@@ -199,6 +201,8 @@ class Control:
             "params_version": stats.get("params_version", t.state.step),
             "skipped_steps": t.state.skipped_steps,
             "last_checkpoint_step": self.last_checkpoint_step,
+            **({"checkpoint_error": self.checkpoint_error} if self.checkpoint_error else {}),
+            **({"checkpoint_warnings": t.checkpoint_warnings} if t.checkpoint_warnings else {}),
             "workers": stats.get("workers", []),
             "ring": stats.get("ring", {"slots": 0, "ready": 0}),
             "data": t.data.describe(),
@@ -212,11 +216,29 @@ class Control:
 
     # ---- training -------------------------------------------------------------------------
     def _checkpoint(self) -> Path:
+        """Write a checkpoint now. A failure (a full disk, a read-only file system) is recorded
+        for status and raised as RuntimeError; the previous checkpoints are untouched (a save
+        builds in a temporary directory and removes it when it fails)."""
         assert self.trainer is not None
-        path = self.trainer.checkpoint()
+        self.last_checkpoint_at = time.monotonic()  # a failed attempt is retried an interval later
+        try:
+            path = self.trainer.checkpoint()
+        except OSError as exc:
+            self._checkpoint_failed(exc)
+            raise RuntimeError(self.checkpoint_error) from None
+        if self.checkpoint_error:
+            log.info("checkpoint written again (%s)", path.name)
+        self.checkpoint_error = None
         self.last_checkpoint_step = self.trainer.state.step
-        self.last_checkpoint_at = time.monotonic()
         return path
+
+    def _checkpoint_failed(self, exc: OSError) -> None:
+        assert self.trainer is not None
+        self.checkpoint_error = f"checkpoint at step {self.trainer.state.step} failed: {exc}"
+        log.error(
+            "%s; training goes on, next try in %.0f s", self.checkpoint_error, self.checkpoint_interval_s
+        )
+        self.publish(force=True)
 
     def _between_steps(self) -> None:
         t = self.trainer
@@ -230,7 +252,8 @@ class Control:
             self.losses.append(t.state.pending_losses[-1])
         self.rate.append((time.monotonic(), t.state.tokens))
         if time.monotonic() - self.last_checkpoint_at >= self.checkpoint_interval_s:
-            self._checkpoint()
+            with contextlib.suppress(RuntimeError):  # recorded and logged; training goes on
+                self._checkpoint()
         self.serve(0.0)
         while self.paused and not self.stopping:
             self.state = "paused"
@@ -245,11 +268,20 @@ class Control:
         data = self.data
         self.trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume)
         self.trainer.stop_requested = self.stopping
+        self.trainer.on_checkpoint_error = self._checkpoint_failed
         self.last_checkpoint_step = self.trainer.state.step if resume else None
         self.state = "training"
         try:
             result = self.trainer.run(between_steps=self._between_steps)  # checkpoints at the end
             self.last_checkpoint_step = result.steps
+        except OSError as exc:  # the final checkpoint could not be written (a full disk)
+            self.checkpoint_error = f"final checkpoint failed: {exc}"
+            log.error(
+                "%s; the previous checkpoint (step %s) is kept",
+                self.checkpoint_error,
+                self.last_checkpoint_step,
+            )
+            return 1
         finally:
             self.state = "stopped"
             self.publish(force=True)

@@ -35,10 +35,15 @@ def health(data: dict[str, Any]) -> tuple[int, list[str]]:
     for w in training.get("workers", []):
         if w.get("state") in BAD_WORKER_STATES:
             reasons.append(f"worker {w.get('id')} is {w.get('state')}")
-    if data.get("state") in ("error", "stalled"):
-        reasons.append(f"daemon state is {data.get('state')}")
+    if data.get("state") in ("error", "stalled", "failed"):
+        reasons.append(f"daemon state is {data.get('state')}: {data.get('last_error', '')}".rstrip(": "))
     if training.get("stalled"):
         reasons.append("training stalled: " + str(training["stalled"]))
+    if training.get("checkpoint_error"):
+        reasons.append(str(training["checkpoint_error"]))
+    ingest = data.get("ingest") or {}
+    if ingest.get("error"):
+        reasons.append("ingest: " + str(ingest["error"]))
     return (DEGRADED if reasons else HEALTHY), reasons
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from dataclasses import replace
@@ -47,6 +48,11 @@ CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 CRASH_WINDOW_S = 600.0
 CRASHES_BEFORE_ERROR = 5
+START_RETRY_S = 10.0  # how often an unusable state directory is tried again
+
+
+class StateDirInUse(OSError):
+    """Another daemon holds the state directory: this one must not start at all."""
 
 
 class ControlLink:
@@ -200,17 +206,21 @@ class Supervisor:
         self.ingest_error: str | None = None
         self._lock: TextIO | None = None
         self.ready_sent = False
+        self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
 
     # ---- set-up ---------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
         s = self.settings
         for d in (s.state_dir, s.runtime_dir, s.inbox):
             d.mkdir(parents=True, exist_ok=True)
-        self._lock = (s.state_dir / "daemon.lock").open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(f"{s.state_dir} is in use by another crystalline daemon") from None
+        if self._lock is None:
+            lock = (s.state_dir / "daemon.lock").open("a+", encoding="utf-8")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise StateDirInUse(f"{s.state_dir} is in use by another crystalline daemon") from None
+            self._lock = lock
         marker = s.state_dir / ".samples-copied"
         if not s.daemon.no_samples and not marker.exists():
             for src in sorted(SAMPLES.iterdir()):
@@ -229,6 +239,7 @@ class Supervisor:
             allowed_domains=d.allowed_domain,
             min_delay=d.crawl_delay,
             concurrency=d.crawl_concurrency,
+            allow_private_addresses=d.crawl_allow_private,
         )
 
     def _commands(self) -> dict[str, Command]:
@@ -319,6 +330,9 @@ class Supervisor:
         }
         if c.get("stalled"):
             training["stalled"] = c["stalled"]
+        for key in ("checkpoint_error", "checkpoint_warnings"):
+            if c.get(key):
+                training[key] = c[key]
         crawler = self.crawler.stats() if self.crawler is not None else {}
         crawler["state"] = (
             "off"
@@ -338,17 +352,25 @@ class Supervisor:
             "ingest": self.ingest_stats(),
             "ring": c.get("ring", {"slots": 0, "ready": 0}),
         }
-        if self.control.error:
-            data["last_error"] = self.control.error
+        ingest = data["ingest"]
+        last_error = (
+            self.start_error
+            or c.get("checkpoint_error")
+            or (ingest.get("error") if isinstance(ingest, dict) else None)
+            or self.control.error
+        )
+        if last_error:
+            data["last_error"] = last_error
         return data
 
     def ingest_stats(self) -> dict[str, Any]:
         if self.ingestor is None:
-            return {"state": "starting"}
+            return {"state": "failed" if self.start_error else "starting"}
         stats = self.ingestor.stats()
-        stats["state"] = "failed" if self.ingest_error else "running"
-        if self.ingest_error:
-            stats["error"] = self.ingest_error
+        error = self.ingest_error or stats.get("error")
+        stats["state"] = "failed" if self.ingest_error else "degraded" if error else "running"
+        if error:
+            stats["error"] = error
         return stats
 
     def _make_ingestor(self) -> Ingestor:
@@ -430,16 +452,62 @@ class Supervisor:
             log.info("signal %d: stopping", signum)
         self.should_exit.set()
 
+    async def _prepare(self) -> bool:
+        """Make the directories, take the state dir's lock and open ingest (its recovery may
+        touch the disk). When the state dir cannot be used (read-only, full, wrong owner), say so
+        in the log, in status (``last_error``) and to systemd, keep answering status and feeding
+        the watchdog (a restart would fail the same way: no crash loop), and retry every
+        ``START_RETRY_S`` until it works or the daemon is stopped (False)."""
+        s = self.settings
+        interval = self.notifier.watchdog_interval()
+        while True:
+            try:
+                await asyncio.to_thread(self._prepare_dirs)
+                self.ingestor = await asyncio.to_thread(self._make_ingestor)
+                if self.start_error:
+                    log.info("state directory %s is usable again: starting", s.state_dir)
+                self.start_error = None
+                return True
+            except StateDirInUse:
+                raise
+            except (OSError, sqlite3.Error) as exc:
+                error = f"cannot use the state directory {s.state_dir}: {exc}"
+                if error != self.start_error:
+                    log.error("%s; not training, retrying every %.0f s", error, START_RETRY_S)
+                    self.notifier.ready(f"failed: {error}")
+                    self.notifier.status(f"failed: {error}")
+                self.start_error = error
+                self.state = "failed"
+            deadline = time.monotonic() + START_RETRY_S
+            while time.monotonic() < deadline and not self.should_exit.is_set():
+                if interval:
+                    self.notifier.watchdog()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), min(TICK_S, interval or TICK_S))
+            if self.should_exit.is_set():
+                return False
+
     async def run(self) -> int:
         s = self.settings
-        self._prepare_dirs()
+        s.runtime_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.control = ControlLink(s, f"ipc://{s.runtime_dir / 'control.sock'}")
         server = StatusServer(s.socket_path, self._commands(), mode=int(s.daemon.socket_mode, 8))
-        await server.start()
-        self.ingestor = await asyncio.to_thread(self._make_ingestor)  # recovery may touch the disk
+        try:
+            await server.start()
+            started = await self._prepare()
+        except BaseException:
+            await self.control.stop(0.0)
+            await server.close()
+            raise
+        if not started:
+            await self.control.stop(0.0)
+            await server.close()
+            self.notifier.close()
+            log.info("stopped")
+            return 0
         await self.control.start()
         self.control.restarts = 1
         tasks = [asyncio.create_task(self._ingest_loop(), name="ingest")]

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -86,7 +87,13 @@ class Ingestor:
         dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
         self.store = TokenStore(self.data_dir / "tokens", dtype)
         self.registry = Registry(self.data_dir / "registry.sqlite3")
-        self._lock = threading.Lock()  # one batch at a time; stats() reads under it too
+        # The registry connection is shared by the ingest thread and status requests in the
+        # event loop: ``_lock`` guards each use and is never held across extraction (a long OCR
+        # must not block status); ``_batch`` keeps batches one at a time.
+        self._lock = threading.Lock()
+        self._batch = threading.Lock()
+        self.error: str | None = None  # why the last batch failed (full disk, ...); None once one works
+        self._needs_recovery = False  # a batch failed: its shard may be stored, its records not
         self.pool = ExtractionPool(
             PoolConfig(
                 processes=settings.processes,
@@ -146,43 +153,39 @@ class Ingestor:
 
     def process(self, submissions: list[Submission]) -> list[Record]:
         """Ingest one batch durably and release each submission; returns the new records."""
-        with self._lock:
+        with self._batch:
             fresh: list[Submission] = []
             for s in submissions:
-                if self.registry.state_of(s.entry) is None:
+                with self._lock:
+                    state = self.registry.state_of(s.entry)
+                    reason = self.registry.reason_of(s.entry) if state is not None else ""
+                if state is None:
                     fresh.append(s)
                 else:  # recorded before a crash or seen twice: release, do not count again
-                    s.release(
-                        Record(
-                            s.entry,
-                            doc_id_of(s.entry),
-                            s.doc.source,
-                            s.doc.origin,
-                            self.registry.state_of(s.entry) or "done",
-                            self.registry.reason_of(s.entry),
-                        )
-                    )
+                    s.release(Record(s.entry, doc_id_of(s.entry), s.doc.source, s.doc.origin, state, reason))
             results: dict[int, WorkResult] = dict(self.pool.map([s.doc for s in fresh]))
             records: list[Record] = []
             pending: list[PendingDocument] = []
             hashes: dict[str, str] = {}
             prints: list[tuple[int, str]] = []
-            for i, s in enumerate(fresh):
-                r = results[i]
-                rec = self._classify(s, r, hashes, prints)
-                records.append(rec)
-                if rec.state == "done":
-                    pending.append(
-                        PendingDocument(
-                            rec.doc_id, s.entry, s.doc.source, rec.split, r.ids, r.content_hash, r.simhash
+            with self._lock:
+                for i, s in enumerate(fresh):
+                    r = results[i]
+                    rec = self._classify(s, r, hashes, prints)
+                    records.append(rec)
+                    if rec.state == "done":
+                        pending.append(
+                            PendingDocument(
+                                rec.doc_id, s.entry, s.doc.source, rec.split, r.ids, r.content_hash, r.simhash
+                            )
                         )
-                    )
             stored = self.store.append(pending)  # durable from here on
             shard = stored[0].shard if stored else None
             for rec in records:
                 if rec.state == "done":
                     rec.shard = shard
-            self.registry.record(records)
+            with self._lock:
+                self.registry.record(records)
         for s, rec in zip(fresh, records, strict=True):
             s.release(rec)
         for rec in records:
@@ -280,20 +283,64 @@ class Ingestor:
                 break
         return out
 
+    def _check_drop_folder(self) -> None:
+        """Recreate a drop folder deleted while running (and watch it again), so that files
+        dropped afterwards are still ingested; the deletion is reported as an error."""
+        folder = self.drop_folder
+        if folder is None or (folder.root.is_dir() and folder.done.is_dir() and folder.failed.is_dir()):
+            return
+        self.error = f"drop folder {folder.root} was deleted while running; recreated it"
+        log.error("%s", self.error)
+        folder.stop()
+        for d in (folder.root, folder.done, folder.failed):
+            d.mkdir(parents=True, exist_ok=True)
+        folder.start()
+
     def run_once(self) -> int:
-        """Process one batch from the spool, else from the drop folder; returns submissions handled."""
+        """Process one batch from the spool, else from the drop folder; returns submissions handled.
+
+        A batch that fails (a full disk, a read-only store) raises; its dropped files go back to
+        the queue (spool entries stay on disk anyway), and the next call first records what a
+        half-done batch stored, so that nothing is lost and nothing is stored twice."""
+        self._check_drop_folder()
+        if self._needs_recovery:
+            self.recover()
+            self._needs_recovery = False
         batch = self._spool_batch() or self._drop_batch()
         if batch:
-            self.process(batch)
+            try:
+                self.process(batch)
+            except BaseException:
+                self._needs_recovery = True
+                if self.drop_folder is not None:
+                    for sub in batch:
+                        if sub.doc.origin == "drop" and Path(sub.doc.source).is_file():
+                            self.drop_folder.offer(Path(sub.doc.source))
+                raise
         return len(batch)
 
-    async def run(self, stop: asyncio.Event, idle_s: float = 1.0) -> None:
-        """Ingest until ``stop`` is set; the blocking work runs in a thread, never in the loop."""
+    async def run(self, stop: asyncio.Event, idle_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
+        """Ingest until ``stop`` is set; the blocking work runs in a thread, never in the loop.
+        A failing batch is reported (``error``, the log) and retried with backoff."""
         if self.drop_folder is not None:
             await asyncio.to_thread(self.drop_folder.start)
+        delay = idle_s
         while not stop.is_set():
-            handled = await asyncio.to_thread(self.run_once)
-            if not handled:
+            try:
+                handled = await asyncio.to_thread(self.run_once)
+            except (OSError, sqlite3.Error) as exc:
+                self.error = f"ingest batch failed: {type(exc).__name__}: {exc}"
+                log.error("%s; retrying in %.0f s", self.error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                delay = min(delay * 2, max_backoff_s)
+                continue
+            if handled:
+                if self.error is not None:
+                    log.info("ingest works again")
+                self.error = None
+                delay = idle_s
+            else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle_s)
 
@@ -314,4 +361,5 @@ class Ingestor:
             "tokens": counts["tokens"],
             "validation_documents": counts["validation_documents"],
             "pool_restarts": self.pool.restarts,
+            **({"error": self.error} if self.error else {}),
         }

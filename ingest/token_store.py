@@ -28,11 +28,15 @@ _NAME = re.compile(r"^shard-(\d{6,})\.(bin|json)$")
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave a partial file taking space
+        raise
 
 
 def _fsync_dir(path: Path) -> None:
@@ -130,14 +134,21 @@ class TokenStore:
             offset += len(ids)
         base = self.directory / f"shard-{seq:06d}"
         data = b"".join(p.tobytes() for p in parts)
-        _write_atomic(base.with_suffix(".bin"), data)
         index = {
             "version": INDEX_VERSION,
             "dtype": self.dtype.str,
             "tokens": offset,
             "documents": [{k: v for k, v in s.__dict__.items() if k != "shard"} for s in stored],
         }
-        _write_atomic(base.with_suffix(".json"), json.dumps(index).encode("utf-8"))
+        try:
+            _write_atomic(base.with_suffix(".bin"), data)
+            _write_atomic(base.with_suffix(".json"), json.dumps(index).encode("utf-8"))
+        except BaseException:
+            # not committed (no index): remove the data file and reuse the number, so a retry
+            # after a full disk writes the same shard again and nothing is left behind
+            base.with_suffix(".bin").unlink(missing_ok=True)
+            self._next = seq
+            raise
         _fsync_dir(self.directory)
         return stored
 

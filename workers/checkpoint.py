@@ -38,6 +38,7 @@ __all__ = [
     "load_checkpoint",
     "load_latest",
     "save_checkpoint",
+    "set_aside",
 ]
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,19 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     return final
 
 
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``corrupt-<name>`` beside it: kept for inspection, never
+    loaded again, and no longer counted among the kept checkpoints."""
+    target = path.with_name(f"corrupt-{path.name}")
+    n = 1
+    while os.path.lexists(target):
+        target = path.with_name(f"corrupt-{path.name}-{n}")
+        n += 1
+    os.rename(path, target)
+    _fsync_dir(path.parent)
+    return target
+
+
 def _read_verified(path: Path, fname: str, meta: dict[str, Any]) -> bytes:
     """Read one file of a checkpoint and check it against its manifest entry."""
     try:
@@ -347,12 +361,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(step=step, arrays=arrays, state=state, tokenizer_json=tokenizer_json, path=path)
 
 
-def load_latest(root: Path) -> Checkpoint | None:
+def load_latest(root: Path, skipped: list[tuple[Path, CheckpointError]] | None = None) -> Checkpoint | None:
     """Load the newest valid checkpoint under ``root``, falling back past damaged ones.
 
     Returns None when ``root`` is missing or holds no ``step-*`` directory at all. Each damaged
-    (or incomplete) newer checkpoint is skipped with a warning naming it and the reason; if
-    checkpoints exist but none is valid, raises ``CheckpointError``.
+    (or incomplete) newer checkpoint is skipped with a warning naming it and the reason (and
+    appended to ``skipped`` as (path, error) when given); if checkpoints exist but none is valid, raises
+    ``CheckpointError``.
     """
     root = Path(root)
     candidates = _scan_step_dirs(root)
@@ -364,6 +379,8 @@ def load_latest(root: Path) -> Checkpoint | None:
             return load_checkpoint(path)
         except CheckpointError as e:
             log.warning("skipping unusable checkpoint %s", e)
+            if skipped is not None:
+                skipped.append((path, e))
             if first_error is None:
                 first_error = e
     raise CheckpointError(f"{root}: none of {len(candidates)} checkpoint(s) is valid (newest: {first_error})")

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_latest, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_latest, save_checkpoint, set_aside
 from .dataset import TokenSplit, batch_for_step, eval_windows, load_split
 from .engine import EngineSettings, EngineStopped, LocalEngine, ProcessEngine, StepEngine
 from .model import GPT, init_params
@@ -127,13 +127,23 @@ class MetricsLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: TextIO = path.open("a", encoding="utf-8")
+        self.lost = 0  # records that could not be written (a full disk)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
-        self._file.flush()
+        """Append one record; a write error (a full disk) loses the record, not the run."""
+        try:
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self.lost += 1
+            if self.lost == 1 or self.lost % 100 == 0:
+                log.error("%s: %d metrics records lost: %s", self.path, self.lost, exc)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            log.error("%s: could not flush the last metrics records: %s", self.path, exc)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -158,7 +168,13 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.config = config
         self.stop_requested = False
-        existing = load_latest(checkpoint_dir) if checkpoint_dir.exists() else None
+        # None: a checkpoint that cannot be written (full disk) ends the run; the daemon sets a
+        # handler that reports it and goes on (the previous checkpoints are untouched)
+        self.on_checkpoint_error: Callable[[OSError], None] | None = None
+        skipped: list[tuple[Path, CheckpointError]] = []
+        existing = load_latest(checkpoint_dir, skipped) if checkpoint_dir.exists() else None
+        # what was wrong with the checkpoints skipped on the way to ``existing`` (for status)
+        self.checkpoint_warnings: list[str] = [f"skipped unusable checkpoint {e}" for _, e in skipped]
         if existing is not None and not resume:
             raise TrainingError(
                 f"{checkpoint_dir} already holds checkpoints (newest step {existing.step}); "
@@ -183,6 +199,12 @@ class Trainer:
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self._lock: TextIO | None = _lock_dir(checkpoint_dir)
+        if existing is not None and existing.path is not None:
+            # resuming past damaged newer checkpoints: set them aside, or they would keep a
+            # place among the kept ones (and crowd out good ones) until the run passes their step
+            for damaged, _ in skipped:
+                if damaged.is_dir():
+                    log.warning("moved damaged checkpoint aside to %s", set_aside(damaged).name)
         try:
             self.engine: StepEngine = self._make_engine()
             if existing is None:
@@ -347,7 +369,12 @@ class Trainer:
                 )
                 progress.flush()
             if st.step % cfg.checkpoint_interval == 0:
-                last_ckpt = self.checkpoint()
+                try:
+                    last_ckpt = self.checkpoint()
+                except OSError as exc:
+                    if self.on_checkpoint_error is None:
+                        raise
+                    self.on_checkpoint_error(exc)  # the daemon reports it and trains on
         if progress is not None:
             progress.write("\n")
         if last_ckpt is None or last_ckpt.name != f"step-{st.step:08d}":

@@ -1,0 +1,94 @@
+"""The real daemon fed the hostile corpus through its drop folder: every file ends in done/ or
+failed/ (with a reason), and the daemon stays up, answering and training."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from _hostile_corpus import drop_corpus
+
+from crystalline.daemon.status_server import request
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+HERE = Path(__file__).resolve().parent
+SMALL = [
+    "--embed-dim",
+    "32",
+    "--num-layers",
+    "2",
+    "--num-heads",
+    "2",
+    "--seq-len",
+    "32",
+    "--batch-size",
+    "8",
+    "--eval-interval",
+    "50",
+    "--eval-windows",
+    "8",
+    "--workers",
+    "3",
+]
+
+
+def test_daemon_stays_up_on_the_hostile_corpus() -> None:
+    with tempfile.TemporaryDirectory(prefix="ch-", dir="/tmp") as d:
+        root = Path(d)
+        state, run, inbox = root / "state", root / "run", root / "state" / "inbox"
+        inbox.mkdir(parents=True)
+        corpus = drop_corpus()
+        for name, body in corpus.items():
+            (inbox / name).write_bytes(body)
+        cmd = [
+            sys.executable,
+            "-m",
+            "crystalline.daemon.cli",
+            "run",
+            "--state-dir",
+            str(state),
+            "--runtime-dir",
+            str(run),
+            "--no-crawl",
+            *SMALL,
+        ]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 480
+            while True:
+                assert proc.poll() is None, f"the daemon died ({proc.returncode}) on hostile input"
+                left = [p for p in inbox.iterdir() if p.name not in ("done", "failed")]
+                if not left and (run / "crystalline.sock").exists():
+                    break
+                assert time.monotonic() < deadline, f"never finished: {[p.name for p in left]}"
+                time.sleep(1.0)
+            done = {p.name for p in (inbox / "done").iterdir()}
+            failed = {p.name for p in (inbox / "failed").iterdir() if not p.name.endswith(".reason.txt")}
+            reasons = {
+                p.name[: -len(".reason.txt")]
+                for p in (inbox / "failed").iterdir()
+                if p.name.endswith(".reason.txt")
+            }
+            assert failed == reasons  # every failure says why
+            # nothing is left in the inbox, and every file (the corpus and the bundled samples,
+            # long names shortened) ended in one of the two places
+            assert len(done) + len(failed) >= len(corpus)
+            first = request(run / "crystalline.sock", {"cmd": "status"}, 30)["data"]["training"]["step"]
+            deadline = time.monotonic() + 120
+            while (
+                request(run / "crystalline.sock", {"cmd": "status"}, 30)["data"]["training"]["step"] <= first
+            ):
+                assert proc.poll() is None and time.monotonic() < deadline, "training stopped stepping"
+                time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
