@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,13 +154,20 @@ class TokenStore:
         return stored
 
 
+MAX_OPEN_SHARDS = 64
+
+
 class StoreReader:
     """The reader side, usable from any process: sees committed shards only, in commit order."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_open_shards: int = MAX_OPEN_SHARDS) -> None:
         self.directory = Path(directory)
         self.documents: list[StoredDocument] = []
-        self._maps: dict[int, np.ndarray] = {}
+        self._sizes: dict[int, int] = {}  # committed shard -> token count
+        # Each memory map holds a file descriptor: a long-running reader over a store of
+        # thousands of small shards (one per ingest batch) must not keep one per shard.
+        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.max_open_shards = max_open_shards
         self.dtype: np.dtype[Any] | None = None
 
     def refresh(self) -> int:
@@ -168,30 +176,37 @@ class StoreReader:
             return 0
         added = 0
         for seq in shard_seqs(self.directory):
-            if seq in self._maps:
+            if seq in self._sizes:
                 continue
             dtype, docs = read_index(self.directory, seq)
             if self.dtype is None:
                 self.dtype = dtype
             elif dtype != self.dtype:
                 raise ValueError(f"shard {seq} holds {dtype} ids, the store {self.dtype}")
-            path = self.directory / f"shard-{seq:06d}.bin"
-            count = sum(d.length for d in docs)
-            if count:
-                self._maps[seq] = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
-            else:
-                self._maps[seq] = np.zeros(0, dtype=dtype)
+            self._sizes[seq] = sum(d.length for d in docs)
             self.documents.extend(docs)
             added += len(docs)
         return added
 
     def shard(self, seq: int) -> np.ndarray:
-        """All ids of committed shard ``seq`` (read-only, memory-mapped)."""
-        return self._maps[seq]
+        """All ids of committed shard ``seq`` (read-only, memory-mapped; the least recently used
+        maps beyond ``max_open_shards`` are dropped and reopened on demand)."""
+        arr = self._open.get(seq)
+        if arr is not None:
+            self._open.move_to_end(seq)
+            return arr
+        count = self._sizes[seq]
+        dtype = self.dtype or np.dtype(np.uint16)
+        path = self.directory / f"shard-{seq:06d}.bin"
+        arr = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype=dtype)
+        self._open[seq] = arr
+        if len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)
+        return arr
 
     def tokens(self, doc: StoredDocument) -> np.ndarray:
         """The ids of one document (a read-only view of the memory-mapped shard)."""
-        return self._maps[doc.shard][doc.offset : doc.offset + doc.length]
+        return self.shard(doc.shard)[doc.offset : doc.offset + doc.length]
 
     def split_tokens(self, split: str) -> int:
         return sum(d.length for d in self.documents if d.split == split)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,17 @@ def test_normalize_and_quality_filter() -> None:
     assert quality_problem("short", rules) == "too short (5 chars < 10)"
     assert "letters" in (quality_problem("1234 5678 9012 3456", rules) or "")
     assert quality_problem("plain words of prose here", rules) is None
+
+
+def test_reader_of_many_shards_keeps_few_files_open(tmp_path: Path) -> None:
+    # one shard per ingest batch: a long-running daemon sees thousands of them
+    store = TokenStore(tmp_path, np.uint16)
+    for i in range(120):
+        ids = np.full(5, i, dtype=np.uint16)
+        store.append([PendingDocument(f"d{i}", f"e{i}", f"s{i}", "train", ids)])
+    reader = StoreReader(tmp_path, max_open_shards=8)
+    before = len(os.listdir("/proc/self/fd"))
+    assert reader.refresh() == 120
+    for doc in reader.documents:
+        assert reader.tokens(doc).tolist() == [int(doc.doc_id[1:])] * 5
+    assert len(os.listdir("/proc/self/fd")) - before <= 8
