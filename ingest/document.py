@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+
+from crystalline.durable import fsync_dir, write_atomic
 
 SPOOL_VERSION = 1
 
@@ -43,23 +44,6 @@ class DocumentSink(Protocol):
     """Accepts documents durably; ``submit`` may wait (backpressure) but never drops one."""
 
     async def submit(self, doc: Document) -> None: ...
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -100,14 +84,14 @@ class Spool:
     def put(self, doc: Document) -> Path:
         """Synchronous submit: body, then metadata (the commit point), then the directory."""
         stem = f"{doc.key()}-{time.time_ns()}"
-        _write_atomic(self.directory / f"{stem}.body", doc.body)
+        write_atomic(self.directory / f"{stem}.body", doc.body)
         meta = asdict(doc)
         del meta["body"]
         meta["v"] = SPOOL_VERSION
         meta["bytes"] = len(doc.body)
         meta_path = self.directory / f"{stem}.json"
-        _write_atomic(meta_path, json.dumps(meta).encode("utf-8"))
-        _fsync_dir(self.directory)
+        write_atomic(meta_path, json.dumps(meta).encode("utf-8"))
+        fsync_dir(self.directory)
         return meta_path
 
     def pending(self) -> Iterator[tuple[Path, Document]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,31 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from crystalline.durable import fsync_dir, write_atomic
+
 log = logging.getLogger("crystalline.ingest.token_store")
 
 INDEX_VERSION = 1
 _NAME = re.compile(r"^shard-(\d{6,})\.(bin|json)$")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave a partial file taking space
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -142,15 +122,15 @@ class TokenStore:
             "documents": [{k: v for k, v in s.__dict__.items() if k != "shard"} for s in stored],
         }
         try:
-            _write_atomic(base.with_suffix(".bin"), data)
-            _write_atomic(base.with_suffix(".json"), json.dumps(index).encode("utf-8"))
+            write_atomic(base.with_suffix(".bin"), data)
+            write_atomic(base.with_suffix(".json"), json.dumps(index).encode("utf-8"))
         except BaseException:
             # not committed (no index): remove the data file and reuse the number, so a retry
             # after a full disk writes the same shard again and nothing is left behind
             base.with_suffix(".bin").unlink(missing_ok=True)
             self._next = seq
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         return stored
 
 

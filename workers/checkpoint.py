@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from crystalline.durable import fsync_dir
+
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
@@ -76,15 +78,6 @@ class CheckpointError(Exception):
 
 def _step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
-
-
-def _fsync_dir(path: Path) -> None:
-    """Fsync a directory so that entries created, renamed or removed in it survive a crash."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove(path: Path) -> None:
@@ -198,7 +191,7 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     if created_root:
-        _fsync_dir(root.parent)
+        fsync_dir(root.parent)
 
     # One process writes checkpoints, so any temp dir already here is debris from a crash.
     for entry in os.scandir(root):
@@ -221,7 +214,7 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
         files[TOKENIZER] = _write_file(tmp / TOKENIZER, tok_bytes)
         manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
         _write_file(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
 
         final = root / _step_dir_name(step)
         if os.path.lexists(final):
@@ -229,11 +222,11 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
             aside = root / f"{TMP_PREFIX}old-{_step_dir_name(step)}-{secrets.token_hex(4)}"
             os.rename(final, aside)
             os.rename(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
             _remove(aside)
         else:
             os.rename(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -244,7 +237,7 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     for p in doomed:
         _remove(p)
     if doomed:
-        _fsync_dir(root)
+        fsync_dir(root)
 
     ckpt.path = final
     return final
@@ -259,7 +252,7 @@ def set_aside(path: Path) -> Path:
         target = path.with_name(f"corrupt-{path.name}-{n}")
         n += 1
     os.rename(path, target)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return target
 
 

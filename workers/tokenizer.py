@@ -9,9 +9,7 @@ rebuilt exactly. This module is also the one place that reads training text from
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer as HfTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from crystalline.durable import write_atomic
 
 __all__ = [
     "MAX_BPE_VOCAB",
@@ -260,24 +260,7 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
     The data goes to a temporary file in the same directory, is fsynced, renamed over ``path``,
     and the directory is fsynced so the rename itself is durable.
     """
-    path = Path(path)
-    data = tok.to_json().encode("utf-8")
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(Path(path), tok.to_json().encode("utf-8"), sync_dir=True)
 
 
 def read_text_file(path: Path) -> str:
