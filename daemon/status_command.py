@@ -44,6 +44,9 @@ def health(data: dict[str, Any]) -> tuple[int, list[str]]:
     ingest = data.get("ingest") or {}
     if ingest.get("error"):
         reasons.append("ingest: " + str(ingest["error"]))
+    crawler = data.get("crawler") or {}
+    if crawler.get("error"):
+        reasons.append("crawl: " + str(crawler["error"]))
     return (DEGRADED if reasons else HEALTHY), reasons
 
 

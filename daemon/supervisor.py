@@ -200,6 +200,7 @@ class Supervisor:
         self.state = "starting"
         self.crawl_stop = asyncio.Event()
         self.crawl_paused = False
+        self.crawl_error: str | None = None
         self.crawler: Crawler | None = None
         self.ingestor: Ingestor | None = None
         self.ingest_stop = asyncio.Event()
@@ -343,6 +344,8 @@ class Supervisor:
             if self.crawler
             else "idle"
         )
+        if self.crawl_error:
+            crawler["error"] = self.crawl_error
         data: dict[str, Any] = {
             "state": self.state,
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -357,6 +360,7 @@ class Supervisor:
             self.start_error
             or c.get("checkpoint_error")
             or (ingest.get("error") if isinstance(ingest, dict) else None)
+            or self.crawl_error
             or self.control.error
         )
         if last_error:
@@ -407,6 +411,20 @@ class Supervisor:
         return self.crawler
 
     async def _crawl_loop(self) -> None:
+        """Crawl; a crash is reported in status and retried with backoff, never looped on."""
+        delay = 5.0
+        while not self.should_exit.is_set():
+            try:
+                await self._crawl_passes()
+                return
+            except Exception as exc:  # the daemon stays up; status shows it
+                self.crawl_error = f"{type(exc).__name__}: {exc}"
+                log.error("crawl failed (%s); retrying in %.0f s", self.crawl_error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.should_exit.wait(), delay)
+                delay = min(delay * 2, 600.0)
+
+    async def _crawl_passes(self) -> None:
         """Crawl while there is work; idle (without exiting) when the frontier is empty."""
         crawler = self._ensure_crawler()
         for url in self.settings.daemon.seed_url:
@@ -420,6 +438,7 @@ class Supervisor:
                 continue
             stop = self.crawl_stop
             summary = await crawler.run(stop)
+            self.crawl_error = None
             log.info("crawl pass ended: %s", summary.line())
             if self.should_exit.is_set():
                 break

@@ -229,6 +229,8 @@ class Ingestor:
         hashes[r.content_hash] = doc_id
         prints.append((r.simhash, doc_id))
         rec.content_hash, rec.simhash, rec.tokens = r.content_hash, r.simhash, len(r.ids)
+        if r.truncated:
+            rec.reason = f"truncated: {r.truncated_reason}"  # stored, but not all of it
         rec.split = "val" if held_out(s.doc.source, self.settings.val_fraction) else "train"
         return rec
 

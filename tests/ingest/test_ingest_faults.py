@@ -116,3 +116,27 @@ def test_files_dropped_while_running_are_ingested(tmp_path: Path) -> None:
 
     stats = asyncio.run(main())
     assert stats["documents"] == 1 and stats["pending"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_truncated_document_is_stored_with_its_reason(tmp_path: Path) -> None:
+    from crystalline.ingest.extract import ExtractLimits
+    from crystalline.ingest.registry import Registry
+
+    text = long_text(3, words=4000)
+    settings = IngestSettings(
+        processes=1, min_chars=50, min_words=5, val_fraction=0.0, limits=ExtractLimits(max_chars=5000)
+    )
+    spool = Spool(tmp_path / "spool")
+    spool.put(Document("https://example.org/long", text.encode(), "text/plain"))
+    with Ingestor(settings, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        while ing.run_once():
+            pass
+        stats = ing.stats()
+    assert stats["documents"] == 1
+    registry = Registry(tmp_path / "data" / "registry.sqlite3")
+    try:
+        (reason,) = registry.db.execute("SELECT reason FROM documents").fetchone()
+    finally:
+        registry.close()
+    assert reason.startswith("truncated:")
