@@ -38,11 +38,32 @@ def text_doc(rng: random.Random, n: int) -> str:
     return " ".join(sentences)
 
 
+def slug(i: int) -> str:
+    """Letters, not digits: the crawler's trap guard caps URLs whose digit-masked shape repeats
+    (max_urls_per_pattern), and a real site's article slugs are words."""
+    out = ""
+    while True:
+        i, d = divmod(i, 26)
+        out = chr(97 + d) + out
+        if i == 0:
+            return out
+
+
+def unslug(text: str) -> int:
+    n = 0
+    for ch in text:
+        n = n * 26 + (ord(ch) - 97)
+    return n
+
+
 def site_app(pages: int) -> web.Application:
     async def page(request: web.Request) -> web.Response:
-        i = int(request.match_info["i"])
+        name = request.match_info["i"]
+        if not name.isalpha() or not name.islower():
+            raise web.HTTPNotFound()
+        i = unslug(name)
         rng = random.Random(i)
-        links = "".join(f'<a href="/p/{(i * 7 + k) % pages}">more</a> ' for k in range(1, 4))
+        links = "".join(f'<a href="/p/{slug((i * 7 + k) % pages)}">more</a> ' for k in range(1, 4))
         head = f"<html><head><title>Page {i}</title></head>"
         body = f"{head}<body><h1>Page {i}</h1><p>{text_doc(rng, 30)}</p>{links}</body></html>"
         return web.Response(text=body, content_type="text/html")
@@ -176,7 +197,7 @@ def main() -> int:
         str(args.workers),
         "--no-samples",
         "--seed-url",
-        f"http://127.0.0.1:{port}/p/0",
+        f"http://127.0.0.1:{port}/p/{slug(0)}",
         "--crawl-allow-private",
         "--crawl-delay",
         "0.05",
