@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import signal
 import struct
 import time
 from collections import deque
@@ -137,6 +138,8 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
 def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) -> None:
     """Entry point of a pool process: handshake, then one reply per task until EOF."""
     os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread per pool worker
+    # Ctrl-C reaches the whole process group; the owner stops the pool (EOF on the pipe)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"ingest-pool[{os.getpid()}] %(levelname)s %(message)s")
     config = json.loads(config_json)
     if config["memory_limit_mb"] > 0:
