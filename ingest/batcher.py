@@ -69,10 +69,13 @@ class Batcher:
         self.reader.refresh()
         added = [d for d in self.reader.documents[before:] if d.split == "train" and d.length > 0]
         if added:
-            self._docs.extend((d.shard, d.offset, d.length) for d in added)
             lengths = np.fromiter((d.length for d in added), dtype=np.int64, count=len(added))
             tail = self._starts[-1] + np.cumsum(lengths)
+            # offsets first, then the documents: a reader in another thread (status asking for
+            # ``tokens()`` while the engine's ring thread refreshes) must never see more
+            # documents than offsets; each assignment is atomic
             self._starts = np.concatenate([self._starts, tail])
+            self._docs.extend((d.shard, d.offset, d.length) for d in added)
         return len(added)
 
     def position(self) -> int:

@@ -64,3 +64,29 @@ def test_fill_writes_into_a_given_slot(tmp_path: Path) -> None:
     slot = np.zeros((2, 9), dtype=np.uint16)
     batcher.fill(0, slot)
     assert np.array_equal(slot, batcher.batch(0))
+
+
+def test_counts_read_from_another_thread_while_refreshing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's status asks tokens()/position() while the engine's ring thread refreshes:
+    whatever instant the reader hits, it must see no more documents than offsets. The refresh
+    is interrupted at its offsets update (where a thread switch can happen) to read then."""
+    store = TokenStore(tmp_path, np.uint16)
+    batcher = Batcher(tmp_path, batch_size=2, seq_len=4, refresh_s=0.0)
+    store.append([PendingDocument("a", "ea", "sa", "train", np.arange(3, dtype=np.uint16))])
+    batcher.refresh()
+    store.append([PendingDocument("b", "eb", "sb", "train", np.arange(5, dtype=np.uint16))])
+    seen: list[tuple[int, int]] = []
+    real = np.concatenate
+
+    def concatenate_then_read(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        seen.append((batcher.position(), batcher.tokens()))  # what another thread would read
+        return out
+
+    monkeypatch.setattr("crystalline.ingest.batcher.np.concatenate", concatenate_then_read)
+    batcher.refresh()
+    monkeypatch.undo()
+    assert seen == [(1, 3)]
+    assert (batcher.position(), batcher.tokens()) == (2, 8)
