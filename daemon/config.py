@@ -194,6 +194,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     train = {k: v for k, v in values.items() if FIELDS[k][0] == "train"}
     train.setdefault("max_steps", 1 << 62)  # a daemon trains until it is stopped
     train.setdefault("workers", 12)  # node zero and its 12 workers
+    # 4 sequences per worker: at 1 (batch 12) the 12 workers run at 1.13x one core, at 4 at
+    # 1.71x (bench/engine_scaling.py)
+    train.setdefault("batch_size", 48)
     settings = Settings(DaemonConfig(**daemon), TrainConfig(**train))
     settings.train.validate()
     if settings.daemon.crawl_concurrency < 1 or settings.daemon.crawl_delay < 0:

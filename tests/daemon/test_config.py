@@ -31,6 +31,7 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path: Path) -> None
     assert s.daemon.no_crawl is True
     assert s.train.num_layers == 4  # default
     assert s.train.workers == 12  # the daemon's default: node zero and 12 workers
+    assert config.resolve(parse([]), {}).train.batch_size == 48  # 4 sequences per worker
 
 
 def test_config_file_from_the_environment(tmp_path: Path) -> None:
