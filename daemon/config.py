@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..workers.train_config import TrainConfig
+from ..workers.train_config import TrainConfig, read_toml
 
 ENV_PREFIX = "CRYSTALLINE_"
 
@@ -109,12 +108,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
 
 def from_file(path: Path) -> dict[str, Any]:
     """Keys from a TOML file: top level or under [daemon] / [train], dashes or underscores."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read config: {exc}") from None
+    data = read_toml(path)
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("daemon", "train") and isinstance(value, dict):

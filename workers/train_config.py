@@ -105,14 +105,19 @@ def coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Options from a TOML file (keys with dashes or underscores, top level or under [train])."""
+def read_toml(path: Path) -> dict[str, Any]:
+    """A config file's TOML document; ValueError with a one-line reason naming the file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{path}: cannot read config: {exc}") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Options from a TOML file (keys with dashes or underscores, top level or under [train])."""
+    data = read_toml(path)
     table = data.get("train", data)
     if not isinstance(table, dict):
         raise ValueError(f"{path}: [train] must be a table")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _daemon_process import SMALL_MODEL, NotifyListener
 
 from crystalline.daemon.status_server import request
 from crystalline.shm.segments import list_segments
@@ -24,14 +23,7 @@ from crystalline.workers.trainer import engine_instance
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 SMALL = [
-    "--embed-dim",
-    "32",
-    "--num-layers",
-    "2",
-    "--num-heads",
-    "2",
-    "--seq-len",
-    "32",
+    *SMALL_MODEL,
     "--batch-size",
     "12",
     "--eval-interval",
@@ -41,45 +33,6 @@ SMALL = [
     "--checkpoint-interval-s",
     "5",
 ]
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's notify socket; records every message."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.monotonic(), data.decode()))
-
-    def seen(self, line: str) -> int:
-        return sum(1 for _, m in self.messages if line in m.split("\n"))
-
-    def wait_for(self, line: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.seen(line):
-            assert proc.poll() is None, f"daemon exited with {proc.returncode} before {line}"
-            assert time.monotonic() < deadline, f"no {line} within {timeout_s} s: {self.messages}"
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
 
 
 @pytest.fixture

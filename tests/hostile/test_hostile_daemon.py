@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _daemon_process import SMALL_MODEL
 from _hostile_corpus import drop_corpus
 
 from crystalline.daemon.status_server import request
@@ -18,24 +19,7 @@ from crystalline.daemon.status_server import request
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 HERE = Path(__file__).resolve().parent
-SMALL = [
-    "--embed-dim",
-    "32",
-    "--num-layers",
-    "2",
-    "--num-heads",
-    "2",
-    "--seq-len",
-    "32",
-    "--batch-size",
-    "8",
-    "--eval-interval",
-    "50",
-    "--eval-windows",
-    "8",
-    "--workers",
-    "3",
-]
+SMALL = [*SMALL_MODEL, "--batch-size", "8", "--eval-interval", "50", "--eval-windows", "8", "--workers", "3"]
 
 
 def test_daemon_stays_up_on_the_hostile_corpus() -> None:

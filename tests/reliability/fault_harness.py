@@ -11,28 +11,21 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from _daemon_process import SMALL_MODEL, NotifyListener
+
 from crystalline.daemon.status_server import request
 
 SMALL = [
-    "--embed-dim",
-    "32",
-    "--num-layers",
-    "2",
-    "--num-heads",
-    "2",
-    "--seq-len",
-    "32",
+    *SMALL_MODEL,
     "--batch-size",
     "12",
     "--eval-interval",
@@ -104,39 +97,6 @@ def drop(inbox: Path, names: list[str], seed0: int = 0) -> None:
         tmp = inbox / f".{name}.part"
         tmp.write_text(document(seed0 + i), encoding="utf-8")
         os.replace(tmp, inbox / name)
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's notify socket."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append(data.decode())
-
-    def seen(self, line: str) -> int:
-        return sum(1 for m in self.messages if line in m.split("\n"))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

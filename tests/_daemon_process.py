@@ -1,0 +1,54 @@
+"""What the tests that start `crystalline run` as a real process share: a small model (so a step
+is milliseconds) and a datagram socket standing in for systemd's notify socket."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+# embed 32, 2 layers, 2 heads, context 32: a step takes milliseconds even with 12 workers
+SMALL_MODEL = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32"]
+
+
+class NotifyListener:
+    """Binds ``path`` as a notify socket and records every message, in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append(data.decode())
+
+    def seen(self, line: str) -> int:
+        """How many messages carried ``line`` (e.g. ``READY=1``)."""
+        return sum(1 for m in self.messages if line in m.split("\n"))
+
+    def wait_for(self, line: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.seen(line):
+            assert proc.poll() is None, f"daemon exited with {proc.returncode} before {line}"
+            assert time.monotonic() < deadline, f"no {line} within {timeout_s} s: {self.messages}"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
