@@ -35,6 +35,15 @@ The resource tracker (cpython #82300)
     * unlinking calls ``shm_unlink`` directly instead of ``SharedMemory.unlink()``,
       which on < 3.13 would send an UNREGISTER for a name that was never registered.
 
+Space (/dev/shm is a tmpfs)
+    ``ftruncate`` on a tmpfs allocates nothing: a mapping larger than the free space is
+    created fine and the process dies of SIGBUS on the first page that finds no room, far
+    from the cause (a control process in a restart loop, "exited with status -7").
+    :func:`check_space` compares the free space with the segments' sizes before any is
+    created, and :meth:`Segment.create` reserves every page with ``posix_fallocate``, so a
+    shortage is :class:`SharedMemoryFull` -- naming the directory and the size needed -- at
+    creation, never a signal later (even if something else fills /dev/shm meanwhile).
+
 Views
     ``close()`` fails while numpy arrays (or other exports) over :attr:`Segment.buf` are
     alive; the error names the segment and says what to do. :class:`~.blocks.ArrayBlock`
@@ -44,10 +53,13 @@ Views
 from __future__ import annotations
 
 import _posixshmem
+import errno
 import gc
+import os
 import re
 import sys
 import threading
+from collections.abc import Mapping
 from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
@@ -57,6 +69,9 @@ __all__ = [
     "PREFIX",
     "SHM_DIR",
     "Segment",
+    "SharedMemoryFull",
+    "check_space",
+    "free_bytes",
     "list_segments",
     "parse_segment_name",
     "segment_name",
@@ -98,6 +113,73 @@ def parse_segment_name(name: str) -> tuple[str, str] | None:
 def _check_shm_name(name: str) -> None:
     if not isinstance(name, str) or not name or "/" in name or "\0" in name or len(name) > 255:
         raise ValueError(f"invalid shared memory segment name: {name!r}")
+
+
+# --- space --------------------------------------------------------------------------------
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class SharedMemoryFull(OSError):
+    """The shared-memory file system has no room for the segments (a one-line message)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def free_bytes(directory: Path = SHM_DIR) -> int | None:
+    """Bytes an unprivileged process may still allocate in ``directory``; None if unknown."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _advice(directory: Path) -> str:
+    return (
+        f"free space in {directory} or enlarge it (mount -o remount,size=... {directory}; "
+        "docker run --shm-size), or run fewer workers or a smaller model"
+    )
+
+
+def check_space(sizes: Mapping[str, int], directory: Path = SHM_DIR) -> None:
+    """SharedMemoryFull unless ``directory`` has room for segments of ``sizes`` (name -> bytes).
+
+    Call before creating a set of segments that only work together: the error then names the
+    total needed instead of whichever segment happened to be last.
+    """
+    need = sum(-(-size // _PAGE) * _PAGE for size in sizes.values())
+    free = free_bytes(directory)
+    if free is not None and need > free:
+        raise SharedMemoryFull(
+            f"{directory} has {_mib(free)} free but the shared memory needs {_mib(need)} "
+            f"({', '.join(sorted(sizes))}): {_advice(directory)}"
+        )
+
+
+def _reserve(shm: SharedMemory, name: str, size: int) -> None:
+    """Allocate every page of a new segment now (ENOSPC here instead of SIGBUS on first touch)."""
+    fd = getattr(shm, "_fd", -1)
+    if fd < 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # not a tmpfs (no reservation possible): check_space is all there is
+        if exc.errno != errno.ENOSPC:
+            raise
+        free = free_bytes(SHM_DIR)
+        raise SharedMemoryFull(
+            f"{SHM_DIR} has no room for the {_mib(size)} segment {name!r}"
+            f"{f' ({_mib(free)} free)' if free is not None else ''}: {_advice(SHM_DIR)}"
+        ) from None
 
 
 # --- resource tracker handling (see the module docstring) ---------------------------------
@@ -176,11 +258,19 @@ class Segment:
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
-        """A new zero-filled segment of ``size`` bytes; FileExistsError if ``name`` exists."""
+        """A new zero-filled segment of ``size`` bytes, every page allocated; FileExistsError if
+        ``name`` exists, :class:`SharedMemoryFull` (and nothing left behind) if it does not fit."""
         _check_shm_name(name)
         if not isinstance(size, int) or size <= 0:
             raise ValueError(f"segment size must be a positive int, got {size!r}")
-        return cls(_open(name, True, size), created=True)
+        shm = _open(name, True, size)
+        try:
+            _reserve(shm, name, size)
+        except BaseException:
+            shm.close()
+            unlink_segment(name)
+            raise
+        return cls(shm, created=True)
 
     @classmethod
     def attach(cls, name: str) -> Segment:

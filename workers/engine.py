@@ -34,8 +34,8 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from crystalline.shm.blocks import ArrayBlock, padded
-from crystalline.shm.segments import segment_name, sweep
+from crystalline.shm.blocks import ArrayBlock, Spec, layout, padded
+from crystalline.shm.segments import check_space, segment_name, sweep
 
 from . import protocol as P
 from .model import GPT
@@ -162,6 +162,23 @@ def _shares(total: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+def segment_specs(
+    num_params: int, workers: int, batch_size: int, seq_len: int, vocab_size: int, ring_slots: int
+) -> dict[str, Spec]:
+    """The arrays of the engine's three segments (``state``, ``grads``, ``ring``)."""
+    token_dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    return {
+        "state": {
+            "params": ((2, num_params), np.float32),
+            "adam_m": ((2, num_params), np.float32),
+            "adam_v": ((2, num_params), np.float32),
+            "gsum": ((num_params,), np.float32),
+        },
+        "grads": {"rows": ((workers, padded(num_params, np.float32)), np.float32)},
+        "ring": {"slots": ((ring_slots, batch_size, seq_len + 1), token_dtype)},
+    }
+
+
 class ProcessEngine:
     """Node zero: W worker processes, three barriers per step, shared-memory state."""
 
@@ -204,25 +221,18 @@ class ProcessEngine:
                 len(leftovers),
                 ", ".join(leftovers),
             )
-        token_dtype = np.uint16 if cfg.vocab_size <= 65536 else np.uint32
+        specs = segment_specs(size, w, batch_size, cfg.seq_len, cfg.vocab_size, settings.ring_slots)
+        # before anything is mapped: a tmpfs too small for these is a clear error naming /dev/shm
+        # and the size, not a SIGBUS on the first untouched page (Segment.create reserves too)
+        check_space({segment_name(settings.instance, what): layout(spec)[1] for what, spec in specs.items()})
         self._blocks: list[ArrayBlock] = []
         self._run_dir = Path(tempfile.mkdtemp(prefix="crystalline-"))
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         try:
-            self.state = self._block(
-                "state",
-                {
-                    "params": ((2, size), np.float32),
-                    "adam_m": ((2, size), np.float32),
-                    "adam_v": ((2, size), np.float32),
-                    "gsum": ((size,), np.float32),
-                },
-            )
-            self.grads = self._block("grads", {"rows": ((w, padded(size, np.float32)), np.float32)})
-            self.ring = self._block(
-                "ring", {"slots": ((settings.ring_slots, batch_size, cfg.seq_len + 1), token_dtype)}
-            )
+            self.state = self._block("state", specs["state"])
+            self.grads = self._block("grads", specs["grads"])
+            self.ring = self._block("ring", specs["ring"])
             self.batcher = RingBatcher(self.ring.arrays["slots"], batch_source)
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished worker raises
@@ -237,7 +247,7 @@ class ProcessEngine:
             raise
 
     # ---- set-up ---------------------------------------------------------------------------
-    def _block(self, what: str, spec: dict[str, tuple[tuple[int, ...], Any]]) -> ArrayBlock:
+    def _block(self, what: str, spec: Spec) -> ArrayBlock:
         block = ArrayBlock.create(segment_name(self.settings.instance, what), spec)
         self._blocks.append(block)
         return block
