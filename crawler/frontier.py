@@ -9,6 +9,14 @@ SQLite's indexes, not Python sets.
 
 The ``hosts`` table keeps per-origin queue counts and ``next_at`` (unix time before which the
 origin gets no request), so "which hosts may be asked now" is one indexed query.
+
+The queue is bounded (issue 19): at most ``max_queued_per_host`` URLs queued per origin and
+``max_queued`` in all. A URL offered to a full queue either takes the place of the queue's
+lowest-priority URL (the deepest, newest last) or, when it ranks no higher, is dropped. A dropped
+URL leaves no row: a later page that links to it offers it again, so a large site is crawled past
+the cap as its queue drains, while the disk holds at most the caps' worth of queued rows. Drops
+are counted per reason in the ``drops`` table. Both checks read counts kept up to date as URLs
+come and go (``hosts.queued`` and ``counts``), and the victim is one step down a partial index.
 """
 
 from __future__ import annotations
@@ -37,7 +45,11 @@ CREATE TABLE IF NOT EXISTS urls (
     status INTEGER,
     error TEXT
 );
-CREATE INDEX IF NOT EXISTS urls_queue ON urls(origin, id) WHERE state = 0;
+-- per origin, shallowest and oldest first: what claim() hands out and (read backwards) which
+-- URL a full host queue gives up; across origins, the same order for the total cap
+CREATE INDEX IF NOT EXISTS urls_host_queue ON urls(origin, depth, id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS urls_queue_depth ON urls(depth, id) WHERE state = 0;
+DROP INDEX IF EXISTS urls_queue;
 CREATE INDEX IF NOT EXISTS urls_in_flight ON urls(state) WHERE state = 1;
 CREATE TABLE IF NOT EXISTS hosts (
     origin TEXT PRIMARY KEY,
@@ -52,7 +64,17 @@ CREATE TABLE IF NOT EXISTS patterns (
     n INTEGER NOT NULL,
     PRIMARY KEY (origin, pattern)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS drops (
+    reason TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+
+# Why a URL offered to the frontier was not kept (the keys of ``Frontier.dropped``).
+DROP_PAGE_LINKS = "links_per_page"  # past a page's cap of new links
+DROP_HOST_FULL = "host_queue_full"  # its origin's queue was at max_queued_per_host
+DROP_FRONTIER_FULL = "frontier_full"  # the whole queue was at max_queued
+DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL)
 
 
 @dataclass(frozen=True)
@@ -81,10 +103,16 @@ class UrlEntry:
 class Frontier:
     """The SQLite frontier at ``path`` (created if missing); close it when done."""
 
-    def __init__(self, path: Path, max_urls_per_pattern: int = 0) -> None:
+    def __init__(
+        self, path: Path, max_urls_per_pattern: int = 0, *, max_queued_per_host: int = 0, max_queued: int = 0
+    ) -> None:
+        """Caps of 0 are off: ``max_urls_per_pattern`` (trap budget), ``max_queued_per_host`` and
+        ``max_queued`` (URLs waiting per origin and in all)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_urls_per_pattern = max_urls_per_pattern
+        self.max_queued_per_host = max_queued_per_host
+        self.max_queued = max_queued
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -100,6 +128,9 @@ class Frontier:
         for state, n in self._db.execute("SELECT state, COUNT(*) FROM urls GROUP BY state"):
             self.counts[state] = n
         self.hosts = self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0]
+        # URLs not kept, per reason, over the life of this frontier (the drops table)
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.dropped.update(self._db.execute("SELECT reason, n FROM drops"))
 
     def _recover(self) -> None:
         """Put what a previous process had in flight back in the queue and free its hosts."""
@@ -119,39 +150,85 @@ class Frontier:
 
     # -- adding ---------------------------------------------------------------------------------
 
-    def add(self, urls: Iterable[NewUrl]) -> int:
-        """Queue the URLs not seen before; return how many were new."""
+    def add(self, urls: Iterable[NewUrl], max_new: int = 0) -> int:
+        """Queue the URLs not seen before, at most ``max_new`` of them (0: no limit); return how
+        many were queued."""
         with self._transaction():
-            return self._add(urls)
+            return self._add(urls, max_new)
 
-    def _add(self, urls: Iterable[NewUrl]) -> int:
-        db = self._db
+    def _add(self, urls: Iterable[NewUrl], max_new: int = 0) -> int:
+        batch = _Batch(self._db)
         added = 0
-        for new in urls:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO urls (url, origin, depth, redirects) VALUES (?, ?, ?, ?)",
-                (new.url, new.origin, new.depth, new.redirects),
-            )
-            if cur.rowcount != 1:
-                continue
-            if new.pattern is not None and self.max_urls_per_pattern > 0:
-                (n,) = db.execute(
-                    "INSERT INTO patterns VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1 RETURNING n",
-                    (new.origin, new.pattern),
-                ).fetchone()
-                if n > self.max_urls_per_pattern:
-                    db.execute(
-                        "UPDATE urls SET state = ?, error = ? WHERE id = ?",
-                        (SKIPPED, "trap: too many URLs of one pattern", cur.lastrowid),
-                    )
-                    self.counts[SKIPPED] += 1
-                    continue
-            if db.execute("INSERT OR IGNORE INTO hosts (origin) VALUES (?)", (new.origin,)).rowcount:
-                self.hosts += 1
-            db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (new.origin,))
-            self.counts[QUEUED] += 1
-            added += 1
+        pending = iter(urls)
+        for new in pending:
+            if max_new and added >= max_new:
+                # not looked up: some of these may be known already (a page's cap costs no reads)
+                batch.dropped[DROP_PAGE_LINKS] += 1 + sum(1 for _ in pending)
+                break
+            if self._admit(new, batch):
+                added += 1
+        self._commit_batch(batch)
         return added
+
+    def _admit(self, new: NewUrl, batch: _Batch) -> bool:
+        """Queue one URL within the caps (inside the caller's transaction); True if it was queued."""
+        db = self._db
+        victim: _Victim | None = None
+        reason = ""
+        if self.max_queued_per_host and batch.queued(new.origin) >= self.max_queued_per_host:
+            reason = DROP_HOST_FULL
+        elif self.max_queued and self.counts[QUEUED] >= self.max_queued:
+            reason = DROP_FRONTIER_FULL
+        if reason:
+            if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is not None:
+                return False  # known: not a drop
+            victim = batch.victim(new.origin if reason == DROP_HOST_FULL else None)
+            if victim is None or victim.depth <= new.depth:
+                batch.dropped[reason] += 1  # it ranks no higher than anything queued there
+                return False
+        cur = db.execute(
+            "INSERT OR IGNORE INTO urls (url, origin, depth, redirects) VALUES (?, ?, ?, ?)",
+            (new.url, new.origin, new.depth, new.redirects),
+        )
+        if cur.rowcount != 1:
+            return False
+        if new.pattern is not None and self.max_urls_per_pattern > 0:
+            (n,) = db.execute(
+                "INSERT INTO patterns VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1 RETURNING n",
+                (new.origin, new.pattern),
+            ).fetchone()
+            if n > self.max_urls_per_pattern:
+                db.execute(
+                    "UPDATE urls SET state = ?, error = ? WHERE id = ?",
+                    (SKIPPED, "trap: too many URLs of one pattern", cur.lastrowid),
+                )
+                self.counts[SKIPPED] += 1
+                return False  # not queued, so the victim stays
+        if victim is not None:  # the new URL outranks it: the victim leaves the queue (and the disk)
+            db.execute("DELETE FROM urls WHERE id = ?", (victim.id,))
+            batch.dropped[reason] += 1
+            batch.change(victim.origin, -1)
+            self.counts[QUEUED] -= 1
+        batch.change(new.origin, +1)
+        self.counts[QUEUED] += 1
+        return True
+
+    def _commit_batch(self, batch: _Batch) -> None:
+        """Write the batch's per-origin queue counts and drop counters (inside its transaction)."""
+        db = self._db
+        for origin in batch.grew:
+            if db.execute("INSERT OR IGNORE INTO hosts (origin) VALUES (?)", (origin,)).rowcount:
+                self.hosts += 1
+        for origin, delta in batch.delta.items():
+            if delta:
+                db.execute("UPDATE hosts SET queued = queued + ? WHERE origin = ?", (delta, origin))
+        for reason, n in batch.dropped.items():
+            if n:
+                db.execute(
+                    "INSERT INTO drops VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+                    (reason, n),
+                )
+                self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -169,12 +246,13 @@ class Frontier:
         return None if row[0] is None else float(row[0])
 
     def claim(self, origin: str, n: int, now: float) -> list[UrlEntry]:
-        """Mark up to ``n`` of the origin's queued URLs in flight (oldest first) and return them.
+        """Mark up to ``n`` of the origin's queued URLs in flight (shallowest, then oldest first)
+        and return them.
         When all its queued URLs wait for a retry time, the origin's next_at moves there."""
         with self._transaction():
             rows = self._db.execute(
                 "SELECT id, url, depth, redirects, attempts FROM urls"
-                " WHERE origin = ? AND state = 0 AND not_before <= ? ORDER BY id LIMIT ?",
+                " WHERE origin = ? AND state = 0 AND not_before <= ? ORDER BY depth, id LIMIT ?",
                 (origin, now, n),
             ).fetchall()
             if not rows:
@@ -214,10 +292,17 @@ class Frontier:
     # -- outcomes -------------------------------------------------------------------------------
 
     def finish(
-        self, entry: UrlEntry, state: int, status: int = 0, error: str = "", links: Iterable[NewUrl] = ()
+        self,
+        entry: UrlEntry,
+        state: int,
+        status: int = 0,
+        error: str = "",
+        links: Iterable[NewUrl] = (),
+        max_links: int = 0,
     ) -> int:
-        """Record an in-flight URL's final state and queue its links, in one transaction (a page's
-        "stored" mark and its links are durable together); return how many links were new."""
+        """Record an in-flight URL's final state and queue its links, at most ``max_links`` new
+        ones (0: no limit), in one transaction (a page's "stored" mark and its links are durable
+        together); return how many links were queued."""
         with self._transaction():
             self._db.execute(
                 "UPDATE urls SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE id = ?",
@@ -225,7 +310,7 @@ class Frontier:
             )
             if state == STORED:
                 self._db.execute("UPDATE hosts SET stored = stored + 1 WHERE origin = ?", (entry.origin,))
-            added = self._add(links)
+            added = self._add(links, max_links)
         self.counts[IN_FLIGHT] -= 1
         self.counts[state] += 1
         return added
@@ -258,6 +343,58 @@ class Frontier:
         """(state name, HTTP status, error) of a URL, or None if never seen: for tests and tools."""
         row = self._db.execute("SELECT state, status, error FROM urls WHERE url = ?", (url,)).fetchone()
         return None if row is None else (STATE_NAMES[row[0]], row[1], row[2])
+
+
+@dataclass(frozen=True)
+class _Victim:
+    """The queued URL a full queue gives up first: the deepest, and of those the newest."""
+
+    id: int
+    origin: str
+    depth: int
+
+
+class _Batch:
+    """One ``add``'s bookkeeping: per-origin queue counts (read once, written once at the end),
+    the cached victims of full queues, and the drops per reason."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._base: dict[str, int] = {}
+        self.delta: dict[str, int] = {}
+        self.grew: set[str] = set()  # origins that got a URL (their hosts row must exist)
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._victims: dict[str | None, _Victim | None] = {}  # origin, or None for the whole queue
+
+    def queued(self, origin: str) -> int:
+        if origin not in self._base:
+            row = self._db.execute("SELECT queued FROM hosts WHERE origin = ?", (origin,)).fetchone()
+            self._base[origin] = int(row[0]) if row else 0
+        return self._base[origin] + self.delta.get(origin, 0)
+
+    def change(self, origin: str, n: int) -> None:
+        self.queued(origin)
+        self.delta[origin] = self.delta.get(origin, 0) + n
+        if n > 0:
+            self.grew.add(origin)
+        self._victims.pop(origin, None)  # the origin's queue changed, and so did the whole one
+        self._victims.pop(None, None)
+
+    def victim(self, origin: str | None) -> _Victim | None:
+        """The victim of the origin's queue, or of the whole queue when ``origin`` is None."""
+        if origin not in self._victims:
+            if origin is None:
+                row = self._db.execute(
+                    "SELECT id, origin, depth FROM urls WHERE state = 0 ORDER BY depth DESC, id DESC LIMIT 1"
+                ).fetchone()
+            else:
+                row = self._db.execute(
+                    "SELECT id, origin, depth FROM urls WHERE origin = ? AND state = 0"
+                    " ORDER BY depth DESC, id DESC LIMIT 1",
+                    (origin,),
+                ).fetchone()
+            self._victims[origin] = None if row is None else _Victim(row[0], row[1], row[2])
+        return self._victims[origin]
 
 
 class _Transaction:

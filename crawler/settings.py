@@ -32,6 +32,16 @@ class CrawlSettings:
     max_query_params: int = 24
     max_urls_per_pattern: int = 1000  # per host, URLs whose shape (digits masked) repeats (0: off)
 
+    # a bounded frontier (0: no cap). A queued URL costs about 250 bytes of SQLite (a 60-character
+    # URL twice, in the row and its unique index, the origin twice, two queue indexes; measured by
+    # bench/frontier_bounds.py), so the defaults keep the queue under ~25 MB per host and ~250 MB
+    # in all. A URL dropped at a cap leaves no row and is offered again by the next page linking
+    # to it: a large site is still crawled whole, its queue refilling as it drains.
+    max_links_per_page: int = 1000  # new URLs one page may queue (a long article links to a few hundred)
+    max_queued_per_host: int = 100_000
+    max_queued: int = 1_000_000
+    robots_per_minute: int = 60  # robots.txt requests per minute, all hosts: new hosts opened at 1/s
+
     # concurrency and timeouts
     concurrency: int = 16  # requests in flight, all hosts together
     per_host_concurrency: int = 2  # only used when the host's delay is 0
@@ -97,6 +107,9 @@ class CrawlSettings:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative")
         if self.max_body_bytes < 1 or self.max_pages < 0 or self.max_depth < 0:
             raise ValueError("max-body-bytes must be positive, max-pages and max-depth non-negative")
+        for name in ("max_links_per_page", "max_queued_per_host", "max_queued", "robots_per_minute"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must not be negative (0: no cap)")
 
     @property
     def frontier_path(self) -> Path:

@@ -1,11 +1,21 @@
-"""The SQLite frontier: dedup, claiming, outcomes, recovery after a crash, the pattern budget."""
+"""The SQLite frontier: dedup, claiming, outcomes, recovery after a crash, the pattern budget, the caps."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from crystalline.crawler.frontier import FAILED, IN_FLIGHT, QUEUED, STORED, Frontier, NewUrl
+from crystalline.crawler.frontier import (
+    DROP_FRONTIER_FULL,
+    DROP_HOST_FULL,
+    DROP_PAGE_LINKS,
+    FAILED,
+    IN_FLIGHT,
+    QUEUED,
+    STORED,
+    Frontier,
+    NewUrl,
+)
 
 
 def _urls(n: int, origin: str = "http://h") -> list[NewUrl]:
@@ -79,4 +89,74 @@ def test_a_large_frontier_stays_on_disk(tmp_path: Path) -> None:
     assert frontier.counts[QUEUED] == 200_000 and frontier.hosts == 50
     assert len(frontier.claim("http://h7", 10, time.time())) == 10
     assert (tmp_path / "f.sqlite").stat().st_size + (tmp_path / "f.sqlite-wal").stat().st_size > 5_000_000
+    frontier.close()
+
+
+def test_claim_hands_out_the_shallowest_first(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add([NewUrl("http://h/deep", "http://h", 3), NewUrl("http://h/top", "http://h", 0)])
+    frontier.add(_urls(2))
+    claimed = frontier.claim("http://h", 4, time.time())
+    assert [e.url for e in claimed] == ["http://h/top", "http://h/p/0", "http://h/p/1", "http://h/deep"]
+    frontier.close()
+
+
+def test_host_cap_drops_the_newest_and_a_shallower_url_takes_the_deepest_place(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite", max_queued_per_host=4)
+    assert frontier.add(_urls(10)) == 4
+    assert frontier.add(_urls(2)) == 0  # known URLs are not drops
+    assert frontier.add(_urls(3, "http://other")) == 3  # another host's queue is its own
+    assert frontier.dropped[DROP_HOST_FULL] == 6
+    assert frontier.state_of("http://h/p/9") is None  # a dropped URL leaves no row
+    frontier.add([NewUrl("http://h/deeper", "http://h", 2)])  # ranks below all: dropped
+    assert frontier.add([NewUrl("http://h/seed", "http://h", 0)]) == 1  # outranks the depth-1 ones
+    assert frontier.state_of("http://h/p/3") is None  # the newest of the deepest gave way
+    assert frontier.dropped[DROP_HOST_FULL] == 8 and frontier.counts[QUEUED] == 7
+    claimed = [e.url for e in frontier.claim("http://h", 9, time.time())]
+    assert claimed == ["http://h/seed", "http://h/p/0", "http://h/p/1", "http://h/p/2"]
+    frontier.close()
+
+
+def test_total_cap_gives_up_the_deepest_anywhere(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite", max_queued=5)
+    frontier.add([NewUrl(f"http://a/{i}", "http://a", 1) for i in range(3)])
+    frontier.add([NewUrl(f"http://b/{i}", "http://b", 3) for i in range(2)])
+    assert frontier.add([NewUrl(f"http://c/{i}", "http://c", 3) for i in range(4)]) == 0
+    assert frontier.add([NewUrl("http://c/top", "http://c", 2)]) == 1
+    assert frontier.state_of("http://b/1") is None and frontier.state_of("http://b/0") is not None
+    assert (frontier.counts[QUEUED], frontier.dropped[DROP_FRONTIER_FULL]) == (5, 5)
+    frontier.close()
+    reopened = Frontier(tmp_path / "f.sqlite", max_queued=5)  # the per-host counts were kept right
+    assert reopened.counts[QUEUED] == 5 and reopened.hosts == 3
+    assert len(reopened.claim("http://b", 9, time.time())) == 1
+    assert reopened.dropped[DROP_FRONTIER_FULL] == 5  # the drop counters persist
+    reopened.close()
+
+
+def test_a_page_queues_at_most_max_links_new_urls(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add(_urls(1))
+    (page,) = frontier.claim("http://h", 1, time.time())
+    links = [NewUrl("http://h/p/0", "http://h", 2)] + [
+        NewUrl(f"http://h/l/{i}", "http://h", 2) for i in range(9)
+    ]
+    assert frontier.finish(page, STORED, 200, links=links, max_links=3) == 3  # the known link is free
+    assert frontier.counts[QUEUED] == 3 and frontier.dropped[DROP_PAGE_LINKS] == 6
+    assert frontier.state_of("http://h/l/2") == ("queued", None, None)
+    assert frontier.state_of("http://h/l/3") is None
+    frontier.close()
+
+
+def test_a_full_frontier_stays_bounded_on_disk(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite", max_queued_per_host=2_000, max_queued=5_000)
+    for chunk in range(4):
+        frontier.add(
+            NewUrl(f"http://h{i % 50}/{chunk}/{i}", f"http://h{i % 50}", 1 + chunk) for i in range(50_000)
+        )
+    assert frontier.counts[QUEUED] == 5_000
+    rows = frontier._db.execute("SELECT origin, COUNT(*) FROM urls GROUP BY origin").fetchall()
+    assert sum(n for _, n in rows) == 5_000 and max(n for _, n in rows) <= 2_000
+    queued = dict(frontier._db.execute("SELECT origin, queued FROM hosts").fetchall())
+    assert queued == dict(rows)  # the incremental per-host counts agree with the rows
+    assert frontier.dropped[DROP_FRONTIER_FULL] == 195_000
     frontier.close()
