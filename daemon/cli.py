@@ -2,6 +2,11 @@
 
 Errors reach the user as one line on stderr and a non-zero exit; ``--debug`` shows the
 traceback as well.
+
+Imports are per subcommand: `crystalline status` builds a parser with only its own subcommand
+and imports the socket client and nothing of numpy, ZeroMQ, aiohttp, the crawler or ingest
+(issue 19: with those it took 2-11 s on a busy machine, against 1-90 ms for the socket itself).
+The other subcommands import what they need when they run.
 """
 
 from __future__ import annotations
@@ -16,32 +21,24 @@ from types import FrameType
 
 from crystalline import __version__
 
-from ..crawler import command as crawl_command
-from ..ingest import command as ingest_command
-from ..workers.checkpoint import CheckpointError, load_latest
-from ..workers.model import GPT
-from ..workers.params import ModelConfig
-from ..workers.sampling import sample
-from ..workers.tokenizer import (
-    TokenizerError,
-    iter_text_files,
-    load_tokenizer,
-    read_text_file,
-    save_tokenizer,
-    tokenizer_from_json,
-    train_bpe,
-)
-from ..workers.train_config import FIELD_TYPES, TrainConfig, flag, load_toml, resolve
-from ..workers.trainer import Trainer, TrainingError, progress_stream
-from . import config as daemon_config
 from . import status_command
 
 log = logging.getLogger("crystalline")
 
-# The errors a user can cause; anything else is a bug and keeps its traceback under --debug.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, OSError, TrainingError, CheckpointError, TokenizerError,
-)  # fmt: skip
+# subcommands whose parser and code are light: main builds only theirs when one is asked for
+LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
+    "status": status_command.add_parser,
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause; anything else is a bug and keeps its traceback under --debug.
+    Called only once an error happened, so that the light commands never import the trainer."""
+    from ..workers.checkpoint import CheckpointError
+    from ..workers.trainer import TrainingError
+
+    return (ValueError, OSError, TrainingError, CheckpointError)  # TokenizerError is a ValueError
+
 
 TRAIN_HELP = {
     "tokenizer": "'bytes' or a tokenizer file from vocab-build",
@@ -56,6 +53,8 @@ TRAIN_HELP = {
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from ..workers.train_config import FIELD_TYPES, TrainConfig, flag
+
     defaults = TrainConfig()
     for name, kind in FIELD_TYPES.items():
         default = getattr(defaults, name)
@@ -71,6 +70,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..workers.train_config import FIELD_TYPES, load_toml, resolve
+    from ..workers.trainer import Trainer, progress_stream
+
     file_values = load_toml(args.config) if args.config else {}
     cli_values = {name: getattr(args, name) for name in FIELD_TYPES}
     config = resolve(file_values, cli_values)
@@ -96,6 +98,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..workers.checkpoint import load_latest
+    from ..workers.model import GPT
+    from ..workers.params import ModelConfig
+    from ..workers.sampling import sample
+    from ..workers.tokenizer import tokenizer_from_json
+
     ckpt = load_latest(args.checkpoint_dir)
     if ckpt is None:
         raise ValueError(f"{args.checkpoint_dir}: no checkpoint found")
@@ -114,6 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_vocab_build(args: argparse.Namespace) -> int:
+    from ..workers.tokenizer import save_tokenizer, train_bpe
+
     tok = train_bpe(args.data, args.vocab_size)
     save_tokenizer(tok, args.out)
     print(f"wrote {args.out}: byte-level BPE, vocab {tok.vocab_size}")
@@ -121,6 +131,8 @@ def cmd_vocab_build(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    from ..workers.tokenizer import iter_text_files, load_tokenizer, read_text_file
+
     tok = load_tokenizer(args.tokenizer)
     total_chars = total_tokens = 0
     for path in iter_text_files(args.files):
@@ -139,12 +151,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from . import config as daemon_config
     from .supervisor import run_daemon
 
     return run_daemon(daemon_config.resolve(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` one light subcommand (see LIGHT_COMMANDS)."""
     parser = argparse.ArgumentParser(
         prog="crystalline",
         description="A continuous-learning daemon and the tools around its numpy transformer.",
@@ -152,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crystalline {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if only is not None:
+        LIGHT_COMMANDS[only](sub)
+        return parser
+
+    from ..crawler import command as crawl_command
+    from ..ingest import command as ingest_command
+    from . import config as daemon_config
 
     p = sub.add_parser("train", help="train the model on text files", description="Train the model on "
                        "text files or folders of them, checkpointing into --checkpoint-dir.")  # fmt: skip
@@ -201,8 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _light_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` when it is a light one (the top-level options take no
+    values, so the first word that is not an option is the subcommand)."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in LIGHT_COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=_light_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
@@ -217,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
-    except USER_ERRORS as exc:
-        if args.debug:
+    except Exception as exc:
+        if args.debug or not isinstance(exc, _user_errors()):
             raise
         print(f"crystalline: error: {_one_line(exc)}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .status_server import request
+from .status_client import request
 
 HEALTHY, UNREACHABLE, DEGRADED = 0, 1, 2
 BAD_WORKER_STATES = ("dead", "restarting")
@@ -39,6 +39,8 @@ def health(data: dict[str, Any]) -> tuple[int, list[str]]:
         reasons.append(f"daemon state is {data.get('state')}: {data.get('last_error', '')}".rstrip(": "))
     if training.get("stalled"):
         reasons.append("training stalled: " + str(training["stalled"]))
+    if training.get("error"):  # training cannot start: /dev/shm or open files run out
+        reasons.append("training: " + str(training["error"]))
     if training.get("checkpoint_error"):
         reasons.append(str(training["checkpoint_error"]))
     ingest = data.get("ingest") or {}
