@@ -1,7 +1,8 @@
 """`crystalline status`: ask the running daemon what it is doing.
 
 Exit status: 0 healthy, 1 unreachable, 2 degraded (a worker dead or restarting, training
-stalled, or the daemon reports an error state).
+stalled or slowed by ``generate`` taking a fifth of control's time, or the daemon reports an
+error state).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def health(data: dict[str, Any]) -> tuple[int, list[str]]:
         reasons.append("training stalled: " + str(training["stalled"]))
     if training.get("error"):  # training cannot start: /dev/shm or open files run out
         reasons.append("training: " + str(training["error"]))
+    if training.get("slowed_by_generate"):
+        reasons.append("training slowed: " + str(training["slowed_by_generate"]))
     if training.get("checkpoint_error"):
         reasons.append(str(training["checkpoint_error"]))
     ingest = data.get("ingest") or {}

@@ -7,7 +7,17 @@ deadline or one that will not read its replies is disconnected. The server keeps
 everyone else, with a bounded number of connections and bounded buffers.
 
 Commands that change the daemon (``control=True``) are only for the daemon's own user and
-root (checked with SO_PEERCRED); members of the socket's group may use the read-only ones.
+root, the operators (checked with SO_PEERCRED); members of the socket's group may use the
+read-only ones. Limits that keep an operator in when someone else misbehaves (issue 19):
+
+- at most ``max_per_uid`` connections per uid other than the operators', and the last
+  ``operator_reserve`` of the ``max_clients`` connections are for operators only;
+- a connection is closed ``idle_timeout_s`` after its last request: a blank keep-alive line,
+  garbage or half a line does not count as one;
+- a client that does not read its replies holds at most ``REPLY_BUFFER`` bytes of them here
+  (and ``2 * MAX_LINE`` of unread requests) and is disconnected when it has not taken them
+  within ``write_timeout_s``;
+- a command may carry a ``CommandLimit`` (a share of wall time per uid), as ``generate`` does.
 """
 
 from __future__ import annotations
@@ -19,18 +29,28 @@ import logging
 import os
 import socket
 import struct
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .status_client import request as request  # the client half, re-exported for old callers
+
+if TYPE_CHECKING:
+    from .command_limit import CommandLimit
 
 log = logging.getLogger("crystalline.status")
 
-MAX_LINE = 64 * 1024
+MAX_LINE = 16 * 1024  # a request; the reader holds at most twice this per client
 MAX_CLIENTS = 512
+OPERATOR_RESERVE = 64  # of MAX_CLIENTS, only for the daemon's user and root
+MAX_PER_UID = 32  # for any other uid
+REPLY_BUFFER = 16 * 1024  # unsent reply bytes held per client before waiting for it to read
 IDLE_TIMEOUT_S = 60.0
 WRITE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
+CLOSE_TIMEOUT_S = 1.0
 
 
 class CommandError(Exception):
@@ -46,6 +66,7 @@ class Command:
     handler: Handler
     control: bool  # changes the daemon's state: own user and root only
     help: str = ""
+    limit: CommandLimit | None = None  # a share of wall time per uid (generate)
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
@@ -68,16 +89,40 @@ class StatusServer:
         mode: int = 0o660,
         max_clients: int = MAX_CLIENTS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_per_uid: int = MAX_PER_UID,
+        operator_reserve: int = OPERATOR_RESERVE,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
+        operators: frozenset[int] | None = None,
     ) -> None:
         self.path = path
         self.commands = commands
         self.mode = mode
         self.max_clients = max_clients
         self.idle_timeout_s = idle_timeout_s
+        self.max_per_uid = max_per_uid
+        self.operator_reserve = min(operator_reserve, max_clients)
+        self.write_timeout_s = write_timeout_s
+        self.operators = frozenset({0, os.getuid()}) if operators is None else operators
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._per_uid: Counter[int | None] = Counter()
+        self._operator_clients = 0
         self.requests = 0
-        self.rejected = 0
+        self.rejected = 0  # connections refused by the limits
+        self.idle_closed = 0
+        self.slow_dropped = 0  # clients that did not read their replies in time
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for status: connections now, and what the limits turned away."""
+        return {
+            "clients": len(self._clients),
+            "operator_clients": self._operator_clients,
+            "requests": self.requests,
+            "refused_connections": self.rejected,
+            "idle_closed": self.idle_closed,
+            "slow_dropped": self.slow_dropped,
+            **{f"{c.name}_limit": c.limit.stats() for c in self.commands.values() if c.limit},
+        }
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,68 +150,128 @@ class StatusServer:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    def _refusal(self, uid: int | None, operator: bool) -> str | None:
+        """Why a new connection from ``uid`` is refused, or None when it may stay."""
+        total = len(self._clients)
+        if total >= self.max_clients:
+            return f"too many connections ({total}); try again"
+        if operator:
+            return None
+        if total >= self.max_clients - self.operator_reserve:
+            reserve = self.operator_reserve
+            return f"too many connections; the last {reserve} are kept for the daemon's user and root"
+        if self._per_uid[uid] >= self.max_per_uid:
+            return f"too many connections from uid {uid} (at most {self.max_per_uid})"
+        return None
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= self.max_clients:
+        uid = _peer_uid(writer)
+        operator = uid in self.operators
+        refusal = self._refusal(uid, operator)
+        if refusal is not None:
             self.rejected += 1
-            await self._reply(writer, {"ok": False, "error": "too many connections, try again"})
-            writer.close()
+            # one small line into the kernel's buffer, never a wait on a client that may not read
+            writer.write(json.dumps({"ok": False, "error": refusal}).encode() + b"\n")
+            await self._close(writer)
             return
         self._clients.add(task)
-        uid = _peer_uid(writer)
+        self._per_uid[uid] += 1
+        self._operator_clients += operator
+        writer.transport.set_write_buffer_limits(high=REPLY_BUFFER)
+        loop = asyncio.get_running_loop()
+        idle_deadline = loop.time() + self.idle_timeout_s
         try:
             while True:
+                remaining = idle_deadline - loop.time()
                 try:
-                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout_s)
+                    if remaining <= 0:
+                        raise TimeoutError
+                    line = await asyncio.wait_for(reader.readline(), remaining)
                 except (asyncio.LimitOverrunError, ValueError):
                     await self._reply(writer, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
                     return
                 except TimeoutError:
+                    self.idle_closed += 1
                     return
                 if not line.endswith(b"\n"):
                     return  # EOF, or a half-sent request at EOF: nothing to answer
                 if not line.strip():
-                    continue
+                    continue  # a keep-alive newline: answered by nothing, and the deadline stays
                 self.requests += 1
-                reply = await self._dispatch(line, uid)
+                reply, known = await self._dispatch(line, uid)
+                if known:  # only a request for a real command keeps the connection alive
+                    idle_deadline = loop.time() + self.idle_timeout_s
                 if not await self._reply(writer, reply):
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:
             self._clients.discard(task)
+            self._per_uid[uid] -= 1
+            if self._per_uid[uid] <= 0:
+                del self._per_uid[uid]
+            self._operator_clients -= operator
+            await self._close(writer)
+
+    async def _close(self, writer: asyncio.StreamWriter) -> None:
+        """Close now: a client that has not taken its replies loses them (a plain close would
+        wait, unbounded, for it to read them, keeping the buffer and the task alive)."""
+        transport = writer.transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
 
     async def _reply(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> bool:
-        """Write one line; False when the client will not take it in time (slow or gone)."""
+        """Write one line; False when the client will not take it in time (slow or gone).
+
+        Whatever the kernel does not take at once stays here, up to ``REPLY_BUFFER`` bytes
+        before we wait for the client to read; one that has not within ``write_timeout_s`` is
+        dropped, so a client that never reads costs a bounded amount of memory."""
         try:
             writer.write(json.dumps(reply, allow_nan=False, default=str).encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+            await asyncio.wait_for(writer.drain(), self.write_timeout_s)
             return True
-        except (TimeoutError, ConnectionError, ValueError):
+        except TimeoutError:
+            self.slow_dropped += 1
+            log.info("status client did not read its replies for %.0f s: dropped", self.write_timeout_s)
+            return False
+        except (ConnectionError, ValueError):
             return False
 
-    async def _dispatch(self, line: bytes, uid: int | None) -> dict[str, Any]:
+    async def _dispatch(self, line: bytes, uid: int | None) -> tuple[dict[str, Any], bool]:
+        """The reply to one request line, and whether it named a known command."""
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
-            return {"ok": False, "error": "request is not JSON"}
+            return {"ok": False, "error": "request is not JSON"}, False
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-            return {"ok": False, "error": 'request must be an object with a "cmd" string'}
+            return {"ok": False, "error": 'request must be an object with a "cmd" string'}, False
         command = self.commands.get(request["cmd"])
         if command is None:
             known = ", ".join(sorted(self.commands))
-            return {"ok": False, "error": f"unknown command {request['cmd'][:64]!r} (known: {known})"}
-        if command.control and uid not in (0, os.getuid()):
-            return {
-                "ok": False,
-                "error": f"permission denied: {command.name} is for the daemon's user and root",
-            }
+            return {"ok": False, "error": f"unknown command {request['cmd'][:64]!r} (known: {known})"}, False
+        if command.control and uid not in self.operators:
+            error = f"permission denied: {command.name} is for the daemon's user and root"
+            return {"ok": False, "error": error}, True
+        return await self._run(command, request, -1 if uid is None else uid), True
+
+    async def _run(self, command: Command, request: dict[str, Any], uid: int) -> dict[str, Any]:
+        limit = command.limit
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            data = await asyncio.wait_for(command.handler(request), COMMAND_TIMEOUT_S)
+            if limit is not None:
+                limit.admit(uid)
+            try:
+                data = await asyncio.wait_for(command.handler(request), COMMAND_TIMEOUT_S)
+            finally:
+                if limit is not None:
+                    limit.done(uid, loop.time() - started)
         except CommandError as exc:
             return {"ok": False, "error": str(exc)}
         except TimeoutError:
@@ -191,23 +296,3 @@ def _remove_stale_socket(path: Path) -> None:
     finally:
         probe.close()
     raise OSError(f"{path}: another daemon is already listening here")
-
-
-def request(path: Path, payload: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
-    """Send one request and read its reply (the client side); OSError when unreachable."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
-        sock.connect(str(path))
-        sock.sendall(json.dumps(payload).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"{path}: the daemon closed the connection")
-            buf += chunk
-            if len(buf) > 16 * 1024 * 1024:
-                raise ConnectionError(f"{path}: reply too large")
-    reply = json.loads(buf)
-    if not isinstance(reply, dict):
-        raise ConnectionError(f"{path}: malformed reply")
-    return reply

@@ -50,3 +50,11 @@ def test_summary_shows_every_worker_around_node_zero() -> None:
     for i in range(12):
         assert f"{i:02d}o" in text
     assert ring([]) == ["  (no worker processes: training runs in node zero)"]
+
+
+def test_generate_taking_control_time_is_reported_as_degraded() -> None:
+    code, reasons = health(
+        data(generate_share=0.31, slowed_by_generate="generate took 31% of control's time")
+    )
+    assert code == DEGRADED and reasons == ["training slowed: generate took 31% of control's time"]
+    assert health(data(generate_share=0.05)) == (HEALTHY, [])

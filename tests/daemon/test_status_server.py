@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from crystalline.daemon.status_server import Command, CommandError, StatusServer, request
+from crystalline.daemon.status_client import request
+from crystalline.daemon.status_server import MAX_PER_UID, Command, CommandError, StatusServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,8 +191,6 @@ def test_blocking_client_helper_and_a_live_socket_is_not_stolen(sock_dir: Path) 
 
 
 def test_stale_socket_file_is_replaced(sock_dir: Path) -> None:
-    import socket
-
     stale = sock_dir / "s.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(stale))
@@ -203,3 +205,203 @@ def test_stale_socket_file_is_replaced(sock_dir: Path) -> None:
             await server.close()
 
     assert run(main())["ok"] is True
+
+
+# ---- limits that keep an operator in (issue 19) ------------------------------------------------
+
+NOBODY = 65534
+
+
+def test_per_uid_cap_and_the_operators_reserve(sock_dir: Path) -> None:
+    async def main() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, int]]:
+        # this test's uid counts as an ordinary user here: at most 3 connections, and of the
+        # 6 slots the last 2 are for operators
+        plain = StatusServer(
+            sock_dir / "p.sock",
+            COMMANDS,
+            max_clients=6,
+            max_per_uid=3,
+            operator_reserve=2,
+            operators=frozenset(),
+        )
+        await plain.start()
+        try:
+            held = [await asyncio.open_unix_connection(str(plain.path)) for _ in range(3)]
+            await asyncio.sleep(0.1)  # the server has registered them
+            refused = [await _roundtrip(plain.path, b'{"cmd": "status", "x": 1}\n') for _ in range(2)]
+            for _, w in held:
+                w.close()
+        finally:
+            await plain.close()
+        # as an operator the same uid gets every slot, the reserve included
+        ops = StatusServer(sock_dir / "o.sock", COMMANDS, max_clients=6, max_per_uid=3, operator_reserve=2)
+        await ops.start()
+        try:
+            held = [await asyncio.open_unix_connection(str(ops.path)) for _ in range(5)]
+            await asyncio.sleep(0.1)
+            answered = await _roundtrip(ops.path, b'{"cmd": "status", "x": 2}\n')
+            stats = ops.stats()
+            for _, w in held:
+                w.close()
+        finally:
+            await ops.close()
+        return refused, answered, stats
+
+    refused, answered, stats = run(main())
+    assert all(r["ok"] is False and "too many connections from uid" in r["error"] for r in refused)
+    assert answered == {"ok": True, "data": {"echo": 2}}
+    assert stats["operator_clients"] == 6 and stats["refused_connections"] == 0
+
+
+def test_a_lone_newline_does_not_keep_a_connection_alive(sock_dir: Path) -> None:
+    async def main() -> tuple[bytes | None, list[dict[str, Any]], dict[str, int]]:
+        server = StatusServer(sock_dir / "s.sock", COMMANDS, idle_timeout_s=0.5)
+        await server.start()
+        idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            idle.connect(str(server.path))
+            idle.setblocking(False)
+            busy_r, busy_w = await asyncio.open_unix_connection(str(server.path))
+            answers, heard = [], None
+            for i in range(8):  # 1.6 s: three idle timeouts
+                with contextlib.suppress(OSError):  # EPIPE once the server has hung up
+                    idle.send(b"\n")
+                with contextlib.suppress(BlockingIOError):
+                    heard = idle.recv(4096)  # b"" is EOF: the server closed it
+                busy_w.write(json.dumps({"cmd": "status", "x": i}).encode() + b"\n")
+                answers.append(json.loads(await asyncio.wait_for(busy_r.readline(), 10)))
+                await asyncio.sleep(0.2)
+            busy_w.close()
+            return heard, answers, server.stats()
+        finally:
+            idle.close()
+            await server.close()
+
+    heard, answers, stats = run(main())
+    assert heard == b""  # no reply to the keep-alive newlines, then EOF
+    assert [a["data"]["echo"] for a in answers] == list(range(8))  # requests do keep it alive
+    assert stats["idle_closed"] == 1
+
+
+async def _bulky(req: dict[str, Any]) -> Any:
+    return {"pad": "x" * 2000}
+
+
+def test_clients_that_never_read_are_dropped_and_others_still_answered(sock_dir: Path) -> None:
+    commands = {**COMMANDS, "status": Command("status", _bulky, control=False)}
+
+    async def main() -> tuple[dict[str, Any], list[int], dict[str, int]]:
+        server = StatusServer(sock_dir / "s.sock", commands, write_timeout_s=0.5)
+        await server.start()
+        try:
+            hogs = []
+            for _ in range(20):  # 2000 requests of 2 kB replies each: far more than any buffer
+                r, w = await asyncio.open_unix_connection(str(server.path))
+                w.write(b'{"cmd": "status"}\n' * 2000)
+                hogs.append((r, w))
+            deadline = asyncio.get_running_loop().time() + 30
+            while server.slow_dropped < 20:
+                assert asyncio.get_running_loop().time() < deadline, server.stats()
+                await asyncio.sleep(0.1)
+            answered = await _roundtrip(server.path, b'{"cmd": "stop", "x": 4}\n')
+            received = []
+            for r, w in hogs:  # what each hog could still read: bounded, then EOF (or a reset)
+                n = 0
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := await asyncio.wait_for(r.read(1 << 16), 10):
+                        n += len(chunk)
+                received.append(n)
+                w.close()
+            return answered, received, server.stats()
+        finally:
+            await server.close()
+
+    answered, received, stats = run(main())
+    assert answered == {"ok": True, "data": {"echo": 4}}
+    assert stats["slow_dropped"] == 20 and stats["clients"] == 0
+    # each got only what the kernel's socket buffers hold, far from the 4 MB it asked for
+    assert max(received) < 2000 * 2000 // 4
+
+
+CHILD_HOLDS = 600
+
+
+def _hold_as_nobody(path: Path, hold_s: float, report: int) -> None:
+    """In a forked child: become nobody, open CHILD_HOLDS connections, send a newline on each
+    every 0.1 s for ``hold_s``; report (JSON lines on ``report``) how many the server refused at
+    once and how many of the others it closed before the end."""
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    socks = []
+    for _ in range(CHILD_HOLDS):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(path))
+        socks.append(s)
+    time.sleep(0.5)
+    held, refused = [], 0
+    for s in socks:
+        try:
+            data = s.recv(4096, socket.MSG_DONTWAIT)
+            refused += b"too many connections" in data
+        except BlockingIOError:
+            held.append(s)  # nothing said: the server keeps it
+    os.write(report, (json.dumps({"held": len(held), "refused": refused}) + "\n").encode())
+    closed: set[int] = set()
+    end = time.monotonic() + hold_s
+    while time.monotonic() < end:
+        for i, s in enumerate(held):
+            if i in closed:
+                continue
+            try:
+                s.send(b"\n")
+                if s.recv(4096, socket.MSG_DONTWAIT) == b"":
+                    closed.add(i)
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed.add(i)
+        time.sleep(0.1)
+    os.write(report, (json.dumps({"closed": len(closed)}) + "\n").encode())
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+def test_another_user_holding_600_connections_cannot_lock_root_out(sock_dir: Path) -> None:
+    os.chmod(sock_dir, 0o755)  # nobody must reach the socket
+
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, int]]:
+        server = StatusServer(sock_dir / "s.sock", COMMANDS, mode=0o666, idle_timeout_s=1.5)
+        await server.start()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the hostile user; it must never return into pytest
+            code = 1
+            try:
+                os.close(r)
+                _hold_as_nobody(server.path, 6.0, w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        try:
+            with os.fdopen(r, "rb") as pipe:
+                first = json.loads(await asyncio.wait_for(asyncio.to_thread(pipe.readline), 60))
+                # while nobody holds its connections: root is answered, several times over
+                replies = [
+                    await asyncio.wait_for(
+                        asyncio.to_thread(request, server.path, {"cmd": "stop", "x": i}), 10
+                    )
+                    for i in range(5)
+                ]
+                last = json.loads(await asyncio.wait_for(asyncio.to_thread(pipe.readline), 60))
+            return first, replies, last, server.stats()
+        finally:
+            _, status = await asyncio.wait_for(asyncio.to_thread(os.waitpid, pid, 0), 30)
+            await server.close()
+            assert os.waitstatus_to_exitcode(status) == 0
+
+    first, replies, last, stats = run(main())
+    assert first == {"held": MAX_PER_UID, "refused": CHILD_HOLDS - MAX_PER_UID}
+    assert [r["data"]["echo"] for r in replies] == list(range(5))
+    assert last == {"closed": MAX_PER_UID}  # newlines did not keep them: idle timeout
+    assert stats["idle_closed"] == MAX_PER_UID and stats["clients"] == 0
