@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .document import Document
+from .drop_folder import readable
 from .extract import ExtractLimits
 from .pool import ExtractionPool, PoolConfig
 from .settings import IngestSettings
@@ -62,7 +63,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         except OSError as e:
             errors[i] = f"cannot read ({e.strerror})"
             body = b""
-        docs.append(Document(str(path.resolve()), body, "", origin="cli"))
+        docs.append(Document(readable(str(path.resolve())), body, "", origin="cli"))
     todo = [i for i in range(len(docs)) if i not in errors]
     results = {}
     with ExtractionPool(config) as pool:
@@ -76,10 +77,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
         kind = res.kind if res else ""
         failed += error is not None
         if args.json:
-            line = {"path": str(path), "kind": kind, "text": text, "chars": len(text), "error": error}
+            line = {
+                "path": readable(str(path)),
+                "kind": kind,
+                "text": text,
+                "chars": len(text),
+                "error": error,
+            }
             print(json.dumps(line, ensure_ascii=False))
         elif error:
-            print(f"{path}: {error}", file=sys.stderr)
+            print(f"{readable(str(path))}: {error}", file=sys.stderr)
         else:
             print(text)
     return 1 if failed else 0
@@ -89,7 +96,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest files and folders into the store of ``--data-dir``; print the counts."""
     from crystalline.workers.tokenizer import load_tokenizer
 
-    from .ingestor import Ingestor, Submission, file_entry
+    from .ingestor import Ingestor, Submission, content_entry
 
     paths = _files(args.paths)
     tokenizer = load_tokenizer(args.tokenizer)
@@ -111,15 +118,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             size = 0
 
         for path in paths:
+            name = str(path.resolve())  # file-system bytes as os.fsdecode gives them: any name works
             try:
-                entry = file_entry(path, "file")
                 body = path.read_bytes() if path.stat().st_size <= settings.limits.max_bytes else b""
             except OSError as e:
-                print(f"{path}: cannot read ({e.strerror})", file=sys.stderr)
+                print(f"{readable(str(path))}: cannot read ({e.strerror})", file=sys.stderr)
                 counts["failed"] += 1
                 continue
-            doc = Document(str(path.resolve()), body, "", origin="cli")
-            batch.append(Submission(entry, doc, lambda _rec: None))
+            doc = Document(readable(name), body, "", origin="cli")
+            batch.append(Submission(content_entry("file", name, body), doc, lambda _rec: None))
             size += len(body)
             if len(batch) >= settings.batch_documents or size >= settings.batch_bytes:
                 flush()

@@ -1,38 +1,59 @@
 """The drop folder: files put into a directory are ingested once and then moved away.
 
-A file counts as complete when it is closed after writing or renamed into the folder
-(inotify ``IN_CLOSE_WRITE`` / ``IN_MOVED_TO`` through watchdog), never on creation, so a
-half-written file is not read. At start the folder is scanned for what arrived while the
-daemon was down; files modified in the last ``settle_s`` seconds are left for their close
-event. Every file ends in ``done/`` or in ``failed/`` beside a ``<name>.reason.txt``; nothing
-is deleted. A file moved in from outside the folder is seen as created, not moved; it is
-taken once its mtime (kept by ``mv``) is ``settle_s`` old. Only the top level is watched;
-hidden and partial-download names are ignored.
+A file counts as complete when it is closed after writing or renamed into the folder (inotify
+``IN_CLOSE_WRITE`` / ``IN_MOVED_TO``), never on creation, so a half-written file is not read; a
+file that only shows up as created (a hard link, or an event lost) is taken once its mtime is
+``settle_s`` old. At start, when inotify's queue overflows, and every ``rescan_s`` when the
+folder's mtime moved, the folder is listed again, so no file is stranded by a lost event. Only
+the top level is watched; hidden and partial-download names are ignored, directories left alone.
+
+A file is *claimed* before it is read: renamed (through directory descriptors) into the private
+``.ingesting/`` (mode 0700, the daemon's own), then opened there with ``O_NOFOLLOW |
+O_NONBLOCK`` and checked with ``fstat``. Whoever can write to the inbox cannot touch what is in
+``.ingesting/``, so what is read, hashed and moved on is one fixed file: a symbolic link swapped
+in at the last moment is claimed as the link and refused, never followed. Symbolic links,
+FIFOs, sockets and devices are refused unopened. Every claimed file ends in ``done/`` or in
+``failed/`` beside a ``<name>.reason.txt`` (its first line the reason, then the name in
+readable form); nothing is deleted. Files left in ``.ingesting/`` by a crash are taken first at
+the next start. Names are handled as the bytes the file system holds (``os.fsdecode``'s
+surrogate escapes); :func:`readable` gives the form for logs, reasons and the registry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import stat
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
+from .inotify import GONE, IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, IN_Q_OVERFLOW, DirectoryWatch
 
 log = logging.getLogger("crystalline.ingest.drop_folder")
 
 _PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".tmp", ".download", ".swp")
-
-
 _MAX_NAME_BYTES = 200  # + "-NNN" + ".reason.txt" stays under NAME_MAX (255)
+CLAIMS = ".ingesting"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_KINDS = {
+    stat.S_IFLNK: "symbolic link",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFDIR: "directory",
+}
+
+
+def readable(name: str) -> str:
+    """``name`` as valid UTF-8 text: undecodable bytes shown as ``\\xff`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _short_name(name: str) -> str:
@@ -45,166 +66,435 @@ def _short_name(name: str) -> str:
     return os.fsdecode(raw).rstrip() + "~" + ext
 
 
-def _wanted(path: Path) -> bool:
-    return not path.name.startswith(".") and not path.name.endswith(_PARTIAL_SUFFIXES)
+def _wanted(name: str) -> bool:
+    return bool(name) and not name.startswith(".") and not name.endswith(_PARTIAL_SUFFIXES)
 
 
-class _Handler(FileSystemEventHandler):
-    def __init__(self, folder: DropFolder) -> None:
-        self.folder = folder
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent) and not event.is_directory:
-            self.folder.offer(Path(os.fsdecode(event.src_path)))
 
-    def on_created(self, event: FileSystemEvent) -> None:
-        # A file moved in from outside the watched folder arrives as "created" (inotify cannot
-        # pair the move); so does one just opened for writing. See DropFolder.settling.
-        if isinstance(event, FileCreatedEvent) and not event.is_directory:
-            self.folder.settling(Path(os.fsdecode(event.src_path)))
+@dataclass
+class Claimed:
+    """A file moved into ``.ingesting/``: open (``fd``, regular, not a link) or refused unread."""
 
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileMovedEvent) and not event.is_directory:
-            self.folder.offer(Path(os.fsdecode(event.dest_path)))
+    name: str  # its name in the inbox and in .ingesting/ (file system bytes, fs-decoded)
+    fd: int  # -1 when refused
+    st: os.stat_result  # fstat of fd, or lstat of the refused entry
+    refusal: str | None = None
+
+    @property
+    def label(self) -> str:
+        return readable(self.name)
+
+    @property
+    def file_key(self) -> str:
+        """Identity of this very file as it sits in ``.ingesting/`` (device, inode, size, mtime,
+        ctime): the same key after a crash means the same unchanged file. ctime is set by the
+        kernel on every change and rename, so a reused inode never matches an old key."""
+        s = self.st
+        return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
+
+    def read(self, limit: int) -> bytes:
+        """The file's bytes from its descriptor, at most ``limit + 1`` (more means too large)."""
+        chunks: list[bytes] = []
+        offset = 0
+        while offset <= limit:
+            chunk = os.pread(self.fd, limit + 1 - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 class DropFolder:
-    """Watches ``root``; :meth:`take` hands out complete files, :meth:`finish` moves them away."""
+    """Watches ``root``; :meth:`take_one` claims complete files, :meth:`finish` moves them away."""
 
-    def __init__(self, root: Path, settle_s: float = 2.0) -> None:
+    def __init__(self, root: Path, settle_s: float = 2.0, rescan_s: float = 30.0) -> None:
         self.root = Path(root).resolve()
         self.done = self.root / "done"
         self.failed = self.root / "failed"
-        for d in (self.root, self.done, self.failed):
-            d.mkdir(parents=True, exist_ok=True)
+        self.claims = self.root / CLAIMS
         self.settle_s = settle_s
-        self._queue: dict[Path, None] = {}  # ordered set: arrival order, no repeats
-        self._settling: dict[Path, None] = {}  # created, not yet closed
+        self.rescan_s = rescan_s
         self._lock = threading.Lock()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._queue: dict[str, None] = {}  # names in the inbox, arrival order, no repeats
+        self._settling: dict[str, None] = {}  # created, not yet closed
+        self._blocked: dict[str, None] = {}  # a file of that name is being ingested: after it
+        self._claimed: deque[str] = deque()  # in .ingesting/, to hand out (put back, or a crash's)
+        self._inflight: dict[str, Claimed] = {}  # handed out, not finished
+        self._rescan = threading.Event()  # set on a queue overflow
+        self._scanned_at = float("-inf")  # monotonic time of the last scan
+        self._scan_mtime = (0, 0.0)  # the folder's mtime (ns) at the last scan, and time.time() then
+        self.overflows = 0
+        self._watch: DirectoryWatch | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._fds: tuple[int, int, int, int] | None = None
+        self._open_dirs()
+
+    # -- directories -----------------------------------------------------------------------
+
+    def _open_dirs(self) -> None:
+        """Create and open the inbox, ``done/``, ``failed/`` and ``.ingesting/``. A sub-folder
+        replaced by a link or a file, or a ``.ingesting/`` not private to us, is renamed aside
+        (and then handled as a dropped entry or left alone), never used."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        subs = [self._subdir(root_fd, name, private=name == CLAIMS) for name in ("done", "failed", CLAIMS)]
+        self._fds = (root_fd, subs[0], subs[1], subs[2])
+
+    def _subdir(self, root_fd: int, name: str, private: bool) -> int:
+        for _ in range(3):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700 if private else 0o755, dir_fd=root_fd)
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=root_fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                fd = -1
+            if fd >= 0:
+                st = os.fstat(fd)
+                if not private or (st.st_uid == os.geteuid() and not st.st_mode & 0o077):
+                    return fd
+                os.close(fd)
+            aside = f"{name}.untrusted-{time.time_ns()}"
+            log.warning("%s/%s is not a private directory of ours: renamed to %s", self.root, name, aside)
+            os.rename(name, aside, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+        raise OSError(errno.EEXIST, f"cannot make {self.root / name} a directory of ours")
+
+    def _dirs(self) -> tuple[int, int, int, int]:
+        if self._fds is None:
+            self._open_dirs()
+        assert self._fds is not None
+        return self._fds
+
+    def _close_dirs(self) -> None:
+        if self._fds is not None:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+
+    def intact(self) -> bool:
+        """Whether the inbox and its sub-folders still exist (someone may delete them)."""
+        return all(
+            d.is_dir() and not d.is_symlink() for d in (self.root, self.done, self.failed, self.claims)
+        )
+
+    def reopen(self) -> None:
+        """After the folder was deleted or replaced: create it again, watch it again (the same
+        inotify instance and thread), forget what was queued in the old one, and scan."""
+        with self._lock:
+            inflight = list(self._inflight.values())
+            self._queue.clear()
+            self._settling.clear()
+            self._blocked.clear()
+            self._claimed.clear()
+            self._inflight.clear()
+        for c in inflight:
+            if c.fd >= 0:
+                os.close(c.fd)
+        self._close_dirs()
+        self._open_dirs()
+        if self._watch is not None:
+            self._watch.watch(str(self.root))
+        self.scan()
+
+    # -- watching --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start watching, then scan for files that arrived before (in that order, so none is missed)."""
-        observer = Observer()
-        observer.schedule(_Handler(self), str(self.root), recursive=False)
-        observer.daemon = True
-        observer.start()
-        self._observer = observer
+        """Start watching (once: a second call does nothing), then scan for what arrived before."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._dirs()
+        if self._watch is None:
+            self._watch = DirectoryWatch()
+        self._watch.watch(str(self.root))
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._watch_loop, name="drop-folder-watch", daemon=True)
+        self._thread.start()
         self.scan()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=timeout_s)
-            self._observer = None
+        """Stop watching; the folder can still be scanned, taken from and finished."""
+        if self._thread is not None:
+            self._stopping.set()
+            os.write(self._wake_w, b"x")
+            self._thread.join(timeout=timeout_s)
+            if self._thread.is_alive():
+                log.warning("drop folder watch thread did not stop within %gs", timeout_s)
+            self._thread = None
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
-    def offer(self, path: Path) -> None:
-        """Queue ``path`` if it is a file directly in the folder (called from watchdog's thread)."""
-        if path.parent != self.root or not _wanted(path):
+    def close(self) -> None:
+        """Stop watching and close every descriptor (files handed out and not finished stay in
+        ``.ingesting/`` and are taken again at the next start)."""
+        self.stop()
+        with self._lock:
+            inflight = list(self._inflight.values())
+            self._inflight.clear()
+        for c in inflight:
+            if c.fd >= 0:
+                os.close(c.fd)
+        self._close_dirs()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _watch_loop(self) -> None:
+        watch = self._watch
+        assert watch is not None
+        while not self._stopping.is_set():
+            try:
+                events = watch.read(1.0, self._wake_r)
+            except OSError as e:  # not expected; keep the thread (the periodic rescan covers)
+                log.error("reading drop folder events failed: %s", e)
+                self._stopping.wait(1.0)
+                continue
+            for ev in events:
+                if ev.mask & IN_Q_OVERFLOW:
+                    self.overflows += 1
+                    log.warning("inotify queue overflowed: events lost, the drop folder will be rescanned")
+                    self._rescan.set()
+                elif ev.mask & GONE:
+                    self._rescan.set()  # the ingestor sees the folder is not intact and reopens it
+                elif ev.name and not ev.mask & IN_ISDIR:
+                    name = os.fsdecode(ev.name)
+                    if ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+                        self.offer(name)
+                    elif ev.mask & IN_CREATE:
+                        self.settling(name)
+
+    def offer(self, name: str) -> None:
+        """Queue ``name``, a complete file in the inbox (from the watch thread or a scan)."""
+        if not _wanted(name):
             return
         with self._lock:
-            self._settling.pop(path, None)
-            self._queue[path] = None
+            self._settling.pop(name, None)
+            self._queue[name] = None
 
-    def settling(self, path: Path) -> None:
-        """Note a created file: it is queued on its close event, or by :meth:`take` once its
-        mtime is ``settle_s`` old (a file moved in from elsewhere keeps its old mtime and gets
-        no close event)."""
-        if path.parent == self.root and _wanted(path):
-            with self._lock:
-                self._settling[path] = None
+    def settling(self, name: str) -> None:
+        """Note a created file: queued on its close event, or by :meth:`take_one` once its mtime
+        is ``settle_s`` old. Anything but a regular file (a link, a FIFO) is queued at once: it
+        is refused without being read, so there is nothing to wait for."""
+        if not _wanted(name):
+            return
+        try:  # by path: this runs on the watch thread, which never touches the descriptors
+            st = os.stat(os.path.join(self.root, name), follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISDIR(st.st_mode):
+                self.offer(name)
+            return
+        with self._lock:
+            if name not in self._queue:
+                self._settling[name] = None
 
     def _promote_settled(self) -> None:
-        now = time.time()
         with self._lock:
             candidates = list(self._settling)
-        for p in candidates:
+        if not candidates:
+            return
+        root_fd = self._dirs()[0]
+        now = time.time()
+        for name in candidates:
             try:
-                settled = now - p.stat().st_mtime >= self.settle_s
+                settled = now - os.stat(name, dir_fd=root_fd, follow_symlinks=False).st_mtime >= self.settle_s
             except FileNotFoundError:
                 with self._lock:
-                    self._settling.pop(p, None)
+                    self._settling.pop(name, None)
                 continue
             if settled:
-                self.offer(p)
+                self.offer(name)
 
     def scan(self) -> int:
-        """Queue the files already in the folder that have settled, and note the younger ones as
-        settling (``take`` queues them once they are ``settle_s`` old, in case their close event
-        came before the watch began); returns how many were queued now."""
+        """List ``.ingesting/`` (a crash's leftovers, taken first) and the inbox: settled files,
+        links, FIFOs, sockets and devices are queued; younger files wait as settling (their
+        close event may have come before the watch began). Returns how many were queued."""
+        root_fd, _done, _failed, claims_fd = self._dirs()
+        with self._lock:
+            known = set(self._claimed) | set(self._inflight)
+            self._claimed.extend(n for n in sorted(os.listdir(claims_fd)) if n not in known)
+        self._scan_mtime = (os.fstat(root_fd).st_mtime_ns, time.time())
+        self._scanned_at = time.monotonic()
         now = time.time()
         found = 0
-        for p in sorted(self.root.iterdir(), key=lambda p: p.name):
+        for name in sorted(os.listdir(root_fd)):
+            if not _wanted(name):
+                continue
             try:
-                st = p.stat()
+                st = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if not _wanted(p) or p.is_dir():
+            if stat.S_ISDIR(st.st_mode):
                 continue
-            if p.is_symlink():
-                self.offer(p)  # take() moves it to failed/ unread
-                found += 1
-                continue
-            if not p.is_file():
-                log.info("skipped %r: not a regular file", p.name)  # a FIFO or socket would block
-                continue
-            if now - st.st_mtime >= self.settle_s:
-                self.offer(p)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime >= self.settle_s:
+                self.offer(name)
                 found += 1
             else:
-                self.settling(p)
+                with self._lock:
+                    if name not in self._queue:
+                        self._settling[name] = None
         return found
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._queue) + len(self._settling)
+    def _maybe_rescan(self) -> None:
+        """Rescan after an overflow, and every ``rescan_s`` if the folder changed since the last
+        scan (or so close to it that a change in the same timestamp tick could hide)."""
+        if self._rescan.is_set():
+            self._rescan.clear()
+            self.scan()
+            return
+        if time.monotonic() - self._scanned_at < self.rescan_s:
+            return
+        self._scanned_at = time.monotonic()
+        mtime_ns, scanned = self._scan_mtime
+        now_mtime = os.fstat(self._dirs()[0]).st_mtime_ns
+        if now_mtime != mtime_ns or scanned - mtime_ns / 1e9 < 1.0:
+            self.scan()
 
-    def take(self, max_files: int) -> list[Path]:
-        """Up to ``max_files`` queued paths that still exist, oldest first."""
+    # -- taking and finishing ---------------------------------------------------------------
+
+    def pending(self) -> int:
+        """Files really waiting: in the inbox (not hidden, not a directory) or in ``.ingesting/``."""
+        count = 0
+        for directory in (self.root, self.claims):
+            try:
+                with os.scandir(directory) as it:
+                    for entry in it:
+                        if directory == self.claims or (
+                            _wanted(entry.name) and not entry.is_dir(follow_symlinks=False)
+                        ):
+                            count += 1
+            except OSError:
+                continue
+        return count
+
+    def take_one(self) -> Claimed | None:
+        """Claim the next complete file (a crash's or a put-back claim first), or None."""
+        self._maybe_rescan()
         self._promote_settled()
-        out: list[Path] = []
-        links: list[Path] = []
-        with self._lock:
-            for p in list(self._queue):
-                if len(out) >= max_files:
-                    break
-                del self._queue[p]
-                if p.is_symlink():
-                    links.append(p)
-                elif p.is_file():
-                    out.append(p)
-        for p in links:  # never read through a link: it could point anywhere on the machine
-            self.finish(p, "symbolic link: not followed")
+        root_fd, _done, _failed, claims_fd = self._dirs()
+        while True:
+            with self._lock:
+                if self._claimed:
+                    name = self._claimed.popleft()
+                    fresh = False
+                elif self._queue:
+                    name = next(iter(self._queue))
+                    del self._queue[name]
+                    fresh = True
+                else:
+                    return None
+                if fresh and (name in self._inflight or _exists(name, claims_fd)):
+                    self._blocked[name] = None  # same name still being ingested: after it
+                    continue
+            if fresh:
+                try:
+                    os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=claims_fd)
+                except FileNotFoundError:
+                    continue  # removed by its owner meanwhile
+            item = self._open_claimed(name, claims_fd)
+            if item is not None:
+                with self._lock:
+                    self._inflight[name] = item
+                return item
+
+    def take(self, max_files: int) -> list[Claimed]:
+        """Up to ``max_files`` claimed files (see :meth:`take_one`)."""
+        out: list[Claimed] = []
+        while len(out) < max_files and (item := self.take_one()) is not None:
+            out.append(item)
         return out
 
-    def _free_name(self, directory: Path, name: str) -> Path:
-        """A name in ``directory`` not taken yet, short enough that it and its ``.reason.txt``
-        (and a ``-N`` suffix) stay under the file system's 255-byte limit."""
+    @staticmethod
+    def _open_claimed(name: str, claims_fd: int) -> Claimed | None:
+        try:
+            st = os.stat(name, dir_fd=claims_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        if kind == "symbolic link":
+            return Claimed(name, -1, st, "symbolic link: not followed")
+        if kind is not None:
+            return Claimed(name, -1, st, f"{kind}: not a regular file, not opened")
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=claims_fd)
+        except OSError as e:
+            return Claimed(name, -1, st, f"cannot open: {e.strerror}")
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            return Claimed(name, -1, st, "changed while being opened")
+        return Claimed(name, fd, fst)
+
+    def put_back(self, items: list[Claimed]) -> None:
+        """Return claimed files not finished (a batch cut short or failed): handed out again first."""
+        with self._lock:
+            for c in reversed(items):
+                if self._inflight.pop(c.name, None) is None:
+                    continue
+                if c.fd >= 0:
+                    os.close(c.fd)
+                    c.fd = -1
+                self._claimed.appendleft(c.name)
+
+    def put_back_all(self) -> None:
+        with self._lock:
+            items = list(self._inflight.values())
+        self.put_back(items)
+
+    def _free_name(self, dir_fd: int, name: str) -> str:
+        """A name in the directory of ``dir_fd`` not taken yet, short enough that it and its
+        ``.reason.txt`` (and a ``-N`` suffix) stay under the file system's 255-byte limit."""
         name = _short_name(name)
-        target = directory / name
+        target = name
         n = 1
-        while target.exists() or target.with_name(target.name + ".reason.txt").exists():
+        while _exists(target, dir_fd) or _exists(target + ".reason.txt", dir_fd):
             stem, dot, ext = name.partition(".")
-            target = directory / f"{stem}-{n}{dot}{ext}"
+            target = f"{stem}-{n}{dot}{ext}"
             n += 1
         return target
 
-    def finish(self, path: Path, failed_reason: str | None) -> Path:
-        """Move ``path`` to ``done/``, or to ``failed/`` with its reason file; returns the new path."""
-        if failed_reason is None:
-            target = self._free_name(self.done, path.name)
-            os.replace(path, target)
-        else:
-            target = self._free_name(self.failed, path.name)
-            reason = target.with_name(target.name + ".reason.txt")
-            tmp = reason.with_name(f".{reason.name}.tmp")
-            tmp.write_text(failed_reason.strip() + "\n", encoding="utf-8", errors="backslashreplace")
-            os.replace(tmp, reason)
-            os.replace(path, target)
-        fd = os.open(target.parent, os.O_RDONLY)
+    def _write_reason(self, dir_fd: int, name: str, text: str) -> None:
+        tmp = f".{name}.tmp"
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+        )
         try:
+            os.write(fd, text.encode("utf-8", "backslashreplace"))
             os.fsync(fd)
         finally:
             os.close(fd)
-        log.info("%r -> %r", path.name, str(target.relative_to(self.root)))
-        return target
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def finish(self, item: Claimed, failed_reason: str | None) -> Path:
+        """Move a claimed file to ``done/``, or to ``failed/`` with its reason file; returns the
+        new path."""
+        _root, done_fd, failed_fd, claims_fd = self._dirs()
+        dir_fd, directory = (done_fd, self.done) if failed_reason is None else (failed_fd, self.failed)
+        target = self._free_name(dir_fd, item.name)
+        if failed_reason is not None:
+            text = f"{failed_reason.strip()}\nfile: {readable(target)} (dropped as {item.label})\n"
+            self._write_reason(dir_fd, target + ".reason.txt", text)
+        os.rename(item.name, target, src_dir_fd=claims_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+        with self._lock:
+            self._inflight.pop(item.name, None)
+            if item.fd >= 0:
+                os.close(item.fd)
+                item.fd = -1
+            if self._blocked.pop(item.name, None) is not None:
+                self._queue[item.name] = None
+        log.info("%s -> %s/%s", item.label, directory.name, readable(target))
+        return directory / target

@@ -9,18 +9,24 @@ entry removed, dropped file moved). A crash anywhere in between is repaired at s
 :meth:`Ingestor.recover`: shard documents missing from the registry are recorded from the
 shard index, and submissions already recorded are released without being processed again.
 So every submission is counted exactly once and no stored token is stored twice.
+
+A submission's registry key comes from its content and name (:func:`content_entry`), never
+from a path, size and mtime, which a different file can share (tar and rsync keep mtimes). A
+batch holds at most ``batch_bytes`` of input (or one larger file), and each body is dropped as
+soon as the pool has it, so the ingest thread holds one batch's input and token ids at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
-import sqlite3
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +36,7 @@ import numpy as np
 from crystalline.workers.dataset import held_out
 
 from .document import Document, Spool
-from .drop_folder import DropFolder
+from .drop_folder import Claimed, DropFolder
 from .pool import ExtractionPool, PoolConfig, WorkResult
 from .registry import Record, Registry
 from .settings import IngestSettings
@@ -55,6 +61,7 @@ class Submission:
     entry: str
     doc: Document
     release: Callable[[Record], None]
+    file_key: str = ""  # a dropped file's identity on disk (see Claimed.file_key)
 
 
 def doc_id_of(entry: str) -> str:
@@ -62,10 +69,19 @@ def doc_id_of(entry: str) -> str:
     return hashlib.sha256(entry.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def file_entry(path: Path, prefix: str) -> str:
-    """Registry key of a file: its path, size and mtime, so a changed file is a new submission."""
-    st = path.stat()
-    return f"{prefix}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+def content_entry(prefix: str, name: str, body: bytes) -> str:
+    """Registry key of a file: a hash of its bytes and of its name (as file-system bytes, so any
+    name works). The same name with new content is a new submission; the same file seen again
+    (after a crash, or dropped twice) is recognised; a copy under another name is a duplicate."""
+    content = hashlib.sha256(body).hexdigest()
+    named = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return f"{prefix}:{content}:{named}"
+
+
+def refused_entry(item: Claimed) -> str:
+    """Registry key of a dropped entry refused unread (a link, a FIFO, too large): its identity
+    on disk, so a refusal repeated after a crash is not counted twice."""
+    return f"drop-refused:{item.file_key}:{hashlib.sha256(os.fsencode(item.name)).hexdigest()[:16]}"
 
 
 class Ingestor:
@@ -110,7 +126,7 @@ class Ingestor:
     def close(self) -> None:
         self.pool.close()
         if self.drop_folder is not None:
-            self.drop_folder.stop()
+            self.drop_folder.close()
         self.registry.close()
 
     def __enter__(self) -> Ingestor:
@@ -163,7 +179,7 @@ class Ingestor:
                     fresh.append(s)
                 else:  # recorded before a crash or seen twice: release, do not count again
                     s.release(Record(s.entry, doc_id_of(s.entry), s.doc.source, s.doc.origin, state, reason))
-            results: dict[int, WorkResult] = dict(self.pool.map([s.doc for s in fresh]))
+            results: dict[int, WorkResult] = dict(self.pool.map(self._bodies(fresh)))
             records: list[Record] = []
             pending: list[PendingDocument] = []
             hashes: dict[str, str] = {}
@@ -193,6 +209,15 @@ class Ingestor:
                 log.info("%s %s: %s", rec.state, rec.source, rec.reason)
         return records
 
+    @staticmethod
+    def _bodies(fresh: list[Submission]) -> Iterator[Document]:
+        """The documents for the pool; each submission keeps its document without the body, so
+        a body is freed once the pool has sent it (not held to the end of the batch)."""
+        for s in fresh:
+            doc = s.doc
+            s.doc = dataclasses.replace(doc, body=b"")
+            yield doc
+
     def _classify(
         self, s: Submission, r: WorkResult, hashes: dict[str, str], prints: list[tuple[int, str]]
     ) -> Record:
@@ -209,6 +234,7 @@ class Ingestor:
             chars=r.chars,
             title=r.title,
             language=r.language,
+            file_key=s.file_key,
         )
         if r.error:
             rec.state, rec.reason = "failed", r.error
@@ -254,83 +280,122 @@ class Ingestor:
         return out
 
     def _drop_batch(self) -> list[Submission]:
-        if self.drop_folder is None:
-            return []
+        """Claim dropped files one by one until ``batch_documents`` or ``batch_bytes`` (a file that
+        would pass it waits, claimed, for the next batch); files refused unread, or recognised
+        as already recorded, are finished here and not part of the batch."""
         folder = self.drop_folder
+        if folder is None:
+            return []
         out: list[Submission] = []
         size = 0
-        for path in folder.take(self.settings.batch_documents):
-            try:
-                entry = file_entry(path, "drop")
-                too_big = path.stat().st_size > self.settings.limits.max_bytes
-                body = b"" if too_big else path.read_bytes()
-            except OSError as e:
-                log.warning("cannot read dropped file %s: %s", path, e.strerror)
-                continue  # vanished or unreadable: still in the folder, not ours to move
-            doc = Document(str(path), body, "", origin="drop", fetched_at=time.time())
-            if too_big:  # keep the limit's reason, not "empty file", for a file never read
-                size_reason = f"too large ({path.stat().st_size} bytes > {self.settings.limits.max_bytes})"
-                rec = Record(entry, doc_id_of(entry), doc.source, "drop", "failed", size_reason)
-                with self._lock:
-                    self.registry.record([rec])
-                folder.finish(path, size_reason)
-                continue
-
-            def release(rec: Record, p: Path = path) -> None:
-                folder.finish(p, rec.reason if rec.state == "failed" else None)
-
-            out.append(Submission(entry, doc, release))
-            size += len(body)
-            if size >= self.settings.batch_bytes:
+        while len(out) < self.settings.batch_documents and size < self.settings.batch_bytes:
+            item = folder.take_one()
+            if item is None:
                 break
+            if item.refusal is not None:
+                self._refuse(item, item.refusal)
+                continue
+            if out and size + item.st.st_size > self.settings.batch_bytes:
+                folder.put_back([item])
+                break
+            try:
+                sub = self._drop_submission(item)
+            except OSError:
+                raise  # moving files or the registry failed: the batch's trouble (a full disk)
+            except Exception as exc:  # about this one file: it fails, never the batch
+                log.exception("dropped file %s could not be handled", item.label)
+                self._refuse(item, f"could not be handled ({type(exc).__name__}: {exc})")
+                continue
+            if sub is not None:
+                out.append(sub)
+                size += len(sub.doc.body)
         return out
 
-    def _check_drop_folder(self) -> None:
-        """Recreate a drop folder deleted while running (and watch it again), so that files
-        dropped afterwards are still ingested; the deletion is reported as an error."""
+    def _drop_submission(self, item: Claimed) -> Submission | None:
+        """The submission of a claimed regular file, or None if it was finished already (known)."""
         folder = self.drop_folder
-        if folder is None or (folder.root.is_dir() and folder.done.is_dir() and folder.failed.is_dir()):
+        assert folder is not None
+        with self._lock:
+            known = self.registry.find_file(item.file_key)
+        if known is not None:  # this very file was recorded before a crash: move it on
+            _entry, state, reason = known
+            folder.finish(item, reason if state == "failed" else None)
+            return None
+        limit = self.settings.limits.max_bytes
+        try:
+            body = b"" if item.st.st_size > limit else item.read(limit)
+        except OSError as e:  # an I/O error on this file alone
+            log.warning("cannot read dropped file %s: %s", item.label, e.strerror)
+            self._refuse(item, f"cannot read ({e.strerror})")
+            return None
+        if item.st.st_size > limit or len(body) > limit:
+            size = max(item.st.st_size, len(body))
+            self._refuse(item, f"too large ({size} bytes > {limit})")
+            return None
+        entry = content_entry("drop", item.name, body)
+        source = str(folder.root / item.label)
+        doc = Document(source, body, "", origin="drop", fetched_at=time.time())
+
+        def release(rec: Record, c: Claimed = item) -> None:
+            folder.finish(c, rec.reason if rec.state == "failed" else None)
+
+        return Submission(entry, doc, release, file_key=item.file_key)
+
+    def _refuse(self, item: Claimed, reason: str) -> None:
+        """Record a dropped entry as failed without reading it, then move it to ``failed/``."""
+        folder = self.drop_folder
+        assert folder is not None
+        entry = refused_entry(item)
+        source = str(folder.root / item.label)
+        rec = Record(entry, doc_id_of(entry), source, "drop", "failed", reason, file_key=item.file_key)
+        with self._lock:
+            self.registry.record([rec])
+        folder.finish(item, reason)
+        log.info("failed %s: %s", source, reason)
+
+    def _check_drop_folder(self) -> None:
+        """Recreate a drop folder deleted while running (and watch it again, with the same
+        watch), so that files dropped afterwards are still ingested; the deletion is reported."""
+        folder = self.drop_folder
+        if folder is None or folder.intact():
             return
         self.error = f"drop folder {folder.root} was deleted while running; recreated it"
         log.error("%s", self.error)
-        folder.stop()
-        for d in (folder.root, folder.done, folder.failed):
-            d.mkdir(parents=True, exist_ok=True)
-        folder.start()
+        folder.reopen()
 
     def run_once(self) -> int:
         """Process one batch from the spool, else from the drop folder; returns submissions handled.
 
-        A batch that fails (a full disk, a read-only store) raises; its dropped files go back to
-        the queue (spool entries stay on disk anyway), and the next call first records what a
-        half-done batch stored, so that nothing is lost and nothing is stored twice."""
+        A batch that fails (a full disk, a read-only store) raises; its claimed files go back to
+        the front of the queue (spool entries stay on disk anyway), and the next call first
+        records what a half-done batch stored, so that nothing is lost and nothing is stored
+        twice."""
         self._check_drop_folder()
         if self._needs_recovery:
             self.recover()
             self._needs_recovery = False
-        batch = self._spool_batch() or self._drop_batch()
-        if batch:
-            try:
+        try:
+            batch = self._spool_batch() or self._drop_batch()
+            if batch:
                 self.process(batch)
-            except BaseException:
-                self._needs_recovery = True
-                if self.drop_folder is not None:
-                    for sub in batch:
-                        if sub.doc.origin == "drop" and Path(sub.doc.source).is_file():
-                            self.drop_folder.offer(Path(sub.doc.source))
-                raise
+        except BaseException:
+            self._needs_recovery = True
+            if self.drop_folder is not None:
+                self.drop_folder.put_back_all()
+            raise
         return len(batch)
 
     async def run(self, stop: asyncio.Event, idle_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
         """Ingest until ``stop`` is set; the blocking work runs in a thread, never in the loop.
-        A failing batch is reported (``error``, the log) and retried with backoff."""
-        if self.drop_folder is not None:
-            await asyncio.to_thread(self.drop_folder.start)
+        A failing batch (or a drop folder that cannot be watched) is reported (``error``, the
+        log) and retried with backoff; the drop folder's watch is started once and reused."""
         delay = idle_s
         while not stop.is_set():
             try:
+                if self.drop_folder is not None:
+                    await asyncio.to_thread(self.drop_folder.start)  # a no-op once it runs
                 handled = await asyncio.to_thread(self.run_once)
-            except (OSError, sqlite3.Error) as exc:
+            except Exception as exc:  # one bad batch must not end ingest; status shows it
                 self.error = f"ingest batch failed: {type(exc).__name__}: {exc}"
                 log.error("%s; retrying in %.0f s", self.error, delay)
                 with contextlib.suppress(TimeoutError):

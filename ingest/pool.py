@@ -5,10 +5,12 @@ whole pool and loses every other task in flight. Here each worker is its own spa
 its own pipe; a document that overruns ``time_limit_s`` (or crashes its worker) gets an error
 result, that worker is killed and replaced, and the other documents carry on.
 
-Messages are raw bytes, never pickles: a task is ``<u32 header length><JSON header><body>``; a
-reply is ``<u32 header length><JSON header><UTF-8 text><token ids>``. Workers extract, normalise,
-apply the quality rules, fingerprint and tokenize, so the parent (the supervisor's thread) only
-does SQLite and file I/O.
+Messages are raw bytes, never pickles: a task is two messages, ``<u32 header length><JSON
+header>`` then the body as it is (no copy of a 64 MB body to frame it); a reply is ``<u32 header
+length><JSON header, padded so the ids are 8-byte aligned><UTF-8 text><token ids>``, and the ids
+are used in place (no copy either). A document's body is let go as soon as it is sent. Workers
+extract, normalise, apply the quality rules, fingerprint and tokenize, so the parent (the
+supervisor's thread) only does SQLite and file I/O.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,8 +77,13 @@ class PoolConfig:
     tokenizer_json: str = ""  # "": do not tokenize
 
 
-def _frame(header: dict[str, Any], *parts: bytes) -> bytes:
+def _frame(header: dict[str, Any], *parts: bytes, align_tail: int = 0) -> bytes:
+    """``<u32 length><JSON header><parts...>``; with ``align_tail`` the header is padded with
+    spaces so that the last part starts at a multiple of 8 (token ids read in place)."""
     head = json.dumps(header).encode("utf-8")
+    if align_tail:
+        before_tail = _LEN.size + len(head) + sum(len(p) for p in parts) - align_tail
+        head += b" " * (-before_tail % 8)
     return b"".join((_LEN.pack(len(head)), head, *parts))
 
 
@@ -132,7 +139,7 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
         arr = tokenizer.encode(ex.text)
         reply["dtype"] = arr.dtype.str
         ids = arr.tobytes()
-    return _frame(reply, text, ids)
+    return _frame(reply, text, ids, align_tail=len(ids))
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) -> None:
@@ -162,9 +169,13 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the parent closed the pipe or died
-        header, body = _unframe(data)
+        header, _ = _unframe(data)
         try:
-            reply = _work(config_json, header, bytes(body), tokenizer)
+            body = conn.recv_bytes()  # the body follows its header as a message of its own
+        except (EOFError, OSError):
+            return
+        try:
+            reply = _work(config_json, header, body, tokenizer)
         except MemoryError:
             reply = _frame({"source": header["source"], "error": "out of memory during extraction"})
         except Exception as e:  # a library's own error on hostile input: fail the document, keep the worker
@@ -256,12 +267,13 @@ class ExtractionPool:
                         "filter": apply_filters,
                     }
                     try:
-                        w.conn.send_bytes(_frame(header, doc.body))
+                        w.conn.send_bytes(_frame(header))
+                        w.conn.send_bytes(doc.body)
                     except (BrokenPipeError, OSError):
                         todo.appendleft((index, doc))
                         self._replace(w)
                         break
-                    w.task = (index, doc)
+                    w.task = (index, replace(doc, body=b""))  # only its source is needed now
                     w.deadline = time.monotonic() + self.config.time_limit_s
             now = time.monotonic()
             timeout = max(0.0, min(w.deadline for w in self._workers) - now)
@@ -315,5 +327,6 @@ class ExtractionPool:
         n_text = header.pop("text_bytes", 0)
         dtype = header.pop("dtype", "")
         text = bytes(rest[:n_text]).decode("utf-8", "surrogatepass")
-        ids = np.frombuffer(rest[n_text:], dtype=np.dtype(dtype)).copy() if dtype else np.zeros(0, np.uint16)
+        # a read-only view into the reply (which holds little else): no second copy of the ids
+        ids = np.frombuffer(rest[n_text:], dtype=np.dtype(dtype)) if dtype else np.zeros(0, np.uint16)
         return WorkResult(text=text, ids=ids, **header)

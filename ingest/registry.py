@@ -1,10 +1,17 @@
 """The document registry (SQLite, WAL): one row per submission that entered ingest.
 
-Each row is keyed by its *entry* (a spool file or a dropped file's path, size and mtime), so a
-submission seen again after a crash is recognised and not counted twice. A row's state is one
-of ``done`` (tokens in the store), ``duplicate``, ``failed`` or ``filtered``, each but ``done``
+Each row is keyed by its *entry*, derived from the submission's content and name (a spool
+file's name; a dropped file's SHA-256 and name), so a submission seen again after a crash is
+recognised and not counted twice, while a different file under an old name is a new one. A
+dropped file's row also keeps its ``file_key`` (device, inode, size, mtime, ctime), the fast
+path that recognises the very same file without reading it again. A row's state is one of
+``done`` (tokens in the store), ``duplicate``, ``failed`` or ``filtered``, each but ``done``
 with a reason. Rows are written only after the tokens they describe are durable; near-duplicate
 candidates are found through the SimHash bands table (see :mod:`dedup`).
+
+Text reaches SQLite as valid UTF-8 only (:func:`sql_text`): a file name that is not UTF-8 is
+stored with ``\\xff`` escapes instead of failing the whole batch. The schema carries a version
+(``PRAGMA user_version``); an older registry is migrated when opened.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ CREATE TABLE IF NOT EXISTS documents (
     shard INTEGER,
     title TEXT NOT NULL DEFAULT '',
     language TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    file_key TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS documents_hash ON documents (content_hash) WHERE state = 'done';
 CREATE TABLE IF NOT EXISTS simhash_bands (
@@ -46,6 +54,24 @@ CREATE TABLE IF NOT EXISTS simhash_bands (
 );
 CREATE INDEX IF NOT EXISTS simhash_bands_lookup ON simhash_bands (band, value);
 """
+_FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (file_key) WHERE file_key != ''"
+
+#: 0: no version (entries of dropped files were path:size:mtime, no file_key column); 1: now.
+SCHEMA_VERSION = 1
+
+
+def sql_text(value: str) -> str:
+    """``value`` as text SQLite accepts: lone surrogates (undecodable file-name bytes kept by
+    ``os.fsdecode``) become ``\\xff`` escapes of the original bytes, or ``\\udcff`` if they
+    were never bytes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 @dataclass
@@ -67,6 +93,7 @@ class Record:
     shard: int | None = None
     title: str = ""
     language: str = ""
+    file_key: str = ""  # a dropped file's device:inode:size:mtime:ctime (see DropFolder)
 
 
 class Registry:
@@ -79,19 +106,46 @@ class Registry:
         self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
-        self.db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older registry up to :data:`SCHEMA_VERSION`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"registry {self.path} has schema version {version}, newer than this program's "
+                    f"{SCHEMA_VERSION}: upgrade crystalline"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(documents)")}
+            if "file_key" not in columns:  # version 0: entries stay as they are, rows still count
+                self.db.execute("ALTER TABLE documents ADD COLUMN file_key TEXT NOT NULL DEFAULT ''")
+            self.db.execute(_FILE_KEY_INDEX)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
 
     def state_of(self, entry: str) -> str | None:
         """The recorded state of a submission, or None if it has not been recorded."""
-        row = self.db.execute("SELECT state FROM documents WHERE entry = ?", (entry,)).fetchone()
+        row = self.db.execute("SELECT state FROM documents WHERE entry = ?", (sql_text(entry),)).fetchone()
         return str(row[0]) if row else None
 
     def reason_of(self, entry: str) -> str:
-        row = self.db.execute("SELECT reason FROM documents WHERE entry = ?", (entry,)).fetchone()
+        row = self.db.execute("SELECT reason FROM documents WHERE entry = ?", (sql_text(entry),)).fetchone()
         return str(row[0]) if row else ""
+
+    def find_file(self, file_key: str) -> tuple[str, str, str] | None:
+        """``(entry, state, reason)`` of the row recorded for this very file (same device,
+        inode, size, mtime and ctime), or None."""
+        row = self.db.execute(
+            "SELECT entry, state, reason FROM documents WHERE file_key = ? LIMIT 1", (file_key,)
+        ).fetchone()
+        return (str(row[0]), str(row[1]), str(row[2])) if row else None
 
     def exact_duplicate(self, content_hash: str) -> str | None:
         """The doc_id of a stored document with this exact text, if any."""
@@ -121,25 +175,26 @@ class Registry:
             for r in records:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO documents (entry, doc_id, source, origin, kind, state, reason, "
-                    "content_hash, simhash, chars, tokens, split, shard, title, language, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "content_hash, simhash, chars, tokens, split, shard, title, language, created, file_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
-                        r.entry,
+                        sql_text(r.entry),
                         r.doc_id,
-                        r.source,
+                        sql_text(r.source),
                         r.origin,
                         r.kind,
                         r.state,
-                        r.reason,
+                        sql_text(r.reason),
                         r.content_hash,
                         to_signed(r.simhash),
                         r.chars,
                         r.tokens,
                         r.split,
                         r.shard,
-                        r.title,
+                        sql_text(r.title),
                         r.language,
                         now,
+                        r.file_key,
                     ),
                 )
                 if cur.rowcount and r.state == "done" and r.content_hash:

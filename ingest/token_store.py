@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -114,7 +115,6 @@ class TokenStore:
             )
             offset += len(ids)
         base = self.directory / f"shard-{seq:06d}"
-        data = b"".join(p.tobytes() for p in parts)
         index = {
             "version": INDEX_VERSION,
             "dtype": self.dtype.str,
@@ -122,7 +122,7 @@ class TokenStore:
             "documents": [{k: v for k, v in s.__dict__.items() if k != "shard"} for s in stored],
         }
         try:
-            write_atomic(base.with_suffix(".bin"), data)
+            _write_parts(base.with_suffix(".bin"), parts)
             write_atomic(base.with_suffix(".json"), json.dumps(index).encode("utf-8"))
         except BaseException:
             # not committed (no index): remove the data file and reuse the number, so a retry
@@ -132,6 +132,19 @@ class TokenStore:
             raise
         fsync_dir(self.directory)
         return stored
+
+
+# The default for a reader on its own; the daemon's control process sizes its readers' caps
+# from RLIMIT_NOFILE instead (crystalline.descriptors), one descriptor per map.
+def _write_parts(path: Path, parts: list[np.ndarray]) -> None:
+    """Write the arrays back to back and fsync, without joining them first (a join copied a
+    batch's ids twice: the ingest thread peaked at 4x them). No temp file: the data file is not
+    committed until its index is renamed into place, and a partial one is swept at start."""
+    with open(path, "wb") as f:
+        for part in parts:
+            f.write(part.data.cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 MAX_OPEN_SHARDS = 64
@@ -180,7 +193,7 @@ class StoreReader:
         path = self.directory / f"shard-{seq:06d}.bin"
         arr = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype=dtype)
         self._open[seq] = arr
-        if len(self._open) > self.max_open_shards:
+        while len(self._open) > max(1, self.max_open_shards):  # the cap may have been lowered
             self._open.popitem(last=False)
         return arr
 

@@ -44,13 +44,14 @@ def test_every_hostile_file_ends_done_or_failed_with_a_reason(tmp_path: Path) ->
     reasons = {
         p.name[: -len(".reason.txt")] for p in folder.failed.iterdir() if p.name.endswith(".reason.txt")
     }
-    left = {p.name for p in inbox.iterdir() if p.name not in ("done", "failed")}
-    assert left == {"a-fifo"}  # not a regular file: never opened
+    left = {p.name for p in inbox.iterdir() if p.name not in ("done", "failed", ".ingesting")}
+    assert left == set() and os.listdir(inbox / ".ingesting") == []
     assert failed == reasons  # every failure has its reason file
-    assert len(done) + len(failed) == len(corpus) + 1  # + the symlink
-    assert stats["failed"] == len(failed) - 1  # the symlink never reached the registry
+    assert len(done) + len(failed) == len(corpus) + 2  # + the symlink and the FIFO
+    assert stats["failed"] == len(failed)  # the link and the FIFO are recorded, unread
     assert (folder.failed / "link-to-secret.txt").is_symlink() and secret.exists()
     assert "symbolic link" in (folder.failed / "link-to-secret.txt.reason.txt").read_text()
+    assert (folder.failed / "a-fifo.reason.txt").read_text().startswith("FIFO")  # never opened
     for name in (
         "ok-control.txt",
         "zip-in.pdf",
@@ -68,7 +69,7 @@ def test_every_hostile_file_ends_done_or_failed_with_a_reason(tmp_path: Path) ->
         "cyclic-pages.pdf",
     ):
         assert name in failed, name
-    assert stats["pending"] == 0  # the FIFO was skipped (and logged), never queued
+    assert stats["pending"] == 0
 
 
 def test_ten_thousand_page_pdf_is_cut_with_a_reason() -> None:
