@@ -39,6 +39,8 @@ from ..workers.trainer import Trainer, TrainingData
 log = logging.getLogger("crystalline.control")
 
 STATUS_EVERY_S = 0.5
+GENERATE_WINDOW_S = 60.0  # generate_share: the share of control's time over this window
+GENERATE_FLAG_SHARE = 0.2  # from here status says training is slowed by generate
 MAX_MESSAGE = 1 << 20
 
 
@@ -104,6 +106,7 @@ class Control:
         self.last_status = 0.0
         self.losses: deque[float] = deque(maxlen=50)
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
+        self.generations: deque[tuple[float, float]] = deque(maxlen=4096)  # (ended, seconds)
 
     # ---- requests -------------------------------------------------------------------------
     def serve(self, timeout_s: float) -> None:
@@ -146,7 +149,12 @@ class Control:
                 raise RuntimeError("training has not started yet (waiting for data)")
             return {"path": str(self._checkpoint())}
         if cmd == "generate":
-            return self._generate(msg)
+            started = time.monotonic()
+            try:
+                return self._generate(msg)
+            finally:  # training waits while control samples: count the time, whatever the outcome
+                now = time.monotonic()
+                self.generations.append((now, now - started))
         raise ValueError(f"control does not handle {cmd!r}")
 
     def _generate(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +176,25 @@ class Control:
             msg.get("seed"),
         )
         return {"prompt": prompt, "text": t.tokenizer.decode(out), "step": t.state.step}
+
+    def generate_share(self, now: float) -> float:
+        """The share of control's wall time spent in ``generate`` over the last
+        ``GENERATE_WINDOW_S`` (or since control started, when that is shorter)."""
+        window = min(GENERATE_WINDOW_S, max(now - self.started, 1e-9))
+        since = now - window
+        while self.generations and self.generations[0][0] < since:
+            self.generations.popleft()
+        busy = sum(min(seconds, ended - since) for ended, seconds in self.generations)
+        return min(busy / window, 1.0)
+
+    def _generate_report(self, now: float) -> dict[str, Any]:
+        share = self.generate_share(now)
+        report: dict[str, Any] = {"generate_share": round(share, 3)}
+        if share >= GENERATE_FLAG_SHARE:
+            report["slowed_by_generate"] = (
+                f"generate took {share:.0%} of control's time in the last {GENERATE_WINDOW_S:.0f} s"
+            )
+        return report
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -206,6 +233,7 @@ class Control:
             "workers": stats.get("workers", []),
             "ring": stats.get("ring", {"slots": 0, "ready": 0}),
             "data": t.data.describe(),
+            **self._generate_report(now),
         }
 
     def publish(self, force: bool = False) -> None:

@@ -30,6 +30,7 @@ from ..ingest.drop_folder import DropFolder
 from ..ingest.ingestor import Ingestor
 from ..ingest.settings import IngestSettings
 from ..workers.tokenizer import load_tokenizer
+from .command_limit import CommandLimit
 from .config import Settings
 from .control_link import ControlLink
 from .notify import Notifier
@@ -65,6 +66,7 @@ class Supervisor:
         self._lock: TextIO | None = None
         self.ready_sent = False
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
+        self.status_server: StatusServer | None = None
 
     # ---- set-up ---------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -110,8 +112,9 @@ class Supervisor:
             "generate": Command(
                 "generate",
                 self._cmd_generate,
-                control=False,
+                control=False,  # read-only users may generate, within a share of the time
                 help='{"prompt": "...", "n": 200, "temperature": 0.8, "top_k": 0, "seed": 1}',
+                limit=CommandLimit("generate"),
             ),
             "stop": Command("stop", self._cmd_stop, control=True, help="checkpoint and exit"),
         }
@@ -188,6 +191,10 @@ class Supervisor:
         }
         if c.get("stalled"):
             training["stalled"] = c["stalled"]
+        if "generate_share" in c:
+            training["generate_share"] = c["generate_share"]
+        if c.get("slowed_by_generate"):
+            training["slowed_by_generate"] = c["slowed_by_generate"]
         for key in ("checkpoint_error", "checkpoint_warnings"):
             if c.get(key):
                 training[key] = c[key]
@@ -212,6 +219,8 @@ class Supervisor:
             "ingest": self.ingest_stats(),
             "ring": c.get("ring", {"slots": 0, "ready": 0}),
         }
+        if self.status_server is not None:
+            data["socket"] = self.status_server.stats()
         ingest = data["ingest"]
         last_error = (
             self.start_error
@@ -371,6 +380,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.control = ControlLink(s, f"ipc://{s.runtime_dir / 'control.sock'}")
         server = StatusServer(s.socket_path, self._commands(), mode=int(s.daemon.socket_mode, 8))
+        self.status_server = server
         try:
             await server.start()
             started = await self._prepare()
