@@ -9,12 +9,12 @@ import os
 import socket
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _hostile_user import HostileUser
 
 from crystalline.daemon.status_client import request
 from crystalline.daemon.status_server import MAX_PER_UID, Command, CommandError, StatusServer
@@ -209,8 +209,6 @@ def test_stale_socket_file_is_replaced(sock_dir: Path) -> None:
 
 # ---- limits that keep an operator in (issue 19) ------------------------------------------------
 
-NOBODY = 65534
-
 
 def test_per_uid_cap_and_the_operators_reserve(sock_dir: Path) -> None:
     async def main() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, int]]:
@@ -326,45 +324,6 @@ def test_clients_that_never_read_are_dropped_and_others_still_answered(sock_dir:
 CHILD_HOLDS = 600
 
 
-def _hold_as_nobody(path: Path, hold_s: float, report: int) -> None:
-    """In a forked child: become nobody, open CHILD_HOLDS connections, send a newline on each
-    every 0.1 s for ``hold_s``; report (JSON lines on ``report``) how many the server refused at
-    once and how many of the others it closed before the end."""
-    os.setgroups([])
-    os.setgid(NOBODY)
-    os.setuid(NOBODY)
-    socks = []
-    for _ in range(CHILD_HOLDS):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(str(path))
-        socks.append(s)
-    time.sleep(0.5)
-    held, refused = [], 0
-    for s in socks:
-        try:
-            data = s.recv(4096, socket.MSG_DONTWAIT)
-            refused += b"too many connections" in data
-        except BlockingIOError:
-            held.append(s)  # nothing said: the server keeps it
-    os.write(report, (json.dumps({"held": len(held), "refused": refused}) + "\n").encode())
-    closed: set[int] = set()
-    end = time.monotonic() + hold_s
-    while time.monotonic() < end:
-        for i, s in enumerate(held):
-            if i in closed:
-                continue
-            try:
-                s.send(b"\n")
-                if s.recv(4096, socket.MSG_DONTWAIT) == b"":
-                    closed.add(i)
-            except BlockingIOError:
-                pass
-            except OSError:
-                closed.add(i)
-        time.sleep(0.1)
-    os.write(report, (json.dumps({"closed": len(closed)}) + "\n").encode())
-
-
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
 def test_another_user_holding_600_connections_cannot_lock_root_out(sock_dir: Path) -> None:
     os.chmod(sock_dir, 0o755)  # nobody must reach the socket
@@ -372,33 +331,20 @@ def test_another_user_holding_600_connections_cannot_lock_root_out(sock_dir: Pat
     async def main() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[str, int]]:
         server = StatusServer(sock_dir / "s.sock", COMMANDS, mode=0o666, idle_timeout_s=1.5)
         await server.start()
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the hostile user; it must never return into pytest
-            code = 1
-            try:
-                os.close(r)
-                _hold_as_nobody(server.path, 6.0, w)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
+        hostile = HostileUser(server.path, CHILD_HOLDS, hold_s=6.0)
         try:
-            with os.fdopen(r, "rb") as pipe:
-                first = json.loads(await asyncio.wait_for(asyncio.to_thread(pipe.readline), 60))
-                # while nobody holds its connections: root is answered, several times over
-                replies = [
-                    await asyncio.wait_for(
-                        asyncio.to_thread(request, server.path, {"cmd": "stop", "x": i}), 10
-                    )
-                    for i in range(5)
-                ]
-                last = json.loads(await asyncio.wait_for(asyncio.to_thread(pipe.readline), 60))
+            first = await asyncio.wait_for(asyncio.to_thread(hostile.first), 60)
+            # while nobody holds its connections: root is answered, several times over
+            replies = [
+                await asyncio.wait_for(asyncio.to_thread(request, server.path, {"cmd": "stop", "x": i}), 10)
+                for i in range(5)
+            ]
+            last = await asyncio.wait_for(asyncio.to_thread(hostile.last), 60)
             return first, replies, last, server.stats()
         finally:
-            _, status = await asyncio.wait_for(asyncio.to_thread(os.waitpid, pid, 0), 30)
+            code = await asyncio.to_thread(hostile.wait)
             await server.close()
-            assert os.waitstatus_to_exitcode(status) == 0
+            assert code == 0
 
     first, replies, last, stats = run(main())
     assert first == {"held": MAX_PER_UID, "refused": CHILD_HOLDS - MAX_PER_UID}

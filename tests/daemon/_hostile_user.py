@@ -1,0 +1,96 @@
+"""Another uid holding the status socket's connections open: a child forked from the test,
+turned into ``nobody`` with setuid, reporting what it saw as JSON lines on a pipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+NOBODY = 65534
+
+
+def _hold(path: Path, count: int, hold_s: float, report: int) -> None:
+    socks = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(path))
+        socks.append(s)
+    time.sleep(0.5)
+    held, refused = [], 0
+    for s in socks:
+        try:
+            data = s.recv(4096, socket.MSG_DONTWAIT)
+            refused += b"too many connections" in data
+        except BlockingIOError:
+            held.append(s)  # nothing said: the server keeps it
+    os.write(report, (json.dumps({"held": len(held), "refused": refused}) + "\n").encode())
+    closed: set[int] = set()
+    end = time.monotonic() + hold_s
+    while time.monotonic() < end:  # a keep-alive newline on each, every 0.1 s
+        for i, s in enumerate(held):
+            if i in closed:
+                continue
+            try:
+                s.send(b"\n")
+                if s.recv(4096, socket.MSG_DONTWAIT) == b"":
+                    closed.add(i)
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed.add(i)
+        time.sleep(0.1)
+    os.write(report, (json.dumps({"closed": len(closed)}) + "\n").encode())
+
+
+class HostileUser:
+    """``nobody`` opening ``count`` connections to ``path`` and keeping them alive with newlines
+    for ``hold_s``. ``first()``: how many the server kept and refused; ``last()``: how many of
+    those kept it had closed by the end. Needs root (setuid)."""
+
+    def __init__(self, path: Path, count: int, hold_s: float) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child must never return into pytest
+            code = 1
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                _hold(path, count, hold_s, w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid = pid
+        self.pipe: BinaryIO = os.fdopen(r, "rb")
+
+    def _line(self) -> dict[str, Any]:
+        line = self.pipe.readline()
+        assert line, "the hostile child died before reporting"
+        report: dict[str, Any] = json.loads(line)
+        return report
+
+    def first(self) -> dict[str, Any]:
+        return self._line()
+
+    def last(self) -> dict[str, Any]:
+        return self._line()
+
+    def wait(self, timeout_s: float = 30.0) -> int:
+        """The child's exit code; SIGKILL when it has not exited within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.pipe.close()
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        self.pipe.close()
+        return -9
