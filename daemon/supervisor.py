@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import time
 from dataclasses import replace
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -437,6 +438,7 @@ class Supervisor:
             await self.control.stop(grace)
             if self.ingestor is not None:
                 await asyncio.to_thread(self.ingestor.close)
+            await asyncio.to_thread(stop_resource_tracker)
             if self.crawler is not None:
                 self.crawler.close()
             await server.close()
@@ -445,6 +447,20 @@ class Supervisor:
                 self._lock.close()
         log.info("stopped")
         return 0
+
+
+def stop_resource_tracker() -> None:
+    """Stop multiprocessing's resource tracker if this process started one.
+
+    Starting a ``spawn`` process (the ingest pool) starts the tracker as a child of the
+    supervisor, and nothing stops it: it only exits when it reads EOF after the supervisor is
+    gone, so under systemd (``KillMode=mixed``) every stop after an ingest ended with systemd
+    SIGKILLing it. No segment is ever registered with it (see ``crystalline.shm.segments``), so
+    stopping it unlinks nothing; call this after the pool's processes have exited (they hold its
+    pipe, and stopping waits for the tracker to exit)."""
+    tracker = resource_tracker._resource_tracker
+    if getattr(tracker, "_pid", None) is not None:
+        tracker._stop()  # type: ignore[attr-defined]  # private, present in 3.11-3.13
 
 
 def run_daemon(settings: Settings) -> int:

@@ -1,8 +1,10 @@
 """What the tests that start `crystalline run` as a real process share: a small model (so a step
-is milliseconds) and a datagram socket standing in for systemd's notify socket."""
+is milliseconds), a datagram socket standing in for systemd's notify socket, and a look for
+processes a stopped daemon left behind."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
@@ -52,3 +54,22 @@ class NotifyListener:
         self._thread.join(2)
         self.sock.close()
         self.path.unlink(missing_ok=True)
+
+
+def group_survivors(pgid: int) -> list[str]:
+    """Processes (not zombies) still in process group ``pgid``, as ``"pid name"``. A daemon
+    started with ``start_new_session=True`` leads its own group; its children stay in it (none
+    of them calls setsid), so after it exits the group should be empty: whatever is left is a
+    child it did not stop (multiprocessing's resource tracker was one)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited while we looked
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z" and int(stat.parent.name) != os.getpid():
+            found.append(f"{stat.parent.name} {name}")
+    return found

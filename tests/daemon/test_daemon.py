@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import SMALL_MODEL, NotifyListener
+from _daemon_process import SMALL_MODEL, NotifyListener, group_survivors
 
 from crystalline.daemon.status_server import request
 from crystalline.shm.segments import list_segments
@@ -64,7 +64,8 @@ def start(state: Path, run: Path, notify: NotifyListener) -> subprocess.Popen[by
         "12",
         *SMALL,
     ]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    # its own process group, so that stop() can see whether any child outlived it
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def status(run: Path) -> dict[str, Any]:
@@ -89,6 +90,7 @@ def stop(proc: subprocess.Popen[bytes], notify: NotifyListener) -> int:
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
     assert notify.seen("STOPPING=1")
+    assert group_survivors(proc.pid) == [], "the daemon exited leaving children behind"
     return code
 
 
