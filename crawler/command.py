@@ -2,13 +2,17 @@
 
     crystalline crawl --start-url URL [--start-url ...] [--max-pages N] [--max-depth D]
         [--data-dir DIR] [--allowed-domain D ...] [--delay S] [--concurrency N]
-        [--user-agent UA] [--timeout S] [--log-jsonl FILE]
+        [--user-agent UA] [--timeout S] [--log-jsonl FILE] [--max-links-per-page N]
+        [--max-queued-per-host N] [--max-queued N] [--robots-per-minute N]
 
 ``DIR/frontier.sqlite`` holds the frontier (rerunning with the same directory resumes) and
 ``DIR/spool/`` the fetched documents that ingest consumes. The crawl ends when the frontier is
 empty or a limit is reached (exit 0), or on SIGINT/SIGTERM (exit 130/143 after requeueing what
 was in flight). ``--log-jsonl`` appends one JSON line per request: url, status, content_type,
-bytes, elapsed, error. Also runnable alone: ``python -m crystalline.crawler.command --start-url ...``.
+bytes, elapsed, error. The frontier is bounded: links a page may queue, URLs queued per host and
+in all (the deepest and newest give way; the summary counts what was dropped), and robots.txt
+requests per minute (new hosts wait their turn).
+Also runnable alone: ``python -m crystalline.crawler.command --start-url ...``.
 """
 
 from __future__ import annotations
@@ -124,6 +128,16 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help=f"larger bodies (after decompression) are dropped (default: {d.max_body_bytes})",
     )
     p.add_argument("--log-jsonl", type=Path, metavar="FILE", help="append one JSON line per request")
+    for flag, name, what in (
+        ("--max-links-per-page", "max_links_per_page", "new URLs one page may queue"),
+        ("--max-queued-per-host", "max_queued_per_host", "URLs queued per host; the deepest/newest give way"),
+        ("--max-queued", "max_queued", "URLs queued in all; the deepest/newest give way"),
+        ("--robots-per-minute", "robots_per_minute", "robots.txt requests per minute (new hosts wait)"),
+    ):
+        default = getattr(d, name)
+        p.add_argument(
+            flag, type=int, default=default, metavar="N", help=f"{what}; 0: no cap (default: {default})"
+        )
     p.add_argument("--allow-private-addresses", action="store_true",
                    help="allow loopback and private addresses (local test servers)")  # fmt: skip
 
@@ -161,6 +175,10 @@ def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
         read_timeout=min(_DEFAULTS.read_timeout, args.timeout),
         max_body_bytes=args.max_body_bytes,
         allow_private_addresses=args.allow_private_addresses,
+        max_links_per_page=args.max_links_per_page,
+        max_queued_per_host=args.max_queued_per_host,
+        max_queued=args.max_queued,
+        robots_per_minute=args.robots_per_minute,
     )
 
 
@@ -226,7 +244,8 @@ async def _progress(crawler: Crawler) -> None:
         s = crawler.stats()
         sys.stderr.write(
             f"\rcrawl: {s['stored']} stored, {s['queued']} queued, {s['in_flight']} in flight, "
-            f"{s['errors']} errors, {s['hosts']} hosts, {s['bytes'] // 1024} KiB\x1b[K"
+            f"{s['errors']} errors, {s['hosts']} hosts, {sum(s['dropped'].values())} dropped, "
+            f"{s['bytes'] // 1024} KiB\x1b[K"
         )
         sys.stderr.flush()
         await asyncio.sleep(1.0)

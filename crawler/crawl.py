@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp.abc import AbstractResolver
@@ -23,7 +23,7 @@ from .fetcher import Fetcher, FetchResult
 from .frontier import FAILED, IN_FLIGHT, QUEUED, REDIRECTED, SKIPPED, STORED, Frontier, NewUrl, UrlEntry
 from .links import extract_links
 from .politeness import FAR_FUTURE, Politeness
-from .robots import RobotsCache, RobotsResponse
+from .robots import RobotsBudget, RobotsCache, RobotsResponse
 from .settings import CrawlSettings
 from .urls import UrlPolicy, canonical_url, origin_of, url_pattern
 
@@ -60,13 +60,22 @@ class CrawlSummary:
     elapsed: float
     queued: int  # left in the frontier
     stored_total: int  # in this data dir, all runs
+    dropped: dict[str, int] = field(default_factory=dict)  # URLs not kept at the caps, per reason
+    robots_deferred: int = 0  # times a new host waited for the robots.txt budget
 
     def line(self) -> str:
-        return (
+        text = (
             f"crawl ended ({self.reason}): {self.stored} pages stored ({self.stored_total} in total), "
             f"{self.fetched} requests, {self.failed} failed, {self.skipped} skipped, {self.retried} retries, "
             f"{self.bytes} bytes in {self.elapsed:.1f} s; {self.queued} URLs queued"
         )
+        dropped = sum(self.dropped.values())
+        if dropped:
+            reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in self.dropped.items() if n)
+            text += f", {dropped} dropped at the frontier's caps ({reasons})"
+        if self.robots_deferred:
+            text += f"; new hosts waited {self.robots_deferred} times for the robots.txt budget"
+        return text
 
 
 class Crawler:
@@ -83,7 +92,12 @@ class Crawler:
         self.settings = settings
         self.sink = sink
         self.policy = UrlPolicy(settings)
-        self.frontier = Frontier(settings.frontier_path, settings.max_urls_per_pattern)
+        self.frontier = Frontier(
+            settings.frontier_path,
+            settings.max_urls_per_pattern,
+            max_queued_per_host=settings.max_queued_per_host,
+            max_queued=settings.max_queued,
+        )
         self.politeness = Politeness(settings)
         self.robots = RobotsCache(
             self._fetch_robots,
@@ -92,6 +106,8 @@ class Crawler:
             settings.robots_error_ttl,
             settings.max_robots_cached,
         )
+        self.robots_budget = RobotsBudget(settings.robots_per_minute if settings.obey_robots else 0)
+        self._robots_deferred = 0
         self._resolver = resolver
         self._on_fetch = on_fetch
         self._fetcher: Fetcher | None = None
@@ -116,8 +132,10 @@ class Crawler:
         return added
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the status socket: this run's requests, errors and bytes, the frontier's state."""
+        """Counters for the status socket: this run's requests, errors and bytes, the frontier's state,
+        its caps and what they dropped (all runs of this data dir)."""
         counts = self.frontier.counts
+        s = self.settings
         return {
             "fetched": self._counts["fetched"],
             "stored": self._counts["stored"],
@@ -129,6 +147,17 @@ class Crawler:
             "retried": self._counts["retried"],
             "hosts": self.frontier.hosts,
             "bytes": self._counts["bytes"],
+            "frontier_size": sum(counts),  # URL rows: queued, in flight and done
+            "frontier_bytes": self.frontier.disk_bytes(),
+            "dropped": dict(self.frontier.dropped),
+            "robots_fetches": self.robots.fetches,
+            "robots_deferred": self._robots_deferred,
+            "caps": {
+                "links_per_page": s.max_links_per_page,
+                "queued_per_host": s.max_queued_per_host,
+                "queued": s.max_queued,
+                "robots_per_minute": s.robots_per_minute,
+            },
         }
 
     # -- the loop -------------------------------------------------------------------------------
@@ -136,6 +165,8 @@ class Crawler:
     async def run(self, stop: asyncio.Event) -> CrawlSummary:
         """Crawl until the frontier is empty, ``max_pages`` are stored, or ``stop`` is set."""
         start = time.monotonic()
+        dropped_before = dict(self.frontier.dropped)
+        deferred_before = self._robots_deferred
         tasks: dict[asyncio.Task[None], UrlEntry] = {}
         stop_watch = asyncio.create_task(self._wake_on(stop))
         reason = "stopped"
@@ -162,6 +193,8 @@ class Crawler:
             elapsed=time.monotonic() - start,
             queued=self.frontier.counts[QUEUED],
             stored_total=self.frontier.counts[STORED],
+            dropped={k: n - dropped_before.get(k, 0) for k, n in self.frontier.dropped.items()},
+            robots_deferred=self._robots_deferred - deferred_before,
             **self._counts,
         )
         log.info("%s", summary.line())
@@ -224,18 +257,30 @@ class Crawler:
             if capacity == 0:
                 self.frontier.set_next_at(origin, FAR_FUTURE)
                 continue
+            robots_token = self.settings.obey_robots and self.robots.needs_fetch(origin)
+            if robots_token and not self.robots_budget.take():
+                self._defer_for_robots(origin)
+                continue
             entries = self.frontier.claim(origin, min(capacity, budget - launched), now)
             if not entries:
+                if robots_token:
+                    self.robots_budget.refund()
                 continue
             next_at = now
-            for entry in entries:
+            for i, entry in enumerate(entries):
                 next_at = self.politeness.started(origin)
-                task = asyncio.create_task(self._crawl_one(entry))
+                # the first entry makes the robots.txt request; the others wait for its answer
+                task = asyncio.create_task(self._crawl_one(entry, robots_token and i == 0))
                 tasks[task] = entry
                 task.add_done_callback(lambda t: self._task_done(tasks, t))
             self.frontier.set_next_at(origin, next_at)
             launched += len(entries)
         return launched
+
+    def _defer_for_robots(self, origin: str) -> None:
+        """The robots.txt budget is spent: the new host waits until it has room."""
+        self._robots_deferred += 1
+        self.frontier.set_next_at(origin, time.time() + self.robots_budget.retry_in())
 
     def _task_done(self, tasks: dict[asyncio.Task[None], UrlEntry], task: asyncio.Task[None]) -> None:
         tasks.pop(task, None)
@@ -243,11 +288,13 @@ class Crawler:
 
     # -- one URL --------------------------------------------------------------------------------
 
-    async def _crawl_one(self, entry: UrlEntry) -> None:
+    async def _crawl_one(self, entry: UrlEntry, robots_token: bool = False) -> None:
+        """Fetch one claimed URL and settle it; ``robots_token``: a robots.txt request was budgeted
+        for it at launch."""
         latency: float | None = None
         ok = False
         try:
-            if self.settings.obey_robots and not await self._robots_allow(entry):
+            if self.settings.obey_robots and not await self._robots_allow(entry, robots_token):
                 return
             assert self._fetcher is not None
             result = await self._fetcher.fetch(
@@ -266,8 +313,14 @@ class Crawler:
         finally:
             self.frontier.set_next_at(entry.origin, self.politeness.finished(entry.origin, latency, ok))
 
-    async def _robots_allow(self, entry: UrlEntry) -> bool:
+    async def _robots_allow(self, entry: UrlEntry, robots_token: bool) -> bool:
         """Whether robots.txt lets us fetch the URL; settles the entry when it does not."""
+        if not robots_token and self.robots.needs_fetch(entry.origin) and not self.robots_budget.take():
+            # the rules left the cache since launch and the budget is spent: back to the queue
+            self._robots_deferred += 1
+            self.politeness.hold(entry.origin, self.robots_budget.retry_in())
+            self.frontier.release(entry)
+            return False
         rules, fetched_now = await self.robots.rules(entry.origin)
         self.politeness.set_crawl_delay(entry.origin, rules.crawl_delay())
         if rules.unavailable and "refused:" in rules.reason:  # the SSRF guard: final, no retry
@@ -340,7 +393,9 @@ class Crawler:
             links = self._admit(found, entry.depth + 1, 0, entry.url)
         self._counts["stored"] += 1
         self._counts["bytes"] += len(result.body)
-        self.frontier.finish(entry, STORED, result.status, links=links)
+        self.frontier.finish(
+            entry, STORED, result.status, links=links, max_links=self.settings.max_links_per_page
+        )
         log.debug("stored %s (%d bytes, %d links)", entry.url, len(result.body), len(links))
 
     def _redirect(self, entry: UrlEntry, result: FetchResult) -> None:

@@ -21,6 +21,7 @@ come and go (``hosts.queued`` and ``counts``), and the victim is one step down a
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -147,6 +148,14 @@ class Frontier:
 
     def close(self) -> None:
         self._db.close()
+
+    def disk_bytes(self) -> int:
+        """The database's size on disk, its write-ahead log included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += Path(f"{self.path}{suffix}").stat().st_size
+        return total
 
     # -- adding ---------------------------------------------------------------------------------
 

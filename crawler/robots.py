@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -101,6 +101,10 @@ class RobotsCache:
         self._pending: dict[str, asyncio.Future[RobotsRules]] = {}
         self.fetches = 0
 
+    def needs_fetch(self, origin: str) -> bool:
+        """Whether asking for the origin's rules now would request its robots.txt."""
+        return origin not in self._pending and self.cached(origin) is None
+
     def cached(self, origin: str) -> RobotsRules | None:
         entry = self._entries.get(origin)
         if entry is None or entry[0] <= time.monotonic():
@@ -140,3 +144,48 @@ class RobotsCache:
         self._entries.move_to_end(origin)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+
+
+class RobotsBudget:
+    """At most ``per_minute`` robots.txt requests in any 60 seconds (0: no limit).
+
+    Each new host costs a robots.txt request before its first page, so a page linking to
+    thousands of hostnames (wildcard DNS) would otherwise open thousands of hosts at once; with a
+    budget they open at its pace while known hosts go on. Keeps the last ``per_minute`` times."""
+
+    WINDOW = 60.0
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._times: deque[float] = deque(maxlen=max(per_minute, 1))
+        self._next_retry = 0.0
+
+    def take(self) -> bool:
+        """Spend one request if the window has room; False (nothing spent) if not."""
+        if not self.per_minute:
+            return True
+        now = time.monotonic()
+        if len(self._times) == self.per_minute and now - self._times[0] < self.WINDOW:
+            return False
+        self._times.append(now)
+        return True
+
+    def refund(self) -> None:
+        """Give back the last request taken (it was not made)."""
+        if self.per_minute and self._times:
+            self._times.pop()
+
+    def wait(self) -> float:
+        """Seconds until ``take`` can succeed."""
+        if not self.per_minute or len(self._times) < self.per_minute:
+            return 0.0
+        return max(0.0, self._times[0] + self.WINDOW - time.monotonic())
+
+    def retry_in(self) -> float:
+        """Seconds a host turned away should wait: successive ones are spaced a request's share
+        of the window apart, so a thousand waiting hosts come back about one per free request
+        instead of all together (each asking again, and writing its wait, a thousand times)."""
+        now = time.monotonic()
+        spacing = self.WINDOW / max(self.per_minute, 1)
+        self._next_retry = max(self._next_retry + spacing, now + self.wait())
+        return self._next_retry - now

@@ -16,9 +16,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..crawler.settings import CrawlSettings
 from ..workers.train_config import TrainConfig, read_toml
 
 ENV_PREFIX = "CRYSTALLINE_"
+_CRAWL = CrawlSettings()
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class DaemonConfig:
     crawl_delay: float = 1.0  # seconds between requests to one host (at least)
     crawl_concurrency: int = 8
     crawl_allow_private: bool = False  # let the crawl reach loopback/private addresses (tests, soak)
+    # the frontier's bounds (crawler/settings.py says why these sizes; 0: no cap)
+    crawl_max_links_per_page: int = _CRAWL.max_links_per_page
+    crawl_max_queued_per_host: int = _CRAWL.max_queued_per_host
+    crawl_max_queued: int = _CRAWL.max_queued
+    crawl_robots_per_minute: int = _CRAWL.robots_per_minute
     user_agent: str = "crystalline/0.1 (+https://example.invalid/crystalline)"
     checkpoint_interval_s: float = 300.0
     status_interval_s: float = 10.0  # STATUS= lines to systemd
@@ -195,5 +202,13 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     settings.train.validate()
     if settings.daemon.crawl_concurrency < 1 or settings.daemon.crawl_delay < 0:
         raise ValueError("crawl-concurrency must be >= 1 and crawl-delay >= 0")
+    for cap in (
+        "crawl_max_links_per_page",
+        "crawl_max_queued_per_host",
+        "crawl_max_queued",
+        "crawl_robots_per_minute",
+    ):
+        if getattr(settings.daemon, cap) < 0:
+            raise ValueError(f"{cap.replace('_', '-')} must be >= 0 (0: no cap)")
     int(settings.daemon.socket_mode, 8)  # ValueError on garbage
     return settings

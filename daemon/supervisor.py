@@ -101,6 +101,10 @@ class Supervisor:
             min_delay=d.crawl_delay,
             concurrency=d.crawl_concurrency,
             allow_private_addresses=d.crawl_allow_private,
+            max_links_per_page=d.crawl_max_links_per_page,
+            max_queued_per_host=d.crawl_max_queued_per_host,
+            max_queued=d.crawl_max_queued,
+            robots_per_minute=d.crawl_robots_per_minute,
         )
 
     def _commands(self) -> dict[str, Command]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from crystalline.crawler.crawl import Crawler, CrawlSummary
 from crystalline.crawler.frontier import Frontier
@@ -71,6 +73,29 @@ async def serve(
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+class WildcardResolver(AbstractResolver):
+    """Wildcard DNS on loopback: every name under ``suffix`` resolves to ``address``, so one local
+    server answers as any number of hosts (``h1.wild.test``, ``h2.wild.test``, ...)."""
+
+    def __init__(self, suffix: str, address: str = "127.0.0.1") -> None:
+        self.suffix = suffix
+        self.address = address
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if not host.endswith("." + self.suffix):
+            raise OSError(f"unknown host {host}")
+        return [
+            ResolveResult(
+                hostname=host, host=self.address, port=port, family=socket.AF_INET, proto=0, flags=0
+            )
+        ]
+
+    async def close(self) -> None:
+        pass
 
 
 def fast_settings(tmp_path: Path, **changes: Any) -> CrawlSettings:

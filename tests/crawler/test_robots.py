@@ -8,7 +8,7 @@ from pathlib import Path
 from _loopback import Hits, crawl, fast_settings, gaps, html, serve
 from aiohttp import web
 
-from crystalline.crawler.robots import RobotsResponse, RobotsRules, rules_from_response
+from crystalline.crawler.robots import RobotsBudget, RobotsResponse, RobotsRules, rules_from_response
 from crystalline.crawler.settings import CrawlSettings
 
 ROBOTS = """
@@ -152,3 +152,15 @@ def test_crawl_delay_is_honoured(tmp_path: Path) -> None:
         assert min(gaps(times)) >= 0.3
 
     asyncio.run(main())
+
+
+def test_robots_budget_allows_n_a_minute_and_spaces_the_hosts_it_turns_away() -> None:
+    budget = RobotsBudget(3)
+    assert [budget.take() for _ in range(4)] == [True, True, True, False]
+    assert 0 < budget.wait() <= RobotsBudget.WINDOW  # the first request's minute must pass
+    first, second = budget.retry_in(), budget.retry_in()
+    assert first >= budget.wait() and second - first >= RobotsBudget.WINDOW / 3 - 0.1  # one per free request
+    budget.refund()  # the last request was not made after all
+    assert budget.take() and not budget.take()
+    unlimited = RobotsBudget(0)
+    assert all(unlimited.take() for _ in range(1000)) and unlimited.wait() == 0.0

@@ -1,0 +1,169 @@
+"""The bounded frontier end to end (issue 19.7): pages of 10,000 links, thousands of wildcard hosts,
+the robots.txt budget, and the caps as `crystalline crawl` and `crystalline run` options."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from _loopback import MemorySink, WildcardResolver, crawl, fast_settings, html, serve
+from aiohttp import web
+
+from crystalline.crawler import command
+from crystalline.crawler.crawl import Crawler
+from crystalline.crawler.frontier import DROP_FRONTIER_FULL, DROP_HOST_FULL, DROP_PAGE_LINKS, Frontier
+from crystalline.crawler.settings import CrawlSettings
+from crystalline.daemon import cli, config
+from crystalline.daemon.supervisor import Supervisor
+
+LINKS = 10_000
+
+
+def _wide_site() -> list[web.RouteDef]:
+    """Page n links to 10,000 pages no other page links to: every link is new."""
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        return html("".join(f'<a href="/p/{n * LINKS + k}">{k}</a>' for k in range(1, LINKS + 1)))
+
+    return [web.get("/p/{n}", page)]
+
+
+def _queue_rows(settings: CrawlSettings) -> tuple[int, dict[str, int], dict[str, int]]:
+    """All URL rows, queued rows per origin, and the hosts table's queued counts, from disk."""
+    frontier = Frontier(settings.frontier_path)
+    try:
+        db = frontier._db
+        rows = db.execute("SELECT COUNT(*) FROM urls").fetchone()[0]
+        per_origin = dict(db.execute("SELECT origin, COUNT(*) FROM urls WHERE state = 0 GROUP BY origin"))
+        counted = dict(db.execute("SELECT origin, queued FROM hosts WHERE queued > 0"))
+    finally:
+        frontier.close()
+    return rows, per_origin, counted
+
+
+def test_pages_of_ten_thousand_links_stay_under_the_caps(tmp_path: Path) -> None:
+    # the pattern budget is off (the issue's site had word slugs): only the new caps act here
+    settings = fast_settings(tmp_path, max_urls_per_pattern=0, max_links_per_page=200,
+                             max_queued_per_host=500, max_pages=12, concurrency=4)  # fmt: skip
+
+    async def main() -> None:
+        async with serve(_wide_site()) as base:
+            summary, _, crawler = await crawl(settings, [base + "/p/0"])
+        assert (summary.reason, summary.stored) == ("max pages", 12)
+        rows, per_origin, counted = _queue_rows(settings)
+        assert per_origin == counted  # the incremental per-host count agrees with the rows
+        assert sum(per_origin.values()) == summary.queued <= 500
+        assert rows == summary.stored_total + summary.queued  # nothing else left a row
+        # every link offered was new: it is a row now or it was counted as dropped
+        assert rows - 1 + sum(summary.dropped.values()) == LINKS * summary.stored
+        assert summary.dropped[DROP_PAGE_LINKS] >= LINKS - 200  # the start page alone
+        assert summary.dropped[DROP_HOST_FULL] > 0
+        assert "dropped at the frontier's caps" in summary.line()
+        stats = crawler.stats()
+        assert stats["dropped"] == summary.dropped  # a fresh data dir: this run is all its life
+        assert stats["frontier_size"] == rows and stats["caps"]["queued_per_host"] == 500
+
+    asyncio.run(main())
+
+
+def test_wildcard_hosts_hold_the_total_and_host_caps_and_the_robots_budget(tmp_path: Path) -> None:
+    hosts, pages = 300, 20
+    robots_asked: list[str] = []
+
+    async def hub(request: web.Request) -> web.Response:
+        port = request.url.port
+        return html("".join(f'<a href="http://h{i}.wild.test:{port}/p/{j}">x</a>'
+                            for i in range(hosts) for j in range(pages)))  # fmt: skip
+
+    async def robots(request: web.Request) -> web.Response:
+        robots_asked.append(request.host)
+        return web.Response(status=404, text="none")
+
+    async def leaf(request: web.Request) -> web.Response:
+        if request.host.startswith("hub."):
+            return await hub(request)
+        return html("a leaf")
+
+    settings = fast_settings(tmp_path, allowed_domains=("wild.test",), max_urls_per_pattern=0,
+                             max_links_per_page=0, max_queued_per_host=5, max_queued=500, robots_per_minute=6,
+                             concurrency=8)  # fmt: skip
+
+    async def main() -> None:
+        routes = [web.get("/robots.txt", robots), web.get("/", leaf), web.get("/p/{j}", leaf)]
+        async with serve(routes) as base:
+            port = base.rsplit(":", 1)[1]
+            sink = MemorySink()
+            crawler = Crawler(settings, sink, resolver=WildcardResolver("wild.test"))
+            crawler.add_url(f"http://hub.wild.test:{port}/")
+            stop = asyncio.Event()
+            started = time.monotonic()
+            run = asyncio.create_task(crawler.run(stop))
+            # the hub and the 5 hosts the budget's first minute opens, 5 pages each (their host cap)
+            for _ in range(1500):
+                if len(sink.docs) >= 1 + 5 * 5 and crawler.stats()["robots_deferred"] > 0:
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+            summary = await asyncio.wait_for(run, 30)
+            elapsed = time.monotonic() - started
+            crawler.close()
+        budget = 6 * (1 + int(elapsed // 60))  # at most 6 in any minute
+        assert len(robots_asked) <= budget and crawler.robots.fetches == len(robots_asked)
+        fetched_hosts = {d.source.split("/")[2] for d in sink.docs}
+        assert fetched_hosts <= set(robots_asked)  # no host got a page before its robots.txt
+        assert len(sink.docs) >= 26 and summary.robots_deferred > 0
+        # the hub offered 6,000 links: 5 kept for each of the first 100 hosts (500 in all), 15 more
+        # of each of those dropped at the host cap, all 20 of each later host at the total cap
+        assert summary.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 100 * 15, DROP_FRONTIER_FULL: 200 * 20}
+        _, per_origin, counted = _queue_rows(settings)
+        assert per_origin == counted and max(per_origin.values()) <= 5 and sum(per_origin.values()) <= 500
+        assert "waited" in summary.line() and "robots.txt budget" in summary.line()
+
+    asyncio.run(main())
+
+
+def test_crawl_command_takes_the_caps_and_reports_the_drops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = command.build_parser()
+
+    async def main() -> int:
+        async with serve(_wide_site()) as base:
+            args = parser.parse_args(["--start-url", base + "/p/0", "--data-dir", str(tmp_path / "d"),
+                                      "--delay", "0", "--max-pages", "3", "--allow-private-addresses",
+                                      "--max-links-per-page", "50", "--max-queued-per-host", "80",
+                                      "--max-queued", "1000", "--robots-per-minute", "30"])  # fmt: skip
+            return await asyncio.to_thread(command.run_crawl_command, args)
+
+    assert asyncio.run(main()) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    # page 0 kept 50 of its 10,000 links (the page cap); pages 1 and 2 filled the host's queue to
+    # 80 again after each took its place in flight; every other link was dropped
+    assert "3 pages stored" in line and "80 URLs queued" in line
+    assert f"{3 * LINKS - 82} dropped at the frontier's caps ({LINKS - 50} links per page" in line
+    settings = command.settings_from_args(
+        parser.parse_args(["--start-url", "http://x/", "--max-queued", "0"])
+    )
+    assert (settings.max_queued, settings.max_links_per_page) == (0, CrawlSettings().max_links_per_page)
+    with pytest.raises(ValueError, match=r"^max-queued-per-host must not be negative \(0: no cap\)$"):
+        command.settings_from_args(
+            parser.parse_args(["--start-url", "http://x/", "--max-queued-per-host", "-1"])
+        )
+
+
+def test_run_takes_the_caps_from_flags_environment_and_file(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text("[daemon]\ncrawl-max-queued-per-host = 7000\n", encoding="utf-8")
+    args = cli.build_parser().parse_args(["run", "--config", str(toml), "--crawl-max-queued", "250000",
+                                          "--crawl-max-links-per-page", "300"])  # fmt: skip
+    settings = config.resolve(args, env={"CRYSTALLINE_CRAWL_ROBOTS_PER_MINUTE": "20"})
+    crawl = Supervisor(settings)._crawl_settings()
+    caps = (crawl.max_queued, crawl.max_links_per_page, crawl.max_queued_per_host, crawl.robots_per_minute)
+    assert caps == (250_000, 300, 7000, 20)
+    defaults = Supervisor(config.resolve(cli.build_parser().parse_args(["run"]), env={}))._crawl_settings()
+    assert defaults.max_queued == CrawlSettings().max_queued
+    with pytest.raises(ValueError, match=r"^crawl-max-queued must be >= 0 \(0: no cap\)$"):
+        config.resolve(cli.build_parser().parse_args(["run", "--crawl-max-queued", "-5"]), env={})
