@@ -17,6 +17,8 @@ URL leaves no row: a later page that links to it offers it again, so a large sit
 the cap as its queue drains, while the disk holds at most the caps' worth of queued rows. Drops
 are counted per reason in the ``drops`` table. Both checks read counts kept up to date as URLs
 come and go (``hosts.queued`` and ``counts``), and the victim is one step down a partial index.
+Only new URLs are checked: a URL back from flight (retry, stop) rejoins the queue even when it
+is full, so the queue can pass a cap by the requests in flight, no more.
 """
 
 from __future__ import annotations

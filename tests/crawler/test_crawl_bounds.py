@@ -167,3 +167,22 @@ def test_run_takes_the_caps_from_flags_environment_and_file(tmp_path: Path) -> N
     assert defaults.max_queued == CrawlSettings().max_queued
     with pytest.raises(ValueError, match=r"^crawl-max-queued must be >= 0 \(0: no cap\)$"):
         config.resolve(cli.build_parser().parse_args(["run", "--crawl-max-queued", "-5"]), env={})
+
+
+def test_a_url_whose_robots_txt_left_the_cache_waits_when_the_budget_is_spent(tmp_path: Path) -> None:
+    async def main() -> None:
+        crawler = Crawler(fast_settings(tmp_path, robots_per_minute=2), MemorySink())
+        try:
+            crawler.add_url("http://127.0.0.1:9/a")
+            (entry,) = crawler.frontier.claim("http://127.0.0.1:9", 1, time.time())
+            assert crawler.robots_budget.take() and crawler.robots_budget.take()  # the minute is spent
+            # no token from the launch (the rules were cached then): no request, back to the queue
+            assert await crawler._robots_allow(entry, robots_token=False) is False
+            stats = crawler.stats()
+            assert (stats["queued"], stats["in_flight"], stats["robots_deferred"]) == (1, 0, 1)
+            assert crawler.robots.fetches == 0
+            assert crawler.politeness.slot(entry.origin).hold_until > time.time()  # the host waits
+        finally:
+            crawler.close()
+
+    asyncio.run(main())
