@@ -494,7 +494,8 @@ class DropFolder:
             if item.fd >= 0:
                 os.close(item.fd)
                 item.fd = -1
-            if self._blocked.pop(item.name, None) is not None:
+            if item.name in self._blocked:  # a file of the same name waited for this one
+                del self._blocked[item.name]
                 self._queue[item.name] = None
         log.info("%s -> %s/%s", item.label, directory.name, readable(target))
         return directory / target
