@@ -24,6 +24,7 @@ is full, so the queue can pass a cap by the requests in flight, no more.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .politeness import FAR_FUTURE
+
+log = logging.getLogger("crystalline.crawler.frontier")
 
 QUEUED, IN_FLIGHT, STORED, FAILED, SKIPPED, REDIRECTED = range(6)
 STATE_NAMES = ("queued", "in_flight", "stored", "failed", "skipped", "redirected")
@@ -79,6 +82,19 @@ DROP_HOST_FULL = "host_queue_full"  # its origin's queue was at max_queued_per_h
 DROP_FRONTIER_FULL = "frontier_full"  # the whole queue was at max_queued
 DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL)
 
+_RECOUNT_HOSTS = (
+    "UPDATE hosts SET queued = (SELECT COUNT(*) FROM urls WHERE urls.origin = hosts.origin"
+    " AND urls.state = 0)"
+)
+# the n deepest, newest queued URLs (of one origin): what a queue over its cap gives up first
+_TRIM_HOST = (
+    "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE origin = ? AND state = 0"
+    " ORDER BY depth DESC, id DESC LIMIT ?)"
+)
+_TRIM_ALL = (
+    "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE state = 0 ORDER BY depth DESC, id DESC LIMIT ?)"
+)
+
 
 @dataclass(frozen=True)
 class NewUrl:
@@ -124,6 +140,7 @@ class Frontier:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._recover()
+            self._trim()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise OSError(f"{path}: not a usable frontier database ({exc})") from exc
@@ -139,11 +156,32 @@ class Frontier:
         """Put what a previous process had in flight back in the queue and free its hosts."""
         with self._transaction():
             self._db.execute("UPDATE urls SET state = 0 WHERE state = 1")
-            self._db.execute(
-                "UPDATE hosts SET queued = (SELECT COUNT(*) FROM urls WHERE urls.origin = hosts.origin"
-                " AND urls.state = 0), next_at = MIN(next_at, ?)",
-                (time.time(),),
-            )
+            self._db.execute(_RECOUNT_HOSTS)
+            self._db.execute("UPDATE hosts SET next_at = MIN(next_at, ?)", (time.time(),))
+
+    def _trim(self) -> None:
+        """Bring a queue over its caps under them, deepest and newest first: a frontier grown
+        before there were caps (issue 19 saw 2 million URLs of one site) or caps lowered since."""
+        db = self._db
+        dropped = dict.fromkeys(DROP_REASONS, 0)
+        with self._transaction():
+            cap = self.max_queued_per_host
+            if cap:
+                over = db.execute(
+                    "SELECT origin, queued - ? FROM hosts WHERE queued > ?", (cap, cap)
+                ).fetchall()
+                for origin, excess in over:
+                    n = db.execute(_TRIM_HOST, (origin, excess)).rowcount
+                    db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (n, origin))
+                    dropped[DROP_HOST_FULL] += n
+            if self.max_queued:
+                (queued,) = db.execute("SELECT COUNT(*) FROM urls WHERE state = 0").fetchone()
+                if queued > self.max_queued:
+                    dropped[DROP_FRONTIER_FULL] = db.execute(_TRIM_ALL, (queued - self.max_queued,)).rowcount
+                    db.execute(_RECOUNT_HOSTS)
+            _write_drops(db, dropped)
+        if any(dropped.values()):
+            log.info("frontier %s: queued URLs over the caps dropped: %s", self.path, dropped)
 
     def _transaction(self) -> sqlite3.Connection:
         return _Transaction(self._db)  # type: ignore[return-value]
@@ -233,13 +271,9 @@ class Frontier:
         for origin, delta in batch.delta.items():
             if delta:
                 db.execute("UPDATE hosts SET queued = queued + ? WHERE origin = ?", (delta, origin))
+        _write_drops(db, batch.dropped)
         for reason, n in batch.dropped.items():
-            if n:
-                db.execute(
-                    "INSERT INTO drops VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
-                    (reason, n),
-                )
-                self.dropped[reason] = self.dropped.get(reason, 0) + n
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -354,6 +388,14 @@ class Frontier:
         """(state name, HTTP status, error) of a URL, or None if never seen: for tests and tools."""
         row = self._db.execute("SELECT state, status, error FROM urls WHERE url = ?", (url,)).fetchone()
         return None if row is None else (STATE_NAMES[row[0]], row[1], row[2])
+
+
+def _write_drops(db: sqlite3.Connection, dropped: dict[str, int]) -> None:
+    for reason, n in dropped.items():
+        if n:
+            db.execute(
+                "INSERT INTO drops VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n", (reason, n)
+            )
 
 
 @dataclass(frozen=True)

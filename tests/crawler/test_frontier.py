@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -160,3 +161,27 @@ def test_a_full_frontier_stays_bounded_on_disk(tmp_path: Path) -> None:
     assert queued == dict(rows)  # the incremental per-host counts agree with the rows
     assert frontier.dropped[DROP_FRONTIER_FULL] == 195_000
     frontier.close()
+
+
+def test_reopening_with_lower_caps_trims_the_deepest_newest(tmp_path: Path) -> None:
+    path = tmp_path / "f.sqlite"
+    frontier = Frontier(path)  # no caps: as a frontier grown before there were any
+    frontier.add([NewUrl(f"http://a/{i}", "http://a", 1 + i % 2) for i in range(10)])
+    frontier.add(_urls(4, "http://b"))
+    frontier.close()
+    with sqlite3.connect(path) as db:  # the index of the schema before the caps
+        db.execute("DROP INDEX urls_host_queue")
+        db.execute("CREATE INDEX urls_queue ON urls(origin, id) WHERE state = 0")
+    trimmed = Frontier(path, max_queued_per_host=6, max_queued=8)
+    names = {r[0] for r in trimmed._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "urls_queue" not in names and "urls_host_queue" in names
+    assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2}
+    assert trimmed.counts[QUEUED] == 8
+    # a's cap took its newest depth-2 URLs (9, 7, 5, 3); the total cap then a/1 (the deepest
+    # left) and b/p/3 (the newest of depth 1)
+    left = [
+        e.url for e in trimmed.claim("http://a", 9, time.time()) + trimmed.claim("http://b", 9, time.time())
+    ]
+    assert left == ["http://a/0", "http://a/2", "http://a/4", "http://a/6", "http://a/8", "http://b/p/0",
+                    "http://b/p/1", "http://b/p/2"]  # fmt: skip
+    trimmed.close()
