@@ -275,6 +275,7 @@ class ExtractionPool:
                         break
                     w.task = (index, replace(doc, body=b""))  # only its source is needed now
                     w.deadline = time.monotonic() + self.config.time_limit_s
+                    del doc  # nor is the body: let it go while the worker is at it
             now = time.monotonic()
             timeout = max(0.0, min(w.deadline for w in self._workers) - now)
             ready = multiprocessing.connection.wait([w.conn for w in self._workers], timeout=timeout)
