@@ -108,6 +108,7 @@ class Crawler:
         )
         self.robots_budget = RobotsBudget(settings.robots_per_minute if settings.obey_robots else 0)
         self._robots_deferred = 0
+        self._trimming = True  # until the frontier is within its caps (a chunk per loop turn)
         self._resolver = resolver
         self._on_fetch = on_fetch
         self._fetcher: Fetcher | None = None
@@ -174,6 +175,8 @@ class Crawler:
             self._fetcher = fetcher
             try:
                 while not stop.is_set():
+                    if self._trimming:
+                        self._trimming = self.frontier.trim() > 0
                     launched = self._launch(tasks)
                     if not tasks and not launched:
                         if self._pages_left() == 0:

@@ -93,6 +93,7 @@ _TRIM_HOST = (
 )
 _TRIM_ALL = (
     "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE state = 0 ORDER BY depth DESC, id DESC LIMIT ?)"
+    " RETURNING origin"
 )
 
 
@@ -140,7 +141,6 @@ class Frontier:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             self._recover()
-            self._trim()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise OSError(f"{path}: not a usable frontier database ({exc})") from exc
@@ -159,11 +159,15 @@ class Frontier:
             self._db.execute(_RECOUNT_HOSTS)
             self._db.execute("UPDATE hosts SET next_at = MIN(next_at, ?)", (time.time(),))
 
-    def _trim(self) -> None:
-        """Bring a queue over its caps under them, deepest and newest first: a frontier grown
-        before there were caps (issue 19 saw 2 million URLs of one site) or caps lowered since."""
+    def trim(self, max_rows: int = 10_000) -> int:
+        """Drop up to ``max_rows`` queued URLs over the caps, deepest and newest first; return how
+        many (0: the queue is within its caps). For a frontier grown before there were caps (issue
+        19 saw 2 million URLs of one site) or caps lowered since: called a chunk at a time, so
+        that the crawl loop is never held for long (1.9 million rows take about a minute), while
+        the caps already keep such a queue from growing."""
         db = self._db
         dropped = dict.fromkeys(DROP_REASONS, 0)
+        left = max_rows
         with self._transaction():
             cap = self.max_queued_per_host
             if cap:
@@ -171,17 +175,29 @@ class Frontier:
                     "SELECT origin, queued - ? FROM hosts WHERE queued > ?", (cap, cap)
                 ).fetchall()
                 for origin, excess in over:
-                    n = db.execute(_TRIM_HOST, (origin, excess)).rowcount
+                    n = db.execute(_TRIM_HOST, (origin, min(excess, left))).rowcount
                     db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (n, origin))
+                    self.counts[QUEUED] -= n
                     dropped[DROP_HOST_FULL] += n
-            if self.max_queued:
-                (queued,) = db.execute("SELECT COUNT(*) FROM urls WHERE state = 0").fetchone()
-                if queued > self.max_queued:
-                    dropped[DROP_FRONTIER_FULL] = db.execute(_TRIM_ALL, (queued - self.max_queued,)).rowcount
-                    db.execute(_RECOUNT_HOSTS)
+                    left -= n
+                    if left <= 0:
+                        break
+            excess = self.counts[QUEUED] - self.max_queued if self.max_queued else 0
+            if excess > 0 and left > 0:
+                per_origin: dict[str, int] = {}
+                for (origin,) in db.execute(_TRIM_ALL, (min(excess, left),)).fetchall():
+                    per_origin[origin] = per_origin.get(origin, 0) + 1
+                for origin, n in per_origin.items():
+                    db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (n, origin))
+                dropped[DROP_FRONTIER_FULL] = sum(per_origin.values())
+                self.counts[QUEUED] -= dropped[DROP_FRONTIER_FULL]
             _write_drops(db, dropped)
-        if any(dropped.values()):
-            log.info("frontier %s: queued URLs over the caps dropped: %s", self.path, dropped)
+        for reason, n in dropped.items():
+            self.dropped[reason] += n
+        trimmed = sum(dropped.values())
+        if trimmed:
+            log.info("frontier %s: %d queued URLs over the caps dropped", self.path, trimmed)
+        return trimmed
 
     def _transaction(self) -> sqlite3.Connection:
         return _Transaction(self._db)  # type: ignore[return-value]

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from crystalline.crawler import command
 from crystalline.crawler.crawl import Crawler
-from crystalline.crawler.frontier import DROP_FRONTIER_FULL, DROP_HOST_FULL, DROP_PAGE_LINKS, Frontier
+from crystalline.crawler.frontier import DROP_FRONTIER_FULL, DROP_HOST_FULL, DROP_PAGE_LINKS, Frontier, NewUrl
 from crystalline.crawler.settings import CrawlSettings
 from crystalline.daemon import cli, config
 from crystalline.daemon.supervisor import Supervisor
@@ -184,5 +184,25 @@ def test_a_url_whose_robots_txt_left_the_cache_waits_when_the_budget_is_spent(tm
             assert crawler.politeness.slot(entry.origin).hold_until > time.time()  # the host waits
         finally:
             crawler.close()
+
+    asyncio.run(main())
+
+
+def test_a_frontier_grown_before_the_caps_is_trimmed_by_the_crawl(tmp_path: Path) -> None:
+    async def leaf(request: web.Request) -> web.Response:
+        return html("a leaf")
+
+    settings = fast_settings(tmp_path, max_queued_per_host=10, max_pages=1)
+
+    async def main() -> None:
+        async with serve([web.get("/{name}", leaf)]) as base:
+            uncapped = Frontier(settings.frontier_path)
+            uncapped.add([NewUrl(f"{base}/deep{i}", base, 3) for i in range(50)])
+            uncapped.close()
+            summary, sink, crawler = await crawl(settings, [base + "/start"])
+        assert sink.sources() == [base + "/start"]  # the shallowest went first, and was kept
+        # adding /start took the place of one deep URL; the crawl's trim dropped 40 more
+        assert summary.dropped[DROP_HOST_FULL] == 40 and crawler.stats()["dropped"][DROP_HOST_FULL] == 41
+        assert summary.queued == 9 and "40 host queue full" in summary.line()
 
     asyncio.run(main())

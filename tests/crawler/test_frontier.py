@@ -163,7 +163,7 @@ def test_a_full_frontier_stays_bounded_on_disk(tmp_path: Path) -> None:
     frontier.close()
 
 
-def test_reopening_with_lower_caps_trims_the_deepest_newest(tmp_path: Path) -> None:
+def test_trim_brings_a_queue_over_lower_caps_under_them_deepest_newest_first(tmp_path: Path) -> None:
     path = tmp_path / "f.sqlite"
     frontier = Frontier(path)  # no caps: as a frontier grown before there were any
     frontier.add([NewUrl(f"http://a/{i}", "http://a", 1 + i % 2) for i in range(10)])
@@ -173,6 +173,7 @@ def test_reopening_with_lower_caps_trims_the_deepest_newest(tmp_path: Path) -> N
         db.execute("DROP INDEX urls_host_queue")
         db.execute("CREATE INDEX urls_queue ON urls(origin, id) WHERE state = 0")
     trimmed = Frontier(path, max_queued_per_host=6, max_queued=8)
+    assert (trimmed.trim(max_rows=5), trimmed.trim(max_rows=5), trimmed.trim()) == (5, 1, 0)  # chunks
     names = {r[0] for r in trimmed._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "urls_queue" not in names and "urls_host_queue" in names
     assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2}
