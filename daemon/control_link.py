@@ -45,7 +45,8 @@ class ControlLink:
         self.crashes: list[float] = []
         self.restarts = 0
         self.next_start = 0.0
-        self.error: str | None = None
+        self.error: str | None = None  # why control last exited; cleared once it trains again
+        self._first_step: int | None = None  # the step this incarnation first reported
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
@@ -65,6 +66,7 @@ class ControlLink:
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         self.identity = None
         self.status = {}
+        self._first_step = None
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -93,6 +95,7 @@ class ControlLink:
                 self.identity = ident
                 self.status = msg["data"]
                 self.status_at = time.monotonic()
+                self._clear_error_on_progress(self.status.get("step"))
             elif kind == "REPLY":
                 fut = self._pending.pop(msg.get("id", -1), None)
                 if fut is not None and not fut.done():
@@ -118,6 +121,17 @@ class ControlLink:
         if not reply.get("ok"):
             raise CommandError(str(reply.get("error")))
         return reply.get("data")
+
+    def _clear_error_on_progress(self, step: Any) -> None:
+        """Forget why control last exited once this incarnation has made a step: status must
+        not keep showing a crash (or a SIGBUS) after the cause has gone."""
+        if self.error is None or not isinstance(step, int):
+            return
+        if self._first_step is None:
+            self._first_step = step
+        elif step > self._first_step:
+            log.info("control process is training again (step %d); earlier: %s", step, self.error)
+            self.error = None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None

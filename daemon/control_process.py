@@ -7,6 +7,11 @@ enough tokens in the store, then trains through the same ``Trainer`` as `crystal
 ``checkpoint_interval_s`` and on stop, and between steps serves the supervisor's requests
 (pause, resume, checkpoint, generate, stop) and publishes a status snapshot.
 
+Resources that run out are reported, not crashed on: a /dev/shm too small for the engine's
+segments or an open-files limit too low for the engine and the store's shard maps leaves
+control alive, in state ``failed`` with a one-line ``error`` in its status, trying again
+every ``RESOURCE_RETRY_S`` until there is room (a restart would fail the same way).
+
 Channel: control's DEALER connects to the supervisor's ROUTER; msgpack maps. Control sends
 HELLO(pid) once, STATUS(data) at most every ``STATUS_EVERY_S``, REPLY(id, ok, data|error);
 the supervisor sends REQUEST(id, cmd, ...). Every wait is a poll with a timeout, and control
@@ -32,6 +37,14 @@ from typing import Any, Protocol
 import msgpack
 import zmq
 
+from ..descriptors import (
+    DescriptorLimitTooLow,
+    check_control_limit,
+    raise_soft_limit,
+    shard_map_cap,
+    soft_limit,
+)
+from ..shm.segments import SharedMemoryFull
 from ..workers.sampling import sample
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
@@ -42,12 +55,18 @@ STATUS_EVERY_S = 0.5
 GENERATE_WINDOW_S = 60.0  # generate_share: the share of control's time over this window
 GENERATE_FLAG_SHARE = 0.2  # from here status says training is slowed by generate
 MAX_MESSAGE = 1 << 20
+RESOURCE_RETRY_S = 10.0
 
 
 class ReadyData(TrainingData, Protocol):
-    """Training data that may not hold a batch yet (a store that ingest is still filling)."""
+    """Training data that may not hold a batch yet (a store that ingest is still filling),
+    read through ``readers`` store readers whose open shard maps are capped."""
+
+    readers: int
 
     def ready(self) -> bool: ...
+
+    def limit_open_shards(self, cap: int) -> None: ...
 
 
 class Channel:
@@ -103,6 +122,7 @@ class Control:
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_at = time.monotonic()
         self.checkpoint_error: str | None = None  # the last periodic checkpoint failed (full disk)
+        self.error: str | None = None  # training cannot start: /dev/shm or descriptors run out
         self.last_status = 0.0
         self.losses: deque[float] = deque(maxlen=50)
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
@@ -205,6 +225,8 @@ class Control:
     def snapshot(self) -> dict[str, Any]:
         t = self.trainer
         snap: dict[str, Any] = {"state": self.state, "pid": os.getpid(), "paused": self.paused}
+        if self.error:
+            snap["error"] = self.error
         if t is None:
             return {**snap, "workers": [], "ring": {"slots": 0, "ready": 0}}
         stats = t.engine.stats()
@@ -288,16 +310,56 @@ class Control:
             self.serve(0.2)
         self.state = "training"
 
+    def _start_trainer(self) -> Trainer:
+        """The trainer and its engine, within the open-files limit: the engine's share is
+        checked before it starts, the store readers get what is left once its workers are
+        connected (SharedMemoryFull or DescriptorLimitTooLow when something does not fit)."""
+        data = self.data
+        check_control_limit(self.config.workers, data.readers)
+        resume = any(self.checkpoint_dir.glob("step-*"))
+        trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume)
+        try:
+            cap = shard_map_cap(data.readers)
+        except DescriptorLimitTooLow:
+            trainer.close()
+            raise
+        data.limit_open_shards(cap)
+        self.last_checkpoint_step = trainer.state.step if resume else None
+        log.info("open-files limit %d: up to %d shard maps per store reader", soft_limit(), cap)
+        return trainer
+
+    def _wait_for_resources(self) -> bool:
+        """Start the trainer, reporting and retrying while a resource runs short; False if
+        stopped first."""
+        while not self.stopping:
+            try:
+                self.trainer = self._start_trainer()
+            except (SharedMemoryFull, DescriptorLimitTooLow) as exc:
+                if str(exc) != self.error:
+                    log.error("%s; not training, trying again every %.0f s", exc, RESOURCE_RETRY_S)
+                self.error = str(exc)
+                self.state = "failed"
+                deadline = time.monotonic() + RESOURCE_RETRY_S
+                while time.monotonic() < deadline and not self.stopping:
+                    self.serve(min(1.0, max(0.0, deadline - time.monotonic())))
+                continue
+            if self.error:
+                log.info("training starts: the resources are there now (was: %s)", self.error)
+            self.error = None
+            return True
+        return False
+
     def run(self) -> int:
         """Start the engine (its workers say hello now, so the daemon can report ready), then
         train; the first step waits in ``_between_steps`` until the store holds data."""
         self.channel.send("HELLO", pid=os.getpid())
-        resume = any(self.checkpoint_dir.glob("step-*"))
-        data = self.data
-        self.trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume)
+        if not self._wait_for_resources():
+            self.state = "stopped"
+            self.publish(force=True)
+            return 0
+        assert self.trainer is not None
         self.trainer.stop_requested = self.stopping
         self.trainer.on_checkpoint_error = self._checkpoint_failed
-        self.last_checkpoint_step = self.trainer.state.step if resume else None
         self.state = "training"
         try:
             result = self.trainer.run(between_steps=self._between_steps)  # checkpoints at the end
@@ -321,6 +383,7 @@ def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData]
     spec = json.loads(args[0])
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s control: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when control stops
+    raise_soft_limit()  # inherited from the supervisor already; also when started on its own
     if data_factory is None:
         from .store_data import store_training_data
 

@@ -31,6 +31,13 @@ class StoreTrainingData:
         self._val = np.zeros((0, config.seq_len + 1), dtype=np.uint16)
         self._val_docs = -1
 
+    readers = 2  # store readers, each keeping up to max_open_shards maps (one descriptor each)
+
+    def limit_open_shards(self, cap: int) -> None:
+        """Keep at most ``cap`` shards mapped in each reader (sized from RLIMIT_NOFILE)."""
+        self.batcher.reader.max_open_shards = cap
+        self.val_reader.max_open_shards = cap
+
     def ready(self) -> bool:
         """One window's worth of training tokens is in the store (call before training starts)."""
         self.batcher.refresh()

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from ..crawler.crawl import Crawler
 from ..crawler.settings import CrawlSettings
+from ..descriptors import raise_soft_limit
 from ..ingest.document import Spool
 from ..ingest.drop_folder import DropFolder
 from ..ingest.ingestor import Ingestor
@@ -200,7 +201,7 @@ class Supervisor:
             training["generate_share"] = c["generate_share"]
         if c.get("slowed_by_generate"):
             training["slowed_by_generate"] = c["slowed_by_generate"]
-        for key in ("checkpoint_error", "checkpoint_warnings"):
+        for key in ("error", "checkpoint_error", "checkpoint_warnings"):
             if c.get(key):
                 training[key] = c[key]
         crawler = self.crawler.stats() if self.crawler is not None else {}
@@ -229,6 +230,7 @@ class Supervisor:
         ingest = data["ingest"]
         last_error = (
             self.start_error
+            or c.get("error")
             or c.get("checkpoint_error")
             or (ingest.get("error") if isinstance(ingest, dict) else None)
             or self.crawl_error
@@ -468,4 +470,8 @@ def stop_resource_tracker() -> None:
 
 
 def run_daemon(settings: Settings) -> int:
+    # the daemon's own modes whatever the caller's umask (a shell's 022 would make checkpoints,
+    # the registry and done/ world-readable): files 0640, directories 0750, as under systemd
+    os.umask(0o027)
+    raise_soft_limit()  # descriptors: the hard limit is what is allowed (crystalline.descriptors)
     return asyncio.run(Supervisor(settings).run())

@@ -188,13 +188,14 @@ class StoreReader:
         if arr is not None:
             self._open.move_to_end(seq)
             return arr
+        # room first, then the new map: never more than the cap open (it may have been lowered)
+        while self._open and len(self._open) >= max(1, self.max_open_shards):
+            self._open.popitem(last=False)
         count = self._sizes[seq]
         dtype = self.dtype or np.dtype(np.uint16)
         path = self.directory / f"shard-{seq:06d}.bin"
         arr = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype=dtype)
         self._open[seq] = arr
-        while len(self._open) > max(1, self.max_open_shards):  # the cap may have been lowered
-            self._open.popitem(last=False)
         return arr
 
     def tokens(self, doc: StoredDocument) -> np.ndarray:
@@ -205,6 +206,13 @@ class StoreReader:
         return sum(d.length for d in self.documents if d.split == split)
 
     def validation_tokens(self) -> np.ndarray:
-        """All held-out tokens, concatenated in commit order (for the validation loss)."""
-        parts = [self.tokens(d) for d in self.documents if d.split == "val"]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype or np.uint16)
+        """All held-out tokens, concatenated in commit order (for the validation loss). Copied
+        one document at a time: a list of views would keep every shard's map (and descriptor)
+        open at once, whatever ``max_open_shards`` says."""
+        docs = [d for d in self.documents if d.split == "val"]
+        out = np.empty(sum(d.length for d in docs), dtype=self.dtype or np.uint16)
+        pos = 0
+        for d in docs:
+            out[pos : pos + d.length] = self.tokens(d)
+            pos += d.length
+        return out

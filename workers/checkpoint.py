@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from crystalline.durable import fsync_dir
+from crystalline.durable import DIR_MODE, FILE_MODE, fsync_dir
 
 __all__ = [
     "FORMAT_VERSION",
@@ -106,7 +106,8 @@ class _HashingWriter:
 
 def _write_file(path: Path, payload: bytes | np.ndarray) -> dict[str, Any]:
     """Write bytes or an array (``.npy``, no pickle) to a new file, fsync it, return size + sha256."""
-    with open(path, "xb") as f:
+    # FILE_MODE, not the umask's 0644 from a shell: a checkpoint is the daemon's, not the world's
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as f:
         w = _HashingWriter(f)
         if isinstance(payload, np.ndarray):
             np.lib.format.write_array(w, payload, allow_pickle=False)
@@ -201,7 +202,7 @@ def save_checkpoint(root: Path, ckpt: Checkpoint, keep: int = 3) -> Path:
     while True:
         tmp = root / f"{TMP_PREFIX}{_step_dir_name(step)}-{secrets.token_hex(4)}"
         try:
-            os.mkdir(tmp)
+            os.mkdir(tmp, DIR_MODE)
             break
         except FileExistsError:  # pragma: no cover - 32 random bits collided
             continue

@@ -75,3 +75,21 @@ def test_reader_of_many_shards_keeps_few_files_open(tmp_path: Path) -> None:
     for doc in reader.documents:
         assert reader.tokens(doc).tolist() == [int(doc.doc_id[1:])] * 5
     assert len(os.listdir("/proc/self/fd")) - before <= 8
+
+
+def test_validation_tokens_of_many_shards_keep_within_the_cap(tmp_path: Path) -> None:
+    # the daemon's validation reader reads every held-out document at once; under `ulimit -n 64`
+    # control ran out of descriptors there while views of every shard were alive
+    store = TokenStore(tmp_path, np.uint16)
+    for i in range(120):
+        store.append([PendingDocument(f"v{i}", f"e{i}", f"s{i}", "val", np.full(3, i, dtype=np.uint16))])
+    reader = StoreReader(tmp_path, max_open_shards=8)
+    reader.refresh()
+    fds = Path("/proc/self/fd")
+    before = len(os.listdir(fds))
+    tokens = reader.validation_tokens()
+    assert tokens.tolist() == [i for i in range(120) for _ in range(3)]
+    assert len(os.listdir(fds)) - before <= 8
+    reader.max_open_shards = 2  # a cap lowered later (sized from the limit) closes the excess
+    reader.tokens(reader.documents[0])  # not open now: opening it first makes room
+    assert len(os.listdir(fds)) - before <= 2

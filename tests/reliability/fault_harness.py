@@ -147,7 +147,14 @@ class Daemon:
         self.log_path = root / "daemon.log"
 
     # ---- life cycle -------------------------------------------------------------------------
-    def start(self, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        extra: list[str] | None = None,
+        wrap: list[str] | None = None,
+        preexec: Callable[[], None] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start the daemon; ``wrap`` is a command line that execs the daemon's (given as its
+        last arguments, e.g. ``unshare``), ``preexec`` runs in the child before it (a limit)."""
         assert self.proc is None or self.proc.poll() is not None
         self.starts += 1
         if self.notify is not None:
@@ -179,6 +186,7 @@ class Daemon:
             *self.extra,
             *(extra or []),
         ]
+        cmd = [*(wrap or []), *cmd]
         with self.log_path.open("ab") as log:
             log.write(f"---- start {self.starts}\n".encode())
             log.flush()
@@ -189,6 +197,7 @@ class Daemon:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         return self.proc
 

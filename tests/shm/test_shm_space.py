@@ -5,29 +5,23 @@ mounted in a private mount namespace (``unshare --mount``; needs root, skipped o
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _mount_namespace import UNSHARE, require_mount_namespace
 
 from crystalline.shm.segments import SharedMemoryFull, check_space, free_bytes
 
 
 def in_small_shm(script: str, size: str = "1m", timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in Python with a fresh ``size`` tmpfs on /dev/shm that only it sees."""
-    if shutil.which("unshare") is None:
-        pytest.skip("unshare(1) is not installed")
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot make a mount namespace here (needs root): {probe.stderr.strip()}")
+    require_mount_namespace()
     shell = f'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$0" -c "$1"'
     return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", shell, sys.executable, script],
+        [*UNSHARE, "sh", "-c", shell, sys.executable, script],
         capture_output=True,
         text=True,
         timeout=timeout,
