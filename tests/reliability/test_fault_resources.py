@@ -183,14 +183,18 @@ def test_files_keep_the_daemons_modes_under_umask_022() -> None:
     with short_tmp() as root:
         d = Daemon(root, workers=2)
         good = [f"doc{i}.txt" for i in range(3)]
-        drop(d.inbox, good)
-        (d.inbox / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf\n")  # goes to failed/
-        d.start(preexec=_shell_umask)
+        d.start(preexec=_shell_umask)  # the daemon makes the state dir (one given to it stays as is)
         try:
+            d.wait_for("the inbox", lambda s: d.inbox.is_dir())
+            drop(d.inbox, good)
+            (d.inbox / ".broken.part").write_bytes(b"%PDF-1.4 not really a pdf\n")
+            os.replace(d.inbox / ".broken.part", d.inbox / "broken.pdf")  # fails: goes to failed/
             d.wait_for(
                 "a checkpoint and every document handled",
                 lambda s: (
-                    (s["training"]["last_checkpoint_step"] or 0) > 0 and s["ingest"].get("pending", 1) == 0
+                    (s["training"]["last_checkpoint_step"] or 0) > 0
+                    and s["ingest"].get("pending", 1) == 0
+                    and s["ingest"].get("documents", 0) + s["ingest"].get("failed", 0) == len(good) + 1
                 ),
             )
             assert d.stop() == 0
