@@ -217,6 +217,9 @@ class DropFolder:
         if self._watch is None:
             self._watch = DirectoryWatch()
         self._watch.watch(str(self.root))
+        with contextlib.suppress(BlockingIOError):  # a wake-up left by an earlier stop
+            while os.read(self._wake_r, 64):
+                pass
         self._stopping.clear()
         self._thread = threading.Thread(target=self._watch_loop, name="drop-folder-watch", daemon=True)
         self._thread.start()
@@ -226,7 +229,8 @@ class DropFolder:
         """Stop watching; the folder can still be scanned, taken from and finished."""
         if self._thread is not None:
             self._stopping.set()
-            os.write(self._wake_w, b"x")
+            with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+                os.write(self._wake_w, b"x")
             self._thread.join(timeout=timeout_s)
             if self._thread.is_alive():
                 log.warning("drop folder watch thread did not stop within %gs", timeout_s)
@@ -404,6 +408,9 @@ class DropFolder:
                     os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=claims_fd)
                 except FileNotFoundError:
                     continue  # removed by its owner meanwhile
+                except OSError:
+                    self.offer(name)  # still in the inbox: not forgotten when the batch is retried
+                    raise
             item = self._open_claimed(name, claims_fd)
             if item is not None:
                 with self._lock:
