@@ -136,6 +136,8 @@ _GOOD_WORDS = {
     "articlebody",
     "page",
 }
+# Below this many characters of main text the page is retried without class-word removal.
+_SHORT = 500
 _SPLIT = re.compile(r"[^a-z0-9]+")
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
@@ -144,6 +146,8 @@ _BLOCK_TAGS = _HEADINGS | {
     "section", "article", "main", "header", "body", "br", "hr", "address", "details", "summary", "center",
 }  # fmt: skip
 _PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
+# Share of a paragraph's score that goes to its parent, grandparent and further ancestors.
+_SHARES = (1.0, 1 / 2, 1 / 6, 1 / 9, 1 / 12)
 # Sentence ends, including the CJK full stop and full-width marks.
 _SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
 
@@ -185,20 +189,23 @@ def _remove(el: etree._Element) -> None:
     el.drop_tree()
 
 
-def _is_junk(el: etree._Element) -> bool:
+def _is_junk(el: etree._Element, strict: bool) -> bool:
     tag = el.tag
     if not isinstance(tag, str):  # comments, processing instructions
         return True
     if tag in _DROP_TAGS or (tag == "header" and el.find(".//h1") is None):
         return True
+    if not strict:
+        return el.get("hidden") is not None or el.get("role", "").lower() in _DROP_ROLES
     return tag not in ("html", "body", "article", "main") and _is_boilerplate(el) and _no_article(el)
 
 
-def _clean(root: etree._Element) -> None:
-    """Drop comments, scripts, navigation and other boilerplate subtrees in place."""
+def _clean(root: etree._Element, strict: bool = True) -> None:
+    """Drop comments, scripts, navigation and other boilerplate subtrees in place; ``strict``
+    also drops elements whose class or id words say boilerplate."""
     doomed: list[etree._Element] = []
     for el in root.iter():
-        if _is_junk(el):
+        if _is_junk(el, strict):
             doomed.append(el)
     for el in doomed:
         if el.getparent() is not None:  # not already gone with an ancestor
@@ -223,8 +230,10 @@ def _text_stats(root: etree._Element) -> tuple[dict[etree._Element, int], dict[e
     return chars, links
 
 
-def _best_container(root: etree._Element, chars: dict, links: dict) -> etree._Element:
-    """The element that holds most of the prose (readability's scoring)."""
+def _scores(root: etree._Element, chars: dict, links: dict) -> dict[etree._Element, float]:
+    """Readability's candidate scores: each paragraph of 25+ characters gives 1 + its commas +
+    a point per 100 characters (at most 3) to its parent, half to the grandparent and a falling
+    share to three more ancestors; a container's total is discounted by its link density."""
     scores: dict[etree._Element, float] = {}
     for el in root.iter(*_PARA_TAGS):
         if el.tag == "div" and any(child.tag in _BLOCK_TAGS for child in el):
@@ -235,28 +244,72 @@ def _best_container(root: etree._Element, chars: dict, links: dict) -> etree._El
         text = el.text_content() if n < 20_000 else (el.text or "")
         score = 1.0 + text.count(",") + text.count("\uff0c") + min(n / 100.0, 3.0)
         parent = el.getparent()
-        for share in (1.0, 0.5, 0.25):
+        for share in _SHARES:
             if parent is None:
                 break
             scores[parent] = scores.get(parent, 0.0) + score * share
             parent = parent.getparent()
-    best, best_score = root, 0.0
     for el, score in scores.items():
         words = _words(el)
         if el.tag in ("article", "main") or el.get("itemprop") == "articleBody" or words & _GOOD_WORDS:
             score *= 1.25
-        density = links.get(el, 0) / max(chars.get(el, 1), 1)
-        score *= 1.0 - density
-        if score > best_score:
-            best, best_score = el, score
+        scores[el] = score * (1.0 - links.get(el, 0) / max(chars.get(el, 1), 1))
+    return scores
+
+
+def _best_container(root: etree._Element, scores: dict[etree._Element, float]) -> etree._Element:
+    """The element that holds the article: the best-scored one, widened to the ancestor that
+    near-best candidates share (an article split into sections scores each section), or to a
+    parent that scores higher than its best child (readability's rules)."""
+    if not scores:
+        return root
+    ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+    best, top = ranked[0], scores[ranked[0]]
+    if top <= 0:
+        return root
+    # Two or more of the next four candidates within 75% of the best under one ancestor.
+    near = [el for el in ranked[1:5] if scores[el] >= 0.75 * top]
+    if len(near) >= 2:
+        near_ancestors = [{el, *el.iterancestors()} for el in near]
+        for anc in best.iterancestors():
+            if anc is root or anc.tag in ("body", "html"):
+                break
+            if sum(anc in a for a in near_ancestors) >= 2:
+                best = anc
+                break
+    # Climb while the parent keeps scoring at least a third of the child; stop at a parent
+    # that scores more than what we hold.
+    last, parent = scores.get(best, top), best.getparent()
+    while parent is not None and parent is not root and parent.tag not in ("body", "html"):
+        ps = scores.get(parent)
+        if ps is None:
+            parent = parent.getparent()
+            continue
+        if ps < last / 3:
+            break
+        if ps > last:
+            best = parent
+            break
+        last, parent = ps, parent.getparent()
+    # A lone child stands for its parent.
+    while (parent := best.getparent()) is not None and parent is not root and len(parent) == 1:
+        if parent.tag in ("body", "html"):
+            break
+        best = parent
     return best
 
 
-def _selected(best: etree._Element, chars: dict, links: dict) -> list[etree._Element]:
-    """``best`` plus siblings that look like more of the same article (readability's rule)."""
+def _selected(
+    best: etree._Element, scores: dict[etree._Element, float], chars: dict, links: dict
+) -> list[etree._Element]:
+    """``best`` plus siblings that look like more of the same article (readability's rule): a
+    sibling scoring a fifth of the best, or a paragraph of prose with few links."""
     parent = best.getparent()
     if parent is None or best.tag in ("body", "html"):
         return [best]
+    top = scores.get(best, 0.0)
+    threshold = max(10.0, 0.2 * top)
+    best_class = best.get("class", "")
     out = []
     for sib in parent:
         if sib is best:
@@ -264,10 +317,11 @@ def _selected(best: etree._Element, chars: dict, links: dict) -> list[etree._Ele
             continue
         if not isinstance(sib.tag, str):
             continue
+        bonus = 0.2 * top if best_class and sib.get("class", "") == best_class else 0.0
         n = chars.get(sib, 0)
         density = links.get(sib, 0) / max(n, 1)
         prose = (sib.tag in ("p", "pre", "blockquote") or sib.tag in _HEADINGS) and n > 0 and density < 0.25
-        if prose or (n > 200 and density < 0.2 and sib.tag == best.tag):
+        if prose or scores.get(sib, 0.0) + bonus >= threshold:
             out.append(sib)
     return out
 
@@ -347,10 +401,23 @@ def extract_html(html: str) -> HtmlText:
     body = doc.find("body")
     if body is None:
         body = doc
-    _clean(body)
+    # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
+    # strict pass finds less than a short article, retry on a copy that keeps such elements.
+    text = _main_text(body, strict=True)
+    if len(text) < _SHORT:
+        body = lxml.html.document_fromstring(html, parser=parser).find("body")
+        relaxed = _main_text(doc if body is None else body, strict=False)
+        if len(relaxed) > len(text):
+            text = relaxed
+    return HtmlText(text, title, language)
+
+
+def _main_text(body: etree._Element, strict: bool) -> str:
+    _clean(body, strict)
     chars, links = _text_stats(body)
-    best = _best_container(body, chars, links)
-    blocks = _blocks(_selected(best, chars, links))
+    scores = _scores(body, chars, links)
+    best = _best_container(body, scores)
+    blocks = _blocks(_selected(best, scores, chars, links))
     texts = [" ".join("".join(b.text).split()) for b in blocks]
     kept = [(b, t) for b, t in zip(blocks, texts, strict=True) if _keep(b, t)]
     # A heading with nothing kept after it (before the next heading) is navigation, not a title.
@@ -359,4 +426,4 @@ def extract_html(html: str) -> HtmlText:
         if b.heading and (i + 1 == len(kept) or kept[i + 1][0].heading) and b.tag != "h1":
             continue
         out.append(t)
-    return HtmlText("\n\n".join(out), title, language)
+    return "\n\n".join(out)
