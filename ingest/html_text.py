@@ -138,6 +138,12 @@ _GOOD_WORDS = {
 }
 # Below this many characters of main text the page is retried without class-word removal.
 _SHORT = 500
+# A paragraph of this many characters with links under this share of them is prose; the
+# container widens to an ancestor with this much more prose, and at least this share more.
+_PROSE_CHARS = 80
+_PROSE_LINKS = 0.3
+_WIDEN_CHARS = 100
+_WIDEN_SHARE = 0.1
 _SPLIT = re.compile(r"[^a-z0-9]+")
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
@@ -230,10 +236,13 @@ def _text_stats(root: etree._Element) -> tuple[dict[etree._Element, int], dict[e
     return chars, links
 
 
-def _scores(root: etree._Element, chars: dict, links: dict) -> dict[etree._Element, float]:
+def _scores(
+    root: etree._Element, chars: dict, links: dict, prose: dict[etree._Element, int]
+) -> dict[etree._Element, float]:
     """Readability's candidate scores: each paragraph of 25+ characters gives 1 + its commas +
     a point per 100 characters (at most 3) to its parent, half to the grandparent and a falling
-    share to three more ancestors; a container's total is discounted by its link density."""
+    share to three more ancestors; a container's total is discounted by its link density. Fills
+    ``prose`` with the characters of prose paragraphs (few links) under every ancestor."""
     scores: dict[etree._Element, float] = {}
     for el in root.iter(*_PARA_TAGS):
         if el.tag == "div" and any(child.tag in _BLOCK_TAGS for child in el):
@@ -243,6 +252,9 @@ def _scores(root: etree._Element, chars: dict, links: dict) -> dict[etree._Eleme
             continue
         text = el.text_content() if n < 20_000 else (el.text or "")
         score = 1.0 + text.count(",") + text.count("\uff0c") + min(n / 100.0, 3.0)
+        if n >= _PROSE_CHARS and links.get(el, 0) < _PROSE_LINKS * n:
+            for anc in el.iterancestors():
+                prose[anc] = prose.get(anc, 0) + n
         parent = el.getparent()
         for share in _SHARES:
             if parent is None:
@@ -257,10 +269,13 @@ def _scores(root: etree._Element, chars: dict, links: dict) -> dict[etree._Eleme
     return scores
 
 
-def _best_container(root: etree._Element, scores: dict[etree._Element, float]) -> etree._Element:
+def _best_container(
+    root: etree._Element, scores: dict[etree._Element, float], prose: dict[etree._Element, int]
+) -> etree._Element:
     """The element that holds the article: the best-scored one, widened to the ancestor that
-    near-best candidates share (an article split into sections scores each section), or to a
-    parent that scores higher than its best child (readability's rules)."""
+    near-best candidates share (an article split into sections scores each section), to a
+    parent that scores higher than its best child (readability's rules), and to an ancestor
+    that holds markedly more prose."""
     if not scores:
         return root
     ranked = sorted(scores, key=scores.__getitem__, reverse=True)
@@ -291,6 +306,14 @@ def _best_container(root: etree._Element, scores: dict[etree._Element, float]) -
             best = parent
             break
         last, parent = ps, parent.getparent()
+    # Widen to an ancestor that holds markedly more prose: an article whose sections sit in
+    # wrappers at different depths scores each section apart, and the best one is only a part.
+    held = prose.get(best, 0)
+    for anc in best.iterancestors():
+        if anc is root or anc.tag in ("body", "html"):
+            break
+        if prose.get(anc, 0) - held >= max(_WIDEN_CHARS, _WIDEN_SHARE * held):
+            best, held = anc, prose.get(anc, 0)
     # A lone child stands for its parent.
     while (parent := best.getparent()) is not None and parent is not root and len(parent) == 1:
         if parent.tag in ("body", "html"):
@@ -415,8 +438,9 @@ def extract_html(html: str) -> HtmlText:
 def _main_text(body: etree._Element, strict: bool) -> str:
     _clean(body, strict)
     chars, links = _text_stats(body)
-    scores = _scores(body, chars, links)
-    best = _best_container(body, scores)
+    prose: dict[etree._Element, int] = {}
+    scores = _scores(body, chars, links, prose)
+    best = _best_container(body, scores, prose)
     blocks = _blocks(_selected(best, scores, chars, links))
     texts = [" ".join("".join(b.text).split()) for b in blocks]
     kept = [(b, t) for b, t in zip(blocks, texts, strict=True) if _keep(b, t)]
