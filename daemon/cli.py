@@ -21,13 +21,14 @@ from types import FrameType
 
 from crystalline import __version__
 
-from . import status_command
+from . import dashboard_command, status_command
 
 log = logging.getLogger("crystalline")
 
 # subcommands whose parser and code are light: main builds only theirs when one is asked for
 LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "status": status_command.add_parser,
+    "dashboard": dashboard_command.add_parser,
 }
 
 
@@ -217,6 +218,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     status_command.add_parser(sub)
+    dashboard_command.add_parser(sub)
     crawl_command.add_parser(sub)
     ingest_command.add_parsers(sub)
     return parser

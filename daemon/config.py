@@ -46,6 +46,7 @@ class DaemonConfig:
     status_interval_s: float = 10.0  # STATUS= lines to systemd
     no_samples: bool = False  # do not copy the bundled sample documents into a fresh inbox
     socket_mode: str = "0660"
+    http: str = "127.0.0.1:8470"  # the dashboard's HOST:PORT (port 0: any free one), or "off"
 
 
 @dataclass(frozen=True)
@@ -211,4 +212,23 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         if getattr(settings.daemon, cap) < 0:
             raise ValueError(f"{cap.replace('_', '-')} must be >= 0 (0: no cap)")
     int(settings.daemon.socket_mode, 8)  # ValueError on garbage
+    parse_bind(settings.daemon.http)  # ValueError on garbage
     return settings
+
+
+def parse_bind(value: str) -> tuple[str, int] | None:
+    """The dashboard's ``--http``: ``HOST:PORT`` (``[v6]:PORT``) or ``off``; ValueError otherwise."""
+    text = value.strip()
+    if text.lower() in ("off", "no", "none", ""):
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"--http must be HOST:PORT or off, got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"--http: the port must be a number, got {port!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"--http: the port must be 0-65535, got {number}")
+    return host, number

@@ -45,6 +45,7 @@ from ..descriptors import (
     soft_limit,
 )
 from ..shm.segments import SharedMemoryFull
+from ..workers.optimizer import learning_rate
 from ..workers.sampling import sample
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
@@ -247,6 +248,7 @@ class Control:
             "val_loss": t.state.last_val_loss if math.isfinite(t.state.last_val_loss) else None,
             "loss_trend": trend,
             "tokens_per_s": rate,
+            "lr": learning_rate(max(t.state.step - 1, 0), t.adamw),  # of the last step taken
             "params_version": stats.get("params_version", t.state.step),
             "skipped_steps": t.state.skipped_steps,
             "last_checkpoint_step": self.last_checkpoint_step,

@@ -114,6 +114,9 @@ def summary(data: dict[str, Any]) -> str:
         f"pending {i.get('pending', '-')}  tokens {i.get('tokens', '-')}"
     )
     lines.append(f"ring         slots {r.get('slots', '-')}  ready {r.get('ready', '-')}")
+    h = data.get("http") or {}
+    if h.get("url") or h.get("error"):
+        lines.append(f"dashboard    {h.get('url') or 'off: ' + str(h.get('error'))}")
     return "\n".join(lines)
 
 

@@ -35,6 +35,8 @@ from ..workers.tokenizer import load_tokenizer
 from .command_limit import CommandLimit
 from .config import Settings
 from .control_link import ControlLink
+from .dashboard import Dashboard, parse_bind
+from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
 from .status_server import Command, CommandError, StatusServer
 
@@ -44,6 +46,7 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 TICK_S = 1.0
 CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 s)
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
+PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is not silent
 
 
 class StateDirInUse(OSError):
@@ -67,8 +70,11 @@ class Supervisor:
         self.ingest_error: str | None = None
         self._lock: TextIO | None = None
         self.ready_sent = False
+        self._last_progress = time.monotonic()
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
         self.status_server: StatusServer | None = None
+        self.dashboard: Dashboard | None = None
+        self.history = MetricsHistory(settings.state_dir / "dashboard" / "history.json")
 
     # ---- set-up ---------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -177,7 +183,12 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         c = self.control.status
         workers = [
-            {k: w.get(k) for k in ("id", "pid", "state", "restarts", "last_seen_s", "steps")}
+            {
+                **{k: w.get(k) for k in ("id", "pid", "state", "restarts", "last_seen_s", "steps")},
+                # the last step's compute and barrier wait, as the engine measured them
+                "compute_ms": _ms(w.get("compute_s")),
+                "wait_ms": _ms(w.get("barrier_wait_s")),
+            }
             for w in c.get("workers", [])
         ]
         training = {
@@ -195,6 +206,8 @@ class Supervisor:
             "control_restarts": self.control.restarts - 1 if self.control.restarts else 0,
             "workers": workers,
         }
+        if c.get("lr") is not None:
+            training["lr"] = c["lr"]
         if c.get("stalled"):
             training["stalled"] = c["stalled"]
         if "generate_share" in c:
@@ -227,6 +240,7 @@ class Supervisor:
         }
         if self.status_server is not None:
             data["socket"] = self.status_server.stats()
+        data["http"] = self.dashboard.info() if self.dashboard is not None else {"url": None}
         ingest = data["ingest"]
         last_error = (
             self.start_error
@@ -326,6 +340,24 @@ class Supervisor:
             f"{t.get('tokens_per_s', 0.0):,.0f} tok/s, workers {len(t.get('workers', []))}"
         )
 
+    def _progress(self, now: float) -> None:
+        """One point of the dashboard's history, and a progress line every PROGRESS_EVERY_S."""
+        data = self.status()
+        self.history.add(point_from_status(data, time.time()))
+        if now - self._last_progress >= PROGRESS_EVERY_S:
+            self._last_progress = now
+            t, c, i = data["training"], data["crawler"], data["ingest"]
+            loss = t.get("loss")
+            log.info(
+                "progress: step %d, loss %s, %.0f tok/s, %s documents (%s pending), %s pages fetched",
+                t.get("step", 0),
+                f"{loss:.3f}" if isinstance(loss, float) else "-",
+                t.get("tokens_per_s") or 0.0,
+                i.get("documents", 0),
+                i.get("pending", 0),
+                c.get("fetched", 0),
+            )
+
     def _healthy(self) -> bool:
         """Whether to ping the watchdog: control alive, and training stepping (or legitimately
         idle: paused or waiting for data) according to a recent status."""
@@ -334,6 +366,10 @@ class Supervisor:
         c = self.control.status
         fresh = time.monotonic() - self.control.status_at < 60
         return fresh and not c.get("stalled")
+
+    async def _close_dashboard(self) -> None:
+        if self.dashboard is not None:
+            await self.dashboard.close()
 
     # ---- the loop -------------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -390,13 +426,28 @@ class Supervisor:
         self.status_server = server
         try:
             await server.start()
+            bind = parse_bind(s.daemon.http)
+            if bind is not None:
+                self.dashboard = Dashboard(
+                    bind,
+                    s.runtime_dir,
+                    self.status,
+                    self._commands(),
+                    self.history,
+                    s.state_dir / "checkpoints",
+                )
+                await self.dashboard.start()
             started = await self._prepare()
+            if started:
+                await asyncio.to_thread(self.history.load)
         except BaseException:
             await self.control.stop(0.0)
+            await self._close_dashboard()
             await server.close()
             raise
         if not started:
             await self.control.stop(0.0)
+            await self._close_dashboard()
             await server.close()
             self.notifier.close()
             log.info("stopped")
@@ -430,6 +481,8 @@ class Supervisor:
                 for t in tasks:
                     if t.done() and not t.cancelled() and t.exception() is not None:
                         log.error("%s failed: %s", t.get_name(), t.exception())
+                self._progress(now)
+                await asyncio.to_thread(self.history.maybe_save)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.should_exit.wait(), TICK_S)
         finally:
@@ -447,12 +500,18 @@ class Supervisor:
             await asyncio.to_thread(stop_resource_tracker)
             if self.crawler is not None:
                 self.crawler.close()
+            await self._close_dashboard()
+            await asyncio.to_thread(self.history.maybe_save, True)
             await server.close()
             self.notifier.close()
             if self._lock is not None:
                 self._lock.close()
         log.info("stopped")
         return 0
+
+
+def _ms(seconds: Any) -> float | None:
+    return round(seconds * 1000.0, 3) if isinstance(seconds, int | float) else None
 
 
 def stop_resource_tracker() -> None:

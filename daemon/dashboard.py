@@ -1,0 +1,391 @@
+"""The dashboard: the daemon watched and driven from a browser, served by the supervisor.
+
+aiohttp on the supervisor's loop, loopback by default (``--http 127.0.0.1:8470``; ``--http off``:
+no TCP listener at all). Views are read-only and pushed as server-sent events (one status
+snapshot a second, the same dict `crystalline status --json` prints); ``/metrics`` is the
+Prometheus text format. Every asset ships in the package (``dashboard_static/``).
+
+Security:
+
+- actions (pause/resume, add-url, checkpoint, generate, stop) need the token the daemon writes
+  to ``RUNTIME_DIR/dashboard.json`` (mode 0640), in the ``X-Crystalline-Token`` header; no
+  cookie is ever read, so another site cannot make a browser act (CSRF) without the token;
+- the Host header must name this listener (localhost, 127.0.0.1, [::1] or the bound address,
+  with its port): a DNS-rebinding page reaching us under its own name is refused;
+- the page inserts every string as text (``textContent``), never as HTML, and the server
+  sends a Content-Security-Policy without inline scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import prometheus
+from .config import parse_bind as parse_bind  # re-exported for the supervisor
+from .metrics_history import MetricsHistory
+from .status_server import Command, CommandError
+
+log = logging.getLogger("crystalline.dashboard")
+
+STATIC = Path(__file__).resolve().parent / "dashboard_static"
+ASSETS = {
+    "index.html": "text/html",
+    "app.js": "text/javascript",
+    "charts.js": "text/javascript",
+    "style.css": "text/css",
+}
+TOKEN_HEADER = "X-Crystalline-Token"
+ACTIONS = ("pause", "resume", "add-url", "checkpoint", "stop")
+MAX_BODY = 16 * 1024
+MAX_EVENT_CLIENTS = 32
+EVENT_INTERVAL_S = 1.0
+WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
+CHECKPOINTS_EVERY_S = 5.0
+MAX_PROMPT = 4000
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _host_part(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def list_checkpoints(directory: Path, now: float | None = None) -> list[dict[str, Any]]:
+    """Checkpoint directories (``step-*``), newest first, with step, age and size."""
+    now = time.time() if now is None else now
+    out: list[dict[str, Any]] = []
+    try:
+        entries = list(directory.glob("step-*"))
+    except OSError:
+        return []
+    for d in entries:
+        try:
+            if not d.is_dir():
+                continue
+            size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+            mtime = d.stat().st_mtime
+            step = int(d.name.split("-", 1)[1])
+        except (OSError, ValueError):
+            continue
+        out.append({"name": d.name, "step": step, "age_s": round(now - mtime, 1), "bytes": size})
+    out.sort(key=lambda c: int(c["step"]), reverse=True)
+    return out
+
+
+def _finite(obj: Any) -> Any:
+    """JSON for a browser: NaN and infinities (not JSON) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_finite(obj), separators=(",", ":"))
+
+
+GenerateStream = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+class Dashboard:
+    def __init__(
+        self,
+        bind: tuple[str, int],
+        runtime_dir: Path,
+        status: Callable[[], dict[str, Any]],
+        commands: dict[str, Command],
+        history: MetricsHistory,
+        checkpoint_dir: Path,
+        generator: Any = None,
+    ) -> None:
+        self.bind = bind
+        self.runtime_dir = runtime_dir
+        self._status = status
+        self.commands = commands
+        self.history = history
+        self.checkpoint_dir = checkpoint_dir
+        self.generator = generator  # a GenerationService, or None: generate through control
+        self.token = secrets.token_urlsafe(32)
+        self.url: str | None = None
+        self.error: str | None = None
+        self._runner: web.AppRunner | None = None
+        self._allowed_hosts: set[str] = set()
+        self._event_clients = 0
+        self._generating = asyncio.Lock()
+        self._checkpoints: list[dict[str, Any]] = []
+        self._checkpoints_at = -math.inf
+        self.requests = 0
+        self.refused = 0  # wrong Host or missing token
+        self.generations = 0
+
+    @property
+    def token_path(self) -> Path:
+        return self.runtime_dir / "dashboard.json"
+
+    # ---- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Listen; OSError (address in use, ...) is kept in ``error`` for status, not raised."""
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
+        app.router.add_get("/", self._index)
+        app.router.add_get("/static/{name}", self._asset)
+        app.router.add_get("/api/status", self._api_status)
+        app.router.add_get("/api/history", self._api_history)
+        app.router.add_get("/api/events", self._api_events)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/api/generate", self._api_generate)
+        app.router.add_post("/api/{action}", self._api_action)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = self.bind
+        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self.error = f"cannot listen on {_host_part(host)}:{port}: {exc.strerror or exc}"
+            log.error("dashboard: %s (the daemon runs without it)", self.error)
+            return
+        self._runner = runner
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound_port = sockets[0].getsockname()[1] if sockets else port
+        self.url = f"http://{_host_part(host)}:{bound_port}/"
+        names = {_host_part(host), "localhost", "127.0.0.1", "[::1]"}
+        self._allowed_hosts = {f"{n}:{bound_port}".lower() for n in names}
+        if bound_port == 80:
+            self._allowed_hosts |= {n.lower() for n in names}
+        self._write_token_file()
+        log.info("dashboard on %s (crystalline dashboard prints the URL with its token)", self.url)
+
+    def _write_token_file(self) -> None:
+        path = self.token_path
+        tmp = path.with_name(f".{path.name}.tmp")
+        data = json.dumps({"url": self.url, "token": self.token, "pid": os.getpid()}) + "\n"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o640)  # whatever the umask
+        os.replace(tmp, path)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+            with contextlib.suppress(FileNotFoundError):
+                self.token_path.unlink()
+
+    def info(self) -> dict[str, Any]:
+        """What status reports under ``http``."""
+        out: dict[str, Any] = {"url": self.url}
+        if self.error:
+            out["error"] = self.error
+        out.update(requests=self.requests, refused=self.refused, event_clients=self._event_clients)
+        return out
+
+    # ---- data -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The status dict (one source of truth) plus the checkpoint list."""
+        data = self._status()
+        data["checkpoints"] = self._checkpoints
+        if self._checkpoints:
+            data["training"]["checkpoint_age_s"] = self._checkpoints[0]["age_s"]
+        return data
+
+    async def refresh_checkpoints(self) -> None:
+        now = time.monotonic()
+        if now - self._checkpoints_at >= CHECKPOINTS_EVERY_S:
+            self._checkpoints_at = now
+            self._checkpoints = await asyncio.to_thread(list_checkpoints, self.checkpoint_dir)
+
+    # ---- guards ---------------------------------------------------------------------------
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.requests += 1
+        host = request.headers.get("Host", "").lower()
+        if host not in self._allowed_hosts:
+            self.refused += 1
+            return web.Response(status=403, text="refused: the Host header does not name this dashboard\n")
+        if request.method != "GET" and not self._has_token(request):
+            self.refused += 1
+            return web.json_response(
+                {"ok": False, "error": f"this action needs the dashboard token in the {TOKEN_HEADER} header"},
+                status=403,
+            )
+        response = await handler(request)
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    def _has_token(self, request: web.Request) -> bool:
+        given = request.headers.get(TOKEN_HEADER, "")
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        if request.content_type != "application/json":
+            raise CommandError("send the request as application/json")
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise CommandError("the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise CommandError("the request body must be a JSON object")
+        return body
+
+    # ---- views ----------------------------------------------------------------------------
+    async def _index(self, _request: web.Request) -> web.StreamResponse:
+        return await self._file("index.html")
+
+    async def _asset(self, request: web.Request) -> web.StreamResponse:
+        return await self._file(request.match_info["name"])
+
+    async def _file(self, name: str) -> web.StreamResponse:
+        if name not in ASSETS:  # a fixed list: no path from the request reaches the disk
+            raise web.HTTPNotFound()
+        body = await asyncio.to_thread((STATIC / name).read_bytes)
+        return web.Response(body=body, content_type=ASSETS[name], charset="utf-8")
+
+    async def _api_status(self, _request: web.Request) -> web.StreamResponse:
+        await self.refresh_checkpoints()
+        return web.Response(text=_dumps(self.snapshot()), content_type="application/json")
+
+    async def _api_history(self, _request: web.Request) -> web.StreamResponse:
+        return web.Response(text=_dumps({"points": self.history.points}), content_type="application/json")
+
+    async def _metrics(self, _request: web.Request) -> web.StreamResponse:
+        await self.refresh_checkpoints()
+        body = prometheus.render(self.snapshot)
+        return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    async def _api_events(self, request: web.Request) -> web.StreamResponse:
+        if self._event_clients >= MAX_EVENT_CLIENTS:
+            return web.Response(status=503, text="too many dashboards open\n")
+        self._event_clients += 1
+        try:
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+            )
+            await response.prepare(request)
+            await self._send(response, "history", {"points": self.history.points})
+            sent_points = len(self.history.points)
+            last_point = self.history.points[-1] if self.history.points else None
+            while True:
+                await self.refresh_checkpoints()
+                await self._send(response, "status", self.snapshot())
+                points = self.history.points
+                if points and points[-1] is not last_point:
+                    # new points since the last event (the history may have been thinned: then all)
+                    since = last_point["t"] if last_point is not None else None
+                    new = [p for p in points if since is None or (p["t"] or 0.0) > since]
+                    if len(points) < sent_points:
+                        await self._send(response, "history", {"points": points})
+                    else:
+                        await self._send(response, "points", {"points": new})
+                    sent_points, last_point = len(points), points[-1]
+                await asyncio.sleep(EVENT_INTERVAL_S)
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
+            return web.Response(status=204)  # the browser went away; aiohttp discards this
+        finally:
+            self._event_clients -= 1
+
+    async def _send(self, response: web.StreamResponse, event: str, data: Any) -> None:
+        payload = f"event: {event}\ndata: {_dumps(data)}\n\n".encode()
+        await asyncio.wait_for(response.write(payload), WRITE_TIMEOUT_S)
+
+    # ---- actions --------------------------------------------------------------------------
+    async def _api_action(self, request: web.Request) -> web.StreamResponse:
+        action = request.match_info["action"]
+        if action not in ACTIONS:
+            raise web.HTTPNotFound()
+        try:
+            body = await self._json_body(request)
+            data = await asyncio.wait_for(self.commands[action].handler(body), 120.0)
+        except CommandError as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        except TimeoutError:
+            return web.json_response({"ok": False, "error": f"{action} timed out"}, status=504)
+        return web.json_response({"ok": True, "data": _finite(data)})
+
+    async def _api_generate(self, request: web.Request) -> web.StreamResponse:
+        """Stream a continuation as NDJSON lines: ``{"text": ...}`` pieces, then ``{"done": ...}``."""
+        try:
+            body = await self._json_body(request)
+            fields = _generate_fields(body)
+        except CommandError as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        if self._generating.locked():
+            return web.json_response({"ok": False, "error": "a generation is running: try again"}, status=429)
+        async with self._generating:
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            self.generations += 1
+            try:
+                if self.generator is not None:
+                    async for piece in self.generator.stream(fields):
+                        line = _dumps(piece) + "\n"
+                        await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
+                else:  # control samples between steps: the whole text at once
+                    started = time.monotonic()
+                    data = await self.commands["generate"].handler(fields)
+                    text = str(data.get("text", ""))
+                    await response.write((_dumps({"text": text}) + "\n").encode())
+                    seconds = time.monotonic() - started
+                    done = {
+                        "done": True,
+                        "tokens": fields["n"],
+                        "seconds": round(seconds, 3),
+                        "step": data.get("step"),
+                        "source": "control",
+                    }
+                    await response.write((_dumps(done) + "\n").encode())
+            except CommandError as exc:
+                await response.write((_dumps({"error": str(exc)}) + "\n").encode())
+            except (ConnectionError, TimeoutError):
+                return response
+            await response.write_eof()
+            return response
+
+
+def _generate_fields(body: dict[str, Any]) -> dict[str, Any]:
+    prompt = body.get("prompt", "")
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
+        raise CommandError(f"prompt must be a string of at most {MAX_PROMPT} characters")
+    try:
+        n = int(body.get("n", 200))
+        temperature = float(body.get("temperature", 0.8))
+        top_k = int(body.get("top_k", 0))
+        seed = None if body.get("seed") in (None, "") else int(body["seed"])
+    except (TypeError, ValueError):
+        raise CommandError("n, top_k and seed must be integers and temperature a number") from None
+    if not 1 <= n <= 2000:
+        raise CommandError("n must be between 1 and 2000")
+    if not 0.0 <= temperature <= 5.0 or not math.isfinite(temperature):
+        raise CommandError("temperature must be between 0 and 5")
+    if top_k < 0:
+        raise CommandError("top_k must not be negative")
+    return {"prompt": prompt or "\n", "n": n, "temperature": temperature, "top_k": top_k, "seed": seed}
