@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -53,7 +54,7 @@ MAX_BODY = 16 * 1024
 MAX_EVENT_CLIENTS = 32
 EVENT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
-CHECKPOINTS_EVERY_S = 5.0
+FILES_EVERY_S = 5.0
 MAX_PROMPT = 4000
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -87,6 +88,39 @@ def list_checkpoints(directory: Path, now: float | None = None) -> list[dict[str
     return out
 
 
+LATEST_FIELDS = ("origin", "kind", "state", "reason", "title", "language", "tokens", "created")
+LATEST_DOCUMENTS = 20
+MAX_FIELD_CHARS = 300  # a title or URL longer than this is cut for the page
+
+
+def latest_documents(registry: Path, limit: int = LATEST_DOCUMENTS) -> list[dict[str, Any]]:
+    """The newest documents of the ingest registry, read-only (its own connection, WAL lets it
+    read beside the writer); columns this registry lacks are left out."""
+    if not registry.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{registry}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return []
+    try:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT * FROM documents ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+    out = []
+    for row in rows:
+        keys = row.keys()
+        doc = {}
+        for k in LATEST_FIELDS:
+            if k in keys:
+                v = row[k]
+                doc[k] = v[:MAX_FIELD_CHARS] if isinstance(v, str) else v
+        out.append(doc)
+    return out
+
+
 def _finite(obj: Any) -> Any:
     """JSON for a browser: NaN and infinities (not JSON) become null."""
     if isinstance(obj, float):
@@ -114,6 +148,7 @@ class Dashboard:
         commands: dict[str, Command],
         history: MetricsHistory,
         checkpoint_dir: Path,
+        registry: Path,
         generator: Any = None,
     ) -> None:
         self.bind = bind
@@ -122,6 +157,8 @@ class Dashboard:
         self.commands = commands
         self.history = history
         self.checkpoint_dir = checkpoint_dir
+        self.registry = registry
+        self._documents: list[dict[str, Any]] = []
         self.generator = generator  # a GenerationService, or None: generate through control
         self.token = secrets.token_urlsafe(32)
         self.url: str | None = None
@@ -152,10 +189,10 @@ class Dashboard:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/api/generate", self._api_generate)
         app.router.add_post("/api/{action}", self._api_action)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
         host, port = self.bind
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, host, port)
         try:
             await site.start()
         except OSError as exc:
@@ -206,18 +243,21 @@ class Dashboard:
 
     # ---- data -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """The status dict (one source of truth) plus the checkpoint list."""
+        """The status dict (one source of truth) plus the checkpoints and latest documents."""
         data = self._status()
         data["checkpoints"] = self._checkpoints
+        if isinstance(data.get("ingest"), dict):
+            data["ingest"]["latest"] = self._documents
         if self._checkpoints:
             data["training"]["checkpoint_age_s"] = self._checkpoints[0]["age_s"]
         return data
 
-    async def refresh_checkpoints(self) -> None:
+    async def refresh_files(self) -> None:
         now = time.monotonic()
-        if now - self._checkpoints_at >= CHECKPOINTS_EVERY_S:
+        if now - self._checkpoints_at >= FILES_EVERY_S:
             self._checkpoints_at = now
             self._checkpoints = await asyncio.to_thread(list_checkpoints, self.checkpoint_dir)
+            self._documents = await asyncio.to_thread(latest_documents, self.registry)
 
     # ---- guards ---------------------------------------------------------------------------
     @web.middleware
@@ -271,14 +311,14 @@ class Dashboard:
         return web.Response(body=body, content_type=ASSETS[name], charset="utf-8")
 
     async def _api_status(self, _request: web.Request) -> web.StreamResponse:
-        await self.refresh_checkpoints()
+        await self.refresh_files()
         return web.Response(text=_dumps(self.snapshot()), content_type="application/json")
 
     async def _api_history(self, _request: web.Request) -> web.StreamResponse:
         return web.Response(text=_dumps({"points": self.history.points}), content_type="application/json")
 
     async def _metrics(self, _request: web.Request) -> web.StreamResponse:
-        await self.refresh_checkpoints()
+        await self.refresh_files()
         body = prometheus.render(self.snapshot)
         return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
 
@@ -295,7 +335,7 @@ class Dashboard:
             sent_points = len(self.history.points)
             last_point = self.history.points[-1] if self.history.points else None
             while True:
-                await self.refresh_checkpoints()
+                await self.refresh_files()
                 await self._send(response, "status", self.snapshot())
                 points = self.history.points
                 if points and points[-1] is not last_point:

@@ -435,6 +435,7 @@ class Supervisor:
                     self._commands(),
                     self.history,
                     s.state_dir / "checkpoints",
+                    s.state_dir / "ingest" / "registry.sqlite3",
                 )
                 await self.dashboard.start()
             started = await self._prepare()

@@ -1,0 +1,260 @@
+"""The dashboard's server on a real loopback listener, with a hand-written status and commands
+(the browser tests in test_dashboard_browser.py run it inside a real daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from crystalline.daemon.config import parse_bind
+from crystalline.daemon.dashboard import TOKEN_HEADER, Dashboard, latest_documents, list_checkpoints
+from crystalline.daemon.dashboard_command import read_dashboard_file
+from crystalline.daemon.metrics_history import MetricsHistory, point_from_status
+from crystalline.daemon.status_server import Command, CommandError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def fake_status() -> dict[str, Any]:
+    return {
+        "state": "running",
+        "uptime_s": 12.5,
+        "training": {
+            "state": "training",
+            "step": 40,
+            "tokens": 15360,
+            "loss": 2.5,
+            "val_loss": float("nan"),
+            "lr": 1e-3,
+            "tokens_per_s": 900.0,
+            "workers": [
+                {"id": i, "state": "idle", "restarts": i % 2, "compute_ms": 3.0, "wait_ms": 1.0}
+                for i in range(12)
+            ],
+        },
+        "crawler": {"fetched": 7, "queued": 3, "errors": 1, "hosts": 2, "by_status": {"2xx": 6, "4xx": 1}},
+        "ingest": {"documents": 5, "failed": 1, "filtered_by_rule": {"too_short": 2, "language": 1}},
+        "ring": {"slots": 4, "ready": 2},
+    }
+
+
+class Recorder:
+    """The daemon's command handlers, recording what reached them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def commands(self) -> dict[str, Command]:
+        def handler(name: str) -> Any:
+            async def run(req: dict[str, Any]) -> Any:
+                self.calls.append((name, req))
+                if name == "add-url" and not str(req.get("url", "")).startswith("http"):
+                    raise CommandError("add-url needs a URL")
+                if name == "generate":
+                    return {"text": "<b>generated</b>", "step": 40}
+                return {name: "done"}
+
+            return run
+
+        names = ("pause", "resume", "add-url", "checkpoint", "stop", "generate")
+        return {n: Command(n, handler(n), control=n != "generate") for n in names}
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path) -> AsyncIterator[tuple[Dashboard, Recorder]]:
+    rec = Recorder()
+    history = MetricsHistory(tmp_path / "history.json")
+    history.add(point_from_status(fake_status(), 1000.0), force=True)
+    d = Dashboard(
+        ("127.0.0.1", 0),
+        tmp_path / "run",
+        fake_status,
+        rec.commands(),
+        history,
+        tmp_path / "checkpoints",
+        tmp_path / "registry.sqlite3",
+    )
+    (tmp_path / "run").mkdir()
+    await d.start()
+    assert d.url is not None, d.error
+    try:
+        yield d, rec
+    finally:
+        await d.close()
+
+
+def test_parse_bind() -> None:
+    assert parse_bind("127.0.0.1:8470") == ("127.0.0.1", 8470)
+    assert parse_bind("[::1]:0") == ("::1", 0)
+    assert parse_bind("off") is None
+    for bad in ("8470", "localhost:http", "127.0.0.1:70000"):
+        with pytest.raises(ValueError, match="--http"):
+            parse_bind(bad)
+
+
+def test_token_file_is_0640_and_read_by_the_command(tmp_path: Path) -> None:
+    asyncio.run(_test_token_file_is_0640_and_read_by_the_command(tmp_path))
+
+
+async def _test_token_file_is_0640_and_read_by_the_command(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        mode = stat.S_IMODE(os.stat(d.token_path).st_mode)
+        assert mode == 0o640
+        data = read_dashboard_file(d.token_path.parent)
+        assert data["url"] == d.url and data["token"] == d.token
+
+
+def test_foreign_host_is_refused(tmp_path: Path) -> None:
+    asyncio.run(_test_foreign_host_is_refused(tmp_path))
+
+
+async def _test_foreign_host_is_refused(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec), aiohttp.ClientSession() as s:
+        async with s.get(d.url + "api/status", headers={"Host": "attacker.example:8470"}) as r:
+            assert r.status == 403
+        async with s.get(d.url + "api/status") as r:
+            assert r.status == 200
+            assert (await r.json())["training"]["step"] == 40
+
+
+def test_actions_need_the_token_header_not_a_cookie(tmp_path: Path) -> None:
+    asyncio.run(_test_actions_need_the_token_header_not_a_cookie(tmp_path))
+
+
+async def _test_actions_need_the_token_header_not_a_cookie(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, rec):
+        body = json.dumps({"what": "training"})
+        json_type = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(d.url + "api/pause", data=body, headers=json_type) as r:
+                assert r.status == 403
+            cookie = {**json_type, "Cookie": f"token={d.token}; X-Crystalline-Token={d.token}"}
+            async with s.post(d.url + "api/pause", data=body, headers=cookie) as r:
+                assert r.status == 403
+            async with s.post(
+                d.url + "api/pause", data=body, headers={**json_type, TOKEN_HEADER: "wrong"}
+            ) as r:
+                assert r.status == 403
+            assert rec.calls == []
+            good = {**json_type, TOKEN_HEADER: d.token}
+            async with s.post(d.url + "api/pause", data=body, headers=good) as r:
+                assert r.status == 200
+                assert await r.json() == {"ok": True, "data": {"pause": "done"}}
+            async with s.post(d.url + "api/add-url", data=json.dumps({"url": "ftp://x"}), headers=good) as r:
+                assert r.status == 400
+                assert "needs a URL" in (await r.json())["error"]
+            async with s.post(
+                d.url + "api/pause", data="what=training", headers={TOKEN_HEADER: d.token}
+            ) as r:
+                assert r.status == 400  # a form post is not JSON: refused
+        assert rec.calls[0] == ("pause", {"what": "training"})
+
+
+def test_metrics_parse_as_prometheus_text(tmp_path: Path) -> None:
+    asyncio.run(_test_metrics_parse_as_prometheus_text(tmp_path))
+
+
+async def _test_metrics_parse_as_prometheus_text(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        async with aiohttp.ClientSession() as s, s.get(d.url + "metrics") as r:
+            assert r.status == 200
+            text = await r.text()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert families["crystalline_training_steps"].type == "counter"
+        assert families["crystalline_training_steps"].samples[0].value == 40
+        assert families["crystalline_training_loss"].samples[0].value == 2.5
+        assert "crystalline_validation_loss" not in families  # NaN: not yet measured, not exported
+        restarts = families["crystalline_worker_restarts"].samples
+        assert len([x for x in restarts if x.name.endswith("_total")]) == 12
+        filtered = {x.labels["reason"]: x.value for x in families["crystalline_ingest_filtered"].samples}
+        assert filtered == {"too_short": 2, "language": 1}
+        pages = {x.labels["status_class"]: x.value for x in families["crystalline_crawler_pages"].samples}
+        assert pages == {"2xx": 6, "4xx": 1}
+
+
+def test_events_push_history_then_status(tmp_path: Path) -> None:
+    asyncio.run(_test_events_push_history_then_status(tmp_path))
+
+
+async def _test_events_push_history_then_status(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        events: list[tuple[str, Any]] = []
+        async with aiohttp.ClientSession() as s, s.get(d.url + "api/events") as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            event = None
+            while len(events) < 2:
+                line = (await asyncio.wait_for(r.content.readline(), 10)).decode().rstrip("\n")
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line[6:])))
+        assert events[0][0] == "history" and events[0][1]["points"][0]["step"] == 40
+        assert events[1][0] == "status" and events[1][1]["training"]["val_loss"] is None  # NaN is not JSON
+
+
+def test_generate_streams_ndjson(tmp_path: Path) -> None:
+    asyncio.run(_test_generate_streams_ndjson(tmp_path))
+
+
+async def _test_generate_streams_ndjson(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        headers = {"Content-Type": "application/json", TOKEN_HEADER: d.token}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                d.url + "api/generate", data=json.dumps({"prompt": "x", "n": 5}), headers=headers
+            ) as r:
+                lines = [json.loads(x) for x in (await r.text()).splitlines()]
+            assert lines[0] == {"text": "<b>generated</b>"}
+            assert lines[-1]["done"] is True
+            async with s.post(d.url + "api/generate", data=json.dumps({"n": 0}), headers=headers) as r:
+                assert r.status == 400
+
+
+def test_history_is_bounded_and_survives_a_restart(tmp_path: Path) -> None:
+    h = MetricsHistory(tmp_path / "h.json", max_points=100)
+    for i in range(1000):
+        h.add({"t": float(i), "step": float(i), "loss": 1.0 / (i + 1)}, force=True)
+    assert len(h.points) <= 100
+    assert h.points[-1]["step"] == 999  # the recent past kept at full resolution
+    assert h.points[0]["t"] == 0.0  # the distant past thinned, not dropped
+    h.maybe_save(force=True)
+    again = MetricsHistory(tmp_path / "h.json", max_points=100)
+    again.load()
+    assert [p["step"] for p in again.points] == [p["step"] for p in h.points]
+    (tmp_path / "h.json").write_text("{not json", encoding="utf-8")
+    broken = MetricsHistory(tmp_path / "h.json")
+    broken.load()
+    assert broken.points == []
+
+
+def test_checkpoints_and_latest_documents(tmp_path: Path) -> None:
+    d = tmp_path / "checkpoints" / "step-00000042"
+    d.mkdir(parents=True)
+    (d / "params.npy").write_bytes(b"x" * 1000)
+    (tmp_path / "checkpoints" / "step-00000007").mkdir()
+    listed = list_checkpoints(tmp_path / "checkpoints")
+    assert [c["step"] for c in listed] == [42, 7]
+    assert listed[0]["bytes"] == 1000
+    db = sqlite3.connect(tmp_path / "r.sqlite3")
+    db.execute("CREATE TABLE documents (id INTEGER PRIMARY KEY, origin TEXT, title TEXT, state TEXT)")
+    for i in range(30):
+        db.execute(
+            "INSERT INTO documents (origin, title, state) VALUES (?, ?, 'done')", (f"u{i}", "t" * 1000)
+        )
+    db.commit()
+    db.close()
+    docs = latest_documents(tmp_path / "r.sqlite3")
+    assert len(docs) == 20 and docs[0]["origin"] == "u29"
+    assert len(docs[0]["title"]) == 300
+    assert latest_documents(tmp_path / "missing.sqlite3") == []
