@@ -118,6 +118,7 @@ class Ingestor:
                 limits=settings.limits,
                 min_chars=settings.min_chars,
                 min_words=settings.min_words,
+                filters=settings.filters,
                 tokenizer_json=tokenizer.to_json(),
             )
         )
@@ -157,6 +158,7 @@ class Ingestor:
                             tokens=d.length,
                             split=d.split,
                             shard=seq,
+                            minhash=list(d.minhash),
                         )
                     )
         if records:
@@ -184,15 +186,23 @@ class Ingestor:
             pending: list[PendingDocument] = []
             hashes: dict[str, str] = {}
             prints: list[tuple[int, str]] = []
+            lsh: dict[tuple[int, int], str] = {}
             with self._lock:
                 for i, s in enumerate(fresh):
                     r = results[i]
-                    rec = self._classify(s, r, hashes, prints)
+                    rec = self._classify(s, r, hashes, prints, lsh)
                     records.append(rec)
                     if rec.state == "done":
                         pending.append(
                             PendingDocument(
-                                rec.doc_id, s.entry, s.doc.source, rec.split, r.ids, r.content_hash, r.simhash
+                                rec.doc_id,
+                                s.entry,
+                                s.doc.source,
+                                rec.split,
+                                r.ids,
+                                r.content_hash,
+                                r.simhash,
+                                list(r.minhash),
                             )
                         )
             stored = self.store.append(pending)  # durable from here on
@@ -219,9 +229,17 @@ class Ingestor:
             yield doc
 
     def _classify(
-        self, s: Submission, r: WorkResult, hashes: dict[str, str], prints: list[tuple[int, str]]
+        self,
+        s: Submission,
+        r: WorkResult,
+        hashes: dict[str, str],
+        prints: list[tuple[int, str]],
+        lsh: dict[tuple[int, int], str],
     ) -> Record:
+        """The record of one result: failed, filtered, a duplicate (exact, MinHash, SimHash)
+        of a stored document or of one earlier in this batch, or done."""
         from .dedup import NEAR_DISTANCE, hamming
+        from .filters import rule_of
 
         doc_id = doc_id_of(s.entry)
         rec = Record(
@@ -235,26 +253,34 @@ class Ingestor:
             title=r.title,
             language=r.language,
             file_key=s.file_key,
+            language_score=r.language_score,
+            edits=dict(r.edits),
         )
         if r.error:
             rec.state, rec.reason = "failed", r.error
             return rec
         if r.filtered:
-            rec.state, rec.reason = "filtered", r.filtered
+            rec.state, rec.reason, rec.rule = "filtered", r.filtered, rule_of(r.filtered)
             return rec
         same = hashes.get(r.content_hash) or self.registry.exact_duplicate(r.content_hash)
-        if same is None:
-            near = next((d for f, d in prints if hamming(f, r.simhash) <= NEAR_DISTANCE), None)
-            near = near or self.registry.near_duplicate(r.simhash)
-            if near is not None:
-                rec.state, rec.reason = "duplicate", f"near-duplicate of {near}"
-                return rec
-        else:
-            rec.state, rec.reason = "duplicate", f"same text as {same}"
+        if same is not None:
+            rec.state, rec.reason, rec.rule = "duplicate", f"same text as {same}", "exact"
+            return rec
+        near = next((lsh[(b, v)] for b, v in enumerate(r.minhash) if (b, v) in lsh), None)
+        near = near or self.registry.minhash_duplicate(list(r.minhash))
+        if near is not None:
+            rec.state, rec.reason, rec.rule = "duplicate", f"near-duplicate of {near} (MinHash)", "minhash"
+            return rec
+        near = next((d for f, d in prints if hamming(f, r.simhash) <= NEAR_DISTANCE), None)
+        near = near or self.registry.near_duplicate(r.simhash)
+        if near is not None:
+            rec.state, rec.reason, rec.rule = "duplicate", f"near-duplicate of {near} (SimHash)", "simhash"
             return rec
         hashes[r.content_hash] = doc_id
         prints.append((r.simhash, doc_id))
+        lsh.update({(b, v): doc_id for b, v in enumerate(r.minhash)})
         rec.content_hash, rec.simhash, rec.tokens = r.content_hash, r.simhash, len(r.ids)
+        rec.minhash = list(r.minhash)
         if r.truncated:
             rec.reason = f"truncated: {r.truncated_reason}"  # stored, but not all of it
         rec.split = "val" if held_out(s.doc.source, self.settings.val_fraction) else "train"
@@ -413,9 +439,11 @@ class Ingestor:
 
     def stats(self) -> dict[str, Any]:
         """Counts for the status socket: documents (stored), duplicates, failed, filtered,
-        pending (waiting in spool and drop folder), tokens, validation_documents."""
+        pending (waiting in spool and drop folder), tokens, validation_documents, and the
+        filtered and duplicate documents, lines removed and PII replaced, per rule."""
         with self._lock:
             counts = self.registry.counts()
+            by_rule = self.registry.counts_by_rule()
         pending = (self.spool.count() if self.spool else 0) + (
             self.drop_folder.pending() if self.drop_folder else 0
         )
@@ -427,6 +455,10 @@ class Ingestor:
             "pending": pending,
             "tokens": counts["tokens"],
             "validation_documents": counts["validation_documents"],
+            "filtered_by_rule": by_rule["filtered"],
+            "duplicates_by_rule": by_rule["duplicate"],
+            "lines_removed": by_rule["lines_removed"],
+            "pii_replaced": by_rule["pii"],
             "pool_restarts": self.pool.restarts,
             **({"error": self.error} if self.error else {}),
         }

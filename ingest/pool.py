@@ -30,8 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from .dedup import content_hash, simhash
 from .document import Document
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
+from .filters import FilterSettings, judge
+from .minhash import bands_of
 
 log = logging.getLogger("crystalline.ingest.pool")
 
@@ -60,6 +63,10 @@ class WorkResult:
     chars: int = 0
     content_hash: str = ""
     simhash: int = 0
+    minhash: list[int] = field(default_factory=list)  # LSH band keys (see minhash.py)
+    language_score: float = 0.0
+    verdicts: dict[str, Any] = field(default_factory=dict)  # each filter's verdict (see filters.py)
+    edits: dict[str, int] = field(default_factory=dict)  # lines removed and PII replaced, per rule
     text: str = ""
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
 
@@ -74,6 +81,7 @@ class PoolConfig:
     limits: ExtractLimits = field(default_factory=ExtractLimits)
     min_chars: int = 200
     min_words: int = 30
+    filters: FilterSettings = field(default_factory=FilterSettings)
     tokenizer_json: str = ""  # "": do not tokenize
 
 
@@ -95,9 +103,6 @@ def _unframe(data: bytes) -> tuple[dict[str, Any], memoryview]:
 
 def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any) -> bytes:
     """Process one task inside a worker; returns the reply frame."""
-    from .dedup import content_hash, simhash
-    from .normalize import QualityRules, quality_problem
-
     config = json.loads(config_json)
     limits = ExtractLimits(**config["limits"])
     doc = Document(
@@ -117,29 +122,37 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
     reply.update(
         kind=ex.kind,
         title=ex.title,
-        language=ex.language,
         pages=ex.pages,
         ocr_pages=ex.ocr_pages,
         truncated=ex.truncated,
         truncated_reason=ex.truncated_reason,
         encoding=ex.encoding,
-        chars=len(ex.text),
     )
-    rules = QualityRules(min_chars=config["min_chars"], min_words=config["min_words"])
-    problem = quality_problem(ex.text, rules) if header.get("filter", True) else None
+    verdict = judge(ex.text, config)
+    apply = header.get("filter", True)
+    problem = verdict.problem if apply else ""
+    text = verdict.text if apply else ex.text
+    reply.update(
+        chars=len(text),
+        language=verdict.language or ex.language,
+        language_score=verdict.language_score,
+        verdicts=verdict.verdicts,
+        edits=verdict.edits,
+    )
     if problem:
         reply["filtered"] = problem
-    text = ex.text.encode("utf-8", "surrogatepass") if header.get("want_text") else b""
-    reply["text_bytes"] = len(text)
+    raw = text.encode("utf-8", "surrogatepass") if header.get("want_text") else b""
+    reply["text_bytes"] = len(raw)
     ids = b""
     if not problem and header.get("fingerprint", True):
-        reply["content_hash"] = content_hash(ex.text)
-        reply["simhash"] = simhash(ex.text)
+        reply["content_hash"] = content_hash(text)
+        reply["simhash"] = simhash(text)
+        reply["minhash"] = bands_of(text)
     if not problem and tokenizer is not None:
-        arr = tokenizer.encode(ex.text)
+        arr = tokenizer.encode(text)
         reply["dtype"] = arr.dtype.str
         ids = arr.tobytes()
-    return _frame(reply, text, ids, align_tail=len(ids))
+    return _frame(reply, raw, ids, align_tail=len(ids))
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) -> None:
@@ -160,6 +173,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
         from crystalline.workers.tokenizer import tokenizer_from_json
 
         tokenizer = tokenizer_from_json(config["tokenizer_json"])
+    from .language import load as load_language_model
+
+    load_language_model()
     try:
         conn.send_bytes(_READY)
     except (BrokenPipeError, OSError):

@@ -6,8 +6,12 @@ recognised and not counted twice, while a different file under an old name is a 
 dropped file's row also keeps its ``file_key`` (device, inode, size, mtime, ctime), the fast
 path that recognises the very same file without reading it again. A row's state is one of
 ``done`` (tokens in the store), ``duplicate``, ``failed`` or ``filtered``, each but ``done``
-with a reason. Rows are written only after the tokens they describe are durable; near-duplicate
-candidates are found through the SimHash bands table (see :mod:`dedup`).
+with a reason; ``rule`` names the filter (or duplicate test) behind a ``filtered`` or
+``duplicate`` row, the audit trail that status counts, and ``text_edits`` counts the lines each
+line rule removed and the PII each document had replaced. Rows are written only after the
+tokens they describe are durable; near-duplicate candidates are found through the MinHash LSH
+bands (see :mod:`minhash`) and the SimHash bands (see :mod:`dedup`), written in the same
+transaction as their document, so the index grows with each batch and survives any restart.
 
 Text reaches SQLite as valid UTF-8 only (:func:`sql_text`): a file name that is not UTF-8 is
 stored with ``\\xff`` escapes instead of failing the whole batch. The schema carries a version
@@ -18,9 +22,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import minhash
 from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
 
 STATES = ("done", "duplicate", "failed", "filtered")
@@ -53,11 +58,25 @@ CREATE TABLE IF NOT EXISTS simhash_bands (
     doc INTEGER NOT NULL REFERENCES documents (id)
 );
 CREATE INDEX IF NOT EXISTS simhash_bands_lookup ON simhash_bands (band, value);
+CREATE TABLE IF NOT EXISTS minhash_bands (
+    band INTEGER NOT NULL,
+    value INTEGER NOT NULL,
+    doc INTEGER NOT NULL REFERENCES documents (id)
+);
+CREATE INDEX IF NOT EXISTS minhash_bands_lookup ON minhash_bands (band, value);
+CREATE TABLE IF NOT EXISTS text_edits (
+    doc INTEGER NOT NULL REFERENCES documents (id),
+    rule TEXT NOT NULL,
+    count INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (file_key) WHERE file_key != ''"
 
-#: 0: no version (entries of dropped files were path:size:mtime, no file_key column); 1: now.
-SCHEMA_VERSION = 1
+#: 0: no version (entries of dropped files were path:size:mtime, no file_key column); 1: file_key;
+#: 2: ``rule`` and ``language_score`` columns, MinHash bands, text edits, meta (parameters).
+SCHEMA_VERSION = 2
+_V2_COLUMNS = {"rule": "TEXT NOT NULL DEFAULT ''", "language_score": "REAL NOT NULL DEFAULT 0"}
 
 
 def sql_text(value: str) -> str:
@@ -94,6 +113,10 @@ class Record:
     title: str = ""
     language: str = ""
     file_key: str = ""  # a dropped file's device:inode:size:mtime:ctime (see DropFolder)
+    rule: str = ""  # the filter or duplicate test that decided a filtered or duplicate row
+    language_score: float = 0.0
+    minhash: list[int] = field(default_factory=list)  # LSH band keys of a stored document
+    edits: dict[str, int] = field(default_factory=dict)  # lines removed / PII replaced per rule
 
 
 class Registry:
@@ -125,7 +148,25 @@ class Registry:
             if "file_key" not in columns:  # version 0: entries stay as they are, rows still count
                 self.db.execute("ALTER TABLE documents ADD COLUMN file_key TEXT NOT NULL DEFAULT ''")
             self.db.execute(_FILE_KEY_INDEX)
+            for name, decl in _V2_COLUMNS.items():
+                if name not in columns:
+                    self.db.execute(f"ALTER TABLE documents ADD COLUMN {name} {decl}")
+            if version < 2:  # the rule of older rows, from their reasons (all basic filters then)
+                self.db.execute("UPDATE documents SET rule = 'basic' WHERE state = 'filtered' AND rule = ''")
+                self.db.execute(
+                    "UPDATE documents SET rule = CASE WHEN reason LIKE 'same text%' THEN 'exact' "
+                    "ELSE 'simhash' END WHERE state = 'duplicate' AND rule = ''"
+                )
+            self._check_minhash_params()
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_minhash_params(self) -> None:
+        """Bands made under other MinHash parameters cannot match new ones: drop them (the
+        SimHash index still finds near copies of those documents) and record the new ones."""
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'minhash'").fetchone()
+        if row is not None and row[0] != minhash.PARAMS:
+            self.db.execute("DELETE FROM minhash_bands")
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('minhash', ?)", (minhash.PARAMS,))
 
     def close(self) -> None:
         self.db.close()
@@ -167,6 +208,18 @@ class Registry:
                     return str(doc_id)
         return None
 
+    def minhash_duplicate(self, keys: list[int]) -> str | None:
+        """The doc_id of a stored document sharing an LSH band with ``keys``, if any."""
+        for band, value in enumerate(keys):
+            row = self.db.execute(
+                "SELECT d.doc_id FROM minhash_bands b JOIN documents d ON d.id = b.doc "
+                "WHERE b.band = ? AND b.value = ? LIMIT 1",
+                (band, value),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+        return None
+
     def record(self, records: list[Record]) -> None:
         """Write ``records`` in one transaction; entries already present are left as they are."""
         now = time.time()
@@ -175,8 +228,8 @@ class Registry:
             for r in records:
                 cur = self.db.execute(
                     "INSERT OR IGNORE INTO documents (entry, doc_id, source, origin, kind, state, reason, "
-                    "content_hash, simhash, chars, tokens, split, shard, title, language, created, file_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "content_hash, simhash, chars, tokens, split, shard, title, language, created, file_key, "
+                    "rule, language_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         sql_text(r.entry),
                         r.doc_id,
@@ -195,13 +248,24 @@ class Registry:
                         r.language,
                         now,
                         r.file_key,
+                        r.rule,
+                        r.language_score,
                     ),
                 )
+                if cur.rowcount and r.edits:
+                    self.db.executemany(
+                        "INSERT INTO text_edits (doc, rule, count) VALUES (?, ?, ?)",
+                        [(cur.lastrowid, rule, n) for rule, n in r.edits.items()],
+                    )
                 if cur.rowcount and r.state == "done" and r.content_hash:
                     row_id = cur.lastrowid
                     self.db.executemany(
                         "INSERT INTO simhash_bands (band, value, doc) VALUES (?, ?, ?)",
                         [(i, v, row_id) for i, v in enumerate(bands(r.simhash))][:BANDS],
+                    )
+                    self.db.executemany(
+                        "INSERT INTO minhash_bands (band, value, doc) VALUES (?, ?, ?)",
+                        [(i, v, row_id) for i, v in enumerate(r.minhash)],
                     )
 
     def counts(self) -> dict[str, int]:
@@ -213,6 +277,21 @@ class Registry:
         out["tokens"] = int(tokens.fetchone()[0])
         val = self.db.execute("SELECT COUNT(*) FROM documents WHERE state = 'done' AND split = 'val'")
         out["validation_documents"] = int(val.fetchone()[0])
+        return out
+
+    def counts_by_rule(self) -> dict[str, dict[str, int]]:
+        """Filtered and duplicate documents per rule, lines removed per line rule and PII
+        replaced per kind (over every document extracted)."""
+        out: dict[str, dict[str, int]] = {"filtered": {}, "duplicate": {}, "lines_removed": {}, "pii": {}}
+        rows = self.db.execute(
+            "SELECT state, rule, COUNT(*) FROM documents WHERE state IN ('filtered', 'duplicate') "
+            "GROUP BY state, rule"
+        )
+        for state, rule, n in rows:
+            out[str(state)][str(rule) or "other"] = int(n)
+        for rule, n in self.db.execute("SELECT rule, SUM(count) FROM text_edits GROUP BY rule"):
+            key, name = ("pii", rule[4:]) if rule.startswith("pii_") else ("lines_removed", rule)
+            out[key][str(name)] = int(n)
         return out
 
     def entries(self) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .extract import ExtractLimits
+from .filters import FilterSettings
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class IngestSettings:
     limits: ExtractLimits = field(default_factory=ExtractLimits)
     min_chars: int = 200  # quality filter: shorter documents are counted as filtered
     min_words: int = 30
+    filters: FilterSettings = field(default_factory=FilterSettings)  # language, PII, C4/Gopher rules
     val_fraction: float = 0.02  # share of documents (by a hash of the source) held out
     batch_documents: int = 32  # documents per shard at most
     batch_bytes: int = 64 * 1024 * 1024  # input bytes per shard at most (bounds memory)

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class StoredDocument:
     split: str  # "train" or "val"
     content_hash: str = ""
     simhash: int = 0
+    minhash: list[int] = field(default_factory=list)  # LSH bands, to rebuild the index after a crash
 
 
 @dataclass
@@ -55,6 +56,7 @@ class PendingDocument:
     ids: np.ndarray
     content_hash: str = ""
     simhash: int = 0
+    minhash: list[int] = field(default_factory=list)
 
 
 def shard_seqs(directory: Path) -> list[int]:
@@ -110,7 +112,16 @@ class TokenStore:
         for d, ids in zip(docs, parts, strict=True):
             stored.append(
                 StoredDocument(
-                    d.doc_id, d.entry, d.source, seq, offset, len(ids), d.split, d.content_hash, d.simhash
+                    d.doc_id,
+                    d.entry,
+                    d.source,
+                    seq,
+                    offset,
+                    len(ids),
+                    d.split,
+                    d.content_hash,
+                    d.simhash,
+                    d.minhash,
                 )
             )
             offset += len(ids)

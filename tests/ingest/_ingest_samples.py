@@ -135,3 +135,29 @@ I learned a lot about rivers.</p></div></section></main>
 <li><a href="/2">Markets fall again as rates rise</a></li></ul></aside></div>
 <footer><p>Copyright 2024 Daily Example Ltd. All rights reserved. Terms of use. Privacy policy.</p>
 </footer></body></html>"""
+
+
+_VOCAB_TEXT = (
+    "the of and to in that with have be river delta flood farmer grain city channel survey map coast "
+    "levee storm water wall valley harbour bridge market village mill road winter summer season "
+    "people families travellers merchants engineers children builders sailors priests soldiers "
+    "carried built measured remembered crossed opened followed watched gathered repaired planted "
+    "slowly quietly often always later early again together before after during under across "
+    "old new wide narrow green dark bright heavy quiet busy distant northern southern ancient"
+)
+_VOCAB = _VOCAB_TEXT.split()
+
+
+def prose(seed: int, words: int = 200) -> str:
+    """English-like sentences of words drawn at random (seeded): passes the C4 and Gopher rules,
+    and another seed shares almost no word 5-grams, so it is neither a copy nor a near one."""
+    import random
+
+    rng = random.Random(seed)
+    sentences: list[str] = []
+    count = 0
+    while count < words:
+        n = rng.randint(8, 14)
+        sentences.append(" ".join(rng.choice(_VOCAB) for _ in range(n)).capitalize() + ".")
+        count += n
+    return " ".join(sentences)

@@ -21,7 +21,7 @@ import pytest
 
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
-from crystalline.ingest.registry import Registry
+from crystalline.ingest.registry import SCHEMA_VERSION, Registry
 from crystalline.ingest.settings import IngestSettings
 from crystalline.ingest.token_store import StoreReader
 from crystalline.workers.tokenizer import load_tokenizer
@@ -260,13 +260,17 @@ BIG_RUN = textwrap.dedent("""
     import json, resource, sys
     from pathlib import Path
     from crystalline.ingest.drop_folder import DropFolder
+    from crystalline.ingest.filters import FilterSettings
     from crystalline.ingest.ingestor import Ingestor
+    from crystalline.ingest.quality_rules import FilterRules
     from crystalline.ingest.settings import IngestSettings
     from crystalline.workers.tokenizer import load_tokenizer
 
     def main():
         root = Path(sys.argv[1])
-        settings = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
+        # 64 MB of a repeated block: the Gopher rules would remove it (this test is about memory)
+        filters = FilterSettings(rules=FilterRules.disabled())
+        settings = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0, filters=filters)
         drop = DropFolder(root / "inbox", settle_s=0.0)
         with Ingestor(settings, root / "data", load_tokenizer("bytes"), drop_folder=drop) as ing:
             drop.scan()
@@ -334,7 +338,7 @@ def test_registry_of_schema_0_is_migrated(tmp_path: Path) -> None:
     old.close()
     registry = Registry(path)
     try:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert registry.counts()["done"] == 1 and registry.counts()["tokens"] == 7
         assert registry.find_file("1:2:3:4:5") is None
         assert registry.state_of(os.fsdecode(b"drop:\xff")) is None  # an undecodable key: no error

@@ -4,7 +4,6 @@ through the whole path, and files that arrive while the ingestor runs."""
 from __future__ import annotations
 
 import asyncio
-import random
 import subprocess
 import sys
 import textwrap
@@ -26,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def article(i: int, tweak: str = "") -> Document:
-    paras = [f"Story {i}. " + p for p in samples.PARAGRAPHS]
+    # a paragraph of its own: the shared ones alone would make near-duplicates (MinHash)
+    paras = [f"Story {i}. " + p for p in samples.PARAGRAPHS] + [samples.prose(i)]
     paras[-1] += tweak
     return Document(
         f"https://example.org/{i}{'b' if tweak else ''}",
@@ -75,10 +75,7 @@ def test_sigkill_between_shard_and_registry_loses_nothing_counts_nothing_twice(t
 
 
 def long_text(seed: int, words: int = 600) -> str:
-    rng = random.Random(seed)
-    vocab = ["river", "delta", "flood", "farmer", "grain", "city", "channel"]
-    vocab += ["survey", "map", "coast", "levee", "storm", "water", "wall"]
-    return " ".join(rng.choice(vocab) for _ in range(words))
+    return samples.prose(seed, words)
 
 
 @pytest.mark.timeout(120)

@@ -22,7 +22,7 @@ SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0
 def page(i: int) -> Document:
     paras = [
         f"Story number {i} begins here. " + p.replace("Rivers", f"Rivers ({i})") for p in samples.PARAGRAPHS
-    ]
+    ] + [samples.prose(i)]  # its own paragraph: else the pages are near-duplicates (MinHash)
     html = samples.article_page(paras, title=f"Story {i}")
     return Document(f"https://example.org/story/{i}", html.encode(), "text/html", "utf-8")
 

@@ -12,7 +12,7 @@ from crystalline.workers.tokenizer import load_tokenizer
 
 @pytest.mark.timeout(60)
 def test_every_document_gets_one_result_with_tokens() -> None:
-    docs = [Document(f"/d/{i}.txt", (f"document {i} " + "text " * 80).encode(), "") for i in range(5)]
+    docs = [Document(f"/d/{i}.txt", (f"document {i} " + samples.prose(i, 80)).encode(), "") for i in range(5)]
     docs.append(Document("/d/bad.bin", bytes(range(256)) * 4, ""))
     config = PoolConfig(processes=2, tokenizer_json=load_tokenizer("bytes").to_json(), min_words=5)
     with ExtractionPool(config) as pool:
@@ -26,8 +26,8 @@ def test_every_document_gets_one_result_with_tokens() -> None:
 @pytest.mark.timeout(60)
 def test_runaway_extraction_is_killed_and_others_finish() -> None:
     slow = samples.image_bytes(samples.render_text(samples.OCR_LINES * 4), "PNG")
-    docs = [Document("/d/a.txt", b"alpha " * 100, ""), Document("/d/slow.png", slow, "")]
-    docs += [Document(f"/d/{i}.txt", b"beta " * 100, "") for i in range(3)]
+    docs = [Document("/d/a.txt", samples.prose(10, 100).encode(), ""), Document("/d/slow.png", slow, "")]
+    docs += [Document(f"/d/{i}.txt", samples.prose(i, 100).encode(), "") for i in range(3)]
     # OCR of this image takes well over 20 ms; plain text takes a fraction of that.
     with ExtractionPool(PoolConfig(processes=1, time_limit_s=0.02, min_words=5)) as pool:
         results = dict(pool.map(docs))

@@ -1,0 +1,253 @@
+"""Web-corpus quality rules: C4's line filters, Gopher's repetition and quality rules.
+
+Each rule has the threshold its paper gives as the default and can be changed by name
+(:meth:`FilterRules.with_overrides`, the daemon's ``quality-rule NAME=VALUE``). A document is
+removed by the first rule it fails, with a reason ``"<rule>: <what>"`` whose prefix is what the
+registry and status count; a line is removed by the C4 line filters and counted per rule.
+
+Sources: C4 (Raffel et al. 2020, sec. 2.2, as datatrove's ``C4QualityFilter``), Gopher's
+MassiveText rules (Rae et al. 2021, appendix A.1.1-2, tables A1-A2, as datatrove's
+``GopherRepetitionFilter`` and ``GopherQualityFilter``). Two C4 rules are off by default, as in
+FineWeb: lines without terminal punctuation (it removes verse, lists and headings wholesale: 58%
+of the lines of the bundled Shakespeare samples) and pages containing ``{`` (code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+
+# ASCII and typographic closers, CJK full stops (escapes: ruff flags look-alike characters)
+_TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", "\u00bb", "\u3002", "\uff01", "\uff1f")
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "◦", "‣", "\u2043", "\u2013", "-", "*", "·")
+_ELLIPSIS = ("...", "…")
+_STOP_WORDS = frozenset(("the", "be", "to", "of", "and", "that", "have", "with"))
+_SENTENCE_END = re.compile("[.!?\u3002\uff01\uff1f]+(?:\\s|$)")
+_WORD_EDGE = re.compile(r"^\W+|\W+$")
+
+
+@dataclass(frozen=True)
+class FilterRules:
+    """Thresholds of every rule (the papers' defaults); a 0 or False turns a rule off."""
+
+    # C4 line filters (a line that fails is removed, the document stays)
+    c4_javascript_lines: bool = True  # lines mentioning "javascript"
+    c4_policy_lines: bool = True  # "terms of use", "cookie policy", "uses cookies", ...
+    c4_min_line_words: int = 0  # C4: 3; off by default: it drops headings and speakers' names
+    c4_terminal_punct_lines: bool = False  # C4: on; FineWeb: off (removes too much)
+    c4_max_word_length: int = 1000  # lines with a longer "word" (base64, minified code)
+    # C4 document filters
+    c4_lorem_ipsum: bool = True
+    c4_curly_bracket: bool = False  # C4: on; off here: it removes every page of code
+    c4_min_sentences: int = 0  # C4: 5; off by default: verse and OCR text have few full stops
+    # Gopher repetition (table A1)
+    gopher_dup_line_frac: float = 0.30
+    gopher_dup_para_frac: float = 0.30
+    gopher_dup_line_char_frac: float = 0.20
+    gopher_dup_para_char_frac: float = 0.20
+    gopher_top_2gram_frac: float = 0.20
+    gopher_top_3gram_frac: float = 0.18
+    gopher_top_4gram_frac: float = 0.16
+    gopher_dup_5gram_frac: float = 0.15
+    gopher_dup_6gram_frac: float = 0.14
+    gopher_dup_7gram_frac: float = 0.13
+    gopher_dup_8gram_frac: float = 0.12
+    gopher_dup_9gram_frac: float = 0.11
+    gopher_dup_10gram_frac: float = 0.10
+    # Gopher quality (appendix A.1.2)
+    gopher_min_words: int = 50
+    gopher_max_words: int = 100_000
+    gopher_min_mean_word_length: float = 3.0
+    gopher_max_mean_word_length: float = 10.0
+    gopher_max_symbol_word_ratio: float = 0.10  # "#" and ellipses per word
+    gopher_max_bullet_lines: float = 0.90  # share of lines starting with a bullet
+    gopher_max_ellipsis_lines: float = 0.30  # share of lines ending in an ellipsis
+    gopher_min_alpha_words: float = 0.80  # share of words with a letter
+    gopher_min_stop_words: int = 2  # English only: the, be, to, of, and, that, have, with
+
+    @classmethod
+    def disabled(cls) -> FilterRules:
+        """Every rule off (for input whose quality is not the point, such as load tests)."""
+        return cls(**{f.name: type(f.default)() for f in fields(cls)})  # type: ignore[misc]
+
+    def with_overrides(self, pairs: Iterable[str]) -> FilterRules:
+        """A copy with ``NAME=VALUE`` pairs applied; ValueError naming a bad pair."""
+        kinds = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        changes: dict[str, object] = {}
+        for pair in pairs:
+            name, sep, raw = pair.partition("=")
+            name = name.strip().replace("-", "_")
+            if not sep or name not in kinds:
+                names = ", ".join(kinds)
+                raise ValueError(f"quality rule {pair!r}: expected NAME=VALUE with NAME one of {names}")
+            kind = kinds[name]
+            try:
+                if kind is bool:
+                    if raw.strip().lower() not in ("1", "0", "true", "false", "on", "off", "yes", "no"):
+                        raise ValueError(raw)
+                    changes[name] = raw.strip().lower() in ("1", "true", "on", "yes")
+                else:
+                    changes[name] = kind(raw.strip())
+            except ValueError:
+                raise ValueError(f"quality rule {name}: {raw!r} is not a {kind.__name__}") from None
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def filter_lines(text: str, rules: FilterRules) -> tuple[str, dict[str, int]]:
+    """``text`` without the lines C4's line rules remove, and the count removed per rule."""
+    removed: Counter[str] = Counter()
+    kept: list[str] = []
+    for line in text.split("\n"):
+        reason = _line_problem(line, rules) if line.strip() else None
+        if reason is None:
+            kept.append(line)
+        else:
+            removed[reason] += 1
+    if not removed:
+        return text, {}
+    out = "\n".join(kept)
+    out = re.sub(r"\n{3,}", "\n\n", out).strip()
+    return out, dict(removed)
+
+
+def _line_problem(line: str, rules: FilterRules) -> str | None:
+    lower = line.lower()
+    if rules.c4_javascript_lines and "javascript" in lower:
+        return "c4_javascript"
+    if rules.c4_policy_lines and any(p in lower for p in _POLICY):
+        return "c4_policy"
+    words = line.split()
+    if rules.c4_max_word_length and any(len(w) > rules.c4_max_word_length for w in words):
+        return "c4_long_word"
+    if rules.c4_min_line_words and len(words) < rules.c4_min_line_words:
+        return "c4_short_line"
+    if rules.c4_terminal_punct_lines and not line.rstrip().endswith(_TERMINAL):
+        return "c4_no_terminal_punct"
+    return None
+
+
+#: The document rules in the order they are applied (the first failure is the reason).
+DOCUMENT_RULES = ("c4", "gopher_quality", "gopher_repetition")
+
+
+def document_verdicts(text: str, rules: FilterRules, language: str = "") -> dict[str, str | None]:
+    """Each document rule's verdict on ``text``: None (passed) or ``"<rule>: <what>"``.
+    ``language`` (ISO 639) decides whether the English stop-word rule applies."""
+    return {
+        "c4": _c4_document(text, rules),
+        "gopher_quality": _gopher_quality(text, rules, language),
+        "gopher_repetition": _gopher_repetition(text, rules),
+    }
+
+
+def document_problem(text: str, rules: FilterRules, language: str = "") -> str | None:
+    """The first rule ``text`` fails, as ``"<rule>: <what>"``, or None (later rules not run)."""
+    return (
+        _c4_document(text, rules) or _gopher_quality(text, rules, language) or _gopher_repetition(text, rules)
+    )
+
+
+def _c4_document(text: str, rules: FilterRules) -> str | None:
+    lower = text.lower()
+    if rules.c4_lorem_ipsum and "lorem ipsum" in lower:
+        return "c4_lorem_ipsum: contains lorem ipsum"
+    if rules.c4_curly_bracket and "{" in text:
+        return "c4_curly_bracket: contains {"
+    if rules.c4_min_sentences:
+        sentences = len(_SENTENCE_END.findall(text))
+        if sentences < rules.c4_min_sentences:
+            return f"c4_min_sentences: {sentences} sentences < {rules.c4_min_sentences}"
+    return None
+
+
+def _gopher_quality(text: str, rules: FilterRules, language: str) -> str | None:
+    words = text.split()
+    n = len(words)
+    if rules.gopher_min_words and n < rules.gopher_min_words:
+        return f"gopher_quality: {n} words < {rules.gopher_min_words}"
+    if rules.gopher_max_words and n > rules.gopher_max_words:
+        return f"gopher_quality: {n} words > {rules.gopher_max_words}"
+    bare = [w for w in (_WORD_EDGE.sub("", w) for w in words) if w]
+    mean = sum(len(w) for w in bare) / max(len(bare), 1)
+    if rules.gopher_min_mean_word_length and mean < rules.gopher_min_mean_word_length:
+        return f"gopher_quality: mean word length {mean:.1f} < {rules.gopher_min_mean_word_length:g}"
+    if rules.gopher_max_mean_word_length and mean > rules.gopher_max_mean_word_length:
+        return f"gopher_quality: mean word length {mean:.1f} > {rules.gopher_max_mean_word_length:g}"
+    symbols = text.count("#") + sum(text.count(e) for e in _ELLIPSIS)
+    if rules.gopher_max_symbol_word_ratio and symbols / n > rules.gopher_max_symbol_word_ratio:
+        return f"gopher_quality: {symbols / n:.2f} symbols per word > {rules.gopher_max_symbol_word_ratio:g}"
+    lines = [line for line in text.split("\n") if line.strip()]
+    bullets = sum(1 for line in lines if line.lstrip().startswith(_BULLETS)) / len(lines)
+    if rules.gopher_max_bullet_lines and bullets > rules.gopher_max_bullet_lines:
+        return f"gopher_quality: {bullets:.0%} of lines are bullets > {rules.gopher_max_bullet_lines:.0%}"
+    ellipsis = sum(1 for line in lines if line.rstrip().endswith(_ELLIPSIS)) / len(lines)
+    if rules.gopher_max_ellipsis_lines and ellipsis > rules.gopher_max_ellipsis_lines:
+        limit = rules.gopher_max_ellipsis_lines
+        return f"gopher_quality: {ellipsis:.0%} of lines end in an ellipsis > {limit:.0%}"
+    alpha = sum(1 for w in words if any(c.isalpha() for c in w)) / n
+    if rules.gopher_min_alpha_words and alpha < rules.gopher_min_alpha_words:
+        return f"gopher_quality: {alpha:.0%} of words have a letter < {rules.gopher_min_alpha_words:.0%}"
+    if rules.gopher_min_stop_words and language == "en":
+        stops = sum(1 for w in bare if w.lower() in _STOP_WORDS)
+        if stops < rules.gopher_min_stop_words:
+            return f"gopher_quality: {stops} English stop words < {rules.gopher_min_stop_words}"
+    return None
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """How many items repeat an earlier one, and their characters."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return count, chars
+
+
+def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
+    paras = [p for p in re.split(r"\n{2,}", text) if p.strip()]
+    lines = [line for line in text.split("\n") if line.strip()]
+    total = max(len(text), 1)
+    for name, items, frac, char_frac in (
+        ("paragraphs", paras, rules.gopher_dup_para_frac, rules.gopher_dup_para_char_frac),
+        ("lines", lines, rules.gopher_dup_line_frac, rules.gopher_dup_line_char_frac),
+    ):
+        count, chars = _duplicates(items)
+        if frac and items and count / len(items) > frac:
+            return f"gopher_repetition: duplicate {name} {count / len(items):.0%} > {frac:.0%}"
+        if char_frac and chars / total > char_frac:
+            return f"gopher_repetition: characters in duplicate {name} {chars / total:.0%} > {char_frac:.0%}"
+    words = text.lower().split()
+    word_chars = max(sum(len(w) for w in words), 1)
+    for n in (2, 3, 4):
+        frac = getattr(rules, f"gopher_top_{n}gram_frac")
+        if not frac or len(words) < n:
+            continue
+        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+        gram, count = grams.most_common(1)[0]
+        share = sum(len(w) for w in gram) * count / word_chars
+        if count > 1 and share > frac:
+            return f"gopher_repetition: top {n}-gram covers {share:.0%} of characters > {frac:.0%}"
+    for n in range(5, 11):
+        frac = getattr(rules, f"gopher_dup_{n}gram_frac")
+        if not frac or len(words) < n:
+            continue
+        dup = [False] * len(words)
+        seen: set[tuple[str, ...]] = set()
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i : i + n])
+            if gram in seen:
+                dup[i : i + n] = [True] * n
+            else:
+                seen.add(gram)
+        share = sum(len(w) for w, d in zip(words, dup, strict=True) if d) / word_chars
+        if share > frac:
+            return f"gopher_repetition: duplicate {n}-grams cover {share:.0%} of characters > {frac:.0%}"
+    return None
