@@ -45,6 +45,12 @@ class DaemonConfig:
     checkpoint_interval_s: float = 300.0
     status_interval_s: float = 10.0  # STATUS= lines to systemd
     no_samples: bool = False  # do not copy the bundled sample documents into a fresh inbox
+    # ingest filters (ingest/filters.py): languages to keep (ISO 639; none: all), the language
+    # score they need, e-mail/IP placeholders, and NAME=VALUE thresholds of ingest/quality_rules.py
+    languages: tuple[str, ...] = ()
+    language_min_score: float = 0.65
+    no_pii: bool = False
+    quality_rule: tuple[str, ...] = ()
     socket_mode: str = "0660"
     http: str = "127.0.0.1:8470"  # the dashboard's HOST:PORT (port 0: any free one), or "off"
 
@@ -135,7 +141,12 @@ def from_file(path: Path) -> dict[str, Any]:
 def from_env(env: Mapping[str, str]) -> dict[str, Any]:
     out = {}
     for key, value in env.items():
-        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+        # CRYSTALLINE_TEST_* belong to the test suite (CRYSTALLINE_TEST_ARTIFACTS), not the daemon
+        if (
+            key.startswith(ENV_PREFIX)
+            and key != ENV_PREFIX + "CONFIG"
+            and not key.startswith(ENV_PREFIX + "TEST_")
+        ):
             name = key[len(ENV_PREFIX) :].lower()
             if name not in FIELDS:
                 raise ValueError(f"environment: unknown variable {key}")
@@ -212,6 +223,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         if getattr(settings.daemon, cap) < 0:
             raise ValueError(f"{cap.replace('_', '-')} must be >= 0 (0: no cap)")
     int(settings.daemon.socket_mode, 8)  # ValueError on garbage
+    from ..ingest.quality_rules import FilterRules
+
+    FilterRules().with_overrides(settings.daemon.quality_rule)  # ValueError naming a bad rule
     parse_bind(settings.daemon.http)  # ValueError on garbage
     return settings
 

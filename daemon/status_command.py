@@ -111,8 +111,17 @@ def summary(data: dict[str, Any]) -> str:
     )
     lines.append(
         f"ingest       documents {i.get('documents', '-')}  failed {i.get('failed', '-')}  "
+        f"filtered {i.get('filtered', '-')}  duplicates {i.get('duplicates', '-')}  "
         f"pending {i.get('pending', '-')}  tokens {i.get('tokens', '-')}"
     )
+    for label, key in (
+        ("filtered", "filtered_by_rule"),
+        ("lines cut", "lines_removed"),
+        ("pii", "pii_replaced"),
+    ):
+        counts = i.get(key) or {}
+        if counts:
+            lines.append(f"  {label:<11}" + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     lines.append(f"ring         slots {r.get('slots', '-')}  ready {r.get('ready', '-')}")
     h = data.get("http") or {}
     if h.get("url") or h.get("error"):

@@ -29,13 +29,16 @@ from ..crawler.settings import CrawlSettings
 from ..descriptors import raise_soft_limit
 from ..ingest.document import Spool
 from ..ingest.drop_folder import DropFolder
+from ..ingest.filters import FilterSettings
 from ..ingest.ingestor import Ingestor
+from ..ingest.quality_rules import FilterRules
 from ..ingest.settings import IngestSettings
 from ..workers.tokenizer import load_tokenizer
 from .command_limit import CommandLimit
 from .config import Settings
 from .control_link import ControlLink
 from .dashboard import Dashboard, parse_bind
+from .generation_service import GenerationService
 from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
 from .status_server import Command, CommandError, StatusServer
@@ -74,6 +77,7 @@ class Supervisor:
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
         self.status_server: StatusServer | None = None
         self.dashboard: Dashboard | None = None
+        self.generation = GenerationService(settings)  # the dashboard's chat, beside training
         self.history = MetricsHistory(settings.state_dir / "dashboard" / "history.json")
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -241,6 +245,7 @@ class Supervisor:
         if self.status_server is not None:
             data["socket"] = self.status_server.stats()
         data["http"] = self.dashboard.info() if self.dashboard is not None else {"url": None}
+        data["generation"] = self.generation.stats()
         ingest = data["ingest"]
         last_error = (
             self.start_error
@@ -266,7 +271,14 @@ class Supervisor:
 
     def _make_ingestor(self) -> Ingestor:
         s = self.settings
-        settings = IngestSettings(val_fraction=s.train.val_fraction)
+        d = s.daemon
+        filters = FilterSettings(
+            languages=d.languages,
+            language_min_score=d.language_min_score,
+            pii=not d.no_pii,
+            rules=FilterRules().with_overrides(d.quality_rule),
+        )
+        settings = IngestSettings(val_fraction=s.train.val_fraction, filters=filters)
         return Ingestor(
             settings,
             s.state_dir / "ingest",
@@ -370,6 +382,7 @@ class Supervisor:
     async def _close_dashboard(self) -> None:
         if self.dashboard is not None:
             await self.dashboard.close()
+        await self.generation.stop()
 
     # ---- the loop -------------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
@@ -436,6 +449,7 @@ class Supervisor:
                     self.history,
                     s.state_dir / "checkpoints",
                     s.state_dir / "ingest" / "registry.sqlite3",
+                    generator=self.generation,
                 )
                 await self.dashboard.start()
             started = await self._prepare()

@@ -3,7 +3,13 @@
 ``crystalline extract [--json] FILE...`` prints the text extracted from each file (HTML, PDF,
 images by OCR, plain text); with ``--json`` one line per file::
 
-    {"path": "a.pdf", "kind": "pdf", "text": "...", "chars": 1234, "error": null}
+    {"path": "a.pdf", "kind": "pdf", "text": "...", "chars": 1234, "error": null, "language": "en",
+     "language_score": 0.93, "verdicts": {"basic": "kept", "language": "kept", "c4": "kept",
+     "gopher_quality": "kept", "gopher_repetition": "gopher_repetition: ..."},
+     "edits": {"c4_policy": 1, "pii_email": 2}}
+
+The text is as extracted; ``verdicts`` are what ingest's filters (same options as ``ingest``)
+would decide, and ``edits`` the lines they would remove and the addresses they would replace.
 
 A file that fails gets its ``error`` and the others are still done; the exit status is 1 if any
 failed. ``crystalline ingest PATH... --data-dir DIR [--tokenizer T]`` ingests files and folders
@@ -25,7 +31,9 @@ from pathlib import Path
 from .document import Document
 from .drop_folder import readable
 from .extract import ExtractLimits
+from .filters import FilterSettings
 from .pool import ExtractionPool, PoolConfig
+from .quality_rules import FilterRules
 from .settings import IngestSettings
 
 
@@ -52,7 +60,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
     """Print the extracted text of each file; exit 1 if any failed."""
     paths = _files(args.files, strict=False)
     limits = ExtractLimits(ocr=not args.no_ocr)
-    config = PoolConfig(processes=args.processes, time_limit_s=args.time_limit, limits=limits)
+    config = PoolConfig(
+        processes=args.processes, time_limit_s=args.time_limit, limits=limits, filters=_filter_settings(args)
+    )
     docs: list[Document] = []
     errors: dict[int, str] = {}
     for i, path in enumerate(paths):
@@ -83,6 +93,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 "text": text,
                 "chars": len(text),
                 "error": error,
+                "language": res.language if res and not error else "",
+                "language_score": res.language_score if res and not error else 0.0,
+                "verdicts": res.verdicts if res and not error else {},
+                "edits": res.edits if res and not error else {},
             }
             print(json.dumps(line, ensure_ascii=False))
         elif error:
@@ -100,7 +114,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     paths = _files(args.paths)
     tokenizer = load_tokenizer(args.tokenizer)
-    settings = IngestSettings(processes=args.processes, time_limit_s=args.time_limit)
+    settings = IngestSettings(
+        processes=args.processes, time_limit_s=args.time_limit, filters=_filter_settings(args)
+    )
     counts = dict.fromkeys(("documents", "tokens", "duplicates", "failed", "filtered", "skipped"), 0)
     with Ingestor(settings, Path(args.data_dir), tokenizer) as ingestor:
         batch: list[Submission] = []
@@ -145,7 +161,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders to extract")
     p.add_argument("--json", action="store_true", help='one JSON line per file: {"path", "kind", "text", '
-                   '"chars", "error"}')  # fmt: skip
+                   '"chars", "error", "language", "language_score", "verdicts", "edits"}')  # fmt: skip
     p.add_argument("--no-ocr", action="store_true", help="do not OCR images and scanned PDF pages")
     _add_pool_options(p)
     p.set_defaults(func=cmd_extract)
@@ -166,6 +182,22 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 def _add_pool_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--processes", type=int, default=1, help="extraction processes (default 1)")
     p.add_argument("--time-limit", type=float, default=120.0, help="seconds per file (default 120)")
+    p.add_argument("--language", action="append", default=[], metavar="CODE",
+                   help="keep only this language (ISO 639, repeatable; default: all)")  # fmt: skip
+    p.add_argument("--language-min-score", type=float, default=0.65,
+                   help="language score a kept language needs (default 0.65)")  # fmt: skip
+    p.add_argument("--no-pii", action="store_true", help="keep e-mail and IP addresses as they are")
+    p.add_argument("--quality-rule", action="append", default=[], metavar="NAME=VALUE",
+                   help="a rule threshold, e.g. gopher_max_words=0 (repeatable)")  # fmt: skip
+
+
+def _filter_settings(args: argparse.Namespace) -> FilterSettings:
+    return FilterSettings(
+        languages=tuple(args.language),
+        language_min_score=args.language_min_score,
+        pii=not args.no_pii,
+        rules=FilterRules().with_overrides(args.quality_rule),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,152 @@
+"""The quality filters on small crafted documents: each kept or removed with its reason."""
+
+from __future__ import annotations
+
+import _ingest_samples as samples
+import pytest
+
+from crystalline.ingest.filters import FilterSettings, judge
+from crystalline.ingest.language import identify
+from crystalline.ingest.pii import scrub_pii
+from crystalline.ingest.quality_rules import FilterRules, document_verdicts, filter_lines
+
+GOOD = samples.prose(1, 200)
+
+
+def config(settings: FilterSettings | None = None) -> dict:
+    import dataclasses
+
+    settings = settings or FilterSettings()
+    return {"min_chars": 50, "min_words": 5, "filters": dataclasses.asdict(settings)}
+
+
+def test_good_prose_passes_every_rule() -> None:
+    v = judge(GOOD, config())
+    assert v.problem == "" and set(v.verdicts.values()) == {"kept"}
+
+
+def test_c4_line_rules_remove_boilerplate_lines_and_count_them() -> None:
+    text = GOOD + "\nPlease enable JavaScript to view the comments.\nThis site uses cookies.\n" + GOOD[:300]
+    out, removed = filter_lines(text, FilterRules())
+    assert removed == {"c4_javascript": 1, "c4_policy": 1}
+    assert "JavaScript" not in out and "cookies" not in out and out.startswith(GOOD[:50])
+
+
+def test_c4_terminal_punctuation_rule_when_turned_on() -> None:
+    rules = FilterRules().with_overrides(["c4_terminal_punct_lines=on"])
+    out, removed = filter_lines("A heading\nA sentence that ends.\n", rules)
+    assert removed == {"c4_no_terminal_punct": 1} and out == "A sentence that ends."
+
+
+@pytest.mark.parametrize(
+    ("text", "rule"),
+    [
+        (GOOD + " Lorem ipsum dolor sit amet.", "c4"),
+        ("word " * 40, "gopher_quality"),  # under 50 words
+        ("a b c d e f g " * 20, "gopher_quality"),  # mean word length 1
+        ("\n".join(f"# {samples.prose(i, 8)}" for i in range(40)).replace(".", " ###"), "gopher_quality"),
+        ("\n".join([samples.prose(3, 12)] * 20), "gopher_repetition"),  # the same line 20 times
+        (GOOD + " " + " ".join(["buy cheap shoes now"] * 60), "gopher_repetition"),
+    ],
+)
+def test_each_document_rule_removes_with_its_reason(text: str, rule: str) -> None:
+    v = judge(text, config())
+    assert v.problem.startswith(rule), v.verdicts
+    assert v.verdicts[rule] == v.problem
+
+
+def test_ellipsis_and_bullet_lines() -> None:
+    ellipsis = "\n".join(samples.prose(i, 12)[:-1] + "..." for i in range(10))
+    assert "ellipsis" in (document_verdicts(ellipsis, FilterRules())["gopher_quality"] or "")
+    bullets = "\n".join("• " + samples.prose(i, 12) for i in range(10))
+    assert "bullets" in (document_verdicts(bullets, FilterRules())["gopher_quality"] or "")
+
+
+def test_stop_word_rule_applies_to_confident_english_only() -> None:
+    stops = {"the", "of", "and", "to", "that", "with", "have", "be", "in"}
+    no_stops = " ".join(w for w in GOOD.split() if w.lower().strip(".") not in stops)
+    assert "stop words" in (document_verdicts(no_stops, FilterRules(), "en")["gopher_quality"] or "")
+    assert document_verdicts(no_stops, FilterRules(), "")["gopher_quality"] is None
+
+
+def test_thresholds_are_configurable_and_bad_ones_refused() -> None:
+    text = "\n".join([samples.prose(3, 12)] * 20)
+    loose = FilterRules.disabled().with_overrides(["gopher_dup_line_frac=0.99"])
+    assert document_verdicts(text, loose)["gopher_repetition"] is None
+    with pytest.raises(ValueError, match="no_such_rule"):
+        FilterRules().with_overrides(["no_such_rule=1"])
+    with pytest.raises(ValueError, match="not a float"):
+        FilterRules().with_overrides(["gopher_dup_line_frac=lots"])
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (
+            "The committee met on Tuesday and agreed that the new bridge should be finished before winter.",
+            "en",
+        ),
+        (
+            "Le comité s'est réuni mardi et a convenu que le nouveau pont devait être terminé avant l'hiver.",
+            "fr",
+        ),
+        (
+            "Der Ausschuss traf sich am Dienstag und beschloss, die Brücke vor dem Winter zu bauen.",
+            "de",
+        ),
+        (
+            "El comité se reunió el martes y acordó que el nuevo puente debía terminarse antes del invierno.",
+            "es",
+        ),
+        ("Комитет собрался во вторник и решил, что новый мост должен быть закончен до зимы.", "ru"),
+    ],
+)
+def test_language_identification(text: str, code: str) -> None:
+    language, score = identify(text)
+    assert language == code and score > 0.65
+
+
+def test_language_filter_keeps_only_the_languages_asked_for() -> None:
+    french = " ".join(
+        ["Le comité s'est réuni mardi et a convenu que le nouveau pont devait être terminé."] * 1
+    )
+    french = " ".join(f"{french} Phrase numéro {i} du rapport annuel de la ville." for i in range(8))
+    only_en = config(FilterSettings(languages=("en",)))
+    v = judge(french, only_en)
+    assert v.problem.startswith("language: fr") and v.language == "fr"
+    assert judge(french, config()).verdicts["language"] == "kept"  # default: every language
+
+
+def test_pii_replaced_and_look_alikes_kept() -> None:
+    text = (
+        "Write to jane.doe@mail.example.org or call from 203.0.113.77; "
+        "the router is fe80::1ff:fe23:4567:890a. Release v1.2.3.4, version 10.0.0.1, Python 3.11.4, "
+        "OID 1.3.6.1.4.1, at 12:30:45, ratio 3:2, std::vector."
+    )
+    out, counts = scrub_pii(text)
+    assert counts == {"email": 1, "ipv4": 1, "ipv6": 1}
+    assert "jane.doe" not in out and "203.0.113.77" not in out and "fe80" not in out
+    for keep in ("v1.2.3.4", "version 10.0.0.1", "3.11.4", "1.3.6.1.4.1", "12:30:45", "3:2", "std::vector"):
+        assert keep in out
+
+
+def test_pii_is_replaced_in_kept_text_and_can_be_turned_off() -> None:
+    text = GOOD + " Contact the harbour office at office@harbour.example.net for the survey."
+    on = judge(text, config())
+    assert "office@harbour" not in on.text and on.edits == {"pii_email": 1}
+    off = judge(text, config(FilterSettings(pii=False)))
+    assert "office@harbour.example.net" in off.text and off.edits == {}
+
+
+def test_extract_json_shows_language_score_and_verdicts(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from crystalline.ingest.command import main
+
+    (tmp_path / "good.txt").write_text(GOOD + " Mail ann@example.org.", encoding="utf-8")
+    (tmp_path / "lorem.txt").write_text(GOOD + " Lorem ipsum dolor sit amet.", encoding="utf-8")
+    assert main(["extract", "--json", str(tmp_path / "good.txt"), str(tmp_path / "lorem.txt")]) == 0
+    good, lorem = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert good["language"] == "en" and 0 < good["language_score"] <= 1
+    assert set(good["verdicts"].values()) == {"kept"} and good["edits"] == {"pii_email": 1}
+    assert lorem["verdicts"]["c4"].startswith("c4_lorem_ipsum")
