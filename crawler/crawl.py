@@ -2,15 +2,25 @@
 to a ``DocumentSink`` and queue their links.
 
 ``Crawler`` is the library entry point (the daemon runs one; ``crystalline crawl`` runs one to
-completion). A page counts as stored once the sink has acknowledged it; only then is its URL
-marked STORED, together with its links, so a crash in between refetches that page, never loses it.
+completion). A page counts as stored once the sink has acknowledged it (and its WARC records are
+on disk, when WARC is on); only then is its URL marked STORED, together with its links and its
+next visit, so a crash in between refetches that page, never loses it.
+
+Stored pages come back when their revisit time has come (``schedule``): the request carries the
+last ``ETag``/``Last-Modified``; a 304 or a byte-identical body goes to the sink no more, a changed
+body goes as a new version. Revisits and new URLs share the requests (``revisit_share``). A host
+whose robots.txt cannot be had is deferred with a growing backoff, its URLs kept; a run ends when
+only deferred work is left, and says what and until when. A URL shape whose pages stop giving new
+text (judged here at fetch, and by ingest through ``feedback``) is cut as a trap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,19 +29,39 @@ from typing import Any
 from aiohttp.abc import AbstractResolver
 
 from ..ingest.document import Document, DocumentSink
+from . import schedule, sitemaps
+from .feedback import IngestFeedback
 from .fetcher import Fetcher, FetchResult
-from .frontier import FAILED, IN_FLIGHT, QUEUED, REDIRECTED, SKIPPED, STORED, Frontier, NewUrl, UrlEntry
-from .links import extract_links
+from .frontier import (
+    FAILED,
+    IN_FLIGHT,
+    QUEUED,
+    REDIRECTED,
+    SITEMAP,
+    SKIPPED,
+    STORED,
+    Frontier,
+    NewUrl,
+    Revisit,
+    UrlEntry,
+)
+from .links import parse_page
 from .politeness import FAR_FUTURE, Politeness
-from .robots import RobotsBudget, RobotsCache, RobotsResponse
+from .robots import RobotsBudget, RobotsCache, RobotsResponse, RobotsRules
 from .settings import CrawlSettings
+from .shapes import TextNovelty
 from .urls import UrlPolicy, canonical_url, origin_of, url_pattern
+from .warc import WarcWriter
 
 log = logging.getLogger("crystalline.crawler")
 
 _HTML = frozenset({"text/html", "application/xhtml+xml"})
 _THREAD_PARSE_BYTES = 256 * 1024  # larger pages are parsed off the event loop
 _LOGGED_REFUSALS = 10  # per page: a page of 10k hostile links must not flood the log
+_FEEDBACK_EVERY_S = 5.0  # how often ingest's verdicts are read
+_PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work runs
+_DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
+ONLY_DEFERRED = "only deferred work left"
 
 
 @dataclass(frozen=True)
@@ -62,6 +92,11 @@ class CrawlSummary:
     stored_total: int  # in this data dir, all runs
     dropped: dict[str, int] = field(default_factory=dict)  # URLs not kept at the caps, per reason
     robots_deferred: int = 0  # times a new host waited for the robots.txt budget
+    revisits: int = 0  # revisits made in this run, of which:
+    not_modified: int = 0  # ... answered 304
+    unchanged: int = 0  # ... with the same body
+    changed: int = 0  # ... with a new body (handed to the sink as a new version)
+    deferred: list[tuple[str, str, float, int]] = field(default_factory=list)  # (origin, why, until, queued)
 
     def line(self) -> str:
         text = (
@@ -75,11 +110,25 @@ class CrawlSummary:
             text += f", {dropped} dropped at the frontier's caps ({reasons})"
         if self.robots_deferred:
             text += f"; new hosts waited {self.robots_deferred} times for the robots.txt budget"
+        if self.revisits:
+            text += (
+                f"; {self.revisits} revisits ({self.not_modified} not modified, {self.unchanged} unchanged, "
+                f"{self.changed} changed)"
+            )
+        for origin, why, until, queued in self.deferred[:_DEFERRED_SHOWN]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
+            text += f"\ndeferred: {origin}: {why}; retry after {when} ({queued} URLs queued)"
+        if len(self.deferred) > _DEFERRED_SHOWN:
+            text += f"\ndeferred: {len(self.deferred) - _DEFERRED_SHOWN} more hosts"
+        if self.deferred:
+            text += "\nrun the same crawl again to resume it"
         return text
 
 
 class Crawler:
-    """A crawl over the frontier in ``settings.data_dir``, storing pages into ``sink``."""
+    """A crawl over the frontier in ``settings.data_dir``, storing pages into ``sink``.
+
+    ``feedback`` reads ingest's verdicts on the pages (the daemon passes its registry's)."""
 
     def __init__(
         self,
@@ -88,13 +137,13 @@ class Crawler:
         *,
         resolver: AbstractResolver | None = None,
         on_fetch: Callable[[FetchRecord], None] | None = None,
+        feedback: IngestFeedback | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
         self.policy = UrlPolicy(settings)
         self.frontier = Frontier(
             settings.frontier_path,
-            settings.max_urls_per_pattern,
             max_queued_per_host=settings.max_queued_per_host,
             max_queued=settings.max_queued,
         )
@@ -105,18 +154,39 @@ class Crawler:
             settings.robots_ttl,
             settings.robots_error_ttl,
             settings.max_robots_cached,
+            store=self.frontier,
         )
         self.robots_budget = RobotsBudget(settings.robots_per_minute if settings.obey_robots else 0)
+        self.novelty = TextNovelty()
+        self.feedback = feedback
+        self.warc = (
+            WarcWriter(settings.warc_dir, settings.warc_file_bytes, settings.warc_max_bytes)
+            if settings.warc_dir is not None
+            else None
+        )
+        self._rng = random.Random()
         self._robots_deferred = 0
         self._trimming = True  # until the frontier is within its caps (a chunk per loop turn)
         self._resolver = resolver
         self._on_fetch = on_fetch
         self._fetcher: Fetcher | None = None
         self._wake = asyncio.Event()
+        self._run_started = 0.0
+        self._next_promote = 0.0
+        self._next_feedback = 0.0
+        self._launched = {"new": 0, "revisit": 0}
+        self._revisits_in_flight = 0
         self._counts = {"fetched": 0, "stored": 0, "failed": 0, "skipped": 0, "retried": 0, "bytes": 0}
+        self._revisit_counts = {"revisits": 0, "not_modified": 0, "unchanged": 0, "changed": 0}
+        self._final_stats: dict[str, Any] | None = None
 
     def close(self) -> None:
+        self._final_stats = self.stats()  # what stats() answers from now on
         self.frontier.close()
+        if self.feedback is not None:
+            self.feedback.close()
+        if self.warc is not None:
+            self.warc.close()
 
     def add_url(self, url: str) -> bool:
         """Queue a start URL at depth 0 (its host joins the scope unless domains were configured);
@@ -128,46 +198,62 @@ class Crawler:
         self.policy.add_seed(canon)
         if not self.policy.in_scope(canon):
             raise ValueError(f"cannot crawl {url}: outside the allowed domains")
-        added = self.frontier.add([NewUrl(canon, origin_of(canon), 0)]) == 1
+        added = self.frontier.add([NewUrl(canon, origin_of(canon), 0, pattern=url_pattern(canon))]) == 1
         self._wake.set()
         return added
 
     def stats(self) -> dict[str, Any]:
         """Counters for the status socket: this run's requests, errors and bytes, the frontier's state,
-        its caps and what they dropped (all runs of this data dir)."""
+        its caps and what they dropped (all runs of this data dir), revisits, deferred hosts and a
+        line per host (``hosts``: deferred ones first, then the busiest; ``host_count`` in all)."""
+        if self._final_stats is not None:
+            return self._final_stats
         counts = self.frontier.counts
         s = self.settings
+        now = time.time()
         return {
             "fetched": self._counts["fetched"],
             "stored": self._counts["stored"],
-            "stored_total": counts[STORED],
+            "stored_total": self.frontier.stored_total,
             "queued": counts[QUEUED],
             "in_flight": counts[IN_FLIGHT],
             "errors": self._counts["failed"],
             "skipped": self._counts["skipped"],
             "retried": self._counts["retried"],
-            "hosts": self.frontier.hosts,
+            "host_count": self.frontier.hosts,
+            "hosts": [h.as_dict(now) for h in self.frontier.host_reports(50)],
             "bytes": self._counts["bytes"],
-            "frontier_size": sum(counts),  # URL rows: queued, in flight and done
+            "frontier_size": sum(counts) + self.frontier.revisits_queued,  # URL rows
             "frontier_bytes": self.frontier.disk_bytes(),
             "dropped": dict(self.frontier.dropped),
             "robots_fetches": self.robots.fetches,
             "robots_deferred": self._robots_deferred,
+            "revisits": {**self._revisit_counts, "queued": self.frontier.revisits_queued},
+            "next_revisit": self.frontier.next_visit_at(),
+            "deferred_hosts": len(self.frontier.deferred(now, 1000)),
+            "traps": len(self.frontier.trapped),
+            **({"warc": self.warc.stats()} if self.warc is not None else {}),
             "caps": {
                 "links_per_page": s.max_links_per_page,
                 "queued_per_host": s.max_queued_per_host,
                 "queued": s.max_queued,
                 "robots_per_minute": s.robots_per_minute,
+                "fetches_per_host_per_day": s.max_fetches_per_host_per_day,
             },
         }
 
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> CrawlSummary:
-        """Crawl until the frontier is empty, ``max_pages`` are stored, or ``stop`` is set."""
+        """Crawl until nothing is left to do now (the queue is empty, no revisit is due, or only
+        deferred hosts hold URLs), ``max_pages`` are stored, or ``stop`` is set. A run never
+        revisits a page it fetched itself: the next run (or the daemon's next pass) does."""
         start = time.monotonic()
+        self._run_started = time.time()
         dropped_before = dict(self.frontier.dropped)
         deferred_before = self._robots_deferred
+        counts_before = dict(self._counts)
+        revisits_before = dict(self._revisit_counts)
         tasks: dict[asyncio.Task[None], UrlEntry] = {}
         stop_watch = asyncio.create_task(self._wake_on(stop))
         reason = "stopped"
@@ -177,13 +263,17 @@ class Crawler:
                 while not stop.is_set():
                     if self._trimming:
                         self._trimming = self.frontier.trim() > 0
+                    self._read_feedback()
+                    self._promote(force=not tasks)
                     launched = self._launch(tasks)
                     if not tasks and not launched:
                         if self._pages_left() == 0:
                             reason = "max pages"
                             break
                         if self.frontier.next_ready_at() is None:
-                            reason = "frontier empty"
+                            reason = (
+                                ONLY_DEFERRED if self.frontier.deferred(time.time(), 1) else "frontier empty"
+                            )
                             break
                     await self._sleep_until_due()
             finally:
@@ -191,14 +281,17 @@ class Crawler:
                 stop_watch.cancel()
                 self.frontier.free_hosts()
                 self._fetcher = None
+        now = time.time()
         summary = CrawlSummary(
             reason=reason,
             elapsed=time.monotonic() - start,
             queued=self.frontier.counts[QUEUED],
-            stored_total=self.frontier.counts[STORED],
+            stored_total=self.frontier.stored_total,
             dropped={k: n - dropped_before.get(k, 0) for k, n in self.frontier.dropped.items()},
             robots_deferred=self._robots_deferred - deferred_before,
-            **self._counts,
+            deferred=self.frontier.deferred(now, 1000),
+            **{k: n - counts_before[k] for k, n in self._counts.items()},
+            **{k: n - revisits_before[k] for k, n in self._revisit_counts.items()},
         )
         log.info("%s", summary.line())
         return summary
@@ -227,16 +320,43 @@ class Crawler:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
+    def _read_feedback(self) -> None:
+        """Apply ingest's newest verdicts (every few seconds)."""
+        now = time.monotonic()
+        if self.feedback is None or now < self._next_feedback:
+            return
+        self._next_feedback = now + _FEEDBACK_EVERY_S
+        cursor = self.frontier.feedback_cursor()
+        verdicts, new_cursor = self.feedback.since(cursor)
+        if new_cursor != cursor:
+            self.frontier.ingest_verdicts(verdicts, new_cursor, self.settings.revisit_inc_rate)
+
+    def _promote(self, force: bool) -> None:
+        """Bring due revisits into the queue, within their share of the requests while new URLs
+        wait (all of the requests when none do)."""
+        now = time.time()
+        if not force and now < self._next_promote:
+            return
+        self._next_promote = now + _PROMOTE_EVERY_S
+        s = self.settings
+        room = 2 * s.concurrency - self.frontier.revisits_queued
+        if self.frontier.counts[QUEUED] > 0:  # new URLs wait: revisits get their share
+            total = self._launched["new"] + self._launched["revisit"]
+            room = min(room, int(s.revisit_share * (total + s.concurrency)) - self._launched["revisit"])
+        if room > 0 and self.frontier.promote_due(now, room, fetched_before=self._run_started):
+            self._wake.set()
+
     def _pages_left(self) -> int | None:
-        """Pages the crawl may still start (None: no limit)."""
+        """New pages the crawl may still start (None: no limit)."""
         if not self.settings.max_pages:
             return None
-        counts = self.frontier.counts
-        return max(0, self.settings.max_pages - counts[STORED] - counts[IN_FLIGHT])
+        new_in_flight = self.frontier.counts[IN_FLIGHT] - self._revisits_in_flight
+        return max(0, self.settings.max_pages - self.frontier.stored_total - new_in_flight)
 
     def _launch(self, tasks: dict[asyncio.Task[None], UrlEntry]) -> int:
         """Claim URLs of due hosts, as far as concurrency, politeness and limits allow."""
-        budget = self.settings.concurrency - len(tasks)
+        s = self.settings
+        budget = s.concurrency - len(tasks)
         left = self._pages_left()
         if left is not None:
             budget = min(budget, left)
@@ -248,23 +368,30 @@ class Crawler:
             if launched >= budget:
                 break
             slot = self.politeness.slot(origin)
-            per_host = self.settings.max_pages_per_host
+            revisits_only = False
+            per_host = s.max_pages_per_host
             if per_host and self.frontier.host_stored(origin) + slot.active >= per_host:
-                if slot.active:
-                    self.frontier.set_next_at(origin, FAR_FUTURE)
-                else:
+                if not slot.active:
                     dropped = self.frontier.drop_host_queue(origin, "max pages per host")
-                    log.info("host %s: page limit %d reached, %d URLs skipped", origin, per_host, dropped)
-                continue
+                    if dropped:
+                        log.info("host %s: page limit %d reached, %d URLs skipped", origin, per_host, dropped)
+                revisits_only = True  # its stored pages are still revisited
+            per_day = s.max_fetches_per_host_per_day
+            if per_day:
+                done_today, day_ends = self.frontier.day_fetches(origin, now)
+                if done_today + slot.active >= per_day:
+                    why = f"daily budget of {per_day} requests spent"
+                    self.frontier.defer_host(origin, day_ends, why, now, count=False)
+                    continue
             capacity = self.politeness.capacity(slot)
             if capacity == 0:
                 self.frontier.set_next_at(origin, FAR_FUTURE)
                 continue
-            robots_token = self.settings.obey_robots and self.robots.needs_fetch(origin)
+            robots_token = s.obey_robots and self.robots.needs_fetch(origin)
             if robots_token and not self.robots_budget.take():
                 self._defer_for_robots(origin)
                 continue
-            entries = self.frontier.claim(origin, min(capacity, budget - launched), now)
+            entries = self.frontier.claim(origin, min(capacity, budget - launched), now, revisits_only)
             if not entries:
                 if robots_token:
                     self.robots_budget.refund()
@@ -276,6 +403,8 @@ class Crawler:
                 task = asyncio.create_task(self._crawl_one(entry, robots_token and i == 0))
                 tasks[task] = entry
                 task.add_done_callback(lambda t: self._task_done(tasks, t))
+                self._launched["revisit" if entry.revisit else "new"] += 1
+                self._revisits_in_flight += entry.revisit
             self.frontier.set_next_at(origin, next_at)
             launched += len(entries)
         return launched
@@ -286,7 +415,9 @@ class Crawler:
         self.frontier.set_next_at(origin, time.time() + self.robots_budget.retry_in())
 
     def _task_done(self, tasks: dict[asyncio.Task[None], UrlEntry], task: asyncio.Task[None]) -> None:
-        tasks.pop(task, None)
+        entry = tasks.pop(task, None)
+        if entry is not None and entry.revisit:
+            self._revisits_in_flight -= 1
         self._wake.set()
 
     # -- one URL --------------------------------------------------------------------------------
@@ -296,16 +427,29 @@ class Crawler:
         for it at launch."""
         latency: float | None = None
         ok = False
+        s = self.settings
         try:
-            if self.settings.obey_robots and not await self._robots_allow(entry, robots_token):
+            if s.obey_robots and not await self._robots_allow(entry, robots_token):
                 return
             assert self._fetcher is not None
-            result = await self._fetcher.fetch(
-                entry.url, self.settings.content_types, self.settings.max_body_bytes
-            )
+            headers = {}
+            if entry.revisit and entry.etag:
+                headers["If-None-Match"] = entry.etag
+            if entry.revisit and entry.last_modified:
+                headers["If-Modified-Since"] = entry.last_modified
+            if entry.kind == SITEMAP:
+                result = await self._fetcher.fetch(entry.url, None, s.sitemap_max_bytes, True, headers)
+            else:
+                result = await self._fetcher.fetch(
+                    entry.url, s.content_types, s.max_body_bytes, False, headers
+                )
             self._record(result)
             latency = result.elapsed if result.status else None
             ok = 200 <= result.status < 400
+            if self.warc is not None and result.status:
+                await self.warc.write(
+                    result, cut=entry.kind == SITEMAP and len(result.body) >= s.sitemap_max_bytes
+                )
             await self._handle(entry, result)
         except asyncio.CancelledError:
             self.frontier.release(entry)
@@ -330,9 +474,11 @@ class Crawler:
             self._finish(entry, SKIPPED, 0, rules.reason)
             return False
         if rules.unavailable:
-            self.politeness.hold(entry.origin, self.settings.robots_error_ttl)
-            self._retry_or_fail(entry, self.settings.robots_error_ttl, 0, rules.reason)
+            self._defer_unavailable(entry, rules)
             return False
+        if fetched_now:
+            self.frontier.undefer_host(entry.origin)
+            self._queue_sitemaps(entry.origin, rules)
         if not rules.allowed(entry.url):
             self._finish(entry, SKIPPED, 0, "disallowed by robots.txt")
             return False
@@ -343,6 +489,33 @@ class Crawler:
                 await asyncio.sleep(delay)
         return True
 
+    def _defer_unavailable(self, entry: UrlEntry, rules: RobotsRules) -> None:
+        """robots.txt could not be had (5xx, unreachable): the host and its URLs wait, with a
+        backoff that grows each time in a row (RFC 9309 2.3.1.4: assume complete disallow)."""
+        now = time.time()
+        if self.frontier.deferred_until(entry.origin) <= now:  # the first of its requests to learn it
+            wait = schedule.defer_wait(self.settings, self.frontier.defer_count(entry.origin), self._rng)
+            self.frontier.defer_host(entry.origin, now + wait, rules.reason, now)
+            self.robots.forget(entry.origin)  # asked again when the deferral ends
+            log.info("host %s deferred for %.0f s: %s", entry.origin, wait, rules.reason)
+        self.frontier.release(entry)
+
+    def _queue_sitemaps(self, origin: str, rules: RobotsRules) -> None:
+        """A host's sitemaps (its robots.txt's Sitemap: lines and /sitemap.xml) join the frontier."""
+        if not self.settings.sitemaps:
+            return
+        found = []
+        for url in [*rules.sitemaps(), origin + "/sitemap.xml"]:
+            with contextlib.suppress(ValueError):
+                found.append(canonical_url(url))
+        admitted = [
+            NewUrl(u, origin_of(u), 0, kind=SITEMAP)
+            for u in dict.fromkeys(found)
+            if self.policy.check_discovered(u) is None
+        ]
+        if admitted:
+            self.frontier.add(admitted)
+
     async def _handle(self, entry: UrlEntry, result: FetchResult) -> None:
         s = self.settings
         status = result.status
@@ -352,6 +525,9 @@ class Crawler:
             self._finish(entry, SKIPPED, status, result.error)  # the URL policy or the SSRF guard
         elif result.error and not status:
             self._finish(entry, FAILED, 0, result.error)
+        elif status == 304 and entry.revisit:
+            self._revisit_counts["not_modified"] += 1
+            self._keep(entry, result, changed=False)
         elif 300 <= status < 400 and result.location:
             self._redirect(entry, result)
         elif status in (429, 503):
@@ -362,24 +538,48 @@ class Crawler:
             self._retry_or_fail(entry, wait, status, f"HTTP {status}")
         elif status >= 500:
             self._retry_or_fail(entry, self._backoff(entry), status, f"HTTP {status}")
+        elif not 200 <= status < 300 and entry.kind == SITEMAP:
+            self._finish(entry, SKIPPED, status, f"no sitemap (HTTP {status})")  # most sites have none
         elif not 200 <= status < 300:
-            self._finish(entry, FAILED, status, f"HTTP {status}")  # 4xx: never retried
+            self._finish(entry, FAILED, status, f"HTTP {status}")  # 4xx: never retried (a revisit: gone)
         elif result.error:
             state = SKIPPED if result.error.startswith("content type") else FAILED
             self._finish(entry, state, status, result.error)
         elif _looks_binary(result):
             self._finish(entry, SKIPPED, status, f"binary body labelled {result.content_type}")
+        elif entry.kind == SITEMAP:
+            await self._read_sitemap(entry, result)
         else:
             await self._store(entry, result)
 
+    def _keep(
+        self, entry: UrlEntry, result: FetchResult, changed: bool, body_hash: str | None = None
+    ) -> None:
+        """A revisit found nothing new (a 304 or the same body): the page stays as it was, its
+        next visit further away."""
+        now = time.time()
+        interval = schedule.next_interval(self.settings, entry.interval, changed)
+        revisit = Revisit(
+            now + interval, interval, entry.interval, now, result.etag, result.last_modified, body_hash
+        )
+        if not changed and result.status != 304:
+            self._revisit_counts["unchanged"] += 1
+        self._revisit_counts["revisits"] += 1
+        self.frontier.finish(entry, STORED, result.status, revisit=revisit)
+
     async def _store(self, entry: UrlEntry, result: FetchResult) -> None:
+        body_hash = hashlib.sha256(result.body).hexdigest()
+        if entry.revisit and body_hash == entry.body_hash:
+            self._keep(entry, result, changed=False)
+            return
+        now = time.time()
         doc = Document(
             source=entry.url,
             body=result.body,
             content_type=result.content_type,
             charset=result.charset,
             origin="crawl",
-            fetched_at=time.time(),
+            fetched_at=now,
         )
         try:
             await asyncio.wait_for(self.sink.submit(doc), self.settings.submit_timeout)
@@ -388,18 +588,96 @@ class Crawler:
             self.frontier.release(entry)
             return
         links: list[NewUrl] = []
-        if result.content_type in _HTML and entry.depth < self.settings.max_depth:
+        fresh: bool | None = None
+        if result.content_type in _HTML:
             if len(result.body) > _THREAD_PARSE_BYTES:
-                found = await asyncio.to_thread(extract_links, result.body, entry.url, result.charset)
+                found, text = await asyncio.to_thread(parse_page, result.body, entry.url, result.charset)
             else:
-                found = extract_links(result.body, entry.url, result.charset)
-            links = self._admit(found, entry.depth + 1, 0, entry.url)
+                found, text = parse_page(result.body, entry.url, result.charset)
+            if not entry.revisit and entry.pattern is not None:
+                # does this shape still give new text? (the trap guard: finish() counts it, with
+                # the new URLs of other shapes the page gave; a shape that gives neither is cut)
+                fresh = self.novelty.novel(entry.origin, entry.pattern, text)
+            if entry.depth < self.settings.max_depth:
+                links = self._admit(found, entry.depth + 1, 0, entry.url)
+        if entry.revisit:
+            self._revisit_counts["revisits"] += 1
+            self._revisit_counts["changed"] += 1
+            interval = schedule.next_interval(self.settings, entry.interval, changed=True)
+        else:
+            interval = schedule.first_interval(self.settings, entry.interval)
+        revisit = Revisit(
+            now + interval,
+            interval,
+            entry.interval or interval,
+            now,
+            result.etag,
+            result.last_modified,
+            body_hash,
+            new_version=True,
+            fresh=fresh,
+        )
         self._counts["stored"] += 1
         self._counts["bytes"] += len(result.body)
         self.frontier.finish(
-            entry, STORED, result.status, links=links, max_links=self.settings.max_links_per_page
+            entry,
+            STORED,
+            result.status,
+            links=links,
+            max_links=self.settings.max_links_per_page,
+            revisit=revisit,
         )
         log.debug("stored %s (%d bytes, %d links)", entry.url, len(result.body), len(links))
+
+    async def _read_sitemap(self, entry: UrlEntry, result: FetchResult) -> None:
+        """Queue what a sitemap (or sitemap index, or feed) lists, in scope as any link; a stored
+        page whose ``lastmod`` is newer than its last fetch becomes due now."""
+        s = self.settings
+        body_hash = hashlib.sha256(result.body).hexdigest()
+        if entry.revisit and body_hash == entry.body_hash:
+            self._keep(entry, result, changed=False)
+            return
+        parsed = await asyncio.to_thread(sitemaps.parse, result.body, s.sitemap_max_bytes, s.sitemap_max_urls)
+        if parsed.truncated:
+            log.info("sitemap %s: read in part (%s)", entry.url, parsed.truncated)
+        urls = []
+        for item in parsed.entries:
+            with contextlib.suppress(ValueError):
+                urls.append((canonical_url(item.loc), item))
+        admitted = {u.url: u for u in self._admit([u for u, _ in urls], 1, 0, entry.url)}
+        links: list[NewUrl] = []
+        changed: list[tuple[str, float]] = []
+        for url, item in urls:
+            new = admitted.get(url)
+            if new is None:
+                continue
+            if parsed.kind == sitemaps.INDEX:
+                if entry.depth < s.sitemap_max_depth:
+                    links.append(NewUrl(url, new.origin, entry.depth + 1, kind=SITEMAP))
+                continue
+            hint = schedule.CHANGEFREQ.get((item.changefreq or "").lower(), 0.0)
+            links.append(NewUrl(url, new.origin, 1, 0, new.pattern, hint))
+            if item.lastmod is not None:
+                changed.append((url, item.lastmod))
+        now = time.time()
+        due = self.frontier.mark_changed(changed, now)
+        if due:
+            self._wake.set()
+        interval = (
+            schedule.next_interval(s, entry.interval, changed=True)
+            if entry.revisit
+            else schedule.first_interval(s)
+        )
+        revisit = Revisit(
+            now + interval, interval, entry.interval or interval, now, result.etag, result.last_modified,
+            body_hash, new_version=True,
+        )  # fmt: skip
+        added = self.frontier.finish(
+            entry, STORED, result.status, links=links, max_links=s.sitemap_max_urls, revisit=revisit
+        )
+        log.info(
+            "sitemap %s: %d URLs listed, %d new, %d stored pages due again", entry.url, len(urls), added, due
+        )
 
     def _redirect(self, entry: UrlEntry, result: FetchResult) -> None:
         assert result.location is not None
@@ -450,6 +728,13 @@ class Crawler:
             self._counts["retried"] += 1
             log.info("retry %s in %.1f s: %s", entry.url, wait, error)
             self.frontier.retry(entry, time.time() + wait, status, error)
+        elif entry.revisit:  # a stored page that failed for now: kept, asked again at its next visit
+            now = time.time()
+            interval = schedule.next_interval(self.settings, entry.interval, changed=False)
+            revisit = Revisit(now + interval, interval, entry.interval, now)
+            self._revisit_counts["revisits"] += 1
+            log.info("revisit of %s failed (%s); next visit in %.0f s", entry.url, error, interval)
+            self.frontier.finish(entry, STORED, status, error, revisit=revisit)
         else:
             self._finish(entry, FAILED, status, f"{error} (gave up after {entry.attempts + 1} attempts)")
 
@@ -480,6 +765,8 @@ class Crawler:
         for _ in range(6):
             result = await self._fetcher.fetch(url, None, self.settings.robots_max_bytes, truncate=True)
             self._record(result)
+            if self.warc is not None and result.status:
+                await self.warc.write(result, cut=len(result.body) >= self.settings.robots_max_bytes)
             if result.location and 300 <= result.status < 400:
                 url = result.location
                 continue

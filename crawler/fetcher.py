@@ -41,6 +41,13 @@ class FetchResult:
     retryable: bool = False  # network errors and timeouts; HTTP statuses are judged by the crawl
     location: str | None = None  # absolute redirect target of a 3xx
     retry_after: float | None = None  # seconds, from a Retry-After header
+    etag: str | None = None  # validators for the next visit's conditional request
+    last_modified: str | None = None
+    # what the WARC records need: the status line, the response and request headers as sent
+    reason: str = ""
+    version: str = "1.1"
+    headers: tuple[tuple[str, str], ...] = ()
+    request_headers: tuple[tuple[str, str], ...] = ()
 
 
 class PrivateAddressRefused(OSError):
@@ -160,32 +167,50 @@ class Fetcher:
             self._session = None
 
     async def fetch(
-        self, url: str, accept: frozenset[str] | None, max_bytes: int, truncate: bool = False
+        self,
+        url: str,
+        accept: frozenset[str] | None,
+        max_bytes: int,
+        truncate: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> FetchResult:
         """GET ``url``. ``accept`` lists the media types whose body is read (None: any);
-        a longer body is an error, or cut at ``max_bytes`` when ``truncate``."""
+        a longer body is an error, or cut at ``max_bytes`` when ``truncate``; ``headers`` are
+        added to the request (a revisit's If-None-Match / If-Modified-Since)."""
         refused = self.policy.check_fetch(url)
         if refused:
             return FetchResult(url, error=f"refused: {refused}")
         assert self._session is not None, "Fetcher used outside 'async with'"
         start = time.monotonic()
         try:
-            async with self._session.get(url, allow_redirects=False) as resp:
+            async with self._session.get(url, allow_redirects=False, headers=headers) as resp:
                 status = resp.status
-                headers = resp.headers
-                retry_after = parse_retry_after(headers.get("Retry-After"))
-                if 300 <= status < 400 and "Location" in headers:
-                    target = urljoin(url, headers["Location"])
-                    return FetchResult(url, status, elapsed=time.monotonic() - start, location=target)
-                content_type = resp.content_type.lower() if "Content-Type" in headers else ""
+                rh = resp.headers
+                retry_after = parse_retry_after(rh.get("Retry-After"))
+                content_type = resp.content_type.lower() if "Content-Type" in rh else ""
                 charset = resp.charset.lower() if resp.charset else None
-                base = FetchResult(url, status, content_type, charset, retry_after=retry_after)
+                base = FetchResult(
+                    url,
+                    status,
+                    content_type,
+                    charset,
+                    retry_after=retry_after,
+                    etag=rh.get("ETag"),
+                    last_modified=rh.get("Last-Modified"),
+                    reason=resp.reason or "",
+                    version=f"{resp.version.major}.{resp.version.minor}" if resp.version else "1.1",
+                    headers=tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.raw_headers),
+                    request_headers=tuple(resp.request_info.headers.items()),
+                )
+                if 300 <= status < 400 and "Location" in rh:
+                    target = urljoin(url, rh["Location"])
+                    return replace(base, elapsed=time.monotonic() - start, location=target)
                 if not 200 <= status < 300:
                     return replace(base, elapsed=time.monotonic() - start)
                 if accept is not None and content_type not in accept:
                     error = f"content type {content_type or '(none)'} skipped"
                     return replace(base, elapsed=time.monotonic() - start, error=error)
-                encoding = headers.get("Content-Encoding", "").strip().lower()
+                encoding = rh.get("Content-Encoding", "").strip().lower()
                 declared = resp.content_length
                 if not truncate and not encoding and declared is not None and declared > max_bytes:
                     error = f"body exceeds {max_bytes} bytes (Content-Length {declared})"

@@ -36,6 +36,7 @@ from .politeness import FAR_FUTURE
 log = logging.getLogger("crystalline.crawler.frontier")
 
 QUEUED, IN_FLIGHT, STORED, FAILED, SKIPPED, REDIRECTED = range(6)
+PAGE, SITEMAP = 0, 1  # what a URL is: a page for the sink, or a sitemap that seeds the frontier
 STATE_NAMES = ("queued", "in_flight", "stored", "failed", "skipped", "redirected")
 
 _SCHEMA = """
@@ -74,26 +75,79 @@ CREATE TABLE IF NOT EXISTS drops (
     reason TEXT PRIMARY KEY,
     n INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS robots (
+    origin TEXT PRIMARY KEY,
+    fetched_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+
+# Columns added since the first schema (issue 12), with their declarations: ALTER TABLE adds the
+# missing ones when an older frontier is opened.
+_URL_COLUMNS = {
+    "pattern": "TEXT",  # the URL's shape (urls.url_pattern), for the trap verdicts
+    "next_visit": "REAL",  # a stored URL's revisit time
+    "interval": "REAL NOT NULL DEFAULT 0",  # its current revisit interval
+    "prev_interval": "REAL NOT NULL DEFAULT 0",  # the one before the last change (ingest may undo it)
+    "etag": "TEXT",
+    "last_modified": "TEXT",
+    "body_hash": "TEXT",  # SHA-256 of the last body handed to the sink
+    "fetched_at": "REAL",
+    "versions": "INTEGER NOT NULL DEFAULT 0",  # bodies handed to the sink (0: never stored)
+    "fresh": "INTEGER",  # the crawler's verdict on its first body: 1 new text, 0 none
+    "kind": "INTEGER NOT NULL DEFAULT 0",  # PAGE or SITEMAP
+}
+_HOST_COLUMNS = {
+    "deferred_until": "REAL NOT NULL DEFAULT 0",
+    "defer_reason": "TEXT",
+    "defer_count": "INTEGER NOT NULL DEFAULT 0",
+    "day_start": "REAL NOT NULL DEFAULT 0",
+    "day_fetches": "INTEGER NOT NULL DEFAULT 0",
+    "fetched": "INTEGER NOT NULL DEFAULT 0",
+    "errors": "INTEGER NOT NULL DEFAULT 0",
+}
+_PATTERN_COLUMNS = {
+    "window": "INTEGER NOT NULL DEFAULT 0",  # the last TRAP_WINDOW verdicts, one bit each (1: no new text)
+    "trapped": "INTEGER NOT NULL DEFAULT 0",
+}
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS urls_revisit ON urls(next_visit) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS urls_host_revisit ON urls(origin, next_visit) WHERE state = 2;
+"""
+
 
 # Why a URL offered to the frontier was not kept (the keys of ``Frontier.dropped``).
 DROP_PAGE_LINKS = "links_per_page"  # past a page's cap of new links
 DROP_HOST_FULL = "host_queue_full"  # its origin's queue was at max_queued_per_host
 DROP_FRONTIER_FULL = "frontier_full"  # the whole queue was at max_queued
-DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL)
+DROP_TRAP = "trap"  # its host and URL shape stopped giving new text
+DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP)
+
+# A URL shape is a trap when at least TRAP_DUPLICATES of its last TRAP_WINDOW pages gave no new
+# text (exact or near duplicates, judged by the crawler at fetch and by ingest afterwards). A
+# calendar's empty days, a session id's copies or a faceted search's reorderings do; numbered
+# articles of a news site do not, however many there are.
+TRAP_WINDOW = 16
+TRAP_DUPLICATES = 15
 
 _RECOUNT_HOSTS = (
     "UPDATE hosts SET queued = (SELECT COUNT(*) FROM urls WHERE urls.origin = hosts.origin"
     " AND urls.state = 0)"
 )
 # the n deepest, newest queued URLs (of one origin): what a queue over its cap gives up first
+# (a queued revisit, versions > 0, is a stored page: it never gives way)
 _TRIM_HOST = (
-    "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE origin = ? AND state = 0"
+    "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE origin = ? AND state = 0 AND versions = 0"
     " ORDER BY depth DESC, id DESC LIMIT ?)"
 )
 _TRIM_ALL = (
-    "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE state = 0 ORDER BY depth DESC, id DESC LIMIT ?)"
-    " RETURNING origin"
+    "DELETE FROM urls WHERE id IN (SELECT id FROM urls WHERE state = 0 AND versions = 0"
+    " ORDER BY depth DESC, id DESC LIMIT ?) RETURNING origin"
+)
+_ENTRY_COLUMNS = (
+    "id, url, depth, redirects, attempts, versions, etag, last_modified, body_hash, interval, pattern, kind"
 )
 
 
@@ -106,11 +160,14 @@ class NewUrl:
     depth: int
     redirects: int = 0
     pattern: str | None = None
+    interval: float = 0.0  # a first revisit interval (a sitemap's changefreq); 0: the default
+    kind: int = PAGE
 
 
 @dataclass(frozen=True)
 class UrlEntry:
-    """A claimed URL."""
+    """A claimed URL; ``versions`` > 0 makes it a revisit of a stored page (with the validators
+    and body hash of its last fetch)."""
 
     id: int
     url: str
@@ -118,19 +175,69 @@ class UrlEntry:
     depth: int
     redirects: int
     attempts: int
+    versions: int = 0
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None
+    interval: float = 0.0
+    pattern: str | None = None
+    kind: int = PAGE
+
+    @property
+    def revisit(self) -> bool:
+        return self.versions > 0
+
+
+@dataclass(frozen=True)
+class Revisit:
+    """What a fetch of a URL tells its revisit schedule (see ``Frontier.finish``)."""
+
+    next_visit: float
+    interval: float
+    prev_interval: float
+    fetched_at: float
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: str | None = None
+    new_version: bool = False  # a body handed to the sink (first or changed)
+    fresh: bool | None = None  # a first body's verdict: new text (True) or none (False)
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """One origin's line of ``status --json``'s ``crawler.hosts``."""
+
+    origin: str
+    fetched: int
+    stored: int
+    queued: int
+    errors: int
+    deferred_until: float
+    defer_reason: str | None
+    next_visit: float | None
+
+    def as_dict(self, now: float) -> dict[str, object]:
+        out: dict[str, object] = {
+            "origin": self.origin,
+            "fetched": self.fetched,
+            "stored": self.stored,
+            "queued": self.queued,
+            "errors": self.errors,
+            "next_visit": round(self.next_visit, 1) if self.next_visit is not None else None,
+        }
+        if self.deferred_until > now:
+            out["deferred"] = {"reason": self.defer_reason or "", "retry_at": round(self.deferred_until, 1)}
+        return out
 
 
 class Frontier:
     """The SQLite frontier at ``path`` (created if missing); close it when done."""
 
-    def __init__(
-        self, path: Path, max_urls_per_pattern: int = 0, *, max_queued_per_host: int = 0, max_queued: int = 0
-    ) -> None:
-        """Caps of 0 are off: ``max_urls_per_pattern`` (trap budget), ``max_queued_per_host`` and
-        ``max_queued`` (URLs waiting per origin and in all)."""
+    def __init__(self, path: Path, *, max_queued_per_host: int = 0, max_queued: int = 0) -> None:
+        """Caps of 0 are off: ``max_queued_per_host`` and ``max_queued`` (URLs waiting per origin
+        and in all)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.max_urls_per_pattern = max_urls_per_pattern
         self.max_queued_per_host = max_queued_per_host
         self.max_queued = max_queued
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
@@ -140,6 +247,8 @@ class Frontier:
             # lost, which refetches a page (its "stored" mark and its links go together) but loses none.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
+            self._db.executescript(_INDEXES)
             self._recover()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -151,13 +260,49 @@ class Frontier:
         # URLs not kept, per reason, over the life of this frontier (the drops table)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.dropped.update(self._db.execute("SELECT reason, n FROM drops"))
+        # queued revisits (stored pages back in the queue): the stored total counts them
+        (self.revisits_queued,) = self._db.execute(
+            "SELECT COUNT(*) FROM urls WHERE state = 0 AND versions > 0"
+        ).fetchone()
+        # sitemaps kept for revisits are no pages: the stored total leaves them out
+        (self.sitemaps_kept,) = self._db.execute(
+            "SELECT COUNT(*) FROM urls WHERE kind = ? AND versions > 0 AND state IN (0, 1, 2)", (SITEMAP,)
+        ).fetchone()
+        # (origin, shape) pairs found to be traps: few, kept in memory so admission reads nothing
+        self.trapped = set(self._db.execute("SELECT origin, pattern FROM patterns WHERE trapped = 1"))
+
+    def _add_columns(self) -> None:
+        for table, columns in (
+            ("urls", _URL_COLUMNS),
+            ("hosts", _HOST_COLUMNS),
+            ("patterns", _PATTERN_COLUMNS),
+        ):
+            have = {str(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            if table == "urls" and "next_visit" not in have:
+                # pages stored before revisits existed: due over the next day, spread out
+                self._db.execute(
+                    "UPDATE urls SET fetched_at = 0, next_visit = ? + (abs(random()) % 86400)"
+                    " WHERE state = 2",
+                    (time.time(),),
+                )
 
     def _recover(self) -> None:
-        """Put what a previous process had in flight back in the queue and free its hosts."""
+        """Put what a previous process had in flight back in the queue and free its hosts (a
+        deferred host stays deferred)."""
         with self._transaction():
             self._db.execute("UPDATE urls SET state = 0 WHERE state = 1")
             self._db.execute(_RECOUNT_HOSTS)
-            self._db.execute("UPDATE hosts SET next_at = MIN(next_at, ?)", (time.time(),))
+            self._db.execute(
+                "UPDATE hosts SET next_at = MAX(MIN(next_at, ?), deferred_until)", (time.time(),)
+            )
+
+    @property
+    def stored_total(self) -> int:
+        """Pages stored in this frontier, all runs: those done and those queued for a revisit."""
+        return self.counts[STORED] + self.revisits_queued - self.sitemaps_kept
 
     def trim(self, max_rows: int = 10_000) -> int:
         """Drop up to ``max_rows`` queued URLs over the caps, deepest and newest first; return how
@@ -219,11 +364,13 @@ class Frontier:
         """Queue the URLs not seen before, at most ``max_new`` of them (0: no limit); return how
         many were queued."""
         with self._transaction():
-            return self._add(urls, max_new)
+            return self._add(urls, max_new)[0]
 
-    def _add(self, urls: Iterable[NewUrl], max_new: int = 0) -> int:
+    def _add(self, urls: Iterable[NewUrl], max_new: int = 0, shape: str | None = None) -> tuple[int, int]:
+        """Queue new URLs (inside the caller's transaction); return how many, and how many of them
+        have another shape than ``shape`` (what a page gave beyond its own shape)."""
         batch = _Batch(self._db)
-        added = 0
+        added = other = 0
         pending = iter(urls)
         for new in pending:
             if max_new and added >= max_new:
@@ -232,14 +379,19 @@ class Frontier:
                 break
             if self._admit(new, batch):
                 added += 1
+                other += new.pattern != shape
         self._commit_batch(batch)
-        return added
+        return added, other
 
     def _admit(self, new: NewUrl, batch: _Batch) -> bool:
         """Queue one URL within the caps (inside the caller's transaction); True if it was queued."""
         db = self._db
         victim: _Victim | None = None
         reason = ""
+        if new.pattern is not None and (new.origin, new.pattern) in self.trapped:
+            if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is None:
+                batch.dropped[DROP_TRAP] += 1
+            return False
         if self.max_queued_per_host and batch.queued(new.origin) >= self.max_queued_per_host:
             reason = DROP_HOST_FULL
         elif self.max_queued and self.counts[QUEUED] >= self.max_queued:
@@ -252,23 +404,12 @@ class Frontier:
                 batch.dropped[reason] += 1  # it ranks no higher than anything queued there
                 return False
         cur = db.execute(
-            "INSERT OR IGNORE INTO urls (url, origin, depth, redirects) VALUES (?, ?, ?, ?)",
-            (new.url, new.origin, new.depth, new.redirects),
+            "INSERT OR IGNORE INTO urls (url, origin, depth, redirects, pattern, interval, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (new.url, new.origin, new.depth, new.redirects, new.pattern, new.interval, new.kind),
         )
         if cur.rowcount != 1:
             return False
-        if new.pattern is not None and self.max_urls_per_pattern > 0:
-            (n,) = db.execute(
-                "INSERT INTO patterns VALUES (?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1 RETURNING n",
-                (new.origin, new.pattern),
-            ).fetchone()
-            if n > self.max_urls_per_pattern:
-                db.execute(
-                    "UPDATE urls SET state = ?, error = ? WHERE id = ?",
-                    (SKIPPED, "trap: too many URLs of one pattern", cur.lastrowid),
-                )
-                self.counts[SKIPPED] += 1
-                return False  # not queued, so the victim stays
         if victim is not None:  # the new URL outranks it: the victim leaves the queue (and the disk)
             db.execute("DELETE FROM urls WHERE id = ?", (victim.id,))
             batch.dropped[reason] += 1
@@ -302,50 +443,170 @@ class Frontier:
         return [r[0] for r in rows]
 
     def next_ready_at(self) -> float | None:
-        """The earliest next_at of an origin with queued URLs (None: nothing queued anywhere)."""
-        row = self._db.execute("SELECT MIN(next_at) FROM hosts WHERE queued > 0").fetchone()
+        """The earliest next_at of an origin with queued URLs that is not deferred (None: no such
+        origin: the queue is empty or only deferred hosts hold URLs)."""
+        row = self._db.execute(
+            "SELECT MIN(next_at) FROM hosts WHERE queued > 0 AND deferred_until <= ?", (time.time(),)
+        ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def claim(self, origin: str, n: int, now: float) -> list[UrlEntry]:
+    def claim(self, origin: str, n: int, now: float, revisits_only: bool = False) -> list[UrlEntry]:
         """Mark up to ``n`` of the origin's queued URLs in flight (shallowest, then oldest first)
-        and return them.
+        and return them; ``revisits_only``: stored pages due again, no new URL (the host is at its
+        page limit). Each counts against the host's fetches of the day.
         When all its queued URLs wait for a retry time, the origin's next_at moves there."""
+        only = " AND versions > 0" if revisits_only else ""
         with self._transaction():
             rows = self._db.execute(
-                "SELECT id, url, depth, redirects, attempts FROM urls"
-                " WHERE origin = ? AND state = 0 AND not_before <= ? ORDER BY depth, id LIMIT ?",
+                f"SELECT {_ENTRY_COLUMNS} FROM urls WHERE origin = ? AND state = 0 AND not_before <= ?{only}"
+                " ORDER BY depth, id LIMIT ?",
                 (origin, now, n),
             ).fetchall()
             if not rows:
                 wait = self._db.execute(
-                    "SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0", (origin,)
+                    f"SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0{only}",
+                    (origin,),
                 ).fetchone()
+                if only:  # nothing to revisit: the host waits for its next due revisit
+                    self._db.execute(
+                        "UPDATE hosts SET next_at = MAX(next_at, ?) WHERE origin = ?", (FAR_FUTURE, origin)
+                    )
+                    return []
                 self._db.execute(
                     "UPDATE hosts SET queued = ?, next_at = MAX(next_at, ?) WHERE origin = ?",
                     (wait[1], wait[0] or 0.0, origin),
                 )
                 return []
             self._db.executemany("UPDATE urls SET state = 1 WHERE id = ?", [(r[0],) for r in rows])
-            self._db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (len(rows), origin))
-        self.counts[QUEUED] -= len(rows)
+            self._db.execute(
+                "UPDATE hosts SET queued = queued - ?, day_fetches = CASE WHEN day_start + 86400 > ?"
+                " THEN day_fetches + ? ELSE ? END, day_start = CASE WHEN day_start + 86400 > ? THEN day_start"
+                " ELSE ? END WHERE origin = ?",
+                (len(rows), now, len(rows), len(rows), now, now, origin),
+            )
+        entries = [UrlEntry(r[0], r[1], origin, *r[2:]) for r in rows]
+        revisits = sum(1 for e in entries if e.revisit)
+        self.revisits_queued -= revisits
+        self.counts[QUEUED] -= len(rows) - revisits
         self.counts[IN_FLIGHT] += len(rows)
-        return [UrlEntry(r[0], r[1], origin, r[2], r[3], r[4]) for r in rows]
+        return entries
+
+    def day_fetches(self, origin: str, now: float) -> tuple[int, float]:
+        """Requests handed out for the origin in its current day, and when that day ends."""
+        row = self._db.execute(
+            "SELECT day_start, day_fetches FROM hosts WHERE origin = ?", (origin,)
+        ).fetchone()
+        if row is None or row[0] + 86400 <= now:
+            return 0, now + 86400
+        return int(row[1]), float(row[0]) + 86400
+
+    def promote_due(self, now: float, limit: int, fetched_before: float | None = None) -> int:
+        """Put up to ``limit`` stored URLs whose revisit time has come back in the queue (the most
+        overdue first), only those fetched before ``fetched_before`` if given (a run never
+        revisits what it fetched itself); return how many."""
+        if limit <= 0:
+            return 0
+        with self._transaction():
+            origins = self._db.execute(
+                "UPDATE urls SET state = 0, not_before = 0, attempts = 0 WHERE id IN (SELECT id FROM urls"
+                " WHERE state = 2 AND next_visit <= ? AND fetched_at < ? ORDER BY next_visit LIMIT ?)"
+                " RETURNING origin",
+                (now, now if fetched_before is None else fetched_before, limit),
+            ).fetchall()
+            per_origin: dict[str, int] = {}
+            for (origin,) in origins:
+                per_origin[origin] = per_origin.get(origin, 0) + 1
+            for origin, k in per_origin.items():
+                self._db.execute(
+                    "UPDATE hosts SET queued = queued + ?,"
+                    " next_at = CASE WHEN next_at >= ? THEN ? ELSE next_at END WHERE origin = ?",
+                    (k, FAR_FUTURE, now, origin),
+                )
+        self.counts[STORED] -= len(origins)
+        self.revisits_queued += len(origins)
+        return len(origins)
+
+    def next_visit_at(self) -> float | None:
+        """The earliest revisit time of a stored URL (None: nothing stored)."""
+        row = self._db.execute("SELECT MIN(next_visit) FROM urls WHERE state = 2").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def defer_host(self, origin: str, until: float, reason: str, now: float, count: bool = True) -> None:
+        """No request to the origin before ``until`` (robots.txt unavailable, daily budget spent);
+        its queued URLs stay queued. ``count``: one more deferral in a row (the backoff grows),
+        unless the origin is deferred already."""
+        self._db.execute(
+            "UPDATE hosts SET defer_count = defer_count"
+            " + (CASE WHEN ? AND deferred_until <= ? THEN 1 ELSE 0 END), deferred_until = ?,"
+            " next_at = MAX(next_at, ?), defer_reason = ? WHERE origin = ?",
+            (count, now, until, until, reason, origin),
+        )
+
+    def deferred_until(self, origin: str) -> float:
+        row = self._db.execute("SELECT deferred_until FROM hosts WHERE origin = ?", (origin,)).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def mark_changed(self, changed: Iterable[tuple[str, float]], now: float) -> int:
+        """Stored URLs that a sitemap or feed says changed (URL, unix time) after their last fetch
+        become due now; return how many."""
+        due = 0
+        with self._transaction():
+            for url, when in changed:
+                due += self._db.execute(
+                    "UPDATE urls SET next_visit = ? WHERE url = ? AND state = 2 AND fetched_at < ?"
+                    " AND next_visit > ?",
+                    (now, url, when, now),
+                ).rowcount
+        return due
+
+    def defer_count(self, origin: str) -> int:
+        row = self._db.execute("SELECT defer_count FROM hosts WHERE origin = ?", (origin,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def undefer_host(self, origin: str) -> None:
+        """The origin answered (its robots.txt came): its deferral backoff starts over."""
+        self._db.execute(
+            "UPDATE hosts SET defer_count = 0, defer_reason = NULL, deferred_until = 0"
+            " WHERE origin = ? AND (defer_count > 0 OR deferred_until > 0)",
+            (origin,),
+        )
+
+    def deferred(self, now: float, limit: int = 100) -> list[tuple[str, str, float, int]]:
+        """Deferred origins with queued URLs: (origin, reason, retry time, URLs queued), soonest first."""
+        rows = self._db.execute(
+            "SELECT origin, COALESCE(defer_reason, ''), deferred_until, queued FROM hosts"
+            " WHERE deferred_until > ? AND queued > 0 ORDER BY deferred_until LIMIT ?",
+            (now, limit),
+        )
+        return [(str(r[0]), str(r[1]), float(r[2]), int(r[3])) for r in rows]
+
+    def host_reports(self, limit: int = 100) -> list[HostReport]:
+        """Per-origin counts for status: deferred hosts first, then the busiest."""
+        rows = self._db.execute(
+            "SELECT h.origin, h.fetched, h.stored, h.queued, h.errors, h.deferred_until, h.defer_reason,"
+            " (SELECT MIN(next_visit) FROM urls u WHERE u.origin = h.origin AND u.state = 2)"
+            " FROM hosts h ORDER BY h.deferred_until > ? DESC, h.fetched DESC, h.origin LIMIT ?",
+            (time.time(), limit),
+        )
+        return [HostReport(*r) for r in rows]
 
     def set_next_at(self, origin: str, when: float) -> None:
-        self._db.execute("UPDATE hosts SET next_at = ? WHERE origin = ?", (when, origin))
+        """The origin's next request not before ``when`` (nor before the end of a deferral)."""
+        self._db.execute("UPDATE hosts SET next_at = MAX(?, deferred_until) WHERE origin = ?", (when, origin))
 
     def host_stored(self, origin: str) -> int:
         row = self._db.execute("SELECT stored FROM hosts WHERE origin = ?", (origin,)).fetchone()
         return int(row[0]) if row else 0
 
     def drop_host_queue(self, origin: str, reason: str) -> int:
-        """Skip every queued URL of the origin (its page limit is reached); return how many."""
+        """Skip every queued new URL of the origin (its page limit is reached; its stored pages
+        stay due for revisits); return how many."""
         with self._transaction():
             n = self._db.execute(
-                "UPDATE urls SET state = ?, error = ? WHERE origin = ? AND state = 0",
+                "UPDATE urls SET state = ?, error = ? WHERE origin = ? AND state = 0 AND versions = 0",
                 (SKIPPED, reason, origin),
             ).rowcount
-            self._db.execute("UPDATE hosts SET queued = 0 WHERE origin = ?", (origin,))
+            self._db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (n, origin))
         self.counts[QUEUED] -= n
         self.counts[SKIPPED] += n
         return n
@@ -360,20 +621,51 @@ class Frontier:
         error: str = "",
         links: Iterable[NewUrl] = (),
         max_links: int = 0,
+        revisit: Revisit | None = None,
     ) -> int:
         """Record an in-flight URL's final state and queue its links, at most ``max_links`` new
-        ones (0: no limit), in one transaction (a page's "stored" mark and its links are durable
-        together); return how many links were queued."""
+        ones (0: no limit), in one transaction (a page's "stored" mark, its revisit schedule and
+        its links are durable together); return how many links were queued. A STORED URL comes
+        with its ``revisit`` (next visit, validators, body hash).
+
+        A first body judged for new text (``revisit.fresh`` not None) counts for its URL shape as
+        giving something when its text was new or it led to new URLs of other shapes (a list of
+        articles reads the same each time, yet each gives new articles): see ``judge``."""
+        judging = revisit is not None and revisit.fresh is not None and entry.pattern is not None
+        other = 0
         with self._transaction():
             self._db.execute(
                 "UPDATE urls SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE id = ?",
                 (state, status or None, error or None, entry.id),
             )
-            if state == STORED:
-                self._db.execute("UPDATE hosts SET stored = stored + 1 WHERE origin = ?", (entry.origin,))
-            added = self._add(links, max_links)
+            if revisit is not None:
+                r = revisit
+                self._db.execute(
+                    "UPDATE urls SET next_visit = ?, interval = ?, prev_interval = ?, fetched_at = ?,"
+                    " etag = COALESCE(?, etag), last_modified = COALESCE(?, last_modified),"
+                    " body_hash = COALESCE(?, body_hash), versions = versions + ?, attempts = 0,"
+                    " fresh = COALESCE(fresh, ?) WHERE id = ?",
+                    (r.next_visit, r.interval, r.prev_interval, r.fetched_at, r.etag, r.last_modified,
+                     r.body_hash, int(r.new_version), None, entry.id),
+                )  # fmt: skip
+            failed = state == FAILED or (state == SKIPPED and not entry.revisit)
+            self._db.execute(
+                "UPDATE hosts SET fetched = fetched + 1, errors = errors + ?, stored = stored + ?"
+                " WHERE origin = ?",
+                (
+                    int(failed),
+                    int(state == STORED and not entry.revisit and entry.kind != SITEMAP),
+                    entry.origin,
+                ),
+            )
+            added, other = self._add(links, max_links, entry.pattern)
+        if judging:
+            assert revisit is not None and revisit.fresh is not None
+            self._judged(entry, revisit.fresh, other)
         self.counts[IN_FLIGHT] -= 1
         self.counts[state] += 1
+        if entry.kind == SITEMAP and (state == STORED) != entry.revisit:
+            self.sitemaps_kept += 1 if state == STORED else -1
         return added
 
     def retry(self, entry: UrlEntry, not_before: float, status: int = 0, error: str = "") -> None:
@@ -384,17 +676,123 @@ class Frontier:
                 " WHERE id = ?",
                 (not_before, status or None, error or None, entry.id),
             )
-            self._db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (entry.origin,))
-        self.counts[IN_FLIGHT] -= 1
-        self.counts[QUEUED] += 1
+            self._db.execute(
+                "UPDATE hosts SET queued = queued + 1, fetched = fetched + 1 WHERE origin = ?",
+                (entry.origin,),
+            )
+        self._requeued(entry)
 
     def release(self, entry: UrlEntry) -> None:
-        """Return an in-flight URL to the queue unchanged (the crawl stopped before its outcome)."""
+        """Return an in-flight URL to the queue unchanged (the crawl stopped before its outcome,
+        or its host was deferred)."""
         with self._transaction():
             self._db.execute("UPDATE urls SET state = 0 WHERE id = ? AND state = 1", (entry.id,))
             self._db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (entry.origin,))
+        self._requeued(entry)
+
+    def _requeued(self, entry: UrlEntry) -> None:
         self.counts[IN_FLIGHT] -= 1
-        self.counts[QUEUED] += 1
+        if entry.revisit:
+            self.revisits_queued += 1
+        else:
+            self.counts[QUEUED] += 1
+
+    # -- traps: what a URL shape's pages give ---------------------------------------------------
+
+    def judge(self, origin: str, pattern: str | None, fresh: bool) -> int:
+        """Count one page of the origin's URL shape as giving new text or not; when the shape's
+        recent pages stopped giving any, it becomes a trap: its queued URLs are skipped and new
+        ones dropped. Returns how many queued URLs were skipped (0: not a trap, or one already)."""
+        if pattern is None or (origin, pattern) in self.trapped:
+            return 0
+        mask = (1 << TRAP_WINDOW) - 1
+        with self._transaction():
+            window, n = self._db.execute(
+                "INSERT INTO patterns (origin, pattern, n, window) VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE"
+                " SET n = n + 1, window = ((window << 1) | excluded.window) & ? RETURNING window, n",
+                (origin, pattern, 0 if fresh else 1, mask),
+            ).fetchone()
+            if n < TRAP_WINDOW or int(window).bit_count() < TRAP_DUPLICATES:
+                return 0
+            self._db.execute(
+                "UPDATE patterns SET trapped = 1 WHERE origin = ? AND pattern = ?", (origin, pattern)
+            )
+            skipped = self._db.execute(
+                "UPDATE urls SET state = ?, error = ? WHERE origin = ? AND state = 0 AND versions = 0"
+                " AND pattern = ?",
+                (SKIPPED, "trap: its URL shape stopped giving new text", origin, pattern),
+            ).rowcount
+            self._db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (skipped, origin))
+        self.trapped.add((origin, pattern))
+        self.counts[QUEUED] -= skipped
+        self.counts[SKIPPED] += skipped
+        log.info("trap: %s%s stopped giving new text; %d queued URLs skipped", origin, pattern, skipped)
+        return skipped
+
+    def _judged(self, entry: UrlEntry, text_fresh: bool, other_links: int) -> None:
+        """Count a first body for its shape (after ``finish``); remember whether its text alone
+        made it count, so that ingest's verdict on that text can still overrule it."""
+        self._db.execute(
+            "UPDATE urls SET fresh = ? WHERE id = ?", (int(text_fresh and not other_links), entry.id)
+        )
+        self.judge(entry.origin, entry.pattern, text_fresh or other_links > 0)
+
+    def ingest_verdicts(self, verdicts: Iterable[tuple[str, bool]], cursor: int, inc_rate: float) -> int:
+        """Ingest's verdicts on crawled pages, (URL, gave new text), with the feedback cursor they
+        come up to (stored in the same transaction: each verdict is applied once). A page ingest
+        found to give no new text although its body was new to the crawler counts against its
+        shape; a revisit's changed body that ingest found unchanged in text gets the interval of
+        an unchanged page. Returns how many verdicts matched a URL."""
+        matched = 0
+        judged: list[tuple[str, str | None]] = []
+        with self._transaction():
+            for url, new_text in verdicts:
+                row = self._db.execute(
+                    "SELECT id, origin, pattern, versions, fresh, prev_interval, fetched_at, state FROM urls"
+                    " WHERE url = ?",
+                    (url,),
+                ).fetchone()
+                if row is None:
+                    continue
+                matched += 1
+                _id, origin, pattern, versions, fresh, prev, fetched_at, state = row
+                if new_text:
+                    continue
+                if versions > 1 and state == STORED and fetched_at is not None:
+                    interval = prev * (1 + inc_rate)
+                    self._db.execute(
+                        "UPDATE urls SET interval = ?, next_visit = ? WHERE id = ?",
+                        (interval, fetched_at + interval, _id),
+                    )
+                elif versions == 1 and fresh == 1:
+                    judged.append((origin, pattern))
+            self._db.execute(
+                "INSERT INTO meta VALUES ('feedback_cursor', ?)"
+                " ON CONFLICT DO UPDATE SET value = excluded.value",
+                (str(cursor),),
+            )
+        for origin, pattern in judged:
+            self.judge(origin, pattern, fresh=False)
+        return matched
+
+    def feedback_cursor(self) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'feedback_cursor'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- robots.txt, kept across restarts (RFC 9309 2.4: up to 24 hours) -------------------------
+
+    def load_robots(self, origin: str) -> tuple[float, int, bytes] | None:
+        """(fetch time, status, body) of the origin's last robots.txt, or None."""
+        row = self._db.execute(
+            "SELECT fetched_at, status, body FROM robots WHERE origin = ?", (origin,)
+        ).fetchone()
+        return None if row is None else (float(row[0]), int(row[1]), bytes(row[2]))
+
+    def save_robots(self, origin: str, fetched_at: float, status: int, body: bytes) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO robots (origin, fetched_at, status, body) VALUES (?, ?, ?, ?)",
+            (origin, fetched_at, status, body),
+        )
 
     def free_hosts(self) -> None:
         """Clear "slot full" marks (at the end of a run no request is in flight any more)."""
@@ -454,11 +852,12 @@ class _Batch:
         if origin not in self._victims:
             if origin is None:
                 row = self._db.execute(
-                    "SELECT id, origin, depth FROM urls WHERE state = 0 ORDER BY depth DESC, id DESC LIMIT 1"
+                    "SELECT id, origin, depth FROM urls WHERE state = 0 AND versions = 0"
+                    " ORDER BY depth DESC, id DESC LIMIT 1"
                 ).fetchone()
             else:
                 row = self._db.execute(
-                    "SELECT id, origin, depth FROM urls WHERE origin = ? AND state = 0"
+                    "SELECT id, origin, depth FROM urls WHERE origin = ? AND state = 0 AND versions = 0"
                     " ORDER BY depth DESC, id DESC LIMIT 1",
                     (origin,),
                 ).fetchone()

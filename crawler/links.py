@@ -1,5 +1,6 @@
 """Links of an HTML page: ``<a>``/``<area>`` hrefs resolved against ``<base href>`` or the page URL,
-without ``rel=nofollow`` ones, and none at all under ``<meta name=robots content=nofollow>``."""
+without ``rel=nofollow`` ones, and none at all under ``<meta name=robots content=nofollow>``; and,
+from the same parse, the page's visible text outside navigation (what the trap guard compares)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,31 @@ def _codec(charset: str | None) -> str | None:
         return None
 
 
+# Elements whose text is not the page's own: code, and the chrome every page of a site repeats.
+_NOT_TEXT = ("script", "style", "noscript", "template", "nav", "header", "footer", "head")
+
+
 def extract_links(body: bytes, page_url: str, charset: str | None = None) -> list[str]:
     """Canonical absolute URLs linked from ``body``, in document order, without duplicates."""
+    return parse_page(body, page_url, charset)[0]
+
+
+def parse_page(body: bytes, page_url: str, charset: str | None = None) -> tuple[list[str], str]:
+    """The page's links (as ``extract_links``) and its visible text outside scripts, styles and
+    navigation, whitespace collapsed."""
     encoding = _codec(charset)
     parser = lxml.html.HTMLParser(encoding=encoding, no_network=True, recover=True)
     try:
         root = lxml.html.document_fromstring(body, parser=parser)
     except (lxml.etree.ParserError, ValueError, LookupError):
-        return []  # empty or undecodable document: nothing to follow
+        return [], ""  # empty or undecodable document: nothing to follow
+    links = _links(root, page_url, encoding)
+    for element in list(root.iter(*_NOT_TEXT)):
+        element.drop_tree()
+    return links, " ".join(root.text_content().split())
+
+
+def _links(root: lxml.html.HtmlElement, page_url: str, encoding: str | None) -> list[str]:
     for meta in root.iter("meta"):
         if (meta.get("name") or "").lower() == "robots" and "nofollow" in (meta.get("content") or "").lower():
             return []

@@ -3,7 +3,10 @@
 Parsing and matching are protego's (Scrapy's parser): the group of the most specific matching
 product token wins, within it the longest matching rule, Allow on a tie; ``*`` and ``$`` are
 wildcards and percent-encoding is normalised. A 4xx robots.txt allows everything; a 5xx or an
-unreachable host disallows everything until ``robots_error_ttl`` has passed.
+unreachable host disallows everything until ``robots_error_ttl`` has passed (the crawl defers such
+a host with a growing backoff). With a ``RobotsStore`` (the frontier) a robots.txt answer (2xx or
+4xx) is kept with its fetch time and reused after a restart while younger than ``ttl`` (RFC 9309
+2.4: 24 hours), then fetched again.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from protego import Protego
 
@@ -81,6 +85,14 @@ def rules_from_response(response: RobotsResponse, product_token: str) -> RobotsR
     return RobotsRules.disallow_everything(product_token, f"{why}: disallow all")
 
 
+class RobotsStore(Protocol):
+    """Where robots.txt answers outlive the process (``Frontier`` is one)."""
+
+    def load_robots(self, origin: str) -> tuple[float, int, bytes] | None: ...
+
+    def save_robots(self, origin: str, fetched_at: float, status: int, body: bytes) -> None: ...
+
+
 class RobotsCache:
     """Rules per origin, each fetched at most once at a time and kept for a lifetime (LRU-bounded)."""
 
@@ -91,8 +103,10 @@ class RobotsCache:
         ttl: float,
         error_ttl: float,
         max_entries: int,
+        store: RobotsStore | None = None,
     ) -> None:
         self._fetch = fetch  # origin -> response of origin/robots.txt
+        self._store = store
         self.product_token = product_token
         self.ttl = ttl
         self.error_ttl = error_ttl
@@ -106,11 +120,30 @@ class RobotsCache:
         return origin not in self._pending and self.cached(origin) is None
 
     def cached(self, origin: str) -> RobotsRules | None:
+        """The origin's rules if they are still fresh: in memory, or stored by an earlier process."""
         entry = self._entries.get(origin)
         if entry is None or entry[0] <= time.monotonic():
-            return None
+            return self._from_store(origin)
         self._entries.move_to_end(origin)
         return entry[1]
+
+    def _from_store(self, origin: str) -> RobotsRules | None:
+        saved = self._store.load_robots(origin) if self._store is not None else None
+        if saved is None:
+            return None
+        fetched_at, status, body = saved
+        age = time.time() - fetched_at
+        if not 0 <= age < self.ttl:
+            return None
+        rules = rules_from_response(RobotsResponse(status, body), self.product_token)
+        self._entries[origin] = (time.monotonic() + self.ttl - age, rules)
+        self._entries.move_to_end(origin)
+        self._evict()
+        return rules
+
+    def forget(self, origin: str) -> None:
+        """Drop the origin's rules: the next request for them fetches robots.txt again."""
+        self._entries.pop(origin, None)
 
     async def rules(self, origin: str) -> tuple[RobotsRules, bool]:
         """The origin's rules, and whether this call fetched them (the caller then owes the host
@@ -128,7 +161,10 @@ class RobotsCache:
             response = await self._fetch(origin)
             rules = rules_from_response(response, self.product_token)
             log.info("robots %s: %s", origin, rules.reason)
-            self._store(origin, rules)
+            self._keep(origin, rules)
+            if self._store is not None and not rules.unavailable:
+                body = response.body if 200 <= response.status < 300 else b""
+                self._store.save_robots(origin, time.time(), response.status, body)
             future.set_result(rules)
             return rules, True
         except BaseException as exc:
@@ -138,10 +174,13 @@ class RobotsCache:
         finally:
             del self._pending[origin]
 
-    def _store(self, origin: str, rules: RobotsRules) -> None:
+    def _keep(self, origin: str, rules: RobotsRules) -> None:
         lifetime = self.error_ttl if rules.unavailable else self.ttl
         self._entries[origin] = (time.monotonic() + lifetime, rules)
         self._entries.move_to_end(origin)
+        self._evict()
+
+    def _evict(self) -> None:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
 

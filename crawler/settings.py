@@ -30,7 +30,7 @@ class CrawlSettings:
     max_path_segments: int = 32
     max_repeated_segment: int = 3  # one path segment appearing more often than this is a trap
     max_query_params: int = 24
-    max_urls_per_pattern: int = 1000  # per host, URLs whose shape (digits masked) repeats (0: off)
+    # (a URL shape is cut by what its pages give, not by how many there are: see frontier.TRAP_WINDOW)
 
     # a bounded frontier (0: no cap). A queued URL costs about 250 bytes of SQLite (a 60-character
     # URL twice, in the row and its unique index, the origin twice, two queue indexes; measured by
@@ -41,6 +41,32 @@ class CrawlSettings:
     max_queued_per_host: int = 100_000
     max_queued: int = 1_000_000
     robots_per_minute: int = 60  # robots.txt requests per minute, all hosts: new hosts opened at 1/s
+
+    # revisits (Nutch's adaptive schedule): a stored page is fetched again after its interval, with
+    # If-None-Match / If-Modified-Since; the interval shrinks by revisit_dec_rate when the page
+    # changed and grows by revisit_inc_rate when not, within [min_revisit, max_revisit]
+    min_revisit: float = 24 * 3600.0  # also a new page's first interval (a sitemap's changefreq may raise it)
+    max_revisit: float = 30 * 24 * 3600.0
+    revisit_inc_rate: float = 0.4
+    revisit_dec_rate: float = 0.2
+    revisit_share: float = 0.5  # of requests, for revisits while new URLs wait (the rest: new URLs)
+    max_fetches_per_host_per_day: int = 0  # requests per host per day, pages and revisits (0: no cap)
+
+    # a host whose robots.txt cannot be had (5xx, unreachable) is deferred, its URLs kept: the
+    # first wait is defer_base, doubling each time up to defer_max, +-10 % jitter
+    defer_base: float = 60.0
+    defer_max: float = 24 * 3600.0
+
+    # sitemaps (robots.txt Sitemap: lines and /sitemap.xml) seed the frontier
+    sitemaps: bool = True
+    sitemap_max_bytes: int = 50 * 1024 * 1024  # after decompression (sitemaps.org: 50 MB)
+    sitemap_max_urls: int = 50_000  # per sitemap file (sitemaps.org: 50,000)
+    sitemap_max_depth: int = 2  # sitemap index -> sitemap -> pages
+
+    # WARC: every response (with its request) as WARC/1.1 records, when warc_dir is set
+    warc_dir: Path | None = None
+    warc_file_bytes: int = 1024**3  # a file is closed and a new one started past this size
+    warc_max_bytes: int = 0  # retention: the oldest closed files are deleted past this total (0: keep all)
 
     # concurrency and timeouts
     concurrency: int = 16  # requests in flight, all hosts together
@@ -107,7 +133,12 @@ class CrawlSettings:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative")
         if self.max_body_bytes < 1 or self.max_pages < 0 or self.max_depth < 0:
             raise ValueError("max-body-bytes must be positive, max-pages and max-depth non-negative")
-        for name in ("max_links_per_page", "max_queued_per_host", "max_queued", "robots_per_minute"):
+        if self.min_revisit < 0 or self.max_revisit < self.min_revisit:
+            raise ValueError("min-revisit must not be negative nor above max-revisit")
+        if not 0.0 <= self.revisit_share <= 1.0:
+            raise ValueError("revisit-share must be between 0 and 1")
+        for name in ("max_links_per_page", "max_queued_per_host", "max_queued", "robots_per_minute",
+                     "max_fetches_per_host_per_day", "warc_max_bytes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative (0: no cap)")
 

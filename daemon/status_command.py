@@ -107,7 +107,8 @@ def summary(data: dict[str, Any]) -> str:
     lines.append(f"workers      {len(t.get('workers', []))}  restarts {restarts}")
     lines.append(
         f"crawler      fetched {c.get('fetched', '-')}  queued {c.get('queued', '-')}  "
-        f"errors {c.get('errors', '-')}  hosts {c.get('hosts', '-')}"
+        f"errors {c.get('errors', '-')}  hosts {c.get('host_count', c.get('hosts', '-'))}"
+        + (f"  deferred {c['deferred_hosts']}" if c.get("deferred_hosts") else "")
     )
     lines.append(
         f"ingest       documents {i.get('documents', '-')}  failed {i.get('failed', '-')}  "

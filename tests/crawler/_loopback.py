@@ -99,7 +99,7 @@ class WildcardResolver(AbstractResolver):
 
 
 def fast_settings(tmp_path: Path, **changes: Any) -> CrawlSettings:
-    """Settings for loopback tests: no politeness delay, short timeouts and backoffs."""
+    """Settings for loopback tests: no politeness delay, short timeouts and backoffs, no sitemaps."""
     base = CrawlSettings(
         data_dir=tmp_path / "crawl",
         min_delay=0.0,
@@ -113,6 +113,7 @@ def fast_settings(tmp_path: Path, **changes: Any) -> CrawlSettings:
         backoff_base=0.05,
         robots_error_ttl=0.2,
         stop_grace=2.0,
+        sitemaps=False,  # no /sitemap.xml request in tests that count requests (see test_sitemaps.py)
     )
     return replace(base, **changes)
 

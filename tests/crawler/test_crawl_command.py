@@ -62,7 +62,7 @@ def test_crawl_command_fills_the_spool_and_the_log(
     assert len(docs) == 15 and {d.content_type for d in docs} == {"text/html"}
     assert (tmp_path / "d" / "frontier.sqlite").exists()
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert len(records) == 16  # robots.txt + 15 pages
+    assert len(records) == 17  # robots.txt, /sitemap.xml (404) and 15 pages
     assert set(records[0]) == {"url", "status", "content_type", "bytes", "elapsed", "error"}
     assert "15 pages stored" in capsys.readouterr().out
 

@@ -10,10 +10,12 @@ from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
     DROP_HOST_FULL,
     DROP_PAGE_LINKS,
+    DROP_TRAP,
     FAILED,
     IN_FLIGHT,
     QUEUED,
     STORED,
+    TRAP_WINDOW,
     Frontier,
     NewUrl,
 )
@@ -75,12 +77,27 @@ def test_ready_origins_respect_next_at(tmp_path: Path) -> None:
     frontier.close()
 
 
-def test_pattern_budget_skips_the_excess(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite", max_urls_per_pattern=3)
-    urls = [NewUrl(f"http://h/cal?m={i}", "http://h", 1, pattern="/cal?m") for i in range(10)]
-    assert frontier.add(urls) == 3
-    assert frontier.state_of("http://h/cal?m=9") == ("skipped", None, "trap: too many URLs of one pattern")
+def test_a_shape_whose_pages_stop_giving_new_text_becomes_a_trap(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add([NewUrl(f"http://h/cal?m={i}", "http://h", 1, pattern="/cal?m") for i in range(100)])
+    frontier.add([NewUrl(f"http://h/p/{i}", "http://h", 1, pattern="/p/#") for i in range(100)])
+    for _ in range(TRAP_WINDOW * 3):  # numbered pages giving new text are never cut, however many
+        assert frontier.judge("http://h", "/p/#", fresh=True) == 0
+    for i in range(TRAP_WINDOW - 1):
+        assert frontier.judge("http://h", "/cal?m", fresh=i == 3) == 0  # one fresh page in the window
+    assert frontier.judge("http://h", "/cal?m", fresh=False) == 100  # 15 of the last 16 gave nothing
+    assert frontier.state_of("http://h/cal?m=7") == (
+        "skipped",
+        None,
+        "trap: its URL shape stopped giving new text",
+    )
+    assert frontier.add([NewUrl("http://h/cal?m=1000", "http://h", 1, pattern="/cal?m")]) == 0
+    assert frontier.dropped[DROP_TRAP] == 1 and frontier.state_of("http://h/cal?m=1000") is None
+    assert frontier.counts[QUEUED] == 100  # the numbered pages
     frontier.close()
+    reopened = Frontier(tmp_path / "f.sqlite")  # the verdict is kept
+    assert ("http://h", "/cal?m") in reopened.trapped and ("http://h", "/p/#") not in reopened.trapped
+    reopened.close()
 
 
 def test_a_large_frontier_stays_on_disk(tmp_path: Path) -> None:
@@ -176,7 +193,7 @@ def test_trim_brings_a_queue_over_lower_caps_under_them_deepest_newest_first(tmp
     assert (trimmed.trim(max_rows=5), trimmed.trim(max_rows=5), trimmed.trim()) == (5, 1, 0)  # chunks
     names = {r[0] for r in trimmed._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "urls_queue" not in names and "urls_host_queue" in names
-    assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2}
+    assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2, DROP_TRAP: 0}
     assert trimmed.counts[QUEUED] == 8
     # a's cap took its newest depth-2 URLs (9, 7, 5, 3); the total cap then a/1 (the deepest
     # left) and b/p/3 (the newest of depth 1)

@@ -95,7 +95,7 @@ def test_per_host_concurrency_without_delay(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
             active["now"] -= 1
             i = int(request.match_info["i"])
-            return html("".join(f'<a href="/p/{j}">p</a>' for j in range(20)) if i == 0 else "leaf")
+            return html("".join(f'<a href="/p/{j}">p</a>' for j in range(20)) if i == 0 else f"leaf {i}")
 
         async with serve([web.get("/p/{i}", page)]) as base:
             settings = fast_settings(tmp_path, per_host_concurrency=3, concurrency=10)

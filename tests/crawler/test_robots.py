@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from _loopback import Hits, crawl, fast_settings, gaps, html, serve
 from aiohttp import web
 
+from crystalline.crawler.crawl import ONLY_DEFERRED
 from crystalline.crawler.robots import RobotsBudget, RobotsResponse, RobotsRules, rules_from_response
 from crystalline.crawler.settings import CrawlSettings
 
@@ -114,27 +116,30 @@ def test_robots_404_allows_everything(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-def test_robots_503_disallows_everything(tmp_path: Path) -> None:
+def test_robots_503_disallows_everything_and_defers_the_host(tmp_path: Path) -> None:
     async def main() -> None:
         hits = Hits()
         async with serve(_site_with_robots((503, "")), hits=hits) as base:
-            settings = fast_settings(tmp_path, max_retries=1, robots_error_ttl=0.2)
+            settings = fast_settings(tmp_path, max_retries=1, defer_base=600.0)
             summary, sink, _ = await crawl(settings, [base + "/"])
         assert sink.docs == []
-        assert set(hits.paths()) == {"/robots.txt"}  # asked again after the error lifetime, no page
-        assert hits.count("/robots.txt") == 2
-        assert summary.failed == 1
+        assert hits.paths() == ["/robots.txt"]  # no page; not asked again before the deferral ends
+        assert (summary.reason, summary.failed, summary.queued) == (ONLY_DEFERRED, 0, 1)
+        [(origin, why, until, queued)] = summary.deferred
+        assert (origin, why, queued) == (base, "robots.txt 503: disallow all", 1)
+        assert 540 <= until - time.time() <= 660  # defer_base with its +-10 % jitter
 
     asyncio.run(main())
 
 
-def test_robots_unreachable_disallows_everything(tmp_path: Path) -> None:
+def test_robots_unreachable_defers_the_host(tmp_path: Path) -> None:
     async def main() -> None:
         async with serve([]) as base:
             pass  # the port is closed now: connection refused
         settings = fast_settings(tmp_path, max_retries=0)
         summary, sink, _ = await crawl(settings, [base + "/"])
-        assert sink.docs == [] and summary.failed == 1
+        assert sink.docs == [] and summary.failed == 0 and summary.reason == ONLY_DEFERRED
+        assert "robots.txt unreachable" in summary.deferred[0][1]
 
     asyncio.run(main())
 

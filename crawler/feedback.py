@@ -1,0 +1,63 @@
+"""Ingest's verdicts on crawled pages, read back by the crawler (the trap guard and revisits).
+
+Ingest records every submission in its registry (``ingest/registry.py``): ``done`` when its text
+was new and stored, ``duplicate`` (exact or near) or ``filtered`` when it gave nothing to learn
+from. The crawler reads those rows in order of their row id through its own read-only connection
+(SQLite WAL: the reader never blocks the writer) and keeps its place in the frontier, in the same
+transaction as what the verdicts change, so each verdict counts once, across restarts of either
+side, with no queue between them to lose or bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+log = logging.getLogger("crystalline.crawler.feedback")
+
+# states that mean "no new text"; "failed" says nothing about the text and is not a verdict
+_NO_NEW_TEXT = ("duplicate", "filtered")
+
+
+class IngestFeedback:
+    """Reads ingest's registry at ``path`` (which may not exist yet)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def since(self, cursor: int, limit: int = 1000) -> tuple[list[tuple[str, bool]], int]:
+        """Verdicts on crawled documents recorded after row ``cursor``: (URL, gave new text), and
+        the cursor to ask from next time."""
+        db = self._connect()
+        if db is None:
+            return [], cursor
+        try:
+            rows = db.execute(
+                "SELECT id, source, origin, state FROM documents WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:  # locked for long, or not a registry: try again later
+            log.warning("cannot read ingest's verdicts from %s: %s", self.path, exc)
+            return [], cursor
+        verdicts = [
+            (str(source), state == "done")
+            for _id, source, origin, state in rows
+            if origin == "crawl" and (state == "done" or state in _NO_NEW_TEXT)
+        ]
+        return verdicts, (int(rows[-1][0]) if rows else cursor)
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None:
+            if not self.path.exists():
+                return None
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, timeout=1.0, check_same_thread=False
+            )
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
