@@ -12,7 +12,13 @@ A file is *claimed* before it is read: renamed (through directory descriptors) i
 O_NONBLOCK`` and checked with ``fstat``. Whoever can write to the inbox cannot touch what is in
 ``.ingesting/``, so what is read, hashed and moved on is one fixed file: a symbolic link swapped
 in at the last moment is claimed as the link and refused, never followed. Symbolic links,
-FIFOs, sockets and devices are refused unopened. Every claimed file ends in ``done/`` or in
+FIFOs, sockets, devices and hard links (a file with more than one name) are refused
+unopened. A file that cannot be moved into ``.ingesting/`` for a reason of its own (another
+user's file in a sticky-bit inbox: EPERM; a mount point: EBUSY) stays where it is, is listed by
+:meth:`DropFolder.blocked` and tried again with backoff, while the others go on; only errors
+about the whole folder (a full or read-only disk, out of descriptors) stop a batch, which is
+then retried. ``done/`` and ``failed/`` must be ours and writable by us alone, or they are
+renamed aside and made anew. Every claimed file ends in ``done/`` or in
 ``failed/`` beside a ``<name>.reason.txt`` (its first line the reason, then the name in
 readable form); nothing is deleted. Files left in ``.ingesting/`` by a crash are taken first at
 the next start. Names are handled as the bytes the file system holds (``os.fsdecode``'s
@@ -25,6 +31,7 @@ import contextlib
 import errno
 import logging
 import os
+import secrets
 import stat
 import threading
 import time
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .inotify import GONE, IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, IN_Q_OVERFLOW, DirectoryWatch
+from .registry import sql_text as readable  # one escaping for logs, reasons and the registry
 
 log = logging.getLogger("crystalline.ingest.drop_folder")
 
@@ -41,6 +49,16 @@ _MAX_NAME_BYTES = 200  # + "-NNN" + ".reason.txt" stays under NAME_MAX (255)
 CLAIMS = ".ingesting"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Errors about the whole folder (or this process), not about one file: the batch fails and is
+# retried. Any other error claiming a file (EPERM from a sticky inbox, EBUSY from a mount
+# point, ELOOP, ENAMETOOLONG, EXDEV...) is that file's alone: it is skipped and retried later.
+FOLDER_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+# Out of descriptors or memory for a moment: the file goes back, never to failed/.
+_SHORTAGE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+UNMOVABLE_RETRY_S = 10.0  # first retry of a file that could not be claimed; doubles each time
+UNMOVABLE_MAX_RETRY_S = 600.0
 _KINDS = {
     stat.S_IFLNK: "symbolic link",
     stat.S_IFIFO: "FIFO",
@@ -49,11 +67,6 @@ _KINDS = {
     stat.S_IFBLK: "block device",
     stat.S_IFDIR: "directory",
 }
-
-
-def readable(name: str) -> str:
-    """``name`` as valid UTF-8 text: undecodable bytes shown as ``\\xff`` escapes."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _short_name(name: str) -> str:
@@ -68,6 +81,14 @@ def _short_name(name: str) -> str:
 
 def _wanted(name: str) -> bool:
     return bool(name) and not name.startswith(".") and not name.endswith(_PARTIAL_SUFFIXES)
+
+
+def _hard_link(links: int) -> str:
+    """The refusal of a file with more than one name. Without fs.protected_hardlinks, anyone
+    who can write to the inbox may link in a file they cannot read (root's, or the daemon's own
+    token file) and have it ingested, then reproduced by ``generate``; the owner cannot tell such
+    a link from a real drop (root's files are root's), so every hard link is refused."""
+    return f"hard link ({links} names): not read; copy the file into the folder instead"
 
 
 def _exists(name: str, dir_fd: int) -> bool:
@@ -100,16 +121,39 @@ class Claimed:
         return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
 
     def read(self, limit: int) -> bytes:
-        """The file's bytes from its descriptor, at most ``limit + 1`` (more means too large)."""
+        """The file's bytes from its descriptor, at most ``limit + 1`` (more means too large);
+        the descriptor is closed then, as nothing reads it again (a batch claims up to
+        ``batch_documents`` files and would otherwise hold a descriptor for each)."""
         chunks: list[bytes] = []
         offset = 0
-        while offset <= limit:
-            chunk = os.pread(self.fd, limit + 1 - offset, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            offset += len(chunk)
+        try:
+            while offset <= limit:
+                # pread allocates what it is asked for: ask for the size fstat gave plus one
+                # (a writer who opened the file before it was claimed may still append), not
+                # for limit + 1 (64 MB for a 1 kB file, a MemoryError under a tight RLIMIT_AS)
+                want = max(self.st.st_size + 1 - offset, 1 << 20)
+                chunk = os.pread(self.fd, min(want, limit + 1 - offset), offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
+        finally:
+            self.close()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class _Unmovable:
+    """A name in the inbox that could not be claimed: why, and when to try again."""
+
+    reason: str
+    retry_at: float  # time.monotonic()
+    delay_s: float
 
 
 class DropFolder:
@@ -126,12 +170,15 @@ class DropFolder:
         self._queue: dict[str, None] = {}  # names in the inbox, arrival order, no repeats
         self._settling: dict[str, None] = {}  # created, not yet closed
         self._blocked: dict[str, None] = {}  # a file of that name is being ingested: after it
+        self._unmovable: dict[str, _Unmovable] = {}  # could not be claimed: skipped, retried later
+        self._opening: set[str] = set()  # taken from the queues, not yet in _inflight
         self._claimed: deque[str] = deque()  # in .ingesting/, to hand out (put back, or a crash's)
         self._inflight: dict[str, Claimed] = {}  # handed out, not finished
         self._rescan = threading.Event()  # set on a queue overflow
         self._scanned_at = float("-inf")  # monotonic time of the last scan
         self._scan_mtime = (0, 0.0)  # the folder's mtime (ns) at the last scan, and time.time() then
         self.overflows = 0
+        self.event_errors = 0  # watch events whose handling failed (logged once)
         self._watch: DirectoryWatch | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -143,8 +190,9 @@ class DropFolder:
 
     def _open_dirs(self) -> None:
         """Create and open the inbox, ``done/``, ``failed/`` and ``.ingesting/``. A sub-folder
-        replaced by a link or a file, or a ``.ingesting/`` not private to us, is renamed aside
-        (and then handled as a dropped entry or left alone), never used."""
+        replaced by a link or a file, one not ours or writable by group or others (an inbox
+        writer could plant links in it), or a ``.ingesting/`` not private to us, is renamed
+        aside (and then handled as a dropped entry or left alone), never used."""
         self.root.mkdir(parents=True, exist_ok=True)
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         subs = [self._subdir(root_fd, name, private=name == CLAIMS) for name in ("done", "failed", CLAIMS)]
@@ -162,11 +210,11 @@ class DropFolder:
                 fd = -1
             if fd >= 0:
                 st = os.fstat(fd)
-                if not private or (st.st_uid == os.geteuid() and not st.st_mode & 0o077):
+                if st.st_uid == os.geteuid() and not st.st_mode & (0o077 if private else 0o022):
                     return fd
                 os.close(fd)
             aside = f"{name}.untrusted-{time.time_ns()}"
-            log.warning("%s/%s is not a private directory of ours: renamed to %s", self.root, name, aside)
+            log.warning("%s/%s is not a directory of ours: renamed to %s", self.root, name, aside)
             os.rename(name, aside, src_dir_fd=root_fd, dst_dir_fd=root_fd)
         raise OSError(errno.EEXIST, f"cannot make {self.root / name} a directory of ours")
 
@@ -183,10 +231,19 @@ class DropFolder:
             self._fds = None
 
     def intact(self) -> bool:
-        """Whether the inbox and its sub-folders still exist (someone may delete them)."""
-        return all(
-            d.is_dir() and not d.is_symlink() for d in (self.root, self.done, self.failed, self.claims)
-        )
+        """Whether the inbox and its sub-folders are still the directories we hold open (someone
+        may delete them, or move one aside and put another in its place)."""
+        if self._fds is None:
+            return False
+        for path, fd in zip((self.root, self.done, self.failed, self.claims), self._fds, strict=True):
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                return False
+            held = os.fstat(fd)
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+                return False
+        return True
 
     def reopen(self) -> None:
         """After the folder was deleted or replaced: create it again, watch it again (the same
@@ -199,8 +256,7 @@ class DropFolder:
             self._claimed.clear()
             self._inflight.clear()
         for c in inflight:
-            if c.fd >= 0:
-                os.close(c.fd)
+            c.close()
         self._close_dirs()
         self._open_dirs()
         if self._watch is not None:
@@ -247,8 +303,7 @@ class DropFolder:
             inflight = list(self._inflight.values())
             self._inflight.clear()
         for c in inflight:
-            if c.fd >= 0:
-                os.close(c.fd)
+            c.close()
         self._close_dirs()
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
@@ -266,18 +321,27 @@ class DropFolder:
                 self._stopping.wait(1.0)
                 continue
             for ev in events:
-                if ev.mask & IN_Q_OVERFLOW:
-                    self.overflows += 1
-                    log.warning("inotify queue overflowed: events lost, the drop folder will be rescanned")
+                try:
+                    self._on_event(ev.mask, ev.name)
+                except OSError as e:  # a stat refused (EACCES, ELOOP): the thread must live on
+                    self.event_errors += 1
+                    if self.event_errors == 1:  # once: a steady cause would flood the log
+                        log.warning("a drop folder event could not be handled (the rescan covers): %s", e)
                     self._rescan.set()
-                elif ev.mask & GONE:
-                    self._rescan.set()  # the ingestor sees the folder is not intact and reopens it
-                elif ev.name and not ev.mask & IN_ISDIR:
-                    name = os.fsdecode(ev.name)
-                    if ev.mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
-                        self.offer(name)
-                    elif ev.mask & IN_CREATE:
-                        self.settling(name)
+
+    def _on_event(self, mask: int, raw_name: bytes) -> None:
+        if mask & IN_Q_OVERFLOW:
+            self.overflows += 1
+            log.warning("inotify queue overflowed: events lost, the drop folder will be rescanned")
+            self._rescan.set()
+        elif mask & GONE:
+            self._rescan.set()  # the ingestor sees the folder is not intact and reopens it
+        elif raw_name and not mask & IN_ISDIR:
+            name = os.fsdecode(raw_name)
+            if mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+                self.offer(name)
+            elif mask & IN_CREATE:
+                self.settling(name)
 
     def offer(self, name: str) -> None:
         """Queue ``name``, a complete file in the inbox (from the watch thread or a scan)."""
@@ -328,7 +392,9 @@ class DropFolder:
         close event may have come before the watch began). Returns how many were queued."""
         root_fd, _done, _failed, claims_fd = self._dirs()
         with self._lock:
-            known = set(self._claimed) | set(self._inflight)
+            # _opening: a name take_one has popped but not yet registered (claimed into
+            # .ingesting/ a moment ago): listed here, it would be handed out twice
+            known = set(self._claimed) | set(self._inflight) | self._opening
             self._claimed.extend(n for n in sorted(os.listdir(claims_fd)) if n not in known)
         self._scan_mtime = (os.fstat(root_fd).st_mtime_ns, time.time())
         self._scanned_at = time.monotonic()
@@ -385,9 +451,13 @@ class DropFolder:
         return count
 
     def take_one(self) -> Claimed | None:
-        """Claim the next complete file (a crash's or a put-back claim first), or None."""
+        """Claim the next complete file (a crash's or a put-back claim first), or None. A file
+        that cannot be claimed for a reason of its own (another user's in a sticky inbox, a
+        mount point) is skipped and retried later (see :meth:`blocked`); only an error about
+        the whole folder (a full disk, out of descriptors) raises."""
         self._maybe_rescan()
         self._promote_settled()
+        self._retry_unmovable()
         root_fd, _done, _failed, claims_fd = self._dirs()
         while True:
             with self._lock:
@@ -403,19 +473,69 @@ class DropFolder:
                 if fresh and (name in self._inflight or _exists(name, claims_fd)):
                     self._blocked[name] = None  # same name still being ingested: after it
                     continue
-            if fresh:
-                try:
-                    os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=claims_fd)
-                except FileNotFoundError:
-                    continue  # removed by its owner meanwhile
-                except OSError:
+                unmovable = self._unmovable.get(name)
+                if fresh and unmovable is not None and unmovable.retry_at > time.monotonic():
+                    continue  # not yet: _retry_unmovable queues it again when its time comes
+                self._opening.add(name)
+            item = None
+            try:
+                item = self._claim(name, fresh, root_fd, claims_fd)
+            finally:
+                with self._lock:
+                    self._opening.discard(name)
+                    if item is not None:
+                        self._inflight[name] = item
+            if item is not None:
+                return item
+
+    def _claim(self, name: str, fresh: bool, root_fd: int, claims_fd: int) -> Claimed | None:
+        """Move ``name`` into ``.ingesting/`` (when ``fresh``) and open it there; None when it is
+        gone or could not be moved."""
+        if fresh:
+            try:
+                os.rename(name, name, src_dir_fd=root_fd, dst_dir_fd=claims_fd)
+            except FileNotFoundError:
+                with self._lock:
+                    self._unmovable.pop(name, None)
+                return None  # removed by its owner meanwhile
+            except OSError as e:
+                if e.errno in FOLDER_ERRORS:
                     self.offer(name)  # still in the inbox: not forgotten when the batch is retried
                     raise
-            item = self._open_claimed(name, claims_fd)
-            if item is not None:
-                with self._lock:
-                    self._inflight[name] = item
-                return item
+                self._cannot_move(name, e)
+                return None
+            with self._lock:
+                if self._unmovable.pop(name, None) is not None:
+                    log.info("%s could be claimed after all", readable(name))
+        try:
+            return self._open_claimed(name, claims_fd)
+        except OSError:
+            with self._lock:
+                self._claimed.appendleft(name)  # in .ingesting/: handed out again first
+            raise
+
+    def _cannot_move(self, name: str, e: OSError) -> None:
+        """Note a file that could not be claimed; logged the first time, retried with backoff."""
+        reason = f"cannot be moved into {CLAIMS}/ ({e.strerror})"
+        with self._lock:
+            old = self._unmovable.get(name)
+            delay = UNMOVABLE_RETRY_S if old is None else min(old.delay_s * 2, UNMOVABLE_MAX_RETRY_S)
+            self._unmovable[name] = _Unmovable(reason, time.monotonic() + delay, delay)
+        if old is None or old.reason != reason:
+            log.warning("%s %s: skipped, tried again later", readable(name), reason)
+
+    def _retry_unmovable(self) -> None:
+        """Queue again the unmovable names whose retry time has come (and forget the gone)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [n for n, u in self._unmovable.items() if u.retry_at <= now and n not in self._queue]
+        for name in due:
+            self.offer(name)
+
+    def blocked(self) -> list[tuple[str, str]]:
+        """Files in the inbox that could not be claimed: (readable name, reason), oldest first."""
+        with self._lock:
+            return [(readable(n), u.reason) for n, u in self._unmovable.items()]
 
     def take(self, max_files: int) -> list[Claimed]:
         """Up to ``max_files`` claimed files (see :meth:`take_one`)."""
@@ -435,14 +555,21 @@ class DropFolder:
             return Claimed(name, -1, st, "symbolic link: not followed")
         if kind is not None:
             return Claimed(name, -1, st, f"{kind}: not a regular file, not opened")
+        if st.st_nlink > 1:  # see _hard_link
+            return Claimed(name, -1, st, _hard_link(st.st_nlink))
         try:
             fd = os.open(name, _FILE_FLAGS, dir_fd=claims_fd)
         except OSError as e:
+            if e.errno in _SHORTAGE_ERRORS:  # this process's trouble, not the file's: retried
+                raise
             return Claimed(name, -1, st, f"cannot open: {e.strerror}")
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             os.close(fd)
             return Claimed(name, -1, st, "changed while being opened")
+        if fst.st_nlink > 1:
+            os.close(fd)
+            return Claimed(name, -1, fst, _hard_link(fst.st_nlink))
         return Claimed(name, fd, fst)
 
     def put_back(self, items: list[Claimed]) -> None:
@@ -451,9 +578,7 @@ class DropFolder:
             for c in reversed(items):
                 if self._inflight.pop(c.name, None) is None:
                     continue
-                if c.fd >= 0:
-                    os.close(c.fd)
-                    c.fd = -1
+                c.close()
                 self._claimed.appendleft(c.name)
 
     def put_back_all(self) -> None:
@@ -473,17 +598,25 @@ class DropFolder:
             n += 1
         return target
 
-    def _write_reason(self, dir_fd: int, name: str, text: str) -> None:
-        tmp = f".{name}.tmp"
+    @staticmethod
+    def _write_reason(dir_fd: int, name: str, text: str) -> None:
+        """Write ``name`` atomically through a new file of a random name (O_EXCL: never an
+        entry someone put there, never through a link)."""
+        tmp = f".reason-{secrets.token_hex(8)}.tmp"
         fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd
         )
         try:
-            os.write(fd, text.encode("utf-8", "backslashreplace"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            try:
+                os.write(fd, text.encode("utf-8", "backslashreplace"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
 
     def finish(self, item: Claimed, failed_reason: str | None) -> Path:
         """Move a claimed file to ``done/``, or to ``failed/`` with its reason file; returns the
@@ -493,14 +626,17 @@ class DropFolder:
         target = self._free_name(dir_fd, item.name)
         if failed_reason is not None:
             text = f"{failed_reason.strip()}\nfile: {readable(target)} (dropped as {item.label})\n"
-            self._write_reason(dir_fd, target + ".reason.txt", text)
+            try:
+                self._write_reason(dir_fd, target + ".reason.txt", text)
+            except OSError as e:  # this file's reason alone: it still goes (the registry has it)
+                if e.errno in FOLDER_ERRORS:
+                    raise
+                log.warning("reason file for %s not written (%s): %s", item.label, e.strerror, failed_reason)
         os.rename(item.name, target, src_dir_fd=claims_fd, dst_dir_fd=dir_fd)
         os.fsync(dir_fd)
         with self._lock:
             self._inflight.pop(item.name, None)
-            if item.fd >= 0:
-                os.close(item.fd)
-                item.fd = -1
+            item.close()
             if item.name in self._blocked:  # a file of the same name waited for this one
                 del self._blocked[item.name]
                 self._queue[item.name] = None
