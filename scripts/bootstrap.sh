@@ -26,6 +26,16 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "$want" > "$stamp"
 fi
 
+# The test suite's real-systemd test (tests/systemd) boots a Debian root file system with
+# systemd-nspawn, made by debootstrap: test.sh asks for both, a plain install does not need them.
+if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1 \
+    && ! { command -v systemd-nspawn && command -v debootstrap; } >/dev/null 2>&1; then
+    echo "bootstrap: installing systemd-container and debootstrap with apt-get (for tests/systemd)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        systemd-container debootstrap >/dev/null
+fi
+
 if ! command -v tesseract >/dev/null 2>&1; then
     if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "bootstrap: installing tesseract-ocr with apt-get" >&2

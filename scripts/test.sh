@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets everything up, then lint, type check and the whole pytest suite.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+BOOTSTRAP_TEST_TOOLS=1 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
 echo "== ruff" >&2
 "$VENV/bin/ruff" check .
