@@ -4,11 +4,19 @@
         [--data-dir DIR] [--allowed-domain D ...] [--delay S] [--concurrency N]
         [--user-agent UA] [--timeout S] [--log-jsonl FILE] [--max-links-per-page N]
         [--max-queued-per-host N] [--max-queued N] [--robots-per-minute N]
+        [--min-revisit S] [--max-revisit S] [--revisit-share F] [--max-fetches-per-host-per-day N]
+        [--warc-dir DIR] [--warc-file-bytes N] [--no-sitemaps]
 
 ``DIR/frontier.sqlite`` holds the frontier (rerunning with the same directory resumes) and
-``DIR/spool/`` the fetched documents that ingest consumes. The crawl ends when the frontier is
-empty or a limit is reached (exit 0), or on SIGINT/SIGTERM (exit 130/143 after requeueing what
-was in flight). ``--log-jsonl`` appends one JSON line per request: url, status, content_type,
+``DIR/spool/`` the fetched documents that ingest consumes. The crawl ends when nothing is left to
+do now: the queue is empty, no stored page is due for a revisit, or only deferred hosts (robots.txt
+unavailable, daily budget spent) hold URLs, which it lists with the reason and when to retry
+(exit 0; rerunning resumes); when a limit is reached (exit 0); or on SIGINT/SIGTERM (exit 130/143
+after requeueing what was in flight). A page stored more than ``--min-revisit`` seconds ago (a day
+by default) is due again: a later run revisits it with a conditional request and hands the spool
+a new version only when it changed. ``--warc-dir`` writes every response, with its request, as
+WARC/1.1 records (gzip per record, files of ``--warc-file-bytes``).
+``--log-jsonl`` appends one JSON line per request: url, status, content_type,
 bytes, elapsed, error. The frontier is bounded: links a page may queue, URLs queued per host and
 in all (the deepest and newest give way; the summary counts what was dropped), and robots.txt
 requests per minute (new hosts wait their turn).
@@ -138,6 +146,33 @@ def add_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             flag, type=int, default=default, metavar="N", help=f"{what}; 0: no cap (default: {default})"
         )
+    for flag, name, what in (
+        ("--min-revisit", "min_revisit", "seconds before a stored page is due again (its shortest interval)"),
+        ("--max-revisit", "max_revisit", "longest revisit interval in seconds"),
+        ("--revisit-share", "revisit_share", "share of requests for revisits while new URLs wait"),
+    ):
+        default = getattr(d, name)
+        p.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
+    p.add_argument(
+        "--max-fetches-per-host-per-day",
+        type=int,
+        default=d.max_fetches_per_host_per_day,
+        metavar="N",
+        help="requests per host per day, revisits included; the host is deferred past it (default: no cap)",
+    )
+    p.add_argument(
+        "--warc-dir", type=Path, metavar="DIR", help="write every response as WARC/1.1 records here"
+    )
+    p.add_argument(
+        "--warc-file-bytes",
+        type=int,
+        default=d.warc_file_bytes,
+        metavar="N",
+        help=f"start a new WARC file past this size (default: {d.warc_file_bytes})",
+    )
+    p.add_argument(
+        "--no-sitemaps", action="store_true", help="do not read robots.txt Sitemap: lines and /sitemap.xml"
+    )
     p.add_argument("--allow-private-addresses", action="store_true",
                    help="allow loopback and private addresses (local test servers)")  # fmt: skip
 
@@ -147,8 +182,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "crawl",
         help="crawl the web from start URLs into a data directory",
-        description="Crawl politely from start URLs until the frontier is empty or a limit is reached; "
-        "rerunning with the same --data-dir resumes.",
+        description="Crawl politely from start URLs until nothing is left to do now (deferred hosts are "
+        "listed) or a limit is reached; rerunning with the same --data-dir resumes and revisits "
+        "the pages that are due.",
     )
     add_options(p)
     p.set_defaults(func=run_crawl_command)
@@ -179,6 +215,13 @@ def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
         max_queued_per_host=args.max_queued_per_host,
         max_queued=args.max_queued,
         robots_per_minute=args.robots_per_minute,
+        min_revisit=args.min_revisit,
+        max_revisit=max(args.max_revisit, args.min_revisit),
+        revisit_share=args.revisit_share,
+        max_fetches_per_host_per_day=args.max_fetches_per_host_per_day,
+        warc_dir=args.warc_dir,
+        warc_file_bytes=args.warc_file_bytes,
+        sitemaps=not args.no_sitemaps,
     )
 
 
@@ -243,8 +286,9 @@ async def _progress(crawler: Crawler) -> None:
     while True:
         s = crawler.stats()
         sys.stderr.write(
-            f"\rcrawl: {s['stored']} stored, {s['queued']} queued, {s['in_flight']} in flight, "
-            f"{s['errors']} errors, {s['hosts']} hosts, {sum(s['dropped'].values())} dropped, "
+            f"\rcrawl: {s['stored']} stored, {s['revisits']['revisits']} revisited, {s['queued']} queued, "
+            f"{s['in_flight']} in flight, {s['errors']} errors, {s['host_count']} hosts, "
+            f"{s['deferred_hosts']} deferred, {sum(s['dropped'].values())} dropped, "
             f"{s['bytes'] // 1024} KiB\x1b[K"
         )
         sys.stderr.flush()

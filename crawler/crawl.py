@@ -181,12 +181,12 @@ class Crawler:
         self._final_stats: dict[str, Any] | None = None
 
     def close(self) -> None:
+        if self.warc is not None:
+            self.warc.close()
         self._final_stats = self.stats()  # what stats() answers from now on
         self.frontier.close()
         if self.feedback is not None:
             self.feedback.close()
-        if self.warc is not None:
-            self.warc.close()
 
     def add_url(self, url: str) -> bool:
         """Queue a start URL at depth 0 (its host joins the scope unless domains were configured);
@@ -377,9 +377,11 @@ class Crawler:
                         log.info("host %s: page limit %d reached, %d URLs skipped", origin, per_host, dropped)
                 revisits_only = True  # its stored pages are still revisited
             per_day = s.max_fetches_per_host_per_day
+            day_left = budget
             if per_day:
-                done_today, day_ends = self.frontier.day_fetches(origin, now)
-                if done_today + slot.active >= per_day:
+                done_today, day_ends = self.frontier.day_fetches(origin, now)  # in flight included
+                day_left = per_day - done_today
+                if day_left <= 0:
                     why = f"daily budget of {per_day} requests spent"
                     self.frontier.defer_host(origin, day_ends, why, now, count=False)
                     continue
@@ -391,7 +393,9 @@ class Crawler:
             if robots_token and not self.robots_budget.take():
                 self._defer_for_robots(origin)
                 continue
-            entries = self.frontier.claim(origin, min(capacity, budget - launched), now, revisits_only)
+            entries = self.frontier.claim(
+                origin, min(capacity, budget - launched, day_left), now, revisits_only
+            )
             if not entries:
                 if robots_token:
                     self.robots_budget.refund()
@@ -663,11 +667,12 @@ class Crawler:
         due = self.frontier.mark_changed(changed, now)
         if due:
             self._wake.set()
-        interval = (
-            schedule.next_interval(s, entry.interval, changed=True)
-            if entry.revisit
-            else schedule.first_interval(s)
-        )
+        if entry.revisit:
+            self._revisit_counts["revisits"] += 1
+            self._revisit_counts["changed"] += 1
+            interval = schedule.next_interval(s, entry.interval, changed=True)
+        else:
+            interval = schedule.first_interval(s)
         revisit = Revisit(
             now + interval, interval, entry.interval or interval, now, result.etag, result.last_modified,
             body_hash, new_version=True,

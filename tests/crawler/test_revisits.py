@@ -1,0 +1,246 @@
+"""Revisits against real local servers: conditional requests, 304s and unchanged bodies that cost
+no ingest, changed pages ingested again as new versions, the adaptive interval, ingest's verdicts."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+from _loopback import Hits, crawl, fast_settings, html, serve
+from aiohttp import web
+
+from crystalline.crawler.feedback import IngestFeedback
+from crystalline.crawler.frontier import Frontier
+from crystalline.crawler.settings import CrawlSettings
+from crystalline.ingest.document import Spool
+from crystalline.ingest.ingestor import Ingestor
+from crystalline.ingest.registry import Record, Registry
+from crystalline.ingest.settings import IngestSettings
+from crystalline.workers.tokenizer import load_tokenizer
+
+WORDS = [
+    "river",
+    "stone",
+    "lantern",
+    "harbour",
+    "meadow",
+    "copper",
+    "violin",
+    "orchard",
+    "thunder",
+    "glacier",
+    "parrot",
+    "velvet",
+    "market",
+    "island",
+    "ladder",
+    "window",
+    "garden",
+    "kettle",
+    "mirror",
+    "candle",
+    "pencil",
+    "forest",
+    "valley",
+    "bridge",
+    "castle",
+    "engine",
+    "summer",
+    "winter",
+    "autumn",
+    "silver",
+    "golden",
+    "quiet",
+    "sudden",
+    "gentle",
+    "bright",
+    "narrow",
+    "ancient",
+    "modern",
+    "early",
+    "late",
+    "walked",
+    "carried",
+    "opened",
+    "painted",
+    "counted",
+    "followed",
+    "gathered",
+    "noticed",
+]
+STOP = ["the", "of", "and", "to", "in", "a", "is", "that", "it", "was", "for", "on", "with", "as", "by"]
+
+
+def prose(seed: int, words: int = 120) -> str:
+    """English-looking text, different for each seed (ingest's quality rules pass it)."""
+    rng = random.Random(seed)
+    out = [rng.choice(STOP) if rng.random() < 0.4 else rng.choice(WORDS) for _ in range(words)]
+    return " ".join(out).capitalize() + "."
+
+
+class Site:
+    """Pages /p/0 .. /p/{n-1} (page 0 links to the others) with a version each; ``etags``: answer
+    If-None-Match with 304 while the version is unchanged."""
+
+    def __init__(self, n: int, etags: bool) -> None:
+        self.n = n
+        self.etags = etags
+        self.version = dict.fromkeys(range(n), 0)
+        self.conditional: list[str] = []  # the If-None-Match values received
+
+    def routes(self) -> list[web.RouteDef]:
+        async def page(request: web.Request) -> web.Response:
+            i = int(request.match_info["i"])
+            tag = f'"p{i}-v{self.version[i]}"'
+            if "If-None-Match" in request.headers:
+                self.conditional.append(request.headers["If-None-Match"])
+                if self.etags and request.headers["If-None-Match"] == tag:
+                    return web.Response(status=304, headers={"ETag": tag})
+            links = "".join(f'<a href="/p/{j}">{j}</a>' for j in range(1, self.n)) if i == 0 else ""
+            response = html(f"<h1>Page {i}</h1><p>{prose(i * 1000 + self.version[i])}</p>{links}")
+            if self.etags:
+                response.headers["ETag"] = tag
+            return response
+
+        return [web.get("/p/{i}", page)]
+
+
+def due_now(settings: CrawlSettings) -> None:
+    """Let the revisit intervals pass (what a day of waiting would do)."""
+    with sqlite3.connect(settings.frontier_path) as db:
+        db.execute("UPDATE urls SET next_visit = 0, fetched_at = fetched_at - 1 WHERE state = 2")
+
+
+def intervals(settings: CrawlSettings) -> dict[str, float]:
+    with sqlite3.connect(settings.frontier_path) as db:
+        return dict(db.execute("SELECT url, interval FROM urls WHERE state = 2"))
+
+
+def test_a_304_costs_no_ingest_and_lengthens_the_interval(tmp_path: Path) -> None:
+    site = Site(6, etags=True)
+    settings = fast_settings(tmp_path, min_revisit=100.0, max_revisit=1000.0)
+
+    async def main() -> None:
+        async with serve(site.routes()) as base:
+            first, _sink, _ = await crawl(settings, [base + "/p/0"])
+            assert (first.stored, first.revisits) == (6, 0) and site.conditional == []
+            assert set(intervals(settings).values()) == {100.0}
+            due_now(settings)
+            second, sink2, _ = await crawl(settings, [base + "/p/0"])
+        assert sink2.docs == []  # nothing for ingest
+        assert (second.revisits, second.not_modified, second.stored, second.stored_total) == (6, 6, 0, 6)
+        assert sorted(site.conditional) == sorted(f'"p{i}-v0"' for i in range(6))
+        assert set(intervals(settings).values()) == {140.0}  # unchanged: x (1 + revisit_inc_rate)
+
+    asyncio.run(main())
+
+
+def test_an_unchanged_200_is_not_handed_over_again(tmp_path: Path) -> None:
+    site = Site(4, etags=False)
+    settings = fast_settings(tmp_path, min_revisit=0.0)
+
+    async def main() -> None:
+        async with serve(site.routes()) as base:
+            await crawl(settings, [base + "/p/0"])
+            second, sink2, _ = await crawl(settings, [base + "/p/0"])  # min-revisit 0: all due
+        assert sink2.docs == []
+        assert (second.revisits, second.unchanged, second.not_modified) == (4, 4, 0)
+
+    asyncio.run(main())
+
+
+def test_a_run_never_revisits_what_it_fetched_itself(tmp_path: Path) -> None:
+    hits = Hits()
+    site = Site(5, etags=False)
+
+    async def main() -> None:
+        async with serve(site.routes(), hits=hits) as base:
+            summary, _, _ = await crawl(fast_settings(tmp_path, min_revisit=0.0), [base + "/p/0"])
+        assert summary.reason == "frontier empty"
+        assert sorted(hits.paths()) == sorted(["/robots.txt", *(f"/p/{i}" for i in range(5))])
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(180)
+def test_a_changed_page_is_ingested_again_as_a_new_version(tmp_path: Path) -> None:
+    site = Site(4, etags=True)
+    settings = fast_settings(tmp_path, min_revisit=100.0, max_revisit=1000.0)
+    spool = Spool(tmp_path / "spool")
+    ingest_settings = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
+
+    def ingest_all() -> None:
+        with Ingestor(ingest_settings, tmp_path / "ingest", load_tokenizer("bytes"), spool=spool) as ing:
+            while ing.run_once():
+                pass
+
+    async def main() -> str:
+        async with serve(site.routes()) as base:
+            crawler_feedback = IngestFeedback(tmp_path / "ingest" / "registry.sqlite3")
+            await crawl(settings, [base + "/p/0"], sink=spool)
+            await asyncio.to_thread(ingest_all)
+            site.version[2] += 1  # page 2 changes, the others do not
+            due_now(settings)
+            second, _, _ = await crawl(settings, [base + "/p/0"], sink=spool)
+            assert (second.revisits, second.not_modified, second.changed) == (4, 3, 1)
+            assert spool.count() == 1  # only the new version goes to ingest
+            await asyncio.to_thread(ingest_all)
+            verdicts, _ = crawler_feedback.since(0)
+            crawler_feedback.close()
+            assert verdicts.count((base + "/p/2", True)) == 2  # two versions, both new text
+            return base
+
+    base = asyncio.run(main())
+    registry = Registry(tmp_path / "ingest" / "registry.sqlite3")
+    try:
+        rows = registry.db.execute(
+            "SELECT state, tokens FROM documents WHERE source = ? ORDER BY id", (base + "/p/2",)
+        ).fetchall()
+    finally:
+        registry.close()
+    assert [state for state, _ in rows] == ["done", "done"]  # the old version's tokens are kept
+    assert all(tokens > 0 for _, tokens in rows)
+    assert intervals(settings)[base + "/p/2"] == 100.0  # changed: shorter, at its minimum
+    assert intervals(settings)[base + "/p/1"] == 140.0
+
+
+def test_ingest_verdicts_reach_the_frontier_once(tmp_path: Path) -> None:
+    """A revisit whose body changed but whose text ingest found the same gets an unchanged
+    page's interval; a shape whose pages ingest keeps finding duplicate is cut."""
+    registry_path = tmp_path / "registry.sqlite3"
+    frontier = Frontier(tmp_path / "frontier.sqlite")
+    try:
+        frontier._db.executemany(
+            "INSERT INTO urls (url, origin, depth, state, versions, fresh, interval, prev_interval,"
+            " fetched_at, next_visit, pattern) VALUES (?, 'http://h', 1, 2, ?, ?, ?, 100, 1000, 0, ?)",
+            [
+                ("http://h/rev", 2, None, 80.0, "/rev"),
+                *((f"http://h/c?d={i}", 1, 1, 100.0, "/c?d") for i in range(16)),
+            ],
+        )
+        frontier._db.execute("INSERT INTO hosts (origin) VALUES ('http://h')")
+        registry = Registry(registry_path)
+        registry.record(
+            [
+                Record(f"e{i}", f"d{i}", url, "crawl", "duplicate")
+                for i, url in enumerate(["http://h/rev", *(f"http://h/c?d={i}" for i in range(16))])
+            ]
+            + [Record("drop", "dd", "/inbox/x.txt", "drop", "done")]
+        )
+        registry.close()
+        feedback = IngestFeedback(registry_path)
+        verdicts, cursor = feedback.since(frontier.feedback_cursor())
+        assert cursor == 18 and len(verdicts) == 17  # the dropped file is no crawl verdict
+        assert frontier.ingest_verdicts(verdicts, cursor, inc_rate=0.4) == 17
+        assert feedback.since(frontier.feedback_cursor()) == ([], 18)  # read once
+        feedback.close()
+        row = frontier._db.execute(
+            "SELECT interval, next_visit FROM urls WHERE url = 'http://h/rev'"
+        ).fetchone()
+        assert row == pytest.approx((140.0, 1140.0))  # the interval before the change, x 1.4
+        assert ("http://h", "/c?d") in frontier.trapped
+    finally:
+        frontier.close()

@@ -1,0 +1,80 @@
+"""Traps are recognised by what their pages give, not by how many there are: a site of 5,000
+numbered pages is crawled whole while a calendar on the same host is still cut."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+from _loopback import crawl, fast_settings, html, serve
+from aiohttp import web
+
+from crystalline.crawler.frontier import DROP_TRAP, TRAP_WINDOW
+
+WORDS = [
+    "river",
+    "stone",
+    "lantern",
+    "harbour",
+    "meadow",
+    "copper",
+    "violin",
+    "orchard",
+    "thunder",
+    "glacier",
+    "parrot",
+    "velvet",
+    "market",
+]
+
+
+def numbered_site_with_a_calendar(pages: int) -> list[web.RouteDef]:
+    """/article/<n>: its own text, links to the next article and 9 others and to the calendar;
+    /calendar?month=YYYY-MM links to the months on either side and two empty days."""
+    rng = random.Random(7)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(pages)]
+    targets = [[(n + 1) % pages, *(rng.randrange(pages) for _ in range(9))] for n in range(pages)]
+
+    async def article(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        links = "".join(f'<a href="/article/{t}">{t}</a>' for t in targets[n])
+        nav = '<nav><a href="/calendar?month=2024-01">calendar</a></nav>'
+        return html(f"{nav}<h1>Article {n}</h1><p>{texts[n]}</p>{links}")
+
+    async def calendar(request: web.Request) -> web.Response:
+        year, month = (int(x) for x in request.query.get("month", "2024-01").split("-"))
+        nxt = f"{year + month // 12}-{month % 12 + 1:02d}"
+        prv = f"{year - (month == 1)}-{(month - 2) % 12 + 1:02d}"
+        days = "".join(f'<a href="/day?d={year}-{month:02d}-{d:02d}">{d}</a>' for d in (1, 15))
+        around = f'<a href="/calendar?month={nxt}">next</a><a href="/calendar?month={prv}">prev</a>'
+        return html(f"<h1>Events {year}-{month:02d}</h1><p>No events this month.</p>{around}{days}")
+
+    async def day(request: web.Request) -> web.Response:
+        return html(f"<h1>{request.query['d']}</h1><p>No events on this day.</p>")
+
+    return [web.get("/article/{n}", article), web.get("/calendar", calendar), web.get("/day", day)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_five_thousand_numbered_pages_are_crawled_whole_and_a_calendar_is_cut(tmp_path: Path) -> None:
+    pages = 5000
+
+    async def main() -> None:
+        async with serve(numbered_site_with_a_calendar(pages)) as base:
+            settings = fast_settings(tmp_path, max_depth=1000, concurrency=8, per_host_concurrency=8)
+            summary, sink, crawler = await crawl(settings, [base + "/article/0"], timeout=540)
+        sources = sink.sources()
+        articles = {s for s in sources if "/article/" in s}
+        assert articles == {f"{base}/article/{n}" for n in range(pages)}  # all of them, once each
+        assert len(articles) == len([s for s in sources if "/article/" in s])
+        months = [s for s in sources if "/calendar" in s]
+        days = [s for s in sources if "/day" in s]
+        assert len(days) <= TRAP_WINDOW + 8  # empty days: cut after one window (+ in flight)
+        assert len(months) <= 2 * TRAP_WINDOW + 8  # months: while they led to new days, then a window
+        assert summary.reason == "frontier empty"
+        assert crawler.stats()["traps"] == 2 and summary.dropped[DROP_TRAP] > 0
+
+    asyncio.run(main())

@@ -1,0 +1,156 @@
+"""WARC output read back with warcio: every response exactly once with its request, digests,
+rotation and retention, and a file cut by SIGKILL mid-write repaired to its last whole record."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from _loopback import crawl, fast_settings, html, serve
+from aiohttp import web
+from warcio.archiveiterator import ArchiveIterator
+
+from crystalline.crawler.fetcher import FetchResult
+from crystalline.crawler.warc import OPEN_SUFFIX, WarcWriter, records
+
+
+def read_warcs(directory: Path) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """(type, target URI, payload, WARC headers) of every record of every file, oldest file first."""
+    out = []
+    for path in sorted(directory.glob("*.warc.gz")):
+        with path.open("rb") as f:
+            for record in ArchiveIterator(f, check_digests="raise"):
+                headers = dict(record.rec_headers.headers)
+                out.append(
+                    (
+                        record.rec_type,
+                        headers.get("WARC-Target-URI", ""),
+                        record.content_stream().read(),
+                        headers,
+                    )
+                )
+    return out
+
+
+def _site(n: int) -> list[web.RouteDef]:
+    async def page(request: web.Request) -> web.Response:
+        i = int(request.match_info["i"])
+        links = "".join(f'<a href="/p/{j}">{j}</a>' for j in (2 * i + 1, 2 * i + 2) if j < n)
+        return html(f"<p>page {i} " + "text " * (i % 7) + f"</p>{links}")
+
+    async def gone(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="no such page")
+
+    return [web.get("/p/{i}", page), web.get("/missing", gone)]
+
+
+def test_every_response_is_written_once_with_its_request(tmp_path: Path) -> None:
+    settings = fast_settings(tmp_path, warc_dir=tmp_path / "warc")
+
+    async def main() -> str:
+        async with serve(_site(30)) as base:
+            _, sink, _ = await crawl(settings, [base + "/p/0", base + "/missing"])
+            assert len(sink.docs) == 30
+            return base
+
+    base = asyncio.run(main())
+    assert not list((tmp_path / "warc").glob(f"*{OPEN_SUFFIX}"))  # closed at the end
+    recs = read_warcs(tmp_path / "warc")
+    assert recs[0][0] == "warcinfo"
+    responses = Counter(uri for kind, uri, _, _ in recs if kind == "response")
+    expected = {f"{base}/p/{i}" for i in range(30)} | {base + "/robots.txt", base + "/missing"}
+    assert set(responses) == expected and set(responses.values()) == {1}
+    requests = {uri for kind, uri, _, _ in recs if kind == "request"}
+    assert requests == expected
+    by_id = {h["WARC-Record-ID"]: uri for kind, uri, _, h in recs if kind == "response"}
+    for kind, uri, _, headers in recs:
+        if kind == "request":
+            assert by_id[headers["WARC-Concurrent-To"]] == uri
+        if kind == "response":
+            assert headers["WARC-Payload-Digest"].startswith("sha1:")
+    payloads = {uri: body for kind, uri, body, _ in recs if kind == "response"}
+    assert b"page 7 " in payloads[f"{base}/p/7"]
+    missing = next(h for kind, uri, _, h in recs if kind == "response" and uri == base + "/missing")
+    assert missing["WARC-Truncated"] == "unspecified"  # a 404's body is not read
+
+
+def test_files_rotate_and_the_oldest_go_past_the_retention_limit(tmp_path: Path) -> None:
+    settings = fast_settings(
+        tmp_path, warc_dir=tmp_path / "warc", warc_file_bytes=3000, warc_max_bytes=12_000
+    )
+
+    async def main() -> None:
+        async with serve(_site(40)) as base:
+            _, _, crawler = await crawl(settings, [base + "/p/0"])
+        stats = crawler.stats()["warc"]
+        files = list((tmp_path / "warc").glob("*.warc.gz"))
+        assert stats["files"] > len(files) >= 2 and stats["deleted"] == stats["files"] - len(files)
+        assert sum(p.stat().st_size for p in files) <= 12_000
+        for path in files:  # each file whole on its own
+            with path.open("rb") as f:
+                assert next(iter(ArchiveIterator(f))).rec_type == "warcinfo"
+
+    asyncio.run(main())
+
+
+def test_a_record_cut_short_is_removed_at_the_next_start(tmp_path: Path) -> None:
+    directory = tmp_path / "warc"
+    directory.mkdir()
+    result = FetchResult(
+        "http://h/x", 200, "text/html", body=b"<p>hello</p>", headers=(("Content-Type", "text/html"),)
+    )
+    whole = records(result)
+    path = directory / f"crystalline-1-1-00001.warc.gz{OPEN_SUFFIX}"
+    path.write_bytes(whole + whole[: len(whole) // 2])  # killed half-way through the second write
+    WarcWriter(directory, 10**9).close()
+    [closed] = directory.glob("*.warc.gz")
+    assert closed.stat().st_size == len(whole)
+    assert [kind for kind, *_ in read_warcs(directory)] == ["request", "response"]
+
+
+_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from crystalline.crawler.fetcher import FetchResult
+from crystalline.crawler.warc import WarcWriter
+
+async def main():
+    writer = WarcWriter(Path(sys.argv[1]), 10**9)
+    body = bytes(range(256)) * 4000  # 1 MB a record: a kill lands inside a write now and then
+    i = 0
+    while True:
+        await writer.write(FetchResult(f"http://h/{i}", 200, "application/octet-stream", body=body))
+        print(i, flush=True)
+        i += 1
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_mid_write_leaves_a_readable_file(tmp_path: Path) -> None:
+    directory = tmp_path / "warc"
+    acknowledged = 0
+    for round_ in range(4):
+        child = subprocess.Popen([sys.executable, "-c", _WRITER, str(directory)], stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        deadline = time.monotonic() + 60
+        lines = 0
+        while lines < 3 + round_ and time.monotonic() < deadline and child.stdout.readline():
+            lines += 1
+        time.sleep(0.003 * round_)  # at different points of the next 1 MB write
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        acknowledged += lines
+    WarcWriter(directory, 10**9).close()  # the next start repairs the last file of each process
+    recs = read_warcs(directory)  # with check_digests="raise": every block and payload whole
+    bodies = [body for kind, _, body, _ in recs if kind == "response"]
+    assert len(bodies) >= acknowledged  # every write that returned is there
+    assert all(body == bytes(range(256)) * 4000 for body in bodies)
+    assert not list(directory.glob(f"*{OPEN_SUFFIX}"))
