@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -149,3 +150,19 @@ def url_state(settings: CrawlSettings, url: str) -> tuple[str, int | None, str |
         return frontier.state_of(url)
     finally:
         frontier.close()
+
+
+WORDS = ["river", "stone", "lantern", "harbour", "meadow", "copper", "violin", "orchard", "thunder",
+         "glacier",
+         "parrot", "velvet", "market", "island", "ladder", "window", "garden", "kettle", "mirror", "candle",
+         "pencil", "forest", "valley", "bridge", "castle", "engine", "summer", "winter", "autumn", "silver",
+         "golden", "quiet", "sudden", "gentle", "bright", "narrow", "ancient", "modern", "early", "late",
+         "walked", "carried", "opened", "painted", "counted", "followed", "gathered", "noticed"]  # fmt: skip
+STOP = ["the", "of", "and", "to", "in", "a", "is", "that", "it", "was", "for", "on", "with", "as", "by"]
+
+
+def prose(seed: int, words: int = 120) -> str:
+    """English-looking text, different for each seed (ingest's quality rules pass it)."""
+    rng = random.Random(seed)
+    out = [rng.choice(STOP) if rng.random() < 0.4 else rng.choice(WORDS) for _ in range(words)]
+    return " ".join(out).capitalize() + "."

@@ -4,12 +4,11 @@ no ingest, changed pages ingested again as new versions, the adaptive interval, 
 from __future__ import annotations
 
 import asyncio
-import random
 import sqlite3
 from pathlib import Path
 
 import pytest
-from _loopback import Hits, crawl, fast_settings, html, serve
+from _loopback import Hits, crawl, fast_settings, html, prose, serve
 from aiohttp import web
 
 from crystalline.crawler.feedback import IngestFeedback
@@ -20,65 +19,6 @@ from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Record, Registry
 from crystalline.ingest.settings import IngestSettings
 from crystalline.workers.tokenizer import load_tokenizer
-
-WORDS = [
-    "river",
-    "stone",
-    "lantern",
-    "harbour",
-    "meadow",
-    "copper",
-    "violin",
-    "orchard",
-    "thunder",
-    "glacier",
-    "parrot",
-    "velvet",
-    "market",
-    "island",
-    "ladder",
-    "window",
-    "garden",
-    "kettle",
-    "mirror",
-    "candle",
-    "pencil",
-    "forest",
-    "valley",
-    "bridge",
-    "castle",
-    "engine",
-    "summer",
-    "winter",
-    "autumn",
-    "silver",
-    "golden",
-    "quiet",
-    "sudden",
-    "gentle",
-    "bright",
-    "narrow",
-    "ancient",
-    "modern",
-    "early",
-    "late",
-    "walked",
-    "carried",
-    "opened",
-    "painted",
-    "counted",
-    "followed",
-    "gathered",
-    "noticed",
-]
-STOP = ["the", "of", "and", "to", "in", "a", "is", "that", "it", "was", "for", "on", "with", "as", "by"]
-
-
-def prose(seed: int, words: int = 120) -> str:
-    """English-looking text, different for each seed (ingest's quality rules pass it)."""
-    rng = random.Random(seed)
-    out = [rng.choice(STOP) if rng.random() < 0.4 else rng.choice(WORDS) for _ in range(words)]
-    return " ".join(out).capitalize() + "."
 
 
 class Site:

@@ -8,33 +8,17 @@ import random
 from pathlib import Path
 
 import pytest
-from _loopback import crawl, fast_settings, html, serve
+from _loopback import crawl, fast_settings, html, prose, serve
 from aiohttp import web
 
 from crystalline.crawler.frontier import DROP_TRAP, TRAP_WINDOW
-
-WORDS = [
-    "river",
-    "stone",
-    "lantern",
-    "harbour",
-    "meadow",
-    "copper",
-    "violin",
-    "orchard",
-    "thunder",
-    "glacier",
-    "parrot",
-    "velvet",
-    "market",
-]
 
 
 def numbered_site_with_a_calendar(pages: int) -> list[web.RouteDef]:
     """/article/<n>: its own text, links to the next article and 9 others and to the calendar;
     /calendar?month=YYYY-MM links to the months on either side and two empty days."""
     rng = random.Random(7)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(pages)]
+    texts = [prose(n, 60) for n in range(pages)]
     targets = [[(n + 1) % pages, *(rng.randrange(pages) for _ in range(9))] for n in range(pages)]
 
     async def article(request: web.Request) -> web.Response:
