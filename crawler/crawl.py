@@ -242,6 +242,14 @@ class Crawler:
             },
         }
 
+    def next_work_at(self) -> float:
+        """When there may be work again after a run ended: the earliest of the next due revisit,
+        the end of a host's deferral and the next queued URL's time (unix time; far off: none)."""
+        now = time.time()
+        times = [self.frontier.next_visit_at(), self.frontier.next_ready_at()]
+        times += [until for _, _, until, _ in self.frontier.deferred(now, 1)]
+        return min((t for t in times if t is not None), default=FAR_FUTURE)
+
     # -- the loop -------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> CrawlSummary:

@@ -41,6 +41,15 @@ class DaemonConfig:
     crawl_max_queued_per_host: int = _CRAWL.max_queued_per_host
     crawl_max_queued: int = _CRAWL.max_queued
     crawl_robots_per_minute: int = _CRAWL.robots_per_minute
+    # revisits (crawler/schedule.py): a stored page comes back after an interval within these
+    # bounds, revisits get this share of requests while new URLs wait; requests per host per day
+    crawl_min_revisit: float = _CRAWL.min_revisit
+    crawl_max_revisit: float = _CRAWL.max_revisit
+    crawl_revisit_share: float = _CRAWL.revisit_share
+    crawl_max_fetches_per_host_per_day: int = 0
+    crawl_no_sitemaps: bool = False
+    crawl_warc_dir: str = ""  # "" : no WARC; a relative path is under the state directory
+    crawl_warc_max_bytes: int = 10 * 1024**3  # WARC retention: the oldest files go past this (0: keep all)
     user_agent: str = "crystalline/0.1 (+https://example.invalid/crystalline)"
     checkpoint_interval_s: float = 300.0
     status_interval_s: float = 10.0  # STATUS= lines to systemd
@@ -219,9 +228,16 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         "crawl_max_queued_per_host",
         "crawl_max_queued",
         "crawl_robots_per_minute",
+        "crawl_max_fetches_per_host_per_day",
+        "crawl_warc_max_bytes",
     ):
         if getattr(settings.daemon, cap) < 0:
             raise ValueError(f"{cap.replace('_', '-')} must be >= 0 (0: no cap)")
+    d = settings.daemon
+    if not 0 <= d.crawl_min_revisit <= d.crawl_max_revisit or not 0 <= d.crawl_revisit_share <= 1:
+        raise ValueError(
+            "crawl-min-revisit must be >= 0 and <= crawl-max-revisit, crawl-revisit-share in [0, 1]"
+        )
     int(settings.daemon.socket_mode, 8)  # ValueError on garbage
     from ..ingest.quality_rules import FilterRules
 

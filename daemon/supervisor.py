@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..crawler.crawl import Crawler
+from ..crawler.feedback import IngestFeedback
 from ..crawler.settings import CrawlSettings
 from ..descriptors import raise_soft_limit
 from ..ingest.document import Spool
@@ -116,6 +117,13 @@ class Supervisor:
             max_queued_per_host=d.crawl_max_queued_per_host,
             max_queued=d.crawl_max_queued,
             robots_per_minute=d.crawl_robots_per_minute,
+            min_revisit=d.crawl_min_revisit,
+            max_revisit=d.crawl_max_revisit,
+            revisit_share=d.crawl_revisit_share,
+            max_fetches_per_host_per_day=d.crawl_max_fetches_per_host_per_day,
+            sitemaps=not d.crawl_no_sitemaps,
+            warc_dir=self.settings.state_dir / d.crawl_warc_dir if d.crawl_warc_dir else None,
+            warc_max_bytes=d.crawl_warc_max_bytes,
         )
 
     def _commands(self) -> dict[str, Command]:
@@ -306,7 +314,9 @@ class Supervisor:
     def _ensure_crawler(self) -> Crawler:
         if self.crawler is None:
             spool = Spool(self.settings.state_dir / "spool")
-            self.crawler = Crawler(self._crawl_settings(), spool)
+            # ingest's verdicts (new text or not) come back from its registry: traps, revisits
+            feedback = IngestFeedback(self.settings.state_dir / "ingest" / "registry.sqlite3")
+            self.crawler = Crawler(self._crawl_settings(), spool, feedback=feedback)
         return self.crawler
 
     async def _crawl_loop(self) -> None:
@@ -341,9 +351,11 @@ class Supervisor:
             log.info("crawl pass ended: %s", summary.line())
             if self.should_exit.is_set():
                 break
-            # the frontier is empty (or paused): wait for add-url or the next pass
+            # nothing to do now (or paused): wait for add-url, the next due revisit or the end of a
+            # host's deferral (the next pass looks again), at most 30 s
+            wait = min(30.0, max(1.0, crawler.next_work_at() - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.should_exit.wait(), 30.0)
+                await asyncio.wait_for(self.should_exit.wait(), wait)
 
     def _status_line(self) -> str:
         t = self.control.status

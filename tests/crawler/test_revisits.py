@@ -14,6 +14,8 @@ from aiohttp import web
 from crystalline.crawler.feedback import IngestFeedback
 from crystalline.crawler.frontier import Frontier
 from crystalline.crawler.settings import CrawlSettings
+from crystalline.daemon import cli, config
+from crystalline.daemon.supervisor import Supervisor
 from crystalline.ingest.document import Spool
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Record, Registry
@@ -184,3 +186,23 @@ def test_ingest_verdicts_reach_the_frontier_once(tmp_path: Path) -> None:
         assert ("http://h", "/c?d") in frontier.trapped
     finally:
         frontier.close()
+
+
+def test_run_takes_the_revisit_budget_and_warc_keys(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[daemon]\ncrawl-warc-dir = "warc"\ncrawl-warc-max-bytes = 5000000\n', encoding="utf-8")
+    args = cli.build_parser().parse_args(["run", "--config", str(toml), "--state-dir", str(tmp_path / "s"),
+                                          "--crawl-min-revisit", "3600", "--crawl-revisit-share", "0.25",
+                                          "--crawl-no-sitemaps"])  # fmt: skip
+    env = {"CRYSTALLINE_CRAWL_MAX_FETCHES_PER_HOST_PER_DAY": "500"}
+    crawl = Supervisor(config.resolve(args, env=env))._crawl_settings()
+    assert (crawl.min_revisit, crawl.revisit_share, crawl.max_fetches_per_host_per_day) == (3600.0, 0.25, 500)
+    assert (crawl.warc_dir, crawl.warc_max_bytes, crawl.sitemaps) == (
+        tmp_path / "s" / "warc",
+        5_000_000,
+        False,
+    )
+    defaults = Supervisor(config.resolve(cli.build_parser().parse_args(["run"]), env={}))._crawl_settings()
+    assert (defaults.min_revisit, defaults.warc_dir, defaults.sitemaps) == (86400.0, None, True)
+    with pytest.raises(ValueError, match="crawl-min-revisit must be >= 0"):
+        config.resolve(cli.build_parser().parse_args(["run", "--crawl-min-revisit", "-1"]), env={})
