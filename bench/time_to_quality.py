@@ -3,10 +3,13 @@
 bench/shakespeare_char.toml. Both evaluate the same fixed validation windows (bytes, last 10%).
 
     .venv/bin/python bench/time_to_quality.py [--target 1.89] [--workers 12] [--skip-reference]
+        [--config bench/shakespeare_char.toml] [--repeat N]
 
 Prints, for each, the wall time (from process start) at which the validation loss first
-reached the target, the final validation loss and the parameter count. The two run one
-after the other, never at once, so each has the machine to itself. Asserts nothing.
+reached the target, the tokens it took, the tokens/s up to then, the final validation loss,
+the parameter count and the load average around the run; then the ratio of the two times. The
+two run one after the other, never at once; --repeat alternates them N times (the machine's
+other load moves between runs). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -19,45 +22,54 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared/data/tinyshakespeare.txt"
 
 
-def first_reaching(metrics: Path, target: float) -> tuple[float | None, float | None, int | None]:
-    """(elapsed_s when val <= target first, last val loss, params) from a metrics.jsonl."""
-    reached = last = params = None
+def first_reaching(metrics: Path, target: float) -> dict[str, Any]:
+    """When val <= target first (elapsed_s, tokens), the last val loss and params, from a metrics.jsonl."""
+    out: dict[str, Any] = {"reached_s": None, "reached_tokens": None, "last": None, "params": None}
     for line in metrics.read_text().splitlines():
         record = json.loads(line)
         if record.get("event") == "start":
-            params = record.get("params")
+            out["params"] = record.get("params")
         if record.get("event") != "eval" or record.get("val_loss") is None:
             continue
-        last = record["val_loss"]
-        if reached is None and last <= target:
-            reached = record["elapsed_s"]
-    return reached, last, params
+        out["last"] = record["val_loss"]
+        if out["reached_s"] is None and out["last"] <= target:
+            out["reached_s"], out["reached_tokens"] = record["elapsed_s"], record["tokens"]
+    return out
 
 
-def run(label: str, cmd: list[str], metrics: Path, target: float) -> None:
+def run(label: str, cmd: list[str], metrics: Path, target: float) -> float | None:
+    """Runs one trainer; prints its line; returns the seconds to the target (None: not reached)."""
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
+    load = f"load {load_before:.1f}->{os.getloadavg()[0]:.1f}"
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         print(f"{label:<34} failed (exit {proc.returncode}): {tail[0]}")
-        return
+        return None
     if not metrics.exists():
         print(f"{label:<34} wrote no metrics: {proc.stdout.strip()[-200:]}")
-        return
-    reached, last, params = first_reaching(metrics, target)
+        return None
+    r = first_reaching(metrics, target)
+    reached = r["reached_s"]
     when = f"{reached:7.1f} s" if reached is not None else "not reached"
-    size = f"{params:,}" if params else "see its output"
+    tokens = f"{r['reached_tokens']:,} tokens, {r['reached_tokens'] / reached:,.0f} tok/s" if reached else "-"
+    size = f"{r['params']:,}" if r["params"] else "see its output"
     print(
-        f"{label:<34} val <= {target}: {when:>11}   final val {last:.4f}   wall {wall:6.1f} s   params {size}"
+        f"{label:<34} val <= {target}: {when:>11} ({tokens})   final val {r['last']:.4f}   "
+        f"wall {wall:6.1f} s   params {size}   {load}"
     )
     for line in proc.stdout.strip().splitlines()[-2:]:
         print(f"    | {line}")
+    metrics.unlink()
+    return reached
 
 
 def main() -> int:
@@ -66,13 +78,24 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=1.89)
     parser.add_argument("--workers", type=int, default=12)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--config", type=Path, default=HERE / "shakespeare_char.toml")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+    print(f"tiny Shakespeare {args.data}, target val {args.target}, {os.cpu_count()} cores, {args.config}")
+    for _ in range(args.repeat):
+        ref, ours = race(args)
+        if ref and ours:
+            print(f"ratio crystalline / PyTorch time to {args.target}: {ours / ref:.2f}")
+    return 0
+
+
+def race(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    ref: float | None = None
     with tempfile.TemporaryDirectory(prefix="crystalline-ttq-") as tmp:
         out = Path(tmp)
-        print(f"tiny Shakespeare {args.data}, target val {args.target}, {os.cpu_count()} cores")
         if not args.skip_reference:
             ref_metrics = out / "torch.jsonl"
-            run(
+            ref = run(
                 "PyTorch nanoGPT recipe (reference)",
                 [
                     sys.executable,
@@ -88,7 +111,7 @@ def main() -> int:
                 args.target,
             )
         ck = out / "crystalline"
-        run(
+        ours = run(
             f"crystalline --workers {args.workers}",
             [
                 sys.executable,
@@ -99,7 +122,7 @@ def main() -> int:
                 "--checkpoint-dir",
                 str(ck),
                 "--config",
-                str(HERE / "shakespeare_char.toml"),
+                str(args.config),
                 "--workers",
                 str(args.workers),
                 "--target-val-loss",
@@ -108,7 +131,7 @@ def main() -> int:
             ck / "metrics.jsonl",
             args.target,
         )
-    return 0
+    return ref, ours
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """crystalline's GPT (workers/model.py) as a PyTorch module, for the benchmarks that compare against torch.
 
 nanoGPT's model with bias=True and dropout 0: pre-LayerNorm blocks (eps 1e-5, with bias), fused qkv,
-every Linear with a bias, tanh GELU, the output head tied to the token embedding. Module names follow
+every Linear with a bias, tanh GELU (or squared ReLU with ``mlp="relu2"``), the output head tied to the
+token embedding (or its own ``lm_head`` with ``head="untied"``). Module names follow
 the ParamTable's ("h.3.mlp.fc.weight" is "h3.mlp.fc.w"), so ``load_params`` can copy a flat numpy
 parameter vector in. Needs torch, which is not a project dependency; scripts in bench/ import it as
 
@@ -41,9 +42,11 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.embed_dim, cfg.mlp_ratio * cfg.embed_dim)
         self.proj = nn.Linear(cfg.mlp_ratio * cfg.embed_dim, cfg.embed_dim)
+        self.relu2 = cfg.mlp == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        h = self.fc(x)
+        return self.proj(F.relu(h).square() if self.relu2 else F.gelu(h, approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -66,6 +69,7 @@ class TorchGPT(nn.Module):
         self.wpe = nn.Embedding(cfg.seq_len, cfg.embed_dim)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.lnf = nn.LayerNorm(cfg.embed_dim)
+        self.lm_head = nn.Linear(cfg.embed_dim, cfg.vocab_size, bias=False) if cfg.head == "untied" else None
         # nanoGPT's init (from torch's global RNG): N(0, 0.02) weights and embeddings, zero biases,
         # N(0, 0.02 / sqrt(2L)) residual projections; LayerNorms keep torch's ones / zeros
         for name, p in self.named_parameters():
@@ -81,13 +85,14 @@ class TorchGPT(nn.Module):
         x = self.wte(idx) + self.wpe.weight[: idx.shape[1]]
         for block in self.h:
             x = block(x)
-        logits = self.lnf(x) @ self.wte.weight.T
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = self.lnf(x) @ head.T
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def torch_name(name: str) -> str:
     """ParamTable name -> torch parameter name: "h3.mlp.fc.w" -> "h.3.mlp.fc.weight"."""
-    if name in ("wte", "wpe"):
+    if name in ("wte", "wpe", "lm_head"):
         return name + ".weight"
     head, _, kind = name.rpartition(".")
     if head.startswith("h") and head[1].isdigit():
@@ -102,7 +107,7 @@ def load_params(model: TorchGPT, table: ParamTable, flat: np.ndarray) -> dict[st
     pairs = {}
     with torch.no_grad():
         for name, view in table.views(flat).items():
-            tname, tr = torch_name(name), view.ndim == 2 and name not in ("wte", "wpe")
+            tname, tr = torch_name(name), view.ndim == 2 and name not in ("wte", "wpe", "lm_head")
             named[tname].copy_(torch.from_numpy(view.T.copy() if tr else view.copy()))
             pairs[name] = (named[tname], tr)
     assert len(pairs) == len(named), "every torch parameter maps to one table entry"

@@ -39,7 +39,7 @@ from crystalline.shm.segments import check_space, segment_name, sweep
 
 from . import protocol as P
 from .model import GPT
-from .optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm
+from .optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm, owner_shares, update_plan
 from .ring_batcher import BatchSource, RingBatcher
 
 log = logging.getLogger("crystalline.control")
@@ -78,7 +78,7 @@ class LocalEngine:
     def __init__(self, model: GPT, adamw: AdamWConfig, batch_source: BatchSource) -> None:
         self.model = model
         self.batch_source = batch_source
-        self.optimizer = AdamW(adamw, model.table.decay_mask())
+        self.optimizer = AdamW(adamw, model.table.decay_mask(), update_plan(model.table.specs, adamw))
         self._params = np.zeros(model.num_params, dtype=np.float32)
         self._grad = np.zeros_like(self._params)
 
@@ -202,7 +202,8 @@ class ProcessEngine:
         size = model.num_params
         w = settings.workers
         self.rows = _shares(batch_size, w)
-        self.slices = _shares(size, w, align=16)  # 64-byte boundaries between owners
+        # 64-byte boundaries between owners; a Muon matrix has one owner (Newton-Schulz needs it whole)
+        self.slices = owner_shares(update_plan(model.table.specs, adamw), size, w, align=16)
         self.tokens_per_step = batch_size * cfg.seq_len
         self.src = 0
         self.version = 0

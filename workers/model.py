@@ -2,7 +2,8 @@
 
 Token + positional embeddings, N pre-LayerNorm blocks (causal multi-head attention,
 GELU MLP), a final LayerNorm and an output head tied to the token embedding, trained
-with softmax cross-entropy. One implementation serves `crystalline train`, the worker
+with softmax cross-entropy. ModelConfig options: a squared-ReLU MLP (``mlp="relu2"``) and an
+untied, zero-initialised head (``head="untied"``). One implementation serves `crystalline train`, the worker
 processes and the tests (which run it in float64 for finite-difference checks).
 
 Speed notes (baby size: 4 layers, 128 wide, context 64, batch 12 is ~3.7 GFLOP a step):
@@ -48,6 +49,8 @@ def init_params(
             view[...] = 0.0
         elif spec.name.endswith("proj.w"):
             view[...] = rng.normal(0.0, residual_std, spec.shape)
+        elif spec.name == "lm_head":
+            view[...] = 0.0  # untied head: zero init, as the modded-nanogpt speedrun
         else:
             view[...] = rng.normal(0.0, 0.02, spec.shape)
     if embedding == "lattice":
@@ -189,6 +192,7 @@ class GPT:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
         self.table = ParamTable(config)
+        self.head_name = "lm_head" if config.head == "untied" else "wte"
         self._workspaces: dict[tuple[int, int, str], Workspace] = {}
 
     @property
@@ -216,6 +220,7 @@ class GPT:
         p = self.table.views(params)
         ws = self._workspace(b, t, params.dtype)
         scale = 1.0 / math.sqrt(hd)
+        relu2 = cfg.mlp == "relu2"
         mask = ws.mask
         x = ws.x
         np.take(p["wte"], idx.reshape(-1), axis=0, out=x)
@@ -241,22 +246,26 @@ class GPT:
             _layernorm(x, p[pre + "ln2.w"], p[pre + "ln2.b"], lc.ln2_xhat, lc.ln2_rstd, lc.ln2_out, ws.mean_c)
             np.matmul(lc.ln2_out, p[pre + "mlp.fc.w"], out=lc.pre)
             lc.pre += p[pre + "mlp.fc.b"]
-            # tanh-approximated GELU; x*x*x beats x**3 (pow) several times over
-            u = lc.tanh
-            np.multiply(lc.pre, lc.pre, out=u)
-            u *= lc.pre
-            u *= GELU_C
-            u += lc.pre
-            u *= GELU_K
-            np.tanh(u, out=u)
-            np.add(u, 1.0, out=lc.gelu)
-            lc.gelu *= lc.pre
-            lc.gelu *= 0.5
+            if relu2:  # squared ReLU: relu(x)^2, its relu(x) kept in lc.tanh for backward
+                np.maximum(lc.pre, 0.0, out=lc.tanh)
+                np.multiply(lc.tanh, lc.tanh, out=lc.gelu)
+            else:
+                # tanh-approximated GELU; x*x*x beats x**3 (pow) several times over
+                u = lc.tanh
+                np.multiply(lc.pre, lc.pre, out=u)
+                u *= lc.pre
+                u *= GELU_C
+                u += lc.pre
+                u *= GELU_K
+                np.tanh(u, out=u)
+                np.add(u, 1.0, out=lc.gelu)
+                lc.gelu *= lc.pre
+                lc.gelu *= 0.5
             np.matmul(lc.gelu, p[pre + "mlp.proj.w"], out=ws.tmp_c)
             ws.tmp_c += p[pre + "mlp.proj.b"]
             x += ws.tmp_c
         _layernorm(x, p["lnf.w"], p["lnf.b"], ws.lnf_xhat, ws.lnf_rstd, ws.lnf_out, ws.mean_c)
-        np.matmul(ws.lnf_out, p["wte"].T, out=ws.logits)
+        np.matmul(ws.lnf_out, p[self.head_name].T, out=ws.logits)
         _softmax(ws.logits, ws.probs, ws.stat, ws.ones_v)
         return ws
 
@@ -297,6 +306,7 @@ class GPT:
         loss_sum = self._loss_sum(ws, targets)
         cfg = self.config
         c, h, hd = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+        relu2 = cfg.mlp == "relu2"
         p = self.table.views(params)
         g = self.table.views(grad)
 
@@ -304,10 +314,13 @@ class GPT:
         dlogits = ws.probs
         dlogits[np.arange(n), targets.reshape(-1)] -= 1.0
         dlogits *= scale
-        # tied head: logits = lnf_out @ wte.T
-        np.matmul(dlogits.T, ws.lnf_out, out=g["wte"])
+        # head: logits = lnf_out @ W.T with W the token embedding (tied; its gradient from the
+        # embedding lookup is added at the end) or lm_head
+        np.matmul(dlogits.T, ws.lnf_out, out=g[self.head_name])
+        if self.head_name != "wte":
+            g["wte"][...] = 0.0
         dlnf = ws.dtmp
-        np.matmul(dlogits, p["wte"], out=dlnf)
+        np.matmul(dlogits, p[self.head_name], out=dlnf)
         dx = ws.dx
         dx[...] = 0.0
         _layernorm_backward(dlnf, ws.lnf_xhat, ws.lnf_rstd, p["lnf.w"], g["lnf.w"], g["lnf.b"],
@@ -321,22 +334,26 @@ class GPT:
             np.sum(dx, axis=0, out=g[pre + "mlp.proj.b"])
             dg = ws.dhid
             np.matmul(dx, p[pre + "mlp.proj.w"].T, out=dg)
-            # gelu'(x) = 0.5*(1+t) + 0.5*x*(1-t^2)*K*(1+3C x^2)
-            tmp = ws.tmp_hid
-            np.multiply(lc.pre, lc.pre, out=tmp)
-            tmp *= 3.0 * GELU_C
-            tmp += 1.0
-            tmp *= GELU_K
-            tmp *= lc.pre
-            th = lc.tanh  # consumed: becomes 1 + t
-            one_minus_t2 = lc.gelu  # consumed as scratch: its forward value was used above
-            np.multiply(th, th, out=one_minus_t2)
-            np.subtract(1.0, one_minus_t2, out=one_minus_t2)
-            tmp *= one_minus_t2
-            th += 1.0
-            tmp += th
-            tmp *= 0.5
-            dg *= tmp
+            if relu2:  # d relu(x)^2 / dx = 2 relu(x)
+                dg *= lc.tanh
+                dg *= 2.0
+            else:
+                # gelu'(x) = 0.5*(1+t) + 0.5*x*(1-t^2)*K*(1+3C x^2)
+                tmp = ws.tmp_hid
+                np.multiply(lc.pre, lc.pre, out=tmp)
+                tmp *= 3.0 * GELU_C
+                tmp += 1.0
+                tmp *= GELU_K
+                tmp *= lc.pre
+                th = lc.tanh  # consumed: becomes 1 + t
+                one_minus_t2 = lc.gelu  # consumed as scratch: its forward value was used above
+                np.multiply(th, th, out=one_minus_t2)
+                np.subtract(1.0, one_minus_t2, out=one_minus_t2)
+                tmp *= one_minus_t2
+                th += 1.0
+                tmp += th
+                tmp *= 0.5
+                dg *= tmp
             np.matmul(lc.ln2_out.T, dg, out=g[pre + "mlp.fc.w"])
             np.sum(dg, axis=0, out=g[pre + "mlp.fc.b"])
             dln2 = ws.dtmp

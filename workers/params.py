@@ -25,6 +25,10 @@ class ModelConfig:
     num_layers: int = 4
     num_heads: int = 4
     mlp_ratio: int = 4
+    # options of later presets; the defaults are the original architecture, so checkpoints
+    # written before they existed (no such keys) load as what they were
+    mlp: str = "gelu"  # "gelu" (tanh approximation) or "relu2" (squared ReLU, as the speedrun)
+    head: str = "tied"  # "tied" to the token embedding, or "untied" (its own lm_head, zero init)
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for a shape that cannot work."""
@@ -33,6 +37,10 @@ class ModelConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"num-heads ({self.num_heads}) must divide embed-dim ({self.embed_dim}) evenly")
+        if self.mlp not in ("gelu", "relu2"):
+            raise ValueError(f"mlp must be gelu or relu2, got {self.mlp!r}")
+        if self.head not in ("tied", "untied"):
+            raise ValueError(f"head must be tied or untied, got {self.head!r}")
 
     @property
     def head_dim(self) -> int:
@@ -86,6 +94,8 @@ class ParamTable:
                 (p + "mlp.proj.b", (c,), False),
             ]
         entries += [("lnf.w", (c,), False), ("lnf.b", (c,), False)]
+        if config.head == "untied":
+            entries.append(("lm_head", (v, c), True))  # logits = x @ lm_head.T, as the tied wte
         specs: list[TensorSpec] = []
         offset = 0
         for name, shape, decay in entries:

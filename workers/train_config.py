@@ -40,6 +40,12 @@ class TrainConfig:
     workers: int = 1
     seed: int = 1337
     init: str = "normal"  # token-embedding initialisation: normal or lattice
+    # later presets (the defaults are the original recipe, so old checkpoints resume as they were)
+    mlp: str = "gelu"  # gelu or relu2 (squared ReLU)
+    head: str = "tied"  # tied (to the token embedding) or untied
+    optimizer: str = "adamw"  # adamw, or muon for the hidden matrices (AdamW for the rest)
+    muon_lr: float = 0.02  # Muon's peak learning rate (same warmup and decay as learning-rate)
+    muon_momentum: float = 0.95
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -48,6 +54,8 @@ class TrainConfig:
             embed_dim=self.embed_dim,
             num_layers=self.num_layers,
             num_heads=self.num_heads,
+            mlp=self.mlp,
+            head=self.head,
         )
 
     def adamw_config(self) -> AdamWConfig:
@@ -59,6 +67,9 @@ class TrainConfig:
             weight_decay=self.weight_decay,
             beta2=self.beta2,
             grad_clip=self.grad_clip,
+            optimizer=self.optimizer,
+            muon_lr=self.muon_lr,
+            muon_momentum=self.muon_momentum,
         )
 
     def validate(self) -> None:

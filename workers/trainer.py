@@ -394,7 +394,10 @@ def _lock_dir(directory: Path) -> TextIO:
     return f
 
 
-_SAME_RUN_KEYS = ("embed_dim", "num_layers", "num_heads", "seq_len", "seed", "batch_size", "init")
+_SAME_RUN_KEYS = (
+    "embed_dim", "num_layers", "num_heads", "seq_len", "seed", "batch_size", "init",
+    "mlp", "head", "optimizer",
+)  # fmt: skip
 
 
 def _check_same_run(saved: dict[str, Any], config: TrainConfig) -> None:

@@ -25,7 +25,7 @@ from crystalline.shm.blocks import ArrayBlock
 
 from . import protocol as P
 from .model import GPT
-from .optimizer import AdamWConfig, adamw_step
+from .optimizer import AdamWConfig, hybrid_step, update_plan
 from .params import ModelConfig
 
 log = logging.getLogger("crystalline.worker")
@@ -51,6 +51,7 @@ class Worker:
         self.rows = self.grads.arrays["rows"][:, : self.size]
         self.slots = self.ring.arrays["slots"]
         self.decay_mask = self.model.table.decay_mask()
+        self.plan = update_plan(self.model.table.specs, self.adamw)
         self._scratch = (np.empty(self.size, np.float32), np.empty(self.size, np.float32))
 
     def close(self) -> None:
@@ -99,17 +100,18 @@ class Worker:
         return P.encode(P.ERROR, seq=seq, reason=f"unknown request {kind!r}")
 
     def _update(self, lo: int, hi: int, src: int, dst: int, lr: float, t: int, coef: float) -> None:
-        """AdamW on slice [lo, hi): reads buffer ``src`` and ``gsum``, writes buffer ``dst``
-        only, so it can be redone (with another ``coef``) until control publishes ``dst``."""
-        sl = slice(lo, hi)
-        adamw_step(
-            self.params[src, sl],
-            self.m[src, sl],
-            self.v[src, sl],
-            self.gsum[sl],
-            self.decay_mask[sl],
-            (self.params[dst, sl], self.m[dst, sl], self.v[dst, sl]),
-            (self._scratch[0][: hi - lo], self._scratch[1][: hi - lo]),
+        """AdamW (and Muon on the whole matrices it owns) on slice [lo, hi): reads buffer ``src``
+        and ``gsum``, writes buffer ``dst`` only, so it can be redone (with another ``coef``) until
+        control publishes ``dst``."""
+        hybrid_step(
+            self.plan,
+            lo,
+            hi,
+            (self.params[src], self.m[src], self.v[src]),
+            self.gsum,
+            self.decay_mask,
+            (self.params[dst], self.m[dst], self.v[dst]),
+            self._scratch,
             t,
             lr,
             self.adamw,

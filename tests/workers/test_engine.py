@@ -99,6 +99,19 @@ def test_worker_count_changes_speed_never_math(instance: str, workers: int, batc
     np.testing.assert_allclose(result, reference, rtol=0, atol=2e-5)
 
 
+MUON = dataclasses.replace(ADAMW, optimizer="muon", muon_lr=0.02)
+SPEEDRUN = dataclasses.replace(SMALL, mlp="relu2", head="untied")
+
+
+@pytest.mark.parametrize("workers, batch", [(3, 12), (12, 12), (5, 3)])
+def test_muon_engine_matches_one_process(instance: str, workers: int, batch: int) -> None:
+    """Each hidden matrix has one owner, which orthogonalises it whole: same result as one process."""
+    reference = train(make_engine(0, batch, instance, cfg=SPEEDRUN, adamw=MUON), 6)
+    result = train(make_engine(workers, batch, instance, cfg=SPEEDRUN, adamw=MUON), 6)
+    assert not np.array_equal(reference, init_params(GPT(SPEEDRUN).table, 3))
+    np.testing.assert_allclose(result, reference, rtol=0, atol=2e-5)
+
+
 def test_clipped_steps_take_the_update_barrier_and_match(instance: str) -> None:
     """With a tiny clip every step needs the UPDATE barrier (the speculative update is redone)."""
     clipped = dataclasses.replace(ADAMW, grad_clip=1e-3)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,8 +38,11 @@ def _numeric_grad(model: GPT, params: np.ndarray, windows: np.ndarray, eps: floa
 
 
 @pytest.mark.parametrize("t", [6, 4])  # full context and a shorter block
-def test_whole_model_gradient_matches_finite_differences(t: int) -> None:
-    model = GPT(TINY)
+@pytest.mark.parametrize(
+    "options", [{}, {"mlp": "relu2"}, {"head": "untied"}, {"mlp": "relu2", "head": "untied"}], ids=str
+)
+def test_whole_model_gradient_matches_finite_differences(t: int, options: dict[str, str]) -> None:
+    model = GPT(dataclasses.replace(TINY, **options))
     params = _perturbed_params(model)
     windows = np.random.default_rng(2).integers(0, TINY.vocab_size, (3, t + 1))
     grad = np.zeros_like(params)
@@ -184,3 +190,41 @@ def test_softmax_falls_back_to_the_stable_form(offset: float) -> None:
     shifted = np.exp(scores.astype(np.float64) - scores.max(axis=1, keepdims=True))
     np.testing.assert_allclose(out, shifted / shifted.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
     assert out[0, 3] == 0.0
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.mark.parametrize("options", [{}, {"mlp": "relu2"}, {"head": "untied"}], ids=str)
+def test_gradient_matches_pytorch_in_float64(options: dict[str, str]) -> None:
+    """The same network in PyTorch (bench/torch_gpt.py), autograd in float64."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCH))
+    try:
+        from torch_gpt import TorchGPT, load_params
+    finally:
+        sys.path.remove(str(BENCH))
+    cfg = dataclasses.replace(TINY, **options)
+    model = GPT(cfg)
+    params = _perturbed_params(model, seed=4)
+    windows = np.random.default_rng(5).integers(0, cfg.vocab_size, (3, cfg.seq_len + 1))
+    grad = np.zeros_like(params)
+    loss_sum, n = model.loss_and_grad(params, windows, grad)
+    reference = TorchGPT(cfg).double()
+    pairs = load_params(reference, model.table, params)
+    loss = reference(torch.from_numpy(windows))
+    loss.backward()
+    assert loss_sum / n == pytest.approx(loss.item(), rel=1e-12)
+    views = model.table.views(grad)
+    for name, (param, transposed) in pairs.items():
+        expected = param.grad.numpy()
+        np.testing.assert_allclose(views[name], expected.T if transposed else expected, rtol=1e-9, atol=1e-12)
+
+
+def test_untied_head_starts_at_zero_and_the_default_table_is_unchanged() -> None:
+    """Old checkpoints load: the default config keeps the original table (no lm_head)."""
+    assert "lm_head" not in ParamTable(TINY).by_name
+    untied = GPT(dataclasses.replace(TINY, head="untied"))
+    assert untied.num_params == GPT(TINY).num_params + TINY.vocab_size * TINY.embed_dim
+    views = untied.table.views(init_params(untied.table, 0))
+    assert not views["lm_head"].any() and views["wte"].any()

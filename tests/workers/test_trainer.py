@@ -160,7 +160,12 @@ def test_checkpoint_contents(trained_run: tuple[Path, Any]) -> None:
         "num_layers": 2,
         "num_heads": 2,
         "mlp_ratio": 4,
+        "mlp": "gelu",
+        "head": "tied",
     }
+    # a checkpoint from before the options (no such keys) describes the same model
+    older = {k: v for k, v in state["model"].items() if k not in ("mlp", "head")}
+    assert ModelConfig(**older) == ModelConfig(**state["model"])
     assert state["config"]["embed_dim"] == 32
     assert state["config"]["max_steps"] == 300
     assert tokenizer_from_json(ckpt.tokenizer_json).to_json() == ByteTokenizer().to_json()
@@ -208,6 +213,25 @@ def test_resume_gives_bit_identical_state(tmp_path: Path, corpus_file: Path, sto
     assert ca.state["tokens"] == cb.state["tokens"] == 80 * 4 * 16
     for name in ("params", "adam_m", "adam_v"):
         assert np.array_equal(ca.arrays[name], cb.arrays[name]), name
+
+
+SPEEDRUN = {"mlp": "relu2", "head": "untied", "optimizer": "muon", "muon_lr": 0.02}
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_resume_with_the_speedrun_recipe_is_bit_exact(
+    tmp_path: Path, corpus_file: Path, workers: int
+) -> None:
+    """Muon's momentum lives in adam_m (its adam_v stays zero): the checkpoint format is unchanged."""
+    cfg = tiny_config(**{**RESUME_CFG, "max_steps": 30, **SPEEDRUN, "workers": workers})
+    a, b, _ = _split_run(tmp_path, corpus_file, cfg, 17)
+    ca, cb = load_latest(a), load_latest(b)
+    assert ca is not None and cb is not None and ca.step == cb.step == 30
+    for name in ("params", "adam_m", "adam_v"):
+        assert np.array_equal(ca.arrays[name], cb.arrays[name]), name
+    assert ca.state["model"]["head"] == "untied" and ca.state["config"]["optimizer"] == "muon"
+    first = evals(read_metrics(a))
+    assert first[-1]["val_loss"] < first[0]["val_loss"] - 0.5
 
 
 def test_resume_metrics_equal_at_shared_steps(tmp_path: Path, corpus_file: Path) -> None:
@@ -266,10 +290,13 @@ def test_resume_without_checkpoint_raises(tmp_path: Path, corpus_file: Path, mak
         ("num_layers", 1, "num-layers"),
         ("seq_len", 8, "seq-len"),
         ("batch_size", 3, "batch-size"),
+        ("mlp", "relu2", "mlp"),
+        ("head", "untied", "head"),
+        ("optimizer", "muon", "optimizer"),
     ],
 )
 def test_resume_with_different_run_option_raises_naming_it(
-    tmp_path: Path, corpus_file: Path, field: str, value: int, option: str
+    tmp_path: Path, corpus_file: Path, field: str, value: int | str, option: str
 ) -> None:
     ckdir = tmp_path / "ck"
     cfg = tiny_config(max_steps=3, eval_interval=3)
