@@ -41,6 +41,7 @@ from .pool import ExtractionPool, PoolConfig, WorkResult
 from .registry import Record, Registry
 from .settings import IngestSettings
 from .token_store import PendingDocument, TokenStore, read_index, shard_seqs
+from .warc_records import is_warc, spool_warc
 
 log = logging.getLogger("crystalline.ingest")
 
@@ -347,6 +348,9 @@ class Ingestor:
             _entry, state, reason = known
             folder.finish(item, reason if state == "failed" else None)
             return None
+        if is_warc(item.name) and self.spool is not None:  # its HTML responses go through the spool
+            self._spool_warc(item)
+            return None
         limit = self.settings.limits.max_bytes
         try:
             body = b"" if item.st.st_size > limit else item.read(limit)
@@ -366,6 +370,24 @@ class Ingestor:
             folder.finish(c, rec.reason if rec.state == "failed" else None)
 
         return Submission(entry, doc, release, file_key=item.file_key)
+
+    def _spool_warc(self, item: Claimed) -> None:
+        """A dropped WARC file: its HTML responses into the spool (see ``warc_records``), then the
+        file itself recorded with what it gave (``kind`` warc, no tokens of its own) and moved on."""
+        folder, spool = self.drop_folder, self.spool
+        assert folder is not None and spool is not None
+        got = spool_warc(item.fd, spool, self.settings.limits.max_bytes)
+        failed = got.error if not got.spooled else ""
+        entry = f"drop-warc:{item.file_key}:{hashlib.sha256(os.fsencode(item.name)).hexdigest()[:16]}"
+        source = str(folder.root / item.label)
+        state = "failed" if failed else "done"
+        rec = Record(
+            entry, doc_id_of(entry), source, "drop", state, got.summary(), kind="warc", file_key=item.file_key
+        )
+        with self._lock:
+            self.registry.record([rec])
+        self._counts_stale = True
+        folder.finish(item, failed or None)
 
     def _refuse(self, item: Claimed, reason: str) -> None:
         """Record a dropped entry as failed without reading it, then move it to ``failed/``."""

@@ -1,0 +1,133 @@
+"""A WARC file in the drop folder is a data source: its HTML responses are ingested as pages
+(the crawler's own WARC output, and a hand-made uncompressed one with other record types)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from crystalline.crawler.crawl import Crawler
+from crystalline.crawler.settings import CrawlSettings
+from crystalline.ingest.document import Spool
+from crystalline.ingest.drop_folder import DropFolder
+from crystalline.ingest.ingestor import Ingestor
+from crystalline.ingest.registry import Registry
+from crystalline.ingest.settings import IngestSettings
+from crystalline.workers.tokenizer import load_tokenizer
+
+SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0, drop_settle_s=0.0)
+WORDS = ["harbour", "lantern", "meadow", "copper", "orchard", "thunder", "glacier", "velvet", "the", "of"]
+
+
+def article(seed: int) -> str:
+    rng = random.Random(seed)
+    return "<p>" + " ".join(rng.choice(WORDS) for _ in range(150)) + ".</p>"
+
+
+def ingest_inbox(tmp_path: Path) -> tuple[dict, list[tuple[str, str, str, str]], DropFolder]:
+    """Run an ingestor over the inbox until it is empty; its stats and registry rows."""
+    drop = DropFolder(tmp_path / "inbox", settle_s=0.0)
+    with Ingestor(
+        SETTINGS, tmp_path / "data", load_tokenizer("bytes"), Spool(tmp_path / "spool"), drop
+    ) as ing:
+        drop.start()
+        deadline = time.monotonic() + 120
+        while ing.run_once() or ing.stats()["pending"]:
+            assert time.monotonic() < deadline, ing.stats()
+        stats = ing.stats()
+    registry = Registry(tmp_path / "data" / "registry.sqlite3")
+    try:
+        rows = registry.db.execute("SELECT source, origin, state, kind FROM documents ORDER BY id").fetchall()
+    finally:
+        registry.close()
+    return stats, rows, drop
+
+
+@pytest.mark.timeout(180)
+def test_the_crawlers_warc_dropped_in_the_inbox_is_ingested(tmp_path: Path) -> None:
+    async def crawl_into_warc() -> str:
+        async def page(request: web.Request) -> web.Response:
+            i = int(request.match_info["i"])
+            links = "".join(f'<a href="/p/{j}">{j}</a>' for j in range(1, 5)) if i == 0 else ""
+            return web.Response(
+                text=f"<html><body>{article(i)}{links}</body></html>", content_type="text/html"
+            )
+
+        app = web.Application()
+        app.add_routes([web.get("/p/{i}", page)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        settings = CrawlSettings(data_dir=tmp_path / "crawl", min_delay=0.0, autothrottle=False,
+                                 allow_private_addresses=True, sitemaps=False,
+                                 warc_dir=tmp_path / "warc")  # fmt: skip
+        crawler = Crawler(settings, Spool(tmp_path / "crawl-spool"))
+        try:
+            crawler.add_url(base + "/p/0")
+            await asyncio.wait_for(crawler.run(asyncio.Event()), 60)
+        finally:
+            crawler.close()
+            await runner.cleanup()
+        return base
+
+    base = asyncio.run(crawl_into_warc())
+    [warc] = (tmp_path / "warc").glob("*.warc.gz")
+    (tmp_path / "inbox").mkdir()
+    warc.rename(tmp_path / "inbox" / warc.name)
+    stats, rows, drop = ingest_inbox(tmp_path)
+    pages = sorted((source, origin, state) for source, origin, state, kind in rows if kind != "warc")
+    assert pages == [(f"{base}/p/{i}", "warc", "done") for i in range(5)]  # robots.txt (404) is no page
+    [container] = [row for row in rows if row[3] == "warc"]
+    assert container[1:3] == ("drop", "done") and container[0].endswith(warc.name)
+    assert (drop.done / warc.name).exists() and stats["pending"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_an_uncompressed_warc_gives_only_its_html_responses(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "inbox" / "CC-MAIN-sample.warc"
+    with path.open("wb") as f:
+        writer = WARCWriter(f, gzip=False)
+        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "test"}))
+        kinds = [("200 OK", "text/html; charset=utf-8"), ("200 OK", "image/png"),
+                 ("404 Not Found", "text/html"), ("200 OK", "text/html")]  # fmt: skip
+        for i, (status, ctype) in enumerate(kinds):
+            http = StatusAndHeaders(status, [("Content-Type", ctype)], protocol="HTTP/1.1")
+            body = f"<html><body>{article(100 + i)}</body></html>".encode()
+            url = f"https://example.org/{i}"
+            writer.write_record(
+                writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
+            )
+            writer.write_record(
+                writer.create_warc_record(url, "metadata", payload=io.BytesIO(b"fetchTimeMs: 5"))
+            )
+    _, rows, _ = ingest_inbox(tmp_path)
+    assert sorted(r[0] for r in rows if r[3] != "warc") == ["https://example.org/0", "https://example.org/3"]
+    [container] = [row for row in rows if row[3] == "warc"]
+    assert container[2] == "done"
+    registry = Registry(tmp_path / "data" / "registry.sqlite3")
+    try:
+        (reason,) = registry.db.execute("SELECT reason FROM documents WHERE kind = 'warc'").fetchone()
+    finally:
+        registry.close()
+    assert reason == "WARC: 2 HTML responses of 9 records to the spool"
+
+
+@pytest.mark.timeout(60)
+def test_a_file_named_warc_that_is_none_fails_with_a_reason(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "fake.warc.gz").write_bytes(b"this is not a WARC file at all\n" * 10)
+    _, rows, drop = ingest_inbox(tmp_path)
+    assert [(r[2], r[3]) for r in rows] == [("failed", "warc")]
+    reason = (drop.failed / "fake.warc.gz.reason.txt").read_text(encoding="utf-8")
+    assert reason.splitlines()[0] == "record 1 is no WARC record"
