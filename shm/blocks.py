@@ -37,7 +37,7 @@ from numpy.typing import DTypeLike
 
 from .segments import Segment
 
-__all__ = ["ALIGN", "HEADER_SIZE", "MAGIC", "ArrayBlock", "ArrayInfo", "layout", "padded"]
+__all__ = ["ALIGN", "HEADER_SIZE", "MAGIC", "ArrayBlock", "ArrayInfo", "decode_table", "layout", "padded"]
 
 MAGIC = b"CRYSHM01"
 HEADER_SIZE = 4096
@@ -176,6 +176,12 @@ def _decode(header: bytes, size: int, name: str) -> list[ArrayInfo]:
             raise bad(f"array {entry_name!r} ends at {offset + info.nbytes}, past the segment end {size}")
         table.append(info)
     return table
+
+
+def decode_table(header: bytes, size: int, name: str) -> list[ArrayInfo]:
+    """The array table of a block's header (for a reader that maps the segment itself, e.g.
+    read-only); ValueError naming the segment when it is not an ArrayBlock."""
+    return _decode(header, size, name)
 
 
 class ArrayBlock:

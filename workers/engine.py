@@ -173,6 +173,10 @@ def segment_specs(
             "adam_m": ((2, num_params), np.float32),
             "adam_v": ((2, num_params), np.float32),
             "gsum": ((num_params,), np.float32),
+            # [sequence, src, version]: a reader outside the step (the generation process) copies
+            # params[src] and keeps the copy only if the sequence did not move meanwhile (odd:
+            # being loaded); the sequence moves at every publish and load
+            "published": ((3,), np.int64),
         },
         "grads": {"rows": ((workers, padded(num_params, np.float32)), np.float32)},
         "ring": {"slots": ((ring_slots, batch_size, seq_len + 1), token_dtype)},
@@ -410,9 +414,18 @@ class ProcessEngine:
     # ---- the step contract --------------------------------------------------------------------
     def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
         s = self.state.arrays
+        s["published"][0] += 1  # odd: params[src] is being written
         s["params"][self.src] = params
         s["adam_m"][self.src] = m
         s["adam_v"][self.src] = v
+        self._announce()
+
+    def _announce(self) -> None:
+        """Say which buffer holds the parameters, for readers outside the step (see ``published``)."""
+        published = self.state.arrays["published"]
+        published[1] = self.src
+        published[2] = self.version
+        published[0] += 2 - published[0] % 2  # even again, and different from any read before
 
     def params(self) -> np.ndarray:
         """A copy of the published parameters (no view of shared memory escapes the engine,
@@ -484,6 +497,7 @@ class ProcessEngine:
         # publish: from here on the new buffers are the parameters
         self.src = dst
         self.version += 1
+        self._announce()
         for h in self.workers:
             h.steps += 1
         t_end = time.monotonic()

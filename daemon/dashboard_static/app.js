@@ -327,6 +327,7 @@ $("chat-form").addEventListener("submit", async (e) => {
         if (msg.done) {
           meta.textContent = `${msg.tokens} tokens in ${msg.seconds} s` +
             (msg.tokens_per_s ? ` (${msg.tokens_per_s.toFixed(1)} tokens/s)` : "") +
+            (msg.version !== undefined ? ` · parameters v${msg.version}` : "") +
             (msg.step !== undefined ? ` · weights of step ${msg.step}` : "") +
             (msg.source ? ` · ${msg.source}` : "");
         }

@@ -1,0 +1,200 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright) against a real
+daemon: every tab loads without console errors, the loss chart has points, 12 workers appear
+and step, the chat streams text, a hostile page title renders as text, an action without the
+token gets 403 and a foreign Host header is refused. Screenshots go to
+``$CRYSTALLINE_TEST_ARTIFACTS`` (default: under pytest's tmp dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _daemon_process import SMALL_MODEL, group_survivors
+
+from crystalline.daemon.status_client import request
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import Page, sync_playwright
+except ImportError:  # pragma: no cover - the dev extra installs it
+    sync_playwright = None  # type: ignore[assignment]
+
+HOSTILE_TITLE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> hostile'
+
+
+def _hostile_page(text: str) -> str:
+    paragraphs = "".join(f"<p>{line}</p>\n" for line in text.splitlines() if line.strip())
+    title = HOSTILE_TITLE.replace("&", "&amp;")  # as a page would carry it: RCDATA in <title>
+    head = f"<!doctype html><html lang=en><head><title>{title}</title></head>"
+    return f"{head}<body><article>{paragraphs}</article></body></html>"
+
+
+@pytest.fixture
+def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (scripts/bootstrap.sh installs it when run as root)")
+    if sync_playwright is None:
+        pytest.skip("the playwright package is not installed (pip install -e .[dev])")
+    with tempfile.TemporaryDirectory(prefix="cb-", dir="/tmp") as d:
+        root = Path(d)
+        state, run = root / "s", root / "r"
+        inbox = state / "inbox"
+        inbox.mkdir(parents=True)
+        text = corpus_file.read_text(encoding="utf-8")
+        (inbox / "corpus.txt").write_text(text, encoding="utf-8")
+        (inbox / "hostile.html").write_text(_hostile_page(text[:6000]), encoding="utf-8")
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        env.pop("NOTIFY_SOCKET", None)
+        cmd = [
+            sys.executable, "-m", "crystalline.daemon.cli", "run",
+            "--state-dir", str(state), "--runtime-dir", str(run), "--no-crawl", "--no-samples",
+            "--workers", "12", *SMALL_MODEL, "--batch-size", "12", "--eval-interval", "25",
+            "--eval-windows", "16", "--checkpoint-interval-s", "5", "--http", "127.0.0.1:0",
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 180  # a shared 2-core CI machine can be slow to start 13 processes
+            while True:
+                assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+                assert time.monotonic() < deadline, "the daemon did not start training within 180 s"
+                try:
+                    data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+                except OSError:
+                    data = {}
+                if data.get("training", {}).get("step", 0) > 0 and (run / "dashboard.json").exists():
+                    break
+                time.sleep(0.5)
+            info = json.loads((run / "dashboard.json").read_text(encoding="utf-8"))
+            assert data["http"]["url"] == info["url"]
+            yield {"url": info["url"], "token": info["token"], "run": run, "proc": proc}
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+            assert group_survivors(proc.pid) == []
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("CRYSTALLINE_TEST_ARTIFACTS", "") or tmp_path / "artifacts") / "dashboard"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _wait(page: Page, expression: str, timeout_s: float = 30.0) -> None:
+    """Poll ``expression`` from here: Playwright's wait_for_function polls with eval() inside the
+    page, which the dashboard's Content-Security-Policy (no 'unsafe-eval') rightly refuses."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {expression}"
+        page.wait_for_timeout(250)
+
+
+def _tab(page: Page, name: str) -> None:
+    page.click(f"#tabs button[data-tab={name}]")
+    page.wait_for_selector(f"#tab-{name}.active")
+
+
+def test_dashboard_in_chromium(daemon: dict[str, Any], artifacts: Path) -> None:
+    url, token = daemon["url"], daemon["token"]
+    assert sync_playwright is not None and CHROMIUM is not None
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{url}#token={token}")
+            assert "token" not in page.url  # taken out of the address bar
+
+            # overview: the loss curve has points (a history point every 5 s)
+            _wait(page, "Number(document.getElementById('loss-chart').dataset.points || 0) > 0", 60)
+            page.wait_for_selector("#state.running")
+            page.screenshot(path=str(artifacts / "overview.png"), full_page=True)
+
+            # node zero: 12 workers drawn, and they step while we watch
+            _tab(page, "workers")
+            _wait(page, "document.querySelectorAll('#ring .worker').length === 12")
+            before = page.eval_on_selector_all(
+                "#ring .worker", "els => els.map(e => Number(e.dataset.steps))"
+            )
+            _wait(
+                page,
+                "[...document.querySelectorAll('#ring .worker')]"
+                f".every((e, i) => Number(e.dataset.steps) > {json.dumps(before)}[i])",
+            )
+            states = page.eval_on_selector_all("#ring .worker", "els => els.map(e => e.dataset.state)")
+            assert all(s in ("idle", "computing", "reducing", "updating") for s in states), states
+            page.screenshot(path=str(artifacts / "workers.png"), full_page=True)
+
+            # ingest: the hostile title is shown as text, nothing of it ran or became markup
+            _tab(page, "ingest")
+            cell = page.wait_for_selector("#documents-table td:has-text('window.__pwned')", timeout=60_000)
+            assert cell is not None and cell.text_content() == HOSTILE_TITLE
+            assert page.evaluate("window.__pwned") is None
+            assert (
+                page.eval_on_selector_all(
+                    "#documents-table script, #documents-table img", "els => els.length"
+                )
+                == 0
+            )
+            page.screenshot(path=str(artifacts / "ingest.png"), full_page=True)
+
+            _tab(page, "crawler")
+            _tab(page, "checkpoints")
+            page.wait_for_selector("#checkpoints-table tbody tr", timeout=30_000)
+
+            # chat: the reply arrives and is kept in the page with the prompt
+            _tab(page, "chat")
+            page.fill("#prompt", "<b>the cat</b>")
+            page.fill("#tokens", "60")
+            page.click("#send")
+            _wait(page, "(document.querySelector('.turn.reply .meta')?.textContent || '').length > 0", 60)
+            reply = page.text_content(".turn.reply .text") or ""
+            assert len(reply) > 0
+            assert page.text_content(".turn.prompt .text") == "<b>the cat</b>"
+            page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
+
+            assert errors == [], errors  # every tab drawn without a console error
+            # an action from the page without the token: 403, and the daemon kept training
+            status = page.evaluate(
+                "fetch('/api/pause', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+                ' body: \'{"what": "training"}\'}).then(r => r.status)'
+            )
+            assert status == 403
+            assert len(errors) == 1 and "403" in errors[0], errors  # the browser logs the refusal
+        finally:
+            browser.close()
+    data = request(daemon["run"] / "crystalline.sock", {"cmd": "status"})["data"]
+    assert data["training"]["state"] != "paused"
+
+
+def test_foreign_host_and_metrics(daemon: dict[str, Any]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = daemon["url"]
+    req = urllib.request.Request(url, headers={"Host": "rebind.attacker.example"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 403
+    with urllib.request.urlopen(url + "metrics", timeout=10) as r:
+        families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    assert families["crystalline_training_steps"].samples[0].value > 0
+    assert families["crystalline_ingest_documents"].samples[0].value >= 1
+    workers = {s.labels["worker"] for s in families["crystalline_worker_restarts"].samples}
+    assert len(workers) == 12
