@@ -31,6 +31,7 @@ import numpy as np
 from ..shm.blocks import HEADER_SIZE, decode_table
 from ..shm.segments import SHM_DIR, segment_name
 from ..workers.model import GELU_C, GELU_K, GPT, LN_EPS
+from ..workers.sampling import pick_token
 from ..workers.tokenizer import Tokenizer, load_tokenizer
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
@@ -181,20 +182,6 @@ class CachedDecoder:
         return probs
 
 
-def pick(probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
-    """One token from ``probs`` as ``workers.sampling.sample`` picks it."""
-    if temperature == 0:
-        return int(np.argmax(probs))
-    vocab = probs.shape[0]
-    logp = np.log(np.maximum(probs, 1e-300)) / temperature
-    if 0 < top_k < vocab:
-        kth = np.partition(logp, vocab - top_k)[vocab - top_k]
-        logp[logp < kth] = -np.inf
-    logp -= logp.max()
-    weights = np.exp(logp)
-    return int(rng.choice(vocab, p=weights / weights.sum()))
-
-
 class TextStream:
     """Decoded text piece by piece: a token that ends inside a UTF-8 sequence is held back
     until the rest arrives (byte-level tokens split characters)."""
@@ -242,7 +229,7 @@ class Generator:
         probs = decoder.feed(ids[-seq_len:])
         text = TextStream(self.tokenizer)
         for _ in range(n):
-            token = pick(probs, temperature, top_k, rng)
+            token = pick_token(probs, temperature, top_k, rng)
             ids.append(token)
             piece = text.push(token)
             if piece:

@@ -29,24 +29,28 @@ def sample(
         raise ValueError(f"top-k must not be negative, got {top_k}")
     if len(prompt) == 0:
         raise ValueError("the prompt must hold at least one token")
-    vocab = model.config.vocab_size
     rng = np.random.default_rng(seed)
     ids = [int(t) for t in prompt]
     out: list[int] = []
     for _ in range(max_new_tokens):
         context = np.asarray(ids[-model.config.seq_len :], dtype=np.int64)[None, :]
         probs = model.probabilities(params, context)[0, -1].astype(np.float64)
-        if temperature == 0:
-            token = int(np.argmax(probs))
-        else:
-            # p^(1/T), renormalised, equals softmax(logits / T)
-            logp = np.log(np.maximum(probs, 1e-300)) / temperature
-            if 0 < top_k < vocab:
-                kth = np.partition(logp, vocab - top_k)[vocab - top_k]
-                logp[logp < kth] = -np.inf
-            logp -= logp.max()
-            weights = np.exp(logp)
-            token = int(rng.choice(vocab, p=weights / weights.sum()))
+        token = pick_token(probs, temperature, top_k, rng)
         ids.append(token)
         out.append(token)
     return np.asarray(out, dtype=prompt.dtype if prompt.dtype.kind == "u" else np.int64)
+
+
+def pick_token(probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+    """One token id from next-token probabilities: the most likely at temperature 0, else a draw
+    from p^(1/T) (renormalised: softmax(logits / T)) restricted to the ``top_k`` most likely."""
+    if temperature == 0:
+        return int(np.argmax(probs))
+    vocab = probs.shape[0]
+    logp = np.log(np.maximum(probs, 1e-300)) / temperature
+    if 0 < top_k < vocab:
+        kth = np.partition(logp, vocab - top_k)[vocab - top_k]
+        logp[logp < kth] = -np.inf
+    logp -= logp.max()
+    weights = np.exp(logp)
+    return int(rng.choice(vocab, p=weights / weights.sum()))
