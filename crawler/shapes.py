@@ -3,17 +3,17 @@
 The trap guard (``Frontier.judge``) needs to know, for each page it fetches, whether the page had
 anything new to say. Ingest says so with authority (its exact and near-duplicate verdicts come
 back through ``crawler.feedback``), but only later and only where ingest runs; this is the
-crawler's own quick judgement at fetch time: the visible text outside navigation, compared by
-SHA-256 and by SimHash (within ingest's ``NEAR_DISTANCE`` bits) with the last few pages of the
-same ``(origin, shape)``. A calendar's empty days, a session id's copies of one page or a sort
-order's permutations read the same; a news site's articles do not. Where a query parameter makes
-the URL space (``/cal?month=2031-07``), digit runs are masked first: a page that differs from
-the last only in the date or counter its parameter put there says nothing new. Paths are left
-as they are: ``/p/17`` saying "page 17" is taken at its word.
+crawler's own quick judgement at fetch time, deliberately narrow: the visible text outside
+navigation, compared by SHA-256 with the last few pages of the same ``(origin, shape)``. Where a
+query parameter makes the URL space (``/cal?month=2031-07``), digit runs are masked first: a page
+that differs from the last only in the date or counter its parameter put there says nothing new.
+Paths are taken at their word (``/p/17`` saying "page 17" is new), and near duplicates are left
+to ingest, whose extraction sees past a site's template: a crawl without ingest must not cut a
+site whose pages share most of their text.
 
-Memory is bounded: ``RECENT`` fingerprints for each of at most ``max_shapes`` shapes (LRU). A
-restart forgets them, which only delays a verdict by a few pages; the verdicts themselves are
-kept in the frontier.
+Memory is bounded: ``RECENT`` digests for each of at most ``max_shapes`` shapes (LRU). A restart
+forgets them, which only delays a verdict by a few pages; the verdicts themselves are kept in
+the frontier.
 """
 
 from __future__ import annotations
@@ -22,18 +22,16 @@ import hashlib
 import re
 from collections import OrderedDict, deque
 
-from ..ingest.dedup import NEAR_DISTANCE, hamming, simhash
-
-RECENT = 8  # fingerprints kept per shape
+RECENT = 8  # digests kept per shape
 _DIGITS = re.compile(r"\d+")
 
 
 class TextNovelty:
-    """Recent text fingerprints per (origin, URL shape)."""
+    """Recent text digests per (origin, URL shape)."""
 
     def __init__(self, max_shapes: int = 10_000) -> None:
         self.max_shapes = max_shapes
-        self._recent: OrderedDict[tuple[str, str], deque[tuple[bytes, int]]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], deque[bytes]] = OrderedDict()
 
     def novel(self, origin: str, shape: str, text: str) -> bool:
         """Whether ``text`` differs from the recent pages of the shape (and remember it). A page
@@ -43,7 +41,6 @@ class TextNovelty:
         if not text:
             return False
         digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-        fingerprint = simhash(text)
         key = (origin, shape)
         recent = self._recent.get(key)
         if recent is None:
@@ -52,6 +49,6 @@ class TextNovelty:
                 self._recent.popitem(last=False)
         else:
             self._recent.move_to_end(key)
-        new = all(d != digest and hamming(f, fingerprint) > NEAR_DISTANCE for d, f in recent)
-        recent.append((digest, fingerprint))
+        new = digest not in recent
+        recent.append(digest)
         return new

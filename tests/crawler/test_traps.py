@@ -12,6 +12,7 @@ from _loopback import crawl, fast_settings, html, prose, serve
 from aiohttp import web
 
 from crystalline.crawler.frontier import DROP_TRAP, TRAP_WINDOW
+from crystalline.crawler.shapes import TextNovelty
 
 
 def numbered_site_with_a_calendar(pages: int) -> list[web.RouteDef]:
@@ -62,3 +63,32 @@ def test_five_thousand_numbered_pages_are_crawled_whole_and_a_calendar_is_cut(tm
         assert crawler.stats()["traps"] == 2 and summary.dropped[DROP_TRAP] > 0
 
     asyncio.run(main())
+
+
+def test_numbered_pages_sharing_their_text_but_a_heading_are_not_cut_without_ingest(tmp_path: Path) -> None:
+    """Near duplicates are ingest's to judge: a crawl alone cuts only what reads exactly the same."""
+    paragraph = prose(1, 400)
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        links = "".join(f'<a href="/p/{(n * 7 + k) % 300}">x</a>' for k in range(1, 11))
+        return html(f"<h1>Page {n}</h1><p>{paragraph}</p>{links}")
+
+    async def main() -> None:
+        async with serve([web.get("/p/{n}", page)]) as base:
+            summary, sink, _ = await crawl(
+                fast_settings(tmp_path, concurrency=8), [base + "/p/0"], timeout=120
+            )
+        assert len(set(sink.sources())) == 300 and summary.dropped[DROP_TRAP] == 0
+
+    asyncio.run(main())
+
+
+def test_text_novelty_masks_digits_only_where_a_query_makes_the_urls() -> None:
+    novelty = TextNovelty()
+    assert novelty.novel("http://h", "/cal?month", "Events of 2024-01: none")
+    assert not novelty.novel("http://h", "/cal?month", "Events of 2024-02: none")
+    assert novelty.novel("http://h", "/p/#", "Page 1 of the story")
+    assert novelty.novel("http://h", "/p/#", "Page 2 of the story")
+    assert not novelty.novel("http://h", "/p/#", "Page 2 of the story")
+    assert not novelty.novel("http://h", "/empty", "")
