@@ -47,3 +47,17 @@ if ! command -v tesseract >/dev/null 2>&1; then
              "will fail until you run: sudo apt-get install tesseract-ocr" >&2
     fi
 fi
+
+# The dashboard's browser tests (tests/daemon/test_dashboard_browser.py) drive Debian's chromium
+# with Playwright (the pip package is in the dev extra; `playwright install` is never run, no
+# browser is downloaded): test.sh asks for it, a plain install does not need it.
+if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v chromium >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: installing chromium with apt-get (for the dashboard's browser tests)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        echo "bootstrap: chromium is missing and this is not root: the dashboard's browser tests" \
+             "skip until you run: sudo apt-get install chromium" >&2
+    fi
+fi
