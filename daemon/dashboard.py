@@ -56,6 +56,7 @@ EVENT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
 FILES_EVERY_S = 5.0
 MAX_PROMPT = 4000
+SPIRAL_EVERY_S = 60.0
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -172,6 +173,8 @@ class Dashboard:
         self.requests = 0
         self.refused = 0  # wrong Host or missing token
         self.generations = 0
+        self._spiral: dict[str, Any] | None = None
+        self._spiral_at = -math.inf
 
     @property
     def token_path(self) -> Path:
@@ -187,6 +190,7 @@ class Dashboard:
         app.router.add_get("/api/history", self._api_history)
         app.router.add_get("/api/events", self._api_events)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/api/spiral", self._api_spiral)
         app.router.add_post("/api/generate", self._api_generate)
         app.router.add_post("/api/{action}", self._api_action)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
@@ -321,6 +325,20 @@ class Dashboard:
         await self.refresh_files()
         body = prometheus.render(self.snapshot)
         return web.Response(body=body, headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    async def _api_spiral(self, _request: web.Request) -> web.StreamResponse:
+        """The vocabulary for the spiral view: labels and a colour per token from the embeddings
+        (computed by the generation process, kept for SPIRAL_EVERY_S)."""
+        if self.generator is None:
+            return web.json_response({"ok": False, "error": "no generation process"}, status=503)
+        if self._spiral is None or time.monotonic() - self._spiral_at >= SPIRAL_EVERY_S:
+            try:
+                reply = await self.generator.vocabulary()
+            except CommandError as exc:
+                return web.json_response({"ok": False, "error": str(exc)}, status=503)
+            self._spiral = {k: reply[k] for k in ("vocab", "labels", "colour", "version")}
+            self._spiral_at = time.monotonic()
+        return web.json_response({"ok": True, "data": self._spiral})
 
     async def _api_events(self, request: web.Request) -> web.StreamResponse:
         if self._event_clients >= MAX_EVENT_CLIENTS:

@@ -16,6 +16,7 @@ pieces as tokens are generated, then ``{"id", "done": true, "tokens", "seconds",
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -205,6 +206,15 @@ class TextStream:
         return piece
 
 
+def token_label(tokenizer: Tokenizer, token: int) -> str:
+    """A token as a short readable label: its text, escaped where it is not printable, or its
+    id when it is part of a UTF-8 sequence."""
+    text = tokenizer.decode(np.asarray([token], dtype=np.int64))
+    if "\ufffd" in text:
+        return f"<{token}>"
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 class Generator:
     def __init__(self, config: TrainConfig, state_dir: Path) -> None:
         self.tokenizer = load_tokenizer(config.tokenizer)
@@ -212,7 +222,31 @@ class Generator:
         self.params = np.zeros(self.model.num_params, np.float32)
         self.published = PublishedParams(engine_instance(state_dir / "checkpoints"), self.model.num_params)
 
+    def vocabulary(self, req: dict[str, Any], send: Any) -> None:
+        """Every token's label and a colour from the embeddings (for the dashboard's spiral):
+        each token's embedding projected on their first principal component, scaled to 0-255."""
+        version = self.published.copy(self.params)
+        wte = self.model.table.views(self.params)["wte"].astype(np.float64)
+        centred = wte - wte.mean(axis=0)
+        _, vectors = np.linalg.eigh(centred.T @ centred)  # C x C: cheap for any vocabulary
+        projection = centred @ vectors[:, -1]
+        span = float(projection.max() - projection.min()) or 1.0
+        colour = np.round((projection - projection.min()) / span * 255).astype(np.uint8)
+        send(
+            {
+                "id": req.get("id"),
+                "done": True,
+                "vocab": int(wte.shape[0]),
+                "labels": [token_label(self.tokenizer, i) for i in range(wte.shape[0])],
+                "colour": base64.b64encode(colour.tobytes()).decode(),
+                "version": version,
+            }
+        )
+
     def run(self, req: dict[str, Any], send: Any) -> None:
+        if req.get("cmd") == "vocabulary":
+            self.vocabulary(req, send)
+            return
         rid = req.get("id")
         prompt = str(req.get("prompt") or "\n")
         n = int(req.get("n", 200))

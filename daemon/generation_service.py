@@ -19,7 +19,7 @@ from .status_server import CommandError
 
 log = logging.getLogger("crystalline.generate")
 
-LINE_LIMIT = 256 * 1024  # a reply line; a piece of text is a token or a few
+LINE_LIMIT = 4 * 1024 * 1024  # a reply line: a piece of text, or the vocabulary (65,536 labels)
 FIRST_REPLY_S = 60.0  # the first line may wait for the process to import numpy and copy weights
 NEXT_REPLY_S = 30.0  # between pieces
 STOP_GRACE_S = 3.0
@@ -105,6 +105,13 @@ class GenerationService:
             if reply.get("done"):
                 done = reply
         return {"prompt": fields.get("prompt", "\n"), "text": "".join(pieces), "version": done.get("version")}
+
+    async def vocabulary(self) -> dict[str, Any]:
+        """Labels and embedding colours of the whole vocabulary (the dashboard's spiral)."""
+        async for reply in self.stream({"cmd": "vocabulary"}):
+            if reply.get("done"):
+                return reply
+        raise CommandError("the generation process sent no vocabulary")
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -186,7 +186,9 @@ function renderIngest(i) {
   ]);
   countsTable($("filtered-table"), i.filtered_by_rule);
   countsTable($("duplicates-table"), i.duplicates_by_rule);
-  objectsTable($("documents-table"), i.latest || i.latest_documents || [], ["title", "kind", "language", "surprise", "tokens"]);
+  const docs = (i.latest || i.latest_documents || []).map((d) =>
+    Number.isFinite(d.created) ? { ...d, created: new Date(d.created * 1000).toLocaleTimeString() } : d);
+  objectsTable($("documents-table"), docs, ["title", "kind", "language", "surprise", "tokens", "state", "reason"]);
 }
 
 function renderCheckpoints(s) {
@@ -343,3 +345,96 @@ $("chat-form").addEventListener("submit", async (e) => {
 
 $("token-state").textContent = token ? "actions enabled" : "read-only (open the URL `crystalline dashboard` prints to act)";
 connect();
+
+// ---- the spiral ---------------------------------------------------------------------------
+// Token i is drawn at the i-th prime's place on the Ulam spiral (1 in the centre, then
+// counter-clockwise rings), coloured by the embeddings' first principal component.
+function primes(count) {
+  const limit = Math.max(16, Math.ceil(count * (Math.log(count + 2) + Math.log(Math.log(count + 2)) + 2)));
+  const sieve = new Uint8Array(limit + 1);
+  const out = [];
+  for (let n = 2; n <= limit && out.length < count; n++) {
+    if (sieve[n]) continue;
+    out.push(n);
+    for (let m = n * n; m <= limit; m += n) sieve[m] = 1;
+  }
+  return out;
+}
+
+// (x, y) of n on the Ulam spiral, 1 at (0, 0)
+function ulam(n) {
+  if (n === 1) return [0, 0];
+  const k = Math.ceil((Math.sqrt(n) - 1) / 2); // ring
+  const side = 2 * k;
+  const last = (2 * k + 1) ** 2;
+  const d = last - n;
+  if (d < side) return [k - d, -k];
+  if (d < 2 * side) return [-k, -k + (d - side)];
+  if (d < 3 * side) return [-k + (d - 2 * side), k];
+  return [k, k - (d - 3 * side)];
+}
+
+let spiral = null; // {labels, cells: Map "x,y" -> token, scale, half}
+
+function hue(v) {
+  // 0..255 -> a blue-to-yellow ramp
+  const t = v / 255;
+  return `rgb(${Math.round(40 + 215 * t)},${Math.round(90 + 140 * t)},${Math.round(230 - 180 * t)})`;
+}
+
+async function loadSpiral() {
+  const info = $("spiral-info");
+  info.textContent = "loading the vocabulary";
+  try {
+    const r = await fetch("/api/spiral");
+    const reply = await r.json();
+    if (!reply.ok) throw new Error(reply.error);
+    drawSpiral(reply.data);
+    info.textContent = `${reply.data.vocab} tokens, parameters v${reply.data.version}`;
+  } catch (err) {
+    info.textContent = `no spiral: ${err.message}`;
+  }
+}
+
+function drawSpiral(data) {
+  const canvas = $("spiral");
+  const ctx = canvas.getContext("2d");
+  const colour = Uint8Array.from(atob(data.colour), (c) => c.charCodeAt(0));
+  const ps = primes(data.vocab);
+  const k = Math.ceil((Math.sqrt(ps[ps.length - 1]) - 1) / 2);
+  const scale = canvas.width / (2 * k + 1);
+  const half = canvas.width / 2;
+  const cells = new Map();
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const dot = Math.max(1, scale * 0.8);
+  ps.forEach((p, i) => {
+    const [x, y] = ulam(p);
+    cells.set(`${x},${y}`, i);
+    ctx.fillStyle = hue(colour[i]);
+    ctx.fillRect(half + (x - 0.5) * scale, half + (y - 0.5) * scale, dot, dot);
+  });
+  canvas.dataset.points = String(ps.length);
+  spiral = { labels: data.labels, cells, scale, half };
+}
+
+$("spiral").addEventListener("mousemove", (e) => {
+  const tip = $("spiral-tip");
+  if (!spiral) return;
+  const rect = e.target.getBoundingClientRect();
+  const px = ((e.clientX - rect.left) * e.target.width) / rect.width;
+  const py = ((e.clientY - rect.top) * e.target.height) / rect.height;
+  const x = Math.round((px - spiral.half) / spiral.scale);
+  const y = Math.round((py - spiral.half) / spiral.scale);
+  const token = spiral.cells.get(`${x},${y}`);
+  if (token === undefined) {
+    tip.style.display = "none";
+    return;
+  }
+  tip.textContent = `token ${token}: ${spiral.labels[token]}`;
+  tip.style.left = `${px + 12}px`;
+  tip.style.top = `${py + 12}px`;
+  tip.style.display = "block";
+});
+$("spiral").addEventListener("mouseleave", () => { $("spiral-tip").style.display = "none"; });
+$("spiral-refresh").addEventListener("click", loadSpiral);
+document.querySelector("#tabs button[data-tab=spiral]").addEventListener("click", () => { if (!spiral) loadSpiral(); });

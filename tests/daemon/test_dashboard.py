@@ -258,3 +258,16 @@ def test_checkpoints_and_latest_documents(tmp_path: Path) -> None:
     assert len(docs) == 20 and docs[0]["origin"] == "u29"
     assert len(docs[0]["title"]) == 300
     assert latest_documents(tmp_path / "missing.sqlite3") == []
+
+
+def test_dashboard_command_prints_the_url_or_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "crystalline.daemon.cli", "dashboard", "--runtime-dir", str(tmp_path)]
+    missing = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1
+    assert len(missing.stderr.strip().splitlines()) == 1 and "--http" in missing.stderr
+    (tmp_path / "dashboard.json").write_text(json.dumps({"url": "http://127.0.0.1:8470/", "token": "abc"}))
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert ok.stdout.strip() == "http://127.0.0.1:8470/#token=abc"

@@ -171,6 +171,18 @@ def test_dashboard_in_chromium(daemon: dict[str, Any], artifacts: Path) -> None:
             page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
 
             assert errors == [], errors  # every tab drawn without a console error
+            # the spiral: 256 byte tokens on the first 256 primes; token 0 (prime 2) sits at (1, 0)
+            _tab(page, "spiral")
+            _wait(page, "document.getElementById('spiral').dataset.points === '256'", 60)
+            box = page.eval_on_selector(
+                "#spiral",
+                "c => { const r = c.getBoundingClientRect(), f = r.width / c.width;"
+                " return [r.left + (spiral.half + spiral.scale) * f, r.top + spiral.half * f]; }",
+            )
+            page.mouse.move(box[0], box[1])
+            _wait(page, "document.getElementById('spiral-tip').textContent.startsWith('token 0:')", 10)
+            page.screenshot(path=str(artifacts / "spiral.png"), full_page=True)
+
             # an action from the page without the token: 403, and the daemon kept training
             status = page.evaluate(
                 "fetch('/api/pause', {method: 'POST', headers: {'Content-Type': 'application/json'},"

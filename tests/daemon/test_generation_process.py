@@ -4,6 +4,7 @@ segment re-mapped) and its JSON-lines protocol, against real shared memory."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import uuid
@@ -146,3 +147,19 @@ def test_a_replaced_segment_is_mapped_again(tmp_path: Path) -> None:
             block.close()
             block.unlink()
     published.close()
+
+
+def test_vocabulary_labels_and_colours(state_block: tuple[ArrayBlock, Path]) -> None:
+    block, state_dir = state_block
+    _, params = _model()
+    _publish(block, 0, params, 9)
+    generator = gp.Generator(CONFIG, state_dir)
+    out = io.StringIO()
+    gp.serve(generator, io.StringIO(json.dumps({"id": 4, "cmd": "vocabulary"}) + "\n"), out)
+    reply = json.loads(out.getvalue())
+    assert reply["done"] is True and reply["vocab"] == 256 and reply["version"] == 9
+    labels = reply["labels"]
+    assert (labels[65], labels[10], labels[200]) == ("A", "\\n", "<200>")
+    colour = np.frombuffer(base64.b64decode(reply["colour"]), np.uint8)
+    assert colour.shape == (256,) and colour.min() == 0 and colour.max() == 255
+    generator.published.close()
