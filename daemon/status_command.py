@@ -123,6 +123,9 @@ def summary(data: dict[str, Any]) -> str:
         counts = i.get(key) or {}
         if counts:
             lines.append(f"  {label:<11}" + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if i.get("blocked"):  # dropped files the daemon may not move: skipped, tried again later
+        shown = "; ".join(f"{b.get('name')}: {b.get('reason')}" for b in i.get("blocked_files") or [])
+        lines.append(f"  blocked    {i['blocked']}  {shown}".rstrip())
     lines.append(f"ring         slots {r.get('slots', '-')}  ready {r.get('ready', '-')}")
     h = data.get("http") or {}
     if h.get("url") or h.get("error"):

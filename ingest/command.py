@@ -110,7 +110,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest files and folders into the store of ``--data-dir``; print the counts."""
     from crystalline.workers.tokenizer import load_tokenizer
 
-    from .ingestor import Ingestor, Submission, content_entry
+    from .drop_folder import file_key_of
+    from .ingestor import Ingestor, Submission, content_entry, refusal_key
 
     paths = _files(args.paths)
     tokenizer = load_tokenizer(args.tokenizer)
@@ -133,13 +134,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             batch.clear()
             size = 0
 
+        limit = settings.limits.max_bytes
         for path in paths:
             name = str(path.resolve())  # file-system bytes as os.fsdecode gives them: any name works
             try:
-                body = path.read_bytes() if path.stat().st_size <= settings.limits.max_bytes else b""
+                st = path.stat()
+                body = path.read_bytes() if st.st_size <= limit else b""
             except OSError as e:
                 print(f"{readable(str(path))}: cannot read ({e.strerror})", file=sys.stderr)
                 counts["failed"] += 1
+                continue
+            if st.st_size > limit:  # not read: keyed by its identity on disk, as the drop folder does
+                reason = f"too large ({st.st_size} bytes > {limit})"
+                entry = refusal_key("file-refused", file_key_of(st), name)
+                if ingestor.record_refusal(entry, readable(name), "cli", reason):
+                    print(f"{readable(str(path))}: {reason}", file=sys.stderr)
+                    counts["failed"] += 1
+                else:
+                    counts["skipped"] += 1
                 continue
             doc = Document(readable(name), body, "", origin="cli")
             batch.append(Submission(content_entry("file", name, body), doc, lambda _rec: None))

@@ -83,6 +83,13 @@ def _wanted(name: str) -> bool:
     return bool(name) and not name.startswith(".") and not name.endswith(_PARTIAL_SUFFIXES)
 
 
+def file_key_of(st: os.stat_result) -> str:
+    """Identity of a file (device, inode, size, mtime, ctime): the same key later means the same
+    unchanged file. ctime is set by the kernel on every change and rename, so a reused inode
+    never matches an old key."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
 def _hard_link(links: int) -> str:
     """The refusal of a file with more than one name. Without fs.protected_hardlinks, anyone
     who can write to the inbox may link in a file they cannot read (root's, or the daemon's own
@@ -114,11 +121,8 @@ class Claimed:
 
     @property
     def file_key(self) -> str:
-        """Identity of this very file as it sits in ``.ingesting/`` (device, inode, size, mtime,
-        ctime): the same key after a crash means the same unchanged file. ctime is set by the
-        kernel on every change and rename, so a reused inode never matches an old key."""
-        s = self.st
-        return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
+        """Identity of this very file as it sits in ``.ingesting/`` (see :func:`file_key_of`)."""
+        return file_key_of(self.st)
 
     def read(self, limit: int) -> bytes:
         """The file's bytes from its descriptor, at most ``limit + 1`` (more means too large);

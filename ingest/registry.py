@@ -183,8 +183,11 @@ class Registry:
     def find_file(self, file_key: str) -> tuple[str, str, str] | None:
         """``(entry, state, reason)`` of the row recorded for this very file (same device,
         inode, size, mtime and ctime), or None."""
+        # "file_key != ''" repeats the partial index's condition: without it SQLite cannot use
+        # the index (a full scan, 52-150 ms per dropped file at 500k rows)
         row = self.db.execute(
-            "SELECT entry, state, reason FROM documents WHERE file_key = ? LIMIT 1", (file_key,)
+            "SELECT entry, state, reason FROM documents WHERE file_key = ? AND file_key != '' LIMIT 1",
+            (file_key,),
         ).fetchone()
         return (str(row[0]), str(row[1]), str(row[2])) if row else None
 

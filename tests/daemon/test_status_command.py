@@ -58,3 +58,11 @@ def test_generate_taking_control_time_is_reported_as_degraded() -> None:
     )
     assert code == DEGRADED and reasons == ["training slowed: generate took 31% of control's time"]
     assert health(data(generate_share=0.05)) == (HEALTHY, [])
+
+
+def test_summary_names_dropped_files_the_daemon_may_not_move() -> None:
+    d = data()
+    reason = "cannot be moved into .ingesting/ (Operation not permitted)"
+    d["ingest"].update(blocked=1, blocked_files=[{"name": "other-user.txt", "reason": reason}])
+    assert f"  blocked    1  other-user.txt: {reason}" in summary(d).splitlines()
+    assert "blocked" not in summary(data())

@@ -46,6 +46,24 @@ def test_ingest_prints_counts_and_skips_on_rerun(tmp_path: Path, cli_env: dict[s
     assert "documents=0" in again.stdout and "skipped=3" in again.stdout
 
 
+@pytest.mark.timeout(150)
+def test_ingest_reports_each_new_oversized_file_at_one_path_as_too_large(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    big = tmp_path / "big.txt"
+    data = tmp_path / "data"
+    for size in (65 * 2**20, 66 * 2**20):  # a new file each time, over the 64 MB limit (sparse)
+        big.unlink(missing_ok=True)
+        with open(big, "wb") as f:
+            f.truncate(size)
+        proc = run(["ingest", str(big), "--data-dir", str(data)], cli_env)
+        assert proc.returncode == 0, proc.stderr
+        assert "failed=1" in proc.stdout and "skipped=0" in proc.stdout, proc.stdout
+        assert f"too large ({size} bytes" in proc.stderr
+    again = run(["ingest", str(big), "--data-dir", str(data)], cli_env)  # the same file: recorded
+    assert "failed=0" in again.stdout and "skipped=1" in again.stdout, again.stdout
+
+
 def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -> None:
     assert "--data-dir" in run(["ingest", "--help"], cli_env).stdout
     assert "--json" in run(["extract", "--help"], cli_env).stdout

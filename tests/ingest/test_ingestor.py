@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import _ingest_samples as samples
@@ -110,3 +111,29 @@ def test_drop_folder_files_end_in_done_or_failed(tmp_path: Path) -> None:
     assert (drop.failed / "empty.txt").exists()
     assert "empty" in (drop.failed / "empty.txt.reason.txt").read_text()
     assert (stats["documents"], stats["failed"]) == (1, 1)
+
+
+@pytest.mark.timeout(120)
+def test_status_counts_come_from_the_ingest_thread_not_from_a_registry_query(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    for doc in (page(1), page(1), Document("https://example.org/short", b"<p>tiny</p>", "text/html")):
+        spool.put(doc)  # stored, a duplicate, filtered
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+        while ing.run_once():
+            pass
+        statements: list[str] = []
+        ing.registry.db.set_trace_callback(statements.append)
+        answered: dict[str, int] = {}
+        with ing._lock:  # a batch holding the registry: status must not wait for it
+            asker = threading.Thread(target=lambda: answered.update(ing.stats()))
+            asker.start()
+            asker.join(timeout=30)
+            held_up = asker.is_alive()
+        asker.join()
+        ing.registry.db.set_trace_callback(None)
+        counts = ing.registry.counts()
+    assert not held_up and statements == []
+    assert answered["documents"] == counts["done"] and answered["tokens"] == counts["tokens"] > 0
+    assert (answered["duplicates"], answered["filtered"], answered["failed"]) == (
+        counts["duplicate"], counts["filtered"], counts["failed"]
+    ) != (0, 0, 0)  # fmt: skip

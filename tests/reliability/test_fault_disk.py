@@ -165,7 +165,7 @@ def test_drop_folder_deleted_while_running() -> None:
             shutil.rmtree(d.inbox)
             status = d.wait_for("the deletion reported", lambda s: "deleted" in s["ingest"].get("error", ""))
             assert str(d.inbox) in status["last_error"]
-            assert "was deleted while running" in d.log()
+            assert "was deleted or replaced while running" in d.log()
             second = [f"b{i}.txt" for i in range(4)]
             drop(d.inbox, second, seed0=100)  # the recreated folder is watched again
             d.wait_for("documents in the recreated folder", _ingested(len(first) + len(second)))
