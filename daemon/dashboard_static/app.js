@@ -140,8 +140,8 @@ function renderWorkers(workers) {
     workers.forEach((w, i) => {
       const box = el("div", null, "worker");
       const a = (2 * Math.PI * i) / workers.length - Math.PI / 2;
-      box.style.left = `${260 + 240 * Math.cos(a)}px`;
-      box.style.top = `${290 + 250 * Math.sin(a)}px`;
+      box.style.left = `${330 + 310 * Math.cos(a)}px`;
+      box.style.top = `${345 + 330 * Math.sin(a)}px`;
       box.append(el("div", "", "name"), el("div", "", "wstate"), el("div", "", "times"), el("div", "", "restarts"));
       ring.append(box);
     });
