@@ -216,6 +216,7 @@ def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
         max_queued=args.max_queued,
         robots_per_minute=args.robots_per_minute,
         min_revisit=args.min_revisit,
+        revisit_after=args.min_revisit,
         max_revisit=max(args.max_revisit, args.min_revisit),
         revisit_share=args.revisit_share,
         max_fetches_per_host_per_day=args.max_fetches_per_host_per_day,

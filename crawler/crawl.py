@@ -258,6 +258,10 @@ class Crawler:
         revisits a page it fetched itself: the next run (or the daemon's next pass) does."""
         start = time.monotonic()
         self._run_started = time.time()
+        if self.settings.revisit_after is not None:
+            due = self.frontier.due_after(self.settings.revisit_after, self._run_started)
+            if due:
+                log.info("%d pages fetched %.0f s ago or more are due", due, self.settings.revisit_after)
         dropped_before = dict(self.frontier.dropped)
         deferred_before = self._robots_deferred
         counts_before = dict(self._counts)

@@ -526,6 +526,14 @@ class Frontier:
         self.revisits_queued += len(origins)
         return len(origins)
 
+    def due_after(self, seconds: float, now: float) -> int:
+        """Make every stored URL fetched at least ``seconds`` ago due now; return how many were
+        not due before (one pass over the stored rows: for the start of a one-shot crawl)."""
+        return self._db.execute(
+            "UPDATE urls SET next_visit = ? WHERE state = 2 AND next_visit > ? AND fetched_at <= ?",
+            (now, now, now - seconds),
+        ).rowcount
+
     def next_visit_at(self) -> float | None:
         """The earliest revisit time of a stored URL (None: nothing stored)."""
         row = self._db.execute("SELECT MIN(next_visit) FROM urls WHERE state = 2").fetchone()

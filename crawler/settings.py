@@ -49,6 +49,9 @@ class CrawlSettings:
     max_revisit: float = 30 * 24 * 3600.0
     revisit_inc_rate: float = 0.4
     revisit_dec_rate: float = 0.2
+    # a one-shot crawl (``crystalline crawl --min-revisit S``) also takes every page fetched at
+    # least this long ago as due, whatever its interval says (None: the schedule alone decides)
+    revisit_after: float | None = None
     revisit_share: float = 0.5  # of requests, for revisits while new URLs wait (the rest: new URLs)
     max_fetches_per_host_per_day: int = 0  # requests per host per day, pages and revisits (0: no cap)
 

@@ -206,3 +206,28 @@ def test_run_takes_the_revisit_budget_and_warc_keys(tmp_path: Path) -> None:
     assert (defaults.min_revisit, defaults.warc_dir, defaults.sitemaps) == (86400.0, None, True)
     with pytest.raises(ValueError, match="crawl-min-revisit must be >= 0"):
         config.resolve(cli.build_parser().parse_args(["run", "--crawl-min-revisit", "-1"]), env={})
+
+
+def test_crawl_command_revisits_what_was_fetched_min_revisit_ago(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = Site(5, etags=True)
+
+    async def main() -> None:
+        async with serve(site.routes()) as base:
+            common = ["crawl", "--start-url", base + "/p/0", "--data-dir", str(tmp_path / "d"),
+                      "--delay", "0", "--allow-private-addresses", "--no-sitemaps"]  # fmt: skip
+            parser = cli.build_parser()
+            first = parser.parse_args(common)  # default --min-revisit: a day
+            assert await asyncio.to_thread(first.func, first) == 0
+            again = parser.parse_args(common)  # within the day: nothing is due
+            assert await asyncio.to_thread(again.func, again) == 0
+            assert site.conditional == []
+            site.version[3] += 1
+            later = parser.parse_args([*common, "--min-revisit", "0"])  # as if a day had passed
+            assert await asyncio.to_thread(later.func, later) == 0
+        assert len(site.conditional) == 5
+        out = capsys.readouterr().out.splitlines()
+        assert "5 revisits (4 not modified, 0 unchanged, 1 changed)" in out[-1]
+
+    asyncio.run(main())
