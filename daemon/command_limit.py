@@ -3,14 +3,16 @@
 Each uid has a bucket of seconds that refills at ``share_per_uid`` seconds per second, up to
 ``burst_s``; a command's wall time is charged when it ends, and a uid whose bucket is empty is
 refused until it has refilled. All uids together draw on a second bucket refilling at
-``share_total``. A uid may also have only one such command in flight, so opening more
-connections buys nothing. With the defaults one looping client keeps generation to about a tenth
-of control's time, and any number of them to a quarter (issue 19: four looping clients had taken
-training from 404 to 4 steps/s).
+``share_total``, except the operators (root and the daemon's own user): they are charged to it
+but never refused by it, so no one else can use it up to keep root from generating. A uid may
+also have only one such command in flight, so opening more connections buys nothing. With the
+defaults one looping client keeps generation to about a tenth of control's time, and any number
+of them to a quarter (issue 19: four looping clients had taken training from 404 to 4 steps/s).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -56,8 +58,10 @@ class CommandLimit:
         share_total: float = SHARE_TOTAL,
         burst_s: float = BURST_S,
         clock: Callable[[], float] = time.monotonic,
+        operators: frozenset[int] | None = None,
     ) -> None:
         self.name = name
+        self.operators = frozenset({0, os.getuid()}) if operators is None else operators
         self.share_per_uid = share_per_uid
         self.burst_s = burst_s
         self.clock = clock
@@ -76,7 +80,9 @@ class CommandLimit:
         if bucket is None:
             self._forget_idle(now)
             bucket = self.buckets[uid] = TimeBucket(self.share_per_uid, self.burst_s, now)
-        wait = max(bucket.wait_s(now), self.total.wait_s(now))
+        wait = bucket.wait_s(now)
+        if uid not in self.operators:
+            wait = max(wait, self.total.wait_s(now))
         if wait > 0:
             self.refused += 1
             who = f"uid {uid}" if bucket.balance <= 0 else "all users together"

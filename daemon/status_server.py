@@ -11,7 +11,8 @@ root, the operators (checked with SO_PEERCRED); members of the socket's group ma
 read-only ones. Limits that keep an operator in when someone else misbehaves (issue 19):
 
 - at most ``max_per_uid`` connections per uid other than the operators', and the last
-  ``operator_reserve`` of the ``max_clients`` connections are for operators only;
+  ``operator_reserve`` of the ``max_clients`` connections are for operators only (both cut to
+  what ``RLIMIT_NOFILE`` leaves, see :func:`connection_limits`);
 - a connection is closed ``idle_timeout_s`` after its last request: a blank keep-alive line,
   garbage or half a line does not count as one;
 - a client that does not read its replies holds at most ``REPLY_BUFFER`` bytes of them here
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..descriptors import RESERVE, open_descriptors, soft_limit
 from .status_client import request as request  # the client half, re-exported for old callers
 
 if TYPE_CHECKING:
@@ -51,6 +53,23 @@ IDLE_TIMEOUT_S = 60.0
 WRITE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
 CLOSE_TIMEOUT_S = 1.0
+# The socket's connections take at most an eighth of the free descriptors: a refused
+# connection holds one too until the loop has closed it, and asyncio accepts a whole backlog
+# (max_clients) at each wake-up, so several bursts of refusals can be open at once.
+DESCRIPTOR_SHARE = 8
+
+
+def connection_limits(max_clients: int, operator_reserve: int) -> tuple[int, int]:
+    """``max_clients`` and ``operator_reserve`` cut to what ``RLIMIT_NOFILE`` leaves: an eighth
+    of the descriptors still free (the rest is for refusals being closed, the crawler's
+    connections, the ingest pool, checkpoints), the reserve in the same proportion; more
+    connections than descriptors would make accept() fail with EMFILE for everyone, operators
+    included. At least four connections and two reserved, so that an operator always gets in
+    (their last connection may not be cleared yet when the next one comes)."""
+    free = soft_limit() - open_descriptors() - RESERVE
+    clients = min(max_clients, max(4, free // DESCRIPTOR_SHARE))
+    reserve = max(operator_reserve * clients // max(max_clients, 1), min(operator_reserve, 2))
+    return clients, min(reserve, clients)
 
 
 class CommandError(Exception):
@@ -97,10 +116,9 @@ class StatusServer:
         self.path = path
         self.commands = commands
         self.mode = mode
-        self.max_clients = max_clients
+        self.max_clients, self.operator_reserve = connection_limits(max_clients, operator_reserve)
         self.idle_timeout_s = idle_timeout_s
         self.max_per_uid = max_per_uid
-        self.operator_reserve = min(operator_reserve, max_clients)
         self.write_timeout_s = write_timeout_s
         self.operators = frozenset({0, os.getuid()}) if operators is None else operators
         self._server: asyncio.base_events.Server | None = None
@@ -130,8 +148,11 @@ class StatusServer:
         # the umask makes the socket private from its first instant; chmod opens it to the group
         old = os.umask(0o177)
         try:
+            # asyncio accepts up to ``backlog`` connections at each wake-up, each a descriptor
+            # until refused and closed: past the free ones accept() fails (EMFILE) and asyncio
+            # stops accepting for a second, operators included; so the backlog is max_clients
             self._server = await asyncio.start_unix_server(
-                self._client, path=str(self.path), limit=MAX_LINE, backlog=max(self.max_clients, 128)
+                self._client, path=str(self.path), limit=MAX_LINE, backlog=self.max_clients
             )
         finally:
             os.umask(old)

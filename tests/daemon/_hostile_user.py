@@ -20,14 +20,17 @@ def _hold(path: Path, count: int, hold_s: float, report: int) -> None:
         s.connect(str(path))
         socks.append(s)
     time.sleep(0.5)
-    held, refused = [], 0
+    held, refused, reasons = [], 0, set()
     for s in socks:
         try:
             data = s.recv(4096, socket.MSG_DONTWAIT)
             refused += b"too many connections" in data
+            if data:
+                reasons.add(json.loads(data.splitlines()[0]).get("error", ""))
         except BlockingIOError:
             held.append(s)  # nothing said: the server keeps it
-    os.write(report, (json.dumps({"held": len(held), "refused": refused}) + "\n").encode())
+    first = {"held": len(held), "refused": refused, "reasons": sorted(reasons)}
+    os.write(report, (json.dumps(first) + "\n").encode())
     closed: set[int] = set()
     end = time.monotonic() + hold_s
     while time.monotonic() < end:  # a keep-alive newline on each, every 0.1 s
@@ -48,8 +51,9 @@ def _hold(path: Path, count: int, hold_s: float, report: int) -> None:
 
 class HostileUser:
     """``nobody`` opening ``count`` connections to ``path`` and keeping them alive with newlines
-    for ``hold_s``. ``first()``: how many the server kept and refused; ``last()``: how many of
-    those kept it had closed by the end. Needs root (setuid)."""
+        for ``hold_s``. ``first()``: how many the server kept and refused (and the refusals' distinct
+    ``reasons``); ``last()``: how many of
+        those kept it had closed by the end. Needs root (setuid)."""
 
     def __init__(self, path: Path, count: int, hold_s: float) -> None:
         r, w = os.pipe()

@@ -66,3 +66,18 @@ def test_idle_buckets_are_forgotten_so_the_table_stays_bounded(monkeypatch: pyte
         lim.admit(uid)
         lim.done(uid, 0.0)
     assert len(lim.buckets) <= 4
+
+
+def test_others_using_up_the_shared_share_do_not_lock_an_operator_out() -> None:
+    clock = Clock()
+    lim = CommandLimit("generate", 0.1, 0.25, 2.0, clock=clock, operators=frozenset({0}))
+    for uid in (1001, 1002):  # two ordinary users take more than the whole shared burst
+        lim.admit(uid)
+        lim.done(uid, 1.5)
+    with pytest.raises(CommandError, match="all users together"):
+        lim.admit(1003)
+    lim.admit(0)  # root: only its own bucket counts
+    lim.done(0, 0.5)
+    assert lim.stats() == {"admitted": 3, "refused": 1, "in_flight": 0}
+    with pytest.raises(CommandError, match="all users together"):
+        lim.admit(1003)  # root's time was charged to the shared bucket all the same

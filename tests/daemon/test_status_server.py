@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,7 +349,79 @@ def test_another_user_holding_600_connections_cannot_lock_root_out(sock_dir: Pat
             assert code == 0
 
     first, replies, last, stats = run(main())
-    assert first == {"held": MAX_PER_UID, "refused": CHILD_HOLDS - MAX_PER_UID}
+    assert (first["held"], first["refused"]) == (MAX_PER_UID, CHILD_HOLDS - MAX_PER_UID)
     assert [r["data"]["echo"] for r in replies] == list(range(5))
     assert last == {"closed": MAX_PER_UID}  # newlines did not keep them: idle timeout
     assert stats["idle_closed"] == MAX_PER_UID and stats["clients"] == 0
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+def test_the_operators_reserve_refuses_others_once_the_shared_slots_are_full(sock_dir: Path) -> None:
+    os.chmod(sock_dir, 0o755)  # nobody must reach the socket
+
+    async def main() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        # a per-uid cap above the total: what stops nobody is the reserve, not the cap
+        server = StatusServer(
+            sock_dir / "s.sock", COMMANDS, mode=0o666, max_clients=12, operator_reserve=4, max_per_uid=100
+        )
+        await server.start()
+        hostile = HostileUser(server.path, 12, hold_s=2.0)
+        try:
+            first = await asyncio.wait_for(asyncio.to_thread(hostile.first), 30)
+            replies = [
+                await asyncio.wait_for(asyncio.to_thread(request, server.path, {"cmd": "stop", "x": i}), 10)
+                for i in range(3)
+            ]
+            return first, replies
+        finally:
+            code = await asyncio.to_thread(hostile.wait)
+            await server.close()
+            assert code == 0
+
+    first, replies = run(main())
+    assert (first["held"], first["refused"]) == (8, 4)
+    assert first["reasons"] == ["too many connections; the last 4 are kept for the daemon's user and root"]
+    assert [r["data"]["echo"] for r in replies] == [0, 1, 2]  # root gets a reserved slot
+
+
+SERVER_UNDER_A_LIMIT = """
+import asyncio, json, resource, sys
+from pathlib import Path
+from crystalline.daemon.status_server import Command, StatusServer
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[2]), resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+async def status(req):
+    return {"up": True}
+async def main():
+    commands = {"status": Command("status", status, control=False)}
+    server = StatusServer(Path(sys.argv[1]), commands, mode=0o666, max_per_uid=10_000, idle_timeout_s=30)
+    await server.start()
+    print(json.dumps({"max_clients": server.max_clients, "reserve": server.operator_reserve}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the test closes it
+    await server.close()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
+def test_connection_limits_follow_the_open_files_limit(sock_dir: Path) -> None:
+    os.chmod(sock_dir, 0o755)
+    path = sock_dir / "s.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER_UNDER_A_LIMIT, str(path), "96"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        limits = json.loads(server.stdout.readline())
+        hostile = HostileUser(path, 200, hold_s=2.0)
+        first = hostile.first()
+        replies = [request(path, {"cmd": "status"}, timeout_s=10) for _ in range(3)]
+        assert hostile.wait() == 0
+    finally:
+        server.communicate("", timeout=30)
+    assert 2 <= limits["max_clients"] < 96 // 2 and limits["reserve"] >= 1
+    held = limits["max_clients"] - limits["reserve"]
+    assert (first["held"], first["refused"]) == (held, 200 - held)  # each told, none left hanging
+    assert replies == [{"ok": True, "data": {"up": True}}] * 3
