@@ -1,0 +1,39 @@
+"""The supervisor stops multiprocessing's resource tracker at exit, within a deadline even
+when a stray process still holds the tracker's pipe (the tracker would never see EOF)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+STRAY_HOLDER = """
+import json, os, subprocess
+from multiprocessing import resource_tracker
+from crystalline.daemon.supervisor import stop_resource_tracker
+resource_tracker.ensure_running()
+tracker = resource_tracker._resource_tracker
+pid = tracker._pid
+holder = subprocess.Popen(  # keeps the pipe open
+    ["sleep", "60"], pass_fds=[tracker._fd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+)
+stop_resource_tracker()  # the default deadline
+try:
+    os.kill(pid, 0)
+    gone = False
+except ProcessLookupError:
+    gone = True
+holder.kill()
+holder.wait()
+print(json.dumps({"tracker_gone": gone, "pid": tracker._pid, "fd": tracker._fd}))
+"""
+
+
+@pytest.mark.timeout(90)
+def test_the_resource_tracker_is_stopped_even_while_a_stray_process_holds_its_pipe() -> None:
+    out = subprocess.run([sys.executable, "-c", STRAY_HOLDER], capture_output=True, text=True, timeout=40)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"tracker_gone": True, "pid": None, "fd": None}
+    assert "killed" in out.stderr  # logged: it did not exit on its own
