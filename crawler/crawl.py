@@ -532,6 +532,13 @@ class Crawler:
         if admitted:
             self.frontier.add(admitted)
 
+    def _queue_feeds(self, feeds: list[str]) -> None:
+        admitted = [
+            NewUrl(u, origin_of(u), 0, kind=SITEMAP) for u in feeds if self.policy.check_discovered(u) is None
+        ]
+        if admitted:
+            self.frontier.add(admitted)
+
     async def _handle(self, entry: UrlEntry, result: FetchResult) -> None:
         s = self.settings
         status = result.status
@@ -607,9 +614,13 @@ class Crawler:
         fresh: bool | None = None
         if result.content_type in _HTML:
             if len(result.body) > _THREAD_PARSE_BYTES:
-                found, text = await asyncio.to_thread(parse_page, result.body, entry.url, result.charset)
+                found, text, feeds = await asyncio.to_thread(
+                    parse_page, result.body, entry.url, result.charset
+                )
             else:
-                found, text = parse_page(result.body, entry.url, result.charset)
+                found, text, feeds = parse_page(result.body, entry.url, result.charset)
+            if feeds and self.settings.sitemaps:  # a feed is read as a sitemap (sitemaps.org allows it)
+                self._queue_feeds(feeds)
             if not entry.revisit and entry.pattern is not None:
                 # does this shape still give new text? (the trap guard: finish() counts it, with
                 # the new URLs of other shapes the page gave; a shape that gives neither is cut)

@@ -30,6 +30,8 @@ def _codec(charset: str | None) -> str | None:
         return None
 
 
+_FEED_TYPES = ("application/rss+xml", "application/atom+xml")
+_MAX_FEEDS = 8  # per page: a feed per category is common, hundreds are not
 # Elements whose text is not the page's own: code, and the chrome every page of a site repeats.
 _NOT_TEXT = ("script", "style", "noscript", "template", "nav", "header", "footer", "head")
 
@@ -39,25 +41,49 @@ def extract_links(body: bytes, page_url: str, charset: str | None = None) -> lis
     return parse_page(body, page_url, charset)[0]
 
 
-def parse_page(body: bytes, page_url: str, charset: str | None = None) -> tuple[list[str], str]:
-    """The page's links (as ``extract_links``) and its visible text outside scripts, styles and
-    navigation, whitespace collapsed."""
+def parse_page(body: bytes, page_url: str, charset: str | None = None) -> tuple[list[str], str, list[str]]:
+    """The page's links (as ``extract_links``), its visible text outside scripts, styles and
+    navigation (whitespace collapsed), and the RSS/Atom feeds it announces
+    (``<link rel=alternate type=application/rss+xml href=...>``)."""
     encoding = _codec(charset)
     parser = lxml.html.HTMLParser(encoding=encoding, no_network=True, recover=True)
     try:
         root = lxml.html.document_fromstring(body, parser=parser)
     except (lxml.etree.ParserError, ValueError, LookupError):
-        return [], ""  # empty or undecodable document: nothing to follow
-    links = _links(root, page_url, encoding)
+        return [], "", []  # empty or undecodable document: nothing to follow
+    nofollow = _nofollow(root)
+    links = [] if nofollow else _links(root, page_url, encoding)
+    feeds = [] if nofollow else _feeds(root, page_url)
     for element in list(root.iter(*_NOT_TEXT)):
         element.drop_tree()
-    return links, " ".join(root.text_content().split())
+    return links, " ".join(root.text_content().split()), feeds
+
+
+def _feeds(root: lxml.html.HtmlElement, page_url: str) -> list[str]:
+    found: list[str] = []
+    for element in root.iter("link"):
+        rel = (element.get("rel") or "").lower().split()
+        kind = (element.get("type") or "").lower().strip()
+        href = (element.get("href") or "").strip()
+        if "alternate" in rel and kind in _FEED_TYPES and href and len(href) <= MAX_HREF_CHARS:
+            try:
+                url = canonical_url(urljoin(page_url, href))
+            except ValueError:
+                continue
+            if url not in found:
+                found.append(url)
+    return found[:_MAX_FEEDS]
+
+
+def _nofollow(root: lxml.html.HtmlElement) -> bool:
+    """``<meta name=robots content=nofollow>``: follow nothing from this page."""
+    return any(
+        (meta.get("name") or "").lower() == "robots" and "nofollow" in (meta.get("content") or "").lower()
+        for meta in root.iter("meta")
+    )
 
 
 def _links(root: lxml.html.HtmlElement, page_url: str, encoding: str | None) -> list[str]:
-    for meta in root.iter("meta"):
-        if (meta.get("name") or "").lower() == "robots" and "nofollow" in (meta.get("content") or "").lower():
-            return []
     base = page_url
     for element in root.iter("base"):
         href = (element.get("href") or "").strip()

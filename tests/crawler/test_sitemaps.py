@@ -140,3 +140,32 @@ def test_a_sitemap_lastmod_makes_a_stored_page_due(tmp_path: Path) -> None:
         assert hits.count("/a") == 2 and hits.count("/b") == 2
 
     asyncio.run(main())
+
+
+def test_a_feed_a_page_announces_is_read_like_a_sitemap(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def home(request: web.Request) -> web.Response:
+            head = '<link rel="alternate" type="application/rss+xml" href="/feed.xml">'
+            return web.Response(
+                text=f"<html><head>{head}</head><body>home</body></html>", content_type="text/html"
+            )
+
+        async def feed(request: web.Request) -> web.Response:
+            when = "<pubDate>Mon, 30 Nov 2026 01:00:00 GMT</pubDate>"
+            items = "".join(
+                f"<item><link>http://{request.host}/news/{i}</link>{when}</item>" for i in range(3)
+            )
+            return web.Response(
+                text=f"<rss><channel>{items}</channel></rss>", content_type="application/rss+xml"
+            )
+
+        async def news(request: web.Request) -> web.Response:
+            return html(f"news story {request.match_info['i']}")
+
+        routes = [web.get("/", home), web.get("/feed.xml", feed), web.get("/news/{i}", news)]
+        async with serve(routes) as base:
+            summary, sink, _ = await crawl(fast_settings(tmp_path, sitemaps=True), [base + "/"])
+        assert sorted(sink.sources()) == [base + "/", *(f"{base}/news/{i}" for i in range(3))]
+        assert summary.failed == 0
+
+    asyncio.run(main())
