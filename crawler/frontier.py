@@ -115,6 +115,7 @@ _PATTERN_COLUMNS = {
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS urls_revisit ON urls(next_visit) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS urls_host_revisit ON urls(origin, next_visit) WHERE state = 2;
+CREATE INDEX IF NOT EXISTS urls_revisit_queue ON urls(origin, id) WHERE state = 0 AND versions > 0;
 """
 
 
@@ -451,17 +452,24 @@ class Frontier:
         return None if row[0] is None else float(row[0])
 
     def claim(self, origin: str, n: int, now: float, revisits_only: bool = False) -> list[UrlEntry]:
-        """Mark up to ``n`` of the origin's queued URLs in flight (shallowest, then oldest first)
-        and return them; ``revisits_only``: stored pages due again, no new URL (the host is at its
-        page limit). Each counts against the host's fetches of the day.
+        """Mark up to ``n`` of the origin's queued URLs in flight and return them: revisits first
+        (their number in the queue is what keeps them to their share, see ``Crawler._promote``),
+        then new URLs, shallowest and oldest first; ``revisits_only``: no new URL (the host is at
+        its page limit). Each counts against the host's fetches of the day.
         When all its queued URLs wait for a retry time, the origin's next_at moves there."""
         only = " AND versions > 0" if revisits_only else ""
         with self._transaction():
             rows = self._db.execute(
-                f"SELECT {_ENTRY_COLUMNS} FROM urls WHERE origin = ? AND state = 0 AND not_before <= ?{only}"
-                " ORDER BY depth, id LIMIT ?",
+                f"SELECT {_ENTRY_COLUMNS} FROM urls WHERE origin = ? AND state = 0 AND versions > 0"
+                " AND not_before <= ? ORDER BY id LIMIT ?",
                 (origin, now, n),
             ).fetchall()
+            if len(rows) < n and not revisits_only:
+                rows += self._db.execute(
+                    f"SELECT {_ENTRY_COLUMNS} FROM urls WHERE origin = ? AND state = 0 AND versions = 0"
+                    " AND not_before <= ? ORDER BY depth, id LIMIT ?",
+                    (origin, now, n - len(rows)),
+                ).fetchall()
             if not rows:
                 wait = self._db.execute(
                     f"SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0{only}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -229,5 +230,27 @@ def test_crawl_command_revisits_what_was_fetched_min_revisit_ago(
         assert len(site.conditional) == 5
         out = capsys.readouterr().out.splitlines()
         assert "5 revisits (4 not modified, 0 unchanged, 1 changed)" in out[-1]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("share", [0.25, 0.75])
+def test_revisits_get_their_share_of_requests_while_new_urls_wait(tmp_path: Path, share: float) -> None:
+    hits = Hits()
+    site = Site(40, etags=True)
+
+    async def fresh(request: web.Request) -> web.Response:
+        return html(f"<p>{prose(5000 + int(request.match_info['i']))}</p>")
+
+    async def main() -> None:
+        async with serve([*site.routes(), web.get("/q/{i}", fresh)], hits=hits) as base:
+            settings = fast_settings(tmp_path, min_revisit=0.0, concurrency=1, per_host_concurrency=1)
+            await crawl(settings, [base + "/p/0"])
+            hits.log.clear()
+            new_urls = [f"{base}/q/{i}" for i in range(40)]  # 40 new URLs wait beside 40 due revisits
+            await crawl(replace(settings, revisit_share=share), new_urls)
+        first = [p for p in hits.paths() if p != "/robots.txt"][:40]
+        revisits = sum(p.startswith("/p/") for p in first)
+        assert abs(revisits - share * 40) <= 3, first
 
     asyncio.run(main())
