@@ -612,7 +612,9 @@ class DropFolder:
         )
         try:
             try:
-                os.write(fd, text.encode("utf-8", "backslashreplace"))
+                data = memoryview(text.encode("utf-8", "backslashreplace"))
+                while data:  # a short write (a file size limit) is followed by its error
+                    data = data[os.write(fd, data) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -197,6 +197,28 @@ def test_a_failed_folder_planted_by_an_inbox_writer_is_not_used(tmp_path: Path) 
     folder.close()
 
 
+REASON_NOT_WRITTEN = """
+import json, os, resource, signal, sys
+from crystalline.ingest.drop_folder import DropFolder
+folder = DropFolder(sys.argv[1], settle_s=0.0, rescan_s=3600.0)
+folder.scan()
+item = folder.take_one()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # write() fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (8, resource.RLIM_INFINITY))  # no reason file fits
+try:
+    moved = str(folder.finish(item, "not a document"))
+except OSError as e:
+    moved = f"{type(e).__name__}: {e}"
+failed = os.path.join(sys.argv[1], "failed")
+print(json.dumps({"moved": moved, "failed": sorted(os.listdir(failed))}))
+"""
+
+
+def test_a_reason_file_that_cannot_be_written_does_not_keep_the_file_back(tmp_path: Path) -> None:
+    report = run_on_inbox(REASON_NOT_WRITTEN, tmp_path, "bad.bin", b"whatever")
+    assert report == {"moved": str(tmp_path / "inbox" / "failed" / "bad.bin"), "failed": ["bad.bin"]}
+
+
 def test_a_sub_folder_swapped_for_another_directory_is_noticed(tmp_path: Path) -> None:
     folder = DropFolder(tmp_path / "inbox")
     assert folder.intact()
