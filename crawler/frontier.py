@@ -219,15 +219,16 @@ class HostReport:
 
     def as_dict(self, now: float) -> dict[str, object]:
         out: dict[str, object] = {
-            "origin": self.origin,
+            "host": self.origin,
             "fetched": self.fetched,
             "stored": self.stored,
             "queued": self.queued,
             "errors": self.errors,
             "next_visit": round(self.next_visit, 1) if self.next_visit is not None else None,
         }
-        if self.deferred_until > now:
-            out["deferred"] = {"reason": self.defer_reason or "", "retry_at": round(self.deferred_until, 1)}
+        if self.deferred_until > now:  # flat, for tables: why, and when it is asked again
+            out["deferred"] = self.defer_reason or ""
+            out["retry_at"] = round(self.deferred_until, 1)
         return out
 
 

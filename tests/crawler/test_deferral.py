@@ -99,7 +99,8 @@ def test_daily_budget_defers_the_host(tmp_path: Path) -> None:
         assert 86000 < until - time.time() <= 86400
         [host] = crawler.stats()["hosts"]
         assert (host["fetched"], host["stored"], host["queued"]) == (4, 4, 6)
-        assert host["deferred"]["reason"] == "daily budget of 4 requests spent"
+        assert (host["host"], host["deferred"]) == (base, "daily budget of 4 requests spent")
+        assert host["retry_at"] == pytest.approx(until, abs=0.1)
 
     asyncio.run(main())
 
