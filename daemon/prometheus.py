@@ -111,7 +111,8 @@ class StatusCollector(Collector):
             c.get("by_status"),
         )
         yield from _gauge("crystalline_crawler_queued_urls", "URLs queued in the frontier", c.get("queued"))
-        yield from _gauge("crystalline_crawler_hosts", "Hosts known to the frontier", _hosts(c.get("hosts")))
+        hosts = _hosts(c.get("host_count", c.get("hosts")))  # "hosts" is the per-host table
+        yield from _gauge("crystalline_crawler_hosts", "Hosts known to the frontier", hosts)
         yield from _counter("crystalline_ingest_documents", "Documents ingested", i.get("documents"))
         yield from _counter(
             "crystalline_ingest_duplicates", "Documents dropped as duplicates", i.get("duplicates")
