@@ -75,6 +75,7 @@ class Supervisor:
         self._lock: TextIO | None = None
         self.ready_sent = False
         self._last_progress = time.monotonic()
+        self._progress_since_training = False  # the first step gets a line at once
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
         self.status_server: StatusServer | None = None
         self.dashboard: Dashboard | None = None
@@ -368,9 +369,11 @@ class Supervisor:
         """One point of the dashboard's history, and a progress line every PROGRESS_EVERY_S."""
         data = self.status()
         self.history.add(point_from_status(data, time.time()))
-        if now - self._last_progress >= PROGRESS_EVERY_S:
+        t, c, i = data["training"], data["crawler"], data["ingest"]
+        first_step = not self._progress_since_training and (t.get("step") or 0) > 0
+        if first_step or now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
-            t, c, i = data["training"], data["crawler"], data["ingest"]
+            self._progress_since_training |= first_step
             loss = t.get("loss")
             log.info(
                 "progress: step %d, loss %s, %.0f tok/s, %s documents (%s pending), %s pages fetched",

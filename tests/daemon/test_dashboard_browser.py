@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -21,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import SMALL_MODEL, group_survivors
-
-from crystalline.daemon.status_client import request
+from _dashboard_daemon import running_daemon, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -49,43 +44,20 @@ def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
         pytest.skip("chromium is not installed (scripts/bootstrap.sh installs it when run as root)")
     if sync_playwright is None:
         pytest.skip("the playwright package is not installed (pip install -e .[dev])")
-    with tempfile.TemporaryDirectory(prefix="cb-", dir="/tmp") as d:
-        root = Path(d)
-        state, run = root / "s", root / "r"
-        inbox = state / "inbox"
-        inbox.mkdir(parents=True)
-        text = corpus_file.read_text(encoding="utf-8")
-        (inbox / "corpus.txt").write_text(text, encoding="utf-8")
-        (inbox / "hostile.html").write_text(_hostile_page(text[:6000]), encoding="utf-8")
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-        env.pop("NOTIFY_SOCKET", None)
-        cmd = [
-            sys.executable, "-m", "crystalline.daemon.cli", "run",
-            "--state-dir", str(state), "--runtime-dir", str(run), "--no-crawl", "--no-samples",
-            "--workers", "12", *SMALL_MODEL, "--batch-size", "12", "--eval-interval", "25",
-            "--eval-windows", "16", "--checkpoint-interval-s", "5", "--http", "127.0.0.1:0",
-        ]  # fmt: skip
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 180  # a shared 2-core CI machine can be slow to start 13 processes
-            while True:
-                assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-                assert time.monotonic() < deadline, "the daemon did not start training within 180 s"
-                try:
-                    data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
-                except OSError:
-                    data = {}
-                if data.get("training", {}).get("step", 0) > 0 and (run / "dashboard.json").exists():
-                    break
-                time.sleep(0.5)
-            info = json.loads((run / "dashboard.json").read_text(encoding="utf-8"))
-            assert data["http"]["url"] == info["url"]
-            yield {"url": info["url"], "token": info["token"], "run": run, "proc": proc}
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=60)
-            assert group_survivors(proc.pid) == []
+    text = corpus_file.read_text(encoding="utf-8")
+    inbox = {"corpus.txt": text, "hostile.html": _hostile_page(text[:6000])}
+    with (
+        tempfile.TemporaryDirectory(prefix="cb-", dir="/tmp") as d,  # AF_UNIX path limit
+        running_daemon(Path(d), inbox, "--http", "127.0.0.1:0") as daemon,
+    ):
+        run = daemon["run"]
+        deadline = time.monotonic() + 30
+        while not (run / "dashboard.json").exists():
+            assert time.monotonic() < deadline, "no dashboard.json"
+            time.sleep(0.2)
+        info = json.loads((run / "dashboard.json").read_text(encoding="utf-8"))
+        assert status(run)["http"]["url"] == info["url"]
+        yield {**daemon, "url": info["url"], "token": info["token"]}
 
 
 @pytest.fixture
@@ -184,16 +156,15 @@ def test_dashboard_in_chromium(daemon: dict[str, Any], artifacts: Path) -> None:
             page.screenshot(path=str(artifacts / "spiral.png"), full_page=True)
 
             # an action from the page without the token: 403, and the daemon kept training
-            status = page.evaluate(
+            refused = page.evaluate(
                 "fetch('/api/pause', {method: 'POST', headers: {'Content-Type': 'application/json'},"
                 ' body: \'{"what": "training"}\'}).then(r => r.status)'
             )
-            assert status == 403
+            assert refused == 403
             assert len(errors) == 1 and "403" in errors[0], errors  # the browser logs the refusal
         finally:
             browser.close()
-    data = request(daemon["run"] / "crystalline.sock", {"cmd": "status"})["data"]
-    assert data["training"]["state"] != "paused"
+    assert status(daemon["run"])["training"]["state"] != "paused"
 
 
 def test_foreign_host_and_metrics(daemon: dict[str, Any]) -> None:

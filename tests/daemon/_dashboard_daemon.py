@@ -1,0 +1,67 @@
+"""A real `crystalline run` for the dashboard tests: a small model, its stderr in a file, started
+in its own process group and stopped with SIGTERM (nothing may outlive it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from _daemon_process import SMALL_MODEL, group_survivors
+
+from crystalline.daemon.status_client import request
+
+START_S = 180.0  # a shared 2-core CI machine can be slow to start 13 processes
+
+
+@contextmanager
+def running_daemon(root: Path, inbox: dict[str, str], *args: str) -> Iterator[dict[str, Any]]:
+    """Start the daemon on ``inbox`` (name -> text) and yield once it trained a step:
+    ``{"proc", "run", "log", "status"}``."""
+    state, run = root / "s", root / "r"
+    (state / "inbox").mkdir(parents=True)
+    for name, text in inbox.items():
+        (state / "inbox" / name).write_text(text, encoding="utf-8")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("NOTIFY_SOCKET", None)
+    cmd = [
+        sys.executable, "-m", "crystalline.daemon.cli", "run",
+        "--state-dir", str(state), "--runtime-dir", str(run), "--no-crawl", "--no-samples",
+        "--workers", "12", *SMALL_MODEL, "--batch-size", "12", "--eval-interval", "25",
+        "--eval-windows", "16", "--checkpoint-interval-s", "5", *args,
+    ]  # fmt: skip
+    log = root / "daemon.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + START_S
+        data: dict[str, Any] = {}
+        while True:
+            assert proc.poll() is None, f"daemon exited with {proc.returncode}: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, (
+                f"the daemon did not train a step within {START_S:.0f} s: {data}\n{log.read_text()[-3000:]}"
+            )
+            try:
+                data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+            except OSError:
+                data = {}
+            if data.get("training", {}).get("step", 0) > 0:
+                break
+            time.sleep(0.5)
+        yield {"proc": proc, "run": run, "log": log, "status": data}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        assert group_survivors(proc.pid) == [], "the daemon left processes behind"
+
+
+def status(run: Path) -> dict[str, Any]:
+    data: dict[str, Any] = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+    return data
