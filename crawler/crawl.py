@@ -60,6 +60,7 @@ _THREAD_PARSE_BYTES = 256 * 1024  # larger pages are parsed off the event loop
 _LOGGED_REFUSALS = 10  # per page: a page of 10k hostile links must not flood the log
 _FEEDBACK_EVERY_S = 5.0  # how often ingest's verdicts are read
 _PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work runs
+_HOST_TABLE_EVERY_S = 5.0  # how often status's per-host table is read again
 _DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
 ONLY_DEFERRED = "only deferred work left"
 
@@ -179,10 +180,12 @@ class Crawler:
         self._counts = {"fetched": 0, "stored": 0, "failed": 0, "skipped": 0, "retried": 0, "bytes": 0}
         self._revisit_counts = {"revisits": 0, "not_modified": 0, "unchanged": 0, "changed": 0}
         self._final_stats: dict[str, Any] | None = None
+        self._host_table: tuple[float, list[dict[str, object]], int] = (float("-inf"), [], 0)
 
     def close(self) -> None:
         if self.warc is not None:
             self.warc.close()
+        self._host_table = (float("-inf"), [], 0)  # the final table, fresh
         self._final_stats = self.stats()  # what stats() answers from now on
         self.frontier.close()
         if self.feedback is not None:
@@ -221,7 +224,7 @@ class Crawler:
             "skipped": self._counts["skipped"],
             "retried": self._counts["retried"],
             "host_count": self.frontier.hosts,
-            "hosts": [h.as_dict(now) for h in self.frontier.host_reports(50)],
+            "hosts": self._host_lines(now),
             "bytes": self._counts["bytes"],
             "frontier_size": sum(counts) + self.frontier.revisits_queued,  # URL rows
             "frontier_bytes": self.frontier.disk_bytes(),
@@ -230,7 +233,7 @@ class Crawler:
             "robots_deferred": self._robots_deferred,
             "revisits": {**self._revisit_counts, "queued": self.frontier.revisits_queued},
             "next_revisit": self.frontier.next_visit_at(),
-            "deferred_hosts": len(self.frontier.deferred(now, 1000)),
+            "deferred_hosts": self._host_table[2],
             "traps": len(self.frontier.trapped),
             **({"warc": self.warc.stats()} if self.warc is not None else {}),
             "caps": {
@@ -249,6 +252,14 @@ class Crawler:
         times = [self.frontier.next_visit_at(), self.frontier.next_ready_at()]
         times += [until for _, _, until, _ in self.frontier.deferred(now, 1)]
         return min((t for t in times if t is not None), default=FAR_FUTURE)
+
+    def _host_lines(self, now: float) -> list[dict[str, object]]:
+        """The per-host table (and the deferred count), read at most every few seconds: status is
+        asked often, and the table sorts every host."""
+        if now - self._host_table[0] >= _HOST_TABLE_EVERY_S:
+            lines = [h.as_dict(now) for h in self.frontier.host_reports(50)]
+            self._host_table = (now, lines, len(self.frontier.deferred(now, 1000)))
+        return self._host_table[1]
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _loopback import Hits, crawl, fast_settings, html, serve
+from _loopback import Hits, MemorySink, crawl, fast_settings, html, serve
 from aiohttp import web
 
 from crystalline.crawler import command
-from crystalline.crawler.crawl import ONLY_DEFERRED
+from crystalline.crawler.crawl import ONLY_DEFERRED, Crawler
 from crystalline.crawler.frontier import Frontier
 
 
@@ -44,6 +44,9 @@ def test_a_deferred_host_resumes_when_its_robots_txt_answers_and_its_backoff_gro
             assert (first.reason, len(sink.docs)) == (ONLY_DEFERRED, 0)
             wait1 = first.deferred[0][2] - time.time()
             assert 0 < wait1 <= 0.33
+            idle = Crawler(settings, MemorySink())  # what the daemon asks between passes
+            assert idle.next_work_at() == first.deferred[0][2]
+            idle.close()
             await asyncio.sleep(wait1 + 0.05)
             second, sink, _ = await crawl(settings, [base + "/p/0"])  # 503 again: twice the wait
             wait2 = second.deferred[0][2] - time.time()
