@@ -474,9 +474,13 @@ class Crawler:
             latency = result.elapsed if result.status else None
             ok = 200 <= result.status < 400
             if self.warc is not None and result.status:
-                await self.warc.write(
-                    result, cut=entry.kind == SITEMAP and len(result.body) >= s.sitemap_max_bytes
-                )
+                cut = entry.kind == SITEMAP and len(result.body) >= s.sitemap_max_bytes
+                try:
+                    await self.warc.write(result, cut=cut)
+                except OSError as exc:  # a full disk: the URL is not done without its records
+                    log.error("%s", exc)
+                    self._retry_or_fail(entry, self._backoff(entry), result.status, str(exc))
+                    return
             await self._handle(entry, result)
         except asyncio.CancelledError:
             self.frontier.release(entry)
@@ -805,7 +809,10 @@ class Crawler:
             result = await self._fetcher.fetch(url, None, self.settings.robots_max_bytes, truncate=True)
             self._record(result)
             if self.warc is not None and result.status:
-                await self.warc.write(result, cut=len(result.body) >= self.settings.robots_max_bytes)
+                try:
+                    await self.warc.write(result, cut=len(result.body) >= self.settings.robots_max_bytes)
+                except OSError as exc:  # the rules still count; status shows the WARC's error
+                    log.error("%s", exc)
             if result.location and 300 <= result.status < 400:
                 url = result.location
                 continue

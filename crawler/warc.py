@@ -105,6 +105,7 @@ class WarcWriter:
         self.records = 0
         self.files = 0
         self.deleted = 0
+        self.error: str | None = None  # the last write's failure, None once one works
         self._fd = -1
         self._path: Path | None = None
         self._size = 0
@@ -130,12 +131,15 @@ class WarcWriter:
         fsync_dir(self.directory)
 
     def stats(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "dir": str(self.directory),
             "records": self.records,
             "files": self.files,
             "deleted": self.deleted,
         }
+        if self.error:
+            out["error"] = self.error
+        return out
 
     async def write(self, result: FetchResult, cut: bool = False) -> None:
         """Append the fetch's records; return once they are durable."""
@@ -157,10 +161,13 @@ class WarcWriter:
             try:
                 await asyncio.to_thread(self._append, [data for data, _ in batch])
             except Exception as exc:  # a full disk: each waiting fetch fails (and is retried)
+                self.error = f"cannot write WARC records to {self.directory}: {exc}"
+                self._abandon_file()
                 for _, done in batch:
                     if not done.done():
-                        done.set_exception(OSError(f"cannot write WARC records: {exc}"))
+                        done.set_exception(OSError(self.error))
                 continue
+            self.error = None
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
@@ -177,6 +184,18 @@ class WarcWriter:
         self.records += 2 * len(blobs)
         if self._size >= self.file_bytes:
             self._close_file()
+
+    def _abandon_file(self) -> None:
+        """After a failed write the file may end in part of a record: close it, and do now the
+        repair a restart would do (cut back to the last whole record, closed)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._path = None
+            try:
+                self._recover()
+            except OSError as exc:
+                log.warning("WARC repair after a failed write: %s", exc)
 
     def _open(self) -> None:
         self._seq += 1

@@ -154,3 +154,30 @@ def test_sigkill_mid_write_leaves_a_readable_file(tmp_path: Path) -> None:
     assert len(bodies) >= acknowledged  # every write that returned is there
     assert all(body == bytes(range(256)) * 4000 for body in bodies)
     assert not list(directory.glob(f"*{OPEN_SUFFIX}"))
+
+
+def test_a_full_disk_requeues_the_url_until_its_records_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = fast_settings(tmp_path, warc_dir=tmp_path / "warc", concurrency=1, per_host_concurrency=1)
+    real_append = WarcWriter._append
+    failures = {"left": 2}
+
+    def append(self: WarcWriter, blobs: list[bytes]) -> None:  # the disk is full twice, then not
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        real_append(self, blobs)
+
+    monkeypatch.setattr(WarcWriter, "_append", append)
+
+    async def main() -> str:
+        async with serve(_site(5)) as base:
+            summary, sink, _ = await crawl(settings, [base + "/p/0"])
+            assert summary.retried == 1 and summary.failed == 0  # robots.txt's failure only logged
+            assert len(sink.docs) == 5  # no page counted done without its records
+            return base
+
+    base = asyncio.run(main())
+    responses = Counter(uri for kind, uri, _, _ in read_warcs(tmp_path / "warc") if kind == "response")
+    assert responses == Counter(f"{base}/p/{i}" for i in range(5))  # each once; robots.txt's were lost
