@@ -121,6 +121,7 @@ class Control:
         self.state = "starting"
         self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
+        self.last_checkpoint_s: float | None = None  # how long the last checkpoint took to write
         self.last_checkpoint_at = time.monotonic()
         self.checkpoint_error: str | None = None  # the last periodic checkpoint failed (full disk)
         self.error: str | None = None  # training cannot start: /dev/shm or descriptors run out
@@ -252,6 +253,7 @@ class Control:
             "params_version": stats.get("params_version", t.state.step),
             "skipped_steps": t.state.skipped_steps,
             "last_checkpoint_step": self.last_checkpoint_step,
+            "last_checkpoint_s": self.last_checkpoint_s,
             **({"checkpoint_error": self.checkpoint_error} if self.checkpoint_error else {}),
             **({"checkpoint_warnings": t.checkpoint_warnings} if t.checkpoint_warnings else {}),
             "workers": stats.get("workers", []),
@@ -272,7 +274,7 @@ class Control:
         for status and raised as RuntimeError; the previous checkpoints are untouched (a save
         builds in a temporary directory and removes it when it fails)."""
         assert self.trainer is not None
-        self.last_checkpoint_at = time.monotonic()  # a failed attempt is retried an interval later
+        self.last_checkpoint_at = started = time.monotonic()  # a failure is retried an interval later
         try:
             path = self.trainer.checkpoint()
         except OSError as exc:
@@ -282,6 +284,7 @@ class Control:
             log.info("checkpoint written again (%s)", path.name)
         self.checkpoint_error = None
         self.last_checkpoint_step = self.trainer.state.step
+        self.last_checkpoint_s = time.monotonic() - started
         return path
 
     def _checkpoint_failed(self, exc: OSError) -> None:

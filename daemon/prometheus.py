@@ -101,6 +101,9 @@ class StatusCollector(Collector):
             yield from _gauge(
                 "crystalline_checkpoint_age_seconds", "Age of the newest checkpoint", t["checkpoint_age_s"]
             )
+        yield from _gauge(
+            "crystalline_checkpoint_duration_seconds", "Last checkpoint's write", t.get("last_checkpoint_s")
+        )
         yield from _counter("crystalline_crawler_pages_fetched", "Pages fetched this run", c.get("fetched"))
         yield from _counter("crystalline_crawler_pages_stored", "Pages stored this run", c.get("stored"))
         yield from _counter("crystalline_crawler_errors", "Failed fetches this run", c.get("errors"))

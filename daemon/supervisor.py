@@ -219,8 +219,9 @@ class Supervisor:
             "control_restarts": self.control.restarts - 1 if self.control.restarts else 0,
             "workers": workers,
         }
-        if c.get("lr") is not None:
-            training["lr"] = c["lr"]
+        for key in ("lr", "last_checkpoint_s"):
+            if c.get(key) is not None:
+                training[key] = c[key]
         if c.get("stalled"):
             training["stalled"] = c["stalled"]
         if "generate_share" in c:

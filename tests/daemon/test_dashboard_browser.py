@@ -179,5 +179,14 @@ def test_foreign_host_and_metrics(daemon: dict[str, Any]) -> None:
         families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
     assert families["crystalline_training_steps"].samples[0].value > 0
     assert families["crystalline_ingest_documents"].samples[0].value >= 1
+    # --checkpoint-interval-s 5: one written by now, its age and how long it took
+    deadline = time.monotonic() + 60
+    while "crystalline_checkpoint_duration_seconds" not in families:
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(1)
+        with urllib.request.urlopen(url + "metrics", timeout=10) as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+    assert families["crystalline_checkpoint_duration_seconds"].samples[0].value > 0
+    assert families["crystalline_checkpoint_age_seconds"].samples[0].value >= 0
     workers = {s.labels["worker"] for s in families["crystalline_worker_restarts"].samples}
     assert len(workers) == 12
