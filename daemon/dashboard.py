@@ -89,14 +89,15 @@ def list_checkpoints(directory: Path, now: float | None = None) -> list[dict[str
     return out
 
 
-LATEST_FIELDS = ("origin", "kind", "state", "reason", "title", "language", "tokens", "created")
+LATEST_FIELDS = ("source", "origin", "kind", "state", "reason", "title", "language", "tokens", "created")
 LATEST_DOCUMENTS = 20
 MAX_FIELD_CHARS = 300  # a title or URL longer than this is cut for the page
 
 
-def latest_documents(registry: Path, limit: int = LATEST_DOCUMENTS) -> list[dict[str, Any]]:
-    """The newest documents of the ingest registry, read-only (its own connection, WAL lets it
-    read beside the writer); columns this registry lacks are left out."""
+def latest_documents(registry: Path, limit: int = LATEST_DOCUMENTS, origin: str = "") -> list[dict[str, Any]]:
+    """The newest documents of the ingest registry (of one ``origin``: "crawl", "drop", ...),
+    read-only (its own connection, WAL lets it read beside the writer); columns this registry
+    lacks are left out."""
     if not registry.exists():
         return []
     try:
@@ -105,7 +106,11 @@ def latest_documents(registry: Path, limit: int = LATEST_DOCUMENTS) -> list[dict
         return []
     try:
         db.row_factory = sqlite3.Row
-        rows = db.execute("SELECT * FROM documents ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        if origin:
+            query = "SELECT * FROM documents WHERE origin = ? ORDER BY id DESC LIMIT ?"
+            rows = db.execute(query, (origin, limit)).fetchall()
+        else:
+            rows = db.execute("SELECT * FROM documents ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
     except sqlite3.Error:
         return []
     finally:
@@ -160,6 +165,7 @@ class Dashboard:
         self.checkpoint_dir = checkpoint_dir
         self.registry = registry
         self._documents: list[dict[str, Any]] = []
+        self._pages: list[dict[str, Any]] = []  # the latest crawled documents
         self.generator = generator  # a GenerationService, or None: generate through control
         self.token = secrets.token_urlsafe(32)
         self.url: str | None = None
@@ -252,6 +258,8 @@ class Dashboard:
         data["checkpoints"] = self._checkpoints
         if isinstance(data.get("ingest"), dict):
             data["ingest"]["latest"] = self._documents
+        if isinstance(data.get("crawler"), dict):
+            data["crawler"]["latest"] = self._pages
         if self._checkpoints:
             data["training"]["checkpoint_age_s"] = self._checkpoints[0]["age_s"]
         return data
@@ -262,6 +270,7 @@ class Dashboard:
             self._checkpoints_at = now
             self._checkpoints = await asyncio.to_thread(list_checkpoints, self.checkpoint_dir)
             self._documents = await asyncio.to_thread(latest_documents, self.registry)
+            self._pages = await asyncio.to_thread(latest_documents, self.registry, LATEST_DOCUMENTS, "crawl")
 
     # ---- guards ---------------------------------------------------------------------------
     @web.middleware

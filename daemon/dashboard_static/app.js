@@ -170,7 +170,7 @@ function renderCrawler(c) {
     ["robots deferred", num(c.robots_deferred)],
   ]);
   objectsTable($("hosts-table"), Array.isArray(hosts) ? hosts : [], ["host", "fetched", "queued", "deferred", "errors", "next_visit"]);
-  objectsTable($("pages-table"), c.latest || c.latest_pages || [], ["url", "title", "status", "bytes"]);
+  objectsTable($("pages-table"), c.latest || [], ["source", "title", "state", "reason", "language", "tokens"]);
 }
 
 function renderIngest(i) {

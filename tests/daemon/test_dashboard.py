@@ -247,16 +247,19 @@ def test_checkpoints_and_latest_documents(tmp_path: Path) -> None:
     assert [c["step"] for c in listed] == [42, 7]
     assert listed[0]["bytes"] == 1000
     db = sqlite3.connect(tmp_path / "r.sqlite3")
-    db.execute("CREATE TABLE documents (id INTEGER PRIMARY KEY, origin TEXT, title TEXT, state TEXT)")
+    db.execute(
+        "CREATE TABLE documents (id INTEGER PRIMARY KEY, source TEXT, origin TEXT, title TEXT, state TEXT)"
+    )
     for i in range(30):
-        db.execute(
-            "INSERT INTO documents (origin, title, state) VALUES (?, ?, 'done')", (f"u{i}", "t" * 1000)
-        )
+        row = (f"u{i}", "crawl" if i % 3 == 0 else "drop", "t" * 1000)
+        db.execute("INSERT INTO documents (source, origin, title, state) VALUES (?, ?, ?, 'done')", row)
     db.commit()
     db.close()
     docs = latest_documents(tmp_path / "r.sqlite3")
-    assert len(docs) == 20 and docs[0]["origin"] == "u29"
+    assert len(docs) == 20 and docs[0]["source"] == "u29"
     assert len(docs[0]["title"]) == 300
+    pages = latest_documents(tmp_path / "r.sqlite3", origin="crawl")
+    assert [p["source"] for p in pages[:3]] == ["u27", "u24", "u21"] and len(pages) == 10
     assert latest_documents(tmp_path / "missing.sqlite3") == []
 
 
