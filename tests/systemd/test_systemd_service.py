@@ -1,0 +1,181 @@
+"""The unit under a real systemd: a Debian root file system booted with systemd as PID 1 in
+systemd-nspawn, the project installed by the README's own commands (taken from the README, so
+the test and the document cannot drift apart), then an operator's life cycle: start to READY,
+training with 12 workers, ``crystalline status`` for the group and not for others, a SIGKILL
+that Restart= recovers from the checkpoint, a frozen control process that the watchdog catches,
+a clean stop with nothing left for systemd to kill, and no shared memory left behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _nspawn import REPO, Container, booted, cached_rootfs, missing_requirement, source_snapshot
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+_why = missing_requirement()
+if _why:
+    pytestmark.append(pytest.mark.skip(reason=f"real-systemd test: {_why}"))
+
+# The test's only change to the unit: a short watchdog, so a frozen process is caught in seconds.
+DROP_IN = "[Service]\nWatchdogSec=10s\n"
+_DROP_IN_PATH = "/etc/systemd/system/crystalline.service.d/test-watchdog.conf"
+STATUS = "crystalline status --runtime-dir /run/crystalline --json"
+REQUEST = "/opt/crystalline/.venv/bin/python -c 'import json, sys; from pathlib import Path; " + (
+    "from crystalline.daemon.status_client import request; "
+    'print(json.dumps(request(Path("/run/crystalline/crystalline.sock"), json.loads(sys.argv[1]), 60)))\''
+)
+
+
+def readme_install_commands() -> str:
+    """The shell block of the README's "Running under systemd" section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Running under systemd", 1)[1]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match, "the README's systemd section has no ```sh block"
+    return match.group(1).replace("<this repository>", "/srv/crystalline-src")
+
+
+def show(box: Container, *props: str) -> dict[str, str]:
+    out = box.sh(f"systemctl show crystalline {' '.join('-p ' + p for p in props)}").stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def status(box: Container, user: str | None = None) -> dict[str, Any]:
+    out = box.sh(STATUS, check=False, user=user)
+    assert out.returncode in (0, 2), f"status exited {out.returncode}: {out.stderr}"
+    data: dict[str, Any] = json.loads(out.stdout)
+    return data
+
+
+def wait_until(what: str, timeout_s: float, probe: Any, box: Container) -> Any:
+    """``probe()`` once it is truthy; on timeout the failure carries the status and the journal."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            seen = box.sh(f"{STATUS}; journalctl -u crystalline --no-pager -o cat | tail -40", check=False)
+            raise AssertionError(f"{what}: not within {timeout_s:.0f} s\n{seen.stdout}{seen.stderr}")
+        time.sleep(1.0)
+
+
+def training_past(box: Container, step: int) -> dict[str, Any] | None:
+    data = status(box)
+    return data if data["training"]["step"] > step else None
+
+
+def _ingested(box: Container, n: int) -> dict[str, Any] | None:
+    ingest: dict[str, Any] = status(box)["ingest"]
+    return (
+        ingest
+        if ingest.get("documents", 0) + ingest.get("failed", 0) + ingest.get("filtered", 0) >= n
+        else None
+    )
+
+
+def active_after_restarts(box: Container, n: int) -> bool:
+    p = show(box, "ActiveState", "SubState", "NRestarts")
+    return p["ActiveState"] == "active" and p["SubState"] == "running" and int(p["NRestarts"]) >= n
+
+
+def journal_since(box: Container, cursor: str) -> str:
+    return box.sh(f"journalctl -u crystalline --no-pager -o cat --after-cursor='{cursor}'").stdout
+
+
+def cursor(box: Container) -> str:
+    out = box.sh("journalctl -n 0 --show-cursor --no-pager").stdout
+    return out.strip().rsplit("cursor: ", 1)[-1]
+
+
+def clean_stop(box: Container) -> None:
+    """``systemctl stop``: exit 0, nothing left for systemd to kill, no shared memory left."""
+    mark = cursor(box)
+    box.sh("systemctl stop crystalline", timeout=120)
+    p = show(box, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    assert p == {"ActiveState": "inactive", "Result": "success", "ExecMainCode": "1", "ExecMainStatus": "0"}
+    stop_log = journal_since(box, mark)
+    print("journal of the stop:\n" + stop_log)
+    assert "SIGKILL" not in stop_log and "left-over process" not in stop_log, stop_log
+    assert box.sh("find /dev/shm -user crystalline").stdout == ""  # RemoveIPC and a clean stop
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Container]:
+    root = cached_rootfs()
+    with tempfile.TemporaryDirectory(prefix="crystalline-nspawn-") as tmp:
+        src = source_snapshot(Path(tmp) / "src")
+        with booted(root, {src: "/srv/crystalline-src"}, Path(tmp)) as container:
+            yield container
+
+
+def test_service_life_cycle_under_real_systemd(box: Container) -> None:
+    box.sh(f"mkdir -p /etc/systemd/system/crystalline.service.d && printf '{DROP_IN}' > {_DROP_IN_PATH}")
+    install = box.sh(f"set -euxo pipefail\n{readme_install_commands()}", timeout=900)
+    assert "__pycache__" in box.sh("ls /opt/crystalline/daemon").stdout  # compiled at install
+
+    # enable --now returned: READY=1 arrived (Type=notify)
+    p = show(box, "ActiveState", "ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
+    assert p["ActiveState"] == "active", install.stdout + install.stderr
+    ready_s = (int(p["ActiveEnterTimestampMonotonic"]) - int(p["ExecMainStartTimestampMonotonic"])) / 1e6
+    print(f"READY {ready_s:.1f} s after the main process started")
+    start_log = box.sh("journalctl -u crystalline --no-pager -o short-monotonic").stdout
+    print("journal of the start:\n" + start_log)
+    assert "Operation not permitted" not in start_log
+
+    # training steps with 12 workers, all alive
+    data = wait_until("training steps", 300, lambda: training_past(box, 2), box)
+    workers = data["training"]["workers"]
+    assert len(workers) == 12 and all(w["state"] not in ("dead", "restarting") for w in workers)
+
+    # every bundled sample ingested, the scanned image and the PDF through OCR: nothing the
+    # filter or MemoryDenyWriteExecute= refuses to tesseract, pdfium or the tokenizer
+    samples = len(list((REPO / "daemon" / "samples").iterdir()))
+    ingest = wait_until("samples ingested", 300, lambda: _ingested(box, samples), box)
+    assert ingest["failed"] == 0, ingest
+    # the ingest pool ran in this process, and with it multiprocessing's resource tracker: the
+    # stop must leave nothing for systemd to kill; then start again
+    clean_stop(box)
+    box.sh("systemctl start crystalline", timeout=300)
+
+    # a member of group crystalline may ask; another user cannot reach the socket
+    box.sh("useradd -m -G crystalline reader && useradd -m stranger")
+    assert status(box, user="reader")["training"]["step"] > 0
+    refused = box.sh(STATUS, check=False, user="stranger")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+
+    # SIGKILL to every process of the unit: Restart=on-failure brings it back from the checkpoint
+    saved = json.loads(box.sh(f'{REQUEST} \'{{"cmd": "checkpoint"}}\'').stdout)
+    assert saved["ok"], saved
+    checkpoint_step = status(box)["training"]["last_checkpoint_step"]
+    assert checkpoint_step and checkpoint_step > 0
+    box.sh("systemctl kill -s KILL crystalline")
+    wait_until("restart after SIGKILL", 180, lambda: active_after_restarts(box, 1), box)
+    resumed = status(box)["training"]
+    assert resumed["last_checkpoint_step"] >= checkpoint_step and resumed["step"] >= checkpoint_step
+    assert box.sh("ls /dev/shm").stdout.count("crystalline-") == 3  # the killed run's were swept
+
+    # a frozen control process: the supervisor stops feeding the watchdog, systemd restarts it
+    control = wait_until("control pid", 120, lambda: status(box)["training"].get("control_pid"), box)
+    mark = cursor(box)
+    box.sh(f"kill -STOP {control}")
+    wait_until("restart by the watchdog", 300, lambda: active_after_restarts(box, 2), box)
+    assert "Watchdog timeout" in journal_since(box, mark)
+    wait_until("training after the watchdog restart", 300, lambda: training_past(box, 0), box)
+
+    # a clean stop: exit 0, nothing for systemd to kill, no shared memory left
+    clean_stop(box)
+
+    exposure = box.sh("systemd-analyze security crystalline --no-pager").stdout
+    overall = re.search(r"Overall exposure level for crystalline.service: ([\d.]+)", exposure)
+    assert overall, exposure
+    print(f"systemd-analyze security crystalline: {overall.group(1)}")
+    assert float(overall.group(1)) < 2.0  # systemd's "OK" band; the README quotes the figure
