@@ -89,12 +89,25 @@ function countsTable(t, counts) {
   );
 }
 
+const TIME_KEYS = ["created", "next_visit", "next_at", "last_fetch", "fetched_at"];
+
+function cell(key, v) {
+  if (TIME_KEYS.includes(key) && Number.isFinite(v) && v > 1e9) {
+    const d = v - Date.now() / 1000;
+    return Math.abs(d) < 86400 ? `${d >= 0 ? "in " : ""}${duration(Math.abs(d))}${d < 0 ? " ago" : ""}` : new Date(v * 1000).toLocaleString();
+  }
+  return v;
+}
+
 // a list of objects from the daemon shown as a table with the union of their keys
 function objectsTable(t, list, preferred) {
   const rows = Array.isArray(list) ? list.filter((x) => x && typeof x === "object").slice(0, 200) : [];
   const keys = [...preferred.filter((k) => rows.some((r) => k in r))];
   for (const r of rows) for (const k of Object.keys(r)) if (!keys.includes(k)) keys.push(k);
-  table(t, keys.map((k) => [k, k.replace(/_/g, " ")]), rows);
+  table(t, keys.map((k) => [k, k.replace(/_/g, " "), (v) => {
+    const c = cell(k, v);
+    return c === undefined || c === null ? "" : typeof c === "object" ? JSON.stringify(c) : c;
+  }]), rows);
 }
 
 // ---- tabs ---------------------------------------------------------------------------------
@@ -186,9 +199,7 @@ function renderIngest(i) {
   ]);
   countsTable($("filtered-table"), i.filtered_by_rule);
   countsTable($("duplicates-table"), i.duplicates_by_rule);
-  const docs = (i.latest || i.latest_documents || []).map((d) =>
-    Number.isFinite(d.created) ? { ...d, created: new Date(d.created * 1000).toLocaleTimeString() } : d);
-  objectsTable($("documents-table"), docs, ["title", "kind", "language", "surprise", "tokens", "state", "reason"]);
+  objectsTable($("documents-table"), i.latest || [], ["title", "kind", "language", "surprise", "tokens", "state", "reason"]);
 }
 
 function renderCheckpoints(s) {

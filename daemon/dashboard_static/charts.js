@@ -13,7 +13,7 @@ function fmt(v) {
   const a = Math.abs(v);
   if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
   if (a >= 1e3) return (v / 1e3).toFixed(1) + "k";
-  if (a >= 1) return v.toFixed(2);
+  if (a >= 0.01) return v.toFixed(2);
   return v.toExponential(1);
 }
 
@@ -40,7 +40,11 @@ function drawChart(canvas, series) {
     return;
   }
   if (xmax === xmin) { xmin -= 1; xmax += 1; }
-  if (ymax === ymin) { ymin -= Math.abs(ymin) * 0.1 + 1e-9; ymax += Math.abs(ymax) * 0.1 + 1e-9; }
+  if (ymax === ymin) {
+    const pad = Math.abs(ymin) * 0.1 || 1;
+    ymin -= pad;
+    ymax += pad;
+  }
   const px = (x) => L + ((x - xmin) / (xmax - xmin)) * (W - L - R);
   const py = (y) => T + (1 - (y - ymin) / (ymax - ymin)) * (H - T - B);
   ctx.strokeStyle = "#2c333d";

@@ -17,13 +17,24 @@ from _daemon_process import SMALL_MODEL, group_survivors
 
 from crystalline.daemon.status_client import request
 
+
+def corpus_parts(text: str, parts: int = 4) -> dict[str, str]:
+    """``text`` as ``parts`` documents: a document is held out for validation by a hash of its
+    path (10 %), so one file alone leaves nothing to train on in one run out of ten."""
+    lines = text.splitlines(keepends=True)
+    size = -(-len(lines) // parts)
+    return {f"corpus-{i}.txt": "".join(lines[i * size : (i + 1) * size]) for i in range(parts)}
+
+
 START_S = 180.0  # a shared 2-core CI machine can be slow to start 13 processes
 
 
 @contextmanager
-def running_daemon(root: Path, inbox: dict[str, str], *args: str) -> Iterator[dict[str, Any]]:
-    """Start the daemon on ``inbox`` (name -> text) and yield once it trained a step:
-    ``{"proc", "run", "log", "status"}``."""
+def running_daemon(
+    root: Path, inbox: dict[str, str], *args: str, crawl: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Start the daemon on ``inbox`` (name -> text), crawling only when ``crawl`` (give it a
+    ``--seed-url``), and yield once it trained a step: ``{"proc", "run", "log", "status"}``."""
     state, run = root / "s", root / "r"
     (state / "inbox").mkdir(parents=True)
     for name, text in inbox.items():
@@ -32,7 +43,8 @@ def running_daemon(root: Path, inbox: dict[str, str], *args: str) -> Iterator[di
     env.pop("NOTIFY_SOCKET", None)
     cmd = [
         sys.executable, "-m", "crystalline.daemon.cli", "run",
-        "--state-dir", str(state), "--runtime-dir", str(run), "--no-crawl", "--no-samples",
+        "--state-dir", str(state), "--runtime-dir", str(run), "--no-samples",
+        *([] if crawl else ["--no-crawl"]),
         "--workers", "12", *SMALL_MODEL, "--batch-size", "12", "--eval-interval", "25",
         "--eval-windows", "16", "--checkpoint-interval-s", "5", *args,
     ]  # fmt: skip

@@ -6,10 +6,13 @@ token gets 403 and a foreign Host header is refused. Screenshots go to
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _dashboard_daemon import running_daemon, status
+from _dashboard_daemon import corpus_parts, running_daemon, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -31,11 +34,42 @@ except ImportError:  # pragma: no cover - the dev extra installs it
 HOSTILE_TITLE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> hostile'
 
 
-def _hostile_page(text: str) -> str:
+WEB_TITLE = "<script>window.__pwned = 3</script> crawled"
+
+
+def _hostile_page(text: str, title: str = HOSTILE_TITLE) -> str:
     paragraphs = "".join(f"<p>{line}</p>\n" for line in text.splitlines() if line.strip())
-    title = HOSTILE_TITLE.replace("&", "&amp;")  # as a page would carry it: RCDATA in <title>
+    title = title.replace("&", "&amp;")  # as a page would carry it: RCDATA in <title>
     head = f"<!doctype html><html lang=en><head><title>{title}</title></head>"
     return f"{head}<body><article>{paragraphs}</article></body></html>"
+
+
+@contextlib.contextmanager
+def web_site(page: str) -> Iterator[str]:
+    """A loopback HTTP server with ``page`` at ``/`` (robots.txt 404: crawling allowed)."""
+    body = page.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture
@@ -45,10 +79,13 @@ def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
     if sync_playwright is None:
         pytest.skip("the playwright package is not installed (pip install -e .[dev])")
     text = corpus_file.read_text(encoding="utf-8")
-    inbox = {"corpus.txt": text, "hostile.html": _hostile_page(text[:6000])}
+    inbox = {**corpus_parts(text), "hostile.html": _hostile_page(text[:6000])}
     with (
         tempfile.TemporaryDirectory(prefix="cb-", dir="/tmp") as d,  # AF_UNIX path limit
-        running_daemon(Path(d), inbox, "--http", "127.0.0.1:0") as daemon,
+        web_site(_hostile_page(text[6000:12000], WEB_TITLE)) as site,
+        running_daemon(
+            Path(d), inbox, "--http", "127.0.0.1:0", "--seed-url", site, "--crawl-allow-private", crawl=True
+        ) as daemon,
     ):
         run = daemon["run"]
         deadline = time.monotonic() + 30
@@ -116,7 +153,7 @@ def test_dashboard_in_chromium(daemon: dict[str, Any], artifacts: Path) -> None:
 
             # ingest: the hostile title is shown as text, nothing of it ran or became markup
             _tab(page, "ingest")
-            cell = page.wait_for_selector("#documents-table td:has-text('window.__pwned')", timeout=60_000)
+            cell = page.wait_for_selector("#documents-table td:has-text('__pwned = 1')", timeout=60_000)
             assert cell is not None and cell.text_content() == HOSTILE_TITLE
             assert page.evaluate("window.__pwned") is None
             assert (
@@ -127,7 +164,12 @@ def test_dashboard_in_chromium(daemon: dict[str, Any], artifacts: Path) -> None:
             )
             page.screenshot(path=str(artifacts / "ingest.png"), full_page=True)
 
+            # crawler: the crawled page's title, from the web, shown as text too
             _tab(page, "crawler")
+            cell = page.wait_for_selector("#pages-table td:has-text('__pwned = 3')", timeout=60_000)
+            assert cell is not None and cell.text_content() == WEB_TITLE
+            assert page.evaluate("window.__pwned") is None
+            page.screenshot(path=str(artifacts / "crawler.png"), full_page=True)
             _tab(page, "checkpoints")
             page.wait_for_selector("#checkpoints-table tbody tr", timeout=30_000)
 
@@ -181,7 +223,8 @@ def test_foreign_host_and_metrics(daemon: dict[str, Any]) -> None:
     assert families["crystalline_ingest_documents"].samples[0].value >= 1
     # --checkpoint-interval-s 5: one written by now, its age and how long it took
     deadline = time.monotonic() + 60
-    while "crystalline_checkpoint_duration_seconds" not in families:
+    wanted = {"crystalline_checkpoint_duration_seconds", "crystalline_checkpoint_age_seconds"}
+    while not wanted <= set(families):
         assert time.monotonic() < deadline, "no checkpoint within 60 s"
         time.sleep(1)
         with urllib.request.urlopen(url + "metrics", timeout=10) as r:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _dashboard_daemon import running_daemon, status
+from _dashboard_daemon import corpus_parts, running_daemon, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -45,7 +45,7 @@ def _tcp_listeners(inodes: set[str]) -> list[str]:
 
 
 def test_http_off_opens_no_listener_and_logs_progress(short_dir: Path, corpus_file: Path) -> None:
-    inbox = {"corpus.txt": corpus_file.read_text(encoding="utf-8")}
+    inbox = corpus_parts(corpus_file.read_text(encoding="utf-8"))
     with running_daemon(short_dir, inbox, "--http", "off") as daemon:
         data = status(daemon["run"])
         assert data["http"] == {"url": None}
@@ -64,7 +64,7 @@ def test_port_in_use_is_reported_and_training_goes_on(short_dir: Path, corpus_fi
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        inbox = {"corpus.txt": corpus_file.read_text(encoding="utf-8")}
+        inbox = corpus_parts(corpus_file.read_text(encoding="utf-8"))
         with running_daemon(short_dir, inbox, "--http", f"127.0.0.1:{port}") as daemon:
             http = status(daemon["run"])["http"]
             assert http["url"] is None
