@@ -1,8 +1,12 @@
 """Near-duplicate detection and the quality filters, measured (issue 11).
 
 1. MinHash recall: copies of a page with 1%, 5%, 10% and 20% of words replaced at random, found
-   or not (a shared LSH band), for our setting (word 3-grams, 28 bands x 4 rows) and FineWeb's
-   (word 5-grams, 14 x 8), and SimHash (distance <= 3) side by side; distinct pages merged.
+   or not, for our setting (word 3-grams, 28 bands x 4 rows) before verification (a shared LSH
+   band) and after it (a shared band and an estimated Jaccard >= minhash.THRESHOLD), FineWeb's
+   (word 5-grams, 14 x 8, a shared band), and SimHash (distance <= 3) side by side.
+   False merges: pairs of distinct pages of 30 paragraphs sharing k of them, so that their
+   3-gram Jaccard is about 0.2, 0.3, 0.4 or 0.5 (k = 11, 15, 19, 22; the 3-grams across
+   paragraph boundaries differ), merged before and after.
 2. Cost per document: MinHash signature + bands, SimHash, and the whole filter pipeline.
 3. What the default filters remove from the bundled samples and the extraction dev set's
    expected texts, by rule (documents and lines).
@@ -14,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import json
 import random
 import sys
@@ -49,31 +52,64 @@ def keys(text: str, ngram: int, bands: int, rows: int) -> set[tuple[int, int]]:
     return set(enumerate(minhash.band_keys(sig, bands, rows)))
 
 
+def verdicts(a: str, b: str) -> dict[str, bool]:
+    """Whether ``b`` is taken for a near duplicate of ``a`` under each setting."""
+    sa, sb = minhash.signature(a), minhash.signature(b)
+    banded = bool(set(enumerate(minhash.band_keys(sa))) & set(enumerate(minhash.band_keys(sb))))
+    return {
+        "3-gram 28x4 bands": banded,
+        "+ verified": banded and minhash.jaccard_estimate(sa, sb) >= minhash.THRESHOLD,
+        "FineWeb 5-gram 14x8": bool(keys(a, 5, 14, 8) & keys(b, 5, 14, 8)),
+        "SimHash d<=3": hamming(simhash(a), simhash(b)) <= NEAR_DISTANCE,
+    }
+
+
 def recall(pages: list[str], rng: random.Random) -> None:
-    settings = {"ours 3-gram 28x4": (3, 28, 4), "FineWeb 5-gram 14x8": (5, 14, 8)}
-    print(f"MinHash recall on {len(pages)} pages of ~600 words (share of edited copies found)")
-    print(f"{'edited':>8}  " + "  ".join(f"{name:>20}" for name in settings) + f"  {'SimHash d<=3':>13}")
+    print(f"MinHash recall on {len(pages)} pages of ~600 words (share of edited copies found),")
+    print(f"verification threshold {minhash.THRESHOLD:g} (estimated 3-gram Jaccard)")
+    names = list(verdicts("a b c", "a b c"))
+    print(f"{'edited':>8} {'Jaccard':>8}  " + "  ".join(f"{name:>19}" for name in names))
     for share in (0.01, 0.05, 0.10, 0.20):
-        found = dict.fromkeys(settings, 0)
-        sim = 0
+        found = dict.fromkeys(names, 0)
+        similarity = 0.0
         for page in pages:
             copy = edit(page, share, rng)
-            for name, (n, b, r) in settings.items():
-                found[name] += bool(keys(page, n, b, r) & keys(copy, n, b, r))
-            sim += hamming(simhash(page), simhash(copy)) <= NEAR_DISTANCE
-        cells = "  ".join(f"{found[name] / len(pages):>20.2f}" for name in settings)
-        print(f"{share:>8.0%}  {cells}  {sim / len(pages):>13.2f}")
-    merged = {name: 0 for name in settings}
-    for a, b in itertools.pairwise(pages):
-        for name, (n, bb, r) in settings.items():
-            merged[name] += bool(keys(a, n, bb, r) & keys(b, n, bb, r))
-    print("distinct pages merged: " + ", ".join(f"{k} {v}/{len(pages) - 1}" for k, v in merged.items()))
+            similarity += jaccard(page, copy)
+            for name, hit in verdicts(page, copy).items():
+                found[name] += hit
+        cells = "  ".join(f"{found[name] / len(pages):>19.2f}" for name in names)
+        print(f"{share:>8.0%} {similarity / len(pages):>8.2f}  {cells}")
+
+
+def jaccard(a: str, b: str) -> float:
+    """The exact Jaccard similarity of the word 3-gram sets (as minhash.shingle_hashes sees them)."""
+    ga, gb = set(minhash.shingle_hashes(a).tolist()), set(minhash.shingle_hashes(b).tolist())
+    return len(ga & gb) / max(len(ga | gb), 1)
+
+
+def false_merges(pairs: int) -> None:
+    names = ["3-gram 28x4 bands", "+ verified", "FineWeb 5-gram 14x8", "SimHash d<=3"]
+    print(f"False merges on {pairs} pairs of distinct 600-word pages sharing k of 30 paragraphs")
+    print(f"{'target':>8} {'k':>3} {'Jaccard':>8}  " + "  ".join(f"{name:>19}" for name in names))
+    for target, shared in ((0.2, 11), (0.3, 15), (0.4, 19), (0.5, 22)):
+        merged = dict.fromkeys(names, 0)
+        similarity = 0.0
+        for seed in range(pairs):
+            a, b = samples.sharing_pages(seed, shared)
+            similarity += jaccard(a, b)
+            for name, hit in verdicts(a, b).items():
+                merged[name] += hit
+        cells = "  ".join(f"{merged[name] / pairs:>19.3f}" for name in names)
+        print(f"{target:>8.1f} {shared:>3} {similarity / pairs:>8.2f}  {cells}")
+    unrelated = sum(verdicts(samples.prose(a, 600), samples.prose(a + 1, 600))["3-gram 28x4 bands"]
+                    for a in range(pairs))  # fmt: skip
+    print(f"unrelated pages sharing a band: {unrelated}/{pairs}")
 
 
 def cost(pages: list[str]) -> None:
     words = sum(len(p.split()) for p in pages) / len(pages)
     for label, fn in (
-        ("MinHash bands", minhash.bands_of),
+        ("MinHash bands + sig", minhash.fingerprint),
         ("SimHash", simhash),
         ("all filters (judge)", lambda t: judge(t, {})),
     ):
@@ -111,10 +147,12 @@ def sample_texts() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=200)
+    parser.add_argument("--pairs", type=int, default=1000, help="pairs of pages per false-merge row")
     args = parser.parse_args()
     rng = random.Random(0)
     pages = [samples.prose(seed, 600) for seed in range(args.pages)]
     recall(pages, rng)
+    false_merges(args.pairs)
     cost(pages[:50])
     shares("bundled samples (default rules)", sample_texts())
     if DEV.exists():

@@ -19,6 +19,7 @@ soon as the pool has it, so the ingest thread holds one batch's input and token 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -90,6 +91,21 @@ def refusal_key(prefix: str, file_key: str, name: str) -> str:
     name. Not its content, which was not read: an empty body would give every refused file
     of one name the same key, and a new one would pass for the old."""
     return f"{prefix}:{file_key}:{hashlib.sha256(os.fsencode(name)).hexdigest()[:16]}"
+
+
+def _batch_minhash_duplicate(
+    lsh: dict[tuple[int, int], list[tuple[str, bytes]]], keys: list[int], signature: bytes
+) -> tuple[str, float] | None:
+    """Like :meth:`Registry.minhash_duplicate`, among the documents kept earlier in this batch."""
+    from .minhash import THRESHOLD, similarity
+
+    best: tuple[str, float] | None = None
+    for key in enumerate(keys):
+        for doc_id, other in lsh.get(key, ()):
+            estimate = similarity(signature, other)
+            if estimate is not None and estimate >= THRESHOLD and (best is None or estimate > best[1]):
+                best = (doc_id, estimate)
+    return best
 
 
 class Ingestor:
@@ -175,6 +191,7 @@ class Ingestor:
                             split=d.split,
                             shard=seq,
                             minhash=list(d.minhash),
+                            minhash_signature=base64.b64decode(d.minhash_signature),
                         )
                     )
         if records:
@@ -203,7 +220,7 @@ class Ingestor:
             pending: list[PendingDocument] = []
             hashes: dict[str, str] = {}
             prints: list[tuple[int, str]] = []
-            lsh: dict[tuple[int, int], str] = {}
+            lsh: dict[tuple[int, int], list[tuple[str, bytes]]] = {}
             with self._lock:
                 for i, s in enumerate(fresh):
                     r = results[i]
@@ -220,6 +237,7 @@ class Ingestor:
                                 r.content_hash,
                                 r.simhash,
                                 list(r.minhash),
+                                r.minhash_signature,
                             )
                         )
             stored = self.store.append(pending)  # durable from here on
@@ -252,7 +270,7 @@ class Ingestor:
         r: WorkResult,
         hashes: dict[str, str],
         prints: list[tuple[int, str]],
-        lsh: dict[tuple[int, int], str],
+        lsh: dict[tuple[int, int], list[tuple[str, bytes]]],
     ) -> Record:
         """The record of one result: failed, filtered, a duplicate (exact, MinHash, SimHash)
         of a stored document or of one earlier in this batch, or done."""
@@ -284,10 +302,12 @@ class Ingestor:
         if same is not None:
             rec.state, rec.reason, rec.rule = "duplicate", f"same text as {same}", "exact"
             return rec
-        near = next((lsh[(b, v)] for b, v in enumerate(r.minhash) if (b, v) in lsh), None)
-        near = near or self.registry.minhash_duplicate(list(r.minhash))
-        if near is not None:
-            rec.state, rec.reason, rec.rule = "duplicate", f"near-duplicate of {near} (MinHash)", "minhash"
+        signature = base64.b64decode(r.minhash_signature)
+        similar = _batch_minhash_duplicate(lsh, r.minhash, signature)
+        similar = similar or self.registry.minhash_duplicate(list(r.minhash), signature)
+        if similar is not None:
+            rec.state, rec.rule = "duplicate", "minhash"
+            rec.reason = f"near-duplicate of {similar[0]} (MinHash, estimated Jaccard {similar[1]:.2f})"
             return rec
         near = next((d for f, d in prints if hamming(f, r.simhash) <= NEAR_DISTANCE), None)
         near = near or self.registry.near_duplicate(r.simhash)
@@ -296,9 +316,10 @@ class Ingestor:
             return rec
         hashes[r.content_hash] = doc_id
         prints.append((r.simhash, doc_id))
-        lsh.update({(b, v): doc_id for b, v in enumerate(r.minhash)})
+        for key in enumerate(r.minhash):
+            lsh.setdefault(key, []).append((doc_id, signature))
         rec.content_hash, rec.simhash, rec.tokens = r.content_hash, r.simhash, len(r.ids)
-        rec.minhash = list(r.minhash)
+        rec.minhash, rec.minhash_signature = list(r.minhash), signature
         if r.truncated:
             rec.reason = f"truncated: {r.truncated_reason}"  # stored, but not all of it
         rec.split = "val" if held_out(s.doc.source, self.settings.val_fraction) else "train"

@@ -15,6 +15,7 @@ supervisor's thread) only does SQLite and file I/O.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import multiprocessing
@@ -34,7 +35,7 @@ from .dedup import content_hash, simhash
 from .document import Document
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
-from .minhash import bands_of
+from .minhash import fingerprint
 
 log = logging.getLogger("crystalline.ingest.pool")
 
@@ -64,6 +65,7 @@ class WorkResult:
     content_hash: str = ""
     simhash: int = 0
     minhash: list[int] = field(default_factory=list)  # LSH band keys (see minhash.py)
+    minhash_signature: str = ""  # the packed signature, base64 (verifies LSH candidates)
     language_score: float = 0.0
     verdicts: dict[str, Any] = field(default_factory=dict)  # each filter's verdict (see filters.py)
     edits: dict[str, int] = field(default_factory=dict)  # lines removed and PII replaced, per rule
@@ -147,7 +149,8 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
     if not problem and header.get("fingerprint", True):
         reply["content_hash"] = content_hash(text)
         reply["simhash"] = simhash(text)
-        reply["minhash"] = bands_of(text)
+        reply["minhash"], signature = fingerprint(text)
+        reply["minhash_signature"] = base64.b64encode(signature).decode("ascii")
     if not problem and tokenizer is not None:
         arr = tokenizer.encode(text)
         reply["dtype"] = arr.dtype.str

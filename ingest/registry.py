@@ -10,8 +10,9 @@ with a reason; ``rule`` names the filter (or duplicate test) behind a ``filtered
 ``duplicate`` row, the audit trail that status counts, and ``text_edits`` counts the lines each
 line rule removed and the PII each document had replaced. Rows are written only after the
 tokens they describe are durable; near-duplicate candidates are found through the MinHash LSH
-bands (see :mod:`minhash`) and the SimHash bands (see :mod:`dedup`), written in the same
-transaction as their document, so the index grows with each batch and survives any restart.
+bands, verified with the stored MinHash signatures (see :mod:`minhash`), and the SimHash bands
+(see :mod:`dedup`), written in the same transaction as their document, so the index grows with
+each batch and survives any restart.
 
 Text reaches SQLite as valid UTF-8 only (:func:`sql_text`): a file name that is not UTF-8 is
 stored with ``\\xff`` escapes instead of failing the whole batch. The schema carries a version
@@ -64,6 +65,10 @@ CREATE TABLE IF NOT EXISTS minhash_bands (
     doc INTEGER NOT NULL REFERENCES documents (id)
 );
 CREATE INDEX IF NOT EXISTS minhash_bands_lookup ON minhash_bands (band, value);
+CREATE TABLE IF NOT EXISTS minhash_signatures (
+    doc INTEGER PRIMARY KEY REFERENCES documents (id),
+    signature BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS text_edits (
     doc INTEGER NOT NULL REFERENCES documents (id),
     rule TEXT NOT NULL,
@@ -74,8 +79,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (file_key) WHERE file_key != ''"
 
 #: 0: no version (entries of dropped files were path:size:mtime, no file_key column); 1: file_key;
-#: 2: ``rule`` and ``language_score`` columns, MinHash bands, text edits, meta (parameters).
-SCHEMA_VERSION = 2
+#: 2: ``rule`` and ``language_score`` columns, MinHash bands, text edits, meta (parameters);
+#: 3: MinHash signatures, which verify LSH candidates (the hash family changed with them, so
+#: version 2's bands are dropped by :meth:`Registry._check_minhash_params`).
+SCHEMA_VERSION = 3
 _V2_COLUMNS = {"rule": "TEXT NOT NULL DEFAULT ''", "language_score": "REAL NOT NULL DEFAULT 0"}
 
 
@@ -116,6 +123,7 @@ class Record:
     rule: str = ""  # the filter or duplicate test that decided a filtered or duplicate row
     language_score: float = 0.0
     minhash: list[int] = field(default_factory=list)  # LSH band keys of a stored document
+    minhash_signature: bytes = b""  # its packed signature (minhash.pack); none: no bands kept
     edits: dict[str, int] = field(default_factory=dict)  # lines removed / PII replaced per rule
 
 
@@ -161,11 +169,13 @@ class Registry:
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_minhash_params(self) -> None:
-        """Bands made under other MinHash parameters cannot match new ones: drop them (the
-        SimHash index still finds near copies of those documents) and record the new ones."""
+        """Bands and signatures made under other MinHash parameters cannot match new ones: drop
+        them (the exact and SimHash indexes still find copies of those documents) and record
+        the new ones."""
         row = self.db.execute("SELECT value FROM meta WHERE key = 'minhash'").fetchone()
         if row is not None and row[0] != minhash.PARAMS:
             self.db.execute("DELETE FROM minhash_bands")
+            self.db.execute("DELETE FROM minhash_signatures")
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('minhash', ?)", (minhash.PARAMS,))
 
     def close(self) -> None:
@@ -211,17 +221,31 @@ class Registry:
                     return str(doc_id)
         return None
 
-    def minhash_duplicate(self, keys: list[int]) -> str | None:
-        """The doc_id of a stored document sharing an LSH band with ``keys``, if any."""
+    def minhash_duplicate(self, keys: list[int], signature: bytes) -> tuple[str, float] | None:
+        """``(doc_id, estimated Jaccard)`` of a stored document that shares an LSH band with
+        ``keys`` and whose signature is :data:`minhash.THRESHOLD` or more similar to
+        ``signature`` (the most similar such document), or None. A shared band alone is only a
+        candidate (see :mod:`minhash`); a candidate without a signature is not a duplicate."""
+        seen: set[int] = set()
+        best: tuple[str, float] | None = None
         for band, value in enumerate(keys):
-            row = self.db.execute(
-                "SELECT d.doc_id FROM minhash_bands b JOIN documents d ON d.id = b.doc "
-                "WHERE b.band = ? AND b.value = ? LIMIT 1",
+            rows = self.db.execute(
+                "SELECT d.id, d.doc_id, s.signature FROM minhash_bands b JOIN documents d ON d.id = b.doc "
+                "LEFT JOIN minhash_signatures s ON s.doc = b.doc WHERE b.band = ? AND b.value = ?",
                 (band, value),
-            ).fetchone()
-            if row is not None:
-                return str(row[0])
-        return None
+            ).fetchall()
+            for row_id, doc_id, stored in rows:
+                if row_id in seen:
+                    continue
+                seen.add(row_id)
+                estimate = minhash.similarity(signature, bytes(stored or b""))
+                if (
+                    estimate is not None
+                    and estimate >= minhash.THRESHOLD
+                    and (best is None or estimate > best[1])
+                ):
+                    best = (str(doc_id), estimate)
+        return best
 
     def record(self, records: list[Record]) -> None:
         """Write ``records`` in one transaction; entries already present are left as they are."""
@@ -266,10 +290,17 @@ class Registry:
                         "INSERT INTO simhash_bands (band, value, doc) VALUES (?, ?, ?)",
                         [(i, v, row_id) for i, v in enumerate(bands(r.simhash))][:BANDS],
                     )
-                    self.db.executemany(
-                        "INSERT INTO minhash_bands (band, value, doc) VALUES (?, ?, ?)",
-                        [(i, v, row_id) for i, v in enumerate(r.minhash)],
-                    )
+                    # bands only with the signature that verifies them: a document recovered
+                    # from a shard written before signatures has bands of the old hash family
+                    if r.minhash and minhash.unpack(r.minhash_signature) is not None:
+                        self.db.executemany(
+                            "INSERT INTO minhash_bands (band, value, doc) VALUES (?, ?, ?)",
+                            [(i, v, row_id) for i, v in enumerate(r.minhash)],
+                        )
+                        self.db.execute(
+                            "INSERT INTO minhash_signatures (doc, signature) VALUES (?, ?)",
+                            (row_id, r.minhash_signature),
+                        )
 
     def counts(self) -> dict[str, int]:
         """Documents per state, and tokens stored (train and validation)."""

@@ -43,6 +43,7 @@ class StoredDocument:
     content_hash: str = ""
     simhash: int = 0
     minhash: list[int] = field(default_factory=list)  # LSH bands, to rebuild the index after a crash
+    minhash_signature: str = ""  # base64 of the packed MinHash signature, likewise ("" before)
 
 
 @dataclass
@@ -57,6 +58,7 @@ class PendingDocument:
     content_hash: str = ""
     simhash: int = 0
     minhash: list[int] = field(default_factory=list)
+    minhash_signature: str = ""
 
 
 def shard_seqs(directory: Path) -> list[int]:
@@ -122,6 +124,7 @@ class TokenStore:
                     d.content_hash,
                     d.simhash,
                     d.minhash,
+                    d.minhash_signature,
                 )
             )
             offset += len(ids)
