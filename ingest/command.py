@@ -200,7 +200,7 @@ def _add_pool_options(p: argparse.ArgumentParser) -> None:
                    help="language score a kept language needs (default 0.65)")  # fmt: skip
     p.add_argument("--no-pii", action="store_true", help="keep e-mail and IP addresses as they are")
     p.add_argument("--quality-rule", action="append", default=[], metavar="NAME=VALUE",
-                   help="a rule threshold, e.g. gopher_max_words=0 (repeatable)")  # fmt: skip
+                   help="a rule threshold, e.g. gopher_max_words=100000 (repeatable)")  # fmt: skip
 
 
 def _filter_settings(args: argparse.Namespace) -> FilterSettings:

@@ -9,7 +9,9 @@ Sources: C4 (Raffel et al. 2020, sec. 2.2, as datatrove's ``C4QualityFilter``), 
 MassiveText rules (Rae et al. 2021, appendix A.1.1-2, tables A1-A2, as datatrove's
 ``GopherRepetitionFilter`` and ``GopherQualityFilter``). Two C4 rules are off by default, as in
 FineWeb: lines without terminal punctuation (it removes verse, lists and headings wholesale: 58%
-of the lines of the bundled Shakespeare samples) and pages containing ``{`` (code).
+of the lines of the bundled Shakespeare samples) and pages containing ``{`` (code). Gopher's
+100,000-word cap is off too: it was made for web pages, and here a user drops whole books into
+the inbox (``quality-rule gopher_max_words=100000`` turns it back on, for every origin).
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class FilterRules:
     gopher_dup_10gram_frac: float = 0.10
     # Gopher quality (appendix A.1.2)
     gopher_min_words: int = 50
-    gopher_max_words: int = 100_000
+    gopher_max_words: int = 0  # Gopher: 100,000; off: it removed every book dropped in
+    # the inbox (War and Peace has 560k words, tinyshakespeare.txt 203k)
     gopher_min_mean_word_length: float = 3.0
     gopher_max_mean_word_length: float = 10.0
     gopher_max_symbol_word_ratio: float = 0.10  # "#" and ellipses per word

@@ -344,3 +344,21 @@ def test_registry_of_schema_0_is_migrated(tmp_path: Path) -> None:
         assert registry.state_of(os.fsdecode(b"drop:\xff")) is None  # an undecodable key: no error
     finally:
         registry.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_150000_word_book_dropped_is_stored_under_the_default_filters(tmp_path: Path) -> None:
+    import _ingest_samples as samples
+
+    # Gopher's 100,000-word cap (made for web pages) removed every book; it is off by default
+    chapters = [f"Chapter {i + 1}\n\n" + samples.prose(i, 1500) for i in range(100)]
+    book = "\n\n".join(chapters) + "\n"
+    assert len(book.split()) > 150_000
+    drop = DropFolder(tmp_path / "inbox", settle_s=0.0)
+    (drop.root / "war-and-peace.txt").write_text(book, encoding="utf-8")
+    settings = IngestSettings(processes=1, drop_settle_s=0.0)  # the default filters and limits
+    with Ingestor(settings, tmp_path / "data", load_tokenizer("bytes"), drop_folder=drop) as ing:
+        drop.scan()
+        stats = drain(ing)
+    assert (stats["documents"], stats["filtered"], stats["pending"]) == (1, 0, 0), stats
+    assert stored_texts(tmp_path / "data") == [book.strip()]

@@ -150,3 +150,19 @@ def test_extract_json_shows_language_score_and_verdicts(tmp_path, capsys) -> Non
     assert good["language"] == "en" and 0 < good["language_score"] <= 1
     assert set(good["verdicts"].values()) == {"kept"} and good["edits"] == {"pii_email": 1}
     assert lorem["verdicts"]["c4"].startswith("c4_lorem_ipsum")
+
+
+@pytest.mark.timeout(180)
+def test_every_bundled_sample_passes_the_default_filters() -> None:
+    from pathlib import Path
+
+    from crystalline.ingest.document import Document
+    from crystalline.ingest.extract import ExtractLimits, extract_document
+
+    folder = Path(__file__).resolve().parents[2] / "daemon" / "samples"
+    paths = sorted(folder.iterdir())
+    assert len(paths) >= 40
+    for path in paths:
+        text = extract_document(Document(str(path), path.read_bytes(), ""), ExtractLimits()).text
+        v = judge(text, {})
+        assert v.problem == "", (path.name, v.verdicts)
