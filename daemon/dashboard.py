@@ -57,6 +57,7 @@ WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dr
 FILES_EVERY_S = 5.0
 MAX_PROMPT = 4000
 SPIRAL_EVERY_S = 60.0
+SNAPSHOT_S = 0.5
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -180,6 +181,8 @@ class Dashboard:
         self.refused = 0  # wrong Host or missing token
         self.generations = 0
         self._spiral: dict[str, Any] | None = None
+        self._snapshot: dict[str, Any] | None = None
+        self._snapshot_at = -math.inf
         self._spiral_at = -math.inf
 
     @property
@@ -253,13 +256,18 @@ class Dashboard:
 
     # ---- data -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """The status dict (one source of truth) plus the checkpoints and latest documents."""
+        """The status dict (one source of truth) plus the checkpoints and latest documents,
+        computed at most every SNAPSHOT_S however many pages are open."""
+        now = time.monotonic()
+        if self._snapshot is not None and now - self._snapshot_at < SNAPSHOT_S:
+            return self._snapshot
         data = self._status()
         data["checkpoints"] = self._checkpoints
         if isinstance(data.get("ingest"), dict):
             data["ingest"]["latest"] = self._documents
         if isinstance(data.get("crawler"), dict):
             data["crawler"]["latest"] = self._pages
+        self._snapshot, self._snapshot_at = data, now
         if self._checkpoints:
             data["training"]["checkpoint_age_s"] = self._checkpoints[0]["age_s"]
         return data

@@ -95,6 +95,10 @@ class MetricsHistory:
         half = len(self.points) // 2
         self.points = self.points[:half:2] + self.points[half:]
 
+    def due(self) -> bool:
+        """Whether the next :meth:`add` would keep a point."""
+        return time.monotonic() - self._last_add >= self.interval_s
+
     def add(self, point: dict[str, float | None], force: bool = False) -> bool:
         """Append ``point`` when ``interval_s`` has passed since the last one; True if added."""
         now = time.monotonic()

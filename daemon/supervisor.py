@@ -368,10 +368,13 @@ class Supervisor:
 
     def _progress(self, now: float) -> None:
         """One point of the dashboard's history, and a progress line every PROGRESS_EVERY_S."""
+        step = self.control.status.get("step") or 0
+        first_step = not self._progress_since_training and step > 0
+        if not (first_step or self.history.due() or now - self._last_progress >= PROGRESS_EVERY_S):
+            return  # status() reads the crawler's and ingest's counters: only when needed
         data = self.status()
         self.history.add(point_from_status(data, time.time()))
         t, c, i = data["training"], data["crawler"], data["ingest"]
-        first_step = not self._progress_since_training and (t.get("step") or 0) > 0
         if first_step or now - self._last_progress >= PROGRESS_EVERY_S:
             self._last_progress = now
             self._progress_since_training |= first_step
