@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from _dashboard_daemon import running_daemon
+from _local_site import start_site
 from aiohttp import web
 
 from crystalline.daemon.status_client import request
@@ -50,18 +51,8 @@ class Site:
             text = f"<html><body><p>{prose(i * 100 + self.version[i])}</p>{links}</body></html>"
             return web.Response(text=text, content_type="text/html", headers={"ETag": tag})
 
-        async def start() -> web.AppRunner:
-            app = web.Application()
-            app.add_routes([web.get("/p/{i}", page)])
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            return runner
-
         asyncio.set_event_loop(self.loop)
-        self.runner = self.loop.run_until_complete(start())
+        self.runner, self.url = self.loop.run_until_complete(start_site([web.get("/p/{i}", page)]))
         self._ready.set()
         self.loop.run_forever()
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _local_site import start_site
 from aiohttp import web
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -61,13 +62,7 @@ def test_the_crawlers_warc_dropped_in_the_inbox_is_ingested(tmp_path: Path) -> N
                 text=f"<html><body>{article(i)}{links}</body></html>", content_type="text/html"
             )
 
-        app = web.Application()
-        app.add_routes([web.get("/p/{i}", page)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        runner, base = await start_site([web.get("/p/{i}", page)])
         settings = CrawlSettings(data_dir=tmp_path / "crawl", min_delay=0.0, autothrottle=False,
                                  allow_private_addresses=True, sitemaps=False,
                                  warc_dir=tmp_path / "warc")  # fmt: skip
