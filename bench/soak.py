@@ -39,8 +39,8 @@ def text_doc(rng: random.Random, n: int) -> str:
 
 
 def slug(i: int) -> str:
-    """Letters, not digits: the crawler's trap guard caps URLs whose digit-masked shape repeats
-    (max_urls_per_pattern), and a real site's article slugs are words."""
+    """Letters, not digits, as a real site's article slugs are words (the crawler's trap guard
+    once capped URLs whose digit-masked shape repeated; it now judges what the pages give)."""
     out = ""
     while True:
         i, d = divmod(i, 26)
