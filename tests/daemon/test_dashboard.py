@@ -274,3 +274,32 @@ def test_dashboard_command_prints_the_url_or_one_line(tmp_path: Path) -> None:
     (tmp_path / "dashboard.json").write_text(json.dumps({"url": "http://127.0.0.1:8470/", "token": "abc"}))
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
     assert ok.stdout.strip() == "http://127.0.0.1:8470/#token=abc"
+
+
+def test_event_clients_are_capped(tmp_path: Path) -> None:
+    asyncio.run(_test_event_clients_are_capped(tmp_path))
+
+
+async def _test_event_clients_are_capped(tmp_path: Path) -> None:
+    from crystalline.daemon.dashboard import MAX_EVENT_CLIENTS
+
+    async with serving(tmp_path) as (d, _rec), aiohttp.ClientSession() as s:
+        open_streams = [await s.get(d.url + "api/events") for _ in range(MAX_EVENT_CLIENTS)]
+        try:
+            for r in open_streams:
+                assert r.status == 200
+            async with s.get(d.url + "api/events") as refused:
+                assert refused.status == 503
+            assert d.info()["event_clients"] == MAX_EVENT_CLIENTS
+        finally:
+            for r in open_streams:
+                r.close()
+
+
+def test_status_summary_names_the_dashboard() -> None:
+    from crystalline.daemon.status_command import summary
+
+    assert "dashboard    http://127.0.0.1:8470/" in summary({"http": {"url": "http://127.0.0.1:8470/"}})
+    off = summary({"http": {"url": None, "error": "cannot listen on 127.0.0.1:8470: address in use"}})
+    assert "dashboard    off: cannot listen on 127.0.0.1:8470" in off
+    assert "dashboard" not in summary({"http": {"url": None}})
