@@ -231,7 +231,11 @@ class Crawler:
             "dropped": dict(self.frontier.dropped),
             "robots_fetches": self.robots.fetches,
             "robots_deferred": self._robots_deferred,
-            "revisits": {**self._revisit_counts, "queued": self.frontier.revisits_queued},
+            "revisits": {
+                **self._revisit_counts,
+                "queued": self.frontier.revisits_queued,
+                "new_versions": self.frontier.new_versions,  # all runs: changed pages handed over again
+            },
             "next_revisit": self.frontier.next_visit_at(),
             "deferred_hosts": self._host_table[2],
             "traps": len(self.frontier.trapped),

@@ -270,6 +270,9 @@ class Frontier:
         (self.sitemaps_kept,) = self._db.execute(
             "SELECT COUNT(*) FROM urls WHERE kind = ? AND versions > 0 AND state IN (0, 1, 2)", (SITEMAP,)
         ).fetchone()
+        # changed bodies handed to the sink by revisits, all runs: the new versions of stored pages
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'new_versions'").fetchone()
+        self.new_versions = int(row[0]) if row else 0
         # (origin, shape) pairs found to be traps: few, kept in memory so admission reads nothing
         self.trapped = set(self._db.execute("SELECT origin, pattern FROM patterns WHERE trapped = 1"))
 
@@ -665,6 +668,11 @@ class Frontier:
                     (r.next_visit, r.interval, r.prev_interval, r.fetched_at, r.etag, r.last_modified,
                      r.body_hash, int(r.new_version), None, entry.id),
                 )  # fmt: skip
+                if r.new_version and entry.revisit and entry.kind == PAGE:
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('new_versions', '1')"
+                        " ON CONFLICT DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                    )
             failed = state == FAILED or (state == SKIPPED and not entry.revisit)
             self._db.execute(
                 "UPDATE hosts SET fetched = fetched + 1, errors = errors + ?, stored = stored + ?"
@@ -681,6 +689,8 @@ class Frontier:
             self._judged(entry, revisit.fresh, other)
         self.counts[IN_FLIGHT] -= 1
         self.counts[state] += 1
+        if revisit is not None and revisit.new_version and entry.revisit and entry.kind == PAGE:
+            self.new_versions += 1
         if entry.kind == SITEMAP and (state == STORED) != entry.revisit:
             self.sitemaps_kept += 1 if state == STORED else -1
         return added

@@ -147,6 +147,9 @@ def test_a_changed_page_is_ingested_again_as_a_new_version(tmp_path: Path) -> No
     assert [state for state, _ in rows] == ["done", "done"]  # the old version's tokens are kept
     assert all(tokens > 0 for _, tokens in rows)
     assert intervals(settings)[base + "/p/2"] == 100.0  # changed: shorter, at its minimum
+    frontier = Frontier(settings.frontier_path)
+    assert frontier.new_versions == 1  # kept across runs
+    frontier.close()
     assert intervals(settings)[base + "/p/1"] == 140.0
 
 
