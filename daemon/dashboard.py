@@ -361,10 +361,10 @@ class Dashboard:
         if self._event_clients >= MAX_EVENT_CLIENTS:
             return web.Response(status=503, text="too many dashboards open\n")
         self._event_clients += 1
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
         try:
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
-            )
             await response.prepare(request)
             await self._send(response, "history", {"points": self.history.points})
             sent_points = len(self.history.points)
@@ -383,8 +383,8 @@ class Dashboard:
                         await self._send(response, "points", {"points": new})
                     sent_points, last_point = len(points), points[-1]
                 await asyncio.sleep(EVENT_INTERVAL_S)
-        except (ConnectionError, TimeoutError, asyncio.CancelledError):
-            return web.Response(status=204)  # the browser went away; aiohttp discards this
+        except (ConnectionError, TimeoutError):  # the page went away, or stopped reading for 10 s
+            return response
         finally:
             self._event_clients -= 1
 
@@ -421,9 +421,12 @@ class Dashboard:
             self.generations += 1
             try:
                 if self.generator is not None:
-                    async for piece in self.generator.stream(fields):
-                        line = _dumps(piece) + "\n"
-                        await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
+                    # closed here, not whenever it is collected: a page that leaves mid-stream
+                    # stops the sampling now and frees the process for the next request
+                    async with contextlib.aclosing(self.generator.stream(fields)) as pieces:
+                        async for piece in pieces:
+                            line = _dumps(piece) + "\n"
+                            await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
                 else:  # control samples between steps: the whole text at once
                     started = time.monotonic()
                     data = await self.commands["generate"].handler(fields)

@@ -4,7 +4,9 @@ segment re-mapped) and its JSON-lines protocol, against real shared memory."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
 import uuid
@@ -15,6 +17,9 @@ import numpy as np
 import pytest
 
 from crystalline.daemon import generation_process as gp
+from crystalline.daemon.config import DaemonConfig, Settings
+from crystalline.daemon.generation_service import GenerationService
+from crystalline.daemon.status_server import CommandError
 from crystalline.shm.blocks import ArrayBlock
 from crystalline.shm.segments import segment_name
 from crystalline.workers.engine import segment_specs
@@ -163,3 +168,29 @@ def test_vocabulary_labels_and_colours(state_block: tuple[ArrayBlock, Path]) -> 
     colour = np.frombuffer(base64.b64decode(reply["colour"]), np.uint8)
     assert colour.shape == (256,) and colour.min() == 0 and colour.max() == 255
     generator.published.close()
+
+
+@pytest.mark.timeout(120)
+def test_service_streams_and_survives_a_reader_that_leaves(state_block: tuple[ArrayBlock, Path]) -> None:
+    block, state_dir = state_block
+    _, params = _model()
+    _publish(block, 0, params, 11)
+    settings = Settings(DaemonConfig(state_dir=str(state_dir)), CONFIG)
+
+    async def scenario() -> None:
+        service = GenerationService(settings)
+        try:
+            async with contextlib.aclosing(service.stream({"prompt": "the", "n": 2000})) as pieces:
+                async for piece in pieces:
+                    assert "text" in piece
+                    break  # the page went away after one piece
+            assert service.stats()["pid"] is None  # the abandoned sampling was stopped
+            reply = await service.generate({"prompt": "the", "n": 30, "temperature": 0})
+            assert reply["version"] == 11 and len(reply["text"]) > 0
+            assert service.stats()["starts"] == 2
+            with pytest.raises(CommandError, match="n must be"):
+                await service.generate({"prompt": "x", "n": 0})
+        finally:
+            await service.stop()
+
+    asyncio.run(scenario())
