@@ -11,4 +11,6 @@ echo "== mypy" >&2
 echo "== pytest" >&2
 # BLAS threads: the tests run several processes on 2 cores; one thread each keeps them honest.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+# what tests leave for people to look at (the dashboard's screenshots), kept after the run
+export CRYSTALLINE_TEST_ARTIFACTS="${CRYSTALLINE_TEST_ARTIFACTS:-$ROOT/test-artifacts}"
 exec "$VENV/bin/python" -m pytest "$@"
