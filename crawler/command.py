@@ -244,6 +244,8 @@ def run_crawl_command(args: argparse.Namespace) -> int:
         if log_file is not None:
             log_file.close()
     print(summary.line())
+    for line in summary.deferred_lines():
+        print(line)
     return _SIGNAL_EXIT.get(signal.Signals(signum), 1) if signum else 0
 
 

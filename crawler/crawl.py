@@ -116,14 +116,23 @@ class CrawlSummary:
                 f"; {self.revisits} revisits ({self.not_modified} not modified, {self.unchanged} unchanged, "
                 f"{self.changed} changed)"
             )
+        if self.deferred:
+            first = time.strftime("%H:%M:%S", time.localtime(min(d[2] for d in self.deferred)))
+            hosts = f"{len(self.deferred)} host{'s' if len(self.deferred) > 1 else ''}"
+            text += f"; {hosts} deferred (the first retry at {first})"
+        return text
+
+    def deferred_lines(self) -> list[str]:
+        """A line per deferred host (the first ``_DEFERRED_SHOWN``): why, and when to retry."""
+        lines = []
         for origin, why, until, queued in self.deferred[:_DEFERRED_SHOWN]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until))
-            text += f"\ndeferred: {origin}: {why}; retry after {when} ({queued} URLs queued)"
+            lines.append(f"deferred: {origin}: {why}; retry after {when} ({queued} URLs queued)")
         if len(self.deferred) > _DEFERRED_SHOWN:
-            text += f"\ndeferred: {len(self.deferred) - _DEFERRED_SHOWN} more hosts"
+            lines.append(f"deferred: {len(self.deferred) - _DEFERRED_SHOWN} more hosts")
         if self.deferred:
-            text += "\nrun the same crawl again to resume it"
-        return text
+            lines.append("run the same crawl again to resume it")
+        return lines
 
 
 class Crawler:

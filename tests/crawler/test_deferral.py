@@ -84,6 +84,7 @@ def test_crawl_command_ends_when_only_a_503_robots_host_is_left(
                 out = capsys.readouterr().out
                 assert f"deferred: {bad}: robots.txt 503: disallow all; retry after " in out
                 assert f"crawl ended ({ONLY_DEFERRED}): 11 pages stored" in out
+                assert "; 1 host deferred (the first retry at " in out.splitlines()[0]  # one line to log
                 assert "run the same crawl again to resume it" in out
                 return code
 
