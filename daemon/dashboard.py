@@ -222,7 +222,11 @@ class Dashboard:
         self._allowed_hosts = {f"{n}:{bound_port}".lower() for n in names}
         if bound_port == 80:
             self._allowed_hosts |= {n.lower() for n in names}
-        self._write_token_file()
+        try:
+            self._write_token_file()
+        except OSError as exc:  # a full or read-only runtime dir: the views still work, actions cannot
+            self.error = f"cannot write the token file {self.token_path}: {exc.strerror or exc}"
+            log.error("dashboard: %s (read-only until it can)", self.error)
         log.info("dashboard on %s (crystalline dashboard prints the URL with its token)", self.url)
 
     def _write_token_file(self) -> None:

@@ -303,3 +303,26 @@ def test_status_summary_names_the_dashboard() -> None:
     off = summary({"http": {"url": None, "error": "cannot listen on 127.0.0.1:8470: address in use"}})
     assert "dashboard    off: cannot listen on 127.0.0.1:8470" in off
     assert "dashboard" not in summary({"http": {"url": None}})
+
+
+def test_unwritable_runtime_dir_leaves_a_read_only_dashboard(tmp_path: Path) -> None:
+    asyncio.run(_test_unwritable_runtime_dir(tmp_path))
+
+
+async def _test_unwritable_runtime_dir(tmp_path: Path) -> None:
+    d = Dashboard(
+        ("127.0.0.1", 0),
+        tmp_path / "missing" / "run",  # the token file cannot be written here
+        fake_status,
+        Recorder().commands(),
+        MetricsHistory(None),
+        tmp_path / "checkpoints",
+        tmp_path / "registry.sqlite3",
+    )
+    await d.start()
+    try:
+        assert d.url is not None and d.error is not None and "token file" in d.error
+        async with aiohttp.ClientSession() as s, s.get(d.url + "api/status") as r:
+            assert r.status == 200
+    finally:
+        await d.close()
