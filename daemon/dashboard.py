@@ -30,7 +30,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -38,6 +38,9 @@ from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
 from .metrics_history import MetricsHistory
 from .status_server import Command, CommandError
+
+if TYPE_CHECKING:
+    from .generation_service import GenerationService
 
 log = logging.getLogger("crystalline.dashboard")
 
@@ -143,9 +146,6 @@ def _dumps(obj: Any) -> str:
     return json.dumps(_finite(obj), separators=(",", ":"))
 
 
-GenerateStream = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
 class Dashboard:
     def __init__(
         self,
@@ -156,7 +156,7 @@ class Dashboard:
         history: MetricsHistory,
         checkpoint_dir: Path,
         registry: Path,
-        generator: Any = None,
+        generator: GenerationService | None = None,
     ) -> None:
         self.bind = bind
         self.runtime_dir = runtime_dir

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from .config import Settings
@@ -62,7 +62,7 @@ class GenerationService:
         log.info("generation process started (pid %d)", self.proc.pid)
         return self.proc
 
-    async def stream(self, fields: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, fields: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """The pieces of one generation, then its ``done`` line; CommandError on failure."""
         async with self._lock:
             proc = await self._ensure()
