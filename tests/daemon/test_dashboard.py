@@ -326,3 +326,11 @@ async def _test_unwritable_runtime_dir(tmp_path: Path) -> None:
             assert r.status == 200
     finally:
         await d.close()
+
+
+def test_test_suite_variables_are_not_daemon_keys() -> None:
+    from crystalline.daemon.config import from_env
+
+    assert from_env({"CRYSTALLINE_TEST_ARTIFACTS": "/tmp/a", "CRYSTALLINE_HTTP": "off"}) == {"http": "off"}
+    with pytest.raises(ValueError, match="unknown variable CRYSTALLINE_TESTS"):
+        from_env({"CRYSTALLINE_TESTS": "1"})
