@@ -262,10 +262,12 @@ class Frontier:
         # URLs not kept, per reason, over the life of this frontier (the drops table)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.dropped.update(self._db.execute("SELECT reason, n FROM drops"))
-        # queued revisits (stored pages back in the queue): the stored total counts them
+        # queued revisits (stored pages back in the queue): counted apart from the new URLs queued
+        # (counts[QUEUED], what the caps hold), and in the stored total
         (self.revisits_queued,) = self._db.execute(
             "SELECT COUNT(*) FROM urls WHERE state = 0 AND versions > 0"
         ).fetchone()
+        self.counts[QUEUED] -= self.revisits_queued
         # sitemaps kept for revisits are no pages: the stored total leaves them out
         (self.sitemaps_kept,) = self._db.execute(
             "SELECT COUNT(*) FROM urls WHERE kind = ? AND versions > 0 AND state IN (0, 1, 2)", (SITEMAP,)

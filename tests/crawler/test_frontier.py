@@ -18,6 +18,7 @@ from crystalline.crawler.frontier import (
     TRAP_WINDOW,
     Frontier,
     NewUrl,
+    Revisit,
 )
 
 
@@ -203,3 +204,21 @@ def test_trim_brings_a_queue_over_lower_caps_under_them_deepest_newest_first(tmp
     assert left == ["http://a/0", "http://a/2", "http://a/4", "http://a/6", "http://a/8", "http://b/p/0",
                     "http://b/p/1", "http://b/p/2"]  # fmt: skip
     trimmed.close()
+
+
+def test_queued_revisits_are_counted_apart_from_new_urls_across_a_reopen(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite")
+    frontier.add(_urls(3))
+    now = time.time()
+    for entry in frontier.claim("http://h", 3, now):
+        revisit = Revisit(now - 1, 60.0, 60.0, now - 100, body_hash="x", new_version=True)
+        frontier.finish(entry, STORED, 200, revisit=revisit)
+    frontier.add([NewUrl("http://h/new", "http://h", 1)])
+    assert frontier.promote_due(now, 10) == 3
+    assert (frontier.counts[QUEUED], frontier.revisits_queued, frontier.stored_total) == (1, 3, 3)
+    frontier.close()
+    reopened = Frontier(tmp_path / "f.sqlite")
+    assert (reopened.counts[QUEUED], reopened.revisits_queued, reopened.stored_total) == (1, 3, 3)
+    claimed = reopened.claim("http://h", 4, now)
+    assert [e.revisit for e in claimed] == [True, True, True, False]  # revisits first
+    reopened.close()
