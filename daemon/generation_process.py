@@ -133,6 +133,8 @@ class CachedDecoder:
         cfg = model.config
         self.cfg = cfg
         self.p = model.table.views(params)
+        self.head = self.p[model.head_name]  # wte (tied) or lm_head (untied)
+        self.relu2 = cfg.mlp == "relu2"
         shape = (cfg.num_layers, cfg.num_heads, cfg.seq_len, cfg.head_dim)
         self.k = np.zeros(shape, params.dtype)
         self.v = np.zeros(shape, params.dtype)
@@ -165,11 +167,14 @@ class CachedDecoder:
             x = x + y @ p[pre + "attn.proj.w"] + p[pre + "attn.proj.b"]
             m = _layernorm(x, p[pre + "ln2.w"], p[pre + "ln2.b"])
             pre_act = m @ p[pre + "mlp.fc.w"] + p[pre + "mlp.fc.b"]
-            gelu = 0.5 * pre_act * (1.0 + np.tanh(GELU_K * (pre_act + GELU_C * pre_act**3)))
-            x = x + gelu @ p[pre + "mlp.proj.w"] + p[pre + "mlp.proj.b"]
+            if self.relu2:
+                act = np.maximum(pre_act, 0.0) ** 2
+            else:
+                act = 0.5 * pre_act * (1.0 + np.tanh(GELU_K * (pre_act + GELU_C * pre_act**3)))
+            x = x + act @ p[pre + "mlp.proj.w"] + p[pre + "mlp.proj.b"]
         self.pos += 1
         f = _layernorm(x, p["lnf.w"], p["lnf.b"])
-        logits = (f @ p["wte"].T).astype(np.float64)
+        logits = (f @ self.head.T).astype(np.float64)
         logits -= logits.max()
         probs = np.exp(logits)
         return probs / probs.sum()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import uuid
@@ -62,8 +63,12 @@ def _publish(block: ArrayBlock, src: int, params: np.ndarray, version: int) -> N
     pub[0] += 2 - pub[0] % 2
 
 
-def test_cached_decoder_matches_the_forward_pass() -> None:
-    model, params = _model()
+@pytest.mark.parametrize("options", [{}, {"mlp": "relu2", "head": "untied"}])
+def test_cached_decoder_matches_the_forward_pass(options: dict[str, str]) -> None:
+    model = GPT(dataclasses.replace(CONFIG, **options).model_config(256))
+    params = init_params(model.table, seed=3)
+    if options:  # the untied head starts at zero: give it values so it is really compared
+        model.table.views(params)["lm_head"][...] = np.random.default_rng(1).normal(0, 0.02, (256, 32))
     tokens = [int(t) for t in np.random.default_rng(0).integers(0, 256, CONFIG.seq_len)]
     full = model.probabilities(params, np.asarray(tokens)[None, :])[0]
     decoder = gp.CachedDecoder(model, params)
