@@ -2,6 +2,7 @@
 one-process, single-thread trainer, and where a step's time goes.
 
     .venv/bin/python bench/engine_scaling.py [--workers 1,2,4,12] [--batch 12,48] [--steps 30]
+        [--optimizer adamw|muon]
 
 For each batch size it prints one row per configuration, side by side with the reference
 (LocalEngine in this process, one BLAS thread): ms/step, tokens/s, speed-up, and the share
@@ -31,7 +32,12 @@ BABY = ModelConfig(vocab_size=256, seq_len=64, embed_dim=128, num_layers=4, num_
 
 
 def measure(
-    workers: int, batch: int, steps: int, warmup: int, reduce_in_control: bool = False
+    workers: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    reduce_in_control: bool = False,
+    optimizer: str = "adamw",
 ) -> dict[str, float]:
     tokens = np.random.default_rng(0).integers(0, 256, 500_000).astype(np.uint16)
     model = GPT(BABY)
@@ -40,13 +46,14 @@ def measure(
         return batch_for_step(tokens, 0, step, batch, BABY.seq_len)
 
     engine: StepEngine
+    opt = AdamWConfig(optimizer=optimizer)
     if workers == 0:
-        engine = LocalEngine(model, AdamWConfig(), source)
+        engine = LocalEngine(model, opt, source)
     else:
         settings = EngineSettings(
             workers=workers, instance="bench" + uuid.uuid4().hex[:8], reduce_in_control=reduce_in_control
         )
-        engine = ProcessEngine(model, AdamWConfig(), source, batch, settings)
+        engine = ProcessEngine(model, opt, source, batch, settings)
     params = init_params(model.table, 0)
     engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
     try:
@@ -79,11 +86,13 @@ def main() -> int:
     parser.add_argument("--batch", default="12,48,96")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
     args = parser.parse_args()
     print(f"model: baby (4 layers, 4 heads, 128 wide, context 64, bytes vocab), {os.cpu_count()} cores, "
-          f"1 BLAS thread per process, {args.steps} timed steps")  # fmt: skip
+          f"1 BLAS thread per process, {args.steps} timed steps, {args.optimizer}, "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     for batch in (int(b) for b in args.batch.split(",")):
-        ref = measure(0, batch, args.steps, args.warmup)
+        ref = measure(0, batch, args.steps, args.warmup, optimizer=args.optimizer)
         print(f"\nbatch {batch} ({batch * BABY.seq_len} tokens/step)")
         print(f"  {'engine':<24}{'ms/step':>9}{'tokens/s':>11}{'speed-up':>10}{'not fwd/bwd':>13}")
         print(
@@ -93,7 +102,7 @@ def main() -> int:
         rows = [(f"{w} worker processes", w, False) for w in counts]
         rows.append((f"{counts[-1]}, reduce in control", counts[-1], True))
         for label, w, in_control in rows:
-            r = measure(w, batch, args.steps, args.warmup, in_control)
+            r = measure(w, batch, args.steps, args.warmup, in_control, args.optimizer)
             print(f"  {label:<24}{r['ms']:>9.1f}{r['tok_s']:>11,.0f}"
                   f"{r['tok_s'] / ref['tok_s']:>10.2f}{r['coord_share']:>13.1%}")  # fmt: skip
     print(

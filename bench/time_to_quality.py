@@ -7,9 +7,11 @@ bench/shakespeare_char.toml. Both evaluate the same fixed validation windows (by
 
 Prints, for each, the wall time (from process start) at which the validation loss first
 reached the target, the tokens it took, the tokens/s up to then, the final validation loss,
-the parameter count and the load average around the run; then the ratio of the two times. The
-two run one after the other, never at once; --repeat alternates them N times (the machine's
-other load moves between runs). Asserts nothing.
+the parameter count, the CPU seconds of the whole run (all its processes) and the load average
+around it; then the ratio of the two times and of the two CPU times. The two run one after the
+other, never at once; --repeat alternates them N times. On a machine loaded by other work the
+wall ratio favours the side with more processes (12 workers get more of the time slices than 2
+torch threads), so the CPU ratio is printed beside it. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,13 +46,20 @@ def first_reaching(metrics: Path, target: float) -> dict[str, Any]:
     return out
 
 
-def run(label: str, cmd: list[str], metrics: Path, target: float) -> float | None:
-    """Runs one trainer; prints its line; returns the seconds to the target (None: not reached)."""
+def cpu_seconds() -> float:
+    """User + system time of all finished children (the trainers and their worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(label: str, cmd: list[str], metrics: Path, target: float) -> tuple[float, float] | None:
+    """Runs one trainer; prints its line; returns (seconds to the target, CPU seconds of the run)
+    or None when the target was not reached."""
     load_before = os.getloadavg()[0]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    load = f"load {load_before:.1f}->{os.getloadavg()[0]:.1f}"
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    load = f"cpu {cpu:6.1f} s   load {load_before:.1f}->{os.getloadavg()[0]:.1f}"
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
         print(f"{label:<34} failed (exit {proc.returncode}): {tail[0]}")
@@ -69,7 +79,7 @@ def run(label: str, cmd: list[str], metrics: Path, target: float) -> float | Non
     for line in proc.stdout.strip().splitlines()[-2:]:
         print(f"    | {line}")
     metrics.unlink()
-    return reached
+    return None if reached is None else (reached, cpu)
 
 
 def main() -> int:
@@ -85,12 +95,15 @@ def main() -> int:
     for _ in range(args.repeat):
         ref, ours = race(args)
         if ref and ours:
-            print(f"ratio crystalline / PyTorch time to {args.target}: {ours / ref:.2f}")
+            print(
+                f"ratio crystalline / PyTorch: time to {args.target} {ours[0] / ref[0]:.2f}, "
+                f"CPU seconds of the runs {ours[1] / ref[1]:.2f}"
+            )
     return 0
 
 
-def race(args: argparse.Namespace) -> tuple[float | None, float | None]:
-    ref: float | None = None
+def race(args: argparse.Namespace) -> tuple[tuple[float, float] | None, tuple[float, float] | None]:
+    ref: tuple[float, float] | None = None
     with tempfile.TemporaryDirectory(prefix="crystalline-ttq-") as tmp:
         out = Path(tmp)
         if not args.skip_reference:
