@@ -219,7 +219,7 @@ class Supervisor:
             "control_restarts": self.control.restarts - 1 if self.control.restarts else 0,
             "workers": workers,
         }
-        for key in ("lr", "last_checkpoint_s"):
+        for key in ("lr", "last_checkpoint_s", "data"):
             if c.get(key) is not None:
                 training[key] = c[key]
         if c.get("stalled"):

@@ -1,0 +1,77 @@
+"""A daemon fed one document that the hash holds out for validation still trains (real processes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _daemon_process import SMALL_MODEL, NotifyListener
+
+from crystalline.daemon.status_server import request
+from crystalline.workers.dataset import held_out
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+SAMPLE = Path(__file__).resolve().parents[2] / "daemon" / "samples" / "shakespeare-00.txt"
+VAL_FRACTION = 0.1
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="ch-", dir="/tmp") as d:  # AF_UNIX path limit
+        yield Path(d)
+
+
+def held_out_name(inbox: Path) -> str:
+    """The first name whose drop-folder source the hash sends to validation (deterministic)."""
+    return next(f"only-{i}.txt" for i in range(1000) if held_out(str(inbox / f"only-{i}.txt"), VAL_FRACTION))
+
+
+def status(run: Path) -> dict[str, Any]:
+    reply = request(run / "crystalline.sock", {"cmd": "status"})
+    assert reply["ok"], reply
+    data: dict[str, Any] = reply["data"]
+    return data
+
+
+def test_single_held_out_document_trains_and_validates(short_dir: Path) -> None:
+    state, run = short_dir / "state", short_dir / "run"
+    inbox = state / "inbox"
+    inbox.mkdir(parents=True)
+    name = held_out_name(inbox)
+    (inbox / name).write_bytes(SAMPLE.read_bytes())
+    notify = NotifyListener(short_dir / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("WATCHDOG_USEC", None)
+    cmd = [sys.executable, "-m", "crystalline.daemon.cli", "run", "--state-dir", str(state)]
+    cmd += ["--runtime-dir", str(run), "--no-crawl", "--no-samples", "--http", "off", "--workers", "2"]
+    cmd += [*SMALL_MODEL, "--batch-size", "4", "--eval-interval", "10", "--eval-windows", "8"]
+    cmd += ["--val-fraction", str(VAL_FRACTION)]
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    training: dict[str, Any] = {}
+    try:
+        deadline, data = time.monotonic() + 240, {}
+        while True:
+            assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+            if (run / "crystalline.sock").exists():
+                data = status(run)
+                training = data["training"]
+                if training.get("step", 0) > 10 and training.get("val_loss") is not None:
+                    break
+            assert time.monotonic() < deadline, f"no training on the held-out document: {data}"
+            time.sleep(0.5)
+        assert data["ingest"]["documents"] == 1
+        assert training["data"]["train_documents"] == 0
+        assert training["data"]["val_documents"] == 1
+        assert training["data"]["trains_on_held_out"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        notify.close()
