@@ -278,8 +278,9 @@ class Crawler:
 
     async def run(self, stop: asyncio.Event) -> CrawlSummary:
         """Crawl until nothing is left to do now (the queue is empty, no revisit is due, or only
-        deferred hosts hold URLs), ``max_pages`` are stored, or ``stop`` is set. A run never
-        revisits a page it fetched itself: the next run (or the daemon's next pass) does."""
+        deferred hosts hold URLs), ``max_pages`` are stored, or ``stop`` is set. A one-shot run
+        (``revisit_after`` set) or one with no minimum interval never revisits a page it fetched
+        itself: the next run does; the daemon's pass revisits pages as they come due."""
         start = time.monotonic()
         self._run_started = time.time()
         if self.settings.revisit_after is not None:
@@ -379,7 +380,12 @@ class Crawler:
         if self.frontier.counts[QUEUED] > 0:  # new URLs wait: revisits get their share
             total = self._launched["new"] + self._launched["revisit"]
             room = min(room, int(s.revisit_share * (total + s.concurrency)) - self._launched["revisit"])
-        if room > 0 and self.frontier.promote_due(now, room, fetched_before=self._run_started):
+        # A one-shot run (revisit_after set) revisits what was due when it started; so does a pass
+        # with no minimum interval (its pages would be due again as soon as fetched). The daemon's
+        # pass otherwise revisits whatever comes due: on a real crawl it never runs out of new URLs.
+        one_pass = s.revisit_after is not None or s.min_revisit == 0
+        before = self._run_started if one_pass else None
+        if room > 0 and self.frontier.promote_due(now, room, fetched_before=before):
             self._wake.set()
 
     def _pages_left(self) -> int | None:

@@ -516,16 +516,19 @@ class Frontier:
 
     def promote_due(self, now: float, limit: int, fetched_before: float | None = None) -> int:
         """Put up to ``limit`` stored URLs whose revisit time has come back in the queue (the most
-        overdue first), only those fetched before ``fetched_before`` if given (a run never
-        revisits what it fetched itself); return how many."""
+        overdue first); return how many. ``fetched_before``: only those due by then and fetched
+        before then (a one-shot run revisits what was due when it started, never what it fetched
+        itself). Either way the query reads only rows it promotes, down the ``urls_revisit``
+        index: rows it left out are not scanned again each second (173 ms at 500k rows)."""
         if limit <= 0:
             return 0
+        due_by = now if fetched_before is None else min(now, fetched_before)
         with self._transaction():
             origins = self._db.execute(
                 "UPDATE urls SET state = 0, not_before = 0, attempts = 0 WHERE id IN (SELECT id FROM urls"
                 " WHERE state = 2 AND next_visit <= ? AND fetched_at < ? ORDER BY next_visit LIMIT ?)"
                 " RETURNING origin",
-                (now, now if fetched_before is None else fetched_before, limit),
+                (due_by, due_by, limit),
             ).fetchall()
             per_origin: dict[str, int] = {}
             for (origin,) in origins:

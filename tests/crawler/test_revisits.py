@@ -9,9 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _loopback import Hits, crawl, fast_settings, html, prose, serve
+from _loopback import Hits, MemorySink, crawl, fast_settings, html, prose, serve
 from aiohttp import web
 
+from crystalline.crawler.crawl import Crawler
 from crystalline.crawler.feedback import IngestFeedback
 from crystalline.crawler.frontier import Frontier
 from crystalline.crawler.settings import CrawlSettings
@@ -257,3 +258,41 @@ def test_revisits_get_their_share_of_requests_while_new_urls_wait(tmp_path: Path
         assert abs(revisits - share * 40) <= 3, first
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_daemon_pass_revisits_small_site_next_to_an_endless_one(tmp_path: Path) -> None:
+    """A daemon pass lasts as long as new URLs come (a large site always has one more): pages
+    that come due meanwhile are revisited within the pass, not after it (before: 0 revisits of
+    5 pages with a 1 s interval in 10 s next to an endless site)."""
+    hits = Hits()
+
+    async def main() -> None:
+        async def small(request: web.Request) -> web.Response:
+            i = int(request.match_info["i"])
+            links = "".join(f'<a href="/s/{j}">x</a>' for j in range(1, 5)) if i == 0 else ""
+            return html(f"<p>{prose(i)}</p>{links}")
+
+        async def endless(request: web.Request) -> web.Response:  # always one more new page, slowly
+            i = int(request.match_info["i"])
+            await asyncio.sleep(0.3)
+            return html(f'<p>{prose(1000 + i)}</p><a href="/e/{i + 1}">next</a>')
+
+        routes = [web.get("/s/{i}", small), web.get("/e/{i}", endless)]
+        async with serve(routes, hits=hits) as base:
+            settings = fast_settings(tmp_path, min_revisit=1.0, max_revisit=2.0, max_depth=10_000)
+            crawler = Crawler(settings, MemorySink())
+            try:
+                crawler.add_url(base + "/s/0")
+                crawler.add_url(base + "/e/0")
+                stop = asyncio.Event()
+                asyncio.get_running_loop().call_later(5, stop.set)
+                summary = await crawler.run(stop)
+            finally:
+                crawler.close()
+        assert summary.reason == "stopped"  # the endless site kept the pass going
+
+    asyncio.run(main())
+    small_hits = [p for p in hits.paths() if p.startswith("/s/")]
+    assert len(set(small_hits)) == 5
+    assert len(small_hits) > 5  # some of the small site's pages were fetched again in the pass
