@@ -156,6 +156,7 @@ class Crawler:
             settings.frontier_path,
             max_queued_per_host=settings.max_queued_per_host,
             max_queued=settings.max_queued,
+            max_pages_per_host=settings.max_pages_per_host,
         )
         self.politeness = Politeness(settings)
         self.robots = RobotsCache(
@@ -307,7 +308,9 @@ class Crawler:
                         if self._pages_left() == 0:
                             reason = "max pages"
                             break
-                        if self.frontier.next_ready_at() is None:
+                        next_at = self.frontier.next_ready_at()
+                        # FAR_FUTURE with nothing in flight: no host will ever be asked again
+                        if next_at is None or next_at >= FAR_FUTURE:
                             reason = (
                                 ONLY_DEFERRED if self.frontier.deferred(time.time(), 1) else "frontier empty"
                             )
@@ -410,14 +413,17 @@ class Crawler:
             if launched >= budget:
                 break
             slot = self.politeness.slot(origin)
-            revisits_only = False
+            max_new: int | None = None
             per_host = s.max_pages_per_host
-            if per_host and self.frontier.host_stored(origin) + slot.active >= per_host:
-                if not slot.active:
+            if per_host:
+                # the pages it may still store, those in flight counted as stored (a revisit in
+                # flight too: the bound is at most stricter by the revisits in flight)
+                max_new = max(0, per_host - self.frontier.host_stored(origin) - slot.active)
+                if max_new == 0 and not slot.active:
                     dropped = self.frontier.drop_host_queue(origin, "max pages per host")
                     if dropped:
                         log.info("host %s: page limit %d reached, %d URLs skipped", origin, per_host, dropped)
-                revisits_only = True  # its stored pages are still revisited
+                # at 0 its stored pages are still revisited
             per_day = s.max_fetches_per_host_per_day
             day_left = budget
             if per_day:
@@ -435,9 +441,7 @@ class Crawler:
             if robots_token and not self.robots_budget.take():
                 self._defer_for_robots(origin)
                 continue
-            entries = self.frontier.claim(
-                origin, min(capacity, budget - launched, day_left), now, revisits_only
-            )
+            entries = self.frontier.claim(origin, min(capacity, budget - launched, day_left), now, max_new)
             if not entries:
                 if robots_token:
                     self.robots_budget.refund()

@@ -124,7 +124,8 @@ DROP_PAGE_LINKS = "links_per_page"  # past a page's cap of new links
 DROP_HOST_FULL = "host_queue_full"  # its origin's queue was at max_queued_per_host
 DROP_FRONTIER_FULL = "frontier_full"  # the whole queue was at max_queued
 DROP_TRAP = "trap"  # its host and URL shape stopped giving new text
-DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP)
+DROP_HOST_PAGES = "host_page_limit"  # its origin has stored max_pages_per_host pages
+DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP, DROP_HOST_PAGES)
 
 # A URL shape is a trap when at least TRAP_DUPLICATES of its last TRAP_WINDOW pages gave no new
 # text (exact or near duplicates, judged by the crawler at fetch and by ingest afterwards). A
@@ -235,13 +236,17 @@ class HostReport:
 class Frontier:
     """The SQLite frontier at ``path`` (created if missing); close it when done."""
 
-    def __init__(self, path: Path, *, max_queued_per_host: int = 0, max_queued: int = 0) -> None:
+    def __init__(
+        self, path: Path, *, max_queued_per_host: int = 0, max_queued: int = 0, max_pages_per_host: int = 0
+    ) -> None:
         """Caps of 0 are off: ``max_queued_per_host`` and ``max_queued`` (URLs waiting per origin
-        and in all)."""
+        and in all), ``max_pages_per_host`` (an origin with that many pages stored takes no new
+        URL: it would stay queued forever)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_queued_per_host = max_queued_per_host
         self.max_queued = max_queued
+        self.max_pages_per_host = max_pages_per_host
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -399,6 +404,10 @@ class Frontier:
             if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is None:
                 batch.dropped[DROP_TRAP] += 1
             return False
+        if self.max_pages_per_host and batch.stored(new.origin) >= self.max_pages_per_host:
+            if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is None:
+                batch.dropped[DROP_HOST_PAGES] += 1
+            return False
         if self.max_queued_per_host and batch.queued(new.origin) >= self.max_queued_per_host:
             reason = DROP_HOST_FULL
         elif self.max_queued and self.counts[QUEUED] >= self.max_queued:
@@ -452,18 +461,20 @@ class Frontier:
     def next_ready_at(self) -> float | None:
         """The earliest next_at of an origin with queued URLs that is not deferred (None: no such
         origin: the queue is empty or only deferred hosts hold URLs)."""
+        # one step down hosts_ready (a deferred host's next_at is its deferral's end: it sorts late)
         row = self._db.execute(
-            "SELECT MIN(next_at) FROM hosts WHERE queued > 0 AND deferred_until <= ?", (time.time(),)
+            "SELECT next_at FROM hosts WHERE queued > 0 AND deferred_until <= ? ORDER BY next_at LIMIT 1",
+            (time.time(),),
         ).fetchone()
-        return None if row[0] is None else float(row[0])
+        return None if row is None else float(row[0])
 
-    def claim(self, origin: str, n: int, now: float, revisits_only: bool = False) -> list[UrlEntry]:
+    def claim(self, origin: str, n: int, now: float, max_new: int | None = None) -> list[UrlEntry]:
         """Mark up to ``n`` of the origin's queued URLs in flight and return them: revisits first
         (their number in the queue is what keeps them to their share, see ``Crawler._promote``),
-        then new URLs, shallowest and oldest first; ``revisits_only``: no new URL (the host is at
-        its page limit). Each counts against the host's fetches of the day.
+        then at most ``max_new`` new URLs (None: no limit; 0: the host is at its page limit),
+        shallowest and oldest first. Each counts against the host's fetches of the day.
         When all its queued URLs wait for a retry time, the origin's next_at moves there."""
-        only = " AND versions > 0" if revisits_only else ""
+        revisits_only = max_new == 0
         with self._transaction():
             rows = self._db.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM urls WHERE origin = ? AND state = 0 AND versions > 0"
@@ -471,21 +482,28 @@ class Frontier:
                 (origin, now, n),
             ).fetchall()
             if len(rows) < n and not revisits_only:
+                k = n - len(rows) if max_new is None else min(n - len(rows), max_new)
                 rows += self._db.execute(
                     f"SELECT {_ENTRY_COLUMNS} FROM urls WHERE origin = ? AND state = 0 AND versions = 0"
                     " AND not_before <= ? ORDER BY depth, id LIMIT ?",
-                    (origin, now, n - len(rows)),
+                    (origin, now, k),
                 ).fetchall()
+            if not rows and revisits_only:
+                # nothing to revisit now: the host waits for its next due revisit (one that is due
+                # already comes in with the next promotion, within a second), never for FAR_FUTURE,
+                # which a one-shot crawl would wait for forever
+                (visit,) = self._db.execute(
+                    "SELECT MIN(next_visit) FROM urls WHERE origin = ? AND state = 2", (origin,)
+                ).fetchone()
+                when = FAR_FUTURE if visit is None else max(float(visit), now + 1.0)
+                self._db.execute(
+                    "UPDATE hosts SET next_at = MAX(next_at, ?) WHERE origin = ?", (when, origin)
+                )
+                return []
             if not rows:
                 wait = self._db.execute(
-                    f"SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0{only}",
-                    (origin,),
+                    "SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0", (origin,)
                 ).fetchone()
-                if only:  # nothing to revisit: the host waits for its next due revisit
-                    self._db.execute(
-                        "UPDATE hosts SET next_at = MAX(next_at, ?) WHERE origin = ?", (FAR_FUTURE, origin)
-                    )
-                    return []
                 self._db.execute(
                     "UPDATE hosts SET queued = ?, next_at = MAX(next_at, ?) WHERE origin = ?",
                     (wait[1], wait[0] or 0.0, origin),
@@ -860,10 +878,18 @@ class _Batch:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._base: dict[str, int] = {}
+        self._stored: dict[str, int] = {}
         self.delta: dict[str, int] = {}
         self.grew: set[str] = set()  # origins that got a URL (their hosts row must exist)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._victims: dict[str | None, _Victim | None] = {}  # origin, or None for the whole queue
+
+    def stored(self, origin: str) -> int:
+        """The origin's pages stored (read once per batch: a batch stores none)."""
+        if origin not in self._stored:
+            row = self._db.execute("SELECT stored FROM hosts WHERE origin = ?", (origin,)).fetchone()
+            self._stored[origin] = int(row[0]) if row else 0
+        return self._stored[origin]
 
     def queued(self, origin: str) -> int:
         if origin not in self._base:

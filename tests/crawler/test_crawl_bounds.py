@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _loopback import MemorySink, WildcardResolver, crawl, fast_settings, html, serve
+from _loopback import Hits, MemorySink, WildcardResolver, crawl, fast_settings, html, serve
 from aiohttp import web
 
 from crystalline.crawler import command
@@ -16,6 +16,7 @@ from crystalline.crawler.crawl import Crawler
 from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
     DROP_HOST_FULL,
+    DROP_HOST_PAGES,
     DROP_PAGE_LINKS,
     DROP_TRAP,
     Frontier,
@@ -125,7 +126,7 @@ def test_wildcard_hosts_hold_the_total_and_host_caps_and_the_robots_budget(tmp_p
         # the hub offered 6,000 links: 5 kept for each of the first 100 hosts (500 in all), 15 more
         # of each of those dropped at the host cap, all 20 of each later host at the total cap
         assert summary.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 100 * 15, DROP_FRONTIER_FULL: 200 * 20,
-                                   DROP_TRAP: 0}  # fmt: skip
+                                   DROP_TRAP: 0, DROP_HOST_PAGES: 0}  # fmt: skip
         _, per_origin, counted = _queue_rows(settings)
         assert per_origin == counted and max(per_origin.values()) <= 5 and sum(per_origin.values()) <= 500
         assert "waited" in summary.line() and "robots.txt budget" in summary.line()
@@ -212,5 +213,42 @@ def test_a_frontier_grown_before_the_caps_is_trimmed_by_the_crawl(tmp_path: Path
         # adding /start took the place of one deep URL; the crawl's trim dropped 40 more
         assert summary.dropped[DROP_HOST_FULL] == 40 and crawler.stats()["dropped"][DROP_HOST_FULL] == 41
         assert summary.queued == 9 and "40 host queue full" in summary.line()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_page_limited_host_linked_from_another_host_ends_at_its_limit(tmp_path: Path) -> None:
+    """A host at --max-pages-per-host that a page of another host links to again: the one-shot
+    crawl ends (before: its new URL was queued, the host's next_at went to FAR_FUTURE and the run
+    waited forever), and the host has exactly its limit stored (before: 3 of 2, claimed together)."""
+    hits = Hits()
+    base: dict[str, str] = {}
+
+    async def main() -> None:
+        async def other_page(request: web.Request) -> web.Response:
+            i = int(request.match_info["i"])
+            await asyncio.sleep(0.2)  # its links reach the limited host after its queue was dropped
+            more = f'<a href="/b/{i + 1}">n</a>' if i < 5 else ""
+            return html(f'page b{i} {more}<a href="{base["limited"]}/a/{100 + i}">a</a>')
+
+        async def limited_page(request: web.Request) -> web.Response:
+            i = int(request.match_info["i"])
+            other = f'<a href="{base["other"]}/b/0">b</a>'
+            more = f'<a href="/a/1">1</a><a href="/a/2">2</a>{other}' if i == 0 else ""
+            return html(f"page a{i} {more}")
+
+        async with (
+            serve([web.get("/b/{i}", other_page)], host="127.0.0.2") as base["other"],
+            serve([web.get("/a/{i}", limited_page)], hits=hits) as base["limited"],
+        ):
+            settings = fast_settings(tmp_path, allowed_domains=("127.0.0.1", "127.0.0.2"),
+                                     max_pages_per_host=2)  # fmt: skip
+            summary, sink, _ = await crawl(settings, [base["limited"] + "/a/0"], timeout=40)
+        limited = [u for u in sink.sources() if u.startswith(base["limited"])]
+        assert summary.reason == "frontier empty"
+        assert len(limited) == 2 and summary.stored_total == 4  # 2 per host, exactly
+        assert summary.dropped[DROP_HOST_PAGES] > 0  # the other host's links to it were not queued
+        assert len([p for p in hits.paths() if p.startswith("/a/")]) == 2
 
     asyncio.run(main())

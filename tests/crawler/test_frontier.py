@@ -9,6 +9,7 @@ from pathlib import Path
 from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
     DROP_HOST_FULL,
+    DROP_HOST_PAGES,
     DROP_PAGE_LINKS,
     DROP_TRAP,
     FAILED,
@@ -194,7 +195,8 @@ def test_trim_brings_a_queue_over_lower_caps_under_them_deepest_newest_first(tmp
     assert (trimmed.trim(max_rows=5), trimmed.trim(max_rows=5), trimmed.trim()) == (5, 1, 0)  # chunks
     names = {r[0] for r in trimmed._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "urls_queue" not in names and "urls_host_queue" in names
-    assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2, DROP_TRAP: 0}
+    assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2, DROP_TRAP: 0,
+                               DROP_HOST_PAGES: 0}  # fmt: skip
     assert trimmed.counts[QUEUED] == 8
     # a's cap took its newest depth-2 URLs (9, 7, 5, 3); the total cap then a/1 (the deepest
     # left) and b/p/3 (the newest of depth 1)
@@ -222,3 +224,20 @@ def test_queued_revisits_are_counted_apart_from_new_urls_across_a_reopen(tmp_pat
     claimed = reopened.claim("http://h", 4, now)
     assert [e.revisit for e in claimed] == [True, True, True, False]  # revisits first
     reopened.close()
+
+
+def test_host_at_its_page_limit_takes_no_new_url_and_claims_within_it(tmp_path: Path) -> None:
+    frontier = Frontier(tmp_path / "f.sqlite", max_pages_per_host=2)
+    frontier.add(_urls(5))
+    entries = frontier.claim("http://h", 4, time.time(), max_new=2)
+    assert len(entries) == 2  # the allowance, not the 4 asked
+    for e in entries:
+        now = time.time()
+        frontier.finish(e, STORED, 200, revisit=Revisit(now + 500, 500, 500, now, new_version=True))
+    assert frontier.add(_urls(8)[5:]) == 0 and frontier.dropped[DROP_HOST_PAGES] == 3
+    assert frontier.add([NewUrl("http://other/", "http://other", 0)]) == 1
+    # revisits only and none due: the host waits for its next revisit, not for ever
+    assert frontier.claim("http://h", 4, time.time(), max_new=0) == []
+    (next_at,) = frontier._db.execute("SELECT next_at FROM hosts WHERE origin = 'http://h'").fetchone()
+    assert abs(next_at - (now + 500)) < 1
+    frontier.close()
