@@ -3,12 +3,16 @@ systemd-nspawn, the project installed by the README's own commands (taken from t
 the test and the document cannot drift apart), then an operator's life cycle: start to READY,
 training with 12 workers, ``crystalline status`` for the group and not for others, a SIGKILL
 that Restart= recovers from the checkpoint, a frozen control process that the watchdog catches,
-a clean stop with nothing left for systemd to kill, and no shared memory left behind."""
+a clean stop with nothing left for systemd to kill, and no shared memory left behind. From its
+first start the daemon also crawls a small site served inside the container on 127.0.0.1, so the
+crawl path (aiohttp, lxml, trafilatura, fasttext) runs under the unit's filters too."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,8 +28,25 @@ _why = missing_requirement()
 if _why:
     pytestmark.append(pytest.mark.skip(reason=f"real-systemd test: {_why}"))
 
-# The test's only change to the unit: a short watchdog, so a frozen process is caught in seconds.
-DROP_IN = "[Service]\nWatchdogSec=10s\n"
+SITE_PAGES = 5  # linked from the site's index.html, the seed
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1; the container shares this machine's network namespace."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+SITE_PORT = free_port()
+# The test's changes to the unit: a short watchdog, so a frozen process is caught in seconds, and
+# a crawl of the local site (the configuration's keys as CRYSTALLINE_* variables).
+DROP_IN = (
+    "[Service]\nWatchdogSec=10s\n"
+    f"Environment=CRYSTALLINE_SEED_URL=http://127.0.0.1:{SITE_PORT}/ CRYSTALLINE_CRAWL_ALLOW_PRIVATE=1"
+    " CRYSTALLINE_CRAWL_DELAY=0 CRYSTALLINE_CRAWL_NO_SITEMAPS=1\n"
+)
 _DROP_IN_PATH = "/etc/systemd/system/crystalline.service.d/test-watchdog.conf"
 STATUS = "crystalline status --runtime-dir /run/crystalline --json"
 REQUEST = "/opt/crystalline/.venv/bin/python -c 'import json, sys; from pathlib import Path; " + (
@@ -41,6 +62,34 @@ def readme_install_commands() -> str:
     match = re.search(r"```sh\n(.*?)```", section, re.S)
     assert match, "the README's systemd section has no ```sh block"
     return match.group(1).replace("<this repository>", "/srv/crystalline-src")
+
+
+def write_site(dest: Path) -> Path:
+    """An index and SITE_PAGES pages of distinct prose, all linked to each other."""
+    words = ["harbour", "lantern", "meadow", "copper", "orchard", "thunder", "glacier", "velvet"]
+    words += ["market", "island", "ladder", "the", "of", "and", "to"]
+    names = ["index.html", *(f"page-{i}.html" for i in range(SITE_PAGES))]
+    # the index as "/" only: a link to /index.html too would be one more page, the same text
+    links = "".join(f'<a href="/{n}">{n}</a> ' for n in ["", *names[1:]])
+    dest.mkdir()
+    for i, name in enumerate(names):
+        rng = random.Random(i)
+        paras = "".join("<p>" + " ".join(rng.choice(words) for _ in range(120)) + ".</p>" for _ in range(3))
+        (dest / name).write_text(f"<html><body><article>{paras}</article>{links}</body></html>")
+    return dest
+
+
+def site_answers(box: Container) -> bool:
+    probe = f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{SITE_PORT}/')\""
+    return box.sh(probe, check=False).returncode == 0
+
+
+def _crawled(box: Container, texts: int) -> dict[str, Any] | None:
+    """The status once the site's pages are stored by the crawler and ingested."""
+    data = status(box)
+    stored = data["crawler"].get("stored_total", 0)
+    done = stored >= SITE_PAGES + 1 and _ingested(box, texts + SITE_PAGES)
+    return data if done else None
 
 
 def show(box: Container, *props: str) -> dict[str, str]:
@@ -110,12 +159,16 @@ def box() -> Iterator[Container]:
     root = cached_rootfs()
     with tempfile.TemporaryDirectory(prefix="crystalline-nspawn-") as tmp:
         src = source_snapshot(Path(tmp) / "src")
-        with booted(root, {src: "/srv/crystalline-src"}, Path(tmp)) as container:
+        site = write_site(Path(tmp) / "site")
+        with booted(root, {src: "/srv/crystalline-src", site: "/srv/site"}, Path(tmp)) as container:
             yield container
 
 
 def test_service_life_cycle_under_real_systemd(box: Container) -> None:
     box.sh(f"mkdir -p /etc/systemd/system/crystalline.service.d && printf '{DROP_IN}' > {_DROP_IN_PATH}")
+    serve = f"python3 -m http.server --bind 127.0.0.1 --directory /srv/site {SITE_PORT}"
+    box.sh(f"systemd-run --unit=test-site {serve}")
+    wait_until("the local site", 30, lambda: site_answers(box), box)
     install = box.sh(f"set -euxo pipefail\n{readme_install_commands()}", timeout=900)
     assert "__pycache__" in box.sh("ls /opt/crystalline/daemon").stdout  # compiled at install
 
@@ -138,6 +191,14 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
     texts = len(list((REPO / "daemon" / "samples").glob("shakespeare-*.txt")))
     ingest = wait_until("samples ingested", 300, lambda: _ingested(box, texts), box)
     assert ingest["failed"] == 0, ingest
+
+    # the crawl under the unit (MemoryDenyWriteExecute=yes, the syscall filter): every page of the
+    # local site fetched, stored and ingested
+    assert show(box, "MemoryDenyWriteExecute")["MemoryDenyWriteExecute"] == "yes"
+    crawled = wait_until("the local site crawled and ingested", 300, lambda: _crawled(box, texts), box)
+    [host] = crawled["crawler"]["hosts"]
+    print(f"crawl under the unit: {host}; ingest: {crawled['ingest']}")
+    assert host["stored"] == SITE_PAGES + 1 and crawled["ingest"]["failed"] == 0, crawled["crawler"]
     # the ingest pool ran in this process, and with it multiprocessing's resource tracker: the
     # stop must leave nothing for systemd to kill; then start again
     clean_stop(box)
