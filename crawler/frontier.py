@@ -98,6 +98,9 @@ _URL_COLUMNS = {
     "versions": "INTEGER NOT NULL DEFAULT 0",  # bodies handed to the sink (0: never stored)
     "fresh": "INTEGER",  # the crawler's verdict on its first body: 1 new text, 0 none
     "kind": "INTEGER NOT NULL DEFAULT 0",  # PAGE or SITEMAP
+    # its shape's verdict count (patterns.n) once its own was in: where that verdict sits in the
+    # window, so that ingest's later verdict replaces it rather than pushing a second one
+    "judged_n": "INTEGER",
 }
 _HOST_COLUMNS = {
     "deferred_until": "REAL NOT NULL DEFAULT 0",
@@ -755,24 +758,41 @@ class Frontier:
         ones dropped. Returns how many queued URLs were skipped (0: not a trap, or one already)."""
         if pattern is None or (origin, pattern) in self.trapped:
             return 0
-        mask = (1 << TRAP_WINDOW) - 1
         with self._transaction():
-            window, n = self._db.execute(
-                "INSERT INTO patterns (origin, pattern, n, window) VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE"
-                " SET n = n + 1, window = ((window << 1) | excluded.window) & ? RETURNING window, n",
-                (origin, pattern, 0 if fresh else 1, mask),
-            ).fetchone()
-            if n < TRAP_WINDOW or int(window).bit_count() < TRAP_DUPLICATES:
-                return 0
-            self._db.execute(
-                "UPDATE patterns SET trapped = 1 WHERE origin = ? AND pattern = ?", (origin, pattern)
-            )
-            skipped = self._db.execute(
-                "UPDATE urls SET state = ?, error = ? WHERE origin = ? AND state = 0 AND versions = 0"
-                " AND pattern = ?",
-                (SKIPPED, "trap: its URL shape stopped giving new text", origin, pattern),
-            ).rowcount
-            self._db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (skipped, origin))
+            window, n = self._push_verdict(origin, pattern, fresh)
+            skipped = self._cut_if_trap(origin, pattern, window, n)
+        return self._trapped_now(origin, pattern, skipped)
+
+    def _push_verdict(self, origin: str, pattern: str, fresh: bool) -> tuple[int, int]:
+        """Shift one verdict into the shape's window (inside a transaction); its window and count."""
+        mask = (1 << TRAP_WINDOW) - 1
+        window, n = self._db.execute(
+            "INSERT INTO patterns (origin, pattern, n, window) VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE"
+            " SET n = n + 1, window = ((window << 1) | excluded.window) & ? RETURNING window, n",
+            (origin, pattern, 0 if fresh else 1, mask),
+        ).fetchone()
+        return int(window), int(n)
+
+    def _cut_if_trap(self, origin: str, pattern: str, window: int, n: int) -> int | None:
+        """Mark the shape a trap and skip its queued URLs if its window says so (inside a
+        transaction); how many were skipped, or None when it is no trap."""
+        if n < TRAP_WINDOW or window.bit_count() < TRAP_DUPLICATES:
+            return None
+        self._db.execute(
+            "UPDATE patterns SET trapped = 1 WHERE origin = ? AND pattern = ?", (origin, pattern)
+        )
+        skipped: int = self._db.execute(
+            "UPDATE urls SET state = ?, error = ? WHERE origin = ? AND state = 0 AND versions = 0"
+            " AND pattern = ?",
+            (SKIPPED, "trap: its URL shape stopped giving new text", origin, pattern),
+        ).rowcount
+        self._db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (skipped, origin))
+        return skipped
+
+    def _trapped_now(self, origin: str, pattern: str, skipped: int | None) -> int:
+        """The in-memory side of ``_cut_if_trap``, once its transaction committed."""
+        if skipped is None:
+            return 0
         self.trapped.add((origin, pattern))
         self.counts[QUEUED] -= skipped
         self.counts[SKIPPED] += skipped
@@ -781,11 +801,19 @@ class Frontier:
 
     def _judged(self, entry: UrlEntry, text_fresh: bool, other_links: int) -> None:
         """Count a first body for its shape (after ``finish``); remember whether its text alone
-        made it count, so that ingest's verdict on that text can still overrule it."""
-        self._db.execute(
-            "UPDATE urls SET fresh = ? WHERE id = ?", (int(text_fresh and not other_links), entry.id)
-        )
-        self.judge(entry.origin, entry.pattern, text_fresh or other_links > 0)
+        made it count, and where its verdict sits in the shape's window, so that ingest's verdict
+        on that text can still overrule it (see ``ingest_verdicts``)."""
+        assert entry.pattern is not None
+        if (entry.origin, entry.pattern) in self.trapped:
+            return
+        with self._transaction():
+            window, n = self._push_verdict(entry.origin, entry.pattern, text_fresh or other_links > 0)
+            self._db.execute(
+                "UPDATE urls SET fresh = ?, judged_n = ? WHERE id = ?",
+                (int(text_fresh and not other_links), n, entry.id),
+            )
+            skipped = self._cut_if_trap(entry.origin, entry.pattern, window, n)
+        self._trapped_now(entry.origin, entry.pattern, skipped)
 
     def ingest_verdicts(self, verdicts: Iterable[tuple[str, bool]], cursor: int, inc_rate: float) -> int:
         """Ingest's verdicts on crawled pages, (URL, gave new text), with the feedback cursor they
@@ -794,18 +822,18 @@ class Frontier:
         shape; a revisit's changed body that ingest found unchanged in text gets the interval of
         an unchanged page. Returns how many verdicts matched a URL."""
         matched = 0
-        judged: list[tuple[str, str | None]] = []
+        cut: list[tuple[str, str, int | None]] = []
         with self._transaction():
             for url, new_text in verdicts:
                 row = self._db.execute(
-                    "SELECT id, origin, pattern, versions, fresh, prev_interval, fetched_at, state FROM urls"
-                    " WHERE url = ?",
+                    "SELECT id, origin, pattern, versions, fresh, prev_interval, fetched_at, state, judged_n"
+                    " FROM urls WHERE url = ?",
                     (url,),
                 ).fetchone()
                 if row is None:
                     continue
                 matched += 1
-                _id, origin, pattern, versions, fresh, prev, fetched_at, state = row
+                _id, origin, pattern, versions, fresh, prev, fetched_at, state, judged_n = row
                 if new_text:
                     continue
                 if versions > 1 and state == STORED and fetched_at is not None:
@@ -814,16 +842,37 @@ class Frontier:
                         "UPDATE urls SET interval = ?, next_visit = ? WHERE id = ?",
                         (interval, fetched_at + interval, _id),
                     )
-                elif versions == 1 and fresh == 1:
-                    judged.append((origin, pattern))
+                elif versions == 1 and fresh == 1 and pattern is not None:
+                    self._db.execute("UPDATE urls SET fresh = 0 WHERE id = ?", (_id,))
+                    if (origin, pattern) not in self.trapped:
+                        cut.append((origin, pattern, self._overrule(origin, pattern, judged_n)))
             self._db.execute(
                 "INSERT INTO meta VALUES ('feedback_cursor', ?)"
                 " ON CONFLICT DO UPDATE SET value = excluded.value",
                 (str(cursor),),
             )
-        for origin, pattern in judged:
-            self.judge(origin, pattern, fresh=False)
+        for origin, pattern, skipped in cut:
+            if (origin, pattern) not in self.trapped:
+                self._trapped_now(origin, pattern, skipped)
         return matched
+
+    def _overrule(self, origin: str, pattern: str, judged_n: int | None) -> int | None:
+        """Ingest found no new text in a page whose verdict was "new text": set its bit in the
+        shape's window (where ``judged_n`` says it is; a verdict already shifted out is gone, one
+        from before positions were kept is pushed), then see whether the shape is a trap (inside
+        a transaction; what ``_cut_if_trap`` returns)."""
+        if judged_n is None:
+            window, n = self._push_verdict(origin, pattern, fresh=False)
+        else:
+            row = self._db.execute(
+                "UPDATE patterns SET window = window | (1 << (n - ?)) WHERE origin = ? AND pattern = ?"
+                " AND n - ? < ? AND trapped = 0 RETURNING window, n",
+                (judged_n, origin, pattern, judged_n, TRAP_WINDOW),
+            ).fetchone()
+            if row is None:
+                return None
+            window, n = int(row[0]), int(row[1])
+        return self._cut_if_trap(origin, pattern, window, n)
 
     def feedback_cursor(self) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = 'feedback_cursor'").fetchone()

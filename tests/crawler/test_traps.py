@@ -11,7 +11,7 @@ import pytest
 from _loopback import crawl, fast_settings, html, prose, serve
 from aiohttp import web
 
-from crystalline.crawler.frontier import DROP_TRAP, TRAP_WINDOW
+from crystalline.crawler.frontier import DROP_TRAP, STORED, TRAP_WINDOW, Frontier, NewUrl, Revisit
 from crystalline.crawler.shapes import TextNovelty
 
 
@@ -92,3 +92,39 @@ def test_text_novelty_masks_digits_only_where_a_query_makes_the_urls() -> None:
     assert novelty.novel("http://h", "/p/#", "Page 2 of the story")
     assert not novelty.novel("http://h", "/p/#", "Page 2 of the story")
     assert not novelty.novel("http://h", "/empty", "")
+
+
+def _fetch_with_ingest_verdicts(path: Path, batch: int, near_duplicates: bool) -> tuple[bool, int]:
+    """Pages of one shape whose bodies the crawler finds new (they differ in a heading), with
+    ingest's verdicts (no new text for near duplicates) coming back ``batch`` pages at a time, as
+    the feedback reader delivers them; (trapped, pages fetched)."""
+    frontier = Frontier(path)
+    origin = "http://h"
+    frontier.add([NewUrl(f"{origin}/p/{i}", origin, 1, pattern="/p/#") for i in range(200)])
+    waiting: list[str] = []
+    fetched = 0
+    while (origin, "/p/#") not in frontier.trapped and fetched < 200:
+        [entry] = frontier.claim(origin, 1, 0.0)
+        revisit = Revisit(1e12, 86400, 86400, 0.0, body_hash=str(fetched), new_version=True, fresh=True)
+        frontier.finish(entry, STORED, 200, revisit=revisit)
+        fetched += 1
+        waiting.append(entry.url)
+        if len(waiting) == batch:
+            frontier.ingest_verdicts([(u, not near_duplicates) for u in waiting], fetched, 0.4)
+            waiting = []
+    trapped = (origin, "/p/#") in frontier.trapped
+    frontier.close()
+    return trapped, fetched
+
+
+@pytest.mark.parametrize("batch", [1, 5, 16])
+def test_ingest_finding_near_duplicates_cuts_their_shape(tmp_path: Path, batch: int) -> None:
+    # before: ingest's "no new text" was a second bit beside the crawler's "new text", so at most
+    # 8 of 16 bits were set and the shape was never cut
+    trapped, fetched = _fetch_with_ingest_verdicts(tmp_path / "f.sqlite", batch, near_duplicates=True)
+    assert trapped and fetched <= TRAP_WINDOW + batch
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_ingest_finding_new_text_leaves_the_shape_alone(tmp_path: Path, batch: int) -> None:
+    assert _fetch_with_ingest_verdicts(tmp_path / "f.sqlite", batch, near_duplicates=False) == (False, 200)
