@@ -86,6 +86,20 @@ def wait_for_step(run: Path, above: int, timeout_s: float, proc: subprocess.Pope
         time.sleep(0.5)
 
 
+def wait_for_ingest(run: Path, files: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Status once nothing is pending and ``files`` dropped files are accounted for."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        data = status(run)
+        ingest = data["ingest"]
+        handled = sum(ingest.get(k, 0) for k in ("documents", "duplicates", "filtered", "failed"))
+        if ingest.get("pending") == 0 and handled >= files:
+            return data
+        assert time.monotonic() < deadline, f"ingest did not account for {files} files: {ingest}"
+        time.sleep(0.5)
+
+
 def stop(proc: subprocess.Popen[bytes], notify: NotifyListener) -> int:
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=60)
@@ -100,10 +114,12 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
     proc = start(state, run, notify)
     try:
         notify.wait_for("READY=1", 180, proc)
-        data = wait_for_step(run, 5, 240, proc)  # the bundled samples were ingested and learned from
+        data = wait_for_step(run, 5, 240, proc)  # training starts once the first batch is stored
         workers = data["training"]["workers"]
         assert len(workers) == 12 and all(w["state"] not in ("dead", "restarting") for w in workers)
         assert len({w["pid"] for w in workers}) == 12
+        data = wait_for_ingest(run, 43, 240, proc)  # every bundled sample accounted for
+        # sonnet-18.html and sonnet-18-scan.png hold one sonnet: MinHash keeps one, counts the other
         assert data["ingest"]["documents"] >= 40 and data["ingest"]["failed"] == 0
         assert data["ingest"]["tokens"] > 0
         pings = notify.seen("WATCHDOG=1")
