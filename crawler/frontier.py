@@ -328,6 +328,8 @@ class Frontier:
         db = self._db
         dropped = dict.fromkeys(DROP_REASONS, 0)
         left = max_rows
+        # the counters change once the transaction has committed (a failed COMMIT changes nothing)
+        queued = self.counts[QUEUED]
         with self._transaction():
             cap = self.max_queued_per_host
             if cap:
@@ -337,12 +339,12 @@ class Frontier:
                 for origin, excess in over:
                     n = db.execute(_TRIM_HOST, (origin, min(excess, left))).rowcount
                     db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (n, origin))
-                    self.counts[QUEUED] -= n
+                    queued -= n
                     dropped[DROP_HOST_FULL] += n
                     left -= n
                     if left <= 0:
                         break
-            excess = self.counts[QUEUED] - self.max_queued if self.max_queued else 0
+            excess = queued - self.max_queued if self.max_queued else 0
             if excess > 0 and left > 0:
                 per_origin: dict[str, int] = {}
                 for (origin,) in db.execute(_TRIM_ALL, (min(excess, left),)).fetchall():
@@ -350,8 +352,9 @@ class Frontier:
                 for origin, n in per_origin.items():
                     db.execute("UPDATE hosts SET queued = queued - ? WHERE origin = ?", (n, origin))
                 dropped[DROP_FRONTIER_FULL] = sum(per_origin.values())
-                self.counts[QUEUED] -= dropped[DROP_FRONTIER_FULL]
+                queued -= dropped[DROP_FRONTIER_FULL]
             _write_drops(db, dropped)
+        self.counts[QUEUED] = queued
         for reason, n in dropped.items():
             self.dropped[reason] += n
         trimmed = sum(dropped.values())
@@ -379,11 +382,16 @@ class Frontier:
         """Queue the URLs not seen before, at most ``max_new`` of them (0: no limit); return how
         many were queued."""
         with self._transaction():
-            return self._add(urls, max_new)[0]
+            added, _, batch = self._add(urls, max_new)
+        self._counted(batch)
+        return added
 
-    def _add(self, urls: Iterable[NewUrl], max_new: int = 0, shape: str | None = None) -> tuple[int, int]:
-        """Queue new URLs (inside the caller's transaction); return how many, and how many of them
-        have another shape than ``shape`` (what a page gave beyond its own shape)."""
+    def _add(
+        self, urls: Iterable[NewUrl], max_new: int = 0, shape: str | None = None
+    ) -> tuple[int, int, _Batch]:
+        """Queue new URLs (inside the caller's transaction); return how many, how many of them
+        have another shape than ``shape`` (what a page gave beyond its own shape), and the batch
+        whose counts the caller applies once the transaction has committed (``_counted``)."""
         batch = _Batch(self._db)
         added = other = 0
         pending = iter(urls)
@@ -396,7 +404,7 @@ class Frontier:
                 added += 1
                 other += new.pattern != shape
         self._commit_batch(batch)
-        return added, other
+        return added, other, batch
 
     def _admit(self, new: NewUrl, batch: _Batch) -> bool:
         """Queue one URL within the caps (inside the caller's transaction); True if it was queued."""
@@ -413,7 +421,7 @@ class Frontier:
             return False
         if self.max_queued_per_host and batch.queued(new.origin) >= self.max_queued_per_host:
             reason = DROP_HOST_FULL
-        elif self.max_queued and self.counts[QUEUED] >= self.max_queued:
+        elif self.max_queued and self.counts[QUEUED] + batch.total >= self.max_queued:
             reason = DROP_FRONTIER_FULL
         if reason:
             if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is not None:
@@ -433,9 +441,7 @@ class Frontier:
             db.execute("DELETE FROM urls WHERE id = ?", (victim.id,))
             batch.dropped[reason] += 1
             batch.change(victim.origin, -1)
-            self.counts[QUEUED] -= 1
         batch.change(new.origin, +1)
-        self.counts[QUEUED] += 1
         return True
 
     def _commit_batch(self, batch: _Batch) -> None:
@@ -443,11 +449,16 @@ class Frontier:
         db = self._db
         for origin in batch.grew:
             if db.execute("INSERT OR IGNORE INTO hosts (origin) VALUES (?)", (origin,)).rowcount:
-                self.hosts += 1
+                batch.new_hosts += 1
         for origin, delta in batch.delta.items():
             if delta:
                 db.execute("UPDATE hosts SET queued = queued + ? WHERE origin = ?", (delta, origin))
         _write_drops(db, batch.dropped)
+
+    def _counted(self, batch: _Batch) -> None:
+        """The batch's changes to the in-memory counters, after its transaction committed."""
+        self.counts[QUEUED] += batch.total
+        self.hosts += batch.new_hosts
         for reason, n in batch.dropped.items():
             self.dropped[reason] = self.dropped.get(reason, 0) + n
 
@@ -709,7 +720,8 @@ class Frontier:
                     entry.origin,
                 ),
             )
-            added, other = self._add(links, max_links, entry.pattern)
+            added, other, batch = self._add(links, max_links, entry.pattern)
+        self._counted(batch)
         if judging:
             assert revisit is not None and revisit.fresh is not None
             self._judged(entry, revisit.fresh, other)
@@ -929,6 +941,8 @@ class _Batch:
         self._base: dict[str, int] = {}
         self._stored: dict[str, int] = {}
         self.delta: dict[str, int] = {}
+        self.total = 0  # the change to the whole queue
+        self.new_hosts = 0  # hosts rows created
         self.grew: set[str] = set()  # origins that got a URL (their hosts row must exist)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._victims: dict[str | None, _Victim | None] = {}  # origin, or None for the whole queue
@@ -949,6 +963,7 @@ class _Batch:
     def change(self, origin: str, n: int) -> None:
         self.queued(origin)
         self.delta[origin] = self.delta.get(origin, 0) + n
+        self.total += n
         if n > 0:
             self.grew.add(origin)
         self._victims.pop(origin, None)  # the origin's queue changed, and so did the whole one
@@ -982,4 +997,17 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()  # a failed COMMIT (a full disk) leaves the transaction open
+                raise
+        else:
+            self._rollback()  # and the original error propagates
+
+    def _rollback(self) -> None:
+        # SQLite has already rolled back after some errors (SQLITE_FULL among them): a ROLLBACK
+        # then fails with "no transaction is active", which would hide the error that matters
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")

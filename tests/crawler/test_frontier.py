@@ -6,6 +6,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
     DROP_HOST_FULL,
@@ -240,4 +242,29 @@ def test_host_at_its_page_limit_takes_no_new_url_and_claims_within_it(tmp_path: 
     assert frontier.claim("http://h", 4, time.time(), max_new=0) == []
     (next_at,) = frontier._db.execute("SELECT next_at FROM hosts WHERE origin = 'http://h'").fetchone()
     assert abs(next_at - (now + 500)) < 1
+    frontier.close()
+
+
+def test_a_full_disk_changes_no_count_and_its_error_is_the_one_raised(tmp_path: Path) -> None:
+    """A transaction that fails on a full disk (PRAGMA max_page_count) leaves the in-memory counts
+    as the rows are, and raises SQLite's own error (before: counts[QUEUED] 27 vs 10 rows, and
+    'cannot rollback - no transaction is active' in its place)."""
+    frontier = Frontier(tmp_path / "f.sqlite", max_queued=10_000)
+    frontier.add(_urls(10))
+    db = frontier._db
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count = {pages + 2}")  # the disk fills
+    wide = [NewUrl(f"http://x{i}.example/" + "y" * 200, f"http://x{i}.example", 1) for i in range(5000)]
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        frontier.add(wide)
+    assert not db.in_transaction
+    rows = db.execute("SELECT COUNT(*) FROM urls WHERE state = 0").fetchone()[0]
+    hosts = db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0]
+    assert (
+        (frontier.counts[QUEUED], frontier.hosts, sum(frontier.dropped.values()))
+        == (rows, hosts, 0)
+        == (10, 1, 0)
+    )
+    db.execute("PRAGMA max_page_count = 1073741823")  # space again: the same add goes through
+    assert frontier.add(wide) == 5000 and frontier.counts[QUEUED] == 5010 and frontier.hosts == 5001
     frontier.close()
