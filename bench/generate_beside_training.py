@@ -1,6 +1,7 @@
-"""Training steps/s of a running daemon alone and while the dashboard's chat streams without a
-pause, side by side, with the generation tokens/s (issue 14). Also the socket's `generate`,
-which control runs between steps, for comparison.
+"""Training steps/s of a running daemon alone, while the dashboard's chat streams without a
+pause, and while 4 clients loop on the socket's `generate` (all served by the generation
+process, within the socket's share of time), side by side, with the generation tokens/s and the
+generation process's CPU share that status reports (issue 14).
 
     .venv/bin/python bench/generate_beside_training.py --runtime-dir state/run [--seconds 20]
 
@@ -23,10 +24,13 @@ def steps(sock: Path) -> int:
     return int(request(sock, {"cmd": "status"})["data"]["training"]["step"])
 
 
-def rate(sock: Path, seconds: float) -> float:
+def rate(sock: Path, seconds: float) -> tuple[float, float]:
+    """Steps/s over ``seconds``, and the generation process's CPU share at the end."""
     a, t0 = steps(sock), time.monotonic()
     time.sleep(seconds)
-    return (steps(sock) - a) / (time.monotonic() - t0)
+    r = (steps(sock) - a) / (time.monotonic() - t0)
+    share = request(sock, {"cmd": "status"})["data"].get("generation", {}).get("cpu_share", 0.0)
+    return r, float(share)
 
 
 def chat_loop(url: str, token: str, stop: threading.Event, n: int, out: list[float]) -> None:
@@ -54,6 +58,14 @@ def socket_loop(sock: Path, stop: threading.Event, n: int, out: list[float]) -> 
             time.sleep(1.0)  # over the socket's share: wait as the reply says
 
 
+def socket_clients(sock: Path, stop: threading.Event, n: int, out: list[float], clients: int = 4) -> None:
+    threads = [threading.Thread(target=socket_loop, args=(sock, stop, n, out)) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runtime-dir", type=Path, default=Path("state/run"))
@@ -62,24 +74,25 @@ def main() -> None:
     args = ap.parse_args()
     sock = args.runtime_dir / "crystalline.sock"
     info = json.loads((args.runtime_dir / "dashboard.json").read_text(encoding="utf-8"))
-    alone = rate(sock, args.seconds)
-    rows = [("training alone", alone, None)]
+    alone, share = rate(sock, args.seconds)
+    rows = [("training alone", alone, None, share)]
     for name, loop, target in (
-        ("chat streaming (generation process)", chat_loop, (info["url"], info["token"])),
-        ("socket generate (inside control)", socket_loop, (sock,)),
+        ("chat streaming", chat_loop, (info["url"], info["token"])),
+        ("4 socket clients looping generate", socket_clients, (sock,)),
     ):
         stop, out = threading.Event(), []
         worker = threading.Thread(target=loop, args=(*target, stop, args.tokens, out), daemon=True)
         worker.start()
         time.sleep(2.0)  # the generation process starts on the first request
-        r = rate(sock, args.seconds)
+        r, share = rate(sock, args.seconds)
         stop.set()
         worker.join(180)
-        rows.append((name, r, sum(out) / len(out) if out else 0.0))
-    print(f"{'':40s} {'steps/s':>9s} {'vs alone':>9s} {'gen tok/s':>10s}")
-    for name, r, gen in rows:
+        rows.append((name, r, sum(out) / len(out) if out else 0.0, share))
+        time.sleep(2.0)  # the last requests drain
+    print(f"{'':36s} {'steps/s':>9s} {'vs alone':>9s} {'gen tok/s':>10s} {'gen cpu_share':>14s}")
+    for name, r, gen, share in rows:
         gen_text = "-" if gen is None else f"{gen:10.1f}"
-        print(f"{name:40s} {r:9.1f} {r / alone:9.2f} {gen_text:>10s}")
+        print(f"{name:36s} {r:9.2f} {r / alone:9.2f} {gen_text:>10s} {share:14.2f}")
 
 
 if __name__ == "__main__":

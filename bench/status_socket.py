@@ -240,8 +240,8 @@ def main() -> int:
             print(f"crystalline status, training:     {fmt(walls)}  exit codes {sorted(set(codes))}")
             base = steps_per_s(sock, 10.0)
             rate, counts = generate_loopers(sock, 4, 45.0, settle_s=20.0)
-            t = ask(sock, {"cmd": "status"})["data"]["training"]
-            flag = {k: t[k] for k in ("generate_share", "generate_slowing") if k in t}
+            g = ask(sock, {"cmd": "status"})["data"].get("generation", {})
+            flag = {k: g[k] for k in ("cpu_share", "slowing_training") if k in g}
             print(f"steps/s alone:                    {base:8.1f}")
             print(f"steps/s, 4 generate loopers:      {rate:8.1f}  replies {counts}  status {flag}")
             peak, after, closed = non_reading_clients(sock, proc.pid, 200, 4000, 30.0)

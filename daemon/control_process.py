@@ -5,7 +5,7 @@ Started by the supervisor as ``python -m crystalline.daemon.control_process SPEC
 enough tokens in the store, then trains through the same ``Trainer`` as `crystalline train`
 (resuming from the newest checkpoint in ``<state>/checkpoints``), checkpoints every
 ``checkpoint_interval_s`` and on stop, and between steps serves the supervisor's requests
-(pause, resume, checkpoint, generate, stop) and publishes a status snapshot.
+(pause, resume, checkpoint, stop) and publishes a status snapshot.
 
 Resources that run out are reported, not crashed on: a /dev/shm too small for the engine's
 segments or an open-files limit too low for the engine and the store's shard maps leaves
@@ -46,15 +46,12 @@ from ..descriptors import (
 )
 from ..shm.segments import SharedMemoryFull
 from ..workers.optimizer import learning_rate
-from ..workers.sampling import sample
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
 
 log = logging.getLogger("crystalline.control")
 
 STATUS_EVERY_S = 0.5
-GENERATE_WINDOW_S = 60.0  # generate_share: the share of control's time over this window
-GENERATE_FLAG_SHARE = 0.2  # from here status says training is slowed by generate
 MAX_MESSAGE = 1 << 20
 RESOURCE_RETRY_S = 10.0
 
@@ -119,7 +116,6 @@ class Control:
         self.paused = False
         self.stopping = False
         self.state = "starting"
-        self.started = time.monotonic()
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_s: float | None = None  # how long the last checkpoint took to write
         self.last_checkpoint_at = time.monotonic()
@@ -128,7 +124,6 @@ class Control:
         self.last_status = 0.0
         self.losses: deque[float] = deque(maxlen=50)
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
-        self.generations: deque[tuple[float, float]] = deque(maxlen=4096)  # (ended, seconds)
 
     # ---- requests -------------------------------------------------------------------------
     def serve(self, timeout_s: float) -> None:
@@ -170,53 +165,7 @@ class Control:
             if self.trainer is None:
                 raise RuntimeError("training has not started yet (waiting for data)")
             return {"path": str(self._checkpoint())}
-        if cmd == "generate":
-            started = time.monotonic()
-            try:
-                return self._generate(msg)
-            finally:  # training waits while control samples: count the time, whatever the outcome
-                now = time.monotonic()
-                self.generations.append((now, now - started))
         raise ValueError(f"control does not handle {cmd!r}")
-
-    def _generate(self, msg: dict[str, Any]) -> dict[str, Any]:
-        if self.trainer is None:
-            raise RuntimeError("no model yet: training has not started (waiting for data)")
-        t = self.trainer
-        prompt = str(msg.get("prompt", "\n")) or "\n"
-        n = int(msg.get("n", 200))
-        if not 0 <= n <= 2000:
-            raise ValueError("n must be between 0 and 2000")
-        ids = t.tokenizer.encode(prompt)
-        out = sample(
-            t.model,
-            t.engine.params(),
-            ids,
-            n,
-            float(msg.get("temperature", 0.8)),
-            int(msg.get("top_k", 0)),
-            msg.get("seed"),
-        )
-        return {"prompt": prompt, "text": t.tokenizer.decode(out), "step": t.state.step}
-
-    def generate_share(self, now: float) -> float:
-        """The share of control's wall time spent in ``generate`` over the last
-        ``GENERATE_WINDOW_S`` (or since control started, when that is shorter)."""
-        window = min(GENERATE_WINDOW_S, max(now - self.started, 1e-9))
-        since = now - window
-        while self.generations and self.generations[0][0] < since:
-            self.generations.popleft()
-        busy = sum(min(seconds, ended - since) for ended, seconds in self.generations)
-        return min(busy / window, 1.0)
-
-    def _generate_report(self, now: float) -> dict[str, Any]:
-        share = self.generate_share(now)
-        report: dict[str, Any] = {"generate_share": round(share, 3)}
-        if share >= GENERATE_FLAG_SHARE:
-            report["slowed_by_generate"] = (
-                f"generate took {share:.0%} of control's time in the last {GENERATE_WINDOW_S:.0f} s"
-            )
-        return report
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -259,7 +208,6 @@ class Control:
             "workers": stats.get("workers", []),
             "ring": stats.get("ring", {"slots": 0, "ready": 0}),
             "data": t.data.describe(),
-            **self._generate_report(now),
         }
 
     def publish(self, force: bool = False) -> None:

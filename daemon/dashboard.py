@@ -28,19 +28,25 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
+from .generation_service import generate_fields
 from .metrics_history import MetricsHistory
 from .status_server import Command, CommandError
 
-if TYPE_CHECKING:
-    from .generation_service import GenerationService
+
+class Generation(Protocol):
+    """What the dashboard needs of the generation process (``GenerationService``)."""
+
+    def stream(self, fields: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]: ...
+    async def vocabulary(self) -> dict[str, Any]: ...
+
 
 log = logging.getLogger("crystalline.dashboard")
 
@@ -58,7 +64,6 @@ MAX_EVENT_CLIENTS = 32
 EVENT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
 FILES_EVERY_S = 5.0
-MAX_PROMPT = 4000
 SPIRAL_EVERY_S = 60.0
 SNAPSHOT_S = 0.5
 CSP = (
@@ -156,7 +161,7 @@ class Dashboard:
         history: MetricsHistory,
         checkpoint_dir: Path,
         registry: Path,
-        generator: GenerationService | None = None,
+        generator: Generation,
     ) -> None:
         self.bind = bind
         self.runtime_dir = runtime_dir
@@ -167,7 +172,7 @@ class Dashboard:
         self.registry = registry
         self._documents: list[dict[str, Any]] = []
         self._pages: list[dict[str, Any]] = []  # the latest crawled documents
-        self.generator = generator  # a GenerationService, or None: generate through control
+        self.generator = generator  # the chat and the spiral: the generation process
         self.token = secrets.token_urlsafe(32)
         self.url: str | None = None
         self.error: str | None = None
@@ -350,8 +355,6 @@ class Dashboard:
     async def _api_spiral(self, _request: web.Request) -> web.StreamResponse:
         """The vocabulary for the spiral view: labels and a colour per token from the embeddings
         (computed by the generation process, kept for SPIRAL_EVERY_S)."""
-        if self.generator is None:
-            return web.json_response({"ok": False, "error": "no generation process"}, status=503)
         if self._spiral is None or time.monotonic() - self._spiral_at >= SPIRAL_EVERY_S:
             try:
                 reply = await self.generator.vocabulary()
@@ -414,7 +417,7 @@ class Dashboard:
         """Stream a continuation as NDJSON lines: ``{"text": ...}`` pieces, then ``{"done": ...}``."""
         try:
             body = await self._json_body(request)
-            fields = _generate_fields(body)
+            fields = generate_fields(body)
         except CommandError as exc:
             return web.json_response({"ok": False, "error": str(exc)}, status=400)
         if self._generating.locked():
@@ -424,50 +427,15 @@ class Dashboard:
             await response.prepare(request)
             self.generations += 1
             try:
-                if self.generator is not None:
-                    # closed here, not whenever it is collected: a page that leaves mid-stream
-                    # stops the sampling now and frees the process for the next request
-                    async with contextlib.aclosing(self.generator.stream(fields)) as pieces:
-                        async for piece in pieces:
-                            line = _dumps(piece) + "\n"
-                            await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
-                else:  # control samples between steps: the whole text at once
-                    started = time.monotonic()
-                    data = await self.commands["generate"].handler(fields)
-                    text = str(data.get("text", ""))
-                    await response.write((_dumps({"text": text}) + "\n").encode())
-                    seconds = time.monotonic() - started
-                    done = {
-                        "done": True,
-                        "tokens": fields["n"],
-                        "seconds": round(seconds, 3),
-                        "step": data.get("step"),
-                        "source": "control",
-                    }
-                    await response.write((_dumps(done) + "\n").encode())
+                # closed here, not whenever it is collected: a page that leaves mid-stream
+                # stops the sampling now and frees the process for the next request
+                async with contextlib.aclosing(self.generator.stream(fields)) as pieces:
+                    async for piece in pieces:
+                        line = _dumps(piece) + "\n"
+                        await asyncio.wait_for(response.write(line.encode()), WRITE_TIMEOUT_S)
             except CommandError as exc:
                 await response.write((_dumps({"error": str(exc)}) + "\n").encode())
             except (ConnectionError, TimeoutError):
                 return response
             await response.write_eof()
             return response
-
-
-def _generate_fields(body: dict[str, Any]) -> dict[str, Any]:
-    prompt = body.get("prompt", "")
-    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
-        raise CommandError(f"prompt must be a string of at most {MAX_PROMPT} characters")
-    try:
-        n = int(body.get("n", 200))
-        temperature = float(body.get("temperature", 0.8))
-        top_k = int(body.get("top_k", 0))
-        seed = None if body.get("seed") in (None, "") else int(body["seed"])
-    except (TypeError, ValueError):
-        raise CommandError("n, top_k and seed must be integers and temperature a number") from None
-    if not 1 <= n <= 2000:
-        raise CommandError("n must be between 1 and 2000")
-    if not 0.0 <= temperature <= 5.0 or not math.isfinite(temperature):
-        raise CommandError("temperature must be between 0 and 5")
-    if top_k < 0:
-        raise CommandError("top_k must not be negative")
-    return {"prompt": prompt or "\n", "n": n, "temperature": temperature, "top_k": top_k, "seed": seed}

@@ -1,6 +1,11 @@
 """The supervisor's end of the generation process (``generation_process``): started on the first
 request, one request at a time over its pipes (JSON lines), restarted when it died, stopped
 with the daemon. The loop only reads lines: the sampling runs in the other process.
+
+Every client generates here (the socket's ``generate``, the dashboard's chat), so control never
+stops for it; what generation costs training is the CPU time it takes from the workers, which
+status reports as ``cpu_share``: the process's CPU seconds over the last ``CPU_WINDOW_S`` per
+second and per core the daemon may use.
 """
 
 from __future__ import annotations
@@ -9,8 +14,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
+import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -23,6 +31,75 @@ LINE_LIMIT = 4 * 1024 * 1024  # a reply line: a piece of text, or the vocabulary
 FIRST_REPLY_S = 60.0  # the first line may wait for the process to import numpy and copy weights
 NEXT_REPLY_S = 30.0  # between pieces
 STOP_GRACE_S = 3.0
+CPU_WINDOW_S = 60.0
+CPU_FLAG_SHARE = 0.2  # from here status calls the daemon degraded: training is losing a fifth
+MAX_PROMPT = 4000  # characters
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def generate_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """A generation request's fields, checked (the socket's and the chat's alike)."""
+    prompt = body.get("prompt", "")
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT:
+        raise CommandError(f"prompt must be a string of at most {MAX_PROMPT} characters")
+    try:
+        n = int(body.get("n", 200))
+        temperature = float(body.get("temperature", 0.8))
+        top_k = int(body.get("top_k", 0))
+        seed = None if body.get("seed") in (None, "") else int(body["seed"])
+    except (TypeError, ValueError):
+        raise CommandError("n, top_k and seed must be integers and temperature a number") from None
+    if not 1 <= n <= 2000:
+        raise CommandError("n must be between 1 and 2000")
+    if not 0.0 <= temperature <= 5.0 or not math.isfinite(temperature):
+        raise CommandError("temperature must be between 0 and 5")
+    if top_k < 0:
+        raise CommandError("top_k must not be negative")
+    return {"prompt": prompt or "\n", "n": n, "temperature": temperature, "top_k": top_k, "seed": seed}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (``/proc/PID/stat``), None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+class CpuWindow:
+    """CPU seconds of a series of processes (one at a time: a restart replaces the last)
+    sampled over time; :meth:`share` is their rate over the last ``window_s`` per core."""
+
+    def __init__(self, window_s: float = CPU_WINDOW_S, cores: int | None = None) -> None:
+        self.window_s = window_s
+        self.cores = cores or len(os.sched_getaffinity(0))
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic, cumulative CPU seconds)
+        self._base = 0.0  # CPU seconds of the processes before the current one
+        self._pid: int | None = None
+        self._last = 0.0  # the current process's CPU seconds at the last sample
+
+    def sample(self, pid: int | None, now: float) -> None:
+        if pid != self._pid:  # a new process (or none): the old one's last reading is kept
+            self._base += self._last
+            self._pid, self._last = pid, 0.0
+        if pid is not None:
+            cpu = process_cpu_s(pid)
+            if cpu is not None:
+                self._last = cpu
+        self.samples.append((now, self._base + self._last))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - self.window_s:
+            self.samples.popleft()
+
+    def share(self) -> float:
+        """CPU seconds per wall second per core between the oldest kept sample and the newest."""
+        if len(self.samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self.samples[0], self.samples[-1]
+        if t1 - t0 <= 0:
+            return 0.0
+        return min((c1 - c0) / (t1 - t0) / self.cores, 1.0)
 
 
 class GenerationService:
@@ -33,14 +110,30 @@ class GenerationService:
         self.requests = 0
         self._lock = asyncio.Lock()
         self._next_id = 0
+        self.cpu = CpuWindow()
+
+    def _pid(self) -> int | None:
+        running = self.proc is not None and self.proc.returncode is None
+        return self.proc.pid if running and self.proc else None
+
+    def sample_cpu(self, now: float | None = None) -> None:
+        """Read the process's CPU time (the supervisor's tick, once a second)."""
+        self.cpu.sample(self._pid(), time.monotonic() if now is None else now)
 
     def stats(self) -> dict[str, Any]:
-        running = self.proc is not None and self.proc.returncode is None
-        return {
-            "pid": self.proc.pid if running and self.proc else None,
+        share = self.cpu.share()
+        out: dict[str, Any] = {
+            "pid": self._pid(),
             "starts": self.starts,
             "requests": self.requests,
+            "cpu_share": round(share, 3),
         }
+        if share >= CPU_FLAG_SHARE:
+            out["slowing_training"] = (
+                f"generation took {share:.0%} of {self.cpu.cores} cores' time in the last "
+                f"{CPU_WINDOW_S:.0f} s"
+            )
+        return out
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         if self.proc is not None and self.proc.returncode is None:
@@ -96,7 +189,8 @@ class GenerationService:
                 raise
 
     async def generate(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """The whole text at once (the socket's shape: prompt, text, version)."""
+        """The whole text at once (the socket's reply: prompt, text, and the step of the
+        parameters it came from)."""
         pieces: list[str] = []
         done: dict[str, Any] = {}
         async for reply in self.stream(fields):
@@ -104,7 +198,12 @@ class GenerationService:
                 pieces.append(reply["text"])
             if reply.get("done"):
                 done = reply
-        return {"prompt": fields.get("prompt", "\n"), "text": "".join(pieces), "version": done.get("version")}
+        return {
+            "prompt": fields.get("prompt") or "\n",
+            "text": "".join(pieces),
+            "step": done.get("version"),
+            "tokens_per_s": done.get("tokens_per_s"),
+        }
 
     async def vocabulary(self) -> dict[str, Any]:
         """Labels and embedding colours of the whole vocabulary (the dashboard's spiral)."""

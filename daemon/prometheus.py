@@ -75,9 +75,9 @@ class StatusCollector(Collector):
             "crystalline_training_skipped_steps", "Steps skipped (non-finite)", t.get("skipped_steps")
         )
         yield from _gauge(
-            "crystalline_generate_share_ratio",
-            "Share of control's time spent generating",
-            t.get("generate_share"),
+            "crystalline_generation_cpu_share_ratio",
+            "CPU time of the generation process over the last minute, per core",
+            (s.get("generation") or {}).get("cpu_share"),
         )
         workers = t.get("workers") or []
         restarts = CounterMetricFamily(

@@ -42,8 +42,9 @@ def health(data: dict[str, Any]) -> tuple[int, list[str]]:
         reasons.append("training stalled: " + str(training["stalled"]))
     if training.get("error"):  # training cannot start: /dev/shm or open files run out
         reasons.append("training: " + str(training["error"]))
-    if training.get("slowed_by_generate"):
-        reasons.append("training slowed: " + str(training["slowed_by_generate"]))
+    generation = data.get("generation") or {}
+    if generation.get("slowing_training"):
+        reasons.append("training slowed: " + str(generation["slowing_training"]))
     if training.get("checkpoint_error"):
         reasons.append(str(training["checkpoint_error"]))
     ingest = data.get("ingest") or {}

@@ -39,7 +39,7 @@ from .command_limit import CommandLimit
 from .config import Settings
 from .control_link import ControlLink
 from .dashboard import Dashboard, parse_bind
-from .generation_service import GenerationService
+from .generation_service import GenerationService, generate_fields
 from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
 from .status_server import Command, CommandError, StatusServer
@@ -79,7 +79,7 @@ class Supervisor:
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
         self.status_server: StatusServer | None = None
         self.dashboard: Dashboard | None = None
-        self.generation = GenerationService(settings)  # the dashboard's chat, beside training
+        self.generation = GenerationService(settings)  # every generate, beside training
         self.history = MetricsHistory(settings.state_dir / "dashboard" / "history.json")
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -185,8 +185,7 @@ class Supervisor:
         return await self.control.request("checkpoint", timeout_s=60.0)
 
     async def _cmd_generate(self, req: dict[str, Any]) -> Any:
-        fields = {k: req[k] for k in ("prompt", "n", "temperature", "top_k", "seed") if k in req}
-        return await self.control.request("generate", timeout_s=60.0, **fields)
+        return await self.generation.generate(generate_fields(req))
 
     async def _cmd_stop(self, _req: dict[str, Any]) -> Any:
         self.should_exit.set()
@@ -224,10 +223,6 @@ class Supervisor:
                 training[key] = c[key]
         if c.get("stalled"):
             training["stalled"] = c["stalled"]
-        if "generate_share" in c:
-            training["generate_share"] = c["generate_share"]
-        if c.get("slowed_by_generate"):
-            training["slowed_by_generate"] = c["slowed_by_generate"]
         for key in ("error", "checkpoint_error", "checkpoint_warnings"):
             if c.get(key):
                 training[key] = c[key]
@@ -516,6 +511,7 @@ class Supervisor:
                     if t.done() and not t.cancelled() and t.exception() is not None:
                         log.error("%s failed: %s", t.get_name(), t.exception())
                 self._progress(now)
+                self.generation.sample_cpu(now)
                 await asyncio.to_thread(self.history.maybe_save)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.should_exit.wait(), TICK_S)

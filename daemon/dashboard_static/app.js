@@ -123,6 +123,7 @@ for (const b of document.querySelectorAll("#tabs button")) {
 function render(s) {
   last = s;
   const t = s.training || {};
+  const g = s.generation || {};
   const state = $("state");
   state.textContent = s.state || "?";
   state.className = `pill ${s.state || ""}`;
@@ -136,7 +137,7 @@ function render(s) {
     ["loss", num(t.loss, 4)],
     ["validation loss", num(t.val_loss, 4)],
     ["learning rate", t.lr === undefined ? "-" : Number(t.lr).toExponential(2)],
-    ["generate share", t.generate_share === undefined ? "-" : `${(t.generate_share * 100).toFixed(0)} %`],
+    ["generation CPU", g.cpu_share === undefined ? "-" : `${(g.cpu_share * 100).toFixed(0)} %`],
   ]);
   renderWorkers(t.workers || []);
   renderCrawler(s.crawler || {});

@@ -61,14 +61,27 @@ class Recorder:
                 self.calls.append((name, req))
                 if name == "add-url" and not str(req.get("url", "")).startswith("http"):
                     raise CommandError("add-url needs a URL")
-                if name == "generate":
-                    return {"text": "<b>generated</b>", "step": 40}
                 return {name: "done"}
 
             return run
 
-        names = ("pause", "resume", "add-url", "checkpoint", "stop", "generate")
-        return {n: Command(n, handler(n), control=n != "generate") for n in names}
+        names = ("pause", "resume", "add-url", "checkpoint", "stop")
+        return {n: Command(n, handler(n), control=True) for n in names}
+
+
+class FakeGeneration:
+    """The generation process's replies, recording the requests that reached it."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    async def stream(self, fields: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        self.requests.append(fields)
+        yield {"text": "<b>generated</b>"}
+        yield {"done": True, "tokens": fields["n"], "version": 40}
+
+    async def vocabulary(self) -> dict[str, Any]:
+        return {"vocab": 2, "labels": ["a", "b"], "colour": "AP8=", "version": 40}
 
 
 @contextlib.asynccontextmanager
@@ -84,6 +97,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[Dashboard, Recorder]]:
         history,
         tmp_path / "checkpoints",
         tmp_path / "registry.sqlite3",
+        FakeGeneration(),
     )
     (tmp_path / "run").mkdir()
     await d.start()
@@ -217,6 +231,9 @@ async def _test_generate_streams_ndjson(tmp_path: Path) -> None:
                 lines = [json.loads(x) for x in (await r.text()).splitlines()]
             assert lines[0] == {"text": "<b>generated</b>"}
             assert lines[-1]["done"] is True
+            assert isinstance(d.generator, FakeGeneration)
+            fields = {"prompt": "x", "n": 5, "temperature": 0.8, "top_k": 0, "seed": None}
+            assert d.generator.requests == [fields]
             async with s.post(d.url + "api/generate", data=json.dumps({"n": 0}), headers=headers) as r:
                 assert r.status == 400
 
@@ -318,6 +335,7 @@ async def _test_unwritable_runtime_dir(tmp_path: Path) -> None:
         MetricsHistory(None),
         tmp_path / "checkpoints",
         tmp_path / "registry.sqlite3",
+        FakeGeneration(),
     )
     await d.start()
     try:

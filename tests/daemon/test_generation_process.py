@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from crystalline.daemon import generation_process as gp
+from crystalline.daemon import generation_service
 from crystalline.daemon.config import DaemonConfig, Settings
-from crystalline.daemon.generation_service import GenerationService
+from crystalline.daemon.generation_service import CpuWindow, GenerationService
 from crystalline.daemon.status_server import CommandError
 from crystalline.shm.blocks import ArrayBlock
 from crystalline.shm.segments import segment_name
@@ -190,8 +191,11 @@ def test_service_streams_and_survives_a_reader_that_leaves(state_block: tuple[Ar
                     assert "text" in piece
                     break  # the page went away after one piece
             assert service.stats()["pid"] is None  # the abandoned sampling was stopped
+            service.sample_cpu()
             reply = await service.generate({"prompt": "the", "n": 30, "temperature": 0})
-            assert reply["version"] == 11 and len(reply["text"]) > 0
+            assert reply["step"] == 11 and len(reply["text"]) > 0
+            service.sample_cpu()  # the process's start and sampling took CPU time
+            assert 0 < service.stats()["cpu_share"] <= 1
             assert service.stats()["starts"] == 2
             with pytest.raises(CommandError, match="n must be"):
                 await service.generate({"prompt": "x", "n": 0})
@@ -199,3 +203,21 @@ def test_service_streams_and_survives_a_reader_that_leaves(state_block: tuple[Ar
             await service.stop()
 
     asyncio.run(scenario())
+
+
+def test_cpu_window_keeps_a_replaced_process_and_forgets_past_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readings = {1: 0.0, 2: 0.0}
+    monkeypatch.setattr(generation_service, "process_cpu_s", lambda pid: readings.get(pid))
+    window = CpuWindow(window_s=60.0, cores=2)
+    window.sample(1, 0.0)
+    readings[1] = 4.0
+    window.sample(1, 10.0)
+    assert window.share() == pytest.approx(4.0 / 10.0 / 2)
+    readings[2] = 1.0  # process 1 was replaced; its 4 s stay counted
+    window.sample(2, 20.0)
+    assert window.share() == pytest.approx(5.0 / 20.0 / 2)
+    window.sample(2, 90.0)  # nothing since: the busy minute has left the window
+    window.sample(2, 100.0)
+    assert window.share() == pytest.approx(0.0)

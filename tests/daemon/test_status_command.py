@@ -52,12 +52,14 @@ def test_summary_shows_every_worker_around_node_zero() -> None:
     assert ring([]) == ["  (no worker processes: training runs in node zero)"]
 
 
-def test_generate_taking_control_time_is_reported_as_degraded() -> None:
-    code, reasons = health(
-        data(generate_share=0.31, slowed_by_generate="generate took 31% of control's time")
-    )
-    assert code == DEGRADED and reasons == ["training slowed: generate took 31% of control's time"]
-    assert health(data(generate_share=0.05)) == (HEALTHY, [])
+def test_generation_taking_cpu_time_is_reported_as_degraded() -> None:
+    d = data()
+    flag = "generation took 31% of 2 cores' time in the last 60 s"
+    d["generation"] = {"pid": 7, "cpu_share": 0.31, "slowing_training": flag}
+    code, reasons = health(d)
+    assert code == DEGRADED and reasons == [f"training slowed: {flag}"]
+    d["generation"] = {"pid": 7, "cpu_share": 0.05}
+    assert health(d) == (HEALTHY, [])
 
 
 def test_summary_names_dropped_files_the_daemon_may_not_move() -> None:
