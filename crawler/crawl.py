@@ -62,6 +62,7 @@ _FEEDBACK_EVERY_S = 5.0  # how often ingest's verdicts are read
 _PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work runs
 _HOST_TABLE_EVERY_S = 5.0  # how often status's per-host table is read again
 _DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
+_DISK_PROBE_MAX_S = 60.0  # while the disk is full, one fetch at most this often tries a write
 ONLY_DEFERRED = "only deferred work left"
 
 
@@ -191,6 +192,11 @@ class Crawler:
         self._revisit_counts = {"revisits": 0, "not_modified": 0, "unchanged": 0, "changed": 0}
         self._final_stats: dict[str, Any] | None = None
         self._host_table: tuple[float, list[dict[str, object]], int] = (float("-inf"), [], 0)
+        # a WARC or spool write failed (a full disk): no new fetch but one probe at a time, at
+        # _disk_probe_at, until a write works again
+        self._disk_error: str | None = None
+        self._disk_failures = 0
+        self._disk_probe_at = 0.0
 
     def close(self) -> None:
         if self.warc is not None:
@@ -344,6 +350,8 @@ class Crawler:
         """Until a request ends, a URL is added, stop is set, or the next host comes due (<= 1 s)."""
         timeout = 1.0
         next_at = self.frontier.next_ready_at()
+        if self._disk_error is not None:  # nothing starts before the next probe
+            next_at = max(next_at or 0.0, self._disk_probe_at)
         if next_at is not None and next_at < FAR_FUTURE:
             timeout = min(timeout, max(next_at - time.time(), 0.005))
         with contextlib.suppress(asyncio.TimeoutError):
@@ -402,6 +410,8 @@ class Crawler:
         """Claim URLs of due hosts, as far as concurrency, politeness and limits allow."""
         s = self.settings
         budget = s.concurrency - len(tasks)
+        if self._disk_error is not None:  # one probe at a time, when its time has come
+            budget = 1 if not tasks and time.time() >= self._disk_probe_at else 0
         left = self._pages_left()
         if left is not None:
             budget = min(budget, left)
@@ -501,9 +511,9 @@ class Crawler:
                 try:
                     await self.warc.write(result, cut=cut)
                 except OSError as exc:  # a full disk: the URL is not done without its records
-                    log.error("%s", exc)
-                    self._retry_or_fail(entry, self._backoff(entry), result.status, str(exc))
+                    self._disk_full(entry, str(exc))
                     return
+                self._disk_works()
             await self._handle(entry, result)
         except asyncio.CancelledError:
             self.frontier.release(entry)
@@ -648,6 +658,10 @@ class Crawler:
             log.warning("sink did not take %s in %.0f s; requeued", entry.url, self.settings.submit_timeout)
             self.frontier.release(entry)
             return
+        except OSError as exc:  # the spool's disk is full
+            self._disk_full(entry, f"cannot spool {entry.url}: {exc}")
+            return
+        self._disk_works()
         links: list[NewUrl] = []
         fresh: bool | None = None
         if result.content_type in _HTML:
@@ -785,6 +799,26 @@ class Crawler:
         return admitted
 
     # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _disk_full(self, entry: UrlEntry, error: str) -> None:
+        """A write the URL needs failed (WARC or spool: a full disk, for now): the URL goes back to
+        the queue without an attempt counted (a disk full for longer than the retries must not
+        fail URLs for good), and no new fetch starts but one probe, at a growing interval."""
+        if self._disk_error is None:
+            log.error("%s; fetching paused until a write works", error)
+        self._disk_error = error
+        wait = min(self.settings.backoff_base * 2 ** min(self._disk_failures, 16), self.settings.max_backoff,
+                   _DISK_PROBE_MAX_S)  # fmt: skip
+        self._disk_failures += 1
+        self._disk_probe_at = time.time() + wait
+        self._counts["retried"] += 1
+        self.frontier.retry(entry, self._disk_probe_at, 0, error, count_attempt=False)
+
+    def _disk_works(self) -> None:
+        if self._disk_error is not None:
+            log.info("writes work again; fetching resumes")
+        self._disk_error = None
+        self._disk_failures = 0
 
     def _backoff(self, entry: UrlEntry) -> float:
         return float(min(self.settings.backoff_base * 2**entry.attempts, self.settings.max_backoff))

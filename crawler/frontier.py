@@ -733,13 +733,16 @@ class Frontier:
             self.sitemaps_kept += 1 if state == STORED else -1
         return added
 
-    def retry(self, entry: UrlEntry, not_before: float, status: int = 0, error: str = "") -> None:
-        """Put an in-flight URL back in the queue, not to be fetched before ``not_before``."""
+    def retry(
+        self, entry: UrlEntry, not_before: float, status: int = 0, error: str = "", count_attempt: bool = True
+    ) -> None:
+        """Put an in-flight URL back in the queue, not to be fetched before ``not_before``;
+        ``count_attempt`` False: the failure was ours (a full disk), not the URL's."""
         with self._transaction():
             self._db.execute(
-                "UPDATE urls SET state = 0, attempts = attempts + 1, not_before = ?, status = ?, error = ?"
+                "UPDATE urls SET state = 0, attempts = attempts + ?, not_before = ?, status = ?, error = ?"
                 " WHERE id = ?",
-                (not_before, status or None, error or None, entry.id),
+                (int(count_attempt), not_before, status or None, error or None, entry.id),
             )
             self._db.execute(
                 "UPDATE hosts SET queued = queued + 1, fetched = fetched + 1 WHERE origin = ?",

@@ -12,12 +12,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from _loopback import crawl, fast_settings, html, serve
+from _loopback import MemorySink, crawl, fast_settings, html, serve, url_state
 from aiohttp import web
 from warcio.archiveiterator import ArchiveIterator
 
 from crystalline.crawler.fetcher import FetchResult
 from crystalline.crawler.warc import OPEN_SUFFIX, WarcWriter, records
+from crystalline.ingest.document import Document
 
 
 def read_warcs(directory: Path) -> list[tuple[str, str, bytes, dict[str, str]]]:
@@ -181,3 +182,52 @@ def test_a_full_disk_requeues_the_url_until_its_records_are_written(
     base = asyncio.run(main())
     responses = Counter(uri for kind, uri, _, _ in read_warcs(tmp_path / "warc") if kind == "response")
     assert responses == Counter(f"{base}/p/{i}" for i in range(5))  # each once; robots.txt's were lost
+
+
+class _FullSpool(MemorySink):
+    """A sink whose disk is full for its first ``failures`` submissions."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def submit(self, doc: Document) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        await super().submit(doc)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["warc", "spool"])
+def test_a_disk_full_for_longer_than_the_retries_fails_no_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """8 failed writes in a row, far past max_retries (2): before, the URLs were FAILED after 3
+    attempts; now each goes back to the queue without an attempt counted, fetching pauses but
+    for one probe at a time, and all are stored once space returns."""
+    settings = fast_settings(tmp_path, warc_dir=tmp_path / "warc", max_backoff=0.2)
+    sink = MemorySink()
+    if where == "warc":
+        real_append = WarcWriter._append
+        failures = {"left": 8}
+
+        def append(self: WarcWriter, blobs: list[bytes]) -> None:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise OSError(28, "No space left on device")
+            real_append(self, blobs)
+
+        monkeypatch.setattr(WarcWriter, "_append", append)
+    else:
+        sink = _FullSpool(8)
+
+    async def main() -> str:
+        async with serve(_site(5)) as base:
+            summary, _, _ = await crawl(settings, [base + "/p/0"], sink=sink, timeout=50)
+        assert summary.failed == 0 and summary.reason == "frontier empty"
+        return base
+
+    base = asyncio.run(main())
+    assert sorted(sink.sources()) == sorted(f"{base}/p/{i}" for i in range(5))
+    assert all(url_state(settings, f"{base}/p/{i}")[0] == "stored" for i in range(5))  # type: ignore[index]
