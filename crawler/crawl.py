@@ -33,6 +33,7 @@ from . import schedule, sitemaps
 from .feedback import IngestFeedback
 from .fetcher import Fetcher, FetchResult
 from .frontier import (
+    DROP_ROBOTS,
     FAILED,
     IN_FLIGHT,
     QUEUED,
@@ -62,6 +63,7 @@ _FEEDBACK_EVERY_S = 5.0  # how often ingest's verdicts are read
 _PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work runs
 _HOST_TABLE_EVERY_S = 5.0  # how often status's per-host table is read again
 _DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
+_ROBOTS_PRUNE_EVERY_S = 3600.0  # how often robots.txt rows past their lifetime are deleted
 _DISK_PROBE_MAX_S = 60.0  # while the disk is full, one fetch at most this often tries a write
 ONLY_DEFERRED = "only deferred work left"
 
@@ -195,6 +197,7 @@ class Crawler:
         # a WARC or spool write failed (a full disk): no new fetch but one probe at a time, at
         # _disk_probe_at, until a write works again
         self._disk_error: str | None = None
+        self._next_robots_prune = 0.0
         self._disk_failures = 0
         self._disk_probe_at = 0.0
 
@@ -308,6 +311,7 @@ class Crawler:
                     if self._trimming:
                         self._trimming = self.frontier.trim() > 0
                     self._read_feedback()
+                    self._prune_robots()
                     self._promote(force=not tasks)
                     launched = self._launch(tasks)
                     if not tasks and not launched:
@@ -378,6 +382,17 @@ class Crawler:
         verdicts, new_cursor = self.feedback.since(cursor)
         if new_cursor != cursor:
             self.frontier.ingest_verdicts(verdicts, new_cursor, self.settings.revisit_inc_rate)
+
+    def _prune_robots(self) -> None:
+        """Delete stored robots.txt rows older than their lifetime (hourly): they are never reused,
+        and would otherwise pile up, one for every host ever seen."""
+        now = time.monotonic()
+        if now < self._next_robots_prune:
+            return
+        self._next_robots_prune = now + _ROBOTS_PRUNE_EVERY_S
+        pruned = self.frontier.prune_robots(time.time() - self.settings.robots_ttl)
+        if pruned:
+            log.info("%d stored robots.txt older than %.0f s deleted", pruned, self.settings.robots_ttl)
 
     def _promote(self, force: bool) -> None:
         """Bring due revisits into the queue, within their share of the requests while new URLs
@@ -487,11 +502,15 @@ class Crawler:
         for it at launch."""
         latency: float | None = None
         ok = False
+        # whether a request went to the host (the robots.txt request of robots_token included):
+        # a URL robots.txt disallows costs the host no delay
+        requested = robots_token
         s = self.settings
         try:
             if s.obey_robots and not await self._robots_allow(entry, robots_token):
                 return
             assert self._fetcher is not None
+            requested = True
             headers = {}
             if entry.revisit and entry.etag:
                 headers["If-None-Match"] = entry.etag
@@ -522,7 +541,8 @@ class Crawler:
             log.exception("crawl of %s failed", entry.url)
             self._finish(entry, FAILED, 0, "internal error")
         finally:
-            self.frontier.set_next_at(entry.origin, self.politeness.finished(entry.origin, latency, ok))
+            next_at = self.politeness.finished(entry.origin, latency, ok, requested)
+            self.frontier.set_next_at(entry.origin, next_at)
 
     async def _robots_allow(self, entry: UrlEntry, robots_token: bool) -> bool:
         """Whether robots.txt lets us fetch the URL; settles the entry when it does not."""
@@ -771,6 +791,7 @@ class Crawler:
             return
         refused = self.policy.check_discovered(target)
         links = self._admit([target], entry.depth, entry.redirects + 1, entry.url)
+        refused = refused or "refused by the fetch check or robots.txt"
         why = "" if links else f"redirect to {target[:200]} not followed: {refused}"
         if not links:
             self._counts["skipped"] += 1
@@ -784,7 +805,7 @@ class Crawler:
         link-local address, an overlong URL) are logged, a few per page: on a public page they
         are what an SSRF attempt looks like. Out-of-scope links are routine and only counted."""
         admitted = []
-        refused = 0
+        refused = disallowed = 0
         for url in urls:
             why = self.policy.check_fetch(url)
             if why is not None:
@@ -792,8 +813,17 @@ class Crawler:
                 if refused <= _LOGGED_REFUSALS:
                     log.info("skipped link %s on %s: %s", url[:200], source, why)
                 continue
-            if self.policy.check_discovered(url) is None:
-                admitted.append(NewUrl(url, origin_of(url), depth, redirects, url_pattern(url)))
+            if self.policy.check_discovered(url) is not None:
+                continue
+            origin = origin_of(url)
+            # robots.txt known now disallows it: no row, no claim, no skip (the rules are cached in
+            # memory for a day; a host whose rules are not known yet is judged at fetch)
+            rules = self.robots.known(origin) if self.settings.obey_robots else None
+            if rules is not None and not rules.allowed(url):
+                disallowed += 1
+                continue
+            admitted.append(NewUrl(url, origin, depth, redirects, url_pattern(url)))
+        self.frontier.note_drops(DROP_ROBOTS, disallowed)
         if refused > _LOGGED_REFUSALS:
             log.info("skipped %d more refused links on %s", refused - _LOGGED_REFUSALS, source)
         return admitted

@@ -119,6 +119,7 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS urls_revisit ON urls(next_visit) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS urls_host_revisit ON urls(origin, next_visit) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS urls_revisit_queue ON urls(origin, id) WHERE state = 0 AND versions > 0;
+CREATE INDEX IF NOT EXISTS robots_age ON robots(fetched_at);
 """
 
 
@@ -128,7 +129,12 @@ DROP_HOST_FULL = "host_queue_full"  # its origin's queue was at max_queued_per_h
 DROP_FRONTIER_FULL = "frontier_full"  # the whole queue was at max_queued
 DROP_TRAP = "trap"  # its host and URL shape stopped giving new text
 DROP_HOST_PAGES = "host_page_limit"  # its origin has stored max_pages_per_host pages
-DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP, DROP_HOST_PAGES)
+DROP_ROBOTS = "robots"  # its origin's robots.txt (known at the time) disallows it
+DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP, DROP_HOST_PAGES, DROP_ROBOTS)
+
+# robots.txt bodies kept in the frontier for reuse after a restart: a larger one is fetched again
+# instead (a site's is a few KiB; 500 KiB, what must be parsed, times 100k hosts would be 50 GB)
+ROBOTS_STORED_MAX_BYTES = 64 * 1024
 
 # A URL shape is a trap when at least TRAP_DUPLICATES of its last TRAP_WINDOW pages gave no new
 # text (exact or near duplicates, judged by the crawler at fetch and by ingest afterwards). A
@@ -903,10 +909,26 @@ class Frontier:
         return None if row is None else (float(row[0]), int(row[1]), bytes(row[2]))
 
     def save_robots(self, origin: str, fetched_at: float, status: int, body: bytes) -> None:
+        """Keep the origin's robots.txt (one over ROBOTS_STORED_MAX_BYTES is not kept: fetched again
+        after a restart)."""
+        if len(body) > ROBOTS_STORED_MAX_BYTES:
+            self._db.execute("DELETE FROM robots WHERE origin = ?", (origin,))
+            return
         self._db.execute(
             "INSERT OR REPLACE INTO robots (origin, fetched_at, status, body) VALUES (?, ?, ?, ?)",
             (origin, fetched_at, status, body),
         )
+
+    def prune_robots(self, fetched_before: float) -> int:
+        """Delete robots.txt rows fetched before ``fetched_before`` (older than their lifetime:
+        never reused); return how many."""
+        return self._db.execute("DELETE FROM robots WHERE fetched_at < ?", (fetched_before,)).rowcount
+
+    def note_drops(self, reason: str, n: int) -> None:
+        """Count URLs the crawler dropped before they reached the frontier (``DROP_ROBOTS``)."""
+        if n:
+            _write_drops(self._db, {reason: n})
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
 
     def free_hosts(self) -> None:
         """Clear "slot full" marks (at the end of a run no request is in flight any more)."""

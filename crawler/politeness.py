@@ -29,6 +29,7 @@ class HostSlot:
     throttle_delay: float = 0.0
     hold_until: float = 0.0  # Retry-After or error backoff, unix time
     last_latency: float = 0.0
+    free_at: float = 0.0  # unix time its last request's delay ends
 
 
 class Politeness:
@@ -77,17 +78,22 @@ class Politeness:
         slot.active += 1
         return time.time() if self.capacity(slot) > 0 else FAR_FUTURE
 
-    def finished(self, origin: str, latency: float | None, ok: bool) -> float:
-        """A request ended (``latency`` None when there was no response); return the next_at."""
+    def finished(self, origin: str, latency: float | None, ok: bool, requested: bool = True) -> float:
+        """A request ended (``latency`` None when there was no response); return the next_at.
+        ``requested`` False: the claimed URL was settled without a request (robots.txt disallows
+        it): the host owes no new delay, only what its last request left."""
         slot = self.slot(origin)
         slot.active = max(0, slot.active - 1)
+        if not requested:
+            return FAR_FUTURE if self.capacity(slot) == 0 else max(slot.free_at, slot.hold_until)
         if latency is not None:
             slot.last_latency = latency
             if self.settings.autothrottle:
                 self._autothrottle(slot, latency, ok)
+        slot.free_at = time.time() + self.delay(slot)
         if self.capacity(slot) == 0:
             return FAR_FUTURE
-        return max(time.time() + self.delay(slot), slot.hold_until)
+        return max(slot.free_at, slot.hold_until)
 
     def hold(self, origin: str, seconds: float) -> None:
         """No request to the host for ``seconds`` (Retry-After, backoff, robots unavailable)."""

@@ -127,6 +127,14 @@ class RobotsCache:
         self._entries.move_to_end(origin)
         return entry[1]
 
+    def known(self, origin: str) -> RobotsRules | None:
+        """The origin's rules if they are fresh in memory and were had (not a 5xx): what link
+        admission may judge by without a read or a request."""
+        entry = self._entries.get(origin)
+        if entry is None or entry[0] <= time.monotonic() or entry[1].unavailable:
+            return None
+        return entry[1]
+
     def _from_store(self, origin: str) -> RobotsRules | None:
         saved = self._store.load_robots(origin) if self._store is not None else None
         if saved is None:

@@ -6,10 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
-from _loopback import Hits, crawl, fast_settings, gaps, html, serve
+from _loopback import Hits, crawl, fast_settings, gaps, html, serve, url_state
 from aiohttp import web
 
 from crystalline.crawler.crawl import ONLY_DEFERRED
+from crystalline.crawler.frontier import DROP_ROBOTS, ROBOTS_STORED_MAX_BYTES, Frontier
+from crystalline.crawler.politeness import Politeness
 from crystalline.crawler.robots import RobotsBudget, RobotsResponse, RobotsRules, rules_from_response
 from crystalline.crawler.settings import CrawlSettings
 
@@ -169,3 +171,49 @@ def test_robots_budget_allows_n_a_minute_and_spaces_the_hosts_it_turns_away() ->
     assert budget.take() and not budget.take()
     unlimited = RobotsBudget(0)
     assert all(unlimited.take() for _ in range(1000)) and unlimited.wait() == 0.0
+
+
+def test_links_robots_disallows_are_dropped_at_admission_once_its_rules_are_known(tmp_path: Path) -> None:
+    # before: /private/x got a row, was claimed, then skipped (a SKIPPED row for every such link,
+    # outside every cap, and a host delay for each)
+    async def main() -> None:
+        hits = Hits()
+        robots = (200, "User-agent: *\nDisallow: /private\n")
+        async with serve(_site_with_robots(robots), hits=hits) as base:
+            settings = fast_settings(tmp_path)
+            summary, sink, _ = await crawl(settings, [base + "/"])
+        assert len(sink.docs) == 7 and hits.count("/private/x") == 0
+        assert summary.dropped[DROP_ROBOTS] == 1 and summary.skipped == 0
+        assert url_state(settings, base + "/private/x") is None  # no row
+
+    asyncio.run(main())
+
+
+def test_a_url_settled_without_a_request_costs_its_host_no_delay(tmp_path: Path) -> None:
+    politeness = Politeness(fast_settings(tmp_path, min_delay=5.0))
+    politeness.started("http://h")
+    free_at = politeness.finished("http://h", 0.1, ok=True)  # a request: the host waits 5 s
+    for _ in range(10):  # ten claimed URLs robots.txt disallows: no request, no further wait
+        politeness.started("http://h")
+        assert politeness.finished("http://h", None, ok=False, requested=False) == free_at
+    politeness.started("http://h")
+    assert politeness.finished("http://h", 0.1, ok=True) > free_at  # the next request waits again
+
+
+def test_stored_robots_older_than_their_lifetime_are_deleted_and_large_ones_not_kept(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with serve(_site_with_robots((200, "User-agent: *\nDisallow: /private\n"))) as base:
+            settings = fast_settings(tmp_path)
+            frontier = Frontier(settings.frontier_path)
+            now = time.time()
+            frontier.save_robots("http://old.example", now - settings.robots_ttl - 60, 200, b"")
+            frontier.save_robots("http://young.example", now - 60, 200, b"")
+            frontier.save_robots("http://large.example", now, 200, b"#" * (ROBOTS_STORED_MAX_BYTES + 1))
+            frontier.close()
+            await crawl(settings, [base + "/"])
+        frontier = Frontier(settings.frontier_path)
+        kept = {r[0] for r in frontier._db.execute("SELECT origin FROM robots")}
+        frontier.close()
+        assert kept == {"http://young.example", base}  # the crawl's own is kept too
+
+    asyncio.run(main())
