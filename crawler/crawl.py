@@ -328,6 +328,8 @@ class Crawler:
                     await self._sleep_until_due()
             finally:
                 await self._drain(tasks)
+                if self.warc is not None:  # writes of cancelled fetches end before close()
+                    await self.warc.drain()
                 stop_watch.cancel()
                 self.frontier.free_hosts()
                 self._fetcher = None

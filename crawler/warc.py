@@ -19,6 +19,7 @@ read only in part (robots.txt, a sitemap at its cap) is marked ``WARC-Truncated`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -228,10 +229,12 @@ class WarcWriter:
         self._retain()
 
     def _retain(self) -> None:
-        """Delete the oldest closed files while all of them pass ``max_bytes``."""
+        """Delete the oldest closed files while all of them pass ``max_bytes``: crystalline's own
+        only (the directory may hold WARCs from elsewhere, a Common Crawl download, which are
+        neither counted nor deleted)."""
         if not self.max_bytes:
             return
-        closed = sorted(self.directory.glob("*.warc.gz"), key=lambda p: p.stat().st_mtime_ns)
+        closed = sorted(self.directory.glob("crystalline-*.warc.gz"), key=lambda p: p.stat().st_mtime_ns)
         total = sum(p.stat().st_size for p in closed)
         for path in closed:
             if total <= self.max_bytes:
@@ -241,5 +244,13 @@ class WarcWriter:
             self.deleted += 1
             log.info("WARC %s deleted (retention: %d bytes)", path.name, self.max_bytes)
 
+    async def drain(self) -> None:
+        """Wait for the writes under way (a fetch cancelled while its records were being written
+        leaves the flush running in its thread): ``close`` must not close the file under it."""
+        while self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._flusher)
+
     def close(self) -> None:
+        """Close the open file (after ``drain``, when writes may be under way)."""
         self._close_file()

@@ -4,6 +4,7 @@ rotation and retention, and a file cut by SIGKILL mid-write repaired to its last
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -86,13 +87,19 @@ def test_files_rotate_and_the_oldest_go_past_the_retention_limit(tmp_path: Path)
         tmp_path, warc_dir=tmp_path / "warc", warc_file_bytes=3000, warc_max_bytes=12_000
     )
 
+    foreign = tmp_path / "warc" / "CC-MAIN-20261101-00001.warc.gz"  # not ours: never deleted
+    foreign.parent.mkdir()
+    foreign.write_bytes(b"\0" * 20_000)
+    os.utime(foreign, (1, 1))  # the oldest file there
+
     async def main() -> None:
         async with serve(_site(40)) as base:
             _, _, crawler = await crawl(settings, [base + "/p/0"])
         stats = crawler.stats()["warc"]
-        files = list((tmp_path / "warc").glob("*.warc.gz"))
+        files = list((tmp_path / "warc").glob("crystalline-*.warc.gz"))
         assert stats["files"] > len(files) >= 2 and stats["deleted"] == stats["files"] - len(files)
         assert sum(p.stat().st_size for p in files) <= 12_000
+        assert foreign.stat().st_size == 20_000
         for path in files:  # each file whole on its own
             with path.open("rb") as f:
                 assert next(iter(ArchiveIterator(f))).rec_type == "warcinfo"
@@ -231,3 +238,36 @@ def test_a_disk_full_for_longer_than_the_retries_fails_no_url(
     base = asyncio.run(main())
     assert sorted(sink.sources()) == sorted(f"{base}/p/{i}" for i in range(5))
     assert all(url_state(settings, f"{base}/p/{i}")[0] == "stored" for i in range(5))  # type: ignore[index]
+
+
+def test_writes_under_way_when_their_fetch_is_cancelled_end_before_the_file_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # before: close() closed and renamed the file while the flush thread was still writing; the
+    # thread then opened another file that nobody closed (left as .open)
+    directory = tmp_path / "warc"
+    real_append = WarcWriter._append
+
+    def slow_append(self: WarcWriter, blobs: list[bytes]) -> None:
+        time.sleep(0.3)  # a slow disk
+        real_append(self, blobs)
+
+    monkeypatch.setattr(WarcWriter, "_append", slow_append)
+    result = FetchResult("http://h/x", 200, "text/html", body=b"<p>hello</p>", headers=())
+
+    async def main() -> None:
+        writer = WarcWriter(directory, 10**9)
+        write = asyncio.create_task(writer.write(result))
+        await asyncio.sleep(0.05)  # the flush thread is writing
+        write.cancel()
+        await asyncio.gather(write, return_exceptions=True)
+        await writer.drain()
+        writer.close()
+
+    asyncio.run(main())
+    assert not list(directory.glob(f"*{OPEN_SUFFIX}"))
+    assert [(kind, uri) for kind, uri, _, _ in read_warcs(directory)] == [
+        ("warcinfo", ""),
+        ("request", "http://h/x"),
+        ("response", "http://h/x"),
+    ]
