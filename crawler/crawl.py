@@ -60,6 +60,7 @@ _HTML = frozenset({"text/html", "application/xhtml+xml"})
 _THREAD_PARSE_BYTES = 256 * 1024  # larger pages are parsed off the event loop
 _LOGGED_REFUSALS = 10  # per page: a page of 10k hostile links must not flood the log
 _FEEDBACK_EVERY_S = 5.0  # how often ingest's verdicts are read
+_FEEDBACK_BUDGET_S = 0.5  # at most this long each time (1,000 verdicts a read): the loop waits
 _PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work runs
 _HOST_TABLE_EVERY_S = 5.0  # how often status's per-host table is read again
 _DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
@@ -375,15 +376,23 @@ class Crawler:
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _read_feedback(self) -> None:
-        """Apply ingest's newest verdicts (every few seconds)."""
+        """Apply ingest's newest verdicts (every few seconds), a read of 1,000 after another until
+        caught up or _FEEDBACK_BUDGET_S is spent (one read each time fell behind an ingest of more
+        than 200 documents a second)."""
         now = time.monotonic()
         if self.feedback is None or now < self._next_feedback:
             return
         self._next_feedback = now + _FEEDBACK_EVERY_S
+        deadline = now + _FEEDBACK_BUDGET_S
         cursor = self.frontier.feedback_cursor()
-        verdicts, new_cursor = self.feedback.since(cursor)
-        if new_cursor != cursor:
+        while True:
+            verdicts, new_cursor = self.feedback.since(cursor)
+            if new_cursor == cursor:
+                return
             self.frontier.ingest_verdicts(verdicts, new_cursor, self.settings.revisit_inc_rate)
+            cursor = new_cursor
+            if time.monotonic() >= deadline:
+                return
 
     def _prune_robots(self) -> None:
         """Delete stored robots.txt rows older than their lifetime (hourly): they are never reused,

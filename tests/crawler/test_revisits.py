@@ -296,3 +296,20 @@ def test_daemon_pass_revisits_small_site_next_to_an_endless_one(tmp_path: Path) 
     small_hits = [p for p in hits.paths() if p.startswith("/s/")]
     assert len(set(small_hits)) == 5
     assert len(small_hits) > 5  # some of the small site's pages were fetched again in the pass
+
+
+@pytest.mark.timeout(60)
+def test_feedback_is_read_until_caught_up(tmp_path: Path) -> None:
+    """2,500 verdicts waiting: one turn of the crawl loop reads them all (before: 1,000 every 5 s,
+    behind any ingest of more than 200 documents a second)."""
+    registry_path = tmp_path / "ingest" / "registry.sqlite3"
+    registry_path.parent.mkdir()
+    registry = Registry(registry_path)
+    registry.record([Record(f"e{i}", f"d{i}", f"http://h/p/{i}", "crawl", "done") for i in range(2500)])
+    registry.close()
+    crawler = Crawler(fast_settings(tmp_path), MemorySink(), feedback=IngestFeedback(registry_path))
+    try:
+        summary = asyncio.run(crawler.run(asyncio.Event()))  # nothing to crawl: one turn
+        assert summary.reason == "frontier empty" and crawler.frontier.feedback_cursor() == 2500
+    finally:
+        crawler.close()
