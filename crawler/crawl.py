@@ -65,6 +65,7 @@ _PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work
 _HOST_TABLE_EVERY_S = 5.0  # how often status's per-host table is read again
 _DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
 _ROBOTS_PRUNE_EVERY_S = 3600.0  # how often robots.txt rows past their lifetime are deleted
+_LONG_RETRY_AFTER_S = 60.0  # a longer Retry-After defers the host (as a robots.txt 503 does)
 _DISK_PROBE_MAX_S = 60.0  # while the disk is full, one fetch at most this often tries a write
 ONLY_DEFERRED = "only deferred work left"
 
@@ -595,6 +596,17 @@ class Crawler:
             log.info("host %s deferred for %.0f s: %s", entry.origin, wait, rules.reason)
         self.frontier.release(entry)
 
+    def _defer_retry_after(self, entry: UrlEntry, status: int, retry_after: float) -> None:
+        """The host asked for a long pause (Retry-After over a minute, up to a day): it is deferred
+        that long with its URLs kept, no attempt counted (before, the wait was cut to max_backoff
+        and the URL failed after its retries); a one-shot crawl ends and lists it."""
+        now = time.time()
+        wait = min(retry_after, 86400.0)
+        self.politeness.hold(entry.origin, wait)
+        self.frontier.defer_host(entry.origin, now + wait, f"HTTP {status} Retry-After", now)
+        log.info("host %s deferred for %.0f s: HTTP %d with Retry-After", entry.origin, wait, status)
+        self.frontier.release(entry)
+
     def _queue_sitemaps(self, origin: str, rules: RobotsRules) -> None:
         """A host's sitemaps (its robots.txt's Sitemap: lines and /sitemap.xml) join the frontier."""
         if not self.settings.sitemaps:
@@ -632,6 +644,8 @@ class Crawler:
             self._keep(entry, result, changed=False)
         elif 300 <= status < 400 and result.location:
             self._redirect(entry, result)
+        elif status in (429, 503) and (result.retry_after or 0.0) > _LONG_RETRY_AFTER_S:
+            self._defer_retry_after(entry, status, result.retry_after or 0.0)
         elif status in (429, 503):
             wait = self._backoff(entry)
             if result.retry_after is not None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
-from _loopback import Hits, crawl, fast_settings, gaps, html, serve
+import pytest
+from _loopback import Hits, crawl, fast_settings, gaps, html, serve, url_state
 from aiohttp import web
 
+from crystalline.crawler.crawl import ONLY_DEFERRED
 from crystalline.crawler.politeness import FAR_FUTURE, Politeness
 
 
@@ -129,3 +132,29 @@ def test_a_full_host_is_not_due(tmp_path: Path) -> None:
     assert politeness.started("http://h") < FAR_FUTURE
     assert politeness.started("http://h") == FAR_FUTURE
     assert politeness.finished("http://h", 0.1, ok=True) < FAR_FUTURE
+
+
+@pytest.mark.timeout(60)
+def test_a_long_retry_after_defers_the_host_and_fails_nothing(tmp_path: Path) -> None:
+    # before: the wait was cut to max_backoff and the URL retried, then failed; a one-shot crawl
+    # waited for it
+    async def main() -> None:
+        hits = Hits()
+
+        async def start(request: web.Request) -> web.Response:
+            return html('<a href="/busy">busy</a>')
+
+        async def busy(request: web.Request) -> web.Response:
+            return web.Response(status=503, headers={"Retry-After": "3600"})
+
+        async with serve([web.get("/", start), web.get("/busy", busy)], hits=hits) as base:
+            settings = fast_settings(tmp_path, max_backoff=0.5)
+            summary, sink, _ = await crawl(settings, [base + "/"], timeout=30)
+        assert summary.reason == ONLY_DEFERRED and summary.failed == 0 and hits.count("/busy") == 1
+        assert sink.sources() == [base + "/"]
+        [(origin, why, until, queued)] = summary.deferred
+        assert (origin, why, queued) == (base, "HTTP 503 Retry-After", 1)
+        assert until > time.time() + 3000
+        assert url_state(settings, base + "/busy") == ("queued", None, None)
+
+    asyncio.run(main())
