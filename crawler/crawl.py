@@ -22,6 +22,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -193,6 +194,7 @@ class Crawler:
         self._launched = {"new": 0, "revisit": 0}
         self._revisits_in_flight = 0
         self._counts = {"fetched": 0, "stored": 0, "failed": 0, "skipped": 0, "retried": 0, "bytes": 0}
+        self._by_status: Counter[str] = Counter()  # this run's requests by HTTP status class
         self._revisit_counts = {"revisits": 0, "not_modified": 0, "unchanged": 0, "changed": 0}
         self._final_stats: dict[str, Any] | None = None
         self._host_table: tuple[float, list[dict[str, object]], int] = (float("-inf"), [], 0)
@@ -227,7 +229,8 @@ class Crawler:
         return added
 
     def stats(self) -> dict[str, Any]:
-        """Counters for the status socket: this run's requests, errors and bytes, the frontier's state,
+        """Counters for the status socket: this run's requests (``by_status``: per HTTP status
+        class, robots.txt and sitemaps included), errors and bytes, the frontier's state,
         its caps and what they dropped (all runs of this data dir), revisits, deferred hosts and a
         line per host (``hosts``: deferred ones first, then the busiest; ``host_count`` in all)."""
         if self._final_stats is not None:
@@ -237,6 +240,7 @@ class Crawler:
         now = time.time()
         return {
             "fetched": self._counts["fetched"],
+            "by_status": dict(sorted(self._by_status.items())),
             "stored": self._counts["stored"],
             "stored_total": self.frontier.stored_total,
             "queued": counts[QUEUED],
@@ -906,6 +910,7 @@ class Crawler:
 
     def _record(self, result: FetchResult) -> None:
         self._counts["fetched"] += 1
+        self._by_status[status_class(result.status)] += 1
         if self._on_fetch is not None:
             elapsed = round(result.elapsed, 6)
             record = FetchRecord(
@@ -932,6 +937,12 @@ class Crawler:
                 return RobotsResponse(0, b"", result.error)
             return RobotsResponse(result.status, result.body)
         return RobotsResponse(404, b"", "too many redirects")  # RFC 9309: may treat as unavailable
+
+
+def status_class(status: int) -> str:
+    """A response's HTTP status class ("2xx", ..., "5xx"); "error" when none came (a refused
+    connection, a timeout)."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "error"
 
 
 def _looks_binary(result: FetchResult) -> bool:

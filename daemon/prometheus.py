@@ -109,8 +109,8 @@ class StatusCollector(Collector):
         yield from _counter("crystalline_crawler_errors", "Failed fetches this run", c.get("errors"))
         yield from _labelled_counter(
             "crystalline_crawler_pages",
-            "Fetched pages by HTTP status class",
-            "status_class",
+            "Requests by HTTP status class (error: no response)",
+            "class",
             c.get("by_status"),
         )
         yield from _gauge("crystalline_crawler_queued_urls", "URLs queued in the frontier", c.get("queued"))
@@ -120,7 +120,12 @@ class StatusCollector(Collector):
         yield from _counter(
             "crystalline_ingest_duplicates", "Documents dropped as duplicates", i.get("duplicates")
         )
-        yield from _counter("crystalline_ingest_failed", "Documents that failed ingest", i.get("failed"))
+        yield from _labelled_counter(
+            "crystalline_ingest_failed",
+            "Documents that failed ingest, by kind of reason",
+            "reason",
+            i.get("failed_by_reason"),
+        )
         yield from _labelled_counter(
             "crystalline_ingest_filtered", "Documents filtered, by rule", "reason", i.get("filtered_by_rule")
         )

@@ -527,6 +527,7 @@ class Ingestor:
             "validation_documents": counts["validation_documents"],
             "filtered_by_rule": by_rule["filtered"],
             "duplicates_by_rule": by_rule["duplicate"],
+            "failed_by_reason": by_rule["failed"],
             "lines_removed": by_rule["lines_removed"],
             "pii_replaced": by_rule["pii"],
         }
@@ -536,9 +537,10 @@ class Ingestor:
     def stats(self) -> dict[str, Any]:
         """Counts for the status socket: documents (stored), duplicates, failed, filtered,
         tokens, validation_documents, and the filtered and duplicate documents, lines removed
-        and PII replaced, per rule (as of the last :meth:`refresh_counts`: no registry query
-        here); pending (waiting in spool and drop folder); dropped files that cannot be
-        claimed (``blocked``, the first ten by name with the reason in ``blocked_files``)."""
+        and PII replaced, per rule, the failed per kind of reason (as of the last
+        :meth:`refresh_counts`: no registry query here); pending (waiting in spool and drop
+        folder); dropped files that cannot be claimed (``blocked``, the first ten by name with
+        the reason in ``blocked_files``)."""
         pending = (self.spool.count() if self.spool else 0) + (
             self.drop_folder.pending() if self.drop_folder else 0
         )

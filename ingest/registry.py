@@ -21,6 +21,7 @@ stored with ``\\xff`` escapes instead of failing the whole batch. The schema car
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -98,6 +99,15 @@ def sql_text(value: str) -> str:
         except UnicodeEncodeError:
             return value.encode("utf-8", "backslashreplace").decode("utf-8")
     return value
+
+
+def failure_class(reason: str) -> str:
+    """The kind of a failure, few enough to count and label a metric by: the reason up to its
+    details (a parenthesis or a colon), digits as ``N``. "too large (12 bytes > 10)" is "too
+    large", "extractor error (ValueError: ...)" "extractor error", "page 3 is unreadable"
+    "page N is unreadable"."""
+    head = re.split(r" \(|:", reason, maxsplit=1)[0]
+    return re.sub(r"\d+", "N", head).strip()[:60] or "other"
 
 
 @dataclass
@@ -314,9 +324,21 @@ class Registry:
         return out
 
     def counts_by_rule(self) -> dict[str, dict[str, int]]:
-        """Filtered and duplicate documents per rule, lines removed per line rule and PII
-        replaced per kind (over every document extracted)."""
-        out: dict[str, dict[str, int]] = {"filtered": {}, "duplicate": {}, "lines_removed": {}, "pii": {}}
+        """Filtered and duplicate documents per rule, failed ones per kind of reason
+        (:func:`failure_class`), lines removed per line rule and PII replaced per kind (over
+        every document extracted)."""
+        out: dict[str, dict[str, int]] = {
+            "filtered": {},
+            "duplicate": {},
+            "failed": {},
+            "lines_removed": {},
+            "pii": {},
+        }
+        for reason, n in self.db.execute(
+            "SELECT reason, COUNT(*) FROM documents WHERE state = 'failed' GROUP BY reason"
+        ):
+            kind = failure_class(str(reason))
+            out["failed"][kind] = out["failed"].get(kind, 0) + int(n)
         rows = self.db.execute(
             "SELECT state, rule, COUNT(*) FROM documents WHERE state IN ('filtered', 'duplicate') "
             "GROUP BY state, rule"

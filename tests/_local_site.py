@@ -1,9 +1,21 @@
 """A local aiohttp site for tests outside tests/crawler (whose ``_loopback`` kit has its own):
-start it on an ephemeral loopback port, get its base URL, clean it up."""
+start it on an ephemeral loopback port, get its base URL, clean it up; and prose for its pages
+that ingest's filters keep."""
 
 from __future__ import annotations
 
+import random
+
 from aiohttp import web
+
+WORDS = ["harbour", "lantern", "meadow", "copper", "orchard", "thunder", "glacier", "velvet", "market",
+         "island", "ladder", "window", "garden", "kettle", "the", "of", "and", "to", "in", "was"]  # fmt: skip
+
+
+def prose(seed: int) -> str:
+    """200 words of plain prose, the same for the same seed."""
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(200)) + "."
 
 
 async def start_site(routes: list[web.RouteDef], host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:

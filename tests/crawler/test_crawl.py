@@ -114,6 +114,8 @@ def test_500_is_retried_a_bounded_number_of_times_and_404_never(tmp_path: Path) 
         assert hits.count("/missing") == 1
         assert summary.failed == 2 and summary.retried == 2
         assert crawler.stats()["errors"] == 2
+        # status classes of every request: /, three tries of /broken, /missing, robots.txt (404)
+        assert crawler.stats()["by_status"] == {"2xx": 1, "4xx": hits.count("/robots.txt") + 1, "5xx": 3}
 
     asyncio.run(main())
 

@@ -5,7 +5,6 @@ the per-host table in status."""
 from __future__ import annotations
 
 import asyncio
-import random
 import threading
 import time
 from pathlib import Path
@@ -13,18 +12,10 @@ from typing import Any
 
 import pytest
 from _dashboard_daemon import running_daemon
-from _local_site import start_site
+from _local_site import prose, start_site
 from aiohttp import web
 
 from crystalline.daemon.status_client import request
-
-WORDS = ["harbour", "lantern", "meadow", "copper", "orchard", "thunder", "glacier", "velvet", "market",
-         "island", "ladder", "window", "garden", "kettle", "the", "of", "and", "to", "in", "was"]  # fmt: skip
-
-
-def prose(seed: int) -> str:
-    rng = random.Random(seed)
-    return " ".join(rng.choice(WORDS) for _ in range(200)) + "."
 
 
 class Site:

@@ -44,7 +44,12 @@ def fake_status() -> dict[str, Any]:
             ],
         },
         "crawler": {"fetched": 7, "queued": 3, "errors": 1, "hosts": 2, "by_status": {"2xx": 6, "4xx": 1}},
-        "ingest": {"documents": 5, "failed": 1, "filtered_by_rule": {"too_short": 2, "language": 1}},
+        "ingest": {
+            "documents": 5,
+            "failed": 1,
+            "failed_by_reason": {"too large": 1},
+            "filtered_by_rule": {"too_short": 2, "language": 1},
+        },
         "ring": {"slots": 4, "ready": 2},
     }
 
@@ -193,8 +198,10 @@ async def _test_metrics_parse_as_prometheus_text(tmp_path: Path) -> None:
         assert len([x for x in restarts if x.name.endswith("_total")]) == 12
         filtered = {x.labels["reason"]: x.value for x in families["crystalline_ingest_filtered"].samples}
         assert filtered == {"too_short": 2, "language": 1}
-        pages = {x.labels["status_class"]: x.value for x in families["crystalline_crawler_pages"].samples}
+        pages = {x.labels["class"]: x.value for x in families["crystalline_crawler_pages"].samples}
         assert pages == {"2xx": 6, "4xx": 1}
+        failed = {x.labels["reason"]: x.value for x in families["crystalline_ingest_failed"].samples}
+        assert failed == {"too large": 1}
 
 
 def test_events_push_history_then_status(tmp_path: Path) -> None:
