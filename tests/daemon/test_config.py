@@ -79,3 +79,14 @@ def test_unknown_key_in_file(tmp_path: Path) -> None:
     cfg.write_text("[daemon]\nbogus = 1\n")
     with pytest.raises(ValueError, match="bogus"):
         config.resolve(parse(["--config", str(cfg)]), {})
+
+
+def test_example_file_documents_http_and_its_off_switch(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "systemd" / "crystalline.toml"
+    text = example.read_text(encoding="utf-8")
+    assert config.resolve(parse(["--config", str(example)]), {}).daemon.http == "127.0.0.1:8470"
+    for line, bind in (('# http = "127.0.0.1:8470"', ("127.0.0.1", 8470)), ('# http = "off"', None)):
+        assert line in text  # the commented default, and how to turn it off
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text.replace(line, line[2:]), encoding="utf-8")
+        assert config.parse_bind(config.resolve(parse(["--config", str(cfg)]), {}).daemon.http) == bind
