@@ -231,6 +231,7 @@ def run_crawl_command(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(settings.data_dir / "spool")
+    spool.sweep_orphans()  # what a crawl killed inside Spool.put left
     log_file: IO[str] | None = None
     if args.log_jsonl is not None:
         log_file = open(args.log_jsonl, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)

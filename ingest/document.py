@@ -124,14 +124,19 @@ class Spool:
         meta_path.with_suffix(".body").unlink(missing_ok=True)
 
     def sweep_orphans(self, older_than_s: float = 60.0) -> int:
-        """Delete body files whose metadata never arrived (a crash inside ``put``)."""
+        """Delete what a process killed inside ``put`` left behind: body files whose metadata
+        never arrived and temp files of either; returns how many. Only files older than
+        ``older_than_s``: a producer writing right now (the crawler beside ingest) is seconds,
+        not a minute, between its body and its metadata."""
         now = time.time()
         removed = 0
-        for body in self.directory.glob("*.body"):
-            if not body.with_suffix(".json").exists() and now - body.stat().st_mtime > older_than_s:
-                body.unlink(missing_ok=True)
-                removed += 1
-        for tmp in self.directory.glob(".*.tmp"):
-            if now - tmp.stat().st_mtime > older_than_s:
-                tmp.unlink(missing_ok=True)
+        for path in [*self.directory.glob("*.body"), *self.directory.glob(".*.tmp")]:
+            try:
+                if path.suffix == ".body" and path.with_suffix(".json").exists():
+                    continue
+                if now - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # committed or removed meanwhile
+                continue
         return removed

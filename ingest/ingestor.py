@@ -482,7 +482,12 @@ class Ingestor:
     async def run(self, stop: asyncio.Event, idle_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
         """Ingest until ``stop`` is set; the blocking work runs in a thread, never in the loop.
         A failing batch (or a drop folder that cannot be watched) is reported (``error``, the
-        log) and retried with backoff; the drop folder's watch is started once and reused."""
+        log) and retried with backoff; the drop folder's watch is started once and reused.
+        It starts by sweeping the spool of what a producer killed inside ``Spool.put`` left."""
+        if self.spool is not None:
+            swept = await asyncio.to_thread(self.spool.sweep_orphans)
+            if swept:
+                log.info("swept %d orphan file(s) from the spool %s", swept, self.spool.directory)
         delay = idle_s
         while not stop.is_set():
             try:

@@ -137,3 +137,77 @@ def test_a_truncated_document_is_stored_with_its_reason(tmp_path: Path) -> None:
     finally:
         registry.close()
     assert reason.startswith("truncated:")
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_inside_spool_put_leaves_an_orphan_the_next_start_sweeps(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    spool_dir, fifo = tmp_path / "spool", tmp_path / "seam"
+    os.mkfifo(fifo)
+    # a real producer: one document committed, then a second whose body is durable and whose
+    # metadata write blocks on a FIFO (the seam between the two), where it is SIGKILLed
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(HERE)!r})
+        from pathlib import Path
+        import crystalline.ingest.document as document
+        from test_ingest_faults import article
+        spool = document.Spool(Path({str(spool_dir)!r}))
+        spool.put(article(0))
+        real = document.write_atomic
+        def blocking(path, data, sync_dir=False):
+            if path.suffix == ".json":
+                open({str(fifo)!r}, "rb").read()
+            real(path, data, sync_dir)
+        document.write_atomic = blocking
+        spool.put(article(1))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # a writer may open the FIFO only once the producer is blocked reading it
+            try:
+                seam = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+                assert time.monotonic() < deadline, "the producer never reached the seam"
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+        os.close(seam)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    spool = Spool(spool_dir)
+    bodies = sorted(spool_dir.glob("*.body"))
+    (orphan,) = [b for b in bodies if not b.with_suffix(".json").exists()]
+    assert len(bodies) == 2 and spool.count() == 1
+    # the next start comes later: the orphan is 2 minutes old; a body a producer is writing
+    # right now (no metadata yet, seconds old) must be left alone
+    old = time.time() - 120
+    os.utime(orphan, (old, old))
+    in_flight = spool_dir / f"{'f' * 32}-{time.time_ns()}.body"
+    in_flight.write_bytes(b"being written")
+
+    async def start_and_ingest() -> dict[str, int]:
+        stop = asyncio.Event()
+        with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
+            task = asyncio.create_task(ing.run(stop, idle_s=0.1))
+            deadline = time.monotonic() + 60
+            while ing.stats()["documents"] < 1:
+                assert time.monotonic() < deadline, "the committed document was never ingested"
+                await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.wait_for(task, 30)
+            return ing.stats()
+
+    stats = asyncio.run(start_and_ingest())
+    assert not orphan.exists() and in_flight.exists()
+    reader = StoreReader(tmp_path / "data" / "tokens")
+    reader.refresh()
+    assert [d.source for d in reader.documents] == ["https://example.org/0"]
+    assert stats["documents"] == 1 and spool.count() == 0
