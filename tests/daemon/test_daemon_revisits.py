@@ -73,7 +73,15 @@ def test_the_daemon_revisits_and_ingests_a_changed_page_as_a_new_version(tmp_pat
                 "--crawl-min-revisit", "3", "--crawl-no-sitemaps")  # fmt: skip
         with running_daemon(tmp_path, {"seed.txt": prose(999)}, *args, crawl=True) as daemon:
             run = daemon["run"]
-            first = wait_for(run, "5 pages ingested", lambda d: d["ingest"].get("documents", 0) >= 6)
+            # the per-host table in status is refreshed at most every 5 s: wait for it too
+            first = wait_for(
+                run,
+                "5 pages ingested and listed",
+                lambda d: (
+                    d["ingest"].get("documents", 0) >= 6
+                    and sum(h["stored"] for h in d["crawler"].get("hosts", [])) >= 5
+                ),
+            )
             [host] = first["crawler"]["hosts"]
             assert (host["host"], host["stored"]) == (site.url, 5)
             wait_for(run, "a revisit pass of 304s", lambda d: d["crawler"]["revisits"]["not_modified"] >= 5)
