@@ -38,6 +38,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
 
+from ..exit_status import CommandParser
+from ..exit_status import main as run_main
 from ..ingest.document import Spool
 from .crawl import Crawler, CrawlSummary, FetchRecord
 from .settings import CrawlSettings
@@ -300,27 +302,17 @@ async def _progress(crawler: Crawler) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crystalline crawl", description=__doc__.split("\n\n")[0])
+    parser = CommandParser(prog="crystalline crawl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     add_options(parser)
+    parser.set_defaults(func=run_crawl_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crystalline.crawler.command``: the crawl subcommand on its own."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        return run_crawl_command(args)
-    except (ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"crystalline: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    """``python -m crystalline.crawler.command``: the crawl subcommand on its own, through the
+    error path and exit statuses of every subcommand (``crystalline.exit_status``)."""
+    return run_main(build_parser(), list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The `crystalline` command: one argparse CLI with a subcommand per task.
 
 Errors reach the user as one line on stderr and a non-zero exit; ``--debug`` shows the
-traceback as well.
+traceback as well. Every subcommand goes through ``crystalline.exit_status`` (its statuses
+are tabled in the README).
 
 Imports are per subcommand: `crystalline status` builds a parser with only its own subcommand
 and imports the socket client and nothing of numpy, ZeroMQ, aiohttp, the crawler or ingest
@@ -20,6 +21,8 @@ from pathlib import Path
 from types import FrameType
 
 from crystalline import __version__
+from crystalline.exit_status import CommandParser
+from crystalline.exit_status import main as run_main
 
 from . import dashboard_command, status_command
 
@@ -30,15 +33,6 @@ LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.Argument
     "status": status_command.add_parser,
     "dashboard": dashboard_command.add_parser,
 }
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The errors a user can cause; anything else is a bug and keeps its traceback under --debug.
-    Called only once an error happened, so that the light commands never import the trainer."""
-    from ..workers.checkpoint import CheckpointError
-    from ..workers.trainer import TrainingError
-
-    return (ValueError, OSError, TrainingError, CheckpointError)  # TokenizerError is a ValueError
 
 
 TRAIN_HELP = {
@@ -160,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` one light subcommand (see LIGHT_COMMANDS)."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="crystalline",
         description="A continuous-learning daemon and the tools around its numpy transformer.",
     )
@@ -233,33 +227,7 @@ def _light_command(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(only=_light_command(argv))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except KeyboardInterrupt:
-        print("crystalline: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 141
-    except Exception as exc:
-        if args.debug or not isinstance(exc, _user_errors()):
-            raise
-        print(f"crystalline: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
-        text = f"{exc.filename}: {text}"
-    return " ".join(text.split())
+    return run_main(build_parser(only=_light_command(argv)), argv)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crystalline.exit_status import DEGRADED
+from crystalline.exit_status import ERROR as UNREACHABLE
+from crystalline.exit_status import OK as HEALTHY
+
 from .status_client import request
 
-HEALTHY, UNREACHABLE, DEGRADED = 0, 1, 2
 BAD_WORKER_STATES = ("dead", "restarting")
 
 

@@ -15,7 +15,8 @@ A file that fails gets its ``error`` and the others are still done; the exit sta
 failed. ``crystalline ingest PATH... --data-dir DIR [--tokenizer T]`` ingests files and folders
 once into the token store and registry of DIR and prints the counts (documents, tokens,
 duplicates, failed, filtered); files are left where they are, and a rerun skips what is already
-recorded. The daemon wires :func:`add_parsers` into its CLI; ``python -m
+recorded. Exit statuses are every subcommand's (``crystalline.exit_status``): 1 for an error,
+64 for a bad command line. The daemon wires :func:`add_parsers` into its CLI; ``python -m
 crystalline.ingest.command`` runs these two commands alone.
 """
 
@@ -23,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..exit_status import CommandParser
+from ..exit_status import main as run_main
 from .document import Document
 from .drop_folder import readable
 from .extract import ExtractLimits
@@ -213,20 +215,13 @@ def _filter_settings(args: argparse.Namespace) -> FilterSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``extract`` or ``ingest`` alone (``python -m crystalline.ingest.command``)."""
-    parser = argparse.ArgumentParser(prog="crystalline", description="Text extraction and ingest.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    """Run ``extract`` or ``ingest`` alone (``python -m crystalline.ingest.command``), through
+    the error path and exit statuses of every subcommand (``crystalline.exit_status``)."""
+    parser = CommandParser(prog="crystalline", description="Text extraction and ingest.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parsers(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-    try:
-        return int(args.func(args))
-    except (ValueError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+    return run_main(parser, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

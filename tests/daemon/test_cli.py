@@ -3,6 +3,7 @@ signals and resume."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from crystalline import exit_status
 from crystalline.daemon import cli
 from crystalline.workers.checkpoint import load_checkpoint, load_latest
 from crystalline.workers.model import GPT
@@ -570,3 +572,62 @@ def test_train_with_worker_processes_matches_one_process(
         results[workers] = ckpt.arrays
     for name in ("params", "adam_m", "adam_v"):
         np.testing.assert_allclose(results["3"][name], results["1"][name], rtol=1e-4, atol=1e-5)
+
+
+# every entry point and every subcommand: a bad command line exits 64 (USAGE), not argparse's 2,
+# which `crystalline status` keeps for "degraded"
+USAGE_CASES = {
+    "status": ["crystalline.daemon.cli", "status", "--bogus"],
+    "dashboard": ["crystalline.daemon.cli", "dashboard", "--bogus"],
+    "train": ["crystalline.daemon.cli", "train"],
+    "run": ["crystalline.daemon.cli", "run", "--bogus"],
+    "crawl": ["crystalline.daemon.cli", "crawl", "--max-pages", "many"],
+    "ingest": ["crystalline.daemon.cli", "ingest"],
+    "no-command": ["crystalline.daemon.cli"],
+    "crawl-alone": ["crystalline.crawler.command", "--bogus"],
+    "ingest-alone": ["crystalline.ingest.command", "extract"],
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(USAGE_CASES))
+def test_usage_error_exits_64_with_one_error_line(cli_env: dict[str, str], case: str) -> None:
+    module, *argv = USAGE_CASES[case]
+    cmd = [sys.executable, "-m", module, *argv]
+    proc = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=50, check=False)
+    assert proc.returncode == exit_status.USAGE, proc.stderr
+    errors = [line for line in nonempty_lines(proc.stderr) if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("module", ["crystalline.daemon.cli", "crystalline.crawler.command"])
+def test_crawl_error_is_one_line_exit_1_whichever_entry(
+    tmp_path: Path, cli_env: dict[str, str], module: str
+) -> None:
+    argv = ["crawl"] if module.endswith("cli") else []
+    argv += ["--start-url", "http://127.0.0.1:1/", "--data-dir", str(tmp_path), "--max-pages", "-3"]
+    cmd = [sys.executable, "-m", module, *argv]
+    proc = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=50, check=False)
+    assert proc.returncode == exit_status.ERROR, proc.stderr
+    lines = nonempty_lines(proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("crystalline: error: ") and "max" in lines[0], proc.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_exits_70(capsys: pytest.CaptureFixture[str]) -> None:
+    def buggy(_args: argparse.Namespace) -> int:
+        raise KeyError("missing")  # as a lookup the code got wrong would
+
+    assert exit_status.run_command(buggy, argparse.Namespace(debug=False)) == exit_status.SOFTWARE
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1] == "crystalline: internal error: KeyError: 'missing'"
+
+
+def test_debug_raises_a_user_error_and_no_debug_makes_it_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def bad_value(_args: argparse.Namespace) -> int:
+        raise ValueError("--lr must be\npositive")
+
+    with pytest.raises(ValueError, match="positive"):
+        exit_status.run_command(bad_value, argparse.Namespace(debug=True))
+    assert exit_status.run_command(bad_value, argparse.Namespace(debug=False)) == exit_status.ERROR
+    assert capsys.readouterr().err == "crystalline: error: --lr must be positive\n"

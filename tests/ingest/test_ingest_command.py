@@ -68,4 +68,5 @@ def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -
     assert "--data-dir" in run(["ingest", "--help"], cli_env).stdout
     assert "--json" in run(["extract", "--help"], cli_env).stdout
     proc = run(["ingest", str(tmp_path / "missing"), "--data-dir", str(tmp_path)], cli_env)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
+    assert proc.stderr.startswith("crystalline: error: ")
