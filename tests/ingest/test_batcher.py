@@ -57,15 +57,6 @@ def test_too_few_tokens_raises_after_the_deadline(tmp_path: Path) -> None:
         Batcher(tmp_path, 2, 16, wait_s=0.3).batch(0)
 
 
-def test_fill_writes_into_a_given_slot(tmp_path: Path) -> None:
-    store = TokenStore(tmp_path, np.uint16)
-    add(store, "a", np.arange(300))
-    batcher = Batcher(tmp_path, 2, 8, refresh_s=0.0)
-    slot = np.zeros((2, 9), dtype=np.uint16)
-    batcher.fill(0, slot)
-    assert np.array_equal(slot, batcher.batch(0))
-
-
 def test_counts_read_from_another_thread_while_refreshing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
