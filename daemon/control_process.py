@@ -45,6 +45,7 @@ from ..descriptors import (
     soft_limit,
 )
 from ..shm.segments import SharedMemoryFull
+from ..workers.checkpoint import STATE, list_checkpoints
 from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
@@ -65,6 +66,8 @@ class ReadyData(TrainingData, Protocol):
     def ready(self) -> bool: ...
 
     def limit_open_shards(self, cap: int) -> None: ...
+
+    def resumed_from(self, saved: dict[str, Any]) -> str | None: ...
 
 
 class Channel:
@@ -278,6 +281,13 @@ class Control:
             raise
         data.limit_open_shards(cap)
         self.last_checkpoint_step = trainer.state.step if resume else None
+        if resume:  # the data the checkpoint records, held against the store as it is now
+            warning = data.resumed_from(
+                _checkpoint_state(self.checkpoint_dir, trainer.state.step).get("data", {})
+            )
+            if warning:
+                log.warning("%s", warning)
+                trainer.checkpoint_warnings.append(warning)
         log.info("open-files limit %d: up to %d shard maps per store reader", soft_limit(), cap)
         return trainer
 
@@ -329,6 +339,17 @@ class Control:
             self.state = "stopped"
             self.publish(force=True)
         return 0
+
+
+def _checkpoint_state(checkpoint_dir: Path, step: int) -> dict[str, Any]:
+    """The ``state.json`` of the checkpoint of ``step`` ({} if it is gone or unreadable: the
+    trainer has loaded and verified it already, this is only its record of the data)."""
+    for path in list_checkpoints(checkpoint_dir):
+        if int(path.name.removeprefix("step-")) == step:  # listed names are step-<digits>
+            with contextlib.suppress(OSError, ValueError):
+                state = json.loads((path / STATE).read_text(encoding="utf-8"))
+                return state if isinstance(state, dict) else {}
+    return {}
 
 
 def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData] | None = None) -> int:

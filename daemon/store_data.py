@@ -102,6 +102,23 @@ class StoreTrainingData:
             self._val = eval_windows(tokens, self.config.seq_len, limit)
         return self._val
 
+    def resumed_from(self, saved: dict[str, Any]) -> str | None:
+        """A warning when the checkpoint training resumes from (its ``data``, what
+        :meth:`describe` gave then) was trained on more train documents than the store holds:
+        the store was lost or restored from an older copy, so the model has seen text that is
+        gone. None otherwise, and for checkpoints written before the count was recorded."""
+        trained_on = saved.get("train_documents")
+        if saved.get("kind") != "store" or not isinstance(trained_on, int):
+            return None
+        self.batcher.refresh()
+        now = self.batcher.position()
+        if now >= trained_on:
+            return None
+        return (
+            f"the token store holds {now} train documents, fewer than the {trained_on} the "
+            "checkpoint was trained on: it was lost or restored from an older copy"
+        )
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "store",

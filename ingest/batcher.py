@@ -12,8 +12,8 @@ Determinism: a batch is a pure function of (seed, step, the number of train docu
 visible). Commit order is fixed, so the visible documents are always a prefix of it;
 :meth:`Batcher.position` reports that prefix length, and ``batch(step, documents=n)``
 reproduces a batch exactly. Status reports the position (``data.train_documents``); a
-checkpoint records it with the rest of ``describe()`` but resume does not read it (the ring's
-move to the supervisor, issue 10, decides how resume replays batches). The batcher
+checkpoint records it, and a resume on a store holding fewer train documents warns
+(``StoreTrainingData.resumed_from``). The batcher
 reads committed shards only (see :mod:`token_store`), so it needs no lock with the writer.
 """
 

@@ -118,6 +118,9 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
         workers = data["training"]["workers"]
         assert len(workers) == 12 and all(w["state"] not in ("dead", "restarting") for w in workers)
         assert len({w["pid"] for w in workers}) == 12
+        # the engine's per-worker compute and barrier-wait times of the last step reach status
+        assert all(isinstance(w["compute_ms"], float) and w["compute_ms"] > 0 for w in workers), workers
+        assert all(isinstance(w["wait_ms"], float) and w["wait_ms"] >= 0 for w in workers), workers
         data = wait_for_ingest(run, 43, 240, proc)  # every bundled sample accounted for
         # sonnet-18.html and sonnet-18-scan.png hold one sonnet: MinHash keeps one, counts the other
         assert data["ingest"]["documents"] >= 40 and data["ingest"]["failed"] == 0
@@ -161,6 +164,8 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
         notify2.wait_for("READY=1", 180, proc)
         data = wait_for_step(run, final_step, 240, proc)
         assert data["training"]["step"] > final_step
+        # the checkpoint's record of the data (train documents) held against the intact store
+        assert "checkpoint_warnings" not in data["training"], data["training"]
         assert stop(proc, notify2) == 0
     finally:
         if proc.poll() is None:

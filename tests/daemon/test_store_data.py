@@ -52,3 +52,27 @@ def test_too_few_held_out_tokens_is_not_ready(tmp_path: Path) -> None:
     store = TokenStore(tmp_path, np.uint16)
     add(store, "short", "val", np.arange(9, dtype=np.uint16))  # its head is under one window
     assert not StoreTrainingData(tmp_path, CONFIG).ready()
+
+
+def test_resuming_on_a_store_with_fewer_train_documents_than_the_checkpoint_warns(tmp_path: Path) -> None:
+    from crystalline.daemon.control_process import _checkpoint_state
+    from crystalline.workers.checkpoint import Checkpoint, save_checkpoint
+
+    store = TokenStore(tmp_path / "store", np.uint16)
+    for i in range(3):
+        add(store, f"t{i}", "train", np.arange(40, dtype=np.uint16))
+    data = StoreTrainingData(tmp_path / "store", CONFIG)
+    assert data.ready()
+    # the checkpoint records describe() as it was: read back from a real checkpoint directory
+    saved = {"step": 7, "data": {**data.describe(), "train_documents": 5}}
+    arrays = {"params": np.zeros(4, dtype=np.float32)}
+    save_checkpoint(tmp_path / "ck", Checkpoint(6, arrays, {"step": 6, "data": data.describe()}, "{}"))
+    save_checkpoint(tmp_path / "ck", Checkpoint(7, arrays, saved, "{}"))
+    assert _checkpoint_state(tmp_path / "ck", 6)["data"]["train_documents"] == 3
+    warning = data.resumed_from(_checkpoint_state(tmp_path / "ck", 7)["data"])
+    assert warning is not None and "holds 3 train documents, fewer than the 5" in warning
+    assert data.resumed_from(_checkpoint_state(tmp_path / "ck", 6)["data"]) is None  # as many: fine
+    assert _checkpoint_state(tmp_path / "ck", 8) == {}
+    # a checkpoint written before the count was recorded, or of file data, says nothing
+    assert data.resumed_from({"kind": "store", "train_tokens": 120}) is None
+    assert data.resumed_from({"kind": "files", "sha256": "ab"}) is None
