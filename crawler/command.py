@@ -42,7 +42,7 @@ from ..exit_status import CommandParser
 from ..exit_status import main as run_main
 from ..ingest.document import Spool
 from .crawl import Crawler, CrawlSummary, FetchRecord
-from .settings import CrawlSettings
+from .settings import CrawlSettings, parse_host_revisit
 
 log = logging.getLogger("crystalline.crawler")
 
@@ -156,6 +156,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
         default = getattr(d, name)
         p.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
     p.add_argument(
+        "--host-revisit",
+        action="append",
+        default=[],
+        metavar="HOST=MIN:MAX",
+        help="revisit bounds in seconds for HOST and its subdomains in place of --min-revisit/"
+        "--max-revisit (repeatable)",
+    )
+    p.add_argument(
         "--max-fetches-per-host-per-day",
         type=int,
         default=d.max_fetches_per_host_per_day,
@@ -220,6 +228,7 @@ def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
         min_revisit=args.min_revisit,
         revisit_after=args.min_revisit,
         max_revisit=max(args.max_revisit, args.min_revisit),
+        host_revisit=tuple(parse_host_revisit(spec) for spec in args.host_revisit),
         revisit_share=args.revisit_share,
         max_fetches_per_host_per_day=args.max_fetches_per_host_per_day,
         warc_dir=args.warc_dir,

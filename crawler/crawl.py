@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
 
@@ -678,7 +679,7 @@ class Crawler:
         """A revisit found nothing new (a 304 or the same body): the page stays as it was, its
         next visit further away."""
         now = time.time()
-        interval = schedule.next_interval(self.settings, entry.interval, changed)
+        interval = schedule.next_interval(self.settings, entry.interval, changed, _host(entry.url))
         revisit = Revisit(
             now + interval, interval, entry.interval, now, result.etag, result.last_modified, body_hash
         )
@@ -731,9 +732,9 @@ class Crawler:
         if entry.revisit:
             self._revisit_counts["revisits"] += 1
             self._revisit_counts["changed"] += 1
-            interval = schedule.next_interval(self.settings, entry.interval, changed=True)
+            interval = schedule.next_interval(self.settings, entry.interval, True, _host(entry.url))
         else:
-            interval = schedule.first_interval(self.settings, entry.interval)
+            interval = schedule.first_interval(self.settings, entry.interval, _host(entry.url))
         revisit = Revisit(
             now + interval,
             interval,
@@ -794,9 +795,9 @@ class Crawler:
         if entry.revisit:
             self._revisit_counts["revisits"] += 1
             self._revisit_counts["changed"] += 1
-            interval = schedule.next_interval(s, entry.interval, changed=True)
+            interval = schedule.next_interval(s, entry.interval, True, _host(entry.url))
         else:
-            interval = schedule.first_interval(s)
+            interval = schedule.first_interval(s, host=_host(entry.url))
         revisit = Revisit(
             now + interval, interval, entry.interval or interval, now, result.etag, result.last_modified,
             body_hash, new_version=True,
@@ -889,7 +890,7 @@ class Crawler:
             self.frontier.retry(entry, time.time() + wait, status, error)
         elif entry.revisit:  # a stored page that failed for now: kept, asked again at its next visit
             now = time.time()
-            interval = schedule.next_interval(self.settings, entry.interval, changed=False)
+            interval = schedule.next_interval(self.settings, entry.interval, False, _host(entry.url))
             revisit = Revisit(now + interval, interval, entry.interval, now)
             self._revisit_counts["revisits"] += 1
             log.info("revisit of %s failed (%s); next visit in %.0f s", entry.url, error, interval)
@@ -949,3 +950,8 @@ def _looks_binary(result: FetchResult) -> bool:
     """A NUL byte early in a body labelled as text means the label is wrong (ingest would choke)."""
     textual = result.content_type.startswith("text/") or result.content_type in _HTML
     return textual and b"\x00" in result.body[:1024]
+
+
+def _host(url: str) -> str:
+    """The host name of ``url`` (what ``host_revisit`` bounds are matched on)."""
+    return urlsplit(url).hostname or ""

@@ -47,6 +47,9 @@ class CrawlSettings:
     # changed and grows by revisit_inc_rate when not, within [min_revisit, max_revisit]
     min_revisit: float = 24 * 3600.0  # also a new page's first interval (a sitemap's changefreq may raise it)
     max_revisit: float = 30 * 24 * 3600.0
+    # per-host bounds in place of [min_revisit, max_revisit]: (host, min, max), a host matching
+    # itself and its subdomains, the longest match winning (``--host-revisit news.example=600:86400``)
+    host_revisit: tuple[tuple[str, float, float], ...] = ()
     revisit_inc_rate: float = 0.4
     revisit_dec_rate: float = 0.2
     # a one-shot crawl (``crystalline crawl --min-revisit S``) also takes every page fetched at
@@ -138,12 +141,28 @@ class CrawlSettings:
             raise ValueError("max-body-bytes must be positive, max-pages and max-depth non-negative")
         if self.min_revisit < 0 or self.max_revisit < self.min_revisit:
             raise ValueError("min-revisit must not be negative nor above max-revisit")
+        for host, low, high in self.host_revisit:
+            if not host or low < 0 or high < low:
+                raise ValueError(
+                    f"host-revisit {host}: the minimum must not be negative nor above the maximum"
+                )
         if not 0.0 <= self.revisit_share <= 1.0:
             raise ValueError("revisit-share must be between 0 and 1")
         for name in ("max_links_per_page", "max_queued_per_host", "max_queued", "robots_per_minute",
                      "max_fetches_per_host_per_day", "warc_max_bytes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative (0: no cap)")
+
+    def revisit_bounds(self, host: str) -> tuple[float, float]:
+        """The (min, max) revisit interval of ``host``: its ``host_revisit`` entry (the longest
+        matching one), else the global ``min_revisit``/``max_revisit``."""
+        host = host.lower().rstrip(".")
+        best: tuple[str, float, float] | None = None
+        for entry in self.host_revisit:
+            name = entry[0]
+            if (host == name or host.endswith("." + name)) and (best is None or len(name) > len(best[0])):
+                best = entry
+        return (best[1], best[2]) if best is not None else (self.min_revisit, self.max_revisit)
 
     @property
     def frontier_path(self) -> Path:
@@ -153,3 +172,19 @@ class CrawlSettings:
     def product_token(self) -> str:
         """The robots.txt product token: the User-Agent up to the first '/' (RFC 9309 2.2.1)."""
         return self.user_agent.split("/", 1)[0].strip().split()[0] if self.user_agent.strip() else "*"
+
+
+def parse_host_revisit(spec: str) -> tuple[str, float, float]:
+    """``HOST=MIN:MAX`` (seconds) as ``(host, min, max)``; ValueError naming what is wrong."""
+    host, sep, bounds = spec.partition("=")
+    low, colon, high = bounds.partition(":")
+    host = host.strip().lower().rstrip(".")
+    try:
+        if not sep or not colon or not host:
+            raise ValueError
+        low_s, high_s = float(low), float(high)
+    except ValueError:
+        raise ValueError(f"host-revisit must be HOST=MIN:MAX (seconds), got {spec!r}") from None
+    if not 0 <= low_s <= high_s:
+        raise ValueError(f"host-revisit {spec!r}: the minimum must not be negative nor above the maximum")
+    return host, low_s, high_s

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..crawler.settings import CrawlSettings
+from ..crawler.settings import CrawlSettings, parse_host_revisit
 from ..workers.train_config import TrainConfig, read_toml
 
 ENV_PREFIX = "CRYSTALLINE_"
@@ -45,6 +45,7 @@ class DaemonConfig:
     # bounds, revisits get this share of requests while new URLs wait; requests per host per day
     crawl_min_revisit: float = _CRAWL.min_revisit
     crawl_max_revisit: float = _CRAWL.max_revisit
+    crawl_host_revisit: tuple[str, ...] = ()  # HOST=MIN:MAX, a host's bounds in place of those two
     crawl_revisit_share: float = _CRAWL.revisit_share
     crawl_max_fetches_per_host_per_day: int = 0
     crawl_no_sitemaps: bool = False
@@ -238,6 +239,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         raise ValueError(
             "crawl-min-revisit must be >= 0 and <= crawl-max-revisit, crawl-revisit-share in [0, 1]"
         )
+    for spec in d.crawl_host_revisit:
+        parse_host_revisit(spec)  # ValueError naming a bad entry
     int(settings.daemon.socket_mode, 8)  # ValueError on garbage
     from ..ingest.quality_rules import FilterRules
 

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from ..crawler.crawl import Crawler
 from ..crawler.feedback import IngestFeedback
-from ..crawler.settings import CrawlSettings
+from ..crawler.settings import CrawlSettings, parse_host_revisit
 from ..descriptors import raise_soft_limit
 from ..ingest.document import Spool
 from ..ingest.drop_folder import DropFolder
@@ -120,6 +120,7 @@ class Supervisor:
             robots_per_minute=d.crawl_robots_per_minute,
             min_revisit=d.crawl_min_revisit,
             max_revisit=d.crawl_max_revisit,
+            host_revisit=tuple(parse_host_revisit(spec) for spec in d.crawl_host_revisit),
             revisit_share=d.crawl_revisit_share,
             max_fetches_per_host_per_day=d.crawl_max_fetches_per_host_per_day,
             sitemaps=not d.crawl_no_sitemaps,

@@ -15,7 +15,7 @@ from aiohttp import web
 from crystalline.crawler.crawl import Crawler
 from crystalline.crawler.feedback import IngestFeedback
 from crystalline.crawler.frontier import Frontier
-from crystalline.crawler.settings import CrawlSettings
+from crystalline.crawler.settings import CrawlSettings, parse_host_revisit
 from crystalline.daemon import cli, config
 from crystalline.daemon.supervisor import Supervisor
 from crystalline.ingest.document import Spool
@@ -313,3 +313,58 @@ def test_feedback_is_read_until_caught_up(tmp_path: Path) -> None:
         assert summary.reason == "frontier empty" and crawler.frontier.feedback_cursor() == 2500
     finally:
         crawler.close()
+
+
+def test_each_host_keeps_its_pages_within_its_own_revisit_bounds(tmp_path: Path) -> None:
+    a, b = Site(3, etags=True), Site(3, etags=True)
+    host_revisit = (parse_host_revisit("127.0.0.1=100:120"), parse_host_revisit("127.0.0.2=1000:1200"))
+    settings = fast_settings(tmp_path, min_revisit=10.0, max_revisit=100_000.0, host_revisit=host_revisit,
+                             allowed_domains=("127.0.0.1", "127.0.0.2"))  # fmt: skip
+
+    def by_host() -> dict[str, set[float]]:
+        out: dict[str, set[float]] = {}
+        for url, interval in intervals(settings).items():
+            out.setdefault(url.split("/")[2].split(":")[0], set()).add(interval)
+        return out
+
+    async def main() -> None:
+        async with serve(a.routes()) as base_a, serve(b.routes(), host="127.0.0.2") as base_b:
+            start = [base_a + "/p/0", base_b + "/p/0"]
+            first, _, _ = await crawl(settings, start)
+            assert first.stored == 6
+            assert by_host() == {"127.0.0.1": {100.0}, "127.0.0.2": {1000.0}}  # each host's minimum
+            due_now(settings)
+            await crawl(settings, start)  # all unchanged (304): x 1.4, then each host's maximum
+            assert by_host() == {"127.0.0.1": {120.0}, "127.0.0.2": {1200.0}}
+            for site in (a, b):
+                for i in range(3):
+                    site.version[i] += 1
+            due_now(settings)
+            second, _, _ = await crawl(settings, start)  # all changed: x 0.8, then each host's minimum
+            assert second.revisits == 6
+            assert by_host() == {"127.0.0.1": {100.0}, "127.0.0.2": {1000.0}}
+
+    asyncio.run(main())
+
+
+def test_host_revisit_bounds_from_the_command_line_and_the_daemon_config(tmp_path: Path) -> None:
+    from crystalline.crawler import command
+
+    flags = ["--host-revisit", "News.Example=600:86400", "--host-revisit", "live.news.example=60:600"]
+    args = command.build_parser().parse_args(
+        ["--start-url", "https://a.example/", "--data-dir", str(tmp_path), *flags]
+    )
+    s = command.settings_from_args(args)
+    assert s.host_revisit == (("news.example", 600.0, 86400.0), ("live.news.example", 60.0, 600.0))
+    assert s.revisit_bounds("www.news.example") == (600.0, 86400.0)  # a subdomain
+    assert s.revisit_bounds("live.news.example") == (60.0, 600.0)  # the longest match wins
+    assert s.revisit_bounds("othernews.example") == (s.min_revisit, s.max_revisit)  # the global bounds
+    for bad in ("news.example", "news.example=600", "=1:2", "h=5:1", "h=-1:2", "h=a:b"):
+        with pytest.raises(ValueError, match="host-revisit"):
+            parse_host_revisit(bad)
+    env = {"CRYSTALLINE_CRAWL_HOST_REVISIT": "a.example=60:600,b.example=3600:7200"}
+    run = cli.build_parser().parse_args(["run", "--state-dir", str(tmp_path / "s")])
+    crawl_settings = Supervisor(config.resolve(run, env=env))._crawl_settings()
+    assert crawl_settings.host_revisit == (("a.example", 60.0, 600.0), ("b.example", 3600.0, 7200.0))
+    with pytest.raises(ValueError, match="host-revisit"):
+        config.resolve(run, env={"CRYSTALLINE_CRAWL_HOST_REVISIT": "a.example=600:60"})
