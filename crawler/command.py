@@ -163,13 +163,16 @@ def add_options(p: argparse.ArgumentParser) -> None:
         help="revisit bounds in seconds for HOST and its subdomains in place of --min-revisit/"
         "--max-revisit (repeatable)",
     )
-    p.add_argument(
-        "--max-fetches-per-host-per-day",
-        type=int,
-        default=d.max_fetches_per_host_per_day,
-        metavar="N",
-        help="requests per host per day, revisits included; the host is deferred past it (default: no cap)",
-    )
+    for flag, name, what in (
+        ("--max-fetches-per-host-per-day", "max_fetches_per_host_per_day",
+         "requests per host per day, revisits included; the host is deferred past it"),
+        ("--max-listed-per-host-per-day", "max_listed_per_host_per_day",
+         "new URLs sitemaps and feeds may queue per host per day; more are dropped"),
+    ):  # fmt: skip
+        default = getattr(d, name)
+        p.add_argument(
+            flag, type=int, default=default, metavar="N", help=f"{what} (default: {default or 'no cap'})"
+        )
     p.add_argument(
         "--warc-dir", type=Path, metavar="DIR", help="write every response as WARC/1.1 records here"
     )
@@ -231,6 +234,7 @@ def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
         host_revisit=tuple(parse_host_revisit(spec) for spec in args.host_revisit),
         revisit_share=args.revisit_share,
         max_fetches_per_host_per_day=args.max_fetches_per_host_per_day,
+        max_listed_per_host_per_day=args.max_listed_per_host_per_day,
         warc_dir=args.warc_dir,
         warc_file_bytes=args.warc_file_bytes,
         sitemaps=not args.no_sitemaps,

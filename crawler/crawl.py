@@ -164,6 +164,7 @@ class Crawler:
             max_queued_per_host=settings.max_queued_per_host,
             max_queued=settings.max_queued,
             max_pages_per_host=settings.max_pages_per_host,
+            max_listed_per_host_per_day=settings.max_listed_per_host_per_day,
         )
         self.politeness = Politeness(settings)
         self.robots = RobotsCache(
@@ -628,9 +629,12 @@ class Crawler:
         if admitted:
             self.frontier.add(admitted)
 
-    def _queue_feeds(self, feeds: list[str]) -> None:
+    def _queue_feeds(self, feeds: list[str], depth: int) -> None:
+        """A page's feeds join the frontier at the page's depth (their items one hop further)."""
         admitted = [
-            NewUrl(u, origin_of(u), 0, kind=SITEMAP) for u in feeds if self.policy.check_discovered(u) is None
+            NewUrl(u, origin_of(u), depth, kind=SITEMAP)
+            for u in feeds
+            if self.policy.check_discovered(u) is None
         ]
         if admitted:
             self.frontier.add(admitted)
@@ -721,8 +725,8 @@ class Crawler:
                 )
             else:
                 found, text, feeds = parse_page(result.body, entry.url, result.charset)
-            if feeds and self.settings.sitemaps:  # a feed is read as a sitemap (sitemaps.org allows it)
-                self._queue_feeds(feeds)
+            if feeds and self.settings.sitemaps and entry.depth < self.settings.max_depth:
+                self._queue_feeds(feeds, entry.depth)  # read as a sitemap (sitemaps.org allows it)
             if not entry.revisit and entry.pattern is not None:
                 # does this shape still give new text? (the trap guard: finish() counts it, with
                 # the new URLs of other shapes the page gave; a shape that gives neither is cut)
@@ -773,7 +777,12 @@ class Crawler:
         for item in parsed.entries:
             with contextlib.suppress(ValueError):
                 urls.append((canonical_url(item.loc), item))
-        admitted = {u.url: u for u in self._admit([u for u, _ in urls], 1, 0, entry.url)}
+        # a sitemap's pages are one hop from the start; a feed's one hop from the page linking it
+        # (a feed found on a page is queued at that page's depth; a sitemap's depth counts indexes)
+        depth = entry.depth + 1 if parsed.feed else 1
+        if depth > s.max_depth:
+            urls = []
+        admitted = {u.url: u for u in self._admit([u for u, _ in urls], depth, 0, entry.url)}
         links: list[NewUrl] = []
         changed: list[tuple[str, float]] = []
         for url, item in urls:
@@ -785,7 +794,7 @@ class Crawler:
                     links.append(NewUrl(url, new.origin, entry.depth + 1, kind=SITEMAP))
                 continue
             hint = schedule.CHANGEFREQ.get((item.changefreq or "").lower(), 0.0)
-            links.append(NewUrl(url, new.origin, 1, 0, new.pattern, hint))
+            links.append(NewUrl(url, new.origin, depth, 0, new.pattern, hint, listed=True))
             if item.lastmod is not None:
                 changed.append((url, item.lastmod))
         now = time.time()

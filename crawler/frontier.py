@@ -108,6 +108,9 @@ _HOST_COLUMNS = {
     "defer_count": "INTEGER NOT NULL DEFAULT 0",
     "day_start": "REAL NOT NULL DEFAULT 0",
     "day_fetches": "INTEGER NOT NULL DEFAULT 0",
+    # new URLs sitemaps and feeds listed for the origin in its listing day (from listed_day_start)
+    "listed_day_start": "REAL NOT NULL DEFAULT 0",
+    "listed_day": "INTEGER NOT NULL DEFAULT 0",
     "fetched": "INTEGER NOT NULL DEFAULT 0",
     "errors": "INTEGER NOT NULL DEFAULT 0",
 }
@@ -130,7 +133,10 @@ DROP_FRONTIER_FULL = "frontier_full"  # the whole queue was at max_queued
 DROP_TRAP = "trap"  # its host and URL shape stopped giving new text
 DROP_HOST_PAGES = "host_page_limit"  # its origin has stored max_pages_per_host pages
 DROP_ROBOTS = "robots"  # its origin's robots.txt (known at the time) disallows it
-DROP_REASONS = (DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP, DROP_HOST_PAGES, DROP_ROBOTS)
+DROP_LISTED = "listed_per_host_per_day"  # a sitemap or feed listed it past its origin's daily budget
+DROP_REASONS = (
+    DROP_PAGE_LINKS, DROP_HOST_FULL, DROP_FRONTIER_FULL, DROP_TRAP, DROP_HOST_PAGES, DROP_ROBOTS, DROP_LISTED
+)  # fmt: skip
 
 # robots.txt bodies kept in the frontier for reuse after a restart: a larger one is fetched again
 # instead (a site's is a few KiB; 500 KiB, what must be parsed, times 100k hosts would be 50 GB)
@@ -173,6 +179,7 @@ class NewUrl:
     pattern: str | None = None
     interval: float = 0.0  # a first revisit interval (a sitemap's changefreq); 0: the default
     kind: int = PAGE
+    listed: bool = False  # from a sitemap or feed: counts against max_listed_per_host_per_day
 
 
 @dataclass(frozen=True)
@@ -246,16 +253,24 @@ class Frontier:
     """The SQLite frontier at ``path`` (created if missing); close it when done."""
 
     def __init__(
-        self, path: Path, *, max_queued_per_host: int = 0, max_queued: int = 0, max_pages_per_host: int = 0
+        self,
+        path: Path,
+        *,
+        max_queued_per_host: int = 0,
+        max_queued: int = 0,
+        max_pages_per_host: int = 0,
+        max_listed_per_host_per_day: int = 0,
     ) -> None:
         """Caps of 0 are off: ``max_queued_per_host`` and ``max_queued`` (URLs waiting per origin
         and in all), ``max_pages_per_host`` (an origin with that many pages stored takes no new
-        URL: it would stay queued forever)."""
+        URL: it would stay queued forever), ``max_listed_per_host_per_day`` (new URLs that
+        sitemaps and feeds may queue for one origin per day; more are dropped as ``DROP_LISTED``)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_queued_per_host = max_queued_per_host
         self.max_queued = max_queued
         self.max_pages_per_host = max_pages_per_host
+        self.max_listed_per_host_per_day = max_listed_per_host_per_day
         self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -429,6 +444,13 @@ class Frontier:
             reason = DROP_HOST_FULL
         elif self.max_queued and self.counts[QUEUED] + batch.total >= self.max_queued:
             reason = DROP_FRONTIER_FULL
+        listed = new.listed and self.max_listed_per_host_per_day > 0
+        if not reason and listed and batch.listed(new.origin) >= self.max_listed_per_host_per_day:
+            reason = DROP_LISTED
+        if reason == DROP_LISTED:
+            if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is None:
+                batch.dropped[DROP_LISTED] += 1
+            return False
         if reason:
             if db.execute("SELECT 1 FROM urls WHERE url = ?", (new.url,)).fetchone() is not None:
                 return False  # known: not a drop
@@ -448,6 +470,8 @@ class Frontier:
             batch.dropped[reason] += 1
             batch.change(victim.origin, -1)
         batch.change(new.origin, +1)
+        if listed:
+            batch.list_one(new.origin)
         return True
 
     def _commit_batch(self, batch: _Batch) -> None:
@@ -459,6 +483,10 @@ class Frontier:
         for origin, delta in batch.delta.items():
             if delta:
                 db.execute("UPDATE hosts SET queued = queued + ? WHERE origin = ?", (delta, origin))
+        for origin, (start, n) in batch.listed_days.items():
+            db.execute(
+                "UPDATE hosts SET listed_day_start = ?, listed_day = ? WHERE origin = ?", (start, n, origin)
+            )
         _write_drops(db, batch.dropped)
 
     def _counted(self, batch: _Batch) -> None:
@@ -971,6 +999,26 @@ class _Batch:
         self.grew: set[str] = set()  # origins that got a URL (their hosts row must exist)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self._victims: dict[str | None, _Victim | None] = {}  # origin, or None for the whole queue
+        self.listed_days: dict[str, tuple[float, int]] = {}  # origin -> (listing day's start, URLs)
+        self._now = time.time()
+
+    def listed(self, origin: str) -> int:
+        """New URLs sitemaps and feeds queued for the origin in its current listing day (a day
+        that has ended starts again now)."""
+        if origin not in self.listed_days:
+            row = self._db.execute(
+                "SELECT listed_day_start, listed_day FROM hosts WHERE origin = ?", (origin,)
+            ).fetchone()
+            if row is None or row[0] + 86400 <= self._now:
+                self.listed_days[origin] = (self._now, 0)
+            else:
+                self.listed_days[origin] = (float(row[0]), int(row[1]))
+        return self.listed_days[origin][1]
+
+    def list_one(self, origin: str) -> None:
+        self.listed(origin)
+        start, n = self.listed_days[origin]
+        self.listed_days[origin] = (start, n + 1)
 
     def stored(self, origin: str) -> int:
         """The origin's pages stored (read once per batch: a batch stores none)."""

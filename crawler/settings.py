@@ -68,6 +68,9 @@ class CrawlSettings:
     sitemap_max_bytes: int = 50 * 1024 * 1024  # after decompression (sitemaps.org: 50 MB)
     sitemap_max_urls: int = 50_000  # per sitemap file (sitemaps.org: 50,000)
     sitemap_max_depth: int = 2  # sitemap index -> sitemap -> pages
+    # new URLs sitemaps and feeds may queue per host per day (0: no cap); more are dropped and
+    # counted (a link to one of them from a page still queues it)
+    max_listed_per_host_per_day: int = 0
 
     # WARC: every response (with its request) as WARC/1.1 records, when warc_dir is set
     warc_dir: Path | None = None
@@ -149,7 +152,8 @@ class CrawlSettings:
         if not 0.0 <= self.revisit_share <= 1.0:
             raise ValueError("revisit-share must be between 0 and 1")
         for name in ("max_links_per_page", "max_queued_per_host", "max_queued", "robots_per_minute",
-                     "max_fetches_per_host_per_day", "warc_max_bytes"):  # fmt: skip
+                     "max_fetches_per_host_per_day", "max_listed_per_host_per_day",
+                     "warc_max_bytes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must not be negative (0: no cap)")
 

@@ -36,6 +36,7 @@ class Sitemap:
     kind: str
     entries: list[SitemapEntry] = field(default_factory=list)
     truncated: str = ""  # why not every entry was read ("" when all were)
+    feed: bool = False  # an RSS or Atom feed (its items are a hop from the page linking it)
 
 
 def parse_time(text: str | None) -> float | None:
@@ -110,6 +111,8 @@ def parse(body: bytes, max_bytes: int, max_urls: int) -> Sitemap:
             if event == "start":
                 if depth == 0 and name == "sitemapindex":
                     sitemap.kind = INDEX
+                elif depth == 0 and name in ("rss", "feed", "RDF"):
+                    sitemap.feed = True
                 depth += 1
                 continue
             depth -= 1

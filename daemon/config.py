@@ -48,6 +48,7 @@ class DaemonConfig:
     crawl_host_revisit: tuple[str, ...] = ()  # HOST=MIN:MAX, a host's bounds in place of those two
     crawl_revisit_share: float = _CRAWL.revisit_share
     crawl_max_fetches_per_host_per_day: int = 0
+    crawl_max_listed_per_host_per_day: int = 0  # new URLs from sitemaps and feeds per host per day
     crawl_no_sitemaps: bool = False
     crawl_warc_dir: str = ""  # "" : no WARC; a relative path is under the state directory
     crawl_warc_max_bytes: int = 10 * 1024**3  # WARC retention: the oldest files go past this (0: keep all)
@@ -230,6 +231,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         "crawl_max_queued",
         "crawl_robots_per_minute",
         "crawl_max_fetches_per_host_per_day",
+        "crawl_max_listed_per_host_per_day",
         "crawl_warc_max_bytes",
     ):
         if getattr(settings.daemon, cap) < 0:

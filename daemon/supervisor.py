@@ -123,6 +123,7 @@ class Supervisor:
             host_revisit=tuple(parse_host_revisit(spec) for spec in d.crawl_host_revisit),
             revisit_share=d.crawl_revisit_share,
             max_fetches_per_host_per_day=d.crawl_max_fetches_per_host_per_day,
+            max_listed_per_host_per_day=d.crawl_max_listed_per_host_per_day,
             sitemaps=not d.crawl_no_sitemaps,
             warc_dir=self.settings.state_dir / d.crawl_warc_dir if d.crawl_warc_dir else None,
             warc_max_bytes=d.crawl_warc_max_bytes,

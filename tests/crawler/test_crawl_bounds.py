@@ -17,6 +17,7 @@ from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
     DROP_HOST_FULL,
     DROP_HOST_PAGES,
+    DROP_LISTED,
     DROP_PAGE_LINKS,
     DROP_ROBOTS,
     DROP_TRAP,
@@ -127,7 +128,8 @@ def test_wildcard_hosts_hold_the_total_and_host_caps_and_the_robots_budget(tmp_p
         # the hub offered 6,000 links: 5 kept for each of the first 100 hosts (500 in all), 15 more
         # of each of those dropped at the host cap, all 20 of each later host at the total cap
         assert summary.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 100 * 15, DROP_FRONTIER_FULL: 200 * 20,
-                                   DROP_TRAP: 0, DROP_HOST_PAGES: 0, DROP_ROBOTS: 0}  # fmt: skip
+                                   DROP_TRAP: 0, DROP_HOST_PAGES: 0, DROP_ROBOTS: 0,
+                                   DROP_LISTED: 0}  # fmt: skip
         _, per_origin, counted = _queue_rows(settings)
         assert per_origin == counted and max(per_origin.values()) <= 5 and sum(per_origin.values()) <= 500
         assert "waited" in summary.line() and "robots.txt budget" in summary.line()

@@ -12,6 +12,7 @@ from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
     DROP_HOST_FULL,
     DROP_HOST_PAGES,
+    DROP_LISTED,
     DROP_PAGE_LINKS,
     DROP_ROBOTS,
     DROP_TRAP,
@@ -199,7 +200,7 @@ def test_trim_brings_a_queue_over_lower_caps_under_them_deepest_newest_first(tmp
     names = {r[0] for r in trimmed._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "urls_queue" not in names and "urls_host_queue" in names
     assert trimmed.dropped == {DROP_PAGE_LINKS: 0, DROP_HOST_FULL: 4, DROP_FRONTIER_FULL: 2, DROP_TRAP: 0,
-                               DROP_HOST_PAGES: 0, DROP_ROBOTS: 0}  # fmt: skip
+                               DROP_HOST_PAGES: 0, DROP_ROBOTS: 0, DROP_LISTED: 0}  # fmt: skip
     assert trimmed.counts[QUEUED] == 8
     # a's cap took its newest depth-2 URLs (9, 7, 5, 3); the total cap then a/1 (the deepest
     # left) and b/p/3 (the newest of depth 1)

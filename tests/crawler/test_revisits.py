@@ -199,9 +199,13 @@ def test_run_takes_the_revisit_budget_and_warc_keys(tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(["run", "--config", str(toml), "--state-dir", str(tmp_path / "s"),
                                           "--crawl-min-revisit", "3600", "--crawl-revisit-share", "0.25",
                                           "--crawl-no-sitemaps"])  # fmt: skip
-    env = {"CRYSTALLINE_CRAWL_MAX_FETCHES_PER_HOST_PER_DAY": "500"}
+    env = {
+        "CRYSTALLINE_CRAWL_MAX_FETCHES_PER_HOST_PER_DAY": "500",
+        "CRYSTALLINE_CRAWL_MAX_LISTED_PER_HOST_PER_DAY": "70",
+    }
     crawl = Supervisor(config.resolve(args, env=env))._crawl_settings()
     assert (crawl.min_revisit, crawl.revisit_share, crawl.max_fetches_per_host_per_day) == (3600.0, 0.25, 500)
+    assert crawl.max_listed_per_host_per_day == 70
     assert (crawl.warc_dir, crawl.warc_max_bytes, crawl.sitemaps) == (
         tmp_path / "s" / "warc",
         5_000_000,
@@ -350,12 +354,14 @@ def test_each_host_keeps_its_pages_within_its_own_revisit_bounds(tmp_path: Path)
 def test_host_revisit_bounds_from_the_command_line_and_the_daemon_config(tmp_path: Path) -> None:
     from crystalline.crawler import command
 
-    flags = ["--host-revisit", "News.Example=600:86400", "--host-revisit", "live.news.example=60:600"]
+    flags = ["--host-revisit", "News.Example=600:86400", "--host-revisit", "live.news.example=60:600",
+             "--max-listed-per-host-per-day", "40"]  # fmt: skip
     args = command.build_parser().parse_args(
         ["--start-url", "https://a.example/", "--data-dir", str(tmp_path), *flags]
     )
     s = command.settings_from_args(args)
     assert s.host_revisit == (("news.example", 600.0, 86400.0), ("live.news.example", 60.0, 600.0))
+    assert s.max_listed_per_host_per_day == 40
     assert s.revisit_bounds("www.news.example") == (600.0, 86400.0)  # a subdomain
     assert s.revisit_bounds("live.news.example") == (60.0, 600.0)  # the longest match wins
     assert s.revisit_bounds("othernews.example") == (s.min_revisit, s.max_revisit)  # the global bounds

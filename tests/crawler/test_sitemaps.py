@@ -12,7 +12,7 @@ from _loopback import Hits, crawl, fast_settings, html, serve
 from aiohttp import web
 
 from crystalline.crawler import sitemaps
-from crystalline.crawler.frontier import QUEUED, Frontier
+from crystalline.crawler.frontier import DROP_LISTED, QUEUED, Frontier, NewUrl
 
 NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
 
@@ -169,3 +169,100 @@ def test_a_feed_a_page_announces_is_read_like_a_sitemap(tmp_path: Path) -> None:
         assert summary.failed == 0
 
     asyncio.run(main())
+
+
+def test_a_feed_found_deep_keeps_the_depth_count(tmp_path: Path) -> None:
+    """A feed on a page at depth 2 is queued at depth 2, its items at 3; with max-depth 3 the
+    items' own links (depth 4) are not followed, as they would be had the feed restarted at 0."""
+    hits = Hits()
+
+    async def main() -> None:
+        async def chain(request: web.Request) -> web.Response:
+            i = int(request.match_info["i"])
+            head = '<link rel="alternate" type="application/rss+xml" href="/feed.xml">' if i == 2 else ""
+            link = f'<a href="/d/{i + 1}">next</a>' if i < 2 else ""
+            return web.Response(text=f"<html><head>{head}</head><body>page {i} {link}</body></html>",
+                                content_type="text/html")  # fmt: skip
+
+        async def feed(request: web.Request) -> web.Response:
+            items = "".join(f"<item><link>http://{request.host}/news/{i}</link></item>" for i in range(2))
+            return web.Response(
+                text=f"<rss><channel>{items}</channel></rss>", content_type="application/rss+xml"
+            )
+
+        async def news(request: web.Request) -> web.Response:
+            return html(
+                f'story {request.match_info["i"]} <a href="/beyond/{request.match_info["i"]}">more</a>'
+            )
+
+        routes = [web.get("/d/{i}", chain), web.get("/feed.xml", feed), web.get("/news/{i}", news),
+                  web.get("/beyond/{i}", news)]  # fmt: skip
+        async with serve(routes, hits=hits) as base:
+            settings = fast_settings(tmp_path, sitemaps=True, max_depth=3)
+            summary, sink, _ = await crawl(settings, [base + "/d/0"])
+        assert sorted(sink.sources()) == sorted([*(f"{base}/d/{i}" for i in range(3)), base + "/news/0",
+                                                 base + "/news/1"])  # fmt: skip
+        assert not [p for p in hits.paths() if p.startswith("/beyond/")]
+        with sqlite3.connect(settings.frontier_path) as db:
+            depths = dict(db.execute("SELECT url, depth FROM urls"))
+        assert depths[base + "/feed.xml"] == 2
+        assert (depths[base + "/news/0"], depths[base + "/news/1"]) == (3, 3)
+        assert summary.failed == 0
+
+    asyncio.run(main())
+
+
+def test_sitemaps_and_feeds_queue_at_most_the_daily_budget_per_host(tmp_path: Path) -> None:
+    async def main() -> None:
+        async def robots_txt(request: web.Request) -> web.Response:
+            return web.Response(
+                text=f"User-agent: *\nAllow: /\nSitemap: {base}/a.xml\nSitemap: {base}/b.xml\n"
+            )
+
+        async def listing(request: web.Request) -> web.Response:
+            name = request.path.strip("/").split(".")[0]
+            return web.Response(
+                body=urlset([f"{base}/{name}/{i}" for i in range(5)]), content_type="application/xml"
+            )
+
+        async def page(request: web.Request) -> web.Response:
+            return html(f"listed page {request.path}")
+
+        routes = [web.get("/robots.txt", robots_txt), web.get("/a.xml", listing), web.get("/b.xml", listing),
+                  web.get("/sitemap.xml", listing), web.get("/a/{i}", page), web.get("/b/{i}", page),
+                  web.get("/sitemap/{i}", page), web.get("/", page)]  # fmt: skip
+        async with serve(routes) as base:
+            settings = fast_settings(tmp_path, sitemaps=True, max_listed_per_host_per_day=6)
+            summary, sink, _ = await crawl(settings, [base + "/"])
+        listed = [u for u in sink.sources() if u != base + "/"]
+        assert len(listed) == 6  # of the 15 the three sitemaps list
+        assert summary.dropped["listed_per_host_per_day"] == 9
+        assert "9 listed per host per day" in summary.line()
+
+    asyncio.run(main())
+
+
+def test_the_listing_budget_is_per_origin_and_day_and_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "frontier.sqlite"
+
+    def listed(origin: str, names: range) -> list[NewUrl]:
+        return [NewUrl(f"{origin}/p/{i}", origin, 1, listed=True) for i in names]
+
+    frontier = Frontier(path, max_listed_per_host_per_day=3)
+    assert frontier.add(listed("http://a", range(2))) == 2
+    assert frontier.add(listed("http://b", range(5))) == 3  # another origin: its own budget
+    frontier.close()
+    frontier = Frontier(path, max_listed_per_host_per_day=3)  # a restart keeps the day's count
+    assert frontier.add(listed("http://a", range(2, 6))) == 1
+    assert frontier.add([NewUrl("http://a/linked", "http://a", 1)]) == 1  # a page's link: no budget
+    assert frontier.dropped[DROP_LISTED] == 2 + 3
+    assert frontier.add(listed("http://a", range(2))) == 0  # known URLs are not drops
+    assert frontier.dropped[DROP_LISTED] == 5
+    frontier.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE hosts SET listed_day_start = listed_day_start - 86400")
+    frontier = Frontier(path, max_listed_per_host_per_day=3)  # a day later: a new budget
+    try:
+        assert frontier.add(listed("http://a", range(6, 10))) == 3
+    finally:
+        frontier.close()
