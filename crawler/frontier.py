@@ -31,9 +31,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..postgres import Sql
 from .politeness import FAR_FUTURE
 
 log = logging.getLogger("crystalline.crawler.frontier")
+
 
 QUEUED, IN_FLIGHT, STORED, FAILED, SKIPPED, REDIRECTED = range(6)
 PAGE, SITEMAP = 0, 1  # what a URL is: a page for the sink, or a sitemap that seeds the frontier
@@ -250,7 +252,19 @@ class HostReport:
 
 
 class Frontier:
-    """The SQLite frontier at ``path`` (created if missing); close it when done."""
+    """The SQLite frontier at ``path`` (created if missing); close it when done.
+
+    ``PgFrontier`` (``crawler/frontier_pg.py``) keeps the same tables on PostgreSQL for several
+    machines; the statements here are written for both (``GREATEST``/``LEAST``, ``ON CONFLICT``)."""
+
+    # an in-flight URL is settled (finish, retry, release) only while it is still in flight, so a
+    # settlement applied twice (replayed after a lost connection) changes nothing the second time;
+    # on PostgreSQL also only by the machine that claimed it (another may have taken it over)
+    _OWNED = ""
+
+    def _owner(self) -> tuple[str, ...]:
+        """The parameters of ``_OWNED``."""
+        return ()
 
     def __init__(
         self,
@@ -265,25 +279,40 @@ class Frontier:
         and in all), ``max_pages_per_host`` (an origin with that many pages stored takes no new
         URL: it would stay queued forever), ``max_listed_per_host_per_day`` (new URLs that
         sitemaps and feeds may queue for one origin per day; more are dropped as ``DROP_LISTED``)."""
+        self._set_caps(max_queued_per_host, max_queued, max_pages_per_host, max_listed_per_host_per_day)
+        self._open(path)
+        self._load_counts()
+
+    def _set_caps(self, per_host: int, total: int, pages_per_host: int, listed_per_day: int) -> None:
+        self.max_queued_per_host = per_host
+        self.max_queued = total
+        self.max_pages_per_host = pages_per_host
+        self.max_listed_per_host_per_day = listed_per_day
+
+    def _open(self, path: Path) -> None:
+        """Open (create, migrate) the SQLite frontier and put a previous run's in-flight URLs back."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.max_queued_per_host = max_queued_per_host
-        self.max_queued = max_queued
-        self.max_pages_per_host = max_pages_per_host
-        self.max_listed_per_host_per_day = max_listed_per_host_per_day
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._sqlite = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self._db: Sql = self._sqlite
+        # the scalar GREATEST/LEAST of PostgreSQL, so that both backends run the same statements
+        self._sqlite.create_function("greatest", 2, max, deterministic=True)
+        self._sqlite.create_function("least", 2, min, deterministic=True)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._sqlite.execute("PRAGMA journal_mode=WAL")
             # NORMAL: a commit survives a killed process; after a power cut the last commits may be
             # lost, which refetches a page (its "stored" mark and its links go together) but loses none.
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._sqlite.execute("PRAGMA synchronous=NORMAL")
+            self._sqlite.executescript(_SCHEMA)
             self._add_columns()
-            self._db.executescript(_INDEXES)
+            self._sqlite.executescript(_INDEXES)
             self._recover()
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self._sqlite.close()
             raise OSError(f"{path}: not a usable frontier database ({exc})") from exc
+
+    def _load_counts(self) -> None:
+        """Read the in-memory counts and the trapped shapes from the tables."""
         self.counts = [0] * len(STATE_NAMES)
         for state, n in self._db.execute("SELECT state, COUNT(*) FROM urls GROUP BY state"):
             self.counts[state] = n
@@ -332,7 +361,7 @@ class Frontier:
             self._db.execute("UPDATE urls SET state = 0 WHERE state = 1")
             self._db.execute(_RECOUNT_HOSTS)
             self._db.execute(
-                "UPDATE hosts SET next_at = MAX(MIN(next_at, ?), deferred_until)", (time.time(),)
+                "UPDATE hosts SET next_at = GREATEST(LEAST(next_at, ?), deferred_until)", (time.time(),)
             )
 
     @property
@@ -383,11 +412,23 @@ class Frontier:
             log.info("frontier %s: %d queued URLs over the caps dropped", self.path, trimmed)
         return trimmed
 
-    def _transaction(self) -> sqlite3.Connection:
-        return _Transaction(self._db)  # type: ignore[return-value]
+    def backend(self) -> dict[str, object]:
+        """Where the frontier lives, for status (``PgFrontier``: the database's state too)."""
+        return {"kind": "sqlite", "path": str(self.path)}
+
+    def renew_leases(self, origins: Iterable[str], now: float) -> None:
+        """Keep this process's hold on ``origins`` while it fetches from them: a SQLite frontier
+        has one process, which holds every host (``PgFrontier`` leases hosts)."""
+
+    def settle_pending(self) -> None:
+        """Write outcomes kept while the database was away: a SQLite write fails or succeeds at
+        once, none is kept (``PgFrontier`` keeps them through an outage)."""
+
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return _Transaction(self._sqlite)
 
     def close(self) -> None:
-        self._db.close()
+        self._sqlite.close()
 
     def disk_bytes(self) -> int:
         """The database's size on disk, its write-ahead log included."""
@@ -459,8 +500,8 @@ class Frontier:
                 batch.dropped[reason] += 1  # it ranks no higher than anything queued there
                 return False
         cur = db.execute(
-            "INSERT OR IGNORE INTO urls (url, origin, depth, redirects, pattern, interval, kind)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO urls (url, origin, depth, redirects, pattern, interval, kind)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (new.url, new.origin, new.depth, new.redirects, new.pattern, new.interval, new.kind),
         )
         if cur.rowcount != 1:
@@ -478,7 +519,7 @@ class Frontier:
         """Write the batch's per-origin queue counts and drop counters (inside its transaction)."""
         db = self._db
         for origin in batch.grew:
-            if db.execute("INSERT OR IGNORE INTO hosts (origin) VALUES (?)", (origin,)).rowcount:
+            if db.execute("INSERT INTO hosts (origin) VALUES (?) ON CONFLICT DO NOTHING", (origin,)).rowcount:
                 batch.new_hosts += 1
         for origin, delta in batch.delta.items():
             if delta:
@@ -545,7 +586,7 @@ class Frontier:
                 ).fetchone()
                 when = FAR_FUTURE if visit is None else max(float(visit), now + 1.0)
                 self._db.execute(
-                    "UPDATE hosts SET next_at = MAX(next_at, ?) WHERE origin = ?", (when, origin)
+                    "UPDATE hosts SET next_at = GREATEST(next_at, ?) WHERE origin = ?", (when, origin)
                 )
                 return []
             if not rows:
@@ -553,7 +594,7 @@ class Frontier:
                     "SELECT MIN(not_before), COUNT(*) FROM urls WHERE origin = ? AND state = 0", (origin,)
                 ).fetchone()
                 self._db.execute(
-                    "UPDATE hosts SET queued = ?, next_at = MAX(next_at, ?) WHERE origin = ?",
+                    "UPDATE hosts SET queued = ?, next_at = GREATEST(next_at, ?) WHERE origin = ?",
                     (wait[1], wait[0] or 0.0, origin),
                 )
                 return []
@@ -629,7 +670,7 @@ class Frontier:
         self._db.execute(
             "UPDATE hosts SET defer_count = defer_count"
             " + (CASE WHEN ? AND deferred_until <= ? THEN 1 ELSE 0 END), deferred_until = ?,"
-            " next_at = MAX(next_at, ?), defer_reason = ? WHERE origin = ?",
+            " next_at = GREATEST(next_at, ?), defer_reason = ? WHERE origin = ?",
             (count, now, until, until, reason, origin),
         )
 
@@ -683,7 +724,9 @@ class Frontier:
 
     def set_next_at(self, origin: str, when: float) -> None:
         """The origin's next request not before ``when`` (nor before the end of a deferral)."""
-        self._db.execute("UPDATE hosts SET next_at = MAX(?, deferred_until) WHERE origin = ?", (when, origin))
+        self._db.execute(
+            "UPDATE hosts SET next_at = GREATEST(?, deferred_until) WHERE origin = ?", (when, origin)
+        )
 
     def host_stored(self, origin: str) -> int:
         row = self._db.execute("SELECT stored FROM hosts WHERE origin = ?", (origin,)).fetchone()
@@ -725,10 +768,12 @@ class Frontier:
         judging = revisit is not None and revisit.fresh is not None and entry.pattern is not None
         other = 0
         with self._transaction():
-            self._db.execute(
-                "UPDATE urls SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE id = ?",
-                (state, status or None, error or None, entry.id),
-            )
+            if not self._db.execute(
+                "UPDATE urls SET state = ?, status = ?, error = ?, attempts = attempts + 1 WHERE id = ?"
+                f" AND state = 1{self._OWNED}",
+                (state, status or None, error or None, entry.id, *self._owner()),
+            ).rowcount:
+                return 0  # settled already (see _OWNED)
             if revisit is not None:
                 r = revisit
                 self._db.execute(
@@ -741,8 +786,8 @@ class Frontier:
                 )  # fmt: skip
                 if r.new_version and entry.revisit and entry.kind == PAGE:
                     self._db.execute(
-                        "INSERT INTO meta VALUES ('new_versions', '1')"
-                        " ON CONFLICT DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+                        "INSERT INTO meta VALUES ('new_versions', '1') ON CONFLICT (key)"
+                        " DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)"
                     )
             failed = state == FAILED or (state == SKIPPED and not entry.revisit)
             self._db.execute(
@@ -773,11 +818,12 @@ class Frontier:
         """Put an in-flight URL back in the queue, not to be fetched before ``not_before``;
         ``count_attempt`` False: the failure was ours (a full disk), not the URL's."""
         with self._transaction():
-            self._db.execute(
+            if not self._db.execute(
                 "UPDATE urls SET state = 0, attempts = attempts + ?, not_before = ?, status = ?, error = ?"
-                " WHERE id = ?",
-                (int(count_attempt), not_before, status or None, error or None, entry.id),
-            )
+                f" WHERE id = ? AND state = 1{self._OWNED}",
+                (int(count_attempt), not_before, status or None, error or None, entry.id, *self._owner()),
+            ).rowcount:
+                return
             self._db.execute(
                 "UPDATE hosts SET queued = queued + 1, fetched = fetched + 1 WHERE origin = ?",
                 (entry.origin,),
@@ -788,7 +834,11 @@ class Frontier:
         """Return an in-flight URL to the queue unchanged (the crawl stopped before its outcome,
         or its host was deferred)."""
         with self._transaction():
-            self._db.execute("UPDATE urls SET state = 0 WHERE id = ? AND state = 1", (entry.id,))
+            if not self._db.execute(
+                f"UPDATE urls SET state = 0 WHERE id = ? AND state = 1{self._OWNED}",
+                (entry.id, *self._owner()),
+            ).rowcount:
+                return
             self._db.execute("UPDATE hosts SET queued = queued + 1 WHERE origin = ?", (entry.origin,))
         self._requeued(entry)
 
@@ -816,8 +866,10 @@ class Frontier:
         """Shift one verdict into the shape's window (inside a transaction); its window and count."""
         mask = (1 << TRAP_WINDOW) - 1
         window, n = self._db.execute(
-            "INSERT INTO patterns (origin, pattern, n, window) VALUES (?, ?, 1, ?) ON CONFLICT DO UPDATE"
-            " SET n = n + 1, window = ((window << 1) | excluded.window) & ? RETURNING window, n",
+            'INSERT INTO patterns (origin, pattern, n, "window") VALUES (?, ?, 1, ?)'
+            " ON CONFLICT (origin, pattern) DO UPDATE SET n = patterns.n + 1,"
+            ' "window" = ((patterns."window" << 1) | excluded."window") & ?'
+            ' RETURNING "window", n',
             (origin, pattern, 0 if fresh else 1, mask),
         ).fetchone()
         return int(window), int(n)
@@ -897,7 +949,7 @@ class Frontier:
                         cut.append((origin, pattern, self._overrule(origin, pattern, judged_n)))
             self._db.execute(
                 "INSERT INTO meta VALUES ('feedback_cursor', ?)"
-                " ON CONFLICT DO UPDATE SET value = excluded.value",
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(cursor),),
             )
         for origin, pattern, skipped in cut:
@@ -914,8 +966,9 @@ class Frontier:
             window, n = self._push_verdict(origin, pattern, fresh=False)
         else:
             row = self._db.execute(
-                "UPDATE patterns SET window = window | (1 << (n - ?)) WHERE origin = ? AND pattern = ?"
-                " AND n - ? < ? AND trapped = 0 RETURNING window, n",
+                'UPDATE patterns SET "window" = "window" | (1 << (n - ?))'
+                " WHERE origin = ? AND pattern = ?"
+                ' AND n - ? < ? AND trapped = 0 RETURNING "window", n',
                 (judged_n, origin, pattern, judged_n, TRAP_WINDOW),
             ).fetchone()
             if row is None:
@@ -943,7 +996,8 @@ class Frontier:
             self._db.execute("DELETE FROM robots WHERE origin = ?", (origin,))
             return
         self._db.execute(
-            "INSERT OR REPLACE INTO robots (origin, fetched_at, status, body) VALUES (?, ?, ?, ?)",
+            "INSERT INTO robots (origin, fetched_at, status, body) VALUES (?, ?, ?, ?) ON CONFLICT (origin)"
+            " DO UPDATE SET fetched_at = excluded.fetched_at, status = excluded.status, body = excluded.body",
             (origin, fetched_at, status, body),
         )
 
@@ -968,11 +1022,12 @@ class Frontier:
         return None if row is None else (STATE_NAMES[row[0]], row[1], row[2])
 
 
-def _write_drops(db: sqlite3.Connection, dropped: dict[str, int]) -> None:
+def _write_drops(db: Sql, dropped: dict[str, int]) -> None:
     for reason, n in dropped.items():
         if n:
             db.execute(
-                "INSERT INTO drops VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n", (reason, n)
+                "INSERT INTO drops VALUES (?, ?) ON CONFLICT (reason) DO UPDATE SET n = drops.n + excluded.n",
+                (reason, n),
             )
 
 
@@ -989,7 +1044,7 @@ class _Batch:
     """One ``add``'s bookkeeping: per-origin queue counts (read once, written once at the end),
     the cached victims of full queues, and the drops per reason."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Sql) -> None:
         self._db = db
         self._base: dict[str, int] = {}
         self._stored: dict[str, int] = {}

@@ -21,12 +21,15 @@ stored with ``\\xff`` escapes instead of failing the whole batch. The schema car
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..postgres import Sql
 from . import minhash
 from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
 
@@ -144,15 +147,33 @@ class Registry:
         self.path = Path(path)
         # The ingestor calls in from worker threads (asyncio.to_thread) and status requests from
         # the loop: one connection shared under the lock of the caller (see Ingestor).
-        self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
+        self._sqlite = sqlite3.connect(
+            self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self.db: Sql = self._sqlite
+        self._sqlite.execute("PRAGMA journal_mode=WAL")
+        self._sqlite.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
         self._migrate()
+
+    def _transaction(self) -> contextlib.AbstractContextManager[None]:
+        return self._immediate()
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[None]:
+        with self._sqlite:
+            self._sqlite.execute("BEGIN IMMEDIATE")
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the registry for one batch: its duplicate checks and the recording of its
+        documents as one step. A SQLite registry has one writer (the ingestor's batch lock);
+        ``PgRegistry`` locks it across machines."""
+        yield
 
     def _migrate(self) -> None:
         """Create the schema, or bring an older registry up to :data:`SCHEMA_VERSION`."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise RuntimeError(
@@ -186,10 +207,14 @@ class Registry:
         if row is not None and row[0] != minhash.PARAMS:
             self.db.execute("DELETE FROM minhash_bands")
             self.db.execute("DELETE FROM minhash_signatures")
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('minhash', ?)", (minhash.PARAMS,))
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('minhash', ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (minhash.PARAMS,),
+        )
 
     def close(self) -> None:
-        self.db.close()
+        self._sqlite.close()
 
     def state_of(self, entry: str) -> str | None:
         """The recorded state of a submission, or None if it has not been recorded."""
@@ -260,13 +285,13 @@ class Registry:
     def record(self, records: list[Record]) -> None:
         """Write ``records`` in one transaction; entries already present are left as they are."""
         now = time.time()
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with self._transaction():
             for r in records:
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO documents (entry, doc_id, source, origin, kind, state, reason, "
+                row = self.db.execute(
+                    "INSERT INTO documents (entry, doc_id, source, origin, kind, state, reason, "
                     "content_hash, simhash, chars, tokens, split, shard, title, language, created, file_key, "
-                    "rule, language_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "rule, language_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO NOTHING RETURNING id",
                     (
                         sql_text(r.entry),
                         r.doc_id,
@@ -288,14 +313,16 @@ class Registry:
                         r.rule,
                         r.language_score,
                     ),
-                )
-                if cur.rowcount and r.edits:
+                ).fetchone()
+                if row is None:  # recorded already
+                    continue
+                row_id = row[0]
+                if r.edits:
                     self.db.executemany(
                         "INSERT INTO text_edits (doc, rule, count) VALUES (?, ?, ?)",
-                        [(cur.lastrowid, rule, n) for rule, n in r.edits.items()],
+                        [(row_id, rule, n) for rule, n in r.edits.items()],
                     )
-                if cur.rowcount and r.state == "done" and r.content_hash:
-                    row_id = cur.lastrowid
+                if r.state == "done" and r.content_hash:
                     self.db.executemany(
                         "INSERT INTO simhash_bands (band, value, doc) VALUES (?, ?, ?)",
                         [(i, v, row_id) for i, v in enumerate(bands(r.simhash))][:BANDS],

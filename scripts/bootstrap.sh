@@ -18,11 +18,14 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 # Reinstall only when pyproject.toml changed since the last successful install.
+# The tests also run the frontier and the registry on PostgreSQL: psycopg comes with them.
+extras="dev"
+[[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && extras="dev,postgres"
 stamp="$VENV/.crystalline-installed"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "bootstrap: installing crystalline and its dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$extras]"
     echo "$want" > "$stamp"
 fi
 
@@ -48,16 +51,29 @@ if ! command -v tesseract >/dev/null 2>&1; then
     fi
 fi
 
+# A Debian package a test needs (test.sh asks for them), installed as root, named when not root:
+# test_package PACKAGE "what skips without it"
+test_package() {
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: installing $1 with apt-get (for $2)" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+    else
+        echo "bootstrap: $1 is missing and this is not root: $2 skip until you run:" \
+             "sudo apt-get install $1" >&2
+    fi
+}
+
+# The PostgreSQL tests (frontier, registry, crawlers of several machines) start their own cluster
+# from Debian's postgresql (initdb into a temporary directory, as nobody).
+if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v pg_ctl >/dev/null 2>&1 \
+    && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    test_package postgresql "the PostgreSQL tests"
+fi
+
 # The dashboard's browser tests (tests/daemon/test_dashboard_browser.py) drive Debian's chromium
 # with Playwright (the pip package is in the dev extra; `playwright install` is never run, no
 # browser is downloaded): test.sh asks for it, a plain install does not need it.
 if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v chromium >/dev/null 2>&1; then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "bootstrap: installing chromium with apt-get (for the dashboard's browser tests)" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
-    else
-        echo "bootstrap: chromium is missing and this is not root: the dashboard's browser tests" \
-             "skip until you run: sudo apt-get install chromium" >&2
-    fi
+    test_package chromium "the dashboard's browser tests"
 fi

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._postgres import pg_cluster, pg_url  # noqa: F401  (fixtures: a PostgreSQL cluster, a database)
+
 # Sentences drawn from a tiny word list: repetitive enough for a 30k-parameter model to learn
 # in a few hundred steps, varied enough that the validation split is not a copy of training.
 _VOCABULARY = (
@@ -41,7 +43,7 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bpe_tokenizer_file(corpus_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer (vocab <= 300) trained on ``corpus_file``."""
-    from crystalline.workers.tokenizer import save_tokenizer, train_bpe
+    from crystalline.tokens.tokenizer import save_tokenizer, train_bpe
 
     path = tmp_path_factory.mktemp("bpe") / "tokenizer.json"
     save_tokenizer(train_bpe([corpus_file], 300), path)

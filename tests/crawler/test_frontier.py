@@ -1,10 +1,13 @@
-"""The SQLite frontier: dedup, claiming, outcomes, recovery after a crash, the pattern budget, the caps."""
+"""The frontier: dedup, claiming, outcomes, recovery after a crash, the pattern budget, the caps;
+each test taking ``open_frontier`` runs on SQLite and on PostgreSQL, and host leases on the latter."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,22 +28,41 @@ from crystalline.crawler.frontier import (
     NewUrl,
     Revisit,
 )
+from crystalline.crawler.frontier_pg import PgFrontier
+
+Opener = Callable[..., Frontier]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_frontier(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the test's frontier (again, for a reopen) with the caps given: one SQLite file, or
+    one PostgreSQL database of the session's cluster."""
+    opened: list[Frontier] = []
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+    def opener(**caps: Any) -> Frontier:
+        frontier = PgFrontier(url, **caps) if url else Frontier(tmp_path / "f.sqlite", **caps)
+        opened.append(frontier)
+        return frontier
+
+    yield opener
+    for frontier in opened:
+        frontier.close()
 
 
 def _urls(n: int, origin: str = "http://h") -> list[NewUrl]:
     return [NewUrl(f"{origin}/p/{i}", origin, 1) for i in range(n)]
 
 
-def test_each_url_is_queued_once(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_each_url_is_queued_once(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     assert frontier.add(_urls(5)) == 5
     assert frontier.add(_urls(7)) == 2
     assert frontier.counts[QUEUED] == 7 and frontier.hosts == 1
-    frontier.close()
 
 
-def test_claim_finish_and_retry(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_claim_finish_and_retry(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     frontier.add(_urls(3))
     now = time.time()
     first, second = frontier.claim("http://h", 2, now)
@@ -54,7 +76,6 @@ def test_claim_finish_and_retry(tmp_path: Path) -> None:
     frontier.finish(third, FAILED, 404, "HTTP 404")
     assert frontier.state_of("http://h/p/0") == ("stored", 200, None)
     assert frontier.state_of("http://h/p/2") == ("failed", 404, "HTTP 404")
-    frontier.close()
 
 
 def test_reopening_requeues_what_was_in_flight(tmp_path: Path) -> None:
@@ -73,18 +94,17 @@ def test_reopening_requeues_what_was_in_flight(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_ready_origins_respect_next_at(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_ready_origins_respect_next_at(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     frontier.add(_urls(1, "http://a") + _urls(1, "http://b"))
     now = time.time()
     frontier.set_next_at("http://a", now + 30)
     assert frontier.ready_origins(now, 10) == ["http://b"]
     assert frontier.ready_origins(now + 31, 10) == ["http://b", "http://a"]
-    frontier.close()
 
 
-def test_a_shape_whose_pages_stop_giving_new_text_becomes_a_trap(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_a_shape_whose_pages_stop_giving_new_text_becomes_a_trap(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     frontier.add([NewUrl(f"http://h/cal?m={i}", "http://h", 1, pattern="/cal?m") for i in range(100)])
     frontier.add([NewUrl(f"http://h/p/{i}", "http://h", 1, pattern="/p/#") for i in range(100)])
     for _ in range(TRAP_WINDOW * 3):  # numbered pages giving new text are never cut, however many
@@ -100,10 +120,8 @@ def test_a_shape_whose_pages_stop_giving_new_text_becomes_a_trap(tmp_path: Path)
     assert frontier.add([NewUrl("http://h/cal?m=1000", "http://h", 1, pattern="/cal?m")]) == 0
     assert frontier.dropped[DROP_TRAP] == 1 and frontier.state_of("http://h/cal?m=1000") is None
     assert frontier.counts[QUEUED] == 100  # the numbered pages
-    frontier.close()
-    reopened = Frontier(tmp_path / "f.sqlite")  # the verdict is kept
+    reopened = open_frontier()  # the verdict is kept
     assert ("http://h", "/cal?m") in reopened.trapped and ("http://h", "/p/#") not in reopened.trapped
-    reopened.close()
 
 
 def test_a_large_frontier_stays_on_disk(tmp_path: Path) -> None:
@@ -116,17 +134,16 @@ def test_a_large_frontier_stays_on_disk(tmp_path: Path) -> None:
     frontier.close()
 
 
-def test_claim_hands_out_the_shallowest_first(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_claim_hands_out_the_shallowest_first(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     frontier.add([NewUrl("http://h/deep", "http://h", 3), NewUrl("http://h/top", "http://h", 0)])
     frontier.add(_urls(2))
     claimed = frontier.claim("http://h", 4, time.time())
     assert [e.url for e in claimed] == ["http://h/top", "http://h/p/0", "http://h/p/1", "http://h/deep"]
-    frontier.close()
 
 
-def test_host_cap_drops_the_newest_and_a_shallower_url_takes_the_deepest_place(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite", max_queued_per_host=4)
+def test_host_cap_drops_the_newest_and_a_shallower_url_takes_the_deepest_place(open_frontier: Opener) -> None:
+    frontier = open_frontier(max_queued_per_host=4)
     assert frontier.add(_urls(10)) == 4
     assert frontier.add(_urls(2)) == 0  # known URLs are not drops
     assert frontier.add(_urls(3, "http://other")) == 3  # another host's queue is its own
@@ -138,27 +155,24 @@ def test_host_cap_drops_the_newest_and_a_shallower_url_takes_the_deepest_place(t
     assert frontier.dropped[DROP_HOST_FULL] == 8 and frontier.counts[QUEUED] == 7
     claimed = [e.url for e in frontier.claim("http://h", 9, time.time())]
     assert claimed == ["http://h/seed", "http://h/p/0", "http://h/p/1", "http://h/p/2"]
-    frontier.close()
 
 
-def test_total_cap_gives_up_the_deepest_anywhere(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite", max_queued=5)
+def test_total_cap_gives_up_the_deepest_anywhere(open_frontier: Opener) -> None:
+    frontier = open_frontier(max_queued=5)
     frontier.add([NewUrl(f"http://a/{i}", "http://a", 1) for i in range(3)])
     frontier.add([NewUrl(f"http://b/{i}", "http://b", 3) for i in range(2)])
     assert frontier.add([NewUrl(f"http://c/{i}", "http://c", 3) for i in range(4)]) == 0
     assert frontier.add([NewUrl("http://c/top", "http://c", 2)]) == 1
     assert frontier.state_of("http://b/1") is None and frontier.state_of("http://b/0") is not None
     assert (frontier.counts[QUEUED], frontier.dropped[DROP_FRONTIER_FULL]) == (5, 5)
-    frontier.close()
-    reopened = Frontier(tmp_path / "f.sqlite", max_queued=5)  # the per-host counts were kept right
+    reopened = open_frontier(max_queued=5)  # the per-host counts were kept right
     assert reopened.counts[QUEUED] == 5 and reopened.hosts == 3
     assert len(reopened.claim("http://b", 9, time.time())) == 1
     assert reopened.dropped[DROP_FRONTIER_FULL] == 5  # the drop counters persist
-    reopened.close()
 
 
-def test_a_page_queues_at_most_max_links_new_urls(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_a_page_queues_at_most_max_links_new_urls(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     frontier.add(_urls(1))
     (page,) = frontier.claim("http://h", 1, time.time())
     links = [NewUrl("http://h/p/0", "http://h", 2)] + [
@@ -168,7 +182,6 @@ def test_a_page_queues_at_most_max_links_new_urls(tmp_path: Path) -> None:
     assert frontier.counts[QUEUED] == 3 and frontier.dropped[DROP_PAGE_LINKS] == 6
     assert frontier.state_of("http://h/l/2") == ("queued", None, None)
     assert frontier.state_of("http://h/l/3") is None
-    frontier.close()
 
 
 def test_a_full_frontier_stays_bounded_on_disk(tmp_path: Path) -> None:
@@ -212,8 +225,8 @@ def test_trim_brings_a_queue_over_lower_caps_under_them_deepest_newest_first(tmp
     trimmed.close()
 
 
-def test_queued_revisits_are_counted_apart_from_new_urls_across_a_reopen(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite")
+def test_queued_revisits_are_counted_apart_from_new_urls_across_a_reopen(open_frontier: Opener) -> None:
+    frontier = open_frontier()
     frontier.add(_urls(3))
     now = time.time()
     for entry in frontier.claim("http://h", 3, now):
@@ -222,16 +235,15 @@ def test_queued_revisits_are_counted_apart_from_new_urls_across_a_reopen(tmp_pat
     frontier.add([NewUrl("http://h/new", "http://h", 1)])
     assert frontier.promote_due(now, 10) == 3
     assert (frontier.counts[QUEUED], frontier.revisits_queued, frontier.stored_total) == (1, 3, 3)
-    frontier.close()
-    reopened = Frontier(tmp_path / "f.sqlite")
+    frontier.close()  # (on PostgreSQL: its hosts' leases given back)
+    reopened = open_frontier()
     assert (reopened.counts[QUEUED], reopened.revisits_queued, reopened.stored_total) == (1, 3, 3)
     claimed = reopened.claim("http://h", 4, now)
     assert [e.revisit for e in claimed] == [True, True, True, False]  # revisits first
-    reopened.close()
 
 
-def test_host_at_its_page_limit_takes_no_new_url_and_claims_within_it(tmp_path: Path) -> None:
-    frontier = Frontier(tmp_path / "f.sqlite", max_pages_per_host=2)
+def test_host_at_its_page_limit_takes_no_new_url_and_claims_within_it(open_frontier: Opener) -> None:
+    frontier = open_frontier(max_pages_per_host=2)
     frontier.add(_urls(5))
     entries = frontier.claim("http://h", 4, time.time(), max_new=2)
     assert len(entries) == 2  # the allowance, not the 4 asked
@@ -244,7 +256,6 @@ def test_host_at_its_page_limit_takes_no_new_url_and_claims_within_it(tmp_path: 
     assert frontier.claim("http://h", 4, time.time(), max_new=0) == []
     (next_at,) = frontier._db.execute("SELECT next_at FROM hosts WHERE origin = 'http://h'").fetchone()
     assert abs(next_at - (now + 500)) < 1
-    frontier.close()
 
 
 def test_a_full_disk_changes_no_count_and_its_error_is_the_one_raised(tmp_path: Path) -> None:
@@ -270,3 +281,25 @@ def test_a_full_disk_changes_no_count_and_its_error_is_the_one_raised(tmp_path: 
     db.execute("PRAGMA max_page_count = 1073741823")  # space again: the same add goes through
     assert frontier.add(wide) == 5000 and frontier.counts[QUEUED] == 5010 and frontier.hosts == 5001
     frontier.close()
+
+
+def test_postgresql_a_host_is_leased_to_one_machine_and_a_dead_ones_urls_come_back(pg_url: str) -> None:
+    """Two machines on one database: the host one claimed is not the other's while its lease
+    runs; once the claimer stops renewing it (killed: no close), the other takes it over with its
+    in-flight URLs back in the queue, and the dead one's late outcome changes nothing."""
+    first = PgFrontier(pg_url, lease_s=1.0)
+    second = PgFrontier(pg_url, lease_s=1.0)
+    first.add(_urls(4))
+    claimed = first.claim("http://h", 3, time.time())
+    assert [e.url for e in claimed] == [f"http://h/p/{i}" for i in range(3)]
+    assert second.ready_origins(time.time(), 10) == [] and second.claim("http://h", 9, time.time()) == []
+    taken: list[str] = []
+    deadline = time.monotonic() + 30
+    while not taken and time.monotonic() < deadline:
+        time.sleep(0.2)
+        taken = [e.url for e in second.claim("http://h", 9, time.time())]
+    assert taken == [f"http://h/p/{i}" for i in range(4)]
+    assert first.finish(claimed[0], STORED, 200) == 0  # no longer its own: nothing changes
+    assert second.state_of("http://h/p/0") == ("in_flight", None, None)
+    second.close()
+    first.close()

@@ -1,11 +1,28 @@
 """The registry's lookups: the "same file seen again" fast path uses its index; failures
-counted by kind of reason."""
+counted by kind of reason; records, exact and near duplicates, on SQLite and on PostgreSQL
+(each test taking ``registry`` runs on both)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from crystalline.ingest import minhash
+from crystalline.ingest.dedup import simhash
 from crystalline.ingest.registry import Record, Registry, failure_class
+from crystalline.ingest.registry_pg import PgRegistry
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
+    if request.param == "postgresql":
+        opened: Registry = PgRegistry(request.getfixturevalue("pg_url"))
+    else:
+        opened = Registry(tmp_path / "registry.sqlite3")
+    yield opened
+    opened.close()
 
 
 def test_the_same_file_lookup_searches_the_file_key_index(tmp_path: Path) -> None:
@@ -31,7 +48,7 @@ def test_the_same_file_lookup_searches_the_file_key_index(tmp_path: Path) -> Non
     registry.close()
 
 
-def test_failures_are_counted_by_kind_of_reason(tmp_path: Path) -> None:
+def test_failures_are_counted_by_kind_of_reason(registry: Registry) -> None:
     reasons = [
         "too large (1200 bytes > 1000)",
         "too large (99999 bytes > 1000)",
@@ -40,7 +57,6 @@ def test_failures_are_counted_by_kind_of_reason(tmp_path: Path) -> None:
         "page 12 is unreadable (other)",
         "binary data, not text",
     ]
-    registry = Registry(tmp_path / "registry.sqlite3")
     registry.record(
         [Record(f"drop:{i}", f"id{i}", f"/drop/{i}", "drop", "failed", r) for i, r in enumerate(reasons)]
         + [Record("drop:ok", "idok", "/drop/ok", "drop", "done", "")]
@@ -53,4 +69,33 @@ def test_failures_are_counted_by_kind_of_reason(tmp_path: Path) -> None:
     }
     assert failure_class("encrypted PDF: a password is required") == "encrypted PDF"
     assert failure_class("") == "other"
-    registry.close()
+
+
+def _stored(entry: str, text: str) -> Record:
+    keys, signature = minhash.fingerprint(text)
+    from crystalline.ingest.dedup import content_hash
+
+    return Record(entry, f"id-{entry}", f"https://h/{entry}", "crawl", "done",
+                  content_hash=content_hash(text), simhash=simhash(text), tokens=len(text.split()),
+                  split="train", shard=1, minhash=keys, minhash_signature=signature,
+                  edits={"pii_email": 1})  # fmt: skip
+
+
+def test_records_and_their_exact_and_near_duplicates(registry: Registry) -> None:
+    text = " ".join(f"word{i % 97} term{i % 13} thing{i}" for i in range(400))
+    near = text.replace("thing399", "other399")
+    first = _stored("spool:a", text)
+    registry.record([first, first])  # the same entry twice: recorded once
+    dup = Record("spool:b", "id-b", "https://h/b", "crawl", "duplicate", "same text", rule="exact")
+    registry.record([dup])
+    assert registry.state_of("spool:a") == "done" and registry.reason_of("spool:b") == "same text"
+    assert registry.exact_duplicate(first.content_hash) == "id-spool:a"
+    assert registry.exact_duplicate("0" * 64) is None
+    keys, signature = minhash.fingerprint(near)
+    found = registry.minhash_duplicate(keys, signature)
+    assert found is not None and found[0] == "id-spool:a" and found[1] >= minhash.THRESHOLD
+    assert registry.near_duplicate(simhash(near)) == "id-spool:a"
+    counts = registry.counts()
+    assert (counts["done"], counts["duplicate"], counts["tokens"]) == (1, 1, 1200)
+    assert registry.counts_by_rule()["pii"] == {"email": 1}
+    assert registry.entries() == {"spool:a", "spool:b"}
