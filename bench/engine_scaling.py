@@ -2,7 +2,7 @@
 one-process, single-thread trainer, and where a step's time goes.
 
     .venv/bin/python bench/engine_scaling.py [--workers 1,2,4,12] [--batch 12,48] [--steps 30]
-        [--optimizer adamw|muon]
+        [--optimizer adamw|muon] [--ema-decay D]
 
 For each batch size it prints one row per configuration, side by side with the reference
 (LocalEngine in this process, one BLAS thread): ms/step, tokens/s, speed-up, and the share
@@ -22,7 +22,7 @@ import uuid
 
 import numpy as np
 
-from crystalline.workers.dataset import batch_for_step
+from crystalline.tokens.windows import batch_for_step
 from crystalline.workers.engine import EngineSettings, LocalEngine, ProcessEngine, StepEngine
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamWConfig
@@ -38,6 +38,7 @@ def measure(
     warmup: int,
     reduce_in_control: bool = False,
     optimizer: str = "adamw",
+    ema_decay: float = 0.0,
 ) -> dict[str, float]:
     tokens = np.random.default_rng(0).integers(0, 256, 500_000).astype(np.uint16)
     model = GPT(BABY)
@@ -46,7 +47,7 @@ def measure(
         return batch_for_step(tokens, 0, step, batch, BABY.seq_len)
 
     engine: StepEngine
-    opt = AdamWConfig(optimizer=optimizer)
+    opt = AdamWConfig(optimizer=optimizer, ema_decay=ema_decay)
     if workers == 0:
         engine = LocalEngine(model, opt, source)
     else:
@@ -87,12 +88,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
+    parser.add_argument("--ema-decay", type=float, default=0.0, help="keep a moving average of the weights")
     args = parser.parse_args()
     print(f"model: baby (4 layers, 4 heads, 128 wide, context 64, bytes vocab), {os.cpu_count()} cores, "
-          f"1 BLAS thread per process, {args.steps} timed steps, {args.optimizer}, "
+          f"1 BLAS thread per process, {args.steps} timed steps, {args.optimizer}, ema {args.ema_decay}, "
           f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     for batch in (int(b) for b in args.batch.split(",")):
-        ref = measure(0, batch, args.steps, args.warmup, optimizer=args.optimizer)
+        ref = measure(0, batch, args.steps, args.warmup, optimizer=args.optimizer, ema_decay=args.ema_decay)
         print(f"\nbatch {batch} ({batch * BABY.seq_len} tokens/step)")
         print(f"  {'engine':<24}{'ms/step':>9}{'tokens/s':>11}{'speed-up':>10}{'not fwd/bwd':>13}")
         print(
@@ -102,7 +104,7 @@ def main() -> int:
         rows = [(f"{w} worker processes", w, False) for w in counts]
         rows.append((f"{counts[-1]}, reduce in control", counts[-1], True))
         for label, w, in_control in rows:
-            r = measure(w, batch, args.steps, args.warmup, in_control, args.optimizer)
+            r = measure(w, batch, args.steps, args.warmup, in_control, args.optimizer, args.ema_decay)
             print(f"  {label:<24}{r['ms']:>9.1f}{r['tok_s']:>11,.0f}"
                   f"{r['tok_s'] / ref['tok_s']:>10.2f}{r['coord_share']:>13.1%}")  # fmt: skip
     print(

@@ -19,11 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "ingest")
 import _ingest_samples as samples
 from extract_quality import page
 
-from crystalline.ingest.document import Document, Spool
+from crystalline.documents import Document, Spool
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.pool import ExtractionPool, PoolConfig
 from crystalline.ingest.settings import IngestSettings
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.tokenizer import load_tokenizer
 
 
 def html_to_tokens(n_pages: int, processes: int) -> None:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "tests" / "ingest"))
 
 import _ingest_samples as samples  # noqa: E402
 
+from crystalline.documents import Document  # noqa: E402
 from crystalline.ingest import minhash  # noqa: E402
 from crystalline.ingest.dedup import NEAR_DISTANCE, hamming, simhash  # noqa: E402
-from crystalline.ingest.document import Document  # noqa: E402
 from crystalline.ingest.extract import ExtractLimits, extract_document  # noqa: E402
 from crystalline.ingest.filters import judge  # noqa: E402
 from crystalline.ingest.normalize import normalize_text  # noqa: E402

@@ -1,11 +1,7 @@
 """``crystalline crawl``: crawl from start URLs into a data directory, then print a summary.
 
-    crystalline crawl --start-url URL [--start-url ...] [--max-pages N] [--max-depth D]
-        [--data-dir DIR] [--allowed-domain D ...] [--delay S] [--concurrency N]
-        [--user-agent UA] [--timeout S] [--log-jsonl FILE] [--max-links-per-page N]
-        [--max-queued-per-host N] [--max-queued N] [--robots-per-minute N]
-        [--min-revisit S] [--max-revisit S] [--revisit-share F] [--max-fetches-per-host-per-day N]
-        [--warc-dir DIR] [--warc-file-bytes N] [--no-sitemaps]
+    crystalline crawl --start-url URL [--start-url ...] [--config FILE] [--log-jsonl FILE]
+        [one flag per key of the [crawl] table: --data-dir DIR --max-pages N --concurrency N ...]
 
 ``DIR/frontier.sqlite`` holds the frontier (rerunning with the same directory resumes) and
 ``DIR/spool/`` the fetched documents that ingest consumes. The crawl ends when nothing is left to
@@ -30,164 +26,38 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
 
-from ..exit_status import CommandParser
+from ..documents import Spool
+from ..exit_status import CommandParser, UsageError
 from ..exit_status import main as run_main
-from ..ingest.document import Spool
+from ..settings_tree import Tree, add_config_flag, table
 from .crawl import Crawler, CrawlSummary, FetchRecord
-from .settings import CrawlSettings, parse_host_revisit
+from .settings import CrawlSettings
 
 log = logging.getLogger("crystalline.crawler")
 
-_DEFAULTS = CrawlSettings()
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+def settings_tree() -> Tree:
+    """`crystalline crawl`'s settings: the [crawl] table, the daemon's too."""
+    return Tree({"crawl": table("crawl", CrawlSettings)})
+
+
 def add_options(p: argparse.ArgumentParser) -> None:
-    """The crawl options (shared by ``crystalline crawl`` and ``python -m ...command``)."""
-    d = _DEFAULTS
-    p.add_argument(
-        "--start-url",
-        action="append",
-        required=True,
-        metavar="URL",
-        help="where to start (repeatable); its host is in scope unless --allowed-domain is given",
-    )
-    p.add_argument(
-        "--max-pages",
-        type=int,
-        default=0,
-        metavar="N",
-        help="stop after N pages are stored in DIR, all runs together (default: no limit)",
-    )
-    p.add_argument(
-        "--max-depth",
-        type=int,
-        default=d.max_depth,
-        metavar="D",
-        help=f"link hops from a start URL (default: {d.max_depth})",
-    )
-    p.add_argument(
-        "--max-pages-per-host",
-        type=int,
-        default=0,
-        metavar="N",
-        help="pages stored per host (default: no limit)",
-    )
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=d.data_dir,
-        metavar="DIR",
-        help=f"frontier and spool of fetched documents (default: ./{d.data_dir})",
-    )
-    p.add_argument(
-        "--allowed-domain",
-        action="append",
-        default=[],
-        metavar="D",
-        help="crawl only this domain and its subdomains (repeatable)",
-    )
-    p.add_argument(
-        "--delay",
-        type=float,
-        default=d.min_delay,
-        metavar="S",
-        help=f"minimum seconds between requests to one host; 0 also turns off the adaptive "
-        f"delay (default: {d.min_delay})",
-    )
-    p.add_argument(
-        "--concurrency",
-        type=int,
-        default=d.concurrency,
-        metavar="N",
-        help=f"requests in flight, all hosts together (default: {d.concurrency})",
-    )
-    p.add_argument(
-        "--per-host-concurrency",
-        type=int,
-        default=d.per_host_concurrency,
-        metavar="N",
-        help=f"requests in flight per host when --delay is 0 (default: {d.per_host_concurrency})",
-    )
-    p.add_argument(
-        "--user-agent",
-        default=d.user_agent,
-        metavar="UA",
-        help="User-Agent header; robots.txt is matched on its text before the first '/'",
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=d.total_timeout,
-        metavar="S",
-        help=f"seconds per request, body included (default: {d.total_timeout})",
-    )
-    p.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=d.max_body_bytes,
-        metavar="N",
-        help=f"larger bodies (after decompression) are dropped (default: {d.max_body_bytes})",
-    )
+    """The crawl options (shared by ``crystalline crawl`` and ``python -m ...command``): one flag
+    per [crawl] key, ``--config`` and ``--log-jsonl``."""
+    add_config_flag(p, "[crawl] table")
     p.add_argument("--log-jsonl", type=Path, metavar="FILE", help="append one JSON line per request")
-    for flag, name, what in (
-        ("--max-links-per-page", "max_links_per_page", "new URLs one page may queue"),
-        ("--max-queued-per-host", "max_queued_per_host", "URLs queued per host; the deepest/newest give way"),
-        ("--max-queued", "max_queued", "URLs queued in all; the deepest/newest give way"),
-        ("--robots-per-minute", "robots_per_minute", "robots.txt requests per minute (new hosts wait)"),
-    ):
-        default = getattr(d, name)
-        p.add_argument(
-            flag, type=int, default=default, metavar="N", help=f"{what}; 0: no cap (default: {default})"
-        )
-    for flag, name, what in (
-        ("--min-revisit", "min_revisit", "seconds before a stored page is due again (its shortest interval)"),
-        ("--max-revisit", "max_revisit", "longest revisit interval in seconds"),
-        ("--revisit-share", "revisit_share", "share of requests for revisits while new URLs wait"),
-    ):
-        default = getattr(d, name)
-        p.add_argument(flag, type=float, default=default, metavar="S", help=f"{what} (default: {default:g})")
-    p.add_argument(
-        "--host-revisit",
-        action="append",
-        default=[],
-        metavar="HOST=MIN:MAX",
-        help="revisit bounds in seconds for HOST and its subdomains in place of --min-revisit/"
-        "--max-revisit (repeatable)",
-    )
-    for flag, name, what in (
-        ("--max-fetches-per-host-per-day", "max_fetches_per_host_per_day",
-         "requests per host per day, revisits included; the host is deferred past it"),
-        ("--max-listed-per-host-per-day", "max_listed_per_host_per_day",
-         "new URLs sitemaps and feeds may queue per host per day; more are dropped"),
-    ):  # fmt: skip
-        default = getattr(d, name)
-        p.add_argument(
-            flag, type=int, default=default, metavar="N", help=f"{what} (default: {default or 'no cap'})"
-        )
-    p.add_argument(
-        "--warc-dir", type=Path, metavar="DIR", help="write every response as WARC/1.1 records here"
-    )
-    p.add_argument(
-        "--warc-file-bytes",
-        type=int,
-        default=d.warc_file_bytes,
-        metavar="N",
-        help=f"start a new WARC file past this size (default: {d.warc_file_bytes})",
-    )
-    p.add_argument(
-        "--no-sitemaps", action="store_true", help="do not read robots.txt Sitemap: lines and /sitemap.xml"
-    )
-    p.add_argument("--allow-private-addresses", action="store_true",
-                   help="allow loopback and private addresses (local test servers)")  # fmt: skip
+    settings_tree().add_flags(p)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -203,42 +73,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_crawl_command)
 
 
-def settings_from_args(args: argparse.Namespace) -> CrawlSettings:
-    """The crawl settings the options describe (raises ValueError for values out of range)."""
-    if args.timeout <= 0:
-        raise ValueError("--timeout must be positive")
-    return replace(
-        _DEFAULTS,
-        data_dir=args.data_dir,
-        user_agent=args.user_agent,
-        allowed_domains=tuple(args.allowed_domain),
-        max_pages=args.max_pages,
-        max_pages_per_host=args.max_pages_per_host,
-        max_depth=args.max_depth,
-        min_delay=args.delay,
-        autothrottle=args.delay > 0,
-        concurrency=args.concurrency,
-        per_host_concurrency=args.per_host_concurrency,
-        total_timeout=args.timeout,
-        connect_timeout=min(_DEFAULTS.connect_timeout, args.timeout),
-        read_timeout=min(_DEFAULTS.read_timeout, args.timeout),
-        max_body_bytes=args.max_body_bytes,
-        allow_private_addresses=args.allow_private_addresses,
-        max_links_per_page=args.max_links_per_page,
-        max_queued_per_host=args.max_queued_per_host,
-        max_queued=args.max_queued,
-        robots_per_minute=args.robots_per_minute,
-        min_revisit=args.min_revisit,
-        revisit_after=args.min_revisit,
-        max_revisit=max(args.max_revisit, args.min_revisit),
-        host_revisit=tuple(parse_host_revisit(spec) for spec in args.host_revisit),
-        revisit_share=args.revisit_share,
-        max_fetches_per_host_per_day=args.max_fetches_per_host_per_day,
-        max_listed_per_host_per_day=args.max_listed_per_host_per_day,
-        warc_dir=args.warc_dir,
-        warc_file_bytes=args.warc_file_bytes,
-        sitemaps=not args.no_sitemaps,
-    )
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> CrawlSettings:
+    """The crawl settings of the file, the environment and the flags (UsageError, one line
+    naming the source, for a bad one). A one-shot crawl also revisits every page fetched at least
+    min-revisit seconds ago, whatever its interval says."""
+    resolved = settings_tree().resolve(args, os.environ if env is None else env, args.config)
+    settings: CrawlSettings = resolved.tables["crawl"]
+    if not settings.start_url:
+        raise UsageError("crawl needs a start URL: --start-url URL (or [crawl] start-url)")
+    return replace(settings, revisit_after=settings.min_revisit)
 
 
 def run_crawl_command(args: argparse.Namespace) -> int:
@@ -252,7 +95,7 @@ def run_crawl_command(args: argparse.Namespace) -> int:
         log_file = open(args.log_jsonl, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed below)
     crawler = Crawler(settings, spool, on_fetch=_jsonl_writer(log_file) if log_file else None)
     try:
-        for url in args.start_url:
+        for url in settings.start_url:
             crawler.add_url(url)
         summary, signum = asyncio.run(_crawl(crawler))
     finally:

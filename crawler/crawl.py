@@ -30,7 +30,8 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
 
-from ..ingest.document import Document, DocumentSink
+from ..documents import Document, DocumentSink
+from ..postgres import DatabaseUnavailable
 from . import schedule, sitemaps
 from .feedback import IngestFeedback
 from .fetcher import Fetcher, FetchResult
@@ -43,11 +44,11 @@ from .frontier import (
     SITEMAP,
     SKIPPED,
     STORED,
-    Frontier,
     NewUrl,
     Revisit,
     UrlEntry,
 )
+from .frontier_pg import open_frontier
 from .links import parse_page
 from .politeness import FAR_FUTURE, Politeness
 from .robots import RobotsBudget, RobotsCache, RobotsResponse, RobotsRules
@@ -159,8 +160,10 @@ class Crawler:
         self.settings = settings
         self.sink = sink
         self.policy = UrlPolicy(settings)
-        self.frontier = Frontier(
+        self.frontier = open_frontier(
+            settings.database,
             settings.frontier_path,
+            settings.host_lease,
             max_queued_per_host=settings.max_queued_per_host,
             max_queued=settings.max_queued,
             max_pages_per_host=settings.max_pages_per_host,
@@ -206,6 +209,11 @@ class Crawler:
         self._next_robots_prune = 0.0
         self._disk_failures = 0
         self._disk_probe_at = 0.0
+        # the shared database (--database) did not answer: why, since when, the current backoff
+        self._database_error: str | None = None
+        self._database_since = 0.0
+        self._database_wait = 0.0
+        self._next_lease_renewal = 0.0
 
     def close(self) -> None:
         if self.warc is not None:
@@ -240,6 +248,11 @@ class Crawler:
         counts = self.frontier.counts
         s = self.settings
         now = time.time()
+        try:  # what is read from the frontier's tables (a shared database may be away)
+            hosts, frontier_bytes = self._host_lines(now), self.frontier.disk_bytes()
+            next_revisit = self.frontier.next_visit_at()
+        except DatabaseUnavailable:
+            hosts, frontier_bytes, next_revisit = self._host_table[1], None, None
         return {
             "fetched": self._counts["fetched"],
             "by_status": dict(sorted(self._by_status.items())),
@@ -251,10 +264,10 @@ class Crawler:
             "skipped": self._counts["skipped"],
             "retried": self._counts["retried"],
             "host_count": self.frontier.hosts,
-            "hosts": self._host_lines(now),
+            "hosts": hosts,
             "bytes": self._counts["bytes"],
             "frontier_size": sum(counts) + self.frontier.revisits_queued,  # URL rows
-            "frontier_bytes": self.frontier.disk_bytes(),
+            "frontier_bytes": frontier_bytes,
             "dropped": dict(self.frontier.dropped),
             "robots_fetches": self.robots.fetches,
             "robots_deferred": self._robots_deferred,
@@ -263,7 +276,14 @@ class Crawler:
                 "queued": self.frontier.revisits_queued,
                 "new_versions": self.frontier.new_versions,  # all runs: changed pages handed over again
             },
-            "next_revisit": self.frontier.next_visit_at(),
+            "next_revisit": next_revisit,
+            # where the frontier lives; with --database, whether it answers and the crawl's state
+            "database": {
+                **self.frontier.backend(),
+                "crawl": "paused: database unavailable" if self._database_error else "running",
+                "error": self._database_error,
+                "since": round(self._database_since, 1) if self._database_error else None,
+            },
             "deferred_hosts": self._host_table[2],
             "traps": len(self.frontier.trapped),
             **({"warc": self.warc.stats()} if self.warc is not None else {}),
@@ -316,30 +336,37 @@ class Crawler:
             self._fetcher = fetcher
             try:
                 while not stop.is_set():
-                    if self._trimming:
-                        self._trimming = self.frontier.trim() > 0
-                    self._read_feedback()
-                    self._prune_robots()
-                    self._promote(force=not tasks)
-                    launched = self._launch(tasks)
-                    if not tasks and not launched:
-                        if self._pages_left() == 0:
-                            reason = "max pages"
-                            break
-                        next_at = self.frontier.next_ready_at()
-                        # FAR_FUTURE with nothing in flight: no host will ever be asked again
-                        if next_at is None or next_at >= FAR_FUTURE:
-                            reason = (
-                                ONLY_DEFERRED if self.frontier.deferred(time.time(), 1) else "frontier empty"
-                            )
-                            break
-                    await self._sleep_until_due()
+                    try:
+                        self.frontier.settle_pending()  # outcomes kept through a database outage
+                        self._renew_leases(tasks)
+                        if self._trimming:
+                            self._trimming = self.frontier.trim() > 0
+                        self._read_feedback()
+                        self._prune_robots()
+                        self._promote(force=not tasks)
+                        launched = self._launch(tasks)
+                        if not tasks and not launched:
+                            if self._pages_left() == 0:
+                                reason = "max pages"
+                                break
+                            next_at = self.frontier.next_ready_at()
+                            # FAR_FUTURE with nothing in flight: no host will ever be asked again
+                            if next_at is None or next_at >= FAR_FUTURE:
+                                deferred = self.frontier.deferred(time.time(), 1)
+                                reason = ONLY_DEFERRED if deferred else "frontier empty"
+                                break
+                        await self._sleep_until_due()
+                    except DatabaseUnavailable as exc:  # PostgreSQL restarted or cut off: wait, retry
+                        await self._database_down(exc, stop)
+                        continue
+                    self._database_up()
             finally:
                 await self._drain(tasks)
                 if self.warc is not None:  # writes of cancelled fetches end before close()
                     await self.warc.drain()
                 stop_watch.cancel()
-                self.frontier.free_hosts()
+                with contextlib.suppress(DatabaseUnavailable):  # its leases then simply run out
+                    self.frontier.free_hosts()
                 self._fetcher = None
         now = time.time()
         summary = CrawlSummary(
@@ -355,6 +382,32 @@ class Crawler:
         )
         log.info("%s", summary.line())
         return summary
+
+    def _renew_leases(self, tasks: dict[asyncio.Task[None], UrlEntry]) -> None:
+        """Keep the leases of the hosts this crawler has requests in flight to (a third of a
+        lease apart; a SQLite frontier has no leases)."""
+        now = time.time()
+        if tasks and now >= self._next_lease_renewal:
+            self._next_lease_renewal = now + self.settings.host_lease / 3
+            self.frontier.renew_leases((e.origin for e in tasks.values()), now)
+
+    async def _database_down(self, exc: DatabaseUnavailable, stop: asyncio.Event) -> None:
+        """The shared database is away: no new work; wait (doubling, at most 30 s) and retry.
+        Requests in flight go on; their outcomes wait in the frontier."""
+        if self._database_error is None:
+            log.warning("crawl paused: %s", exc)
+            self._database_since = time.time()
+        self._database_error = str(exc)
+        self._database_wait = min(30.0, max(0.5, self._database_wait * 2))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), self._database_wait)
+
+    def _database_up(self) -> None:
+        if self._database_error is not None:
+            away = time.time() - self._database_since
+            log.warning("crawl resumed: the database answers again after %.0f s", away)
+        self._database_error = None
+        self._database_wait = 0.0
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -555,6 +608,9 @@ class Crawler:
         except asyncio.CancelledError:
             self.frontier.release(entry)
             raise
+        except DatabaseUnavailable as exc:  # a read it needed (robots.txt, deferral): fetched later
+            log.warning("%s goes back to the queue: %s", entry.url, exc)
+            self.frontier.release(entry)
         except Exception:
             log.exception("crawl of %s failed", entry.url)
             self._finish(entry, FAILED, 0, "internal error")

@@ -13,7 +13,9 @@ The other subcommands import what they need when they run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -35,42 +37,12 @@ LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.Argument
 }
 
 
-TRAIN_HELP = {
-    "tokenizer": "'bytes' or a tokenizer file from vocab-build",
-    "batch_size": "global sequences per optimizer step (independent of --workers)",
-    "lr_decay_steps": "cosine decay length in steps (0: --max-steps)",
-    "eval_interval": "steps between validation evaluations",
-    "eval_windows": "validation windows per eval (0: the whole split)",
-    "target_val_loss": "stop once validation loss is at or below this (0: no target)",
-    "workers": "worker processes computing gradients (1: in this process)",
-    "init": "token-embedding initialisation: normal or lattice (prime/Ulam spiral)",
-}
-
-
-def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from ..workers.train_config import FIELD_TYPES, TrainConfig, flag
-
-    defaults = TrainConfig()
-    for name, kind in FIELD_TYPES.items():
-        default = getattr(defaults, name)
-        help_text = TRAIN_HELP.get(name, "")
-        parser.add_argument(
-            f"--{flag(name)}",
-            dest=name,
-            type=kind,
-            default=None,
-            metavar=name.upper() if kind is str else kind.__name__.upper(),
-            help=f"{help_text} (default: {default})".strip(),
-        )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..workers.train_config import FIELD_TYPES, load_toml, resolve
+    from ..workers.bits_per_byte import perplexity
+    from ..workers.train_config import settings_tree
     from ..workers.trainer import Trainer, progress_stream
 
-    file_values = load_toml(args.config) if args.config else {}
-    cli_values = {name: getattr(args, name) for name in FIELD_TYPES}
-    config = resolve(file_values, cli_values)
+    config = settings_tree().resolve(args, os.environ, args.config).tables["train"]
     trainer = Trainer(args.paths, args.checkpoint_dir, config, resume=args.resume)
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -85,19 +57,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     print(
-        f"steps {result.steps}  tokens {result.tokens}  train loss {result.train_loss:.4f}  "
-        f"val loss {result.val_loss:.4f}  checkpoint {result.checkpoint}"
+        f"steps {result.steps}  tokens {result.tokens}  train loss {result.train_loss:.4f} "
+        f"({result.train_bpb:.4f} bpb)  val loss {result.val_loss:.4f} ({result.val_bpb:.4f} bpb, "
+        f"perplexity {perplexity(result.val_loss):.2f})  checkpoint {result.checkpoint}"
         + ("  (target reached)" if result.reached_target else "")
     )
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ..tokens.tokenizer import tokenizer_from_json
     from ..workers.checkpoint import load_latest
     from ..workers.model import GPT
     from ..workers.params import ModelConfig
     from ..workers.sampling import sample
-    from ..workers.tokenizer import tokenizer_from_json
 
     ckpt = load_latest(args.checkpoint_dir)
     if ckpt is None:
@@ -109,15 +82,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{ckpt.path}: model vocab {model.config.vocab_size} != tokenizer vocab {tokenizer.vocab_size}"
         )
     prompt = tokenizer.encode(args.prompt)
-    ids = sample(
-        model, ckpt.arrays["params"], prompt, args.num_tokens, args.temperature, args.top_k, args.seed
-    )
+    served = ckpt.arrays.get("ema", ckpt.arrays["params"])  # the moving average, when the run kept one
+    ids = sample(model, served, prompt, args.num_tokens, args.temperature, args.top_k, args.seed)
     sys.stdout.write(args.prompt + tokenizer.decode(ids) + "\n")
     return 0
 
 
 def cmd_vocab_build(args: argparse.Namespace) -> int:
-    from ..workers.tokenizer import save_tokenizer, train_bpe
+    from ..tokens.tokenizer import save_tokenizer, train_bpe
 
     tok = train_bpe(args.data, args.vocab_size)
     save_tokenizer(tok, args.out)
@@ -126,7 +98,7 @@ def cmd_vocab_build(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from ..workers.tokenizer import iter_text_files, load_tokenizer, read_text_file
+    from ..tokens.tokenizer import iter_text_files, load_tokenizer, read_text_file
 
     tok = load_tokenizer(args.tokenizer)
     total_chars = total_tokens = 0
@@ -142,6 +114,23 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
             print(" ".join(map(str, ids.tolist())))
     if args.stats:
         print(f"total\tchars {total_chars}\ttokens {total_tokens}\tvocab {tok.vocab_size}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved settings of `crystalline run` and where each value came from."""
+    from . import config as daemon_config
+
+    report = daemon_config.resolve_tree(args).report()
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    for table_name, rows in report.items():
+        print(f"[{table_name}]")
+        for key, row in rows.items():
+            source = f"{row['source']} {row['where']}".strip()
+            print(f"{key} = {json.dumps(row['value'])}  # {source}")
+        print()
     return 0
 
 
@@ -167,15 +156,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     from ..crawler import command as crawl_command
     from ..ingest import command as ingest_command
+    from ..settings_tree import add_config_flag
+    from ..workers.train_config import settings_tree as train_settings
     from . import config as daemon_config
 
     p = sub.add_parser("train", help="train the model on text files", description="Train the model on "
                        "text files or folders of them, checkpointing into --checkpoint-dir.")  # fmt: skip
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="text files or folders")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="where checkpoints and metrics go")
-    p.add_argument("--config", type=Path, help="TOML file with any of the options below (CLI wins)")
+    add_config_flag(p, "[train] table")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    _add_train_options(p)
+    train_settings().add_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="sample a continuation from a checkpoint",
@@ -205,11 +196,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run the daemon (crawl, ingest, train, serve status)",
-        description="Run the continuous-learning daemon. Every option is also a TOML key "
-        "(--config) and a CRYSTALLINE_* environment variable; CLI > env > file > defaults.",
+        description="Run the continuous-learning daemon. Every option is also a key of a TOML "
+        "table (--config) and an environment variable CRYSTALLINE_<TABLE>_<KEY>; flags win over "
+        "the environment, which wins over the file. `crystalline config` shows what is in effect.",
     )
     daemon_config.add_arguments(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "config",
+        help="print the daemon's resolved settings and where each came from",
+        description="Print the settings `crystalline run` would use with the same file, environment "
+        "and flags, as TOML with the source of each value (default, command, file, env, flag).",
+    )
+    p.add_argument("--json", action="store_true", help='{"TABLE": {"KEY": {"value", "source", "where"}}}')
+    daemon_config.add_arguments(p)
+    p.set_defaults(func=cmd_config)
 
     status_command.add_parser(sub)
     dashboard_command.add_parser(sub)

@@ -1,6 +1,8 @@
-"""The supervisor's end of the control channel (a ZeroMQ ROUTER) and the control process
-itself: starting it, restarting it with backoff after a crash, asking it to do things between
-steps, and stopping it (STOP, then SIGTERM, then SIGKILL)."""
+"""The supervisor's end of the control channel (:class:`SupervisorChannel`, a ZeroMQ ROUTER
+speaking ``daemon/control_protocol.py``) and the control process itself (:class:`ControlLink`):
+starting it, asking it to do things between steps, and stopping it (STOP, then SIGTERM, then
+SIGKILL). Restarts after a crash, with backoff, are the ``ComponentRunner``'s, which runs
+:meth:`ControlLink.run_once` as it runs crawl and ingest."""
 
 from __future__ import annotations
 
@@ -11,107 +13,103 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-import msgpack
 import zmq
 import zmq.asyncio
 
+from . import control_protocol as CP
+from .component_runner import ComponentFailed
 from .config import Settings
+from .ring_service import ring_endpoint
 from .status_server import CommandError
 
 log = logging.getLogger("crystalline.supervisor")
 
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-CRASH_WINDOW_S = 600.0
-CRASHES_BEFORE_ERROR = 5
+SPAWN_TIMEOUT_S = 30.0  # starting the interpreter; a stop waits this long for a start in progress
 
 
-class ControlLink:
-    """The supervisor's end of the control channel (ROUTER), and the control child itself."""
+class SupervisorChannel:
+    """The ROUTER end of the control channel: the latest STATUS, and requests with replies.
+    A message that is not the protocol's is logged in one line, counted, and skipped."""
 
-    def __init__(self, settings: Settings, endpoint: str) -> None:
-        self.settings = settings
+    def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(endpoint)
-        self.proc: asyncio.subprocess.Process | None = None
         self.identity: bytes | None = None
         self.status: dict[str, Any] = {}
         self.status_at = 0.0
-        self.crashes: list[float] = []
-        self.restarts = 0
-        self.next_start = 0.0
-        self.error: str | None = None  # why control last exited; cleared once it trains again
-        self._first_step: int | None = None  # the step this incarnation first reported
+        self.refused = 0  # messages that were not the protocol's
+        self.on_status: Callable[[dict[str, Any]], None] = lambda _data: None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
-
-    def spec(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "endpoint": self.endpoint,
-            "parent_pid": os.getpid(),
-            "state_dir": str(s.state_dir),
-            "train": s.train.to_dict(),
-            "checkpoint_interval_s": s.daemon.checkpoint_interval_s,
+        self._dispatch: dict[str, Callable[[bytes, dict[str, Any]], None]] = {
+            CP.HELLO: self._on_hello,
+            CP.STATUS: self._on_status,
+            CP.REPLY: self._on_answer,
+            CP.ERROR: self._on_answer,
         }
 
-    async def start(self) -> None:
-        env = dict(os.environ)
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.identity = None
-        self.status = {}
-        self._first_step = None
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "crystalline.daemon.control_process",
-            json.dumps(self.spec()),
-            stdin=asyncio.subprocess.DEVNULL,
-            env=env,
-        )
-        log.info("control process started (pid %d)", self.proc.pid)
+    def start(self) -> None:
         if self._reader is None:
             self._reader = asyncio.create_task(self._read(), name="control-channel")
 
+    def forget(self) -> None:
+        """A new control incarnation: no identity or status until it says HELLO."""
+        self.identity = None
+        self.status = {}
+
     async def _read(self) -> None:
         while True:
+            frames = await self.sock.recv_multipart()
+            if len(frames) != 2:
+                self._refuse(f"{len(frames)} frames, expected 2")
+                continue
             try:
-                ident, data = await self.sock.recv_multipart()
-                msg = msgpack.unpackb(data, raw=False)
-            except (ValueError, msgpack.UnpackException):
+                msg = CP.decode(frames[1], CP.TO_SUPERVISOR, CP.MAX_TO_SUPERVISOR)
+            except CP.ProtocolError as exc:
+                self._refuse(str(exc), exc.request_id)
                 continue
-            if not isinstance(msg, dict):
-                continue
-            kind = msg.get("type")
-            if kind == "HELLO":
-                self.identity = ident
-            elif kind == "STATUS" and isinstance(msg.get("data"), dict):
-                self.identity = ident
-                self.status = msg["data"]
-                self.status_at = time.monotonic()
-                self._clear_error_on_progress(self.status.get("step"))
-            elif kind == "REPLY":
-                fut = self._pending.pop(msg.get("id", -1), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(msg)
+            self._dispatch[msg["type"]](frames[0], msg)
 
-    async def request(self, cmd: str, timeout_s: float = 30.0, **fields: Any) -> Any:
+    def _refuse(self, error: str, rid: int | None = None) -> None:
+        self.refused += 1
+        log.warning("refused a message from control: %s", error)
+        if rid is not None:  # the request it answered gets the error rather than a timeout
+            self._on_answer(b"", {"type": CP.ERROR, "id": rid, "error": f"bad reply from control: {error}"})
+
+    def _on_hello(self, ident: bytes, _msg: dict[str, Any]) -> None:
+        self.identity = ident
+
+    def _on_status(self, ident: bytes, msg: dict[str, Any]) -> None:
+        self.identity = ident
+        self.status = msg["data"]
+        self.status_at = time.monotonic()
+        self.on_status(self.status)
+
+    def _on_answer(self, _ident: bytes, msg: dict[str, Any]) -> None:
+        """A REPLY, or an ERROR: control could not take a request (its one line)."""
+        if msg["type"] == CP.ERROR:
+            log.warning("control refused a message: %s", msg["error"])
+        fut = self._pending.pop(msg.get("id", -1), None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def request(self, cmd: str, timeout_s: float = 30.0) -> Any:
         """Ask control to do something between steps; CommandError when it cannot."""
-        if self.identity is None or self.proc is None or self.proc.returncode is not None:
+        if self.identity is None:
             raise CommandError("the control process is not running (starting or restarting)")
         self._next_id += 1
         rid = self._next_id
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        await self.sock.send_multipart(
-            [self.identity, msgpack.packb({"type": "REQUEST", "id": rid, "cmd": cmd, **fields})]
-        )
+        await self.sock.send_multipart([self.identity, CP.encode(CP.REQUEST, id=rid, cmd=cmd)])
         try:
             reply = await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
@@ -122,38 +120,111 @@ class ControlLink:
             raise CommandError(str(reply.get("error")))
         return reply.get("data")
 
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.sock.close(0)
+        self.ctx.term()
+
+
+class ControlLink:
+    """The control child: its channel, its start, its stop."""
+
+    def __init__(self, settings: Settings, endpoint: str) -> None:
+        self.settings = settings
+        self.endpoint = endpoint
+        self.channel = SupervisorChannel(endpoint)
+        self.channel.on_status = self._on_status
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self.stopping = False
+        self.on_progress: Callable[[], None] = lambda: None  # this incarnation made a step
+        self._spawn_lock = asyncio.Lock()
+        self._first_step: int | None = None  # the step this incarnation first reported
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """The running control process's latest STATUS data ({} until it sent one)."""
+        return self.channel.status
+
+    def spec(self) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "endpoint": self.endpoint,
+            "parent_pid": os.getpid(),
+            "state_dir": str(s.state_dir),
+            "ring_endpoint": ring_endpoint(s.runtime_dir),
+            "train": s.train.to_dict(),
+            "checkpoint_interval_s": s.daemon.checkpoint_interval_s,
+        }
+
+    async def run_once(self) -> None:
+        """Start the control process and wait until it exits: ComponentFailed (the runner
+        restarts it) unless it was asked to stop."""
+        async with self._spawn_lock:
+            if self.stopping:
+                return
+            proc = await self._spawn()
+        code = await proc.wait()
+        if not self.stopping:
+            raise ComponentFailed(f"control process exited with status {code}")
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.channel.forget()
+        self._first_step = None
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "crystalline.daemon.control_process",
+            json.dumps(self.spec()),
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+        self.started_at = time.monotonic()
+        log.info("control process started (pid %d)", self.proc.pid)
+        self.channel.start()
+        return self.proc
+
+    async def request(self, cmd: str, timeout_s: float = 30.0) -> Any:
+        """Ask the running control process to do something between steps (CommandError when
+        it cannot, or none runs)."""
+        if not self.alive():
+            raise CommandError("the control process is not running (starting or restarting)")
+        return await self.channel.request(cmd, timeout_s)
+
+    def _on_status(self, data: dict[str, Any]) -> None:
+        self._clear_error_on_progress(data.get("step"))
+
     def _clear_error_on_progress(self, step: Any) -> None:
-        """Forget why control last exited once this incarnation has made a step: status must
-        not keep showing a crash (or a SIGBUS) after the cause has gone."""
-        if self.error is None or not isinstance(step, int):
+        """Tell the runner once this incarnation has made a step, so that status stops showing
+        a crash (or a SIGBUS) after the cause has gone."""
+        if not isinstance(step, int):
             return
         if self._first_step is None:
             self._first_step = step
         elif step > self._first_step:
-            log.info("control process is training again (step %d); earlier: %s", step, self.error)
-            self.error = None
+            self.on_progress()
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def check(self) -> None:
-        """Restart a dead control process with backoff; after repeated crashes, report an error."""
-        now = time.monotonic()
-        if self.proc is not None and self.proc.returncode is not None:
-            code = self.proc.returncode
-            self.proc = None
-            self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
-            delay = RESTART_BACKOFF_S[min(len(self.crashes) - 1, len(RESTART_BACKOFF_S) - 1)]
-            self.next_start = now + delay
-            self.error = f"control process exited with status {code} ({len(self.crashes)} in 10 min)"
-            level = logging.ERROR if len(self.crashes) >= CRASHES_BEFORE_ERROR else logging.WARNING
-            log.log(level, "%s; restarting in %.0f s", self.error, delay)
-        if self.proc is None and now >= self.next_start:
-            self.restarts += 1
-            await self.start()
+    def status_age(self) -> float | None:
+        """Seconds since the running control process last reported (or started, when it has
+        not reported yet); None while none runs."""
+        if not self.alive():
+            return None
+        return time.monotonic() - max(self.channel.status_at, self.started_at)
 
     async def stop(self, grace_s: float) -> None:
-        """Ask control to checkpoint and exit; SIGTERM, then SIGKILL when it does not."""
+        """Ask control to checkpoint and exit; SIGTERM, then SIGKILL when it does not. No
+        control process starts after this (a start in progress finishes first)."""
+        async with asyncio.timeout(SPAWN_TIMEOUT_S):
+            async with self._spawn_lock:
+                self.stopping = True
         proc = self.proc
         if proc is not None and proc.returncode is None:
             with contextlib.suppress(CommandError):
@@ -168,9 +239,4 @@ class ControlLink:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        self.sock.close(0)
-        self.ctx.term()
+        await self.channel.close()

@@ -12,10 +12,11 @@ segments or an open-files limit too low for the engine and the store's shard map
 control alive, in state ``failed`` with a one-line ``error`` in its status, trying again
 every ``RESOURCE_RETRY_S`` until there is room (a restart would fail the same way).
 
-Channel: control's DEALER connects to the supervisor's ROUTER; msgpack maps. Control sends
-HELLO(pid) once, STATUS(data) at most every ``STATUS_EVERY_S``, REPLY(id, ok, data|error);
-the supervisor sends REQUEST(id, cmd, ...). Every wait is a poll with a timeout, and control
-exits when its parent is gone.
+Channel: control's DEALER connects to the supervisor's ROUTER; the messages, their version
+and size caps are ``daemon/control_protocol.py``'s. Control sends HELLO once, STATUS at most
+every ``STATUS_EVERY_S``, a REPLY to each REQUEST, and ERROR for a message it cannot take (the
+channel goes on). Every wait is a poll with a timeout, and control exits when its parent is
+gone.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
-import msgpack
 import zmq
 
 from ..descriptors import (
@@ -45,15 +45,18 @@ from ..descriptors import (
     soft_limit,
 )
 from ..shm.segments import SharedMemoryFull
+from ..states import TRAINING, transition
+from ..workers.batch_ring import Ring
+from ..workers.bits_per_byte import beside
 from ..workers.checkpoint import STATE, list_checkpoints
 from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
+from . import control_protocol as CP
 
 log = logging.getLogger("crystalline.control")
 
 STATUS_EVERY_S = 0.5
-MAX_MESSAGE = 1 << 20
 RESOURCE_RETRY_S = 10.0
 
 
@@ -69,9 +72,13 @@ class ReadyData(TrainingData, Protocol):
 
     def resumed_from(self, saved: dict[str, Any]) -> str | None: ...
 
+    def open_ring(self) -> Ring: ...
+
+    def close_ring(self) -> None: ...
+
 
 class Channel:
-    """The DEALER end of the supervisor channel."""
+    """The DEALER end of the supervisor channel (``daemon/control_protocol.py``)."""
 
     def __init__(self, endpoint: str) -> None:
         self.ctx = zmq.Context()
@@ -82,21 +89,24 @@ class Channel:
 
     def send(self, kind: str, **fields: Any) -> None:
         try:
-            self.sock.send(msgpack.packb({"type": kind, **fields}, use_bin_type=True), zmq.NOBLOCK)
+            self.sock.send(CP.encode(kind, **fields), zmq.NOBLOCK)
         except zmq.Again:
             log.debug("supervisor channel full; dropped a %s", kind)
 
     def receive(self, timeout_s: float) -> dict[str, Any] | None:
-        if not self.sock.poll(int(timeout_s * 1000)):
-            return None
-        data = self.sock.recv()
-        if len(data) > MAX_MESSAGE:
-            return None
-        try:
-            msg = msgpack.unpackb(data, raw=False)
-        except (ValueError, msgpack.UnpackException):
-            return None
-        return msg if isinstance(msg, dict) else None
+        """The next request within ``timeout_s``, else None. A message that is not one (wrong
+        version, over the cap, unknown type) is answered with a one-line ERROR and skipped."""
+        deadline = time.monotonic() + timeout_s
+        while self.sock.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            try:
+                return CP.decode(self.sock.recv(), CP.TO_CONTROL, CP.MAX_TO_CONTROL)
+            except CP.ProtocolError as exc:
+                log.warning("refused a message from the supervisor: %s", exc)
+                rid = {} if exc.request_id is None else {"id": exc.request_id}
+                self.send(CP.ERROR, error=str(exc), **rid)
+            if time.monotonic() >= deadline:
+                break
+        return None
 
     def close(self) -> None:
         self.sock.close(0)
@@ -118,7 +128,7 @@ class Control:
         self.trainer: Trainer | None = None
         self.paused = False
         self.stopping = False
-        self.state = "starting"
+        self.state = TRAINING.initial
         self.last_checkpoint_step: int | None = None
         self.last_checkpoint_s: float | None = None  # how long the last checkpoint took to write
         self.last_checkpoint_at = time.monotonic()
@@ -126,6 +136,7 @@ class Control:
         self.error: str | None = None  # training cannot start: /dev/shm or descriptors run out
         self.last_status = 0.0
         self.losses: deque[float] = deque(maxlen=50)
+        self.last_bpb = math.nan  # bits per byte of the last step's batch
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
 
     # ---- requests -------------------------------------------------------------------------
@@ -139,36 +150,48 @@ class Control:
             msg = self.channel.receive(max(0.0, deadline - time.monotonic()))
             if msg is None:
                 break
-            if msg.get("type") == "REQUEST":
-                self._answer(msg)
+            self._answer(msg)
             if time.monotonic() >= deadline:
                 break
         self.publish()
 
     def _answer(self, msg: dict[str, Any]) -> None:
-        rid, cmd = msg.get("id"), msg.get("cmd")
+        """Run a REQUEST's command from the dispatch table; one REPLY whatever happens."""
+        rid, cmd = msg["id"], msg["cmd"]
+        handler = self.handlers().get(cmd)
         try:
-            data = self._execute(str(cmd), msg)
-            self.channel.send("REPLY", id=rid, ok=True, data=data)
+            if handler is None:
+                raise ValueError(f"control does not handle {cmd!r} (only {', '.join(CP.COMMANDS)})")
+            self.channel.send(CP.REPLY, id=rid, ok=True, data=handler())
         except (ValueError, RuntimeError) as exc:
-            self.channel.send("REPLY", id=rid, ok=False, error=str(exc))
+            self.channel.send(CP.REPLY, id=rid, ok=False, error=str(exc))
         self.publish(force=True)
 
-    def _execute(self, cmd: str, msg: dict[str, Any]) -> Any:
-        if cmd == "pause":
-            self.paused = True
-            return {"training": "paused"}
-        if cmd == "resume":
-            self.paused = False
-            return {"training": "running"}
-        if cmd == "stop":
-            self.request_stop()
-            return {"training": "stopping"}
-        if cmd == "checkpoint":
-            if self.trainer is None:
-                raise RuntimeError("training has not started yet (waiting for data)")
-            return {"path": str(self._checkpoint())}
-        raise ValueError(f"control does not handle {cmd!r}")
+    def handlers(self) -> dict[str, Callable[[], Any]]:
+        """The dispatch table: one handler per command of ``control_protocol.COMMANDS``."""
+        return {
+            "pause": self._pause,
+            "resume": self._resume,
+            "checkpoint": self._checkpoint_now,
+            "stop": self._stop_now,
+        }
+
+    def _pause(self) -> dict[str, Any]:
+        self.paused = True
+        return {"training": "paused"}
+
+    def _resume(self) -> dict[str, Any]:
+        self.paused = False
+        return {"training": "running"}
+
+    def _checkpoint_now(self) -> dict[str, Any]:
+        if self.trainer is None:
+            raise RuntimeError("training has not started yet (waiting for data)")
+        return {"path": str(self._checkpoint())}
+
+    def _stop_now(self) -> dict[str, Any]:
+        self.request_stop()
+        return {"training": "stopping"}
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -197,8 +220,18 @@ class Control:
             **snap,
             "step": t.state.step,
             "tokens": t.state.tokens,
-            "loss": loss if math.isfinite(loss) else None,
-            "val_loss": t.state.last_val_loss if math.isfinite(t.state.last_val_loss) else None,
+            # the loss of the last step's batch and the validation loss of the served weights
+            # (the moving average when kept; the raw weights' beside it), each with its bits per
+            # byte and perplexity, so models with different tokenizers compare
+            **beside("loss", loss, self.last_bpb),
+            **beside("val_loss", t.state.last_val_loss, t.state.last_val_bpb),
+            **(
+                beside("val_loss_raw", t.state.last_val_loss_raw, t.state.last_val_bpb_raw)
+                if t.adamw.ema_decay > 0
+                else {}
+            ),
+            "schedule": t.adamw.schedule,
+            "ema_decay": t.adamw.ema_decay,
             "loss_trend": trend,
             "tokens_per_s": rate,
             "lr": learning_rate(max(t.state.step - 1, 0), t.adamw),  # of the last step taken
@@ -217,7 +250,7 @@ class Control:
         now = time.monotonic()
         if force or now - self.last_status >= STATUS_EVERY_S:
             self.last_status = now
-            self.channel.send("STATUS", data=self.snapshot())
+            self.channel.send(CP.STATUS, data=self.snapshot())
 
     # ---- training -------------------------------------------------------------------------
     def _checkpoint(self) -> Path:
@@ -252,19 +285,20 @@ class Control:
         while not self.data_ready and not self.stopping:
             self.data_ready = self.data.ready()
             if not self.data_ready:
-                self.state = "waiting for data"
+                self.state = transition(TRAINING, self.state, "waiting for data")
                 self.serve(1.0)
         if t.state.pending_losses and math.isfinite(t.state.pending_losses[-1]):
             self.losses.append(t.state.pending_losses[-1])
+            self.last_bpb = t.state.pending_bpb[-1]
         self.rate.append((time.monotonic(), t.state.tokens))
         if time.monotonic() - self.last_checkpoint_at >= self.checkpoint_interval_s:
             with contextlib.suppress(RuntimeError):  # recorded and logged; training goes on
                 self._checkpoint()
         self.serve(0.0)
         while self.paused and not self.stopping:
-            self.state = "paused"
+            self.state = transition(TRAINING, self.state, "paused")
             self.serve(0.2)
-        self.state = "training"
+        self.state = transition(TRAINING, self.state, "training")
 
     def _start_trainer(self) -> Trainer:
         """The trainer and its engine, within the open-files limit: the engine's share is
@@ -273,7 +307,8 @@ class Control:
         data = self.data
         check_control_limit(self.config.workers, data.readers)
         resume = any(self.checkpoint_dir.glob("step-*"))
-        trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume)
+        ring = data.open_ring()  # the supervisor's; SharedMemoryFull when /dev/shm has no room
+        trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume, ring=ring)
         try:
             cap = shard_map_cap(data.readers)
         except DescriptorLimitTooLow:
@@ -301,7 +336,7 @@ class Control:
                 if str(exc) != self.error:
                     log.error("%s; not training, trying again every %.0f s", exc, RESOURCE_RETRY_S)
                 self.error = str(exc)
-                self.state = "failed"
+                self.state = transition(TRAINING, self.state, "failed")
                 deadline = time.monotonic() + RESOURCE_RETRY_S
                 while time.monotonic() < deadline and not self.stopping:
                     self.serve(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -315,15 +350,15 @@ class Control:
     def run(self) -> int:
         """Start the engine (its workers say hello now, so the daemon can report ready), then
         train; the first step waits in ``_between_steps`` until the store holds data."""
-        self.channel.send("HELLO", pid=os.getpid())
+        self.channel.send(CP.HELLO, pid=os.getpid())
         if not self._wait_for_resources():
-            self.state = "stopped"
+            self.state = transition(TRAINING, self.state, "stopped")
             self.publish(force=True)
             return 0
         assert self.trainer is not None
         self.trainer.stop_requested = self.stopping
         self.trainer.on_checkpoint_error = self._checkpoint_failed
-        self.state = "training"
+        self.state = transition(TRAINING, self.state, "training")
         try:
             result = self.trainer.run(between_steps=self._between_steps)  # checkpoints at the end
             self.last_checkpoint_step = result.steps
@@ -336,7 +371,7 @@ class Control:
             )
             return 1
         finally:
-            self.state = "stopped"
+            self.state = transition(TRAINING, self.state, "stopped")
             self.publish(force=True)
         return 0
 
@@ -371,6 +406,7 @@ def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData]
     try:
         return control.run()
     finally:
+        control.data.close_ring()
         control.channel.close()
 
 

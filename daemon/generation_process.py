@@ -2,7 +2,8 @@
 
 Started by the supervisor as ``python -m crystalline.daemon.generation_process SPEC_JSON`` with
 BLAS threads 1. It maps the engine's ``state`` segment read-only (``PROT_READ``: it cannot
-write the parameters, whatever it does), copies the published buffer and keeps the copy only
+write the parameters, whatever it does), copies the published buffer (of the weights' moving
+average when the run keeps one, else of the weights) and keeps the copy only
 if the engine's ``published`` sequence did not move meanwhile (the step that follows a publish
 writes the other buffer, so an unchanged sequence means a consistent copy). Sampling uses a
 key/value cache: one token costs one position of attention, not a forward over the context.
@@ -31,9 +32,9 @@ import numpy as np
 
 from ..shm.blocks import HEADER_SIZE, decode_table
 from ..shm.segments import SHM_DIR, segment_name
+from ..tokens.tokenizer import Tokenizer, load_tokenizer
 from ..workers.model import GELU_C, GELU_K, GPT, LN_EPS
 from ..workers.sampling import pick_token
-from ..workers.tokenizer import Tokenizer, load_tokenizer
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
 
@@ -77,7 +78,8 @@ class PublishedParams:
         if "published" not in table or "params" not in table:
             mapped.close()
             raise NotPublished(f"{self.name} does not announce its published parameters")
-        params, pub = table["params"], table["published"]
+        # the weights' moving average when the run keeps one (written and published with them)
+        params, pub = table.get("ema", table["params"]), table["published"]
         if params.shape != (2, self.num_params):
             mapped.close()
             raise NotPublished(

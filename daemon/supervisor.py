@@ -4,8 +4,8 @@ restarts the control process, which starts the workers.
 
 Signal handlers only record the signal; the loop stops the parts in order (crawler, control
 with a final checkpoint, ingest), unlinks what it created and exits 0. A second signal makes
-every wait short. Repeated crashes of the control process are reported in status and in the
-log, with backoff, never looped on silently.
+every wait short. Crawl, ingest and the control process each run under a ``ComponentRunner``:
+a crash is reported in status and in the log and retried with backoff, never looped on silently.
 """
 
 from __future__ import annotations
@@ -19,30 +19,30 @@ import shutil
 import signal
 import sqlite3
 import time
-from dataclasses import replace
 from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..crawler.crawl import Crawler
 from ..crawler.feedback import IngestFeedback
-from ..crawler.settings import CrawlSettings, parse_host_revisit
 from ..descriptors import raise_soft_limit
-from ..ingest.document import Spool
+from ..documents import Spool
 from ..ingest.drop_folder import DropFolder
-from ..ingest.filters import FilterSettings
 from ..ingest.ingestor import Ingestor
-from ..ingest.quality_rules import FilterRules
-from ..ingest.settings import IngestSettings
-from ..workers.tokenizer import load_tokenizer
+from ..states import DAEMON, RESTARTING, transition
+from ..tokens.tokenizer import load_tokenizer
 from .command_limit import CommandLimit
+from .component_runner import Backoff, ComponentRunner
 from .config import Settings
 from .control_link import ControlLink
 from .dashboard import Dashboard, parse_bind
 from .generation_service import GenerationService, generate_fields
+from .health import judge
 from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
+from .ring_service import RingServer, ring_endpoint
 from .status_server import Command, CommandError, StatusServer
+from .store_data import store_dir
 
 log = logging.getLogger("crystalline.supervisor")
 
@@ -51,6 +51,10 @@ TICK_S = 1.0
 CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 s)
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
 PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is not silent
+# restarts after a failure: first delay, cap, and how long a run must last to count as healthy
+CRAWL_BACKOFF = Backoff(first_s=5.0, max_s=600.0, healthy_after_s=600.0)
+INGEST_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=300.0)
+CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
 
 
 class StateDirInUse(OSError):
@@ -64,14 +68,16 @@ class Supervisor:
         self.started = time.monotonic()
         self.should_exit = asyncio.Event()
         self.force_exit = False
-        self.state = "starting"
+        self.state = DAEMON.initial
         self.crawl_stop = asyncio.Event()
         self.crawl_paused = False
-        self.crawl_error: str | None = None
         self.crawler: Crawler | None = None
+        self.crawl_runner = ComponentRunner("crawl", self._crawl_passes, CRAWL_BACKOFF, self.should_exit)
+        self.crawl_task: asyncio.Task[None] | None = None
         self.ingestor: Ingestor | None = None
+        self.ring: RingServer | None = None  # the batch ring, lent to control (ring_service.py)
         self.ingest_stop = asyncio.Event()
-        self.ingest_error: str | None = None
+        self.ingest_runner = ComponentRunner("ingest", self._ingest, INGEST_BACKOFF, self.ingest_stop)
         self._lock: TextIO | None = None
         self.ready_sent = False
         self._last_progress = time.monotonic()
@@ -103,31 +109,6 @@ class Supervisor:
                     shutil.copyfile(src, tmp)
                     os.replace(tmp, s.inbox / src.name)  # appears complete: renamed into place
             marker.write_text("bundled samples copied into the inbox\n", encoding="utf-8")
-
-    def _crawl_settings(self) -> CrawlSettings:
-        d = self.settings.daemon
-        return replace(
-            CrawlSettings(),
-            data_dir=self.settings.state_dir / "crawl",
-            user_agent=d.user_agent,
-            allowed_domains=d.allowed_domain,
-            min_delay=d.crawl_delay,
-            concurrency=d.crawl_concurrency,
-            allow_private_addresses=d.crawl_allow_private,
-            max_links_per_page=d.crawl_max_links_per_page,
-            max_queued_per_host=d.crawl_max_queued_per_host,
-            max_queued=d.crawl_max_queued,
-            robots_per_minute=d.crawl_robots_per_minute,
-            min_revisit=d.crawl_min_revisit,
-            max_revisit=d.crawl_max_revisit,
-            host_revisit=tuple(parse_host_revisit(spec) for spec in d.crawl_host_revisit),
-            revisit_share=d.crawl_revisit_share,
-            max_fetches_per_host_per_day=d.crawl_max_fetches_per_host_per_day,
-            max_listed_per_host_per_day=d.crawl_max_listed_per_host_per_day,
-            sitemaps=not d.crawl_no_sitemaps,
-            warc_dir=self.settings.state_dir / d.crawl_warc_dir if d.crawl_warc_dir else None,
-            warc_max_bytes=d.crawl_warc_max_bytes,
-        )
 
     def _commands(self) -> dict[str, Command]:
         return {
@@ -181,6 +162,7 @@ class Supervisor:
             added = crawler.add_url(url)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        self.start_crawl()  # a daemon started without seed URLs crawls from its first add-url
         return {"url": url, "queued": added}
 
     async def _cmd_checkpoint(self, _req: dict[str, Any]) -> Any:
@@ -206,21 +188,27 @@ class Supervisor:
             for w in c.get("workers", [])
         ]
         training = {
-            "state": c.get("state", "starting") if self.control.alive() else "restarting",
+            "state": c.get("state", "starting") if self.control.alive() else self._control_down_state(),
             "step": c.get("step", 0),
             "tokens": c.get("tokens", 0),
             "loss": c.get("loss"),
             "val_loss": c.get("val_loss"),
+            # bits per byte and perplexity beside each loss (workers/bits_per_byte.py)
+            **{k: c.get(k) for k in ("bpb", "perplexity", "val_bpb", "val_perplexity")},
             "loss_trend": c.get("loss_trend", []),
             "tokens_per_s": c.get("tokens_per_s", 0.0),
             "params_version": c.get("params_version", 0),
             "last_checkpoint_step": c.get("last_checkpoint_step"),
             "skipped_steps": c.get("skipped_steps", 0),
             "control_pid": c.get("pid"),
-            "control_restarts": self.control.restarts - 1 if self.control.restarts else 0,
+            "control_restarts": self.control_runner.restarts,
+            "status_age_s": _round(self.control.status_age()),  # health: a silent control is stuck
             "workers": workers,
         }
-        for key in ("lr", "last_checkpoint_s", "data"):
+        if self.control_runner.error:
+            training["control_error"] = self.control_runner.error
+        optional = ("lr", "schedule", "ema_decay", "val_loss_raw", "val_bpb_raw", "val_perplexity_raw")
+        for key in (*optional, "last_checkpoint_s", "data"):
             if c.get(key) is not None:
                 training[key] = c[key]
         if c.get("stalled"):
@@ -229,17 +217,11 @@ class Supervisor:
             if c.get(key):
                 training[key] = c[key]
         crawler = self.crawler.stats() if self.crawler is not None else {}
-        crawler["state"] = (
-            "off"
-            if self.settings.daemon.no_crawl
-            else "paused"
-            if self.crawl_paused
-            else "running"
-            if self.crawler
-            else "idle"
-        )
-        if self.crawl_error:
-            crawler["error"] = self.crawl_error
+        crawler.update(self.crawl_runner.stats())
+        if self.settings.daemon.no_crawl:
+            crawler["state"] = "off"
+        elif self.crawl_paused and self.crawl_runner.state == "running":
+            crawler["state"] = "paused"
         data: dict[str, Any] = {
             "state": self.state,
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -259,55 +241,45 @@ class Supervisor:
             or c.get("error")
             or c.get("checkpoint_error")
             or (ingest.get("error") if isinstance(ingest, dict) else None)
-            or self.crawl_error
-            or self.control.error
+            or self.crawl_runner.error
+            or self.control_runner.error
         )
         if last_error:
             data["last_error"] = last_error
+        data["health"] = judge(data)
         return data
 
     def ingest_stats(self) -> dict[str, Any]:
-        if self.ingestor is None:
-            return {"state": "failed" if self.start_error else "starting"}
-        stats = self.ingestor.stats()
-        error = self.ingest_error or stats.get("error")
-        stats["state"] = "failed" if self.ingest_error else "degraded" if error else "running"
+        """Ingest's counts and its runner's state; ``error``: why it last failed (the runner's)
+        or what it last reported (a drop folder recreated)."""
+        stats = self.ingestor.stats() if self.ingestor is not None else {}
+        runner = self.ingest_runner.stats()
+        error = runner.pop("error", None) or stats.get("error")
+        stats.update(runner)
         if error:
             stats["error"] = error
         return stats
 
+    def _control_down_state(self) -> str:
+        """training.state while no control process runs: restarting after a failure, else the
+        runner's own state (idle before the start, stopped after the stop)."""
+        state = self.control_runner.state
+        return RESTARTING if state in ("backoff", "starting") else state
+
     def _make_ingestor(self) -> Ingestor:
         s = self.settings
-        d = s.daemon
-        filters = FilterSettings(
-            languages=d.languages,
-            language_min_score=d.language_min_score,
-            pii=not d.no_pii,
-            rules=FilterRules().with_overrides(d.quality_rule),
-        )
-        settings = IngestSettings(val_fraction=s.train.val_fraction, filters=filters)
         return Ingestor(
-            settings,
+            s.ingest,
             s.state_dir / "ingest",
             load_tokenizer(s.train.tokenizer),
             spool=Spool(s.state_dir / "spool"),
-            drop_folder=DropFolder(s.inbox, settings.drop_settle_s),
+            drop_folder=DropFolder(s.inbox, s.ingest.drop_settle_s),
         )
 
-    async def _ingest_loop(self) -> None:
-        """Ingest until stopped; a crash is reported and retried with backoff, not looped on."""
-        delay = 1.0
-        while not self.should_exit.is_set():
-            assert self.ingestor is not None
-            try:
-                await self.ingestor.run(self.ingest_stop)
-                return
-            except Exception as exc:  # keep the daemon up; status shows it
-                self.ingest_error = f"{type(exc).__name__}: {exc}"
-                log.error("ingest failed (%s); retrying in %.0f s", self.ingest_error, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.should_exit.wait(), delay)
-                delay = min(delay * 2, 300.0)
+    async def _ingest(self) -> None:
+        """Ingest until stopped (run by ``ingest_runner``, which retries a failure)."""
+        assert self.ingestor is not None
+        await self.ingestor.run(self.ingest_stop, on_progress=self.ingest_runner.progress)
 
     # ---- parts ----------------------------------------------------------------------------
     def _ensure_crawler(self) -> Crawler:
@@ -315,27 +287,19 @@ class Supervisor:
             spool = Spool(self.settings.state_dir / "spool")
             # ingest's verdicts (new text or not) come back from its registry: traps, revisits
             feedback = IngestFeedback(self.settings.state_dir / "ingest" / "registry.sqlite3")
-            self.crawler = Crawler(self._crawl_settings(), spool, feedback=feedback)
+            self.crawler = Crawler(self.settings.crawl, spool, feedback=feedback)
         return self.crawler
 
-    async def _crawl_loop(self) -> None:
-        """Crawl; a crash is reported in status and retried with backoff, never looped on."""
-        delay = 5.0
-        while not self.should_exit.is_set():
-            try:
-                await self._crawl_passes()
-                return
-            except Exception as exc:  # the daemon stays up; status shows it
-                self.crawl_error = f"{type(exc).__name__}: {exc}"
-                log.error("crawl failed (%s); retrying in %.0f s", self.crawl_error, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.should_exit.wait(), delay)
-                delay = min(delay * 2, 600.0)
+    def start_crawl(self) -> None:
+        """Start the crawl's runner once (at start with seed URLs, or at the first add-url)."""
+        if self.crawl_task is None and not self.settings.daemon.no_crawl:
+            self.crawl_task = asyncio.create_task(self.crawl_runner.run(), name="crawl")
 
     async def _crawl_passes(self) -> None:
-        """Crawl while there is work; idle (without exiting) when the frontier is empty."""
+        """Crawl while there is work; idle (without exiting) when the frontier is empty. Run by
+        ``crawl_runner``, which retries a failure."""
         crawler = self._ensure_crawler()
-        for url in self.settings.daemon.seed_url:
+        for url in self.settings.crawl.start_url:
             try:
                 crawler.add_url(url)
             except ValueError as exc:
@@ -346,7 +310,7 @@ class Supervisor:
                 continue
             stop = self.crawl_stop
             summary = await crawler.run(stop)
-            self.crawl_error = None
+            self.crawl_runner.progress()
             log.info("crawl pass ended: %s", summary.line())
             if self.should_exit.is_set():
                 break
@@ -386,14 +350,10 @@ class Supervisor:
                 c.get("fetched", 0),
             )
 
-    def _healthy(self) -> bool:
-        """Whether to ping the watchdog: control alive, and training stepping (or legitimately
-        idle: paused or waiting for data) according to a recent status."""
-        if not self.control.alive():
-            return time.monotonic() - self.control.next_start < 120  # restarting is progress
-        c = self.control.status
-        fresh = time.monotonic() - self.control.status_at < 60
-        return fresh and not c.get("stalled")
+    def health(self) -> dict[str, Any]:
+        """The health verdict (``daemon/health.py``) of the status as it is now: what the
+        watchdog, the status reply and ``crystalline status`` go by."""
+        return self.status()["health"]
 
     async def _close_dashboard(self) -> None:
         if self.dashboard is not None:
@@ -434,10 +394,10 @@ class Supervisor:
                     self.notifier.ready(f"failed: {error}")
                     self.notifier.status(f"failed: {error}")
                 self.start_error = error
-                self.state = "failed"
+                self.state = transition(DAEMON, self.state, "failed")
             deadline = time.monotonic() + START_RETRY_S
             while time.monotonic() < deadline and not self.should_exit.is_set():
-                if interval:
+                if interval and self.health()["watchdog"]:  # degraded, not stuck: a restart would not help
                     self.notifier.watchdog()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.should_exit.wait(), min(TICK_S, interval or TICK_S))
@@ -451,6 +411,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.control = ControlLink(s, f"ipc://{s.runtime_dir / 'control.sock'}")
+        self.control_runner = ComponentRunner("control", self.control.run_once, CONTROL_BACKOFF)
+        self.control.on_progress = self.control_runner.progress
         server = StatusServer(s.socket_path, self._commands(), mode=int(s.daemon.socket_mode, 8))
         self.status_server = server
         try:
@@ -477,23 +439,27 @@ class Supervisor:
             await server.close()
             raise
         if not started:
+            self.state = transition(DAEMON, self.state, "stopping")
             await self.control.stop(0.0)
             await self._close_dashboard()
             await server.close()
             self.notifier.close()
+            self.state = transition(DAEMON, self.state, "stopped")
             log.info("stopped")
             return 0
-        await self.control.start()
-        self.control.restarts = 1
-        tasks = [asyncio.create_task(self._ingest_loop(), name="ingest")]
-        if s.daemon.seed_url and not s.daemon.no_crawl:
-            tasks.append(asyncio.create_task(self._crawl_loop(), name="crawl"))
-        self.state = "running"
+        # the batch ring is the supervisor's: created at control's HELLO, kept across its restarts
+        self.ring = RingServer(s.state_dir, store_dir(s.state_dir), s.train, ring_endpoint(s.runtime_dir))
+        control_task = asyncio.create_task(self.control_runner.run(), name="control")
+        ingest_task = asyncio.create_task(self.ingest_runner.run(), name="ingest")
+        for task in (control_task, ingest_task):
+            task.add_done_callback(_log_failure)
+        if s.crawl.start_url:
+            self.start_crawl()
+        self.state = transition(DAEMON, self.state, "running")
         last_ping = last_status = 0.0
         interval = self.notifier.watchdog_interval()
         try:
             while not self.should_exit.is_set():
-                await self.control.check()
                 now = time.monotonic()
                 if (
                     not self.ready_sent
@@ -503,30 +469,32 @@ class Supervisor:
                     self.notifier.ready(self._status_line())
                     self.ready_sent = True
                     log.info("ready: status socket %s, %d workers said hello", s.socket_path, s.train.workers)
-                if interval and now - last_ping >= interval and self._healthy():
+                if interval and now - last_ping >= interval and self.health()["watchdog"]:
                     self.notifier.watchdog()
                     last_ping = now
                 if now - last_status >= s.daemon.status_interval_s:
                     self.notifier.status(self._status_line())
                     last_status = now
-                for t in tasks:
-                    if t.done() and not t.cancelled() and t.exception() is not None:
-                        log.error("%s failed: %s", t.get_name(), t.exception())
                 self._progress(now)
                 self.generation.sample_cpu(now)
                 await asyncio.to_thread(self.history.maybe_save)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.should_exit.wait(), TICK_S)
         finally:
-            self.state = "stopping"
+            self.state = transition(DAEMON, self.state, "stopping")
             self.notifier.stopping("stopping: checkpointing")
             self.crawl_stop.set()
             self.ingest_stop.set()  # ingest finishes the batch in hand (durably), then returns
+            self.control_runner.stop()  # no restart from here on
             grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(t, 15.0)
+            for t in (ingest_task, self.crawl_task):
+                if t is not None:
+                    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                        await asyncio.wait_for(t, 15.0)
             await self.control.stop(grace)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(control_task, 5.0)
+            await asyncio.to_thread(self.ring.close)  # unlinks the ring segment
             if self.ingestor is not None:
                 await asyncio.to_thread(self.ingestor.close)
             await asyncio.to_thread(stop_resource_tracker)
@@ -538,12 +506,23 @@ class Supervisor:
             self.notifier.close()
             if self._lock is not None:
                 self._lock.close()
+        self.state = transition(DAEMON, self.state, "stopped")
         log.info("stopped")
         return 0
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A runner that ended by an exception: a bug (runners catch their components' failures)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s runner failed: %s", task.get_name(), task.exception())
+
+
 def _ms(seconds: Any) -> float | None:
     return round(seconds * 1000.0, 3) if isinstance(seconds, int | float) else None
+
+
+def _round(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
 
 
 def stop_resource_tracker(timeout_s: float = 5.0) -> None:

@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from crystalline.documents import Document
+
 from ..exit_status import CommandParser
 from ..exit_status import main as run_main
-from .document import Document
+from ..settings_tree import Tree, add_config_flag, table
 from .drop_folder import readable
-from .extract import ExtractLimits
-from .filters import FilterSettings
-from .pool import ExtractionPool, PoolConfig
-from .quality_rules import FilterRules
+from .pool import ExtractionPool
 from .settings import IngestSettings
 
 
@@ -61,10 +61,9 @@ def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
 def cmd_extract(args: argparse.Namespace) -> int:
     """Print the extracted text of each file; exit 1 if any failed."""
     paths = _files(args.files, strict=False)
-    limits = ExtractLimits(ocr=not args.no_ocr)
-    config = PoolConfig(
-        processes=args.processes, time_limit_s=args.time_limit, limits=limits, filters=_filter_settings(args)
-    )
+    settings = _settings(args)
+    limits = settings.limits
+    config = settings.pool_config()
     docs: list[Document] = []
     errors: dict[int, str] = {}
     for i, path in enumerate(paths):
@@ -110,16 +109,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest files and folders into the store of ``--data-dir``; print the counts."""
-    from crystalline.workers.tokenizer import load_tokenizer
+    from crystalline.tokens.tokenizer import load_tokenizer
 
     from .drop_folder import file_key_of
     from .ingestor import Ingestor, Submission, content_entry, refusal_key
 
     paths = _files(args.paths)
     tokenizer = load_tokenizer(args.tokenizer)
-    settings = IngestSettings(
-        processes=args.processes, time_limit_s=args.time_limit, filters=_filter_settings(args)
-    )
+    settings = _settings(args)
     counts = dict.fromkeys(("documents", "tokens", "duplicates", "failed", "filtered", "skipped"), 0)
     with Ingestor(settings, Path(args.data_dir), tokenizer) as ingestor:
         batch: list[Submission] = []
@@ -176,8 +173,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("files", nargs="+", metavar="FILE", help="files or folders to extract")
     p.add_argument("--json", action="store_true", help='one JSON line per file: {"path", "kind", "text", '
                    '"chars", "error", "language", "language_score", "verdicts", "edits"}')  # fmt: skip
-    p.add_argument("--no-ocr", action="store_true", help="do not OCR images and scanned PDF pages")
-    _add_pool_options(p)
+    _add_settings(p, EXTRACT_LEAVES_OUT)
     p.set_defaults(func=cmd_extract)
 
     p = subparsers.add_parser(
@@ -189,29 +185,31 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to ingest")
     p.add_argument("--data-dir", required=True, help="directory of the registry and token store")
     p.add_argument("--tokenizer", default="bytes", help='"bytes" or a tokenizer file (default: bytes)')
-    _add_pool_options(p)
+    _add_settings(p, INGEST_LEAVES_OUT)
     p.set_defaults(func=cmd_ingest)
 
 
-def _add_pool_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--processes", type=int, default=1, help="extraction processes (default 1)")
-    p.add_argument("--time-limit", type=float, default=120.0, help="seconds per file (default 120)")
-    p.add_argument("--language", action="append", default=[], metavar="CODE",
-                   help="keep only this language (ISO 639, repeatable; default: all)")  # fmt: skip
-    p.add_argument("--language-min-score", type=float, default=0.65,
-                   help="language score a kept language needs (default 0.65)")  # fmt: skip
-    p.add_argument("--no-pii", action="store_true", help="keep e-mail and IP addresses as they are")
-    p.add_argument("--quality-rule", action="append", default=[], metavar="NAME=VALUE",
-                   help="a rule threshold, e.g. gopher_max_words=100000 (repeatable)")  # fmt: skip
+# the [ingest] keys each command leaves out: what only the daemon's drop folder and shards use
+INGEST_LEAVES_OUT = ("drop_settle_s",)
+EXTRACT_LEAVES_OUT = ("drop_settle_s", "batch_documents", "batch_bytes")
 
 
-def _filter_settings(args: argparse.Namespace) -> FilterSettings:
-    return FilterSettings(
-        languages=tuple(args.language),
-        language_min_score=args.language_min_score,
-        pii=not args.no_pii,
-        rules=FilterRules().with_overrides(args.quality_rule),
-    )
+def _tree(leaves_out: tuple[str, ...]) -> Tree:
+    return Tree({"ingest": table("ingest", IngestSettings)}, exclude={"ingest": leaves_out})
+
+
+def _add_settings(p: argparse.ArgumentParser, leaves_out: tuple[str, ...]) -> None:
+    """``--config`` and one flag per [ingest] key the command uses (``leaves_out``: the others)."""
+    add_config_flag(p, "[ingest] table")
+    _tree(leaves_out).add_flags(p)
+    p.set_defaults(ingest_leaves_out=leaves_out)
+
+
+def _settings(args: argparse.Namespace) -> IngestSettings:
+    """The [ingest] settings of the file, the environment and the flags."""
+    tree = _tree(args.ingest_leaves_out)
+    settings: IngestSettings = tree.resolve(args, os.environ, args.config).tables["ingest"]
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from crystalline.documents import Document
+
 from .charset import decode_bytes
-from .document import Document
 from .html_text import extract_html
 from .normalize import normalize_text
 from .ocr import OcrError, ocr_image_bytes

@@ -34,21 +34,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from crystalline.workers.dataset import held_out
+from crystalline.documents import Document, Spool
+from crystalline.tokens.held_out import held_out
+from crystalline.tokens.token_store import PendingDocument, TokenStore, read_index, shard_seqs
 
-from .document import Document, Spool
 from .drop_folder import Claimed, DropFolder
-from .pool import ExtractionPool, PoolConfig, WorkResult
-from .registry import Record, Registry
+from .pool import ExtractionPool, WorkResult
+from .registry import Record
+from .registry_pg import open_registry
 from .settings import IngestSettings
-from .token_store import PendingDocument, TokenStore, read_index, shard_seqs
 from .warc_records import is_warc, spool_warc
 
 log = logging.getLogger("crystalline.ingest")
 
 
 class TokenizerLike(Protocol):
-    """What ingest needs of a tokenizer (``crystalline.workers.tokenizer.Tokenizer`` fits)."""
+    """What ingest needs of a tokenizer (``crystalline.tokens.tokenizer.Tokenizer`` fits)."""
 
     @property
     def vocab_size(self) -> int: ...
@@ -126,13 +127,13 @@ class Ingestor:
         self.drop_folder = drop_folder
         dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
         self.store = TokenStore(self.data_dir / "tokens", dtype)
-        self.registry = Registry(self.data_dir / "registry.sqlite3")
+        self.registry = open_registry(settings.database, self.data_dir / "registry.sqlite3")
         # The registry connection is shared by the ingest thread and status requests in the
         # event loop: ``_lock`` guards each use and is never held across extraction (a long OCR
         # must not block status); ``_batch`` keeps batches one at a time.
         self._lock = threading.Lock()
         self._batch = threading.Lock()
-        self.error: str | None = None  # why the last batch failed (full disk, ...); None once one works
+        self.error: str | None = None  # a drop folder recreated after a deletion; None once a batch works
         self._needs_recovery = False  # a batch failed: its shard may be stored, its records not
         # The registry's counts for status, refreshed here by the ingest thread after the rows
         # change: status runs on the event loop and must not wait for COUNT queries (620 ms at
@@ -141,18 +142,7 @@ class Ingestor:
         self._counts_stale = True
         self._counts_at = float("-inf")  # time.monotonic() of the last refresh
         self._counts_cost_s = 0.0  # how long it took
-        self.pool = ExtractionPool(
-            PoolConfig(
-                processes=settings.processes,
-                time_limit_s=settings.time_limit_s,
-                memory_limit_mb=settings.memory_limit_mb,
-                limits=settings.limits,
-                min_chars=settings.min_chars,
-                min_words=settings.min_words,
-                filters=settings.filters,
-                tokenizer_json=tokenizer.to_json(),
-            )
-        )
+        self.pool = ExtractionPool(settings.pool_config(tokenizer.to_json()))
         self.recover()
         self.refresh_counts(force=True)
 
@@ -216,43 +206,52 @@ class Ingestor:
                 else:  # recorded before a crash or seen twice: release, do not count again
                     s.release(Record(s.entry, doc_id_of(s.entry), s.doc.source, s.doc.origin, state, reason))
             results: dict[int, WorkResult] = dict(self.pool.map(self._bodies(fresh)))
-            records: list[Record] = []
-            pending: list[PendingDocument] = []
-            hashes: dict[str, str] = {}
-            prints: list[tuple[int, str]] = []
-            lsh: dict[tuple[int, int], list[tuple[str, bytes]]] = {}
-            with self._lock:
-                for i, s in enumerate(fresh):
-                    r = results[i]
-                    rec = self._classify(s, r, hashes, prints, lsh)
-                    records.append(rec)
-                    if rec.state == "done":
-                        pending.append(
-                            PendingDocument(
-                                rec.doc_id,
-                                s.entry,
-                                s.doc.source,
-                                rec.split,
-                                r.ids,
-                                r.content_hash,
-                                r.simhash,
-                                list(r.minhash),
-                                r.minhash_signature,
-                            )
-                        )
-            stored = self.store.append(pending)  # durable from here on
-            shard = stored[0].shard if stored else None
-            for rec in records:
-                if rec.state == "done":
-                    rec.shard = shard
-            with self._lock:
-                self.registry.record(records)
+            # the duplicate checks, the durable tokens and the records as one step (on PostgreSQL:
+            # one machine at a time, so two that fetched the same text keep one copy)
+            with self.registry.exclusive():
+                records = self._decide_and_store(fresh, results)
             self._counts_stale = True
         for s, rec in zip(fresh, records, strict=True):
             s.release(rec)
         for rec in records:
             if rec.state in ("failed", "filtered"):
                 log.info("%s %s: %s", rec.state, rec.source, rec.reason)
+        return records
+
+    def _decide_and_store(self, fresh: list[Submission], results: dict[int, WorkResult]) -> list[Record]:
+        """Classify each result against the registry and the batch, append the new documents'
+        tokens to the store (durable) and record every submission; returns the records."""
+        records: list[Record] = []
+        pending: list[PendingDocument] = []
+        hashes: dict[str, str] = {}
+        prints: list[tuple[int, str]] = []
+        lsh: dict[tuple[int, int], list[tuple[str, bytes]]] = {}
+        with self._lock:
+            for i, s in enumerate(fresh):
+                r = results[i]
+                rec = self._classify(s, r, hashes, prints, lsh)
+                records.append(rec)
+                if rec.state == "done":
+                    pending.append(
+                        PendingDocument(
+                            rec.doc_id,
+                            s.entry,
+                            s.doc.source,
+                            rec.split,
+                            r.ids,
+                            r.content_hash,
+                            r.simhash,
+                            list(r.minhash),
+                            r.minhash_signature,
+                        )
+                    )
+        stored = self.store.append(pending)  # durable from here on
+        shard = stored[0].shard if stored else None
+        for rec in records:
+            if rec.state == "done":
+                rec.shard = shard
+        with self._lock:
+            self.registry.record(records)
         return records
 
     @staticmethod
@@ -479,33 +478,26 @@ class Ingestor:
         self.refresh_counts(force=not batch)  # idle now: status gets the final numbers at once
         return len(batch)
 
-    async def run(self, stop: asyncio.Event, idle_s: float = 1.0, max_backoff_s: float = 60.0) -> None:
+    async def run(
+        self, stop: asyncio.Event, idle_s: float = 1.0, on_progress: Callable[[], None] | None = None
+    ) -> None:
         """Ingest until ``stop`` is set; the blocking work runs in a thread, never in the loop.
-        A failing batch (or a drop folder that cannot be watched) is reported (``error``, the
-        log) and retried with backoff; the drop folder's watch is started once and reused.
-        It starts by sweeping the spool of what a producer killed inside ``Spool.put`` left."""
+        A failing batch (or a drop folder that cannot be watched) raises: the daemon's
+        ``ComponentRunner`` reports it and calls this again after a backoff, and the drop
+        folder's watch, started once, is reused. ``on_progress`` is called after each batch
+        that handled something. It starts by sweeping the spool of what a producer killed
+        inside ``Spool.put`` left."""
         if self.spool is not None:
             swept = await asyncio.to_thread(self.spool.sweep_orphans)
             if swept:
                 log.info("swept %d orphan file(s) from the spool %s", swept, self.spool.directory)
-        delay = idle_s
         while not stop.is_set():
-            try:
-                if self.drop_folder is not None:
-                    await asyncio.to_thread(self.drop_folder.start)  # a no-op once it runs
-                handled = await asyncio.to_thread(self.run_once)
-            except Exception as exc:  # one bad batch must not end ingest; status shows it
-                self.error = f"ingest batch failed: {type(exc).__name__}: {exc}"
-                log.error("%s; retrying in %.0f s", self.error, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                delay = min(delay * 2, max_backoff_s)
-                continue
-            if handled:
-                if self.error is not None:
-                    log.info("ingest works again")
+            if self.drop_folder is not None:
+                await asyncio.to_thread(self.drop_folder.start)  # a no-op once it runs
+            if await asyncio.to_thread(self.run_once):
                 self.error = None
-                delay = idle_s
+                if on_progress is not None:
+                    on_progress()
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle_s)

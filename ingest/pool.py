@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from crystalline.documents import Document
+
 from .dedup import content_hash, simhash
-from .document import Document
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
 from .minhash import fingerprint
@@ -173,7 +174,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
     tokenizer = None
     if config["tokenizer_json"]:
         # The tokenizer lives with the model (workers/); it is rebuilt from its JSON document.
-        from crystalline.workers.tokenizer import tokenizer_from_json
+        from crystalline.tokens.tokenizer import tokenizer_from_json
 
         tokenizer = tokenizer_from_json(config["tokenizer_json"])
     from .language import load as load_language_model

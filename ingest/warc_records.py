@@ -21,7 +21,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
-from .document import Document, Spool
+from crystalline.documents import Document, Spool
 
 log = logging.getLogger("crystalline.ingest.warc")
 

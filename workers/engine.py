@@ -36,11 +36,13 @@ import zmq
 
 from crystalline.shm.blocks import ArrayBlock, Spec, layout, padded
 from crystalline.shm.segments import check_space, segment_name, sweep
+from crystalline.states import WORKER, transition
 
 from . import protocol as P
+from .batch_ring import BatchRing, BatchSource, Ring, ring_spec
+from .ema import decay_at, ema_step
 from .model import GPT
 from .optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm, owner_shares, update_plan
-from .ring_batcher import BatchSource, RingBatcher
 
 log = logging.getLogger("crystalline.control")
 
@@ -53,6 +55,7 @@ class StepOutcome:
     tokens: int
     grad_norm: float
     applied: bool
+    bytes: int = 0  # UTF-8 bytes of the text the batch's targets spell (bits per byte)
 
 
 class EngineError(Exception):
@@ -64,43 +67,75 @@ class EngineStopped(Exception):
 
 
 class StepEngine(Protocol):
-    def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None: ...
+    def load_state(
+        self, params: np.ndarray, m: np.ndarray, v: np.ndarray, ema: np.ndarray | None = None
+    ) -> None: ...
     def params(self) -> np.ndarray: ...
+    def ema(self) -> np.ndarray | None: ...
     def moments(self) -> tuple[np.ndarray, np.ndarray]: ...
     def step(self, step: int, lr: float) -> StepOutcome: ...
     def stats(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
+def batch_bytes(windows: np.ndarray, token_bytes: np.ndarray | None) -> int:
+    """UTF-8 bytes of the targets of ``windows`` (all but each window's first token), from the
+    tokenizer's byte length per token id (None: one byte per token, the byte tokenizer)."""
+    targets = windows[:, 1:]
+    return targets.size if token_bytes is None else int(token_bytes[targets].sum())
+
+
 class LocalEngine:
     """Forward, backward and AdamW in the calling process."""
 
-    def __init__(self, model: GPT, adamw: AdamWConfig, batch_source: BatchSource) -> None:
+    def __init__(
+        self,
+        model: GPT,
+        adamw: AdamWConfig,
+        batch_source: BatchSource,
+        token_bytes: np.ndarray | None = None,
+    ) -> None:
         self.model = model
         self.batch_source = batch_source
+        self.token_bytes = token_bytes
         self.optimizer = AdamW(adamw, model.table.decay_mask(), update_plan(model.table.specs, adamw))
         self._params = np.zeros(model.num_params, dtype=np.float32)
         self._grad = np.zeros_like(self._params)
+        self._ema = np.zeros_like(self._params) if adamw.ema_decay > 0 else None
 
-    def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+    def load_state(
+        self, params: np.ndarray, m: np.ndarray, v: np.ndarray, ema: np.ndarray | None = None
+    ) -> None:
+        """The weights, the moments and (with an EMA) its average; None starts it at ``params``."""
         self._params[...] = params
         self.optimizer.m[...] = m
         self.optimizer.v[...] = v
+        if self._ema is not None:
+            self._ema[...] = params if ema is None else ema
 
     def params(self) -> np.ndarray:
         return self._params
+
+    def ema(self) -> np.ndarray | None:
+        return self._ema
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         return self.optimizer.m, self.optimizer.v
 
     def step(self, step: int, lr: float) -> StepOutcome:
-        loss_sum, tokens = self.model.loss_and_grad(self._params, self.batch_source(step), self._grad)
+        windows = self.batch_source(step)
+        loss_sum, tokens = self.model.loss_and_grad(self._params, windows, self._grad)
+        nbytes = batch_bytes(windows, self.token_bytes)
         norm = global_norm(self._grad)
         if not (math.isfinite(norm) and math.isfinite(loss_sum)):
-            return StepOutcome(loss_sum, tokens, norm, False)
+            return StepOutcome(loss_sum, tokens, norm, False, nbytes)
         coef = clip_coefficient(norm, self.optimizer.cfg.grad_clip)
         self.optimizer.update(self._params, self._grad, step, lr, coef)
-        return StepOutcome(loss_sum, tokens, norm, True)
+        if self._ema is not None:  # the gradient is spent: its buffer is the scratch
+            ema_step(
+                self._ema, self._params, decay_at(step, self.optimizer.cfg.ema_decay), self._ema, self._grad
+            )
+        return StepOutcome(loss_sum, tokens, norm, True, nbytes)
 
     def stats(self) -> dict[str, Any]:
         return {"workers": [], "ring": {"slots": 0, "ready": 0}}
@@ -162,16 +197,35 @@ def _shares(total: int, parts: int, align: int = 1) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
 
+def _filler(source: BatchSource | None) -> Callable[[int, np.ndarray], dict[str, Any]]:
+    """A ring filler that copies the batches of ``source`` into the slot."""
+    if source is None:
+        raise ValueError("a process engine needs a batch source or a ring")
+
+    def fill(step: int, out: np.ndarray) -> dict[str, Any]:
+        out[...] = source(step)
+        return {}
+
+    return fill
+
+
 def segment_specs(
-    num_params: int, workers: int, batch_size: int, seq_len: int, vocab_size: int, ring_slots: int
+    num_params: int,
+    workers: int,
+    batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    ring_slots: int,
+    ema: bool = False,
 ) -> dict[str, Spec]:
-    """The arrays of the engine's three segments (``state``, ``grads``, ``ring``)."""
-    token_dtype = np.uint16 if vocab_size <= 65536 else np.uint32
+    """The arrays of the engine's three segments (``state``, ``grads``, ``ring``); ``ema`` adds
+    the double-buffered moving average of the weights, which is then what readers serve."""
     return {
         "state": {
             "params": ((2, num_params), np.float32),
             "adam_m": ((2, num_params), np.float32),
             "adam_v": ((2, num_params), np.float32),
+            **({"ema": ((2, num_params), np.float32)} if ema else {}),
             "gsum": ((num_params,), np.float32),
             # [sequence, src, version]: a reader outside the step (the generation process) copies
             # params[src] and keeps the copy only if the sequence did not move meanwhile (odd:
@@ -179,7 +233,7 @@ def segment_specs(
             "published": ((3,), np.int64),
         },
         "grads": {"rows": ((workers, padded(num_params, np.float32)), np.float32)},
-        "ring": {"slots": ((ring_slots, batch_size, seq_len + 1), token_dtype)},
+        "ring": ring_spec(ring_slots, batch_size, seq_len, vocab_size),
     }
 
 
@@ -190,17 +244,22 @@ class ProcessEngine:
         self,
         model: GPT,
         adamw: AdamWConfig,
-        batch_source: BatchSource,
+        batch_source: BatchSource | None,
         batch_size: int,
         settings: EngineSettings,
         should_stop: Callable[[], bool] = lambda: False,
+        token_bytes: np.ndarray | None = None,
+        ring: Ring | None = None,
     ) -> None:
+        """``ring``: a ring lent by its owner (the daemon's supervisor); without one the engine
+        creates its own, filled from ``batch_source``."""
         if settings.workers < 1:
             raise ValueError(f"workers must be at least 1, got {settings.workers}")
         self.model = model
         self.adamw = adamw
         self.settings = settings
         self.should_stop = should_stop
+        self.token_bytes = token_bytes
         self.batch_size = batch_size
         cfg = model.config
         size = model.num_params
@@ -226,9 +285,13 @@ class ProcessEngine:
                 len(leftovers),
                 ", ".join(leftovers),
             )
-        specs = segment_specs(size, w, batch_size, cfg.seq_len, cfg.vocab_size, settings.ring_slots)
+        specs = segment_specs(
+            size, w, batch_size, cfg.seq_len, cfg.vocab_size, settings.ring_slots, ema=adamw.ema_decay > 0
+        )
         # before anything is mapped: a tmpfs too small for these is a clear error naming /dev/shm
         # and the size, not a SIGBUS on the first untouched page (Segment.create reserves too)
+        if ring is not None:  # lent, and mapped already
+            del specs["ring"]
         check_space({segment_name(settings.instance, what): layout(spec)[1] for what, spec in specs.items()})
         self._blocks: list[ArrayBlock] = []
         self._run_dir = Path(tempfile.mkdtemp(prefix="crystalline-"))
@@ -237,8 +300,11 @@ class ProcessEngine:
         try:
             self.state = self._block("state", specs["state"])
             self.grads = self._block("grads", specs["grads"])
-            self.ring = self._block("ring", specs["ring"])
-            self.batcher = RingBatcher(self.ring.arrays["slots"], batch_source)
+            self._owns_ring = ring is None
+            if ring is None:
+                name = segment_name(settings.instance, "ring")
+                ring = BatchRing(name, specs["ring"], _filler(batch_source))
+            self.ring: Ring = ring
             self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished worker raises
             self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker takes over its identity
@@ -279,7 +345,7 @@ class ProcessEngine:
         cmd = [sys.executable, "-m", "crystalline.workers.worker", json.dumps(self._spec(h))]
         h.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         h.ready = False
-        h.state = RESTARTING
+        h.state = transition(WORKER, h.state, RESTARTING)
         h.started = time.monotonic()
 
     def _kill(self, h: WorkerHandle) -> None:
@@ -289,7 +355,7 @@ class ProcessEngine:
                 h.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 log.error("worker %d (pid %d) did not die after SIGKILL", h.index, h.proc.pid)
-        h.state = DEAD
+        h.state = transition(WORKER, h.state, DEAD)
         h.ready = False
 
     def _restart(self, h: WorkerHandle, reason: str) -> None:
@@ -353,7 +419,7 @@ class ProcessEngine:
             if msg["type"] == P.HELLO:
                 if msg.get("incarnation") == h.incarnation:
                     h.ready = True
-                    h.state = IDLE
+                    h.state = transition(WORKER, h.state, IDLE)
                     log.debug("worker %d hello (pid %s)", w, msg.get("pid"))
                     out.append((w, msg))
             elif kind is not None and msg.get("seq") == waiting.get(w):
@@ -378,7 +444,7 @@ class ProcessEngine:
             if h.ready:
                 waiting[w] = self._send(h, kind, fields)
                 deadline[w] = started + limit
-                h.state = PHASE_STATE[kind]
+                h.state = transition(WORKER, h.state, PHASE_STATE[kind])
         while len(replies) < len(requests):
             if self.should_stop():
                 raise EngineStopped
@@ -388,11 +454,11 @@ class ProcessEngine:
                     if w in requests and w not in replies:  # a fresh incarnation: hand it the work
                         waiting[w] = self._send(h, kind, requests[w])
                         deadline[w] = time.monotonic() + limit
-                        h.state = PHASE_STATE[kind]
+                        h.state = transition(WORKER, h.state, PHASE_STATE[kind])
                 elif msg["type"] == reply_type:
                     replies[w] = msg
                     waiting.pop(w, None)
-                    h.state = IDLE
+                    h.state = transition(WORKER, h.state, IDLE)
                 else:  # ERROR or a reply of the wrong kind: this incarnation is not sane
                     self._restart(h, f"answered {kind} with {msg['type']} {msg.get('reason', '')}".strip())
             now = time.monotonic()
@@ -412,12 +478,16 @@ class ProcessEngine:
         return replies
 
     # ---- the step contract --------------------------------------------------------------------
-    def load_state(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+    def load_state(
+        self, params: np.ndarray, m: np.ndarray, v: np.ndarray, ema: np.ndarray | None = None
+    ) -> None:
         s = self.state.arrays
         s["published"][0] += 1  # odd: params[src] is being written
         s["params"][self.src] = params
         s["adam_m"][self.src] = m
         s["adam_v"][self.src] = v
+        if "ema" in s:  # None: the average starts at the weights
+            s["ema"][self.src] = params if ema is None else ema
         self._announce()
 
     def _announce(self) -> None:
@@ -435,12 +505,17 @@ class ProcessEngine:
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         return self.state.arrays["adam_m"][self.src].copy(), self.state.arrays["adam_v"][self.src].copy()
 
+    def ema(self) -> np.ndarray | None:
+        """A copy of the published moving average of the weights (None without one)."""
+        s = self.state.arrays
+        return s["ema"][self.src].copy() if "ema" in s else None
+
     def step(self, step: int, lr: float) -> StepOutcome:
-        slot = self.batcher.take(step, self.settings.batch_timeout_s)
+        slot = self.ring.take(step, self.settings.batch_timeout_s).slot
         try:
             return self._step(step, lr, slot)
         finally:
-            self.batcher.release(slot)
+            self.ring.release(slot)
 
     def _step(self, step: int, lr: float, slot: int) -> StepOutcome:
         t0 = time.monotonic()
@@ -461,8 +536,9 @@ class ProcessEngine:
             h.wait_s = max(0.0, slowest - r["compute_s"])
         loss_sum = math.fsum(r["loss_sum"] for r in done.values())
         tokens = sum(r["tokens"] for r in done.values())
+        nbytes = batch_bytes(self.ring.slots[slot], self.token_bytes)
         if not all(r["finite"] for r in done.values()):
-            return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss")
+            return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss", nbytes)
         update = {"src": src, "dst": dst, "lr": lr, "t": step}
         if self.settings.reduce_in_control:
             norm = self._reduce_here()
@@ -481,7 +557,7 @@ class ProcessEngine:
             norm = math.sqrt(math.fsum(r["sq"] for r in reduced.values()))
             speculated = True
         if not math.isfinite(norm):
-            return self._skip(step, loss_sum, tokens, norm, "non-finite gradient")
+            return self._skip(step, loss_sum, tokens, norm, "non-finite gradient", nbytes)
         coef = clip_coefficient(norm, self.adamw.grad_clip)
         t_reduce = time.monotonic()
         if speculated and coef == 1.0:
@@ -511,7 +587,7 @@ class ProcessEngine:
             "update_s": t_end - t_reduce,
             "slowest_worker_compute_s": slowest,
         }
-        return StepOutcome(loss_sum, tokens, norm, True)
+        return StepOutcome(loss_sum, tokens, norm, True, nbytes)
 
     def _reduce_here(self) -> float:
         """The reduction on control's one core instead of every worker's (for comparison)."""
@@ -522,10 +598,12 @@ class ProcessEngine:
             gsum += rows[r]
         return global_norm(gsum)
 
-    def _skip(self, step: int, loss_sum: float, tokens: int, norm: float, why: str) -> StepOutcome:
+    def _skip(
+        self, step: int, loss_sum: float, tokens: int, norm: float, why: str, nbytes: int
+    ) -> StepOutcome:
         self.skipped_steps += 1
         log.warning("step %d: %s, update skipped", step, why)
-        return StepOutcome(loss_sum, tokens, norm, False)
+        return StepOutcome(loss_sum, tokens, norm, False, nbytes)
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -534,7 +612,7 @@ class ProcessEngine:
             "skipped_steps": self.skipped_steps,
             "speculative_updates": self.speculation_hits,
             "last_step": self.last_step,
-            "ring": {"slots": self.settings.ring_slots, "ready": self.batcher.ready()},
+            "ring": {"slots": self.settings.ring_slots, "ready": self.ring.ready()},
             "workers": [
                 {
                     "id": h.index,
@@ -556,8 +634,8 @@ class ProcessEngine:
         if self._closed:
             return
         self._closed = True
-        if hasattr(self, "batcher"):
-            self.batcher.close()
+        if hasattr(self, "ring") and self._owns_ring:  # a lent ring goes back to its owner whole
+            self.ring.close()
         for h in self.workers:
             if h.proc is not None and h.proc.poll() is None and h.ready:
                 self._send(h, P.STOP, {})
@@ -570,7 +648,7 @@ class ProcessEngine:
             except subprocess.TimeoutExpired:
                 h.proc.send_signal(signal.SIGKILL)
                 h.proc.wait(timeout=10)
-            h.state = DEAD
+            h.state = transition(WORKER, h.state, DEAD)
         self._sock.close(0)
         self._ctx.term()
         for block in self._blocks:

@@ -22,13 +22,16 @@ from typing import Any, Protocol, TextIO
 
 import numpy as np
 
+from crystalline.tokens.tokenizer import Tokenizer, load_tokenizer, tokenizer_from_json
+from crystalline.tokens.windows import FileWindows, NotEnoughTokens
+
+from .batch_ring import Ring
+from .bits_per_byte import beside, bits_per_byte, token_byte_lengths
 from .checkpoint import Checkpoint, CheckpointError, load_latest, save_checkpoint, set_aside
-from .dataset import TokenSplit, batch_for_step, eval_windows, load_split
-from .engine import EngineSettings, EngineStopped, LocalEngine, ProcessEngine, StepEngine
+from .engine import EngineSettings, EngineStopped, LocalEngine, ProcessEngine, StepEngine, batch_bytes
 from .model import GPT, init_params
 from .optimizer import learning_rate
 from .params import ModelConfig
-from .tokenizer import Tokenizer, load_tokenizer, tokenizer_from_json
 from .train_config import TrainConfig, flag
 
 log = logging.getLogger(__name__)
@@ -61,36 +64,15 @@ class TrainingData(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-class FileData:
-    """Text files tokenized once: the split of dataset.load_split, batches by (seed, step)."""
-
-    def __init__(self, paths: Sequence[Path], tokenizer: Tokenizer, config: TrainConfig) -> None:
-        self.config = config
-        self.split: TokenSplit = load_split(paths, tokenizer, config.val_fraction)
-        if len(self.split.train) < config.seq_len + 1:
-            raise TrainingError(
-                f"only {len(self.split.train)} training tokens; seq-len {config.seq_len} needs at least "
-                f"{config.seq_len + 1} (give more text or a smaller --seq-len)"
-            )
-        self._val = eval_windows(self.split.val, config.seq_len, config.eval_windows)
-        digest = hashlib.sha256(self.split.train.tobytes())
-        digest.update(self.split.val.tobytes())
-        self._sha = digest.hexdigest()
-
-    def batch(self, step: int) -> np.ndarray:
-        cfg = self.config
-        return batch_for_step(self.split.train, cfg.seed, step, cfg.batch_size, cfg.seq_len)
-
-    def val_windows(self) -> np.ndarray:
-        return self._val
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "files",
-            "train_tokens": len(self.split.train),
-            "val_tokens": len(self.split.val),
-            "sha256": self._sha,
-        }
+def file_windows(paths: Sequence[Path], tokenizer: Tokenizer, config: TrainConfig) -> FileWindows:
+    """`crystalline train`'s data: the files' windows, cut by ``tokens.windows`` as the daemon's are."""
+    try:
+        return FileWindows(
+            paths, tokenizer, batch_size=config.batch_size, seq_len=config.seq_len, seed=config.seed,
+            val_fraction=config.val_fraction, eval_limit=config.eval_windows,
+        )  # fmt: skip
+    except NotEnoughTokens as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def engine_instance(checkpoint_dir: Path) -> str:
@@ -106,9 +88,14 @@ class TrainState:
     step: int  # completed optimizer steps
     tokens: int  # training tokens consumed
     skipped_steps: int = 0
-    last_val_loss: float = math.nan
-    # batch losses since the last eval, checkpointed so a resumed run reports the same train_loss
+    last_val_loss: float = math.nan  # of the served weights (the EMA when the run keeps one)
+    last_val_bpb: float = math.nan
+    last_val_loss_raw: float = math.nan  # of the raw weights, when the EMA is what serves
+    last_val_bpb_raw: float = math.nan
+    # batch losses (and their bits per byte) since the last eval, checkpointed so a resumed run
+    # reports the same train_loss
     pending_losses: list[float] = field(default_factory=list)
+    pending_bpb: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +104,8 @@ class TrainResult:
     tokens: int
     val_loss: float
     train_loss: float
+    val_bpb: float
+    train_bpb: float
     reached_target: bool
     checkpoint: Path | None
 
@@ -163,8 +152,12 @@ class Trainer:
         checkpoint_dir: Path,
         config: TrainConfig,
         resume: bool = False,
+        ring: Ring | None = None,
     ) -> None:
+        """``ring``: the batch ring lent by the daemon's supervisor (filled there, from the
+        store); without it the process engine fills its own from ``data``."""
         config.validate()
+        self.ring = ring
         self.checkpoint_dir = checkpoint_dir
         self.config = config
         self.stop_requested = False
@@ -192,9 +185,10 @@ class Trainer:
                 )
             _check_same_run(existing.state["config"], config)
         self.tokenizer: Tokenizer = tokenizer
+        self.token_bytes = token_byte_lengths(tokenizer)
         self.model_config: ModelConfig = config.model_config(tokenizer.vocab_size)
         self.model = GPT(self.model_config)
-        self.data: TrainingData = data(tokenizer) if callable(data) else FileData(data, tokenizer, config)
+        self.data: TrainingData = data(tokenizer) if callable(data) else file_windows(data, tokenizer, config)
         self.adamw = config.adamw_config()
 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +214,7 @@ class Trainer:
     def _make_engine(self) -> StepEngine:
         cfg = self.config
         if cfg.workers == 1:
-            return LocalEngine(self.model, self.adamw, self.data.batch)
+            return LocalEngine(self.model, self.adamw, self.data.batch, self.token_bytes)
         settings = EngineSettings(workers=cfg.workers, instance=engine_instance(self.checkpoint_dir))
         return ProcessEngine(
             self.model,
@@ -229,6 +223,8 @@ class Trainer:
             cfg.batch_size,
             settings,
             should_stop=lambda: self.stop_requested,
+            token_bytes=self.token_bytes,
+            ring=self.ring,
         )
 
     def _restore(self, ckpt: Checkpoint) -> TrainState:
@@ -237,15 +233,27 @@ class Trainer:
             arr = ckpt.arrays.get(name)
             if arr is None or arr.shape != (size,) or arr.dtype != np.float32:
                 raise TrainingError(f"{ckpt.path}: {name} does not match the model ({size} float32)")
-        self.engine.load_state(ckpt.arrays["params"], ckpt.arrays["adam_m"], ckpt.arrays["adam_v"])
+        ema = ckpt.arrays.get("ema")
+        if ema is not None and (ema.shape != (size,) or ema.dtype != np.float32):
+            raise TrainingError(f"{ckpt.path}: ema does not match the model ({size} float32)")
+        if ema is None and self.adamw.ema_decay > 0:
+            log.info("%s holds no moving average of the weights: it starts from its weights", ckpt.path)
+        self.engine.load_state(ckpt.arrays["params"], ckpt.arrays["adam_m"], ckpt.arrays["adam_v"], ema)
         saved, now = ckpt.state.get("data", {}), self.data.describe()
         if saved.get("kind") == now.get("kind") == "files" and saved.get("sha256") != now.get("sha256"):
             log.warning("training data differs from the data the checkpoint was trained on")
         s = ckpt.state
-        pending = [math.nan if x is None else float(x) for x in s.get("pending_losses", [])]
+
+        def numbers(key: str) -> list[float]:
+            return [math.nan if x is None else float(x) for x in s.get(key, [])]
+
+        def number(key: str) -> float:
+            return math.nan if s.get(key) is None else float(s[key])
+
         return TrainState(
-            s["step"], s["tokens"], s.get("skipped_steps", 0), s.get("val_loss") or math.nan, pending
-        )
+            s["step"], s["tokens"], s.get("skipped_steps", 0), number("val_loss"), number("val_bpb"),
+            number("val_loss_raw"), number("val_bpb_raw"), numbers("pending_losses"), numbers("pending_bpb"),
+        )  # fmt: skip
 
     def close(self) -> None:
         """Stop the engine's processes and release the checkpoint dir (idempotent)."""
@@ -265,8 +273,11 @@ class Trainer:
         st.step += 1
         if not outcome.applied:
             st.skipped_steps += 1
+            st.pending_bpb.append(math.nan)
             return math.nan
-        return outcome.loss_sum / outcome.tokens
+        loss = outcome.loss_sum / outcome.tokens
+        st.pending_bpb.append(bits_per_byte(loss, outcome.tokens, outcome.bytes))
+        return loss
 
     # ---- checkpoints ------------------------------------------------------------------------
     def checkpoint(self) -> Path:
@@ -276,7 +287,11 @@ class Trainer:
             "tokens": st.tokens,
             "skipped_steps": st.skipped_steps,
             "val_loss": _finite_or_none(st.last_val_loss),
+            "val_bpb": _finite_or_none(st.last_val_bpb),
+            "val_loss_raw": _finite_or_none(st.last_val_loss_raw),
+            "val_bpb_raw": _finite_or_none(st.last_val_bpb_raw),
             "pending_losses": [_finite_or_none(x) for x in st.pending_losses],
+            "pending_bpb": [_finite_or_none(x) for x in st.pending_bpb],
             # batches are a function of (seed, step): this is the whole RNG state
             "rng": {"batch_seed": self.config.seed, "next_step": st.step, "generator": "PCG64([seed, step])"},
             "model": vars(self.model_config),
@@ -286,6 +301,9 @@ class Trainer:
         }
         m, v = self.engine.moments()
         arrays = {"params": self.engine.params(), "adam_m": m, "adam_v": v}
+        ema = self.engine.ema()
+        if ema is not None:
+            arrays["ema"] = ema
         ckpt = Checkpoint(st.step, arrays, state, self.tokenizer.to_json())
         return save_checkpoint(self.checkpoint_dir, ckpt, keep=self.config.keep_checkpoints)
 
@@ -307,16 +325,28 @@ class Trainer:
     def _evaluate(self) -> dict[str, Any]:
         """Validation loss now, and the eval record (which consumes the pending batch losses)."""
         st = self.state
-        st.last_val_loss = evaluate(self.model, self.engine.params(), self.data.val_windows())
+        windows = self.data.val_windows()
+        tokens, nbytes = windows[:, 1:].size, batch_bytes(windows, self.token_bytes)
+        ema = self.engine.ema()
+        st.last_val_loss = evaluate(self.model, self.engine.params() if ema is None else ema, windows)
+        st.last_val_bpb = bits_per_byte(st.last_val_loss, tokens, nbytes)
+        raw: dict[str, Any] = {}
+        if ema is not None:
+            st.last_val_loss_raw = evaluate(self.model, self.engine.params(), windows)
+            st.last_val_bpb_raw = bits_per_byte(st.last_val_loss_raw, tokens, nbytes)
+            raw = beside("val_loss_raw", st.last_val_loss_raw, st.last_val_bpb_raw)
         finite = [x for x in st.pending_losses if math.isfinite(x)]
-        st.pending_losses = []
+        finite_bpb = [x for x in st.pending_bpb if math.isfinite(x)]
+        st.pending_losses, st.pending_bpb = [], []
+        train_loss = sum(finite) / len(finite) if finite else math.nan
         return {
             "event": "eval",
             "step": st.step,
             "tokens": st.tokens,
             "elapsed_s": round(time.monotonic() - PROCESS_START, 3),
-            "train_loss": sum(finite) / len(finite) if finite else None,
-            "val_loss": _finite_or_none(st.last_val_loss),
+            **beside("train_loss", train_loss, sum(finite_bpb) / len(finite_bpb) if finite_bpb else math.nan),
+            **beside("val_loss", st.last_val_loss, st.last_val_bpb),
+            **raw,
             "lr": learning_rate(max(st.step - 1, 0), self.adamw),
         }
 
@@ -338,7 +368,7 @@ class Trainer:
                 "val_windows": len(self.data.val_windows()),
             }
         )
-        last_train_loss = math.nan
+        last_train_loss = last_train_bpb = math.nan
         last_ckpt: Path | None = None
         if st.step == 0:
             metrics.write(self._evaluate())
@@ -360,12 +390,14 @@ class Trainer:
                 metrics.write(record)
                 if record["train_loss"] is not None:
                     last_train_loss = record["train_loss"]
+                    last_train_bpb = record["train_bpb"] if record["train_bpb"] is not None else math.nan
                 reached = self._reached()
             if progress is not None and (time.monotonic() - last_print > 0.5 or at_eval):
                 last_print = time.monotonic()
                 rate = (st.tokens - tokens_rate) / max(last_print - t_rate, 1e-9)
                 progress.write(
-                    f"\rstep {st.step}/{cfg.max_steps}  val {st.last_val_loss:.4f}  {rate:,.0f} tok/s "
+                    f"\rstep {st.step}/{cfg.max_steps}  val {st.last_val_loss:.4f} "
+                    f"({st.last_val_bpb:.3f} bpb)  {rate:,.0f} tok/s "
                 )
                 progress.flush()
             if st.step % cfg.checkpoint_interval == 0:
@@ -379,7 +411,16 @@ class Trainer:
             progress.write("\n")
         if last_ckpt is None or last_ckpt.name != f"step-{st.step:08d}":
             last_ckpt = self.checkpoint()
-        return TrainResult(st.step, st.tokens, st.last_val_loss, last_train_loss, reached, last_ckpt)
+        return TrainResult(
+            st.step,
+            st.tokens,
+            st.last_val_loss,
+            last_train_loss,
+            st.last_val_bpb,
+            last_train_bpb,
+            reached,
+            last_ckpt,
+        )
 
 
 def _lock_dir(directory: Path) -> TextIO:

@@ -19,7 +19,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from crystalline.crawler.crawl import Crawler, CrawlSummary
 from crystalline.crawler.frontier import Frontier
 from crystalline.crawler.settings import CrawlSettings
-from crystalline.ingest.document import Document
+from crystalline.documents import Document
 
 
 class MemorySink:

@@ -16,7 +16,7 @@ from _loopback import html, serve
 from aiohttp import web
 
 from crystalline.crawler import command
-from crystalline.ingest.document import Document, Spool
+from crystalline.documents import Document, Spool
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,11 +18,11 @@ from crystalline.crawler.frontier import Frontier
 from crystalline.crawler.settings import CrawlSettings, parse_host_revisit
 from crystalline.daemon import cli, config
 from crystalline.daemon.supervisor import Supervisor
-from crystalline.ingest.document import Spool
+from crystalline.documents import Spool
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Record, Registry
 from crystalline.ingest.settings import IngestSettings
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.tokenizer import load_tokenizer
 
 
 class Site:

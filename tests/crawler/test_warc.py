@@ -19,7 +19,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from crystalline.crawler.fetcher import FetchResult
 from crystalline.crawler.warc import OPEN_SUFFIX, WarcWriter, records
-from crystalline.ingest.document import Document
+from crystalline.documents import Document
 
 
 def read_warcs(directory: Path) -> list[tuple[str, str, bytes, dict[str, str]]]:

@@ -19,11 +19,11 @@ import pytest
 
 from crystalline import exit_status
 from crystalline.daemon import cli
+from crystalline.tokens.tokenizer import load_tokenizer
 from crystalline.workers.checkpoint import load_checkpoint, load_latest
 from crystalline.workers.model import GPT
 from crystalline.workers.params import ModelConfig
 from crystalline.workers.sampling import sample
-from crystalline.workers.tokenizer import load_tokenizer
 from crystalline.workers.train_config import FIELD_TYPES, TrainConfig, flag
 from crystalline.workers.trainer import Trainer
 

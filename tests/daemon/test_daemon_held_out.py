@@ -15,7 +15,7 @@ import pytest
 from _daemon_process import SMALL_MODEL, NotifyListener
 
 from crystalline.daemon.status_server import request
-from crystalline.workers.dataset import held_out
+from crystalline.tokens.held_out import held_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

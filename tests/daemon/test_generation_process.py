@@ -24,10 +24,10 @@ from crystalline.daemon.generation_service import CpuWindow, GenerationService
 from crystalline.daemon.status_server import CommandError
 from crystalline.shm.blocks import ArrayBlock
 from crystalline.shm.segments import segment_name
+from crystalline.tokens.tokenizer import load_tokenizer
 from crystalline.workers.engine import segment_specs
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.sampling import sample
-from crystalline.workers.tokenizer import load_tokenizer
 from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import engine_instance
 
@@ -221,3 +221,42 @@ def test_cpu_window_keeps_a_replaced_process_and_forgets_past_the_window(
     window.sample(2, 90.0)  # nothing since: the busy minute has left the window
     window.sample(2, 100.0)
     assert window.share() == pytest.approx(0.0)
+
+
+@pytest.mark.timeout(120)
+def test_generation_serves_the_moving_average_of_a_real_engine(tmp_path: Path) -> None:
+    """A run that keeps an EMA of its weights (2 worker processes, a few steps): the generation
+    process copies the published average, not the raw weights, and samples from it."""
+    from crystalline.tokens.windows import batch_for_step
+    from crystalline.workers.engine import EngineSettings, ProcessEngine
+
+    model, params = _model()
+    state_dir = tmp_path / f"s-{uuid.uuid4().hex[:8]}"
+    tokens = np.random.default_rng(2).integers(0, 256, 10_000).astype(np.uint16)
+    adamw = dataclasses.replace(CONFIG, ema_decay=0.9, schedule="stable").adamw_config()
+    engine = ProcessEngine(
+        model,
+        adamw,
+        lambda step: batch_for_step(tokens, 0, step, 4, CONFIG.seq_len),
+        4,
+        EngineSettings(workers=2, instance=engine_instance(state_dir / "checkpoints")),
+    )
+    try:
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        for step in range(4):
+            engine.step(step, 1e-2)
+        ema = engine.ema()
+        assert ema is not None and not np.array_equal(ema, engine.params())
+        generator = gp.Generator(CONFIG, state_dir)
+        out = np.empty_like(params)
+        assert generator.published.copy(out) == 4
+        np.testing.assert_array_equal(out, ema)
+        replies = io.StringIO()
+        request = {"id": 1, "prompt": "the", "n": 8, "temperature": 0}
+        gp.serve(generator, io.StringIO(json.dumps(request) + "\n"), replies)
+        text = "".join(json.loads(x).get("text", "") for x in replies.getvalue().splitlines())
+        tokenizer = load_tokenizer("bytes")
+        assert text == tokenizer.decode(sample(model, ema, tokenizer.encode("the"), 8, temperature=0))
+        generator.published.close()
+    finally:
+        engine.close()

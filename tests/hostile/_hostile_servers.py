@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from crystalline.ingest.document import Document
+from crystalline.documents import Document
 
 
 class MemorySink:

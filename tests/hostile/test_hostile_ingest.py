@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from _hostile_corpus import drop_corpus, many_page_pdf
 
-from crystalline.ingest.document import Document
+from crystalline.documents import Document
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.extract import ExtractLimits, extract_document
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.settings import IngestSettings
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.tokenizer import load_tokenizer
 
 SETTINGS = IngestSettings(processes=1, time_limit_s=60.0, min_chars=50, min_words=5, drop_settle_s=0.0,
                           batch_documents=8, limits=ExtractLimits(max_bytes=32 * 1024 * 1024))  # fmt: skip

@@ -15,16 +15,18 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
 
+from crystalline.daemon.component_runner import Backoff, ComponentRunner
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import SCHEMA_VERSION, Registry
 from crystalline.ingest.settings import IngestSettings
-from crystalline.ingest.token_store import StoreReader
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.token_store import StoreReader
+from crystalline.tokens.tokenizer import load_tokenizer
 
 SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0, drop_settle_s=0.0)
 BAD_NAME = os.fsdecode(b"bad-\xff\xfe-name.txt")  # not UTF-8: the name SQLite refused
@@ -199,9 +201,15 @@ def test_a_failing_batch_is_retried_without_leaking_watches_or_threads(tmp_path:
                 (drop.root / f"doc-{i}.txt").write_text(text(i), encoding="utf-8")
             tokens.rename(tmp_path / "tokens-aside")
             tokens.write_text("a file where the store's directory should be")  # every batch fails
-            task = asyncio.create_task(ing.run(stop, idle_s=0.05, max_backoff_s=0.1))
+
+            # retried as the daemon retries it: the component runner calls run again after a backoff
+            def once() -> Awaitable[None]:
+                return ing.run(stop, idle_s=0.05, on_progress=runner.progress)
+
+            runner = ComponentRunner("ingest", once, Backoff(0.05, 0.1), stop)
+            task = asyncio.create_task(runner.run())
             deadline = time.monotonic() + 60
-            while ing.error is None:
+            while runner.error is None:
                 assert time.monotonic() < deadline, "the failing batch was not reported"
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # several retries
@@ -213,7 +221,8 @@ def test_a_failing_batch_is_retried_without_leaking_watches_or_threads(tmp_path:
                 await asyncio.sleep(0.05)
             stop.set()
             await asyncio.wait_for(task, 30)
-            task = asyncio.create_task(ing.run(stop))  # a second run (the supervisor's retry)
+            assert runner.restarts >= 2 and runner.error is None and runner.state == "stopped"
+            task = asyncio.create_task(ing.run(stop))  # a second run on the same watch
             await asyncio.wait_for(task, 30)
             assert inotify_instances() == before[0] + 1
             return {"during": during, **ing.stats()}
@@ -236,7 +245,7 @@ def test_sigkill_after_the_registry_before_the_move_counts_the_file_once(tmp_pat
         from crystalline.ingest.drop_folder import DropFolder
         from crystalline.ingest.ingestor import Ingestor
         from crystalline.ingest.settings import IngestSettings
-        from crystalline.workers.tokenizer import load_tokenizer
+        from crystalline.tokens.tokenizer import load_tokenizer
         DropFolder.finish = lambda self, item, reason: os.kill(os.getpid(), signal.SIGKILL)
         settings = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
         drop = DropFolder(Path({str(inbox)!r}), settle_s=0.0)
@@ -264,7 +273,7 @@ BIG_RUN = textwrap.dedent("""
     from crystalline.ingest.ingestor import Ingestor
     from crystalline.ingest.quality_rules import FilterRules
     from crystalline.ingest.settings import IngestSettings
-    from crystalline.workers.tokenizer import load_tokenizer
+    from crystalline.tokens.tokenizer import load_tokenizer
 
     def main():
         root = Path(sys.argv[1])

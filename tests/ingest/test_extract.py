@@ -9,8 +9,8 @@ import zlib
 import _ingest_samples as samples
 import pytest
 
+from crystalline.documents import Document
 from crystalline.ingest.charset import decode_bytes
-from crystalline.ingest.document import Document
 from crystalline.ingest.extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from crystalline.ingest.html_text import extract_html
 

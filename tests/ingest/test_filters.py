@@ -156,7 +156,7 @@ def test_extract_json_shows_language_score_and_verdicts(tmp_path, capsys) -> Non
 def test_every_bundled_sample_passes_the_default_filters() -> None:
     from pathlib import Path
 
-    from crystalline.ingest.document import Document
+    from crystalline.documents import Document
     from crystalline.ingest.extract import ExtractLimits, extract_document
 
     folder = Path(__file__).resolve().parents[2] / "daemon" / "samples"

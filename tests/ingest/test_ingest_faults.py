@@ -13,12 +13,12 @@ from pathlib import Path
 import _ingest_samples as samples
 import pytest
 
-from crystalline.ingest.document import Document, Spool
+from crystalline.documents import Document, Spool
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.settings import IngestSettings
-from crystalline.ingest.token_store import StoreReader
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.token_store import StoreReader
+from crystalline.tokens.tokenizer import load_tokenizer
 
 SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
 HERE = Path(__file__).resolve().parent
@@ -47,11 +47,11 @@ def test_sigkill_between_shard_and_registry_loses_nothing_counts_nothing_twice(t
         import os, signal, sys
         sys.path.insert(0, {str(HERE)!r})
         from pathlib import Path
-        from crystalline.ingest.document import Spool
+        from crystalline.documents import Spool
         from crystalline.ingest.ingestor import Ingestor
         from crystalline.ingest.registry import Registry
         from crystalline.ingest.settings import IngestSettings
-        from crystalline.workers.tokenizer import load_tokenizer
+        from crystalline.tokens.tokenizer import load_tokenizer
         Registry.record = lambda self, records: os.kill(os.getpid(), signal.SIGKILL)
         settings = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0)
         ing = Ingestor(settings, Path({str(tmp_path / "data")!r}), load_tokenizer("bytes"),
@@ -152,7 +152,7 @@ def test_sigkill_inside_spool_put_leaves_an_orphan_the_next_start_sweeps(tmp_pat
         import sys
         sys.path.insert(0, {str(HERE)!r})
         from pathlib import Path
-        import crystalline.ingest.document as document
+        import crystalline.documents as document
         from test_ingest_faults import article
         spool = document.Spool(Path({str(spool_dir)!r}))
         spool.put(article(0))

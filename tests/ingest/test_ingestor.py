@@ -9,13 +9,13 @@ import _ingest_samples as samples
 import numpy as np
 import pytest
 
-from crystalline.ingest.document import Document, Spool
+from crystalline.documents import Document, Spool
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Registry
 from crystalline.ingest.settings import IngestSettings
-from crystalline.ingest.token_store import StoreReader
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.token_store import StoreReader
+from crystalline.tokens.tokenizer import load_tokenizer
 
 SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.3)
 
@@ -83,7 +83,7 @@ def test_crash_between_store_and_registry_loses_nothing_counts_nothing_twice(
 
 @pytest.mark.timeout(120)
 def test_validation_share_is_chosen_by_source_hash(tmp_path: Path) -> None:
-    from crystalline.workers.dataset import held_out
+    from crystalline.tokens.held_out import held_out
 
     spool = Spool(tmp_path / "spool")
     for i in range(6):

@@ -11,13 +11,13 @@ from pathlib import Path
 import _ingest_samples as samples
 import pytest
 
+from crystalline.documents import Document, Spool
 from crystalline.ingest import minhash
-from crystalline.ingest.document import Document, Spool
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.minhash import BANDS, bands_of, collision_probability, jaccard_estimate, signature
 from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry
 from crystalline.ingest.settings import IngestSettings
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.tokenizer import load_tokenizer
 
 
 def edit(text: str, share: float, seed: int) -> str:

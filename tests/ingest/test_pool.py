@@ -5,9 +5,9 @@ from __future__ import annotations
 import _ingest_samples as samples
 import pytest
 
-from crystalline.ingest.document import Document
+from crystalline.documents import Document
 from crystalline.ingest.pool import ExtractionPool, PoolConfig
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.tokenizer import load_tokenizer
 
 
 @pytest.mark.timeout(60)

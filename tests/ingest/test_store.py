@@ -10,7 +10,7 @@ import numpy as np
 from crystalline.ingest.dedup import hamming, simhash
 from crystalline.ingest.normalize import QualityRules, normalize_text, quality_problem
 from crystalline.ingest.registry import Record, Registry
-from crystalline.ingest.token_store import PendingDocument, StoreReader, TokenStore
+from crystalline.tokens.token_store import PendingDocument, StoreReader, TokenStore
 
 
 def pending(name: str, n: int, split: str = "train") -> PendingDocument:

@@ -17,12 +17,12 @@ from warcio.warcwriter import WARCWriter
 
 from crystalline.crawler.crawl import Crawler
 from crystalline.crawler.settings import CrawlSettings
-from crystalline.ingest.document import Spool
+from crystalline.documents import Spool
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Registry
 from crystalline.ingest.settings import IngestSettings
-from crystalline.workers.tokenizer import load_tokenizer
+from crystalline.tokens.tokenizer import load_tokenizer
 
 SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0, drop_settle_s=0.0)
 WORDS = ["harbour", "lantern", "meadow", "copper", "orchard", "thunder", "glacier", "velvet", "the", "of"]

@@ -20,8 +20,8 @@ import pytest
 from _mount_namespace import UNSHARE, require_mount_namespace
 from fault_harness import Daemon, accounted, children, cmdline, drop, short_tmp
 
-from crystalline.ingest.token_store import PendingDocument, TokenStore
 from crystalline.shm.segments import list_segments
+from crystalline.tokens.token_store import PendingDocument, TokenStore
 from crystalline.workers.trainer import engine_instance
 
 SHM_SIZE_KIB = 8192

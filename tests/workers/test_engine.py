@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from crystalline.shm.segments import list_segments
-from crystalline.workers.dataset import batch_for_step
+from crystalline.tokens.windows import batch_for_step
 from crystalline.workers.engine import (
     EngineSettings,
     EngineStopped,

@@ -23,7 +23,7 @@ import numpy as np
 
 from crystalline.durable import fsync_dir, write_atomic
 
-log = logging.getLogger("crystalline.ingest.token_store")
+log = logging.getLogger("crystalline.tokens.token_store")
 
 INDEX_VERSION = 1
 _NAME = re.compile(r"^shard-(\d{6,})\.(bin|json)$")

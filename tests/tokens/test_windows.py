@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystalline.workers.dataset import batch_for_step, eval_windows, held_out, load_split
-from crystalline.workers.tokenizer import ByteTokenizer
+from crystalline.tokens.held_out import held_out
+from crystalline.tokens.tokenizer import ByteTokenizer
+from crystalline.tokens.windows import batch_for_step, eval_windows, load_split
 
 
 def test_single_file_keeps_its_last_fraction_for_validation(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for crystalline.workers.tokenizer: byte and BPE round trips, serialisation, file handling."""
+"""Tests for crystalline.tokens.tokenizer: byte and BPE round trips, serialisation, file handling."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crystalline.workers.tokenizer import (
+from crystalline.tokens.tokenizer import (
     BpeTokenizer,
     ByteTokenizer,
     TokenizerError,
