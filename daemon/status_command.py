@@ -1,8 +1,8 @@
 """`crystalline status`: ask the running daemon what it is doing.
 
-Exit status: 0 healthy, 1 unreachable, 2 degraded (a worker dead or restarting, training
-stalled or slowed by ``generate`` taking a fifth of control's time, or the daemon reports an
-error state).
+Exit status: 0 healthy, 1 unreachable, 2 degraded or stuck. The verdict is the daemon's own
+(the ``health`` object of the reply, computed by ``daemon/health.py``, which also decides the
+watchdog's pings): this command prints it and never judges by itself.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from crystalline.exit_status import OK as HEALTHY
 
 from .status_client import request
 
-BAD_WORKER_STATES = ("dead", "restarting")
-
 
 def default_socket() -> Path:
     runtime = os.environ.get("RUNTIME_DIRECTORY")
@@ -32,31 +30,15 @@ def default_socket() -> Path:
     return Path("state/run/crystalline.sock").absolute()
 
 
-def health(data: dict[str, Any]) -> tuple[int, list[str]]:
-    """(exit status, reasons) for a status ``data`` object."""
-    reasons = []
-    training = data.get("training") or {}
-    for w in training.get("workers", []):
-        if w.get("state") in BAD_WORKER_STATES:
-            reasons.append(f"worker {w.get('id')} is {w.get('state')}")
-    if data.get("state") in ("error", "stalled", "failed"):
-        reasons.append(f"daemon state is {data.get('state')}: {data.get('last_error', '')}".rstrip(": "))
-    if training.get("stalled"):
-        reasons.append("training stalled: " + str(training["stalled"]))
-    if training.get("error"):  # training cannot start: /dev/shm or open files run out
-        reasons.append("training: " + str(training["error"]))
-    generation = data.get("generation") or {}
-    if generation.get("slowing_training"):
-        reasons.append("training slowed: " + str(generation["slowing_training"]))
-    if training.get("checkpoint_error"):
-        reasons.append(str(training["checkpoint_error"]))
-    ingest = data.get("ingest") or {}
-    if ingest.get("error"):
-        reasons.append("ingest: " + str(ingest["error"]))
-    crawler = data.get("crawler") or {}
-    if crawler.get("error"):
-        reasons.append("crawl: " + str(crawler["error"]))
-    return (DEGRADED if reasons else HEALTHY), reasons
+def verdict(data: dict[str, Any]) -> tuple[int, list[str]]:
+    """(exit status, reasons) from the daemon's ``health`` object in a status ``data``."""
+    health = data.get("health")
+    if not isinstance(health, dict) or not isinstance(health.get("reasons"), list):
+        return DEGRADED, ["the daemon's reply has no health verdict"]
+    reasons = [str(r) for r in health["reasons"]]
+    if health.get("verdict") == "stuck":
+        reasons.insert(0, "stuck: the watchdog is no longer fed")
+    return (HEALTHY if health.get("verdict") == "ok" else DEGRADED), reasons
 
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
@@ -102,6 +84,14 @@ def summary(data: dict[str, Any]) -> str:
         f"training     step {t.get('step', '-')}  tokens {t.get('tokens', '-')}  loss {_fmt(t.get('loss'))}  "
         f"val {_fmt(t.get('val_loss'))}  {_fmt(t.get('tokens_per_s'), ',.0f')} tok/s  "
         f"params v{t.get('params_version', '-')}  checkpoint @{t.get('last_checkpoint_step', '-')}",
+        # bits per byte and perplexity beside each loss: models with other tokenizers compare
+        f"per byte     loss {_fmt(t.get('bpb'))} bpb (perplexity {_fmt(t.get('perplexity'), '.2f')})  "
+        f"val {_fmt(t.get('val_bpb'))} bpb (perplexity {_fmt(t.get('val_perplexity'), '.2f')})"
+        + (
+            f"  raw weights' val {_fmt(t.get('val_loss_raw'))} ({_fmt(t.get('val_bpb_raw'))} bpb)"
+            if t.get("val_loss_raw") is not None
+            else ""
+        ),
     ]
     trend = t.get("loss_trend") or []
     if trend:
@@ -173,7 +163,7 @@ def _once(path: Path, args: argparse.Namespace) -> int:
         print(f"crystalline: status failed: {reply.get('error')}", file=sys.stderr)
         return UNREACHABLE
     data = reply.get("data") or {}
-    code, reasons = health(data)
+    code, reasons = verdict(data)
     if args.json:
         print(json.dumps(data, indent=None if not args.watch else 2))
     else:

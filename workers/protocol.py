@@ -58,14 +58,23 @@ def encode(kind: str, **fields: Any) -> bytes:
     return msgpack.packb({"v": PROTOCOL_VERSION, "type": kind, **fields}, use_bin_type=True)
 
 
-def decode(data: bytes) -> dict[str, Any]:
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message of {len(data)} bytes is too large")
+def unpack_map(data: bytes, max_bytes: int) -> dict[str, Any]:
+    """The msgpack map in ``data``, at most ``max_bytes`` long; ProtocolError (one line)
+    otherwise. Shared with the supervisor <-> control channel (daemon/control_protocol.py)."""
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes is over the {max_bytes}-byte cap")
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"not msgpack: {exc}") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError(f"not msgpack: {' '.join(str(exc).split())}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"not a map but {type(msg).__name__}")
+    return msg
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    msg = unpack_map(data, MAX_MESSAGE_BYTES)
+    if not isinstance(msg.get("type"), str):
         raise ProtocolError("message is not a map with a type")
     if msg.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}")

@@ -136,6 +136,8 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
         assert "[node 0]" in out.stdout and "ingest" in out.stdout
         out = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=30)
         assert json.loads(out.stdout)["training"]["step"] > 0
+        # the verdict the CLI exited 0 by and the watchdog was fed by is the reply's
+        assert json.loads(out.stdout)["health"] == {"verdict": "ok", "watchdog": True, "reasons": []}
 
         reply = request(
             run / "crystalline.sock", {"cmd": "generate", "prompt": "ROMEO:", "n": 20, "seed": 3}, 60

@@ -1,10 +1,12 @@
-"""`crystalline status`: the summary and the health verdict behind its exit code."""
+"""`crystalline status`: the summary, and the exit code from the daemon's own health verdict
+(the verdict itself: tests/daemon/test_health.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from crystalline.daemon.status_command import DEGRADED, HEALTHY, health, ring, summary
+from crystalline.daemon.health import judge
+from crystalline.daemon.status_command import DEGRADED, HEALTHY, ring, summary, verdict
 
 
 def data(**training: Any) -> dict[str, Any]:
@@ -31,17 +33,30 @@ def data(**training: Any) -> dict[str, Any]:
     }
 
 
+def judged(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "health": judge(d)}  # as the daemon sends it
+
+
 def test_healthy_daemon() -> None:
-    assert health(data()) == (HEALTHY, [])
+    assert verdict(judged(data())) == (HEALTHY, [])
 
 
 def test_a_restarting_worker_or_a_stall_is_degraded() -> None:
     d = data()
     d["training"]["workers"][3]["state"] = "restarting"
-    code, reasons = health(d)
+    code, reasons = verdict(judged(d))
     assert code == DEGRADED and reasons == ["worker 3 is restarting"]
-    code, reasons = health(data(stalled="no step for 45 s"))
-    assert code == DEGRADED and "stalled" in reasons[0]
+    code, reasons = verdict(judged(data(stalled="no step for 45 s")))
+    assert code == DEGRADED and reasons == [
+        "stuck: the watchdog is no longer fed",
+        "training stalled: no step for 45 s",
+    ]
+
+
+def test_the_cli_never_judges_by_itself() -> None:
+    d = data(stalled="no step for 45 s")  # the CLI would call this degraded, the daemon says ok
+    assert verdict({**d, "health": {"verdict": "ok", "watchdog": True, "reasons": []}}) == (HEALTHY, [])
+    assert verdict(data()) == (DEGRADED, ["the daemon's reply has no health verdict"])
 
 
 def test_summary_shows_every_worker_around_node_zero() -> None:
@@ -56,10 +71,10 @@ def test_generation_taking_cpu_time_is_reported_as_degraded() -> None:
     d = data()
     flag = "generation took 31% of 2 cores' time in the last 60 s"
     d["generation"] = {"pid": 7, "cpu_share": 0.31, "slowing_training": flag}
-    code, reasons = health(d)
+    code, reasons = verdict(judged(d))
     assert code == DEGRADED and reasons == [f"training slowed: {flag}"]
     d["generation"] = {"pid": 7, "cpu_share": 0.05}
-    assert health(d) == (HEALTHY, [])
+    assert verdict(judged(d)) == (HEALTHY, [])
 
 
 def test_summary_names_dropped_files_the_daemon_may_not_move() -> None:
@@ -68,3 +83,14 @@ def test_summary_names_dropped_files_the_daemon_may_not_move() -> None:
     d["ingest"].update(blocked=1, blocked_files=[{"name": "other-user.txt", "reason": reason}])
     assert f"  blocked    1  other-user.txt: {reason}" in summary(d).splitlines()
     assert "blocked" not in summary(data())
+
+
+def test_summary_gives_bits_per_byte_and_perplexity_beside_each_loss() -> None:
+    d = data(bpb=3.6067, perplexity=12.18, val_bpb=3.7510, val_perplexity=13.46)
+    d["training"].update(val_loss_raw=2.7, val_bpb_raw=3.8953)  # the EMA serves: the raw weights too
+    line = next(x for x in summary(judged(d)).splitlines() if x.startswith("per byte"))
+    assert "loss 3.6067 bpb (perplexity 12.18)" in line
+    assert "val 3.7510 bpb (perplexity 13.46)" in line
+    assert "raw weights' val 2.7000 (3.8953 bpb)" in line
+    plain = next(x for x in summary(judged(data())).splitlines() if x.startswith("per byte"))
+    assert "raw" not in plain and "loss - bpb" in plain

@@ -39,6 +39,7 @@ DATA = {
     "crawler": {},
     "ingest": {},
     "ring": {"slots": 3, "ready": 1},
+    "health": {"verdict": "ok", "watchdog": True, "reasons": []},  # the daemon's verdict
 }
 
 
