@@ -67,6 +67,19 @@ class StatusCollector(Collector):
         yield from _gauge(
             "crystalline_validation_loss", "Validation loss of the last evaluation", t.get("val_loss")
         )
+        for name, key, what in (
+            ("training_bits_per_byte", "bpb", "Training loss of the last step in bits per byte"),
+            ("training_perplexity", "perplexity", "Perplexity of the last step's batch"),
+            (
+                "validation_bits_per_byte",
+                "val_bpb",
+                "Validation loss of the last evaluation in bits per byte",
+            ),
+            ("validation_perplexity", "val_perplexity", "Validation perplexity of the last evaluation"),
+            ("validation_raw_loss", "val_loss_raw", "Validation loss of the raw weights (the EMA serves)"),
+            ("validation_raw_bits_per_byte", "val_bpb_raw", "Validation bits per byte of the raw weights"),
+        ):
+            yield from _gauge("crystalline_" + name, what, t.get(key))
         yield from _gauge("crystalline_learning_rate", "Learning rate of the last step", t.get("lr"))
         yield from _gauge(
             "crystalline_training_tokens_per_second", "Training throughput", t.get("tokens_per_s")

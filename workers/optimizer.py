@@ -37,6 +37,10 @@ class AdamWConfig:
     optimizer: str = "adamw"
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    # "cosine": warmup, cosine decay over decay_steps to min_lr, then min_lr (a finite run);
+    # "stable": warmup, then learning_rate for ever (a run that never ends, served through the EMA)
+    schedule: str = "cosine"
+    ema_decay: float = 0.0  # the weights' moving average (ema.py); 0: none, the raw weights serve
 
     def validate(self) -> None:
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
@@ -57,15 +61,25 @@ class AdamWConfig:
             raise ValueError(f"muon-lr must be a positive number, got {self.muon_lr}")
         if not 0 <= self.muon_momentum < 1:
             raise ValueError(f"muon-momentum must lie in [0, 1), got {self.muon_momentum}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be {' or '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema-decay must lie in [0, 1), got {self.ema_decay}")
+
+
+SCHEDULES = ("cosine", "stable")
 
 
 def learning_rate(step: int, cfg: AdamWConfig) -> float:
-    """Linear warmup to ``learning_rate``, then cosine decay to ``min_lr``, then the floor.
+    """Linear warmup to ``learning_rate``; then for ``schedule`` "cosine" a cosine decay to
+    ``min_lr`` and the floor after it, for "stable" the peak for ever.
 
     ``step`` counts from 0; the first update uses (0 + 1) / warmup of the peak, as nanoGPT does.
     """
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "stable":
+        return cfg.learning_rate
     if step >= cfg.decay_steps:
         return cfg.min_lr
     span = cfg.decay_steps - cfg.warmup_steps

@@ -24,6 +24,7 @@ import zmq
 from crystalline.shm.blocks import ArrayBlock
 
 from . import protocol as P
+from .ema import decay_at, ema_step
 from .model import GPT
 from .optimizer import AdamWConfig, hybrid_step, update_plan
 from .params import ModelConfig
@@ -47,6 +48,7 @@ class Worker:
         self.ring = ArrayBlock.attach(spec["ring_block"])
         s = self.state.arrays
         self.params, self.m, self.v, self.gsum = s["params"], s["adam_m"], s["adam_v"], s["gsum"]
+        self.ema = s.get("ema")  # the weights' moving average, when the run keeps one
         self.row = self.grads.arrays["rows"][self.index, : self.size]
         self.rows = self.grads.arrays["rows"][:, : self.size]
         self.slots = self.ring.arrays["slots"]
@@ -55,7 +57,7 @@ class Worker:
         self._scratch = (np.empty(self.size, np.float32), np.empty(self.size, np.float32))
 
     def close(self) -> None:
-        del self.params, self.m, self.v, self.gsum, self.row, self.rows, self.slots
+        del self.params, self.m, self.v, self.ema, self.gsum, self.row, self.rows, self.slots
         for block in (self.state, self.grads, self.ring):
             block.close()
 
@@ -100,9 +102,9 @@ class Worker:
         return P.encode(P.ERROR, seq=seq, reason=f"unknown request {kind!r}")
 
     def _update(self, lo: int, hi: int, src: int, dst: int, lr: float, t: int, coef: float) -> None:
-        """AdamW (and Muon on the whole matrices it owns) on slice [lo, hi): reads buffer ``src``
-        and ``gsum``, writes buffer ``dst`` only, so it can be redone (with another ``coef``) until
-        control publishes ``dst``."""
+        """AdamW (and Muon on the whole matrices it owns) on slice [lo, hi), then the moving
+        average of the slice's new weights: reads buffer ``src`` and ``gsum``, writes buffer
+        ``dst`` only, so it can be redone (with another ``coef``) until control publishes ``dst``."""
         hybrid_step(
             self.plan,
             lo,
@@ -117,6 +119,9 @@ class Worker:
             self.adamw,
             coef,
         )
+        if self.ema is not None:
+            ema_step(self.ema[src, lo:hi], self.params[dst, lo:hi], decay_at(t, self.adamw.ema_decay),
+                     self.ema[dst, lo:hi], self._scratch[0][: hi - lo])  # fmt: skip
 
 
 def serve(spec: dict[str, Any]) -> int:

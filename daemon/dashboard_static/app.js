@@ -135,7 +135,11 @@ function render(s) {
     ["tokens", num(t.tokens)],
     ["tokens/s", num(t.tokens_per_s, 0)],
     ["loss", num(t.loss, 4)],
+    ["bits per byte", num(t.bpb, 4)],
+    ["perplexity", num(t.perplexity, 2)],
     ["validation loss", num(t.val_loss, 4)],
+    ["validation bits per byte", num(t.val_bpb, 4)],
+    ["validation perplexity", num(t.val_perplexity, 2)],
     ["learning rate", t.lr === undefined ? "-" : Number(t.lr).toExponential(2)],
     ["generation CPU", g.cpu_share === undefined ? "-" : `${(g.cpu_share * 100).toFixed(0)} %`],
   ]);
