@@ -261,12 +261,13 @@ class PgFrontier(Frontier):
 
     def next_ready_at(self) -> float | None:
         """When a host with queued URLs may be asked next by this machine (a host another holds:
-        when its lease ends, at the earliest); while other machines have requests in flight and
-        nothing is queued, in a second (their pages may queue more)."""
+        when its lease ends, its next_at being the holder's, "slot full" marks included); while
+        other machines have requests in flight and nothing is queued, in a second (their pages
+        may queue more)."""
         now = time.time()
         row = self._db.execute(
             "SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND lease_owner <> ? AND lease_until >= ?"
-            " THEN GREATEST(next_at, lease_until) ELSE next_at END) FROM hosts"
+            " THEN lease_until ELSE next_at END) FROM hosts"
             " WHERE queued > 0 AND deferred_until <= ?",
             (self.owner, now, now),
         ).fetchone()

@@ -1,13 +1,17 @@
 """Every crawler setting and its default, in one flat dataclass (Scrapy's settings module, typed).
 
-Components receive the ``CrawlSettings`` they need when built; the CLI and the daemon config
-override fields with ``dataclasses.replace``. Times are seconds, sizes are bytes.
+It is the [crawl] table of the settings tree (``crystalline.settings_tree``): each field is a
+TOML key, a flag of `crystalline crawl` (and `crystalline run --crawl-...`) and an environment
+variable (``CRYSTALLINE_CRAWL_CONCURRENCY``), with its help text in the field's metadata.
+Components receive the ``CrawlSettings`` they need when built. Times are seconds, sizes are bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..postgres import check_database_url
 
 DEFAULT_USER_AGENT = "crystalline-bot/0.1 (+https://github.com/crystalline/crystalline)"
 
@@ -16,14 +20,47 @@ DEFAULT_USER_AGENT = "crystalline-bot/0.1 (+https://github.com/crystalline/cryst
 class CrawlSettings:
     """What to crawl, how fast, and where the frontier lives."""
 
-    data_dir: Path = Path("crawl-data")  # frontier.sqlite lives here (the Spool is the caller's)
-    user_agent: str = DEFAULT_USER_AGENT
+    # where to start: a start URL's host is in scope unless allowed_domains is given
+    start_url: tuple[str, ...] = field(default=(), metadata={"help": "where to start (repeatable)"})
+    # the frontier (frontier.sqlite) and, for `crystalline crawl`, the spool of fetched pages
+    data_dir: Path = field(
+        default=Path("crawl-data"), metadata={"help": "frontier and spool of fetched documents"}
+    )
+    # the frontier on PostgreSQL, shared by the crawlers of several machines (issue 17)
+    database: str = field(
+        default="",
+        metadata={
+            "help": "postgresql://user@host:port/name: the frontier there, shared by several machines "
+            "(empty: frontier.sqlite in the data dir)"
+        },
+    )
+    host_lease: float = field(
+        default=30.0,
+        metadata={"help": "with --database: seconds a dead machine's hosts wait before another takes them"},
+    )
+    user_agent: str = field(
+        default=DEFAULT_USER_AGENT,
+        metadata={"help": "User-Agent header; robots.txt is matched on its text before the first '/'"},
+    )
 
     # scope and limits
-    allowed_domains: tuple[str, ...] = ()  # empty: the hosts of the start URLs (and their subdomains)
-    max_pages: int = 0  # pages stored in this data dir, all runs together (0: no limit)
-    max_pages_per_host: int = 0  # 0: no limit
-    max_depth: int = 20  # link hops from a start URL (Heritrix's default max hops)
+    allowed_domains: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "crawl only these domains and their subdomains (repeatable; none: the start URLs' hosts)",
+            "aliases": ("allowed_domain",),
+        },
+    )
+    max_pages: int = field(
+        default=0,
+        metadata={
+            "help": "stop after this many pages are stored in the data dir, all runs together (0: no limit)"
+        },
+    )
+    max_pages_per_host: int = field(default=0, metadata={"help": "pages stored per host (0: no limit)"})
+    max_depth: int = field(
+        default=20, metadata={"help": "link hops from a start URL"}
+    )  # Heritrix's default max hops
     max_url_length: int = 2048
 
     # trap guards: a generated URL space (calendars, session ids, /a/b/a/b/...) must end
@@ -37,26 +74,55 @@ class CrawlSettings:
     # bench/frontier_bounds.py), so the defaults keep the queue under ~25 MB per host and ~250 MB
     # in all. A URL dropped at a cap leaves no row and is offered again by the next page linking
     # to it: a large site is still crawled whole, its queue refilling as it drains.
-    max_links_per_page: int = 1000  # new URLs one page may queue (a long article links to a few hundred)
-    max_queued_per_host: int = 100_000
-    max_queued: int = 1_000_000
-    robots_per_minute: int = 60  # robots.txt requests per minute, all hosts: new hosts opened at 1/s
+    # (a long article links to a few hundred)
+    max_links_per_page: int = field(
+        default=1000, metadata={"help": "new URLs one page may queue (0: no cap)"}
+    )
+    max_queued_per_host: int = field(
+        default=100_000, metadata={"help": "URLs queued per host; the deepest/newest give way (0: no cap)"}
+    )
+    max_queued: int = field(
+        default=1_000_000, metadata={"help": "URLs queued in all; the deepest/newest give way (0: no cap)"}
+    )
+    robots_per_minute: int = field(
+        default=60, metadata={"help": "robots.txt requests per minute, all hosts; new hosts wait (0: no cap)"}
+    )
 
     # revisits (Nutch's adaptive schedule): a stored page is fetched again after its interval, with
     # If-None-Match / If-Modified-Since; the interval shrinks by revisit_dec_rate when the page
     # changed and grows by revisit_inc_rate when not, within [min_revisit, max_revisit]
-    min_revisit: float = 24 * 3600.0  # also a new page's first interval (a sitemap's changefreq may raise it)
-    max_revisit: float = 30 * 24 * 3600.0
+    # min_revisit is also a new page's first interval (a sitemap's changefreq may raise it)
+    min_revisit: float = field(
+        default=24 * 3600.0,
+        metadata={"help": "seconds before a stored page is due again (its shortest interval)"},
+    )
+    max_revisit: float = field(
+        default=30 * 24 * 3600.0, metadata={"help": "longest revisit interval in seconds"}
+    )
     # per-host bounds in place of [min_revisit, max_revisit]: (host, min, max), a host matching
     # itself and its subdomains, the longest match winning (``--host-revisit news.example=600:86400``)
-    host_revisit: tuple[tuple[str, float, float], ...] = ()
+    host_revisit: tuple[tuple[str, float, float], ...] = field(
+        default=(),
+        metadata={
+            "help": "HOST=MIN:MAX: revisit bounds in seconds for HOST and its subdomains in place of "
+            "min-revisit/max-revisit (repeatable)",
+            "parse": lambda items: tuple(parse_host_revisit(spec) for spec in items),
+        },
+    )
     revisit_inc_rate: float = 0.4
     revisit_dec_rate: float = 0.2
     # a one-shot crawl (``crystalline crawl --min-revisit S``) also takes every page fetched at
     # least this long ago as due, whatever its interval says (None: the schedule alone decides)
-    revisit_after: float | None = None
-    revisit_share: float = 0.5  # of requests, for revisits while new URLs wait (the rest: new URLs)
-    max_fetches_per_host_per_day: int = 0  # requests per host per day, pages and revisits (0: no cap)
+    revisit_after: float | None = field(default=None, metadata={"internal": True})
+    revisit_share: float = field(
+        default=0.5, metadata={"help": "share of requests for revisits while new URLs wait"}
+    )
+    max_fetches_per_host_per_day: int = field(
+        default=0,
+        metadata={
+            "help": "requests per host per day, revisits included; the host is deferred past it (0: no cap)"
+        },
+    )
 
     # a host whose robots.txt cannot be had (5xx, unreachable) is deferred, its URLs kept: the
     # first wait is defer_base, doubling each time up to defer_max, +-10 % jitter
@@ -64,32 +130,58 @@ class CrawlSettings:
     defer_max: float = 24 * 3600.0
 
     # sitemaps (robots.txt Sitemap: lines and /sitemap.xml) seed the frontier
-    sitemaps: bool = True
+    sitemaps: bool = field(default=True, metadata={"help": "read robots.txt Sitemap: lines and /sitemap.xml"})
     sitemap_max_bytes: int = 50 * 1024 * 1024  # after decompression (sitemaps.org: 50 MB)
     sitemap_max_urls: int = 50_000  # per sitemap file (sitemaps.org: 50,000)
     sitemap_max_depth: int = 2  # sitemap index -> sitemap -> pages
     # new URLs sitemaps and feeds may queue per host per day (0: no cap); more are dropped and
     # counted (a link to one of them from a page still queues it)
-    max_listed_per_host_per_day: int = 0
+    max_listed_per_host_per_day: int = field(
+        default=0,
+        metadata={
+            "help": "new URLs sitemaps and feeds may queue per host per day; more are dropped (0: no cap)"
+        },
+    )
 
     # WARC: every response (with its request) as WARC/1.1 records, when warc_dir is set
-    warc_dir: Path | None = None
-    warc_file_bytes: int = 1024**3  # a file is closed and a new one started past this size
-    warc_max_bytes: int = 0  # retention: the oldest closed files are deleted past this total (0: keep all)
+    warc_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "write every response as WARC/1.1 records here "
+            "(the daemon: relative to the state directory)"
+        },
+    )
+    warc_file_bytes: int = field(default=1024**3, metadata={"help": "start a new WARC file past this size"})
+    warc_max_bytes: int = field(
+        default=0,
+        metadata={"help": "retention: the oldest WARC files are deleted past this total (0: keep all)"},
+    )
 
     # concurrency and timeouts
-    concurrency: int = 16  # requests in flight, all hosts together
-    per_host_concurrency: int = 2  # only used when the host's delay is 0
+    concurrency: int = field(default=16, metadata={"help": "requests in flight, all hosts together"})
+    per_host_concurrency: int = field(
+        default=2, metadata={"help": "requests in flight per host when its delay is 0"}
+    )
     connect_timeout: float = 10.0
     read_timeout: float = 20.0  # between two reads of the socket
-    total_timeout: float = 60.0  # the whole request, headers and body
-    max_body_bytes: int = 10 * 1024 * 1024  # after decompression
+    total_timeout: float = field(
+        default=60.0, metadata={"help": "seconds per request, body included", "aliases": ("timeout",)}
+    )
+    max_body_bytes: int = field(
+        default=10 * 1024 * 1024, metadata={"help": "larger bodies (after decompression) are dropped"}
+    )
     max_redirects: int = 5  # hops followed from one URL (each hop is a frontier entry)
     submit_timeout: float = 600.0  # the sink's backpressure wait before the URL is requeued
     stop_grace: float = 10.0  # on stop, requests in flight get this long to finish, then are requeued
 
     # politeness
-    min_delay: float = 1.0  # between the end of one request to a host and the next
+    min_delay: float = field(
+        default=1.0,
+        metadata={
+            "help": "minimum seconds between requests to one host; 0 also turns off the adaptive delay",
+            "aliases": ("delay",),
+        },
+    )
     honour_crawl_delay: bool = True
     max_crawl_delay: float = 60.0  # a larger robots.txt Crawl-delay is clamped to this
     autothrottle: bool = True
@@ -106,7 +198,13 @@ class CrawlSettings:
     robots_max_bytes: int = 500 * 1024  # RFC 9309: at least 500 KiB must be parsed
 
     # safety (issue 7 extends this): loopback/private addresses are refused unless allowed
-    allow_private_addresses: bool = False
+    allow_private_addresses: bool = field(
+        default=False,
+        metadata={
+            "help": "allow loopback, link-local and private addresses (local test servers)",
+            "aliases": ("allow_private",),
+        },
+    )
     # host names the resolver guard lets resolve to private addresses while the rest stay refused
     # (an intranet seed; tests that give a "public" name to a loopback server)
     trusted_hosts: tuple[str, ...] = ()
@@ -149,6 +247,10 @@ class CrawlSettings:
                 raise ValueError(
                     f"host-revisit {host}: the minimum must not be negative nor above the maximum"
                 )
+        if self.database:
+            check_database_url(self.database)
+        if self.host_lease <= 0:
+            raise ValueError("host-lease must be positive")
         if not 0.0 <= self.revisit_share <= 1.0:
             raise ValueError("revisit-share must be between 0 and 1")
         for name in ("max_links_per_page", "max_queued_per_host", "max_queued", "robots_per_minute",
@@ -167,6 +269,11 @@ class CrawlSettings:
             if (host == name or host.endswith("." + name)) and (best is None or len(name) > len(best[0])):
                 best = entry
         return (best[1], best[2]) if best is not None else (self.min_revisit, self.max_revisit)
+
+    @property
+    def adaptive_delay(self) -> bool:
+        """Whether a host's delay follows its latency (autothrottle; a min_delay of 0 turns it off)."""
+        return self.autothrottle and self.min_delay > 0
 
     @property
     def frontier_path(self) -> Path:

@@ -24,7 +24,9 @@ SCHEMES = ("postgresql://", "postgres://")
 # every wait has a deadline: connecting, a statement (an advisory lock included), a pool checkout
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 30_000
-POOL_TIMEOUT_S = 10.0
+# a checkout waits this long for a connection: while the server is away, each call of the crawl
+# loop gives up this soon and the loop backs off (it must not block the daemon's event loop long)
+POOL_TIMEOUT_S = 2.0
 
 
 class Sql(Protocol):
@@ -129,7 +131,7 @@ class Database:
             },
         )
         try:
-            self._pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
         except self._pool_errors as exc:
             self._pool.close(timeout=1.0)
             raise DatabaseUnavailable(f"cannot connect to {self.redacted()}: {exc}") from exc
