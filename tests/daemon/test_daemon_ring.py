@@ -1,0 +1,164 @@
+"""The batch ring as the supervisor owns it, in a real daemon: the supervisor process maps the
+segment, a control process killed mid-run resumes on bit-identical batches, and no segment is
+left in /dev/shm after a clean stop, after a killed control, or after a killed supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _daemon_process import SMALL_MODEL, NotifyListener, group_survivors
+
+from crystalline.daemon.ring_service import ring_instance
+from crystalline.daemon.status_server import request
+from crystalline.shm.segments import list_segments, segment_name
+from crystalline.workers.trainer import engine_instance
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="cr-", dir="/tmp") as d:  # AF_UNIX path limit
+        yield Path(d)
+
+
+def start(state: Path, run: Path, notify: NotifyListener) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("WATCHDOG_USEC", None)
+    cmd = [
+        sys.executable, "-m", "crystalline.daemon.cli", "run", "--state-dir", str(state),
+        "--runtime-dir", str(run), "--no-crawl", "--workers", "2", *SMALL_MODEL, "--batch-size", "8",
+        "--eval-interval", "1", "--eval-windows", "4", "--checkpoint-interval-s", "3",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def training(run: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+    reply = request(run / "crystalline.sock", {"cmd": "status"})
+    assert reply["ok"], reply
+    data: dict[str, Any] = reply["data"]["training"]
+    return data
+
+
+def wait_until(
+    run: Path, proc: subprocess.Popen[bytes], ok: Any, what: str, timeout_s: float = 240
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = training(run, proc)
+        if ok(data):
+            return data
+        assert time.monotonic() < deadline, f"{what}: {data}"
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 0
+    assert group_survivors(proc.pid) == [], "the daemon exited leaving children behind"
+
+
+def no_segments(state: Path) -> bool:
+    checkpoints = state / "checkpoints"
+    return list_segments(ring_instance(checkpoints)) == list_segments(engine_instance(checkpoints)) == []
+
+
+def train_losses(state: Path) -> dict[int, list[float]]:
+    """Every eval record's batch loss by step (with an eval per step, that step's batch loss)."""
+    out: dict[int, list[float]] = defaultdict(list)
+    for line in (state / "checkpoints" / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("event") == "eval" and record.get("train_loss") is not None:
+            out[record["step"]].append(record["train_loss"])
+    return out
+
+
+def test_supervisor_owns_the_ring_and_a_killed_control_gets_the_same_batches(short_dir: Path) -> None:
+    state, run = short_dir / "state", short_dir / "run"
+    ring = f"/dev/shm/{segment_name(ring_instance(state / 'checkpoints'), 'ring')}"
+    notify = NotifyListener(short_dir / "notify")
+    proc = start(state, run, notify)
+    try:
+        notify.wait_for("READY=1", 180, proc)
+        first = wait_until(run, proc, lambda t: (t.get("step") or 0) > 3, "training did not start")
+        # the supervisor (this daemon's main process) created and maps the ring; control, a
+        # child of it, maps it too, to read what it hands to the workers
+        assert ring in Path(f"/proc/{proc.pid}/maps").read_text(), "the supervisor does not map the ring"
+        control = first["control_pid"]
+        assert control != proc.pid and ring in Path(f"/proc/{control}/maps").read_text()
+        assert first["data"]["kind"] == "store" and first["data"]["documents"] > 0
+
+        # kill control a few steps past a checkpoint: those steps are trained again after it
+        before = wait_until(
+            run, proc,
+            lambda t: t.get("last_checkpoint_step") is not None
+            and t["step"] >= t["last_checkpoint_step"] + 3,
+            "no steps past a checkpoint",
+        )  # fmt: skip
+        os.kill(before["control_pid"], signal.SIGKILL)
+        killed_at = before["step"]
+        again = wait_until(
+            run, proc,
+            lambda t: t.get("control_pid") not in (None, before["control_pid"])
+            and (t.get("step") or 0) > killed_at + 3,
+            "a restarted control did not train past the step its predecessor was killed at",
+        )  # fmt: skip
+        assert ring in Path(f"/proc/{proc.pid}/maps").read_text()  # the same ring, still the supervisor's
+        assert again["data"]["documents"] > 0
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    assert no_segments(state), "a segment outlived the clean stop"
+
+    # steps trained twice (before the kill and again after it) had bit-identical batches: with
+    # the parameters of the same checkpoint, their batch losses are equal to the last bit
+    twice = {step: losses for step, losses in train_losses(state).items() if len(losses) > 1}
+    assert twice, "no step was trained twice"
+    assert all(len(set(losses)) == 1 for losses in twice.values()), twice
+    # the record of documents visible per step that made it so
+    record = json.loads((state / "visible-steps.json").read_text(encoding="utf-8"))
+    assert record["through"] >= killed_at and record["changes"][0][1] > 0
+
+
+def test_no_segment_is_left_after_a_killed_supervisor(short_dir: Path) -> None:
+    state, run = short_dir / "state", short_dir / "run"
+    notify = NotifyListener(short_dir / "notify")
+    proc = start(state, run, notify)
+    try:
+        notify.wait_for("READY=1", 180, proc)
+        wait_until(run, proc, lambda t: (t.get("step") or 0) > 2, "training did not start")
+        os.killpg(proc.pid, signal.SIGKILL)  # supervisor, control and workers at once: nothing cleans up
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+    assert not no_segments(state)  # what a killed run leaves: the next start sweeps it
+    notify2 = NotifyListener(short_dir / "notify2")
+    proc = start(state, run, notify2)
+    try:
+        notify2.wait_for("READY=1", 180, proc)
+        wait_until(run, proc, lambda t: (t.get("step") or 0) > 2, "training did not resume")
+        stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify2.close()
+    assert no_segments(state)

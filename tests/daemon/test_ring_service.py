@@ -1,0 +1,103 @@
+"""The supervisor's ring service with a real store, socket and segment: the batches of the same
+steps are bit-identical across a restarted control and a restarted supervisor while documents
+keep arriving, and a take that cannot be served ends at its deadline with the reason."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crystalline.daemon.ring_service import RingClient, RingServer, ring_endpoint, ring_instance
+from crystalline.daemon.visible_steps import BLOCK
+from crystalline.shm.segments import list_segments
+from crystalline.tokens.token_store import PendingDocument, TokenStore
+from crystalline.workers.batch_ring import RingTimeout
+from crystalline.workers.train_config import TrainConfig
+
+pytestmark = pytest.mark.timeout(120)
+
+CONFIG = TrainConfig(batch_size=4, seq_len=8, seed=5, val_fraction=0.0)
+GEOMETRY = {"batch_size": 4, "seq_len": 8, "vocab_size": 256, "slots": 3}
+
+
+@pytest.fixture
+def dirs() -> Iterator[tuple[Path, Path]]:
+    with tempfile.TemporaryDirectory(prefix="rs-", dir="/tmp") as d:  # AF_UNIX path limit
+        state, run = Path(d) / "state", Path(d) / "run"
+        state.mkdir()
+        run.mkdir()
+        yield state, run
+
+
+def add(store: TokenStore, name: str, value: int) -> None:
+    ids = np.full(40, value, dtype=np.uint16)
+    ids[::7] = value + 1  # not all one value, so windows at different starts differ
+    store.append([PendingDocument(name, name, f"/s/{name}", "train", ids)])
+
+
+def take_all(client: RingClient, steps: range) -> dict[int, bytes]:
+    out = {}
+    for step in steps:
+        taken = client.take(step, timeout=30)
+        out[step] = client.slots[taken.slot].tobytes()
+        client.release(taken.slot)
+    return out
+
+
+def test_same_steps_same_batches_across_control_and_supervisor_restarts(dirs: tuple[Path, Path]) -> None:
+    state, run = dirs
+    store = TokenStore(state / "tokens", np.uint16)
+    add(store, "a", 100)
+    server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
+    client = RingClient(ring_endpoint(run), GEOMETRY)
+    try:
+        first = take_all(client, range(0, BLOCK))
+        add(store, "b", 200)  # arrives while training: later steps may use it
+        server.windows.refresh_s = 0.0  # type: ignore[union-attr]  # see it at once
+        first.update(take_all(client, range(BLOCK, 3 * BLOCK)))
+        client.close()
+        # a restarted control resuming from step 2 gets the same bytes
+        client = RingClient(ring_endpoint(run), GEOMETRY)
+        assert take_all(client, range(2, 3 * BLOCK)) == {s: first[s] for s in range(2, 3 * BLOCK)}
+    finally:
+        client.close()
+        server.close()
+    assert list_segments(ring_instance(state / "checkpoints")) == []
+    add(store, "c", 300)  # more documents before the supervisor comes back
+    server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
+    client = RingClient(ring_endpoint(run), GEOMETRY)
+    try:
+        again = take_all(client, range(1, 5 * BLOCK))
+    finally:
+        client.close()
+        server.close()
+    assert {s: again[s] for s in range(1, 3 * BLOCK)} == {s: first[s] for s in range(1, 3 * BLOCK)}
+    # new documents reach the blocks of steps after they arrive (the filler runs a few steps
+    # ahead, so the block it had reserved already keeps the documents it was reserved for)
+    assert any(b"\xc8\x00" in first[s] for s in range(BLOCK, 3 * BLOCK))  # 200 little-endian
+    assert all(b"\x2c\x01" not in first[s] for s in first)  # 300
+    assert any(b"\x2c\x01" in again[s] for s in range(4 * BLOCK, 5 * BLOCK))
+
+
+def test_a_take_without_data_ends_at_its_deadline_saying_why(dirs: tuple[Path, Path]) -> None:
+    state, run = dirs
+    server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
+    client = RingClient(ring_endpoint(run), GEOMETRY)
+    try:
+        with pytest.raises(
+            RingTimeout, match=r"no batch for step 0 within 1 s: the token store has 0 training"
+        ):
+            client.take(0, timeout=1.0)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_ring_client_without_a_server_gives_up_at_its_deadline(dirs: tuple[Path, Path]) -> None:
+    _, run = dirs
+    with pytest.raises(RingTimeout, match="did not answer HELLO within 1 s"):
+        RingClient(ring_endpoint(run), GEOMETRY, timeout_s=1.0)
