@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+from ..postgres import Database, DatabaseUnavailable
 
 log = logging.getLogger("crystalline.crawler.feedback")
 
@@ -21,15 +24,20 @@ _NO_NEW_TEXT = ("duplicate", "filtered")
 
 
 class IngestFeedback:
-    """Reads ingest's registry at ``path`` (which may not exist yet)."""
+    """Reads ingest's registry at ``path`` (which may not exist yet), or in the PostgreSQL
+    ``database`` (``--database``: the registry every machine's ingest shares)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, database: str = "") -> None:
         self.path = path
+        self.database = database
         self._db: sqlite3.Connection | None = None
+        self._pg: Database | None = None
 
     def since(self, cursor: int, limit: int = 1000) -> tuple[list[tuple[str, bool]], int]:
         """Verdicts on crawled documents recorded after row ``cursor``: (URL, gave new text), and
         the cursor to ask from next time."""
+        if self.database:
+            return self._since_database(cursor, limit)
         db = self._connect()
         if db is None:
             return [], cursor
@@ -41,12 +49,23 @@ class IngestFeedback:
         except sqlite3.Error as exc:  # locked for long, or not a registry: try again later
             log.warning("cannot read ingest's verdicts from %s: %s", self.path, exc)
             return [], cursor
-        verdicts = [
-            (str(source), state == "done")
-            for _id, source, origin, state in rows
-            if origin == "crawl" and (state == "done" or state in _NO_NEW_TEXT)
-        ]
-        return verdicts, (int(rows[-1][0]) if rows else cursor)
+        return _verdicts(rows, cursor)
+
+    def _since_database(self, cursor: int, limit: int) -> tuple[list[tuple[str, bool]], int]:
+        try:
+            if self._pg is None:
+                self._pg = Database(self.database, "registry", max_size=1, name="crystalline-feedback")
+            exists = self._pg.execute("SELECT to_regclass('registry.documents') IS NOT NULL").fetchone()
+            if not exists or not exists[0]:  # no ingest has migrated the registry yet
+                return [], cursor
+            rows = self._pg.execute(
+                "SELECT id, source, origin, state FROM documents WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, limit),
+            ).fetchall()
+        except DatabaseUnavailable as exc:  # the crawl loop notices too: try again later
+            log.warning("cannot read ingest's verdicts: %s", exc)
+            return [], cursor
+        return _verdicts(rows, cursor)
 
     def _connect(self) -> sqlite3.Connection | None:
         if self._db is None:
@@ -61,3 +80,16 @@ class IngestFeedback:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
+
+
+def _verdicts(rows: list[tuple[Any, ...]], cursor: int) -> tuple[list[tuple[str, bool]], int]:
+    """(URL, gave new text) of the crawled documents among registry rows, and the next cursor."""
+    verdicts = [
+        (str(source), state == "done")
+        for _id, source, origin, state in rows
+        if origin == "crawl" and (state == "done" or state in _NO_NEW_TEXT)
+    ]
+    return verdicts, (int(rows[-1][0]) if rows else cursor)

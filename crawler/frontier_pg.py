@@ -149,6 +149,7 @@ class PgFrontier(Frontier):
         self.available = True  # the last statement reached the database
         self._next_reap = 0.0
         self._next_count = 0.0
+        self._feedback_from = -1  # the feedback cursor this machine read last (see ingest_verdicts)
         self._pg = Database(url, "frontier", name="crystalline-frontier")
         self._db = self._pg
         self.path = Path(self._pg.redacted())
@@ -311,6 +312,24 @@ class PgFrontier(Frontier):
             " WHERE lease_owner = ?",
             (FAR_FUTURE, time.time(), self.owner),
         )
+
+    # -- ingest's verdicts: applied by one machine ---------------------------------------------
+
+    def feedback_cursor(self) -> int:
+        self._feedback_from = super().feedback_cursor()
+        return self._feedback_from
+
+    def ingest_verdicts(self, verdicts: Iterable[tuple[str, bool]], cursor: int, inc_rate: float) -> int:
+        """``Frontier.ingest_verdicts`` for the verdicts read from the cursor this machine last
+        saw, under an advisory lock: when another machine applied them meanwhile (the stored
+        cursor moved), nothing (each verdict counts once in the cluster too)."""
+        with self._transaction():
+            self._pg.lock("feedback")
+            if super().feedback_cursor() != self._feedback_from:
+                return 0
+            matched = super().ingest_verdicts(verdicts, cursor, inc_rate)
+        self._feedback_from = cursor
+        return matched
 
     # -- outcomes that wait out an outage -------------------------------------------------------
 

@@ -23,25 +23,24 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..crawler.crawl import Crawler
-from ..crawler.feedback import IngestFeedback
 from ..descriptors import raise_soft_limit
 from ..documents import Spool
 from ..ingest.drop_folder import DropFolder
 from ..ingest.ingestor import Ingestor
 from ..states import DAEMON, RESTARTING, transition
 from ..tokens.tokenizer import load_tokenizer
-from .command_limit import CommandLimit
+from . import commands
 from .component_runner import Backoff, ComponentRunner
 from .config import Settings
 from .control_link import ControlLink
+from .crawl_service import CrawlService
 from .dashboard import Dashboard, parse_bind
-from .generation_service import GenerationService, generate_fields
+from .generation_service import GenerationService
 from .health import judge
 from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
 from .ring_service import RingServer, ring_endpoint
-from .status_server import Command, CommandError, StatusServer
+from .status_server import StatusServer
 from .store_data import store_dir
 
 log = logging.getLogger("crystalline.supervisor")
@@ -52,7 +51,6 @@ CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
 PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is not silent
 # restarts after a failure: first delay, cap, and how long a run must last to count as healthy
-CRAWL_BACKOFF = Backoff(first_s=5.0, max_s=600.0, healthy_after_s=600.0)
 INGEST_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=300.0)
 CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
 
@@ -69,11 +67,7 @@ class Supervisor:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.state = DAEMON.initial
-        self.crawl_stop = asyncio.Event()
-        self.crawl_paused = False
-        self.crawler: Crawler | None = None
-        self.crawl_runner = ComponentRunner("crawl", self._crawl_passes, CRAWL_BACKOFF, self.should_exit)
-        self.crawl_task: asyncio.Task[None] | None = None
+        self.crawl = CrawlService(settings.crawl, settings.state_dir, enabled=not settings.daemon.no_crawl)
         self.ingestor: Ingestor | None = None
         self.ring: RingServer | None = None  # the batch ring, lent to control (ring_service.py)
         self.ingest_stop = asyncio.Event()
@@ -110,70 +104,9 @@ class Supervisor:
                     os.replace(tmp, s.inbox / src.name)  # appears complete: renamed into place
             marker.write_text("bundled samples copied into the inbox\n", encoding="utf-8")
 
-    def _commands(self) -> dict[str, Command]:
-        return {
-            "status": Command("status", self._cmd_status, control=False, help="what the daemon is doing"),
-            "pause": Command("pause", self._cmd_pause, control=True, help='{"what": "training"|"crawl"}'),
-            "resume": Command("resume", self._cmd_resume, control=True, help='{"what": "training"|"crawl"}'),
-            "add-url": Command("add-url", self._cmd_add_url, control=True, help='{"url": "https://..."}'),
-            "checkpoint": Command("checkpoint", self._cmd_checkpoint, control=True, help="write one now"),
-            "generate": Command(
-                "generate",
-                self._cmd_generate,
-                control=False,  # read-only users may generate, within a share of the time
-                help='{"prompt": "...", "n": 200, "temperature": 0.8, "top_k": 0, "seed": 1}',
-                limit=CommandLimit("generate"),
-            ),
-            "stop": Command("stop", self._cmd_stop, control=True, help="checkpoint and exit"),
-        }
-
-    # ---- commands -------------------------------------------------------------------------
-    async def _cmd_status(self, _req: dict[str, Any]) -> dict[str, Any]:
-        return self.status()
-
-    def _what(self, req: dict[str, Any]) -> str:
-        what = req.get("what", "training")
-        if what not in ("training", "crawl"):
-            raise CommandError('"what" must be "training" or "crawl"')
-        return str(what)
-
-    async def _cmd_pause(self, req: dict[str, Any]) -> Any:
-        if self._what(req) == "crawl":
-            self.crawl_paused = True
-            self.crawl_stop.set()
-            return {"crawl": "paused"}
-        return await self.control.request("pause")
-
-    async def _cmd_resume(self, req: dict[str, Any]) -> Any:
-        if self._what(req) == "crawl":
-            self.crawl_paused = False
-            self.crawl_stop = asyncio.Event()
-            return {"crawl": "running"}
-        return await self.control.request("resume")
-
-    async def _cmd_add_url(self, req: dict[str, Any]) -> Any:
-        url = req.get("url")
-        if not isinstance(url, str) or not url:
-            raise CommandError('add-url needs {"url": "http(s)://..."}')
-        if self.settings.daemon.no_crawl:
-            raise CommandError("crawling is off (--no-crawl)")
-        crawler = self._ensure_crawler()
-        try:
-            added = crawler.add_url(url)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        self.start_crawl()  # a daemon started without seed URLs crawls from its first add-url
-        return {"url": url, "queued": added}
-
-    async def _cmd_checkpoint(self, _req: dict[str, Any]) -> Any:
-        return await self.control.request("checkpoint", timeout_s=60.0)
-
-    async def _cmd_generate(self, req: dict[str, Any]) -> Any:
-        return await self.generation.generate(generate_fields(req))
-
-    async def _cmd_stop(self, _req: dict[str, Any]) -> Any:
+    def request_stop(self) -> None:
+        """Stop as on SIGTERM (the ``stop`` command)."""
         self.should_exit.set()
-        return {"daemon": "stopping"}
 
     # ---- status ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -216,12 +149,7 @@ class Supervisor:
         for key in ("error", "checkpoint_error", "checkpoint_warnings"):
             if c.get(key):
                 training[key] = c[key]
-        crawler = self.crawler.stats() if self.crawler is not None else {}
-        crawler.update(self.crawl_runner.stats())
-        if self.settings.daemon.no_crawl:
-            crawler["state"] = "off"
-        elif self.crawl_paused and self.crawl_runner.state == "running":
-            crawler["state"] = "paused"
+        crawler = self.crawl.stats()
         data: dict[str, Any] = {
             "state": self.state,
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -241,7 +169,7 @@ class Supervisor:
             or c.get("error")
             or c.get("checkpoint_error")
             or (ingest.get("error") if isinstance(ingest, dict) else None)
-            or self.crawl_runner.error
+            or self.crawl.runner.error
             or self.control_runner.error
         )
         if last_error:
@@ -282,44 +210,6 @@ class Supervisor:
         await self.ingestor.run(self.ingest_stop, on_progress=self.ingest_runner.progress)
 
     # ---- parts ----------------------------------------------------------------------------
-    def _ensure_crawler(self) -> Crawler:
-        if self.crawler is None:
-            spool = Spool(self.settings.state_dir / "spool")
-            # ingest's verdicts (new text or not) come back from its registry: traps, revisits
-            feedback = IngestFeedback(self.settings.state_dir / "ingest" / "registry.sqlite3")
-            self.crawler = Crawler(self.settings.crawl, spool, feedback=feedback)
-        return self.crawler
-
-    def start_crawl(self) -> None:
-        """Start the crawl's runner once (at start with seed URLs, or at the first add-url)."""
-        if self.crawl_task is None and not self.settings.daemon.no_crawl:
-            self.crawl_task = asyncio.create_task(self.crawl_runner.run(), name="crawl")
-
-    async def _crawl_passes(self) -> None:
-        """Crawl while there is work; idle (without exiting) when the frontier is empty. Run by
-        ``crawl_runner``, which retries a failure."""
-        crawler = self._ensure_crawler()
-        for url in self.settings.crawl.start_url:
-            try:
-                crawler.add_url(url)
-            except ValueError as exc:
-                log.error("seed URL refused: %s", exc)
-        while not self.should_exit.is_set():
-            if self.crawl_paused:
-                await asyncio.sleep(TICK_S)
-                continue
-            stop = self.crawl_stop
-            summary = await crawler.run(stop)
-            self.crawl_runner.progress()
-            log.info("crawl pass ended: %s", summary.line())
-            if self.should_exit.is_set():
-                break
-            # nothing to do now (or paused): wait for add-url, the next due revisit or the end of a
-            # host's deferral (the next pass looks again), at most 30 s
-            wait = min(30.0, max(1.0, crawler.next_work_at() - time.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.should_exit.wait(), wait)
-
     def _status_line(self) -> str:
         t = self.control.status
         return (
@@ -413,7 +303,8 @@ class Supervisor:
         self.control = ControlLink(s, f"ipc://{s.runtime_dir / 'control.sock'}")
         self.control_runner = ComponentRunner("control", self.control.run_once, CONTROL_BACKOFF)
         self.control.on_progress = self.control_runner.progress
-        server = StatusServer(s.socket_path, self._commands(), mode=int(s.daemon.socket_mode, 8))
+        handlers = commands.bind(self)  # one set for the socket and the dashboard: one generate limit
+        server = StatusServer(s.socket_path, handlers, mode=int(s.daemon.socket_mode, 8))
         self.status_server = server
         try:
             await server.start()
@@ -423,7 +314,7 @@ class Supervisor:
                     bind,
                     s.runtime_dir,
                     self.status,
-                    self._commands(),
+                    handlers,
                     self.history,
                     s.state_dir / "checkpoints",
                     s.state_dir / "ingest" / "registry.sqlite3",
@@ -454,7 +345,7 @@ class Supervisor:
         for task in (control_task, ingest_task):
             task.add_done_callback(_log_failure)
         if s.crawl.start_url:
-            self.start_crawl()
+            self.crawl.start()
         self.state = transition(DAEMON, self.state, "running")
         last_ping = last_status = 0.0
         interval = self.notifier.watchdog_interval()
@@ -483,14 +374,12 @@ class Supervisor:
         finally:
             self.state = transition(DAEMON, self.state, "stopping")
             self.notifier.stopping("stopping: checkpointing")
-            self.crawl_stop.set()
             self.ingest_stop.set()  # ingest finishes the batch in hand (durably), then returns
             self.control_runner.stop()  # no restart from here on
             grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
-            for t in (ingest_task, self.crawl_task):
-                if t is not None:
-                    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                        await asyncio.wait_for(t, 15.0)
+            await self.crawl.stop(15.0)  # the fetches in hand end, then the crawler closes
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(ingest_task, 15.0)
             await self.control.stop(grace)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(control_task, 5.0)
@@ -498,8 +387,6 @@ class Supervisor:
             if self.ingestor is not None:
                 await asyncio.to_thread(self.ingestor.close)
             await asyncio.to_thread(stop_resource_tracker)
-            if self.crawler is not None:
-                self.crawler.close()
             await self._close_dashboard()
             await asyncio.to_thread(self.history.maybe_save, True)
             await server.close()
