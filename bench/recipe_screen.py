@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crystalline.workers.train_config import coerce, load_toml
+from crystalline.workers.train_config import from_file, settings_tree
 from crystalline.workers.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
+KEYS = settings_tree().tables["train"].keys
 DATA = HERE.parent.parent / "shared/data/tinyshakespeare.txt"
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -43,12 +44,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, body.split(",")):
         key, _, raw = item.partition(":")
         key = key.strip().replace("-", "_")
-        value: Any
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key] = coerce(key, value, "--variant")
+        if key not in KEYS:
+            raise SystemExit(f"--variant: unknown key {key!r}")
+        out[key] = KEYS[key].coerce(raw.strip().strip('"'), "--variant")
     return name, out
 
 
@@ -81,8 +79,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=HERE / "shakespeare_char.toml")
     parser.add_argument("--variant", action="append", default=[])
     args = parser.parse_args()
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = {k: v for k, v in load_toml(args.config).items() if k in known}
+    base = dataclasses.asdict(from_file(args.config))
     variants = dict(parse_variant(v) for v in args.variant) if args.variant else VARIANTS
     print(f"{args.steps} steps, batch {base.get('batch_size')}, one process; val at every 10% of the run")
     print(f"load average {os.getloadavg()[0]:.1f} at the start")

@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from crystalline.workers.train_config import TrainConfig, load_toml, resolve
+from crystalline.workers.train_config import TrainConfig, from_file
 from crystalline.workers.trainer import Trainer
 
 HERE = Path(__file__).resolve().parent
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--inits", default="normal,lattice")
     args = parser.parse_args()
     # nanoGPT's recipe (bench/shakespeare_char.toml holds the tuned 12-worker one)
-    base = resolve(load_toml(HERE / "shakespeare_char.toml"), {})
+    base = from_file(HERE / "shakespeare_char.toml")
     base = replace(
         base,
         workers=1,

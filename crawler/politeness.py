@@ -60,7 +60,7 @@ class Politeness:
         delay = s.min_delay
         if s.honour_crawl_delay:
             delay = max(delay, min(slot.crawl_delay, s.max_crawl_delay))
-        if s.autothrottle:
+        if s.adaptive_delay:
             delay = max(delay, slot.throttle_delay)
         return delay
 
@@ -88,7 +88,7 @@ class Politeness:
             return FAR_FUTURE if self.capacity(slot) == 0 else max(slot.free_at, slot.hold_until)
         if latency is not None:
             slot.last_latency = latency
-            if self.settings.autothrottle:
+            if self.settings.adaptive_delay:
                 self._autothrottle(slot, latency, ok)
         slot.free_at = time.time() + self.delay(slot)
         if self.capacity(slot) == 0:

@@ -26,7 +26,7 @@ from crystalline import __version__
 from crystalline.exit_status import CommandParser
 from crystalline.exit_status import main as run_main
 
-from . import dashboard_command, status_command
+from . import ctl_command, dashboard_command, status_command
 
 log = logging.getLogger("crystalline")
 
@@ -34,6 +34,7 @@ log = logging.getLogger("crystalline")
 LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "status": status_command.add_parser,
     "dashboard": dashboard_command.add_parser,
+    "ctl": ctl_command.add_parser,
 }
 
 
@@ -214,6 +215,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     status_command.add_parser(sub)
+    ctl_command.add_parser(sub)
     dashboard_command.add_parser(sub)
     crawl_command.add_parser(sub)
     ingest_command.add_parsers(sub)

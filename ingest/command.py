@@ -78,7 +78,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     todo = [i for i in range(len(docs)) if i not in errors]
     results = {}
     with ExtractionPool(config) as pool:
-        for j, r in pool.map([docs[i] for i in todo], want_text=True, apply_filters=False):
+        for j, r in pool.map([docs[i] for i in todo], want_text=True, apply_filters=False, fingerprint=False):
             results[todo[j]] = r
     failed = 0
     for i, path in enumerate(paths):

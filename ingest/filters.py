@@ -29,10 +29,25 @@ KEPT = "kept"
 class FilterSettings:
     """What the filters are told: the language filter, PII and the rules' thresholds."""
 
-    languages: tuple[str, ...] = ()  # ISO 639 codes to keep; (): every language
-    language_min_score: float = 0.65  # FineWeb's threshold, applied with ``languages``
-    pii: bool = True  # replace e-mail and IP addresses before tokenizing
-    rules: FilterRules = field(default_factory=FilterRules)
+    languages: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "keep only these languages (ISO 639, repeatable; none: all)",
+            "aliases": ("language",),
+        },
+    )
+    # FineWeb's threshold, applied with ``languages``
+    language_min_score: float = field(default=0.65, metadata={"help": "language score a kept language needs"})
+    pii: bool = field(default=True, metadata={"help": "replace e-mail and IP addresses before tokenizing"})
+    rules: FilterRules = field(
+        default_factory=FilterRules,
+        metadata={
+            "key": "quality_rule",
+            "help": "NAME=VALUE: a rule threshold of ingest/quality_rules.py, "
+            "e.g. gopher_max_words=100000 (repeatable)",
+            "parse": lambda items: FilterRules().with_overrides(items),
+        },
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterSettings:

@@ -32,6 +32,11 @@ USER_ERROR_CLASSES = (
 )
 
 
+class UsageError(ValueError):
+    """A bad setting: an unknown key or a value out of range, from a config file, the
+    environment or a flag (its message names which). Exits ``USAGE``."""
+
+
 class CommandParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors exit ``USAGE``; its subparsers are of this class
     too (argparse makes them of the parent's type)."""
@@ -78,6 +83,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except Exception as exc:
         if getattr(args, "debug", False):
             raise
+        if isinstance(exc, UsageError):
+            print(f"crystalline: error: {one_line(exc)}", file=sys.stderr)
+            return USAGE
         if is_user_error(exc):
             print(f"crystalline: error: {one_line(exc)}", file=sys.stderr)
             return ERROR

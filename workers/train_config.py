@@ -1,14 +1,17 @@
-"""The training configuration: one flat dataclass, defaults < TOML file < command line."""
+"""The training configuration: the [train] table of the settings tree (crystalline.settings_tree),
+shared by `crystalline train` and the daemon. A field is a TOML key, a flag and an environment
+variable (``CRYSTALLINE_TRAIN_EMBED_DIM``); its help is its metadata's or its trailing comment."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
-import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..settings_tree import Tree, table
 from .optimizer import AdamWConfig
 from .params import ModelConfig
 
@@ -17,7 +20,7 @@ from .params import ModelConfig
 class TrainConfig:
     """Every knob of `crystalline train`; each is also a CLI flag and a TOML key."""
 
-    tokenizer: str = "bytes"
+    tokenizer: str = "bytes"  # 'bytes' or a tokenizer file from vocab-build
     embed_dim: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -29,23 +32,60 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 100
     max_steps: int = 2000
-    lr_decay_steps: int = 0  # 0: decay over max_steps
+    lr_decay_steps: int = 0  # cosine decay length in steps (0: max-steps)
     beta2: float = 0.99
-    eval_interval: int = 250
-    eval_windows: int = 0  # 0: the whole validation split in non-overlapping windows
-    val_fraction: float = 0.1
-    target_val_loss: float = 0.0  # 0: no target
+    eval_interval: int = 250  # steps between validation evaluations
+    eval_windows: int = 0  # validation windows per eval (0: the whole split)
+    # documents by a hash of their source; a single file: its tail
+    val_fraction: float = 0.1  # share held out for validation
+    target_val_loss: float = 0.0  # stop once validation loss is at or below this (0: no target)
     checkpoint_interval: int = 500
     keep_checkpoints: int = 3
-    workers: int = 1
+    workers: int = 1  # worker processes computing gradients (1: in this process)
     seed: int = 1337
-    init: str = "normal"  # token-embedding initialisation: normal or lattice
+    init: str = field(
+        default="normal",
+        metadata={
+            "help": "token-embedding initialisation (lattice: prime/Ulam spiral)",
+            "choices": ("normal", "lattice"),
+        },
+    )
     # later presets (the defaults are the original recipe, so old checkpoints resume as they were)
-    mlp: str = "gelu"  # gelu or relu2 (squared ReLU)
-    head: str = "tied"  # tied (to the token embedding) or untied
-    optimizer: str = "adamw"  # adamw, or muon for the hidden matrices (AdamW for the rest)
+    mlp: str = field(
+        default="gelu",
+        metadata={"help": "MLP activation (relu2: squared ReLU)", "choices": ("gelu", "relu2")},
+    )
+    head: str = field(
+        default="tied",
+        metadata={
+            "help": "output head tied to the token embedding or its own",
+            "choices": ("tied", "untied"),
+        },
+    )
+    optimizer: str = field(
+        default="adamw",
+        metadata={
+            "help": "muon: Muon for the hidden matrices, AdamW for the rest",
+            "choices": ("adamw", "muon"),
+        },
+    )
     muon_lr: float = 0.02  # Muon's peak learning rate (same warmup and decay as learning-rate)
     muon_momentum: float = 0.95
+    schedule: str = field(
+        default="cosine",
+        metadata={
+            "help": "learning-rate schedule after warmup: cosine (decay to min-lr over lr-decay-steps, "
+            "then the floor) or stable (the peak for ever: the daemon's, whose run never ends)",
+            "choices": ("cosine", "stable"),
+        },
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "decay of the exponential moving average of the weights that evaluation, "
+            "generation and checkpoints serve (0: none, the raw weights; the daemon: 0.999)"
+        },
+    )
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
@@ -70,6 +110,8 @@ class TrainConfig:
             optimizer=self.optimizer,
             muon_lr=self.muon_lr,
             muon_momentum=self.muon_momentum,
+            schedule=self.schedule,
+            ema_decay=self.ema_decay,
         )
 
     def validate(self) -> None:
@@ -101,47 +143,11 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(TrainConfig)}
+def settings_tree() -> Tree:
+    """`crystalline train`'s settings: the [train] table."""
+    return Tree({"train": table("train", TrainConfig)})
 
 
-def coerce(name: str, value: Any, source: str) -> Any:
-    """Check and convert one value for key ``name``; ValueError names the source on mismatch."""
-    if name not in FIELD_TYPES:
-        raise ValueError(f"{source}: unknown option {flag(name)!r}")
-    kind = FIELD_TYPES[name]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise ValueError(f"{source}: {flag(name)} must be a {kind.__name__}, got {value!r}")
-    return value
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """A config file's TOML document; ValueError with a one-line reason naming the file."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read config: {exc}") from None
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    """Options from a TOML file (keys with dashes or underscores, top level or under [train])."""
-    data = read_toml(path)
-    table = data.get("train", data)
-    if not isinstance(table, dict):
-        raise ValueError(f"{path}: [train] must be a table")
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        out[name] = coerce(name, value, str(path))
-    return out
-
-
-def resolve(file_values: dict[str, Any], cli_values: dict[str, Any]) -> TrainConfig:
-    """Defaults, overridden by the file, overridden by the command line; then validated."""
-    merged = {**file_values, **{k: v for k, v in cli_values.items() if v is not None}}
-    cfg = TrainConfig(**merged)
-    cfg.validate()
-    return cfg
+def from_file(path: Path) -> TrainConfig:
+    """The [train] table of a TOML file over the defaults, validated (the benchmarks' recipes)."""
+    return settings_tree().resolve(argparse.Namespace(), {}, path).tables["train"]

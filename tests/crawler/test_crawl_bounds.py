@@ -26,7 +26,6 @@ from crystalline.crawler.frontier import (
 )
 from crystalline.crawler.settings import CrawlSettings
 from crystalline.daemon import cli, config
-from crystalline.daemon.supervisor import Supervisor
 
 LINKS = 10_000
 
@@ -145,7 +144,7 @@ def test_crawl_command_takes_the_caps_and_reports_the_drops(
     async def main() -> int:
         async with serve(_wide_site()) as base:
             args = parser.parse_args(["--start-url", base + "/p/0", "--data-dir", str(tmp_path / "d"),
-                                      "--delay", "0", "--max-pages", "3", "--allow-private-addresses",
+                                      "--min-delay", "0", "--max-pages", "3", "--allow-private-addresses",
                                       "--max-links-per-page", "50", "--max-queued-per-host", "80",
                                       "--max-queued", "1000", "--robots-per-minute", "30"])  # fmt: skip
             return await asyncio.to_thread(command.run_crawl_command, args)
@@ -160,7 +159,11 @@ def test_crawl_command_takes_the_caps_and_reports_the_drops(
         parser.parse_args(["--start-url", "http://x/", "--max-queued", "0"])
     )
     assert (settings.max_queued, settings.max_links_per_page) == (0, CrawlSettings().max_links_per_page)
-    with pytest.raises(ValueError, match=r"^max-queued-per-host must not be negative \(0: no cap\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^\[crawl\] max-queued-per-host must not be negative \(0: no cap\) "
+        r"\(set by flag --max-queued-per-host\)$",
+    ):
         command.settings_from_args(
             parser.parse_args(["--start-url", "http://x/", "--max-queued-per-host", "-1"])
         )
@@ -168,16 +171,19 @@ def test_crawl_command_takes_the_caps_and_reports_the_drops(
 
 def test_run_takes_the_caps_from_flags_environment_and_file(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text("[daemon]\ncrawl-max-queued-per-host = 7000\n", encoding="utf-8")
+    toml.write_text("[crawl]\nmax-queued-per-host = 7000\n", encoding="utf-8")
     args = cli.build_parser().parse_args(["run", "--config", str(toml), "--crawl-max-queued", "250000",
                                           "--crawl-max-links-per-page", "300"])  # fmt: skip
     settings = config.resolve(args, env={"CRYSTALLINE_CRAWL_ROBOTS_PER_MINUTE": "20"})
-    crawl = Supervisor(settings)._crawl_settings()
+    crawl = settings.crawl
     caps = (crawl.max_queued, crawl.max_links_per_page, crawl.max_queued_per_host, crawl.robots_per_minute)
     assert caps == (250_000, 300, 7000, 20)
-    defaults = Supervisor(config.resolve(cli.build_parser().parse_args(["run"]), env={}))._crawl_settings()
+    defaults = config.resolve(cli.build_parser().parse_args(["run"]), env={}).crawl
     assert defaults.max_queued == CrawlSettings().max_queued
-    with pytest.raises(ValueError, match=r"^crawl-max-queued must be >= 0 \(0: no cap\)$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^\[crawl\] max-queued must not be negative \(0: no cap\) \(set by flag --crawl-max-queued\)$",
+    ):
         config.resolve(cli.build_parser().parse_args(["run", "--crawl-max-queued", "-5"]), env={})
 
 

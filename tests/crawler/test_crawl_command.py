@@ -17,6 +17,7 @@ from aiohttp import web
 
 from crystalline.crawler import command
 from crystalline.documents import Document, Spool
+from crystalline.exit_status import UsageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,8 +42,9 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         _parser().parse_args(["crawl", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--start-url", "--max-pages", "--max-depth", "--data-dir", "--allowed-domain", "--delay",
-                   "--concurrency", "--user-agent", "--timeout", "--log-jsonl"):  # fmt: skip
+    for option in ("--start-url", "--max-pages", "--max-depth", "--data-dir", "--allowed-domains",
+                   "--min-delay", "--concurrency", "--user-agent", "--total-timeout", "--log-jsonl",
+                   "--config", "--allow-private-addresses", "--no-sitemaps"):  # fmt: skip
         assert option in out
 
 
@@ -52,7 +54,7 @@ def test_crawl_command_fills_the_spool_and_the_log(
     async def main() -> int:
         async with serve(_site(15)) as base:
             args = _parser().parse_args(["crawl", "--start-url", base + "/p/0",
-                                         "--data-dir", str(tmp_path / "d"), "--delay", "0",
+                                         "--data-dir", str(tmp_path / "d"), "--min-delay", "0",
                                          "--log-jsonl", str(tmp_path / "log.jsonl"),
                                          "--allow-private-addresses"])  # fmt: skip
             return await asyncio.to_thread(args.func, args)
@@ -73,7 +75,9 @@ def test_user_errors_are_one_line(tmp_path: Path) -> None:
         args.func(args)
     args = _parser().parse_args(["crawl", "--start-url", "http://example.com/", "--concurrency", "0",
                                  "--data-dir", str(tmp_path)])  # fmt: skip
-    with pytest.raises(ValueError, match="concurrency must be at least 1"):
+    with pytest.raises(
+        UsageError, match=r"^\[crawl\] concurrency must be at least 1 \(set by flag --concurrency\)$"
+    ):
         args.func(args)
 
 
@@ -94,8 +98,8 @@ def test_sigkill_mid_crawl_then_resume(tmp_path: Path) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "crystalline.crawler.command", "--start-url", base + "/p/0",
-            "--data-dir", str(data_dir), "--delay", "0", "--concurrency", "4", "--per-host-concurrency", "4",
-            "--allow-private-addresses", env=env,
+            "--data-dir", str(data_dir), "--min-delay", "0", "--concurrency", "4",
+            "--per-host-concurrency", "4", "--allow-private-addresses", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         if kill_after_docs is not None:

@@ -77,8 +77,8 @@ def test_crawl_command_ends_when_only_a_503_robots_host_is_left(
                 command.add_parser(parser.add_subparsers(dest="command", required=True))
                 args = parser.parse_args(["crawl", "--start-url", start + "/",
                                           "--data-dir", str(tmp_path / "d"),
-                                          "--allowed-domain", "127.0.0.1", "--allowed-domain", "127.0.0.2",
-                                          "--allowed-domain", "127.0.0.3", "--delay", "0",
+                                          "--allowed-domains", "127.0.0.1", "--allowed-domains", "127.0.0.2",
+                                          "--allowed-domains", "127.0.0.3", "--min-delay", "0",
                                           "--allow-private-addresses"])  # fmt: skip
                 code = await asyncio.wait_for(asyncio.to_thread(args.func, args), 60)
                 out = capsys.readouterr().out

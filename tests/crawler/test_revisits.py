@@ -17,7 +17,6 @@ from crystalline.crawler.feedback import IngestFeedback
 from crystalline.crawler.frontier import Frontier
 from crystalline.crawler.settings import CrawlSettings, parse_host_revisit
 from crystalline.daemon import cli, config
-from crystalline.daemon.supervisor import Supervisor
 from crystalline.documents import Spool
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Record, Registry
@@ -195,7 +194,7 @@ def test_ingest_verdicts_reach_the_frontier_once(tmp_path: Path) -> None:
 
 def test_run_takes_the_revisit_budget_and_warc_keys(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
-    toml.write_text('[daemon]\ncrawl-warc-dir = "warc"\ncrawl-warc-max-bytes = 5000000\n', encoding="utf-8")
+    toml.write_text('[crawl]\nwarc-dir = "warc"\nwarc-max-bytes = 5000000\n', encoding="utf-8")
     args = cli.build_parser().parse_args(["run", "--config", str(toml), "--state-dir", str(tmp_path / "s"),
                                           "--crawl-min-revisit", "3600", "--crawl-revisit-share", "0.25",
                                           "--crawl-no-sitemaps"])  # fmt: skip
@@ -203,7 +202,7 @@ def test_run_takes_the_revisit_budget_and_warc_keys(tmp_path: Path) -> None:
         "CRYSTALLINE_CRAWL_MAX_FETCHES_PER_HOST_PER_DAY": "500",
         "CRYSTALLINE_CRAWL_MAX_LISTED_PER_HOST_PER_DAY": "70",
     }
-    crawl = Supervisor(config.resolve(args, env=env))._crawl_settings()
+    crawl = config.resolve(args, env=env).crawl
     assert (crawl.min_revisit, crawl.revisit_share, crawl.max_fetches_per_host_per_day) == (3600.0, 0.25, 500)
     assert crawl.max_listed_per_host_per_day == 70
     assert (crawl.warc_dir, crawl.warc_max_bytes, crawl.sitemaps) == (
@@ -211,9 +210,9 @@ def test_run_takes_the_revisit_budget_and_warc_keys(tmp_path: Path) -> None:
         5_000_000,
         False,
     )
-    defaults = Supervisor(config.resolve(cli.build_parser().parse_args(["run"]), env={}))._crawl_settings()
+    defaults = config.resolve(cli.build_parser().parse_args(["run"]), env={}).crawl
     assert (defaults.min_revisit, defaults.warc_dir, defaults.sitemaps) == (86400.0, None, True)
-    with pytest.raises(ValueError, match="crawl-min-revisit must be >= 0"):
+    with pytest.raises(ValueError, match="min-revisit must not be negative"):
         config.resolve(cli.build_parser().parse_args(["run", "--crawl-min-revisit", "-1"]), env={})
 
 
@@ -225,7 +224,7 @@ def test_crawl_command_revisits_what_was_fetched_min_revisit_ago(
     async def main() -> None:
         async with serve(site.routes()) as base:
             common = ["crawl", "--start-url", base + "/p/0", "--data-dir", str(tmp_path / "d"),
-                      "--delay", "0", "--allow-private-addresses", "--no-sitemaps"]  # fmt: skip
+                      "--min-delay", "0", "--allow-private-addresses", "--no-sitemaps"]  # fmt: skip
             parser = cli.build_parser()
             first = parser.parse_args(common)  # default --min-revisit: a day
             assert await asyncio.to_thread(first.func, first) == 0
@@ -370,7 +369,7 @@ def test_host_revisit_bounds_from_the_command_line_and_the_daemon_config(tmp_pat
             parse_host_revisit(bad)
     env = {"CRYSTALLINE_CRAWL_HOST_REVISIT": "a.example=60:600,b.example=3600:7200"}
     run = cli.build_parser().parse_args(["run", "--state-dir", str(tmp_path / "s")])
-    crawl_settings = Supervisor(config.resolve(run, env=env))._crawl_settings()
+    crawl_settings = config.resolve(run, env=env).crawl
     assert crawl_settings.host_revisit == (("a.example", 60.0, 600.0), ("b.example", 3600.0, 7200.0))
     with pytest.raises(ValueError, match="host-revisit"):
         config.resolve(run, env={"CRYSTALLINE_CRAWL_HOST_REVISIT": "a.example=600:60"})

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from crystalline.workers.checkpoint import load_checkpoint, load_latest
 from crystalline.workers.model import GPT
 from crystalline.workers.params import ModelConfig
 from crystalline.workers.sampling import sample
-from crystalline.workers.train_config import FIELD_TYPES, TrainConfig, flag
+from crystalline.workers.train_config import TrainConfig, flag
 from crystalline.workers.trainer import Trainer
 
 TINY = {
@@ -83,7 +84,10 @@ def test_top_level_help_lists_subcommands(cli_env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("train", ["--checkpoint-dir", "--config", "--resume", *(f"--{flag(n)}" for n in FIELD_TYPES)]),
+        (
+            "train",
+            ["--checkpoint-dir", "--config", "--resume", *(f"--{flag(f.name)}" for f in fields(TrainConfig))],
+        ),
         ("generate", ["--checkpoint-dir", "--prompt", "--num-tokens", "--temperature", "--top-k", "--seed"]),
         ("vocab-build", ["--vocab-size", "--out"]),
         ("tokenize", ["--tokenizer", "--stats"]),
@@ -132,10 +136,10 @@ def _error_case(name: str, tmp: Path, corpus: Path) -> tuple[list[str], str]:
         (tmp / "bad.toml").write_text("max_steps = [\nembed_dim = \n", encoding="utf-8")
         return [*train, "--config", str(tmp / "bad.toml")], "bad.toml"
     if name == "unknown-toml-key":
-        (tmp / "unk.toml").write_text("max_steps = 3\nbogus_key = 1\n", encoding="utf-8")
+        (tmp / "unk.toml").write_text("[train]\nmax_steps = 3\nbogus_key = 1\n", encoding="utf-8")
         return [*train, "--config", str(tmp / "unk.toml")], "bogus-key"
     if name == "wrong-toml-type":
-        (tmp / "type.toml").write_text('embed_dim = "big"\n', encoding="utf-8")
+        (tmp / "type.toml").write_text('[train]\nembed_dim = "big"\n', encoding="utf-8")
         return [*train, "--config", str(tmp / "type.toml")], "embed-dim"
     if name == "missing-config":
         return [*train, "--config", str(tmp / "none.toml")], "none.toml"
@@ -166,14 +170,19 @@ ERROR_CASES = [
 ]
 
 
+# a bad setting (a value out of range, an unknown key, a wrong type) exits USAGE, as a bad
+# command line does; a file that cannot be read is an error like any other (1)
+SETTING_ERRORS = {"heads-not-dividing", "max-steps-0", "workers-0", "unknown-toml-key", "wrong-toml-type"}
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", ERROR_CASES)
-def test_user_error_is_one_line_exit_1(
+def test_user_error_is_one_line_exit_1_or_usage(
     tmp_path: Path, corpus_file: Path, cli_env: dict[str, str], case: str
 ) -> None:
     argv, expected = _error_case(case, tmp_path, corpus_file)
     proc = run_cli(argv, cli_env)
-    assert proc.returncode == 1
+    assert proc.returncode == (exit_status.USAGE if case in SETTING_ERRORS else 1)
     assert "Traceback" not in proc.stderr
     lines = nonempty_lines(proc.stderr)
     assert len(lines) == 1, proc.stderr
@@ -215,7 +224,7 @@ def test_non_finite_optimizer_option_is_rejected_up_front(
         cli_env,
     )
     lines = nonempty_lines(proc.stderr)
-    assert proc.returncode == 1
+    assert proc.returncode == exit_status.USAGE
     assert len(lines) == 1
     assert option.lstrip("-") in lines[0]
     assert not ck.exists()
@@ -240,9 +249,9 @@ def test_negative_seed_error_names_the_option(
         cli_env,
     )
     lines = nonempty_lines(proc.stderr)
-    assert proc.returncode == 1
+    assert proc.returncode == exit_status.USAGE
     assert len(lines) == 1
-    assert "seed" in lines[0]
+    assert "[train] seed must not be negative, got -1 (set by flag --seed)" in lines[0]
 
 
 @pytest.mark.timeout(60)
@@ -602,16 +611,25 @@ def test_usage_error_exits_64_with_one_error_line(cli_env: dict[str, str], case:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("module", ["crystalline.daemon.cli", "crystalline.crawler.command"])
-def test_crawl_error_is_one_line_exit_1_whichever_entry(
-    tmp_path: Path, cli_env: dict[str, str], module: str
+@pytest.mark.parametrize(
+    ("extra", "status", "expected"),
+    [
+        ([], exit_status.ERROR, "cannot crawl http://127.0.0.1:1/: private or loopback address"),
+        (["--max-pages", "-3"], exit_status.USAGE, "max-depth non-negative (set by flag --max-pages)"),
+    ],
+    ids=["crawl-error", "bad-setting"],
+)
+def test_crawl_error_is_one_line_whichever_entry(
+    tmp_path: Path, cli_env: dict[str, str], module: str, extra: list[str], status: int, expected: str
 ) -> None:
     argv = ["crawl"] if module.endswith("cli") else []
-    argv += ["--start-url", "http://127.0.0.1:1/", "--data-dir", str(tmp_path), "--max-pages", "-3"]
+    argv += ["--start-url", "http://127.0.0.1:1/", "--data-dir", str(tmp_path), *extra]
     cmd = [sys.executable, "-m", module, *argv]
     proc = subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=50, check=False)
-    assert proc.returncode == exit_status.ERROR, proc.stderr
+    assert proc.returncode == status, proc.stderr
     lines = nonempty_lines(proc.stderr)
-    assert len(lines) == 1 and lines[0].startswith("crystalline: error: ") and "max" in lines[0], proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("crystalline: error: "), proc.stderr
+    assert expected in lines[0]
 
 
 def test_a_bug_keeps_its_traceback_and_exits_70(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,13 +1,25 @@
-"""Daemon configuration: defaults < file < environment < command line."""
+"""The settings tree of `crystalline run`: defaults < run's defaults < file < environment < flags,
+per table; old spellings; one-line errors naming the source; `crystalline config`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from crystalline.daemon import config
+from crystalline import settings_tree
+from crystalline.daemon import cli, config
+from crystalline.exit_status import USAGE, UsageError
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "crystalline.toml"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -16,27 +28,83 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_precedence_cli_over_env_over_file_over_defaults(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        '[daemon]\ncrawl-delay = 2.5\nseed-url = ["https://a.example/"]\n'
-        "[train]\nembed-dim = 64\nnum-heads = 2\nbatch-size = 24\n"
+def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "crystalline.daemon.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    env = {"CRYSTALLINE_EMBED_DIM": "96", "CRYSTALLINE_CRAWL_DELAY": "3"}
-    s = config.resolve(parse(["--config", str(cfg), "--embed-dim", "32", "--no-crawl"]), env)
-    assert s.train.embed_dim == 32  # CLI beats env and file
-    assert s.daemon.crawl_delay == 3.0  # env beats file
-    assert s.train.batch_size == 24  # file beats defaults
-    assert s.daemon.seed_url == ("https://a.example/",)
-    assert s.daemon.no_crawl is True
-    assert s.train.num_layers == 4  # default
-    assert s.train.workers == 12  # the daemon's default: node zero and 12 workers
-    assert config.resolve(parse([]), {}).train.batch_size == 48  # 4 sequences per worker
+
+
+# (table, key, file value (TOML), env value, flag, flag value, expected default, file, env, flag)
+PRECEDENCE = [
+    ("daemon", "status_interval_s", "2.5", "3", "--status-interval-s", "4", 10.0, 2.5, 3.0, 4.0),
+    ("crawl", "concurrency", "3", "5", "--crawl-concurrency", "7", 16, 3, 5, 7),
+    ("crawl", "user_agent", '"a/1"', "b/2", "--crawl-user-agent", "c/3", None, "a/1", "b/2", "c/3"),
+    ("ingest", "language_min_score", "0.5", "0.6", "--ingest-language-min-score", "0.7", 0.65, 0.5, 0.6, 0.7),
+    ("ingest", "ocr", "false", "true", "--ingest-no-ocr", None, True, False, True, False),
+    ("train", "embed_dim", "64", "96", "--embed-dim", "32", 128, 64, 96, 32),
+    ("train", "workers", "3", "4", "--workers", "5", 12, 3, 4, 5),  # run's own default: 12
+]
+
+
+def value_of(s: config.Settings, table: str, key: str) -> Any:
+    if table == "ingest" and key == "language_min_score":
+        return s.ingest.filters.language_min_score
+    if table == "ingest" and key == "ocr":
+        return s.ingest.limits.ocr
+    return getattr(getattr(s, table), key)
+
+
+@pytest.mark.parametrize("row", PRECEDENCE, ids=[f"{r[0]}.{r[1]}" for r in PRECEDENCE])
+def test_precedence_per_table(tmp_path: Path, row: tuple[Any, ...]) -> None:
+    table, key, in_file, in_env, flag, flag_value, default, by_file, by_env, by_flag = row
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[{table}]\n{key.replace('_', '-')} = {in_file}\n", encoding="utf-8")
+    var = f"CRYSTALLINE_{table.upper()}_{key.upper()}"
+    argv = [flag] if flag_value is None else [flag, flag_value]
+    dashed = key.replace("_", "-")
+
+    defaults = config.resolve(parse([]), {})
+    if default is not None:
+        assert value_of(defaults, table, key) == default
+    filed = config.resolve_tree(parse(["--config", str(cfg)]), {})
+    assert value_of(config.resolve(parse(["--config", str(cfg)]), {}), table, key) == by_file
+    assert filed.report()[table][dashed]["source"] == "file"
+    assert filed.report()[table][dashed]["where"] == str(cfg)
+    env = {var: in_env}
+    assert value_of(config.resolve(parse(["--config", str(cfg)]), env), table, key) == by_env
+    assert config.resolve_tree(parse(["--config", str(cfg)]), env).report()[table][dashed]["where"] == var
+    flagged = config.resolve_tree(parse(["--config", str(cfg), *argv]), env)
+    assert value_of(config.resolve(parse(["--config", str(cfg), *argv]), env), table, key) == by_flag
+    assert flagged.report()[table][dashed] == {"value": by_flag, "source": "flag", "where": flag}
+
+
+def test_runs_own_defaults_and_their_source() -> None:
+    report = config.resolve_tree(parse([]), {}).report()
+    assert report["train"]["workers"] == {"value": 12, "source": "command", "where": ""}
+    assert report["train"]["batch-size"]["value"] == 48
+    assert report["train"]["num-layers"] == {"value": 4, "source": "default", "where": ""}
+    assert report["crawl"]["warc-max-bytes"]["value"] == 10 * 1024**3
+    assert "data-dir" not in report["crawl"]  # the daemon's is <state-dir>/crawl
+
+
+def test_crawl_and_ingest_are_placed_under_the_state_directory(tmp_path: Path) -> None:
+    s = config.resolve(
+        parse(["--state-dir", str(tmp_path), "--crawl-warc-dir", "warc", "--val-fraction", "0.25"]), {}
+    )
+    assert s.crawl.data_dir == tmp_path / "crawl"
+    assert s.crawl.warc_dir == tmp_path / "warc"
+    assert s.ingest.val_fraction == 0.25  # ingest holds out what [train] says
+    assert config.resolve(parse([]), {}).crawl.warc_dir is None
 
 
 def test_config_file_from_the_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    cfg.write_text("workers = 3\n")
+    cfg.write_text("[train]\nworkers = 3\n")
     s = config.resolve(parse([]), {"CRYSTALLINE_CONFIG": str(cfg)})
     assert s.train.workers == 3
 
@@ -52,41 +120,299 @@ def test_directories_follow_systemd_then_state_dir(tmp_path: Path, monkeypatch: 
     assert s.state_dir == tmp_path / "x"
 
 
-def test_repeatable_and_comma_separated_lists() -> None:
-    s = config.resolve(parse(["--seed-url", "https://a.example/", "--seed-url", "https://b.example/"]), {})
-    assert s.daemon.seed_url == ("https://a.example/", "https://b.example/")
-    s = config.resolve(parse([]), {"CRYSTALLINE_ALLOWED_DOMAIN": "a.example, b.example"})
-    assert s.daemon.allowed_domain == ("a.example", "b.example")
-
-
-@pytest.mark.parametrize(
-    "argv, env, message",
-    [
-        (["--embed-dim", "big"], {}, "embed-dim"),
-        ([], {"CRYSTALLINE_NO_SUCH_KEY": "1"}, "CRYSTALLINE_NO_SUCH_KEY"),
-        ([], {"CRYSTALLINE_NO_CRAWL": "maybe"}, "no-crawl"),
-        (["--num-heads", "3"], {}, "num-heads"),
-        (["--socket-mode", "rw"], {}, "invalid literal"),
-    ],
-)
-def test_bad_values_are_one_line_errors(argv: list[str], env: dict[str, str], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        config.resolve(parse(argv), env)
-
-
-def test_unknown_key_in_file(tmp_path: Path) -> None:
+def test_repeatable_and_comma_separated_lists(tmp_path: Path) -> None:
+    argv = ["--crawl-start-url", "https://a.example/", "--crawl-start-url", "https://b.example/"]
+    s = config.resolve(parse(argv), {})
+    assert s.crawl.start_url == ("https://a.example/", "https://b.example/")
+    s = config.resolve(parse([]), {"CRYSTALLINE_CRAWL_ALLOWED_DOMAINS": "a.example, b.example"})
+    assert s.crawl.allowed_domains == ("a.example", "b.example")
     cfg = tmp_path / "c.toml"
-    cfg.write_text("[daemon]\nbogus = 1\n")
-    with pytest.raises(ValueError, match="bogus"):
-        config.resolve(parse(["--config", str(cfg)]), {})
+    cfg.write_text('[ingest]\nquality-rule = ["gopher_max_words=100000"]\nlanguages = ["en", "de"]\n')
+    s = config.resolve(parse(["--config", str(cfg)]), {})
+    assert s.ingest.filters.rules.gopher_max_words == 100000
+    assert s.ingest.filters.languages == ("en", "de")
 
 
-def test_example_file_documents_http_and_its_off_switch(tmp_path: Path) -> None:
-    example = Path(__file__).resolve().parents[2] / "systemd" / "crystalline.toml"
-    text = example.read_text(encoding="utf-8")
-    assert config.resolve(parse(["--config", str(example)]), {}).daemon.http == "127.0.0.1:8470"
+# ---- old spellings: read as before, each with a one-line deprecation notice -------------------
+
+
+def test_old_flat_file_env_and_flags_mean_what_they_meant(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = tmp_path / "old.toml"
+    old.write_text(
+        'workers = 3\n[daemon]\ncrawl-delay = 2.5\nseed-url = ["https://a.example/"]\ncrawl-concurrency = 4\n'
+        'crawl-no-sitemaps = true\nno-pii = true\nlanguages = ["en"]\nuser-agent = "x/1"\n'
+        'quality-rule = ["gopher_max_words=9"]\ncrawl-max-queued = 70\nhttp = "off"\n'
+        "[train]\nembed-dim = 64\n",
+        encoding="utf-8",
+    )
+    new = tmp_path / "new.toml"
+    new.write_text(
+        '[crawl]\nmin-delay = 2.5\nstart-url = ["https://a.example/"]\nconcurrency = 4\nsitemaps = false\n'
+        'user-agent = "x/1"\nmax-queued = 70\n[ingest]\npii = false\nlanguages = ["en"]\n'
+        'quality-rule = ["gopher_max_words=9"]\n[daemon]\nhttp = "off"\n'
+        "[train]\nembed-dim = 64\nworkers = 3\n",
+        encoding="utf-8",
+    )
+    with caplog.at_level(logging.WARNING, "crystalline.settings"):
+        from_old = config.resolve(parse(["--config", str(old)]), {})
+    assert from_old == config.resolve(parse(["--config", str(new)]), {})
+    notices = [r.getMessage() for r in caplog.records]
+    assert f"{old}: [daemon] crawl-delay is deprecated: use [crawl] min-delay" in notices
+    assert f"{old}: [daemon] no-pii is deprecated: use [ingest] pii (the opposite value)" in notices
+    assert f"{old}: workers is deprecated: use [train] workers" in notices
+
+    caplog.clear()
+    old_env = {"CRYSTALLINE_EMBED_DIM": "64", "CRYSTALLINE_CRAWL_ALLOW_PRIVATE": "1",
+               "CRYSTALLINE_SEED_URL": "https://a.example/", "CRYSTALLINE_CRAWL_DELAY": "0",
+               "CRYSTALLINE_CRAWL_NO_SITEMAPS": "1"}  # fmt: skip
+    new_env = {"CRYSTALLINE_TRAIN_EMBED_DIM": "64", "CRYSTALLINE_CRAWL_ALLOW_PRIVATE_ADDRESSES": "1",
+               "CRYSTALLINE_CRAWL_START_URL": "https://a.example/", "CRYSTALLINE_CRAWL_MIN_DELAY": "0",
+               "CRYSTALLINE_CRAWL_SITEMAPS": "0"}  # fmt: skip
+    with caplog.at_level(logging.WARNING, "crystalline.settings"):
+        assert config.resolve(parse([]), old_env) == config.resolve(parse([]), new_env)
+    assert "CRYSTALLINE_CRAWL_DELAY is deprecated: use CRYSTALLINE_CRAWL_MIN_DELAY" in caplog.messages
+
+    caplog.clear()
+    old_flags = ["--seed-url", "https://a.example/", "--crawl-allow-private", "--crawl-delay", "0",
+                 "--no-pii", "--languages", "en", "--allowed-domain", "a.example", "--user-agent", "x/1",
+                 "--quality-rule", "gopher_max_words=9", "--language-min-score", "0.5"]  # fmt: skip
+    new_flags = ["--crawl-start-url", "https://a.example/", "--crawl-allow-private-addresses",
+                 "--crawl-min-delay", "0", "--ingest-no-pii", "--ingest-languages", "en",
+                 "--crawl-allowed-domains", "a.example", "--crawl-user-agent", "x/1",
+                 "--ingest-quality-rule", "gopher_max_words=9",
+                 "--ingest-language-min-score", "0.5"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, "crystalline.settings"):
+        assert config.resolve(parse(old_flags), {}) == config.resolve(parse(new_flags), {})
+    assert "--seed-url is deprecated: use --crawl-start-url" in caplog.messages
+    assert "--no-pii is deprecated: use --ingest-no-pii" in caplog.messages
+    assert "--crawl-allow-private is deprecated: use --crawl-allow-private-addresses" in caplog.messages
+
+
+def test_example_file_is_current_and_documents_http_and_its_off_switch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    with caplog.at_level(logging.WARNING, "crystalline.settings"):
+        s = config.resolve(parse(["--config", str(EXAMPLE)]), {})
+    assert caplog.messages == []  # no old spelling in the example
+    assert s.daemon.http == "127.0.0.1:8470"
+    assert s.crawl.concurrency == settings_tree.table("crawl", type(s.crawl)).keys["concurrency"].default
     for line, bind in (('# http = "127.0.0.1:8470"', ("127.0.0.1", 8470)), ('# http = "off"', None)):
         assert line in text  # the commented default, and how to turn it off
         cfg = tmp_path / "c.toml"
         cfg.write_text(text.replace(line, line[2:]), encoding="utf-8")
         assert config.parse_bind(config.resolve(parse(["--config", str(cfg)]), {}).daemon.http) == bind
+
+
+# ---- one-line errors naming the source, the key and what is allowed ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[crawl]\nconcurency = 3\n", "{path}: unknown key [crawl] concurency (did you mean concurrency"),
+        ("[crawl]\nzzz = 3\n", "{path}: unknown key [crawl] zzz (keys: start-url, "),
+        ("[daemon]\nbogus = 1\n", "{path}: unknown key [daemon] bogus (keys: state-dir, runtime-dir, "),
+        ("bogus = 1\n", "{path}: unknown setting 'bogus' (expected [TABLE] KEY in a file"),
+        ("[trian]\nworkers = 1\n", "{path}: unknown table [trian] (tables: daemon, crawl, ingest, train)"),
+        ('[crawl]\nconcurrency = "many"\n', "{path}: [crawl] concurrency must be an integer, got 'many'"),
+        ('[train]\ninit = "spiral"\n', "{path}: [train] init must be one of normal, lattice, got 'spiral'"),
+        ("[ingest]\npii = 1\n", "{path}: [ingest] pii must be true or false, got 1"),
+        ('[ingest]\nquality-rule = ["gopher_bogus=1"]\n', "{path}: [ingest] quality-rule must be a list of"),
+        ('[crawl]\nhost-revisit = ["a.example=9:1"]\n', "{path}: [crawl] host-revisit must be a list of"),
+        ("[crawl]\nconcurrency = 0\n", "[crawl] concurrency must be at least 1 (set by file {path})"),
+        ("[train]\nnum-heads = 3\n", "(set by file {path})"),
+        (
+            '[daemon]\nsocket-mode = "rw"\n',
+            "[daemon] socket-mode must be an octal mode such as 0660, got 'rw'",
+        ),
+    ],
+)
+def test_bad_file_values_name_the_file_and_the_key(tmp_path: Path, body: str, message: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(body, encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        config.resolve(parse(["--config", str(cfg)]), {})
+    assert message.format(path=cfg) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CRYSTALLINE_CRAWL_CONCURENCY": "3"},
+         "CRYSTALLINE_CRAWL_CONCURENCY: unknown key [crawl] concurency"),
+        ({"CRYSTALLINE_TESTS": "1"}, "CRYSTALLINE_TESTS: unknown setting 'CRYSTALLINE_TESTS'"),
+        ({"CRYSTALLINE_DAEMON_NO_CRAWL": "maybe"},
+         "CRYSTALLINE_DAEMON_NO_CRAWL: [daemon] no-crawl must be true or false, got 'maybe'"),
+        ({"CRYSTALLINE_TRAIN_EMBED_DIM": "big"},
+         "CRYSTALLINE_TRAIN_EMBED_DIM: [train] embed-dim must be an integer, got 'big'"),
+        ({"CRYSTALLINE_CRAWL_MAX_QUEUED": "-5"}, "(set by env CRYSTALLINE_CRAWL_MAX_QUEUED)"),
+        ({"CRYSTALLINE_CRAWL_HOST_REVISIT": "a.example=600:60"},
+         "CRYSTALLINE_CRAWL_HOST_REVISIT: [crawl] host-revisit must be a list of strings, "
+         "got 'a.example=600:60' (host-revisit 'a.example=600:60': the minimum must not be "),
+    ],
+)  # fmt: skip
+def test_bad_environment_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        config.resolve(parse([]), env)
+    assert message in str(err.value)
+
+
+def test_test_suite_variables_are_not_settings() -> None:
+    s = config.resolve(parse([]), {"CRYSTALLINE_TEST_ARTIFACTS": "/tmp/a", "CRYSTALLINE_DAEMON_HTTP": "off"})
+    assert s.daemon.http == "off"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--crawl-concurrency", "x"],
+            "--crawl-concurrency: [crawl] concurrency must be an integer, got 'x'",
+        ),
+        (
+            ["--crawl-concurrency", "0"],
+            "[crawl] concurrency must be at least 1 (set by flag --crawl-concurrency)",
+        ),
+        (["--num-heads", "3"], "(set by flag --num-heads)"),
+        (["--http", "8470"], "--http must be HOST:PORT or off"),
+        (["--crawl-min-revisit", "-1"], "(set by flag --crawl-min-revisit)"),
+        (
+            ["--seed-url", "https://a.example/", "--crawl-max-queued", "-5"],
+            "[crawl] max-queued must not be negative",
+        ),
+    ],
+)
+def test_bad_flag_values_name_the_flag(argv: list[str], message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        config.resolve(parse(argv), {})
+    assert message in str(err.value)
+
+
+@pytest.mark.timeout(120)
+def test_usage_errors_exit_64_with_one_line(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[crawl]\nbogus = 1\n", encoding="utf-8")
+    for argv, expected in (
+        (["run", "--crawl-concurrency", "x"], "--crawl-concurrency: [crawl] concurrency must be an integer"),
+        (["config", "--config", str(cfg)], f"{cfg}: unknown key [crawl] bogus"),
+        (["crawl", "--start-url", "http://127.0.0.1/", "--concurrency", "0"], "(set by flag --concurrency)"),
+        (["crawl", "--data-dir", str(tmp_path / "d")], "crawl needs a start URL"),
+        (["extract", "--processes", "0", str(cfg)], "[ingest] processes must be at least 1"),
+    ):
+        proc = run_cli(argv, {**cli_env, "CRYSTALLINE_CONFIG": ""})
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == USAGE, proc.stderr
+        assert lines == [lines[0]] and lines[0].startswith("crystalline: error: ") and expected in lines[0], (
+            lines
+        )
+
+
+# ---- --help shows each command's own defaults --------------------------------------------------
+
+
+def command_help(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_help_shows_the_commands_own_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    run = command_help("run", capsys)
+    assert "--workers INT worker processes computing gradients (1: in this process) (default: 12)" in run
+    assert "(default: 48)" in run.rsplit("--batch-size INT", 1)[1].split("--", 1)[0]
+    assert "--crawl-concurrency INT requests in flight, all hosts together (default: 16)" in run
+    assert "--crawl-allow-private-addresses" in run and "--crawl-allow-private " not in run  # old: hidden
+    train = command_help("train", capsys)
+    assert "(default: 1)" in train.rsplit("--workers INT", 1)[1].split("--", 1)[0]
+    assert "(default: 12)" in train.rsplit("--batch-size INT", 1)[1].split("--", 1)[0]
+    crawl = command_help("crawl", capsys)
+    assert "--concurrency INT requests in flight, all hosts together (default: 16)" in crawl
+    assert "--allow-private-addresses" in crawl
+    assert "(default: 0)" in crawl.rsplit("--warc-max-bytes INT", 1)[1].split("--", 1)[0]
+
+
+# ---- crystalline config --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_config_command_prints_values_and_where_they_came_from(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[crawl]\nconcurrency = 3\n[train]\nembed-dim = 64\n[ingest]\nlanguages = ["en"]\n')
+    env = {**cli_env, "CRYSTALLINE_CONFIG": str(cfg), "CRYSTALLINE_TRAIN_SEQ_LEN": "32"}
+    proc = run_cli(["config", "--json", "--crawl-min-delay", "0"], env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["crawl"]["concurrency"] == {"value": 3, "source": "file", "where": str(cfg)}
+    assert report["train"]["seq-len"] == {"value": 32, "source": "env", "where": "CRYSTALLINE_TRAIN_SEQ_LEN"}
+    assert report["crawl"]["min-delay"] == {"value": 0.0, "source": "flag", "where": "--crawl-min-delay"}
+    assert report["train"]["workers"] == {"value": 12, "source": "command", "where": ""}
+    assert report["train"]["num-heads"] == {"value": 4, "source": "default", "where": ""}
+    assert report["ingest"]["languages"]["value"] == ["en"]
+
+    proc = run_cli(["config", "--crawl-min-delay", "0"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"concurrency = 3  # file {cfg}" in proc.stdout.splitlines()
+    assert "seq-len = 32  # env CRYSTALLINE_TRAIN_SEQ_LEN" in proc.stdout.splitlines()
+    # the text is TOML: fed back as the file, it gives the same values
+    as_toml = tomllib.loads(proc.stdout)
+    assert {t: {k: r["value"] for k, r in rows.items()} for t, rows in report.items()} == as_toml
+    again = tmp_path / "again.toml"
+    again.write_text(proc.stdout, encoding="utf-8")
+    proc = run_cli(["config", "--json", "--config", str(again)], {**cli_env, "CRYSTALLINE_CONFIG": ""})
+    assert proc.returncode == 0, proc.stderr
+    assert {
+        t: {k: r["value"] for k, r in rows.items()} for t, rows in json.loads(proc.stdout).items()
+    } == as_toml
+
+
+# ---- the generator: a new field is a key, a flag and a variable with nothing to wire ------------
+
+
+@dataclass(frozen=True)
+class _Inner:
+    depth: int = 2  # how deep
+    on: bool = True
+
+
+@dataclass(frozen=True)
+class _Outer:
+    name: str = field(default="a", metadata={"help": "a name", "choices": ("a", "b")})
+    inner: _Inner = field(default_factory=_Inner)
+    spots: tuple[str, ...] = field(default=(), metadata={"aliases": ("spot",)})
+    where: Path | None = None
+    hidden: float = field(default=1.0, metadata={"internal": True})
+
+
+def test_a_new_field_needs_no_wiring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = settings_tree.Tree({"crawl": settings_tree.table("crawl", _Outer)}, prefixed=("crawl",))
+    assert sorted(tree.tables["crawl"].keys) == ["depth", "name", "on", "spots", "where"]
+    parser = argparse.ArgumentParser()
+    tree.add_flags(parser)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[crawl]\ndepth = 5\nwhere = "/x"\n', encoding="utf-8")
+    args = parser.parse_args(
+        ["--crawl-name", "b", "--crawl-no-on", "--crawl-spot", "p", "--crawl-spots", "q"]
+    )
+    got = tree.resolve(args, {"CRYSTALLINE_CRAWL_DEPTH": "7"}, cfg)
+    assert got.tables["crawl"] == _Outer(
+        name="b", inner=_Inner(depth=7, on=False), spots=("p", "q"), where=Path("/x")
+    )
+    assert got.sources[("crawl", "where")] == settings_tree.Source("file", str(cfg))
+    parser.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--crawl-depth INT how deep (default: 2)" in text and "{a,b}" in text
+    with pytest.raises(UsageError, match="must be one of a, b, got 'c'"):
+        tree.resolve(parser.parse_args(["--crawl-name", "c"]), {})
+
+    @dataclass(frozen=True)
+    class Odd:
+        weights: dict[str, int] = field(default_factory=dict)
+
+    with pytest.raises(TypeError, match=r"Odd\.weights: a dict\[str, int\] cannot be a setting"):
+        settings_tree.table("train", Odd)

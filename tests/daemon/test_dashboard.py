@@ -35,6 +35,8 @@ def fake_status() -> dict[str, Any]:
             "step": 40,
             "tokens": 15360,
             "loss": 2.5,
+            "bpb": 3.6067,
+            "perplexity": 12.1825,
             "val_loss": float("nan"),
             "lr": 1e-3,
             "tokens_per_s": 900.0,
@@ -194,6 +196,9 @@ async def _test_metrics_parse_as_prometheus_text(tmp_path: Path) -> None:
         assert families["crystalline_training_steps"].samples[0].value == 40
         assert families["crystalline_training_loss"].samples[0].value == 2.5
         assert "crystalline_validation_loss" not in families  # NaN: not yet measured, not exported
+        assert families["crystalline_training_bits_per_byte"].samples[0].value == 3.6067
+        assert families["crystalline_training_perplexity"].samples[0].value == 12.1825
+        assert "crystalline_validation_bits_per_byte" not in families
         restarts = families["crystalline_worker_restarts"].samples
         assert len([x for x in restarts if x.name.endswith("_total")]) == 12
         filtered = {x.labels["reason"]: x.value for x in families["crystalline_ingest_filtered"].samples}
@@ -354,8 +359,10 @@ async def _test_unwritable_runtime_dir(tmp_path: Path) -> None:
 
 
 def test_test_suite_variables_are_not_daemon_keys() -> None:
-    from crystalline.daemon.config import from_env
+    from crystalline.daemon import cli, config
 
-    assert from_env({"CRYSTALLINE_TEST_ARTIFACTS": "/tmp/a", "CRYSTALLINE_HTTP": "off"}) == {"http": "off"}
-    with pytest.raises(ValueError, match="unknown variable CRYSTALLINE_TESTS"):
-        from_env({"CRYSTALLINE_TESTS": "1"})
+    run = cli.build_parser().parse_args(["run"])
+    env = {"CRYSTALLINE_TEST_ARTIFACTS": "/tmp/a", "CRYSTALLINE_DAEMON_HTTP": "off"}
+    assert config.resolve(run, env).daemon.http == "off"
+    with pytest.raises(ValueError, match="CRYSTALLINE_TESTS: unknown setting"):
+        config.resolve(run, {"CRYSTALLINE_TESTS": "1"})
