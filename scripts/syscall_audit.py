@@ -118,7 +118,8 @@ def run_daemon(trace: Path, workers: int, user: str | None) -> None:
     as_user = ["-u", user] if user else []
     daemon = [str(REPO / ".venv" / "bin" / "crystalline"), "run", "--workers", str(workers), *SMALL_MODEL]
     daemon += ["--state-dir", str(tmp / "s"), "--runtime-dir", str(tmp / "r"), "--http", "127.0.0.1:0"]
-    daemon += ["--seed-url", url, "--crawl-allow-private", "--crawl-delay", "0", "--crawl-no-sitemaps"]
+    daemon += ["--crawl-start-url", url, "--crawl-allow-private-addresses", "--crawl-min-delay", "0"]
+    daemon += ["--crawl-no-sitemaps"]
     cmd = ["strace", "-f", "-qq", "-o", str(trace), *as_user, *daemon]
     texts = len(list((REPO / "daemon" / "samples").glob("shakespeare-*.txt")))
     print(f"running the daemon under strace ({workers} workers, site {url}) ...")

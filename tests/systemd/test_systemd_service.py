@@ -44,8 +44,9 @@ SITE_PORT = free_port()
 # a crawl of the local site (the configuration's keys as CRYSTALLINE_* variables).
 DROP_IN = (
     "[Service]\nWatchdogSec=10s\n"
-    f"Environment=CRYSTALLINE_SEED_URL=http://127.0.0.1:{SITE_PORT}/ CRYSTALLINE_CRAWL_ALLOW_PRIVATE=1"
-    " CRYSTALLINE_CRAWL_DELAY=0 CRYSTALLINE_CRAWL_NO_SITEMAPS=1\n"
+    f"Environment=CRYSTALLINE_CRAWL_START_URL=http://127.0.0.1:{SITE_PORT}/"
+    " CRYSTALLINE_CRAWL_ALLOW_PRIVATE_ADDRESSES=1 CRYSTALLINE_CRAWL_MIN_DELAY=0"
+    " CRYSTALLINE_CRAWL_SITEMAPS=0\n"
 )
 _DROP_IN_PATH = "/etc/systemd/system/crystalline.service.d/test-watchdog.conf"
 STATUS = "crystalline status --runtime-dir /run/crystalline --json"
