@@ -133,19 +133,29 @@ def add_parser(sub: Any) -> None:
         help="ask the running daemon what it is doing",
         description="Print the daemon's status: exit 1 if unreachable, 2 if degraded.",
     )
+    add_socket_options(p)
+    p.add_argument("--json", action="store_true", help="print the data object as JSON")
+    p.add_argument("--watch", action="store_true", help="refresh every 2 s until interrupted")
+    p.set_defaults(func=run_status_command)
+
+
+def add_socket_options(p: argparse.ArgumentParser, timeout_s: float = 5.0) -> None:
+    """Where the daemon's socket is, and how long to wait for it (status and ctl)."""
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--socket", type=Path, help="the status socket (default: $RUNTIME_DIRECTORY or ./state/run)"
     )
     where.add_argument("--runtime-dir", type=Path, help="the daemon's runtime directory")
-    p.add_argument("--json", action="store_true", help="print the data object as JSON")
-    p.add_argument("--watch", action="store_true", help="refresh every 2 s until interrupted")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon (default 5)")
-    p.set_defaults(func=run_status_command)
+    help_text = f"seconds to wait for the daemon (default {timeout_s:g})"
+    p.add_argument("--timeout", type=float, default=timeout_s, help=help_text)
+
+
+def socket_of(args: argparse.Namespace) -> Path:
+    return args.socket or (args.runtime_dir / "crystalline.sock" if args.runtime_dir else default_socket())
 
 
 def run_status_command(args: argparse.Namespace) -> int:
-    path = args.socket or (args.runtime_dir / "crystalline.sock" if args.runtime_dir else default_socket())
+    path = socket_of(args)
     while True:
         code = _once(path, args)
         if not args.watch:

@@ -31,16 +31,13 @@ import os
 import socket
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..descriptors import RESERVE, open_descriptors, soft_limit
+from .commands import Command as Command  # the commands' shape, re-exported for the server's callers
+from .commands import CommandError as CommandError
 from .status_client import request as request  # the client half, re-exported for old callers
-
-if TYPE_CHECKING:
-    from .command_limit import CommandLimit
 
 log = logging.getLogger("crystalline.status")
 
@@ -70,22 +67,6 @@ def connection_limits(max_clients: int, operator_reserve: int) -> tuple[int, int
     clients = min(max_clients, max(4, free // DESCRIPTOR_SHARE))
     reserve = max(operator_reserve * clients // max(max_clients, 1), min(operator_reserve, 2))
     return clients, min(reserve, clients)
-
-
-class CommandError(Exception):
-    """A request the daemon understood but cannot honour; its message goes to the client."""
-
-
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str
-    handler: Handler
-    control: bool  # changes the daemon's state: own user and root only
-    help: str = ""
-    limit: CommandLimit | None = None  # a share of wall time per uid (generate)
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:

@@ -67,7 +67,12 @@ class Supervisor:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.state = DAEMON.initial
-        self.crawl = CrawlService(settings.crawl, settings.state_dir, enabled=not settings.daemon.no_crawl)
+        self.crawl = CrawlService(
+            settings.crawl,
+            settings.state_dir,
+            enabled=not settings.daemon.no_crawl,
+            registry_database=settings.ingest.database,  # ingest's verdicts come back from its registry
+        )
         self.ingestor: Ingestor | None = None
         self.ring: RingServer | None = None  # the batch ring, lent to control (ring_service.py)
         self.ingest_stop = asyncio.Event()

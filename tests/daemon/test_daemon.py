@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -115,6 +116,12 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
     try:
         notify.wait_for("READY=1", 180, proc)
         data = wait_for_step(run, 5, 240, proc)  # training starts once the first batch is stored
+        t = data["training"]
+        # a run that never ends: the stable schedule, served through the weights' moving average;
+        # bits per byte and perplexity beside the loss (bytes: bpb = loss / ln 2)
+        assert t["schedule"] == "stable" and t["ema_decay"] > 0, t
+        assert t["bpb"] == pytest.approx(t["loss"] / math.log(2)), t
+        assert t["perplexity"] == pytest.approx(math.exp(t["loss"])), t
         workers = data["training"]["workers"]
         assert len(workers) == 12 and all(w["state"] not in ("dead", "restarting") for w in workers)
         assert len({w["pid"] for w in workers}) == 12
@@ -138,6 +145,16 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
         assert json.loads(out.stdout)["training"]["step"] > 0
         # the verdict the CLI exited 0 by and the watchdog was fed by is the reply's
         assert json.loads(out.stdout)["health"] == {"verdict": "ok", "watchdog": True, "reasons": []}
+        # crystalline ctl: a command module's reply, and a refusal in one line
+        ctl = [sys.executable, "-m", "crystalline.daemon.cli", "ctl", "--runtime-dir", str(run)]
+        out = subprocess.run([*ctl, "checkpoint"], capture_output=True, text=True, timeout=90)
+        assert out.returncode == 0, out.stderr
+        assert (state / "checkpoints" / Path(json.loads(out.stdout)["path"]).name).is_dir()
+        out = subprocess.run(
+            [*ctl, "add-url", "url=ftp://example.org/"], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 1 and out.stderr.startswith("crystalline: add-url: ")
+        assert len(out.stderr.strip().splitlines()) == 1
 
         reply = request(
             run / "crystalline.sock", {"cmd": "generate", "prompt": "ROMEO:", "n": 20, "seed": 3}, 60
@@ -154,6 +171,7 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
             proc.wait()
     checkpoints = sorted((state / "checkpoints").glob("step-*"))
     assert checkpoints, "no checkpoint written on stop"
+    assert (checkpoints[-1] / "ema.npy").is_file()  # the checkpoint keeps the average it serves
     final_step = int(checkpoints[-1].name.split("-")[1])
     assert final_step >= step_before_stop
     assert list_segments(engine_instance(state / "checkpoints")) == []  # /dev/shm is clean

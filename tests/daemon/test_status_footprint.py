@@ -93,6 +93,13 @@ def test_status_answers_without_importing_the_daemons_machinery(live_socket: Pat
     assert heavy(modules) == []
 
 
+def test_ctl_is_as_light(live_socket: Path) -> None:
+    code, modules, stdout = probe("ctl", "--socket", str(live_socket), "status")
+    assert code == 0
+    assert json.loads(stdout)["training"]["step"] == 7
+    assert heavy(modules) == []
+
+
 def test_unreachable_status_is_as_light(live_socket: Path) -> None:
     code, modules, _ = probe("--debug", "status", "--socket", str(live_socket.with_name("none.sock")))
     assert code == 1

@@ -1,0 +1,31 @@
+"""generate: sample a continuation from the published parameters, beside training.
+
+Request:  {"cmd": "generate", "prompt": "...", "n": 200, "temperature": 0.8, "top_k": 0,
+          "seed": 1}   (all optional: n 1..2000, temperature 0..5, top_k 0 = all)
+Reply:    {"prompt": "...", "text": "...", "step": <parameters' step>, "tokens_per_s": ...}
+Served by the generation process, so training never waits for it. Open to every user of the
+socket, one request at a time per uid, within 10 % of wall time per uid and 25 % for all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import Daemon
+
+if TYPE_CHECKING:
+    from ..command_limit import CommandLimit
+
+CONTROL = False  # read-only users may generate, within a share of the time
+
+
+def limit() -> CommandLimit:
+    from ..command_limit import CommandLimit
+
+    return CommandLimit("generate")
+
+
+async def execute(daemon: Daemon, request: dict[str, Any]) -> Any:
+    from ..generation_service import generate_fields
+
+    return await daemon.generation.generate(generate_fields(request))
