@@ -250,9 +250,11 @@ class Trainer:
         def number(key: str) -> float:
             return math.nan if s.get(key) is None else float(s[key])
 
+        losses = numbers("pending_losses")
+        bpb = numbers("pending_bpb") or [math.nan] * len(losses)  # a checkpoint from before bpb
         return TrainState(
             s["step"], s["tokens"], s.get("skipped_steps", 0), number("val_loss"), number("val_bpb"),
-            number("val_loss_raw"), number("val_bpb_raw"), numbers("pending_losses"), numbers("pending_bpb"),
+            number("val_loss_raw"), number("val_bpb_raw"), losses, bpb,
         )  # fmt: skip
 
     def close(self) -> None:

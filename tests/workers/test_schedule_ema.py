@@ -24,6 +24,7 @@ from crystalline.workers.engine import EngineSettings, LocalEngine, ProcessEngin
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamWConfig, learning_rate
 from crystalline.workers.params import ModelConfig
+from crystalline.workers.sampling import sample
 from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import Trainer
 
@@ -161,7 +162,9 @@ def test_without_a_decay_there_is_no_average() -> None:
 # ---- checkpoints and resume -------------------------------------------------------------------------
 
 
-def test_checkpoints_store_the_average_and_evaluation_serves_it(tmp_path: Path, corpus_file: Path) -> None:
+def test_checkpoints_store_the_average_and_evaluation_serves_it(
+    tmp_path: Path, corpus_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = TrainConfig(**TINY, max_steps=12, eval_interval=6, checkpoint_interval=6, ema_decay=0.9,
                       schedule="stable")  # fmt: skip
     trainer = Trainer([corpus_file], tmp_path / "ck", cfg)
@@ -175,6 +178,13 @@ def test_checkpoints_store_the_average_and_evaluation_serves_it(tmp_path: Path, 
     windows = trainer.data.val_windows()
     assert ckpt.state["val_loss"] == evaluate(trainer.model, ckpt.arrays["ema"], windows)
     assert ckpt.state["val_loss_raw"] == evaluate(trainer.model, ckpt.arrays["params"], windows)
+    # `crystalline generate` samples from the average too
+    from crystalline.daemon.cli import main
+
+    assert main(["generate", "--checkpoint-dir", str(tmp_path / "ck"), "-p", "the", "-n", "12",
+                 "--temperature", "0"]) == 0  # fmt: skip
+    ids = sample(trainer.model, ckpt.arrays["ema"], trainer.tokenizer.encode("the"), 12, temperature=0)
+    assert capsys.readouterr().out == "the" + trainer.tokenizer.decode(ids) + "\n"
 
 
 @pytest.mark.timeout(300)
@@ -228,6 +238,7 @@ def test_a_checkpoint_without_an_average_loads_and_starts_it_from_the_weights(
         del before.state[key]
     for key in ("schedule", "ema_decay"):
         del before.state["config"][key]
+    before.state["pending_losses"] = [3.25, 3.0]  # written between two evals
     save_checkpoint(tmp_path / "ck", before)  # as the code before this change wrote it
     new = dataclasses.replace(old, max_steps=8, ema_decay=0.99, schedule="stable")
     with caplog.at_level(logging.INFO, logger="crystalline.workers.trainer"):
@@ -235,6 +246,8 @@ def test_a_checkpoint_without_an_average_loads_and_starts_it_from_the_weights(
     try:
         ema = trainer.engine.ema()
         assert ema is not None and np.array_equal(ema, before.arrays["params"])
+        # two batch losses since the last eval, and no bits per byte recorded for them
+        assert len(trainer.state.pending_losses) == len(trainer.state.pending_bpb) == 2
         assert any("no moving average" in r.getMessage() for r in caplog.records)
     finally:
         trainer.close()
