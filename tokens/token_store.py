@@ -216,9 +216,6 @@ class StoreReader:
         """The ids of one document (a read-only view of the memory-mapped shard)."""
         return self.shard(doc.shard)[doc.offset : doc.offset + doc.length]
 
-    def split_tokens(self, split: str) -> int:
-        return sum(d.length for d in self.documents if d.split == split)
-
     def validation_tokens(self) -> np.ndarray:
         """All held-out tokens, concatenated in commit order (for the validation loss). Copied
         one document at a time: a list of views would keep every shard's map (and descriptor)

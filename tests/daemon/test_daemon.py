@@ -145,6 +145,9 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
         assert json.loads(out.stdout)["training"]["step"] > 0
         # the verdict the CLI exited 0 by and the watchdog was fed by is the reply's
         assert json.loads(out.stdout)["health"] == {"verdict": "ok", "watchdog": True, "reasons": []}
+        # the status socket's counters are reported: each request counts, none was refused
+        before, after = status(run)["socket"], status(run)["socket"]
+        assert after["requests"] > before["requests"] > 0 and after["refused_connections"] == 0
         # crystalline ctl: a command module's reply, and a refusal in one line
         ctl = [sys.executable, "-m", "crystalline.daemon.cli", "ctl", "--runtime-dir", str(run)]
         out = subprocess.run([*ctl, "checkpoint"], capture_output=True, text=True, timeout=90)

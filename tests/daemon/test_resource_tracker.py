@@ -12,7 +12,7 @@ import pytest
 STRAY_HOLDER = """
 import json, os, subprocess
 from multiprocessing import resource_tracker
-from crystalline.daemon.supervisor import stop_resource_tracker
+from crystalline.daemon.resource_tracker import stop_resource_tracker
 resource_tracker.ensure_running()
 tracker = resource_tracker._resource_tracker
 pid = tracker._pid
