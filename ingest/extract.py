@@ -9,15 +9,17 @@ bounded by :class:`ExtractLimits` and, above it, by the pool's per-document time
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from crystalline.documents import Document
 
 from .charset import decode_bytes
-from .html_text import extract_html
 from .normalize import normalize_text
-from .ocr import OcrError, ocr_image_bytes
-from .pdf_text import PdfError, extract_pdf
+
+# The extractors (lxml and trafilatura, pypdfium2, tesseract through PIL) are imported when a
+# document of their kind first comes: a process that only holds ExtractLimits, such as the
+# parent of the extraction pool, does not pay for them.
 
 KINDS = ("html", "pdf", "image", "text")
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a", b"BM")
@@ -82,13 +84,15 @@ def sniff_kind(body: bytes, content_type: str = "", name: str = "") -> str:
     return "text"
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+
 def _check_text(text: str) -> None:
     """Refuse decoded bytes that are really binary (NULs or many control characters)."""
     sample = text[:65536]
     if not sample:
         return
-    controls = sum(1 for c in sample if (c < " " and c not in "\n\r\t\f") or "\x7f" <= c <= "\x9f")
-    if "\x00" in sample or controls > 0.02 * len(sample):
+    if "\x00" in sample or len(_CONTROLS.findall(sample)) > 0.02 * len(sample):
         raise ExtractionError("binary data, not text")
 
 
@@ -103,6 +107,8 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
     title = language = encoding = cut = ""
     pages = ocr_pages = 0
     if kind == "pdf":
+        from .pdf_text import PdfError, extract_pdf
+
         try:
             pdf = extract_pdf(
                 body,
@@ -121,6 +127,8 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
     elif kind == "image":
         if not limits.ocr:
             raise ExtractionError("image skipped: OCR is disabled")
+        from .ocr import OcrError, ocr_image_bytes
+
         try:
             raw, pages = ocr_image_bytes(body, limits.max_pixels, limits.max_pages, limits.ocr_timeout_s)
         except OcrError as e:
@@ -130,6 +138,8 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
         decoded, encoding = decode_bytes(body, doc.charset, html=kind == "html")
         _check_text(decoded)
         if kind == "html":
+            from .html_text import extract_html
+
             page = extract_html(decoded)
             raw, title, language = page.text, page.title, page.language
         else:

@@ -17,8 +17,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-import lxml.html
-import trafilatura
 from lxml import etree
 
 log = logging.getLogger(__name__)
@@ -213,7 +211,7 @@ def _named_after_heading(el: etree._Element) -> bool:
     heading = next(el.iter(*_HEADINGS), None)
     if heading is None:
         return False
-    title = set(_SPLIT.split(heading.text_content().lower()))
+    title = set(_SPLIT.split(_text_of(heading).lower()))
     return set(_SPLIT.split(ident)) - {""} <= title
 
 
@@ -232,7 +230,17 @@ def _remove(el: etree._Element) -> None:
     parent = el.getparent()
     if parent is None:
         return
-    el.drop_tree()
+    if el.tail:
+        previous = el.getprevious()
+        if previous is not None:
+            previous.tail = (previous.tail or "") + el.tail
+        else:
+            parent.text = (parent.text or "") + el.tail
+    parent.remove(el)
+
+
+def _text_of(el: etree._Element) -> str:
+    return "".join(el.itertext())
 
 
 def _is_junk(el: etree._Element, strict: bool) -> bool:
@@ -241,6 +249,8 @@ def _is_junk(el: etree._Element, strict: bool) -> bool:
         return True
     if tag in _DROP_TAGS or (tag == "header" and el.find(".//h1") is None):
         return True
+    if not el.attrib:  # most elements: no class, id, role, style or hidden to judge
+        return False
     if not strict:
         return el.get("hidden") is not None or el.get("role", "").lower() in _DROP_ROLES
     return tag not in ("html", "body", "article", "main") and _is_boilerplate(el) and _no_article(el)
@@ -302,7 +312,7 @@ def _scores(
         n = chars.get(el, 0)
         if n < 25:
             continue
-        text = el.text_content() if n < 20_000 else (el.text or "")
+        text = _text_of(el) if n < 20_000 else (el.text or "")
         score = 1.0 + text.count(",") + text.count("\uff0c") + min(n / 100.0, 3.0)
         if n >= _PROSE_CHARS and links.get(el, 0) < _PROSE_LINKS * n:
             for anc in el.iterancestors():
@@ -517,6 +527,8 @@ def _incomplete(found: _Found) -> bool:
 def _trafilatura_text(html: str) -> str:
     """Trafilatura's main text ("" if it finds none), without its own fallback extractors (ours
     takes their place) and without comments."""
+    import trafilatura  # ~0.2 s to import: only where a page first needs it
+
     try:
         text = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True)
     except Exception as e:  # a library bug on a hostile page must not cost the page our text
@@ -529,13 +541,16 @@ def _readability_page(html: str) -> tuple[HtmlText, _Found]:
     nothing = (HtmlText("", "", ""), _Found(0, 0, 0))
     if not html.strip():
         return nothing
-    parser = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, no_network=True, huge_tree=False)
+    # etree's own elements: lxml.html's element classes cost a lookup on every node visited
+    parser = etree.HTMLParser(remove_comments=True, remove_pis=True, no_network=True, huge_tree=False)
     try:
-        doc = lxml.html.document_fromstring(html, parser=parser)
+        doc = etree.fromstring(html, parser)
     except (etree.ParserError, ValueError):
         return nothing
+    if doc is None:
+        return nothing
     title_el = doc.find(".//title")
-    title = " ".join((title_el.text_content() if title_el is not None else "").split())
+    title = " ".join((_text_of(title_el) if title_el is not None else "").split())
     if not title:
         og = doc.find(".//meta[@property='og:title']")
         title = " ".join((og.get("content", "") if og is not None else "").split())
@@ -547,7 +562,7 @@ def _readability_page(html: str) -> tuple[HtmlText, _Found]:
     # strict pass finds less than a short article, retry on a copy that keeps such elements.
     text, found = _main_text(body, strict=True)
     if _weight(text) < _SHORT:
-        body = lxml.html.document_fromstring(html, parser=parser).find("body")
+        body = etree.fromstring(html, parser).find("body")
         relaxed, relaxed_found = _main_text(doc if body is None else body, strict=False)
         if len(relaxed) > len(text):
             text, found = relaxed, relaxed_found

@@ -268,10 +268,16 @@ class ExtractionPool:
         self._workers.append(_Worker(self._ctx, self._config_json))
 
     def map(
-        self, docs: Iterable[Document], *, want_text: bool = False, apply_filters: bool = True
+        self,
+        docs: Iterable[Document],
+        *,
+        want_text: bool = False,
+        apply_filters: bool = True,
+        fingerprint: bool = True,
     ) -> Iterator[tuple[int, WorkResult]]:
         """Yield ``(input index, result)`` for every document, in completion order. Each document
-        yields exactly one result, whatever happens to its worker."""
+        yields exactly one result, whatever happens to its worker. Without ``fingerprint`` the
+        content hash, SimHash and MinHash are left empty (``crystalline extract`` shows none)."""
         todo: deque[tuple[int, Document]] = deque(enumerate(docs))
         self._ensure_workers()
         while todo or any(w.task is not None for w in self._workers):
@@ -285,6 +291,7 @@ class ExtractionPool:
                         "origin": doc.origin,
                         "want_text": want_text,
                         "filter": apply_filters,
+                        "fingerprint": fingerprint,
                     }
                     try:
                         w.conn.send_bytes(_frame(header))

@@ -19,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 # ASCII and typographic closers, CJK full stops (escapes: ruff flags look-alike characters)
 _TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", "\u00bb", "\u3002", "\uff01", "\uff1f")
@@ -214,6 +216,19 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
+def _ngrams(words: list[str], longest: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """For n = 2 .. ``longest`` (while there are n words): n, the id of the n-gram starting at
+    each word, how often each id occurs, and where each occurs first. Ids are exact (an n-gram's
+    id is the (n-1)-gram's id paired with the next word's and renumbered), with no hashing."""
+    vocabulary: dict[str, int] = {}
+    ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), np.int64, len(words))
+    grams = ids
+    for n in range(2, min(longest, len(words)) + 1):
+        keys = grams[:-1] * len(vocabulary) + ids[n - 1 :]
+        _, first, grams, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+        yield n, grams, counts, first
+
+
 def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
     paras = [p for p in re.split(r"\n{2,}", text) if p.strip()]
     lines = [line for line in text.split("\n") if line.strip()]
@@ -228,29 +243,27 @@ def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
         if char_frac and chars / total > char_frac:
             return f"gopher_repetition: characters in duplicate {name} {chars / total:.0%} > {char_frac:.0%}"
     words = text.lower().split()
-    word_chars = max(sum(len(w) for w in words), 1)
-    for n in (2, 3, 4):
-        frac = getattr(rules, f"gopher_top_{n}gram_frac")
-        if not frac or len(words) < n:
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    word_chars = max(int(lengths.sum()), 1)
+    for n, grams, counts, first in _ngrams(words, 10):
+        if n <= 4:
+            frac = getattr(rules, f"gopher_top_{n}gram_frac")
+            # the most frequent n-gram, the earliest seen among equals (as Counter.most_common)
+            count = int(counts.max())
+            at = int(first[counts == count].min())
+            share = int(lengths[at : at + n].sum()) * count / word_chars
+            if frac and count > 1 and share > frac:
+                return f"gopher_repetition: top {n}-gram covers {share:.0%} of characters > {frac:.0%}"
             continue
-        grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-        gram, count = grams.most_common(1)[0]
-        share = sum(len(w) for w in gram) * count / word_chars
-        if count > 1 and share > frac:
-            return f"gopher_repetition: top {n}-gram covers {share:.0%} of characters > {frac:.0%}"
-    for n in range(5, 11):
         frac = getattr(rules, f"gopher_dup_{n}gram_frac")
-        if not frac or len(words) < n:
+        if not frac:
             continue
-        dup = [False] * len(words)
-        seen: set[tuple[str, ...]] = set()
-        for i in range(len(words) - n + 1):
-            gram = tuple(words[i : i + n])
-            if gram in seen:
-                dup[i : i + n] = [True] * n
-            else:
-                seen.add(gram)
-        share = sum(len(w) for w, d in zip(words, dup, strict=True) if d) / word_chars
+        # the words of every n-gram that repeats an earlier one
+        repeats = np.setdiff1d(np.arange(len(grams)), first, assume_unique=True)
+        edges = np.zeros(len(words) + 1, dtype=np.int64)
+        np.add.at(edges, repeats, 1)
+        np.add.at(edges, repeats + n, -1)
+        share = int(lengths[np.cumsum(edges[:-1]) > 0].sum()) / word_chars
         if share > frac:
             return f"gopher_repetition: duplicate {n}-grams cover {share:.0%} of characters > {frac:.0%}"
     return None

@@ -69,6 +69,33 @@ def test_stop_word_rule_applies_to_confident_english_only() -> None:
     assert document_verdicts(no_stops, FilterRules(), "")["gopher_quality"] is None
 
 
+def test_ngram_repetition_rules_name_the_rule_and_the_share() -> None:
+    # Line and paragraph rules off, so that the n-gram rules speak. Two 2-grams occur ten times
+    # each: the one seen first is the top one (as Counter.most_common), so the order of the two
+    # runs changes the share ("grain barge" is longer than "mill lock").
+    only_ngrams = FilterRules().with_overrides(
+        [f"gopher_dup_{unit}{share}_frac=0" for unit in ("line", "para") for share in ("", "_char")]
+    )
+    tail = " ".join(f"w{i}" for i in range(60))
+    top = "gopher_repetition: top 2-gram covers {}% of characters > 20%"
+    assert _repetition("grain barge " * 10 + "mill lock " * 10 + tail, only_ngrams) == top.format(29)
+    assert _repetition("mill lock " * 10 + "grain barge " * 10 + tail, only_ngrams) == top.format(23)
+    # A 14-word sentence said twice among unique words: its second copy is 21% of the characters,
+    # over the 5-gram threshold; with that rule off, the 6-gram rule (14%) names it, and so on.
+    said = "the old mill by the eastern channel was rebuilt after the flood of spring"
+    text = " ".join([*(f"w{i}" for i in range(30)), said, *(f"v{i}" for i in range(30)), said])
+    dup = "gopher_repetition: duplicate {}-grams cover 21% of characters > {}%"
+    assert _repetition(text, only_ngrams) == dup.format(5, 15)
+    no_5 = only_ngrams.with_overrides(["gopher_dup_5gram_frac=0"])
+    assert _repetition(text, no_5) == dup.format(6, 14)
+    assert _repetition(text, no_5.with_overrides(["gopher_dup_6gram_frac=0"])) == dup.format(7, 13)
+    assert _repetition(" ".join(f"w{i}" for i in range(200)), only_ngrams) is None
+
+
+def _repetition(text: str, rules: FilterRules) -> str | None:
+    return document_verdicts(text, rules)["gopher_repetition"]
+
+
 def test_thresholds_are_configurable_and_bad_ones_refused() -> None:
     text = "\n".join([samples.prose(3, 12)] * 20)
     loose = FilterRules.disabled().with_overrides(["gopher_dup_line_frac=0.99"])

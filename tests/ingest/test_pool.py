@@ -35,3 +35,16 @@ def test_runaway_extraction_is_killed_and_others_finish() -> None:
     assert "timed out" in results[1].error
     assert sum(1 for r in results.values() if not r.error and r.chars > 0) >= 1
     assert len(results) == 5
+
+
+@pytest.mark.timeout(60)
+def test_fingerprints_are_left_out_when_not_wanted() -> None:
+    # crystalline extract asks for none: the text is the same, the hashes are not computed.
+    docs = [Document(f"/d/{i}.txt", samples.prose(i, 120).encode(), "") for i in range(2)]
+    with ExtractionPool(PoolConfig(processes=1, min_words=5)) as pool:
+        full = dict(pool.map(docs, want_text=True))
+        bare = dict(pool.map(docs, want_text=True, fingerprint=False))
+    for i in range(2):
+        assert full[i].content_hash and full[i].minhash and full[i].simhash
+        assert not bare[i].content_hash and not bare[i].minhash and bare[i].simhash == 0
+        assert bare[i].text == full[i].text and bare[i].verdicts == full[i].verdicts
