@@ -50,12 +50,12 @@ def quality_problem(text: str, rules: QualityRules) -> str | None:
     words = len(sample.split())
     if words < rules.min_words and len(text) <= len(sample):
         return f"too few words ({words} < {rules.min_words})"
-    visible = [c for c in sample if not c.isspace()]
+    visible = len(sample) - sum(map(str.isspace, sample))
     if not visible:
         return "no visible characters"
-    letters = sum(1 for c in visible if c.isalpha())
-    if letters / len(visible) < rules.min_letter_ratio:
-        return f"too few letters ({letters / len(visible):.0%} of characters)"
+    letters = sum(map(str.isalpha, sample))  # a letter is never a space
+    if letters / visible < rules.min_letter_ratio:
+        return f"too few letters ({letters / visible:.0%} of characters)"
     bad = sample.count("\ufffd")
     if bad / len(sample) > rules.max_replacement_ratio:
         return f"undecodable text ({bad} replacement characters)"

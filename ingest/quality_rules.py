@@ -176,7 +176,10 @@ def _gopher_quality(text: str, rules: FilterRules, language: str) -> str | None:
         return f"gopher_quality: {n} words < {rules.gopher_min_words}"
     if rules.gopher_max_words and n > rules.gopher_max_words:
         return f"gopher_quality: {n} words > {rules.gopher_max_words}"
-    bare = [w for w in (_WORD_EDGE.sub("", w) for w in words) if w]
+    if not n:  # no words, and no word minimum (gopher_min_words=0): nothing more to judge
+        return None
+    # a word of letters and digits has no edge to strip (re's \w is str.isalnum or "_")
+    bare = [w for w in (w if w.isalnum() else _WORD_EDGE.sub("", w) for w in words) if w]
     mean = sum(len(w) for w in bare) / max(len(bare), 1)
     if rules.gopher_min_mean_word_length and mean < rules.gopher_min_mean_word_length:
         return f"gopher_quality: mean word length {mean:.1f} < {rules.gopher_min_mean_word_length:g}"
@@ -193,7 +196,7 @@ def _gopher_quality(text: str, rules: FilterRules, language: str) -> str | None:
     if rules.gopher_max_ellipsis_lines and ellipsis > rules.gopher_max_ellipsis_lines:
         limit = rules.gopher_max_ellipsis_lines
         return f"gopher_quality: {ellipsis:.0%} of lines end in an ellipsis > {limit:.0%}"
-    alpha = sum(1 for w in words if any(c.isalpha() for c in w)) / n
+    alpha = sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w))) / n
     if rules.gopher_min_alpha_words and alpha < rules.gopher_min_alpha_words:
         return f"gopher_quality: {alpha:.0%} of words have a letter < {rules.gopher_min_alpha_words:.0%}"
     if rules.gopher_min_stop_words and language == "en":

@@ -92,6 +92,12 @@ def test_ngram_repetition_rules_name_the_rule_and_the_share() -> None:
     assert _repetition(" ".join(f"w{i}" for i in range(200)), only_ngrams) is None
 
 
+def test_no_words_with_the_word_minimum_off_is_judged_not_raised() -> None:
+    # gopher_min_words=0 and a text of spaces: the per-word ratios have nothing to divide by.
+    verdicts = document_verdicts(" \n \n ", FilterRules().with_overrides(["gopher_min_words=0"]))
+    assert verdicts["gopher_quality"] is None
+
+
 def _repetition(text: str, rules: FilterRules) -> str | None:
     return document_verdicts(text, rules)["gopher_repetition"]
 
