@@ -72,7 +72,7 @@ class ReadyData(TrainingData, Protocol):
 
     def resumed_from(self, saved: dict[str, Any]) -> str | None: ...
 
-    def open_ring(self) -> Ring: ...
+    def open_ring(self, context: zmq.Context | None = None) -> Ring: ...
 
     def close_ring(self) -> None: ...
 
@@ -307,7 +307,8 @@ class Control:
         data = self.data
         check_control_limit(self.config.workers, data.readers)
         resume = any(self.checkpoint_dir.glob("step-*"))
-        ring = data.open_ring()  # the supervisor's; SharedMemoryFull when /dev/shm has no room
+        # the supervisor's, on the channel's context; SharedMemoryFull when /dev/shm has no room
+        ring = data.open_ring(self.channel.ctx)
         trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume, ring=ring)
         try:
             cap = shard_map_cap(data.readers)

@@ -33,6 +33,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from crystalline.descriptors import MIN_SHARD_MAPS, DescriptorLimitTooLow, shard_map_cap
 from crystalline.shm.blocks import ArrayBlock, layout
 from crystalline.shm.segments import SharedMemoryFull, check_space, segment_name, sweep
 from crystalline.tokens.windows import StoreBehind, StoreWindows
@@ -139,6 +140,10 @@ class RingServer:
             seed=cfg.seed,
             val_fraction=cfg.val_fraction,
         )
+        try:  # the ring's reader takes a quarter of the descriptors the supervisor has left
+            self.windows.reader.max_open_shards = shard_map_cap(4)
+        except DescriptorLimitTooLow:
+            self.windows.reader.max_open_shards = MIN_SHARD_MAPS
         self.ring = BatchRing(name, spec, self._fill)
         log.info("batch ring %s: %d slots of %s", name, spec["slots"][0][0], spec["slots"][0][1:])
         return name
@@ -207,8 +212,17 @@ class RingServer:
 class RingClient:
     """Control's side: a ``Ring`` whose slots the supervisor fills; control maps it to read."""
 
-    def __init__(self, endpoint: str, geometry: dict[str, int], timeout_s: float = 30.0) -> None:
-        self._ctx = zmq.Context()
+    def __init__(
+        self,
+        endpoint: str,
+        geometry: dict[str, int],
+        timeout_s: float = 30.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        """``context``: control's own ZeroMQ context, shared (one more context costs five
+        descriptors, and control's are counted against RLIMIT_NOFILE)."""
+        self._own_ctx = context is None
+        self._ctx = zmq.Context() if context is None else context
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)
@@ -280,4 +294,5 @@ class RingClient:
             self.block.close()
         if not self._sock.closed:
             self._sock.close(0)
-            self._ctx.term()
+            if self._own_ctx:
+                self._ctx.term()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
 from ..tokens.tokenizer import load_tokenizer
 from ..tokens.windows import StoreValidation, StoreWindows
@@ -42,8 +43,9 @@ class StoreTrainingData:
         self.ring: RingClient | None = None
         self.last_info: dict[str, Any] = {}  # what the last batch taken was cut from
 
-    def open_ring(self) -> RingClient:
-        """Say HELLO to the supervisor's ring (SharedMemoryFull when /dev/shm has no room)."""
+    def open_ring(self, context: zmq.Context | None = None) -> RingClient:
+        """Say HELLO to the supervisor's ring (SharedMemoryFull when /dev/shm has no room), on
+        ``context``, control's ZeroMQ context."""
         if self.ring is None:
             vocab = load_tokenizer(self.config.tokenizer).vocab_size
             geometry = {
@@ -52,7 +54,7 @@ class StoreTrainingData:
                 "vocab_size": vocab,
                 "slots": RING_SLOTS,
             }
-            self.ring = RingClient(self.ring_endpoint, geometry)
+            self.ring = RingClient(self.ring_endpoint, geometry, context=context)
             self.ring.on_take = self._took
         return self.ring
 
