@@ -1,1 +1,2 @@
-"""Text extraction, the drop folder, the token store and the batcher."""
+"""Extraction (HTML, PDF, OCR), filters and dedup, the registry and the drop folder: documents
+in, token ids appended to the token store (``crystalline.tokens``)."""

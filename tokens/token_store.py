@@ -4,8 +4,8 @@
 vocabulary fits); ``shard-NNNNNN.json`` lists each document (id, entry, source, offset,
 length, split, fingerprints). Both are written to temporary names, fsynced and renamed, the
 index last, then the directory is fsynced: a shard exists for readers exactly when its index
-does, and shards never change afterwards, so a reader in another process (the trainer's
-batcher) needs no lock: it lists ``*.json`` and memory-maps the matching ``.bin``.
+does, and shards never change afterwards, so a reader in another process (the supervisor's
+ring, control's validation) needs no lock: it lists ``*.json`` and memory-maps the matching ``.bin``.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""The model, optimizer, tokenizers, checkpoints and the training loop."""
+"""The model, optimizer, checkpoints, the batch ring, the engine and its workers, and the training loop."""
