@@ -209,18 +209,18 @@ class Table:
 
     def build(self, values: Mapping[str, Any]) -> Any:
         """An instance with ``values`` (key name -> value) in place of the defaults."""
-        return _build(self.cls, {self.keys[n].path: v for n, v in values.items()}, ())
+        return _build(self.cls(), {self.keys[n].path: v for n, v in values.items()}, ())
 
 
-def _build(cls: type, values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...]) -> Any:
-    instance = cls()
+def _build(instance: Any, values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...]) -> Any:
+    """``instance`` with the values at their attribute paths (a nested dataclass rebuilt)."""
     changes: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(instance):
         path = (*prefix, f.name)
         if path in values:
             changes[f.name] = values[path]
         elif any(p[: len(path)] == path for p in values):
-            changes[f.name] = _build(type(getattr(instance, f.name)), values, path)
+            changes[f.name] = _build(getattr(instance, f.name), values, path)
     return dataclasses.replace(instance, **changes) if changes else instance
 
 
@@ -592,13 +592,9 @@ def unknown(tab: Table, name: str, exclude: Sequence[str] = ()) -> str:
     return f"unknown key [{tab.name}] {dashed} ({hint}keys: {', '.join(names)})"
 
 
-_NOTICES: set[str] = set()
-
-
 def _deprecated(old: str, new: str) -> None:
-    if old not in _NOTICES:
-        _NOTICES.add(old)
-        log.warning("%s is deprecated: use %s", old, new)
+    """One line per old spelling (a resolution reads each file key, variable and flag once)."""
+    log.warning("%s is deprecated: use %s", old, new)
 
 
 class _Flag(argparse.Action):

@@ -34,7 +34,7 @@ def running_daemon(
     root: Path, inbox: dict[str, str], *args: str, crawl: bool = False
 ) -> Iterator[dict[str, Any]]:
     """Start the daemon on ``inbox`` (name -> text), crawling only when ``crawl`` (give it a
-    ``--seed-url``), and yield once it trained a step: ``{"proc", "run", "log", "status"}``."""
+    ``--crawl-start-url``), and yield once it trained a step: ``{"proc", "run", "log", "status"}``."""
     state, run = root / "s", root / "r"
     (state / "inbox").mkdir(parents=True)
     for name, text in inbox.items():

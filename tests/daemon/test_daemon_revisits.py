@@ -69,8 +69,8 @@ def wait_for(run: Path, what: str, test: Any, timeout_s: float = 120.0) -> dict[
 def test_the_daemon_revisits_and_ingests_a_changed_page_as_a_new_version(tmp_path: Path) -> None:
     site = Site()
     try:
-        args = ("--seed-url", site.url + "/p/0", "--crawl-allow-private", "--crawl-delay", "0",
-                "--crawl-min-revisit", "3", "--crawl-no-sitemaps")  # fmt: skip
+        args = ("--crawl-start-url", site.url + "/p/0", "--crawl-allow-private-addresses",
+                "--crawl-min-delay", "0", "--crawl-min-revisit", "3", "--crawl-no-sitemaps")  # fmt: skip
         with running_daemon(tmp_path, {"seed.txt": prose(999)}, *args, crawl=True) as daemon:
             run = daemon["run"]
             # the per-host table in status is refreshed at most every 5 s: wait for it too

@@ -84,7 +84,14 @@ def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
         tempfile.TemporaryDirectory(prefix="cb-", dir="/tmp") as d,  # AF_UNIX path limit
         web_site(_hostile_page(text[6000:12000], WEB_TITLE)) as site,
         running_daemon(
-            Path(d), inbox, "--http", "127.0.0.1:0", "--seed-url", site, "--crawl-allow-private", crawl=True
+            Path(d),
+            inbox,
+            "--http",
+            "127.0.0.1:0",
+            "--crawl-start-url",
+            site,
+            "--crawl-allow-private-addresses",
+            crawl=True,
         ) as daemon,
     ):
         run = daemon["run"]

@@ -69,7 +69,7 @@ def test_metrics_count_requests_by_status_class_and_failures_by_reason(tmp_path:
     inbox = {f"doc-{i}.txt": make_corpus(20_000, seed=i) for i in range(3)}
     inbox["binary.txt"] = "\x00\x01\x02 not text " * 50
     inbox["blank.txt"] = ""
-    args = ("--seed-url", site.url + "/", "--crawl-allow-private", "--crawl-delay", "0",
+    args = ("--crawl-start-url", site.url + "/", "--crawl-allow-private-addresses", "--crawl-min-delay", "0",
             "--crawl-no-sitemaps", "--http", "127.0.0.1:0")  # fmt: skip
     try:
         with running_daemon(tmp_path, inbox, *args, crawl=True) as daemon:
