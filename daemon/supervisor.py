@@ -26,7 +26,7 @@ from ..descriptors import raise_soft_limit
 from ..documents import Spool
 from ..ingest.drop_folder import DropFolder
 from ..ingest.ingestor import Ingestor
-from ..states import DAEMON, RESTARTING, transition
+from ..states import DAEMON, RESTARTING, TRAINING, transition
 from ..tokens.tokenizer import load_tokenizer
 from . import commands
 from .component_runner import Backoff, ComponentRunner
@@ -194,10 +194,12 @@ class Supervisor:
         return stats
 
     def _control_down_state(self) -> str:
-        """training.state while no control process runs: restarting after a failure, else the
-        runner's own state (idle before the start, stopped after the stop)."""
-        state = self.control_runner.state
-        return RESTARTING if state in ("backoff", "starting") else state
+        """training.state while no control process runs: starting (its first start), restarting
+        (after a failure), stopped (after the daemon's stop)."""
+        runner = self.control_runner
+        if runner.state == "stopped":
+            return "stopped"
+        return RESTARTING if runner.restarts or runner.state == "backoff" else TRAINING.initial
 
     def _make_ingestor(self) -> Ingestor:
         s = self.settings

@@ -129,7 +129,10 @@ function render(s) {
   state.className = `pill ${s.state || ""}`;
   $("uptime").textContent = `up ${duration(s.uptime_s)}`;
   $("last-error").textContent = s.last_error || "";
+  const health = s.health || {};
   cards($("overview-cards"), [
+    // the daemon's own verdict, the one `crystalline status` exits by
+    ["health", health.verdict || "-"],
     ["training", t.state],
     ["step", num(t.step)],
     ["tokens", num(t.tokens)],

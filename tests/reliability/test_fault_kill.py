@@ -124,7 +124,13 @@ def test_control_and_ingest_pool_sigkill_resume_and_account_for_every_document()
             os.kill(control, signal.SIGKILL)
             _wait_gone(control)
             resumed_at = _newest_step(d)
-            d.wait_for("the crash in status", lambda s: "control process exited" in s.get("last_error", ""))
+            crashed = d.wait_for(
+                "the crash in status", lambda s: "control process exited" in s.get("last_error", "")
+            )
+            # degraded, not stuck: the runner restarts it, so the watchdog is still fed
+            health = crashed["health"]
+            assert health["verdict"] == "degraded" and health["watchdog"], health
+            assert "control: control process exited with status -9" in health["reasons"]
             d.wait_for(
                 "control restarted and stepping, the crash no longer reported",
                 lambda s: (
