@@ -36,16 +36,16 @@ class ExtractionError(ValueError):
 class ExtractLimits:
     """Bounds on one extraction, so hostile input cannot exhaust memory or time."""
 
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = 64 * 1024 * 1024  # larger files are refused unread
     max_chars: int = 32 * 1024 * 1024  # longer text is cut (and flagged) rather than refused
     max_pixels: int = 40_000_000  # per image or rendered page (~ A4 at 600 dpi)
     max_pages: int = 500  # PDF pages or image frames
     max_ocr_pages: int = 50  # of a PDF's pages without a text layer, at most this many are OCRed
     pdf_time_budget_s: float = 60.0  # a PDF's pages are read until then, the rest cut (0: none)
     min_page_chars: int = 20  # letters in a PDF page's text layer below which it is OCRed
-    ocr: bool = True
-    ocr_dpi: int = 200
-    ocr_timeout_s: float = 60.0
+    ocr: bool = True  # OCR images and PDF pages without a text layer
+    ocr_dpi: int = 200  # resolution a PDF page is rendered at for OCR
+    ocr_timeout_s: float = 60.0  # tesseract's time per image or page
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class IngestSettings:
     )
     limits: ExtractLimits = field(default_factory=ExtractLimits)
     min_chars: int = 200  # quality filter: shorter documents are counted as filtered
-    min_words: int = 30
+    min_words: int = 30  # quality filter: documents with fewer words are counted as filtered
     filters: FilterSettings = field(default_factory=FilterSettings)  # language, PII, C4/Gopher rules
     # share of documents (by a hash of the source) held out: the daemon sets it from [train]
     val_fraction: float = field(default=0.02, metadata={"internal": True})
