@@ -81,6 +81,7 @@ class BatchRing:
         self._free: queue.Queue[int] = queue.Queue()
         self._ready: queue.Queue[Taken | BaseException] = queue.Queue()
         self._next: int | None = None  # the step the next take should ask for
+        self._lent: set[int] = set()  # slots taken and not yet released
         self.short = ""  # why the filler waits, when it waits for tokens
 
     @property
@@ -126,6 +127,7 @@ class BatchRing:
                 raise RingTimeout("the ring's filler did not stop within 60 s")
         self._stop = threading.Event()
         self._free, self._ready = queue.Queue(), queue.Queue()
+        self._lent = set()
         for i in range(len(self._slots)):
             self._free.put(i)
         self._thread = threading.Thread(
@@ -169,10 +171,18 @@ class BatchRing:
         if item.step != step:
             raise RuntimeError(f"the ring filled step {item.step}, control wanted {step}")
         self._next = step + 1
+        self._lent.add(item.slot)
         return item
 
     def release(self, slot: int) -> None:
-        self._free.put(slot)
+        """Give a taken slot back for refilling; a slot not lent (released twice, a stale or
+        bad number) is ignored, so it can never be filled while a step reads it."""
+        with self._lock:
+            if slot not in self._lent:
+                log.warning("ring: release of slot %r, which is not lent; ignored", slot)
+                return
+            self._lent.discard(slot)
+            self._free.put(slot)
 
     def ready(self) -> int:
         """Slots filled and waiting for their step."""
