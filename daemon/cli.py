@@ -30,11 +30,22 @@ from . import ctl_command, dashboard_command, status_command
 
 log = logging.getLogger("crystalline")
 
-# subcommands whose parser and code are light: main builds only theirs when one is asked for
+
+def _ingest_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..ingest import command as ingest_command
+
+    ingest_command.add_parsers(sub)
+
+
+# subcommands whose parser needs nothing of the others: main builds only theirs when one is
+# asked for (extract and ingest skip the crawler's aiohttp and the trainer's modules: 0.4 s
+# of a `crystalline extract` on one core)
 LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
     "status": status_command.add_parser,
     "dashboard": dashboard_command.add_parser,
     "ctl": ctl_command.add_parser,
+    "extract": _ingest_parsers,
+    "ingest": _ingest_parsers,
 }
 
 

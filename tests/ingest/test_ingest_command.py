@@ -70,3 +70,27 @@ def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -
     proc = run(["ingest", str(tmp_path / "missing"), "--data-dir", str(tmp_path)], cli_env)
     assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
     assert proc.stderr.startswith("crystalline: error: ")
+
+
+@pytest.mark.timeout(150)
+def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_parent(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    # `crystalline extract` builds only its own parser, and the extractors (lxml, trafilatura,
+    # pypdfium2, tesseract) are imported in the pool's worker: the parent reads files and prints.
+    page = tmp_path / "a.html"
+    page.write_text(samples.article_page(), encoding="utf-8")
+    script = (
+        "import json, sys\n"
+        "from crystalline.daemon import cli\n"
+        f"status = cli.main(['extract', '--json', {str(page)!r}])\n"
+        "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'pytesseract', 'crystalline.crawler')\n"
+        "print(json.dumps({'status': status, 'loaded': sorted(m for m in heavy if m in sys.modules)}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=cli_env, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    extracted, summary = proc.stdout.splitlines()
+    assert samples.PARAGRAPHS[0] in json.loads(extracted)["text"]
+    assert json.loads(summary) == {"status": 0, "loaded": []}
