@@ -18,6 +18,15 @@ seen set in memory and stores nothing (its revisit pass reads and writes its cac
 
     .venv/bin/python bench/crawl_speed.py [--pages 2000] [--concurrency 16] [--rounds 1]
         [--site words|numbered|both] [--no-revisit]
+
+With ``--database postgresql://...`` (issue 17) it measures the shared frontier instead
+(``bench/crawl_cluster.py``): the numbered site served on ``--hosts`` loopback addresses (a host
+is leased to one crawler at a time, so several hosts are what several crawlers share), crawled
+by 1, 2 and 3 ``crystalline crawl --database`` processes started together against one crawler
+on SQLite, and the latency of ``claim`` on each backend.
+
+    .venv/bin/python bench/crawl_speed.py --database postgresql://postgres@127.0.0.1:5432/postgres
+        [--hosts 6] [--pages 300] [--concurrency 16]
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ def page_path(site: str, i: int) -> str:
     return f"/docs/{slug(i)}" if site == "words" else f"/p/{i}"
 
 
-def serve(port: int, pages: int) -> None:
+def serve(port: int, pages: int, hosts: list[str]) -> None:
     """Both sites: ``/<site>/`` links to the site's first page; every page links to the next and 9
     others. Pages carry an ETag; a matching If-None-Match gets a 304 (``max-age=0``: a cache must
     ask again each time)."""
@@ -110,7 +119,7 @@ def serve(port: int, pages: int) -> None:
     app = web.Application()
     app.add_routes([web.get("/_304s", count_304s), web.get("/{site}/", root), web.get("/docs/{name}", page),
                     web.get("/p/{n}", page)])  # fmt: skip
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    web.run_app(app, host=hosts, port=port, print=None, access_log=None)
 
 
 def free_port() -> int:
@@ -222,11 +231,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternating runs of each crawler")
     parser.add_argument("--site", choices=("words", "numbered", "both"), default="both")
     parser.add_argument("--no-revisit", action="store_true", help="skip the revisit pass")
+    parser.add_argument("--database", help="postgresql://...: bench the shared frontier (see above)")
+    parser.add_argument("--hosts", type=int, default=6, help="with --database: loopback hosts served")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-hosts", default="127.0.0.1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.pages)
+        serve(args.serve, args.pages, args.serve_hosts.split(","))
         return 0
+    if args.database:
+        from crawl_cluster import bench_cluster
+
+        return bench_cluster(args, Path(__file__))
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), "--pages", str(args.pages)])
     sites = ("words", "numbered") if args.site == "both" else (args.site,)
