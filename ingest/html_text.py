@@ -153,6 +153,8 @@ _PROSE_LINKS = 0.3
 _WIDEN_CHARS = 100
 _WIDEN_SHARE = 0.1
 _SPLIT = re.compile(r"[^a-z0-9]+")
+# A boilerplate word standing alone among the lower-cased class and id words (as _SPLIT cuts them).
+_ANY_BOILER_WORD = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(sorted(_BOILER_WORDS))})(?![a-z0-9])")
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
 # Block-level elements: text is cut into blocks at their edges. Lines split by <br> stay one
@@ -194,7 +196,10 @@ def _is_boilerplate(el: etree._Element) -> bool:
         return True
     if el.get("hidden") is not None or _HIDDEN.search(el.get("style", "")):
         return True
-    words = _words(el)
+    attrs = f"{el.get('class', '')} {el.get('id', '')}".lower()
+    if not _ANY_BOILER_WORD.search(attrs):  # most elements: one regex instead of a set of words
+        return False
+    words = set(_SPLIT.split(attrs))
     if not words & _BOILER_WORDS or words & {"article", "main", "content", "entry", "story"}:
         return False
     # A link or span inside a heading is the title's (docutils' <a class="toc-backref">).
