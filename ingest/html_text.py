@@ -191,10 +191,16 @@ def _words(el: etree._Element) -> set[str]:
     return set(_SPLIT.split(attrs)) if attrs.strip() else set()
 
 
-def _is_boilerplate(el: etree._Element) -> bool:
+def _is_hidden(el: etree._Element) -> bool:
+    """Page furniture by its ARIA role, or not shown: aria-hidden, the hidden attribute or an
+    inline style that hides it."""
     if el.get("role", "").lower() in _DROP_ROLES or el.get("aria-hidden") == "true":
         return True
-    if el.get("hidden") is not None or _HIDDEN.search(el.get("style", "")):
+    return el.get("hidden") is not None or bool(_HIDDEN.search(el.get("style", "")))
+
+
+def _is_boilerplate(el: etree._Element) -> bool:
+    if _is_hidden(el):
         return True
     attrs = f"{el.get('class', '')} {el.get('id', '')}".lower()
     if not _ANY_BOILER_WORD.search(attrs):  # most elements: one regex instead of a set of words
@@ -256,8 +262,8 @@ def _is_junk(el: etree._Element, strict: bool) -> bool:
         return True
     if not el.attrib:  # most elements: no class, id, role, style or hidden to judge
         return False
-    if not strict:
-        return el.get("hidden") is not None or el.get("role", "").lower() in _DROP_ROLES
+    if not strict:  # the retry keeps what class words condemn, never what is not shown
+        return _is_hidden(el)
     return tag not in ("html", "body", "article", "main") and _is_boilerplate(el) and _no_article(el)
 
 

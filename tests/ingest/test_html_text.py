@@ -185,3 +185,18 @@ def test_chinese_sentences_are_not_fragments() -> None:
     text = extract_html(html, "never").text
     for line in lines:
         assert line in text
+
+
+def test_text_hidden_by_inline_style_stays_out_of_the_retry() -> None:
+    # A short article (under 500 characters, so the page is retried without class-word
+    # removal) beside a block hidden by its style: the retry keeps what class words condemn,
+    # never what the page does not show.
+    hidden = "".join(f"<p>{p}</p>" for p in SECTIONS[1] + SECTIONS[2])
+    text = _ours(
+        f"<div class='widget post'><h1>The delta grows</h1>{_paras(SECTIONS[0])}</div>"
+        f"<div style='visibility: hidden;'>{hidden}</div><div style='display:none'>{hidden}</div>"
+    )
+    for para in SECTIONS[0]:
+        assert para in text
+    for para in SECTIONS[1] + SECTIONS[2]:
+        assert para not in text
