@@ -33,12 +33,12 @@ def short_dir() -> Iterator[Path]:
         yield Path(d)
 
 
-def start(state: Path, run: Path, notify: NotifyListener) -> subprocess.Popen[bytes]:
+def start(state: Path, run: Path, notify: NotifyListener, workers: int = 2) -> subprocess.Popen[bytes]:
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.pop("WATCHDOG_USEC", None)
     cmd = [
         sys.executable, "-m", "crystalline.daemon.cli", "run", "--state-dir", str(state),
-        "--runtime-dir", str(run), "--no-crawl", "--workers", "2", *SMALL_MODEL, "--batch-size", "8",
+        "--runtime-dir", str(run), "--no-crawl", "--workers", str(workers), *SMALL_MODEL, "--batch-size", "8",
         "--eval-interval", "1", "--eval-windows", "4", "--checkpoint-interval-s", "3",
     ]  # fmt: skip
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -56,10 +56,15 @@ def wait_until(
     run: Path, proc: subprocess.Popen[bytes], ok: Any, what: str, timeout_s: float = 240
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
+    data: dict[str, Any] = {}
     while True:
-        data = training(run, proc)
-        if ok(data):
-            return data
+        try:
+            data = training(run, proc)
+        except OSError:
+            pass  # not listening yet
+        else:
+            if ok(data):
+                return data
         assert time.monotonic() < deadline, f"{what}: {data}"
         time.sleep(0.2)
 
@@ -85,13 +90,17 @@ def train_losses(state: Path) -> dict[int, list[float]]:
     return out
 
 
-def test_supervisor_owns_the_ring_and_a_killed_control_gets_the_same_batches(short_dir: Path) -> None:
+@pytest.mark.parametrize("workers", [2, 1])  # 1: the one-process engine copies its batch out
+def test_supervisor_owns_the_ring_and_a_killed_control_gets_the_same_batches(
+    short_dir: Path, workers: int
+) -> None:
     state, run = short_dir / "state", short_dir / "run"
     ring = f"/dev/shm/{segment_name(ring_instance(state / 'checkpoints'), 'ring')}"
     notify = NotifyListener(short_dir / "notify")
-    proc = start(state, run, notify)
+    proc = start(state, run, notify, workers)
     try:
-        notify.wait_for("READY=1", 180, proc)
+        if workers > 1:
+            notify.wait_for("READY=1", 180, proc)
         first = wait_until(run, proc, lambda t: (t.get("step") or 0) > 3, "training did not start")
         # the supervisor (this daemon's main process) created and maps the ring; control, a
         # child of it, maps it too, to read what it hands to the workers
