@@ -17,8 +17,11 @@ new key everywhere, with nothing to wire; its metadata may add:
 Precedence: the field's default < the command's own default (``crystalline run`` trains with
 12 workers) < the file (``--config``, else ``$CRYSTALLINE_CONFIG``) < the environment < the
 command line. Every value keeps where it came from (``crystalline config`` prints it). An
-unknown key, a bad value or a file that cannot be read is a :class:`UsageError`: one line naming
-the source (file, variable or flag), the key and what is allowed; it exits 64.
+unknown key or table, a value of the wrong kind or one its dataclass refuses is a
+:class:`UsageError`: one line naming the source (file, variable or flag), the key and what is
+allowed; it exits 64 (a file that cannot be read or parsed is an ordinary error, exit 1).
+Spellings of before the tables (top-level keys, the flat ``[daemon]``, ``CRYSTALLINE_<KEY>``,
+``run --seed-url``; see ``RENAMED``) are read with a one-line deprecation warning.
 
 This module imports only the standard library: the packages that own the tables import it.
 """
