@@ -32,6 +32,7 @@ class VisibleSteps:
         self.path = path
         self.through = -1
         self.changes: list[tuple[int, int]] = []
+        self.write_error: str | None = None  # the last write failed (a full disk)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("version") != VERSION:
@@ -77,5 +78,16 @@ class VisibleSteps:
         self._write()
 
     def _write(self) -> None:
+        """Write the record; a failure (a full disk) is logged, not raised: training goes on,
+        and only a restart before the next successful write may cut those steps anew."""
         data = {"version": VERSION, "through": self.through, "changes": self.changes}
-        write_atomic(self.path, json.dumps(data).encode("utf-8"))
+        try:
+            write_atomic(self.path, json.dumps(data).encode("utf-8"))
+        except OSError as exc:
+            if self.write_error is None:
+                log.error("%s could not be written (%s); training goes on", self.path, exc)
+            self.write_error = str(exc)
+            return
+        if self.write_error is not None:
+            log.info("%s written again", self.path)
+        self.write_error = None

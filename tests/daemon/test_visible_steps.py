@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,21 @@ def test_a_damaged_record_is_reported_and_replaced(tmp_path: Path, caplog: pytes
     assert "is unreadable" in caplog.text and record.documents_at(0) is None
     record.record(0, 2)
     assert json.loads(path.read_text(encoding="utf-8"))["changes"] == [[0, 2]]
+
+
+def test_a_record_that_cannot_be_written_is_logged_once_and_training_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="crystalline.ring")
+    path = tmp_path / "v.json"
+    record = VisibleSteps(path)
+    path.mkdir()  # a directory in its place: the rename of every write fails, even for root
+    record.record(0, 2)
+    record.record(BLOCK, 3)
+    assert record.write_error is not None and caplog.text.count("could not be written") == 1
+    assert record.documents_at(BLOCK) == 3  # kept in memory for this run
+    assert [p.name for p in tmp_path.iterdir()] == ["v.json"]  # no temporary file left
+    path.rmdir()
+    record.record(2 * BLOCK, 4)
+    assert record.write_error is None and "written again" in caplog.text
+    assert VisibleSteps(path).documents_at(BLOCK) == 3
