@@ -11,11 +11,17 @@ where our result looks incomplete, the longer text winning), our extractor alone
 asking trafilatura on every page, trafilatura alone (fast mode) and trafilatura 2.x with its
 defaults (its own fallbacks to readability-lxml and jusText).
 
-The second table is generated layouts (seeded), each page with its known body text: eight
+The second table is end to end, as ``score.py --crystalline`` sees it: one ``crystalline
+extract --json`` run over the pages (start-up, the extraction process, filters' verdicts, JSON),
+wall and CPU time of the command and its children, beside trafilatura's defaults in this
+process in the same run (run it under ``taskset -c 1`` for one core). The machine is shared, so
+the ratios are the figures to read, not the pages/s.
+
+The third table is generated layouts (seeded), each page with its known body text: eight
 layouts the old extractor was tuned on and four written after it. They flatter any
 extractor tuned on them; the real set is the one to develop against.
 
-    .venv/bin/python bench/extract_quality.py [--dev-set DIR] [--pages 80]
+    taskset -c 1 .venv/bin/python bench/extract_quality.py [--dev-set DIR] [--pages 80] [--runs 2]
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import argparse
 import importlib.util
 import json
 import random
+import resource
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -312,14 +321,40 @@ def real_set(folder: Path, truth_as_given: bool) -> None:
         )
 
 
+def end_to_end(folder: Path, runs: int) -> None:
+    """`crystalline extract --json` over the pages beside trafilatura in-process, ``runs`` times."""
+    pages = sorted((folder / "pages").glob("*.html"))
+    command = [str(Path(sys.executable).with_name("crystalline")), "extract", "--json", *map(str, pages)]
+    print(f"\nend to end: {len(pages)} pages, crystalline extract --json beside trafilatura.extract")
+    print(f"{'':5s}  {'crystalline pages/s':>22s}  {'trafilatura pages/s':>22s}  {'ours / theirs':>14s}")
+    print(f"{'run':5s}  {'wall':>10s}  {'CPU':>10s}  {'wall':>10s}  {'CPU':>10s}  {'wall':>6s}  {'CPU':>6s}")
+    for run in range(1, runs + 1):
+        before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+        out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        ours_wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        if len(out.stdout.splitlines()) != len(pages):
+            raise SystemExit(f"crystalline extract: {out.stderr.strip()[-300:]}")
+        ours_cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        start, cpu = time.monotonic(), time.process_time()
+        for path in pages:
+            trafilatura.extract(path.read_bytes())
+        theirs_wall, theirs_cpu = time.monotonic() - start, time.process_time() - cpu
+        n = len(pages)
+        speeds = "  ".join(f"{n / secs:10.1f}" for secs in (ours_wall, ours_cpu, theirs_wall, theirs_cpu))
+        print(f"{run:<5d}  {speeds}  {theirs_wall / ours_wall:6.2f}  {theirs_cpu / ours_cpu:6.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dev-set", type=Path, default=DEV_SET, help=f"real pages and truth (default {DEV_SET})")
     ap.add_argument("--truth-as-given", action="store_true", help="score against truth.json without repair")
     ap.add_argument("--pages", type=int, default=80, help="generated pages per set")
+    ap.add_argument("--runs", type=int, default=2, help="end-to-end runs (0: none)")
     args = ap.parse_args()
     if (args.dev_set / "truth.json").is_file():
         real_set(args.dev_set, args.truth_as_given)
+        if args.runs:
+            end_to_end(args.dev_set, args.runs)
     else:
         print(f"{args.dev_set}: no truth.json, real-page table skipped")
     rng = random.Random(0)
