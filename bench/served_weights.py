@@ -3,6 +3,7 @@ their exponential moving average (several decays), or periodic short cool-downs:
 loss at equal tokens, side by side in one run.
 
     .venv/bin/python bench/served_weights.py [--steps 1000] [--period 200] [--cooldown 40]
+        [--no-cooldowns] [--json FILE]
 
 The daemon's model and recipe (embed 128, 4 layers, context 64, batch 48, AdamW 1e-3, warmup
 100) on tiny Shakespeare (``../shared/data/tinyshakespeare.txt``, bytes, last 10% held out;
@@ -60,6 +61,7 @@ def main() -> int:
     parser.add_argument("--period", type=int, default=200)
     parser.add_argument("--cooldown", type=int, default=40)
     parser.add_argument("--eval-windows", type=int, default=400)
+    parser.add_argument("--no-cooldowns", action="store_true", help="raw and EMAs only (longer runs)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     source = [SHAKESPEARE] if SHAKESPEARE.exists() else [SAMPLES]
@@ -92,7 +94,7 @@ def main() -> int:
     emas = {d: engine.params().copy() for d in DECAYS}
     scratch = np.empty_like(engine.params())
     for step in range(args.steps):
-        if step + args.cooldown in rows:  # branch: cool down a copy on the next batches
+        if step + args.cooldown in rows and not args.no_cooldowns:  # branch: cool down a copy
             saved = (engine.params().copy(), *(x.copy() for x in engine.moments()))
             for s in range(step, step + args.cooldown):
                 engine.step(s, cooldown_lr(s, step, args.cooldown, cfg.learning_rate, cfg.min_lr))
@@ -105,11 +107,12 @@ def main() -> int:
             rows[step + 1]["raw (stable)"] = evaluate(model, engine.params(), val)
             for d, ema in emas.items():
                 rows[step + 1][f"ema {d}"] = evaluate(model, ema, val)
-            print(f"  stable run: step {step + 1} ({time.monotonic() - t0:.0f} s)", flush=True)
+            figures = "  ".join(f"{k} {v:.4f}" for k, v in rows[step + 1].items())
+            print(f"  stable run: step {step + 1} ({time.monotonic() - t0:.0f} s): {figures}", flush=True)
 
     # in-line cool-downs
     engine = fresh()
-    for step in range(args.steps):
+    for step in range(0 if args.no_cooldowns else args.steps):
         end = (step // args.period + 1) * args.period
         if step >= end - args.cooldown and step >= cfg.warmup_steps:
             lr = cooldown_lr(step, end - args.cooldown, args.cooldown, cfg.learning_rate, cfg.min_lr)
@@ -128,9 +131,9 @@ def main() -> int:
         print(f"{s:>6}" + "".join(f"{rows[s][k]:>19.4f}" for k in kinds))
     means = {k: float(np.mean([rows[s][k] for s in evals[1:]])) for k in kinds}
     print(f"{'mean*':>6}" + "".join(f"{means[k]:>19.4f}" for k in kinds))
-    print("* over the evaluations after the first; branch cool-downs cost "
-          f"{args.cooldown / args.period:.0%} extra steps, in-line ones serve weights up to "
-          f"{args.period} steps old between cool-downs")  # fmt: skip
+    cost = (f"; branch cool-downs cost {args.cooldown / args.period:.0%} extra steps, in-line ones serve "
+            f"weights up to {args.period} steps old between cool-downs")  # fmt: skip
+    print("* over the evaluations after the first" + ("" if args.no_cooldowns else cost))
     if args.json:
         args.json.write_text(
             json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1)
