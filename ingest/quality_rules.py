@@ -126,7 +126,7 @@ def _line_problem(line: str, rules: FilterRules) -> str | None:
     if rules.c4_policy_lines and any(p in lower for p in _POLICY):
         return "c4_policy"
     words = line.split()
-    if rules.c4_max_word_length and any(len(w) > rules.c4_max_word_length for w in words):
+    if rules.c4_max_word_length and max(map(len, words), default=0) > rules.c4_max_word_length:
         return "c4_long_word"
     if rules.c4_min_line_words and len(words) < rules.c4_min_line_words:
         return "c4_short_line"
@@ -180,7 +180,7 @@ def _gopher_quality(text: str, rules: FilterRules, language: str) -> str | None:
         return None
     # a word of letters and digits has no edge to strip (re's \w is str.isalnum or "_")
     bare = [w for w in (w if w.isalnum() else _WORD_EDGE.sub("", w) for w in words) if w]
-    mean = sum(len(w) for w in bare) / max(len(bare), 1)
+    mean = sum(map(len, bare)) / max(len(bare), 1)
     if rules.gopher_min_mean_word_length and mean < rules.gopher_min_mean_word_length:
         return f"gopher_quality: mean word length {mean:.1f} < {rules.gopher_min_mean_word_length:g}"
     if rules.gopher_max_mean_word_length and mean > rules.gopher_max_mean_word_length:
@@ -223,8 +223,8 @@ def _ngrams(words: list[str], longest: int) -> Iterator[tuple[int, np.ndarray, n
     """For n = 2 .. ``longest`` (while there are n words): n, the id of the n-gram starting at
     each word, how often each id occurs, and where each occurs first. Ids are exact (an n-gram's
     id is the (n-1)-gram's id paired with the next word's and renumbered), with no hashing."""
-    vocabulary: dict[str, int] = {}
-    ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in words), np.int64, len(words))
+    vocabulary = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    ids = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
     grams = ids
     for n in range(2, min(longest, len(words)) + 1):
         keys = grams[:-1] * len(vocabulary) + ids[n - 1 :]
