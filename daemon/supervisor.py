@@ -23,11 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..descriptors import raise_soft_limit
-from ..documents import Spool
-from ..ingest.drop_folder import DropFolder
-from ..ingest.ingestor import Ingestor
 from ..states import DAEMON, RESTARTING, TRAINING, transition
-from ..tokens.tokenizer import load_tokenizer
 from . import commands
 from .component_runner import Backoff, ComponentRunner
 from .config import Settings
@@ -36,6 +32,7 @@ from .crawl_service import CrawlService
 from .dashboard import Dashboard, parse_bind
 from .generation_service import GenerationService
 from .health import judge
+from .ingest_service import IngestService
 from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
 from .resource_tracker import stop_resource_tracker
@@ -51,7 +48,6 @@ CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
 PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is not silent
 # restarts after a failure: first delay, cap, and how long a run must last to count as healthy
-INGEST_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=300.0)
 CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
 
 
@@ -73,10 +69,10 @@ class Supervisor:
             enabled=not settings.daemon.no_crawl,
             registry_database=settings.ingest.database,  # ingest's verdicts come back from its registry
         )
-        self.ingestor: Ingestor | None = None
+        self.ingest = IngestService(
+            settings.ingest, settings.state_dir, settings.inbox, settings.train.tokenizer
+        )
         self.ring: RingServer | None = None  # the batch ring, lent to control (ring_service.py)
-        self.ingest_stop = asyncio.Event()
-        self.ingest_runner = ComponentRunner("ingest", self._ingest, INGEST_BACKOFF, self.ingest_stop)
         self._lock: TextIO | None = None
         self.ready_sent = False
         self._last_progress = time.monotonic()
@@ -161,7 +157,7 @@ class Supervisor:
             "pid": os.getpid(),
             "training": training,
             "crawler": crawler,
-            "ingest": self.ingest_stats(),
+            "ingest": self.ingest.stats(),
             "ring": c.get("ring", {"slots": 0, "ready": 0}),
         }
         if self.status_server is not None:
@@ -182,17 +178,6 @@ class Supervisor:
         data["health"] = judge(data)
         return data
 
-    def ingest_stats(self) -> dict[str, Any]:
-        """Ingest's counts and its runner's state; ``error``: why it last failed (the runner's)
-        or what it last reported (a drop folder recreated)."""
-        stats = self.ingestor.stats() if self.ingestor is not None else {}
-        runner = self.ingest_runner.stats()
-        error = runner.pop("error", None) or stats.get("error")
-        stats.update(runner)
-        if error:
-            stats["error"] = error
-        return stats
-
     def _control_down_state(self) -> str:
         """training.state while no control process runs: starting (its first start), restarting
         (after a failure), stopped (after the daemon's stop)."""
@@ -200,21 +185,6 @@ class Supervisor:
         if runner.state == "stopped":
             return "stopped"
         return RESTARTING if runner.restarts or runner.state == "backoff" else TRAINING.initial
-
-    def _make_ingestor(self) -> Ingestor:
-        s = self.settings
-        return Ingestor(
-            s.ingest,
-            s.state_dir / "ingest",
-            load_tokenizer(s.train.tokenizer),
-            spool=Spool(s.state_dir / "spool"),
-            drop_folder=DropFolder(s.inbox, s.ingest.drop_settle_s),
-        )
-
-    async def _ingest(self) -> None:
-        """Ingest until stopped (run by ``ingest_runner``, which retries a failure)."""
-        assert self.ingestor is not None
-        await self.ingestor.run(self.ingest_stop, on_progress=self.ingest_runner.progress)
 
     # ---- parts ----------------------------------------------------------------------------
     def _status_line(self) -> str:
@@ -277,7 +247,7 @@ class Supervisor:
         while True:
             try:
                 await asyncio.to_thread(self._prepare_dirs)
-                self.ingestor = await asyncio.to_thread(self._make_ingestor)
+                await asyncio.to_thread(self.ingest.open)
                 if self.start_error:
                     log.info("state directory %s is usable again: starting", s.state_dir)
                 self.start_error = None
@@ -348,7 +318,7 @@ class Supervisor:
         # the batch ring is the supervisor's: created at control's HELLO, kept across its restarts
         self.ring = RingServer(s.state_dir, store_dir(s.state_dir), s.train, ring_endpoint(s.runtime_dir))
         control_task = asyncio.create_task(self.control_runner.run(), name="control")
-        ingest_task = asyncio.create_task(self.ingest_runner.run(), name="ingest")
+        ingest_task = self.ingest.start()
         for task in (control_task, ingest_task):
             task.add_done_callback(_log_failure)
         if s.crawl.start_url:
@@ -381,18 +351,15 @@ class Supervisor:
         finally:
             self.state = transition(DAEMON, self.state, "stopping")
             self.notifier.stopping("stopping: checkpointing")
-            self.ingest_stop.set()  # ingest finishes the batch in hand (durably), then returns
             self.control_runner.stop()  # no restart from here on
             grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
             await self.crawl.stop(15.0)  # the fetches in hand end, then the crawler closes
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(ingest_task, 15.0)
+            await self.ingest.stop(15.0)  # the batch in hand finishes (durably)
             await self.control.stop(grace)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(control_task, 5.0)
             await asyncio.to_thread(self.ring.close)  # unlinks the ring segment
-            if self.ingestor is not None:
-                await asyncio.to_thread(self.ingestor.close)
+            await asyncio.to_thread(self.ingest.close)
             await asyncio.to_thread(stop_resource_tracker)
             await self._close_dashboard()
             await asyncio.to_thread(self.history.maybe_save, True)
