@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..states import SERVICE, transition
 from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
 from .generation_service import generate_fields
@@ -176,6 +177,7 @@ class Dashboard:
         self.token = secrets.token_urlsafe(32)
         self.url: str | None = None
         self.error: str | None = None
+        self.state = SERVICE.initial
         self._runner: web.AppRunner | None = None
         self._allowed_hosts: set[str] = set()
         self._event_clients = 0
@@ -209,6 +211,7 @@ class Dashboard:
         app.router.add_post("/api/{action}", self._api_action)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
+        self.state = transition(SERVICE, self.state, "starting")
         host, port = self.bind
         site = web.TCPSite(runner, host, port)
         try:
@@ -217,8 +220,10 @@ class Dashboard:
             await runner.cleanup()
             self.error = f"cannot listen on {_host_part(host)}:{port}: {exc.strerror or exc}"
             log.error("dashboard: %s (the daemon runs without it)", self.error)
+            self.state = transition(SERVICE, self.state, "failed")
             return
         self._runner = runner
+        self.state = transition(SERVICE, self.state, "running")
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         bound_port = sockets[0].getsockname()[1] if sockets else port
@@ -254,10 +259,11 @@ class Dashboard:
             self._runner = None
             with contextlib.suppress(FileNotFoundError):
                 self.token_path.unlink()
+        self.state = transition(SERVICE, self.state, "off")
 
     def info(self) -> dict[str, Any]:
         """What status reports under ``http``."""
-        out: dict[str, Any] = {"url": self.url}
+        out: dict[str, Any] = {"url": self.url, "state": self.state}
         if self.error:
             out["error"] = self.error
         out.update(requests=self.requests, refused=self.refused, event_clients=self._event_clients)

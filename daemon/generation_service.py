@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ..states import SERVICE, transition
 from .config import Settings
 from .status_server import CommandError
 
@@ -106,6 +107,7 @@ class GenerationService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.proc: asyncio.subprocess.Process | None = None
+        self.state = SERVICE.initial  # off until the first generate, and after a stop or a failure
         self.starts = 0
         self.requests = 0
         self._lock = asyncio.Lock()
@@ -122,7 +124,10 @@ class GenerationService:
 
     def stats(self) -> dict[str, Any]:
         share = self.cpu.share()
+        if self.state == "running" and self._pid() is None:  # it exited: the next request starts one
+            self.state = transition(SERVICE, self.state, "off")
         out: dict[str, Any] = {
+            "state": self.state,
             "pid": self._pid(),
             "starts": self.starts,
             "requests": self.requests,
@@ -138,19 +143,27 @@ class GenerationService:
     async def _ensure(self) -> asyncio.subprocess.Process:
         if self.proc is not None and self.proc.returncode is None:
             return self.proc
+        if self.state == "running":  # it exited on its own
+            self.state = transition(SERVICE, self.state, "off")
+        self.state = transition(SERVICE, self.state, "starting")
         s = self.settings
         spec = {"train": s.train.to_dict(), "state_dir": str(s.state_dir)}
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "crystalline.daemon.generation_process",
-            json.dumps(spec),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env=env,
-            limit=LINE_LIMIT,
-        )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "crystalline.daemon.generation_process",
+                json.dumps(spec),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                env=env,
+                limit=LINE_LIMIT,
+            )
+        except OSError:
+            self.state = transition(SERVICE, self.state, "failed")
+            raise
+        self.state = transition(SERVICE, self.state, "running")
         self.starts += 1
         log.info("generation process started (pid %d)", self.proc.pid)
         return self.proc
@@ -214,6 +227,8 @@ class GenerationService:
 
     async def stop(self) -> None:
         proc, self.proc = self.proc, None
+        if self.state != "off":
+            self.state = transition(SERVICE, self.state, "off")
         if proc is None or proc.returncode is not None:
             return
         if proc.stdin is not None:

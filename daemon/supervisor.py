@@ -162,7 +162,7 @@ class Supervisor:
         }
         if self.status_server is not None:
             data["socket"] = self.status_server.stats()
-        data["http"] = self.dashboard.info() if self.dashboard is not None else {"url": None}
+        data["http"] = self.dashboard.info() if self.dashboard is not None else {"url": None, "state": "off"}
         data["generation"] = self.generation.stats()
         ingest = data["ingest"]
         last_error = (

@@ -1,5 +1,5 @@
-"""The states of the daemon, of its components and of the engine's workers, and the one way to
-change them: :func:`transition`, which refuses a jump its machine does not allow.
+"""The states of the daemon, of its components and services and of the engine's workers, and
+the one way to change them: :func:`transition`, which refuses a jump its machine does not allow.
 
 Standard library only and nothing else of ours: the engine (``crystalline.workers``), the
 control process, the supervisor and ``crystalline status`` all import it. A state is a plain
@@ -111,4 +111,18 @@ WORKER = _machine(
     },
 )
 
-MACHINES = (DAEMON, COMPONENT, TRAINING, WORKER)
+# A service the daemon starts once or on demand: the dashboard's HTTP server (off when not
+# configured, failed when it cannot listen) and the generation process (started by the first
+# generate, off again after a stop or a failure until the next).
+SERVICE = _machine(
+    "service",
+    "off",
+    {
+        "off": ("starting",),
+        "starting": ("running", "failed", "off"),
+        "running": ("off",),
+        "failed": ("starting", "off"),
+    },
+)
+
+MACHINES = (DAEMON, COMPONENT, TRAINING, WORKER, SERVICE)

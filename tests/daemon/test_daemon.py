@@ -163,6 +163,10 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
             run / "crystalline.sock", {"cmd": "generate", "prompt": "ROMEO:", "n": 20, "seed": 3}, 60
         )
         assert reply["ok"] and len(reply["data"]["text"]) > 0
+        services = status(run)
+        assert services["generation"]["state"] == "running" and services["generation"]["pid"] > 0
+        assert services["http"]["state"] in ("running", "failed"), services["http"]  # 8470 may be taken
+        assert services["crawler"]["state"] == "off" and services["ingest"]["state"] == "running"
         reply = request(run / "crystalline.sock", {"cmd": "no-such-command"})
         assert reply["ok"] is False
 
