@@ -144,9 +144,6 @@ class PgFrontier(Frontier):
         self.lease_s = lease_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._unsettled: deque[Callable[[], object]] = deque()
-        self.last_error: str | None = None  # the last error the database gave (None: none yet)
-        self.last_error_at = 0.0
-        self.available = True  # the last statement reached the database
         self._next_reap = 0.0
         self._next_count = 0.0
         self._feedback_from = -1  # the feedback cursor this machine read last (see ingest_verdicts)
@@ -194,11 +191,8 @@ class PgFrontier(Frontier):
     def backend(self) -> dict[str, object]:
         return {
             "kind": "postgresql",
-            "database": str(self.path),
+            **self._pg.state(),
             "owner": self.owner,
-            "available": self.available,
-            "last_error": self.last_error,
-            "last_error_at": round(self.last_error_at, 1) if self.last_error else None,
             "unsettled": len(self._unsettled),
         }
 
@@ -222,15 +216,20 @@ class PgFrontier(Frontier):
         return back
 
     def _take_over(self, origin: str) -> int:
-        """Put another machine's in-flight URLs of ``origin`` back in the queue (inside a
-        transaction that holds the host's row)."""
+        """Put another machine's in-flight URLs of ``origin`` back in the queue and clear its
+        "slot full" mark (inside a transaction that holds the host's row). Its last request
+        started at least a lease ago (each claim renews the lease), so the host may be asked
+        now unless deferred."""
         n: int = self._db.execute(
             "UPDATE urls SET state = 0, claimed_by = NULL WHERE origin = ? AND state = 1"
             " AND claimed_by IS DISTINCT FROM ?",
             (origin, self.owner),
         ).rowcount
-        if n:
-            self._db.execute("UPDATE hosts SET queued = queued + ? WHERE origin = ?", (n, origin))
+        self._db.execute(
+            "UPDATE hosts SET queued = queued + ?, next_at = GREATEST(LEAST(next_at, ?), deferred_until)"
+            " WHERE origin = ?",
+            (n, time.time(), origin),
+        )
         return n
 
     def renew_leases(self, origins: Iterable[str], now: float) -> None:
@@ -337,29 +336,20 @@ class PgFrontier(Frontier):
         """Write the outcomes kept while the database was away, in order (raises
         DatabaseUnavailable while it still is)."""
         while self._unsettled:
-            self._call(self._unsettled[0])
+            self._unsettled[0]()
             self._unsettled.popleft()
-        self.available = True
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            out = fn()
-        except DatabaseUnavailable as exc:
-            self.available = False
-            self.last_error, self.last_error_at = str(exc), time.time()
-            raise
-        self.available = True
-        return out
 
     def _write(self, fn: Callable[[], T], default: T) -> T:
         """Run a write now, or keep it for ``settle_pending`` (after writes kept before it)."""
         if not self._unsettled:
             try:
-                return self._call(fn)
+                return fn()
             except DatabaseUnavailable:
                 pass
         if len(self._unsettled) >= MAX_UNSETTLED:
-            raise DatabaseUnavailable(f"{MAX_UNSETTLED} outcomes wait for the database: {self.last_error}")
+            raise DatabaseUnavailable(
+                f"{MAX_UNSETTLED} outcomes wait for the database ({self._pg.last_error})"
+            )
         self._unsettled.append(fn)
         return default
 

@@ -34,11 +34,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from crystalline.documents import Document, Spool
+from crystalline.documents import Document, Spool, source_group
 from crystalline.tokens.held_out import held_out
 from crystalline.tokens.token_store import PendingDocument, TokenStore, read_index, shard_seqs
 
 from .drop_folder import Claimed, DropFolder
+from .drop_sources import DropSources
 from .pool import ExtractionPool, WorkResult
 from .registry import Record
 from .registry_pg import open_registry
@@ -118,7 +119,7 @@ class Ingestor:
         data_dir: Path,
         tokenizer: TokenizerLike,
         spool: Spool | None = None,
-        drop_folder: DropFolder | None = None,
+        drop_folder: DropFolder | DropSources | None = None,
     ) -> None:
         self.settings = settings
         self.data_dir = Path(data_dir)
@@ -182,6 +183,7 @@ class Ingestor:
                             shard=seq,
                             minhash=list(d.minhash),
                             minhash_signature=base64.b64decode(d.minhash_signature),
+                            group=source_group(d.source, d.group),
                         )
                     )
         if records:
@@ -243,6 +245,7 @@ class Ingestor:
                             r.simhash,
                             list(r.minhash),
                             r.minhash_signature,
+                            rec.group,
                         )
                     )
         stored = self.store.append(pending)  # durable from here on
@@ -290,6 +293,7 @@ class Ingestor:
             file_key=s.file_key,
             language_score=r.language_score,
             edits=dict(r.edits),
+            group=source_group(s.doc.source, s.doc.group),
         )
         if r.error:
             rec.state, rec.reason = "failed", r.error
@@ -400,8 +404,8 @@ class Ingestor:
             self._refuse(item, f"too large ({size} bytes > {limit})")
             return None
         entry = content_entry("drop", item.name, body)
-        source = str(folder.root / item.label)
-        doc = Document(source, body, "", origin="drop", fetched_at=time.time())
+        source = str(folder.root / item.group / item.label)
+        doc = Document(source, body, "", origin="drop", fetched_at=time.time(), group=item.group)
 
         def release(rec: Record, c: Claimed = item) -> None:
             folder.finish(c, rec.reason if rec.state == "failed" else None)
@@ -416,7 +420,7 @@ class Ingestor:
         got = spool_warc(item.fd, spool, self.settings.limits.max_bytes)
         failed = got.error if not got.spooled else ""
         entry = f"drop-warc:{item.file_key}:{hashlib.sha256(os.fsencode(item.name)).hexdigest()[:16]}"
-        source = str(folder.root / item.label)
+        source = str(folder.root / item.group / item.label)
         state = "failed" if failed else "done"
         rec = Record(
             entry, doc_id_of(entry), source, "drop", state, got.summary(), kind="warc", file_key=item.file_key
@@ -440,7 +444,7 @@ class Ingestor:
         """Record a dropped entry as failed without reading it, then move it to ``failed/``."""
         folder = self.drop_folder
         assert folder is not None
-        source = str(folder.root / item.label)
+        source = str(folder.root / item.group / item.label)
         self.record_refusal(refused_entry(item), source, "drop", reason, file_key=item.file_key)
         folder.finish(item, reason)
         log.info("failed %s: %s", source, reason)
@@ -548,5 +552,6 @@ class Ingestor:
             "blocked": len(blocked),
             **({"blocked_files": [{"name": n, "reason": r} for n, r in blocked[:10]]} if blocked else {}),
             "pool_restarts": self.pool.restarts,
+            "database": self.registry.backend(),  # with --database: whether it answers, its last error
             **({"error": self.error} if self.error else {}),
         }

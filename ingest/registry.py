@@ -85,9 +85,13 @@ _FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (f
 #: 0: no version (entries of dropped files were path:size:mtime, no file_key column); 1: file_key;
 #: 2: ``rule`` and ``language_score`` columns, MinHash bands, text edits, meta (parameters);
 #: 3: MinHash signatures, which verify LSH candidates (the hash family changed with them, so
-#: version 2's bands are dropped by :meth:`Registry._check_minhash_params`).
-SCHEMA_VERSION = 3
+#: version 2's bands are dropped by :meth:`Registry._check_minhash_params`); 4: ``source_group``
+#: (the source a document is evaluated under; '' in older rows, derived by
+#: ``crystalline.documents.source_group``) and ``surprise`` (its loss before training, NULL
+#: until measured).
+SCHEMA_VERSION = 4
 _V2_COLUMNS = {"rule": "TEXT NOT NULL DEFAULT ''", "language_score": "REAL NOT NULL DEFAULT 0"}
+_V4_COLUMNS = {"source_group": "TEXT NOT NULL DEFAULT ''", "surprise": "REAL"}
 
 
 def sql_text(value: str) -> str:
@@ -138,6 +142,7 @@ class Record:
     minhash: list[int] = field(default_factory=list)  # LSH band keys of a stored document
     minhash_signature: bytes = b""  # its packed signature (minhash.pack); none: no bands kept
     edits: dict[str, int] = field(default_factory=dict)  # lines removed / PII replaced per rule
+    group: str = ""  # the source it is evaluated under (crystalline.documents.source_group)
 
 
 class Registry:
@@ -187,7 +192,7 @@ class Registry:
             if "file_key" not in columns:  # version 0: entries stay as they are, rows still count
                 self.db.execute("ALTER TABLE documents ADD COLUMN file_key TEXT NOT NULL DEFAULT ''")
             self.db.execute(_FILE_KEY_INDEX)
-            for name, decl in _V2_COLUMNS.items():
+            for name, decl in {**_V2_COLUMNS, **_V4_COLUMNS}.items():
                 if name not in columns:
                     self.db.execute(f"ALTER TABLE documents ADD COLUMN {name} {decl}")
             if version < 2:  # the rule of older rows, from their reasons (all basic filters then)
@@ -212,6 +217,10 @@ class Registry:
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (minhash.PARAMS,),
         )
+
+    def backend(self) -> dict[str, object]:
+        """Where the registry lives, for status (``PgRegistry``: the database's state too)."""
+        return {"kind": "sqlite", "path": str(self.path)}
 
     def close(self) -> None:
         self._sqlite.close()
@@ -290,7 +299,8 @@ class Registry:
                 row = self.db.execute(
                     "INSERT INTO documents (entry, doc_id, source, origin, kind, state, reason, "
                     "content_hash, simhash, chars, tokens, split, shard, title, language, created, file_key, "
-                    "rule, language_score) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "rule, language_score, source_group) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT DO NOTHING RETURNING id",
                     (
                         sql_text(r.entry),
@@ -312,6 +322,7 @@ class Registry:
                         r.file_key,
                         r.rule,
                         r.language_score,
+                        sql_text(r.group),
                     ),
                 ).fetchone()
                 if row is None:  # recorded already

@@ -57,7 +57,12 @@ CREATE TABLE text_edits (
 );
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 """
-MIGRATIONS = (_SCHEMA_V1,)
+# SQLite's schema 4: the source a document is evaluated under, its surprise (NULL until measured)
+_SCHEMA_V2 = """
+ALTER TABLE documents ADD COLUMN source_group TEXT NOT NULL DEFAULT '';
+ALTER TABLE documents ADD COLUMN surprise DOUBLE PRECISION
+"""
+MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
 
 
 class PgRegistry(Registry):
@@ -85,6 +90,9 @@ class PgRegistry(Registry):
         with self._pg.transaction():
             self._pg.lock("registry")
             yield
+
+    def backend(self) -> dict[str, object]:
+        return {"kind": "postgresql", **self._pg.state()}
 
     def close(self) -> None:
         self._pg.close()

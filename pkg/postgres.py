@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -23,7 +26,10 @@ SCHEMES = ("postgresql://", "postgres://")
 
 # every wait has a deadline: connecting, a statement (an advisory lock included), a pool checkout
 CONNECT_TIMEOUT_S = 5
-STATEMENT_TIMEOUT_MS = 30_000
+STATEMENT_TIMEOUT_S = 15.0
+# the client's own deadline on a statement, a commit or a connection check: a reply that never
+# comes (the network cut with the TCP connection still open) is cut off by shutting the socket
+CLIENT_DEADLINE_S = STATEMENT_TIMEOUT_S + 2.0
 # a checkout waits this long for a connection: while the server is away, each call of the crawl
 # loop gives up this soon and the loop backs off (it must not block the daemon's event loop long)
 POOL_TIMEOUT_S = 2.0
@@ -108,6 +114,11 @@ class Database:
         self.schema = schema
         self._local = threading.local()
         self._sql: dict[str, str] = {}
+        self._check_connection = psycopg_pool.ConnectionPool.check_connection
+        self._watchdog = _Watchdog()
+        self.available = True  # the last statement reached the server
+        self.last_error: str | None = None  # the last time it did not: why, and when
+        self.last_error_at = 0.0
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -115,13 +126,14 @@ class Database:
             open=False,
             timeout=POOL_TIMEOUT_S,
             name=name,
-            check=psycopg_pool.ConnectionPool.check_connection,  # a server restart broke the pooled ones
+            check=self._check,  # a server restart broke the pooled ones
             reconnect_timeout=POOL_TIMEOUT_S,
             kwargs={
                 "autocommit": True,
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "application_name": name,
-                "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c search_path={schema},public",
+                "options": f"-c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}"
+                f" -c search_path={schema},public",
                 # a cut network is noticed in seconds, not after the kernel's two hours
                 "keepalives": 1,
                 "keepalives_idle": 5,
@@ -154,26 +166,48 @@ class Database:
             with self._pool.connection() as conn:
                 yield conn
         except self._pool_errors as exc:
-            raise DatabaseUnavailable(f"database {self.redacted()}: {exc}") from exc
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> DatabaseUnavailable:
+        """``exc`` as DatabaseUnavailable, remembered for :meth:`state`."""
+        error = DatabaseUnavailable(f"database {self.redacted()}: {exc}")
+        self.available = False
+        self.last_error, self.last_error_at = str(error), time.time()
+        return error
+
+    def state(self) -> dict[str, object]:
+        """For status: the database (no password), whether it answered last, its last error."""
+        return {
+            "database": self.redacted(),
+            "available": self.available,
+            "last_error": self.last_error,
+            "last_error_at": round(self.last_error_at, 1) if self.last_error else None,
+        }
+
+    def _check(self, conn: Any) -> None:
+        with self._watchdog.guard(conn):
+            self._check_connection(conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         with self._connection() as conn:
             try:
-                cur = conn.execute(_translate(sql, self._sql), params)
-                rows = cur.fetchall() if cur.description is not None else []
+                with self._watchdog.guard(conn):
+                    cur = conn.execute(_translate(sql, self._sql), params)
+                    rows = cur.fetchall() if cur.description is not None else []
+                self.available = True
                 return Result(rows, cur.rowcount)
             except self._pool_errors as exc:
-                raise DatabaseUnavailable(f"database {self.redacted()}: {exc}") from exc
+                raise self._unavailable(exc) from exc
 
     def executemany(self, sql: str, seq: Sequence[Sequence[Any]]) -> None:
         if not seq:
             return
         with self._connection() as conn:
             try:
-                with conn.cursor() as cur:
+                with conn.cursor() as cur, self._watchdog.guard(conn):
                     cur.executemany(_translate(sql, self._sql), seq)
             except self._pool_errors as exc:
-                raise DatabaseUnavailable(f"database {self.redacted()}: {exc}") from exc
+                raise self._unavailable(exc) from exc
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -185,12 +219,21 @@ class Database:
             with self._pool.connection() as conn:
                 self._local.conn = conn
                 try:
-                    with conn.transaction():
+                    tx = conn.transaction()
+                    with self._watchdog.guard(conn):
+                        tx.__enter__()  # BEGIN
+                    try:
                         yield
+                    except BaseException as exc:
+                        with self._watchdog.guard(conn):
+                            tx.__exit__(type(exc), exc, exc.__traceback__)  # ROLLBACK
+                        raise
+                    with self._watchdog.guard(conn):
+                        tx.__exit__(None, None, None)  # COMMIT
                 finally:
                     self._local.conn = None
         except self._pool_errors as exc:
-            raise DatabaseUnavailable(f"database {self.redacted()}: {exc}") from exc
+            raise self._unavailable(exc) from exc
 
     def lock(self, name: str) -> None:
         """Hold a transaction-scoped advisory lock on ``name`` (inside ``transaction()``): one
@@ -235,6 +278,54 @@ class Database:
 
     def close(self) -> None:
         self._pool.close(timeout=5.0)
+        self._watchdog.stop()
+
+
+class _Watchdog:
+    """Cuts off a connection whose statement overran CLIENT_DEADLINE_S: its socket is shut down,
+    so the blocked read returns and psycopg raises (one thread, started at the first guard)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._deadlines: dict[int, tuple[float, Any]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def guard(self, conn: Any) -> Iterator[None]:
+        key = id(conn)
+        with self._lock:
+            outer = self._deadlines.get(key)
+            self._deadlines[key] = (time.monotonic() + CLIENT_DEADLINE_S, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="postgres-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if outer is None:
+                    self._deadlines.pop(key, None)
+                else:
+                    self._deadlines[key] = outer
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            now = time.monotonic()
+            with self._lock:
+                late = [conn for deadline, conn in self._deadlines.values() if deadline < now]
+            for conn in late:
+                with contextlib.suppress(OSError, ValueError):
+                    dup = socket.socket(fileno=os.dup(conn.fileno()))
+                    try:
+                        dup.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        dup.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
 
 
 def _lock_key(name: str) -> int:

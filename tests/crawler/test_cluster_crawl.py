@@ -2,7 +2,7 @@
 loopback addresses that log each request with the server's clock: no page is fetched twice
 (but those in flight at a kill), a host's requests keep its delay across machines, a SIGKILLed
 crawler's hosts are finished by the others once its leases run out, and a restart of
-PostgreSQL mid-crawl is waited out with nothing fetched twice or lost."""
+PostgreSQL or a network cut to it mid-crawl is waited out with nothing fetched twice or lost."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from crystalline.postgres import CLIENT_DEADLINE_S
 from tests._local_site import prose, start_site
 from tests._postgres import PgCluster
+from tests._tcp_proxy import CuttableProxy
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PAGES = 12  # per host: / links to /p/0 ... /p/11
@@ -120,6 +122,23 @@ def _gaps_kept(sites: Sites) -> None:
         assert min(gaps) >= MIN_DELAY - 0.05, (host, gaps)
 
 
+def _until_fetched(sites: Sites, pages: int) -> None:
+    """Until the sites answered ``pages`` requests (mid-crawl), two minutes at most."""
+    deadline = time.monotonic() + 120
+    while sum(sites.pages().values()) < pages and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _each_page_once_after_a_pause(tmp: Path, procs: list[subprocess.Popen[bytes]], sites: Sites) -> None:
+    """Every page fetched once, and the crawlers said they paused for the database and resumed."""
+    _check_stdout_sanity(tmp, procs)
+    fetched = sites.pages()
+    assert set(fetched) == _all_pages()
+    assert [k for k, n in fetched.items() if n > 1] == []
+    logs = "".join((tmp / f"machine{i}.log").read_text(errors="replace") for i in range(3))
+    assert "crawl paused" in logs and "crawl resumed" in logs
+
+
 def _check_stdout_sanity(tmp: Path, procs: list[subprocess.Popen[bytes]]) -> None:
     for i, proc in enumerate(procs):
         assert proc.returncode in (0, -signal.SIGKILL), (tmp / f"machine{i}.log").read_text(errors="replace")
@@ -145,9 +164,7 @@ def test_a_killed_crawlers_hosts_are_finished_by_the_others(
     tmp_path: Path, pg_url: str, sites: Sites
 ) -> None:
     procs = [_crawler(tmp_path, i, pg_url, sites.bases, lease=3.0) for i in range(3)]
-    deadline = time.monotonic() + 120
-    while sum(sites.pages().values()) < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until_fetched(sites, 6)
     procs[0].kill()  # SIGKILL: its leases run out, its in-flight URLs go back to the queue
     _wait(procs, 240, tmp_path)
     _check_stdout_sanity(tmp_path, procs)
@@ -164,16 +181,31 @@ def test_a_postgresql_restart_mid_crawl_is_waited_out(
     tmp_path: Path, pg_cluster: PgCluster, pg_url: str, sites: Sites
 ) -> None:
     procs = [_crawler(tmp_path, i, pg_url, sites.bases, lease=20.0) for i in range(3)]
-    deadline = time.monotonic() + 120
-    while sum(sites.pages().values()) < 8 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _until_fetched(sites, 8)
     pg_cluster.stop()  # down for a few seconds (the crawlers' requests in flight go on)
     time.sleep(3)
     pg_cluster.start()
     _wait(procs, 240, tmp_path)
-    _check_stdout_sanity(tmp_path, procs)
-    fetched = sites.pages()
-    assert set(fetched) == _all_pages()
-    assert [k for k, n in fetched.items() if n > 1] == []
-    logs = "".join((tmp_path / f"machine{i}.log").read_text(errors="replace") for i in range(3))
-    assert "crawl paused" in logs and "crawl resumed" in logs
+    _each_page_once_after_a_pause(tmp_path, procs, sites)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_network_cut_to_the_database_is_waited_out(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str, sites: Sites
+) -> None:
+    """The crawlers reach PostgreSQL through a proxy whose link is cut for longer than a
+    statement's deadline: their blocked statements are cut off, they pause and report it, and
+    resume when the link is back, with nothing fetched twice or lost."""
+    proxy = CuttableProxy(pg_cluster.port)
+    try:
+        via_proxy = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+        procs = [_crawler(tmp_path, i, via_proxy, sites.bases, lease=120.0) for i in range(3)]
+        _until_fetched(sites, 8)
+        proxy.cut()
+        time.sleep(CLIENT_DEADLINE_S + 5)
+        proxy.restore()
+        _wait(procs, 240, tmp_path)
+    finally:
+        proxy.close()
+    _each_page_once_after_a_pause(tmp_path, procs, sites)
