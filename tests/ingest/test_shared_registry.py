@@ -1,8 +1,10 @@
-"""Two machines' ingest on one PostgreSQL registry (issue 17): the same documents dropped on
-both are stored once in the cluster, the other copy recorded as a duplicate of it."""
+"""Ingest on a PostgreSQL registry (issue 17): the same documents dropped on two machines are
+stored once in the cluster, the other copy recorded as a duplicate of it; a stopped database
+is waited out with nothing lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,8 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from crystalline.ingest.drop_folder import DropFolder
+from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry_pg import PgRegistry
-from tests.ingest.test_drop_ingest import stored_texts, text
+from crystalline.postgres import DatabaseUnavailable
+from crystalline.tokens.tokenizer import load_tokenizer
+from tests._postgres import PgCluster
+from tests.ingest.test_drop_ingest import SETTINGS, drain, stored_texts, text
 
 
 @pytest.mark.slow
@@ -46,3 +53,31 @@ def test_the_same_documents_ingested_on_two_machines_are_kept_once(tmp_path: Pat
         registry.close()
     assert (counts["done"], counts["duplicate"]) == (len(shared) + 4, len(shared))
     assert by_rule["duplicate"] == {"exact": len(shared)}
+
+
+@pytest.mark.timeout(180)
+def test_ingest_waits_out_a_stopped_database_and_loses_nothing(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """PostgreSQL stopped under a running ingest: a batch fails with DatabaseUnavailable, its
+    files go back to the queue, status says the database is away and why; once it is back the
+    same files are ingested, each once."""
+    drop = DropFolder(tmp_path / "inbox", settle_s=0.0)
+    settings = dataclasses.replace(SETTINGS, database=pg_url)
+    with Ingestor(settings, tmp_path / "data", load_tokenizer("bytes"), drop_folder=drop) as ing:
+        for i in range(4):
+            (drop.root / f"d{i}.txt").write_text(text(i), encoding="utf-8")
+        drop.scan()
+        pg_cluster.stop()
+        try:
+            with pytest.raises(DatabaseUnavailable):
+                ing.run_once()
+            down = ing.stats()["database"]
+        finally:
+            pg_cluster.start()
+        stats = drain(ing)
+    assert down["kind"] == "postgresql" and down["available"] is False and down["last_error"]
+    assert stats["database"]["available"] is True
+    assert (stats["documents"], stats["duplicates"], stats["pending"]) == (4, 0, 0)
+    assert sorted(stored_texts(tmp_path / "data")) == sorted(text(i).strip() for i in range(4))
+    assert sorted(os.listdir(drop.done)) == [f"d{i}.txt" for i in range(4)]
