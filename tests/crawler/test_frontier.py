@@ -303,3 +303,26 @@ def test_postgresql_a_host_is_leased_to_one_machine_and_a_dead_ones_urls_come_ba
     assert second.state_of("http://h/p/0") == ("in_flight", None, None)
     second.close()
     first.close()
+
+
+def test_postgresql_ingest_verdicts_count_once_when_two_machines_read_them(pg_url: str) -> None:
+    """Two crawlers read the same verdicts from the shared registry: the first to apply them
+    moves the shared cursor, the second's copy changes nothing (a shape's window counts each
+    page once)."""
+    first = PgFrontier(pg_url)
+    second = PgFrontier(pg_url)
+    urls = [NewUrl(f"http://h/a/{i}", "http://h", 1, pattern="/a/N") for i in range(4)]
+    first.add(urls)
+    now = time.time()
+    first_body = Revisit(now + 60, 60, 60, now, body_hash="x", new_version=True, fresh=True)
+    for entry in first.claim("http://h", 4, now):
+        first.finish(entry, STORED, 200, revisit=first_body)
+    verdicts = [(u.url, False) for u in urls]
+    assert (first.feedback_cursor(), second.feedback_cursor()) == (0, 0)
+    assert first.ingest_verdicts(verdicts, 4, 0.4) == 4
+    assert second.ingest_verdicts(verdicts, 4, 0.4) == 0  # read from 0, but the cursor moved
+    (window,) = first._db.execute('SELECT "window" FROM patterns WHERE pattern = ?', ("/a/N",)).fetchone()
+    assert window == 0b1111  # four pages, each overruled once to "no new text"
+    assert second.feedback_cursor() == 4
+    first.close()
+    second.close()
