@@ -35,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+import numpy as np
 import zmq
 
 from ..descriptors import (
@@ -53,6 +54,7 @@ from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
 from . import control_protocol as CP
+from .source_eval import evaluate_sources
 
 log = logging.getLogger("crystalline.control")
 
@@ -75,6 +77,8 @@ class ReadyData(TrainingData, Protocol):
     def open_ring(self, context: zmq.Context | None = None) -> Ring: ...
 
     def close_ring(self) -> None: ...
+
+    def source_windows(self) -> tuple[dict[str, np.ndarray], dict[str, int]]: ...
 
 
 class Channel:
@@ -138,6 +142,8 @@ class Control:
         self.losses: deque[float] = deque(maxlen=50)
         self.last_bpb = math.nan  # bits per byte of the last step's batch
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
+        self.sources: list[dict[str, Any]] = []  # the last validation line of each source
+        self.sources_step = -1  # the step they were measured at
 
     # ---- requests -------------------------------------------------------------------------
     def serve(self, timeout_s: float) -> None:
@@ -244,6 +250,7 @@ class Control:
             "workers": stats.get("workers", []),
             "ring": stats.get("ring", {"slots": 0, "ready": 0}),
             "data": t.data.describe(),
+            "sources": self.sources,
         }
 
     def publish(self, force: bool = False) -> None:
@@ -291,6 +298,8 @@ class Control:
             self.losses.append(t.state.pending_losses[-1])
             self.last_bpb = t.state.pending_bpb[-1]
         self.rate.append((time.monotonic(), t.state.tokens))
+        if t.state.step % self.config.eval_interval == 0 and t.state.step != self.sources_step:
+            self._evaluate_sources()  # right after the trainer's own evaluation of this step
         if time.monotonic() - self.last_checkpoint_at >= self.checkpoint_interval_s:
             with contextlib.suppress(RuntimeError):  # recorded and logged; training goes on
                 self._checkpoint()
@@ -299,6 +308,19 @@ class Control:
             self.state = transition(TRAINING, self.state, "paused")
             self.serve(0.2)
         self.state = transition(TRAINING, self.state, "training")
+
+    def _evaluate_sources(self) -> None:
+        """Validation loss per source now (status ``training.sources``, and a ``sources``
+        record in metrics.jsonl)."""
+        t = self.trainer
+        assert t is not None
+        self.sources_step = t.state.step
+        windows, documents = self.data.source_windows()
+        if not windows:
+            return
+        self.sources = evaluate_sources(t, windows, documents)
+        record = {"event": "sources", "step": t.state.step, "tokens": t.state.tokens, "sources": self.sources}
+        t.metrics.write(record)
 
     def _start_trainer(self) -> Trainer:
         """The trainer and its engine, within the open-files limit: the engine's share is

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..documents import Spool
-from ..ingest.drop_folder import DropFolder
+from ..ingest.drop_sources import DropSources
 from ..ingest.ingestor import Ingestor
 from ..ingest.settings import IngestSettings
 from ..tokens.tokenizer import load_tokenizer
@@ -38,7 +38,7 @@ class IngestService:
                 self.state_dir / "ingest",
                 load_tokenizer(self.tokenizer),
                 spool=Spool(self.state_dir / "spool"),
-                drop_folder=DropFolder(self.inbox, self.settings.drop_settle_s),
+                drop_folder=DropSources(self.inbox, self.settings.drop_settle_s),
             )
 
     def start(self) -> asyncio.Task[None]:

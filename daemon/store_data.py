@@ -15,7 +15,7 @@ import numpy as np
 import zmq
 
 from ..tokens.tokenizer import load_tokenizer
-from ..tokens.windows import StoreValidation, StoreWindows
+from ..tokens.windows import SourceValidation, StoreValidation, StoreWindows
 from ..workers.train_config import TrainConfig
 from .ring_service import RingClient
 
@@ -28,10 +28,10 @@ def store_dir(state_dir: Path) -> Path:
 
 
 class StoreTrainingData:
-    """``TrainingData`` for control: the lent ring, and two store readers of its own (one to
-    know whether a window exists yet, one for the validation windows)."""
+    """``TrainingData`` for control: the lent ring, and three store readers of its own (one to
+    know whether a window exists yet, one for the validation windows, one for each source's)."""
 
-    readers = 2  # store readers, each keeping up to max_open_shards maps (one descriptor each)
+    readers = 3  # store readers, each keeping up to max_open_shards maps (one descriptor each)
 
     def __init__(self, directory: Path, config: TrainConfig, ring_endpoint: str) -> None:
         self.config = config
@@ -40,6 +40,7 @@ class StoreTrainingData:
             directory, config.batch_size, config.seq_len, val_fraction=config.val_fraction
         )
         self.validation = StoreValidation(directory, config.seq_len, config.val_fraction, config.eval_windows)
+        self.sources = SourceValidation(directory, config.seq_len, config.source_eval_windows)
         self.ring: RingClient | None = None
         self.last_info: dict[str, Any] = {}  # what the last batch taken was cut from
 
@@ -70,6 +71,7 @@ class StoreTrainingData:
         """Keep at most ``cap`` shards mapped in each reader (sized from RLIMIT_NOFILE)."""
         self.windows.reader.max_open_shards = cap
         self.validation.reader.max_open_shards = cap
+        self.sources.reader.max_open_shards = cap
 
     def ready(self) -> bool:
         """A training window exists: in the train documents or, failing those, in the part of
@@ -87,6 +89,14 @@ class StoreTrainingData:
 
     def val_windows(self) -> np.ndarray:
         return self.validation.windows(self._trains_on_held_out())
+
+    def source_windows(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Each source's validation windows for the next evaluation, and its documents; none
+        while training takes the held-out documents' head (they would be scored on what they
+        trained on), or with ``source-eval-windows`` 0."""
+        if self.config.source_eval_windows == 0 or self._trains_on_held_out():
+            return {}, {}
+        return self.sources.windows(), self.sources.documents()
 
     def resumed_from(self, saved: dict[str, Any]) -> str | None:
         """A warning when the checkpoint training resumes from (its ``data``, what

@@ -138,6 +138,7 @@ class Supervisor:
             "control_restarts": self.control_runner.restarts,
             "status_age_s": _round(self.control.status_age()),  # health: a silent control is stuck
             "workers": workers,
+            "sources": c.get("sources", []),  # validation loss per source (issue 13)
         }
         if self.control_runner.error:
             training["control_error"] = self.control_runner.error

@@ -114,6 +114,7 @@ class Claimed:
     fd: int  # -1 when refused
     st: os.stat_result  # fstat of fd, or lstat of the refused entry
     refusal: str | None = None
+    group: str = ""  # the sub-folder of the drop folder it was claimed from ("": the top; DropSources)
 
     @property
     def label(self) -> str:

@@ -18,10 +18,28 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from crystalline.durable import fsync_dir, write_atomic
 
 SPOOL_VERSION = 1
+TOP_LEVEL_GROUP = "inbox"  # the source of files dropped at the top of the drop folder
+
+
+def source_group(source: str, group: str = "") -> str:
+    """The source a document is evaluated under (issue 13): ``group`` when the producer named
+    one (a dropped file's first sub-folder of the drop folder), else the host of a crawled
+    URL, else ``inbox`` (a file at the drop folder's top, or named on the command line)."""
+    if group:
+        return group
+    if source.startswith(("http://", "https://")):
+        try:
+            host = urlsplit(source).hostname
+        except ValueError:
+            host = None
+        if host:
+            return host
+    return TOP_LEVEL_GROUP
 
 
 @dataclass(frozen=True)
@@ -34,6 +52,7 @@ class Document:
     charset: str | None = None  # from the HTTP Content-Type header, if any
     origin: str = "crawl"  # crawl | drop | cli
     fetched_at: float = 0.0  # unix time
+    group: str = ""  # the drop sub-folder it came from ("": see source_group)
 
     def key(self) -> str:
         """Stable file-name-safe key of the source (never the raw URL or path)."""
@@ -115,6 +134,7 @@ class Spool:
                     charset=meta.get("charset"),
                     origin=meta.get("origin", "crawl"),
                     fetched_at=meta.get("fetched_at", 0.0),
+                    group=meta.get("group", ""),
                 ),
             )
 

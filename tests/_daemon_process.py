@@ -7,12 +7,34 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 # embed 32, 2 layers, 2 heads, context 32: a step takes milliseconds even with 12 workers
 SMALL_MODEL = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32"]
+
+
+def start_small_daemon(root: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], NotifyListener]:
+    """`crystalline run` on ``root/state`` and ``root/run`` with the small model, 2 workers, batch
+    4, no crawl, no samples and no dashboard, plus ``extra``; its notify socket's listener."""
+    notify = NotifyListener(root / "notify")
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("WATCHDOG_USEC", None)
+    cmd = [sys.executable, "-m", "crystalline.daemon.cli", "run", "--state-dir", str(root / "state")]
+    cmd += [
+        "--runtime-dir",
+        str(root / "run"),
+        "--no-crawl",
+        "--no-samples",
+        "--http",
+        "off",
+        "--workers",
+        "2",
+    ]
+    cmd += [*SMALL_MODEL, "--batch-size", "4", *extra]
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True), notify
 
 
 class NotifyListener:

@@ -2,10 +2,12 @@
 
 ``shard-NNNNNN.bin`` holds the ids of several documents back to back (uint16 when the
 vocabulary fits); ``shard-NNNNNN.json`` lists each document (id, entry, source, offset,
-length, split, fingerprints). Both are written to temporary names, fsynced and renamed, the
-index last, then the directory is fsynced: a shard exists for readers exactly when its index
-does, and shards never change afterwards, so a reader in another process (the supervisor's
-ring, control's validation) needs no lock: it lists ``*.json`` and memory-maps the matching ``.bin``.
+length, split, fingerprints, and the source group it is evaluated under; shards written before
+the group have none and readers derive it, ``crystalline.documents.source_group``). Both are
+written to temporary names, fsynced and renamed, the index last, then the directory is
+fsynced: a shard exists for readers exactly when its index does, and shards never change
+afterwards, so a reader in another process (the supervisor's ring, control's validation) needs
+no lock: it lists ``*.json`` and memory-maps the matching ``.bin``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class StoredDocument:
     simhash: int = 0
     minhash: list[int] = field(default_factory=list)  # LSH bands, to rebuild the index after a crash
     minhash_signature: str = ""  # base64 of the packed MinHash signature, likewise ("" before)
+    group: str = ""  # the source it is evaluated under ("" in shards before it: source_group derives one)
 
 
 @dataclass
@@ -59,6 +62,7 @@ class PendingDocument:
     simhash: int = 0
     minhash: list[int] = field(default_factory=list)
     minhash_signature: str = ""
+    group: str = ""
 
 
 def shard_seqs(directory: Path) -> list[int]:
@@ -125,6 +129,7 @@ class TokenStore:
                     d.simhash,
                     d.minhash,
                     d.minhash_signature,
+                    d.group,
                 )
             )
             offset += len(ids)

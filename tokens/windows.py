@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from crystalline.documents import source_group
+
 from .held_out import held_out, held_out_cut
 from .token_store import StoredDocument, StoreReader
 from .tokenizer import Tokenizer, iter_text_files, read_text_file
@@ -339,3 +341,58 @@ class StoreValidation:
                 tokens = tokens[held_out_cut(len(tokens), self.val_fraction) :]
             self._val = eval_windows(tokens, self.seq_len, self.limit)
         return self._val
+
+
+class SourceValidation:
+    """Validation windows per source (issue 13): each source's held-out documents laid end to
+    end and cut into non-overlapping windows, of which each evaluation takes ``per_source``,
+    the next ones in turn (a source with fewer is measured on all of them every time), for at
+    most ``max_sources`` sources, those with the most held-out documents. The cost of an
+    evaluation is bounded by ``per_source x max_sources`` windows however large the store."""
+
+    def __init__(self, store_dir: Path, seq_len: int, per_source: int, max_sources: int = 16) -> None:
+        self.reader = StoreReader(Path(store_dir))
+        self.seq_len = seq_len
+        self.per_source = per_source
+        self.max_sources = max_sources
+        self._held: dict[str, _Stream] = {}  # source -> its held-out documents
+        self._documents: dict[str, int] = {}  # source -> its documents, both splits
+        self._seen = 0
+        self._round = 0
+
+    def refresh(self) -> None:
+        """Take in the documents committed since the last call."""
+        self.reader.refresh()
+        added = self.reader.documents[self._seen :]
+        self._seen = len(self.reader.documents)
+        held: dict[str, list[StoredDocument]] = {}
+        for d in added:
+            group = source_group(d.source, d.group)
+            self._documents[group] = self._documents.get(group, 0) + 1
+            if d.split != "train":
+                held.setdefault(group, []).append(d)
+        for group, docs in held.items():
+            self._held.setdefault(group, _Stream()).extend(docs)
+
+    def documents(self) -> dict[str, int]:
+        """Documents per source (both splits), as of the last :meth:`refresh`."""
+        return dict(self._documents)
+
+    def windows(self) -> dict[str, np.ndarray]:
+        """The windows of the next evaluation, by source."""
+        self.refresh()
+        round_, self._round = self._round, self._round + 1
+        span = self.seq_len + 1
+        ranked = sorted(self._held.items(), key=lambda kv: (-len(kv[1].docs), kv[0]))
+        out: dict[str, np.ndarray] = {}
+        for group, stream in ranked[: self.max_sources]:
+            total = stream.tokens(len(stream.docs))
+            count = (total - 1) // self.seq_len if total >= span else 0
+            take = min(self.per_source, count)
+            if take == 0:
+                continue
+            rows = np.empty((take, span), dtype=self.reader.dtype or np.uint16)
+            for row, j in enumerate((round_ * take + np.arange(take)) % count):
+                stream.gather(self.reader, int(j) * self.seq_len, rows[row])
+            out[group] = rows
+        return out

@@ -36,6 +36,8 @@ class TrainConfig:
     beta2: float = 0.99
     eval_interval: int = 250  # steps between validation evaluations
     eval_windows: int = 0  # validation windows per eval (0: the whole split)
+    # the daemon: each source's held-out documents (a crawled host, a drop sub-folder), in turn
+    source_eval_windows: int = 16  # validation windows per source per eval (0: none per source)
     # documents by a hash of their source; a single file: its tail
     val_fraction: float = 0.1  # share held out for validation
     target_val_loss: float = 0.0  # stop once validation loss is at or below this (0: no target)
@@ -87,6 +89,12 @@ class TrainConfig:
         },
     )
 
+    # the daemon's replay policy (README, "What it trains on"): batches stay a pure function of
+    # (seed, step, documents visible), so resume is exact under any policy
+    fresh_share: float = 0.25  # share of each batch's rows from the newest documents (0: replay only)
+    fresh_tokens: int = 65536  # the newest training tokens by arrival that count as fresh
+    source_cap: float = 1.0  # most of a batch's rows one source may take (1: no cap)
+
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(
             vocab_size=vocab_size,
@@ -123,8 +131,16 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.eval_windows < 0:
-            raise ValueError(f"eval-windows must not be negative, got {self.eval_windows}")
+        for name in ("eval_windows", "source_eval_windows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
+        for name in ("fresh_share", "source_cap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
+        if self.source_cap == 0.0:
+            raise ValueError("source-cap must be above 0 (1: no cap)")
+        if self.fresh_tokens < 1:
+            raise ValueError(f"fresh-tokens must be at least 1, got {self.fresh_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.target_val_loss < 0 or not math.isfinite(self.target_val_loss):

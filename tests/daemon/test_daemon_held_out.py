@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -12,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import SMALL_MODEL, NotifyListener
+from _daemon_process import start_small_daemon
 
 from crystalline.daemon.status_server import request
 from crystalline.tokens.held_out import held_out
@@ -47,14 +44,8 @@ def test_single_held_out_document_trains_and_validates(short_dir: Path) -> None:
     inbox.mkdir(parents=True)
     name = held_out_name(inbox)
     (inbox / name).write_bytes(SAMPLE.read_bytes())
-    notify = NotifyListener(short_dir / "notify")
-    env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env.pop("WATCHDOG_USEC", None)
-    cmd = [sys.executable, "-m", "crystalline.daemon.cli", "run", "--state-dir", str(state)]
-    cmd += ["--runtime-dir", str(run), "--no-crawl", "--no-samples", "--http", "off", "--workers", "2"]
-    cmd += [*SMALL_MODEL, "--batch-size", "4", "--eval-interval", "10", "--eval-windows", "8"]
-    cmd += ["--val-fraction", str(VAL_FRACTION)]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    extra = ["--eval-interval", "10", "--eval-windows", "8", "--val-fraction", str(VAL_FRACTION)]
+    proc, notify = start_small_daemon(short_dir, extra)
     training: dict[str, Any] = {}
     try:
         deadline, data = time.monotonic() + 240, {}

@@ -1,0 +1,83 @@
+"""Continual learning measured in a real daemon (issue 13): validation loss per source in
+``training.sources`` for files dropped at the top of the drop folder (``inbox``) and in a
+sub-folder of it (real processes: supervisor, ingest pool, control, workers)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _daemon_process import start_small_daemon
+
+from crystalline.daemon.status_server import request
+from crystalline.tokens.held_out import held_out
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+SAMPLES = Path(__file__).resolve().parents[2] / "daemon" / "samples"
+VAL_FRACTION = 0.3
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="cs-", dir="/tmp") as d:  # AF_UNIX path limit
+        yield Path(d)
+
+
+def drop(folder: Path, texts: list[Path]) -> None:
+    """Each text under a name that makes the hash hold out some and train on others."""
+    names = [f"doc-{i}.txt" for i in range(200)]
+    held = [n for n in names if held_out(str(folder / n), VAL_FRACTION)][:2]
+    trained = [n for n in names if not held_out(str(folder / n), VAL_FRACTION)]
+    for name, text in zip(held + trained, texts, strict=False):
+        (folder / name).write_bytes(text.read_bytes())
+
+
+def status(run: Path) -> dict[str, Any]:
+    reply = request(run / "crystalline.sock", {"cmd": "status"})
+    assert reply["ok"], reply
+    data: dict[str, Any] = reply["data"]
+    return data
+
+
+def wait_for(proc: subprocess.Popen[bytes], run: Path, done: Any, what: str) -> dict[str, Any]:
+    deadline, data = time.monotonic() + 240, {}
+    while True:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        if (run / "crystalline.sock").exists():
+            data = status(run)
+            if done(data):
+                return data
+        assert time.monotonic() < deadline, f"{what}: {data}"
+        time.sleep(0.5)
+
+
+def test_validation_loss_per_source_in_status(short_dir: Path) -> None:
+    inbox = short_dir / "state" / "inbox"
+    (inbox / "plays").mkdir(parents=True)
+    texts = sorted(SAMPLES.glob("shakespeare-*.txt"))
+    drop(inbox, texts[:6])
+    drop(inbox / "plays", texts[6:12])
+    extra = ["--eval-interval", "5", "--eval-windows", "8", "--val-fraction", str(VAL_FRACTION)]
+    proc, notify = start_small_daemon(short_dir, [*extra, "--source-eval-windows", "4"])
+    run = short_dir / "run"
+
+    def both(data: dict[str, Any]) -> bool:
+        return {s["source"] for s in data["training"]["sources"]} == {"inbox", "plays"}
+
+    try:
+        data = wait_for(proc, run, both, "no validation line per source")
+        lines = {s["source"]: s for s in data["training"]["sources"]}
+        for line in lines.values():
+            assert line["documents"] == 6
+            assert 0 < line["windows"] <= 4
+            assert line["val_loss"] > 0 and line["val_bpb"] > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        notify.close()
