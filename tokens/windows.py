@@ -3,10 +3,12 @@ daemon (from the token store) and for `crystalline train` (from text files).
 
 For step ``s`` a generator seeded by ``(seed, s)`` draws ``batch_size`` window starts
 (:func:`window_starts`): a share of the rows from the newest tokens of the stream (the store's
-fresh documents), the rest uniformly from all of it (replay). Files have no "newest", so their
-share is 0 and every start is uniform. A batch is therefore a pure function of (seed, step,
-the stream), and the stream of a store is fixed by how many of its documents are visible: the
-store's commit order never changes, so the visible documents are always a prefix of it
+fresh documents), the rest uniformly from all of it (replay), or, under a per-source cap,
+from each source in proportion to its tokens with none over the cap (:func:`capped_counts`).
+Files have no "newest", so their share is 0 and every start is uniform. A batch is therefore
+a pure function of (seed, step, the stream), and the stream of a store is fixed by how many of
+its documents are visible: the store's commit order never changes, so the visible documents
+are always a prefix of it
 (:meth:`StoreWindows.visible`), and ``fill(step, out, documents=n)`` cuts a batch again
 bit for bit.
 
@@ -20,9 +22,8 @@ documents hold a window, training uses them and validation all held-out document
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,6 @@ from .held_out import held_out, held_out_cut
 from .token_store import StoredDocument, StoreReader
 from .tokenizer import Tokenizer, iter_text_files, read_text_file
 
-log = logging.getLogger("crystalline.tokens.windows")
-
 DEFAULT_EVAL_WINDOWS = 256  # a store's held-out set grows without bound: "all" means this many
 
 
@@ -48,22 +47,60 @@ class StoreBehind(ValueError):
     """A batch was cut from more documents than the store holds now (lost, or an older copy)."""
 
 
+Replay = Callable[[np.random.Generator, int, np.ndarray], np.ndarray]
+
+
 def window_starts(
-    seed: int, step: int, total: int, span: int, batch_size: int, fresh_rows: int = 0, fresh_tokens: int = 0
+    seed: int,
+    step: int,
+    total: int,
+    span: int,
+    batch_size: int,
+    fresh_rows: int = 0,
+    fresh_tokens: int = 0,
+    replay: Replay | None = None,
 ) -> np.ndarray:
     """The window starts of step ``step`` in a stream of ``total`` tokens: ``fresh_rows`` of them
-    among the newest ``fresh_tokens`` tokens, the rest anywhere."""
+    among the newest ``fresh_tokens`` tokens, the rest anywhere, uniformly or as ``replay``
+    draws them (``replay(rng, rows, fresh_starts)``: the per-source cap)."""
     if total < span:
         raise NotEnoughTokens(f"{total} training tokens; a window needs {span}")
     rng = np.random.default_rng([seed, step])
     last = total - span  # the last valid window start
     fresh_lo = max(0, total - max(fresh_tokens, span))
-    return np.concatenate(
-        [
-            rng.integers(fresh_lo, last + 1, size=fresh_rows),
-            rng.integers(0, last + 1, size=batch_size - fresh_rows),
-        ]
-    )
+    fresh = rng.integers(fresh_lo, last + 1, size=fresh_rows)
+    rows = batch_size - fresh_rows
+    rest = rng.integers(0, last + 1, size=rows) if replay is None else replay(rng, rows, fresh)
+    return np.concatenate([fresh, rest])
+
+
+def capped_counts(rows: int, weights: np.ndarray, caps: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``rows`` split among sources in proportion to ``weights`` with no source over its cap:
+    what a capped source cannot take goes to the others in proportion (water-filling), and
+    the fractional rows are drawn with ``rng`` so each source gets its share on average. When
+    the caps cannot hold ``rows`` (too few sources), the rest is spread by weight."""
+    share = np.zeros(len(weights))
+    free = weights > 0
+    left = float(rows)
+    while left > 1e-9 and free.any():
+        part = left * weights * free / weights[free].sum()
+        over = free & (share + part > caps)
+        if not over.any():
+            share += part
+            left = 0.0
+            break
+        left -= float((caps[over] - share[over]).sum())
+        share[over] = caps[over]
+        free &= ~over
+    if left > 1e-9:  # every source at its cap: the cap cannot hold, spread the rest by weight
+        share += left * weights / weights.sum()
+    counts = np.floor(share + 1e-9).astype(np.int64)
+    extra = rows - int(counts.sum())
+    if extra > 0:
+        frac = np.maximum(share - counts, 0.0)
+        pick = rng.choice(len(share), size=extra, replace=False, p=frac / frac.sum())
+        counts[pick] += 1
+    return counts
 
 
 def batch_for_step(tokens: np.ndarray, seed: int, step: int, batch_size: int, seq_len: int) -> np.ndarray:
@@ -159,15 +196,37 @@ class FileWindows:
 
 # ---- the token store (the daemon) ----------------------------------------------------------
 class _Stream:
-    """Documents of one split laid end to end: where each starts, and the total."""
+    """Documents of one split laid end to end: where each starts, and the total; and per
+    source, where its documents are and their running token count (for the per-source cap)."""
 
     def __init__(self) -> None:
         self.docs: list[StoredDocument] = []
         self.starts = np.zeros(1, dtype=np.int64)  # stream offset of each document, then the total
+        self.owner = np.zeros(0, dtype=np.int64)  # each document's source, an index of names
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        self.places: list[np.ndarray] = []  # per source: its documents' places, ascending
+        self.ends: list[np.ndarray] = []  # per source: its tokens up to and with each document
 
     def extend(self, docs: list[StoredDocument]) -> None:
         if docs:
             lengths = np.fromiter((d.length for d in docs), dtype=np.int64, count=len(docs))
+            owner = np.empty(len(docs), dtype=np.int64)
+            for i, d in enumerate(docs):
+                name = source_group(d.source, d.group)
+                if name not in self._index:
+                    self._index[name] = len(self.names)
+                    self.names.append(name)
+                    self.places.append(np.zeros(0, dtype=np.int64))
+                    self.ends.append(np.zeros(0, dtype=np.int64))
+                owner[i] = self._index[name]
+            first = len(self.docs)
+            for j in np.unique(owner):
+                mine = np.flatnonzero(owner == j)
+                before = int(self.ends[j][-1]) if len(self.ends[j]) else 0
+                self.places[j] = np.append(self.places[j], first + mine)
+                self.ends[j] = np.append(self.ends[j], before + np.cumsum(lengths[mine]))
+            self.owner = np.append(self.owner, owner)
             # offsets first, then the documents: a reader in another thread must never see
             # more documents than offsets; each assignment is atomic
             self.starts = np.concatenate([self.starts, self.starts[-1] + np.cumsum(lengths)])
@@ -175,6 +234,29 @@ class _Stream:
 
     def tokens(self, documents: int) -> int:
         return int(self.starts[documents])
+
+    def capped_starts(
+        self, rng: np.random.Generator, rows: int, documents: int, span: int, cap_rows: int, fresh: np.ndarray
+    ) -> np.ndarray:
+        """``rows`` replay window starts over the first ``documents`` documents: each source's
+        rows in proportion to its tokens, but at most ``cap_rows`` together with the fresh
+        rows (starts ``fresh``) it has; each start uniform within its source's tokens."""
+        last = int(self.starts[documents]) - span
+        count = [int(np.searchsorted(p, documents)) for p in self.places]
+        weights = np.array([float(e[k - 1]) if k else 0.0 for e, k in zip(self.ends, count, strict=True)])
+        doc_of = np.searchsorted(self.starts, fresh, side="right") - 1
+        had = np.bincount(self.owner[doc_of], minlength=len(self.names))
+        caps = np.maximum(cap_rows - had, 0).astype(np.float64)
+        out = [np.zeros(0, dtype=np.int64)]
+        for j, n in enumerate(capped_counts(rows, weights, caps, rng)):
+            if n:
+                ends = self.ends[j][: count[j]]
+                u = rng.integers(0, int(ends[-1]), size=int(n))
+                k = np.searchsorted(ends, u, side="right")
+                doc = self.places[j][k]
+                into = u - (ends[k] - (self.starts[doc + 1] - self.starts[doc]))
+                out.append(np.minimum(self.starts[doc] + into, last))
+        return np.concatenate(out)
 
     def gather(self, reader: StoreReader, start: int, row: np.ndarray) -> None:
         """Copy the stream's tokens [start, start + len(row)) into ``row``, across documents."""
@@ -205,6 +287,7 @@ class StoreWindows:
         fresh_fraction: float = 0.25,
         fresh_tokens: int = 1 << 16,
         refresh_s: float = 1.0,
+        source_cap: float = 1.0,
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch size and seq len must be positive, got {batch_size} and {seq_len}")
@@ -218,6 +301,9 @@ class StoreWindows:
         self.fresh_rows = round(batch_size * fresh_fraction)
         self.fresh_tokens = fresh_tokens
         self.refresh_s = refresh_s
+        if not 0.0 < source_cap <= 1.0:
+            raise ValueError(f"source cap must be in (0, 1], got {source_cap}")
+        self.cap_rows = max(1, int(batch_size * source_cap)) if source_cap < 1.0 else 0  # 0: no cap
         self._train = _Stream()
         self._held = _Stream()
         self._train_prefix = [0]  # train documents among the first n visible documents
@@ -296,8 +382,15 @@ class StoreWindows:
                 f"{documents} documents; a window needs {self.span}"
             )
         stream, total, fresh_rows = found
+        replay: Replay | None = None
+        if self.cap_rows and stream is self._train:
+            train, cap, span = self._train_prefix[documents], self.cap_rows, self.span
+
+            def replay(rng: np.random.Generator, rows: int, fresh: np.ndarray) -> np.ndarray:
+                return stream.capped_starts(rng, rows, train, span, cap, fresh)
+
         starts = window_starts(
-            self.seed, step, total, self.span, self.batch_size, fresh_rows, self.fresh_tokens
+            self.seed, step, total, self.span, self.batch_size, fresh_rows, self.fresh_tokens, replay
         )
         for row, start in enumerate(starts):
             stream.gather(self.reader, int(start), out[row])
@@ -325,11 +418,6 @@ class StoreValidation:
 
     def documents(self) -> int:
         return sum(1 for d in self.reader.documents if d.split != "train")
-
-    def train_documents(self) -> int:
-        """Train documents in the store now."""
-        self.reader.refresh()
-        return sum(1 for d in self.reader.documents if d.split == "train")
 
     def windows(self, trains_on_held_out: bool) -> np.ndarray:
         self.reader.refresh()
