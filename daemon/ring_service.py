@@ -139,6 +139,9 @@ class RingServer:
             int(msg["seq_len"]),
             seed=cfg.seed,
             val_fraction=cfg.val_fraction,
+            fresh_fraction=cfg.fresh_share,
+            fresh_tokens=cfg.fresh_tokens,
+            source_cap=cfg.source_cap,
         )
         try:  # the ring's reader takes a quarter of the descriptors the supervisor has left
             self.windows.reader.max_open_shards = shard_map_cap(4)
