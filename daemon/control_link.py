@@ -157,6 +157,7 @@ class ControlLink:
             "state_dir": str(s.state_dir),
             "ring_endpoint": ring_endpoint(s.runtime_dir),
             "train": s.train.to_dict(),
+            "database": s.ingest.database,  # the registry control records surprise in
             "checkpoint_interval_s": s.daemon.checkpoint_interval_s,
         }
 

@@ -55,6 +55,8 @@ from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
 from . import control_protocol as CP
 from .source_eval import evaluate_sources
+from .store_data import store_dir
+from .surprise import SurpriseMeter, registry_opener
 
 log = logging.getLogger("crystalline.control")
 
@@ -79,6 +81,8 @@ class ReadyData(TrainingData, Protocol):
     def close_ring(self) -> None: ...
 
     def source_windows(self) -> tuple[dict[str, np.ndarray], dict[str, int]]: ...
+
+    def trained_through(self) -> int | None: ...
 
 
 class Channel:
@@ -144,6 +148,11 @@ class Control:
         self.rate: deque[tuple[float, int]] = deque(maxlen=20)  # (time, tokens) for tokens/s
         self.sources: list[dict[str, Any]] = []  # the last validation line of each source
         self.sources_step = -1  # the step they were measured at
+        state_dir = Path(spec["state_dir"])
+        opener = registry_opener(spec.get("database"), state_dir / "ingest" / "registry.sqlite3")
+        self.surprise = SurpriseMeter(
+            store_dir(state_dir), opener, self.config.seq_len, self.config.surprise_windows
+        )
 
     # ---- requests -------------------------------------------------------------------------
     def serve(self, timeout_s: float) -> None:
@@ -251,6 +260,7 @@ class Control:
             "ring": stats.get("ring", {"slots": 0, "ready": 0}),
             "data": t.data.describe(),
             "sources": self.sources,
+            "surprise": self.surprise.stats(),
         }
 
     def publish(self, force: bool = False) -> None:
@@ -300,6 +310,7 @@ class Control:
         self.rate.append((time.monotonic(), t.state.tokens))
         if t.state.step % self.config.eval_interval == 0 and t.state.step != self.sources_step:
             self._evaluate_sources()  # right after the trainer's own evaluation of this step
+        self.surprise.step(t, self.data.trained_through())  # before the next step, within a budget
         if time.monotonic() - self.last_checkpoint_at >= self.checkpoint_interval_s:
             with contextlib.suppress(RuntimeError):  # recorded and logged; training goes on
                 self._checkpoint()
@@ -394,6 +405,7 @@ class Control:
             )
             return 1
         finally:
+            self.surprise.close()
             self.state = transition(TRAINING, self.state, "stopped")
             self.publish(force=True)
         return 0

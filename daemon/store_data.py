@@ -90,6 +90,12 @@ class StoreTrainingData:
     def val_windows(self) -> np.ndarray:
         return self.validation.windows(self._trains_on_held_out())
 
+    def trained_through(self) -> int | None:
+        """The documents the last batch taken was cut from (None before the first): a document
+        past them is in no batch trained so far."""
+        documents = self.last_info.get("documents")
+        return int(documents) if documents is not None else None
+
     def source_windows(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Each source's validation windows for the next evaluation, and its documents; none
         while training takes the held-out documents' head (they would be scored on what they

@@ -139,6 +139,7 @@ class Supervisor:
             "status_age_s": _round(self.control.status_age()),  # health: a silent control is stuck
             "workers": workers,
             "sources": c.get("sources", []),  # validation loss per source (issue 13)
+            "surprise": c.get("surprise", {}),  # documents scored before training (daemon/surprise.py)
         }
         if self.control_runner.error:
             training["control_error"] = self.control_runner.error

@@ -48,6 +48,8 @@ from .warc_records import is_warc, spool_warc
 
 log = logging.getLogger("crystalline.ingest")
 
+SURPRISE_REFRESH_S = 30.0  # the counts are read again at least this often for the surprise
+
 
 class TokenizerLike(Protocol):
     """What ingest needs of a tokenizer (``crystalline.tokens.tokenizer.Tokenizer`` fits)."""
@@ -479,6 +481,8 @@ class Ingestor:
             if self.drop_folder is not None:
                 self.drop_folder.put_back_all()
             raise
+        if time.monotonic() - self._counts_at >= SURPRISE_REFRESH_S:
+            self._counts_stale = True  # control records surprise in rows ingest did not change
         self.refresh_counts(force=not batch)  # idle now: status gets the final numbers at once
         return len(batch)
 
@@ -519,6 +523,7 @@ class Ingestor:
         with self._lock:
             counts = self.registry.counts()
             by_rule = self.registry.counts_by_rule()
+            surprise = self.registry.surprise_by_source()
         self._counts = {  # one reference swapped: a status reader sees the old or the new dict
             "documents": counts["done"],
             "duplicates": counts["duplicate"],
@@ -531,6 +536,11 @@ class Ingestor:
             "failed_by_reason": by_rule["failed"],
             "lines_removed": by_rule["lines_removed"],
             "pii_replaced": by_rule["pii"],
+            # what is new to the model, per source (measured by control; see daemon/surprise.py)
+            "surprise": [
+                {"source": source, "documents": n, "surprise": round(mean, 4)}
+                for source, (n, mean) in sorted(surprise.items(), key=lambda kv: -kv[1][0])[:32]
+            ],
         }
         self._counts_at = time.monotonic()
         self._counts_cost_s = self._counts_at - started

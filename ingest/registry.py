@@ -388,5 +388,34 @@ class Registry:
             out[key][str(name)] = int(n)
         return out
 
+    def surprise_known(self, doc_ids: list[str]) -> set[str]:
+        """Those of ``doc_ids`` whose surprise is recorded (measured once, never again)."""
+        if not doc_ids:
+            return set()
+        marks = ", ".join("?" * len(doc_ids))
+        rows = self.db.execute(
+            f"SELECT doc_id FROM documents WHERE surprise IS NOT NULL AND doc_id IN ({marks})", tuple(doc_ids)
+        )
+        return {str(r[0]) for r in rows}
+
+    def record_surprise(self, measured: list[tuple[str, float]]) -> None:
+        """Record each stored document's surprise, in one transaction; one already recorded
+        keeps its first value."""
+        with self._transaction():
+            for doc_id, loss in measured:
+                self.db.execute(
+                    "UPDATE documents SET surprise = ? "
+                    "WHERE doc_id = ? AND state = 'done' AND surprise IS NULL",
+                    (loss, doc_id),
+                )
+
+    def surprise_by_source(self) -> dict[str, tuple[int, float]]:
+        """Per source: documents whose surprise is recorded, and their mean surprise."""
+        rows = self.db.execute(
+            "SELECT source_group, COUNT(*), AVG(surprise) FROM documents WHERE surprise IS NOT NULL "
+            "GROUP BY source_group"
+        )
+        return {str(g): (int(n), float(mean)) for g, n, mean in rows}
+
     def entries(self) -> set[str]:
         return {str(r[0]) for r in self.db.execute("SELECT entry FROM documents")}

@@ -38,6 +38,7 @@ class TrainConfig:
     eval_windows: int = 0  # validation windows per eval (0: the whole split)
     # the daemon: each source's held-out documents (a crawled host, a drop sub-folder), in turn
     source_eval_windows: int = 16  # validation windows per source per eval (0: none per source)
+    surprise_windows: int = 2  # windows from each new document's start scored before it trains (0: off)
     # documents by a hash of their source; a single file: its tail
     val_fraction: float = 0.1  # share held out for validation
     target_val_loss: float = 0.0  # stop once validation loss is at or below this (0: no target)
@@ -131,7 +132,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_windows", "source_eval_windows"):
+        for name in ("eval_windows", "source_eval_windows", "surprise_windows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("fresh_share", "source_cap"):

@@ -4,6 +4,7 @@ sub-folder of it (real processes: supervisor, ingest pool, control, workers)."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -81,3 +82,60 @@ def test_validation_loss_per_source_in_status(short_dir: Path) -> None:
         proc.terminate()
         proc.wait(timeout=60)
         notify.close()
+
+
+def surprises(state: Path) -> dict[str, tuple[str, float]]:
+    """doc_id -> (source, surprise) of every document whose surprise is recorded."""
+    db = sqlite3.connect(state / "ingest" / "registry.sqlite3")
+    try:
+        rows = db.execute("SELECT doc_id, source_group, surprise FROM documents WHERE surprise IS NOT NULL")
+        return {str(d): (str(g), float(s)) for d, g, s in rows}
+    finally:
+        db.close()
+
+
+def test_surprise_is_measured_once_before_training_and_kept_across_a_restart(short_dir: Path) -> None:
+    state, run = short_dir / "state", short_dir / "run"
+    texts = sorted(SAMPLES.glob("shakespeare-*.txt"))
+    (state / "inbox").mkdir(parents=True)
+    drop(state / "inbox", texts[:4])
+    extra = ["--eval-interval", "20", "--val-fraction", str(VAL_FRACTION), "--surprise-windows", "2"]
+
+    def trained(data: dict[str, Any]) -> bool:
+        return data["training"].get("step", 0) >= 5
+
+    def scored(source: str, count: int) -> Any:
+        def done(data: dict[str, Any]) -> bool:
+            return {s["source"]: s["documents"] for s in data["ingest"]["surprise"]}.get(source) == count
+
+        return done
+
+    proc, notify = start_small_daemon(short_dir, extra)
+    try:
+        wait_for(proc, run, trained, "no training")
+        (state / "inbox" / "late").mkdir()
+        drop(state / "inbox" / "late", texts[4:8])  # arrive while it trains: scored before training
+        data = wait_for(proc, run, scored("late", 4), "the late documents' surprise not in status")
+        assert data["training"]["surprise"]["measured"] == 4
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=60) == 0
+        notify.close()
+    first = surprises(state)
+    assert {g for g, _ in first.values()} == {"late"}  # the first ones were in the first batch
+    assert all(0 < s < 10 for _, s in first.values())
+
+    proc, notify = start_small_daemon(short_dir, extra)  # a restart: resumes the checkpoint
+    try:
+        wait_for(proc, run, trained, "no training after the restart")
+        (state / "inbox" / "later").mkdir()
+        drop(state / "inbox" / "later", texts[8:11])
+        data = wait_for(proc, run, scored("later", 3), "the later documents' surprise not in status")
+        assert data["training"]["surprise"]["measured"] == 3  # none of the earlier ones again
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        notify.close()
+    second = surprises(state)
+    assert {d: v for d, v in second.items() if v[0] == "late"} == first  # never recomputed
+    assert sum(1 for g, _ in second.values() if g == "later") == 3

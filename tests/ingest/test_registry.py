@@ -99,3 +99,16 @@ def test_records_and_their_exact_and_near_duplicates(registry: Registry) -> None
     assert (counts["done"], counts["duplicate"], counts["tokens"]) == (1, 1, 1200)
     assert registry.counts_by_rule()["pii"] == {"email": 1}
     assert registry.entries() == {"spool:a", "spool:b"}
+
+
+def test_surprise_is_recorded_once_per_stored_document_and_summed_up_per_source(registry: Registry) -> None:
+    a, b = _stored("spool:sa", "alpha beta gamma " * 40), _stored("spool:sb", "delta epsilon " * 60)
+    a.group, b.group = "h.example", "licenses"
+    failed = Record("spool:sc", "id-spool:sc", "https://h/c", "crawl", "failed", "too big", group="h.example")
+    registry.record([a, b, failed])
+    assert registry.surprise_known(["id-spool:sa", "id-spool:sb"]) == set()
+    registry.record_surprise([("id-spool:sa", 2.5), ("id-spool:sc", 9.0)])
+    registry.record_surprise([("id-spool:sa", 1.0), ("id-spool:sb", 4.0)])  # sa keeps its first value
+    known = registry.surprise_known(["id-spool:sa", "id-spool:sb", "id-spool:sc"])
+    assert known == {"id-spool:sa", "id-spool:sb"}  # a failed row has no surprise
+    assert registry.surprise_by_source() == {"h.example": (1, 2.5), "licenses": (1, 4.0)}
