@@ -110,7 +110,8 @@ def test_per_host_concurrency_without_delay(tmp_path: Path) -> None:
 
 
 def test_autothrottle_follows_latency(tmp_path: Path) -> None:
-    settings = fast_settings(tmp_path, autothrottle=True, min_delay=0.0, autothrottle_max_delay=5.0)
+    # a min_delay of 0 turns the adaptive delay off (CrawlSettings.adaptive_delay): keep it small
+    settings = fast_settings(tmp_path, autothrottle=True, min_delay=0.01, autothrottle_max_delay=5.0)
     politeness = Politeness(settings)
     slot = politeness.slot("http://h")
     for _ in range(10):
@@ -125,6 +126,15 @@ def test_autothrottle_follows_latency(tmp_path: Path) -> None:
         politeness.finished("http://h", 0.01, ok=True)
     assert politeness.delay(slot) < 0.05
     assert politeness.capacity(slot) == 1  # with a delay, one request at a time
+
+
+def test_a_min_delay_of_0_turns_the_adaptive_delay_off(tmp_path: Path) -> None:
+    politeness = Politeness(fast_settings(tmp_path, autothrottle=True, min_delay=0.0))
+    slot = politeness.slot("http://h")
+    for _ in range(10):
+        politeness.started("http://h")
+        politeness.finished("http://h", 0.8, ok=True)
+    assert politeness.delay(slot) == 0.0
 
 
 def test_a_full_host_is_not_due(tmp_path: Path) -> None:
