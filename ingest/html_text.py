@@ -496,7 +496,7 @@ def _keep(block: _Block, text: str) -> bool:
         return n <= 300
     if n >= 80 or (n >= 25 and _SENTENCE_END.search(text)):
         return True
-    return block.tag in ("li", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
+    return block.tag in ("li", "tr", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
 
 
 def extract_html(html: str, second_opinion: SecondOpinion = "auto") -> HtmlText:

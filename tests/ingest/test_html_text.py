@@ -151,6 +151,17 @@ def test_table_row_is_kept_with_its_short_cells() -> None:
     assert f"Film number 1 1948 {SECTIONS[1][1]}" in text
 
 
+def test_short_rows_of_a_data_table_are_kept() -> None:
+    # Patch sizes, a row per app: no row is a sentence, each is a link-free record of 15+
+    # characters, as a short list item is.
+    sizes = [("Farm Heroes", "71.1 MB", "13.4 MB"), ("Google Maps", "32.7 MB", "17.5 MB")]
+    rows = "".join(f"<tr><td>{app}</td><td>{old}</td><td>{new}</td></tr>" for app, old, new in sizes)
+    table = f"<table><tr><th>App</th><th>Before</th><th>After</th></tr>{rows}</table>"
+    text = _ours(f"<div class='post-body'><h1>Smaller updates</h1>{_paras(SECTIONS[0])}{table}</div>")
+    assert "Farm Heroes 71.1 MB 13.4 MB" in text
+    assert "Google Maps 32.7 MB 17.5 MB" in text
+
+
 def test_comments_wrapped_in_article_elements_are_dropped() -> None:
     # WordPress themes wrap each comment in <article class="comment-body"> inside a comments
     # list: an <article> that says it is a comment does not shield the list from removal.
