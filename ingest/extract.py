@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from crystalline.documents import Document
 
-from .charset import decode_bytes
 from .normalize import normalize_text
 
-# The extractors (lxml and trafilatura, pypdfium2, tesseract through PIL) are imported when a
-# document of their kind first comes: a process that only holds ExtractLimits, such as the
-# parent of the extraction pool, does not pay for them.
+# The extractors (charset_normalizer, lxml and trafilatura, pypdfium2, tesseract through PIL)
+# are imported when a document of their kind first comes: a process that only holds
+# ExtractLimits, such as the parent of the extraction pool, does not pay for them.
 
 KINDS = ("html", "pdf", "image", "text")
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a", b"BM")
@@ -135,6 +134,8 @@ def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
             raise ExtractionError(str(e)) from e
         ocr_pages = pages
     else:
+        from .charset import decode_bytes
+
         decoded, encoding = decode_bytes(body, doc.charset, html=kind == "html")
         _check_text(decoded)
         if kind == "html":

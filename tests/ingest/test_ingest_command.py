@@ -84,7 +84,8 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
         "import json, sys\n"
         "from crystalline.daemon import cli\n"
         f"status = cli.main(['extract', '--json', {str(page)!r}])\n"
-        "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'pytesseract', 'crystalline.crawler')\n"
+        "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'pytesseract', 'charset_normalizer',"
+        " 'crystalline.crawler')\n"
         "print(json.dumps({'status': status, 'loaded': sorted(m for m in heavy if m in sys.modules)}))\n"
     )
     proc = subprocess.run(
