@@ -270,7 +270,8 @@ def _is_junk(el: etree._Element, strict: bool) -> bool:
 def _clean(root: etree._Element, strict: bool = True) -> list[tuple[etree._Element, int]]:
     """Drop comments, scripts, navigation and other boilerplate subtrees in place; ``strict``
     also drops elements whose class or id words say boilerplate. Returns, for each subtree
-    dropped by its attributes (not by its tag), its parent and the characters it held."""
+    dropped for its attributes or as a <header> without the <h1> (not for its tag alone, as
+    <nav> or <script>), its parent and the characters it held."""
     doomed: list[etree._Element] = []
     for el in root.iter():
         if _is_junk(el, strict):
