@@ -22,6 +22,8 @@ from ..crawler.settings import CrawlSettings
 from ..ingest.settings import IngestSettings
 from ..postgres import check_database_url
 from ..settings_tree import Resolved, Tree, add_config_flag, table
+from ..workers.cluster_config import ClusterSettings, cluster_settings
+from ..workers.presets import adopt_checkpoint
 from ..workers.train_config import TrainConfig
 
 
@@ -55,6 +57,26 @@ class DaemonConfig:
         default="127.0.0.1:8470",
         metadata={"help": "the dashboard's HOST:PORT (port 0: any free one), or off"},
     )
+    cluster: str = field(
+        default="",
+        metadata={
+            "help": "HOST:PORT of the rendezvous point: train one model with the daemons of other "
+            "machines (torch.distributed gloo; pip install crystalline[cluster]); the member whose "
+            "cluster-address is HOST hosts it. Empty: this machine alone"
+        },
+    )
+    cluster_nodes: str = field(
+        default="1:64",
+        metadata={"help": "MIN:MAX members: a group forms with at least MIN, at most MAX train"},
+    )
+    cluster_address: str = field(
+        default="",
+        metadata={"help": "the address this machine is reached on (default: its route to --cluster)"},
+    )
+    cluster_timeout_s: float = field(
+        default=10.0,
+        metadata={"help": "a member silent this long is dropped; also every collective's deadline"},
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -67,13 +89,23 @@ class DaemonConfig:
         parse_bind(self.http)
         if self.database:
             check_database_url(self.database)
+        self.cluster_settings()
         if self.checkpoint_interval_s <= 0 or self.status_interval_s <= 0:
             raise ValueError("checkpoint-interval-s and status-interval-s must be positive")
+
+    def cluster_settings(self) -> ClusterSettings | None:
+        """``--cluster`` and its companions, checked (None without ``--cluster``)."""
+        if not self.cluster:
+            return None
+        return cluster_settings(
+            self.cluster, self.cluster_nodes, self.cluster_address, self.cluster_timeout_s
+        )
 
 
 # `crystalline run`'s own defaults, shown by its --help and `crystalline config`
 RUN_DEFAULTS = {
     "train": {
+        "preset": "small",  # a state directory that holds checkpoints keeps its own (workers/presets.py)
         "max_steps": 1 << 62,  # a daemon trains until it is stopped
         # so no decay ever comes: the peak after warmup, and the weights' moving average serves
         # (README, "A run that never ends": bench/served_weights.py)
@@ -135,8 +167,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_tree(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Resolved:
-    """Every value of the tree and where it came from (`crystalline config`)."""
-    return settings_tree().resolve(args, os.environ if env is None else env, getattr(args, "config", None))
+    """Every value of the tree and where it came from (`crystalline config`); a state directory
+    with checkpoints keeps the model, batches and optimizer it was trained with, unless a key is
+    given explicitly (workers/presets.py)."""
+    env = os.environ if env is None else env
+    resolved = settings_tree().resolve(args, env, getattr(args, "config", None))
+    state_dir = Settings(resolved.tables["daemon"], resolved.tables["train"]).state_dir
+    return adopt_checkpoint(resolved, state_dir / "checkpoints")
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:

@@ -12,11 +12,14 @@ new key everywhere, with nothing to wire; its metadata may add:
 - ``aliases``: older spellings, still read, each with a one-line deprecation notice;
 - ``key``: the user-facing name when it differs from the field's (a structured field);
 - ``parse``: turns a list of strings into the field's value (``HOST=MIN:MAX`` entries);
-- ``internal``: not a setting (set by the program, e.g. from another table).
+- ``internal``: not a setting (set by the program, e.g. from another table);
+- ``presets``: {value: {key: value}}: each choice of this key sets other keys of its table
+  (``[train] preset = "base"``), below what a file, the environment or a flag gives them.
 
 Precedence: the field's default < the command's own default (``crystalline run`` trains with
-12 workers) < the file (``--config``, else ``$CRYSTALLINE_CONFIG``) < the environment < the
-command line. Every value keeps where it came from (``crystalline config`` prints it). An
+12 workers) < the chosen preset's value < the file (``--config``, else
+``$CRYSTALLINE_CONFIG``) < the environment < the command line. Every value keeps where it
+came from (``crystalline config`` prints it). An
 unknown key or table, a value of the wrong kind or one its dataclass refuses is a
 :class:`UsageError`: one line naming the source (file, variable or flag), the key and what is
 allowed; it exits 64 (a file that cannot be read or parsed is an ordinary error, exit 1).
@@ -88,6 +91,8 @@ class Key:
     aliases: tuple[str, ...] = ()
     parse: Callable[[tuple[str, ...]], Any] | None = None
     container: type = tuple  # a list key's type: tuple or frozenset
+    # a preset key: each of its values sets other keys of the table
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
 
     @property
     def dashed(self) -> str:
@@ -232,6 +237,11 @@ def table(name: str, cls: type) -> Table:
     (give it ``parse`` or ``internal`` in its metadata)."""
     keys: dict[str, Key] = {}
     _collect(name, cls, cls(), (), keys)
+    for key in keys.values():
+        for choice, values in key.presets.items():
+            for other in values:
+                if other not in keys or other == key.name:
+                    raise TypeError(f"[{name}] {key.dashed}: preset {choice!r} sets {other!r}, no other key")
     return Table(name, cls, keys)
 
 
@@ -278,6 +288,7 @@ def _collect(
             aliases=tuple(meta.get("aliases", ())),
             parse=meta.get("parse"),
             container=container,
+            presets=meta.get("presets", {}),
         )
         if key.name in keys:
             raise TypeError(f"[{table_name}] {key.dashed}: two fields of {cls.__name__} give this key")
@@ -320,7 +331,8 @@ def add_config_flag(parser: argparse.ArgumentParser, what: str) -> None:
 @dataclass(frozen=True)
 class Source:
     """Where a value came from: ``default`` (the field's), ``command`` (the command's own
-    default), ``file``, ``env`` or ``flag``, and which file, variable or flag."""
+    default), ``preset`` (and which), ``file``, ``env`` or ``flag``, and which file, variable
+    or flag."""
 
     kind: str
     where: str = ""
@@ -456,13 +468,14 @@ class Tree:
                 _deprecated(flag, self.flag(key, "no_" + key.name) if negative else self.flag(key))
             value = key.coerce(raw, flag)
             given[(table_name, name)] = (value, Source("flag", flag), key.shown(raw, value))
+        presets = self._presets(given)
         values: dict[tuple[str, str], Any] = {}
         shown: dict[tuple[str, str], Any] = {}
         sources: dict[tuple[str, str], Source] = {}
         for key in self.keys():
             slot = (key.table, key.name)
-            if slot in given:
-                values[slot], sources[slot], shown[slot] = given[slot]
+            if slot in given or slot in presets:
+                values[slot], sources[slot], shown[slot] = given.get(slot) or presets[slot]
             else:
                 values[slot], sources[slot] = self.default(key)
                 shown[slot] = key.shown(None, values[slot])
@@ -473,6 +486,18 @@ class Tree:
             }
             built[name] = self._build(tab, changed, sources)
         return Resolved(built, shown, sources)
+
+    def _presets(self, given: dict[tuple[str, str], Given]) -> dict[tuple[str, str], Given]:
+        """The values that the chosen value of each preset key sets."""
+        out: dict[tuple[str, str], Given] = {}
+        for key in self.keys():
+            if key.presets:
+                slot = (key.table, key.name)
+                chosen = given[slot][0] if slot in given else self.default(key)[0]
+                for name, value in key.presets.get(chosen, {}).items():
+                    other = self.key(key.table, name)
+                    out[(key.table, name)] = (value, Source("preset", chosen), other.shown(None, value))
+        return out
 
     def _build(self, tab: Table, changed: dict[str, Any], sources: dict[tuple[str, str], Source]) -> Any:
         try:

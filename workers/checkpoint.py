@@ -39,6 +39,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_latest",
+    "load_state",
     "save_checkpoint",
     "set_aside",
 ]
@@ -315,6 +316,20 @@ def _parse_manifest(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
     return step, files
 
 
+def load_state(path: Path) -> dict[str, Any]:
+    """The verified ``state.json`` of one checkpoint, without reading its arrays (what a run
+    was configured with); CheckpointError as ``load_checkpoint`` raises it."""
+    path = Path(path)
+    _, files = _parse_manifest(path)
+    try:
+        state = json.loads(_read_verified(path, STATE, files[STATE]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: {STATE} is not valid JSON: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: {STATE} is not a JSON object")
+    return state
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load one checkpoint directory, verifying every file's size and sha256 before using it.
 
@@ -327,13 +342,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: not a checkpoint directory")
     step, files = _parse_manifest(path)
 
-    state_raw = _read_verified(path, STATE, files[STATE])
-    try:
-        state = json.loads(state_raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: {STATE} is not valid JSON: {e}") from e
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: {STATE} is not a JSON object")
+    state = load_state(path)
 
     tok_raw = _read_verified(path, TOKENIZER, files[TOKENIZER])
     try:

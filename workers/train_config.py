@@ -14,12 +14,22 @@ from typing import Any
 from ..settings_tree import Tree, table
 from .optimizer import AdamWConfig
 from .params import ModelConfig
+from .presets import NONE, PRESETS
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of `crystalline train`; each is also a CLI flag and a TOML key."""
 
+    preset: str = field(
+        default=NONE,
+        metadata={
+            "help": "a model and its optimizer: small (0.8M parameters, bytes) or base (6 layers, "
+            "384 wide, context 256); the keys it sets are overridden by any given explicitly",
+            "choices": (NONE, *PRESETS),
+            "presets": PRESETS,
+        },
+    )
     tokenizer: str = "bytes"  # 'bytes' or a tokenizer file from vocab-build
     embed_dim: int = 128
     num_layers: int = 4

@@ -87,7 +87,8 @@ def test_runs_own_defaults_and_their_source() -> None:
     report = config.resolve_tree(parse([]), {}).report()
     assert report["train"]["workers"] == {"value": 12, "source": "command", "where": ""}
     assert report["train"]["batch-size"]["value"] == 48
-    assert report["train"]["num-layers"] == {"value": 4, "source": "default", "where": ""}
+    assert report["train"]["num-layers"] == {"value": 4, "source": "preset", "where": "small"}
+    assert report["train"]["min-lr"] == {"value": 1e-4, "source": "default", "where": ""}
     assert report["crawl"]["warc-max-bytes"]["value"] == 10 * 1024**3
     assert "data-dir" not in report["crawl"]  # the daemon's is <state-dir>/crawl
 
@@ -223,7 +224,7 @@ def test_example_file_is_current_and_documents_http_and_its_off_switch(
         ('[ingest]\nquality-rule = ["gopher_bogus=1"]\n', "{path}: [ingest] quality-rule must be a list of"),
         ('[crawl]\nhost-revisit = ["a.example=9:1"]\n', "{path}: [crawl] host-revisit must be a list of"),
         ("[crawl]\nconcurrency = 0\n", "[crawl] concurrency must be at least 1 (set by file {path})"),
-        ("[train]\nnum-heads = 3\n", "(set by file {path})"),
+        ("[train]\nnum-heads = 3\n", "(set by preset small, file {path})"),  # embed-dim: the preset's
         (
             '[daemon]\nsocket-mode = "rw"\n',
             "[daemon] socket-mode must be an octal mode such as 0660, got 'rw'",
@@ -277,7 +278,7 @@ def test_test_suite_variables_are_not_settings() -> None:
             ["--crawl-concurrency", "0"],
             "[crawl] concurrency must be at least 1 (set by flag --crawl-concurrency)",
         ),
-        (["--num-heads", "3"], "(set by flag --num-heads)"),
+        (["--num-heads", "3"], "(set by preset small, flag --num-heads)"),
         (["--http", "8470"], "--http must be HOST:PORT or off"),
         (["--crawl-min-revisit", "-1"], "(set by flag --crawl-min-revisit)"),
         (
@@ -352,13 +353,15 @@ def test_config_command_prints_values_and_where_they_came_from(
     assert report["train"]["seq-len"] == {"value": 32, "source": "env", "where": "CRYSTALLINE_TRAIN_SEQ_LEN"}
     assert report["crawl"]["min-delay"] == {"value": 0.0, "source": "flag", "where": "--crawl-min-delay"}
     assert report["train"]["workers"] == {"value": 12, "source": "command", "where": ""}
-    assert report["train"]["num-heads"] == {"value": 4, "source": "default", "where": ""}
+    assert report["train"]["num-heads"] == {"value": 4, "source": "preset", "where": "small"}
+    assert report["train"]["embed-dim"] == {"value": 64, "source": "file", "where": str(cfg)}
     assert report["ingest"]["languages"]["value"] == ["en"]
 
     proc = run_cli(["config", "--crawl-min-delay", "0"], env)
     assert proc.returncode == 0, proc.stderr
     assert f"concurrency = 3  # file {cfg}" in proc.stdout.splitlines()
     assert "seq-len = 32  # env CRYSTALLINE_TRAIN_SEQ_LEN" in proc.stdout.splitlines()
+    assert 'optimizer = "muon"  # preset small' in proc.stdout.splitlines()
     # the text is TOML: fed back as the file, it gives the same values
     as_toml = tomllib.loads(proc.stdout)
     assert {t: {k: r["value"] for k, r in rows.items()} for t, rows in report.items()} == as_toml
