@@ -99,7 +99,8 @@ def list_checkpoints(directory: Path, now: float | None = None) -> list[dict[str
     return out
 
 
-LATEST_FIELDS = ("source", "origin", "kind", "state", "reason", "title", "language", "tokens", "created")
+LATEST_FIELDS = ("source", "origin", "kind", "state", "reason", "title", "language", "surprise", "tokens",
+                 "created")  # fmt: skip
 LATEST_DOCUMENTS = 20
 MAX_FIELD_CHARS = 300  # a title or URL longer than this is cut for the page
 

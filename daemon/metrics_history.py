@@ -1,7 +1,7 @@
 """The dashboard's curves: a bounded history of the daemon's figures that survives restarts.
 
-One point every ``interval_s`` (step, tokens, loss, validation loss, learning rate, tokens/s,
-pages fetched, documents ingested), taken from the status the socket serves. At most
+One point every ``interval_s`` (step, tokens, loss, validation loss and that of each source,
+learning rate, tokens/s, pages fetched, documents ingested), taken from the status the socket serves. At most
 ``max_points`` are kept: when full, the older half is thinned to every second point, so the
 recent past stays at full resolution and the distant past at a coarser one (a week at 5 s a
 point would be 120,000 points; 2,000 cover it with the last hours fine-grained). The history is
@@ -21,6 +21,8 @@ from typing import Any
 log = logging.getLogger("crystalline.dashboard")
 
 FIELDS = ("step", "tokens", "loss", "val_loss", "lr", "tokens_per_s", "pages", "documents")
+SOURCE_PREFIX = "val:"  # a point's validation loss of one source ("val:<source>", training.sources)
+MAX_SOURCES = 16  # per point (control scores at most 16 sources an evaluation)
 MAX_POINTS = 2000
 INTERVAL_S = 5.0
 SAVE_EVERY_S = 60.0
@@ -48,7 +50,24 @@ def point_from_status(status: dict[str, Any], now: float) -> dict[str, float | N
         "tokens_per_s": _number(training.get("tokens_per_s")),
         "pages": _number(crawler.get("fetched")),
         "documents": _number(ingest.get("documents")),
+        **source_losses(training.get("sources")),
     }
+
+
+def source_losses(lines: Any) -> dict[str, float | None]:
+    """``{"val:<source>": validation loss}`` of status' ``training.sources`` (or of a saved
+    point's keys), at most ``MAX_SOURCES``."""
+    if isinstance(lines, dict):  # a saved point
+        pairs = [(k, v) for k, v in lines.items() if isinstance(k, str) and k.startswith(SOURCE_PREFIX)]
+    elif isinstance(lines, list):
+        pairs = [
+            (SOURCE_PREFIX + str(line["source"]), line.get("val_loss"))
+            for line in lines
+            if isinstance(line, dict) and "source" in line
+        ]
+    else:
+        return {}
+    return {k: _number(v) for k, v in pairs[:MAX_SOURCES]}
 
 
 class MetricsHistory:
@@ -86,7 +105,9 @@ class MetricsHistory:
         points = []
         for p in raw:
             if isinstance(p, dict) and _number(p.get("t")) is not None:
-                points.append({"t": float(p["t"]), **{k: _number(p.get(k)) for k in FIELDS}})
+                points.append(
+                    {"t": float(p["t"]), **{k: _number(p.get(k)) for k in FIELDS}, **source_losses(p)}
+                )
         self.points = points
         while len(self.points) > self.max_points:
             self._thin()

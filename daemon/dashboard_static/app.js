@@ -92,6 +92,7 @@ function countsTable(t, counts) {
 const TIME_KEYS = ["created", "next_visit", "next_at", "last_fetch", "fetched_at"];
 
 function cell(key, v) {
+  if (key === "surprise" && Number.isFinite(v)) return v.toFixed(3);
   if (TIME_KEYS.includes(key) && Number.isFinite(v) && v > 1e9) {
     const d = v - Date.now() / 1000;
     return Math.abs(d) < 86400 ? `${d >= 0 ? "in " : ""}${duration(Math.abs(d))}${d < 0 ? " ago" : ""}` : new Date(v * 1000).toLocaleString();
@@ -236,6 +237,18 @@ function rate(key, per) {
   return out;
 }
 
+// one validation line per source ("val:<source>" in the history's points, training.sources)
+const SOURCE_COLORS = ["#f07178", "#c3e88d", "#89ddff", "#f78c6c", "#c792ea", "#ffcb6b", "#82aaff", "#ff5370"];
+function sourceSeries() {
+  const keys = [];
+  for (const p of points) {
+    for (const k of Object.keys(p)) if (k.startsWith("val:") && !keys.includes(k)) keys.push(k);
+  }
+  return keys.slice(0, 16).map((k, i) => ({
+    name: k.slice(4), color: SOURCE_COLORS[i % SOURCE_COLORS.length], points: series(k),
+  }));
+}
+
 function drawCharts() {
   const active = document.querySelector(".tab.active");
   if (!active) return;
@@ -243,6 +256,7 @@ function drawCharts() {
     drawChart($("loss-chart"), [
       { name: "loss", color: "#5fb3f9", points: series("loss") },
       { name: "validation", color: "#e0b341", points: series("val_loss") },
+      ...sourceSeries(),
     ]);
     drawChart($("lr-chart"), [{ name: "learning rate", color: "#b48ef0", points: series("lr") }]);
     drawChart($("tps-chart"), [{ name: "tokens/s", color: "#4cc27a", points: series("tokens_per_s") }]);

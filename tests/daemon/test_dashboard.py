@@ -366,3 +366,27 @@ def test_test_suite_variables_are_not_daemon_keys() -> None:
     assert config.resolve(run, env).daemon.http == "off"
     with pytest.raises(ValueError, match="CRYSTALLINE_TESTS: unknown setting"):
         config.resolve(run, {"CRYSTALLINE_TESTS": "1"})
+
+
+def test_history_keeps_a_validation_line_per_source_and_documents_show_their_surprise(tmp_path: Path) -> None:
+    from crystalline.ingest.registry import Record, Registry
+
+    status = fake_status()
+    status["training"]["sources"] = [
+        {"source": "example.org", "documents": 4, "val_loss": 2.5},
+        {"source": "<script>x</script>", "documents": 1, "val_loss": None},  # drawn as text
+    ]
+    point = point_from_status(status, 1000.0)
+    assert point["val:example.org"] == 2.5 and point["val:<script>x</script>"] is None
+    h = MetricsHistory(tmp_path / "h.json")
+    h.add(point, force=True)
+    h.maybe_save(force=True)
+    again = MetricsHistory(tmp_path / "h.json")
+    again.load()
+    assert again.points[0]["val:example.org"] == 2.5  # the lines survive a restart
+    registry = Registry(tmp_path / "r.sqlite3")
+    rec = Record("e1", "d1", "https://example.org/a", "crawl", "done", tokens=10, group="example.org")
+    registry.record([rec])
+    registry.record_surprise([("d1", 3.25)])
+    registry.close()
+    assert latest_documents(tmp_path / "r.sqlite3")[0]["surprise"] == 3.25
