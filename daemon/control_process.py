@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import zmq
@@ -50,6 +50,7 @@ from ..states import TRAINING, transition
 from ..workers.batch_ring import Ring
 from ..workers.bits_per_byte import beside
 from ..workers.checkpoint import STATE, list_checkpoints
+from ..workers.cluster_config import ClusterSettings
 from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
@@ -57,6 +58,9 @@ from . import control_protocol as CP
 from .source_eval import evaluate_sources
 from .store_data import store_dir
 from .surprise import SurpriseMeter, registry_opener
+
+if TYPE_CHECKING:
+    from ..workers.cluster_member import ClusterMember
 
 log = logging.getLogger("crystalline.control")
 
@@ -133,6 +137,7 @@ class Control:
         self.channel = Channel(spec["endpoint"])
         self.data = data_factory(spec)
         self.data_ready = False
+        self.cluster = join_cluster(spec)  # None without --cluster (nothing of torch is imported)
         self.trainer: Trainer | None = None
         self.paused = False
         self.stopping = False
@@ -219,6 +224,9 @@ class Control:
         snap: dict[str, Any] = {"state": self.state, "pid": os.getpid(), "paused": self.paused}
         if self.error:
             snap["error"] = self.error
+        if self.cluster is not None:
+            snap["cluster"] = self.cluster.status()
+            snap["params_digest"] = self.cluster.digest
         if t is None:
             return {**snap, "workers": [], "ring": {"slots": 0, "ready": 0}}
         stats = t.engine.stats()
@@ -318,7 +326,18 @@ class Control:
         while self.paused and not self.stopping:
             self.state = transition(TRAINING, self.state, "paused")
             self.serve(0.2)
+        if self.cluster is not None:
+            self._await_cluster(t)
         self.state = transition(TRAINING, self.state, "training")
+
+    def _await_cluster(self, t: Trainer) -> None:
+        """Publish this step's digest, then wait (serving requests) until this member is in the
+        cluster's newest group and holds its state; status ``cluster.state`` says why not."""
+        assert self.cluster is not None
+        self.cluster.published(t.engine.params(), t.state.step)
+        while not self.stopping and not self.cluster.ready(t.engine, t.state):
+            self.state = transition(TRAINING, self.state, "paused")
+            self.serve(0.5)
 
     def _evaluate_sources(self) -> None:
         """Validation loss per source now (status ``training.sources``, and a ``sources``
@@ -342,7 +361,14 @@ class Control:
         resume = any(self.checkpoint_dir.glob("step-*"))
         # the supervisor's, on the channel's context; SharedMemoryFull when /dev/shm has no room
         ring = data.open_ring(self.channel.ctx)
-        trainer = Trainer(lambda _tok: data, self.checkpoint_dir, self.config, resume=resume, ring=ring)
+        trainer = Trainer(
+            lambda _tok: data,
+            self.checkpoint_dir,
+            self.config,
+            resume=resume,
+            ring=ring,
+            exchange=self.cluster,
+        )
         try:
             cap = shard_map_cap(data.readers)
         except DescriptorLimitTooLow:
@@ -411,6 +437,15 @@ class Control:
         return 0
 
 
+def join_cluster(spec: dict[str, Any]) -> ClusterMember | None:
+    """This daemon's seat in the cluster of ``spec["cluster"]`` (torch is imported only here)."""
+    if "cluster" not in spec:
+        return None
+    from ..workers.cluster_member import ClusterMember
+
+    return ClusterMember(ClusterSettings(**spec["cluster"]))
+
+
 def _checkpoint_state(checkpoint_dir: Path, step: int) -> dict[str, Any]:
     """The ``state.json`` of the checkpoint of ``step`` ({} if it is gone or unreadable: the
     trainer has loaded and verified it already, this is only its record of the data)."""
@@ -441,6 +476,8 @@ def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData]
     try:
         return control.run()
     finally:
+        if control.cluster is not None:
+            control.cluster.close()
         control.data.close_ring()
         control.channel.close()
 

@@ -143,7 +143,8 @@ class Supervisor:
         }
         if self.control_runner.error:
             training["control_error"] = self.control_runner.error
-        optional = ("lr", "schedule", "ema_decay", "val_loss_raw", "val_bpb_raw", "val_perplexity_raw")
+        optional = ("lr", "schedule", "ema_decay", "val_loss_raw", "val_bpb_raw", "val_perplexity_raw",
+                    "params_digest")  # fmt: skip
         for key in (*optional, "last_checkpoint_s", "data"):
             if c.get(key) is not None:
                 training[key] = c[key]
@@ -162,6 +163,8 @@ class Supervisor:
             "ingest": self.ingest.stats(),
             "ring": c.get("ring", {"slots": 0, "ready": 0}),
         }
+        if c.get("cluster"):  # --cluster: the members, their steps and allreduces
+            data["cluster"] = c["cluster"]
         if self.status_server is not None:
             data["socket"] = self.status_server.stats()
         data["http"] = self.dashboard.info() if self.dashboard is not None else {"url": None, "state": "off"}

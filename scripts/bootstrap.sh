@@ -18,9 +18,10 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 # Reinstall only when pyproject.toml changed since the last successful install.
-# The tests also run the frontier and the registry on PostgreSQL: psycopg comes with them.
+# The tests also run the frontier and the registry on PostgreSQL (psycopg comes with them) and
+# daemons training across machines (torch.distributed: the cluster extra).
 extras="dev"
-[[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && extras="dev,postgres"
+[[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && extras="dev,postgres,cluster"
 stamp="$VENV/.crystalline-installed"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
@@ -69,6 +70,11 @@ test_package() {
 if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v pg_ctl >/dev/null 2>&1 \
     && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     test_package postgresql "the PostgreSQL tests"
+fi
+
+# The cluster tests make network namespaces joined by veth pairs with iproute2's ip.
+if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v ip >/dev/null 2>&1; then
+    test_package iproute2 "the cluster tests' network namespaces (they fall back to loopback addresses)"
 fi
 
 # The dashboard's browser tests (tests/daemon/test_dashboard_browser.py) drive Debian's chromium

@@ -66,6 +66,21 @@ class EngineStopped(Exception):
     """A stop was requested during a step; the step was abandoned, nothing was published."""
 
 
+class StepAbandoned(Exception):
+    """The step could not finish (the machines' allreduce failed); nothing was published."""
+
+
+class GradientExchange(Protocol):
+    """The one hook of training across machines (workers/cluster_member.py): after this machine's
+    reduce and before the optimizer, ``grad`` (this machine's mean gradient over its ``tokens``)
+    becomes the mean over every machine's tokens; returns the global loss sum, tokens and text
+    bytes, or raises StepAbandoned."""
+
+    def exchange(
+        self, grad: np.ndarray, loss_sum: float, tokens: int, nbytes: int
+    ) -> tuple[float, int, int]: ...
+
+
 class StepEngine(Protocol):
     def load_state(
         self, params: np.ndarray, m: np.ndarray, v: np.ndarray, ema: np.ndarray | None = None
@@ -94,10 +109,12 @@ class LocalEngine:
         adamw: AdamWConfig,
         batch_source: BatchSource,
         token_bytes: np.ndarray | None = None,
+        exchange: GradientExchange | None = None,
     ) -> None:
         self.model = model
         self.batch_source = batch_source
         self.token_bytes = token_bytes
+        self.exchange = exchange
         self.optimizer = AdamW(adamw, model.table.decay_mask(), update_plan(model.table.specs, adamw))
         self._params = np.zeros(model.num_params, dtype=np.float32)
         self._grad = np.zeros_like(self._params)
@@ -126,6 +143,8 @@ class LocalEngine:
         windows = self.batch_source(step)
         loss_sum, tokens = self.model.loss_and_grad(self._params, windows, self._grad)
         nbytes = batch_bytes(windows, self.token_bytes)
+        if self.exchange is not None:
+            loss_sum, tokens, nbytes = self.exchange.exchange(self._grad, loss_sum, tokens, nbytes)
         norm = global_norm(self._grad)
         if not (math.isfinite(norm) and math.isfinite(loss_sum)):
             return StepOutcome(loss_sum, tokens, norm, False, nbytes)
@@ -250,9 +269,11 @@ class ProcessEngine:
         should_stop: Callable[[], bool] = lambda: False,
         token_bytes: np.ndarray | None = None,
         ring: Ring | None = None,
+        exchange: GradientExchange | None = None,
     ) -> None:
         """``ring``: a ring lent by its owner (the daemon's supervisor); without one the engine
-        creates its own, filled from ``batch_source``."""
+        creates its own, filled from ``batch_source``. ``exchange``: the machines' allreduce
+        between the reduce and the update (no speculative update then)."""
         if settings.workers < 1:
             raise ValueError(f"workers must be at least 1, got {settings.workers}")
         self.model = model
@@ -260,6 +281,7 @@ class ProcessEngine:
         self.settings = settings
         self.should_stop = should_stop
         self.token_bytes = token_bytes
+        self.exchange = exchange
         self.batch_size = batch_size
         cfg = model.config
         size = model.num_params
@@ -537,10 +559,15 @@ class ProcessEngine:
         loss_sum = math.fsum(r["loss_sum"] for r in done.values())
         tokens = sum(r["tokens"] for r in done.values())
         nbytes = batch_bytes(self.ring.slots[slot], self.token_bytes)
-        if not all(r["finite"] for r in done.values()):
-            return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss", nbytes)
         update = {"src": src, "dst": dst, "lr": lr, "t": step}
-        if self.settings.reduce_in_control:
+        if self.exchange is not None:
+            # every machine joins the allreduce, a non-finite one too (its NaNs make all skip)
+            loss_sum, tokens, nbytes = self._exchange(step, loss_sum, tokens, nbytes, done)
+            norm = global_norm(self.state.arrays["gsum"])
+            speculated = False
+        elif not all(r["finite"] for r in done.values()):
+            return self._skip(step, loss_sum, tokens, math.nan, "non-finite loss", nbytes)
+        elif self.settings.reduce_in_control:
             norm = self._reduce_here()
             speculated = False
         else:
@@ -588,6 +615,19 @@ class ProcessEngine:
             "slowest_worker_compute_s": slowest,
         }
         return StepOutcome(loss_sum, tokens, norm, True, nbytes)
+
+    def _exchange(
+        self, step: int, loss_sum: float, tokens: int, nbytes: int, done: dict[int, dict[str, Any]]
+    ) -> tuple[float, int, int]:
+        """This machine's reduce (no update rides on it), then the machines' allreduce."""
+        assert self.exchange is not None
+        gsum = self.state.arrays["gsum"]
+        if all(r["finite"] for r in done.values()):
+            reduce = {w: {"step": step, "lo": lo, "hi": hi} for w, (lo, hi) in enumerate(self.slices)}
+            self._barrier(P.REDUCE, reduce)
+        else:
+            gsum.fill(np.nan)
+        return self.exchange.exchange(gsum, loss_sum, tokens, nbytes)
 
     def _reduce_here(self) -> float:
         """The reduction on control's one core instead of every worker's (for comparison)."""

@@ -28,7 +28,16 @@ from crystalline.tokens.windows import FileWindows, NotEnoughTokens
 from .batch_ring import Ring
 from .bits_per_byte import beside, bits_per_byte, token_byte_lengths
 from .checkpoint import Checkpoint, CheckpointError, load_latest, save_checkpoint, set_aside
-from .engine import EngineSettings, EngineStopped, LocalEngine, ProcessEngine, StepEngine, batch_bytes
+from .engine import (
+    EngineSettings,
+    EngineStopped,
+    GradientExchange,
+    LocalEngine,
+    ProcessEngine,
+    StepAbandoned,
+    StepEngine,
+    batch_bytes,
+)
 from .model import GPT, init_params
 from .optimizer import learning_rate
 from .params import ModelConfig
@@ -153,11 +162,14 @@ class Trainer:
         config: TrainConfig,
         resume: bool = False,
         ring: Ring | None = None,
+        exchange: GradientExchange | None = None,
     ) -> None:
         """``ring``: the batch ring lent by the daemon's supervisor (filled there, from the
-        store); without it the process engine fills its own from ``data``."""
+        store); without it the process engine fills its own from ``data``. ``exchange``: the
+        allreduce with other machines (``--cluster``)."""
         config.validate()
         self.ring = ring
+        self.exchange = exchange
         self.checkpoint_dir = checkpoint_dir
         self.config = config
         self.stop_requested = False
@@ -214,7 +226,7 @@ class Trainer:
     def _make_engine(self) -> StepEngine:
         cfg = self.config
         if cfg.workers == 1:
-            return LocalEngine(self.model, self.adamw, self.data.batch, self.token_bytes)
+            return LocalEngine(self.model, self.adamw, self.data.batch, self.token_bytes, self.exchange)
         settings = EngineSettings(workers=cfg.workers, instance=engine_instance(self.checkpoint_dir))
         return ProcessEngine(
             self.model,
@@ -225,6 +237,7 @@ class Trainer:
             should_stop=lambda: self.stop_requested,
             token_bytes=self.token_bytes,
             ring=self.ring,
+            exchange=self.exchange,
         )
 
     def _restore(self, ckpt: Checkpoint) -> TrainState:
@@ -386,6 +399,9 @@ class Trainer:
                 st.pending_losses.append(self.train_step())
             except EngineStopped:
                 break  # the step was abandoned; nothing of it was published
+            except StepAbandoned as exc:  # between_steps waits for the cluster's next group
+                log.warning("step %d abandoned: %s", st.step, exc)
+                continue
             at_eval = st.step % cfg.eval_interval == 0 or st.step == cfg.max_steps
             if at_eval:
                 record = self._evaluate()

@@ -1,0 +1,115 @@
+"""Training across machines: three real daemons with ``--cluster``, each in a network namespace
+of its own on one bridge (tests/daemon/_cluster_net.py; distinct loopback addresses where
+namespaces are not allowed), two workers each, tiny model. After steps every member publishes
+the same parameters; a member killed outright is dropped and the others step again; restarted,
+it rejoins with the group's state; a member cut off pauses and says so, then rejoins; garbage on
+the rendezvous port harms nothing."""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _cluster_net import Machines, agree
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@pytest.fixture
+def machines() -> Iterator[Machines]:
+    with tempfile.TemporaryDirectory(prefix="cr-", dir="/tmp") as d:  # AF_UNIX path limit
+        m = Machines(3, Path(d))
+        try:
+            yield m
+        finally:
+            m.close()
+
+
+def port() -> int:
+    return random.randrange(20000, 30000)
+
+
+def world(n: int, step: int = 5):  # type: ignore[no-untyped-def]
+    """A status test: ``n`` members training, past ``step``."""
+    return lambda s: (s.get("cluster") or {}).get("world") == n and s["training"]["step"] >= step
+
+
+def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
+    rendezvous = port()
+    for i in range(3):
+        machines.start(i, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3), "three members training")
+    step = agree(machines, [0, 1, 2])
+    assert step > 0
+    s = machines.status(1)
+    cluster = s["cluster"]
+    assert s["training"]["params_digest"]
+    assert sorted(m["address"] for m in cluster["members"]) == sorted(machines.addresses)
+    assert sorted(m["rank"] for m in cluster["members"]) == [0, 1, 2]
+    for m in cluster["members"]:
+        assert m["step"] > 0 and m["allreduce_bytes"] > 0 and m["allreduce_ms"] > 0
+        assert m["data_share"] == pytest.approx(1 / 3, abs=0.01)  # equal local batches
+    print("ran on", machines.kind)
+
+    # garbage on the rendezvous port: the store drops the connection, the cluster trains on
+    garbage = (
+        "import os, socket\n"
+        f"for payload in (os.urandom(4096), b'GET / HTTP/1.0\\r\\n\\r\\n', b'\\xff' * 64):\n"
+        f"    with socket.create_connection(({machines.addresses[0]!r}, {rendezvous})) as c:\n"
+        "        c.settimeout(2)\n"
+        "        c.sendall(payload)\n"
+        "        try:\n"
+        "            c.recv(64)\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    machines.run_in(1, garbage)
+    for i in range(3):
+        machines.wait(i, world(3, step + 20), "training on after garbage on the rendezvous port")
+    assert agree(machines, [0, 1, 2]) > step
+
+
+def test_a_killed_member_is_dropped_and_rejoins_with_the_groups_state(machines: Machines) -> None:
+    rendezvous = port()
+    for i in range(3):
+        machines.start(i, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3), "three members training")
+    machines.kill(2)  # every process of that daemon at once: the machine is gone
+    at_kill = max(machines.status(i)["training"]["step"] for i in (0, 1))
+    for i in (0, 1):  # dropped after --cluster-timeout-s 5; the issue asks for a step within 60 s
+        machines.wait(i, world(2, at_kill + 1), "the others stepping again without it", timeout_s=60)
+    agree(machines, [0, 1])
+    machines.start(2, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3, at_kill + 10), "the restarted member back in the group")
+    assert agree(machines, [0, 1, 2]) > at_kill
+    assert "state of step" in machines.log(2)  # it was sent the group's state before its first step
+
+
+def test_a_member_cut_off_pauses_and_rejoins(machines: Machines) -> None:
+    if machines.kind != "namespaces":
+        pytest.skip("a partition needs network namespaces; this machine does not allow them")
+    rendezvous = port()
+    for i in range(3):
+        machines.start(i, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3), "three members training")
+    machines.link(1, up=False)
+    cut = machines.wait(
+        1, lambda s: "cut off" in s["cluster"]["state"], "the cut-off member says so", timeout_s=60
+    )
+    assert cut["training"]["state"] == "paused"
+    held = cut["training"]["step"]
+    for i in (0, 2):
+        machines.wait(i, world(2, held + 5), "the majority stepping on without it", timeout_s=60)
+    s = machines.status(1)
+    assert s["training"]["step"] == held and "cut off" in s["cluster"]["state"]  # it did not step alone
+    machines.link(1, up=True)
+    for i in range(3):
+        machines.wait(i, world(3, held + 10), "the member back in the group")
+    assert agree(machines, [0, 1, 2]) > held

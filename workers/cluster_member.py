@@ -1,0 +1,417 @@
+"""One machine's seat in a cluster of daemons: the inter-node allreduce of hierarchical data
+parallelism, on torch.distributed's gloo backend (imported only with ``--cluster``).
+
+On each machine node zero sums its workers' gradients in shared memory as before; then
+``exchange`` (the engine's one hook, after the local reduce and before the optimizer) allreduces
+that machine's token-weighted gradient with the other machines', so every member applies the
+same mean gradient of the global batch (the sum of the local ones) and publishes the same
+parameters (``digest``).
+
+Membership, on c10d's TCPStore at ``--cluster HOST:PORT`` (hosted by the member whose
+``--cluster-address`` is HOST): a background thread registers (a number from the store's
+counter ``seq``), beats (``hb/<n>``) and publishes what status shows (``info/<n>``). On the
+hosting member the same thread coordinates: a member whose beat has not moved for
+``timeout_s`` is dropped (``dead/<n>``), a member that left says so (``left``), a collective
+that failed is reported (``fail/<g>``); each change, with at least MIN members, publishes
+generation ``g`` (``gen/<g>``: the members in rank order, at most MAX; then the counter ``gen``).
+torch.distributed cannot shrink a process group, so each generation is a new gloo group on the
+store prefix ``g<g>/``, and before its first step the group agrees on the state: the member
+with the highest step (the lowest rank among equals) broadcasts its parameters, moments and
+moving average, so a member that joins or comes back starts from the current state and a step
+some members published and others did not is settled. A member that cannot reach the store
+(cut off, or the host is gone) pauses and says so, registers anew once it answers, and is
+brought up to date by the next generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .cluster_config import ClusterSettings
+from .engine import StepAbandoned, StepEngine
+
+log = logging.getLogger("crystalline.cluster")
+
+RECENT_DIGESTS = 64
+STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
+
+
+class TrainerState(Protocol):
+    step: int
+    tokens: int
+    skipped_steps: int
+
+
+def digest(params: np.ndarray, step: int) -> str:
+    """The published parameters and their step, hashed (equal on every member after a step)."""
+    h = hashlib.sha256(np.ascontiguousarray(params).tobytes())
+    h.update(str(step).encode())
+    return h.hexdigest()[:16]
+
+
+def ring_wire_bytes(payload: int, members: int) -> int:
+    """Bytes one member sends in a ring allreduce of ``payload`` bytes: reduce-scatter plus
+    all-gather, each (n-1)/n of the payload."""
+    return 0 if members < 2 else 2 * (members - 1) * payload // members
+
+
+class Membership:
+    """The background thread: registration, heartbeat, info, and (on the host) coordination."""
+
+    def __init__(self, settings: ClusterSettings, info: Callable[[], dict[str, Any]]) -> None:
+        self.s = settings
+        self.info = info
+        self.tick_s = max(0.1, settings.timeout_s / 10)
+        self.lock = threading.Lock()
+        self.number: int | None = None
+        self.registration = 0  # moves each time this member registers (again)
+        self.generation: tuple[int, list[dict[str, Any]]] | None = None
+        self.members: list[dict[str, Any]] = []  # the current generation's, with their info
+        self.cut_off: str | None = None
+        self.answered = time.monotonic()  # when the store last answered a whole tick
+        self.failed: set[int] = set()  # generations whose collective failed here, to report
+        self.leaving = False
+        self._stop = threading.Event()
+        self._server = None
+        if settings.hosts_store:  # the server lives as long as this process
+            self._server = self._connect(master=True)
+        self._coordinator = Coordinator(settings) if settings.hosts_store else None
+        self._thread = threading.Thread(target=self._run, name="cluster-membership", daemon=True)
+        self._thread.start()
+
+    def _connect(self, master: bool = False) -> dist.TCPStore:
+        return dist.TCPStore(
+            self.s.host,
+            self.s.port,
+            None,
+            master,
+            timeout=timedelta(seconds=self.s.timeout_s),
+            wait_for_workers=False,
+            # the classic server resets a connection that sends garbage; libuv's keeps it open
+            use_libuv=False,
+        )
+
+    def _run(self) -> None:
+        client: dist.TCPStore | None = None
+        beat = 0
+        while not self._stop.wait(self.tick_s):
+            try:
+                if client is None:
+                    client = self._connect()
+                    self._register(client)
+                assert self.number is not None
+                if self.leaving:
+                    client.set(f"hb/{self.number}", "left")
+                    return
+                beat += 1
+                client.set(f"hb/{self.number}", str(beat))
+                client.set(f"info/{self.number}", json.dumps(self.info()))
+                if client.check([f"dead/{self.number}"]):
+                    log.warning("the cluster dropped this member (%s): registering again", self.number)
+                    client = None
+                    continue
+                with self.lock:
+                    failed, self.failed = self.failed, set()
+                for g in failed:
+                    client.add(f"fail/{g}", 1)
+                if self._coordinator is not None:
+                    self._coordinator.tick(client)
+                self._follow(client)
+                self.answered = time.monotonic()
+            except STORE_ERRORS as exc:
+                client = None
+                with self.lock:
+                    if self.cut_off is None:
+                        log.warning(
+                            "cut off from the rendezvous point %s:%d (%s): paused until it answers",
+                            self.s.host, self.s.port, str(exc).splitlines()[0][:200],
+                        )  # fmt: skip
+                    self.cut_off = f"cut off from the rendezvous point {self.s.host}:{self.s.port}"
+
+    def _register(self, client: dist.TCPStore) -> None:
+        number = int(client.add("seq", 1))
+        client.set(f"hb/{number}", "0")
+        with self.lock:
+            self.number = number
+            self.registration += 1
+            self.generation = None
+            if self.cut_off is not None:
+                log.info("the rendezvous point answers again: registered as member %d", number)
+            self.cut_off = None
+        log.info("registered with the cluster at %s:%d as member %d", self.s.host, self.s.port, number)
+
+    def _follow(self, client: dist.TCPStore) -> None:
+        """Read the newest generation and the info of its members."""
+        g = int(client.add("gen", 0))
+        with self.lock:
+            current = self.generation
+        if g and (current is None or current[0] != g):
+            members = json.loads(client.get(f"gen/{g}"))["members"]
+            with self.lock:
+                self.generation = (g, members)
+            current = (g, members)
+        if current is None:
+            return
+        shown = []
+        for m in current[1]:
+            key = f"info/{m['number']}"
+            info = json.loads(client.get(key)) if client.check([key]) else {}
+            shown.append({**m, **info})
+        with self.lock:
+            self.members = shown
+
+    def unreachable(self) -> str | None:
+        """Why the rendezvous point counts as out of reach (None: it answers). A store call on a
+        link that went dead may block past its timeout, so a silent thread counts too."""
+        with self.lock:
+            if self.cut_off is not None:
+                return self.cut_off
+        silent = time.monotonic() - self.answered
+        if silent > self.s.timeout_s:
+            return f"cut off from the rendezvous point {self.s.host}:{self.s.port} ({silent:.0f} s silent)"
+        return None
+
+    def report_failure(self, generation: int) -> None:
+        with self.lock:
+            self.failed.add(generation)
+
+    def close(self) -> None:
+        self.leaving = True
+        self._thread.join(timeout=self.tick_s * 3 + self.s.timeout_s)
+        self._stop.set()
+        self._thread.join(timeout=self.s.timeout_s)
+
+
+class Coordinator:
+    """On the member that hosts the store: who is alive, and the generations."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.s = settings
+        self.seen: dict[int, tuple[str, float]] = {}  # number -> (last beat, when it moved)
+        self.dead: set[int] = set()
+        self.published: list[int] = []
+        self.generation = 0
+
+    def tick(self, client: dist.TCPStore) -> None:
+        now = time.monotonic()
+        for n in range(1, int(client.add("seq", 0)) + 1):
+            if n in self.dead:
+                continue
+            beat = client.get(f"hb/{n}").decode() if client.check([f"hb/{n}"]) else ""
+            if n not in self.seen or self.seen[n][0] != beat:
+                self.seen[n] = (beat, now)
+            last, moved = self.seen[n]
+            if last == "left" or now - moved > self.s.timeout_s:
+                why = "left" if last == "left" else f"silent for {now - moved:.1f} s"
+                log.warning("cluster member %d %s: dropped", n, why)
+                self.dead.add(n)
+                client.set(f"dead/{n}", why)
+        alive = sorted(n for n in self.seen if n not in self.dead)[: self.s.max_nodes]
+        failed = self.generation > 0 and client.check([f"fail/{self.generation}"])
+        if len(alive) >= self.s.min_nodes and (alive != self.published or failed):
+            self.generation += 1
+            members = []
+            for n in alive:
+                info = json.loads(client.get(f"info/{n}")) if client.check([f"info/{n}"]) else {}
+                members.append({"number": n, "address": info.get("address", "?")})
+            client.set(f"gen/{self.generation}", json.dumps({"members": members}))
+            client.add("gen", 1)
+            self.published = alive
+            log.info(
+                "cluster generation %d: members %s%s",
+                self.generation, alive, " (a collective failed)" if failed else "",
+            )  # fmt: skip
+
+
+class ClusterMember:
+    """What control and the engine use: ``ready`` between steps, ``exchange`` inside one."""
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.s = settings
+        self.group: Any = None  # the gloo group of ``group_generation``
+        self.group_generation = 0
+        self.registration = 0
+        self.rank = -1
+        self.world = 0
+        self.state = "joining"
+        self.step = 0
+        self.last_ms = 0.0
+        self.last_bytes = 0
+        self.payload_bytes = 0
+        self.share = 0.0  # this member's tokens / the global batch's, last step
+        self.reforms = 0
+        self.digest: str | None = None
+        # the digests of the last steps, so members can be compared at a step they all passed
+        self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
+        self._buffer: np.ndarray | None = None
+        torch.set_num_threads(1)
+        self.membership = Membership(settings, self._info)
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "address": self.s.address,
+            "pid": os.getpid(),
+            "rank": self.rank,
+            "step": self.step,
+            "state": self.state,
+            "allreduce_ms": round(self.last_ms, 3),
+            "allreduce_bytes": self.last_bytes,
+            "data_share": round(self.share, 4),
+            "params_digest": self.digest,
+        }
+
+    # ---- between steps ------------------------------------------------------------------------
+    def ready(self, engine: StepEngine, st: TrainerState) -> bool:
+        """True when this member may step: it is in the newest generation's group and holds
+        the group's state. Otherwise it tries to get there (forming the group, receiving the
+        state) and says in ``state`` why not."""
+        m = self.membership
+        cut_off = m.unreachable()
+        with m.lock:
+            generation, number, registration = m.generation, m.number, m.registration
+        if cut_off is not None:
+            self._drop_group(f"paused: {cut_off}")
+            return False
+        if registration != self.registration:  # registered anew: any group is gone
+            self.registration = registration
+            self._drop_group("joining")
+        if generation is None or all(x["number"] != number for x in generation[1]):
+            self.state = (
+                "waiting to join" if generation is None else f"waiting for generation {generation[0] + 1}"
+            )
+            return False
+        g, members = generation
+        if self.group is not None and g == self.group_generation:
+            return True
+        self._drop_group(f"forming generation {g}")
+        try:
+            self._form(g, [x["number"] for x in members].index(number), len(members))
+            self._take_state(engine, st)
+        except RuntimeError as exc:
+            log.warning("generation %d: %s", g, str(exc).splitlines()[0][:300])
+            self._drop_group(f"generation {g} failed to form; waiting for the next")
+            m.report_failure(g)
+            return False
+        self.state = "training"
+        self.reforms += 1
+        return True
+
+    def _drop_group(self, state: str) -> None:
+        self.group = None
+        self.state = state
+
+    def _form(self, g: int, rank: int, world: int) -> None:
+        store = dist.TCPStore(
+            self.s.host, self.s.port, None, False, timeout=timedelta(seconds=self.s.timeout_s),
+            wait_for_workers=False, use_libuv=False,
+        )  # fmt: skip
+        options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
+        options._timeout = timedelta(seconds=self.s.timeout_s)
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=self.s.address)]
+        self.group = dist.ProcessGroupGloo(dist.PrefixStore(f"g{g}/", store), rank, world, options)
+        self._store = store  # the group's store client lives as long as the group
+        self.group_generation, self.rank, self.world = g, rank, world
+        log.info("generation %d formed: rank %d of %d", g, rank, world)
+
+    def _take_state(self, engine: StepEngine, st: TrainerState) -> None:
+        """Agree on the state: the newest step's holder (lowest rank among equals) sends its
+        parameters, moments and moving average; the others load them and its step."""
+        params = engine.params()
+        mine = torch.tensor([st.step, st.tokens, st.skipped_steps, params.size], dtype=torch.int64)
+        every = [torch.zeros(4, dtype=torch.int64) for _ in range(self.world)]
+        self.group.allgather([every], [mine]).wait()
+        if len({int(x[3]) for x in every}) != 1:
+            raise RuntimeError(f"members train models of different sizes: {[int(x[3]) for x in every]}")
+        newest = max(int(x[0]) for x in every)
+        source = min(r for r, x in enumerate(every) if int(x[0]) == newest)
+        m, v = engine.moments()
+        ema = engine.ema()
+        parts = [params, m, v] + ([ema] if ema is not None else [])
+        buffer = torch.from_numpy(np.concatenate(parts))
+        opts = dist.BroadcastOptions()
+        opts.rootRank = source
+        self.group.broadcast([buffer], opts).wait()
+        if self.rank != source:
+            held = buffer.numpy().reshape(len(parts), params.size)
+            engine.load_state(held[0], held[1], held[2], held[3] if ema is not None else None)
+            before = st.step
+            st.step, st.tokens, st.skipped_steps = (int(x) for x in every[source][:3])
+            log.info(
+                "state of step %d received from rank %d (this member was at step %d)", newest, source, before
+            )
+        self.published(engine.params(), st.step)
+
+    # ---- inside a step --------------------------------------------------------------------------
+    def exchange(self, grad: np.ndarray, loss_sum: float, tokens: int, nbytes: int) -> tuple[float, int, int]:
+        """Replace ``grad`` (this machine's mean gradient over its ``tokens``) in place by the
+        mean over every member's tokens; return the global loss sum, tokens and bytes. StepAbandoned
+        when the group broke (nothing of the step is published; the next generation settles)."""
+        if self.group is None:
+            raise StepAbandoned(f"no cluster group ({self.state})")
+        n = grad.size
+        if self._buffer is None or self._buffer.size != n + 3:
+            self._buffer = np.zeros(n + 3, dtype=np.float32)
+        buf = self._buffer
+        np.multiply(grad, np.float32(tokens), out=buf[:n])
+        buf[n], buf[n + 1], buf[n + 2] = tokens, loss_sum, nbytes
+        started = time.perf_counter()
+        try:
+            self.group.allreduce([torch.from_numpy(buf)]).wait()
+        except RuntimeError as exc:
+            g = self.group_generation
+            self._drop_group(f"allreduce of generation {g} failed; waiting for the next")
+            self.membership.report_failure(g)
+            raise StepAbandoned(f"allreduce failed: {str(exc).splitlines()[0][:200]}") from None
+        self.last_ms = (time.perf_counter() - started) * 1000
+        self.payload_bytes = buf.nbytes
+        self.last_bytes = ring_wire_bytes(buf.nbytes, self.world)
+        total = float(buf[n])
+        self.share = tokens / total if total > 0 else 0.0
+        np.divide(buf[:n], np.float32(total), out=grad)
+        return float(buf[n + 1]), round(total), round(float(buf[n + 2]))
+
+    def published(self, params: np.ndarray, step: int) -> None:
+        """After a step: the digest of what this member now serves."""
+        self.step = step
+        self.digest = digest(params, step)
+        if not self.recent or self.recent[-1][0] != step:
+            self.recent.append((step, self.digest))
+
+    # ---- status -----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        m = self.membership
+        with m.lock:
+            members, number, generation = list(m.members), m.number, m.generation
+        return {
+            "rendezvous": f"{self.s.host}:{self.s.port}",
+            "address": self.s.address,
+            "hosts_rendezvous": self.s.hosts_store,
+            "member": number,
+            "state": self.state,
+            "generation": generation[0] if generation else None,
+            "rank": self.rank if self.group is not None else None,
+            "world": self.world if self.group is not None else 0,
+            "nodes": {"min": self.s.min_nodes, "max": self.s.max_nodes},
+            "reforms": self.reforms,
+            "allreduce_payload_bytes": self.payload_bytes,
+            "data_share": round(self.share, 4),
+            "recent_digests": [list(x) for x in self.recent],
+            "members": members,
+        }
+
+    def close(self) -> None:
+        self.group = None
+        self.membership.close()
