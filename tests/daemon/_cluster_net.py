@@ -5,6 +5,7 @@ to a bridge in a hub namespace, made (and removed) here with iproute2, each runn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -99,7 +100,7 @@ class Machines:
 
     def status(self, i: int) -> dict[str, Any]:
         proc = self.procs[i]
-        assert proc.poll() is None, f"machine {i}'s daemon exited with {proc.returncode}:\n{self.log(i)[-3000:]}"
+        assert proc.poll() is None, f"machine {i} exited with {proc.returncode}:\n{self.log(i)[-3000:]}"
         reply = request(self.root / f"m{i}" / "run" / "crystalline.sock", {"cmd": "status"})
         assert reply["ok"], reply
         data: dict[str, Any] = reply["data"]
@@ -134,10 +135,8 @@ class Machines:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
-        except ProcessLookupError:
-            pass
 
     def close(self) -> None:
         for i in list(self.procs):
