@@ -41,6 +41,7 @@ from crystalline.states import WORKER, transition
 from . import protocol as P
 from .batch_ring import BatchRing, BatchSource, Ring, ring_spec
 from .ema import decay_at, ema_step
+from .micro_batch import accumulated_grad
 from .model import GPT
 from .optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm, owner_shares, update_plan
 
@@ -110,14 +111,18 @@ class LocalEngine:
         batch_source: BatchSource,
         token_bytes: np.ndarray | None = None,
         exchange: GradientExchange | None = None,
+        micro_batch: int = 0,
     ) -> None:
         self.model = model
         self.batch_source = batch_source
+        self.micro_batch = micro_batch  # windows per forward/backward (0: the whole batch)
         self.token_bytes = token_bytes
         self.exchange = exchange
         self.optimizer = AdamW(adamw, model.table.decay_mask(), update_plan(model.table.specs, adamw))
         self._params = np.zeros(model.num_params, dtype=np.float32)
         self._grad = np.zeros_like(self._params)
+        # a later micro-batch's gradient
+        self._scratch = np.empty_like(self._params) if micro_batch > 0 else None
         self._ema = np.zeros_like(self._params) if adamw.ema_decay > 0 else None
 
     def load_state(
@@ -141,7 +146,9 @@ class LocalEngine:
 
     def step(self, step: int, lr: float) -> StepOutcome:
         windows = self.batch_source(step)
-        loss_sum, tokens = self.model.loss_and_grad(self._params, windows, self._grad)
+        loss_sum, tokens = accumulated_grad(
+            self.model, self._params, windows, self._grad, self._scratch, self.micro_batch
+        )
         nbytes = batch_bytes(windows, self.token_bytes)
         if self.exchange is not None:
             loss_sum, tokens, nbytes = self.exchange.exchange(self._grad, loss_sum, tokens, nbytes)
@@ -192,6 +199,7 @@ class EngineSettings:
     restart_window_s: float = 120.0
     batch_timeout_s: float = 60.0
     reduce_in_control: bool = False  # sum the gradient rows in control (for benchmarks)
+    micro_batch: int = 0  # most windows a worker runs forward/backward on at once (0: all its rows)
 
 
 @dataclass
@@ -356,6 +364,7 @@ class ProcessEngine:
             "state_block": self.state.name,
             "grads_block": self.grads.name,
             "ring_block": self.ring.name,
+            "micro_batch": self.settings.micro_batch,
         }
 
     def _spawn(self, h: WorkerHandle) -> None:

@@ -36,6 +36,8 @@ class TrainConfig:
     num_heads: int = 4
     seq_len: int = 64
     batch_size: int = 12  # global sequences per optimizer step, whatever the worker count
+    # gradient accumulation: a worker runs its rows of a step this many at a time and sums
+    micro_batch: int = 0  # most windows per forward/backward in one worker (0: all its rows)
     learning_rate: float = 1e-3
     min_lr: float = 1e-4
     weight_decay: float = 0.1
@@ -142,7 +144,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("eval_windows", "source_eval_windows", "surprise_windows"):
+        for name in ("eval_windows", "source_eval_windows", "surprise_windows", "micro_batch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{flag(name)} must not be negative, got {getattr(self, name)}")
         for name in ("fresh_share", "source_cap"):

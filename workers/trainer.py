@@ -226,8 +226,12 @@ class Trainer:
     def _make_engine(self) -> StepEngine:
         cfg = self.config
         if cfg.workers == 1:
-            return LocalEngine(self.model, self.adamw, self.data.batch, self.token_bytes, self.exchange)
-        settings = EngineSettings(workers=cfg.workers, instance=engine_instance(self.checkpoint_dir))
+            return LocalEngine(
+                self.model, self.adamw, self.data.batch, self.token_bytes, self.exchange, cfg.micro_batch
+            )
+        settings = EngineSettings(
+            workers=cfg.workers, instance=engine_instance(self.checkpoint_dir), micro_batch=cfg.micro_batch
+        )
         return ProcessEngine(
             self.model,
             self.adamw,

@@ -25,6 +25,7 @@ from crystalline.shm.blocks import ArrayBlock
 
 from . import protocol as P
 from .ema import decay_at, ema_step
+from .micro_batch import accumulated_grad
 from .model import GPT
 from .optimizer import AdamWConfig, hybrid_step, update_plan
 from .params import ModelConfig
@@ -55,6 +56,7 @@ class Worker:
         self.decay_mask = self.model.table.decay_mask()
         self.plan = update_plan(self.model.table.specs, self.adamw)
         self._scratch = (np.empty(self.size, np.float32), np.empty(self.size, np.float32))
+        self.micro_batch: int = spec.get("micro_batch", 0)
 
     def close(self) -> None:
         del self.params, self.m, self.v, self.ema, self.gsum, self.row, self.rows, self.slots
@@ -69,9 +71,11 @@ class Worker:
             lo, hi = msg["rows"]
             if hi > lo:
                 windows = self.slots[msg["slot"], lo:hi]
-                loss_sum, tokens = self.model.loss_and_grad(
-                    self.params[msg["src"]], windows, self.row, scale=msg["scale"]
-                )
+                # the scratch buffers are free outside the update
+                loss_sum, tokens = accumulated_grad(
+                    self.model, self.params[msg["src"]], windows, self.row, self._scratch[0],
+                    self.micro_batch, scale=msg["scale"],
+                )  # fmt: skip
             else:
                 self.row[...] = 0.0  # no rows this step: contribute nothing to the sum
                 loss_sum, tokens = 0.0, 0
