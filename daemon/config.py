@@ -110,7 +110,7 @@ RUN_DEFAULTS = {
         # so no decay ever comes: the peak after warmup, and the weights' moving average serves
         # (README, "A run that never ends": bench/served_weights.py)
         "schedule": "stable",
-        "ema_decay": 0.999,
+        "ema_decay": 0.99,  # the best of 0.99-0.999 in bench/served_weights.py (README)
         "workers": 12,  # node zero and its 12 workers
         # 4 sequences per worker: at 1 (batch 12) the 12 workers run at 1.13x one core, at 4 at
         # 1.71x (bench/engine_scaling.py)

@@ -98,7 +98,7 @@ class TrainConfig:
         default=0.0,
         metadata={
             "help": "decay of the exponential moving average of the weights that evaluation, "
-            "generation and checkpoints serve (0: none, the raw weights; the daemon: 0.999)"
+            "generation and checkpoints serve (0: none, the raw weights; the daemon: 0.99)"
         },
     )
 
