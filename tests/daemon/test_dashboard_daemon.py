@@ -48,7 +48,7 @@ def test_http_off_opens_no_listener_and_logs_progress(short_dir: Path, corpus_fi
     inbox = corpus_parts(corpus_file.read_text(encoding="utf-8"))
     with running_daemon(short_dir, inbox, "--http", "off") as daemon:
         data = status(daemon["run"])
-        assert data["http"] == {"url": None}
+        assert data["http"] == {"url": None, "state": "off"}
         assert not (daemon["run"] / "dashboard.json").exists()
         assert _tcp_listeners(_socket_inodes(daemon["proc"].pid)) == []
         assert _socket_inodes(daemon["proc"].pid), "the status socket at least should be there"
