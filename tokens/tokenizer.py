@@ -37,6 +37,7 @@ __all__ = [
     "save_tokenizer",
     "tokenizer_from_json",
     "train_bpe",
+    "train_bpe_texts",
 ]
 
 #: Smallest BPE vocabulary: the 256 byte symbols plus at least one merge.
@@ -325,6 +326,13 @@ def iter_text_files(paths: Sequence[Path]) -> list[Path]:
     return unique
 
 
+def _check_vocab(vocab_size: int) -> None:
+    if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
+        raise ValueError(
+            f"BPE vocab_size must be between {MIN_BPE_VOCAB} and {MAX_BPE_VOCAB}, got {vocab_size}"
+        )
+
+
 def train_bpe(paths: Sequence[Path], vocab_size: int) -> BpeTokenizer:
     """Train a byte-level BPE tokenizer with at most ``vocab_size`` ids on the given files and folders.
 
@@ -332,19 +340,18 @@ def train_bpe(paths: Sequence[Path], vocab_size: int) -> BpeTokenizer:
     UTF-8 text (see :func:`read_text_file`), else ValueError naming it. Pairs seen only once are not
     merged, so a small corpus can yield a smaller vocabulary than requested.
     """
-    if not MIN_BPE_VOCAB <= vocab_size <= MAX_BPE_VOCAB:
-        raise ValueError(
-            f"BPE vocab_size must be between {MIN_BPE_VOCAB} and {MAX_BPE_VOCAB}, got {vocab_size}"
-        )
+    _check_vocab(vocab_size)
     files = iter_text_files(paths)
     if not files:
         raise ValueError("no training text: the given paths contain no files")
+    # One file at a time keeps memory bounded; a ValueError raised here propagates out of training.
+    return train_bpe_texts((read_text_file(f) for f in files), vocab_size, len(files))
 
-    def texts() -> Iterator[str]:
-        # One file at a time keeps memory bounded; a ValueError raised here propagates out of training.
-        for f in files:
-            yield read_text_file(f)
 
+def train_bpe_texts(texts: Iterator[str], vocab_size: int, length: int | None = None) -> BpeTokenizer:
+    """Train a byte-level BPE tokenizer with at most ``vocab_size`` ids on ``texts`` (``length``:
+    how many, for the library's progress accounting)."""
+    _check_vocab(vocab_size)
     tok = _new_bpe()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -353,5 +360,5 @@ def train_bpe(paths: Sequence[Path], vocab_size: int) -> BpeTokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(texts(), trainer=trainer, length=len(files))
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
     return BpeTokenizer(tok)

@@ -1,0 +1,100 @@
+"""The base preset's learned vocabulary (tokens/learned_vocab.py): learned once from the first
+bytes of the byte-level store, stored atomically and never relearned; the derived store holds
+the same documents re-tokenized, shard by shard, and resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crystalline.tokens.learned_vocab import DerivedStore, learn_once, vocab_path
+from crystalline.tokens.token_store import PendingDocument, StoreReader, TokenStore
+from crystalline.tokens.tokenizer import ByteTokenizer, TokenizerError, load_tokenizer
+from tests.conftest import make_corpus
+
+BYTES = ByteTokenizer()
+
+
+def add_shard(store: TokenStore, name: str, texts: list[str], split: str = "train") -> None:
+    store.append(
+        [
+            PendingDocument(
+                f"{name}-{i}", f"e-{name}-{i}", f"file:{name}", split, BYTES.encode(t), group=name
+            )
+            for i, t in enumerate(texts)
+        ]
+    )
+
+
+@pytest.fixture
+def byte_store(tmp_path: Path) -> Path:
+    directory = tmp_path / "state" / "ingest" / "tokens"
+    store = TokenStore(directory, BYTES.dtype)
+    add_shard(store, "a", [make_corpus(20_000, seed=i) for i in range(3)])
+    add_shard(store, "b", [make_corpus(5_000, seed=9)], split="val")
+    return directory
+
+
+def test_the_vocabulary_waits_for_enough_text_then_is_learned_once(byte_store: Path, tmp_path: Path) -> None:
+    path = vocab_path(tmp_path / "state")
+    assert learn_once(byte_store, path, vocab_size=400, min_bytes=100_000) is None  # 60 kB of train text
+    assert not path.exists()
+    learned = learn_once(byte_store, path, vocab_size=400, min_bytes=50_000)
+    assert learned is not None and learned.kind == "bpe" and 300 < learned.vocab_size <= 400
+    assert [p.name for p in path.parent.iterdir()] == ["tokenizer.json"]  # no temporary file left
+    first = path.read_bytes()
+    assert json.loads(first)["kind"] == "bpe"
+
+    # a restart with more (and different) text, or other settings, reads the file: never relearned
+    add_shard(TokenStore(byte_store, BYTES.dtype), "c", ["zebra quagga " * 5000])
+    again = learn_once(byte_store, path, vocab_size=1000, min_bytes=10_000)
+    assert again is not None and again.to_json() == learned.to_json()
+    assert path.read_bytes() == first
+    text = make_corpus(2_000, seed=77)
+    assert again.decode(again.encode(text)) == text
+    assert len(again.encode(text)) < len(text) / 2  # it learned the corpus's words
+
+
+def test_a_damaged_vocabulary_file_is_an_error_not_relearned(byte_store: Path, tmp_path: Path) -> None:
+    path = vocab_path(tmp_path / "state")
+    path.parent.mkdir(parents=True)
+    path.write_text('{"kind": "bpe"', encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"tokenizer\.json: not valid JSON"):
+        learn_once(byte_store, path, vocab_size=400, min_bytes=10)
+    assert path.read_text(encoding="utf-8") == '{"kind": "bpe"'
+
+
+def test_the_derived_store_holds_the_same_documents_and_resumes(byte_store: Path, tmp_path: Path) -> None:
+    tokenizer = learn_once(byte_store, vocab_path(tmp_path), vocab_size=400, min_bytes=50_000)
+    assert tokenizer is not None
+    derived = tmp_path / "tokens-bpe"
+    store = DerivedStore(byte_store, derived, tokenizer)
+    assert store.step(max_shards=1) == 3  # the first shard only
+    assert store.step() == 1 and store.step() == 0
+
+    add_shard(TokenStore(byte_store, BYTES.dtype), "c", ["a new document arrives.\n" * 50])
+    again = DerivedStore(byte_store, derived, tokenizer)  # a restart: nothing derived twice
+    assert again.step() == 1 and again.step() == 0
+
+    source, out = StoreReader(byte_store), StoreReader(derived)
+    source.refresh(), out.refresh()
+    assert [d.doc_id for d in out.documents] == [d.doc_id for d in source.documents]
+    assert out.dtype == np.uint16
+    for a, b in zip(source.documents, out.documents, strict=True):
+        assert (a.split, a.group, a.source, a.entry) == (b.split, b.group, b.source, b.entry)
+        assert tokenizer.decode(out.tokens(b)) == BYTES.decode(source.tokens(a))
+    assert sum(d.length for d in out.documents) < sum(d.length for d in source.documents) / 2
+
+
+def test_a_derived_store_of_other_documents_is_refused(byte_store: Path, tmp_path: Path) -> None:
+    tokenizer = learn_once(byte_store, vocab_path(tmp_path), vocab_size=400, min_bytes=50_000)
+    assert tokenizer is not None
+    other = tmp_path / "other"
+    add_shard(TokenStore(other, np.uint16), "x", ["something else entirely"])
+    with pytest.raises(ValueError, match="does not hold a prefix"):
+        DerivedStore(byte_store, other, tokenizer)
+    with pytest.raises(TokenizerError, match="not a bytes one"):
+        DerivedStore(byte_store, tmp_path / "d", load_tokenizer("bytes"))

@@ -1,0 +1,141 @@
+"""The learned vocabulary of the daemon's ``base`` preset: a byte-level BPE learned once from the
+first text the daemon ingests, then fixed, and the token store re-tokenized with it.
+
+Ingest always writes the byte-level store (``<state>/ingest/tokens``: the ids are the text's
+UTF-8 bytes, so the store is the text itself and needs no vocabulary). When its training
+documents, in commit order, hold ``min_bytes``, ``learn_once`` learns the vocabulary from the
+first ``min_bytes`` of them and writes it atomically (``tokens.tokenizer.save_tokenizer``:
+temporary file, fsync, rename) to ``<state>/vocab/tokenizer.json``; from then on that file is
+read, never learned again, whatever arrives later or however often the daemon restarts.
+``DerivedStore`` then re-tokenizes each byte-level shard once, in commit order, into the store the
+model trains on (``<state>/ingest/tokens-bpe``): one shard per shard, the same documents with
+the same ids, sources, splits and groups, so the windows, validation, replay policy and
+surprise of ``tokens.windows`` work on it unchanged. A shard is written atomically (its index
+last), and how far derivation got is the derived store's document count, so a crash between
+shards resumes where it stopped. Training waits until the vocabulary exists and the derived
+store holds a window; before that, ingest goes on filling the byte-level store.
+
+Why a derived store and not BPE applied as windows are cut: a window is a fixed number of
+tokens, which is a variable number of bytes under BPE, and every reader of the store (the
+supervisor's ring, validation per source, surprise, fresh-tokens of the replay policy) counts
+tokens; encoding at cut time would make each of them encode, and re-encode a document at every
+window boundary. Re-tokenizing once costs one pass of the Rust encoder over each document
+(README, "Model presets": its throughput) and the derived shards' disk space (uint16 ids, about
+half the bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .token_store import PendingDocument, StoredDocument, StoreReader, TokenStore
+from .tokenizer import Tokenizer, TokenizerError, load_tokenizer, save_tokenizer, train_bpe_texts
+
+log = logging.getLogger("crystalline.tokens.learned_vocab")
+
+VOCAB_SIZE = 8192
+MIN_BYTES = 32 * 2**20  # the first 32 MiB of training text the daemon ingests
+# what a derived document keeps of its byte-level one (all but its ids)
+KEPT = (
+    "doc_id",
+    "entry",
+    "source",
+    "split",
+    "content_hash",
+    "simhash",
+    "minhash",
+    "minhash_signature",
+    "group",
+)
+
+
+def vocab_path(state_dir: Path) -> Path:
+    return state_dir / "vocab" / "tokenizer.json"
+
+
+def train_bytes(reader: StoreReader) -> int:
+    """Training text in a byte-level store (its refreshed documents), in bytes."""
+    return sum(d.length for d in reader.documents if d.split == "train")
+
+
+def text_of(reader: StoreReader, doc: StoredDocument, limit: int | None = None) -> str:
+    """A byte-level document's text (its first ``limit`` bytes)."""
+    return reader.tokens(doc)[:limit].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+
+def first_texts(reader: StoreReader, limit: int) -> Iterator[str]:
+    """The training documents' text in commit order, up to ``limit`` bytes (the last one cut)."""
+    left = limit
+    for doc in reader.documents:
+        if left <= 0:
+            return
+        if doc.split == "train" and doc.length:
+            yield text_of(reader, doc, left)
+            left -= min(left, doc.length)
+
+
+def learn_once(
+    byte_store: Path, path: Path, vocab_size: int = VOCAB_SIZE, min_bytes: int = MIN_BYTES
+) -> Tokenizer | None:
+    """The vocabulary at ``path`` if it is there; else, once ``byte_store`` holds ``min_bytes``
+    of training text, the vocabulary learned from the first ``min_bytes`` of it, written
+    atomically to ``path``; None while there is less. A file that cannot be read is an error
+    (TokenizerError naming it), never relearned over."""
+    if path.exists():
+        return load_tokenizer(str(path))
+    reader = StoreReader(byte_store)
+    reader.refresh()
+    have = train_bytes(reader)
+    if have < min_bytes:
+        return None
+    log.info(
+        "learning a %d-token vocabulary from the first %d bytes of %s", vocab_size, min_bytes, byte_store
+    )
+    tokenizer = train_bpe_texts(first_texts(reader, min_bytes), vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, path)
+    log.info("vocabulary of %d tokens written to %s; it stays fixed", tokenizer.vocab_size, path)
+    return tokenizer
+
+
+class DerivedStore:
+    """The store the model trains on, re-tokenized from the byte-level store with the learned
+    vocabulary, one shard per shard in commit order (``step`` adds the next ones)."""
+
+    def __init__(self, byte_store: Path, derived: Path, tokenizer: Tokenizer) -> None:
+        if tokenizer.kind != "bpe":
+            raise TokenizerError(f"a derived store needs a learned vocabulary, not a {tokenizer.kind} one")
+        self.tokenizer = tokenizer
+        self.source, done = StoreReader(byte_store), StoreReader(derived)
+        self.source.refresh()
+        done.refresh()
+        self.count = len(done.documents)  # the byte-level documents derived so far
+        if [d.doc_id for d in done.documents] != [d.doc_id for d in self.source.documents[: self.count]]:
+            raise ValueError(f"{derived} does not hold a prefix of {byte_store}'s documents")
+        self.store = TokenStore(derived, tokenizer.dtype)
+
+    def step(self, max_shards: int = 16) -> int:
+        """Re-tokenize the next byte-level shards not yet derived (at most ``max_shards``);
+        returns how many documents were added."""
+        self.source.refresh()
+        docs = self.source.documents[self.count :]
+        added = 0
+        for _ in range(max_shards):
+            if not docs:
+                break
+            shard = [d for d in docs if d.shard == docs[0].shard]
+            docs = docs[len(shard) :]
+            pending = [
+                PendingDocument(
+                    ids=self.tokenizer.encode(text_of(self.source, d)), **{n: getattr(d, n) for n in KEPT}
+                )
+                for d in shard
+            ]
+            self.store.append(pending)
+            self.count += len(shard)
+            added += len(shard)
+        return added
