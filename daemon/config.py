@@ -77,6 +77,13 @@ class DaemonConfig:
         default=10.0,
         metadata={"help": "a member silent this long is dropped; also every collective's deadline"},
     )
+    cluster_outer_every: int = field(
+        default=0,
+        metadata={
+            "help": "0: allreduce the gradients every step; H: slow links: local steps, and every H "
+            "an outer step averaging the members' change with Nesterov momentum (DiLoCo)"
+        },
+    )
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad value."""
@@ -98,7 +105,11 @@ class DaemonConfig:
         if not self.cluster:
             return None
         return cluster_settings(
-            self.cluster, self.cluster_nodes, self.cluster_address, self.cluster_timeout_s
+            self.cluster,
+            self.cluster_nodes,
+            self.cluster_address,
+            self.cluster_timeout_s,
+            self.cluster_outer_every,
         )
 
 

@@ -331,10 +331,11 @@ class Control:
         self.state = transition(TRAINING, self.state, "training")
 
     def _await_cluster(self, t: Trainer) -> None:
-        """Publish this step's digest, then wait (serving requests) until this member is in the
-        cluster's newest group and holds its state; status ``cluster.state`` says why not."""
+        """The cluster's part after a step (its digest; DiLoCo's outer step), then wait (serving
+        requests) until this member is in the newest group and holds its state; status
+        ``cluster.state`` says why not."""
         assert self.cluster is not None
-        self.cluster.published(t.engine.params(), t.state.step)
+        self.cluster.after_step(t.engine, t.state)
         while not self.stopping and not self.cluster.ready(t.engine, t.state):
             self.state = transition(TRAINING, self.state, "paused")
             self.serve(0.5)

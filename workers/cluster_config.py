@@ -18,6 +18,11 @@ class ClusterSettings:
     min_nodes: int = 1  # a group forms only with at least this many members
     max_nodes: int = 64  # members beyond these wait
     timeout_s: float = 10.0  # a member silent this long is dropped; every collective's deadline
+    # 0: allreduce every step; H: local steps, and every H an outer step (DiLoCo): the members'
+    # mean change since the last outer step, applied with Nesterov momentum (DiLoCo's 0.7, 0.9)
+    outer_every: int = 0
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
 
     @property
     def hosts_store(self) -> bool:
@@ -80,6 +85,7 @@ def cluster_settings(
     nodes: str,
     address: str,
     timeout_s: float,
+    outer_every: int = 0,
 ) -> ClusterSettings:
     """The settings of ``--cluster`` and its companions; ValueError naming the first bad one."""
     host, port = parse_endpoint(endpoint)
@@ -87,4 +93,6 @@ def cluster_settings(
     own = resolve(address, "--cluster-address") if address else route_address(host, port)
     if timeout_s <= 0:
         raise ValueError(f"--cluster-timeout-s must be positive, got {timeout_s}")
-    return ClusterSettings(host, port, own, lo, hi, timeout_s)
+    if outer_every < 0:
+        raise ValueError(f"--cluster-outer-every must be 0 (every step) or positive, got {outer_every}")
+    return ClusterSettings(host, port, own, lo, hi, timeout_s, outer_every)

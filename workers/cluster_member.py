@@ -257,6 +257,10 @@ class ClusterMember:
         # the digests of the last steps, so members can be compared at a step they all passed
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
         self._buffer: np.ndarray | None = None
+        self.outer_done = -1  # the step of the last outer step (DiLoCo)
+        self.local_tokens = 0  # tokens since it
+        self.anchor: np.ndarray | None = None  # DiLoCo: the parameters of the last outer step
+        self.velocity: np.ndarray | None = None  # and the outer momentum
         torch.set_num_threads(1)
         self.membership = Membership(settings, self._info)
 
@@ -340,12 +344,19 @@ class ClusterMember:
         m, v = engine.moments()
         ema = engine.ema()
         parts = [params, m, v] + ([ema] if ema is not None else [])
+        if self.s.outer_every:  # DiLoCo: the anchor and the outer momentum travel too
+            if self.anchor is None or self.velocity is None:
+                self.anchor, self.velocity = params.copy(), np.zeros_like(params)
+            parts += [self.anchor, self.velocity]
         buffer = torch.from_numpy(np.concatenate(parts))
         opts = dist.BroadcastOptions()
         opts.rootRank = source
         self.group.broadcast([buffer], opts).wait()
+        held = buffer.numpy().reshape(len(parts), params.size)
+        if self.s.outer_every:
+            self.anchor, self.velocity = held[-2].copy(), held[-1].copy()
+            self.local_tokens = 0
         if self.rank != source:
-            held = buffer.numpy().reshape(len(parts), params.size)
             engine.load_state(held[0], held[1], held[2], held[3] if ema is not None else None)
             before = st.step
             st.step, st.tokens, st.skipped_steps = (int(x) for x in every[source][:3])
@@ -361,6 +372,9 @@ class ClusterMember:
         when the group broke (nothing of the step is published; the next generation settles)."""
         if self.group is None:
             raise StepAbandoned(f"no cluster group ({self.state})")
+        if self.s.outer_every:  # DiLoCo: local steps; the outer step averages
+            self.local_tokens += tokens
+            return loss_sum, tokens, nbytes
         n = grad.size
         if self._buffer is None or self._buffer.size != n + 3:
             self._buffer = np.zeros(n + 3, dtype=np.float32)
@@ -382,6 +396,46 @@ class ClusterMember:
         self.share = tokens / total if total > 0 else 0.0
         np.divide(buf[:n], np.float32(total), out=grad)
         return float(buf[n + 1]), round(total), round(float(buf[n + 2]))
+
+    def after_step(self, engine: StepEngine, st: TrainerState) -> None:
+        """Between steps: DiLoCo's outer step when one is due, then the digest of what this
+        member serves."""
+        due = self.s.outer_every and st.step > 0 and st.step % self.s.outer_every == 0
+        if due and self.group is not None and self.outer_done != st.step:
+            try:
+                self._outer_step(engine, st.step)
+            except RuntimeError as exc:
+                g = self.group_generation
+                log.warning("outer step %d failed: %s", st.step, str(exc).splitlines()[0][:200])
+                self._drop_group(f"outer step of generation {g} failed; waiting for the next")
+                self.membership.report_failure(g)
+        self.published(engine.params(), st.step)
+
+    def _outer_step(self, engine: StepEngine, step: int) -> None:
+        """The members' token-weighted mean change since the anchor (the pseudo-gradient),
+        applied to the anchor with Nesterov momentum; every member then holds the result."""
+        assert self.anchor is not None and self.velocity is not None
+        params = engine.params()
+        n = params.size
+        buf = np.empty(n + 1, dtype=np.float32)
+        np.subtract(self.anchor, params, out=buf[:n])
+        buf[:n] *= np.float32(self.local_tokens)
+        buf[n] = self.local_tokens
+        started = time.perf_counter()
+        self.group.allreduce([torch.from_numpy(buf)]).wait()
+        self.last_ms = (time.perf_counter() - started) * 1000
+        self.payload_bytes = buf.nbytes
+        self.last_bytes = ring_wire_bytes(buf.nbytes, self.world)
+        total = float(buf[n])
+        self.share = self.local_tokens / total if total > 0 else 0.0
+        delta = buf[:n] / np.float32(total)
+        mu, lr = np.float32(self.s.outer_momentum), np.float32(self.s.outer_lr)
+        self.velocity *= mu
+        self.velocity += delta
+        self.anchor -= lr * (delta + mu * self.velocity)
+        m, v = engine.moments()  # the inner optimizer's state stays each member's own
+        engine.load_state(self.anchor, m, v, engine.ema())
+        self.outer_done, self.local_tokens = step, 0
 
     def published(self, params: np.ndarray, step: int) -> None:
         """After a step: the digest of what this member now serves."""
@@ -405,6 +459,7 @@ class ClusterMember:
             "rank": self.rank if self.group is not None else None,
             "world": self.world if self.group is not None else 0,
             "nodes": {"min": self.s.min_nodes, "max": self.s.max_nodes},
+            "outer_every": self.s.outer_every,
             "reforms": self.reforms,
             "allreduce_payload_bytes": self.payload_bytes,
             "data_share": round(self.share, 4),

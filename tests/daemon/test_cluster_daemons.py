@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _cluster_net import Machines, agree
+from _cluster_net import Machines, agree, digests
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -113,3 +113,22 @@ def test_a_member_cut_off_pauses_and_rejoins(machines: Machines) -> None:
     for i in range(3):
         machines.wait(i, world(3, held + 10), "the member back in the group")
     assert agree(machines, [0, 1, 2]) > held
+
+
+def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) -> None:
+    """DiLoCo (--cluster-outer-every 4): local steps in between, so the members differ there,
+    and after every outer step they hold the same parameters."""
+    rendezvous = port()
+    for i in range(2):
+        # seeds of their own: each member's batches are its own (the first group's broadcast
+        # gives them the same initial parameters)
+        machines.start(i, rendezvous, ("--cluster-outer-every", "4", "--seed", str(i + 1)))
+    for i in range(2):
+        machines.wait(i, world(2, 13), "two members past three outer steps")
+    seen = [digests(machines.status(i)) for i in range(2)]
+    common = set(seen[0]) & set(seen[1])
+    outer = [s for s in common if s % 4 == 0 and s > 0]
+    local = [s for s in common if s % 4]
+    assert outer and local, seen
+    assert all(seen[0][s] == seen[1][s] for s in outer), seen
+    assert all(seen[0][s] != seen[1][s] for s in local), seen  # their own batches in between
