@@ -3,7 +3,7 @@ their exponential moving average (several decays), or periodic short cool-downs:
 loss at equal tokens, side by side in one run.
 
     .venv/bin/python bench/served_weights.py [--steps 1000] [--period 200] [--cooldown 40]
-        [--no-cooldowns] [--json FILE]
+        [--no-cooldowns] [--optimizer adamw|muon] [--json FILE]
 
 The daemon's model and recipe (embed 128, 4 layers, context 64, batch 48, AdamW 1e-3, warmup
 100) on tiny Shakespeare (``../shared/data/tinyshakespeare.txt``, bytes, last 10% held out;
@@ -62,10 +62,12 @@ def main() -> int:
     parser.add_argument("--cooldown", type=int, default=40)
     parser.add_argument("--eval-windows", type=int, default=400)
     parser.add_argument("--no-cooldowns", action="store_true", help="raw and EMAs only (longer runs)")
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"),
+                        help="muon: Muon 0.02 on the hidden matrices (the small preset)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     source = [SHAKESPEARE] if SHAKESPEARE.exists() else [SAMPLES]
-    cfg = dataclasses.replace(TrainConfig(), batch_size=48, schedule="stable")
+    cfg = dataclasses.replace(TrainConfig(), batch_size=48, schedule="stable", optimizer=args.optimizer)
     adamw = cfg.adamw_config()
     tok = ByteTokenizer()
     split = load_split(source, tok, cfg.val_fraction)
@@ -82,7 +84,8 @@ def main() -> int:
         return engine
 
     print(f"data: {', '.join(map(str, source))} ({len(split.train):,} train tokens, {len(val)} val windows)")
-    print(f"model {model.num_params:,} parameters, batch {cfg.batch_size}, lr {cfg.learning_rate} "
+    print(f"model {model.num_params:,} parameters, {cfg.optimizer}, batch {cfg.batch_size}, "
+          f"lr {cfg.learning_rate} "
           f"(min {cfg.min_lr}), warmup {cfg.warmup_steps}, {args.steps} steps, cool-down "
           f"{args.cooldown} of every {args.period}, load {os.getloadavg()[0]:.1f}")  # fmt: skip
     evals = list(range(args.period, args.steps + 1, args.period))
