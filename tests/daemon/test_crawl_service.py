@@ -1,0 +1,76 @@
+"""The daemon's crawl service on a real frontier and a local site: add-url starts the crawl
+of a daemon started without start URLs, pause and resume show in its state, stop ends the
+runner and closes the crawler; with crawling off, add-url is refused and the state is off."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from _local_site import prose, start_site
+from aiohttp import web
+
+from crystalline.crawler.settings import CrawlSettings
+from crystalline.daemon.crawl_service import CrawlOff, CrawlService
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def page(_request: web.Request) -> web.Response:
+    return web.Response(text=f"<html><body><p>{prose(1)}</p></body></html>", content_type="text/html")
+
+
+def settings(tmp_path: Path) -> CrawlSettings:
+    return replace(CrawlSettings(), data_dir=tmp_path / "crawl", allow_private_addresses=True, min_delay=0.0)
+
+
+async def until(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {timeout_s} s") from None
+
+
+def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        site, base = await start_site([web.get("/a", page)])
+        crawl = CrawlService(settings(tmp_path), tmp_path, enabled=True)
+        try:
+            assert crawl.stats()["state"] == "idle" and crawl.task is None  # no start URLs: nothing runs
+            assert crawl.add_url(f"{base}/a") is True
+            assert crawl.task is not None and crawl.add_url(f"{base}/a") is False  # known already
+            await until("page fetched", lambda: crawl.stats().get("fetched", 0) >= 1)
+            assert crawl.stats()["state"] == "running" and "error" not in crawl.stats()
+            assert list((tmp_path / "spool").glob("*.json")), "the page did not reach the spool"
+
+            crawl.pause()
+            assert crawl.stats()["state"] == "paused"
+            crawl.resume()
+            assert crawl.stats()["state"] == "running"
+            with pytest.raises(ValueError):
+                crawl.add_url("ftp://example.org/")
+        finally:
+            await crawl.stop(15.0)
+            await site.cleanup()
+        assert crawl.stats()["state"] == "stopped" and crawl.runner.restarts == 0
+
+    asyncio.run(scenario())
+
+
+def test_crawling_off_refuses_add_url(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        crawl = CrawlService(settings(tmp_path), tmp_path, enabled=False)
+        with pytest.raises(CrawlOff, match="crawling is off"):
+            crawl.add_url("https://example.org/")
+        crawl.start()
+        assert crawl.task is None and crawl.stats()["state"] == "off"
+        await crawl.stop(1.0)
+
+    asyncio.run(scenario())
