@@ -74,6 +74,24 @@ def ring(workers: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cluster(k: dict[str, Any] | None, digest: str | None) -> list[str]:
+    """``--cluster``: this member's place, then one line per member ([] without a cluster)."""
+    if not k:
+        return []
+    mode = f"DiLoCo every {k['outer_every']}" if k.get("outer_every") else "allreduce every step"
+    lines = [
+        f"cluster      {k.get('state')}  generation {k.get('generation', '-')}  rank {k.get('rank', '-')} of "
+        f"{k.get('world', 0)}  at {k.get('rendezvous')}  {mode}  digest {digest or '-'}"
+    ]
+    for m in k.get("members") or []:
+        lines.append(
+            f"  {m.get('address', '?'):<15} rank {m.get('rank', '-')}  step {m.get('step', '-')}  "
+            f"allreduce {_fmt(m.get('allreduce_ms'), '.1f')} ms {m.get('allreduce_bytes', '-')} B  "
+            f"share {_fmt(m.get('data_share'), '.2f')}  {m.get('state', '')}"
+        )
+    return lines
+
+
 def summary(data: dict[str, Any]) -> str:
     t = data.get("training") or {}
     c = data.get("crawler") or {}
@@ -121,6 +139,7 @@ def summary(data: dict[str, Any]) -> str:
         shown = "; ".join(f"{b.get('name')}: {b.get('reason')}" for b in i.get("blocked_files") or [])
         lines.append(f"  blocked    {i['blocked']}  {shown}".rstrip())
     lines.append(f"ring         slots {r.get('slots', '-')}  ready {r.get('ready', '-')}")
+    lines += cluster(data.get("cluster"), t.get("params_digest"))
     h = data.get("http") or {}
     if h.get("url") or h.get("error"):
         lines.append(f"dashboard    {h.get('url') or 'off: ' + str(h.get('error'))}")

@@ -85,6 +85,21 @@ def test_summary_names_dropped_files_the_daemon_may_not_move() -> None:
     assert "blocked" not in summary(data())
 
 
+def test_summary_shows_the_cluster_and_its_members() -> None:
+    d = data()
+    d["training"]["params_digest"] = "0123456789abcdef"
+    member = {"address": "10.0.0.2", "rank": 1, "step": 40, "state": "training", "allreduce_ms": 2.5,
+              "allreduce_bytes": 185018, "data_share": 0.5}  # fmt: skip
+    d["cluster"] = {"state": "training", "generation": 3, "rank": 1, "world": 2,
+                    "rendezvous": "10.0.0.1:29500", "outer_every": 0,
+                    "members": [{**member, "address": "10.0.0.1", "rank": 0}, member]}  # fmt: skip
+    lines = summary(d).splitlines()
+    head = next(x for x in lines if x.startswith("cluster"))
+    assert "generation 3  rank 1 of 2  at 10.0.0.1:29500" in head and "digest 0123456789abcdef" in head
+    assert "  10.0.0.2        rank 1  step 40  allreduce 2.5 ms 185018 B  share 0.50  training" in lines
+    assert not any(x.startswith("cluster") for x in summary(data()).splitlines())
+
+
 def test_summary_gives_bits_per_byte_and_perplexity_beside_each_loss() -> None:
     d = data(bpb=3.6067, perplexity=12.18, val_bpb=3.7510, val_perplexity=13.46)
     d["training"].update(val_loss_raw=2.7, val_bpb_raw=3.8953)  # the EMA serves: the raw weights too
