@@ -146,12 +146,26 @@ function render(s) {
     ["validation perplexity", num(t.val_perplexity, 2)],
     ["learning rate", t.lr === undefined ? "-" : Number(t.lr).toExponential(2)],
     ["generation CPU", g.cpu_share === undefined ? "-" : `${(g.cpu_share * 100).toFixed(0)} %`],
+    ...clusterCards(s.cluster, t.params_digest),
   ]);
   renderWorkers(t.workers || []);
   renderCrawler(s.crawler || {});
   renderIngest(s.ingest || {});
   renderCheckpoints(s);
   drawCharts();
+}
+
+// --cluster: this member's place and every member's step and allreduce (none without a cluster)
+function clusterCards(k, digest) {
+  if (!k) return [];
+  const members = (k.members || []).map(
+    (m) => `${m.address} r${m.rank} step ${m.step} ${num(m.allreduce_ms, 1)} ms ${num(m.allreduce_bytes)} B`,
+  );
+  return [
+    ["cluster", `${k.state} (rank ${k.rank ?? "-"} of ${k.world}, generation ${k.generation ?? "-"})`],
+    ["members", members.join("; ") || "-"],
+    ["params digest", digest || "-"],
+  ];
 }
 
 function renderWorkers(workers) {
