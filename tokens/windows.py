@@ -375,6 +375,17 @@ class StoreWindows:
                 raise StoreBehind(
                     f"it was cut from {documents} documents, the token store shows {self.visible()}"
                 )
+        stream, starts = self._cut(step, documents)
+        for row, start in enumerate(starts):
+            stream.gather(self.reader, int(start), out[row])
+        return documents
+
+    def starts(self, step: int, documents: int) -> np.ndarray:
+        """Where the rows of ``step``'s batch start in the stream the first ``documents``
+        documents train on (the train documents end to end, in commit order)."""
+        return self._cut(step, documents)[1]
+
+    def _cut(self, step: int, documents: int) -> tuple[_Stream, np.ndarray]:
         found = self._window(documents)
         if found is None:
             raise NotEnoughTokens(
@@ -392,9 +403,7 @@ class StoreWindows:
         starts = window_starts(
             self.seed, step, total, self.span, self.batch_size, fresh_rows, self.fresh_tokens, replay
         )
-        for row, start in enumerate(starts):
-            stream.gather(self.reader, int(start), out[row])
-        return documents
+        return stream, starts
 
     def batch(self, step: int, documents: int | None = None) -> np.ndarray:
         """The batch of ``step`` as a new array (see :meth:`fill`)."""
