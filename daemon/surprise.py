@@ -35,6 +35,7 @@ BUDGET_S = 0.05  # scoring time per step at most (about a tenth of a step of the
 FLUSH_S = 2.0  # surprise values are written at most this often
 REGISTRY_TIMEOUT_S = 0.5  # a registry busy for longer: the values wait for the next flush
 MAX_PENDING = 4096  # values not yet written (a registry down for long): the oldest are dropped
+REFRESH_S = 0.25  # the store's shard list is read again at most this often (the ring's: 1 s)
 
 
 def registry_opener(database: str | None, path: Path) -> Callable[[], Registry]:
@@ -73,6 +74,7 @@ class SurpriseMeter:
         self.measured = 0
         self.missed = 0
         self.error: str | None = None  # the registry's last failure, until a write works
+        self.refreshed_at = float("-inf")
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -94,8 +96,11 @@ class SurpriseMeter:
         elif self.next < trained_through:
             self.missed += trained_through - self.next  # in a batch before their turn: never scored
             self.next = trained_through
-        deadline = time.monotonic() + budget_s
-        self.reader.refresh()
+        now = time.monotonic()
+        deadline = now + budget_s
+        if now - self.refreshed_at >= REFRESH_S:
+            self.refreshed_at = now
+            self.reader.refresh()
         docs = self.reader.documents
         if self.next < len(docs):
             params = served_params(trainer)
