@@ -47,6 +47,7 @@ from ..descriptors import (
 )
 from ..shm.segments import SharedMemoryFull
 from ..states import TRAINING, transition
+from ..tokens.learned_vocab import vocab_path
 from ..workers.batch_ring import Ring
 from ..workers.bits_per_byte import beside
 from ..workers.checkpoint import STATE, list_checkpoints
@@ -147,6 +148,7 @@ class Control:
         self.last_checkpoint_at = time.monotonic()
         self.checkpoint_error: str | None = None  # the last periodic checkpoint failed (full disk)
         self.error: str | None = None  # training cannot start: /dev/shm or descriptors run out
+        self.waiting_for: str | None = None  # "vocabulary": the learned one does not exist yet
         self.last_status = 0.0
         self.losses: deque[float] = deque(maxlen=50)
         self.last_bpb = math.nan  # bits per byte of the last step's batch
@@ -156,7 +158,7 @@ class Control:
         state_dir = Path(spec["state_dir"])
         opener = registry_opener(spec.get("database"), state_dir / "ingest" / "registry.sqlite3")
         self.surprise = SurpriseMeter(
-            store_dir(state_dir), opener, self.config.seq_len, self.config.surprise_windows
+            store_dir(state_dir, self.config), opener, self.config.seq_len, self.config.surprise_windows
         )
 
     # ---- requests -------------------------------------------------------------------------
@@ -224,6 +226,8 @@ class Control:
         snap: dict[str, Any] = {"state": self.state, "pid": os.getpid(), "paused": self.paused}
         if self.error:
             snap["error"] = self.error
+        if self.waiting_for:
+            snap["waiting_for"] = self.waiting_for
         if self.cluster is not None:
             snap["cluster"] = self.cluster.status()
             snap["params_digest"] = self.cluster.digest
@@ -358,7 +362,8 @@ class Control:
         checked before it starts, the store readers get what is left once its workers are
         connected (SharedMemoryFull or DescriptorLimitTooLow when something does not fit)."""
         data = self.data
-        check_control_limit(self.config.workers, data.readers)
+        readers = data.readers + 1  # and the surprise meter's
+        check_control_limit(self.config.workers, readers)
         resume = any(self.checkpoint_dir.glob("step-*"))
         # the supervisor's, on the channel's context; SharedMemoryFull when /dev/shm has no room
         ring = data.open_ring(self.channel.ctx)
@@ -371,11 +376,13 @@ class Control:
             exchange=self.cluster,
         )
         try:
-            cap = shard_map_cap(data.readers)
+            self.surprise.open()  # its registry connection counts among the descriptors in use
+            cap = shard_map_cap(readers)
         except DescriptorLimitTooLow:
             trainer.close()
             raise
         data.limit_open_shards(cap)
+        self.surprise.reader.max_open_shards = cap
         self.last_checkpoint_step = trainer.state.step if resume else None
         if resume:  # the data the checkpoint records, held against the store as it is now
             warning = data.resumed_from(
@@ -386,6 +393,19 @@ class Control:
                 trainer.checkpoint_warnings.append(warning)
         log.info("open-files limit %d: up to %d shard maps per store reader", soft_limit(), cap)
         return trainer
+
+    def _wait_for_vocabulary(self) -> bool:
+        """Under the learned vocabulary (the base preset), wait until the supervisor has learned
+        it: the model's size and the ring's depend on it (False if stopped first)."""
+        vocab = vocab_path(Path(self.spec["state_dir"]))
+        if self.config.tokenizer != str(vocab):
+            return True
+        while not vocab.exists() and not self.stopping:
+            self.waiting_for = "vocabulary"
+            self.state = transition(TRAINING, self.state, "waiting for data")
+            self.serve(1.0)
+        self.waiting_for = None
+        return not self.stopping
 
     def _wait_for_resources(self) -> bool:
         """Start the trainer, reporting and retrying while a resource runs short; False if
@@ -412,7 +432,7 @@ class Control:
         """Start the engine (its workers say hello now, so the daemon can report ready), then
         train; the first step waits in ``_between_steps`` until the store holds data."""
         self.channel.send(CP.HELLO, pid=os.getpid())
-        if not self._wait_for_resources():
+        if not self._wait_for_vocabulary() or not self._wait_for_resources():
             self.state = transition(TRAINING, self.state, "stopped")
             self.publish(force=True)
             return 0

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ..tokens.learned_vocab import derived_dir, vocab_path
 from ..tokens.tokenizer import load_tokenizer
 from ..tokens.windows import SourceValidation, StoreValidation, StoreWindows
 from ..workers.train_config import TrainConfig
@@ -23,8 +24,16 @@ RING_SLOTS = 3
 BATCH_TIMEOUT_S = 60.0  # the one-process engine's wait for a slot (the process engine has its own)
 
 
-def store_dir(state_dir: Path) -> Path:
+def byte_store_dir(state_dir: Path) -> Path:
+    """The store ingest writes (byte-level under a learned vocabulary: tokens/learned_vocab.py)."""
     return state_dir / "ingest" / "tokens"
+
+
+def store_dir(state_dir: Path, config: TrainConfig) -> Path:
+    """The store the model trains on: ingest's, or under the learned vocabulary (its tokenizer
+    is the state directory's vocabulary file) the one derived from it."""
+    learned = config.tokenizer == str(vocab_path(state_dir))
+    return derived_dir(state_dir) if learned else byte_store_dir(state_dir)
 
 
 class StoreTrainingData:
@@ -135,4 +144,5 @@ class StoreTrainingData:
 
 def store_training_data(spec: dict[str, Any]) -> StoreTrainingData:
     state_dir = Path(spec["state_dir"])
-    return StoreTrainingData(store_dir(state_dir), TrainConfig(**spec["train"]), spec["ring_endpoint"])
+    config = TrainConfig(**spec["train"])
+    return StoreTrainingData(store_dir(state_dir, config), config, spec["ring_endpoint"])

@@ -38,7 +38,8 @@ from .notify import Notifier
 from .resource_tracker import stop_resource_tracker
 from .ring_service import RingServer, ring_endpoint
 from .status_server import StatusServer
-from .store_data import store_dir
+from .store_data import byte_store_dir, store_dir
+from .vocab_service import VocabService
 
 log = logging.getLogger("crystalline.supervisor")
 
@@ -69,8 +70,15 @@ class Supervisor:
             enabled=not settings.daemon.no_crawl,
             registry_database=settings.ingest.database,  # ingest's verdicts come back from its registry
         )
+        # under a learned vocabulary ingest writes bytes; the vocabulary service learns it from
+        # them once and derives the store the model trains on (daemon/vocab_service.py)
+        learned = store_dir(settings.state_dir, settings.train) != byte_store_dir(settings.state_dir)
+        self.vocab = VocabService(settings.state_dir, settings.train) if learned else None
         self.ingest = IngestService(
-            settings.ingest, settings.state_dir, settings.inbox, settings.train.tokenizer
+            settings.ingest,
+            settings.state_dir,
+            settings.inbox,
+            "bytes" if learned else settings.train.tokenizer,
         )
         self.ring: RingServer | None = None  # the batch ring, lent to control (ring_service.py)
         self._lock: TextIO | None = None
@@ -163,6 +171,8 @@ class Supervisor:
             "ingest": self.ingest.stats(),
             "ring": c.get("ring", {"slots": 0, "ready": 0}),
         }
+        if self.vocab is not None:  # the learned vocabulary (the base preset)
+            data["vocabulary"] = self.vocab.stats()
         if c.get("cluster"):  # --cluster: the members, their steps and allreduces
             data["cluster"] = c["cluster"]
         if self.status_server is not None:
@@ -321,9 +331,13 @@ class Supervisor:
             log.info("stopped")
             return 0
         # the batch ring is the supervisor's: created at control's HELLO, kept across its restarts
-        self.ring = RingServer(s.state_dir, store_dir(s.state_dir), s.train, ring_endpoint(s.runtime_dir))
+        self.ring = RingServer(
+            s.state_dir, store_dir(s.state_dir, s.train), s.train, ring_endpoint(s.runtime_dir)
+        )
         control_task = asyncio.create_task(self.control_runner.run(), name="control")
         ingest_task = self.ingest.start()
+        if self.vocab is not None:
+            self.vocab.start()
         for task in (control_task, ingest_task):
             task.add_done_callback(_log_failure)
         if s.crawl.start_url:
@@ -334,10 +348,13 @@ class Supervisor:
         try:
             while not self.should_exit.is_set():
                 now = time.monotonic()
-                if (
-                    not self.ready_sent
-                    and len(self.control.status.get("workers", [])) == s.train.workers
-                    and all(w.get("state") != "restarting" for w in self.control.status["workers"])
+                if not self.ready_sent and (
+                    (
+                        len(self.control.status.get("workers", [])) == s.train.workers
+                        and all(w.get("state") != "restarting" for w in self.control.status["workers"])
+                    )
+                    # the model needs its vocabulary: its workers start once it is learned
+                    or self.control.status.get("waiting_for") == "vocabulary"
                 ):
                     self.notifier.ready(self._status_line())
                     self.ready_sent = True
@@ -360,6 +377,8 @@ class Supervisor:
             grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
             await self.crawl.stop(15.0)  # the fetches in hand end, then the crawler closes
             await self.ingest.stop(15.0)  # the batch in hand finishes (durably)
+            if self.vocab is not None:
+                await self.vocab.stop(15.0)
             await self.control.stop(grace)
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(control_task, 5.0)

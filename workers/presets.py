@@ -4,7 +4,8 @@ tree (the preset's values sit below a file's, the environment's and the flags', 
 
 - ``small``: the 0.834M-parameter byte model the daemon has always trained (embed 128, 4
   layers, context 64) with Muon on its hidden matrices (README, "Time to quality");
-- ``base``: 6 layers, 384 wide, context 256, Muon.
+- ``base``: 6 layers, 384 wide, context 256, Muon, on the vocabulary the daemon learns from
+  the first text it ingests (``tokenizer = "learned"``: tokens/learned_vocab.py).
 
 ``crystalline run`` resolves ``small`` by default; ``crystalline train`` none (its keys' own
 defaults) unless asked. A state directory keeps what it was started with: when it holds a
@@ -39,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "muon_lr": 0.02,
     },
     "base": {
-        "tokenizer": "bytes",
+        "tokenizer": "learned",
         "embed_dim": 384,
         "num_layers": 6,
         "num_heads": 6,

@@ -30,7 +30,11 @@ class TrainConfig:
             "presets": PRESETS,
         },
     )
-    tokenizer: str = "bytes"  # 'bytes' or a tokenizer file from vocab-build
+    tokenizer: str = "bytes"  # 'bytes', a tokenizer file from vocab-build, or (the daemon) learned
+    # tokenizer = "learned" (the base preset): a byte-level BPE learned once from the first
+    # text the daemon ingests, then fixed (tokens/learned_vocab.py)
+    learned_vocab: int = 8192  # the learned vocabulary's size
+    learned_vocab_bytes: int = 32 * 2**20  # the training text it is learned from, in bytes
     embed_dim: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -152,6 +156,10 @@ class TrainConfig:
                 raise ValueError(f"{flag(name)} must be in [0, 1], got {getattr(self, name)}")
         if self.source_cap == 0.0:
             raise ValueError("source-cap must be above 0 (1: no cap)")
+        if not 257 <= self.learned_vocab <= 65536:
+            raise ValueError(f"learned-vocab must be in [257, 65536], got {self.learned_vocab}")
+        if self.learned_vocab_bytes < 1:
+            raise ValueError(f"learned-vocab-bytes must be at least 1, got {self.learned_vocab_bytes}")
         if self.fresh_tokens < 1:
             raise ValueError(f"fresh-tokens must be at least 1, got {self.fresh_tokens}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -187,6 +187,11 @@ class Trainer:
             )
         if existing is None and resume:
             raise TrainingError(f"--resume given but {checkpoint_dir} holds no checkpoint")
+        if config.tokenizer == "learned":
+            raise TrainingError(
+                "tokenizer 'learned' is the daemon's (the vocabulary it learns in its state directory); "
+                "crystalline train takes bytes or a file from vocab-build"
+            )
         tokenizer = load_tokenizer(config.tokenizer)
         if existing is not None:
             saved = tokenizer_from_json(existing.tokenizer_json)

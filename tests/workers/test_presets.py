@@ -20,11 +20,15 @@ from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import Trainer, TrainingError
 
 
-def run_tree(argv: list[str], env: dict[str, str] | None = None) -> Resolved:
-    """`crystalline run`'s settings as `crystalline config` resolves them."""
+def parse_run(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     daemon_config.add_arguments(parser)
-    return daemon_config.resolve_tree(parser.parse_args(argv), env or {})
+    return parser.parse_args(argv)
+
+
+def run_tree(argv: list[str], env: dict[str, str] | None = None) -> Resolved:
+    """`crystalline run`'s settings as `crystalline config` resolves them."""
+    return daemon_config.resolve_tree(parse_run(argv), env or {})
 
 
 def source(resolved: Resolved, name: str) -> str:
@@ -73,9 +77,18 @@ def test_crystalline_train_has_no_preset_unless_asked() -> None:
     assert asked.tables["train"].optimizer == "muon"
 
 
+def test_crystalline_train_refuses_the_daemons_learned_vocabulary(tmp_path: Path, corpus_file: Path) -> None:
+    with pytest.raises(TrainingError, match="tokenizer 'learned' is the daemon's"):
+        Trainer([corpus_file], tmp_path / "ckpt", TrainConfig(preset="base", tokenizer="learned"))
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_the_base_preset_is_about_ten_million_parameters(tmp_path: Path) -> None:
     train = run_tree(["--state-dir", str(tmp_path), "--preset", "base"]).tables["train"]
-    model = GPT(train.model_config(8192))  # the learned vocabulary's size
+    assert (train.tokenizer, train.learned_vocab) == ("learned", 8192)
+    settings = daemon_config.resolve(parse_run(["--state-dir", str(tmp_path), "--preset", "base"]), {})
+    assert settings.train.tokenizer == str(tmp_path.absolute() / "vocab" / "tokenizer.json")
+    model = GPT(train.model_config(train.learned_vocab))
     non_embedding = model.num_params - 8192 * 384 - 256 * 384
     assert 10_000_000 < non_embedding < 11_000_000
     assert 13_000_000 < model.num_params < 14_500_000
@@ -91,7 +104,11 @@ def preset_config(tmp_path: Path, argv: list[str], **overrides: Any) -> TrainCon
 
 @pytest.mark.parametrize(
     "argv",
-    [["--preset", "small"], ["--preset", "base", "--seq-len", "32", "--embed-dim", "96"]],
+    # base's vocabulary is the daemon's, learned in its state directory (test_learned_vocab.py)
+    [
+        ["--preset", "small"],
+        ["--preset", "base", "--seq-len", "32", "--embed-dim", "96", "--tokenizer", "bytes"],
+    ],
     ids=["small", "base-narrow"],
 )
 def test_presets_train_a_few_steps_through_the_engine(
@@ -132,7 +149,7 @@ def test_a_state_dir_from_before_presets_resumes_as_small_with_adamw(
 
 
 def test_a_base_state_dir_stays_base(tmp_path: Path, corpus_file: Path) -> None:
-    narrow = ["--preset", "base", "--seq-len", "32", "--embed-dim", "96"]
+    narrow = ["--preset", "base", "--seq-len", "32", "--embed-dim", "96", "--tokenizer", "bytes"]
     config = preset_config(tmp_path, narrow, max_steps=1)
     Trainer([corpus_file], tmp_path / "state" / "checkpoints", config).run()
     resolved = run_tree(["--state-dir", str(tmp_path / "state")])  # the daemon's default is small

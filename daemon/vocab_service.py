@@ -1,0 +1,78 @@
+"""The learned vocabulary's service in the supervisor ([train] tokenizer = "learned", the base
+preset): until the vocabulary exists, learn it once the byte-level store holds enough training
+text; then keep the store the model trains on derived from the byte-level one
+(tokens/learned_vocab.py). Both run in a thread, every ``POLL_S`` seconds, never in the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..tokens.learned_vocab import DerivedStore, derived_dir, learn_once, vocab_path
+from ..workers.train_config import TrainConfig
+from .store_data import byte_store_dir
+
+log = logging.getLogger("crystalline.vocab")
+
+POLL_S = 2.0
+
+
+class VocabService:
+    def __init__(self, state_dir: Path, config: TrainConfig) -> None:
+        self.byte_store = byte_store_dir(state_dir)
+        self.path = vocab_path(state_dir)
+        self.derived_dir = derived_dir(state_dir)
+        self.vocab_size = config.learned_vocab
+        self.min_bytes = config.learned_vocab_bytes
+        self.derived: DerivedStore | None = None
+        self.error: str | None = None
+        self.stop_event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def _step(self) -> None:
+        if self.derived is None:
+            tokenizer = learn_once(self.byte_store, self.path, self.vocab_size, self.min_bytes)
+            if tokenizer is None:
+                return
+            self.derived = DerivedStore(self.byte_store, self.derived_dir, tokenizer)
+        self.derived.step()
+
+    async def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                await asyncio.to_thread(self._step)
+                self.error = None
+            except (OSError, ValueError) as exc:  # TokenizerError is a ValueError
+                if str(exc) != self.error:
+                    log.error("learned vocabulary: %s; trying again every %.0f s", exc, POLL_S)
+                self.error = str(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), POLL_S)
+
+    def start(self) -> asyncio.Task[None]:
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name="vocabulary")
+        return self.task
+
+    async def stop(self, timeout_s: float) -> None:
+        """No new pass after this; the pass in hand (a shard, or the learning) finishes within
+        ``timeout_s`` or is left to its thread (a shard is written atomically)."""
+        self.stop_event.set()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout_s)
+
+    def stats(self) -> dict[str, Any]:
+        """Status ``vocabulary``: learned or not, its size, the documents derived."""
+        out: dict[str, Any] = {"path": str(self.path), "learned": self.derived is not None}
+        if self.derived is None:
+            out["learns_from_bytes"] = self.min_bytes
+        else:
+            out["vocab_size"] = self.derived.tokenizer.vocab_size
+            out["derived_documents"] = self.derived.count
+        if self.error:
+            out["error"] = self.error
+        return out
