@@ -4,6 +4,7 @@ for it and then trains on BPE windows; a restart reads the same vocabulary, neve
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -24,29 +25,17 @@ LEARNED = ["--preset", "base", "--learned-vocab", "300", "--learned-vocab-bytes"
            "--eval-interval", "2", "--eval-windows", "4", "--checkpoint-interval-s", "2"]  # fmt: skip
 
 
-def status(root: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-    reply = request(root / "run" / "crystalline.sock", {"cmd": "status"})
-    assert reply["ok"], reply
-    data: dict[str, Any] = reply["data"]
-    return data
-
-
-def wait_until(
-    root: Path, proc: subprocess.Popen[bytes], ok: Any, what: str, timeout_s: float = 300
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    data: dict[str, Any] = {}
-    while True:
-        try:
-            data = status(root, proc)
-        except OSError:
-            pass  # not listening yet
-        else:
-            if ok(data):
-                return data
-        assert time.monotonic() < deadline, f"{what}: {data.get('vocabulary')} {data.get('training')}"
+def wait_until(root: Path, proc: subprocess.Popen[bytes], ok: Any, what: str) -> dict[str, Any]:
+    """The daemon's status once ``ok`` holds of it (within 300 s)."""
+    deadline, seen = time.monotonic() + 300, None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        with contextlib.suppress(OSError):  # not listening yet
+            seen = request(root / "run" / "crystalline.sock", {"cmd": "status"}).get("data")
+        if seen and ok(seen):
+            return dict(seen)
         time.sleep(0.3)
+    raise AssertionError(f"{what}: {seen}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
