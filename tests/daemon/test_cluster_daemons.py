@@ -132,3 +132,21 @@ def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) ->
     assert outer and local, seen
     assert all(seen[0][s] == seen[1][s] for s in outer), seen
     assert all(seen[0][s] != seen[1][s] for s in local), seen  # their own batches in between
+
+
+def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(machines: Machines) -> None:
+    """The store lives in the hosting member: while it is gone the others pause and say so;
+    restarted (from an older checkpoint or none) it is sent the newest state."""
+    rendezvous = port()
+    for i in range(3):
+        machines.start(i, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3), "three members training")
+    machines.kill(0)
+    for i in (1, 2):
+        machines.wait(i, lambda s: "cut off" in s["cluster"]["state"], "paused without the host", 60)
+    held = max(machines.status(i)["training"]["step"] for i in (1, 2))
+    machines.start(0, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3, held + 5), "the three together again")
+    assert agree(machines, [0, 1, 2]) > held
