@@ -1,0 +1,122 @@
+"""The cluster's allreduce on its own: two real ClusterMembers (gloo over a TCPStore on loopback
+addresses), each with a one-process engine, in two threads of this process. Local batches of
+different sizes make one step of the global batch; a non-finite gradient on one member makes
+both skip."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from crystalline.workers.cluster_config import ClusterSettings
+from crystalline.workers.engine import LocalEngine, StepOutcome
+from crystalline.workers.model import GPT, init_params
+from crystalline.workers.optimizer import AdamWConfig
+from crystalline.workers.params import ModelConfig
+
+pytest.importorskip("torch")
+from crystalline.workers.cluster_member import ClusterMember
+
+pytestmark = pytest.mark.timeout(300)
+
+CFG = ModelConfig(vocab_size=32, seq_len=8, embed_dim=16, num_layers=1, num_heads=2)
+
+
+@dataclass
+class State:
+    step: int = 0
+    tokens: int = 0
+    skipped_steps: int = 0
+
+
+def batch(seed: int, count: int) -> np.ndarray:
+    return (
+        np.random.default_rng(seed)
+        .integers(0, CFG.vocab_size, size=(count, CFG.seq_len + 1))
+        .astype(np.uint16)
+    )
+
+
+def step_together(
+    sources: list[Callable[[int], np.ndarray]], poisoned: int | None = None
+) -> tuple[list[StepOutcome], list[np.ndarray], list[np.ndarray]]:
+    """One step on each member, in threads; (outcomes, published parameters, the gradients the
+    updates used). ``poisoned``:
+    that member's weights turn to NaN after the group formed (its gradient is not finite)."""
+    port = random.randrange(20000, 30000)
+    members = [
+        ClusterMember(ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 2, 2, 10.0))
+        for i in range(len(sources))
+    ]
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    outcomes: list[StepOutcome | None] = [None] * len(sources)
+    published: list[np.ndarray | None] = [None] * len(sources)
+    gradients: list[np.ndarray | None] = [None] * len(sources)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            engine = LocalEngine(model, AdamWConfig(warmup_steps=0), sources[i], exchange=members[i])
+            engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+            st = State()
+            for _ in range(600):  # 60 s
+                if members[i].ready(engine, st):
+                    break
+                threading.Event().wait(0.1)
+            if i == poisoned:
+                engine.load_state(np.full_like(params, np.nan), np.zeros_like(params), np.zeros_like(params))
+            outcomes[i] = engine.step(0, 1e-2)
+            published[i] = engine.params().copy()
+            gradients[i] = engine._grad.copy()  # what the exchange left: the global batch's
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sources))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        for m in reversed(members):  # the host (member 0) last: it holds the store
+            m.close()
+    assert not errors, errors
+    assert all(o is not None for o in outcomes) and all(p is not None for p in published)
+    return (
+        [o for o in outcomes if o is not None],
+        [p for p in published if p is not None],
+        [g for g in gradients if g is not None],
+    )
+
+
+def test_local_batches_of_different_sizes_make_one_step_of_the_global_batch() -> None:
+    a, b = batch(1, 3), batch(2, 5)
+    outcomes, published, gradients = step_together([lambda _s: a, lambda _s: b])
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    alone = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: np.concatenate([a, b]))
+    alone.load_state(params, np.zeros_like(params), np.zeros_like(params))
+    whole = np.zeros_like(params)  # the gradient of the mean loss over both batches together
+    model.loss_and_grad(params, np.concatenate([a, b]), whole)
+    reference = alone.step(0, 1e-2)
+    assert published[0].tobytes() == published[1].tobytes()  # every member publishes the same
+    assert gradients[0].tobytes() == gradients[1].tobytes()
+    np.testing.assert_allclose(gradients[0], whole, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(published[0], alone.params(), atol=1e-5)  # Adam: tiny g, any sign
+    for o in outcomes:
+        assert o.tokens == reference.tokens == 8 * CFG.seq_len  # the global batch's tokens
+        assert o.loss_sum == pytest.approx(reference.loss_sum, rel=1e-5)
+
+
+def test_a_non_finite_gradient_on_one_member_skips_the_step_on_both() -> None:
+    good = batch(3, 4)
+    outcomes, published, _ = step_together([lambda _s: good, lambda _s: good], poisoned=1)
+    assert [o.applied for o in outcomes] == [False, False]
+    params = init_params(GPT(CFG).table, 0)
+    assert published[0].tobytes() == params.tobytes()  # the healthy member kept its weights
