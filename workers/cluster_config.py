@@ -75,9 +75,12 @@ def route_address(host: str, port: int) -> str:
     """The local address this machine reaches ``host`` from (no packet is sent: a UDP connect
     only picks the route)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect((host, port))
-        return str(sock.getsockname()[0])
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port))
+            return str(sock.getsockname()[0])
+    except OSError as exc:
+        raise ValueError(f"--cluster: no route to {host} ({exc}); give --cluster-address") from None
 
 
 def cluster_settings(
