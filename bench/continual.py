@@ -15,10 +15,10 @@ under the current weights).
 From the end of phase A the run forks: the replay policy (``--fresh-share``, no cap), the
 same with ``--source-cap``, and replay off (``fresh-share 1``: every row from B, the newest
 tokens), each for ``--b-steps`` steps; and a B-only model from scratch, scored at as many B
-tokens as each run trained on. The daemon's recipe: the stable schedule, the weights' moving
-average (0.999) served, evaluated and used for surprise. Printed as it goes, and a summary
-against the goals: B's loss falls by at least half its excess over the B-only model's at the
-same B tokens, A's rises by at most 3%.
+tokens as each run trained on. The daemon's recipe (its ``RUN_DEFAULTS``): the stable
+schedule, the weights' moving average served, evaluated and used for surprise. Printed as it
+goes, and a summary against the goals: B's loss falls by at least half its excess over the
+B-only model's at the same B tokens, A's rises by at most 3%.
 
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/continual.py
 """
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from crystalline.daemon.config import RUN_DEFAULTS
 from crystalline.daemon.source_eval import served_params
 from crystalline.daemon.surprise import first_windows
 from crystalline.ingest.drop_sources import DropSources
@@ -55,6 +56,7 @@ SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 DOC_BYTES = 8000
 VAL_FRACTION = 0.1
 EVAL_WINDOWS = 96  # per corpus, fixed for the whole run
+DAEMON = RUN_DEFAULTS["train"]  # the daemon's schedule and moving average of the weights
 
 
 def shakespeare_docs() -> list[str]:
@@ -162,7 +164,8 @@ def main() -> int:
     started = time.monotonic()
     base = TrainConfig(
         embed_dim=64, num_layers=2, num_heads=2, seq_len=64, batch_size=16, learning_rate=2e-3,
-        warmup_steps=50, schedule="stable", ema_decay=0.999, max_steps=1 << 40, val_fraction=VAL_FRACTION,
+        warmup_steps=50, schedule=DAEMON["schedule"], ema_decay=DAEMON["ema_decay"], max_steps=1 << 40,
+        val_fraction=VAL_FRACTION,
         checkpoint_interval=1 << 40, workers=1, seed=7,
     )  # fmt: skip
     tokenizer: Tokenizer = load_tokenizer("bytes")
