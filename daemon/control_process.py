@@ -51,7 +51,7 @@ from ..tokens.learned_vocab import vocab_path
 from ..workers.batch_ring import Ring
 from ..workers.bits_per_byte import beside
 from ..workers.checkpoint import STATE, list_checkpoints
-from ..workers.cluster_config import ClusterSettings
+from ..workers.cluster_config import ClusterSettings, ClusterUnavailable
 from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
@@ -138,7 +138,7 @@ class Control:
         self.channel = Channel(spec["endpoint"])
         self.data = data_factory(spec)
         self.data_ready = False
-        self.cluster = join_cluster(spec)  # None without --cluster (nothing of torch is imported)
+        self.cluster: ClusterMember | None = None  # with --cluster, joined as the trainer starts
         self.trainer: Trainer | None = None
         self.paused = False
         self.stopping = False
@@ -362,8 +362,9 @@ class Control:
         checked before it starts, the store readers get what is left once its workers are
         connected (SharedMemoryFull or DescriptorLimitTooLow when something does not fit)."""
         data = self.data
-        readers = data.readers + 1  # and the surprise meter's
-        check_control_limit(self.config.workers, readers)
+        if self.cluster is None:  # ClusterUnavailable: the rendezvous point cannot be hosted
+            self.cluster = join_cluster(self.spec)
+        check_control_limit(self.config.workers, data.readers)
         resume = any(self.checkpoint_dir.glob("step-*"))
         # the supervisor's, on the channel's context; SharedMemoryFull when /dev/shm has no room
         ring = data.open_ring(self.channel.ctx)
@@ -377,12 +378,11 @@ class Control:
         )
         try:
             self.surprise.open()  # its registry connection counts among the descriptors in use
-            cap = shard_map_cap(readers)
+            cap = shard_map_cap(data.readers)
         except DescriptorLimitTooLow:
             trainer.close()
             raise
         data.limit_open_shards(cap)
-        self.surprise.reader.max_open_shards = cap
         self.last_checkpoint_step = trainer.state.step if resume else None
         if resume:  # the data the checkpoint records, held against the store as it is now
             warning = data.resumed_from(
@@ -413,7 +413,7 @@ class Control:
         while not self.stopping:
             try:
                 self.trainer = self._start_trainer()
-            except (SharedMemoryFull, DescriptorLimitTooLow) as exc:
+            except (SharedMemoryFull, DescriptorLimitTooLow, ClusterUnavailable) as exc:
                 if str(exc) != self.error:
                     log.error("%s; not training, trying again every %.0f s", exc, RESOURCE_RETRY_S)
                 self.error = str(exc)
@@ -459,7 +459,8 @@ class Control:
 
 
 def join_cluster(spec: dict[str, Any]) -> ClusterMember | None:
-    """This daemon's seat in the cluster of ``spec["cluster"]`` (torch is imported only here)."""
+    """This daemon's seat in the cluster of ``spec["cluster"]`` (torch is imported only here);
+    ClusterUnavailable when this member should host the rendezvous point and cannot."""
     if "cluster" not in spec:
         return None
     from ..workers.cluster_member import ClusterMember

@@ -10,6 +10,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+class ClusterUnavailable(Exception):
+    """This member cannot host the rendezvous point (its port is taken): training waits."""
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     host: str  # the rendezvous point: the member whose address this is hosts the store

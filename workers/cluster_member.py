@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .cluster_config import ClusterSettings
+from .cluster_config import ClusterSettings, ClusterUnavailable
 from .engine import StepAbandoned, StepEngine
 
 log = logging.getLogger("crystalline.cluster")
@@ -87,7 +87,13 @@ class Membership:
         self._stop = threading.Event()
         self._server = None
         if settings.hosts_store:  # the server lives as long as this process
-            self._server = self._connect(master=True)
+            try:
+                self._server = self._connect(master=True)
+            except RuntimeError as exc:
+                raise ClusterUnavailable(
+                    f"cannot host the rendezvous point {settings.host}:{settings.port}: "
+                    f"{str(exc).splitlines()[0][:200]}"
+                ) from None
         self._coordinator = Coordinator(settings) if settings.hosts_store else None
         self._thread = threading.Thread(target=self._run, name="cluster-membership", daemon=True)
         self._thread.start()

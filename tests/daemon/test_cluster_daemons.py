@@ -8,6 +8,8 @@ the rendezvous port harms nothing."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -150,3 +152,26 @@ def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(m
     for i in range(3):
         machines.wait(i, world(3, held + 5), "the three together again")
     assert agree(machines, [0, 1, 2]) > held
+
+
+def test_a_taken_rendezvous_port_is_reported_and_training_starts_once_it_is_free(machines: Machines) -> None:
+    rendezvous = port()
+    blocker = subprocess.Popen(
+        [*machines.prefix(0), sys.executable, "-c",
+         "import socket, time\n"
+         f"s = socket.socket(); s.bind(({machines.addresses[0]!r}, {rendezvous})); s.listen()\n"
+         "print('bound', flush=True); time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert blocker.stdout is not None and blocker.stdout.readline().strip() == "bound"
+        machines.start(0, rendezvous)
+        failed = machines.wait(
+            0, lambda s: s["training"]["state"] == "failed", "training failed while the port is taken"
+        )
+        where = f"{machines.addresses[0]}:{rendezvous}"
+        assert f"cannot host the rendezvous point {where}" in failed["last_error"]
+    finally:
+        blocker.kill()
+        blocker.wait(timeout=30)
+    machines.wait(0, world(1, 3), "training alone once the port is free")
