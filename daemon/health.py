@@ -60,7 +60,7 @@ def _degraded_reasons(data: dict[str, Any]) -> list[str]:
         reasons.append("training slowed: " + str(generation["slowing_training"]))
     if training.get("checkpoint_error"):
         reasons.append(str(training["checkpoint_error"]))
-    for part, label in (("ingest", "ingest"), ("crawler", "crawl")):
+    for part, label in (("ingest", "ingest"), ("crawler", "crawl"), ("vocabulary", "vocabulary")):
         section = data.get(part) or {}
         if section.get("error"):
             reasons.append(f"{label}: {section['error']}")

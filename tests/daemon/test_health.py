@@ -64,6 +64,15 @@ def test_ok_degraded_and_stuck() -> None:
     assert judge(data(status_age_s=None, state="restarting"))["verdict"] == "ok"
 
 
+def test_a_vocabulary_that_cannot_be_learned_is_degraded() -> None:
+    d = data(state="waiting for data", workers=[])
+    d["vocabulary"] = {"learned": False, "learns_from_bytes": 1 << 25}
+    assert judge(d)["verdict"] == "ok"  # waiting for text to learn it from is not a fault
+    d["vocabulary"]["error"] = "[Errno 28] No space left on device"
+    assert judge(d)["reasons"] == ["vocabulary: [Errno 28] No space left on device"]
+    assert judge(d)["verdict"] == "degraded"
+
+
 def test_a_daemon_that_cannot_use_its_state_directory_is_degraded_not_stuck() -> None:
     d = {"state": "failed", "last_error": "cannot use the state directory /s: Read-only file system"}
     assert judge(d) == {
