@@ -558,10 +558,19 @@ def test_train_in_process_prints_summary(
         == 0
     )
     out = capsys.readouterr().out
-    m = re.fullmatch(r"steps 6  tokens 384  train loss (\S+)  val loss (\S+)  checkpoint (\S+)\n", out)
+    m = re.fullmatch(
+        r"steps 6  tokens 384  train loss (\S+) \((\S+) bpb\)  val loss (\S+) \((\S+) bpb, perplexity (\S+)\)"
+        r"  checkpoint (\S+)\n",
+        out,
+    )
     assert m is not None, out
-    assert math.isfinite(float(m.group(1))) and math.isfinite(float(m.group(2)))
-    assert Path(m.group(3)) == ck / "step-00000006"
+    train_loss, train_bpb, val_loss, val_bpb, perplexity = (float(m.group(i)) for i in range(1, 6))
+    assert math.isfinite(train_loss) and math.isfinite(val_loss)
+    # the byte tokenizer: one token is one byte, so bits per byte is the loss in bits
+    assert train_bpb == pytest.approx(train_loss / math.log(2), abs=1e-3)
+    assert val_bpb == pytest.approx(val_loss / math.log(2), abs=1e-3)
+    assert perplexity == pytest.approx(math.exp(val_loss), rel=1e-3)
+    assert Path(m.group(6)) == ck / "step-00000006"
     assert np.isfinite(load_checkpoint(ck / "step-00000006").arrays["params"]).all()
 
 
