@@ -34,8 +34,8 @@ from crystalline.documents import Document
 from ..exit_status import CommandParser
 from ..exit_status import main as run_main
 from ..settings_tree import Tree, add_config_flag, table
-from .drop_folder import readable
-from .pool import ExtractionPool
+from .pool import ExtractionPool, extract_in_process, usable_cpus
+from .registry import sql_text as readable  # as drop_folder's, without its watcher
 from .settings import IngestSettings
 
 
@@ -77,8 +77,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
         docs.append(Document(readable(str(path.resolve())), body, "", origin="cli"))
     todo = [i for i in range(len(docs)) if i not in errors]
     results = {}
+    chosen = [docs[i] for i in todo]
     with ExtractionPool(config) as pool:
-        for j, r in pool.map([docs[i] for i in todo], want_text=True, apply_filters=False, fingerprint=False):
+        # on one CPU a worker process only costs (its start-up, a second import of everything)
+        outcomes = (
+            extract_in_process(config, chosen, want_text=True, apply_filters=False, fingerprint=False)
+            if usable_cpus() == 1
+            else pool.map(chosen, want_text=True, apply_filters=False, fingerprint=False)
+        )
+        for j, r in outcomes:
             results[todo[j]] = r
     failed = 0
     for i, path in enumerate(paths):

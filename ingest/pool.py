@@ -23,6 +23,7 @@ import multiprocessing.connection
 import os
 import signal
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -159,6 +160,30 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
     return _frame(reply, raw, ids, align_tail=len(ids))
 
 
+def _work_safely(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any) -> bytes:
+    """:func:`_work`, with a library's failure as the document's error instead of an exception."""
+    try:
+        return _work(config_json, header, body, tokenizer)
+    except MemoryError:
+        return _frame({"source": header["source"], "error": "out of memory during extraction"})
+    except Exception as e:  # a library's own error on hostile input: fail the document, keep the worker
+        log.warning("extraction of %s raised %s", header["source"], type(e).__name__, exc_info=True)
+        why = " ".join(str(e).split())[:200] or "no message"
+        return _frame({"source": header["source"], "error": f"extractor error ({type(e).__name__}: {why})"})
+
+
+def _task_header(doc: Document, want_text: bool, apply_filters: bool, fingerprint: bool) -> dict[str, Any]:
+    return {
+        "source": doc.source,
+        "content_type": doc.content_type,
+        "charset": doc.charset,
+        "origin": doc.origin,
+        "want_text": want_text,
+        "filter": apply_filters,
+        "fingerprint": fingerprint,
+    }
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) -> None:
     """Entry point of a pool process: handshake, then one reply per task until EOF."""
     os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread per pool worker
@@ -194,15 +219,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
             body = conn.recv_bytes()  # the body follows its header as a message of its own
         except (EOFError, OSError):
             return
-        try:
-            reply = _work(config_json, header, body, tokenizer)
-        except MemoryError:
-            reply = _frame({"source": header["source"], "error": "out of memory during extraction"})
-        except Exception as e:  # a library's own error on hostile input: fail the document, keep the worker
-            log.warning("extraction of %s raised %s", header["source"], type(e).__name__, exc_info=True)
-            why = " ".join(str(e).split())[:200] or "no message"
-            error = f"extractor error ({type(e).__name__}: {why})"
-            reply = _frame({"source": header["source"], "error": error})
+        reply = _work_safely(config_json, header, body, tokenizer)
         try:
             conn.send_bytes(reply)
         except (BrokenPipeError, OSError):
@@ -284,15 +301,7 @@ class ExtractionPool:
             for w in self._workers:
                 if w.ready and w.task is None and todo:
                     index, doc = todo.popleft()
-                    header = {
-                        "source": doc.source,
-                        "content_type": doc.content_type,
-                        "charset": doc.charset,
-                        "origin": doc.origin,
-                        "want_text": want_text,
-                        "filter": apply_filters,
-                        "fingerprint": fingerprint,
-                    }
+                    header = _task_header(doc, want_text, apply_filters, fingerprint)
                     try:
                         w.conn.send_bytes(_frame(header))
                         w.conn.send_bytes(doc.body)
@@ -358,3 +367,67 @@ class ExtractionPool:
         # a read-only view into the reply (which holds little else): no second copy of the ids
         ids = np.frombuffer(rest[n_text:], dtype=np.dtype(dtype)) if dtype else np.zeros(0, np.uint16)
         return WorkResult(text=text, ids=ids, **header)
+
+
+class _Overrun(BaseException):
+    """Raised by the in-process time limit's alarm; a BaseException, so that no extractor's
+    ``except Exception`` takes it for its own error."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as ``taskset`` sets it), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def extract_in_process(
+    config: PoolConfig,
+    docs: Iterable[Document],
+    *,
+    want_text: bool = False,
+    apply_filters: bool = True,
+    fingerprint: bool = True,
+) -> Iterator[tuple[int, WorkResult]]:
+    """What :meth:`ExtractionPool.map` yields, worked out in this process, in input order: the
+    same work and the same reply frames as a worker's, so the same results. For where a worker
+    process would only cost (one CPU: its start-up and a second import of everything). The
+    time limit holds in the main thread (an alarm; a document that overruns gets the pool's
+    timeout error); there is no memory limit and a crash of an extractor is this process's."""
+    config_json = json.dumps(asdict(config))
+    tokenizer = None
+    if config.tokenizer_json:
+        from crystalline.tokens.tokenizer import tokenizer_from_json
+
+        tokenizer = tokenizer_from_json(config.tokenizer_json)
+    os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread, as in a pool worker
+    limit = config.time_limit_s
+
+    def overrun(_signum: int, _frame: object) -> None:
+        raise _Overrun
+
+    alarm = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGALRM, overrun) if alarm else None
+    try:
+        for index, doc in enumerate(docs):
+            header = _task_header(doc, want_text, apply_filters, fingerprint)
+            try:
+                try:
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, limit)
+                    reply = _work_safely(config_json, header, doc.body, tokenizer)
+                finally:
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
+            except _Overrun:
+                log.warning("extraction of %s exceeded %gs; stopped", doc.source, limit)
+                yield index, WorkResult(doc.source, error=f"extraction timed out after {limit:g}s")
+                continue
+            result = ExtractionPool._parse(reply)
+            if result.truncated:
+                log.info("%s truncated: %s", result.source, result.truncated_reason)
+            yield index, result
+    finally:
+        if alarm:
+            signal.signal(signal.SIGALRM, previous)

@@ -10,7 +10,6 @@ that ``submit`` acknowledged. Ingest consumes the spool (``pending``/``remove``)
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
@@ -81,6 +80,8 @@ class Spool:
         return sum(1 for p in self.directory.iterdir() if p.suffix == ".json")
 
     async def _recount(self) -> None:
+        import asyncio  # here: `crystalline extract` reads Document and needs no event loop
+
         self._pending = await asyncio.to_thread(self.count)
         self._counted_at = time.monotonic()
 
@@ -92,6 +93,8 @@ class Spool:
         ``refresh_s`` and our own submissions are added in between: the bound still holds,
         since the consumer only ever lowers the count.
         """
+        import asyncio
+
         if time.monotonic() - self._counted_at > self.refresh_s:
             await self._recount()
         while self._pending >= self.max_pending:

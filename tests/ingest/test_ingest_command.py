@@ -78,11 +78,14 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
 ) -> None:
     # `crystalline extract` builds only its own parser, and the extractors (lxml, trafilatura,
     # pypdfium2, tesseract) are imported in the pool's worker: the parent reads files and prints.
+    # (Where the process may use one CPU only there is no worker: said as two CPUs here.)
     page = tmp_path / "a.html"
     page.write_text(samples.article_page(), encoding="utf-8")
     script = (
         "import json, sys\n"
         "from crystalline.daemon import cli\n"
+        "from crystalline.ingest import command\n"
+        "command.usable_cpus = lambda: 2\n"
         f"status = cli.main(['extract', '--json', {str(page)!r}])\n"
         "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'pytesseract', 'charset_normalizer',"
         " 'crystalline.crawler')\n"
@@ -95,3 +98,51 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
     extracted, summary = proc.stdout.splitlines()
     assert samples.PARAGRAPHS[0] in json.loads(extracted)["text"]
     assert json.loads(summary) == {"status": 0, "loaded": []}
+
+
+# run in a child: pinned to CPUS CPUs (one: its first), counting the pool's worker processes
+_EXTRACT_SCRIPT = """
+import json, os, sys
+from crystalline.daemon import cli
+from crystalline.ingest import command, pool
+
+cpus, files = int(sys.argv[1]), sys.argv[2:]
+if cpus == 1:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+else:
+    command.usable_cpus = lambda: cpus  # the pool, even on a machine of one CPU
+workers = []
+start = pool._Worker.__init__
+
+def counted(self, *args):
+    workers.append(1)
+    start(self, *args)
+
+pool._Worker.__init__ = counted
+status = cli.main(["extract", "--json", *files])
+print(json.dumps({"status": status, "workers": len(workers)}))
+"""
+
+
+@pytest.mark.timeout(150)
+def test_extract_on_one_cpu_starts_no_pool_process_and_prints_what_the_pool_does(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    (tmp_path / "a.html").write_text(samples.article_page(), encoding="utf-8")
+    (tmp_path / "b.pdf").write_bytes(b"%PDF-1.4 truncated")
+    (tmp_path / "c.txt").write_text(samples.prose(3, 120), encoding="utf-8")
+    (tmp_path / "d.txt").write_bytes(b"")
+    (tmp_path / "e.bin").write_bytes(bytes(range(256)) * 4)
+    files = [str(tmp_path / name) for name in ("a.html", "b.pdf", "c.txt", "d.txt", "missing.txt", "e.bin")]
+    outputs = {}
+    for cpus in (1, 2):
+        cmd = [sys.executable, "-c", _EXTRACT_SCRIPT, str(cpus), *files]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        *lines, summary = proc.stdout.splitlines()
+        assert json.loads(summary) == {"status": 1, "workers": 0 if cpus == 1 else 1}
+        outputs[cpus] = lines
+    assert outputs[1] == outputs[2]
+    results = [json.loads(line) for line in outputs[1]]
+    assert samples.PARAGRAPHS[0] in results[0]["text"] and results[0]["verdicts"]
+    assert [r["error"] is None for r in results] == [True, False, True, False, False, False]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
 import _ingest_samples as samples
 import pytest
 
 from crystalline.documents import Document
-from crystalline.ingest.pool import ExtractionPool, PoolConfig
+from crystalline.ingest import pool as pool_module
+from crystalline.ingest.extract import Extraction, ExtractLimits
+from crystalline.ingest.pool import ExtractionPool, PoolConfig, extract_in_process
 from crystalline.tokens.tokenizer import load_tokenizer
 
 
@@ -48,3 +53,47 @@ def test_fingerprints_are_left_out_when_not_wanted() -> None:
         assert full[i].content_hash and full[i].minhash and full[i].simhash
         assert not bare[i].content_hash and not bare[i].minhash and bare[i].simhash == 0
         assert bare[i].text == full[i].text and bare[i].verdicts == full[i].verdicts
+
+
+@pytest.mark.timeout(120)
+def test_in_process_gives_what_the_pool_gives() -> None:
+    # crystalline extract on one CPU: the same work and replies, no worker process
+    docs = [Document(f"/d/{i}.txt", (f"document {i} " + samples.prose(i, 80)).encode(), "") for i in range(3)]
+    docs.append(Document("/d/a.html", samples.article_page().encode(), ""))
+    docs.append(Document("/d/bad.bin", bytes(range(256)) * 4, ""))
+    docs.append(Document("/d/empty.txt", b"", ""))
+    config = PoolConfig(processes=1, tokenizer_json=load_tokenizer("bytes").to_json(), min_words=5)
+    for options in ({}, {"want_text": True, "apply_filters": False, "fingerprint": False}):
+        with ExtractionPool(config) as pool:
+            pooled = dict(pool.map(docs, **options))
+        here = list(extract_in_process(config, docs, **options))
+        assert [i for i, _ in here] == list(range(len(docs)))
+        for i, result in here:
+            assert repr(result) == repr(pooled[i])
+    assert here[4][1].error == "binary data, not text" and here[5][1].error == "empty file (0 bytes)"
+
+
+@pytest.mark.timeout(60)
+def test_in_process_time_limit_and_extractor_errors_fail_one_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = pool_module.extract_document
+
+    def extractor(doc: Document, limits: ExtractLimits) -> Extraction:
+        if doc.source == "/d/slow.txt":
+            time.sleep(30)
+        if doc.source == "/d/broken.txt":
+            raise KeyError("no such node")
+        return real(doc, limits)
+
+    monkeypatch.setattr(pool_module, "extract_document", extractor)
+    before = signal.getsignal(signal.SIGALRM)
+    names = ("a", "slow", "broken", "b")
+    docs = [Document(f"/d/{name}.txt", samples.prose(i, 100).encode(), "") for i, name in enumerate(names)]
+    started = time.monotonic()
+    results = dict(extract_in_process(PoolConfig(time_limit_s=0.5, min_words=5), docs, want_text=True))
+    assert time.monotonic() - started < 10
+    assert results[1].error == "extraction timed out after 0.5s"
+    assert results[2].error == "extractor error (KeyError: 'no such node')"
+    assert not results[0].error and not results[3].error and results[3].chars > 0
+    assert signal.getsignal(signal.SIGALRM) == before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
