@@ -92,6 +92,17 @@ def cluster(k: dict[str, Any] | None, digest: str | None) -> list[str]:
     return lines
 
 
+def vocabulary(v: dict[str, Any] | None) -> list[str]:
+    """The learned vocabulary's line (the base preset), or none."""
+    if not v:
+        return []
+    if v.get("learned"):
+        text = f"learned, {v.get('vocab_size')} tokens  documents re-tokenized {v.get('derived_documents')}"
+    else:
+        text = f"not learned yet: learns from the first {v.get('learns_from_bytes')} bytes of training text"
+    return [f"vocabulary   {text}" + (f"  error: {v['error']}" if v.get("error") else "")]
+
+
 def summary(data: dict[str, Any]) -> str:
     t = data.get("training") or {}
     c = data.get("crawler") or {}
@@ -139,6 +150,7 @@ def summary(data: dict[str, Any]) -> str:
         shown = "; ".join(f"{b.get('name')}: {b.get('reason')}" for b in i.get("blocked_files") or [])
         lines.append(f"  blocked    {i['blocked']}  {shown}".rstrip())
     lines.append(f"ring         slots {r.get('slots', '-')}  ready {r.get('ready', '-')}")
+    lines += vocabulary(data.get("vocabulary"))
     lines += cluster(data.get("cluster"), t.get("params_digest"))
     h = data.get("http") or {}
     if h.get("url") or h.get("error"):

@@ -77,6 +77,19 @@ def test_generation_taking_cpu_time_is_reported_as_degraded() -> None:
     assert verdict(judged(d)) == (HEALTHY, [])
 
 
+def test_summary_shows_the_learned_vocabulary() -> None:
+    assert not [line for line in summary(data()).splitlines() if line.startswith("vocabulary")]
+    d = data()
+    d["vocabulary"] = {"learned": False, "learns_from_bytes": 33554432}
+    assert (
+        "vocabulary   not learned yet: learns from the first 33554432 bytes of training text"
+        in summary(d).splitlines()
+    )
+    d["vocabulary"] = {"learned": True, "vocab_size": 8192, "derived_documents": 40, "error": "disk full"}
+    line = "vocabulary   learned, 8192 tokens  documents re-tokenized 40  error: disk full"
+    assert line in summary(d).splitlines()
+
+
 def test_summary_names_dropped_files_the_daemon_may_not_move() -> None:
     d = data()
     reason = "cannot be moved into .ingesting/ (Operation not permitted)"
