@@ -53,8 +53,16 @@ KEPT = (
 )
 
 
+LEARNED = "learned"  # [train] tokenizer: the vocabulary learned in the state directory
+
+
 def vocab_path(state_dir: Path) -> Path:
     return state_dir / "vocab" / "tokenizer.json"
+
+
+def derived_dir(state_dir: Path) -> Path:
+    """The store the model trains on under a learned vocabulary."""
+    return state_dir / "ingest" / "tokens-bpe"
 
 
 def train_bytes(reader: StoreReader) -> int:
