@@ -37,10 +37,10 @@ def store_dir(state_dir: Path, config: TrainConfig) -> Path:
 
 
 class StoreTrainingData:
-    """``TrainingData`` for control: the lent ring, and three store readers of its own (one to
-    know whether a window exists yet, one for the validation windows, one for each source's)."""
+    """``TrainingData`` for control: the lent ring, and two store readers of its own (one to
+    know whether a window exists yet, one for the validation windows, overall and per source)."""
 
-    readers = 3  # store readers, each keeping up to max_open_shards maps (one descriptor each)
+    readers = 2  # store readers, each keeping up to max_open_shards maps (one descriptor each)
 
     def __init__(self, directory: Path, config: TrainConfig, ring_endpoint: str) -> None:
         self.config = config
@@ -49,7 +49,9 @@ class StoreTrainingData:
             directory, config.batch_size, config.seq_len, val_fraction=config.val_fraction
         )
         self.validation = StoreValidation(directory, config.seq_len, config.val_fraction, config.eval_windows)
-        self.sources = SourceValidation(directory, config.seq_len, config.source_eval_windows)
+        self.sources = SourceValidation(
+            directory, config.seq_len, config.source_eval_windows, reader=self.validation.reader
+        )
         self.ring: RingClient | None = None
         self.last_info: dict[str, Any] = {}  # what the last batch taken was cut from
 
@@ -79,8 +81,7 @@ class StoreTrainingData:
     def limit_open_shards(self, cap: int) -> None:
         """Keep at most ``cap`` shards mapped in each reader (sized from RLIMIT_NOFILE)."""
         self.windows.reader.max_open_shards = cap
-        self.validation.reader.max_open_shards = cap
-        self.sources.reader.max_open_shards = cap
+        self.validation.reader.max_open_shards = cap  # the per-source validation's too
 
     def ready(self) -> bool:
         """A training window exists: in the train documents or, failing those, in the part of

@@ -63,7 +63,9 @@ class SurpriseMeter:
     def __init__(
         self, store_dir: Path, open_registry: Callable[[], Registry], seq_len: int, windows: int
     ) -> None:
-        self.reader = StoreReader(store_dir)
+        # one map: it reads each new document once, in commit order (so, shard by shard); the
+        # descriptor comes out of control's reserve (crystalline.descriptors)
+        self.reader = StoreReader(store_dir, max_open_shards=1)
         self.open_registry = open_registry
         self.registry: Registry | None = None
         self.seq_len = seq_len
@@ -132,6 +134,13 @@ class SurpriseMeter:
         except (OSError, sqlite3.Error, RuntimeError) as exc:
             self._failed(exc)
             return {d.doc_id for d in chunk}
+
+    def open(self) -> None:
+        """Open the registry connection now (a failure is kept for status and retried later)."""
+        try:
+            self._registry()
+        except (OSError, sqlite3.Error, RuntimeError) as exc:
+            self._failed(exc)
 
     def _registry(self) -> Registry:
         if self.registry is None:

@@ -447,8 +447,15 @@ class SourceValidation:
     most ``max_sources`` sources, those with the most held-out documents. The cost of an
     evaluation is bounded by ``per_source x max_sources`` windows however large the store."""
 
-    def __init__(self, store_dir: Path, seq_len: int, per_source: int, max_sources: int = 16) -> None:
-        self.reader = StoreReader(Path(store_dir))
+    def __init__(
+        self,
+        store_dir: Path,
+        seq_len: int,
+        per_source: int,
+        max_sources: int = 16,
+        reader: StoreReader | None = None,
+    ) -> None:
+        self.reader = reader or StoreReader(Path(store_dir))  # it may share another's (its maps)
         self.seq_len = seq_len
         self.per_source = per_source
         self.max_sources = max_sources

@@ -136,8 +136,9 @@ def test_open_files_limit_64_with_12_workers_trains_with_the_shard_map_cap_from_
             assert line.split("open-files limit ")[1].startswith("64:")
             assert 4 <= cap < 64  # follows the limit (the old fixed cap was 64 per reader)
             control = d.control_pid()
-            # two readers; + 2: a map being opened holds its file and the mmap's duplicate a moment
-            assert _shard_maps(control) <= 2 * cap + 2
+            # two readers, the surprise meter's one map; + 2: a map being opened holds its file
+            # and the mmap's duplicate a moment
+            assert _shard_maps(control) <= 2 * cap + 1 + 2
             assert len(os.listdir(f"/proc/{control}/fd")) <= 64
             assert status["training"]["control_restarts"] == 0
             assert d.stop() == 0
