@@ -15,7 +15,9 @@ source from there (``ingest.surprise``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -35,7 +37,6 @@ BUDGET_S = 0.05  # scoring time per step at most (about a tenth of a step of the
 FLUSH_S = 2.0  # surprise values are written at most this often
 REGISTRY_TIMEOUT_S = 0.5  # a registry busy for longer: the values wait for the next flush
 MAX_PENDING = 4096  # values not yet written (a registry down for long): the oldest are dropped
-REFRESH_S = 0.25  # the store's shard list is read again at most this often (the ring's: 1 s)
 
 
 def registry_opener(database: str | None, path: Path) -> Callable[[], Registry]:
@@ -76,7 +77,8 @@ class SurpriseMeter:
         self.measured = 0
         self.missed = 0
         self.error: str | None = None  # the registry's last failure, until a write works
-        self.refreshed_at = float("-inf")
+        self.store_dir = store_dir
+        self.store_mtime = -1  # the store directory's mtime at the last refresh
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -98,11 +100,15 @@ class SurpriseMeter:
         elif self.next < trained_through:
             self.missed += trained_through - self.next  # in a batch before their turn: never scored
             self.next = trained_through
-        now = time.monotonic()
-        deadline = now + budget_s
-        if now - self.refreshed_at >= REFRESH_S:
-            self.refreshed_at = now
-            self.reader.refresh()
+        deadline = time.monotonic() + budget_s
+        # a shard's index renamed in changes the directory's mtime: one stat a step, so new
+        # documents are seen at the step after they are committed, well before the ring's next
+        # block of steps can take them (it re-reads the store every second)
+        with contextlib.suppress(OSError):
+            mtime = os.stat(self.store_dir).st_mtime_ns
+            if mtime != self.store_mtime:
+                self.store_mtime = mtime
+                self.reader.refresh()
         docs = self.reader.documents
         if self.next < len(docs):
             params = served_params(trainer)
