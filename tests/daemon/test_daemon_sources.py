@@ -105,8 +105,9 @@ def test_surprise_is_measured_once_before_training_and_kept_across_a_restart(sho
         return data["training"].get("step", 0) >= 5
 
     def scored(source: str, count: int) -> Any:
-        def done(data: dict[str, Any]) -> bool:
-            return {s["source"]: s["documents"] for s in data["ingest"]["surprise"]}.get(source) == count
+        def done(data: dict[str, Any]) -> bool:  # in the registry, and in control's last report
+            recorded = {s["source"]: s["documents"] for s in data["ingest"]["surprise"]}.get(source)
+            return recorded == count and data["training"]["surprise"].get("measured", 0) >= count
 
         return done
 
