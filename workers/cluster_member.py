@@ -202,13 +202,21 @@ class Membership:
 
 
 class Coordinator:
-    """On the member that hosts the store: who is alive, and the generations."""
+    """On the member that hosts the store: who is alive, and the generations.
+
+    A new generation goes out when the living members changed and stayed so for a tick (members
+    arriving together make one generation, not one each), or when the current generation's
+    collective failed, but not before every member has given up its attempts at the previous
+    ones (twice the timeout after publishing): a member still blocked in forming an older
+    generation would otherwise make each newer one time out in turn."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.s = settings
         self.seen: dict[int, tuple[str, float]] = {}  # number -> (last beat, when it moved)
         self.dead: set[int] = set()
         self.published: list[int] = []
+        self.published_at = 0.0
+        self.last_alive: list[int] = []
         self.generation = 0
 
     def tick(self, client: dist.TCPStore) -> None:
@@ -226,8 +234,13 @@ class Coordinator:
                 self.dead.add(n)
                 client.set(f"dead/{n}", why)
         alive = sorted(n for n in self.seen if n not in self.dead)[: self.s.max_nodes]
-        failed = self.generation > 0 and client.check([f"fail/{self.generation}"])
-        if len(alive) >= self.s.min_nodes and (alive != self.published or failed):
+        settled, self.last_alive = alive == self.last_alive, alive
+        failed = (
+            self.generation > 0
+            and now - self.published_at > 2 * self.s.timeout_s
+            and client.check([f"fail/{self.generation}"])
+        )
+        if len(alive) >= self.s.min_nodes and settled and (alive != self.published or failed):
             self.generation += 1
             members = []
             for n in alive:
@@ -235,7 +248,7 @@ class Coordinator:
                 members.append({"number": n, "address": info.get("address", "?")})
             client.set(f"gen/{self.generation}", json.dumps({"members": members}))
             client.add("gen", 1)
-            self.published = alive
+            self.published, self.published_at = alive, now
             log.info(
                 "cluster generation %d: members %s%s",
                 self.generation, alive, " (a collective failed)" if failed else "",
