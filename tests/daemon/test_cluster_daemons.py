@@ -47,7 +47,12 @@ def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
         machines.wait(i, world(3), "three members training")
     step = agree(machines, [0, 1, 2])
     assert step > 0
-    s = machines.status(1)
+    # each member's line is what it last wrote to the store (about every second)
+    s = machines.wait(
+        1,
+        lambda s: all(m["allreduce_bytes"] > 0 for m in s["cluster"]["members"]),
+        "every member's line showing an allreduce among three",
+    )
     cluster = s["cluster"]
     assert s["training"]["params_digest"]
     assert sorted(m["address"] for m in cluster["members"]) == sorted(machines.addresses)
