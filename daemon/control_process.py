@@ -48,7 +48,7 @@ from ..descriptors import (
 from ..shm.segments import SharedMemoryFull
 from ..states import TRAINING, transition
 from ..tokens.learned_vocab import vocab_path
-from ..workers.batch_ring import Ring
+from ..workers.batch_ring import Ring, RingTimeout
 from ..workers.bits_per_byte import beside
 from ..workers.checkpoint import STATE, list_checkpoints
 from ..workers.cluster_config import ClusterSettings, ClusterUnavailable
@@ -413,7 +413,8 @@ class Control:
         while not self.stopping:
             try:
                 self.trainer = self._start_trainer()
-            except (SharedMemoryFull, DescriptorLimitTooLow, ClusterUnavailable) as exc:
+            # RingTimeout: the supervisor's ring did not answer (it restarts); ask again later
+            except (SharedMemoryFull, DescriptorLimitTooLow, ClusterUnavailable, RingTimeout) as exc:
                 if str(exc) != self.error:
                     log.error("%s; not training, trying again every %.0f s", exc, RESOURCE_RETRY_S)
                 self.error = str(exc)

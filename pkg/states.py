@@ -86,10 +86,12 @@ TRAINING = _machine(
     "training",
     "starting",
     {
-        "starting": ("training", "failed", "stopped"),
+        # ``starting`` -> ``waiting for data`` while control waits for the learned vocabulary
+        # (the base preset), then ``failed`` if the trainer cannot start for want of a resource
+        "starting": ("training", "waiting for data", "failed", "stopped"),
         "failed": ("training", "stopped"),
         "training": ("waiting for data", "paused", "stopped"),
-        "waiting for data": ("training", "paused", "stopped"),
+        "waiting for data": ("training", "failed", "paused", "stopped"),
         "paused": ("training", "stopped"),
         "stopped": (),
     },

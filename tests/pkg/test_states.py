@@ -69,3 +69,19 @@ def test_the_engine_and_control_use_the_machines_states() -> None:
     from crystalline.daemon import status_command
 
     assert set(status_command.SYMBOL) == set(WORKER.states)
+
+
+def test_training_takes_the_paths_control_takes() -> None:
+    """Control's own sequences: the vocabulary wait (base preset) before the trainer starts,
+    then a short resource or training, and a stop from any of them."""
+    for path in (
+        ["starting", "waiting for data", "failed", "training", "stopped"],
+        ["starting", "waiting for data", "training", "waiting for data", "paused", "training"],
+        ["starting", "waiting for data", "stopped"],
+        ["starting", "failed", "stopped"],
+    ):
+        state = TRAINING.initial
+        for new in path[1:]:
+            state = transition(TRAINING, state, new)
+    with pytest.raises(IllegalTransition):
+        transition(TRAINING, "failed", "waiting for data")  # the vocabulary wait comes first
