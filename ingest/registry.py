@@ -81,6 +81,9 @@ CREATE TABLE IF NOT EXISTS text_edits (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (file_key) WHERE file_key != ''"
+# Surprise looks documents up by doc_id (surprise_known, record_surprise): without it each
+# lookup scans the whole table, under the write lock when recording.
+_DOC_ID_INDEX = "CREATE INDEX IF NOT EXISTS documents_doc_id ON documents (doc_id)"
 
 #: 0: no version (entries of dropped files were path:size:mtime, no file_key column); 1: file_key;
 #: 2: ``rule`` and ``language_score`` columns, MinHash bands, text edits, meta (parameters);
@@ -88,8 +91,8 @@ _FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (f
 #: version 2's bands are dropped by :meth:`Registry._check_minhash_params`); 4: ``source_group``
 #: (the source a document is evaluated under; '' in older rows, derived by
 #: ``crystalline.documents.source_group``) and ``surprise`` (its loss before training, NULL
-#: until measured).
-SCHEMA_VERSION = 4
+#: until measured); 5: an index on ``doc_id`` (the surprise lookups).
+SCHEMA_VERSION = 5
 _V2_COLUMNS = {"rule": "TEXT NOT NULL DEFAULT ''", "language_score": "REAL NOT NULL DEFAULT 0"}
 _V4_COLUMNS = {"source_group": "TEXT NOT NULL DEFAULT ''", "surprise": "REAL"}
 
@@ -192,6 +195,7 @@ class Registry:
             if "file_key" not in columns:  # version 0: entries stay as they are, rows still count
                 self.db.execute("ALTER TABLE documents ADD COLUMN file_key TEXT NOT NULL DEFAULT ''")
             self.db.execute(_FILE_KEY_INDEX)
+            self.db.execute(_DOC_ID_INDEX)
             for name, decl in {**_V2_COLUMNS, **_V4_COLUMNS}.items():
                 if name not in columns:
                     self.db.execute(f"ALTER TABLE documents ADD COLUMN {name} {decl}")
@@ -401,13 +405,13 @@ class Registry:
     def record_surprise(self, measured: list[tuple[str, float]]) -> None:
         """Record each stored document's surprise, in one transaction; one already recorded
         keeps its first value."""
+        if not measured:
+            return
         with self._transaction():
-            for doc_id, loss in measured:
-                self.db.execute(
-                    "UPDATE documents SET surprise = ? "
-                    "WHERE doc_id = ? AND state = 'done' AND surprise IS NULL",
-                    (loss, doc_id),
-                )
+            self.db.executemany(
+                "UPDATE documents SET surprise = ? WHERE doc_id = ? AND state = 'done' AND surprise IS NULL",
+                [(loss, doc_id) for doc_id, loss in measured],
+            )
 
     def surprise_by_source(self) -> dict[str, tuple[int, float]]:
         """Per source: documents whose surprise is recorded, and their mean surprise."""

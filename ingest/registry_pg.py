@@ -62,7 +62,11 @@ _SCHEMA_V2 = """
 ALTER TABLE documents ADD COLUMN source_group TEXT NOT NULL DEFAULT '';
 ALTER TABLE documents ADD COLUMN surprise DOUBLE PRECISION
 """
-MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2)
+# SQLite's schema 5: the surprise lookups by doc_id use an index instead of scanning the table
+_SCHEMA_V3 = """
+CREATE INDEX documents_doc_id ON documents (doc_id)
+"""
+MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 
 
 class PgRegistry(Registry):

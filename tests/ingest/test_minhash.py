@@ -136,7 +136,7 @@ def test_schema_2_registry_is_migrated_and_unverifiable_bands_are_not_duplicates
     db.close()
     registry = Registry(path)
     try:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         assert registry.db.execute("SELECT COUNT(*) FROM minhash_bands").fetchone()[0] == 0
         assert registry.minhash_duplicate(bands_of(PAGE), minhash.pack(signature(PAGE))) is None
         # a row recovered from a shard index without a signature gets no bands either

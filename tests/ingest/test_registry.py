@@ -4,6 +4,7 @@ counted by kind of reason; records, exact and near duplicates, on SQLite and on 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 
 from crystalline.ingest import minhash
 from crystalline.ingest.dedup import simhash
-from crystalline.ingest.registry import Record, Registry, failure_class
-from crystalline.ingest.registry_pg import PgRegistry
+from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry, failure_class
+from crystalline.ingest.registry_pg import MIGRATIONS, PgRegistry
+from crystalline.postgres import Database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -112,3 +114,75 @@ def test_surprise_is_recorded_once_per_stored_document_and_summed_up_per_source(
     known = registry.surprise_known(["id-spool:sa", "id-spool:sb", "id-spool:sc"])
     assert known == {"id-spool:sa", "id-spool:sb"}  # a failed row has no surprise
     assert registry.surprise_by_source() == {"h.example": (1, 2.5), "licenses": (1, 4.0)}
+
+
+def test_the_surprise_lookups_search_the_doc_id_index(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry.sqlite3")
+    registry.record([_stored(f"spool:{i}", f"text number {i} " * 20) for i in range(50)])
+    statements: list[str] = []
+    registry.db.set_trace_callback(statements.append)
+    assert registry.surprise_known(["id-spool:3", "id-spool:4"]) == set()
+    registry.record_surprise([("id-spool:3", 1.5), ("id-spool:4", 2.5), ("id-spool:3", 9.0)])
+    assert registry.surprise_known(["id-spool:3", "id-spool:4", "id-spool:5"]) == {"id-spool:3", "id-spool:4"}
+    registry.db.set_trace_callback(None)
+    lookups = [sql for sql in statements if "doc_id" in sql]
+    assert len(lookups) >= 4, statements
+    for sql in lookups:  # what the surprise calls really ran, planned by SQLite
+        plan = registry.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+        assert not any(str(row[-1]).startswith("SCAN documents") for row in plan), (sql, plan)
+        assert any("USING INDEX documents_doc_id" in str(row[-1]) for row in plan), (sql, plan)
+    assert registry.surprise_by_source()[""] == (2, 2.0)  # the repeated value kept its first one
+    registry.close()
+
+
+def test_a_schema_4_sqlite_registry_gains_the_doc_id_index(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    Registry(path).close()
+    db = sqlite3.connect(path)  # back to schema 4: no doc_id index
+    db.execute("DROP INDEX documents_doc_id")
+    db.execute(
+        "INSERT INTO documents (entry, doc_id, source, origin, state, created) "
+        "VALUES ('spool:old', 'id-old', 's', 'crawl', 'done', 0)"
+    )
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    registry = Registry(path)
+    try:
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        names = {r[0] for r in registry.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "documents_doc_id" in names
+        registry.record_surprise([("id-old", 3.0)])
+        assert registry.surprise_known(["id-old"]) == {"id-old"}
+    finally:
+        registry.close()
+
+
+def test_a_version_2_postgresql_registry_gains_the_doc_id_index(pg_url: str) -> None:
+    old = Database(pg_url, "registry")
+    try:
+        assert old.migrate(MIGRATIONS[:2]) == 2  # the schema before the doc_id index
+        old.execute(
+            "INSERT INTO documents (entry, doc_id, source, origin, state, created) "
+            "VALUES ('spool:old', 'id-old', 's', 'crawl', 'done', 0)"
+        )
+    finally:
+        old.close()
+    registry = PgRegistry(pg_url)
+    try:
+        (version,) = registry.db.execute(
+            "SELECT version FROM public.schema_versions WHERE component = 'registry'"
+        ).fetchone()
+        assert version == len(MIGRATIONS) == 3
+        indexes = {
+            str(r[0])
+            for r in registry.db.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = 'registry' AND tablename = 'documents'"
+            )
+        }
+        assert "documents_doc_id" in indexes
+        registry.record_surprise([("id-old", 3.0), ("id-old", 5.0)])
+        assert registry.surprise_known(["id-old", "id-new"]) == {"id-old"}
+        assert registry.surprise_by_source() == {"": (1, 3.0)}
+    finally:
+        registry.close()
