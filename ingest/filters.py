@@ -13,7 +13,6 @@ is what the registry and status count.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,8 +106,3 @@ def _language_problem(language: str, score: float, settings: FilterSettings) -> 
 def rule_of(reason: str) -> str:
     """The rule a filtered document's reason names (its prefix before the colon)."""
     return reason.split(":", 1)[0].strip() if ":" in reason else "basic"
-
-
-def with_rules(settings: FilterSettings, pairs: list[str] | tuple[str, ...]) -> FilterSettings:
-    """``settings`` with ``NAME=VALUE`` rule overrides applied."""
-    return dataclasses.replace(settings, rules=settings.rules.with_overrides(pairs))

@@ -149,13 +149,6 @@ def document_verdicts(text: str, rules: FilterRules, language: str = "") -> dict
     }
 
 
-def document_problem(text: str, rules: FilterRules, language: str = "") -> str | None:
-    """The first rule ``text`` fails, as ``"<rule>: <what>"``, or None (later rules not run)."""
-    return (
-        _c4_document(text, rules) or _gopher_quality(text, rules, language) or _gopher_repetition(text, rules)
-    )
-
-
 def _c4_document(text: str, rules: FilterRules) -> str | None:
     lower = text.lower()
     if rules.c4_lorem_ipsum and "lorem ipsum" in lower:

@@ -1,8 +1,8 @@
 """stop: checkpoint and exit, as on SIGTERM.
 
 Request:  {"cmd": "stop"}
-Reply:    {"daemon": "stopping"}   (sent before the daemon stops: crawl, then control with a
-          final checkpoint, then ingest)
+Reply:    {"daemon": "stopping"}   (sent before the daemon stops: crawl, then ingest, then
+          the vocabulary service, then control with a final checkpoint)
 Only for the daemon's own user and root.
 """
 
