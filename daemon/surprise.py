@@ -134,10 +134,12 @@ class SurpriseMeter:
 
     def _known(self, chunk: list[StoredDocument]) -> set[str]:
         """Of ``chunk``, the documents whose surprise is recorded (all of them when the registry
-        cannot be read: none is scored twice)."""
+        cannot be read: none is scored twice). Any failure of the registry is caught here and
+        in :meth:`open` and :meth:`flush`, not only the expected ones (a PostgreSQL error that
+        is not DatabaseUnavailable, a bug): surprise is reported as failing, training goes on."""
         try:
             return self._registry().surprise_known([d.doc_id for d in chunk])
-        except (OSError, sqlite3.Error, RuntimeError) as exc:
+        except Exception as exc:  # any failure: see _known
             self._failed(exc)
             return {d.doc_id for d in chunk}
 
@@ -145,7 +147,7 @@ class SurpriseMeter:
         """Open the registry connection now (a failure is kept for status and retried later)."""
         try:
             self._registry()
-        except (OSError, sqlite3.Error, RuntimeError) as exc:
+        except Exception as exc:  # any failure: see _known
             self._failed(exc)
 
     def _registry(self) -> Registry:
@@ -156,7 +158,8 @@ class SurpriseMeter:
     def _failed(self, exc: BaseException) -> None:
         error = f"surprise not recorded: {type(exc).__name__}: {exc}"
         if error != self.error:
-            log.warning("%s (kept, tried again)", error)
+            expected = isinstance(exc, (OSError, sqlite3.Error, RuntimeError))
+            log.warning("%s (kept, tried again)", error, exc_info=not expected)
         self.error = error
 
     def flush(self) -> None:
@@ -164,7 +167,7 @@ class SurpriseMeter:
         self.flushed_at = time.monotonic()
         try:
             self._registry().record_surprise(self.pending)
-        except (OSError, sqlite3.Error, RuntimeError) as exc:
+        except Exception as exc:  # any failure: see _known
             self._failed(exc)
             return
         self.pending.clear()
@@ -174,5 +177,8 @@ class SurpriseMeter:
         if self.pending:
             self.flush()
         if self.registry is not None:
-            self.registry.close()
+            try:
+                self.registry.close()
+            except Exception as exc:  # any failure: see _known
+                log.warning("surprise: closing the registry failed: %s: %s", type(exc).__name__, exc)
             self.registry = None
