@@ -109,6 +109,16 @@ class RingServer:
         visible now for a step past the record (then recorded before the batch is lent)."""
         assert self.windows is not None
         recorded = self.visible.documents_at(step)
+        if recorded is None and step <= self.visible.through:
+            # older than every change kept (control resumes from a checkpoint older than the
+            # oldest kept when they were dropped): its documents are unknown, so this step and
+            # the ones after it are cut anew and recorded, and a later restart cuts the same
+            log.warning(
+                "step %d is older than the visible-steps record keeps; cutting it and the steps "
+                "after it from the documents there now",
+                step,
+            )
+            self.visible.forget_from(step)
         if recorded is not None:
             try:
                 return self.windows.describe(self.windows.fill(step, out, recorded))

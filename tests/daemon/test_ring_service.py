@@ -16,6 +16,7 @@ from crystalline.daemon.visible_steps import BLOCK
 from crystalline.shm.segments import list_segments
 from crystalline.tokens.token_store import PendingDocument, TokenStore
 from crystalline.workers.batch_ring import RingTimeout
+from crystalline.workers.checkpoint import MANIFEST
 from crystalline.workers.train_config import TrainConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,6 +82,38 @@ def test_same_steps_same_batches_across_control_and_supervisor_restarts(dirs: tu
     assert any(b"\xc8\x00" in first[s] for s in range(BLOCK, 3 * BLOCK))  # 200 little-endian
     assert all(b"\x2c\x01" not in first[s] for s in first)  # 300
     assert any(b"\x2c\x01" in again[s] for s in range(4 * BLOCK, 5 * BLOCK))
+
+
+def test_a_resume_older_than_the_record_keeps_is_cut_anew_and_then_the_same(
+    dirs: tuple[Path, Path],
+) -> None:
+    """The checkpoints the record's floor came from are gone (deleted or damaged), so control
+    resumes from a step whose change was dropped: it is cut from the documents there now and
+    recorded, and a restart from that step again gets the same bytes."""
+    state, run = dirs
+    store = TokenStore(state / "tokens", np.uint16)
+    add(store, "a", 100)
+    floor = state / "checkpoints" / f"step-{2 * BLOCK + 1:08d}"
+    floor.mkdir(parents=True)
+    (floor / MANIFEST).write_text("{}")  # the oldest kept checkpoint, as the floor sees it
+    server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
+    client = RingClient(ring_endpoint(run), GEOMETRY)
+    try:
+        take_all(client, range(0, BLOCK))
+        add(store, "b", 200)
+        server.windows.refresh_s = 0.0  # type: ignore[union-attr]
+        take_all(client, range(BLOCK, 4 * BLOCK))
+        assert server.visible.changes[0][0] > 3  # step 0's change is dropped
+        client.close()
+        client = RingClient(ring_endpoint(run), GEOMETRY)  # control resumes from step 3
+        anew = take_all(client, range(3, 2 * BLOCK))
+        client.close()
+        client = RingClient(ring_endpoint(run), GEOMETRY)  # and again
+        assert take_all(client, range(3, 2 * BLOCK)) == anew
+    finally:
+        client.close()
+        server.close()
+    assert any(b"\xc8\x00" in anew[s] for s in range(3, 2 * BLOCK))  # cut from the documents now
 
 
 def test_a_take_without_data_ends_at_its_deadline_saying_why(dirs: tuple[Path, Path]) -> None:
