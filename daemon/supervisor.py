@@ -336,9 +336,10 @@ class Supervisor:
         )
         control_task = asyncio.create_task(self.control_runner.run(), name="control")
         ingest_task = self.ingest.start()
-        if self.vocab is not None:
-            self.vocab.start()
-        for task in (control_task, ingest_task):
+        runner_tasks = [control_task, ingest_task]
+        if self.vocab is not None:  # control waits for its vocabulary: an end is logged too
+            runner_tasks.append(self.vocab.start())
+        for task in runner_tasks:
             task.add_done_callback(_log_failure)
         if s.crawl.start_url:
             self.crawl.start()

@@ -18,6 +18,7 @@ from .store_data import byte_store_dir
 log = logging.getLogger("crystalline.vocab")
 
 POLL_S = 2.0
+MAX_BACKOFF_S = 60.0  # after failures in a row the wait doubles from POLL_S up to this
 
 
 class VocabService:
@@ -31,6 +32,7 @@ class VocabService:
         self.error: str | None = None
         self.stop_event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.failures = 0  # in a row: the wait before the next try doubles with each
 
     def _step(self) -> None:
         if self.derived is None:
@@ -45,12 +47,26 @@ class VocabService:
             try:
                 await asyncio.to_thread(self._step)
                 self.error = None
-            except (OSError, ValueError) as exc:  # TokenizerError is a ValueError
-                if str(exc) != self.error:
-                    log.error("learned vocabulary: %s; trying again every %.0f s", exc, POLL_S)
-                self.error = str(exc)
+                self.failures = 0
+            # any failure (a tokenizers exception, MemoryError, a bug): ending here would leave
+            # control waiting for the vocabulary forever, so it is reported and tried again
+            except Exception as exc:
+                self.failures += 1
+                error = str(exc) if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {exc}"
+                if error != self.error:
+                    log.error(
+                        "learned vocabulary: %s; trying again (every %.0f s at most)",
+                        error,
+                        MAX_BACKOFF_S,
+                        exc_info=not isinstance(exc, OSError | ValueError),  # TokenizerError: ValueError
+                    )
+                self.error = error
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), POLL_S)
+                await asyncio.wait_for(self.stop_event.wait(), self.wait_s())
+
+    def wait_s(self) -> float:
+        """Before the next pass: POLL_S, doubled for each failure in a row up to MAX_BACKOFF_S."""
+        return min(MAX_BACKOFF_S, POLL_S * 2.0 ** min(self.failures, 16))
 
     def start(self) -> asyncio.Task[None]:
         if self.task is None:
