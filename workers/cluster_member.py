@@ -255,6 +255,33 @@ class Coordinator:
             )  # fmt: skip
 
 
+#: What the state buffers members exchange depend on, besides the step counters gathered
+#: before them: the parameters per part, the number of parts (parameters, two moments, the
+#: moving average with --ema-decay, DiLoCo's anchor and momentum) and --cluster-outer-every
+#: (whether and when the outer step's allreduce runs).
+LAYOUT = ("parameters", "state parts (EMA, DiLoCo)", "outer-every")
+
+
+class StateMismatch(RuntimeError):
+    """Members whose state buffers cannot match: the group is refused, not re-formed."""
+
+
+def layout_disagreement(layouts: list[list[int]]) -> str | None:
+    """One line naming what the members' state layouts (one :data:`LAYOUT` row per rank)
+    disagree on, or None when they all match."""
+    differ = [
+        f"{name} {[row[i] for row in layouts]}"
+        for i, name in enumerate(LAYOUT)
+        if len({row[i] for row in layouts}) > 1
+    ]
+    if not differ:
+        return None
+    return (
+        f"members' training settings differ (by rank: {'; '.join(differ)}): "
+        "give every member the same model, ema-decay and cluster-outer-every"
+    )
+
+
 class ClusterMember:
     """What control and the engine use: ``ready`` between steps, ``exchange`` inside one."""
 
@@ -272,6 +299,7 @@ class ClusterMember:
         self.payload_bytes = 0
         self.share = 0.0  # this member's tokens / the global batch's, last step
         self.reforms = 0
+        self.refused = -1  # a generation whose members' settings differ (see layout_disagreement)
         self.digest: str | None = None
         # the digests of the last steps, so members can be compared at a step they all passed
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
@@ -319,10 +347,17 @@ class ClusterMember:
         g, members = generation
         if self.group is not None and g == self.group_generation:
             return True
+        if g == self.refused:  # the same members: they still disagree (state says on what)
+            return False
         self._drop_group(f"forming generation {g}")
         try:
             self._form(g, [x["number"] for x in members].index(number), len(members))
             self._take_state(engine, st)
+        except StateMismatch as exc:  # every member saw the same layouts: all refuse
+            log.error("generation %d refused: %s", g, exc)
+            self._drop_group(f"refused generation {g}: {exc}")
+            self.refused = g
+            return False
         except RuntimeError as exc:
             log.warning("generation %d: %s", g, str(exc).splitlines()[0][:300])
             self._drop_group(f"generation {g} failed to form; waiting for the next")
@@ -353,17 +388,20 @@ class ClusterMember:
         """Agree on the state: the newest step's holder (lowest rank among equals) sends its
         parameters, moments and moving average; the others load them and its step."""
         params = engine.params()
-        mine = torch.tensor([st.step, st.tokens, st.skipped_steps, params.size], dtype=torch.int64)
-        every = [torch.zeros(4, dtype=torch.int64) for _ in range(self.world)]
-        self.group.allgather([every], [mine]).wait()
-        if len({int(x[3]) for x in every}) != 1:
-            raise RuntimeError(f"members train models of different sizes: {[int(x[3]) for x in every]}")
-        newest = max(int(x[0]) for x in every)
-        source = min(r for r, x in enumerate(every) if int(x[0]) == newest)
         m, v = engine.moments()
         ema = engine.ema()
         parts = [params, m, v] + ([ema] if ema is not None else [])
-        if self.s.outer_every:  # DiLoCo: the anchor and the outer momentum travel too
+        # DiLoCo: the anchor and the outer momentum travel too (added below)
+        layout = [params.size, len(parts) + (2 if self.s.outer_every else 0), self.s.outer_every]
+        mine = torch.tensor([st.step, st.tokens, st.skipped_steps, *layout], dtype=torch.int64)
+        every = [torch.zeros(len(mine), dtype=torch.int64) for _ in range(self.world)]
+        self.group.allgather([every], [mine]).wait()
+        disagreement = layout_disagreement([[int(n) for n in x[3:]] for x in every])
+        if disagreement is not None:  # the broadcast below would not match: refuse before it
+            raise StateMismatch(disagreement)
+        newest = max(int(x[0]) for x in every)
+        source = min(r for r, x in enumerate(every) if int(x[0]) == newest)
+        if self.s.outer_every:
             if self.anchor is None or self.velocity is None:
                 self.anchor, self.velocity = params.copy(), np.zeros_like(params)
             parts += [self.anchor, self.velocity]

@@ -6,9 +6,11 @@ both skip."""
 from __future__ import annotations
 
 import random
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,9 @@ from crystalline.workers.optimizer import AdamWConfig
 from crystalline.workers.params import ModelConfig
 
 pytest.importorskip("torch")
-from crystalline.workers.cluster_member import ClusterMember
+import torch
+
+from crystalline.workers.cluster_member import ClusterMember, StateMismatch, layout_disagreement
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -120,3 +124,103 @@ def test_a_non_finite_gradient_on_one_member_skips_the_step_on_both() -> None:
     assert [o.applied for o in outcomes] == [False, False]
     params = init_params(GPT(CFG).table, 0)
     assert published[0].tobytes() == params.tobytes()  # the healthy member kept its weights
+
+
+def test_state_layouts_that_differ_are_named_in_one_line() -> None:
+    assert layout_disagreement([[100, 3, 0], [100, 3, 0]]) is None
+    ema = layout_disagreement([[100, 4, 0], [100, 3, 0]])  # --ema-decay on one member only
+    assert ema is not None and "\n" not in ema and "state parts (EMA, DiLoCo) [4, 3]" in ema
+    outer = layout_disagreement([[100, 5, 4], [100, 5, 8], [100, 5, 4]])
+    assert outer is not None and "outer-every [4, 8, 4]" in outer and "parameters" not in outer
+    size = layout_disagreement([[100, 3, 0], [64, 3, 0]])
+    assert size is not None and "parameters [100, 64]" in size
+
+
+class _Gathered:
+    def wait(self) -> None:
+        pass
+
+
+class _FakeGroup:
+    """Rank 0 of two: the other member's gathered row is ``other``; a broadcast is an error
+    (the member must refuse before it)."""
+
+    def __init__(self, other: list[int]) -> None:
+        self.other = other
+
+    def allgather(self, out: list[list[Any]], inp: list[Any]) -> _Gathered:
+        out[0][0].copy_(inp[0])
+        out[0][1].copy_(torch.tensor(self.other, dtype=torch.int64))
+        return _Gathered()
+
+    def broadcast(self, *args: object) -> _Gathered:
+        raise AssertionError("broadcast of buffers that cannot match")
+
+
+class _Engine:
+    def __init__(self, n: int, ema: bool) -> None:
+        self.p = np.zeros(n, dtype=np.float32)
+        self.with_ema = ema
+
+    def params(self) -> np.ndarray:
+        return self.p
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.p.copy(), self.p.copy()
+
+    def ema(self) -> np.ndarray | None:
+        return self.p.copy() if self.with_ema else None
+
+
+@pytest.mark.parametrize(
+    ("ema", "outer_every", "other", "named"),
+    [
+        (True, 0, [5, 50, 0, 10, 3, 0], "state parts"),  # the other member has no EMA
+        (False, 4, [5, 50, 0, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
+        (False, 4, [5, 50, 0, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
+    ],
+)
+def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
+    ema: bool, outer_every: int, other: list[int], named: str
+) -> None:
+    member = ClusterMember.__new__(ClusterMember)  # no rendezvous: only the state exchange
+    member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1", outer_every=outer_every)
+    member.group, member.rank, member.world = _FakeGroup(other), 0, 2
+    member.anchor = member.velocity = None
+    with pytest.raises(StateMismatch, match=re.escape(named)):
+        member._take_state(_Engine(10, ema), State(step=3))  # type: ignore[arg-type]
+
+
+class _Membership:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.generation = (7, [{"number": 0}, {"number": 1}])
+        self.number, self.registration = 0, 0
+        self.failures: list[int] = []
+
+    def unreachable(self) -> str | None:
+        return None
+
+    def report_failure(self, generation: int) -> None:
+        self.failures.append(generation)
+
+
+def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> None:
+    member = ClusterMember.__new__(ClusterMember)
+    member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1")
+    member.membership = membership = _Membership()  # type: ignore[assignment]
+    member.group, member.registration, member.refused, member.anchor = None, 0, -1, None
+    formed: list[int] = []
+
+    def form(g: int, rank: int, world: int) -> None:
+        formed.append(g)
+        member.group = _FakeGroup([0, 0, 0, 10, 4, 0])  # the other member keeps an EMA
+        member.group_generation, member.rank, member.world = g, 0, 2
+
+    member._form = form  # type: ignore[method-assign]
+    engine = _Engine(10, ema=False)
+    assert not member.ready(engine, State())  # type: ignore[arg-type]
+    assert member.state.startswith("refused generation 7: ")
+    assert "state parts (EMA, DiLoCo) [3, 4]" in member.state
+    assert not member.ready(engine, State())  # type: ignore[arg-type]
+    assert formed == [7] and membership.failures == []  # not re-formed: the settings still differ
