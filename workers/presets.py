@@ -24,6 +24,7 @@ from typing import Any
 
 from crystalline.settings_tree import Resolved, Source
 
+from ..tokens.learned_vocab import LEARNED
 from .checkpoint import CheckpointError, list_checkpoints, load_state
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ def newest_config(checkpoint_dir: Path) -> tuple[dict[str, Any], Path] | None:
     return None
 
 
+def saved_value(name: str, value: Any) -> Any:
+    """A checkpoint's ``value`` of ``name`` as a run adopts it: the learned vocabulary, saved as
+    the absolute path it resolved to (``<state-dir>/vocab/tokenizer.json``), is the symbolic
+    ``learned`` again, which resolves to the vocabulary of the state directory as it is now
+    (one moved elsewhere does not train with the old path)."""
+    learned = isinstance(value, str) and Path(value).parts[-2:] == ("vocab", "tokenizer.json")
+    return LEARNED if name == "tokenizer" and learned else value
+
+
 def adopt_checkpoint(resolved: Resolved, checkpoint_dir: Path) -> Resolved:
     """``resolved`` with each of ``RUN_KEYS`` that no file, variable or flag gave taken from the
     newest checkpoint in ``checkpoint_dir`` (source ``checkpoint <path>``); as it was without
@@ -89,9 +99,10 @@ def adopt_checkpoint(resolved: Resolved, checkpoint_dir: Path) -> Resolved:
         kind = sources[slot].kind
         if name not in saved or kind in ("file", "env", "flag") or (kind == "preset" and preset_given):
             continue
-        if saved[name] != getattr(train, name):
-            log.info("[train] %s = %r, as %s was trained", name, saved[name], path)
-        changes[name] = saved[name]
-        shown[slot], sources[slot] = saved[name], Source("checkpoint", str(path))
+        value = saved_value(name, saved[name])
+        if value != getattr(train, name):
+            log.info("[train] %s = %r, as %s was trained", name, value, path)
+        changes[name] = value
+        shown[slot], sources[slot] = value, Source("checkpoint", str(path))
     tables = {**resolved.tables, "train": dataclasses.replace(train, **changes)}
     return Resolved(tables, shown, sources)

@@ -156,3 +156,25 @@ def test_a_base_state_dir_stays_base(tmp_path: Path, corpus_file: Path) -> None:
     train = resolved.tables["train"]
     assert (train.preset, train.num_layers, train.embed_dim, train.seq_len) == ("base", 6, 96, 32)
     assert source(resolved, "num_layers").startswith("checkpoint ")
+
+
+def test_a_moved_base_state_dir_uses_its_own_learned_vocabulary(tmp_path: Path, corpus_file: Path) -> None:
+    config = preset_config(tmp_path, ["--tokenizer", "bytes"], max_steps=1)
+    Trainer([corpus_file], tmp_path / "scratch", config).run()
+    ckpt = load_checkpoint(sorted((tmp_path / "scratch").glob("step-*"))[-1])
+    # as a base run saves it: the learned vocabulary as the absolute path it resolved to
+    old_vocab = tmp_path / "old" / "state" / "vocab" / "tokenizer.json"
+    ckpt.state["config"].update(preset="base", tokenizer=str(old_vocab))
+    moved = tmp_path / "moved" / "state"
+    save_checkpoint(moved / "checkpoints", ckpt)
+
+    resolved = run_tree(["--state-dir", str(moved)])
+    assert resolved.tables["train"].tokenizer == "learned"
+    assert source(resolved, "tokenizer").startswith("checkpoint ")
+    settings = daemon_config.resolve(parse_run(["--state-dir", str(moved)]))
+    assert settings.train.tokenizer == str(moved / "vocab" / "tokenizer.json")  # not the old path
+    # a tokenizer file of the user's own is kept as it was saved
+    ckpt.state["config"]["tokenizer"] = str(tmp_path / "mine.json")
+    save_checkpoint(tmp_path / "other" / "checkpoints", ckpt)
+    other = run_tree(["--state-dir", str(tmp_path / "other")])
+    assert other.tables["train"].tokenizer == str(tmp_path / "mine.json")
