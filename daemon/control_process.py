@@ -364,10 +364,11 @@ class Control:
         data = self.data
         if self.cluster is None:  # ClusterUnavailable: the rendezvous point cannot be hosted
             self.cluster = join_cluster(self.spec)
-        check_control_limit(self.config.workers, data.readers)
-        resume = any(self.checkpoint_dir.glob("step-*"))
         # the supervisor's, on the channel's context; SharedMemoryFull when /dev/shm has no room
         ring = data.open_ring(self.channel.ctx)
+        # the ring's descriptors are open now (kept for the next try): the engine's own are left
+        check_control_limit(self.config.workers, data.readers, lent_ring=True)
+        resume = any(self.checkpoint_dir.glob("step-*"))
         trainer = Trainer(
             lambda _tok: data,
             self.checkpoint_dir,
@@ -375,6 +376,7 @@ class Control:
             resume=resume,
             ring=ring,
             exchange=self.cluster,
+            zmq_context=self.channel.ctx,  # one ZeroMQ context per process
         )
         try:
             self.surprise.open()  # its registry connection counts among the descriptors in use

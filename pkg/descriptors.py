@@ -13,10 +13,13 @@ import errno
 import os
 import resource
 
-# Control's engine, measured with /proc/self/fd (2 and 12 workers): 13 descriptors whatever the
-# worker count (the ZeroMQ context's poller, mailboxes and ROUTER, three segments mapped through
-# a descriptor each plus their mmap duplicates) and one ipc connection per worker.
-ENGINE_FIXED = 13
+# Control's engine on the process's ZeroMQ context (it opens none of its own), measured with
+# /proc/self/fd (2, 5 and 12 workers; tests/pkg/test_descriptors.py): 6 whatever the worker
+# count (the ROUTER's listener and mailbox, the state and grads segments mapped through a
+# descriptor each plus their mmap duplicates), 2 more for a ring of its own (a lent ring is
+# its owner's, open already when control checks), and one ipc connection per worker.
+ENGINE_FIXED = 6
+ENGINE_RING = 2
 ENGINE_PER_WORKER = 1
 # Opened and closed again while running: a checkpoint's temporary files and fsynced
 # directories, a restarted worker's /dev/null and exec pipe, a status reply, the store's
@@ -59,9 +62,12 @@ def open_descriptors() -> int:
         return len(os.listdir("/dev/fd")) - 1
 
 
-def engine_descriptors(workers: int) -> int:
-    """Descriptors the control process's engine holds for ``workers`` worker processes."""
-    return ENGINE_FIXED + ENGINE_PER_WORKER * workers if workers > 1 else 0
+def engine_descriptors(workers: int, lent_ring: bool = False) -> int:
+    """Descriptors the control process's engine holds for ``workers`` worker processes (on
+    the process's ZeroMQ context; ``lent_ring``: the ring is not the engine's)."""
+    if workers <= 1:
+        return 0
+    return ENGINE_FIXED + (0 if lent_ring else ENGINE_RING) + ENGINE_PER_WORKER * workers
 
 
 def _too_low(limit: int, need: int, what: str) -> DescriptorLimitTooLow:
@@ -71,10 +77,11 @@ def _too_low(limit: int, need: int, what: str) -> DescriptorLimitTooLow:
     )
 
 
-def check_control_limit(workers: int, readers: int) -> int:
+def check_control_limit(workers: int, readers: int, lent_ring: bool = False) -> int:
     """Before the engine starts: DescriptorLimitTooLow unless the limit leaves room for the
     engine, the reserve and ``readers`` x ``MIN_SHARD_MAPS`` maps; returns the minimum."""
-    need = open_descriptors() + engine_descriptors(workers) + RESERVE + readers * MIN_SHARD_MAPS
+    engine = engine_descriptors(workers, lent_ring)
+    need = open_descriptors() + engine + RESERVE + readers * MIN_SHARD_MAPS
     limit = soft_limit()
     if limit < need:
         raise _too_low(limit, need, f"the control process with {workers} workers")

@@ -278,10 +278,13 @@ class ProcessEngine:
         token_bytes: np.ndarray | None = None,
         ring: Ring | None = None,
         exchange: GradientExchange | None = None,
+        zmq_context: zmq.Context[Any] | None = None,
     ) -> None:
         """``ring``: a ring lent by its owner (the daemon's supervisor); without one the engine
         creates its own, filled from ``batch_source``. ``exchange``: the machines' allreduce
-        between the reduce and the update (no speculative update then)."""
+        between the reduce and the update (no speculative update then). ``zmq_context``: the
+        process's ZeroMQ context (one per process: each holds its own poller and mailboxes);
+        the engine opens its socket on it and never terminates it, else it creates its own."""
         if settings.workers < 1:
             raise ValueError(f"workers must be at least 1, got {settings.workers}")
         self.model = model
@@ -325,7 +328,8 @@ class ProcessEngine:
         check_space({segment_name(settings.instance, what): layout(spec)[1] for what, spec in specs.items()})
         self._blocks: list[ArrayBlock] = []
         self._run_dir = Path(tempfile.mkdtemp(prefix="crystalline-"))
-        self._ctx = zmq.Context()
+        self._owns_ctx = zmq_context is None
+        self._ctx = zmq.Context() if zmq_context is None else zmq_context
         self._sock = self._ctx.socket(zmq.ROUTER)
         try:
             self.state = self._block("state", specs["state"])
@@ -699,7 +703,8 @@ class ProcessEngine:
                 h.proc.wait(timeout=10)
             h.state = transition(WORKER, h.state, DEAD)
         self._sock.close(0)
-        self._ctx.term()
+        if self._owns_ctx:  # a context passed in belongs to its creator
+            self._ctx.term()
         for block in self._blocks:
             try:
                 block.close()

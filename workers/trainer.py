@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 import numpy as np
 
@@ -42,6 +42,9 @@ from .model import GPT, init_params
 from .optimizer import learning_rate
 from .params import ModelConfig
 from .train_config import TrainConfig, flag
+
+if TYPE_CHECKING:
+    import zmq
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +166,16 @@ class Trainer:
         resume: bool = False,
         ring: Ring | None = None,
         exchange: GradientExchange | None = None,
+        zmq_context: zmq.Context[Any] | None = None,
     ) -> None:
         """``ring``: the batch ring lent by the daemon's supervisor (filled there, from the
         store); without it the process engine fills its own from ``data``. ``exchange``: the
-        allreduce with other machines (``--cluster``)."""
+        allreduce with other machines (``--cluster``). ``zmq_context``: the caller's ZeroMQ
+        context, for the process engine's socket (else it creates its own)."""
         config.validate()
         self.ring = ring
         self.exchange = exchange
+        self.zmq_context = zmq_context
         self.checkpoint_dir = checkpoint_dir
         self.config = config
         self.stop_requested = False
@@ -247,6 +253,7 @@ class Trainer:
             token_bytes=self.token_bytes,
             ring=self.ring,
             exchange=self.exchange,
+            zmq_context=self.zmq_context,
         )
 
     def _restore(self, ckpt: Checkpoint) -> TrainState:

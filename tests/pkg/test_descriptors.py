@@ -60,23 +60,32 @@ def test_too_low_a_limit_names_the_limit_and_the_minimum() -> None:
 
 @pytest.mark.timeout(120)
 def test_engine_descriptor_estimate_covers_a_real_engine() -> None:
+    # as in control: the engine's socket on the process's ZeroMQ context (in use already), and
+    # the context is still usable after the engine closes (the engine never terminates it)
     code = """
     import os, uuid
     import numpy as np
+    import zmq
     from crystalline.workers.engine import EngineSettings, ProcessEngine
     from crystalline.workers.model import GPT
     from crystalline.workers.optimizer import AdamWConfig
     from crystalline.workers.params import ModelConfig
     cfg = ModelConfig(vocab_size=64, seq_len=16, embed_dim=32, num_layers=2, num_heads=2)
-    for workers in (2, 5):
+    ctx = zmq.Context()
+    ctx.socket(zmq.DEALER).close(0)
+    for workers in (2, 5, 12):
         before = D.open_descriptors()
         e = ProcessEngine(GPT(cfg), AdamWConfig(), lambda s: None, 10,
-                          EngineSettings(workers, "t" + uuid.uuid4().hex[:10]))
+                          EngineSettings(workers, "t" + uuid.uuid4().hex[:10]), zmq_context=ctx)
         print(workers, D.open_descriptors() - before, D.engine_descriptors(workers))
         e.close()
+    ctx.socket(zmq.DEALER).close(0)
+    ctx.term()
     """
     out = with_limit(4096, 4096, code)
     rows = [list(map(int, line.split())) for line in out.stdout.splitlines()]
-    assert [r[0] for r in rows] == [2, 5], out.stderr
+    assert [r[0] for r in rows] == [2, 5, 12] and out.returncode == 0, out.stderr
     for _workers, measured, estimate in rows:
-        assert measured <= estimate
+        # the estimate is what the engine opens; up to 2 fewer while ZeroMQ's reaper has not
+        # yet closed the previous engine's socket (its mailbox is reused)
+        assert estimate - 2 <= measured <= estimate, rows
