@@ -262,9 +262,14 @@ class PgFrontier(Frontier):
     def next_ready_at(self) -> float | None:
         """When a host with queued URLs may be asked next by this machine (a host another holds:
         when its lease ends, its next_at being the holder's, "slot full" marks included); while
-        other machines have requests in flight and nothing is queued, in a second (their pages
-        may queue more)."""
+        other machines have requests in flight, or hold a lease that has not run out, and nothing
+        is queued, in a second: their pages may queue more (a holder settles a page and queues
+        its links in steps, and a holder killed mid-crawl leaves its hosts to whoever outlives
+        its lease), so a one-shot crawl does not end while another machine may still add work.
+        Hosts whose holder's lease ran out are taken over first: a dead holder's "slot full"
+        mark (FAR_FUTURE) would otherwise read as "never again" and end the crawl."""
         now = time.time()
+        self._reap(now)
         row = self._db.execute(
             "SELECT MIN(CASE WHEN lease_owner IS NOT NULL AND lease_owner <> ? AND lease_until >= ?"
             " THEN lease_until ELSE next_at END) FROM hosts"
@@ -273,9 +278,16 @@ class PgFrontier(Frontier):
         ).fetchone()
         if row[0] is not None:
             return float(row[0])
-        busy = self._db.execute(
-            "SELECT 1 FROM urls WHERE state = 1 AND claimed_by IS DISTINCT FROM ? LIMIT 1", (self.owner,)
-        ).fetchone()
+        busy = (
+            self._db.execute(
+                "SELECT 1 FROM urls WHERE state = 1 AND claimed_by IS DISTINCT FROM ? LIMIT 1", (self.owner,)
+            ).fetchone()
+            or self._db.execute(
+                "SELECT 1 FROM hosts WHERE lease_owner IS NOT NULL AND lease_owner <> ?"
+                " AND lease_until >= ? LIMIT 1",
+                (self.owner, now),
+            ).fetchone()
+        )
         return now + 1.0 if busy else None
 
     def claim(self, origin: str, n: int, now: float, max_new: int | None = None) -> list[UrlEntry]:
