@@ -123,7 +123,7 @@ class GenerationService:
         self.cpu.sample(self._pid(), time.monotonic() if now is None else now)
 
     def stats(self) -> dict[str, Any]:
-        share = self.cpu.share()
+        share = round(self.cpu.share(), 3)  # the flag is judged on the share status reports
         if self.state == "running" and self._pid() is None:  # it exited: the next request starts one
             self.state = transition(SERVICE, self.state, "off")
         out: dict[str, Any] = {
@@ -131,7 +131,7 @@ class GenerationService:
             "pid": self._pid(),
             "starts": self.starts,
             "requests": self.requests,
-            "cpu_share": round(share, 3),
+            "cpu_share": share,
         }
         if share >= CPU_FLAG_SHARE:
             out["slowing_training"] = (
