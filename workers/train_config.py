@@ -17,6 +17,12 @@ from .params import ModelConfig
 from .presets import NONE, PRESETS
 
 
+def _one_of(help: str, default: str, *others: str) -> str:
+    """A setting that takes one of a few words, ``default`` first among its choices."""
+    value: str = field(default=default, metadata={"help": help, "choices": (default, *others)})
+    return value
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of `crystalline train`; each is also a CLI flag and a TOML key."""
@@ -62,41 +68,18 @@ class TrainConfig:
     keep_checkpoints: int = 3
     workers: int = 1  # worker processes computing gradients (1: in this process)
     seed: int = 1337
-    init: str = field(
-        default="normal",
-        metadata={
-            "help": "token-embedding initialisation (lattice: prime/Ulam spiral)",
-            "choices": ("normal", "lattice"),
-        },
-    )
+    init: str = _one_of("token-embedding initialisation (lattice: prime/Ulam spiral)", "normal", "lattice")
     # later presets (the defaults are the original recipe, so old checkpoints resume as they were)
-    mlp: str = field(
-        default="gelu",
-        metadata={"help": "MLP activation (relu2: squared ReLU)", "choices": ("gelu", "relu2")},
-    )
-    head: str = field(
-        default="tied",
-        metadata={
-            "help": "output head tied to the token embedding or its own",
-            "choices": ("tied", "untied"),
-        },
-    )
-    optimizer: str = field(
-        default="adamw",
-        metadata={
-            "help": "muon: Muon for the hidden matrices, AdamW for the rest",
-            "choices": ("adamw", "muon"),
-        },
-    )
+    mlp: str = _one_of("MLP activation (relu2: squared ReLU)", "gelu", "relu2")
+    head: str = _one_of("output head tied to the token embedding or its own", "tied", "untied")
+    optimizer: str = _one_of("muon: Muon for the hidden matrices, AdamW for the rest", "adamw", "muon")
     muon_lr: float = 0.02  # Muon's peak learning rate (same warmup and decay as learning-rate)
     muon_momentum: float = 0.95
-    schedule: str = field(
-        default="cosine",
-        metadata={
-            "help": "learning-rate schedule after warmup: cosine (decay to min-lr over lr-decay-steps, "
-            "then the floor) or stable (the peak for ever: the daemon's, whose run never ends)",
-            "choices": ("cosine", "stable"),
-        },
+    schedule: str = _one_of(
+        "learning-rate schedule after warmup: cosine (decay to min-lr over lr-decay-steps, "
+        "then the floor) or stable (the peak for ever: the daemon's, whose run never ends)",
+        "cosine",
+        "stable",
     )
     ema_decay: float = field(
         default=0.0,
