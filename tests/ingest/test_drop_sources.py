@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _older_registry import migrated_from
 from test_drop_ingest import SETTINGS, text
 
 from crystalline.documents import Document, Spool, source_group
 from crystalline.ingest.drop_sources import DropSources
 from crystalline.ingest.ingestor import Ingestor
-from crystalline.ingest.registry import SCHEMA_VERSION, Registry
 from crystalline.tokens.token_store import PendingDocument, StoreReader, TokenStore
 from crystalline.tokens.tokenizer import load_tokenizer
 from crystalline.tokens.windows import SourceValidation
@@ -104,18 +104,13 @@ def test_shards_and_registries_written_before_the_group_still_load(tmp_path: Pat
     validation = SourceValidation(tmp_path / "tokens", seq_len=8, per_source=2)
     assert list(validation.windows()) == ["old.example"]  # derived from its URL
 
-    db = sqlite3.connect(tmp_path / "registry.sqlite3")  # a schema-3 registry without the columns
-    Registry(tmp_path / "registry.sqlite3").close()
-    db.execute("PRAGMA user_version = 3")
-    db.execute("ALTER TABLE documents DROP COLUMN source_group")
-    db.execute("ALTER TABLE documents DROP COLUMN surprise")
-    db.commit()
-    registry = Registry(tmp_path / "registry.sqlite3")
-    columns = {r[1] for r in registry.db.execute("PRAGMA table_info(documents)")}
+    def to_schema_3(db: sqlite3.Connection) -> None:  # a schema-3 registry without the columns
+        db.execute("ALTER TABLE documents DROP COLUMN source_group")
+        db.execute("ALTER TABLE documents DROP COLUMN surprise")
+
+    with migrated_from(tmp_path / "registry.sqlite3", 3, to_schema_3) as registry:
+        columns = {r[1] for r in registry.db.execute("PRAGMA table_info(documents)")}
     assert {"source_group", "surprise"} <= columns
-    assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    registry.close()
-    db.close()
 
 
 def test_validation_per_source_is_bounded_and_rotates(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import _ingest_samples as samples
 import pytest
+from _older_registry import migrated_from
 
 from crystalline.documents import Document, Spool
 from crystalline.ingest import minhash
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.minhash import BANDS, bands_of, collision_probability, jaccard_estimate, signature
-from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry
+from crystalline.ingest.registry import Record, Registry
 from crystalline.ingest.settings import IngestSettings
 from crystalline.tokens.tokenizer import load_tokenizer
 
@@ -119,24 +120,18 @@ def test_signatures_survive_a_restart_and_verify_candidates(tmp_path: Path, lose
 
 
 def test_schema_2_registry_is_migrated_and_unverifiable_bands_are_not_duplicates(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    Registry(path).close()
-    db = sqlite3.connect(path)  # back to what a schema 2 registry held: bands, no signatures
-    db.execute("DROP TABLE minhash_signatures")
-    db.execute("UPDATE meta SET value = 'words3-bands28x4-seed1' WHERE key = 'minhash'")
-    db.execute(
-        "INSERT INTO documents (entry, doc_id, source, origin, state, content_hash, created) "
-        "VALUES ('e', 'old', 's', 'crawl', 'done', 'h', 0)"
-    )
-    db.executemany(
-        "INSERT INTO minhash_bands (band, value, doc) VALUES (?, ?, 1)", list(enumerate(bands_of(PAGE)))
-    )
-    db.execute("PRAGMA user_version = 2")
-    db.commit()
-    db.close()
-    registry = Registry(path)
-    try:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    def to_schema_2(db: sqlite3.Connection) -> None:  # what a schema 2 registry held: bands, no signatures
+        db.execute("DROP TABLE minhash_signatures")
+        db.execute("UPDATE meta SET value = 'words3-bands28x4-seed1' WHERE key = 'minhash'")
+        db.execute(
+            "INSERT INTO documents (entry, doc_id, source, origin, state, content_hash, created) "
+            "VALUES ('e', 'old', 's', 'crawl', 'done', 'h', 0)"
+        )
+        db.executemany(
+            "INSERT INTO minhash_bands (band, value, doc) VALUES (?, ?, 1)", list(enumerate(bands_of(PAGE)))
+        )
+
+    with migrated_from(tmp_path / "registry.sqlite3", 2, to_schema_2) as registry:
         assert registry.db.execute("SELECT COUNT(*) FROM minhash_bands").fetchone()[0] == 0
         assert registry.minhash_duplicate(bands_of(PAGE), minhash.pack(signature(PAGE))) is None
         # a row recovered from a shard index without a signature gets no bands either
@@ -164,8 +159,6 @@ def test_schema_2_registry_is_migrated_and_unverifiable_bands_are_not_duplicates
         )
         assert found is not None and found[0] == "d3" and found[1] >= minhash.THRESHOLD
         assert registry.minhash_duplicate(bands_of(SIBLING), minhash.pack(signature(SIBLING))) is None
-    finally:
-        registry.close()
 
 
 @pytest.mark.timeout(120)

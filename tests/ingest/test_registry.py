@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _older_registry import migrated_from
 
 from crystalline.ingest import minhash
 from crystalline.ingest.dedup import simhash
-from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry, failure_class
+from crystalline.ingest.registry import Record, Registry, failure_class
 from crystalline.ingest.registry_pg import MIGRATIONS, PgRegistry
 from crystalline.postgres import Database
 
@@ -136,26 +137,18 @@ def test_the_surprise_lookups_search_the_doc_id_index(tmp_path: Path) -> None:
 
 
 def test_a_schema_4_sqlite_registry_gains_the_doc_id_index(tmp_path: Path) -> None:
-    path = tmp_path / "registry.sqlite3"
-    Registry(path).close()
-    db = sqlite3.connect(path)  # back to schema 4: no doc_id index
-    db.execute("DROP INDEX documents_doc_id")
-    db.execute(
-        "INSERT INTO documents (entry, doc_id, source, origin, state, created) "
-        "VALUES ('spool:old', 'id-old', 's', 'crawl', 'done', 0)"
-    )
-    db.execute("PRAGMA user_version = 4")
-    db.commit()
-    db.close()
-    registry = Registry(path)
-    try:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    def to_schema_4(db: sqlite3.Connection) -> None:  # no doc_id index
+        db.execute("DROP INDEX documents_doc_id")
+        db.execute(
+            "INSERT INTO documents (entry, doc_id, source, origin, state, created) "
+            "VALUES ('spool:old', 'id-old', 's', 'crawl', 'done', 0)"
+        )
+
+    with migrated_from(tmp_path / "registry.sqlite3", 4, to_schema_4) as registry:
         names = {r[0] for r in registry.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "documents_doc_id" in names
         registry.record_surprise([("id-old", 3.0)])
         assert registry.surprise_known(["id-old"]) == {"id-old"}
-    finally:
-        registry.close()
 
 
 def test_a_version_2_postgresql_registry_gains_the_doc_id_index(pg_url: str) -> None:
