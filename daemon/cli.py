@@ -21,12 +21,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from crystalline import __version__
-from crystalline.exit_status import CommandParser
+from crystalline.exit_status import CommandParser, UsageError
 from crystalline.exit_status import main as run_main
 
 from . import ctl_command, dashboard_command, status_command
+
+if TYPE_CHECKING:
+    from ..settings_tree import Tree
 
 log = logging.getLogger("crystalline")
 
@@ -129,11 +133,42 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+# the commands whose settings `crystalline config --command NAME` prints (run's by default)
+CONFIG_COMMANDS = ("run", "train", "crawl", "ingest", "extract")
+
+
+def _settings_tree(command: str) -> Tree:
+    """The settings tree ``command`` (one of CONFIG_COMMANDS) reads."""
+    if command == "run":
+        from . import config as daemon_config
+
+        return daemon_config.settings_tree()
+    if command == "train":
+        from ..workers.train_config import settings_tree as train_settings
+
+        return train_settings()
+    if command == "crawl":
+        from ..crawler import command as crawl_command
+
+        return crawl_command.settings_tree()
+    from ..ingest import command as ingest_command
+
+    leaves_out = {"ingest": ingest_command.INGEST_LEAVES_OUT, "extract": ingest_command.EXTRACT_LEAVES_OUT}
+    return ingest_command.settings_tree(leaves_out[command])
+
+
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print the resolved settings of `crystalline run` and where each value came from."""
+    """Print the resolved settings of `crystalline run` (or of ``--command``'s) and where each
+    value came from."""
     from . import config as daemon_config
 
-    report = daemon_config.resolve_tree(args).report()
+    if args.config_command != args.config_flags_of:  # `--comm train`: the flags were run's
+        raise UsageError("config: spell --command out in full: it chooses which flags follow")
+    if args.config_command == "run":  # a state directory's checkpoint counts too
+        resolved = daemon_config.resolve_tree(args)
+    else:
+        resolved = _settings_tree(args.config_command).resolve(args, os.environ, args.config)
+    report = resolved.report()
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -153,8 +188,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(daemon_config.resolve(args))
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line, or with ``only`` one light subcommand (see LIGHT_COMMANDS)."""
+def build_parser(only: str | None = None, config_of: str = "run") -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` one light subcommand (see LIGHT_COMMANDS);
+    ``config`` takes the flags of ``config_of`` (its ``--command``)."""
     parser = CommandParser(
         prog="crystalline",
         description="A continuous-learning daemon and the tools around its numpy transformer.",
@@ -217,13 +253,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "config",
-        help="print the daemon's resolved settings and where each came from",
-        description="Print the settings `crystalline run` would use with the same file, environment "
-        "and flags, as TOML with the source of each value (default, command, file, env, flag).",
+        help="print the daemon's (or another command's) resolved settings and where each came from",
+        description="Print the settings `crystalline run` (or the command --command names) would use "
+        "with the same file, environment and flags, as TOML with the source of each value (default, "
+        "command, preset, file, env, flag). The flags that follow are that command's.",
     )
     p.add_argument("--json", action="store_true", help='{"TABLE": {"KEY": {"value", "source", "where"}}}')
-    daemon_config.add_arguments(p)
-    p.set_defaults(func=cmd_config)
+    p.add_argument("--command", dest="config_command", choices=CONFIG_COMMANDS, default="run",
+                   help="whose settings (default: run)")  # fmt: skip
+    config_of = config_of if config_of in CONFIG_COMMANDS else "run"  # a wrong name: argparse says so
+    if config_of == "run":
+        daemon_config.add_arguments(p)
+    else:
+        tree = _settings_tree(config_of)
+        add_config_flag(p, " and ".join(f"[{name}]" for name in tree.tables) + " table")
+        tree.add_flags(p)
+    p.set_defaults(func=cmd_config, config_flags_of=config_of)
 
     status_command.add_parser(sub)
     ctl_command.add_parser(sub)
@@ -240,9 +285,25 @@ def _light_command(argv: Sequence[str]) -> str | None:
     return word if word in LIGHT_COMMANDS else None
 
 
+def _config_command(argv: Sequence[str]) -> str:
+    """The command named by ``crystalline config --command NAME`` (``run`` when none): config
+    takes that command's flags, so its parser is built for it."""
+    words = list(argv)
+    subcommand = next((i for i, a in enumerate(words) if not a.startswith("-")), None)
+    if subcommand is None or words[subcommand] != "config":
+        return "run"
+    rest = words[subcommand + 1 :]
+    for i, word in enumerate(rest):
+        if word == "--command" and i + 1 < len(rest):
+            return rest[i + 1]
+        if word.startswith("--command="):
+            return word.partition("=")[2]
+    return "run"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_main(build_parser(only=_light_command(argv)), argv)
+    return run_main(build_parser(only=_light_command(argv), config_of=_config_command(argv)), argv)
 
 
 if __name__ == "__main__":

@@ -201,20 +201,21 @@ INGEST_LEAVES_OUT = ("drop_settle_s",)
 EXTRACT_LEAVES_OUT = ("drop_settle_s", "batch_documents", "batch_bytes")
 
 
-def _tree(leaves_out: tuple[str, ...]) -> Tree:
+def settings_tree(leaves_out: tuple[str, ...]) -> Tree:
+    """The settings of `crystalline ingest` or `extract`: the [ingest] keys but ``leaves_out``."""
     return Tree({"ingest": table("ingest", IngestSettings)}, exclude={"ingest": leaves_out})
 
 
 def _add_settings(p: argparse.ArgumentParser, leaves_out: tuple[str, ...]) -> None:
     """``--config`` and one flag per [ingest] key the command uses (``leaves_out``: the others)."""
     add_config_flag(p, "[ingest] table")
-    _tree(leaves_out).add_flags(p)
+    settings_tree(leaves_out).add_flags(p)
     p.set_defaults(ingest_leaves_out=leaves_out)
 
 
 def _settings(args: argparse.Namespace) -> IngestSettings:
     """The [ingest] settings of the file, the environment and the flags."""
-    tree = _tree(args.ingest_leaves_out)
+    tree = settings_tree(args.ingest_leaves_out)
     settings: IngestSettings = tree.resolve(args, os.environ, args.config).tables["ingest"]
     return settings
 

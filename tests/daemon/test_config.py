@@ -374,6 +374,64 @@ def test_config_command_prints_values_and_where_they_came_from(
     } == as_toml
 
 
+def config_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[Any, str, str]:
+    """`crystalline config ARGV` in this process: exit status, stdout, stderr."""
+    try:
+        code: Any = cli.main(["config", *argv])
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_config_command_shows_another_commands_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[crawl]\nconcurrency = 3\n[train]\nembed-dim = 64\n[ingest]\nmin-words = 7\n")
+    monkeypatch.setenv("CRYSTALLINE_CONFIG", str(cfg))
+    monkeypatch.setenv("CRYSTALLINE_TRAIN_SEQ_LEN", "32")
+
+    code, out, err = config_of(["--command", "train", "--json", "--num-layers", "3"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert list(report) == ["train"]  # train reads only its table of the file
+    assert report["train"]["embed-dim"] == {"value": 64, "source": "file", "where": str(cfg)}
+    assert report["train"]["seq-len"] == {"value": 32, "source": "env", "where": "CRYSTALLINE_TRAIN_SEQ_LEN"}
+    assert report["train"]["num-layers"] == {"value": 3, "source": "flag", "where": "--num-layers"}
+    # train's own defaults, not run's (12 workers, the small preset)
+    assert report["train"]["workers"] == {"value": 1, "source": "default", "where": ""}
+    assert report["train"]["preset"] == {"value": "none", "source": "default", "where": ""}
+
+    code, out, err = config_of(["--command=crawl", "--concurrency", "5"], capsys)
+    assert code == 0, err
+    as_toml = tomllib.loads(out)
+    assert list(as_toml) == ["crawl"] and as_toml["crawl"]["concurrency"] == 5
+    assert "concurrency = 5  # flag --concurrency" in out.splitlines()
+    assert as_toml["crawl"]["warc-max-bytes"] == 0  # crawl keeps all; run keeps 10 GiB
+    assert "data-dir" in as_toml["crawl"]  # which run leaves out (the state directory's)
+
+    code, out, err = config_of(["--command", "ingest", "--json"], capsys)
+    assert code == 0, err
+    ingest = json.loads(out)["ingest"]
+    assert ingest["min-words"] == {"value": 7, "source": "file", "where": str(cfg)}
+    assert "drop-settle-s" not in ingest and "batch-documents" in ingest
+    code, out, err = config_of(["--command", "extract", "--json"], capsys)
+    assert code == 0, err
+    assert "batch-documents" not in json.loads(out)["ingest"]
+
+    # the flags are the named command's: run's spelling is refused for crawl, and so are a
+    # command config does not know and an abbreviated --command (the flags would be run's)
+    for argv, said in (
+        (["--command", "crawl", "--crawl-concurrency", "5"], "unrecognized arguments: --crawl-concurrency 5"),
+        (["--command", "generate"], "argument --command: invalid choice: 'generate'"),
+        (["--comm", "train"], "config: spell --command out in full"),
+        (["--command", "train", "--embed-dim", "x"], "--embed-dim: [train] embed-dim must be an integer"),
+    ):
+        code, out, err = config_of(argv, capsys)
+        assert code == USAGE and out == "" and said in err, (argv, err)
+
+
 # ---- the generator: a new field is a key, a flag and a variable with nothing to wire ------------
 
 
