@@ -145,9 +145,9 @@ function render(s) {
     ["validation bits per byte", num(t.val_bpb, 4)],
     ["validation perplexity", num(t.val_perplexity, 2)],
     ["learning rate", t.lr === undefined ? "-" : Number(t.lr).toExponential(2)],
-    ["generation CPU", g.cpu_share === undefined ? "-" : `${(g.cpu_share * 100).toFixed(0)} %`],
-    ...clusterCards(s.cluster, t.params_digest),
+    ["generation CPU", percent(g.cpu_share)],
   ]);
+  renderCluster(s.cluster, t.params_digest);
   renderWorkers(t.workers || []);
   renderCrawler(s.crawler || {});
   renderIngest(s.ingest || {});
@@ -155,17 +155,47 @@ function render(s) {
   drawCharts();
 }
 
-// --cluster: this member's place and every member's step and allreduce (none without a cluster)
-function clusterCards(k, digest) {
-  if (!k) return [];
-  const members = (k.members || []).map(
-    (m) => `${m.address} r${m.rank} step ${m.step} ${num(m.allreduce_ms, 1)} ms ${num(m.allreduce_bytes)} B`,
-  );
-  return [
-    ["cluster", `${k.state} (rank ${k.rank ?? "-"} of ${k.world}, generation ${k.generation ?? "-"})`],
-    ["members", members.join("; ") || "-"],
+function percent(share) {
+  return Number.isFinite(share) ? `${(share * 100).toFixed(0)} %` : "-";
+}
+
+// --cluster: this member's place, then a card per member of its generation (address, rank,
+// step, last allreduce, data share, state); the section stays hidden without a cluster
+function renderCluster(k, digest) {
+  $("cluster").hidden = !k;
+  if (!k) {
+    $("cluster-cards").replaceChildren();
+    $("cluster-members").replaceChildren();
+    return;
+  }
+  cards($("cluster-cards"), [
+    ["cluster", k.state],
+    ["generation", k.generation ?? "-"],
+    ["rank", k.rank === null || k.rank === undefined ? "-" : `${k.rank} of ${k.world}`],
+    ["rendezvous", k.rendezvous],
+    ["re-formed", num(k.reforms)],
+    ["allreduce payload", bytes(k.allreduce_payload_bytes)],
+    ...(k.refused_connections === undefined ? [] : [["refused connections", num(k.refused_connections)]]),
     ["params digest", digest || "-"],
-  ];
+  ]);
+  const members = Array.isArray(k.members) ? k.members.filter((m) => m && typeof m === "object") : [];
+  $("cluster-members").replaceChildren(
+    ...members.map((m) => {
+      const c = el("div", null, "card member");
+      c.dataset.address = String(m.address ?? "");
+      c.dataset.rank = String(m.rank ?? "");
+      c.dataset.step = String(m.step ?? "");
+      c.dataset.state = String(m.state ?? "");
+      c.append(
+        el("div", `${m.address ?? "?"}${m.address === k.address ? " (this member)" : ""}`, "label"),
+        el("div", `rank ${m.rank ?? "-"} · step ${num(m.step)}`, "value"),
+        el("div", `allreduce ${num(m.allreduce_ms, 1)} ms · ${bytes(m.allreduce_bytes)}`, "allreduce"),
+        el("div", `data share ${percent(m.data_share)}`, "share"),
+        el("div", m.state ?? "-", "mstate"),
+      );
+      return c;
+    }),
+  );
 }
 
 function renderWorkers(workers) {
@@ -259,7 +289,7 @@ function sourceSeries() {
     for (const k of Object.keys(p)) if (k.startsWith("val:") && !keys.includes(k)) keys.push(k);
   }
   return keys.slice(0, 16).map((k, i) => ({
-    name: k.slice(4), color: SOURCE_COLORS[i % SOURCE_COLORS.length], points: series(k),
+    name: `val: ${k.slice(4)}`, color: SOURCE_COLORS[i % SOURCE_COLORS.length], points: series(k),
   }));
 }
 

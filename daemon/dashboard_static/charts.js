@@ -1,7 +1,31 @@
 // Line charts on a canvas, no library: a few series sharing the x axis (time), each with its
 // own colour; the y range covers every finite point. The canvas records how many points it drew
-// (data-points) so that a test can see the chart is not empty.
+// (data-points) so that a test can see the chart is not empty. The legend is HTML, in the
+// element "<canvas id>-legend": one entry per series, its name set as text (a source's name is
+// the daemon's string, never markup), with the points it drew (data-points); it wraps where
+// many sources would have run off the canvas.
 "use strict";
+
+function legend(canvas, series, counts) {
+  const box = document.getElementById(`${canvas.id}-legend`);
+  if (!box) return;
+  box.replaceChildren(
+    ...series.map((s, i) => {
+      const entry = document.createElement("span");
+      entry.className = counts[i] ? "series" : "series empty"; // no point to draw yet
+      entry.dataset.name = s.name;
+      entry.dataset.points = String(counts[i]);
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = s.color;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = s.name;
+      entry.append(swatch, name);
+      return entry;
+    }),
+  );
+}
 
 function niceTime(t) {
   const d = new Date(t * 1000);
@@ -21,18 +45,22 @@ function fmt(v) {
 function drawChart(canvas, series) {
   const ctx = canvas.getContext("2d");
   const W = canvas.width, H = canvas.height;
-  const L = 60, R = 12, T = 22, B = 24;
+  const L = 60, R = 12, T = 10, B = 24;
   ctx.clearRect(0, 0, W, H);
   let xmin = Infinity, xmax = -Infinity, ymin = Infinity, ymax = -Infinity, count = 0;
-  for (const s of series) {
+  const counts = series.map((s) => {
+    let n = 0;
     for (const [x, y] of s.points) {
       if (!Number.isFinite(x) || !Number.isFinite(y)) continue;
       xmin = Math.min(xmin, x); xmax = Math.max(xmax, x);
       ymin = Math.min(ymin, y); ymax = Math.max(ymax, y);
-      count++;
+      n++;
     }
-  }
+    count += n;
+    return n;
+  });
   canvas.dataset.points = String(count);
+  legend(canvas, series, counts);
   ctx.font = "11px sans-serif";
   ctx.fillStyle = "#8a96a3";
   if (count === 0) {
@@ -56,8 +84,7 @@ function drawChart(canvas, series) {
   }
   ctx.fillText(niceTime(xmin), L, H - 6);
   ctx.fillText(niceTime(xmax), W - R - 50, H - 6);
-  let lx = L;
-  for (const s of series) {
+  series.forEach((s, i) => {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
@@ -68,14 +95,12 @@ function drawChart(canvas, series) {
       pen = true;
     }
     ctx.stroke();
-    if (s.points.length === 1 || s.points.filter((p) => Number.isFinite(p[1])).length === 1) {
-      const p = s.points.find((q) => Number.isFinite(q[1]));
-      if (p) { ctx.fillStyle = s.color; ctx.fillRect(px(p[0]) - 2, py(p[1]) - 2, 4, 4); }
+    if (counts[i] === 1) { // a lone point draws no line: a dot
+      const [x, y] = s.points.find(([a, b]) => Number.isFinite(a) && Number.isFinite(b));
+      ctx.fillStyle = s.color;
+      ctx.fillRect(px(x) - 2, py(y) - 2, 4, 4);
     }
-    ctx.fillStyle = s.color;
-    ctx.fillText(s.name, lx, 14);
-    lx += ctx.measureText(s.name).width + 16;
-  }
+  });
 }
 
 window.drawChart = drawChart;

@@ -33,11 +33,13 @@ START_S = 180.0  # a shared 2-core CI machine can be slow to start 13 processes
 def running_daemon(
     root: Path, inbox: dict[str, str], *args: str, crawl: bool = False
 ) -> Iterator[dict[str, Any]]:
-    """Start the daemon on ``inbox`` (name -> text), crawling only when ``crawl`` (give it a
-    ``--crawl-start-url``), and yield once it trained a step: ``{"proc", "run", "log", "status"}``."""
+    """Start the daemon on ``inbox`` (name -> text; ``folder/name`` in a drop sub-folder),
+    crawling only when ``crawl`` (give it a ``--crawl-start-url``), and yield once it trained a
+    step: ``{"proc", "run", "log", "status"}``."""
     state, run = root / "s", root / "r"
     (state / "inbox").mkdir(parents=True)
-    for name, text in inbox.items():
+    for name, text in inbox.items():  # "<folder>/<file>": a drop sub-folder, its own source
+        (state / "inbox" / name).parent.mkdir(exist_ok=True)
         (state / "inbox" / name).write_text(text, encoding="utf-8")
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.pop("NOTIFY_SOCKET", None)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import os
-import shutil
 import tempfile
 import threading
 import time
@@ -21,15 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _browser import artifacts_dir, browser_page, dashboard_address, open_tab, require_browser, wait_true
 from _dashboard_daemon import corpus_parts, running_daemon, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-try:
-    from playwright.sync_api import Page, sync_playwright
-except ImportError:  # pragma: no cover - the dev extra installs it
-    sync_playwright = None  # type: ignore[assignment]
 
 HOSTILE_TITLE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> hostile'
 
@@ -74,10 +67,7 @@ def web_site(page: str) -> Iterator[str]:
 
 @pytest.fixture
 def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (scripts/bootstrap.sh installs it when run as root)")
-    if sync_playwright is None:
-        pytest.skip("the playwright package is not installed (pip install -e .[dev])")
+    require_browser()
     text = corpus_file.read_text(encoding="utf-8")
     inbox = {**corpus_parts(text), "hostile.html": _hostile_page(text[:6000])}
     with (
@@ -95,124 +85,88 @@ def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
         ) as daemon,
     ):
         run = daemon["run"]
-        deadline = time.monotonic() + 30
-        while not (run / "dashboard.json").exists():
-            assert time.monotonic() < deadline, "no dashboard.json"
-            time.sleep(0.2)
-        info = json.loads((run / "dashboard.json").read_text(encoding="utf-8"))
+        info = dashboard_address(run)
         assert status(run)["http"]["url"] == info["url"]
         yield {**daemon, "url": info["url"], "token": info["token"]}
 
 
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    out = Path(os.environ.get("CRYSTALLINE_TEST_ARTIFACTS", "") or tmp_path / "artifacts") / "dashboard"
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _wait(page: Page, expression: str, timeout_s: float = 30.0) -> None:
-    """Poll ``expression`` from here: Playwright's wait_for_function polls with eval() inside the
-    page, which the dashboard's Content-Security-Policy (no 'unsafe-eval') rightly refuses."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {expression}"
-        page.wait_for_timeout(250)
-
-
-def _tab(page: Page, name: str) -> None:
-    page.click(f"#tabs button[data-tab={name}]")
-    page.wait_for_selector(f"#tab-{name}.active")
-
-
-def test_dashboard_in_chromium(daemon: dict[str, Any], artifacts: Path) -> None:
+def test_dashboard_in_chromium(daemon: dict[str, Any], tmp_path: Path) -> None:
     url, token = daemon["url"], daemon["token"]
-    assert sync_playwright is not None and CHROMIUM is not None
+    artifacts = artifacts_dir(tmp_path)
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"{url}#token={token}")
-            assert "token" not in page.url  # taken out of the address bar
+    with browser_page(errors) as page:
+        page.goto(f"{url}#token={token}")
+        assert "token" not in page.url  # taken out of the address bar
 
-            # overview: the loss curve has points (a history point every 5 s)
-            _wait(page, "Number(document.getElementById('loss-chart').dataset.points || 0) > 0", 60)
-            page.wait_for_selector("#state.running")
-            page.screenshot(path=str(artifacts / "overview.png"), full_page=True)
+        # overview: the loss curve has points (a history point every 5 s)
+        wait_true(page, "Number(document.getElementById('loss-chart').dataset.points || 0) > 0", 60)
+        page.wait_for_selector("#state.running")
+        page.screenshot(path=str(artifacts / "overview.png"), full_page=True)
 
-            # node zero: 12 workers drawn, and they step while we watch
-            _tab(page, "workers")
-            _wait(page, "document.querySelectorAll('#ring .worker').length === 12")
-            before = page.eval_on_selector_all(
-                "#ring .worker", "els => els.map(e => Number(e.dataset.steps))"
-            )
-            _wait(
-                page,
-                "[...document.querySelectorAll('#ring .worker')]"
-                f".every((e, i) => Number(e.dataset.steps) > {json.dumps(before)}[i])",
-            )
-            states = page.eval_on_selector_all("#ring .worker", "els => els.map(e => e.dataset.state)")
-            assert all(s in ("idle", "computing", "reducing", "updating") for s in states), states
-            page.screenshot(path=str(artifacts / "workers.png"), full_page=True)
+        # node zero: 12 workers drawn, and they step while we watch
+        open_tab(page, "workers")
+        wait_true(page, "document.querySelectorAll('#ring .worker').length === 12")
+        before = page.eval_on_selector_all("#ring .worker", "els => els.map(e => Number(e.dataset.steps))")
+        wait_true(
+            page,
+            "[...document.querySelectorAll('#ring .worker')]"
+            f".every((e, i) => Number(e.dataset.steps) > {json.dumps(before)}[i])",
+        )
+        states = page.eval_on_selector_all("#ring .worker", "els => els.map(e => e.dataset.state)")
+        assert all(s in ("idle", "computing", "reducing", "updating") for s in states), states
+        page.screenshot(path=str(artifacts / "workers.png"), full_page=True)
 
-            # ingest: the hostile title is shown as text, nothing of it ran or became markup
-            _tab(page, "ingest")
-            cell = page.wait_for_selector("#documents-table td:has-text('__pwned = 1')", timeout=60_000)
-            assert cell is not None and cell.text_content() == HOSTILE_TITLE
-            assert page.evaluate("window.__pwned") is None
-            assert (
-                page.eval_on_selector_all(
-                    "#documents-table script, #documents-table img", "els => els.length"
-                )
-                == 0
-            )
-            page.screenshot(path=str(artifacts / "ingest.png"), full_page=True)
+        # ingest: the hostile title is shown as text, nothing of it ran or became markup
+        open_tab(page, "ingest")
+        cell = page.wait_for_selector("#documents-table td:has-text('__pwned = 1')", timeout=60_000)
+        assert cell is not None and cell.text_content() == HOSTILE_TITLE
+        assert page.evaluate("window.__pwned") is None
+        assert (
+            page.eval_on_selector_all("#documents-table script, #documents-table img", "els => els.length")
+            == 0
+        )
+        page.screenshot(path=str(artifacts / "ingest.png"), full_page=True)
 
-            # crawler: the crawled page's title, from the web, shown as text too
-            _tab(page, "crawler")
-            cell = page.wait_for_selector("#pages-table td:has-text('__pwned = 3')", timeout=60_000)
-            assert cell is not None and cell.text_content() == WEB_TITLE
-            assert page.evaluate("window.__pwned") is None
-            page.screenshot(path=str(artifacts / "crawler.png"), full_page=True)
-            _tab(page, "checkpoints")
-            page.wait_for_selector("#checkpoints-table tbody tr", timeout=30_000)
+        # crawler: the crawled page's title, from the web, shown as text too
+        open_tab(page, "crawler")
+        cell = page.wait_for_selector("#pages-table td:has-text('__pwned = 3')", timeout=60_000)
+        assert cell is not None and cell.text_content() == WEB_TITLE
+        assert page.evaluate("window.__pwned") is None
+        page.screenshot(path=str(artifacts / "crawler.png"), full_page=True)
+        open_tab(page, "checkpoints")
+        page.wait_for_selector("#checkpoints-table tbody tr", timeout=30_000)
 
-            # chat: the reply arrives and is kept in the page with the prompt
-            _tab(page, "chat")
-            page.fill("#prompt", "<b>the cat</b>")
-            page.fill("#tokens", "60")
-            page.click("#send")
-            _wait(page, "(document.querySelector('.turn.reply .meta')?.textContent || '').length > 0", 60)
-            reply = page.text_content(".turn.reply .text") or ""
-            assert len(reply) > 0
-            assert page.text_content(".turn.prompt .text") == "<b>the cat</b>"
-            page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
+        # chat: the reply arrives and is kept in the page with the prompt
+        open_tab(page, "chat")
+        page.fill("#prompt", "<b>the cat</b>")
+        page.fill("#tokens", "60")
+        page.click("#send")
+        wait_true(page, "(document.querySelector('.turn.reply .meta')?.textContent || '').length > 0", 60)
+        reply = page.text_content(".turn.reply .text") or ""
+        assert len(reply) > 0
+        assert page.text_content(".turn.prompt .text") == "<b>the cat</b>"
+        page.screenshot(path=str(artifacts / "chat.png"), full_page=True)
 
-            assert errors == [], errors  # every tab drawn without a console error
-            # the spiral: 256 byte tokens on the first 256 primes; token 0 (prime 2) sits at (1, 0)
-            _tab(page, "spiral")
-            _wait(page, "document.getElementById('spiral').dataset.points === '256'", 60)
-            box = page.eval_on_selector(
-                "#spiral",
-                "c => { const r = c.getBoundingClientRect(), f = r.width / c.width;"
-                " return [r.left + (spiral.half + spiral.scale) * f, r.top + spiral.half * f]; }",
-            )
-            page.mouse.move(box[0], box[1])
-            _wait(page, "document.getElementById('spiral-tip').textContent.startsWith('token 0:')", 10)
-            page.screenshot(path=str(artifacts / "spiral.png"), full_page=True)
+        assert errors == [], errors  # every tab drawn without a console error
+        # the spiral: 256 byte tokens on the first 256 primes; token 0 (prime 2) sits at (1, 0)
+        open_tab(page, "spiral")
+        wait_true(page, "document.getElementById('spiral').dataset.points === '256'", 60)
+        box = page.eval_on_selector(
+            "#spiral",
+            "c => { const r = c.getBoundingClientRect(), f = r.width / c.width;"
+            " return [r.left + (spiral.half + spiral.scale) * f, r.top + spiral.half * f]; }",
+        )
+        page.mouse.move(box[0], box[1])
+        wait_true(page, "document.getElementById('spiral-tip').textContent.startsWith('token 0:')", 10)
+        page.screenshot(path=str(artifacts / "spiral.png"), full_page=True)
 
-            # an action from the page without the token: 403, and the daemon kept training
-            refused = page.evaluate(
-                "fetch('/api/pause', {method: 'POST', headers: {'Content-Type': 'application/json'},"
-                ' body: \'{"what": "training"}\'}).then(r => r.status)'
-            )
-            assert refused == 403
-            assert len(errors) == 1 and "403" in errors[0], errors  # the browser logs the refusal
-        finally:
-            browser.close()
+        # an action from the page without the token: 403, and the daemon kept training
+        refused = page.evaluate(
+            "fetch('/api/pause', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+            ' body: \'{"what": "training"}\'}).then(r => r.status)'
+        )
+        assert refused == 403
+        assert len(errors) == 1 and "403" in errors[0], errors  # the browser logs the refusal
     assert status(daemon["run"])["training"]["state"] != "paused"
 
 
