@@ -60,7 +60,12 @@ def test_cluster_member_card(corpus_file: Path, tmp_path: Path) -> None:
     ):
         info = dashboard_address(daemon["run"])
         page.goto(info["url"])
+        # one member; its info in the rendezvous store is from after the group formed (rank 0),
+        # and then from after a step of its own (the step moved: an allreduce was measured)
         wait_true(page, "document.querySelectorAll('#cluster-members .member').length === 1", 60)
+        wait_true(page, f"{MEMBER}.dataset.rank === '0'", 60)
+        first = int(page.evaluate(f"{MEMBER}.dataset.step"))
+        wait_true(page, f"Number({MEMBER}.dataset.step) > {first}", 60)
         assert page.evaluate("document.getElementById('cluster').hidden") is False
         card: dict[str, Any] = page.evaluate(f"({{...{MEMBER}.dataset, text: {MEMBER}.innerText}})")
         assert card["address"] == "127.0.0.1" and card["rank"] == "0", card
@@ -69,7 +74,6 @@ def test_cluster_member_card(corpus_file: Path, tmp_path: Path) -> None:
         # the last allreduce: its time and its bytes on the wire (none with one member)
         assert re.search(r"allreduce \d+\.\d ms · 0 B", card["text"]), card
         assert "data share 100 %" in card["text"], card
-        wait_true(page, f"Number({MEMBER}.dataset.step) > {int(card['step'])}", 60)
         summary = page.eval_on_selector_all(
             "#cluster-cards .card",
             "cs => Object.fromEntries(cs.map(c => [c.children[0].textContent, c.children[1].textContent]))",
