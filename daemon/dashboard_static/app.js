@@ -188,7 +188,7 @@ function renderCluster(k, digest) {
       c.dataset.state = String(m.state ?? "");
       c.append(
         el("div", `${m.address ?? "?"}${m.address === k.address ? " (this member)" : ""}`, "label"),
-        el("div", `rank ${m.rank ?? "-"} · step ${num(m.step)}`, "value"),
+        el("div", `rank ${m.rank >= 0 ? m.rank : "-"} · step ${num(m.step)}`, "value"), // -1: in no group
         el("div", `allreduce ${num(m.allreduce_ms, 1)} ms · ${bytes(m.allreduce_bytes)}`, "allreduce"),
         el("div", `data share ${percent(m.data_share)}`, "share"),
         el("div", m.state ?? "-", "mstate"),
