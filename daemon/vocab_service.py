@@ -1,17 +1,19 @@
 """The learned vocabulary's service in the supervisor ([train] tokenizer = "learned", the base
 preset): until the vocabulary exists, learn it once the byte-level store holds enough training
 text; then keep the store the model trains on derived from the byte-level one
-(tokens/learned_vocab.py). Both run in a thread, every ``POLL_S`` seconds, never in the loop."""
+(tokens/learned_vocab.py). Both run in a thread, every ``POLL_S`` seconds, never in the loop;
+a stop ends either at its next piece of text (tokens/learned_vocab.PIECE_CHARS), not at its end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
-from ..tokens.learned_vocab import DerivedStore, derived_dir, learn_once, vocab_path
+from ..tokens.learned_vocab import DerivedStore, Stopped, derived_dir, learn_once, vocab_path
 from ..workers.train_config import TrainConfig
 from .store_data import byte_store_dir
 
@@ -31,16 +33,17 @@ class VocabService:
         self.derived: DerivedStore | None = None
         self.error: str | None = None
         self.stop_event = asyncio.Event()
+        self.halt = threading.Event()  # the stop as the pass in its thread sees it
         self.task: asyncio.Task[None] | None = None
         self.failures = 0  # in a row: the wait before the next try doubles with each
 
     def _step(self) -> None:
         if self.derived is None:
-            tokenizer = learn_once(self.byte_store, self.path, self.vocab_size, self.min_bytes)
+            tokenizer = learn_once(self.byte_store, self.path, self.vocab_size, self.min_bytes, self.halt)
             if tokenizer is None:
                 return
             self.derived = DerivedStore(self.byte_store, self.derived_dir, tokenizer)
-        self.derived.step()
+        self.derived.step(stop=self.halt)
 
     async def _run(self) -> None:
         while not self.stop_event.is_set():
@@ -48,6 +51,11 @@ class VocabService:
                 await asyncio.to_thread(self._step)
                 self.error = None
                 self.failures = 0
+            except Stopped:
+                log.info(
+                    "learned vocabulary: the pass in hand stopped with the daemon; the next start takes it up"
+                )
+                return
             # any failure (a tokenizers exception, MemoryError, a bug): ending here would leave
             # control waiting for the vocabulary forever, so it is reported and tried again
             except Exception as exc:
@@ -74,8 +82,10 @@ class VocabService:
         return self.task
 
     async def stop(self, timeout_s: float) -> None:
-        """No new pass after this; the pass in hand (a shard, or the learning) finishes within
-        ``timeout_s`` or is left to its thread (a shard is written atomically)."""
+        """No new pass after this; the pass in hand (the learning, or deriving shards) ends at its
+        next piece of text, writing nothing of it (a shard is written atomically); waited for
+        ``timeout_s`` at most."""
+        self.halt.set()
         self.stop_event.set()
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -27,8 +27,11 @@ half the bytes).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import re
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +57,15 @@ KEPT = (
 
 
 LEARNED = "learned"  # [train] tokenizer: the vocabulary learned in the state directory
+PIECE_CHARS = 2**20  # learning and deriving look for a stop between pieces of this much text
+# a space between two word characters starts a pre-token of the byte-level BPE whatever precedes
+# it, so a text cut there gives the learning the same words and the encoder the same ids
+_CUT = re.compile(r"(?<=\w) (?=\w)")
+
+
+class Stopped(Exception):
+    """Learning or deriving was asked to stop (the daemon is stopping): nothing of the pass in
+    hand was written, and the next start takes it up from the beginning."""
 
 
 def vocab_path(state_dir: Path) -> Path:
@@ -75,6 +87,29 @@ def text_of(reader: StoreReader, doc: StoredDocument, limit: int | None = None) 
     return reader.tokens(doc)[:limit].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 
+def pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` in pieces of ``size`` characters or a little more, each cut before a space
+    between two word characters: learned from or encoded piece by piece, it gives the vocabulary
+    and the ids it gives whole (a text without such a space stays whole)."""
+    start = 0
+    while len(text) - start > size:
+        cut = _CUT.search(text, start + size)
+        if cut is None:
+            break
+        yield text[start : cut.start()]
+        start = cut.start()
+    yield text[start:]
+
+
+def until_stopped(texts: Iterable[str], stop: threading.Event) -> Iterator[str]:
+    """The pieces of ``texts``; Stopped before the next one once ``stop`` is set."""
+    for text in texts:
+        for piece in pieces(text, PIECE_CHARS):
+            if stop.is_set():
+                raise Stopped("stopped")
+            yield piece
+
+
 def first_texts(reader: StoreReader, limit: int) -> Iterator[str]:
     """The training documents' text in commit order, up to ``limit`` bytes (the last one cut)."""
     left = limit
@@ -87,12 +122,18 @@ def first_texts(reader: StoreReader, limit: int) -> Iterator[str]:
 
 
 def learn_once(
-    byte_store: Path, path: Path, vocab_size: int = VOCAB_SIZE, min_bytes: int = MIN_BYTES
+    byte_store: Path,
+    path: Path,
+    vocab_size: int = VOCAB_SIZE,
+    min_bytes: int = MIN_BYTES,
+    stop: threading.Event | None = None,
 ) -> Tokenizer | None:
     """The vocabulary at ``path`` if it is there; else, once ``byte_store`` holds ``min_bytes``
     of training text, the vocabulary learned from the first ``min_bytes`` of it, written
     atomically to ``path``; None while there is less. A file that cannot be read is an error
-    (TokenizerError naming it), never relearned over."""
+    (TokenizerError naming it), never relearned over. ``stop`` set while the text is read in
+    ends the learning at the next piece (Stopped, nothing written); the merges that follow the
+    last piece run to their end (0.3-1.9 s for 8192 tokens from 32 MiB of 20k-300k words)."""
     if path.exists():
         return load_tokenizer(str(path))
     reader = StoreReader(byte_store)
@@ -103,7 +144,8 @@ def learn_once(
     log.info(
         "learning a %d-token vocabulary from the first %d bytes of %s", vocab_size, min_bytes, byte_store
     )
-    tokenizer = train_bpe_texts(first_texts(reader, min_bytes), vocab_size)
+    texts = until_stopped(first_texts(reader, min_bytes), stop or threading.Event())
+    tokenizer = train_bpe_texts(texts, vocab_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_tokenizer(tokenizer, path)
     log.info("vocabulary of %d tokens written to %s; it stays fixed", tokenizer.vocab_size, path)
@@ -126,9 +168,11 @@ class DerivedStore:
             raise ValueError(f"{derived} does not hold a prefix of {byte_store}'s documents")
         self.store = TokenStore(derived, tokenizer.dtype)
 
-    def step(self, max_shards: int = 16) -> int:
+    def step(self, max_shards: int = 16, stop: threading.Event | None = None) -> int:
         """Re-tokenize the next byte-level shards not yet derived (at most ``max_shards``);
-        returns how many documents were added."""
+        returns how many documents were added. ``stop`` set ends it at the next piece of text
+        (Stopped; the shard in hand is not written, the ones before it are)."""
+        stop = stop or threading.Event()
         self.source.refresh()
         docs = self.source.documents[self.count :]
         added = 0
@@ -139,7 +183,7 @@ class DerivedStore:
             docs = docs[len(shard) :]
             pending = [
                 PendingDocument(
-                    ids=self.tokenizer.encode(text_of(self.source, d)), **{n: getattr(d, n) for n in KEPT}
+                    ids=self._encode(text_of(self.source, d), stop), **{n: getattr(d, n) for n in KEPT}
                 )
                 for d in shard
             ]
@@ -147,3 +191,7 @@ class DerivedStore:
             self.count += len(shard)
             added += len(shard)
         return added
+
+    def _encode(self, text: str, stop: threading.Event) -> np.ndarray[Any, Any]:
+        """``text``'s ids, encoded piece by piece (the same ids as whole)."""
+        return np.concatenate([self.tokenizer.encode(piece) for piece in until_stopped([text], stop)])

@@ -1,6 +1,7 @@
 """The learned vocabulary's service: a pass that fails in any way (a tokenizers exception,
 MemoryError, not only OSError / ValueError) is reported in its stats and tried again, with a
-growing wait, instead of ending the task and leaving control waiting for the vocabulary."""
+growing wait, instead of ending the task and leaving control waiting for the vocabulary; a stop
+ends the learning in hand instead of waiting for it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,19 @@ import asyncio
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crystalline.daemon import vocab_service
+from crystalline.daemon.store_data import byte_store_dir
 from crystalline.daemon.vocab_service import VocabService
+from crystalline.tokens.learned_vocab import vocab_path
+from crystalline.tokens.token_store import PendingDocument, TokenStore
+from crystalline.tokens.tokenizer import ByteTokenizer
 from crystalline.workers.train_config import TrainConfig
+from tests.conftest import make_corpus
+
+BYTES = ByteTokenizer()
 
 
 class TokenizerFailure(Exception):
@@ -57,3 +66,47 @@ def test_an_unexpected_failure_is_reported_and_retried_with_backoff(
     assert service.wait_s() == 0.01
     service.failures = 30
     assert service.wait_s() == 0.05  # capped
+
+
+@pytest.mark.timeout(300)
+def test_a_stop_ends_the_learning_at_its_next_piece_of_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping the daemon while it learns its vocabulary (several seconds for 32 MiB, more on
+    a busy machine) does not wait for the learning: it ends at its next piece of text, writes
+    no vocabulary, reports no error, and the next start learns it from the beginning."""
+    state = tmp_path / "state"
+    store = TokenStore(byte_store_dir(state), np.uint16)
+    text = make_corpus(2**20, seed=5)
+    for shard in range(4):  # 32 MiB of training text, the default the base preset learns from
+        store.append(
+            [
+                PendingDocument(f"d{shard}-{i}", f"e{shard}-{i}", "file:x", "train", BYTES.encode(text))
+                for i in range(8)
+            ]
+        )
+    config = TrainConfig(learned_vocab=8192, learned_vocab_bytes=32 * 2**20)
+    service = VocabService(state, config)
+    caplog.set_level(logging.INFO)
+
+    def said(words: str) -> bool:
+        return any(words in r.getMessage() for r in caplog.records)
+
+    async def run() -> None:
+        task = service.start()
+        for _ in range(12_000):  # 120 s for the store to be read and the learning to begin
+            if said("learning a 8192-token vocabulary") or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert said("learning a 8192-token vocabulary"), [r.getMessage() for r in caplog.records]
+        await service.stop(120.0)
+        assert task.done() and task.exception() is None
+
+    asyncio.run(run())  # which waits for the learning's thread, as the daemon's end does
+    assert said("stopped with the daemon") and not said("written to")
+    assert not vocab_path(state).exists() and not any(vocab_path(state).parent.glob("*"))
+    assert service.stats() == {
+        "path": str(vocab_path(state)),
+        "learned": False,
+        "learns_from_bytes": 32 * 2**20,
+    }

@@ -5,11 +5,13 @@ the same documents re-tokenized, shard by shard, and resumes where it stopped.""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from crystalline.tokens import learned_vocab
 from crystalline.tokens.learned_vocab import DerivedStore, learn_once, vocab_path
 from crystalline.tokens.token_store import PendingDocument, StoreReader, TokenStore
 from crystalline.tokens.tokenizer import ByteTokenizer, TokenizerError, load_tokenizer
@@ -98,3 +100,38 @@ def test_a_derived_store_of_other_documents_is_refused(byte_store: Path, tmp_pat
         DerivedStore(byte_store, other, tokenizer)
     with pytest.raises(TokenizerError, match="not a bytes one"):
         DerivedStore(byte_store, tmp_path / "d", load_tokenizer("bytes"))
+
+
+def test_text_cut_into_pieces_learns_and_encodes_as_whole(
+    byte_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Learning and deriving read their text in pieces (to look for a stop between them): the
+    pieces give the vocabulary and the ids that the whole texts give."""
+    odd = "  Ünïcödé   wörds\t\ttabs\n\n\n  spaces   and-dashes_under 3.14 x\u00a0y\u2003z 漢字かな文。 " * 40
+    add_shard(TokenStore(byte_store, BYTES.dtype), "odd", [odd])
+    assert "".join(learned_vocab.pieces(odd, 50)) == odd and len(list(learned_vocab.pieces(odd, 50))) > 10
+    made, whole = {}, learned_vocab.PIECE_CHARS
+    for size in (whole, 50):
+        monkeypatch.setattr(learned_vocab, "PIECE_CHARS", size)
+        path = vocab_path(tmp_path / str(size))
+        tokenizer = learn_once(byte_store, path, vocab_size=400, min_bytes=60_000 + len(odd.encode()))
+        assert tokenizer is not None
+        DerivedStore(byte_store, tmp_path / str(size) / "tokens-bpe", tokenizer).step()
+        out = StoreReader(tmp_path / str(size) / "tokens-bpe")
+        out.refresh()
+        made[size] = (tokenizer.to_json(), [out.tokens(d).tolist() for d in out.documents])
+    assert made[50] == made[whole]
+
+
+def test_a_stop_ends_deriving_at_the_next_piece_and_writes_nothing_of_its_shard(
+    byte_store: Path, tmp_path: Path
+) -> None:
+    tokenizer = learn_once(byte_store, vocab_path(tmp_path), vocab_size=400, min_bytes=50_000)
+    assert tokenizer is not None
+    stop = threading.Event()
+    stop.set()
+    store = DerivedStore(byte_store, tmp_path / "tokens-bpe", tokenizer)
+    with pytest.raises(learned_vocab.Stopped):
+        store.step(stop=stop)
+    assert store.count == 0 and not any((tmp_path / "tokens-bpe").glob("shard-*"))
+    assert DerivedStore(byte_store, tmp_path / "tokens-bpe", tokenizer).step() == 4  # all of it, later
