@@ -76,6 +76,11 @@ fi
 if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v ip >/dev/null 2>&1; then
     test_package iproute2 "the cluster tests' network namespaces (they fall back to loopback addresses)"
 fi
+# The lossy-link tests (tests/daemon/test_cluster_links.py) drop packets with nftables' nft
+# (iproute2's tc shapes the slow links).
+if [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && ! command -v nft >/dev/null 2>&1; then
+    test_package nftables "the cluster tests on a lossy link"
+fi
 
 # The dashboard's browser tests (tests/daemon/test_dashboard_browser.py) drive Debian's chromium
 # with Playwright (the pip package is in the dev extra; `playwright install` is never run, no

@@ -1,16 +1,23 @@
 """Several "machines" on one box for the cluster tests: network namespaces joined by veth pairs
 to a bridge in a hub namespace, made (and removed) here with iproute2, each running a real
 ``crystalline run --cluster``; where namespaces are not allowed, distinct loopback addresses
-(``kind`` says which ran, and a partition then cannot be made)."""
+(``kind`` says which ran, and a partition then cannot be made). A member's link can be shaped
+(tc's tbf and netem on both of its ends, nft dropping packets on it); the shaping goes with the
+namespaces, and is undone first in case a stray process holds one."""
 
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,32 @@ from _daemon_process import SMALL_MODEL
 from crystalline.daemon.status_server import request
 
 
+def _run(*cmd: str, stdin: str | None = None) -> str:
+    try:
+        return subprocess.run(cmd, input=stdin, check=True, capture_output=True, text=True, timeout=30).stdout
+    except subprocess.CalledProcessError as exc:
+        exc.add_note(f"its stderr: {exc.stderr.strip()}")
+        raise
+
+
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    _run("ip", *args)
+
+
+class LinkShapingUnavailable(Exception):
+    """This machine cannot shape a link that way; the message says why (a test skips with it)."""
+
+
+TOOL_PACKAGES = {"tc": "iproute2", "nft": "nftables"}
+
+
+def _kernel_lacks(option: str) -> bool:
+    """True when /proc/config.gz says this kernel was built without ``option``."""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            return f"# {option} is not set" in f.read()
+    except OSError:
+        return False
 
 
 class Machines:
@@ -29,6 +60,7 @@ class Machines:
         self.root = root
         self.tag = f"cr{os.getpid() % 100000}"
         self.namespaces: list[str] = []
+        self._shaped: list[list[str]] = []  # the commands that undo the links' shaping
         try:
             self._make_namespaces()
             self.kind = "namespaces"
@@ -71,6 +103,83 @@ class Machines:
         """Cut machine ``i`` off the network (its only link down), or bring it back."""
         assert self.kind == "namespaces", "a partition needs network namespaces"
         _ip("-n", f"{self.tag}m{i}", "link", "set", f"{self.tag}v{i}", "up" if up else "down")
+
+    # ---- link shaping: tc and nft on member i's link ------------------------------------------
+    def shaping_unavailable(self, tool: str) -> str | None:
+        """Why a member's link cannot be shaped with ``tool`` (tc or nft) here; None when it can."""
+        if self.kind != "namespaces":
+            return "shaping a link needs network namespaces, and this machine does not allow them"
+        if shutil.which(tool) is None:
+            return (
+                f"{tool} is not installed (Debian package {TOOL_PACKAGES[tool]}; scripts/bootstrap.sh "
+                "installs it when run as root for the tests)"
+            )
+        return None
+
+    def _ends(self, i: int) -> list[tuple[str, str]]:
+        """Both ends of member ``i``'s link (namespace, device): what leaves the member's end is
+        what it sends, what leaves the bridge's end is what it receives."""
+        return [(f"{self.tag}m{i}", f"{self.tag}v{i}"), (f"{self.tag}h", f"{self.tag}b{i}")]
+
+    def _qdisc(self, i: int, *spec: str) -> None:
+        for ns, dev in self._ends(i):
+            self._shaped.append(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"])
+            _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *spec)
+
+    def limit_rate(self, i: int, mbit: float) -> None:
+        """Member ``i``'s link carries at most ``mbit`` Mbit/s each way (tbf on both ends), with
+        a queue of at most 100 ms: what does not fit is dropped, as a slow link's router does."""
+        burst = max(16_000, int(mbit * 1e6 / 8 / 100))  # 10 ms of traffic, at least a few packets
+        self._qdisc(i, "tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms")
+
+    def delay(self, i: int, ms: float) -> None:
+        """Member ``i``'s link delays every packet by ``ms`` each way (netem on both ends);
+        LinkShapingUnavailable naming why when tc refuses netem."""
+        try:
+            self._qdisc(i, "netem", "delay", f"{ms}ms")
+        except subprocess.CalledProcessError as exc:
+            why = (exc.stderr or "").strip().replace("\n", " ") or f"exit status {exc.returncode}"
+            if _kernel_lacks("CONFIG_NET_SCH_NETEM"):
+                why = f"kernel without CONFIG_NET_SCH_NETEM (tc: {why})"
+            raise LinkShapingUnavailable(f"tc netem refused: {why}") from None
+
+    def drop_packets(self, i: int, percent: int) -> None:
+        """Member ``i``'s link loses ``percent`` % of its packets each way, at random: nft's
+        netdev hooks on the member's end (ingress and egress), past both TCP stacks, so the
+        loss is the wire's; counted for :meth:`packets_dropped`."""
+        ns, dev = self._ends(i)[0]
+        rule = f'counter name "seen" numgen random mod 100 < {percent} counter name "dropped" drop'
+        chains = "".join(
+            f' chain {hook} {{ type filter hook {hook} device "{dev}" priority 0; policy accept; {rule}; }};'
+            for hook in ("ingress", "egress")
+        )
+        self._shaped.append(["ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "crloss"])
+        table = f"table netdev crloss {{ counter seen {{ }}; counter dropped {{ }};{chains} }}"
+        _run("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=table)
+
+    def packets_dropped(self, i: int) -> tuple[int, int]:
+        """Packets that crossed member ``i``'s loss rule, and how many of them it dropped."""
+        ns, _ = self._ends(i)[0]
+        listed = _run("ip", "netns", "exec", ns, "nft", "-j", "list", "counters", "table", "netdev", "crloss")
+        counts = {x["counter"]["name"]: x["counter"]["packets"] for x in json.loads(listed)["nftables"][1:]}
+        return counts["seen"], counts["dropped"]
+
+    def link_bytes(self, i: int) -> tuple[int, int]:
+        """Bytes member ``i`` has sent and received over its link (its end's counters)."""
+        ns, dev = self._ends(i)[0]
+        stats = json.loads(_run("ip", "-n", ns, "-s", "-j", "link", "show", "dev", dev))[0]["stats64"]
+        return stats["tx"]["bytes"], stats["rx"]["bytes"]
+
+    def _unshape(self) -> None:
+        for cmd in reversed(self._shaped):
+            subprocess.run(cmd, capture_output=True, timeout=30)
+        self._shaped = []
+
+    def leftovers(self) -> list[str]:
+        """This harness's namespaces that still exist (none once :meth:`close` returned)."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+        ours = {f"{self.tag}h", *(f"{self.tag}m{i}" for i in range(self.count))}
+        return [line.split()[0] for line in listed.splitlines() if line.split()[0] in ours]
 
     def run_in(self, i: int, code: str) -> None:
         subprocess.run([*self.prefix(i), sys.executable, "-c", code], check=True, timeout=60)
@@ -141,7 +250,21 @@ class Machines:
     def close(self) -> None:
         for i in list(self.procs):
             self.stop(i)
+        self._unshape()
         self._remove_namespaces()
+
+
+@contextlib.contextmanager
+def machines_on_this_box(count: int) -> Iterator[Machines]:
+    """``count`` machines for a test; on the way out (failed or not) their daemons stopped, the
+    shaping undone and the namespaces removed, which is checked."""
+    with tempfile.TemporaryDirectory(prefix="cr-", dir="/tmp") as d:  # AF_UNIX path limit
+        m = Machines(count, Path(d))
+        try:
+            yield m
+        finally:
+            m.close()
+            assert not m.leftovers(), f"namespaces left behind: {m.leftovers()}"
 
 
 def digests(status: dict[str, Any]) -> dict[int, str]:
