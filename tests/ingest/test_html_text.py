@@ -211,3 +211,19 @@ def test_text_hidden_by_inline_style_stays_out_of_the_retry() -> None:
         assert para in text
     for para in SECTIONS[1] + SECTIONS[2]:
         assert para not in text
+
+
+def test_xhtml_page_with_an_xml_declaration_is_read() -> None:
+    # The page text is decoded already and lxml refuses a str that declares an encoding: the
+    # declaration is dropped before parsing (such pages came out empty from our pass).
+    html = (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Strict//EN" '
+        '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-strict.dtd">\n'
+        '<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><title>Delta</title></head>'
+        f"<body><nav><ul>{NAV}</ul></nav><div>{_paras(SECTIONS[0] + SECTIONS[1])}</div></body></html>"
+    )
+    page = extract_html(html, "never")
+    for para in SECTIONS[0] + SECTIONS[1]:
+        assert para in page.text
+    assert (page.title, page.language) == ("Delta", "en")
