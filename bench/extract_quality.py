@@ -351,6 +351,10 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=80, help="generated pages per set")
     ap.add_argument("--runs", type=int, default=2, help="end-to-end runs (0: none)")
     args = ap.parse_args()
+    if args.pages < 1:  # the generated tables average over their pages
+        ap.error(f"argument --pages: {args.pages} is not a positive number of pages")
+    if args.runs < 0:
+        ap.error(f"argument --runs: {args.runs} is negative (0: no end-to-end runs)")
     if (args.dev_set / "truth.json").is_file():
         real_set(args.dev_set, args.truth_as_given)
         if args.runs:
