@@ -227,3 +227,20 @@ def test_xhtml_page_with_an_xml_declaration_is_read() -> None:
     for para in SECTIONS[0] + SECTIONS[1]:
         assert para in page.text
     assert (page.title, page.language) == ("Delta", "en")
+
+
+def test_second_opinion_does_not_see_hidden_text() -> None:
+    # trafilatura keeps a block with the hidden attribute and an ARIA dialog; it is handed the
+    # page without them, as our retry never keeps what the page does not show or marks as
+    # page furniture.
+    hidden = f"<div hidden>{_paras(SECTIONS[1])}</div><div role='dialog'>{_paras(SECTIONS[2])}</div>"
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>The delta grows</h1>{_paras(SECTIONS[0])}"
+        f"{hidden}</article></body></html>"
+    )
+    theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
+    assert SECTIONS[1][0] in theirs and SECTIONS[2][0] in theirs
+    text = extract_html(html, "always").text
+    assert SECTIONS[0][0] in text and SECTIONS[0][1] in text
+    for para in SECTIONS[1] + SECTIONS[2]:
+        assert para not in text
