@@ -9,8 +9,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+from typing import Any
+
+from _wait import until, until_status
+
+from crystalline.daemon.status_server import request
 
 # embed 32, 2 layers, 2 heads, context 32: a step takes milliseconds even with 12 workers
 SMALL_MODEL = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32"]
@@ -35,6 +39,23 @@ def start_small_daemon(root: Path, extra: list[str]) -> tuple[subprocess.Popen[b
     ]
     cmd += [*SMALL_MODEL, "--batch-size", "4", *extra]
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True), notify
+
+
+def daemon_status(run: Path, proc: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
+    """The status (its ``data``) of the daemon whose runtime directory is ``run`` (30 s at most:
+    a loaded daemon answers late); fails at once when ``proc`` has exited."""
+    if proc is not None:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+    reply = request(run / "crystalline.sock", {"cmd": "status"}, 30)
+    assert reply["ok"], reply
+    data: dict[str, Any] = reply["data"]
+    return data
+
+
+def wait_daemon(run: Path, proc: subprocess.Popen[bytes] | None, *ok_what_timeout: Any, **more: Any) -> Any:
+    """The daemon's status once ``ok`` holds of it: tests/_wait.until_status(ok, what, timeout_s,
+    interval_s, show) on ``daemon_status(run, proc)``."""
+    return until_status(lambda: daemon_status(run, proc), *ok_what_timeout, **more)
 
 
 class NotifyListener:
@@ -65,11 +86,13 @@ class NotifyListener:
         return sum(1 for m in self.messages if line in m.split("\n"))
 
     def wait_for(self, line: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.seen(line):
+        def seen() -> bool:
+            if self.seen(line):
+                return True
             assert proc.poll() is None, f"daemon exited with {proc.returncode} before {line}"
-            assert time.monotonic() < deadline, f"no {line} within {timeout_s} s: {self.messages}"
-            time.sleep(0.1)
+            return False
+
+        until(seen, lambda: f"no {line}: {self.messages}", timeout_s, 0.1)
 
     def close(self) -> None:
         self._stop.set()

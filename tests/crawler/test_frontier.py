@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _wait import until
 
 from crystalline.crawler.frontier import (
     DROP_FRONTIER_FULL,
@@ -293,11 +294,9 @@ def test_postgresql_a_host_is_leased_to_one_machine_and_a_dead_ones_urls_come_ba
     claimed = first.claim("http://h", 3, time.time())
     assert [e.url for e in claimed] == [f"http://h/p/{i}" for i in range(3)]
     assert second.ready_origins(time.time(), 10) == [] and second.claim("http://h", 9, time.time()) == []
-    taken: list[str] = []
-    deadline = time.monotonic() + 30
-    while not taken and time.monotonic() < deadline:
-        time.sleep(0.2)
-        taken = [e.url for e in second.claim("http://h", 9, time.time())]
+    taken = until(
+        lambda: [e.url for e in second.claim("http://h", 9, time.time())], "nothing to take over", 30
+    )
     assert taken == [f"http://h/p/{i}" for i in range(4)]
     assert first.finish(claimed[0], STORED, 200) == 0  # no longer its own: nothing changes
     assert second.state_of("http://h/p/0") == ("in_flight", None, None)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _wait import until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
@@ -33,10 +34,7 @@ def require_browser() -> None:
 def dashboard_address(run: Path, timeout_s: float = 30.0) -> dict[str, Any]:
     """The ``dashboard.json`` a running daemon writes in its runtime dir: url and token."""
     path = run / "dashboard.json"
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert time.monotonic() < deadline, f"no {path} within {timeout_s} s"
-        time.sleep(0.2)
+    until(path.exists, f"no {path}", timeout_s)
     info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return info
 

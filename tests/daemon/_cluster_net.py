@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from _daemon_process import SMALL_MODEL
+from _wait import until, until_status
 
 from crystalline.daemon.status_server import request
 
@@ -55,20 +55,23 @@ def _kernel_lacks(option: str) -> bool:
 
 
 class Machines:
-    def __init__(self, count: int, root: Path) -> None:
+    def __init__(self, count: int, root: Path, loopback: bool = False) -> None:
+        """``loopback``: distinct loopback addresses even where namespaces are allowed (what
+        reaches the members from this namespace, a browser for one)."""
         self.count = count
         self.root = root
         self.tag = f"cr{os.getpid() % 100000}"
         self.namespaces: list[str] = []
         self._shaped: list[list[str]] = []  # the commands that undo the links' shaping
+        self.kind = "loopback"
+        self.addresses = [f"127.0.{os.getpid() % 200 + 1}.{i + 1}" for i in range(count)]
         try:
-            self._make_namespaces()
-            self.kind = "namespaces"
-            self.addresses = [f"10.0.0.{i + 1}" for i in range(count)]
+            if not loopback:
+                self._make_namespaces()
+                self.kind = "namespaces"
+                self.addresses = [f"10.0.0.{i + 1}" for i in range(count)]
         except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired):
             self._remove_namespaces()
-            self.kind = "loopback"
-            self.addresses = [f"127.0.{os.getpid() % 200 + 1}.{i + 1}" for i in range(count)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     # ---- network ----------------------------------------------------------------------------
@@ -216,18 +219,9 @@ class Machines:
         return data
 
     def wait(self, i: int, ok: Any, what: str, timeout_s: float = 240) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        data: dict[str, Any] = {}
-        while True:
-            try:
-                data = self.status(i)
-            except OSError:
-                pass  # not listening yet
-            else:
-                if ok(data):
-                    return data
-            assert time.monotonic() < deadline, f"machine {i}: {what}: {data.get('cluster')}"
-            time.sleep(0.2)
+        return until_status(
+            lambda: self.status(i), ok, f"machine {i}: {what}", timeout_s, show=lambda d: d.get("cluster")
+        )
 
     def kill(self, i: int) -> None:
         """The machine dies: every process of its daemon at once."""
@@ -255,11 +249,12 @@ class Machines:
 
 
 @contextlib.contextmanager
-def machines_on_this_box(count: int) -> Iterator[Machines]:
-    """``count`` machines for a test; on the way out (failed or not) their daemons stopped, the
-    shaping undone and the namespaces removed, which is checked."""
+def machines_on_this_box(count: int, loopback: bool = False) -> Iterator[Machines]:
+    """``count`` machines for a test (``loopback``: see :class:`Machines`); on the way out
+    (failed or not) their daemons stopped, the shaping undone and the namespaces removed, which
+    is checked."""
     with tempfile.TemporaryDirectory(prefix="cr-", dir="/tmp") as d:  # AF_UNIX path limit
-        m = Machines(count, Path(d))
+        m = Machines(count, Path(d), loopback)
         try:
             yield m
         finally:
@@ -274,13 +269,14 @@ def digests(status: dict[str, Any]) -> dict[int, str]:
 def agree(machines: Machines, members: list[int], timeout_s: float = 120) -> int:
     """Wait until the members' recent digests share a step; assert they are equal at every
     shared step; the newest shared step."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    seen: list[dict[int, str]] = []
+
+    def shared() -> tuple[int] | None:  # a tuple: step 0 is a step
+        nonlocal seen
         seen = [digests(machines.status(i)) for i in members]
         common = set.intersection(*(set(d) for d in seen))
-        if common:
-            for step in common:
-                assert len({d[step] for d in seen}) == 1, f"digests differ at step {step}: {seen}"
-            return max(common)
-        assert time.monotonic() < deadline, f"no step shared by all members: {seen}"
-        time.sleep(0.1)
+        for step in common:
+            assert len({d[step] for d in seen}) == 1, f"digests differ at step {step}: {seen}"
+        return (max(common),) if common else None
+
+    return until(shared, lambda: f"no step shared by all members: {seen}", timeout_s, 0.1)[0]

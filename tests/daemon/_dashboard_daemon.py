@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from _daemon_process import SMALL_MODEL, group_survivors
+from _wait import until_status
 
 from crystalline.daemon.status_client import request
 
@@ -53,21 +53,16 @@ def running_daemon(
     log = root / "daemon.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def alive_status() -> dict[str, Any]:
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}: {log.read_text()[-2000:]}"
+        return status(run)
+
     try:
-        deadline = time.monotonic() + START_S
-        data: dict[str, Any] = {}
-        while True:
-            assert proc.poll() is None, f"daemon exited with {proc.returncode}: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, (
-                f"the daemon did not train a step within {START_S:.0f} s: {data}\n{log.read_text()[-3000:]}"
-            )
-            try:
-                data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
-            except OSError:
-                data = {}
-            if data.get("training", {}).get("step", 0) > 0:
-                break
-            time.sleep(0.5)
+        data = until_status(
+            alive_status, lambda d: d.get("training", {}).get("step", 0) > 0,
+            "the daemon did not train a step", START_S, 0.5, lambda d: f"{d}\n{log.read_text()[-3000:]}",
+        )  # fmt: skip
         yield {"proc": proc, "run": run, "log": log, "status": data}
     finally:
         if proc.poll() is None:

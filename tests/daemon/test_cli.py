@@ -10,13 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _wait import until
 
 from crystalline import exit_status
 from crystalline.daemon import cli
@@ -445,16 +445,14 @@ def test_tokenize_bytes_prints_utf8_bytes(tmp_path: Path, capsys: pytest.Capture
 
 
 def _wait_for_eval_past_step_0(ckdir: Path, proc: subprocess.Popen[str], limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
     metrics = ckdir / "metrics.jsonl"
-    while time.monotonic() < deadline:
+
+    def past_step_0() -> bool:
         assert proc.poll() is None, "train exited before it was signalled"
-        if metrics.exists():
-            lines = metrics.read_text(encoding="utf-8").splitlines()
-            if any(json.loads(x).get("step", 0) > 0 for x in lines[:-1]):  # last line may be partial
-                return
-        time.sleep(0.05)
-    pytest.fail("train did not reach an eval past step 0")
+        lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
+        return any(json.loads(x).get("step", 0) > 0 for x in lines[:-1])  # last line may be partial
+
+    until(past_step_0, "train did not reach an eval past step 0", limit, 0.05)
 
 
 @pytest.mark.timeout(120)

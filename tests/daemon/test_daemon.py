@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import SMALL_MODEL, NotifyListener, group_survivors
+from _daemon_process import SMALL_MODEL, NotifyListener, group_survivors, wait_daemon
+from _daemon_process import daemon_status as status
 
 from crystalline.daemon.status_server import request
 from crystalline.shm.segments import list_segments
@@ -69,36 +70,27 @@ def start(state: Path, run: Path, notify: NotifyListener) -> subprocess.Popen[by
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def status(run: Path) -> dict[str, Any]:
-    reply = request(run / "crystalline.sock", {"cmd": "status"})
-    assert reply["ok"], reply
-    data: dict[str, Any] = reply["data"]
-    return data
-
-
 def wait_for_step(run: Path, above: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-        data = status(run)
-        if data["training"]["step"] > above:
-            return data
-        assert time.monotonic() < deadline, f"training did not pass step {above}: {data}"
-        time.sleep(0.5)
+    return wait_daemon(
+        run,
+        proc,
+        lambda d: d["training"]["step"] > above,
+        f"training did not pass step {above}",
+        timeout_s,
+        0.5,
+    )
 
 
 def wait_for_ingest(run: Path, files: int, timeout_s: float, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
     """Status once nothing is pending and ``files`` dropped files are accounted for."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-        data = status(run)
+
+    def done(data: dict[str, Any]) -> bool:
         ingest = data["ingest"]
         handled = sum(ingest.get(k, 0) for k in ("documents", "duplicates", "filtered", "failed"))
-        if ingest.get("pending") == 0 and handled >= files:
-            return data
-        assert time.monotonic() < deadline, f"ingest did not account for {files} files: {ingest}"
-        time.sleep(0.5)
+        return bool(ingest.get("pending") == 0 and handled >= files)
+
+    what = f"ingest did not account for {files} files"
+    return wait_daemon(run, proc, done, what, timeout_s, 0.5, show=lambda d: d["ingest"])
 
 
 def stop(proc: subprocess.Popen[bytes], notify: NotifyListener) -> int:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import start_small_daemon
+from _daemon_process import start_small_daemon, wait_daemon
 
-from crystalline.daemon.status_server import request
 from crystalline.tokens.held_out import held_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -31,13 +29,6 @@ def held_out_name(inbox: Path) -> str:
     return next(f"only-{i}.txt" for i in range(1000) if held_out(str(inbox / f"only-{i}.txt"), VAL_FRACTION))
 
 
-def status(run: Path) -> dict[str, Any]:
-    reply = request(run / "crystalline.sock", {"cmd": "status"})
-    assert reply["ok"], reply
-    data: dict[str, Any] = reply["data"]
-    return data
-
-
 def test_single_held_out_document_trains_and_validates(short_dir: Path) -> None:
     state, run = short_dir / "state", short_dir / "run"
     inbox = state / "inbox"
@@ -48,16 +39,15 @@ def test_single_held_out_document_trains_and_validates(short_dir: Path) -> None:
     proc, notify = start_small_daemon(short_dir, extra)
     training: dict[str, Any] = {}
     try:
-        deadline, data = time.monotonic() + 240, {}
-        while True:
-            assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-            if (run / "crystalline.sock").exists():
-                data = status(run)
-                training = data["training"]
-                if training.get("step", 0) > 10 and training.get("val_loss") is not None:
-                    break
-            assert time.monotonic() < deadline, f"no training on the held-out document: {data}"
-            time.sleep(0.5)
+        data = wait_daemon(
+            run,
+            proc,
+            lambda d: d["training"].get("step", 0) > 10 and d["training"].get("val_loss") is not None,
+            "no training on the held-out document",
+            240,
+            0.5,
+        )
+        training = data["training"]
         assert data["ingest"]["documents"] == 1
         assert training["data"]["train_documents"] == 0
         assert training["data"]["val_documents"] == 1

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _daemon_process import wait_daemon
 from _dashboard_daemon import running_daemon
 from _local_site import prose, start_site
 from aiohttp import web
-
-from crystalline.daemon.status_client import request
 
 
 class Site:
@@ -54,14 +52,9 @@ class Site:
 
 
 def wait_for(run: Path, what: str, test: Any, timeout_s: float = 120.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    data: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
-        if test(data):
-            return data
-        time.sleep(0.5)
-    raise AssertionError(f"no {what} within {timeout_s:.0f} s: {data.get('crawler')} {data.get('ingest')}")
+    return wait_daemon(
+        run, None, test, f"no {what}", timeout_s, 0.5, lambda d: f"{d.get('crawler')} {d.get('ingest')}"
+    )
 
 
 @pytest.mark.slow

@@ -10,17 +10,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import SMALL_MODEL, NotifyListener, group_survivors
+from _daemon_process import SMALL_MODEL, NotifyListener, daemon_status, group_survivors
+from _wait import until_status
 
 from crystalline.daemon.ring_service import ring_instance
-from crystalline.daemon.status_server import request
 from crystalline.shm.segments import list_segments, segment_name
 from crystalline.workers.trainer import engine_instance
 
@@ -44,29 +43,11 @@ def start(state: Path, run: Path, notify: NotifyListener, workers: int = 2) -> s
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def training(run: Path, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
-    assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-    reply = request(run / "crystalline.sock", {"cmd": "status"})
-    assert reply["ok"], reply
-    data: dict[str, Any] = reply["data"]["training"]
-    return data
-
-
 def wait_until(
     run: Path, proc: subprocess.Popen[bytes], ok: Any, what: str, timeout_s: float = 240
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    data: dict[str, Any] = {}
-    while True:
-        try:
-            data = training(run, proc)
-        except OSError:
-            pass  # not listening yet
-        else:
-            if ok(data):
-                return data
-        assert time.monotonic() < deadline, f"{what}: {data}"
-        time.sleep(0.2)
+    """Status's ``training`` once ``ok`` holds of it."""
+    return until_status(lambda: daemon_status(run, proc)["training"], ok, what, timeout_s)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

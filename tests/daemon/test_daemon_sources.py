@@ -7,15 +7,13 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import start_small_daemon
+from _daemon_process import start_small_daemon, wait_daemon
 
-from crystalline.daemon.status_server import request
 from crystalline.tokens.held_out import held_out
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -39,23 +37,8 @@ def drop(folder: Path, texts: list[Path]) -> None:
         (folder / name).write_bytes(text.read_bytes())
 
 
-def status(run: Path) -> dict[str, Any]:
-    reply = request(run / "crystalline.sock", {"cmd": "status"})
-    assert reply["ok"], reply
-    data: dict[str, Any] = reply["data"]
-    return data
-
-
 def wait_for(proc: subprocess.Popen[bytes], run: Path, done: Any, what: str) -> dict[str, Any]:
-    deadline, data = time.monotonic() + 240, {}
-    while True:
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-        if (run / "crystalline.sock").exists():
-            data = status(run)
-            if done(data):
-                return data
-        assert time.monotonic() < deadline, f"{what}: {data}"
-        time.sleep(0.5)
+    return wait_daemon(run, proc, done, what, 240, 0.5)
 
 
 def test_validation_loss_per_source_in_status(short_dir: Path) -> None:

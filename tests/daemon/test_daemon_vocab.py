@@ -4,17 +4,14 @@ for it and then trains on BPE windows; a restart reads the same vocabulary, neve
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import group_survivors, start_small_daemon
+from _daemon_process import group_survivors, start_small_daemon, wait_daemon
 
-from crystalline.daemon.status_server import request
 from crystalline.tokens.learned_vocab import derived_dir, vocab_path
 from crystalline.tokens.token_store import StoreReader
 from tests.conftest import make_corpus
@@ -27,15 +24,7 @@ LEARNED = ["--preset", "base", "--learned-vocab", "300", "--learned-vocab-bytes"
 
 def wait_until(root: Path, proc: subprocess.Popen[bytes], ok: Any, what: str) -> dict[str, Any]:
     """The daemon's status once ``ok`` holds of it (within 300 s)."""
-    deadline, seen = time.monotonic() + 300, None
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-        with contextlib.suppress(OSError):  # not listening yet
-            seen = request(root / "run" / "crystalline.sock", {"cmd": "status"}).get("data")
-        if seen and ok(seen):
-            return dict(seen)
-        time.sleep(0.3)
-    raise AssertionError(f"{what}: {seen}")
+    return wait_daemon(root / "run", proc, ok, what, 300, 0.3)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from _dashboard_daemon import corpus_parts, running_daemon, status
+from _wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -53,10 +53,10 @@ def test_http_off_opens_no_listener_and_logs_progress(short_dir: Path, corpus_fi
         assert _tcp_listeners(_socket_inodes(daemon["proc"].pid)) == []
         assert _socket_inodes(daemon["proc"].pid), "the status socket at least should be there"
         # the first step gets its line at the supervisor's next tick (1 s), then every 30 s
-        deadline = time.monotonic() + 30
-        while "progress: step " not in daemon["log"].read_text(encoding="utf-8", errors="replace"):
-            assert time.monotonic() < deadline, "no progress line in the log"
-            time.sleep(0.5)
+        until(
+            lambda: "progress: step " in daemon["log"].read_text(encoding="utf-8", errors="replace"),
+            "no progress line in the log", 30, 0.5,
+        )  # fmt: skip
 
 
 def test_port_in_use_is_reported_and_training_goes_on(short_dir: Path, corpus_file: Path) -> None:

@@ -7,19 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _daemon_process import wait_daemon
 from _dashboard_daemon import running_daemon
 from _local_site import prose, start_site
 from aiohttp import web
 from conftest import make_corpus
 from prometheus_client.parser import text_string_to_metric_families
-
-from crystalline.daemon.status_client import request
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
@@ -74,20 +72,19 @@ def test_metrics_count_requests_by_status_class_and_failures_by_reason(tmp_path:
     try:
         with running_daemon(tmp_path, inbox, *args, crawl=True) as daemon:
             run = daemon["run"]
-            deadline = time.monotonic() + 120
-            data: dict[str, Any] = {}
-            while time.monotonic() < deadline:
-                data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+
+            def done(data: dict[str, Any]) -> bool:
                 by_status = data["crawler"].get("by_status", {})
-                if (
+                return bool(
                     by_status.get("2xx", 0) >= 3
                     and by_status.get("4xx", 0) >= 2
                     and data["ingest"]["failed"] >= 2
-                ):
-                    break
-                time.sleep(0.5)
-            else:
-                raise AssertionError(f"crawl or ingest not done: {data['crawler']} {data['ingest']}")
+                )
+
+            data = wait_daemon(
+                run, None, done, "crawl or ingest not done", 120, 0.5,
+                lambda d: f"{d.get('crawler')} {d.get('ingest')}",
+            )  # fmt: skip
             url = json.loads((run / "dashboard.json").read_text(encoding="utf-8"))["url"]
             with urllib.request.urlopen(url + "metrics", timeout=30) as r:
                 metrics = r.read().decode()

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from _daemon_process import SMALL_MODEL
 from _hostile_user import HostileUser
+from _wait import until_status
 from conftest import make_corpus
 
 from crystalline.daemon.status_client import request
@@ -52,18 +53,15 @@ class Daemon:
         data: dict[str, Any] = reply["data"]
         return data
 
+    def alive_status(self) -> dict[str, Any]:
+        assert self.proc.poll() is None, f"daemon exited with {self.proc.returncode}"
+        return self.status()
+
     def wait_step(self, above: int, timeout_s: float = 240.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc.poll() is None, f"daemon exited with {self.proc.returncode}"
-            try:
-                data = self.status()
-                if data["training"]["step"] > above:
-                    return data
-            except OSError:
-                pass  # the socket is not there yet
-            assert time.monotonic() < deadline, f"training did not pass step {above}"
-            time.sleep(0.5)
+        return until_status(
+            self.alive_status, lambda d: d["training"]["step"] > above, f"training did not pass step {above}",
+            timeout_s, 0.5,
+        )  # fmt: skip
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)

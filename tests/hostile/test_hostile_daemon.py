@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-from _daemon_process import SMALL_MODEL
+from _daemon_process import SMALL_MODEL, daemon_status, wait_daemon
 from _hostile_corpus import drop_corpus
-
-from crystalline.daemon.status_server import request
+from _wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -44,15 +42,16 @@ def test_daemon_stays_up_on_the_hostile_corpus() -> None:
         ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 480
-            while True:
+            left: list[Path] = []
+
+            def finished() -> bool:
+                nonlocal left
                 assert proc.poll() is None, f"the daemon died ({proc.returncode}) on hostile input"
                 left = [p for p in inbox.iterdir() if p.name not in ("done", "failed", ".ingesting")]
                 left += list((inbox / ".ingesting").glob("*"))  # claimed, not finished yet
-                if not left and (run / "crystalline.sock").exists():
-                    break
-                assert time.monotonic() < deadline, f"never finished: {[p.name for p in left]}"
-                time.sleep(1.0)
+                return not left and (run / "crystalline.sock").exists()
+
+            until(finished, lambda: f"never finished: {[p.name for p in left]}", 480, 1.0)
             done = {p.name for p in (inbox / "done").iterdir()}
             failed = {p.name for p in (inbox / "failed").iterdir() if not p.name.endswith(".reason.txt")}
             reasons = {
@@ -64,13 +63,10 @@ def test_daemon_stays_up_on_the_hostile_corpus() -> None:
             # nothing is left in the inbox, and every file (the corpus and the bundled samples,
             # long names shortened) ended in one of the two places
             assert len(done) + len(failed) >= len(corpus)
-            first = request(run / "crystalline.sock", {"cmd": "status"}, 30)["data"]["training"]["step"]
-            deadline = time.monotonic() + 120
-            while (
-                request(run / "crystalline.sock", {"cmd": "status"}, 30)["data"]["training"]["step"] <= first
-            ):
-                assert proc.poll() is None and time.monotonic() < deadline, "training stopped stepping"
-                time.sleep(0.5)
+            first = daemon_status(run)["training"]["step"]
+            wait_daemon(
+                run, proc, lambda d: d["training"]["step"] > first, "training stopped stepping", 120, 0.5
+            )
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
         finally:

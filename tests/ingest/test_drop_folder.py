@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _wait import until
 
 from crystalline.ingest.drop_folder import Claimed, DropFolder
 
@@ -204,9 +205,12 @@ def test_a_symlink_swapped_in_with_rename_exchange_is_never_followed(tmp_path: P
             (inbox / f".doc-{i}.part").write_bytes(decoy)
             os.symlink(secret, inbox / f"lnk-{i}")
             os.rename(inbox / f".doc-{i}.part", inbox / f"doc-{i}.txt")
-            deadline = time.monotonic() + 30
-            while not (inbox / f".racing-{i}").exists():  # the attacker is swapping the pair now
-                assert time.monotonic() < deadline and attacker.poll() is None
+
+            def racing(marker: Path = inbox / f".racing-{i}") -> bool:  # the attacker swaps the pair now
+                assert attacker.poll() is None
+                return marker.exists()
+
+            until(racing, "the attacker did not start", 30, 0)
             folder.offer(f"doc-{i}.txt")
             folder.offer(f"lnk-{i}")
             taken: list[Claimed] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _wait import until
 
 from crystalline.ingest.drop_folder import Claimed, DropFolder
 
@@ -272,10 +273,12 @@ def test_the_watch_thread_survives_an_event_it_cannot_stat(tmp_path: Path) -> No
         os.rename(inbox, tmp_path / "aside")  # the watch follows the directory
         os.symlink(inbox, inbox)  # the old path now loops: stat gives ELOOP
         (tmp_path / "aside" / "created.txt").write_text("x")  # IN_CREATE -> settling -> stat
-        deadline = time.monotonic() + 20
-        while folder.event_errors == 0:
-            assert time.monotonic() < deadline and folder._thread is not None and folder._thread.is_alive()
-            time.sleep(0.05)
+
+        def event_error() -> int:
+            assert folder._thread is not None and folder._thread.is_alive()
+            return folder.event_errors
+
+        until(event_error, "no event error", 20, 0.05)
         assert folder._thread is not None and folder._thread.is_alive()
         assert stat.S_ISLNK(os.lstat(inbox).st_mode)
     finally:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from _daemon_process import SMALL_MODEL, NotifyListener
+from _wait import until_status
 
 from crystalline.daemon.status_server import request
 
@@ -261,20 +262,14 @@ class Daemon:
         self, what: str, pred: Callable[[dict[str, Any]], bool], timeout_s: float = 240.0
     ) -> dict[str, Any]:
         """Poll status until ``pred`` holds; fail with the last status and the log tail."""
-        deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] = {}
-        while True:
+
+        def alive_status() -> dict[str, Any]:
             assert self.alive(), (
                 f"daemon exited ({self.proc and self.proc.returncode}) waiting for {what}\n{self.tail()}"
             )
-            try:
-                last = self.status()
-                if pred(last):
-                    return last
-            except OSError:
-                pass  # not listening yet
-            assert time.monotonic() < deadline, f"no {what} within {timeout_s} s: {last}\n{self.tail()}"
-            time.sleep(0.3)
+            return self.status()
+
+        return until_status(alive_status, pred, f"no {what}", timeout_s, 0.3, lambda d: f"{d}\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])

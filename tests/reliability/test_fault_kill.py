@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _wait import until
 from fault_harness import Daemon, accounted, drop, short_tmp
 
 from crystalline.shm.segments import list_segments
@@ -80,10 +80,9 @@ def _newest_step(d: Daemon) -> int:
 
 
 def _wait_gone(pid: int) -> None:
-    deadline = time.monotonic() + 30
-    while os.path.exists(f"/proc/{pid}") and "zombie" not in _state(pid):
-        assert time.monotonic() < deadline, f"{pid} did not die"
-        time.sleep(0.05)
+    until(
+        lambda: not os.path.exists(f"/proc/{pid}") or "zombie" in _state(pid), f"{pid} did not die", 30, 0.05
+    )
 
 
 def _state(pid: int) -> str:

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from _wait import until
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("CRYSTALLINE_TEST_CACHE", "/var/cache/crystalline-test"))
 PACKAGES = [
@@ -209,15 +211,17 @@ def booted(root: Path, binds: dict[Path, str], workdir: Path, volatile: bool = T
     try:
         pid1 = _wait_for_init(proc, log)
         box = Container(proc, pid1, log)
-        deadline = time.monotonic() + 120
-        # "offline" or "Failed to connect to bus" until systemd listens on its private socket
-        # (seen in CI: systemctl ran before that and said "offline"), then --wait waits the boot out
-        while True:
+        state = ""
+
+        def settled() -> bool:
+            # "offline" or "Failed to connect to bus" until systemd listens on its private socket
+            # (seen in CI: systemctl ran before that and said "offline"), then --wait waits the boot out
+            nonlocal state
             ran = box.sh("systemctl is-system-running --wait", check=False, timeout=120)
             state = (ran.stdout + ran.stderr).strip()
-            if state in ("running", "degraded", "maintenance", "stopping") or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+            return state in ("running", "degraded", "maintenance", "stopping")
+
+        until(settled, lambda: f"the container did not boot ({state}): {log.read_text()[-3000:]}", 120)
         assert state in ("running", "degraded"), (  # degraded: some unit a container lacks failed
             f"the container did not boot ({state}): {log.read_text()[-3000:]}"
         )
@@ -248,8 +252,8 @@ def _remove_cgroup_when_empty(d: Path) -> None:
 
 def _wait_for_init(proc: subprocess.Popen[bytes], log: Path) -> int:
     """The host PID of the container's PID 1 (a descendant of nspawn whose NSpid ends in 1)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def init() -> int | None:
         assert proc.poll() is None, f"systemd-nspawn exited {proc.returncode}: {log.read_text()[-3000:]}"
         for status in Path("/proc").glob("[0-9]*/status"):
             try:
@@ -262,8 +266,9 @@ def _wait_for_init(proc: subprocess.Popen[bytes], log: Path) -> int:
                 # nspawn's inner child is PID 1 before it sets up the mounts and execs systemd
                 if text.startswith("Name:\tsystemd\n") and _descends_from(pid, proc.pid):
                     return pid
-        time.sleep(0.1)
-    raise AssertionError(f"the container's init did not start: {log.read_text()[-3000:]}")
+        return None
+
+    return until(init, lambda: f"the container's init did not start: {log.read_text()[-3000:]}", 60, 0.1)
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:

@@ -14,13 +14,13 @@ import random
 import re
 import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _nspawn import REPO, Container, booted, cached_rootfs, missing_requirement, source_snapshot
+from _wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -107,15 +107,12 @@ def status(box: Container, user: str | None = None) -> dict[str, Any]:
 
 def wait_until(what: str, timeout_s: float, probe: Any, box: Container) -> Any:
     """``probe()`` once it is truthy; on timeout the failure carries the status and the journal."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            seen = box.sh(f"{STATUS}; journalctl -u crystalline --no-pager -o cat | tail -40", check=False)
-            raise AssertionError(f"{what}: not within {timeout_s:.0f} s\n{seen.stdout}{seen.stderr}")
-        time.sleep(1.0)
+
+    def seen() -> str:
+        out = box.sh(f"{STATUS}; journalctl -u crystalline --no-pager -o cat | tail -40", check=False)
+        return f"{what}\n{out.stdout}{out.stderr}"
+
+    return until(probe, seen, timeout_s, 1.0)
 
 
 def training_past(box: Container, step: int) -> dict[str, Any] | None:

@@ -10,13 +10,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _wait import until
 
 from crystalline.shm.segments import list_segments
 from crystalline.tokens.windows import batch_for_step
@@ -139,13 +139,11 @@ def test_shares_cover_the_range_and_align() -> None:
 
 
 def _worker_pid_in_state(engine: ProcessEngine, worker: int, states: tuple[str, ...], timeout: float) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    def pid() -> int | None:
         h = engine.workers[worker]
-        if h.state in states and h.proc is not None:
-            return h.proc.pid
-        time.sleep(0.0002)
-    raise AssertionError(f"worker {worker} never reached {states}")
+        return h.proc.pid if h.state in states and h.proc is not None else None
+
+    return until(pid, f"worker {worker} never reached {states}", timeout, 0.0002)
 
 
 BUSY = ModelConfig(vocab_size=64, seq_len=32, embed_dim=64, num_layers=2, num_heads=2)
@@ -243,10 +241,7 @@ def test_killed_control_leaves_no_workers_and_the_next_start_sweeps(instance: st
     assert len(list_segments(instance)) == 3
     proc.kill()
     proc.wait(timeout=10)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_alive(p) for p in worker_pids):
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in worker_pids), "orphaned workers outlived control"
+    until(lambda: not any(_alive(p) for p in worker_pids), "orphaned workers outlived control", 30, 0.1)
     assert len(list_segments(instance)) == 3  # a killed run leaves its segments ...
     engine = make_engine(1, 4, instance)  # ... and the next start with the same instance sweeps them
     engine.close()
