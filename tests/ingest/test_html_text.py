@@ -244,3 +244,18 @@ def test_second_opinion_does_not_see_hidden_text() -> None:
     assert SECTIONS[0][0] in text and SECTIONS[0][1] in text
     for para in SECTIONS[1] + SECTIONS[2]:
         assert para not in text
+
+
+def test_second_opinion_keeps_a_table_inside_a_figure() -> None:
+    # Both extractors drop a <figure>, but trafilatura keeps one that holds a table: its input
+    # keeps figures, and its text is the one it gives for the page as a string.
+    rows = "".join(
+        f"<tr><td>Gauge {i}</td><td>{1990 + i}: flood level measured at the mill</td></tr>" for i in range(6)
+    )
+    html = (
+        f"<html><body><article><h1>The delta grows</h1>{_paras(SECTIONS[0] + SECTIONS[1])}"
+        f"<figure><table>{rows}</table><figcaption>Levels</figcaption></figure></article></body></html>"
+    )
+    theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
+    assert "Gauge 3" in theirs
+    assert "Gauge 3" in extract_html(html, "always").text
