@@ -265,6 +265,9 @@ def main() -> None:
         a, b = fit(points)
         print(f"ring fit: a = {a * 1e6:.1f} us per round, b = {b * 1e9:.3f} ns per byte "
               f"({1 / b / 1e6 if b > 0 else float('inf'):,.1f} MB/s)")  # fmt: skip
+        if a < 0:
+            print("  a < 0: the per-round cost is below the noise of the largest payloads' times "
+                  "(a slow link's transfers); only b is measured here")  # fmt: skip
 
 
 if __name__ == "__main__":
