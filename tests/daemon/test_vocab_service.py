@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from crystalline.daemon import vocab_service
 from crystalline.daemon.store_data import byte_store_dir
 from crystalline.daemon.vocab_service import VocabService
+from crystalline.tokens import learned_vocab
 from crystalline.tokens.learned_vocab import vocab_path
 from crystalline.tokens.token_store import PendingDocument, TokenStore
 from crystalline.tokens.tokenizer import ByteTokenizer
@@ -70,11 +72,23 @@ def test_an_unexpected_failure_is_reported_and_retried_with_backoff(
 
 @pytest.mark.timeout(300)
 def test_a_stop_ends_the_learning_at_its_next_piece_of_text(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Stopping the daemon while it learns its vocabulary (several seconds for 32 MiB, more on
-    a busy machine) does not wait for the learning: it ends at its next piece of text, writes
-    no vocabulary, reports no error, and the next start learns it from the beginning."""
+    a busy machine) does not wait for the learning: it ends when the learning next asks for
+    text, writes no vocabulary, reports no error, and the next start learns it from the
+    beginning. The stop comes once the tokenizers library has come back for text twice (it
+    takes 256 pieces at a time), so the learning is well under way in its own threads."""
+    pulled = 0
+    cut = learned_vocab.pieces
+
+    def counted(text: str, size: int) -> Iterator[str]:
+        nonlocal pulled
+        for piece in cut(text, size):
+            pulled += 1
+            yield piece
+
+    monkeypatch.setattr(learned_vocab, "pieces", counted)
     state = tmp_path / "state"
     store = TokenStore(byte_store_dir(state), np.uint16)
     text = make_corpus(2**20, seed=5)
@@ -94,8 +108,8 @@ def test_a_stop_ends_the_learning_at_its_next_piece_of_text(
 
     async def run() -> None:
         task = service.start()
-        for _ in range(12_000):  # 120 s for the store to be read and the learning to begin
-            if said("learning a 8192-token vocabulary") or task.done():
+        for _ in range(24_000):  # 240 s for the learning to be under way (or, wrongly, done)
+            if pulled > 2 * 256 or vocab_path(state).exists() or task.done():
                 break
             await asyncio.sleep(0.01)
         assert said("learning a 8192-token vocabulary"), [r.getMessage() for r in caplog.records]
@@ -104,6 +118,8 @@ def test_a_stop_ends_the_learning_at_its_next_piece_of_text(
 
     asyncio.run(run())  # which waits for the learning's thread, as the daemon's end does
     assert said("stopped with the daemon") and not said("written to")
+    whole = sum(1 for _ in cut(text, learned_vocab.PIECE_CHARS)) * 32
+    assert 2 * 256 < pulled < whole / 2, (pulled, whole)  # stopped early in the text
     assert not vocab_path(state).exists() and not any(vocab_path(state).parent.glob("*"))
     assert service.stats() == {
         "path": str(vocab_path(state)),
