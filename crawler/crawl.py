@@ -345,6 +345,7 @@ class Crawler:
                         self._prune_robots()
                         self._promote(force=not tasks)
                         launched = self._launch(tasks)
+                        self._database_up()  # before a break below: a pass may end on this turn
                         if not tasks and not launched:
                             if self._pages_left() == 0:
                                 reason = "max pages"
@@ -358,8 +359,6 @@ class Crawler:
                         await self._sleep_until_due()
                     except DatabaseUnavailable as exc:  # PostgreSQL restarted or cut off: wait, retry
                         await self._database_down(exc, stop)
-                        continue
-                    self._database_up()
             finally:
                 await self._drain(tasks)
                 if self.warc is not None:  # writes of cancelled fetches end before close()

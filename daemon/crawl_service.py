@@ -1,9 +1,20 @@
-"""The daemon's crawl: the crawler (made at its first use), the passes a ``ComponentRunner``
-runs and restarts with backoff, pause and resume, ``add-url``, and what status shows of it.
+"""The daemon's crawl: the crawler in a thread of its own with its own event loop, the passes a
+``ComponentRunner`` runs there and restarts with backoff, pause and resume, ``add-url``, and what
+status shows of it.
 
 A pass crawls while there is work and ends when nothing is due; the next one starts at
-``add-url``, the next due revisit or the end of a host's deferral, at most 30 s later.
+``add-url`` (at once), the next due revisit or the end of a host's deferral, at most 30 s later.
 Pausing ends the pass in hand (the crawler finishes its fetches) and none starts until resume.
+
+Why a thread: every frontier call is a blocking database statement (the SQLite file, or with
+``--database`` PostgreSQL, whose calls wait up to their deadlines while it is away: 2 s for a
+connection, 17 s for a statement on a cut network). On the supervisor's loop those waits would
+stall the status socket, the drop folder and the watchdog; on the crawl's own loop they stall
+the crawl alone. One thread makes every frontier call, in the order the crawl makes them, which
+is what the frontier's transactions and the outcomes it keeps through an outage rely on. The
+supervisor reads a snapshot of the crawler's counts that the crawl thread takes every
+``STATS_EVERY_S``; add-url, pause, resume and stop cross to the crawl loop thread-safely, add-url
+with a deadline.
 """
 
 from __future__ import annotations
@@ -11,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +32,7 @@ from ..crawler.crawl import Crawler
 from ..crawler.feedback import IngestFeedback
 from ..crawler.settings import CrawlSettings
 from ..documents import Spool
+from ..postgres import DatabaseUnavailable
 from .component_runner import Backoff, ComponentRunner
 
 log = logging.getLogger("crystalline.supervisor")
@@ -26,10 +40,19 @@ log = logging.getLogger("crystalline.supervisor")
 BACKOFF = Backoff(first_s=5.0, max_s=600.0, healthy_after_s=600.0)
 PAUSED_TICK_S = 1.0
 IDLE_MAX_S = 30.0  # the longest wait between passes (add-url is looked at by the next pass)
+STATS_EVERY_S = 0.5  # how often the crawl thread takes the snapshot status reads
+THREAD_START_S = 5.0  # the crawl thread's loop runs within this (a thread starts in milliseconds)
+# add-url waits this long for the crawl thread (less than a status client's 10 s): a frontier
+# call in hand may wait out a database deadline
+ADD_URL_TIMEOUT_S = 8.0
 
 
 class CrawlOff(ValueError):
     """The daemon was started with crawling off."""
+
+
+class CrawlBusy(ValueError):
+    """The crawler could not take a URL now (its database is away, or it did not answer in time)."""
 
 
 class CrawlService:
@@ -40,12 +63,16 @@ class CrawlService:
         self.state_dir = state_dir
         self.enabled = enabled
         self.registry_database = registry_database  # ingest's registry in PostgreSQL (--database)
-        self.crawler: Crawler | None = None
+        self.crawler: Crawler | None = None  # made and used in the crawl thread only
         self.paused = False
-        self.pass_stop = asyncio.Event()  # set: the pass in hand ends
         self.runner = ComponentRunner("crawl", self._passes, BACKOFF)
         self.stopping = self.runner.stop_event  # set by stop(): no more passes, no restart
-        self.task: asyncio.Task[None] | None = None
+        self.thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the crawl thread's
+        self._loop_ready = threading.Event()
+        self._pass_stop: asyncio.Event | None = None  # set: the pass in hand ends (crawl loop)
+        self._wake: asyncio.Event | None = None  # set: an idle wait ends (add-url, stop; crawl loop)
+        self._snapshot: dict[str, Any] = {}  # the crawler's stats, taken by the crawl thread
 
     def _crawler(self) -> Crawler:
         if self.crawler is None:
@@ -57,29 +84,90 @@ class CrawlService:
         return self.crawler
 
     def start(self) -> None:
-        """Start the runner once (at start with seed URLs, or at the first add-url)."""
-        if self.task is None and self.enabled:
-            self.task = asyncio.create_task(self.runner.run(), name="crawl")
+        """Start the crawl thread and its runner once (at start with seed URLs, or at the first
+        add-url)."""
+        if self.thread is None and self.enabled:
+            thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="crawl", daemon=True)
+            self.thread = thread
+            thread.start()
+            if not self._loop_ready.wait(THREAD_START_S):
+                raise RuntimeError(f"the crawl thread did not start within {THREAD_START_S:.0f} s")
+
+    async def _main(self) -> None:
+        """The crawl thread: the runner's passes, the snapshots, and the crawler closed at the end."""
+        self._loop = asyncio.get_running_loop()
+        self._pass_stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop_ready.set()
+        snapshots = asyncio.create_task(self._snapshots())
+        try:
+            await self.runner.run()
+        finally:
+            snapshots.cancel()
+            if self.crawler is not None:
+                self.crawler.close()
+                self._snapshot = self.crawler.stats()  # the final counts (close keeps them)
+
+    async def _snapshots(self) -> None:
+        while True:
+            self._take_snapshot()
+            await asyncio.sleep(STATS_EVERY_S)
+
+    def _take_snapshot(self) -> None:
+        if self.crawler is not None:
+            try:
+                self._snapshot = self.crawler.stats()
+            except (DatabaseUnavailable, sqlite3.Error, OSError) as exc:  # the last one stays
+                log.debug("crawl stats not read: %s", exc)
+
+    def _in_crawl_loop(self, fn: Any) -> None:
+        """Run ``fn`` on the crawl loop (at once when the thread has not started)."""
+        if self._loop is None:
+            fn()
+        else:
+            with contextlib.suppress(RuntimeError):  # the crawl loop has ended already
+                self._loop.call_soon_threadsafe(fn)
+
+    def _end_pass(self) -> None:
+        if self._pass_stop is not None:
+            self._pass_stop.set()
 
     def pause(self) -> None:
         self.paused = True
-        self.pass_stop.set()
+        self._in_crawl_loop(self._end_pass)
 
     def resume(self) -> None:
-        self.paused = False
-        self.pass_stop = asyncio.Event()
+        self.paused = False  # the next pass takes a new stop event (see _passes)
 
-    def add_url(self, url: str) -> bool:
+    async def add_url(self, url: str) -> bool:
         """Queue ``url`` (False: known already) and make sure the crawl runs; ValueError for a
-        URL the crawler refuses, CrawlOff when crawling is off."""
+        URL the crawler refuses, CrawlOff when crawling is off, CrawlBusy when the crawler cannot
+        take it now."""
         if not self.enabled:
             raise CrawlOff("crawling is off (--no-crawl)")
-        added = self._crawler().add_url(url)
         self.start()  # a daemon started without seed URLs crawls from its first add-url
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._add_url(url), self._loop)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), ADD_URL_TIMEOUT_S)
+        except TimeoutError:
+            raise CrawlBusy(
+                f"the crawler did not answer within {ADD_URL_TIMEOUT_S:.0f} s (is its database away?):"
+                " try again"
+            ) from None
+        except DatabaseUnavailable as exc:
+            raise CrawlBusy(f"cannot queue {url} now: {exc}") from None
+
+    async def _add_url(self, url: str) -> bool:
+        added = self._crawler().add_url(url)
+        self._take_snapshot()
+        if self._wake is not None:
+            self._wake.set()  # an idle crawl starts its next pass now
         return added
 
     async def _passes(self) -> None:
-        """Crawl while there is work; idle (without exiting) when the frontier is empty."""
+        """Crawl while there is work; idle (without exiting) when the frontier is empty (in the
+        crawl thread)."""
         crawler = self._crawler()
         for url in self.settings.start_url:
             try:
@@ -90,20 +178,24 @@ class CrawlService:
             if self.paused:
                 await asyncio.sleep(PAUSED_TICK_S)
                 continue
-            summary = await crawler.run(self.pass_stop)
+            if self._pass_stop is None or self._pass_stop.is_set():  # ended by a pause: a new pass
+                self._pass_stop = asyncio.Event()
+            wake = self._wake = asyncio.Event()
+            summary = await crawler.run(self._pass_stop)
             self.runner.progress()
             log.info("crawl pass ended: %s", summary.line())
             if self.stopping.is_set():
                 break
             # nothing to do now (or paused): wait for add-url, the next due revisit or the end of a
-            # host's deferral (the next pass looks again)
+            # host's deferral (the next pass looks again), or stop
             wait = min(IDLE_MAX_S, max(1.0, crawler.next_work_at() - time.time()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), wait)
+                await asyncio.wait_for(wake.wait(), wait)
 
     def stats(self) -> dict[str, Any]:
-        """The crawler's counts and the runner's state (``off``: crawling is off; ``paused``)."""
-        out = self.crawler.stats() if self.crawler is not None else {}
+        """The crawler's counts (the crawl thread's last snapshot) and the runner's state
+        (``off``: crawling is off; ``paused``)."""
+        out = dict(self._snapshot)
         out.update(self.runner.stats())
         if not self.enabled:
             out["state"] = "off"
@@ -111,12 +203,17 @@ class CrawlService:
             out["state"] = "paused"
         return out
 
-    async def stop(self, timeout_s: float) -> None:
-        """End the pass in hand and the runner (within ``timeout_s``), then close the crawler."""
-        self.pass_stop.set()
+    def _stop_in_loop(self) -> None:
+        self._end_pass()
         self.runner.stop()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self.task, timeout_s)
-        if self.crawler is not None:
-            self.crawler.close()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self, timeout_s: float) -> None:
+        """End the pass in hand and the runner, and close the crawler (in the crawl thread),
+        waiting at most ``timeout_s``."""
+        self._in_crawl_loop(self._stop_in_loop)
+        if self.thread is not None:
+            await asyncio.to_thread(self.thread.join, timeout_s)
+            if self.thread.is_alive():
+                log.warning("the crawl did not stop within %.0f s; its hosts' leases run out", timeout_s)

@@ -7,7 +7,8 @@ and exits 2 unless the verdict is ``ok``; it never judges by itself).
 - ``ok``: nothing to report.
 - ``degraded``: something is wrong and the daemon says so, but it is working on it (a worker
   restarting, a crawl or ingest error retried with backoff, a full disk, a state directory it
-  cannot use yet): a restart by systemd would not help, so the watchdog is still fed.
+  cannot use yet, a database that does not answer at start): a restart by systemd would not
+  help, so the watchdog is still fed.
 - ``stuck``: training is not moving and nothing in the daemon will move it (a control process
   that stopped reporting, steps that stopped): the watchdog is no longer fed, so systemd
   restarts the service.
@@ -51,6 +52,9 @@ def _degraded_reasons(data: dict[str, Any]) -> list[str]:
             reasons.append(f"worker {w.get('id')} is {w.get('state')}")
     if data.get("state") == "failed":
         reasons.append(f"daemon state is failed: {data.get('last_error', '')}".rstrip(": "))
+    database = data.get("database") or {}
+    if database.get("error"):  # at start: the database (--database) does not answer yet
+        reasons.append(f"database unreachable ({database['error']})")
     if training.get("error"):  # training cannot start: /dev/shm or open files run out
         reasons.append("training: " + str(training["error"]))
     if training.get("control_error"):  # the control process exited and is being restarted

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -23,9 +24,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..descriptors import raise_soft_limit
+from ..postgres import DatabaseUnavailable
 from ..states import DAEMON, RESTARTING, TRAINING, transition
 from . import commands
-from .component_runner import Backoff, ComponentRunner
+from .component_runner import Backoff, ComponentRunner, describe
 from .config import Settings
 from .control_link import ControlLink
 from .crawl_service import CrawlService
@@ -47,6 +49,8 @@ SAMPLES = Path(__file__).resolve().parent / "samples"
 TICK_S = 1.0
 CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 s)
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
+# a database (--database) that does not answer at start is tried again after these waits
+DATABASE_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
 PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is not silent
 # restarts after a failure: first delay, cap, and how long a run must last to count as healthy
 CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
@@ -86,6 +90,7 @@ class Supervisor:
         self._last_progress = time.monotonic()
         self._progress_since_training = False  # the first step gets a line at once
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
+        self.database_error: str | None = None  # at start: why the database does not answer
         self.status_server: StatusServer | None = None
         self.dashboard: Dashboard | None = None
         self.generation = GenerationService(settings)  # every generate, beside training
@@ -179,9 +184,12 @@ class Supervisor:
             data["socket"] = self.status_server.stats()
         data["http"] = self.dashboard.info() if self.dashboard is not None else {"url": None, "state": "off"}
         data["generation"] = self.generation.stats()
+        if self.database_error:  # at start, waiting for the database (health: degraded)
+            data["database"] = {"state": "unreachable", "error": self.database_error}
         ingest = data["ingest"]
         last_error = (
             self.start_error
+            or (f"database unreachable ({self.database_error})" if self.database_error else None)
             or c.get("error")
             or c.get("checkpoint_error")
             or (ingest.get("error") if isinstance(ingest, dict) else None)
@@ -256,19 +264,32 @@ class Supervisor:
         touch the disk). When the state dir cannot be used (read-only, full, wrong owner), say so
         in the log, in status (``last_error``) and to systemd, keep answering status and feeding
         the watchdog (a restart would fail the same way: no crash loop), and retry every
-        ``START_RETRY_S`` until it works or the daemon is stopped (False)."""
+        ``START_RETRY_S`` until it works or the daemon is stopped (False). A database
+        (``--database``) that does not answer is waited for the same way, with a jittered backoff
+        (``DATABASE_BACKOFF``), status and health saying "database unreachable (why)"."""
         s = self.settings
         interval = self.notifier.watchdog_interval()
+        database_failures = 0
         while True:
+            retry_s = START_RETRY_S
             try:
                 await asyncio.to_thread(self._prepare_dirs)
                 await asyncio.to_thread(self.ingest.open)
                 if self.start_error:
                     log.info("state directory %s is usable again: starting", s.state_dir)
-                self.start_error = None
+                if self.database_error:
+                    log.info("the database answers: starting")
+                self.start_error = self.database_error = None
                 return True
             except StateDirInUse:
                 raise
+            except DatabaseUnavailable as exc:
+                database_failures += 1
+                retry_s = DATABASE_BACKOFF.delay(database_failures, random.random())
+                self.database_error = describe(exc).removeprefix("DatabaseUnavailable: ")
+                line = f"degraded: database unreachable ({self.database_error})"
+                log.warning("%s; not training, trying again in %.1f s", line, retry_s)
+                self.notifier.status(line)
             except (OSError, sqlite3.Error) as exc:
                 error = f"cannot use the state directory {s.state_dir}: {exc}"
                 if error != self.start_error:
@@ -277,7 +298,7 @@ class Supervisor:
                     self.notifier.status(f"failed: {error}")
                 self.start_error = error
                 self.state = transition(DAEMON, self.state, "failed")
-            deadline = time.monotonic() + START_RETRY_S
+            deadline = time.monotonic() + retry_s
             while time.monotonic() < deadline and not self.should_exit.is_set():
                 if interval and self.health()["watchdog"]:  # degraded, not stuck: a restart would not help
                     self.notifier.watchdog()

@@ -142,6 +142,10 @@ class Database:
                 "tcp_user_timeout": 10_000,
             },
         )
+        try:  # one connection first: its error says why (the pool's says only that it timed out)
+            psycopg.connect(url, connect_timeout=CONNECT_TIMEOUT_S, application_name=name).close()
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(f"cannot connect to {self.redacted()}: {_first_line(exc)}") from exc
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S * 2)
         except self._pool_errors as exc:
@@ -326,6 +330,12 @@ class _Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of a libpq error ("connection failed: ... Connection refused"; its hints
+    follow on lines of their own)."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _lock_key(name: str) -> int:

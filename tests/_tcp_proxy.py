@@ -11,9 +11,10 @@ import threading
 
 
 class CuttableProxy:
-    def __init__(self, target_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, target_port: int, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Relay ``port`` (0: a free one) to ``target_port``."""
         self._target = (host, target_port)
-        self._listener = socket.create_server((host, 0))
+        self._listener = socket.create_server((host, port))
         self.port = int(self._listener.getsockname()[1])
         self._relaying = threading.Event()
         self._relaying.set()

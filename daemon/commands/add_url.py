@@ -2,8 +2,8 @@
 
 Request:  {"cmd": "add-url", "url": "http(s)://..."}
 Reply:    {"url": "...", "queued": true | false}   (false: the frontier knows it already)
-An error when crawling is off (--no-crawl) or the crawler refuses the URL (scheme, private
-address, length).
+An error when crawling is off (--no-crawl), the crawler refuses the URL (scheme, private
+address, length) or cannot take it now (its database is away: try again).
 Only for the daemon's own user and root.
 """
 
@@ -21,7 +21,7 @@ async def execute(daemon: Daemon, request: dict[str, Any]) -> Any:
     if not isinstance(url, str) or not url:
         raise CommandError('add-url needs {"url": "http(s)://..."}')
     try:
-        queued = daemon.crawl.add_url(url)
+        queued = await daemon.crawl.add_url(url)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     return {"url": url, "queued": queued}

@@ -1,6 +1,7 @@
 """The daemon's crawl service on a real frontier and a local site: add-url starts the crawl
-of a daemon started without start URLs, pause and resume show in its state, stop ends the
-runner and closes the crawler; with crawling off, add-url is refused and the state is off."""
+(in its own thread) of a daemon started without start URLs, pause and resume show in its state,
+stop ends the runner and closes the crawler; with crawling off, add-url is refused and the state
+is off."""
 
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_pa
         site, base = await start_site([web.get("/a", page)])
         crawl = CrawlService(settings(tmp_path), tmp_path, enabled=True)
         try:
-            assert crawl.stats()["state"] == "idle" and crawl.task is None  # no start URLs: nothing runs
-            assert crawl.add_url(f"{base}/a") is True
-            assert crawl.task is not None and crawl.add_url(f"{base}/a") is False  # known already
+            assert crawl.stats()["state"] == "idle" and crawl.thread is None  # no start URLs: nothing runs
+            assert await crawl.add_url(f"{base}/a") is True
+            assert crawl.thread is not None and await crawl.add_url(f"{base}/a") is False  # known already
             await until("page fetched", lambda: crawl.stats().get("fetched", 0) >= 1)
             assert crawl.stats()["state"] == "running" and "error" not in crawl.stats()
             assert list((tmp_path / "spool").glob("*.json")), "the page did not reach the spool"
@@ -55,11 +56,13 @@ def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_pa
             crawl.resume()
             assert crawl.stats()["state"] == "running"
             with pytest.raises(ValueError):
-                crawl.add_url("ftp://example.org/")
+                await crawl.add_url("ftp://example.org/")
         finally:
             await crawl.stop(15.0)
             await site.cleanup()
         assert crawl.stats()["state"] == "stopped" and crawl.runner.restarts == 0
+        assert crawl.thread is not None and not crawl.thread.is_alive()  # it closed the crawler and ended
+        assert crawl.stats()["fetched"] >= 1  # the final counts stay
 
     asyncio.run(scenario())
 
@@ -68,9 +71,9 @@ def test_crawling_off_refuses_add_url(tmp_path: Path) -> None:
     async def scenario() -> None:
         crawl = CrawlService(settings(tmp_path), tmp_path, enabled=False)
         with pytest.raises(CrawlOff, match="crawling is off"):
-            crawl.add_url("https://example.org/")
+            await crawl.add_url("https://example.org/")
         crawl.start()
-        assert crawl.task is None and crawl.stats()["state"] == "off"
+        assert crawl.thread is None and crawl.stats()["state"] == "off"
         await crawl.stop(1.0)
 
     asyncio.run(scenario())

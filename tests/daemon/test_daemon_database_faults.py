@@ -1,0 +1,133 @@
+"""A real `crystalline run --database` whose database is away (issue 17's leftovers): started
+before its database, the daemon waits (status and health: "database unreachable (why)"), stops at
+once on SIGTERM, and trains once the database answers; with the network to the database cut, the
+status socket still answers within its normal deadline (the frontier's calls wait in the crawl's
+own thread, not on the supervisor's loop)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _daemon_process import group_survivors, start_small_daemon
+from _dashboard_daemon import running_daemon
+from _local_site import prose
+from test_daemon_revisits import Site, wait_for
+
+from crystalline.daemon.status_client import request
+from tests._postgres import PgCluster, free_port
+from tests._tcp_proxy import CuttableProxy
+
+pytestmark = pytest.mark.slow
+
+
+def poll(proc: subprocess.Popen[bytes], run: Path, what: str, test: Callable[[dict[str, Any]], bool],
+         timeout_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
+    """The first status of the daemon that passes ``test`` (the daemon must stay up)."""
+    deadline = time.monotonic() + timeout_s
+    data: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the daemon exited with {proc.returncode}"
+        try:
+            data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+        except OSError:  # not listening yet
+            data = {}
+        if data and test(data):
+            return data
+        time.sleep(0.3)
+    raise AssertionError(f"no {what} within {timeout_s:.0f} s: {data.get('health')} {data.get('ingest')}")
+
+
+def unreachable(data: dict[str, Any]) -> bool:
+    return any(r.startswith("database unreachable (") for r in data["health"]["reasons"])
+
+
+@contextmanager
+def daemon_before_its_database(root: Path, url: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A small daemon (2 workers, no crawl) on the database at ``url``, where nothing listens
+    yet: yields once its status says the database is unreachable; SIGTERM at the end."""
+    (root / "state" / "inbox").mkdir(parents=True)
+    for i in range(3):
+        (root / "state" / "inbox" / f"doc-{i}.txt").write_text(prose(i), encoding="utf-8")
+    proc, notify = start_small_daemon(root, ["--database", url])
+    try:
+        data = poll(proc, root / "run", "'database unreachable' in health", unreachable)
+        assert data["health"]["verdict"] == "degraded" and data["state"] == "starting"
+        assert "Connection refused" in data["database"]["error"], data["database"]
+        assert "\n" not in data["database"]["error"]
+        assert data["training"]["step"] == 0 and not data["ingest"].get("documents")
+        yield proc, root / "run"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        notify.close()
+        assert group_survivors(proc.pid) == [], "the daemon left processes behind"
+
+
+@pytest.mark.timeout(300)
+def test_a_daemon_started_before_its_database_waits_for_it_then_trains(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    port = free_port()
+    with daemon_before_its_database(tmp_path, pg_url.replace(f":{pg_cluster.port}/", f":{port}/")) as (
+        proc,
+        run,
+    ):
+        proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
+        try:
+            data = poll(proc, run, "documents ingested and a step trained",
+                        lambda d: d["ingest"].get("documents", 0) >= 1 and d["training"]["step"] > 0,
+                        timeout_s=240.0)  # fmt: skip
+            assert not unreachable(data) and "database" not in data
+            assert data["ingest"]["database"]["available"] is True
+        finally:
+            proxy.close()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_while_waiting_for_the_database_stops_at_once(tmp_path: Path) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    with daemon_before_its_database(tmp_path, url) as (proc, _run):
+        proc.send_signal(signal.SIGTERM)
+        # each try fails at once (connection refused), and the backoff wait ends on the signal
+        assert proc.wait(timeout=20) == 0
+
+
+@pytest.mark.timeout(480)
+def test_status_answers_while_the_network_to_the_database_is_cut(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    proxy = CuttableProxy(pg_cluster.port)
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+    site = Site()
+    try:
+        args = ("--database", url, "--crawl-start-url", site.url + "/p/0", "--crawl-allow-private-addresses",
+                "--crawl-min-delay", "0", "--crawl-no-sitemaps", "--workers", "2")  # fmt: skip
+        with running_daemon(tmp_path, {"seed.txt": prose(999)}, *args, crawl=True) as daemon:
+            run = daemon["run"]
+            wait_for(run, "the site crawled and ingested", lambda d: d["ingest"].get("documents", 0) >= 6)
+            proxy.cut()
+            # status asked every half second for longer than a statement's deadline (17 s): each
+            # request has the status client's normal deadline (10 s), and each one answers
+            cut_at = time.monotonic()
+            seen_down = False
+            while time.monotonic() - cut_at < 40.0 or not seen_down:
+                assert time.monotonic() - cut_at < 120.0, "status never showed the database away"
+                data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+                seen_down = seen_down or data["crawler"]["database"]["available"] is False
+                time.sleep(0.5)
+            proxy.restore()
+            data = wait_for(run, "the crawl's database back",
+                            lambda d: d["crawler"]["database"]["available"] is True
+                            and d["crawler"]["database"]["crawl"] == "running")  # fmt: skip
+            assert data["crawler"]["stored_total"] >= 5
+    finally:
+        site.close()
+        proxy.close()
