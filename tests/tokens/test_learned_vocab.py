@@ -110,8 +110,8 @@ def test_text_cut_into_pieces_learns_and_encodes_as_whole(
     odd = "  Ünïcödé   wörds\t\ttabs\n\n\n  spaces   and-dashes_under 3.14 x\u00a0y\u2003z 漢字かな文。 " * 40
     add_shard(TokenStore(byte_store, BYTES.dtype), "odd", [odd])
     assert "".join(learned_vocab.pieces(odd, 50)) == odd and len(list(learned_vocab.pieces(odd, 50))) > 10
-    made, whole = {}, learned_vocab.PIECE_CHARS
-    for size in (whole, 50):
+    made, whole, default = {}, 10**9, learned_vocab.PIECE_CHARS  # whole: no text here is that long
+    for size in (whole, default, 50):
         monkeypatch.setattr(learned_vocab, "PIECE_CHARS", size)
         path = vocab_path(tmp_path / str(size))
         tokenizer = learn_once(byte_store, path, vocab_size=400, min_bytes=60_000 + len(odd.encode()))
@@ -120,7 +120,7 @@ def test_text_cut_into_pieces_learns_and_encodes_as_whole(
         out = StoreReader(tmp_path / str(size) / "tokens-bpe")
         out.refresh()
         made[size] = (tokenizer.to_json(), [out.tokens(d).tolist() for d in out.documents])
-    assert made[50] == made[whole]
+    assert made[50] == made[default] == made[whole]
 
 
 def test_a_stop_ends_deriving_at_the_next_piece_and_writes_nothing_of_its_shard(
