@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from ..ingest.registry import Registry
 from ..states import SERVICE, transition
 from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
@@ -99,43 +100,19 @@ def list_checkpoints(directory: Path, now: float | None = None) -> list[dict[str
     return out
 
 
-LATEST_FIELDS = ("source", "origin", "kind", "state", "reason", "title", "language", "surprise", "tokens",
-                 "created")  # fmt: skip
 LATEST_DOCUMENTS = 20
 MAX_FIELD_CHARS = 300  # a title or URL longer than this is cut for the page
 
 
-def latest_documents(registry: Path, limit: int = LATEST_DOCUMENTS, origin: str = "") -> list[dict[str, Any]]:
-    """The newest documents of the ingest registry (of one ``origin``: "crawl", "drop", ...),
-    read-only (its own connection, WAL lets it read beside the writer); columns this registry
-    lacks are left out."""
-    if not registry.exists():
-        return []
-    try:
-        db = sqlite3.connect(f"file:{registry}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return []
-    try:
-        db.row_factory = sqlite3.Row
-        if origin:
-            query = "SELECT * FROM documents WHERE origin = ? ORDER BY id DESC LIMIT ?"
-            rows = db.execute(query, (origin, limit)).fetchall()
-        else:
-            rows = db.execute("SELECT * FROM documents ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    except sqlite3.Error:
-        return []
-    finally:
-        db.close()
-    out = []
-    for row in rows:
-        keys = row.keys()
-        doc = {}
-        for k in LATEST_FIELDS:
-            if k in keys:
-                v = row[k]
-                doc[k] = v[:MAX_FIELD_CHARS] if isinstance(v, str) else v
-        out.append(doc)
-    return out
+def latest_documents(
+    registry: Registry, limit: int = LATEST_DOCUMENTS, origin: str = ""
+) -> list[dict[str, Any]]:
+    """The newest documents of the ingest registry (either backend; of one ``origin``: "crawl",
+    "drop", ...), long strings cut for the page."""
+    return [
+        {k: v[:MAX_FIELD_CHARS] if isinstance(v, str) else v for k, v in doc.items()}
+        for doc in registry.latest(limit, origin)
+    ]
 
 
 def _finite(obj: Any) -> Any:
@@ -162,16 +139,19 @@ class Dashboard:
         commands: dict[str, Command],
         history: MetricsHistory,
         checkpoint_dir: Path,
-        registry: Path,
+        open_registry: Callable[[], Registry],
         generator: Generation,
     ) -> None:
+        """``open_registry``: the ingest registry's reader (its own connection, opened at the
+        first read and again after an error)."""
         self.bind = bind
         self.runtime_dir = runtime_dir
         self._status = status
         self.commands = commands
         self.history = history
         self.checkpoint_dir = checkpoint_dir
-        self.registry = registry
+        self.open_registry = open_registry
+        self._registry: Registry | None = None
         self._documents: list[dict[str, Any]] = []
         self._pages: list[dict[str, Any]] = []  # the latest crawled documents
         self.generator = generator  # the chat and the spiral: the generation process
@@ -255,6 +235,7 @@ class Dashboard:
         os.replace(tmp, path)
 
     async def close(self) -> None:
+        await asyncio.to_thread(self._close_registry)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -293,8 +274,25 @@ class Dashboard:
         if now - self._checkpoints_at >= FILES_EVERY_S:
             self._checkpoints_at = now
             self._checkpoints = await asyncio.to_thread(list_checkpoints, self.checkpoint_dir)
-            self._documents = await asyncio.to_thread(latest_documents, self.registry)
-            self._pages = await asyncio.to_thread(latest_documents, self.registry, LATEST_DOCUMENTS, "crawl")
+            self._documents, self._pages = await asyncio.to_thread(self._read_latest)
+
+    def _read_latest(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The latest documents and crawled pages (in a thread): the last ones read while the
+        registry cannot be (not created yet, its database away)."""
+        try:
+            if self._registry is None:
+                self._registry = self.open_registry()
+            return latest_documents(self._registry), latest_documents(self._registry, origin="crawl")
+        except (OSError, sqlite3.Error) as exc:  # DatabaseUnavailable is an OSError
+            log.debug("latest documents not read: %s", exc)
+            self._close_registry()
+            return self._documents, self._pages
+
+    def _close_registry(self) -> None:
+        registry, self._registry = self._registry, None
+        if registry is not None:
+            with contextlib.suppress(OSError, sqlite3.Error):
+                registry.close()
 
     # ---- guards ---------------------------------------------------------------------------
     @web.middleware

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..descriptors import raise_soft_limit
+from ..ingest.registry_pg import open_registry
 from ..postgres import DatabaseUnavailable
 from ..states import DAEMON, RESTARTING, TRAINING, transition
 from . import commands
@@ -323,6 +325,7 @@ class Supervisor:
             await server.start()
             bind = parse_bind(s.daemon.http)
             if bind is not None:
+                registry = s.state_dir / "ingest" / "registry.sqlite3"
                 self.dashboard = Dashboard(
                     bind,
                     s.runtime_dir,
@@ -330,7 +333,8 @@ class Supervisor:
                     handlers,
                     self.history,
                     s.state_dir / "checkpoints",
-                    s.state_dir / "ingest" / "registry.sqlite3",
+                    # the latest documents, read through the registry (SQLite or --database's)
+                    functools.partial(open_registry, s.ingest.database, registry),
                     generator=self.generation,
                 )
                 await self.dashboard.start()

@@ -28,12 +28,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..postgres import Sql
 from . import minhash
 from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
 
 STATES = ("done", "duplicate", "failed", "filtered")
+# what ``Registry.latest`` gives of a document (the dashboard's latest-documents panel)
+LATEST_FIELDS = ("source", "origin", "kind", "state", "reason", "title", "language", "surprise", "tokens",
+                 "created")  # fmt: skip
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -420,6 +424,15 @@ class Registry:
             "GROUP BY source_group"
         )
         return {str(g): (int(n), float(mean)) for g, n, mean in rows}
+
+    def latest(self, limit: int, origin: str = "") -> list[dict[str, Any]]:
+        """The newest ``limit`` documents (of one ``origin``: "crawl", "drop", ...), newest
+        first, as :data:`LATEST_FIELDS`."""
+        where, params = ("WHERE origin = ? ", (origin, limit)) if origin else ("", (limit,))
+        rows = self.db.execute(
+            f"SELECT {', '.join(LATEST_FIELDS)} FROM documents {where}ORDER BY id DESC LIMIT ?", params
+        )
+        return [dict(zip(LATEST_FIELDS, row, strict=True)) for row in rows]
 
     def entries(self) -> set[str]:
         return {str(r[0]) for r in self.db.execute("SELECT entry FROM documents")}

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
-import sqlite3
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from crystalline.daemon.dashboard import TOKEN_HEADER, Dashboard, latest_documen
 from crystalline.daemon.dashboard_command import read_dashboard_file
 from crystalline.daemon.metrics_history import MetricsHistory, point_from_status
 from crystalline.daemon.status_server import Command, CommandError
+from crystalline.ingest.registry import Record, Registry
+from crystalline.ingest.registry_pg import PgRegistry, open_registry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -103,7 +105,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[Dashboard, Recorder]]:
         rec.commands(),
         history,
         tmp_path / "checkpoints",
-        tmp_path / "registry.sqlite3",
+        functools.partial(Registry, tmp_path / "registry.sqlite3"),
         FakeGeneration(),
     )
     (tmp_path / "run").mkdir()
@@ -275,21 +277,61 @@ def test_checkpoints_and_latest_documents(tmp_path: Path) -> None:
     listed = list_checkpoints(tmp_path / "checkpoints")
     assert [c["step"] for c in listed] == [42, 7]
     assert listed[0]["bytes"] == 1000
-    db = sqlite3.connect(tmp_path / "r.sqlite3")
-    db.execute(
-        "CREATE TABLE documents (id INTEGER PRIMARY KEY, source TEXT, origin TEXT, title TEXT, state TEXT)"
+    registry = Registry(tmp_path / "r.sqlite3")
+    try:
+        record_documents(registry)
+        docs = latest_documents(registry)
+        assert len(docs) == 20 and docs[0]["source"] == "u29"
+        assert len(docs[0]["title"]) == 300
+        pages = latest_documents(registry, origin="crawl")
+        assert [p["source"] for p in pages[:3]] == ["u27", "u24", "u21"] and len(pages) == 10
+    finally:
+        registry.close()
+
+
+def record_documents(registry: Registry) -> None:
+    """30 documents, u0 .. u29, every third one crawled, each with a 1,000-character title."""
+    registry.record(
+        [
+            Record(f"e{i}", f"d{i}", f"u{i}", "crawl" if i % 3 == 0 else "drop", "done", title="t" * 1000)
+            for i in range(30)
+        ]
     )
-    for i in range(30):
-        row = (f"u{i}", "crawl" if i % 3 == 0 else "drop", "t" * 1000)
-        db.execute("INSERT INTO documents (source, origin, title, state) VALUES (?, ?, ?, 'done')", row)
-    db.commit()
-    db.close()
-    docs = latest_documents(tmp_path / "r.sqlite3")
-    assert len(docs) == 20 and docs[0]["source"] == "u29"
-    assert len(docs[0]["title"]) == 300
-    pages = latest_documents(tmp_path / "r.sqlite3", origin="crawl")
-    assert [p["source"] for p in pages[:3]] == ["u27", "u24", "u21"] and len(pages) == 10
-    assert latest_documents(tmp_path / "missing.sqlite3") == []
+
+
+def latest_shown(tmp_path: Path, open_registry: Callable[[], Registry]) -> tuple[list[Any], list[Any]]:
+    """The latest documents and pages a dashboard reading through ``open_registry`` shows."""
+
+    async def shown() -> tuple[list[Any], list[Any]]:
+        run, commands, history = tmp_path / "run", Recorder().commands(), MetricsHistory(None)
+        d = Dashboard(("127.0.0.1", 0), run, fake_status, commands, history, tmp_path / "checkpoints",
+                      open_registry, FakeGeneration())  # fmt: skip
+        try:
+            await d.refresh_files()
+            data = d.snapshot()
+            return data["ingest"]["latest"], data["crawler"]["latest"]
+        finally:
+            await d.close()
+
+    return asyncio.run(shown())
+
+
+def test_the_latest_documents_panel_reads_either_registry_and_survives_one_it_cannot_open(
+    tmp_path: Path, pg_url: str
+) -> None:
+    registry = PgRegistry(pg_url)
+    try:
+        record_documents(registry)
+    finally:
+        registry.close()
+    docs, pages = latest_shown(
+        tmp_path, functools.partial(open_registry, pg_url, tmp_path / "unused.sqlite3")
+    )
+    assert [d["source"] for d in docs[:2]] == ["u29", "u28"] and len(docs) == 20
+    assert [p["source"] for p in pages[:2]] == ["u27", "u24"] and len(docs[0]["title"]) == 300
+    assert not (tmp_path / "unused.sqlite3").exists()
+    # a registry that cannot be opened (its directory is missing): nothing shown, no error
+    assert latest_shown(tmp_path, functools.partial(Registry, tmp_path / "missing" / "r.sqlite3")) == ([], [])
 
 
 def test_dashboard_command_prints_the_url_or_one_line(tmp_path: Path) -> None:
@@ -346,7 +388,7 @@ async def _test_unwritable_runtime_dir(tmp_path: Path) -> None:
         Recorder().commands(),
         MetricsHistory(None),
         tmp_path / "checkpoints",
-        tmp_path / "registry.sqlite3",
+        functools.partial(Registry, tmp_path / "registry.sqlite3"),
         FakeGeneration(),
     )
     await d.start()
@@ -369,8 +411,6 @@ def test_test_suite_variables_are_not_daemon_keys() -> None:
 
 
 def test_history_keeps_a_validation_line_per_source_and_documents_show_their_surprise(tmp_path: Path) -> None:
-    from crystalline.ingest.registry import Record, Registry
-
     status = fake_status()
     status["training"]["sources"] = [
         {"source": "example.org", "documents": 4, "val_loss": 2.5},
@@ -388,5 +428,5 @@ def test_history_keeps_a_validation_line_per_source_and_documents_show_their_sur
     rec = Record("e1", "d1", "https://example.org/a", "crawl", "done", tokens=10, group="example.org")
     registry.record([rec])
     registry.record_surprise([("d1", 3.25)])
+    assert latest_documents(registry)[0]["surprise"] == 3.25
     registry.close()
-    assert latest_documents(tmp_path / "r.sqlite3")[0]["surprise"] == 3.25
