@@ -105,9 +105,10 @@ def test_two_members_then_one_after_a_kill(tmp_path: Any) -> None:
         (step,) = until(digest_on_page_and_in_status, lambda: f"the page's digest in both: {seen}", 60)
         assert re.fullmatch(r"[0-9a-f]+", seen["digest"]), seen
         assert agree(m, [0, 1]) >= step  # and equal at every step both still list
-        page.screenshot(path=str(artifacts_dir(tmp_path) / "cluster-two.png"), full_page=True)
+        page.locator("#cluster").screenshot(path=str(artifacts_dir(tmp_path) / "cluster-two.png"))
 
         # member 1's daemon dies: the group re-forms without it; the page follows, not reloaded
+        two = page.evaluate(SUMMARY)
         page.evaluate("window.notReloaded = true")
         m.kill(1)
         killed = time.monotonic()
@@ -124,6 +125,7 @@ def test_two_members_then_one_after_a_kill(tmp_path: Any) -> None:
         assert page.evaluate("window.notReloaded === true")
         summary = page.evaluate(SUMMARY)
         assert summary["cluster"] == "training" and summary["rank"] == "0 of 1", summary
-        assert int(summary["re-formed"]) >= 1, summary
-        page.screenshot(path=str(artifacts_dir(tmp_path) / "cluster-one.png"), full_page=True)
+        assert int(summary["generation"]) > int(two["generation"]), (two, summary)
+        assert int(summary["re-formed"]) > int(two["re-formed"]), (two, summary)
+        page.locator("#cluster").screenshot(path=str(artifacts_dir(tmp_path) / "cluster-one.png"))
     assert errors == [], errors
