@@ -12,6 +12,7 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -61,7 +62,7 @@ def _digest_step(m: Machines, digest: str) -> int | None:
     return steps[0][0]
 
 
-def test_two_members_then_one_after_a_kill(tmp_path: Any) -> None:
+def test_two_members_then_one_after_a_kill(tmp_path: Path) -> None:
     require_browser()
     errors: list[str] = []
     with machines_on_this_box(2, loopback=True) as m, browser_page(errors) as page:
