@@ -28,10 +28,12 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..postgres import Sql
+from ..sql_tables import META as KEY_VALUE
+from ..sql_tables import Table, columns
 from .politeness import FAR_FUTURE
 
 log = logging.getLogger("crystalline.crawler.frontier")
@@ -41,85 +43,102 @@ QUEUED, IN_FLIGHT, STORED, FAILED, SKIPPED, REDIRECTED = range(6)
 PAGE, SITEMAP = 0, 1  # what a URL is: a page for the sink, or a sitemap that seeds the frontier
 STATE_NAMES = ("queued", "in_flight", "stored", "failed", "skipped", "redirected")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS urls (
-    id INTEGER PRIMARY KEY,
-    url TEXT NOT NULL UNIQUE,
-    origin TEXT NOT NULL,
-    depth INTEGER NOT NULL,
-    redirects INTEGER NOT NULL DEFAULT 0,
-    state INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0,
-    status INTEGER,
-    error TEXT
-);
+# The frontier's tables, for both backends (``crystalline.sql_tables``): the SQLite frontier
+# creates each with its first columns (up to ``_SQLITE_FIRST``) and adds the later ones (issue 12)
+# with ALTER TABLE when an older frontier is opened; ``frontier_pg.py`` creates them whole, with
+# what a cluster needs on top (host leases, the claimer of each in-flight URL).
+URLS = Table(
+    "urls",
+    columns("""
+    id id
+    url text NOT NULL UNIQUE
+    origin text NOT NULL
+    depth int NOT NULL
+    redirects int NOT NULL DEFAULT 0
+    state int NOT NULL DEFAULT 0
+    attempts int NOT NULL DEFAULT 0
+    not_before real NOT NULL DEFAULT 0
+    status int
+    error text
+    pattern text  -- the URL's shape (urls.url_pattern), for the trap verdicts
+    next_visit real  -- a stored URL's revisit time
+    interval real NOT NULL DEFAULT 0  -- its current revisit interval
+    prev_interval real NOT NULL DEFAULT 0  -- the one before the last change (ingest may undo it)
+    etag text
+    last_modified text
+    body_hash text  -- SHA-256 of the last body handed to the sink
+    fetched_at real
+    versions int NOT NULL DEFAULT 0  -- bodies handed to the sink (0: never stored)
+    fresh int  -- the crawler's verdict on its first body: 1 new text, 0 none
+    kind int NOT NULL DEFAULT 0  -- PAGE or SITEMAP
+    -- its shape's verdict count (patterns.n) once its own was in: where that verdict sits in the
+    -- window, so that ingest's later verdict replaces it rather than pushing a second one
+    judged_n int
+    """),
+)
+HOSTS = Table(
+    "hosts",
+    columns("""
+    origin text PRIMARY KEY
+    queued int NOT NULL DEFAULT 0
+    next_at real NOT NULL DEFAULT 0
+    stored int NOT NULL DEFAULT 0
+    deferred_until real NOT NULL DEFAULT 0
+    defer_reason text
+    defer_count int NOT NULL DEFAULT 0
+    day_start real NOT NULL DEFAULT 0
+    day_fetches int NOT NULL DEFAULT 0
+    -- new URLs sitemaps and feeds listed for the origin in its listing day (from listed_day_start)
+    listed_day_start real NOT NULL DEFAULT 0
+    listed_day int NOT NULL DEFAULT 0
+    fetched int NOT NULL DEFAULT 0
+    errors int NOT NULL DEFAULT 0
+    """),
+    without_rowid=True,
+)
+PATTERNS = Table(
+    "patterns",
+    columns("""
+    origin text NOT NULL
+    pattern text NOT NULL
+    n int NOT NULL
+    window int64 NOT NULL DEFAULT 0  -- the last TRAP_WINDOW verdicts, one bit each (1: no new text)
+    trapped int NOT NULL DEFAULT 0
+    """),
+    constraints=("PRIMARY KEY (origin, pattern)",),
+    without_rowid=True,
+)
+DROPS = Table("drops", columns("reason text PRIMARY KEY\nn int64 NOT NULL"), without_rowid=True)
+ROBOTS = Table(
+    "robots",
+    columns("""
+    origin text PRIMARY KEY
+    fetched_at real NOT NULL
+    status int NOT NULL
+    body blob NOT NULL
+    """),
+    without_rowid=True,
+)
+META = replace(KEY_VALUE, without_rowid=True)
+TABLES = (URLS, HOSTS, PATTERNS, DROPS, ROBOTS, META)
+# the SQLite frontier's first schema: the columns its CREATE TABLE has (the later ones are added)
+_SQLITE_FIRST = {"urls": "error", "hosts": "stored", "patterns": "n"}
+
+_SCHEMA = f"""
+{URLS.create("sqlite", _SQLITE_FIRST["urls"])};
 -- per origin, shallowest and oldest first: what claim() hands out and (read backwards) which
 -- URL a full host queue gives up; across origins, the same order for the total cap
 CREATE INDEX IF NOT EXISTS urls_host_queue ON urls(origin, depth, id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS urls_queue_depth ON urls(depth, id) WHERE state = 0;
 DROP INDEX IF EXISTS urls_queue;
 CREATE INDEX IF NOT EXISTS urls_in_flight ON urls(state) WHERE state = 1;
-CREATE TABLE IF NOT EXISTS hosts (
-    origin TEXT PRIMARY KEY,
-    queued INTEGER NOT NULL DEFAULT 0,
-    next_at REAL NOT NULL DEFAULT 0,
-    stored INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
+{HOSTS.create("sqlite", _SQLITE_FIRST["hosts"])};
 CREATE INDEX IF NOT EXISTS hosts_ready ON hosts(next_at) WHERE queued > 0;
-CREATE TABLE IF NOT EXISTS patterns (
-    origin TEXT NOT NULL,
-    pattern TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    PRIMARY KEY (origin, pattern)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS drops (
-    reason TEXT PRIMARY KEY,
-    n INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS robots (
-    origin TEXT PRIMARY KEY,
-    fetched_at REAL NOT NULL,
-    status INTEGER NOT NULL,
-    body BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+{PATTERNS.create("sqlite", _SQLITE_FIRST["patterns"])};
+{DROPS.create("sqlite")};
+{ROBOTS.create("sqlite")};
+{META.create("sqlite")};
 """
-
-# Columns added since the first schema (issue 12), with their declarations: ALTER TABLE adds the
-# missing ones when an older frontier is opened.
-_URL_COLUMNS = {
-    "pattern": "TEXT",  # the URL's shape (urls.url_pattern), for the trap verdicts
-    "next_visit": "REAL",  # a stored URL's revisit time
-    "interval": "REAL NOT NULL DEFAULT 0",  # its current revisit interval
-    "prev_interval": "REAL NOT NULL DEFAULT 0",  # the one before the last change (ingest may undo it)
-    "etag": "TEXT",
-    "last_modified": "TEXT",
-    "body_hash": "TEXT",  # SHA-256 of the last body handed to the sink
-    "fetched_at": "REAL",
-    "versions": "INTEGER NOT NULL DEFAULT 0",  # bodies handed to the sink (0: never stored)
-    "fresh": "INTEGER",  # the crawler's verdict on its first body: 1 new text, 0 none
-    "kind": "INTEGER NOT NULL DEFAULT 0",  # PAGE or SITEMAP
-    # its shape's verdict count (patterns.n) once its own was in: where that verdict sits in the
-    # window, so that ingest's later verdict replaces it rather than pushing a second one
-    "judged_n": "INTEGER",
-}
-_HOST_COLUMNS = {
-    "deferred_until": "REAL NOT NULL DEFAULT 0",
-    "defer_reason": "TEXT",
-    "defer_count": "INTEGER NOT NULL DEFAULT 0",
-    "day_start": "REAL NOT NULL DEFAULT 0",
-    "day_fetches": "INTEGER NOT NULL DEFAULT 0",
-    # new URLs sitemaps and feeds listed for the origin in its listing day (from listed_day_start)
-    "listed_day_start": "REAL NOT NULL DEFAULT 0",
-    "listed_day": "INTEGER NOT NULL DEFAULT 0",
-    "fetched": "INTEGER NOT NULL DEFAULT 0",
-    "errors": "INTEGER NOT NULL DEFAULT 0",
-}
-_PATTERN_COLUMNS = {
-    "window": "INTEGER NOT NULL DEFAULT 0",  # the last TRAP_WINDOW verdicts, one bit each (1: no new text)
-    "trapped": "INTEGER NOT NULL DEFAULT 0",
-}
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS urls_revisit ON urls(next_visit) WHERE state = 2;
 CREATE INDEX IF NOT EXISTS urls_host_revisit ON urls(origin, next_visit) WHERE state = 2;
@@ -337,16 +356,13 @@ class Frontier:
         self.trapped = set(self._db.execute("SELECT origin, pattern FROM patterns WHERE trapped = 1"))
 
     def _add_columns(self) -> None:
-        for table, columns in (
-            ("urls", _URL_COLUMNS),
-            ("hosts", _HOST_COLUMNS),
-            ("patterns", _PATTERN_COLUMNS),
-        ):
-            have = {str(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
-            for name, decl in columns.items():
-                if name not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
-            if table == "urls" and "next_visit" not in have:
+        """Add the columns an older frontier lacks (those after ``_SQLITE_FIRST``)."""
+        for table in (URLS, HOSTS, PATTERNS):
+            have = {str(r[1]) for r in self._db.execute(f"PRAGMA table_info({table.name})")}
+            for column in table.after(_SQLITE_FIRST[table.name]):
+                if column.name not in have:
+                    self._db.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.sql('sqlite')}")
+            if table is URLS and "next_visit" not in have:
                 # pages stored before revisits existed: due over the next day, spread out
                 self._db.execute(
                     "UPDATE urls SET fetched_at = 0, next_visit = ? + (abs(random()) % 86400)"

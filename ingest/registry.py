@@ -26,11 +26,12 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..postgres import Sql
+from ..sql_tables import META, Table, columns
 from . import minhash
 from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
 
@@ -39,50 +40,69 @@ STATES = ("done", "duplicate", "failed", "filtered")
 LATEST_FIELDS = ("source", "origin", "kind", "state", "reason", "title", "language", "surprise", "tokens",
                  "created")  # fmt: skip
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    id INTEGER PRIMARY KEY,
-    entry TEXT NOT NULL UNIQUE,
-    doc_id TEXT NOT NULL,
-    source TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    content_hash TEXT NOT NULL DEFAULT '',
-    simhash INTEGER NOT NULL DEFAULT 0,
-    chars INTEGER NOT NULL DEFAULT 0,
-    tokens INTEGER NOT NULL DEFAULT 0,
-    split TEXT NOT NULL DEFAULT '',
-    shard INTEGER,
-    title TEXT NOT NULL DEFAULT '',
-    language TEXT NOT NULL DEFAULT '',
-    created REAL NOT NULL,
-    file_key TEXT NOT NULL DEFAULT ''
-);
+# The registry's tables, for both backends (``crystalline.sql_tables``): the SQLite registry
+# creates ``documents`` with the columns of its first schema (up to ``file_key``) and adds the
+# later ones (see SCHEMA_VERSION) when opened; ``registry_pg.py``'s migrations create and add them.
+DOCUMENTS = Table(
+    "documents",
+    columns("""
+    id id
+    entry text NOT NULL UNIQUE
+    doc_id text NOT NULL
+    source text NOT NULL
+    origin text NOT NULL
+    kind text NOT NULL DEFAULT ''
+    state text NOT NULL
+    reason text NOT NULL DEFAULT ''
+    content_hash text NOT NULL DEFAULT ''
+    simhash int64 NOT NULL DEFAULT 0
+    chars int64 NOT NULL DEFAULT 0
+    tokens int64 NOT NULL DEFAULT 0
+    split text NOT NULL DEFAULT ''
+    shard int64
+    title text NOT NULL DEFAULT ''
+    language text NOT NULL DEFAULT ''
+    created real NOT NULL
+    file_key text NOT NULL DEFAULT ''
+    rule text NOT NULL DEFAULT ''  -- schema 2
+    language_score real NOT NULL DEFAULT 0
+    source_group text NOT NULL DEFAULT ''  -- schema 4
+    surprise real
+    """),
+)
+SIMHASH_BANDS = Table(
+    "simhash_bands",
+    columns("""
+    band int NOT NULL
+    value int64 NOT NULL
+    doc int64 NOT NULL REFERENCES documents (id)
+    """),
+)
+MINHASH_BANDS = replace(SIMHASH_BANDS, name="minhash_bands")
+MINHASH_SIGNATURES = Table(
+    "minhash_signatures",
+    columns("doc int64 PRIMARY KEY REFERENCES documents (id)\nsignature blob NOT NULL"),
+)
+TEXT_EDITS = Table(
+    "text_edits",
+    columns("""
+    doc int64 NOT NULL REFERENCES documents (id)
+    rule text NOT NULL
+    count int64 NOT NULL
+    """),
+)
+TABLES = (DOCUMENTS, SIMHASH_BANDS, MINHASH_BANDS, MINHASH_SIGNATURES, TEXT_EDITS, META)
+
+_SCHEMA = f"""
+{DOCUMENTS.create("sqlite", "file_key")};
 CREATE INDEX IF NOT EXISTS documents_hash ON documents (content_hash) WHERE state = 'done';
-CREATE TABLE IF NOT EXISTS simhash_bands (
-    band INTEGER NOT NULL,
-    value INTEGER NOT NULL,
-    doc INTEGER NOT NULL REFERENCES documents (id)
-);
+{SIMHASH_BANDS.create("sqlite")};
 CREATE INDEX IF NOT EXISTS simhash_bands_lookup ON simhash_bands (band, value);
-CREATE TABLE IF NOT EXISTS minhash_bands (
-    band INTEGER NOT NULL,
-    value INTEGER NOT NULL,
-    doc INTEGER NOT NULL REFERENCES documents (id)
-);
+{MINHASH_BANDS.create("sqlite")};
 CREATE INDEX IF NOT EXISTS minhash_bands_lookup ON minhash_bands (band, value);
-CREATE TABLE IF NOT EXISTS minhash_signatures (
-    doc INTEGER PRIMARY KEY REFERENCES documents (id),
-    signature BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS text_edits (
-    doc INTEGER NOT NULL REFERENCES documents (id),
-    rule TEXT NOT NULL,
-    count INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+{MINHASH_SIGNATURES.create("sqlite")};
+{TEXT_EDITS.create("sqlite")};
+{META.create("sqlite")};
 """
 _FILE_KEY_INDEX = "CREATE INDEX IF NOT EXISTS documents_file_key ON documents (file_key) WHERE file_key != ''"
 # Surprise looks documents up by doc_id (surprise_known, record_surprise): without it each
@@ -97,8 +117,6 @@ _DOC_ID_INDEX = "CREATE INDEX IF NOT EXISTS documents_doc_id ON documents (doc_i
 #: ``crystalline.documents.source_group``) and ``surprise`` (its loss before training, NULL
 #: until measured); 5: an index on ``doc_id`` (the surprise lookups).
 SCHEMA_VERSION = 5
-_V2_COLUMNS = {"rule": "TEXT NOT NULL DEFAULT ''", "language_score": "REAL NOT NULL DEFAULT 0"}
-_V4_COLUMNS = {"source_group": "TEXT NOT NULL DEFAULT ''", "surprise": "REAL"}
 
 
 def sql_text(value: str) -> str:
@@ -200,9 +218,9 @@ class Registry:
                 self.db.execute("ALTER TABLE documents ADD COLUMN file_key TEXT NOT NULL DEFAULT ''")
             self.db.execute(_FILE_KEY_INDEX)
             self.db.execute(_DOC_ID_INDEX)
-            for name, decl in {**_V2_COLUMNS, **_V4_COLUMNS}.items():
-                if name not in columns:
-                    self.db.execute(f"ALTER TABLE documents ADD COLUMN {name} {decl}")
+            for column in DOCUMENTS.after("file_key"):  # schemas 2 and 4
+                if column.name not in columns:
+                    self.db.execute(f"ALTER TABLE documents ADD COLUMN {column.sql('sqlite')}")
             if version < 2:  # the rule of older rows, from their reasons (all basic filters then)
                 self.db.execute("UPDATE documents SET rule = 'basic' WHERE state = 'filtered' AND rule = ''")
                 self.db.execute(
