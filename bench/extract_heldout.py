@@ -11,9 +11,10 @@ listed as skipped, with the reason.
 
 Scoring is the development set's own ``score.py`` (imported from ``--dev-set``): word 4-gram
 shingles over ``\\w+`` tokens, per-page precision and recall, means over pages, F1 of the means.
-``\\w+`` does not split Chinese, Japanese or Thai (no spaces between words), so on those pages a
-token is a whole clause (the ``chars/token`` column) and one differing character loses every
-shingle that clause is in: the same rule as the dev set, stricter there than on spaced scripts.
+``\\w+`` does not split Chinese or Japanese (no spaces between words), so on those pages a token
+is a whole clause (the ``ch/tok`` column) and one differing character loses every shingle that
+clause is in: the same rule as the dev set, stricter there than on spaced scripts (Thai and
+Burmese are cut at their vowel signs, which ``\\w`` does not match).
 
 Side by side in the same run: ``crystalline extract --json`` over all pages (the shipped path end
 to end: start-up, extraction, JSON; under ``taskset -c CPU`` to one CPU when taskset exists), and
