@@ -1,6 +1,7 @@
-"""The supervisor: systemd's main process. One asyncio loop runs the crawler, ingest (drop
-folder and spool, CPU work in a process pool), the status socket and sd_notify, and starts and
-restarts the control process, which starts the workers.
+"""The supervisor: systemd's main process. One asyncio loop runs ingest (drop folder and spool,
+CPU work in a process pool), the status socket and sd_notify, and starts and restarts the
+control process, which starts the workers; the crawler runs in a thread with a loop of its own
+(``crawl_service.py``), so that its database's waits never stall this loop.
 
 Signal handlers only record the signal; the loop stops the parts in order (crawler, control
 with a final checkpoint, ingest), unlinks what it created and exits 0. A second signal makes
