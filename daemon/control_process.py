@@ -327,20 +327,28 @@ class Control:
             with contextlib.suppress(RuntimeError):  # recorded and logged; training goes on
                 self._checkpoint()
         self.serve(0.0)
-        while self.paused and not self.stopping:
-            self.state = transition(TRAINING, self.state, "paused")
-            self.serve(0.2)
-        if self.cluster is not None:
-            self._await_cluster(t)
+        if self.cluster is not None:  # the cluster's part of the step: its digest, DiLoCo's outer step
+            self.cluster.after_step(t.engine, t.state)
+        self._hold(t)
         self.state = transition(TRAINING, self.state, "training")
 
-    def _await_cluster(self, t: Trainer) -> None:
-        """The cluster's part after a step (its digest; DiLoCo's outer step), then wait (serving
-        requests) until this member is in the newest group and holds its state; status
-        ``cluster.state`` says why not."""
-        assert self.cluster is not None
-        self.cluster.after_step(t.engine, t.state)
-        while not self.stopping and not self.cluster.ready(t.engine, t.state):
+    def _hold(self, t: Trainer) -> None:
+        """Wait, serving requests, while paused, and with --cluster until this member is in the
+        newest group and holds its state (status ``cluster.state`` says why not). Paused, a
+        member leaves its cluster cleanly (``ClusterMember.leave``: in a group, one more step
+        tells the others) and registers again on resume."""
+        while not self.stopping:
+            member = self.cluster
+            if self.paused and (member is None or member.leave()):
+                self.state = transition(TRAINING, self.state, "paused")
+                self.serve(0.2)
+                continue
+            if member is None:
+                return
+            if not self.paused:
+                member.rejoin()
+            if member.ready(t.engine, t.state):
+                return
             self.state = transition(TRAINING, self.state, "paused")
             self.serve(0.5)
 

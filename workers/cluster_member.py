@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections import deque
@@ -42,6 +43,7 @@ import torch.distributed as dist
 
 from .cluster_config import ClusterSettings, ClusterUnavailable
 from .engine import StepAbandoned, StepEngine
+from .rendezvous_guard import HANDSHAKE, RendezvousGuard
 
 log = logging.getLogger("crystalline.cluster")
 
@@ -83,45 +85,84 @@ class Membership:
         self.cut_off: str | None = None
         self.answered = time.monotonic()  # when the store last answered a whole tick
         self.failed: set[int] = set()  # generations whose collective failed here, to report
-        self.leaving = False
+        self.leaving = False  # closing: say so and end the thread
+        self.away = False  # left by request (crystalline pause) until rejoin()
         self._stop = threading.Event()
-        self._server = None
+        self._server: dist.TCPStore | None = None
+        self.guard: RendezvousGuard | None = None
         if settings.hosts_store:  # the server lives as long as this process
-            try:
-                self._server = self._connect(master=True)
-            except RuntimeError as exc:
-                raise ClusterUnavailable(
-                    f"cannot host the rendezvous point {settings.host}:{settings.port}: "
-                    f"{str(exc).splitlines()[0][:200]}"
-                ) from None
+            self._host()
         self._coordinator = Coordinator(settings) if settings.hosts_store else None
         self._thread = threading.Thread(target=self._run, name="cluster-membership", daemon=True)
         self._thread.start()
 
-    def _connect(self, master: bool = False) -> dist.TCPStore:
+    def _host(self) -> None:
+        """c10d's store on a private loopback port, and the guard on the public HOST:PORT in
+        front of it (``workers/rendezvous_guard.py``); then a real client through the guard, so
+        a torch whose client opens differently fails here, in one line."""
+        where = f"{self.s.host}:{self.s.port}"
+        private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            private.bind(("127.0.0.1", 0))
+            private.listen(128)
+            upstream = private.getsockname()[:2]
+            self.guard = RendezvousGuard((self.s.host, self.s.port), upstream)
+        except OSError as exc:
+            private.close()
+            raise ClusterUnavailable(f"cannot host the rendezvous point {where}: {exc}") from None
+        try:  # the store's server takes the listening socket over (the classic backend)
+            self._server = dist.TCPStore(
+                upstream[0], upstream[1], None, True, timeout=timedelta(seconds=self.s.timeout_s),
+                wait_for_workers=False, use_libuv=False, master_listen_fd=private.detach(),
+            )  # fmt: skip
+            self.connect()  # through the guard
+        except RuntimeError as exc:
+            self.guard.close()
+            why = str(exc).splitlines()[0][:200]
+            if self.guard.refused:
+                why = (
+                    f"the guard refused torch {torch.__version__}'s own TCPStore client "
+                    f"({self.guard.last_refusal}): its handshake is not c10d's {HANDSHAKE.hex(' ')}"
+                )
+            raise ClusterUnavailable(f"cannot host the rendezvous point {where}: {why}") from None
+        log.info("rendezvous point %s: c10d's store on 127.0.0.1:%d behind the guard", where, upstream[1])
+
+    def connect(self) -> dist.TCPStore:
         return dist.TCPStore(
             self.s.host,
             self.s.port,
             None,
-            master,
+            False,
             timeout=timedelta(seconds=self.s.timeout_s),
             wait_for_workers=False,
-            # the classic server resets a connection that sends garbage; libuv's keeps it open
             use_libuv=False,
         )
 
     def _run(self) -> None:
         client: dist.TCPStore | None = None
+        registered = False
         beat = 0
         while not self._stop.wait(self.tick_s):
             try:
                 if client is None:
-                    client = self._connect()
-                    self._register(client)
-                assert self.number is not None
-                if self.leaving:
+                    client, registered = self.connect(), False
+                with self.lock:
+                    away = self.away
+                if registered and (away or self.leaving):  # the coordinator drops it at once
                     client.set(f"hb/{self.number}", "left")
+                    registered = False
+                    log.info("told the cluster that member %s left", self.number)
+                if self.leaving:
                     return
+                if away:
+                    if self._coordinator is not None:  # the store's host keeps coordinating
+                        self._coordinator.tick(client)
+                    self.answered = time.monotonic()
+                    continue
+                if not registered:
+                    self._register(client)
+                    registered = True
+                assert self.number is not None
                 beat += 1
                 client.set(f"hb/{self.number}", str(beat))
                 client.set(f"info/{self.number}", json.dumps(self.info()))
@@ -167,6 +208,8 @@ class Membership:
         if g and (current is None or current[0] != g):
             members = json.loads(client.get(f"gen/{g}"))["members"]
             with self.lock:
+                if self.away:  # left meanwhile: no generation until it registers again
+                    return
                 self.generation = (g, members)
             current = (g, members)
         if current is None:
@@ -190,6 +233,17 @@ class Membership:
             return f"cut off from the rendezvous point {self.s.host}:{self.s.port} ({silent:.0f} s silent)"
         return None
 
+    def leave(self) -> None:
+        """Left by request: the thread tells the store (``hb/<n>`` ``left``) and stops beating;
+        the store's host, if this is it, goes on coordinating."""
+        with self.lock:
+            self.away, self.generation = True, None
+
+    def rejoin(self) -> None:
+        """Register again (a new member number) at the next tick."""
+        with self.lock:
+            self.away = False
+
     def report_failure(self, generation: int) -> None:
         with self.lock:
             self.failed.add(generation)
@@ -199,6 +253,8 @@ class Membership:
         self._thread.join(timeout=self.tick_s * 3 + self.s.timeout_s)
         self._stop.set()
         self._thread.join(timeout=self.s.timeout_s)
+        if self.guard is not None:
+            self.guard.close()
 
 
 class Coordinator:
@@ -300,6 +356,9 @@ class ClusterMember:
         self.share = 0.0  # this member's tokens / the global batch's, last step
         self.reforms = 0
         self.refused = -1  # a generation whose members' settings differ (see layout_disagreement)
+        self.leaving = False  # crystalline pause: the next allreduce tells the others
+        self.left = False  # and then it has left, until resume
+        self.ended = 0  # the newest generation that ended because a member left
         self.digest: str | None = None
         # the digests of the last steps, so members can be compared at a step they all passed
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
@@ -345,6 +404,9 @@ class ClusterMember:
             )
             return False
         g, members = generation
+        if g <= self.ended:  # every member of it ended it at the same step: no failure to wait for
+            self.state = f"waiting for generation {g + 1}: a member left generation {g}"
+            return False
         if self.group is not None and g == self.group_generation:
             return True
         if g == self.refused:  # the same members: they still disagree (state says on what)
@@ -372,10 +434,7 @@ class ClusterMember:
         self.state = state
 
     def _form(self, g: int, rank: int, world: int) -> None:
-        store = dist.TCPStore(
-            self.s.host, self.s.port, None, False, timeout=timedelta(seconds=self.s.timeout_s),
-            wait_for_workers=False, use_libuv=False,
-        )  # fmt: skip
+        store = self.membership.connect()
         options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         options._timeout = timedelta(seconds=self.s.timeout_s)
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self.s.address)]
@@ -433,11 +492,11 @@ class ClusterMember:
             self.local_tokens += tokens
             return loss_sum, tokens, nbytes
         n = grad.size
-        if self._buffer is None or self._buffer.size != n + 3:
-            self._buffer = np.zeros(n + 3, dtype=np.float32)
+        if self._buffer is None or self._buffer.size != n + 4:
+            self._buffer = np.zeros(n + 4, dtype=np.float32)
         buf = self._buffer
         np.multiply(grad, np.float32(tokens), out=buf[:n])
-        buf[n], buf[n + 1], buf[n + 2] = tokens, loss_sum, nbytes
+        buf[n], buf[n + 1], buf[n + 2], buf[n + 3] = tokens, loss_sum, nbytes, self.leaving
         started = time.perf_counter()
         try:
             self.group.allreduce([torch.from_numpy(buf)]).wait()
@@ -452,7 +511,17 @@ class ClusterMember:
         total = float(buf[n])
         self.share = tokens / total if total > 0 else 0.0
         np.divide(buf[:n], np.float32(total), out=grad)
+        self._end_if_left(buf[n + 3])
         return float(buf[n + 1]), round(total), round(float(buf[n + 2]))
+
+    def _end_if_left(self, leaving: float) -> None:
+        """After an allreduce: members that pause said so in it (its last number), so every
+        member ends this generation after the same step and waits for the next, which the
+        coordinator publishes as soon as they have told the store."""
+        if leaving > 0:
+            g = self.ended = self.group_generation
+            log.info("generation %d ends after this step: %d member(s) leave by request", g, round(leaving))
+            self._drop_group(f"waiting for generation {g + 1}: a member left generation {g}")
 
     def after_step(self, engine: StepEngine, st: TrainerState) -> None:
         """Between steps: DiLoCo's outer step when one is due, then the digest of what this
@@ -474,10 +543,10 @@ class ClusterMember:
         assert self.anchor is not None and self.velocity is not None
         params = engine.params()
         n = params.size
-        buf = np.empty(n + 1, dtype=np.float32)
+        buf = np.empty(n + 2, dtype=np.float32)
         np.subtract(self.anchor, params, out=buf[:n])
         buf[:n] *= np.float32(self.local_tokens)
-        buf[n] = self.local_tokens
+        buf[n], buf[n + 1] = self.local_tokens, self.leaving
         started = time.perf_counter()
         self.group.allreduce([torch.from_numpy(buf)]).wait()
         self.last_ms = (time.perf_counter() - started) * 1000
@@ -493,6 +562,7 @@ class ClusterMember:
         m, v = engine.moments()  # the inner optimizer's state stays each member's own
         engine.load_state(self.anchor, m, v, engine.ema())
         self.outer_done, self.local_tokens = step, 0
+        self._end_if_left(buf[n + 1])
 
     def published(self, params: np.ndarray, step: int) -> None:
         """After a step: the digest of what this member now serves."""
@@ -500,6 +570,34 @@ class ClusterMember:
         self.digest = digest(params, step)
         if not self.recent or self.recent[-1][0] != step:
             self.recent.append((step, self.digest))
+
+    # ---- pause and resume ---------------------------------------------------------------------
+    def leave(self) -> bool:
+        """``crystalline pause``: leave the cluster cleanly; True once left. While this member is
+        in a group it takes one more step (with DiLoCo: up to the next outer step), whose
+        allreduce tells the others, and every member ends the generation after that step (no
+        collective waits for it, none fails); then the store hears that it left, the coordinator
+        drops it at once and the others form the next generation without it."""
+        if self.left:
+            return True
+        if self.group is not None:
+            self.leaving = True
+            self.state = "leaving by request after the next allreduce"
+            return False
+        self.leaving, self.left = False, True
+        self.membership.leave()
+        self._drop_group("paused: left the cluster by request (resume rejoins)")
+        log.info("left the cluster by request (paused)")
+        return True
+
+    def rejoin(self) -> None:
+        """``crystalline resume``: register again; the next generation brings this member up
+        to date (the newest state is sent to it before its first step)."""
+        if self.left:
+            self.left = False
+            self.membership.rejoin()
+            self._drop_group("joining")
+            log.info("rejoining the cluster (resumed)")
 
     # ---- status -----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -518,6 +616,8 @@ class ClusterMember:
             "nodes": {"min": self.s.min_nodes, "max": self.s.max_nodes},
             "outer_every": self.s.outer_every,
             "reforms": self.reforms,
+            # the hosting member: connections its rendezvous guard closed (garbage, silent, over the cap)
+            "refused_connections": m.guard.refused if m.guard is not None else None,
             "allreduce_payload_bytes": self.payload_bytes,
             "data_share": round(self.share, 4),
             "recent_digests": [list(x) for x in self.recent],

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from _cluster_net import Machines, agree, digests
 
+from crystalline.daemon.status_server import request
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
@@ -62,7 +64,7 @@ def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
         assert m["data_share"] == pytest.approx(1 / 3, abs=0.01)  # equal local batches
     print("ran on", machines.kind)
 
-    # garbage on the rendezvous port: the store drops the connection, the cluster trains on
+    # garbage on the rendezvous port: the guard refuses it with a line, the cluster trains on
     garbage = (
         "import os, socket\n"
         f"for payload in (os.urandom(4096), b'GET / HTTP/1.0\\r\\n\\r\\n', b'\\xff' * 64):\n"
@@ -78,6 +80,13 @@ def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
     for i in range(3):
         machines.wait(i, world(3, step + 20), "training on after garbage on the rendezvous port")
     assert agree(machines, [0, 1, 2]) > step
+    refused = [x for x in machines.log(0).splitlines() if "refused a connection to the rendezvous point" in x]
+    assert len(refused) == 3, machines.log(0)[-5000:]
+    # status is control's last snapshot (published about every 0.5 s)
+    machines.wait(0, lambda s: s["cluster"]["refused_connections"] == 3, "three refusals counted", 30)
+    assert machines.status(1)["cluster"]["refused_connections"] is None  # it hosts nothing
+    assert all(f"from {machines.addresses[1]}:" in x for x in refused), refused
+    assert any("'GET / HTTP/1.0\\r\\n\\r\\n'" in x for x in refused), refused
 
 
 def test_a_killed_member_is_dropped_and_rejoins_with_the_groups_state(machines: Machines) -> None:
@@ -120,6 +129,55 @@ def test_a_member_cut_off_pauses_and_rejoins(machines: Machines) -> None:
     for i in range(3):
         machines.wait(i, world(3, held + 10), "the member back in the group")
     assert agree(machines, [0, 1, 2]) > held
+
+
+def failed_generations(machines: Machines, rendezvous: int) -> list[int]:
+    """The generations with a ``fail/<g>`` record, read by a c10d client on machine 1 (through
+    the hosting member's guard)."""
+    code = (
+        "import datetime, torch.distributed as dist\n"
+        f"s = dist.TCPStore({machines.addresses[0]!r}, {rendezvous}, None, False, "
+        "timeout=datetime.timedelta(seconds=20), wait_for_workers=False, use_libuv=False)\n"
+        "print([g for g in range(1, int(s.add('gen', 0)) + 1) if s.check([f'fail/{g}'])])\n"
+    )
+    out = subprocess.run(
+        [*machines.prefix(1), sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [int(x) for x in out.stdout.strip().strip("[]").split(",") if x.strip()]
+
+
+def test_a_paused_member_leaves_cleanly_and_rejoins_on_resume(machines: Machines) -> None:
+    """crystalline pause on member 2: it leaves after its next allreduce, which tells the
+    others; they end that generation at the same step and step on as two, no collective failed;
+    resume: it registers again and is brought up to date."""
+    rendezvous = port()
+    for i in range(3):
+        machines.start(i, rendezvous)
+    for i in range(3):
+        machines.wait(i, world(3), "three members training")
+    before = machines.status(0)["cluster"]["generation"]
+    sock = machines.root / "m2" / "run" / "crystalline.sock"
+    marks = [len(machines.log(i)) for i in range(3)]
+    assert request(sock, {"cmd": "pause"})["ok"]
+    paused = machines.wait(
+        2, lambda s: "left the cluster by request" in s["cluster"]["state"], "member 2 paused", timeout_s=60
+    )
+    assert paused["training"]["state"] == "paused"
+    held = paused["training"]["step"]
+    for i in (0, 1):  # at once: no timeout, no failed collective in between
+        machines.wait(i, world(2, held + 5), "the other two stepping on as two", timeout_s=60)
+    assert machines.status(2)["training"]["step"] == held  # it did not step on its own
+    assert agree(machines, [0, 1]) > held
+    assert [g for g in failed_generations(machines, rendezvous) if g >= before] == []
+    for i in range(3):  # no step abandoned, no generation re-formed for a failure
+        since = machines.log(i)[marks[i] :]
+        assert "abandoned" not in since and "a collective failed" not in since, since[-3000:]
+    assert request(sock, {"cmd": "resume"})["ok"]
+    for i in range(3):
+        machines.wait(i, world(3, held + 10), "member 2 back in the group")
+    assert agree(machines, [0, 1, 2]) > held
+    assert "state of step" in machines.log(2).split("rejoining the cluster (resumed)")[-1]
 
 
 def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) -> None:

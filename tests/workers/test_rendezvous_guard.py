@@ -1,0 +1,216 @@
+"""The rendezvous guard with real sockets and a real c10d TCPStore behind it on loopback:
+garbage is refused, logged and counted; a real TCPStore client works through it (a value
+larger than its buffers too); a client that sends nothing is closed after the deadline; the
+connections are capped; a flood is logged within the budget and summed."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from crystalline.workers.rendezvous_guard import HANDSHAKE, RendezvousGuard
+
+pytest.importorskip("torch")
+import torch.distributed as dist
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def store() -> Iterator[tuple[str, int]]:
+    """c10d's store on a private loopback port (the socket handed to it, as the member does)."""
+    private = socket.socket()
+    private.bind(("127.0.0.1", 0))
+    private.listen(128)
+    address = private.getsockname()[:2]
+    server = dist.TCPStore(
+        address[0], address[1], None, True, timeout=timedelta(seconds=10),
+        wait_for_workers=False, use_libuv=False, master_listen_fd=private.detach(),
+    )  # fmt: skip
+    yield address
+    del server
+
+
+def guard(upstream: tuple[str, int], **kwargs: float) -> RendezvousGuard:
+    return RendezvousGuard(("127.0.0.2", 0), upstream, **kwargs)  # type: ignore[arg-type]
+
+
+def client(address: tuple[str, int]) -> dist.TCPStore:
+    return dist.TCPStore(
+        address[0], address[1], None, False, timeout=timedelta(seconds=10),
+        wait_for_workers=False, use_libuv=False,
+    )  # fmt: skip
+
+
+def closed_by_peer(sock: socket.socket, timeout_s: float = 30) -> bool:
+    """True when the guard closed ``sock`` (EOF or reset) within ``timeout_s``."""
+    sock.settimeout(timeout_s)
+    try:
+        return sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "crystalline.cluster.guard"]
+
+
+def wait_until(test, what: str, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not test():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_the_handshake_is_what_this_torchs_client_sends_first() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    got: list[bytes] = []
+
+    def take() -> None:
+        with listener:  # closed once the first connection has spoken: retries are refused
+            conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while len(data) < len(HANDSHAKE):
+                data += conn.recv(len(HANDSHAKE) - len(data))
+            got.append(data)
+
+    reader = threading.Thread(target=take)
+    reader.start()
+    with pytest.raises(RuntimeError):  # nobody answers its ping: it gives up
+        dist.TCPStore(
+            "127.0.0.1", listener.getsockname()[1], None, False, timeout=timedelta(seconds=2),
+            wait_for_workers=False, use_libuv=False,
+        )  # fmt: skip
+    reader.join(timeout=30)
+    assert got == [HANDSHAKE]
+    assert HANDSHAKE[0] == 0 and int.from_bytes(HANDSHAKE[1:], "little") == 0x3C85F7CE  # on x86
+
+
+def test_garbage_is_refused_logged_and_counted(
+    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = guard(store)
+    try:
+        for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\xff" * 64, HANDSHAKE[:3] + b"\x00garbage"):
+            with socket.create_connection(g.address) as c:
+                c.sendall(payload)
+                assert closed_by_peer(c)
+        wait_until(lambda: g.refused == 3, "three refusals counted")
+        lines = refusals(caplog)
+        assert len(lines) == 3, lines
+        assert all("refused a connection to the rendezvous point from 127.0.0.1:" in x for x in lines)
+        assert "'GET / HTTP/1.0\\r\\n\\r\\n'" in lines[0] and "not c10d's TCPStore handshake" in lines[0]
+        assert "\\xff\\xff" in lines[1]
+        assert g.relayed == 0
+        # the store behind it is untouched and a real client still works
+        c = client(g.address)
+        c.set("after", "garbage")
+        assert c.get("after") == b"garbage"
+    finally:
+        g.close()
+
+
+def test_a_real_tcpstore_client_works_through_the_guard(store: tuple[str, int]) -> None:
+    g = guard(store, buffer_bytes=4096)
+    try:
+        through, direct = client(g.address), client(store)
+        through.set("a", "1")
+        assert direct.get("a") == b"1"
+        assert through.add("n", 5) == 5 and direct.add("n", 2) == 7 and through.add("n", 0) == 7
+        big = bytes(range(256)) * 4096  # 1 MiB: far beyond the buffers (back-pressure)
+        direct.set("big", big)
+        assert through.get("big") == big
+        through.set("big2", big)
+        assert direct.get("big2") == big
+        assert through.check(["a", "big"]) and not through.check(["missing"])
+        direct.set("later", "x")
+        through.wait(["later"], timedelta(seconds=10))
+        others = [client(g.address) for _ in range(5)]
+        for i, other in enumerate(others):
+            other.set(f"k{i}", str(i))
+        assert [through.get(f"k{i}") for i in range(5)] == [str(i).encode() for i in range(5)]
+        assert g.refused == 0 and g.relayed == 6
+        del others, other  # the clients close their connections
+        wait_until(lambda: g.open_connections == 1, "closed clients' connections closed by the guard")
+    finally:
+        g.close()
+
+
+def test_a_client_that_sends_nothing_is_closed_after_the_deadline(
+    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = guard(store, handshake_timeout_s=0.5)
+    try:
+        with socket.create_connection(g.address) as silent, socket.create_connection(g.address) as partial:
+            partial.sendall(HANDSHAKE[:2])  # the right start, then nothing
+            assert closed_by_peer(silent) and closed_by_peer(partial)
+        wait_until(lambda: g.refused == 2, "both counted")
+        lines = refusals(caplog)
+        assert any("sent nothing within 0.5 s" in x for x in lines), lines
+        assert any("sent '\\x00\\xce' (2 bytes read) within 0.5 s" in x for x in lines), lines
+    finally:
+        g.close()
+
+
+def test_connections_are_capped(store: tuple[str, int], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = guard(store, max_connections=3, handshake_timeout_s=60)
+    try:
+        held = [client(g.address), client(g.address)]
+        with socket.create_connection(g.address):  # the third: not yet a handshake
+            wait_until(lambda: g.open_connections == 3, "three open")
+            with socket.create_connection(g.address) as fourth:
+                assert closed_by_peer(fourth)
+            wait_until(lambda: g.refused == 1, "the fourth refused")
+            assert any("3 connections are open already" in x for x in refusals(caplog))
+            assert held[0].add("n", 1) == 1  # the ones in hold go on
+        wait_until(lambda: g.open_connections == 2, "the waiting one gone")
+        third = client(g.address)  # room again
+        assert third.add("n", 1) == 2
+    finally:
+        g.close()
+
+
+def test_a_flood_is_logged_within_the_budget_and_summed(
+    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = guard(store, log_burst=3, log_window_s=0.5)
+    try:
+        for _ in range(40):
+            with socket.create_connection(g.address) as c:
+                c.sendall(b"junk")
+                closed_by_peer(c)
+        wait_until(lambda: g.refused == 40, "all counted")
+
+        def accounted() -> int:
+            lines = refusals(caplog)
+            single = sum(1 for x in lines if x.startswith("refused a connection"))
+            summed = sum(int(x.split()[1]) for x in lines if x.startswith("refused ") and "more" in x)
+            return single + summed
+
+        wait_until(lambda: accounted() == 40, "every refusal logged or summed")
+        single = [x for x in refusals(caplog) if x.startswith("refused a connection")]
+        assert len(single) < 40  # not one line each
+    finally:
+        g.close()
+
+
+def test_a_taken_port_raises(store: tuple[str, int]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen(1)
+        with pytest.raises(OSError):
+            RendezvousGuard(taken.getsockname()[:2], store)

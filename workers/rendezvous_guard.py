@@ -1,0 +1,302 @@
+"""The public side of the rendezvous port on the member that hosts it: c10d's TCPStore listens
+on a private loopback port, and this guard owns ``HOST:PORT``.
+
+It is not a protocol of our own: every accepted connection must open with c10d's own client
+handshake (:data:`HANDSHAKE`: the store's query type VALIDATE, then its ``validationMagicNumber``
+0x3C85F7CE in host byte order, which every TCPStore client sends first), and from then on its
+bytes are carried both ways to the store unchanged. Anything else (garbage, an HTTP request, a
+client that sends nothing within ``handshake_timeout_s``, a connection beyond
+``max_connections``) is closed, counted (``refused``) and logged in one warning line with the
+peer and an escaped preview of what came, at most ``log_burst`` lines per ``log_window_s`` (the
+rest are summed in one line per window), so a flood cannot fill the journal. c10d itself logs
+nothing above trace level for such a client (the classic server resets it silently).
+
+One thread runs a selector over every socket; each direction of a connection has a buffer of
+``buffer_bytes`` and a side stops being read while its peer's buffer is full (back-pressure).
+EOF in one direction is passed on as a half-close once its buffer is drained; an error on
+either side closes both. Training never waits on it: only store traffic (membership, forming a
+group) passes here, never a step's allreduce (gloo connects the members directly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import selectors
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("crystalline.cluster.guard")
+
+#: What every c10d TCPStore client (torch 2.13, both backends' client) sends first: QueryType
+#: VALIDATE (0) as one byte, then the uint32 validationMagicNumber in host byte order. Checked
+#: against the installed torch when the store starts (a client of a future torch that opens
+#: differently is refused, and hosting fails with a one-line error: fail closed).
+HANDSHAKE = struct.pack("=BI", 0, 0x3C85F7CE)
+PREVIEW_BYTES = 24
+
+
+def preview(data: bytes) -> str:
+    """What a refused peer sent, short and escaped (printable ASCII as is, the rest as \\xNN)."""
+    text = repr(data[:PREVIEW_BYTES])[2:-1]
+    return f"'{text}'{'...' if len(data) > PREVIEW_BYTES else ''} ({len(data)} bytes read)"
+
+
+@dataclass
+class _Conn:
+    client: socket.socket
+    peer: str
+    deadline: float  # for the handshake
+    head: bytes = b""  # what came before the handshake was complete
+    store: socket.socket | None = None
+    connected: bool = False  # the store side's connect completed
+    up: bytearray = field(default_factory=bytearray)  # client -> store
+    down: bytearray = field(default_factory=bytearray)  # store -> client
+    client_eof: bool = False
+    store_eof: bool = False
+    up_shut: bool = False
+    down_shut: bool = False
+    closed: bool = False
+
+
+class RendezvousGuard:
+    """Accepts on ``public`` and relays connections that open with :data:`HANDSHAKE` to the
+    store at ``upstream`` (loopback). ``refused`` counts the connections it closed; OSError from
+    the constructor when ``public`` cannot be bound (the port is taken)."""
+
+    def __init__(
+        self,
+        public: tuple[str, int],
+        upstream: tuple[str, int],
+        *,
+        handshake_timeout_s: float = 5.0,
+        max_connections: int = 512,
+        buffer_bytes: int = 16384,
+        log_burst: int = 10,
+        log_window_s: float = 60.0,
+    ) -> None:
+        self.upstream = upstream
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_connections = max_connections
+        self.buffer_bytes = buffer_bytes
+        self.log_burst, self.log_window_s = log_burst, log_window_s
+        self.refused = 0
+        self.relayed = 0
+        self.last_refusal = ""  # the newest refusal's reason (startup's check names it)
+        self._logged = 0  # lines logged in the current window
+        self._unlogged = 0  # refusals not logged one by one in it
+        self._window = time.monotonic()
+        self._conns: dict[int, _Conn] = {}  # by id()
+        self._stop = threading.Event()
+        family = socket.AF_INET6 if ":" in public[0] else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind(public)
+            self.listener.listen(128)
+            self.listener.setblocking(False)
+        except OSError:
+            self.listener.close()
+            raise
+        self.address = self.listener.getsockname()[:2]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.listener, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="rendezvous-guard", daemon=True)
+        self._thread.start()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            pending = [c.deadline for c in self._conns.values() if c.store is None]
+            wait = min([0.5, *(max(0.0, d - now) for d in pending)])
+            for key, events in self._selector.select(wait):
+                if key.data is None:
+                    self._accept()
+                else:
+                    conn, side = key.data
+                    if not conn.closed:  # closed by the other side's event of this round
+                        self._handle(conn, side, events)
+            now = time.monotonic()
+            for conn in [c for c in self._conns.values() if c.store is None and now >= c.deadline]:
+                what = "nothing" if not conn.head else preview(conn.head)
+                self._refuse(conn, f"sent {what} within {self.handshake_timeout_s:g} s")
+            self._flush_log_window(now)
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._selector.close()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: the connection stays in the backlog
+                log.warning("rendezvous guard cannot accept: %s", exc)
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            if len(self._conns) >= self.max_connections:
+                self.refused += 1
+                self._note(f"refused a connection to the rendezvous point from {peer}: "
+                           f"{self.max_connections} connections are open already")  # fmt: skip
+                sock.close()
+                continue
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # a vanished peer is reaped
+            conn = _Conn(sock, peer, time.monotonic() + self.handshake_timeout_s)
+            self._conns[id(conn)] = conn
+            self._selector.register(sock, selectors.EVENT_READ, (conn, "client"))
+
+    def _handle(self, conn: _Conn, side: str, events: int) -> None:
+        try:
+            if conn.store is None:
+                self._read_handshake(conn)
+            elif side == "store" and not conn.connected:
+                self._store_connected(conn)
+            else:
+                self._pump(conn, side, events)
+        except BlockingIOError:  # a spurious wake-up: nothing to move now
+            pass
+        except OSError as exc:
+            log.info("rendezvous connection from %s ended: %s", conn.peer, exc)
+            self._close(conn)
+
+    def _read_handshake(self, conn: _Conn) -> None:
+        data = conn.client.recv(len(HANDSHAKE) - len(conn.head))
+        if not data:
+            what = "nothing" if not conn.head else preview(conn.head)
+            self._refuse(conn, f"closed after sending {what}")
+            return
+        conn.head += data
+        if not HANDSHAKE.startswith(conn.head):
+            with contextlib.suppress(OSError):  # a little more of it, for the line
+                conn.head += conn.client.recv(PREVIEW_BYTES + 1 - len(conn.head), socket.MSG_DONTWAIT)
+            self._refuse(conn, f"sent {preview(conn.head)}, not c10d's TCPStore handshake")
+            return
+        if len(conn.head) < len(HANDSHAKE):
+            return
+        store = socket.socket(socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET)
+        store.setblocking(False)
+        conn.store, conn.up[:] = store, conn.head
+        err = store.connect_ex(self.upstream)
+        if err not in (0, errno.EINPROGRESS):
+            raise OSError(err, f"cannot reach the store at {self.upstream[0]}:{self.upstream[1]}")
+        self._watch(conn.client, 0, (conn, "client"))  # until the store side is up
+        self._watch(store, selectors.EVENT_WRITE, (conn, "store"))
+        self.relayed += 1
+
+    def _store_connected(self, conn: _Conn) -> None:
+        assert conn.store is not None
+        err = conn.store.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"cannot reach the store at {self.upstream[0]}:{self.upstream[1]}")
+        conn.connected = True
+        self._interest(conn)
+
+    def _pump(self, conn: _Conn, side: str, events: int) -> None:
+        """Move what can move on ``side``'s socket: read into its peer's buffer while it has
+        room, write out its own buffer, pass an EOF on once the buffer it ends is drained."""
+        assert conn.store is not None
+        sock = conn.client if side == "client" else conn.store
+        inbox = conn.up if side == "client" else conn.down  # what sock reads goes here
+        outbox = conn.down if side == "client" else conn.up  # what sock writes comes from here
+        if events & selectors.EVENT_READ and len(inbox) < self.buffer_bytes:
+            data = sock.recv(self.buffer_bytes - len(inbox))
+            if data:
+                inbox += data
+            elif side == "client":
+                conn.client_eof = True
+            else:
+                conn.store_eof = True
+        if events & selectors.EVENT_WRITE and outbox:
+            del outbox[: sock.send(outbox)]
+        for buffer, eof, shut, target in (
+            (conn.up, conn.client_eof, conn.up_shut, conn.store),
+            (conn.down, conn.store_eof, conn.down_shut, conn.client),
+        ):
+            if eof and not buffer and not shut:
+                target.shutdown(socket.SHUT_WR)
+                if target is conn.store:
+                    conn.up_shut = True
+                else:
+                    conn.down_shut = True
+        if conn.up_shut and conn.down_shut:
+            self._close(conn)
+        else:
+            self._interest(conn)
+
+    def _interest(self, conn: _Conn) -> None:
+        """Read a side while its peer's buffer has room; write it while its own has bytes."""
+        assert conn.store is not None
+        room = self.buffer_bytes
+        client = (selectors.EVENT_READ if not conn.client_eof and len(conn.up) < room else 0) | (
+            selectors.EVENT_WRITE if conn.down else 0
+        )
+        store = (selectors.EVENT_READ if not conn.store_eof and len(conn.down) < room else 0) | (
+            selectors.EVENT_WRITE if conn.up else 0
+        )
+        self._watch(conn.client, client, (conn, "client"))
+        self._watch(conn.store, store, (conn, "store"))
+
+    def _watch(self, sock: socket.socket, events: int, data: tuple[_Conn, str]) -> None:
+        """Select ``sock`` for ``events`` (none: not at all)."""
+        try:
+            self._selector.get_key(sock)
+        except KeyError:
+            if events:
+                self._selector.register(sock, events, data)
+            return
+        if events:
+            self._selector.modify(sock, events, data)
+        else:
+            self._selector.unregister(sock)
+
+    # ---- refusals ------------------------------------------------------------------------------
+    def _refuse(self, conn: _Conn, why: str) -> None:
+        self.refused += 1
+        self.last_refusal = why
+        self._note(f"refused a connection to the rendezvous point from {conn.peer}: {why}")
+        self._close(conn)
+
+    def _note(self, line: str) -> None:
+        """One warning line, within the window's budget; beyond it the refusal is summed."""
+        self._flush_log_window(time.monotonic())
+        if self._logged < self.log_burst:
+            self._logged += 1
+            log.warning("%s", line)
+        else:
+            self._unlogged += 1
+
+    def _flush_log_window(self, now: float) -> None:
+        if now - self._window < self.log_window_s:
+            return
+        if self._unlogged:
+            log.warning(
+                "refused %d more connections to the rendezvous point in the last %.0f s "
+                "(not logged one by one)",
+                self._unlogged, now - self._window,
+            )  # fmt: skip
+        self._window, self._logged, self._unlogged = now, 0, 0
+
+    def _close(self, conn: _Conn) -> None:
+        conn.closed = True
+        self._conns.pop(id(conn), None)
+        for sock in (conn.client, conn.store):
+            if sock is not None:
+                self._watch(sock, 0, (conn, ""))
+                sock.close()
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (within a few seconds)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
