@@ -167,7 +167,7 @@ class RendezvousGuard:
                 self._pump(conn, side, events)
         except BlockingIOError:  # a spurious wake-up: nothing to move now
             pass
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a socket the other side closed
             log.info("rendezvous connection from %s ended: %s", conn.peer, exc)
             self._close(conn)
 
