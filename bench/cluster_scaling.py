@@ -245,16 +245,19 @@ def main() -> None:
         machines: Any = None  # tests/daemon/_cluster_net.py's Machines with --link-mbit
         if args.link_mbit > 0:
             sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "daemon")]
-            from _cluster_net import Machines
+            from _cluster_net import LinkShapingUnavailable, Machines
 
             machines = Machines(max(counts), Path(d))
             why = machines.shaping_unavailable("tc")
+            try:
+                for i in range(machines.count if why is None else 0):
+                    machines.limit_rate(i, args.link_mbit)
+            except LinkShapingUnavailable as exc:
+                why = str(exc)
             if why is not None:
                 machines.close()
                 raise SystemExit(f"--link-mbit: {why}")
         try:
-            for i in range(machines.count if machines else 0):
-                machines.limit_rate(i, args.link_mbit)
             points = table(counts, args, machines)
         finally:
             if machines is not None:

@@ -54,6 +54,16 @@ def _kernel_lacks(option: str) -> bool:
         return False
 
 
+def _refused(what: str, exc: subprocess.CalledProcessError, option: str) -> LinkShapingUnavailable:
+    """``what`` refused, in one line: the tool's first line of complaint, and the kernel
+    ``option`` when /proc/config.gz says it is missing."""
+    said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
+    why = said[0] if said else f"exit status {exc.returncode}"
+    if _kernel_lacks(option):
+        why = f"kernel without {option} ({why})"
+    return LinkShapingUnavailable(f"{what} refused: {why}")
+
+
 class Machines:
     def __init__(self, count: int, root: Path, loopback: bool = False) -> None:
         """``loopback``: distinct loopback addresses even where namespaces are allowed (what
@@ -131,9 +141,13 @@ class Machines:
 
     def limit_rate(self, i: int, mbit: float) -> None:
         """Member ``i``'s link carries at most ``mbit`` Mbit/s each way (tbf on both ends), with
-        a queue of at most 100 ms: what does not fit is dropped, as a slow link's router does."""
+        a queue of at most 100 ms: what does not fit is dropped, as a slow link's router does;
+        LinkShapingUnavailable naming why when tc refuses tbf."""
         burst = max(16_000, int(mbit * 1e6 / 8 / 100))  # 10 ms of traffic, at least a few packets
-        self._qdisc(i, "tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms")
+        try:
+            self._qdisc(i, "tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms")
+        except subprocess.CalledProcessError as exc:
+            raise _refused("tc tbf", exc, "CONFIG_NET_SCH_TBF") from None
 
     def delay(self, i: int, ms: float) -> None:
         """Member ``i``'s link delays every packet by ``ms`` each way (netem on both ends);
@@ -141,15 +155,13 @@ class Machines:
         try:
             self._qdisc(i, "netem", "delay", f"{ms}ms")
         except subprocess.CalledProcessError as exc:
-            why = (exc.stderr or "").strip().replace("\n", " ") or f"exit status {exc.returncode}"
-            if _kernel_lacks("CONFIG_NET_SCH_NETEM"):
-                why = f"kernel without CONFIG_NET_SCH_NETEM (tc: {why})"
-            raise LinkShapingUnavailable(f"tc netem refused: {why}") from None
+            raise _refused("tc netem", exc, "CONFIG_NET_SCH_NETEM") from None
 
     def drop_packets(self, i: int, percent: int) -> None:
         """Member ``i``'s link loses ``percent`` % of its packets each way, at random: nft's
         netdev hooks on the member's end (ingress and egress), past both TCP stacks, so the
-        loss is the wire's; counted for :meth:`packets_dropped`."""
+        loss is the wire's; counted for :meth:`packets_dropped`. LinkShapingUnavailable naming
+        why when nft refuses the egress hook (kernels before 5.16, nft before 1.0.1)."""
         ns, dev = self._ends(i)[0]
         rule = f'counter name "seen" numgen random mod 100 < {percent} counter name "dropped" drop'
         chains = "".join(
@@ -158,7 +170,10 @@ class Machines:
         )
         self._shaped.append(["ip", "netns", "exec", ns, "nft", "delete", "table", "netdev", "crloss"])
         table = f"table netdev crloss {{ counter seen {{ }}; counter dropped {{ }};{chains} }}"
-        _run("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=table)
+        try:
+            _run("ip", "netns", "exec", ns, "nft", "-f", "-", stdin=table)
+        except subprocess.CalledProcessError as exc:
+            raise _refused("nft netdev egress", exc, "CONFIG_NETFILTER_EGRESS") from None
 
     def packets_dropped(self, i: int) -> tuple[int, int]:
         """Packets that crossed member ``i``'s loss rule, and how many of them it dropped."""
