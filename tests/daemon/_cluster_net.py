@@ -194,7 +194,8 @@ class Machines:
         self._shaped = []
 
     def leftovers(self) -> list[str]:
-        """This harness's namespaces that still exist (none once :meth:`close` returned)."""
+        """This harness's namespaces that still exist (none once :meth:`close` returned, even
+        by raising); what shaped the links was on devices inside them."""
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
         ours = {f"{self.tag}h", *(f"{self.tag}m{i}" for i in range(self.count))}
         return [line.split()[0] for line in listed.splitlines() if line.split()[0] in ours]
@@ -257,24 +258,30 @@ class Machines:
             os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
 
     def close(self) -> None:
-        for i in list(self.procs):
-            self.stop(i)
-        self._unshape()
-        self._remove_namespaces()
+        """Every daemon stopped, the shaping undone, the namespaces removed: each step runs even
+        when one before it raised (a daemon that outlived its deadline), which is raised after."""
+        with contextlib.ExitStack() as steps:  # run last-in first-out
+            steps.callback(self._remove_namespaces)
+            steps.callback(self._unshape)
+            for i in list(self.procs):
+                steps.callback(self.stop, i)
 
 
 @contextlib.contextmanager
 def machines_on_this_box(count: int, loopback: bool = False) -> Iterator[Machines]:
     """``count`` machines for a test (``loopback``: see :class:`Machines`); on the way out
-    (failed or not) their daemons stopped, the shaping undone and the namespaces removed, which
-    is checked."""
+    (failed or not, a stop that failed too) their daemons stopped, the shaping undone and the
+    namespaces removed, which is checked (the qdiscs and nft tables were on devices inside
+    them, and go with them)."""
     with tempfile.TemporaryDirectory(prefix="cr-", dir="/tmp") as d:  # AF_UNIX path limit
         m = Machines(count, Path(d), loopback)
         try:
             yield m
         finally:
-            m.close()
-            assert not m.leftovers(), f"namespaces left behind: {m.leftovers()}"
+            try:
+                m.close()
+            finally:
+                assert not m.leftovers(), f"namespaces left behind: {m.leftovers()}"
 
 
 def digests(status: dict[str, Any]) -> dict[int, str]:
