@@ -146,8 +146,12 @@ class Ingestor:
         self._counts_at = float("-inf")  # time.monotonic() of the last refresh
         self._counts_cost_s = 0.0  # how long it took
         self.pool = ExtractionPool(settings.pool_config(tokenizer.to_json()))
-        self.recover()
-        self.refresh_counts(force=True)
+        try:
+            self.recover()
+            self.refresh_counts(force=True)
+        except BaseException:  # the registry failed (its database went away): nothing is left open
+            self.close()
+            raise
 
     def close(self) -> None:
         self.pool.close()
