@@ -15,7 +15,7 @@ from _local_site import prose, start_site
 from aiohttp import web
 
 from crystalline.crawler.settings import CrawlSettings
-from crystalline.daemon.crawl_service import CrawlOff, CrawlService
+from crystalline.daemon.crawl_service import CrawlBusy, CrawlOff, CrawlService
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,5 +75,25 @@ def test_crawling_off_refuses_add_url(tmp_path: Path) -> None:
         crawl.start()
         assert crawl.thread is None and crawl.stats()["state"] == "off"
         await crawl.stop(1.0)
+
+    asyncio.run(scenario())
+
+
+def test_add_url_while_the_crawls_database_is_away_is_one_line_and_the_daemon_goes_on(tmp_path: Path) -> None:
+    pytest.importorskip("psycopg", reason="needs psycopg (pip install 'crystalline[postgres]')")
+    from tests._postgres import free_port
+
+    async def scenario() -> None:
+        away = f"postgresql://postgres@127.0.0.1:{free_port()}/crawl"  # nothing listens: refused
+        crawl = CrawlService(replace(settings(tmp_path), database=away), tmp_path, enabled=True)
+        try:
+            refused = r"^cannot queue https://example.org/ now: .*Connection refused"
+            with pytest.raises(CrawlBusy, match=refused):
+                await crawl.add_url("https://example.org/")
+            await until("the runner's retry", lambda: crawl.stats()["state"] == "backoff")
+            assert "Connection refused" in crawl.stats()["error"] and "\n" not in crawl.stats()["error"]
+        finally:
+            await crawl.stop(15.0)
+        assert crawl.stats()["state"] == "stopped"
 
     asyncio.run(scenario())
