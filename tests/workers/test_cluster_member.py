@@ -210,6 +210,7 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1")
     member.membership = membership = _Membership()  # type: ignore[assignment]
     member.group, member.registration, member.refused, member.anchor = None, 0, -1, None
+    member.ended = 0  # no generation ended by a member leaving
     formed: list[int] = []
 
     def form(g: int, rank: int, world: int) -> None:
