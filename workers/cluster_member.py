@@ -8,7 +8,8 @@ same mean gradient of the global batch (the sum of the local ones) and publishes
 parameters (``digest``).
 
 Membership, on c10d's TCPStore at ``--cluster HOST:PORT`` (hosted by the member whose
-``--cluster-address`` is HOST): a background thread registers (a number from the store's
+``--cluster-address`` is HOST: the store on a private loopback port, ``rendezvous_guard`` on
+HOST:PORT in front of it): a background thread registers (a number from the store's
 counter ``seq``), beats (``hb/<n>``) and publishes what status shows (``info/<n>``). On the
 hosting member the same thread coordinates: a member whose beat has not moved for
 ``timeout_s`` is dropped (``dead/<n>``), a member that left says so (``left``), a collective
@@ -20,7 +21,9 @@ with the highest step (the lowest rank among equals) broadcasts its parameters, 
 moving average, so a member that joins or comes back starts from the current state and a step
 some members published and others did not is settled. A member that cannot reach the store
 (cut off, or the host is gone) pauses and says so, registers anew once it answers, and is
-brought up to date by the next generation.
+brought up to date by the next generation. A member paused by request (``leave``) says so in
+its next allreduce, so every member ends the generation after that step, then tells the store
+it left; ``rejoin`` registers it anew.
 """
 
 from __future__ import annotations
