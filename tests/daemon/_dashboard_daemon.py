@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,23 @@ def corpus_parts(text: str, parts: int = 4) -> dict[str, str]:
 START_S = 180.0  # a shared 2-core CI machine can be slow to start 13 processes
 
 
+def trained(status: dict[str, Any]) -> bool:
+    """The daemon trained a step."""
+    step: int = status.get("training", {}).get("step", 0)
+    return step > 0
+
+
 @contextmanager
 def running_daemon(
-    root: Path, inbox: dict[str, str], *args: str, crawl: bool = False
+    root: Path,
+    inbox: dict[str, str],
+    *args: str,
+    crawl: bool = False,
+    ready: Callable[[dict[str, Any]], bool] = trained,
 ) -> Iterator[dict[str, Any]]:
     """Start the daemon on ``inbox`` (name -> text; ``folder/name`` in a drop sub-folder),
-    crawling only when ``crawl`` (give it a ``--crawl-start-url``), and yield once it trained a
-    step: ``{"proc", "run", "log", "status"}``."""
+    crawling only when ``crawl`` (give it a ``--crawl-start-url``), and yield once ``ready``
+    holds of its status (by default: it trained a step): ``{"proc", "run", "log", "status"}``."""
     state, run = root / "s", root / "r"
     (state / "inbox").mkdir(parents=True)
     for name, text in inbox.items():  # "<folder>/<file>": a drop sub-folder, its own source
@@ -60,8 +70,8 @@ def running_daemon(
 
     try:
         data = until_status(
-            alive_status, lambda d: d.get("training", {}).get("step", 0) > 0,
-            "the daemon did not train a step", START_S, 0.5, lambda d: f"{d}\n{log.read_text()[-3000:]}",
+            alive_status, ready, f"the daemon was not ready ({ready.__name__})", START_S, 0.5,
+            lambda d: f"{d}\n{log.read_text()[-3000:]}",
         )  # fmt: skip
         yield {"proc": proc, "run": run, "log": log, "status": data}
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _browser import artifacts_dir, browser_page, dashboard_address, require_browser, wait_true
 from _cluster_net import Machines, agree, digests, machines_on_this_box
+from _rendezvous_port import hosted, taken
 from _wait import until
 
 from crystalline.daemon.ring_service import ring_instance
@@ -40,13 +41,6 @@ SUMMARY = (
 )
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _cards(page: Page) -> list[dict[str, Any]]:
     cards: list[dict[str, Any]] = page.evaluate(f"{CARDS}.map(c => ({{...c.dataset, text: c.innerText}}))")
     return cards
@@ -62,16 +56,31 @@ def _digest_step(m: Machines, digest: str) -> int | None:
     return steps[0][0]
 
 
+def _two(status: dict[str, Any]) -> bool:
+    return bool((status.get("cluster") or {}).get("world") == 2)
+
+
+def _start_two(m: Machines, rendezvous: int) -> dict[str, Any]:
+    """Both members on ``rendezvous``; member 0's status once the two train or it says the port
+    was taken."""
+    m.start(0, rendezvous, ("--workers", "1", "--http", "127.0.0.1:0"))
+    m.start(1, rendezvous, ("--workers", "1"))
+    return m.wait(0, lambda s: _two(s) or taken(s), "two members training", 300)
+
+
+def _stop_two(m: Machines) -> None:
+    for i in (0, 1):
+        m.stop(i)
+        shutil.rmtree(m.root / f"m{i}")
+
+
 def test_two_members_then_one_after_a_kill(tmp_path: Path) -> None:
     require_browser()
     errors: list[str] = []
     with machines_on_this_box(2, loopback=True) as m, browser_page(errors) as page:
         assert m.kind == "loopback", m.kind
-        rendezvous = _free_port(m.addresses[0])
-        m.start(0, rendezvous, ("--workers", "1", "--http", "127.0.0.1:0"))
-        m.start(1, rendezvous, ("--workers", "1"))
-        for i in (0, 1):
-            m.wait(i, lambda s: (s.get("cluster") or {}).get("world") == 2, "two members training", 300)
+        hosted(lambda port: _start_two(m, port), lambda: _stop_two(m), m.addresses[0])
+        m.wait(1, _two, "two members training", 300)
         page.goto(dashboard_address(m.root / "m0" / "run")["url"])
 
         # a card per member, each posted after an allreduce among the two

@@ -6,16 +6,17 @@ legend as text, a source named with markup included (no element made of it, no d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _browser import artifacts_dir, browser_page, dashboard_address, require_browser, wait_true
-from _dashboard_daemon import corpus_parts, running_daemon
+from _dashboard_daemon import corpus_parts, running_daemon, trained
+from _rendezvous_port import hosted, taken
 
 from crystalline.tokens.held_out import held_out
 
@@ -24,13 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 HOSTILE_SOURCE = "<img src=x onerror=alert(1)> a&b<i>"
 VAL_FRACTION = 0.3
 MEMBER = "document.querySelector('#cluster-members .member')"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _source_inbox(inbox: Path, folders: list[str], text: str) -> dict[str, str]:
@@ -50,14 +44,27 @@ def _source_inbox(inbox: Path, folders: list[str], text: str) -> dict[str, str]:
 def test_cluster_member_card(corpus_file: Path, tmp_path: Path) -> None:
     require_browser()
     text = corpus_file.read_text(encoding="utf-8")
-    cluster = ["--cluster", f"127.0.0.1:{_free_port()}", "--cluster-nodes", "1:3"]
-    settings = ("--http", "127.0.0.1:0", "--workers", "2", *cluster, "--cluster-address", "127.0.0.1")
     errors: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="cc-", dir="/tmp") as d,  # AF_UNIX path limit
-        running_daemon(Path(d), corpus_parts(text), *settings) as daemon,
+        contextlib.ExitStack() as attempt,
         browser_page(errors) as page,
     ):
+        started: list[dict[str, Any]] = []
+
+        def trained_or_port_taken(status: dict[str, Any]) -> bool:
+            return trained(status) or taken(status)
+
+        def start(port: int) -> dict[str, Any]:
+            cluster = ("--cluster", f"127.0.0.1:{port}", "--cluster-nodes", "1:3")
+            settings = ("--http", "127.0.0.1:0", "--workers", "2", *cluster, "--cluster-address", "127.0.0.1")
+            parts = corpus_parts(text)
+            daemon = running_daemon(Path(d) / str(port), parts, *settings, ready=trained_or_port_taken)
+            started.append(attempt.enter_context(daemon))
+            return started[-1]["status"]
+
+        hosted(start, attempt.close, "127.0.0.1")  # attempt.close(): stop the one whose port was taken
+        daemon = started[-1]
         info = dashboard_address(daemon["run"])
         page.goto(info["url"])
         # one member; its info in the rendezvous store is from after the group formed (rank 0),

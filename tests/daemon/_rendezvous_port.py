@@ -1,0 +1,43 @@
+"""A rendezvous port for a test's cluster. Nothing reserves a port for another process: a port
+free when the test asks can be taken (another test's daemon, an outgoing connection's local
+port) before the hosting daemon binds it. That daemon then reports it (``cannot host the
+rendezvous point HOST:PORT: [Errno 98] ...``, workers/cluster_member.py) and waits; ``hosted``
+sees that report and starts the test's daemons again on a new port, a few times at most."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+TRIES = 3
+
+
+def free_port(address: str) -> int:
+    """A port nothing listens on at ``address`` now."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def taken(status: dict[str, Any]) -> bool:
+    """The hosting daemon's status says its rendezvous port was taken."""
+    error = str(status.get("last_error", ""))
+    return "cannot host the rendezvous point" in error and os.strerror(errno.EADDRINUSE) in error
+
+
+def hosted(start: Callable[[int], dict[str, Any]], stop: Callable[[], None], address: str) -> int:
+    """The port the test's cluster started on: ``start(port)`` starts its daemons on a free port
+    of ``address`` and returns the hosting daemon's status once that daemon is going or
+    :func:`taken` holds of it; while taken, ``stop()`` and start again on a new port, ``TRIES``
+    times at most."""
+    for _ in range(TRIES):
+        port = free_port(address)
+        status = start(port)
+        if not taken(status):
+            return port
+        stop()
+    raise AssertionError(f"the rendezvous port was taken {TRIES} times running: {status['last_error']}")
