@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,22 @@ LEARNED = "learned"  # [train] tokenizer: the vocabulary learned in the state di
 # 0.75 s apart and learned in 15 s (32 MiB of 100k distinct words, loaded machine). Encoding 4 KiB
 # pieces ran at 1.2 MiB/s against 0.6 for whole 1 MiB texts.
 PIECE_CHARS = 4096
-# a space between two word characters starts a pre-token of the byte-level BPE whatever precedes
-# it, so a text cut there gives the learning the same words and the encoder the same ids
-_CUT = re.compile(r"(?<=\w) (?=\w)")
+# Where a text can be cut so that the learning sees the same words and the encoder gives the same
+# ids: where the byte-level pre-tokenizer's split rule (GPT-2's, ``'s|'t|'re|'ve|'m|'ll|'d|
+# ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+``, matched left to right, no lookbehind)
+# always splits and the text before the cut splits alone as it does in the whole text. A space
+# between two word characters starts a pre-token whatever precedes it; and no alternative matches
+# across a letter or digit followed by a punctuation mark (Unicode P*: the full stop and commas
+# of Chinese, . , ! ? ...): a letter run stops at the mark, and a contraction starts with an
+# apostrophe, not after a letter. So texts without spaces (Chinese, Japanese) have cuts too. Both
+# characters' categories are checked in Unicode 3.2 as well as in Python's, so that the regex
+# library of tokenizers, on whatever Unicode version since, classes them the same.
+_SPACE_CUT = re.compile(r"(?<=\w) (?=\w)")
+_MARK_CUT = re.compile(r"(?<=[^\W_])(?=[^\w\s])")  # candidates, checked by _splits_before_mark
+# a piece with no such cut within HARD_CUT * size characters is cut there anyway: the one
+# pre-token across the cut is learned and encoded as two (README, "Model presets": how many ids
+# that changes on real text)
+HARD_CUT = 4
 
 
 class Stopped(Exception):
@@ -92,17 +106,43 @@ def text_of(reader: StoreReader, doc: StoredDocument, limit: int | None = None) 
     return reader.tokens(doc)[:limit].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 
+def _splits_before_mark(text: str, at: int) -> bool:
+    """Whether ``text[at - 1]`` is a letter or digit and ``text[at]`` a punctuation mark, in
+    Unicode 3.2 and in Python's Unicode."""
+    before, mark = text[at - 1], text[at]
+    return all(
+        db.category(before)[0] in "LN" and db.category(mark)[0] == "P"
+        for db in (unicodedata, unicodedata.ucd_3_2_0)
+    )
+
+
+def _safe_cut(text: str, begin: int, end: int) -> int | None:
+    """The first position in ``[begin, end)`` where ``text`` can be cut keeping its pre-tokens."""
+    space = _SPACE_CUT.search(text, begin, end)
+    first = space.start() if space else end
+    for mark in _MARK_CUT.finditer(text, begin, first):
+        if _splits_before_mark(text, mark.start()):
+            return mark.start()
+    return space.start() if space else None
+
+
 def pieces(text: str, size: int) -> Iterator[str]:
-    """``text`` in pieces of ``size`` characters or a little more, each cut before a space
-    between two word characters: learned from or encoded piece by piece, it gives the vocabulary
-    and the ids it gives whole (a text without such a space stays whole)."""
+    """``text`` in pieces of ``size`` characters or a little more, each cut where the byte-level
+    pre-tokenizer splits anyway (before a space between two word characters, or between a letter
+    or digit and a punctuation mark): learned from or encoded piece by piece, it gives the
+    vocabulary and the ids it gives whole. Where no such cut comes within ``HARD_CUT * size``
+    characters, the piece is cut at that length: one pre-token there becomes two."""
     start = 0
     while len(text) - start > size:
-        cut = _CUT.search(text, start + size)
-        if cut is None:
-            break
-        yield text[start : cut.start()]
-        start = cut.start()
+        longest = start + HARD_CUT * size
+        if len(text) <= longest:
+            cut = _safe_cut(text, start + size, len(text))
+            if cut is None:
+                break
+        else:
+            cut = _safe_cut(text, start + size, longest + 1) or longest
+        yield text[start:cut]
+        start = cut
     yield text[start:]
 
 
@@ -137,8 +177,9 @@ def learn_once(
     of training text, the vocabulary learned from the first ``min_bytes`` of it, written
     atomically to ``path``; None while there is less. A file that cannot be read is an error
     (TokenizerError naming it), never relearned over. ``stop`` set ends the learning when it next
-    asks for text (Stopped, nothing written); the merges that follow the last piece run to their
-    end (0.3-1.9 s for 8192 tokens from 32 MiB of 20k-300k distinct words)."""
+    asks for text (Stopped, nothing written); the merges over the text pulled before it run to
+    their end first (0.3-1.9 s for 8192 tokens from 32 MiB of 20k-300k distinct words; several
+    seconds for Chinese, whose pre-tokens are whole clauses: README, "Model presets")."""
     if path.exists():
         return load_tokenizer(str(path))
     reader = StoreReader(byte_store)

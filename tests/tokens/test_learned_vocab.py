@@ -5,11 +5,13 @@ the same documents re-tokenized, shard by shard, and resumes where it stopped.""
 from __future__ import annotations
 
 import json
+import random
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import pre_tokenizers
 
 from crystalline.tokens import learned_vocab
 from crystalline.tokens.learned_vocab import DerivedStore, learn_once, vocab_path
@@ -121,6 +123,86 @@ def test_text_cut_into_pieces_learns_and_encodes_as_whole(
         out.refresh()
         made[size] = (tokenizer.to_json(), [out.tokens(d).tolist() for d in out.documents])
     assert made[50] == made[default] == made[whole]
+
+
+MARKS = "\uff0c\u3002"  # the full-width comma and full stop
+
+
+def chinese(chars: int, seed: int = 0) -> str:
+    """Text like Chinese: clauses of CJK ideographs ended by a full-width comma or full stop, no spaces."""
+    rng = random.Random(seed)
+    clauses: list[str] = []
+    while sum(map(len, clauses)) < chars:
+        clause = "".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(rng.randint(4, 14)))
+        clauses.append(clause + rng.choice(MARKS))
+    return "".join(clauses)
+
+
+BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+
+
+def pre_tokens(text: str) -> list[str]:
+    return [token for token, _ in BYTE_LEVEL.pre_tokenize_str(text)]
+
+
+def test_pieces_keep_the_pre_tokens_of_the_whole_text_in_any_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fuzz: a text cut where pieces cuts it (spaces, and after a letter or digit before a
+    punctuation mark) splits into the same pre-tokens of the byte-level BPE as whole, so the
+    vocabulary and the ids are the same (a rule that also cut between two marks, as in a full
+    stop followed by a full-width comma, fails here)."""
+    monkeypatch.setattr(learned_vocab, "HARD_CUT", 10**9)  # only the safe cuts here
+    rng = random.Random(1)
+    alphabet = [*"ab c_'s 1\t\n.-,!?", "\u00a0", "\u2003", "é", "漢", "字", *MARKS, "、", "「", "」"]
+    alphabet += ["\U0001f600", "٣"]
+    alphabet += ["ั", "ก", "\u0301", "\u2019", "  ", "\r\n", "ⅷ", "²", "㆒", "\u0378", "'re", "'t"]
+    cuts = 0
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(100, 2000)))
+        whole = pre_tokens(text)
+        for size in (3, 17, 64):
+            parts = list(learned_vocab.pieces(text, size))
+            assert "".join(parts) == text
+            assert [t for part in parts for t in pre_tokens(part)] == whole, (text, size)
+            cuts += len(parts) - 1
+    assert cuts > 10_000
+
+
+def test_text_without_spaces_is_cut_at_punctuation_and_as_a_last_resort_hard() -> None:
+    text = chinese(50_000)
+    parts = list(learned_vocab.pieces(text, 4096))
+    assert "".join(parts) == text and len(parts) >= 12
+    assert all(4096 <= len(p) < 4096 + 16 for p in parts[:-1])
+    assert all(p[0] in MARKS for p in parts[1:])  # cut before a mark, after an ideograph
+    assert [t for part in parts for t in pre_tokens(part)] == pre_tokens(text)
+    # no space and no punctuation at all: cut at HARD_CUT pieces' length, one pre-token in two
+    run = "漢" * 50_000
+    assert [len(p) for p in learned_vocab.pieces(run, 4096)] == [4 * 4096] * 3 + [50_000 - 12 * 4096]
+
+
+class StopOnCheck(threading.Event):
+    """A stop that comes while the learning pulls text: set from the ``n``th time it is asked."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.asked, self.n = 0, n
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.n or super().is_set()
+
+
+@pytest.mark.timeout(120)
+def test_a_stop_ends_learning_from_text_without_spaces(tmp_path: Path) -> None:
+    """A Chinese document, one long text without spaces: the stop is seen at its next piece
+    (before, the document was one piece: learned to its end and the vocabulary written)."""
+    directory = tmp_path / "tokens"
+    text = chinese(60_000)
+    add_shard(TokenStore(directory, BYTES.dtype), "zh", [text])
+    path = vocab_path(tmp_path)
+    with pytest.raises(learned_vocab.Stopped):
+        learn_once(directory, path, vocab_size=400, min_bytes=len(text.encode()), stop=StopOnCheck(3))
+    assert not path.exists()
+    assert learn_once(directory, path, vocab_size=400, min_bytes=len(text.encode())) is not None
 
 
 def test_a_stop_ends_deriving_at_the_next_piece_and_writes_nothing_of_its_shard(
