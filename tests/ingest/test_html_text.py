@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trafilatura
 
-from crystalline.ingest.html_text import extract_html
+from crystalline.ingest.html_text import _trafilatura_text, extract_html
 
 SECTIONS = [
     [
@@ -244,6 +244,25 @@ def test_second_opinion_does_not_see_hidden_text() -> None:
     assert SECTIONS[0][0] in text and SECTIONS[0][1] in text
     for para in SECTIONS[1] + SECTIONS[2]:
         assert para not in text
+
+
+def test_second_opinion_sees_the_article_in_a_hidden_page_wrapper() -> None:
+    # Pages hide their <body> until a script shows it (anti-flicker snippets) or mark the page's
+    # wrapper aria-hidden while a cookie dialog is open: trafilatura is handed the article all the
+    # same (as our strict pass, it never drops the body or a wrapper holding the <h1> or an
+    # <article> for being hidden), and still not the hidden block inside it.
+    promo = "Subscribe now and get the first three months of the newsletter for free today."
+    hidden = f"<div style='display:none'>{promo}</div>"
+    article = f"<article><h1>The delta grows</h1>{_paras(SECTIONS[0])}{hidden}</article>"
+    cookie = "<div role='dialog'>We use cookies to improve the site; accept them all or choose.</div>"
+    for body in (
+        f"<body style='visibility:hidden'>{article}</body>",
+        f"<body style='display: none'><main>{article}</main></body>",
+        f"<body><div class='page' aria-hidden='true'>{article}</div>{cookie}</body>",
+    ):
+        theirs = _trafilatura_text(f"<html><head><title>Delta</title></head>{body}</html>")
+        assert SECTIONS[0][0] in theirs and SECTIONS[0][1] in theirs, body
+        assert promo not in theirs and "cookies" not in theirs
 
 
 def test_second_opinion_keeps_a_table_inside_a_figure() -> None:
