@@ -26,6 +26,7 @@ os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = os.environ[
 
 import argparse
 import json
+import math
 import random
 import subprocess
 import sys
@@ -218,6 +219,17 @@ def table(counts: list[int], args: argparse.Namespace, machines: Any) -> list[tu
     return points
 
 
+def link_rate(text: str) -> float:
+    """``--link-mbit``: 0 (loopback) or a positive finite rate in Mbit/s."""
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = float("nan")
+    if not (math.isfinite(rate) and rate >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0 (loopback) or a positive finite rate in Mbit/s")
+    return rate
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", default="1,2,3")
@@ -227,7 +239,7 @@ def main() -> None:
     p.add_argument("--sweep", default="1000,10000,100000,1000000")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument(
-        "--link-mbit", type=float, default=0.0, help="each member in a namespace on a link of this rate"
+        "--link-mbit", type=link_rate, default=0.0, help="each member in a namespace on a link of this rate"
     )
     p.add_argument("--member", type=int, default=-1, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
