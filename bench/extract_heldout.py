@@ -75,6 +75,9 @@ class Page:
     truth: str
 
 
+EXTRACT_TIMEOUT_S = 600  # crystalline extract over all the pages
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -159,18 +162,43 @@ def load_scorer(dev_set: Path) -> ModuleType:
 
 
 def run_crystalline(pages: list[Page]) -> tuple[dict[str, str], float, float]:
-    """`crystalline extract --json` over the pages: texts by page name, wall and CPU seconds."""
-    command = [str(Path(sys.executable).with_name("crystalline")), "extract", "--json"]
-    command += [str(p.html) for p in pages]
+    """`crystalline extract --json` over the pages: texts by page name, wall and CPU seconds. A run
+    that cannot start, runs past EXTRACT_TIMEOUT_S, prints a line that is not a page's JSON record
+    (it died mid-line, a traceback) or misses pages is one error line (SystemExit)."""
+    program = Path(sys.executable).with_name("crystalline")
+    if not os.access(program, os.X_OK):
+        raise SystemExit(f"extract_heldout: no crystalline console script next to {sys.executable}")
+    command = [str(program), "extract", "--json", *(str(p.html) for p in pages)]
     if shutil.which("taskset"):
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"extract_heldout: crystalline extract ran past {EXTRACT_TIMEOUT_S} s") from None
+    except OSError as e:
+        raise SystemExit(f"extract_heldout: cannot run crystalline extract: {e}") from None
     wall, after = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     by_path = {str(p.html): p.name for p in pages}
-    texts = {by_path[rec["path"]]: rec["text"] or "" for rec in map(json.loads, out.stdout.splitlines())}
+    texts = {}
+    for line in out.stdout.splitlines():
+        try:
+            record = json.loads(line)
+            name, text = by_path[record["path"]], record["text"] or ""
+        except (ValueError, KeyError, TypeError):
+            name, text = "", None
+        if not isinstance(text, str):
+            raise SystemExit(
+                f"extract_heldout: crystalline extract printed {line[:60]!r}, not a page's JSON record "
+                f"(exit {out.returncode})"
+            )
+        texts[name] = text
     if len(texts) != len(pages):
-        raise SystemExit(f"extract_heldout: crystalline extract: {out.stderr.strip()[-300:]}")
+        stderr = " ".join(out.stderr.split())[-300:]
+        raise SystemExit(
+            f"extract_heldout: crystalline extract (exit {out.returncode}) gave {len(texts)} of "
+            f"{len(pages)} pages: {stderr}"
+        )
     return texts, wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 

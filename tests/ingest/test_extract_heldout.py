@@ -90,3 +90,34 @@ def test_without_the_index_one_error_line(tmp_path: Path) -> None:
     assert out.stderr.startswith("extract_heldout: cannot download newspaper4k==0.9.6 through pip")
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "cache" / "newspaper4k-0.9.6.tar.gz").exists()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        (None, "no crystalline console script next to"),
+        ('printf \'{"path": "%s", "te\' "$3"; kill -9 $$', 'crystalline extract printed \'{"path"'),
+        ("echo 'Traceback (most recent call last):'", "crystalline extract printed 'Traceback"),
+        ("echo '[1, 2]'", "crystalline extract printed '[1, 2]'"),
+        ("exec sleep 30", "crystalline extract ran past 1 s"),
+        ("echo 'it broke' >&2; exit 3", "crystalline extract (exit 3) gave 0 of 1 pages: it broke"),
+    ],
+)
+def test_a_broken_extract_run_is_one_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str | None, error: str
+) -> None:
+    """`crystalline extract` missing, dying mid-output, printing what is not a page's JSON line,
+    running past its time or failing: one line naming it (exit 1), no traceback."""
+    bench = _bench()
+    page = tmp_path / "river.html"
+    _write(page, "<html><body><p>the river rose over the old wall</p></body></html>")
+    if script is not None:
+        _write(tmp_path / "bin" / "crystalline", f"#!/bin/sh\n{script}\n")
+        (tmp_path / "bin" / "crystalline").chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(bench, "EXTRACT_TIMEOUT_S", 1)
+    with pytest.raises(SystemExit) as exit_:
+        bench.run_crystalline([bench.Page("river", "en", page, "the river rose")])
+    message = str(exit_.value.code)
+    assert message.startswith("extract_heldout: ") and error in message and "\n" not in message
