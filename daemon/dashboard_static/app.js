@@ -186,9 +186,10 @@ function renderCluster(k, digest) {
       c.dataset.rank = String(m.rank ?? "");
       c.dataset.step = String(m.step ?? "");
       c.dataset.state = String(m.state ?? "");
+      const rank = Number.isInteger(m.rank) && m.rank >= 0 ? m.rank : "-"; // -1: in no group
       c.append(
         el("div", `${m.address ?? "?"}${m.address === k.address ? " (this member)" : ""}`, "label"),
-        el("div", `rank ${m.rank >= 0 ? m.rank : "-"} · step ${num(m.step)}`, "value"), // -1: in no group
+        el("div", `rank ${rank} · step ${num(m.step)}`, "value"),
         el("div", `allreduce ${num(m.allreduce_ms, 1)} ms · ${bytes(m.allreduce_bytes)}`, "allreduce"),
         el("div", `data share ${percent(m.data_share)}`, "share"),
         el("div", m.state ?? "-", "mstate"),
