@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from ..ingest.registry import Registry
+from ..ingest.registry import Registry, RegistryNotCreated
 from ..states import SERVICE, transition
 from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
@@ -66,6 +66,7 @@ MAX_EVENT_CLIENTS = 32
 EVENT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
 FILES_EVERY_S = 5.0
+READ_CLOSE_WAIT_S = 5.0  # close() waits this long for a read in flight (it then closes its reader)
 SPIRAL_EVERY_S = 60.0
 SNAPSHOT_S = 0.5
 CSP = (
@@ -142,8 +143,9 @@ class Dashboard:
         open_registry: Callable[[], Registry],
         generator: Generation,
     ) -> None:
-        """``open_registry``: the ingest registry's reader (its own connection, opened at the
-        first read and again after an error)."""
+        """``open_registry``: a reader of the ingest registry (``open_registry(...,
+        read_only=True)``: never creates, migrates nor writes it; its own connection, opened at
+        the first read and again after an error)."""
         self.bind = bind
         self.runtime_dir = runtime_dir
         self._status = status
@@ -151,7 +153,10 @@ class Dashboard:
         self.history = history
         self.checkpoint_dir = checkpoint_dir
         self.open_registry = open_registry
-        self._registry: Registry | None = None
+        self._registry: Registry | None = None  # used by one read at a time (``_reading``)
+        self._reading: asyncio.Task[None] | None = None  # the read of the files in flight
+        self._read_failures: set[str] = set()  # kinds of failure logged since the last good read
+        self._closed = False
         self._documents: list[dict[str, Any]] = []
         self._pages: list[dict[str, Any]] = []  # the latest crawled documents
         self.generator = generator  # the chat and the spiral: the generation process
@@ -164,7 +169,7 @@ class Dashboard:
         self._event_clients = 0
         self._generating = asyncio.Lock()
         self._checkpoints: list[dict[str, Any]] = []
-        self._checkpoints_at = -math.inf
+        self._files_at = -math.inf
         self.requests = 0
         self.refused = 0  # wrong Host or missing token
         self.generations = 0
@@ -235,7 +240,12 @@ class Dashboard:
         os.replace(tmp, path)
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._close_registry)
+        self._closed = True
+        reading = self._reading
+        if reading is None:
+            await asyncio.to_thread(self._close_registry)
+        else:  # that read closes the reader when it ends (each of its waits has a deadline)
+            await asyncio.wait([reading], timeout=READ_CLOSE_WAIT_S)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -270,23 +280,43 @@ class Dashboard:
         return data
 
     async def refresh_files(self) -> None:
-        now = time.monotonic()
-        if now - self._checkpoints_at >= FILES_EVERY_S:
-            self._checkpoints_at = now
+        """Read the checkpoints and the latest documents again once FILES_EVERY_S have passed,
+        one read at a time: a caller that comes while one is in flight gets the last ones."""
+        if self._closed or self._reading is not None or time.monotonic() - self._files_at < FILES_EVERY_S:
+            return
+        self._files_at = time.monotonic()
+        self._reading = asyncio.create_task(self._read_files())
+        await asyncio.shield(self._reading)  # a caller that goes away leaves the read to end
+
+    async def _read_files(self) -> None:
+        try:
             self._checkpoints = await asyncio.to_thread(list_checkpoints, self.checkpoint_dir)
             self._documents, self._pages = await asyncio.to_thread(self._read_latest)
+            self._snapshot = None  # shown from the next snapshot on
+        finally:
+            if self._closed:
+                await asyncio.to_thread(self._close_registry)
+            self._reading = None
 
     def _read_latest(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The latest documents and crawled pages (in a thread): the last ones read while the
-        registry cannot be (not created yet, its database away)."""
+        """The latest documents and crawled pages (in a thread, one read at a time): the last
+        ones read while the registry cannot be (not created yet, its database away, a newer
+        schema); each kind of failure is logged once until a read succeeds."""
         try:
             if self._registry is None:
                 self._registry = self.open_registry()
-            return latest_documents(self._registry), latest_documents(self._registry, origin="crawl")
-        except (OSError, sqlite3.Error) as exc:  # DatabaseUnavailable is an OSError
-            log.debug("latest documents not read: %s", exc)
+            latest = latest_documents(self._registry), latest_documents(self._registry, origin="crawl")
+        except Exception as exc:  # whatever it is, the panel keeps the last lists
+            kind = type(exc).__name__
+            if kind not in self._read_failures:
+                self._read_failures.add(kind)
+                level = logging.INFO if isinstance(exc, RegistryNotCreated) else logging.WARNING
+                why = (str(exc).strip().splitlines() or [""])[0]
+                log.log(level, "latest documents not read (%s: %s); showing the last ones read", kind, why)
             self._close_registry()
             return self._documents, self._pages
+        self._read_failures.clear()
+        return latest
 
     def _close_registry(self) -> None:
         registry, self._registry = self._registry, None

@@ -334,8 +334,9 @@ class Supervisor:
                     handlers,
                     self.history,
                     s.state_dir / "checkpoints",
-                    # the latest documents, read through the registry (SQLite or --database's)
-                    functools.partial(open_registry, s.ingest.database, registry),
+                    # the latest documents, read through a reader of the registry (SQLite or
+                    # --database's): it never creates, migrates nor writes it
+                    functools.partial(open_registry, s.ingest.database, registry, read_only=True),
                     generator=self.generation,
                 )
                 await self.dashboard.start()

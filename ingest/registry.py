@@ -16,7 +16,8 @@ each batch and survives any restart.
 
 Text reaches SQLite as valid UTF-8 only (:func:`sql_text`): a file name that is not UTF-8 is
 stored with ``\\xff`` escapes instead of failing the whole batch. The schema carries a version
-(``PRAGMA user_version``); an older registry is migrated when opened.
+(``PRAGMA user_version``); an older registry is migrated when opened, except by a reader
+(``read_only=True``, the dashboard's), which never creates, migrates nor writes it.
 """
 
 from __future__ import annotations
@@ -117,6 +118,22 @@ _DOC_ID_INDEX = "CREATE INDEX IF NOT EXISTS documents_doc_id ON documents (doc_i
 #: ``crystalline.documents.source_group``) and ``surprise`` (its loss before training, NULL
 #: until measured); 5: an index on ``doc_id`` (the surprise lookups).
 SCHEMA_VERSION = 5
+# a reader's wait for a lock (WAL readers rarely wait: a writer's recovery, a checkpoint)
+READER_TIMEOUT_S = 1.0
+
+
+class RegistryNotCreated(LookupError):
+    """A reader found no registry (no ingest has opened it yet): nothing to read."""
+
+
+def check_version(version: int, known: int, where: str) -> None:
+    """A SQLite registry's schema newer than this program's (``known``) is an error (PostgreSQL's:
+    ``Database.version``)."""
+    if version > known:
+        raise RuntimeError(
+            f"registry {where} has schema version {version}, newer than this program's {known}: "
+            "upgrade crystalline"
+        )
 
 
 def sql_text(value: str) -> str:
@@ -171,16 +188,35 @@ class Record:
 
 
 class Registry:
-    """The registry of one data directory; used by one writer (the ingestor) at a time."""
+    """The registry of one data directory; used by one writer (the ingestor) at a time, and by
+    any number of readers (``read_only=True``)."""
 
-    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path, timeout_s: float = 30.0, *, read_only: bool = False) -> None:
+        """``read_only``: a reader beside the writer: the file opened read-only (``mode=ro``;
+        :class:`RegistryNotCreated` while it does not exist), waiting READER_TIMEOUT_S at most
+        for a lock, never migrated."""
         self.path = Path(path)
+        if read_only:
+            if not self.path.exists():
+                raise RegistryNotCreated(f"registry {self.path} does not exist yet")
+            uri = f"{self.path.absolute().as_uri()}?mode=ro"
+            self._sqlite = sqlite3.connect(
+                uri, uri=True, timeout=READER_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            self.db: Sql = self._sqlite
+            try:
+                version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+                check_version(version, SCHEMA_VERSION, str(self.path))
+            except BaseException:
+                self._sqlite.close()
+                raise
+            return
         # The ingestor calls in from worker threads (asyncio.to_thread) and status requests from
         # the loop: one connection shared under the lock of the caller (see Ingestor).
         self._sqlite = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
-        self.db: Sql = self._sqlite
+        self.db = self._sqlite
         self._sqlite.execute("PRAGMA journal_mode=WAL")
         self._sqlite.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
         self._migrate()
@@ -205,11 +241,7 @@ class Registry:
         """Create the schema, or bring an older registry up to :data:`SCHEMA_VERSION`."""
         with self._transaction():
             version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"registry {self.path} has schema version {version}, newer than this program's "
-                    f"{SCHEMA_VERSION}: upgrade crystalline"
-                )
+            check_version(version, SCHEMA_VERSION, str(self.path))
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)

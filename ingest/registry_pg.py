@@ -6,7 +6,8 @@ What sharing needs is one thing: two machines that fetched the same text keep on
 batch's duplicate checks (exact hash, MinHash LSH, SimHash bands), the durable write of its
 tokens and the recording of its documents run inside :meth:`PgRegistry.exclusive`: one
 transaction holding an advisory lock that every machine's ingest takes, so the second machine's
-checks see the first one's rows.
+checks see the first one's rows. A reader (``read_only=True``, the dashboard's) neither creates
+nor migrates the schema, and its transactions are read-only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ from pathlib import Path
 
 from ..postgres import Database
 from ..sql_tables import add_columns
-from .registry import DOCUMENTS, META, MINHASH_BANDS, MINHASH_SIGNATURES, SIMHASH_BANDS, TEXT_EDITS, Registry
+from .registry import (
+    DOCUMENTS,
+    META,
+    MINHASH_BANDS,
+    MINHASH_SIGNATURES,
+    SIMHASH_BANDS,
+    TEXT_EDITS,
+    Registry,
+    RegistryNotCreated,
+)
 
 # The SQLite registry's tables (``registry.TABLES``) in PostgreSQL's types
 _SCHEMA_V1 = f"""
@@ -44,11 +54,18 @@ MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 class PgRegistry(Registry):
     """The registry in the PostgreSQL database at ``url``, shared by every machine's ingest."""
 
-    def __init__(self, url: str) -> None:
-        self._pg = Database(url, "registry", name="crystalline-registry")
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        """``read_only``: a reader (one connection, read-only transactions, short statement
+        timeouts); :class:`RegistryNotCreated` while no ingest has created the schema."""
+        name = "crystalline-registry-reader" if read_only else "crystalline-registry"
+        self._pg = Database(url, "registry", name=name, max_size=1 if read_only else 4, read_only=read_only)
         self.db = self._pg
         self.path = Path(self._pg.redacted())
         try:
+            if read_only:
+                if not self._pg.version(len(MIGRATIONS)):
+                    raise RegistryNotCreated(f"registry {self.path}: no schema yet (no ingest has opened it)")
+                return
             self._pg.migrate(MIGRATIONS)
             with self._transaction():
                 self._check_minhash_params()
@@ -74,6 +91,7 @@ class PgRegistry(Registry):
         self._pg.close()
 
 
-def open_registry(database: str | None, path: Path) -> Registry:
-    """The SQLite registry at ``path``, or the PostgreSQL one when ``database`` is a URL."""
-    return PgRegistry(database) if database else Registry(path)
+def open_registry(database: str | None, path: Path, *, read_only: bool = False) -> Registry:
+    """The SQLite registry at ``path``, or the PostgreSQL one when ``database`` is a URL (a
+    reader of it with ``read_only``)."""
+    return PgRegistry(database, read_only=read_only) if database else Registry(path, read_only=read_only)

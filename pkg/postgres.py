@@ -27,9 +27,13 @@ SCHEMES = ("postgresql://", "postgres://")
 # every wait has a deadline: connecting, a statement (an advisory lock included), a pool checkout
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_S = 15.0
-# the client's own deadline on a statement, a commit or a connection check: a reply that never
-# comes (the network cut with the TCP connection still open) is cut off by shutting the socket
-CLIENT_DEADLINE_S = STATEMENT_TIMEOUT_S + 2.0
+# a reader's statements (``read_only``: the dashboard's) give up sooner: they show, nobody waits
+READER_STATEMENT_TIMEOUT_S = 2.0
+# the client's own deadline on a statement, a commit or a connection check, this much after the
+# server's: a reply that never comes (the network cut with the TCP connection still open) is cut
+# off by shutting the socket
+CLIENT_GRACE_S = 2.0
+CLIENT_DEADLINE_S = STATEMENT_TIMEOUT_S + CLIENT_GRACE_S
 # a checkout waits this long for a connection: while the server is away, each call of the crawl
 # loop gives up this soon and the loop backs off (it must not block the daemon's event loop long)
 POOL_TIMEOUT_S = 2.0
@@ -98,9 +102,13 @@ class Database:
     connection to give within POOL_TIMEOUT_S and statements cancelled by a server shutting down
     raise :class:`DatabaseUnavailable`; other errors propagate as psycopg raised them."""
 
-    def __init__(self, url: str, schema: str, *, max_size: int = 4, name: str = "crystalline") -> None:
+    def __init__(
+        self, url: str, schema: str, *, max_size: int = 4, name: str = "crystalline", read_only: bool = False
+    ) -> None:
         """``schema``: where this component's tables live (the frontier's and the registry's
-        share names such as ``meta``), first on every connection's search path."""
+        share names such as ``meta``), first on every connection's search path. ``read_only``:
+        every transaction is read-only (``default_transaction_read_only``) and a statement is cut
+        off after READER_STATEMENT_TIMEOUT_S."""
         try:
             import psycopg
             import psycopg_pool
@@ -115,7 +123,8 @@ class Database:
         self._local = threading.local()
         self._sql: dict[str, str] = {}
         self._check_connection = psycopg_pool.ConnectionPool.check_connection
-        self._watchdog = _Watchdog()
+        statement_timeout_s = READER_STATEMENT_TIMEOUT_S if read_only else STATEMENT_TIMEOUT_S
+        self._watchdog = _Watchdog(statement_timeout_s + CLIENT_GRACE_S)
         self.available = True  # the last statement reached the server
         self.last_error: str | None = None  # the last time it did not: why, and when
         self.last_error_at = 0.0
@@ -132,8 +141,9 @@ class Database:
                 "autocommit": True,
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "application_name": name,
-                "options": f"-c statement_timeout={int(STATEMENT_TIMEOUT_S * 1000)}"
-                f" -c search_path={schema},public",
+                "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+                f" -c search_path={schema},public"
+                f" -c default_transaction_read_only={'on' if read_only else 'off'}",
                 # a cut network is noticed in seconds, not after the kernel's two hours
                 "keepalives": 1,
                 "keepalives_idle": 5,
@@ -256,15 +266,7 @@ class Database:
                 " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
             self.execute(f"CREATE SCHEMA IF NOT EXISTS {component}")
-            row = self.execute(
-                "SELECT version FROM public.schema_versions WHERE component = ?", (component,)
-            ).fetchone()
-            have = int(row[0]) if row else 0
-            if have > len(steps):
-                raise RuntimeError(
-                    f"{self.redacted()}: {component} schema version {have} is newer than this program's "
-                    f"{len(steps)}: upgrade crystalline"
-                )
+            have = self.version(len(steps))
             for step in steps[have:]:
                 for statement in step.split(";"):
                     if statement.strip():
@@ -276,6 +278,22 @@ class Database:
             )
         return len(steps)
 
+    def version(self, known: int) -> int:
+        """This schema's version (0: never migrated); one newer than ``known`` (this program's)
+        is an error."""
+        if not self.execute("SELECT to_regclass('public.schema_versions') IS NOT NULL").fetchall()[0][0]:
+            return 0
+        row = self.execute(
+            "SELECT version FROM public.schema_versions WHERE component = ?", (self.schema,)
+        ).fetchone()
+        have = int(row[0]) if row else 0
+        if have > known:
+            raise RuntimeError(
+                f"{self.redacted()}: {self.schema} schema version {have} is newer than this program's "
+                f"{known}: upgrade crystalline"
+            )
+        return have
+
     @property
     def closed(self) -> bool:
         return bool(self._pool.closed)
@@ -286,10 +304,11 @@ class Database:
 
 
 class _Watchdog:
-    """Cuts off a connection whose statement overran CLIENT_DEADLINE_S: its socket is shut down,
-    so the blocked read returns and psycopg raises (one thread, started at the first guard)."""
+    """Cuts off a connection whose statement overran ``deadline_s``: its socket is shut down, so
+    the blocked read returns and psycopg raises (one thread, started at the first guard)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline_s: float) -> None:
+        self._deadline_s = deadline_s
         self._lock = threading.Lock()
         self._deadlines: dict[int, tuple[float, Any]] = {}
         self._stop = threading.Event()
@@ -300,7 +319,7 @@ class _Watchdog:
         key = id(conn)
         with self._lock:
             outer = self._deadlines.get(key)
-            self._deadlines[key] = (time.monotonic() + CLIENT_DEADLINE_S, conn)
+            self._deadlines[key] = (time.monotonic() + self._deadline_s, conn)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="postgres-watchdog", daemon=True)
                 self._thread.start()

@@ -7,22 +7,27 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
+import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from _wait import until
 from prometheus_client.parser import text_string_to_metric_families
 
+from crystalline.daemon import dashboard as dashboard_module
 from crystalline.daemon.config import parse_bind
 from crystalline.daemon.dashboard import TOKEN_HEADER, Dashboard, latest_documents, list_checkpoints
 from crystalline.daemon.dashboard_command import read_dashboard_file
 from crystalline.daemon.metrics_history import MetricsHistory, point_from_status
 from crystalline.daemon.status_server import Command, CommandError
-from crystalline.ingest.registry import Record, Registry
+from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry
 from crystalline.ingest.registry_pg import PgRegistry, open_registry
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,7 +110,7 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[Dashboard, Recorder]]:
         rec.commands(),
         history,
         tmp_path / "checkpoints",
-        functools.partial(Registry, tmp_path / "registry.sqlite3"),
+        functools.partial(Registry, tmp_path / "registry.sqlite3", read_only=True),
         FakeGeneration(),
     )
     (tmp_path / "run").mkdir()
@@ -325,13 +330,137 @@ def test_the_latest_documents_panel_reads_either_registry_and_survives_one_it_ca
     finally:
         registry.close()
     docs, pages = latest_shown(
-        tmp_path, functools.partial(open_registry, pg_url, tmp_path / "unused.sqlite3")
+        tmp_path, functools.partial(open_registry, pg_url, tmp_path / "unused.sqlite3", read_only=True)
     )
     assert [d["source"] for d in docs[:2]] == ["u29", "u28"] and len(docs) == 20
     assert [p["source"] for p in pages[:2]] == ["u27", "u24"] and len(docs[0]["title"]) == 300
     assert not (tmp_path / "unused.sqlite3").exists()
-    # a registry that cannot be opened (its directory is missing): nothing shown, no error
-    assert latest_shown(tmp_path, functools.partial(Registry, tmp_path / "missing" / "r.sqlite3")) == ([], [])
+    # a registry not created yet: nothing shown, no error, and the reader creates nothing
+    missing = tmp_path / "missing" / "r.sqlite3"
+    assert latest_shown(tmp_path, functools.partial(Registry, missing, read_only=True)) == ([], [])
+    assert not missing.parent.exists()
+
+
+async def _get_json(s: aiohttp.ClientSession, url: str) -> Any:
+    async with s.get(url, timeout=aiohttp.ClientTimeout(total=20)) as r:
+        assert r.status == 200, await r.text()
+        return await r.json()
+
+
+def test_concurrent_refreshes_share_one_reader_and_close_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard_module, "FILES_EVERY_S", 0.0)  # every request is due for a read
+    asyncio.run(_test_concurrent_refreshes_share_one_reader(tmp_path))
+
+
+async def _test_concurrent_refreshes_share_one_reader(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    writer = Registry(path)
+    record_documents(writer)
+    writer.close()
+    opened: list[Registry] = []
+    closed: list[Registry] = []
+    entered, release = threading.Event(), threading.Event()
+
+    class Counted(Registry):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    def slow_reader() -> Registry:  # a registry slow to open (a database connecting)
+        entered.set()
+        if not release.wait(30):
+            raise TimeoutError("the test never released the reader")
+        opened.append(Counted(path, read_only=True))
+        return opened[-1]
+
+    def fds_on_the_registry() -> list[str]:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return [link for link in links if link.startswith(str(path))]
+
+    (tmp_path / "run").mkdir()
+    d = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
+                  MetricsHistory(None), tmp_path / "checkpoints", slow_reader, FakeGeneration())  # fmt: skip
+    await d.start()
+    assert d.url is not None
+    try:
+        async with aiohttp.ClientSession() as s:
+            first = asyncio.create_task(_get_json(s, d.url + "api/status"))
+            assert await asyncio.to_thread(entered.wait, 20)
+            # while that read is in flight, the others are answered at once with the last lists
+            for _ in range(4):
+                assert (await _get_json(s, d.url + "api/status"))["ingest"]["latest"] == []
+            release.set()
+            shown = (await first)["ingest"]["latest"]
+            assert [doc["source"] for doc in shown[:2]] == ["u29", "u28"]
+            for _ in range(3):  # later reads go through the same reader
+                assert len((await _get_json(s, d.url + "api/status"))["crawler"]["latest"]) == 10
+        assert len(opened) == 1 and closed == []
+        assert fds_on_the_registry()
+    finally:
+        await d.close()
+    assert closed == opened
+    assert fds_on_the_registry() == []
+
+
+def test_a_registry_the_panel_cannot_read_keeps_the_last_lists_and_status_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(dashboard_module, "FILES_EVERY_S", 0.0)  # every request is due for a read
+    with caplog.at_level(logging.INFO, logger="crystalline.dashboard"):
+        asyncio.run(_test_a_registry_the_panel_cannot_read(tmp_path))
+    lines = [r.getMessage() for r in caplog.records if "latest documents" in r.getMessage()]
+    # one line per kind of failure however many reads failed, and again after a read succeeded
+    assert len(lines) == 4, lines
+    for line, why in zip(lines, ["no such table", "newer than this program's"] * 2, strict=True):
+        assert why in line, lines
+
+
+async def _test_a_registry_the_panel_cannot_read(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    writer = Registry(path)
+    record_documents(writer)
+    writer.close()
+
+    def newer_crystalline(undo: bool = False) -> None:
+        """What a newer crystalline leaves: the documents table renamed, schema version + 1."""
+        db = sqlite3.connect(path)
+        try:
+            renamed = ("documents_next", "documents") if undo else ("documents", "documents_next")
+            db.execute("ALTER TABLE {} RENAME TO {}".format(*renamed))
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + (0 if undo else 1)}")
+            db.commit()
+        finally:
+            db.close()
+
+    async with serving(tmp_path) as (d, _rec), aiohttp.ClientSession() as s:
+        assert d.url is not None
+        docs = (await _get_json(s, d.url + "api/status"))["ingest"]["latest"]
+        assert len(docs) == 20
+        newer_crystalline()
+        for _ in range(3):
+            data = await _get_json(s, d.url + "api/status")
+            assert data["ingest"]["latest"] == docs and len(data["crawler"]["latest"]) == 10
+            async with s.get(d.url + "metrics") as r:
+                assert r.status == 200
+        async with s.get(d.url + "api/events", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            statuses = []
+            while len(statuses) < 2:  # the stream goes on: two status events, each after a read
+                line = (await asyncio.wait_for(r.content.readline(), 10)).decode()
+                if line.startswith("data: ") and "ingest" in line:
+                    statuses.append(json.loads(line[6:]))
+            assert all(status["ingest"]["latest"] == docs for status in statuses)
+        # its handler ends (no read of its own left to come)
+        await asyncio.to_thread(until, lambda: d.info()["event_clients"] == 0, "the event stream's end", 10)
+        newer_crystalline(undo=True)
+        assert (await _get_json(s, d.url + "api/status"))["ingest"]["latest"] == docs
+        newer_crystalline()  # failing again after a read succeeded: logged again
+        for _ in range(2):
+            assert (await _get_json(s, d.url + "api/status"))["ingest"]["latest"] == docs
 
 
 def test_dashboard_command_prints_the_url_or_one_line(tmp_path: Path) -> None:
@@ -388,7 +517,7 @@ async def _test_unwritable_runtime_dir(tmp_path: Path) -> None:
         Recorder().commands(),
         MetricsHistory(None),
         tmp_path / "checkpoints",
-        functools.partial(Registry, tmp_path / "registry.sqlite3"),
+        functools.partial(Registry, tmp_path / "registry.sqlite3", read_only=True),
         FakeGeneration(),
     )
     await d.start()

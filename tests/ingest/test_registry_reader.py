@@ -1,0 +1,125 @@
+"""The registry's reader (``read_only=True``, what the dashboard reads the latest documents
+through): on either backend it never creates, migrates nor writes the registry, does not wait
+for the ingest's write lock, and refuses a schema newer than this program's."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry, RegistryNotCreated
+from crystalline.ingest.registry_pg import MIGRATIONS, PgRegistry
+from crystalline.postgres import Database
+
+
+def _documents(n: int) -> list[Record]:
+    return [Record(f"spool:{i}", f"id{i}", f"https://h/{i}", "crawl", "done") for i in range(n)]
+
+
+def _sources(registry: Registry) -> list[str]:
+    return [str(doc["source"]) for doc in registry.latest(10)]
+
+
+def test_a_sqlite_reader_never_creates_migrates_nor_writes_the_registry(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.sqlite3"
+    with pytest.raises(RegistryNotCreated, match="does not exist yet"):
+        Registry(missing, read_only=True)
+    assert not missing.exists()
+
+    path = tmp_path / "registry.sqlite3"
+    writer = Registry(path)
+    writer.record(_documents(3))
+    writer.close()
+    # the ingest mid-batch, holding the write lock: the reader neither waits for it nor needs it
+    ingest = sqlite3.connect(path, isolation_level=None)
+    ingest.execute("BEGIN IMMEDIATE")
+    reader = Registry(path, read_only=True)
+    try:
+        assert _sources(reader) == ["https://h/2", "https://h/1", "https://h/0"]
+    finally:
+        reader.close()
+        ingest.execute("ROLLBACK")
+        ingest.close()
+
+    # a read-only copy at an older schema (4) with other MinHash parameters: a writer would
+    # migrate it (user_version, an index) and rewrite its meta row; the reader changes nothing
+    copy = tmp_path / "copy" / "registry.sqlite3"
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    db = sqlite3.connect(copy)
+    db.execute("DROP INDEX documents_doc_id")
+    db.execute("UPDATE meta SET value = 'older' WHERE key = 'minhash'")
+    db.execute("PRAGMA user_version = 4")
+    db.commit()
+    db.close()
+    os.chmod(copy, 0o444)
+    before = (copy.stat().st_mtime_ns, copy.stat().st_size, copy.read_bytes())
+    reader = Registry(copy, read_only=True)
+    try:
+        assert _sources(reader) == ["https://h/2", "https://h/1", "https://h/0"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.record(_documents(4))
+    finally:
+        reader.close()
+    assert (copy.stat().st_mtime_ns, copy.stat().st_size, copy.read_bytes()) == before
+    db = sqlite3.connect(f"{copy.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("SELECT value FROM meta WHERE key = 'minhash'").fetchone() == ("older",)
+    finally:
+        db.close()
+
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    with pytest.raises(RuntimeError, match="newer than this program's"):
+        Registry(path, read_only=True)
+
+
+def test_a_postgresql_reader_never_creates_migrates_nor_writes_the_registry(pg_url: str) -> None:
+    import psycopg
+
+    with pytest.raises(RegistryNotCreated, match="no schema yet"):
+        PgRegistry(pg_url, read_only=True)
+    old = Database(pg_url, "registry")
+    try:
+        # nothing was created: neither the version table nor the registry's schema
+        assert old.execute("SELECT to_regclass('public.schema_versions')").fetchone() == (None,)
+        assert old.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'registry'").fetchone() == (0,)
+        assert old.migrate(MIGRATIONS[:2]) == 2
+    finally:
+        old.close()
+    writer = PgRegistry(pg_url)  # migrates to the current schema
+    try:
+        writer.record(_documents(3))
+        # taken back to an older schema with other MinHash parameters: a writer would migrate it
+        # and rewrite its meta row; the reader changes nothing
+        writer.db.execute("UPDATE public.schema_versions SET version = 2 WHERE component = 'registry'")
+        writer.db.execute("UPDATE meta SET value = 'older' WHERE key = 'minhash'")
+        with writer.exclusive():  # the ingest mid-batch, holding the registry's lock
+            reader = PgRegistry(pg_url, read_only=True)
+            try:
+                assert _sources(reader) == ["https://h/2", "https://h/1", "https://h/0"]
+                assert reader.db.execute("SHOW statement_timeout").fetchone() == ("2s",)
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    reader.record(_documents(4))
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    reader.db.execute("DELETE FROM documents")
+            finally:
+                reader.close()
+        assert writer.db.execute(
+            "SELECT version FROM public.schema_versions WHERE component = 'registry'"
+        ).fetchone() == (2,)
+        assert writer.db.execute("SELECT value FROM meta WHERE key = 'minhash'").fetchone() == ("older",)
+        assert writer.db.execute("SELECT count(*) FROM documents").fetchone() == (3,)
+        newer = (len(MIGRATIONS) + 1,)
+        writer.db.execute("UPDATE public.schema_versions SET version = ? WHERE component = 'registry'", newer)
+    finally:
+        writer.close()
+    with pytest.raises(RuntimeError, match="newer than this program's"):
+        PgRegistry(pg_url, read_only=True)
