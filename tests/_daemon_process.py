@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from _wait import until, until_status
+from _wait import PROBE_S, until, until_status
 
 from crystalline.daemon.status_server import request
 
@@ -41,12 +41,14 @@ def start_small_daemon(root: Path, extra: list[str]) -> tuple[subprocess.Popen[b
     return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True), notify
 
 
-def daemon_status(run: Path, proc: subprocess.Popen[bytes] | None = None) -> dict[str, Any]:
-    """The status (its ``data``) of the daemon whose runtime directory is ``run`` (30 s at most:
-    a loaded daemon answers late); fails at once when ``proc`` has exited."""
+def daemon_status(
+    run: Path, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = PROBE_S
+) -> dict[str, Any]:
+    """The status (its ``data``) of the daemon whose runtime directory is ``run`` (``timeout_s``
+    at most: a loaded daemon answers late); fails at once when ``proc`` has exited."""
     if proc is not None:
         assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-    reply = request(run / "crystalline.sock", {"cmd": "status"}, 30)
+    reply = request(run / "crystalline.sock", {"cmd": "status"}, timeout_s)
     assert reply["ok"], reply
     data: dict[str, Any] = reply["data"]
     return data
@@ -55,7 +57,7 @@ def daemon_status(run: Path, proc: subprocess.Popen[bytes] | None = None) -> dic
 def wait_daemon(run: Path, proc: subprocess.Popen[bytes] | None, *ok_what_timeout: Any, **more: Any) -> Any:
     """The daemon's status once ``ok`` holds of it: tests/_wait.until_status(ok, what, timeout_s,
     interval_s, show) on ``daemon_status(run, proc)``."""
-    return until_status(lambda: daemon_status(run, proc), *ok_what_timeout, **more)
+    return until_status(lambda left: daemon_status(run, proc, left), *ok_what_timeout, **more)
 
 
 class NotifyListener:

@@ -226,18 +226,19 @@ class Machines:
     def log(self, i: int) -> str:
         return (self.root / f"m{i}.log").read_text(encoding="utf-8", errors="replace")
 
-    def status(self, i: int) -> dict[str, Any]:
+    def status(self, i: int, timeout_s: float = 10.0) -> dict[str, Any]:
         proc = self.procs[i]
         assert proc.poll() is None, f"machine {i} exited with {proc.returncode}:\n{self.log(i)[-3000:]}"
-        reply = request(self.root / f"m{i}" / "run" / "crystalline.sock", {"cmd": "status"})
+        reply = request(self.root / f"m{i}" / "run" / "crystalline.sock", {"cmd": "status"}, timeout_s)
         assert reply["ok"], reply
         data: dict[str, Any] = reply["data"]
         return data
 
     def wait(self, i: int, ok: Any, what: str, timeout_s: float = 240) -> dict[str, Any]:
-        return until_status(
-            lambda: self.status(i), ok, f"machine {i}: {what}", timeout_s, show=lambda d: d.get("cluster")
-        )
+        def status(left: float) -> dict[str, Any]:
+            return self.status(i, left)
+
+        return until_status(status, ok, f"machine {i}: {what}", timeout_s, show=lambda d: d.get("cluster"))
 
     def kill(self, i: int) -> None:
         """The machine dies: every process of its daemon at once."""

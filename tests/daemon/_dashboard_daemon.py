@@ -64,9 +64,9 @@ def running_daemon(
     with log.open("wb") as err:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=err, start_new_session=True)
 
-    def alive_status() -> dict[str, Any]:
+    def alive_status(timeout_s: float) -> dict[str, Any]:
         assert proc.poll() is None, f"daemon exited with {proc.returncode}: {log.read_text()[-2000:]}"
-        return status(run)
+        return status(run, timeout_s)
 
     try:
         data = until_status(
@@ -81,6 +81,6 @@ def running_daemon(
         assert group_survivors(proc.pid) == [], "the daemon left processes behind"
 
 
-def status(run: Path) -> dict[str, Any]:
-    data: dict[str, Any] = request(run / "crystalline.sock", {"cmd": "status"})["data"]
+def status(run: Path, timeout_s: float = 10.0) -> dict[str, Any]:
+    data: dict[str, Any] = request(run / "crystalline.sock", {"cmd": "status"}, timeout_s)["data"]
     return data

@@ -90,7 +90,7 @@ def wait_for_ingest(run: Path, files: int, timeout_s: float, proc: subprocess.Po
         return bool(ingest.get("pending") == 0 and handled >= files)
 
     what = f"ingest did not account for {files} files"
-    return wait_daemon(run, proc, done, what, timeout_s, 0.5, show=lambda d: d["ingest"])
+    return wait_daemon(run, proc, done, what, timeout_s, 0.5, show=lambda d: d.get("ingest"))
 
 
 def stop(proc: subprocess.Popen[bytes], notify: NotifyListener) -> int:

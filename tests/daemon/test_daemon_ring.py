@@ -47,7 +47,7 @@ def wait_until(
     run: Path, proc: subprocess.Popen[bytes], ok: Any, what: str, timeout_s: float = 240
 ) -> dict[str, Any]:
     """Status's ``training`` once ``ok`` holds of it."""
-    return until_status(lambda: daemon_status(run, proc)["training"], ok, what, timeout_s)
+    return until_status(lambda left: daemon_status(run, proc, left)["training"], ok, what, timeout_s)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

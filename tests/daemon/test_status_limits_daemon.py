@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from _daemon_process import SMALL_MODEL
 from _hostile_user import HostileUser
-from _wait import until_status
+from _wait import PROBE_S, until_status
 from conftest import make_corpus
 
 from crystalline.daemon.status_client import request
@@ -47,15 +47,15 @@ class Daemon:
         self.log = (root / "daemon.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
 
-    def status(self) -> dict[str, Any]:
-        reply = request(self.socket, {"cmd": "status"}, timeout_s=30)
+    def status(self, timeout_s: float = PROBE_S) -> dict[str, Any]:
+        reply = request(self.socket, {"cmd": "status"}, timeout_s)
         assert reply["ok"], reply
         data: dict[str, Any] = reply["data"]
         return data
 
-    def alive_status(self) -> dict[str, Any]:
+    def alive_status(self, timeout_s: float) -> dict[str, Any]:
         assert self.proc.poll() is None, f"daemon exited with {self.proc.returncode}"
-        return self.status()
+        return self.status(timeout_s)
 
     def wait_step(self, above: int, timeout_s: float = 240.0) -> dict[str, Any]:
         return until_status(

@@ -263,11 +263,11 @@ class Daemon:
     ) -> dict[str, Any]:
         """Poll status until ``pred`` holds; fail with the last status and the log tail."""
 
-        def alive_status() -> dict[str, Any]:
+        def alive_status(timeout_s: float) -> dict[str, Any]:
             assert self.alive(), (
                 f"daemon exited ({self.proc and self.proc.returncode}) waiting for {what}\n{self.tail()}"
             )
-            return self.status()
+            return self.status(timeout_s)
 
         return until_status(alive_status, pred, f"no {what}", timeout_s, 0.3, lambda d: f"{d}\n{self.tail()}")
 
