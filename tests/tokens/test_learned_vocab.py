@@ -104,27 +104,6 @@ def test_a_derived_store_of_other_documents_is_refused(byte_store: Path, tmp_pat
         DerivedStore(byte_store, tmp_path / "d", load_tokenizer("bytes"))
 
 
-def test_text_cut_into_pieces_learns_and_encodes_as_whole(
-    byte_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Learning and deriving read their text in pieces (to look for a stop between them): the
-    pieces give the vocabulary and the ids that the whole texts give."""
-    odd = "  Ünïcödé   wörds\t\ttabs\n\n\n  spaces   and-dashes_under 3.14 x\u00a0y\u2003z 漢字かな文。 " * 40
-    add_shard(TokenStore(byte_store, BYTES.dtype), "odd", [odd])
-    assert "".join(learned_vocab.pieces(odd, 50)) == odd and len(list(learned_vocab.pieces(odd, 50))) > 10
-    made, whole, default = {}, 10**9, learned_vocab.PIECE_CHARS  # whole: no text here is that long
-    for size in (whole, default, 50):
-        monkeypatch.setattr(learned_vocab, "PIECE_CHARS", size)
-        path = vocab_path(tmp_path / str(size))
-        tokenizer = learn_once(byte_store, path, vocab_size=400, min_bytes=60_000 + len(odd.encode()))
-        assert tokenizer is not None
-        DerivedStore(byte_store, tmp_path / str(size) / "tokens-bpe", tokenizer).step()
-        out = StoreReader(tmp_path / str(size) / "tokens-bpe")
-        out.refresh()
-        made[size] = (tokenizer.to_json(), [out.tokens(d).tolist() for d in out.documents])
-    assert made[50] == made[default] == made[whole]
-
-
 MARKS = "\uff0c\u3002"  # the full-width comma and full stop
 
 
@@ -136,6 +115,31 @@ def chinese(chars: int, seed: int = 0) -> str:
         clause = "".join(chr(0x4E00 + rng.randrange(3000)) for _ in range(rng.randint(4, 14)))
         clauses.append(clause + rng.choice(MARKS))
     return "".join(clauses)
+
+
+def test_text_cut_into_pieces_learns_and_encodes_as_whole(
+    byte_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Learning and deriving read their text in pieces (to look for a stop between them): the
+    pieces give the vocabulary and the ids that the whole texts give (in Chinese too, cut at its
+    punctuation)."""
+    odd = "  Ünïcödé   wörds\t\ttabs\n\n\n  spaces   and-dashes_under 3.14 x\u00a0y\u2003z 漢字かな文。 " * 40
+    zh = chinese(6_000)
+    add_shard(TokenStore(byte_store, BYTES.dtype), "odd", [odd, zh])
+    assert len(list(learned_vocab.pieces(zh, 50))) > 100
+    assert "".join(learned_vocab.pieces(odd, 50)) == odd and len(list(learned_vocab.pieces(odd, 50))) > 10
+    made, whole, default = {}, 10**9, learned_vocab.PIECE_CHARS  # whole: no text here is that long
+    text_bytes = 60_000 + len(odd.encode()) + len(zh.encode())  # all the training text
+    for size in (whole, default, 50):
+        monkeypatch.setattr(learned_vocab, "PIECE_CHARS", size)
+        path = vocab_path(tmp_path / str(size))
+        tokenizer = learn_once(byte_store, path, vocab_size=400, min_bytes=text_bytes)
+        assert tokenizer is not None
+        DerivedStore(byte_store, tmp_path / str(size) / "tokens-bpe", tokenizer).step()
+        out = StoreReader(tmp_path / str(size) / "tokens-bpe")
+        out.refresh()
+        made[size] = (tokenizer.to_json(), [out.tokens(d).tolist() for d in out.documents])
+    assert made[50] == made[default] == made[whole]
 
 
 BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
