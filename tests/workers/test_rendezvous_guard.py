@@ -214,3 +214,19 @@ def test_a_taken_port_raises(store: tuple[str, int]) -> None:
         taken.listen(1)
         with pytest.raises(OSError):
             RendezvousGuard(taken.getsockname()[:2], store)
+
+
+def test_a_torch_whose_client_opens_differently_cannot_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: the hosting member's start-up client is refused, and hosting fails in one line."""
+    from crystalline.workers import rendezvous_guard
+    from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailable
+    from crystalline.workers.cluster_member import Membership
+
+    monkeypatch.setattr(rendezvous_guard, "HANDSHAKE", b"\x01\x02\x03\x04\x05")  # not what it sends
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.2", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ClusterUnavailable) as failed:
+        Membership(ClusterSettings("127.0.0.2", port, "127.0.0.2", timeout_s=2.0), dict)
+    assert f"cannot host the rendezvous point 127.0.0.2:{port}: the guard refused torch " in str(failed.value)
+    assert "'s own TCPStore client (sent '\\x00" in str(failed.value)
