@@ -354,26 +354,37 @@ def test_concurrent_refreshes_share_one_reader_and_close_it(
     asyncio.run(_test_concurrent_refreshes_share_one_reader(tmp_path))
 
 
+class SlowReader:
+    """Opens readers of the 30 documents' registry at ``path`` once ``release`` is set (a
+    registry slow to open: a database connecting), recording the readers opened and closed."""
+
+    def __init__(self, path: Path) -> None:
+        writer = Registry(path)
+        record_documents(writer)
+        writer.close()
+        self.path = path
+        self.opened: list[Registry] = []
+        self.closed: list[Registry] = []
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self) -> Registry:
+        self.entered.set()
+        if not self.release.wait(30):
+            raise TimeoutError("the test never released the reader")
+        closed = self.closed
+
+        class Counted(Registry):
+            def close(self) -> None:
+                closed.append(self)
+                super().close()
+
+        self.opened.append(Counted(self.path, read_only=True))
+        return self.opened[-1]
+
+
 async def _test_concurrent_refreshes_share_one_reader(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite3"
-    writer = Registry(path)
-    record_documents(writer)
-    writer.close()
-    opened: list[Registry] = []
-    closed: list[Registry] = []
-    entered, release = threading.Event(), threading.Event()
-
-    class Counted(Registry):
-        def close(self) -> None:
-            closed.append(self)
-            super().close()
-
-    def slow_reader() -> Registry:  # a registry slow to open (a database connecting)
-        entered.set()
-        if not release.wait(30):
-            raise TimeoutError("the test never released the reader")
-        opened.append(Counted(path, read_only=True))
-        return opened[-1]
+    reader = SlowReader(path)
 
     def fds_on_the_registry() -> list[str]:
         links = []
@@ -384,27 +395,49 @@ async def _test_concurrent_refreshes_share_one_reader(tmp_path: Path) -> None:
 
     (tmp_path / "run").mkdir()
     d = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
-                  MetricsHistory(None), tmp_path / "checkpoints", slow_reader, FakeGeneration())  # fmt: skip
+                  MetricsHistory(None), tmp_path / "checkpoints", reader, FakeGeneration())  # fmt: skip
     await d.start()
     assert d.url is not None
     try:
         async with aiohttp.ClientSession() as s:
             first = asyncio.create_task(_get_json(s, d.url + "api/status"))
-            assert await asyncio.to_thread(entered.wait, 20)
+            assert await asyncio.to_thread(reader.entered.wait, 20)
             # while that read is in flight, the others are answered at once with the last lists
             for _ in range(4):
                 assert (await _get_json(s, d.url + "api/status"))["ingest"]["latest"] == []
-            release.set()
+            reader.release.set()
             shown = (await first)["ingest"]["latest"]
             assert [doc["source"] for doc in shown[:2]] == ["u29", "u28"]
             for _ in range(3):  # later reads go through the same reader
                 assert len((await _get_json(s, d.url + "api/status"))["crawler"]["latest"]) == 10
-        assert len(opened) == 1 and closed == []
+        assert len(reader.opened) == 1 and reader.closed == []
         assert fds_on_the_registry()
     finally:
         await d.close()
-    assert closed == opened
+    assert reader.closed == reader.opened
     assert fds_on_the_registry() == []
+
+
+def test_a_read_in_flight_at_close_closes_its_reader_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard_module, "READ_CLOSE_WAIT_S", 0.1)  # close() does not wait it out
+    asyncio.run(_test_a_read_in_flight_at_close(tmp_path))
+
+
+async def _test_a_read_in_flight_at_close(tmp_path: Path) -> None:
+    reader = SlowReader(tmp_path / "registry.sqlite3")
+    d = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
+                  MetricsHistory(None), tmp_path / "checkpoints", reader, FakeGeneration())  # fmt: skip
+    refresh = asyncio.create_task(d.refresh_files())
+    assert await asyncio.to_thread(reader.entered.wait, 20)
+    await d.close()  # the read goes on: it has deadlines of its own
+    assert reader.opened == [] and not refresh.done()
+    reader.release.set()
+    await asyncio.wait_for(refresh, 20)
+    assert len(reader.opened) == 1 and reader.closed == reader.opened
+    await d.refresh_files()  # a closed dashboard reads no more
+    assert len(reader.opened) == 1
 
 
 def test_a_registry_the_panel_cannot_read_keeps_the_last_lists_and_status_answers(
