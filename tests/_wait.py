@@ -1,12 +1,13 @@
 """The tests' one way to wait: ask again until something holds or a deadline passes, then fail
-saying what was awaited and what was last seen. ``until`` for anything; ``until_status`` for a
-daemon's (or machine's) status, whose socket may not listen yet, each request bounded by the
-time left."""
+saying what was awaited and what was last seen. ``until`` for anything (``until_async`` in an
+event loop); ``until_status`` for a daemon's (or machine's) status, whose socket may not listen
+yet, each request bounded by the time left."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -15,22 +16,49 @@ PROBE_S = 30.0  # the longest one status request may take (a loaded daemon answe
 LAST_PROBE_S = 0.5  # what the last request gets, however little time is left
 
 
+def _tries(what: str | Callable[[], str], timeout_s: float, interval_s: float) -> Iterator[float]:
+    """The pause before each try (none before the first) until ``timeout_s`` has passed; then
+    the AssertionError with ``what`` (a callable is called then, to show the last state seen)."""
+    deadline = time.monotonic() + timeout_s
+    yield 0.0
+    while time.monotonic() < deadline:
+        yield interval_s
+    said = what() if callable(what) else what
+    raise AssertionError(f"{said} (not within {timeout_s:.0f} s)")
+
+
 def until(
-    probe: Callable[[], T | None], what: str | Callable[[], str], timeout_s: float, interval_s: float = 0.2
+    probe: Callable[[], T | None],
+    what: str | Callable[[], str],
+    timeout_s: float,
+    interval_s: float = 0.2,
+    pause: Callable[[float], object] = time.sleep,
 ) -> T:
     """What ``probe()`` returns once that is true (not None, False, 0 or empty), asked every
-    ``interval_s``; an exception it raises (a process that died) ends the wait. After
-    ``timeout_s`` an AssertionError with ``what`` (a callable is called then, to show the last
-    state seen)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    ``interval_s`` (``pause``: how to wait between tries, a browser page's own wait for one);
+    an exception it raises (a process that died) ends the wait. After ``timeout_s`` an
+    AssertionError with ``what`` (a callable is called then, to show the last state seen)."""
+    for wait in _tries(what, timeout_s, interval_s):
+        if wait:
+            pause(wait)
         value = probe()
         if value:
             return value
-        if time.monotonic() >= deadline:
-            said = what() if callable(what) else what
-            raise AssertionError(f"{said} (not within {timeout_s:.0f} s)")
-        time.sleep(interval_s)
+    raise AssertionError("unreachable: _tries ends by raising")
+
+
+async def until_async(
+    probe: Callable[[], T | None], what: str | Callable[[], str], timeout_s: float, interval_s: float = 0.05
+) -> T:
+    """:func:`until` inside an event loop: the pauses are ``asyncio.sleep``, so the loop's other
+    tasks run between the tries."""
+    for wait in _tries(what, timeout_s, interval_s):
+        if wait:
+            await asyncio.sleep(wait)
+        value = probe()
+        if value:
+            return value
+    raise AssertionError("unreachable: _tries ends by raising")
 
 
 def until_status(

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _wait import until
 from aiohttp import web
 
 from crystalline.postgres import CLIENT_DEADLINE_S
@@ -124,9 +125,13 @@ def _gaps_kept(sites: Sites) -> None:
 
 def _until_fetched(sites: Sites, pages: int) -> None:
     """Until the sites answered ``pages`` requests (mid-crawl), two minutes at most."""
-    deadline = time.monotonic() + 120
-    while sum(sites.pages().values()) < pages and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def answered() -> int:
+        return sum(sites.pages().values())
+
+    until(
+        lambda: answered() >= pages, lambda: f"the sites answered {answered()} of {pages} requests", 120, 0.05
+    )
 
 
 def _each_page_once_after_a_pause(tmp: Path, procs: list[subprocess.Popen[bytes]], sites: Sites) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,10 +62,13 @@ def artifacts_dir(tmp_path: Path) -> Path:
 def wait_true(page: Page, expression: str, timeout_s: float = 30.0) -> None:
     """Poll ``expression`` from here: Playwright's wait_for_function polls with eval() inside the
     page, which the dashboard's Content-Security-Policy (no 'unsafe-eval') rightly refuses."""
-    deadline = time.monotonic() + timeout_s
-    while not page.evaluate(expression):
-        assert time.monotonic() < deadline, f"not true within {timeout_s} s: {expression}"
-        page.wait_for_timeout(250)
+    until(
+        lambda: page.evaluate(expression),
+        f"not true: {expression}",
+        timeout_s,
+        0.25,
+        pause=lambda seconds: page.wait_for_timeout(1000 * seconds),  # Playwright's: events go on
+    )
 
 
 def open_tab(page: Page, name: str) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 import pytest
+from _wait import until_async
 
 from crystalline.daemon.component_runner import Backoff, ComponentFailed, ComponentRunner
 
@@ -127,11 +128,10 @@ def test_progress_clears_the_error_and_stop_ends_a_backoff_at_once() -> None:
         failed_once.clear()
         task = asyncio.create_task(fresh.run())
 
-        async def recovered() -> None:  # fails, backs off, runs again and reports progress
-            while fresh.restarts == 0 or fresh.error is not None:
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(recovered(), 5)
+        # fails, backs off, runs again and reports progress
+        await until_async(
+            lambda: fresh.restarts > 0 and fresh.error is None, lambda: str(fresh.stats()), 5, 0.01
+        )
         assert fresh.state == "running" and fresh.stats() == {"state": "running", "restarts": 1}
         fresh.stop()
         await asyncio.wait_for(task, 5)

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from _wait import until_async
 
 from crystalline.daemon import control_protocol as CP
 from crystalline.daemon.control_link import SupervisorChannel
@@ -142,9 +143,7 @@ def test_the_supervisor_logs_bad_messages_in_one_line_and_keeps_reading(
             dealer.send(CP.encode("GOSSIP", data={}))
             dealer.send(CP.encode(CP.STATUS, data="not a map"))
             dealer.send(CP.encode(CP.STATUS, data={"step": 3}))
-            async with asyncio.timeout(10):
-                while channel.status.get("step") != 3:
-                    await asyncio.sleep(0.01)
+            await until_async(lambda: channel.status.get("step") == 3, lambda: str(channel.status), 10, 0.01)
             assert channel.refused == 4 and channel.identity is not None
 
             # a request whose reply comes back garbled fails at once with the reason

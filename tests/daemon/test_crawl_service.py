@@ -6,12 +6,12 @@ is off."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from _local_site import prose, start_site
+from _wait import until_async
 from aiohttp import web
 
 from crystalline.crawler.settings import CrawlSettings
@@ -28,17 +28,6 @@ def settings(tmp_path: Path) -> CrawlSettings:
     return replace(CrawlSettings(), data_dir=tmp_path / "crawl", allow_private_addresses=True, min_delay=0.0)
 
 
-async def until(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    async def poll() -> None:
-        while not check():
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(poll(), timeout_s)
-    except TimeoutError:
-        raise AssertionError(f"no {what} within {timeout_s} s") from None
-
-
 def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_path: Path) -> None:
     async def scenario() -> None:
         site, base = await start_site([web.get("/a", page)])
@@ -47,7 +36,7 @@ def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_pa
             assert crawl.stats()["state"] == "idle" and crawl.thread is None  # no start URLs: nothing runs
             assert await crawl.add_url(f"{base}/a") is True
             assert crawl.thread is not None and await crawl.add_url(f"{base}/a") is False  # known already
-            await until("page fetched", lambda: crawl.stats().get("fetched", 0) >= 1)
+            await until_async(lambda: crawl.stats().get("fetched", 0) >= 1, "no page fetched", 30)
             assert crawl.stats()["state"] == "running" and "error" not in crawl.stats()
             assert list((tmp_path / "spool").glob("*.json")), "the page did not reach the spool"
 
@@ -90,7 +79,7 @@ def test_add_url_while_the_crawls_database_is_away_is_one_line_and_the_daemon_go
             refused = r"^cannot queue https://example.org/ now: .*Connection refused"
             with pytest.raises(CrawlBusy, match=refused):
                 await crawl.add_url("https://example.org/")
-            await until("the runner's retry", lambda: crawl.stats()["state"] == "backoff")
+            await until_async(lambda: crawl.stats()["state"] == "backoff", "no retry by the runner", 30)
             assert "Connection refused" in crawl.stats()["error"] and "\n" not in crawl.stats()["error"]
         finally:
             await crawl.stop(15.0)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from _hostile_user import HostileUser
+from _wait import until_async
 
 from crystalline.daemon.status_client import request
 from crystalline.daemon.status_server import MAX_PER_UID, Command, CommandError, StatusServer
@@ -299,10 +300,7 @@ def test_clients_that_never_read_are_dropped_and_others_still_answered(sock_dir:
                 r, w = await asyncio.open_unix_connection(str(server.path))
                 w.write(b'{"cmd": "status"}\n' * 2000)
                 hogs.append((r, w))
-            deadline = asyncio.get_running_loop().time() + 30
-            while server.slow_dropped < 20:
-                assert asyncio.get_running_loop().time() < deadline, server.stats()
-                await asyncio.sleep(0.1)
+            await until_async(lambda: server.slow_dropped >= 20, lambda: str(server.stats()), 30, 0.1)
             answered = await _roundtrip(server.path, b'{"cmd": "stop", "x": 4}\n')
             received = []
             for r, w in hogs:  # what each hog could still read: bounded, then EOF (or a reset)

@@ -19,14 +19,9 @@ from crystalline.ingest.drop_folder import Claimed, DropFolder
 
 
 def take_within(folder: DropFolder, timeout_s: float = 5.0) -> list[Claimed]:
-    """What the folder hands out within ``timeout_s`` (events arrive on the watch thread)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        taken = folder.take(10)
-        if taken:
-            return taken
-        time.sleep(0.05)
-    return []
+    """What the folder hands out first (events arrive on the watch thread); nothing within
+    ``timeout_s`` fails."""
+    return until(lambda: folder.take(10), "the folder handed nothing out", timeout_s, 0.05)
 
 
 def names(items: list[Claimed]) -> list[str]:
@@ -277,15 +272,16 @@ def test_an_inotify_queue_overflow_is_rescanned_and_loses_no_file(tmp_path: Path
         with folder._lock:  # the watch thread blocks on its first event; the kernel queue fills up
             subprocess.run([sys.executable, "-c", BURST, str(inbox), str(count)], check=True, timeout=240)
         finished = 0
-        deadline = time.monotonic() + 120
-        while finished < count:
-            assert time.monotonic() < deadline, f"{finished} of {count} files handed out"
+
+        def all_finished() -> bool:
+            nonlocal finished
             items = folder.take(100)
             for item in items:
                 folder.finish(item, None)
             finished += len(items)
-            if not items:
-                time.sleep(0.05)
+            return finished >= count
+
+        until(all_finished, lambda: f"{finished} of {count} files handed out", 120, 0.05)
         assert folder.overflows >= 1 and folder.pending() == 0
     finally:
         folder.close()

@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
+from _wait import until_async
 
 from crystalline.daemon.component_runner import Backoff, ComponentRunner
 from crystalline.ingest.drop_folder import DropFolder
@@ -84,10 +85,12 @@ def test_undecodable_names_are_ingested_by_the_running_ingestor(tmp_path: Path) 
             for i, name in enumerate(names):
                 (inbox / name).write_text(text(i), encoding="utf-8")
             (inbox / os.fsdecode(b"empty-\xff.txt")).write_bytes(b"")  # fails, with a readable reason
-            deadline = time.monotonic() + 90
-            while ing.stats()["documents"] < len(names) or ing.stats()["pending"]:
-                assert time.monotonic() < deadline, ing.stats()
-                await asyncio.sleep(0.1)
+            await until_async(
+                lambda: ing.stats()["documents"] >= len(names) and not ing.stats()["pending"],
+                lambda: str(ing.stats()),
+                90,
+                0.1,
+            )
             stop.set()
             await asyncio.wait_for(task, 30)
             return ing.stats()
@@ -208,17 +211,12 @@ def test_a_failing_batch_is_retried_without_leaking_watches_or_threads(tmp_path:
 
             runner = ComponentRunner("ingest", once, Backoff(0.05, 0.1), stop)
             task = asyncio.create_task(runner.run())
-            deadline = time.monotonic() + 60
-            while runner.error is None:
-                assert time.monotonic() < deadline, "the failing batch was not reported"
-                await asyncio.sleep(0.05)
+            await until_async(lambda: runner.error is not None, "the failing batch was not reported", 60)
             await asyncio.sleep(1.0)  # several retries
             during = (inotify_instances(), threads(), ing.stats()["pending"])
             tokens.unlink()
             (tmp_path / "tokens-aside").rename(tokens)
-            while ing.stats()["documents"] < 3:
-                assert time.monotonic() < deadline, ing.stats()
-                await asyncio.sleep(0.05)
+            await until_async(lambda: ing.stats()["documents"] >= 3, lambda: str(ing.stats()), 60)
             stop.set()
             await asyncio.wait_for(task, 30)
             assert runner.restarts >= 2 and runner.error is None and runner.state == "stopped"

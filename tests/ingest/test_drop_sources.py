@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from pathlib import Path
 
 import numpy as np
 from _older_registry import migrated_from
+from _wait import until
 from test_drop_ingest import SETTINGS, text
 
 from crystalline.documents import Document, Spool, source_group
@@ -26,13 +26,14 @@ U16 = np.uint16
 
 
 def ingest_all(ing: Ingestor, deadline_s: float = 120.0) -> None:
-    deadline = time.monotonic() + deadline_s
     idle = 0
-    while idle < 3:  # a sub-folder's files may be found one discovery later
-        assert time.monotonic() < deadline, "ingest did not finish"
+
+    def idle_thrice() -> bool:  # a sub-folder's files may be found one discovery later
+        nonlocal idle
         idle = 0 if ing.run_once() else idle + 1
-        if idle:
-            time.sleep(0.05)
+        return idle >= 3
+
+    until(idle_thrice, "ingest did not finish", deadline_s, 0.05)
 
 
 def test_source_group_of_urls_sub_folders_and_top_level_files() -> None:

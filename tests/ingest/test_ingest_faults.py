@@ -12,6 +12,7 @@ from pathlib import Path
 
 import _ingest_samples as samples
 import pytest
+from _wait import until, until_async
 
 from crystalline.documents import Document, Spool
 from crystalline.ingest.drop_folder import DropFolder
@@ -103,10 +104,8 @@ def test_files_dropped_while_running_are_ingested(tmp_path: Path) -> None:
             task = asyncio.create_task(ing.run(stop, idle_s=0.1))
             await asyncio.sleep(0.5)  # the watch is on
             (drop.root / "late.html").write_text(samples.article_page(), encoding="utf-8")
-            deadline = time.monotonic() + 60
-            while not (drop.done / "late.html").exists():
-                assert time.monotonic() < deadline, "a file written while running was never ingested"
-                await asyncio.sleep(0.1)
+            late = drop.done / "late.html"
+            await until_async(late.exists, "a file written while running was never ingested", 60, 0.1)
             stop.set()
             await asyncio.wait_for(task, 30)
             return ing.stats()
@@ -150,7 +149,7 @@ def test_sigkill_inside_spool_put_leaves_an_orphan_the_next_start_sweeps(tmp_pat
     # metadata write blocks on a FIFO (the seam between the two), where it is SIGKILLed
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(HERE)!r})
+        sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]  # this module, and the _wait it imports
         from pathlib import Path
         import crystalline.documents as document
         from test_ingest_faults import article
@@ -166,15 +165,15 @@ def test_sigkill_inside_spool_put_leaves_an_orphan_the_next_start_sweeps(tmp_pat
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # a writer may open the FIFO only once the producer is blocked reading it
+
+        def opened() -> tuple[int] | None:  # a writer may open the FIFO only once the producer reads it
             try:
-                seam = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                break
+                return (os.open(fifo, os.O_WRONLY | os.O_NONBLOCK),)
             except OSError:
                 assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                assert time.monotonic() < deadline, "the producer never reached the seam"
-                time.sleep(0.05)
+                return None
+
+        (seam,) = until(opened, "the producer never reached the seam", 60, 0.05)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
         os.close(seam)
@@ -197,10 +196,9 @@ def test_sigkill_inside_spool_put_leaves_an_orphan_the_next_start_sweeps(tmp_pat
         stop = asyncio.Event()
         with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool=spool) as ing:
             task = asyncio.create_task(ing.run(stop, idle_s=0.1))
-            deadline = time.monotonic() + 60
-            while ing.stats()["documents"] < 1:
-                assert time.monotonic() < deadline, "the committed document was never ingested"
-                await asyncio.sleep(0.1)
+            await until_async(
+                lambda: ing.stats()["documents"] >= 1, "the committed document was never ingested", 60, 0.1
+            )
             stop.set()
             await asyncio.wait_for(task, 30)
             return ing.stats()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import io
 import random
-import time
 from pathlib import Path
 
 import pytest
 from _local_site import start_site
+from _wait import until
 from aiohttp import web
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -40,9 +40,7 @@ def ingest_inbox(tmp_path: Path) -> tuple[dict, list[tuple[str, str, str, str]],
         SETTINGS, tmp_path / "data", load_tokenizer("bytes"), Spool(tmp_path / "spool"), drop
     ) as ing:
         drop.start()
-        deadline = time.monotonic() + 120
-        while ing.run_once() or ing.stats()["pending"]:
-            assert time.monotonic() < deadline, ing.stats()
+        until(lambda: not (ing.run_once() or ing.stats()["pending"]), lambda: str(ing.stats()), 120, 0.01)
         stats = ing.stats()
     registry = Registry(tmp_path / "data" / "registry.sqlite3")
     try:
