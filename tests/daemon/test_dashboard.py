@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _wait import until
+from _wait import until_async
 from prometheus_client.parser import text_string_to_metric_families
 
 from crystalline.daemon import dashboard as dashboard_module
@@ -488,7 +488,7 @@ async def _test_a_registry_the_panel_cannot_read(tmp_path: Path) -> None:
                     statuses.append(json.loads(line[6:]))
             assert all(status["ingest"]["latest"] == docs for status in statuses)
         # its handler ends (no read of its own left to come)
-        await asyncio.to_thread(until, lambda: d.info()["event_clients"] == 0, "the event stream's end", 10)
+        await until_async(lambda: d.info()["event_clients"] == 0, "the event stream's end", 10)
         newer_crystalline(undo=True)
         assert (await _get_json(s, d.url + "api/status"))["ingest"]["latest"] == docs
         newer_crystalline()  # failing again after a read succeeded: logged again
