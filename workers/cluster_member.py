@@ -568,11 +568,14 @@ class ClusterMember:
         self._end_if_left(buf[n + 1])
 
     def published(self, params: np.ndarray, step: int) -> None:
-        """After a step: the digest of what this member now serves."""
+        """After a step, or the group's state received: the digest of what this member now
+        serves. State received at a step this member had recorded (its own step 0, a rejoin)
+        replaces that step's digest."""
         self.step = step
         self.digest = digest(params, step)
-        if not self.recent or self.recent[-1][0] != step:
-            self.recent.append((step, self.digest))
+        if self.recent and self.recent[-1][0] == step:
+            self.recent.pop()
+        self.recent.append((step, self.digest))
 
     # ---- pause and resume ---------------------------------------------------------------------
     def leave(self) -> bool:

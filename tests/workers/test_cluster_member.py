@@ -46,57 +46,101 @@ def batch(seed: int, count: int) -> np.ndarray:
     )
 
 
-def step_together(
-    sources: list[Callable[[int], np.ndarray]], poisoned: int | None = None
-) -> tuple[list[StepOutcome], list[np.ndarray], list[np.ndarray]]:
-    """One step on each member, in threads; (outcomes, published parameters, the gradients the
-    updates used). ``poisoned``:
-    that member's weights turn to NaN after the group formed (its gradient is not finite)."""
+def two_members(count: int = 2) -> list[ClusterMember]:
+    """Real members on loopback addresses (member 0 hosts the store), a group of ``count``."""
     port = random.randrange(20000, 30000)
-    members = [
-        ClusterMember(ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 2, 2, 10.0))
-        for i in range(len(sources))
+    return [
+        ClusterMember(ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", count, count, 10.0))
+        for i in range(count)
     ]
-    model = GPT(CFG)
-    params = init_params(model.table, 0)
-    outcomes: list[StepOutcome | None] = [None] * len(sources)
-    published: list[np.ndarray | None] = [None] * len(sources)
-    gradients: list[np.ndarray | None] = [None] * len(sources)
+
+
+def in_threads(members: list[ClusterMember], run: Callable[[int], None]) -> None:
+    """``run(i)`` for each member in a thread of its own; then the members close (the host last:
+    it holds the store); any error of a thread is raised here."""
     errors: list[BaseException] = []
 
-    def run(i: int) -> None:
+    def guarded(i: int) -> None:
         try:
-            engine = LocalEngine(model, AdamWConfig(warmup_steps=0), sources[i], exchange=members[i])
-            engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
-            st = State()
-            for _ in range(600):  # 60 s
-                if members[i].ready(engine, st):
-                    break
-                threading.Event().wait(0.1)
-            if i == poisoned:
-                engine.load_state(np.full_like(params, np.nan), np.zeros_like(params), np.zeros_like(params))
-            outcomes[i] = engine.step(0, 1e-2)
-            published[i] = engine.params().copy()
-            gradients[i] = engine._grad.copy()  # what the exchange left: the global batch's
+            run(i)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sources))]
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(len(members))]
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=120)
     finally:
-        for m in reversed(members):  # the host (member 0) last: it holds the store
+        for m in reversed(members):
             m.close()
     assert not errors, errors
+    assert not any(t.is_alive() for t in threads)
+
+
+def join(member: ClusterMember, engine: LocalEngine, st: State) -> None:
+    """Wait (60 s at most) until the member is in the group and holds its state."""
+    for _ in range(600):
+        if member.ready(engine, st):
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError(f"no group within 60 s: {member.state}")
+
+
+def step_together(
+    sources: list[Callable[[int], np.ndarray]], poisoned: int | None = None
+) -> tuple[list[StepOutcome], list[np.ndarray], list[np.ndarray]]:
+    """One step on each member, in threads; (outcomes, published parameters, the gradients the
+    updates used). ``poisoned``:
+    that member's weights turn to NaN after the group formed (its gradient is not finite)."""
+    members = two_members(len(sources))
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    outcomes: list[StepOutcome | None] = [None] * len(sources)
+    published: list[np.ndarray | None] = [None] * len(sources)
+    gradients: list[np.ndarray | None] = [None] * len(sources)
+
+    def run(i: int) -> None:
+        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), sources[i], exchange=members[i])
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        join(members[i], engine, State())
+        if i == poisoned:
+            engine.load_state(np.full_like(params, np.nan), np.zeros_like(params), np.zeros_like(params))
+        outcomes[i] = engine.step(0, 1e-2)
+        published[i] = engine.params().copy()
+        gradients[i] = engine._grad.copy()  # what the exchange left: the global batch's
+
+    in_threads(members, run)
     assert all(o is not None for o in outcomes) and all(p is not None for p in published)
     return (
         [o for o in outcomes if o is not None],
         [p for p in published if p is not None],
         [g for g in gradients if g is not None],
     )
+
+
+def test_the_groups_state_replaces_the_digest_a_member_recorded_at_the_same_step() -> None:
+    """Members that start from parameters of their own (their own --seed) publish step 0 before
+    the group forms; the group's state, also of step 0, then replaces that digest in
+    recent_digests, so members compared at step 0 agree."""
+    members = two_members()
+    model = GPT(CFG)
+    shown: list[dict[str, Any]] = [{}, {}]
+
+    def run(i: int) -> None:
+        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=members[i])
+        params = init_params(model.table, i + 1)  # parameters of its own
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        st = State()
+        members[i].after_step(engine, st)  # what control does before waiting for a group
+        join(members[i], engine, st)
+        shown[i] = {**members[i].status(), "digest": members[i].digest}
+
+    in_threads(members, run)
+    assert shown[0]["digest"] == shown[1]["digest"]  # both hold the group's state
+    for s in shown:
+        assert s["recent_digests"] == [[0, s["digest"]]], s["recent_digests"]
 
 
 def test_local_batches_of_different_sizes_make_one_step_of_the_global_batch() -> None:
