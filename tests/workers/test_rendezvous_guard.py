@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from _wait import until
 
 from crystalline.workers.rendezvous_guard import HANDSHAKE, RendezvousGuard
 
@@ -62,10 +62,7 @@ def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def wait_until(test, what: str, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not test():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
+    until(test, what, timeout_s, 0.02)
 
 
 def test_the_handshake_is_what_this_torchs_client_sends_first() -> None:
