@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import group_survivors, start_small_daemon
+from _daemon_process import group_survivors, start_small_daemon, wait_daemon
 from _dashboard_daemon import running_daemon
 from _local_site import prose
+from _wait import until
 from test_daemon_revisits import Site, wait_for
 
 from crystalline.daemon.status_client import request
@@ -30,18 +31,9 @@ pytestmark = pytest.mark.slow
 def poll(proc: subprocess.Popen[bytes], run: Path, what: str, test: Callable[[dict[str, Any]], bool],
          timeout_s: float = 120.0) -> dict[str, Any]:  # fmt: skip
     """The first status of the daemon that passes ``test`` (the daemon must stay up)."""
-    deadline = time.monotonic() + timeout_s
-    data: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the daemon exited with {proc.returncode}"
-        try:
-            data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
-        except OSError:  # not listening yet
-            data = {}
-        if data and test(data):
-            return data
-        time.sleep(0.3)
-    raise AssertionError(f"no {what} within {timeout_s:.0f} s: {data.get('health')} {data.get('ingest')}")
+    return wait_daemon(
+        run, proc, test, f"no {what}", timeout_s, 0.3, lambda d: f"{d.get('health')} {d.get('ingest')}"
+    )
 
 
 def unreachable(data: dict[str, Any]) -> bool:
@@ -118,11 +110,14 @@ def test_status_answers_while_the_network_to_the_database_is_cut(
             # request has the status client's normal deadline (10 s), and each one answers
             cut_at = time.monotonic()
             seen_down = False
-            while time.monotonic() - cut_at < 40.0 or not seen_down:
-                assert time.monotonic() - cut_at < 120.0, "status never showed the database away"
+
+            def answered_40_s_and_seen_down() -> bool:  # a request that fails ends the test
+                nonlocal seen_down
                 data = request(run / "crystalline.sock", {"cmd": "status"})["data"]
                 seen_down = seen_down or data["crawler"]["database"]["available"] is False
-                time.sleep(0.5)
+                return seen_down and time.monotonic() - cut_at >= 40.0
+
+            until(answered_40_s_and_seen_down, "status never showed the database away", 120, 0.5)
             proxy.restore()
             data = wait_for(run, "the crawl's database back",
                             lambda d: d["crawler"]["database"]["available"] is True
