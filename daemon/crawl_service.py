@@ -15,6 +15,10 @@ is what the frontier's transactions and the outcomes it keeps through an outage 
 supervisor reads a snapshot of the crawler's counts that the crawl thread takes every
 ``STATS_EVERY_S``; add-url, pause, resume and stop cross to the crawl loop thread-safely, add-url
 with a deadline.
+
+Nothing runs before the supervisor's ``start()`` (its state directory and database are ready):
+an add-url before it is refused (``CrawlBusy``), so that no crawler touches a state directory
+not checked yet nor earns a backoff on a database the daemon is still waiting for.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class CrawlService:
         self.registry_database = registry_database  # ingest's registry in PostgreSQL (--database)
         self.crawler: Crawler | None = None  # made and used in the crawl thread only
         self.paused = False
+        self.started = False  # set by start(): the daemon's state dir and database are ready
         self.runner = ComponentRunner("crawl", self._passes, BACKOFF)
         self.stopping = self.runner.stop_event  # set by stop(): no more passes, no restart
         self.thread: threading.Thread | None = None
@@ -84,8 +89,15 @@ class CrawlService:
         return self.crawler
 
     def start(self) -> None:
-        """Start the crawl thread and its runner once (at start with seed URLs, or at the first
-        add-url)."""
+        """The daemon has started (its state directory and database are ready): take add-url
+        from now on, and crawl at once when there are start URLs."""
+        self.started = True
+        if self.settings.start_url:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        """Start the crawl thread and its runner once (at start with start URLs, or at the first
+        add-url after it)."""
         if self.thread is None and self.enabled:
             thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="crawl", daemon=True)
             self.thread = thread
@@ -145,7 +157,12 @@ class CrawlService:
         take it now."""
         if not self.enabled:
             raise CrawlOff("crawling is off (--no-crawl)")
-        self.start()  # a daemon started without seed URLs crawls from its first add-url
+        if not self.started:  # the crawler would touch a state dir or database not ready yet
+            raise CrawlBusy(
+                "the daemon is starting: it takes URLs once its state directory and database are"
+                " ready (status: state running); try again"
+            )
+        self._start_thread()  # a daemon started without start URLs crawls from its first add-url
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(self._add_url(url), self._loop)
         try:

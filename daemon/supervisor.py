@@ -368,8 +368,7 @@ class Supervisor:
             runner_tasks.append(self.vocab.start())
         for task in runner_tasks:
             task.add_done_callback(_log_failure)
-        if s.crawl.start_url:
-            self.crawl.start()
+        self.crawl.start()  # add-url is taken from now on; start URLs are crawled at once
         self.state = transition(DAEMON, self.state, "running")
         last_ping = last_status = 0.0
         interval = self.notifier.watchdog_interval()

@@ -20,9 +20,12 @@ from crystalline.daemon.status_server import request
 SMALL_MODEL = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32"]
 
 
-def start_small_daemon(root: Path, extra: list[str]) -> tuple[subprocess.Popen[bytes], NotifyListener]:
+def start_small_daemon(
+    root: Path, extra: list[str], crawl: bool = False
+) -> tuple[subprocess.Popen[bytes], NotifyListener]:
     """`crystalline run` on ``root/state`` and ``root/run`` with the small model, 2 workers, batch
-    4, no crawl, no samples and no dashboard, plus ``extra``; its notify socket's listener."""
+    4, no crawl (unless ``crawl``), no samples and no dashboard, plus ``extra``; its notify
+    socket's listener."""
     notify = NotifyListener(root / "notify")
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.pop("WATCHDOG_USEC", None)
@@ -30,7 +33,7 @@ def start_small_daemon(root: Path, extra: list[str]) -> tuple[subprocess.Popen[b
     cmd += [
         "--runtime-dir",
         str(root / "run"),
-        "--no-crawl",
+        *([] if crawl else ["--no-crawl"]),
         "--no-samples",
         "--http",
         "off",

@@ -3,7 +3,8 @@
 Request:  {"cmd": "add-url", "url": "http(s)://..."}
 Reply:    {"url": "...", "queued": true | false}   (false: the frontier knows it already)
 An error when crawling is off (--no-crawl), the crawler refuses the URL (scheme, private
-address, length) or cannot take it now (its database is away: try again).
+address, length) or cannot take it now (the daemon is still starting, or its database is
+away: try again).
 Only for the daemon's own user and root.
 """
 

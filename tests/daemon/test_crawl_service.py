@@ -32,6 +32,7 @@ def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_pa
     async def scenario() -> None:
         site, base = await start_site([web.get("/a", page)])
         crawl = CrawlService(settings(tmp_path), tmp_path, enabled=True)
+        crawl.start()  # the daemon has started
         try:
             assert crawl.stats()["state"] == "idle" and crawl.thread is None  # no start URLs: nothing runs
             assert await crawl.add_url(f"{base}/a") is True
@@ -56,6 +57,23 @@ def test_add_url_starts_the_crawl_and_pause_resume_stop_show_in_its_state(tmp_pa
     asyncio.run(scenario())
 
 
+def test_add_url_before_the_daemon_started_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    """While the daemon waits for its state dir or database, add-url neither starts the crawl
+    thread (whose runner would back off on the missing database) nor makes the crawler's files."""
+
+    async def scenario() -> None:
+        crawl = CrawlService(settings(tmp_path / "state"), tmp_path / "state", enabled=True)
+        with pytest.raises(CrawlBusy, match=r"^the daemon is starting: [^\n]*try again$"):
+            await crawl.add_url("https://example.org/")
+        assert crawl.thread is None and crawl.stats()["state"] == "idle"
+        assert list(tmp_path.iterdir()) == []  # no spool, no frontier, no state dir
+        crawl.start()
+        assert crawl.thread is None  # no start URLs: the first add-url starts the crawl
+        await crawl.stop(1.0)
+
+    asyncio.run(scenario())
+
+
 def test_crawling_off_refuses_add_url(tmp_path: Path) -> None:
     async def scenario() -> None:
         crawl = CrawlService(settings(tmp_path), tmp_path, enabled=False)
@@ -75,6 +93,7 @@ def test_add_url_while_the_crawls_database_is_away_is_one_line_and_the_daemon_go
     async def scenario() -> None:
         away = f"postgresql://postgres@127.0.0.1:{free_port()}/crawl"  # nothing listens: refused
         crawl = CrawlService(replace(settings(tmp_path), database=away), tmp_path, enabled=True)
+        crawl.start()
         try:
             refused = r"^cannot queue https://example.org/ now: .*Connection refused"
             with pytest.raises(CrawlBusy, match=refused):

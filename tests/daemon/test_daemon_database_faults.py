@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _daemon_process import group_survivors, start_small_daemon, wait_daemon
+from _daemon_process import daemon_status, group_survivors, start_small_daemon, wait_daemon
 from _dashboard_daemon import running_daemon
 from _local_site import prose
 from _wait import until
@@ -41,13 +41,16 @@ def unreachable(data: dict[str, Any]) -> bool:
 
 
 @contextmanager
-def daemon_before_its_database(root: Path, url: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A small daemon (2 workers, no crawl) on the database at ``url``, where nothing listens
-    yet: yields once its status says the database is unreachable; SIGTERM at the end."""
+def daemon_before_its_database(
+    root: Path, url: str, *extra: str, crawl: bool = False
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A small daemon (2 workers, no crawl unless ``crawl``) on the database at ``url``, where
+    nothing listens yet: yields once its status says the database is unreachable; SIGTERM at the
+    end."""
     (root / "state" / "inbox").mkdir(parents=True)
     for i in range(3):
         (root / "state" / "inbox" / f"doc-{i}.txt").write_text(prose(i), encoding="utf-8")
-    proc, notify = start_small_daemon(root, ["--database", url])
+    proc, notify = start_small_daemon(root, ["--database", url, *extra], crawl=crawl)
     try:
         data = poll(proc, root / "run", "'database unreachable' in health", unreachable)
         assert data["health"]["verdict"] == "degraded" and data["state"] == "starting"
@@ -81,6 +84,36 @@ def test_a_daemon_started_before_its_database_waits_for_it_then_trains(
             assert data["ingest"]["database"]["available"] is True
         finally:
             proxy.close()
+
+
+@pytest.mark.timeout(300)
+def test_add_url_while_waiting_for_the_database_is_refused_and_the_crawl_starts_without_backoff(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """add-url before the daemon started is one line and starts nothing: once the database
+    answers, the crawl runs at once (no restart, no backoff earned while the database was away)."""
+    port = free_port()
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{port}/")
+    sock = tmp_path / "run" / "crystalline.sock"
+    site = Site()
+    add = {"cmd": "add-url", "url": site.url + "/p/0"}
+    args = ("--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps")
+    with daemon_before_its_database(tmp_path, url, *args, crawl=True) as (proc, run):
+        reply = request(sock, add)
+        assert reply["ok"] is False and reply["error"].startswith("the daemon is starting: "), reply
+        assert "\n" not in reply["error"]
+        assert daemon_status(run, proc)["crawler"]["state"] == "idle"  # no crawl thread, no backoff
+        proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
+        try:
+            poll(proc, run, "the daemon running", lambda d: d["state"] == "running")
+            assert request(sock, add) == {"ok": True, "data": {"url": add["url"], "queued": True}}
+            data = poll(proc, run, "the page fetched", lambda d: d["crawler"].get("fetched", 0) >= 1)
+            crawler = data["crawler"]
+            assert crawler["state"] == "running" and crawler["restarts"] == 0, crawler
+            assert "restart_in_s" not in crawler and "error" not in crawler, crawler
+        finally:
+            proxy.close()
+            site.close()
 
 
 @pytest.mark.timeout(120)
