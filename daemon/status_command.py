@@ -83,6 +83,7 @@ def cluster(k: dict[str, Any] | None, digest: str | None) -> list[str]:
         f"cluster      {k.get('state')}  generation {k.get('generation', '-')}  rank {k.get('rank', '-')} of "
         f"{k.get('world', 0)}  at {k.get('rendezvous')}  {mode}  digest {digest or '-'}"
         + (f"  refused {k['refused_connections']} connections" if k.get("refused_connections") else "")
+        + (f"  rendezvous guard {k['guard']}" if k.get("guard") not in (None, "ok") else "")
     ]
     for m in k.get("members") or []:
         lines.append(

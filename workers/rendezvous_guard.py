@@ -5,11 +5,20 @@ It is not a protocol of our own: every accepted connection must open with c10d's
 handshake (:data:`HANDSHAKE`: the store's query type VALIDATE, then its ``validationMagicNumber``
 0x3C85F7CE in host byte order, which every TCPStore client sends first), and from then on its
 bytes are carried both ways to the store unchanged. Anything else (garbage, an HTTP request, a
-client that sends nothing within ``handshake_timeout_s``, a connection beyond
-``max_connections``) is closed, counted (``refused``) and logged in one warning line with the
-peer and an escaped preview of what came, at most ``log_burst`` lines per ``log_window_s`` (the
-rest are summed in one line per window), so a flood cannot fill the journal. c10d itself logs
+client that sends nothing within ``handshake_timeout_s`` or resets during it, a connection
+beyond ``max_connections`` or beyond ``max_per_source`` from one address) is closed, counted
+(``refused``) and logged in one warning line with the peer and an escaped preview of what came.
+Every line it logs (refusals, failed accepts, relayed connections ended by an error, errors of
+its own loop) comes out of one budget, at most ``log_burst`` lines per ``log_window_s``; the
+rest are summed in one line per window, so a flood cannot fill the journal. c10d itself logs
 nothing above trace level for such a client (the classic server resets it silently).
+
+Out of descriptors (EMFILE/ENFILE) the pending connection stays in the kernel's backlog and the
+listener stays readable, so the guard stops watching it for ``ACCEPT_PAUSE_S`` and closes the
+oldest connection still in its handshake (a refusal) to free a descriptor. An unexpected error
+in its loop is logged and the loop goes on (the connection it concerned is closed); whatever
+ends the thread closes the listener, so clients are refused at once instead of waiting, and
+``health`` says ``down: <why>``.
 
 One thread runs a selector over every socket; each direction of a connection has a buffer of
 ``buffer_bytes`` and a side stops being read while its peer's buffer is full (back-pressure).
@@ -38,6 +47,15 @@ log = logging.getLogger("crystalline.cluster.guard")
 #: differently is refused, and hosting fails with a one-line error: fail closed).
 HANDSHAKE = struct.pack("=BI", 0, 0x3C85F7CE)
 PREVIEW_BYTES = 24
+ACCEPT_PAUSE_S = 0.5  # no accept for this long after EMFILE/ENFILE
+ERROR_PAUSE_S = 0.1  # after an unexpected error of a whole pass (one that repeats cannot spin)
+#: What the window's summary line calls each kind of line it did not log one by one.
+KINDS = {
+    "refused": "refused connections",
+    "accept": "failed accepts",
+    "ended": "relayed connections ended by an error",
+    "error": "guard errors",
+}
 
 
 def preview(data: bytes) -> str:
@@ -75,6 +93,7 @@ class RendezvousGuard:
         *,
         handshake_timeout_s: float = 5.0,
         max_connections: int = 512,
+        max_per_source: int = 32,
         buffer_bytes: int = 16384,
         log_burst: int = 10,
         log_window_s: float = 60.0,
@@ -82,15 +101,21 @@ class RendezvousGuard:
         self.upstream = upstream
         self.handshake_timeout_s = handshake_timeout_s
         self.max_connections = max_connections
+        self.max_per_source = max_per_source
         self.buffer_bytes = buffer_bytes
         self.log_burst, self.log_window_s = log_burst, log_window_s
         self.refused = 0
         self.relayed = 0
         self.last_refusal = ""  # the newest refusal's reason (startup's check names it)
+        self.errors = 0  # unexpected errors in its loop (it went on)
+        self.last_error = ""
+        self.ended = ""  # why the thread ended ("closed", or the error that ended it)
         self._logged = 0  # lines logged in the current window
-        self._unlogged = 0  # refusals not logged one by one in it
+        self._unlogged = dict.fromkeys(KINDS, 0)  # lines not logged one by one in it, by kind
         self._window = time.monotonic()
-        self._conns: dict[int, _Conn] = {}  # by id()
+        self._conns: dict[int, _Conn] = {}  # by id(), oldest first
+        self._per_source: dict[str, int] = {}  # open connections by the peer's address
+        self._accept_at = 0.0  # while the listener is not watched (out of descriptors): until then
         self._stop = threading.Event()
         family = socket.AF_INET6 if ":" in public[0] else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
@@ -112,28 +137,68 @@ class RendezvousGuard:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def health(self) -> str:
+        """``ok`` (with the count and the last of its loop's errors, if any) while the thread
+        runs; ``down: <why>`` once it ended (``closed``, or the error that ended it)."""
+        if not self._thread.is_alive():
+            return f"down: {self.ended}"
+        if not self.errors:
+            return "ok"
+        plural = "s" if self.errors > 1 else ""
+        return f"ok, {self.errors} error{plural} in its loop (the last: {self.last_error})"
+
     # ---- the loop --------------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            pending = [c.deadline for c in self._conns.values() if c.store is None]
-            wait = min([0.5, *(max(0.0, d - now) for d in pending)])
-            for key, events in self._selector.select(wait):
-                if key.data is None:
-                    self._accept()
-                else:
-                    conn, side = key.data
-                    if not conn.closed:  # closed by the other side's event of this round
-                        self._handle(conn, side, events)
-            now = time.monotonic()
-            for conn in [c for c in self._conns.values() if c.store is None and now >= c.deadline]:
-                what = "nothing" if not conn.head else preview(conn.head)
-                self._refuse(conn, f"sent {what} within {self.handshake_timeout_s:g} s")
-            self._flush_log_window(now)
-        for conn in list(self._conns.values()):
-            self._close(conn)
-        self._selector.close()
-        self.listener.close()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._pass()
+                except Exception as exc:  # a bug must not end the guard: log, count, go on
+                    self._failed(exc)
+                    self._stop.wait(ERROR_PAUSE_S)
+            self.ended = "closed"
+        except BaseException as exc:  # ends the thread: said in health, the listener closed
+            self.ended = _describe(exc)
+            log.error("rendezvous guard ended: %s", self.ended, exc_info=True)
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            self._selector.close()
+            self.listener.close()
+
+    def _pass(self) -> None:
+        """One select and what it found; then the handshake deadlines and the log window."""
+        now = time.monotonic()
+        if self._accept_at and now >= self._accept_at:
+            self._accept_at = 0.0
+            self._selector.register(self.listener, selectors.EVENT_READ, None)
+        deadlines = [c.deadline for c in self._conns.values() if c.store is None]
+        if self._accept_at:
+            deadlines.append(self._accept_at)
+        wait = min([0.5, *(max(0.0, d - now) for d in deadlines)])
+        for key, events in self._selector.select(wait):
+            if key.data is None:
+                self._accept()
+                continue
+            conn, side = key.data
+            if conn.closed:  # closed by the other side's event of this round
+                continue
+            try:
+                self._handle(conn, side, events)
+            except Exception as exc:  # unexpected: this connection goes, the others stay
+                self._failed(exc)
+                self._close(conn)
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if c.store is None and now >= c.deadline]:
+            what = "nothing" if not conn.head else preview(conn.head)
+            self._refuse(conn, f"sent {what} within {self.handshake_timeout_s:g} s")
+        self._flush_log_window(now)
+
+    def _failed(self, exc: Exception) -> None:
+        self.errors += 1
+        self.last_error = _describe(exc)
+        self._note("error", f"rendezvous guard error: {self.last_error}", exc_info=exc)
 
     def _accept(self) -> None:
         while True:
@@ -141,21 +206,36 @@ class RendezvousGuard:
                 sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: the connection stays in the backlog
-                log.warning("rendezvous guard cannot accept: %s", exc)
-                return
-            peer = f"{addr[0]}:{addr[1]}"
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._out_of_descriptors(exc)
+                    return
+                raise
+            peer, source = f"{addr[0]}:{addr[1]}", addr[0]
+            why = None
             if len(self._conns) >= self.max_connections:
-                self.refused += 1
-                self._note(f"refused a connection to the rendezvous point from {peer}: "
-                           f"{self.max_connections} connections are open already")  # fmt: skip
-                sock.close()
+                why = f"{self.max_connections} connections are open already"
+            elif self._per_source.get(source, 0) >= self.max_per_source:
+                why = f"{self.max_per_source} connections from {source} are open already"
+            if why is not None:
+                self._refuse(_Conn(sock, peer, 0.0), why)
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # a vanished peer is reaped
             conn = _Conn(sock, peer, time.monotonic() + self.handshake_timeout_s)
             self._conns[id(conn)] = conn
+            self._per_source[source] = self._per_source.get(source, 0) + 1
             self._selector.register(sock, selectors.EVENT_READ, (conn, "client"))
+
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        """The connection stays in the backlog and the listener readable: stop watching it for
+        a while (no busy loop), and free a descriptor from the oldest connection in its handshake."""
+        self._note("accept", f"rendezvous guard cannot accept: {exc}; not accepting for {ACCEPT_PAUSE_S:g} s")
+        self._selector.unregister(self.listener)
+        self._accept_at = time.monotonic() + ACCEPT_PAUSE_S
+        oldest = next((c for c in self._conns.values() if c.store is None), None)
+        if oldest is not None:
+            self._refuse(oldest, f"closed to free a descriptor (out of descriptors: {exc.strerror})")
 
     def _handle(self, conn: _Conn, side: str, events: int) -> None:
         try:
@@ -168,7 +248,11 @@ class RendezvousGuard:
         except BlockingIOError:  # a spurious wake-up: nothing to move now
             pass
         except (OSError, ValueError) as exc:  # ValueError: a socket the other side closed
-            log.info("rendezvous connection from %s ended: %s", conn.peer, exc)
+            if conn.store is None:  # a reset before the handshake was complete: a refusal
+                what = "nothing" if not conn.head else preview(conn.head)
+                self._refuse(conn, f"{exc} after sending {what}")
+                return
+            self._note("ended", f"rendezvous connection from {conn.peer} ended: {exc}", level=logging.INFO)
             self._close(conn)
 
     def _read_handshake(self, conn: _Conn) -> None:
@@ -265,32 +349,36 @@ class RendezvousGuard:
     def _refuse(self, conn: _Conn, why: str) -> None:
         self.refused += 1
         self.last_refusal = why
-        self._note(f"refused a connection to the rendezvous point from {conn.peer}: {why}")
+        self._note("refused", f"refused a connection to the rendezvous point from {conn.peer}: {why}")
         self._close(conn)
 
-    def _note(self, line: str) -> None:
-        """One warning line, within the window's budget; beyond it the refusal is summed."""
+    def _note(
+        self, kind: str, line: str, *, level: int = logging.WARNING, exc_info: BaseException | None = None
+    ) -> None:
+        """One line, within the window's budget; beyond it the line is counted under ``kind``
+        and summed when the window ends."""
         self._flush_log_window(time.monotonic())
         if self._logged < self.log_burst:
             self._logged += 1
-            log.warning("%s", line)
+            log.log(level, "%s", line, exc_info=exc_info)
         else:
-            self._unlogged += 1
+            self._unlogged[kind] += 1
 
     def _flush_log_window(self, now: float) -> None:
         if now - self._window < self.log_window_s:
             return
-        if self._unlogged:
-            log.warning(
-                "refused %d more connections to the rendezvous point in the last %.0f s "
-                "(not logged one by one)",
-                self._unlogged, now - self._window,
-            )  # fmt: skip
-        self._window, self._logged, self._unlogged = now, 0, 0
+        counts = [f"{n} {KINDS[kind]}" for kind, n in self._unlogged.items() if n]
+        if counts:
+            log.warning("not logged one by one in the last %.0f s: %s", now - self._window, ", ".join(counts))
+        self._window, self._logged, self._unlogged = now, 0, dict.fromkeys(KINDS, 0)
 
     def _close(self, conn: _Conn) -> None:
         conn.closed = True
-        self._conns.pop(id(conn), None)
+        if self._conns.pop(id(conn), None) is not None:
+            source = conn.peer.rsplit(":", 1)[0]
+            self._per_source[source] -= 1
+            if not self._per_source[source]:
+                del self._per_source[source]
         for sock in (conn.client, conn.store):
             if sock is not None:
                 self._watch(sock, 0, (conn, ""))
@@ -300,3 +388,7 @@ class RendezvousGuard:
         """Stop accepting and close every connection (within a few seconds)."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

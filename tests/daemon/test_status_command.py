@@ -104,7 +104,7 @@ def test_summary_shows_the_cluster_and_its_members() -> None:
     member = {"address": "10.0.0.2", "rank": 1, "step": 40, "state": "training", "allreduce_ms": 2.5,
               "allreduce_bytes": 185018, "data_share": 0.5}  # fmt: skip
     d["cluster"] = {"state": "training", "generation": 3, "rank": 1, "world": 2,
-                    "rendezvous": "10.0.0.1:29500", "outer_every": 0, "refused_connections": 2,
+                    "rendezvous": "10.0.0.1:29500", "outer_every": 0, "refused_connections": 2, "guard": "ok",
                     "members": [{**member, "address": "10.0.0.1", "rank": 0}, member]}  # fmt: skip
     lines = summary(d).splitlines()
     head = next(x for x in lines if x.startswith("cluster"))
@@ -112,6 +112,9 @@ def test_summary_shows_the_cluster_and_its_members() -> None:
     assert head.endswith("  refused 2 connections")  # by the hosting member's rendezvous guard
     assert "  10.0.0.2        rank 1  step 40  allreduce 2.5 ms 185018 B  share 0.50  training" in lines
     assert not any(x.startswith("cluster") for x in summary(data()).splitlines())
+    d["cluster"]["guard"] = down = "down: OSError: [Errno 9] Bad file descriptor"  # its thread ended
+    head = next(x for x in summary(d).splitlines() if x.startswith("cluster"))
+    assert head.endswith(f"  refused 2 connections  rendezvous guard {down}")
 
 
 def test_summary_gives_bits_per_byte_and_perplexity_beside_each_loss() -> None:

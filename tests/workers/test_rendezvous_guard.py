@@ -1,12 +1,20 @@
 """The rendezvous guard with real sockets and a real c10d TCPStore behind it on loopback:
 garbage is refused, logged and counted; a real TCPStore client works through it (a value
 larger than its buffers too); a client that sends nothing is closed after the deadline; the
-connections are capped; a flood is logged within the budget and summed."""
+connections are capped, per source address too; a flood is logged within the budget and
+summed, and so are peers that reset during the handshake; out of descriptors it stops accepting
+for a while and frees the oldest waiting connection; an unexpected error in its loop is logged
+and it goes on, and one that ends it closes the port and shows in ``health``."""
 
 from __future__ import annotations
 
 import logging
+import os
+import resource
 import socket
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -59,6 +67,17 @@ def closed_by_peer(sock: socket.socket, timeout_s: float = 30) -> bool:
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "crystalline.cluster.guard"]
+
+
+def summed(lines: list[str], what: str) -> int:
+    """How many ``what`` the window's summary lines counted (not logged one by one)."""
+    return sum(
+        int(part.split()[0])
+        for x in lines
+        if x.startswith("not logged one by one")
+        for part in x.split(": ", 1)[1].split(", ")
+        if part.split(" ", 1)[1] == what
+    )
 
 
 def wait_until(test, what: str, timeout_s: float = 30) -> None:  # type: ignore[no-untyped-def]
@@ -195,12 +214,150 @@ def test_a_flood_is_logged_within_the_budget_and_summed(
         def accounted() -> int:
             lines = refusals(caplog)
             single = sum(1 for x in lines if x.startswith("refused a connection"))
-            summed = sum(int(x.split()[1]) for x in lines if x.startswith("refused ") and "more" in x)
-            return single + summed
+            return single + summed(lines, "refused connections")
 
         wait_until(lambda: accounted() == 40, "every refusal logged or summed")
         single = [x for x in refusals(caplog) if x.startswith("refused a connection")]
         assert len(single) < 40  # not one line each
+    finally:
+        g.close()
+
+
+def test_peers_that_reset_during_the_handshake_are_refusals_within_the_budget(
+    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "crystalline.cluster.guard")
+    g = guard(store, log_burst=3, log_window_s=60)
+    try:
+        for i in range(40):
+            c = socket.create_connection(g.address)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST
+            if i % 2:
+                c.sendall(HANDSHAKE[:2])  # the right start, then the reset
+            c.close()
+        wait_until(lambda: g.refused == 40, lambda: f"40 refusals counted, not {g.refused}")
+        lines = refusals(caplog)
+        assert len(lines) == 3, lines  # the budget; the other 37 are summed when the window ends
+        assert all(
+            x.startswith("refused a connection to the rendezvous point from 127.0.0.1:") for x in lines
+        )
+        assert g.open_connections == 0
+    finally:
+        g.close()
+
+
+def test_one_source_address_cannot_take_every_connection(
+    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = guard(store, max_per_source=4, handshake_timeout_s=60)
+    hog: list[socket.socket] = []
+    try:
+        for _ in range(6):  # silent connections from 127.0.0.3: the fifth and sixth are refused
+            c = socket.socket()
+            c.bind(("127.0.0.3", 0))
+            c.connect(g.address)
+            hog.append(c)
+        assert closed_by_peer(hog[4]) and closed_by_peer(hog[5])
+        wait_until(lambda: g.refused == 2, "two refused")
+        assert g.open_connections == 4
+        assert any("from 127.0.0.3:" in x and "4 connections from 127.0.0.3 are open already" in x
+                   for x in refusals(caplog)), refusals(caplog)  # fmt: skip
+        members = [client(g.address) for _ in range(4)]  # from 127.0.0.1: their own share
+        for i, m in enumerate(members):
+            assert m.add("n", 1) == i + 1
+        assert g.refused == 2
+    finally:
+        for c in hog:
+            c.close()
+        g.close()
+
+
+CLIENTS = """\
+import socket, sys, time
+clients = [socket.create_connection((sys.argv[1], int(sys.argv[2]))) for _ in range(int(sys.argv[3]))]
+print("connected", flush=True)
+time.sleep(120)  # silent (the test ends this process)
+"""
+
+
+def test_out_of_descriptors_it_pauses_accepting_and_frees_the_oldest_waiting_connection(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The silent clients live in another process; this one may open 16 more descriptors."""
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with socket.socket() as upstream:  # nobody gets that far
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(1)
+        g = guard(upstream.getsockname()[:2], handshake_timeout_s=60, log_burst=1000)
+        clients = subprocess.Popen(
+            [sys.executable, "-c", CLIENTS, g.address[0], str(g.address[1]), "60"], stdout=subprocess.PIPE
+        )
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 16, hard))
+            assert clients.stdout is not None and clients.stdout.readline() == b"connected\n"
+
+            def failures() -> list[str]:
+                return [x for x in refusals(caplog) if "cannot accept" in x]
+
+            wait_until(lambda: len(failures()) >= 2, "two failed accepts logged")
+            # one line, then no accept for 0.5 s (before: a line each pass, 90,000 in 2 s)
+            assert len(failures()) < 20, len(failures())
+            assert all("Too many open files" in x and "not accepting for 0.5 s" in x for x in failures())
+            freed = [x for x in refusals(caplog) if "closed to free a descriptor" in x]
+            assert freed and g.refused >= len(freed)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            clients.kill()
+            clients.wait(timeout=30)
+            g.close()
+
+
+def test_an_unexpected_error_is_logged_and_the_guard_goes_on(
+    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault injected into its handshake reading: that connection is closed, the next works."""
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = guard(store)
+    read = g._read_handshake
+    faults: list[int] = []
+
+    def fails_once(conn):  # type: ignore[no-untyped-def]
+        if not faults:
+            faults.append(1)
+            raise KeyError("injected")
+        read(conn)
+
+    g._read_handshake = fails_once  # type: ignore[method-assign]
+    try:
+        with socket.create_connection(g.address) as first:
+            first.sendall(HANDSHAKE)
+            assert closed_by_peer(first)
+        assert any("rendezvous guard error: KeyError: 'injected'" in x for x in refusals(caplog))
+        assert client(g.address).add("n", 1) == 1
+        assert g.health == "ok, 1 error in its loop (the last: KeyError: 'injected')"
+    finally:
+        g.close()
+    assert g.health == "down: closed"
+
+
+def test_an_error_that_ends_the_guard_closes_the_port_and_shows_in_health(store: tuple[str, int]) -> None:
+    class Fatal(BaseException):
+        pass
+
+    g = guard(store)
+
+    def fatal() -> None:
+        raise Fatal("injected")
+
+    g._accept = fatal  # type: ignore[method-assign]
+    try:
+        with socket.create_connection(g.address):
+            wait_until(lambda: g.health != "ok", "the guard ended")
+        assert g.health == "down: Fatal: injected"
+        with pytest.raises(ConnectionRefusedError):  # the port is closed: no client waits on it
+            socket.create_connection(g.address).close()
     finally:
         g.close()
 
