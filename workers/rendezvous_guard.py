@@ -206,11 +206,9 @@ class RendezvousGuard:
                 sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._out_of_descriptors(exc)
-                    return
-                raise
+            except OSError as exc:  # out of descriptors, or one the kernel aborted
+                self._accept_failed(exc)
+                return
             peer, source = f"{addr[0]}:{addr[1]}", addr[0]
             why = None
             if len(self._conns) >= self.max_connections:
@@ -227,14 +225,15 @@ class RendezvousGuard:
             self._per_source[source] = self._per_source.get(source, 0) + 1
             self._selector.register(sock, selectors.EVENT_READ, (conn, "client"))
 
-    def _out_of_descriptors(self, exc: OSError) -> None:
-        """The connection stays in the backlog and the listener readable: stop watching it for
-        a while (no busy loop), and free a descriptor from the oldest connection in its handshake."""
+    def _accept_failed(self, exc: OSError) -> None:
+        """Out of descriptors the connection stays in the backlog and the listener readable:
+        stop watching it for a while (no busy loop, whatever the error), and then free a
+        descriptor from the oldest connection still in its handshake."""
         self._note("accept", f"rendezvous guard cannot accept: {exc}; not accepting for {ACCEPT_PAUSE_S:g} s")
         self._selector.unregister(self.listener)
         self._accept_at = time.monotonic() + ACCEPT_PAUSE_S
         oldest = next((c for c in self._conns.values() if c.store is None), None)
-        if oldest is not None:
+        if oldest is not None and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             self._refuse(oldest, f"closed to free a descriptor (out of descriptors: {exc.strerror})")
 
     def _handle(self, conn: _Conn, side: str, events: int) -> None:
