@@ -16,7 +16,9 @@ hosting member the same thread coordinates: a member whose beat has not moved fo
 that failed is reported (``fail/<g>``); each change, with at least MIN members, publishes
 generation ``g`` (``gen/<g>``: the members in rank order, at most MAX; then the counter ``gen``).
 torch.distributed cannot shrink a process group, so each generation is a new gloo group on the
-store prefix ``g<g>/``, and before its first step the group agrees on the state: the member
+store prefix ``g<g>/``, formed within the cluster's deadline (``_form``) and at most once per
+member (one that failed here waits for the next; status says ``forming generation g`` before
+forming blocks), and before its first step the group agrees on the state: the member
 with the highest step (the lowest rank among equals) broadcasts its parameters, moments and
 moving average, so a member that joins or comes back starts from the current state and a step
 some members published and others did not is settled. A member that cannot reach the store
@@ -51,6 +53,7 @@ from .rendezvous_guard import HANDSHAKE, RendezvousGuard
 log = logging.getLogger("crystalline.cluster")
 
 RECENT_DIGESTS = 64
+GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout to connect
 STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
 
 
@@ -90,6 +93,8 @@ class Membership:
         self.failed: set[int] = set()  # generations whose collective failed here, to report
         self.leaving = False  # closing: say so and end the thread
         self.away = False  # left by request (crystalline pause) until rejoin()
+        self.leaves = 0  # leave() calls; the thread tells the store of each (``told``), even
+        self.told = 0  # when rejoin() came before its tick: the next registration is a new number
         self._stop = threading.Event()
         self._server: dist.TCPStore | None = None
         self.guard: RendezvousGuard | None = None
@@ -150,11 +155,12 @@ class Membership:
                 if client is None:
                     client, registered = self.connect(), False
                 with self.lock:
-                    away = self.away
-                if registered and (away or self.leaving):  # the coordinator drops it at once
+                    away, leaves = self.away, self.leaves
+                if registered and (leaves != self.told or self.leaving):  # the coordinator drops it at once
                     client.set(f"hb/{self.number}", "left")
                     registered = False
                     log.info("told the cluster that member %s left", self.number)
+                self.told = leaves  # a leave while not registered: the store had no number to drop
                 if self.leaving:
                     return
                 if away:
@@ -211,7 +217,7 @@ class Membership:
         if g and (current is None or current[0] != g):
             members = json.loads(client.get(f"gen/{g}"))["members"]
             with self.lock:
-                if self.away:  # left meanwhile: no generation until it registers again
+                if self.away or self.leaves != self.told:  # left meanwhile: none until it registers again
                     return
                 self.generation = (g, members)
             current = (g, members)
@@ -241,9 +247,11 @@ class Membership:
         the store's host, if this is it, goes on coordinating."""
         with self.lock:
             self.away, self.generation = True, None
+            self.leaves += 1
 
     def rejoin(self) -> None:
-        """Register again (a new member number) at the next tick."""
+        """Register again (a new member number) at the next tick, after telling the store of
+        the leave if it has not yet."""
         with self.lock:
             self.away = False
 
@@ -358,7 +366,10 @@ class ClusterMember:
         self.payload_bytes = 0
         self.share = 0.0  # this member's tokens / the global batch's, last step
         self.reforms = 0
-        self.refused = -1  # a generation whose members' settings differ (see layout_disagreement)
+        self.forming = 0  # the generation ``state`` says this member is forming (said, then formed)
+        # a generation not formed again: refused (the members' settings differ, see
+        # layout_disagreement), or its group failed here (the coordinator publishes the next)
+        self.given_up = -1
         self.leaving = False  # crystalline pause: the next allreduce tells the others
         self.left = False  # and then it has left, until resume
         self.ended = 0  # the newest generation that ended because a member left
@@ -399,8 +410,7 @@ class ClusterMember:
             self._drop_group(f"paused: {cut_off}")
             return False
         if registration != self.registration:  # registered anew: any group is gone
-            self.registration = registration
-            self._drop_group("joining")
+            self._registered_anew(registration)
         if generation is None or all(x["number"] != number for x in generation[1]):
             self.state = (
                 "waiting to join" if generation is None else f"waiting for generation {generation[0] + 1}"
@@ -412,36 +422,69 @@ class ClusterMember:
             return False
         if self.group is not None and g == self.group_generation:
             return True
-        if g == self.refused:  # the same members: they still disagree (state says on what)
+        if g == self.given_up:  # state says why (refused, or failed here)
             return False
-        self._drop_group(f"forming generation {g}")
+        if self.forming != g:  # say so first: control publishes it before forming blocks
+            self._drop_group(f"forming generation {g}")
+            self.forming = g
+            return False
         try:
             self._form(g, [x["number"] for x in members].index(number), len(members))
             self._take_state(engine, st)
         except StateMismatch as exc:  # every member saw the same layouts: all refuse
             log.error("generation %d refused: %s", g, exc)
             self._drop_group(f"refused generation {g}: {exc}")
-            self.refused = g
+            self.given_up = g
             return False
         except RuntimeError as exc:
-            log.warning("generation %d: %s", g, str(exc).splitlines()[0][:300])
-            self._drop_group(f"generation {g} failed to form; waiting for the next")
-            m.report_failure(g)
+            why = str(exc).splitlines()[0][:300]
+            log.warning("generation %d: %s", g, why)
+            self._give_up(g, f"generation {g} failed to form ({why}); waiting for the next")
             return False
-        self.state = "training"
+        self.state = "leaving by request after the next allreduce" if self.leaving else "training"
         self.reforms += 1
         return True
+
+    def _registered_anew(self, registration: int) -> None:
+        """Any group is gone, and what this member ended or gave up counts no more: its new
+        number is only in newer generations, or the store is new (the hosting member restarted)
+        and counts generations from 1 again."""
+        self.registration = registration
+        self.ended, self.given_up = 0, -1
+        self._drop_group("joining")
 
     def _drop_group(self, state: str) -> None:
         self.group = None
         self.state = state
+        self.forming = 0
+
+    def _give_up(self, g: int, state: str) -> None:
+        """Generation ``g`` failed here (forming it, or a collective): it is not formed again
+        (its keys on the store are spent), and the coordinator, told, publishes the next."""
+        self._drop_group(state)
+        self.given_up = g
+        self.membership.report_failure(g)
 
     def _form(self, g: int, rank: int, world: int) -> None:
+        """The gloo group of generation ``g``, every wait in it bounded by the cluster's deadline:
+        first every member says it is here (``g<g>/here/<rank>``, waited for ``timeout_s``), then
+        gloo connects them. gloo waits five times its timeout for a connection (its "initial
+        connect"), so the group is made with a fifth of the deadline and then given the whole
+        deadline for its collectives: a member that died since the generation was published
+        (a kill) costs ``timeout_s``, not five of it."""
         store = self.membership.connect()
+        prefixed = dist.PrefixStore(f"g{g}/", store)
+        prefixed.set(f"here/{rank}", "1")
+        try:
+            prefixed.wait([f"here/{r}" for r in range(world)], timedelta(seconds=self.s.timeout_s))
+        except RuntimeError:
+            missing = [r for r in range(world) if not prefixed.check([f"here/{r}"])]
+            raise RuntimeError(f"rank(s) {missing} did not come within {self.s.timeout_s:g} s") from None
         options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
-        options._timeout = timedelta(seconds=self.s.timeout_s)
+        options._timeout = timedelta(seconds=self.s.timeout_s / GLOO_CONNECT_WAITS)
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self.s.address)]
-        self.group = dist.ProcessGroupGloo(dist.PrefixStore(f"g{g}/", store), rank, world, options)
+        self.group = dist.ProcessGroupGloo(prefixed, rank, world, options)
+        self.group._set_default_timeout(timedelta(seconds=self.s.timeout_s))
         self._store = store  # the group's store client lives as long as the group
         self.group_generation, self.rank, self.world = g, rank, world
         log.info("generation %d formed: rank %d of %d", g, rank, world)
@@ -505,8 +548,7 @@ class ClusterMember:
             self.group.allreduce([torch.from_numpy(buf)]).wait()
         except RuntimeError as exc:
             g = self.group_generation
-            self._drop_group(f"allreduce of generation {g} failed; waiting for the next")
-            self.membership.report_failure(g)
+            self._give_up(g, f"allreduce of generation {g} failed; waiting for the next")
             raise StepAbandoned(f"allreduce failed: {str(exc).splitlines()[0][:200]}") from None
         self.last_ms = (time.perf_counter() - started) * 1000
         self.payload_bytes = buf.nbytes
@@ -524,7 +566,10 @@ class ClusterMember:
         if leaving > 0:
             g = self.ended = self.group_generation
             log.info("generation %d ends after this step: %d member(s) leave by request", g, round(leaving))
-            self._drop_group(f"waiting for generation {g + 1}: a member left generation {g}")
+            if self.leaving:  # its own flag: it has left (a resume right after it registers anew)
+                self._left_by_request()
+            else:
+                self._drop_group(f"waiting for generation {g + 1}: a member left generation {g}")
 
     def after_step(self, engine: StepEngine, st: TrainerState) -> None:
         """Between steps: DiLoCo's outer step when one is due, then the digest of what this
@@ -536,8 +581,7 @@ class ClusterMember:
             except RuntimeError as exc:
                 g = self.group_generation
                 log.warning("outer step %d failed: %s", st.step, str(exc).splitlines()[0][:200])
-                self._drop_group(f"outer step of generation {g} failed; waiting for the next")
-                self.membership.report_failure(g)
+                self._give_up(g, f"outer step of generation {g} failed; waiting for the next")
         self.published(engine.params(), st.step)
 
     def _outer_step(self, engine: StepEngine, step: int) -> None:
@@ -583,22 +627,43 @@ class ClusterMember:
         in a group it takes one more step (with DiLoCo: up to the next outer step), whose
         allreduce tells the others, and every member ends the generation after that step (no
         collective waits for it, none fails); then the store hears that it left, the coordinator
-        drops it at once and the others form the next generation without it."""
+        drops it at once and the others form the next generation without it. A generation with
+        this member in it that is published but not yet formed here is formed first (the others
+        are forming it: leaving at once would fail it), and its first allreduce tells them."""
         if self.left:
             return True
-        if self.group is not None:
+        if self.group is not None or self._due() is not None:
             self.leaving = True
             self.state = "leaving by request after the next allreduce"
             return False
+        self._left_by_request()
+        return True
+
+    def _due(self) -> int | None:
+        """The generation with this member in it that the others form or are about to (published,
+        not formed here, neither ended nor given up), or None; None too while cut off."""
+        m = self.membership
+        cut_off = m.unreachable()
+        with m.lock:
+            generation, number, registration = m.generation, m.number, m.registration
+        if cut_off is not None or generation is None or all(x["number"] != number for x in generation[1]):
+            return None
+        if registration != self.registration:
+            self._registered_anew(registration)
+        g = generation[0]
+        return g if g > self.ended and g != self.given_up else None
+
+    def _left_by_request(self) -> None:
         self.leaving, self.left = False, True
         self.membership.leave()
         self._drop_group("paused: left the cluster by request (resume rejoins)")
         log.info("left the cluster by request (paused)")
-        return True
 
     def rejoin(self) -> None:
         """``crystalline resume``: register again; the next generation brings this member up
-        to date (the newest state is sent to it before its first step)."""
+        to date (the newest state is sent to it before its first step). A leave not yet said in
+        an allreduce is called off."""
+        self.leaving = False
         if self.left:
             self.left = False
             self.membership.rejoin()
@@ -624,6 +689,7 @@ class ClusterMember:
             "reforms": self.reforms,
             # the hosting member: connections its rendezvous guard closed (garbage, silent, over the cap)
             "refused_connections": m.guard.refused if m.guard is not None else None,
+            "guard": m.guard.health if m.guard is not None else None,  # ok / down: why
             "allreduce_payload_bytes": self.payload_bytes,
             "data_share": round(self.share, 4),
             "recent_digests": [list(x) for x in self.recent],

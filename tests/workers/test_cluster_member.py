@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _wait import until
 
 from crystalline.workers.cluster_config import ClusterSettings
 from crystalline.workers.engine import LocalEngine, StepOutcome
@@ -46,11 +47,11 @@ def batch(seed: int, count: int) -> np.ndarray:
     )
 
 
-def two_members(count: int = 2) -> list[ClusterMember]:
+def two_members(count: int = 2, timeout_s: float = 10.0) -> list[ClusterMember]:
     """Real members on loopback addresses (member 0 hosts the store), a group of ``count``."""
     port = random.randrange(20000, 30000)
     return [
-        ClusterMember(ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", count, count, 10.0))
+        ClusterMember(ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", count, count, timeout_s))
         for i in range(count)
     ]
 
@@ -162,6 +163,46 @@ def test_local_batches_of_different_sizes_make_one_step_of_the_global_batch() ->
         assert o.loss_sum == pytest.approx(reference.loss_sum, rel=1e-5)
 
 
+def test_a_member_forming_a_generation_says_so_and_gives_up_at_the_clusters_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The generation's other member never forms it (it beats, but never comes: a control busy
+    or gone since). The member first says it is forming the generation (no rank, world 0), so
+    control can publish that before forming blocks; then it gives up at the cluster's deadline
+    naming the rank that did not come, and does not form that generation again."""
+    host, absent = two_members(timeout_s=1.0)
+    try:
+        model = GPT(CFG)
+        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(1, 2), exchange=host)
+        params = init_params(model.table, 0)
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        st = State()
+        for _ in range(600):  # until generation 1 (both members) is out: 60 s at most
+            assert not host.ready(engine, st), host.state
+            if host.state == "forming generation 1":
+                break
+            threading.Event().wait(0.1)
+        shown = host.status()
+        assert (shown["state"], shown["generation"], shown["rank"], shown["world"]) == (
+            "forming generation 1", 1, None, 0,
+        )  # fmt: skip
+        with caplog.at_level("WARNING", logger="crystalline.cluster"):
+            assert not host.ready(engine, st)  # forms: the other member never comes
+            with absent.membership.lock:
+                assert absent.membership.generation is not None
+                numbers = [m["number"] for m in absent.membership.generation[1]]
+                missing = numbers.index(absent.membership.number)
+            why = f"rank(s) [{missing}] did not come within 1 s"
+            assert host.state == f"generation 1 failed to form ({why}); waiting for the next"
+            assert not host.ready(engine, st)  # not formed again (at most the next is said)
+            assert host.state != "forming generation 1" and host.group is None
+        tries = [r for r in caplog.records if r.getMessage().startswith("generation 1: ")]
+        assert len(tries) == 1, [r.getMessage() for r in tries]
+    finally:
+        absent.close()
+        host.close()
+
+
 def test_a_non_finite_gradient_on_one_member_skips_the_step_on_both() -> None:
     good = batch(3, 4)
     outcomes, published, _ = step_together([lambda _s: good, lambda _s: good], poisoned=1)
@@ -253,8 +294,8 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member = ClusterMember.__new__(ClusterMember)
     member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1")
     member.membership = membership = _Membership()  # type: ignore[assignment]
-    member.group, member.registration, member.refused, member.anchor = None, 0, -1, None
-    member.ended = 0  # no generation ended by a member leaving
+    member.group, member.registration, member.given_up, member.anchor = None, 0, -1, None
+    member.ended, member.forming = 0, 0  # no generation ended by a member leaving, none forming
     formed: list[int] = []
 
     def form(g: int, rank: int, world: int) -> None:
@@ -265,7 +306,134 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member._form = form  # type: ignore[method-assign]
     engine = _Engine(10, ema=False)
     assert not member.ready(engine, State())  # type: ignore[arg-type]
+    assert member.state == "forming generation 7" and formed == []  # said first, then formed
+    assert not member.ready(engine, State())  # type: ignore[arg-type]
     assert member.state.startswith("refused generation 7: ")
     assert "state parts (EMA, DiLoCo) [3, 4]" in member.state
     assert not member.ready(engine, State())  # type: ignore[arg-type]
     assert formed == [7] and membership.failures == []  # not re-formed: the settings still differ
+
+
+def in_generation(member: ClusterMember) -> tuple[int, list[dict[str, Any]]]:
+    """The newest generation the member's thread has read, once it holds the member's number
+    (60 s at most)."""
+
+    def probe() -> tuple[int, list[dict[str, Any]]] | None:
+        with member.membership.lock:
+            generation, number = member.membership.generation, member.membership.number
+        return generation if generation and number in [m["number"] for m in generation[1]] else None
+
+    return until(probe, lambda: f"no generation with this member within 60 s: {member.state}", 60)
+
+
+def trained(member: ClusterMember, engine: LocalEngine, st: State) -> None:
+    """One step of the engine, counted, then what control does after a step."""
+    engine.step(st.step, 1e-2)
+    st.step += 1
+    member.after_step(engine, st)
+
+
+def test_a_member_resumed_right_after_its_leaving_step_rejoins_and_the_group_steps_again() -> None:
+    """crystalline pause on member 1, and resume as soon as its leaving step is done (before
+    control ever asks it to leave again, within one tick of the membership thread): it has left
+    all the same (the store hears it, under its old number), registers anew, and the next
+    generation holds both members, which step again with the same parameters."""
+    members = two_members(timeout_s=5.0)
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    seen: list[dict[str, Any]] = [{}, {}]
+
+    def run(i: int) -> None:
+        m, st = members[i], State()
+        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        join(m, engine, st)
+        first, number = m.group_generation, m.membership.number
+        if i == 1:
+            assert not m.leave()  # in a group: its next allreduce tells the other member
+        trained(m, engine, st)
+        assert m.group is None and m.ended == first
+        if i == 1:
+            assert m.left and m.state.startswith("paused: left the cluster by request")
+            m.rejoin()  # resumed at once
+        join(m, engine, st)
+        trained(m, engine, st)
+        seen[i] = {"first": first, "number": number, "again": m.group_generation, "digest": m.digest}
+        seen[i]["renumbered"] = m.membership.number != number
+
+    in_threads(members, run)
+    assert seen[0]["again"] == seen[1]["again"] > seen[0]["first"] == seen[1]["first"]
+    assert seen[0]["digest"] == seen[1]["digest"]
+    assert (seen[0]["renumbered"], seen[1]["renumbered"]) == (False, True)  # it registered anew
+
+
+def test_a_member_paused_while_its_generation_is_published_forms_it_and_leaves_in_its_first_step() -> None:
+    """Generation 1 (both members) is out, member 1 has not formed it yet, and it is paused: it
+    forms the generation all the same (member 0 is forming it) and says it leaves in the first
+    allreduce; both end generation 1 after that step and nothing failed."""
+    members = two_members(timeout_s=5.0)
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    digests = ["", ""]
+
+    def run(i: int) -> None:
+        m, st = members[i], State()
+        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        if i == 0:
+            join(m, engine, st)
+            trained(m, engine, st)
+            assert m.state == "waiting for generation 2: a member left generation 1"
+        else:
+            assert in_generation(m)[0] == 1  # out, not formed here yet
+            for _ in range(600):  # what control does while paused, 60 s at most
+                if m.leave():
+                    break
+                if m.ready(engine, st):
+                    trained(m, engine, st)
+                else:
+                    threading.Event().wait(0.1)
+            assert m.left, m.state
+        assert (st.step, m.ended, m.given_up) == (1, 1, -1)
+        with m.membership.lock:
+            assert m.membership.failed == set()
+        digests[i] = m.digest
+
+    in_threads(members, run)
+    assert digests[0] == digests[1]
+
+
+def test_what_a_member_ended_or_gave_up_counts_no_more_once_it_registered_anew() -> None:
+    """The hosting member restarted: its new store counts generations from 1 again. A member that
+    had ended generation 7 (a member left) and given up generation 5 forms the new store's
+    generation 1 instead of sitting out generations 1 to 7."""
+    member = ClusterMember.__new__(ClusterMember)
+    member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1")
+    member.membership = membership = _Membership()  # type: ignore[assignment]
+    member.group, member.registration, member.anchor = None, 0, None
+    member.ended, member.given_up, member.forming = 7, 5, 0
+    membership.registration = 1  # registered with the new store
+    membership.generation = (1, [{"number": 0}, {"number": 1}])
+    assert not member.ready(_Engine(10, ema=False), State())  # type: ignore[arg-type]
+    assert member.state == "forming generation 1"
+    assert (member.ended, member.given_up, member.registration) == (0, -1, 1)
+
+
+def test_a_leave_the_membership_thread_had_no_tick_for_is_told_before_registering_again() -> None:
+    """leave() then rejoin() at once (within one tick of the membership thread): the store still
+    hears that the old number left, the member registers under a new one, and the coordinator
+    publishes a generation of the host and the new number."""
+    host, other = two_members(timeout_s=3.0)
+    try:
+        in_generation(other)
+        old = other.membership.number
+        other.membership.leave()
+        other.membership.rejoin()
+        generation = in_generation(other)  # one that holds its new number
+        number = other.membership.number
+        assert generation[0] > 1 and number != old
+        assert sorted(m["number"] for m in generation[1]) == sorted([host.membership.number, number])
+        assert host.membership._coordinator is not None and old in host.membership._coordinator.dead
+    finally:
+        other.close()
+        host.close()
