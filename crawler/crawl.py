@@ -65,7 +65,11 @@ _LOGGED_REFUSALS = 10  # per page: a page of 10k hostile links must not flood th
 _FEEDBACK_EVERY_S = 5.0  # how often ingest's verdicts are read
 _FEEDBACK_BUDGET_S = 0.5  # at most this long each time (1,000 verdicts a read): the loop waits
 _PROMOTE_EVERY_S = 1.0  # how often due revisits are looked for while other work runs
-_HOST_TABLE_EVERY_S = 5.0  # how often status's per-host table is read again
+# how often status's reads of the frontier's tables (the per-host table, the deferred hosts, the
+# size, the next revisit) are made again: status is asked often, the host table sorts every host,
+# and with --database each read is a statement on the crawl's loop
+_FRONTIER_READ_EVERY_S = 5.0
+_NEVER_READ = {"hosts": [], "deferred_hosts": 0, "frontier_bytes": None, "next_revisit": None}
 _DEFERRED_SHOWN = 20  # deferred hosts listed in a summary
 _ROBOTS_PRUNE_EVERY_S = 3600.0  # how often robots.txt rows past their lifetime are deleted
 _LONG_RETRY_AFTER_S = 60.0  # a longer Retry-After defers the host (as a robots.txt 503 does)
@@ -202,7 +206,7 @@ class Crawler:
         self._by_status: Counter[str] = Counter()  # this run's requests by HTTP status class
         self._revisit_counts = {"revisits": 0, "not_modified": 0, "unchanged": 0, "changed": 0}
         self._final_stats: dict[str, Any] | None = None
-        self._host_table: tuple[float, list[dict[str, object]], int] = (float("-inf"), [], 0)
+        self._frontier_read: tuple[float, dict[str, Any]] = (float("-inf"), _NEVER_READ)  # (when, what)
         # a WARC or spool write failed (a full disk): no new fetch but one probe at a time, at
         # _disk_probe_at, until a write works again
         self._disk_error: str | None = None
@@ -218,7 +222,7 @@ class Crawler:
     def close(self) -> None:
         if self.warc is not None:
             self.warc.close()
-        self._host_table = (float("-inf"), [], 0)  # the final table, fresh
+        self._frontier_read = (float("-inf"), self._frontier_read[1])  # the final reads, fresh
         self._final_stats = self.stats()  # what stats() answers from now on
         self.frontier.close()
         if self.feedback is not None:
@@ -242,17 +246,14 @@ class Crawler:
         """Counters for the status socket: this run's requests (``by_status``: per HTTP status
         class, robots.txt and sitemaps included), errors and bytes, the frontier's state,
         its caps and what they dropped (all runs of this data dir), revisits, deferred hosts and a
-        line per host (``hosts``: deferred ones first, then the busiest; ``host_count`` in all)."""
+        line per host (``hosts``: deferred ones first, then the busiest; ``host_count`` in all).
+        What is read from the frontier's tables is ``frontier_read_age_s`` old (_frontier_reads)."""
         if self._final_stats is not None:
             return self._final_stats
         counts = self.frontier.counts
         s = self.settings
         now = time.time()
-        try:  # what is read from the frontier's tables (a shared database may be away)
-            hosts, frontier_bytes = self._host_lines(now), self.frontier.disk_bytes()
-            next_revisit = self.frontier.next_visit_at()
-        except DatabaseUnavailable:
-            hosts, frontier_bytes, next_revisit = self._host_table[1], None, None
+        read = self._frontier_reads(now)
         return {
             "fetched": self._counts["fetched"],
             "by_status": dict(sorted(self._by_status.items())),
@@ -264,10 +265,10 @@ class Crawler:
             "skipped": self._counts["skipped"],
             "retried": self._counts["retried"],
             "host_count": self.frontier.hosts,
-            "hosts": hosts,
+            "hosts": read["hosts"],
             "bytes": self._counts["bytes"],
             "frontier_size": sum(counts) + self.frontier.revisits_queued,  # URL rows
-            "frontier_bytes": frontier_bytes,
+            "frontier_bytes": read["frontier_bytes"],
             "dropped": dict(self.frontier.dropped),
             "robots_fetches": self.robots.fetches,
             "robots_deferred": self._robots_deferred,
@@ -276,7 +277,8 @@ class Crawler:
                 "queued": self.frontier.revisits_queued,
                 "new_versions": self.frontier.new_versions,  # all runs: changed pages handed over again
             },
-            "next_revisit": next_revisit,
+            "next_revisit": read["next_revisit"],
+            "frontier_read_age_s": read["age_s"],
             # where the frontier lives; with --database, whether it answers and the crawl's state
             "database": {
                 **self.frontier.backend(),
@@ -284,7 +286,7 @@ class Crawler:
                 "error": self._database_error,
                 "since": round(self._database_since, 1) if self._database_error else None,
             },
-            "deferred_hosts": self._host_table[2],
+            "deferred_hosts": read["deferred_hosts"],
             "traps": len(self.frontier.trapped),
             **({"warc": self.warc.stats()} if self.warc is not None else {}),
             "caps": {
@@ -304,13 +306,31 @@ class Crawler:
         times += [until for _, _, until, _ in self.frontier.deferred(now, 1)]
         return min((t for t in times if t is not None), default=FAR_FUTURE)
 
-    def _host_lines(self, now: float) -> list[dict[str, object]]:
-        """The per-host table (and the deferred count), read at most every few seconds: status is
-        asked often, and the table sorts every host."""
-        if now - self._host_table[0] >= _HOST_TABLE_EVERY_S:
-            lines = [h.as_dict(now) for h in self.frontier.host_reports(50)]
-            self._host_table = (now, lines, len(self.frontier.deferred(now, 1000)))
-        return self._host_table[1]
+    def _frontier_reads(self, now: float) -> dict[str, Any]:
+        """What status reads from the frontier's tables: the per-host table, the deferred hosts'
+        count, the size and the next revisit, with ``age_s`` (since they were read; None: never).
+        Read again at most every ``_FRONTIER_READ_EVERY_S``, and not while the database is known
+        to be away (each statement would wait out its deadline on the crawl's loop): the last
+        values stay, their age growing, until the crawl finds the database back."""
+        read_at, values = self._frontier_read
+        if now - read_at >= _FRONTIER_READ_EVERY_S and not self._database_away():
+            try:
+                values = {
+                    "hosts": [h.as_dict(now) for h in self.frontier.host_reports(50)],
+                    "deferred_hosts": len(self.frontier.deferred(now, 1000)),
+                    "frontier_bytes": self.frontier.disk_bytes(),
+                    "next_revisit": self.frontier.next_visit_at(),
+                }
+                read_at = now
+                self._frontier_read = (read_at, values)
+            except DatabaseUnavailable:  # known away from now on: the last values stay
+                pass
+        age = None if read_at == float("-inf") else round(max(now - read_at, 0.0), 1)
+        return {**values, "age_s": age}
+
+    def _database_away(self) -> bool:
+        """The shared database did not answer the crawl's or the frontier's last statement."""
+        return self._database_error is not None or self.frontier.backend().get("available") is False
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ stall the status socket, the drop folder and the watchdog; on the crawl's own lo
 the crawl alone. One thread makes every frontier call, in the order the crawl makes them, which
 is what the frontier's transactions and the outcomes it keeps through an outage rely on. The
 supervisor reads a snapshot of the crawler's counts that the crawl thread takes every
-``STATS_EVERY_S``; add-url, pause, resume and stop cross to the crawl loop thread-safely, add-url
-with a deadline.
+``STATS_EVERY_S`` (the crawler reads its frontier's tables for it at most every 5 s, and not
+while the database is known away: ``Crawler.stats``); add-url, pause, resume and stop cross to
+the crawl loop thread-safely, add-url with a deadline.
 
 Nothing runs before the supervisor's ``start()`` (its state directory and database are ready):
 an add-url before it is refused (``CrawlBusy``), so that no crawler touches a state directory

@@ -6,6 +6,7 @@ is off."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +15,15 @@ from _local_site import prose, start_site
 from _wait import until_async
 from aiohttp import web
 
+from crystalline.crawler.crawl import _FRONTIER_READ_EVERY_S
 from crystalline.crawler.settings import CrawlSettings
 from crystalline.daemon.crawl_service import CrawlBusy, CrawlOff, CrawlService
+from crystalline.postgres import POOL_TIMEOUT_S
+from tests._postgres import PgCluster
+from tests._tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.timeout(120)
+PROBE_TICK_S = 0.25
 
 
 async def page(_request: web.Request) -> web.Response:
@@ -103,5 +109,54 @@ def test_add_url_while_the_crawls_database_is_away_is_one_line_and_the_daemon_go
         finally:
             await crawl.stop(15.0)
         assert crawl.stats()["state"] == "stopped"
+
+    asyncio.run(scenario())
+
+
+def test_status_reads_no_database_while_it_is_known_away_and_the_crawl_loop_stays_free(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """The snapshot status reads (every STATS_EVERY_S) reads the frontier's tables at most every
+    _FRONTIER_READ_EVERY_S and not while the database is known away: with the server gone, the
+    crawl loop waits out a database deadline (POOL_TIMEOUT_S) at most once, where it waited at
+    every snapshot; status keeps the last values and says how old they are."""
+    proxy = CuttableProxy(pg_cluster.port)
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+    ticks = round(3 * _FRONTIER_READ_EVERY_S / PROBE_TICK_S)  # 3 rounds of reads, 30 snapshots
+
+    async def probe() -> list[float]:
+        """The crawl loop's gaps between ticks of PROBE_TICK_S (a database wait shows as one)."""
+        gaps, last = [], time.monotonic()
+        for _ in range(ticks):
+            await asyncio.sleep(PROBE_TICK_S)
+            now = time.monotonic()
+            gaps.append(now - last - PROBE_TICK_S)
+            last = now
+        return gaps
+
+    async def scenario() -> None:
+        crawl = CrawlService(replace(settings(tmp_path), database=url), tmp_path, enabled=True)
+        crawl.start()
+        crawl.pause()  # no pass: the crawl loop runs the snapshots alone
+        try:
+            assert await crawl.add_url("https://example.org/") is True
+            read = await until_async(
+                lambda: crawl.stats() if crawl.stats().get("frontier_read_age_s") is not None else None,
+                "the frontier never read", 30,
+            )  # fmt: skip
+            assert read["database"]["available"] is True and read["frontier_bytes"] > 0
+            proxy.close()  # the server is gone: connections refused
+            assert crawl._loop is not None
+            gaps = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(probe(), crawl._loop))
+            waits = [round(g, 2) for g in gaps if g >= 0.75 * POOL_TIMEOUT_S]
+            assert len(waits) <= 1, f"the crawl loop waited on the database {len(waits)} times: {waits}"
+            away = crawl.stats()  # status still answers, with the last reads and their age
+            assert away["database"]["available"] is False, away["database"]
+            assert away["frontier_bytes"] == read["frontier_bytes"] and away["hosts"] == read["hosts"]
+            assert away["frontier_read_age_s"] >= ticks * PROBE_TICK_S - _FRONTIER_READ_EVERY_S
+        finally:
+            await crawl.stop(15.0)
+            proxy.close()
+        assert crawl.thread is not None and not crawl.thread.is_alive()
 
     asyncio.run(scenario())
