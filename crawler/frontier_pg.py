@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..postgres import Database, DatabaseUnavailable
-from ..sql_tables import columns
+from ..sql_tables import Column, Table, columns
 from .frontier import DROPS, HOSTS, META, PATTERNS, ROBOTS, URLS, Frontier, NewUrl, UrlEntry
 from .politeness import FAR_FUTURE
 
@@ -51,28 +51,38 @@ COUNT_REFRESH_S = 5.0
 REAP_EVERY_S = 1.0
 MAX_UNSETTLED = 10_000  # outcomes kept while the database is away (a few per URL in flight)
 
-# Version 1: the SQLite frontier's tables (``frontier.TABLES``) in PostgreSQL's types, whole,
-# with host leases and the claimer of each in-flight URL.
-_URLS = replace(URLS, columns=(*URLS.columns, *columns("claimed_by text")))
+# The tables as the last migration leaves them: the SQLite frontier's (``frontier.TABLES``) with
+# what a cluster needs on top, host leases and the claimer of each in-flight URL.
+_CLAIMED_BY = columns("claimed_by text")
 _LEASE = columns("lease_owner text\nlease_until real NOT NULL DEFAULT 0")
+_URLS = replace(URLS, columns=(*URLS.columns, *_CLAIMED_BY))
 _HOSTS = replace(HOSTS, columns=(*HOSTS.columns, *_LEASE))
 TABLES = (_URLS, _HOSTS, PATTERNS, DROPS, ROBOTS, META)
+
+
+def _create(table: Table, last: str, cluster: tuple[Column, ...] = ()) -> str:
+    """``CREATE TABLE`` of ``table``'s columns up to ``last``, then ``cluster``'s."""
+    return replace(table, columns=(*table.upto(last), *cluster)).create("postgresql")
+
+
+# Version 1, frozen: each table's columns up to the one named (a column added to a definition
+# later comes with a migration of its own; tests/pkg/test_sql_tables.py checks both).
 _SCHEMA_V1 = f"""
-{_URLS.create("postgresql")};
+{_create(URLS, "judged_n", _CLAIMED_BY)};
 CREATE INDEX urls_host_queue ON urls(origin, depth, id) WHERE state = 0;
 CREATE INDEX urls_queue_depth ON urls(depth, id) WHERE state = 0;
 CREATE INDEX urls_in_flight ON urls(origin) WHERE state = 1;
 CREATE INDEX urls_revisit ON urls(next_visit) WHERE state = 2;
 CREATE INDEX urls_host_revisit ON urls(origin, next_visit) WHERE state = 2;
 CREATE INDEX urls_revisit_queue ON urls(origin, id) WHERE state = 0 AND versions > 0;
-{_HOSTS.create("postgresql")};
+{_create(HOSTS, "errors", _LEASE)};
 CREATE INDEX hosts_ready ON hosts(next_at) WHERE queued > 0;
 CREATE INDEX hosts_leased ON hosts(lease_until) WHERE lease_owner IS NOT NULL;
-{PATTERNS.create("postgresql")};
-{DROPS.create("postgresql")};
-{ROBOTS.create("postgresql")};
+{PATTERNS.create("postgresql", "trapped")};
+{DROPS.create("postgresql", "n")};
+{ROBOTS.create("postgresql", "body")};
 CREATE INDEX robots_age ON robots(fetched_at);
-{META.create("postgresql")}
+{META.create("postgresql", "value")}
 """
 MIGRATIONS = (_SCHEMA_V1,)
 

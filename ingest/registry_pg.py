@@ -29,21 +29,23 @@ from .registry import (
     RegistryNotCreated,
 )
 
-# The SQLite registry's tables (``registry.TABLES``) in PostgreSQL's types
+# The SQLite registry's tables (``registry.TABLES``) in PostgreSQL's types. Each migration is
+# frozen: it names the last column it makes (a column added to a definition later comes with a
+# migration of its own; tests/pkg/test_sql_tables.py checks both).
 _SCHEMA_V1 = f"""
 {DOCUMENTS.create("postgresql", "language_score")};
 CREATE INDEX documents_hash ON documents (content_hash) WHERE state = 'done';
 CREATE INDEX documents_file_key ON documents (file_key) WHERE file_key != '';
-{SIMHASH_BANDS.create("postgresql")};
+{SIMHASH_BANDS.create("postgresql", "doc")};
 CREATE INDEX simhash_bands_lookup ON simhash_bands (band, value);
-{MINHASH_BANDS.create("postgresql")};
+{MINHASH_BANDS.create("postgresql", "doc")};
 CREATE INDEX minhash_bands_lookup ON minhash_bands (band, value);
-{MINHASH_SIGNATURES.create("postgresql")};
-{TEXT_EDITS.create("postgresql")};
-{META.create("postgresql")}
+{MINHASH_SIGNATURES.create("postgresql", "signature")};
+{TEXT_EDITS.create("postgresql", "count")};
+{META.create("postgresql", "value")}
 """
 # SQLite's schema 4: the source a document is evaluated under, its surprise (NULL until measured)
-_SCHEMA_V2 = add_columns("documents", DOCUMENTS.after("language_score"), "postgresql")
+_SCHEMA_V2 = add_columns("documents", DOCUMENTS.after("language_score", upto="surprise"), "postgresql")
 # SQLite's schema 5: the surprise lookups by doc_id use an index instead of scanning the table
 _SCHEMA_V3 = """
 CREATE INDEX documents_doc_id ON documents (doc_id)

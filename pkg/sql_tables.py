@@ -9,6 +9,10 @@ ADD COLUMN``). The types are where the dialects differ: a unix time is ``REAL`` 
 ``BIGINT``, bytes ``BLOB`` and ``BYTEA``, a row id SQLite's rowid alias and an identity column.
 :func:`columns` reads a table's columns written one a line, ``name type constraints``.
 Indexes stay with each backend: their partial conditions are tuned per engine.
+
+A definition is what the tables are now. A migration shipped once must never change, so one
+rendered from a definition names its last column (``create(..., upto=)``, ``after(..., upto=)``):
+a column added to a definition later then needs a migration of its own.
 """
 
 from __future__ import annotations
@@ -62,9 +66,10 @@ class Table:
         names = [c.name for c in self.columns]
         return self.columns[: names.index(last) + 1]
 
-    def after(self, last: str) -> tuple[Column, ...]:
-        """The columns after ``last``."""
-        return self.columns[len(self.upto(last)) :]
+    def after(self, last: str, upto: str | None = None) -> tuple[Column, ...]:
+        """The columns after ``last`` (up to and including ``upto``; None: all)."""
+        columns = self.columns if upto is None else self.upto(upto)
+        return columns[len(self.upto(last)) :]
 
     def create(self, dialect: Dialect, upto: str | None = None) -> str:
         """``CREATE TABLE`` in ``dialect`` with the columns up to ``upto`` (None: all); SQLite's
