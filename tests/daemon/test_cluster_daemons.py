@@ -200,6 +200,8 @@ def test_a_member_paused_and_resumed_at_once_is_back_in_the_group(machines: Mach
     for i in range(3):
         machines.wait(i, world(3, held + 10), "all three stepping after pause and resume", timeout_s=120)
     assert agree(machines, [0, 1, 2]) > held
+    said = [x for x in machines.log(2).splitlines() if any(w in x for w in ("leave", "left", "rejoin"))]
+    print("member 2 between pause and resume:", *said, sep="\n  ")  # which window the resume hit
 
 
 def silent_member(machines: Machines, i: int, rendezvous: int) -> subprocess.Popen[bytes]:
