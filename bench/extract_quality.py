@@ -39,10 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trafilatura
-from bs4 import BeautifulSoup
 
 from crystalline.ingest.charset import decode_bytes
 from crystalline.ingest.html_text import extract_html
+
+try:  # the get_text baseline only: beautifulsoup4 is the bench extra, not a dependency
+    from bs4 import BeautifulSoup
+except ImportError:
+    BeautifulSoup = None
 
 DEV_SET = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "extraction-dev"
 
@@ -371,7 +375,10 @@ def main() -> None:
         score("crystalline", lambda h: extract_html(h).text, generated)
         score("ours alone", lambda h: extract_html(h, "never").text, generated)
         score("trafilatura", lambda h: trafilatura.extract(h, include_comments=False), generated)
-        score("bs4 get_text", lambda h: BeautifulSoup(h, "lxml").get_text(" "), generated)
+        if BeautifulSoup is None:
+            print("  bs4 get_text: skipped (beautifulsoup4 is the bench extra: pip install -e .[bench])")
+        else:
+            score("bs4 get_text", lambda h: BeautifulSoup(h, "lxml").get_text(" "), generated)
 
 
 if __name__ == "__main__":
