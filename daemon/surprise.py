@@ -16,6 +16,7 @@ source from there (``ingest.surprise``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ingest.registry import Registry
-from ..ingest.registry_pg import PgRegistry
+from ..ingest.registry_pg import open_registry
 from ..tokens.token_store import StoredDocument, StoreReader
 from ..workers.trainer import Trainer, evaluate
 from .source_eval import served_params
@@ -40,9 +41,10 @@ MAX_PENDING = 4096  # values not yet written (a registry down for long): the old
 
 
 def registry_opener(database: str | None, path: Path) -> Callable[[], Registry]:
-    """Opens control's own connection to the registry the ingestor writes: PostgreSQL's at
-    ``database``, or the SQLite file at ``path`` with a short busy timeout (see the module)."""
-    return lambda: PgRegistry(database) if database else Registry(path, timeout_s=REGISTRY_TIMEOUT_S)
+    """Opens control's own connection to the registry the ingestor writes (``open_registry``:
+    PostgreSQL's at ``database``, or the SQLite file at ``path``) with a short busy timeout (see
+    the module)."""
+    return functools.partial(open_registry, database, path, timeout_s=REGISTRY_TIMEOUT_S)
 
 
 def first_windows(tokens: np.ndarray, seq_len: int, count: int) -> np.ndarray:

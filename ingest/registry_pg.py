@@ -93,7 +93,12 @@ class PgRegistry(Registry):
         self._pg.close()
 
 
-def open_registry(database: str | None, path: Path, *, read_only: bool = False) -> Registry:
+def open_registry(
+    database: str | None, path: Path, *, read_only: bool = False, timeout_s: float = 30.0
+) -> Registry:
     """The SQLite registry at ``path``, or the PostgreSQL one when ``database`` is a URL (a
-    reader of it with ``read_only``)."""
-    return PgRegistry(database, read_only=read_only) if database else Registry(path, read_only=read_only)
+    reader of it with ``read_only``). ``timeout_s``: a writer's wait for SQLite's lock (a
+    PostgreSQL registry has its own deadlines, see ``crystalline.postgres``)."""
+    if database:
+        return PgRegistry(database, read_only=read_only)
+    return Registry(path, timeout_s, read_only=read_only)
