@@ -512,6 +512,25 @@ def _keep(block: _Block, text: str) -> bool:
     return block.tag in ("li", "tr", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
 
 
+def _titles(kept: list[tuple[_Block, str]]) -> list[bool]:
+    """For each block, whether it is a heading with text kept under it: a non-heading block
+    before the next heading of its level or a higher one (an <h3> whose section opens with an
+    <h4> titles what the <h4> holds). A heading with nothing under it is navigation, not a
+    title; the <h1> is always the title."""
+    titled = [False] * len(kept)
+    under = [False] * 7  # by level 1..6: text before the next heading of that level or higher
+    for i in range(len(kept) - 1, -1, -1):
+        block = kept[i][0]
+        if not block.heading:
+            under = [True] * 7
+            continue
+        level = int(block.tag[1])
+        titled[i] = level == 1 or under[level]
+        for deeper in range(level, 7):  # a heading of level L ends the sections of L and deeper
+            under[deeper] = False
+    return titled
+
+
 def extract_html(html: str, second_opinion: SecondOpinion = "auto") -> HtmlText:
     """Extract the main text, title and language of an HTML document given as text.
 
@@ -635,12 +654,7 @@ def _main_text(body: etree._Element, strict: bool) -> tuple[str, _Found]:
     blocks = _blocks(selected)
     texts = [b.lines() for b in blocks]
     kept = [(b, t) for b, t in zip(blocks, texts, strict=True) if _keep(b, t)]
-    # A heading with nothing kept after it (before the next heading) is navigation, not a title.
-    out: list[str] = []
-    for i, (b, t) in enumerate(kept):
-        if b.heading and (i + 1 == len(kept) or kept[i + 1][0].heading) and b.tag != "h1":
-            continue
-        out.append(t)
+    out = [t for (b, t), titled in zip(kept, _titles(kept), strict=True) if not b.heading or titled]
     text = "\n\n".join(out)
     inside = set(selected)
     removed = sum(n for parent, n in dropped if not inside.isdisjoint((parent, *parent.iterancestors())))

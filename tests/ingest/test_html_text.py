@@ -278,3 +278,18 @@ def test_second_opinion_keeps_a_table_inside_a_figure() -> None:
     theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
     assert "Gauge 3" in theirs
     assert "Gauge 3" in extract_html(html, "always").text
+
+
+def test_section_title_followed_by_a_subsection_title_is_kept() -> None:
+    # "Project updates" (h2) opens with a subsection (h3) rather than a paragraph: it titles
+    # what the h3 holds. The h3 "Elsewhere" before the next h2 has nothing under it: dropped.
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>The delta grows</h1>{_paras(SECTIONS[0])}"
+        f"<h2>Project updates</h2><h3>The levee</h3>{_paras(SECTIONS[1])}<h3>Elsewhere</h3>"
+        f"<h2>What comes next</h2>{_paras(SECTIONS[2])}</article></body></html>"
+    )
+    lines = extract_html(html, "never").text.split("\n\n")
+    assert lines[:4] == ["The delta grows", *SECTIONS[0], "Project updates"]
+    assert "The levee" in lines and "What comes next" in lines
+    assert "Elsewhere" not in lines
+
