@@ -174,6 +174,8 @@ _BLOCK_TAGS = _HEADINGS | {
     "section", "article", "main", "header", "body", "hr", "address", "details", "summary", "center",
 }  # fmt: skip
 _CELL_TAGS = ("td", "th")
+# A table cell with at most this many characters (and no table inside) holds data: see _small_cell.
+_CELL_CHARS = 200
 _PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
 # Share of a paragraph's score that goes to its parent, grandparent and further ancestors.
 _SHARES = (1.0, 1 / 2, 1 / 6, 1 / 9, 1 / 12)
@@ -455,6 +457,7 @@ def _blocks(roots: list[etree._Element]) -> list[_Block]:
     blocks: list[_Block] = []
     cur = _Block([], 0, False, "p")
     links: list[bool] = []  # open <a> elements: does each lead away from the page?
+    cell: etree._Element | None = None  # a small table cell whose inner blocks join its row
 
     def flush(tag: str) -> None:
         nonlocal cur
@@ -467,12 +470,16 @@ def _blocks(roots: list[etree._Element]) -> list[_Block]:
         for event, el in etree.iterwalk(root, events=("start", "end")):
             tag = el.tag if isinstance(el.tag, str) else ""
             if event == "start":
-                if tag in _BLOCK_TAGS:
+                if cell is not None and tag in _BLOCK_TAGS:
+                    cur.text.append(" ")
+                elif tag in _BLOCK_TAGS:
                     flush(tag)
                 elif tag == "br":
                     cur.breaks.append(len(cur.text))
                 elif tag in _CELL_TAGS:
                     cur.text.append(" ")
+                    if cell is None and _small_cell(el):
+                        cell = el
                 if tag == "a":
                     links.append(not el.get("href", "").startswith("#"))
                 if el.text:
@@ -482,16 +489,29 @@ def _blocks(roots: list[etree._Element]) -> list[_Block]:
             else:
                 if tag == "a":
                     links.pop()
-                if tag in _BLOCK_TAGS:
+                if cell is not None and tag in _BLOCK_TAGS:
+                    cur.text.append(" ")
+                elif tag in _BLOCK_TAGS:
                     flush("p")
                 elif tag in _CELL_TAGS:
                     cur.text.append(" ")
+                    if el is cell:
+                        cell = None
                 if el is not root and el.tail:
                     cur.text.append(el.tail)
                     if any(links):
                         cur.link_chars += len(el.tail.strip())
         flush("p")
     return blocks
+
+
+def _small_cell(cell: etree._Element) -> bool:
+    """A table cell of data, not of layout: short text and no table inside. Its <div>s and
+    <p>s (a cell wrapped for styling, "71.1 MB" in a <div>) stay with its row's block, which
+    is kept or dropped whole; a layout cell holding a page's article is split as a page is."""
+    if cell.find(".//table") is not None:
+        return False
+    return sum(len(t.strip()) for t in cell.itertext()) <= _CELL_CHARS
 
 
 def _weight(text: str) -> int:

@@ -293,3 +293,22 @@ def test_section_title_followed_by_a_subsection_title_is_kept() -> None:
     assert "The levee" in lines and "What comes next" in lines
     assert "Elsewhere" not in lines
 
+
+def test_table_cells_wrapped_in_divs_stay_with_their_row() -> None:
+    # A blog's table of figures, each cell's text inside a styled <div>: the row is one block
+    # ("Maps 32.7 MB 9.6 MB"), not a link and two fragments that are each too short to keep.
+    rows = [("Maps", "32.7 MB", "9.6 MB (-71%)"), ("Mail", "18.1 MB", "6.2 MB (-66%)")]
+    cells = "".join(
+        f"<tr><td><div><a href='https://example.org/{name}'><span>{name}</span></a></div></td>"
+        f"<td><div>{size}</div></td><td><div><span>{patch}</span></div></td></tr>"
+        for name, size, patch in rows
+    )
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>Smaller updates</h1>"
+        f"{_paras(SECTIONS[0])}<table>{cells}</table>{_paras(SECTIONS[1])}</article></body></html>"
+    )
+    text = extract_html(html, "never").text
+    for name, size, patch in rows:
+        assert f"{name} {size} {patch}" in text
+    for para in SECTIONS[0] + SECTIONS[1]:
+        assert para in text
