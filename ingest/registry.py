@@ -194,8 +194,14 @@ class Registry:
     def __init__(self, path: Path, timeout_s: float = 30.0, *, read_only: bool = False) -> None:
         """``read_only``: a reader beside the writer: the file opened read-only (``mode=ro``;
         :class:`RegistryNotCreated` while it does not exist), waiting READER_TIMEOUT_S at most
-        for a lock, never migrated."""
+        for a lock, never migrated. A reader writes no file, its side files included: a WAL
+        database is read through the ``-wal`` and ``-shm`` files, which a read-only connection
+        can use but not remove, and creates when they are missing (or fails, "attempt to write
+        a readonly database", in a directory it cannot write); they exist while a writer has the
+        registry open (or after one was killed), and a writer's :meth:`close` turns the registry
+        back to a rollback journal (no side files) when it is the last connection."""
         self.path = Path(path)
+        self.read_only = read_only
         if read_only:
             if not self.path.exists():
                 raise RegistryNotCreated(f"registry {self.path} does not exist yet")
@@ -281,6 +287,12 @@ class Registry:
         return {"kind": "sqlite", "path": str(self.path)}
 
     def close(self) -> None:
+        if not self.read_only:
+            # a rollback journal when no other connection has the registry open (SQLite refuses
+            # at once otherwise, "database is locked", and the registry stays in WAL with its
+            # side files); the next writer turns WAL on again (see __init__)
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._sqlite.execute("PRAGMA journal_mode=DELETE")
         self._sqlite.close()
 
     def state_of(self, entry: str) -> str | None:

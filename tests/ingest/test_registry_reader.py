@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry, RegistryNotCreated
 from crystalline.ingest.registry_pg import MIGRATIONS, PgRegistry
 from crystalline.postgres import Database
+from tests._mount_namespace import UNSHARE, require_mount_namespace
 
 
 def _documents(n: int) -> list[Record]:
@@ -79,6 +82,75 @@ def test_a_sqlite_reader_never_creates_migrates_nor_writes_the_registry(tmp_path
     db.close()
     with pytest.raises(RuntimeError, match="newer than this program's"):
         Registry(path, read_only=True)
+
+
+def _read_in_read_only_directory(directory: Path) -> str:
+    """What a reader of ``directory``'s registry reads where the directory is mounted read-only
+    (a private mount namespace: not even root can write there)."""
+    require_mount_namespace()
+    script = (
+        "from pathlib import Path\n"
+        "from crystalline.ingest.registry import Registry\n"
+        "reader = Registry(Path(__import__('sys').argv[1]) / 'registry.sqlite3', read_only=True)\n"
+        "print(','.join(str(d['source']) for d in reader.latest(10)))\n"
+        "reader.close()\n"
+    )
+    shell = 'mount --bind "$2" "$2" && mount -o remount,bind,ro "$2" && exec "$0" -c "$1" "$2"'
+    out = subprocess.run(
+        [*UNSHARE, "sh", "-c", shell, sys.executable, script, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.timeout(120)
+def test_a_sqlite_reader_writes_no_side_file_and_reads_where_it_cannot_write(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    # a writer closed: the registry is back to a rollback journal, a reader creates no -wal/-shm
+    writer = Registry(path)
+    writer.record(_documents(2))
+    writer.close()
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
+    reader = Registry(path, read_only=True)
+    assert _sources(reader) == ["https://h/1", "https://h/0"]
+    reader.close()
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
+    assert _read_in_read_only_directory(tmp_path) == "https://h/1,https://h/0"
+
+    # a writer open (WAL, its side files): read through them, the last commit included
+    writer = Registry(path)
+    writer.record(_documents(3)[2:])
+    assert _read_in_read_only_directory(tmp_path) == "https://h/2,https://h/1,https://h/0"
+    # a reader open beside the writer when it closes: the registry stays in WAL, still readable
+    reader = Registry(path, read_only=True)
+    writer.close()
+    assert _sources(reader) == ["https://h/2", "https://h/1", "https://h/0"]
+    reader.close()
+    assert _read_in_read_only_directory(tmp_path) == "https://h/2,https://h/1,https://h/0"
+
+    # a writer killed with uncheckpointed commits: its -wal and -shm are left, and read
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from crystalline.ingest.registry import Record, Registry\n"
+        "writer = Registry(Path(sys.argv[1]))\n"
+        "writer.record([Record('spool:9', 'id9', 'https://h/9', 'crawl', 'done')])\n"
+        "print('recorded', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "recorded"
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert {"registry.sqlite3-wal", "registry.sqlite3-shm"} <= set(os.listdir(tmp_path))
+    assert _read_in_read_only_directory(tmp_path) == "https://h/9,https://h/2,https://h/1,https://h/0"
 
 
 def test_a_postgresql_reader_never_creates_migrates_nor_writes_the_registry(pg_url: str) -> None:
