@@ -137,6 +137,7 @@ source: "https://example.org/river"
 
 The [river](https://example.org/river?ref=x) rose over the _old_ wall ![a photo](https://example.org/p.jpg)
 and the farmers moved their __grain__ to <https://example.org/hill>.
+- **Hill:** <a href="https://example.org/hill">the hill &amp; its barns</a>
 
 ```python
 move_grain(to_hill)
@@ -172,12 +173,13 @@ def test_markdown_text_keeps_the_words_a_reader_reads() -> None:
     bench = _bench()
     text, language = bench.markdown_text(MARKDOWN)
     assert language == "en"
-    # no link or image target, no alt text, no emphasis underscores; an autolink's address and
-    # a code block's code are text on the page
+    # no link or image target (Markdown or <a>), no alt text, no emphasis underscores; an
+    # autolink's address and a code block's code are text on the page
     assert " ".join(bench.WORD.findall(text)) == (
         "The river rose The river rose over the old wall and the farmers moved their grain to "
-        "https example org hill move_grain to_hill"
+        "https example org hill Hill the hill its barns move_grain to_hill"
     )
+    assert "the hill & its barns" in text
     assert bench.markdown_text("no front matter here") == ("no front matter here", "?")
 
 
