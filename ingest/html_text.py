@@ -182,6 +182,21 @@ _SHARES = (1.0, 1 / 2, 1 / 6, 1 / 9, 1 / 12)
 # Sentence ends, including the CJK full stop and full-width marks.
 # Han, kana and hangul: characters that stand for a word or a syllable.
 _WIDE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# A heading that announces links to other pages, not a section of the article: the whole
+# heading is one of these phrases ("Related", "More from The Times", "Other opinion columns",
+# not "Related work" or "Recommended settings").
+_TEASER_NOUNS = (
+    r"(?:articles|stories|posts|news|content|links|videos|reads|reading|searches|columns|headlines)"
+)
+_TEASER_HEADING = re.compile(
+    rf"(?:related(?: {_TEASER_NOUNS})?|recommended(?: for you| {_TEASER_NOUNS})?|read (?:more|next|also)|"
+    rf"you (?:might|may) (?:also )?(?:like|enjoy)|more (?:from|on|in) [\w' .&-]{{1,40}}|more {_TEASER_NOUNS}|"
+    rf"(?:most|top) (?:read|popular|viewed|shared|{_TEASER_NOUNS})|"
+    rf"(?:popular|trending|latest)(?: now| {_TEASER_NOUNS})?|"
+    rf"other [\w ]{{1,30}}{_TEASER_NOUNS}|like this)\W*",
+    re.IGNORECASE,
+)
+_TEASER_CHARS = 60  # a teaser heading is a short phrase
 _SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
 
 
@@ -532,6 +547,30 @@ def _keep(block: _Block, text: str) -> bool:
     return block.tag in ("li", "tr", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
 
 
+def _drop_teaser_boxes(selected: list[etree._Element], chars: dict[etree._Element, int]) -> int:
+    """Remove from the selected subtrees each box whose heading announces other pages (see
+    _TEASER_HEADING): the smallest element around the heading that holds more than it, unless
+    that is a selected element itself (the heading sits in the article's own flow) or holds the
+    page's <h1> or an <article> (see _no_article). Teaser lists carry whole paragraphs of other
+    stories, which pass every per-block rule. Returns the characters removed."""
+    roots = set(selected)
+    removed = 0
+    for root in selected:
+        for heading in list(root.iter(*_HEADINGS)):
+            if chars.get(heading, 0) > _TEASER_CHARS or not _TEASER_HEADING.fullmatch(
+                " ".join(_text_of(heading).split())
+            ):
+                continue
+            box = heading.getparent()
+            while box is not None and box not in roots and chars.get(box, 0) <= chars.get(heading, 0):
+                box = box.getparent()
+            if box is None or box in roots or not _attached(box, root) or not _no_article(box):
+                continue
+            removed += chars.get(box, 0)
+            _remove(box)
+    return removed
+
+
 def _titles(kept: list[tuple[_Block, str]]) -> list[bool]:
     """For each block, whether it is a heading with text kept under it: a non-heading block
     before the next heading of its level or a higher one (an <h3> whose section opens with an
@@ -671,6 +710,7 @@ def _main_text(body: etree._Element, strict: bool) -> tuple[str, _Found]:
     scores = _scores(body, chars, links, prose)
     best = _best_container(body, scores, prose)
     selected = _selected(best, scores, chars, links)
+    teasers = _drop_teaser_boxes(selected, chars)
     blocks = _blocks(selected)
     texts = [b.lines() for b in blocks]
     kept = [(b, t) for b, t in zip(blocks, texts, strict=True) if _keep(b, t)]
@@ -678,4 +718,6 @@ def _main_text(body: etree._Element, strict: bool) -> tuple[str, _Found]:
     text = "\n\n".join(out)
     inside = set(selected)
     removed = sum(n for parent, n in dropped if not inside.isdisjoint((parent, *parent.iterancestors())))
-    return text, _Found(sum(map(len, out)), sum(chars.get(el, 0) for el in selected), removed)
+    # Teaser boxes were judged, not missed: they count as kept (else trafilatura is asked, and
+    # its text, teasers included, is longer).
+    return text, _Found(sum(map(len, out)) + teasers, sum(chars.get(el, 0) for el in selected), removed)

@@ -312,3 +312,30 @@ def test_table_cells_wrapped_in_divs_stay_with_their_row() -> None:
         assert f"{name} {size} {patch}" in text
     for para in SECTIONS[0] + SECTIONS[1]:
         assert para in text
+
+
+def test_box_under_a_teaser_heading_is_dropped() -> None:
+    # Inside the article's container, after the text: a box headed "You might also like" with
+    # other stories' headlines and summaries, each a paragraph that passes the block rules. A
+    # section of the article titled "Related work" is the article's own and stays.
+    teasers = [
+        "Council approves the new harbour budget after a long debate about the dredging costs.",
+        "Farmers on the upper plain report the best harvest in twenty years, and prices fall.",
+    ]
+    box = "".join(
+        f"<div class='item'><h4><a href='/s/{i}'>Story {i}</a></h4><p>{t}</p></div>"
+        for i, t in enumerate(teasers)
+    )
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><div class='main'><h1>The delta grows</h1>"
+        f"{_paras(SECTIONS[0])}<div class='section'><h2>Related work</h2>{_paras(SECTIONS[1])}</div>"
+        f"{_paras(SECTIONS[2])}<div class='stream'><div class='hd'><h3>You might also like</h3></div>"
+        f"<div class='list'>{box}</div></div></div></body></html>"
+    )
+    page = extract_html(html)
+    for para in [p for section in SECTIONS for p in section]:
+        assert para in page.text
+    assert "Related work" in page.text
+    for teaser in teasers:
+        assert teaser not in page.text
+    assert "You might also like" not in page.text
