@@ -79,11 +79,14 @@ def test_pairs_and_scores_two_crafted_pages(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_without_the_index_one_error_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "sdist"), [([], "newspaper4k-0.9.6"), (["--set", "domdown"], "domdown-0.3.6")]
+)
+def test_without_the_index_one_error_line(tmp_path: Path, args: list[str], sdist: str) -> None:
     env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:1/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}
     env.pop("PIP_FIND_LINKS", None)
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--cache", str(tmp_path / "cache")],
+        [sys.executable, str(BENCH), "--cache", str(tmp_path / "cache"), *args],
         capture_output=True,
         text=True,
         env=env,
@@ -91,9 +94,10 @@ def test_without_the_index_one_error_line(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 1
-    assert out.stderr.startswith("extract_heldout: cannot download newspaper4k==0.9.6 through pip")
+    pin = sdist.replace("-", "==")
+    assert out.stderr.startswith(f"extract_heldout: cannot download {pin} through pip")
     assert len(out.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "cache" / "newspaper4k-0.9.6.tar.gz").exists()
+    assert not (tmp_path / "cache" / f"{sdist}.tar.gz").exists()
 
 
 @pytest.mark.timeout(60)
