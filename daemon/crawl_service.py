@@ -37,7 +37,7 @@ from ..crawler.crawl import Crawler
 from ..crawler.feedback import IngestFeedback
 from ..crawler.settings import CrawlSettings
 from ..documents import Spool
-from ..postgres import DatabaseUnavailable
+from ..postgres import Database, DatabaseUnavailable
 from .component_runner import Backoff, ComponentRunner
 
 log = logging.getLogger("crystalline.supervisor")
@@ -88,6 +88,13 @@ class CrawlService:
             feedback = IngestFeedback(registry, database=self.registry_database)
             self.crawler = Crawler(self.settings, spool, feedback=feedback)
         return self.crawler
+
+    def check_database(self) -> None:
+        """At start, beside ingest's registry (the supervisor's ``_prepare``, one wait for both):
+        the crawl's PostgreSQL database (``[crawl] database``) answers a connection, or
+        DatabaseUnavailable says why. Nothing to check with crawling off or a SQLite frontier."""
+        if self.enabled and self.settings.database:
+            Database(self.settings.database, "frontier", max_size=1, name="crystalline-frontier").close()
 
     def start(self) -> None:
         """The daemon has started (its state directory and database are ready): take add-url

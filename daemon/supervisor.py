@@ -267,9 +267,10 @@ class Supervisor:
         touch the disk). When the state dir cannot be used (read-only, full, wrong owner), say so
         in the log, in status (``last_error``) and to systemd, keep answering status and feeding
         the watchdog (a restart would fail the same way: no crash loop), and retry every
-        ``START_RETRY_S`` until it works or the daemon is stopped (False). A database
-        (``--database``) that does not answer is waited for the same way, with a jittered backoff
-        (``DATABASE_BACKOFF``), status and health saying "database unreachable (why)"."""
+        ``START_RETRY_S`` until it works or the daemon is stopped (False). A database that does
+        not answer, the registry's or the crawl's (``--database``, ``[ingest]``/``[crawl]
+        database``), is waited for the same way, with a jittered backoff (``DATABASE_BACKOFF``),
+        status and health saying "database unreachable (why)"."""
         s = self.settings
         interval = self.notifier.watchdog_interval()
         database_failures = 0
@@ -278,6 +279,7 @@ class Supervisor:
             try:
                 await asyncio.to_thread(self._prepare_dirs)
                 await asyncio.to_thread(self.ingest.open)
+                await asyncio.to_thread(self.crawl.check_database)
                 if self.start_error:
                     log.info("state directory %s is usable again: starting", s.state_dir)
                 if self.database_error:

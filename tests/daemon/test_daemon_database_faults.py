@@ -42,15 +42,15 @@ def unreachable(data: dict[str, Any]) -> bool:
 
 @contextmanager
 def daemon_before_its_database(
-    root: Path, url: str, *extra: str, crawl: bool = False
+    root: Path, url: str, *extra: str, crawl: bool = False, option: str = "--database"
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """A small daemon (2 workers, no crawl unless ``crawl``) on the database at ``url``, where
-    nothing listens yet: yields once its status says the database is unreachable; SIGTERM at the
-    end."""
+    """A small daemon (2 workers, no crawl unless ``crawl``) on the database at ``url`` (given
+    with ``option``: the crawl's and the registry's, or one of them), where nothing listens yet:
+    yields once its status says the database is unreachable; SIGTERM at the end."""
     (root / "state" / "inbox").mkdir(parents=True)
     for i in range(3):
         (root / "state" / "inbox" / f"doc-{i}.txt").write_text(prose(i), encoding="utf-8")
-    proc, notify = start_small_daemon(root, ["--database", url, *extra], crawl=crawl)
+    proc, notify = start_small_daemon(root, [option, url, *extra], crawl=crawl)
     try:
         data = poll(proc, root / "run", "'database unreachable' in health", unreachable)
         assert data["health"]["verdict"] == "degraded" and data["state"] == "starting"
@@ -111,6 +111,36 @@ def test_add_url_while_waiting_for_the_database_is_refused_and_the_crawl_starts_
             crawler = data["crawler"]
             assert crawler["state"] == "running" and crawler["restarts"] == 0, crawler
             assert "restart_in_s" not in crawler and "error" not in crawler, crawler
+        finally:
+            proxy.close()
+            site.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_daemon_whose_crawl_database_alone_is_away_waits_for_it_the_same_way(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+) -> None:
+    """Only ``[crawl] database`` set (the registry in SQLite): the daemon waits for it as for the
+    registry's (health "database unreachable", nothing trained nor ingested), then runs, and the
+    crawl fetches through it without a restart."""
+    port = free_port()
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{port}/")
+    sock = tmp_path / "run" / "crystalline.sock"
+    site = Site()
+    add = {"cmd": "add-url", "url": site.url + "/p/0"}
+    args = ("--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps")
+    away = daemon_before_its_database(tmp_path, url, *args, crawl=True, option="--crawl-database")
+    with away as (proc, run):
+        proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
+        try:
+            data = poll(proc, run, "the daemon running", lambda d: d["state"] == "running")
+            assert not unreachable(data) and "database" not in data
+            assert request(sock, add) == {"ok": True, "data": {"url": add["url"], "queued": True}}
+            data = poll(proc, run, "the page fetched", lambda d: d["crawler"].get("fetched", 0) >= 1)
+            crawler = data["crawler"]
+            assert crawler["state"] == "running" and crawler["restarts"] == 0, crawler
+            assert crawler["database"]["available"] is True, crawler
+            assert data["ingest"]["database"]["kind"] == "sqlite"  # the registry stays SQLite's
         finally:
             proxy.close()
             site.close()
