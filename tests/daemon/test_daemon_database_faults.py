@@ -87,50 +87,25 @@ def test_a_daemon_started_before_its_database_waits_for_it_then_trains(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("option", ["--database", "--crawl-database"])
 def test_add_url_while_waiting_for_the_database_is_refused_and_the_crawl_starts_without_backoff(
-    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str, option: str
 ) -> None:
     """add-url before the daemon started is one line and starts nothing: once the database
-    answers, the crawl runs at once (no restart, no backoff earned while the database was away)."""
+    answers, the crawl runs at once (no restart, no backoff earned while the database was away).
+    ``--crawl-database``: the crawl's database alone (the registry in SQLite) is waited for the
+    same way as the registry's."""
     port = free_port()
     url = pg_url.replace(f":{pg_cluster.port}/", f":{port}/")
     sock = tmp_path / "run" / "crystalline.sock"
     site = Site()
     add = {"cmd": "add-url", "url": site.url + "/p/0"}
     args = ("--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps")
-    with daemon_before_its_database(tmp_path, url, *args, crawl=True) as (proc, run):
+    with daemon_before_its_database(tmp_path, url, *args, crawl=True, option=option) as (proc, run):
         reply = request(sock, add)
         assert reply["ok"] is False and reply["error"].startswith("the daemon is starting: "), reply
         assert "\n" not in reply["error"]
         assert daemon_status(run, proc)["crawler"]["state"] == "idle"  # no crawl thread, no backoff
-        proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
-        try:
-            poll(proc, run, "the daemon running", lambda d: d["state"] == "running")
-            assert request(sock, add) == {"ok": True, "data": {"url": add["url"], "queued": True}}
-            data = poll(proc, run, "the page fetched", lambda d: d["crawler"].get("fetched", 0) >= 1)
-            crawler = data["crawler"]
-            assert crawler["state"] == "running" and crawler["restarts"] == 0, crawler
-            assert "restart_in_s" not in crawler and "error" not in crawler, crawler
-        finally:
-            proxy.close()
-            site.close()
-
-
-@pytest.mark.timeout(300)
-def test_a_daemon_whose_crawl_database_alone_is_away_waits_for_it_the_same_way(
-    tmp_path: Path, pg_cluster: PgCluster, pg_url: str
-) -> None:
-    """Only ``[crawl] database`` set (the registry in SQLite): the daemon waits for it as for the
-    registry's (health "database unreachable", nothing trained nor ingested), then runs, and the
-    crawl fetches through it without a restart."""
-    port = free_port()
-    url = pg_url.replace(f":{pg_cluster.port}/", f":{port}/")
-    sock = tmp_path / "run" / "crystalline.sock"
-    site = Site()
-    add = {"cmd": "add-url", "url": site.url + "/p/0"}
-    args = ("--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps")
-    away = daemon_before_its_database(tmp_path, url, *args, crawl=True, option="--crawl-database")
-    with away as (proc, run):
         proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
         try:
             data = poll(proc, run, "the daemon running", lambda d: d["state"] == "running")
@@ -139,8 +114,10 @@ def test_a_daemon_whose_crawl_database_alone_is_away_waits_for_it_the_same_way(
             data = poll(proc, run, "the page fetched", lambda d: d["crawler"].get("fetched", 0) >= 1)
             crawler = data["crawler"]
             assert crawler["state"] == "running" and crawler["restarts"] == 0, crawler
+            assert "restart_in_s" not in crawler and "error" not in crawler, crawler
             assert crawler["database"]["available"] is True, crawler
-            assert data["ingest"]["database"]["kind"] == "sqlite"  # the registry stays SQLite's
+            registry = "sqlite" if option == "--crawl-database" else "postgresql"
+            assert data["ingest"]["database"]["kind"] == registry, data["ingest"]
         finally:
             proxy.close()
             site.close()
