@@ -339,3 +339,26 @@ def test_box_under_a_teaser_heading_is_dropped() -> None:
     for teaser in teasers:
         assert teaser not in page.text
     assert "You might also like" not in page.text
+
+
+def test_reader_replies_are_dropped() -> None:
+    # Kinja-style comments: a section of replies, each an <article class="reply"> whose text
+    # sits in a "post-content" div (the article's own class words) and reads like prose.
+    replies = [
+        "I do the same thing with the canal locks every spring, and it has never failed me once.",
+        "This is one of the hardest habits to break, and I have been working on it for years.",
+    ]
+    thread = "".join(
+        f"<article class='js_reply reply'><div class='reply-content post-content'><p>{r}</p></div></article>"
+        for r in replies
+    )
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><div class='main-column'><article><h1>The delta grows</h1>"
+        f"{_paras([p for section in SECTIONS for p in section])}</article>"
+        f"<section class='js_replies'>{thread}</section></div></body></html>"
+    )
+    text = extract_html(html).text
+    for para in [p for section in SECTIONS for p in section]:
+        assert para in text
+    for reply in replies:
+        assert reply not in text
