@@ -463,6 +463,7 @@ class _Block:
     heading: bool
     tag: str
     breaks: list[int] = field(default_factory=list)  # indices in ``text`` where a <br> was
+    parent: etree._Element | None = None  # the parent of the element that opened the block
 
     def lines(self) -> str:
         """The block's text, whitespace collapsed, one line per <br>-separated line."""
@@ -478,11 +479,11 @@ def _blocks(roots: list[etree._Element]) -> list[_Block]:
     links: list[bool] = []  # open <a> elements: does each lead away from the page?
     cell: etree._Element | None = None  # a small table cell whose inner blocks join its row
 
-    def flush(tag: str) -> None:
+    def flush(tag: str, opener: etree._Element | None = None) -> None:
         nonlocal cur
         if "".join(cur.text).strip():
             blocks.append(cur)
-        cur = _Block([], 0, tag in _HEADINGS, tag)
+        cur = _Block([], 0, tag in _HEADINGS, tag, parent=None if opener is None else opener.getparent())
 
     for root in roots:
         flush(root.tag if isinstance(root.tag, str) else "p")
@@ -492,7 +493,7 @@ def _blocks(roots: list[etree._Element]) -> list[_Block]:
                 if cell is not None and tag in _BLOCK_TAGS:
                     cur.text.append(" ")
                 elif tag in _BLOCK_TAGS:
-                    flush(tag)
+                    flush(tag, el)
                 elif tag == "br":
                     cur.breaks.append(len(cur.text))
                 elif tag in _CELL_TAGS:
@@ -549,6 +550,34 @@ def _keep(block: _Block, text: str) -> bool:
     if n >= 80 or (n >= 25 and _SENTENCE_END.search(text)):
         return True
     return block.tag in ("li", "tr", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
+
+
+def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
+    """Which blocks to keep: :func:`_keep`, and also short paragraphs without links between two
+    kept paragraphs of the same parent (a story's dialogue, "Seriously?" in a blog post): the
+    article's flow, which the length rule alone cuts into pieces; a chart's labels in <p>s of
+    their own wrapper are not."""
+    keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
+    short = [not k and b.tag == "p" and b.link_chars == 0 for b, k in zip(blocks, keep, strict=True)]
+    i = 0
+    while i < len(blocks):
+        if not short[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(blocks) and short[j]:
+            j += 1
+        run = blocks[i - 1 : j + 1]
+        if i > 0 and j < len(blocks) and keep[i - 1] and keep[j] and _siblings(run):
+            keep[i:j] = [True] * (j - i)
+        i = j
+    return keep
+
+
+def _siblings(blocks: list[_Block]) -> bool:
+    """True if ``blocks`` are all paragraphs (<p>) of one parent element."""
+    parent = blocks[0].parent
+    return parent is not None and all(b.tag == "p" and b.parent is parent for b in blocks)
 
 
 def _drop_teaser_boxes(selected: list[etree._Element], chars: dict[etree._Element, int]) -> int:
@@ -717,7 +746,7 @@ def _main_text(body: etree._Element, strict: bool) -> tuple[str, _Found]:
     teasers = _drop_teaser_boxes(selected, chars)
     blocks = _blocks(selected)
     texts = [b.lines() for b in blocks]
-    kept = [(b, t) for b, t in zip(blocks, texts, strict=True) if _keep(b, t)]
+    kept = [(b, t) for b, t, k in zip(blocks, texts, _continued(blocks, texts), strict=True) if k]
     out = [t for (b, t), titled in zip(kept, _titles(kept), strict=True) if not b.heading or titled]
     text = "\n\n".join(out)
     inside = set(selected)

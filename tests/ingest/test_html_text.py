@@ -362,3 +362,19 @@ def test_reader_replies_are_dropped() -> None:
         assert para in text
     for reply in replies:
         assert reply not in text
+
+
+def test_short_paragraphs_between_kept_paragraphs_are_kept() -> None:
+    # A story's dialogue: "Richy?" and "Yes, mom." are too short for the length rule alone,
+    # but they sit between kept paragraphs of the same parent. A chart's labels, short <p>s in
+    # a wrapper of their own between the same paragraphs, are not the article's flow.
+    dialogue = ["Richy?", "Yes, mom."]
+    chart = "<div class='chart'><p>$915</p><p>billion</p><p>600</p></div>"
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>The delta grows</h1><div class='story'>"
+        f"{_paras([SECTIONS[0][0], *dialogue, SECTIONS[0][1]])}</div><div class='story'>"
+        f"{_paras(SECTIONS[1])}{chart}{_paras(SECTIONS[2])}</div></article></body></html>"
+    )
+    paras = extract_html(html, "never").text.split("\n\n")
+    assert paras[1:5] == [SECTIONS[0][0], *dialogue, SECTIONS[0][1]]
+    assert "$915" not in paras and "billion" not in paras
