@@ -4,9 +4,9 @@ navigation, footers, cookie banners, share bars, comments and scripts around it.
 The method is readability's, on lxml directly (bs4 is ~5x slower and recurses on deep trees):
 drop elements that are boilerplate by tag, ARIA role or class/id words; score each container by
 the prose it holds (paragraph length and commas, discounted by link text); take the best one and
-its siblings of similar quality; emit its blocks, dropping link lists and short fragments that
-carry no sentence. Every walk is iterative, and libxml2 caps the tree depth at 256, so 100k
-nested tags cost no more than a normal page.
+its siblings of similar quality, less boxes headed "Related" and the like; emit its blocks,
+dropping link lists and short fragments that carry no sentence. Every walk is iterative, and
+libxml2 caps the tree depth at 256, so 100k nested tags cost no more than a normal page.
 """
 
 from __future__ import annotations
@@ -654,8 +654,8 @@ def _incomplete(found: _Found) -> bool:
     """Our result looks incomplete: the block rules dropped more than a tenth of the chosen
     container's text (short cells, list items, captions), or class and id words removed from
     inside it at least half as much text as we kept (a wiki's infobox, references, tables).
-    On the 124 real pages of the dev set this asks trafilatura on 44 pages and gives the same
-    F1 as asking it on every page (0.914)."""
+    On the 124 real pages of the dev set this asks trafilatura on 42 pages and gives the F1 of
+    asking it on every page (0.919 against 0.918, truth repaired)."""
     return found.kept < _KEPT_SHARE * found.container or found.dropped >= _DROPPED_SHARE * found.kept
 
 
