@@ -1,7 +1,8 @@
 """The rendezvous guard's cost (issue 16): c10d's TCPStore (classic backend) on a private
-loopback port as the hosting member runs it, one client straight to it and one through the
-guard (workers/rendezvous_guard.py) on another loopback address; ``--gets`` store ``get``s of a
-100-byte value each way, in ``--rounds`` alternating rounds, round-trip median / p95 / mean.
+loopback port behind the guard, as the hosting member runs them (``host_store`` in
+workers/rendezvous_guard.py, the guard on another loopback address), one client straight to
+the store and one through the guard; ``--gets`` store ``get``s of a 100-byte value each way,
+in ``--rounds`` alternating rounds, round-trip median / p95 / mean.
 
 Run: .venv/bin/python bench/rendezvous_guard.py [--gets 1000] [--rounds 3]
 """
@@ -9,14 +10,13 @@ Run: .venv/bin/python bench/rendezvous_guard.py [--gets 1000] [--rounds 3]
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import time
 from datetime import timedelta
 
 import torch.distributed as dist
 
-from crystalline.workers.rendezvous_guard import RendezvousGuard
+from crystalline.workers.rendezvous_guard import host_store
 
 
 def client(address: tuple[str, int]) -> dist.TCPStore:
@@ -31,16 +31,8 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    private = socket.socket()
-    private.bind(("127.0.0.1", 0))
-    private.listen(128)
-    upstream = private.getsockname()[:2]
-    server = dist.TCPStore(
-        upstream[0], upstream[1], None, True, timeout=timedelta(seconds=10),
-        wait_for_workers=False, use_libuv=False, master_listen_fd=private.detach(),
-    )  # fmt: skip
-    guard = RendezvousGuard(("127.0.0.2", 0), upstream)
-    ways = {"direct": client(upstream), "guard": client(guard.address)}
+    server, guard = host_store(("127.0.0.2", 0), timeout_s=10)
+    ways = {"direct": client(guard.upstream), "guard": client(guard.address)}
     ways["direct"].set("k", "v" * 100)
     print("| round | way | median us | p95 us | mean us |\n|---|---|---|---|---|")
     for r in range(args.rounds):

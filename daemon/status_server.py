@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..descriptors import RESERVE, open_descriptors, soft_limit
+from ..descriptors import free_descriptors
 from .commands import Command as Command  # the commands' shape, re-exported for the server's callers
 from .commands import CommandError as CommandError
 from .status_client import request as request  # the client half, re-exported for old callers
@@ -63,7 +63,7 @@ def connection_limits(max_clients: int, operator_reserve: int) -> tuple[int, int
     connections than descriptors would make accept() fail with EMFILE for everyone, operators
     included. At least four connections and two reserved, so that an operator always gets in
     (their last connection may not be cleared yet when the next one comes)."""
-    free = soft_limit() - open_descriptors() - RESERVE
+    free = free_descriptors()
     clients = min(max_clients, max(4, free // DESCRIPTOR_SHARE))
     reserve = max(operator_reserve * clients // max(max_clients, 1), min(operator_reserve, 2))
     return clients, min(reserve, clients)

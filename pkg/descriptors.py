@@ -62,6 +62,11 @@ def open_descriptors() -> int:
         return len(os.listdir("/dev/fd")) - 1
 
 
+def free_descriptors() -> int:
+    """What the soft limit leaves this process now, less :data:`RESERVE`."""
+    return soft_limit() - open_descriptors() - RESERVE
+
+
 def engine_descriptors(workers: int, lent_ring: bool = False) -> int:
     """Descriptors the control process's engine holds for ``workers`` worker processes (on
     the process's ZeroMQ context; ``lent_ring``: the ring is not the engine's)."""

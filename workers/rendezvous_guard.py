@@ -20,8 +20,18 @@ in its loop is logged and the loop goes on (the connection it concerned is close
 ends the thread closes the listener, so clients are refused at once instead of waiting, and
 ``health`` says ``down: <why>``.
 
-One thread runs a selector over every socket; each direction of a connection has a buffer of
-``buffer_bytes`` and a side stops being read while its peer's buffer is full (back-pressure).
+A connection costs this process :data:`DESCRIPTORS_PER_CONNECTION` descriptors (its end of
+the client's connection, the relay to the store and the store's own end of that: c10d's server
+runs in this process, :func:`host_store`), so ``max_connections`` is cut at start to what a
+:data:`DESCRIPTOR_SHARE` of the descriptors ``RLIMIT_NOFILE`` leaves then pays for (the rest is
+the engine's, the store readers' and checkpoints'), and ``max_per_source`` to that.
+
+One thread runs a selector over every socket, taking at most :data:`ACCEPT_BATCH` new
+connections a pass (a flood of connections cannot keep it from the others); each direction of
+a connection has a buffer of ``buffer_bytes`` and a side stops being read while its peer's
+buffer is full (back-pressure). The store must take a relayed connection within
+``handshake_timeout_s`` too (its accept queue full: the connection is closed, not left to the
+kernel's SYN retries).
 EOF in one direction is passed on as a half-close once its buffer is drained; an error on
 either side closes both. Training never waits on it: only store traffic (membership, forming a
 group) passes here, never a step's allreduce (gloo connects the members directly).
@@ -38,6 +48,12 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from ..descriptors import free_descriptors
 
 log = logging.getLogger("crystalline.cluster.guard")
 
@@ -49,6 +65,12 @@ HANDSHAKE = struct.pack("=BI", 0, 0x3C85F7CE)
 PREVIEW_BYTES = 24
 ACCEPT_PAUSE_S = 0.5  # no accept for this long after EMFILE/ENFILE
 ERROR_PAUSE_S = 0.1  # after an unexpected error of a whole pass (one that repeats cannot spin)
+ACCEPT_BATCH = 64  # new connections taken in one pass at most
+#: Descriptors a connection costs this process: its end of the client's connection, the relay
+#: to the store, and the store's end of the relay (measured in tests/workers/test_rendezvous_guard.py).
+DESCRIPTORS_PER_CONNECTION = 3
+DESCRIPTOR_SHARE = 4  # the guard's connections take at most a quarter of what is left at start
+MIN_CONNECTIONS = 4  # whatever the limit (a member holds 1-3)
 #: What the window's summary line calls each kind of line it did not log one by one.
 KINDS = {
     "refused": "refused connections",
@@ -84,7 +106,8 @@ class _Conn:
 class RendezvousGuard:
     """Accepts on ``public`` and relays connections that open with :data:`HANDSHAKE` to the
     store at ``upstream`` (loopback). ``refused`` counts the connections it closed; OSError from
-    the constructor when ``public`` cannot be bound (the port is taken)."""
+    the constructor when ``public`` cannot be bound (the port is taken). ``max_connections`` and
+    ``max_per_source`` are what it allows after the cut to the descriptors (:func:`connection_cap`)."""
 
     def __init__(
         self,
@@ -100,8 +123,14 @@ class RendezvousGuard:
     ) -> None:
         self.upstream = upstream
         self.handshake_timeout_s = handshake_timeout_s
-        self.max_connections = max_connections
-        self.max_per_source = max_per_source
+        self.max_connections = connection_cap(max_connections)
+        self.max_per_source = min(max_per_source, self.max_connections)
+        if self.max_connections < max_connections:
+            log.info(
+                "rendezvous guard: at most %d connections, not %d (%d descriptors each, within a "
+                "share of what RLIMIT_NOFILE leaves)", self.max_connections, max_connections,
+                DESCRIPTORS_PER_CONNECTION,
+            )  # fmt: skip
         self.buffer_bytes = buffer_bytes
         self.log_burst, self.log_window_s = log_burst, log_window_s
         self.refused = 0
@@ -161,11 +190,14 @@ class RendezvousGuard:
         except BaseException as exc:  # ends the thread: said in health, the listener closed
             self.ended = _describe(exc)
             log.error("rendezvous guard ended: %s", self.ended, exc_info=True)
-        finally:
-            for conn in list(self._conns.values()):
-                self._close(conn)
-            self._selector.close()
+        finally:  # the port first: whatever else fails here, no client waits on it
             self.listener.close()
+            for conn in list(self._conns.values()):
+                try:
+                    self._close(conn)
+                except Exception as exc:  # the others are still closed
+                    log.error("rendezvous guard: closing %s: %s", conn.peer, _describe(exc))
+            self._selector.close()
 
     def _pass(self) -> None:
         """One select and what it found; then the handshake deadlines and the log window."""
@@ -173,7 +205,7 @@ class RendezvousGuard:
         if self._accept_at and now >= self._accept_at:
             self._accept_at = 0.0
             self._selector.register(self.listener, selectors.EVENT_READ, None)
-        deadlines = [c.deadline for c in self._conns.values() if c.store is None]
+        deadlines = [c.deadline for c in self._conns.values() if not c.connected]
         if self._accept_at:
             deadlines.append(self._accept_at)
         wait = min([0.5, *(max(0.0, d - now) for d in deadlines)])
@@ -190,9 +222,14 @@ class RendezvousGuard:
                 self._failed(exc)
                 self._close(conn)
         now = time.monotonic()
-        for conn in [c for c in self._conns.values() if c.store is None and now >= c.deadline]:
-            what = "nothing" if not conn.head else preview(conn.head)
-            self._refuse(conn, f"sent {what} within {self.handshake_timeout_s:g} s")
+        for conn in [c for c in self._conns.values() if not c.connected and now >= c.deadline]:
+            within = f"within {self.handshake_timeout_s:g} s"
+            if conn.store is None:
+                self._refuse(conn, f"sent {'nothing' if not conn.head else preview(conn.head)} {within}")
+                continue
+            line = f"rendezvous connection from {conn.peer} ended: the store did not take it {within}"
+            self._note("ended", line)
+            self._close(conn)
         self._flush_log_window(now)
 
     def _failed(self, exc: Exception) -> None:
@@ -201,7 +238,7 @@ class RendezvousGuard:
         self._note("error", f"rendezvous guard error: {self.last_error}", exc_info=exc)
 
     def _accept(self) -> None:
-        while True:
+        for _ in range(ACCEPT_BATCH):  # the rest at the next pass, after the others' events
             try:
                 sock, addr = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -372,6 +409,8 @@ class RendezvousGuard:
         self._window, self._logged, self._unlogged = now, 0, dict.fromkeys(KINDS, 0)
 
     def _close(self, conn: _Conn) -> None:
+        if conn.closed:  # once only: its sockets are closed and unregistered already
+            return
         conn.closed = True
         if self._conns.pop(id(conn), None) is not None:
             source = conn.peer.rsplit(":", 1)[0]
@@ -387,6 +426,40 @@ class RendezvousGuard:
         """Stop accepting and close every connection (within a few seconds)."""
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def connection_cap(max_connections: int) -> int:
+    """``max_connections`` cut to what a :data:`DESCRIPTOR_SHARE` of the descriptors left now
+    pays for at :data:`DESCRIPTORS_PER_CONNECTION` each (at least :data:`MIN_CONNECTIONS`)."""
+    paid = free_descriptors() // DESCRIPTOR_SHARE // DESCRIPTORS_PER_CONNECTION
+    return min(max_connections, max(MIN_CONNECTIONS, paid))
+
+
+def host_store(
+    public: tuple[str, int], timeout_s: float, **options: Any
+) -> tuple[dist.TCPStore, RendezvousGuard]:
+    """c10d's TCPStore (classic backend) on a private loopback port, and the guard on ``public``
+    in front of it (``options``: the guard's), bound before the store exists, so a taken port
+    fails first (OSError); RuntimeError when the store cannot start (the guard closed again).
+    The store's server is handed the bound listening socket: on its own it listens on every
+    address."""
+    private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        private.bind(("127.0.0.1", 0))
+        private.listen(128)
+        guard = RendezvousGuard(public, private.getsockname()[:2], **options)
+    except OSError:
+        private.close()
+        raise
+    try:  # the store's server takes the listening socket over
+        store = dist.TCPStore(
+            guard.upstream[0], guard.upstream[1], None, True, timeout=timedelta(seconds=timeout_s),
+            wait_for_workers=False, use_libuv=False, master_listen_fd=private.detach(),
+        )  # fmt: skip
+    except BaseException:
+        guard.close()
+        raise
+    return store, guard
 
 
 def _describe(exc: BaseException) -> str:

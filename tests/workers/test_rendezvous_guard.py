@@ -1,10 +1,14 @@
-"""The rendezvous guard with real sockets and a real c10d TCPStore behind it on loopback:
-garbage is refused, logged and counted; a real TCPStore client works through it (a value
-larger than its buffers too); a client that sends nothing is closed after the deadline; the
-connections are capped, per source address too; a flood is logged within the budget and
-summed, and so are peers that reset during the handshake; out of descriptors it stops accepting
-for a while and frees the oldest waiting connection; an unexpected error in its loop is logged
-and it goes on, and one that ends it closes the port and shows in ``health``."""
+"""The rendezvous guard with real sockets and a real c10d TCPStore behind it on loopback, set
+up by ``host_store`` as the hosting member does: garbage is refused, logged and counted; a real
+TCPStore client works through it (a value larger than its buffers too); a client that sends
+nothing is closed after the deadline, and so is a relayed connection the store does not take;
+the connections are capped, per source address too, and the cap is cut to what the descriptor
+limit pays for (3 descriptors a connection, measured); a flood of connections is taken a batch
+a pass; a flood is logged within the budget and summed, and so are peers that reset during
+the handshake; out of descriptors it stops accepting for a while and frees the oldest waiting
+connection; an unexpected error in its loop is logged and it goes on, and one that ends it
+closes the port and shows in ``health``; the port is closed even when closing a connection
+fails."""
 
 from __future__ import annotations
 
@@ -17,13 +21,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
 from _wait import until
 
-from crystalline.workers.rendezvous_guard import ACCEPT_PAUSE_S, HANDSHAKE, RendezvousGuard
+from crystalline.descriptors import RESERVE, open_descriptors
+from crystalline.workers.rendezvous_guard import (
+    ACCEPT_BATCH,
+    ACCEPT_PAUSE_S,
+    DESCRIPTOR_SHARE,
+    DESCRIPTORS_PER_CONNECTION,
+    HANDSHAKE,
+    RendezvousGuard,
+    host_store,
+)
 
 pytest.importorskip("torch")
 import torch.distributed as dist
@@ -31,23 +44,23 @@ import torch.distributed as dist
 pytestmark = pytest.mark.timeout(120)
 
 
+Host = Callable[..., RendezvousGuard]
+
+
 @pytest.fixture
-def store() -> Iterator[tuple[str, int]]:
-    """c10d's store on a private loopback port (the socket handed to it, as the member does)."""
-    private = socket.socket()
-    private.bind(("127.0.0.1", 0))
-    private.listen(128)
-    address = private.getsockname()[:2]
-    server = dist.TCPStore(
-        address[0], address[1], None, True, timeout=timedelta(seconds=10),
-        wait_for_workers=False, use_libuv=False, master_listen_fd=private.detach(),
-    )  # fmt: skip
-    yield address
-    del server
+def host() -> Iterator[Host]:
+    """``host(**options)``: c10d's store behind a guard on 127.0.0.2 with those options
+    (``host_store``); the store is at the guard's ``upstream``. Each is closed at the end."""
+    hosted: list[tuple[dist.TCPStore, RendezvousGuard]] = []
 
+    def make(**options: float) -> RendezvousGuard:
+        hosted.append(host_store(("127.0.0.2", 0), 10, **options))
+        return hosted[-1][1]
 
-def guard(upstream: tuple[str, int], **kwargs: float) -> RendezvousGuard:
-    return RendezvousGuard(("127.0.0.2", 0), upstream, **kwargs)  # type: ignore[arg-type]
+    yield make
+    for _store, g in hosted:
+        g.close()
+    hosted.clear()  # the stores' servers end with their objects
 
 
 def client(address: tuple[str, int]) -> dist.TCPStore:
@@ -113,145 +126,121 @@ def test_the_handshake_is_what_this_torchs_client_sends_first() -> None:
     assert HANDSHAKE[0] == 0 and int.from_bytes(HANDSHAKE[1:], "little") == 0x3C85F7CE  # on x86
 
 
-def test_garbage_is_refused_logged_and_counted(
-    store: tuple[str, int], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_garbage_is_refused_logged_and_counted(host: Host, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
-    g = guard(store)
-    try:
-        for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\xff" * 64, HANDSHAKE[:3] + b"\x00garbage"):
-            with socket.create_connection(g.address) as c:
-                c.sendall(payload)
-                assert closed_by_peer(c)
-        wait_until(lambda: g.refused == 3, "three refusals counted")
-        lines = refusals(caplog)
-        assert len(lines) == 3, lines
-        assert all("refused a connection to the rendezvous point from 127.0.0.1:" in x for x in lines)
-        assert "'GET / HTTP/1.0\\r\\n\\r\\n'" in lines[0] and "not c10d's TCPStore handshake" in lines[0]
-        assert "\\xff\\xff" in lines[1]
-        assert g.relayed == 0
-        # the store behind it is untouched and a real client still works
-        c = client(g.address)
-        c.set("after", "garbage")
-        assert c.get("after") == b"garbage"
-    finally:
-        g.close()
+    g = host()
+    for payload in (b"GET / HTTP/1.0\r\n\r\n", b"\xff" * 64, HANDSHAKE[:3] + b"\x00garbage"):
+        with socket.create_connection(g.address) as c:
+            c.sendall(payload)
+            assert closed_by_peer(c)
+    wait_until(lambda: g.refused == 3, "three refusals counted")
+    lines = refusals(caplog)
+    assert len(lines) == 3, lines
+    assert all("refused a connection to the rendezvous point from 127.0.0.1:" in x for x in lines)
+    assert "'GET / HTTP/1.0\\r\\n\\r\\n'" in lines[0] and "not c10d's TCPStore handshake" in lines[0]
+    assert "\\xff\\xff" in lines[1]
+    assert g.relayed == 0
+    # the store behind it is untouched and a real client still works
+    c = client(g.address)
+    c.set("after", "garbage")
+    assert c.get("after") == b"garbage"
 
 
-def test_a_real_tcpstore_client_works_through_the_guard(store: tuple[str, int]) -> None:
-    g = guard(store, buffer_bytes=4096)
-    try:
-        through, direct = client(g.address), client(store)
-        through.set("a", "1")
-        assert direct.get("a") == b"1"
-        assert through.add("n", 5) == 5 and direct.add("n", 2) == 7 and through.add("n", 0) == 7
-        big = bytes(range(256)) * 4096  # 1 MiB: far beyond the buffers (back-pressure)
-        direct.set("big", big)
-        assert through.get("big") == big
-        through.set("big2", big)
-        assert direct.get("big2") == big
-        assert through.check(["a", "big"]) and not through.check(["missing"])
-        direct.set("later", "x")
-        through.wait(["later"], timedelta(seconds=10))
-        others = [client(g.address) for _ in range(5)]
-        for i, other in enumerate(others):
-            other.set(f"k{i}", str(i))
-        assert [through.get(f"k{i}") for i in range(5)] == [str(i).encode() for i in range(5)]
-        assert g.refused == 0 and g.relayed == 6
-        del others, other  # the clients close their connections
-        wait_until(lambda: g.open_connections == 1, "closed clients' connections closed by the guard")
-    finally:
-        g.close()
+def test_a_real_tcpstore_client_works_through_the_guard(host: Host) -> None:
+    g = host(buffer_bytes=4096)
+    through, direct = client(g.address), client(g.upstream)
+    through.set("a", "1")
+    assert direct.get("a") == b"1"
+    assert through.add("n", 5) == 5 and direct.add("n", 2) == 7 and through.add("n", 0) == 7
+    big = bytes(range(256)) * 4096  # 1 MiB: far beyond the buffers (back-pressure)
+    direct.set("big", big)
+    assert through.get("big") == big
+    through.set("big2", big)
+    assert direct.get("big2") == big
+    assert through.check(["a", "big"]) and not through.check(["missing"])
+    direct.set("later", "x")
+    through.wait(["later"], timedelta(seconds=10))
+    others = [client(g.address) for _ in range(5)]
+    for i, other in enumerate(others):
+        other.set(f"k{i}", str(i))
+    assert [through.get(f"k{i}") for i in range(5)] == [str(i).encode() for i in range(5)]
+    assert g.refused == 0 and g.relayed == 6
+    del others, other  # the clients close their connections
+    wait_until(lambda: g.open_connections == 1, "closed clients' connections closed by the guard")
 
 
 def test_a_client_that_sends_nothing_is_closed_after_the_deadline(
-    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+    host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
-    g = guard(store, handshake_timeout_s=0.5)
-    try:
-        with socket.create_connection(g.address) as silent, socket.create_connection(g.address) as partial:
-            partial.sendall(HANDSHAKE[:2])  # the right start, then nothing
-            assert closed_by_peer(silent) and closed_by_peer(partial)
-        wait_until(lambda: g.refused == 2, "both counted")
+    g = host(handshake_timeout_s=0.5)
+    with socket.create_connection(g.address) as silent, socket.create_connection(g.address) as partial:
+        partial.sendall(HANDSHAKE[:2])  # the right start, then nothing
+        assert closed_by_peer(silent) and closed_by_peer(partial)
+    wait_until(lambda: g.refused == 2, "both counted")
+    lines = refusals(caplog)
+    assert any("sent nothing within 0.5 s" in x for x in lines), lines
+    assert any("sent '\\x00\\xce' (2 bytes read) within 0.5 s" in x for x in lines), lines
+
+
+def test_connections_are_capped(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = host(max_connections=3, handshake_timeout_s=60)
+    held = [client(g.address), client(g.address)]
+    with socket.create_connection(g.address):  # the third: not yet a handshake
+        wait_until(lambda: g.open_connections == 3, "three open")
+        with socket.create_connection(g.address) as fourth:
+            assert closed_by_peer(fourth)
+        wait_until(lambda: g.refused == 1, "the fourth refused")
+        assert any("3 connections are open already" in x for x in refusals(caplog))
+        assert held[0].add("n", 1) == 1  # the ones in hold go on
+    wait_until(lambda: g.open_connections == 2, "the waiting one gone")
+    third = client(g.address)  # room again
+    assert third.add("n", 1) == 2
+
+
+def test_a_flood_is_logged_within_the_budget_and_summed(host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = host(log_burst=3, log_window_s=0.5)
+    for _ in range(40):
+        with socket.create_connection(g.address) as c:
+            c.sendall(b"junk")
+            closed_by_peer(c)
+    wait_until(lambda: g.refused == 40, "all counted")
+
+    def accounted() -> int:
         lines = refusals(caplog)
-        assert any("sent nothing within 0.5 s" in x for x in lines), lines
-        assert any("sent '\\x00\\xce' (2 bytes read) within 0.5 s" in x for x in lines), lines
-    finally:
-        g.close()
+        single = sum(1 for x in lines if x.startswith("refused a connection"))
+        return single + summed(lines, "refused connections")
 
-
-def test_connections_are_capped(store: tuple[str, int], caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
-    g = guard(store, max_connections=3, handshake_timeout_s=60)
-    try:
-        held = [client(g.address), client(g.address)]
-        with socket.create_connection(g.address):  # the third: not yet a handshake
-            wait_until(lambda: g.open_connections == 3, "three open")
-            with socket.create_connection(g.address) as fourth:
-                assert closed_by_peer(fourth)
-            wait_until(lambda: g.refused == 1, "the fourth refused")
-            assert any("3 connections are open already" in x for x in refusals(caplog))
-            assert held[0].add("n", 1) == 1  # the ones in hold go on
-        wait_until(lambda: g.open_connections == 2, "the waiting one gone")
-        third = client(g.address)  # room again
-        assert third.add("n", 1) == 2
-    finally:
-        g.close()
-
-
-def test_a_flood_is_logged_within_the_budget_and_summed(
-    store: tuple[str, int], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
-    g = guard(store, log_burst=3, log_window_s=0.5)
-    try:
-        for _ in range(40):
-            with socket.create_connection(g.address) as c:
-                c.sendall(b"junk")
-                closed_by_peer(c)
-        wait_until(lambda: g.refused == 40, "all counted")
-
-        def accounted() -> int:
-            lines = refusals(caplog)
-            single = sum(1 for x in lines if x.startswith("refused a connection"))
-            return single + summed(lines, "refused connections")
-
-        wait_until(lambda: accounted() == 40, "every refusal logged or summed")
-        single = [x for x in refusals(caplog) if x.startswith("refused a connection")]
-        assert len(single) < 40  # not one line each
-    finally:
-        g.close()
+    wait_until(lambda: accounted() == 40, "every refusal logged or summed")
+    single = [x for x in refusals(caplog) if x.startswith("refused a connection")]
+    assert len(single) < 40  # not one line each
 
 
 def test_peers_that_reset_during_the_handshake_are_refusals_within_the_budget(
-    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+    host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "crystalline.cluster.guard")
-    g = guard(store, log_burst=3, log_window_s=60)
-    try:
-        for i in range(40):
-            c = socket.create_connection(g.address)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST
-            if i % 2:
-                c.sendall(HANDSHAKE[:2])  # the right start, then the reset
-            c.close()
-        wait_until(lambda: g.refused == 40, lambda: f"40 refusals counted, not {g.refused}")
-        lines = refusals(caplog)
-        assert len(lines) == 3, lines  # the budget; the other 37 are summed when the window ends
-        assert all(
-            x.startswith("refused a connection to the rendezvous point from 127.0.0.1:") for x in lines
-        )
-        assert g.open_connections == 0
-    finally:
-        g.close()
+    g = host(log_burst=3, log_window_s=60)
+    for i in range(40):
+        c = socket.create_connection(g.address)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST
+        if i % 2:
+            c.sendall(HANDSHAKE[:2])  # the right start, then the reset
+        c.close()
+    wait_until(lambda: g.refused == 40, lambda: f"40 refusals counted, not {g.refused}")
+    lines = refusals(caplog)
+    assert len(lines) == 3, lines  # the budget; the other 37 are summed when the window ends
+    assert all(x.startswith("refused a connection to the rendezvous point from 127.0.0.1:") for x in lines)
+    assert g.open_connections == 0
 
 
 def test_one_source_address_cannot_take_every_connection(
-    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+    host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
-    g = guard(store, max_per_source=4, handshake_timeout_s=60)
+    g = host(max_per_source=4, handshake_timeout_s=60)
     hog: list[socket.socket] = []
     try:
         for _ in range(6):  # silent connections from 127.0.0.3: the fifth and sixth are refused
@@ -271,7 +260,88 @@ def test_one_source_address_cannot_take_every_connection(
     finally:
         for c in hog:
             c.close()
-        g.close()
+
+
+def test_a_relayed_connection_costs_the_descriptors_the_cap_counts(host: Host) -> None:
+    """Measured in this process, which holds the store's server, the guard and the clients."""
+    g = host()
+    before = open_descriptors()
+    clients = [client(g.address) for _ in range(8)]
+    for c in clients:
+        c.add("n", 1)
+    wait_until(lambda: g.open_connections == 8, "eight relayed")
+    assert open_descriptors() - before == 8 * (DESCRIPTORS_PER_CONNECTION + 1)  # + the client's own
+
+
+def test_the_connection_cap_is_cut_to_what_the_descriptor_limit_pays_for(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A soft limit that leaves a share of 6 connections' descriptors (and 3 to spare) when the
+    guard starts: 6 connections, not 512, and 6 from one source, not 32."""
+    caplog.set_level(logging.INFO, "crystalline.cluster.guard")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    share = DESCRIPTOR_SHARE * DESCRIPTORS_PER_CONNECTION * 6 + 3
+    try:  # host_store's private socket is open when the guard counts
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_descriptors() + 1 + RESERVE + share, hard))
+        g = host(handshake_timeout_s=60)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (g.max_connections, g.max_per_source) == (6, 6)
+    assert any("at most 6 connections, not 512 (3 descriptors each" in x for x in refusals(caplog))
+    held = [client(g.address) for _ in range(6)]
+    with socket.create_connection(g.address) as seventh:
+        assert closed_by_peer(seventh)
+    wait_until(lambda: g.refused == 1, "the seventh refused")
+    assert any("6 connections are open already" in x for x in refusals(caplog))
+    assert held[5].add("n", 1) == 1
+
+
+def test_a_relayed_connection_the_store_does_not_take_is_closed_after_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store whose accept queue is full (listen(0), one connection it never accepts): the
+    relay's connect stays in progress (the kernel would retry its SYN for minutes)."""
+    caplog.set_level(logging.INFO, "crystalline.cluster.guard")
+    with socket.socket() as upstream, socket.socket() as filler:
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(0)
+        filler.connect(upstream.getsockname())
+        g = RendezvousGuard(("127.0.0.2", 0), upstream.getsockname()[:2], handshake_timeout_s=0.5)
+        try:
+            with socket.create_connection(g.address) as c:
+                c.sendall(HANDSHAKE)
+                assert closed_by_peer(c, timeout_s=10)
+            assert g.relayed == 1 and g.open_connections == 0 and g.refused == 0
+            assert any("ended: the store did not take it within 0.5 s" in x for x in refusals(caplog))
+        finally:
+            g.close()
+
+
+def test_a_flood_of_connections_is_taken_a_batch_a_pass(host: Host) -> None:
+    """100 connections waiting in the backlog while the loop is held: no pass takes more than
+    ACCEPT_BATCH of them (the other sockets' events and the deadlines come between)."""
+    g = host(max_connections=4, handshake_timeout_s=60)
+    one_pass = g._pass
+    held, go = threading.Event(), threading.Event()
+    taken: list[int] = []
+
+    def counted() -> None:
+        held.set()
+        go.wait(30)
+        before = g.refused + g.open_connections
+        one_pass()
+        taken.append(g.refused + g.open_connections - before)
+
+    g._pass = counted  # type: ignore[method-assign]
+    held.wait(30)
+    flood = [socket.create_connection(g.address) for _ in range(100)]
+    try:
+        go.set()
+        wait_until(lambda: g.refused + g.open_connections == 100, "all 100 taken")
+        assert max(taken) <= ACCEPT_BATCH < 100, taken
+    finally:
+        for c in flood:
+            c.close()
 
 
 CLIENTS = """\
@@ -291,7 +361,9 @@ def test_out_of_descriptors_it_pauses_accepting_and_frees_the_oldest_waiting_con
     with socket.socket() as upstream:  # nobody gets that far
         upstream.bind(("127.0.0.1", 0))
         upstream.listen(1)
-        g = guard(upstream.getsockname()[:2], handshake_timeout_s=60, log_burst=1000)
+        g = RendezvousGuard(
+            ("127.0.0.2", 0), upstream.getsockname()[:2], handshake_timeout_s=60, log_burst=1000
+        )
         start = time.monotonic()
         clients = subprocess.Popen(
             [sys.executable, "-c", CLIENTS, g.address[0], str(g.address[1]), "60"], stdout=subprocess.PIPE
@@ -319,59 +391,84 @@ def test_out_of_descriptors_it_pauses_accepting_and_frees_the_oldest_waiting_con
 
 
 def test_an_unexpected_error_is_logged_and_the_guard_goes_on(
-    store: tuple[str, int], caplog: pytest.LogCaptureFixture
+    host: Host, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A fault injected into its handshake reading: that connection is closed, the next works."""
+    """A fault injected into its handshake reading, once before and once after the connection
+    was refused: each connection is closed (once: the fault is the one error counted), the next
+    works."""
     caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
-    g = guard(store)
+    g = host()
     read = g._read_handshake
     faults: list[int] = []
 
-    def fails_once(conn):  # type: ignore[no-untyped-def]
-        if not faults:
-            faults.append(1)
-            raise KeyError("injected")
+    def fails_twice(conn):  # type: ignore[no-untyped-def]
+        faults.append(1)
+        if len(faults) == 2:
+            read(conn)  # refuses the garbage and closes the connection
+        if len(faults) <= 2:
+            raise KeyError(f"injected {len(faults)}")
         read(conn)
 
-    g._read_handshake = fails_once  # type: ignore[method-assign]
-    try:
-        with socket.create_connection(g.address) as first:
-            first.sendall(HANDSHAKE)
-            assert closed_by_peer(first)
-        assert any("rendezvous guard error: KeyError: 'injected'" in x for x in refusals(caplog))
-        assert client(g.address).add("n", 1) == 1
-        assert g.health == "ok, 1 error in its loop (the last: KeyError: 'injected')"
-    finally:
-        g.close()
+    g._read_handshake = fails_twice  # type: ignore[method-assign]
+    for payload in (HANDSHAKE, b"junk!"):
+        with socket.create_connection(g.address) as c:
+            c.sendall(payload)
+            assert closed_by_peer(c)
+    wait_until(lambda: g.errors >= 2, "both faults counted")
+    lines = refusals(caplog)
+    assert any("rendezvous guard error: KeyError: 'injected 1'" in x for x in lines), lines
+    assert client(g.address).add("n", 1) == 1
+    assert g.health == "ok, 2 errors in its loop (the last: KeyError: 'injected 2')"
+    g.close()
     assert g.health == "down: closed"
 
 
-def test_an_error_that_ends_the_guard_closes_the_port_and_shows_in_health(store: tuple[str, int]) -> None:
+def test_an_error_that_ends_the_guard_closes_the_port_and_shows_in_health(host: Host) -> None:
     class Fatal(BaseException):
         pass
 
-    g = guard(store)
+    g = host()
 
     def fatal() -> None:
         raise Fatal("injected")
 
     g._accept = fatal  # type: ignore[method-assign]
+    with socket.create_connection(g.address):
+        wait_until(lambda: g.health != "ok", "the guard ended")
+    assert g.health == "down: Fatal: injected"
+    with pytest.raises(ConnectionRefusedError):  # the port is closed: no client waits on it
+        socket.create_connection(g.address).close()
+
+
+def test_the_port_is_closed_even_when_closing_a_connection_fails(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    g = host(handshake_timeout_s=60)
+    waiting = socket.create_connection(g.address)
     try:
-        with socket.create_connection(g.address):
-            wait_until(lambda: g.health != "ok", "the guard ended")
-        assert g.health == "down: Fatal: injected"
-        with pytest.raises(ConnectionRefusedError):  # the port is closed: no client waits on it
-            socket.create_connection(g.address).close()
-    finally:
+        wait_until(lambda: g.open_connections == 1, "one waiting")
+
+        def fails(conn) -> None:  # type: ignore[no-untyped-def]
+            raise OSError(9, "injected")
+
+        g._close = fails  # type: ignore[method-assign]
         g.close()
+        assert g.health == "down: closed"
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(g.address).close()
+        assert any("rendezvous guard: closing 127.0.0.1:" in x and "injected" in x for x in refusals(caplog))
+    finally:
+        waiting.close()
 
 
-def test_a_taken_port_raises(store: tuple[str, int]) -> None:
+def test_a_taken_port_raises_before_a_store_exists() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.2", 0))
         taken.listen(1)
+        before = open_descriptors()
         with pytest.raises(OSError):
-            RendezvousGuard(taken.getsockname()[:2], store)
+            host_store(taken.getsockname()[:2], 10)
+        assert open_descriptors() == before  # the private socket closed, no store made
 
 
 def test_a_torch_whose_client_opens_differently_cannot_host(monkeypatch: pytest.MonkeyPatch) -> None:
