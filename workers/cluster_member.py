@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections import deque
@@ -48,7 +47,7 @@ import torch.distributed as dist
 
 from .cluster_config import ClusterSettings, ClusterUnavailable
 from .engine import StepAbandoned, StepEngine
-from .rendezvous_guard import HANDSHAKE, RendezvousGuard
+from .rendezvous_guard import HANDSHAKE, RendezvousGuard, host_store
 
 log = logging.getLogger("crystalline.cluster")
 
@@ -109,31 +108,21 @@ class Membership:
         front of it (``workers/rendezvous_guard.py``); then a real client through the guard, so
         a torch whose client opens differently fails here, in one line."""
         where = f"{self.s.host}:{self.s.port}"
-        private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            private.bind(("127.0.0.1", 0))
-            private.listen(128)
-            upstream = private.getsockname()[:2]
-            self.guard = RendezvousGuard((self.s.host, self.s.port), upstream)
-        except OSError as exc:
-            private.close()
-            raise ClusterUnavailable(f"cannot host the rendezvous point {where}: {exc}") from None
-        try:  # the store's server takes the listening socket over (the classic backend)
-            self._server = dist.TCPStore(
-                upstream[0], upstream[1], None, True, timeout=timedelta(seconds=self.s.timeout_s),
-                wait_for_workers=False, use_libuv=False, master_listen_fd=private.detach(),
-            )  # fmt: skip
-            self.connect()  # through the guard
-        except RuntimeError as exc:
-            self.guard.close()
+        try:  # OSError: the port is taken; RuntimeError: the store or the client through the guard
+            self._server, self.guard = host_store((self.s.host, self.s.port), self.s.timeout_s)
+            self.connect()
+        except (OSError, RuntimeError) as exc:
             why = str(exc).splitlines()[0][:200]
-            if self.guard.refused:
-                why = (
-                    f"the guard refused torch {torch.__version__}'s own TCPStore client "
-                    f"({self.guard.last_refusal}): its handshake is not c10d's {HANDSHAKE.hex(' ')}"
-                )
+            if self.guard is not None:
+                self.guard.close()
+                if self.guard.refused:
+                    why = (
+                        f"the guard refused torch {torch.__version__}'s own TCPStore client "
+                        f"({self.guard.last_refusal}): its handshake is not c10d's {HANDSHAKE.hex(' ')}"
+                    )
             raise ClusterUnavailable(f"cannot host the rendezvous point {where}: {why}") from None
-        log.info("rendezvous point %s: c10d's store on 127.0.0.1:%d behind the guard", where, upstream[1])
+        store_port = self.guard.upstream[1]
+        log.info("rendezvous point %s: c10d's store on 127.0.0.1:%d behind the guard", where, store_port)
 
     def connect(self) -> dist.TCPStore:
         return dist.TCPStore(
