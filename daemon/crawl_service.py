@@ -79,6 +79,7 @@ class CrawlService:
         self._pass_stop: asyncio.Event | None = None  # set: the pass in hand ends (crawl loop)
         self._wake: asyncio.Event | None = None  # set: an idle wait ends (add-url, stop; crawl loop)
         self._snapshot: dict[str, Any] = {}  # the crawler's stats, taken by the crawl thread
+        self.stop_error: str | None = None  # the crawl thread outlived stop()'s wait (status, health)
 
     def _crawler(self) -> Crawler:
         if self.crawler is None:
@@ -222,6 +223,8 @@ class CrawlService:
         (``off``: crawling is off; ``paused``)."""
         out = dict(self._snapshot)
         out.update(self.runner.stats())
+        if self.stop_error:
+            out["error"] = self.stop_error
         if not self.enabled:
             out["state"] = "off"
         elif self.paused and self.runner.state == "running":
@@ -236,9 +239,13 @@ class CrawlService:
 
     async def stop(self, timeout_s: float) -> None:
         """End the pass in hand and the runner, and close the crawler (in the crawl thread),
-        waiting at most ``timeout_s``."""
+        waiting at most ``timeout_s``. A crawl thread still running then (a fetch longer than
+        the crawl's ``stop_grace``, a frontier call waiting out a database deadline) is left: a
+        warning, and ``error`` in status and health from then on; the daemon goes on stopping
+        and exits (a daemon thread ends with the process; its hosts' leases run out)."""
         self._in_crawl_loop(self._stop_in_loop)
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join, timeout_s)
             if self.thread.is_alive():
-                log.warning("the crawl did not stop within %.0f s; its hosts' leases run out", timeout_s)
+                self.stop_error = f"did not stop within {timeout_s:.0f} s: left to end with the process"
+                log.warning("the crawl %s (its hosts' leases run out)", self.stop_error)

@@ -21,11 +21,11 @@ SMALL_MODEL = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--
 
 
 def start_small_daemon(
-    root: Path, extra: list[str], crawl: bool = False
+    root: Path, extra: list[str], crawl: bool = False, stderr: Any = None
 ) -> tuple[subprocess.Popen[bytes], NotifyListener]:
     """`crystalline run` on ``root/state`` and ``root/run`` with the small model, 2 workers, batch
     4, no crawl (unless ``crawl``), no samples and no dashboard, plus ``extra``; its notify
-    socket's listener."""
+    socket's listener. ``stderr``: where its log goes (Popen's; the test's own by default)."""
     notify = NotifyListener(root / "notify")
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.pop("WATCHDOG_USEC", None)
@@ -41,7 +41,8 @@ def start_small_daemon(
         "2",
     ]
     cmd += [*SMALL_MODEL, "--batch-size", "4", *extra]
-    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True), notify
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    return proc, notify
 
 
 def daemon_status(

@@ -6,18 +6,25 @@ is off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import socket
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _daemon_process import group_survivors, start_small_daemon, wait_daemon
 from _local_site import prose, start_site
-from _wait import until_async
+from _wait import until, until_async
 from aiohttp import web
 
 from crystalline.crawler.crawl import _FRONTIER_READ_EVERY_S
 from crystalline.crawler.settings import CrawlSettings
 from crystalline.daemon.crawl_service import CrawlBusy, CrawlOff, CrawlService
+from crystalline.daemon.health import judge
+from crystalline.daemon.status_client import request
 from crystalline.postgres import POOL_TIMEOUT_S
 from tests._postgres import PgCluster
 from tests._tcp_proxy import CuttableProxy
@@ -160,3 +167,88 @@ def test_status_reads_no_database_while_it_is_known_away_and_the_crawl_loop_stay
         assert crawl.thread is not None and not crawl.thread.is_alive()
 
     asyncio.run(scenario())
+
+
+def test_a_crawl_that_does_not_stop_in_time_is_left_with_a_warning_and_an_error_in_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fetch from a server that never answers, with a stop grace longer than stop()'s wait:
+    stop() returns at its deadline, says so in the log and in status (``error``, a health
+    reason), and the thread ends once the fetch does."""
+
+    async def scenario() -> None:
+        entered, answer = asyncio.Event(), asyncio.Event()
+
+        async def never(_request: web.Request) -> web.Response:
+            entered.set()
+            await asyncio.wait_for(answer.wait(), 300)
+            return web.Response(text="late")
+
+        site, base = await start_site([web.get("/slow", never)])
+        slow = replace(settings(tmp_path), stop_grace=120.0, read_timeout=120.0, total_timeout=300.0)
+        crawl = CrawlService(slow, tmp_path, enabled=True)
+        crawl.start()
+        try:
+            assert await crawl.add_url(f"{base}/slow") is True
+            await asyncio.wait_for(entered.wait(), 30)  # the fetch is in flight
+            await crawl.stop(1.0)
+            assert crawl.thread is not None and crawl.thread.is_alive()
+            stats = crawl.stats()
+            assert stats["error"] == "did not stop within 1 s: left to end with the process", stats
+            assert judge({"crawler": stats})["reasons"] == [f"crawl: {stats['error']}"]
+            assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+                "the crawl did not stop within 1 s: left to end with the process (its hosts' leases run out)"
+            ]
+            answer.set()  # the fetch ends: so does the crawl thread
+            assert crawl.thread is not None
+            await asyncio.to_thread(crawl.thread.join, 60)
+            assert not crawl.thread.is_alive(), "the crawl thread did not end after its fetch did"
+        finally:
+            answer.set()
+            await site.cleanup()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) -> None:
+    """A real daemon fetching from a server that accepts and never answers, with a stop grace
+    longer than the supervisor's 15 s wait for the crawl: SIGTERM still ends it (exit 0, no
+    process left), the crawl left behind said in one log line."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the test closed the server
+            while True:
+                held.append(server.accept()[0])  # kept open, never answered
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/slow"
+    args = ["--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps",
+            "--crawl-stop-grace", "120", "--crawl-read-timeout", "120",
+            "--crawl-total-timeout", "300"]  # fmt: skip
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("wb") as log_file:
+        proc, notify = start_small_daemon(tmp_path, args, crawl=True, stderr=log_file)
+    try:
+        run = tmp_path / "run"
+        wait_daemon(run, proc, lambda d: d["state"] == "running", "the daemon running", 180)
+        reply = request(run / "crystalline.sock", {"cmd": "add-url", "url": url})
+        assert reply["ok"], reply
+        until(lambda: bool(held), "the fetch did not reach the server", 60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        assert group_survivors(proc.pid) == [], "the daemon left processes behind"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notify.close()
+        server.close()
+        for conn in held:
+            conn.close()
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    left = [line for line in lines if "the crawl did not stop within 15 s" in line]
+    assert len(left) == 1 and "left to end with the process" in left[0], lines[-30:]
