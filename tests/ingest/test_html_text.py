@@ -378,3 +378,29 @@ def test_short_paragraphs_between_kept_paragraphs_are_kept() -> None:
     paras = extract_html(html, "never").text.split("\n\n")
     assert paras[1:5] == [SECTIONS[0][0], *dialogue, SECTIONS[0][1]]
     assert "$915" not in paras and "billion" not in paras
+
+
+def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
+    # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
+    # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
+    # the gallery (its text is ~5x ours). What it adds is list items over 3x our text: ours
+    # stands. The same captions as paragraphs could be the article's missing part: its text wins.
+    captions = [
+        f"Slide {i} of 24: the harbour crane lifts barge number {i} out of the silted channel, "
+        "while workers on the quay watch the water rise against the old stone wall."
+        for i in range(24)
+    ]
+    article = _paras([p for section in SECTIONS for p in section])
+    for box, theirs_wins in (
+        ("<ul>" + "".join(f"<li>{c}</li>" for c in captions) + "</ul>", False),
+        (_paras(captions), True),
+    ):
+        html = (
+            f"<html><body><nav><ul>{NAV}</ul></nav><div class='story'><h1>The delta grows</h1>"
+            f"{article}<div class='promo'>{box}</div></div></body></html>"
+        )
+        ours = extract_html(html, "never").text
+        theirs = _trafilatura_text(html)
+        assert "Slide 3 of 24" not in ours and "Slide 3 of 24" in theirs
+        assert len(theirs) > 3 * len(ours)
+        assert extract_html(html).text == (theirs if theirs_wins else ours)
