@@ -159,6 +159,12 @@ function percent(share) {
   return Number.isFinite(share) ? `${(share * 100).toFixed(0)} %` : "-";
 }
 
+// a rank, or none: null in status, -1 in a member's own info, while not in a group (joining,
+// forming, paused, cut off: its state says which); shown as "not in a group", never as -1
+function inGroup(rank) {
+  return Number.isInteger(rank) && rank >= 0;
+}
+
 // --cluster: this member's place, then a card per member of its generation (address, rank,
 // step, last allreduce, data share, state); the section stays hidden without a cluster
 function renderCluster(k, digest) {
@@ -171,7 +177,7 @@ function renderCluster(k, digest) {
   cards($("cluster-cards"), [
     ["cluster", k.state],
     ["generation", k.generation ?? "-"],
-    ["rank", k.rank === null || k.rank === undefined ? "-" : `${k.rank} of ${k.world}`],
+    ["rank", inGroup(k.rank) ? `${k.rank} of ${k.world}` : "not in a group"],
     ["rendezvous", k.rendezvous],
     ["re-formed", num(k.reforms)],
     ["allreduce payload", bytes(k.allreduce_payload_bytes)],
@@ -186,10 +192,9 @@ function renderCluster(k, digest) {
       c.dataset.rank = String(m.rank ?? "");
       c.dataset.step = String(m.step ?? "");
       c.dataset.state = String(m.state ?? "");
-      const rank = Number.isInteger(m.rank) && m.rank >= 0 ? m.rank : "-"; // -1: in no group
       c.append(
         el("div", `${m.address ?? "?"}${m.address === k.address ? " (this member)" : ""}`, "label"),
-        el("div", `rank ${rank} · step ${num(m.step)}`, "value"),
+        el("div", `${inGroup(m.rank) ? `rank ${m.rank}` : "not in a group"} · step ${num(m.step)}`, "value"),
         el("div", `allreduce ${num(m.allreduce_ms, 1)} ms · ${bytes(m.allreduce_bytes)}`, "allreduce"),
         el("div", `data share ${percent(m.data_share)}`, "share"),
         el("div", m.state ?? "-", "mstate"),

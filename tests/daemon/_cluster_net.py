@@ -11,16 +11,18 @@ import contextlib
 import gzip
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from _daemon_process import SMALL_MODEL
+from _rendezvous_port import free_port, hosted, taken
 from _wait import until, until_status
 
 from crystalline.daemon.status_server import request
@@ -223,6 +225,38 @@ class Machines:
         )
         log.close()
 
+    def start_all(
+        self, members: Iterable[int], extra: Callable[[int], tuple[str, ...]] = lambda i: ()
+    ) -> int:
+        """Machine 0 (which hosts the rendezvous point) and the other ``members``, each with
+        ``extra(i)``, on a port no other program can take first; that port. In namespaces the
+        port is below the kernel's range for local ports chosen by connect and bind(0), in a
+        namespace of this test's own: nothing else binds there, and no connection is given it.
+        On loopback addresses the port is shared with this machine, so a free one is taken
+        (binding port 0), and should another process take it before machine 0 binds it, machine
+        0 says so and the members start again on another (``_rendezvous_port.hosted``)."""
+        members = sorted(set(members) | {0})
+
+        def start(port: int) -> dict[str, Any]:
+            for i in members:
+                self.start(i, port, extra(i))
+            return self.wait(0, _hosting_or_taken, "the rendezvous point hosted, or its port taken")
+
+        def stop() -> None:
+            for i in members:
+                self.stop(i)
+                shutil.rmtree(self.root / f"m{i}")
+
+        return hosted(start, stop, self.rendezvous_port)
+
+    def rendezvous_port(self) -> int:
+        """A port for the rendezvous point on machine 0 (see :meth:`start_all`)."""
+        if self.kind == "namespaces":
+            ranged = _run(*self.prefix(0), "cat", "/proc/sys/net/ipv4/ip_local_port_range")
+            low = int(ranged.split()[0])
+            return random.randrange(low // 2, low)
+        return free_port(self.addresses[0])
+
     def log(self, i: int) -> str:
         return (self.root / f"m{i}.log").read_text(encoding="utf-8", errors="replace")
 
@@ -266,6 +300,11 @@ class Machines:
             steps.callback(self._unshape)
             for i in list(self.procs):
                 steps.callback(self.stop, i)
+
+
+def _hosting_or_taken(status: dict[str, Any]) -> bool:
+    """Machine 0 registered with the store it hosts, or says its port was taken."""
+    return taken(status) or (status.get("cluster") or {}).get("member") is not None
 
 
 @contextlib.contextmanager

@@ -2,7 +2,8 @@
 free when the test asks can be taken (another test's daemon, an outgoing connection's local
 port) before the hosting daemon binds it. That daemon then reports it (``cannot host the
 rendezvous point HOST:PORT: [Errno 98] ...``, workers/cluster_member.py) and waits; ``hosted``
-sees that report and starts the test's daemons again on a new port, a few times at most."""
+sees that report and starts the test's daemons again on a new port, a few times at most
+(tests/daemon/_cluster_net.py's ``Machines.start_all`` for the cluster tests)."""
 
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ def taken(status: dict[str, Any]) -> bool:
     return "cannot host the rendezvous point" in error and os.strerror(errno.EADDRINUSE) in error
 
 
-def hosted(start: Callable[[int], dict[str, Any]], stop: Callable[[], None], address: str) -> int:
-    """The port the test's cluster started on: ``start(port)`` starts its daemons on a free port
-    of ``address`` and returns the hosting daemon's status once that daemon is going or
-    :func:`taken` holds of it; while taken, ``stop()`` and start again on a new port, ``TRIES``
-    times at most."""
+def hosted(
+    start: Callable[[int], dict[str, Any]], stop: Callable[[], None], choose: Callable[[], int]
+) -> int:
+    """The port the test's cluster started on: ``start(port)`` starts its daemons on a port
+    ``choose()`` gave (:func:`free_port` of an address, for one) and returns the hosting
+    daemon's status once that daemon is going or :func:`taken` holds of it; while taken,
+    ``stop()`` and start again on a new port, ``TRIES`` times at most."""
     for _ in range(TRIES):
-        port = free_port(address)
+        port = choose()
         status = start(port)
         if not taken(status):
             return port

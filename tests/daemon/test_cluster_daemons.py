@@ -7,7 +7,7 @@ the rendezvous port harms nothing."""
 
 from __future__ import annotations
 
-import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,19 +33,13 @@ def machines() -> Iterator[Machines]:
             m.close()
 
 
-def port() -> int:
-    return random.randrange(20000, 30000)
-
-
 def world(n: int, step: int = 5):  # type: ignore[no-untyped-def]
     """A status test: ``n`` members training, past ``step``."""
     return lambda s: (s.get("cluster") or {}).get("world") == n and s["training"]["step"] >= step
 
 
 def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
-    rendezvous = port()
-    for i in range(3):
-        machines.start(i, rendezvous)
+    rendezvous = machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     step = agree(machines, [0, 1, 2])
@@ -92,9 +86,7 @@ def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
 
 
 def test_a_killed_member_is_dropped_and_rejoins_with_the_groups_state(machines: Machines) -> None:
-    rendezvous = port()
-    for i in range(3):
-        machines.start(i, rendezvous)
+    rendezvous = machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     machines.kill(2)  # every process of that daemon at once: the machine is gone
@@ -114,9 +106,7 @@ def test_a_killed_member_is_dropped_and_rejoins_with_the_groups_state(machines: 
 def test_a_member_cut_off_pauses_and_rejoins(machines: Machines) -> None:
     if machines.kind != "namespaces":
         pytest.skip("a partition needs network namespaces; this machine does not allow them")
-    rendezvous = port()
-    for i in range(3):
-        machines.start(i, rendezvous)
+    machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     machines.link(1, up=False)
@@ -155,9 +145,7 @@ def test_a_paused_member_leaves_cleanly_and_rejoins_on_resume(machines: Machines
     """crystalline pause on member 2: it leaves after its next allreduce, which tells the
     others; they end that generation at the same step and step on as two, no collective failed;
     resume: it registers again and is brought up to date."""
-    rendezvous = port()
-    for i in range(3):
-        machines.start(i, rendezvous)
+    rendezvous = machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     before = machines.status(0)["cluster"]["generation"]
@@ -187,9 +175,7 @@ def test_a_paused_member_leaves_cleanly_and_rejoins_on_resume(machines: Machines
 def test_a_member_paused_and_resumed_at_once_is_back_in_the_group(machines: Machines) -> None:
     """crystalline pause then resume on member 2, 0.2 s apart (the resume lands around its
     leaving step, or before the store heard that it left): all three step again together."""
-    rendezvous = port()
-    for i in range(3):
-        machines.start(i, rendezvous)
+    machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     held = max(machines.status(i)["training"]["step"] for i in range(3))
@@ -227,9 +213,7 @@ def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(m
     """A third member registers and beats but never forms its generation: the two daemons say
     they are forming it (training paused, no rank, world 0), then that the third did not come
     within --cluster-timeout-s; once it is gone they train as two again."""
-    rendezvous = port()
-    for i in (0, 1):
-        machines.start(i, rendezvous)
+    rendezvous = machines.start_all((0, 1))
     for i in (0, 1):
         machines.wait(i, world(2), "two members training")
     silent = silent_member(machines, 2, rendezvous)
@@ -257,11 +241,9 @@ def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(m
 def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) -> None:
     """DiLoCo (--cluster-outer-every 4): local steps in between, so the members differ there,
     and after every outer step they hold the same parameters."""
-    rendezvous = port()
-    for i in range(2):
-        # seeds of their own: each member's batches are its own (the first group's broadcast
-        # gives them the same initial parameters)
-        machines.start(i, rendezvous, ("--cluster-outer-every", "4", "--seed", str(i + 1)))
+    # seeds of their own: each member's batches are its own (the first group's broadcast gives
+    # them the same initial parameters)
+    machines.start_all(range(2), lambda i: ("--cluster-outer-every", "4", "--seed", str(i + 1)))
     for i in range(2):
         machines.wait(i, world(2, 13), "two members past three outer steps")
     seen = [digests(machines.status(i)) for i in range(2)]
@@ -276,26 +258,41 @@ def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) ->
 
 def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(machines: Machines) -> None:
     """The store lives in the hosting member: while it is gone the others pause and say so;
-    restarted (from an older checkpoint or none) it is sent the newest state. At least two
-    members to a group: with MIN 1 the restarted host may form a group alone and step on its own
-    before the others register again, and its state (the highest step) is then the newest."""
-    rendezvous = port()
-    for i in range(3):
-        machines.start(i, rendezvous, ("--cluster-nodes", "2:3"))
+    restarted (from an older checkpoint or none) it is sent the group's state, with the default
+    nodes (MIN 1): its new store's first generation waits a timeout for the others, and their
+    lineage beats the host's own (workers/cluster_member.py, state_source), so the survivors'
+    steps are kept, never replaced by the host's."""
+    rendezvous = machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     machines.kill(0)
     for i in (1, 2):
         machines.wait(i, lambda s: "cut off" in s["cluster"]["state"], "paused without the host", 60)
-    held = max(machines.status(i)["training"]["step"] for i in (1, 2))
-    machines.start(0, rendezvous, ("--cluster-nodes", "2:3"))
+    survivors = {i: machines.status(i) for i in (1, 2)}
+    held = max(s["training"]["step"] for s in survivors.values())  # paused: they step no more
+    kept = {i: digests(s) for i, s in survivors.items()}
+    logged = [len(machines.log(i)) for i in range(3)]  # the logs are appended to
+    machines.start(0, rendezvous)
     for i in range(3):
         machines.wait(i, world(3, held + 5), "the three together again")
-    assert agree(machines, [0, 1, 2]) > held
+    step = agree(machines, [0, 1, 2])
+    assert step > held
+    received = re.compile(r"state of step (\d+) received from rank \d+ \(this member was at step (\d+)")
+    sent = [[(int(a), int(b)) for a, b in received.findall(machines.log(i)[logged[i] :])] for i in range(3)]
+    assert sent[0] and sent[0][0][0] == held, sent  # the host's first group: the survivors' newest
+    assert all(a == held for a, _ in sent[1] + sent[2]), sent  # nothing newer than theirs
+    for i in (1, 2):  # and their digests of the steps before stand
+        now = digests(machines.status(i))
+        assert all(now[k] == d for k, d in kept[i].items() if k in now), (kept[i], now)
+    print(
+        f"survivors at steps {[s['training']['step'] for s in survivors.values()]} when the host came "
+        f"back; it was sent step {sent[0][0][0]} (it was at step {sent[0][0][1]}); agreed at step "
+        f"{step}: {digests(machines.status(0))[step]}"
+    )
 
 
 def test_a_taken_rendezvous_port_is_reported_and_training_starts_once_it_is_free(machines: Machines) -> None:
-    rendezvous = port()
+    rendezvous = machines.rendezvous_port()
     blocker = subprocess.Popen(
         [*machines.prefix(0), sys.executable, "-c",
          "import socket, time\n"

@@ -10,7 +10,6 @@ the netdev egress hook)."""
 
 from __future__ import annotations
 
-import random
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -54,9 +53,7 @@ def start_three(machines: Machines, extra: tuple[str, ...] = (), own_seeds: bool
     """Three members training together (with ``own_seeds``, each from parameters and on batches
     of its own: the group's state, received at step 0, replaces the step 0 each published
     first); the newest step among them."""
-    rendezvous = random.randrange(20000, 30000)
-    for i in range(3):
-        machines.start(i, rendezvous, (*extra, "--seed", str(i + 1)) if own_seeds else extra)
+    machines.start_all(range(3), lambda i: (*extra, "--seed", str(i + 1)) if own_seeds else extra)
     return max(machines.wait(i, training(3), "three members training")["training"]["step"] for i in range(3))
 
 

@@ -4,7 +4,8 @@ one worker each, tiny model): member 0's dashboard shows a card per member (both
 ranks 0 and 1, steps that advance, an allreduce with bytes on the wire and its time, data
 shares summing to 100 %) and a summary of 2 members whose params digest both daemons' status
 published at one step; member 1 killed outright, the same page (not reloaded) shows the group
-re-formed with one member card, without a console error."""
+re-formed with one member card, without a console error; member 0 paused, its summary says it
+is in no group."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _browser import artifacts_dir, browser_page, dashboard_address, require_browser, wait_true
 from _cluster_net import Machines, agree, digests, machines_on_this_box
-from _rendezvous_port import hosted, taken
+from _rendezvous_port import free_port, hosted, taken
 from _wait import until
 
 from crystalline.daemon.ring_service import ring_instance
+from crystalline.daemon.status_server import request
 from crystalline.shm.segments import sweep
 from crystalline.workers.trainer import engine_instance
 
@@ -79,7 +81,7 @@ def test_two_members_then_one_after_a_kill(tmp_path: Path) -> None:
     errors: list[str] = []
     with machines_on_this_box(2, loopback=True) as m, browser_page(errors) as page:
         assert m.kind == "loopback", m.kind
-        hosted(lambda port: _start_two(m, port), lambda: _stop_two(m), m.addresses[0])
+        hosted(lambda port: _start_two(m, port), lambda: _stop_two(m), lambda: free_port(m.addresses[0]))
         m.wait(1, _two, "two members training", 300)
         page.goto(dashboard_address(m.root / "m0" / "run")["url"])
 
@@ -138,4 +140,11 @@ def test_two_members_then_one_after_a_kill(tmp_path: Path) -> None:
         assert int(summary["generation"]) > int(two["generation"]), (two, summary)
         assert int(summary["re-formed"]) > int(two["re-formed"]), (two, summary)
         page.locator("#cluster").screenshot(path=str(artifacts_dir(tmp_path) / "cluster-one.png"))
+
+        # paused, member 0 leaves its group: the summary says it is in none (status's rank is
+        # null then), not a rank such as "-1 of 1"
+        assert request(m.root / "m0" / "run" / "crystalline.sock", {"cmd": "pause"}, 10.0)["ok"]
+        wait_true(page, f"({SUMMARY})['rank'] === 'not in a group'", 60)
+        summary = page.evaluate(SUMMARY)
+        assert "left the cluster by request" in summary["cluster"], summary
     assert errors == [], errors

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from _browser import artifacts_dir, browser_page, dashboard_address, require_browser, wait_true
 from _dashboard_daemon import corpus_parts, running_daemon, trained
-from _rendezvous_port import hosted, taken
+from _rendezvous_port import free_port, hosted, taken
 
 from crystalline.tokens.held_out import held_out
 
@@ -63,7 +63,8 @@ def test_cluster_member_card(corpus_file: Path, tmp_path: Path) -> None:
             started.append(attempt.enter_context(daemon))
             return started[-1]["status"]
 
-        hosted(start, attempt.close, "127.0.0.1")  # attempt.close(): stop the one whose port was taken
+        # attempt.close(): stop the one whose port was taken
+        hosted(start, attempt.close, lambda: free_port("127.0.0.1"))
         daemon = started[-1]
         info = dashboard_address(daemon["run"])
         page.goto(info["url"])
