@@ -74,20 +74,28 @@ def ring(workers: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _place(rank: Any, world: Any = None) -> str:
+    """``rank 1 of 2`` (``rank 1`` without ``world``), or ``not in a group`` for a member in
+    none (status's rank null, a member's own info -1: joining, forming, paused, cut off)."""
+    if not isinstance(rank, int) or rank < 0:
+        return "not in a group"
+    return f"rank {rank}" + (f" of {world}" if world is not None else "")
+
+
 def cluster(k: dict[str, Any] | None, digest: str | None) -> list[str]:
     """``--cluster``: this member's place, then one line per member ([] without a cluster)."""
     if not k:
         return []
     mode = f"DiLoCo every {k['outer_every']}" if k.get("outer_every") else "allreduce every step"
     lines = [
-        f"cluster      {k.get('state')}  generation {k.get('generation', '-')}  rank {k.get('rank', '-')} of "
-        f"{k.get('world', 0)}  at {k.get('rendezvous')}  {mode}  digest {digest or '-'}"
+        f"cluster      {k.get('state')}  generation {k.get('generation') or '-'}  "
+        f"{_place(k.get('rank'), k.get('world'))}  at {k.get('rendezvous')}  {mode}  digest {digest or '-'}"
         + (f"  refused {k['refused_connections']} connections" if k.get("refused_connections") else "")
         + (f"  rendezvous guard {k['guard']}" if k.get("guard") not in (None, "ok") else "")
     ]
     for m in k.get("members") or []:
         lines.append(
-            f"  {m.get('address', '?'):<15} rank {m.get('rank', '-')}  step {m.get('step', '-')}  "
+            f"  {m.get('address', '?'):<15} {_place(m.get('rank'))}  step {m.get('step', '-')}  "
             f"allreduce {_fmt(m.get('allreduce_ms'), '.1f')} ms {m.get('allreduce_bytes', '-')} B  "
             f"share {_fmt(m.get('data_share'), '.2f')}  {m.get('state', '')}"
         )

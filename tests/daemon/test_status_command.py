@@ -115,6 +115,13 @@ def test_summary_shows_the_cluster_and_its_members() -> None:
     d["cluster"]["guard"] = down = "down: OSError: [Errno 9] Bad file descriptor"  # its thread ended
     head = next(x for x in summary(d).splitlines() if x.startswith("cluster"))
     assert head.endswith(f"  refused 2 connections  rendezvous guard {down}")
+    # out of a group (paused): no rank, and a member's own info says -1 then
+    d["cluster"].update(state="paused: left the cluster by request", rank=None, world=0, generation=None)
+    d["cluster"]["members"][1]["rank"] = -1
+    lines = summary(d).splitlines()
+    head = next(x for x in lines if x.startswith("cluster"))
+    assert "generation -  not in a group  at 10.0.0.1:29500" in head, head
+    assert "  10.0.0.2        not in a group  step 40  allreduce" in "\n".join(lines)
 
 
 def test_summary_gives_bits_per_byte_and_perplexity_beside_each_loss() -> None:
