@@ -19,13 +19,14 @@ torch.distributed cannot shrink a process group, so each generation is a new glo
 store prefix ``g<g>/``, formed within the cluster's deadline (``_form``) and at most once per
 member (one that failed here waits for the next; status says ``forming generation g`` before
 forming blocks), and before its first step the group agrees on the state: the member
-with the highest step (the lowest rank among equals) broadcasts its parameters, moments and
-moving average, so a member that joins or comes back starts from the current state and a step
-some members published and others did not is settled. A member that cannot reach the store
-(cut off, or the host is gone) pauses and says so, registers anew once it answers, and is
-brought up to date by the next generation. A member paused by request (``leave``) says so in
-its next allreduce, so every member ends the generation after that step, then tells the store
-it left; ``rejoin`` registers it anew.
+``state_source`` picks (the oldest lineage, then the highest step, then the lowest rank)
+broadcasts its parameters, moments and moving average, so a member that joins or comes back,
+a restarted host too, starts from the current state and a step some members published and
+others did not is settled. A new store's first generation waits one timeout (or for MAX).
+A member that cannot reach the store (cut off, or the host is gone) pauses and says so,
+registers anew once it answers, and is brought up to date by the next generation. A member
+paused by request (``leave``) says so in its next allreduce, so every member ends the
+generation after that step, then tells the store it left; ``rejoin`` registers it anew.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ log = logging.getLogger("crystalline.cluster")
 
 RECENT_DIGESTS = 64
 GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout to connect
+FRESH = 2**62  # a state no group has agreed on yet ranks after every lineage (state_source)
 STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
 
 
@@ -264,7 +266,9 @@ class Coordinator:
     arriving together make one generation, not one each), or when the current generation's
     collective failed, but not before every member has given up its attempts at the previous
     ones (twice the timeout after publishing): a member still blocked in forming an older
-    generation would otherwise make each newer one time out in turn."""
+    generation would otherwise make each newer one time out in turn. The store's first
+    generation waits one timeout after the store started, unless MAX members registered: a
+    restarted host's survivors register again meanwhile, and the host does not train alone."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.s = settings
@@ -274,6 +278,7 @@ class Coordinator:
         self.published_at = 0.0
         self.last_alive: list[int] = []
         self.generation = 0
+        self.opened = time.monotonic()  # the store's start: see tick's grace
 
     def tick(self, client: dist.TCPStore) -> None:
         now = time.monotonic()
@@ -296,6 +301,10 @@ class Coordinator:
             and now - self.published_at > 2 * self.s.timeout_s
             and client.check([f"fail/{self.generation}"])
         )
+        # a new store's first generation waits a timeout (or for MAX members): members of the
+        # store it replaces (its host restarted) register first, rather than the host alone
+        if not self.generation and now - self.opened < self.s.timeout_s and len(alive) < self.s.max_nodes:
+            return
         if len(alive) >= self.s.min_nodes and settled and (alive != self.published or failed):
             self.generation += 1
             members = []
@@ -338,6 +347,17 @@ def layout_disagreement(layouts: list[list[int]]) -> str | None:
     )
 
 
+def state_source(held: list[tuple[int, int]]) -> int:
+    """The rank whose state a new group takes, of each rank's (lineage, step): the oldest
+    lineage, then the newest step, then the lowest rank. A lineage is the state's history since
+    a group first agreed on a process's own state (parameters it loaded or made at start; 0
+    until then), named by when that was (ms); it passes with the state. So a member restarted
+    from its checkpoint, even one that stepped alone before its old peers came back, never
+    beats the group those peers carried on; within a lineage (a partition healed) the newest
+    step wins, and among members that all start afresh too."""
+    return min(range(len(held)), key=lambda r: (held[r][0] or FRESH, -held[r][1], r))
+
+
 class ClusterMember:
     """What control and the engine use: ``ready`` between steps, ``exchange`` inside one."""
 
@@ -362,6 +382,7 @@ class ClusterMember:
         self.leaving = False  # crystalline pause: the next allreduce tells the others
         self.left = False  # and then it has left, until resume
         self.ended = 0  # the newest generation that ended because a member left
+        self.lineage = 0  # the state's history (state_source): 0 until a group agrees on it
         self.digest: str | None = None
         # the digests of the last steps, so members can be compared at a step they all passed
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
@@ -479,22 +500,25 @@ class ClusterMember:
         log.info("generation %d formed: rank %d of %d", g, rank, world)
 
     def _take_state(self, engine: StepEngine, st: TrainerState) -> None:
-        """Agree on the state: the newest step's holder (lowest rank among equals) sends its
-        parameters, moments and moving average; the others load them and its step."""
+        """Agree on the state: the holder that ``state_source`` picks (the oldest lineage, then
+        the newest step) sends its parameters, moments and moving average; the others load
+        them, its step and its lineage."""
         params = engine.params()
         m, v = engine.moments()
         ema = engine.ema()
         parts = [params, m, v] + ([ema] if ema is not None else [])
         # DiLoCo: the anchor and the outer momentum travel too (added below)
         layout = [params.size, len(parts) + (2 if self.s.outer_every else 0), self.s.outer_every]
-        mine = torch.tensor([st.step, st.tokens, st.skipped_steps, *layout], dtype=torch.int64)
+        now_ms = round(time.time() * 1000)
+        mine = torch.tensor(
+            [st.step, st.tokens, st.skipped_steps, self.lineage, now_ms, *layout], dtype=torch.int64
+        )
         every = [torch.zeros(len(mine), dtype=torch.int64) for _ in range(self.world)]
         self.group.allgather([every], [mine]).wait()
-        disagreement = layout_disagreement([[int(n) for n in x[3:]] for x in every])
+        disagreement = layout_disagreement([[int(n) for n in x[5:]] for x in every])
         if disagreement is not None:  # the broadcast below would not match: refuse before it
             raise StateMismatch(disagreement)
-        newest = max(int(x[0]) for x in every)
-        source = min(r for r, x in enumerate(every) if int(x[0]) == newest)
+        source = state_source([(int(x[3]), int(x[0])) for x in every])
         if self.s.outer_every:
             if self.anchor is None or self.velocity is None:
                 self.anchor, self.velocity = params.copy(), np.zeros_like(params)
@@ -504,6 +528,8 @@ class ClusterMember:
         opts.rootRank = source
         self.group.broadcast([buffer], opts).wait()
         held = buffer.numpy().reshape(len(parts), params.size)
+        # a lineage starts (the source's clock) when a group first agrees on a process's own state
+        own, self.lineage = self.lineage, int(every[source][3]) or int(every[source][4])
         if self.s.outer_every:
             self.anchor, self.velocity = held[-2].copy(), held[-1].copy()
             self.local_tokens = 0
@@ -512,8 +538,10 @@ class ClusterMember:
             before = st.step
             st.step, st.tokens, st.skipped_steps = (int(x) for x in every[source][:3])
             log.info(
-                "state of step %d received from rank %d (this member was at step %d)", newest, source, before
-            )
+                "state of step %d received from rank %d (this member was at step %d%s)",
+                st.step, source, before,
+                ", of a lineage of its own: replaced" if own and own != self.lineage else "",
+            )  # fmt: skip
         self.published(engine.params(), st.step)
 
     # ---- inside a step --------------------------------------------------------------------------

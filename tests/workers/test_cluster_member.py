@@ -5,6 +5,7 @@ both skip."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
@@ -25,7 +26,7 @@ from crystalline.workers.params import ModelConfig
 pytest.importorskip("torch")
 import torch
 
-from crystalline.workers.cluster_member import ClusterMember, StateMismatch, layout_disagreement
+from crystalline.workers.cluster_member import ClusterMember, StateMismatch, layout_disagreement, state_source
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,9 +57,9 @@ def two_members(count: int = 2, timeout_s: float = 10.0) -> list[ClusterMember]:
     ]
 
 
-def in_threads(members: list[ClusterMember], run: Callable[[int], None]) -> None:
+def in_threads(members: list[ClusterMember], run: Callable[[int], None], close: bool = True) -> None:
     """``run(i)`` for each member in a thread of its own; then the members close (the host last:
-    it holds the store); any error of a thread is raised here."""
+    it holds the store) unless ``close`` is False; any error of a thread is raised here."""
     errors: list[BaseException] = []
 
     def guarded(i: int) -> None:
@@ -74,7 +75,7 @@ def in_threads(members: list[ClusterMember], run: Callable[[int], None]) -> None
         for t in threads:
             t.join(timeout=120)
     finally:
-        for m in reversed(members):
+        for m in reversed(members if close else []):
             m.close()
     assert not errors, errors
     assert not any(t.is_alive() for t in threads)
@@ -260,9 +261,9 @@ class _Engine:
 @pytest.mark.parametrize(
     ("ema", "outer_every", "other", "named"),
     [
-        (True, 0, [5, 50, 0, 10, 3, 0], "state parts"),  # the other member has no EMA
-        (False, 4, [5, 50, 0, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
-        (False, 4, [5, 50, 0, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
+        (True, 0, [5, 50, 0, 0, 0, 10, 3, 0], "state parts"),  # the other member has no EMA
+        (False, 4, [5, 50, 0, 0, 0, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
+        (False, 4, [5, 50, 0, 0, 0, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
     ],
 )
 def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
@@ -272,6 +273,7 @@ def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
     member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1", outer_every=outer_every)
     member.group, member.rank, member.world = _FakeGroup(other), 0, 2
     member.anchor = member.velocity = None
+    member.lineage = 0
     with pytest.raises(StateMismatch, match=re.escape(named)):
         member._take_state(_Engine(10, ema), State(step=3))  # type: ignore[arg-type]
 
@@ -296,11 +298,12 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member.membership = membership = _Membership()  # type: ignore[assignment]
     member.group, member.registration, member.given_up, member.anchor = None, 0, -1, None
     member.ended, member.forming = 0, 0  # no generation ended by a member leaving, none forming
+    member.lineage = 0
     formed: list[int] = []
 
     def form(g: int, rank: int, world: int) -> None:
         formed.append(g)
-        member.group = _FakeGroup([0, 0, 0, 10, 4, 0])  # the other member keeps an EMA
+        member.group = _FakeGroup([0, 0, 0, 0, 0, 10, 4, 0])  # the other member keeps an EMA
         member.group_generation, member.rank, member.world = g, 0, 2
 
     member._form = form  # type: ignore[method-assign]
@@ -437,3 +440,152 @@ def test_a_leave_the_membership_thread_had_no_tick_for_is_told_before_registerin
     finally:
         other.close()
         host.close()
+
+
+def test_state_source_prefers_the_oldest_lineage_then_the_newest_step() -> None:
+    assert state_source([(0, 3), (0, 9), (0, 9)]) == 1  # all afresh (a first start): newest step
+    assert state_source([(0, 90), (1000, 4)]) == 1  # a restarted member's checkpoint: the group's
+    assert state_source([(2000, 79), (1000, 36), (1000, 36)]) == 1  # stepped alone since a restart
+    assert state_source([(1000, 50), (1000, 36)]) == 0  # one lineage (a partition healed): newest
+
+
+def host_gone(host: ClusterMember) -> None:
+    """The hosting member's process is gone: its guard closes every connection and its store's
+    server stops with the last reference to it."""
+    host.close()
+    host.membership._server = None
+
+
+def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The host and member 1 step together; the host's process dies and is restarted from its
+    checkpoint of step 1 (a new store); member 1, cut off meanwhile, is paused (so it does not
+    register again), and the restarted host forms a group alone and steps past member 1's step.
+    Member 1 resumes: the new group takes member 1's state (the lineage it carried on since the
+    first group), not the host's higher step, and both go on from there with the same digest."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
+    port = random.randrange(20000, 30000)
+
+    def settings(i: int) -> ClusterSettings:  # MIN 1, MAX 2: the first group forms once both are in
+        return ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 1, 2, 3.0)
+
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    host, other = ClusterMember(settings(0)), ClusterMember(settings(1))
+    engines = [
+        LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
+        for i, m in enumerate([host, other])
+    ]
+    states = [State(), State()]
+    checkpoint: list[np.ndarray] = []
+    restarted: ClusterMember | None = None
+    try:
+
+        def together(i: int) -> None:
+            engines[i].load_state(params, np.zeros_like(params), np.zeros_like(params))
+            join([host, other][i], engines[i], states[i])
+            for _ in range(3):
+                trained([host, other][i], engines[i], states[i])
+                if i == 0 and states[0].step == 1:
+                    checkpoint.extend(x.copy() for x in (engines[0].params(), *engines[0].moments()))
+
+        in_threads([host, other], together, close=False)
+        kept = (states[1].step, other.digest)
+        assert kept[0] == 3 and host.digest == kept[1]
+        host_gone(host)
+        until(lambda: other.membership.unreachable(), lambda: "member 1 never saw the host go", 60)
+        assert not other.ready(engines[1], states[1]) and other.state.startswith("paused: cut off")
+        assert other.leave()  # cut off: left at once, registers again only on rejoin
+        restarted = ClusterMember(settings(0))
+        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(0, 2), exchange=restarted)
+        engine.load_state(*checkpoint)
+        alone = State(step=1)
+        join(restarted, engine, alone)
+        assert restarted.world == 1
+        for _ in range(4):
+            trained(restarted, engine, alone)
+        assert alone.step == 5 > kept[0]
+        other.rejoin()
+
+        def both() -> bool:  # the coordinator's generation of the two, read by the restarted host
+            with restarted.membership.lock:
+                generation = restarted.membership.generation
+            return generation is not None and len(generation[1]) == 2
+
+        until(both, lambda: "no generation of both members within 60 s", 60)
+        pair, pair_engines, pair_states = [restarted, other], [engine, engines[1]], [alone, states[1]]
+        after: list[tuple[int, str | None]] = [(0, None), (0, None)]
+
+        def reunited(i: int) -> None:
+            join(pair[i], pair_engines[i], pair_states[i])
+            after[i] = (pair_states[i].step, pair[i].digest)
+            trained(pair[i], pair_engines[i], pair_states[i])
+
+        in_threads(pair, reunited, close=False)
+        assert after == [kept, kept]  # member 1's state, at its step, on both
+        assert restarted.digest == other.digest and alone.step == states[1].step == kept[0] + 1
+        said = "state of step 3 received from rank 1 (this member was at step 5, of a lineage of its own"
+        assert said in caplog.text
+    finally:
+        for m in [other, restarted]:
+            if m is not None:
+                m.close()
+
+
+def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_it_replaced() -> None:
+    """MIN 1, MAX 3: a new store's first generation waits one timeout for members, so on the
+    first start both members are in generation 1, and when the host's process is restarted
+    (from step 0: no checkpoint) member 1, cut off meanwhile, registers with the new store
+    within that time, here only after the host has been alone for a few ticks (it was paused
+    while cut off and resumes then): the new store's first generation holds both (the host
+    never steps alone) and the host is sent member 1's state."""
+    port = random.randrange(20000, 30000)
+    settings = [ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 1, 3, 5.0) for i in range(2)]
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+    members = [ClusterMember(settings[0]), ClusterMember(settings[1])]
+    engines = [
+        LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
+        for i, m in enumerate(members)
+    ]
+    states = [State(), State()]
+    first: list[tuple[int, int]] = []
+    try:
+
+        def run(i: int) -> None:
+            join(members[i], engines[i], states[i])
+            first.append((members[i].group_generation, members[i].world))
+            for _ in range(3):
+                trained(members[i], engines[i], states[i])
+
+        for e in engines:
+            e.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        in_threads(members, run, close=False)
+        assert first == [(1, 2), (1, 2)]
+        kept = (states[1].step, members[1].digest)
+        host_gone(members[0])
+        until(lambda: members[1].membership.unreachable(), lambda: "member 1 never saw the host go", 60)
+        assert not members[1].ready(engines[1], states[1]) and members[1].leave()
+        members[0] = ClusterMember(settings[0])
+        coordinator = members[0].membership._coordinator
+        assert coordinator is not None
+        until(lambda: coordinator.last_alive, lambda: "the restarted host never saw itself", 60)
+        threading.Event().wait(3 * members[0].membership.tick_s)  # alone and settled: MIN is met
+        members[1].rejoin()
+        adamw = AdamWConfig(warmup_steps=0)
+        engines[0] = LocalEngine(model, adamw, lambda _s: batch(0, 2), exchange=members[0])
+        engines[0].load_state(params, np.zeros_like(params), np.zeros_like(params))
+        states[0], first = State(), []
+        received: list[tuple[int, str | None]] = []
+
+        def again(i: int) -> None:
+            join(members[i], engines[i], states[i])
+            first.append((members[i].group_generation, members[i].world))
+            received.append((states[i].step, members[i].digest))
+
+        in_threads(members, again, close=False)
+        assert first == [(1, 2), (1, 2)] and received == [kept, kept]
+    finally:
+        for m in reversed(members):
+            m.close()
