@@ -56,6 +56,7 @@ from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
 from . import control_protocol as CP
+from .ring_service import remove_orphaned_ring
 from .source_eval import evaluate_sources
 from .store_data import store_dir
 from .surprise import SurpriseMeter, registry_opener
@@ -513,6 +514,8 @@ def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData]
             control.cluster.close()
         control.data.close_ring()
         control.channel.close()
+        if os.getppid() != control.parent_pid:  # the supervisor was killed: its ring is left
+            remove_orphaned_ring(Path(spec["state_dir"]))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from ..workers.batch_ring import BatchRing, RingTimeout, Taken, ring_spec
 from ..workers.checkpoint import list_checkpoints
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
+from .state_dir_lock import take_lock
 from .visible_steps import VisibleSteps
 
 log = logging.getLogger("crystalline.ring")
@@ -60,6 +61,23 @@ def ring_instance(checkpoint_dir: Path) -> str:
     """The supervisor's segment instance: the engine's with another letter, so the engine's
     sweep of its own leftovers never takes the supervisor's ring."""
     return "s" + engine_instance(checkpoint_dir)[1:]
+
+
+def remove_orphaned_ring(state_dir: Path) -> list[str]:
+    """Control's last act when its supervisor was killed alone: unlink the ring the supervisor
+    left (nothing else would before the next start), unless a new supervisor holds the state
+    directory already (it swept at its start and owns a ring of that name now). The names
+    removed."""
+    lock = take_lock(state_dir)
+    if lock is None:
+        return []
+    try:
+        removed = sweep(ring_instance(state_dir / "checkpoints"))
+    finally:
+        lock.close()
+    if removed:
+        log.warning("removed the batch ring of a killed supervisor: %s", ", ".join(removed))
+    return removed
 
 
 def _pack(msg: dict[str, Any]) -> bytes:

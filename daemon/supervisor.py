@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -42,6 +41,7 @@ from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
 from .resource_tracker import stop_resource_tracker
 from .ring_service import RingServer, ring_endpoint
+from .state_dir_lock import take_lock
 from .status_server import StatusServer
 from .store_data import byte_store_dir, store_dir
 from .vocab_service import VocabService
@@ -105,13 +105,9 @@ class Supervisor:
         for d in (s.state_dir, s.runtime_dir, s.inbox):
             d.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
-            lock = (s.state_dir / "daemon.lock").open("a+", encoding="utf-8")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.close()
-                raise StateDirInUse(f"{s.state_dir} is in use by another crystalline daemon") from None
-            self._lock = lock
+            self._lock = take_lock(s.state_dir)
+            if self._lock is None:
+                raise StateDirInUse(f"{s.state_dir} is in use by another crystalline daemon")
         marker = s.state_dir / ".samples-copied"
         if not s.daemon.no_samples and not marker.exists():
             for src in sorted(SAMPLES.iterdir()):

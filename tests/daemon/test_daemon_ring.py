@@ -1,9 +1,11 @@
 """The batch ring as the supervisor owns it, in a real daemon: the supervisor process maps the
 segment, a control process killed mid-run resumes on bit-identical batches, and no segment is
-left in /dev/shm after a clean stop, after a killed control, or after a killed supervisor."""
+left in /dev/shm after a clean stop, after a killed control, after a killed supervisor (its
+successor sweeps it) or after a supervisor killed alone (its control removes it)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 from _daemon_process import SMALL_MODEL, NotifyListener, daemon_status, group_survivors
-from _wait import until_status
+from _wait import until, until_status
 
 from crystalline.daemon.ring_service import ring_instance
 from crystalline.shm.segments import list_segments, segment_name
@@ -166,3 +168,30 @@ def test_a_killed_supervisor_leaves_no_segment_and_its_successor_the_same_batche
     twice = {step: losses for step, losses in train_losses(state).items() if len(losses) > 1}
     assert twice, "no step was trained twice"
     assert all(len(set(losses)) == 1 for losses in twice.values()), twice
+
+
+def test_a_supervisor_killed_alone_leaves_no_segment_once_control_sees_it_gone(short_dir: Path) -> None:
+    """SIGKILL to the supervisor alone: control (its child) notices it gone, stops, and unlinks
+    the ring the supervisor left, as no new supervisor holds the state directory."""
+    state, run = short_dir / "state", short_dir / "run"
+    notify = NotifyListener(short_dir / "notify")
+    proc = start(state, run, notify)
+    try:
+        notify.wait_for("READY=1", 180, proc)
+        training = wait_until(run, proc, lambda t: (t.get("step") or 0) > 2, "training did not start")
+        assert list_segments(ring_instance(state / "checkpoints")), "no ring while training"
+        proc.send_signal(signal.SIGKILL)  # the supervisor alone: control and its workers live on
+        proc.wait(timeout=30)
+        until(
+            lambda: not Path(f"/proc/{training['control_pid']}").exists() and not group_survivors(proc.pid),
+            "control and its workers did not exit after their supervisor was killed",
+            120,
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        notify.close()
+    assert no_segments(state), "a segment outlived the killed supervisor's control"
