@@ -196,12 +196,38 @@ _WIDE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 _TEASER_NOUNS = (
     r"(?:articles|stories|posts|news|content|links|videos|reads|reading|searches|columns|headlines)"
 )
+# The same in other languages, whole phrases only ("Artículos relacionados", "関連記事"); Chinese
+# in its traditional and simplified spellings. Not the "See also" of wikis ("Siehe auch",
+# "Voir aussi", "См. также"): that section is the article's own.
+_TEASER_PHRASES = (
+    # German, French, Spanish, Italian, Portuguese, Dutch
+    "ähnliche artikel", "verwandte artikel", "mehr zum thema", "weitere artikel", "lesen sie auch",
+    "das könnte sie auch interessieren", "meistgelesen", "articles similaires", "articles connexes",
+    "à lire aussi", "lire aussi", "sur le même sujet", "vous aimerez aussi", "les plus lus",
+    "artículos relacionados", "noticias relacionadas", "te puede interesar", "lee también",
+    "lo más leído", "más noticias", "leggi anche", "articoli correlati", "potrebbe interessarti",
+    "ti potrebbe interessare", "i più letti", "artigos relacionados", "notícias relacionadas",
+    "leia também", "veja também", "mais lidas", "gerelateerde artikelen", "lees ook",
+    "meest gelezen",
+    # Polish, Czech, Swedish, Turkish, Russian, Ukrainian, Arabic
+    "podobne artykuły", "powiązane artykuły", "czytaj także", "czytaj też", "najczęściej czytane",
+    "související články", "čtěte také", "relaterade artiklar", "läs också", "läs även",
+    "ilgili haberler", "benzer haberler", "похожие статьи", "читайте также", "новости по теме",
+    "другие новости", "популярное", "схожі статті", "читайте також", "مقالات ذات صلة",
+    "اقرأ أيضا", "أخبار ذات صلة",
+    # Chinese, Japanese, Korean
+    "相關文章", "相关文章", "相關新聞", "相关新闻", "相關閱讀", "相关阅读", "延伸閱讀", "延伸阅读",
+    "推薦閱讀", "推荐阅读", "熱門文章", "热门文章", "熱門新聞", "热门新闻", "最新文章", "猜你喜歡",
+    "猜你喜欢", "您可能會有興趣的文章", "你可能感兴趣的文章", "関連記事", "関連ニュース",
+    "おすすめ記事", "人気記事", "注目記事", "こちらもおすすめ", "あわせて読みたい", "合わせて読みたい",
+    "관련 기사", "관련기사", "추천 기사", "많이 본 뉴스", "인기 기사",
+)  # fmt: skip
 _TEASER_HEADING = re.compile(
     rf"(?:related(?: {_TEASER_NOUNS})?|recommended(?: for you| {_TEASER_NOUNS})?|read (?:more|next|also)|"
     rf"you (?:might|may) (?:also )?(?:like|enjoy)|more (?:from|on|in) [\w' .&-]{{1,40}}|more {_TEASER_NOUNS}|"
     rf"(?:most|top) (?:read|popular|viewed|shared|{_TEASER_NOUNS})|"
     rf"(?:popular|trending|latest)(?: now| {_TEASER_NOUNS})?|"
-    rf"other [\w ]{{1,30}}{_TEASER_NOUNS}|like this)\W*",
+    rf"other [\w ]{{1,30}}{_TEASER_NOUNS}|like this|{'|'.join(map(re.escape, _TEASER_PHRASES))})\W*",
     re.IGNORECASE,
 )
 _TEASER_CHARS = 60  # a teaser heading is a short phrase

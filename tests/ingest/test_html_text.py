@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import trafilatura
 
 from crystalline.ingest.html_text import _trafilatura_text, extract_html
@@ -314,10 +315,20 @@ def test_table_cells_wrapped_in_divs_stay_with_their_row() -> None:
         assert para in text
 
 
-def test_box_under_a_teaser_heading_is_dropped() -> None:
-    # Inside the article's container, after the text: a box headed "You might also like" with
-    # other stories' headlines and summaries, each a paragraph that passes the block rules. A
-    # section of the article titled "Related work" is the article's own and stays.
+@pytest.mark.parametrize(
+    ("heading", "section"),
+    [("You might also like", "Related work"), ("Ähnliche Artikel", "Siehe auch"),
+     ("Articles similaires", "Voir aussi"), ("Artículos relacionados", "Trabajos relacionados"),
+     ("Leggi anche", "Note"), ("Читайте также", "См. также"), ("相關文章", "參考資料"),
+     ("推荐阅读", "参考文献"), ("関連記事", "関連項目"), ("관련 기사", "같이 보기"),
+     ("مقالات ذات صلة", "انظر أيضا")],
+)  # fmt: skip
+def test_box_under_a_teaser_heading_is_dropped(heading: str, section: str) -> None:
+    # Inside the article's container, after the text: a box headed "You might also like" (or
+    # the same in another language and script: the whole heading is the phrase) with other
+    # stories' headlines and summaries, each a paragraph that passes the block rules. A section
+    # of the article titled "Related work" (a wiki's "See also", "Siehe auch") is its own and
+    # stays.
     teasers = [
         "Council approves the new harbour budget after a long debate about the dredging costs.",
         "Farmers on the upper plain report the best harvest in twenty years, and prices fall.",
@@ -328,17 +339,17 @@ def test_box_under_a_teaser_heading_is_dropped() -> None:
     )
     html = (
         f"<html><body><nav><ul>{NAV}</ul></nav><div class='main'><h1>The delta grows</h1>"
-        f"{_paras(SECTIONS[0])}<div class='section'><h2>Related work</h2>{_paras(SECTIONS[1])}</div>"
-        f"{_paras(SECTIONS[2])}<div class='stream'><div class='hd'><h3>You might also like</h3></div>"
+        f"{_paras(SECTIONS[0])}<div class='section'><h2>{section}</h2>{_paras(SECTIONS[1])}</div>"
+        f"{_paras(SECTIONS[2])}<div class='stream'><div class='hd'><h3>{heading}</h3></div>"
         f"<div class='list'>{box}</div></div></div></body></html>"
     )
     page = extract_html(html)
-    for para in [p for section in SECTIONS for p in section]:
+    for para in [p for part in SECTIONS for p in part]:
         assert para in page.text
-    assert "Related work" in page.text
+    assert section in page.text
     for teaser in teasers:
         assert teaser not in page.text
-    assert "You might also like" not in page.text
+    assert heading not in page.text
 
 
 def test_reader_replies_are_dropped() -> None:
