@@ -31,7 +31,10 @@ connections a pass (a flood of connections cannot keep it from the others); each
 a connection has a buffer of ``buffer_bytes`` and a side stops being read while its peer's
 buffer is full (back-pressure). The store must take a relayed connection within
 ``handshake_timeout_s`` too (its accept queue full: the connection is closed, not left to the
-kernel's SYN retries).
+kernel's SYN retries), and a client must take the store's replies: one that leaves them unread
+for ``stall_timeout_s`` (the guard's buffer never empty meanwhile) is closed, since c10d's
+classic server blocks in its send to it and every other client of the store waits (before, one
+connection pipelining ``get``s it never read held a member's 5 s ``add`` for over 35 s).
 EOF in one direction is passed on as a half-close once its buffer is drained; an error on
 either side closes both. Training never waits on it: only store traffic (membership, forming a
 group) passes here, never a step's allreduce (gloo connects the members directly).
@@ -96,6 +99,7 @@ class _Conn:
     connected: bool = False  # the store side's connect completed
     up: bytearray = field(default_factory=bytearray)  # client -> store
     down: bytearray = field(default_factory=bytearray)  # store -> client
+    unread_since: float = 0.0  # since when the store's replies wait in ``down`` (0: none wait)
     client_eof: bool = False
     store_eof: bool = False
     up_shut: bool = False
@@ -115,6 +119,7 @@ class RendezvousGuard:
         upstream: tuple[str, int],
         *,
         handshake_timeout_s: float = 5.0,
+        stall_timeout_s: float = 5.0,
         max_connections: int = 512,
         max_per_source: int = 32,
         buffer_bytes: int = 16384,
@@ -123,6 +128,7 @@ class RendezvousGuard:
     ) -> None:
         self.upstream = upstream
         self.handshake_timeout_s = handshake_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.max_connections = connection_cap(max_connections)
         self.max_per_source = min(max_per_source, self.max_connections)
         if self.max_connections < max_connections:
@@ -206,6 +212,7 @@ class RendezvousGuard:
             self._accept_at = 0.0
             self._selector.register(self.listener, selectors.EVENT_READ, None)
         deadlines = [c.deadline for c in self._conns.values() if not c.connected]
+        deadlines += [c.unread_since + self.stall_timeout_s for c in self._conns.values() if c.unread_since]
         if self._accept_at:
             deadlines.append(self._accept_at)
         wait = min([0.5, *(max(0.0, d - now) for d in deadlines)])
@@ -227,9 +234,10 @@ class RendezvousGuard:
             if conn.store is None:
                 self._refuse(conn, f"sent {'nothing' if not conn.head else preview(conn.head)} {within}")
                 continue
-            line = f"rendezvous connection from {conn.peer} ended: the store did not take it {within}"
-            self._note("ended", line)
-            self._close(conn)
+            self._end(conn, f"the store did not take it {within}")
+        stall = self.stall_timeout_s
+        for conn in [c for c in self._conns.values() if c.unread_since and now >= c.unread_since + stall]:
+            self._end(conn, f"it left the store's replies unread for {stall:g} s")
         self._flush_log_window(now)
 
     def _failed(self, exc: Exception) -> None:
@@ -288,8 +296,7 @@ class RendezvousGuard:
                 what = "nothing" if not conn.head else preview(conn.head)
                 self._refuse(conn, f"{exc} after sending {what}")
                 return
-            self._note("ended", f"rendezvous connection from {conn.peer} ended: {exc}", level=logging.INFO)
-            self._close(conn)
+            self._end(conn, str(exc), level=logging.INFO)
 
     def _read_handshake(self, conn: _Conn) -> None:
         data = conn.client.recv(len(HANDSHAKE) - len(conn.head))
@@ -358,6 +365,10 @@ class RendezvousGuard:
     def _interest(self, conn: _Conn) -> None:
         """Read a side while its peer's buffer has room; write it while its own has bytes."""
         assert conn.store is not None
+        if not conn.down:
+            conn.unread_since = 0.0
+        elif not conn.unread_since:
+            conn.unread_since = time.monotonic()
         room = self.buffer_bytes
         client = (selectors.EVENT_READ if not conn.client_eof and len(conn.up) < room else 0) | (
             selectors.EVENT_WRITE if conn.down else 0
@@ -386,6 +397,11 @@ class RendezvousGuard:
         self.refused += 1
         self.last_refusal = why
         self._note("refused", f"refused a connection to the rendezvous point from {conn.peer}: {why}")
+        self._close(conn)
+
+    def _end(self, conn: _Conn, why: str, level: int = logging.WARNING) -> None:
+        """Close a connection past its handshake, in one line (within the budget)."""
+        self._note("ended", f"rendezvous connection from {conn.peer} ended: {why}", level=level)
         self._close(conn)
 
     def _note(

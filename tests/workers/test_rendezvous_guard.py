@@ -1,14 +1,14 @@
 """The rendezvous guard with real sockets and a real c10d TCPStore behind it on loopback, set
 up by ``host_store`` as the hosting member does: garbage is refused, logged and counted; a real
 TCPStore client works through it (a value larger than its buffers too); a client that sends
-nothing is closed after the deadline, and so is a relayed connection the store does not take;
-the connections are capped, per source address too, and the cap is cut to what the descriptor
-limit pays for (3 descriptors a connection, measured); a flood of connections is taken a batch
-a pass; a flood is logged within the budget and summed, and so are peers that reset during
-the handshake; out of descriptors it stops accepting for a while and frees the oldest waiting
-connection; an unexpected error in its loop is logged and it goes on, and one that ends it
-closes the port and shows in ``health``; the port is closed even when closing a connection
-fails."""
+nothing is closed after the deadline, and so are a relayed connection the store does not take
+and one that leaves the store's replies unread; the connections are capped, per source address
+too, and the cap is cut to what the descriptor limit pays for (3 descriptors a connection,
+measured); a flood of connections is taken a batch a pass; a flood is logged within the budget
+and summed, and so are peers that reset during the handshake; out of descriptors it stops
+accepting for a while and frees the oldest waiting connection; an unexpected error in its loop
+is logged and it goes on, and one that ends it closes the port and shows in ``health``; the
+port is closed even when closing a connection fails."""
 
 from __future__ import annotations
 
@@ -315,6 +315,46 @@ def test_a_relayed_connection_the_store_does_not_take_is_closed_after_the_deadli
             assert any("ended: the store did not take it within 0.5 s" in x for x in refusals(caplog))
         finally:
             g.close()
+
+
+def get_request(key: str) -> bytes:
+    """c10d's GET as a client sends it: QueryType GET (3), then the key with TCPStore's "/"
+    prefix as a uint64 length and its bytes (the installed torch's TCPStoreBackend.hpp)."""
+    wire = f"/{key}".encode()
+    return b"\x03" + struct.pack("=Q", len(wire)) + wire
+
+
+def test_a_client_that_leaves_the_stores_replies_unread_is_closed(
+    host: Host, caplog: pytest.LogCaptureFixture
+) -> None:
+    """64 pipelined gets of a 1 MiB value, never read: c10d's server blocks in its send to that
+    client and every other client of the store waits (before: a member's add with a 5 s timeout
+    had not returned after 35 s). The guard closes it after stall_timeout_s and the store
+    answers again."""
+    caplog.set_level(logging.WARNING, "crystalline.cluster.guard")
+    g = host(stall_timeout_s=1)
+    direct, member = client(g.upstream), client(g.address)
+    direct.set("big", b"x" * 2**20)
+    probe = socket.create_connection(g.address)  # the protocol as written here: one get answered
+    probe.sendall(HANDSHAKE + get_request("big"))
+    probe.settimeout(30)
+    reply = b""
+    while len(reply) < 8 + 2**20:
+        reply += probe.recv(2**20)
+    assert struct.unpack("=Q", reply[:8]) == (2**20,)
+    probe.close()
+    stalling = socket.socket()
+    stalling.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalling.connect(g.address)
+    try:
+        stalling.sendall(HANDSHAKE + get_request("big") * 64)
+        wait_until(lambda: g.open_connections == 1, "the stalling client closed (the member's stays)")
+        assert member.add("n", 1) == 1 and direct.add("n", 1) == 2
+        assert any("it left the store's replies unread for 1 s" in x for x in refusals(caplog)), refusals(
+            caplog
+        )
+    finally:
+        stalling.close()
 
 
 def test_a_flood_of_connections_is_taken_a_batch_a_pass(host: Host) -> None:
