@@ -82,6 +82,17 @@ def shoot(url: str, out: Path, train_s: float, chromium: str) -> None:
             browser.close()
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM; what is left of its process group after 60 s gets SIGKILL."""
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.25)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def missing(what: str) -> NoReturn:
     """Exit 2 with one line: what this script needs is not here."""
     print(f"dashboard_screenshots: {what}", file=sys.stderr)
@@ -124,12 +135,7 @@ def main() -> None:
             dashboard = json.loads(info.read_text(encoding="utf-8"))
             shoot(f"{dashboard['url']}#token={dashboard['token']}", args.out, args.train_s, chromium)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+            stop(proc)
 
 
 if __name__ == "__main__":
