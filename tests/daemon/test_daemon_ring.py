@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from _wait import until, until_status
 
 from crystalline.daemon.ring_service import ring_instance
 from crystalline.shm.segments import list_segments, segment_name
+from crystalline.workers.checkpoint import list_checkpoints
 from crystalline.workers.trainer import engine_instance
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -76,6 +77,31 @@ def train_losses(state: Path) -> dict[int, list[float]]:
     return out
 
 
+def kill_past_a_checkpoint(state: Path, control: int, kill: Callable[[], object]) -> None:
+    """``kill()`` (control, or the whole daemon) at a moment control has recorded a step past its
+    newest checkpoint, so that the steps since are trained again after it. Control is frozen
+    (SIGSTOP) while its checkpoints and metrics are compared, and let go to try again when it
+    has not (a checkpoint written after the status that led here: killed then, the restarted
+    control would resume at the step it was killed at and train no step twice)."""
+
+    def frozen_past() -> bool:
+        os.kill(control, signal.SIGSTOP)
+        until(lambda: _state_of(control) == "T", "control did not stop on SIGSTOP", 30, 0.01)
+        steps = [int(p.name.removeprefix("step-")) for p in list_checkpoints(state / "checkpoints")]
+        if max(train_losses(state), default=-1) > max(steps, default=-1):
+            kill()
+            return True
+        os.kill(control, signal.SIGCONT)
+        return False
+
+    until(frozen_past, "control never recorded a step past its newest checkpoint", 120, 0.05)
+
+
+def _state_of(pid: int) -> str:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2]
+
+
 @pytest.mark.parametrize("workers", [2, 1])  # 1: the one-process engine copies its batch out
 def test_supervisor_owns_the_ring_and_a_killed_control_gets_the_same_batches(
     short_dir: Path, workers: int
@@ -102,7 +128,9 @@ def test_supervisor_owns_the_ring_and_a_killed_control_gets_the_same_batches(
             and t["step"] >= t["last_checkpoint_step"] + 3,
             "no steps past a checkpoint",
         )  # fmt: skip
-        os.kill(before["control_pid"], signal.SIGKILL)
+        kill_past_a_checkpoint(
+            state, before["control_pid"], lambda: os.kill(before["control_pid"], signal.SIGKILL)
+        )
         killed_at = before["step"]
         again = wait_until(
             run, proc,
@@ -144,7 +172,8 @@ def test_a_killed_supervisor_leaves_no_segment_and_its_successor_the_same_batche
             ),
             "no steps past a checkpoint",
         )
-        os.killpg(proc.pid, signal.SIGKILL)  # supervisor, control and workers at once: nothing cleans up
+        # supervisor, control and workers at once: nothing cleans up
+        kill_past_a_checkpoint(state, before["control_pid"], lambda: os.killpg(proc.pid, signal.SIGKILL))
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
