@@ -265,6 +265,12 @@ def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(m
     rendezvous = machines.start_all(range(3))
     for i in range(3):
         machines.wait(i, world(3), "three members training")
+    host_socket = machines.root / "m0" / "run" / "crystalline.sock"
+    assert request(host_socket, {"cmd": "checkpoint"}, 60)["ok"]  # what the restarted host resumes
+    written = machines.wait(0, lambda s: s["training"]["last_checkpoint_step"] is not None, "a checkpoint")
+    saved = written["training"]["last_checkpoint_step"]  # status: a snapshot every 0.5 s
+    machines.wait(1, world(3, saved + 5), "the group past the host's checkpoint")
+    saved = machines.status(0)["training"]["last_checkpoint_step"]  # or a periodic one since
     machines.kill(0)
     for i in (1, 2):
         machines.wait(i, lambda s: "cut off" in s["cluster"]["state"], "paused without the host", 60)
@@ -279,15 +285,16 @@ def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(m
     assert step > held
     received = re.compile(r"state of step (\d+) received from rank \d+ \(this member was at step (\d+)")
     sent = [[(int(a), int(b)) for a, b in received.findall(machines.log(i)[logged[i] :])] for i in range(3)]
-    assert sent[0] and sent[0][0][0] == held, sent  # the host's first group: the survivors' newest
+    assert sent[0] and sent[0][0][0] == held, sent  # the survivors' newest, to the host
+    assert saved <= sent[0][0][1] <= held, (saved, sent)  # which had resumed at its checkpoint
     assert all(a == held for a, _ in sent[1] + sent[2]), sent  # nothing newer than theirs
     for i in (1, 2):  # and their digests of the steps before stand
         now = digests(machines.status(i))
         assert all(now[k] == d for k, d in kept[i].items() if k in now), (kept[i], now)
     print(
         f"survivors at steps {[s['training']['step'] for s in survivors.values()]} when the host came "
-        f"back; it was sent step {sent[0][0][0]} (it was at step {sent[0][0][1]}); agreed at step "
-        f"{step}: {digests(machines.status(0))[step]}"
+        f"back; it was sent step {sent[0][0][0]} (it was at step {sent[0][0][1]}, its checkpoint "
+        f"{saved} when killed); agreed at step {step}: {digests(machines.status(0))[step]}"
     )
 
 
