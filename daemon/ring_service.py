@@ -23,6 +23,7 @@ dies with the supervisor, so nothing is left to supervise.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from crystalline.tokens.windows import StoreBehind, StoreWindows
 
 from ..workers.batch_ring import BatchRing, RingTimeout, Taken, ring_spec
 from ..workers.checkpoint import list_checkpoints
+from ..workers.engine import EngineStopped
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
 from .state_dir_lock import take_lock
@@ -51,6 +53,7 @@ VERSION = 1
 MAX_MESSAGE = 1 << 16
 TICK_S = 0.1  # how fast the server notices a stop
 ANSWER_MARGIN_S = 5.0  # control waits this much longer than the supervisor's own deadline
+OWNER_CHECK_S = 0.5  # how often control, waiting for an answer, looks whether its supervisor lives
 
 
 def ring_endpoint(runtime_dir: Path) -> str:
@@ -253,6 +256,7 @@ class RingClient:
         """``context``: control's own ZeroMQ context, shared (one more context costs five
         descriptors, and control's are counted against RLIMIT_NOFILE)."""
         self._own_ctx = context is None
+        self._owner = os.getppid()  # the supervisor, whose thread serves the ring
         self._ctx = zmq.Context() if context is None else context
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -277,8 +281,10 @@ class RingClient:
         self._sock.send(_pack({**msg, "id": rid}))
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
-            if not self._sock.poll(int(left * 1000) + 1):
-                break
+            if not self._sock.poll(int(min(left, OWNER_CHECK_S) * 1000) + 1):
+                if os.getppid() != self._owner:  # killed: control stops, no batch will come
+                    raise EngineStopped(f"the supervisor is gone: {msg['type']} not answered")
+                continue
             reply = _unpack(self._sock.recv())
             if reply is not None and reply.get("id") == rid:  # a late answer to an abandoned ask: dropped
                 return reply

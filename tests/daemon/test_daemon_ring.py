@@ -200,8 +200,9 @@ def test_a_killed_supervisor_leaves_no_segment_and_its_successor_the_same_batche
 
 
 def test_a_supervisor_killed_alone_leaves_no_segment_once_control_sees_it_gone(short_dir: Path) -> None:
-    """SIGKILL to the supervisor alone: control (its child) notices it gone, stops, and unlinks
-    the ring the supervisor left, as no new supervisor holds the state directory."""
+    """SIGKILL to the supervisor alone: control (its child) notices it gone, even while it waits
+    for a batch, stops with a final checkpoint, and unlinks the ring the supervisor left, as no
+    new supervisor holds the state directory."""
     state, run = short_dir / "state", short_dir / "run"
     notify = NotifyListener(short_dir / "notify")
     proc = start(state, run, notify)
@@ -224,3 +225,5 @@ def test_a_supervisor_killed_alone_leaves_no_segment_once_control_sees_it_gone(s
             os.killpg(proc.pid, signal.SIGKILL)
         notify.close()
     assert no_segments(state), "a segment outlived the killed supervisor's control"
+    steps = [int(p.name.removeprefix("step-")) for p in list_checkpoints(state / "checkpoints")]
+    assert max(steps) >= training["step"], f"no final checkpoint past step {training['step']}: {steps}"
