@@ -6,7 +6,6 @@ both skip."""
 from __future__ import annotations
 
 import logging
-import random
 import re
 import threading
 from collections.abc import Callable
@@ -15,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _rendezvous_port import TRIES, free_port, taken_in
 from _wait import until
 
-from crystalline.workers.cluster_config import ClusterSettings
+from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailable
 from crystalline.workers.engine import LocalEngine, StepOutcome
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamWConfig
@@ -48,12 +48,34 @@ def batch(seed: int, count: int) -> np.ndarray:
     )
 
 
+def hosted_members(settings: Callable[[int], list[ClusterSettings]]) -> list[ClusterMember]:
+    """Real members of ``settings(port)``, the first hosting the store, on a port free when
+    asked; should another process take it first, the host says so (ClusterUnavailable) and
+    they are made again on another port, ``TRIES`` times at most."""
+    said = ""
+    for _ in range(TRIES):
+        first, *others = settings(free_port("127.0.0.1"))
+        try:
+            host = ClusterMember(first)
+        except ClusterUnavailable as exc:
+            said = str(exc)
+            if not taken_in(said):
+                raise
+            continue
+        return [host, *(ClusterMember(x) for x in others)]
+    raise AssertionError(f"the rendezvous port was taken {TRIES} times running: {said}")
+
+
 def two_members(count: int = 2, timeout_s: float = 10.0) -> list[ClusterMember]:
     """Real members on loopback addresses (member 0 hosts the store), a group of ``count``."""
-    port = random.randrange(20000, 30000)
-    return [
-        ClusterMember(ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", count, count, timeout_s))
-        for i in range(count)
+    return hosted_members(on_loopback(count, count, count, timeout_s))
+
+
+def on_loopback(count: int, lo: int, hi: int, timeout_s: float) -> Callable[[int], list[ClusterSettings]]:
+    """The settings of ``count`` members at 127.0.0.1, .2, ... (the first hosts the store on
+    the port given), groups of ``lo`` to ``hi`` members."""
+    return lambda port: [
+        ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", lo, hi, timeout_s) for i in range(count)
     ]
 
 
@@ -465,14 +487,10 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
     Member 1 resumes: the new group takes member 1's state (the lineage it carried on since the
     first group), not the host's higher step, and both go on from there with the same digest."""
     caplog.set_level(logging.INFO, logger="crystalline.cluster")
-    port = random.randrange(20000, 30000)
-
-    def settings(i: int) -> ClusterSettings:  # MIN 1, MAX 2: the first group forms once both are in
-        return ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 1, 2, 3.0)
-
     model = GPT(CFG)
     params = init_params(model.table, 0)
-    host, other = ClusterMember(settings(0)), ClusterMember(settings(1))
+    # MIN 1, MAX 2: the first group forms once both are in
+    host, other = hosted_members(on_loopback(2, 1, 2, 3.0))
     engines = [
         LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
         for i, m in enumerate([host, other])
@@ -497,7 +515,7 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         until(lambda: other.membership.unreachable(), lambda: "member 1 never saw the host go", 60)
         assert not other.ready(engines[1], states[1]) and other.state.startswith("paused: cut off")
         assert other.leave()  # cut off: left at once, registers again only on rejoin
-        restarted = ClusterMember(settings(0))
+        restarted = ClusterMember(host.s)
         engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(0, 2), exchange=restarted)
         engine.load_state(*checkpoint)
         alone = State(step=1)
@@ -540,11 +558,10 @@ def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_i
     within that time, here only after the host has been alone for a few ticks (it was paused
     while cut off and resumes then): the new store's first generation holds both (the host
     never steps alone) and the host is sent member 1's state."""
-    port = random.randrange(20000, 30000)
-    settings = [ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 1, 3, 5.0) for i in range(2)]
     model = GPT(CFG)
     params = init_params(model.table, 0)
-    members = [ClusterMember(settings[0]), ClusterMember(settings[1])]
+    members = hosted_members(on_loopback(2, 1, 3, 5.0))
+    settings = [m.s for m in members]
     engines = [
         LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
         for i, m in enumerate(members)

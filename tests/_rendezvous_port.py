@@ -3,7 +3,8 @@ free when the test asks can be taken (another test's daemon, an outgoing connect
 port) before the hosting daemon binds it. That daemon then reports it (``cannot host the
 rendezvous point HOST:PORT: [Errno 98] ...``, workers/cluster_member.py) and waits; ``hosted``
 sees that report and starts the test's daemons again on a new port, a few times at most
-(tests/daemon/_cluster_net.py's ``Machines.start_all`` for the cluster tests)."""
+(tests/daemon/_cluster_net.py's ``Machines.start_all`` for the cluster daemons; in-process
+members, tests/workers/test_cluster_member.py, try again on :func:`taken_in`)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ def free_port(address: str) -> int:
         return port
 
 
+def taken_in(error: str) -> bool:
+    """``error`` (a daemon's last_error, a ClusterUnavailable) says the rendezvous port was
+    taken."""
+    return "cannot host the rendezvous point" in error and os.strerror(errno.EADDRINUSE) in error
+
+
 def taken(status: dict[str, Any]) -> bool:
     """The hosting daemon's status says its rendezvous port was taken."""
-    error = str(status.get("last_error", ""))
-    return "cannot host the rendezvous point" in error and os.strerror(errno.EADDRINUSE) in error
+    return taken_in(str(status.get("last_error", "")))
 
 
 def hosted(
