@@ -2,8 +2,10 @@
 to a bridge in a hub namespace, made (and removed) here with iproute2, each running a real
 ``crystalline run --cluster``; where namespaces are not allowed, distinct loopback addresses
 (``kind`` says which ran, and a partition then cannot be made). A member's link can be shaped
-(tc's tbf and netem on both of its ends, nft dropping packets on it); the shaping goes with the
-namespaces, and is undone first in case a stray process holds one."""
+(tc's tbf on both of its ends, nft dropping packets on it, a delaying wire in a namespace of its
+own between the member and the bridge: tests/daemon/_delay_wire.py, as this kernel has no tc
+netem); the shaping goes with the namespaces, and is undone first in case a stray process holds
+one."""
 
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ class Machines:
         self.tag = f"cr{os.getpid() % 100000}"
         self.namespaces: list[str] = []
         self._shaped: list[list[str]] = []  # the commands that undo the links' shaping
+        self._wires: dict[int, subprocess.Popen[bytes]] = {}  # member -> its delaying wire
         self.kind = "loopback"
         self.addresses = [f"127.0.{os.getpid() % 200 + 1}.{i + 1}" for i in range(count)]
         try:
@@ -151,13 +154,87 @@ class Machines:
         except subprocess.CalledProcessError as exc:
             raise _refused("tc tbf", exc, "CONFIG_NET_SCH_TBF") from None
 
+    def _wire_names(self, i: int) -> tuple[str, str, str]:
+        """Member ``i``'s wire: its namespace, its end towards the member (the member's veth
+        peer, moved there from the bridge) and its end towards the bridge."""
+        return f"{self.tag}w{i}", f"{self.tag}b{i}", f"{self.tag}c{i}"
+
     def delay(self, i: int, ms: float) -> None:
-        """Member ``i``'s link delays every packet by ``ms`` each way (netem on both ends);
-        LinkShapingUnavailable naming why when tc refuses netem."""
-        try:
-            self._qdisc(i, "netem", "delay", f"{ms}ms")
-        except subprocess.CalledProcessError as exc:
-            raise _refused("tc netem", exc, "CONFIG_NET_SCH_NETEM") from None
+        """Member ``i``'s link delays every frame by ``ms`` each way, from now (daemons running
+        or not): the member's veth peer leaves the bridge for a namespace of its own, where
+        tests/daemon/_delay_wire.py forwards between it and a new veth pair to the bridge. The
+        link is down for the moment that takes (well under a second; TCP retransmits)."""
+        assert self.kind == "namespaces", "a delayed link needs network namespaces"
+        hub = f"{self.tag}h"
+        wire, member_end, bridge_end = self._wire_names(i)
+        _ip("netns", "add", wire)
+        self.namespaces.append(wire)
+        _ip("link", "add", bridge_end, "type", "veth", "peer", "name", f"{self.tag}d{i}")
+        _ip("link", "set", bridge_end, "netns", wire)
+        _ip("link", "set", f"{self.tag}d{i}", "netns", hub)
+        _ip("-n", hub, "link", "set", member_end, "netns", wire)
+        _ip("-n", wire, "link", "set", member_end, "up")
+        _ip("-n", wire, "link", "set", bridge_end, "up")
+        counters = self.root / f"wire{i}.json"
+        log = (self.root / f"wire{i}.log").open("ab")
+        self._wires[i] = subprocess.Popen(
+            [
+                "ip", "netns", "exec", wire, sys.executable, str(Path(__file__).with_name("_delay_wire.py")),
+                member_end, bridge_end, str(ms), str(counters),
+            ],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+
+        def ready() -> bool:
+            wire_proc = self._wires[i]
+            assert wire_proc.poll() is None, f"the wire exited ({wire_proc.returncode}): {self._wire_log(i)}"
+            return counters.exists()
+
+        until(ready, f"member {i}'s wire forwarding", 30)
+        _ip("-n", hub, "link", "set", f"{self.tag}d{i}", "master", "br0")
+        _ip("-n", hub, "link", "set", f"{self.tag}d{i}", "up")
+
+    def _wire_log(self, i: int) -> str:
+        return (self.root / f"wire{i}.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+
+    def wire_counters(self, i: int) -> dict[str, dict[str, int]]:
+        """Member ``i``'s wire so far: ``sent`` (from the member) and ``received`` (towards
+        it), each {"frames", "bytes", "dropped"}; written by the wire every 0.2 s."""
+        _, member_end, bridge_end = self._wire_names(i)
+        counts = json.loads((self.root / f"wire{i}.json").read_text(encoding="utf-8"))
+        sent, received = counts[f"{member_end}->{bridge_end}"], counts[f"{bridge_end}->{member_end}"]
+        return {"sent": sent, "received": received}
+
+    def round_trip_s(self, i: int, address: str) -> float:
+        """The shortest of five TCP round trips from machine ``i`` to ``address``: a connect to
+        a port nobody listens on there, refused by the reply (SYN out, RST back)."""
+        code = (
+            "import socket, time\n"
+            "seen = []\n"
+            "for _ in range(5):\n"
+            "    with socket.socket() as s:\n"
+            "        s.settimeout(10)\n"
+            "        t = time.monotonic()\n"
+            "        try:\n"
+            f"            s.connect(({address!r}, 1))\n"
+            "        except ConnectionRefusedError:\n"
+            "            seen.append(time.monotonic() - t)\n"
+            "print(min(seen))\n"
+        )
+        return float(_run(*self.prefix(i), sys.executable, "-c", code))
+
+    def _unwire(self) -> None:
+        """Every wire ended: SIGTERM (it writes its counters and exits), SIGKILL after 10 s."""
+        for i in list(self._wires):
+            proc = self._wires.pop(i)
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
 
     def drop_packets(self, i: int, percent: int) -> None:
         """Member ``i``'s link loses ``percent`` % of its packets each way, at random: nft's
@@ -199,7 +276,7 @@ class Machines:
         """This harness's namespaces that still exist (none once :meth:`close` returned, even
         by raising); what shaped the links was on devices inside them."""
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
-        ours = {f"{self.tag}h", *(f"{self.tag}m{i}" for i in range(self.count))}
+        ours = {f"{self.tag}h", *(f"{self.tag}{kind}{i}" for kind in "mw" for i in range(self.count))}
         return [line.split()[0] for line in listed.splitlines() if line.split()[0] in ours]
 
     def run_in(self, i: int, code: str) -> None:
@@ -293,10 +370,12 @@ class Machines:
             os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
 
     def close(self) -> None:
-        """Every daemon stopped, the shaping undone, the namespaces removed: each step runs even
-        when one before it raised (a daemon that outlived its deadline), which is raised after."""
+        """Every daemon stopped, the shaping undone, the wires ended, the namespaces removed:
+        each step runs even when one before it raised (a daemon that outlived its deadline),
+        which is raised after."""
         with contextlib.ExitStack() as steps:  # run last-in first-out
             steps.callback(self._remove_namespaces)
+            steps.callback(self._unwire)
             steps.callback(self._unshape)
             for i in list(self.procs):
                 steps.callback(self.stop, i)
