@@ -9,8 +9,6 @@ from __future__ import annotations
 import codecs
 import re
 
-import charset_normalizer
-
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
@@ -88,6 +86,9 @@ def decode_bytes(data: bytes, header_charset: str | None = None, html: bool = Tr
         western = ""
     if western and _latin_like(western[:_DETECT_BYTES]):
         return western, "cp1252"
+    # the last resort only (~8 ms to import): a labelled or UTF-8 page never needs it
+    import charset_normalizer
+
     best = charset_normalizer.from_bytes(data[:_DETECT_BYTES]).best()
     detected = (_codec(best.encoding) if best is not None else None) or "cp1252"
     return data.decode(detected, errors="replace"), detected

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import _ingest_samples as samples
@@ -189,6 +191,24 @@ def test_undeclared_cyrillic_is_not_read_as_latin() -> None:
     body = ("Привет, как дела? Это длинный русский текст для проверки кодировки. " * 20).encode("cp1251")
     text, _ = decode_bytes(body, html=False)
     assert "Привет" in text
+
+
+@pytest.mark.timeout(60)
+def test_charset_detector_is_imported_only_where_a_page_needs_it() -> None:
+    # A labelled or UTF-8 page (every page of the dev set) is decoded without charset_normalizer
+    # (~8 ms of each process's start-up); undeclared Cyrillic needs it. In a fresh process.
+    script = (
+        "import sys\n"
+        "from crystalline.ingest.charset import decode_bytes\n"
+        "decode_bytes('<p>Grüße</p>'.encode())\n"
+        "decode_bytes('<meta charset=koi8-r><p>Привет</p>'.encode('koi8-r'))\n"
+        "before = 'charset_normalizer' in sys.modules\n"
+        "text, _ = decode_bytes(('Привет, как дела? Это длинный русский текст. ' * 20).encode('cp1251'))\n"
+        "print(before, 'charset_normalizer' in sys.modules, 'Привет' in text)\n"
+    )
+    cmd = [sys.executable, "-c", script]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=50, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
 
 
 def test_page_wrapped_in_a_form_keeps_its_text() -> None:
