@@ -7,7 +7,7 @@ precision and recall per page, averaged). Its truth.json was written as UTF-8 re
 (``--truth-as-given`` scores it raw). Columns: F1 on two fixed random halves (develop on one,
 check on the other) and on all, then precision, recall and pages/s of CPU time on one core.
 Rows: crystalline as shipped (our extractor, with trafilatura's fast mode as a second opinion
-where our result looks incomplete, the longer text winning), our extractor alone, the ensemble
+where our result looks incomplete, the longer text winning unless it only adds a long list), our extractor alone, the ensemble
 asking trafilatura on every page, trafilatura alone (fast mode) and trafilatura 2.x with its
 defaults (its own fallbacks to readability-lxml and jusText).
 
