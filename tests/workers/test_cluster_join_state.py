@@ -1,8 +1,9 @@
 """A member that joins a group which has already trained: before its first step it holds the
 group's parameters, Adam moments and moving average, byte for byte (not only parameters that
 hash alike), and its step; after a step together each member reports its own share of the
-global batch. Two real ClusterMembers (gloo over a TCPStore on loopback addresses), each with a
-one-process engine, in threads of this process."""
+global batch. The survivors of a member that dies go on from their last published step. Real
+ClusterMembers (gloo over a TCPStore on loopback addresses), each with a one-process engine, in
+threads of this process."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 from _rendezvous_port import TRIES, free_port, taken_in
+from test_cluster_member import in_threads
 
 pytest.importorskip("torch")
 
 from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailable
 from crystalline.workers.cluster_member import ClusterMember
-from crystalline.workers.engine import LocalEngine
+from crystalline.workers.engine import LocalEngine, StepAbandoned
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamWConfig
 from crystalline.workers.params import ModelConfig
@@ -29,9 +31,10 @@ ADAMW = AdamWConfig(warmup_steps=0, ema_decay=0.9)
 TIMEOUT_S = 3.0  # the cluster's deadline; a new store's first generation waits this long
 
 
-def settings(port: int, address: str) -> ClusterSettings:
-    """A member at ``address`` of the store on 127.0.0.1:``port`` (hosted by 127.0.0.1), MIN 1, MAX 2."""
-    return ClusterSettings("127.0.0.1", port, address, 1, 2, TIMEOUT_S)
+def settings(port: int, address: str, nodes: tuple[int, int] = (1, 2)) -> ClusterSettings:
+    """A member at ``address`` of the store on 127.0.0.1:``port`` (hosted by 127.0.0.1),
+    ``nodes`` MIN and MAX."""
+    return ClusterSettings("127.0.0.1", port, address, *nodes, TIMEOUT_S)
 
 
 class Seat:
@@ -66,18 +69,22 @@ class Seat:
         return [x.tobytes() for x in (self.engine.params(), *self.engine.moments(), ema)]
 
 
-def hosting_member() -> ClusterMember:
-    """The member that hosts the store, MIN 1 MAX 2, on a port free when asked (another, should
-    another process take it first)."""
+def hosting_member(nodes: tuple[int, int] = (1, 2)) -> ClusterMember:
+    """The member that hosts the store, on a port free when asked (another, should another
+    process take it first)."""
     said = ""
     for _ in range(TRIES):
         try:
-            return ClusterMember(settings(free_port("127.0.0.1"), "127.0.0.1"))
+            return ClusterMember(settings(free_port("127.0.0.1"), "127.0.0.1", nodes))
         except ClusterUnavailable as exc:
             said = str(exc)
             if not taken_in(said):
                 raise
     raise AssertionError(f"the rendezvous port was taken {TRIES} times running: {said}")
+
+
+def seats_members(seats: list[Seat]) -> list[ClusterMember]:
+    return [s.member for s in seats]
 
 
 def test_a_joining_member_holds_the_groups_moments_and_average_before_its_first_step() -> None:
@@ -92,23 +99,13 @@ def test_a_joining_member_holds_the_groups_moments_and_average_before_its_first_
         assert joiner.held()[1:3] != before[1:3]  # zero moments against the host's
         seats = [host, joiner]
         first: list[dict[str, Any]] = [{}, {}]
-        errors: list[BaseException] = []
 
         def run(i: int) -> None:
-            try:
-                seats[i].in_group_of(2)
-                first[i] = {"held": seats[i].held(), "step": seats[i].step}  # before any step together
-                seats[i].train()
-            except BaseException as exc:  # reported by the main thread
-                errors.append(exc)
+            seats[i].in_group_of(2)
+            first[i] = {"held": seats[i].held(), "step": seats[i].step}  # before any step together
+            seats[i].train()
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-        assert not errors, errors
-        assert not any(t.is_alive() for t in threads)
+        in_threads(seats_members(seats), run, close=False)
         assert first[0] == first[1] == {"held": before, "step": 3}  # parameters, m, v, average
         assert host.member.digest == joiner.member.digest and host.step == joiner.step == 4
         # the global batch is 3 + 5 windows of the same length: each member's share of it
@@ -117,3 +114,48 @@ def test_a_joining_member_holds_the_groups_moments_and_average_before_its_first_
         for m in [joiner.member if joiner else None, host.member]:  # the host last: it holds the store
             if m is not None:
                 m.close()
+
+
+def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step() -> None:
+    """Three members step twice together; member 2 dies (its beats stop, its group is gone,
+    nothing told). The step the other two were in is abandoned (nothing of it published); they
+    re-form without it within the deadline and go on from step 2 with the parameters, moments
+    and digests they held there: nothing reloaded, nothing replaced."""
+    nodes = (2, 3)
+    host = Seat(hosting_member(nodes), seed=1, rows=2)
+    seats = [host] + [
+        Seat(ClusterMember(settings(host.member.s.port, f"127.0.0.{i + 1}", nodes)), seed=1, rows=2)
+        for i in (1, 2)
+    ]
+    kept: list[dict[str, Any]] = [{}, {}]
+    try:
+
+        def together(i: int) -> None:
+            seats[i].in_group_of(3)
+            for _ in range(2):
+                seats[i].train()
+
+        in_threads(seats_members(seats), together, close=False)
+        dead = seats[2].member
+        dead.membership._stop.set()  # no more beats, and no "left" told
+        dead.group = None  # its end of the gloo group goes with it
+
+        def survive(i: int) -> None:
+            seat = seats[i]
+            held, recent = seat.held(), seat.member.status()["recent_digests"]
+            with pytest.raises(StepAbandoned):
+                seat.engine.step(seat.step, 1e-2)  # the allreduce with the dead member fails
+            assert seat.held() == held  # nothing of the abandoned step applied
+            seat.in_group_of(2)
+            kept[i] = {"held": seat.held() == held, "step": seat.step, "recent": recent}
+            seat.train()
+            assert seat.member.status()["recent_digests"][: len(recent)] == recent
+
+        in_threads(seats_members(seats[:2]), survive, close=False)
+        assert kept[0]["held"] and kept[1]["held"] and kept[0]["step"] == kept[1]["step"] == 2
+        assert [s for s, _ in kept[0]["recent"]] == [0, 1, 2] and kept[0]["recent"] == kept[1]["recent"]
+        assert host.step == seats[1].step == 3 and host.member.digest == seats[1].member.digest
+        assert host.member.world == 2 and host.member.group_generation > 1
+    finally:
+        for seat in reversed(seats):  # the host last: it holds the store
+            seat.member.close()
