@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from _rendezvous_port import TRIES, free_port, taken_in
+from _wait import until
 from test_cluster_member import in_threads
 
 pytest.importorskip("torch")
@@ -156,6 +157,43 @@ def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step() -
         assert [s for s, _ in kept[0]["recent"]] == [0, 1, 2] and kept[0]["recent"] == kept[1]["recent"]
         assert host.step == seats[1].step == 3 and host.member.digest == seats[1].member.digest
         assert host.member.world == 2 and host.member.group_generation > 1
+    finally:
+        for seat in reversed(seats):  # the host last: it holds the store
+            seat.member.close()
+
+
+def test_no_generation_forms_below_min_and_none_holds_more_than_max() -> None:
+    """--cluster-nodes 2:2. The host alone, for twice the deadline: no generation, it does not
+    step. Two more members register: the generation holds the host and the first of them, who
+    step together; the third waits for a later generation and never steps."""
+    nodes = (2, 2)
+    host = Seat(hosting_member(nodes), seed=1, rows=2)
+    seats = [host]
+    try:
+        for _ in range(round(2 * TIMEOUT_S / 0.1)):
+            assert not host.member.ready(host.engine, host), host.member.state
+            threading.Event().wait(0.1)
+        assert host.member.status()["generation"] is None and host.member.state == "waiting to join"
+        for i in (1, 2):  # registered in this order: numbers 2 and 3
+            seats.append(Seat(ClusterMember(settings(host.member.s.port, f"127.0.0.{i + 1}", nodes)), 1, 2))
+            until(lambda: seats[-1].member.status()["member"] is not None, lambda: "not registered", 60)
+        third: list[str] = []
+
+        def run(i: int) -> None:
+            if i < 2:
+                seats[i].in_group_of(2)
+                seats[i].train()
+                return
+            for _ in range(round(2 * TIMEOUT_S / 0.1)):  # while the other two form and step
+                assert not seats[2].member.ready(seats[2].engine, seats[2])
+                threading.Event().wait(0.1)
+            third.append(seats[2].member.state)
+
+        in_threads(seats_members(seats), run, close=False)
+        assert host.step == seats[1].step == 1 and host.member.digest == seats[1].member.digest
+        assert seats[2].step == 0 and third[0].startswith("waiting for generation"), third
+        members = [m["address"] for m in host.member.status()["members"]]
+        assert members == ["127.0.0.1", "127.0.0.2"], members
     finally:
         for seat in reversed(seats):  # the host last: it holds the store
             seat.member.close()
