@@ -537,6 +537,8 @@ class ClusterMember:
             engine.load_state(held[0], held[1], held[2], held[3] if ema is not None else None)
             before = st.step
             st.step, st.tokens, st.skipped_steps = (int(x) for x in every[source][:3])
+            if own != self.lineage:  # the digests it recorded are of a history now replaced
+                self.recent.clear()
             log.info(
                 "state of step %d received from rank %d (this member was at step %d%s)",
                 st.step, source, before,

@@ -126,7 +126,7 @@ def step_together(
     gradients: list[np.ndarray | None] = [None] * len(sources)
 
     def run(i: int) -> None:
-        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), sources[i], exchange=members[i])
+        engine = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), sources[i], exchange=members[i])
         engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
         join(members[i], engine, State())
         if i == poisoned:
@@ -153,7 +153,9 @@ def test_the_groups_state_replaces_the_digest_a_member_recorded_at_the_same_step
     shown: list[dict[str, Any]] = [{}, {}]
 
     def run(i: int) -> None:
-        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=members[i])
+        engine = LocalEngine(
+            GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=members[i]
+        )
         params = init_params(model.table, i + 1)  # parameters of its own
         engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
         st = State()
@@ -370,7 +372,7 @@ def test_a_member_resumed_right_after_its_leaving_step_rejoins_and_the_group_ste
 
     def run(i: int) -> None:
         m, st = members[i], State()
-        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
+        engine = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
         engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
         join(m, engine, st)
         first, number = m.group_generation, m.membership.number
@@ -403,7 +405,7 @@ def test_a_member_paused_while_its_generation_is_published_forms_it_and_leaves_i
 
     def run(i: int) -> None:
         m, st = members[i], State()
-        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
+        engine = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
         engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
         if i == 0:
             join(m, engine, st)
@@ -492,7 +494,7 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
     # MIN 1, MAX 2: the first group forms once both are in
     host, other = hosted_members(on_loopback(2, 1, 2, 3.0))
     engines = [
-        LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
+        LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
         for i, m in enumerate([host, other])
     ]
     states = [State(), State()]
@@ -516,7 +518,9 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         assert not other.ready(engines[1], states[1]) and other.state.startswith("paused: cut off")
         assert other.leave()  # cut off: left at once, registers again only on rejoin
         restarted = ClusterMember(host.s)
-        engine = LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s: batch(0, 2), exchange=restarted)
+        engine = LocalEngine(
+            GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(0, 2), exchange=restarted
+        )
         engine.load_state(*checkpoint)
         alone = State(step=1)
         join(restarted, engine, alone)
@@ -543,6 +547,8 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         in_threads(pair, reunited, close=False)
         assert after == [kept, kept]  # member 1's state, at its step, on both
         assert restarted.digest == other.digest and alone.step == states[1].step == kept[0] + 1
+        # what the host recorded of its own steps is gone: only the group's steps since it joined
+        assert restarted.status()["recent_digests"] == other.status()["recent_digests"][-2:]
         said = "state of step 3 received from rank 1 (this member was at step 5, of a lineage of its own"
         assert said in caplog.text
     finally:
@@ -563,7 +569,7 @@ def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_i
     members = hosted_members(on_loopback(2, 1, 3, 5.0))
     settings = [m.s for m in members]
     engines = [
-        LocalEngine(model, AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
+        LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
         for i, m in enumerate(members)
     ]
     states = [State(), State()]
@@ -591,7 +597,7 @@ def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_i
         threading.Event().wait(3 * members[0].membership.tick_s)  # alone and settled: MIN is met
         members[1].rejoin()
         adamw = AdamWConfig(warmup_steps=0)
-        engines[0] = LocalEngine(model, adamw, lambda _s: batch(0, 2), exchange=members[0])
+        engines[0] = LocalEngine(GPT(CFG), adamw, lambda _s: batch(0, 2), exchange=members[0])
         engines[0].load_state(params, np.zeros_like(params), np.zeros_like(params))
         states[0], first = State(), []
         received: list[tuple[int, str | None]] = []
