@@ -78,6 +78,8 @@ class Machines:
         self.namespaces: list[str] = []
         self._shaped: list[list[str]] = []  # the commands that undo the links' shaping
         self._wires: dict[int, subprocess.Popen[bytes]] = {}  # member -> its delaying wire
+        self._hub_ends: dict[int, str] = {}  # member -> its link's end on the bridge, once not b{i}
+        self._rates: dict[int, list[str]] = {}  # member -> its link's tbf, to put on a new hub end
         self.kind = "loopback"
         self.addresses = [f"127.0.{os.getpid() % 200 + 1}.{i + 1}" for i in range(count)]
         try:
@@ -136,23 +138,40 @@ class Machines:
 
     def _ends(self, i: int) -> list[tuple[str, str]]:
         """Both ends of member ``i``'s link (namespace, device): what leaves the member's end is
-        what it sends, what leaves the bridge's end is what it receives."""
-        return [(f"{self.tag}m{i}", f"{self.tag}v{i}"), (f"{self.tag}h", f"{self.tag}b{i}")]
+        what it sends, what leaves the bridge's end is what it receives. The bridge's end is the
+        member's veth peer, or once the link is delayed the wire's veth peer (:meth:`delay`)."""
+        hub_end = self._hub_ends.get(i, f"{self.tag}b{i}")
+        return [(f"{self.tag}m{i}", f"{self.tag}v{i}"), (f"{self.tag}h", hub_end)]
 
-    def _qdisc(self, i: int, *spec: str) -> None:
-        for ns, dev in self._ends(i):
-            self._shaped.append(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"])
-            _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *spec)
+    def _qdisc(self, ns: str, dev: str, spec: list[str]) -> None:
+        self._shaped.append(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"])
+        _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", *spec)
 
     def limit_rate(self, i: int, mbit: float) -> None:
         """Member ``i``'s link carries at most ``mbit`` Mbit/s each way (tbf on both ends), with
         a queue of at most 100 ms: what does not fit is dropped, as a slow link's router does;
         LinkShapingUnavailable naming why when tc refuses tbf."""
         burst = max(16_000, int(mbit * 1e6 / 8 / 100))  # 10 ms of traffic, at least a few packets
+        self._rates[i] = ["tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms"]
+        for ns, dev in self._ends(i):
+            self._tbf(ns, dev, self._rates[i])
+
+    def _tbf(self, ns: str, dev: str, spec: list[str]) -> None:
         try:
-            self._qdisc(i, "tbf", "rate", f"{mbit}mbit", "burst", str(burst), "latency", "100ms")
+            self._qdisc(ns, dev, spec)
         except subprocess.CalledProcessError as exc:
             raise _refused("tc tbf", exc, "CONFIG_NET_SCH_TBF") from None
+
+    def qdisc_counts(self, i: int) -> list[dict[str, int]]:
+        """The root qdisc of each end of member ``i``'s link (as :meth:`_ends`): the bytes and
+        packets it sent, and how often a packet had to wait for the rate (``overlimits``)."""
+        counts = []
+        for ns, dev in self._ends(i):
+            shown = json.loads(_run("tc", "-n", ns, "-s", "-j", "qdisc", "show", "dev", dev, "root"))[0]
+            counts.append(
+                {"kind": shown["kind"], **{k: shown[k] for k in ("bytes", "packets", "overlimits")}}
+            )
+        return counts
 
     def _wire_names(self, i: int) -> tuple[str, str, str]:
         """Member ``i``'s wire: its namespace, its end towards the member (the member's veth
@@ -162,17 +181,35 @@ class Machines:
     def delay(self, i: int, ms: float) -> None:
         """Member ``i``'s link delays every frame by ``ms`` each way, from now (daemons running
         or not): the member's veth peer leaves the bridge for a namespace of its own, where
-        tests/daemon/_delay_wire.py forwards between it and a new veth pair to the bridge. The
-        link is down for the moment that takes (well under a second; TCP retransmits)."""
+        tests/daemon/_delay_wire.py forwards between it and a new veth pair to the bridge, whose
+        end in the hub is the link's bridge end from then on (a rate limit set before goes onto
+        it, as the move took the old end's qdisc). The link is down for the moment that takes
+        (well under a second; TCP retransmits). The new pair is made in its two namespaces at
+        once, so nothing is ever left in this one, however this fails."""
         assert self.kind == "namespaces", "a delayed link needs network namespaces"
+        assert i not in self._wires, f"member {i}'s link is delayed already"
         hub = f"{self.tag}h"
         wire, member_end, bridge_end = self._wire_names(i)
         _ip("netns", "add", wire)
         self.namespaces.append(wire)
-        _ip("link", "add", bridge_end, "type", "veth", "peer", "name", f"{self.tag}d{i}")
-        _ip("link", "set", bridge_end, "netns", wire)
-        _ip("link", "set", f"{self.tag}d{i}", "netns", hub)
+        _ip(
+            "link",
+            "add",
+            bridge_end,
+            "netns",
+            wire,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"{self.tag}d{i}",
+            "netns",
+            hub,
+        )
         _ip("-n", hub, "link", "set", member_end, "netns", wire)
+        self._hub_ends[i] = f"{self.tag}d{i}"
+        if i in self._rates:
+            self._tbf(hub, self._hub_ends[i], self._rates[i])
         _ip("-n", wire, "link", "set", member_end, "up")
         _ip("-n", wire, "link", "set", bridge_end, "up")
         counters = self.root / f"wire{i}.json"
@@ -200,7 +237,8 @@ class Machines:
 
     def wire_counters(self, i: int) -> dict[str, dict[str, int]]:
         """Member ``i``'s wire so far: ``sent`` (from the member) and ``received`` (towards
-        it), each {"frames", "bytes", "dropped"}; written by the wire every 0.2 s."""
+        it), each {"frames", "bytes", "dropped", "kernel_seen", "kernel_dropped"} (see
+        _delay_wire.py); written by the wire every 0.2 s."""
         _, member_end, bridge_end = self._wire_names(i)
         counts = json.loads((self.root / f"wire{i}.json").read_text(encoding="utf-8"))
         sent, received = counts[f"{member_end}->{bridge_end}"], counts[f"{bridge_end}->{member_end}"]

@@ -8,8 +8,13 @@ leave (PACKET_OUTGOING: its own sends) are ignored. PACKET_VNET_HDR keeps a fram
 state with it (a TCP segment of up to 64 KiB that the receiver splits, a checksum still to be
 filled in), so the veths' offloads need not be turned off. Each direction queues at most
 QUEUE_BYTES; a frame that does not fit, or that the other interface refuses, is dropped and
-counted. The counters (frames and bytes forwarded each way, dropped) are written to
-COUNTERS_JSON (temp file, rename) every COUNTERS_EVERY_S and on SIGTERM, which ends it."""
+counted (``dropped``). A frame that arrives while the receiving socket's buffer is full (this
+process fell behind) is dropped by the kernel before the wire sees it: each socket's buffer is
+RCVBUF_BYTES (SO_RCVBUFFORCE, as root), and the kernel's own count (PACKET_STATISTICS, reset on
+each read, so summed here) is reported as ``kernel_seen`` (frames that reached the socket,
+dropped or not) and ``kernel_dropped``. The counters (frames and bytes forwarded each way and
+those three) are written to COUNTERS_JSON (temp file, rename) every COUNTERS_EVERY_S and on
+SIGTERM, which ends it."""
 
 from __future__ import annotations
 
@@ -29,14 +34,20 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_VNET_HDR = 15
 PACKET_OUTGOING = 4
+PACKET_STATISTICS = 6
+SO_RCVBUFFORCE = 33  # not in Python's socket module
 QUEUE_BYTES = 16 * 1024 * 1024  # per direction: 50 ms of 2.5 Gbit/s, far more than Python forwards
+RCVBUF_BYTES = 8 * 1024 * 1024  # the kernel doubles it: ~250 GSO frames of 64 KiB while Python stalls
 FRAME_MAX = 256 * 1024  # a GSO frame (64 KiB, or more with BIG TCP) and its virtio header
 COUNTERS_EVERY_S = 0.2
 
 
 def _open(ifname: str) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # protocol 0: nothing is received until bind names the interface (ETH_P_ALL here would take
+    # every interface's frames until then)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
     sock.bind((ifname, ETH_P_ALL))
     ifindex = socket.if_nametoindex(ifname)
     # struct packet_mreq: int ifindex, unsigned short type, unsigned short alen, unsigned char address[8]
@@ -47,14 +58,17 @@ def _open(ifname: str) -> socket.socket:
 
 
 class Direction:
-    def __init__(self, name: str, into: socket.socket) -> None:
+    def __init__(self, name: str, source: socket.socket, into: socket.socket) -> None:
         self.name = name
+        self.source = source
         self.into = into
         self.queue: deque[tuple[float, bytes]] = deque()
         self.queued_bytes = 0
         self.frames = 0
         self.bytes = 0
         self.dropped = 0
+        self.kernel_seen = 0
+        self.kernel_dropped = 0
 
     def take(self, frame: bytes, due: float) -> None:
         if self.queued_bytes + len(frame) > QUEUE_BYTES:
@@ -76,7 +90,17 @@ class Direction:
             self.bytes += len(frame) - 10  # less the virtio header
 
     def counters(self) -> dict[str, int]:
-        return {"frames": self.frames, "bytes": self.bytes, "dropped": self.dropped}
+        # struct tpacket_stats: unsigned tp_packets (dropped ones included), tp_drops; zeroed by the read
+        stats = self.source.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+        self.kernel_seen += int.from_bytes(stats[:4], sys.byteorder)
+        self.kernel_dropped += int.from_bytes(stats[4:], sys.byteorder)
+        return {
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "dropped": self.dropped,
+            "kernel_seen": self.kernel_seen,
+            "kernel_dropped": self.kernel_dropped,
+        }
 
 
 def _write_counters(path: Path, directions: list[Direction]) -> None:
@@ -89,7 +113,7 @@ def main(a: str, b: str, delay_ms: str, counters: str) -> None:
     delay = float(delay_ms) / 1000
     path = Path(counters)
     sock_a, sock_b = _open(a), _open(b)
-    a_to_b, b_to_a = Direction(f"{a}->{b}", sock_b), Direction(f"{b}->{a}", sock_a)
+    a_to_b, b_to_a = Direction(f"{a}->{b}", sock_a, sock_b), Direction(f"{b}->{a}", sock_b, sock_a)
     directions = [a_to_b, b_to_a]
     selector = selectors.DefaultSelector()
     selector.register(sock_a, selectors.EVENT_READ, a_to_b)
