@@ -35,6 +35,7 @@ from ..postgres import Sql
 from ..sql_tables import META, Table, columns
 from . import minhash
 from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
+from .persistent_wal import keep_wal_files
 
 STATES = ("done", "duplicate", "failed", "filtered")
 # what ``Registry.latest`` gives of a document (the dashboard's latest-documents panel)
@@ -120,10 +121,30 @@ _DOC_ID_INDEX = "CREATE INDEX IF NOT EXISTS documents_doc_id ON documents (doc_i
 SCHEMA_VERSION = 5
 # a reader's wait for a lock (WAL readers rarely wait: a writer's recovery, a checkpoint)
 READER_TIMEOUT_S = 1.0
+# the -wal file's size kept after a checkpoint resets it (and none once the last writer closes)
+WAL_SIZE_LIMIT = 16 * 1024 * 1024
+SQLITE_READONLY_ROLLBACK = 776  # a hot rollback journal, which a read-only connection cannot undo
 
 
 class RegistryNotCreated(LookupError):
     """A reader found no registry (no ingest has opened it yet): nothing to read."""
+
+
+class RegistryAwaitsWriter(LookupError):
+    """A reader found the registry in a state only a writer resolves (a transaction to roll back,
+    WAL side files to create); readable again once the ingest has opened it."""
+
+
+def _check_readable(path: Path) -> None:
+    """A reader's check before it opens ``path``: a WAL database without its ``-shm`` file
+    (last closed by a writer that removed its side files) would make the reader create them."""
+    with path.open("rb") as file:
+        header = file.read(20)
+    wal = len(header) == 20 and header[18] == 2  # the file format's read version: 2 is WAL
+    if wal and not Path(f"{path}-shm").exists():
+        raise RegistryAwaitsWriter(
+            f"registry {path} is in WAL mode without its -wal/-shm files: readable once the ingest opens it"
+        )
 
 
 def check_version(version: int, known: int, where: str) -> None:
@@ -194,17 +215,19 @@ class Registry:
     def __init__(self, path: Path, timeout_s: float = 30.0, *, read_only: bool = False) -> None:
         """``read_only``: a reader beside the writer: the file opened read-only (``mode=ro``;
         :class:`RegistryNotCreated` while it does not exist), waiting READER_TIMEOUT_S at most
-        for a lock, never migrated. A reader writes no file, its side files included: a WAL
-        database is read through the ``-wal`` and ``-shm`` files, which a read-only connection
-        can use but not remove, and creates when they are missing (or fails, "attempt to write
-        a readonly database", in a directory it cannot write); they exist while a writer has the
-        registry open (or after one was killed), and a writer's :meth:`close` turns the registry
-        back to a rollback journal (no side files) when it is the last connection."""
+        for a lock, never migrated. A reader creates and removes no file: a WAL database is read
+        through the ``-wal`` and ``-shm`` files, which a read-only connection can use but not
+        remove, and would create when they are missing (or fail, "attempt to write a readonly
+        database", in a directory it cannot write). A writer keeps them, even once the last one
+        closes (:func:`keep_wal_files`; a killed writer leaves them too); the registry stays in
+        WAL for good. A state only a writer resolves (a WAL registry without its side files, a
+        hot rollback journal a killed writer left) is :class:`RegistryAwaitsWriter`."""
         self.path = Path(path)
         self.read_only = read_only
         if read_only:
             if not self.path.exists():
                 raise RegistryNotCreated(f"registry {self.path} does not exist yet")
+            _check_readable(self.path)
             uri = f"{self.path.absolute().as_uri()}?mode=ro"
             self._sqlite = sqlite3.connect(
                 uri, uri=True, timeout=READER_TIMEOUT_S, isolation_level=None, check_same_thread=False
@@ -213,6 +236,14 @@ class Registry:
             try:
                 version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
                 check_version(version, SCHEMA_VERSION, str(self.path))
+            except sqlite3.OperationalError as exc:
+                self._sqlite.close()
+                if getattr(exc, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
+                    raise
+                raise RegistryAwaitsWriter(
+                    f"registry {self.path} holds a write interrupted by a crash (a hot -journal), "
+                    "which only a writer rolls back: readable once the ingest opens it"
+                ) from exc
             except BaseException:
                 self._sqlite.close()
                 raise
@@ -224,6 +255,8 @@ class Registry:
         )
         self.db = self._sqlite
         self._sqlite.execute("PRAGMA journal_mode=WAL")
+        self._sqlite.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        keep_wal_files(self._sqlite, self.path)  # for readers, even after the last writer closes
         self._sqlite.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
         self._migrate()
 
@@ -287,12 +320,6 @@ class Registry:
         return {"kind": "sqlite", "path": str(self.path)}
 
     def close(self) -> None:
-        if not self.read_only:
-            # a rollback journal when no other connection has the registry open (SQLite refuses
-            # at once otherwise, "database is locked", and the registry stays in WAL with its
-            # side files); the next writer turns WAL on again (see __init__)
-            with contextlib.suppress(sqlite3.OperationalError):
-                self._sqlite.execute("PRAGMA journal_mode=DELETE")
         self._sqlite.close()
 
     def state_of(self, entry: str) -> str | None:

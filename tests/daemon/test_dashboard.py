@@ -27,6 +27,7 @@ from crystalline.daemon.dashboard import TOKEN_HEADER, Dashboard, latest_documen
 from crystalline.daemon.dashboard_command import read_dashboard_file
 from crystalline.daemon.metrics_history import MetricsHistory, point_from_status
 from crystalline.daemon.status_server import Command, CommandError
+from crystalline.ingest.persistent_wal import keep_wal_files
 from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry
 from crystalline.ingest.registry_pg import PgRegistry, open_registry
 
@@ -460,8 +461,10 @@ async def _test_a_registry_the_panel_cannot_read(tmp_path: Path) -> None:
     writer.close()
 
     def newer_crystalline(undo: bool = False) -> None:
-        """What a newer crystalline leaves: the documents table renamed, schema version + 1."""
+        """What a newer crystalline leaves: the documents table renamed, schema version + 1 (its
+        writer, like ours, keeps the WAL files)."""
         db = sqlite3.connect(path)
+        keep_wal_files(db, path)
         try:
             renamed = ("documents_next", "documents") if undo else ("documents", "documents_next")
             db.execute("ALTER TABLE {} RENAME TO {}".format(*renamed))

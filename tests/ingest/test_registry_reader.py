@@ -9,11 +9,18 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from crystalline.ingest.registry import SCHEMA_VERSION, Record, Registry, RegistryNotCreated
+from crystalline.ingest.registry import (
+    SCHEMA_VERSION,
+    Record,
+    Registry,
+    RegistryAwaitsWriter,
+    RegistryNotCreated,
+)
 from crystalline.ingest.registry_pg import MIGRATIONS, PgRegistry
 from crystalline.postgres import Database
 from tests._mount_namespace import UNSHARE, require_mount_namespace
@@ -54,6 +61,7 @@ def test_a_sqlite_reader_never_creates_migrates_nor_writes_the_registry(tmp_path
     copy.parent.mkdir()
     shutil.copy(path, copy)
     db = sqlite3.connect(copy)
+    db.execute("PRAGMA journal_mode=DELETE")  # as writers before the kept WAL files left it
     db.execute("DROP INDEX documents_doc_id")
     db.execute("UPDATE meta SET value = 'older' WHERE key = 'minhash'")
     db.execute("PRAGMA user_version = 4")
@@ -77,6 +85,7 @@ def test_a_sqlite_reader_never_creates_migrates_nor_writes_the_registry(tmp_path
         db.close()
 
     db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=DELETE")  # a plain connection, which keeps no side file
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
@@ -107,25 +116,52 @@ def _read_in_read_only_directory(directory: Path) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.timeout(120)
+_CLOSING_WRITER = """
+import sys
+from pathlib import Path
+from crystalline.ingest.registry import Record, Registry
+writer = Registry(Path(sys.argv[1]))
+writer.record([Record(f"spool:{i}", f"id{i}", f"https://h/{i}", "crawl", "done") for i in range(50)])
+print("closing", flush=True)
+writer.close()
+"""
+
+
+def _killed_after(script: str, path: Path, said: str, after_s: float = 0.0) -> None:
+    """Run ``script`` on ``path`` and SIGKILL it ``after_s`` after it printed ``said`` (the stop
+    deadline's kill, a power cut)."""
+    child = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == said
+        time.sleep(after_s)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
+@pytest.mark.timeout(300)
 def test_a_sqlite_reader_writes_no_side_file_and_reads_where_it_cannot_write(tmp_path: Path) -> None:
     path = tmp_path / "registry.sqlite3"
-    # a writer closed: the registry is back to a rollback journal, a reader creates no -wal/-shm
+    side = ["registry.sqlite3", "registry.sqlite3-shm", "registry.sqlite3-wal"]
+    # a writer closed: the registry stays in WAL with its side files (the -wal emptied), so a
+    # reader creates none and reads even where it cannot write
     writer = Registry(path)
     writer.record(_documents(2))
     writer.close()
-    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
+    assert sorted(os.listdir(tmp_path)) == side
+    assert os.path.getsize(tmp_path / "registry.sqlite3-wal") == 0
     reader = Registry(path, read_only=True)
     assert _sources(reader) == ["https://h/1", "https://h/0"]
     reader.close()
-    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
+    assert sorted(os.listdir(tmp_path)) == side
     assert _read_in_read_only_directory(tmp_path) == "https://h/1,https://h/0"
 
-    # a writer open (WAL, its side files): read through them, the last commit included
+    # a writer open: read through its side files, the last commit included
     writer = Registry(path)
     writer.record(_documents(3)[2:])
     assert _read_in_read_only_directory(tmp_path) == "https://h/2,https://h/1,https://h/0"
-    # a reader open beside the writer when it closes: the registry stays in WAL, still readable
+    # a reader open beside the writer when it closes: still readable
     reader = Registry(path, read_only=True)
     writer.close()
     assert _sources(reader) == ["https://h/2", "https://h/1", "https://h/0"]
@@ -142,15 +178,72 @@ def test_a_sqlite_reader_writes_no_side_file_and_reads_where_it_cannot_write(tmp
         "print('recorded', flush=True)\n"
         "time.sleep(60)\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "recorded"
-    finally:
-        child.kill()
-        child.wait(timeout=30)
-    assert {"registry.sqlite3-wal", "registry.sqlite3-shm"} <= set(os.listdir(tmp_path))
+    _killed_after(script, path, "recorded")
+    assert sorted(os.listdir(tmp_path)) == side
     assert _read_in_read_only_directory(tmp_path) == "https://h/9,https://h/2,https://h/1,https://h/0"
+
+
+@pytest.mark.timeout(600)
+def test_a_writer_killed_while_closing_leaves_a_registry_every_reader_reads(tmp_path: Path) -> None:
+    """Killed at moments spread over its close (checkpoint, fsyncs): never a hot -journal, and a
+    reader (in-process; once in a directory it cannot write) reads the 50 documents."""
+    for i in range(12):
+        directory = tmp_path / str(i)
+        directory.mkdir()
+        _killed_after(_CLOSING_WRITER, directory / "registry.sqlite3", "closing", after_s=i * 0.0004)
+        files = sorted(os.listdir(directory))
+        assert "registry.sqlite3-journal" not in files, (i, files)
+        reader = Registry(directory / "registry.sqlite3", read_only=True)
+        try:
+            assert len(reader.latest(100)) == 50
+        finally:
+            reader.close()
+        assert sorted(os.listdir(directory)) == files
+    assert _read_in_read_only_directory(tmp_path / "11").count(",") == 9  # latest(10)
+
+
+def test_a_sqlite_reader_refuses_in_one_line_what_only_a_writer_resolves(tmp_path: Path) -> None:
+    path = tmp_path / "registry.sqlite3"
+    writer = Registry(path)
+    writer.record(_documents(3))
+    writer.close()
+    # a WAL registry whose side files were removed (a connection that does not keep them closed
+    # it last): the reader would create them; it says so and creates nothing
+    plain = sqlite3.connect(path)
+    plain.execute("SELECT count(*) FROM documents").fetchone()
+    plain.close()
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
+    with pytest.raises(RegistryAwaitsWriter, match="WAL mode without its -wal/-shm files"):
+        Registry(path, read_only=True)
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
+
+    # a hot rollback journal (a writer of the rollback-journal mode killed mid-transaction, its
+    # changes spilled into the file): a read-only connection cannot roll it back
+    plain = sqlite3.connect(path)
+    plain.execute("PRAGMA journal_mode=DELETE")
+    plain.close()
+    script = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA cache_size=2')\n"
+        "db.execute('BEGIN IMMEDIATE')\n"
+        'db.execute("UPDATE documents SET reason = hex(randomblob(20000))")\n'
+        "print('spilled', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    _killed_after(script, path, "spilled")
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3", "registry.sqlite3-journal"]
+    with pytest.raises(RegistryAwaitsWriter, match="a hot -journal") as refused:
+        Registry(path, read_only=True)
+    assert len(str(refused.value).splitlines()) == 1
+    # the ingest opening it rolls the write back: readable again, nothing of the write kept
+    Registry(path).close()
+    reader = Registry(path, read_only=True)
+    try:
+        assert _sources(reader) == ["https://h/2", "https://h/1", "https://h/0"]
+        assert {str(doc["reason"]) for doc in reader.latest(10)} == {""}
+    finally:
+        reader.close()
 
 
 def test_a_postgresql_reader_never_creates_migrates_nor_writes_the_registry(pg_url: str) -> None:
