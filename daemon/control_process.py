@@ -52,6 +52,7 @@ from ..workers.batch_ring import Ring, RingTimeout
 from ..workers.bits_per_byte import beside
 from ..workers.checkpoint import STATE, list_checkpoints
 from ..workers.cluster_config import ClusterSettings, ClusterUnavailable
+from ..workers.engine import EngineStopped
 from ..workers.optimizer import learning_rate
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import Trainer, TrainingData
@@ -434,6 +435,10 @@ class Control:
                 while time.monotonic() < deadline and not self.stopping:
                     self.serve(min(1.0, max(0.0, deadline - time.monotonic())))
                 continue
+            except EngineStopped as exc:  # the supervisor died while control said HELLO to its ring
+                log.error("%s; stopping", exc)
+                self.request_stop()
+                return False
             if self.error:
                 log.info("training starts: the resources are there now (was: %s)", self.error)
             self.error = None

@@ -250,13 +250,16 @@ class RingClient:
         self,
         endpoint: str,
         geometry: dict[str, int],
+        owner: int,
         timeout_s: float = 30.0,
         context: zmq.Context | None = None,
     ) -> None:
-        """``context``: control's own ZeroMQ context, shared (one more context costs five
-        descriptors, and control's are counted against RLIMIT_NOFILE)."""
+        """``owner``: the pid of the supervisor, whose thread serves the ring (control's spec
+        names it): once it is no longer this process's parent, every ask, HELLO included, ends
+        in EngineStopped. ``context``: control's own ZeroMQ context, shared (one more context
+        costs five descriptors, and control's are counted against RLIMIT_NOFILE)."""
         self._own_ctx = context is None
-        self._owner = os.getppid()  # the supervisor, whose thread serves the ring
+        self._owner = owner
         self._ctx = zmq.Context() if context is None else context
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)

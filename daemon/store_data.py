@@ -42,9 +42,11 @@ class StoreTrainingData:
 
     readers = 2  # store readers, each keeping up to max_open_shards maps (one descriptor each)
 
-    def __init__(self, directory: Path, config: TrainConfig, ring_endpoint: str) -> None:
+    def __init__(self, directory: Path, config: TrainConfig, ring_endpoint: str, ring_owner: int) -> None:
+        """``ring_owner``: the supervisor's pid, which serves the ring at ``ring_endpoint``."""
         self.config = config
         self.ring_endpoint = ring_endpoint
+        self.ring_owner = ring_owner
         self.windows = StoreWindows(
             directory, config.batch_size, config.seq_len, val_fraction=config.val_fraction
         )
@@ -66,7 +68,7 @@ class StoreTrainingData:
                 "vocab_size": vocab,
                 "slots": RING_SLOTS,
             }
-            self.ring = RingClient(self.ring_endpoint, geometry, context=context)
+            self.ring = RingClient(self.ring_endpoint, geometry, self.ring_owner, context=context)
             self.ring.on_take = self._took
         return self.ring
 
@@ -146,4 +148,4 @@ class StoreTrainingData:
 def store_training_data(spec: dict[str, Any]) -> StoreTrainingData:
     state_dir = Path(spec["state_dir"])
     config = TrainConfig(**spec["train"])
-    return StoreTrainingData(store_dir(state_dir, config), config, spec["ring_endpoint"])
+    return StoreTrainingData(store_dir(state_dir, config), config, spec["ring_endpoint"], spec["parent_pid"])

@@ -4,6 +4,7 @@ keep arriving, and a take that cannot be served ends at its deadline with the re
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from crystalline.shm.segments import list_segments
 from crystalline.tokens.token_store import PendingDocument, TokenStore
 from crystalline.workers.batch_ring import RingTimeout
 from crystalline.workers.checkpoint import MANIFEST
+from crystalline.workers.engine import EngineStopped
 from crystalline.workers.train_config import TrainConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -54,7 +56,7 @@ def test_same_steps_same_batches_across_control_and_supervisor_restarts(dirs: tu
     store = TokenStore(state / "tokens", np.uint16)
     add(store, "a", 100)
     server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
-    client = RingClient(ring_endpoint(run), GEOMETRY)
+    client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())
     try:
         first = take_all(client, range(0, BLOCK))
         add(store, "b", 200)  # arrives while training: later steps may use it
@@ -62,7 +64,7 @@ def test_same_steps_same_batches_across_control_and_supervisor_restarts(dirs: tu
         first.update(take_all(client, range(BLOCK, 3 * BLOCK)))
         client.close()
         # a restarted control resuming from step 2 gets the same bytes
-        client = RingClient(ring_endpoint(run), GEOMETRY)
+        client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())
         assert take_all(client, range(2, 3 * BLOCK)) == {s: first[s] for s in range(2, 3 * BLOCK)}
     finally:
         client.close()
@@ -70,7 +72,7 @@ def test_same_steps_same_batches_across_control_and_supervisor_restarts(dirs: tu
     assert list_segments(ring_instance(state / "checkpoints")) == []
     add(store, "c", 300)  # more documents before the supervisor comes back
     server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
-    client = RingClient(ring_endpoint(run), GEOMETRY)
+    client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())
     try:
         again = take_all(client, range(1, 5 * BLOCK))
     finally:
@@ -97,7 +99,7 @@ def test_a_resume_older_than_the_record_keeps_is_cut_anew_and_then_the_same(
     floor.mkdir(parents=True)
     (floor / MANIFEST).write_text("{}")  # the oldest kept checkpoint, as the floor sees it
     server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
-    client = RingClient(ring_endpoint(run), GEOMETRY)
+    client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())
     try:
         take_all(client, range(0, BLOCK))
         add(store, "b", 200)
@@ -105,10 +107,10 @@ def test_a_resume_older_than_the_record_keeps_is_cut_anew_and_then_the_same(
         take_all(client, range(BLOCK, 4 * BLOCK))
         assert server.visible.changes[0][0] > 3  # step 0's change is dropped
         client.close()
-        client = RingClient(ring_endpoint(run), GEOMETRY)  # control resumes from step 3
+        client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())  # control resumes from step 3
         anew = take_all(client, range(3, 2 * BLOCK))
         client.close()
-        client = RingClient(ring_endpoint(run), GEOMETRY)  # and again
+        client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())  # and again
         assert take_all(client, range(3, 2 * BLOCK)) == anew
     finally:
         client.close()
@@ -119,7 +121,7 @@ def test_a_resume_older_than_the_record_keeps_is_cut_anew_and_then_the_same(
 def test_a_take_without_data_ends_at_its_deadline_saying_why(dirs: tuple[Path, Path]) -> None:
     state, run = dirs
     server = RingServer(state, state / "tokens", CONFIG, ring_endpoint(run))
-    client = RingClient(ring_endpoint(run), GEOMETRY)
+    client = RingClient(ring_endpoint(run), GEOMETRY, os.getppid())
     try:
         with pytest.raises(
             RingTimeout, match=r"no batch for step 0 within 1 s: the token store has 0 training"
@@ -133,4 +135,12 @@ def test_a_take_without_data_ends_at_its_deadline_saying_why(dirs: tuple[Path, P
 def test_a_ring_client_without_a_server_gives_up_at_its_deadline(dirs: tuple[Path, Path]) -> None:
     _, run = dirs
     with pytest.raises(RingTimeout, match="did not answer HELLO within 1 s"):
-        RingClient(ring_endpoint(run), GEOMETRY, timeout_s=1.0)
+        RingClient(ring_endpoint(run), GEOMETRY, os.getppid(), timeout_s=1.0)
+
+
+def test_a_ring_client_whose_supervisor_is_gone_stops_during_hello(dirs: tuple[Path, Path]) -> None:
+    """The supervisor named as the owner is not this process's parent (killed, control
+    re-parented): HELLO ends in EngineStopped within a poll, not a RingTimeout at its deadline."""
+    _, run = dirs
+    with pytest.raises(EngineStopped, match="the supervisor is gone: HELLO not answered"):
+        RingClient(ring_endpoint(run), GEOMETRY, os.getpid(), timeout_s=60.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def test_resuming_on_a_store_with_fewer_train_documents_than_the_checkpoint_warn
     store = TokenStore(tmp_path / "store", np.uint16)
     for i in range(3):
         add(store, f"t{i}", "train", np.arange(40, dtype=np.uint16))
-    data = StoreTrainingData(tmp_path / "store", CONFIG, "ipc:///nonexistent")  # no ring asked
+    data = StoreTrainingData(tmp_path / "store", CONFIG, "ipc:///nonexistent", os.getppid())  # no ring asked
     assert data.ready()
     # the checkpoint records describe() as it was: read back from a real checkpoint directory
     saved = {"step": 7, "data": {**data.describe(), "train_documents": 5}}
