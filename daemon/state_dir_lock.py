@@ -6,19 +6,25 @@ closed), so whoever else takes it knows that no supervisor of this state directo
 from __future__ import annotations
 
 import fcntl
+import time
 from pathlib import Path
 from typing import TextIO
 
 LOCK_NAME = "daemon.lock"
+RETRY_S = 0.05  # between tries while the lock is held
 
 
-def take_lock(state_dir: Path) -> TextIO | None:
-    """The lock of ``state_dir``, taken without waiting (held until the file is closed), or None
-    while another process holds it."""
+def take_lock(state_dir: Path, wait_s: float = 0.0) -> TextIO | None:
+    """The lock of ``state_dir`` (held until the file is closed), tried until ``wait_s`` has
+    passed (once, by default), or None while another process holds it."""
     lock = (state_dir / LOCK_NAME).open("a+", encoding="utf-8")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return None
-    return lock
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                lock.close()
+                return None
+        time.sleep(min(RETRY_S, max(0.0, deadline - time.monotonic())))

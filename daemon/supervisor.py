@@ -57,6 +57,7 @@ DATABASE_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
 PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is not silent
 # restarts after a failure: first delay, cap, and how long a run must last to count as healthy
 CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
+LOCK_WAIT_S = 3.0  # how long a starting supervisor tries to take the state directory's lock
 
 
 class StateDirInUse(OSError):
@@ -105,7 +106,9 @@ class Supervisor:
         for d in (s.state_dir, s.runtime_dir, s.inbox):
             d.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
-            self._lock = take_lock(s.state_dir)
+            # waited for a moment: a killed supervisor's control holds it while it sweeps the ring
+            # left behind (remove_orphaned_ring), and a restart right after the kill is no second daemon
+            self._lock = take_lock(s.state_dir, wait_s=LOCK_WAIT_S)
             if self._lock is None:
                 raise StateDirInUse(f"{s.state_dir} is in use by another crystalline daemon")
         marker = s.state_dir / ".samples-copied"
