@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 from collections.abc import Iterator
@@ -11,29 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests._postgres import pg_cluster, pg_url  # noqa: F401  (fixtures: a PostgreSQL cluster, a database)
-
-CLONE_NEWNS, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x20000, 2, 4, 1 << 14, 1 << 18
-
-
-def _private_dev_shm() -> bool:
-    """Give this test session a /dev/shm of its own: a private mount namespace with a fresh tmpfs
-    there (the size of the shared one), which every process the tests start inherits, so that
-    the leak check below judges, and unlinks, this session's segments only. Sessions running
-    side by side on one machine shared /dev/shm: one's check took another's segments for leaks
-    (a killed run's, left for the next start's sweep) and removed them, failing both. Needs root
-    and a process with one thread; otherwise (False) the shared /dev/shm stays."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    shared = os.statvfs("/dev/shm")
-    if libc.unshare(CLONE_NEWNS) != 0:
-        return False
-    options = f"size={shared.f_blocks * shared.f_frsize},mode=1777".encode()
-    return (
-        libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) == 0
-        and libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV, options) == 0
-    )
-
-
-PRIVATE_DEV_SHM = _private_dev_shm()
+from tests._session_shm import PRIVATE_DEV_SHM  # noqa: F401  (made at import: the session's own /dev/shm)
 
 # Sentences drawn from a tiny word list: repetitive enough for a 30k-parameter model to learn
 # in a few hundred steps, varied enough that the validation split is not a copy of training.
@@ -101,7 +78,7 @@ def _mapped_shm_names() -> set[str]:
 def no_shared_memory_leaks() -> Iterator[None]:
     """Every test leaves /dev/shm as it found it: a crystalline-* segment that appeared during the
     test and that no live process maps any more is a leak (this session's own /dev/shm where it
-    can have one, see _private_dev_shm; in a shared one, the segments of a session running at
+    can have one, see tests/_session_shm.py; in a shared one, the segments of a session running at
     the same time count only while unmapped)."""
     from crystalline.shm.segments import list_segments, unlink_segment
 

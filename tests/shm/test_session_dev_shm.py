@@ -1,4 +1,4 @@
-"""The test session's own /dev/shm (tests/conftest.py, _private_dev_shm): where it could make
+"""The test session's own /dev/shm (tests/_session_shm.py): where it could make
 one, a segment made here is not in the shared /dev/shm, where another session's leak check
 would take it for a leak of its own and remove it."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from crystalline.shm.segments import Segment, list_segments
-from tests.conftest import PRIVATE_DEV_SHM
+from tests._session_shm import PRIVATE_DEV_SHM
 
 
 def test_a_segment_of_this_session_is_not_in_the_shared_dev_shm(instance: str) -> None:
