@@ -4,8 +4,8 @@ navigation, footers, cookie banners, share bars, comments and scripts around it.
 The method is readability's, on lxml directly (bs4 is ~5x slower and recurses on deep trees):
 drop elements that are boilerplate by tag, ARIA role or class/id words; score each container by
 the prose it holds (paragraph length and commas, discounted by link text); take the best one and
-its siblings of similar quality, less boxes headed "Related" and the like; emit its blocks,
-dropping link lists and short fragments that carry no sentence. Every walk is iterative, and
+its siblings of similar quality, less the links and teasers under headings such as "Related";
+emit its blocks, dropping link lists and short fragments that carry no sentence. Every walk is iterative, and
 libxml2 caps the tree depth at 256, so 100k nested tags cost no more than a normal page.
 """
 
@@ -101,10 +101,6 @@ _BOILER_WORDS = {
     "modal",
     "comment",
     "comments",
-    "reply",
-    "replies",
-    "respond",
-    "discussion",
     "disqus",
     "widget",
     "toolbar",
@@ -169,8 +165,18 @@ _PROSE_LINKS = 0.3
 _WIDEN_CHARS = 100
 _WIDEN_SHARE = 0.1
 _SPLIT = re.compile(r"[^a-z0-9]+")
-# A boilerplate word standing alone among the lower-cased class and id words (as _SPLIT cuts them).
-_ANY_BOILER_WORD = re.compile(rf"(?<![a-z0-9])(?:{'|'.join(sorted(_BOILER_WORDS))})(?![a-z0-9])")
+# Reader comments marked by words that also name an article's own sections (a paper's
+# "discussion", a consultation's "how-to-respond"): only their exact shapes count. WordPress's
+# comment form is the whole id "respond"; a thread of replies (Kinja's <section class="js_replies">)
+# says reply and holds two or more <article>s or <li>s that say reply or comment.
+_COMMENT_FORM_ID = "respond"
+_REPLY_WORDS = frozenset(("reply", "replies"))
+_REPLY_TAGS = ("article", "li")
+# A boilerplate or reply word standing alone among the lower-cased class and id words (as _SPLIT
+# cuts them).
+_ANY_BOILER_WORD = re.compile(
+    rf"(?<![a-z0-9])(?:{'|'.join(sorted(_BOILER_WORDS | _REPLY_WORDS | {_COMMENT_FORM_ID}))})(?![a-z0-9])"
+)
 _XML_DECLARATION = re.compile(r"\A\s*<\?xml\b[^>]*>")
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 _HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
@@ -226,12 +232,15 @@ _TEASER_HEADING = re.compile(
     rf"(?:related(?: {_TEASER_NOUNS})?|recommended(?: for you| {_TEASER_NOUNS})?|read (?:more|next|also)|"
     rf"you (?:might|may) (?:also )?(?:like|enjoy)|more (?:from|on|in) [\w' .&-]{{1,40}}|more {_TEASER_NOUNS}|"
     rf"(?:most|top) (?:read|popular|viewed|shared|{_TEASER_NOUNS})|"
-    rf"(?:popular|trending|latest)(?: now| {_TEASER_NOUNS})?|"
-    rf"other [\w ]{{1,30}}{_TEASER_NOUNS}|like this|{'|'.join(map(re.escape, _TEASER_PHRASES))})\W*",
+    rf"(?:popular|trending|latest)(?: now| {_TEASER_NOUNS})|"
+    rf"other [\w ]{{1,30}}{_TEASER_NOUNS}|more like this|{'|'.join(map(re.escape, _TEASER_PHRASES))})\W*",
     re.IGNORECASE,
 )
 _TEASER_CHARS = 60  # a teaser heading is a short phrase
 _SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
+# A short paragraph that is part of the article's flow: it ends as a sentence, or is a numbered
+# point ("2. Check the peep hole", "1) performance overhead").
+_SENTENCE_LIKE = re.compile(f"{_SENTENCE_END.pattern}|^\\d{{1,3}}[.)]\\s")
 
 
 SecondOpinion = Literal["auto", "always", "never"]
@@ -266,10 +275,29 @@ def _has_boiler_words(el: etree._Element) -> bool:
     if not _ANY_BOILER_WORD.search(attrs):  # most elements: one regex instead of a set of words
         return False
     words = set(_SPLIT.split(attrs))
-    if not words & _BOILER_WORDS or words & {"article", "main", "content", "entry", "story"}:
+    if words & {"article", "main", "content", "entry", "story"}:
+        return False
+    if not words & _BOILER_WORDS and not _comment_markup(el, words):
         return False
     # A link or span inside a heading is the title's (docutils' <a class="toc-backref">).
     return not _named_after_heading(el) and not any(anc.tag in _HEADINGS for anc in el.iterancestors())
+
+
+def _comment_markup(el: etree._Element, words: set[str]) -> bool:
+    """WordPress's comment form (the whole id "respond") or a thread of replies: words saying
+    reply on an element holding two or more replies (see _is_reply). The search stops at the
+    second reply; libxml2's depth cap bounds how often a subtree is searched again."""
+    if el.get("id", "").strip().lower() == _COMMENT_FORM_ID:
+        return True
+    if not words & _REPLY_WORDS:
+        return False
+    replies = (reply for reply in el.iter(*_REPLY_TAGS) if reply is not el and _is_reply(reply))
+    return len(list(itertools.islice(replies, 2))) == 2
+
+
+def _is_reply(el: etree._Element) -> bool:
+    """An <article> or <li> whose class or id words say reply or comment."""
+    return el.tag in _REPLY_TAGS and bool(_words(el) & (_REPLY_WORDS | {"comment", "comments"}))
 
 
 def _named_after_heading(el: etree._Element) -> bool:
@@ -293,7 +321,12 @@ def _no_article(el: etree._Element) -> bool:
     does not count."""
     if el.find(".//h1") is not None:
         return False
-    return all(_words(art) & _BOILER_WORDS for art in el.iter("article"))
+    return all(_boiler_article(art) for art in el.iter("article"))
+
+
+def _boiler_article(art: etree._Element) -> bool:
+    """An <article> whose class or id words say boilerplate or reply: a comment, not the page's."""
+    return bool(_words(art) & (_BOILER_WORDS | _REPLY_WORDS))
 
 
 def _remove(el: etree._Element) -> None:
@@ -493,7 +526,7 @@ class _Block:
     heading: bool
     tag: str
     breaks: list[int] = field(default_factory=list)  # indices in ``text`` where a <br> was
-    parent: etree._Element | None = None  # the parent of the element that opened the block
+    opener: etree._Element | None = None  # the element that opened the block
 
     def lines(self) -> str:
         """The block's text, whitespace collapsed, one line per <br>-separated line."""
@@ -513,7 +546,7 @@ def _blocks(roots: list[etree._Element]) -> list[_Block]:
         nonlocal cur
         if "".join(cur.text).strip():
             blocks.append(cur)
-        cur = _Block([], 0, tag in _HEADINGS, tag, parent=None if opener is None else opener.getparent())
+        cur = _Block([], 0, tag in _HEADINGS, tag, opener=opener)
 
     for root in roots:
         flush(root.tag if isinstance(root.tag, str) else "p")
@@ -584,9 +617,11 @@ def _keep(block: _Block, text: str) -> bool:
 
 def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     """Which blocks to keep: :func:`_keep`, and also short paragraphs without links between two
-    kept paragraphs of the same parent (a story's dialogue, "Seriously?" in a blog post): the
-    article's flow, which the length rule alone cuts into pieces; a chart's labels in <p>s of
-    their own wrapper are not."""
+    kept paragraphs of the same parent that end as a sentence, are numbered or are set in bold
+    (a story's dialogue, "Seriously?" in a blog post, a subheading in a <p>): the article's
+    flow, which the length rule alone cuts into pieces. A chart's labels in <p>s of their own
+    wrapper are not, nor a news template's "Advertisement", "Continue reading the main story"
+    or "Image: Reuters" (no sentence) between the story's paragraphs."""
     keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
     short = [not k and b.tag == "p" and b.link_chars == 0 for b, k in zip(blocks, keep, strict=True)]
     i = 0
@@ -599,24 +634,37 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
             j += 1
         run = blocks[i - 1 : j + 1]
         if i > 0 and j < len(blocks) and keep[i - 1] and keep[j] and _siblings(run):
-            keep[i:j] = [True] * (j - i)
+            run_texts = zip(blocks[i:j], texts[i:j], strict=True)
+            keep[i:j] = [_SENTENCE_LIKE.search(t) is not None or _bold(b.opener) for b, t in run_texts]
         i = j
     return keep
 
 
 def _siblings(blocks: list[_Block]) -> bool:
     """True if ``blocks`` are all paragraphs (<p>) of one parent element."""
-    parent = blocks[0].parent
-    return parent is not None and all(b.tag == "p" and b.parent is parent for b in blocks)
+    parents = [b.opener.getparent() if b.opener is not None and b.tag == "p" else None for b in blocks]
+    return parents[0] is not None and all(parent is parents[0] for parent in parents)
 
 
-def _drop_teaser_boxes(selected: list[etree._Element], chars: dict[etree._Element, int]) -> int:
-    """Remove from the selected subtrees each box whose heading announces other pages (see
-    _TEASER_HEADING): the smallest element around the heading that holds more than it, unless
-    that is a selected element itself (the heading sits in the article's own flow) or holds the
-    page's <h1> or an <article> (see _no_article). Teaser lists carry whole paragraphs of other
-    stories, which pass every per-block rule. Returns the characters removed."""
+def _bold(el: etree._Element | None) -> bool:
+    """True if all the text of ``el`` is in <strong> or <b> children: a subheading set in a
+    paragraph ("1. Check the peep hole", "Whole Foods future")."""
+    if el is None or len(el) == 0 or (el.text or "").strip():
+        return False
+    return all(child.tag in ("strong", "b") and not (child.tail or "").strip() for child in el)
+
+
+def _drop_teaser_boxes(
+    selected: list[etree._Element], chars: dict[etree._Element, int], links: dict[etree._Element, int]
+) -> int:
+    """Remove from the selected subtrees each heading that announces other pages (see
+    _TEASER_HEADING) with what follows it in its box (the smallest element around the heading
+    that holds more than it), where that is links and items (see _Boxes.teasers): the story's
+    paragraphs before a "Related" heading at the end of its body stay, and so does a section of
+    prose titled "Read next". Teaser lists carry whole paragraphs of other stories, which pass
+    every per-block rule. Returns the characters removed."""
     roots = set(selected)
+    boxes: _Boxes | None = None  # built at the first teaser heading: most pages have none
     removed = 0
     for root in selected:
         for heading in list(root.iter(*_HEADINGS)):
@@ -624,14 +672,69 @@ def _drop_teaser_boxes(selected: list[etree._Element], chars: dict[etree._Elemen
                 " ".join(_text_of(heading).split())
             ):
                 continue
-            box = heading.getparent()
-            while box is not None and box not in roots and chars.get(box, 0) <= chars.get(heading, 0):
-                box = box.getparent()
-            if box is None or box in roots or not _attached(box, root) or not _no_article(box):
+            anchor = heading  # the heading, or the wrapper holding it and nothing more
+            while (
+                anchor not in roots
+                and (box := anchor.getparent()) is not None
+                and box not in roots
+                and chars.get(box, 0) <= chars.get(heading, 0)
+            ):
+                anchor = box
+            if anchor in roots or anchor.getparent() is None or not _attached(anchor, root):
                 continue
-            removed += chars.get(box, 0)
-            _remove(box)
+            boxes = boxes or _Boxes(selected, chars, links)
+            if boxes.teasers(anchor):
+                for el in [anchor, *anchor.itersiblings()]:
+                    removed += chars.get(el, 0)
+                    _remove(el)
     return removed
+
+
+class _Boxes:
+    """What the elements after a teaser heading hold, from one bottom-up pass over the selected
+    subtrees and one pass over each box's children: every check is then a lookup, so a page of
+    10k "Related" headings costs no more than its size."""
+
+    def __init__(self, selected: list[etree._Element], chars: dict, links: dict) -> None:
+        # loose: characters of link text outside prose paragraphs (headlines, link lists);
+        # article: holds the <h1>, a non-boilerplate <article> or two prose paragraphs side by side
+        # (the article's flow; a teaser item has one summary under its headline link).
+        self.loose: dict[etree._Element, int] = {}
+        self.prose: set[etree._Element] = set()
+        self.article: set[etree._Element] = set()
+        self._after: dict[etree._Element, tuple[int, bool]] = {}
+        for root in selected:
+            for event, el in etree.iterwalk(root, events=("end",)):
+                del event
+                n, k = chars.get(el, 0), links.get(el, 0)
+                blocks = any(child.tag in _BLOCK_TAGS for child in el)
+                if (el.tag in ("p", "pre", "blockquote") or (el.tag == "div" and not blocks)) and (
+                    n >= _PROSE_CHARS and k < _PROSE_LINKS * n
+                ):
+                    self.prose.add(el)
+                    self.loose[el] = 0
+                else:
+                    self.loose[el] = k if el.tag == "a" else sum(self.loose.get(child, 0) for child in el)
+                if (
+                    el.tag == "h1"
+                    or (el.tag == "article" and not _boiler_article(el))
+                    or sum(child in self.prose for child in el) >= 2
+                    or any(child in self.article for child in el)
+                ):
+                    self.article.add(el)
+
+    def teasers(self, anchor: etree._Element) -> bool:
+        """True if the siblings after ``anchor`` hold links outside prose paragraphs, no prose
+        paragraph of the box's own and nothing of the article (see __init__)."""
+        if anchor not in self._after:
+            parent = anchor.getparent()
+            loose, clean = 0, True
+            for child in reversed(list(parent)) if parent is not None else ():
+                self._after[child] = (loose, clean)
+                loose += self.loose.get(child, 0)
+                clean = clean and child not in self.prose and child not in self.article
+        loose, clean = self._after[anchor]
+        return loose > 0 and clean
 
 
 def _titles(kept: list[tuple[_Block, str]]) -> list[bool]:
@@ -689,7 +792,8 @@ def _list_appended(ours: str, other: str) -> bool:
 @dataclass(frozen=True)
 class _Found:
     """What our pass kept against what it saw: the characters of the text kept, of the text in
-    the chosen container, and of subtrees inside it dropped for their class or id words."""
+    the chosen container less the teaser boxes removed from it (judged, neither kept nor
+    missed), and of subtrees inside it dropped for their class or id words."""
 
     kept: int
     container: int
@@ -700,8 +804,8 @@ def _incomplete(found: _Found) -> bool:
     """Our result looks incomplete: the block rules dropped more than a tenth of the chosen
     container's text (short cells, list items, captions), or class and id words removed from
     inside it at least half as much text as we kept (a wiki's infobox, references, tables).
-    On the 124 real pages of the dev set this asks trafilatura on 42 pages and gives the F1 of
-    asking it on every page (0.9228 against 0.9217, truth repaired)."""
+    On the 124 real pages of the dev set this asks trafilatura on 43 pages and gives the F1 of
+    asking it on every page (0.9226 against 0.9217, truth repaired)."""
     return found.kept < _KEPT_SHARE * found.container or found.dropped >= _DROPPED_SHARE * found.kept
 
 
@@ -789,7 +893,7 @@ def _main_text(body: etree._Element, strict: bool) -> tuple[str, _Found]:
     scores = _scores(body, chars, links, prose)
     best = _best_container(body, scores, prose)
     selected = _selected(best, scores, chars, links)
-    teasers = _drop_teaser_boxes(selected, chars)
+    teasers = _drop_teaser_boxes(selected, chars, links)
     blocks = _blocks(selected)
     texts = [b.lines() for b in blocks]
     kept = [(b, t) for b, t, k in zip(blocks, texts, _continued(blocks, texts), strict=True) if k]
@@ -797,6 +901,7 @@ def _main_text(body: etree._Element, strict: bool) -> tuple[str, _Found]:
     text = "\n\n".join(out)
     inside = set(selected)
     removed = sum(n for parent, n in dropped if not inside.isdisjoint((parent, *parent.iterancestors())))
-    # Teaser boxes were judged, not missed: they count as kept (else trafilatura is asked, and
-    # its text, teasers included, is longer).
-    return text, _Found(sum(map(len, out)) + teasers, sum(chars.get(el, 0) for el in selected), removed)
+    # Teaser boxes were judged, not missed: they leave the container (else trafilatura is asked,
+    # and its text, teasers included, is longer), and are not counted as kept.
+    container = sum(chars.get(el, 0) for el in selected) - teasers
+    return text, _Found(sum(map(len, out)), container, removed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import trafilatura
 
@@ -415,3 +417,124 @@ def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
         assert "Slide 3 of 24" not in ours and "Slide 3 of 24" in theirs
         assert len(theirs) > 3 * len(ours)
         assert extract_html(html).text == (theirs if theirs_wins else ours)
+
+
+BODY = [p for section in SECTIONS for p in section]
+OTHER_STORIES = "".join(
+    f"<li><a href='/s/{i}'>Another story about the harbour budget, part {i}</a></li>" for i in range(3)
+)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        f"<h3>Related</h3><ul>{OTHER_STORIES}</ul>",
+        "<h3>Read more</h3><p><a href='/s/1'>Harbour coverage</a></p>",
+    ],
+)
+def test_teaser_heading_in_the_body_flow_takes_only_what_follows_it(tail: str) -> None:
+    # A story's body <div> ends with "Related" and a list of links. The box around that heading
+    # is the body <div> itself (the intro paragraphs sit directly in the <article>): only the
+    # heading and the links after it go, never the paragraphs before them, whichever extractor
+    # answers.
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>The delta grows</h1>{_paras(SECTIONS[0])}"
+        f"<div class='body-copy'>{_paras(SECTIONS[1] + SECTIONS[2])}{tail}</div></article></body></html>"
+    )
+    for second_opinion in ("never", "auto"):
+        text = extract_html(html, second_opinion).text  # type: ignore[arg-type]
+        for para in BODY:
+            assert para in text
+        assert "Another story" not in text and "Harbour coverage" not in text
+
+
+@pytest.mark.parametrize(
+    "heading", ["Latest", "Popular", "Trending", "More on the budget", "Like this", "Read next"]
+)
+def test_section_of_prose_under_a_teaser_like_title_is_kept(heading: str) -> None:
+    # A changelog's "Latest", an explainer's "More on the budget": a section of the article's
+    # own prose (a link in it, as prose has) is no box of links to other pages.
+    last = SECTIONS[2][0].replace("regional council", "<a href='/council'>regional council</a>")
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><div id='main'><h1>The delta grows</h1>"
+        f"<section><h2>Overview</h2>{_paras(SECTIONS[0] + SECTIONS[1])}</section>"
+        f"<section><h2>{heading}</h2><div>{_paras([last, SECTIONS[2][1]])}</div></section>"
+        "</div></body></html>"
+    )
+    text = extract_html(html).text
+    for para in BODY:
+        assert para in text
+    assert heading in text
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        "class='discussion'",
+        "id='sec-discussion'",
+        "class='discussion-paper__body'",
+        "id='how-to-respond-details'",
+    ],
+)
+def test_sections_named_discussion_or_respond_are_kept(attrs: str) -> None:
+    # A paper's Discussion, a discussion paper's body, a consultation's "how to respond": the
+    # words of comment markup ("discussion", "respond") name the article's own sections here.
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><div id='wrap'><h1>The delta grows</h1>"
+        f"<section class='intro'><h2>Introduction</h2>{_paras(SECTIONS[0])}</section>"
+        f"<section class='results'><h2>Results</h2>{_paras(SECTIONS[1])}</section>"
+        f"<section {attrs}><h2>What it means</h2>{_paras(SECTIONS[2])}</section>"
+        f"<div id='respond' class='form-area'><h3>Leave a reply</h3><p>{REPLY_FORM}</p></div>"
+        "</div></body></html>"
+    )
+    text = extract_html(html).text
+    for para in BODY:
+        assert para in text
+    assert REPLY_FORM not in text  # WordPress's comment form, id exactly "respond", still goes
+
+
+REPLY_FORM = (
+    "Your email address will not be published, and required fields are marked with a star. "
+    "Comments are read before they appear, which can take a day or two after you post them."
+)
+
+
+def test_many_teaser_headings_cost_work_in_proportion_to_the_page() -> None:
+    # A hostile page: a wrapper holding hundreds of "Related" headings, as many comment
+    # <article>s and an <article> of its own, so no box is removed and each heading's checks
+    # could see the whole wrapper again.
+    # The function calls made (Python and C, counted by a profiler, not timed) grow with the
+    # page's size, not with its square.
+    def calls(n: int) -> int:
+        inner = "<h3>Related</h3>" * n + "<article class='comment'><b>x</b></article>" * n
+        html = (
+            f"<html><body><div id='main'>{_paras(BODY)}<div class='w'><b>more text here</b>{inner}"
+            "<article>The delta grows</article></div></div></body></html>"
+        )
+        count = 0
+
+        def profile(frame: object, event: str, arg: object) -> None:
+            nonlocal count
+            count += 1
+
+        sys.setprofile(profile)
+        try:
+            extract_html(html, "never")
+        finally:
+            sys.setprofile(None)
+        return count
+
+    small, large = calls(200), calls(800)
+    assert large < 6 * small  # 4x the page: about 4x the calls (quadratic work would be ~16x)
+
+
+def test_page_furniture_between_paragraphs_is_not_kept() -> None:
+    # News templates put labels in <p>s of the story's flow; they are no sentences, unlike
+    # dialogue ("Richy?", "Yes, mom.", kept by test_short_paragraphs_between_kept_paragraphs),
+    # and neither numbered points nor subheadings set in bold, which stay.
+    labels = ["Advertisement", "Continue reading the main story", "Image: Reuters"]
+    points = ["2. Check the locks", "<strong>Back on the schooner</strong>"]
+    flow = [BODY[0], labels[0], BODY[1], labels[1], points[0], BODY[2], labels[2], points[1], BODY[3]]
+    html = f"<html><body><nav><ul>{NAV}</ul></nav><div class='story-body'>{_paras(flow)}</div></body></html>"
+    paras = extract_html(html, "never").text.split("\n\n")
+    assert paras == [BODY[0], BODY[1], points[0], BODY[2], "Back on the schooner", BODY[3]]
