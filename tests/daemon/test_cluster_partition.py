@@ -1,0 +1,67 @@
+"""A partition that leaves the rendezvous host on the small side: three real daemons in network
+namespaces (tests/daemon/_cluster_net.py), two workers each, tiny model; the hosting member's
+only link goes down. The other two, cut off from the rendezvous point, pause and say so however
+many they are. The host holds the store, so it is never cut off from it: with the default
+``--cluster-nodes`` (MIN 1) it steps on alone, and with a majority as MIN (2:3) it forms no
+group of one and pauses too. Either way, once the link is back the three re-form and agree, the
+two brought up to the host's state (one lineage: nothing diverged)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from _cluster_net import agree, machines_on_this_box
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+TIMEOUT_S = 5  # the harness's --cluster-timeout-s
+
+
+def stepping(world: int, past: int) -> Any:
+    """A status test: in a group of ``world``, at ``past`` steps or more."""
+    return lambda s: (s.get("cluster") or {}).get("world") == world and s["training"]["step"] >= past
+
+
+@pytest.mark.parametrize("nodes", [(), ("--cluster-nodes", "2:3")], ids=["min-1", "min-2"])
+def test_a_cut_off_rendezvous_host_steps_alone_only_if_min_allows_and_all_agree_once_healed(
+    nodes: tuple[str, ...],
+) -> None:
+    with machines_on_this_box(3) as machines:
+        if machines.kind != "namespaces":
+            pytest.skip("a partition needs network namespaces; this machine does not allow them")
+        machines.start_all(range(3), lambda i: nodes)
+        for i in range(3):
+            machines.wait(i, stepping(3, 5), "three members training")
+        machines.link(0, up=False)
+        held = {}
+        for i in (1, 2):
+            s = machines.wait(
+                i, lambda s: "cut off from the rendezvous point" in s["cluster"]["state"], "it says so", 60
+            )
+            assert s["training"]["state"] == "paused"
+            held[i] = s["training"]["step"]
+        if not nodes:  # MIN 1: the host's group of one
+            host = machines.wait(0, stepping(1, max(held.values()) + 20), "the host stepping alone", 60)
+        else:  # MIN 2: no group without another member
+            host = machines.wait(0, lambda s: s["training"]["state"] == "paused", "the host pausing", 60)
+            cluster = host["cluster"]
+            assert cluster["world"] == 0 and "waiting for" in cluster["state"], cluster
+            time.sleep(2 * TIMEOUT_S)  # long enough for the coordinator to drop both and publish
+            again = machines.status(0)
+            assert again["training"]["step"] == host["training"]["step"], again["cluster"]["state"]
+            assert again["training"]["state"] == "paused" and again["cluster"]["world"] == 0
+        for i in (1, 2):  # the cut-off members did not step alone
+            s = machines.status(i)
+            assert s["training"]["step"] == held[i] and "cut off" in s["cluster"]["state"], s["cluster"]
+        marks = [len(machines.log(i)) for i in range(3)]
+        machines.link(0, up=True)
+        for i in range(3):
+            machines.wait(i, stepping(3, host["training"]["step"] + 5), "the three re-formed")
+        assert agree(machines, [0, 1, 2]) > host["training"]["step"]
+        for i in (1, 2):  # sent the state the host carried on (its step, past theirs without MIN 2)
+            assert "state of step" in machines.log(i)[marks[i] :], machines.log(i)[-3000:]
+        steps = {i: held.get(i, host["training"]["step"]) for i in range(3)}
+        said = host["cluster"]["state"]
+        print(f"{' '.join(nodes) or 'MIN 1'}: steps while cut off {steps}; the host's cluster state {said!r}")
