@@ -86,13 +86,18 @@ def kill_past_a_checkpoint(state: Path, control: int, kill: Callable[[], object]
 
     def frozen_past() -> bool:
         os.kill(control, signal.SIGSTOP)
-        until(lambda: _state_of(control) == "T", "control did not stop on SIGSTOP", 30, 0.01)
-        steps = [int(p.name.removeprefix("step-")) for p in list_checkpoints(state / "checkpoints")]
-        if max(train_losses(state), default=-1) > max(steps, default=-1):
-            kill()
-            return True
-        os.kill(control, signal.SIGCONT)
-        return False
+        killed = False
+        try:
+            until(lambda: _state_of(control) == "T", "control did not stop on SIGSTOP", 30, 0.01)
+            steps = [int(p.name.removeprefix("step-")) for p in list_checkpoints(state / "checkpoints")]
+            if max(train_losses(state), default=-1) > max(steps, default=-1):
+                kill()
+                killed = True
+        finally:
+            if not killed:  # let go whatever failed meanwhile: a stopped control would hang teardown
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(control, signal.SIGCONT)
+        return killed
 
     until(frozen_past, "control never recorded a step past its newest checkpoint", 120, 0.05)
 
