@@ -17,6 +17,7 @@ from crystalline.descriptors import DescriptorLimitTooLow
 from crystalline.shm.segments import SharedMemoryFull
 from crystalline.tokens.learned_vocab import vocab_path
 from crystalline.workers.batch_ring import RingTimeout
+from crystalline.workers.engine import EngineStopped
 
 
 def _control(state_dir: Path, starts: list[Any]) -> Control:
@@ -27,6 +28,7 @@ def _control(state_dir: Path, starts: list[Any]) -> Control:
     c.spec = {"state_dir": str(state_dir)}
     c.config = SimpleNamespace(tokenizer=str(vocab))  # type: ignore[assignment]
     c.stopping = False
+    c.trainer = None
     c.state = control_process.TRAINING.initial
     c.error = None
     c.waiting_for = None
@@ -86,3 +88,13 @@ def test_a_short_resource_is_reported_and_tried_again(
     assert c._wait_for_vocabulary() and c.state == "starting"
     assert c._wait_for_resources()
     assert c.trainer is trainer and c.state == "failed" and c.error is None
+
+
+def test_a_supervisor_gone_during_the_ring_hello_stops_control(tmp_path: Path) -> None:
+    """The ring's HELLO ends in EngineStopped (the supervisor killed meanwhile): a stop, not a
+    crash out of run() nor a resource to try again."""
+    c = _control(tmp_path, [EngineStopped("the supervisor is gone: HELLO not answered")])
+    c.config.tokenizer = "bytes"  # type: ignore[misc]  # no vocabulary to wait for
+    assert c._wait_for_vocabulary()
+    assert not c._wait_for_resources()
+    assert c.stopping and c.trainer is None
