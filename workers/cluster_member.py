@@ -31,6 +31,7 @@ generation after that step, then tells the store it left; ``rejoin`` registers i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -53,6 +54,7 @@ from .rendezvous_guard import HANDSHAKE, RendezvousGuard, host_store
 log = logging.getLogger("crystalline.cluster")
 
 RECENT_DIGESTS = 64
+ARRIVAL_POLL_S = 0.2  # waiting for members that finish their interval first: each look's wait
 GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout to connect
 FRESH = 2**62  # a state no group has agreed on yet ranks after every lineage (state_source)
 STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
@@ -259,6 +261,37 @@ class Membership:
             self.guard.close()
 
 
+class Arrival:
+    """This member's arrival at generation ``g``'s group: it said it is here (``g<g>/here/<rank>``)
+    and waits for the others, each wait bounded."""
+
+    def __init__(self, generation: int, store: dist.TCPStore, rank: int) -> None:
+        self.generation, self.store = generation, store
+        self.prefixed = dist.PrefixStore(f"g{generation}/", store)
+        self.prefixed.set(f"here/{rank}", "1")
+        self.said: dict[int, str] = {}  # rank -> the step it last said it is finishing its interval at
+        self.moved = 0.0  # when one of them last said a newer step
+
+    def missing(self, world: int, wait_s: float) -> list[int]:
+        """The ranks not here after waiting up to ``wait_s`` for all of them."""
+        try:
+            self.prefixed.wait([f"here/{r}" for r in range(world)], timedelta(seconds=wait_s))
+        except RuntimeError:  # the wait timed out (or the store went): who is not here
+            return [r for r in range(world) if not self.prefixed.check([f"here/{r}"])]
+        return []
+
+    def finishing(self, missing: list[int], timeout_s: float) -> bool:
+        """Whether one of the ``missing`` ranks said within ``timeout_s`` that it is on its way
+        (stepping toward the outer step it finishes first, at a newer step each time)."""
+        now = time.monotonic()
+        for r in missing:
+            key = f"finishing/{r}"
+            said = self.prefixed.get(key).decode() if self.prefixed.check([key]) else ""
+            if said and said != self.said.get(r):
+                self.said[r], self.moved = said, now
+        return bool(self.said) and now - self.moved < timeout_s
+
+
 class Coordinator:
     """On the member that hosts the store: who is alive, and the generations.
 
@@ -391,6 +424,12 @@ class ClusterMember:
         self.local_tokens = 0  # tokens since it
         self.anchor: np.ndarray | None = None  # DiLoCo: the parameters of the last outer step
         self.velocity: np.ndarray | None = None  # and the outer momentum
+        self.interval_start: int | None = None  # DiLoCo: the step of the anchor a group agreed on
+        self.discarded = 0  # DiLoCo: local steps of this member replaced by a new group's state
+        self.replaced: dict[str, int] | None = None  # this member's own lineage, replaced: where
+        self.group_numbers: list[int] = []  # the member numbers of ``group_generation``
+        self._arrival: Arrival | None = None  # the generation this member said it is here for
+        self._finishing: tuple[int, int] = (0, -1)  # (generation, step) last said while finishing
         torch.set_num_threads(1)
         self.membership = Membership(settings, self._info)
 
@@ -432,6 +471,9 @@ class ClusterMember:
             return False
         if self.group is not None and g == self.group_generation:
             return True
+        numbers = [x["number"] for x in members]
+        if self.group is not None and self._finishing_interval(g, numbers, numbers.index(number), st.step):
+            return True
         if g == self.given_up:  # state says why (refused, or failed here)
             return False
         if self.forming != g:  # say so first: control publishes it before forming blocks
@@ -439,7 +481,8 @@ class ClusterMember:
             self.forming = g
             return False
         try:
-            self._form(g, [x["number"] for x in members].index(number), len(members))
+            if not self._form(g, numbers.index(number), numbers):
+                return False
             self._take_state(engine, st)
         except StateMismatch as exc:  # every member saw the same layouts: all refuse
             log.error("generation %d refused: %s", g, exc)
@@ -467,6 +510,25 @@ class ClusterMember:
         self.group = None
         self.state = state
         self.forming = 0
+        self._arrival = None
+
+    def _finishing_interval(self, g: int, numbers: list[int], rank: int, step: int) -> bool:
+        """DiLoCo: True while this member goes on in its group until the next outer step, because
+        generation ``g`` only adds members to it (a join, a resume): every member of the group
+        does the same (none dropped out), so the interval's outer step is taken together and no
+        member's local steps are lost; its joiners wait for it (``_form``), told each step
+        (``g<g>/finishing/<rank>``) that this member is alive and on its way. A generation that
+        drops a member (a death, a leave) is formed at once, as it is without DiLoCo."""
+        if not self.s.outer_every or self.leaving or self.outer_done == step:
+            return False
+        if not set(self.group_numbers) <= set(numbers):
+            return False
+        self.state = f"training: generation {g} (members joining) from the next outer step"
+        if self._finishing != (g, step):
+            self._finishing = (g, step)
+            with contextlib.suppress(*STORE_ERRORS):  # out of reach: the next ready() pauses (unreachable)
+                dist.PrefixStore(f"g{g}/", self._store).set(f"finishing/{rank}", str(step))
+        return True
 
     def _give_up(self, g: int, state: str) -> None:
         """Generation ``g`` failed here (forming it, or a collective): it is not formed again
@@ -475,29 +537,38 @@ class ClusterMember:
         self.given_up = g
         self.membership.report_failure(g)
 
-    def _form(self, g: int, rank: int, world: int) -> None:
-        """The gloo group of generation ``g``, every wait in it bounded by the cluster's deadline:
-        first every member says it is here (``g<g>/here/<rank>``, waited for ``timeout_s``), then
-        gloo connects them. gloo waits five times its timeout for a connection (its "initial
-        connect"), so the group is made with a fifth of the deadline and then given the whole
-        deadline for its collectives: a member that died since the generation was published
-        (a kill) costs ``timeout_s``, not five of it."""
-        store = self.membership.connect()
-        prefixed = dist.PrefixStore(f"g{g}/", store)
-        prefixed.set(f"here/{rank}", "1")
-        try:
-            prefixed.wait([f"here/{r}" for r in range(world)], timedelta(seconds=self.s.timeout_s))
-        except RuntimeError:
-            missing = [r for r in range(world) if not prefixed.check([f"here/{r}"])]
-            raise RuntimeError(f"rank(s) {missing} did not come within {self.s.timeout_s:g} s") from None
+    def _form(self, g: int, rank: int, numbers: list[int]) -> bool:
+        """The gloo group of generation ``g``, every wait in it bounded by the cluster's deadline;
+        True once formed. First every member says it is here (``g<g>/here/<rank>``, waited for
+        ``timeout_s``); a member not here yet that says it is finishing its interval
+        (``_finishing_interval``) is waited for (False: ``ready`` is asked again) as long as it
+        says so for a newer step within ``timeout_s``. Then gloo connects them. gloo waits five
+        times its timeout for a connection (its "initial connect"), so the group is made with a
+        fifth of the deadline and then given the whole deadline for its collectives: a member
+        that died since the generation was published (a kill) costs ``timeout_s``, not five of it."""
+        world = len(numbers)
+        if self._arrival is None or self._arrival.generation != g:
+            self._arrival = Arrival(g, self.membership.connect(), rank)
+            wait_s = self.s.timeout_s
+        else:
+            wait_s = ARRIVAL_POLL_S
+        arrival = self._arrival
+        missing = arrival.missing(world, wait_s)
+        if missing:
+            if arrival.finishing(missing, self.s.timeout_s):
+                self.state = f"forming generation {g}: rank(s) {missing} finish their interval first"
+                return False
+            raise RuntimeError(f"rank(s) {missing} did not come within {self.s.timeout_s:g} s")
         options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         options._timeout = timedelta(seconds=self.s.timeout_s / GLOO_CONNECT_WAITS)
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self.s.address)]
-        self.group = dist.ProcessGroupGloo(prefixed, rank, world, options)
+        self.group = dist.ProcessGroupGloo(arrival.prefixed, rank, world, options)
         self.group._set_default_timeout(timedelta(seconds=self.s.timeout_s))
-        self._store = store  # the group's store client lives as long as the group
-        self.group_generation, self.rank, self.world = g, rank, world
+        self._store = arrival.store  # the group's store client lives as long as the group
+        self.group_generation, self.rank, self.world, self.group_numbers = g, rank, world, numbers
+        self._arrival = None
         log.info("generation %d formed: rank %d of %d", g, rank, world)
+        return True
 
     def _take_state(self, engine: StepEngine, st: TrainerState) -> None:
         """Agree on the state: the holder that ``state_source`` picks (the oldest lineage, then
@@ -533,17 +604,23 @@ class ClusterMember:
         if self.s.outer_every:
             self.anchor, self.velocity = held[-2].copy(), held[-1].copy()
             self.local_tokens = 0
+        before = st.step
         if self.rank != source:
             engine.load_state(held[0], held[1], held[2], held[3] if ema is not None else None)
-            before = st.step
             st.step, st.tokens, st.skipped_steps = (int(x) for x in every[source][:3])
             if own != self.lineage:  # the digests it recorded are of a history now replaced
                 self.recent.clear()
+            if own and own != self.lineage:
+                self.replaced = {"step": before, "by_step": st.step, "lineage": own}
+            if self.interval_start is not None and before > self.interval_start:
+                self.discarded += before - self.interval_start  # its local steps since the last agreement
             log.info(
                 "state of step %d received from rank %d (this member was at step %d%s)",
                 st.step, source, before,
                 ", of a lineage of its own: replaced" if own and own != self.lineage else "",
             )  # fmt: skip
+        if self.s.outer_every:
+            self.interval_start = st.step
         self.published(engine.params(), st.step)
 
     # ---- inside a step --------------------------------------------------------------------------
@@ -627,7 +704,7 @@ class ClusterMember:
         self.anchor -= lr * (delta + mu * self.velocity)
         m, v = engine.moments()  # the inner optimizer's state stays each member's own
         engine.load_state(self.anchor, m, v, engine.ema())
-        self.outer_done, self.local_tokens = step, 0
+        self.outer_done, self.local_tokens, self.interval_start = step, 0, step
         self._end_if_left(buf[n + 1])
 
     def published(self, params: np.ndarray, step: int) -> None:
@@ -706,6 +783,9 @@ class ClusterMember:
             "nodes": {"min": self.s.min_nodes, "max": self.s.max_nodes},
             "outer_every": self.s.outer_every,
             "reforms": self.reforms,
+            "lineage": self.lineage,  # ms of the state's first agreement (state_source); 0: none yet
+            "replaced": self.replaced,  # {step, by_step, lineage}: its own history gave way, once
+            "discarded_steps": self.discarded,  # DiLoCo: local steps lost to a re-formation
             # the hosting member: connections its rendezvous guard closed (garbage, silent, over the cap)
             "refused_connections": m.guard.refused if m.guard is not None else None,
             "guard": m.guard.health if m.guard is not None else None,  # ok / down: why

@@ -325,10 +325,11 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member.lineage = 0
     formed: list[int] = []
 
-    def form(g: int, rank: int, world: int) -> None:
+    def form(g: int, rank: int, numbers: list[int]) -> bool:
         formed.append(g)
         member.group = _FakeGroup([0, 0, 0, 0, 0, 10, 4, 0])  # the other member keeps an EMA
-        member.group_generation, member.rank, member.world = g, 0, 2
+        member.group_generation, member.rank, member.world = g, rank, len(numbers)
+        return True
 
     member._form = form  # type: ignore[method-assign]
     engine = _Engine(10, ema=False)
@@ -609,6 +610,90 @@ def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_i
 
         in_threads(members, again, close=False)
         assert first == [(1, 2), (1, 2)] and received == [kept, kept]
+    finally:
+        for m in reversed(members):
+            m.close()
+
+
+def test_under_diloco_a_member_joining_mid_interval_takes_effect_at_the_next_outer_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DiLoCo (an outer step every 4 steps): members 0 and 1 are at step 5 when member 2 joins.
+    The generation that adds it only adds a member, so the two go on in their group through
+    steps 6-8 (slower than the cluster's deadline in all, each step well within it) and take
+    step 8's outer step together; only then do they form the new generation, while member 2
+    waits for them past the deadline because they say each step that they are on their way.
+    Member 2 is sent step 8's state, no local step is discarded (status ``discarded_steps``),
+    nothing fails, and the three agree at the next outer step (12)."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
+    h, timeout_s, pace_s = 4, 4.0, 1.5  # 3 paced steps: 4.5 s, past the deadline; each 1.5 s
+    model = GPT(CFG)
+    params = init_params(model.table, 0)
+
+    def diloco(port: int, i: int) -> ClusterSettings:
+        return ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 2, 3, timeout_s, outer_every=h)
+
+    members = hosted_members(lambda port: [diloco(port, 0), diloco(port, 1)])
+    engines = [
+        LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
+        for i, m in enumerate(members)
+    ]
+    states = [State(), State()]
+    try:
+        for e in engines:
+            e.load_state(params, np.zeros_like(params), np.zeros_like(params))
+
+        def first(i: int) -> None:
+            join(members[i], engines[i], states[i])
+            for _ in range(5):
+                assert members[i].ready(engines[i], states[i])
+                trained(members[i], engines[i], states[i])
+
+        in_threads(members, first, close=False)
+        old = members[0].group_generation
+        assert [s.step for s in states] == [5, 5] and [m.outer_done for m in members] == [4, 4]
+        members.append(ClusterMember(diloco(members[0].s.port, 2)))
+        engines.append(
+            LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(2, 2), exchange=members[2])
+        )
+        engines[2].load_state(params, np.zeros_like(params), np.zeros_like(params))
+        states.append(State())
+        new = until(
+            lambda: all(len(in_generation(m)[1]) == 3 for m in members[:2]) and in_generation(members[0])[0],
+            lambda: "no generation of three within 60 s",
+            60,
+        )
+        said: list[set[str]] = [set(), set(), set()]
+
+        def second(i: int) -> None:
+            m, engine, st = members[i], engines[i], states[i]
+            if i < 2:
+                while st.step < 2 * h:  # in the old group to the outer step
+                    assert m.ready(engine, st) and m.group_generation == old, m.state
+                    said[i].add(m.state)
+                    threading.Event().wait(pace_s)
+                    trained(m, engine, st)
+            for _ in range(600):
+                if m.ready(engine, st):
+                    break
+                said[i].add(m.state)
+                threading.Event().wait(0.1)
+            assert m.group_generation == new and m.world == 3 and st.step == 2 * h, (m.state, st.step)
+            while st.step < 3 * h:
+                assert m.ready(engine, st)
+                trained(m, engine, st)
+
+        in_threads(members, second, close=False)
+        assert all(
+            f"generation {new} (members joining) from the next outer step" in " ".join(s) for s in said[:2]
+        )
+        assert any("finish their interval first" in s for s in said[2]), said[2]
+        recent = [dict(m.recent) for m in members]
+        assert len({r[3 * h] for r in recent}) == 1, recent  # agreed at the next outer step
+        assert len({r[2 * h] for r in recent}) == 1, recent  # step 8's outer step, sent to member 2
+        assert [m.status()["discarded_steps"] for m in members] == [0, 0, 0]
+        failed = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not failed, failed
     finally:
         for m in reversed(members):
             m.close()
