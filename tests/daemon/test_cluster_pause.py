@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 H = 4  # DiLoCo's outer step every H steps
 LEFT = "left the cluster by request"
+REJOINED = "rejoining the cluster (resumed)"
 
 
 @pytest.fixture
@@ -46,6 +47,14 @@ def no_failure_since(machines: Machines, marks: list[int]) -> None:
         since = machines.log(i)[mark:]
         for said in ("abandoned", "a collective failed", "failed to form"):
             assert said not in since, f"machine {i}: {said!r}\n{since[-3000:]}"
+
+
+def sent_the_state_on_rejoining(machines: Machines, i: int, mark: int) -> None:
+    """Member ``i``'s log since ``mark`` (taken before ``resume``) says it rejoined and, after
+    that, received the group's state (its first formation logged a state received too)."""
+    since = machines.log(i)[mark:]
+    assert REJOINED in since, since[-3000:]
+    assert "state of step" in since.split(REJOINED, 1)[1], since[-3000:]
 
 
 def outer_agree(machines: Machines, members: list[int], after: int, timeout_s: float = 180) -> int:
@@ -87,12 +96,12 @@ def test_the_paused_host_keeps_serving_the_others_and_rejoins_on_resume(machines
     assert agree(machines, [1, 2]) > held
     no_failure_since(machines, marks)
     assert "told the cluster that member" in machines.log(0)[marks[0] :]
+    mark = len(machines.log(0))
     command(machines, 0, "resume")
     for i in range(3):
         machines.wait(i, world(3, held + 20), "the host back in the group")
     assert agree(machines, [0, 1, 2]) > held
-    rejoined = machines.log(0).split("rejoining the cluster (resumed)")[-1]
-    assert "state of step" in rejoined, rejoined[-3000:]  # brought up to date before its first step
+    sent_the_state_on_rejoining(machines, 0, mark)  # brought up to date before its first step
 
 
 def test_a_member_paused_under_diloco_leaves_at_an_outer_step_and_rejoins(machines: Machines) -> None:
@@ -123,10 +132,16 @@ def test_a_member_paused_under_diloco_leaves_at_an_outer_step_and_rejoins(machin
     command(machines, 2, "resume")
     for i in range(3):
         machines.wait(i, world(3, held + 1), "member 2 back in the group", timeout_s=120)
-    rejoined = machines.log(2).split("rejoining the cluster (resumed)")[-1]
-    assert "state of step" in rejoined, rejoined[-3000:]
+    sent_the_state_on_rejoining(machines, 2, marks[2])
     back = max(machines.status(i)["training"]["step"] for i in range(3))
     first = outer_agree(machines, [0, 1, 2], back)  # the anchor: the same outer step result
     outer_agree(machines, [0, 1, 2], first)  # and the momentum: the next one too
+    # the join took effect at the others' next outer step: nothing failed, no local step lost
+    no_failure_since(machines, marks)
+    for i in range(3):
+        lines = machines.log(i)[marks[i] :].splitlines()
+        assert not [x for x in lines if "outer step" in x and "failed" in x], lines[-40:]
+        cluster = machines.status(i)["cluster"]
+        assert cluster["discarded_steps"] == 0, cluster
     for i in range(3):
         print(f"machine {i} from the resume on:", machines.log(i)[marks[i] :][-4000:], sep="\n")
