@@ -12,9 +12,10 @@ counted (``dropped``). A frame that arrives while the receiving socket's buffer 
 process fell behind) is dropped by the kernel before the wire sees it: each socket's buffer is
 RCVBUF_BYTES (SO_RCVBUFFORCE, as root), and the kernel's own count (PACKET_STATISTICS, reset on
 each read, so summed here) is reported as ``kernel_seen`` (frames that reached the socket,
-dropped or not) and ``kernel_dropped``. The counters (frames and bytes forwarded each way and
-those three) are written to COUNTERS_JSON (temp file, rename) every COUNTERS_EVERY_S and on
-SIGTERM, which ends it."""
+dropped or not, its interface's few outgoing ones that it ignores included) and
+``kernel_dropped``. The counters (frames and bytes forwarded each way and those three) are
+written to COUNTERS_JSON (temp file, rename) every COUNTERS_EVERY_S and on SIGTERM, which ends
+it."""
 
 from __future__ import annotations
 
