@@ -430,6 +430,7 @@ class ClusterMember:
         self.group_numbers: list[int] = []  # the member numbers of ``group_generation``
         self._arrival: Arrival | None = None  # the generation this member said it is here for
         self._finishing: tuple[int, int] = (0, -1)  # (generation, step) last said while finishing
+        self.join_seen = 0  # DiLoCo: a generation adding members to this group, seen here
         torch.set_num_threads(1)
         self.membership = Membership(settings, self._info)
 
@@ -511,18 +512,22 @@ class ClusterMember:
         self.state = state
         self.forming = 0
         self._arrival = None
+        self.join_seen = 0
 
     def _finishing_interval(self, g: int, numbers: list[int], rank: int, step: int) -> bool:
         """DiLoCo: True while this member goes on in its group until the next outer step, because
         generation ``g`` only adds members to it (a join, a resume): every member of the group
         does the same (none dropped out), so the interval's outer step is taken together and no
-        member's local steps are lost; its joiners wait for it (``_form``), told each step
+        member's local steps are lost. That outer step's allreduce says a member saw the join,
+        so all end the group after the same outer step (members that see it at different steps
+        agree there: none leaves a group another still steps in). Its joiners wait for it
+        (``_form``), told each step
         (``g<g>/finishing/<rank>``) that this member is alive and on its way. A generation that
-        drops a member (a death, a leave) is formed at once, as it is without DiLoCo."""
-        if not self.s.outer_every or self.leaving or self.outer_done == step:
+        drops a member (a death, a leave) is formed at once, as it is without DiLoCo. A member
+        paused meanwhile goes on too: the interval's outer step says it leaves."""
+        if not self.s.outer_every or not set(self.group_numbers) <= set(numbers):
             return False
-        if not set(self.group_numbers) <= set(numbers):
-            return False
+        self.join_seen = g  # the next outer step's allreduce says so: every member ends the group there
         self.state = f"training: generation {g} (members joining) from the next outer step"
         if self._finishing != (g, step):
             self._finishing = (g, step)
@@ -655,17 +660,24 @@ class ClusterMember:
         self._end_if_left(buf[n + 3])
         return float(buf[n + 1]), round(total), round(float(buf[n + 2]))
 
-    def _end_if_left(self, leaving: float) -> None:
+    def _end_if_left(self, leaving: float, joining: float = 0.0) -> None:
         """After an allreduce: members that pause said so in it (its last number), so every
         member ends this generation after the same step and waits for the next, which the
-        coordinator publishes as soon as they have told the store."""
+        coordinator publishes as soon as they have told the store. DiLoCo's outer step also
+        says whether members saw a generation that adds members (``_finishing_interval``):
+        then too every member ends this one there, and forms that one."""
+        if leaving <= 0 and joining <= 0:
+            return
+        g = self.ended = self.group_generation
         if leaving > 0:
-            g = self.ended = self.group_generation
             log.info("generation %d ends after this step: %d member(s) leave by request", g, round(leaving))
-            if self.leaving:  # its own flag: it has left (a resume right after it registers anew)
-                self._left_by_request()
-            else:
-                self._drop_group(f"waiting for generation {g + 1}: a member left generation {g}")
+        else:
+            log.info("generation %d ends after this outer step: members join", g)
+        if self.leaving:  # its own flag: it has left (a resume right after it registers anew)
+            self._left_by_request()
+        else:
+            why = "a member left" if leaving > 0 else "members join"
+            self._drop_group(f"waiting for generation {g + 1}: {why} generation {g}")
 
     def after_step(self, engine: StepEngine, st: TrainerState) -> None:
         """Between steps: DiLoCo's outer step when one is due, then the digest of what this
@@ -686,10 +698,10 @@ class ClusterMember:
         assert self.anchor is not None and self.velocity is not None
         params = engine.params()
         n = params.size
-        buf = np.empty(n + 2, dtype=np.float32)
+        buf = np.empty(n + 3, dtype=np.float32)
         np.subtract(self.anchor, params, out=buf[:n])
         buf[:n] *= np.float32(self.local_tokens)
-        buf[n], buf[n + 1] = self.local_tokens, self.leaving
+        buf[n], buf[n + 1], buf[n + 2] = self.local_tokens, self.leaving, self.join_seen > 0
         started = time.perf_counter()
         self.group.allreduce([torch.from_numpy(buf)]).wait()
         self.last_ms = (time.perf_counter() - started) * 1000
@@ -705,7 +717,7 @@ class ClusterMember:
         m, v = engine.moments()  # the inner optimizer's state stays each member's own
         engine.load_state(self.anchor, m, v, engine.ema())
         self.outer_done, self.local_tokens, self.interval_start = step, 0, step
-        self._end_if_left(buf[n + 1])
+        self._end_if_left(buf[n + 1], buf[n + 2])
 
     def published(self, params: np.ndarray, step: int) -> None:
         """After a step, or the group's state received: the digest of what this member now
