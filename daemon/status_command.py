@@ -82,6 +82,13 @@ def _place(rank: Any, world: Any = None) -> str:
     return f"rank {rank}" + (f" of {world}" if world is not None else "")
 
 
+def _replaced(r: dict[str, Any] | None) -> str:
+    """This member's own history, replaced by the group's (a restarted host that stepped alone)."""
+    if not r:
+        return ""
+    return f"  own state of step {r.get('step')} replaced by the group's of step {r.get('by_step')}"
+
+
 def cluster(k: dict[str, Any] | None, digest: str | None) -> list[str]:
     """``--cluster``: this member's place, then one line per member ([] without a cluster)."""
     if not k:
@@ -92,6 +99,8 @@ def cluster(k: dict[str, Any] | None, digest: str | None) -> list[str]:
         f"{_place(k.get('rank'), k.get('world'))}  at {k.get('rendezvous')}  {mode}  digest {digest or '-'}"
         + (f"  refused {k['refused_connections']} connections" if k.get("refused_connections") else "")
         + (f"  rendezvous guard {k['guard']}" if k.get("guard") not in (None, "ok") else "")
+        + _replaced(k.get("replaced"))
+        + (f"  {k['discarded_steps']} local steps discarded" if k.get("discarded_steps") else "")
     ]
     for m in k.get("members") or []:
         lines.append(

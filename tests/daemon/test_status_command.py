@@ -115,6 +115,10 @@ def test_summary_shows_the_cluster_and_its_members() -> None:
     d["cluster"]["guard"] = down = "down: OSError: [Errno 9] Bad file descriptor"  # its thread ended
     head = next(x for x in summary(d).splitlines() if x.startswith("cluster"))
     assert head.endswith(f"  refused 2 connections  rendezvous guard {down}")
+    d["cluster"].update(replaced={"step": 27, "by_step": 36, "lineage": 1700000000000}, discarded_steps=3)
+    head = next(x for x in summary(d).splitlines() if x.startswith("cluster"))
+    assert head.endswith("  own state of step 27 replaced by the group's of step 36  3 local steps discarded")
+    d["cluster"].update(replaced=None, discarded_steps=0)
     # out of a group (paused): no rank, and a member's own info says -1 then
     d["cluster"].update(state="paused: left the cluster by request", rank=None, world=0, generation=None)
     d["cluster"]["members"][1]["rank"] = -1

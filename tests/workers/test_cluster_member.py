@@ -552,6 +552,10 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         assert restarted.status()["recent_digests"] == other.status()["recent_digests"][-2:]
         said = "state of step 3 received from rank 1 (this member was at step 5, of a lineage of its own"
         assert said in caplog.text
+        first_lineage = other.status()["lineage"]  # the first group's, carried on by member 1
+        assert first_lineage > 0 and restarted.status()["lineage"] == first_lineage
+        assert restarted.status()["replaced"]["step"] == 5 and other.status()["replaced"] is None
+        assert restarted.status()["replaced"]["by_step"] == 3
     finally:
         for m in [other, restarted]:
             if m is not None:
