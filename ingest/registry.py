@@ -23,6 +23,7 @@ stored with ``\\xff`` escapes instead of failing the whole batch. The schema car
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sqlite3
 import time
@@ -36,6 +37,8 @@ from ..sql_tables import META, Table, columns
 from . import minhash
 from .dedup import BANDS, NEAR_DISTANCE, bands, hamming, to_signed, to_unsigned
 from .persistent_wal import keep_wal_files
+
+log = logging.getLogger(__name__)
 
 STATES = ("done", "duplicate", "failed", "filtered")
 # what ``Registry.latest`` gives of a document (the dashboard's latest-documents panel)
@@ -256,7 +259,10 @@ class Registry:
         self.db = self._sqlite
         self._sqlite.execute("PRAGMA journal_mode=WAL")
         self._sqlite.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        keep_wal_files(self._sqlite, self.path)  # for readers, even after the last writer closes
+        try:  # for readers, even after the last writer closes
+            keep_wal_files(self._sqlite, self.path)
+        except RuntimeError as exc:  # another Python: readers then need a writer or a writable folder
+            log.warning("%s; a read-only reader may need the writer running once it has closed", exc)
         self._sqlite.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
         self._migrate()
 

@@ -288,3 +288,28 @@ def test_a_postgresql_reader_never_creates_migrates_nor_writes_the_registry(pg_u
         writer.close()
     with pytest.raises(RuntimeError, match="newer than this program's"):
         PgRegistry(pg_url, read_only=True)
+
+
+def test_a_writer_on_a_python_whose_sqlite_layout_is_unknown_still_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keeping the WAL files reads CPython's sqlite3.Connection layout; on a Python outside the
+    known versions the registry still opens and ingests, with one warning: only a read-only
+    reader without a writer is worse off (it is refused in one line, as above)."""
+    from crystalline.ingest import persistent_wal
+
+    monkeypatch.setattr(persistent_wal, "LAYOUT_KNOWN", ((2, 0), (2, 7)))
+    path = tmp_path / "registry.sqlite3"
+    writer = Registry(path)
+    try:
+        writer.record(_documents(2))
+    finally:
+        writer.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cannot keep the registry's WAL files" in warnings[0], warnings
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]  # the last close removed them
+    reopened = Registry(path)
+    try:
+        assert _sources(reopened) == ["https://h/1", "https://h/0"]
+    finally:
+        reopened.close()
