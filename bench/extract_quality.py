@@ -7,9 +7,9 @@ precision and recall per page, averaged). Its truth.json was written as UTF-8 re
 (``--truth-as-given`` scores it raw). Columns: F1 on two fixed random halves (develop on one,
 check on the other) and on all, then precision, recall and pages/s of CPU time on one core.
 Rows: crystalline as shipped (our extractor, with trafilatura's fast mode as a second opinion
-where our result looks incomplete, the longer text winning unless it only adds a long list), our extractor alone, the ensemble
-asking trafilatura on every page, trafilatura alone (fast mode) and trafilatura 2.x with its
-defaults (its own fallbacks to readability-lxml and jusText).
+where our result looks incomplete, the longer text winning unless it only adds a long list),
+our extractor alone, the ensemble asking trafilatura on every page, trafilatura alone (fast
+mode) and trafilatura 2.x with its defaults (its own fallbacks to readability-lxml and jusText).
 
 The second table is end to end, as ``score.py --crystalline`` sees it: one ``crystalline
 extract --json`` run over the pages (start-up, the extraction process, filters' verdicts, JSON),
@@ -286,6 +286,12 @@ def _repaired(text: str) -> str:
         return text
 
 
+def dev_truth(folder: Path, truth_as_given: bool) -> dict[str, str]:
+    """The dev set's truth.json by page name, repaired (see :func:`_repaired`) unless as given."""
+    truth: dict[str, str] = json.loads((folder / "truth.json").read_text())
+    return truth if truth_as_given else {k: _repaired(v) for k, v in truth.items()}
+
+
 def real_set(folder: Path, truth_as_given: bool) -> None:
     """Score each extractor on the real pages of ``folder`` with its own score.py."""
     spec = importlib.util.spec_from_file_location("dev_score", folder / "score.py")
@@ -293,9 +299,7 @@ def real_set(folder: Path, truth_as_given: bool) -> None:
         raise SystemExit(f"{folder}/score.py: cannot load")
     scorer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scorer)
-    truth = json.loads((folder / "truth.json").read_text())
-    if not truth_as_given:
-        truth = {k: _repaired(v) for k, v in truth.items()}
+    truth = dev_truth(folder, truth_as_given)
     names = sorted(truth)
     # Every extractor gets the same decoded text, as the ingest pool hands it over.
     pages = {

@@ -1,0 +1,52 @@
+"""bench/extract_engines.py: its ensembles on crafted pages, offline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import ModuleType
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _bench() -> ModuleType:
+    sys.path.insert(0, str(BENCH))  # it imports extract_heldout and extract_quality beside it
+    try:
+        import extract_engines
+    finally:
+        sys.path.remove(str(BENCH))
+    return extract_engines
+
+
+def test_prose_union_adds_missing_sentences_only() -> None:
+    bench = _bench()
+    ours = "The river rose over the old wall and the farmers moved their grain to the hill."
+    missing = "In the spring the engineers raised the levee by two metres along the whole eastern bank."
+    other = "\n".join(
+        [
+            ours,  # already ours: not added again
+            missing,  # prose ours lacks
+            "- A list item that is long enough to pass for prose if lists were not refused.",
+            "| a table row | with cells that run on for more than sixty characters in all |",
+            "Share this story with your friends",  # short and no sentence end
+            "A long line of related headlines without any end punctuation at all to close it",
+        ]
+    )
+    assert bench.union_prose(ours, other) == f"{ours}\n\n{missing}"
+    assert bench.union_prose("", missing) == missing
+    comma, stop = "\uff0c", "\u3002"  # the ideographic comma and full stop
+    chinese = f"今天北京天气很好{comma}我们去公园散步{comma}看见许多孩子在湖边放风筝{comma}大家都很开心{stop}"
+    assert len(chinese) < bench.PROSE_CHARS and not bench.is_prose(chinese)
+    assert bench.is_prose(chinese * 2)
+
+
+def test_trafilatura_first_falls_back_to_ours_on_a_short_text() -> None:
+    bench = _bench()
+    para = "The river rose over the old wall and the farmers moved their grain to the hill before dawn."
+    page = f"<html><body><article><p>{para}</p></article></body></html>".encode()
+    assert len(bench.TRAF_DEFAULT(page)) < bench.MIN_CHARS  # one sentence: under the filters' minimum
+    assert bench.traf_then_ours(page) == bench.OURS_ALONE(page) == para
+    paras = "".join(f"<p>{para} Day {day} of the flood brought no rain.</p>" for day in range(4))
+    long_page = f"<html><body><article>{paras}</article></body></html>".encode()
+    assert bench.traf_then_ours(long_page) == bench.TRAF_DEFAULT(long_page)
+    assert len(bench.traf_then_ours(long_page)) >= bench.MIN_CHARS
