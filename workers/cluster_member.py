@@ -380,15 +380,25 @@ def layout_disagreement(layouts: list[list[int]]) -> str | None:
     )
 
 
-def state_source(held: list[tuple[int, int]]) -> int:
-    """The rank whose state a new group takes, of each rank's (lineage, step): the oldest
-    lineage, then the newest step, then the lowest rank. A lineage is the state's history since
-    a group first agreed on a process's own state (parameters it loaded or made at start; 0
-    until then), named by when that was (ms); it passes with the state. So a member restarted
-    from its checkpoint, even one that stepped alone before its old peers came back, never
-    beats the group those peers carried on; within a lineage (a partition healed) the newest
-    step wins, and among members that all start afresh too."""
-    return min(range(len(held)), key=lambda r: (held[r][0] or FRESH, -held[r][1], r))
+def state_source(held: list[tuple[int, int, int]]) -> int:
+    """The rank whose state a new group takes, of each rank's (lineage, step, alone since): the
+    oldest lineage, then the newest step, then the lowest rank. A lineage is the state's history
+    since a group first agreed on a process's own state (parameters it made at start; 0 until
+    then), named by when that was (ms); it passes with the state and is kept with the
+    checkpoint (``history``). A member that started alone from its checkpoint (its first group
+    one member: the first generation's wait passed without its peers) stays in its lineage,
+    but its state counts as of the step it started alone from (``alone since``, -1 for none)
+    until a group of more agrees on it. So a restarted host that stepped alone before its old
+    peers came back never beats the state those peers carried on past its checkpoint, while of
+    a cluster restarted member by member, more than a timeout apart, the newest checkpoint
+    wins (the lone steps of the first to start with it, if it was that one's); within a lineage
+    (a partition healed) the newest step wins, and among members that all start afresh too."""
+
+    def rank(r: int) -> tuple[int, int, int, int]:
+        lineage, step, alone = held[r]
+        return (lineage or FRESH, -(alone if alone >= 0 else step), -step, r)
+
+    return min(range(len(held)), key=rank)
 
 
 class ClusterMember:
@@ -416,6 +426,8 @@ class ClusterMember:
         self.left = False  # and then it has left, until resume
         self.ended = 0  # the newest generation that ended because a member left
         self.lineage = 0  # the state's history (state_source): 0 until a group agrees on it
+        self.alone_since: int | None = None  # a lone start's step (state_source), until a group agrees
+        self.restored = False  # the state is a checkpoint's, not yet agreed on by a group
         self.digest: str | None = None
         # the digests of the last steps, so members can be compared at a step they all passed
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
@@ -586,15 +598,16 @@ class ClusterMember:
         # DiLoCo: the anchor and the outer momentum travel too (added below)
         layout = [params.size, len(parts) + (2 if self.s.outer_every else 0), self.s.outer_every]
         now_ms = round(time.time() * 1000)
+        alone = -1 if self.alone_since is None else self.alone_since
         mine = torch.tensor(
-            [st.step, st.tokens, st.skipped_steps, self.lineage, now_ms, *layout], dtype=torch.int64
+            [st.step, st.tokens, st.skipped_steps, self.lineage, now_ms, alone, *layout], dtype=torch.int64
         )
         every = [torch.zeros(len(mine), dtype=torch.int64) for _ in range(self.world)]
         self.group.allgather([every], [mine]).wait()
-        disagreement = layout_disagreement([[int(n) for n in x[5:]] for x in every])
+        disagreement = layout_disagreement([[int(n) for n in x[6:]] for x in every])
         if disagreement is not None:  # the broadcast below would not match: refuse before it
             raise StateMismatch(disagreement)
-        source = state_source([(int(x[3]), int(x[0])) for x in every])
+        source = state_source([(int(x[3]), int(x[0]), int(x[5])) for x in every])
         if self.s.outer_every:
             if self.anchor is None or self.velocity is None:
                 self.anchor, self.velocity = params.copy(), np.zeros_like(params)
@@ -610,23 +623,48 @@ class ClusterMember:
             self.anchor, self.velocity = held[-2].copy(), held[-1].copy()
             self.local_tokens = 0
         before = st.step
+        # its own history gave way: a lineage of its own, or what it stepped since starting alone
+        forked = own != self.lineage or self.alone_since is not None
         if self.rank != source:
             engine.load_state(held[0], held[1], held[2], held[3] if ema is not None else None)
             st.step, st.tokens, st.skipped_steps = (int(x) for x in every[source][:3])
-            if own != self.lineage:  # the digests it recorded are of a history now replaced
+            if forked:  # the digests it recorded are of a history now replaced
                 self.recent.clear()
-            if own and own != self.lineage:
+            if own and forked:
                 self.replaced = {"step": before, "by_step": st.step, "lineage": own}
             if self.interval_start is not None and before > self.interval_start:
                 self.discarded += before - self.interval_start  # its local steps since the last agreement
             log.info(
                 "state of step %d received from rank %d (this member was at step %d%s)",
                 st.step, source, before,
-                ", of a lineage of its own: replaced" if own and own != self.lineage else "",
+                ", of a lineage of its own: replaced" if own and forked else "",
             )  # fmt: skip
+        if self.world > 1:  # a group agreed on it: no longer a lone start's
+            self.alone_since = None
+        elif self.restored and self.alone_since is None:  # a lone start from its checkpoint
+            self.alone_since = st.step
+        self.restored = False
         if self.s.outer_every:
             self.interval_start = st.step
         self.published(engine.params(), st.step)
+
+    def history(self) -> dict[str, int | None]:
+        """What a checkpoint keeps of the cluster: the state's lineage and, for a lone start,
+        the step it started alone from (``state_source``)."""
+        return {"lineage": self.lineage, "alone_since": self.alone_since}
+
+    def restore_history(self, saved: dict[str, Any]) -> None:
+        """The state was loaded from a checkpoint whose ``history()`` is ``saved`` ({} from a
+        checkpoint written without --cluster: a lineage of its own then). ValueError in one line
+        for values that are not what ``history`` writes."""
+        lineage, alone = saved.get("lineage", 0), saved.get("alone_since")
+        if (
+            type(lineage) is not int
+            or lineage < 0
+            or not (alone is None or (type(alone) is int and alone >= 0))
+        ):
+            raise ValueError(f"the checkpoint's cluster history is not a lineage and a step: {saved!r}"[:300])
+        self.lineage, self.alone_since, self.restored = lineage, alone, True
 
     # ---- inside a step --------------------------------------------------------------------------
     def exchange(self, grad: np.ndarray, loss_sum: float, tokens: int, nbytes: int) -> tuple[float, int, int]:

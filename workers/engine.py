@@ -81,6 +81,14 @@ class GradientExchange(Protocol):
         self, grad: np.ndarray, loss_sum: float, tokens: int, nbytes: int
     ) -> tuple[float, int, int]: ...
 
+    def history(self) -> dict[str, int | None]:
+        """What a checkpoint keeps of the cluster (its ``state.json`` ``cluster``)."""
+        ...
+
+    def restore_history(self, saved: dict[str, Any]) -> None:
+        """The state came from a checkpoint that kept ``saved``; ValueError when it is malformed."""
+        ...
+
 
 class StepEngine(Protocol):
     def load_state(

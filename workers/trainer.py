@@ -279,6 +279,11 @@ class Trainer:
         def number(key: str) -> float:
             return math.nan if s.get(key) is None else float(s[key])
 
+        if self.exchange is not None:
+            try:
+                self.exchange.restore_history(s.get("cluster") or {})
+            except ValueError as exc:
+                raise TrainingError(f"{ckpt.path}: {exc}") from None
         losses = numbers("pending_losses")
         bpb = numbers("pending_bpb") or [math.nan] * len(losses)  # a checkpoint from before bpb
         return TrainState(
@@ -335,6 +340,8 @@ class Trainer:
         ema = self.engine.ema()
         if ema is not None:
             arrays["ema"] = ema
+        if self.exchange is not None:  # --cluster: the state's lineage (workers/cluster_member.py)
+            state["cluster"] = self.exchange.history()
         ckpt = Checkpoint(st.step, arrays, state, self.tokenizer.to_json())
         return save_checkpoint(self.checkpoint_dir, ckpt, keep=self.config.keep_checkpoints)
 

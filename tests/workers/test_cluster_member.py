@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,16 +18,25 @@ import pytest
 from _rendezvous_port import TRIES, free_port, taken_in
 from _wait import until
 
+from crystalline.workers.checkpoint import load_state
 from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailable
 from crystalline.workers.engine import LocalEngine, StepOutcome
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamWConfig
 from crystalline.workers.params import ModelConfig
+from crystalline.workers.train_config import TrainConfig
+from crystalline.workers.trainer import Trainer
 
 pytest.importorskip("torch")
 import torch
 
-from crystalline.workers.cluster_member import ClusterMember, StateMismatch, layout_disagreement, state_source
+from crystalline.workers.cluster_member import (
+    ClusterMember,
+    StateMismatch,
+    digest,
+    layout_disagreement,
+    state_source,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -285,9 +295,9 @@ class _Engine:
 @pytest.mark.parametrize(
     ("ema", "outer_every", "other", "named"),
     [
-        (True, 0, [5, 50, 0, 0, 0, 10, 3, 0], "state parts"),  # the other member has no EMA
-        (False, 4, [5, 50, 0, 0, 0, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
-        (False, 4, [5, 50, 0, 0, 0, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
+        (True, 0, [5, 50, 0, 0, 0, -1, 10, 3, 0], "state parts"),  # the other member has no EMA
+        (False, 4, [5, 50, 0, 0, 0, -1, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
+        (False, 4, [5, 50, 0, 0, 0, -1, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
     ],
 )
 def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
@@ -297,7 +307,7 @@ def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
     member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1", outer_every=outer_every)
     member.group, member.rank, member.world = _FakeGroup(other), 0, 2
     member.anchor = member.velocity = None
-    member.lineage = 0
+    member.lineage, member.alone_since = 0, None
     with pytest.raises(StateMismatch, match=re.escape(named)):
         member._take_state(_Engine(10, ema), State(step=3))  # type: ignore[arg-type]
 
@@ -322,12 +332,12 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member.membership = membership = _Membership()  # type: ignore[assignment]
     member.group, member.registration, member.given_up, member.anchor = None, 0, -1, None
     member.ended, member.forming = 0, 0  # no generation ended by a member leaving, none forming
-    member.lineage = 0
+    member.lineage, member.alone_since = 0, None
     formed: list[int] = []
 
     def form(g: int, rank: int, numbers: list[int]) -> bool:
         formed.append(g)
-        member.group = _FakeGroup([0, 0, 0, 0, 0, 10, 4, 0])  # the other member keeps an EMA
+        member.group = _FakeGroup([0, 0, 0, 0, 0, -1, 10, 4, 0])  # the other member keeps an EMA
         member.group_generation, member.rank, member.world = g, rank, len(numbers)
         return True
 
@@ -468,10 +478,22 @@ def test_a_leave_the_membership_thread_had_no_tick_for_is_told_before_registerin
 
 
 def test_state_source_prefers_the_oldest_lineage_then_the_newest_step() -> None:
-    assert state_source([(0, 3), (0, 9), (0, 9)]) == 1  # all afresh (a first start): newest step
-    assert state_source([(0, 90), (1000, 4)]) == 1  # a restarted member's checkpoint: the group's
-    assert state_source([(2000, 79), (1000, 36), (1000, 36)]) == 1  # stepped alone since a restart
-    assert state_source([(1000, 50), (1000, 36)]) == 0  # one lineage (a partition healed): newest
+    """Of each rank's (lineage, step, alone since: the step a lone start began at, -1 for none)."""
+    assert state_source([(0, 3, -1), (0, 9, -1), (0, 9, -1)]) == 1  # all afresh (a first start): newest step
+    assert state_source([(0, 90, -1), (1000, 4, -1)]) == 1  # a restarted member's checkpoint: the group's
+    assert state_source([(2000, 79, -1), (1000, 36, -1), (1000, 36, -1)]) == 1  # a lineage of its own
+    assert state_source([(1000, 50, -1), (1000, 36, -1)]) == 0  # one lineage (a partition healed): newest
+
+
+def test_a_lone_start_counts_from_the_checkpoint_it_started_alone_from() -> None:
+    """A member that started alone from its checkpoint (a restarted host after the first
+    generation's wait, the first of a whole cluster restarted) stays in its lineage, but what it
+    holds counts as of the step it started alone from: its old peers, who went on, win; among
+    members restarted one after another the newest checkpoint wins, its lone steps with it."""
+    assert state_source([(1000, 9, 4), (1000, 6, -1)]) == 1  # peers at 6 went on past its checkpoint 4
+    assert state_source([(1000, 9, 7), (1000, 6, -1)]) == 0  # its checkpoint (7) is the newest
+    assert state_source([(1000, 9, 6), (1000, 6, -1)]) == 0  # as new: and it stepped on from there
+    assert state_source([(1000, 6, -1), (1000, 12, 5), (1000, 8, 7)]) == 2  # two lone starts: 7
 
 
 def host_gone(host: ClusterMember) -> None:
@@ -701,3 +723,103 @@ def test_under_diloco_a_member_joining_mid_interval_takes_effect_at_the_next_out
     finally:
         for m in reversed(members):
             m.close()
+
+
+@pytest.mark.parametrize(("host_at", "other_at", "host_wins"), [(2, 3, False), (4, 3, True)])
+def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
+    host_at: int, other_at: int, host_wins: bool
+) -> None:
+    """Both restarted from checkpoints of one lineage (``restore_history``), more than a timeout
+    apart: the host starts alone after the first generation's wait (a lone start, from its
+    checkpoint's step) and steps 3 more; member 1 then comes from a checkpoint of its own. The
+    group takes the newest checkpoint's state: member 1's when it is newer than the one the host
+    started alone from (the host's lone steps replaced, ``cluster.replaced`` says so), else the
+    host's with its lone steps. The lineage stays the one the checkpoints carried."""
+    lineage = 1_700_000_000_000
+    model = GPT(CFG)
+    (host,) = hosted_members(lambda port: on_loopback(2, 1, 2, 3.0)(port)[:1])
+    other: ClusterMember | None = None
+    try:
+        engine = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(0, 2), exchange=host)
+        engine.load_state(init_params(model.table, 0), *[np.zeros_like(init_params(model.table, 0))] * 2)
+        host.restore_history({"lineage": lineage, "alone_since": None})
+        alone = State(step=host_at)
+        join(host, engine, alone)
+        assert host.world == 1 and host.status()["lineage"] == lineage
+        assert host.history() == {"lineage": lineage, "alone_since": host_at}  # what its checkpoint keeps
+        for _ in range(3):
+            trained(host, engine, alone)
+        other = ClusterMember(ClusterSettings("127.0.0.1", host.s.port, "127.0.0.2", 1, 2, 3.0))
+        theirs = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(1, 2), exchange=other)
+        params = init_params(model.table, 1)
+        theirs.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        other.restore_history({"lineage": lineage, "alone_since": None})
+        states = [alone, State(step=other_at)]
+        expected = (host_at + 3, host.digest) if host_wins else (other_at, digest(params, other_at))
+        pair, engines = [host, other], [engine, theirs]
+
+        def both() -> bool:
+            with host.membership.lock:
+                generation = host.membership.generation
+            return generation is not None and len(generation[1]) == 2
+
+        until(both, lambda: "no generation of both members within 60 s", 60)
+        after: list[tuple[int, str | None]] = [(0, None), (0, None)]
+
+        def reunited(i: int) -> None:
+            join(pair[i], engines[i], states[i])
+            after[i] = (states[i].step, pair[i].digest)
+
+        in_threads(pair, reunited, close=False)
+        assert after == [expected, expected]
+        agreed = {"lineage": lineage, "alone_since": None}  # a group of two agreed: no lone start now
+        assert [m.history() for m in pair] == [agreed, agreed]
+        # the host's lone steps gave way (member 1 behind the host is only brought up to date)
+        replaced = None if host_wins else {"step": host_at + 3, "by_step": other_at, "lineage": lineage}
+        assert (host.status()["replaced"], other.status()["replaced"]) == (replaced, None)
+    finally:
+        for m in [other, host]:
+            if m is not None:
+                m.close()
+
+
+def test_a_cluster_history_that_is_not_a_lineage_and_a_step_is_refused_in_one_line() -> None:
+    member = ClusterMember.__new__(ClusterMember)  # no rendezvous: only the restore
+    for saved in ({"lineage": "x"}, {"lineage": -1}, {"lineage": 5, "alone_since": 2.5}, {"alone_since": -3}):
+        with pytest.raises(ValueError, match="not a lineage and a step") as caught:
+            member.restore_history(saved)
+        assert "\n" not in str(caught.value)
+    member.restore_history({})  # a checkpoint written without --cluster
+    assert (member.lineage, member.alone_since, member.restored) == (0, None, True)
+
+
+def test_a_checkpoint_keeps_the_lineage_and_a_restart_resumes_it(tmp_path: Path, corpus_file: Path) -> None:
+    """A trainer with a cluster member writes its ``history()`` into the checkpoint's
+    state.json; restarted from it (a new process: a new member, a new store), the member holds
+    that lineage before any group, and once its first group is itself alone (the first
+    generation's wait passed) it is a lone start from the checkpoint's step, which its next
+    checkpoint keeps too."""
+    cfg = TrainConfig(embed_dim=16, num_layers=1, num_heads=2, seq_len=8, batch_size=2, workers=1)
+    first = hosted_members(on_loopback(1, 1, 1, 2.0))[0]
+    trainer = Trainer([corpus_file], tmp_path / "ck", cfg, exchange=first)
+    try:
+        join(first, trainer.engine, trainer.state)
+        trainer.train_step()
+        first.after_step(trainer.engine, trainer.state)
+        lineage = first.lineage  # begun by this first group (its own state, made at start)
+        assert lineage > 0 and first.history() == {"lineage": lineage, "alone_since": None}
+        saved = load_state(trainer.checkpoint())
+        assert saved["cluster"] == {"lineage": lineage, "alone_since": None} and saved["step"] == 1
+    finally:
+        trainer.close()
+        first.close()
+    again = hosted_members(on_loopback(1, 1, 1, 2.0))[0]
+    trainer = Trainer([corpus_file], tmp_path / "ck", cfg, resume=True, exchange=again)
+    try:
+        assert again.history() == {"lineage": lineage, "alone_since": None} and again.restored
+        join(again, trainer.engine, trainer.state)
+        assert again.history() == {"lineage": lineage, "alone_since": 1}
+        assert load_state(trainer.checkpoint())["cluster"] == {"lineage": lineage, "alone_since": 1}
+    finally:
+        trainer.close()
+        again.close()
