@@ -67,7 +67,8 @@ _DROP_ROLES = {
     "toolbar",
 }
 # Words in class/id that mark boilerplate. Matched as whole words of the split attribute, so
-# "post-content" does not match "post" rules and "shadow" does not match "ad".
+# "post-content" does not match "post" rules and "shadow" does not match "ad". Not "caption":
+# a news photo's caption is read with the story.
 _BOILER_WORDS = {
     "nav",
     "navbar",
@@ -114,7 +115,6 @@ _BOILER_WORDS = {
     "author",
     "meta",
     "dateline",
-    "caption",
     "toc",
     "outbrain",
     "taboola",
@@ -186,6 +186,7 @@ _HEADINGS = frozenset(("h1", "h2", "h3", "h4", "h5", "h6"))
 _BLOCK_TAGS = _HEADINGS | {
     "p", "div", "li", "ul", "ol", "dl", "dt", "dd", "pre", "blockquote", "tr", "table",
     "section", "article", "main", "header", "body", "hr", "address", "details", "summary", "center",
+    "figcaption",
 }  # fmt: skip
 _CELL_TAGS = ("td", "th")
 # A table cell with at most this many characters (and no table inside) holds data: see _small_cell.

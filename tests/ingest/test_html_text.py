@@ -41,6 +41,12 @@ def _ours(body: str) -> str:
     return extract_html(f"<html><body><nav><ul>{NAV}</ul></nav>{body}</body></html>", "never").text
 
 
+def _story_lines(inner: str) -> list[str]:
+    """Our extractor's paragraphs of a page with a navigation bar and an <article> holding the
+    headline "The delta grows" and ``inner``."""
+    return _ours(f"<article><h1>The delta grows</h1>{inner}</article>").split("\n\n")
+
+
 def test_paragraph_in_a_deeper_wrapper_beside_the_best_container_is_kept() -> None:
     # The last paragraph sits four wrappers deep beside the container that scores best, too far
     # for readability's sibling rule; the container widens to the ancestor holding more prose.
@@ -538,3 +544,13 @@ def test_page_furniture_between_paragraphs_is_not_kept() -> None:
     html = f"<html><body><nav><ul>{NAV}</ul></nav><div class='story-body'>{_paras(flow)}</div></body></html>"
     paras = extract_html(html, "never").text.split("\n\n")
     assert paras == [BODY[0], BODY[1], points[0], BODY[2], "Back on the schooner", BODY[3]]
+
+
+def test_photo_caption_between_paragraphs_is_kept() -> None:
+    # A news story's photo captions sit in the body, in an element whose class says caption
+    # (<span class="pb-caption">, <figcaption class="caption">): the reader reads them with the
+    # story ("caption" was a boilerplate word; the dev set's captions are article text).
+    caption = "Workers repair the levee near the mill on Thursday, three days after the breach."
+    photo = f"<div class='inline-photo'><img src='/levee.jpg'><span class='pb-caption'>{caption}</span></div>"
+    lines = _story_lines(_paras(SECTIONS[0]) + photo + _paras(SECTIONS[1]))
+    assert lines == ["The delta grows", *SECTIONS[0], caption, *SECTIONS[1]]
