@@ -6,7 +6,10 @@ bench/extract_quality.py) and the held-out sets of bench/extract_heldout.py (nev
 newspaper4k, domdown, and the two combined). Scoring is the dev set's score.py (word 4-gram
 precision and recall per page, means over pages, F1 of the means). pages/s are of CPU time in
 this process (``time.process_time``) over each set's page bytes, decoding included; each
-configuration is computed from scratch (an ensemble pays for both engines).
+configuration is computed from scratch (an ensemble pays for both engines). A second table gives,
+per set, each configuration's F1 less crystalline's as a 95% interval of a paired bootstrap over
+the pages (BOOTSTRAP_ROUNDS resamples, seeded): an interval that spans 0 is no difference these
+pages can show.
 
 The configurations were written here before the held-out figures were run, and the script was
 run once on them (issue 11: no iteration on the held-out sets):
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import sys
 import time
@@ -57,7 +61,9 @@ SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026][\"'\u201d\u2019)\]]*$"
 NOT_PROSE = ("- ", "* ", "|", "#")  # trafilatura's list items, table rows and headings
 WORD = re.compile(r"\w+", re.UNICODE)
 
+BOOTSTRAP_ROUNDS = 2000
 Engine = Callable[[bytes], str]
+PagePR = list[tuple[float, float]]
 
 
 def ours(mode: SecondOpinion) -> Engine:
@@ -155,6 +161,23 @@ def dev_sets(dev_set: Path) -> tuple[list[heldout.Page], dict[str, dict[str, str
     return pages, truths
 
 
+def _f1(prs: PagePR) -> float:
+    p, r = (sum(x[i] for x in prs) / len(prs) for i in (0, 1))
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def paired_interval(base: PagePR, other: PagePR, rounds: int = BOOTSTRAP_ROUNDS) -> tuple[float, float]:
+    """95% interval of F1(other) - F1(base), score.py's F1 of means, over pages drawn with
+    replacement (the same pages for both: a paired bootstrap, seeded)."""
+    rng, n = random.Random(0), len(base)
+    diffs = []
+    for _ in range(rounds):
+        picks = [rng.randrange(n) for _ in range(n)]
+        diffs.append(_f1([other[i] for i in picks]) - _f1([base[i] for i in picks]))
+    diffs.sort()
+    return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
+
+
 def measure(dev_set: Path, cache: Path) -> dict[str, Any]:
     """All configurations on all sets: score.py's figures and CPU pages/s per set and
     configuration, and how many pages `crystalline extract` gave the same text as crystalline."""
@@ -183,6 +206,7 @@ def measure(dev_set: Path, cache: Path) -> dict[str, Any]:
     for row, truth in truths.items():
         parts = list(heldout.SETS) if row == "held-out" else ["dev" if row.startswith("dev") else row]
         rows[row] = {"pages": len(truth)}
+        page_prs: dict[str, PagePR] = {}
         for label in CONFIGS:
             pred = {
                 (f"{s}/{n}" if row == "held-out" else n): text
@@ -191,6 +215,9 @@ def measure(dev_set: Path, cache: Path) -> dict[str, Any]:
             }
             cpu = sum(runs[s][1][label] for s in parts)
             rows[row][label] = {**scorer.score(truth, pred), "pages_per_s": len(truth) / max(cpu, 1e-9)}
+            page_prs[label] = [scorer.page_pr(truth[k], pred.get(k) or "") for k in truth]
+        for label in CONFIGS:
+            rows[row][label]["vs_crystalline"] = paired_interval(page_prs["crystalline"], page_prs[label])
     return {"sets": rows, "same_as_extract": same}
 
 
@@ -203,6 +230,14 @@ def print_tables(result: dict[str, Any]) -> None:
         cells = "".join(
             f"{m['f1']:9.3f} ({m['precision']:.3f} {m['recall']:.3f}){m['pages_per_s']:6.1f}"
             for m in (r[label] for r in rows.values())
+        )
+        print(f"{label:14s}{cells}")
+    print("\nF1 less crystalline's: 95% paired bootstrap interval over pages")
+    print(f"{'configuration':14s}" + "".join(f"{row:>29s}" for row in rows))
+    for label in list(CONFIGS)[1:]:
+        cells = "".join(
+            f"{r[label]['vs_crystalline'][0]:+19.3f} to {r[label]['vs_crystalline'][1]:+.3f}"
+            for r in rows.values()
         )
         print(f"{label:14s}{cells}")
     for name, check in result["same_as_extract"].items():

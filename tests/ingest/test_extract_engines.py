@@ -50,3 +50,13 @@ def test_trafilatura_first_falls_back_to_ours_on_a_short_text() -> None:
     long_page = f"<html><body><article>{paras}</article></body></html>".encode()
     assert bench.traf_then_ours(long_page) == bench.TRAF_DEFAULT(long_page)
     assert len(bench.traf_then_ours(long_page)) >= bench.MIN_CHARS
+
+
+def test_paired_interval_spans_zero_only_without_a_difference() -> None:
+    bench = _bench()
+    base = [(0.8, 0.7), (0.9, 0.95), (0.6, 0.5), (1.0, 0.9)]
+    assert bench.paired_interval(base, base, rounds=200) == (0.0, 0.0)
+    better = [(p, min(r + 0.05, 1.0)) for p, r in base]  # more recall on every page
+    low, high = bench.paired_interval(base, better, rounds=200)
+    assert 0 < low <= high
+    assert bench.paired_interval(better, base, rounds=200) == (-high, -low)
