@@ -274,9 +274,10 @@ def test_second_opinion_sees_the_article_in_a_hidden_page_wrapper() -> None:
         assert promo not in theirs and "cookies" not in theirs
 
 
-def test_second_opinion_keeps_a_table_inside_a_figure() -> None:
-    # Both extractors drop a <figure>, but trafilatura keeps one that holds a table: its input
-    # keeps figures, and its text is the one it gives for the page as a string.
+def test_both_extractors_keep_a_table_inside_a_figure() -> None:
+    # A <figure> is read with the story (its caption, a table in it); trafilatura keeps one that
+    # holds a table: its input keeps figures, and its text is the one it gives for the page as a
+    # string.
     rows = "".join(
         f"<tr><td>Gauge {i}</td><td>{1990 + i}: flood level measured at the mill</td></tr>" for i in range(6)
     )
@@ -286,6 +287,7 @@ def test_second_opinion_keeps_a_table_inside_a_figure() -> None:
     )
     theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
     assert "Gauge 3" in theirs
+    assert "Gauge 3" in extract_html(html, "never").text
     assert "Gauge 3" in extract_html(html, "always").text
 
 
@@ -553,4 +555,13 @@ def test_photo_caption_between_paragraphs_is_kept() -> None:
     caption = "Workers repair the levee near the mill on Thursday, three days after the breach."
     photo = f"<div class='inline-photo'><img src='/levee.jpg'><span class='pb-caption'>{caption}</span></div>"
     lines = _story_lines(_paras(SECTIONS[0]) + photo + _paras(SECTIONS[1]))
+    assert lines == ["The delta grows", *SECTIONS[0], caption, *SECTIONS[1]]
+
+
+def test_caption_inside_a_figure_is_kept() -> None:
+    # A news photo in a <figure> with its <figcaption> between two paragraphs of the story: the
+    # caption is read with the story (a <figure> was dropped whole).
+    caption = "The breach near the mill, seen from the harbour crane on Thursday morning."
+    figure = f"<figure><img src='/breach.jpg'><figcaption>{caption}</figcaption></figure>"
+    lines = _story_lines(_paras(SECTIONS[0]) + figure + _paras(SECTIONS[1]))
     assert lines == ["The delta grows", *SECTIONS[0], caption, *SECTIONS[1]]
