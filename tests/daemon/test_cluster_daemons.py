@@ -291,6 +291,9 @@ def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(m
     for i in (1, 2):  # and their digests of the steps before stand
         now = digests(machines.status(i))
         assert all(now[k] == d for k, d in kept[i].items() if k in now), (kept[i], now)
+    # one lineage on the three, the survivors' (kept in the host's checkpoint, and sent with the state)
+    lineages = {machines.status(i)["cluster"]["lineage"] for i in range(3)}
+    assert lineages == {survivors[1]["cluster"]["lineage"]} and 0 not in lineages, lineages
     print(
         f"survivors at steps {[s['training']['step'] for s in survivors.values()]} when the host came "
         f"back; it was sent step {sent[0][0][0]} (it was at step {sent[0][0][1]}, its checkpoint "
