@@ -187,6 +187,10 @@ _BLOCK_TAGS = _HEADINGS | {
     "section", "article", "main", "header", "body", "hr", "address", "details", "summary", "center",
     "figure", "figcaption",
 }  # fmt: skip
+# Elements inside a line of text (see _in_sentence).
+_INLINE_TAGS = frozenset(
+    ("a", "span", "em", "i", "b", "strong", "abbr", "cite", "time", "mark", "small", "u", "q")
+)
 _CELL_TAGS = ("td", "th")
 # A table cell with at most this many characters (and no table inside) holds data: see _small_cell.
 _CELL_CHARS = 200
@@ -347,6 +351,18 @@ def _text_of(el: etree._Element) -> str:
     return "".join(el.itertext())
 
 
+def _in_sentence(el: etree._Element) -> bool:
+    """An inline element with words of its paragraph right before and right after it: a name or
+    a topic link inside a sentence ("neighboring <a class="meta-loc">South Sudan</a>, cease"),
+    which its class words must not cut out of the sentence."""
+    parent = el.getparent()
+    if el.tag not in _INLINE_TAGS or parent is None or parent.tag != "p":
+        return False
+    previous = el.getprevious()
+    before = parent.text if previous is None else previous.tail
+    return bool(_WORD.search(before or "")) and bool(_WORD.search(el.tail or ""))
+
+
 def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:
     """The elements under ``root`` (itself included) to drop, in document order. One loop over
     every node of the page (a large page has 10k+): the checks are inline and attribute-free
@@ -362,7 +378,11 @@ def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:
             if not strict:  # the retry keeps what class words condemn, never what is not shown
                 if hidden:
                     doomed.append(el)
-            elif tag not in _SHIELDS and (hidden or _has_boiler_words(el)) and _no_article(el):
+            elif (
+                tag not in _SHIELDS
+                and (hidden or (_has_boiler_words(el) and not _in_sentence(el)))
+                and _no_article(el)
+            ):
                 doomed.append(el)
     return doomed
 

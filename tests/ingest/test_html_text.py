@@ -565,3 +565,22 @@ def test_caption_inside_a_figure_is_kept() -> None:
     figure = f"<figure><img src='/breach.jpg'><figcaption>{caption}</figcaption></figure>"
     lines = _story_lines(_paras(SECTIONS[0]) + figure + _paras(SECTIONS[1]))
     assert lines == ["The delta grows", *SECTIONS[0], caption, *SECTIONS[1]]
+
+
+def test_link_inside_a_sentence_is_not_cut_out_for_its_class_words() -> None:
+    # News sites mark topic links and names in a story's sentences with classes such as
+    # "meta-loc" or "author": "meta" and "author" say boilerplate, but removing the link cuts
+    # the words out of the sentence. A byline in a paragraph of its own still goes.
+    sentence = (
+        "The government agreed to stop supporting rebels in neighboring "
+        "<a href='/topic/south-sudan' class='meta-loc'>South Sudan</a>, cease the bombing of "
+        "insurgent territory and let aid reach the villages along the river."
+    )
+    byline = "<p><span class='byline'>By Jeffrey Gettleman</span></p>"
+    lines = _story_lines(byline + _paras([*SECTIONS[0], sentence, *SECTIONS[1]]))
+    assert lines == [
+        "The delta grows",
+        *SECTIONS[0],
+        sentence.replace("<a href='/topic/south-sudan' class='meta-loc'>South Sudan</a>", "South Sudan"),
+        *SECTIONS[1],
+    ]
