@@ -380,6 +380,13 @@ def layout_disagreement(layouts: list[list[int]]) -> str | None:
     )
 
 
+def _replaced_why(own: int, lineage: int, alone_since: int | None) -> str:
+    """What the received state replaced, for the log line: a history of this member's own."""
+    if own and own != lineage:
+        return ", of a lineage of its own: replaced"
+    return f", started alone from step {alone_since}: replaced" if alone_since is not None else ""
+
+
 def state_source(held: list[tuple[int, int, int]]) -> int:
     """The rank whose state a new group takes, of each rank's (lineage, step, alone since): the
     oldest lineage, then the newest step, then the lowest rank. A lineage is the state's history
@@ -637,7 +644,7 @@ class ClusterMember:
             log.info(
                 "state of step %d received from rank %d (this member was at step %d%s)",
                 st.step, source, before,
-                ", of a lineage of its own: replaced" if own and forked else "",
+                _replaced_why(own, self.lineage, self.alone_since),
             )  # fmt: skip
         if self.world > 1:  # a group agreed on it: no longer a lone start's
             self.alone_since = None

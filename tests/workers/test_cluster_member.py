@@ -727,7 +727,7 @@ def test_under_diloco_a_member_joining_mid_interval_takes_effect_at_the_next_out
 
 @pytest.mark.parametrize(("host_at", "other_at", "host_wins"), [(2, 3, False), (4, 3, True)])
 def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
-    host_at: int, other_at: int, host_wins: bool
+    host_at: int, other_at: int, host_wins: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Both restarted from checkpoints of one lineage (``restore_history``), more than a timeout
     apart: the host starts alone after the first generation's wait (a lone start, from its
@@ -735,6 +735,7 @@ def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
     group takes the newest checkpoint's state: member 1's when it is newer than the one the host
     started alone from (the host's lone steps replaced, ``cluster.replaced`` says so), else the
     host's with its lone steps. The lineage stays the one the checkpoints carried."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
     lineage = 1_700_000_000_000
     model = GPT(CFG)
     (host,) = hosted_members(lambda port: on_loopback(2, 1, 2, 3.0)(port)[:1])
@@ -777,6 +778,8 @@ def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
         # the host's lone steps gave way (member 1 behind the host is only brought up to date)
         replaced = None if host_wins else {"step": host_at + 3, "by_step": other_at, "lineage": lineage}
         assert (host.status()["replaced"], other.status()["replaced"]) == (replaced, None)
+        said = f"(this member was at step {host_at + 3}, started alone from step {host_at}: replaced)"
+        assert (said in caplog.text) is not host_wins, caplog.text[-2000:]
     finally:
         for m in [other, host]:
             if m is not None:
