@@ -192,6 +192,8 @@ _INLINE_TAGS = frozenset(
     ("a", "span", "em", "i", "b", "strong", "abbr", "cite", "time", "mark", "small", "u", "q")
 )
 _CELL_TAGS = ("td", "th")
+# Characters outside links of a linked list item kept in a list of the article's (_continued).
+_ITEM_PROSE_CHARS = 20
 # A table cell with at most this many characters (and no table inside) holds data: see _small_cell.
 _CELL_CHARS = 200
 _PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
@@ -641,7 +643,9 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     (a story's dialogue, "Seriously?" in a blog post, a subheading in a <p>): the article's
     flow, which the length rule alone cuts into pieces. A chart's labels in <p>s of their own
     wrapper are not, nor a news template's "Advertisement", "Continue reading the main story"
-    or "Image: Reuters" (no sentence) between the story's paragraphs."""
+    or "Image: Reuters" (no sentence) between the story's paragraphs. Also the items of a list
+    of the article's own (one item kept without links) that link a part of a sentence ("Thanks
+    to evilpie, users can now <a>import logins from KeePass</a>"), not a list of links."""
     keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
     short = [not k and b.tag == "p" and b.link_chars == 0 for b, k in zip(blocks, keep, strict=True)]
     i = 0
@@ -657,7 +661,18 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
             run_texts = zip(blocks[i:j], texts[i:j], strict=True)
             keep[i:j] = [_SENTENCE_LIKE.search(t) is not None or _bold(b.opener) for b, t in run_texts]
         i = j
+    # A list of the article's own (one of its items kept without links) keeps its items that
+    # link a part of a sentence: 20 characters or more outside their links.
+    own_lists = {_list_of(b) for b, k in zip(blocks, keep, strict=True) if k and not b.link_chars} - {None}
+    for n, (b, t) in enumerate(zip(blocks, texts, strict=True)):
+        if not keep[n] and _list_of(b) in own_lists:
+            keep[n] = _weight(t) - b.link_chars >= _ITEM_PROSE_CHARS
     return keep
+
+
+def _list_of(block: _Block) -> etree._Element | None:
+    """The list that ``block`` is an item of (the parent of the <li> that opened it), or None."""
+    return block.opener.getparent() if block.tag == "li" and block.opener is not None else None
 
 
 def _siblings(blocks: list[_Block]) -> bool:

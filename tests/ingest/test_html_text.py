@@ -584,3 +584,23 @@ def test_link_inside_a_sentence_is_not_cut_out_for_its_class_words() -> None:
         sentence.replace("<a href='/topic/south-sudan' class='meta-loc'>South Sudan</a>", "South Sudan"),
         *SECTIONS[1],
     ]
+
+
+def test_linked_items_of_the_articles_own_list_are_kept() -> None:
+    # A blog post's list of updates: one item has no link, the next links most of its sentence
+    # (link text over half the item). That list is the article's, so the linked item stays; a
+    # list of other stories (links with a few words) in no such list still goes.
+    plain = "The harbour reopened on Monday, a week after the dredging of the eastern channel."
+    linked = (
+        "Thanks to the engineers, barges can now <a href='/bug/1650645'>pass the rebuilt locks of "
+        "the upper canal again</a>"
+    )
+    updates = f"<ul><li>{plain}</li><li>{linked}</li></ul>"
+    others = (
+        "<ul>"
+        + "".join(f"<li><a href='/s/{i}'>The harbour budget, part {i}</a>, by staff</li>" for i in range(3))
+        + "</ul>"
+    )
+    lines = _story_lines(_paras(SECTIONS[0]) + updates + _paras(SECTIONS[1]) + others)
+    text = linked.replace("<a href='/bug/1650645'>", "").replace("</a>", "")
+    assert lines == ["The delta grows", *SECTIONS[0], plain, text, *SECTIONS[1]]
