@@ -634,7 +634,8 @@ def _keep(block: _Block, text: str) -> bool:
         return n <= 300
     if n >= 80 or (n >= 25 and _SENTENCE_END.search(text)):
         return True
-    return block.tag in ("li", "tr", "td", "dd", "pre") and n >= 15 and block.link_chars == 0
+    # an item, a row, code or a caption ("Memory leak in action") is no fragment of a sentence
+    return block.tag in ("li", "tr", "td", "dd", "pre", "figcaption") and n >= 15 and block.link_chars == 0
 
 
 def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
