@@ -634,8 +634,10 @@ def _keep(block: _Block, text: str) -> bool:
         return n <= 300
     if n >= 80 or (n >= 25 and _SENTENCE_END.search(text)):
         return True
-    # an item, a row, code or a caption ("Memory leak in action") is no fragment of a sentence
-    return block.tag in ("li", "tr", "td", "dd", "pre", "figcaption") and n >= 15 and block.link_chars == 0
+    # an item, a row, code or a caption ("Memory leak in action" in a <figcaption> or an element
+    # whose class says caption) is no fragment of a sentence
+    captioned = block.tag == "figcaption" or (block.opener is not None and "caption" in _words(block.opener))
+    return (block.tag in ("li", "tr", "td", "dd", "pre") or captioned) and n >= 15 and block.link_chars == 0
 
 
 def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
