@@ -8,7 +8,10 @@ connection can roll back.
 Python's :mod:`sqlite3` has no ``file_control`` (3.11-3.13), so it is called through ctypes on
 the SQLite library the module itself uses, with the connection's ``sqlite3 *`` read from the
 CPython object (the first field after the object header: ``Modules/_sqlite/connection.h``,
-3.11 to 3.14); the handle is checked against the database's file name before it is used."""
+3.11 to 3.14). The version gate (``LAYOUT_KNOWN``) is the only guard of that read: the check of
+the handle against the database's file name is a sanity check, since a wrong layout would crash
+the process in ``sqlite3_db_filename`` rather than fail closed. Any failure here is a
+RuntimeError: the registry then opens without keeping its side files (see ``Registry.close``)."""
 
 from __future__ import annotations
 
@@ -26,13 +29,33 @@ LAYOUT_KNOWN = ((3, 11), (3, 14))  # CPython versions whose sqlite3.Connection s
 
 def _library() -> ctypes.CDLL:
     """The SQLite library :mod:`sqlite3` is linked to (dlsym on the extension module searches its
-    dependencies): the same library, so one SQLite owns the process's POSIX locks."""
-    library = ctypes.CDLL(_sqlite3.__file__)
-    library.sqlite3_db_filename.restype = ctypes.c_char_p
-    library.sqlite3_db_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    library.sqlite3_file_control.restype = ctypes.c_int
-    library.sqlite3_file_control.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
-    return library
+    dependencies; the interpreter's own symbols where ``_sqlite3`` is built in or hides them), so
+    one SQLite owns the process's POSIX locks: checked by its version (that of the module's)."""
+    major, minor, patch = sqlite3.sqlite_version_info
+    expected = major * 1_000_000 + minor * 1_000 + patch
+    found: list[str] = []
+    for name in dict.fromkeys((getattr(_sqlite3, "__file__", None), None)):
+        try:
+            library = ctypes.CDLL(name)
+            library.sqlite3_db_filename.restype = ctypes.c_char_p
+            library.sqlite3_db_filename.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+            library.sqlite3_file_control.restype = ctypes.c_int
+            library.sqlite3_file_control.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_char_p,
+                ctypes.c_int,
+                ctypes.c_void_p,
+            ]
+            version = int(library.sqlite3_libversion_number())
+        except (OSError, AttributeError) as exc:  # no such file, or no sqlite3_* symbols in it
+            found.append(str(exc))
+            continue
+        if version == expected:
+            return library
+        found.append(f"{name or 'the interpreter'}: SQLite {version}, not the module's {expected}")
+    raise RuntimeError(
+        f"cannot keep the registry's WAL files: this Python's SQLite is not reachable ({'; '.join(found)})"
+    )
 
 
 def _handle(connection: sqlite3.Connection, path: Path, library: ctypes.CDLL) -> int:

@@ -22,10 +22,13 @@ stored with ``\\xff`` escapes instead of failing the whole batch. The schema car
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
+import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -138,13 +141,45 @@ class RegistryAwaitsWriter(LookupError):
     WAL side files to create); readable again once the ingest has opened it."""
 
 
+# The registries this process has open (readers and writers), by real path: a reader reads the
+# database file's header itself only while this process holds no connection to it (_check_readable)
+_OPEN: collections.Counter[str] = collections.Counter()
+_OPEN_LOCK = threading.Lock()
+
+
+def _hold(path: Path) -> str:
+    """Count a connection of this process to ``path`` before it opens; its key for _release."""
+    key = os.path.realpath(path)
+    with _OPEN_LOCK:
+        _OPEN[key] += 1
+    return key
+
+
+def _release(key: str) -> None:
+    with _OPEN_LOCK:
+        _OPEN[key] -= 1
+        if _OPEN[key] <= 0:
+            del _OPEN[key]
+
+
 def _check_readable(path: Path) -> None:
     """A reader's check before it opens ``path``: a WAL database without its ``-shm`` file
-    (last closed by a writer that removed its side files) would make the reader create them."""
-    with path.open("rb") as file:
-        header = file.read(20)
-    wal = len(header) == 20 and header[18] == 2  # the file format's read version: 2 is WAL
-    if wal and not Path(f"{path}-shm").exists():
+    (last closed by a writer that removed its side files) would make the reader create them.
+    The header is read only while this process holds no connection to the file: closing any
+    descriptor of a file drops every POSIX lock the process has on it, SQLite's included
+    ("How To Corrupt An SQLite Database", 2.2), and the next connection of another process to
+    close would then remove the side files under the live writer and lose its commits. Nothing
+    needs reading with ``-shm`` there, nor with no ``-shm`` beside a connection of this process
+    (an open WAL connection keeps ``-shm``: that database is not in WAL)."""
+    if Path(f"{path}-shm").exists():
+        return
+    with _OPEN_LOCK:  # no connection of this process opens on the file while it is read
+        if _OPEN[os.path.realpath(path)]:
+            return
+        with path.open("rb") as file:
+            header = file.read(20)
+    wal = len(header) == 20 and header[18] == 2  # the file format's write version: 2 is WAL
+    if wal:
         raise RegistryAwaitsWriter(
             f"registry {path} is in WAL mode without its -wal/-shm files: readable once the ingest opens it"
         )
@@ -223,48 +258,66 @@ class Registry:
         remove, and would create when they are missing (or fail, "attempt to write a readonly
         database", in a directory it cannot write). A writer keeps them, even once the last one
         closes (:func:`keep_wal_files`; a killed writer leaves them too); the registry stays in
-        WAL for good. A state only a writer resolves (a WAL registry without its side files, a
-        hot rollback journal a killed writer left) is :class:`RegistryAwaitsWriter`."""
+        WAL for good, unless they cannot be kept (see :meth:`close`). A state only a writer
+        resolves (a WAL registry without its side files, a hot rollback journal a killed writer
+        left) is :class:`RegistryAwaitsWriter`."""
         self.path = Path(path)
         self.read_only = read_only
         if read_only:
             if not self.path.exists():
                 raise RegistryNotCreated(f"registry {self.path} does not exist yet")
             _check_readable(self.path)
-            uri = f"{self.path.absolute().as_uri()}?mode=ro"
-            self._sqlite = sqlite3.connect(
-                uri, uri=True, timeout=READER_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            self.db: Sql = self._sqlite
-            try:
-                version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
-                check_version(version, SCHEMA_VERSION, str(self.path))
-            except sqlite3.OperationalError as exc:
-                self._sqlite.close()
-                if getattr(exc, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
-                    raise
-                raise RegistryAwaitsWriter(
-                    f"registry {self.path} holds a write interrupted by a crash (a hot -journal), "
-                    "which only a writer rolls back: readable once the ingest opens it"
-                ) from exc
-            except BaseException:
-                self._sqlite.close()
+        self._leave_wal = False  # on close: the side files could not be kept (see close)
+        self._held = _hold(self.path)
+        try:
+            self._sqlite = self._open_reader() if read_only else self._open_writer(timeout_s)
+        except BaseException:
+            _release(self._held)
+            raise
+        self.db: Sql = self._sqlite
+
+    def _open_reader(self) -> sqlite3.Connection:
+        uri = f"{self.path.absolute().as_uri()}?mode=ro"
+        connection = sqlite3.connect(
+            uri, uri=True, timeout=READER_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            check_version(version, SCHEMA_VERSION, str(self.path))
+        except sqlite3.OperationalError as exc:
+            connection.close()
+            if getattr(exc, "sqlite_errorcode", None) != SQLITE_READONLY_ROLLBACK:
                 raise
-            return
+            raise RegistryAwaitsWriter(
+                f"registry {self.path} holds a write interrupted by a crash (a hot -journal), "
+                "which only a writer rolls back: readable once the ingest opens it"
+            ) from exc
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _open_writer(self, timeout_s: float) -> sqlite3.Connection:
         # The ingestor calls in from worker threads (asyncio.to_thread) and status requests from
         # the loop: one connection shared under the lock of the caller (see Ingestor).
-        self._sqlite = sqlite3.connect(
+        connection = sqlite3.connect(
             self.path, timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
-        self.db = self._sqlite
-        self._sqlite.execute("PRAGMA journal_mode=WAL")
-        self._sqlite.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
-        try:  # for readers, even after the last writer closes
-            keep_wal_files(self._sqlite, self.path)
-        except RuntimeError as exc:  # another Python: readers then need a writer or a writable folder
-            log.warning("%s; a read-only reader may need the writer running once it has closed", exc)
-        self._sqlite.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
-        self._migrate()
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+            try:  # for readers, even after the last writer closes
+                keep_wal_files(connection, self.path)
+            except RuntimeError as exc:  # another Python: a rollback journal once stopped (see close)
+                log.warning("%s; the registry leaves WAL when its writer closes", exc)
+                self._leave_wal = True
+            connection.execute("PRAGMA synchronous=FULL")  # a commit is durable before a file moves
+            self._sqlite = self.db = connection
+            self._migrate()
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def _transaction(self) -> contextlib.AbstractContextManager[None]:
         return self._immediate()
@@ -326,7 +379,18 @@ class Registry:
         return {"kind": "sqlite", "path": str(self.path)}
 
     def close(self) -> None:
+        """A writer that could not keep its side files leaves WAL (a rollback journal), so that
+        readers read after a clean stop; a writer killed while it leaves leaves a hot -journal,
+        which readers refuse in one line until the ingest runs again."""
+        if self._leave_wal:
+            self._leave_wal = False
+            with contextlib.suppress(sqlite3.OperationalError):  # another connection open: WAL stays
+                self._sqlite.execute("PRAGMA busy_timeout=0")
+                self._sqlite.execute("PRAGMA journal_mode=DELETE")
         self._sqlite.close()
+        if self._held:
+            _release(self._held)
+            self._held = ""
 
     def state_of(self, entry: str) -> str | None:
         """The recorded state of a submission, or None if it has not been recorded."""

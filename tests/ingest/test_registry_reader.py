@@ -4,6 +4,7 @@ for the ingest's write lock, and refuses a schema newer than this program's."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -290,15 +292,42 @@ def test_a_postgresql_reader_never_creates_migrates_nor_writes_the_registry(pg_u
         PgRegistry(pg_url, read_only=True)
 
 
-def test_a_writer_on_a_python_whose_sqlite_layout_is_unknown_still_opens(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Keeping the WAL files reads CPython's sqlite3.Connection layout; on a Python outside the
-    known versions the registry still opens and ingests, with one warning: only a read-only
-    reader without a writer is worse off (it is refused in one line, as above)."""
+def _unknown_layout(monkeypatch: pytest.MonkeyPatch) -> None:
     from crystalline.ingest import persistent_wal
 
     monkeypatch.setattr(persistent_wal, "LAYOUT_KNOWN", ((2, 0), (2, 7)))
+
+
+def _sqlite_built_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    import _sqlite3
+
+    monkeypatch.delattr(_sqlite3, "__file__")  # compiled into the interpreter (no sqlite3_* exported here)
+
+
+def _sqlite_symbols_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    import _ctypes
+    import _sqlite3
+
+    # linked statically, its sqlite3_* not exported: as an extension module without them
+    monkeypatch.setattr(_sqlite3, "__file__", _ctypes.__file__)
+
+
+def _another_sqlite(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 0, 1))  # the module's SQLite is not the one found
+
+
+@pytest.mark.parametrize(
+    "python", [_unknown_layout, _sqlite_built_in, _sqlite_symbols_hidden, _another_sqlite]
+)
+def test_a_writer_that_cannot_keep_the_wal_files_still_opens_and_leaves_a_registry_readers_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, python: Any
+) -> None:
+    """Keeping the WAL files reads CPython's sqlite3.Connection layout through the SQLite library
+    the module uses; on a Python where either is not known (another version, SQLite built into
+    the interpreter or with its symbols hidden, another SQLite than the module's) the registry
+    still opens and ingests, with one warning, and leaves WAL when it closes: readers read it
+    after a clean stop."""
+    python(monkeypatch)
     path = tmp_path / "registry.sqlite3"
     writer = Registry(path)
     try:
@@ -308,8 +337,68 @@ def test_a_writer_on_a_python_whose_sqlite_layout_is_unknown_still_opens(
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "cannot keep the registry's WAL files" in warnings[0], warnings
     assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]  # the last close removed them
+    reader = Registry(path, read_only=True)
+    try:
+        assert _sources(reader) == ["https://h/1", "https://h/0"]
+    finally:
+        reader.close()
+    assert sorted(os.listdir(tmp_path)) == ["registry.sqlite3"]
     reopened = Registry(path)
     try:
         assert _sources(reopened) == ["https://h/1", "https://h/0"]
+    finally:
+        reopened.close()
+
+
+_SUPERVISOR = """
+import json, os, subprocess, sys
+from pathlib import Path
+from crystalline.ingest.registry import Record, Registry
+path = Path(sys.argv[1])
+def documents(a, b):
+    return [Record(f"spool:{i}", f"id{i}", f"https://h/{i}", "crawl", "done") for i in range(a, b)]
+def locks():
+    inode = os.stat(path).st_ino
+    with open("/proc/locks", encoding="ascii") as file:
+        return [line.split()[1:4] for line in file
+                if line.split()[4] == str(os.getpid()) and line.split()[5].endswith(f":{inode}")]
+ingest = Registry(path)
+ingest.record(documents(0, 10))
+held = locks()
+for _ in range(5):  # the dashboard's reader, reopened after failed reads
+    Registry(path, read_only=True).close()
+other = "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT 1').fetchone(); c.close()"
+subprocess.run([sys.executable, "-c", other, str(path)], check=True, timeout=60)
+ingest.record(documents(10, 20))  # committed (synchronous=FULL)
+print(json.dumps({"held": held, "after": locks(), "files": sorted(os.listdir(path.parent))}), flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_reader_beside_the_writer_in_one_process_keeps_its_locks_and_no_committed_row_is_lost(
+    tmp_path: Path,
+) -> None:
+    """The supervisor holds the ingest's writer and the dashboard's reader: the reader must not
+    open the database file itself (closing any descriptor of a file drops every POSIX lock the
+    process holds on it, SQLite's included), or the next other connection to close thinks it is
+    the last one, checkpoints and removes the side files under the live writer, whose commits
+    then go to an unlinked -wal and are lost when the process is killed."""
+    path = tmp_path / "registry.sqlite3"
+    run = subprocess.run(
+        [sys.executable, "-c", _SUPERVISOR, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == -9, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["held"], "the writer holds a POSIX lock on the database file"
+    assert seen["after"] == seen["held"]
+    assert seen["files"] == ["registry.sqlite3", "registry.sqlite3-shm", "registry.sqlite3-wal"]
+    reopened = Registry(path)
+    try:
+        assert reopened.db.execute("SELECT count(*) FROM documents").fetchone()[0] == 20
     finally:
         reopened.close()
