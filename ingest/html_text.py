@@ -723,7 +723,9 @@ def _drop_teaser_boxes(
             boxes = boxes or _Boxes(selected, chars, links)
             if boxes.teasers(anchor):
                 for el in [anchor, *anchor.itersiblings()]:
-                    removed += chars.get(el, 0)
+                    # its tail is the box's too: an inline box's summary after its headline link
+                    removed += chars.get(el, 0) + len((el.tail or "").strip())
+                    el.tail = None
                     _remove(el)
     return removed
 
@@ -736,11 +738,14 @@ class _Boxes:
     def __init__(self, selected: list[etree._Element], chars: dict, links: dict) -> None:
         # loose: characters of link text outside prose paragraphs (headlines, link lists);
         # article: holds the <h1>, a non-boilerplate <article> or two prose paragraphs side by side
-        # (the article's flow; a teaser item has one summary under its headline link).
+        # (the article's flow; a teaser item has one summary under its headline link). An
+        # <article> with a headline link and one prose paragraph at most is a card of a
+        # "related posts" grid (WordPress wraps each in one), not the page's article.
         self.loose: dict[etree._Element, int] = {}
         self.prose: set[etree._Element] = set()
         self.article: set[etree._Element] = set()
         self._after: dict[etree._Element, tuple[int, bool]] = {}
+        paragraphs: dict[etree._Element, int] = {}  # prose paragraphs under each element, up to 2
         for root in selected:
             for event, el in etree.iterwalk(root, events=("end",)):
                 del event
@@ -753,9 +758,11 @@ class _Boxes:
                     self.loose[el] = 0
                 else:
                     self.loose[el] = k if el.tag == "a" else sum(self.loose.get(child, 0) for child in el)
+                paragraphs[el] = min(2, (el in self.prose) + sum(paragraphs.get(child, 0) for child in el))
+                card = self.loose[el] > 0 and paragraphs[el] < 2
                 if (
                     el.tag == "h1"
-                    or (el.tag == "article" and not _boiler_article(el))
+                    or (el.tag == "article" and not _boiler_article(el) and not card)
                     or sum(child in self.prose for child in el) >= 2
                     or any(child in self.article for child in el)
                 ):

@@ -621,3 +621,33 @@ def test_linked_items_of_the_articles_own_list_are_kept() -> None:
     lines = _story_lines(_paras(SECTIONS[0]) + updates + _paras(SECTIONS[1]) + others)
     text = linked.replace("<a href='/bug/1650645'>", "").replace("</a>", "")
     assert lines == ["The delta grows", *SECTIONS[0], plain, text, *SECTIONS[1]]
+
+
+def test_inline_teaser_box_takes_its_summaries_with_it() -> None:
+    # An older CMS's "Related" box written inline: headline links, each followed by its summary
+    # as bare text (the link's tail) and a <br>. The summaries go with their headlines; they
+    # came out as one paragraph of the article.
+    summary = " — a summary of another story on this site, long enough to read as prose, with commas."
+    items = "".join(f"<a href='/s/{i}'>Other headline {i}</a>{summary}<br>" for i in range(4))
+    html = (
+        f"<html><body><nav><ul>{NAV}</ul></nav><div class='story'><h1>The delta grows</h1>"
+        f"{_paras(BODY)}<h3>Related</h3>{items}</div></body></html>"
+    )
+    assert extract_html(html, "never").text.split("\n\n") == ["The delta grows", *BODY]
+
+
+def test_related_cards_wrapped_in_article_elements_are_dropped() -> None:
+    # WordPress's "related posts" block: a grid of <article class="card">s under "Related
+    # stories", each a headline link and a summary. Each <article> is a card, not the page's
+    # article, and goes as the same cards written as <div>s do.
+    summary = "A summary of another story, long enough to pass as a paragraph of prose, with a comma."
+    for tag in ("article", "div"):
+        cards = "".join(
+            f"<{tag} class='card'><h3><a href='/s/{i}'>Other story {i}</a></h3><p>{summary}</p></{tag}>"
+            for i in range(4)
+        )
+        html = (
+            f"<html><body><nav><ul>{NAV}</ul></nav><div class='story'><h1>The delta grows</h1>"
+            f"{_paras(BODY)}<h2>Related stories</h2><div class='grid'>{cards}</div></div></body></html>"
+        )
+        assert extract_html(html, "never").text.split("\n\n") == ["The delta grows", *BODY], tag
