@@ -192,9 +192,8 @@ _INLINE_TAGS = frozenset(
     ("a", "span", "em", "i", "b", "strong", "abbr", "cite", "time", "mark", "small", "u", "q")
 )
 _CELL_TAGS = ("td", "th")
-# Characters outside links that make a paragraph ending as a sentence, or an item of a list of
-# the article's, prose whose words are mostly linked (see _keep and _continued).
-_UNLINKED_CHARS = 20
+# Characters outside links of a linked list item kept in a list of the article's (_continued).
+_ITEM_PROSE_CHARS = 20
 # A table cell with at most this many characters (and no table inside) holds data: see _small_cell.
 _CELL_CHARS = 200
 _PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
@@ -245,9 +244,19 @@ _TEASER_HEADING = re.compile(
 )
 _TEASER_CHARS = 60  # a teaser heading is a short phrase
 _SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
-# A short paragraph that is part of the article's flow: it ends as a sentence, or is a numbered
-# point ("2. Check the peep hole", "1) performance overhead").
-_SENTENCE_LIKE = re.compile(f"{_SENTENCE_END.pattern}|^\\d{{1,3}}[.)]\\s")
+# A short paragraph that is part of the article's flow: it ends as a sentence (not with a ':',
+# which announces what follows: "Sign up for our daily newsletter:"), or is a numbered point
+# ("2. Check the peep hole", "1.Check the locks", "1) performance overhead"; not "3.5 million").
+_SENTENCE_LIKE = re.compile("[.!?;\"')\u201d\u3002\uff01\uff1f]\\s*$|^\\d{1,3}[.)]\\s*(?=[^\\W\\d_])")
+# A news template's furniture in a paragraph of its own, whatever its punctuation or type:
+# "Advertisement" (in a few languages), "Continue reading the main story", "Sign up for ...",
+# a photo credit ("Image: Reuters", "(Photo: Getty Images)"). Never kept as a short paragraph.
+_FURNITURE = re.compile(
+    r"[(\[]?(?:(?:advertisement|advertising|sponsored content|anzeige|werbung|publicité|publicidad|"
+    r"pubblicità|reklama|реклама|广告|広告|광고|continue reading|read more|sign up|subscribe)\b|"
+    r"(?:photo|image|picture|credit|foto|bild|фото)s?\s*:\s*[^.!?]{0,40}[)\]]?\s*$)",
+    re.IGNORECASE,
+)
 
 
 SecondOpinion = Literal["auto", "always", "never"]
@@ -629,28 +638,31 @@ def _weight(text: str) -> int:
 
 def _keep(block: _Block, text: str) -> bool:
     n = _weight(text)
-    # a paragraph mostly of links is a link list, unless it ends as a sentence with some words of
-    # its own (a comment's paragraph linking most of its clauses)
-    own = n - block.link_chars >= _UNLINKED_CHARS and block.tag == "p" and _SENTENCE_END.search(text)
-    if block.link_chars > 0.5 * n and not own:
+    if block.link_chars > 0.5 * n:
         return False
     if block.heading:
         return n <= 300
-    if n >= 80 or (n >= 25 and _SENTENCE_END.search(text)):
+    if n >= 80:
         return True
     # an item, a row, code or a caption ("Memory leak in action" in a <figcaption> or an element
-    # whose class says caption) is no fragment of a sentence
+    # whose class says caption) is no fragment of a sentence; a photo credit in a caption is the
+    # caption's ("Foto: LA NACION"), in a paragraph of its own the template's
     captioned = block.tag == "figcaption" or (block.opener is not None and "caption" in _words(block.opener))
+    if not captioned and _FURNITURE.match(text):
+        return False
+    if n >= 25 and _SENTENCE_END.search(text):
+        return True
     return (block.tag in ("li", "tr", "td", "dd", "pre") or captioned) and n >= 15 and block.link_chars == 0
 
 
 def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     """Which blocks to keep: :func:`_keep`, and also short paragraphs without links between two
-    kept paragraphs of the same parent that end as a sentence, are numbered or are set in bold
-    (a story's dialogue, "Seriously?" in a blog post, a subheading in a <p>): the article's
-    flow, which the length rule alone cuts into pieces. A chart's labels in <p>s of their own
-    wrapper are not, nor a news template's "Advertisement", "Continue reading the main story"
-    or "Image: Reuters" (no sentence) between the story's paragraphs. Also the items of a list
+    kept paragraphs of the same parent that end as a sentence, are numbered, are set in bold or
+    italics, or come several in a row (a story's dialogue, "Seriously?" in a blog post, a
+    subheading in a <p>, a poem's stanza, a recipe's lines): the article's flow, which the
+    length rule alone cuts into pieces. A chart's labels in <p>s of their own wrapper are not,
+    nor a news template's furniture, by its words ("Advertisement", "Continue reading the main
+    story", "Image: Reuters", see _FURNITURE) between the story's paragraphs. Also the items of a list
     of the article's own (one item kept without links) that link a part of a sentence ("Thanks
     to evilpie, users can now <a>import logins from KeePass</a>"), not a list of links."""
     keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
@@ -665,15 +677,20 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
             j += 1
         run = blocks[i - 1 : j + 1]
         if i > 0 and j < len(blocks) and keep[i - 1] and keep[j] and _siblings(run):
-            run_texts = zip(blocks[i:j], texts[i:j], strict=True)
-            keep[i:j] = [_SENTENCE_LIKE.search(t) is not None or _bold(b.opener) for b, t in run_texts]
+            # several short lines in a row are a stanza or a recipe's list, kept whole
+            stanza = j - i >= 2
+            keep[i:j] = [
+                not _FURNITURE.match(t)
+                and (stanza or _SENTENCE_LIKE.search(t) is not None or _emphasised(b.opener))
+                for b, t in zip(blocks[i:j], texts[i:j], strict=True)
+            ]
         i = j
     # A list of the article's own (one of its items kept without links) keeps its items that
     # link a part of a sentence: 20 characters or more outside their links.
     own_lists = {_list_of(b) for b, k in zip(blocks, keep, strict=True) if k and not b.link_chars} - {None}
     for n, (b, t) in enumerate(zip(blocks, texts, strict=True)):
         if not keep[n] and _list_of(b) in own_lists:
-            keep[n] = _weight(t) - b.link_chars >= _UNLINKED_CHARS
+            keep[n] = _weight(t) - b.link_chars >= _ITEM_PROSE_CHARS
     return keep
 
 
@@ -688,12 +705,12 @@ def _siblings(blocks: list[_Block]) -> bool:
     return parents[0] is not None and all(parent is parents[0] for parent in parents)
 
 
-def _bold(el: etree._Element | None) -> bool:
-    """True if all the text of ``el`` is in <strong> or <b> children: a subheading set in a
-    paragraph ("1. Check the peep hole", "Whole Foods future")."""
+def _emphasised(el: etree._Element | None) -> bool:
+    """True if all the text of ``el`` is in <strong>, <b>, <em> or <i> children: a subheading set
+    in a paragraph ("1. Check the peep hole", "Whole Foods future", "<em>A new plan</em>")."""
     if el is None or len(el) == 0 or (el.text or "").strip():
         return False
-    return all(child.tag in ("strong", "b") and not (child.tail or "").strip() for child in el)
+    return all(child.tag in ("strong", "b", "em", "i") and not (child.tail or "").strip() for child in el)
 
 
 def _drop_teaser_boxes(
