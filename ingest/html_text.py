@@ -192,8 +192,9 @@ _INLINE_TAGS = frozenset(
     ("a", "span", "em", "i", "b", "strong", "abbr", "cite", "time", "mark", "small", "u", "q")
 )
 _CELL_TAGS = ("td", "th")
-# Characters outside links of a linked list item kept in a list of the article's (_continued).
-_ITEM_PROSE_CHARS = 20
+# Characters outside links that make a paragraph ending as a sentence, or an item of a list of
+# the article's, prose whose words are mostly linked (see _keep and _continued).
+_UNLINKED_CHARS = 20
 # A table cell with at most this many characters (and no table inside) holds data: see _small_cell.
 _CELL_CHARS = 200
 _PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
@@ -638,7 +639,10 @@ def _weight(text: str) -> int:
 
 def _keep(block: _Block, text: str) -> bool:
     n = _weight(text)
-    if block.link_chars > 0.5 * n:
+    # a paragraph mostly of links is a link list, unless it ends as a sentence with some words of
+    # its own (a comment's paragraph linking most of its clauses)
+    own = n - block.link_chars >= _UNLINKED_CHARS and block.tag == "p" and _SENTENCE_END.search(text)
+    if block.link_chars > 0.5 * n and not own:
         return False
     if block.heading:
         return n <= 300
@@ -690,7 +694,7 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     own_lists = {_list_of(b) for b, k in zip(blocks, keep, strict=True) if k and not b.link_chars} - {None}
     for n, (b, t) in enumerate(zip(blocks, texts, strict=True)):
         if not keep[n] and _list_of(b) in own_lists:
-            keep[n] = _weight(t) - b.link_chars >= _ITEM_PROSE_CHARS
+            keep[n] = _weight(t) - b.link_chars >= _UNLINKED_CHARS
     return keep
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -680,3 +681,18 @@ def test_related_cards_wrapped_in_article_elements_are_dropped() -> None:
             f"{_paras(BODY)}<h2>Related stories</h2><div class='grid'>{cards}</div></div></body></html>"
         )
         assert extract_html(html, "never").text.split("\n\n") == ["The delta grows", *BODY], tag
+
+
+def test_paragraph_linking_most_of_its_words_is_kept_when_it_ends_as_a_sentence() -> None:
+    # A blog's paragraph whose clauses are mostly links (over half its characters) is prose when
+    # it has words of its own and ends as a sentence; a line of links without them ("Follow us
+    # on Twitter, Facebook") is still a link list.
+    linked = (
+        "The response, from <a href='/u/1'>the harbour board</a>, <a href='/u/2'>the regional "
+        "council</a> and <a href='/u/3'>the farmers of the lower plain and the delta</a>, was "
+        "that <a href='/n/4'>the channel must be dredged before the autumn floods</a>."
+    )
+    follow = "Follow us on <a href='/t'>Twitter</a>, <a href='/f'>Facebook</a>, <a href='/i'>Instagram</a>."
+    lines = _story_lines(_paras([*SECTIONS[0], linked, *SECTIONS[1], follow]))
+    text = re.sub("<[^>]+>", "", linked)
+    assert lines == ["The delta grows", *SECTIONS[0], text, *SECTIONS[1]]
