@@ -245,10 +245,11 @@ _TEASER_HEADING = re.compile(
 )
 _TEASER_CHARS = 60  # a teaser heading is a short phrase
 _SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
-# A short paragraph that is part of the article's flow: it ends as a sentence (not with a ':',
-# which announces what follows: "Sign up for our daily newsletter:"), or is a numbered point
-# ("2. Check the peep hole", "1.Check the locks", "1) performance overhead"; not "3.5 million").
-_SENTENCE_LIKE = re.compile("[.!?;\"')\u201d\u3002\uff01\uff1f]\\s*$|^\\d{1,3}[.)]\\s*(?=[^\\W\\d_])")
+# A short paragraph that is part of the article's flow: it ends as a sentence (a ':' too: "Or
+# this conversation:" introduces the article's next lines; the furniture that ends so, "Sign up
+# for our daily newsletter:", is _FURNITURE's), or is a numbered point ("2. Check the peep hole",
+# "1.Check the locks", "1) performance overhead"; not "3.5 million").
+_SENTENCE_LIKE = re.compile(_SENTENCE_END.pattern + "|^\\d{1,3}[.)]\\s*(?=[^\\W\\d_])")
 # A news template's furniture in a paragraph of its own, whatever its punctuation or type:
 # "Advertisement" (in a few languages), "Continue reading the main story", "Sign up for ...",
 # a photo credit ("Image: Reuters", "(Photo: Getty Images)"). Never kept as a short paragraph.
