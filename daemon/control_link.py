@@ -143,6 +143,8 @@ class ControlLink:
         self.on_progress: Callable[[], None] = lambda: None  # this incarnation made a step
         self._spawn_lock = asyncio.Lock()
         self._first_step: int | None = None  # the step this incarnation first reported
+        # the state directory's lock (daemon.lock), which control inherits: see state_dir_lock
+        self.lock_fd: int | None = None
 
     @property
     def status(self) -> dict[str, Any]:
@@ -154,6 +156,7 @@ class ControlLink:
         return {
             "endpoint": self.endpoint,
             "parent_pid": os.getpid(),
+            "lock_fd": self.lock_fd,
             "state_dir": str(s.state_dir),
             "ring_endpoint": ring_endpoint(s.runtime_dir),
             "train": s.train.to_dict(),
@@ -185,6 +188,7 @@ class ControlLink:
             json.dumps(self.spec()),
             stdin=asyncio.subprocess.DEVNULL,
             env=env,
+            pass_fds=() if self.lock_fd is None else (self.lock_fd,),
         )
         self.started_at = time.monotonic()
         log.info("control process started (pid %d)", self.proc.pid)

@@ -519,7 +519,9 @@ def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData]
             control.cluster.close()
         control.data.close_ring()
         control.channel.close()
-        if os.getppid() != control.parent_pid:  # the supervisor was killed: its ring is left
+        # the supervisor was killed: its ring is left, and the state directory's lock (its
+        # descriptor inherited: held while control lives) says no new supervisor took it yet
+        if os.getppid() != control.parent_pid and spec.get("lock_fd") is not None:
             remove_orphaned_ring(Path(spec["state_dir"]))
 
 

@@ -44,7 +44,6 @@ from ..workers.checkpoint import list_checkpoints
 from ..workers.engine import EngineStopped
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
-from .state_dir_lock import take_lock
 from .visible_steps import VisibleSteps
 
 log = logging.getLogger("crystalline.ring")
@@ -68,16 +67,10 @@ def ring_instance(checkpoint_dir: Path) -> str:
 
 def remove_orphaned_ring(state_dir: Path) -> list[str]:
     """Control's last act when its supervisor was killed alone: unlink the ring the supervisor
-    left (nothing else would before the next start), unless a new supervisor holds the state
-    directory already (it swept at its start and owns a ring of that name now). The names
-    removed."""
-    lock = take_lock(state_dir)
-    if lock is None:
-        return []
-    try:
-        removed = sweep(ring_instance(state_dir / "checkpoints"))
-    finally:
-        lock.close()
+    left (nothing else would before the next start). Control holds the state directory's lock,
+    inherited from that supervisor, so no new supervisor has started (and taken a ring of that
+    name). The names removed."""
+    removed = sweep(ring_instance(state_dir / "checkpoints"))
     if removed:
         log.warning("removed the batch ring of a killed supervisor: %s", ", ".join(removed))
     return removed

@@ -1,7 +1,11 @@
 """The state directory's lock: one daemon per state directory. The supervisor holds it from its
 start to its end (an ``flock`` on ``daemon.lock``, released by the kernel when the process dies,
-however it dies); its children do not inherit it (they are started with their descriptors
-closed), so whoever else takes it knows that no supervisor of this state directory is alive."""
+however it dies), and so does control, which inherits its descriptor (``pass_fds``; its other
+children start with their descriptors closed): an flock belongs to the open file description,
+so it is held until the last process holding a descriptor of it exits or closes it. Whoever
+else takes it knows that neither a supervisor of this state directory nor a control of one
+(writing its final checkpoint after its supervisor was killed) is alive. A clean stop frees it:
+control exits first, then the supervisor closes its own."""
 
 from __future__ import annotations
 

@@ -106,11 +106,16 @@ class Supervisor:
         for d in (s.state_dir, s.runtime_dir, s.inbox):
             d.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
-            # waited for a moment: a killed supervisor's control holds it while it sweeps the ring
-            # left behind (remove_orphaned_ring), and a restart right after the kill is no second daemon
+            # waited for a moment: a killed supervisor's control holds it (inherited) until it has
+            # written its final checkpoint and swept the ring left behind (remove_orphaned_ring),
+            # so a restart right after the kill is no second daemon
             self._lock = take_lock(s.state_dir, wait_s=LOCK_WAIT_S)
             if self._lock is None:
-                raise StateDirInUse(f"{s.state_dir} is in use by another crystalline daemon")
+                raise StateDirInUse(
+                    f"{s.state_dir} is in use by another crystalline daemon (or a killed one's control, "
+                    "still finishing)"
+                )
+            self.control.lock_fd = self._lock.fileno()
         marker = s.state_dir / ".samples-copied"
         if not s.daemon.no_samples and not marker.exists():
             for src in sorted(SAMPLES.iterdir()):

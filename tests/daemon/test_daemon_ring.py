@@ -22,6 +22,7 @@ from _daemon_process import SMALL_MODEL, NotifyListener, daemon_status, group_su
 from _wait import until, until_status
 
 from crystalline.daemon.ring_service import ring_instance
+from crystalline.daemon.state_dir_lock import take_lock
 from crystalline.shm.segments import list_segments, segment_name
 from crystalline.workers.checkpoint import list_checkpoints
 from crystalline.workers.trainer import engine_instance
@@ -232,3 +233,49 @@ def test_a_supervisor_killed_alone_leaves_no_segment_once_control_sees_it_gone(s
     assert no_segments(state), "a segment outlived the killed supervisor's control"
     steps = [int(p.name.removeprefix("step-")) for p in list_checkpoints(state / "checkpoints")]
     assert max(steps) >= training["step"], f"no final checkpoint past step {training['step']}: {steps}"
+
+
+def test_a_supervisor_started_while_a_killed_ones_control_checkpoints_starts_no_second_control(
+    short_dir: Path,
+) -> None:
+    """SIGKILL to the supervisor alone while its control writes its final checkpoint (held
+    stopped here: a checkpoint as slow as it gets): control keeps the state directory's lock it
+    inherited, so a supervisor started meanwhile waits for it and then refuses (StateDirInUse),
+    never starting a second control on the same checkpoints; the lock is free once that
+    control has exited."""
+    state, run = short_dir / "state", short_dir / "run"
+    notify = NotifyListener(short_dir / "notify")
+    proc = start(state, run, notify)
+    notify2 = NotifyListener(short_dir / "notify2")
+    second: subprocess.Popen[bytes] | None = None
+    control = 0
+    try:
+        notify.wait_for("READY=1", 180, proc)
+        training = wait_until(run, proc, lambda t: (t.get("step") or 0) > 2, "training did not start")
+        control = training["control_pid"]
+        os.kill(control, signal.SIGSTOP)
+        proc.send_signal(signal.SIGKILL)  # the supervisor alone: control and its workers live on
+        proc.wait(timeout=30)
+        second = start(state, short_dir / "run2", notify2)
+        assert second.wait(timeout=120) != 0, "a supervisor started beside a live control"
+        os.kill(control, signal.SIGCONT)
+        until(
+            lambda: not Path(f"/proc/{control}").exists() and not group_survivors(proc.pid),
+            "control and its workers did not exit after their supervisor was killed",
+            120,
+        )
+        lock = take_lock(state)
+        assert lock is not None, "control exited and the state directory's lock is still held"
+        lock.close()
+    finally:
+        for p in (proc, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(control, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        notify.close()
+        notify2.close()
+    assert no_segments(state), "a segment outlived the killed supervisor's control"
