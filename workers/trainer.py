@@ -281,7 +281,10 @@ class Trainer:
 
         if self.exchange is not None:
             try:
-                self.exchange.restore_history(s.get("cluster") or {})
+                history = s.get("cluster", {})  # absent: a checkpoint written without --cluster
+                if not isinstance(history, dict):
+                    raise ValueError(f"the checkpoint's cluster history is not an object: {history!r}"[:300])
+                self.exchange.restore_history(history)
             except ValueError as exc:
                 raise TrainingError(f"{ckpt.path}: {exc}") from None
         losses = numbers("pending_losses")

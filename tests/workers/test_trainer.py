@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -335,6 +336,45 @@ def test_resume_falls_back_past_corrupt_newest_checkpoint(
     trainer.close()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("step-00000020" in r.getMessage() for r in warnings)
+
+
+def rewrite_state(ckpt: Path, **changes: Any) -> None:
+    """Change entries of a checkpoint's state.json and enter its new size and sha256 in the
+    manifest, as a hand edit or another version would leave it: the checkpoint stays intact."""
+    state = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    data = json.dumps({**state, **changes}).encode()
+    (ckpt / "state.json").write_bytes(data)
+    manifest = json.loads((ckpt / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"]["state.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [["lineage", 5], "lineage", 7, None])
+def test_resume_with_a_cluster_entry_that_is_not_an_object_raises_naming_the_checkpoint(
+    tmp_path: Path, corpus_file: Path, cluster: Any
+) -> None:
+    """A ``cluster`` entry in state.json that is no object (a list, a string, a number, null)
+    fails the start of a --cluster trainer in one line naming the checkpoint, not in a
+    traceback; the checkpoint dir is left as it was."""
+    pytest.importorskip("torch")
+    from test_cluster_member import hosted_members, on_loopback
+
+    ckdir = tmp_path / "ck"
+    cfg = tiny_config(max_steps=3, eval_interval=3, workers=1)
+    Trainer([corpus_file], ckdir, cfg).run()
+    rewrite_state(ckdir / "step-00000003", cluster=cluster)
+    latest = load_latest(ckdir)
+    assert latest is not None and latest.state["cluster"] == cluster
+    before = snapshot(ckdir)
+    member = hosted_members(on_loopback(1, 1, 1, 2.0))[0]
+    try:
+        with pytest.raises(TrainingError, match="step-00000003: the checkpoint's cluster history") as caught:
+            Trainer([corpus_file], ckdir, cfg, resume=True, exchange=member)
+    finally:
+        member.close()
+    assert "\n" not in str(caught.value)
+    assert snapshot(ckdir) == before
 
 
 # ---- stopping ---------------------------------------------------------------------------------
