@@ -651,8 +651,9 @@ class ClusterMember:
         elif self.restored and self.alone_since is None:  # a lone start from its checkpoint
             self.alone_since = st.step
         self.restored = False
-        if self.s.outer_every:
-            self.interval_start = st.step
+        if self.s.outer_every:  # a state of step s holds its outer step: the next is the group's
+            self.interval_start = self.outer_done = st.step
+        self._finishing = (0, -1)  # what it said while finishing an interval was of its old group
         self.published(engine.params(), st.step)
 
     def history(self) -> dict[str, int | None]:

@@ -5,10 +5,11 @@ both skip."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -503,19 +504,26 @@ def host_gone(host: ClusterMember) -> None:
     host.membership._server = None
 
 
-def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The host and member 1 step together; the host's process dies and is restarted from its
-    checkpoint of step 1 (a new store); member 1, cut off meanwhile, is paused (so it does not
-    register again), and the restarted host forms a group alone and steps past member 1's step.
-    Member 1 resumes: the new group takes member 1's state (the lineage it carried on since the
-    first group), not the host's higher step, and both go on from there with the same digest."""
-    caplog.set_level(logging.INFO, logger="crystalline.cluster")
-    model = GPT(CFG)
-    params = init_params(model.table, 0)
-    # MIN 1, MAX 2: the first group forms once both are in
-    host, other = hosted_members(on_loopback(2, 1, 2, 3.0))
+@dataclass
+class Restarted:
+    """A host restarted from its checkpoint of step 1 (a new store, lineage 0), in a group of
+    its own at step 1, and member 1, paused since it saw the old host go."""
+
+    host: ClusterMember
+    engine: LocalEngine
+    state: State
+    other: ClusterMember
+    other_engine: LocalEngine
+    other_state: State
+
+
+@contextlib.contextmanager
+def host_restarted_after(steps: int, settings: Callable[[int], list[ClusterSettings]]) -> Iterator[Restarted]:
+    """The host and member 1 (``settings``) step ``steps`` times together; the host's process
+    dies, member 1 is cut off and paused (it registers again only on rejoin), and the host is
+    restarted from its checkpoint of step 1 and forms a group alone. Both close at the end."""
+    params = init_params(GPT(CFG).table, 0)
+    host, other = hosted_members(settings)
     engines = [
         LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
         for i, m in enumerate([host, other])
@@ -528,14 +536,14 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         def together(i: int) -> None:
             engines[i].load_state(params, np.zeros_like(params), np.zeros_like(params))
             join([host, other][i], engines[i], states[i])
-            for _ in range(3):
+            for _ in range(steps):
                 trained([host, other][i], engines[i], states[i])
                 if i == 0 and states[0].step == 1:
                     checkpoint.extend(x.copy() for x in (engines[0].params(), *engines[0].moments()))
 
         in_threads([host, other], together, close=False)
-        kept = (states[1].step, other.digest)
-        assert kept[0] == 3 and host.digest == kept[1]
+        assert states[0].step == states[1].step == steps
+        assert host.outer_done == other.outer_done if host.s.outer_every else host.digest == other.digest
         host_gone(host)
         until(lambda: other.membership.unreachable(), lambda: "member 1 never saw the host go", 60)
         assert not other.ready(engines[1], states[1]) and other.state.startswith("paused: cut off")
@@ -548,6 +556,26 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         alone = State(step=1)
         join(restarted, engine, alone)
         assert restarted.world == 1
+        yield Restarted(restarted, engine, alone, other, engines[1], states[1])
+    finally:
+        for m in [other, restarted]:
+            if m is not None:
+                m.close()
+
+
+def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The host and member 1 step together; the host's process dies and is restarted from its
+    checkpoint of step 1 (a new store); member 1, cut off meanwhile, is paused (so it does not
+    register again), and the restarted host forms a group alone and steps past member 1's step.
+    Member 1 resumes: the new group takes member 1's state (the lineage it carried on since the
+    first group), not the host's higher step, and both go on from there with the same digest."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
+    # MIN 1, MAX 2: the first group forms once both are in
+    with host_restarted_after(3, on_loopback(2, 1, 2, 3.0)) as r:
+        restarted, engine, alone, other = r.host, r.engine, r.state, r.other
+        kept = (r.other_state.step, other.digest)
         for _ in range(4):
             trained(restarted, engine, alone)
         assert alone.step == 5 > kept[0]
@@ -559,7 +587,7 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
             return generation is not None and len(generation[1]) == 2
 
         until(both, lambda: "no generation of both members within 60 s", 60)
-        pair, pair_engines, pair_states = [restarted, other], [engine, engines[1]], [alone, states[1]]
+        pair, pair_engines, pair_states = [restarted, other], [engine, r.other_engine], [alone, r.other_state]
         after: list[tuple[int, str | None]] = [(0, None), (0, None)]
 
         def reunited(i: int) -> None:
@@ -569,7 +597,7 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
 
         in_threads(pair, reunited, close=False)
         assert after == [kept, kept]  # member 1's state, at its step, on both
-        assert restarted.digest == other.digest and alone.step == states[1].step == kept[0] + 1
+        assert restarted.digest == other.digest and alone.step == r.other_state.step == kept[0] + 1
         # what the host recorded of its own steps is gone: only the group's steps since it joined
         assert restarted.status()["recent_digests"] == other.status()["recent_digests"][-2:]
         said = "state of step 3 received from rank 1 (this member was at step 5, of a lineage of its own"
@@ -578,10 +606,6 @@ def test_a_restarted_host_that_stepped_alone_is_brought_up_to_the_groups_state(
         assert first_lineage > 0 and restarted.status()["lineage"] == first_lineage
         assert restarted.status()["replaced"]["step"] == 5 and other.status()["replaced"] is None
         assert restarted.status()["replaced"]["by_step"] == 3
-    finally:
-        for m in [other, restarted]:
-            if m is not None:
-                m.close()
 
 
 def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_it_replaced() -> None:
@@ -826,3 +850,54 @@ def test_a_checkpoint_keeps_the_lineage_and_a_restart_resumes_it(tmp_path: Path,
     finally:
         trainer.close()
         again.close()
+
+
+def test_under_diloco_a_member_whose_step_moved_back_takes_the_groups_next_outer_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """DiLoCo, outer step every 2: the host and member 1 step to 5 together; the host restarts
+    from its checkpoint of step 1 (lineage 0), steps alone to 5 (its outer step 4 done), and is
+    sent member 1's state of step 5. Its own outer step counts no more: at step 6 both take the
+    outer step (before: the host skipped it as done, its step-8 allreduce met member 1's step-6
+    one and member 1's step-8 one timed out), and at step 8 they agree."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
+
+    def diloco(port: int) -> list[ClusterSettings]:
+        return [
+            ClusterSettings("127.0.0.1", port, f"127.0.0.{i + 1}", 1, 2, 3.0, outer_every=2) for i in range(2)
+        ]
+
+    with host_restarted_after(5, diloco) as r:
+        restarted, engine, alone, other = r.host, r.engine, r.state, r.other
+        for _ in range(4):
+            trained(restarted, engine, alone)
+        assert alone.step == 5 and restarted.outer_done == 4
+        other.rejoin()
+
+        def both() -> bool:
+            with restarted.membership.lock:
+                generation = restarted.membership.generation
+            return generation is not None and len(generation[1]) == 2
+
+        until(both, lambda: "no generation of both members within 60 s", 60)
+        pair, pair_engines, pair_states = [restarted, other], [engine, r.other_engine], [alone, r.other_state]
+
+        def reunited(i: int) -> None:
+            for _ in range(600):  # DiLoCo: the lone host finishes its interval first
+                if pair[i].ready(pair_engines[i], pair_states[i]):
+                    if pair[i].world == 2:
+                        break
+                    trained(pair[i], pair_engines[i], pair_states[i])
+                else:
+                    threading.Event().wait(0.1)
+            assert pair[i].world == 2 and pair_states[i].step == 5, (pair_states[i].step, pair[i].state)
+            for _ in range(4):
+                assert pair[i].ready(pair_engines[i], pair_states[i]), pair[i].state
+                trained(pair[i], pair_engines[i], pair_states[i])
+
+        in_threads(pair, reunited, close=False)
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert not [w for w in warned if "outer step" in w], warned
+        assert alone.step == r.other_state.step == 9 and restarted.outer_done == other.outer_done == 8
+        at_8 = [dict(m.recent)[8] for m in (restarted, other)]  # the outer step's: one anchor
+        assert at_8[0] == at_8[1]
