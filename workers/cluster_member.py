@@ -360,6 +360,13 @@ class Coordinator:
 LAYOUT = ("parameters", "state parts (EMA, DiLoCo)", "outer-every")
 
 
+#: The state exchange's version, in the fixed header every member sends first (two int64: this
+#: and the length of its row). Raise it whenever what follows the header changes: gloo aborts
+#: the process on an allgather of rows of different lengths, so members of different versions
+#: must find out from a header whose size never changes.
+STATE_PROTOCOL = 2
+
+
 class StateMismatch(RuntimeError):
     """Members whose state buffers cannot match: the group is refused, not re-formed."""
 
@@ -410,6 +417,8 @@ def state_source(held: list[tuple[int, int, int]]) -> int:
 
 class ClusterMember:
     """What control and the engine use: ``ready`` between steps, ``exchange`` inside one."""
+
+    protocol = STATE_PROTOCOL  # the state exchange's version this member speaks
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.s = settings
@@ -609,6 +618,7 @@ class ClusterMember:
         mine = torch.tensor(
             [st.step, st.tokens, st.skipped_steps, self.lineage, now_ms, alone, *layout], dtype=torch.int64
         )
+        self._agree_on_protocol(len(mine))
         every = [torch.zeros(len(mine), dtype=torch.int64) for _ in range(self.world)]
         self.group.allgather([every], [mine]).wait()
         disagreement = layout_disagreement([[int(n) for n in x[6:]] for x in every])
@@ -655,6 +665,19 @@ class ClusterMember:
             self.interval_start = self.outer_done = st.step
         self._finishing = (0, -1)  # what it said while finishing an interval was of its old group
         self.published(engine.params(), st.step)
+
+    def _agree_on_protocol(self, row: int) -> None:
+        """The fixed header first (``STATE_PROTOCOL``, the row's length): StateMismatch in one
+        line when members run different versions, before any collective whose size depends on it."""
+        mine = torch.tensor([self.protocol, row], dtype=torch.int64)
+        every = [torch.zeros(2, dtype=torch.int64) for _ in range(self.world)]
+        self.group.allgather([every], [mine]).wait()
+        if len({tuple(int(n) for n in x) for x in every}) > 1:
+            by_rank = [[int(n) for n in x] for x in every]
+            raise StateMismatch(
+                f"members run different versions (state exchange protocol and row length by rank: "
+                f"{by_rank}): run the same crystalline version on every member"
+            )
 
     def history(self) -> dict[str, int | None]:
         """What a checkpoint keeps of the cluster: the state's lineage and, for a lone start,

@@ -32,6 +32,7 @@ pytest.importorskip("torch")
 import torch
 
 from crystalline.workers.cluster_member import (
+    STATE_PROTOCOL,
     ClusterMember,
     StateMismatch,
     digest,
@@ -271,7 +272,9 @@ class _FakeGroup:
 
     def allgather(self, out: list[list[Any]], inp: list[Any]) -> _Gathered:
         out[0][0].copy_(inp[0])
-        out[0][1].copy_(torch.tensor(self.other, dtype=torch.int64))
+        header = len(inp[0]) == 2  # the fixed header first: the same version, a row as long
+        other = [int(inp[0][0]), len(self.other)] if header else self.other
+        out[0][1].copy_(torch.tensor(other, dtype=torch.int64))
         return _Gathered()
 
     def broadcast(self, *args: object) -> _Gathered:
@@ -901,3 +904,34 @@ def test_under_diloco_a_member_whose_step_moved_back_takes_the_groups_next_outer
         assert alone.step == r.other_state.step == 9 and restarted.outer_done == other.outer_done == 8
         at_8 = [dict(m.recent)[8] for m in (restarted, other)]  # the outer step's: one anchor
         assert at_8[0] == at_8[1]
+
+
+class _NextVersion(ClusterMember):
+    protocol = STATE_PROTOCOL + 1  # a member of a version whose state exchange differs
+
+
+def test_members_of_different_versions_refuse_their_generation_in_one_line_and_live_on() -> None:
+    """A rolling upgrade: two members whose state exchanges differ. Each sends the fixed header
+    first, so both refuse the generation in one line and stay alive (before: gloo's allgather of
+    rows of different lengths aborted the process with EnforceNotMet)."""
+    (host,) = hosted_members(lambda port: on_loopback(2, 1, 2, 3.0)(port)[:1])
+    other = _NextVersion(ClusterSettings("127.0.0.1", host.s.port, "127.0.0.2", 1, 2, 3.0))
+    members = [host, other]
+    params = init_params(GPT(CFG).table, 0)
+
+    def run(i: int) -> None:
+        engine = LocalEngine(
+            GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=members[i]
+        )
+        engine.load_state(params, np.zeros_like(params), np.zeros_like(params))
+        for _ in range(600):
+            if members[i].ready(engine, State()) or members[i].state.startswith("refused"):
+                break
+            threading.Event().wait(0.1)
+        state = members[i].state
+        assert members[i].group is None and state.startswith("refused generation 1: "), state
+        assert "members run different versions (state exchange protocol and row length by rank: [[" in state
+        assert f"[{STATE_PROTOCOL}, " in state and f"[{STATE_PROTOCOL + 1}, " in state
+        assert state.endswith("run the same crystalline version on every member")
+
+    in_threads(members, run)
