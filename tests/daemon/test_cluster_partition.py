@@ -8,6 +8,7 @@ two brought up to the host's state (one lineage: nothing diverged)."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -17,11 +18,29 @@ from _cluster_net import agree, machines_on_this_box
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TIMEOUT_S = 5  # the harness's --cluster-timeout-s
+RECEIVED = re.compile(r"state of step (\d+) received from rank (\d+) \(this member was at step (\d+)")
 
 
 def stepping(world: int, past: int) -> Any:
     """A status test: in a group of ``world``, at ``past`` steps or more."""
     return lambda s: (s.get("cluster") or {}).get("world") == world and s["training"]["step"] >= past
+
+
+def formed_in(log: str) -> dict[int, int]:
+    """Generation -> this member's rank in it, from its log's "generation G formed" lines."""
+    return {int(g): int(r) for g, r in re.findall(r"generation (\d+) formed: rank (\d+) of", log)}
+
+
+def received(log: str) -> tuple[int, int, int, int] | None:
+    """The first state this member received in ``log``: (generation, step, from rank, its own
+    step before), None if it received none."""
+    generation = -1
+    for line in log.splitlines():
+        if m := re.search(r"generation (\d+) formed: rank", line):
+            generation = int(m.group(1))
+        elif m := RECEIVED.search(line):
+            return generation, int(m.group(1)), int(m.group(2)), int(m.group(3))
+    return None
 
 
 @pytest.mark.parametrize("nodes", [(), ("--cluster-nodes", "2:3")], ids=["min-1", "min-2"])
@@ -60,8 +79,17 @@ def test_a_cut_off_rendezvous_host_steps_alone_only_if_min_allows_and_all_agree_
         for i in range(3):
             machines.wait(i, stepping(3, host["training"]["step"] + 5), "the three re-formed")
         assert agree(machines, [0, 1, 2]) > host["training"]["step"]
+        since = [machines.log(i)[marks[i] :] for i in range(3)]
+        assert "state of step" not in since[0], since[0][-3000:]  # the host kept its own state
         for i in (1, 2):  # sent the state the host carried on (its step, past theirs without MIN 2)
-            assert "state of step" in machines.log(i)[marks[i] :], machines.log(i)[-3000:]
+            got, formed = received(since[i]), formed_in(since[0])
+            assert got is not None, since[i][-3000:]
+            generation, step, source, was = got
+            assert was == held[i] and source == formed.get(generation), (got, formed)  # the host's state
+            assert step >= host["training"]["step"] and (step == host["training"]["step"] or not nodes), got
+        after = [machines.status(i)["cluster"] for i in range(3)]  # one lineage: nothing diverged
+        assert after[0]["replaced"] is None and after[0]["lineage"] > 0, after[0]
+        assert len({c["lineage"] for c in after}) == 1, [c["lineage"] for c in after]
         steps = {i: held.get(i, host["training"]["step"]) for i in range(3)}
         said = host["cluster"]["state"]
         print(f"{' '.join(nodes) or 'MIN 1'}: steps while cut off {steps}; the host's cluster state {said!r}")
