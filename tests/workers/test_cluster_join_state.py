@@ -7,7 +7,10 @@ threads of this process."""
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -117,11 +120,15 @@ def test_a_joining_member_holds_the_groups_moments_and_average_before_its_first_
                 m.close()
 
 
-def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step() -> None:
+def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Three members step twice together; member 2 dies (its beats stop, its group is gone,
     nothing told). The step the other two were in is abandoned (nothing of it published); they
     re-form without it within the deadline and go on from step 2 with the parameters, moments
-    and digests they held there: nothing reloaded, nothing replaced."""
+    and digests they held there. The new group's agreement sends one of them the other's state
+    of that same step 2 (the log says so: at step 2 before it), so nothing moves; nothing is
+    replaced (``replaced`` stays None, the lineage is the one they had)."""
     nodes = (2, 3)
     host = Seat(hosting_member(nodes), seed=1, rows=2)
     seats = [host] + [
@@ -137,6 +144,9 @@ def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step() -
                 seats[i].train()
 
         in_threads(seats_members(seats), together, close=False)
+        lineage = host.member.lineage
+        assert lineage > 0 and seats[1].member.lineage == lineage
+        caplog.clear()
         dead = seats[2].member
         dead.membership._stop.set()  # no more beats, and no "left" told
         dead.group = None  # its end of the gloo group goes with it
@@ -152,7 +162,14 @@ def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step() -
             seat.train()
             assert seat.member.status()["recent_digests"][: len(recent)] == recent
 
-        in_threads(seats_members(seats[:2]), survive, close=False)
+        with caplog.at_level(logging.INFO, logger="crystalline.cluster"):
+            in_threads(seats_members(seats[:2]), survive, close=False)
+        received = [r.getMessage() for r in caplog.records if "received from rank" in r.getMessage()]
+        assert len(received) == 1, received  # one of the two was sent the other's state ...
+        said = r"state of step 2 received from rank \d \(this member was at step 2\)"
+        assert re.fullmatch(said, received[0]), received
+        for seat in seats[:2]:  # ... of the step it was at: nothing replaced, the same lineage
+            assert (seat.member.status()["replaced"], seat.member.lineage) == (None, lineage)
         assert kept[0]["held"] and kept[1]["held"] and kept[0]["step"] == kept[1]["step"] == 2
         assert [s for s, _ in kept[0]["recent"]] == [0, 1, 2] and kept[0]["recent"] == kept[1]["recent"]
         assert host.step == seats[1].step == 3 and host.member.digest == seats[1].member.digest
@@ -163,14 +180,19 @@ def test_the_survivors_of_a_dead_member_go_on_from_their_last_published_step() -
 
 
 def test_no_generation_forms_below_min_and_none_holds_more_than_max() -> None:
-    """--cluster-nodes 2:2. The host alone, for twice the deadline: no generation, it does not
-    step. Two more members register: the generation holds the host and the first of them, who
-    step together; the third waits for a later generation and never steps."""
+    """--cluster-nodes 2:2. The host alone: no generation, it does not step, through the new
+    store's first-generation wait (one deadline, which alone holds off a group of one) and one
+    whole deadline after it, where only MIN does. Two more members register: the generation
+    holds the host and the first of them, who step together; the third waits for a later
+    generation and never steps."""
     nodes = (2, 2)
     host = Seat(hosting_member(nodes), seed=1, rows=2)
     seats = [host]
     try:
-        for _ in range(round(2 * TIMEOUT_S / 0.1)):
+        coordinator = host.member.membership._coordinator
+        assert coordinator is not None  # the host's: the store's start is its ``opened``
+        past_min = coordinator.opened + 2 * TIMEOUT_S  # the first generation's wait, then MIN alone
+        while time.monotonic() < past_min:
             assert not host.member.ready(host.engine, host), host.member.state
             threading.Event().wait(0.1)
         assert host.member.status()["generation"] is None and host.member.state == "waiting to join"
