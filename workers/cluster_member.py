@@ -19,7 +19,7 @@ torch.distributed cannot shrink a process group, so each generation is a new glo
 store prefix ``g<g>/``, formed within the cluster's deadline (``_form``) and at most once per
 member (one that failed here waits for the next; status says ``forming generation g`` before
 forming blocks), and before its first step the group agrees on the state: the member
-``state_source`` picks (the oldest lineage, then the highest step, then the lowest rank)
+``state_source`` picks (the group that held it, else the oldest lineage, then the highest step)
 broadcasts its parameters, moments and moving average, so a member that joins or comes back,
 a restarted host too, starts from the current state and a step some members published and
 others did not is settled. A new store's first generation waits one timeout (or for MAX).
@@ -57,6 +57,7 @@ RECENT_DIGESTS = 64
 ARRIVAL_POLL_S = 0.2  # waiting for members that finish their interval first: each look's wait
 GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout to connect
 FRESH = 2**62  # a state no group has agreed on yet ranks after every lineage (state_source)
+LONE_START_TIMEOUTS = 6  # a lone start counts from its checkpoint's step this many timeouts at most
 STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
 
 
@@ -364,7 +365,7 @@ LAYOUT = ("parameters", "state parts (EMA, DiLoCo)", "outer-every")
 #: and the length of its row). Raise it whenever what follows the header changes: gloo aborts
 #: the process on an allgather of rows of different lengths, so members of different versions
 #: must find out from a header whose size never changes.
-STATE_PROTOCOL = 2
+STATE_PROTOCOL = 3
 
 
 class StateMismatch(RuntimeError):
@@ -394,22 +395,32 @@ def _replaced_why(own: int, lineage: int, alone_since: int | None) -> str:
     return f", started alone from step {alone_since}: replaced" if alone_since is not None else ""
 
 
-def state_source(held: list[tuple[int, int, int]]) -> int:
-    """The rank whose state a new group takes, of each rank's (lineage, step, alone since): the
-    oldest lineage, then the newest step, then the lowest rank. A lineage is the state's history
-    since a group first agreed on a process's own state (parameters it made at start; 0 until
-    then), named by when that was (ms); it passes with the state and is kept with the
-    checkpoint (``history``). A member that started alone from its checkpoint (its first group
-    one member: the first generation's wait passed without its peers) stays in its lineage,
-    but its state counts as of the step it started alone from (``alone since``, -1 for none)
-    until a group of more agrees on it. So a restarted host that stepped alone before its old
-    peers came back never beats the state those peers carried on past its checkpoint, while of
-    a cluster restarted member by member, more than a timeout apart, the newest checkpoint
-    wins (the lone steps of the first to start with it, if it was that one's); within a lineage
-    (a partition healed) the newest step wins, and among members that all start afresh too."""
+def state_source(held: list[tuple[int, int, int, int]]) -> int:
+    """The rank whose state a new group takes, of each rank's (lineage, step, alone since,
+    incumbent). Incumbents (1) are the members of the last group of two or more formed on this
+    store, whose state it is (a member registered anew, after a pause, a cut or a restart, is
+    not one): when there are any, the state is theirs or, of the same lineage, a newer step's
+    (a newer checkpoint of that history); a member of another lineage (one paused or cut off
+    while they went on, a restart from a checkpoint without history) never overwrites them.
+    With none (a new store's first generation, or after a member alone): the oldest lineage,
+    then the newest step, then the lowest rank. A lineage is the state's history since a group
+    first agreed on a process's own state (parameters it made at start; 0 until then), named
+    by when that was (ms); it passes with the state and is kept with the checkpoint
+    (``history``). A member that started alone from its checkpoint (its first group one member:
+    the first generation's wait passed without its peers) counts as of the step it started
+    alone from (``alone since``, -1 for none) for ``LONE_START_TIMEOUTS`` timeouts at most
+    (``_lone_start``): a restarted host that stepped alone just before its old peers came back
+    does not beat the state they carried on past its checkpoint, while one that trained alone
+    longer keeps what it trained if that is the newer step. Within a lineage (a partition
+    healed, a member restarted) the newest step wins: the most training since the history
+    they share."""
+    incumbents = [r for r, x in enumerate(held) if x[3]]
+    if incumbents:
+        ours = held[incumbents[0]][0]
+        return min((r for r, x in enumerate(held) if x[0] == ours), key=lambda r: (-held[r][1], r))
 
     def rank(r: int) -> tuple[int, int, int, int]:
-        lineage, step, alone = held[r]
+        lineage, step, alone, _ = held[r]
         return (lineage or FRESH, -(alone if alone >= 0 else step), -step, r)
 
     return min(range(len(held)), key=rank)
@@ -443,7 +454,9 @@ class ClusterMember:
         self.ended = 0  # the newest generation that ended because a member left
         self.lineage = 0  # the state's history (state_source): 0 until a group agrees on it
         self.alone_since: int | None = None  # a lone start's step (state_source), until a group agrees
+        self.alone_at = 0.0  # when it began (monotonic): it lapses LONE_START_TIMEOUTS later
         self.restored = False  # the state is a checkpoint's, not yet agreed on by a group
+        self.incumbent = False  # in the last group of 2+ on this store, holding its state (state_source)
         self.digest: str | None = None
         # the digests of the last steps, so members can be compared at a step they all passed
         self.recent: deque[tuple[int, str]] = deque(maxlen=RECENT_DIGESTS)
@@ -533,6 +546,7 @@ class ClusterMember:
         and counts generations from 1 again."""
         self.registration = registration
         self.ended, self.given_up = 0, -1
+        self.incumbent = False  # a new number (or a new store): its state is no group's here
         self._drop_group("joining")
 
     def _drop_group(self, state: str) -> None:
@@ -604,9 +618,9 @@ class ClusterMember:
         return True
 
     def _take_state(self, engine: StepEngine, st: TrainerState) -> None:
-        """Agree on the state: the holder that ``state_source`` picks (the oldest lineage, then
-        the newest step) sends its parameters, moments and moving average; the others load
-        them, its step and its lineage."""
+        """Agree on the state: the holder that ``state_source`` picks (the incumbents', else the
+        oldest lineage, then the newest step) sends its parameters, moments and moving average;
+        the others load them, its step and its lineage."""
         params = engine.params()
         m, v = engine.moments()
         ema = engine.ema()
@@ -614,17 +628,18 @@ class ClusterMember:
         # DiLoCo: the anchor and the outer momentum travel too (added below)
         layout = [params.size, len(parts) + (2 if self.s.outer_every else 0), self.s.outer_every]
         now_ms = round(time.time() * 1000)
-        alone = -1 if self.alone_since is None else self.alone_since
+        alone = self._lone_start()
         mine = torch.tensor(
-            [st.step, st.tokens, st.skipped_steps, self.lineage, now_ms, alone, *layout], dtype=torch.int64
+            [st.step, st.tokens, st.skipped_steps, self.lineage, now_ms, alone, self.incumbent, *layout],
+            dtype=torch.int64,
         )
         self._agree_on_protocol(len(mine))
         every = [torch.zeros(len(mine), dtype=torch.int64) for _ in range(self.world)]
         self.group.allgather([every], [mine]).wait()
-        disagreement = layout_disagreement([[int(n) for n in x[6:]] for x in every])
+        disagreement = layout_disagreement([[int(n) for n in x[7:]] for x in every])
         if disagreement is not None:  # the broadcast below would not match: refuse before it
             raise StateMismatch(disagreement)
-        source = state_source([(int(x[3]), int(x[0]), int(x[5])) for x in every])
+        source = state_source([(int(x[3]), int(x[0]), int(x[5]), int(x[6])) for x in every])
         if self.s.outer_every:
             if self.anchor is None or self.velocity is None:
                 self.anchor, self.velocity = params.copy(), np.zeros_like(params)
@@ -659,12 +674,27 @@ class ClusterMember:
         if self.world > 1:  # a group agreed on it: no longer a lone start's
             self.alone_since = None
         elif self.restored and self.alone_since is None:  # a lone start from its checkpoint
-            self.alone_since = st.step
+            self.alone_since, self.alone_at = st.step, time.monotonic()
         self.restored = False
+        self.incumbent = self.world > 1
         if self.s.outer_every:  # a state of step s holds its outer step: the next is the group's
             self.interval_start = self.outer_done = st.step
         self._finishing = (0, -1)  # what it said while finishing an interval was of its old group
         self.published(engine.params(), st.step)
+
+    def _lone_start(self) -> int:
+        """The step this member started alone from (``state_source``), -1 for none: once it has
+        trained alone for ``LONE_START_TIMEOUTS`` timeouts, what it trained counts as its own."""
+        if (
+            self.alone_since is not None
+            and time.monotonic() - self.alone_at > LONE_START_TIMEOUTS * self.s.timeout_s
+        ):
+            log.info(
+                "alone since step %d for over %d timeouts: its steps count as they are",
+                self.alone_since, LONE_START_TIMEOUTS,
+            )  # fmt: skip
+            self.alone_since = None
+        return -1 if self.alone_since is None else self.alone_since
 
     def _agree_on_protocol(self, row: int) -> None:
         """The fixed header first (``STATE_PROTOCOL``, the row's length): StateMismatch in one
@@ -680,22 +710,18 @@ class ClusterMember:
             )
 
     def history(self) -> dict[str, int | None]:
-        """What a checkpoint keeps of the cluster: the state's lineage and, for a lone start,
-        the step it started alone from (``state_source``)."""
-        return {"lineage": self.lineage, "alone_since": self.alone_since}
+        """What a checkpoint keeps of the cluster: the state's lineage (``state_source``)."""
+        return {"lineage": self.lineage}
 
     def restore_history(self, saved: dict[str, Any]) -> None:
         """The state was loaded from a checkpoint whose ``history()`` is ``saved`` ({} from a
         checkpoint written without --cluster: a lineage of its own then). ValueError in one line
-        for values that are not what ``history`` writes."""
-        lineage, alone = saved.get("lineage", 0), saved.get("alone_since")
-        if (
-            type(lineage) is not int
-            or lineage < 0
-            or not (alone is None or (type(alone) is int and alone >= 0))
-        ):
-            raise ValueError(f"the checkpoint's cluster history is not a lineage and a step: {saved!r}"[:300])
-        self.lineage, self.alone_since, self.restored = lineage, alone, True
+        for a lineage that is not what ``history`` writes. Checkpoints of earlier versions also
+        kept ``alone_since``: read and let go (a lone start is this process's, and bounded)."""
+        lineage = saved.get("lineage", 0)
+        if type(lineage) is not int or lineage < 0:
+            raise ValueError(f"the checkpoint's cluster history is not a lineage: {saved!r}"[:300])
+        self.lineage, self.alone_since, self.restored = lineage, None, True
 
     # ---- inside a step --------------------------------------------------------------------------
     def exchange(self, grad: np.ndarray, loss_sum: float, tokens: int, nbytes: int) -> tuple[float, int, int]:

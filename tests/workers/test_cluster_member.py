@@ -9,6 +9,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ pytest.importorskip("torch")
 import torch
 
 from crystalline.workers.cluster_member import (
+    LONE_START_TIMEOUTS,
     STATE_PROTOCOL,
     ClusterMember,
     StateMismatch,
@@ -299,9 +301,9 @@ class _Engine:
 @pytest.mark.parametrize(
     ("ema", "outer_every", "other", "named"),
     [
-        (True, 0, [5, 50, 0, 0, 0, -1, 10, 3, 0], "state parts"),  # the other member has no EMA
-        (False, 4, [5, 50, 0, 0, 0, -1, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
-        (False, 4, [5, 50, 0, 0, 0, -1, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
+        (True, 0, [5, 50, 0, 0, 0, -1, 0, 10, 3, 0], "state parts"),  # the other member has no EMA
+        (False, 4, [5, 50, 0, 0, 0, -1, 0, 10, 5, 8], "outer-every [4, 8]"),  # DiLoCo every 4 and every 8
+        (False, 4, [5, 50, 0, 0, 0, -1, 0, 10, 3, 0], "state parts (EMA, DiLoCo) [5, 3]"),  # DiLoCo on one
     ],
 )
 def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
@@ -311,7 +313,7 @@ def test_members_whose_state_buffers_differ_refuse_before_exchanging_them(
     member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1", outer_every=outer_every)
     member.group, member.rank, member.world = _FakeGroup(other), 0, 2
     member.anchor = member.velocity = None
-    member.lineage, member.alone_since = 0, None
+    member.lineage, member.alone_since, member.incumbent = 0, None, False
     with pytest.raises(StateMismatch, match=re.escape(named)):
         member._take_state(_Engine(10, ema), State(step=3))  # type: ignore[arg-type]
 
@@ -336,12 +338,12 @@ def test_a_refused_generation_shows_why_in_state_and_is_not_formed_again() -> No
     member.membership = membership = _Membership()  # type: ignore[assignment]
     member.group, member.registration, member.given_up, member.anchor = None, 0, -1, None
     member.ended, member.forming = 0, 0  # no generation ended by a member leaving, none forming
-    member.lineage, member.alone_since = 0, None
+    member.lineage, member.alone_since, member.incumbent = 0, None, False
     formed: list[int] = []
 
     def form(g: int, rank: int, numbers: list[int]) -> bool:
         formed.append(g)
-        member.group = _FakeGroup([0, 0, 0, 0, 0, -1, 10, 4, 0])  # the other member keeps an EMA
+        member.group = _FakeGroup([0, 0, 0, 0, 0, -1, 0, 10, 4, 0])  # the other member keeps an EMA
         member.group_generation, member.rank, member.world = g, rank, len(numbers)
         return True
 
@@ -482,22 +484,48 @@ def test_a_leave_the_membership_thread_had_no_tick_for_is_told_before_registerin
 
 
 def test_state_source_prefers_the_oldest_lineage_then_the_newest_step() -> None:
-    """Of each rank's (lineage, step, alone since: the step a lone start began at, -1 for none)."""
-    assert state_source([(0, 3, -1), (0, 9, -1), (0, 9, -1)]) == 1  # all afresh (a first start): newest step
-    assert state_source([(0, 90, -1), (1000, 4, -1)]) == 1  # a restarted member's checkpoint: the group's
-    assert state_source([(2000, 79, -1), (1000, 36, -1), (1000, 36, -1)]) == 1  # a lineage of its own
-    assert state_source([(1000, 50, -1), (1000, 36, -1)]) == 0  # one lineage (a partition healed): newest
+    """Of each rank's (lineage, step, alone since: the step a lone start began at, -1 for none,
+    incumbent: 0), with no incumbents (a new store's first generation, or after a lone member)."""
+    assert state_source([(0, 3, -1, 0), (0, 9, -1, 0), (0, 9, -1, 0)]) == 1  # all afresh: newest step
+    assert state_source([(0, 90, -1, 0), (1000, 4, -1, 0)]) == 1  # a restarted member's checkpoint
+    assert state_source([(2000, 79, -1, 0), (1000, 36, -1, 0), (1000, 36, -1, 0)]) == 1  # another lineage
+    assert state_source([(1000, 50, -1, 0), (1000, 36, -1, 0)]) == 0  # one lineage (a partition healed)
 
 
 def test_a_lone_start_counts_from_the_checkpoint_it_started_alone_from() -> None:
     """A member that started alone from its checkpoint (a restarted host after the first
     generation's wait, the first of a whole cluster restarted) stays in its lineage, but what it
-    holds counts as of the step it started alone from: its old peers, who went on, win; among
-    members restarted one after another the newest checkpoint wins, its lone steps with it."""
-    assert state_source([(1000, 9, 4), (1000, 6, -1)]) == 1  # peers at 6 went on past its checkpoint 4
-    assert state_source([(1000, 9, 7), (1000, 6, -1)]) == 0  # its checkpoint (7) is the newest
-    assert state_source([(1000, 9, 6), (1000, 6, -1)]) == 0  # as new: and it stepped on from there
-    assert state_source([(1000, 6, -1), (1000, 12, 5), (1000, 8, 7)]) == 2  # two lone starts: 7
+    holds counts as of the step it started alone from (while that lasts: ``_lone_start``): its
+    old peers, who went on, win; among members restarted one after another the newest
+    checkpoint wins, its lone steps with it."""
+    assert state_source([(1000, 9, 4, 0), (1000, 6, -1, 0)]) == 1  # peers at 6 went on past its 4
+    assert state_source([(1000, 9, 7, 0), (1000, 6, -1, 0)]) == 0  # its checkpoint (7) is the newest
+    assert state_source([(1000, 9, 6, 0), (1000, 6, -1, 0)]) == 0  # as new: and it stepped on from there
+    assert state_source([(1000, 6, -1, 0), (1000, 12, 5, 0), (1000, 8, 7, 0)]) == 2  # two lone starts: 7
+
+
+def test_a_lone_start_lapses_once_the_member_has_trained_alone_for_a_few_timeouts() -> None:
+    """A host that restarted from its checkpoint at 1000 and trains alone counts as of step
+    1000 for LONE_START_TIMEOUTS timeouts; after that its steps count as they are (before: for
+    ever, so 10000 lone steps gave way to a peer's checkpoint at 1005; review3 finding 3)."""
+    member = ClusterMember.__new__(ClusterMember)  # no rendezvous: only the lone start
+    member.s = ClusterSettings("127.0.0.1", 1, "127.0.0.1", timeout_s=2.0)
+    member.alone_since, member.alone_at = 1000, time.monotonic()
+    assert member._lone_start() == 1000 and member.alone_since == 1000
+    member.alone_at -= LONE_START_TIMEOUTS * 2.0 + 1  # as if it started alone that long ago
+    assert member._lone_start() == -1 and member.alone_since is None
+    assert state_source([(1000, 11000, member._lone_start(), 0), (1000, 1005, -1, 0)]) == 0
+
+
+def test_the_state_of_the_group_that_trained_together_is_not_overwritten_by_another_lineage() -> None:
+    """Incumbents (the last group of 2+ on this store, holding its state): their state, or a
+    newer step of their lineage; never another lineage's, older or not, nor an older step."""
+    pair_and_paused = [(2000, 1000, -1, 1), (2000, 1000, -1, 1), (1000, 100, -1, 0)]  # review3 finding 2
+    assert state_source(pair_and_paused) == 0
+    assert state_source([(1000, 100, -1, 0), (2000, 990, -1, 1), (2000, 991, -1, 1)]) == 2  # a step settled
+    assert state_source([(2000, 40, -1, 1), (2000, 40, -1, 1), (2000, 55, -1, 0)]) == 2  # a newer checkpoint
+    assert state_source([(2000, 40, -1, 1), (2000, 40, -1, 1), (0, 99, -1, 0)]) == 0  # a fresh start
+    assert state_source([(2000, 40, -1, 1), (1000, 90, 30, 0)]) == 0  # a lone start of another lineage
 
 
 def host_gone(host: ClusterMember) -> None:
@@ -770,18 +798,18 @@ def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
     try:
         engine = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(0, 2), exchange=host)
         engine.load_state(init_params(model.table, 0), *[np.zeros_like(init_params(model.table, 0))] * 2)
-        host.restore_history({"lineage": lineage, "alone_since": None})
+        host.restore_history({"lineage": lineage, "alone_since": None})  # an older version's checkpoint
         alone = State(step=host_at)
         join(host, engine, alone)
         assert host.world == 1 and host.status()["lineage"] == lineage
-        assert host.history() == {"lineage": lineage, "alone_since": host_at}  # what its checkpoint keeps
+        assert host.history() == {"lineage": lineage} and host.alone_since == host_at  # a lone start
         for _ in range(3):
             trained(host, engine, alone)
         other = ClusterMember(ClusterSettings("127.0.0.1", host.s.port, "127.0.0.2", 1, 2, 3.0))
         theirs = LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(1, 2), exchange=other)
         params = init_params(model.table, 1)
         theirs.load_state(params, np.zeros_like(params), np.zeros_like(params))
-        other.restore_history({"lineage": lineage, "alone_since": None})
+        other.restore_history({"lineage": lineage})
         states = [alone, State(step=other_at)]
         expected = (host_at + 3, host.digest) if host_wins else (other_at, digest(params, other_at))
         pair, engines = [host, other], [engine, theirs]
@@ -800,8 +828,8 @@ def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
 
         in_threads(pair, reunited, close=False)
         assert after == [expected, expected]
-        agreed = {"lineage": lineage, "alone_since": None}  # a group of two agreed: no lone start now
-        assert [m.history() for m in pair] == [agreed, agreed]
+        assert [m.history() for m in pair] == [{"lineage": lineage}] * 2
+        assert host.alone_since is None and host.incumbent and other.incumbent  # a group of two agreed
         # the host's lone steps gave way (member 1 behind the host is only brought up to date)
         replaced = None if host_wins else {"step": host_at + 3, "by_step": other_at, "lineage": lineage}
         assert (host.status()["replaced"], other.status()["replaced"]) == (replaced, None)
@@ -813,22 +841,24 @@ def test_of_a_cluster_restarted_member_by_member_the_newest_checkpoint_wins(
                 m.close()
 
 
-def test_a_cluster_history_that_is_not_a_lineage_and_a_step_is_refused_in_one_line() -> None:
+def test_a_cluster_history_that_is_not_a_lineage_is_refused_in_one_line() -> None:
     member = ClusterMember.__new__(ClusterMember)  # no rendezvous: only the restore
-    for saved in ({"lineage": "x"}, {"lineage": -1}, {"lineage": 5, "alone_since": 2.5}, {"alone_since": -3}):
-        with pytest.raises(ValueError, match="not a lineage and a step") as caught:
+    for saved in ({"lineage": "x"}, {"lineage": -1}, {"lineage": 2.5}):
+        with pytest.raises(ValueError, match="not a lineage") as caught:
             member.restore_history(saved)
         assert "\n" not in str(caught.value)
     member.restore_history({})  # a checkpoint written without --cluster
     assert (member.lineage, member.alone_since, member.restored) == (0, None, True)
+    member.restore_history({"lineage": 5, "alone_since": 3})  # an earlier version's: let go
+    assert (member.lineage, member.alone_since, member.restored) == (5, None, True)
 
 
 def test_a_checkpoint_keeps_the_lineage_and_a_restart_resumes_it(tmp_path: Path, corpus_file: Path) -> None:
     """A trainer with a cluster member writes its ``history()`` into the checkpoint's
     state.json; restarted from it (a new process: a new member, a new store), the member holds
     that lineage before any group, and once its first group is itself alone (the first
-    generation's wait passed) it is a lone start from the checkpoint's step, which its next
-    checkpoint keeps too."""
+    generation's wait passed) it is a lone start from the checkpoint's step (this process's
+    alone: the checkpoint keeps only the lineage)."""
     cfg = TrainConfig(embed_dim=16, num_layers=1, num_heads=2, seq_len=8, batch_size=2, workers=1)
     first = hosted_members(on_loopback(1, 1, 1, 2.0))[0]
     trainer = Trainer([corpus_file], tmp_path / "ck", cfg, exchange=first)
@@ -837,19 +867,19 @@ def test_a_checkpoint_keeps_the_lineage_and_a_restart_resumes_it(tmp_path: Path,
         trainer.train_step()
         first.after_step(trainer.engine, trainer.state)
         lineage = first.lineage  # begun by this first group (its own state, made at start)
-        assert lineage > 0 and first.history() == {"lineage": lineage, "alone_since": None}
+        assert lineage > 0 and first.history() == {"lineage": lineage}
         saved = load_state(trainer.checkpoint())
-        assert saved["cluster"] == {"lineage": lineage, "alone_since": None} and saved["step"] == 1
+        assert saved["cluster"] == {"lineage": lineage} and saved["step"] == 1
     finally:
         trainer.close()
         first.close()
     again = hosted_members(on_loopback(1, 1, 1, 2.0))[0]
     trainer = Trainer([corpus_file], tmp_path / "ck", cfg, resume=True, exchange=again)
     try:
-        assert again.history() == {"lineage": lineage, "alone_since": None} and again.restored
+        assert again.history() == {"lineage": lineage} and again.restored
         join(again, trainer.engine, trainer.state)
-        assert again.history() == {"lineage": lineage, "alone_since": 1}
-        assert load_state(trainer.checkpoint())["cluster"] == {"lineage": lineage, "alone_since": 1}
+        assert again.alone_since == 1 and not again.incumbent and not again.restored
+        assert load_state(trainer.checkpoint())["cluster"] == {"lineage": lineage}
     finally:
         trainer.close()
         again.close()
@@ -935,3 +965,78 @@ def test_members_of_different_versions_refuse_their_generation_in_one_line_and_l
         assert state.endswith("run the same crystalline version on every member")
 
     in_threads(members, run)
+
+
+def test_a_paused_member_of_an_older_lineage_does_not_overwrite_the_group_that_trained_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three members step to 3; member 2 is paused while the host and member 1 are restarted
+    from a checkpoint without history (lineage 0: a new lineage once they agree) and step 10
+    together. Member 2 resumes with the first, older lineage: the group of three takes the
+    pair's state (they are the incumbents), not member 2's (before: the oldest lineage won and
+    the pair's 10 steps were replaced by step 3; review3 finding 2)."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
+    params = init_params(GPT(CFG).table, 0)
+    members = hosted_members(on_loopback(3, 1, 3, 3.0))
+
+    def engine_of(m: ClusterMember, i: int) -> LocalEngine:
+        return LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s: batch(i, 2), exchange=m)
+
+    engines = [engine_of(m, i) for i, m in enumerate(members)]
+    states = [State(), State(), State()]
+    paused = members[2]
+    pair: list[ClusterMember] = []
+    try:
+
+        def first(i: int) -> None:
+            engines[i].load_state(params, np.zeros_like(params), np.zeros_like(params))
+            join(members[i], engines[i], states[i])
+            for _ in range(3):
+                trained(members[i], engines[i], states[i])
+
+        in_threads(members, first, close=False)
+        old_lineage = paused.lineage
+        checkpoint = [x.copy() for x in (engines[0].params(), *engines[0].moments())]
+        members[1].close()
+        host_gone(members[0])
+        until(lambda: paused.membership.unreachable(), lambda: "member 2 never saw the host go", 60)
+        assert not paused.ready(engines[2], states[2]) and paused.leave()
+        pair = [ClusterMember(members[0].s), ClusterMember(members[1].s)]
+        pair_engines = [engine_of(m, i) for i, m in enumerate(pair)]
+        pair_states = [State(step=3), State(step=3)]
+
+        def together(i: int) -> None:
+            pair_engines[i].load_state(*checkpoint)
+            join(pair[i], pair_engines[i], pair_states[i])
+            for _ in range(10):
+                trained(pair[i], pair_engines[i], pair_states[i])
+
+        in_threads(pair, together, close=False)
+        assert pair[0].lineage == pair[1].lineage != old_lineage and pair[0].incumbent
+        kept = (13, pair[0].digest)
+        paused.rejoin()
+
+        trio = [*pair, paused]
+        trio_engines, trio_states = [*pair_engines, engines[2]], [*pair_states, states[2]]
+
+        def three() -> bool:  # each has read it (one that has not would step on in its pair)
+            generations = [m.membership.generation for m in trio]  # each a tuple, set whole
+            return all(g is not None and len(g[1]) == 3 for g in generations)
+
+        until(three, lambda: "no generation of three within 60 s", 60)
+        after: list[tuple[int, str | None]] = [(0, None)] * 3
+
+        def reunited(i: int) -> None:
+            join(trio[i], trio_engines[i], trio_states[i])
+            after[i] = (trio_states[i].step, trio[i].digest)
+
+        in_threads(trio, reunited, close=False)
+        assert after == [kept] * 3 and {m.lineage for m in trio} == {pair[0].lineage}
+        assert [m.status()["replaced"] for m in trio] == [
+            None,
+            None,
+            {"step": 3, "by_step": 13, "lineage": old_lineage},
+        ]
+    finally:
+        for m in [paused, *pair[::-1]]:
+            m.close()
