@@ -397,12 +397,13 @@ def _replaced_why(own: int, lineage: int, alone_since: int | None) -> str:
 
 def state_source(held: list[tuple[int, int, int, int]]) -> int:
     """The rank whose state a new group takes, of each rank's (lineage, step, alone since,
-    incumbent). Incumbents (1) are the members of the last group of two or more formed on this
-    store, whose state it is (a member registered anew, after a pause, a cut or a restart, is
-    not one): when there are any, the state is theirs or, of the same lineage, a newer step's
-    (a newer checkpoint of that history); a member of another lineage (one paused or cut off
-    while they went on, a restart from a checkpoint without history) never overwrites them.
-    With none (a new store's first generation, or after a member alone): the oldest lineage,
+    incumbent). Incumbents (1) are the members of a group of two or more formed on this store
+    that hold its state, also once they go on alone (a member registered anew, after a pause, a
+    cut or a restart, is not one): when there are any, the state is theirs or, of the same
+    lineage, a newer step's (a newer checkpoint of that history; a lone start's counted as of
+    the step it started alone from); a member of another lineage (one paused or cut off while
+    they went on, a restart from a checkpoint without history) never overwrites them. With
+    none (a new store's first generation, or a lone start): the oldest lineage,
     then the newest step, then the lowest rank. A lineage is the state's history since a group
     first agreed on a process's own state (parameters it made at start; 0 until then), named
     by when that was (ms); it passes with the state and is kept with the checkpoint
@@ -414,16 +415,16 @@ def state_source(held: list[tuple[int, int, int, int]]) -> int:
     longer keeps what it trained if that is the newer step. Within a lineage (a partition
     healed, a member restarted) the newest step wins: the most training since the history
     they share."""
+
+    def newest(r: int) -> tuple[int, int, int]:  # a lone start counts as of the step it started from
+        _, step, alone, _ = held[r]
+        return (-(alone if alone >= 0 else step), -step, r)
+
     incumbents = [r for r, x in enumerate(held) if x[3]]
     if incumbents:
         ours = held[incumbents[0]][0]
-        return min((r for r, x in enumerate(held) if x[0] == ours), key=lambda r: (-held[r][1], r))
-
-    def rank(r: int) -> tuple[int, int, int, int]:
-        lineage, step, alone, _ = held[r]
-        return (lineage or FRESH, -(alone if alone >= 0 else step), -step, r)
-
-    return min(range(len(held)), key=rank)
+        return min((r for r, x in enumerate(held) if x[0] == ours), key=newest)
+    return min(range(len(held)), key=lambda r: (held[r][0] or FRESH, *newest(r)))
 
 
 class ClusterMember:
@@ -676,7 +677,9 @@ class ClusterMember:
         elif self.restored and self.alone_since is None:  # a lone start from its checkpoint
             self.alone_since, self.alone_at = st.step, time.monotonic()
         self.restored = False
-        self.incumbent = self.world > 1
+        # a member of a group of two or more stays one of its incumbents while it goes on alone on
+        # this store (its peers paused or died): registering anew (a pause, a cut, a restart) ends it
+        self.incumbent = self.world > 1 or self.incumbent
         if self.s.outer_every:  # a state of step s holds its outer step: the next is the group's
             self.interval_start = self.outer_done = st.step
         self._finishing = (0, -1)  # what it said while finishing an interval was of its old group

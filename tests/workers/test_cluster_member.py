@@ -22,7 +22,7 @@ from _wait import until
 
 from crystalline.workers.checkpoint import load_state
 from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailable
-from crystalline.workers.engine import LocalEngine, StepOutcome
+from crystalline.workers.engine import LocalEngine, StepAbandoned, StepOutcome
 from crystalline.workers.model import GPT, init_params
 from crystalline.workers.optimizer import AdamWConfig
 from crystalline.workers.params import ModelConfig
@@ -526,6 +526,8 @@ def test_the_state_of_the_group_that_trained_together_is_not_overwritten_by_anot
     assert state_source([(2000, 40, -1, 1), (2000, 40, -1, 1), (2000, 55, -1, 0)]) == 2  # a newer checkpoint
     assert state_source([(2000, 40, -1, 1), (2000, 40, -1, 1), (0, 99, -1, 0)]) == 0  # a fresh start
     assert state_source([(2000, 40, -1, 1), (1000, 90, 30, 0)]) == 0  # a lone start of another lineage
+    # a lone start of theirs counts as of the step it started alone from (review5 finding 5)
+    assert state_source([(1000, 1020, -1, 1), (1000, 1020, -1, 1), (1000, 1030, 1000, 0)]) == 0
 
 
 def host_gone(host: ClusterMember) -> None:
@@ -967,14 +969,17 @@ def test_members_of_different_versions_refuse_their_generation_in_one_line_and_l
     in_threads(members, run)
 
 
+@pytest.mark.parametrize("pair_shrinks", [False, True], ids=["pair", "host-left-alone"])
 def test_a_paused_member_of_an_older_lineage_does_not_overwrite_the_group_that_trained_together(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, pair_shrinks: bool
 ) -> None:
     """Three members step to 3; member 2 is paused while the host and member 1 are restarted
     from a checkpoint without history (lineage 0: a new lineage once they agree) and step 10
-    together. Member 2 resumes with the first, older lineage: the group of three takes the
-    pair's state (they are the incumbents), not member 2's (before: the oldest lineage won and
-    the pair's 10 steps were replaced by step 3; review3 finding 2)."""
+    together. Member 2 resumes with the first, older lineage: the group takes the pair's state
+    (they are the incumbents), not member 2's (before: the oldest lineage won and the pair's 10
+    steps were replaced by step 3; review3 finding 2). With ``pair_shrinks`` member 1 dies first
+    and the host steps on alone: still the incumbent, its state wins (before: a member alone
+    was no incumbent, and member 2's step 3 replaced its 12; review5 finding 1)."""
     caplog.set_level(logging.INFO, logger="crystalline.cluster")
     params = init_params(GPT(CFG).table, 0)
     members = hosted_members(on_loopback(3, 1, 3, 3.0))
@@ -1013,29 +1018,35 @@ def test_a_paused_member_of_an_older_lineage_does_not_overwrite_the_group_that_t
 
         in_threads(pair, together, close=False)
         assert pair[0].lineage == pair[1].lineage != old_lineage and pair[0].incumbent
-        kept = (13, pair[0].digest)
-        paused.rejoin()
-
         trio = [*pair, paused]
         trio_engines, trio_states = [*pair_engines, engines[2]], [*pair_states, states[2]]
+        if pair_shrinks:  # member 1 dies; the host notices and steps on alone
+            pair[1].close()
+            with contextlib.suppress(StepAbandoned):
+                trained(pair[0], pair_engines[0], pair_states[0])
+            join(pair[0], pair_engines[0], pair_states[0])
+            for _ in range(2):
+                trained(pair[0], pair_engines[0], pair_states[0])
+            assert pair[0].world == 1 and pair[0].incumbent
+            del trio[1], trio_engines[1], trio_states[1]
+        kept = (pair_states[0].step, pair[0].digest)
+        paused.rejoin()
 
         def three() -> bool:  # each has read it (one that has not would step on in its pair)
             generations = [m.membership.generation for m in trio]  # each a tuple, set whole
-            return all(g is not None and len(g[1]) == 3 for g in generations)
+            return all(g is not None and len(g[1]) == len(trio) for g in generations)
 
-        until(three, lambda: "no generation of three within 60 s", 60)
-        after: list[tuple[int, str | None]] = [(0, None)] * 3
+        until(three, lambda: f"no generation of {len(trio)} within 60 s", 60)
+        after: list[tuple[int, str | None]] = [(0, None)] * len(trio)
 
         def reunited(i: int) -> None:
             join(trio[i], trio_engines[i], trio_states[i])
             after[i] = (trio_states[i].step, trio[i].digest)
 
         in_threads(trio, reunited, close=False)
-        assert after == [kept] * 3 and {m.lineage for m in trio} == {pair[0].lineage}
-        assert [m.status()["replaced"] for m in trio] == [
-            None,
-            None,
-            {"step": 3, "by_step": 13, "lineage": old_lineage},
+        assert after == [kept] * len(trio) and {m.lineage for m in trio} == {pair[0].lineage}
+        assert [m.status()["replaced"] for m in trio] == [None] * (len(trio) - 1) + [
+            {"step": 3, "by_step": kept[0], "lineage": old_lineage},
         ]
     finally:
         for m in [paused, *pair[::-1]]:
