@@ -366,15 +366,22 @@ def _text_of(el: etree._Element) -> str:
 
 
 def _in_sentence(el: etree._Element) -> bool:
-    """An inline element with words of its paragraph right before and right after it: a name or
-    a topic link inside a sentence ("neighboring <a class="meta-loc">South Sudan</a>, cease"),
-    which its class words must not cut out of the sentence."""
+    """An inline element with words of its paragraph right before it and, after it, more words
+    or the end of the paragraph's sentence: a name or a topic link inside a sentence
+    ("neighboring <a class="meta-loc">South Sudan</a>, cease"), a note link closing one, which
+    its class words must not cut out of the sentence."""
     parent = el.getparent()
     if el.tag not in _INLINE_TAGS or parent is None or parent.tag != "p":
         return False
     previous = el.getprevious()
     before = parent.text if previous is None else previous.tail
-    return bool(_WORD.search(before or "")) and bool(_WORD.search(el.tail or ""))
+    if not _WORD.search(before or ""):
+        return False
+    if _WORD.search(el.tail or ""):
+        return True
+    # the last of its paragraph, ending a sentence: 'were <a class=popup>born?"</a>', 'by <a
+    # class=meta>Reuters</a>.'; not "<span class=ad>Advertisement</span>"
+    return el.getnext() is None and bool(_SENTENCE_END.search(_text_of(el) + (el.tail or "")))
 
 
 def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:

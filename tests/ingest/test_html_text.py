@@ -604,6 +604,26 @@ def test_link_inside_a_sentence_is_not_cut_out_for_its_class_words() -> None:
     ]
 
 
+def test_link_closing_a_sentence_is_not_cut_out_for_its_class_words() -> None:
+    # An annotated text's note links ("popup") and a source link ("meta") end their paragraph's
+    # sentence: removing them left "Will you tell me, Bartleby," without its end. An element
+    # that ends its paragraph without ending a sentence ("Advertisement") still goes.
+    asked = (
+        "The lawyer turned to the clerk and asked him again, in the quietest voice he had, "
+        '"Will you tell me, Bartleby, <a href="#" class="popup">where you were born?"</a>'
+    )
+    sourced = "The figures for the harbour were first published by <a href='/s' class='meta'>Reuters</a>."
+    advert = f"{SECTIONS[1][0]} <span class='ad'>Advertisement</span>"
+    lines = _story_lines(_paras([*SECTIONS[0], asked, sourced, advert, SECTIONS[1][1]]))
+    assert lines == [
+        "The delta grows",
+        *SECTIONS[0],
+        re.sub("<[^>]+>", "", asked),
+        "The figures for the harbour were first published by Reuters.",
+        *SECTIONS[1],
+    ]
+
+
 def test_linked_items_of_the_articles_own_list_are_kept() -> None:
     # A blog post's list of updates: one item has no link, the next links most of its sentence
     # (link text over half the item). That list is the article's, so the linked item stays; a
