@@ -392,7 +392,7 @@ def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:
     for el in root.iter():
         tag = el.tag
         # comments and processing instructions have no str tag
-        if not isinstance(tag, str) or tag in _DROP_TAGS or (tag == "header" and el.find(".//h1") is None):
+        if not isinstance(tag, str) or tag in _DROP_TAGS or (tag == "header" and _page_header(el)):
             doomed.append(el)
         elif keys := el.keys():  # most elements: no class, id, role, style or hidden to judge
             hidden = not _HIDING_ATTRS.isdisjoint(keys) and _is_hidden(el)
@@ -406,6 +406,24 @@ def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:
             ):
                 doomed.append(el)
     return doomed
+
+
+def _page_header(header: etree._Element) -> bool:
+    """A <header> that is the site's or a box's (a logo, a menu, "Related Coverage"), not the
+    article's: it holds neither the page's <h1> nor, inside an <article> or <main>, a stretch of
+    prose (a text of _PROSE_CHARS or more outside links and scripts), as the lede that a story's
+    <header> sets above its body."""
+    if header.find(".//h1") is not None:
+        return False
+    if not any(anc.tag in ("article", "main") for anc in header.iterancestors()):
+        return True
+    for el in header.iter():
+        if el.tag in _DROP_TAGS or not isinstance(el.tag, str):
+            continue
+        texts = (el.text, *(child.tail for child in el)) if el.tag != "a" else (child.tail for child in el)
+        if any(t and len(t.strip()) >= _PROSE_CHARS for t in texts):
+            return False
+    return True
 
 
 def _clean(root: etree._Element, strict: bool = True) -> list[tuple[etree._Element, int]]:

@@ -624,6 +624,24 @@ def test_link_closing_a_sentence_is_not_cut_out_for_its_class_words() -> None:
     ]
 
 
+def test_a_lede_in_the_articles_header_is_kept_and_the_sites_header_is_not() -> None:
+    # A <header> without the <h1> was dropped whole as the site's; inside the story's body it
+    # may hold the lede ("Neuroscience tells us ... New research investigates."). The site's
+    # header, prose in it or not, and a box's header inside the article ("Related Coverage")
+    # still go.
+    lede = (
+        "The delta grew by a kilometre this spring, and the farmers who depend on its floods "
+        "say the new land is already green. Our reporter went to see it."
+    )
+    promo = "Take your next trip with us: small-group adventures to the world's most wondrous places."
+    html = (
+        f"<html><body><header><a href='/'>Home</a><p>{promo}</p></header><nav><ul>{NAV}</ul></nav>"
+        f"<h1>The delta grows</h1><article><div class='body'><header>{lede}</header>"
+        f"{_paras(BODY)}<header>Related Coverage</header></div></article></body></html>"
+    )
+    assert extract_html(html, "never").text.split("\n\n") == ["The delta grows", lede, *BODY]
+
+
 def test_linked_items_of_the_articles_own_list_are_kept() -> None:
     # A blog post's list of updates: one item has no link, the next links most of its sentence
     # (link text over half the item). That list is the article's, so the linked item stays; a
