@@ -668,10 +668,12 @@ def _keep(block: _Block, text: str) -> bool:
     # a paragraph mostly of links is a link list, unless it ends as a sentence with some words of
     # its own (a comment's paragraph linking most of its clauses)
     own = n - block.link_chars >= _UNLINKED_CHARS and block.tag == "p" and _SENTENCE_END.search(text)
-    if block.link_chars > 0.5 * n and not own:
-        return False
+    # a heading is judged by what it titles (see _titles), links or not: a list article's
+    # "<a>Thumper</a> ($20)", a blog post's permalink
     if block.heading:
         return n <= 300
+    if block.link_chars > 0.5 * n and not own:
+        return False
     if n >= 80:
         return True
     # an item, a row, code or a caption ("Memory leak in action" in a <figcaption> or an element

@@ -642,6 +642,26 @@ def test_a_lede_in_the_articles_header_is_kept_and_the_sites_header_is_not() -> 
     assert extract_html(html, "never").text.split("\n\n") == ["The delta grows", lede, *BODY]
 
 
+def test_a_heading_that_is_a_link_is_kept_where_it_titles_text() -> None:
+    # A list article titles each item with a link to it ("<a>Thumper</a> ($20)", "21) <a>Star
+    # Wars</a>"), a blog each post with its permalink: headings mostly of link text were dropped
+    # as link lists, though the text under them was kept. A linked heading with nothing kept
+    # under it (another story's headline at the end) still goes, as any untitled heading does.
+    items = [
+        ("<a href='/game/1'>“Harbour Master”</a> ($20)", SECTIONS[0]),
+        ("<a href='/game/2'>Delta</a>", SECTIONS[1]),
+    ]
+    body = "".join(f"<h2>{head}</h2>{_paras(paras)}" for head, paras in items)
+    lines = _story_lines(body + "<h2><a href='/s/9'>Another story on this site</a></h2>")
+    assert lines == [
+        "The delta grows",
+        "“Harbour Master” ($20)",
+        *SECTIONS[0],
+        "Delta",
+        *SECTIONS[1],
+    ]
+
+
 def test_linked_items_of_the_articles_own_list_are_kept() -> None:
     # A blog post's list of updates: one item has no link, the next links most of its sentence
     # (link text over half the item). That list is the article's, so the linked item stays; a
