@@ -20,9 +20,26 @@ code fences, emphasis marks and raw ``<a>`` tags left out, entities decoded
 
 Both truths are another reader's choice, not gold: these sets measure and are never tuned on.
 
-Scoring is the development set's own ``score.py`` (imported from ``--dev-set``): word 4-gram
-shingles over ``\\w+`` tokens, per-page precision and recall, means over pages, F1 of the means;
-``combined`` is the same over the pages of all sets together. ``\\w+`` does not split Chinese or
+``trafilatura-eval`` (trafilatura 0.9.3's sdist, GPLv3+, whose pages are not redistributed here):
+the real pages of its ``tests/cache`` (German, English and French blogs, news, shops, institutions)
+scored with trafilatura's own human annotations, which its sdist does not ship:
+``bench/data/trafilatura_eval.json`` holds, for each cache page annotated in ``tests/evaldata.py``
+of github.com/adbar/trafilatura at commit 08eb92f0 (Apache-2.0, as that commit's README states;
+read 2026-11-30), the snippets that must be in the main text (``with``) and those that must not
+(``without``); its ``comments`` snippets are left out (we extract without comments). A cache page
+without an annotation is listed as skipped. trafilatura's authors developed their extractor on
+these pages, so the comparison with trafilatura favours it; the comparison of our own modes does
+not. Scoring is trafilatura's metric (``evaluate_result`` and ``calculate_scores`` of its
+``tests/comparison*.py``): per snippet, a ``with`` snippet that is a substring of the extracted
+text is a true positive, else a false negative; a ``without`` snippet found is a false positive,
+else a true negative; precision, recall, accuracy and F1 = 2TP/(2TP+FP+FN) over all the snippets
+of all pages (micro), the text and snippets compared as they are (no whitespace or case folding,
+as trafilatura does: a snippet whose words we give on two lines is not found).
+
+The two text sets are scored by the development set's own ``score.py`` (imported from
+``--dev-set``): word 4-gram shingles over ``\\w+`` tokens, per-page precision and recall, means over
+pages, F1 of the means; ``combined`` is the same over the pages of both together (the snippet set
+has its own metric and is not in it). ``\\w+`` does not split Chinese or
 Japanese (no spaces between words), so on those pages a token is a whole clause (the ``ch/tok``
 column) and one differing character loses every shingle that clause is in: the same rule as
 the dev set, stricter there than on spaced scripts (Thai and Burmese are cut at their vowel
@@ -73,6 +90,7 @@ PIP_DOWNLOAD = [
 PIP_DOWNLOAD += ["--quiet", "--disable-pip-version-check"]
 CACHE = Path.home() / ".cache" / "crystalline" / "extract-heldout"
 DEV_SET = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "extraction-dev"
+ANNOTATIONS = Path(__file__).resolve().parent / "data" / "trafilatura_eval.json"
 WORD = re.compile(r"\w+", re.UNICODE)  # score.py's tokens, for the chars/token column only
 # conftest.py's (name, url, language) triples: the language of pages without metadata
 LANG_TRIPLE = re.compile(r'\(\s*"([\w.]+)",\s*(?:\(\s*(?:"[^"]*"\s*)+\)|"[^"]*"),\s*"([a-z]{2})",?\s*\)')
@@ -91,10 +109,25 @@ class Page:
     name: str
     language: str
     html: Path
-    truth: str
+    truth: str  # the expected text; "" on a snippet set
+    must: tuple[str, ...] = ()  # a snippet set's 'with' snippets
+    must_not: tuple[str, ...] = ()  # and its 'without' snippets
 
 
 Pairs = tuple[list[Page], list[tuple[str, str]]]
+
+
+@dataclass(frozen=True)
+class SnippetCounts:
+    """trafilatura's confusion counts of one page (or of many, added up)."""
+
+    tp: int = 0
+    fn: int = 0
+    fp: int = 0
+    tn: int = 0
+
+    def __add__(self, other: SnippetCounts) -> SnippetCounts:
+        return SnippetCounts(self.tp + other.tp, self.fn + other.fn, self.fp + other.fp, self.tn + other.tn)
 
 
 @dataclass(frozen=True)
@@ -107,6 +140,7 @@ class HeldOutSet:
     sha256: str
     wanted: tuple[str, ...]  # what is unpacked, relative to the sdist's top folder
     pairs: Callable[[Path], Pairs]  # the unpacked top folder -> pages and (name, why) left out
+    snippets: bool = False  # scored by trafilatura's snippets, not by score.py's shingles
 
     @property
     def pin(self) -> str:
@@ -234,6 +268,34 @@ def domdown_pairs(root: Path) -> Pairs:
     return pages, skipped
 
 
+def _snippets(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+        raise TypeError(f"not a list of non-empty snippets: {value!r:.60}")
+    return tuple(value)
+
+
+def trafilatura_pairs(root: Path, annotations: Path = ANNOTATIONS) -> Pairs:
+    """Each page of tests/cache annotated in ``annotations``, with its snippets, and (name, why)
+    for every page or annotation left out."""
+    try:
+        listed = json.loads(annotations.read_text(encoding="utf-8"))["pages"]
+        notes = {str(a["file"]): (_snippets(a["with"]), _snippets(a["without"])) for a in listed}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"extract_heldout: {annotations}: not trafilatura's annotations: {e!r}") from None
+    cache = sorted((root / "tests" / "cache").glob("*.html"))
+    pages: list[Page] = []
+    skipped: list[tuple[str, str]] = []
+    for html in cache:
+        name = html.name.removesuffix(".html")
+        if html.name in notes:
+            pages.append(Page(name, "?", html, "", *notes[html.name]))
+        else:
+            skipped.append((name, "no annotation in trafilatura's evaldata.py"))
+    for file in sorted(set(notes) - {html.name for html in cache}):
+        skipped.append((file.removesuffix(".html"), "annotation without a page"))
+    return pages, skipped
+
+
 SETS = {
     "newspaper4k": HeldOutSet(
         "newspaper4k",
@@ -250,6 +312,15 @@ SETS = {
         "1287b5a0a263947aaf745df8ab831deadcfcca247eea210340e0f207c16ea08e",
         ("tests/real/",),
         domdown_pairs,
+    ),
+    "trafilatura-eval": HeldOutSet(
+        "trafilatura",
+        "0.9.3",
+        "trafilatura-0.9.3.tar.gz",
+        "26d1164d033a171ec1eea83cfc052b9c94a7ffb15a91b94c5ac391d61e201f36",
+        ("tests/cache/",),
+        trafilatura_pairs,
+        snippets=True,
     ),
 }
 
@@ -367,6 +438,47 @@ def measure(scorer: ModuleType, pages: list[Page], preds: dict[str, dict[str, st
     return result
 
 
+def snippet_counts(text: str, must: tuple[str, ...], must_not: tuple[str, ...]) -> SnippetCounts:
+    """trafilatura's ``evaluate_result``: each snippet looked up in the text as it is (``in``)."""
+    found = sum(snippet in text for snippet in must)
+    leaked = sum(snippet in text for snippet in must_not)
+    return SnippetCounts(found, len(must) - found, leaked, len(must_not) - leaked)
+
+
+def snippet_scores(counts: SnippetCounts) -> dict[str, float]:
+    """trafilatura's ``calculate_scores`` of the counts (0 where a ratio has no denominator)."""
+    tp, fn, fp, tn = counts.tp, counts.fn, counts.fp, counts.tn
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "accuracy": (tp + tn) / (tp + fn + fp + tn) if tp + fn + fp + tn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0,
+    }
+
+
+def measure_snippets(pages: list[Page], preds: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """trafilatura's figures for each extractor over all the snippets of all pages, and per page
+    (with the snippets missed and leaked)."""
+    result: dict[str, Any] = {"overall": {}, "languages": {}, "pages": []}
+    for label, pred in preds.items():
+        counts = [snippet_counts(pred.get(p.name) or "", p.must, p.must_not) for p in pages]
+        total = sum(counts, SnippetCounts())
+        result["overall"][label] = {**snippet_scores(total), **vars(total)}
+    for p in pages:
+        row: dict[str, Any] = {"name": p.name, "language": p.language}
+        row["snippets"] = len(p.must) + len(p.must_not)
+        for label, pred in preds.items():
+            text = pred.get(p.name) or ""
+            row[label] = {
+                **snippet_scores(snippet_counts(text, p.must, p.must_not)),
+                "chars": len(text),
+                "missed": [snippet for snippet in p.must if snippet not in text],
+                "leaked": [snippet for snippet in p.must_not if snippet in text],
+            }
+        result["pages"].append(row)
+    return result
+
+
 def _prf(m: dict[str, float]) -> str:
     return f"{m['f1']:.3f} {m['precision']:.3f} {m['recall']:.3f}"
 
@@ -376,40 +488,53 @@ def print_tables(result: dict[str, Any], labels: list[str]) -> None:
     print(f"{result['count']} pages scored, {len(result['skipped'])} left out")
     for name, why in result["skipped"]:
         print(f"  skipped {name}: {why}")
-    print(f"\n{'overall':14s}{'F1':>6s}{'precision':>10s}{'recall':>7s}{'pages/s wall':>13s}{'CPU':>7s}")
+    snippets = result["metric"] == "snippets"
+    head = f"{'overall':14s}{'F1':>6s}{'precision':>10s}{'recall':>7s}{'pages/s wall':>13s}{'CPU':>7s}"
+    print(f"\n{head}{'accuracy':>9s} TP FN FP TN" if snippets else f"\n{head}")
     for label in labels:
         m, speed = result["overall"][label], result["speed"][label]
         print(
-            f"{label:14s}{m['f1']:6.3f}{m['precision']:10.3f}{m['recall']:7.3f}{speed['wall']:13.1f}{speed['cpu']:7.1f}"
+            f"{label:14s}{m['f1']:6.3f}{m['precision']:10.3f}{m['recall']:7.3f}{speed['wall']:13.1f}{speed['cpu']:7.1f}",
+            end="",
         )
-    print(f"\n{'language':14s}{heads}  pages")
+        print(f"{m['accuracy']:9.3f} {m['tp']} {m['fn']} {m['fp']} {m['tn']}" if snippets else "")
+    if result["languages"]:
+        print(f"\n{'language':14s}{heads}  pages")
     for lang, row in result["languages"].items():
         cells = "  ".join(f"{_prf(row[label]):<19s}" for label in labels)
         print(f"{lang:14s}{cells}  {row['pages']:5d}")
     width = max([20, *(len(row["name"]) + 1 for row in result["pages"])])
-    print(f"\n{'page':{width}s}{'lang':5s}{'chars':>7s} {'ch/tok':>6s}  {heads}  trafilatura ms")
+    sizes = f"{'snippets':>9s}" if snippets else f"{'chars':>7s} {'ch/tok':>6s}"
+    print(f"\n{'page':{width}s}{'lang':5s}{sizes}  {heads}  trafilatura ms")
     for row in sorted(result["pages"], key=lambda r: r[labels[0]]["f1"]):
         cells = "  ".join(f"{_prf(row[label]):<19s}" for label in labels)
         ms = f"{row['trafilatura_ms']:8.1f}" if "trafilatura_ms" in row else ""
-        head = (
-            f"{row['name']:{width}s}{row['language']:5s}{row['truth_chars']:7d} {row['chars_per_token']:6.1f}"
+        sizes = (
+            f"{row['snippets']:9d}" if snippets else f"{row['truth_chars']:7d} {row['chars_per_token']:6.1f}"
         )
-        print(f"{head}  {cells}  {ms}")
+        print(f"{row['name']:{width}s}{row['language']:5s}{sizes}  {cells}  {ms}")
 
 
-def print_summary(results: dict[str, dict[str, Any]], combined: dict[str, Any], labels: list[str]) -> None:
-    """One row per set and the combined row: F1, precision, recall, pages/s of CPU per extractor."""
+def print_summary(
+    results: dict[str, dict[str, Any]], combined: dict[str, Any] | None, labels: list[str]
+) -> None:
+    """One row per set and the combined row: F1, precision, recall, pages/s of CPU per extractor
+    (a snippet set's row is of trafilatura's metric, marked *)."""
     heads = "  ".join(f"{label + ' F1 P R CPU p/s':<26s}" for label in labels)
-    print(f"\n{'set':14s}{'pages':>6s}  {heads}")
-    for name, result in [*results.items(), ("combined", combined)]:
+    print(f"\n{'set':18s}{'pages':>6s}  {heads}")
+    rows = [(name + (" *" if r["metric"] == "snippets" else ""), r) for name, r in results.items()]
+    for name, result in [*rows, *([("combined", combined)] if combined else [])]:
         cells = "  ".join(
             f"{_prf(result['overall'][label])} {result['speed'][label]['cpu']:6.1f}" for label in labels
         )
-        print(f"{name:14s}{result['count']:6d}  {cells}")
+        print(f"{name:18s}{result['count']:6d}  {cells}")
+    if any(r["metric"] == "snippets" for r in results.values()):
+        print("* trafilatura's snippet metric, micro over snippets; the other rows score.py's shingles")
 
 
-def run_set(scorer: ModuleType, pages: list[Page]) -> dict[str, Any]:
-    """Both extractors over one set's pages, scored: measure()'s figures, speeds and seconds."""
+def run_set(scorer: ModuleType, pages: list[Page], snippets: bool = False) -> dict[str, Any]:
+    """Both extractors over one set's pages, scored (by measure(), or measure_snippets() for a
+    snippet set): figures, speeds and seconds."""
     texts, wall, cpu = run_crystalline(pages)
     preds = {"crystalline": texts}
     seconds = {"crystalline": {"wall": wall, "cpu": cpu}}
@@ -417,7 +542,8 @@ def run_set(scorer: ModuleType, pages: list[Page]) -> dict[str, Any]:
     if importlib.util.find_spec("trafilatura"):
         preds["trafilatura"], wall, cpu, per_page = run_trafilatura(pages)
         seconds["trafilatura"] = {"wall": wall, "cpu": cpu}
-    result = measure(scorer, pages, preds)
+    result = measure_snippets(pages, preds) if snippets else measure(scorer, pages, preds)
+    result["metric"] = "snippets" if snippets else "shingles"
     for row in result["pages"]:
         if row["name"] in per_page:
             row["trafilatura_ms"] = per_page[row["name"]]
@@ -464,15 +590,22 @@ def main() -> int:
             raise SystemExit(f"extract_heldout: {args.cache / held.top}: no page with an expected text")
     results = {}
     for name, set_pages in pages.items():
-        results[name] = run_set(scorer, set_pages)
+        results[name] = run_set(scorer, set_pages, SETS[name].snippets)
         results[name].update(skipped=skipped[name], cpu_pinned=bool(shutil.which("taskset")))
-    combined = combine(scorer, pages, results)
+    texts = [name for name in results if not SETS[name].snippets]
+    combined = (
+        combine(scorer, {n: pages[n] for n in texts}, {n: results[n] for n in texts}) if texts else None
+    )
     for result in results.values():
         del result["predictions"]
     if args.json:
         print(json.dumps({"sets": results, "combined": combined}, ensure_ascii=False))
         return 0
-    labels = list(combined["overall"])
+    labels = [
+        label
+        for label in next(iter(results.values()))["overall"]
+        if all(label in r["overall"] for r in results.values())
+    ]
     for name, result in results.items():
         print(f"== {name} {SETS[name].version}: ", end="")
         print_tables(result, labels)

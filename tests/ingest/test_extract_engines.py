@@ -60,3 +60,17 @@ def test_paired_interval_spans_zero_only_without_a_difference() -> None:
     low, high = bench.paired_interval(base, better, rounds=200)
     assert 0 < low <= high
     assert bench.paired_interval(better, base, rounds=200) == (-high, -low)
+
+
+def test_paired_interval_of_snippet_counts_resamples_pages() -> None:
+    """On a snippet set the pages' counts are resampled and F1 = 2TP/(2TP+FP+FN) recomputed from
+    their sums: no difference gives (0, 0), a configuration that finds more snippets on every page
+    an interval above 0."""
+    bench = _bench()
+    counts = bench.heldout.SnippetCounts
+    base = [counts(2, 1, 0, 3), counts(1, 2, 1, 2), counts(3, 0, 0, 3), counts(0, 3, 0, 3)]
+    assert bench.snippet_f1(base) == 2 * 6 / (2 * 6 + 1 + 6)
+    assert bench.paired_interval(base, base, rounds=200, stat=bench.snippet_f1) == (0.0, 0.0)
+    better = [counts(c.tp + 1, c.fn - 1, c.fp, c.tn) if c.fn else c for c in base]
+    low, high = bench.paired_interval(base, better, rounds=200, stat=bench.snippet_f1)
+    assert 0 < low <= high

@@ -80,7 +80,12 @@ def test_pairs_and_scores_two_crafted_pages(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    ("args", "sdist"), [([], "newspaper4k-0.9.6"), (["--set", "domdown"], "domdown-0.3.6")]
+    ("args", "sdist"),
+    [
+        ([], "newspaper4k-0.9.6"),
+        (["--set", "domdown"], "domdown-0.3.6"),
+        (["--set", "trafilatura-eval"], "trafilatura-0.9.3"),
+    ],
 )
 def test_without_the_index_one_error_line(tmp_path: Path, args: list[str], sdist: str) -> None:
     env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:1/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}
@@ -259,3 +264,127 @@ def test_combined_is_scored_over_the_pages_of_all_sets(tmp_path: Path) -> None:
     assert combined["overall"]["ours"] == scorer.score({"a/p": one, "b/p": two}, {"a/p": one, "b/p": ""})
     assert combined["overall"]["ours"]["recall"] == pytest.approx(0.5)
     assert combined["speed"]["ours"] == {"wall": pytest.approx(0.5), "cpu": pytest.approx(1.0)}
+
+
+def test_snippets_are_matched_as_trafilatura_matches_them() -> None:
+    """trafilatura's evaluate_result and calculate_scores: a snippet counts where it is a substring
+    of the text as it is; no whitespace or case folding."""
+    bench = _bench()
+    text = "The river rose over the old wall.\nThe farmers moved  their grain to the hill.\nShare this"
+    must = (
+        "rose over the old wall",  # found
+        "The farmers moved",  # found
+        "the wall fell",  # missing
+        "wall. The farmers",  # the text breaks the line there: not found
+        "moved their grain",  # the text has two spaces there: not found
+        "the river rose",  # another case: not found
+    )
+    must_not = ("Share this", "Subscribe")  # the first leaks, the second does not
+    counts = bench.snippet_counts(text, must, must_not)
+    assert counts == bench.SnippetCounts(tp=2, fn=4, fp=1, tn=1)
+    scores = bench.snippet_scores(counts)
+    assert scores["precision"] == pytest.approx(2 / 3)
+    assert scores["recall"] == pytest.approx(2 / 6)
+    assert scores["accuracy"] == pytest.approx(3 / 8)
+    assert scores["f1"] == pytest.approx(4 / (4 + 1 + 4))
+    # nothing extracted: every 'with' snippet missed, every 'without' one rightly absent
+    assert bench.snippet_counts("", must, must_not) == bench.SnippetCounts(tp=0, fn=6, fp=0, tn=2)
+    assert bench.snippet_scores(bench.SnippetCounts(tn=2)) == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "accuracy": 1.0,
+        "f1": 0.0,
+    }
+    assert counts + counts == bench.SnippetCounts(tp=4, fn=8, fp=2, tn=2)
+
+
+def test_trafilatura_set_paired_from_the_annotations_and_scored_offline(tmp_path: Path) -> None:
+    """Cache pages with an annotation are scored by their snippets (micro over all of them); a page
+    without one, an annotation without its page and a dev-set page are listed as left out."""
+    bench = _bench()
+    cache = tmp_path / "tests" / "cache"
+    _write(cache / "river.html", "<html><body><p>The river rose over the old wall.</p></body></html>")
+    _write(cache / "hill.html", "<html><body><p>The farmers moved their grain to the hill.</p></body></html>")
+    _write(cache / "metadata_only.html", "<html><head><title>Dates</title></head></html>")
+    _write(cache / "tuned_on.html", DEV_PAGE)
+    _write(tmp_path / "dev" / "pages" / "tuned-1.html", DEV_PAGE)
+    annotations = tmp_path / "annotations.json"
+    notes = [
+        {
+            "file": "river.html",
+            "url": "https://example.org/r",
+            "with": ["river rose", "old wall"],
+            "without": ["Share"],
+        },
+        {
+            "file": "hill.html",
+            "url": "https://example.org/h",
+            "with": ["to the hill"],
+            "without": ["Menu", "Login"],
+        },
+        {"file": "tuned_on.html", "url": "https://example.org/t", "with": ["tuned on"], "without": ["x"]},
+        {"file": "gone.html", "url": "https://example.org/g", "with": ["gone"], "without": ["y"]},
+    ]
+    _write(annotations, json.dumps({"pages": notes}))
+    held = bench.SETS["trafilatura-eval"]
+    found = bench.trafilatura_pairs(tmp_path, annotations)
+    pages, skipped = bench.distinct(held, found, bench.dev_pages(tmp_path / "dev"))
+    assert [(p.name, p.must, p.must_not) for p in pages] == [
+        ("hill", ("to the hill",), ("Menu", "Login")),
+        ("river", ("river rose", "old wall"), ("Share",)),
+    ]
+    assert skipped == [
+        ("metadata_only", "no annotation in trafilatura's evaldata.py"),
+        ("gone", "annotation without a page"),
+        ("tuned_on", "the same HTML as dev-set page tuned-1"),
+    ]
+    preds = {"ours": {"river": "The river rose over the old wall. Share", "hill": "Menu Login"}}
+    result = bench.measure_snippets(pages, preds)
+    assert result["overall"]["ours"] == {
+        **bench.snippet_scores(bench.SnippetCounts(tp=2, fn=1, fp=3, tn=0)),
+        "tp": 2,
+        "fn": 1,
+        "fp": 3,
+        "tn": 0,
+    }
+    hill, river = result["pages"]
+    assert (hill["snippets"], hill["ours"]["missed"], hill["ours"]["leaked"]) == (
+        3,
+        ["to the hill"],
+        ["Menu", "Login"],
+    )
+    assert (river["ours"]["f1"], river["ours"]["leaked"]) == (pytest.approx(0.8), ["Share"])
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        "{not json",
+        '{"pages": [{"file": "a.html"}]}',
+        '{"pages": [{"file": "a.html", "with": "one", "without": []}]}',
+    ],
+)
+def test_broken_annotations_are_one_error_line(tmp_path: Path, annotations: str) -> None:
+    bench = _bench()
+    path = tmp_path / "annotations.json"
+    _write(path, annotations)
+    with pytest.raises(SystemExit) as exit_:
+        bench.trafilatura_pairs(tmp_path, path)
+    message = str(exit_.value.code)
+    assert message.startswith(f"extract_heldout: {path}: not trafilatura's annotations")
+    assert "\n" not in message
+
+
+def test_the_committed_annotations_are_whole() -> None:
+    """bench/data/trafilatura_eval.json: its provenance, one entry per cache page, each with 'with'
+    and 'without' snippets and no comments."""
+    bench = _bench()
+    data = json.loads(bench.ANNOTATIONS.read_text(encoding="utf-8"))
+    assert data["source"]["commit"] == "08eb92f03e60a89773aeff9a4644402fea0c3476"
+    assert data["source"]["licence"].startswith("Apache-2.0")
+    files = [page["file"] for page in data["pages"]]
+    assert len(files) == len(set(files)) == 103
+    assert all(
+        page["with"] and page["without"] and set(page) == {"file", "url", "with", "without"}
+        for page in data["pages"]
+    )
