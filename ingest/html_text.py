@@ -192,6 +192,8 @@ _INLINE_TAGS = frozenset(
     ("a", "span", "em", "i", "b", "strong", "abbr", "cite", "time", "mark", "small", "u", "q")
 )
 _CELL_TAGS = ("td", "th")
+# Blocks that are paragraphs of an article's flow (see _continued).
+_FLOW_TAGS = ("p", "div")
 # Characters outside links that make a paragraph ending as a sentence, or an item of a list of
 # the article's, prose whose words are mostly linked (see _keep and _continued).
 _UNLINKED_CHARS = 20
@@ -688,8 +690,9 @@ def _keep(block: _Block, text: str) -> bool:
 
 
 def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
-    """Which blocks to keep: :func:`_keep`, and also short paragraphs without links between two
-    kept paragraphs of the same parent that end as a sentence, are numbered, are set in bold or
+    """Which blocks to keep: :func:`_keep`, and also short paragraphs (<p>s, or <div>s of text,
+    each with the wrappers that hold it alone: see _siblings) without links between two kept
+    paragraphs of the same parent that end as a sentence, are numbered, are set in bold or
     italics, or come several in a row (a story's dialogue, "Seriously?" in a blog post, a
     subheading in a <p>, a poem's stanza, a recipe's lines): the article's flow, which the
     length rule alone cuts into pieces. A chart's labels in <p>s of their own wrapper are not,
@@ -698,7 +701,7 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     of the article's own (one item kept without links) that link a part of a sentence ("Thanks
     to evilpie, users can now <a>import logins from KeePass</a>"), not a list of links."""
     keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
-    short = [not k and b.tag == "p" and b.link_chars == 0 for b, k in zip(blocks, keep, strict=True)]
+    short = [not k and b.tag in _FLOW_TAGS and b.link_chars == 0 for b, k in zip(blocks, keep, strict=True)]
     i = 0
     while i < len(blocks):
         if not short[i]:
@@ -732,9 +735,20 @@ def _list_of(block: _Block) -> etree._Element | None:
 
 
 def _siblings(blocks: list[_Block]) -> bool:
-    """True if ``blocks`` are all paragraphs (<p>) of one parent element."""
-    parents = [b.opener.getparent() if b.opener is not None and b.tag == "p" else None for b in blocks]
+    """True if ``blocks`` are all paragraphs (<p>, or <div>s of text) of one parent element, each
+    counted with the wrappers that hold it alone (``<div><div><span>Alden stared at him.``)."""
+    parents = [
+        _wrapped(b.opener).getparent() if b.opener is not None and b.tag in _FLOW_TAGS else None
+        for b in blocks
+    ]
     return parents[0] is not None and all(parent is parents[0] for parent in parents)
+
+
+def _wrapped(el: etree._Element) -> etree._Element:
+    """``el`` or the outermost of the elements around it that hold it alone, without text."""
+    while (parent := el.getparent()) is not None and len(parent) == 1 and not (parent.text or "").strip():
+        el = parent
+    return el
 
 
 def _emphasised(el: etree._Element | None) -> bool:

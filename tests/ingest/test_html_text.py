@@ -402,6 +402,23 @@ def test_short_paragraphs_between_kept_paragraphs_are_kept() -> None:
     assert "$915" not in paras and "billion" not in paras
 
 
+def test_short_lines_in_wrapped_divs_between_kept_paragraphs_are_kept() -> None:
+    # A story pasted from a word processor: each paragraph a <div> in a <div> of its own, its
+    # text in a <span>. The dialogue's short lines ("Richy?") sit between kept paragraphs of
+    # the same parent once each is counted with its wrappers; they were dropped as fragments.
+    # A template's furniture in the same shape ("Advertisement") still goes.
+    flow = [SECTIONS[0][0], "Richy?", "“Do you want to come?”", SECTIONS[0][1], "Advertisement", *SECTIONS[1]]
+    divs = "".join(f"<div style='margin: 1em 0'><div><span>{line}</span></div></div>" for line in flow)
+    html = f"<html><body><nav><ul>{NAV}</ul></nav><div class='chapter'>{divs}</div></body></html>"
+    assert extract_html(html, "never").text.split("\n\n") == [
+        SECTIONS[0][0],
+        "Richy?",
+        "“Do you want to come?”",
+        SECTIONS[0][1],
+        *SECTIONS[1],
+    ]
+
+
 def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
     # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
     # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
