@@ -695,11 +695,13 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     paragraphs of the same parent that end as a sentence, are numbered, are set in bold or
     italics, or come several in a row (a story's dialogue, "Seriously?" in a blog post, a
     subheading in a <p>, a poem's stanza, a recipe's lines): the article's flow, which the
-    length rule alone cuts into pieces. A chart's labels in <p>s of their own wrapper are not,
-    nor a news template's furniture, by its words ("Advertisement", "Continue reading the main
-    story", "Image: Reuters", see _FURNITURE) between the story's paragraphs. Also the items of a list
-    of the article's own (one item kept without links) that link a part of a sentence ("Thanks
-    to evilpie, users can now <a>import logins from KeePass</a>"), not a list of links."""
+    length rule alone cuts into pieces; after the last kept paragraph of a parent, its closing
+    lines that end as a sentence ("I doubt I will."; see _closes). A chart's labels in <p>s of
+    their own wrapper are not, nor a news template's furniture, by its words ("Advertisement",
+    "Continue reading the main story", "Image: Reuters", see _FURNITURE) between the story's
+    paragraphs. Also the items of a list of the article's own (one item kept without links)
+    that link a part of a sentence ("Thanks to evilpie, users can now <a>import logins from
+    KeePass</a>"), not a list of links."""
     keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
     short = [not k and b.tag in _FLOW_TAGS and b.link_chars == 0 for b, k in zip(blocks, keep, strict=True)]
     i = 0
@@ -711,7 +713,10 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
         while j < len(blocks) and short[j]:
             j += 1
         run = blocks[i - 1 : j + 1]
-        if i > 0 and j < len(blocks) and keep[i - 1] and keep[j] and _siblings(run):
+        if i > 0 and keep[i - 1] and _siblings(blocks[i - 1 : j]) and _closing(blocks[j - 1]):
+            # the article's last lines ("I doubt I will."): sentences, not "Share this:"
+            keep[i:j] = [_closes(t) for t in texts[i:j]]
+        elif i > 0 and j < len(blocks) and keep[i - 1] and keep[j] and _siblings(run):
             # several short lines in a row are a stanza or a recipe's list, kept whole
             stanza = j - i >= 2
             keep[i:j] = [
@@ -727,6 +732,22 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
         if not keep[n] and _list_of(b) in own_lists:
             keep[n] = _weight(t) - b.link_chars >= _UNLINKED_CHARS
     return keep
+
+
+def _closing(block: _Block) -> bool:
+    """True if ``block`` is the last element of its parent (with the wrappers that hold it alone)."""
+    return block.opener is not None and _wrapped(block.opener).getnext() is None
+
+
+def _closes(text: str) -> bool:
+    """A short line that can close an article: words ending as a sentence, not as an announcement
+    (':' or ';', "Share this:"), and no furniture ("Continue reading.")."""
+    return (
+        _WORD.search(text) is not None
+        and _SENTENCE_END.search(text) is not None
+        and not text.rstrip().endswith((":", ";"))
+        and not _FURNITURE.match(text)
+    )
 
 
 def _list_of(block: _Block) -> etree._Element | None:

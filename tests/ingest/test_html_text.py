@@ -419,6 +419,14 @@ def test_short_lines_in_wrapped_divs_between_kept_paragraphs_are_kept() -> None:
     ]
 
 
+def test_a_short_last_line_of_the_article_is_kept() -> None:
+    # A blog post's closing line ("I doubt I will.") after its last paragraph was dropped as a
+    # fragment: the short-paragraph rule wanted a kept paragraph after it too. A closing line
+    # that announces what is not there ("Share this:") or is furniture still goes.
+    flow = [*SECTIONS[0], "I doubt I will.", "Share this:", "Continue reading."]
+    assert _story_lines(_paras(flow)) == ["The delta grows", *SECTIONS[0], "I doubt I will."]
+
+
 def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
     # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
     # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
