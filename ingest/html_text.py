@@ -202,7 +202,6 @@ _CELL_CHARS = 200
 _PARA_TAGS = ("p", "pre", "blockquote", "td", "dd", "li", "h2", "h3", "div")
 # Share of a paragraph's score that goes to its parent, grandparent and further ancestors.
 _SHARES = (1.0, 1 / 2, 1 / 6, 1 / 9, 1 / 12)
-# Sentence ends, including the CJK full stop and full-width marks.
 # Han, kana and hangul: characters that stand for a word or a syllable.
 _WIDE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 # A heading that announces links to other pages, not a section of the article: the whole
@@ -246,7 +245,8 @@ _TEASER_HEADING = re.compile(
     re.IGNORECASE,
 )
 _TEASER_CHARS = 60  # a teaser heading is a short phrase
-_SENTENCE_END = re.compile("[.!?:;\"')\u201d\u3002\uff01\uff1f]\\s*$")
+# Sentence ends: "..." and "…" alike, the CJK full stop and full-width marks.
+_SENTENCE_END = re.compile("[.!?:;\"')\u201d\u2026\u3002\uff01\uff1f]\\s*$")
 # A short paragraph that is part of the article's flow: it ends as a sentence (a ':' too: "Or
 # this conversation:" introduces the article's next lines; the furniture that ends so, "Sign up
 # for our daily newsletter:", is _FURNITURE's), or is a numbered point ("2. Check the peep hole",

@@ -427,6 +427,19 @@ def test_a_short_last_line_of_the_article_is_kept() -> None:
     assert _story_lines(_paras(flow)) == ["The delta grows", *SECTIONS[0], "I doubt I will."]
 
 
+def test_a_line_trailing_off_in_an_ellipsis_ends_as_a_sentence() -> None:
+    # "…" (one character) ends a sentence as "..." does: a blog's "whether to continue…" between
+    # its paragraphs was dropped as a fragment. "Read more…" is furniture, whatever its ending.
+    flow = [SECTIONS[0][0], "And whether to continue…", SECTIONS[0][1], "Read more…", SECTIONS[1][0]]
+    assert _story_lines(_paras(flow)) == [
+        "The delta grows",
+        SECTIONS[0][0],
+        "And whether to continue…",
+        SECTIONS[0][1],
+        SECTIONS[1][0],
+    ]
+
+
 def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
     # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
     # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
