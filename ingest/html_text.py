@@ -686,7 +686,14 @@ def _keep(block: _Block, text: str) -> bool:
         return False
     if n >= 25 and _SENTENCE_END.search(text):
         return True
-    return (block.tag in ("li", "tr", "td", "dd", "pre") or captioned) and n >= 15 and block.link_chars == 0
+    # a data table's row may link a cell ("<a>4.2.3</a> April 2014"): its links are under half
+    # of it (above), a layout table's menu row is not
+    linked = block.tag == "tr"
+    return (
+        (block.tag in ("li", "tr", "td", "dd", "pre") or captioned)
+        and n >= 15
+        and (linked or not block.link_chars)
+    )
 
 
 def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:

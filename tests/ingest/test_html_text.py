@@ -172,6 +172,20 @@ def test_short_rows_of_a_data_table_are_kept() -> None:
     assert "Google Maps 32.7 MB 17.5 MB" in text
 
 
+def test_short_rows_of_a_data_table_with_a_linked_cell_are_kept() -> None:
+    # Kernel releases, a row per release whose version links its announcement: a short record
+    # with a link was dropped (link-free rows only), though its links are under half of it. A
+    # row that is mostly links (a layout table's menu) still goes.
+    releases = [("4.2.3", "April 2014"), ("4.3.1", "August 2014")]
+    rows = "".join(f"<tr><td><a href='/r/{v}'>{v}</a></td><td>{month}</td></tr>" for v, month in releases)
+    menu = "<tr><td><a href='/'>Front page</a></td><td><a href='/k'>Kernel</a> | more</td></tr>"
+    table = f"<table><tr><th>Release</th><th>Date</th></tr>{rows}{menu}</table>"
+    text = _ours(f"<div class='post-body'><h1>Kernel releases</h1>{_paras(SECTIONS[0])}{table}</div>")
+    assert "4.2.3 April 2014" in text
+    assert "4.3.1 August 2014" in text
+    assert "Front page" not in text
+
+
 def test_comments_wrapped_in_article_elements_are_dropped() -> None:
     # WordPress themes wrap each comment in <article class="comment-body"> inside a comments
     # list: an <article> that says it is a comment does not shield the list from removal.
