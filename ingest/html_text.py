@@ -686,9 +686,10 @@ def _keep(block: _Block, text: str) -> bool:
         return False
     if n >= 25 and _SENTENCE_END.search(text):
         return True
-    # a data table's row may link a cell ("<a>4.2.3</a> April 2014"): its links are under half
-    # of it (above), a layout table's menu row is not
-    linked = block.tag == "tr"
+    # a data table's row may link a cell ("<a>4.2.3</a> April 2014"), a caption its credit
+    # ("Photo by <a>Jo Reed</a>"): their links are under half of them (above), a layout table's
+    # menu row or another story's teaser are not
+    linked = block.tag == "tr" or captioned
     return (
         (block.tag in ("li", "tr", "td", "dd", "pre") or captioned)
         and n >= 15

@@ -637,6 +637,20 @@ def test_caption_inside_a_figure_is_kept(caption: str) -> None:
     assert lines == ["The delta grows", *SECTIONS[0], caption, *SECTIONS[1]]
 
 
+def test_short_caption_linking_its_credit_is_kept() -> None:
+    # A blog's photo caption that links the photographer ("Can you spot the anomaly? | Photo by
+    # <a>Ricardo</a>") was dropped: a short caption was kept without links only. Its links are
+    # under half of it; a caption that is all link (another story's teaser) still goes.
+    credited = "Spot the breach? | Photo by <a href='/u/jo'>Jo Reed</a>"
+    teaser = "<a href='/s/2'>The harbour budget, part two</a>"
+    figures = "".join(
+        f"<figure><img src='/{i}.jpg'><figcaption>{c}</figcaption></figure>"
+        for i, c in enumerate((credited, teaser))
+    )
+    lines = _story_lines(_paras(SECTIONS[0]) + figures + _paras(SECTIONS[1]))
+    assert lines == ["The delta grows", *SECTIONS[0], "Spot the breach? | Photo by Jo Reed", *SECTIONS[1]]
+
+
 def test_link_inside_a_sentence_is_not_cut_out_for_its_class_words() -> None:
     # News sites mark topic links and names in a story's sentences with classes such as
     # "meta-loc" or "author": "meta" and "author" say boilerplate, but removing the link cuts
