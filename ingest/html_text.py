@@ -245,8 +245,9 @@ _TEASER_HEADING = re.compile(
     re.IGNORECASE,
 )
 _TEASER_CHARS = 60  # a teaser heading is a short phrase
-# Sentence ends: "..." and "…" alike, the CJK full stop and full-width marks.
-_SENTENCE_END = re.compile("[.!?:;\"')\u201d\u2026\u3002\uff01\uff1f]\\s*$")
+# Sentence ends: "..." and "…" alike, the CJK full stop and full-width marks; also closed by a
+# bracket or followed by a note mark ("[Alden: Stop it.]", "was born. [M1]", "cities.[206]").
+_SENTENCE_END = re.compile("[.!?:;\"')\u201d\u2026\u3002\uff01\uff1f]\\s*(?:\\]|\\[[^\\[\\]]{1,12}\\])?\\s*$")
 # A short paragraph that is part of the article's flow: it ends as a sentence (a ':' too: "Or
 # this conversation:" introduces the article's next lines; the furniture that ends so, "Sign up
 # for our daily newsletter:", is _FURNITURE's), or is a numbered point ("2. Check the peep hole",

@@ -454,6 +454,21 @@ def test_a_line_trailing_off_in_an_ellipsis_ends_as_a_sentence() -> None:
     ]
 
 
+def test_a_sentence_closed_by_a_bracket_or_a_reference_mark_ends_as_a_sentence() -> None:
+    # A story's bracketed text message ("[Alden: Stop it, Lexi.]") and a sentence followed by
+    # its note mark ("...was born. [M1]", "destinations.[206]") end as sentences; they were
+    # dropped as fragments between the story's paragraphs. A bracketed label ("[Photo]") still
+    # goes: no sentence ends inside it.
+    flow = [
+        BODY[0], "[Alden: Stop it, Lexi.]", BODY[1], "The delta was born. [M1]", BODY[2], "[Photo]", BODY[3],
+    ]  # fmt: skip
+    assert extract_html(
+        f"<html><body><nav><ul>{NAV}</ul></nav><div class='story'>{_paras(flow)}</div></body></html>", "never"
+    ).text.split("\n\n") == [
+        BODY[0], "[Alden: Stop it, Lexi.]", BODY[1], "The delta was born. [M1]", BODY[2], BODY[3],
+    ]  # fmt: skip
+
+
 def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
     # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
     # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
