@@ -74,3 +74,73 @@ def test_paired_interval_of_snippet_counts_resamples_pages() -> None:
     better = [counts(c.tp + 1, c.fn - 1, c.fp, c.tn) if c.fn else c for c in base]
     low, high = bench.paired_interval(base, better, rounds=200, stat=bench.snippet_f1)
     assert 0 < low <= high
+
+
+def test_trafilatura_as_the_engine_gives_way_to_ours_where_ours_is_much_longer() -> None:
+    """fast|ours and traf|ours: trafilatura's text, ours alone where ours is over LONGER_SHARE times
+    as long (trafilatura plainly missed text); fast>ours: ours where fast gives under MIN_CHARS."""
+    bench = _bench()
+    para = "The river rose over the old wall and the farmers moved their grain to the hill before dawn."
+    paras = "".join(f"<p>{para} Day {day} of the flood brought no rain.</p>" for day in range(4))
+    page = f"<html><body><article>{paras}</article></body></html>".encode()
+    assert len(bench.TRAF_FAST(page)) >= bench.MIN_CHARS
+    assert bench.fast_then_ours(page) == bench.TRAF_FAST(page)
+    short = f"<html><body><article><p>{para}</p></article></body></html>".encode()
+    assert bench.fast_then_ours(short) == bench.OURS_ALONE(short) == para
+    assert bench.unless_ours_longer(bench.TRAF_FAST)(page) == bench.TRAF_FAST(page)
+
+    def engine(body: bytes) -> str:
+        return para if body == page else ""
+
+    assert len(bench.OURS_ALONE(page)) > bench.LONGER_SHARE * len(para)
+    assert bench.unless_ours_longer(engine)(page) == bench.OURS_ALONE(page)
+
+
+def test_furniture_is_a_short_link_text_or_a_long_list_item_ending_no_sentence() -> None:
+    bench = _bench()
+    page = '<p><a href="/s">Share on Facebook</a> <a href="/n">Next story in the series</a></p>'
+    links = bench.link_texts(page)
+    assert links == "share on facebook\nnext story in the series"
+    assert bench.is_furniture("Share on Facebook", links)
+    assert bench.is_furniture("- Share on Facebook", links)
+    assert not bench.is_furniture("Share on Facebook.", links)  # ends a sentence
+    assert not bench.is_furniture("Next story in the series", links)  # over FURNITURE_CHARS
+    assert not bench.is_furniture("Subheading", links)  # no link's text
+    teaser = "- " + "Headline of another story and its summary that goes on " * 4
+    assert len(teaser) > bench.MIN_CHARS + 2 and bench.is_furniture(teaser.strip(), links)
+    assert not bench.is_furniture(teaser.strip() + ".", links)
+
+
+def test_trafilatura_less_furniture_removes_the_teasers_ours_dropped() -> None:
+    """A list of teasers (headline and summary, no sentence end) in a box ours drops by its class
+    word and trafilatura keeps: traf-furn is trafilatura's text without them."""
+    bench = _bench()
+    para = "The river rose over the old wall and the farmers moved their grain to the hill before dawn."
+    paras = "".join(f"<p>{para} Day {day} of the flood brought no rain.</p>" for day in range(4))
+    teaser = "Headline of another story and its summary that goes on and on " * 4
+    page = (
+        f"<html><body><article>{paras}<ul class='promo'><li>{teaser}</li><li>{teaser}</li></ul>"
+        "</article></body></html>"
+    ).encode()
+    full = bench.TRAF_DEFAULT(page).split("\n")
+    assert len(full) == 6 and full[4:] == [f"- {teaser.strip()}"] * 2  # trafilatura keeps them
+    assert "Headline" not in bench.OURS_ALONE(page)
+    assert bench.traf_less_furniture(page) == "\n".join(full[:4])
+
+
+def test_ours_gives_way_to_trafilatura_only_where_class_words_removed_half_of_it() -> None:
+    bench = _bench()
+    para = "The river rose over the old wall and the farmers moved their grain to the hill before dawn."
+    paras = "".join(f"<p>{para} Day {day} of the flood brought no rain.</p>" for day in range(4))
+    page = f"<html><body><article>{paras}</article></body></html>".encode()
+    assert bench.ours_unless_unsure(page) == bench.OURS_ALONE(page)
+    # a wiki's infobox inside the article, holding more text than the rest: ours drops it by its
+    # class word, trafilatura keeps it
+    box = "".join(f"<p>{para} Row {n} of the table.</p>" for n in range(6))
+    unsure = f"<html><body><article>{paras}<div class='infobox'>{box}</div></article></body></html>".encode()
+    html = unsure.decode()
+    found = bench.readability_page(html)[1]
+    assert found.dropped >= bench.DROPPED_SHARE * found.kept
+    assert "Row 5" not in bench.OURS_ALONE(unsure)
+    assert bench.ours_unless_unsure(unsure) == bench.TRAF_FAST(unsure)
+    assert "Row 5" in bench.TRAF_FAST(unsure)
