@@ -192,6 +192,8 @@ _INLINE_TAGS = frozenset(
     ("a", "span", "em", "i", "b", "strong", "abbr", "cite", "time", "mark", "small", "u", "q")
 )
 _CELL_TAGS = ("td", "th")
+# A run-in heading is a short label (see _run_in_heading).
+_RUN_IN_CHARS = 40
 # Blocks that are paragraphs of an article's flow (see _continued).
 _FLOW_TAGS = ("p", "div")
 # Characters outside links that make a paragraph ending as a sentence, or an item of a list of
@@ -708,7 +710,8 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
     lines that end as a sentence ("I doubt I will."; see _closes). A chart's labels in <p>s of
     their own wrapper are not, nor a news template's furniture, by its words ("Advertisement",
     "Continue reading the main story", "Image: Reuters", see _FURNITURE) between the story's
-    paragraphs. Also the items of a list of the article's own (one item kept without links)
+    paragraphs. Also a run-in heading right before its paragraph (see _run_in_heading), and
+    the items of a list of the article's own (one item kept without links)
     that link a part of a sentence ("Thanks to evilpie, users can now <a>import logins from
     KeePass</a>"), not a list of links."""
     keep = [_keep(b, t) for b, t in zip(blocks, texts, strict=True)]
@@ -734,6 +737,13 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
                 for b, t in zip(blocks[i:j], texts[i:j], strict=True)
             ]
         i = j
+    # A run-in heading: an element's short leading label set as a heading ("<div><span
+    # class='head'>Step 1</span><p>Measure the cloche...") right before a kept paragraph of
+    # that element.
+    for n in range(len(blocks) - 1):
+        label, following = blocks[n], blocks[n + 1]
+        if not keep[n] and keep[n + 1] and following.tag in _FLOW_TAGS and _run_in_heading(label, texts[n]):
+            keep[n] = following.opener is not None and following.opener.getparent() is label.opener
     # A list of the article's own (one of its items kept without links) keeps its items that
     # link a part of a sentence: 20 characters or more outside their links.
     own_lists = {_list_of(b) for b, k in zip(blocks, keep, strict=True) if k and not b.link_chars} - {None}
@@ -741,6 +751,23 @@ def _continued(blocks: list[_Block], texts: list[str]) -> list[bool]:
         if not keep[n] and _list_of(b) in own_lists:
             keep[n] = _weight(t) - b.link_chars >= _UNLINKED_CHARS
     return keep
+
+
+def _run_in_heading(block: _Block, text: str) -> bool:
+    """True if ``block`` is the leading text of a <p> or <div>, without links, that one inline
+    child holds whole, set in bold or with class words of a heading ("head", "headline2",
+    "title"): a label heading what follows it inside the same element."""
+    el = block.opener
+    if el is None or block.tag not in _FLOW_TAGS or block.link_chars or (el.text or "").strip():
+        return False
+    if _weight(text) > _RUN_IN_CHARS or len(el) == 0 or _FURNITURE.match(text):
+        return False
+    first = el[0]
+    if first.tag not in _INLINE_TAGS or " ".join(_text_of(first).split()) != text:
+        return False
+    return first.tag in ("strong", "b") or any(
+        w.startswith(("head", "title", "subhead")) for w in _words(first)
+    )
 
 
 def _closing(block: _Block) -> bool:

@@ -469,6 +469,18 @@ def test_a_sentence_closed_by_a_bracket_or_a_reference_mark_ends_as_a_sentence()
     ]  # fmt: skip
 
 
+def test_a_run_in_heading_before_its_paragraph_is_kept() -> None:
+    # A how-to's steps: each a <div> that opens with its label set as a heading by its class
+    # ("<span class='headline2 head'>Step 1</span>") or in bold, then the step's paragraph. The
+    # labels were dropped as fragments. A label without a heading's class or bold ("<span
+    # class='css-1dv1kvn'>Photo</span>") still goes.
+    steps = [("<span class='headline2 head'>Step 1</span>", BODY[0]), ("<b>Step 2</b>", BODY[1])]
+    other = ("<span class='css-1dv1kvn'>Photo</span>", BODY[2])
+    body = "".join(f"<div class='content'> {label}<p>{para}</p></div>" for label, para in [*steps, other])
+    html = f"<html><body><nav><ul>{NAV}</ul></nav><div class='post'>{body}</div></body></html>"
+    assert extract_html(html, "never").text.split("\n\n") == ["Step 1", BODY[0], "Step 2", BODY[1], BODY[2]]
+
+
 def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
     # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
     # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
