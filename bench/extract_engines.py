@@ -36,10 +36,11 @@ run once on them (issue 11: no iteration on the held-out sets):
   longer        the longer of ours alone and trafilatura's defaults
 
 A second round (issue 11, after the held-out sets disagreed with the dev-set tuning) adds six
-configurations, chosen by reasoning and dev-set runs only and committed here before the script
-was run on any held-out set with them (then run once, as the first round). The round-1 rows stay
-for reference, and a third table gives each configuration's F1 less trafilatura's defaults' as
-the same paired bootstrap. Dev set (repaired truth) F1 as measured when they were chosen:
+configurations, chosen by reasoning and dev-set runs only and committed here (e157f05) before the
+script was run on any held-out set with them, then run once at that commit (a git-archive
+snapshot; figures in README.md). The round-1 rows stay for reference, and a third table gives
+each configuration's F1 less trafilatura's defaults' as the same paired bootstrap. Dev set
+(repaired truth) F1 as measured when they were chosen:
 
   traf fast     ``trafilatura.extract(page bytes, fast=True)``: no readability/justext fallback
                 comparison (0.889: precision 0.921, recall 0.859; defaults 0.891)
