@@ -18,13 +18,13 @@ pages can show.
 The configurations were written here before the held-out figures were run, and the script was
 run once on them (issue 11: no iteration on the held-out sets):
 
-  crystalline   as shipped: the page decoded as the ingest pool decodes it, ``extract_html(html,
-                "auto")`` (ours, with trafilatura's fast mode beside it where ours looks
-                incomplete), ``normalize_text``; checked against ``crystalline extract --json``
-                end to end on every page (the ``same as extract`` line)
+  crystalline   as shipped: the page decoded as the ingest pool decodes it, ``extract_html(html)``,
+                ``normalize_text``; checked against ``crystalline extract --json`` end to end on
+                every page (the ``same as extract`` line). In rounds 1 and 2 that was ours with
+                trafilatura's fast mode beside it where ours looked incomplete ("auto"); since
+                round 2 it is fast|ours below, on a tree cleaned as ours is (see
+                html_text._trafilatura_text), without comments
   ours alone    ``extract_html(html, "never")``
-  always        ``extract_html(html, "always")``: trafilatura's fast mode beside ours on every
-                page, the longer text winning unless it only adds a long list
   traf default  ``trafilatura.extract(page bytes)``, as score.py and extract_heldout.py run it
   traf recall   the same with ``favor_recall=True``
   traf precise  the same with ``favor_precision=True``
@@ -34,6 +34,9 @@ run once on them (issue 11: no iteration on the held-out sets):
                 prose (PROSE_CHARS characters or more, ending in sentence punctuation, not a
                 list item or table row), appended: a paragraph-level union restricted to prose
   longer        the longer of ours alone and trafilatura's defaults
+
+(Round 1 also ran "always", no longer run: ours beside trafilatura's fast mode on every page, the longer text
+winning unless it only added a long list; it left with the "auto" mode: figures in README.md.)
 
 A second round (issue 11, after the held-out sets disagreed with the dev-set tuning) adds six
 configurations, chosen by reasoning and dev-set runs only and committed here (e157f05) before the
@@ -59,7 +62,11 @@ each configuration's F1 less trafilatura's defaults' as the same paired bootstra
                 removed by class and id words at least half as much text as it kept (the second
                 half of the shipped "incomplete" signal; 12 pages): trafilatura's text replaces
                 ours, not the longer one winning (0.924; on the shipped signal's 42 pages 0.919,
-                with no article/main container 0.912)
+                with no article/main container 0.912); it read our pass's accounting of what
+                class words removed, which left with "auto": no longer run (figures in README.md)
+
+The round chose fast|ours: shipped since, as the crystalline row (there with _trafilatura_text's
+cleaned tree and no comments).
 
     .venv/bin/python bench/extract_engines.py [--dev-set DIR] [--cache DIR] [--json]
 """
@@ -82,15 +89,13 @@ import extract_quality as quality
 import trafilatura
 
 from crystalline.ingest.charset import decode_bytes
-from crystalline.ingest.html_text import SecondOpinion, extract_html
-from crystalline.ingest.html_text import _parse as parse_page  # bench: its parser and signal
-from crystalline.ingest.html_text import _readability_page as readability_page
+from crystalline.ingest.html_text import Engines, extract_html
+from crystalline.ingest.html_text import _parse as parse_page  # bench: its parser
 from crystalline.ingest.normalize import normalize_text
 
 MIN_CHARS = 200  # traf>ours: QualityRules.min_chars, the shortest document the filters keep
 LONGER_SHARE = 1.5  # fast|ours, traf|ours: ours wins where it is this much longer
 FURNITURE_CHARS = 20  # traf-furn: a link's text this short, ending no sentence, is furniture
-DROPPED_SHARE = 0.5  # ours|fast: html_text's _DROPPED_SHARE, the half of its _incomplete signal
 PROSE_CHARS = 60  # ours+prose: about ten English words, two clauses of Chinese
 SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026][\"'\u201d\u2019)\]]*$")
 NOT_PROSE = ("- ", "* ", "|", "#")  # trafilatura's list items, table rows and headings
@@ -102,7 +107,7 @@ Engine = Callable[[bytes], str]
 PagePR = list[tuple[float, float]]
 
 
-def ours(mode: SecondOpinion) -> Engine:
+def ours(mode: Engines) -> Engine:
     """Our extractor as `crystalline extract` runs it: decoded as the pool does, normalized."""
 
     def run(body: bytes) -> str:
@@ -207,21 +212,9 @@ def traf_less_furniture(body: bytes) -> str:
     )
 
 
-def ours_unless_unsure(body: bytes) -> str:
-    """Ours alone; trafilatura's fast text instead (MIN_CHARS or more) where our pass removed by
-    class and id words at least DROPPED_SHARE of what it kept."""
-    page, found = readability_page(decode_bytes(body, None, html=True)[0])
-    if found.dropped >= DROPPED_SHARE * found.kept:
-        other = TRAF_FAST(body)
-        if len(other) >= MIN_CHARS:
-            return other
-    return normalize_text(page.text)
-
-
 CONFIGS: dict[str, Engine] = {
-    "crystalline": ours("auto"),
+    "crystalline": ours("fast|ours"),
     "ours alone": OURS_ALONE,
-    "always": ours("always"),
     "traf default": TRAF_DEFAULT,
     "traf recall": traf(favor_recall=True),
     "traf precise": traf(favor_precision=True),
@@ -234,7 +227,6 @@ CONFIGS: dict[str, Engine] = {
     "fast|ours": unless_ours_longer(TRAF_FAST),
     "traf|ours": unless_ours_longer(TRAF_DEFAULT),
     "traf-furn": traf_less_furniture,
-    "ours|fast": ours_unless_unsure,
 }
 
 

@@ -6,10 +6,10 @@ precision and recall per page, averaged). Its truth.json was written as UTF-8 re
 (mojibake on every non-ASCII page), which costs every extractor equally; the bench repairs it
 (``--truth-as-given`` scores it raw). Columns: F1 on two fixed random halves (develop on one,
 check on the other) and on all, then precision, recall and pages/s of CPU time on one core.
-Rows: crystalline as shipped (our extractor, with trafilatura's fast mode as a second opinion
-where our result looks incomplete, the longer text winning unless it only adds a long list),
-our extractor alone, the ensemble asking trafilatura on every page, trafilatura alone (fast
-mode) and trafilatura 2.x with its defaults (its own fallbacks to readability-lxml and jusText).
+Rows: crystalline as shipped (trafilatura's fast mode, our extractor's text where it is over
+1.5x as long or trafilatura finds nothing), our extractor alone, trafilatura alone (fast mode,
+as score.py's comparison calls it on the decoded page) and trafilatura 2.x with its defaults
+(its own fallbacks to readability-lxml and jusText).
 
 The second table is end to end, as ``score.py --crystalline`` sees it: one ``crystalline
 extract --json`` run over the pages (start-up, the extraction process, filters' verdicts, JSON),
@@ -311,7 +311,6 @@ def real_set(folder: Path, truth_as_given: bool) -> None:
     extractors: dict[str, Callable[[str], str | None]] = {
         "crystalline": lambda h: extract_html(h).text,
         "ours alone": lambda h: extract_html(h, "never").text,
-        "ensemble": lambda h: extract_html(h, "always").text,
         "traf. fast": lambda h: trafilatura.extract(h, fast=True, include_comments=False),
         "trafilatura": trafilatura.extract,
     }

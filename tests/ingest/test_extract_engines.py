@@ -126,21 +126,3 @@ def test_trafilatura_less_furniture_removes_the_teasers_ours_dropped() -> None:
     assert len(full) == 6 and full[4:] == [f"- {teaser.strip()}"] * 2  # trafilatura keeps them
     assert "Headline" not in bench.OURS_ALONE(page)
     assert bench.traf_less_furniture(page) == "\n".join(full[:4])
-
-
-def test_ours_gives_way_to_trafilatura_only_where_class_words_removed_half_of_it() -> None:
-    bench = _bench()
-    para = "The river rose over the old wall and the farmers moved their grain to the hill before dawn."
-    paras = "".join(f"<p>{para} Day {day} of the flood brought no rain.</p>" for day in range(4))
-    page = f"<html><body><article>{paras}</article></body></html>".encode()
-    assert bench.ours_unless_unsure(page) == bench.OURS_ALONE(page)
-    # a wiki's infobox inside the article, holding more text than the rest: ours drops it by its
-    # class word, trafilatura keeps it
-    box = "".join(f"<p>{para} Row {n} of the table.</p>" for n in range(6))
-    unsure = f"<html><body><article>{paras}<div class='infobox'>{box}</div></article></body></html>".encode()
-    html = unsure.decode()
-    found = bench.readability_page(html)[1]
-    assert found.dropped >= bench.DROPPED_SHARE * found.kept
-    assert "Row 5" not in bench.OURS_ALONE(unsure)
-    assert bench.ours_unless_unsure(unsure) == bench.TRAF_FAST(unsure)
-    assert "Row 5" in bench.TRAF_FAST(unsure)

@@ -81,39 +81,66 @@ def test_article_wrapper_with_a_boilerplate_class_word_is_kept() -> None:
         assert para in text
 
 
-def test_second_opinion_keeps_the_longer_text() -> None:
-    # A wiki page: most of the container is an infobox and a references list, dropped for their
-    # class words; that is more than half of what we keep, so the result looks incomplete,
-    # trafilatura is asked too, and the longer of the two texts is returned.
+def _page(body: str) -> str:
+    head = "<html lang='en'><head><title>Delta</title></head>"
+    return f"{head}<body><nav><ul>{NAV}</ul></nav>{body}</body></html>"
+
+
+def test_trafilatura_text_is_the_main_text() -> None:
+    # A wiki page (an infobox and references, which ours drops for their class words) and a plain
+    # article: trafilatura's fast text is the page's text wherever ours is not over 1.5x as long,
+    # also where ours is a little longer (the plain article: its heading); title and language
+    # are ours.
     refs = "".join(f"<li>{p}</li>" for section in SECTIONS for p in section)
-    html = (
-        f"<html><head><title>Delta</title></head><body><nav><ul>{NAV}</ul></nav>"
+    wiki = _page(
         f"<div id='content'><h1>Delta</h1><table class='infobox'><tr><td>{SECTIONS[2][0]}</td></tr></table>"
         f"{_paras(SECTIONS[0] + SECTIONS[1])}<h2>References</h2><ol class='references'>{refs}</ol></div>"
-        "</body></html>"
     )
-    ours = extract_html(html, "never").text
-    theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
-    both = extract_html(html)
-    assert len(theirs) > len(ours)
-    assert both.text == theirs
-    assert both.title == "Delta"
-    assert extract_html(html, "always").text == theirs
+    plain = _page(f"<article><h1>The delta grows</h1>{_paras([p for s in SECTIONS for p in s])}</article>")
+    for html, ours_longer in ((wiki, False), (plain, True)):
+        ours = extract_html(html, "never").text
+        theirs = _trafilatura_text(html)
+        assert theirs and theirs != ours
+        assert (len(ours) > len(theirs)) is ours_longer and len(ours) <= 1.5 * len(theirs)
+        page = extract_html(html)
+        assert (page.text, page.title, page.language) == (theirs, "Delta", "en")
 
 
-def test_complete_article_is_not_sent_to_trafilatura() -> None:
-    # We keep all but a few short list items of the container (over nine tenths of its text)
-    # and nothing inside it was dropped for its class words: our text stands, although
-    # trafilatura's, with the list, is longer ("always" shows it would have won).
-    html = (
-        f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>The delta grows</h1>"
-        f"{_paras([p for section in SECTIONS for p in section])}<p>Ports on the channel:</p>"
-        "<ul><li>Oslo</li><li>Bergen</li><li>Tromsø</li></ul></article></body></html>"
+def test_ours_wins_where_it_is_over_one_and_a_half_times_as_long() -> None:
+    # trafilatura drops a block whose class says "message" (its discard rules match parts of
+    # class names); ours keeps it, and the whole article is over 1.5x trafilatura's text.
+    html = _page(
+        f"<div class='story'><h1>The delta grows</h1>{_paras(SECTIONS[0])}"
+        f"<div class='message-body'>{_paras(SECTIONS[1] + SECTIONS[2])}</div></div>"
     )
     ours = extract_html(html, "never").text
-    assert "Oslo" not in ours and SECTIONS[2][1] in ours
+    theirs = _trafilatura_text(html)
+    assert SECTIONS[2][1] in ours and SECTIONS[2][1] not in theirs
+    assert len(ours) > 1.5 * len(theirs)
     assert extract_html(html).text == ours
-    assert "Oslo" in extract_html(html, "always").text
+
+
+def test_ours_is_used_where_trafilatura_finds_nothing() -> None:
+    # trafilatura prunes an "infinite-scroll" container without an <h1> before it reads the page
+    # (a theme's appended articles): here the page's only text.
+    html = _page(f"<div class='infinite-scroll'>{_paras([p for s in SECTIONS for p in s])}</div>")
+    assert _trafilatura_text(html) == ""
+    page = extract_html(html)
+    assert page.text == extract_html(html, "never").text and SECTIONS[2][1] in page.text
+    assert page.title == "Delta"
+
+
+def test_ours_is_used_where_trafilatura_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No page is known to make trafilatura 2.3.1 raise (fuzzed shapes did not): its failure is
+    # simulated, as a library bug on a hostile page would come.
+    def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("a library bug")
+
+    html = _page(f"<article><h1>The delta grows</h1>{_paras(SECTIONS[0])}</article>")
+    monkeypatch.setattr(trafilatura, "extract", broken)
+    assert _trafilatura_text(html) == ""
+    page = extract_html(html)
+    assert page == extract_html(html, "never") and SECTIONS[0][1] in page.text
 
 
 def test_section_named_after_its_heading_is_kept() -> None:
@@ -253,7 +280,7 @@ def test_xhtml_page_with_an_xml_declaration_is_read() -> None:
     assert (page.title, page.language) == ("Delta", "en")
 
 
-def test_second_opinion_does_not_see_hidden_text() -> None:
+def test_trafilatura_does_not_see_hidden_text() -> None:
     # trafilatura keeps a block with the hidden attribute and an ARIA dialog; it is handed the
     # page without them, as our retry never keeps what the page does not show or marks as
     # page furniture.
@@ -264,13 +291,13 @@ def test_second_opinion_does_not_see_hidden_text() -> None:
     )
     theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
     assert SECTIONS[1][0] in theirs and SECTIONS[2][0] in theirs
-    text = extract_html(html, "always").text
+    text = extract_html(html).text
     assert SECTIONS[0][0] in text and SECTIONS[0][1] in text
     for para in SECTIONS[1] + SECTIONS[2]:
         assert para not in text
 
 
-def test_second_opinion_sees_the_article_in_a_hidden_page_wrapper() -> None:
+def test_trafilatura_sees_the_article_in_a_hidden_page_wrapper() -> None:
     # Pages hide their <body> until a script shows it (anti-flicker snippets) or mark the page's
     # wrapper aria-hidden while a cookie dialog is open: trafilatura is handed the article all the
     # same (as our strict pass, it never drops the body or a wrapper holding the <h1> or an
@@ -303,7 +330,7 @@ def test_both_extractors_keep_a_table_inside_a_figure() -> None:
     theirs = trafilatura.extract(html, fast=True, include_comments=False, include_tables=True) or ""
     assert "Gauge 3" in theirs
     assert "Gauge 3" in extract_html(html, "never").text
-    assert "Gauge 3" in extract_html(html, "always").text
+    assert "Gauge 3" in extract_html(html).text
 
 
 def test_section_title_followed_by_a_subsection_title_is_kept() -> None:
@@ -368,7 +395,7 @@ def test_box_under_a_teaser_heading_is_dropped(heading: str, section: str) -> No
         f"{_paras(SECTIONS[2])}<div class='stream'><div class='hd'><h3>{heading}</h3></div>"
         f"<div class='list'>{box}</div></div></div></body></html>"
     )
-    page = extract_html(html)
+    page = extract_html(html, "never")
     for para in [p for part in SECTIONS for p in part]:
         assert para in page.text
     assert section in page.text
@@ -393,7 +420,7 @@ def test_reader_replies_are_dropped() -> None:
         f"{_paras([p for section in SECTIONS for p in section])}</article>"
         f"<section class='js_replies'>{thread}</section></div></body></html>"
     )
-    text = extract_html(html).text
+    text = extract_html(html, "never").text
     for para in [p for section in SECTIONS for p in section]:
         assert para in text
     for reply in replies:
@@ -481,32 +508,6 @@ def test_a_run_in_heading_before_its_paragraph_is_kept() -> None:
     assert extract_html(html, "never").text.split("\n\n") == ["Step 1", BODY[0], "Step 2", BODY[1], BODY[2]]
 
 
-def test_second_opinion_that_adds_a_long_list_is_refused() -> None:
-    # A short article and a gallery of 24 captioned slides in a "promo" box, which we drop for
-    # its class word: that is over half of what we keep, so trafilatura is asked, and it keeps
-    # the gallery (its text is ~5x ours). What it adds is list items over 3x our text: ours
-    # stands. The same captions as paragraphs could be the article's missing part: its text wins.
-    captions = [
-        f"Slide {i} of 24: the harbour crane lifts barge number {i} out of the silted channel, "
-        "while workers on the quay watch the water rise against the old stone wall."
-        for i in range(24)
-    ]
-    article = _paras([p for section in SECTIONS for p in section])
-    for box, theirs_wins in (
-        ("<ul>" + "".join(f"<li>{c}</li>" for c in captions) + "</ul>", False),
-        (_paras(captions), True),
-    ):
-        html = (
-            f"<html><body><nav><ul>{NAV}</ul></nav><div class='story'><h1>The delta grows</h1>"
-            f"{article}<div class='promo'>{box}</div></div></body></html>"
-        )
-        ours = extract_html(html, "never").text
-        theirs = _trafilatura_text(html)
-        assert "Slide 3 of 24" not in ours and "Slide 3 of 24" in theirs
-        assert len(theirs) > 3 * len(ours)
-        assert extract_html(html).text == (theirs if theirs_wins else ours)
-
-
 BODY = [p for section in SECTIONS for p in section]
 OTHER_STORIES = "".join(
     f"<li><a href='/s/{i}'>Another story about the harbour budget, part {i}</a></li>" for i in range(3)
@@ -529,8 +530,8 @@ def test_teaser_heading_in_the_body_flow_takes_only_what_follows_it(tail: str) -
         f"<html><body><nav><ul>{NAV}</ul></nav><article><h1>The delta grows</h1>{_paras(SECTIONS[0])}"
         f"<div class='body-copy'>{_paras(SECTIONS[1] + SECTIONS[2])}{tail}</div></article></body></html>"
     )
-    for second_opinion in ("never", "auto"):
-        text = extract_html(html, second_opinion).text  # type: ignore[arg-type]
+    for engines in ("never", "fast|ours"):
+        text = extract_html(html, engines).text  # type: ignore[arg-type]
         for para in BODY:
             assert para in text
         assert "Another story" not in text and "Harbour coverage" not in text
@@ -549,7 +550,7 @@ def test_section_of_prose_under_a_teaser_like_title_is_kept(heading: str) -> Non
         f"<section><h2>{heading}</h2><div>{_paras([last, SECTIONS[2][1]])}</div></section>"
         "</div></body></html>"
     )
-    text = extract_html(html).text
+    text = extract_html(html, "never").text
     for para in BODY:
         assert para in text
     assert heading in text
@@ -575,7 +576,7 @@ def test_sections_named_discussion_or_respond_are_kept(attrs: str) -> None:
         f"<div id='respond' class='form-area'><h3>Leave a reply</h3><p>{REPLY_FORM}</p></div>"
         "</div></body></html>"
     )
-    text = extract_html(html).text
+    text = extract_html(html, "never").text
     for para in BODY:
         assert para in text
     assert REPLY_FORM not in text  # WordPress's comment form, id exactly "respond", still goes
