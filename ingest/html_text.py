@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from lxml import etree
+from lxml import html as lxml_html
 
 log = logging.getLogger(__name__)
 
@@ -429,13 +430,6 @@ def _page_header(header: etree._Element) -> bool:
         if any(t and len(t.strip()) >= _PROSE_CHARS for t in texts):
             return False
     return True
-
-
-def _clean(root: etree._Element, strict: bool = True) -> None:
-    """Drop comments, scripts, navigation and other boilerplate subtrees in place; ``strict``
-    also drops elements whose class or id words say boilerplate."""
-    for el in _doomed(root, strict):
-        _remove(el)
 
 
 def _attached(el: etree._Element, root: etree._Element) -> bool:
@@ -920,56 +914,18 @@ def extract_html(html: str, engines: Engines = "fast|ours") -> HtmlText:
     of the article) or where trafilatura finds nothing or fails; the title and language are
     ours. "never": our extractor alone. Chosen on three held-out sets read by three other
     readers (issue 11, README's extraction section): ours alone was tuned on the dev set."""
-    page = _readability_page(html)
-    if engines == "never":
-        return page
-    other = _trafilatura_text(html)
-    if len(page.text) > _LONGER_SHARE * len(other):
+    page, other = _extract(html, trafilatura=engines != "never")
+    if engines == "never" or len(page.text) > _LONGER_SHARE * len(other):
         return page
     return HtmlText(other, page.title, page.language)
 
 
-def _hidden_furniture(el: etree._Element) -> bool:
-    """Not shown or page furniture by its attributes, and neither the page's wrapper (<body>,
-    <main>, ...) nor holding its <h1> or an <article>: a page hides its body until a script shows
-    it, or marks its wrapper aria-hidden while a cookie dialog is open (as the strict pass)."""
-    hidden = not _HIDING_ATTRS.isdisjoint(el.keys()) and _is_hidden(el)
-    return hidden and el.tag not in _SHIELDS and _no_article(el)
-
-
-def _trafilatura_text(html: str) -> str:
-    """Trafilatura's fast-mode main text ("" if it finds none or fails), without its own fallback
-    extractors (ours takes their place) and without comments. It is handed a tree parsed here,
-    without the elements that it and we both drop whole (scripts, styles, <nav>, <footer>, form
-    controls; not <math>, see _SALVAGED) and without what the page does not show
-    (_hidden_furniture): its XPath pruning and link-density passes walk a smaller tree (~15% less
-    of its time when measured), and hidden text stays out. On the dev set the shipped mode with
-    this text gives F1 0.9202 (repaired truth; 0.8250 as given) against 0.9172 (0.8227) with
-    ``trafilatura.extract(page bytes, fast=True)``, comments included, the round-2 bench's
-    "fast|ours". The one loss: its recall retry, which undoes its own deletions where no
-    paragraph survives them, no longer sees those elements."""
-    import trafilatura  # ~0.2 s to import: only where a page first needs it
-    from lxml import html as lxml_html
-    from trafilatura.settings import MANUALLY_CLEANED
-
-    # as trafilatura parses a string (utils.HTML_PARSER), less its encoding: ours is decoded
-    parser = lxml_html.HTMLParser(
-        collect_ids=False, default_doctype=False, remove_comments=True, remove_pis=True
-    )
-    try:
-        tree = lxml_html.fromstring(_XML_DECLARATION.sub("", html, count=1), parser=parser)
-        etree.strip_elements(tree, *_DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED, with_tail=False)
-        for el in [el for el in tree.iter() if _hidden_furniture(el)]:
-            _remove(el)
-        text = trafilatura.extract(tree, fast=True, include_comments=False, include_tables=True)
-    except Exception as e:  # a library bug on a hostile page must not cost the page our text
-        log.debug("trafilatura failed: %s: %s", type(e).__name__, e)
-        return ""
-    return text or ""
-
-
-def _readability_page(html: str) -> HtmlText:
-    nothing = HtmlText("", "", "")
+def _extract(html: str, trafilatura: bool) -> tuple[HtmlText, str]:
+    """Our page (text, title, language) and, where ``trafilatura``, trafilatura's text ("" if
+    not). The page is parsed once: our strict pass judges every element first, trafilatura is
+    handed the tree less the elements that it and we both drop (see _trafilatura_text; it works
+    on a copy), then our pass cuts the tree up."""
+    nothing = HtmlText("", "", ""), ""
     if not html.strip():
         return nothing
     doc = _parse(html)
@@ -984,32 +940,85 @@ def _readability_page(html: str) -> HtmlText:
     body = doc.find("body")
     if body is None:
         body = doc
+    doomed = _doomed(body, strict=True)
+    other = _trafilatura_text(doc, doomed) if trafilatura else ""
+    text = _main_text(body, doomed)
     # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
     # strict pass finds less than a short article, retry on a copy that keeps such elements.
-    text = _main_text(body, strict=True)
     if _weight(text) < _SHORT and (fresh := _parse(html)) is not None:
         body = fresh.find("body")
-        relaxed = _main_text(fresh if body is None else body, strict=False)
+        body = fresh if body is None else body
+        relaxed = _main_text(body, _doomed(body, strict=False))
         if len(relaxed) > len(text):
             text = relaxed
-    return HtmlText(text, title, language)
+    return HtmlText(text, title, language), other
+
+
+def _hidden_furniture(el: etree._Element) -> bool:
+    """Not shown or page furniture by its attributes, and neither the page's wrapper (<body>,
+    <main>, ...) nor holding its <h1> or an <article>: a page hides its body until a script shows
+    it, or marks its wrapper aria-hidden while a cookie dialog is open (as the strict pass)."""
+    hidden = not _HIDING_ATTRS.isdisjoint(el.keys()) and _is_hidden(el)
+    return hidden and el.tag not in _SHIELDS and _no_article(el)
+
+
+_HTML_CLASSES = etree.ElementDefaultClassLookup(
+    element=lxml_html.HtmlElement,
+    comment=lxml_html.HtmlComment,
+    pi=lxml_html.HtmlProcessingInstruction,
+    entity=lxml_html.HtmlEntity,
+)
+
+
+def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element]) -> str:
+    """Trafilatura's fast-mode main text of the parsed page ("" if it finds none or fails),
+    without its own fallback extractors (ours takes their place) and without comments. It is
+    handed the tree less the elements that it and we both drop whole (scripts, styles, <nav>,
+    <footer>, form controls; not <math>, see _SALVAGED) and less what the page does not show
+    (_hidden_furniture, of our strict pass's ``doomed``): its XPath pruning and link-density
+    passes walk a smaller tree (~15% less of its time when measured), and hidden text stays out.
+    On the dev set the shipped mode with this text gives F1 0.9202 (repaired truth; 0.8250 as
+    given) against 0.9172 (0.8227) with ``trafilatura.extract(page bytes, fast=True)``, comments
+    included, the round-2 bench's "fast|ours". The one loss: its recall retry, which undoes its
+    own deletions where no paragraph survives them, no longer sees those elements."""
+    import trafilatura  # ~0.2 s to import: only where a page first needs it
+    from trafilatura.settings import MANUALLY_CLEANED
+
+    try:
+        etree.strip_elements(doc, *_DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED, with_tail=False)
+        for el in doomed:
+            if _hidden_furniture(el):
+                _remove(el)
+        # trafilatura copies a tree it is given before it changes it: ours stays whole
+        text = trafilatura.extract(doc, fast=True, include_comments=False, include_tables=True)
+    except Exception as e:  # a library bug on a hostile page must not cost the page our text
+        log.debug("trafilatura failed: %s: %s", type(e).__name__, e)
+        return ""
+    return text or ""
 
 
 def _parse(html: str) -> etree._Element | None:
-    """The page's root element, or None where libxml2 finds none. A leading XML declaration is
-    dropped first: the text is decoded already, and lxml refuses a str that declares an
-    encoding (an XHTML page beginning ``<?xml version="1.0" encoding="utf-8"?>`` came out
-    empty)."""
-    # etree's own elements: lxml.html's element classes cost a lookup on every node visited
-    parser = etree.HTMLParser(remove_comments=True, remove_pis=True, no_network=True, huge_tree=False)
+    """The page's root element, or None where libxml2 finds none, parsed as trafilatura parses a
+    string (utils.HTML_PARSER, less its encoding: ours is decoded), with lxml.html's element
+    class, which trafilatura needs, for every element: lxml.html's own lookup picks a class per
+    tag (forms, inputs) in Python for each element touched, ~1.7 ms a page of the two passes,
+    the default lookup in C. A leading XML declaration is dropped first: lxml refuses a str
+    that declares an encoding (an XHTML page beginning ``<?xml version="1.0"
+    encoding="utf-8"?>`` came out empty)."""
+    parser = etree.HTMLParser(
+        collect_ids=False, default_doctype=False, remove_comments=True, remove_pis=True, no_network=True
+    )
+    parser.set_element_class_lookup(_HTML_CLASSES)
     try:
         return etree.fromstring(_XML_DECLARATION.sub("", html, count=1), parser)
     except (etree.ParserError, ValueError):
         return None
 
 
-def _main_text(body: etree._Element, strict: bool) -> str:
-    _clean(body, strict)
+def _main_text(body: etree._Element, doomed: list[etree._Element]) -> str:
+    """Our pass over ``body``: drop ``doomed`` (see _doomed), choose the container, keep its blocks."""
+    for el in doomed:
+        _remove(el)
     chars, links = _text_stats(body)
     prose: dict[etree._Element, int] = {}
     scores = _scores(body, chars, links, prose)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import trafilatura
 
-from crystalline.ingest.html_text import _trafilatura_text, extract_html
+from crystalline.ingest.html_text import _extract, extract_html
 
 SECTIONS = [
     [
@@ -31,6 +31,11 @@ SECTIONS = [
     ],
 ]
 NAV = "".join(f"<li><a href='/s/{i}'>Section {i}</a></li>" for i in range(12))
+
+
+def _theirs(html: str) -> str:
+    """trafilatura's text of the page, as extract_html computes it."""
+    return _extract(html, trafilatura=True)[1]
 
 
 def _paras(paras: list[str]) -> str:
@@ -99,7 +104,7 @@ def test_trafilatura_text_is_the_main_text() -> None:
     plain = _page(f"<article><h1>The delta grows</h1>{_paras([p for s in SECTIONS for p in s])}</article>")
     for html, ours_longer in ((wiki, False), (plain, True)):
         ours = extract_html(html, "never").text
-        theirs = _trafilatura_text(html)
+        theirs = _theirs(html)
         assert theirs and theirs != ours
         assert (len(ours) > len(theirs)) is ours_longer and len(ours) <= 1.5 * len(theirs)
         page = extract_html(html)
@@ -114,7 +119,7 @@ def test_ours_wins_where_it_is_over_one_and_a_half_times_as_long() -> None:
         f"<div class='message-body'>{_paras(SECTIONS[1] + SECTIONS[2])}</div></div>"
     )
     ours = extract_html(html, "never").text
-    theirs = _trafilatura_text(html)
+    theirs = _theirs(html)
     assert SECTIONS[2][1] in ours and SECTIONS[2][1] not in theirs
     assert len(ours) > 1.5 * len(theirs)
     assert extract_html(html).text == ours
@@ -124,7 +129,7 @@ def test_ours_is_used_where_trafilatura_finds_nothing() -> None:
     # trafilatura prunes an "infinite-scroll" container without an <h1> before it reads the page
     # (a theme's appended articles): here the page's only text.
     html = _page(f"<div class='infinite-scroll'>{_paras([p for s in SECTIONS for p in s])}</div>")
-    assert _trafilatura_text(html) == ""
+    assert _theirs(html) == ""
     page = extract_html(html)
     assert page.text == extract_html(html, "never").text and SECTIONS[2][1] in page.text
     assert page.title == "Delta"
@@ -138,7 +143,7 @@ def test_ours_is_used_where_trafilatura_raises(monkeypatch: pytest.MonkeyPatch) 
 
     html = _page(f"<article><h1>The delta grows</h1>{_paras(SECTIONS[0])}</article>")
     monkeypatch.setattr(trafilatura, "extract", broken)
-    assert _trafilatura_text(html) == ""
+    assert _theirs(html) == ""
     page = extract_html(html)
     assert page == extract_html(html, "never") and SECTIONS[0][1] in page.text
 
@@ -274,10 +279,45 @@ def test_xhtml_page_with_an_xml_declaration_is_read() -> None:
         '<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head><title>Delta</title></head>'
         f"<body><nav><ul>{NAV}</ul></nav><div>{_paras(SECTIONS[0] + SECTIONS[1])}</div></body></html>"
     )
-    page = extract_html(html, "never")
-    for para in SECTIONS[0] + SECTIONS[1]:
-        assert para in page.text
-    assert (page.title, page.language) == ("Delta", "en")
+    for engines in ("never", "fast|ours"):
+        page = extract_html(html, engines)  # type: ignore[arg-type]
+        for para in SECTIONS[0] + SECTIONS[1]:
+            assert para in page.text
+        assert (page.title, page.language) == ("Delta", "en")
+
+
+@pytest.mark.parametrize(
+    ("shape", "kept"),
+    [
+        ("no <body>", True),
+        ("no <html> either", True),
+        ("the article, then 100k nested <div>s", True),
+        ("a <frameset>", False),
+        ("a <head> alone", False),
+        ("binary junk", False),
+    ],
+)
+def test_both_engines_see_hostile_shapes_without_failing(shape: str, kept: bool) -> None:
+    # trafilatura now reads every page: the shapes that broke extractors give the article where
+    # there is one and nothing (no exception) where there is none.
+    body = _paras(BODY)
+    html = {
+        "no <body>": f"<html><head><title>Delta</title></head>{body}</html>",
+        "no <html> either": body,
+        "the article, then 100k nested <div>s": f"<html><body>{body}"
+        + "<div>" * 100_000
+        + "</div>" * 100_000,
+        "a <frameset>": "<html><frameset><frame src='a.html'></frameset></html>",
+        "a <head> alone": "<html><head><title>Delta</title></head></html>",
+        "binary junk": bytes(range(256)).decode("latin-1") * 40,
+    }[shape]
+    ours, theirs = extract_html(html, "never").text, _theirs(html)
+    text = extract_html(html).text
+    assert text in (ours, theirs)
+    if kept:
+        assert all(para in ours and para in text for para in BODY)
+    else:
+        assert "river" not in text
 
 
 def test_trafilatura_does_not_see_hidden_text() -> None:
@@ -311,7 +351,7 @@ def test_trafilatura_sees_the_article_in_a_hidden_page_wrapper() -> None:
         f"<body style='display: none'><main>{article}</main></body>",
         f"<body><div class='page' aria-hidden='true'>{article}</div>{cookie}</body>",
     ):
-        theirs = _trafilatura_text(f"<html><head><title>Delta</title></head>{body}</html>")
+        theirs = _theirs(f"<html><head><title>Delta</title></head>{body}</html>")
         assert SECTIONS[0][0] in theirs and SECTIONS[0][1] in theirs, body
         assert promo not in theirs and "cookies" not in theirs
 
