@@ -26,6 +26,7 @@ from ..tokens.learned_vocab import LEARNED, vocab_path
 from ..workers.cluster_config import ClusterSettings, cluster_settings
 from ..workers.presets import adopt_checkpoint
 from ..workers.train_config import TrainConfig
+from .health import CONTROL_SILENT_S
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,14 @@ class DaemonConfig:
     checkpoint_interval_s: float = field(default=300.0, metadata={"help": "seconds between checkpoints"})
     status_interval_s: float = field(
         default=10.0, metadata={"help": "seconds between STATUS= lines to systemd"}
+    )
+    control_silent_s: float = field(
+        default=CONTROL_SILENT_S,
+        metadata={
+            "help": "a control process that reports nothing for this long is stuck: health says "
+            "so and the watchdog is no longer fed (systemd restarts the service); longer than "
+            "one training step"
+        },
     )
     no_samples: bool = field(
         default=False, metadata={"help": "do not copy the bundled sample documents into a fresh inbox"}
@@ -98,8 +107,8 @@ class DaemonConfig:
         if self.database:
             check_database_url(self.database)
         self.cluster_settings()
-        if self.checkpoint_interval_s <= 0 or self.status_interval_s <= 0:
-            raise ValueError("checkpoint-interval-s and status-interval-s must be positive")
+        if self.checkpoint_interval_s <= 0 or self.status_interval_s <= 0 or self.control_silent_s <= 0:
+            raise ValueError("checkpoint-interval-s, status-interval-s and control-silent-s must be positive")
 
     def cluster_settings(self) -> ClusterSettings | None:
         """``--cluster`` and its companions, checked (None without ``--cluster``)."""

@@ -22,22 +22,23 @@ from typing import Any
 
 OK, DEGRADED, STUCK = "ok", "degraded", "stuck"
 BAD_WORKER_STATES = ("dead", "restarting")
-CONTROL_SILENT_S = 60.0  # a running control process that reports nothing for this long is stuck
+CONTROL_SILENT_S = 60.0  # default of [daemon] control-silent-s: a control process silent this long is stuck
 
 
-def judge(data: dict[str, Any]) -> dict[str, Any]:
-    """``{"verdict": ok|degraded|stuck, "watchdog": bool, "reasons": [one line each]}``."""
-    stuck = _stuck_reasons(data)
+def judge(data: dict[str, Any], control_silent_s: float = CONTROL_SILENT_S) -> dict[str, Any]:
+    """``{"verdict": ok|degraded|stuck, "watchdog": bool, "reasons": [one line each]}``; a
+    running control process that has reported nothing for over ``control_silent_s`` is stuck."""
+    stuck = _stuck_reasons(data, control_silent_s)
     degraded = _degraded_reasons(data)
     verdict = STUCK if stuck else DEGRADED if degraded else OK
     return {"verdict": verdict, "watchdog": verdict != STUCK, "reasons": stuck + degraded}
 
 
-def _stuck_reasons(data: dict[str, Any]) -> list[str]:
+def _stuck_reasons(data: dict[str, Any], control_silent_s: float) -> list[str]:
     training = data.get("training") or {}
     reasons = []
     age = training.get("status_age_s")
-    if isinstance(age, int | float) and age > CONTROL_SILENT_S:
+    if isinstance(age, int | float) and age > control_silent_s:
         reasons.append(f"control process silent for {age:.0f} s")
     if training.get("stalled"):
         reasons.append("training stalled: " + str(training["stalled"]))

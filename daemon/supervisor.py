@@ -205,7 +205,7 @@ class Supervisor:
         )
         if last_error:
             data["last_error"] = last_error
-        data["health"] = judge(data)
+        data["health"] = judge(data, self.settings.daemon.control_silent_s)
         return data
 
     def _control_down_state(self) -> str:

@@ -58,6 +58,10 @@ def test_ok_degraded_and_stuck() -> None:
 
     silent = judge(data(status_age_s=61.0))
     assert silent == {"verdict": "stuck", "watchdog": False, "reasons": ["control process silent for 61 s"]}
+    # [daemon] control-silent-s sets the limit (60 s by default)
+    assert judge(data(status_age_s=20.0))["verdict"] == "ok"
+    shorter = judge(data(status_age_s=20.0), control_silent_s=15.0)
+    assert shorter == {"verdict": "stuck", "watchdog": False, "reasons": ["control process silent for 20 s"]}
     stalled = judge(data(stalled="no step for 45 s"))
     assert stalled["verdict"] == "stuck" and not stalled["watchdog"]
     # a control process being restarted (no age) or just started is not stuck
