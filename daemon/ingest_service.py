@@ -61,6 +61,11 @@ class IngestService:
             stats["error"] = error
         return stats
 
+    def surprise_recorded(self) -> None:
+        """Control wrote surprise values to the registry: status shows them at ingest's next turn."""
+        if self.ingestor is not None:
+            self.ingestor.surprise_recorded()
+
     async def stop(self, timeout_s: float) -> None:
         """Let the batch in hand finish (durably) within ``timeout_s``; no restart after this."""
         self.runner.stop()

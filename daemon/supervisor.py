@@ -91,6 +91,7 @@ class Supervisor:
         self.ring: RingServer | None = None  # the batch ring, lent to control (ring_service.py)
         self._lock: TextIO | None = None
         self.ready_sent = False
+        self._surprise_written: Any = None  # control's count of surprise values written
         self._last_progress = time.monotonic()
         self._progress_since_training = False  # the first step gets a line at once
         self.start_error: str | None = None  # the state dir cannot be used (read-only, ...)
@@ -247,6 +248,14 @@ class Supervisor:
                 c.get("fetched", 0),
             )
 
+    def _note_surprise_written(self) -> None:
+        """Control wrote surprise values to the registry (its count changed): ingest reads its
+        counts again, so status shows them within a tick rather than at its 30 s refresh."""
+        written = (self.control.status.get("surprise") or {}).get("written")
+        if written != self._surprise_written:
+            self._surprise_written = written
+            self.ingest.surprise_recorded()
+
     def health(self) -> dict[str, Any]:
         """The health verdict (``daemon/health.py``) of the status as it is now: what the
         watchdog, the status reply and ``crystalline status`` go by."""
@@ -399,6 +408,7 @@ class Supervisor:
                     self.notifier.status(self._status_line())
                     last_status = now
                 self._progress(now)
+                self._note_surprise_written()
                 self.generation.sample_cpu(now)
                 await asyncio.to_thread(self.history.maybe_save)
                 with contextlib.suppress(TimeoutError):

@@ -77,6 +77,7 @@ class SurpriseMeter:
         self.pending: list[tuple[str, float]] = []
         self.flushed_at = time.monotonic()
         self.measured = 0
+        self.written = 0  # values written to the registry (the supervisor reads the counts again)
         self.missed = 0
         self.error: str | None = None  # the registry's last failure, until a write works
         self.store_dir = store_dir
@@ -85,6 +86,7 @@ class SurpriseMeter:
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {
             "measured": self.measured,
+            "written": self.written,
             "missed": self.missed,
             "unwritten": len(self.pending),
         }
@@ -172,6 +174,7 @@ class SurpriseMeter:
         except Exception as exc:  # any failure: see _known
             self._failed(exc)
             return
+        self.written += len(self.pending)
         self.pending.clear()
         self.error = None
 

@@ -48,7 +48,9 @@ from .warc_records import is_warc, spool_warc
 
 log = logging.getLogger("crystalline.ingest")
 
-SURPRISE_REFRESH_S = 30.0  # the counts are read again at least this often for the surprise
+# the counts are read again at least this often for the surprise (other machines' controls record
+# it in a shared registry; this daemon's control says so: surprise_recorded)
+SURPRISE_REFRESH_S = 30.0
 
 
 class TokenizerLike(Protocol):
@@ -513,6 +515,11 @@ class Ingestor:
             else:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=idle_s)
+
+    def surprise_recorded(self) -> None:
+        """Control wrote surprise values into rows ingest did not change: the counts are read
+        again at the next idle turn (thread-safe: one flag)."""
+        self._counts_stale = True
 
     def refresh_counts(self, force: bool = False) -> None:
         """Recompute the registry counts :meth:`stats` serves, on the ingest thread, when rows

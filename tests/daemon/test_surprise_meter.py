@@ -41,8 +41,20 @@ def test_an_unexpected_registry_error_is_reported_and_training_goes_on(
     meter.flush()
     meter.flush()  # the same failure again: logged once
     assert meter.pending == [("d1", 1.5), ("d2", 2.5)]  # kept for the next try
+    assert meter.stats()["written"] == 0  # the supervisor re-reads the counts only after a write
     error = meter.stats()["error"]
     assert isinstance(error, str) and "UndefinedColumn" in error and "does not exist" in error
     warnings = [r for r in caplog.records if "surprise not recorded" in r.getMessage()]
     assert len(warnings) == 1
+    meter.close()
+
+
+def test_written_counts_the_values_the_registry_took(tmp_path: Path) -> None:
+    """``written`` in the meter's stats grows with each flush the registry takes: the supervisor
+    reads ingest's counts (the mean surprise per source) again when it changes."""
+    (tmp_path / "store").mkdir()
+    meter = SurpriseMeter(tmp_path / "store", lambda: Registry(tmp_path / "r.sqlite3"), 8, 1)
+    meter.pending = [("d1", 1.5), ("d2", 2.5)]
+    meter.flush()
+    assert meter.pending == [] and meter.stats()["written"] == 2 and "error" not in meter.stats()
     meter.close()
