@@ -370,6 +370,7 @@ class Crawler:
                             if self._pages_left() == 0:
                                 reason = "max pages"
                                 break
+                            self.frontier.release_done_hosts()  # nothing in flight: others may end
                             next_at = self.frontier.next_ready_at()
                             # FAR_FUTURE with nothing in flight: no host will ever be asked again
                             if next_at is None or next_at >= FAR_FUTURE:

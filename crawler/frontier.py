@@ -436,6 +436,10 @@ class Frontier:
         """Keep this process's hold on ``origins`` while it fetches from them: a SQLite frontier
         has one process, which holds every host (``PgFrontier`` leases hosts)."""
 
+    def release_done_hosts(self) -> None:
+        """Give back the hosts this process holds that have nothing queued and none of its
+        requests in flight (while it has none): a SQLite frontier holds no leases."""
+
     def settle_pending(self) -> None:
         """Write outcomes kept while the database was away: a SQLite write fails or succeeds at
         once, none is kept (``PgFrontier`` keeps them through an outage)."""

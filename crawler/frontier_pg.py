@@ -203,6 +203,18 @@ class PgFrontier(Frontier):
                 (now + self.lease_s, self.owner, hosts),
             )
 
+    def release_done_hosts(self) -> None:
+        """Give back the leases of the hosts this machine holds that have nothing queued and
+        none of its URLs in flight: a lease kept there guards nothing, and the other machines'
+        one-shot crawls would wait for it to run out before ending. A host whose in-flight URL
+        this machine no longer fetches (a claim whose reply the network lost) keeps its lease,
+        so the others take it over when it runs out."""
+        self._db.execute(
+            "UPDATE hosts SET lease_owner = NULL WHERE lease_owner = ? AND queued = 0 AND NOT EXISTS"
+            " (SELECT 1 FROM urls WHERE urls.origin = hosts.origin AND state = 1 AND claimed_by = ?)",
+            (self.owner, self.owner),
+        )
+
     def _sync(self, now: float) -> None:
         if now >= self._next_reap:
             self._next_reap = now + REAP_EVERY_S

@@ -304,6 +304,35 @@ def test_postgresql_a_host_is_leased_to_one_machine_and_a_dead_ones_urls_come_ba
     first.close()
 
 
+def test_postgresql_a_machine_done_with_its_hosts_gives_their_leases_back(pg_url: str) -> None:
+    """A machine gives back the lease of a host with nothing queued and none of its URLs in
+    flight (the other machines' crawls then end without waiting for it to run out); a host with
+    URLs queued, or one of its URLs in flight, stays leased."""
+    first = PgFrontier(pg_url)
+    second = PgFrontier(pg_url)
+    first.add(_urls(2) + _urls(2, "http://g") + _urls(1, "http://k"))
+    h = first.claim("http://h", 2, time.time())
+    g = first.claim("http://g", 1, time.time())  # one of two: the other stays queued
+    k = first.claim("http://k", 1, time.time())
+    first.finish(h[0], STORED, 200)
+    first.finish(g[0], STORED, 200)
+    first.finish(k[0], STORED, 200)
+
+    def leased() -> set[str]:
+        rows = second._db.execute("SELECT origin FROM hosts WHERE lease_owner IS NOT NULL").fetchall()
+        return {origin for (origin,) in rows}
+
+    assert leased() == {"http://h", "http://g", "http://k"}
+    first.release_done_hosts()
+    assert leased() == {"http://h", "http://g"}  # h: a URL in flight; g: one queued
+    first.finish(h[1], STORED, 200)
+    first.release_done_hosts()
+    assert leased() == {"http://g"}
+    assert second.claim("http://g", 9, time.time()) == []  # still the first's
+    second.close()
+    first.close()
+
+
 def test_postgresql_ingest_verdicts_count_once_when_two_machines_read_them(pg_url: str) -> None:
     """Two crawlers read the same verdicts from the shared registry: the first to apply them
     moves the shared cursor, the second's copy changes nothing (a shape's window counts each
