@@ -40,10 +40,11 @@ def free_port() -> int:
 
 
 SITE_PORT = free_port()
-# The test's changes to the unit: a short watchdog, so a frozen process is caught in seconds, and
-# a crawl of the local site (the configuration's keys as CRYSTALLINE_* variables).
+# The test's changes to the unit: a short watchdog and control-silent-s (60 s by default), so a
+# frozen process is caught in seconds (20 s is several steps and a start of the 12 workers here),
+# and a crawl of the local site (the configuration's keys as CRYSTALLINE_* variables).
 DROP_IN = (
-    "[Service]\nWatchdogSec=10s\n"
+    "[Service]\nWatchdogSec=10s\nEnvironment=CRYSTALLINE_DAEMON_CONTROL_SILENT_S=20\n"
     f"Environment=CRYSTALLINE_CRAWL_START_URL=http://127.0.0.1:{SITE_PORT}/"
     " CRYSTALLINE_CRAWL_ALLOW_PRIVATE_ADDRESSES=1 CRYSTALLINE_CRAWL_MIN_DELAY=0"
     " CRYSTALLINE_CRAWL_SITEMAPS=0\n"
@@ -221,6 +222,7 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
 
     # a frozen control process: the supervisor stops feeding the watchdog, systemd restarts it
     control = wait_until("control pid", 120, lambda: status(box)["training"].get("control_pid"), box)
+    assert show(box, "NRestarts")["NRestarts"] == "1"  # the SIGKILL's: no stuck verdict until the freeze
     mark = cursor(box)
     box.sh(f"kill -STOP {control}")
     wait_until("restart by the watchdog", 300, lambda: active_after_restarts(box, 2), box)
