@@ -32,6 +32,7 @@ _ELLIPSIS = ("...", "…")
 _STOP_WORDS = frozenset(("the", "be", "to", "of", "and", "that", "have", "with"))
 _SENTENCE_END = re.compile("[.!?\u3002\uff01\uff1f]+(?:\\s|$)")
 _WORD_EDGE = re.compile(r"^\W+|\W+$")
+_PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 
 
 @dataclass(frozen=True)
@@ -171,32 +172,43 @@ def _gopher_quality(text: str, rules: FilterRules, language: str) -> str | None:
         return f"gopher_quality: {n} words > {rules.gopher_max_words}"
     if not n:  # no words, and no word minimum (gopher_min_words=0): nothing more to judge
         return None
-    # a word of letters and digits has no edge to strip (re's \w is str.isalnum or "_")
-    bare = [w for w in (w if w.isalnum() else _WORD_EDGE.sub("", w) for w in words) if w]
-    mean = sum(map(len, bare)) / max(len(bare), 1)
-    if rules.gopher_min_mean_word_length and mean < rules.gopher_min_mean_word_length:
-        return f"gopher_quality: mean word length {mean:.1f} < {rules.gopher_min_mean_word_length:g}"
-    if rules.gopher_max_mean_word_length and mean > rules.gopher_max_mean_word_length:
-        return f"gopher_quality: mean word length {mean:.1f} > {rules.gopher_max_mean_word_length:g}"
-    symbols = text.count("#") + sum(text.count(e) for e in _ELLIPSIS)
-    if rules.gopher_max_symbol_word_ratio and symbols / n > rules.gopher_max_symbol_word_ratio:
-        return f"gopher_quality: {symbols / n:.2f} symbols per word > {rules.gopher_max_symbol_word_ratio:g}"
-    lines = [line for line in text.split("\n") if line.strip()]
-    bullets = sum(1 for line in lines if line.lstrip().startswith(_BULLETS)) / len(lines)
-    if rules.gopher_max_bullet_lines and bullets > rules.gopher_max_bullet_lines:
-        return f"gopher_quality: {bullets:.0%} of lines are bullets > {rules.gopher_max_bullet_lines:.0%}"
-    ellipsis = sum(1 for line in lines if line.rstrip().endswith(_ELLIPSIS)) / len(lines)
-    if rules.gopher_max_ellipsis_lines and ellipsis > rules.gopher_max_ellipsis_lines:
-        limit = rules.gopher_max_ellipsis_lines
-        return f"gopher_quality: {ellipsis:.0%} of lines end in an ellipsis > {limit:.0%}"
-    alpha = sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w))) / n
-    if rules.gopher_min_alpha_words and alpha < rules.gopher_min_alpha_words:
-        return f"gopher_quality: {alpha:.0%} of words have a letter < {rules.gopher_min_alpha_words:.0%}"
+    # each statistic is counted only when a rule that reads it is on (a rule off costs nothing)
+    bare: list[str] = []
+    if rules.gopher_min_mean_word_length or rules.gopher_max_mean_word_length:
+        bare = _bare_words(words)
+        mean = sum(map(len, bare)) / max(len(bare), 1)
+        if rules.gopher_min_mean_word_length and mean < rules.gopher_min_mean_word_length:
+            return f"gopher_quality: mean word length {mean:.1f} < {rules.gopher_min_mean_word_length:g}"
+        if rules.gopher_max_mean_word_length and mean > rules.gopher_max_mean_word_length:
+            return f"gopher_quality: mean word length {mean:.1f} > {rules.gopher_max_mean_word_length:g}"
+    if most := rules.gopher_max_symbol_word_ratio:
+        symbols = text.count("#") + sum(text.count(e) for e in _ELLIPSIS)
+        if symbols / n > most:
+            return f"gopher_quality: {symbols / n:.2f} symbols per word > {most:g}"
+    if rules.gopher_max_bullet_lines or rules.gopher_max_ellipsis_lines:
+        lines = [line for line in text.split("\n") if line.strip()]
+        bullets = sum(1 for line in lines if line.lstrip().startswith(_BULLETS)) / len(lines)
+        if rules.gopher_max_bullet_lines and bullets > rules.gopher_max_bullet_lines:
+            return f"gopher_quality: {bullets:.0%} of lines are bullets > {rules.gopher_max_bullet_lines:.0%}"
+        ellipsis = sum(1 for line in lines if line.rstrip().endswith(_ELLIPSIS)) / len(lines)
+        if rules.gopher_max_ellipsis_lines and ellipsis > rules.gopher_max_ellipsis_lines:
+            limit = rules.gopher_max_ellipsis_lines
+            return f"gopher_quality: {ellipsis:.0%} of lines end in an ellipsis > {limit:.0%}"
+    if rules.gopher_min_alpha_words:
+        alpha = sum(1 for w in words if w.isalpha() or any(map(str.isalpha, w))) / n
+        if alpha < rules.gopher_min_alpha_words:
+            return f"gopher_quality: {alpha:.0%} of words have a letter < {rules.gopher_min_alpha_words:.0%}"
     if rules.gopher_min_stop_words and language == "en":
-        stops = sum(1 for w in bare if w.lower() in _STOP_WORDS)
+        stops = sum(1 for w in bare or _bare_words(words) if w.lower() in _STOP_WORDS)
         if stops < rules.gopher_min_stop_words:
             return f"gopher_quality: {stops} English stop words < {rules.gopher_min_stop_words}"
     return None
+
+
+def _bare_words(words: list[str]) -> list[str]:
+    """The words without their edges' non-word characters, the empty ones left out."""
+    # a word of letters and digits has no edge to strip (re's \w is str.isalnum or "_")
+    return [w for w in (w if w.isalnum() else _WORD_EDGE.sub("", w) for w in words) if w]
 
 
 def _duplicates(items: list[str]) -> tuple[int, int]:
@@ -225,34 +237,46 @@ def _ngrams(words: list[str], longest: int) -> Iterator[tuple[int, np.ndarray, n
         yield n, grams, counts, first
 
 
+def _lines(text: str) -> list[str]:
+    return text.split("\n")
+
+
+def _ngram_frac(rules: FilterRules, n: int) -> float:
+    """The threshold of the n-gram rule for ``n`` (2-4: the top n-gram, 5-10: duplicates)."""
+    return float(getattr(rules, f"gopher_top_{n}gram_frac" if n <= 4 else f"gopher_dup_{n}gram_frac"))
+
+
 def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
-    paras = [p for p in re.split(r"\n{2,}", text) if p.strip()]
-    lines = [line for line in text.split("\n") if line.strip()]
     total = max(len(text), 1)
-    for name, items, frac, char_frac in (
-        ("paragraphs", paras, rules.gopher_dup_para_frac, rules.gopher_dup_para_char_frac),
-        ("lines", lines, rules.gopher_dup_line_frac, rules.gopher_dup_line_char_frac),
+    for name, split, frac, char_frac in (
+        ("paragraphs", _PARAGRAPH_BREAK.split, rules.gopher_dup_para_frac, rules.gopher_dup_para_char_frac),
+        ("lines", _lines, rules.gopher_dup_line_frac, rules.gopher_dup_line_char_frac),
     ):
+        if not (frac or char_frac):
+            continue  # both rules off: not counted
+        items = [p for p in split(text) if p.strip()]
         count, chars = _duplicates(items)
         if frac and items and count / len(items) > frac:
             return f"gopher_repetition: duplicate {name} {count / len(items):.0%} > {frac:.0%}"
         if char_frac and chars / total > char_frac:
             return f"gopher_repetition: characters in duplicate {name} {chars / total:.0%} > {char_frac:.0%}"
+    longest = max((n for n in range(2, 11) if _ngram_frac(rules, n)), default=0)
+    if not longest:
+        return None  # every n-gram rule off: no n-grams counted
     words = text.lower().split()
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     word_chars = max(int(lengths.sum()), 1)
-    for n, grams, counts, first in _ngrams(words, 10):
+    for n, grams, counts, first in _ngrams(words, longest):
+        frac = _ngram_frac(rules, n)
+        if not frac:
+            continue
         if n <= 4:
-            frac = getattr(rules, f"gopher_top_{n}gram_frac")
             # the most frequent n-gram, the earliest seen among equals (as Counter.most_common)
             count = int(counts.max())
             at = int(first[counts == count].min())
             share = int(lengths[at : at + n].sum()) * count / word_chars
-            if frac and count > 1 and share > frac:
+            if count > 1 and share > frac:
                 return f"gopher_repetition: top {n}-gram covers {share:.0%} of characters > {frac:.0%}"
-            continue
-        frac = getattr(rules, f"gopher_dup_{n}gram_frac")
-        if not frac:
             continue
         # the words of every n-gram that repeats an earlier one
         repeats = np.setdiff1d(np.arange(len(grams)), first, assume_unique=True)

@@ -92,6 +92,22 @@ def test_ngram_repetition_rules_name_the_rule_and_the_share() -> None:
     assert _repetition(" ".join(f"w{i}" for i in range(200)), only_ngrams) is None
 
 
+def test_only_the_rules_turned_on_judge() -> None:
+    # Each statistic is counted only for a rule that is on: rules off let through what the
+    # rules on remove, and a text that fails one rule of a family fails by the next one on.
+    repeated = "grain barge mill lock ... # " * 400 + "\n" + "- the same line\n" * 400
+    off = {"c4": None, "gopher_quality": None, "gopher_repetition": None}
+    assert document_verdicts(repeated, FilterRules.disabled(), "en") == off
+    on = document_verdicts(repeated, FilterRules(), "en")
+    assert on["gopher_quality"] and on["gopher_repetition"]
+    only_top_4 = FilterRules.disabled().with_overrides(["gopher_top_4gram_frac=0.16"])
+    assert _repetition(repeated, only_top_4) == "gopher_repetition: top 4-gram covers 53% of characters > 16%"
+    only_alpha = FilterRules.disabled().with_overrides(["gopher_min_alpha_words=0.9"])
+    assert document_verdicts(repeated, only_alpha)["gopher_quality"] == (
+        "gopher_quality: 70% of words have a letter < 90%"
+    )
+
+
 def test_no_words_with_the_word_minimum_off_is_judged_not_raised() -> None:
     # gopher_min_words=0 and a text of spaces: the per-word ratios have nothing to divide by.
     verdicts = document_verdicts(" \n \n ", FilterRules().with_overrides(["gopher_min_words=0"]))
