@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -358,8 +359,8 @@ class Machines:
             return self.wait(0, _hosting_or_taken, "the rendezvous point hosted, or its port taken")
 
         def stop() -> None:
+            self.stop_all(members)
             for i in members:
-                self.stop(i)
                 shutil.rmtree(self.root / f"m{i}")
 
         return hosted(start, stop, self.rendezvous_port)
@@ -396,16 +397,26 @@ class Machines:
         proc.wait(timeout=30)
 
     def stop(self, i: int) -> None:
-        proc = self.procs.pop(i)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
+        self.stop_all([i])
+
+    def stop_all(self, members: Iterable[int] | None = None) -> None:
+        """Stop ``members`` (every running machine by default): SIGTERM to all of them at once
+        but the rendezvous host (machine 0), which is stopped once they are gone, so that none
+        of them waits out the timeout of a store that stopped first. Each is given 90 s, then
+        its process group is killed; each step runs even when one before it raised."""
+        chosen = sorted(self.procs if members is None else set(members))
+        with contextlib.ExitStack() as steps:  # run last-in first-out: the host's batch last
+            for batch in ([i for i in chosen if i == 0], [i for i in chosen if i != 0]):
+                steps.callback(self._end, [self.procs.pop(i) for i in batch])
+
+    def _end(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 90
+        with contextlib.ExitStack() as waits:
+            for proc in procs:
+                waits.callback(_await, proc, deadline)
 
     def close(self) -> None:
         """Every daemon stopped, the shaping undone, the wires ended, the namespaces removed:
@@ -415,8 +426,20 @@ class Machines:
             steps.callback(self._remove_namespaces)
             steps.callback(self._unwire)
             steps.callback(self._unshape)
-            for i in list(self.procs):
-                steps.callback(self.stop, i)
+            steps.callback(self.stop_all)
+
+
+def _await(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    """``proc`` ended by ``deadline`` (its process group killed if not), and whatever it left
+    behind killed."""
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever it left behind
 
 
 def _hosting_or_taken(status: dict[str, Any]) -> bool:

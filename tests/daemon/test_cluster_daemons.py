@@ -14,9 +14,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _cluster_net import Machines, agree, digests
+from _wait import until
 
 from crystalline.daemon.status_server import request
 
@@ -217,18 +219,39 @@ def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(m
     for i in (0, 1):
         machines.wait(i, world(2), "two members training")
     silent = silent_member(machines, 2, rendezvous)
-    try:
+    forming: dict[int, dict[str, Any]] = {}  # member -> its status saying it forms the generation
+    failed: dict[int, dict[str, Any]] = {}  # member -> its status saying so failed, seen after that
+
+    def both_seen() -> bool:
+        """Both members watched at once: each says so while it forms the generation (a few
+        seconds), and each says so after that when it failed; watched one after the other,
+        the second's forming could pass unseen and be awaited at the next generation."""
         for i in (0, 1):
-            s = machines.wait(
-                i,
-                lambda s: (s.get("cluster") or {}).get("state", "").startswith("forming generation"),
-                "forming the generation of three",
-            )
-            cluster = s["cluster"]
+            s = machines.status(i)
+            state = (s.get("cluster") or {}).get("state", "")
+            if state.startswith("forming generation"):
+                forming.setdefault(i, s)
+            elif i in forming and "failed to form" in state:
+                failed.setdefault(i, s)
+        return len(failed) == 2
+
+    try:
+        until(
+            both_seen,
+            lambda: (
+                f"each member forming the generation of three, then saying the third is absent: "
+                f"forming {forming}, failed {failed}"
+            ),
+            240,
+            0.1,
+        )
+        for i in (0, 1):
+            cluster = forming[i]["cluster"]
             assert cluster["state"] == f"forming generation {cluster['generation']}", cluster
-            assert (s["training"]["state"], cluster["rank"], cluster["world"]) == ("paused", None, 0), s
-            failed = machines.wait(i, lambda s: "failed to form" in s["cluster"]["state"], "the third absent")
-            assert "(rank(s) [2] did not come within 5 s); waiting for the next" in failed["cluster"]["state"]
+            training = forming[i]["training"]["state"]
+            assert (training, cluster["rank"], cluster["world"]) == ("paused", None, 0), forming[i]
+            said = failed[i]["cluster"]["state"]
+            assert "(rank(s) [2] did not come within 5 s); waiting for the next" in said, said
     finally:
         silent.kill()
         silent.wait(timeout=30)

@@ -124,8 +124,8 @@ def test_on_a_slow_link_diloco_moves_an_hth_of_the_bytes_per_step(machines: Mach
     # the headers, acknowledgements and the store's beats
     assert 2 * allreduce_bytes < synchronous < 2 * allreduce_bytes * 1.3, (synchronous, allreduce_bytes)
 
-    for i in range(3):  # the same three machines again, fresh, with DiLoCo
-        machines.stop(i)
+    machines.stop_all()  # the same three machines again, fresh, with DiLoCo
+    for i in range(3):
         shutil.rmtree(machines.root / f"m{i}")
     step = start_three(machines, ("--cluster-outer-every", str(H)), own_seeds=True)
     for i in range(3):
