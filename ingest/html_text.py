@@ -56,8 +56,8 @@ _DROP_TAGS = frozenset(
 # The attributes that can hide an element (see _is_hidden), and tags never dropped for words.
 _HIDING_ATTRS = frozenset(("role", "aria-hidden", "hidden", "style"))
 _SHIELDS = frozenset(("html", "body", "article", "main"))
-# Dropped by both extractors, but trafilatura first takes formulas out of <math>: its second
-# opinion is handed it. (A <figure> is not dropped: its caption is read with the story.)
+# Dropped by both extractors, but trafilatura first takes formulas out of <math>: the tree it is
+# handed keeps it. (A <figure> is not dropped: its caption is read with the story.)
 _SALVAGED = frozenset(("math",))
 _DROP_ROLES = {
     "navigation",
