@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,19 +71,16 @@ def test_a_daemon_started_before_its_database_waits_for_it_then_trains(
     tmp_path: Path, pg_cluster: PgCluster, pg_url: str
 ) -> None:
     port = free_port()
-    with daemon_before_its_database(tmp_path, pg_url.replace(f":{pg_cluster.port}/", f":{port}/")) as (
-        proc,
-        run,
-    ):
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{port}/")
+    # the stack is closed after the daemon stopped: it stops with its database answering
+    with ExitStack() as after_the_daemon, daemon_before_its_database(tmp_path, url) as (proc, run):
         proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
-        try:
-            data = poll(proc, run, "documents ingested and a step trained",
-                        lambda d: d["ingest"].get("documents", 0) >= 1 and d["training"]["step"] > 0,
-                        timeout_s=240.0)  # fmt: skip
-            assert not unreachable(data) and "database" not in data
-            assert data["ingest"]["database"]["available"] is True
-        finally:
-            proxy.close()
+        after_the_daemon.callback(proxy.close)
+        data = poll(proc, run, "documents ingested and a step trained",
+                    lambda d: d["ingest"].get("documents", 0) >= 1 and d["training"]["step"] > 0,
+                    timeout_s=240.0)  # fmt: skip
+        assert not unreachable(data) and "database" not in data
+        assert data["ingest"]["database"]["available"] is True
 
 
 @pytest.mark.timeout(300)
@@ -101,13 +98,16 @@ def test_add_url_while_waiting_for_the_database_is_refused_and_the_crawl_starts_
     site = Site()
     add = {"cmd": "add-url", "url": site.url + "/p/0"}
     args = ("--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps")
-    with daemon_before_its_database(tmp_path, url, *args, crawl=True, option=option) as (proc, run):
-        reply = request(sock, add)
-        assert reply["ok"] is False and reply["error"].startswith("the daemon is starting: "), reply
-        assert "\n" not in reply["error"]
-        assert daemon_status(run, proc)["crawler"]["state"] == "idle"  # no crawl thread, no backoff
-        proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
-        try:
+    # the stack is closed after the daemon stopped: it stops with its database answering
+    with ExitStack() as after_the_daemon:
+        after_the_daemon.callback(site.close)
+        with daemon_before_its_database(tmp_path, url, *args, crawl=True, option=option) as (proc, run):
+            reply = request(sock, add)
+            assert reply["ok"] is False and reply["error"].startswith("the daemon is starting: "), reply
+            assert "\n" not in reply["error"]
+            assert daemon_status(run, proc)["crawler"]["state"] == "idle"  # no crawl thread, no backoff
+            proxy = CuttableProxy(pg_cluster.port, port=port)  # the database answers from now on
+            after_the_daemon.callback(proxy.close)
             data = poll(proc, run, "the daemon running", lambda d: d["state"] == "running")
             assert not unreachable(data) and "database" not in data
             assert request(sock, add) == {"ok": True, "data": {"url": add["url"], "queued": True}}
@@ -118,9 +118,6 @@ def test_add_url_while_waiting_for_the_database_is_refused_and_the_crawl_starts_
             assert crawler["database"]["available"] is True, crawler
             registry = "sqlite" if option == "--crawl-database" else "postgresql"
             assert data["ingest"]["database"]["kind"] == registry, data["ingest"]
-        finally:
-            proxy.close()
-            site.close()
 
 
 @pytest.mark.timeout(120)
