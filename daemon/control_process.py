@@ -10,7 +10,8 @@ enough tokens in the store, then trains through the same ``Trainer`` as `crystal
 Resources that run out are reported, not crashed on: a /dev/shm too small for the engine's
 segments or an open-files limit too low for the engine and the store's shard maps leaves
 control alive, in state ``failed`` with a one-line ``error`` in its status, trying again
-every ``RESOURCE_RETRY_S`` until there is room (a restart would fail the same way).
+every ``RESOURCE_RETRY_S`` until there is room (a restart would fail the same way); /dev/shm
+is looked at every second meanwhile, and freed room is tried at once.
 
 Channel: control's DEALER connects to the supervisor's ROUTER; the messages, their version
 and size caps are ``daemon/control_protocol.py``'s. Control sends HELLO once, STATUS at most
@@ -221,6 +222,8 @@ class Control:
         self.stopping = True
         if self.trainer is not None:
             self.trainer.stop_requested = True
+        if self.cluster is not None:  # a generation being formed is waited for no more
+            self.cluster.stopping = True
 
     # ---- status ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -434,6 +437,8 @@ class Control:
                 deadline = time.monotonic() + RESOURCE_RETRY_S
                 while time.monotonic() < deadline and not self.stopping:
                     self.serve(min(1.0, max(0.0, deadline - time.monotonic())))
+                    if isinstance(exc, SharedMemoryFull) and exc.room_now():
+                        break  # /dev/shm has room again: try now, not at the interval's end
                 continue
             except EngineStopped as exc:  # the supervisor died while control said HELLO to its ring
                 log.error("%s; stopping", exc)

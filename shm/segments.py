@@ -121,11 +121,21 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class SharedMemoryFull(OSError):
-    """The shared-memory file system has no room for the segments (a one-line message)."""
+    """The shared-memory file system has no room for the segments (a one-line message);
+    ``need``: the bytes that did not fit in ``directory`` when ``free`` were free (0: unknown)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(
+        self, message: str, need: int = 0, free: int | None = None, directory: Path = SHM_DIR
+    ) -> None:
         super().__init__(message)
         self.errno = errno.ENOSPC
+        self.need, self.free, self.directory = need, free, directory
+
+    def room_now(self) -> bool:
+        """Whether space was freed since, enough for what did not fit (False when unknown):
+        whoever waits for room may try again now rather than at its next interval."""
+        free = free_bytes(self.directory)
+        return bool(self.need) and free is not None and free >= self.need and free > (self.free or 0)
 
 
 def _mib(n: int) -> str:
@@ -159,7 +169,10 @@ def check_space(sizes: Mapping[str, int], directory: Path = SHM_DIR) -> None:
     if free is not None and need > free:
         raise SharedMemoryFull(
             f"{directory} has {_mib(free)} free but the shared memory needs {_mib(need)} "
-            f"({', '.join(sorted(sizes))}): {_advice(directory)}"
+            f"({', '.join(sorted(sizes))}): {_advice(directory)}",
+            need,
+            free,
+            directory,
         )
 
 
@@ -178,7 +191,9 @@ def _reserve(shm: SharedMemory, name: str, size: int) -> None:
         free = free_bytes(SHM_DIR)
         raise SharedMemoryFull(
             f"{SHM_DIR} has no room for the {_mib(size)} segment {name!r}"
-            f"{f' ({_mib(free)} free)' if free is not None else ''}: {_advice(SHM_DIR)}"
+            f"{f' ({_mib(free)} free)' if free is not None else ''}: {_advice(SHM_DIR)}",
+            size,
+            free,
         ) from None
 
 

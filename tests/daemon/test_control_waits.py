@@ -98,3 +98,17 @@ def test_a_supervisor_gone_during_the_ring_hello_stops_control(tmp_path: Path) -
     assert c._wait_for_vocabulary()
     assert not c._wait_for_resources()
     assert c.stopping and c.trainer is None
+
+
+def test_room_freed_in_dev_shm_is_tried_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SharedMemoryFull that says what did not fit: once the directory has that much free (and
+    more than when it failed), control tries again after a second's serve, not at the interval's
+    end (an hour here)."""
+    monkeypatch.setattr(control_process, "RESOURCE_RETRY_S", 3600.0)
+    trainer = object()
+    full = SharedMemoryFull("/dev/shm is full", need=4096, free=0, directory=tmp_path)
+    c = _control(tmp_path, [full, trainer])
+    c.config.tokenizer = "bytes"  # type: ignore[misc]  # no vocabulary to wait for
+    assert c._wait_for_vocabulary() and c._wait_for_resources()
+    assert c.trainer is trainer and c.error is None
+    assert c.served == [("failed", None)]  # type: ignore[attr-defined]

@@ -45,6 +45,17 @@ def test_check_space_names_the_directory_and_the_size_needed(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(150)
+def test_room_now_once_what_did_not_fit_is_free(tmp_path: Path) -> None:
+    free = free_bytes(tmp_path)
+    assert free is not None
+    with pytest.raises(SharedMemoryFull) as failed:
+        check_space({"crystalline-a-state": free + (3 << 20)}, tmp_path)
+    assert failed.value.need >= free + (3 << 20) and not failed.value.room_now()  # still no room
+    assert SharedMemoryFull("full", need=4096, free=0, directory=tmp_path).room_now()  # room freed since
+    assert not SharedMemoryFull("full", need=4096, free=free + (1 << 30), directory=tmp_path).room_now()
+    assert not SharedMemoryFull("full").room_now()  # what did not fit unknown (the ring's reply)
+
+
 def test_segment_larger_than_dev_shm_is_a_clear_error_not_sigbus() -> None:
     out = in_small_shm(
         textwrap.dedent("""
