@@ -60,6 +60,11 @@ CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
 LOCK_WAIT_S = 3.0  # how long a starting supervisor tries to take the state directory's lock
 
 
+def _writable(directory: Path) -> bool:
+    """Whether this process may write in ``directory`` now (False on a read-only mount too)."""
+    return os.access(directory, os.W_OK)
+
+
 class StateDirInUse(OSError):
     """Another daemon holds the state directory: this one must not start at all."""
 
@@ -280,7 +285,8 @@ class Supervisor:
         touch the disk). When the state dir cannot be used (read-only, full, wrong owner), say so
         in the log, in status (``last_error``) and to systemd, keep answering status and feeding
         the watchdog (a restart would fail the same way: no crash loop), and retry every
-        ``START_RETRY_S`` until it works or the daemon is stopped (False). A database that does
+        ``START_RETRY_S`` (at once when a state dir that was not writable becomes so, looked at
+        every tick) until it works or the daemon is stopped (False). A database that does
         not answer, the registry's or the crawl's (``--database``, ``[ingest]``/``[crawl]
         database``), is waited for the same way, with a jittered backoff (``DATABASE_BACKOFF``),
         status and health saying "database unreachable (why)"."""
@@ -289,6 +295,7 @@ class Supervisor:
         database_failures = 0
         while True:
             retry_s = START_RETRY_S
+            was_writable = True  # the state dir, when it last failed
             try:
                 await asyncio.to_thread(self._prepare_dirs)
                 await asyncio.to_thread(self.ingest.open)
@@ -316,8 +323,11 @@ class Supervisor:
                     self.notifier.status(f"failed: {error}")
                 self.start_error = error
                 self.state = transition(DAEMON, self.state, "failed")
+                was_writable = _writable(s.state_dir)
             deadline = time.monotonic() + retry_s
             while time.monotonic() < deadline and not self.should_exit.is_set():
+                if not was_writable and _writable(s.state_dir):
+                    break  # remounted read-write, its mode or owner fixed: try now, not in 10 s
                 if interval and self.health()["watchdog"]:  # degraded, not stuck: a restart would not help
                     self.notifier.watchdog()
                 with contextlib.suppress(TimeoutError):
