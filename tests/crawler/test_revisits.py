@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from _loopback import Hits, MemorySink, crawl, fast_settings, html, prose, serve
+from _wait import until_async
 from aiohttp import web
 
 from crystalline.crawler.crawl import Crawler
@@ -289,16 +290,23 @@ def test_daemon_pass_revisits_small_site_next_to_an_endless_one(tmp_path: Path) 
                 crawler.add_url(base + "/s/0")
                 crawler.add_url(base + "/e/0")
                 stop = asyncio.Event()
-                asyncio.get_running_loop().call_later(5, stop.set)
-                summary = await crawler.run(stop)
+                run = asyncio.create_task(crawler.run(stop))
+                try:  # the pass stopped once it revisited, at 5 s at most (hits only add up)
+                    await until_async(revisited, lambda: f"the small site's hits in 5 s: {small_hits()}", 5)
+                finally:
+                    stop.set()
+                    summary = await run
             finally:
                 crawler.close()
         assert summary.reason == "stopped"  # the endless site kept the pass going
 
+    def small_hits() -> list[str]:
+        return [p for p in hits.paths() if p.startswith("/s/")]
+
+    def revisited() -> bool:  # each of the 5 pages, and some fetched again in the pass
+        return len(set(small_hits())) == 5 and len(small_hits()) > 5
+
     asyncio.run(main())
-    small_hits = [p for p in hits.paths() if p.startswith("/s/")]
-    assert len(set(small_hits)) == 5
-    assert len(small_hits) > 5  # some of the small site's pages were fetched again in the pass
 
 
 @pytest.mark.timeout(60)
