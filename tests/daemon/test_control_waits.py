@@ -29,6 +29,7 @@ def _control(state_dir: Path, starts: list[Any]) -> Control:
     c.config = SimpleNamespace(tokenizer=str(vocab))  # type: ignore[assignment]
     c.stopping = False
     c.trainer = None
+    c.cluster = None
     c.state = control_process.TRAINING.initial
     c.error = None
     c.waiting_for = None
