@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 from _daemon_process import SMALL_MODEL, NotifyListener, group_survivors, wait_daemon
 from _daemon_process import daemon_status as status
+from _wait import until
 
 from crystalline.daemon.status_server import request
 from crystalline.shm.segments import list_segments
@@ -124,9 +124,8 @@ def test_run_ready_status_stop_and_resume(short_dir: Path) -> None:
         # sonnet-18.html and sonnet-18-scan.png hold one sonnet: MinHash keeps one, counts the other
         assert data["ingest"]["documents"] >= 40 and data["ingest"]["failed"] == 0
         assert data["ingest"]["tokens"] > 0
-        pings = notify.seen("WATCHDOG=1")
-        time.sleep(2.5)
-        assert notify.seen("WATCHDOG=1") > pings  # the watchdog is fed while training progresses
+        pings = notify.seen("WATCHDOG=1")  # the watchdog is fed while training progresses (every 1 s)
+        until(lambda: notify.seen("WATCHDOG=1") > pings, "no WATCHDOG=1 within 2.5 s", 2.5, 0.1)
 
         # the CLI: readable summary and --json, exit 0 when healthy
         cli = [sys.executable, "-m", "crystalline.daemon.cli", "status", "--runtime-dir", str(run)]
