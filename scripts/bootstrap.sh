@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by run.sh and test.sh: makes .venv with the project and its dev tools installed,
+# Sourced by run.sh and test.sh: makes .venv with the project and its dev tools installed (with
+# BOOTSTRAP_SERVICE=1, the README's service install: without them),
 # and tesseract-ocr present (through apt when run as root). Idempotent and quiet when done.
 set -euo pipefail
 
@@ -22,11 +23,14 @@ fi
 # daemons training across machines (torch.distributed: the cluster extra).
 extras="dev"
 [[ -n "${BOOTSTRAP_TEST_TOOLS:-}" ]] && extras="dev,postgres,cluster"
+# the service's install (README, "Running under systemd"): the project and what it runs on, no
+# dev tools (pytest, ruff, mypy, playwright)
+[[ -n "${BOOTSTRAP_SERVICE:-}" ]] && extras=""
 stamp="$VENV/.crystalline-installed"
 want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "bootstrap: installing crystalline and its dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$extras]"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT${extras:+[$extras]}"
     echo "$want" > "$stamp"
 fi
 
