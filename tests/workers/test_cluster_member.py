@@ -80,8 +80,9 @@ def hosted_members(settings: Callable[[int], list[ClusterSettings]]) -> list[Clu
     raise AssertionError(f"the rendezvous port was taken {TRIES} times running: {said}")
 
 
-def two_members(count: int = 2, timeout_s: float = 10.0) -> list[ClusterMember]:
-    """Real members on loopback addresses (member 0 hosts the store), a group of ``count``."""
+def two_members(count: int = 2, timeout_s: float = 5.0) -> list[ClusterMember]:
+    """Real members on loopback addresses (member 0 hosts the store), a group of ``count``.
+    The membership ticks every tenth of ``timeout_s`` and a group forms in about three ticks."""
     return hosted_members(on_loopback(count, count, count, timeout_s))
 
 
