@@ -65,8 +65,10 @@ def web_site(page: str) -> Iterator[str]:
         server.server_close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def daemon(corpus_file: Path) -> Iterator[dict[str, Any]]:
+    """One daemon for this module's tests (neither changes what the other checks: the page's
+    action without the token is refused, and training goes on)."""
     require_browser()
     text = corpus_file.read_text(encoding="utf-8")
     inbox = {**corpus_parts(text), "hostile.html": _hostile_page(text[:6000])}
