@@ -222,8 +222,6 @@ class Control:
         self.stopping = True
         if self.trainer is not None:
             self.trainer.stop_requested = True
-        if self.cluster is not None:  # a generation being formed is waited for no more
-            self.cluster.stopping = True
 
     # ---- status ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -357,6 +355,12 @@ class Control:
             self.state = transition(TRAINING, self.state, "paused")
             self.serve(0.5)
 
+    def _serve_while_forming(self) -> bool:
+        """While the cluster waits for a generation's members: requests served (a stop ends
+        the wait); True once stopping."""
+        self.serve(0.0)
+        return self.stopping
+
     def _evaluate_sources(self) -> None:
         """Validation loss per source now (status ``training.sources``, and a ``sources``
         record in metrics.jsonl)."""
@@ -377,6 +381,8 @@ class Control:
         data = self.data
         if self.cluster is None:  # ClusterUnavailable: the rendezvous point cannot be hosted
             self.cluster = join_cluster(self.spec)
+            if self.cluster is not None:
+                self.cluster.while_forming = self._serve_while_forming
         # the supervisor's, on the channel's context; SharedMemoryFull when /dev/shm has no room
         ring = data.open_ring(self.channel.ctx)
         # the ring's descriptors are open now (kept for the next try): the engine's own are left

@@ -54,7 +54,8 @@ from .rendezvous_guard import HANDSHAKE, RendezvousGuard, host_store
 log = logging.getLogger("crystalline.cluster")
 
 RECENT_DIGESTS = 64
-ARRIVAL_POLL_S = 0.2  # waiting for members that finish their interval first: each look's wait
+ARRIVAL_POLL_S = 0.2  # forming a generation: how often the wait for its members asks why to go on
+ARRIVAL_LOOK_S = 0.05  # and how often it looks whether they are here
 GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout to connect
 FRESH = 2**62  # a state no group has agreed on yet ranks after every lineage (state_source)
 LONE_START_TIMEOUTS = 6  # a lone start counts from its checkpoint's step this many timeouts at most
@@ -272,13 +273,17 @@ class Arrival:
         self.prefixed.set(f"here/{rank}", "1")
         self.said: dict[int, str] = {}  # rank -> the step it last said it is finishing its interval at
         self.moved = 0.0  # when one of them last said a newer step
+        self.opened = time.monotonic()  # the others are waited for ``timeout_s`` from here
 
     def missing(self, world: int, wait_s: float) -> list[int]:
-        """The ranks not here after waiting up to ``wait_s`` for all of them."""
-        try:
-            self.prefixed.wait([f"here/{r}" for r in range(world)], timedelta(seconds=wait_s))
-        except RuntimeError:  # the wait timed out (or the store went): who is not here
-            return [r for r in range(world) if not self.prefixed.check([f"here/{r}"])]
+        """The ranks not here after waiting up to ``wait_s`` for all of them, asked every
+        ``ARRIVAL_LOOK_S`` (c10d's own wait logs each timeout: this one is asked every few)."""
+        keys = [f"here/{r}" for r in range(world)]
+        deadline = time.monotonic() + wait_s
+        while not self.prefixed.check(keys):
+            if time.monotonic() >= deadline:
+                return [r for r in range(world) if not self.prefixed.check([f"here/{r}"])]
+            time.sleep(ARRIVAL_LOOK_S)
         return []
 
     def finishing(self, missing: list[int], timeout_s: float) -> bool:
@@ -473,6 +478,9 @@ class ClusterMember:
         self._arrival: Arrival | None = None  # the generation this member said it is here for
         self._finishing: tuple[int, int] = (0, -1)  # (generation, step) last said while finishing
         self.join_seen = 0  # DiLoCo: a generation adding members to this group, seen here
+        # asked between the looks for a generation's members (control serves its requests);
+        # True: the daemon stops, and the generation is waited for no more
+        self.while_forming: Callable[[], bool] = lambda: False
         torch.set_num_threads(1)
         self.membership = Membership(settings, self._info)
 
@@ -590,23 +598,26 @@ class ClusterMember:
         True once formed. First every member says it is here (``g<g>/here/<rank>``, waited for
         ``timeout_s``); a member not here yet that says it is finishing its interval
         (``_finishing_interval``) is waited for (False: ``ready`` is asked again) as long as it
-        says so for a newer step within ``timeout_s``. Then gloo connects them. gloo waits five
+        says so for a newer step within ``timeout_s``. Every ``ARRIVAL_POLL_S`` of that wait
+        control serves its requests (``while_forming``), and the wait ends (False) once the
+        daemon stops or a newer generation is out (a member of this one left or died since it
+        was published): neither waits out the timeout for a member that will not come. Then
+        gloo connects them. gloo waits five
         times its timeout for a connection (its "initial connect"), so the group is made with a
         fifth of the deadline and then given the whole deadline for its collectives: a member
         that died since the generation was published (a kill) costs ``timeout_s``, not five of it."""
         world = len(numbers)
         if self._arrival is None or self._arrival.generation != g:
             self._arrival = Arrival(g, self.membership.connect(), rank)
-            wait_s = self.s.timeout_s
-        else:
-            wait_s = ARRIVAL_POLL_S
         arrival = self._arrival
-        missing = arrival.missing(world, wait_s)
-        if missing:
+        while missing := arrival.missing(world, ARRIVAL_POLL_S):
             if arrival.finishing(missing, self.s.timeout_s):
                 self.state = f"forming generation {g}: rank(s) {missing} finish their interval first"
                 return False
-            raise RuntimeError(f"rank(s) {missing} did not come within {self.s.timeout_s:g} s")
+            if self.while_forming() or self._superseded(g):
+                return False
+            if time.monotonic() - arrival.opened >= self.s.timeout_s:
+                raise RuntimeError(f"rank(s) {missing} did not come within {self.s.timeout_s:g} s")
         options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
         options._timeout = timedelta(seconds=self.s.timeout_s / GLOO_CONNECT_WAITS)
         options._devices = [dist.ProcessGroupGloo.create_device(hostname=self.s.address)]
@@ -617,6 +628,12 @@ class ClusterMember:
         self._arrival = None
         log.info("generation %d formed: rank %d of %d", g, rank, world)
         return True
+
+    def _superseded(self, g: int) -> bool:
+        """Whether the newest generation the membership knows is no longer ``g``."""
+        with self.membership.lock:
+            newest = self.membership.generation
+        return newest is None or newest[0] != g
 
     def _take_state(self, engine: StepEngine, st: TrainerState) -> None:
         """Agree on the state: the holder that ``state_source`` picks (the incumbents', else the

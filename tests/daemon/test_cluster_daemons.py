@@ -261,6 +261,33 @@ def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(m
     agree(machines, [0, 1])
 
 
+def test_members_stopped_while_they_form_a_generation_do_not_wait_for_its_absent_member(
+    machines: Machines,
+) -> None:
+    """A silent member registers as the daemons start, so the store's first generation is
+    the three (--cluster-nodes 1:3: at once), and they wait for it (--cluster-timeout-s 30).
+    Stopped meanwhile, a member ends that wait: it stops cleanly without having waited the
+    timeout out (no "did not come" line), the member first and the host after it."""
+    extra = ("--cluster-nodes", "1:3", "--cluster-timeout-s", "30")
+    rendezvous = machines.start_all((0, 1), lambda i: extra)
+    silent = silent_member(machines, 2, rendezvous)
+    try:
+        for i in (1, 0):
+            machines.wait(
+                i,
+                lambda s: (s.get("cluster") or {}).get("state", "").startswith("forming generation"),
+                "forming the generation of three",
+            )
+            mark, proc = len(machines.log(i)), machines.procs[i]
+            machines.stop(i)
+            since = machines.log(i)[mark:]
+            assert proc.returncode == 0 and "supervisor: stopped" in since, (proc.returncode, since[-3000:])
+            assert "did not come" not in since, since[-3000:]
+    finally:
+        silent.kill()
+        silent.wait(timeout=30)
+
+
 def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) -> None:
     """DiLoCo (--cluster-outer-every 4): local steps in between, so the members differ there,
     and after every outer step they hold the same parameters."""
