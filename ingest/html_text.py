@@ -26,6 +26,9 @@ from lxml import etree
 from lxml import html as lxml_html
 
 log = logging.getLogger(__name__)
+# trafilatura's own log lines ("discarding data: None" on every page where it finds nothing) say
+# nothing that extract_html does not decide; its errors still show.
+logging.getLogger("trafilatura").setLevel(logging.ERROR)
 
 _DROP_TAGS = frozenset(
     (
@@ -155,6 +158,16 @@ _GOOD_WORDS = {
 }
 # Below this many characters of main text the page is retried without class-word removal.
 _SHORT = 500
+# trafilatura reads pages of up to this many characters of HTML; a larger page gets our text alone.
+# On big pages trafilatura's fast mode takes 2-3x our peak memory and 2-5x our CPU (measured,
+# one process, no limit: `word<br>` lines 2 MB 515 MB RSS 4.9 s against ours alone 195 MB 0.9 s,
+# 4 MB 994 MB 9.8 s against 352 MB 1.7 s; 500 attributes per <p> 4.4 MB 692 MB 2.2 s against
+# 302 MB 1.0 s; 250-deep <div> nests 1.4 MB 5.3 s against 1.1 s, ~3.8 s a MB). The pool's limits
+# per document (2 GB of address space, 120 s) are crossed between 8 and 16 MB (`word<br>` lines in
+# the pool: 8 MB passed, 1.95 GB peak; at 16 MB trafilatura ran out of memory; at 24 MB our pass
+# after it did too, and the page failed) and at ~30 MB (the nests); 3 MB keeps 2.7x below the
+# first, and every dev page (at most 1.6 MB) and all held-out pages but one (5.1 MB) are under it.
+_TRAFILATURA_MAX_CHARS = 3_000_000
 # Our text replaces trafilatura's where it is over this many times as long (see extract_html).
 _LONGER_SHARE = 1.5
 _WORD = re.compile(r"\w+")
@@ -912,7 +925,8 @@ def extract_html(html: str, engines: Engines = "fast|ours") -> HtmlText:
     ``engines`` "fast|ours" (as shipped): trafilatura's fast mode gives the main text, and ours
     replaces it where ours is over _LONGER_SHARE times as long (trafilatura plainly missed part
     of the article) or where trafilatura finds nothing or fails; the title and language are
-    ours. "never": our extractor alone. Chosen on three held-out sets read by three other
+    ours; a page over _TRAFILATURA_MAX_CHARS characters gets ours alone (the pool's memory and
+    time limits). "never": our extractor alone. Chosen on three held-out sets read by three other
     readers (issue 11, README's extraction section): ours alone was tuned on the dev set."""
     page, other = _extract(html, trafilatura=engines != "never")
     if engines == "never" or len(page.text) > _LONGER_SHARE * len(other):
@@ -941,7 +955,11 @@ def _extract(html: str, trafilatura: bool) -> tuple[HtmlText, str]:
     if body is None:
         body = doc
     doomed = _doomed(body, strict=True)
-    other = _trafilatura_text(doc, doomed) if trafilatura else ""
+    other = (
+        _trafilatura_text(doc, doomed, len(html))
+        if trafilatura and len(html) <= _TRAFILATURA_MAX_CHARS
+        else ""
+    )
     text = _main_text(body, doomed)
     # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
     # strict pass finds less than a short article, retry on a copy that keeps such elements.
@@ -970,7 +988,7 @@ _HTML_CLASSES = etree.ElementDefaultClassLookup(
 )
 
 
-def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element]) -> str:
+def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element], size: int) -> str:
     """Trafilatura's fast-mode main text of the parsed page ("" if it finds none or fails),
     without its own fallback extractors (ours takes their place) and without comments. It is
     handed the tree less the elements that it and we both drop whole (scripts, styles, <nav>,
@@ -980,7 +998,8 @@ def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element]) -> str:
     On the dev set the shipped mode with this text gives F1 0.9202 (repaired truth; 0.8250 as
     given) against 0.9172 (0.8227) with ``trafilatura.extract(page bytes, fast=True)``, comments
     included, the round-2 bench's "fast|ours". The one loss: its recall retry, which undoes its
-    own deletions where no paragraph survives them, no longer sees those elements."""
+    own deletions where no paragraph survives them, no longer sees those elements. ``size``: the
+    page's characters of HTML, for the warning where it runs out of memory."""
     import trafilatura  # ~0.2 s to import: only where a page first needs it
     from trafilatura.settings import MANUALLY_CLEANED
 
@@ -991,6 +1010,9 @@ def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element]) -> str:
                 _remove(el)
         # trafilatura copies a tree it is given before it changes it: ours stays whole
         text = trafilatura.extract(doc, fast=True, include_comments=False, include_tables=True)
+    except MemoryError:  # its copy of the tree is freed on return; ours may still fit
+        log.warning("trafilatura ran out of memory on a page of %d characters; our text is used", size)
+        return ""
     except Exception as e:  # a library bug on a hostile page must not cost the page our text
         log.debug("trafilatura failed: %s: %s", type(e).__name__, e)
         return ""

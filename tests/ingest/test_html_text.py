@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 
 import pytest
 import trafilatura
 
-from crystalline.ingest.html_text import _extract, extract_html
+from crystalline.documents import Document
+from crystalline.ingest.html_text import _TRAFILATURA_MAX_CHARS, _extract, extract_html
+from crystalline.ingest.pool import ExtractionPool, PoolConfig
 
 SECTIONS = [
     [
@@ -91,16 +94,20 @@ def _page(body: str) -> str:
     return f"{head}<body><nav><ul>{NAV}</ul></nav>{body}</body></html>"
 
 
-def test_trafilatura_text_is_the_main_text() -> None:
-    # A wiki page (an infobox and references, which ours drops for their class words) and a plain
-    # article: trafilatura's fast text is the page's text wherever ours is not over 1.5x as long,
-    # also where ours is a little longer (the plain article: its heading); title and language
-    # are ours.
+def _wiki() -> str:
+    """A wiki page: an infobox and references, which ours drops for their class words."""
     refs = "".join(f"<li>{p}</li>" for section in SECTIONS for p in section)
-    wiki = _page(
+    return _page(
         f"<div id='content'><h1>Delta</h1><table class='infobox'><tr><td>{SECTIONS[2][0]}</td></tr></table>"
         f"{_paras(SECTIONS[0] + SECTIONS[1])}<h2>References</h2><ol class='references'>{refs}</ol></div>"
     )
+
+
+def test_trafilatura_text_is_the_main_text() -> None:
+    # A wiki page and a plain article: trafilatura's fast text is the page's text wherever ours
+    # is not over 1.5x as long, also where ours is a little longer (the plain article: its
+    # heading); title and language are ours.
+    wiki = _wiki()
     plain = _page(f"<article><h1>The delta grows</h1>{_paras([p for s in SECTIONS for p in s])}</article>")
     for html, ours_longer in ((wiki, False), (plain, True)):
         ours = extract_html(html, "never").text
@@ -146,6 +153,66 @@ def test_ours_is_used_where_trafilatura_raises(monkeypatch: pytest.MonkeyPatch) 
     assert _theirs(html) == ""
     page = extract_html(html)
     assert page == extract_html(html, "never") and SECTIONS[0][1] in page.text
+
+
+def test_a_page_over_the_size_cap_gets_our_text_alone() -> None:
+    # The wiki page, whose text is trafilatura's, padded with an HTML comment (the parser drops
+    # comments: both extractors see the same tree) to the cap and one character over it.
+    wiki = _wiki()
+    ours = extract_html(wiki, "never")
+    pad = _TRAFILATURA_MAX_CHARS - len(wiki) - len("<!---->")
+    at_cap = wiki.replace("<body>", f"<body><!--{'x' * pad}-->", 1)
+    over = wiki.replace("<body>", f"<body><!--{'x' * (pad + 1)}-->", 1)
+    assert (len(at_cap), len(over)) == (_TRAFILATURA_MAX_CHARS, _TRAFILATURA_MAX_CHARS + 1)
+    assert extract_html(at_cap).text == _theirs(wiki) != ours.text
+    assert extract_html(over, "never") == ours
+    assert extract_html(over) == ours
+
+
+@pytest.mark.timeout(300)
+def test_a_large_page_over_the_cap_extracts_within_the_pools_limits() -> None:
+    # 8 MB of `word<br>` lines: ours alone takes ~650 MB and a few seconds; with trafilatura's
+    # pass it took 1.95 GB of the pool's 2 GB per document and 5x the time (at 16 MB trafilatura
+    # ran out of memory, at 24 MB the page failed "out of memory during extraction").
+    html = "<html><head><title>Lines</title></head><body><p>" + "word<br>" * 1_000_000 + "</p></body></html>"
+    assert len(html) > _TRAFILATURA_MAX_CHARS
+    config = PoolConfig(processes=1)
+    assert (config.memory_limit_mb, config.time_limit_s) == (2048, 120.0)
+    with ExtractionPool(config) as pool:
+        docs = [Document("/d/lines.html", html.encode(), "text/html")]
+        [(_, result)] = pool.map(docs, want_text=True, apply_filters=False, fingerprint=False)
+    assert (result.error, result.title) == ("", "Lines")
+    assert result.text.split() == ["word"] * 1_000_000
+
+
+def test_trafilatura_running_out_of_memory_is_a_warning_and_ours_is_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Simulated, as a page that exhausts the worker's address space inside trafilatura comes.
+    def exhausted(*args: object, **kwargs: object) -> str:
+        raise MemoryError
+
+    html = _page(f"<article><h1>The delta grows</h1>{_paras(SECTIONS[0])}</article>")
+    monkeypatch.setattr(trafilatura, "extract", exhausted)
+    with caplog.at_level(logging.DEBUG):
+        page = extract_html(html)
+    assert page == extract_html(html, "never") and SECTIONS[0][1] in page.text
+    [record] = [r for r in caplog.records if "trafilatura" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"trafilatura ran out of memory on a page of {len(html)} characters; our text is used"
+    )
+
+
+def test_trafilatura_logs_nothing_below_error_where_it_finds_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # trafilatura logged "discarding data: None" at WARNING for every such page.
+    html = "<html><body><nav><a href=/>Home</a></nav></body></html>"
+    with caplog.at_level(logging.DEBUG):
+        page = extract_html(html)
+        assert _theirs(html) == "" and page.text == ""
+    assert [r.getMessage() for r in caplog.records if r.name.split(".")[0] == "trafilatura"] == []
 
 
 def test_section_named_after_its_heading_is_kept() -> None:
