@@ -122,6 +122,7 @@ def test_a_member_paused_under_diloco_leaves_at_an_outer_step_and_rejoins(machin
     for i in (0, 1):
         machines.wait(i, world(2, held + 2 * H + 1), "the other two past two more outer steps", timeout_s=90)
     left: dict[int, Any] = {i: digests(machines.status(i)) for i in range(3)}
+    assert all(held in left[i] for i in range(3)), f"step {held} not among each one's recent digests: {left}"
     assert len({left[i][held] for i in range(3)}) == 1, f"not the same parameters at step {held}: {left}"
     assert machines.status(2)["training"]["step"] == held  # it did not step on its own
     outer_agree(machines, [0, 1], held)
