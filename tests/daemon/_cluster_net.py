@@ -384,9 +384,24 @@ class Machines:
         data: dict[str, Any] = reply["data"]
         return data
 
-    def wait(self, i: int, ok: Any, what: str, timeout_s: float = 240) -> dict[str, Any]:
+    def wait(
+        self,
+        i: int,
+        ok: Any,
+        what: str,
+        timeout_s: float = 240,
+        record: dict[int, dict[int, str]] | None = None,
+    ) -> dict[str, Any]:
+        """Member ``i``'s status once ``ok`` holds of it. ``record`` (member -> step -> digest):
+        at each try the members in it are read too, and the digests of their statuses added (a
+        step's newest): status holds only the last steps' (``RECENT_DIGESTS``), which the tiny
+        model steps past in about a second, so a step it has scrolled out of stays here."""
+
         def status(left: float) -> dict[str, Any]:
-            return self.status(i, left)
+            read = {j: self.status(j, left) for j in {i, *(record or {})}}
+            for j, steps in (record or {}).items():
+                steps.update(digests(read[j]))
+            return read[i]
 
         return until_status(status, ok, f"machine {i}: {what}", timeout_s, show=lambda d: d.get("cluster"))
 

@@ -10,7 +10,6 @@ hold are the same)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from _cluster_net import Machines, agree, digests, machines_on_this_box
@@ -115,14 +114,16 @@ def test_a_member_paused_under_diloco_leaves_at_an_outer_step_and_rejoins(machin
         machines.wait(i, world(3, 2 * H + 1), "three members past two outer steps")
     marks = [len(machines.log(i)) for i in range(3)]
     command(machines, 2, "pause")
-    paused = machines.wait(2, lambda s: LEFT in s["cluster"]["state"], "member 2 paused", timeout_s=90)
+    # every digest read from here on: the others step past a status's window of digests in about
+    # a second, so at the end of the waits below step ``held`` may be in none of their statuses
+    left: dict[int, dict[int, str]] = {i: {} for i in range(3)}
+    paused = machines.wait(2, lambda s: LEFT in s["cluster"]["state"], "member 2 paused", 90, left)
     assert paused["training"]["state"] == "paused"
     held = paused["training"]["step"]
     assert held % H == 0, f"left at step {held}, not at an outer step"
     for i in (0, 1):
-        machines.wait(i, world(2, held + 2 * H + 1), "the other two past two more outer steps", timeout_s=90)
-    left: dict[int, Any] = {i: digests(machines.status(i)) for i in range(3)}
-    assert all(held in left[i] for i in range(3)), f"step {held} not among each one's recent digests: {left}"
+        machines.wait(i, world(2, held + 2 * H + 1), "the other two past two more outer steps", 90, left)
+    assert all(held in left[i] for i in range(3)), f"step {held} not among each one's digests read: {left}"
     assert len({left[i][held] for i in range(3)}) == 1, f"not the same parameters at step {held}: {left}"
     assert machines.status(2)["training"]["step"] == held  # it did not step on its own
     outer_agree(machines, [0, 1], held)
