@@ -60,6 +60,7 @@ GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout 
 FRESH = 2**62  # a state no group has agreed on yet ranks after every lineage (state_source)
 LONE_START_TIMEOUTS = 6  # a lone start counts from its checkpoint's step this many timeouts at most
 STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
+RECONNECT_S = 1.0  # cut off: each try to reach the rendezvous point again waits this long at most
 
 
 class TrainerState(Protocol):
@@ -130,16 +131,21 @@ class Membership:
         store_port = self.guard.upstream[1]
         log.info("rendezvous point %s: c10d's store on 127.0.0.1:%d behind the guard", where, store_port)
 
-    def connect(self) -> dist.TCPStore:
-        return dist.TCPStore(
+    def connect(self, within_s: float | None = None) -> dist.TCPStore:
+        """A client of the rendezvous point, its calls bounded by the cluster's deadline; the
+        connection itself waited for ``within_s`` at most (default: that deadline)."""
+        client = dist.TCPStore(
             self.s.host,
             self.s.port,
             None,
             False,
-            timeout=timedelta(seconds=self.s.timeout_s),
+            timeout=timedelta(seconds=self.s.timeout_s if within_s is None else within_s),
             wait_for_workers=False,
             use_libuv=False,
         )
+        if within_s is not None:
+            client.set_timeout(timedelta(seconds=self.s.timeout_s))
+        return client
 
     def _run(self) -> None:
         client: dist.TCPStore | None = None
@@ -148,7 +154,11 @@ class Membership:
         while not self._stop.wait(self.tick_s):
             try:
                 if client is None:
-                    client, registered = self.connect(), False
+                    if self.leaving:  # a new connection holds no number to tell the store of
+                        return
+                    # cut off: tries a second long at most, so a stop never waits out a deadline
+                    within = None if self.cut_off is None else min(RECONNECT_S, self.s.timeout_s)
+                    client, registered = self.connect(within), False
                 with self.lock:
                     away, leaves = self.away, self.leaves
                 if registered and (leaves != self.told or self.leaving):  # the coordinator drops it at once
@@ -255,8 +265,15 @@ class Membership:
             self.failed.add(generation)
 
     def close(self) -> None:
+        """The thread tells the store that this member leaves (its last tick) and ends. Cut off
+        from the rendezvous point (the host is gone, or the link), there is no one to tell: the
+        thread ends at once, or after the try to reach it that it is in (``RECONNECT_S``)."""
         self.leaving = True
-        self._thread.join(timeout=self.tick_s * 3 + self.s.timeout_s)
+        cut_off = self.unreachable()
+        if cut_off is None:
+            self._thread.join(timeout=self.tick_s * 3 + self.s.timeout_s)
+        else:
+            log.info("%s: stopping without telling it that this member leaves", cut_off)
         self._stop.set()
         self._thread.join(timeout=self.s.timeout_s)
         if self.guard is not None:
