@@ -26,6 +26,7 @@ from ..tokens.learned_vocab import LEARNED, vocab_path
 from ..workers.cluster_config import ClusterSettings, cluster_settings
 from ..workers.presets import adopt_checkpoint
 from ..workers.train_config import TrainConfig
+from .command_limit import BURST_S
 from .health import CONTROL_SILENT_S
 
 
@@ -57,6 +58,27 @@ class DaemonConfig:
             "help": "a control process that reports nothing for this long is stuck: health says "
             "so and the watchdog is no longer fed (systemd restarts the service); longer than "
             "one training step"
+        },
+    )
+    crawl_stop_s: float = field(
+        default=15.0,
+        metadata={
+            "help": "at stop, how long the crawl gets to end its fetches and close; a crawl "
+            "still running then is left to end with the process (an error in status)"
+        },
+    )
+    resource_retry_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "a resource training lacks (/dev/shm, open files, the cluster, the batch "
+            "ring) is tried again this often (room freed in /dev/shm: at once)"
+        },
+    )
+    generate_burst_s: float = field(
+        default=BURST_S,
+        metadata={
+            "help": "seconds of generate a user may take at once, before its share of the "
+            "daemon's time (a tenth per user, a quarter for all) applies"
         },
     )
     no_samples: bool = field(
@@ -107,8 +129,10 @@ class DaemonConfig:
         if self.database:
             check_database_url(self.database)
         self.cluster_settings()
-        if self.checkpoint_interval_s <= 0 or self.status_interval_s <= 0 or self.control_silent_s <= 0:
-            raise ValueError("checkpoint-interval-s, status-interval-s and control-silent-s must be positive")
+        for key in ("checkpoint_interval_s", "status_interval_s", "control_silent_s", "crawl_stop_s",
+                    "resource_retry_s", "generate_burst_s"):  # fmt: skip
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
 
     def cluster_settings(self) -> ClusterSettings | None:
         """``--cluster`` and its companions, checked (None without ``--cluster``)."""

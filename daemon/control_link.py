@@ -162,6 +162,7 @@ class ControlLink:
             "train": s.train.to_dict(),
             "database": s.ingest.database,  # the registry control records surprise in
             "checkpoint_interval_s": s.daemon.checkpoint_interval_s,
+            "resource_retry_s": s.daemon.resource_retry_s,
             **({"cluster": cluster.to_dict()} if (cluster := s.daemon.cluster_settings()) else {}),
         }
 

@@ -10,7 +10,7 @@ enough tokens in the store, then trains through the same ``Trainer`` as `crystal
 Resources that run out are reported, not crashed on: a /dev/shm too small for the engine's
 segments or an open-files limit too low for the engine and the store's shard maps leaves
 control alive, in state ``failed`` with a one-line ``error`` in its status, trying again
-every ``RESOURCE_RETRY_S`` until there is room (a restart would fail the same way); /dev/shm
+every ``[daemon] resource-retry-s`` until there is room (a restart would fail the same way); /dev/shm
 is looked at every second meanwhile, and freed room is tried at once.
 
 Channel: control's DEALER connects to the supervisor's ROUTER; the messages, their version
@@ -69,7 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("crystalline.control")
 
 STATUS_EVERY_S = 0.5
-RESOURCE_RETRY_S = 10.0
 
 
 class ReadyData(TrainingData, Protocol):
@@ -138,6 +137,7 @@ class Control:
         self.checkpoint_dir = Path(spec["state_dir"]) / "checkpoints"
         self.parent_pid: int = spec["parent_pid"]
         self.checkpoint_interval_s: float = spec.get("checkpoint_interval_s", 300.0)
+        self.resource_retry_s: float = spec["resource_retry_s"]  # [daemon] resource-retry-s
         self.channel = Channel(spec["endpoint"])
         self.data = data_factory(spec)
         self.data_ready = False
@@ -437,10 +437,10 @@ class Control:
             # RingTimeout: the supervisor's ring did not answer (it restarts); ask again later
             except (SharedMemoryFull, DescriptorLimitTooLow, ClusterUnavailable, RingTimeout) as exc:
                 if str(exc) != self.error:
-                    log.error("%s; not training, trying again every %.0f s", exc, RESOURCE_RETRY_S)
+                    log.error("%s; not training, trying again every %g s", exc, self.resource_retry_s)
                 self.error = str(exc)
                 self.state = transition(TRAINING, self.state, "failed")
-                deadline = time.monotonic() + RESOURCE_RETRY_S
+                deadline = time.monotonic() + self.resource_retry_s
                 while time.monotonic() < deadline and not self.stopping:
                     self.serve(min(1.0, max(0.0, deadline - time.monotonic())))
                     if isinstance(exc, SharedMemoryFull) and exc.room_now():

@@ -247,5 +247,5 @@ class CrawlService:
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join, timeout_s)
             if self.thread.is_alive():
-                self.stop_error = f"did not stop within {timeout_s:.0f} s: left to end with the process"
+                self.stop_error = f"did not stop within {timeout_s:g} s: left to end with the process"
                 log.warning("the crawl %s (its hosts' leases run out)", self.stop_error)

@@ -428,7 +428,8 @@ class Supervisor:
             self.notifier.stopping("stopping: checkpointing")
             self.control_runner.stop()  # no restart from here on
             grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
-            await self.crawl.stop(15.0)  # the fetches in hand end, then the crawler closes
+            # the fetches in hand end, then the crawler closes ([daemon] crawl-stop-s)
+            await self.crawl.stop(s.daemon.crawl_stop_s)
             await self.ingest.stop(15.0)  # the batch in hand finishes (durably)
             if self.vocab is not None:
                 await self.vocab.stop(15.0)

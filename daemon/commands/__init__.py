@@ -3,8 +3,8 @@
 A command module has the command's docstring, which is its wire format and its help in
 ``crystalline ctl --help``, ``CONTROL`` (True: it changes the daemon, so only its own user and
 root may send it) and ``async execute(daemon, request)``, which does the work through
-:class:`Daemon`, the part of the supervisor a command may touch. It may define ``limit()``, a
-share of wall time per uid (``generate``).
+:class:`Daemon`, the part of the supervisor a command may touch. It may define
+``limit(daemon)``, a share of wall time per uid (``generate``).
 
 Standard library only at import time: ``crystalline ctl`` reads the docstrings without loading
 the daemon.
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..command_limit import CommandLimit
+    from ..config import Settings
     from ..control_link import ControlLink
     from ..crawl_service import CrawlService
     from ..generation_service import GenerationService
@@ -47,6 +48,7 @@ class Command:
 class Daemon(Protocol):
     """What a command may use of the supervisor."""
 
+    settings: Settings
     control: ControlLink
     crawl: CrawlService
     generation: GenerationService
@@ -73,7 +75,7 @@ def bind(daemon: Daemon) -> dict[str, Command]:
     commands = {}
     for name in NAMES:
         m = module(name)
-        limit = m.limit() if hasattr(m, "limit") else None
+        limit = m.limit(daemon) if hasattr(m, "limit") else None
         handler = functools.partial(m.execute, daemon)
         doc = (m.__doc__ or "").strip()
         commands[name] = Command(name, handler, control=m.CONTROL, help=doc, limit=limit)

@@ -4,7 +4,8 @@ Request:  {"cmd": "generate", "prompt": "...", "n": 200, "temperature": 0.8, "to
           "seed": 1}   (all optional: n 1..2000, temperature 0..5, top_k 0 = all)
 Reply:    {"prompt": "...", "text": "...", "step": <parameters' step>, "tokens_per_s": ...}
 Served by the generation process, so training never waits for it. Open to every user of the
-socket, one request at a time per uid, within 10 % of wall time per uid and 25 % for all.
+socket, one request at a time per uid, within 10 % of wall time per uid and 25 % for all,
+after a burst of ``[daemon] generate-burst-s`` (10 s).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ if TYPE_CHECKING:
 CONTROL = False  # read-only users may generate, within a share of the time
 
 
-def limit() -> CommandLimit:
+def limit(daemon: Daemon) -> CommandLimit:
     from ..command_limit import CommandLimit
 
-    return CommandLimit("generate")
+    return CommandLimit("generate", burst_s=daemon.settings.daemon.generate_burst_s)
 
 
 async def execute(daemon: Daemon, request: dict[str, Any]) -> Any:

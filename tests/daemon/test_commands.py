@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from crystalline.daemon import commands
+from crystalline.daemon.config import DaemonConfig
 from crystalline.daemon.ctl_command import fields
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,14 +38,16 @@ def test_each_command_module_documents_its_wire_format(name: str) -> None:
 
 
 def test_bind_builds_every_command_with_its_docstring_as_help() -> None:
-    class Unused:  # bind only takes the handlers' target; none is called here
-        pass
+    class Unused:  # bind only takes the handlers' target and its settings; no handler is called here
+        settings = SimpleNamespace(daemon=DaemonConfig(generate_burst_s=3.0))
 
     bound = commands.bind(Unused())  # type: ignore[arg-type]
     assert tuple(bound) == commands.NAMES
     for name, command in bound.items():
         assert command.name == name and command.help == (commands.module(name).__doc__ or "").strip()
-    assert bound["generate"].limit is not None and bound["status"].limit is None
+    assert bound["status"].limit is None
+    generate = bound["generate"].limit
+    assert generate is not None and generate.burst_s == 3.0  # [daemon] generate-burst-s
     with pytest.raises(KeyError):
         commands.module("restart")
 

@@ -282,6 +282,12 @@ def test_test_suite_variables_are_not_settings() -> None:
         (["--http", "8470"], "--http must be HOST:PORT or off"),
         (["--crawl-min-revisit", "-1"], "(set by flag --crawl-min-revisit)"),
         (
+            ["--crawl-stop-s", "0"],
+            "[daemon] crawl-stop-s must be positive, got 0.0 (set by flag --crawl-stop-s)",
+        ),
+        (["--resource-retry-s", "-1"], "[daemon] resource-retry-s must be positive, got -1.0 (set by flag"),
+        (["--generate-burst-s", "0"], "[daemon] generate-burst-s must be positive, got 0.0 (set by flag"),
+        (
             ["--seed-url", "https://a.example/", "--crawl-max-queued", "-5"],
             "[crawl] max-queued must not be negative",
         ),

@@ -20,12 +20,13 @@ from crystalline.workers.batch_ring import RingTimeout
 from crystalline.workers.engine import EngineStopped
 
 
-def _control(state_dir: Path, starts: list[Any]) -> Control:
+def _control(state_dir: Path, starts: list[Any], retry_s: float = 10.0) -> Control:
     """A Control without its channel, data or engine: ``serve`` only counts (and creates the
     vocabulary after the second wait), ``_start_trainer`` raises or returns ``starts`` in turn."""
     c = object.__new__(Control)
     vocab = vocab_path(state_dir)
     c.spec = {"state_dir": str(state_dir)}
+    c.resource_retry_s = retry_s  # [daemon] resource-retry-s
     c.config = SimpleNamespace(tokenizer=str(vocab))  # type: ignore[assignment]
     c.stopping = False
     c.trainer = None
@@ -53,12 +54,9 @@ def _control(state_dir: Path, starts: list[Any]) -> Control:
     return c
 
 
-def test_waiting_for_the_vocabulary_then_a_short_resource_then_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(control_process, "RESOURCE_RETRY_S", 0.0)
+def test_waiting_for_the_vocabulary_then_a_short_resource_then_training(tmp_path: Path) -> None:
     trainer = object()
-    c = _control(tmp_path, [SharedMemoryFull("/dev/shm is full"), trainer])
+    c = _control(tmp_path, [SharedMemoryFull("/dev/shm is full"), trainer], retry_s=0.0)
     assert c._wait_for_vocabulary()
     assert c.served == [("waiting for data", "vocabulary")] * 2  # type: ignore[attr-defined]
     assert c.state == "waiting for data" and c.waiting_for is None
@@ -79,12 +77,9 @@ def test_straight_from_the_vocabulary_wait_to_training_or_stopped(tmp_path: Path
     [RingTimeout("ring: no answer to HELLO"), DescriptorLimitTooLow("needs at least 66")],
     ids=["ring-timeout", "descriptors"],
 )
-def test_a_short_resource_is_reported_and_tried_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, short: Exception
-) -> None:
-    monkeypatch.setattr(control_process, "RESOURCE_RETRY_S", 0.0)
+def test_a_short_resource_is_reported_and_tried_again(tmp_path: Path, short: Exception) -> None:
     trainer = object()
-    c = _control(tmp_path, [short, short, trainer])
+    c = _control(tmp_path, [short, short, trainer], retry_s=0.0)
     c.config.tokenizer = "bytes"  # type: ignore[misc]  # no vocabulary to wait for
     assert c._wait_for_vocabulary() and c.state == "starting"
     assert c._wait_for_resources()
@@ -101,14 +96,13 @@ def test_a_supervisor_gone_during_the_ring_hello_stops_control(tmp_path: Path) -
     assert c.stopping and c.trainer is None
 
 
-def test_room_freed_in_dev_shm_is_tried_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_room_freed_in_dev_shm_is_tried_at_once(tmp_path: Path) -> None:
     """A SharedMemoryFull that says what did not fit: once the directory has that much free (and
     more than when it failed), control tries again after a second's serve, not at the interval's
     end (an hour here)."""
-    monkeypatch.setattr(control_process, "RESOURCE_RETRY_S", 3600.0)
     trainer = object()
     full = SharedMemoryFull("/dev/shm is full", need=4096, free=0, directory=tmp_path)
-    c = _control(tmp_path, [full, trainer])
+    c = _control(tmp_path, [full, trainer], retry_s=3600.0)
     c.config.tokenizer = "bytes"  # type: ignore[misc]  # no vocabulary to wait for
     assert c._wait_for_vocabulary() and c._wait_for_resources()
     assert c.trainer is trainer and c.error is None

@@ -218,8 +218,9 @@ def test_a_crawl_that_does_not_stop_in_time_is_left_with_a_warning_and_an_error_
 @pytest.mark.timeout(300)
 def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) -> None:
     """A real daemon fetching from a server that accepts and never answers, with a stop grace
-    longer than the supervisor's 15 s wait for the crawl: SIGTERM still ends it (exit 0, no
-    process left), the crawl left behind said in one log line."""
+    longer than the supervisor's wait for the crawl (``[daemon] crawl-stop-s``, 15 s by default,
+    2 s here): SIGTERM still ends it (exit 0, no process left), the crawl left behind after the
+    configured wait said in one log line."""
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
@@ -232,7 +233,7 @@ def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) 
     url = f"http://127.0.0.1:{server.getsockname()[1]}/slow"
     args = ["--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps",
             "--crawl-stop-grace", "120", "--crawl-read-timeout", "120",
-            "--crawl-total-timeout", "300"]  # fmt: skip
+            "--crawl-total-timeout", "300", "--crawl-stop-s", "2"]  # fmt: skip
     log_path = tmp_path / "daemon.log"
     with log_path.open("wb") as log_file:
         proc, notify = start_small_daemon(tmp_path, args, crawl=True, stderr=log_file)
@@ -254,5 +255,5 @@ def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) 
         for conn in held:
             conn.close()
     lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    left = [line for line in lines if "the crawl did not stop within 15 s" in line]
-    assert len(left) == 1 and "left to end with the process" in left[0], lines[-30:]
+    left = [line for line in lines if "the crawl did not stop within" in line]
+    assert len(left) == 1 and "did not stop within 2 s: left to end with the process" in left[0], lines[-30:]

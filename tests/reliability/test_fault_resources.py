@@ -26,6 +26,7 @@ from crystalline.workers.trainer import engine_instance
 
 SHM_SIZE_KIB = 8192
 FILLER_KIB = 7680  # leaves 0.5 MiB: the small model's segments need about 1.3 MiB with 2 workers
+RETRY_S = 1.0  # [daemon] resource-retry-s (10 s by default)
 
 
 def small_full_dev_shm() -> list[str]:
@@ -54,7 +55,7 @@ def _control_pids(d: Daemon) -> list[int]:
 def test_dev_shm_too_small_is_reported_without_sigbus_and_clears_when_space_returns() -> None:
     require_mount_namespace()
     with short_tmp() as root:
-        d = Daemon(root, workers=2)
+        d = Daemon(root, workers=2, extra=["--resource-retry-s", str(RETRY_S)])
         _fill_store(d.state / "ingest" / "tokens", 10)  # training data without the drop folder
         d.start(wrap=small_full_dev_shm())
         try:
@@ -66,7 +67,8 @@ def test_dev_shm_too_small_is_reported_without_sigbus_and_clears_when_space_retu
             out = _status_cli(d)
             assert out.returncode == 2 and "/dev/shm has 0.5 MiB free" in out.stdout, out  # degraded
             first = _control_pids(d)
-            time.sleep(15)  # longer than control's retry interval (10 s): it retried, in place
+            assert "not training, trying again every 1 s" in d.log()  # the setting took effect
+            time.sleep(3 * RETRY_S)  # control retried (three times), in place
             status = d.status()
             assert status["training"]["error"] == error
             assert status["training"]["control_restarts"] == 0  # no restart loop
