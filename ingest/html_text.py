@@ -366,18 +366,47 @@ def _boiler_article(art: etree._Element) -> bool:
     return bool(_words(art) & (_BOILER_WORDS | _REPLY_WORDS))
 
 
-def _remove(el: etree._Element) -> None:
-    """Remove ``el`` and its subtree, keeping its tail text (which belongs to the parent)."""
-    parent = el.getparent()
-    if parent is None:
-        return
-    if el.tail:
+class _Cut:
+    """The removals from a parsed page, recorded so that they can be undone: the relaxed retry
+    (see _extract) reads the page as parsed again without parsing it a second time. Each record
+    is O(1) (no child index: a parent of 100k children stays linear), and undoing them in reverse
+    order puts every element back after the sibling it followed, with its tail and its
+    neighbour's text as they were."""
+
+    def __init__(self) -> None:
+        # (element, parent, previous sibling, whether its tail was merged, the text merged into)
+        self._undo: list[tuple[etree._Element, etree._Element, etree._Element | None, bool, str | None]] = []
+
+    def remove(self, el: etree._Element, keep_tail: bool = True) -> None:
+        """Remove ``el`` and its subtree; its tail text stays with the parent where ``keep_tail``
+        (it belongs to the parent), else it goes with ``el``."""
+        parent = el.getparent()
+        if parent is None:
+            return
         previous = el.getprevious()
-        if previous is not None:
-            previous.tail = (previous.tail or "") + el.tail
+        tail = el.tail if keep_tail else None
+        if not tail:
+            self._undo.append((el, parent, previous, False, None))
+        elif previous is not None:
+            self._undo.append((el, parent, previous, True, before := previous.tail))
+            previous.tail = (before or "") + tail
         else:
-            parent.text = (parent.text or "") + el.tail
-    parent.remove(el)
+            self._undo.append((el, parent, previous, True, before := parent.text))
+            parent.text = (before or "") + tail
+        parent.remove(el)  # lxml: el keeps its own tail
+
+    def undo(self) -> None:
+        """Put back every element removed, newest first: the page as it was parsed."""
+        while self._undo:
+            el, parent, previous, merged, before = self._undo.pop()
+            if previous is None:
+                parent.insert(0, el)
+                if merged:
+                    parent.text = before
+            else:
+                previous.addnext(el)
+                if merged:
+                    previous.tail = before
 
 
 def _text_of(el: etree._Element) -> str:
@@ -815,7 +844,10 @@ def _emphasised(el: etree._Element | None) -> bool:
 
 
 def _drop_teaser_boxes(
-    selected: list[etree._Element], chars: dict[etree._Element, int], links: dict[etree._Element, int]
+    selected: list[etree._Element],
+    chars: dict[etree._Element, int],
+    links: dict[etree._Element, int],
+    cut: _Cut,
 ) -> None:
     """Remove from the selected subtrees each heading that announces other pages (see
     _TEASER_HEADING) with what follows it in its box (the smallest element around the heading
@@ -844,8 +876,8 @@ def _drop_teaser_boxes(
             boxes = boxes or _Boxes(selected, chars, links)
             if boxes.teasers(anchor):
                 for el in [anchor, *anchor.itersiblings()]:
-                    el.tail = None  # the box's too: an inline box's summary after its headline link
-                    _remove(el)
+                    # the box's tail too: an inline box's summary after its headline link
+                    cut.remove(el, keep_tail=False)
 
 
 class _Boxes:
@@ -955,18 +987,19 @@ def _extract(html: str, trafilatura: bool) -> tuple[HtmlText, str]:
     if body is None:
         body = doc
     doomed = _doomed(body, strict=True)
+    cut = _Cut()
     other = (
-        _trafilatura_text(doc, doomed, len(html))
+        _trafilatura_text(doc, body, doomed, len(html), cut)
         if trafilatura and len(html) <= _TRAFILATURA_MAX_CHARS
         else ""
     )
-    text = _main_text(body, doomed)
+    text = _main_text(body, doomed, cut)
     # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
-    # strict pass finds less than a short article, retry on a copy that keeps such elements.
-    if _weight(text) < _SHORT and (fresh := _parse(html)) is not None:
-        body = fresh.find("body")
-        body = fresh if body is None else body
-        relaxed = _main_text(body, _doomed(body, strict=False))
+    # strict pass finds less than a short article, retry on the page as parsed (every cut undone)
+    # keeping such elements.
+    if _weight(text) < _SHORT:
+        cut.undo()
+        relaxed = _main_text(body, _doomed(body, strict=False), _Cut())
         if len(relaxed) > len(text):
             text = relaxed
     return HtmlText(text, title, language), other
@@ -988,7 +1021,9 @@ _HTML_CLASSES = etree.ElementDefaultClassLookup(
 )
 
 
-def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element], size: int) -> str:
+def _trafilatura_text(
+    doc: etree._Element, body: etree._Element, doomed: list[etree._Element], size: int, cut: _Cut
+) -> str:
     """Trafilatura's fast-mode main text of the parsed page ("" if it finds none or fails),
     without its own fallback extractors (ours takes their place) and without comments. It is
     handed the tree less the elements that it and we both drop whole (scripts, styles, <nav>,
@@ -999,15 +1034,28 @@ def _trafilatura_text(doc: etree._Element, doomed: list[etree._Element], size: i
     given) against 0.9172 (0.8227) with ``trafilatura.extract(page bytes, fast=True)``, comments
     included, the round-2 bench's "fast|ours". The one loss: its recall retry, which undoes its
     own deletions where no paragraph survives them, no longer sees those elements. ``size``: the
-    page's characters of HTML, for the warning where it runs out of memory."""
+    page's characters of HTML, for the warning where it runs out of memory; ``cut`` records what
+    is removed (see _Cut)."""
     import trafilatura  # ~0.2 s to import: only where a page first needs it
     from trafilatura.settings import MANUALLY_CLEANED
 
     try:
-        etree.strip_elements(doc, *_DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED, with_tail=False)
+        stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED
+        # Under ``body`` every element of those tags is in ``doomed``; the rest of the page (its
+        # <head>) is stripped unrecorded: the retry reads ``body`` alone.
+        for el in doomed:
+            if el.tag in stripped:
+                cut.remove(el)
+        for part in list(doc) if body is not doc else ():
+            if part is body:
+                continue
+            if part.tag in stripped:
+                cut.remove(part)
+            else:
+                etree.strip_elements(part, *stripped, with_tail=False)
         for el in doomed:
             if _hidden_furniture(el):
-                _remove(el)
+                cut.remove(el)
         # trafilatura copies a tree it is given before it changes it: ours stays whole
         text = trafilatura.extract(doc, fast=True, include_comments=False, include_tables=True)
     except MemoryError:  # its copy of the tree is freed on return; ours may still fit
@@ -1037,16 +1085,17 @@ def _parse(html: str) -> etree._Element | None:
         return None
 
 
-def _main_text(body: etree._Element, doomed: list[etree._Element]) -> str:
-    """Our pass over ``body``: drop ``doomed`` (see _doomed), choose the container, keep its blocks."""
+def _main_text(body: etree._Element, doomed: list[etree._Element], cut: _Cut) -> str:
+    """Our pass over ``body``: drop ``doomed`` (see _doomed), choose the container, keep its
+    blocks; ``cut`` records what is removed."""
     for el in doomed:
-        _remove(el)
+        cut.remove(el)
     chars, links = _text_stats(body)
     prose: dict[etree._Element, int] = {}
     scores = _scores(body, chars, links, prose)
     best = _best_container(body, scores, prose)
     selected = _selected(best, scores, chars, links)
-    _drop_teaser_boxes(selected, chars, links)
+    _drop_teaser_boxes(selected, chars, links, cut)
     blocks = _blocks(selected)
     texts = [b.lines() for b in blocks]
     kept = [(b, t) for b, t, k in zip(blocks, texts, _continued(blocks, texts), strict=True) if k]

@@ -955,3 +955,52 @@ def test_paragraph_linking_most_of_its_words_is_kept_when_it_ends_as_a_sentence(
     lines = _story_lines(_paras([*SECTIONS[0], linked, *SECTIONS[1], follow]))
     text = re.sub("<[^>]+>", "", linked)
     assert lines == ["The delta grows", *SECTIONS[0], text, *SECTIONS[1]]
+
+
+def test_the_retry_reads_the_page_as_parsed_without_parsing_it_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Blogger post (class "widget": the strict pass finds nothing) behind a teaser box, a
+    # hidden block and scripts with tails: the retry reads the page after every cut of the strict
+    # pass and of trafilatura's cleaning is undone, and the page is parsed once.
+    from crystalline.ingest import html_text
+
+    parses = []
+    real = html_text._parse
+    monkeypatch.setattr(html_text, "_parse", lambda html: parses.append(html) or real(html))
+    html = (
+        "<html><head><script>x()</script><title>Delta</title></head><body>"
+        f"<script>a()</script>lead<nav><ul>{NAV}</ul></nav>tail of nav"
+        f"<div class='widget Blog'><script>b()</script><h2>The delta grows</h2>{_paras(SECTIONS[0])}"
+        "<div style='display:none'>Hidden words</div>after hidden</div>"
+        f"<div><h2>Related</h2><ul>{NAV}</ul></div></body></html>"
+    )
+    for engines, parsed in (("never", 1), ("fast|ours", 2)):
+        text = extract_html(html, engines).text  # type: ignore[arg-type]
+        assert len(parses) == parsed
+        for para in SECTIONS[0]:
+            assert para in text
+        assert "Hidden words" not in text
+
+
+def test_undoing_the_cut_gives_the_page_as_parsed() -> None:
+    # Removals of first children, of elements with and without tails, of nested elements and
+    # of an element with its tail (a teaser box's), undone, give the tree back byte for byte.
+    from lxml import etree
+
+    from crystalline.ingest import html_text
+
+    html = (
+        "<html><body>lead<b>first</b>t1<i>second<u>deep</u>t2</i>t3<s>x</s><p>p<em>e</em>t4"
+        "<q>q</q></p>t5<a>last</a>t6</body></html>"
+    )
+    doc = html_text._parse(html)
+    assert doc is not None
+    parsed = etree.tostring(doc)
+    body = doc.find("body")
+    cut = html_text._Cut()
+    for tag in ("u", "i", "b", "q", "em", "s"):
+        cut.remove(next(body.iter(tag)))
+    cut.remove(next(body.iter("a")), keep_tail=False)
+    cut.remove(next(body.iter("p")))
+    assert etree.tostring(body) == b"<body>leadt1t3t5</body>"
+    cut.undo()
+    assert etree.tostring(doc) == parsed
