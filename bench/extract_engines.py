@@ -89,8 +89,7 @@ import extract_quality as quality
 import trafilatura
 
 from crystalline.ingest.charset import decode_bytes
-from crystalline.ingest.html_text import Engines, extract_html
-from crystalline.ingest.html_text import _parse as parse_page  # bench: its parser
+from crystalline.ingest.html_text import Engines, extract_html, parse_html
 from crystalline.ingest.normalize import normalize_text
 
 MIN_CHARS = 200  # traf>ours: QualityRules.min_chars, the shortest document the filters keep
@@ -183,7 +182,7 @@ def words_of(text: str) -> str:
 
 def link_texts(html: str) -> str:
     """The words of each link of the page, one link a line ("" where the page does not parse)."""
-    root = parse_page(html)
+    root = parse_html(html)
     if root is None:
         return ""
     return "\n".join(w for a in root.iter("a") if (w := words_of("".join(a.itertext()))))

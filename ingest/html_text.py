@@ -974,7 +974,7 @@ def _extract(html: str, trafilatura: bool) -> tuple[HtmlText, str]:
     nothing = HtmlText("", "", ""), ""
     if not html.strip():
         return nothing
-    doc = _parse(html)
+    doc = parse_html(html)
     if doc is None:
         return nothing
     title_el = doc.find(".//title")
@@ -1067,10 +1067,11 @@ def _trafilatura_text(
     return text or ""
 
 
-def _parse(html: str) -> etree._Element | None:
-    """The page's root element, or None where libxml2 finds none, parsed as trafilatura parses a
-    string (utils.HTML_PARSER, less its encoding: ours is decoded), with lxml.html's element
-    class, which trafilatura needs, for every element: lxml.html's own lookup picks a class per
+def parse_html(html: str) -> etree._Element | None:
+    """The page's root element as both extractors read it (the benches parse with it too), or
+    None where libxml2 finds none; parsed as trafilatura parses a string (utils.HTML_PARSER,
+    less its encoding: ours is decoded), with lxml.html's element class, which trafilatura
+    needs, for every element: lxml.html's own lookup picks a class per
     tag (forms, inputs) in Python for each element touched, ~1.7 ms a page of the two passes,
     the default lookup in C. A leading XML declaration is dropped first: lxml refuses a str
     that declares an encoding (an XHTML page beginning ``<?xml version="1.0"

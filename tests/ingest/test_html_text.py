@@ -964,8 +964,8 @@ def test_the_retry_reads_the_page_as_parsed_without_parsing_it_again(monkeypatch
     from crystalline.ingest import html_text
 
     parses = []
-    real = html_text._parse
-    monkeypatch.setattr(html_text, "_parse", lambda html: parses.append(html) or real(html))
+    real = html_text.parse_html
+    monkeypatch.setattr(html_text, "parse_html", lambda html: parses.append(html) or real(html))
     html = (
         "<html><head><script>x()</script><title>Delta</title></head><body>"
         f"<script>a()</script>lead<nav><ul>{NAV}</ul></nav>tail of nav"
@@ -992,7 +992,7 @@ def test_undoing_the_cut_gives_the_page_as_parsed() -> None:
         "<html><body>lead<b>first</b>t1<i>second<u>deep</u>t2</i>t3<s>x</s><p>p<em>e</em>t4"
         "<q>q</q></p>t5<a>last</a>t6</body></html>"
     )
-    doc = html_text._parse(html)
+    doc = html_text.parse_html(html)
     assert doc is not None
     parsed = etree.tostring(doc)
     body = doc.find("body")
