@@ -27,12 +27,28 @@ from crystalline import __version__
 from crystalline.exit_status import CommandParser, UsageError
 from crystalline.exit_status import main as run_main
 
-from . import ctl_command, dashboard_command, status_command
-
 if TYPE_CHECKING:
     from ..settings_tree import Tree
 
 log = logging.getLogger("crystalline")
+
+
+def _status_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from . import status_command
+
+    status_command.add_parser(sub)
+
+
+def _ctl_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from . import ctl_command
+
+    ctl_command.add_parser(sub)
+
+
+def _dashboard_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from . import dashboard_command
+
+    dashboard_command.add_parser(sub)
 
 
 def _ingest_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,13 +57,14 @@ def _ingest_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ingest_command.add_parsers(sub)
 
 
-# subcommands whose parser needs nothing of the others: main builds only theirs when one is
-# asked for (extract and ingest skip the crawler's aiohttp and the trainer's modules: 0.4 s
-# of a `crystalline extract` on one core)
+# subcommands whose parser needs nothing of the others: main builds (and imports) only theirs
+# when one is asked for (extract and ingest skip the crawler's aiohttp and the trainer's
+# modules: 0.4 s of a `crystalline extract` on one core; and the status socket client's,
+# which a spawned pool worker would import again with this module)
 LIGHT_COMMANDS: dict[str, Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = {
-    "status": status_command.add_parser,
-    "dashboard": dashboard_command.add_parser,
-    "ctl": ctl_command.add_parser,
+    "status": _status_parser,
+    "dashboard": _dashboard_parser,
+    "ctl": _ctl_parser,
     "extract": _ingest_parsers,
     "ingest": _ingest_parsers,
 }
@@ -270,9 +287,9 @@ def build_parser(only: str | None = None, config_of: str = "run") -> argparse.Ar
         tree.add_flags(p)
     p.set_defaults(func=cmd_config, config_flags_of=config_of)
 
-    status_command.add_parser(sub)
-    ctl_command.add_parser(sub)
-    dashboard_command.add_parser(sub)
+    _status_parser(sub)
+    _ctl_parser(sub)
+    _dashboard_parser(sub)
     crawl_command.add_parser(sub)
     ingest_command.add_parsers(sub)
     return parser
