@@ -47,10 +47,11 @@ def quality_problem(text: str, rules: QualityRules) -> str | None:
     if len(text) < rules.min_chars:
         return f"too short ({len(text)} chars < {rules.min_chars})"
     sample = text[:200_000]
-    words = len(sample.split())
+    split = sample.split()  # on exactly the characters str.isspace calls spaces
+    words = len(split)
     if words < rules.min_words and len(text) <= len(sample):
         return f"too few words ({words} < {rules.min_words})"
-    visible = len(sample) - sum(map(str.isspace, sample))
+    visible = sum(map(len, split))
     if not visible:
         return "no visible characters"
     letters = sum(map(str.isalpha, sample))  # a letter is never a space

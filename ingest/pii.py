@@ -29,6 +29,11 @@ _H = r"[0-9A-Fa-f]{1,4}"
 _IPV6 = re.compile(
     rf"(?<![\w:.])(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,6}}:(?:{_H}:){{0,5}}{_H}|(?:{_H}:){{2,6}}:)(?![\w:])"
 )
+# What every match of each pattern contains, found in one fast scan: the patterns, which start
+# with look-behinds, are tried at every position of the text (0.25 ms each on a dev-set page)
+# and most pages have neither hint. IPv4: a digit, a dot, a digit; IPv6: "::" or seven groups.
+_IPV4_HINT = re.compile(r"\d\.\d")
+_IPV6_HINT = re.compile(rf"{_H}:(?:{_H}:){{6}}")
 
 
 def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
@@ -38,9 +43,12 @@ def scrub_pii(text: str) -> tuple[str, dict[str, int]]:
         text, n = _EMAIL.subn(EMAIL_PLACEHOLDER, text)
         if n:
             counts["email"] = n
-    text, n = _IPV4.subn(IPV4_PLACEHOLDER, text)
-    if n:
-        counts["ipv4"] = n
+    if _IPV4_HINT.search(text):
+        text, n = _IPV4.subn(IPV4_PLACEHOLDER, text)
+        if n:
+            counts["ipv4"] = n
+    if not ("::" in text or _IPV6_HINT.search(text)):
+        return text, counts
     replaced = 0
 
     def ipv6(m: re.Match[str]) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
 import _ingest_samples as samples
 import pytest
 
@@ -92,6 +95,62 @@ def test_ngram_repetition_rules_name_the_rule_and_the_share() -> None:
     assert _repetition(" ".join(f"w{i}" for i in range(200)), only_ngrams) is None
 
 
+def _counted_ngram_verdict(text: str, rules: FilterRules) -> str | None:
+    """Gopher's n-gram rules the plain way (a Counter of every n-gram's words), to hold the
+    quick version (only the starts whose (n-1)-gram repeats) to."""
+    words = text.lower().split()
+    word_chars = max(sum(map(len, words)), 1)
+    for n in range(2, min(10, len(words)) + 1):
+        frac = getattr(rules, f"gopher_{'top' if n <= 4 else 'dup'}_{n}gram_frac")
+        if not frac:
+            continue
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if n <= 4:
+            gram, count = Counter(grams).most_common(1)[0]
+            share = sum(map(len, gram)) * count / word_chars
+            if count > 1 and share > frac:
+                return f"gopher_repetition: top {n}-gram covers {share:.0%} of characters > {frac:.0%}"
+            continue
+        seen: set[tuple[str, ...]] = set()
+        covered = [False] * len(words)
+        for i, gram in enumerate(grams):
+            if gram in seen:
+                covered[i : i + n] = [True] * n
+            seen.add(gram)
+        share = sum(len(w) for w, c in zip(words, covered, strict=True) if c) / word_chars
+        if share > frac:
+            return f"gopher_repetition: duplicate {n}-grams cover {share:.0%} of characters > {frac:.0%}"
+    return None
+
+
+def test_ngram_rules_give_what_counting_every_ngram_gives() -> None:
+    # random texts of few distinct words (many repeats of every length), under the default
+    # thresholds and under thresholds that let each rule in turn be the one that speaks
+    rng = random.Random(11)
+    only_ngrams = FilterRules().with_overrides(
+        [f"gopher_dup_{unit}{share}_frac=0" for unit in ("line", "para") for share in ("", "_char")]
+    )
+    spoken = Counter()
+    for trial in range(300):
+        vocabulary = [f"w{i}" * rng.randint(1, 3) for i in range(rng.randint(2, 40))]
+        words = [rng.choice(vocabulary) for _ in range(rng.randint(0, 300))]
+        if trial % 3 == 0 and len(words) > 20:  # a passage said again
+            start = rng.randrange(len(words) - 10)
+            words += words[start : start + rng.randint(5, 20)]
+        text = " ".join(words)
+        for rules in (
+            only_ngrams,
+            only_ngrams.with_overrides(
+                [f"gopher_dup_{n}gram_frac=0.5" for n in range(5, 10)]
+                + [f"gopher_top_{n}gram_frac=0.9" for n in (2, 3, 4)]
+            ),
+        ):
+            expected = _counted_ngram_verdict(text, rules)
+            assert _repetition(text, rules) == expected, text
+            spoken[expected.split(" ")[2] if expected else None] += 1
+    assert {"2-gram", "5-grams", "10-grams", None} <= set(spoken), spoken  # the texts reach each kind
+
+
 def test_only_the_rules_turned_on_judge() -> None:
     # Each statistic is counted only for a rule that is on: rules off let through what the
     # rules on remove, and a text that fails one rule of a family fails by the next one on.
@@ -169,12 +228,13 @@ def test_language_filter_keeps_only_the_languages_asked_for() -> None:
 def test_pii_replaced_and_look_alikes_kept() -> None:
     text = (
         "Write to jane.doe@mail.example.org or call from 203.0.113.77; "
-        "the router is fe80::1ff:fe23:4567:890a. Release v1.2.3.4, version 10.0.0.1, Python 3.11.4, "
+        "the router is fe80::1ff:fe23:4567:890a, its peer 2001:0db8:85a3:0000:0000:8a2e:0370:7334. "
+        "Release v1.2.3.4, version 10.0.0.1, Python 3.11.4, "
         "OID 1.3.6.1.4.1, at 12:30:45, ratio 3:2, std::vector."
     )
     out, counts = scrub_pii(text)
-    assert counts == {"email": 1, "ipv4": 1, "ipv6": 1}
-    assert "jane.doe" not in out and "203.0.113.77" not in out and "fe80" not in out
+    assert counts == {"email": 1, "ipv4": 1, "ipv6": 2}  # the second in full (no "::")
+    assert "jane.doe" not in out and "203.0.113.77" not in out and "fe80" not in out and "7334" not in out
     for keep in ("v1.2.3.4", "version 10.0.0.1", "3.11.4", "1.3.6.1.4.1", "12:30:45", "3:2", "std::vector"):
         assert keep in out
 
