@@ -323,6 +323,10 @@ class Machines:
 
     # ---- daemons ----------------------------------------------------------------------------
     def start(self, i: int, port: int, extra: tuple[str, ...] = ()) -> None:
+        """Machine ``i``'s daemon, a member of the cluster at machine 0's ``port``, with the
+        harness's settings and then ``extra`` (which overrides them): --cluster-timeout-s 5, and
+        --cluster-nodes 1:N for the N machines, so a new store's first generation forms as soon
+        as all N registered rather than a timeout after the store started (MAX 64 by default)."""
         state, run = self.root / f"m{i}" / "state", self.root / f"m{i}" / "run"
         state.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -333,7 +337,8 @@ class Machines:
             "--state-dir", str(state), "--runtime-dir", str(run), "--no-crawl", "--http", "off",
             "--workers", "2", *SMALL_MODEL, "--batch-size", "8", "--eval-interval", "100000",
             "--checkpoint-interval-s", "20", "--cluster", f"{self.addresses[0]}:{port}",
-            "--cluster-address", self.addresses[i], "--cluster-timeout-s", "5", *extra,
+            "--cluster-address", self.addresses[i], "--cluster-timeout-s", "5",
+            "--cluster-nodes", f"1:{self.count}", *extra,
         ]  # fmt: skip
         log = (self.root / f"m{i}.log").open("ab")
         self.procs[i] = subprocess.Popen(
@@ -415,16 +420,12 @@ class Machines:
         self.stop_all([i])
 
     def stop_all(self, members: Iterable[int] | None = None) -> None:
-        """Stop ``members`` (every running machine by default): SIGTERM to all of them at once
-        but the rendezvous host (machine 0), which is stopped once they are gone, so that none
-        of them waits out the timeout of a store that stopped first. Each is given 90 s, then
-        its process group is killed; each step runs even when one before it raised."""
+        """Stop ``members`` (every running machine by default): SIGTERM to all of them at once,
+        the rendezvous host (machine 0) too: a member whose store stopped first does not wait
+        for it (``Membership.close``). Each is given 90 s, then its process group is killed;
+        each is waited for even when one before it raised."""
         chosen = sorted(self.procs if members is None else set(members))
-        with contextlib.ExitStack() as steps:  # run last-in first-out: the host's batch last
-            for batch in ([i for i in chosen if i == 0], [i for i in chosen if i != 0]):
-                steps.callback(self._end, [self.procs.pop(i) for i in batch])
-
-    def _end(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        procs = [self.procs.pop(i) for i in chosen]
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

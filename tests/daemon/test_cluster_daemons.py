@@ -308,8 +308,9 @@ def test_outer_steps_every_h_make_the_members_equal_there(machines: Machines) ->
 
 def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(machines: Machines) -> None:
     """The store lives in the hosting member: while it is gone the others pause and say so;
-    restarted (from an older checkpoint or none) it is sent the group's state, with the default
-    nodes (MIN 1): its new store's first generation waits a timeout for the others, and their
+    restarted (from an older checkpoint or none) it is sent the group's state, with MIN 1 (the
+    harness's 1:3): its new store's first generation waits for the others (for MAX, a timeout at
+    most), and their
     lineage beats the host's own (workers/cluster_member.py, state_source), so the survivors'
     steps are kept, never replaced by the host's."""
     rendezvous = machines.start_all(range(3))

@@ -1,8 +1,8 @@
 """A partition that leaves the rendezvous host on the small side: three real daemons in network
 namespaces (tests/daemon/_cluster_net.py), two workers each, tiny model; the hosting member's
 only link goes down. The other two, cut off from the rendezvous point, pause and say so however
-many they are. The host holds the store, so it is never cut off from it: with the default
-``--cluster-nodes`` (MIN 1) it steps on alone, and with a majority as MIN (2:3) it forms no
+many they are. The host holds the store, so it is never cut off from it: with the harness's
+``--cluster-nodes`` (1:3, MIN 1) it steps on alone, and with a majority as MIN (2:3) it forms no
 group of one and pauses too. Either way, once the link is back the three re-form and agree, the
 two brought up to the host's state (one lineage: nothing diverged)."""
 
