@@ -353,6 +353,9 @@ def test_the_members_wait_for_a_killed_rendezvous_host_and_bring_it_up_to_date(m
 
 
 def test_a_taken_rendezvous_port_is_reported_and_training_starts_once_it_is_free(machines: Machines) -> None:
+    """The port is taken as member 0 starts: training fails, naming the rendezvous point, and
+    is tried again (every second here, --resource-retry-s 1; 10 s by default); once the port is
+    free member 0 hosts it and trains alone (--cluster-nodes 1:1: its first generation at once)."""
     rendezvous = machines.rendezvous_port()
     blocker = subprocess.Popen(
         [*machines.prefix(0), sys.executable, "-c",
@@ -363,7 +366,7 @@ def test_a_taken_rendezvous_port_is_reported_and_training_starts_once_it_is_free
     )  # fmt: skip
     try:
         assert blocker.stdout is not None and blocker.stdout.readline().strip() == "bound"
-        machines.start(0, rendezvous)
+        machines.start(0, rendezvous, ("--resource-retry-s", "1", "--cluster-nodes", "1:1"))
         failed = machines.wait(
             0, lambda s: s["training"]["state"] == "failed", "training failed while the port is taken"
         )
