@@ -11,7 +11,8 @@ deep trees): drop elements that are boilerplate by tag, ARIA role or class/id wo
 the prose it holds (paragraph length and commas, discounted by link text); take the best one and
 its siblings of similar quality, less the links and teasers under headings such as "Related";
 emit its blocks, dropping link lists and short fragments that carry no sentence. Every walk is iterative, and
-libxml2 caps the tree depth at 256, so 100k nested tags cost no more than a normal page.
+libxml2 caps the tree depth (at 2048: the parser is told the tree may be huge, which also lets
+a text or attribute over 10 MB through), so 100k nested tags cost no more than 2048.
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def _has_boiler_words(el: etree._Element) -> bool:
     if not words & _BOILER_WORDS and not _comment_markup(el, words):
         return False
     # A link or span inside a heading is the title's (docutils' <a class="toc-backref">).
-    return not _named_after_heading(el) and not any(anc.tag in _HEADINGS for anc in el.iterancestors())
+    return not _named_after_heading(el) and next(el.iterancestors(*_HEADINGS), None) is None
 
 
 def _comment_markup(el: etree._Element, words: set[str]) -> bool:
@@ -463,7 +464,7 @@ def _page_header(header: etree._Element) -> bool:
     <header> sets above its body."""
     if header.find(".//h1") is not None:
         return False
-    if not any(anc.tag in ("article", "main") for anc in header.iterancestors()):
+    if next(header.iterancestors("article", "main"), None) is None:
         return True
     for el in header.iter():
         if el.tag in _DROP_TAGS or not isinstance(el.tag, str):
@@ -1042,8 +1043,8 @@ def _trafilatura_text(
     try:
         stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED
         # Under ``body`` every element of those tags is in ``doomed``; the rest of the page (its
-        # <head>) is stripped unrecorded: the retry reads ``body`` alone.
-        for el in doomed:
+        # <head>) is stripped unrecorded: the retry reads ``body`` alone. Last first (see _main_text).
+        for el in reversed(doomed):
             if el.tag in stripped:
                 cut.remove(el)
         for part in list(doc) if body is not doc else ():
@@ -1053,9 +1054,8 @@ def _trafilatura_text(
                 cut.remove(part)
             else:
                 etree.strip_elements(part, *stripped, with_tail=False)
-        for el in doomed:
-            if _hidden_furniture(el):
-                cut.remove(el)
+        for el in reversed([el for el in doomed if _hidden_furniture(el)]):
+            cut.remove(el)
         # trafilatura copies a tree it is given before it changes it: ours stays whole
         text = trafilatura.extract(doc, fast=True, include_comments=False, include_tables=True)
     except MemoryError:  # its copy of the tree is freed on return; ours may still fit
@@ -1075,9 +1075,18 @@ def parse_html(html: str) -> etree._Element | None:
     tag (forms, inputs) in Python for each element touched, ~1.7 ms a page of the two passes,
     the default lookup in C. A leading XML declaration is dropped first: lxml refuses a str
     that declares an encoding (an XHTML page beginning ``<?xml version="1.0"
-    encoding="utf-8"?>`` came out empty)."""
+    encoding="utf-8"?>`` came out empty). ``huge_tree``: libxml2's limits without it (256
+    levels, 10 MB a text or attribute) cut a page there and lose the rest of it: an article
+    nested 300 deep, or everything after an inline image of over 10 MB. With it, 2048 levels
+    (trafilatura recursing into 2000-deep lists raises RecursionError, caught: our text is
+    used) and text as long as the page, whose size the pool bounds."""
     parser = etree.HTMLParser(
-        collect_ids=False, default_doctype=False, remove_comments=True, remove_pis=True, no_network=True
+        collect_ids=False,
+        default_doctype=False,
+        remove_comments=True,
+        remove_pis=True,
+        no_network=True,
+        huge_tree=True,
     )
     parser.set_element_class_lookup(_HTML_CLASSES)
     try:
@@ -1088,8 +1097,11 @@ def parse_html(html: str) -> etree._Element | None:
 
 def _main_text(body: etree._Element, doomed: list[etree._Element], cut: _Cut) -> str:
     """Our pass over ``body``: drop ``doomed`` (see _doomed), choose the container, keep its
-    blocks; ``cut`` records what is removed."""
-    for el in doomed:
+    blocks; ``cut`` records what is removed. The last in document order goes first: an element
+    inside another is removed before it, so no removal moves a subtree holding the ones removed
+    later (lxml walks the subtree it moves: 2,000-deep nests cost depth squared otherwise).
+    The tree is the same in either order."""
+    for el in reversed(doomed):
         cut.remove(el)
     chars, links = _text_stats(body)
     prose: dict[etree._Element, int] = {}

@@ -1004,3 +1004,74 @@ def test_undoing_the_cut_gives_the_page_as_parsed() -> None:
     assert etree.tostring(body) == b"<body>leadt1t3t5</body>"
     cut.undo()
     assert etree.tostring(doc) == parsed
+
+
+def _nested(opening: str, depth: int, inner: str) -> str:
+    """``inner`` inside ``depth`` copies of the ``opening`` tags, each closed."""
+    closing = "".join(f"</{tag}>" for tag in reversed(re.findall(r"<(\w+)", opening)))
+    return opening * depth + inner + closing * depth
+
+
+@pytest.mark.parametrize("depth", [300, 2000])
+def test_an_article_nested_deeper_than_255_elements_is_found(depth: int) -> None:
+    # libxml2 stops at 256 levels unless told the tree may be huge (then 2048): page builders
+    # nest that deep, and the article under them was lost with the rest of the page.
+    article = f"<article><h1>The delta grows</h1>{_paras(BODY)}</article>"
+    html = f"<html><head><title>Delta</title></head><body>{_nested('<div>', depth, article)}</body></html>"
+    for engines in ("never", "fast|ours"):
+        page = extract_html(html, engines)  # type: ignore[arg-type]
+        assert all(para in page.text for para in BODY)
+        assert page.title == "Delta"
+
+
+@pytest.mark.parametrize("where", ["text", "attribute"])
+def test_a_text_or_attribute_over_10_mb_does_not_lose_the_page(where: str) -> None:
+    # libxml2 refuses a text node or attribute value over 10,000,000 characters unless told the
+    # tree may be huge: a page with an inline image (a data: URI) that large came out empty.
+    big = "word " * 2_200_000
+    if where == "text":
+        inner = f"<h1>The delta grows</h1>{_paras(BODY)}<p>{big}end.</p>"
+    else:
+        inner = f"<img src='data:image/png;base64,{'A' * len(big)}'>{_paras(BODY)}"
+    html = f"<html><body><article>{inner}</article></body></html>"
+    assert len(big) > 10_000_000
+    text = extract_html(html).text  # over the cap: ours alone
+    assert all(para in text for para in BODY)
+    assert (text.count("word") == 2_200_000) == (where == "text")
+
+
+@pytest.mark.parametrize("depth", [10_000, 100_000])
+@pytest.mark.parametrize(
+    "opening", ["<div class='ad'>", "<div>", "<ul><li>", "<dl><dd>", "<b>", "<table><tr><td>", "<blockquote>"]
+)
+def test_hostile_nesting_ends_as_the_article_without_recursion_errors(
+    opening: str, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past libxml2's 2048 levels the rest of the page is cut; below them our walks are
+    # iterative, and trafilatura, which recurses into nested lists, raises RecursionError there:
+    # caught, and our text is the page's.
+    html = f"<html><body><article>{_paras(BODY)}{_nested(opening, depth, 'x')}</article></body></html>"
+    with caplog.at_level(logging.DEBUG, logger="crystalline.ingest.html_text"):
+        for engines in ("never", "fast|ours"):
+            text = extract_html(html, engines).text  # type: ignore[arg-type]
+            assert all(para in text for para in BODY)
+    assert all(r.levelno < logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.timeout(300)
+def test_pages_of_2000_deep_nests_extract_within_the_pools_limits() -> None:
+    # 2000-deep nests of boilerplate-class <div>s, 2.9 MB (both extractors) and 6 MB (ours
+    # alone): every nest is judged and removed, inner ones first (removing the outer first
+    # moved each subtree again: depth squared, 5x the time of 250-deep nests).
+    nest = _nested("<div class='ad'>", 2000, "<p>words here, and more.</p>")
+    article = f"<article><h1>The delta grows</h1>{_paras(BODY)}</article>"
+    docs = []
+    for size in (2_900_000, 6_000_000):
+        html = f"<html><body>{article}{nest * (size // len(nest))}</body></html>"
+        docs.append(Document(f"/d/nests-{size}.html", html.encode(), "text/html"))
+    assert len(docs[0].body) < _TRAFILATURA_MAX_CHARS < len(docs[1].body)
+    with ExtractionPool(PoolConfig(processes=1)) as pool:
+        results = pool.map(docs, want_text=True, apply_filters=False, fingerprint=False)
+    for _, result in results:
+        assert result.error == ""
+        assert all(para in result.text for para in BODY)
