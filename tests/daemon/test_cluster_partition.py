@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 from _cluster_net import agree, machines_on_this_box
+from _wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 TIMEOUT_S = 5  # the harness's --cluster-timeout-s
+TICK_S = TIMEOUT_S / 10  # the membership thread's (the coordinator's) tick
+DROPPED = re.compile(r"cluster member \d+ silent for [\d.]+ s: dropped")
 RECEIVED = re.compile(r"state of step (\d+) received from rank (\d+) \(this member was at step (\d+)")
 
 
@@ -53,6 +56,7 @@ def test_a_cut_off_rendezvous_host_steps_alone_only_if_min_allows_and_all_agree_
         machines.start_all(range(3), lambda i: nodes)
         for i in range(3):
             machines.wait(i, stepping(3, 5), "three members training")
+        cut = len(machines.log(0))
         machines.link(0, up=False)
         held = {}
         for i in (1, 2):
@@ -67,7 +71,11 @@ def test_a_cut_off_rendezvous_host_steps_alone_only_if_min_allows_and_all_agree_
             host = machines.wait(0, lambda s: s["training"]["state"] == "paused", "the host pausing", 60)
             cluster = host["cluster"]
             assert cluster["world"] == 0 and "waiting for" in cluster["state"], cluster
-            time.sleep(2 * TIMEOUT_S)  # long enough for the coordinator to drop both and publish
+            # the coordinator drops both (silent for the timeout); a generation of one would be
+            # published a tick after that (once the living members stayed the same for a tick),
+            # and the host would form it and step: six ticks are long enough to see it
+            until(lambda: len(DROPPED.findall(machines.log(0)[cut:])) >= 2, "the host dropping both", 60)
+            time.sleep(6 * TICK_S)
             again = machines.status(0)
             assert again["training"]["step"] == host["training"]["step"], again["cluster"]["state"]
             assert again["training"]["state"] == "paused" and again["cluster"]["world"] == 0
