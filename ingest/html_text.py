@@ -20,7 +20,9 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal
 
 from lxml import etree
@@ -171,6 +173,8 @@ _SHORT = 500
 _TRAFILATURA_MAX_CHARS = 3_000_000
 # Our text replaces trafilatura's where it is over this many times as long (see extract_html).
 _LONGER_SHARE = 1.5
+# trafilatura.extract's options as shipped: its fast mode (no readability/justext comparison).
+FAST: Mapping[str, bool] = MappingProxyType({"fast": True})
 _WORD = re.compile(r"\w+")
 # A paragraph of this many characters with links under this share of them is prose; the
 # container widens to an ancestor with this much more prose, and at least this share more.
@@ -369,7 +373,7 @@ def _boiler_article(art: etree._Element) -> bool:
 
 class _Cut:
     """The removals from a parsed page, recorded so that they can be undone: the relaxed retry
-    (see _extract) reads the page as parsed again without parsing it a second time. Each record
+    (see extract_both) reads the page as parsed again without parsing it a second time. Each record
     is O(1) (no child index: a parent of 100k children stays linear), and undoing them in reverse
     order puts every element back after the sibling it followed, with its tail and its
     neighbour's text as they were."""
@@ -961,17 +965,20 @@ def extract_html(html: str, engines: Engines = "fast|ours") -> HtmlText:
     ours; a page over _TRAFILATURA_MAX_CHARS characters gets ours alone (the pool's memory and
     time limits). "never": our extractor alone. Chosen on three held-out sets read by three other
     readers (issue 11, README's extraction section): ours alone was tuned on the dev set."""
-    page, other = _extract(html, trafilatura=engines != "never")
+    page, other = extract_both(html, None if engines == "never" else FAST)
     if engines == "never" or len(page.text) > _LONGER_SHARE * len(other):
         return page
     return HtmlText(other, page.title, page.language)
 
 
-def _extract(html: str, trafilatura: bool) -> tuple[HtmlText, str]:
-    """Our page (text, title, language) and, where ``trafilatura``, trafilatura's text ("" if
-    not). The page is parsed once: our strict pass judges every element first, trafilatura is
-    handed the tree less the elements that it and we both drop (see _trafilatura_text; it works
-    on a copy), then our pass cuts the tree up."""
+def extract_both(html: str, trafilatura: Mapping[str, bool] | None) -> tuple[HtmlText, str]:
+    """Our page (text, title, language) and, unless ``trafilatura`` is None, trafilatura's text
+    with those options of ``trafilatura.extract`` ("fast", "favor_recall", "favor_precision";
+    FAST as shipped, the benches try others), ""
+    where it finds none, fails, or the page is over _TRAFILATURA_MAX_CHARS. The page is parsed
+    once: our strict pass judges every element first, trafilatura is handed the tree less the
+    elements that it and we both drop (see _trafilatura_text; it works on a copy), then our pass
+    cuts the tree up."""
     nothing = HtmlText("", "", ""), ""
     if not html.strip():
         return nothing
@@ -990,8 +997,8 @@ def _extract(html: str, trafilatura: bool) -> tuple[HtmlText, str]:
     doomed = _doomed(body, strict=True)
     cut = _Cut()
     other = (
-        _trafilatura_text(doc, body, doomed, len(html), cut)
-        if trafilatura and len(html) <= _TRAFILATURA_MAX_CHARS
+        _trafilatura_text(doc, body, doomed, len(html), cut, trafilatura)
+        if trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
         else ""
     )
     text = _main_text(body, doomed, cut)
@@ -1023,10 +1030,16 @@ _HTML_CLASSES = etree.ElementDefaultClassLookup(
 
 
 def _trafilatura_text(
-    doc: etree._Element, body: etree._Element, doomed: list[etree._Element], size: int, cut: _Cut
+    doc: etree._Element,
+    body: etree._Element,
+    doomed: list[etree._Element],
+    size: int,
+    cut: _Cut,
+    options: Mapping[str, bool],
 ) -> str:
-    """Trafilatura's fast-mode main text of the parsed page ("" if it finds none or fails),
-    without its own fallback extractors (ours takes their place) and without comments. It is
+    """Trafilatura's main text of the parsed page ("" if it finds none or fails) with
+    ``options`` (FAST: without its own fallback extractors, ours takes their place), without
+    comments. It is
     handed the tree less the elements that it and we both drop whole (scripts, styles, <nav>,
     <footer>, form controls; not <math>, see _SALVAGED) and less what the page does not show
     (_hidden_furniture, of our strict pass's ``doomed``): its XPath pruning and link-density
@@ -1057,7 +1070,14 @@ def _trafilatura_text(
         for el in reversed([el for el in doomed if _hidden_furniture(el)]):
             cut.remove(el)
         # trafilatura copies a tree it is given before it changes it: ours stays whole
-        text = trafilatura.extract(doc, fast=True, include_comments=False, include_tables=True)
+        text = trafilatura.extract(
+            doc,
+            include_comments=False,
+            include_tables=True,
+            fast=options.get("fast", False),
+            favor_recall=options.get("favor_recall", False),
+            favor_precision=options.get("favor_precision", False),
+        )
     except MemoryError:  # its copy of the tree is freed on return; ours may still fit
         log.warning("trafilatura ran out of memory on a page of %d characters; our text is used", size)
         return ""

@@ -126,3 +126,35 @@ def test_trafilatura_less_furniture_removes_the_teasers_ours_dropped() -> None:
     assert len(full) == 6 and full[4:] == [f"- {teaser.strip()}"] * 2  # trafilatura keeps them
     assert "Headline" not in bench.OURS_ALONE(page)
     assert bench.traf_less_furniture(page) == "\n".join(full[:4])
+
+
+def test_gap_filling_adds_our_paragraphs_between_trafilaturas_first_and_last_only() -> None:
+    """gaps|ours: our paragraphs trafilatura lacks go in after the line of the paragraph before
+    them, between the first and the last it holds; our edges (a teaser, a footer line) do not."""
+    bench = _bench()
+    first = "The river rose over the old wall and the farmers moved their grain to the hill."
+    middle = "In the spring the engineers raised the levee by two metres along the eastern bank."
+    last = "Until then the people of the delta will watch the water and read the sky."
+    mine = "\n\n".join(["Read more: the budget", first, middle, last, "Share this story"])
+    other = f"{first}\n{last}"
+    assert bench.fill_gaps(other, mine) == f"{first}\n{middle}\n{last}"
+    assert bench.fill_gaps(other, "Nothing of theirs here at all") == other
+    assert bench.gaps_then_ours(mine, other) == f"{first}\n{middle}\n{last}"
+    assert bench.gaps_then_ours(mine, "") == mine  # trafilatura found nothing: ours
+
+
+def test_round_three_configurations_read_our_cleaned_tree() -> None:
+    """longer fast, fast|ours 1.1, recall|ours and gaps|ours choose between the texts that
+    extract_both gives: the crystalline row's rule at share 1.5 is extract_html's."""
+    bench = _bench()
+    para = "The river rose over the old wall and the farmers moved their grain to the hill before dawn."
+    paras = "".join(f"<p>{para} Day {day} of the flood brought no rain.</p>" for day in range(4))
+    page = f"<html><body><nav><a href='/'>Home</a></nav><article>{paras}</article></body></html>".encode()
+    shipped = bench.CONFIGS["crystalline"](page)
+    assert bench.on_our_tree(bench.ours_if_longer(bench.LONGER_SHARE))(page) == shipped
+    for label in ("longer fast", "fast|ours 1.1", "recall|ours", "gaps|ours"):
+        text = bench.CONFIGS[label](page)
+        assert all(f"Day {day} of the flood" in text for day in range(4)) and "Home" not in text
+    assert bench.ours_if_longer(1.0)("x" * 11, "y" * 10) == "x" * 11
+    assert bench.ours_if_longer(1.1)("x" * 11, "y" * 10) == "y" * 10  # not over 1.1x
+    assert bench.ours_if_longer(1.1)("x" * 12, "y" * 10) == "x" * 12

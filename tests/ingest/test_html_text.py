@@ -10,7 +10,7 @@ import pytest
 import trafilatura
 
 from crystalline.documents import Document
-from crystalline.ingest.html_text import _TRAFILATURA_MAX_CHARS, _extract, extract_html
+from crystalline.ingest.html_text import _TRAFILATURA_MAX_CHARS, FAST, extract_both, extract_html
 from crystalline.ingest.pool import ExtractionPool, PoolConfig
 
 SECTIONS = [
@@ -38,7 +38,7 @@ NAV = "".join(f"<li><a href='/s/{i}'>Section {i}</a></li>" for i in range(12))
 
 def _theirs(html: str) -> str:
     """trafilatura's text of the page, as extract_html computes it."""
-    return _extract(html, trafilatura=True)[1]
+    return extract_both(html, FAST)[1]
 
 
 def _paras(paras: list[str]) -> str:
