@@ -14,6 +14,7 @@ import random
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,14 @@ def free_port() -> int:
 
 
 SITE_PORT = free_port()
-# The test's changes to the unit: a short watchdog and control-silent-s (60 s by default), so a
-# frozen process is caught in seconds (20 s is several steps and a start of the 12 workers here),
-# and a crawl of the local site (the configuration's keys as CRYSTALLINE_* variables).
+# The test's changes to the unit: a short watchdog (120 s in the unit; the supervisor pings every
+# 3 s, its loop ticks every second) and control-silent-s (60 s by default), so a frozen process is
+# caught in seconds (12 s: three times the 12 workers' start here, which is the longest control
+# goes without a report; a false verdict would show as a restart before the freeze), a 1 s
+# RestartSec (5 s in the unit: the two restarts test Restart=, not its delay), and a crawl of the
+# local site (the configuration's keys as CRYSTALLINE_* variables).
 DROP_IN = (
-    "[Service]\nWatchdogSec=10s\nEnvironment=CRYSTALLINE_DAEMON_CONTROL_SILENT_S=20\n"
+    "[Service]\nWatchdogSec=6s\nRestartSec=1s\nEnvironment=CRYSTALLINE_DAEMON_CONTROL_SILENT_S=12\n"
     f"Environment=CRYSTALLINE_CRAWL_START_URL=http://127.0.0.1:{SITE_PORT}/"
     " CRYSTALLINE_CRAWL_ALLOW_PRIVATE_ADDRESSES=1 CRYSTALLINE_CRAWL_MIN_DELAY=0"
     " CRYSTALLINE_CRAWL_SITEMAPS=0\n"
@@ -141,6 +145,18 @@ def cursor(box: Container) -> str:
     return out.strip().rsplit("cursor: ", 1)[-1]
 
 
+class Phases:
+    """Prints how long each phase of the life cycle took: where the test's time goes."""
+
+    def __init__(self) -> None:
+        self.at = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        print(f"phase {name}: {now - self.at:.1f} s")
+        self.at = now
+
+
 def clean_stop(box: Container) -> None:
     """``systemctl stop``: exit 0, nothing left for systemd to kill, no shared memory left."""
     mark = cursor(box)
@@ -164,11 +180,14 @@ def box() -> Iterator[Container]:
 
 
 def test_service_life_cycle_under_real_systemd(box: Container) -> None:
+    phases = Phases()
     box.sh(f"mkdir -p /etc/systemd/system/crystalline.service.d && printf '{DROP_IN}' > {_DROP_IN_PATH}")
     serve = f"python3 -m http.server --bind 127.0.0.1 --directory /srv/site {SITE_PORT}"
     box.sh(f"systemd-run --unit=test-site {serve}")
     wait_until("the local site", 30, lambda: site_answers(box), box)
+    phases.done("the local site")
     install = box.sh(f"set -euxo pipefail\n{readme_install_commands()}", timeout=900)
+    phases.done("install and enable --now (to READY)")
     assert "__pycache__" in box.sh("ls /opt/crystalline/daemon").stdout  # compiled at install
 
     # enable --now returned: READY=1 arrived (Type=notify)
@@ -182,6 +201,7 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
 
     # training steps with 12 workers, all alive
     data = wait_until("training steps", 300, lambda: training_past(box, 2), box)
+    phases.done("training past step 2")
     workers = data["training"]["workers"]
     assert len(workers) == 12 and all(w["state"] not in ("dead", "restarting") for w in workers)
 
@@ -190,6 +210,7 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
     texts = len(list((REPO / "daemon" / "samples").glob("shakespeare-*.txt")))
     ingest = wait_until("samples ingested", 300, lambda: _ingested(box, texts), box)
     assert ingest["failed"] == 0, ingest
+    phases.done("samples ingested")
 
     # the crawl under the unit (MemoryDenyWriteExecute=yes, the syscall filter): every page of the
     # local site fetched, stored and ingested
@@ -198,24 +219,30 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
     [host] = crawled["crawler"]["hosts"]
     print(f"crawl under the unit: {host}; ingest: {crawled['ingest']}")
     assert host["stored"] == SITE_PAGES + 1 and crawled["ingest"]["failed"] == 0, crawled["crawler"]
+    phases.done("the site crawled and ingested")
     # the ingest pool ran in this process, and with it multiprocessing's resource tracker: the
     # stop must leave nothing for systemd to kill; then start again
     clean_stop(box)
+    phases.done("clean stop")
     box.sh("systemctl start crystalline", timeout=300)
+    phases.done("start (to READY)")
 
     # a member of group crystalline may ask; another user cannot reach the socket
     box.sh("useradd -m -G crystalline reader && useradd -m stranger")
     assert status(box, user="reader")["training"]["step"] > 0
     refused = box.sh(STATUS, check=False, user="stranger")
     assert refused.returncode == 1, refused.stdout + refused.stderr
+    phases.done("users")
 
     # SIGKILL to every process of the unit: Restart=on-failure brings it back from the checkpoint
     saved = json.loads(box.sh(f'{REQUEST} \'{{"cmd": "checkpoint"}}\'').stdout)
     assert saved["ok"], saved
     checkpoint_step = status(box)["training"]["last_checkpoint_step"]
     assert checkpoint_step and checkpoint_step > 0
+    phases.done("checkpoint")
     box.sh("systemctl kill -s KILL crystalline")
     wait_until("restart after SIGKILL", 180, lambda: active_after_restarts(box, 1), box)
+    phases.done("SIGKILL to restarted (RestartSec, start to READY)")
     resumed = status(box)["training"]
     assert resumed["last_checkpoint_step"] >= checkpoint_step and resumed["step"] >= checkpoint_step
     assert box.sh("ls /dev/shm").stdout.count("crystalline-") == 3  # the killed run's were swept
@@ -223,14 +250,18 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
     # a frozen control process: the supervisor stops feeding the watchdog, systemd restarts it
     control = wait_until("control pid", 120, lambda: status(box)["training"].get("control_pid"), box)
     assert show(box, "NRestarts")["NRestarts"] == "1"  # the SIGKILL's: no stuck verdict until the freeze
+    phases.done("control pid")
     mark = cursor(box)
     box.sh(f"kill -STOP {control}")
     wait_until("restart by the watchdog", 300, lambda: active_after_restarts(box, 2), box)
+    phases.done("freeze to restarted (control-silent-s, WatchdogSec, stop, RestartSec, start)")
     assert "Watchdog timeout" in journal_since(box, mark)
     wait_until("training after the watchdog restart", 300, lambda: training_past(box, 0), box)
+    phases.done("training after the watchdog restart")
 
     # a clean stop: exit 0, nothing for systemd to kill, no shared memory left
     clean_stop(box)
+    phases.done("clean stop")
 
     exposure = box.sh("systemd-analyze security crystalline --no-pager").stdout
     overall = re.search(r"Overall exposure level for crystalline.service: ([\d.]+)", exposure)
