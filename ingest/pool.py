@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import signal
 import struct
 import threading
@@ -192,8 +193,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
     logging.basicConfig(level=logging.INFO, format=f"ingest-pool[{os.getpid()}] %(levelname)s %(message)s")
     config = json.loads(config_json)
     if config["memory_limit_mb"] > 0:
-        import resource
-
         limit = config["memory_limit_mb"] * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     tokenizer = None
@@ -392,9 +391,12 @@ def extract_in_process(
 ) -> Iterator[tuple[int, WorkResult]]:
     """What :meth:`ExtractionPool.map` yields, worked out in this process, in input order: the
     same work and the same reply frames as a worker's, so the same results. For where a worker
-    process would only cost (one CPU: its start-up and a second import of everything). The
-    time limit holds in the main thread (an alarm; a document that overruns gets the pool's
-    timeout error); there is no memory limit and a crash of an extractor is this process's."""
+    process would only cost (one process asked for, or one CPU: its start-up, a second import
+    of everything and a round trip per document). The time limit holds in the main thread (an
+    alarm; a document that overruns gets the pool's timeout error); the memory limit is
+    ``memory_limit_mb`` of address space beyond what this process holds when it starts (a
+    document that needs more gets the pool's "out of memory" error); a crash of an extractor
+    is this process's."""
     config_json = json.dumps(asdict(config))
     tokenizer = None
     if config.tokenizer_json:
@@ -409,6 +411,7 @@ def extract_in_process(
 
     alarm = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGALRM, overrun) if alarm else None
+    address_space = _limit_address_space(config.memory_limit_mb)
     try:
         for index, doc in enumerate(docs):
             header = _task_header(doc, want_text, apply_filters, fingerprint)
@@ -431,3 +434,26 @@ def extract_in_process(
     finally:
         if alarm:
             signal.signal(signal.SIGALRM, previous)
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, address_space)
+
+
+def _limit_address_space(megabytes: int) -> tuple[int, int] | None:
+    """Limit this process's address space to what it maps now plus ``megabytes`` (0: no limit);
+    the limits before, to restore, or None where nothing was limited."""
+    if megabytes <= 0:
+        return None
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            mapped = int(statm.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        log.warning("extraction in process: address space unknown (/proc/self/statm), no memory limit")
+        return None
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + megabytes * 1024 * 1024
+    if before[0] != resource.RLIM_INFINITY and before[0] <= limit:
+        return None  # already held to as little
+    hard = before[1]
+    soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    return before

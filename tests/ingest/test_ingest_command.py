@@ -76,9 +76,10 @@ def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -
 def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_parent(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
-    # `crystalline extract` builds only its own parser, and the extractors (lxml, trafilatura,
-    # pypdfium2, tesseract) are imported in the pool's worker: the parent reads files and prints.
-    # (Where the process may use one CPU only there is no worker: said as two CPUs here.)
+    # `crystalline extract` builds only its own parser, and with a pool (two processes asked
+    # for) the extractors (lxml, trafilatura, pypdfium2, tesseract) are imported in the pool's
+    # workers: the parent reads files and prints. (Where the process may use one CPU only there
+    # is no worker: said as two CPUs here.)
     page = tmp_path / "a.html"
     page.write_text(samples.article_page(), encoding="utf-8")
     script = (
@@ -86,7 +87,7 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
         "from crystalline.daemon import cli\n"
         "from crystalline.ingest import command\n"
         "command.usable_cpus = lambda: 2\n"
-        f"status = cli.main(['extract', '--json', {str(page)!r}])\n"
+        f"status = cli.main(['extract', '--json', '--processes', '2', {str(page)!r}])\n"
         "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'pytesseract', 'charset_normalizer',"
         " 'crystalline.crawler')\n"
         "print(json.dumps({'status': status, 'loaded': sorted(m for m in heavy if m in sys.modules)}))\n"
@@ -100,13 +101,14 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
     assert json.loads(summary) == {"status": 0, "loaded": []}
 
 
-# run in a child: pinned to CPUS CPUs (one: its first), counting the pool's worker processes
+# run in a child: pinned to CPUS CPUs (one: its first), PROCESSES asked for, counting the pool's
+# worker processes
 _EXTRACT_SCRIPT = """
 import json, os, sys
 from crystalline.daemon import cli
 from crystalline.ingest import command, pool
 
-cpus, files = int(sys.argv[1]), sys.argv[2:]
+cpus, processes, files = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 if cpus == 1:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 else:
@@ -119,13 +121,13 @@ def counted(self, *args):
     start(self, *args)
 
 pool._Worker.__init__ = counted
-status = cli.main(["extract", "--json", *files])
+status = cli.main(["extract", "--json", "--processes", processes, *files])
 print(json.dumps({"status": status, "workers": len(workers)}))
 """
 
 
 @pytest.mark.timeout(150)
-def test_extract_on_one_cpu_starts_no_pool_process_and_prints_what_the_pool_does(
+def test_extract_on_one_cpu_or_one_process_starts_no_pool_process_and_prints_what_the_pool_does(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     (tmp_path / "a.html").write_text(samples.article_page(), encoding="utf-8")
@@ -135,14 +137,15 @@ def test_extract_on_one_cpu_starts_no_pool_process_and_prints_what_the_pool_does
     (tmp_path / "e.bin").write_bytes(bytes(range(256)) * 4)
     files = [str(tmp_path / name) for name in ("a.html", "b.pdf", "c.txt", "d.txt", "missing.txt", "e.bin")]
     outputs = {}
-    for cpus in (1, 2):
-        cmd = [sys.executable, "-c", _EXTRACT_SCRIPT, str(cpus), *files]
+    # (CPUs, processes asked for): workers started; only two processes on two CPUs are a pool
+    for cpus, processes, workers in ((1, 1, 0), (1, 2, 0), (2, 1, 0), (2, 2, 2)):
+        cmd = [sys.executable, "-c", _EXTRACT_SCRIPT, str(cpus), str(processes), *files]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         *lines, summary = proc.stdout.splitlines()
-        assert json.loads(summary) == {"status": 1, "workers": 0 if cpus == 1 else 1}
-        outputs[cpus] = lines
-    assert outputs[1] == outputs[2]
-    results = [json.loads(line) for line in outputs[1]]
+        assert json.loads(summary) == {"status": 1, "workers": workers}
+        outputs[cpus, processes] = lines
+    assert outputs[1, 1] == outputs[1, 2] == outputs[2, 1] == outputs[2, 2]
+    results = [json.loads(line) for line in outputs[1, 1]]
     assert samples.PARAGRAPHS[0] in results[0]["text"] and results[0]["verdicts"]
     assert [r["error"] is None for r in results] == [True, False, True, False, False, False]
