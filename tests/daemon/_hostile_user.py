@@ -3,8 +3,10 @@ turned into ``nobody`` with setuid, reporting what it saw as JSON lines on a pip
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import socket
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any, BinaryIO
 NOBODY = 65534
 
 
-def _hold(path: Path, count: int, hold_s: float, report: int) -> None:
+def _hold(path: Path, count: int, hold_s: float, report: int, release: int) -> None:
     socks = []
     for _ in range(count):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -33,7 +35,8 @@ def _hold(path: Path, count: int, hold_s: float, report: int) -> None:
     os.write(report, (json.dumps(first) + "\n").encode())
     closed: set[int] = set()
     end = time.monotonic() + hold_s
-    while time.monotonic() < end:  # a keep-alive newline on each, every 0.1 s
+    # a keep-alive newline on each, every 0.1 s, until the end or the test's release
+    while time.monotonic() < end and not select.select([release], [], [], 0)[0]:
         for i, s in enumerate(held):
             if i in closed:
                 continue
@@ -51,27 +54,38 @@ def _hold(path: Path, count: int, hold_s: float, report: int) -> None:
 
 class HostileUser:
     """``nobody`` opening ``count`` connections to ``path`` and keeping them alive with newlines
-        for ``hold_s``. ``first()``: how many the server kept and refused (and the refusals' distinct
-    ``reasons``); ``last()``: how many of
-        those kept it had closed by the end. Needs root (setuid)."""
+    for ``hold_s``, or until ``release()``. ``first()``: how many the server kept and refused (and
+    the refusals' distinct ``reasons``); ``last()``: how many of those kept it had closed by the
+    end. Needs root (setuid)."""
 
     def __init__(self, path: Path, count: int, hold_s: float) -> None:
         r, w = os.pipe()
+        release_r, self._release = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child must never return into pytest
             code = 1
             try:
                 os.close(r)
+                os.close(self._release)
                 os.setgroups([])
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
-                _hold(path, count, hold_s, w)
+                _hold(path, count, hold_s, w, release_r)
                 code = 0
             finally:
                 os._exit(code)
         os.close(w)
+        os.close(release_r)
         self.pid = pid
         self.pipe: BinaryIO = os.fdopen(r, "rb")
+        self.released = False
+
+    def release(self) -> None:
+        """End the hold now (before ``hold_s``): the child reports ``last()`` and exits."""
+        if not self.released:
+            self.released = True
+            with contextlib.suppress(BrokenPipeError):  # the child is gone already
+                os.write(self._release, b"x")
 
     def _line(self) -> dict[str, Any]:
         line = self.pipe.readline()
@@ -91,10 +105,14 @@ class HostileUser:
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
-                self.pipe.close()
+                self._close()
                 return os.waitstatus_to_exitcode(status)
             time.sleep(0.05)
         os.kill(self.pid, 9)
         os.waitpid(self.pid, 0)
-        self.pipe.close()
+        self._close()
         return -9
+
+    def _close(self) -> None:
+        self.pipe.close()
+        os.close(self._release)

@@ -137,15 +137,17 @@ def test_looping_generate_clients_are_rate_limited_and_reported(daemon: Daemon) 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
 def test_root_status_answers_while_nobody_holds_600_connections(daemon: Daemon) -> None:
-    hostile = HostileUser(daemon.socket, 600, hold_s=8.0)
+    hostile = HostileUser(daemon.socket, 600, hold_s=90.0)  # held until the status below is done
     try:
         first = hostile.first()
         out = subprocess.run(
             [sys.executable, "-m", "crystalline.daemon.cli", "status", "--runtime-dir", str(daemon.run_dir),
              "--json"], capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
+        hostile.release()
         last = hostile.last()
     finally:
+        hostile.release()
         assert hostile.wait() == 0
     assert (first["held"], first["refused"]) == (MAX_PER_UID, 600 - MAX_PER_UID)
     assert out.returncode in (0, 2), out.stderr  # answered (2: degraded, e.g. generate above)

@@ -51,7 +51,7 @@ def test_daemon_stays_up_on_the_hostile_corpus() -> None:
                 left += list((inbox / ".ingesting").glob("*"))  # claimed, not finished yet
                 return not left and (run / "crystalline.sock").exists()
 
-            until(finished, lambda: f"never finished: {[p.name for p in left]}", 480, 1.0)
+            until(finished, lambda: f"never finished: {[p.name for p in left]}", 480, 0.25)
             done = {p.name for p in (inbox / "done").iterdir()}
             failed = {p.name for p in (inbox / "failed").iterdir() if not p.name.endswith(".reason.txt")}
             reasons = {
