@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 
-from .status_server import CommandError
+from .commands import CommandError
 
 SHARE_PER_UID = 0.10
 SHARE_TOTAL = 0.25
