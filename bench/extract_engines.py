@@ -92,6 +92,9 @@ repaired, beats the crystalline row's mean by 0.005 or more, (2) its F1 is not b
 crystalline row's by more than 0.01 on any of the three, and (3) its CPU pages/s is at least 0.9x
 the crystalline row's on each of the three (same run); where several pass, the one with the
 highest mean F1. Otherwise the shipped row stays, and the round-3 rows stay here as measured.
+Run once at 3573517 (figures in README.md): none passed (mean F1 of the three sets: crystalline
+0.9044; longer fast 0.8931, fast|ours 1.1 0.9028, recall|ours 0.9029, gaps|ours 0.9011), so the
+shipped row stays.
 
     .venv/bin/python bench/extract_engines.py [--dev-set DIR] [--cache DIR] [--json]
 """
