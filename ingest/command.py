@@ -31,12 +31,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crystalline.documents import Document
+from crystalline.documents import sql_text as readable  # as drop_folder's, without the registry
 
 from ..exit_status import CommandParser
 from ..exit_status import main as run_main
 from ..settings_tree import Table, Tree, add_config_flag, table
 from .pool import ExtractionPool, extract_in_process, usable_cpus
-from .registry import sql_text as readable  # as drop_folder's, without its watcher
 from .settings import IngestSettings
 
 

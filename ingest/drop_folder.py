@@ -39,8 +39,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from crystalline.documents import sql_text as readable  # one escaping for logs, reasons and the registry
+
 from .inotify import GONE, IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, IN_Q_OVERFLOW, DirectoryWatch
-from .registry import sql_text as readable  # one escaping for logs, reasons and the registry
 
 log = logging.getLogger("crystalline.ingest.drop_folder")
 

@@ -35,10 +35,8 @@ import numpy as np
 
 from crystalline.documents import Document
 
-from .dedup import content_hash, simhash
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
-from .minhash import fingerprint
 
 log = logging.getLogger("crystalline.ingest.pool")
 
@@ -150,6 +148,11 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
     reply["text_bytes"] = len(raw)
     ids = b""
     if not problem and header.get("fingerprint", True):
+        # imported where used: `crystalline extract` asks for no fingerprint (numpy's random
+        # module, 7 ms of its start-up)
+        from .dedup import content_hash, simhash
+        from .minhash import fingerprint
+
         reply["content_hash"] = content_hash(text)
         reply["simhash"] = simhash(text)
         reply["minhash"], signature = fingerprint(text)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..documents import sql_text
 from ..postgres import Sql
 from ..sql_tables import META, Table, columns
 from . import minhash
@@ -193,20 +194,6 @@ def check_version(version: int, known: int, where: str) -> None:
             f"registry {where} has schema version {version}, newer than this program's {known}: "
             "upgrade crystalline"
         )
-
-
-def sql_text(value: str) -> str:
-    """``value`` as text SQLite accepts: lone surrogates (undecodable file-name bytes kept by
-    ``os.fsdecode``) become ``\\xff`` escapes of the original bytes, or ``\\udcff`` if they
-    were never bytes."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
 
 
 def failure_class(reason: str) -> str:

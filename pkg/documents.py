@@ -41,6 +41,20 @@ def source_group(source: str, group: str = "") -> str:
     return TOP_LEVEL_GROUP
 
 
+def sql_text(value: str) -> str:
+    """``value`` as text SQLite accepts (the registry's and the logs' names of files): lone
+    surrogates (undecodable file-name bytes kept by ``os.fsdecode``) become ``\\xff`` escapes of
+    the original bytes, or ``\\udcff`` if they were never bytes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 @dataclass(frozen=True)
 class Document:
     """A fetched or dropped document before extraction."""
