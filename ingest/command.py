@@ -81,7 +81,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     chosen = [docs[i] for i in todo]
     with ExtractionPool(config) as pool:
         # one process asked for (the default) or one CPU: a worker process would only cost (its
-        # start-up, a second import of everything, a round trip per file: 0.5 s of CPU on the
+        # start-up, a second import of everything, a round trip per file: 0.4-0.5 s of CPU on the
         # 124 dev-set pages, and under load each round trip waits for the scheduler twice)
         outcomes = (
             extract_in_process(config, chosen, want_text=True, apply_filters=False, fingerprint=False)
