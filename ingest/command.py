@@ -27,7 +27,7 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from crystalline.documents import Document
@@ -36,7 +36,7 @@ from crystalline.documents import sql_text as readable  # as drop_folder's, with
 from ..exit_status import CommandParser
 from ..exit_status import main as run_main
 from ..settings_tree import Table, Tree, add_config_flag, table
-from .pool import ExtractionPool, extract_in_process, usable_cpus
+from .pool import ExtractionPool, WorkResult, extract_in_process, usable_cpus
 from .settings import IngestSettings
 
 
@@ -60,61 +60,74 @@ def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    """Print the extracted text of each file; exit 1 if any failed."""
+    """Print the extracted text of each file, in the order given; exit 1 if any failed. A file is
+    read when its turn comes (at most one body per worker is held, however many files), and its
+    line printed as soon as the files before it are done."""
     paths = _files(args.files, strict=False)
     settings = _settings(args)
     limits = settings.limits
     config = settings.pool_config()
-    docs: list[Document] = []
-    errors: dict[int, str] = {}
-    for i, path in enumerate(paths):
-        try:
-            body = path.read_bytes() if path.stat().st_size <= limits.max_bytes else b""
-            if not body and path.stat().st_size:
-                errors[i] = f"too large ({path.stat().st_size} bytes > {limits.max_bytes})"
-        except OSError as e:
-            errors[i] = f"cannot read ({e.strerror})"
-            body = b""
-        docs.append(Document(readable(str(path.resolve())), body, "", origin="cli"))
-    todo = [i for i in range(len(docs)) if i not in errors]
-    results = {}
-    chosen = [docs[i] for i in todo]
+    errors: dict[int, str] = {}  # files not read: their error
+    read: list[int] = []  # the file of each document read, in order
+
+    def documents() -> Iterator[Document]:
+        for i, path in enumerate(paths):
+            try:
+                size = path.stat().st_size
+                body = path.read_bytes() if size <= limits.max_bytes else b""
+            except OSError as e:
+                errors[i] = f"cannot read ({e.strerror})"
+                continue
+            if size > limits.max_bytes:
+                errors[i] = f"too large ({size} bytes > {limits.max_bytes})"
+                continue
+            read.append(i)
+            yield Document(readable(str(path.resolve())), body, "", origin="cli")
+
+    options = {"want_text": True, "apply_filters": False, "fingerprint": False}
+    failed = printed = 0  # files failed, files printed
     with ExtractionPool(config) as pool:
-        # one process asked for (the default) or one CPU: a worker process would only cost (its
+        # one process asked for (the default) or one CPU: worker processes would only cost (their
         # start-up, a second import of everything, a round trip per file: 0.4-0.5 s of CPU on the
-        # 124 dev-set pages, and under load each round trip waits for the scheduler twice)
+        # 124 dev-set pages, and under load each round trip waits for the scheduler twice); PDFs
+        # and images still go to one worker there (extract_in_process: native decoders)
         outcomes = (
-            extract_in_process(config, chosen, want_text=True, apply_filters=False, fingerprint=False)
+            extract_in_process(config, documents(), **options)
             if config.processes == 1 or usable_cpus() == 1
-            else pool.map(chosen, want_text=True, apply_filters=False, fingerprint=False)
+            else pool.map(documents(), in_order=True, **options)
         )
-        for j, r in outcomes:
-            results[todo[j]] = r
-    failed = 0
-    for i, path in enumerate(paths):
-        res = results.get(i)
-        error = errors.get(i) or (res.error if res else "") or None
-        text = res.text if res and not error else ""
-        kind = res.kind if res else ""
-        failed += error is not None
-        if args.json:
-            line = {
-                "path": readable(str(path)),
-                "kind": kind,
-                "text": text,
-                "chars": len(text),
-                "error": error,
-                "language": res.language if res and not error else "",
-                "language_score": res.language_score if res and not error else 0.0,
-                "verdicts": res.verdicts if res and not error else {},
-                "edits": res.edits if res and not error else {},
-            }
-            print(json.dumps(line, ensure_ascii=False))
-        elif error:
-            print(f"{readable(str(path))}: {error}", file=sys.stderr)
-        else:
-            print(text)
+        for j, result in outcomes:
+            for i in range(printed, read[j]):  # files not read before this one
+                failed += _print_file(args.json, paths[i], None, errors[i])
+            failed += _print_file(args.json, paths[read[j]], result, result.error)
+            printed = read[j] + 1
+    for i in range(printed, len(paths)):
+        failed += _print_file(args.json, paths[i], None, errors[i])
     return 1 if failed else 0
+
+
+def _print_file(as_json: bool, path: Path, res: WorkResult | None, error: str) -> bool:
+    """Print one file's text, its JSON line or its error (``res``: None for a file not read);
+    whether it failed."""
+    done = res if res is not None and not error else None
+    if as_json:
+        line = {
+            "path": readable(str(path)),
+            "kind": res.kind if res else "",
+            "text": done.text if done else "",
+            "chars": len(done.text) if done else 0,
+            "error": error or None,
+            "language": done.language if done else "",
+            "language_score": done.language_score if done else 0.0,
+            "verdicts": done.verdicts if done else {},
+            "edits": done.edits if done else {},
+        }
+        print(json.dumps(line, ensure_ascii=False))
+    elif error:
+        print(f"{readable(str(path))}: {error}", file=sys.stderr)
+    else:
+        print(done.text if done else "")
+    return bool(error)
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

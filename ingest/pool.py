@@ -37,6 +37,7 @@ from crystalline.documents import Document
 
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
+from .language import load as load_language_model
 
 log = logging.getLogger("crystalline.ingest.pool")
 
@@ -204,8 +205,6 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
         from crystalline.tokens.tokenizer import tokenizer_from_json
 
         tokenizer = tokenizer_from_json(config["tokenizer_json"])
-    from .language import load as load_language_model
-
     load_language_model()
     try:
         conn.send_bytes(_READY)
@@ -293,29 +292,71 @@ class ExtractionPool:
         want_text: bool = False,
         apply_filters: bool = True,
         fingerprint: bool = True,
+        in_order: bool = False,
     ) -> Iterator[tuple[int, WorkResult]]:
-        """Yield ``(input index, result)`` for every document, in completion order. Each document
-        yields exactly one result, whatever happens to its worker. Without ``fingerprint`` the
-        content hash, SimHash and MinHash are left empty (``crystalline extract`` shows none)."""
-        todo: deque[tuple[int, Document]] = deque(enumerate(docs))
+        """Yield ``(input index, result)`` for every document, in completion order, or with
+        ``in_order`` in input order. Each document yields exactly one result, whatever happens to
+        its worker. A document is taken from ``docs`` when a worker is free to take it, and its
+        body let go once sent, so at most one body per worker is held however many documents
+        come. In input order, at most twice as many results as workers are held back for the
+        documents before them: no document is handed out further ahead of the oldest one not yet
+        yielded (the workers wait instead). Without ``fingerprint`` the content hash, SimHash and
+        MinHash are left empty (``crystalline extract`` shows none)."""
+        pending = enumerate(docs)
+        taken_back: deque[tuple[int, Document]] = deque()  # from a worker whose pipe broke
+        exhausted = False
+        taken = 0  # documents taken from ``docs``
+        ahead = 2 * self.config.processes
+        held: dict[int, WorkResult] = {}  # in input order: results waiting for those before them
+        next_out = 0  # in input order: the index to yield next
+
+        def take() -> tuple[int, Document] | None:
+            nonlocal exhausted, taken
+            if taken_back:
+                return taken_back.popleft()
+            if exhausted or (in_order and taken >= next_out + ahead):
+                return None
+            item = next(pending, None)
+            exhausted = item is None
+            taken += not exhausted
+            return item
+
+        def done(index: int, result: WorkResult) -> Iterator[tuple[int, WorkResult]]:
+            nonlocal next_out
+            if not in_order:
+                yield index, result
+                return
+            held[index] = result
+            while next_out in held:
+                yield next_out, held.pop(next_out)
+                next_out += 1
+
         self._ensure_workers()
-        while todo or any(w.task is not None for w in self._workers):
+        while True:
             for w in self._workers:
-                if w.ready and w.task is None and todo:
-                    index, doc = todo.popleft()
-                    header = _task_header(doc, want_text, apply_filters, fingerprint)
-                    try:
-                        w.conn.send_bytes(_frame(header))
-                        w.conn.send_bytes(doc.body)
-                    except (BrokenPipeError, OSError):
-                        todo.appendleft((index, doc))
-                        self._replace(w)
-                        break
-                    w.task = (index, replace(doc, body=b""))  # only its source is needed now
-                    w.deadline = time.monotonic() + self.config.time_limit_s
-                    del doc  # nor is the body: let it go while the worker is at it
-            now = time.monotonic()
-            timeout = max(0.0, min(w.deadline for w in self._workers) - now)
+                if not (w.ready and w.task is None):
+                    continue
+                item = take()
+                if item is None:
+                    break
+                index, doc = item
+                header = _task_header(doc, want_text, apply_filters, fingerprint)
+                try:
+                    w.conn.send_bytes(_frame(header))
+                    w.conn.send_bytes(doc.body)
+                except (BrokenPipeError, OSError):
+                    taken_back.appendleft((index, doc))
+                    self._replace(w)
+                    break
+                w.task = (index, replace(doc, body=b""))  # only its source is needed now
+                w.deadline = time.monotonic() + self.config.time_limit_s
+                del doc, item  # nor is the body: let it go while the worker is at it
+            waiting = [w for w in self._workers if w.task is not None or not w.ready]
+            if exhausted and not taken_back and all(w.task is None for w in self._workers):
+                return
+            # the deadlines of the workers at a task or starting (an idle one has none)
+            deadline = min((w.deadline for w in waiting), default=time.monotonic() + self.config.time_limit_s)
+            timeout = max(0.0, deadline - time.monotonic())
             ready = multiprocessing.connection.wait([w.conn for w in self._workers], timeout=timeout)
             for w in list(self._workers):
                 if w.conn in ready:
@@ -336,7 +377,7 @@ class ExtractionPool:
                             log.warning("extraction process died while idle (exit %s)", code)
                             continue
                         crashed = f"extractor crashed (exit code {code})"
-                        yield task[0], WorkResult(task[1].source, error=crashed)
+                        yield from done(task[0], WorkResult(task[1].source, error=crashed))
                         continue
                     if not w.ready:
                         w.ready = data == _READY
@@ -346,8 +387,8 @@ class ExtractionPool:
                         result = self._parse(data)
                         if result.truncated:
                             log.info("%s truncated: %s", result.source, result.truncated_reason)
-                        yield task[0], result
-                elif time.monotonic() >= w.deadline:
+                        yield from done(task[0], result)
+                elif (w.task is not None or not w.ready) and time.monotonic() >= w.deadline:
                     task = w.task
                     self._replace(w)
                     if task is None:
@@ -358,7 +399,8 @@ class ExtractionPool:
                         self.config.time_limit_s,
                     )
                     limit = self.config.time_limit_s
-                    yield task[0], WorkResult(task[1].source, error=f"extraction timed out after {limit:g}s")
+                    timed_out = WorkResult(task[1].source, error=f"extraction timed out after {limit:g}s")
+                    yield from done(task[0], timed_out)
 
     @staticmethod
     def _parse(data: bytes) -> WorkResult:
@@ -384,6 +426,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: The kinds :func:`extract_in_process` works in its own process: their extractors are lxml and
+#: Python, which the alarm stops. A PDF (pdfium) or an image (PIL, then tesseract) is decoded by
+#: native code: a crash there would end the whole process and every other file's result with
+#: it, and a loop inside it never returns to Python for the alarm to stop it.
+IN_PROCESS_KINDS = ("html", "text")
+
+
 def extract_in_process(
     config: PoolConfig,
     docs: Iterable[Document],
@@ -392,14 +441,16 @@ def extract_in_process(
     apply_filters: bool = True,
     fingerprint: bool = True,
 ) -> Iterator[tuple[int, WorkResult]]:
-    """What :meth:`ExtractionPool.map` yields, worked out in this process, in input order: the
-    same work and the same reply frames as a worker's, so the same results. For where a worker
-    process would only cost (one process asked for, or one CPU: its start-up, a second import
-    of everything and a round trip per document). The time limit holds in the main thread (an
-    alarm; a document that overruns gets the pool's timeout error); the memory limit is
-    ``memory_limit_mb`` of address space beyond what this process holds when it starts (a
-    document that needs more gets the pool's "out of memory" error); a crash of an extractor
-    is this process's."""
+    """What :meth:`ExtractionPool.map` yields, in input order, one document at a time (taken
+    from ``docs`` when its turn comes), for where worker processes would only cost (one process
+    asked for, or one CPU: their start-up, a second import of everything and a round trip per
+    document). HTML and text (:data:`IN_PROCESS_KINDS`) are worked out in this process, with the
+    same work and reply frames as a worker's, so the same results: the time limit holds in the
+    main thread (an alarm; a document that overruns gets the pool's timeout error), the memory
+    limit is ``memory_limit_mb`` of address space beyond what this process holds when it starts
+    (a document that needs more gets the pool's "out of memory" error). Every other kind goes
+    to one pool worker, started when the first such document comes (none for HTML and text
+    alone), where its decoder's crash or overrun is that document's alone, as in the pool."""
     config_json = json.dumps(asdict(config))
     tokenizer = None
     if config.tokenizer_json:
@@ -408,6 +459,7 @@ def extract_in_process(
         tokenizer = tokenizer_from_json(config.tokenizer_json)
     os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread, as in a pool worker
     limit = config.time_limit_s
+    options = {"want_text": want_text, "apply_filters": apply_filters, "fingerprint": fingerprint}
 
     def overrun(_signum: int, _frame: object) -> None:
         raise _Overrun
@@ -415,9 +467,26 @@ def extract_in_process(
     alarm = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGALRM, overrun) if alarm else None
     address_space = _limit_address_space(config.memory_limit_mb)
+    isolated = ExtractionPool(replace(config, processes=1))  # no process until its first document
+    loaded: set[str] = set()
     try:
         for index, doc in enumerate(docs):
-            header = _task_header(doc, want_text, apply_filters, fingerprint)
+            kind = sniff_kind(doc.body, doc.content_type, doc.source)
+            if kind not in IN_PROCESS_KINDS:
+                for _, result in isolated.map((doc,), **options):
+                    yield index, result
+                continue
+            if kind not in loaded:
+                loaded.add(kind)
+                limited = resource.getrlimit(resource.RLIMIT_AS)
+                if address_space is not None:
+                    resource.setrlimit(resource.RLIMIT_AS, address_space)
+                try:
+                    _load_extractors(kind)
+                finally:
+                    if address_space is not None:
+                        resource.setrlimit(resource.RLIMIT_AS, limited)
+            header = _task_header(doc, **options)
             try:
                 try:
                     if alarm:
@@ -435,10 +504,27 @@ def extract_in_process(
                 log.info("%s truncated: %s", result.source, result.truncated_reason)
             yield index, result
     finally:
+        isolated.close()
         if alarm:
             signal.signal(signal.SIGALRM, previous)
         if address_space is not None:
             resource.setrlimit(resource.RLIMIT_AS, address_space)
+
+
+def _load_extractors(kind: str) -> None:
+    """Import what a document of ``kind`` (html or text) is worked with in process and load the
+    language model, as a pool worker does before it says it is ready: outside the time limit and
+    outside the address-space limit, under which a library mapped after a document that used
+    the limit up could fail to load, and fail the next document for the other's sake."""
+    load_language_model()
+    if kind == "html":
+        # html_text imports trafilatura where a page first needs it (any page but an empty or a
+        # huge one), which brings charset_normalizer, what charset.py detects encodings with
+        import trafilatura  # noqa: F401
+
+        from . import html_text  # noqa: F401
+    else:
+        import charset_normalizer  # noqa: F401
 
 
 def _limit_address_space(megabytes: int) -> tuple[int, int] | None:

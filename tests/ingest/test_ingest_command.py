@@ -9,6 +9,7 @@ from pathlib import Path
 
 import _ingest_samples as samples
 import pytest
+from _extract_run import run_extract
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -101,51 +102,35 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
     assert json.loads(summary) == {"status": 0, "loaded": []}
 
 
-# run in a child: pinned to CPUS CPUs (one: its first), PROCESSES asked for, counting the pool's
-# worker processes
-_EXTRACT_SCRIPT = """
-import json, os, sys
-from crystalline.daemon import cli
-from crystalline.ingest import command, pool
-
-cpus, processes, files = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-if cpus == 1:
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-else:
-    command.usable_cpus = lambda: cpus  # the pool, even on a machine of one CPU
-workers = []
-start = pool._Worker.__init__
-
-def counted(self, *args):
-    workers.append(1)
-    start(self, *args)
-
-pool._Worker.__init__ = counted
-status = cli.main(["extract", "--json", "--processes", processes, *files])
-print(json.dumps({"status": status, "workers": len(workers)}))
-"""
-
-
-@pytest.mark.timeout(150)
-def test_extract_on_one_cpu_or_one_process_starts_no_pool_process_and_prints_what_the_pool_does(
+@pytest.mark.timeout(300)
+def test_extract_on_one_cpu_or_one_process_works_html_and_text_in_process_and_the_rest_in_one_worker(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
+    # on one CPU or with one process asked for, HTML and text are worked in the command's own
+    # process (an HTML and text run starts no worker) and a PDF or an image in one worker, where
+    # its native decoder's crash or overrun is its own; two processes on two CPUs are a pool of
+    # two. The output is the same each way.
     (tmp_path / "a.html").write_text(samples.article_page(), encoding="utf-8")
     (tmp_path / "b.pdf").write_bytes(b"%PDF-1.4 truncated")
     (tmp_path / "c.txt").write_text(samples.prose(3, 120), encoding="utf-8")
     (tmp_path / "d.txt").write_bytes(b"")
     (tmp_path / "e.bin").write_bytes(bytes(range(256)) * 4)
-    files = [str(tmp_path / name) for name in ("a.html", "b.pdf", "c.txt", "d.txt", "missing.txt", "e.bin")]
+    (tmp_path / "f.png").write_bytes(samples.image_bytes(samples.render_text(samples.OCR_LINES), "PNG"))
+    names = ("a.html", "b.pdf", "c.txt", "d.txt", "missing.txt", "e.bin", "f.png")
+    files = [str(tmp_path / name) for name in names]
     outputs = {}
-    # (CPUs, processes asked for): workers started; only two processes on two CPUs are a pool
-    for cpus, processes, workers in ((1, 1, 0), (1, 2, 0), (2, 1, 0), (2, 2, 2)):
-        cmd = [sys.executable, "-c", _EXTRACT_SCRIPT, str(cpus), str(processes), *files]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env, timeout=120, check=False)
-        assert proc.returncode == 0, proc.stderr
-        *lines, summary = proc.stdout.splitlines()
-        assert json.loads(summary) == {"status": 1, "workers": workers}
-        outputs[cpus, processes] = lines
+    # (CPUs, processes asked for): workers started
+    for cpus, processes, workers in ((1, 1, 1), (1, 2, 1), (2, 1, 1), (2, 2, 2)):
+        run = run_extract(["--processes", str(processes), *files], cli_env, cpus=cpus)
+        assert (run.status, run.workers) == (1, workers), run.stderr
+        outputs[cpus, processes] = run.lines
     assert outputs[1, 1] == outputs[1, 2] == outputs[2, 1] == outputs[2, 2]
     results = [json.loads(line) for line in outputs[1, 1]]
     assert samples.PARAGRAPHS[0] in results[0]["text"] and results[0]["verdicts"]
-    assert [r["error"] is None for r in results] == [True, False, True, False, False, False]
+    assert [r["error"] is None for r in results] == [True, False, True, False, False, False, True]
+    assert [r["kind"] for r in results] == ["html", "pdf", "text", "text", "", "text", "image"]
+    assert "brown fox" in results[6]["text"]
+    html_and_text = [f for f in files if not f.endswith((".pdf", ".png"))]
+    run = run_extract(html_and_text, cli_env, cpus=2)
+    assert (run.status, run.workers) == (1, 0), run.stderr
+    assert run.lines == [line for line in outputs[1, 1] if json.loads(line)["kind"] not in ("pdf", "image")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 
 import _ingest_samples as samples
 import pytest
@@ -97,3 +98,43 @@ def test_in_process_time_limit_and_extractor_errors_fail_one_document(
     assert results[2].error == "extractor error (KeyError: 'no such node')"
     assert not results[0].error and not results[3].error and results[3].chars > 0
     assert signal.getsignal(signal.SIGALRM) == before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def _counted(docs: list[Document], taken: list[int]) -> Iterator[Document]:
+    """``docs``, noting in ``taken`` how many were asked for so far."""
+    for doc in docs:
+        taken.append(1)
+        yield doc
+
+
+@pytest.mark.timeout(60)
+def test_map_takes_a_document_only_when_a_worker_is_free() -> None:
+    # a body is held from when the pool takes its document to when it is sent, so the pool
+    # takes at most one document per worker beyond those whose results are out
+    docs = [Document(f"/d/{i}.txt", samples.prose(i, 100).encode(), "") for i in range(12)]
+    taken: list[int] = []
+    with ExtractionPool(PoolConfig(processes=2, min_words=5)) as pool:
+        results = pool.map(_counted(docs, taken), want_text=True)
+        out = [(index, len(taken), result) for index, result in results]
+    assert sorted(index for index, _, _ in out) == list(range(12))
+    for n, (index, taken_then, result) in enumerate(out):
+        assert taken_then <= n + 2, (n, taken_then)  # those out before, and the two workers'
+        assert not result.error and result.text.split()[0] == samples.prose(index, 100).split()[0]
+
+
+@pytest.mark.timeout(60)
+def test_map_in_input_order_runs_at_most_twice_the_workers_ahead_of_the_oldest() -> None:
+    # the first document (OCR of a large image) is slow and the eleven texts after it quick: in
+    # input order their results wait for it, and the workers wait rather than run further ahead
+    slow = samples.image_bytes(samples.render_text(samples.OCR_LINES * 4), "PNG")
+    docs = [Document("/d/slow.png", slow, "")]
+    docs += [Document(f"/d/{i}.txt", samples.prose(i, 100).encode(), "") for i in range(1, 12)]
+    taken: list[int] = []
+    with ExtractionPool(PoolConfig(processes=2, min_words=5)) as pool:
+        results = pool.map(_counted(docs, taken), want_text=True, in_order=True)
+        out = [(index, len(taken), result) for index, result in results]
+    assert [index for index, _, _ in out] == list(range(12))
+    for index, taken_then, result in out:
+        assert taken_then <= index + 4, (index, taken_then)  # twice the two workers
+        assert not result.error and result.source == docs[index].source
+    assert out[0][2].kind == "image" and "brown fox jumps" in out[0][2].text
