@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import unicodedata
@@ -15,14 +16,12 @@ from crystalline.ingest.filters import FilterSettings, judge
 from crystalline.ingest.language import identify
 from crystalline.ingest.normalize import normalize_text
 from crystalline.ingest.pii import scrub_pii
-from crystalline.ingest.quality_rules import FilterRules, document_verdicts, filter_lines
+from crystalline.ingest.quality_rules import LINE_RULES, FilterRules, document_verdicts, filter_lines
 
 GOOD = samples.prose(1, 200)
 
 
 def config(settings: FilterSettings | None = None) -> dict:
-    import dataclasses
-
     settings = settings or FilterSettings()
     return {"min_chars": 50, "min_words": 5, "filters": dataclasses.asdict(settings)}
 
@@ -39,22 +38,46 @@ def test_c4_line_rules_remove_boilerplate_lines_and_count_them() -> None:
     assert "JavaScript" not in out and "cookies" not in out and out.startswith(GOOD[:50])
 
 
+def line_rule_on(field: str) -> str:
+    """A setting that turns the line rule ``field`` on: its default, or C4's 3 words a line."""
+    default = getattr(FilterRules(), field)
+    return "on" if isinstance(default, bool) else str(default or 3)
+
+
 def test_line_rules_asked_of_the_whole_text_decide_as_each_line_does(monkeypatch: pytest.MonkeyPatch) -> None:
     # filter_lines first asks the whole text whether any line can fail; the answer must be what
-    # asking every line gives, with each rule on and off (case, dotted capital I, final sigma)
+    # asking every line gives, with every line rule (LINE_RULES) on and off (case, dotted capital
+    # I, final sigma); each rule fails at least one of these lines (add one for a new rule)
     lines = ["Our COOKIE Policy applies.", "Turn on JavaScript İ.", "ΟΔΟΣ\nΣ " + "x" * 1001,
-             "plain words only", "a \u00a0b\tc", "ends in javaScrİpt", "terms of\nuse"]  # fmt: skip
+             "plain words only", "a \u00a0b\tc", "ends in javaScrİpt", "terms of\nuse",
+             "No stop"]  # fmt: skip
+    for rule in LINE_RULES:
+        alone = FilterRules.disabled().with_overrides([f"{rule.field}={line_rule_on(rule.field)}"])
+        assert rule.reason in filter_lines("\n".join(lines), alone)[1], f"no line fails {rule.field}"
     rng = random.Random(5)
-    names = ("c4_javascript_lines", "c4_policy_lines", "c4_max_word_length")
-    for _ in range(200):
+    for _ in range(300):
         text = "\n".join(rng.sample(lines, rng.randint(0, len(lines))))
-        rules = FilterRules().with_overrides(
-            [f"{n}={rng.choice(['0', '1000'] if 'length' in n else ['0', '1'])}" for n in names]
+        rules = FilterRules.disabled().with_overrides(
+            [f"{r.field}={line_rule_on(r.field) if rng.random() < 0.5 else 0}" for r in LINE_RULES]
         )
         quick = filter_lines(text, rules)
         with monkeypatch.context() as m:
-            m.setattr(quality_rules, "_no_line_fails", lambda _text, _rules: False)
+            m.setattr(quality_rules, "_no_line_fails", lambda _text, _on: False)
             assert filter_lines(text, rules) == quick, (text, rules)
+
+
+def test_every_c4_rule_is_a_line_rule_or_a_document_rule() -> None:
+    # filter_lines' whole-text answer and its pass over each line both read LINE_RULES, so a line
+    # rule is a row there or nowhere: a c4_ setting that is neither that nor a document rule would
+    # be a rule that never runs
+    documents = {"c4_lorem_ipsum", "c4_curly_bracket", "c4_min_sentences"}
+    c4 = {f.name for f in dataclasses.fields(FilterRules) if f.name.startswith("c4_")}
+    assert c4 == {rule.field for rule in LINE_RULES} | documents
+    names, reasons = {r.field for r in LINE_RULES}, {r.reason for r in LINE_RULES}
+    assert len(names) == len(reasons) == len(LINE_RULES)  # one row each
+    for field in documents:  # a document rule removes no line
+        on = FilterRules.disabled().with_overrides([f"{field}={line_rule_on(field)}"])
+        assert filter_lines("lorem ipsum {\nshort", on) == ("lorem ipsum {\nshort", {})
 
 
 def test_normalized_text_is_what_the_two_substitutions_gave() -> None:
