@@ -60,7 +60,10 @@ GLOO_CONNECT_WAITS = 5  # gloo's pair waits this many times the group's timeout 
 FRESH = 2**62  # a state no group has agreed on yet ranks after every lineage (state_source)
 LONE_START_TIMEOUTS = 6  # a lone start counts from its checkpoint's step this many timeouts at most
 STORE_ERRORS = (RuntimeError, OSError, ValueError)  # DistStoreError/DistNetworkError are RuntimeErrors
-RECONNECT_S = 1.0  # cut off: each try to reach the rendezvous point again waits this long at most
+# cut off: each try to reach the rendezvous point again waits this share of the cluster's deadline
+# (a second at least, the deadline at most): a slow link still gets through, and a stop then waits
+# no longer than the try in hand
+RECONNECT_SHARE = 0.2
 
 
 class TrainerState(Protocol):
@@ -89,6 +92,7 @@ class Membership:
         self.s = settings
         self.info = info
         self.tick_s = max(0.1, settings.timeout_s / 10)
+        self.reconnect_s = min(settings.timeout_s, max(1.0, settings.timeout_s * RECONNECT_SHARE))
         self.lock = threading.Lock()
         self.number: int | None = None
         self.registration = 0  # moves each time this member registers (again)
@@ -156,8 +160,8 @@ class Membership:
                 if client is None:
                     if self.leaving:  # a new connection holds no number to tell the store of
                         return
-                    # cut off: tries a second long at most, so a stop never waits out a deadline
-                    within = None if self.cut_off is None else min(RECONNECT_S, self.s.timeout_s)
+                    # cut off: tries of a fifth of the deadline, so a stop never waits one out
+                    within = None if self.cut_off is None else self.reconnect_s
                     client, registered = self.connect(within), False
                 with self.lock:
                     away, leaves = self.away, self.leaves
@@ -267,7 +271,9 @@ class Membership:
     def close(self) -> None:
         """The thread tells the store that this member leaves (its last tick) and ends. Cut off
         from the rendezvous point (the host is gone, or the link), there is no one to tell: the
-        thread ends at once, or after the try to reach it that it is in (``RECONNECT_S``)."""
+        thread ends at once, or after the try to reach it that it is in (``reconnect_s``). Not yet
+        known to be cut off (a link gone silent: a store call in hand waits out the deadline), it
+        waits for the thread's last tick as for any other."""
         self.leaving = True
         cut_off = self.unreachable()
         if cut_off is None:
