@@ -29,6 +29,21 @@ from ..workers.train_config import TrainConfig
 from .command_limit import BURST_S
 from .health import CONTROL_SILENT_S
 
+DAY_S = 86400.0
+# the stop's budget: the crawl's wait, ingest's 15 s and the vocabulary's 15 s run one after the
+# other (control's final checkpoint beside them), inside the unit's TimeoutStopSec=60
+# (supervisor.py, Supervisor.run; README, "Stopping")
+CRAWL_STOP_MAX_S = 20.0
+# the daemon's durations in seconds: more than 0, at most this (finite: inf and nan are refused)
+SECONDS_MAX = {
+    "checkpoint_interval_s": DAY_S,
+    "status_interval_s": DAY_S,
+    "control_silent_s": DAY_S,
+    "crawl_stop_s": CRAWL_STOP_MAX_S,
+    "resource_retry_s": DAY_S,
+    "generate_burst_s": DAY_S,
+}
+
 
 @dataclass(frozen=True)
 class DaemonConfig:
@@ -63,8 +78,10 @@ class DaemonConfig:
     crawl_stop_s: float = field(
         default=15.0,
         metadata={
-            "help": "at stop, how long the crawl gets to end its fetches and close; a crawl "
-            "still running then is left to end with the process (an error in status)"
+            "help": "at stop, how long the crawl gets to end its fetches and close (at most 20: "
+            "then ingest and the vocabulary get 15 s each, inside the unit's TimeoutStopSec=60; "
+            "control's final checkpoint runs beside them); a crawl still running then is left "
+            "to end with the process (an error in status)"
         },
     )
     resource_retry_s: float = field(
@@ -129,10 +146,10 @@ class DaemonConfig:
         if self.database:
             check_database_url(self.database)
         self.cluster_settings()
-        for key in ("checkpoint_interval_s", "status_interval_s", "control_silent_s", "crawl_stop_s",
-                    "resource_retry_s", "generate_burst_s"):  # fmt: skip
-            if not getattr(self, key) > 0:
-                raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        for key, most in SECONDS_MAX.items():
+            value, name = getattr(self, key), key.replace("_", "-")
+            if not 0 < value <= most:  # nan fails both comparisons
+                raise ValueError(f"{name} must be more than 0 and at most {most:g} s, got {value:g}")
 
     def cluster_settings(self) -> ClusterSettings | None:
         """``--cluster`` and its companions, checked (None without ``--cluster``)."""

@@ -3,10 +3,11 @@ CPU work in a process pool), the status socket and sd_notify, and starts and res
 control process, which starts the workers; the crawler runs in a thread with a loop of its own
 (``crawl_service.py``), so that its database's waits never stall this loop.
 
-Signal handlers only record the signal; the loop stops the parts in order (crawler, control
-with a final checkpoint, ingest), unlinks what it created and exits 0. A second signal makes
-every wait short. Crawl, ingest and the control process each run under a ``ComponentRunner``:
-a crash is reported in status and in the log and retried with backoff, never looped on silently.
+Signal handlers only record the signal; the loop asks control to stop with a final checkpoint
+and, beside it, stops the crawler, then ingest, then the vocabulary; it unlinks what it created
+and exits 0. A second signal makes every wait short. Crawl, ingest and the control process
+each run under a ``ComponentRunner``: a crash is reported in status and in the log and retried
+with backoff, never looped on silently.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ log = logging.getLogger("crystalline.supervisor")
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 TICK_S = 1.0
-CONTROL_STOP_GRACE_S = 25.0  # well inside systemd's default TimeoutStopSec (90 s)
+# control's time to checkpoint and exit after STOP (then SIGTERM, 5 s, SIGKILL): with the other
+# stops beside it, inside the unit's TimeoutStopSec=60 (systemd/crystalline.service)
+CONTROL_STOP_GRACE_S = 25.0
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
 # a database (--database) that does not answer at start is tried again after these waits
 DATABASE_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
@@ -428,12 +431,17 @@ class Supervisor:
             self.notifier.stopping("stopping: checkpointing")
             self.control_runner.stop()  # no restart from here on
             grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
+            # control's final checkpoint first, beside the other stops: it needs only the ring
+            # (closed after it), so a crawl that does not stop can never cost the checkpoint.
+            # Worst case: max(control's 5 + 25 + 5 s, crawl-stop-s (<= 20) + 15 + 15 s), then
+            # 5 s: inside the unit's TimeoutStopSec=60 (README, "Stopping")
+            control_stop = asyncio.create_task(self.control.stop(grace), name="control-stop")
             # the fetches in hand end, then the crawler closes ([daemon] crawl-stop-s)
             await self.crawl.stop(s.daemon.crawl_stop_s)
             await self.ingest.stop(15.0)  # the batch in hand finishes (durably)
             if self.vocab is not None:
                 await self.vocab.stop(15.0)
-            await self.control.stop(grace)
+            await control_stop
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(control_task, 5.0)
             await asyncio.to_thread(self.ring.close)  # unlinks the ring segment

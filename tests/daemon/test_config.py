@@ -209,6 +209,8 @@ def test_example_file_is_current_and_documents_http_and_its_off_switch(
 
 # ---- one-line errors naming the source, the key and what is allowed ----------------------------
 
+BOUND = "must be more than 0 and at most"  # a duration: finite, bounded (daemon/config.py)
+
 
 @pytest.mark.parametrize(
     ("body", "message"),
@@ -229,6 +231,12 @@ def test_example_file_is_current_and_documents_http_and_its_off_switch(
             '[daemon]\nsocket-mode = "rw"\n',
             "[daemon] socket-mode must be an octal mode such as 0660, got 'rw'",
         ),
+        ("[daemon]\ncrawl-stop-s = inf\n", f"crawl-stop-s {BOUND} 20 s, got inf (set by file {{path}})"),
+        ("[daemon]\ncrawl-stop-s = nan\n", "{path}: [daemon] crawl-stop-s must be a number, got nan"),
+        ("[daemon]\ncrawl-stop-s = 45\n", f"crawl-stop-s {BOUND} 20 s, got 45 (set by file {{path}})"),
+        ("[daemon]\nresource-retry-s = 1e12\n", f"resource-retry-s {BOUND} 86400 s, got 1e+12 (set"),
+        ("[daemon]\ncontrol-silent-s = inf\n", f"control-silent-s {BOUND} 86400 s, got inf (set"),
+        ("[daemon]\ngenerate-burst-s = -inf\n", f"generate-burst-s {BOUND} 86400 s, got -inf (set"),
     ],
 )
 def test_bad_file_values_name_the_file_and_the_key(tmp_path: Path, body: str, message: str) -> None:
@@ -283,10 +291,19 @@ def test_test_suite_variables_are_not_settings() -> None:
         (["--crawl-min-revisit", "-1"], "(set by flag --crawl-min-revisit)"),
         (
             ["--crawl-stop-s", "0"],
-            "[daemon] crawl-stop-s must be positive, got 0.0 (set by flag --crawl-stop-s)",
+            f"[daemon] crawl-stop-s {BOUND} 20 s, got 0 (set by flag --crawl-stop-s)",
         ),
-        (["--resource-retry-s", "-1"], "[daemon] resource-retry-s must be positive, got -1.0 (set by flag"),
-        (["--generate-burst-s", "0"], "[daemon] generate-burst-s must be positive, got 0.0 (set by flag"),
+        # durations are finite and bounded: inf would overflow the crawl's join at stop
+        (["--crawl-stop-s", "inf"], f"[daemon] crawl-stop-s {BOUND} 20 s, got inf (set by"),
+        (["--crawl-stop-s", "21"], f"[daemon] crawl-stop-s {BOUND} 20 s, got 21 (set by"),
+        (["--crawl-stop-s", "nan"], "--crawl-stop-s: [daemon] crawl-stop-s must be a number, got 'nan'"),
+        (["--resource-retry-s", "-1"], f"[daemon] resource-retry-s {BOUND} 86400 s, got -1"),
+        (["--resource-retry-s", "1e12"], f"resource-retry-s {BOUND} 86400 s, got 1e+12 (set"),
+        (["--control-silent-s", "inf"], f"[daemon] control-silent-s {BOUND} 86400 s, got inf"),
+        (["--generate-burst-s", "0"], f"[daemon] generate-burst-s {BOUND} 86400 s, got 0"),
+        (["--generate-burst-s", "86401"], f"[daemon] generate-burst-s {BOUND} 86400 s"),
+        (["--checkpoint-interval-s", "inf"], f"checkpoint-interval-s {BOUND} 86400 s, got inf"),
+        (["--status-interval-s", "1e10"], f"status-interval-s {BOUND} 86400 s, got 1e+10"),
         (
             ["--seed-url", "https://a.example/", "--crawl-max-queued", "-5"],
             "[crawl] max-queued must not be negative",

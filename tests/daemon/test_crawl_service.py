@@ -19,13 +19,16 @@ from _daemon_process import group_survivors, start_small_daemon, wait_daemon
 from _local_site import prose, start_site
 from _wait import until, until_async
 from aiohttp import web
+from conftest import make_corpus
 
 from crystalline.crawler import crawl as crawl_module
 from crystalline.crawler.settings import CrawlSettings
+from crystalline.daemon.config import CRAWL_STOP_MAX_S
 from crystalline.daemon.crawl_service import CrawlBusy, CrawlOff, CrawlService
 from crystalline.daemon.health import judge
 from crystalline.daemon.status_client import request
 from crystalline.postgres import POOL_TIMEOUT_S
+from crystalline.workers.checkpoint import list_checkpoints
 from tests._postgres import PgCluster
 from tests._tcp_proxy import CuttableProxy
 
@@ -216,11 +219,13 @@ def test_a_crawl_that_does_not_stop_in_time_is_left_with_a_warning_and_an_error_
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) -> None:
-    """A real daemon fetching from a server that accepts and never answers, with a stop grace
-    longer than the supervisor's wait for the crawl (``[daemon] crawl-stop-s``, 15 s by default,
-    2 s here): SIGTERM still ends it (exit 0, no process left), the crawl left behind after the
-    configured wait said in one log line."""
+def test_a_daemon_whose_crawl_does_not_stop_in_time_still_checkpoints_and_exits(tmp_path: Path) -> None:
+    """A real daemon, training, fetching from a server that accepts and never answers, with a
+    stop grace longer than the supervisor's wait for the crawl (``[daemon] crawl-stop-s``, 15 s
+    by default, its maximum 20 s here): control's final checkpoint does not wait for the crawl
+    (it is on disk while the supervisor still waits for the crawl), and SIGTERM still ends the
+    daemon (exit 0, no process left), the crawl left behind after the configured wait said in one
+    log line."""
     server = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
@@ -233,19 +238,31 @@ def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) 
     url = f"http://127.0.0.1:{server.getsockname()[1]}/slow"
     args = ["--crawl-allow-private-addresses", "--crawl-min-delay", "0", "--crawl-no-sitemaps",
             "--crawl-stop-grace", "120", "--crawl-read-timeout", "120",
-            "--crawl-total-timeout", "300", "--crawl-stop-s", "2"]  # fmt: skip
+            "--crawl-total-timeout", "300", "--crawl-stop-s", str(CRAWL_STOP_MAX_S),
+            "--checkpoint-interval", "1000000000"]  # fmt: skip
     log_path = tmp_path / "daemon.log"
+    checkpoints = tmp_path / "state" / "checkpoints"
+    (tmp_path / "state" / "inbox").mkdir(parents=True)
+    (tmp_path / "state" / "inbox" / "doc.txt").write_text(make_corpus(20_000, seed=1), encoding="utf-8")
     with log_path.open("wb") as log_file:
         proc, notify = start_small_daemon(tmp_path, args, crawl=True, stderr=log_file)
     try:
         run = tmp_path / "run"
-        wait_daemon(run, proc, lambda d: d["state"] == "running", "the daemon running", 180)
+        wait_daemon(run, proc, lambda d: d["training"]["step"] > 0, "the daemon training", 180)
         reply = request(run / "crystalline.sock", {"cmd": "add-url", "url": url})
         assert reply["ok"], reply
         until(lambda: bool(held), "the fetch did not reach the server", 60)
+        step = wait_daemon(run, proc, lambda d: True, "status", 60)["training"]["step"]
+        assert list_checkpoints(checkpoints) == []  # none before the stop (300 s, 10^9 steps)
         proc.send_signal(signal.SIGTERM)
+        until(lambda: bool(list_checkpoints(checkpoints)), "no final checkpoint", 120)
+        final = list_checkpoints(checkpoints)[-1]
+        assert int(final.name.removeprefix("step-")) >= step, (final, step)
+        before = log_path.read_text(encoding="utf-8", errors="replace")
+        assert "the crawl did not stop within" not in before, before.splitlines()[-30:]
         assert proc.wait(timeout=120) == 0
         assert group_survivors(proc.pid) == [], "the daemon left processes behind"
+        assert list_checkpoints(checkpoints) == [final]  # that one was the final checkpoint
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -256,4 +273,5 @@ def test_a_daemon_whose_crawl_does_not_stop_in_time_still_exits(tmp_path: Path) 
             conn.close()
     lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
     left = [line for line in lines if "the crawl did not stop within" in line]
-    assert len(left) == 1 and "did not stop within 2 s: left to end with the process" in left[0], lines[-30:]
+    said = f"did not stop within {CRAWL_STOP_MAX_S:g} s: left to end with the process"
+    assert len(left) == 1 and said in left[0], lines[-30:]
