@@ -41,14 +41,19 @@ def free_port() -> int:
 
 
 SITE_PORT = free_port()
-# The test's changes to the unit: a short watchdog (120 s in the unit; the supervisor pings every
-# 3 s, its loop ticks every second) and control-silent-s (60 s by default), so a frozen process is
-# caught in seconds (12 s: three times the 12 workers' start here, which is the longest control
-# goes without a report; a false verdict would show as a restart before the freeze), a 1 s
-# RestartSec (5 s in the unit: the two restarts test Restart=, not its delay), and a crawl of the
-# local site (the configuration's keys as CRYSTALLINE_* variables).
+# The test's changes to the unit: a short watchdog and control-silent-s, so a frozen process is
+# caught in seconds, not minutes; a 1 s RestartSec (5 s in the unit: the two restarts test
+# Restart=, not its delay); and a crawl of the local site (the configuration's keys as
+# CRYSTALLINE_* variables). WatchdogSec=10s (120 s in the unit): the supervisor pings every
+# WATCHDOG_USEC/2 = 5 s, looked at once per 1 s tick of its loop, so a stall of its loop up to
+# ~4 s (a slow fsync, the GIL under ingest and crawl, 12 workers on 2 cores) is no false
+# restart. control-silent-s 20 (60 s by default): the watchdog is armed at READY, after the
+# workers' start, so what it must outlast is control's longest silence after READY: an
+# evaluation (every 500 steps, 200 windows, twice with the moving average) or a checkpoint under
+# load, not measured in the container, 20 s being the value the test has passed with. A false
+# verdict shows as a restart before the freeze (NRestarts below).
 DROP_IN = (
-    "[Service]\nWatchdogSec=6s\nRestartSec=1s\nEnvironment=CRYSTALLINE_DAEMON_CONTROL_SILENT_S=12\n"
+    "[Service]\nWatchdogSec=10s\nRestartSec=1s\nEnvironment=CRYSTALLINE_DAEMON_CONTROL_SILENT_S=20\n"
     f"Environment=CRYSTALLINE_CRAWL_START_URL=http://127.0.0.1:{SITE_PORT}/"
     " CRYSTALLINE_CRAWL_ALLOW_PRIVATE_ADDRESSES=1 CRYSTALLINE_CRAWL_MIN_DELAY=0"
     " CRYSTALLINE_CRAWL_SITEMAPS=0\n"
