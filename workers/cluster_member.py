@@ -330,7 +330,8 @@ class Coordinator:
     ones (twice the timeout after publishing): a member still blocked in forming an older
     generation would otherwise make each newer one time out in turn. The store's first
     generation waits one timeout after the store started, unless MAX members registered: a
-    restarted host's survivors register again meanwhile, and the host does not train alone."""
+    restarted host's survivors register again meanwhile, and the host does not train alone.
+    Fewer than MIN living members (settled) publish nothing; the log says so once per change."""
 
     def __init__(self, settings: ClusterSettings) -> None:
         self.s = settings
@@ -339,6 +340,7 @@ class Coordinator:
         self.published: list[int] = []
         self.published_at = 0.0
         self.last_alive: list[int] = []
+        self.too_few: list[int] | None = None  # the living members last logged as fewer than MIN
         self.generation = 0
         self.opened = time.monotonic()  # the store's start: see tick's grace
 
@@ -375,10 +377,16 @@ class Coordinator:
                 members.append({"number": n, "address": info.get("address", "?")})
             client.set(f"gen/{self.generation}", json.dumps({"members": members}))
             client.add("gen", 1)
-            self.published, self.published_at = alive, now
+            self.published, self.published_at, self.too_few = alive, now, None
             log.info(
                 "cluster generation %d: members %s%s",
                 self.generation, alive, " (a collective failed)" if failed else "",
+            )  # fmt: skip
+        elif settled and len(alive) < self.s.min_nodes and alive != self.too_few:  # once per change
+            self.too_few = alive
+            log.info(
+                "cluster members %s: fewer than MIN %d (--cluster-nodes), no generation until more register",
+                alive, self.s.min_nodes,
             )  # fmt: skip
 
 

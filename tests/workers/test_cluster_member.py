@@ -531,6 +531,38 @@ def test_the_state_of_the_group_that_trained_together_is_not_overwritten_by_anot
     assert state_source([(1000, 1020, -1, 1), (1000, 1020, -1, 1), (1000, 1030, 1000, 0)]) == 0
 
 
+def test_a_host_with_fewer_than_min_members_publishes_nothing_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--cluster-nodes 2:2, the host alone: past the first generation's wait (a timeout) its
+    coordinator publishes no generation and logs why, once, not at each of the ticks after; a
+    second member registering makes the pair's generation."""
+    caplog.set_level(logging.INFO, logger="crystalline.cluster")
+    (host,) = hosted_members(lambda port: on_loopback(2, 2, 2, 1.0)(port)[:1])
+    other: ClusterMember | None = None
+    client = host.membership.connect()
+    try:
+
+        def said() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "fewer than MIN" in r.getMessage()]
+
+        until(said, lambda: "the host never said it has fewer than MIN members", 60)
+        number = host.membership.number
+        beat = int(client.get(f"hb/{number}"))
+        # each beat is one tick of the host's membership thread, its coordinator's tick with it
+        until(lambda: int(client.get(f"hb/{number}")) >= beat + 5, lambda: "the host stopped ticking", 60)
+        why = "fewer than MIN 2 (--cluster-nodes), no generation until more register"
+        assert said() == [f"cluster members [{number}]: {why}"]
+        assert int(client.add("gen", 0)) == 0 and host.membership.generation is None
+        other = ClusterMember(ClusterSettings("127.0.0.1", host.s.port, "127.0.0.2", 2, 2, 1.0))
+        generation = in_generation(host)
+        assert generation[0] == 1 and len(generation[1]) == 2 and len(said()) == 1
+    finally:
+        for member in (other, host):
+            if member is not None:
+                member.close()
+
+
 def host_gone(host: ClusterMember) -> None:
     """The hosting member's process is gone: its guard closes every connection and its store's
     server stops with the last reference to it."""
