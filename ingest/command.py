@@ -36,13 +36,15 @@ from crystalline.documents import sql_text as readable  # as drop_folder's, with
 from ..exit_status import CommandParser
 from ..exit_status import main as run_main
 from ..settings_tree import Table, Tree, add_config_flag, table
+from .file_read import NotRegular, read_named
 from .pool import ExtractionPool, WorkResult, extract_in_process, usable_cpus
 from .settings import IngestSettings
 
 
 def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
     """Files named, plus the files under folders named (hidden ones skipped), in order. A
-    missing path raises ValueError if ``strict``, else is kept (its read fails later)."""
+    missing path raises ValueError if ``strict``, else is kept (its read fails later); a named
+    FIFO, device or socket is kept, and refused by its read (:func:`read_named`)."""
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -52,7 +54,7 @@ def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
                 for p in sorted(path.rglob("*"))
                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
-        elif path.is_file() or not strict:
+        elif not strict or os.path.lexists(path):  # not a regular file: its read refuses it
             out.append(path)
         else:
             raise ValueError(f"{path}: no such file or directory")
@@ -73,12 +75,15 @@ def cmd_extract(args: argparse.Namespace) -> int:
     def documents() -> Iterator[Document]:
         for i, path in enumerate(paths):
             try:
-                size = path.stat().st_size
-                body = path.read_bytes() if size <= limits.max_bytes else b""
+                body, st = read_named(path, limits.max_bytes)
+            except NotRegular as e:
+                errors[i] = str(e)
+                continue
             except OSError as e:
                 errors[i] = f"cannot read ({e.strerror})"
                 continue
-            if size > limits.max_bytes:
+            if st.st_size > limits.max_bytes or len(body) > limits.max_bytes:
+                size = max(st.st_size, len(body))
                 errors[i] = f"too large ({size} bytes > {limits.max_bytes})"
                 continue
             read.append(i)
@@ -160,14 +165,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for path in paths:
             name = str(path.resolve())  # file-system bytes as os.fsdecode gives them: any name works
             try:
-                st = path.stat()
-                body = path.read_bytes() if st.st_size <= limit else b""
-            except OSError as e:
-                print(f"{readable(str(path))}: cannot read ({e.strerror})", file=sys.stderr)
+                body, st = read_named(path, limit)
+            except (NotRegular, OSError) as e:
+                why = str(e) if isinstance(e, NotRegular) else f"cannot read ({e.strerror})"
+                print(f"{readable(str(path))}: {why}", file=sys.stderr)
                 counts["failed"] += 1
                 continue
-            if st.st_size > limit:  # not read: keyed by its identity on disk, as the drop folder does
-                reason = f"too large ({st.st_size} bytes > {limit})"
+            if st.st_size > limit or len(body) > limit:  # keyed by its identity on disk, as the drop folder
+                reason = f"too large ({max(st.st_size, len(body))} bytes > {limit})"
                 entry = refusal_key("file-refused", file_key_of(st), name)
                 if ingestor.record_refusal(entry, readable(name), "cli", reason):
                     print(f"{readable(str(path))}: {reason}", file=sys.stderr)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from crystalline.documents import sql_text as readable  # one escaping for logs, reasons and the registry
 
+from .file_read import KINDS, read_at_most
 from .inotify import GONE, IN_CLOSE_WRITE, IN_CREATE, IN_ISDIR, IN_MOVED_TO, IN_Q_OVERFLOW, DirectoryWatch
 
 log = logging.getLogger("crystalline.ingest.drop_folder")
@@ -60,14 +61,6 @@ FOLDER_ERRORS = frozenset(
 _SHORTAGE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 UNMOVABLE_RETRY_S = 10.0  # first retry of a file that could not be claimed; doubles each time
 UNMOVABLE_MAX_RETRY_S = 600.0
-_KINDS = {
-    stat.S_IFLNK: "symbolic link",
-    stat.S_IFIFO: "FIFO",
-    stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "character device",
-    stat.S_IFBLK: "block device",
-    stat.S_IFDIR: "directory",
-}
 
 
 def _short_name(name: str) -> str:
@@ -130,22 +123,10 @@ class Claimed:
         """The file's bytes from its descriptor, at most ``limit + 1`` (more means too large);
         the descriptor is closed then, as nothing reads it again (a batch claims up to
         ``batch_documents`` files and would otherwise hold a descriptor for each)."""
-        chunks: list[bytes] = []
-        offset = 0
         try:
-            while offset <= limit:
-                # pread allocates what it is asked for: ask for the size fstat gave plus one
-                # (a writer who opened the file before it was claimed may still append), not
-                # for limit + 1 (64 MB for a 1 kB file, a MemoryError under a tight RLIMIT_AS)
-                want = max(self.st.st_size + 1 - offset, 1 << 20)
-                chunk = os.pread(self.fd, min(want, limit + 1 - offset), offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
+            return read_at_most(self.fd, self.st.st_size, limit)
         finally:
             self.close()
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -556,7 +537,7 @@ class DropFolder:
             st = os.stat(name, dir_fd=claims_fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        kind = KINDS.get(stat.S_IFMT(st.st_mode))
         if kind == "symbolic link":
             return Claimed(name, -1, st, "symbolic link: not followed")
         if kind is not None:

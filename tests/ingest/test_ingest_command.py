@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ from pathlib import Path
 import _ingest_samples as samples
 import pytest
 from _extract_run import run_extract
+
+from crystalline.ingest.file_read import read_at_most
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -63,6 +67,81 @@ def test_ingest_reports_each_new_oversized_file_at_one_path_as_too_large(
         assert f"too large ({size} bytes" in proc.stderr
     again = run(["ingest", str(big), "--data-dir", str(data)], cli_env)  # the same file: recorded
     assert "failed=0" in again.stdout and "skipped=1" in again.stdout, again.stdout
+
+
+def _capped(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``run``, with the child's address space held to 3 GB: a file read without a bound (such
+    as /dev/zero) fails it with a MemoryError instead of filling this machine's memory."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    cmd = [sys.executable, "-m", "crystalline.ingest.command", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, timeout=120, check=False, preexec_fn=cap
+    )
+
+
+def _hostile_files(tmp_path: Path) -> list[str]:
+    """A good page, a FIFO (no writer), /dev/zero, a link to the FIFO, a file over 5000 bytes
+    (the --max-bytes the tests pass), and a good text file, in that order."""
+    (tmp_path / "a.html").write_text(samples.article_page(), encoding="utf-8")
+    os.mkfifo(tmp_path / "f.fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "f.fifo")
+    (tmp_path / "big.txt").write_bytes(b"x" * 5001)
+    (tmp_path / "b.txt").write_text("plain text", encoding="utf-8")
+    names = ("a.html", "f.fifo", "/dev/zero", "link", "big.txt", "b.txt")
+    return [name if name.startswith("/") else str(tmp_path / name) for name in names]
+
+
+@pytest.mark.timeout(300)
+def test_extract_refuses_a_fifo_a_device_and_a_too_large_file_in_place_and_does_the_rest(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    files = _hostile_files(tmp_path)
+    for processes in ("1", "2"):  # in process, and through the pool
+        args = ["extract", "--json", "--max-bytes", "5000", "--processes", processes, *files]
+        proc = _capped(args, cli_env)
+        assert proc.returncode == 1, proc.stderr
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [x["path"] for x in lines] == files
+        assert [x["error"] for x in lines] == [
+            None,
+            "not a regular file (FIFO)",
+            "not a regular file (character device)",
+            "not a regular file (FIFO)",
+            "too large (5001 bytes > 5000)",
+            None,
+        ]
+        assert samples.PARAGRAPHS[0] in lines[0]["text"] and lines[5]["text"] == "plain text"
+
+
+@pytest.mark.timeout(300)
+def test_ingest_refuses_a_fifo_a_device_and_a_too_large_file_each_in_one_line_and_ingests_the_rest(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    files = _hostile_files(tmp_path)
+    proc = _capped(["ingest", *files, "--max-bytes", "5000", "--data-dir", str(tmp_path / "data")], cli_env)
+    assert proc.returncode == 0, proc.stderr  # ingest's failures are in its counts
+    # b.txt is too short: filtered
+    assert "documents=1 " in proc.stdout and "failed=4 filtered=1 " in proc.stdout, proc.stdout
+    assert [line for line in proc.stderr.splitlines() if "filtered" not in line] == [
+        f"{files[1]}: not a regular file (FIFO)",
+        "/dev/zero: not a regular file (character device)",
+        f"{files[3]}: not a regular file (FIFO)",
+        f"{files[4]}: too large (5001 bytes > 5000)",
+    ]
+
+
+def test_a_file_that_grew_after_its_size_was_taken_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "growing.txt"
+    path.write_bytes(b"y" * 5000)
+    fd = os.open(path, os.O_RDONLY)
+    try:  # its size taken at 10 bytes, before it grew
+        assert read_at_most(fd, 10, 1000) == b"y" * 1001  # limit + 1: too large
+        assert read_at_most(fd, 10, 9000) == b"y" * 5000
+    finally:
+        os.close(fd)
 
 
 def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -> None:
