@@ -275,7 +275,7 @@ class ExtractionPool:
         self._workers.clear()
 
     def _ensure_workers(self) -> None:
-        self._workers = [w for w in self._workers if w.process.is_alive() or w.task is not None]
+        self._workers = [w for w in self._workers if w.process.is_alive()]
         while len(self._workers) < self.config.processes:
             self._workers.append(_Worker(self._ctx, self._config_json))
 
@@ -301,7 +301,26 @@ class ExtractionPool:
         come. In input order, at most twice as many results as workers are held back for the
         documents before them: no document is handed out further ahead of the oldest one not yet
         yielded (the workers wait instead). Without ``fingerprint`` the content hash, SimHash and
-        MinHash are left empty (``crystalline extract`` shows none)."""
+        MinHash are left empty (``crystalline extract`` shows none). A map that ends early (its
+        consumer closes it, or ``docs`` or a worker's start raises) kills the workers still at
+        one of its documents (the next map starts new ones): their replies would otherwise reach
+        the next map, taken there for the results of its own documents at the same indexes."""
+        try:
+            yield from self._map(docs, want_text, apply_filters, fingerprint, in_order)
+        finally:
+            for w in [w for w in self._workers if w.task is not None]:
+                w.kill()
+                self._workers.remove(w)
+
+    def _map(
+        self,
+        docs: Iterable[Document],
+        want_text: bool,
+        apply_filters: bool,
+        fingerprint: bool,
+        in_order: bool,
+    ) -> Iterator[tuple[int, WorkResult]]:
+        """:meth:`map`'s work, but for the workers left at a task when it ends early."""
         pending = enumerate(docs)
         taken_back: deque[tuple[int, Document]] = deque()  # from a worker whose pipe broke
         exhausted = False
@@ -426,10 +445,13 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-#: The kinds :func:`extract_in_process` works in its own process: their extractors are lxml and
-#: Python, which the alarm stops. A PDF (pdfium) or an image (PIL, then tesseract) is decoded by
-#: native code: a crash there would end the whole process and every other file's result with
-#: it, and a loop inside it never returns to Python for the alarm to stop it.
+#: The kinds :func:`extract_in_process` works in its own process. A PDF (pdfium) or an image
+#: (PIL, then tesseract) is decoded by native code that runs long: a crash there would end the
+#: whole process and every other file's result with it, and a loop inside it never returns to
+#: Python for the alarm to stop it, so those go to a worker. This narrows the native code run in
+#: process, it does not remove it: HTML and text go through libxml2 (lxml) and
+#: charset_normalizer's compiled modules, where the alarm acts only once they return to Python,
+#: and a crash there ends the process all the same.
 IN_PROCESS_KINDS = ("html", "text")
 
 
@@ -446,7 +468,8 @@ def extract_in_process(
     asked for, or one CPU: their start-up, a second import of everything and a round trip per
     document). HTML and text (:data:`IN_PROCESS_KINDS`) are worked out in this process, with the
     same work and reply frames as a worker's, so the same results: the time limit holds in the
-    main thread (an alarm; a document that overruns gets the pool's timeout error), the memory
+    main thread (an alarm, acted on once native code returns to Python; a document that overruns
+    gets the pool's timeout error), the memory
     limit is ``memory_limit_mb`` of address space beyond what this process holds when it starts
     (a document that needs more gets the pool's "out of memory" error). Every other kind goes
     to one pool worker, started when the first such document comes (none for HTML and text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import time
 from collections.abc import Iterator
@@ -138,3 +139,52 @@ def test_map_in_input_order_runs_at_most_twice_the_workers_ahead_of_the_oldest()
         assert taken_then <= index + 4, (index, taken_then)  # twice the two workers
         assert not result.error and result.source == docs[index].source
     assert out[0][2].kind == "image" and "brown fox jumps" in out[0][2].text
+
+
+def _slow_image() -> Document:
+    """A document whose OCR takes well over what a short text takes."""
+    return Document("/d/slow.png", samples.image_bytes(samples.render_text(samples.OCR_LINES * 4), "PNG"), "")
+
+
+def _texts(*names: str) -> list[Document]:
+    return [Document(f"/d/{name}.txt", samples.prose(i, 100).encode(), "") for i, name in enumerate(names)]
+
+
+@pytest.mark.timeout(120)
+def test_a_map_closed_with_a_document_in_flight_leaves_the_next_map_only_its_own_results() -> None:
+    with ExtractionPool(PoolConfig(processes=2, min_words=5)) as pool:
+        assert len(list(pool.map(_texts("w1", "w2")))) == 2  # both workers up and ready
+        abandoned = pool.map([_slow_image(), *_texts("quick")], want_text=True)
+        index, first = next(abandoned)
+        assert (index, first.source) == (1, "/d/quick.txt")  # the image is still being read
+        abandoned.close()
+        docs = _texts("a", "b")
+        out = list(pool.map(docs, want_text=True))
+    assert sorted((i, r.source) for i, r in out) == [(0, "/d/a.txt"), (1, "/d/b.txt")]
+    assert all(not r.error and r.text.split()[0] == docs[i].body.decode().split()[0] for i, r in out)
+
+
+@pytest.mark.timeout(120)
+def test_a_map_whose_documents_raise_mid_stream_leaves_the_pool_clean() -> None:
+    def failing() -> Iterator[Document]:
+        yield _slow_image()
+        raise OSError("read failed")
+
+    with ExtractionPool(PoolConfig(processes=2, min_words=5)) as pool:
+        assert len(list(pool.map(_texts("w1", "w2")))) == 2  # both ready: the image goes out first
+        with pytest.raises(OSError, match="read failed"):
+            list(pool.map(failing()))
+        out = list(pool.map(_texts("a"), want_text=True))
+    assert [(i, r.source, r.error) for i, r in out] == [(0, "/d/a.txt", "")]
+
+
+@pytest.mark.timeout(120)
+def test_in_process_extraction_closed_after_an_image_leaves_no_worker_behind() -> None:
+    # the image goes to the one worker extract_in_process starts; the map that ran it is over
+    # before its result is yielded, and closing the whole run stops that worker
+    run = extract_in_process(PoolConfig(processes=1, min_words=5), [_slow_image(), *_texts("a")])
+    index, result = next(run)
+    assert (index, result.kind) == (0, "image") and not result.error
+    assert len(multiprocessing.active_children()) == 1
+    run.close()
+    assert multiprocessing.active_children() == []
