@@ -63,8 +63,8 @@ def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Print the extracted text of each file, in the order given; exit 1 if any failed. A file is
-    read when its turn comes (at most one body per worker is held, however many files), and its
-    line printed as soon as the files before it are done."""
+    read when its turn comes (at most one body per worker is held, plus the one ``documents``
+    yielded last, however many files), and its line printed as soon as the files before it are done."""
     paths = _files(args.files, strict=False)
     settings = _settings(args)
     limits = settings.limits

@@ -298,7 +298,8 @@ class ExtractionPool:
         ``in_order`` in input order. Each document yields exactly one result, whatever happens to
         its worker. A document is taken from ``docs`` when a worker is free to take it, and its
         body let go once sent, so at most one body per worker is held however many documents
-        come. In input order, at most twice as many results as workers are held back for the
+        come (plus, in the caller's generator, the one it yielded last, until it is advanced).
+        In input order, at most twice as many results as workers are held back for the
         documents before them: no document is handed out further ahead of the oldest one not yet
         yielded (the workers wait instead). Without ``fingerprint`` the content hash, SimHash and
         MinHash are left empty (``crystalline extract`` shows none). A map that ends early (its
