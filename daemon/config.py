@@ -30,9 +30,9 @@ from .command_limit import BURST_S
 from .health import CONTROL_SILENT_S
 
 DAY_S = 86400.0
-# the stop's budget: the crawl's wait, ingest's 15 s and the vocabulary's 15 s run one after the
-# other (control's final checkpoint beside them), inside the unit's TimeoutStopSec=60
-# (supervisor.py, Supervisor.run; README, "Stopping")
+# the stop's budget: the crawl's wait, ingest's 15 s and the vocabulary's (what is left) run one
+# after the other by stop_budget.STOP_S = 35 s (control's final checkpoint beside them), inside
+# the unit's TimeoutStopSec=60 (supervisor.py, Supervisor._stop; README, "Stopping")
 CRAWL_STOP_MAX_S = 20.0
 # the daemon's durations in seconds: more than 0, at most this (finite: inf and nan are refused)
 SECONDS_MAX = {
@@ -79,7 +79,7 @@ class DaemonConfig:
         default=15.0,
         metadata={
             "help": "at stop, how long the crawl gets to end its fetches and close (at most 20: "
-            "then ingest and the vocabulary get 15 s each, inside the unit's TimeoutStopSec=60; "
+            "then ingest gets 15 s and the vocabulary what is left of the stop's 35 s; "
             "control's final checkpoint runs beside them); a crawl still running then is left "
             "to end with the process (an error in status)"
         },

@@ -24,10 +24,15 @@ from .component_runner import ComponentFailed
 from .config import Settings
 from .ring_service import ring_endpoint
 from .status_server import CommandError
+from .stop_budget import StopBudget
 
 log = logging.getLogger("crystalline.supervisor")
 
 SPAWN_TIMEOUT_S = 30.0  # starting the interpreter; a stop waits this long for a start in progress
+# control's time to checkpoint and exit after STOP, then after SIGTERM (then SIGKILL); taken from
+# the stop's budget (daemon/stop_budget.py)
+STOP_GRACE_S = 30.0
+TERM_S = 5.0
 
 
 class SupervisorChannel:
@@ -226,24 +231,34 @@ class ControlLink:
             return None
         return time.monotonic() - max(self.channel.status_at, self.started_at)
 
-    async def stop(self, grace_s: float) -> None:
-        """Ask control to checkpoint and exit; SIGTERM, then SIGKILL when it does not. No
-        control process starts after this (a start in progress finishes first)."""
-        async with asyncio.timeout(SPAWN_TIMEOUT_S):
-            async with self._spawn_lock:
-                self.stopping = True
+    async def stop(self, budget: StopBudget, grace_s: float = STOP_GRACE_S) -> None:
+        """Ask control to checkpoint and exit within ``grace_s``; SIGTERM, then SIGKILL when it
+        does not: every wait taken from ``budget`` (a second signal cuts them short), keeping
+        ``TERM_S`` for SIGTERM's. No control process starts after this (a start in progress
+        finishes first, waited for at most SPAWN_TIMEOUT_S)."""
+        try:
+            async with asyncio.timeout(budget.left(SPAWN_TIMEOUT_S, reserve_s=TERM_S)):
+                async with self._spawn_lock:
+                    self.stopping = True
+        except TimeoutError:
+            self.stopping = True
+            log.warning("a control start in progress did not end in time: stopping without it")
         proc = self.proc
         if proc is not None and proc.returncode is None:
+            started = time.monotonic()
+            log.info("asking control (pid %d) for its final checkpoint", proc.pid)
             with contextlib.suppress(CommandError):
-                await self.request("stop", timeout_s=min(5.0, grace_s))
-            try:
-                await asyncio.wait_for(proc.wait(), grace_s)
-            except TimeoutError:
-                log.warning("control did not stop within %.0f s: SIGTERM", grace_s)
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 5.0)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+                await self.request("stop", timeout_s=min(5.0, budget.left(grace_s, reserve_s=TERM_S)))
+            if not await budget.wait(proc.wait(), budget.left(grace_s, reserve_s=TERM_S)):
+                cut = " (cut short by a second signal)" if budget.hurried.is_set() else ""
+                log.warning("control did not stop within %.1f s%s: SIGTERM", time.monotonic() - started, cut)
+                with contextlib.suppress(ProcessLookupError):  # it exited just now
+                    proc.terminate()
+                if not await budget.wait(proc.wait(), budget.left(TERM_S)):
+                    log.warning("control did not stop after SIGTERM: SIGKILL")
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()  # SIGKILL cannot be refused
+            log.info("control exited (status %s) %.1f s after the stop began", proc.returncode,
+                     time.monotonic() - started)  # fmt: skip
         await self.channel.close()

@@ -50,6 +50,7 @@ THREAD_START_S = 5.0  # the crawl thread's loop runs within this (a thread start
 # add-url waits this long for the crawl thread (less than a status client's 10 s): a frontier
 # call in hand may wait out a database deadline
 ADD_URL_TIMEOUT_S = 8.0
+JOIN_SLICE_S = 0.25  # stop() joins the crawl thread this long at a time
 
 
 class CrawlOff(ValueError):
@@ -245,7 +246,11 @@ class CrawlService:
         and exits (a daemon thread ends with the process; its hosts' leases run out)."""
         self._in_crawl_loop(self._stop_in_loop)
         if self.thread is not None:
-            await asyncio.to_thread(self.thread.join, timeout_s)
+            # joined in slices: a stop cut short (cancelled) leaves no join running in the loop's
+            # executor, which the supervisor's exit would wait for
+            deadline = time.monotonic() + timeout_s
+            while self.thread.is_alive() and (left := deadline - time.monotonic()) > 0:
+                await asyncio.to_thread(self.thread.join, min(JOIN_SLICE_S, left))
             if self.thread.is_alive():
                 self.stop_error = f"did not stop within {timeout_s:g} s: left to end with the process"
                 log.warning("the crawl %s (its hosts' leases run out)", self.stop_error)

@@ -5,9 +5,11 @@ control process, which starts the workers; the crawler runs in a thread with a l
 
 Signal handlers only record the signal; the loop asks control to stop with a final checkpoint
 and, beside it, stops the crawler, then ingest, then the vocabulary; it unlinks what it created
-and exits 0. A second signal makes every wait short. Crawl, ingest and the control process
-each run under a ``ComponentRunner``: a crash is reported in status and in the log and retried
-with backoff, never looped on silently.
+and exits 0. Every wait of the stop takes from one budget (``stop_budget.py``) inside the
+unit's TimeoutStopSec=60; a second signal ends the wait in progress at once and leaves every
+later wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop goes
+on. Crawl, ingest and the control process each run under a ``ComponentRunner``: a crash is
+reported in status and in the log and retried with backoff, never looped on silently.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import shutil
 import signal
 import sqlite3
 import time
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,6 +48,7 @@ from .resource_tracker import stop_resource_tracker
 from .ring_service import RingServer, ring_endpoint
 from .state_dir_lock import take_lock
 from .status_server import StatusServer
+from .stop_budget import StopBudget
 from .store_data import byte_store_dir, store_dir
 from .vocab_service import VocabService
 
@@ -51,9 +56,8 @@ log = logging.getLogger("crystalline.supervisor")
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 TICK_S = 1.0
-# control's time to checkpoint and exit after STOP (then SIGTERM, 5 s, SIGKILL): with the other
-# stops beside it, inside the unit's TimeoutStopSec=60 (systemd/crystalline.service)
-CONTROL_STOP_GRACE_S = 25.0
+INGEST_STOP_S = 15.0  # at stop, the batch in hand's time to finish (durably)
+VOCAB_STOP_S = 15.0  # at stop, the vocabulary's pass in hand's time to end
 START_RETRY_S = 10.0  # how often an unusable state directory is tried again
 # a database (--database) that does not answer at start is tried again after these waits
 DATABASE_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
@@ -78,7 +82,7 @@ class Supervisor:
         self.notifier = Notifier()
         self.started = time.monotonic()
         self.should_exit = asyncio.Event()
-        self.force_exit = False
+        self.budget = StopBudget()  # the stop's waits (daemon/stop_budget.py)
         self.state = DAEMON.initial
         self.crawl = CrawlService(
             settings.crawl,
@@ -274,10 +278,66 @@ class Supervisor:
             await self.dashboard.close()
         await self.generation.stop()
 
+    # ---- the stop -------------------------------------------------------------------------
+    async def _stop(self, control_task: asyncio.Task[None], server: StatusServer) -> None:
+        """Control is asked for its final checkpoint at once, beside the other stops: it needs
+        only the ring (closed after it), so a crawl that does not stop never costs the checkpoint.
+        The crawl, then ingest, then the vocabulary stop; control's stop is awaited whatever they
+        do. Each wait takes from ``self.budget`` (``stop_budget.py``): the components by STOP_S,
+        then the cleanup (README, "Stopping"); a step that fails is logged in one line and the
+        next steps still run."""
+        s, budget = self.settings, self.budget
+        budget.start()
+        self.state = transition(DAEMON, self.state, "stopping")
+        self.notifier.stopping("stopping: checkpointing")
+        self.control_runner.stop()  # no restart from here on
+        control_stop = asyncio.create_task(self.control.stop(budget), name="control-stop")
+        log.info("stopping: control checkpoints beside the crawl's stop (%g s)", s.daemon.crawl_stop_s)
+        try:
+            # the fetches in hand end, then the crawler closes ([daemon] crawl-stop-s)
+            await self._stop_step("the crawl", self.crawl.stop(budget.left(s.daemon.crawl_stop_s)))
+            await self._stop_step("ingest", self.ingest.stop(budget.left(INGEST_STOP_S)))
+            if self.vocab is not None:
+                await self._stop_step("the vocabulary", self.vocab.stop(budget.left(VOCAB_STOP_S)))
+        finally:
+            # bounded by the budget itself (SIGKILL at STOP_S at the latest); never cancelled
+            await _logged("control's stop", control_stop)
+        # the cleanup: the fixed-bound steps first, then those that take what is left
+        # control has exited (or was killed): its runner ends at once, its failure retrieved
+        with contextlib.suppress(asyncio.CancelledError):  # a runner cancelled: nothing to retrieve
+            await _logged("control's runner", asyncio.wait_for(control_task, budget.left(1.0, cleanup=True)))
+        assert self.ring is not None
+        await _logged("unlinking the batch ring", asyncio.to_thread(self.ring.close))
+        await _logged("closing ingest", asyncio.to_thread(self.ingest.close))
+        await _logged("closing the dashboard", self._close_dashboard())
+        tracker_s = budget.left(5.0, cleanup=True)
+        await _logged("stopping the resource tracker", asyncio.to_thread(stop_resource_tracker, tracker_s))
+        await _logged("saving the dashboard's history", asyncio.to_thread(self.history.maybe_save, True))
+        await _logged("closing the status socket", server.close())
+        self.notifier.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    async def _stop_step(self, what: str, stop: Coroutine[Any, Any, None]) -> None:
+        """One component's stop (bounded by the timeout it was given): a failure is logged in one
+        line; a second signal ends the wait for it at once (the stop is cancelled, and says so)."""
+        task = asyncio.ensure_future(stop)
+        try:
+            if await self.budget.wait(task, self.budget.left(math.inf, cleanup=True)):
+                return
+        except Exception as exc:
+            log.error("stop: %s's stop failed: %s", what, describe(exc))
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        why = "cut short by a second signal" if self.budget.hurried.is_set() else "out of the stop's time"
+        log.warning("stop: the wait for %s was %s", what, why)
+
     # ---- the loop -------------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
         if self.should_exit.is_set():
-            self.force_exit = True
+            self.budget.hurry()
             log.warning("second signal %d: exiting faster", signum)
         else:
             log.info("signal %d: stopping", signum)
@@ -372,13 +432,15 @@ class Supervisor:
             if started:
                 await asyncio.to_thread(self.history.load)
         except BaseException:
-            await self.control.stop(0.0)
+            self.budget.start()
+            await self.control.stop(self.budget)
             await self._close_dashboard()
             await server.close()
             raise
         if not started:
             self.state = transition(DAEMON, self.state, "stopping")
-            await self.control.stop(0.0)
+            self.budget.start()
+            await self.control.stop(self.budget)
             await self._close_dashboard()
             await server.close()
             self.notifier.close()
@@ -427,35 +489,18 @@ class Supervisor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.should_exit.wait(), TICK_S)
         finally:
-            self.state = transition(DAEMON, self.state, "stopping")
-            self.notifier.stopping("stopping: checkpointing")
-            self.control_runner.stop()  # no restart from here on
-            grace = 3.0 if self.force_exit else CONTROL_STOP_GRACE_S
-            # control's final checkpoint first, beside the other stops: it needs only the ring
-            # (closed after it), so a crawl that does not stop can never cost the checkpoint.
-            # Worst case: max(control's 5 + 25 + 5 s, crawl-stop-s (<= 20) + 15 + 15 s), then
-            # 5 s: inside the unit's TimeoutStopSec=60 (README, "Stopping")
-            control_stop = asyncio.create_task(self.control.stop(grace), name="control-stop")
-            # the fetches in hand end, then the crawler closes ([daemon] crawl-stop-s)
-            await self.crawl.stop(s.daemon.crawl_stop_s)
-            await self.ingest.stop(15.0)  # the batch in hand finishes (durably)
-            if self.vocab is not None:
-                await self.vocab.stop(15.0)
-            await control_stop
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(control_task, 5.0)
-            await asyncio.to_thread(self.ring.close)  # unlinks the ring segment
-            await asyncio.to_thread(self.ingest.close)
-            await asyncio.to_thread(stop_resource_tracker)
-            await self._close_dashboard()
-            await asyncio.to_thread(self.history.maybe_save, True)
-            await server.close()
-            self.notifier.close()
-            if self._lock is not None:
-                self._lock.close()
+            await self._stop(control_task, server)
         self.state = transition(DAEMON, self.state, "stopped")
         log.info("stopped")
         return 0
+
+
+async def _logged(what: str, step: Awaitable[Any]) -> None:
+    """A step of the stop's cleanup: a failure is logged in one line, and the stop goes on."""
+    try:
+        await step
+    except Exception as exc:
+        log.error("stop: %s failed: %s", what, describe(exc))
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -21,15 +21,20 @@ SMALL_MODEL = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--
 
 
 def start_small_daemon(
-    root: Path, extra: list[str], crawl: bool = False, stderr: Any = None
+    root: Path,
+    extra: list[str],
+    crawl: bool = False,
+    stderr: Any = None,
+    program: tuple[str, ...] = ("-m", "crystalline.daemon.cli"),
 ) -> tuple[subprocess.Popen[bytes], NotifyListener]:
     """`crystalline run` on ``root/state`` and ``root/run`` with the small model, 2 workers, batch
     4, no crawl (unless ``crawl``), no samples and no dashboard, plus ``extra``; its notify
-    socket's listener. ``stderr``: where its log goes (Popen's; the test's own by default)."""
+    socket's listener. ``stderr``: where its log goes (Popen's; the test's own by default);
+    ``program``: what the interpreter runs (a script that injects a fault, then runs the CLI)."""
     notify = NotifyListener(root / "notify")
     env = dict(os.environ, NOTIFY_SOCKET=str(notify.path), OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env.pop("WATCHDOG_USEC", None)
-    cmd = [sys.executable, "-m", "crystalline.daemon.cli", "run", "--state-dir", str(root / "state")]
+    cmd = [sys.executable, *program, "run", "--state-dir", str(root / "state")]
     cmd += [
         "--runtime-dir",
         str(root / "run"),

@@ -1,0 +1,55 @@
+"""The stop's budget (daemon/stop_budget.py): what each wait may take, and a second signal that
+ends the wait in progress and shortens every later one."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from crystalline.daemon.stop_budget import HURRIED_S, StopBudget
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_left_takes_from_the_stop_deadline_keeping_a_reserve_and_the_cleanup_from_the_end() -> None:
+    budget = StopBudget(stop_s=10.0, end_s=20.0)
+    assert 9.0 < budget.left(100.0) <= 10.0
+    assert budget.left(3.0) == 3.0
+    assert 4.0 < budget.left(100.0, reserve_s=5.0) <= 5.0
+    assert budget.left(100.0, reserve_s=11.0) == 0.0  # spent: never negative
+    assert 19.0 < budget.left(100.0, cleanup=True) <= 20.0
+
+
+def test_a_second_signal_ends_the_wait_in_progress_and_shortens_the_later_ones() -> None:
+    async def scenario() -> None:
+        budget = StopBudget(stop_s=100.0, end_s=200.0)
+        never = asyncio.get_running_loop().create_future()
+        waiting = asyncio.create_task(budget.wait(never, 100.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        budget.hurry()
+        assert await asyncio.wait_for(waiting, 5.0) is False  # ended by the signal, not the 100 s
+        assert not never.done()  # the awaited future is never cancelled by the wait
+        assert 0.0 < budget.left(100.0) <= HURRIED_S
+        assert 0.0 < budget.left(100.0, cleanup=True) <= HURRIED_S
+        # a wait begun after the signal gets its (short) timeout: here it ends with its future
+        later = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.05, later.set_result, None)
+        assert await budget.wait(later, budget.left(100.0)) is True
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_ends_at_its_timeout_and_reraises_what_it_waited_for() -> None:
+    async def scenario() -> None:
+        budget = StopBudget()
+        assert await budget.wait(asyncio.get_running_loop().create_future(), 0.05) is False
+
+        async def fails() -> None:
+            raise RuntimeError("it failed")
+
+        with pytest.raises(RuntimeError, match="it failed"):
+            await budget.wait(fails(), 5.0)
+
+    asyncio.run(scenario())
