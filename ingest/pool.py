@@ -45,6 +45,10 @@ _LEN = struct.Struct("<I")
 _READY = b"ready"
 #: Seconds a new worker may take to import its libraries and say it is ready.
 STARTUP_DEADLINE_S = 60.0
+#: Seconds all workers together get to end once their pipes are closed, and then to be reaped
+#: once the stragglers were killed (the daemon's stop budget counts on both: daemon/stop_budget.py).
+CLOSE_GRACE_S = 2.0
+KILLED_GRACE_S = 5.0
 
 
 @dataclass
@@ -264,14 +268,17 @@ class ExtractionPool:
         self.close()
 
     def close(self) -> None:
-        """Stop every worker (closing its pipe ends its loop; a straggler is killed)."""
+        """Stop every worker (closing its pipe ends its loop; the stragglers are killed): 2 s for
+        all of them to end, then 5 s for all the killed ones, whatever their number."""
         for w in self._workers:
             w.conn.close()
-        for w in self._workers:
-            w.process.join(timeout=2.0)
-            if w.process.is_alive():
-                w.process.kill()
-                w.process.join(timeout=5.0)
+        for grace_s, kill in ((CLOSE_GRACE_S, True), (KILLED_GRACE_S, False)):
+            deadline = time.monotonic() + grace_s
+            for w in self._workers:
+                w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            for w in self._workers:
+                if kill and w.process.is_alive():
+                    w.process.kill()
         self._workers.clear()
 
     def _ensure_workers(self) -> None:

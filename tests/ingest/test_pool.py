@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -187,4 +188,19 @@ def test_in_process_extraction_closed_after_an_image_leaves_no_worker_behind() -
     assert (index, result.kind) == (0, "image") and not result.error
     assert len(multiprocessing.active_children()) == 1
     run.close()
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.timeout(60)
+def test_close_kills_every_worker_that_does_not_end_when_its_pipe_closes() -> None:
+    # stopped workers cannot read their pipe's end: close gives them all one grace together,
+    # kills every straggler, and reaps them
+    pool = ExtractionPool(PoolConfig(processes=3, min_words=5))
+    assert len(list(pool.map(_texts("a", "b", "c")))) == 3  # all three up and ready
+    workers = [w.process for w in pool._workers]
+    for process in workers:
+        assert process.pid is not None
+        os.kill(process.pid, signal.SIGSTOP)
+    pool.close()
+    assert [p.exitcode for p in workers] == [-signal.SIGKILL] * 3
     assert multiprocessing.active_children() == []
