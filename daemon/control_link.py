@@ -233,22 +233,24 @@ class ControlLink:
 
     async def stop(self, budget: StopBudget, grace_s: float = STOP_GRACE_S) -> None:
         """Ask control to checkpoint and exit within ``grace_s``; SIGTERM, then SIGKILL when it
-        does not: every wait taken from ``budget`` (a second signal cuts them short), keeping
-        ``TERM_S`` for SIGTERM's. No control process starts after this (a start in progress
-        finishes first, waited for at most SPAWN_TIMEOUT_S)."""
-        try:
-            async with asyncio.timeout(budget.left(SPAWN_TIMEOUT_S, reserve_s=TERM_S)):
-                async with self._spawn_lock:
-                    self.stopping = True
-        except TimeoutError:
-            self.stopping = True
-            log.warning("a control start in progress did not end in time: stopping without it")
+        does not: every wait taken from ``budget`` and raced against a second signal (which ends
+        the wait in progress at once), keeping ``TERM_S`` for SIGTERM's. No control process
+        starts after this (a start in progress finishes first, waited for at most
+        SPAWN_TIMEOUT_S)."""
+        if not await self._end_starts(budget):
+            cut = "was cut short by a second signal" if budget.hurried.is_set() else "did not end in time"
+            log.warning("a control start in progress %s: stopping without it", cut)
         proc = self.proc
         if proc is not None and proc.returncode is None:
             started = time.monotonic()
             log.info("asking control (pid %d) for its final checkpoint", proc.pid)
-            with contextlib.suppress(CommandError):
-                await self.request("stop", timeout_s=min(5.0, budget.left(grace_s, reserve_s=TERM_S)))
+            ask_s = min(5.0, budget.left(grace_s, reserve_s=TERM_S))
+            ask = asyncio.ensure_future(self.request("stop", timeout_s=ask_s))
+            try:
+                with contextlib.suppress(CommandError):
+                    await budget.wait(ask, ask_s + 1.0)  # the request's own timeout ends it first
+            finally:
+                ask.cancel()  # cut short by a second signal (a no-op once it ended)
             if not await budget.wait(proc.wait(), budget.left(grace_s, reserve_s=TERM_S)):
                 cut = " (cut short by a second signal)" if budget.hurried.is_set() else ""
                 log.warning("control did not stop within %.1f s%s: SIGTERM", time.monotonic() - started, cut)
@@ -262,3 +264,15 @@ class ControlLink:
             log.info("control exited (status %s) %.1f s after the stop began", proc.returncode,
                      time.monotonic() - started)  # fmt: skip
         await self.channel.close()
+
+    async def _end_starts(self, budget: StopBudget) -> bool:
+        """No control process starts from now on: True once a start in progress has ended (the
+        spawn lock taken), False when the budget ran out or a second signal came first."""
+        acquire = asyncio.ensure_future(self._spawn_lock.acquire())
+        try:
+            return await budget.wait(acquire, budget.left(SPAWN_TIMEOUT_S, reserve_s=TERM_S))
+        finally:
+            self.stopping = True
+            acquire.cancel()  # a lock acquire cancelled before it returned holds nothing
+            if acquire.done() and not acquire.cancelled():
+                self._spawn_lock.release()

@@ -1,11 +1,13 @@
-"""The daemon's stop budget: one deadline that every wait of the stop takes from, inside the
-unit's ``TimeoutStopSec=60``, and a second signal that cuts the waits short.
+"""The daemon's stop budget: one deadline that the stop's waits take from, inside the unit's
+``TimeoutStopSec=60``, and a second signal that cuts them short.
 
 The components' stops (control's final checkpoint and exit, the crawl, ingest, the vocabulary)
-end by ``STOP_S`` after the first signal; the cleanup after them (the ring, the resource tracker)
-takes what is left until ``END_S``. A second signal moves the deadline to ``HURRIED_S`` from then,
-and a wait in progress then ends at once (:meth:`StopBudget.wait` races it against the signal),
-so that every wait after it gets at most that."""
+end by ``STOP_S`` after the first signal; the cleanup's budgeted waits after them (control's
+runner, the resource tracker) take what is left until ``END_S``. The cleanup's fixed waits (the
+ring's thread, ingest's pool, the generation process: their own bounds) are not taken from it;
+the supervisor's docstring and README "Stopping" count them. A second signal moves the deadline
+to ``HURRIED_S`` from then, and a wait in progress then ends at once (:meth:`StopBudget.wait`
+races it against the signal), so that every budgeted wait after it gets at most that."""
 
 from __future__ import annotations
 

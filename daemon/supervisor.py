@@ -5,10 +5,13 @@ control process, which starts the workers; the crawler runs in a thread with a l
 
 Signal handlers only record the signal; the loop asks control to stop with a final checkpoint
 and, beside it, stops the crawler, then ingest, then the vocabulary; it unlinks what it created
-and exits 0. Every wait of the stop takes from one budget (``stop_budget.py``) inside the
-unit's TimeoutStopSec=60; a second signal ends the wait in progress at once and leaves every
-later wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop goes
-on. Crawl, ingest and the control process each run under a ``ComponentRunner``: a crash is
+and exits 0. The components' stops (by STOP_S), control's runner and the resource tracker take
+their waits from one budget (``stop_budget.py``) inside the unit's TimeoutStopSec=60; the
+cleanup's fixed waits (the ring's thread 10 s, ingest's pool 2 + 5 s, the generation process
+3 s) are not taken from it (56 s at worst, README "Stopping"). A second signal (the first after
+the ``stop`` command is not one) ends the budget's wait in progress at once and leaves every
+later budgeted wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop
+goes on. Crawl, ingest and the control process each run under a ``ComponentRunner``: a crash is
 reported in status and in the log and retried with backoff, never looped on silently.
 """
 
@@ -83,6 +86,7 @@ class Supervisor:
         self.started = time.monotonic()
         self.should_exit = asyncio.Event()
         self.budget = StopBudget()  # the stop's waits (daemon/stop_budget.py)
+        self._signalled = False  # a signal came: a second one hurries the stop (not the stop command)
         self.state = DAEMON.initial
         self.crawl = CrawlService(
             settings.crawl,
@@ -283,9 +287,9 @@ class Supervisor:
         """Control is asked for its final checkpoint at once, beside the other stops: it needs
         only the ring (closed after it), so a crawl that does not stop never costs the checkpoint.
         The crawl, then ingest, then the vocabulary stop; control's stop is awaited whatever they
-        do. Each wait takes from ``self.budget`` (``stop_budget.py``): the components by STOP_S,
-        then the cleanup (README, "Stopping"); a step that fails is logged in one line and the
-        next steps still run."""
+        do. Their waits take from ``self.budget`` (``stop_budget.py``), ending by STOP_S; the
+        cleanup's waits then take what is left of it, except its fixed ones (README,
+        "Stopping"); a step that fails is logged in one line and the next steps still run."""
         s, budget = self.settings, self.budget
         budget.start()
         self.state = transition(DAEMON, self.state, "stopping")
@@ -302,7 +306,9 @@ class Supervisor:
         finally:
             # bounded by the budget itself (SIGKILL at STOP_S at the latest); never cancelled
             await _logged("control's stop", control_stop)
-        # the cleanup: the fixed-bound steps first, then those that take what is left
+        # the cleanup: control's runner (from the budget), the fixed-bound steps (ring, ingest's
+        # close, the generation process: not from the budget, nor cut by a second signal), then
+        # the tracker, which takes what is left
         # control has exited (or was killed): its runner ends at once, its failure retrieved
         with contextlib.suppress(asyncio.CancelledError):  # a runner cancelled: nothing to retrieve
             await _logged("control's runner", asyncio.wait_for(control_task, budget.left(1.0, cleanup=True)))
@@ -319,11 +325,12 @@ class Supervisor:
             self._lock.close()
 
     async def _stop_step(self, what: str, stop: Coroutine[Any, Any, None]) -> None:
-        """One component's stop (bounded by the timeout it was given): a failure is logged in one
-        line; a second signal ends the wait for it at once (the stop is cancelled, and says so)."""
+        """One component's stop (bounded by the timeout it was given, and by STOP_S): a failure is
+        logged in one line; a second signal, or STOP_S, ends the wait for it at once (the stop is
+        cancelled, and says so), so that the cleanup keeps its share."""
         task = asyncio.ensure_future(stop)
         try:
-            if await self.budget.wait(task, self.budget.left(math.inf, cleanup=True)):
+            if await self.budget.wait(task, self.budget.left(math.inf)):
                 return
         except Exception as exc:
             log.error("stop: %s's stop failed: %s", what, describe(exc))
@@ -336,11 +343,14 @@ class Supervisor:
 
     # ---- the loop -------------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
-        if self.should_exit.is_set():
+        """A signal starts the stop; a second signal (not the ``stop`` command before the first:
+        ``crystalline stop``, then ``systemctl stop``, keeps control's final checkpoint) hurries it."""
+        if self._signalled:
             self.budget.hurry()
             log.warning("second signal %d: exiting faster", signum)
         else:
             log.info("signal %d: stopping", signum)
+        self._signalled = True
         self.should_exit.set()
 
     async def _prepare(self) -> bool:

@@ -1,36 +1,49 @@
-"""The supervisor's stop when one of its steps fails: a real daemon whose ingest stop raises
-(injected by ``_failing_ingest_stop.py``) still has control write its final checkpoint and exit,
-says what failed in one log line, cleans up (status socket, ring, processes) and exits 0."""
+"""The supervisor's stop: a real daemon whose ingest stop raises (injected by
+``_failing_ingest_stop.py``) still has control write its final checkpoint and exit, says what
+failed in one log line, cleans up (status socket, ring and engine segments, processes) and exits
+0; and a SIGTERM after the ``stop`` command is the stop's first signal, not a second one (it
+does not hurry control out of its final checkpoint)."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from _daemon_process import group_survivors, start_small_daemon, wait_daemon
 from conftest import make_corpus
 
+from crystalline.daemon.ring_service import ring_instance
+from crystalline.daemon.status_server import request
+from crystalline.shm.segments import list_segments
 from crystalline.workers.checkpoint import list_checkpoints
+from crystalline.workers.trainer import engine_instance
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 FAILING_INGEST_STOP = str(Path(__file__).with_name("_failing_ingest_stop.py"))
 
 
-def test_a_failing_stop_step_is_logged_and_the_rest_of_the_stop_still_runs(tmp_path: Path) -> None:
+def _stopped_daemon(
+    tmp_path: Path, program: tuple[str, ...], stop: Callable[[subprocess.Popen[bytes], Path], None]
+) -> list[str]:
+    """Start a daemon running ``program`` on a small corpus (no periodic checkpoint, so the one on
+    disk at the end is the final one), let it train, ``stop`` it, and check that it exited 0 with
+    a final checkpoint at or past the step it had reached and cleaned up everything it made
+    (socket, shared-memory segments, processes): its log's lines."""
     log_path = tmp_path / "daemon.log"
     state, run = tmp_path / "state", tmp_path / "run"
     (state / "inbox").mkdir(parents=True)
     (state / "inbox" / "doc.txt").write_text(make_corpus(20_000, seed=1), encoding="utf-8")
-    # no periodic checkpoint: the one on disk at the end is the final one
     args = ["--checkpoint-interval-s", "86400", "--checkpoint-interval", "1000000000"]
     with log_path.open("wb") as log_file:
-        proc, notify = start_small_daemon(tmp_path, args, stderr=log_file, program=(FAILING_INGEST_STOP,))
+        proc, notify = start_small_daemon(tmp_path, args, stderr=log_file, program=program)
     try:
         step = wait_daemon(run, proc, lambda d: d["training"]["step"] > 0, "the daemon training", 180)
         step = step["training"]["step"]
         assert list_checkpoints(state / "checkpoints") == []
-        proc.send_signal(signal.SIGTERM)
+        stop(proc, run)
         assert proc.wait(timeout=120) == 0, log_path.read_text(errors="replace").splitlines()[-30:]
     finally:
         if proc.poll() is None:
@@ -38,12 +51,34 @@ def test_a_failing_stop_step_is_logged_and_the_rest_of_the_stop_still_runs(tmp_p
             proc.wait()
         notify.close()
     lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    failed = [line for line in lines if "stop: ingest's stop failed" in line]
-    said = "RuntimeError: injected: ingest's stop failed"
-    assert len(failed) == 1 and failed[0].endswith(said), lines[-30:]
     assert any("control exited (status 0)" in line for line in lines), lines[-30:]
     final = list_checkpoints(state / "checkpoints")
     assert len(final) == 1 and int(final[0].name.removeprefix("step-")) >= step, final
     assert lines[-1].endswith("crystalline.supervisor: stopped"), lines[-30:]
     assert not (run / "crystalline.sock").exists()  # the socket closed (and removed)
+    # /dev/shm is clean: the supervisor's ring and the engine's segments were unlinked
+    assert list_segments(ring_instance(state / "checkpoints")) == []
+    assert list_segments(engine_instance(state / "checkpoints")) == []
     assert group_survivors(proc.pid) == [], "the daemon left processes behind"
+    return lines
+
+
+def test_a_failing_stop_step_is_logged_and_the_rest_of_the_stop_still_runs(tmp_path: Path) -> None:
+    def sigterm(proc: subprocess.Popen[bytes], _run: Path) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    lines = _stopped_daemon(tmp_path, (FAILING_INGEST_STOP,), sigterm)
+    failed = [line for line in lines if "stop: ingest's stop failed" in line]
+    said = "RuntimeError: injected: ingest's stop failed"
+    assert len(failed) == 1 and failed[0].endswith(said), lines[-30:]
+
+
+def test_a_signal_after_the_stop_command_is_the_first_signal_not_a_second(tmp_path: Path) -> None:
+    def command_then_sigterm(proc: subprocess.Popen[bytes], run: Path) -> None:
+        assert request(run / "crystalline.sock", {"cmd": "stop"}, 30.0)["data"] == {"daemon": "stopping"}
+        proc.send_signal(signal.SIGTERM)  # e.g. systemctl stop during `crystalline stop`'s stop
+
+    lines = _stopped_daemon(tmp_path, ("-m", "crystalline.daemon.cli"), command_then_sigterm)
+    assert any("signal 15: stopping" in line for line in lines), lines[-30:]
+    hurried = [line for line in lines if "second signal" in line]
+    assert hurried == [], hurried

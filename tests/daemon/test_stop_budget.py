@@ -4,10 +4,15 @@ ends the wait in progress and shortens every later one."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 
 import pytest
 
+from crystalline.daemon.config import DaemonConfig, Settings
+from crystalline.daemon.control_link import ControlLink
 from crystalline.daemon.stop_budget import HURRIED_S, StopBudget
+from crystalline.workers.train_config import TrainConfig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,3 +58,31 @@ def test_a_wait_ends_at_its_timeout_and_reraises_what_it_waited_for() -> None:
             await budget.wait(fails(), 5.0)
 
     asyncio.run(scenario())
+
+
+def test_a_second_signal_ends_controls_wait_for_a_start_in_progress_and_no_start_follows(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Control's stop waits for a start in progress (the spawn lock, which a start holds while the
+    interpreter comes up) within the budget; a second signal ends that wait at once, and no
+    control process starts after it."""
+    settings = Settings(DaemonConfig(state_dir=str(tmp_path / "state")), TrainConfig())
+
+    async def scenario() -> None:
+        link = ControlLink(settings, f"ipc://{tmp_path / 'control.sock'}")
+        await link._spawn_lock.acquire()  # a start in progress, held as run_once holds it
+        budget = StopBudget(stop_s=100.0, end_s=200.0)
+        stop = asyncio.create_task(link.stop(budget))
+        await asyncio.sleep(0.05)
+        assert not stop.done()  # waiting for the start
+        budget.hurry()
+        await asyncio.wait_for(stop, 10.0)  # ended by the signal, not by the budget's 95 s
+        link._spawn_lock.release()  # the start ends: its hold was the only one
+        assert not link._spawn_lock.locked()  # the cut wait left no acquire holding the lock
+        await asyncio.wait_for(link.run_once(), 10.0)  # the runner's next start: none
+        assert link.stopping and link.proc is None
+
+    with caplog.at_level(logging.WARNING, logger="crystalline"):
+        asyncio.run(scenario())
+    said = "a control start in progress was cut short by a second signal: stopping without it"
+    assert said in caplog.messages, caplog.messages
