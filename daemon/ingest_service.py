@@ -74,5 +74,7 @@ class IngestService:
                 await asyncio.wait_for(self.task, timeout_s)
 
     def close(self) -> None:
+        """Close the pool, the drop folder and the registry; with a batch still running in its
+        thread (``stop``'s wait ran out) only tell it to stop: it closes them when it ends."""
         if self.ingestor is not None:
             self.ingestor.close()

@@ -138,6 +138,13 @@ class Ingestor:
         # must not block status); ``_batch`` keeps batches one at a time.
         self._lock = threading.Lock()
         self._batch = threading.Lock()
+        # Closing while a batch runs in its thread (the daemon's stop after ingest's wait ran
+        # out): ``_stopping`` ends the batch between documents, and the batch's thread closes
+        # the pool and the registry itself when it ends (``_handover`` guards who closes).
+        self._stopping = threading.Event()
+        self._handover = threading.Lock()
+        self._running = False  # a run_once is under way
+        self._closed = False  # close was asked for: done, or left to the running batch
         self.error: str | None = None  # a drop folder recreated after a deletion; None once a batch works
         self._needs_recovery = False  # a batch failed: its shard may be stored, its records not
         # The registry's counts for status, refreshed here by the ingest thread after the rows
@@ -156,6 +163,21 @@ class Ingestor:
             raise
 
     def close(self) -> None:
+        """Close the pool, the drop folder and the registry. Called from another thread while a
+        :meth:`run_once` is under way, it leaves that to the batch, which takes no further
+        document, stores the ones in hand, leaves the others pending for the next run and then
+        closes everything (in its own thread: the pool is not thread-safe); this returns at once."""
+        with self._handover:
+            self._stopping.set()
+            already, self._closed = self._closed, True
+            if already:
+                return
+            if self._running:
+                log.warning("closing while a batch runs: it stops after the documents in hand, then closes")
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
         self.pool.close()
         if self.drop_folder is not None:
             self.drop_folder.close()
@@ -216,6 +238,9 @@ class Ingestor:
                 else:  # recorded before a crash or seen twice: release, do not count again
                     s.release(Record(s.entry, doc_id_of(s.entry), s.doc.source, s.doc.origin, state, reason))
             results: dict[int, WorkResult] = dict(self.pool.map(self._bodies(fresh)))
+            # a stop ends the batch between documents: those taken, a prefix, got their results;
+            # the others are left as they are (spool entries on disk, dropped files put back)
+            fresh = fresh[: len(results)]
             # the duplicate checks, the durable tokens and the records as one step (on PostgreSQL:
             # one machine at a time, so two that fetched the same text keep one copy)
             with self.registry.exclusive():
@@ -265,11 +290,13 @@ class Ingestor:
             self.registry.record(records)
         return records
 
-    @staticmethod
-    def _bodies(fresh: list[Submission]) -> Iterator[Document]:
-        """The documents for the pool; each submission keeps its document without the body, so
-        a body is freed once the pool has sent it (not held to the end of the batch)."""
+    def _bodies(self, fresh: list[Submission]) -> Iterator[Document]:
+        """The documents for the pool, until a stop (:meth:`close`); each submission keeps its
+        document without the body, so a body is freed once the pool has sent it (not held to
+        the end of the batch)."""
         for s in fresh:
+            if self._stopping.is_set():
+                return
             doc = s.doc
             s.doc = dataclasses.replace(doc, body=b"")
             yield doc
@@ -473,7 +500,23 @@ class Ingestor:
         A batch that fails (a full disk, a read-only store) raises; its claimed files go back to
         the front of the queue (spool entries stay on disk anyway), and the next call first
         records what a half-done batch stored, so that nothing is lost and nothing is stored
-        twice."""
+        twice. After :meth:`close` it does nothing; a close during the batch stops it between
+        documents (those not reached stay pending) and closes everything when it ends."""
+        with self._handover:
+            if self._closed:
+                return 0
+            self._running = True
+        try:
+            return self._run_batch()
+        finally:
+            with self._handover:
+                self._running = False
+                handed_over = self._closed
+            if handed_over:
+                self._close_now()
+
+    def _run_batch(self) -> int:
+        """:meth:`run_once`'s work."""
         self._check_drop_folder()
         if self._needs_recovery:
             self.recover()
@@ -482,6 +525,8 @@ class Ingestor:
             batch = self._spool_batch() or self._drop_batch()
             if batch:
                 self.process(batch)
+                if self._stopping.is_set() and self.drop_folder is not None:
+                    self.drop_folder.put_back_all()  # the files the stopped batch did not reach
         except BaseException:
             self._needs_recovery = True
             if self.drop_folder is not None:

@@ -241,11 +241,28 @@ class _Worker:
         self.deadline = time.monotonic() + STARTUP_DEADLINE_S
         self.ready = False
 
-    def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.kill()
-        self.process.join(timeout=5.0)
-        self.conn.close()
+
+class PoolClosed(RuntimeError):
+    """A map asked for a worker of a pool already closed: no process starts after ``close``, and
+    the documents it did not finish get no result (their owner keeps them for a later run)."""
+
+
+def _join_all(workers: list[_Worker], grace_s: float) -> None:
+    """Wait for every worker's process to end, all of them within one ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _kill_all(workers: list[_Worker]) -> None:
+    """Kill the workers' processes still alive, then reap them all within one
+    :data:`KILLED_GRACE_S`, and close their pipes."""
+    for w in workers:
+        if w.process.is_alive():
+            w.process.kill()
+    _join_all(workers, KILLED_GRACE_S)
+    for w in workers:
+        w.conn.close()
 
 
 class ExtractionPool:
@@ -259,6 +276,7 @@ class ExtractionPool:
         self._config_json = json.dumps(cfg)
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._closed = False
         self.restarts = 0
 
     def __enter__(self) -> ExtractionPool:
@@ -269,28 +287,33 @@ class ExtractionPool:
 
     def close(self) -> None:
         """Stop every worker (closing its pipe ends its loop; the stragglers are killed): 2 s for
-        all of them to end, then 5 s for all the killed ones, whatever their number."""
+        all of them to end, then 5 s for all the killed ones, whatever their number. No worker
+        starts after this: a map still running (or started later) raises :class:`PoolClosed`
+        where it would start one, instead of giving a document a result it did not earn. The
+        pool is not thread-safe: its owner closes it from the thread that maps (see
+        ``Ingestor.close``), this only keeps a wrong close from starting new processes."""
+        self._closed = True
         for w in self._workers:
             w.conn.close()
-        for grace_s, kill in ((CLOSE_GRACE_S, True), (KILLED_GRACE_S, False)):
-            deadline = time.monotonic() + grace_s
-            for w in self._workers:
-                w.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            for w in self._workers:
-                if kill and w.process.is_alive():
-                    w.process.kill()
+        _join_all(self._workers, CLOSE_GRACE_S)
+        _kill_all(self._workers)
         self._workers.clear()
+
+    def _start_worker(self) -> None:
+        if self._closed:
+            raise PoolClosed("the extraction pool is closed")
+        self._workers.append(_Worker(self._ctx, self._config_json))
 
     def _ensure_workers(self) -> None:
         self._workers = [w for w in self._workers if w.process.is_alive()]
         while len(self._workers) < self.config.processes:
-            self._workers.append(_Worker(self._ctx, self._config_json))
+            self._start_worker()
 
     def _replace(self, w: _Worker) -> None:
-        w.kill()
+        _kill_all([w])
         self._workers.remove(w)
         self.restarts += 1
-        self._workers.append(_Worker(self._ctx, self._config_json))
+        self._start_worker()
 
     def map(
         self,
@@ -311,14 +334,17 @@ class ExtractionPool:
         yielded (the workers wait instead). Without ``fingerprint`` the content hash, SimHash and
         MinHash are left empty (``crystalline extract`` shows none). A map that ends early (its
         consumer closes it, or ``docs`` or a worker's start raises) kills the workers still at
-        one of its documents (the next map starts new ones): their replies would otherwise reach
-        the next map, taken there for the results of its own documents at the same indexes."""
+        one of its documents, all within one :data:`KILLED_GRACE_S` (the next map starts new
+        ones): their replies would otherwise reach the next map, taken there for the results of
+        its own documents at the same indexes. ``docs`` may end early (its owner stops between
+        documents): the documents taken still get their results. On a closed pool (or one
+        closed under it) the map raises :class:`PoolClosed`."""
         try:
             yield from self._map(docs, want_text, apply_filters, fingerprint, in_order)
         finally:
-            for w in [w for w in self._workers if w.task is not None]:
-                w.kill()
-                self._workers.remove(w)
+            busy = [w for w in self._workers if w.task is not None]
+            _kill_all(busy)  # together: one shared wait, whatever their number
+            self._workers = [w for w in self._workers if w.task is None]
 
     def _map(
         self,
@@ -360,6 +386,8 @@ class ExtractionPool:
 
         self._ensure_workers()
         while True:
+            if self._closed:
+                raise PoolClosed("the extraction pool was closed during a map")
             for w in self._workers:
                 if not (w.ready and w.task is None):
                     continue
@@ -384,17 +412,24 @@ class ExtractionPool:
             # the deadlines of the workers at a task or starting (an idle one has none)
             deadline = min((w.deadline for w in waiting), default=time.monotonic() + self.config.time_limit_s)
             timeout = max(0.0, deadline - time.monotonic())
-            ready = multiprocessing.connection.wait([w.conn for w in self._workers], timeout=timeout)
+            try:
+                ready = multiprocessing.connection.wait([w.conn for w in self._workers], timeout=timeout)
+            except OSError as e:  # a pipe closed under this map
+                if self._closed:
+                    raise PoolClosed("the extraction pool was closed during a map") from e
+                raise
             for w in list(self._workers):
                 if w.conn in ready:
                     try:
                         data = w.conn.recv_bytes()
                     except (EOFError, OSError) as e:
-                        w.process.join(timeout=5.0)
+                        if self._closed:  # closed under this map: no result for a document cut off
+                            raise PoolClosed("the extraction pool was closed during a map") from e
+                        w.process.join(timeout=KILLED_GRACE_S)
                         code = w.process.exitcode
                         task = w.task
                         if not w.ready:
-                            w.kill()
+                            _kill_all([w])
                             self._workers.remove(w)
                             raise RuntimeError(
                                 f"extraction process failed to start (exit code {code})"

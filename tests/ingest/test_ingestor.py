@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 import _ingest_samples as samples
@@ -137,3 +140,41 @@ def test_status_counts_come_from_the_ingest_thread_not_from_a_registry_query(tmp
     assert (answered["duplicates"], answered["filtered"], answered["failed"]) == (
         counts["duplicate"], counts["filtered"], counts["failed"]
     ) != (0, 0, 0)  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_closing_under_a_running_batch_stops_it_between_documents_and_loses_none(tmp_path: Path) -> None:
+    # review R11 D1: the daemon's stop closed the ingestor while a batch still ran in its thread;
+    # the documents in flight were recorded "extractor crashed" and a worker outlived the batch
+    n = 24
+    drop = DropFolder(tmp_path / "drop", settle_s=0.0)
+    for i in range(n):
+        lines = [f"Scanned page number {i}", *samples.OCR_LINES * 3]
+        (drop.root / f"page-{i:02}.png").write_bytes(samples.image_bytes(samples.render_text(lines), "PNG"))
+    drop.scan()
+    settings = dataclasses.replace(SETTINGS, processes=2, batch_documents=64, val_fraction=0.0)
+    ing = Ingestor(settings, tmp_path / "data", load_tokenizer("bytes"), drop_folder=drop)
+    handled: list[int] = []
+    batch = threading.Thread(target=lambda: handled.append(ing.run_once()))
+    batch.start()
+    deadline = time.monotonic() + 120
+    while not any(w.task is not None for w in ing.pool._workers):  # a document in hand
+        assert time.monotonic() < deadline and batch.is_alive()
+        time.sleep(0.005)
+    ing.close()  # from another thread, as the daemon's stop does after ingest's wait ran out
+    batch.join(120)
+    assert not batch.is_alive() and handled == [n]
+    assert multiprocessing.active_children() == []  # the batch's thread closed the pool
+    assert ing.run_once() == 0  # closed: no further batch
+    recorded = len(list(drop.done.iterdir())) + len(list(drop.failed.iterdir()))
+    assert 1 <= recorded < n  # the documents in hand were stored, the rest left for the next run
+
+    drop = DropFolder(tmp_path / "drop", settle_s=0.0)
+    with Ingestor(settings, tmp_path / "data", load_tokenizer("bytes"), drop_folder=drop) as again:
+        drop.scan()
+        while again.run_once():
+            pass
+        stats = again.stats()
+    assert stats["failed"] == 0 and stats["pending"] == 0
+    assert stats["documents"] + stats["duplicates"] + stats["filtered"] == n  # each once
+    assert sorted(p.name for p in drop.done.iterdir()) == [f"page-{i:02}.png" for i in range(n)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ import pytest
 from crystalline.documents import Document
 from crystalline.ingest import pool as pool_module
 from crystalline.ingest.extract import Extraction, ExtractLimits
-from crystalline.ingest.pool import ExtractionPool, PoolConfig, extract_in_process
+from crystalline.ingest.pool import ExtractionPool, PoolClosed, PoolConfig, extract_in_process
 from crystalline.tokens.tokenizer import load_tokenizer
 
 
@@ -203,4 +204,37 @@ def test_close_kills_every_worker_that_does_not_end_when_its_pipe_closes() -> No
         os.kill(process.pid, signal.SIGSTOP)
     pool.close()
     assert [p.exitcode for p in workers] == [-signal.SIGKILL] * 3
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_closed_under_a_running_map_starts_no_process_and_fails_no_document() -> None:
+    # review R11 D1: the daemon's stop closed the pool while a batch still mapped in its thread;
+    # the documents in flight came back "extractor crashed", and the map started new workers
+    pool = ExtractionPool(PoolConfig(processes=2, min_words=5))
+    results: list[tuple[int, str]] = []
+    raised: list[BaseException] = []
+    first = threading.Event()
+
+    def batch() -> None:
+        try:
+            for index, result in pool.map([_slow_image() for _ in range(40)]):
+                results.append((index, result.error))
+                first.set()
+        except BaseException as e:
+            raised.append(e)
+            first.set()
+
+    thread = threading.Thread(target=batch)
+    thread.start()
+    assert first.wait(100)
+    pool.close()
+    thread.join(60)
+    assert not thread.is_alive()
+    assert [type(e) for e in raised] == [PoolClosed]
+    assert results and all(error == "" for _, error in results)
+    assert len(results) < 40  # the map stopped; its other documents got no result
+    assert multiprocessing.active_children() == []
+    with pytest.raises(PoolClosed):
+        list(pool.map(_texts("after")))
     assert multiprocessing.active_children() == []
