@@ -178,6 +178,15 @@ class ControlLink:
             if self.stopping:
                 return
             proc = await self._spawn()
+            if self.stopping:
+                # the stop gave up waiting for this start (a second signal, or its budget) and
+                # will not end it; it was started just now and has done nothing yet: SIGKILL
+                log.warning("control (pid %d) started after the stop gave up waiting for it: SIGKILL",
+                            proc.pid)  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()  # SIGKILL cannot be refused
+                return
         code = await proc.wait()
         if not self.stopping:
             raise ComponentFailed(f"control process exited with status {code}")

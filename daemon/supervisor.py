@@ -321,8 +321,15 @@ class Supervisor:
         await _logged("saving the dashboard's history", asyncio.to_thread(self.history.maybe_save, True))
         await _logged("closing the status socket", server.close())
         self.notifier.close()
+        # the state-dir lock is not released here: ingest's batch thread may still be writing the
+        # registry and the store (its close was handed to it); run_daemon releases the lock once
+        # asyncio.run has waited for the executor's threads
+
+    def release_lock(self) -> None:
+        """Let another daemon take the state dir: only once no thread of this one writes there."""
         if self._lock is not None:
             self._lock.close()
+            self._lock = None
 
     async def _stop_step(self, what: str, stop: Coroutine[Any, Any, None]) -> None:
         """One component's stop (bounded by the timeout it was given, and by STOP_S): a failure is
@@ -532,4 +539,10 @@ def run_daemon(settings: Settings) -> int:
     # the registry and done/ world-readable): files 0640, directories 0750, as under systemd
     os.umask(0o027)
     raise_soft_limit()  # descriptors: the hard limit is what is allowed (crystalline.descriptors)
-    return asyncio.run(Supervisor(settings).run())
+    supervisor = Supervisor(settings)
+    try:
+        # asyncio.run returns after its default executor's threads have ended (ingest's batch,
+        # which the close was handed to, among them): only then is the state dir free
+        return asyncio.run(supervisor.run())
+    finally:
+        supervisor.release_lock()

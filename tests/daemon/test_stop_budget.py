@@ -60,29 +60,44 @@ def test_a_wait_ends_at_its_timeout_and_reraises_what_it_waited_for() -> None:
     asyncio.run(scenario())
 
 
-def test_a_second_signal_ends_controls_wait_for_a_start_in_progress_and_no_start_follows(
+def test_a_second_signal_ends_controls_wait_for_a_start_in_progress_and_that_start_is_ended(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Control's stop waits for a start in progress (the spawn lock, which a start holds while the
-    interpreter comes up) within the budget; a second signal ends that wait at once, and no
-    control process starts after it."""
+    interpreter comes up) within the budget; a second signal ends that wait at once, the start
+    that was in progress is killed as soon as it returns, and no control process starts after."""
     settings = Settings(DaemonConfig(state_dir=str(tmp_path / "state")), TrainConfig())
 
     async def scenario() -> None:
         link = ControlLink(settings, f"ipc://{tmp_path / 'control.sock'}")
-        await link._spawn_lock.acquire()  # a start in progress, held as run_once holds it
+        spawning = asyncio.Event()
+        spawned: list[asyncio.subprocess.Process] = []
+
+        async def slow_spawn() -> asyncio.subprocess.Process:  # a real process, started late
+            spawning.set()
+            await asyncio.sleep(0.5)
+            spawned.append(await asyncio.create_subprocess_exec("sleep", "60"))
+            link.proc = spawned[-1]
+            return link.proc
+
+        link._spawn = slow_spawn  # type: ignore[method-assign]
+        runner = asyncio.create_task(link.run_once())
+        await asyncio.wait_for(spawning.wait(), 10.0)  # the start holds the spawn lock
         budget = StopBudget(stop_s=100.0, end_s=200.0)
         stop = asyncio.create_task(link.stop(budget))
         await asyncio.sleep(0.05)
         assert not stop.done()  # waiting for the start
         budget.hurry()
         await asyncio.wait_for(stop, 10.0)  # ended by the signal, not by the budget's 95 s
-        link._spawn_lock.release()  # the start ends: its hold was the only one
+        assert not spawned  # the stop did not wait for the start
+        await asyncio.wait_for(runner, 10.0)  # the start returns: its process is killed and reaped
+        assert len(spawned) == 1 and spawned[0].returncode is not None  # not alive
         assert not link._spawn_lock.locked()  # the cut wait left no acquire holding the lock
         await asyncio.wait_for(link.run_once(), 10.0)  # the runner's next start: none
-        assert link.stopping and link.proc is None
+        assert len(spawned) == 1 and link.stopping
 
     with caplog.at_level(logging.WARNING, logger="crystalline"):
         asyncio.run(scenario())
     said = "a control start in progress was cut short by a second signal: stopping without it"
     assert said in caplog.messages, caplog.messages
+    assert any("started after the stop gave up waiting for it: SIGKILL" in m for m in caplog.messages)
