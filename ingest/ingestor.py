@@ -40,7 +40,7 @@ from crystalline.tokens.token_store import PendingDocument, TokenStore, read_ind
 
 from .drop_folder import Claimed, DropFolder
 from .drop_sources import DropSources
-from .pool import ExtractionPool, WorkResult
+from .pool import ExtractionPool, PoolClosed, WorkResult
 from .registry import Record
 from .registry_pg import open_registry
 from .settings import IngestSettings
@@ -165,15 +165,19 @@ class Ingestor:
     def close(self) -> None:
         """Close the pool, the drop folder and the registry. Called from another thread while a
         :meth:`run_once` is under way, it leaves that to the batch, which takes no further
-        document, stores the ones in hand, leaves the others pending for the next run and then
-        closes everything (in its own thread: the pool is not thread-safe); this returns at once."""
+        document: the extraction processes at one are killed (``ExtractionPool.cut``), the
+        documents that already have their results are stored, the others are left pending for
+        the next run, and the batch's thread closes everything (the pool is not thread-safe);
+        this returns at once."""
         with self._handover:
             self._stopping.set()
             already, self._closed = self._closed, True
             if already:
                 return
             if self._running:
-                log.warning("closing while a batch runs: it stops after the documents in hand, then closes")
+                log.warning("closing while a batch runs: its extraction processes are killed, "
+                            "the documents they were at left pending; the batch then closes")  # fmt: skip
+                self.pool.cut()
                 return
         self._close_now()
 
@@ -237,10 +241,19 @@ class Ingestor:
                     fresh.append(s)
                 else:  # recorded before a crash or seen twice: release, do not count again
                     s.release(Record(s.entry, doc_id_of(s.entry), s.doc.source, s.doc.origin, state, reason))
-            results: dict[int, WorkResult] = dict(self.pool.map(self._bodies(fresh)))
-            # a stop ends the batch between documents: those taken, a prefix, got their results;
-            # the others are left as they are (spool entries on disk, dropped files put back)
-            fresh = fresh[: len(results)]
+            results: dict[int, WorkResult] = {}
+            try:
+                for index, result in self.pool.map(self._bodies(fresh)):
+                    results[index] = result
+            except PoolClosed:
+                if not self._stopping.is_set():
+                    raise
+            # a stop (close) ends the batch: the documents with results are stored; the others
+            # (not taken, or cut off at a killed extraction process) are left as they are (spool
+            # entries on disk, dropped files put back)
+            kept = sorted(results)
+            fresh = [fresh[i] for i in kept]
+            results = {j: results[i] for j, i in enumerate(kept)}
             # the duplicate checks, the durable tokens and the records as one step (on PostgreSQL:
             # one machine at a time, so two that fetched the same text keep one copy)
             with self.registry.exclusive():
@@ -495,13 +508,14 @@ class Ingestor:
         folder.reopen()
 
     def run_once(self) -> int:
-        """Process one batch from the spool, else from the drop folder; returns submissions handled.
+        """Process one batch from the spool, else from the drop folder; returns the number of
+        submissions the batch took (a close during it leaves some of them pending: see below).
 
         A batch that fails (a full disk, a read-only store) raises; its claimed files go back to
         the front of the queue (spool entries stay on disk anyway), and the next call first
         records what a half-done batch stored, so that nothing is lost and nothing is stored
-        twice. After :meth:`close` it does nothing; a close during the batch stops it between
-        documents (those not reached stay pending) and closes everything when it ends."""
+        twice. After :meth:`close` it does nothing; a close during the batch stops it at once
+        (the documents without a result stay pending) and closes everything when it ends."""
         with self._handover:
             if self._closed:
                 return 0

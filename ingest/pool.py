@@ -243,8 +243,9 @@ class _Worker:
 
 
 class PoolClosed(RuntimeError):
-    """A map asked for a worker of a pool already closed: no process starts after ``close``, and
-    the documents it did not finish get no result (their owner keeps them for a later run)."""
+    """A map on a pool closed (or cut, :meth:`ExtractionPool.cut`) before or under it: no process
+    starts after either, and the documents it did not finish get no result (their owner keeps
+    them for a later run)."""
 
 
 def _join_all(workers: list[_Worker], grace_s: float) -> None:
@@ -290,14 +291,23 @@ class ExtractionPool:
         all of them to end, then 5 s for all the killed ones, whatever their number. No worker
         starts after this: a map still running (or started later) raises :class:`PoolClosed`
         where it would start one, instead of giving a document a result it did not earn. The
-        pool is not thread-safe: its owner closes it from the thread that maps (see
-        ``Ingestor.close``), this only keeps a wrong close from starting new processes."""
+        pool is not thread-safe: its owner closes it from the thread that maps; from another
+        thread, :meth:`cut` ends a running map."""
         self._closed = True
         for w in self._workers:
             w.conn.close()
         _join_all(self._workers, CLOSE_GRACE_S)
         _kill_all(self._workers)
         self._workers.clear()
+
+    def cut(self) -> None:
+        """The one call allowed from another thread while a map runs (``Ingestor.close``): no
+        worker starts from now on and every worker is killed, so the map raises
+        :class:`PoolClosed` at once instead of waiting for the documents in hand (each up to
+        ``time_limit_s``); those get no result. The map's thread then closes the pool."""
+        self._closed = True
+        for w in list(self._workers):  # a copy: the map's thread may change the list
+            w.process.kill()  # a no-op once the map's thread has reaped it
 
     def _start_worker(self) -> None:
         if self._closed:
@@ -310,6 +320,8 @@ class ExtractionPool:
             self._start_worker()
 
     def _replace(self, w: _Worker) -> None:
+        if self._closed:  # cut (or closed) under the map: its pipe broke or it died for that
+            raise PoolClosed("the extraction pool was closed during a map")
         _kill_all([w])
         self._workers.remove(w)
         self.restarts += 1
@@ -337,8 +349,8 @@ class ExtractionPool:
         one of its documents, all within one :data:`KILLED_GRACE_S` (the next map starts new
         ones): their replies would otherwise reach the next map, taken there for the results of
         its own documents at the same indexes. ``docs`` may end early (its owner stops between
-        documents): the documents taken still get their results. On a closed pool (or one
-        closed under it) the map raises :class:`PoolClosed`."""
+        documents): the documents taken still get their results. On a closed pool, or one cut
+        under it (:meth:`cut`), the map raises :class:`PoolClosed`."""
         try:
             yield from self._map(docs, want_text, apply_filters, fingerprint, in_order)
         finally:
