@@ -245,7 +245,8 @@ class ControlLink:
         does not: every wait taken from ``budget`` and raced against a second signal (which ends
         the wait in progress at once), keeping ``TERM_S`` for SIGTERM's. No control process
         starts after this (a start in progress finishes first, waited for at most
-        SPAWN_TIMEOUT_S)."""
+        SPAWN_TIMEOUT_S; one whose wait was cut is SIGKILLed by :meth:`run_once` as soon as its
+        spawn returns)."""
         if not await self._end_starts(budget):
             cut = "was cut short by a second signal" if budget.hurried.is_set() else "did not end in time"
             log.warning("a control start in progress %s: stopping without it", cut)
