@@ -1071,7 +1071,8 @@ def test_pages_of_2000_deep_nests_extract_within_the_pools_limits() -> None:
         docs.append(Document(f"/d/nests-{size}.html", html.encode(), "text/html"))
     assert len(docs[0].body) < _TRAFILATURA_MAX_CHARS < len(docs[1].body)
     with ExtractionPool(PoolConfig(processes=1)) as pool:
-        results = pool.map(docs, want_text=True, apply_filters=False, fingerprint=False)
+        results = list(pool.map(docs, want_text=True, apply_filters=False, fingerprint=False))
+    assert len(results) == 2
     for _, result in results:
         assert result.error == ""
         assert all(para in result.text for para in BODY)
