@@ -67,8 +67,12 @@ class IngestService:
             self.ingestor.surprise_recorded()
 
     async def stop(self, timeout_s: float) -> None:
-        """Let the batch in hand finish (durably) within ``timeout_s``; no restart after this."""
+        """Tell the batch in hand at once to take no further document, and let it end (durably,
+        with the documents the pool has: the others stay pending) within ``timeout_s``; no
+        batch and no restart after this."""
         self.runner.stop()
+        if self.ingestor is not None:
+            self.ingestor.stop_taking()
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self.task, timeout_s)

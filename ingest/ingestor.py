@@ -181,6 +181,12 @@ class Ingestor:
                 return
         self._close_now()
 
+    def stop_taking(self) -> None:
+        """The stop begins (thread-safe): a running batch takes no further document (the pool
+        finishes those it has, and they are stored; the others stay pending: spool entries on
+        disk, dropped files put back) and no batch starts after. :meth:`close` still closes."""
+        self._stopping.set()
+
     def _close_now(self) -> None:
         self.pool.close()
         if self.drop_folder is not None:
@@ -286,7 +292,7 @@ class Ingestor:
                             s.entry,
                             s.doc.source,
                             rec.split,
-                            r.ids,
+                            r.token_ids(),
                             r.content_hash,
                             r.simhash,
                             list(r.minhash),
@@ -369,7 +375,7 @@ class Ingestor:
         prints.append((r.simhash, doc_id))
         for key in enumerate(r.minhash):
             lsh.setdefault(key, []).append((doc_id, signature))
-        rec.content_hash, rec.simhash, rec.tokens = r.content_hash, r.simhash, len(r.ids)
+        rec.content_hash, rec.simhash, rec.tokens = r.content_hash, r.simhash, len(r.token_ids())
         rec.minhash, rec.minhash_signature = list(r.minhash), signature
         if r.truncated:
             rec.reason = f"truncated: {r.truncated_reason}"  # stored, but not all of it
@@ -405,6 +411,8 @@ class Ingestor:
         out: list[Submission] = []
         size = 0
         while len(out) < self.settings.batch_documents and size < self.settings.batch_bytes:
+            if self._stopping.is_set():  # the stop began: claim no further file
+                break
             item = folder.take_one()
             if item is None:
                 break
@@ -514,10 +522,11 @@ class Ingestor:
         A batch that fails (a full disk, a read-only store) raises; its claimed files go back to
         the front of the queue (spool entries stay on disk anyway), and the next call first
         records what a half-done batch stored, so that nothing is lost and nothing is stored
-        twice. After :meth:`close` it does nothing; a close during the batch stops it at once
-        (the documents without a result stay pending) and closes everything when it ends."""
+        twice. After :meth:`close` or :meth:`stop_taking` it does nothing; a close during the
+        batch stops it at once (the documents without a result stay pending) and closes
+        everything when it ends."""
         with self._handover:
-            if self._closed:
+            if self._closed or self._stopping.is_set():
                 return 0
             self._running = True
         try:
@@ -530,7 +539,13 @@ class Ingestor:
                 self._close_now()
 
     def _run_batch(self) -> int:
-        """:meth:`run_once`'s work."""
+        """:meth:`run_once`'s work. The drop folder's watch starts here, under the batch's
+        hand-over, never beside it: a close during its first scan (many files) is left to this
+        thread, not run under the scan (which used the closed descriptors: EBADF)."""
+        if self.drop_folder is not None:
+            self.drop_folder.start()  # a no-op once it watches, but for sub-folders come or gone
+            if self._stopping.is_set():  # the stop began during the scan
+                return 0
         self._check_drop_folder()
         if self._needs_recovery:
             self.recover()
@@ -565,8 +580,6 @@ class Ingestor:
             if swept:
                 log.info("swept %d orphan file(s) from the spool %s", swept, self.spool.directory)
         while not stop.is_set():
-            if self.drop_folder is not None:
-                await asyncio.to_thread(self.drop_folder.start)  # a no-op once it runs
             if await asyncio.to_thread(self.run_once):
                 self.error = None
                 if on_progress is not None:
