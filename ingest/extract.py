@@ -95,14 +95,18 @@ def _check_text(text: str) -> None:
         raise ExtractionError("binary data, not text")
 
 
-def extract_document(doc: Document, limits: ExtractLimits) -> Extraction:
-    """Extract ``doc``; raises :class:`ExtractionError` with a one-line reason if it cannot."""
+def extract_document(doc: Document, limits: ExtractLimits, kind: str = "") -> Extraction:
+    """Extract ``doc`` as ``kind``, what :func:`sniff_kind` said of it where the caller asked
+    already (to route it: :func:`~crystalline.ingest.pool.extract_in_process`), or "" to sniff
+    it here; raises :class:`ExtractionError` with a one-line reason if it cannot."""
+    if kind not in ("", *KINDS):
+        raise ValueError(f"unknown document kind {kind!r}")
     body = doc.body
     if not body:
         raise ExtractionError("empty file (0 bytes)")
     if len(body) > limits.max_bytes:
         raise ExtractionError(f"too large ({len(body)} bytes > {limits.max_bytes})")
-    kind = sniff_kind(body, doc.content_type, doc.source)
+    kind = kind or sniff_kind(body, doc.content_type, doc.source)
     title = language = encoding = cut = ""
     pages = ocr_pages = 0
     if kind == "pdf":

@@ -29,15 +29,16 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from crystalline.documents import Document
 
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
 from .language import load as load_language_model
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("crystalline.ingest.pool")
 
@@ -76,7 +77,15 @@ class WorkResult:
     verdicts: dict[str, Any] = field(default_factory=dict)  # each filter's verdict (see filters.py)
     edits: dict[str, int] = field(default_factory=dict)  # lines removed and PII replaced, per rule
     text: str = ""
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint16))
+    # the token ids, a read-only view into the reply; None where the pool does not tokenize
+    # (numpy is imported only where ids come: `crystalline extract` skips its 75-95 ms of CPU)
+    ids: np.ndarray | None = None
+
+    def token_ids(self) -> np.ndarray:
+        """The token ids of a document its pool tokenized (ValueError for one it did not)."""
+        if self.ids is None:
+            raise ValueError(f"{self.source}: not tokenized (its pool has no tokenizer)")
+        return self.ids
 
 
 @dataclass(frozen=True)
@@ -121,11 +130,13 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
         origin=header.get("origin", "crawl"),
     )
     reply: dict[str, Any] = {"source": doc.source}
+    # sniffed once: by the caller where it routed the document by its kind, else here
+    kind = header.get("kind") or sniff_kind(body, doc.content_type, doc.source)
     try:
-        ex = extract_document(doc, limits)
+        ex = extract_document(doc, limits, kind)
     except ExtractionError as e:
         reply["error"] = str(e)
-        reply["kind"] = sniff_kind(body, doc.content_type, doc.source)
+        reply["kind"] = kind
         return _frame(reply)
     reply.update(
         kind=ex.kind,
@@ -181,16 +192,26 @@ def _work_safely(config_json: str, header: dict[str, Any], body: bytes, tokenize
         return _frame({"source": header["source"], "error": f"extractor error ({type(e).__name__}: {why})"})
 
 
-def _task_header(doc: Document, want_text: bool, apply_filters: bool, fingerprint: bool) -> dict[str, Any]:
-    return {
-        "source": doc.source,
-        "content_type": doc.content_type,
-        "charset": doc.charset,
-        "origin": doc.origin,
-        "want_text": want_text,
-        "filter": apply_filters,
-        "fingerprint": fingerprint,
-    }
+@dataclass(frozen=True)
+class _TaskOptions:
+    """What is done with each document of a map, and what its worker is told beside the body."""
+
+    want_text: bool = False
+    apply_filters: bool = True
+    fingerprint: bool = True
+    kind: str = ""  # what the documents are where their owner sniffed that to route them; "": sniffed there
+
+    def header(self, doc: Document) -> dict[str, Any]:
+        return {
+            "source": doc.source,
+            "kind": self.kind,
+            "content_type": doc.content_type,
+            "charset": doc.charset,
+            "origin": doc.origin,
+            "want_text": self.want_text,
+            "filter": self.apply_filters,
+            "fingerprint": self.fingerprint,
+        }
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) -> None:
@@ -200,6 +221,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"ingest-pool[{os.getpid()}] %(levelname)s %(message)s")
     config = json.loads(config_json)
+    # what fingerprints and token ids are computed with, loaded before the address-space limit
+    # and before the worker is ready (75-95 ms of CPU: not in a document's time limit)
+    import numpy  # noqa: F401
+
     if config["memory_limit_mb"] > 0:
         limit = config["memory_limit_mb"] * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -351,20 +376,21 @@ class ExtractionPool:
         its own documents at the same indexes. ``docs`` may end early (its owner stops between
         documents): the documents taken still get their results. On a closed pool, or one cut
         under it (:meth:`cut`), the map raises :class:`PoolClosed`."""
+        return self._mapped(docs, _TaskOptions(want_text, apply_filters, fingerprint), in_order)
+
+    def _mapped(
+        self, docs: Iterable[Document], options: _TaskOptions, in_order: bool
+    ) -> Iterator[tuple[int, WorkResult]]:
+        """:meth:`map` with its ``options`` (:func:`extract_in_process` adds the kind it sniffed)."""
         try:
-            yield from self._map(docs, want_text, apply_filters, fingerprint, in_order)
+            yield from self._map(docs, options, in_order)
         finally:
             busy = [w for w in self._workers if w.task is not None]
             _kill_all(busy)  # together: one shared wait, whatever their number
             self._workers = [w for w in self._workers if w.task is None]
 
     def _map(
-        self,
-        docs: Iterable[Document],
-        want_text: bool,
-        apply_filters: bool,
-        fingerprint: bool,
-        in_order: bool,
+        self, docs: Iterable[Document], options: _TaskOptions, in_order: bool
     ) -> Iterator[tuple[int, WorkResult]]:
         """:meth:`map`'s work, but for the workers left at a task when it ends early."""
         pending = enumerate(docs)
@@ -407,9 +433,8 @@ class ExtractionPool:
                 if item is None:
                     break
                 index, doc = item
-                header = _task_header(doc, want_text, apply_filters, fingerprint)
                 try:
-                    w.conn.send_bytes(_frame(header))
+                    w.conn.send_bytes(_frame(options.header(doc)))
                     w.conn.send_bytes(doc.body)
                 except (BrokenPipeError, OSError):
                     taken_back.appendleft((index, doc))
@@ -483,7 +508,11 @@ class ExtractionPool:
         dtype = header.pop("dtype", "")
         text = bytes(rest[:n_text]).decode("utf-8", "surrogatepass")
         # a read-only view into the reply (which holds little else): no second copy of the ids
-        ids = np.frombuffer(rest[n_text:], dtype=np.dtype(dtype)) if dtype else np.zeros(0, np.uint16)
+        ids = None
+        if dtype:
+            import numpy as np
+
+            ids = np.frombuffer(rest[n_text:], dtype=np.dtype(dtype))
         return WorkResult(text=text, ids=ids, **header)
 
 
@@ -535,9 +564,11 @@ def extract_in_process(
         from crystalline.tokens.tokenizer import tokenizer_from_json
 
         tokenizer = tokenizer_from_json(config.tokenizer_json)
+    if fingerprint:  # what fingerprints are computed with, outside the limits (as a worker)
+        import numpy  # noqa: F401
     os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread, as in a pool worker
     limit = config.time_limit_s
-    options = {"want_text": want_text, "apply_filters": apply_filters, "fingerprint": fingerprint}
+    options = _TaskOptions(want_text, apply_filters, fingerprint)
 
     def overrun(_signum: int, _frame: object) -> None:
         raise _Overrun
@@ -549,9 +580,9 @@ def extract_in_process(
     loaded: set[str] = set()
     try:
         for index, doc in enumerate(docs):
-            kind = sniff_kind(doc.body, doc.content_type, doc.source)
+            kind = sniff_kind(doc.body, doc.content_type, doc.source)  # the one sniff of it
             if kind not in IN_PROCESS_KINDS:
-                for _, result in isolated.map((doc,), **options):
+                for _, result in isolated._mapped((doc,), replace(options, kind=kind), in_order=False):
                     yield index, result
                 continue
             if kind not in loaded:
@@ -564,7 +595,7 @@ def extract_in_process(
                 finally:
                     if address_space is not None:
                         resource.setrlimit(resource.RLIMIT_AS, limited)
-            header = _task_header(doc, **options)
+            header = replace(options, kind=kind).header(doc)
             try:
                 try:
                     if alarm:

@@ -83,9 +83,9 @@ def test_the_limit_holds_while_documents_are_worked_and_is_lifted_after(
     real = pool_module.extract_document
     seen: list[tuple[int, int]] = []
 
-    def extractor(doc: Document, limits: ExtractLimits) -> Extraction:
+    def extractor(doc: Document, limits: ExtractLimits, kind: str) -> Extraction:
         seen.append(resource.getrlimit(resource.RLIMIT_AS))
-        return real(doc, limits)
+        return real(doc, limits, kind)
 
     monkeypatch.setattr(pool_module, "extract_document", extractor)
     before = resource.getrlimit(resource.RLIMIT_AS)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import _ingest_samples as samples
 import pytest
 
 from crystalline.documents import Document
+from crystalline.ingest import extract as extract_module
 from crystalline.ingest import pool as pool_module
 from crystalline.ingest.extract import Extraction, ExtractLimits
 from crystalline.ingest.pool import ExtractionPool, PoolClosed, PoolConfig, extract_in_process
@@ -77,18 +80,48 @@ def test_in_process_gives_what_the_pool_gives() -> None:
     assert here[4][1].error == "binary data, not text" and here[5][1].error == "empty file (0 bytes)"
 
 
+@pytest.mark.timeout(120)
+def test_each_document_is_sniffed_once_where_it_is_routed_and_in_a_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # extract_in_process sniffs a document's kind to route it (here or to its worker) and
+    # passes the kind down; a worker told no kind sniffs it once, whether extraction fails or not
+    sniffed: list[str] = []
+    real = extract_module.sniff_kind
+
+    def counted(body: bytes, content_type: str = "", name: str = "") -> str:
+        sniffed.append(name)
+        return real(body, content_type, name)
+
+    monkeypatch.setattr(extract_module, "sniff_kind", counted)
+    monkeypatch.setattr(pool_module, "sniff_kind", counted)
+    docs = [*_texts("a"), Document("/d/a.html", samples.article_page().encode(), "")]
+    docs += [Document("/d/empty.txt", b"", ""), Document("/d/bad.bin", bytes(range(256)) * 4, "")]
+    scan = samples.image_bytes(samples.render_text(samples.OCR_LINES), "PNG")
+    docs.append(Document("/d/scan.png", scan, ""))
+    results = dict(extract_in_process(PoolConfig(min_words=5), docs, want_text=True))
+    assert sorted(sniffed) == sorted(doc.source for doc in docs)
+    assert [results[i].kind for i in range(5)] == ["text", "html", "text", "text", "image"]
+    assert results[2].error == "empty file (0 bytes)" and "brown fox" in results[4].text
+    config_json = json.dumps(asdict(PoolConfig(min_words=5)))
+    for doc in docs[:4]:  # what a worker does with a document the pool's owner did not sniff
+        sniffed.clear()
+        pool_module._work(config_json, pool_module._TaskOptions(want_text=True).header(doc), doc.body, None)
+        assert sniffed == [doc.source]
+
+
 @pytest.mark.timeout(60)
 def test_in_process_time_limit_and_extractor_errors_fail_one_document(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = pool_module.extract_document
 
-    def extractor(doc: Document, limits: ExtractLimits) -> Extraction:
+    def extractor(doc: Document, limits: ExtractLimits, kind: str) -> Extraction:
         if doc.source == "/d/slow.txt":
             time.sleep(30)
         if doc.source == "/d/broken.txt":
             raise KeyError("no such node")
-        return real(doc, limits)
+        return real(doc, limits, kind)
 
     monkeypatch.setattr(pool_module, "extract_document", extractor)
     before = signal.getsignal(signal.SIGALRM)
