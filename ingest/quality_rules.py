@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-import numpy as np
-
 # ASCII and typographic closers, CJK full stops (escapes: ruff flags look-alike characters)
 _TERMINAL = (".", "!", "?", '"', "'", "\u201d", "\u2019", "\u00bb", "\u3002", "\uff01", "\uff1f")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -275,27 +273,43 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _ngrams(words: list[str], longest: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+def _ngrams(
+    words: list[str], longest: int
+) -> Iterator[tuple[int, list[int], list[int], list[int], list[int]]]:
     """For n = 2 .. ``longest`` (while there are n words and some (n-1)-gram occurs twice): n,
-    where the n-grams that may repeat start (ascending), the id of each, how often each id
-    occurs among them, and the index (into the starts) of each id's first occurrence. An n-gram
-    can repeat only where its (n-1)-gram does, so only those starts are looked at (on the
-    dev-set pages a median 21% of them at n = 3, 6% at n = 4); every other n-gram occurs once. Ids are
-    exact (an n-gram's id is its (n-1)-gram's paired with the next word's, renumbered), with no
-    hashing."""
-    vocabulary = {w: i for i, w in enumerate(dict.fromkeys(words))}
-    ids = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
-    starts, grams = np.arange(len(words)), ids
-    repeated = np.bincount(ids)[ids] > 1  # of each start: does its 1-gram occur twice?
+    where the n-grams that may repeat start (ascending), the id of the n-gram at each of those
+    starts, how often each id occurs among them, and the index (into the starts) of each id's
+    first occurrence. An n-gram can repeat only where its (n-1)-gram does, so only those starts
+    are looked at (on the dev-set pages a median 21% of them at n = 3, 6% at n = 4); every other
+    n-gram occurs once. Ids are exact (an n-gram's id numbers the pair of its (n-1)-gram's id and
+    its last word's, in order of first occurrence), with no hashing. Plain lists and dicts, no
+    numpy: `crystalline extract` on one page would pay numpy's import (75-95 ms of CPU) for
+    what costs a few hundred microseconds here."""
+    vocabulary: dict[str, int] = {}
+    ids = [vocabulary.setdefault(w, len(vocabulary)) for w in words]
+    size = len(vocabulary)  # word ids are under it: (gram, word) -> gram * size + word is one-to-one
+    occurs = [0] * size
+    for i in ids:
+        occurs[i] += 1
+    starts = [s for s, i in enumerate(ids) if occurs[i] > 1]  # where the 1-gram occurs twice
+    grams = [ids[s] for s in starts]
     for n in range(2, min(longest, len(words)) + 1):
-        keep = repeated & (starts <= len(words) - n)  # and there is an n-gram at it
-        if not keep.any():
+        while starts and starts[-1] > len(words) - n:  # no n-gram starts there
+            starts.pop()
+            grams.pop()
+        if not starts:
             return  # no (n-1)-gram repeats: no longer one does either
-        starts = starts[keep]
-        keys = grams[keep] * len(vocabulary) + ids[starts + n - 1]
-        _, first, grams, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-        yield n, starts, counts, first
-        repeated = counts[grams] > 1
+        numbers: dict[int, int] = {}
+        last = [ids[s + n - 1] for s in starts]  # each n-gram's last word
+        grams = [numbers.setdefault(g * size + w, len(numbers)) for g, w in zip(grams, last, strict=True)]
+        counts, first = [0] * len(numbers), [-1] * len(numbers)
+        for j, g in enumerate(grams):
+            counts[g] += 1
+            if first[g] < 0:
+                first[g] = j
+        yield n, starts, grams, counts, first
+        again = [j for j, g in enumerate(grams) if counts[g] > 1]
+        starts, grams = [starts[j] for j in again], [grams[j] for j in again]
 
 
 def _lines(text: str) -> list[str]:
@@ -325,26 +339,26 @@ def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
     if not longest:
         return None  # every n-gram rule off: no n-grams counted
     words = text.lower().split()
-    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    word_chars = max(int(lengths.sum()), 1)
-    for n, starts, counts, first in _ngrams(words, longest):
+    lengths = [len(w) for w in words]
+    word_chars = max(sum(lengths), 1)
+    for n, starts, grams, counts, first in _ngrams(words, longest):
         frac = _ngram_frac(rules, n)
         if not frac:
             continue
         if n <= 4:
             # the most frequent n-gram, the earliest seen among equals (as Counter.most_common)
-            count = int(counts.max())
-            at = int(starts[first[counts == count].min()])
-            share = int(lengths[at : at + n].sum()) * count / word_chars
+            count = max(counts)
+            at = starts[min(f for f, c in zip(first, counts, strict=True) if c == count)]
+            share = sum(lengths[at : at + n]) * count / word_chars
             if count > 1 and share > frac:
                 return f"gopher_repetition: top {n}-gram covers {share:.0%} of characters > {frac:.0%}"
             continue
         # the words of every n-gram that repeats an earlier one
-        repeats = np.delete(starts, first)
-        edges = np.zeros(len(words) + 1, dtype=np.int64)
-        np.add.at(edges, repeats, 1)
-        np.add.at(edges, repeats + n, -1)
-        share = int(lengths[np.cumsum(edges[:-1]) > 0].sum()) / word_chars
+        covered = bytearray(len(words))
+        for j, (s, g) in enumerate(zip(starts, grams, strict=True)):
+            if first[g] != j:
+                covered[s : s + n] = b"\1" * n
+        share = sum(length for length, c in zip(lengths, covered, strict=True) if c) / word_chars
         if share > frac:
             return f"gopher_repetition: duplicate {n}-grams cover {share:.0%} of characters > {frac:.0%}"
     return None
