@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -400,9 +400,13 @@ class _Cut:
             parent.text = (before or "") + tail
         parent.remove(el)  # lxml: el keeps its own tail
 
-    def undo(self) -> None:
-        """Put back every element removed, newest first: the page as it was parsed."""
-        while self._undo:
+    def __len__(self) -> int:
+        return len(self._undo)
+
+    def undo(self, keep: int = 0) -> None:
+        """Put back every element removed but the first ``keep``, newest first: the page as it
+        was parsed (``keep`` 0), or as it was after the first ``keep`` removals."""
+        while len(self._undo) > keep:
             el, parent, previous, merged, before = self._undo.pop()
             if previous is None:
                 parent.insert(0, el)
@@ -965,21 +969,28 @@ def extract_html(html: str, engines: Engines = "fast|ours") -> HtmlText:
     ours; a page over _TRAFILATURA_MAX_CHARS characters gets ours alone (the pool's memory and
     time limits). "never": our extractor alone. Chosen on three held-out sets read by three other
     readers (issue 11, README's extraction section): ours alone was tuned on the dev set."""
-    page, other = extract_both(html, None if engines == "never" else FAST)
+    page, other, _ = extract_both(html, None if engines == "never" else FAST)
     if engines == "never" or len(page.text) > _LONGER_SHARE * len(other):
         return page
     return HtmlText(other, page.title, page.language)
 
 
-def extract_both(html: str, trafilatura: Mapping[str, bool] | None) -> tuple[HtmlText, str]:
+def extract_both(
+    html: str,
+    trafilatura: Mapping[str, bool] | None,
+    readability: Callable[[str, str], bool] | None = None,
+) -> tuple[HtmlText, str, str]:
     """Our page (text, title, language) and, unless ``trafilatura`` is None, trafilatura's text
     with those options of ``trafilatura.extract`` ("fast", "favor_recall", "favor_precision";
     FAST as shipped, the benches try others), ""
-    where it finds none, fails, or the page is over _TRAFILATURA_MAX_CHARS. The page is parsed
+    where it finds none, fails, or the page is over _TRAFILATURA_MAX_CHARS; third, where
+    trafilatura ran and ``readability(our text, its text)`` says so, the text of trafilatura's
+    readability port (see _readability_text), else "". The page is parsed
     once: our strict pass judges every element first, trafilatura is handed the tree less the
     elements that it and we both drop (see _trafilatura_text; it works on a copy), then our pass
-    cuts the tree up."""
-    nothing = HtmlText("", "", ""), ""
+    cuts the tree up; readability, last, gets the tree trafilatura was handed (our pass's cuts
+    undone) and changes it as it likes."""
+    nothing = HtmlText("", "", ""), "", ""
     if not html.strip():
         return nothing
     doc = parse_html(html)
@@ -1001,16 +1012,44 @@ def extract_both(html: str, trafilatura: Mapping[str, bool] | None) -> tuple[Htm
         if trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
         else ""
     )
+    cleaned = len(cut)  # the removals of _trafilatura_text: the tree it was handed
     text = _main_text(body, doomed, cut)
     # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
     # strict pass finds less than a short article, retry on the page as parsed (every cut undone)
     # keeping such elements.
+    relaxed_cut = _Cut()
     if _weight(text) < _SHORT:
         cut.undo()
-        relaxed = _main_text(body, _doomed(body, strict=False), _Cut())
+        relaxed = _main_text(body, _doomed(body, strict=False), relaxed_cut)
         if len(relaxed) > len(text):
             text = relaxed
-    return HtmlText(text, title, language), other
+    third = ""
+    trafilatura_ran = trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
+    if readability is not None and trafilatura_ran and readability(text, other):
+        relaxed_cut.undo()
+        if len(cut) < cleaned:  # the relaxed retry undid every cut: the page as parsed
+            _clean(doc, body, doomed, cut)
+        else:
+            cut.undo(keep=cleaned)
+        third = _readability_text(doc, len(html))
+    return HtmlText(text, title, language), other, third
+
+
+def _readability_text(doc: etree._Element, size: int) -> str:
+    """The text of trafilatura's port of readability (the fallback its defaults compare with
+    their own text) on ``doc``, which it changes; its blocks split as ours are, "" where it
+    fails. ``size``: the page's characters of HTML, for the warning where it runs out of memory."""
+    from trafilatura.readability_lxml import Document
+
+    try:
+        root = parse_html(Document(doc, min_text_length=25).summary())
+        return "" if root is None else "\n\n".join(b.lines() for b in _blocks([root]))
+    except MemoryError:
+        log.warning("readability ran out of memory on a page of %d characters", size)
+        return ""
+    except Exception as e:  # a library bug on a hostile page must not cost the page its text
+        log.debug("readability failed: %s: %s", type(e).__name__, e)
+        return ""
 
 
 def _hidden_furniture(el: etree._Element) -> bool:
@@ -1051,24 +1090,9 @@ def _trafilatura_text(
     page's characters of HTML, for the warning where it runs out of memory; ``cut`` records what
     is removed (see _Cut)."""
     import trafilatura  # ~0.2 s to import: only where a page first needs it
-    from trafilatura.settings import MANUALLY_CLEANED
 
     try:
-        stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED
-        # Under ``body`` every element of those tags is in ``doomed``; the rest of the page (its
-        # <head>) is stripped unrecorded: the retry reads ``body`` alone. Last first (see _main_text).
-        for el in reversed(doomed):
-            if el.tag in stripped:
-                cut.remove(el)
-        for part in list(doc) if body is not doc else ():
-            if part is body:
-                continue
-            if part.tag in stripped:
-                cut.remove(part)
-            else:
-                etree.strip_elements(part, *stripped, with_tail=False)
-        for el in reversed([el for el in doomed if _hidden_furniture(el)]):
-            cut.remove(el)
+        _clean(doc, body, doomed, cut)
         # trafilatura copies a tree it is given before it changes it: ours stays whole
         text = trafilatura.extract(
             doc,
@@ -1085,6 +1109,28 @@ def _trafilatura_text(
         log.debug("trafilatura failed: %s: %s", type(e).__name__, e)
         return ""
     return text or ""
+
+
+def _clean(doc: etree._Element, body: etree._Element, doomed: list[etree._Element], cut: _Cut) -> None:
+    """Remove from the parsed page what trafilatura and readability are not handed (see
+    _trafilatura_text), recording it in ``cut``."""
+    from trafilatura.settings import MANUALLY_CLEANED
+
+    stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED
+    # Under ``body`` every element of those tags is in ``doomed``; the rest of the page (its
+    # <head>) is stripped unrecorded: the retry reads ``body`` alone. Last first (see _main_text).
+    for el in reversed(doomed):
+        if el.tag in stripped:
+            cut.remove(el)
+    for part in list(doc) if body is not doc else ():
+        if part is body:
+            continue
+        if part.tag in stripped:
+            cut.remove(part)
+        else:
+            etree.strip_elements(part, *stripped, with_tail=False)
+    for el in reversed([el for el in doomed if _hidden_furniture(el)]):
+        cut.remove(el)
 
 
 def parse_html(html: str) -> etree._Element | None:
