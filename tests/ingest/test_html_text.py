@@ -118,6 +118,31 @@ def test_trafilatura_text_is_the_main_text() -> None:
         assert (page.text, page.title, page.language) == (theirs, "Delta", "en")
 
 
+def test_readability_reads_the_tree_trafilatura_read_and_leaves_the_other_texts_alone() -> None:
+    # Round 4's third engine (extract_both's ``readability``): asked after our pass, it gets the
+    # tree trafilatura was handed, without the hidden box and the navigation, on a full article
+    # and on a short one where our relaxed retry ran (which undoes every cut first).
+    hidden = "<div style='display:none'><p>Hidden teaser text that no reader of the page sees.</p></div>"
+    full = _page(f"<article><h1>The delta grows</h1>{hidden}{_paras(SECTIONS[0] + SECTIONS[1])}</article>")
+    short = _page(f"<div class='legal'>{hidden}<p>{SECTIONS[0][0]}</p></div>")
+    asked: list[tuple[str, str]] = []
+
+    def ask(mine: str, other: str) -> bool:
+        asked.append((mine, other))
+        return True
+
+    for html in (full, short):
+        page, theirs, none = extract_both(html, FAST)
+        asked.clear()
+        page2, theirs2, third = extract_both(html, FAST, ask)
+        assert (page2, theirs2, none) == (page, theirs, "")
+        assert asked == [(page.text, theirs)]
+        assert SECTIONS[0][0] in third
+        assert "Hidden teaser" not in third and "Section 3" not in third
+        assert extract_both(html, FAST, lambda a, b: False)[2] == ""
+        assert extract_both(html, None, lambda a, b: True)[2] == ""  # only beside trafilatura
+
+
 def test_ours_wins_where_it_is_over_one_and_a_half_times_as_long() -> None:
     # trafilatura drops a block whose class says "message" (its discard rules match parts of
     # class names); ours keeps it, and the whole article is over 1.5x trafilatura's text.
