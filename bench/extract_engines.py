@@ -359,14 +359,21 @@ def voted(ask: Callable[[str, str], bool]) -> Engine:
 
     def run(body: bytes) -> str:
         page, other, third = extract_both(decode_bytes(body, None, html=True)[0], FAST, ask)
-        shipped = ours_if_longer(LONGER_SHARE)(page.text, other)
-        if third:
-            text = line_vote.vote([page.text, other, third], 2)
-            if len(text) >= KEEP_SHARE * len(shipped):
-                return normalize_text(text)
-        return normalize_text(shipped)
+        return normalize_text(vote_or_shipped(page.text, other, third))
 
     return run
+
+
+def vote_or_shipped(mine: str, other: str, third: str) -> str:
+    """The lines two of ours, trafilatura's and readability's texts hold, unless readability was
+    not asked ("") or the vote keeps under KEEP_SHARE of the shipped text's characters: then the
+    shipped text (ours where over LONGER_SHARE times trafilatura's, else trafilatura's)."""
+    shipped = ours_if_longer(LONGER_SHARE)(mine, other)
+    if third:
+        text = line_vote.vote([mine, other, third], 2)
+        if len(text) >= KEEP_SHARE * len(shipped):
+            return text
+    return shipped
 
 
 def vote_decides(body: bytes) -> str:

@@ -158,3 +158,30 @@ def test_round_three_configurations_read_our_cleaned_tree() -> None:
     assert bench.ours_if_longer(1.0)("x" * 11, "y" * 10) == "x" * 11
     assert bench.ours_if_longer(1.1)("x" * 11, "y" * 10) == "y" * 10  # not over 1.1x
     assert bench.ours_if_longer(1.1)("x" * 12, "y" * 10) == "x" * 12
+
+
+def test_round_four_vote_drops_one_engines_boilerplate_and_never_empties_the_shipped_text() -> None:
+    bench = _bench()
+    article = [
+        f"The river rose over the old wall on day {day}, and the farmers moved their grain."
+        for day in range(4)
+    ]
+    clean = "\n".join(article)
+    noisy = "\n".join(["Subscribe to our newsletter for daily updates", *article])
+    # trafilatura's text keeps a newsletter box that ours and readability's do not: voted out
+    assert bench.vote_or_shipped(clean, noisy, clean) == clean
+    # a line only one engine found (ours) is not kept; the rest of the article is
+    assert bench.vote_or_shipped(noisy, clean, clean) == clean
+    # only ours finds the article (trafilatura nothing, readability a cookie line): the vote keeps
+    # nothing, so the shipped text stays: ours, as fast|ours takes it where trafilatura is empty
+    assert bench.vote_or_shipped(clean, "", "Cookie settings") == clean
+    # the vote keeping under KEEP_SHARE of the shipped text: the shipped text
+    half = "\n".join(article[:2])
+    assert bench.vote_or_shipped(half, clean, half) == clean
+    # readability not asked: the shipped text
+    assert bench.vote_or_shipped(clean, noisy, "") == noisy
+    paras = "".join(f"<p>{a}</p>" for a in article)
+    page = f"<html><body><nav><a href='/'>Home</a></nav><article>{paras}</article></body></html>"
+    for label in ("vote 2/3", "vote disputed", "vote disp 0.1", "vote decides"):
+        text = bench.CONFIGS[label](page.encode())
+        assert all(f"day {day}," in text for day in range(4)) and "Home" not in text
