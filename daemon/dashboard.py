@@ -67,6 +67,8 @@ EVENT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
 FILES_EVERY_S = 5.0
 READ_CLOSE_WAIT_S = 5.0  # close() waits this long for a read in flight (it then closes its reader)
+SHUTDOWN_S = 0.5  # at close, what a request in progress gets (aiohttp's shutdown_timeout)
+CLOSE_S = 2 * SHUTDOWN_S  # aiohttp's close at most: the request's end, then its cancelled task's
 SPIRAL_EVERY_S = 60.0
 SNAPSHOT_S = 0.5
 CSP = (
@@ -195,7 +197,7 @@ class Dashboard:
         app.router.add_get("/api/spiral", self._api_spiral)
         app.router.add_post("/api/generate", self._api_generate)
         app.router.add_post("/api/{action}", self._api_action)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
         await runner.setup()
         self.state = transition(SERVICE, self.state, "starting")
         host, port = self.bind
@@ -239,13 +241,18 @@ class Dashboard:
         os.chmod(tmp, 0o640)  # whatever the umask
         os.replace(tmp, path)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = READ_CLOSE_WAIT_S + CLOSE_S) -> None:
+        """Stop serving, in ``timeout_s`` at most when that is CLOSE_S or more (the daemon's stop
+        gives it what is left of its budget): a read in flight gets at most READ_CLOSE_WAIT_S of
+        what is beyond CLOSE_S; then aiohttp closes the idle keep-alive connections at once and
+        gives a request in progress (an event stream) and a half-sent one SHUTDOWN_S each
+        (CLOSE_S together), then closes them: never cut earlier, which would leave them open."""
         self._closed = True
         reading = self._reading
         if reading is None:
             await asyncio.to_thread(self._close_registry)
         else:  # that read closes the reader when it ends (each of its waits has a deadline)
-            await asyncio.wait([reading], timeout=READ_CLOSE_WAIT_S)
+            await asyncio.wait([reading], timeout=min(READ_CLOSE_WAIT_S, max(0.0, timeout_s - CLOSE_S)))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

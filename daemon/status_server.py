@@ -50,6 +50,7 @@ IDLE_TIMEOUT_S = 60.0
 WRITE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 120.0
 CLOSE_TIMEOUT_S = 1.0
+STOP_TIMEOUT_S = 2.0  # close(): what its connections get to end, unless the caller says
 # The socket's connections take at most an eighth of the free descriptors: a refused
 # connection holds one too until the loop has closed it, and asyncio accepts a whole backlog
 # (max_clients) at each wake-up, so several bursts of refusals can be open at once.
@@ -103,7 +104,8 @@ class StatusServer:
         self.write_timeout_s = write_timeout_s
         self.operators = frozenset({0, os.getuid()}) if operators is None else operators
         self._server: asyncio.base_events.Server | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        # each connection's task and its writer: close() ends them itself, with a deadline
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._per_uid: Counter[int | None] = Counter()
         self._operator_clients = 0
         self.requests = 0
@@ -140,15 +142,29 @@ class StatusServer:
         os.chmod(self.path, self.mode)
         log.info("status socket listening on %s", self.path)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop listening and end every connection within ``timeout_s`` (the daemon's stop gives
+        it what is left of its budget): each is aborted at once, so an idle keep-alive client or
+        a half-sent request sees the connection closed and its task ends; one still running a
+        command is cancelled at half the time (its reply is lost). It never waits on a client,
+        so it ends alike on Python 3.11 and on 3.12+, whose ``Server.wait_closed`` waits for
+        every connection (waited for here only within the deadline, after they were closed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for task in list(self._clients):
-            task.cancel()
+        for writer in self._clients.values():
+            writer.transport.abort()
         if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            _done, running = await asyncio.wait(list(self._clients), timeout=timeout_s / 2)
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), max(0.0, deadline - loop.time()))
+            self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -178,7 +194,7 @@ class StatusServer:
             writer.write(json.dumps({"ok": False, "error": refusal}).encode() + b"\n")
             await self._close(writer)
             return
-        self._clients.add(task)
+        self._clients[task] = writer
         self._per_uid[uid] += 1
         self._operator_clients += operator
         writer.transport.set_write_buffer_limits(high=REPLY_BUFFER)
@@ -209,8 +225,12 @@ class StatusServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            # only close() cancels it: ended, not failed (on 3.11 asyncio's stream callback
+            # calls exception() on a cancelled task and logs "Exception in callback")
+            return
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             self._per_uid[uid] -= 1
             if self._per_uid[uid] <= 0:
                 del self._per_uid[uid]

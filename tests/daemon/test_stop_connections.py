@@ -1,0 +1,96 @@
+"""The stop with clients connected: the status socket and the dashboard end their connections
+themselves within the time the stop gives them (an idle keep-alive client, a half-sent request,
+a command or an event stream in progress), whatever Python's ``Server.wait_closed`` does."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_dashboard import FakeGeneration, Recorder, fake_status
+
+from crystalline.daemon.commands import Command
+from crystalline.daemon.dashboard import Dashboard
+from crystalline.daemon.metrics_history import MetricsHistory
+from crystalline.daemon.status_server import StatusServer
+from crystalline.ingest.registry import Registry
+
+pytestmark = pytest.mark.timeout(60)
+BOUND_S = 30.0  # a close that does not end is a failure, not a hung test
+
+
+def test_the_status_socket_closes_idle_half_sent_and_busy_connections_itself(tmp_path: Path) -> None:
+    """Before, close cancelled the connections' tasks after ``Server.wait_closed`` (on 3.12+ that
+    waits for every connection: an idle client held the stop for its 60 s idle timeout), and on
+    3.11 each cancelled task made asyncio log 'Exception in callback ... CancelledError'."""
+    loop_errors: list[dict[str, Any]] = []
+    handler_ended: list[str] = []
+
+    async def never(_req: dict[str, Any]) -> Any:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            handler_ended.append("cancelled")
+            raise
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: loop_errors.append(ctx))
+        path = tmp_path / "s.sock"
+        server = StatusServer(path, {"never": Command("never", never, control=False)}, mode=0o600)
+        await server.start()
+        idle = await asyncio.open_unix_connection(str(path))
+        half = await asyncio.open_unix_connection(str(path))
+        half[1].write(b'{"cmd": "sta')  # half a request, no newline
+        busy = await asyncio.open_unix_connection(str(path))
+        busy[1].write(b'{"cmd": "never"}\n')
+        for _r, w in (idle, half, busy):
+            await w.drain()
+        while server.stats()["clients"] < 3 or server.requests < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(server.close(1.0), BOUND_S)
+        assert server.stats()["clients"] == 0
+        for reader, writer in (idle, half, busy):
+            assert await asyncio.wait_for(reader.read(), BOUND_S) == b""  # closed: EOF, no reply
+            writer.close()
+        assert not path.exists()
+
+    asyncio.run(scenario())
+    assert handler_ended == ["cancelled"]  # the command in progress was ended, not waited for
+    assert loop_errors == []
+
+
+def test_the_dashboard_closes_keep_alive_half_sent_and_event_stream_clients_within_its_time(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        (tmp_path / "run").mkdir()
+        registry = functools.partial(Registry, tmp_path / "registry.sqlite3", read_only=True)
+        history = MetricsHistory(None)
+        dashboard = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
+                              history, tmp_path / "checkpoints", registry, FakeGeneration())  # fmt: skip
+        await dashboard.start()
+        assert dashboard.url is not None, dashboard.error
+        host_port = dashboard.url.removeprefix("http://").rstrip("/")
+        host, port = host_port.rsplit(":", 1)
+        keep_alive = await asyncio.open_connection(host, int(port))
+        keep_alive[1].write(f"GET /metrics HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode())
+        head = await asyncio.wait_for(keep_alive[0].readuntil(b"\r\n\r\n"), BOUND_S)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()  # kept alive
+        half = await asyncio.open_connection(host, int(port))
+        half[1].write(f"GET /metrics HTTP/1.1\r\nHost: {host_port}\r\n".encode())  # the headers never end
+        events = await asyncio.open_connection(host, int(port))
+        events[1].write(f"GET /api/events HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode())
+        assert (await asyncio.wait_for(events[0].readuntil(b"\r\n\r\n"), BOUND_S)).startswith(b"HTTP/1.1 200")
+        await half[1].drain()
+        await asyncio.wait_for(dashboard.close(2.0), BOUND_S)
+        assert dashboard.state == "off"
+        for reader, writer in (keep_alive, half, events):
+            await asyncio.wait_for(reader.read(), BOUND_S)  # what was left, then EOF
+            assert reader.at_eof()
+            writer.close()
+        assert not dashboard.token_path.exists()
+
+    asyncio.run(scenario())
