@@ -49,8 +49,13 @@ Side by side in the same run: ``crystalline extract --json`` over each set's pag
 path end to end: start-up, extraction, JSON; under ``taskset -c CPU`` to one CPU when taskset
 exists), and trafilatura in this process with score.py's settings (``trafilatura.extract(bytes)``,
 defaults). pages/s are of wall and CPU time (the command's children for crystalline, this
-process for trafilatura; crystalline's include one start-up per set); per page, trafilatura's
-milliseconds.
+process for trafilatura); per page, trafilatura's milliseconds. The two runs are not alike:
+crystalline's pays its start-up (a fresh interpreter, its imports, trafilatura's among them, its
+language model) once per set, trafilatura's clock starts after its import. So CPU pages/s are
+also given both ways: every start-up included (trafilatura's added) and none (crystalline's
+taken off), a start-up being the median CPU of STARTUP_RUNS fresh processes that load what a page
+needs and work none (``crystalline extract --json`` of an empty .html file; ``python -c "import
+trafilatura"``): :func:`measure_startups`.
 
     .venv/bin/python bench/extract_heldout.py [--set NAME ...] [--cache DIR] [--dev-set DIR] [--json]
 """
@@ -65,6 +70,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -152,6 +158,9 @@ class HeldOutSet:
 
 
 EXTRACT_TIMEOUT_S = 600  # crystalline extract over all the pages of one set
+STARTUP_RUNS = 5  # fresh processes per extractor whose median CPU is its start-up
+# crystalline's start-up run ends so: everything a page needs is loaded, and no page is worked
+EMPTY_PAGE_ERROR = '"error": "empty file (0 bytes)"'
 
 
 def _sha256(path: Path) -> str:
@@ -363,12 +372,10 @@ def run_crystalline(pages: list[Page]) -> tuple[dict[str, str], float, float]:
     """`crystalline extract --json` over the pages: texts by page name, wall and CPU seconds. A run
     that cannot start, runs past EXTRACT_TIMEOUT_S, prints a line that is not a page's JSON record
     (it died mid-line, a traceback) or misses pages is one error line (SystemExit)."""
-    program = Path(sys.executable).with_name("crystalline")
+    program = _crystalline_program()
     if not os.access(program, os.X_OK):
         raise SystemExit(f"extract_heldout: no crystalline console script next to {sys.executable}")
-    command = [str(program), "extract", "--json", *(str(p.html) for p in pages)]
-    if shutil.which("taskset"):
-        command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
+    command = _pinned([str(program), "extract", "--json", *(str(p.html) for p in pages)])
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False)
@@ -398,6 +405,69 @@ def run_crystalline(pages: list[Page]) -> tuple[dict[str, str], float, float]:
             f"{len(pages)} pages: {stderr}"
         )
     return texts, wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def _crystalline_program() -> Path:
+    return Path(sys.executable).with_name("crystalline")
+
+
+def _pinned(command: list[str]) -> list[str]:
+    """``command`` under ``taskset -c CPU`` to one CPU, where taskset exists."""
+    return (
+        ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command] if shutil.which("taskset") else command
+    )
+
+
+def _child_cpu(command: list[str], status: int = 0, says: str = "") -> float:
+    """CPU seconds (user and system) of one run of ``command``; one error line unless it exits
+    with ``status`` and prints ``says``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SystemExit(f"extract_heldout: start-up run {' '.join(command)}: {e}") from None
+    if out.returncode != status or says not in out.stdout:
+        stderr = " ".join(out.stderr.split())[-200:]
+        raise SystemExit(
+            f"extract_heldout: start-up run {' '.join(command)} exited {out.returncode}: {stderr}"
+        )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def measure_startups(runs: int = STARTUP_RUNS) -> dict[str, float]:
+    """Each extractor's start-up: the median CPU seconds of ``runs`` fresh processes that load
+    all that a page needs and work none, i.e. what precedes each one's first page in its run.
+    crystalline: ``extract --json`` of an empty .html file (interpreter, imports, settings,
+    language model, HTML extractors; the file is refused as empty, exit 1); trafilatura: the
+    interpreter and ``import trafilatura`` (its first pages' lazy imports are in its clock, as
+    ours are in our run). Not a tiny page: trafilatura's fallback extractors run on one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty.html"
+        empty.touch()
+        runs_of = {
+            "crystalline": (
+                [str(_crystalline_program()), "extract", "--json", str(empty)],
+                1,
+                EMPTY_PAGE_ERROR,
+            )
+        }
+        if importlib.util.find_spec("trafilatura"):
+            runs_of["trafilatura"] = ([sys.executable, "-c", "import trafilatura"], 0, "")
+        return {
+            label: statistics.median(_child_cpu(_pinned(command), status, says) for _ in range(runs))
+            for label, (command, status, says) in runs_of.items()
+        }
+
+
+def startup_seconds(cpu: float, startup: float, paid: bool) -> dict[str, float]:
+    """CPU seconds of a run with every start-up included and with none: a run that ``paid`` its
+    start-up (crystalline extract, a fresh process) less it, one that did not (trafilatura,
+    imported before its clock) plus it."""
+    return {
+        "cpu_with_startup": cpu if paid else cpu + startup,
+        "cpu_no_startup": max(cpu - startup, 1e-6) if paid else cpu,
+    }
 
 
 def run_trafilatura(pages: list[Page]) -> tuple[dict[str, str], float, float, dict[str, float]]:
@@ -483,6 +553,14 @@ def _prf(m: dict[str, float]) -> str:
     return f"{m['f1']:.3f} {m['precision']:.3f} {m['recall']:.3f}"
 
 
+def _cpu_cells(speed: dict[str, float]) -> str:
+    """CPU pages/s as run, then with every start-up and with none (where measured)."""
+    both = ("cpu_with_startup", "cpu_no_startup")
+    return f"{speed['cpu']:7.1f}" + (
+        "".join(f"{speed[k]:8.1f}" for k in both) if all(k in speed for k in both) else ""
+    )
+
+
 def print_tables(result: dict[str, Any], labels: list[str]) -> None:
     heads = "  ".join(f"{label + ' F1 P R':<19s}" for label in labels)
     print(f"{result['count']} pages scored, {len(result['skipped'])} left out")
@@ -490,11 +568,13 @@ def print_tables(result: dict[str, Any], labels: list[str]) -> None:
         print(f"  skipped {name}: {why}")
     snippets = result["metric"] == "snippets"
     head = f"{'overall':14s}{'F1':>6s}{'precision':>10s}{'recall':>7s}{'pages/s wall':>13s}{'CPU':>7s}"
+    if all("cpu_no_startup" in result["speed"][label] for label in labels):
+        head += f"{'+starts':>8s}{'-starts':>8s}"
     print(f"\n{head}{'accuracy':>9s} TP FN FP TN" if snippets else f"\n{head}")
     for label in labels:
         m, speed = result["overall"][label], result["speed"][label]
         print(
-            f"{label:14s}{m['f1']:6.3f}{m['precision']:10.3f}{m['recall']:7.3f}{speed['wall']:13.1f}{speed['cpu']:7.1f}",
+            f"{label:14s}{m['f1']:6.3f}{m['precision']:10.3f}{m['recall']:7.3f}{speed['wall']:13.1f}{_cpu_cells(speed)}",
             end="",
         )
         print(f"{m['accuracy']:9.3f} {m['tp']} {m['fn']} {m['fp']} {m['tn']}" if snippets else "")
@@ -520,21 +600,28 @@ def print_summary(
 ) -> None:
     """One row per set and the combined row: F1, precision, recall, pages/s of CPU per extractor
     (a snippet set's row is of trafilatura's metric, marked *)."""
-    heads = "  ".join(f"{label + ' F1 P R CPU p/s':<26s}" for label in labels)
+    heads = "  ".join(f"{label + ' F1 P R CPU p/s (+starts -starts)':<42s}" for label in labels)
     print(f"\n{'set':18s}{'pages':>6s}  {heads}")
     rows = [(name + (" *" if r["metric"] == "snippets" else ""), r) for name, r in results.items()]
     for name, result in [*rows, *([("combined", combined)] if combined else [])]:
         cells = "  ".join(
-            f"{_prf(result['overall'][label])} {result['speed'][label]['cpu']:6.1f}" for label in labels
+            f"{_prf(result['overall'][label]) + _cpu_cells(result['speed'][label]):<42s}" for label in labels
         )
         print(f"{name:18s}{result['count']:6d}  {cells}")
     if any(r["metric"] == "snippets" for r in results.values()):
         print("* trafilatura's snippet metric, micro over snippets; the other rows score.py's shingles")
+    print(
+        "CPU pages/s as run (crystalline's with its start-up, trafilatura's without), then with every "
+        "start-up (+starts) and with none (-starts)"
+    )
 
 
-def run_set(scorer: ModuleType, pages: list[Page], snippets: bool = False) -> dict[str, Any]:
+def run_set(
+    scorer: ModuleType, pages: list[Page], snippets: bool = False, startups: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Both extractors over one set's pages, scored (by measure(), or measure_snippets() for a
-    snippet set): figures, speeds and seconds."""
+    snippet set): figures, speeds and seconds (with ``startups``, of measure_startups(), CPU
+    seconds with every start-up and with none as well)."""
     texts, wall, cpu = run_crystalline(pages)
     preds = {"crystalline": texts}
     seconds = {"crystalline": {"wall": wall, "cpu": cpu}}
@@ -542,6 +629,9 @@ def run_set(scorer: ModuleType, pages: list[Page], snippets: bool = False) -> di
     if importlib.util.find_spec("trafilatura"):
         preds["trafilatura"], wall, cpu, per_page = run_trafilatura(pages)
         seconds["trafilatura"] = {"wall": wall, "cpu": cpu}
+    for label, s in seconds.items():
+        if startups and label in startups:
+            s.update(startup_seconds(s["cpu"], startups[label], paid=label == "crystalline"))
     result = measure_snippets(pages, preds) if snippets else measure(scorer, pages, preds)
     result["metric"] = "snippets" if snippets else "shingles"
     for row in result["pages"]:
@@ -569,7 +659,8 @@ def combine(
         }
         overall[label] = scorer.score(truth, pred)
         seconds = [r["seconds"][label] for r in results.values()]
-        speed[label] = {k: len(truth) / sum(s[k] for s in seconds) for k in ("wall", "cpu")}
+        kinds = [k for k in seconds[0] if all(k in s for s in seconds)]  # wall, cpu, start-ups
+        speed[label] = {k: len(truth) / sum(s[k] for s in seconds) for k in kinds}
     return {"count": len(truth), "overall": overall, "speed": speed}
 
 
@@ -588,9 +679,10 @@ def main() -> int:
         pages[name], skipped[name] = distinct(held, held.pairs(fetch(args.cache, held)), seen)
         if not pages[name]:
             raise SystemExit(f"extract_heldout: {args.cache / held.top}: no page with an expected text")
+    startups = measure_startups()
     results = {}
     for name, set_pages in pages.items():
-        results[name] = run_set(scorer, set_pages, SETS[name].snippets)
+        results[name] = run_set(scorer, set_pages, SETS[name].snippets, startups)
         results[name].update(skipped=skipped[name], cpu_pinned=bool(shutil.which("taskset")))
     texts = [name for name in results if not SETS[name].snippets]
     combined = (
@@ -599,8 +691,13 @@ def main() -> int:
     for result in results.values():
         del result["predictions"]
     if args.json:
-        print(json.dumps({"sets": results, "combined": combined}, ensure_ascii=False))
+        print(json.dumps({"sets": results, "combined": combined, "startups": startups}, ensure_ascii=False))
         return 0
+    starts = ", ".join(f"{label} {cpu:.3f} s" for label, cpu in startups.items())
+    print(
+        f"start-up CPU (median of {STARTUP_RUNS} fresh processes that load what a page needs, "
+        f"work none): {starts}\n"
+    )
     labels = [
         label
         for label in next(iter(results.values()))["overall"]

@@ -266,6 +266,39 @@ def test_combined_is_scored_over_the_pages_of_all_sets(tmp_path: Path) -> None:
     assert combined["speed"]["ours"] == {"wall": pytest.approx(0.5), "cpu": pytest.approx(1.0)}
 
 
+def test_cpu_is_given_with_every_start_up_and_with_none() -> None:
+    """crystalline's run paid its start-up (a fresh process), trafilatura's did not (imported
+    before its clock): each figure is put both ways, and combined over sets the same way."""
+    bench = _bench()
+    assert bench.startup_seconds(2.0, 0.5, paid=True) == {"cpu_with_startup": 2.0, "cpu_no_startup": 1.5}
+    assert bench.startup_seconds(2.0, 0.5, paid=False) == {"cpu_with_startup": 2.5, "cpu_no_startup": 2.0}
+    seconds = {"wall": 1.0, "cpu": 1.0, **bench.startup_seconds(1.0, 0.5, paid=False)}
+    results = {s: {"predictions": {"ours": {}}, "seconds": {"ours": seconds}} for s in ("a", "b")}
+    pages = {s: [bench.Page("p", "en", Path("p.html"), "the river rose")] for s in ("a", "b")}
+    speed = bench.combine(_NoScorer(), pages, results)["speed"]["ours"]  # 2 pages in 2 s, 3 s, 2 s
+    assert speed == {"wall": 1.0, "cpu": 1.0, "cpu_with_startup": pytest.approx(2 / 3), "cpu_no_startup": 1.0}
+
+
+class _NoScorer:
+    """score.py's place where only the speeds are looked at."""
+
+    @staticmethod
+    def score(_truth: dict[str, str], _pred: dict[str, str]) -> dict[str, float]:
+        return {}
+
+
+@pytest.mark.timeout(300)
+def test_start_ups_are_measured_on_fresh_processes_that_work_no_page() -> None:
+    """The real commands: crystalline's start-up run loads what a page needs and ends on the
+    empty file's error (were that message to change, the run would be one error line, never a
+    figure of something else); trafilatura's is its import."""
+    bench = _bench()
+    startups = bench.measure_startups(runs=1)
+    assert startups["crystalline"] > 0
+    if importlib.util.find_spec("trafilatura"):
+        assert startups["trafilatura"] > 0
+
+
 def test_snippets_are_matched_as_trafilatura_matches_them() -> None:
     """trafilatura's evaluate_result and calculate_scores: a snippet counts where it is a substring
     of the text as it is; no whitespace or case folding."""
