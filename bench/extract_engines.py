@@ -134,6 +134,10 @@ the crystalline row's by more than 0.01 on any of the three, and (3) its CPU pag
 highest mean F1. Otherwise the shipped row stays, and the round-4 rows stay here as measured.
 On the dev runs above every round-4 row is under 0.9x the crystalline row's pages/s, so (3) is
 expected to fail unless the held-out pages differ; the run is made as registered all the same.
+Run once at 4eeac58 (figures in README.md): none passed (mean F1 of the three sets: crystalline
+0.9044; vote 2/3 0.9045, vote disputed 0.9039, vote disp 0.1 0.9055, vote decides 0.9076; vote
+2/3, disputed and decides 0.011-0.014 below it on trafilatura-eval; CPU pages/s 0.57-0.79x on
+the dev set, ~0.7x on trafilatura-eval), so the shipped row stays.
 
     .venv/bin/python bench/extract_engines.py [--dev-set DIR] [--cache DIR] [--json]
 """
