@@ -25,6 +25,7 @@ from typing import Any
 from ..states import SERVICE, transition
 from .config import Settings
 from .status_server import CommandError
+from .stop_budget import StopBudget
 
 log = logging.getLogger("crystalline.generate")
 
@@ -225,7 +226,12 @@ class GenerationService:
                 return reply
         raise CommandError("the generation process sent no vocabulary")
 
-    async def stop(self) -> None:
+    async def stop(self, budget: StopBudget | None = None) -> None:
+        """End the generation process: EOF on its input, then at most STOP_GRACE_S of the
+        daemon's stop budget (a fresh one outside the stop) to exit (a second signal cuts it: it
+        holds nothing to lose), then SIGKILL and at most STOP_GRACE_S more to reap it (else
+        asyncio's child watcher reaps it later)."""
+        budget = budget or StopBudget()
         proc, self.proc = self.proc, None
         if self.state != "off":
             self.state = transition(SERVICE, self.state, "off")
@@ -233,9 +239,9 @@ class GenerationService:
             return
         if proc.stdin is not None:
             proc.stdin.close()  # EOF: the process finishes its loop and exits
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if await budget.wait(proc.wait(), budget.left(STOP_GRACE_S, cleanup=True)):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        if not await budget.wait(proc.wait(), budget.left(STOP_GRACE_S, cleanup=True)):
+            log.warning("generation process %d killed and not reaped in the stop's time", proc.pid)

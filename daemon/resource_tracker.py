@@ -6,13 +6,19 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from multiprocessing import resource_tracker
 from typing import Any
 
+from ..thread_join import within
+
 log = logging.getLogger("crystalline.supervisor")
 
+TIMEOUT_S = 5.0  # how long the tracker has, unless the caller says
+REAP_S = 0.5  # of that, what is kept to reap it once killed
 
-def stop_resource_tracker(timeout_s: float = 5.0) -> None:
+
+def stop_resource_tracker(left: Callable[[], float] | None = None) -> None:
     """Stop multiprocessing's resource tracker if this process started one.
 
     Starting a ``spawn`` process (the ingest pool) starts the tracker as a child of the
@@ -21,7 +27,9 @@ def stop_resource_tracker(timeout_s: float = 5.0) -> None:
     SIGKILLing it. No segment is ever registered with it (see ``crystalline.shm.segments``), so
     stopping it unlinks nothing; call this after the pool's processes have exited (they hold its
     pipe). The tracker exits on EOF, which a process still holding the pipe (a stray pool
-    child) would keep from it forever: after ``timeout_s`` it is killed (it ignores SIGTERM).
+    child) would keep from it forever: it is killed (it ignores SIGTERM) once ``left()`` (the
+    daemon's stop budget's clock, which a second signal cuts; ``TIMEOUT_S`` by default) is
+    down to ``REAP_S``, and reaped in what is left (else the process's exit leaves it to init).
     Uses the tracker's private ``_lock``, ``_fd`` and ``_pid`` (present in 3.11-3.13), as its
     own ``_stop()`` does, but never ``_stop()`` itself, which waits without a deadline."""
     tracker: Any = resource_tracker._resource_tracker
@@ -31,16 +39,18 @@ def stop_resource_tracker(timeout_s: float = 5.0) -> None:
             return
         os.close(fd)  # the tracker's EOF, once no other process holds the pipe
         tracker._fd = tracker._pid = None
-    deadline = time.monotonic() + timeout_s
+    left = left or within(TIMEOUT_S)
+    killed = False
     try:
         while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() >= deadline:
-                log.warning(
-                    "resource tracker %d still running %g s after its pipe closed: killed", pid, timeout_s
-                )
+            remaining = left()
+            if not killed and remaining <= REAP_S:
+                log.warning("resource tracker %d still running after its pipe closed: killed", pid)
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+                killed = True
+            elif remaining <= 0:
+                log.warning("resource tracker %d killed and not reaped in the stop's time", pid)
                 return
-            time.sleep(0.05)
+            time.sleep(min(0.05, max(remaining, 0.001)))
     except ChildProcessError:  # reaped already
         pass

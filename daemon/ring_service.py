@@ -37,6 +37,7 @@ import zmq
 from crystalline.descriptors import MIN_SHARD_MAPS, DescriptorLimitTooLow, shard_map_cap
 from crystalline.shm.blocks import ArrayBlock, layout
 from crystalline.shm.segments import SharedMemoryFull, check_space, segment_name, sweep
+from crystalline.thread_join import join_within, within
 from crystalline.tokens.windows import StoreBehind, StoreWindows
 
 from ..workers.batch_ring import BatchRing, RingTimeout, Taken, ring_spec
@@ -51,6 +52,7 @@ log = logging.getLogger("crystalline.ring")
 VERSION = 1
 MAX_MESSAGE = 1 << 16
 TICK_S = 0.1  # how fast the server notices a stop
+JOIN_S = 10.0  # close(): how long its threads have to end, unless the caller says
 ANSWER_MARGIN_S = 5.0  # control waits this much longer than the supervisor's own deadline
 OWNER_CHECK_S = 0.5  # how often control, waiting for an answer, looks whether its supervisor lives
 
@@ -223,14 +225,17 @@ class RingServer:
             if reply is not None:
                 self._sock.send_multipart([frames[0], _pack(reply)])
 
-    def close(self) -> None:
-        """Stop serving, stop the filler, unlink the segment (idempotent)."""
+    def close(self, left: Callable[[], float] | None = None) -> None:
+        """Stop serving, stop the filler, unlink the segment (idempotent). ``left``: the time
+        both threads have to end, together (the daemon's stop budget's clock, which a second
+        signal cuts; ``JOIN_S`` by default): the segment's name goes whatever they do."""
+        left = left or within(JOIN_S)
         self._stop.set()
-        self._thread.join(timeout=10.0)
+        join_within(self._thread, left)
         if self.ring is not None:
-            self.ring.close()
+            self.ring.close(left)
         if self._thread.is_alive():  # its socket stays open: zmq sockets are not thread-safe
-            log.error("ring server thread did not stop within 10 s")
+            log.error("ring server thread did not stop in the time the stop gave it")
         elif not self._sock.closed:
             self._sock.close(0)
             self._ctx.term()

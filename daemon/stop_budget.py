@@ -2,19 +2,20 @@
 ``TimeoutStopSec=60``, and a second signal that cuts them short.
 
 The components' stops (control's final checkpoint and exit, the crawl, ingest, the vocabulary)
-end by ``STOP_S`` after the first signal; the cleanup's budgeted waits after them (control's
-runner, the resource tracker) take what is left until ``END_S``. The cleanup's fixed waits (the
-ring's thread, ingest's pool, the generation process: their own bounds) are not taken from it;
-the supervisor's docstring and README "Stopping" count them. A second signal moves the deadline
-to ``HURRIED_S`` from then, and a wait in progress then ends at once (:meth:`StopBudget.wait`
-races it against the signal), so that every budgeted wait after it gets at most that."""
+end by ``STOP_S`` after the first signal; every wait of the cleanup after them (control's
+runner, the batch ring's threads, ingest's close, the dashboard, the generation process, the
+resource tracker, the status socket) takes from what is left until ``END_S``, each within its
+own cap. A second signal moves the deadline to ``HURRIED_S`` from then, and a wait in progress
+then ends at once (:meth:`StopBudget.wait` races it against the signal; a wait in a thread asks
+:meth:`StopBudget.clock`), so that every wait after it gets at most that. Only a wait whose end
+loses nothing is cut so: the batch store of a batch in hand is never cut (README "Stopping")."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 STOP_S = 35.0  # control, the crawl, ingest and the vocabulary have stopped (or were given up on)
@@ -49,6 +50,21 @@ class StopBudget:
         which takes from ``END_S`` rather than ``STOP_S``."""
         deadline = self._deadline(self.end_s if cleanup else self.stop_s)
         return max(0.0, min(cap_s, deadline - reserve_s - time.monotonic()))
+
+    def clock(self, cap_s: float) -> Callable[[], float]:
+        """For a cleanup wait in a thread, which asks it as it waits (thread-safe): the time
+        that wait has left, at most ``cap_s`` from now and not past ``END_S``; 0 as soon as a
+        second signal comes after it began (it is cut, as :meth:`wait` cuts), at most what is
+        left of ``HURRIED_S`` when it began after one."""
+        until = time.monotonic() + cap_s
+        began_hurried = self._cut_at is not None
+
+        def left() -> float:
+            if not began_hurried and self._cut_at is not None:
+                return 0.0
+            return max(0.0, min(until, self._deadline(self.end_s)) - time.monotonic())
+
+        return left
 
     async def wait(self, aw: Awaitable[Any], timeout_s: float) -> bool:
         """Wait at most ``timeout_s`` for ``aw`` (a task or future, which the wait never cancels),

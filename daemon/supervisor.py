@@ -5,14 +5,13 @@ control process, which starts the workers; the crawler runs in a thread with a l
 
 Signal handlers only record the signal; the loop asks control to stop with a final checkpoint
 and, beside it, stops the crawler, then ingest, then the vocabulary; it unlinks what it created
-and exits 0. The components' stops (by STOP_S), control's runner and the resource tracker take
-their waits from one budget (``stop_budget.py``) inside the unit's TimeoutStopSec=60; the
-cleanup's fixed waits (the ring's thread 10 s, ingest's pool 2 + 5 s, the generation process
-3 s) are not taken from it (56 s at worst, README "Stopping"). A second signal (the first after
-the ``stop`` command is not one) ends the budget's wait in progress at once and leaves every
-later budgeted wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop
-goes on. Crawl, ingest and the control process each run under a ``ComponentRunner``: a crash is
-reported in status and in the log and retried with backoff, never looped on silently.
+and exits 0. The components' stops (by STOP_S) and every wait of the cleanup after them (by
+END_S, each within its cap) take from one budget (``stop_budget.py``) inside the unit's
+TimeoutStopSec=60 (52 s at worst, README "Stopping"). A second signal (the first after the
+``stop`` command is not one) ends the budget's wait in progress at once and leaves every later
+wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop goes on.
+Crawl, ingest and the control process each run under a ``ComponentRunner``: a crash is reported
+in status and in the log and retried with backoff, never looped on silently.
 """
 
 from __future__ import annotations
@@ -28,11 +27,12 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..descriptors import raise_soft_limit
+from ..ingest.pool import CLOSE_GRACE_S, KILLED_GRACE_S
 from ..ingest.registry_pg import open_registry
 from ..postgres import DatabaseUnavailable
 from ..states import DAEMON, RESTARTING, TRAINING, transition
@@ -41,7 +41,7 @@ from .component_runner import Backoff, ComponentRunner, describe
 from .config import Settings
 from .control_link import ControlLink
 from .crawl_service import CrawlService
-from .dashboard import Dashboard, parse_bind
+from .dashboard import CLOSE_S, READ_CLOSE_WAIT_S, Dashboard, parse_bind
 from .generation_service import GenerationService
 from .health import judge
 from .ingest_service import IngestService
@@ -68,6 +68,13 @@ PROGRESS_EVERY_S = 30.0  # a progress line in the log, so that a quiet daemon is
 # restarts after a failure: first delay, cap, and how long a run must last to count as healthy
 CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
 LOCK_WAIT_S = 3.0  # how long a starting supervisor tries to take the state directory's lock
+# the cleanup's waits, each at most this much of the stop's budget (README "Stopping")
+RUNNER_S = 1.0  # control's runner, once control has exited
+RING_CLOSE_S = 10.0  # the batch ring's server and filler threads, together
+INGEST_CLOSE_S = CLOSE_GRACE_S + KILLED_GRACE_S  # ingest's pool: its processes' end, then the killed ones'
+DASHBOARD_CLOSE_S = READ_CLOSE_WAIT_S + CLOSE_S  # a read in flight, then aiohttp's close
+TRACKER_S = 5.0  # multiprocessing's resource tracker
+SOCKET_CLOSE_S = 2.0  # the status socket's connections
 
 
 def _writable(directory: Path) -> bool:
@@ -278,9 +285,10 @@ class Supervisor:
         return self.status()["health"]
 
     async def _close_dashboard(self) -> None:
+        """The dashboard, then the generation process, each within what the budget has left."""
         if self.dashboard is not None:
-            await self.dashboard.close()
-        await self.generation.stop()
+            await self.dashboard.close(self.budget.left(DASHBOARD_CLOSE_S, cleanup=True))
+        await self.generation.stop(self.budget)
 
     # ---- the stop -------------------------------------------------------------------------
     async def _stop(self, control_task: asyncio.Task[None], server: StatusServer) -> None:
@@ -288,8 +296,8 @@ class Supervisor:
         only the ring (closed after it), so a crawl that does not stop never costs the checkpoint.
         The crawl, then ingest, then the vocabulary stop; control's stop is awaited whatever they
         do. Their waits take from ``self.budget`` (``stop_budget.py``), ending by STOP_S; the
-        cleanup's waits then take what is left of it, except its fixed ones (README,
-        "Stopping"); a step that fails is logged in one line and the next steps still run."""
+        cleanup's waits then take what is left of it, until END_S (README, "Stopping"); a step
+        that fails is logged in one line and the next steps still run."""
         s, budget = self.settings, self.budget
         budget.start()
         self.state = transition(DAEMON, self.state, "stopping")
@@ -306,20 +314,23 @@ class Supervisor:
         finally:
             # bounded by the budget itself (SIGKILL at STOP_S at the latest); never cancelled
             await _logged("control's stop", control_stop)
-        # the cleanup: control's runner (from the budget), the fixed-bound steps (ring, ingest's
-        # close, the generation process: not from the budget, nor cut by a second signal), then
-        # the tracker, which takes what is left
+        # the cleanup: each wait takes from the budget (within its cap, all by END_S; a second
+        # signal ends the one in progress at once and leaves the later ones HURRIED_S); none of
+        # them is a wait whose end loses a document or the checkpoint (README "Stopping")
         # control has exited (or was killed): its runner ends at once, its failure retrieved
-        with contextlib.suppress(asyncio.CancelledError):  # a runner cancelled: nothing to retrieve
-            await _logged("control's runner", asyncio.wait_for(control_task, budget.left(1.0, cleanup=True)))
+        await self._cleanup_wait("control's runner", control_task, RUNNER_S, control_task.cancel)
         assert self.ring is not None
-        await _logged("unlinking the batch ring", asyncio.to_thread(self.ring.close))
-        await _logged("closing ingest", asyncio.to_thread(self.ingest.close))
+        ring_close = asyncio.to_thread(self.ring.close, budget.clock(RING_CLOSE_S))
+        await _logged("unlinking the batch ring", ring_close)
+        # out of time, its extraction processes are killed and the close ends at once (its thread
+        # left to end: asyncio.run joins it); a batch running still stores what has results
+        ingest_close = asyncio.ensure_future(asyncio.to_thread(self.ingest.close))
+        await self._cleanup_wait("closing ingest", ingest_close, INGEST_CLOSE_S, self.ingest.cut)
         await _logged("closing the dashboard", self._close_dashboard())
-        tracker_s = budget.left(5.0, cleanup=True)
-        await _logged("stopping the resource tracker", asyncio.to_thread(stop_resource_tracker, tracker_s))
+        tracker = asyncio.to_thread(stop_resource_tracker, budget.clock(TRACKER_S))
+        await _logged("stopping the resource tracker", tracker)
         await _logged("saving the dashboard's history", asyncio.to_thread(self.history.maybe_save, True))
-        await _logged("closing the status socket", server.close())
+        await _logged("closing the status socket", server.close(budget.left(SOCKET_CLOSE_S, cleanup=True)))
         self.notifier.close()
         # the state-dir lock is not released here: ingest's batch thread may still be writing the
         # registry and the store (its close was handed to it); run_daemon releases the lock once
@@ -330,6 +341,24 @@ class Supervisor:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+    async def _cleanup_wait(
+        self, what: str, step: asyncio.Future[Any], cap_s: float, cut: Callable[[], object]
+    ) -> None:
+        """Wait for a step of the cleanup within the budget (at most ``cap_s``, not past END_S; a
+        second signal ends the wait at once); a step that does not end by then is ``cut``, and
+        one that fails is logged in one line: the stop goes on."""
+        try:
+            if await self.budget.wait(step, self.budget.left(cap_s, cleanup=True)):
+                return
+        except asyncio.CancelledError:  # a runner cancelled: nothing to retrieve
+            return
+        except Exception as exc:
+            log.error("stop: %s failed: %s", what, describe(exc))
+            return
+        why = "cut short by a second signal" if self.budget.hurried.is_set() else "out of the stop's time"
+        log.warning("stop: %s was %s", what, why)
+        cut()
 
     async def _stop_step(self, what: str, stop: Coroutine[Any, Any, None]) -> None:
         """One component's stop (bounded by the timeout it was given, and by STOP_S): a failure is

@@ -181,6 +181,12 @@ class Ingestor:
                 return
         self._close_now()
 
+    def cut_extraction(self) -> None:
+        """Kill the extraction processes now (thread-safe: ``ExtractionPool.cut``): the daemon's
+        stop ran out of time for a close in progress, or a second signal came. Loses nothing:
+        idle processes hold no document, and a batch leaves those without a result pending."""
+        self.pool.cut()
+
     def stop_taking(self) -> None:
         """The stop begins (thread-safe): a running batch takes no further document (the pool
         finishes those it has, and they are stored; the others stay pending: spool entries on

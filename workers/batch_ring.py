@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from crystalline.shm.blocks import ArrayBlock, Spec
+from crystalline.thread_join import join_within, within
 from crystalline.tokens.windows import NotEnoughTokens
 
 log = logging.getLogger("crystalline.ring")
@@ -31,6 +32,7 @@ BatchSource = Callable[[int], np.ndarray]  # step -> windows (batch, seq_len + 1
 # step, the slot's array -> what the batch was cut from (reported with the slot: documents, ...)
 Filler = Callable[[int, np.ndarray], dict[str, Any]]
 RETRY_S = 0.2  # how often a filler short of tokens looks again
+FILLER_JOIN_S = 10.0  # close(): how long the filler has to end, unless the caller says
 
 
 class RingTimeout(TimeoutError):
@@ -188,12 +190,13 @@ class BatchRing:
         """Slots filled and waiting for their step."""
         return self._ready.qsize()
 
-    def close(self) -> None:
-        """Stop the filler, drop the views and unlink the segment (idempotent)."""
+    def close(self, left: Callable[[], float] | None = None) -> None:
+        """Stop the filler, drop the views and unlink the segment (idempotent). ``left``: the
+        time the filler has to end (the daemon's stop budget's clock; 10 s by default); one
+        still filling keeps the segment mapped here (its view), and the name goes anyway."""
         with self._lock:
             self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=10.0)
+            join_within(self._thread, left or within(FILLER_JOIN_S))
             if self.block.closed:
                 return
             self._slots = np.zeros((0,), dtype=self._slots.dtype)
