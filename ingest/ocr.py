@@ -1,38 +1,78 @@
-"""OCR of images with tesseract (pytesseract), with limits against decompression bombs.
+"""OCR of images with tesseract, with limits against decompression bombs.
 
-tesseract runs as a child process; ``OMP_THREAD_LIMIT=1`` stops it from starting one OpenMP
-thread per core in each of our pool workers (on 2 cores that oversubscription makes OCR
-slower, not faster). Every call carries a timeout, after which pytesseract kills tesseract.
+tesseract runs as a child process that reads the image (PNG) on its stdin and writes the text
+on its stdout: no temporary file is left in /tmp when the process that started it is killed in
+the middle. It dies with that process (``PR_SET_PDEATHSIG``, set between fork and exec): a pool
+worker killed for its time limit, a cut, a close or by the kernel's OOM killer leaves no
+tesseract running on (it used to run until it finished: its timeout was the killed worker's to
+enforce). ``OMP_THREAD_LIMIT=1`` stops it from starting one OpenMP thread per core in each of
+our pool workers (on 2 cores that oversubscription makes OCR slower, not faster). Every call
+carries a timeout, after which tesseract is killed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import signal
+import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-import pytesseract
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+_prctl.restype = ctypes.c_int
+#: Seconds a killed tesseract gets to be reaped (its pipes drained) before the call gives up.
+KILLED_WAIT_S = 5.0
 
 
 class OcrError(ValueError):
     """An image could not be read or recognised; the message is one line for the user."""
 
 
+def _dies_with(parent: int) -> Callable[[], None]:
+    """What the child runs between fork and exec: SIGKILL it when ``parent`` (the thread that
+    forked it, the pool worker's only one) ends, and end it at once if that happened already."""
+
+    def arm() -> None:
+        if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def ocr_image(image: Image.Image, timeout_s: float, language: str = "eng") -> str:
-    """Recognise the text of one image (converted to 8-bit grey, which tesseract reads fastest)."""
+    """Recognise the text of one image (converted to 8-bit grey, which tesseract reads fastest)
+    within ``timeout_s`` (0: no limit)."""
     grey = ImageOps.exif_transpose(image).convert("L")
+    png = io.BytesIO()
+    grey.save(png, format="PNG")
+    command = ["tesseract", "stdin", "stdout", "-l", language]
+    pipe, arm = subprocess.PIPE, _dies_with(os.getpid())
     try:
-        return str(pytesseract.image_to_string(grey, lang=language, timeout=timeout_s))
-    except RuntimeError as e:  # pytesseract raises RuntimeError on its own timeout
-        raise OcrError(f"OCR timed out after {timeout_s:g}s") from e
-    except pytesseract.TesseractNotFoundError as e:
+        proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, preexec_fn=arm)
+    except FileNotFoundError as e:
         raise OcrError("tesseract is not installed (apt-get install tesseract-ocr)") from e
-    except pytesseract.TesseractError as e:
-        raise OcrError(f"tesseract failed: {str(e.message).strip().splitlines()[-1:]}") from e
+    try:
+        out, err = proc.communicate(png.getvalue(), timeout=timeout_s if timeout_s > 0 else None)
+    except subprocess.TimeoutExpired as e:
+        raise OcrError(f"OCR timed out after {timeout_s:g}s") from e
+    finally:
+        if proc.returncode is None:  # timed out or interrupted: it does not outlive the call
+            proc.kill()
+            proc.communicate(timeout=KILLED_WAIT_S)
+    if proc.returncode:
+        why = " ".join(err.decode("utf-8", "replace").split())[-300:] or "no message"
+        raise OcrError(f"tesseract failed (exit code {proc.returncode}): {why}")
+    return out.decode("utf-8")
 
 
 def image_frames(data: bytes, max_pixels: int, max_frames: int) -> Iterator[Image.Image]:

@@ -1,0 +1,221 @@
+"""OCR's child process: a pool worker's tesseract dies with the worker, however the worker ends
+(its time limit, a cut, the end of its map, a kill from outside such as the OOM killer), where it
+used to run on until it finished; and OCR leaves no temporary file behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import _ingest_samples as samples
+import pytest
+from _wait import until
+from PIL import Image
+
+from crystalline.documents import Document
+from crystalline.ingest.ocr import OcrError, ocr_image
+from crystalline.ingest.pool import ExtractionPool, PoolClosed, PoolConfig, WorkResult
+
+pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
+
+
+def _stat(pid: int) -> tuple[str, str, int, str] | None:
+    """(name, state, parent pid, start time) of a process, from /proc; None once it is gone."""
+    try:
+        line = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    name = line[line.index("(") + 1 : line.rindex(")")]
+    fields = line[line.rindex(")") + 2 :].split()
+    return name, fields[0], int(fields[1]), fields[19]
+
+
+def _tesseracts_of(parents: set[int]) -> set[tuple[int, str]]:
+    """(pid, start time) of each tesseract whose parent is one of ``parents`` (the workers): found
+    by its parent, not by its name alone, on a machine where other tesseracts may run."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None and stat[0] == "tesseract" and stat[2] in parents:
+                found.add((int(entry), stat[3]))
+    return found
+
+
+def _written(pid: int) -> int:
+    """Bytes the process has written so far (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
+def _running(process: tuple[int, str]) -> bool:
+    """Whether that process (the same one: its start time) still runs (a zombie has ended)."""
+    stat = _stat(process[0])
+    return stat is not None and stat[3] == process[1] and stat[1] not in ("Z", "X")
+
+
+def _slow_scan() -> Document:
+    """Two columns of 600 lines: an image whose OCR takes half a minute on a quiet core (minutes
+    on a loaded one). The tests end its worker while tesseract reads it and never wait for it."""
+    column = samples.render_text(samples.OCR_LINES * 200)
+    page = Image.new("L", (2 * column.width, column.height), 255)
+    page.paste(column, (0, 0))
+    page.paste(column, (column.width, 0))
+    return Document("/d/scan.png", samples.image_bytes(page, "PNG"), "")
+
+
+def _texts(*names: str) -> list[Document]:
+    return [Document(f"/d/{name}.txt", samples.prose(i, 100).encode(), "") for i, name in enumerate(names)]
+
+
+class _Watch:
+    """The tesseracts the pool's workers start, seen from another thread until stopped;
+    ``reading`` is set once one has written its first line (its estimate of the image's
+    resolution, on stderr): it has read the image and recognises it, and writes nothing more
+    until it is done. Before that write, the end of its worker could kill it another way (a
+    write to the closed pipe, SIGPIPE), which is not what the tests are about."""
+
+    def __init__(self, pool: ExtractionPool) -> None:
+        self.pool = pool
+        self.seen: set[tuple[int, str]] = set()
+        self.stop = threading.Event()
+        self.reading = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.05):
+            parents = {w.process.pid for w in list(self.pool._workers) if w.process.pid is not None}
+            self.seen |= _tesseracts_of(parents)
+            if any(_written(pid) for pid, _ in self.seen):
+                self.reading.set()
+
+    def __enter__(self) -> _Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        for process in self.seen:  # a failed test leaves no OCR running on the machine either
+            if _running(process):
+                os.kill(process[0], signal.SIGKILL)
+
+
+@pytest.fixture
+def worker_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temporary directory of the workers started from now on (they inherit TMPDIR)."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    return tmp_path
+
+
+def _assert_all_gone(watch: _Watch, worker_tmp: Path) -> None:
+    """Every tesseract the workers started ends soon, and none left a file behind (pytesseract
+    wrote the image and its text to the temporary directory, which a killed worker left)."""
+    assert watch.seen, "no tesseract of the workers was seen"
+    until(
+        lambda: not any(_running(p) for p in watch.seen),
+        lambda: f"the workers' tesseracts {sorted(p for p in watch.seen if _running(p))} end",
+        timeout_s=5,
+    )
+    assert list(worker_tmp.iterdir()) == []
+
+
+def _in_a_thread(run: Iterator[tuple[int, WorkResult]]) -> tuple[threading.Thread, list[object]]:
+    """Consume ``run`` in a thread of its own; what it yields and what it raises go to the list."""
+    out: list[object] = []
+
+    def consume() -> None:
+        try:
+            out.extend(run)
+        except BaseException as e:
+            out.append(e)
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["cut", "killed from outside"])
+def test_a_worker_killed_while_tesseract_reads_takes_its_tesseract_with_it(
+    how: str, worker_tmp: Path
+) -> None:
+    pool = ExtractionPool(PoolConfig(processes=1, min_words=5))
+    try:
+        with _Watch(pool) as watch:
+            thread, out = _in_a_thread(pool.map([_slow_scan(), *_texts("after")]))
+            assert watch.reading.wait(100), "tesseract did not start reading the image"
+            worker = pool._workers[0].process
+            if how == "cut":
+                pool.cut()
+            else:  # as the OOM killer would: the pool sees its worker crash
+                assert worker.pid is not None
+                os.kill(worker.pid, signal.SIGKILL)
+            _assert_all_gone(watch, worker_tmp)
+            thread.join(60)
+        assert not thread.is_alive()
+        if how == "cut":
+            assert [type(x) for x in out] == [PoolClosed]
+        else:  # the image's worker crashed; the next document got a new one
+            results = dict(x for x in out if isinstance(x, tuple))
+            assert results[0].error == f"extractor crashed (exit code {-signal.SIGKILL})"
+            assert not results[1].error and results[1].chars > 0
+    finally:
+        pool.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_map_closed_while_tesseract_reads_takes_its_tesseract_with_it(worker_tmp: Path) -> None:
+    with ExtractionPool(PoolConfig(processes=2, min_words=5)) as pool, _Watch(pool) as watch:
+        assert len(list(pool.map(_texts("w1", "w2")))) == 2  # both workers up and ready
+        run = pool.map([_slow_scan(), *_texts("quick")])
+        index, result = next(run)
+        assert (index, result.source) == (1, "/d/quick.txt")  # the image is still being read
+        assert watch.reading.wait(100), "tesseract did not start reading the image"
+        run.close()  # its consumer is done: the map kills the worker still at its image
+        _assert_all_gone(watch, worker_tmp)
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_over_its_time_limit_takes_its_tesseract_with_it(worker_tmp: Path) -> None:
+    # the limit is long enough for tesseract to start (a fraction of a second after the image
+    # comes) and far shorter than the image's OCR
+    config = PoolConfig(processes=1, time_limit_s=8.0, min_words=5)
+    with ExtractionPool(config) as pool, _Watch(pool) as watch:
+        assert len(list(pool.map(_texts("warm")))) == 1  # the worker is up before the clock starts
+        results = dict(pool.map([_slow_scan()]))
+        assert results[0].error == "extraction timed out after 8s"
+        assert watch.reading.is_set(), "tesseract had not read the image within the time limit"
+        _assert_all_gone(watch, worker_tmp)
+
+
+@pytest.mark.timeout(60)
+def test_ocr_of_an_image_writes_no_file_and_times_out_leaving_no_tesseract(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert "brown fox" in ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=60)
+    with pytest.raises(OcrError, match=r"^OCR timed out after 0.2s$"):
+        ocr_image(samples.render_text(samples.OCR_LINES * 200), timeout_s=0.2)
+    assert not _tesseracts_of({os.getpid()}), "the timed-out tesseract was left running"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_language_tesseract_lacks_is_one_clear_line() -> None:
+    with pytest.raises(OcrError) as caught:
+        ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=60, language="xx-none")
+    message = str(caught.value)
+    assert message.startswith("tesseract failed (exit code ") and "xx-none" in message
+    assert "\n" not in message
