@@ -135,24 +135,32 @@ class LineRule:
     anywhere: Callable[[str, str, Any], bool] | None
 
 
-#: The line rules, in the order a line is asked (the first it fails is counted). A phrase asked
-#: of the whole text's lower case is what each line's lower case gives: no phrase spans a
-#: newline, and lower-casing does not look across one (final sigma).
+def _phrase_rule(field: str, reason: str, phrases: tuple[str, ...]) -> LineRule:
+    """The rule that removes a line holding one of ``phrases`` (lower case): one test, asked of
+    each line's lower case and of the whole text's. The whole text's answer is what its lines'
+    give: no phrase spans a newline, and lower-casing does not look across one (final sigma)."""
+
+    def holds(lower: str) -> bool:
+        return any(phrase in lower for phrase in phrases)
+
+    return LineRule(
+        field, reason, lambda _line, lower, _words, _on: holds(lower), lambda _text, lower, _on: holds(lower)
+    )
+
+
+def _longer_word(words: Iterable[str], longest: int) -> bool:
+    """Whether one of ``words`` (a line's, or the whole text's) is longer than ``longest``."""
+    return max(map(len, words), default=0) > longest
+
+
+#: The line rules, in the order a line is asked (the first it fails is counted).
 LINE_RULES = (
-    LineRule(
-        "c4_javascript_lines", "c4_javascript",
-        lambda _line, lower, _words, _on: "javascript" in lower,
-        lambda _text, lower, _on: "javascript" in lower,
-    ),
-    LineRule(
-        "c4_policy_lines", "c4_policy",
-        lambda _line, lower, _words, _on: any(p in lower for p in _POLICY),
-        lambda _text, lower, _on: any(p in lower for p in _POLICY),
-    ),
+    _phrase_rule("c4_javascript_lines", "c4_javascript", ("javascript",)),
+    _phrase_rule("c4_policy_lines", "c4_policy", _POLICY),
     LineRule(
         "c4_max_word_length", "c4_long_word",
-        lambda _line, _lower, words, longest: max(map(len, words), default=0) > longest,
-        lambda text, _lower, longest: max(map(len, text.split()), default=0) > longest,
+        lambda _line, _lower, words, longest: _longer_word(words, longest),
+        lambda text, _lower, longest: _longer_word(text.split(), longest),
     ),
     LineRule(
         "c4_min_line_words", "c4_short_line",
