@@ -35,6 +35,7 @@ from crystalline.documents import Document
 
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
+from .in_order import InputOrder
 from .language import load as load_language_model
 
 if TYPE_CHECKING:
@@ -397,30 +398,23 @@ class ExtractionPool:
         taken_back: deque[tuple[int, Document]] = deque()  # from a worker whose pipe broke
         exhausted = False
         taken = 0  # documents taken from ``docs``
-        ahead = 2 * self.config.processes
-        held: dict[int, WorkResult] = {}  # in input order: results waiting for those before them
-        next_out = 0  # in input order: the index to yield next
+        # in input order: each result held until those before it are out, at most twice as
+        # many documents as workers handed out past the oldest one not yet yielded
+        order = InputOrder[WorkResult](2 * self.config.processes) if in_order else None
 
         def take() -> tuple[int, Document] | None:
             nonlocal exhausted, taken
             if taken_back:
                 return taken_back.popleft()
-            if exhausted or (in_order and taken >= next_out + ahead):
+            if exhausted or (order is not None and not order.may_take(taken)):
                 return None
             item = next(pending, None)
             exhausted = item is None
             taken += not exhausted
             return item
 
-        def done(index: int, result: WorkResult) -> Iterator[tuple[int, WorkResult]]:
-            nonlocal next_out
-            if not in_order:
-                yield index, result
-                return
-            held[index] = result
-            while next_out in held:
-                yield next_out, held.pop(next_out)
-                next_out += 1
+        def done(index: int, result: WorkResult) -> list[tuple[int, WorkResult]]:
+            return [(index, result)] if order is None else order.release(index, result)
 
         self._ensure_workers()
         while True:
