@@ -59,6 +59,10 @@ _DROP_TAGS = frozenset(
         "map",
     )
 )
+# aria-hidden does not drop an element of this many characters or more found once on the page,
+# its link text under this share of it (see _Shown).
+_ARIA_SHOWN_MIN = 500
+_ARIA_SHOWN_LINKS = 0.1
 # The attributes that can hide an element (see _is_hidden), and tags never dropped for words.
 _HIDING_ATTRS = frozenset(("role", "aria-hidden", "hidden", "style"))
 _SHIELDS = frozenset(("html", "body", "article", "main"))
@@ -302,12 +306,62 @@ def _words(el: etree._Element) -> set[str]:
     return set(_SPLIT.split(attrs)) if attrs.strip() else set()
 
 
-def _is_hidden(el: etree._Element) -> bool:
-    """Page furniture by its ARIA role, or not shown: aria-hidden, the hidden attribute or an
-    inline style that hides it."""
-    if el.get("role", "").lower() in _DROP_ROLES or el.get("aria-hidden") == "true":
+def _is_hidden(el: etree._Element, shown: _Shown) -> bool:
+    """Page furniture by its ARIA role, or not shown: the hidden attribute or an inline style
+    that hides it, or aria-hidden (unless it holds long text found nowhere else, see _Shown)."""
+    if el.get("role", "").lower() in _DROP_ROLES:
         return True
-    return el.get("hidden") is not None or bool(_HIDDEN.search(el.get("style", "")))
+    if el.get("hidden") is not None or _HIDDEN.search(el.get("style", "")):
+        return True
+    return el.get("aria-hidden") == "true" and shown.hides(el)
+
+
+class _Shown:
+    """The aria-hidden verdicts of one page. aria-hidden takes an element out of what a screen
+    reader reads, not off the screen: pages put it on icons, on decorative copies of text the
+    reader gets elsewhere (a carousel's cloned slides) and on the page behind an open dialog
+    (yahoo-2 of the dev set: a wrapper of the whole page, its navigation included, behind a
+    photo viewer holding the story), which are dropped; but an element of _ARIA_SHOWN_MIN
+    characters or more whose text the page holds nowhere else and which holds no navigation
+    (link text under _ARIA_SHOWN_LINKS of its text) is content shown to the eye, and stays
+    (GitHub's file view: the file's lines are aria-hidden, read to a screen reader from a text
+    area that a script fills). Each element is judged once, on the page as parsed, so every
+    pass and trafilatura's tree agree."""
+
+    def __init__(self, body: etree._Element) -> None:
+        self._body = body
+        self._page: str | None = None
+        self._verdicts: dict[etree._Element, bool] = {}
+
+    def hides(self, el: etree._Element) -> bool:
+        verdict = self._verdicts.get(el)
+        if verdict is None:
+            text = _shown_text(el)
+            verdict = len(text) < _ARIA_SHOWN_MIN or self._copied(text)
+            if not verdict:
+                links = sum(len(_shown_text(a)) for a in el.iter("a"))
+                verdict = links >= _ARIA_SHOWN_LINKS * len(text)
+            self._verdicts[el] = verdict
+        return verdict
+
+    def _copied(self, text: str) -> bool:
+        """Whether the page holds the start of ``text`` twice or more (once is ``text`` itself)."""
+        if self._page is None:
+            self._page = _shown_text(self._body)
+        head = text[:_ARIA_SHOWN_MIN]
+        first = self._page.find(head)
+        return first >= 0 and self._page.find(head, first + 1) >= 0
+
+
+def _shown_text(el: etree._Element) -> str:
+    """The text under ``el`` less scripts and styles, whitespace collapsed to single spaces."""
+    parts = []
+    for node in el.iter():
+        if node.text and node.tag not in ("script", "style") and isinstance(node.tag, str):
+            parts.append(node.text)
+        if node.tail and node is not el:
+            parts.append(node.tail)
+    return " ".join(" ".join(parts).split())
 
 
 def _has_boiler_words(el: etree._Element) -> bool:
@@ -441,7 +495,7 @@ def _in_sentence(el: etree._Element) -> bool:
     return el.getnext() is None and bool(_SENTENCE_END.search(_text_of(el) + (el.tail or "")))
 
 
-def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:
+def _doomed(root: etree._Element, strict: bool, shown: _Shown) -> list[etree._Element]:
     """The elements under ``root`` (itself included) to drop, in document order. One loop over
     every node of the page (a large page has 10k+): the checks are inline and attribute-free
     elements cost a tag test and one ``keys()``."""
@@ -452,7 +506,7 @@ def _doomed(root: etree._Element, strict: bool) -> list[etree._Element]:
         if not isinstance(tag, str) or tag in _DROP_TAGS or (tag == "header" and _page_header(el)):
             doomed.append(el)
         elif keys := el.keys():  # most elements: no class, id, role, style or hidden to judge
-            hidden = not _HIDING_ATTRS.isdisjoint(keys) and _is_hidden(el)
+            hidden = not _HIDING_ATTRS.isdisjoint(keys) and _is_hidden(el, shown)
             if not strict:  # the retry keeps what class words condemn, never what is not shown
                 if hidden:
                     doomed.append(el)
@@ -1005,10 +1059,11 @@ def extract_both(
     body = doc.find("body")
     if body is None:
         body = doc
-    doomed = _doomed(body, strict=True)
+    shown = _Shown(body)
+    doomed = _doomed(body, strict=True, shown=shown)
     cut = _Cut()
     other = (
-        _trafilatura_text(doc, body, doomed, len(html), cut, trafilatura)
+        _trafilatura_text(doc, body, doomed, shown, len(html), cut, trafilatura)
         if trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
         else ""
     )
@@ -1020,7 +1075,7 @@ def extract_both(
     relaxed_cut = _Cut()
     if _weight(text) < _SHORT:
         cut.undo()
-        relaxed = _main_text(body, _doomed(body, strict=False), relaxed_cut)
+        relaxed = _main_text(body, _doomed(body, strict=False, shown=shown), relaxed_cut)
         if len(relaxed) > len(text):
             text = relaxed
     third = ""
@@ -1028,7 +1083,7 @@ def extract_both(
     if readability is not None and trafilatura_ran and readability(text, other):
         relaxed_cut.undo()
         if len(cut) < cleaned:  # the relaxed retry undid every cut: the page as parsed
-            _clean(doc, body, doomed, cut)
+            _clean(doc, body, doomed, shown, cut)
         else:
             cut.undo(keep=cleaned)
         third = _readability_text(doc, len(html))
@@ -1052,11 +1107,11 @@ def _readability_text(doc: etree._Element, size: int) -> str:
         return ""
 
 
-def _hidden_furniture(el: etree._Element) -> bool:
+def _hidden_furniture(el: etree._Element, shown: _Shown) -> bool:
     """Not shown or page furniture by its attributes, and neither the page's wrapper (<body>,
     <main>, ...) nor holding its <h1> or an <article>: a page hides its body until a script shows
     it, or marks its wrapper aria-hidden while a cookie dialog is open (as the strict pass)."""
-    hidden = not _HIDING_ATTRS.isdisjoint(el.keys()) and _is_hidden(el)
+    hidden = not _HIDING_ATTRS.isdisjoint(el.keys()) and _is_hidden(el, shown)
     return hidden and el.tag not in _SHIELDS and _no_article(el)
 
 
@@ -1072,6 +1127,7 @@ def _trafilatura_text(
     doc: etree._Element,
     body: etree._Element,
     doomed: list[etree._Element],
+    shown: _Shown,
     size: int,
     cut: _Cut,
     options: Mapping[str, bool],
@@ -1092,7 +1148,7 @@ def _trafilatura_text(
     import trafilatura  # ~0.2 s to import: only where a page first needs it
 
     try:
-        _clean(doc, body, doomed, cut)
+        _clean(doc, body, doomed, shown, cut)
         # trafilatura copies a tree it is given before it changes it: ours stays whole
         text = trafilatura.extract(
             doc,
@@ -1111,7 +1167,9 @@ def _trafilatura_text(
     return text or ""
 
 
-def _clean(doc: etree._Element, body: etree._Element, doomed: list[etree._Element], cut: _Cut) -> None:
+def _clean(
+    doc: etree._Element, body: etree._Element, doomed: list[etree._Element], shown: _Shown, cut: _Cut
+) -> None:
     """Remove from the parsed page what trafilatura and readability are not handed (see
     _trafilatura_text), recording it in ``cut``."""
     from trafilatura.settings import MANUALLY_CLEANED
@@ -1129,7 +1187,7 @@ def _clean(doc: etree._Element, body: etree._Element, doomed: list[etree._Elemen
             cut.remove(part)
         else:
             etree.strip_elements(part, *stripped, with_tail=False)
-    for el in reversed([el for el in doomed if _hidden_furniture(el)]):
+    for el in reversed([el for el in doomed if _hidden_furniture(el, shown)]):
         cut.remove(el)
 
 

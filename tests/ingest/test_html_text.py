@@ -448,6 +448,38 @@ def test_trafilatura_sees_the_article_in_a_hidden_page_wrapper() -> None:
         assert promo not in theirs and "cookies" not in theirs
 
 
+def test_a_long_aria_hidden_block_found_nowhere_else_without_navigation_is_the_pages_text() -> None:
+    # aria-hidden takes an element from screen readers, not from the screen. A page shaped as
+    # GitHub's file view (domdown's held-out page: F1 0.017 before, where both extractors dropped
+    # the file as hidden): its lines, once on the page and without links, in an aria-hidden
+    # block of one <div> a line (the screen reader's copy is a text area a script fills), are its
+    # text for both extractors.
+    paras = [p for section in SECTIONS for p in section]
+    lines = "".join(f"<div class='file-line'>{p}</div>" for p in paras)
+    html = (
+        "<html><head><title>notes.txt at main</title></head><body>"
+        f"<header><nav><ul>{NAV}</ul></nav></header><main><h1>notes.txt</h1><p>65 lines (51 loc)</p>"
+        f"<div class='code-file-contents' role='presentation' aria-hidden='true'>{lines}</div>"
+        "</main></body></html>"
+    )
+    for engines in ("fast|ours", "never"):
+        text = extract_html(html, engines).text  # type: ignore[arg-type]
+        assert all(p in text for p in paras), engines
+        assert "Section 3" not in text
+    # an aria-hidden copy of text the page shows elsewhere (a cloned slide), a short one (an
+    # icon's label) and one holding navigation (the page behind an open dialog) stay dropped
+    shown = "".join(f"<p>{p}</p>" for p in paras[:3])
+    copy = f"<div class='slide' aria-hidden='true'>{shown}</div>"
+    icon = "<span aria-hidden='true'>Star this repository</span>"
+    menu = "".join(f"<li><a href='/t/{i}'>Topic number {i} of the site</a></li>" for i in range(12))
+    behind = f"<div aria-hidden='true'><ul>{menu}</ul>{''.join(f'<p>{p}</p>' for p in paras[3:])}</div>"
+    html = _page(f"<article><h1>The delta grows</h1>{shown}{copy}{icon}</article>{behind}")
+    for engines in ("fast|ours", "never"):
+        text = extract_html(html, engines).text  # type: ignore[arg-type]
+        assert all(text.count(p) == 1 for p in paras[:3]), engines
+        assert "Star this" not in text and not any(p in text for p in paras[3:]), engines
+
+
 def test_both_extractors_keep_a_table_inside_a_figure() -> None:
     # A <figure> is read with the story (its caption, a table in it); trafilatura keeps one that
     # holds a table: its input keeps figures, and its text is the one it gives for the page as a
