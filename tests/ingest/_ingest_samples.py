@@ -30,6 +30,17 @@ def image_bytes(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def slow_scan() -> bytes:
+    """A PNG page of two columns of 600 lines: its OCR takes half a minute on a quiet core
+    (minutes on a loaded one), so a test can end it in the middle, or see it overrun a time
+    limit of seconds that a text document, imports included, keeps far within."""
+    column = render_text(OCR_LINES * 200)
+    page = Image.new("L", (2 * column.width, column.height), 255)
+    page.paste(column, (0, 0))
+    page.paste(column, (column.width, 0))
+    return image_bytes(page, "PNG")
+
+
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import _ingest_samples as samples
 import pytest
 from _wait import until
-from PIL import Image
 
 from crystalline.documents import Document
 from crystalline.ingest.ocr import OcrError, ocr_image
@@ -65,13 +64,8 @@ def _running(process: tuple[int, str]) -> bool:
 
 
 def _slow_scan() -> Document:
-    """Two columns of 600 lines: an image whose OCR takes half a minute on a quiet core (minutes
-    on a loaded one). The tests end its worker while tesseract reads it and never wait for it."""
-    column = samples.render_text(samples.OCR_LINES * 200)
-    page = Image.new("L", (2 * column.width, column.height), 255)
-    page.paste(column, (0, 0))
-    page.paste(column, (column.width, 0))
-    return Document("/d/scan.png", samples.image_bytes(page, "PNG"), "")
+    """The tests end its worker while tesseract reads it and never wait for it to finish."""
+    return Document("/d/scan.png", samples.slow_scan(), "")
 
 
 def _texts(*names: str) -> list[Document]:

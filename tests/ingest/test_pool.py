@@ -37,15 +37,19 @@ def test_every_document_gets_one_result_with_tokens() -> None:
 
 @pytest.mark.timeout(60)
 def test_runaway_extraction_is_killed_and_others_finish() -> None:
-    slow = samples.image_bytes(samples.render_text(samples.OCR_LINES * 4), "PNG")
-    docs = [Document("/d/a.txt", samples.prose(10, 100).encode(), ""), Document("/d/slow.png", slow, "")]
+    # OCR of this page takes half a minute or more; a text takes milliseconds, even the first in
+    # a new worker, which imports its extractors then (with a 20 ms limit, as before, a loaded
+    # machine failed every text that way)
+    docs = [
+        Document("/d/a.txt", samples.prose(10, 100).encode(), ""),
+        Document("/d/slow.png", samples.slow_scan(), ""),
+    ]
     docs += [Document(f"/d/{i}.txt", samples.prose(i, 100).encode(), "") for i in range(3)]
-    # OCR of this image takes well over 20 ms; plain text takes a fraction of that.
-    with ExtractionPool(PoolConfig(processes=1, time_limit_s=0.02, min_words=5)) as pool:
+    with ExtractionPool(PoolConfig(processes=1, time_limit_s=3.0, min_words=5)) as pool:
         results = dict(pool.map(docs))
-        assert pool.restarts >= 1
-    assert "timed out" in results[1].error
-    assert sum(1 for r in results.values() if not r.error and r.chars > 0) >= 1
+        assert pool.restarts == 1
+    assert results[1].error == "extraction timed out after 3s"
+    assert all(not r.error and r.chars > 0 for i, r in results.items() if i != 1)
     assert len(results) == 5
 
 
