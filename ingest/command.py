@@ -29,6 +29,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from crystalline.documents import Document
 from crystalline.documents import sql_text as readable  # as drop_folder's, without the registry
@@ -41,31 +42,64 @@ from .pool import ExtractionPool, WorkResult, extract_in_process, usable_cpus
 from .settings import IngestSettings
 
 
-def _files(paths: Sequence[str], strict: bool = True) -> list[Path]:
-    """Files named, plus the files under folders named (hidden ones skipped), in order. A
+class Entry(NamedTuple):
+    """A file to take: named, or found in a folder named; ``refused``: why it is not read, where
+    listing its folder told already ("" otherwise: its read decides)."""
+
+    path: Path
+    refused: str = ""
+
+
+def _files(paths: Sequence[str], strict: bool = True) -> list[Entry]:
+    """Files named, plus every entry under folders named (:func:`_folder_entries`), in order. A
     missing path raises ValueError if ``strict``, else is kept (its read fails later); a named
     FIFO, device or socket is kept, and refused by its read (:func:`read_named`)."""
-    out: list[Path] = []
+    out: list[Entry] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            out.extend(
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
+            _folder_entries(path, out)
         elif not strict or os.path.lexists(path):  # not a regular file: its read refuses it
-            out.append(path)
+            out.append(Entry(path))
         else:
             raise ValueError(f"{path}: no such file or directory")
     return out
+
+
+def _folder_entries(folder: Path, out: list[Entry]) -> None:
+    """Add every entry under ``folder`` but its sub-folders (walked) and hidden names (skipped,
+    with what is under them), by name, depth first (the order of the sorted paths). Whatever is
+    not a regular file is added as well, for its read to refuse in one line like a named one:
+    a FIFO, socket or device, a symbolic link to one of those, to nothing or in a loop. A
+    symbolic link to a folder is refused here (not followed: a link back up would never end),
+    and so is a folder that cannot be listed."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as e:
+        out.append(Entry(folder, f"cannot list the folder ({e.strerror})"))
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _folder_entries(path, out)
+                continue
+            if entry.is_symlink() and entry.is_dir():
+                out.append(Entry(path, "not a regular file (symbolic link to a folder, not followed)"))
+                continue
+        except OSError:  # gone since listed, or no longer statable: its read says which
+            pass
+        out.append(Entry(path))
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
     """Print the extracted text of each file, in the order given; exit 1 if any failed. A file is
     read when its turn comes (at most one body per worker is held, plus the one ``documents``
     yielded last, however many files), and its line printed as soon as the files before it are done."""
-    paths = _files(args.files, strict=False)
+    entries = _files(args.files, strict=False)
     settings = _settings(args)
     limits = settings.limits
     config = settings.pool_config()
@@ -73,21 +107,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
     read: list[int] = []  # the file of each document read, in order
 
     def documents() -> Iterator[Document]:
-        for i, path in enumerate(paths):
+        for i, (path, refused) in enumerate(entries):
+            if refused:
+                errors[i] = refused
+                continue
             try:
                 body, st = read_named(path, limits.max_bytes)
-            except NotRegular as e:
-                errors[i] = str(e)
-                continue
-            except OSError as e:
-                errors[i] = f"cannot read ({e.strerror})"
+            except (NotRegular, OSError) as e:
+                errors[i] = _unread(path, e)
                 continue
             if st.st_size > limits.max_bytes or len(body) > limits.max_bytes:
                 size = max(st.st_size, len(body))
                 errors[i] = f"too large ({size} bytes > {limits.max_bytes})"
                 continue
             read.append(i)
-            yield Document(readable(str(path.resolve())), body, "", origin="cli")
+            yield Document(readable(os.path.realpath(path)), body, "", origin="cli")
 
     options = {"want_text": True, "apply_filters": False, "fingerprint": False}
     failed = printed = 0  # files failed, files printed
@@ -103,12 +137,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
         )
         for j, result in outcomes:
             for i in range(printed, read[j]):  # files not read before this one
-                failed += _print_file(args.json, paths[i], None, errors[i])
-            failed += _print_file(args.json, paths[read[j]], result, result.error)
+                failed += _print_file(args.json, entries[i].path, None, errors[i])
+            failed += _print_file(args.json, entries[read[j]].path, result, result.error)
             printed = read[j] + 1
-    for i in range(printed, len(paths)):
-        failed += _print_file(args.json, paths[i], None, errors[i])
+    for i in range(printed, len(entries)):
+        failed += _print_file(args.json, entries[i].path, None, errors[i])
     return 1 if failed else 0
+
+
+def _unread(path: Path, error: NotRegular | OSError) -> str:
+    """Why ``path`` was not read, in one line (:class:`NotRegular`'s reason, or the system's)."""
+    if isinstance(error, NotRegular):
+        return str(error)
+    if os.path.islink(path):  # the link is there, what it names is not (or it loops)
+        return f"cannot read: a broken symbolic link ({error.strerror})"
+    return f"cannot read ({error.strerror})"
 
 
 def _print_file(as_json: bool, path: Path, res: WorkResult | None, error: str) -> bool:
@@ -142,7 +185,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from .drop_folder import file_key_of
     from .ingestor import Ingestor, Submission, content_entry, refusal_key
 
-    paths = _files(args.paths)
+    entries = _files(args.paths)
     tokenizer = load_tokenizer(args.tokenizer)
     settings = _settings(args)
     counts = dict.fromkeys(("documents", "tokens", "duplicates", "failed", "filtered", "skipped"), 0)
@@ -162,13 +205,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             size = 0
 
         limit = settings.limits.max_bytes
-        for path in paths:
-            name = str(path.resolve())  # file-system bytes as os.fsdecode gives them: any name works
+        for path, refused in entries:
+            # file-system bytes as os.fsdecode gives them: any name works; realpath, not resolve:
+            # a link loop raises RuntimeError there (it ended `ingest` as an internal error)
+            name = os.path.realpath(path)
             try:
+                if refused:
+                    raise NotRegular(refused)
                 body, st = read_named(path, limit)
             except (NotRegular, OSError) as e:
-                why = str(e) if isinstance(e, NotRegular) else f"cannot read ({e.strerror})"
-                print(f"{readable(str(path))}: {why}", file=sys.stderr)
+                print(f"{readable(str(path))}: {_unread(path, e)}", file=sys.stderr)
                 counts["failed"] += 1
                 continue
             if st.st_size > limit or len(body) > limit:  # keyed by its identity on disk, as the drop folder
