@@ -105,7 +105,7 @@ compare with) on our parse: html_text.extract_both hands it the tree trafilatura
 pass's cuts undone, no second parse, no copy; it changes the tree, so it runs last). jusText
 (trafilatura's other fallback) was measured and left out: 33 ms a dev page through its SAX
 paragraph maker against ~15 ms for trafilatura's fast pass and ~4 ms for ours. The vote
-(``crystalline.ingest.line_vote.vote``): a line of the union is kept where two of the three
+(``line_vote.vote``, bench/line_vote.py): a line of the union is kept where two of the three
 engines hold it, lines aligned by their words (a line of under four words only where the other
 engine has that very line), in the order of the engine with the most kept text. Where the vote
 keeps under KEEP_SHARE (0.8) of the shipped text's characters (an engine alone found the
@@ -157,9 +157,9 @@ from typing import Any
 
 import extract_heldout as heldout
 import extract_quality as quality
+import line_vote
 import trafilatura
 
-from crystalline.ingest import line_vote
 from crystalline.ingest.charset import decode_bytes
 from crystalline.ingest.html_text import FAST, Engines, extract_both, extract_html, parse_html
 from crystalline.ingest.normalize import normalize_text

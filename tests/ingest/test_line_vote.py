@@ -1,8 +1,15 @@
-"""The line-level vote of several extractors' texts (ingest/line_vote.py, issue 11's round 4)."""
+"""The line-level vote of several extractors' texts (bench/line_vote.py, issue 11's round 4)."""
 
 from __future__ import annotations
 
-from crystalline.ingest.line_vote import agreement, disputed, line_key, vote
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+try:
+    from line_vote import agreement, disputed, line_key, vote
+finally:
+    sys.path.pop(0)
 
 ARTICLE = [
     "The council approved the new budget on Tuesday after a long debate.",

@@ -8,7 +8,8 @@ and joins paragraphs differently from ours); a short line (under SHORT_WORDS wor
 "Share", "Advertisement") only where the other engine has a line of exactly those words, since a
 word or two turns up inside any long text. The order is the backbone's, the engine with the most
 kept text, and each kept line the backbone lacks goes after the kept line its own engine had
-before it.
+before it. Used by bench/extract_engines.py's round-4 rows; no round-4 row passed its decision
+rule, so the shipped engine does not vote.
 """
 
 from __future__ import annotations
