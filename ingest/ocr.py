@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import io
 import os
+import re
 import signal
 import subprocess
 import warnings
@@ -28,6 +29,7 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 _prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 _prctl.restype = ctypes.c_int
+_OBJECT_REPR = re.compile(r" ?<[^<>\n]* object at 0x[0-9a-fA-F]+>")
 #: Seconds a killed tesseract gets to be reaped (its pipes drained) before the call gives up.
 KILLED_WAIT_S = 5.0
 
@@ -111,5 +113,8 @@ def ocr_image_bytes(data: bytes, max_pixels: int, max_frames: int, timeout_s: fl
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The first line of an exception's message, without the repr of an object in it (PIL names
+    the buffer it read: "cannot identify image file <_io.BytesIO object at 0x7f...>"), so that
+    the same bad file gets the same reason each time."""
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__

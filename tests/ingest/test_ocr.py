@@ -17,7 +17,7 @@ import pytest
 from _wait import until
 
 from crystalline.documents import Document
-from crystalline.ingest.ocr import OcrError, ocr_image
+from crystalline.ingest.ocr import OcrError, ocr_image, ocr_image_bytes
 from crystalline.ingest.pool import ExtractionPool, PoolClosed, PoolConfig, WorkResult
 
 pytestmark = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed")
@@ -213,3 +213,12 @@ def test_a_language_tesseract_lacks_is_one_clear_line() -> None:
     message = str(caught.value)
     assert message.startswith("tesseract failed (exit code ") and "xx-none" in message
     assert "\n" not in message
+
+
+def test_an_unreadable_image_gets_the_same_reason_each_time() -> None:
+    reasons = set()
+    for _ in range(2):
+        with pytest.raises(OcrError) as caught:
+            ocr_image_bytes(b"this is not a png at all", 40_000_000, 10, 60)
+        reasons.add(str(caught.value))
+    assert reasons == {"not a readable image (cannot identify image file)"}
