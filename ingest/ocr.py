@@ -39,8 +39,9 @@ class OcrError(ValueError):
 
 
 def _dies_with(parent: int) -> Callable[[], None]:
-    """What the child runs between fork and exec: SIGKILL it when ``parent`` (the thread that
-    forked it, the pool worker's only one) ends, and end it at once if that happened already."""
+    """What the child runs between fork and exec: SIGKILL it when the thread that forked it ends
+    (a pool worker's main thread, which waits for it, so: when the worker ends), and end it at
+    once if ``parent`` is gone already."""
 
     def arm() -> None:
         if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
