@@ -21,6 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
+from itertools import compress
 from typing import Any
 
 # ASCII and typographic closers, CJK full stops (escapes: ruff flags look-alike characters)
@@ -291,8 +292,8 @@ def _ngrams(
     are looked at (on the dev-set pages a median 21% of them at n = 3, 6% at n = 4); every other
     n-gram occurs once. Ids are exact (an n-gram's id numbers the pair of its (n-1)-gram's id and
     its last word's, in order of first occurrence), with no hashing. Plain lists and dicts, no
-    numpy: `crystalline extract` on one page would pay numpy's import (75-95 ms of CPU) for
-    what costs a few hundred microseconds here."""
+    numpy: `crystalline extract` would pay its import (60-95 ms of CPU alone, 27-31 ms more
+    than what trafilatura imports anyway) for 0.3 ms a page less (0.6 against 0.9 ms)."""
     vocabulary: dict[str, int] = {}
     ids = [vocabulary.setdefault(w, len(vocabulary)) for w in words]
     size = len(vocabulary)  # word ids are under it: (gram, word) -> gram * size + word is one-to-one
@@ -347,7 +348,7 @@ def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
     if not longest:
         return None  # every n-gram rule off: no n-grams counted
     words = text.lower().split()
-    lengths = [len(w) for w in words]
+    lengths = list(map(len, words))
     word_chars = max(sum(lengths), 1)
     for n, starts, grams, counts, first in _ngrams(words, longest):
         frac = _ngram_frac(rules, n)
@@ -366,7 +367,7 @@ def _gopher_repetition(text: str, rules: FilterRules) -> str | None:
         for j, (s, g) in enumerate(zip(starts, grams, strict=True)):
             if first[g] != j:
                 covered[s : s + n] = b"\1" * n
-        share = sum(length for length, c in zip(lengths, covered, strict=True) if c) / word_chars
+        share = sum(compress(lengths, covered)) / word_chars
         if share > frac:
             return f"gopher_repetition: duplicate {n}-grams cover {share:.0%} of characters > {frac:.0%}"
     return None
