@@ -4,6 +4,7 @@ processes a stopped daemon left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -90,6 +91,8 @@ class NotifyListener:
                 continue
             except OSError:
                 return
+            if self._stop.is_set():  # close's wake-up (or a message at close: not recorded)
+                return
             self.messages.append(data.decode())
 
     def seen(self, line: str) -> int:
@@ -107,6 +110,9 @@ class NotifyListener:
 
     def close(self) -> None:
         self._stop.set()
+        # a datagram ends the thread's recv now rather than at its timeout (unsent: at the timeout)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as wake, contextlib.suppress(OSError):
+            wake.sendto(b"", str(self.path))
         self._thread.join(2)
         self.sock.close()
         self.path.unlink(missing_ok=True)

@@ -70,8 +70,8 @@ def running_daemon(
 
     try:
         data = until_status(
-            alive_status, ready, f"the daemon was not ready ({ready.__name__})", START_S, 0.5,
-            lambda d: f"{d}\n{log.read_text()[-3000:]}",
+            alive_status, ready, f"the daemon was not ready ({ready.__name__})", START_S,
+            show=lambda d: f"{d}\n{log.read_text()[-3000:]}",
         )  # fmt: skip
         yield {"proc": proc, "run": run, "log": log, "status": data}
     finally:

@@ -62,7 +62,7 @@ def trains_without_torch(short_dir: Path) -> None:
     run = short_dir / "run"
     proc, notify = start_small_daemon(short_dir, ["--http", "127.0.0.1:0"])  # the dashboard too
     try:
-        data = wait_daemon(run, proc, lambda d: d["training"].get("step", 0) >= 2, "no training", 240, 0.5)
+        data = wait_daemon(run, proc, lambda d: d["training"].get("step", 0) >= 2, "no training", 240)
         assert "cluster" not in data and "params_digest" not in data["training"]
         assert_no_torch(proc.pid)
         # what could import it later: a checkpoint, the dashboard's pages, more steps and statuses
@@ -77,7 +77,7 @@ def trains_without_torch(short_dir: Path) -> None:
         def on(d: dict[str, Any]) -> bool:  # five steps more, the checkpoint written
             return d["training"].get("step", 0) >= later and d["training"]["last_checkpoint_step"] is not None
 
-        data = wait_daemon(run, proc, on, "no more steps or no checkpoint", 240, 0.5)
+        data = wait_daemon(run, proc, on, "no more steps or no checkpoint", 240)
         assert "cluster" not in data and "params_digest" not in data["training"]
         assert_no_torch(proc.pid)
     finally:

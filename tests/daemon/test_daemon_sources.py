@@ -38,7 +38,7 @@ def drop(folder: Path, texts: list[Path]) -> None:
 
 
 def wait_for(proc: subprocess.Popen[bytes], run: Path, done: Any, what: str) -> dict[str, Any]:
-    return wait_daemon(run, proc, done, what, 240, 0.5)
+    return wait_daemon(run, proc, done, what, 240)
 
 
 def test_validation_loss_per_source_in_status(short_dir: Path) -> None:

@@ -24,7 +24,7 @@ LEARNED = ["--preset", "base", "--learned-vocab", "300", "--learned-vocab-bytes"
 
 def wait_until(root: Path, proc: subprocess.Popen[bytes], ok: Any, what: str) -> dict[str, Any]:
     """The daemon's status once ``ok`` holds of it (within 300 s)."""
-    return wait_daemon(root / "run", proc, ok, what, 300, 0.3)
+    return wait_daemon(root / "run", proc, ok, what, 300)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -269,7 +269,7 @@ class Daemon:
             )
             return self.status(timeout_s)
 
-        return until_status(alive_status, pred, f"no {what}", timeout_s, 0.3, lambda d: f"{d}\n{self.tail()}")
+        return until_status(alive_status, pred, f"no {what}", timeout_s, show=lambda d: f"{d}\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
