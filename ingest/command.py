@@ -68,24 +68,24 @@ def _files(paths: Sequence[str], strict: bool = True) -> list[Entry]:
 
 def _folder_entries(folder: Path, out: list[Entry]) -> None:
     """Add every entry under ``folder`` but its sub-folders (walked) and hidden names (skipped,
-    with what is under them), by name, depth first (the order of the sorted paths). Whatever is
-    not a regular file is added as well, for its read to refuse in one line like a named one:
-    a FIFO, socket or device, a symbolic link to one of those, to nothing or in a loop. A
-    symbolic link to a folder is refused here (not followed: a link back up would never end),
-    and so is a folder that cannot be listed."""
-    try:
-        with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
-    except OSError as e:
-        out.append(Entry(folder, f"cannot list the folder ({e.strerror})"))
-        return
-    for entry in entries:
+    with what is under them), by name, depth first (the order of the sorted paths), with a stack
+    of its own (a folder 1,500 deep ended the call in a RecursionError). Whatever is not a
+    regular file is added as well, for its read to refuse in one line like a named one: a FIFO,
+    socket or device, a symbolic link to one of those, to nothing or in a loop. A symbolic link
+    to a folder is refused here (not followed: a link back up would never end), and so is a
+    folder that cannot be listed."""
+    stack = [iter(_listing(folder, out))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            continue
         if entry.name.startswith("."):
             continue
         path = Path(entry.path)
         try:
             if entry.is_dir(follow_symlinks=False):
-                _folder_entries(path, out)
+                stack.append(iter(_listing(path, out)))
                 continue
             if entry.is_symlink() and entry.is_dir():
                 out.append(Entry(path, "not a regular file (symbolic link to a folder, not followed)"))
@@ -93,6 +93,17 @@ def _folder_entries(folder: Path, out: list[Entry]) -> None:
         except OSError:  # gone since listed, or no longer statable: its read says which
             pass
         out.append(Entry(path))
+
+
+def _listing(folder: Path, out: list[Entry]) -> list[os.DirEntry[str]]:
+    """The entries of ``folder`` by name; none, and its refusal added to ``out``, where it
+    cannot be listed."""
+    try:
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError as e:
+        out.append(Entry(folder, f"cannot list the folder ({e.strerror})"))
+        return []
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
