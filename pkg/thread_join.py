@@ -1,5 +1,5 @@
-"""Joining a thread within a time that may shrink while it waits: the daemon's stop budget's
-clock (``daemon/stop_budget.py``: a second signal cuts it), or a fixed one."""
+"""Joining a thread, or taking a lock, within a time that may shrink while it waits: the daemon's
+stop budget's clock (``daemon/stop_budget.py``: a second signal cuts it), or a fixed one."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ def join_within(thread: threading.Thread | None, left: Callable[[], float]) -> b
             return False
         thread.join(min(remaining, JOIN_SLICE_S))
     return True
+
+
+def acquire_within(lock: threading.Lock, left: Callable[[], float]) -> bool:
+    """Take ``lock`` while ``left()`` gives time, asking it every ``JOIN_SLICE_S``; True when
+    taken (the caller releases it)."""
+    while (remaining := left()) > 0:
+        if lock.acquire(timeout=min(remaining, JOIN_SLICE_S)):
+            return True
+    return lock.acquire(blocking=False)

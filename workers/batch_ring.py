@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from crystalline.shm.blocks import ArrayBlock, Spec
-from crystalline.thread_join import join_within, within
+from crystalline.thread_join import acquire_within, join_within, within
 from crystalline.tokens.windows import NotEnoughTokens
 
 log = logging.getLogger("crystalline.ring")
@@ -33,6 +33,7 @@ BatchSource = Callable[[int], np.ndarray]  # step -> windows (batch, seq_len + 1
 Filler = Callable[[int, np.ndarray], dict[str, Any]]
 RETRY_S = 0.2  # how often a filler short of tokens looks again
 FILLER_JOIN_S = 10.0  # close(): how long the filler has to end, unless the caller says
+RESTART_JOIN_S = 60.0  # a take that refills: how long the old filler has to end (close cuts it)
 
 
 class RingTimeout(TimeoutError):
@@ -80,6 +81,7 @@ class BatchRing:
         self._lock = threading.Lock()  # take/release/close may come from two threads
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closing = threading.Event()  # set by close before it takes the lock: ends a refill's join
         self._free: queue.Queue[int] = queue.Queue()
         self._ready: queue.Queue[Taken | BaseException] = queue.Queue()
         self._next: int | None = None  # the step the next take should ask for
@@ -121,12 +123,14 @@ class BatchRing:
 
     def _restart(self, first: int) -> None:
         """Stop the filler (its slot writes end before the join returns), then start a new one
-        from ``first`` with every slot free."""
+        from ``first`` with every slot free. Called under the lock; its join ends as soon as a
+        :meth:`close` begins (RingTimeout), so that close never waits for it."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60.0)
-            if self._thread.is_alive():
-                raise RingTimeout("the ring's filler did not stop within 60 s")
+        cap = within(RESTART_JOIN_S)
+        if not join_within(self._thread, lambda: 0.0 if self._closing.is_set() else cap()):
+            raise RingTimeout(f"the ring's filler did not stop within {RESTART_JOIN_S:g} s")
+        if self._closing.is_set():
+            raise RingTimeout("the ring is closing")
         self._stop = threading.Event()
         self._free, self._ready = queue.Queue(), queue.Queue()
         self._lent = set()
@@ -192,11 +196,20 @@ class BatchRing:
 
     def close(self, left: Callable[[], float] | None = None) -> None:
         """Stop the filler, drop the views and unlink the segment (idempotent). ``left``: the
-        time the filler has to end (the daemon's stop budget's clock; 10 s by default); one
-        still filling keeps the segment mapped here (its view), and the name goes anyway."""
-        with self._lock:
+        time the lock and the filler have (the daemon's stop budget's clock, which a second signal
+        cuts; 10 s by default). A take refilling under the lock is told to give up at once; a
+        filler still filling keeps the segment mapped here (its view); the name goes anyway,
+        even when the lock could not be had in time (shm_unlink needs no view)."""
+        left = left or within(FILLER_JOIN_S)
+        self._closing.set()
+        self._stop.set()  # the filler now, before the lock: a refill's join then ends at once
+        if not acquire_within(self._lock, left):
+            log.warning("ring: close could not take the ring's lock in its time; unlinking its name")
+            self.block.unlink()
+            return
+        try:
             self._stop.set()
-            join_within(self._thread, left or within(FILLER_JOIN_S))
+            join_within(self._thread, left)
             if self.block.closed:
                 return
             self._slots = np.zeros((0,), dtype=self._slots.dtype)
@@ -205,3 +218,5 @@ class BatchRing:
             except BufferError as exc:  # a stray view keeps it mapped here; the name goes anyway
                 log.warning("%s", exc)
             self.block.unlink()
+        finally:
+            self._lock.release()
