@@ -479,7 +479,18 @@ class Ingestor:
         file itself recorded with what it gave (``kind`` warc, no tokens of its own) and moved on."""
         folder, spool = self.drop_folder, self.spool
         assert folder is not None and spool is not None
-        got = spool_warc(item.fd, spool, self.settings.limits.max_bytes)
+
+        def known(stem: str) -> bool:  # a record spooled before a stop: in the spool, or ingested
+            if (spool.directory / f"{stem}.json").exists():
+                return True
+            with self._lock:
+                return self.registry.state_of(f"spool:{stem}") is not None
+
+        got = spool_warc(item.fd, spool, self.settings.limits.max_bytes, self._stopping, known)
+        if got.stopped:  # claimed still, not recorded: read again at the next start
+            log.info("WARC %s: stopped after record %d; resumed at the next start", item.label, got.records)
+            folder.put_back([item])
+            return
         failed = got.error if not got.spooled else ""
         entry = f"drop-warc:{item.file_key}:{hashlib.sha256(os.fsencode(item.name)).hexdigest()[:16]}"
         source = str(folder.root / item.group / item.label)

@@ -8,13 +8,21 @@ extracts, deduplicates and counts it like a crawled page. Every other record (re
 other types, redirects, payloads over the size limit) is counted and skipped. The WARC file
 itself is then recorded once, with what it gave, and moved to ``done/`` (or ``failed/`` when it
 is no WARC at all).
+
+The stop is looked at between records: a WARC of thousands of responses (two fsynced files each)
+does not hold the daemon's stop up. It stays claimed, not recorded, and is read again at the next
+start. Each record's spool entry is named for the file (device, inode, size, modification time:
+not the claim, whose rename changes the ctime) and the record's place in it, so a record read
+again is recognised (``known``: still in the spool, or ingested already) and never spooled twice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from warcio.archiveiterator import ArchiveIterator
@@ -41,6 +49,7 @@ class WarcYield:
     spooled: int = 0
     skipped: int = 0
     error: str = ""  # "" when read to its end
+    stopped: bool = False  # the stop came between two records: the file is not done
 
     def summary(self) -> str:
         text = f"WARC: {self.spooled} HTML responses of {self.records} records to the spool"
@@ -87,11 +96,33 @@ def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:
     return Document(url, body, media.strip().lower(), charset, origin="warc")
 
 
-def spool_warc(fd: int, spool: Spool, max_bytes: int) -> WarcYield:
-    """Put the WARC's HTML responses in the spool (each durable before the next); return the count."""
+def record_stem(st: os.stat_result, record: int, document: Document) -> str:
+    """The spool entry's name of the ``record``-th record (from 1) of the WARC file ``st``: the
+    same each time the file is read, ordered by the file's age and the record's place."""
+    file_id = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{record}"
+    digest = hashlib.sha256(file_id.encode()).hexdigest()[:16]
+    return f"{document.key()}w{digest}-{st.st_mtime_ns + record:019d}"
+
+
+def spool_warc(
+    fd: int,
+    spool: Spool,
+    max_bytes: int,
+    stop: threading.Event | None = None,
+    known: Callable[[str], bool] = lambda _stem: False,
+) -> WarcYield:
+    """Put the WARC's HTML responses in the spool (each durable before the next), skipping those
+    ``known`` already (a file read again after a stop); return the count. ``stop`` set: it
+    returns before the next record, ``stopped``."""
     result = WarcYield()
+    st = os.fstat(fd)
     for document in html_responses(fd, max_bytes, result):
-        spool.put(document)
+        if stop is not None and stop.is_set():
+            result.stopped = True
+            break
+        stem = record_stem(st, result.records, document)
+        if not known(stem):
+            spool.put(document, stem)
         result.spooled += 1
     if result.records == 0 and not result.error:
         result.error = "no WARC records"

@@ -117,9 +117,12 @@ class Spool:
         self._pending += 1
         await asyncio.to_thread(self.put, doc)
 
-    def put(self, doc: Document) -> Path:
-        """Synchronous submit: body, then metadata (the commit point), then the directory."""
-        stem = f"{doc.key()}-{time.time_ns()}"
+    def put(self, doc: Document, stem: str | None = None) -> Path:
+        """Synchronous submit: body, then metadata (the commit point), then the directory.
+        ``stem``: the entry's name when the producer gives each document one of its own, the same
+        on a retry (``<anything>-<19 digits>``, the digits ordering it like a ``time_ns``), so
+        that putting it again replaces it and, once ingested, it is known (a WARC's records)."""
+        stem = stem or f"{doc.key()}-{time.time_ns()}"
         write_atomic(self.directory / f"{stem}.body", doc.body)
         meta = asdict(doc)
         del meta["body"]

@@ -17,7 +17,7 @@ from warcio.warcwriter import WARCWriter
 
 from crystalline.crawler.crawl import Crawler
 from crystalline.crawler.settings import CrawlSettings
-from crystalline.documents import Spool
+from crystalline.documents import Document, Spool
 from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Registry
@@ -124,3 +124,54 @@ def test_a_file_named_warc_that_is_none_fails_with_a_reason(tmp_path: Path) -> N
     assert [(r[2], r[3]) for r in rows] == [("failed", "warc")]
     reason = (drop.failed / "fake.warc.gz.reason.txt").read_text(encoding="utf-8")
     assert reason.splitlines()[0] == "record 1 is no WARC record"
+
+
+class _StopAfter(Spool):
+    """A real spool that tells the ingestor to stop once it holds ``after`` entries: the daemon's
+    stop coming while a WARC is being spooled, at a known record."""
+
+    def __init__(self, directory: Path, after: int) -> None:
+        super().__init__(directory)
+        self.after = after
+        self.ingestor: Ingestor | None = None
+
+    def put(self, doc: Document, stem: str | None = None) -> Path:
+        path = super().put(doc, stem)
+        if self.ingestor is not None and self.count() >= self.after:
+            self.ingestor.stop_taking()
+        return path
+
+
+@pytest.mark.timeout(300)
+def test_a_stop_ends_a_warcs_spooling_between_records_and_the_restart_ingests_each_once(
+    tmp_path: Path,
+) -> None:
+    """A WARC of many responses: the stop comes after 20 are spooled; spooling ends there (the
+    WARC stays claimed, not recorded), and the next start reads it again and ingests each
+    response exactly once, none spooled twice."""
+    n = 120
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "inbox" / "many.warc"
+    with path.open("wb") as f:
+        writer = WARCWriter(f, gzip=False)
+        for i in range(n):
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+            body = f"<html><body>{article(1000 + i)}</body></html>".encode()
+            url = f"https://example.org/{i}"
+            record = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
+            writer.write_record(record)
+    spool = _StopAfter(tmp_path / "spool", after=20)
+    drop = DropFolder(tmp_path / "inbox", settle_s=0.0)
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool, drop) as ing:
+        spool.ingestor = ing
+        drop.start()
+        until(lambda: ing.run_once() or spool.count(), "the WARC spooled", 120, 0.01)
+        assert spool.count() == 20  # not one record after the stop
+    assert (tmp_path / "inbox" / ".ingesting" / "many.warc").exists()  # claimed still, not done
+    spool.ingestor = None
+    _, rows, drop = ingest_inbox(tmp_path)  # the next start
+    pages = sorted(source for source, _origin, _state, kind in rows if kind != "warc")
+    assert pages == sorted(f"https://example.org/{i}" for i in range(n))  # each exactly once
+    assert {state for _s, _o, state, kind in rows if kind != "warc"} == {"done"}
+    assert [r[2] for r in rows if r[3] == "warc"] == ["done"] and (drop.done / "many.warc").exists()
+    assert spool.count() == 0
