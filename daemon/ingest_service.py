@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from ..ingest.ingestor import Ingestor
 from ..ingest.settings import IngestSettings
 from ..tokens.tokenizer import load_tokenizer
 from .component_runner import Backoff, ComponentRunner
+
+log = logging.getLogger("crystalline.ingest")
 
 BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=300.0)
 
@@ -66,13 +69,21 @@ class IngestService:
         if self.ingestor is not None:
             self.ingestor.surprise_recorded()
 
-    async def stop(self, timeout_s: float) -> None:
-        """Tell the batch in hand at once to take no further document, and let it end (durably,
-        with the documents the pool has: the others stay pending) within ``timeout_s``; no
-        batch and no restart after this."""
+    def stop_taking(self) -> None:
+        """The daemon's stop begins: no restart, no batch after this, and the batch in hand takes
+        no further document (instant, thread-safe; called beside control's stop, before any
+        other component's wait)."""
+        if self.runner.stop_event.is_set():
+            return  # told already
         self.runner.stop()
         if self.ingestor is not None:
             self.ingestor.stop_taking()
+        log.info("stopping: ingest takes no further document")
+
+    async def stop(self, timeout_s: float) -> None:
+        """:meth:`stop_taking`, and let the batch in hand end (durably, with the documents the
+        pool has: the others stay pending) within ``timeout_s``."""
+        self.stop_taking()
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self.task, timeout_s)

@@ -4,7 +4,8 @@ control process, which starts the workers; the crawler runs in a thread with a l
 (``crawl_service.py``), so that its database's waits never stall this loop.
 
 Signal handlers only record the signal; the loop asks control to stop with a final checkpoint
-and, beside it, stops the crawler, then ingest, then the vocabulary; it unlinks what it created
+and ingest to take no further document, then, beside control's stop, stops the crawler, then
+ingest, then the vocabulary; it unlinks what it created
 and exits 0. The components' stops (by STOP_S) and every wait of the cleanup after them (by
 END_S, each within its cap) take from one budget (``stop_budget.py``) inside the unit's
 TimeoutStopSec=60 (52 s at worst, README "Stopping"). A second signal (the first after the
@@ -304,6 +305,7 @@ class Supervisor:
         self.notifier.stopping("stopping: checkpointing")
         self.control_runner.stop()  # no restart from here on
         control_stop = asyncio.create_task(self.control.stop(budget), name="control-stop")
+        self.ingest.stop_taking()  # at once: its batch would take more during the crawl's wait
         log.info("stopping: control checkpoints beside the crawl's stop (%g s)", s.daemon.crawl_stop_s)
         try:
             # the fetches in hand end, then the crawler closes ([daemon] crawl-stop-s)

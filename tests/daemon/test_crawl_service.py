@@ -303,6 +303,8 @@ def test_a_daemon_whose_crawl_does_not_stop_in_time_still_checkpoints_and_exits(
     said = f"the crawl did not stop within {GIVE_UP_S:g} s: left to end with the process"
     # the order of the requests, not of their durations: with the bug STOP came after the crawl's wait
     assert _index(lines, "for its final checkpoint") < _index(lines, said)
+    # ingest, too, is told at once to take no further document, not after the crawl's wait
+    assert _index(lines, "stopping: ingest takes no further document") < _index(lines, said)
     _index(lines, "control exited (status 0)")
 
 
