@@ -101,8 +101,11 @@ of Web Content Extraction Algorithms", SIGIR 2023, where a majority vote of seve
 beat each of them) adds four configurations, chosen by reasoning and dev-set runs only and
 committed here before the script was run on any held-out set with them. The third engine is
 trafilatura's port of readability (``trafilatura.readability_lxml``, the fallback its defaults
-compare with) on our parse: html_text.extract_both hands it the tree trafilatura read (our
-pass's cuts undone, no second parse, no copy; it changes the tree, so it runs last). jusText
+compare with) on the tree trafilatura read: ``readability_text`` parses the page again and
+cleans it as html_text._trafilatura_text does (at 4eeac58, when the round was run,
+extract_both undid our pass's cuts instead and gave it that tree without a second parse; the
+hook left the product once no round-4 configuration passed, review R13b, so these rows now pay
+a second parse: their CPU figures below are of the run at 4eeac58). jusText
 (trafilatura's other fallback) was measured and left out: 33 ms a dev page through its SAX
 paragraph maker against ~15 ms for trafilatura's fast pass and ~4 ms for ours. The vote
 (``line_vote.vote``, bench/line_vote.py): a line of the union is kept where two of the three
@@ -146,6 +149,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import re
 import sys
@@ -160,10 +164,12 @@ import extract_quality as quality
 import line_vote
 import trafilatura
 
+from crystalline.ingest import html_text
 from crystalline.ingest.charset import decode_bytes
-from crystalline.ingest.html_text import FAST, Engines, extract_both, extract_html, parse_html
+from crystalline.ingest.html_text import FAST, Engines, HtmlText, extract_both, extract_html, parse_html
 from crystalline.ingest.normalize import normalize_text
 
+log = logging.getLogger(__name__)
 MIN_CHARS = 200  # traf>ours: QualityRules.min_chars, the shortest document the filters keep
 LONGER_SHARE = 1.5  # fast|ours, traf|ours: ours wins where it is this much longer
 DISPUTED = 0.02  # round 4: share of ours' and fast's line words held by one of them alone
@@ -290,7 +296,7 @@ def on_our_tree(choose: Callable[[str, str], str], options: Mapping[str, bool] =
     tree, as extract_html computes them (decoded as the pool decodes, normalized)."""
 
     def run(body: bytes) -> str:
-        page, other, _ = extract_both(decode_bytes(body, None, html=True)[0], options)
+        page, other = extract_both(decode_bytes(body, None, html=True)[0], options)
         return normalize_text(choose(page.text, other))
 
     return run
@@ -355,14 +361,51 @@ def disputed_over(share: float) -> Callable[[str, str], bool]:
     return ask
 
 
+def with_readability(html: str, ask: Callable[[str, str], bool]) -> tuple[HtmlText, str, str]:
+    """Round 4's three texts: ours and trafilatura's fast text as shipped (extract_both) and,
+    where trafilatura ran (the page is within html_text._TRAFILATURA_MAX_CHARS) and ``ask(ours,
+    theirs)`` says so, readability's (readability_text), else ""."""
+    page, other = extract_both(html, FAST)
+    ran = bool(html.strip()) and len(html) <= html_text._TRAFILATURA_MAX_CHARS
+    return page, other, readability_text(html) if ran and ask(page.text, other) else ""
+
+
+def readability_text(html: str) -> str:
+    """The text of trafilatura's port of readability (the fallback its defaults compare with
+    their own text) on the tree trafilatura is handed as shipped: the page parsed as
+    extract_both parses it, less what html_text._clean removes (judged by our strict pass, as
+    there); its blocks split as ours are, "" where the page parses to nothing or it fails."""
+    from trafilatura.readability_lxml import Document
+
+    doc = parse_html(html)
+    if doc is None:
+        return ""
+    body = doc.find("body")
+    if body is None:
+        body = doc
+    shown = html_text._Shown(body)
+    html_text._clean(doc, body, html_text._doomed(body, strict=True, shown=shown), shown, html_text._Cut())
+    try:
+        root = parse_html(Document(doc, min_text_length=25).summary())
+        return "" if root is None else "\n\n".join(b.lines() for b in html_text._blocks([root]))
+    except MemoryError:
+        logging.getLogger(__name__).warning(
+            "readability ran out of memory on a page of %d characters", len(html)
+        )
+        return ""
+    except Exception as e:  # a library bug on a hostile page must not cost the page its text
+        log.debug("readability failed: %s: %s", type(e).__name__, e)
+        return ""
+
+
 def voted(ask: Callable[[str, str], bool]) -> Engine:
-    """Round 4: ours, trafilatura's fast text and readability's on our parse
-    (html_text.extract_both), the lines at least two of the three hold (line_vote.vote), where
+    """Round 4: ours, trafilatura's fast text and readability's on the tree trafilatura read
+    (with_readability), the lines at least two of the three hold (line_vote.vote), where
     ``ask`` had readability asked; elsewhere, or where the vote keeps under KEEP_SHARE of the
     shipped text's characters, the shipped text (fast|ours at LONGER_SHARE)."""
 
     def run(body: bytes) -> str:
-        page, other, third = extract_both(decode_bytes(body, None, html=True)[0], FAST, ask)
+        page, other, third = with_readability(decode_bytes(body, None, html=True)[0], ask)
         return normalize_text(vote_or_shipped(page.text, other, third))
 
     return run
@@ -384,7 +427,7 @@ def vote_decides(body: bytes) -> str:
     """Round 4: where disputed_over(DISPUTED), whichever of ours and trafilatura's fast text
     agrees more with readability's (line_vote.agreement); elsewhere the shipped text."""
     html = decode_bytes(body, None, html=True)[0]
-    page, other, third = extract_both(html, FAST, disputed_over(DISPUTED))
+    page, other, third = with_readability(html, disputed_over(DISPUTED))
     if third and page.text and other:
         mine_f, other_f = (line_vote.agreement(text, third) for text in (page.text, other))
         return normalize_text(page.text if mine_f > other_f else other)

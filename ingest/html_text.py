@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
@@ -63,6 +63,10 @@ _DROP_TAGS = frozenset(
 # its link text under this share of it (see _Shown).
 _ARIA_SHOWN_MIN = 500
 _ARIA_SHOWN_LINKS = 0.1
+# The elements of a page that get the copy check (see _Shown): a page shows the eye a few long
+# aria-hidden blocks of its own text at most (GitHub's file view: one); past these, the rest
+# stay hidden as aria-hidden says, so a page of thousands costs this many searches, not one each.
+_ARIA_SHOWN_SEARCHES = 16
 # The attributes that can hide an element (see _is_hidden), and tags never dropped for words.
 _HIDING_ATTRS = frozenset(("role", "aria-hidden", "hidden", "style"))
 _SHIELDS = frozenset(("html", "body", "article", "main"))
@@ -322,46 +326,104 @@ class _Shown:
     reader gets elsewhere (a carousel's cloned slides) and on the page behind an open dialog
     (yahoo-2 of the dev set: a wrapper of the whole page, its navigation included, behind a
     photo viewer holding the story), which are dropped; but an element of _ARIA_SHOWN_MIN
-    characters or more whose text the page holds nowhere else and which holds no navigation
-    (link text under _ARIA_SHOWN_LINKS of its text) is content shown to the eye, and stays
-    (GitHub's file view: the file's lines are aria-hidden, read to a screen reader from a text
-    area that a script fills). Each element is judged once, on the page as parsed, so every
-    pass and trafilatura's tree agree."""
+    characters or more whose first _ARIA_SHOWN_MIN characters appear once on the page (itself)
+    and which holds no navigation (link text under _ARIA_SHOWN_LINKS of its text) is content
+    shown to the eye, and stays (GitHub's file view: the file's lines are aria-hidden, read to a
+    screen reader from a text area that a script fills). Each element is judged once, on the
+    page as parsed, so every pass and trafilatura's tree agree.
+
+    Linear in the page: the first judgement measures every element's text and link text in one
+    bottom-up walk (_text_sizes); only the first _ARIA_SHOWN_SEARCHES elements that pass the
+    length and link checks get the copy check (their first _ARIA_SHOWN_MIN characters gathered
+    and searched in the page's text, two C-speed str.find), the rest stay hidden as aria-hidden
+    says: a hostile page of 2,000 nested or 10,000 flat long aria-hidden blocks costs one walk
+    and at most that many searches, where a search per block and a text per nested block cost
+    minutes."""
 
     def __init__(self, body: etree._Element) -> None:
         self._body = body
         self._page: str | None = None
+        self._sizes: dict[etree._Element, tuple[int, int]] | None = None
+        self._searches = 0
         self._verdicts: dict[etree._Element, bool] = {}
 
     def hides(self, el: etree._Element) -> bool:
         verdict = self._verdicts.get(el)
         if verdict is None:
-            text = _shown_text(el)
-            verdict = len(text) < _ARIA_SHOWN_MIN or self._copied(text)
-            if not verdict:
-                links = sum(len(_shown_text(a)) for a in el.iter("a"))
-                verdict = links >= _ARIA_SHOWN_LINKS * len(text)
+            verdict = self._judge(el)
             self._verdicts[el] = verdict
         return verdict
 
-    def _copied(self, text: str) -> bool:
-        """Whether the page holds the start of ``text`` twice or more (once is ``text`` itself)."""
+    def _judge(self, el: etree._Element) -> bool:
+        if self._sizes is None:
+            self._sizes = _text_sizes(self._body)
+        chars, links = self._sizes.get(el, (0, 0))  # not of the page as parsed: hidden
+        if chars < _ARIA_SHOWN_MIN or links >= _ARIA_SHOWN_LINKS * chars:
+            return True
+        if self._searches >= _ARIA_SHOWN_SEARCHES:
+            return True
+        self._searches += 1
+        return self._copied(_text_head(el, _ARIA_SHOWN_MIN))
+
+    def _copied(self, head: str) -> bool:
+        """Whether the page's text holds ``head`` twice or more (once is the element's own)."""
         if self._page is None:
             self._page = _shown_text(self._body)
-        head = text[:_ARIA_SHOWN_MIN]
         first = self._page.find(head)
         return first >= 0 and self._page.find(head, first + 1) >= 0
 
 
-def _shown_text(el: etree._Element) -> str:
-    """The text under ``el`` less scripts and styles, whitespace collapsed to single spaces."""
-    parts = []
+def _shown_parts(el: etree._Element) -> Iterator[str]:
+    """The texts under ``el`` in document order, less scripts' and styles' (and ``el``'s tail)."""
     for node in el.iter():
         if node.text and node.tag not in ("script", "style") and isinstance(node.tag, str):
-            parts.append(node.text)
+            yield node.text
         if node.tail and node is not el:
-            parts.append(node.tail)
-    return " ".join(" ".join(parts).split())
+            yield node.tail
+
+
+def _shown_text(el: etree._Element) -> str:
+    """The text under ``el`` less scripts and styles, whitespace collapsed to single spaces."""
+    return " ".join(" ".join(_shown_parts(el)).split())
+
+
+def _text_head(el: etree._Element, size: int) -> str:
+    """The first ``size`` characters of _shown_text(el), reading no further than they need."""
+    words: list[str] = []
+    length = -1  # the words joined by single spaces
+    for part in _shown_parts(el):
+        for word in part.split():
+            words.append(word)
+            length += len(word) + 1
+            if length >= size:
+                return " ".join(words)[:size]
+    return " ".join(words)
+
+
+def _text_sizes(root: etree._Element) -> dict[etree._Element, tuple[int, int]]:
+    """len(_shown_text(el)) and the sum of it over the <a> under ``el`` (``el`` included), of
+    every element under ``root``, in one bottom-up walk. Parts are joined by a space before
+    whitespace is collapsed, so a text's length is its words' characters plus one less space
+    than it has words, and both add up over the parts."""
+    subtree: dict[etree._Element, tuple[int, int, int]] = {}  # characters of words, words, links
+    sizes: dict[etree._Element, tuple[int, int]] = {}
+    for _event, el in etree.iterwalk(root, events=("end",)):
+        chars = count = links = 0
+        if el.text and isinstance(el.tag, str) and el.tag not in ("script", "style"):
+            words = el.text.split()
+            chars, count = sum(map(len, words)), len(words)
+        for child in el:
+            child_chars, child_count, child_links = subtree.pop(child, (0, 0, 0))
+            words = child.tail.split() if child.tail else []
+            chars += child_chars + sum(map(len, words))
+            count += child_count + len(words)
+            links += child_links
+        size = chars + count - 1 if count else 0
+        if el.tag == "a":
+            links += size
+        subtree[el] = (chars, count, links)
+        sizes[el] = (size, links)
+    return sizes
 
 
 def _has_boiler_words(el: etree._Element) -> bool:
@@ -454,13 +516,9 @@ class _Cut:
             parent.text = (before or "") + tail
         parent.remove(el)  # lxml: el keeps its own tail
 
-    def __len__(self) -> int:
-        return len(self._undo)
-
-    def undo(self, keep: int = 0) -> None:
-        """Put back every element removed but the first ``keep``, newest first: the page as it
-        was parsed (``keep`` 0), or as it was after the first ``keep`` removals."""
-        while len(self._undo) > keep:
+    def undo(self) -> None:
+        """Put back every element removed, newest first: the page as it was parsed."""
+        while self._undo:
             el, parent, previous, merged, before = self._undo.pop()
             if previous is None:
                 parent.insert(0, el)
@@ -1023,28 +1081,21 @@ def extract_html(html: str, engines: Engines = "fast|ours") -> HtmlText:
     ours; a page over _TRAFILATURA_MAX_CHARS characters gets ours alone (the pool's memory and
     time limits). "never": our extractor alone. Chosen on three held-out sets read by three other
     readers (issue 11, README's extraction section): ours alone was tuned on the dev set."""
-    page, other, _ = extract_both(html, None if engines == "never" else FAST)
+    page, other = extract_both(html, None if engines == "never" else FAST)
     if engines == "never" or len(page.text) > _LONGER_SHARE * len(other):
         return page
     return HtmlText(other, page.title, page.language)
 
 
-def extract_both(
-    html: str,
-    trafilatura: Mapping[str, bool] | None,
-    readability: Callable[[str, str], bool] | None = None,
-) -> tuple[HtmlText, str, str]:
+def extract_both(html: str, trafilatura: Mapping[str, bool] | None) -> tuple[HtmlText, str]:
     """Our page (text, title, language) and, unless ``trafilatura`` is None, trafilatura's text
     with those options of ``trafilatura.extract`` ("fast", "favor_recall", "favor_precision";
     FAST as shipped, the benches try others), ""
-    where it finds none, fails, or the page is over _TRAFILATURA_MAX_CHARS; third, where
-    trafilatura ran and ``readability(our text, its text)`` says so, the text of trafilatura's
-    readability port (see _readability_text), else "". The page is parsed
+    where it finds none, fails, or the page is over _TRAFILATURA_MAX_CHARS. The page is parsed
     once: our strict pass judges every element first, trafilatura is handed the tree less the
     elements that it and we both drop (see _trafilatura_text; it works on a copy), then our pass
-    cuts the tree up; readability, last, gets the tree trafilatura was handed (our pass's cuts
-    undone) and changes it as it likes."""
-    nothing = HtmlText("", "", ""), "", ""
+    cuts the tree up."""
+    nothing = HtmlText("", "", ""), ""
     if not html.strip():
         return nothing
     doc = parse_html(html)
@@ -1067,44 +1118,16 @@ def extract_both(
         if trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
         else ""
     )
-    cleaned = len(cut)  # the removals of _trafilatura_text: the tree it was handed
     text = _main_text(body, doomed, cut)
     # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
     # strict pass finds less than a short article, retry on the page as parsed (every cut undone)
     # keeping such elements.
-    relaxed_cut = _Cut()
     if _weight(text) < _SHORT:
         cut.undo()
-        relaxed = _main_text(body, _doomed(body, strict=False, shown=shown), relaxed_cut)
+        relaxed = _main_text(body, _doomed(body, strict=False, shown=shown), _Cut())
         if len(relaxed) > len(text):
             text = relaxed
-    third = ""
-    trafilatura_ran = trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
-    if readability is not None and trafilatura_ran and readability(text, other):
-        relaxed_cut.undo()
-        if len(cut) < cleaned:  # the relaxed retry undid every cut: the page as parsed
-            _clean(doc, body, doomed, shown, cut)
-        else:
-            cut.undo(keep=cleaned)
-        third = _readability_text(doc, len(html))
-    return HtmlText(text, title, language), other, third
-
-
-def _readability_text(doc: etree._Element, size: int) -> str:
-    """The text of trafilatura's port of readability (the fallback its defaults compare with
-    their own text) on ``doc``, which it changes; its blocks split as ours are, "" where it
-    fails. ``size``: the page's characters of HTML, for the warning where it runs out of memory."""
-    from trafilatura.readability_lxml import Document
-
-    try:
-        root = parse_html(Document(doc, min_text_length=25).summary())
-        return "" if root is None else "\n\n".join(b.lines() for b in _blocks([root]))
-    except MemoryError:
-        log.warning("readability ran out of memory on a page of %d characters", size)
-        return ""
-    except Exception as e:  # a library bug on a hostile page must not cost the page its text
-        log.debug("readability failed: %s: %s", type(e).__name__, e)
-        return ""
+    return HtmlText(text, title, language), other
 
 
 def _hidden_furniture(el: etree._Element, shown: _Shown) -> bool:
@@ -1170,8 +1193,8 @@ def _trafilatura_text(
 def _clean(
     doc: etree._Element, body: etree._Element, doomed: list[etree._Element], shown: _Shown, cut: _Cut
 ) -> None:
-    """Remove from the parsed page what trafilatura and readability are not handed (see
-    _trafilatura_text), recording it in ``cut``."""
+    """Remove from the parsed page what trafilatura is not handed (see _trafilatura_text),
+    recording it in ``cut``."""
     from trafilatura.settings import MANUALLY_CLEANED
 
     stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED

@@ -185,3 +185,36 @@ def test_round_four_vote_drops_one_engines_boilerplate_and_never_empties_the_shi
     for label in ("vote 2/3", "vote disputed", "vote disp 0.1", "vote decides"):
         text = bench.CONFIGS[label](page.encode())
         assert all(f"day {day}," in text for day in range(4)) and "Home" not in text
+
+
+def test_round_four_readability_reads_the_tree_trafilatura_read_and_leaves_the_other_texts_alone() -> None:
+    # Round 4's third engine (with_readability): asked with ours and trafilatura's texts as
+    # shipped, it gets the tree trafilatura was handed, without the hidden box and the
+    # navigation, on a full article and on a short one where our relaxed retry ran.
+    from crystalline.ingest.html_text import FAST, extract_both
+
+    bench = _bench()
+    lede = "The river carried more sediment this spring than in any year since the survey began."
+    paras = "".join(f"<p>{lede} Day {day} of the flood brought no rain to the plain.</p>" for day in range(4))
+    hidden = "<div style='display:none'><p>Hidden teaser text that no reader of the page sees.</p></div>"
+    nav = (
+        "<nav><ul>" + "".join(f"<li><a href='/s/{i}'>Section {i}</a></li>" for i in range(12)) + "</ul></nav>"
+    )
+    full = f"<html><body>{nav}<article><h1>The delta grows</h1>{hidden}{paras}</article></body></html>"
+    short = f"<html><body>{nav}<div class='legal'>{hidden}<p>{lede}</p></div></body></html>"
+    asked: list[tuple[str, str]] = []
+
+    def ask(mine: str, other: str) -> bool:
+        asked.append((mine, other))
+        return True
+
+    for html in (full, short):
+        page, theirs = extract_both(html, FAST)
+        asked.clear()
+        page2, theirs2, third = bench.with_readability(html, ask)
+        assert (page2, theirs2) == (page, theirs)
+        assert asked == [(page.text, theirs)]
+        assert lede in third
+        assert "Hidden teaser" not in third and "Section 3" not in third
+        assert bench.with_readability(html, lambda a, b: False)[2] == ""
+    assert bench.with_readability(" ", ask) == (*extract_both(" ", FAST), "")  # an empty page

@@ -10,6 +10,7 @@ import pytest
 import trafilatura
 
 from crystalline.documents import Document
+from crystalline.ingest import html_text
 from crystalline.ingest.html_text import _TRAFILATURA_MAX_CHARS, FAST, extract_both, extract_html
 from crystalline.ingest.pool import ExtractionPool, PoolConfig
 
@@ -116,31 +117,6 @@ def test_trafilatura_text_is_the_main_text() -> None:
         assert (len(ours) > len(theirs)) is ours_longer and len(ours) <= 1.5 * len(theirs)
         page = extract_html(html)
         assert (page.text, page.title, page.language) == (theirs, "Delta", "en")
-
-
-def test_readability_reads_the_tree_trafilatura_read_and_leaves_the_other_texts_alone() -> None:
-    # Round 4's third engine (extract_both's ``readability``): asked after our pass, it gets the
-    # tree trafilatura was handed, without the hidden box and the navigation, on a full article
-    # and on a short one where our relaxed retry ran (which undoes every cut first).
-    hidden = "<div style='display:none'><p>Hidden teaser text that no reader of the page sees.</p></div>"
-    full = _page(f"<article><h1>The delta grows</h1>{hidden}{_paras(SECTIONS[0] + SECTIONS[1])}</article>")
-    short = _page(f"<div class='legal'>{hidden}<p>{SECTIONS[0][0]}</p></div>")
-    asked: list[tuple[str, str]] = []
-
-    def ask(mine: str, other: str) -> bool:
-        asked.append((mine, other))
-        return True
-
-    for html in (full, short):
-        page, theirs, none = extract_both(html, FAST)
-        asked.clear()
-        page2, theirs2, third = extract_both(html, FAST, ask)
-        assert (page2, theirs2, none) == (page, theirs, "")
-        assert asked == [(page.text, theirs)]
-        assert SECTIONS[0][0] in third
-        assert "Hidden teaser" not in third and "Section 3" not in third
-        assert extract_both(html, FAST, lambda a, b: False)[2] == ""
-        assert extract_both(html, None, lambda a, b: True)[2] == ""  # only beside trafilatura
 
 
 def test_ours_wins_where_it_is_over_one_and_a_half_times_as_long() -> None:
@@ -478,6 +454,63 @@ def test_a_long_aria_hidden_block_found_nowhere_else_without_navigation_is_the_p
         text = extract_html(html, engines).text  # type: ignore[arg-type]
         assert all(text.count(p) == 1 for p in paras[:3]), engines
         assert "Star this" not in text and not any(p in text for p in paras[3:]), engines
+
+
+def test_hostile_pages_of_long_aria_hidden_blocks_cost_one_walk_and_a_bounded_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review R13b D1: each aria-hidden element once built its whole subtree's text and each long
+    # one searched the whole page's text twice: 2,000 nested blocks (libxml2 nests 2,048 deep)
+    # cost depth x page, a 5 MB page 80 s of CPU and a 10 MB one the pool's time limit. The work
+    # is counted, not timed: the characters of text built (the page's once, then at most
+    # _ARIA_SHOWN_MIN of each block searched) and the searches (at most _ARIA_SHOWN_SEARCHES).
+    words = [f"{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}{chr(97 + i // 676 % 26)}x" for i in range(20_000)]
+
+    def block(i: int) -> str:  # 600 characters of text found nowhere else on the page
+        return " ".join(words[(i * 120 + j) % len(words)] + str(i) for j in range(110))[:600]
+
+    article = f"<article><h1>The delta grows</h1>{_paras(SECTIONS[0] + SECTIONS[1])}</article>"
+    nested = "".join(f"<div aria-hidden='true'><p>{block(i)}</p>" for i in range(300)) + "</div>" * 300
+    flat = "".join(f"<div aria-hidden='true'><p>{block(i)}</p></div>" for i in range(3000))
+    built: list[int] = []
+    searched: list[str] = []
+    shown_text, copied = html_text._shown_text, html_text._Shown._copied
+
+    def counted_text(el: object) -> str:
+        text = shown_text(el)
+        built.append(len(text))
+        return text
+
+    def counted_search(self: object, head: str) -> bool:
+        searched.append(head)
+        return copied(self, head)
+
+    monkeypatch.setattr(html_text, "_shown_text", counted_text)
+    monkeypatch.setattr(html_text._Shown, "_copied", counted_search)
+    for blocks in (nested, flat):
+        html = _page(article + blocks)
+        page_text = len(shown_text(html_text.parse_html(html).find("body")))
+        built.clear()
+        searched.clear()
+        for engines in ("fast|ours", "never"):
+            text = extract_html(html, engines).text  # type: ignore[arg-type]
+            assert all(p in text for p in SECTIONS[0] + SECTIONS[1])
+        assert len(searched) <= 2 * html_text._ARIA_SHOWN_SEARCHES  # each extract_html's page
+        assert all(len(head) == html_text._ARIA_SHOWN_MIN for head in searched)
+        assert sum(built) <= 2 * page_text, (sum(built), page_text)
+
+
+def test_only_the_first_long_aria_hidden_blocks_of_a_page_get_the_copy_check() -> None:
+    # Past _ARIA_SHOWN_SEARCHES blocks that pass the length and link checks, the rest stay
+    # hidden as aria-hidden says: the search is bounded per page.
+    paras = [p for section in SECTIONS for p in section]
+    count = html_text._ARIA_SHOWN_SEARCHES + 2
+    blocks = [f"<div aria-hidden='true'><p>Block {i}. {' '.join(paras)}</p></div>" for i in range(count)]
+    icon = "<span aria-hidden='true'>Star</span>"  # short: hidden, and no search spent on it
+    body = html_text.parse_html(_page(icon + "".join(blocks))).find("body")
+    shown = html_text._Shown(body)
+    verdicts = [shown.hides(el) for el in body.iter() if el.get("aria-hidden") == "true"]
+    assert verdicts == [True] + [False] * html_text._ARIA_SHOWN_SEARCHES + [True, True]
 
 
 def test_both_extractors_keep_a_table_inside_a_figure() -> None:
