@@ -17,6 +17,7 @@ import pytest
 from _wait import until
 
 from crystalline.documents import Document
+from crystalline.ingest import ocr
 from crystalline.ingest.ocr import OcrError, ocr_image, ocr_image_bytes
 from crystalline.ingest.pool import ExtractionPool, PoolClosed, PoolConfig, WorkResult
 
@@ -222,3 +223,77 @@ def test_an_unreadable_image_gets_the_same_reason_each_time() -> None:
             ocr_image_bytes(b"this is not a png at all", 40_000_000, 10, 60)
         reasons.add(str(caught.value))
     assert reasons == {"not a readable image (cannot identify image file)"}
+
+
+def _ocr_children(parent: int) -> list[int]:
+    """The pids of the processes that ``parent`` started for OCR (a fake tesseract runs as sh,
+    then as what it execs) and that have not ended."""
+    found = []
+    for entry in os.listdir("/proc"):
+        stat = _stat(int(entry)) if entry.isdigit() else None
+        if stat is not None and stat[2] == parent and stat[1] not in ("Z", "X"):
+            found += [int(entry)] if stat[0] in ("setpriv", "tesseract", "sleep") else []
+    return found
+
+
+def _fake_tesseract(folder: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shell script named tesseract first on PATH (setpriv stays where it is)."""
+    fake = folder / "tesseract"
+    fake.write_text(f"#!/bin/sh\n{script}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.timeout(60)
+def test_a_tesseract_whose_child_holds_its_pipes_still_times_out_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review R13b R2: a child that kept tesseract's pipes open made the wait after its kill
+    # raise TimeoutExpired ("... timed out after 5.0 seconds"), which replaced the OCR error.
+    pids = tmp_path / "pids"
+    _fake_tesseract(tmp_path, f"sleep 30 & echo $! > {pids}\nexec sleep 1000", monkeypatch)
+    try:
+        with pytest.raises(OcrError, match=r"^OCR timed out after 0.5s$"):
+            ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=0.5)
+        assert _ocr_children(os.getpid()) == []
+    finally:
+        if pids.exists():
+            os.kill(int(pids.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("stream", ["text", "messages"])
+def test_tesseract_output_over_its_limit_is_one_line_for_that_image(
+    stream: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review R13b R4: its stdout and stderr were read whole (a tesseract writing 400 MB took
+    # 1.2 GB); past their limits (made small here) it is killed and the image gets one line.
+    monkeypatch.setattr(ocr, "OUTPUT_MAX_BYTES", 4096)
+    monkeypatch.setattr(ocr, "ERRORS_MAX_BYTES", 1024)
+    redirect = "" if stream == "text" else ">&2"
+    _fake_tesseract(
+        tmp_path, f"cat > /dev/null; head -c 100000000 /dev/zero | tr '\\0' a {redirect}", monkeypatch
+    )
+    limit = 4096 if stream == "text" else 1024
+    with pytest.raises(OcrError, match=rf"^tesseract wrote over {limit} bytes of {stream} for one image$"):
+        ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=30)
+    assert _ocr_children(os.getpid()) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_tesseract_that_reads_no_image_and_the_missing_tools_are_one_line_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one that never reads its stdin: the write ends, its exit code and text stand
+    _fake_tesseract(tmp_path, "echo some text; exit 0", monkeypatch)
+    assert ocr_image(samples.render_text(samples.OCR_LINES * 50), timeout_s=30) == "some text\n"
+    _fake_tesseract(tmp_path, "echo 'Error opening data file' >&2; exit 1", monkeypatch)
+    with pytest.raises(OcrError, match=r"^tesseract failed \(exit code 1\): Error opening data file$"):
+        ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=30)
+    # setpriv (util-linux) or tesseract missing: one line each, nothing started
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(OcrError, match=r"^setpriv is not installed \(apt-get install util-linux\)"):
+        ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=30)
+    monkeypatch.setenv("PATH", str(tmp_path / "none"))
+    with pytest.raises(OcrError, match=r"^tesseract is not installed \(apt-get install tesseract-ocr\)$"):
+        ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=30)
