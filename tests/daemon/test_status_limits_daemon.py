@@ -137,7 +137,8 @@ def test_looping_generate_clients_are_rate_limited_and_reported(daemon: Daemon) 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to become another user")
 def test_root_status_answers_while_nobody_holds_600_connections(daemon: Daemon) -> None:
-    hostile = HostileUser(daemon.socket, 600, hold_s=90.0)  # held until the status below is done
+    # held until the status below is done
+    hostile = HostileUser(daemon.socket, 600, hold_s=90.0, refusals=600 - MAX_PER_UID)
     try:
         first = hostile.first()
         out = subprocess.run(
