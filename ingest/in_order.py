@@ -42,3 +42,10 @@ class InputOrder(Generic[T]):
             due.append((self._next, self._held.pop(self._next)))
             self._next += 1
         return due
+
+    def finish(self) -> None:
+        """The end of the work: raise if an item is still held, its earlier index never having
+        come (a lost index would otherwise drop the items behind it without a word)."""
+        if self._held:
+            held, missing = len(self._held), self._next
+            raise RuntimeError(f"{held} results held back at the end of the work: index {missing} never came")

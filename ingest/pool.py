@@ -439,6 +439,8 @@ class ExtractionPool:
                 del doc, item  # nor is the body: let it go while the worker is at it
             waiting = [w for w in self._workers if w.task is not None or not w.ready]
             if exhausted and not taken_back and all(w.task is None for w in self._workers):
+                if order is not None:
+                    order.finish()  # every index released: nothing is left held back
                 return
             # the deadlines of the workers at a task or starting (an idle one has none)
             deadline = min((w.deadline for w in waiting), default=time.monotonic() + self.config.time_limit_s)

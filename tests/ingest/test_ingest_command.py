@@ -294,8 +294,8 @@ def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_paren
         "from crystalline.ingest import command\n"
         "command.usable_cpus = lambda: 2\n"
         f"status = cli.main(['extract', '--json', '--processes', '2', {str(page)!r}])\n"
-        "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'pytesseract', 'charset_normalizer',"
-        " 'crystalline.crawler')\n"
+        "heavy = ('aiohttp', 'trafilatura', 'lxml', 'pypdfium2', 'PIL', 'crystalline.ingest.ocr',"
+        " 'charset_normalizer', 'crystalline.crawler')\n"
         "print(json.dumps({'status': status, 'loaded': sorted(m for m in heavy if m in sys.modules)}))\n"
     )
     proc = subprocess.run(

@@ -108,10 +108,16 @@ def test_each_document_is_sniffed_once_where_it_is_routed_and_in_a_worker(
     assert [results[i].kind for i in range(5)] == ["text", "html", "text", "text", "image"]
     assert results[2].error == "empty file (0 bytes)" and "brown fox" in results[4].text
     config_json = json.dumps(asdict(PoolConfig(min_words=5)))
-    for doc in docs[:4]:  # what a worker does with a document the pool's owner did not sniff
+    for i, doc in enumerate(docs[:4]):  # what a worker does with a document not sniffed, and told
         sniffed.clear()
-        pool_module._work(config_json, pool_module._TaskOptions(want_text=True).header(doc), doc.body, None)
+        untold = pool_module._work(
+            config_json, pool_module._TaskOptions(want_text=True).header(doc), doc.body, None
+        )
         assert sniffed == [doc.source]
+        sniffed.clear()
+        told = pool_module._TaskOptions(want_text=True, kind=results[i].kind).header(doc)
+        assert pool_module._work(config_json, told, doc.body, None) == untold  # the kind it was told
+        assert sniffed == []
 
 
 @pytest.mark.timeout(60)

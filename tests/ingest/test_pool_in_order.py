@@ -58,3 +58,18 @@ def test_a_pool_of_workers_finishing_at_random_gets_every_result_once_in_order(s
         out += order.release(index, index * 10)
         assert order.held < 2 * workers and taken - len(out) <= 2 * workers
     assert out == [(i, i * 10) for i in range(documents)]
+    order.finish()  # nothing held: the end of the work passes
+
+
+def test_the_end_of_the_work_with_an_item_still_held_raises() -> None:
+    # review R13b N4: a lost index would hold back every item behind it; the pool's map ends
+    # with finish(), which says so instead of dropping them without a word
+    order = InputOrder[str](4)
+    order.release(1, "b")
+    order.release(2, "c")
+    with pytest.raises(
+        RuntimeError, match=r"^2 results held back at the end of the work: index 0 never came$"
+    ):
+        order.finish()
+    assert order.release(0, "a") == [(0, "a"), (1, "b"), (2, "c")]
+    order.finish()
