@@ -33,14 +33,16 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from ..documents import Spool
 from ..exit_status import CommandParser, UsageError
 from ..exit_status import main as run_main
 from ..settings_tree import Tree, add_config_flag, table
-from .crawl import Crawler, CrawlSummary, FetchRecord
 from .settings import CrawlSettings
+
+if TYPE_CHECKING:  # the crawler (aiohttp, warcio) is imported when a crawl runs, not for its flags
+    from .crawl import Crawler, CrawlSummary, FetchRecord
 
 log = logging.getLogger("crystalline.crawler")
 
@@ -86,7 +88,9 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] | None =
 
 def run_crawl_command(args: argparse.Namespace) -> int:
     """Run the crawl the options describe; print its summary; return the exit status."""
-    settings = settings_from_args(args)
+    settings = settings_from_args(args)  # a bad setting is told before the crawler is imported
+    from .crawl import Crawler
+
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(settings.data_dir / "spool")
     spool.sweep_orphans()  # what a crawl killed inside Spool.put left

@@ -22,7 +22,6 @@ from ..crawler.settings import CrawlSettings
 from ..ingest.settings import IngestSettings
 from ..postgres import check_database_url
 from ..settings_tree import Resolved, Tree, add_config_flag, table
-from ..tokens.learned_vocab import LEARNED, vocab_path
 from ..workers.cluster_config import ClusterSettings, cluster_settings
 from ..workers.presets import adopt_checkpoint
 from ..workers.train_config import TrainConfig
@@ -255,6 +254,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     ingest = replace(
         s.ingest, val_fraction=s.train.val_fraction, database=s.ingest.database or s.daemon.database
     )
+    from ..tokens.learned_vocab import LEARNED, vocab_path  # numpy: not for the parser or a usage error
+
     train = s.train
     if train.tokenizer == LEARNED:  # the state directory's vocabulary (tokens/learned_vocab.py)
         train = replace(train, tokenizer=str(vocab_path(s.state_dir)))

@@ -43,7 +43,8 @@ from .batch_ring import BatchRing, BatchSource, Ring, ring_spec
 from .ema import decay_at, ema_step
 from .micro_batch import accumulated_grad
 from .model import GPT
-from .optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm, owner_shares, update_plan
+from .optimizer import AdamW, clip_coefficient, global_norm, owner_shares, update_plan
+from .optimizer_config import AdamWConfig
 
 log = logging.getLogger("crystalline.control")
 

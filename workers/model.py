@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .params import ModelConfig, ParamTable
+from .model_config import ModelConfig
+from .params import ParamTable
 
 LN_EPS = 1e-5
 GELU_K = math.sqrt(2.0 / math.pi)

@@ -24,9 +24,6 @@ from typing import Any
 
 from crystalline.settings_tree import Resolved, Source
 
-from ..tokens.learned_vocab import LEARNED
-from .checkpoint import CheckpointError, list_checkpoints, load_state
-
 log = logging.getLogger(__name__)
 
 NONE = "none"  # no preset: the keys' own defaults
@@ -62,6 +59,10 @@ RUN_KEYS = (
 
 def newest_config(checkpoint_dir: Path) -> tuple[dict[str, Any], Path] | None:
     """The [train] configuration of the newest readable checkpoint (None: none)."""
+    # imported here: the settings tree (and every command line) imports this module for its
+    # presets, and a checkpoint's reader brings numpy
+    from .checkpoint import CheckpointError, list_checkpoints, load_state
+
     for path in reversed(list_checkpoints(checkpoint_dir) if checkpoint_dir.is_dir() else []):
         try:
             config = load_state(path).get("config")
@@ -78,6 +79,8 @@ def saved_value(name: str, value: Any) -> Any:
     the absolute path it resolved to (``<state-dir>/vocab/tokenizer.json``), is the symbolic
     ``learned`` again, which resolves to the vocabulary of the state directory as it is now
     (one moved elsewhere does not train with the old path)."""
+    from ..tokens.learned_vocab import LEARNED  # with numpy and the tokenizers library
+
     learned = isinstance(value, str) and Path(value).parts[-2:] == ("vocab", "tokenizer.json")
     return LEARNED if name == "tokenizer" and learned else value
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..settings_tree import Tree, table
-from .optimizer import AdamWConfig
-from .params import ModelConfig
+from .model_config import ModelConfig
+from .optimizer_config import AdamWConfig
 from .presets import NONE, PRESETS
 
 

@@ -39,8 +39,8 @@ from .engine import (
     batch_bytes,
 )
 from .model import GPT, init_params
+from .model_config import ModelConfig
 from .optimizer import learning_rate
-from .params import ModelConfig
 from .train_config import TrainConfig, flag
 
 if TYPE_CHECKING:

@@ -27,8 +27,9 @@ from . import protocol as P
 from .ema import decay_at, ema_step
 from .micro_batch import accumulated_grad
 from .model import GPT
-from .optimizer import AdamWConfig, hybrid_step, update_plan
-from .params import ModelConfig
+from .model_config import ModelConfig
+from .optimizer import hybrid_step, update_plan
+from .optimizer_config import AdamWConfig
 
 log = logging.getLogger("crystalline.worker")
 

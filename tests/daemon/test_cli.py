@@ -80,6 +80,48 @@ def test_top_level_help_lists_subcommands(cli_env: dict[str, str]) -> None:
         assert word in proc.stdout
 
 
+ENGINES = ("aiohttp", "numpy", "zmq")  # the crawler's, the trainer's, the daemon's
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [
+        (["--help"], 0, "vocab-build"),
+        (["run", "--bogus"], 64, "unrecognized arguments: --bogus"),
+        (["crawl", "--help"], 0, "--start-url"),
+        (["train", "--help"], 0, "--embed-dim"),
+        (["config", "--command", "crawl", "--help"], 0, "--max-pages"),
+        (["train", "PATH", "--checkpoint-dir", "DIR", "--embed-dim", "-1"], 64, "embed-dim must be at least"),
+        (["run", "--state-dir", "DIR", "--embed-dim", "30", "--num-heads", "4"], 64, "must divide embed-dim"),
+        (["crawl", "--start-url", "http://example.com/", "--max-pages", "-3"], 64, "max-pages"),
+    ],
+    ids=["help", "run-usage", "crawl-help", "train-help", "config-help", "train-setting", "run-setting",
+         "crawl-setting"],
+)  # fmt: skip
+def test_parsers_help_usage_and_setting_errors_import_no_engine(
+    tmp_path: Path, cli_env: dict[str, str], args: list[str], status: int, said: str
+) -> None:
+    # building the parsers and checking the settings need the settings' dataclasses alone: the
+    # crawler (aiohttp), the model and optimizer (numpy) and the daemon's links (ZeroMQ) are
+    # imported when a command runs (they cost 0.45 s of CPU to every --help and usage error)
+    args = [{"PATH": str(tmp_path / "corpus.txt"), "DIR": str(tmp_path / "d")}.get(a, a) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "crystalline.daemon.cli", *args],
+        env=cli_env, capture_output=True, text=True, timeout=50, check=False,
+    )  # fmt: skip
+    trace = [line for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.split("|")[2].strip() for line in trace}
+    assert "crystalline.exit_status" in imported  # the trace is the command's own
+    assert proc.returncode == status, proc.stderr[-2000:]
+    told = proc.stdout if status == 0 else "\n".join(
+        line for line in proc.stderr.splitlines() if not line.startswith("import time:")
+    )  # fmt: skip
+    assert said in told
+    assert sorted(m for m in imported if m.split(".")[0] in ENGINES) == []
+    assert not (tmp_path / "d").exists()  # a refused setting makes no directory
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     ("command", "options"),
