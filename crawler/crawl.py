@@ -168,6 +168,7 @@ class Crawler:
             settings.database,
             settings.frontier_path,
             settings.host_lease,
+            settings.database_timeout_s,
             max_queued_per_host=settings.max_queued_per_host,
             max_queued=settings.max_queued,
             max_pages_per_host=settings.max_pages_per_host,

@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..postgres import Database, DatabaseUnavailable
+from ..postgres import STATEMENT_TIMEOUT_S, Database, DatabaseUnavailable
 
 log = logging.getLogger("crystalline.crawler.feedback")
 
@@ -27,9 +27,12 @@ class IngestFeedback:
     """Reads ingest's registry at ``path`` (which may not exist yet), or in the PostgreSQL
     ``database`` (``--database``: the registry every machine's ingest shares)."""
 
-    def __init__(self, path: Path, database: str = "") -> None:
+    def __init__(
+        self, path: Path, database: str = "", statement_timeout_s: float = STATEMENT_TIMEOUT_S
+    ) -> None:
         self.path = path
         self.database = database
+        self.statement_timeout_s = statement_timeout_s
         self._db: sqlite3.Connection | None = None
         self._pg: Database | None = None
 
@@ -54,7 +57,13 @@ class IngestFeedback:
     def _since_database(self, cursor: int, limit: int) -> tuple[list[tuple[str, bool]], int]:
         try:
             if self._pg is None:
-                self._pg = Database(self.database, "registry", max_size=1, name="crystalline-feedback")
+                self._pg = Database(
+                    self.database,
+                    "registry",
+                    max_size=1,
+                    name="crystalline-feedback",
+                    statement_timeout_s=self.statement_timeout_s,
+                )
             exists = self._pg.execute("SELECT to_regclass('registry.documents') IS NOT NULL").fetchone()
             if not exists or not exists[0]:  # no ingest has migrated the registry yet
                 return [], cursor

@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..postgres import Database, DatabaseUnavailable
+from ..postgres import STATEMENT_TIMEOUT_S, Database, DatabaseUnavailable
 from ..sql_tables import Column, Table, columns
 from .frontier import DROPS, HOSTS, META, PATTERNS, ROBOTS, URLS, Frontier, NewUrl, UrlEntry
 from .politeness import FAR_FUTURE
@@ -97,6 +97,7 @@ class PgFrontier(Frontier):
         url: str,
         *,
         lease_s: float = LEASE_S,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
         max_queued_per_host: int = 0,
         max_queued: int = 0,
         max_pages_per_host: int = 0,
@@ -109,7 +110,9 @@ class PgFrontier(Frontier):
         self._next_reap = 0.0
         self._next_count = 0.0
         self._feedback_from = -1  # the feedback cursor this machine read last (see ingest_verdicts)
-        self._pg = Database(url, "frontier", name="crystalline-frontier")
+        self._pg = Database(
+            url, "frontier", name="crystalline-frontier", statement_timeout_s=statement_timeout_s
+        )
         self._db = self._pg
         self.path = Path(self._pg.redacted())
         try:
@@ -377,8 +380,15 @@ class PgFrontier(Frontier):
         return self._write(functools.partial(super().mark_changed, list(changed), now), 0)
 
 
-def open_frontier(database: str | None, path: Path, lease_s: float = LEASE_S, **caps: Any) -> Frontier:
-    """The SQLite frontier at ``path``, or the PostgreSQL one when ``database`` is a URL."""
+def open_frontier(
+    database: str | None,
+    path: Path,
+    lease_s: float = LEASE_S,
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S,
+    **caps: Any,
+) -> Frontier:
+    """The SQLite frontier at ``path``, or the PostgreSQL one when ``database`` is a URL (its
+    statements cancelled after ``statement_timeout_s``)."""
     if database:
-        return PgFrontier(database, lease_s=lease_s, **caps)
+        return PgFrontier(database, lease_s=lease_s, statement_timeout_s=statement_timeout_s, **caps)
     return Frontier(path, **caps)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..postgres import check_database_url
+from ..postgres import STATEMENT_TIMEOUT_S, check_database_url, check_statement_timeout
 
 DEFAULT_USER_AGENT = "crystalline-bot/0.1 (+https://github.com/crystalline/crystalline)"
 
@@ -37,6 +37,13 @@ class CrawlSettings:
     host_lease: float = field(
         default=30.0,
         metadata={"help": "with --database: seconds a dead machine's hosts wait before another takes them"},
+    )
+    database_timeout_s: float = field(
+        default=STATEMENT_TIMEOUT_S,
+        metadata={
+            "help": "with --database: seconds the server gives one of the crawl's statements (its "
+            "frontier, ingest's verdicts) before cancelling it; the crawl gives up 2 s later (1-60)"
+        },
     )
     user_agent: str = field(
         default=DEFAULT_USER_AGENT,
@@ -249,6 +256,7 @@ class CrawlSettings:
                 )
         if self.database:
             check_database_url(self.database)
+        check_statement_timeout(self.database_timeout_s)
         if self.host_lease <= 0:
             raise ValueError("host-lease must be positive")
         if not 0.0 <= self.revisit_share <= 1.0:

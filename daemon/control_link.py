@@ -166,6 +166,7 @@ class ControlLink:
             "ring_endpoint": ring_endpoint(s.runtime_dir),
             "train": s.train.to_dict(),
             "database": s.ingest.database,  # the registry control records surprise in
+            "database_timeout_s": s.ingest.database_timeout_s,
             "checkpoint_interval_s": s.daemon.checkpoint_interval_s,
             "resource_retry_s": s.daemon.resource_retry_s,
             **({"cluster": cluster.to_dict()} if (cluster := s.daemon.cluster_settings()) else {}),

@@ -159,7 +159,9 @@ class Control:
         self.sources: list[dict[str, Any]] = []  # the last validation line of each source
         self.sources_step = -1  # the step they were measured at
         state_dir = Path(spec["state_dir"])
-        opener = registry_opener(spec.get("database"), state_dir / "ingest" / "registry.sqlite3")
+        opener = registry_opener(
+            spec.get("database"), state_dir / "ingest" / "registry.sqlite3", spec["database_timeout_s"]
+        )
         self.surprise = SurpriseMeter(
             store_dir(state_dir, self.config), opener, self.config.seq_len, self.config.surprise_windows
         )

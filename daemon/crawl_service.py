@@ -8,7 +8,8 @@ Pausing ends the pass in hand (the crawler finishes its fetches) and none starts
 
 Why a thread: every frontier call is a blocking database statement (the SQLite file, or with
 ``--database`` PostgreSQL, whose calls wait up to their deadlines while it is away: 2 s for a
-connection, 17 s for a statement on a cut network). On the supervisor's loop those waits would
+connection, ``[crawl] database-timeout-s`` + 2 s (17 s by default) for a statement on a cut
+network). On the supervisor's loop those waits would
 stall the status socket, the drop folder and the watchdog; on the crawl's own loop they stall
 the crawl alone. One thread makes every frontier call, in the order the crawl makes them, which
 is what the frontier's transactions and the outcomes it keeps through an outage rely on. The
@@ -87,7 +88,8 @@ class CrawlService:
             spool = Spool(self.state_dir / "spool")
             # ingest's verdicts (new text or not) come back from its registry: traps, revisits
             registry = self.state_dir / "ingest" / "registry.sqlite3"
-            feedback = IngestFeedback(registry, database=self.registry_database)
+            # read on the crawl's loop: within the crawl's deadline ([crawl] database-timeout-s)
+            feedback = IngestFeedback(registry, self.registry_database, self.settings.database_timeout_s)
             self.crawler = Crawler(self.settings, spool, feedback=feedback)
         return self.crawler
 
@@ -96,7 +98,13 @@ class CrawlService:
         the crawl's PostgreSQL database (``[crawl] database``) answers a connection, or
         DatabaseUnavailable says why. Nothing to check with crawling off or a SQLite frontier."""
         if self.enabled and self.settings.database:
-            Database(self.settings.database, "frontier", max_size=1, name="crystalline-frontier").close()
+            Database(
+                self.settings.database,
+                "frontier",
+                max_size=1,
+                name="crystalline-frontier",
+                statement_timeout_s=self.settings.database_timeout_s,
+            ).close()
 
     def start(self) -> None:
         """The daemon has started (its state directory and database are ready): take add-url

@@ -40,11 +40,13 @@ REGISTRY_TIMEOUT_S = 0.5  # a registry busy for longer: the values wait for the 
 MAX_PENDING = 4096  # values not yet written (a registry down for long): the oldest are dropped
 
 
-def registry_opener(database: str | None, path: Path) -> Callable[[], Registry]:
+def registry_opener(database: str | None, path: Path, statement_timeout_s: float) -> Callable[[], Registry]:
     """Opens control's own connection to the registry the ingestor writes (``open_registry``:
-    PostgreSQL's at ``database``, or the SQLite file at ``path``) with a short busy timeout (see
-    the module)."""
-    return functools.partial(open_registry, database, path, timeout_s=REGISTRY_TIMEOUT_S)
+    PostgreSQL's at ``database``, its statements cancelled after ``statement_timeout_s``, or the
+    SQLite file at ``path``) with a short busy timeout (see the module)."""
+    return functools.partial(
+        open_registry, database, path, timeout_s=REGISTRY_TIMEOUT_S, statement_timeout_s=statement_timeout_s
+    )
 
 
 def first_windows(tokens: np.ndarray, seq_len: int, count: int) -> np.ndarray:

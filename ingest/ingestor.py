@@ -132,7 +132,11 @@ class Ingestor:
         self.drop_folder = drop_folder
         dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
         self.store = TokenStore(self.data_dir / "tokens", dtype)
-        self.registry = open_registry(settings.database, self.data_dir / "registry.sqlite3")
+        self.registry = open_registry(
+            settings.database,
+            self.data_dir / "registry.sqlite3",
+            statement_timeout_s=settings.database_timeout_s,
+        )
         # The registry connection is shared by the ingest thread and status requests in the
         # event loop: ``_lock`` guards each use and is never held across extraction (a long OCR
         # must not block status); ``_batch`` keeps batches one at a time.
@@ -183,14 +187,18 @@ class Ingestor:
 
     def cut_extraction(self) -> None:
         """Kill the extraction processes now (thread-safe: ``ExtractionPool.cut``): the daemon's
-        stop ran out of time for a close in progress, or a second signal came. Loses nothing:
-        idle processes hold no document, and a batch leaves those without a result pending."""
+        stop ran out of time for a close in progress, or a second signal came. After :meth:`close`
+        or :meth:`stop_taking` it loses nothing: idle processes hold no document, and a batch
+        leaves those without a result pending. Called alone during a batch, that batch fails
+        (``PoolClosed``) and its files are put back."""
         self.pool.cut()
 
     def stop_taking(self) -> None:
         """The stop begins (thread-safe): a running batch takes no further document (the pool
         finishes those it has, and they are stored; the others stay pending: spool entries on
-        disk, dropped files put back) and no batch starts after. :meth:`close` still closes."""
+        disk, dropped files put back) and no batch starts after. :meth:`close` still closes. It is
+        final: nothing clears ``_stopping`` (ingest is never resumed in the same process; a pause
+        or resume of ingest would need to clear it, and to reopen what close closed)."""
         self._stopping.set()
 
     def _close_now(self) -> None:

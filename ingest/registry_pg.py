@@ -16,7 +16,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..postgres import Database
+from ..postgres import STATEMENT_TIMEOUT_S, Database
 from ..sql_tables import add_columns
 from .registry import (
     DOCUMENTS,
@@ -56,11 +56,21 @@ MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 class PgRegistry(Registry):
     """The registry in the PostgreSQL database at ``url``, shared by every machine's ingest."""
 
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, url: str, *, read_only: bool = False, statement_timeout_s: float = STATEMENT_TIMEOUT_S
+    ) -> None:
         """``read_only``: a reader (one connection, read-only transactions, short statement
-        timeouts); :class:`RegistryNotCreated` while no ingest has created the schema."""
+        timeouts); :class:`RegistryNotCreated` while no ingest has created the schema.
+        ``statement_timeout_s``: the server cancels a statement after this long."""
         name = "crystalline-registry-reader" if read_only else "crystalline-registry"
-        self._pg = Database(url, "registry", name=name, max_size=1 if read_only else 4, read_only=read_only)
+        self._pg = Database(
+            url,
+            "registry",
+            name=name,
+            max_size=1 if read_only else 4,
+            read_only=read_only,
+            statement_timeout_s=statement_timeout_s,
+        )
         self.db = self._pg
         self.path = Path(self._pg.redacted())
         try:
@@ -94,11 +104,16 @@ class PgRegistry(Registry):
 
 
 def open_registry(
-    database: str | None, path: Path, *, read_only: bool = False, timeout_s: float = 30.0
+    database: str | None,
+    path: Path,
+    *,
+    read_only: bool = False,
+    timeout_s: float = 30.0,
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S,
 ) -> Registry:
     """The SQLite registry at ``path``, or the PostgreSQL one when ``database`` is a URL (a
-    reader of it with ``read_only``). ``timeout_s``: a writer's wait for SQLite's lock (a
-    PostgreSQL registry has its own deadlines, see ``crystalline.postgres``)."""
+    reader of it with ``read_only``). ``timeout_s``: a writer's wait for SQLite's lock;
+    ``statement_timeout_s``: PostgreSQL's deadline on a statement (see ``crystalline.postgres``)."""
     if database:
-        return PgRegistry(database, read_only=read_only)
+        return PgRegistry(database, read_only=read_only, statement_timeout_s=statement_timeout_s)
     return Registry(path, timeout_s, read_only=read_only)

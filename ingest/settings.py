@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..postgres import STATEMENT_TIMEOUT_S, check_statement_timeout
 from .extract import ExtractLimits
 from .filters import FilterSettings
 from .pool import PoolConfig
@@ -25,6 +26,13 @@ class IngestSettings:
         metadata={
             "help": "postgresql://user@host:port/name: the document registry there, shared by several "
             "machines (empty: registry.sqlite3 in the data dir)"
+        },
+    )
+    database_timeout_s: float = field(
+        default=STATEMENT_TIMEOUT_S,
+        metadata={
+            "help": "with --database: seconds the server gives one of ingest's statements before "
+            "cancelling it; ingest gives up 2 s later (1-60)"
         },
     )
     # 1-2 on a 2-core machine: training needs the rest
@@ -73,3 +81,4 @@ class IngestSettings:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.time_limit_s > 0 or self.memory_limit_mb < 0 or self.drop_settle_s < 0:
             raise ValueError("time-limit-s must be positive, memory-limit-mb and drop-settle-s not negative")
+        check_statement_timeout(self.database_timeout_s)

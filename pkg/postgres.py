@@ -26,14 +26,18 @@ SCHEMES = ("postgresql://", "postgres://")
 
 # every wait has a deadline: connecting, a statement (an advisory lock included), a pool checkout
 CONNECT_TIMEOUT_S = 5
+# the server's statement_timeout, by default (``[crawl]``/``[ingest] database-timeout-s``), and
+# its bounds: a deadline, not a way to turn deadlines off; at most a minute, since a batch of
+# ingest that the daemon's stop finds storing may wait out one (README, "Stopping")
 STATEMENT_TIMEOUT_S = 15.0
+STATEMENT_TIMEOUT_MIN_S = 1.0
+STATEMENT_TIMEOUT_MAX_S = 60.0
 # a reader's statements (``read_only``: the dashboard's) give up sooner: they show, nobody waits
 READER_STATEMENT_TIMEOUT_S = 2.0
 # the client's own deadline on a statement, a commit or a connection check, this much after the
 # server's: a reply that never comes (the network cut with the TCP connection still open) is cut
 # off by shutting the socket
 CLIENT_GRACE_S = 2.0
-CLIENT_DEADLINE_S = STATEMENT_TIMEOUT_S + CLIENT_GRACE_S
 # a checkout waits this long for a connection: while the server is away, each call of the crawl
 # loop gives up this soon and the loop backs off (it must not block the daemon's event loop long)
 POOL_TIMEOUT_S = 2.0
@@ -50,6 +54,22 @@ class Sql(Protocol):
 class DatabaseUnavailable(OSError):
     """The database cannot be reached now (restarted, the network cut, connections refused):
     what was being done can be tried again later."""
+
+
+def client_deadline_s(statement_timeout_s: float) -> float:
+    """The client's deadline on a statement whose server cancels it after ``statement_timeout_s``."""
+    return statement_timeout_s + CLIENT_GRACE_S
+
+
+def check_statement_timeout(value: float) -> float:
+    """``value`` if it is a statement deadline the settings allow, else a one-line ValueError
+    (a setting's ``validate``: it names the key ``database-timeout-s``)."""
+    if not STATEMENT_TIMEOUT_MIN_S <= value <= STATEMENT_TIMEOUT_MAX_S:  # nan fails both
+        raise ValueError(
+            f"database-timeout-s must be at least {STATEMENT_TIMEOUT_MIN_S:g} and at most "
+            f"{STATEMENT_TIMEOUT_MAX_S:g} s, got {value:g}"
+        )
+    return value
 
 
 def is_database_url(value: str) -> bool:
@@ -103,12 +123,21 @@ class Database:
     raise :class:`DatabaseUnavailable`; other errors propagate as psycopg raised them."""
 
     def __init__(
-        self, url: str, schema: str, *, max_size: int = 4, name: str = "crystalline", read_only: bool = False
+        self,
+        url: str,
+        schema: str,
+        *,
+        max_size: int = 4,
+        name: str = "crystalline",
+        read_only: bool = False,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
     ) -> None:
         """``schema``: where this component's tables live (the frontier's and the registry's
-        share names such as ``meta``), first on every connection's search path. ``read_only``:
-        every transaction is read-only (``default_transaction_read_only``) and a statement is cut
-        off after READER_STATEMENT_TIMEOUT_S."""
+        share names such as ``meta``), first on every connection's search path.
+        ``statement_timeout_s``: the server cancels a statement after this long, and the client
+        gives up on its reply :func:`client_deadline_s` after it began. ``read_only``: every
+        transaction is read-only (``default_transaction_read_only``) and a statement is cut off
+        after READER_STATEMENT_TIMEOUT_S (or ``statement_timeout_s``, if shorter)."""
         try:
             import psycopg
             import psycopg_pool
@@ -123,8 +152,10 @@ class Database:
         self._local = threading.local()
         self._sql: dict[str, str] = {}
         self._check_connection = psycopg_pool.ConnectionPool.check_connection
-        statement_timeout_s = READER_STATEMENT_TIMEOUT_S if read_only else STATEMENT_TIMEOUT_S
-        self._watchdog = _Watchdog(statement_timeout_s + CLIENT_GRACE_S)
+        check_statement_timeout(statement_timeout_s)
+        if read_only:
+            statement_timeout_s = min(READER_STATEMENT_TIMEOUT_S, statement_timeout_s)
+        self._watchdog = _Watchdog(client_deadline_s(statement_timeout_s))
         self.available = True  # the last statement reached the server
         self.last_error: str | None = None  # the last time it did not: why, and when
         self.last_error_at = 0.0

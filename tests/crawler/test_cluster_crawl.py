@@ -22,7 +22,7 @@ import pytest
 from _wait import until
 from aiohttp import web
 
-from crystalline.postgres import CLIENT_DEADLINE_S
+from crystalline.postgres import STATEMENT_TIMEOUT_S, client_deadline_s
 from tests._local_site import prose, start_site
 from tests._postgres import PgCluster
 from tests._tcp_proxy import CuttableProxy
@@ -30,6 +30,8 @@ from tests._tcp_proxy import CuttableProxy
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 PAGES = 12  # per host: / links to /p/0 ... /p/11
 MIN_DELAY = 0.4
+# the crawlers' statement deadline under a network cut (--database-timeout-s; 15 s by default)
+CUT_STATEMENT_TIMEOUT_S = 3.0
 
 
 class Sites:
@@ -87,11 +89,18 @@ def sites() -> Iterator[Sites]:
     s.close()
 
 
-def _crawler(tmp: Path, i: int, url: str, starts: list[str], lease: float) -> subprocess.Popen[bytes]:
+def _crawler(
+    tmp: Path,
+    i: int,
+    url: str,
+    starts: list[str],
+    lease: float,
+    statement_timeout_s: float = STATEMENT_TIMEOUT_S,
+) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "crystalline.crawler.command", "--database", url, "--data-dir",
             str(tmp / f"machine{i}"), "--allow-private-addresses", "--min-delay", str(MIN_DELAY),
             "--no-autothrottle", "--host-lease", str(lease), "--concurrency", "4",
-            "--no-sitemaps"]  # fmt: skip
+            "--no-sitemaps", "--database-timeout-s", str(statement_timeout_s)]  # fmt: skip
     for start in starts:
         argv += ["--start-url", start]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -210,14 +219,20 @@ def test_a_network_cut_to_the_database_is_waited_out(
     proxy = CuttableProxy(pg_cluster.port)
     try:
         via_proxy = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
-        procs = [_crawler(tmp_path, i, via_proxy, sites.bases, lease=120.0) for i in range(3)]
+        # a short statement deadline, so that the cut is waited out sooner
+        procs = [
+            _crawler(tmp_path, i, via_proxy, sites.bases, 120.0, CUT_STATEMENT_TIMEOUT_S) for i in range(3)
+        ]
         _until_fetched(sites, 8)
         proxy.cut()
         cut_at = time.monotonic()
         # cut until every crawler said it paused, and past a statement's deadline (the client's,
-        # 17 s, checked every 0.5 s): the statements blocked at the cut were cut off
+        # 5 s, checked every 0.5 s): the statements blocked at the cut were cut off
         until(
-            lambda: _paused_for(tmp_path) == 3 and time.monotonic() - cut_at > CLIENT_DEADLINE_S + 1,
+            lambda: (
+                _paused_for(tmp_path) == 3
+                and time.monotonic() - cut_at > client_deadline_s(CUT_STATEMENT_TIMEOUT_S) + 1
+            ),
             lambda: f"{_paused_for(tmp_path)} of 3 crawlers said they paused",
             120,
             0.2,

@@ -210,6 +210,7 @@ def test_example_file_is_current_and_documents_http_and_its_off_switch(
 # ---- one-line errors naming the source, the key and what is allowed ----------------------------
 
 BOUND = "must be more than 0 and at most"  # a duration: finite, bounded (daemon/config.py)
+DB_BOUND = "must be at least 1 and at most 60 s"  # a statement's deadline (crystalline.postgres)
 
 
 @pytest.mark.parametrize(
@@ -237,6 +238,10 @@ BOUND = "must be more than 0 and at most"  # a duration: finite, bounded (daemon
         ("[daemon]\nresource-retry-s = 1e12\n", f"resource-retry-s {BOUND} 86400 s, got 1e+12 (set"),
         ("[daemon]\ncontrol-silent-s = inf\n", f"control-silent-s {BOUND} 86400 s, got inf (set"),
         ("[daemon]\ngenerate-burst-s = -inf\n", f"generate-burst-s {BOUND} 86400 s, got -inf (set"),
+        # the database's statement deadline: 1-60 s (crystalline.postgres), finite
+        ("[crawl]\ndatabase-timeout-s = 0.5\n", f"[crawl] database-timeout-s {DB_BOUND}, got 0.5 (set by"),
+        ("[ingest]\ndatabase-timeout-s = inf\n", f"[ingest] database-timeout-s {DB_BOUND}, got inf (set by"),
+        ("[ingest]\ndatabase-timeout-s = nan\n", "{path}: [ingest] database-timeout-s must be a number"),
     ],
 )
 def test_bad_file_values_name_the_file_and_the_key(tmp_path: Path, body: str, message: str) -> None:
@@ -304,6 +309,12 @@ def test_test_suite_variables_are_not_settings() -> None:
         (["--generate-burst-s", "86401"], f"[daemon] generate-burst-s {BOUND} 86400 s"),
         (["--checkpoint-interval-s", "inf"], f"checkpoint-interval-s {BOUND} 86400 s, got inf"),
         (["--status-interval-s", "1e10"], f"status-interval-s {BOUND} 86400 s, got 1e+10"),
+        (
+            ["--crawl-database-timeout-s", "61"],
+            f"[crawl] database-timeout-s {DB_BOUND}, got 61 (set by flag --crawl-database-timeout-s)",
+        ),
+        (["--ingest-database-timeout-s", "0"], f"[ingest] database-timeout-s {DB_BOUND}, got 0 (set by"),
+        (["--ingest-database-timeout-s", "inf"], f"[ingest] database-timeout-s {DB_BOUND}, got inf"),
         (
             ["--seed-url", "https://a.example/", "--crawl-max-queued", "-5"],
             "[crawl] max-queued must not be negative",

@@ -80,7 +80,7 @@ def test_control_answers_bad_messages_with_one_line_errors_and_keeps_serving(end
     router.setsockopt(zmq.LINGER, 0)
     router.bind(endpoint)
     spec = {"endpoint": endpoint, "parent_pid": os.getppid(), "state_dir": "/nonexistent", "train": {},
-            "resource_retry_s": 10.0}  # fmt: skip
+            "resource_retry_s": 10.0, "database_timeout_s": 15.0}  # fmt: skip
     control = Control(spec, lambda _spec: NoData())  # type: ignore[arg-type, return-value]
     assert set(control.handlers()) == set(CP.COMMANDS)  # the dispatch table covers the protocol
     try:

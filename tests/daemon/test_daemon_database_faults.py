@@ -22,14 +22,17 @@ from _wait import until
 from test_daemon_revisits import Site, wait_for
 
 from crystalline.daemon.status_client import request
-from crystalline.postgres import CLIENT_DEADLINE_S
+from crystalline.postgres import client_deadline_s
 from tests._postgres import PgCluster, free_port
 from tests._tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.slow
+# the database's statement deadline of the daemon under a cut ([crawl]/[ingest]
+# database-timeout-s; 15 s by default): short, so that the cut is waited out sooner
+STATEMENT_TIMEOUT_S = 3.0
 # how long the network to the database stays cut: past the longest a frontier call waits (a
-# statement's deadline on the client, 17 s), with 5 s for the call in hand at the cut to start
-CUT_S = CLIENT_DEADLINE_S + 5.0
+# statement's deadline on the client, 5 s), with 5 s for the call in hand at the cut to start
+CUT_S = client_deadline_s(STATEMENT_TIMEOUT_S) + 5.0
 
 
 def poll(proc: subprocess.Popen[bytes], run: Path, what: str, test: Callable[[dict[str, Any]], bool],
@@ -142,7 +145,9 @@ def test_status_answers_while_the_network_to_the_database_is_cut(
     site = Site()
     try:
         args = ("--database", url, "--crawl-start-url", site.url + "/p/0", "--crawl-allow-private-addresses",
-                "--crawl-min-delay", "0", "--crawl-no-sitemaps", "--workers", "2")  # fmt: skip
+                "--crawl-min-delay", "0", "--crawl-no-sitemaps", "--workers", "2",
+                "--crawl-database-timeout-s", str(STATEMENT_TIMEOUT_S),
+                "--ingest-database-timeout-s", str(STATEMENT_TIMEOUT_S))  # fmt: skip
         with running_daemon(tmp_path, {"seed.txt": prose(999)}, *args, crawl=True) as daemon:
             run = daemon["run"]
             wait_for(run, "the site crawled and ingested", lambda d: d["ingest"].get("documents", 0) >= 6)
