@@ -5,7 +5,9 @@ A file counts as complete when it is closed after writing or renamed into the fo
 file that only shows up as created (a hard link, or an event lost) is taken once its mtime is
 ``settle_s`` old. At start, when inotify's queue overflows, and every ``rescan_s`` when the
 folder's mtime moved, the folder is listed again, so no file is stranded by a lost event. Only
-the top level is watched; hidden and partial-download names are ignored, directories left alone.
+the top level is watched; hidden and partial-download names are ignored, directories left alone
+(with a ``folder_reason``, as in a sub-folder of :class:`DropSources`, each is listed by
+:meth:`DropFolder.blocked` with that reason and logged once).
 
 A file is *claimed* before it is read: renamed (through directory descriptors) into the private
 ``.ingesting/`` (mode 0700, the daemon's own), then opened there with ``O_NOFOLLOW |
@@ -146,8 +148,14 @@ class _Unmovable:
 class DropFolder:
     """Watches ``root``; :meth:`take_one` claims complete files, :meth:`finish` moves them away."""
 
-    def __init__(self, root: Path, settle_s: float = 2.0, rescan_s: float = 30.0) -> None:
+    def __init__(
+        self, root: Path, settle_s: float = 2.0, rescan_s: float = 30.0, folder_reason: str | None = None
+    ) -> None:
         self.root = Path(root).resolve()
+        # why a folder found in this one is not read (listed by blocked(), logged once); None: its
+        # folders are accounted for elsewhere (DropSources takes the top's as sources)
+        self.folder_reason = folder_reason
+        self._folders: dict[str, None] = {}  # folders found by the last scan, left alone
         self.done = self.root / "done"
         self.failed = self.root / "failed"
         self.claims = self.root / CLAIMS
@@ -171,7 +179,12 @@ class DropFolder:
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._fds: tuple[int, int, int, int] | None = None
-        self._open_dirs()
+        try:
+            self._open_dirs()
+        except BaseException:  # a folder we may not open or write: nothing of ours stays open
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
 
     # -- directories -----------------------------------------------------------------------
 
@@ -182,7 +195,14 @@ class DropFolder:
         aside (and then handled as a dropped entry or left alone), never used."""
         self.root.mkdir(parents=True, exist_ok=True)
         root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        subs = [self._subdir(root_fd, name, private=name == CLAIMS) for name in ("done", "failed", CLAIMS)]
+        subs: list[int] = []
+        try:
+            for name in ("done", "failed", CLAIMS):
+                subs.append(self._subdir(root_fd, name, private=name == CLAIMS))
+        except BaseException:
+            for fd in (root_fd, *subs):
+                os.close(fd)
+            raise
         self._fds = (root_fd, subs[0], subs[1], subs[2])
 
     def _subdir(self, root_fd: int, name: str, private: bool) -> int:
@@ -387,6 +407,7 @@ class DropFolder:
         self._scanned_at = time.monotonic()
         now = time.time()
         found = 0
+        folders: dict[str, None] = {}
         for name in sorted(os.listdir(root_fd)):
             if not _wanted(name):
                 continue
@@ -395,6 +416,8 @@ class DropFolder:
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode):
+                if name not in ("done", "failed") and ".untrusted-" not in name:
+                    folders[name] = None
                 continue
             if not stat.S_ISREG(st.st_mode) or now - st.st_mtime >= self.settle_s:
                 self.offer(name)
@@ -403,6 +426,11 @@ class DropFolder:
                 with self._lock:
                     if name not in self._queue:
                         self._settling[name] = None
+        if self.folder_reason is not None:
+            for name in sorted(folders.keys() - self._folders.keys()):
+                log.warning("%s/%s/ left alone: %s", self.root, readable(name), self.folder_reason)
+        with self._lock:
+            self._folders = folders
         return found
 
     def _maybe_rescan(self) -> None:
@@ -520,9 +548,14 @@ class DropFolder:
             self.offer(name)
 
     def blocked(self) -> list[tuple[str, str]]:
-        """Files in the inbox that could not be claimed: (readable name, reason), oldest first."""
+        """Files in the inbox that could not be claimed: (readable name, reason), oldest first;
+        then, with a ``folder_reason``, the folders the last scan found and left alone
+        (``name/``)."""
         with self._lock:
-            return [(readable(n), u.reason) for n, u in self._unmovable.items()]
+            out = [(readable(n), u.reason) for n, u in self._unmovable.items()]
+            if self.folder_reason is not None:
+                out.extend((readable(n) + "/", self.folder_reason) for n in self._folders)
+            return out
 
     def take(self, max_files: int) -> list[Claimed]:
         """Up to ``max_files`` claimed files (see :meth:`take_one`)."""

@@ -5,12 +5,15 @@ Files dropped at the top of the drop folder are the source ``inbox``; a file dro
 reported per source). Each sub-folder is a :class:`DropFolder` of its own, with its own
 ``done/``, ``failed/`` and private ``.ingesting/``, so everything the drop folder guarantees
 (claims by rename, links refused, nothing lost at a crash) holds there unchanged. Only one
-level: folders inside a sub-folder are left alone, as the top folder leaves its own.
+level: a folder inside a sub-folder, however deep it goes, is left where it is (nothing in it
+is read), listed in status with why (``blocked``: ``docs/nested/``) and logged once.
 
 A sub-folder is taken only when it belongs to the daemon's user and is not writable by its
 group or others without the sticky bit (the rule the README gives the inbox: otherwise whoever
 may write there could move or replace what others dropped, and its ``done/`` and ``failed/``);
-another is left alone and logged once. Sub-folders are looked for at start and then every
+another, and one the daemon may not list or make ``done/`` in, is left alone, listed in status
+(``blocked``: ``name/`` and why) and logged once, and tried again at each discovery, while the
+rest of the drop folder is taken. Sub-folders are looked for at start and then every
 ``discover_s`` while files are taken, at most :data:`MAX_SUB_FOLDERS` of them (each holds
 descriptors, an inotify watch and a thread); a sub-folder deleted or replaced is let go, and
 its files left in its ``.ingesting/`` are taken when it comes back.
@@ -30,6 +33,8 @@ log = logging.getLogger("crystalline.ingest.drop_sources")
 
 MAX_SUB_FOLDERS = 32
 _RESERVED = frozenset({"done", "failed", CLAIMS})
+# a folder inside a sub-folder: left where it is, shown in status (blocked) and logged once
+NESTED = "a folder inside a drop sub-folder: not read (sub-folders are one level deep)"
 
 
 class DropSources:
@@ -43,7 +48,7 @@ class DropSources:
         self.root = self.top.root
         self.settle_s, self.rescan_s, self.discover_s = settle_s, rescan_s, discover_s
         self.subs: dict[str, DropFolder] = {}
-        self._refused: set[str] = set()  # sub-folders left alone (logged once)
+        self._refused: dict[str, str] = {}  # sub-folders left alone, and why (logged once)
         self._discovered_at = float("-inf")
         self._started = False
         self._turn = 0  # which folder take_one starts with, so no source starves the others
@@ -75,6 +80,7 @@ class DropSources:
         except OSError as e:
             log.warning("cannot list the drop folder %s: %s", self.root, e.strerror)
             return len(self.subs)
+        refused: dict[str, str] = {}
         for name in names:
             if name in self.subs or name in _RESERVED or name.startswith(".") or ".untrusted-" in name:
                 continue
@@ -87,17 +93,22 @@ class DropSources:
             why = self._trusted(name, st)
             if why is None and len(self.subs) >= MAX_SUB_FOLDERS:
                 why = f"the drop folder has {MAX_SUB_FOLDERS} sub-folders already"
-            if why is not None:
-                if name not in self._refused:
-                    self._refused.add(name)
+            opened: DropFolder | None = None
+            if why is None:
+                try:  # one we may not list, or not make done/ in: that sub-folder alone is refused
+                    opened = DropFolder(self.root / name, self.settle_s, self.rescan_s, NESTED)
+                except OSError as e:
+                    why = f"it cannot be used as a drop folder ({e.strerror or e})"
+            if opened is None:
+                refused[name] = why or ""
+                if self._refused.get(name) != why:
                     log.warning("drop sub-folder %s left alone: %s", readable(name), why)
                 continue
-            self._refused.discard(name)
-            folder = DropFolder(self.root / name, self.settle_s, self.rescan_s)
-            self.subs[name] = folder
+            self.subs[name] = opened
             if self._started:
-                folder.start()
+                opened.start()
             log.info("drop sub-folder %s: the source %s", readable(name), readable(name))
+        self._refused = refused  # tried again at each discovery; one gone is forgotten
         return len(self.subs)
 
     # -- the DropFolder interface the ingestor uses -----------------------------------------
@@ -140,7 +151,10 @@ class DropSources:
         return sum(folder.pending() for folder in (self.top, *self.subs.values()))
 
     def blocked(self) -> list[tuple[str, str]]:
+        """What waits unread in the drop folder, with why: files that could not be claimed,
+        sub-folders left alone (``name/``), and each sub-folder's own (``name/file``, ``name/folder/``)."""
         out = list(self.top.blocked())
+        out.extend((f"{readable(name)}/", why) for name, why in self._refused.items())
         for name, folder in self.subs.items():
             out.extend((f"{readable(name)}/{n}", reason) for n, reason in folder.blocked())
         return out

@@ -6,17 +6,23 @@ SQLite, shards), and shards and registries written before it still load."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 from _older_registry import migrated_from
 from _wait import until
 from test_drop_ingest import SETTINGS, text
 
 from crystalline.documents import Document, Spool, source_group
-from crystalline.ingest.drop_sources import DropSources
+from crystalline.ingest.drop_sources import NESTED, DropSources
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.tokens.token_store import PendingDocument, StoreReader, TokenStore
 from crystalline.tokens.tokenizer import load_tokenizer
@@ -89,6 +95,130 @@ def test_a_sub_folder_writable_by_others_is_left_alone(tmp_path: Path) -> None:
         assert sources.discover() == 1
     finally:
         sources.close()
+
+
+@pytest.mark.timeout(180)
+def test_folders_inside_a_sub_folder_and_a_sub_folder_left_alone_are_shown_in_status_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # sub-folders are one level deep: a folder inside one (however deep it goes) and a
+    # sub-folder not taken are left where they are, each listed with why in status (blocked)
+    # and logged once; before, the nested ones were skipped without a word or a count
+    inbox = tmp_path / "inbox"
+    docs = inbox / "docs"
+    (docs / "nested").mkdir(parents=True)
+    (docs / "nested" / "deep.txt").write_text(text(11))
+    chain = docs / "chain"
+    for _ in range(60):
+        chain = chain / "d"
+    chain.mkdir(parents=True)
+    (chain / "bottom.txt").write_text(text(12))
+    (docs / "a.txt").write_text(text(13))
+    os.mkfifo(docs / "fifo")  # refused unopened, as at the top: a record, failed/, a line
+    (inbox / "shared").mkdir()
+    (inbox / "shared").chmod(0o777)
+    (inbox / "shared" / "s.txt").write_text(text(14))
+    sources = DropSources(inbox, 0.0, discover_s=0.0)
+    caplog.set_level(logging.INFO, logger="crystalline.ingest")
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), drop_folder=sources) as ing:
+        sources.start()
+        ingest_all(ing)
+        for _ in range(3):  # more discoveries and scans: nothing is logged twice
+            sources.discover()
+            sources.subs["docs"].scan()
+        stats = ing.stats()
+        assert (docs / "nested" / "deep.txt").exists() and (chain / "bottom.txt").exists()  # where they were
+        shutil.rmtree(docs / "nested")  # a folder gone is no longer shown
+        sources.subs["docs"].scan()
+        after = sources.blocked()
+    left = {
+        "shared/": "it is writable by others without the sticky bit",
+        "docs/chain/": NESTED,
+        "docs/nested/": NESTED,
+    }
+    assert stats["blocked"] == 3
+    assert {b["name"]: b["reason"] for b in stats["blocked_files"]} == left
+    lines = [r.getMessage() for r in caplog.records if "left alone" in r.getMessage()]
+    assert sorted(lines) == sorted(
+        [f"{docs}/chain/ left alone: {NESTED}", f"{docs}/nested/ left alone: {NESTED}",
+         "drop sub-folder shared left alone: it is writable by others without the sticky bit"]
+    )  # fmt: skip
+    assert (docs / "done" / "a.txt").exists() and (docs / "failed" / "fifo").exists()
+    db = sqlite3.connect(tmp_path / "data" / "registry.sqlite3")
+    rows = dict(db.execute("SELECT source, state FROM documents"))
+    assert rows == {str(docs / "a.txt"): "done", str(docs / "fifo"): "failed"}
+    assert sorted(after) == sorted((name, why) for name, why in left.items() if name != "docs/nested/")
+
+
+# the drop folder run where a mode says no: as root (CAP_DAC_OVERRIDE reads and lists
+# whatever the modes say), without those capabilities, as any other user would
+_CAPS = "-dac_override,-dac_read_search"
+_AS_A_USER = ("setpriv", f"--inh-caps={_CAPS}", f"--bounding-set={_CAPS}") if os.geteuid() == 0 else ()
+
+_UNUSABLE_SUB_FOLDERS = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    sys.path[:0] = [sys.argv[2], os.path.dirname(sys.argv[2])]
+    from test_drop_ingest import SETTINGS
+    from test_drop_sources import ingest_all
+    from crystalline.ingest.drop_sources import DropSources
+    from crystalline.ingest.ingestor import Ingestor
+    from crystalline.tokens.tokenizer import load_tokenizer
+
+    def main() -> None:
+        tmp = Path(sys.argv[1])
+        sources = DropSources(tmp / "inbox", 0.0, discover_s=0.0)
+        with Ingestor(SETTINGS, tmp / "data", load_tokenizer("bytes"), drop_folder=sources) as ing:
+            sources.start()
+            ingest_all(ing)
+            fds = len(os.listdir("/proc/self/fd"))
+            for _ in range(50):  # each discovery tries them again: nothing may stay open
+                sources.discover()
+            leaked = len(os.listdir("/proc/self/fd")) - fds
+            print(json.dumps({"blocked": ing.stats()["blocked_files"], "leaked_fds": leaked}))
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_sub_folder_that_cannot_be_listed_or_written_is_left_alone_and_the_rest_is_ingested(
+    tmp_path: Path,
+) -> None:
+    # before, DropSources.start raised PermissionError for it (and took nothing, the top's
+    # files included), leaving the drop folder's descriptors and pipe of the attempt open
+    inbox = tmp_path / "inbox"
+    for name, mode in (("locked", 0), ("readonly", 0o500)):
+        (inbox / name).mkdir(parents=True)
+        (inbox / name / "x.txt").write_text(text(20))
+        (inbox / name).chmod(mode)
+    (inbox / "top.txt").write_text(text(21))
+    try:
+        probe = [*_AS_A_USER, sys.executable, "-c", f"import os; os.listdir({str(inbox / 'locked')!r})"]
+        if _AS_A_USER and not shutil.which("setpriv"):
+            pytest.skip("root without setpriv lists a folder of mode 000")
+        if subprocess.run(probe, capture_output=True, timeout=60, check=False).returncode == 0:
+            pytest.skip("this user lists a folder of mode 000 (root that cannot drop CAP_DAC_OVERRIDE)")
+        here = str(Path(__file__).parent)
+        proc = subprocess.run(
+            [*_AS_A_USER, sys.executable, "-c", _UNUSABLE_SUB_FOLDERS, str(tmp_path), here],
+            capture_output=True, text=True, timeout=150, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(proc.stdout.splitlines()[-1])
+        assert report == {
+            "blocked": [
+                {"name": "locked/", "reason": "it cannot be used as a drop folder (Permission denied)"},
+                {"name": "readonly/", "reason": "it cannot be used as a drop folder (Permission denied)"},
+            ],
+            "leaked_fds": 0,
+        }
+        assert (inbox / "done" / "top.txt").exists()
+        assert proc.stderr.count("left alone") == 2  # one line each, for 50 discoveries
+    finally:
+        for name in ("locked", "readonly"):
+            (inbox / name).chmod(0o755)
 
 
 def test_shards_and_registries_written_before_the_group_still_load(tmp_path: Path) -> None:
