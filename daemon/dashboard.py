@@ -243,16 +243,17 @@ class Dashboard:
 
     async def close(self, timeout_s: float = READ_CLOSE_WAIT_S + CLOSE_S) -> None:
         """Stop serving, in ``timeout_s`` at most when that is CLOSE_S or more (the daemon's stop
-        gives it what is left of its budget): a read in flight gets at most READ_CLOSE_WAIT_S of
-        what is beyond CLOSE_S; then aiohttp closes the idle keep-alive connections at once and
-        gives a request in progress (an event stream) and a half-sent one SHUTDOWN_S each
-        (CLOSE_S together), then closes them: never cut earlier, which would leave them open."""
+        gives it what is left of its budget): a read in flight, or the registry's close, gets at
+        most READ_CLOSE_WAIT_S of what is beyond CLOSE_S; then aiohttp closes the idle keep-alive
+        connections at once and gives a request in progress (an event stream) and a half-sent one
+        SHUTDOWN_S each (CLOSE_S together), then closes them: never cut earlier, which would leave
+        them open."""
         self._closed = True
-        reading = self._reading
-        if reading is None:
-            await asyncio.to_thread(self._close_registry)
-        else:  # that read closes the reader when it ends (each of its waits has a deadline)
-            await asyncio.wait([reading], timeout=min(READ_CLOSE_WAIT_S, max(0.0, timeout_s - CLOSE_S)))
+        # a read in flight closes the reader when it ends (each of its waits has a deadline); with
+        # none, the reader is closed here (on PostgreSQL up to 10 s): either within the same time,
+        # a thread still at it left to the daemon's stop (given up on at its EXIT_S)
+        reading = self._reading or asyncio.ensure_future(asyncio.to_thread(self._close_registry))
+        await asyncio.wait([reading], timeout=min(READ_CLOSE_WAIT_S, max(0.0, timeout_s - CLOSE_S)))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

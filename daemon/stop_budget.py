@@ -8,18 +8,34 @@ resource tracker, the status socket) takes from what is left until ``END_S``, ea
 own cap. A second signal moves the deadline to ``HURRIED_S`` from then, and a wait in progress
 then ends at once (:meth:`StopBudget.wait` races it against the signal; a wait in a thread asks
 :meth:`StopBudget.clock`), so that every wait after it gets at most that. Only a wait whose end
-loses nothing is cut so: the batch store of a batch in hand is never cut (README "Stopping")."""
+loses nothing is cut so: the batch store of a batch in hand is never cut by a wait.
+
+The worst case, from the constants: the components by ``STOP_S`` (35 s); the cleanup's waits by
+``END_S`` (52 s; their caps add up to more than the 17 s left, so ``END_S`` binds), and aiohttp's
+close, never cut, at most ``dashboard.CLOSE_S`` (1 s) past it: the stop's own steps end by 53 s.
+What they left running in the loop's threads (ingest's batch storing what it has, then closing
+its pool, drop folder and registry; a vocabulary pass) is waited for until ``EXIT_S`` (57 s) and
+then the process exits without it (:func:`wait_for_threads`; the supervisor's ``_stop``): that
+loses nothing, as a SIGKILL would not (the token store is durable before the registry's rows and
+the next start's ``recover()`` records what they lack, a claimed file is claimed again, a spool
+entry stays until its record, an open transaction is rolled back). So the process ends by 57 s
+and the exit's own work, inside ``TimeoutStopSec=60`` (tests/daemon/test_stop_budget.py sums
+it from these constants and the unit file)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..thread_join import JOIN_SLICE_S
+
 STOP_S = 35.0  # control, the crawl, ingest and the vocabulary have stopped (or were given up on)
-END_S = 52.0  # the cleanup's waits end; the process exits well inside TimeoutStopSec=60
+END_S = 52.0  # the cleanup's waits end (aiohttp's close, never cut, may take its 1 s past it)
+EXIT_S = 57.0  # the threads the stop left running are given up on: the process exits
 HURRIED_S = 5.0  # after a second signal, what is left of every wait
 
 
@@ -66,6 +82,10 @@ class StopBudget:
 
         return left
 
+    def exit_left(self) -> float:
+        """What is left until ``EXIT_S`` (less after a second signal: ``HURRIED_S`` from it)."""
+        return max(0.0, self._deadline(EXIT_S) - time.monotonic())
+
     async def wait(self, aw: Awaitable[Any], timeout_s: float) -> bool:
         """Wait at most ``timeout_s`` for ``aw`` (a task or future, which the wait never cancels),
         and no longer once a second signal came: True when it ended (its exception re-raised)."""
@@ -87,3 +107,16 @@ class StopBudget:
                     await hurried
         fut.result()
         return True
+
+
+async def wait_for_threads(prefix: str, left: Callable[[], float]) -> list[str]:
+    """Wait, without blocking the loop, while ``left()`` gives time, for the threads whose names
+    begin with ``prefix`` (the loop's executor's, once it is shut down: idle ones end at once,
+    busy ones after their work); the names of those still running when it ran out."""
+
+    def running() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+
+    while (names := running()) and left() > 0:
+        await asyncio.sleep(JOIN_SLICE_S)
+    return names

@@ -8,7 +8,9 @@ and ingest to take no further document, then, beside control's stop, stops the c
 ingest, then the vocabulary; it unlinks what it created
 and exits 0. The components' stops (by STOP_S) and every wait of the cleanup after them (by
 END_S, each within its cap) take from one budget (``stop_budget.py``) inside the unit's
-TimeoutStopSec=60 (52 s at worst, README "Stopping"). A second signal (the first after the
+TimeoutStopSec=60: its steps end by 53 s at worst, and the threads they leave working (ingest's
+batch storing) are given up on at EXIT_S, 57 s, the process exiting without them (README
+"Stopping"). A second signal (the first after the
 ``stop`` command is not one) ends the budget's wait in progress at once and leaves every later
 wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop goes on.
 Crawl, ingest and the control process each run under a ``ComponentRunner``: a crash is reported
@@ -29,6 +31,7 @@ import signal
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,7 +55,7 @@ from .resource_tracker import stop_resource_tracker
 from .ring_service import RingServer, ring_endpoint
 from .state_dir_lock import take_lock
 from .status_server import StatusServer
-from .stop_budget import StopBudget
+from .stop_budget import StopBudget, wait_for_threads
 from .store_data import byte_store_dir, store_dir
 from .vocab_service import VocabService
 
@@ -76,6 +79,8 @@ INGEST_CLOSE_S = CLOSE_GRACE_S + KILLED_GRACE_S  # ingest's pool: its processes'
 DASHBOARD_CLOSE_S = READ_CLOSE_WAIT_S + CLOSE_S  # a read in flight, then aiohttp's close
 TRACKER_S = 5.0  # multiprocessing's resource tracker
 SOCKET_CLOSE_S = 2.0  # the status socket's connections
+HISTORY_SAVE_S = 2.0  # the dashboard's history, written (atomically) at the stop
+THREAD_PREFIX = "crystalline-loop-thread"  # the loop's executor's threads (asyncio.to_thread)
 
 
 def _writable(directory: Path) -> bool:
@@ -331,12 +336,32 @@ class Supervisor:
         await _logged("closing the dashboard", self._close_dashboard())
         tracker = asyncio.to_thread(stop_resource_tracker, budget.clock(TRACKER_S))
         await _logged("stopping the resource tracker", tracker)
-        await _logged("saving the dashboard's history", asyncio.to_thread(self.history.maybe_save, True))
+        history = asyncio.ensure_future(asyncio.to_thread(self.history.maybe_save, True))
+        await self._cleanup_wait("saving the dashboard's history", history, HISTORY_SAVE_S, lambda: None)
         await _logged("closing the status socket", server.close(budget.left(SOCKET_CLOSE_S, cleanup=True)))
         self.notifier.close()
-        # the state-dir lock is not released here: ingest's batch thread may still be writing the
-        # registry and the store (its close was handed to it); run_daemon releases the lock once
-        # asyncio.run has waited for the executor's threads
+        await self._wait_for_threads()
+        # the state-dir lock is released by run_daemon once asyncio.run has joined the executor's
+        # threads, all ended by now: none writes the registry or the store any more
+
+    async def _wait_for_threads(self) -> None:
+        """What the stop left running in the loop's threads (ingest's batch storing what it has,
+        then closing; its close; a vocabulary pass) gets until EXIT_S; past it the process
+        exits without it (exit status 0, one log line): that loses nothing, as a SIGKILL would
+        not (``stop_budget.py``), and keeps the stop inside TimeoutStopSec."""
+        self.executor.shutdown(wait=False)  # idle threads end at once, busy ones after their work
+        running = await wait_for_threads(THREAD_PREFIX, self.budget.exit_left)
+        if not running:
+            return
+        log.warning(
+            "stop: %d thread(s) still working %.0f s after the signal (%s): exiting without them; "
+            "the next start recovers what they were storing",
+            len(running), time.monotonic() - self.budget.started, ", ".join(running),
+        )  # fmt: skip
+        self.state = transition(DAEMON, self.state, "stopped")
+        log.info("stopped")
+        logging.shutdown()
+        os._exit(0)
 
     def release_lock(self) -> None:
         """Let another daemon take the state dir: only once no thread of this one writes there."""
@@ -450,6 +475,9 @@ class Supervisor:
         s = self.settings
         s.runtime_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
+        # asyncio.to_thread's threads, named, so that the stop can tell what it leaves running
+        self.executor = ThreadPoolExecutor(thread_name_prefix=THREAD_PREFIX)
+        loop.set_default_executor(self.executor)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         self.control = ControlLink(s, f"ipc://{s.runtime_dir / 'control.sock'}")

@@ -23,6 +23,7 @@ from crystalline.workers.trainer import engine_instance
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 FAILING_INGEST_STOP = str(Path(__file__).with_name("_failing_ingest_stop.py"))
+STUCK_INGEST_CLOSE = str(Path(__file__).with_name("_stuck_ingest_close.py"))
 
 
 def _stopped_daemon(
@@ -71,6 +72,22 @@ def test_a_failing_stop_step_is_logged_and_the_rest_of_the_stop_still_runs(tmp_p
     failed = [line for line in lines if "stop: ingest's stop failed" in line]
     said = "RuntimeError: injected: ingest's stop failed"
     assert len(failed) == 1 and failed[0].endswith(said), lines[-30:]
+
+
+def test_a_thread_the_stop_leaves_working_is_given_up_on_at_exit_s_and_the_daemon_exits(
+    tmp_path: Path,
+) -> None:
+    """Ingest's close never returns (injected): the stop cuts its wait (7 s), goes on, and at
+    EXIT_S (12 s here) exits without the thread, saying so in one line, instead of waiting for it
+    in asyncio.run's executor shutdown (which has no deadline on 3.11) past TimeoutStopSec."""
+
+    def sigterm(proc: subprocess.Popen[bytes], _run: Path) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    lines = _stopped_daemon(tmp_path, (STUCK_INGEST_CLOSE,), sigterm)
+    assert any("stop: closing ingest was out of the stop's time" in line for line in lines), lines[-30:]
+    given_up = [line for line in lines if "thread(s) still working" in line]
+    assert len(given_up) == 1 and "exiting without them" in given_up[0], lines[-30:]
 
 
 def test_a_signal_after_the_stop_command_is_the_first_signal_not_a_second(tmp_path: Path) -> None:

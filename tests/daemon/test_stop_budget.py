@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from crystalline.daemon import dashboard, generation_service, stop_budget, supervisor
 from crystalline.daemon.config import DaemonConfig, Settings
 from crystalline.daemon.control_link import ControlLink
-from crystalline.daemon.stop_budget import HURRIED_S, StopBudget
+from crystalline.daemon.stop_budget import HURRIED_S, StopBudget, wait_for_threads
+from crystalline.thread_join import within
 from crystalline.workers.train_config import TrainConfig
 
 pytestmark = pytest.mark.timeout(30)
@@ -101,3 +106,50 @@ def test_a_second_signal_ends_controls_wait_for_a_start_in_progress_and_that_sta
     said = "a control start in progress was cut short by a second signal: stopping without it"
     assert said in caplog.messages, caplog.messages
     assert any("started after the stop gave up waiting for it: SIGKILL" in m for m in caplog.messages)
+
+
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "crystalline.service"
+
+
+def test_the_worst_case_stop_is_a_sum_of_the_constants_inside_the_units_stop_timeout() -> None:
+    """README "Stopping", stop_budget's docstring: the stop's steps end by 53 s, the threads they
+    leave are given up on at EXIT_S (57 s), inside the unit's TimeoutStopSec (60 s)."""
+    cleanup_caps = (
+        supervisor.RUNNER_S
+        + supervisor.RING_CLOSE_S
+        + supervisor.INGEST_CLOSE_S
+        + supervisor.DASHBOARD_CLOSE_S
+        + 2 * generation_service.STOP_GRACE_S  # to exit, then to be reaped once killed
+        + supervisor.TRACKER_S
+        + supervisor.HISTORY_SAVE_S
+        + supervisor.SOCKET_CLOSE_S
+    )
+    # the caps add up to more than is left after the components' stops: END_S is what binds
+    assert stop_budget.STOP_S + cleanup_caps > stop_budget.END_S
+    steps_end = min(stop_budget.STOP_S + cleanup_caps, stop_budget.END_S) + dashboard.CLOSE_S  # never cut
+    assert steps_end == 53.0
+    (timeout,) = re.findall(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(encoding="utf-8"), re.MULTILINE)
+    assert steps_end <= stop_budget.EXIT_S < int(timeout) == 60
+
+
+def test_the_threads_a_stop_leaves_are_waited_for_until_its_clock_runs_out() -> None:
+    """A real executor shut down with one thread still working: its name comes back once the
+    clock has run out, none while it ends within it (and idle threads are never waited for)."""
+    release = threading.Event()
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        executor = ThreadPoolExecutor(thread_name_prefix="ft-test-loop")
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(executor)
+        await asyncio.gather(*(asyncio.to_thread(lambda: None) for _ in range(4)))  # idle ones
+        busy = loop.run_in_executor(None, release.wait, 600)  # submitted now, before the shutdown
+        executor.shutdown(wait=False)
+        given_up = await wait_for_threads("ft-test-loop", within(0.5))
+        loop.call_later(0.2, release.set)
+        ended = await wait_for_threads("ft-test-loop", within(600))  # only its end ends this wait
+        await busy
+        return given_up, ended
+
+    given_up, ended = asyncio.run(scenario())
+    assert len(given_up) == 1 and given_up[0].startswith("ft-test-loop")
+    assert ended == []

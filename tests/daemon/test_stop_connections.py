@@ -62,7 +62,7 @@ def test_the_status_socket_closes_idle_half_sent_and_busy_connections_itself(tmp
     assert loop_errors == []
 
 
-def test_the_dashboard_closes_keep_alive_half_sent_and_event_stream_clients_within_its_time(
+def test_the_dashboard_closes_keep_alive_half_sent_and_event_stream_clients(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
