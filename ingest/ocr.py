@@ -9,6 +9,8 @@ tesseract running on (it used to run until it finished: its timeout was the kill
 enforce). setpriv, not a ``preexec_fn`` calling prctl: a pool worker has threads (OpenBLAS's,
 from numpy), in which Python documents ``preexec_fn`` as unsafe, and it forces fork where
 vfork is used otherwise (122 ms against 3 ms a spawn from a process of 1.5 GB, review R13b).
+setpriv calls capset even for --pdeathsig alone: the unit allows it back (systemd/crystalline.service;
+tests/systemd/test_syscall_audit.py traces this command against the unit's filter).
 The one race, the worker dying before setpriv sets the signal, ends tesseract too: its stdin
 closes on a part of the image and its stdout has no reader. ``OMP_THREAD_LIMIT=1`` stops it
 from starting one OpenMP thread per core in each of our pool workers (on 2 cores that

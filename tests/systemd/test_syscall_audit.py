@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from _nspawn import REPO
+
+from crystalline.ingest import ocr
 
 pytestmark = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing (apt-get install systemd)"
@@ -52,3 +56,25 @@ def test_a_trace_of_allowed_calls_passes(tmp_path: Path) -> None:
 def test_a_refused_call_or_a_writable_executable_mapping_fails(tmp_path: Path, line: str) -> None:
     (tmp_path / "trace").write_text(CLEAN + line + "\n")
     assert audit().analyse(tmp_path / "trace", as_root=False) == 1
+
+
+def test_ocr_makes_only_calls_the_unit_allows(tmp_path: Path) -> None:
+    """OCR's child, as ingest/ocr.py starts it (setpriv setting the parent-death signal, then
+    tesseract reading the bundled scan), traced with strace: every call it makes is one the unit's
+    filter allows. setpriv calls capset even for --pdeathsig alone; refused (EPERM) under the unit,
+    it exited 127 and every image failed (review R14 D1)."""
+    if shutil.which("strace") is None or shutil.which("tesseract") is None:
+        pytest.skip("strace or tesseract is missing (apt-get install strace tesseract-ocr)")
+    if subprocess.run(["strace", "-o", os.devnull, "true"], capture_output=True).returncode != 0:
+        pytest.skip("strace cannot trace here (ptrace is not permitted)")
+    trace = tmp_path / "trace"
+    scan = (REPO / "daemon" / "samples" / "sonnet-18-scan.png").read_bytes()
+    run = subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(trace), *ocr._command("eng")],
+        input=scan,
+        capture_output=True,
+        env=dict(os.environ, OMP_THREAD_LIMIT="1"),
+        timeout=120,
+    )
+    assert run.returncode == 0 and b"compare thee" in run.stdout, run.stderr
+    assert audit().analyse(trace, as_root=False) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shlex
 import socket
 import tempfile
 import time
@@ -136,6 +137,20 @@ def _ingested(box: Container, at_least: int) -> dict[str, Any] | None:
     return ingest if ingest.get("pending") == 0 and ingest.get("documents", 0) >= at_least else None
 
 
+def registry_row(box: Container, name: str) -> dict[str, Any]:
+    """The ingest registry's row of the dropped file ``name`` (state, kind, chars, reason)."""
+    query = (
+        "import json, sqlite3; c = sqlite3.connect("
+        "'file:/var/lib/crystalline/ingest/registry.sqlite3?mode=ro', uri=True);"
+        " c.row_factory = sqlite3.Row; print(json.dumps([dict(r) for r in c.execute("
+        f"\"SELECT state, kind, chars, reason FROM documents WHERE source LIKE '%/{name}'\")]))"
+    )
+    out = box.sh(f"/opt/crystalline/.venv/bin/python -c {shlex.quote(query)}").stdout
+    rows: list[dict[str, Any]] = json.loads(out)
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
 def active_after_restarts(box: Container, n: int) -> bool:
     p = show(box, "ActiveState", "SubState", "NRestarts")
     return p["ActiveState"] == "active" and p["SubState"] == "running" and int(p["NRestarts"]) >= n
@@ -215,6 +230,10 @@ def test_service_life_cycle_under_real_systemd(box: Container) -> None:
     texts = len(list((REPO / "daemon" / "samples").glob("shakespeare-*.txt")))
     ingest = wait_until("samples ingested", 300, lambda: _ingested(box, texts), box)
     assert ingest["failed"] == 0, ingest
+    # the scan's text came through tesseract under the unit (setpriv's capset, the filter): its
+    # row holds the sonnet's characters, stored or as a near-duplicate of the HTML sample's sonnet
+    scan = registry_row(box, "sonnet-18-scan.png")
+    assert scan["kind"] == "image" and scan["state"] in ("done", "duplicate") and scan["chars"] > 300, scan
     phases.done("samples ingested")
 
     # the crawl under the unit (MemoryDenyWriteExecute=yes, the syscall filter): every page of the
