@@ -42,8 +42,9 @@ import numpy as np
 from crystalline.workers.cluster_config import ClusterSettings
 from crystalline.workers.engine import EngineSettings, LocalEngine, ProcessEngine, StepEngine
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamWConfig, learning_rate
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer import learning_rate
+from crystalline.workers.optimizer_config import AdamWConfig
 from crystalline.workers.trainer import evaluate
 
 MODEL = ModelConfig(vocab_size=256, seq_len=64, embed_dim=64, num_layers=2, num_heads=2)

@@ -25,8 +25,8 @@ import numpy as np
 from crystalline.tokens.windows import batch_for_step
 from crystalline.workers.engine import EngineSettings, LocalEngine, ProcessEngine, StepEngine
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamWConfig
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer_config import AdamWConfig
 
 BABY = ModelConfig(vocab_size=256, seq_len=64, embed_dim=128, num_layers=4, num_heads=4)
 

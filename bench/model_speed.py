@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer import AdamW, clip_coefficient, global_norm
+from crystalline.workers.optimizer_config import AdamWConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ holds torch_gpt.py
 try:

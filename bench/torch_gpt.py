@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crystalline.workers.params import ModelConfig, ParamTable
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.params import ParamTable
 
 
 class Attention(nn.Module):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # bench/ holds torch_gpt.py

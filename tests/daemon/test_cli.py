@@ -23,7 +23,7 @@ from crystalline.daemon import cli
 from crystalline.tokens.tokenizer import load_tokenizer
 from crystalline.workers.checkpoint import load_checkpoint, load_latest
 from crystalline.workers.model import GPT
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
 from crystalline.workers.sampling import sample
 from crystalline.workers.train_config import TrainConfig, flag
 from crystalline.workers.trainer import Trainer

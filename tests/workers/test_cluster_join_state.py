@@ -25,8 +25,8 @@ from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailab
 from crystalline.workers.cluster_member import ClusterMember
 from crystalline.workers.engine import LocalEngine, StepAbandoned
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamWConfig
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer_config import AdamWConfig
 
 pytestmark = pytest.mark.timeout(300)
 

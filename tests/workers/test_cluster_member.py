@@ -24,8 +24,8 @@ from crystalline.workers.checkpoint import load_state
 from crystalline.workers.cluster_config import ClusterSettings, ClusterUnavailable
 from crystalline.workers.engine import LocalEngine, StepAbandoned, StepOutcome
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamWConfig
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer_config import AdamWConfig
 from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import Trainer
 

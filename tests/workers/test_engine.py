@@ -29,8 +29,9 @@ from crystalline.workers.engine import (
     _shares,
 )
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamWConfig, learning_rate
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer import learning_rate
+from crystalline.workers.optimizer_config import AdamWConfig
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ import pytest
 from crystalline.workers.checkpoint import load_latest
 from crystalline.workers.micro_batch import accumulated_grad
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
 from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import Trainer
 

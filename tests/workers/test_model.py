@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from crystalline.workers.model import GPT, _layernorm, _layernorm_backward, _softmax, init_params
-from crystalline.workers.params import ModelConfig, ParamTable
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.params import ParamTable
 
 TINY = ModelConfig(vocab_size=11, seq_len=6, embed_dim=8, num_layers=2, num_heads=2)
 

@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 
 from crystalline.workers.model import init_params
+from crystalline.workers.model_config import ModelConfig
 from crystalline.workers.optimizer import (
     NS_COEFFS,
     NS_STEPS,
     AdamW,
-    AdamWConfig,
     hybrid_step,
     muon_step,
     newton_schulz,
     owner_shares,
     update_plan,
 )
-from crystalline.workers.params import ModelConfig, ParamTable
+from crystalline.workers.optimizer_config import AdamWConfig
+from crystalline.workers.params import ParamTable
 
 MUON = AdamWConfig(optimizer="muon", muon_lr=0.05, learning_rate=1e-2)
 SMALL = ModelConfig(vocab_size=64, seq_len=16, embed_dim=32, num_layers=2, num_heads=2)

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from crystalline.workers.optimizer import AdamW, AdamWConfig, clip_coefficient, global_norm, learning_rate
+from crystalline.workers.optimizer import AdamW, clip_coefficient, global_norm, learning_rate
+from crystalline.workers.optimizer_config import AdamWConfig
 
 
 def _reference_adamw(p, g, m, v, mask, t, lr, cfg):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
 from crystalline.workers.sampling import sample
 
 CFG = ModelConfig(vocab_size=30, seq_len=8, embed_dim=16, num_layers=1, num_heads=2)

@@ -22,8 +22,9 @@ from crystalline.workers.checkpoint import list_checkpoints, load_latest, save_c
 from crystalline.workers.ema import decay_at, ema_step
 from crystalline.workers.engine import EngineSettings, LocalEngine, ProcessEngine, StepEngine
 from crystalline.workers.model import GPT, init_params
-from crystalline.workers.optimizer import AdamWConfig, learning_rate
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
+from crystalline.workers.optimizer import learning_rate
+from crystalline.workers.optimizer_config import AdamWConfig
 from crystalline.workers.sampling import sample
 from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import Trainer

@@ -16,7 +16,7 @@ import pytest
 from crystalline.tokens.tokenizer import ByteTokenizer, load_tokenizer, tokenizer_from_json
 from crystalline.workers.checkpoint import load_checkpoint, load_latest
 from crystalline.workers.model import GPT
-from crystalline.workers.params import ModelConfig
+from crystalline.workers.model_config import ModelConfig
 from crystalline.workers.train_config import TrainConfig
 from crystalline.workers.trainer import Trainer, TrainingError
 
