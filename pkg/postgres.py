@@ -27,8 +27,9 @@ SCHEMES = ("postgresql://", "postgres://")
 # every wait has a deadline: connecting, a statement (an advisory lock included), a pool checkout
 CONNECT_TIMEOUT_S = 5
 # the server's statement_timeout, by default (``[crawl]``/``[ingest] database-timeout-s``), and
-# its bounds: a deadline, not a way to turn deadlines off; at most a minute, since a batch of
-# ingest that the daemon's stop finds storing may wait out one (README, "Stopping")
+# its bounds: a deadline, not a way to turn deadlines off (a minute at most); the daemon's stop
+# does not wait on it: a batch still storing at its end is left to the next start (README,
+# "Stopping", "Faults")
 STATEMENT_TIMEOUT_S = 15.0
 STATEMENT_TIMEOUT_MIN_S = 1.0
 STATEMENT_TIMEOUT_MAX_S = 60.0
