@@ -12,12 +12,18 @@ from typing import Any
 
 import pytest
 
+from crystalline.crawler.crawl import Crawler
 from crystalline.crawler.feedback import IngestFeedback
 from crystalline.crawler.frontier_pg import open_frontier
+from crystalline.crawler.settings import CrawlSettings
+from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry_pg import open_registry
+from crystalline.ingest.settings import IngestSettings
 from crystalline.postgres import Database, DatabaseUnavailable, check_statement_timeout
+from crystalline.tokens.tokenizer import load_tokenizer
 from tests._postgres import PgCluster
 from tests._tcp_proxy import CuttableProxy
+from tests.crawler._loopback import MemorySink
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -115,6 +121,21 @@ def test_the_frontier_the_registry_and_the_feedback_reader_take_the_setting(
         assert show_timeout(feedback._pg) == "2500ms"
     finally:
         feedback.close()
+
+
+@pytest.mark.timeout(120)
+def test_the_crawls_and_ingests_settings_reach_their_databases(pg_url: str, tmp_path: Path) -> None:
+    """``[crawl] database-timeout-s`` is the crawler's frontier's (the crawl CLI and the daemon's
+    crawl build a Crawler from their settings), ``[ingest]``'s the ingestor's registry's."""
+    settings = CrawlSettings(data_dir=tmp_path / "crawl", database=pg_url, database_timeout_s=2.5)
+    crawler = Crawler(settings, MemorySink())
+    try:
+        assert show_timeout(crawler.frontier._db) == "2500ms"  # type: ignore[attr-defined]
+    finally:
+        crawler.close()
+    ingest = IngestSettings(database=pg_url, database_timeout_s=3.5)
+    with Ingestor(ingest, tmp_path / "ingest", load_tokenizer("bytes")) as ingestor:
+        assert show_timeout(ingestor.registry.db) == "3500ms"
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 60.5, float("inf"), float("nan")])
