@@ -373,20 +373,19 @@ def with_readability(html: str, ask: Callable[[str, str], bool]) -> tuple[HtmlTe
 def readability_text(html: str) -> str:
     """The text of trafilatura's port of readability (the fallback its defaults compare with
     their own text) on the tree trafilatura is handed as shipped: the page parsed as
-    extract_both parses it, less what html_text._clean removes (judged by our strict pass, as
-    there); its blocks split as ours are, "" where the page parses to nothing or it fails."""
+    extract_both parses it, less what StrictPass.clean_for_trafilatura removes (judged by our
+    strict pass, as there); its blocks split as ours are, "" where the page parses to nothing or
+    it fails."""
     from trafilatura.readability_lxml import Document
 
     doc = parse_html(html)
     if doc is None:
         return ""
-    body = doc.find("body")
-    if body is None:
-        body = doc
-    shown = html_text._Shown(body)
-    html_text._clean(doc, body, html_text._doomed(body, strict=True, shown=shown), shown, html_text._Cut())
+    html_text.strict_pass(doc).clean_for_trafilatura()
     try:
         root = parse_html(Document(doc, min_text_length=25).summary())
+        # split as our pass splits its container (html_text._blocks): the product's own use of
+        # the blocks needs more than their text (headings, runs, titles), so it stays private
         return "" if root is None else "\n\n".join(b.lines() for b in html_text._blocks([root]))
     except MemoryError:
         logging.getLogger(__name__).warning(

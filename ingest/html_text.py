@@ -1087,6 +1087,53 @@ def extract_html(html: str, engines: Engines = "fast|ours") -> HtmlText:
     return HtmlText(other, page.title, page.language)
 
 
+@dataclass
+class StrictPass:
+    """Our strict pass's judgement of a parsed page (``doc``, from parse_html): its ``body`` (the
+    page itself where it has none), what it shows (``shown``, see _Shown), the elements the pass
+    drops in document order (``doomed``, see _doomed), and ``cut``, what has been removed from the
+    tree so far (see _Cut). Made once a page by strict_pass; extract_both's two passes and the
+    engine bench (bench/extract_engines.py, readability on the tree trafilatura is handed) read it."""
+
+    doc: etree._Element
+    body: etree._Element
+    shown: _Shown
+    doomed: list[etree._Element]
+    cut: _Cut
+
+    def clean_for_trafilatura(self) -> etree._Element:
+        """Remove from the page what trafilatura is not handed (see _trafilatura_text), recording
+        it in ``cut``; returns the page."""
+        from trafilatura.settings import MANUALLY_CLEANED
+
+        doc, body = self.doc, self.body
+        stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED
+        # Under ``body`` every element of those tags is in ``doomed``; the rest of the page (its
+        # <head>) is stripped unrecorded: the retry reads ``body`` alone. Last first (see _main_text).
+        for el in reversed(self.doomed):
+            if el.tag in stripped:
+                self.cut.remove(el)
+        for part in list(doc) if body is not doc else ():
+            if part is body:
+                continue
+            if part.tag in stripped:
+                self.cut.remove(part)
+            else:
+                etree.strip_elements(part, *stripped, with_tail=False)
+        for el in reversed([el for el in self.doomed if _hidden_furniture(el, self.shown)]):
+            self.cut.remove(el)
+        return doc
+
+
+def strict_pass(doc: etree._Element) -> StrictPass:
+    """The strict pass's judgement of every element of the parsed page ``doc``, nothing cut yet."""
+    body = doc.find("body")
+    if body is None:
+        body = doc
+    shown = _Shown(body)
+    return StrictPass(doc, body, shown, _doomed(body, strict=True, shown=shown), _Cut())
+
+
 def extract_both(html: str, trafilatura: Mapping[str, bool] | None) -> tuple[HtmlText, str]:
     """Our page (text, title, language) and, unless ``trafilatura`` is None, trafilatura's text
     with those options of ``trafilatura.extract`` ("fast", "favor_recall", "favor_precision";
@@ -1107,24 +1154,19 @@ def extract_both(html: str, trafilatura: Mapping[str, bool] | None) -> tuple[Htm
         og = doc.find(".//meta[@property='og:title']")
         title = " ".join((og.get("content", "") if og is not None else "").split())
     language = (doc.get("lang") or doc.get("xml:lang") or "").strip().lower()[:16]
-    body = doc.find("body")
-    if body is None:
-        body = doc
-    shown = _Shown(body)
-    doomed = _doomed(body, strict=True, shown=shown)
-    cut = _Cut()
+    judged = strict_pass(doc)
     other = (
-        _trafilatura_text(doc, body, doomed, shown, len(html), cut, trafilatura)
+        _trafilatura_text(judged, len(html), trafilatura)
         if trafilatura is not None and len(html) <= _TRAFILATURA_MAX_CHARS
         else ""
     )
-    text = _main_text(body, doomed, cut)
+    text = _main_text(judged.body, judged.doomed, judged.cut)
     # Class words ("widget", "hidden", "meta") sometimes sit on the article's own wrapper; if the
     # strict pass finds less than a short article, retry on the page as parsed (every cut undone)
     # keeping such elements.
     if _weight(text) < _SHORT:
-        cut.undo()
-        relaxed = _main_text(body, _doomed(body, strict=False, shown=shown), _Cut())
+        judged.cut.undo()
+        relaxed = _main_text(judged.body, _doomed(judged.body, strict=False, shown=judged.shown), _Cut())
         if len(relaxed) > len(text):
             text = relaxed
     return HtmlText(text, title, language), other
@@ -1146,32 +1188,24 @@ _HTML_CLASSES = etree.ElementDefaultClassLookup(
 )
 
 
-def _trafilatura_text(
-    doc: etree._Element,
-    body: etree._Element,
-    doomed: list[etree._Element],
-    shown: _Shown,
-    size: int,
-    cut: _Cut,
-    options: Mapping[str, bool],
-) -> str:
+def _trafilatura_text(judged: StrictPass, size: int, options: Mapping[str, bool]) -> str:
     """Trafilatura's main text of the parsed page ("" if it finds none or fails) with
     ``options`` (FAST: without its own fallback extractors, ours takes their place), without
     comments. It is
     handed the tree less the elements that it and we both drop whole (scripts, styles, <nav>,
     <footer>, form controls; not <math>, see _SALVAGED) and less what the page does not show
-    (_hidden_furniture, of our strict pass's ``doomed``): its XPath pruning and link-density
+    (_hidden_furniture, of the strict pass's ``doomed``): its XPath pruning and link-density
     passes walk a smaller tree (~15% less of its time when measured), and hidden text stays out.
     On the dev set the shipped mode with this text gives F1 0.9202 (repaired truth; 0.8250 as
     given) against 0.9172 (0.8227) with ``trafilatura.extract(page bytes, fast=True)``, comments
     included, the round-2 bench's "fast|ours". The one loss: its recall retry, which undoes its
     own deletions where no paragraph survives them, no longer sees those elements. ``size``: the
-    page's characters of HTML, for the warning where it runs out of memory; ``cut`` records what
-    is removed (see _Cut)."""
+    page's characters of HTML, for the warning where it runs out of memory; what is removed is
+    recorded in ``judged.cut`` (see _Cut)."""
     import trafilatura  # ~0.2 s to import: only where a page first needs it
 
     try:
-        _clean(doc, body, doomed, shown, cut)
+        doc = judged.clean_for_trafilatura()
         # trafilatura copies a tree it is given before it changes it: ours stays whole
         text = trafilatura.extract(
             doc,
@@ -1188,30 +1222,6 @@ def _trafilatura_text(
         log.debug("trafilatura failed: %s: %s", type(e).__name__, e)
         return ""
     return text or ""
-
-
-def _clean(
-    doc: etree._Element, body: etree._Element, doomed: list[etree._Element], shown: _Shown, cut: _Cut
-) -> None:
-    """Remove from the parsed page what trafilatura is not handed (see _trafilatura_text),
-    recording it in ``cut``."""
-    from trafilatura.settings import MANUALLY_CLEANED
-
-    stripped = _DROP_TAGS.intersection(MANUALLY_CLEANED) - _SALVAGED
-    # Under ``body`` every element of those tags is in ``doomed``; the rest of the page (its
-    # <head>) is stripped unrecorded: the retry reads ``body`` alone. Last first (see _main_text).
-    for el in reversed(doomed):
-        if el.tag in stripped:
-            cut.remove(el)
-    for part in list(doc) if body is not doc else ():
-        if part is body:
-            continue
-        if part.tag in stripped:
-            cut.remove(part)
-        else:
-            etree.strip_elements(part, *stripped, with_tail=False)
-    for el in reversed([el for el in doomed if _hidden_furniture(el, shown)]):
-        cut.remove(el)
 
 
 def parse_html(html: str) -> etree._Element | None:
