@@ -15,7 +15,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..postgres import STATEMENT_TIMEOUT_S, Database, DatabaseUnavailable
+from ..postgres import Database, DatabaseUnavailable
+from ..statement_deadline import STATEMENT_TIMEOUT_S
 
 log = logging.getLogger("crystalline.crawler.feedback")
 

@@ -37,8 +37,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..postgres import STATEMENT_TIMEOUT_S, Database, DatabaseUnavailable
+from ..postgres import Database, DatabaseUnavailable
 from ..sql_tables import Column, Table, columns
+from ..statement_deadline import STATEMENT_TIMEOUT_S
 from .frontier import DROPS, HOSTS, META, PATTERNS, ROBOTS, URLS, Frontier, NewUrl, UrlEntry
 from .politeness import FAR_FUTURE
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..postgres import STATEMENT_TIMEOUT_S, check_database_url, check_statement_timeout
+from ..postgres import check_database_url
+from ..statement_deadline import STATEMENT_TIMEOUT_S, check_statement_timeout
 
 DEFAULT_USER_AGENT = "crystalline-bot/0.1 (+https://github.com/crystalline/crystalline)"
 

@@ -16,8 +16,9 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..postgres import STATEMENT_TIMEOUT_S, Database
+from ..postgres import Database
 from ..sql_tables import add_columns
+from ..statement_deadline import STATEMENT_TIMEOUT_S
 from .registry import (
     DOCUMENTS,
     META,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..postgres import STATEMENT_TIMEOUT_S, check_statement_timeout
+from ..statement_deadline import STATEMENT_TIMEOUT_S, check_statement_timeout
 from .extract import ExtractLimits
 from .filters import FilterSettings
 from .pool import PoolConfig

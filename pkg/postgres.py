@@ -22,23 +22,16 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from .statement_deadline import STATEMENT_TIMEOUT_S, check_statement_timeout, client_deadline_s
+
 SCHEMES = ("postgresql://", "postgres://")
 
 # every wait has a deadline: connecting, a statement (an advisory lock included), a pool checkout
 CONNECT_TIMEOUT_S = 5
-# the server's statement_timeout, by default (``[crawl]``/``[ingest] database-timeout-s``), and
-# its bounds: a deadline, not a way to turn deadlines off (a minute at most); the daemon's stop
-# does not wait on it: a batch still storing at its end is left to the next start (README,
-# "Stopping", "Faults")
-STATEMENT_TIMEOUT_S = 15.0
-STATEMENT_TIMEOUT_MIN_S = 1.0
-STATEMENT_TIMEOUT_MAX_S = 60.0
-# a reader's statements (``read_only``: the dashboard's) give up sooner: they show, nobody waits
+# a statement: the server's statement_timeout and the client's deadline after it, a setting
+# (statement_deadline.py); a reader's (``read_only``: the dashboard's) gives up sooner: they
+# show, nobody waits
 READER_STATEMENT_TIMEOUT_S = 2.0
-# the client's own deadline on a statement, a commit or a connection check, this much after the
-# server's: a reply that never comes (the network cut with the TCP connection still open) is cut
-# off by shutting the socket
-CLIENT_GRACE_S = 2.0
 # a checkout waits this long for a connection: while the server is away, each call of the crawl
 # loop gives up this soon and the loop backs off (it must not block the daemon's event loop long)
 POOL_TIMEOUT_S = 2.0
@@ -55,22 +48,6 @@ class Sql(Protocol):
 class DatabaseUnavailable(OSError):
     """The database cannot be reached now (restarted, the network cut, connections refused):
     what was being done can be tried again later."""
-
-
-def client_deadline_s(statement_timeout_s: float) -> float:
-    """The client's deadline on a statement whose server cancels it after ``statement_timeout_s``."""
-    return statement_timeout_s + CLIENT_GRACE_S
-
-
-def check_statement_timeout(value: float) -> float:
-    """``value`` if it is a statement deadline the settings allow, else a one-line ValueError
-    (a setting's ``validate``: it names the key ``database-timeout-s``)."""
-    if not STATEMENT_TIMEOUT_MIN_S <= value <= STATEMENT_TIMEOUT_MAX_S:  # nan fails both
-        raise ValueError(
-            f"database-timeout-s must be at least {STATEMENT_TIMEOUT_MIN_S:g} and at most "
-            f"{STATEMENT_TIMEOUT_MAX_S:g} s, got {value:g}"
-        )
-    return value
 
 
 def is_database_url(value: str) -> bool:

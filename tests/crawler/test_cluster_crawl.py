@@ -22,7 +22,7 @@ import pytest
 from _wait import until
 from aiohttp import web
 
-from crystalline.postgres import STATEMENT_TIMEOUT_S, client_deadline_s
+from crystalline.statement_deadline import STATEMENT_TIMEOUT_S, client_deadline_s
 from tests._local_site import prose, start_site
 from tests._postgres import PgCluster
 from tests._tcp_proxy import CuttableProxy

@@ -22,7 +22,7 @@ from _wait import until
 from test_daemon_revisits import Site, wait_for
 
 from crystalline.daemon.status_client import request
-from crystalline.postgres import STATEMENT_TIMEOUT_S, client_deadline_s
+from crystalline.statement_deadline import STATEMENT_TIMEOUT_S, client_deadline_s
 from tests._postgres import PgCluster, free_port
 from tests._tcp_proxy import CuttableProxy
 

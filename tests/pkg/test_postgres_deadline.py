@@ -19,7 +19,8 @@ from crystalline.crawler.settings import CrawlSettings
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry_pg import open_registry
 from crystalline.ingest.settings import IngestSettings
-from crystalline.postgres import Database, DatabaseUnavailable, check_statement_timeout
+from crystalline.postgres import Database, DatabaseUnavailable
+from crystalline.statement_deadline import check_statement_timeout
 from crystalline.tokens.tokenizer import load_tokenizer
 from tests._postgres import PgCluster
 from tests._tcp_proxy import CuttableProxy
