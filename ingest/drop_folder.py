@@ -111,6 +111,7 @@ class Claimed:
     st: os.stat_result  # fstat of fd, or lstat of the refused entry
     refusal: str | None = None
     group: str = ""  # the sub-folder of the drop folder it was claimed from ("": the top; DropSources)
+    resumed: bool = False  # in .ingesting/ before this claim (a crash's or a stop's, or put back)
 
     @property
     def label(self) -> str:
@@ -501,6 +502,7 @@ class DropFolder:
                     if item is not None:
                         self._inflight[name] = item
             if item is not None:
+                item.resumed = not fresh
                 return item
 
     def _claim(self, name: str, fresh: bool, root_fd: int, claims_fd: int) -> Claimed | None:

@@ -494,12 +494,14 @@ class Ingestor:
             with self._lock:
                 return self.registry.state_of(f"spool:{stem}") is not None
 
-        got = spool_warc(item.fd, spool, self.settings.limits.max_bytes, self._stopping, known)
+        # a WARC claimed for the first time has nothing spooled yet: no look-up per record
+        resumed = known if item.resumed else None
+        got = spool_warc(item.fd, spool, self.settings.limits.max_bytes, self._stopping, resumed)
         if got.stopped:  # claimed still, not recorded: read again at the next start
             log.info("WARC %s: stopped after record %d; resumed at the next start", item.label, got.records)
             folder.put_back([item])
             return
-        failed = got.error if not got.spooled else ""
+        failed = got.error if not (got.spooled or got.known) else ""
         entry = f"drop-warc:{item.file_key}:{hashlib.sha256(os.fsencode(item.name)).hexdigest()[:16]}"
         source = str(folder.root / item.group / item.label)
         state = "failed" if failed else "done"

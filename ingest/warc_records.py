@@ -11,9 +11,13 @@ is no WARC at all).
 
 The stop is looked at between records: a WARC of thousands of responses (two fsynced files each)
 does not hold the daemon's stop up. It stays claimed, not recorded, and is read again at the next
-start. Each record's spool entry is named for the file (device, inode, size, modification time:
-not the claim, whose rename changes the ctime) and the record's place in it, so a record read
-again is recognised (``known``: still in the spool, or ingested already) and never spooled twice.
+start. Each record's spool entry is named for the record itself: its ``WARC-Record-ID`` (unique
+per record, the same each time the file is read; a record without one: a hash of its header
+blocks and payload), then its place in the file for the spool's order. So a record read again
+after a stop is recognised (``known``: still in the spool, or ingested already) and never
+spooled twice, while another WARC that happens to get the same device, inode, size and
+modification time (a deleted file's inode reused) shares none of its names. Only a resumed
+WARC (claimed before this start, or put back) is checked: a fresh one cannot have been spooled.
 """
 
 from __future__ import annotations
@@ -43,21 +47,25 @@ def is_warc(name: str) -> bool:
 
 @dataclass
 class WarcYield:
-    """What one WARC file gave: HTML responses spooled, records skipped, and why it stopped early."""
+    """What one WARC file gave: HTML responses spooled, those spooled before (``known``: a WARC
+    read again after a stop), records skipped, and why it stopped early."""
 
     records: int = 0
     spooled: int = 0
+    known: int = 0
     skipped: int = 0
     error: str = ""  # "" when read to its end
     stopped: bool = False  # the stop came between two records: the file is not done
 
     def summary(self) -> str:
         text = f"WARC: {self.spooled} HTML responses of {self.records} records to the spool"
+        text += f" ({self.known} there already)" if self.known else ""
         return f"{text}; {self.error}" if self.error else text
 
 
-def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[Document]:
-    """The 200 HTML responses of the WARC open at ``fd`` (read from its start, not closed)."""
+def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple[str, Document]]:
+    """The 200 HTML responses of the WARC open at ``fd`` (read from its start, not closed), each
+    with what identifies its record (:func:`record_identity`)."""
     with open(os.dup(fd), "rb") as stream:
         stream.seek(0)
         try:
@@ -70,7 +78,7 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[Docum
                 if document is None:
                     result.skipped += 1
                     continue
-                yield document
+                yield record_identity(record, document.body), document
         except (ArchiveLoadFailed, OSError, ValueError, EOFError) as exc:
             result.error = f"stopped at record {result.records + 1}: {' '.join(str(exc).split())[:200]}"
 
@@ -96,11 +104,24 @@ def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:
     return Document(url, body, media.strip().lower(), charset, origin="warc")
 
 
-def record_stem(st: os.stat_result, record: int, document: Document) -> str:
+def record_identity(record: ArcWarcRecord, body: bytes) -> str:
+    """What names this record and no other: its ``WARC-Record-ID``, else (a writer that left it
+    out) a hash of its WARC and HTTP header blocks and its payload."""
+    record_id = (record.rec_headers.get_header("WARC-Record-ID") or "").strip()
+    if record_id:
+        return f"id {record_id}"
+    digest = hashlib.sha256(record.rec_headers.to_bytes())
+    if record.http_headers is not None:
+        digest.update(record.http_headers.to_bytes())
+    digest.update(body)
+    return f"sha256 {digest.hexdigest()}"
+
+
+def record_stem(st: os.stat_result, record: int, identity: str, document: Document) -> str:
     """The spool entry's name of the ``record``-th record (from 1) of the WARC file ``st``: the
-    same each time the file is read, ordered by the file's age and the record's place."""
-    file_id = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{record}"
-    digest = hashlib.sha256(file_id.encode()).hexdigest()[:16]
+    record's ``identity`` (so the same each time the file is read, and another file's records
+    never match it), ordered by the file's age and the record's place."""
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return f"{document.key()}w{digest}-{st.st_mtime_ns + record:019d}"
 
 
@@ -109,23 +130,25 @@ def spool_warc(
     spool: Spool,
     max_bytes: int,
     stop: threading.Event | None = None,
-    known: Callable[[str], bool] = lambda _stem: False,
+    known: Callable[[str], bool] | None = None,
 ) -> WarcYield:
     """Put the WARC's HTML responses in the spool (each durable before the next), skipping those
-    ``known`` already (a file read again after a stop); return the count. ``stop`` set: it
-    returns before the next record, ``stopped``."""
+    ``known`` already (given for a file read again after a stop: none is looked up otherwise);
+    return the count. ``stop`` set: it returns before the next record, ``stopped``."""
     result = WarcYield()
     st = os.fstat(fd)
-    for document in html_responses(fd, max_bytes, result):
+    for identity, document in html_responses(fd, max_bytes, result):
         if stop is not None and stop.is_set():
             result.stopped = True
             break
-        stem = record_stem(st, result.records, document)
-        if not known(stem):
-            spool.put(document, stem)
+        stem = record_stem(st, result.records, identity, document)
+        if known is not None and known(stem):
+            result.known += 1
+            continue
+        spool.put(document, stem)
         result.spooled += 1
     if result.records == 0 and not result.error:
         result.error = "no WARC records"
-    if result.spooled:
+    if result.spooled or result.known:
         log.info("%s", result.summary())
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import random
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from crystalline.ingest.drop_folder import DropFolder
 from crystalline.ingest.ingestor import Ingestor
 from crystalline.ingest.registry import Registry
 from crystalline.ingest.settings import IngestSettings
+from crystalline.ingest.warc_records import WarcYield, html_responses, record_stem
 from crystalline.tokens.tokenizer import load_tokenizer
 
 SETTINGS = IngestSettings(processes=1, min_chars=50, min_words=5, val_fraction=0.0, drop_settle_s=0.0)
@@ -174,4 +176,80 @@ def test_a_stop_ends_a_warcs_spooling_between_records_and_the_restart_ingests_ea
     assert pages == sorted(f"https://example.org/{i}" for i in range(n))  # each exactly once
     assert {state for _s, _o, state, kind in rows if kind != "warc"} == {"done"}
     assert [r[2] for r in rows if r[3] == "warc"] == ["done"] and (drop.done / "many.warc").exists()
+    assert _warc_reasons(tmp_path) == [
+        f"WARC: {n - 20} HTML responses of {n} records to the spool (20 there already)"
+    ]
     assert spool.count() == 0
+
+
+def _warc_reasons(tmp_path: Path) -> list[str]:
+    """What each WARC file's registry row says it gave, in order."""
+    registry = Registry(tmp_path / "data" / "registry.sqlite3")
+    try:
+        rows = registry.db.execute("SELECT reason FROM documents WHERE kind = 'warc' ORDER BY id").fetchall()
+    finally:
+        registry.close()
+    return [str(row[0]) for row in rows]
+
+
+def _day_warc(path: Path, n: int, seed: int) -> None:
+    """``n`` HTML responses of ``https://example.org/<i>``, each body 2,000 bytes (so that a WARC
+    of other bodies, the same URLs and the same record headers' lengths has the same size)."""
+    with path.open("wb") as f:
+        writer = WARCWriter(f, gzip=False)
+        for i in range(n):
+            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+            body = f"<html><body>{article(seed + i)}</body></html>".ljust(2000).encode()
+            assert len(body) == 2000
+            url = f"https://example.org/{i}"
+            record = writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
+            writer.write_record(record)
+
+
+@pytest.mark.timeout(300)
+def test_a_new_warc_on_a_reused_inode_of_the_same_size_and_mtime_is_ingested_whole(tmp_path: Path) -> None:
+    """Before, a record's spool entry was named for the file (device, inode, size, mtime) and its
+    place: day2.warc, a re-crawl of day1.warc's URLs with the same size and mtime on day1's freed
+    inode, had every record's name taken by day1's ingested one, so when it was resumed after a
+    stop its records were skipped as known (and counted as spooled). Now a record is named for
+    its WARC-Record-ID: day2's records are all ingested, the 20 spooled before the stop once."""
+    n, mtime = 60, 1_793_491_200
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _day_warc(inbox / "day1.warc", n, 1000)
+    os.utime(inbox / "day1.warc", (mtime, mtime))
+    day1 = os.stat(inbox / "day1.warc")
+    _, rows, drop = ingest_inbox(tmp_path)
+    assert [state for _s, _o, state, kind in rows if kind != "warc"] == ["done"] * n
+    os.unlink(drop.done / "day1.warc")  # its inode is free: the next file made here may get it
+    _day_warc(inbox / "day2.warc", n, 5000)
+    os.utime(inbox / "day2.warc", (mtime, mtime))
+    day2 = os.stat(inbox / "day2.warc")
+    assert (day2.st_size, day2.st_mtime_ns) == (day1.st_size, day1.st_mtime_ns)
+    # day2's records named as if its file were day1 (device, inode, size, mtime): none is taken
+    with (inbox / "day2.warc").open("rb") as second:
+        responses = list(html_responses(second.fileno(), 1 << 20, WarcYield()))
+    stems = [record_stem(day1, i + 1, identity, doc) for i, (identity, doc) in enumerate(responses)]
+    assert len(set(stems)) == n
+    registry = Registry(tmp_path / "data" / "registry.sqlite3")
+    try:
+        assert not any(registry.state_of(f"spool:{stem}") for stem in stems)
+    finally:
+        registry.close()
+
+    spool = _StopAfter(tmp_path / "spool", after=20)  # day2 is stopped after 20 records, then resumed
+    drop = DropFolder(inbox, settle_s=0.0)
+    with Ingestor(SETTINGS, tmp_path / "data", load_tokenizer("bytes"), spool, drop) as ing:
+        spool.ingestor = ing
+        drop.start()
+        until(lambda: ing.run_once() or spool.count(), "day2 spooled", 120, 0.01)
+        assert spool.count() == 20
+    assert (inbox / ".ingesting" / "day2.warc").exists()
+    _, rows, drop = ingest_inbox(tmp_path)
+    pages = [(source, state) for source, _origin, state, kind in rows if kind != "warc"]
+    assert sorted(pages) == sorted((f"https://example.org/{i}", "done") for i in range(n) for _ in (1, 2))
+    assert _warc_reasons(tmp_path) == [
+        f"WARC: {n} HTML responses of {n} records to the spool",
+        f"WARC: {n - 20} HTML responses of {n} records to the spool (20 there already)",
+    ]
+    assert (drop.done / "day2.warc").exists() and spool.count() == 0
