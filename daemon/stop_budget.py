@@ -13,9 +13,11 @@ loses nothing is cut so: the batch store of a batch in hand is never cut by a wa
 The worst case, from the constants: the components by ``STOP_S`` (35 s); the cleanup's waits by
 ``END_S`` (52 s; their caps add up to more than the 17 s left, so ``END_S`` binds), and aiohttp's
 close, never cut, at most ``dashboard.CLOSE_S`` (1 s) past it: the stop's own steps end by 53 s.
-What they left running in the loop's threads (ingest's batch storing what it has, then closing
-its pool, drop folder and registry; a vocabulary pass) is waited for until ``EXIT_S`` (57 s) and
-then the process exits without it (:func:`wait_for_threads`; the supervisor's ``_stop``): that
+What they left running in threads the interpreter's exit would wait for without a deadline (the
+loop's: ingest's batch storing what it has, then closing its pool, drop folder and registry; a
+vocabulary pass; and any other loop's, such as the crawl's WARC append or spool put) is waited
+for until ``EXIT_S`` (57 s) and then the process exits without it (:func:`wait_for_threads`;
+the supervisor's ``_stop``): that
 loses nothing, as a SIGKILL would not (the token store is durable before the registry's rows and
 the next start's ``recover()`` records what they lack, a claimed file is claimed again, a spool
 entry stays until its record, an open transaction is rolled back). So the process ends by 57 s
@@ -29,6 +31,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import thread as futures_thread
 from typing import Any
 
 from ..thread_join import JOIN_SLICE_S
@@ -109,13 +112,27 @@ class StopBudget:
         return True
 
 
-async def wait_for_threads(prefix: str, left: Callable[[], float]) -> list[str]:
-    """Wait, without blocking the loop, while ``left()`` gives time, for the threads whose names
-    begin with ``prefix`` (the loop's executor's, once it is shut down: idle ones end at once,
-    busy ones after their work); the names of those still running when it ran out."""
+def exit_joins() -> list[threading.Thread]:
+    """The threads the interpreter's exit joins with no deadline, but this one and the main
+    one: each non-daemon thread (``threading._shutdown``), and each worker of every thread pool
+    executor, daemon or not (``concurrent.futures``' exit hook joins them all: a worker started
+    from the crawl's daemon thread is a daemon thread too): this loop's, idle ones ending at
+    once once it is shut down and busy ones after their work, and another thread's loop's (the
+    crawl's WARC append or spool put)."""
+    this, main = threading.current_thread(), threading.main_thread()
+    workers = set(futures_thread._threads_queues)  # what concurrent.futures' exit joins
+    return [
+        t for t in threading.enumerate() if (not t.daemon or t in workers) and t is not this and t is not main
+    ]
+
+
+async def wait_for_threads(left: Callable[[], float]) -> list[str]:
+    """Wait, without blocking the loop, while ``left()`` gives time, for every thread the
+    interpreter's exit would join with no deadline (:func:`exit_joins`); the names of those
+    still running when it ran out."""
 
     def running() -> list[str]:
-        return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
+        return [t.name for t in exit_joins() if t.is_alive()]
 
     while (names := running()) and left() > 0:
         await asyncio.sleep(JOIN_SLICE_S)

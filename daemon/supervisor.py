@@ -9,7 +9,8 @@ ingest, then the vocabulary; it unlinks what it created
 and exits 0. The components' stops (by STOP_S) and every wait of the cleanup after them (by
 END_S, each within its cap) take from one budget (``stop_budget.py``) inside the unit's
 TimeoutStopSec=60: its steps end by 53 s at worst, and the threads they leave working (ingest's
-batch storing) are given up on at EXIT_S, 57 s, the process exiting without them (README
+batch storing; any thread the interpreter's exit would join, the crawl loop's too) are given up
+on at EXIT_S, 57 s, the process exiting without them (README
 "Stopping"). A second signal (the first after the
 ``stop`` command is not one) ends the budget's wait in progress at once and leaves every later
 wait at most ``HURRIED_S``; a step that fails is logged in one line and the stop goes on.
@@ -80,7 +81,7 @@ DASHBOARD_CLOSE_S = READ_CLOSE_WAIT_S + CLOSE_S  # a read in flight, then aiohtt
 TRACKER_S = 5.0  # multiprocessing's resource tracker
 SOCKET_CLOSE_S = 2.0  # the status socket's connections
 HISTORY_SAVE_S = 2.0  # the dashboard's history, written (atomically) at the stop
-THREAD_PREFIX = "crystalline-loop-thread"  # the loop's executor's threads (asyncio.to_thread)
+THREAD_PREFIX = "crystalline-loop-thread"  # the loop's executor's threads, named in the exit's line
 
 
 def _writable(directory: Path) -> bool:
@@ -330,7 +331,8 @@ class Supervisor:
         ring_close = asyncio.to_thread(self.ring.close, budget.clock(RING_CLOSE_S))
         await _logged("unlinking the batch ring", ring_close)
         # out of time, its extraction processes are killed and the close ends at once (its thread
-        # left to end: asyncio.run joins it); a batch running still stores what has results
+        # left to end: waited for until EXIT_S by _wait_for_threads); a batch running still
+        # stores what has results
         ingest_close = asyncio.ensure_future(asyncio.to_thread(self.ingest.close))
         await self._cleanup_wait("closing ingest", ingest_close, INGEST_CLOSE_S, self.ingest.cut)
         await _logged("closing the dashboard", self._close_dashboard())
@@ -341,23 +343,28 @@ class Supervisor:
         await _logged("closing the status socket", server.close(budget.left(SOCKET_CLOSE_S, cleanup=True)))
         self.notifier.close()
         await self._wait_for_threads()
-        # the state-dir lock is released by run_daemon once asyncio.run has joined the executor's
-        # threads, all ended by now: none writes the registry or the store any more
+        # the state-dir lock is released by run_daemon once asyncio.run has returned: every
+        # thread that writes the registry or the store has ended by now
 
     async def _wait_for_threads(self) -> None:
-        """What the stop left running in the loop's threads (ingest's batch storing what it has,
-        then closing; its close; a vocabulary pass) gets until EXIT_S; past it the process
-        exits without it (exit status 0, one log line): that loses nothing, as a SIGKILL would
-        not (``stop_budget.py``), and keeps the stop inside TimeoutStopSec."""
+        """What the stop left running in threads the interpreter's exit would join with no
+        deadline (this loop's: ingest's batch storing what it has, then closing; its close; a
+        vocabulary pass; the crawl loop's: a WARC append, a spool put) gets until EXIT_S; past
+        it the process exits without it (exit status 0, one log line): that loses nothing, as a
+        SIGKILL would not (``stop_budget.py``), and keeps the stop inside TimeoutStopSec. A
+        crawl given up on exits the same way, its threads ended or not: its loop still runs and
+        could start a thread after this wait, which the interpreter's exit would join."""
         self.executor.shutdown(wait=False)  # idle threads end at once, busy ones after their work
-        running = await wait_for_threads(THREAD_PREFIX, self.budget.exit_left)
-        if not running:
+        running = await wait_for_threads(self.budget.exit_left)
+        crawl = self.crawl.thread
+        if not running and (crawl is None or not crawl.is_alive()):
             return
-        log.warning(
-            "stop: %d thread(s) still working %.0f s after the signal (%s): exiting without them; "
-            "the next start recovers what they were storing",
-            len(running), time.monotonic() - self.budget.started, ", ".join(running),
-        )  # fmt: skip
+        if running:
+            log.warning(
+                "stop: %d thread(s) still working %.0f s after the signal (%s): exiting without them; "
+                "the next start recovers what they were storing",
+                len(running), time.monotonic() - self.budget.started, ", ".join(running),
+            )  # fmt: skip
         self.state = transition(DAEMON, self.state, "stopped")
         log.info("stopped")
         logging.shutdown()
@@ -600,8 +607,9 @@ def run_daemon(settings: Settings) -> int:
     raise_soft_limit()  # descriptors: the hard limit is what is allowed (crystalline.descriptors)
     supervisor = Supervisor(settings)
     try:
-        # asyncio.run returns after its default executor's threads have ended (ingest's batch,
-        # which the close was handed to, among them): only then is the state dir free
+        # asyncio.run returns once the stop has waited for every thread the exit would join
+        # (ingest's batch, which the close was handed to, among them): only then is the state
+        # dir free; past EXIT_S the stop exits the process itself (Supervisor._wait_for_threads)
         return asyncio.run(supervisor.run())
     finally:
         supervisor.release_lock()

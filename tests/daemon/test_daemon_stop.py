@@ -7,6 +7,7 @@ does not hurry control out of its final checkpoint)."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,14 @@ from crystalline.workers.trainer import engine_instance
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 FAILING_INGEST_STOP = str(Path(__file__).with_name("_failing_ingest_stop.py"))
 STUCK_INGEST_CLOSE = str(Path(__file__).with_name("_stuck_ingest_close.py"))
+HELD_CRAWL_THREAD = str(Path(__file__).with_name("_held_crawl_thread.py"))
 
 
 def _stopped_daemon(
-    tmp_path: Path, program: tuple[str, ...], stop: Callable[[subprocess.Popen[bytes], Path], None]
+    tmp_path: Path,
+    program: tuple[str, ...],
+    stop: Callable[[subprocess.Popen[bytes], Path], None],
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     """Start a daemon running ``program`` on a small corpus (no periodic checkpoint, so the one on
     disk at the end is the final one), let it train, ``stop`` it, and check that it exited 0 with
@@ -37,9 +42,10 @@ def _stopped_daemon(
     state, run = tmp_path / "state", tmp_path / "run"
     (state / "inbox").mkdir(parents=True)
     (state / "inbox" / "doc.txt").write_text(make_corpus(20_000, seed=1), encoding="utf-8")
-    args = ["--checkpoint-interval-s", "86400", "--checkpoint-interval", "1000000000"]
+    args = ["--checkpoint-interval-s", "86400", "--checkpoint-interval", "1000000000", *extra]
+    crawl = "--crawl-stop-s" in extra
     with log_path.open("wb") as log_file:
-        proc, notify = start_small_daemon(tmp_path, args, stderr=log_file, program=program)
+        proc, notify = start_small_daemon(tmp_path, args, crawl=crawl, stderr=log_file, program=program)
     try:
         step = wait_daemon(run, proc, lambda d: d["training"]["step"] > 0, "the daemon training", 180)
         step = step["training"]["step"]
@@ -88,6 +94,29 @@ def test_a_thread_the_stop_leaves_working_is_given_up_on_at_exit_s_and_the_daemo
     assert any("stop: closing ingest was out of the stop's time" in line for line in lines), lines[-30:]
     given_up = [line for line in lines if "thread(s) still working" in line]
     assert len(given_up) == 1 and "exiting without them" in given_up[0], lines[-30:]
+
+
+def test_a_thread_the_crawl_loop_holds_is_given_up_on_at_exit_s_and_the_daemon_exits(tmp_path: Path) -> None:
+    """The crawl runs its own loop in a daemon thread; a thread of that loop's executor is held at
+    the stop (injected: a WARC append on a hung disk). The interpreter's exit joins every
+    executor's threads with no deadline, and only the supervisor loop's were waited for: the
+    daemon would wait for that thread past TimeoutStopSec (here: the hour it is held). Now it is
+    waited for until EXIT_S (12 s here) like the others, named in the one line, and the daemon
+    exits 0."""
+
+    def add_url_then_sigterm(proc: subprocess.Popen[bytes], run: Path) -> None:
+        closed = socket.create_server(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+        closed.close()  # nothing listens: the pass fails at once, the crawl thread runs on
+        reply = request(run / "crystalline.sock", {"cmd": "add-url", "url": url})
+        assert reply["ok"], reply
+        proc.send_signal(signal.SIGTERM)
+
+    extra = ("--crawl-allow-private-addresses", "--crawl-no-sitemaps", "--crawl-stop-s", "2")
+    lines = _stopped_daemon(tmp_path, (HELD_CRAWL_THREAD,), add_url_then_sigterm, extra)
+    assert any("the crawl did not stop within 2 s" in line for line in lines), lines[-30:]
+    given_up = [line for line in lines if "thread(s) still working" in line]
+    assert len(given_up) == 1 and "(asyncio_0)" in given_up[0], lines[-30:]  # the crawl loop's
 
 
 def test_a_signal_after_the_stop_command_is_the_first_signal_not_a_second(tmp_path: Path) -> None:

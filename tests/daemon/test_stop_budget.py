@@ -144,12 +144,40 @@ def test_the_threads_a_stop_leaves_are_waited_for_until_its_clock_runs_out() -> 
         await asyncio.gather(*(asyncio.to_thread(lambda: None) for _ in range(4)))  # idle ones
         busy = loop.run_in_executor(None, release.wait, 600)  # submitted now, before the shutdown
         executor.shutdown(wait=False)
-        given_up = await wait_for_threads("ft-test-loop", within(0.5))
+        given_up = await wait_for_threads(within(0.5))
         loop.call_later(0.2, release.set)
-        ended = await wait_for_threads("ft-test-loop", within(600))  # only its end ends this wait
+        ended = await wait_for_threads(within(600))  # only its end ends this wait
         await busy
         return given_up, ended
 
     given_up, ended = asyncio.run(scenario())
     assert len(given_up) == 1 and given_up[0].startswith("ft-test-loop")
     assert ended == []
+
+
+def test_a_thread_another_threads_loop_holds_is_waited_for_too() -> None:
+    """The crawl runs asyncio.run in a daemon thread of its own; its loop's executor threads are
+    not daemon threads, so the interpreter's exit joins them with no deadline (review R14 R1:
+    4.17 s held for a 4 s to_thread). Before, only this loop's executor's threads (by name) were
+    waited for: a held thread of the other loop was not among those returned, and the process
+    went on to wait for it at exit. Now it is, like this loop's own."""
+    release, held = threading.Event(), threading.Event()
+
+    async def other_loop() -> None:  # what the crawl thread runs: a WARC append held (a hung disk)
+        def hold() -> None:
+            held.set()
+            release.wait(600)
+
+        await asyncio.to_thread(hold)
+
+    crawl = threading.Thread(target=asyncio.run, args=(other_loop(),), name="ft-crawl", daemon=True)
+    crawl.start()
+    try:
+        assert held.wait(30)
+        given_up = asyncio.run(wait_for_threads(within(0.5)))
+        assert len(given_up) == 1 and given_up[0].startswith("asyncio_"), given_up  # the other loop's
+    finally:
+        release.set()
+        crawl.join(30)
+    assert not crawl.is_alive()
+    assert asyncio.run(wait_for_threads(within(30))) == []  # ended with its work
