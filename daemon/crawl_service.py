@@ -251,7 +251,8 @@ class CrawlService:
         waiting at most ``timeout_s``. A crawl thread still running then (a fetch longer than
         the crawl's ``stop_grace``, a frontier call waiting out a database deadline) is left: a
         warning, and ``error`` in status and health from then on; the daemon goes on stopping
-        and exits (a daemon thread ends with the process; its hosts' leases run out)."""
+        and exits without it, its loop's executor threads waited for until EXIT_S at most
+        (``Supervisor._wait_for_threads``; its hosts' leases run out)."""
         self._in_crawl_loop(self._stop_in_loop)
         if self.thread is not None:
             # joined in slices: a stop cut short (cancelled) leaves no join running in the loop's
