@@ -31,6 +31,7 @@ import logging
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ PAUSED_TICK_S = 1.0
 IDLE_MAX_S = 30.0  # the longest wait between passes (add-url is looked at by the next pass)
 STATS_EVERY_S = 0.5  # how often the crawl thread takes the snapshot status reads
 THREAD_START_S = 5.0  # the crawl thread's loop runs within this (a thread starts in milliseconds)
+EXECUTOR_PREFIX = "crystalline-crawl-thread"  # the crawl loop's executor threads (a parse, a WARC append)
 # add-url waits this long for the crawl thread (less than a status client's 10 s): a frontier
 # call in hand may wait out a database deadline
 ADD_URL_TIMEOUT_S = 8.0
@@ -77,6 +79,7 @@ class CrawlService:
         self.stopping = self.runner.stop_event  # set by stop(): no more passes, no restart
         self.thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the crawl thread's
+        self._executor: ThreadPoolExecutor | None = None  # the crawl loop's default executor
         self._loop_ready = threading.Event()
         self._pass_stop: asyncio.Event | None = None  # set: the pass in hand ends (crawl loop)
         self._wake: asyncio.Event | None = None  # set: an idle wait ends (add-url, stop; crawl loop)
@@ -126,6 +129,10 @@ class CrawlService:
     async def _main(self) -> None:
         """The crawl thread: the runner's passes, the snapshots, and the crawler closed at the end."""
         self._loop = asyncio.get_running_loop()
+        # its own, so that a crawl given up on can have it shut down (give_up_threads);
+        # asyncio.run shuts it down at a normal end, as it would its own
+        self._executor = ThreadPoolExecutor(thread_name_prefix=EXECUTOR_PREFIX)
+        self._loop.set_default_executor(self._executor)
         self._pass_stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._loop_ready.set()
@@ -149,6 +156,17 @@ class CrawlService:
                 self._snapshot = self.crawler.stats()
             except (DatabaseUnavailable, sqlite3.Error, OSError) as exc:  # the last one stays
                 log.debug("crawl stats not read: %s", exc)
+
+    def give_up_threads(self) -> None:
+        """The stop has given the crawl up (its thread outlived the stop's wait, and its loop
+        runs on with the process): its loop's executor is shut down without waiting (thread-safe,
+        called from the supervisor's loop), so that its idle threads end at once, as those of an
+        executor shut down do, and only a busy one (a WARC append or spool put on a hung disk)
+        and the work already queued (a page's WARC append, kept: not cancelled) are what the
+        exit waits for (``Supervisor._wait_for_threads``). The given-up loop's next ``to_thread``
+        then raises RuntimeError, which ends its pass."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     def _in_crawl_loop(self, fn: Any) -> None:
         """Run ``fn`` on the crawl loop (at once when the thread has not started)."""
@@ -251,8 +269,8 @@ class CrawlService:
         waiting at most ``timeout_s``. A crawl thread still running then (a fetch longer than
         the crawl's ``stop_grace``, a frontier call waiting out a database deadline) is left: a
         warning, and ``error`` in status and health from then on; the daemon goes on stopping
-        and exits without it, its loop's executor threads waited for until EXIT_S at most
-        (``Supervisor._wait_for_threads``; its hosts' leases run out)."""
+        and exits without it, its loop's busy executor threads waited for until EXIT_S at most
+        (``give_up_threads``, ``Supervisor._wait_for_threads``; its hosts' leases run out)."""
         self._in_crawl_loop(self._stop_in_loop)
         if self.thread is not None:
             # joined in slices: a stop cut short (cancelled) leaves no join running in the loop's

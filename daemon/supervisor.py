@@ -355,8 +355,10 @@ class Supervisor:
         crawl given up on exits the same way, its threads ended or not: its loop still runs and
         could start a thread after this wait, which the interpreter's exit would join."""
         self.executor.shutdown(wait=False)  # idle threads end at once, busy ones after their work
-        running = await wait_for_threads(self.budget.exit_left)
         crawl = self.crawl.thread
+        if crawl is not None and crawl.is_alive():
+            self.crawl.give_up_threads()  # its loop's too: the crawl was given up on
+        running = await wait_for_threads(self.budget.exit_left)
         if not running and (crawl is None or not crawl.is_alive()):
             return
         if running:

@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 FAILING_INGEST_STOP = str(Path(__file__).with_name("_failing_ingest_stop.py"))
 STUCK_INGEST_CLOSE = str(Path(__file__).with_name("_stuck_ingest_close.py"))
 HELD_CRAWL_THREAD = str(Path(__file__).with_name("_held_crawl_thread.py"))
+IDLE_CRAWL_THREAD = str(Path(__file__).with_name("_idle_crawl_thread.py"))
+CRAWL_EXTRA = ("--crawl-allow-private-addresses", "--crawl-no-sitemaps", "--crawl-stop-s", "2")
 
 
 def _stopped_daemon(
@@ -104,19 +106,32 @@ def test_a_thread_the_crawl_loop_holds_is_given_up_on_at_exit_s_and_the_daemon_e
     waited for until EXIT_S (12 s here) like the others, named in the one line, and the daemon
     exits 0."""
 
-    def add_url_then_sigterm(proc: subprocess.Popen[bytes], run: Path) -> None:
-        closed = socket.create_server(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{closed.getsockname()[1]}/"
-        closed.close()  # nothing listens: the pass fails at once, the crawl thread runs on
-        reply = request(run / "crystalline.sock", {"cmd": "add-url", "url": url})
-        assert reply["ok"], reply
-        proc.send_signal(signal.SIGTERM)
-
-    extra = ("--crawl-allow-private-addresses", "--crawl-no-sitemaps", "--crawl-stop-s", "2")
-    lines = _stopped_daemon(tmp_path, (HELD_CRAWL_THREAD,), add_url_then_sigterm, extra)
+    lines = _stopped_daemon(tmp_path, (HELD_CRAWL_THREAD,), _add_url_then_sigterm, CRAWL_EXTRA)
     assert any("the crawl did not stop within 2 s" in line for line in lines), lines[-30:]
     given_up = [line for line in lines if "thread(s) still working" in line]
-    assert len(given_up) == 1 and "(asyncio_0)" in given_up[0], lines[-30:]  # the crawl loop's
+    assert len(given_up) == 1 and "(crystalline-crawl-thread_0)" in given_up[0], lines[-30:]
+
+
+def test_a_crawl_given_up_on_whose_loop_has_only_idle_threads_exits_without_waiting_for_them(
+    tmp_path: Path,
+) -> None:
+    """The crawl ignores the stop (injected) after its loop used its executor once, as every
+    page's parse does: the stop gives it up after crawl-stop-s. Its loop's executor was never
+    shut down, so its idle thread counted as one the exit joins and the stop waited for it until
+    EXIT_S, logging it as still working (review R15 D1). Now the stop shuts that executor down
+    when it gives the crawl up: the idle thread ends, and the daemon exits with no such line."""
+    lines = _stopped_daemon(tmp_path, (IDLE_CRAWL_THREAD,), _add_url_then_sigterm, CRAWL_EXTRA)
+    assert any("the crawl did not stop within 2 s" in line for line in lines), lines[-30:]
+    assert not any("thread(s) still working" in line for line in lines), lines[-30:]
+
+
+def _add_url_then_sigterm(proc: subprocess.Popen[bytes], run: Path) -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    closed.close()  # nothing listens: the pass fails at once, the crawl thread runs on
+    reply = request(run / "crystalline.sock", {"cmd": "add-url", "url": url})
+    assert reply["ok"], reply
+    proc.send_signal(signal.SIGTERM)
 
 
 def test_a_signal_after_the_stop_command_is_the_first_signal_not_a_second(tmp_path: Path) -> None:
