@@ -120,7 +120,11 @@ def exit_joins() -> list[threading.Thread]:
     once once it is shut down and busy ones after their work, and another thread's loop's (the
     crawl's WARC append or spool put)."""
     this, main = threading.current_thread(), threading.main_thread()
-    workers = set(futures_thread._threads_queues)  # what concurrent.futures' exit joins
+    # what concurrent.futures' exit joins (private API: its registry, a WeakKeyDictionary that
+    # another loop may add a worker to meanwhile), copied under the lock it is added under, as
+    # its own exit hook copies it
+    with futures_thread._global_shutdown_lock:
+        workers = set(futures_thread._threads_queues)
     return [
         t for t in threading.enumerate() if (not t.daemon or t in workers) and t is not this and t is not main
     ]

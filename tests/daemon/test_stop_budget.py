@@ -188,3 +188,21 @@ def test_a_thread_another_threads_loop_holds_is_waited_for_too() -> None:
     assert not crawl.is_alive()
     # asyncio.run joined its executor before the crawl thread ended: the held one is gone now
     assert holder[0] not in [t.name for t in exit_joins()]
+
+
+def test_the_registry_of_executor_threads_is_read_under_the_lock_it_is_added_under() -> None:
+    """concurrent.futures adds a worker to its registry (a WeakKeyDictionary) under
+    ``_global_shutdown_lock``, and a crawl given up on may start one while the stop reads it:
+    read without that lock, the copy could raise 'dictionary changed size during iteration' in
+    the stop's last step (review R15 R1). exit_joins waits for the lock while another thread
+    holds it, as concurrent.futures' own exit hook does, and reads the registry once it is free."""
+    from concurrent.futures import thread as futures_thread  # the private API exit_joins reads
+
+    read: list[list[threading.Thread]] = []
+    reader = threading.Thread(target=lambda: read.append(exit_joins()), name="ft-reader", daemon=True)
+    with futures_thread._global_shutdown_lock:
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and read == []  # waiting for the lock, not reading
+    reader.join(30)
+    assert not reader.is_alive() and len(read) == 1
