@@ -496,7 +496,7 @@ class Ingestor:
 
         # a WARC claimed for the first time has nothing spooled yet: no look-up per record
         resumed = known if item.resumed else None
-        got = spool_warc(item.fd, spool, self.settings.limits.max_bytes, self._stopping, resumed)
+        got = spool_warc(item.fd, item.name, spool, self.settings.limits.max_bytes, self._stopping, resumed)
         if got.stopped:  # claimed still, not recorded: read again at the next start
             log.info("WARC %s: stopped after record %d; resumed at the next start", item.label, got.records)
             folder.put_back([item])

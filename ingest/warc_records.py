@@ -13,11 +13,16 @@ The stop is looked at between records: a WARC of thousands of responses (two fsy
 does not hold the daemon's stop up. It stays claimed, not recorded, and is read again at the next
 start. Each record's spool entry is named for the record itself: its ``WARC-Record-ID`` (unique
 per record, the same each time the file is read; a record without one: a hash of its header
-blocks and payload), then its place in the file for the spool's order. So a record read again
-after a stop is recognised (``known``: still in the spool, or ingested already) and never
-spooled twice, while another WARC that happens to get the same device, inode, size and
-modification time (a deleted file's inode reused) shares none of its names. Only a resumed
-WARC (claimed before this start, or put back) is checked: a fresh one cannot have been spooled.
+blocks and payload) and the WARC file's name, then its place in the file for the spool's order.
+So a record read again after a stop is recognised (``known``: still in the spool, or ingested
+already) and never spooled twice, while another WARC that happens to get the same device, inode,
+size and modification time (a deleted file's inode reused) shares none of its names, and a copy
+under another name (``cp -p``, ``rsync -a``, ``tar x``: the same records and modification time)
+shares none either: its records are extracted and counted as duplicates, as a copy of an HTML
+file under another name is. The same WARC dropped again under its own name (and modification
+time) is recognised, as the same HTML file dropped again is: its records are released as
+recorded before. Only a resumed WARC (claimed before this start, or put back) is checked: a fresh
+one cannot have been spooled.
 """
 
 from __future__ import annotations
@@ -117,31 +122,35 @@ def record_identity(record: ArcWarcRecord, body: bytes) -> str:
     return f"sha256 {digest.hexdigest()}"
 
 
-def record_stem(st: os.stat_result, record: int, identity: str, document: Document) -> str:
-    """The spool entry's name of the ``record``-th record (from 1) of the WARC file ``st``: the
-    record's ``identity`` (so the same each time the file is read, and another file's records
-    never match it), ordered by the file's age and the record's place."""
-    digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+def record_stem(st: os.stat_result, name: str, record: int, identity: str, document: Document) -> str:
+    """The spool entry's name of the ``record``-th record (from 1) of the WARC file ``st`` named
+    ``name`` (in the drop folder): the record's ``identity`` and the file's name (so the same each
+    time the file is read, and another file's records never match it, a copy's under another
+    name included), ordered by the file's age and the record's place."""
+    named = f"{identity}\n{name}".encode("utf-8", "surrogateescape")
+    digest = hashlib.sha256(named).hexdigest()[:24]
     return f"{document.key()}w{digest}-{st.st_mtime_ns + record:019d}"
 
 
 def spool_warc(
     fd: int,
+    name: str,
     spool: Spool,
     max_bytes: int,
     stop: threading.Event | None = None,
     known: Callable[[str], bool] | None = None,
 ) -> WarcYield:
-    """Put the WARC's HTML responses in the spool (each durable before the next), skipping those
-    ``known`` already (given for a file read again after a stop: none is looked up otherwise);
-    return the count. ``stop`` set: it returns before the next record, ``stopped``."""
+    """Put the HTML responses of the WARC ``fd`` (the drop folder's ``name``) in the spool (each
+    durable before the next), skipping those ``known`` already (given for a file read again after
+    a stop: none is looked up otherwise); return the count. ``stop`` set: it returns before the
+    next record, ``stopped``."""
     result = WarcYield()
     st = os.fstat(fd)
     for identity, document in html_responses(fd, max_bytes, result):
         if stop is not None and stop.is_set():
             result.stopped = True
             break
-        stem = record_stem(st, result.records, identity, document)
+        stem = record_stem(st, name, result.records, identity, document)
         if known is not None and known(stem):
             result.known += 1
             continue

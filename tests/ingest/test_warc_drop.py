@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -229,7 +230,9 @@ def test_a_new_warc_on_a_reused_inode_of_the_same_size_and_mtime_is_ingested_who
     # day2's records named as if its file were day1 (device, inode, size, mtime): none is taken
     with (inbox / "day2.warc").open("rb") as second:
         responses = list(html_responses(second.fileno(), 1 << 20, WarcYield()))
-    stems = [record_stem(day1, i + 1, identity, doc) for i, (identity, doc) in enumerate(responses)]
+    # (and under day2's own name: the record's identity alone keeps them apart)
+    named = [(i + 1, identity, doc) for i, (identity, doc) in enumerate(responses)]
+    stems = [record_stem(day1, "day2.warc", place, identity, doc) for place, identity, doc in named]
     assert len(set(stems)) == n
     registry = Registry(tmp_path / "data" / "registry.sqlite3")
     try:
@@ -253,3 +256,25 @@ def test_a_new_warc_on_a_reused_inode_of_the_same_size_and_mtime_is_ingested_who
         f"WARC: {n - 20} HTML responses of {n} records to the spool (20 there already)",
     ]
     assert (drop.done / "day2.warc").exists() and spool.count() == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_copy_of_a_warc_under_another_name_with_its_mtime_kept_is_counted_as_duplicates(
+    tmp_path: Path,
+) -> None:
+    """A copy that keeps the modification time (cp -p, rsync -a, tar x) has the same records at
+    the same places: named for the record alone, its records got the first file's spool names and
+    were released as recorded before, with no row and no count (review R15 R2). Named for the
+    file's name as well, they are extracted and counted as duplicates, as an HTML file copied
+    under another name is: every record accounted for."""
+    n = 12
+    (tmp_path / "inbox").mkdir()
+    _day_warc(tmp_path / "inbox" / "a.warc", n, 7000)
+    _, _, drop = ingest_inbox(tmp_path)
+    shutil.copy2(drop.done / "a.warc", drop.root / "b.warc")  # the same bytes and mtime
+    stats, rows, drop = ingest_inbox(tmp_path)
+    states = [state for _s, _o, state, kind in rows if kind != "warc"]
+    assert states == ["done"] * n + ["duplicate"] * n, states
+    assert stats["duplicates"] == n, stats
+    assert _warc_reasons(tmp_path) == [f"WARC: {n} HTML responses of {n} records to the spool"] * 2
+    assert (drop.done / "b.warc").exists()
