@@ -68,8 +68,8 @@ def test_engine_descriptor_estimate_covers_a_real_engine() -> None:
     import zmq
     from crystalline.workers.engine import EngineSettings, ProcessEngine
     from crystalline.workers.model import GPT
-    from crystalline.workers.optimizer import AdamWConfig
-    from crystalline.workers.params import ModelConfig
+    from crystalline.workers.optimizer_config import AdamWConfig
+    from crystalline.workers.model_config import ModelConfig
     cfg = ModelConfig(vocab_size=64, seq_len=16, embed_dim=32, num_layers=2, num_heads=2)
     ctx = zmq.Context()
     ctx.socket(zmq.DEALER).close(0)

@@ -98,8 +98,8 @@ def test_process_engine_checks_dev_shm_before_mapping_or_starting_workers() -> N
         from crystalline.shm.segments import SharedMemoryFull
         from crystalline.workers.engine import EngineSettings, ProcessEngine, segment_specs
         from crystalline.workers.model import GPT
-        from crystalline.workers.optimizer import AdamWConfig
-        from crystalline.workers.params import ModelConfig
+        from crystalline.workers.optimizer_config import AdamWConfig
+        from crystalline.workers.model_config import ModelConfig
 
         cfg = ModelConfig(vocab_size=256, seq_len=64, embed_dim=96, num_layers=2, num_heads=2)
         model = GPT(cfg)

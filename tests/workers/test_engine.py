@@ -225,8 +225,8 @@ def test_killed_control_leaves_no_workers_and_the_next_start_sweeps(instance: st
         import sys, numpy as np
         from crystalline.workers.engine import ProcessEngine, EngineSettings
         from crystalline.workers.model import GPT
-        from crystalline.workers.params import ModelConfig
-        from crystalline.workers.optimizer import AdamWConfig
+        from crystalline.workers.model_config import ModelConfig
+        from crystalline.workers.optimizer_config import AdamWConfig
         cfg = ModelConfig(vocab_size=64, seq_len=16, embed_dim=32, num_layers=2, num_heads=2)
         src = lambda s: np.zeros((4, 17), dtype=np.uint16)
         e = ProcessEngine(GPT(cfg), AdamWConfig(), src, 4, EngineSettings(workers=2, instance={instance!r}))
