@@ -164,7 +164,8 @@ class CrawlService:
         executor shut down do, and only a busy one (a WARC append or spool put on a hung disk)
         and the work already queued (a page's WARC append, kept: not cancelled) are what the
         exit waits for (``Supervisor._wait_for_threads``). The given-up loop's next ``to_thread``
-        then raises RuntimeError, which ends its pass."""
+        then raises RuntimeError ("cannot schedule new futures after shutdown") in that crawl,
+        which the process is about to exit without."""
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
