@@ -8,7 +8,9 @@ resource tracker, the status socket) takes from what is left until ``END_S``, ea
 own cap. A second signal moves the deadline to ``HURRIED_S`` from then, and a wait in progress
 then ends at once (:meth:`StopBudget.wait` races it against the signal; a wait in a thread asks
 :meth:`StopBudget.clock`), so that every wait after it gets at most that. Only a wait whose end
-loses nothing is cut so: the batch store of a batch in hand is never cut by a wait.
+loses nothing is cut so. The wait for the threads the stop left running (:meth:`StopBudget.exit_left`)
+ends ``HURRIED_S`` after a second signal as well, even while ingest's batch is still storing the
+documents it has: the process exits without it, which loses nothing, as at ``EXIT_S`` (below).
 
 The worst case, from the constants: the components by ``STOP_S`` (35 s); the cleanup's waits by
 ``END_S`` (52 s; their caps add up to more than the 17 s left, so ``END_S`` binds), and aiohttp's
