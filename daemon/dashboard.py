@@ -298,13 +298,24 @@ class Dashboard:
 
     async def _read_files(self) -> None:
         try:
-            self._checkpoints = await asyncio.to_thread(list_checkpoints, self.checkpoint_dir)
-            self._documents, self._pages = await asyncio.to_thread(self._read_latest)
+            self._checkpoints, (self._documents, self._pages) = await asyncio.to_thread(self._read_all)
             self._snapshot = None  # shown from the next snapshot on
         finally:
-            if self._closed:
-                await asyncio.to_thread(self._close_registry)
+            if self._closed and self._registry is not None:  # closed as the thread returned:
+                await asyncio.to_thread(self._close_registry)  # close() is waiting, the pool open
             self._reading = None
+
+    def _read_all(self) -> tuple[list[dict[str, Any]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """The checkpoints and the latest documents, in one thread; the reader is closed in it
+        when the dashboard was closed meanwhile: a read that outlives close()'s wait ends after
+        the stop has shut the loop's executor down, where no further ``to_thread`` can run."""
+        try:
+            checkpoints = list_checkpoints(self.checkpoint_dir)
+            latest = (self._documents, self._pages) if self._closed else self._read_latest()
+            return checkpoints, latest
+        finally:
+            if self._closed:
+                self._close_registry()
 
     def _read_latest(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The latest documents and crawled pages (in a thread, one read at a time): the last

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import json
@@ -439,6 +440,37 @@ async def _test_a_read_in_flight_at_close(tmp_path: Path) -> None:
     assert len(reader.opened) == 1 and reader.closed == reader.opened
     await d.refresh_files()  # a closed dashboard reads no more
     assert len(reader.opened) == 1
+
+
+def test_a_read_outliving_the_stops_wait_closes_its_reader_after_the_executor_is_shut_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's stop (review R16 R1): close() gives up on a read in flight after its wait,
+    then the supervisor shuts the loop's executor down, and the read's thread ends later. The
+    reader is closed all the same, and the read ends without an exception (there was: RuntimeError
+    'cannot schedule new futures after shutdown' from a to_thread of the close, never retrieved)."""
+    monkeypatch.setattr(dashboard_module, "READ_CLOSE_WAIT_S", 0.1)  # close() does not wait it out
+    asyncio.run(_test_a_read_outliving_the_stops_wait(tmp_path))
+
+
+async def _test_a_read_outliving_the_stops_wait(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="stop-test")
+    loop.set_default_executor(executor)  # the loop's executor, as the supervisor's
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    reader = SlowReader(tmp_path / "registry.sqlite3")
+    d = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
+                  MetricsHistory(None), tmp_path / "checkpoints", reader, FakeGeneration())  # fmt: skip
+    refresh = asyncio.create_task(d.refresh_files())
+    assert await asyncio.to_thread(reader.entered.wait, 20)
+    await d.close()
+    executor.shutdown(wait=False)  # Supervisor._wait_for_threads, before it waits for the threads
+    assert reader.opened == [] and not refresh.done()
+    reader.release.set()
+    await asyncio.wait_for(refresh, 20)  # raised the RuntimeError before
+    assert len(reader.opened) == 1 and reader.closed == reader.opened
+    assert unhandled == []
 
 
 def test_a_registry_the_panel_cannot_read_keeps_the_last_lists_and_status_answers(
