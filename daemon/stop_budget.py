@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,9 @@ STOP_S = 35.0  # control, the crawl, ingest and the vocabulary have stopped (or 
 END_S = 52.0  # the cleanup's waits end (aiohttp's close, never cut, may take its 1 s past it)
 EXIT_S = 57.0  # the threads the stop left running are given up on: the process exits
 HURRIED_S = 5.0  # after a second signal, what is left of every wait
+
+log = logging.getLogger("crystalline.supervisor")
+_registry_missing_logged = False  # _executor_workers' one line, at its first use
 
 
 class StopBudget:
@@ -122,14 +126,31 @@ def exit_joins() -> list[threading.Thread]:
     once once it is shut down and busy ones after their work, and another thread's loop's (the
     crawl's WARC append or spool put)."""
     this, main = threading.current_thread(), threading.main_thread()
-    # what concurrent.futures' exit joins (private API: its registry, a WeakKeyDictionary that
-    # another loop may add a worker to meanwhile), copied under the lock it is added under, as
-    # its own exit hook copies it
-    with futures_thread._global_shutdown_lock:
-        workers = set(futures_thread._threads_queues)
+    workers = _executor_workers()
     return [
         t for t in threading.enumerate() if (not t.daemon or t in workers) and t is not this and t is not main
     ]
+
+
+def _executor_workers() -> set[threading.Thread]:
+    """What concurrent.futures' exit joins (private API: its registry, a WeakKeyDictionary that
+    another loop may add a worker to meanwhile), copied under the lock it is added under, as its
+    own exit hook copies it. On a Python without them (3.11 has them; later ones are not checked
+    here): none, logged once, so that only the non-daemon threads are waited for (this loop's
+    executor's among them, not a daemon thread's loop's), never an exception in the stop's last
+    step."""
+    global _registry_missing_logged
+    try:
+        with futures_thread._global_shutdown_lock:
+            return set(futures_thread._threads_queues)
+    except (AttributeError, TypeError) as exc:
+        if not _registry_missing_logged:
+            _registry_missing_logged = True
+            log.warning(
+                "stop: concurrent.futures' registry of workers not read (%s); waiting for the "
+                "non-daemon threads only", exc,
+            )  # fmt: skip
+        return set()
 
 
 async def wait_for_threads(left: Callable[[], float]) -> list[str]:

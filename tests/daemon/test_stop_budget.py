@@ -206,3 +206,31 @@ def test_the_registry_of_executor_threads_is_read_under_the_lock_it_is_added_und
         assert reader.is_alive() and read == []  # waiting for the lock, not reading
     reader.join(30)
     assert not reader.is_alive() and len(read) == 1
+
+
+@pytest.mark.parametrize("missing", ["_global_shutdown_lock", "_threads_queues"])
+def test_without_the_executor_registry_only_non_daemon_threads_are_waited_for_logged_once(
+    missing: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Python whose concurrent.futures lacks the private names exit_joins reads (review R16
+    R2): no exception in the stop's last step, the non-daemon threads still found, one line."""
+    from concurrent.futures import thread as futures_thread  # the private API exit_joins reads
+
+    monkeypatch.delattr(futures_thread, missing)
+    monkeypatch.setattr(stop_budget, "_registry_missing_logged", False)
+    release = threading.Event()
+    plain = threading.Thread(target=release.wait, args=(30,), name="plain-worker")
+    daemon = threading.Thread(target=release.wait, args=(30,), name="daemon-worker", daemon=True)
+    plain.start()
+    daemon.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="crystalline.supervisor"):
+            first, second = exit_joins(), exit_joins()
+    finally:
+        release.set()
+        plain.join(30)
+        daemon.join(30)
+    for found in (first, second):
+        assert plain in found and daemon not in found
+    lines = [r.getMessage() for r in caplog.records if "registry of workers not read" in r.getMessage()]
+    assert len(lines) == 1 and missing in lines[0], lines
