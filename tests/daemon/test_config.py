@@ -4,12 +4,14 @@ per table; old spellings; one-line errors naming the source; `crystalline config
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -511,3 +513,46 @@ def test_a_new_field_needs_no_wiring(tmp_path: Path, capsys: pytest.CaptureFixtu
 
     with pytest.raises(TypeError, match=r"Odd\.weights: a dict\[str, int\] cannot be a setting"):
         settings_tree.table("train", Odd)
+
+
+def _settings_classes() -> list[type]:
+    """Every class a tree of the project reads its keys from: each table's and the dataclasses
+    nested in it (the ones settings_tree collects keys from, as it does)."""
+    from crystalline.crawler import command as crawl_command
+    from crystalline.ingest import command as ingest_command
+    from crystalline.workers import train_config
+
+    trees = [
+        config.settings_tree(),
+        crawl_command.settings_tree(),
+        ingest_command.settings_tree(ingest_command.INGEST_LEAVES_OUT),
+        ingest_command.settings_tree(ingest_command.EXTRACT_LEAVES_OUT),
+        train_config.settings_tree(),
+    ]
+    found: list[type] = []
+    todo = [tab.cls for tree in trees for tab in tree.tables.values()]
+    while todo:
+        cls = todo.pop()
+        if cls in found:
+            continue
+        found.append(cls)
+        hints = typing.get_type_hints(cls)
+        nested = (hints[f.name] for f in fields(cls) if "parse" not in f.metadata)
+        todo += [hint for hint in nested if is_dataclass(hint)]
+    return found
+
+
+def test_the_help_texts_read_by_the_line_scan_are_inspect_getsources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """settings_tree._class_lines finds a class's end by a scan of its module's lines (a class
+    ends at the first line that is not indented); the help comments it gives every settings
+    class are the ones inspect.getsource's parse gives (review R16 R4): a line at column 0 inside
+    a class would end it early and lose the later fields' help without a word."""
+    classes = _settings_classes()
+    scanned = {cls: settings_tree._comments(cls) for cls in classes}
+    monkeypatch.setattr(settings_tree, "_class_lines", lambda cls: inspect.getsource(cls).splitlines())
+    parsed = {cls: settings_tree._comments(cls) for cls in classes}
+    assert {"DaemonConfig", "CrawlSettings", "IngestSettings", "TrainConfig"} <= {c.__name__ for c in classes}
+    assert len(classes) > 4  # the nested ones too (ExtractLimits, FilterSettings)
+    for cls in classes:
+        assert scanned[cls] == parsed[cls], cls.__qualname__
+    assert sum(len(c) for c in parsed.values()) > 20  # the comparison is of real help texts
