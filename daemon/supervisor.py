@@ -52,9 +52,12 @@ from .health import judge
 from .ingest_service import IngestService
 from .metrics_history import MetricsHistory, point_from_status
 from .notify import Notifier
+from .resource_tracker import TIMEOUT_S as TRACKER_TIMEOUT_S
 from .resource_tracker import stop_resource_tracker
+from .ring_service import JOIN_S as RING_JOIN_S
 from .ring_service import RingServer, ring_endpoint
 from .state_dir_lock import take_lock
+from .status_server import STOP_TIMEOUT_S as SOCKET_STOP_S
 from .status_server import StatusServer
 from .stop_budget import StopBudget, wait_for_threads
 from .store_data import byte_store_dir, store_dir
@@ -75,11 +78,11 @@ CONTROL_BACKOFF = Backoff(first_s=1.0, max_s=60.0, healthy_after_s=600.0)
 LOCK_WAIT_S = 3.0  # how long a starting supervisor tries to take the state directory's lock
 # the cleanup's waits, each at most this much of the stop's budget (README "Stopping")
 RUNNER_S = 1.0  # control's runner, once control has exited
-RING_CLOSE_S = 10.0  # the batch ring's server and filler threads, together
+RING_CLOSE_S = RING_JOIN_S  # the batch ring's server and filler threads, together
 INGEST_CLOSE_S = CLOSE_GRACE_S + KILLED_GRACE_S  # ingest's pool: its processes' end, then the killed ones'
 DASHBOARD_CLOSE_S = READ_CLOSE_WAIT_S + CLOSE_S  # a read in flight, then aiohttp's close
-TRACKER_S = 5.0  # multiprocessing's resource tracker
-SOCKET_CLOSE_S = 2.0  # the status socket's connections
+TRACKER_S = TRACKER_TIMEOUT_S  # multiprocessing's resource tracker
+SOCKET_CLOSE_S = SOCKET_STOP_S  # the status socket's connections
 HISTORY_SAVE_S = 2.0  # the dashboard's history, written (atomically) at the stop
 THREAD_PREFIX = "crystalline-loop-thread"  # the loop's executor's threads, named in the exit's line
 
