@@ -382,21 +382,32 @@ class Supervisor:
             self._lock = None
 
     async def _cleanup_wait(
-        self, what: str, step: asyncio.Future[Any], cap_s: float, cut: Callable[[], object]
+        self,
+        what: str,
+        step: asyncio.Future[Any],
+        cap_s: float,
+        cut: Callable[[], object],
+        *,
+        cleanup: bool = True,
+        late: str | None = None,
     ) -> None:
-        """Wait for a step of the cleanup within the budget (at most ``cap_s``, not past END_S; a
-        second signal ends the wait at once); a step that does not end by then is ``cut``, and
-        one that fails is logged in one line: the stop goes on."""
+        """Wait for a step of the stop within the budget (a cleanup's: at most ``cap_s``, not
+        past END_S; a component's stop, ``cleanup=False``: until STOP_S; a second signal ends
+        the wait at once); a step that does not end by then is ``cut`` (said in the log as
+        ``late``, ``what`` unless given), and one that fails is logged in one line: the stop
+        goes on."""
         try:
-            if await self.budget.wait(step, self.budget.left(cap_s, cleanup=True)):
+            if await self.budget.wait(step, self.budget.left(cap_s, cleanup=cleanup)):
                 return
         except asyncio.CancelledError:  # a runner cancelled: nothing to retrieve
+            if not cleanup:  # a component's stop is never cancelled but by the cut below
+                raise
             return
         except Exception as exc:
             log.error("stop: %s failed: %s", what, describe(exc))
             return
         why = "cut short by a second signal" if self.budget.hurried.is_set() else "out of the stop's time"
-        log.warning("stop: %s was %s", what, why)
+        log.warning("stop: %s was %s", late or what, why)
         cut()
 
     async def _stop_step(self, what: str, stop: Coroutine[Any, Any, None]) -> None:
@@ -404,17 +415,11 @@ class Supervisor:
         logged in one line; a second signal, or STOP_S, ends the wait for it at once (the stop is
         cancelled, and says so), so that the cleanup keeps its share."""
         task = asyncio.ensure_future(stop)
-        try:
-            if await self.budget.wait(task, self.budget.left(math.inf)):
-                return
-        except Exception as exc:
-            log.error("stop: %s's stop failed: %s", what, describe(exc))
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        why = "cut short by a second signal" if self.budget.hurried.is_set() else "out of the stop's time"
-        log.warning("stop: the wait for %s was %s", what, why)
+        late = f"the wait for {what}"
+        await self._cleanup_wait(f"{what}'s stop", task, math.inf, task.cancel, cleanup=False, late=late)
+        if not task.done():  # cut: its cancellation is seen through
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     # ---- the loop -------------------------------------------------------------------------
     def _on_signal(self, signum: int) -> None:
