@@ -4,10 +4,11 @@
 The components' stops (control's final checkpoint and exit, the crawl, ingest, the vocabulary)
 end by ``STOP_S`` after the first signal; every wait of the cleanup after them (control's
 runner, the batch ring's threads, ingest's close, the dashboard, the generation process, the
-resource tracker, the status socket) takes from what is left until ``END_S``, each within its
-own cap. A second signal moves the deadline to ``HURRIED_S`` from then, and a wait in progress
-then ends at once (:meth:`StopBudget.wait` races it against the signal; a wait in a thread asks
-:meth:`StopBudget.clock`), so that every wait after it gets at most that. Only a wait whose end
+resource tracker, the dashboard's history's save, the status socket) takes from what is left
+until ``END_S``, each within its own cap. A second signal moves the deadline to ``HURRIED_S``
+from then, and a wait in progress then ends at once (:meth:`StopBudget.wait` races it against
+the signal; a wait in a thread asks :meth:`StopBudget.clock`), so that every wait after it
+gets at most that. Only a wait whose end
 loses nothing is cut so. The wait for the threads the stop left running (:meth:`StopBudget.exit_left`)
 ends ``HURRIED_S`` after a second signal as well, even while ingest's batch is still storing the
 documents it has: the process exits without it, which loses nothing, as at ``EXIT_S`` (below).
