@@ -239,9 +239,10 @@ class GenerationService:
             return
         if proc.stdin is not None:
             proc.stdin.close()  # EOF: the process finishes its loop and exits
-        if await budget.wait(proc.wait(), budget.left(STOP_GRACE_S, cleanup=True)):
+        exited = asyncio.ensure_future(proc.wait())  # one wait, to exit and then to be reaped
+        if await budget.wait(exited, budget.left(STOP_GRACE_S, cleanup=True)):
             return
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-        if not await budget.wait(proc.wait(), budget.left(STOP_GRACE_S, cleanup=True)):
+        if not await budget.wait(exited, budget.left(STOP_GRACE_S, cleanup=True)):
             log.warning("generation process %d killed and not reaped in the stop's time", proc.pid)
