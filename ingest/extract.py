@@ -27,6 +27,10 @@ _HTML_EXT = {".html", ".htm", ".xhtml", ".shtml"}
 _TEXT_EXT = {".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".log", ""}
 
 
+# the most [ingest] ocr-timeout-s may be: a deadline per image, not a way to turn it off
+OCR_TIMEOUT_MAX_S = 3600.0
+
+
 class ExtractionError(ValueError):
     """The document cannot be turned into text; the message is one line naming the reason."""
 
@@ -44,7 +48,7 @@ class ExtractLimits:
     min_page_chars: int = 20  # letters in a PDF page's text layer below which it is OCRed
     ocr: bool = True  # OCR images and PDF pages without a text layer
     ocr_dpi: int = 200  # resolution a PDF page is rendered at for OCR
-    ocr_timeout_s: float = 60.0  # tesseract's time per image or page
+    ocr_timeout_s: float = 60.0  # tesseract's seconds per image or page (more than 0, at most 3600)
 
 
 @dataclass(frozen=True)

@@ -65,18 +65,18 @@ def _command(language: str) -> list[str]:
 
 def ocr_image(image: Image.Image, timeout_s: float, language: str = "eng") -> str:
     """Recognise the text of one image (converted to 8-bit grey, which tesseract reads fastest)
-    within ``timeout_s`` (0: no limit)."""
+    within ``timeout_s`` (more than 0: [ingest] ocr-timeout-s, checked by IngestSettings)."""
     grey = ImageOps.exif_transpose(image).convert("L")
     png = io.BytesIO()
     grey.save(png, format="PNG")
     command = _command(language)
-    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    deadline = time.monotonic() + timeout_s
     pipe = subprocess.PIPE
     proc = subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe, bufsize=0)
     try:
         out, err = _exchange(proc, png.getvalue(), deadline, timeout_s)
         try:
-            proc.wait(timeout=None if deadline is None else max(deadline - time.monotonic(), 0))
+            proc.wait(timeout=max(deadline - time.monotonic(), 0))
         except subprocess.TimeoutExpired as e:  # its pipes closed, it still runs
             raise OcrError(f"OCR timed out after {timeout_s:g}s") from e
     finally:
@@ -96,7 +96,7 @@ def ocr_image(image: Image.Image, timeout_s: float, language: str = "eng") -> st
 
 
 def _exchange(
-    proc: subprocess.Popen[bytes], data: bytes, deadline: float | None, timeout_s: float
+    proc: subprocess.Popen[bytes], data: bytes, deadline: float, timeout_s: float
 ) -> tuple[bytes, bytes]:
     """Write ``data`` to the child's stdin and read its stdout and stderr to their ends, each
     within its byte limit (one line past it), until ``deadline``."""
@@ -112,8 +112,8 @@ def _exchange(
         selector.register(stdout, selectors.EVENT_READ)
         selector.register(stderr, selectors.EVENT_READ)
         while selector.get_map():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise OcrError(f"OCR timed out after {timeout_s:g}s")
             for key, _events in selector.select(left):
                 if key.fd == stdin:

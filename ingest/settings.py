@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..statement_deadline import STATEMENT_TIMEOUT_S, check_statement_timeout
-from .extract import ExtractLimits
+from .extract import OCR_TIMEOUT_MAX_S, ExtractLimits
 from .filters import FilterSettings
 from .pool import PoolConfig
 
@@ -82,3 +82,7 @@ class IngestSettings:
         if not self.time_limit_s > 0 or self.memory_limit_mb < 0 or self.drop_settle_s < 0:
             raise ValueError("time-limit-s must be positive, memory-limit-mb and drop-settle-s not negative")
         check_statement_timeout(self.database_timeout_s)
+        ocr_s = self.limits.ocr_timeout_s
+        if not 0 < ocr_s <= OCR_TIMEOUT_MAX_S:  # nan fails both comparisons
+            most = OCR_TIMEOUT_MAX_S
+            raise ValueError(f"ocr-timeout-s must be more than 0 and at most {most:g} s, got {ocr_s:g}")

@@ -244,6 +244,11 @@ DB_BOUND = "must be at least 1 and at most 60 s"  # a statement's deadline (crys
         ("[crawl]\ndatabase-timeout-s = 0.5\n", f"[crawl] database-timeout-s {DB_BOUND}, got 0.5 (set by"),
         ("[ingest]\ndatabase-timeout-s = inf\n", f"[ingest] database-timeout-s {DB_BOUND}, got inf (set by"),
         ("[ingest]\ndatabase-timeout-s = nan\n", "{path}: [ingest] database-timeout-s must be a number"),
+        # tesseract's deadline per image: 0 or less, or inf, would give it none of its own
+        ("[ingest]\nocr-timeout-s = 0\n", f"[ingest] ocr-timeout-s {BOUND} 3600 s, got 0 (set by file"),
+        ("[ingest]\nocr-timeout-s = -5\n", f"[ingest] ocr-timeout-s {BOUND} 3600 s, got -5 (set by"),
+        ("[ingest]\nocr-timeout-s = inf\n", f"[ingest] ocr-timeout-s {BOUND} 3600 s, got inf (set by"),
+        ("[ingest]\nocr-timeout-s = nan\n", "{path}: [ingest] ocr-timeout-s must be a number"),
     ],
 )
 def test_bad_file_values_name_the_file_and_the_key(tmp_path: Path, body: str, message: str) -> None:
@@ -317,6 +322,9 @@ def test_test_suite_variables_are_not_settings() -> None:
         ),
         (["--ingest-database-timeout-s", "0"], f"[ingest] database-timeout-s {DB_BOUND}, got 0 (set by"),
         (["--ingest-database-timeout-s", "inf"], f"[ingest] database-timeout-s {DB_BOUND}, got inf"),
+        (["--ingest-ocr-timeout-s", "0"], f"[ingest] ocr-timeout-s {BOUND} 3600 s, got 0 (set by flag"),
+        (["--ingest-ocr-timeout-s", "inf"], f"[ingest] ocr-timeout-s {BOUND} 3600 s, got inf"),
+        (["--ingest-ocr-timeout-s", "nan"], "--ingest-ocr-timeout-s: [ingest] ocr-timeout-s must be a"),
         (
             ["--seed-url", "https://a.example/", "--crawl-max-queued", "-5"],
             "[crawl] max-queued must not be negative",
