@@ -314,7 +314,7 @@ class Crawler:
         to be away (each statement would wait out its deadline on the crawl's loop): the last
         values stay, their age growing, until the crawl finds the database back."""
         read_at, values = self._frontier_read
-        if now - read_at >= _FRONTIER_READ_EVERY_S and not self._database_away():
+        if now - read_at >= _FRONTIER_READ_EVERY_S and not self.database_away():
             try:
                 values = {
                     "hosts": [h.as_dict(now) for h in self.frontier.host_reports(50)],
@@ -329,7 +329,7 @@ class Crawler:
         age = None if read_at == float("-inf") else round(max(now - read_at, 0.0), 1)
         return {**values, "age_s": age}
 
-    def _database_away(self) -> bool:
+    def database_away(self) -> bool:
         """The shared database did not answer the crawl's or the frontier's last statement."""
         return self._database_error is not None or self.frontier.backend().get("available") is False
 

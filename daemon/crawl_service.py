@@ -3,7 +3,10 @@
 status shows of it.
 
 A pass crawls while there is work and ends when nothing is due; the next one starts at
-``add-url`` (at once), the next due revisit or the end of a host's deferral, at most 30 s later.
+``add-url`` (at once), the next due revisit or the end of a host's deferral, at most 30 s later,
+or at once when status's reads find the database away (that pass retries it at the crawl's
+backoff, 0.5 s doubling to 30 s, so the crawl's state follows the database back within a retry
+rather than at the next idle pass).
 Pausing ends the pass in hand (the crawler finishes its fetches) and none starts until resume.
 
 Why a thread: every frontier call is a blocking database statement (the SQLite file, or with
@@ -156,6 +159,10 @@ class CrawlService:
                 self._snapshot = self.crawler.stats()
             except (DatabaseUnavailable, sqlite3.Error, OSError) as exc:  # the last one stays
                 log.debug("crawl stats not read: %s", exc)
+            if self.crawler.database_away() and self._wake is not None:
+                # an idle crawl starts its next pass now: the pass retries the database at the
+                # crawl's backoff, so its state follows the database back (not a full idle wait)
+                self._wake.set()
 
     def give_up_threads(self) -> None:
         """The stop has given the crawl up (its thread outlived the stop's wait, and its loop

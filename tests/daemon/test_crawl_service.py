@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _daemon_process import group_survivors, start_small_daemon, wait_daemon
@@ -25,6 +27,7 @@ from conftest import make_corpus
 
 from crystalline.crawler import crawl as crawl_module
 from crystalline.crawler.settings import CrawlSettings
+from crystalline.daemon import crawl_service as crawl_service_module
 from crystalline.daemon.config import CRAWL_STOP_MAX_S
 from crystalline.daemon.crawl_service import CrawlBusy, CrawlOff, CrawlService
 from crystalline.daemon.health import judge
@@ -175,6 +178,54 @@ def test_status_reads_no_database_while_it_is_known_away_and_the_crawl_loop_stay
             await crawl.stop(15.0)
             proxy.close()
         assert crawl.thread is not None and not crawl.thread.is_alive()
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_crawl_whose_database_comes_back_says_so_without_waiting_for_its_next_pass(
+    tmp_path: Path, pg_cluster: PgCluster, pg_url: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """An idle crawl (its pass ended: nothing to do) whose database status's reads find away
+    starts a pass that retries the database at the crawl's backoff: once the network is back, the
+    state says so (available, running) though the idle crawl's next pass is an hour away here
+    (IDLE_MAX_S; 30 s in the product). Before, status said "unavailable" until that pass."""
+    monkeypatch.setattr(crawl_service_module, "IDLE_MAX_S", 3600.0)  # longer than the test's timeout
+    monkeypatch.setattr(crawl_module, "_FRONTIER_READ_EVERY_S", 0.5)
+    caplog.set_level(logging.INFO, logger="crystalline.supervisor")
+    proxy = CuttableProxy(pg_cluster.port)
+    url = pg_url.replace(f":{pg_cluster.port}/", f":{proxy.port}/")
+
+    def passes_ended() -> int:
+        return sum(r.getMessage().startswith("crawl pass ended") for r in caplog.records)
+
+    async def scenario() -> None:
+        site, base = await start_site([web.get("/a", page)])
+        # a statement on the cut network gives up after 1 s + the client's grace
+        cut_fast = replace(settings(tmp_path), database=url, database_timeout_s=1.0)
+        crawl = CrawlService(cut_fast, tmp_path, enabled=True)
+        crawl.start()
+        try:
+            assert await crawl.add_url(f"{base}/a") is True
+            await until_async(lambda: passes_ended() >= 1 and crawl.stats().get("stored", 0) >= 1,
+                              "the crawl never went idle", 60)  # fmt: skip
+            proxy.cut()
+            await until_async(lambda: crawl.stats()["database"]["available"] is False, "never seen away", 60)
+            proxy.restore()
+
+            def back_and_running() -> dict[str, Any] | None:
+                data = crawl.stats()
+                database = data["database"]
+                return data if database["available"] is True and database["crawl"] == "running" else None
+
+            back = await until_async(
+                back_and_running, "the crawl's state stayed 'database unavailable' with the database back", 60
+            )
+            assert back["state"] == "running" and back["restarts"] == 0, back
+        finally:
+            await crawl.stop(15.0)
+            await site.cleanup()
+            proxy.close()
 
     asyncio.run(scenario())
 

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.slow
 # The daemon keeps the default [crawl] database-timeout-s (15 s): a client deadline shorter than
 # the status request's 10 s would let a status that waits on the database pass unnoticed (with
 # 3 s, a status read of the frontier on the supervisor's loop passed; with 15 s it times out).
-# The test's time is not the deadline's anyway: the idle crawl finds the database back at its
-# next pass, up to IDLE_MAX_S (30 s) after the last one.
+# Once the network is back, the idle crawl says so at its first retry: status's reads found the
+# database away and started a pass that retries it (not at the next idle pass, up to 30 s later).
 CUT_S = client_deadline_s(STATEMENT_TIMEOUT_S) + 5.0
 
 
