@@ -426,19 +426,31 @@ def _text_sizes(root: etree._Element) -> dict[etree._Element, tuple[int, int]]:
     return sizes
 
 
-def _has_boiler_words(el: etree._Element) -> bool:
+def _has_boiler_words(el: etree._Element, said: dict[tuple[str, str], set[str] | None]) -> bool:
     """Class or id words that say boilerplate, unless they also say article, name the section's
-    own heading, or sit inside a heading."""
-    attrs = f"{el.get('class', '')} {el.get('id', '')}".lower()
-    if not _ANY_BOILER_WORD.search(attrs):  # most elements: one regex instead of a set of words
-        return False
-    words = set(_SPLIT.split(attrs))
-    if words & {"article", "main", "content", "entry", "story"}:
+    own heading, or sit inside a heading. ``said``: what each class and id pair of the page says
+    (see _attribute_words), filled as they come: a page repeats its class names."""
+    key = (el.get("class", ""), el.get("id", ""))
+    if key in said:
+        words = said[key]
+    else:
+        words = said[key] = _attribute_words(*key)
+    if words is None:
         return False
     if not words & _BOILER_WORDS and not _comment_markup(el, words):
         return False
     # A link or span inside a heading is the title's (docutils' <a class="toc-backref">).
     return not _named_after_heading(el) and next(el.iterancestors(*_HEADINGS), None) is None
+
+
+def _attribute_words(cls: str, ident: str) -> set[str] | None:
+    """The lower-cased words of a class and an id that may say boilerplate, or None where they
+    cannot: no boilerplate or reply word stands alone among them, or they also say article."""
+    attrs = f"{cls} {ident}".lower()
+    if not _ANY_BOILER_WORD.search(attrs):  # most elements: one regex instead of a set of words
+        return None
+    words = set(_SPLIT.split(attrs))
+    return None if words & {"article", "main", "content", "entry", "story"} else words
 
 
 def _comment_markup(el: etree._Element, words: set[str]) -> bool:
@@ -556,8 +568,11 @@ def _in_sentence(el: etree._Element) -> bool:
 def _doomed(root: etree._Element, strict: bool, shown: _Shown) -> list[etree._Element]:
     """The elements under ``root`` (itself included) to drop, in document order. One loop over
     every node of the page (a large page has 10k+): the checks are inline and attribute-free
-    elements cost a tag test and one ``keys()``."""
+    elements cost a tag test and one ``keys()``. Read on the page as parsed (nothing cut), where
+    _no_article is a lookup in _article_holders."""
     doomed: list[etree._Element] = []
+    said: dict[tuple[str, str], set[str] | None] = {}
+    holders = _article_holders(root) if strict else set()
     for el in root.iter():
         tag = el.tag
         # comments and processing instructions have no str tag
@@ -568,13 +583,28 @@ def _doomed(root: etree._Element, strict: bool, shown: _Shown) -> list[etree._El
             if not strict:  # the retry keeps what class words condemn, never what is not shown
                 if hidden:
                     doomed.append(el)
-            elif (
-                tag not in _SHIELDS
-                and (hidden or (_has_boiler_words(el) and not _in_sentence(el)))
-                and _no_article(el)
-            ):
-                doomed.append(el)
+            elif tag not in _SHIELDS and el not in holders:
+                named = "class" in keys or "id" in keys  # what class words are read from
+                if hidden or (named and _has_boiler_words(el, said) and not _in_sentence(el)):
+                    doomed.append(el)
     return doomed
+
+
+def _article_holders(root: etree._Element) -> set[etree._Element]:
+    """The elements for which _no_article is False, of ``root``'s subtree as it is now: the
+    ancestors of each <h1> and each <article> that is not boilerplate (see _boiler_article)
+    with its ancestors. Each walk up stops at an element already in the set (its ancestors are
+    too), so 2,000 nested <article>s cost 2,000 steps, not 2,000 x 2,000."""
+    holders: set[etree._Element] = set()
+    for start in itertools.chain(
+        (h1.getparent() for h1 in root.iter("h1")),
+        (art for art in root.iter("article") if not _boiler_article(art)),
+    ):
+        el = start
+        while el is not None and el not in holders:
+            holders.add(el)
+            el = el.getparent()
+    return holders
 
 
 def _page_header(header: etree._Element) -> bool:

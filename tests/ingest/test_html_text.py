@@ -1114,6 +1114,24 @@ def test_an_article_nested_deeper_than_255_elements_is_found(depth: int) -> None
         assert page.title == "Delta"
 
 
+def test_the_strict_pass_reads_no_article_from_one_set_that_agrees_with_it() -> None:
+    # _doomed looks up _no_article's verdicts in _article_holders (one walk up from each <h1>
+    # and each article that is not a comment), not a search of each condemned subtree: both
+    # agree on every element, nested <article>s, comments' <article>s and <h1>s in boxes too.
+    comment = "<article class='comment'><p>First!</p></article>"
+    html = (
+        "<html><body><div class='ad'><h1>The delta grows</h1></div>"
+        f"<div class='sidebar'>{comment}<div class='related'>{_nested('<article>', 300, 'deep')}</div></div>"
+        f"<section class='comments'>{comment * 3}</section><div class='share'><p>x</p></div>"
+        f"<aside><article class='post'><h2>Other</h2></article></aside>{_paras(BODY)}</body></html>"
+    )
+    body = html_text.parse_html(html).find("body")
+    holders = html_text._article_holders(body)
+    verdicts = [not html_text._no_article(el) for el in body.iter()]
+    assert [el in holders for el in body.iter()] == verdicts
+    assert 300 < sum(verdicts) < len(verdicts)
+
+
 @pytest.mark.parametrize("where", ["text", "attribute"])
 def test_a_text_or_attribute_over_10_mb_does_not_lose_the_page(where: str) -> None:
     # libxml2 refuses a text node or attribute value over 10,000,000 characters unless told the
