@@ -22,19 +22,20 @@ from _wait import until
 from test_daemon_revisits import Site, wait_for
 
 from crystalline.daemon.status_client import request
-from crystalline.statement_deadline import STATEMENT_TIMEOUT_S, client_deadline_s
+from crystalline.statement_deadline import client_deadline_s
 from tests._postgres import PgCluster, free_port
 from tests._tcp_proxy import CuttableProxy
 
 pytestmark = pytest.mark.slow
+# The crawl's statement deadline in the cut test: the client gives up 2 s after it (11 s), longer
+# than the status request's 10 s, so that a status that waits on the database times out (with
+# 3 s, a status read of the frontier on the supervisor's loop passed; with 9 s it times out).
+CUT_TIMEOUT_S = 9.0
 # how long the network to the database stays cut: past the longest a frontier call waits (a
-# statement's deadline on the client, 17 s), with 5 s for the call in hand at the cut to start.
-# The daemon keeps the default [crawl] database-timeout-s (15 s): a client deadline shorter than
-# the status request's 10 s would let a status that waits on the database pass unnoticed (with
-# 3 s, a status read of the frontier on the supervisor's loop passed; with 15 s it times out).
+# statement's deadline on the client, 11 s), with 5 s for the call in hand at the cut to start.
 # Once the network is back, the idle crawl says so at its first retry: status's reads found the
 # database away and started a pass that retries it (not at the next idle pass, up to 30 s later).
-CUT_S = client_deadline_s(STATEMENT_TIMEOUT_S) + 5.0
+CUT_S = client_deadline_s(CUT_TIMEOUT_S) + 5.0
 
 
 def poll(proc: subprocess.Popen[bytes], run: Path, what: str, test: Callable[[dict[str, Any]], bool],
@@ -147,7 +148,8 @@ def test_status_answers_while_the_network_to_the_database_is_cut(
     site = Site()
     try:
         args = ("--database", url, "--crawl-start-url", site.url + "/p/0", "--crawl-allow-private-addresses",
-                "--crawl-min-delay", "0", "--crawl-no-sitemaps", "--workers", "2")  # fmt: skip
+                "--crawl-min-delay", "0", "--crawl-no-sitemaps", "--workers", "2",
+                "--crawl-database-timeout-s", str(CUT_TIMEOUT_S))  # fmt: skip
         with running_daemon(tmp_path, {"seed.txt": prose(999)}, *args, crawl=True) as daemon:
             run = daemon["run"]
             wait_for(run, "the site crawled and ingested", lambda d: d["ingest"].get("documents", 0) >= 6)
