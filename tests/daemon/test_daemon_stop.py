@@ -86,7 +86,7 @@ def test_a_thread_the_stop_leaves_working_is_given_up_on_at_exit_s_and_the_daemo
     tmp_path: Path,
 ) -> None:
     """Ingest's close never returns (injected): the stop cuts its wait (7 s), goes on, and at
-    EXIT_S (12 s here) exits without the thread, saying so in one line, instead of waiting for it
+    EXIT_S (10 s here) exits without the thread, saying so in one line, instead of waiting for it
     in asyncio.run's executor shutdown (which has no deadline on 3.11) past TimeoutStopSec."""
 
     def sigterm(proc: subprocess.Popen[bytes], _run: Path) -> None:
@@ -103,7 +103,7 @@ def test_a_thread_the_crawl_loop_holds_is_given_up_on_at_exit_s_and_the_daemon_e
     the stop (injected: a WARC append on a hung disk). The interpreter's exit joins every
     executor's threads with no deadline, and only the supervisor loop's were waited for: the
     daemon would wait for that thread past TimeoutStopSec (here: the hour it is held). Now it is
-    waited for until EXIT_S (12 s here) like the others, named in the one line, and the daemon
+    waited for until EXIT_S (6 s here) like the others, named in the one line, and the daemon
     exits 0."""
 
     lines = _stopped_daemon(tmp_path, (HELD_CRAWL_THREAD,), _add_url_then_sigterm, CRAWL_EXTRA)
