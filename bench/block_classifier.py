@@ -50,7 +50,12 @@ CPU pages/s on the dev set, one process (load 4.7-5), the models trained on all 
 earlier word list): shipped 50.8 / 54.8, clf trees 0.3 59.8 / 61.2, clf+smooth 0.3 86.7 / 85.6.
 Registered (the best tree and the best regression configuration by dev CV): ``clf trees 0.3``
 and ``clf+smooth 0.3``; the acceptance rule is WEIGHTS' ``acceptance_rule`` (and the commit's
-message), checked by ``held-out``'s ``passes``.
+message), checked by ``held-out``'s ``passes``. Run once at e800c16 (one core, load ~4; the
+weights' script_sha256 is of the script at that commit): held-out 55 / trafilatura-eval / mean,
+CPU pages/s on the dev set: shipped 0.8982 / 0.9104 / 0.9043, 57.5; clf trees 0.3 0.8828 /
+0.8215 / 0.8522, 64.7; clf+smooth 0.3 0.8482 / 0.8211 / 0.8346, 86.0 (newspaper4k 0.9285,
+0.8663, 0.8660; domdown 0.8771, 0.8928, 0.8362). Neither passes: the shipped engine stays and
+this round stays here, bench-only.
 
     .venv/bin/python bench/block_classifier.py cv            # dev cross-validation by site
     .venv/bin/python bench/block_classifier.py train CONFIG...   # fit on all dev, write WEIGHTS
