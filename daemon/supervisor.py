@@ -38,6 +38,7 @@ from typing import Any, TextIO
 
 from ..descriptors import raise_soft_limit
 from ..ingest.pool import CLOSE_GRACE_S, KILLED_GRACE_S
+from ..ingest.registry import Registry
 from ..ingest.registry_pg import open_registry
 from ..postgres import DatabaseUnavailable
 from ..states import DAEMON, RESTARTING, TRAINING, transition
@@ -133,6 +134,19 @@ class Supervisor:
         self.dashboard: Dashboard | None = None
         self.generation = GenerationService(settings)  # every generate, beside training
         self.history = MetricsHistory(settings.state_dir / "dashboard" / "history.json")
+
+    def dashboard_registry(self) -> Callable[[], Registry]:
+        """Opens the dashboard's reader of the registry, for its latest documents (SQLite or
+        --database's): it never creates, migrates nor writes it. On PostgreSQL its statements
+        get ``[ingest] database-timeout-s`` but at most 2 s (``postgres.READER_STATEMENT_TIMEOUT_S``):
+        a few indexed rows, read off the loop, so that a slow server leaves the page's documents
+        stale rather than a read the stop waits 5 s for and then leaves (``READ_CLOSE_WAIT_S``)."""
+        s = self.settings
+        registry = s.state_dir / "ingest" / "registry.sqlite3"
+        timeout_s = s.ingest.database_timeout_s
+        return functools.partial(
+            open_registry, s.ingest.database, registry, read_only=True, statement_timeout_s=timeout_s
+        )
 
     # ---- set-up ---------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -507,7 +521,6 @@ class Supervisor:
             await server.start()
             bind = parse_bind(s.daemon.http)
             if bind is not None:
-                registry = s.state_dir / "ingest" / "registry.sqlite3"
                 self.dashboard = Dashboard(
                     bind,
                     s.runtime_dir,
@@ -515,9 +528,7 @@ class Supervisor:
                     handlers,
                     self.history,
                     s.state_dir / "checkpoints",
-                    # the latest documents, read through a reader of the registry (SQLite or
-                    # --database's): it never creates, migrates nor writes it
-                    functools.partial(open_registry, s.ingest.database, registry, read_only=True),
+                    self.dashboard_registry(),
                     generator=self.generation,
                 )
                 await self.dashboard.start()

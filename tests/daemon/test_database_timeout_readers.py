@@ -2,7 +2,8 @@
 registry on PostgreSQL that ``tests/pkg/test_postgres_deadline.py`` does not build: the crawl's
 reader of ingest's verdicts (built by the supervisor's crawl service, on the crawl's deadline)
 and control's surprise meter (built by the control process from the spec the supervisor hands
-it, on ingest's deadline). Each is read from its real connection (``SHOW statement_timeout``)."""
+it, on ingest's deadline), and the dashboard's reader, on ingest's deadline but at most 2 s.
+Each is read from its real connection (``SHOW statement_timeout``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from crystalline.daemon import config
 from crystalline.daemon.control_link import ControlLink
 from crystalline.daemon.control_process import Control
 from crystalline.daemon.supervisor import Supervisor
+from crystalline.ingest.registry_pg import open_registry
 
 pytest.importorskip("psycopg")
 
@@ -69,3 +71,18 @@ def test_controls_surprise_meter_gets_ingests_deadline(pg_url: str, tmp_path: Pa
     finally:
         control.surprise.close()
         control.channel.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("ingest_s", "shown"), [("3.5", "2s"), ("1", "1s")])
+def test_the_dashboards_reader_gets_ingests_deadline_but_at_most_2_s(
+    pg_url: str, tmp_path: Path, ingest_s: str, shown: str
+) -> None:
+    """Its reads must not hold the dashboard's stop (5 s for a read in flight): 2 s at most, as
+    postgres.READER_STATEMENT_TIMEOUT_S; a shorter setting applies to it too."""
+    open_registry(pg_url, tmp_path / "unused.sqlite3").close()  # ingest created the schema
+    reader = Supervisor(settings_for(pg_url, tmp_path / "state", ingest_s)).dashboard_registry()()
+    try:
+        assert show_timeout(reader.db) == shown
+    finally:
+        reader.close()
