@@ -11,8 +11,9 @@ deep trees): drop elements that are boilerplate by tag, ARIA role or class/id wo
 the prose it holds (paragraph length and commas, discounted by link text); take the best one and
 its siblings of similar quality, less the links and teasers under headings such as "Related";
 emit its blocks, dropping link lists and short fragments that carry no sentence. Every walk is iterative, and
-libxml2 caps the tree depth (at 2048: the parser is told the tree may be huge, which also lets
-a text or attribute over 10 MB through), so 100k nested tags cost no more than 2048.
+the tree is at most 2048 levels deep (the parser is told the tree may be huge, which also lets
+a text or attribute over 10 MB through; a page nested deeper keeps its elements to 2000 levels
+and the text of the deeper ones, see parse_html), so 100k nested tags cost no more than 2048.
 """
 
 from __future__ import annotations
@@ -1210,6 +1211,19 @@ def _hidden_furniture(el: etree._Element, shown: _Shown) -> bool:
     return hidden and el.tag not in _SHIELDS and _no_article(el)
 
 
+_PARSE_OPTIONS: Mapping[str, bool] = MappingProxyType(
+    {
+        "collect_ids": False,
+        "default_doctype": False,
+        "remove_comments": True,
+        "remove_pis": True,
+        "no_network": True,
+        "huge_tree": True,
+    }
+)
+# The levels of elements kept of a page nested deeper than libxml2 builds (see parse_html): under
+# its 2048, so the tree is one that libxml2 could have built (its copies recurse).
+_MAX_DEPTH = 2000
 _HTML_CLASSES = etree.ElementDefaultClassLookup(
     element=lxml_html.HtmlElement,
     comment=lxml_html.HtmlComment,
@@ -1264,22 +1278,24 @@ def parse_html(html: str) -> etree._Element | None:
     that declares an encoding (an XHTML page beginning ``<?xml version="1.0"
     encoding="utf-8"?>`` came out empty). ``huge_tree``: libxml2's limits without it (256
     levels, 10 MB a text or attribute) cut a page there and lose the rest of it: an article
-    nested 300 deep, or everything after an inline image of over 10 MB. With it, 2048 levels
-    (trafilatura recursing into 2000-deep lists raises RecursionError, caught: our text is
-    used) and text as long as the page, whose size the pool bounds."""
-    parser = etree.HTMLParser(
-        collect_ids=False,
-        default_doctype=False,
-        remove_comments=True,
-        remove_pis=True,
-        no_network=True,
-        huge_tree=True,
-    )
+    nested 300 deep, or everything after an inline image of over 10 MB. With it, text as long
+    as the page, whose size the pool bounds, and 2048 levels, past which libxml2 halts the
+    parse whatever it is told: such a page is parsed again by html_deep_tree, its elements kept
+    to _MAX_DEPTH levels and the text of deeper ones in place (trafilatura recursing into
+    2000-deep lists raises RecursionError, caught: our text is used)."""
+    parser = etree.HTMLParser(**_PARSE_OPTIONS)
     parser.set_element_class_lookup(_HTML_CLASSES)
+    page = _XML_DECLARATION.sub("", html, count=1)
     try:
-        return etree.fromstring(_XML_DECLARATION.sub("", html, count=1), parser)
+        root = etree.fromstring(page, parser)
     except (etree.ParserError, ValueError):
         return None
+    halt = parser.error_log.last_error  # libxml2 halts at a limit: it is the parse's last error
+    if halt is not None and halt.type == etree.ErrorTypes.ERR_RESOURCE_LIMIT:
+        from .html_deep_tree import parse_deep
+
+        return parse_deep(page, parser, _PARSE_OPTIONS, _MAX_DEPTH, _BLOCK_TAGS | {"br"})
+    return root
 
 
 def _main_text(body: etree._Element, doomed: list[etree._Element], cut: _Cut) -> str:

@@ -1132,6 +1132,58 @@ def test_the_strict_pass_reads_no_article_from_one_set_that_agrees_with_it() -> 
     assert 300 < sum(verdicts) < len(verdicts)
 
 
+@pytest.mark.parametrize("depth", [2100, 100_000])
+@pytest.mark.parametrize("opening", ["<div>", "<font>", "<div class='ad'>"])
+def test_an_article_nested_deeper_than_libxml2_builds_and_the_page_after_it_are_found(
+    opening: str, depth: int
+) -> None:
+    # libxml2 halts its parse at 2048 levels, huge_tree or not: the article under the nest and
+    # the rest of the page after it were lost. Such a page is parsed again (html_deep_tree): its
+    # elements to 2000 levels, the text of deeper ones in place.
+    after = "<p>After the nest, the delta's farmers still move their fields every spring.</p>"
+    inner = f"<h1>The delta grows</h1>{_paras(BODY)}"
+    nest = _nested(opening, depth, inner)
+    html = f"<html><head><title>Delta</title></head><body>{nest}{after}</body></html>"
+    doc = html_text.parse_html(html)
+    assert doc is not None
+    assert max(len(list(el.iterancestors())) for el in doc.iter()) < 2048
+    for engines in ("never", "fast|ours"):
+        page = extract_html(html, engines)  # type: ignore[arg-type]
+        assert all(para in page.text for para in BODY)
+        assert page.title == "Delta"
+    assert "farmers still move" in html_text._text_of(doc)
+
+
+def test_a_page_parsed_again_for_its_depth_keeps_names_and_characters_lxml_refuses_out() -> None:
+    # libxml2 reads <script="async"> as a tag of that name and keeps control characters, which
+    # lxml refuses to create from Python: past the depth limit the element is left out (its text
+    # kept), the characters dropped, and an attribute lxml refuses left off its element.
+    html = (
+        '<html><body><p class=\'lede\'>A\x0bB</p><script="async">x</script="async">'
+        "<p a\x01b='1' id='k'>kept</p>" + _nested("<div>", 2100, "<p>deep</p>") + "</body></html>"
+    )
+    doc = html_text.parse_html(html)
+    assert doc is not None
+    text = html_text._text_of(doc)
+    assert "AB" in text and "kept" in text and "deep" in text
+    assert doc.find(".//p[@id='k']") is not None and doc.find(".//p[@class='lede']") is not None
+
+
+@pytest.mark.timeout(300)
+def test_a_page_of_a_million_nested_tags_extracts_within_the_pools_limits() -> None:
+    # Parsed again past libxml2's depth limit, every element of the nest is an event worked in
+    # Python: a 3 MB page of a million nested tags, the article after it.
+    article = f"<article><h1>The delta grows</h1>{_paras(BODY)}</article>"
+    html = f"<html><body>{'<b>' * 1_000_000}{article}</body></html>"
+    doc = Document("/d/deep.html", html.encode(), "text/html")
+    with ExtractionPool(PoolConfig(processes=1)) as pool:
+        results = list(pool.map([doc], want_text=True, apply_filters=False, fingerprint=False))
+    assert len(results) == 1
+    result = results[0][1]
+    assert result.error == ""
+    assert all(para in result.text for para in BODY)
+
+
 @pytest.mark.parametrize("where", ["text", "attribute"])
 def test_a_text_or_attribute_over_10_mb_does_not_lose_the_page(where: str) -> None:
     # libxml2 refuses a text node or attribute value over 10,000,000 characters unless told the
@@ -1155,9 +1207,9 @@ def test_a_text_or_attribute_over_10_mb_does_not_lose_the_page(where: str) -> No
 def test_hostile_nesting_ends_as_the_article_without_recursion_errors(
     opening: str, depth: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Past libxml2's 2048 levels the rest of the page is cut; below them our walks are
-    # iterative, and trafilatura, which recurses into nested lists, raises RecursionError there:
-    # caught, and our text is the page's.
+    # Past libxml2's 2048 levels the page is parsed again, its elements kept to 2000 levels; our
+    # walks are iterative, and trafilatura, which recurses into nested lists, raises
+    # RecursionError there: caught, and our text is the page's.
     html = f"<html><body><article>{_paras(BODY)}{_nested(opening, depth, 'x')}</article></body></html>"
     with caplog.at_level(logging.DEBUG, logger="crystalline.ingest.html_text"):
         for engines in ("never", "fast|ours"):
