@@ -274,9 +274,10 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=cmd_ingest)
 
 
-# the [ingest] keys each command leaves out: what only the daemon's drop folder and shards use
+# the [ingest] keys each command leaves out: what only the daemon's drop folder and shards use,
+# and for extract, which opens no database, the registry's
 INGEST_LEAVES_OUT = ("drop_settle_s",)
-EXTRACT_LEAVES_OUT = ("drop_settle_s", "batch_documents", "batch_bytes")
+EXTRACT_LEAVES_OUT = ("drop_settle_s", "batch_documents", "batch_bytes", "database", "database_timeout_s")
 
 
 def settings_tree(leaves_out: tuple[str, ...]) -> Tree:

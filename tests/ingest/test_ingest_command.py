@@ -279,6 +279,26 @@ def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -
 
 
 @pytest.mark.timeout(150)
+def test_extract_offers_no_database_keys(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """extract opens no database: --database and --database-timeout-s are not its flags (a usage
+    error, exit 64, as any unknown flag) nor keys of its --config file, as drop-settle-s is not;
+    ingest keeps them."""
+    text = tmp_path / "a.txt"
+    text.write_text("plain text", encoding="utf-8")
+    assert "--database" not in run(["extract", "--help"], cli_env).stdout
+    assert "--database-timeout-s" in run(["ingest", "--help"], cli_env).stdout
+    for flag, value in (("--database", "postgresql://u@127.0.0.1:1/x"), ("--database-timeout-s", "3")):
+        proc = run(["extract", flag, value, str(text)], cli_env)
+        assert proc.returncode == 64 and proc.stdout == "", (flag, proc.stdout, proc.stderr)
+        assert proc.stderr.endswith(f"crystalline: error: unrecognized arguments: {flag}\n"), proc.stderr
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[ingest]\ndatabase-timeout-s = 3\n", encoding="utf-8")
+    proc = run(["extract", "--config", str(cfg), str(text)], cli_env)
+    assert proc.returncode == 64, proc.stderr
+    assert f"{cfg}: unknown key [ingest] database-timeout-s" in proc.stderr, proc.stderr
+
+
+@pytest.mark.timeout(150)
 def test_extract_through_the_main_cli_loads_no_extractor_or_crawler_in_the_parent(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
