@@ -55,7 +55,8 @@ language model) once per set, trafilatura's clock starts after its import. So CP
 also given both ways: every start-up included (trafilatura's added) and none (crystalline's
 taken off), a start-up being the median CPU of STARTUP_RUNS fresh processes that load what a page
 needs and work none (``crystalline extract --json`` of an empty .html file; ``python -c "import
-trafilatura"``): :func:`measure_startups`.
+trafilatura"``): :func:`measure_startups`. Every child process keeps its bytecode under PYCACHE
+(compiled once, as an installed package's), whatever PYTHONDONTWRITEBYTECODE says.
 
     .venv/bin/python bench/extract_heldout.py [--set NAME ...] [--cache DIR] [--dev-set DIR] [--json]
 """
@@ -158,6 +159,12 @@ class HeldOutSet:
 
 
 EXTRACT_TIMEOUT_S = 600  # crystalline extract over all the pages of one set
+# Where the child processes keep the bytecode of what they import, written by the first and read
+# by the rest, as an installed package has it: under PYTHONDONTWRITEBYTECODE (set in this
+# workplace's shells) crystalline's modules, run from the source tree, were compiled anew in
+# every run, while trafilatura's came from the .pyc files pip wrote (~30 ms of CPU of each of
+# our start-ups charged to us).
+PYCACHE = Path.home() / ".cache" / "crystalline" / "pycache"
 STARTUP_RUNS = 5  # fresh processes per extractor whose median CPU is its start-up
 # crystalline's start-up run ends so: everything a page needs is loaded, and no page is worked
 EMPTY_PAGE_ERROR = '"error": "empty file (0 bytes)"'
@@ -378,7 +385,9 @@ def run_crystalline(pages: list[Page]) -> tuple[dict[str, str], float, float]:
     command = _pinned([str(program), "extract", "--json", *(str(p.html) for p in pages)])
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False)
+        out = subprocess.run(
+            command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False, env=_child_env()
+        )
     except subprocess.TimeoutExpired:
         raise SystemExit(f"extract_heldout: crystalline extract ran past {EXTRACT_TIMEOUT_S} s") from None
     except OSError as e:
@@ -411,6 +420,13 @@ def _crystalline_program() -> Path:
     return Path(sys.executable).with_name("crystalline")
 
 
+def _child_env() -> dict[str, str]:
+    """This process's environment, bytecode written and read under PYCACHE."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    return env
+
+
 def _pinned(command: list[str]) -> list[str]:
     """``command`` under ``taskset -c CPU`` to one CPU, where taskset exists."""
     return (
@@ -423,7 +439,9 @@ def _child_cpu(command: list[str], status: int = 0, says: str = "") -> float:
     with ``status`` and prints ``says``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False)
+        out = subprocess.run(
+            command, capture_output=True, text=True, timeout=EXTRACT_TIMEOUT_S, check=False, env=_child_env()
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise SystemExit(f"extract_heldout: start-up run {' '.join(command)}: {e}") from None
     if out.returncode != status or says not in out.stdout:
