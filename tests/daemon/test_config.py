@@ -7,6 +7,7 @@ import argparse
 import inspect
 import json
 import logging
+import re
 import subprocess
 import sys
 import tomllib
@@ -207,6 +208,31 @@ def test_example_file_is_current_and_documents_http_and_its_off_switch(
         cfg = tmp_path / "c.toml"
         cfg.write_text(text.replace(line, line[2:]), encoding="utf-8")
         assert config.parse_bind(config.resolve(parse(["--config", str(cfg)]), {}).daemon.http) == bind
+
+
+@pytest.mark.parametrize(
+    ("table_name", "key"),
+    [("daemon", "database"), ("crawl", "database"), ("crawl", "database-timeout-s"),
+     ("ingest", "database"), ("ingest", "database-timeout-s")],
+)  # fmt: skip
+def test_example_file_lists_the_database_keys_commented_with_their_defaults(
+    tmp_path: Path, table_name: str, key: str
+) -> None:
+    """Each database key is in its table of the example, commented out; uncommented, it gives
+    the key's default (so the file shows what the daemon does without it)."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    tables = re.split(r"^\[(\w+)\]$", text, flags=re.M)
+    section = dict(zip(tables[1::2], tables[2::2], strict=True))[table_name]
+    lines = [line for line in section.splitlines() if line.startswith(f"# {key} = ")]
+    every = text.splitlines()
+    assert len(lines) == 1 and every.count(lines[0]) == 1, (table_name, key, lines)
+    every[every.index(lines[0])] = lines[0][2:]
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("\n".join(every), encoding="utf-8")
+    resolved = config.resolve(parse(["--config", str(cfg)]), {})
+    default = config.resolve(parse([]), {})
+    name = key.replace("-", "_")
+    assert getattr(getattr(resolved, table_name), name) == getattr(getattr(default, table_name), name)
 
 
 # ---- one-line errors naming the source, the key and what is allowed ----------------------------
