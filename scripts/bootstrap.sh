@@ -56,6 +56,16 @@ if ! command -v tesseract >/dev/null 2>&1; then
     fi
 fi
 
+# OCR runs tesseract under setpriv --pdeathsig (ingest/ocr.py): util-linux >= 2.33, essential on
+# Debian and Ubuntu, so it is named here rather than installed (apt-get cannot give a newer one)
+if ! command -v setpriv >/dev/null 2>&1; then
+    echo "bootstrap: setpriv is missing: OCR of images and scanned PDFs needs it (util-linux >= 2.33)" \
+         "and will fail until you run: sudo apt-get install util-linux" >&2
+elif [[ "$(setpriv --help 2>/dev/null)" != *--pdeathsig* ]]; then
+    echo "bootstrap: setpriv has no --pdeathsig: OCR of images and scanned PDFs needs util-linux >= 2.33" \
+         "($(command -v setpriv) is older) and will fail until it is upgraded" >&2
+fi
+
 # A Debian package a test needs (test.sh asks for them), installed as root, named when not root:
 # test_package PACKAGE "what skips without it"
 test_package() {
