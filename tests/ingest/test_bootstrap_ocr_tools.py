@@ -58,7 +58,9 @@ def run_bootstrap(tmp_path: Path, setpriv_help: str | None) -> subprocess.Comple
         (NEW_HELP, ""),
     ],
 )
-def test_bootstrap_names_a_missing_or_old_setpriv(tmp_path: Path, setpriv_help: str | None, said: str) -> None:
+def test_bootstrap_names_a_missing_or_old_setpriv(
+    tmp_path: Path, setpriv_help: str | None, said: str
+) -> None:
     proc = run_bootstrap(tmp_path, setpriv_help)
     assert proc.returncode == 0, proc.stderr  # OCR's tools are named, the install goes on
     if said:
@@ -67,4 +69,3 @@ def test_bootstrap_names_a_missing_or_old_setpriv(tmp_path: Path, setpriv_help: 
         assert "util-linux >= 2.33" in lines[0] and "OCR" in lines[0], lines
     else:
         assert proc.stderr == "", proc.stderr
-
