@@ -31,14 +31,18 @@ def stop_resource_tracker(left: Callable[[], float] | None = None) -> None:
     daemon's stop budget's clock, which a second signal cuts; ``TIMEOUT_S`` by default) is
     down to ``REAP_S``, and reaped in what is left (else the process's exit leaves it to init).
     Uses the tracker's private ``_lock``, ``_fd`` and ``_pid`` (present in 3.11-3.13), as its
-    own ``_stop()`` does, but never ``_stop()`` itself, which waits without a deadline."""
-    tracker: Any = resource_tracker._resource_tracker
-    with tracker._lock:
-        fd, pid = getattr(tracker, "_fd", None), getattr(tracker, "_pid", None)
-        if fd is None or pid is None:
-            return
-        os.close(fd)  # the tracker's EOF, once no other process holds the pipe
-        tracker._fd = tracker._pid = None
+    own ``_stop()`` does, but never ``_stop()`` itself, which waits without a deadline. On a
+    Python without them: one warning, and the tracker is left to end with this process (its
+    pipe closes then: under systemd it may be killed at the stop's end, as before this)."""
+    try:
+        pid = _close_pipe()
+    except AttributeError as exc:
+        log.warning(
+            "resource tracker not stopped: %s (read for Python 3.11-3.13); it ends with this process", exc
+        )
+        return
+    if pid is None:
+        return
     left = left or within(TIMEOUT_S)
     killed = False
     try:
@@ -54,3 +58,17 @@ def stop_resource_tracker(left: Callable[[], float] | None = None) -> None:
             time.sleep(min(0.05, max(remaining, 0.001)))
     except ChildProcessError:  # reaped already
         pass
+
+
+def _close_pipe() -> int | None:
+    """Close this process's end of the tracker's pipe and forget it, as its ``_stop()`` does:
+    the tracker's pid, or None when none runs. AttributeError on a Python whose tracker keeps
+    them under other names (then nothing is closed)."""
+    tracker: Any = resource_tracker._resource_tracker
+    with tracker._lock:
+        fd, pid = tracker._fd, tracker._pid
+        if fd is None or pid is None:
+            return None
+        os.close(fd)  # the tracker's EOF, once no other process holds the pipe
+        tracker._fd = tracker._pid = None
+    return int(pid)
