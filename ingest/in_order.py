@@ -22,11 +22,6 @@ class InputOrder(Generic[T]):
         self._held: dict[int, T] = {}
         self._next = 0  # the index to release next
 
-    @property
-    def held(self) -> int:
-        """Items that came and wait for an earlier one."""
-        return len(self._held)
-
     def may_take(self, index: int) -> bool:
         """Whether the work for ``index`` (the next one after those taken) may start now."""
         return index < self._next + self.ahead
