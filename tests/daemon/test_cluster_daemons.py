@@ -192,6 +192,11 @@ def test_a_member_paused_and_resumed_at_once_is_back_in_the_group(machines: Mach
     print("member 2 between pause and resume:", *said, sep="\n  ")  # which window the resume hit
 
 
+# the form-until-fails test's --cluster-timeout-s (the harness's 5 s elsewhere): how long the two
+# wait for the silent member, and how long it is silent before it is dropped once killed
+FORM_TIMEOUT_S = 3.0
+
+
 def silent_member(machines: Machines, i: int, rendezvous: int) -> subprocess.Popen[bytes]:
     """A member that registers on machine ``i`` and beats, but never forms a generation (a bare
     c10d client of the rendezvous point, not a daemon: what the others see of a control that is
@@ -214,8 +219,10 @@ def silent_member(machines: Machines, i: int, rendezvous: int) -> subprocess.Pop
 def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(machines: Machines) -> None:
     """A third member registers and beats but never forms its generation: the two daemons say
     they are forming it (training paused, no rank, world 0), then that the third did not come
-    within --cluster-timeout-s; once it is gone they train as two again."""
-    rendezvous = machines.start_all((0, 1))
+    within --cluster-timeout-s (FORM_TIMEOUT_S here: the order is the same for any timeout, the
+    silent member beating every 0.5 s); once it is gone they train as two again."""
+    timeout = ("--cluster-timeout-s", f"{FORM_TIMEOUT_S:g}")
+    rendezvous = machines.start_all((0, 1), lambda i: timeout)
     for i in (0, 1):
         machines.wait(i, world(2), "two members training")
     silent = silent_member(machines, 2, rendezvous)
@@ -251,7 +258,8 @@ def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(m
             training = forming[i]["training"]["state"]
             assert (training, cluster["rank"], cluster["world"]) == ("paused", None, 0), forming[i]
             said = failed[i]["cluster"]["state"]
-            assert "(rank(s) [2] did not come within 5 s); waiting for the next" in said, said
+            absent = f"(rank(s) [2] did not come within {FORM_TIMEOUT_S:g} s); waiting for the next"
+            assert absent in said, said
     finally:
         silent.kill()
         silent.wait(timeout=30)
