@@ -118,6 +118,23 @@ def latest_documents(
     ]
 
 
+async def _cleanup_within(runner: web.AppRunner, timeout_s: float) -> None:
+    """aiohttp's close of ``runner``, cut after ``timeout_s``: the connections it left open are
+    then aborted (their peers get a reset), in one warning."""
+    server = runner.server  # its connections, before the cleanup lets go of it
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    done, _ = await asyncio.wait([cleanup], timeout=timeout_s)
+    if done:
+        cleanup.result()
+        return
+    cleanup.cancel()
+    left = [c.transport for c in server.connections if c.transport is not None] if server is not None else []
+    for transport in left:
+        transport.abort()
+    log.warning("dashboard: aiohttp's close did not end in %.1f s: cut, %d connection(s) aborted",
+                timeout_s, len(left))  # fmt: skip
+
+
 def _finite(obj: Any) -> Any:
     """JSON for a browser: NaN and infinities (not JSON) become null."""
     if isinstance(obj, float):
@@ -247,7 +264,11 @@ class Dashboard:
         most READ_CLOSE_WAIT_S of what is beyond CLOSE_S; then aiohttp closes the idle keep-alive
         connections at once and gives a request in progress (an event stream) and a half-sent one
         SHUTDOWN_S each (CLOSE_S together), then closes them: never cut earlier, which would leave
-        them open."""
+        them open. aiohttp's close is cut at the end of ``timeout_s`` (CLOSE_S at least) whatever
+        it does (an older aiohttp's ``Server.wait_closed`` waits for every connection on Python
+        3.12+): the connections it left are aborted then."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
         self._closed = True
         # a read in flight closes the reader when it ends (each of its waits has a deadline); with
         # none, the reader is closed here (on PostgreSQL up to 10 s): either within the same time,
@@ -255,8 +276,8 @@ class Dashboard:
         reading = self._reading or asyncio.ensure_future(asyncio.to_thread(self._close_registry))
         await asyncio.wait([reading], timeout=min(READ_CLOSE_WAIT_S, max(0.0, timeout_s - CLOSE_S)))
         if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+            runner, self._runner = self._runner, None
+            await _cleanup_within(runner, max(CLOSE_S, until - loop.time()))
             with contextlib.suppress(FileNotFoundError):
                 self.token_path.unlink()
         self.state = transition(SERVICE, self.state, "off")

@@ -6,6 +6,7 @@ does not hurry control out of its final checkpoint)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -143,3 +144,32 @@ def test_a_signal_after_the_stop_command_is_the_first_signal_not_a_second(tmp_pa
     assert any("signal 15: stopping" in line for line in lines), lines[-30:]
     hurried = [line for line in lines if "second signal" in line]
     assert hurried == [], hurried
+
+
+def test_the_stop_completes_with_dashboard_peers_that_never_read(tmp_path: Path) -> None:
+    """The dashboard's close (aiohttp's, CLOSE_S in the stop's 53 s worst case) ends with real
+    peers holding connections open that never read nor answer (an event stream, a connection
+    that sent nothing): the stop goes on past it to the end, and the peers get EOF."""
+    peers: list[socket.socket] = []
+
+    def peers_then_sigterm(proc: subprocess.Popen[bytes], run: Path) -> None:
+        url = json.loads((run / "dashboard.json").read_text(encoding="utf-8"))["url"]
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        for head in (f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode(), b""):
+            peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # what it is sent backs up
+            peer.connect((host, int(port)))
+            peer.sendall(head)
+            peers.append(peer)
+        wait_daemon(run, proc, lambda d: d["http"]["event_clients"] >= 1, "the event stream served", 60)
+        proc.send_signal(signal.SIGTERM)
+
+    lines = _stopped_daemon(
+        tmp_path, ("-m", "crystalline.daemon.cli"), peers_then_sigterm, ("--http", "127.0.0.1:0")
+    )
+    assert not any("aiohttp's close did not end" in line for line in lines), lines[-30:]
+    for peer in peers:
+        peer.settimeout(60)
+        while peer.recv(65536):  # what was sent, then EOF
+            pass
+        peer.close()

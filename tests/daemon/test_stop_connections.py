@@ -5,11 +5,15 @@ a command or an event stream in progress), whatever Python's ``Server.wait_close
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from test_dashboard import FakeGeneration, Recorder, fake_status
 
 from crystalline.daemon.commands import Command
@@ -66,15 +70,8 @@ def test_the_dashboard_closes_keep_alive_half_sent_and_event_stream_clients(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        (tmp_path / "run").mkdir()
-        registry = functools.partial(Registry, tmp_path / "registry.sqlite3", read_only=True)
-        history = MetricsHistory(None)
-        dashboard = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
-                              history, tmp_path / "checkpoints", registry, FakeGeneration())  # fmt: skip
-        await dashboard.start()
-        assert dashboard.url is not None, dashboard.error
-        host_port = dashboard.url.removeprefix("http://").rstrip("/")
-        host, port = host_port.rsplit(":", 1)
+        dashboard, host, port = await _open_dashboard(tmp_path)
+        host_port = f"{host}:{port}"
         keep_alive = await asyncio.open_connection(host, int(port))
         keep_alive[1].write(f"GET /metrics HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode())
         head = await asyncio.wait_for(keep_alive[0].readuntil(b"\r\n\r\n"), BOUND_S)
@@ -94,3 +91,87 @@ def test_the_dashboard_closes_keep_alive_half_sent_and_event_stream_clients(
         assert not dashboard.token_path.exists()
 
     asyncio.run(scenario())
+
+
+async def _open_dashboard(tmp_path: Path) -> tuple[Dashboard, str, int]:
+    (tmp_path / "run").mkdir()
+    registry = functools.partial(Registry, tmp_path / "registry.sqlite3", read_only=True)
+    history = MetricsHistory(None)
+    dashboard = Dashboard(("127.0.0.1", 0), tmp_path / "run", fake_status, Recorder().commands(),
+                          history, tmp_path / "checkpoints", registry, FakeGeneration())  # fmt: skip
+    await dashboard.start()
+    assert dashboard.url is not None, dashboard.error
+    host, port = dashboard.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    return dashboard, host, int(port)
+
+
+def _silent_peer(host: str, port: int, request: bytes) -> socket.socket:
+    """A real client that sends ``request`` and then never reads nor answers (a receive buffer of
+    a few KiB, so that what the server writes backs up at once)."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect((host, port))
+    peer.sendall(request)
+    return peer
+
+
+def test_the_dashboard_closes_with_peers_that_never_read_and_refuses_new_ones(tmp_path: Path) -> None:
+    """aiohttp's close (CLOSE_S, which the stop's 53 s worst case adds on) ends with an event
+    stream whose client never reads, one that sent nothing, and one that sent half a request."""
+
+    async def scenario() -> None:
+        dashboard, host, port = await _open_dashboard(tmp_path)
+        head = f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        half = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()  # the headers never end
+        peers = [_silent_peer(host, port, request) for request in (head, b"", half)]
+        while dashboard.info()["event_clients"] < 1:  # the event stream is being served
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(dashboard.close(2.0), BOUND_S)
+        assert dashboard.state == "off" and dashboard.info()["event_clients"] == 0
+        with pytest.raises(ConnectionRefusedError):  # no longer listening
+            socket.create_connection((host, port), timeout=BOUND_S).close()
+        for peer in peers:  # each was closed: what was sent, then EOF
+            peer.settimeout(BOUND_S)
+            while peer.recv(65536):
+                pass
+            peer.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever aiohttp does (the aiohttp here ends it in CLOSE_S, an older one's
+    ``Server.wait_closed`` on Python 3.12+ waits for every connection: a cleanup that never ends
+    stands for it, the one thing not real here), the close ends at its deadline (what the stop
+    gives it, CLOSE_S at least): the real server's connections are aborted, in one line."""
+    hook: list[str] = []
+
+    class NeverCleaned(web.AppRunner):
+        __slots__ = ()
+
+        async def cleanup(self) -> None:
+            hook.append("waiting")
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        dashboard, host, port = await _open_dashboard(tmp_path)
+        assert dashboard._runner is not None
+        dashboard._runner.__class__ = NeverCleaned
+        head = f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        peer = _silent_peer(host, port, head)
+        while dashboard.info()["event_clients"] < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(dashboard.close(1.0), BOUND_S)
+        assert hook == ["waiting"] and dashboard.state == "off"
+        peer.settimeout(BOUND_S)
+        with contextlib.suppress(ConnectionResetError):  # aborted: what was sent, then EOF or a reset
+            while peer.recv(65536):
+                pass
+        peer.close()
+
+    with caplog.at_level(logging.WARNING, "crystalline.dashboard"):
+        asyncio.run(scenario())
+    cut = [r.getMessage() for r in caplog.records if "close" in r.getMessage()]
+    assert len(cut) == 1 and cut[0].startswith("dashboard: aiohttp's close did not end"), caplog.messages
