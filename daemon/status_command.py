@@ -131,7 +131,12 @@ def summary(data: dict[str, Any]) -> str:
         f"crystalline  {data.get('state', '?')}  up {_fmt(data.get('uptime_s'), '.0f')} s",
         f"training     step {t.get('step', '-')}  tokens {t.get('tokens', '-')}  loss {_fmt(t.get('loss'))}  "
         f"val {_fmt(t.get('val_loss'))}  {_fmt(t.get('tokens_per_s'), ',.0f')} tok/s  "
-        f"params v{t.get('params_version', '-')}  checkpoint @{t.get('last_checkpoint_step', '-')}",
+        f"params v{t.get('params_version', '-')}  "
+        + (
+            f"checkpoint @{t['last_checkpoint_step']}"
+            if t.get("last_checkpoint_step") is not None
+            else "checkpoint none yet"
+        ),
         # bits per byte and perplexity beside each loss: models with other tokenizers compare
         f"per byte     loss {_fmt(t.get('bpb'))} bpb (perplexity {_fmt(t.get('perplexity'), '.2f')})  "
         f"val {_fmt(t.get('val_bpb'))} bpb (perplexity {_fmt(t.get('val_perplexity'), '.2f')})"

@@ -137,3 +137,13 @@ def test_summary_gives_bits_per_byte_and_perplexity_beside_each_loss() -> None:
     assert "raw weights' val 2.7000 (3.8953 bpb)" in line
     plain = next(x for x in summary(judged(data())).splitlines() if x.startswith("per byte"))
     assert "raw" not in plain and "loss - bpb" in plain
+
+
+def test_summary_says_when_no_checkpoint_is_written_yet() -> None:
+    # the daemon sends last_checkpoint_step null until its first checkpoint: not 'checkpoint @None'
+    line = next(
+        x for x in summary(judged(data(last_checkpoint_step=None))).splitlines() if x.startswith("training")
+    )
+    assert line.endswith("checkpoint none yet")
+    line = next(x for x in summary(judged(data())).splitlines() if x.startswith("training"))
+    assert line.endswith("checkpoint @5")
