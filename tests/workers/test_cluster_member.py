@@ -709,7 +709,7 @@ def test_a_restarted_hosts_first_generation_waits_for_the_members_of_the_store_i
     never steps alone) and the host is sent member 1's state."""
     model = GPT(CFG)
     params = init_params(model.table, 0)
-    members = hosted_members(on_loopback(2, 1, 3, 5.0))
+    members = hosted_members(on_loopback(2, 1, 3, 3.0))
     settings = [m.s for m in members]
     engines = [
         LocalEngine(GPT(CFG), AdamWConfig(warmup_steps=0), lambda _s, i=i: batch(i, 2), exchange=m)
