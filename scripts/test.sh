@@ -17,7 +17,7 @@ echo "== pytest" >&2
 # the project's own modules compiled once, here: every process the tests start (daemons, their
 # workers, CLI runs) reads them instead of compiling them again (with PYTHONDONTWRITEBYTECODE set,
 # as in CI, nothing else writes them)
-"$VENV/bin/python" -m compileall -q daemon workers crawler ingest shm pkg tokens tests >/dev/null
+"$VENV/bin/python" -m compileall -q daemon workers crawler ingest shm pkg tokens tests  # errors only
 # BLAS threads: the tests run several processes on 2 cores; one thread each keeps them honest.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 # what tests leave for people to look at (the dashboard's screenshots), kept after the run
