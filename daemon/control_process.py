@@ -46,6 +46,7 @@ from ..descriptors import (
     shard_map_cap,
     soft_limit,
 )
+from ..log_lines import log_to_stderr
 from ..shm.segments import SharedMemoryFull
 from ..states import TRAINING, transition
 from ..tokens.learned_vocab import vocab_path
@@ -512,7 +513,7 @@ def _checkpoint_state(checkpoint_dir: Path, step: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None, data_factory: Callable[[Any], ReadyData] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     spec = json.loads(args[0])
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s control: %(message)s")
+    log_to_stderr("%(levelname)s control: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when control stops
     raise_soft_limit()  # inherited from the supervisor already; also when started on its own
     if data_factory is None:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..log_lines import log_to_stderr
 from ..shm.blocks import HEADER_SIZE, decode_table
 from ..shm.segments import SHM_DIR, segment_name
 from ..tokens.tokenizer import Tokenizer, load_tokenizer
@@ -319,7 +320,7 @@ def serve(generator: Generator, stdin: Any, stdout: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s generate: %(message)s", stream=sys.stderr)
+    log_to_stderr("%(levelname)s generate: %(message)s")
     spec = json.loads(args[0])
     generator = Generator(TrainConfig(**spec["train"]), Path(spec["state_dir"]))
     try:

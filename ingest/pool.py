@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from crystalline.documents import Document
+from crystalline.log_lines import log_to_stderr
 
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
 from .filters import FilterSettings, judge
@@ -220,7 +221,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, config_json: str) 
     os.environ["OMP_THREAD_LIMIT"] = "1"  # tesseract: one thread per pool worker
     # Ctrl-C reaches the whole process group; the owner stops the pool (EOF on the pipe)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format=f"ingest-pool[{os.getpid()}] %(levelname)s %(message)s")
+    log_to_stderr(f"ingest-pool[{os.getpid()}] %(levelname)s %(message)s")
     config = json.loads(config_json)
     # what fingerprints and token ids are computed with, loaded before the address-space limit
     # and before the worker is ready (75-95 ms of CPU: not in a document's time limit)

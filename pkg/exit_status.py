@@ -15,6 +15,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from .log_lines import log_to_stderr
+
 OK = 0
 ERROR = 1  # an error the user can act on: a missing file, a bad value, a daemon unreachable
 DEGRADED = 2  # `crystalline status`: the daemon answers but is unhealthy
@@ -98,9 +100,5 @@ def main(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     """Parse ``argv`` (a usage error exits ``USAGE``), set up logging on stderr (``--debug``:
     DEBUG, else INFO) and run the chosen subcommand's ``func`` through :func:`run_command`."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    log_to_stderr("%(levelname)s %(name)s: %(message)s", logging.DEBUG if args.debug else logging.INFO)
     return run_command(args.func, args)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from crystalline.log_lines import log_to_stderr
 from crystalline.shm.blocks import ArrayBlock
 
 from . import protocol as P
@@ -164,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(args[0])
     # Ctrl-C reaches the whole process group; control decides when workers stop (STOP)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(levelname)s worker-{spec['worker']:02d}: %(message)s",
-    )
+    log_to_stderr(f"%(levelname)s worker-{spec['worker']:02d}: %(message)s")
     return serve(spec)
 
 
