@@ -18,6 +18,9 @@ from _wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
+# the cluster's deadline here (the harness's 5 s elsewhere): how long the cut-off members wait
+# before they say so, and the host's coordinator before it drops them; the order is the same
+TIMEOUT = ("--cluster-timeout-s", "3")
 RECEIVED = re.compile(r"state of step (\d+) received from rank (\d+) \(this member was at step (\d+)")
 
 
@@ -50,7 +53,7 @@ def test_a_cut_off_rendezvous_host_steps_alone_only_if_min_allows_and_all_agree_
     with machines_on_this_box(3) as machines:
         if machines.kind != "namespaces":
             pytest.skip("a partition needs network namespaces; this machine does not allow them")
-        machines.start_all(range(3), lambda i: nodes)
+        machines.start_all(range(3), lambda i: (*nodes, *TIMEOUT))
         for i in range(3):
             machines.wait(i, stepping(3, 5), "three members training")
         cut = len(machines.log(0))
