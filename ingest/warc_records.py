@@ -73,17 +73,38 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
     with what identifies its record (:func:`record_identity`)."""
     with open(os.dup(fd), "rb") as stream:
         stream.seek(0)
+        size = os.fstat(fd).st_size
+        end = 0  # where the last record read ends in the file
         try:
-            for record in ArchiveIterator(stream):
+            records = ArchiveIterator(stream)
+            for record in records:
                 if record.format != "warc":  # warcio reads ARC too, and takes any text for it
                     result.error = f"record {result.records + 1} is no WARC record"
                     break
                 result.records += 1
                 document = _document(record, max_bytes)
+                # warcio ends a record at the file's end without a word: its payload is a part,
+                # or (cut in its header) it is a record without a Content-Length
+                if record.length is None:
+                    result.error = f"record {result.records} is cut short or broken: it has no Content-Length"
+                    break
+                if _cut_short(record):
+                    result.error = f"record {result.records} is cut short: the file ends inside it"
+                    break
                 if document is None:
                     result.skipped += 1
                     continue
                 yield record_identity(record, document.body), document
+            if result.records:
+                end = records.get_record_offset() + records.get_record_length()
+            # bytes after the last record (but its closing blank lines): a record's start, cut
+            # before warcio could read it, which it passes over as the file's end
+            if not result.error and end < size - len(b"\r\n\r\n"):
+                result.error = f"record {result.records + 1} is cut short: the file ends inside it"
+        except AttributeError:  # warcio, on a response record's header without WARC-Target-URI
+            result.error = (
+                f"record {result.records + 1} is cut short or broken: its header could not be parsed"
+            )
         except (ArchiveLoadFailed, OSError, ValueError, EOFError) as exc:
             result.error = f"stopped at record {result.records + 1}: {' '.join(str(exc).split())[:200]}"
 
@@ -107,6 +128,15 @@ def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:
             charset = value.strip("\"' ").lower()
     url = record.rec_headers.get_header("WARC-Target-URI") or ""
     return Document(url, body, media.strip().lower(), charset, origin="warc")
+
+
+def _cut_short(record: ArcWarcRecord) -> bool:
+    """Whether the record, its payload read, ends before its ``Content-Length`` (what is left of
+    its block read through first: a chunked payload's end leaves its last line unread)."""
+    stream = record.raw_stream
+    while stream.read(65536):
+        pass
+    return bool(getattr(stream, "limit", 0) > 0)  # no limit: a gzip member, cut or not, read whole
 
 
 def record_identity(record: ArcWarcRecord, body: bytes) -> str:
