@@ -12,6 +12,7 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
+from crystalline.documents import Document
 from crystalline.ingest.warc_records import WarcYield, html_responses
 
 PAGE = b"<html><head><title>t</title></head><body><p>" + b"words of a page " * 100 + b"</p></body></html>"
@@ -29,17 +30,21 @@ def _warc(n: int) -> bytes:
     return out.getvalue()
 
 
+def _read(path: Path) -> tuple[list[Document], WarcYield]:
+    result = WarcYield()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [document for _, document in html_responses(fd, 1 << 20, result)], result
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("compressed", [True, False])
 def test_a_record_cut_short_is_not_taken_for_a_whole_page(tmp_path: Path, compressed: bool) -> None:
     whole = _warc(2) if compressed else gzip.decompress(_warc(2))
     path = tmp_path / "cut.warc"
     path.write_bytes(whole[: len(whole) - 300])  # inside the second record
-    result = WarcYield()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        documents = [document for _, document in html_responses(fd, 1 << 20, result)]
-    finally:
-        os.close(fd)
+    documents, result = _read(path)
     assert [d.source for d in documents] == ["https://example.org/0"]
     assert documents[0].body == PAGE
     # gzip: the cut falls in the second record's header; plain: in its payload
@@ -54,12 +59,7 @@ def test_a_record_cut_short_is_not_taken_for_a_whole_page(tmp_path: Path, compre
 def test_a_whole_warc_has_no_error(tmp_path: Path) -> None:
     path = tmp_path / "whole.warc.gz"
     path.write_bytes(_warc(2))
-    result = WarcYield()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        documents = [document for _, document in html_responses(fd, 1 << 20, result)]
-    finally:
-        os.close(fd)
+    documents, result = _read(path)
     assert [d.body for d in documents] == [PAGE, PAGE] and result.error == "" and result.records == 2
 
 
@@ -74,11 +74,6 @@ def test_a_cut_in_a_records_header_is_named(tmp_path: Path, into: int, error: st
     whole = gzip.decompress(_warc(2))
     path = tmp_path / "cut.warc"
     path.write_bytes(whole[: whole.index(b"WARC/1.0", 10) + into])
-    result = WarcYield()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        documents = [document for _, document in html_responses(fd, 1 << 20, result)]
-    finally:
-        os.close(fd)
+    documents, result = _read(path)
     assert [d.body for d in documents] == [PAGE]
     assert result.error == error
