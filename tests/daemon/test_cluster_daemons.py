@@ -35,6 +35,12 @@ def machines() -> Iterator[Machines]:
             m.close()
 
 
+# --cluster-timeout-s of the tests that wait it out (a member killed, cut off, or never forming
+# its generation): the harness's 5 s elsewhere; the order they check is the same for any timeout
+SHORT_TIMEOUT_S = 3.0
+SHORT_TIMEOUT = ("--cluster-timeout-s", f"{SHORT_TIMEOUT_S:g}")
+
+
 def world(n: int, step: int = 5):  # type: ignore[no-untyped-def]
     """A status test: ``n`` members training, past ``step``."""
     return lambda s: (s.get("cluster") or {}).get("world") == n and s["training"]["step"] >= step
@@ -88,17 +94,17 @@ def test_three_members_publish_the_same_parameters(machines: Machines) -> None:
 
 
 def test_a_killed_member_is_dropped_and_rejoins_with_the_groups_state(machines: Machines) -> None:
-    rendezvous = machines.start_all(range(3))
+    rendezvous = machines.start_all(range(3), lambda i: SHORT_TIMEOUT)
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     machines.kill(2)  # every process of that daemon at once: the machine is gone
     killed = time.monotonic()
     at_kill = max(machines.status(i)["training"]["step"] for i in (0, 1))
-    for i in (0, 1):  # dropped after --cluster-timeout-s 5; the issue asks for a step within 60 s
+    for i in (0, 1):  # dropped after --cluster-timeout-s 3; the issue asks for a step within 60 s
         machines.wait(i, world(2, at_kill + 1), "the others stepping again without it", timeout_s=60)
     print(f"the other two step again {time.monotonic() - killed:.1f} s after the kill ({machines.kind})")
     agree(machines, [0, 1])
-    machines.start(2, rendezvous)
+    machines.start(2, rendezvous, SHORT_TIMEOUT)
     for i in range(3):
         machines.wait(i, world(3, at_kill + 10), "the restarted member back in the group")
     assert agree(machines, [0, 1, 2]) > at_kill
@@ -108,7 +114,7 @@ def test_a_killed_member_is_dropped_and_rejoins_with_the_groups_state(machines: 
 def test_a_member_cut_off_pauses_and_rejoins(machines: Machines) -> None:
     if machines.kind != "namespaces":
         pytest.skip("a partition needs network namespaces; this machine does not allow them")
-    machines.start_all(range(3))
+    machines.start_all(range(3), lambda i: SHORT_TIMEOUT)
     for i in range(3):
         machines.wait(i, world(3), "three members training")
     machines.link(1, up=False)
@@ -192,11 +198,6 @@ def test_a_member_paused_and_resumed_at_once_is_back_in_the_group(machines: Mach
     print("member 2 between pause and resume:", *said, sep="\n  ")  # which window the resume hit
 
 
-# the form-until-fails test's --cluster-timeout-s (the harness's 5 s elsewhere): how long the two
-# wait for the silent member, and how long it is silent before it is dropped once killed
-FORM_TIMEOUT_S = 3.0
-
-
 def silent_member(machines: Machines, i: int, rendezvous: int) -> subprocess.Popen[bytes]:
     """A member that registers on machine ``i`` and beats, but never forms a generation (a bare
     c10d client of the rendezvous point, not a daemon: what the others see of a control that is
@@ -219,10 +220,9 @@ def silent_member(machines: Machines, i: int, rendezvous: int) -> subprocess.Pop
 def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(machines: Machines) -> None:
     """A third member registers and beats but never forms its generation: the two daemons say
     they are forming it (training paused, no rank, world 0), then that the third did not come
-    within --cluster-timeout-s (FORM_TIMEOUT_S here: the order is the same for any timeout, the
-    silent member beating every 0.5 s); once it is gone they train as two again."""
-    timeout = ("--cluster-timeout-s", f"{FORM_TIMEOUT_S:g}")
-    rendezvous = machines.start_all((0, 1), lambda i: timeout)
+    within --cluster-timeout-s (SHORT_TIMEOUT_S; the silent member beats every 0.5 s); once it
+    is gone they train as two again."""
+    rendezvous = machines.start_all((0, 1), lambda i: SHORT_TIMEOUT)
     for i in (0, 1):
         machines.wait(i, world(2), "two members training")
     silent = silent_member(machines, 2, rendezvous)
@@ -258,7 +258,7 @@ def test_members_say_they_form_a_generation_until_a_member_of_it_fails_to_come(m
             training = forming[i]["training"]["state"]
             assert (training, cluster["rank"], cluster["world"]) == ("paused", None, 0), forming[i]
             said = failed[i]["cluster"]["state"]
-            absent = f"(rank(s) [2] did not come within {FORM_TIMEOUT_S:g} s); waiting for the next"
+            absent = f"(rank(s) [2] did not come within {SHORT_TIMEOUT_S:g} s); waiting for the next"
             assert absent in said, said
     finally:
         silent.kill()
