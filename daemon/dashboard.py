@@ -398,6 +398,8 @@ class Dashboard:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
             raise CommandError("the request body is not JSON") from None
+        except RecursionError:  # [[[...: the parser's depth, reached well within MAX_BODY
+            raise CommandError("the request body is not JSON: nested too deep") from None
         if not isinstance(body, dict):
             raise CommandError("the request body must be a JSON object")
         return body

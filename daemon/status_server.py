@@ -271,6 +271,8 @@ class StatusServer:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             return {"ok": False, "error": "request is not JSON"}, False
+        except RecursionError:  # [[[...: the parser's depth, reached well within a line's 16 KiB
+            return {"ok": False, "error": "request is not JSON: nested too deep"}, False
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             return {"ok": False, "error": 'request must be an object with a "cmd" string'}, False
         command = self.commands.get(request["cmd"])

@@ -627,3 +627,22 @@ def test_history_keeps_a_validation_line_per_source_and_documents_show_their_sur
     registry.record_surprise([("d1", 3.25)])
     assert latest_documents(registry)[0]["surprise"] == 3.25
     registry.close()
+
+
+def test_a_body_nested_too_deep_for_the_json_parser_is_a_400(tmp_path: Path) -> None:
+    asyncio.run(_test_a_body_nested_too_deep(tmp_path))
+
+
+async def _test_a_body_nested_too_deep(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, rec):
+        good = {"Content-Type": "application/json", TOKEN_HEADER: d.token}
+        deep = '{"prompt": ' + "[" * 5000 + "]" * 5000 + "}"  # within MAX_BODY; RecursionError in json
+        async with aiohttp.ClientSession() as s:
+            for action in ("api/generate", "api/add-url"):
+                async with s.post(d.url + action, data=deep, headers=good) as r:
+                    assert r.status == 400
+                    assert await r.json() == {
+                        "ok": False,
+                        "error": "the request body is not JSON: nested too deep",
+                    }
+        assert rec.calls == []

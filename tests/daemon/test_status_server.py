@@ -432,3 +432,20 @@ def test_connection_limits_follow_the_open_files_limit(sock_dir: Path) -> None:
     assert 2 <= limits["max_clients"] < 96 // 2 and limits["reserve"] >= 1
     assert (first["held"], first["refused"]) == (held, 200 - held)  # each told, none left hanging
     assert replies == [{"ok": True, "data": {"up": True}}] * 3
+
+
+def test_a_request_nested_too_deep_for_the_json_parser_is_answered(sock_dir: Path) -> None:
+    # 16 KiB hold 5,000 levels of [...]; Python's json raises RecursionError (no ValueError) past ~1,000
+    deep = b'{"cmd": "status", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+
+    async def main() -> list[dict[str, Any]]:
+        server = StatusServer(sock_dir / "s.sock", COMMANDS)
+        await server.start()
+        try:
+            return [await _roundtrip(server.path, p) for p in (deep, b'{"cmd": "status", "x": 1}\n')]
+        finally:
+            await server.close()
+
+    too_deep, after = run(main())
+    assert too_deep == {"ok": False, "error": "request is not JSON: nested too deep"}
+    assert after == {"ok": True, "data": {"echo": 1}}
