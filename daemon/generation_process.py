@@ -38,6 +38,8 @@ from ..workers.model import GELU_C, GELU_K, GPT, LN_EPS
 from ..workers.sampling import pick_token
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
+from .generation_service import generate_fields
+from .status_server import CommandError
 
 log = logging.getLogger("crystalline.generate")
 
@@ -256,13 +258,9 @@ class Generator:
             self.vocabulary(req, send)
             return
         rid = req.get("id")
-        prompt = str(req.get("prompt") or "\n")
-        n = int(req.get("n", 200))
-        temperature = float(req.get("temperature", 0.8))
-        top_k = int(req.get("top_k", 0))
-        if not 1 <= n <= 2000 or temperature < 0 or top_k < 0:
-            raise ValueError("n must be 1-2000, temperature and top_k not negative")
-        rng = np.random.default_rng(req.get("seed"))
+        fields = generate_fields(req)  # the supervisor's check, again for a request sent unchecked
+        prompt, n, temperature, top_k = fields["prompt"], fields["n"], fields["temperature"], fields["top_k"]
+        rng = np.random.default_rng(fields["seed"])
         version = self.published.copy(self.params)
         started = time.monotonic()
         seq_len = self.model.config.seq_len
@@ -314,7 +312,7 @@ def serve(generator: Generator, stdin: Any, stdout: Any) -> None:
             continue
         try:
             generator.run(req, send)
-        except (NotPublished, ValueError, TypeError) as exc:
+        except (NotPublished, CommandError, ValueError, TypeError) as exc:
             send({"id": req.get("id"), "error": str(exc)})
 
 

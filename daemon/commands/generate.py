@@ -1,7 +1,10 @@
 """generate: sample a continuation from the published parameters, beside training.
 
 Request:  {"cmd": "generate", "prompt": "...", "n": 200, "temperature": 0.8, "top_k": 0,
-          "seed": 1}   (all optional: n 1..2000, temperature 0..5, top_k 0 = all)
+          "seed": 1}   (all optional: prompt at most 4000 characters; n an integer 1..2000;
+          temperature a number 0..5, 0 the likeliest token; top_k an integer 0..65536, 0 = all;
+          seed an integer 0..4294967295 or null. A JSON integer: no bool, no point or
+          exponent (2.0, 1e3), no string; anything else is refused in one line naming the field)
 Reply:    {"prompt": "...", "text": "...", "step": <parameters' step>, "tokens_per_s": ...}
 Served by the generation process, so training never waits for it. Open to every user of the
 socket, one request at a time per uid, within 10 % of wall time per uid and 25 % for all,
