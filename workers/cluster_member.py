@@ -106,6 +106,7 @@ class Membership:
         self.leaves = 0  # leave() calls; the thread tells the store of each (``told``), even
         self.told = 0  # when rejoin() came before its tick: the next registration is a new number
         self._stop = threading.Event()
+        self._wake = threading.Event()  # close(): the thread's last tick now, not a tick later
         self._server: dist.TCPStore | None = None
         self.guard: RendezvousGuard | None = None
         if settings.hosts_store:  # the server lives as long as this process
@@ -155,7 +156,7 @@ class Membership:
         client: dist.TCPStore | None = None
         registered = False
         beat = 0
-        while not self._stop.wait(self.tick_s):
+        while not self._wake.wait(self.tick_s) or not self._stop.is_set():
             try:
                 if client is None:
                     if self.leaving:  # a new connection holds no number to tell the store of
@@ -269,12 +270,14 @@ class Membership:
             self.failed.add(generation)
 
     def close(self) -> None:
-        """The thread tells the store that this member leaves (its last tick) and ends. Cut off
+        """The thread, woken for its last tick at once (not a ``tick_s`` later), tells the store
+        that this member leaves and ends. Cut off
         from the rendezvous point (the host is gone, or the link), there is no one to tell: the
         thread ends at once, or after the try to reach it that it is in (``reconnect_s``). Not yet
         known to be cut off (a link gone silent: a store call in hand waits out the deadline), it
         waits for the thread's last tick as for any other."""
         self.leaving = True
+        self._wake.set()
         cut_off = self.unreachable()
         if cut_off is None:
             self._thread.join(timeout=self.tick_s * 3 + self.s.timeout_s)
