@@ -12,7 +12,7 @@ echo "== mypy (beside pytest; its report follows pytest's)" >&2
 mypy_out="$(mktemp)"
 timeout 900 "$VENV/bin/mypy" >"$mypy_out" 2>&1 &
 mypy_pid=$!
-trap '[[ -z "$mypy_pid" ]] || kill "$mypy_pid" 2>/dev/null; rm -f "$mypy_out"' EXIT
+trap '[[ -z "$mypy_pid" ]] || kill "$mypy_pid" 2>/dev/null || true; rm -f "$mypy_out"' EXIT
 echo "== pytest" >&2
 # the project's own modules compiled once, here: every process the tests start (daemons, their
 # workers, CLI runs) reads them instead of compiling them again (with PYTHONDONTWRITEBYTECODE set,
@@ -22,8 +22,38 @@ echo "== pytest" >&2
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 # what tests leave for people to look at (the dashboard's screenshots), kept after the run
 export CRYSTALLINE_TEST_ARTIFACTS="${CRYSTALLINE_TEST_ARTIFACTS:-$ROOT/test-artifacts}"
+# pytest runs in the background so that this shell can pass signals on as if it had exec'd pytest:
+# a TERM to this process alone (a runner stopping the command it started) goes on to pytest, and a
+# Ctrl-C reaches pytest from the terminal itself (a background job ignores INT unless told not to;
+# an INT sent to this process alone, not from its terminal, is passed on); either ends mypy, and
+# the run ends with pytest's status
+pytest_pid=""
+stopping=""
+stop() {  # stop SIGNAL
+    stopping=1
+    [[ -z "$mypy_pid" ]] || kill "$mypy_pid" 2>/dev/null
+    [[ -n "$pytest_pid" ]] || exit $((128 + $(kill -l "$1")))
+    if [[ "$1" == TERM ]] || ! from_terminal; then
+        kill -"$1" "$pytest_pid" 2>/dev/null || true
+    fi
+}
+from_terminal() {  # whether this shell's process group is its terminal's foreground one
+    local stat pgrp tpgid
+    stat="$(</proc/$$/stat)"
+    read -r _ _ pgrp _ _ tpgid _ <<<"${stat##*) }"
+    [[ "$pgrp" == "$tpgid" ]]
+}
+trap 'stop TERM' TERM
+trap 'stop INT' INT
+(trap - INT; exec "$VENV/bin/python" -m pytest "$@") &
+pytest_pid=$!
 pytest_status=0
-"$VENV/bin/python" -m pytest "$@" || pytest_status=$?
+wait "$pytest_pid" || pytest_status=$?
+if [[ -n "$stopping" ]]; then  # the signal cut the wait short: pytest's own end is the status
+    pytest_status=0
+    wait "$pytest_pid" || pytest_status=$?
+    exit "$pytest_status"
+fi
 echo "== mypy" >&2
 mypy_status=0
 wait "$mypy_pid" || mypy_status=$?

@@ -1,0 +1,113 @@
+"""scripts/test.sh, the test command, with stand-ins for what it runs: its own bootstrap (the
+real one installs), ruff and compileall that pass, a pytest and a mypy that run until signalled
+(or end with a given status). A TERM to the script's process alone (a runner that signals the
+command it started) and a Ctrl-C (an INT to its whole process group, as a terminal sends it) stop
+both stand-ins, and the script ends with pytest's status, as when it exec'd pytest."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests._wait import until
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "test.sh"
+BOOTSTRAP = 'ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"\nVENV="$ROOT/.venv"\n'
+RUFF = "#!/bin/sh\nexit 0\n"
+# each stand-in writes its pid (the sleep's, after exec), or ends at once with STANDIN_<NAME>_EXIT
+MYPY = '#!/bin/sh\n[ -z "$STANDIN_MYPY_EXIT" ] || { echo mypy-said; exit "$STANDIN_MYPY_EXIT"; }\n'
+MYPY += 'echo $$ > "$STANDIN_PIDS/mypy"\nexec sleep 120\n'
+# pytest's stand-in ends as pytest does: 2 on a Ctrl-C (KeyboardInterrupt), killed by a TERM
+PYTEST = (
+    "import os, sys, time\n"
+    "open(os.path.join(os.environ['STANDIN_PIDS'], 'pytest'), 'w').write(str(os.getpid()))\n"
+    "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    sys.exit(2)\n"
+)
+PYTHON = '#!/bin/sh\n[ "$2" = compileall ] && exit 0\n[ "$2" = pytest ] || exit 99\n'
+PYTHON += '[ -z "$STANDIN_PYTEST_EXIT" ] || exit "$STANDIN_PYTEST_EXIT"\n'
+PYTHON += 'exec "$STANDIN_PYTHON" -c "$STANDIN_PYTEST"\n'
+
+
+def _runs(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, root / "scripts" / "test.sh")
+    (root / "scripts" / "bootstrap.sh").write_text(BOOTSTRAP, encoding="utf-8")
+    venv_bin = root / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    for name, text in (("ruff", RUFF), ("mypy", MYPY), ("python", PYTHON)):
+        (venv_bin / name).write_text(text, encoding="utf-8")
+        (venv_bin / name).chmod(0o755)
+    (tmp_path / "pids").mkdir()
+    return root
+
+
+def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    root = _tree(tmp_path)
+    env = {
+        "PATH": os.environ["PATH"],
+        "STANDIN_PIDS": str(tmp_path / "pids"),
+        "STANDIN_PYTHON": sys.executable,
+        "STANDIN_PYTEST": PYTEST,
+        **env,
+    }
+    return subprocess.Popen(
+        ["bash", str(root / "scripts" / "test.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: a Ctrl-C is an INT to that group
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("send", "status"), [("term-to-the-script", 143), ("ctrl-c", 2)])
+def test_a_signal_to_the_test_command_stops_pytest_and_mypy(tmp_path: Path, send: str, status: int) -> None:
+    script = _start(tmp_path)
+    pids = tmp_path / "pids"
+    standins: list[int] = []
+    try:
+        until(lambda: all((pids / name).is_file() for name in ("mypy", "pytest")), "stand-ins started", 60)
+        standins = [int((pids / name).read_text(encoding="ascii")) for name in ("pytest", "mypy")]
+        if send == "ctrl-c":
+            os.killpg(script.pid, signal.SIGINT)
+        else:
+            os.kill(script.pid, signal.SIGTERM)
+        script.wait(timeout=60)
+        until(lambda: not any(_runs(pid) for pid in standins), lambda: f"stand-ins end: {standins}", 30)
+        assert script.returncode == status
+    finally:
+        for pid in standins:  # what the script left running (it holds the output pipe open)
+            if _runs(pid):
+                os.kill(pid, signal.SIGKILL)
+        script.kill()
+        script.communicate(timeout=60)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("pytest_exit", "mypy_exit", "status"), [("0", "0", 0), ("3", "1", 3), ("0", "1", 1)]
+)
+def test_the_test_command_fails_when_pytest_or_mypy_fails(
+    tmp_path: Path, pytest_exit: str, mypy_exit: str, status: int
+) -> None:
+    script = _start(tmp_path, STANDIN_PYTEST_EXIT=pytest_exit, STANDIN_MYPY_EXIT=mypy_exit)
+    out, _ = script.communicate(timeout=60)
+    assert script.returncode == status, out
+    assert out.index("== mypy\n") < out.index("mypy-said"), out  # mypy's report follows pytest's
