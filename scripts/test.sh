@@ -22,26 +22,18 @@ echo "== pytest" >&2
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 # what tests leave for people to look at (the dashboard's screenshots), kept after the run
 export CRYSTALLINE_TEST_ARTIFACTS="${CRYSTALLINE_TEST_ARTIFACTS:-$ROOT/test-artifacts}"
-# pytest runs in the background so that this shell can pass signals on as if it had exec'd pytest:
-# a TERM to this process alone (a runner stopping the command it started) goes on to pytest, and a
-# Ctrl-C reaches pytest from the terminal itself (a background job ignores INT unless told not to;
-# an INT sent to this process alone, not from its terminal, is passed on); either ends mypy, and
-# the run ends with pytest's status
+# pytest runs in the background so that this shell can pass a TERM on as if it had exec'd pytest
+# (a runner stopping the command it started signals this process alone); a Ctrl-C, which the
+# terminal sends to the whole process group, reaches pytest itself (a background job ignores INT
+# unless told not to), so it is not passed on (twice would cut pytest's teardown short). Either ends
+# mypy, and the run ends with pytest's status
 pytest_pid=""
 stopping=""
 stop() {  # stop SIGNAL
     stopping=1
-    [[ -z "$mypy_pid" ]] || kill "$mypy_pid" 2>/dev/null
+    [[ -z "$mypy_pid" ]] || kill "$mypy_pid" 2>/dev/null || true
     [[ -n "$pytest_pid" ]] || exit $((128 + $(kill -l "$1")))
-    if [[ "$1" == TERM ]] || ! from_terminal; then
-        kill -"$1" "$pytest_pid" 2>/dev/null || true
-    fi
-}
-from_terminal() {  # whether this shell's process group is its terminal's foreground one
-    local stat pgrp tpgid
-    stat="$(</proc/$$/stat)"
-    read -r _ _ pgrp _ _ tpgid _ <<<"${stat##*) }"
-    [[ "$pgrp" == "$tpgid" ]]
+    [[ "$1" != TERM ]] || kill -TERM "$pytest_pid" 2>/dev/null || true
 }
 trap 'stop TERM' TERM
 trap 'stop INT' INT
