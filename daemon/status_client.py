@@ -8,6 +8,7 @@ whose cores are all training (issue 19: importing numpy, aiohttp and the crawler
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -22,7 +23,10 @@ def request(path: Path, payload: dict[str, Any], timeout_s: float = 10.0) -> dic
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)  # every connect, send and recv below: never hangs on a dead daemon
         sock.connect(str(path))
-        sock.sendall(json.dumps(payload).encode() + b"\n")
+        # a refusal (too many connections) is written before the server closes, unread: the
+        # send may fail, the refusal is read below
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps(payload).encode() + b"\n")
         chunks: list[bytes] = []
         size = 0
         while True:

@@ -449,3 +449,23 @@ def test_a_request_nested_too_deep_for_the_json_parser_is_answered(sock_dir: Pat
     too_deep, after = run(main())
     assert too_deep == {"ok": False, "error": "request is not JSON: nested too deep"}
     assert after == {"ok": True, "data": {"echo": 1}}
+
+
+def test_a_refused_client_reads_the_refusal_even_when_its_request_cannot_be_sent(sock_dir: Path) -> None:
+    # The server writes its refusal and closes without reading: a request bigger than the
+    # socket's buffer fails to send (EPIPE), as a small one does when the server was quicker.
+    # The client still reads the line, so `crystalline status` says why instead of 'Broken pipe'.
+    async def main() -> dict[str, Any]:
+        server = StatusServer(sock_dir / "s.sock", COMMANDS, max_clients=1, operator_reserve=0)
+        await server.start()
+        try:
+            held = await asyncio.open_unix_connection(str(server.path))
+            await until_async(lambda: server.stats()["clients"] == 1, "the held connection is registered", 10)
+            reply = await asyncio.to_thread(request, server.path, {"cmd": "status", "x": "a" * 1_000_000})
+            held[1].close()
+            return reply
+        finally:
+            await server.close()
+
+    reply = run(main())
+    assert reply["ok"] is False and "connections" in reply["error"]
