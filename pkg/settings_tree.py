@@ -41,7 +41,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -382,8 +382,9 @@ Given = tuple[Any, Source, Any]  # value, where it came from, how it is shown
 
 @dataclass(frozen=True)
 class Tree:
-    """The tables one command reads, the command's own defaults, the keys it leaves out, and
-    which tables' flags carry the table's name (``run --crawl-concurrency``)."""
+    """The tables one command reads, the command's own defaults, the keys it leaves out (no flag,
+    not reported; a file or the environment shared with the daemon may still set them: checked,
+    then unused), and which tables' flags carry the table's name (``run --crawl-concurrency``)."""
 
     tables: dict[str, Table]
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -495,10 +496,13 @@ class Tree:
                 values[slot], sources[slot] = self.default(key)
                 shown[slot] = key.shown(None, values[slot])
         built = {}
+        left_out = {slot: given[slot] for slot in given if slot not in values}  # keys it leaves out
+        sources.update({slot: source for slot, (_, source, _) in left_out.items()})
         for name, tab in self.tables.items():
             changed = {
                 k: v for (t, k), v in values.items() if t == name and sources[(t, k)].kind != "default"
             }
+            changed.update({k: value for (t, k), (value, _, _) in left_out.items() if t == name})
             built[name] = self._build(tab, changed, sources)
         return Resolved(built, shown, sources)
 
@@ -599,8 +603,10 @@ class Tree:
             return  # another command's table
         tab = self.tables[table_name]
         found = tab.lookup(name)
-        if found is None or found[0].name in self.exclude.get(table_name, ()):
-            raise UsageError(f"{source}: {unknown(tab, name, self.exclude.get(table_name, ()))}")
+        # a key this command leaves out (it has no flag) is still a key of the table: a file or an
+        # environment shared with the daemon may set it; resolve checks it, and the command ignores it
+        if found is None:
+            raise UsageError(f"{source}: {unknown(tab, name)}")
         key, negate, deprecated = found
         if deprecated and not quiet:
             _deprecated(_spot(source, where), _new_name(kind, key, negate))
@@ -626,9 +632,9 @@ def _claim(flag: str, taken: set[str]) -> None:
     taken.add(flag)
 
 
-def unknown(tab: Table, name: str, exclude: Sequence[str] = ()) -> str:
+def unknown(tab: Table, name: str) -> str:
     """ "unknown key [t] x (did you mean ...; keys: ...)" in one line."""
-    names = [k.dashed for k in tab.keys.values() if k.name not in exclude]
+    names = [k.dashed for k in tab.keys.values()]
     dashed = name.replace("_", "-")
     close = difflib.get_close_matches(dashed, names, n=3)
     hint = f"did you mean {' or '.join(close)}? " if close else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -17,6 +18,8 @@ import pytest
 from _extract_run import run_extract
 
 from crystalline.ingest.file_read import read_at_most
+
+SHIPPED_CONFIG = Path(__file__).resolve().parents[2] / "systemd" / "crystalline.toml"
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -281,8 +284,8 @@ def test_help_and_one_line_user_error(tmp_path: Path, cli_env: dict[str, str]) -
 @pytest.mark.timeout(150)
 def test_extract_offers_no_database_keys(tmp_path: Path, cli_env: dict[str, str]) -> None:
     """extract opens no database: --database and --database-timeout-s are not its flags (a usage
-    error, exit 64, as any unknown flag) nor keys of its --config file, as drop-settle-s is not;
-    ingest keeps them."""
+    error, exit 64, as any unknown flag); ingest keeps them. (A config file may still set them:
+    test_a_config_shared_with_the_daemon_serves_extract_and_ingest.)"""
     text = tmp_path / "a.txt"
     text.write_text("plain text", encoding="utf-8")
     assert "--database" not in run(["extract", "--help"], cli_env).stdout
@@ -291,11 +294,46 @@ def test_extract_offers_no_database_keys(tmp_path: Path, cli_env: dict[str, str]
         proc = run(["extract", flag, value, str(text)], cli_env)
         assert proc.returncode == 64 and proc.stdout == "", (flag, proc.stdout, proc.stderr)
         assert proc.stderr.endswith(f"crystalline: error: unrecognized arguments: {flag}\n"), proc.stderr
-    cfg = tmp_path / "c.toml"
-    cfg.write_text("[ingest]\ndatabase-timeout-s = 3\n", encoding="utf-8")
+
+
+@pytest.mark.timeout(200)
+def test_a_config_shared_with_the_daemon_serves_extract_and_ingest(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The shipped systemd/crystalline.toml with every commented key set (the first of two
+    spellings of one key), and the daemon's own [ingest] keys (drop-settle-s, the shards'
+    batch sizes): extract and ingest read it, each using its keys and checking the rest as the
+    daemon would; a misspelt key and a bad value of a key the command does not use still fail."""
+    text = tmp_path / "a.txt"
+    text.write_text(samples.prose(7), encoding="utf-8")
+    seen: set[str] = set()
+    lines = []
+    for line in SHIPPED_CONFIG.read_text(encoding="utf-8").splitlines():
+        found = re.match(r"# ([a-z][a-z-]*) = ", line)
+        if line.startswith("["):
+            seen = set()
+        elif found and found[1] not in seen:
+            seen.add(found[1])
+            line = line[2:]
+        lines.append(line)
+    shared = "\n".join(lines).replace("[ingest]\n", "[ingest]\ndrop-settle-s = 3\nbatch-documents = 50\n")
+    assert "\ndatabase-timeout-s = 15" in shared and "\n# database" not in shared, shared
+    cfg = tmp_path / "crystalline.toml"
+    cfg.write_text(shared, encoding="utf-8")
     proc = run(["extract", "--config", str(cfg), str(text)], cli_env)
-    assert proc.returncode == 64, proc.stderr
-    assert f"{cfg}: unknown key [ingest] database-timeout-s" in proc.stderr, proc.stderr
+    assert (proc.returncode, proc.stdout) == (0, samples.prose(7) + "\n"), proc.stderr
+    proc = run(["ingest", "--config", str(cfg), "--data-dir", str(tmp_path / "data"), str(text)], cli_env)
+    assert proc.returncode == 0 and "documents=1 " in proc.stdout, (proc.stdout, proc.stderr)
+    for table_text, said in (
+        ("database-timeut-s = 15", "unknown key [ingest] database-timeut-s (did you mean database-timeout-s"),
+        ("database-timeout-s = 0", "[ingest] database-timeout-s "),
+        ("drop-settle-s = -1", "drop-settle-s not negative (set by file"),
+    ):
+        cfg.write_text(f"[ingest]\n{table_text}\n", encoding="utf-8")
+        for command in (["extract"], ["ingest", "--data-dir", str(tmp_path / "data")]):
+            proc = run([*command, "--config", str(cfg), str(text)], cli_env)
+            assert proc.returncode == 64 and proc.stdout == "", (command, table_text, proc.stderr)
+            assert said in proc.stderr and proc.stderr.count("\n") == 1, (command, table_text, proc.stderr)
 
 
 @pytest.mark.timeout(150)
