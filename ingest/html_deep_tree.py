@@ -30,7 +30,8 @@ class _DepthCappedTarget:
     ``<script="async">`` as a tag named ``script="async"``), whose text stays in place, and
     less the characters lxml refuses in a text or value (_REFUSED) and the attributes whose
     names it refuses. An attribute without a value reads "" (libxml2's tree gives it its name:
-    ``<option selected>``)."""
+    ``<option selected>``). What follows the end of the first root element is left out: libxml2
+    reports content after ``</html>`` as a second root, which its tree parse drops."""
 
     def __init__(self, maker: etree.HTMLParser, max_depth: int, breaks: Collection[str]) -> None:
         self._builder = etree.TreeBuilder(parser=maker)
@@ -38,10 +39,11 @@ class _DepthCappedTarget:
         self._max_depth = max_depth
         self._breaks = breaks
         self._built: list[bool] = []  # for each open element, whether it is in the tree
+        self._ended = False  # the first root element has ended
 
     def start(self, tag: str, attrib: Mapping[str, str]) -> None:
-        built = len(self._built) < self._max_depth and self._build(tag, attrib)
-        if not built and tag in self._breaks:
+        built = not self._ended and len(self._built) < self._max_depth and self._build(tag, attrib)
+        if not built and tag in self._breaks and not self._ended:
             self._builder.data("\n")
         self._built.append(built)
 
@@ -70,11 +72,14 @@ class _DepthCappedTarget:
     def end(self, tag: str) -> None:
         if self._built.pop():
             self._builder.end(tag)
-        elif tag in self._breaks:
+        elif tag in self._breaks and not self._ended:
             self._builder.data("\n")
+        if not self._built:
+            self._ended = True
 
     def data(self, data: str) -> None:
-        self._builder.data(_REFUSED.sub("", data))
+        if not self._ended:
+            self._builder.data(_REFUSED.sub("", data))
 
     def close(self) -> etree._Element:
         while self._built:  # elements left open where the page ends (libxml2 closes them)

@@ -1169,6 +1169,24 @@ def test_a_page_parsed_again_for_its_depth_keeps_names_and_characters_lxml_refus
     assert doc.find(".//p[@id='k']") is not None and doc.find(".//p[@class='lede']") is not None
 
 
+@pytest.mark.parametrize(
+    "trailer", ["<script>var x = 1;</script>", " <!-- x --> <p>Trailing words.</p>", "</html><p>More words."]
+)
+def test_content_after_the_end_of_a_deep_page_does_not_replace_it(trailer: str) -> None:
+    # libxml2 reports what follows </html> to a parser target as a second <html> element, and
+    # a TreeBuilder returns the last root it closed: a deep page with a script after </html>
+    # came out as that script alone, title and article lost (R17 1). Its tree parse drops the
+    # trailer: so does the re-parse, at any depth.
+    for depth in (10, 2100):
+        nest = _nested("<div>", depth, f"<h1>The delta grows</h1>{_paras(BODY)}")
+        html = f"<html><head><title>Delta</title></head><body>{nest}</body></html>{trailer}"
+        for engines in ("never", "fast|ours"):
+            page = extract_html(html, engines)  # type: ignore[arg-type]
+            assert page.title == "Delta"
+            assert all(para in page.text for para in BODY)
+            assert "var x" not in page.text and "Trailing" not in page.text and "More words" not in page.text
+
+
 @pytest.mark.timeout(300)
 def test_a_page_of_a_million_nested_tags_extracts_within_the_pools_limits() -> None:
     # Parsed again past libxml2's depth limit, every element of the nest is an event worked in
