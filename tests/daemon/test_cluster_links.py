@@ -117,9 +117,10 @@ def test_on_a_slow_link_diloco_moves_an_hth_of_the_bytes_per_step(machines: Mach
 
     step = start_three(machines)
     for i in range(3):
-        machines.wait(i, training(3, step + 5), "synchronous steps on the slow link")
+        machines.wait(i, training(3, step + 2), "synchronous steps on the slow link")
     assert agree(machines, [0, 1, 2]) > step
-    synchronous, allreduce_bytes = bytes_per_step(machines, 12)
+    # each synchronous step carries one allreduce of the same payload: a few steps measure it
+    synchronous, allreduce_bytes = bytes_per_step(machines, 6)
     # on the wire: what status says one member sends per allreduce, sent and received, plus
     # the headers, acknowledgements and the store's beats
     assert 2 * allreduce_bytes < synchronous < 2 * allreduce_bytes * 1.3, (synchronous, allreduce_bytes)
