@@ -27,24 +27,33 @@ _REFUSED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 class _DepthCappedTarget:
     """A parser target building the tree with lxml's TreeBuilder, less the elements below
     ``max_depth`` levels (and any element whose tag lxml refuses to create: libxml2 reads
-    ``<script="async">`` as a tag named ``script="async"``), whose text stays in place, and
-    less the characters lxml refuses in a text or value (_REFUSED) and the attributes whose
-    names it refuses. An attribute without a value reads "" (libxml2's tree gives it its name:
-    ``<option selected>``). What follows the end of the first root element is left out: libxml2
-    reports content after ``</html>`` as a second root, which its tree parse drops."""
+    ``<script="async">`` as a tag named ``script="async"``), whose text stays in place unless
+    it is in an element of a ``drops`` tag (script, style, nav: the tree drops those elements,
+    which it does not hold here), and less the characters lxml refuses in a text or value
+    (_REFUSED) and the attributes whose names it refuses. An attribute without a value reads ""
+    (libxml2's tree gives it its name: ``<option selected>``). What follows the end of the first
+    root element is left out: libxml2 reports content after ``</html>`` as a second root, which
+    its tree parse drops."""
 
-    def __init__(self, maker: etree.HTMLParser, max_depth: int, breaks: Collection[str]) -> None:
+    def __init__(
+        self, maker: etree.HTMLParser, max_depth: int, breaks: Collection[str], drops: Collection[str]
+    ) -> None:
         self._builder = etree.TreeBuilder(parser=maker)
         self._maker = maker
         self._max_depth = max_depth
         self._breaks = breaks
+        self._drops = drops
         self._built: list[bool] = []  # for each open element, whether it is in the tree
+        self._dropped_at: int | None = None  # the level of the outermost open unbuilt drops element
         self._ended = False  # the first root element has ended
 
     def start(self, tag: str, attrib: Mapping[str, str]) -> None:
         built = not self._ended and len(self._built) < self._max_depth and self._build(tag, attrib)
-        if not built and tag in self._breaks and not self._ended:
-            self._builder.data("\n")
+        if not built and self._dropped_at is None and not self._ended:
+            if tag in self._drops:
+                self._dropped_at = len(self._built)
+            elif tag in self._breaks:
+                self._builder.data("\n")
         self._built.append(built)
 
     def _build(self, tag: str, attrib: Mapping[str, str]) -> bool:
@@ -72,13 +81,15 @@ class _DepthCappedTarget:
     def end(self, tag: str) -> None:
         if self._built.pop():
             self._builder.end(tag)
-        elif tag in self._breaks and not self._ended:
+        elif self._dropped_at == len(self._built):
+            self._dropped_at = None
+        elif tag in self._breaks and self._dropped_at is None and not self._ended:
             self._builder.data("\n")
         if not self._built:
             self._ended = True
 
     def data(self, data: str) -> None:
-        if not self._ended:
+        if self._dropped_at is None and not self._ended:
             self._builder.data(_REFUSED.sub("", data))
 
     def close(self) -> etree._Element:
@@ -88,12 +99,17 @@ class _DepthCappedTarget:
 
 
 def parse_deep(
-    page: str, maker: etree.HTMLParser, options: Mapping[str, bool], max_depth: int, breaks: Collection[str]
+    page: str,
+    maker: etree.HTMLParser,
+    options: Mapping[str, bool],
+    max_depth: int,
+    breaks: Collection[str],
+    drops: Collection[str],
 ) -> etree._Element | None:
     """``page``'s root element, its elements to ``max_depth`` levels created by ``maker`` (a
     parser whose element class lookup they take), parsed with the HTMLParser ``options``; None
     where libxml2 finds no element."""
-    target = _DepthCappedTarget(maker, max_depth, breaks)
+    target = _DepthCappedTarget(maker, max_depth, breaks, drops)
     try:
         return etree.fromstring(page, etree.HTMLParser(target=target, **options))
     except (etree.ParserError, etree.XMLSyntaxError, ValueError):

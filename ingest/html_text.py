@@ -1281,8 +1281,9 @@ def parse_html(html: str) -> etree._Element | None:
     nested 300 deep, or everything after an inline image of over 10 MB. With it, text as long
     as the page, whose size the pool bounds, and 2048 levels, past which libxml2 halts the
     parse whatever it is told: such a page is parsed again by html_deep_tree, its elements kept
-    to _MAX_DEPTH levels and the text of deeper ones in place (trafilatura recursing into
-    2000-deep lists raises RecursionError, caught: our text is used)."""
+    to _MAX_DEPTH levels and the text of deeper ones in place but for _DROP_TAGS elements'
+    (trafilatura recursing into 2000-deep lists raises RecursionError, caught: our text is
+    used)."""
     parser = etree.HTMLParser(**_PARSE_OPTIONS)
     parser.set_element_class_lookup(_HTML_CLASSES)
     page = _XML_DECLARATION.sub("", html, count=1)
@@ -1294,7 +1295,7 @@ def parse_html(html: str) -> etree._Element | None:
     if halt is not None and halt.type == etree.ErrorTypes.ERR_RESOURCE_LIMIT:
         from .html_deep_tree import parse_deep
 
-        return parse_deep(page, parser, _PARSE_OPTIONS, _MAX_DEPTH, _BLOCK_TAGS | {"br"})
+        return parse_deep(page, parser, _PARSE_OPTIONS, _MAX_DEPTH, _BLOCK_TAGS | {"br"}, _DROP_TAGS)
     return root
 
 

@@ -1187,6 +1187,25 @@ def test_content_after_the_end_of_a_deep_page_does_not_replace_it(trailer: str) 
             assert "var x" not in page.text and "Trailing" not in page.text and "More words" not in page.text
 
 
+def test_past_libxml2s_depth_the_text_of_dropped_tags_is_left_out() -> None:
+    # Below the kept levels the elements are not built, so the tree drops nothing there: a page
+    # builder's nest put the site's scripts, styles, menu and footer in the text with the
+    # article (R17 2). Their text is left out as the tree's drop of those tags leaves it out.
+    js = "<script>window.dataLayer = window.dataLayer || []; gtag('config', 'UA-12345');</script>"
+    css = "<style>.site-header{display:flex;justify-content:space-between}</style>"
+    nav = "<nav><a href=/>Home</a> <a href=/about>About us</a></nav>"
+    footer = "<footer>Copyright 2024 Delta News. All rights reserved.</footer>"
+    for depth in (1500, 2100):
+        noscript = "<noscript><p>Enable JS</p></noscript>"
+        inner = f"{nav}{js}{css}<h1>The delta grows</h1>{_paras(BODY)}{noscript}{footer}"
+        html = f"<html><head><title>Delta</title></head><body>{_nested('<div>', depth, inner)}</body></html>"
+        for engines in ("never", "fast|ours"):
+            text = extract_html(html, engines).text  # type: ignore[arg-type]
+            assert all(para in text for para in BODY)
+            for boilerplate in ("dataLayer", "justify-content", "About us", "Enable JS", "Copyright"):
+                assert boilerplate not in text, (depth, engines, boilerplate)
+
+
 @pytest.mark.timeout(300)
 def test_a_page_of_a_million_nested_tags_extracts_within_the_pools_limits() -> None:
     # Parsed again past libxml2's depth limit, every element of the nest is an event worked in
