@@ -119,15 +119,21 @@ def latest_documents(
 
 
 async def _cleanup_within(runner: web.AppRunner, timeout_s: float) -> None:
-    """aiohttp's close of ``runner``, cut after ``timeout_s``: the connections it left open are
-    then aborted (their peers get a reset), in one warning."""
+    """aiohttp's close of ``runner``, cut after ``timeout_s``: the listening sockets are then
+    closed (a cleanup stuck before it stopped its sites leaves them listening) and the
+    connections it left open aborted (their peers get a reset), in one warning."""
     server = runner.server  # its connections, before the cleanup lets go of it
+    sites = runner.sites
     cleanup = asyncio.ensure_future(runner.cleanup())
     done, _ = await asyncio.wait([cleanup], timeout=timeout_s)
     if done:
         cleanup.result()
         return
     cleanup.cancel()
+    for site in sites:
+        listening = site._server  # what BaseSite.stop closes first
+        if listening is not None:
+            listening.close()
     left = [c.transport for c in server.connections if c.transport is not None] if server is not None else []
     for transport in left:
         transport.abort()

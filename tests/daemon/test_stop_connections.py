@@ -145,7 +145,8 @@ def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
     """Whatever aiohttp does (the aiohttp here ends it in CLOSE_S, an older one's
     ``Server.wait_closed`` on Python 3.12+ waits for every connection: a cleanup that never ends
     stands for it, the one thing not real here), the close ends at its deadline (what the stop
-    gives it, CLOSE_S at least): the real server's connections are aborted, in one line."""
+    gives it, CLOSE_S at least): the real server's connections are aborted and its listening socket
+    closed, in one line."""
     hook: list[str] = []
 
     class NeverCleaned(web.AppRunner):
@@ -165,6 +166,8 @@ def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
             await asyncio.sleep(0.01)
         await asyncio.wait_for(dashboard.close(1.0), BOUND_S)
         assert hook == ["waiting"] and dashboard.state == "off"
+        with pytest.raises(ConnectionRefusedError):  # no longer listening, though aiohttp never stopped it
+            socket.create_connection((host, port), timeout=BOUND_S).close()
         peer.settimeout(BOUND_S)
         with contextlib.suppress(ConnectionResetError):  # aborted: what was sent, then EOF or a reset
             while peer.recv(65536):
