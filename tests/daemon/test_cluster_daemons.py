@@ -133,23 +133,44 @@ def test_a_member_cut_off_pauses_and_rejoins(machines: Machines) -> None:
     assert agree(machines, [0, 1, 2]) > held
 
 
-def failed_generations(machines: Machines, rendezvous: int) -> list[int]:
-    """The generations with a ``fail/<g>`` record, read by a c10d client on machine 1 (through
-    the hosting member's guard)."""
+def failure_reader(machines: Machines) -> subprocess.Popen[str]:
+    """A c10d client on machine 1, started ahead of the daemons (its torch import takes seconds
+    on a loaded machine), that waits for the rendezvous port on its stdin (300 s at most), then
+    prints the generations with a ``fail/<g>`` record (read through the hosting member's guard)."""
     code = (
-        "import datetime, torch.distributed as dist\n"
-        f"s = dist.TCPStore({machines.addresses[0]!r}, {rendezvous}, None, False, "
+        "import datetime, select, sys, torch.distributed as dist\n"
+        "if not select.select([sys.stdin], [], [], 300)[0]:\n"
+        "    sys.exit('no rendezvous port within 300 s')\n"
+        f"s = dist.TCPStore({machines.addresses[0]!r}, int(sys.stdin.readline()), None, False, "
         "timeout=datetime.timedelta(seconds=20), wait_for_workers=False, use_libuv=False)\n"
         "print([g for g in range(1, int(s.add('gen', 0)) + 1) if s.check([f'fail/{g}'])])\n"
     )
-    out = subprocess.run(
-        [*machines.prefix(1), sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    pipe = subprocess.PIPE
+    return subprocess.Popen(
+        [*machines.prefix(1), sys.executable, "-c", code], stdin=pipe, stdout=pipe, stderr=pipe, text=True
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return [int(x) for x in out.stdout.strip().strip("[]").split(",") if x.strip()]
 
 
-def test_a_paused_member_leaves_cleanly_and_rejoins_on_resume(machines: Machines) -> None:
+def failed_generations(reader: subprocess.Popen[str], rendezvous: int) -> list[int]:
+    """What ``reader`` (:func:`failure_reader`) read of the store at ``rendezvous`` now."""
+    out, err = reader.communicate(f"{rendezvous}\n", timeout=120)
+    assert reader.returncode == 0, err[-2000:]
+    return [int(x) for x in out.strip().strip("[]").split(",") if x.strip()]
+
+
+@pytest.fixture
+def reader(machines: Machines) -> Iterator[subprocess.Popen[str]]:
+    proc = failure_reader(machines)
+    try:
+        yield proc
+    finally:
+        proc.kill()  # a no-op once it printed
+        proc.wait(timeout=30)
+
+
+def test_a_paused_member_leaves_cleanly_and_rejoins_on_resume(
+    machines: Machines, reader: subprocess.Popen[str]
+) -> None:
     """crystalline pause on member 2: it leaves after its next allreduce, which tells the
     others; they end that generation at the same step and step on as two, no collective failed;
     resume: it registers again and is brought up to date."""
@@ -169,7 +190,7 @@ def test_a_paused_member_leaves_cleanly_and_rejoins_on_resume(machines: Machines
         machines.wait(i, world(2, held + 5), "the other two stepping on as two", timeout_s=60)
     assert machines.status(2)["training"]["step"] == held  # it did not step on its own
     assert agree(machines, [0, 1]) > held
-    assert [g for g in failed_generations(machines, rendezvous) if g >= before] == []
+    assert [g for g in failed_generations(reader, rendezvous) if g >= before] == []
     for i in range(3):  # no step abandoned, no generation re-formed for a failure
         since = machines.log(i)[marks[i] :]
         assert "abandoned" not in since and "a collective failed" not in since, since[-3000:]
