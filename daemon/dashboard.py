@@ -69,6 +69,9 @@ FILES_EVERY_S = 5.0
 READ_CLOSE_WAIT_S = 5.0  # close() waits this long for a read in flight (it then closes its reader)
 SHUTDOWN_S = 0.5  # at close, what a request in progress gets (aiohttp's shutdown_timeout)
 CLOSE_S = 2 * SHUTDOWN_S  # aiohttp's close at most: the request's end, then its cancelled task's
+# aiohttp's close is cut no earlier than this: twice its own worst case, so that an ordinary close
+# (an event stream open) racing a cut at a spent stop budget is never taken for one that overran
+CUT_S = 2 * CLOSE_S
 SPIRAL_EVERY_S = 60.0
 SNAPSHOT_S = 0.5
 CSP = (
@@ -264,15 +267,16 @@ class Dashboard:
         os.chmod(tmp, 0o640)  # whatever the umask
         os.replace(tmp, path)
 
-    async def close(self, timeout_s: float = READ_CLOSE_WAIT_S + CLOSE_S) -> None:
-        """Stop serving, in ``timeout_s`` at most when that is CLOSE_S or more (the daemon's stop
+    async def close(self, timeout_s: float = READ_CLOSE_WAIT_S + CUT_S) -> None:
+        """Stop serving, in ``timeout_s`` at most when that is CUT_S or more (the daemon's stop
         gives it what is left of its budget): a read in flight, or the registry's close, gets at
-        most READ_CLOSE_WAIT_S of what is beyond CLOSE_S; then aiohttp closes the idle keep-alive
+        most READ_CLOSE_WAIT_S of what is beyond CUT_S; then aiohttp closes the idle keep-alive
         connections at once and gives a request in progress (an event stream) and a half-sent one
-        SHUTDOWN_S each (CLOSE_S together), then closes them: never cut earlier, which would leave
-        them open. aiohttp's close is cut at the end of ``timeout_s`` (CLOSE_S at least) whatever
-        it does (an older aiohttp's ``Server.wait_closed`` waits for every connection on Python
-        3.12+): the connections it left are aborted then."""
+        SHUTDOWN_S each (CLOSE_S together), then closes them. aiohttp's close is cut at the end of
+        ``timeout_s``, never before CUT_S (twice CLOSE_S, so that its ordinary end always comes
+        first), whatever it does (an older aiohttp's ``Server.wait_closed`` waits for every
+        connection on Python 3.12+): the listening socket is closed and the connections it left
+        are aborted then."""
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
         self._closed = True
@@ -280,10 +284,10 @@ class Dashboard:
         # none, the reader is closed here (on PostgreSQL up to 10 s): either within the same time,
         # a thread still at it left to the daemon's stop (given up on at its EXIT_S)
         reading = self._reading or asyncio.ensure_future(asyncio.to_thread(self._close_registry))
-        await asyncio.wait([reading], timeout=min(READ_CLOSE_WAIT_S, max(0.0, timeout_s - CLOSE_S)))
+        await asyncio.wait([reading], timeout=min(READ_CLOSE_WAIT_S, max(0.0, timeout_s - CUT_S)))
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            await _cleanup_within(runner, max(CLOSE_S, until - loop.time()))
+            await _cleanup_within(runner, max(CUT_S, until - loop.time()))
             with contextlib.suppress(FileNotFoundError):
                 self.token_path.unlink()
         self.state = transition(SERVICE, self.state, "off")

@@ -15,8 +15,10 @@ documents it has: the process exits without it, which loses nothing, as at ``EXI
 
 The worst case, from the constants: the components by ``STOP_S`` (35 s); the cleanup's waits by
 ``END_S`` (52 s; their caps add up to more than the 17 s left, so ``END_S`` binds), and aiohttp's
-close, never cut before ``dashboard.CLOSE_S`` (1 s) and cut there past it (its connections
-aborted: ``dashboard._cleanup_within``): the stop's own steps end by 53 s.
+close, which takes ``dashboard.CLOSE_S`` (1 s) at most and is never cut before
+``dashboard.CUT_S`` (2 s: twice that, derived from it, so that its ordinary end is never taken
+for an overrun) and cut there past it (the listening socket closed, its connections aborted:
+``dashboard._cleanup_within``): the stop's own steps end by 54 s.
 What they left running in threads the interpreter's exit would wait for without a deadline (the
 loop's: ingest's batch storing what it has, then closing its pool, drop folder and registry; a
 vocabulary pass; and any other loop's, such as the crawl's WARC append or spool put) is waited
@@ -42,7 +44,7 @@ from typing import Any
 from ..thread_join import JOIN_SLICE_S
 
 STOP_S = 35.0  # control, the crawl, ingest and the vocabulary have stopped (or were given up on)
-END_S = 52.0  # the cleanup's waits end (aiohttp's close may take its 1 s past it, then is cut)
+END_S = 52.0  # the cleanup's waits end (aiohttp's close may take 2 s past it, then is cut)
 EXIT_S = 57.0  # the threads the stop left running are given up on: the process exits
 HURRIED_S = 5.0  # after a second signal, what is left of every wait
 

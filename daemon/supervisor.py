@@ -8,7 +8,7 @@ and ingest to take no further document, then, beside control's stop, stops the c
 ingest, then the vocabulary; it unlinks what it created
 and exits 0. The components' stops (by STOP_S) and every wait of the cleanup after them (by
 END_S, each within its cap) take from one budget (``stop_budget.py``) inside the unit's
-TimeoutStopSec=60: its steps end by 53 s at worst, and the threads they leave working (ingest's
+TimeoutStopSec=60: its steps end by 54 s at worst, and the threads they leave working (ingest's
 batch storing; any thread the interpreter's exit would join, the crawl loop's too) are given up
 on at EXIT_S, 57 s, the process exiting without them (README
 "Stopping"). A second signal (the first after the
@@ -47,7 +47,7 @@ from .component_runner import Backoff, ComponentRunner, describe
 from .config import Settings
 from .control_link import ControlLink
 from .crawl_service import CrawlService
-from .dashboard import CLOSE_S, READ_CLOSE_WAIT_S, Dashboard, parse_bind
+from .dashboard import CUT_S, READ_CLOSE_WAIT_S, Dashboard, parse_bind
 from .generation_service import GenerationService
 from .health import judge
 from .ingest_service import IngestService
@@ -81,7 +81,7 @@ LOCK_WAIT_S = 3.0  # how long a starting supervisor tries to take the state dire
 RUNNER_S = 1.0  # control's runner, once control has exited
 RING_CLOSE_S = RING_JOIN_S  # the batch ring's server and filler threads, together
 INGEST_CLOSE_S = CLOSE_GRACE_S + KILLED_GRACE_S  # ingest's pool: its processes' end, then the killed ones'
-DASHBOARD_CLOSE_S = READ_CLOSE_WAIT_S + CLOSE_S  # a read in flight, then aiohttp's close
+DASHBOARD_CLOSE_S = READ_CLOSE_WAIT_S + CUT_S  # a read in flight, then aiohttp's close (cut at CUT_S)
 TRACKER_S = TRACKER_TIMEOUT_S  # multiprocessing's resource tracker
 SOCKET_CLOSE_S = SOCKET_STOP_S  # the status socket's connections
 HISTORY_SAVE_S = 2.0  # the dashboard's history, written (atomically) at the stop

@@ -147,7 +147,7 @@ def test_a_signal_after_the_stop_command_is_the_first_signal_not_a_second(tmp_pa
 
 
 def test_the_stop_completes_with_dashboard_peers_that_never_read(tmp_path: Path) -> None:
-    """The dashboard's close (aiohttp's, CLOSE_S in the stop's 53 s worst case) ends with real
+    """The dashboard's close (aiohttp's, CLOSE_S; the stop's 54 s worst case adds CUT_S) ends with real
     peers holding connections open that never read nor answer (an event stream, a connection
     that sent nothing): the stop goes on past it to the end, and the peers get EOF."""
     peers: list[socket.socket] = []

@@ -116,7 +116,7 @@ def _silent_peer(host: str, port: int, request: bytes) -> socket.socket:
 
 
 def test_the_dashboard_closes_with_peers_that_never_read_and_refuses_new_ones(tmp_path: Path) -> None:
-    """aiohttp's close (CLOSE_S, which the stop's 53 s worst case adds on) ends with an event
+    """aiohttp's close (CLOSE_S; the stop's 54 s worst case adds CUT_S on) ends with an event
     stream whose client never reads, one that sent nothing, and one that sent half a request."""
 
     async def scenario() -> None:
@@ -145,7 +145,7 @@ def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
     """Whatever aiohttp does (the aiohttp here ends it in CLOSE_S, an older one's
     ``Server.wait_closed`` on Python 3.12+ waits for every connection: a cleanup that never ends
     stands for it, the one thing not real here), the close ends at its deadline (what the stop
-    gives it, CLOSE_S at least): the real server's connections are aborted and its listening socket
+    gives it, CUT_S at least): the real server's connections are aborted and its listening socket
     closed, in one line."""
     hook: list[str] = []
 
@@ -178,3 +178,30 @@ def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
         asyncio.run(scenario())
     cut = [r.getMessage() for r in caplog.records if "close" in r.getMessage()]
     assert len(cut) == 1 and cut[0].startswith("dashboard: aiohttp's close did not end"), caplog.messages
+
+
+def test_a_dashboard_close_with_its_budget_spent_still_gives_aiohttp_its_own_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop whose budget is spent gives the close nothing (0 s): aiohttp's ordinary close with
+    an event stream that never reads (CLOSE_S) still ends by itself, closing every connection
+    (EOF, not a reset), and nothing says it did not end: the cut (CUT_S at least) comes later."""
+
+    async def scenario() -> None:
+        dashboard, host, port = await _open_dashboard(tmp_path)
+        head = f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        half = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()
+        peers = [_silent_peer(host, port, request) for request in (head, b"", half)]
+        while dashboard.info()["event_clients"] < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(dashboard.close(0.0), BOUND_S)
+        assert dashboard.state == "off"
+        for peer in peers:  # closed by aiohttp: what was sent, then EOF (an abort would reset)
+            peer.settimeout(BOUND_S)
+            while peer.recv(65536):
+                pass
+            peer.close()
+
+    with caplog.at_level(logging.WARNING, "crystalline.dashboard"):
+        asyncio.run(scenario())
+    assert [r.getMessage() for r in caplog.records if "close" in r.getMessage()] == []
