@@ -1,18 +1,27 @@
 """Logging on stderr, one line per message: each process of the daemon (supervisor, control,
 workers, the ingest pool, the generation process) and every command sets it up here.
 
-A message's own line breaks and other control characters are escaped (``\\n``, ``\\x1b``): a
-dropped file named ``a.txt\\nERROR crystalline.supervisor: ...`` is logged as one line and
-cannot forge another, nor move the terminal's cursor. A traceback keeps its lines. Standard
-library only, as ``crystalline status`` imports it."""
+A message's own line breaks and other control characters are escaped (``\\n``, ``\\x1b``,
+``\\x85``, ``\\u2028``): a dropped file named ``a.txt\\nERROR crystalline.supervisor: ...`` is
+logged as one line and cannot forge another, nor move the terminal's cursor. A traceback (or a
+stack) keeps its lines, each indented by two spaces and escaped likewise: an exception whose text
+holds ``\\nERROR ...`` cannot start a line that reads as a log record. Standard library only, as
+``crystalline status`` imports it."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
-# every C0 control character but tab, and DEL
-_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c != 9} | {10: "\\n", 13: "\\r"}
+# every C0 control character but tab, DEL, every C1 control character (NEL, the 8-bit CSI) and
+# the Unicode line and paragraph separators (str.splitlines() splits on NEL and these)
+_ESCAPES = (
+    {c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160)) if c != 9}
+    | {10: "\\n", 13: "\\r"}
+    | {c: f"\\u{c:04x}" for c in (0x2028, 0x2029)}
+)
+_IN_A_LINE = {c: text for c, text in _ESCAPES.items() if c != 10}
 
 
 class OneLineFormatter(logging.Formatter):
@@ -25,6 +34,17 @@ class OneLineFormatter(logging.Formatter):
             return super().formatMessage(record)
         finally:
             record.message = message
+
+    def formatException(self, ei: Any) -> str:
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    """A traceback's or a stack's lines, each indented by two spaces with its controls escaped."""
+    return "\n".join("  " + line.translate(_IN_A_LINE) for line in text.split("\n"))
 
 
 def log_to_stderr(fmt: str, level: int = logging.INFO) -> None:

@@ -36,16 +36,41 @@ def test_a_dropped_name_with_a_line_break_is_logged_on_one_line(tmp_path: Path) 
     ]
 
 
-def test_a_traceback_keeps_its_lines() -> None:
+def test_a_traceback_keeps_its_lines_indented_and_cannot_forge_one() -> None:
     formatter = OneLineFormatter("%(levelname)s %(message)s")
     try:
-        raise ValueError("inner")
+        raise ValueError("inner\nERROR x: forged\r\x1b[2J")
     except ValueError:
         record = logging.LogRecord(
             "x", logging.ERROR, __file__, 1, "failed:\n%s", ("two\rthree\tfour",), sys.exc_info()
         )
-    lines = formatter.format(record).splitlines()
+    lines = formatter.format(record).split("\n")
     assert lines[0] == "ERROR failed:\\ntwo\\rthree\tfour"
-    assert lines[1] == "Traceback (most recent call last):"
-    assert lines[-1] == "ValueError: inner"
+    assert lines[1] == "  Traceback (most recent call last):"
+    assert lines[-2:] == ["  ValueError: inner", "  ERROR x: forged\\r\\x1b[2J"]
+    assert all(line.startswith("  ") for line in lines[1:])  # no traceback line reads as a record
+    assert formatter.format(record).splitlines() == lines  # nothing else that splitlines() splits on
     assert record.getMessage() == "failed:\ntwo\rthree\tfour"  # the record itself is left as it was
+
+
+def test_a_stack_is_indented_and_escaped() -> None:
+    formatter = OneLineFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "here", (), None)
+    record.stack_info = "Stack (most recent call last):\n  File a\nERROR x: forged\x1b[2J"
+    lines = formatter.format(record).split("\n")
+    assert lines == [
+        "INFO here",
+        "  Stack (most recent call last):",
+        "    File a",
+        "  ERROR x: forged\\x1b[2J",
+    ]
+
+
+def test_c1_controls_and_unicode_line_separators_are_escaped() -> None:
+    formatter = OneLineFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "a%sb", ("\x85ERROR x: nel\u2028c\u2029d\x9b2J\xa0é",), None
+    )
+    line = formatter.format(record)
+    assert line == "INFO a\\x85ERROR x: nel\\u2028c\\u2029d\\x9b2J\xa0éb"
+    assert line.splitlines() == [line]
