@@ -13,7 +13,9 @@ Security:
 - the Host header must name this listener (localhost, 127.0.0.1, [::1] or the bound address,
   with its port): a DNS-rebinding page reaching us under its own name is refused;
 - the page inserts every string as text (``textContent``), never as HTML, and the server
-  sends a Content-Security-Policy without inline scripts.
+  sends a Content-Security-Policy without inline scripts;
+- at most MAX_CONNECTIONS connections, and a request's head within REQUEST_HEAD_S
+  (``connection_gate``): a local user cannot hold the supervisor's descriptors.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from ..ingest.registry import Registry, RegistryNotCreated
 from ..states import SERVICE, transition
 from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
+from .connection_gate import ConnectionGate, GatedRunner
 from .generation_service import generate_fields
 from .metrics_history import MetricsHistory
 from .status_server import Command, CommandError
@@ -63,6 +66,10 @@ TOKEN_HEADER = "X-Crystalline-Token"
 ACTIONS = ("pause", "resume", "add-url", "checkpoint", "stop")
 MAX_BODY = 16 * 1024
 MAX_EVENT_CLIENTS = 32
+# open connections at most (event streams included); past it one is answered 503 and closed
+MAX_CONNECTIONS = 128
+# a request's head must arrive within this of the connection's accept (or of the last response)
+REQUEST_HEAD_S = 10.0
 EVENT_INTERVAL_S = 1.0
 WRITE_TIMEOUT_S = 10.0  # an event client that does not read for this long is dropped
 FILES_EVERY_S = 5.0
@@ -193,6 +200,7 @@ class Dashboard:
         self.error: str | None = None
         self.state = SERVICE.initial
         self._runner: web.AppRunner | None = None
+        self._gate: ConnectionGate | None = None  # the listener's, once it listens
         self._allowed_hosts: set[str] = set()
         self._event_clients = 0
         self._generating = asyncio.Lock()
@@ -223,7 +231,14 @@ class Dashboard:
         app.router.add_get("/api/spiral", self._api_spiral)
         app.router.add_post("/api/generate", self._api_generate)
         app.router.add_post("/api/{action}", self._api_action)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_S)
+        runner = GatedRunner(
+            app,
+            limit=MAX_CONNECTIONS,
+            head_s=REQUEST_HEAD_S,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_S,
+        )
         await runner.setup()
         self.state = transition(SERVICE, self.state, "starting")
         host, port = self.bind
@@ -237,6 +252,7 @@ class Dashboard:
             self.state = transition(SERVICE, self.state, "failed")
             return
         self._runner = runner
+        self._gate = runner.gate
         self.state = transition(SERVICE, self.state, "running")
         server = site._server
         sockets = getattr(server, "sockets", None) or []
@@ -298,6 +314,8 @@ class Dashboard:
         if self.error:
             out["error"] = self.error
         out.update(requests=self.requests, refused=self.refused, event_clients=self._event_clients)
+        if self._gate is not None:
+            out.update(connections_refused=self._gate.refused, heads_timed_out=self._gate.timed_out)
         return out
 
     # ---- data -----------------------------------------------------------------------------
@@ -380,6 +398,8 @@ class Dashboard:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         self.requests += 1
+        if self._gate is not None:
+            self._gate.started(request.protocol)
         host = request.headers.get("Host", "").lower()
         if host not in self._allowed_hosts:
             self.refused += 1

@@ -646,3 +646,90 @@ async def _test_a_body_nested_too_deep(tmp_path: Path) -> None:
                         "error": "the request body is not JSON: nested too deep",
                     }
         assert rec.calls == []
+
+
+async def _half_sent(url: str, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` connections each sending a request's first lines and never its end."""
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    held = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\n".encode())
+        await writer.drain()
+        held.append((reader, writer))
+    return held
+
+
+async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    """What the server sent before it closed (30 s at most: the test's own bound)."""
+    return await asyncio.wait_for(reader.read(), 30)
+
+
+def test_half_sent_requests_are_closed_at_the_head_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard_module, "REQUEST_HEAD_S", 1.0)
+    monkeypatch.setattr(dashboard_module, "MAX_CONNECTIONS", 400)
+    asyncio.run(_test_half_sent_requests_are_closed(tmp_path))
+
+
+async def _test_half_sent_requests_are_closed(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        held = await _half_sent(d.url, 300)
+        try:
+            async with aiohttp.ClientSession() as s, s.get(d.url + "api/status") as r:
+                assert r.status == 200  # a good client beside the 300
+            answers = await asyncio.gather(*(_read_to_eof(reader) for reader, _w in held))
+            assert answers == [b""] * 300  # closed unanswered: the head never came
+            async with aiohttp.ClientSession() as s, s.get(d.url) as r:
+                assert r.status == 200 and "<html" in (await r.text()).lower()
+        finally:
+            for _r, writer in held:
+                writer.close()
+
+
+def test_connections_past_the_cap_are_refused_and_one_within_it_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dashboard_module, "MAX_CONNECTIONS", 8)
+    asyncio.run(_test_connections_past_the_cap(tmp_path))
+
+
+async def _test_connections_past_the_cap(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        held = await _half_sent(d.url, 7)  # the cap less one: room for the good client
+        try:
+            connector = aiohttp.TCPConnector(limit=1)
+            async with (
+                aiohttp.ClientSession(connector=connector) as s,
+                s.get(d.url + "api/events") as events,  # an event stream, within the cap
+            ):
+                assert events.status == 200
+                assert (await events.content.readline()).startswith(b"event: history")
+                extra = await _half_sent(d.url, 3)
+                answers = await asyncio.gather(*(_read_to_eof(reader) for reader, _w in extra))
+                for answer in answers:
+                    head, _, body = answer.partition(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 503 ")
+                    assert body == b"too many connections to this dashboard\n"
+                assert (await events.content.readline()) != b""  # the stream goes on
+            for _r, writer in extra:
+                writer.close()
+            await asyncio.sleep(0)
+            async with aiohttp.ClientSession() as s:
+                # the stream's connection closed: its place serves again (once the server saw it go)
+                async def served() -> bool:
+                    async with s.get(d.url + "api/status") as r:
+                        return r.status == 200
+
+                for _ in range(200):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        if await served():
+                            break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("no place came free after the event stream closed")
+            assert d.info()["connections_refused"] >= 3
+        finally:
+            for _r, writer in held:
+                writer.close()

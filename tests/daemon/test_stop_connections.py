@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from test_dashboard import FakeGeneration, Recorder, fake_status
 
 from crystalline.daemon.commands import Command
+from crystalline.daemon.connection_gate import GatedRunner
 from crystalline.daemon.dashboard import Dashboard
 from crystalline.daemon.metrics_history import MetricsHistory
 from crystalline.daemon.status_server import StatusServer
@@ -149,7 +149,7 @@ def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
     closed, in one line."""
     hook: list[str] = []
 
-    class NeverCleaned(web.AppRunner):
+    class NeverCleaned(GatedRunner):  # the dashboard's runner, whose cleanup never ends
         __slots__ = ()
 
         async def cleanup(self) -> None:

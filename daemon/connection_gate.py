@@ -1,0 +1,111 @@
+"""A bound on the dashboard's TCP connections: how many, and how long a request's head may take.
+
+aiohttp has no deadline for a request's head (its keep-alive timeout closes an idle connection
+after a response; before the first request only in newer releases) and no cap on connections:
+300 connections each sending half a request held 300 of the supervisor's descriptors for
+minutes. ``GatedRunner`` is an ``AppRunner`` whose sites accept through a ``ConnectionGate``:
+
+- past ``limit`` open connections a new one is answered ``503`` in one line and closed at once;
+- a connection whose first request has not reached the application ``head_s`` after it was
+  accepted is closed unanswered (checked every ``SWEEP_S``, so within ``head_s + SWEEP_S``);
+  after a response, aiohttp's keep-alive timeout (the runner's ``keepalive_timeout``, the same
+  ``head_s``) bounds the wait for the next request's head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+SWEEP_S = 0.5
+REFUSAL = b"too many connections to this dashboard\n"
+_REFUSAL_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(REFUSAL), REFUSAL)
+)
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection past the cap: the 503 line written, then closed (nothing it sends is read)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_REFUSAL_RESPONSE)
+        transport.close()
+
+
+class ConnectionGate:
+    """The listener's protocol factory in front of aiohttp's ``Server`` (see the module)."""
+
+    def __init__(self, server: web.Server, limit: int, head_s: float) -> None:
+        self._server = server
+        self.limit = limit
+        self.head_s = head_s
+        self.refused = 0  # connections answered 503 (past the cap)
+        self.timed_out = 0  # connections closed with their first request's head unsent
+        self._accepted = 0  # made by this factory, not yet told to aiohttp's Server (same loop turn)
+        self._waiting_head: dict[RequestHandler, float] = {}  # accepted at (loop time), no request yet
+        self._sweep: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        loop = asyncio.get_running_loop()
+        if len(self._server.connections) + self._accepted >= self.limit:
+            self.refused += 1
+            return _Refusal()
+        # the transport tells the Server of its connection at the loop's next turn: counted here
+        # until then (a burst of accepts runs in one turn)
+        self._accepted += 1
+        loop.call_soon(self._made)
+        handler = self._server()
+        self._waiting_head[handler] = loop.time()
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_S, self._close_late_heads)
+        return handler
+
+    @property
+    def connections(self) -> list[RequestHandler]:
+        """aiohttp's ``Server``'s open connections (the gate stands in for it as ``runner.server``)."""
+        return self._server.connections
+
+    def started(self, handler: Any) -> None:
+        """A request of ``handler``'s connection reached the application: its head came in time."""
+        self._waiting_head.pop(handler, None)
+
+    def _made(self) -> None:
+        self._accepted -= 1
+
+    def _close_late_heads(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        open_now = set(self._server.connections)
+        for handler, since in list(self._waiting_head.items()):
+            if handler not in open_now or handler.transport is None:  # gone by itself
+                del self._waiting_head[handler]
+            elif now - since >= self.head_s:
+                del self._waiting_head[handler]
+                self.timed_out += 1
+                handler.force_close()
+        self._sweep = loop.call_later(SWEEP_S, self._close_late_heads) if self._waiting_head else None
+
+
+class GatedRunner(web.AppRunner):
+    """An ``AppRunner`` whose sites accept through a ``ConnectionGate`` (``gate``, made at the
+    first site's start); aiohttp's own ``Server`` still serves, and is shut down, as ever."""
+
+    def __init__(self, app: web.Application, *, limit: int, head_s: float, **kwargs: Any) -> None:
+        super().__init__(app, keepalive_timeout=head_s, **kwargs)
+        self._limit = limit
+        self._head_s = head_s
+        self.gate: ConnectionGate | None = None
+
+    @property
+    def server(self) -> Any:  # the sites' protocol factory
+        inner = super().server
+        if inner is None:
+            return None
+        if self.gate is None:
+            self.gate = ConnectionGate(inner, self._limit, self._head_s)
+        return self.gate
