@@ -14,10 +14,13 @@ parsed so only where libxml2's own parse stopped at its depth limit.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Collection, Mapping
 
 from lxml import etree
+
+log = logging.getLogger(__name__)
 
 # What libxml2 keeps in a text or attribute value and lxml refuses to set from Python: control
 # characters (not tab, line feed or carriage return) and the two non-characters of XML.
@@ -43,18 +46,18 @@ class _DepthCappedTarget:
         self._max_depth = max_depth
         self._breaks = breaks
         self._drops = drops
-        self._built: list[bool] = []  # for each open element, whether it is in the tree
+        self._open: list[str | None] = []  # for each open element, its tag where it is in the tree
         self._dropped_at: int | None = None  # the level of the outermost open unbuilt drops element
         self._ended = False  # the first root element has ended
 
     def start(self, tag: str, attrib: Mapping[str, str]) -> None:
-        built = not self._ended and len(self._built) < self._max_depth and self._build(tag, attrib)
+        built = not self._ended and len(self._open) < self._max_depth and self._build(tag, attrib)
         if not built and self._dropped_at is None and not self._ended:
             if tag in self._drops:
-                self._dropped_at = len(self._built)
+                self._dropped_at = len(self._open)
             elif tag in self._breaks:
                 self._builder.data("\n")
-        self._built.append(built)
+        self._open.append(tag if built else None)
 
     def _build(self, tag: str, attrib: Mapping[str, str]) -> bool:
         # names are tried on an element of their own first: a TreeBuilder that refuses one is
@@ -79,13 +82,14 @@ class _DepthCappedTarget:
         return True
 
     def end(self, tag: str) -> None:
-        if self._built.pop():
-            self._builder.end(tag)
-        elif self._dropped_at == len(self._built):
+        built = self._open.pop()
+        if built is not None:
+            self._builder.end(built)
+        elif self._dropped_at == len(self._open):
             self._dropped_at = None
         elif tag in self._breaks and self._dropped_at is None and not self._ended:
             self._builder.data("\n")
-        if not self._built:
+        if not self._open:
             self._ended = True
 
     def data(self, data: str) -> None:
@@ -93,7 +97,7 @@ class _DepthCappedTarget:
             self._builder.data(_REFUSED.sub("", data))
 
     def close(self) -> etree._Element:
-        while self._built:  # elements left open where the page ends (libxml2 closes them)
+        while self._open:  # elements left open where the page ends or the parse halted
             self.end("")
         return self._builder.close()
 
@@ -108,9 +112,16 @@ def parse_deep(
 ) -> etree._Element | None:
     """``page``'s root element, its elements to ``max_depth`` levels created by ``maker`` (a
     parser whose element class lookup they take), parsed with the HTMLParser ``options``; None
-    where libxml2 finds no element."""
+    where libxml2 finds no element or the parse runs out of memory (a warning says so)."""
     target = _DepthCappedTarget(maker, max_depth, breaks, drops)
     try:
         return etree.fromstring(page, etree.HTMLParser(target=target, **options))
     except (etree.ParserError, etree.XMLSyntaxError, ValueError):
+        return None
+    except (MemoryError, AssertionError) as e:  # lxml's TreeBuilder asserts where a failure left it
+        log.warning(
+            "a page of %d characters nested past libxml2's depth: its parse again failed (%s)",
+            len(page),
+            type(e).__name__,
+        )
         return None

@@ -1283,7 +1283,8 @@ def parse_html(html: str) -> etree._Element | None:
     parse whatever it is told: such a page is parsed again by html_deep_tree, its elements kept
     to _MAX_DEPTH levels and the text of deeper ones in place but for _DROP_TAGS elements'
     (trafilatura recursing into 2000-deep lists raises RecursionError, caught: our text is
-    used)."""
+    used). The halted tree is let go first (the two at once doubled the memory of a wide page);
+    where the parse again fails (out of memory), the page is the halted tree, parsed once more."""
     parser = etree.HTMLParser(**_PARSE_OPTIONS)
     parser.set_element_class_lookup(_HTML_CLASSES)
     page = _XML_DECLARATION.sub("", html, count=1)
@@ -1295,7 +1296,9 @@ def parse_html(html: str) -> etree._Element | None:
     if halt is not None and halt.type == etree.ErrorTypes.ERR_RESOURCE_LIMIT:
         from .html_deep_tree import parse_deep
 
-        return parse_deep(page, parser, _PARSE_OPTIONS, _MAX_DEPTH, _BLOCK_TAGS | {"br"}, _DROP_TAGS)
+        del root
+        deep = parse_deep(page, parser, _PARSE_OPTIONS, _MAX_DEPTH, _BLOCK_TAGS | {"br"}, _DROP_TAGS)
+        return etree.fromstring(page, parser) if deep is None else deep
     return root
 
 

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 import trafilatura
+from lxml import etree
 
 from crystalline.documents import Document
-from crystalline.ingest import html_text
+from crystalline.ingest import html_deep_tree, html_text
 from crystalline.ingest.html_text import _TRAFILATURA_MAX_CHARS, FAST, extract_both, extract_html
 from crystalline.ingest.pool import ExtractionPool, PoolConfig
 
@@ -1074,7 +1075,6 @@ def test_the_retry_reads_the_page_as_parsed_without_parsing_it_again(monkeypatch
 def test_undoing_the_cut_gives_the_page_as_parsed() -> None:
     # Removals of first children, of elements with and without tails, of nested elements and
     # of an element with its tail (a teaser box's), undone, give the tree back byte for byte.
-    from lxml import etree
 
     from crystalline.ingest import html_text
 
@@ -1204,6 +1204,36 @@ def test_past_libxml2s_depth_the_text_of_dropped_tags_is_left_out() -> None:
             assert all(para in text for para in BODY)
             for boilerplate in ("dataLayer", "justify-content", "About us", "Enable JS", "Copyright"):
                 assert boilerplate not in text, (depth, engines, boilerplate)
+
+
+def test_elements_a_halted_reparse_leaves_open_are_ended_with_their_own_tags() -> None:
+    # A parse that runs out of memory (a MemoryError in the target) stops with elements open,
+    # and lxml calls close(): it ended them with an empty tag, which lxml's TreeBuilder refuses
+    # (AssertionError: end tag mismatch), in place of the MemoryError (R17 3).
+    target = html_deep_tree._DepthCappedTarget(etree.HTMLParser(), 3, frozenset(), frozenset())
+    for tag in ("html", "body", "p", "b"):
+        target.start(tag, {})
+    target.data("kept")
+    root = target.close()
+    assert root.tag == "html" and root.findtext("body/p") == "kept"
+
+
+@pytest.mark.timeout(300)
+def test_a_wide_page_with_a_deep_nest_is_parsed_again_within_the_pools_memory() -> None:
+    # The re-parse held the first (halted) tree while building its own, memory doubled: a page of
+    # a million elements then a nest past libxml2's depth ran out of the pool's memory and failed
+    # with an AssertionError (R17 3). The first tree is let go first: the re-parse fits, and the
+    # article after the nest (which the halted tree does not reach) is found.
+    article = f"<article><h1>The delta grows</h1>{_paras(BODY)}</article>"
+    wide = "<i c=1></i>" * 1_000_000
+    html = f"<html><body>{wide}{_nested('<div>', 2100, '<p>x</p>')}{article}</body></html>"
+    doc = Document("/d/wide-deep.html", html.encode(), "text/html")
+    with ExtractionPool(PoolConfig(processes=1, memory_limit_mb=800)) as pool:
+        results = list(pool.map([doc], want_text=True, apply_filters=False, fingerprint=False))
+    assert len(results) == 1
+    result = results[0][1]
+    assert result.error == ""
+    assert all(para in result.text for para in BODY)
 
 
 @pytest.mark.timeout(300)
