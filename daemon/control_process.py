@@ -476,17 +476,20 @@ class Control:
             self.last_checkpoint_step = result.steps
         except OSError as exc:  # the final checkpoint could not be written (a full disk)
             self.checkpoint_error = f"final checkpoint failed: {exc}"
-            log.error(
-                "%s; the previous checkpoint (step %s) is kept",
-                self.checkpoint_error,
-                self.last_checkpoint_step,
-            )
+            log.error("%s; %s", self.checkpoint_error, kept_checkpoint(self.last_checkpoint_step))
             return 1
         finally:
             self.surprise.close()
             self.state = transition(TRAINING, self.state, "stopped")
             self.publish(force=True)
         return 0
+
+
+def kept_checkpoint(step: int | None) -> str:
+    """What a failed final checkpoint leaves: the last one written (``step``), or none yet."""
+    if step is None:
+        return "no checkpoint is kept yet (none was written)"
+    return f"the previous checkpoint (step {step}) is kept"
 
 
 def join_cluster(spec: dict[str, Any]) -> ClusterMember | None:
