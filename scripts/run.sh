@@ -6,5 +6,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-echo "crystalline: running; ask it with: $VENV/bin/crystalline status --runtime-dir $ROOT/state/run" >&2
+echo "crystalline: starting; ask it with: $VENV/bin/crystalline status --runtime-dir $ROOT/state/run" >&2
 exec "$VENV/bin/crystalline" run --state-dir "$ROOT/state" "$@"
