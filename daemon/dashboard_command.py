@@ -30,6 +30,8 @@ def read_dashboard_file(runtime_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} does not exist: is the daemon running with its dashboard on (--http)?"
         ) from None
+    except OSError as exc:  # a runtime dir that is a file, a file not readable, ...
+        raise OSError(f"cannot read {path}: {exc.strerror or exc}") from None
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("url"), str)

@@ -544,6 +544,19 @@ def test_dashboard_command_prints_the_url_or_one_line(tmp_path: Path) -> None:
     assert ok.stdout.strip() == "http://127.0.0.1:8470/#token=abc"
 
 
+def test_dashboard_command_names_what_it_could_not_read(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    not_a_dir = tmp_path / "afile"
+    not_a_dir.write_text("x")
+    cmd = [sys.executable, "-m", "crystalline.daemon.cli", "dashboard", "--runtime-dir", str(not_a_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    # before: 'crystalline: error: [Errno 20] Not a directory: '.../afile/dashboard.json''
+    assert done.stderr == f"crystalline: error: cannot read {not_a_dir}/dashboard.json: Not a directory\n"
+
+
 def test_event_clients_are_capped(tmp_path: Path) -> None:
     asyncio.run(_test_event_clients_are_capped(tmp_path))
 
