@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,22 @@ MAX_REPLY = 16 * 1024 * 1024
 
 
 def request(path: Path, payload: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
-    """Send one request and read its reply; OSError (ConnectionError, TimeoutError) when the
-    daemon is unreachable, closes early or sends something that is not a reply object."""
+    """Send one request and read its reply within ``timeout_s`` in all (connect, send and every
+    read: a daemon that trickles its reply a byte at a time cannot hold the client past it);
+    OSError (ConnectionError, TimeoutError) when the daemon is unreachable, closes early, is not
+    done in time or sends something that is not a reply object."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        return _request(path, payload, deadline)
+    except TimeoutError:
+        raise TimeoutError(f"{path}: no whole reply within {timeout_s:g} s") from None
+
+
+def _request(path: Path, payload: dict[str, Any], deadline: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)  # every connect, send and recv below: never hangs on a dead daemon
+        _time_left(sock, deadline)
         sock.connect(str(path))
+        _time_left(sock, deadline)
         # a refusal (too many connections) is written before the server closes, unread: the
         # send may fail, the refusal is read below
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -30,6 +42,7 @@ def request(path: Path, payload: dict[str, Any], timeout_s: float = 10.0) -> dic
         chunks: list[bytes] = []
         size = 0
         while True:
+            _time_left(sock, deadline)
             chunk = sock.recv(65536)
             if not chunk:
                 raise ConnectionError(f"{path}: the daemon closed the connection without a reply")
@@ -46,3 +59,11 @@ def request(path: Path, payload: dict[str, Any], timeout_s: float = 10.0) -> dic
     if not isinstance(reply, dict):
         raise ConnectionError(f"{path}: malformed reply")
     return reply
+
+
+def _time_left(sock: socket.socket, deadline: float) -> None:
+    """Bound the socket's next operation by what is left until ``deadline`` (TimeoutError past it)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    sock.settimeout(left)

@@ -1,0 +1,93 @@
+"""The status socket's client (daemon/status_client.py) against real Unix socket servers that
+misbehave: one that trickles its reply, one whose reply is nested too deep to parse."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crystalline.daemon.status_client import request
+
+pytestmark = pytest.mark.timeout(120)
+
+CTL = (sys.executable, "-m", "crystalline.daemon.cli", "ctl")
+TRICKLE = 600  # bytes of a reply without its end, one every 20 ms: 12 s at the least
+
+
+class OneReplyServer:
+    """Accepts one connection on a real Unix socket, reads the request line and sends ``reply``,
+    ``pace_s`` apart per byte when set (a daemon that trickles), stopping when the client goes."""
+
+    def __init__(self, path: Path, reply: bytes, pace_s: float = 0.0) -> None:
+        self.path, self.reply, self.pace_s = path, reply, pace_s
+        self.sent = 0
+        self.client_left = False
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.listener.settimeout(60)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.settimeout(60)
+            conn.recv(65536)
+            step = 1 if self.pace_s else len(self.reply)
+            try:
+                for at in range(0, len(self.reply), step):
+                    conn.sendall(self.reply[at : at + step])
+                    self.sent += step
+                    time.sleep(self.pace_s)
+            except (BrokenPipeError, ConnectionResetError):
+                self.client_left = True
+
+    def close(self) -> None:
+        self.thread.join(timeout=60)
+        self.listener.close()
+
+
+@pytest.fixture
+def sock_path() -> Iterator[Path]:
+    # AF_UNIX paths are limited to ~107 bytes: pytest's tmp_path can be longer
+    with tempfile.TemporaryDirectory(prefix="csc-", dir="/tmp") as d:
+        yield Path(d) / "crystalline.sock"
+
+
+def test_a_trickled_reply_ends_at_the_requests_deadline(sock_path: Path) -> None:
+    server = OneReplyServer(sock_path, b'{"ok": true, "pad": "' + b"x" * TRICKLE, pace_s=0.02)
+    try:
+        with pytest.raises(TimeoutError) as caught:
+            request(sock_path, {"cmd": "status"}, timeout_s=0.5)
+    finally:
+        server.close()
+    assert str(caught.value) == f"{sock_path}: no whole reply within 0.5 s"
+    assert not server.thread.is_alive()
+    assert server.client_left and server.sent < TRICKLE  # the client hung up mid-reply
+
+
+def test_ctl_against_a_trickling_daemon_is_one_line(sock_path: Path) -> None:
+    server = OneReplyServer(sock_path, b'{"ok": true, "pad": "' + b"x" * TRICKLE, pace_s=0.02)
+    try:
+        out = subprocess.run(
+            [*CTL, "--socket", str(sock_path), "--timeout", "1", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        server.close()
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"crystalline: daemon unreachable at {sock_path}: {sock_path}: no whole reply within 1 s"
+    ]
+    assert server.client_left and server.sent < TRICKLE
