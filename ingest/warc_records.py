@@ -31,8 +31,10 @@ import hashlib
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
@@ -44,6 +46,7 @@ log = logging.getLogger("crystalline.ingest.warc")
 
 SUFFIXES = (".warc", ".warc.gz")
 _HTML = ("text/html", "application/xhtml+xml")
+_TAIL_BYTES = 65536  # what follows the last record, looked at for blank lines: more is a cut
 
 
 def is_warc(name: str) -> bool:
@@ -73,11 +76,12 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
     with what identifies its record (:func:`record_identity`)."""
     with open(os.dup(fd), "rb") as stream:
         stream.seek(0)
-        size = os.fstat(fd).st_size
         end = 0  # where the last record read ends in the file
         try:
             records = ArchiveIterator(stream)
             for record in records:
+                if not (record.rec_headers.protocol or record.rec_headers.headers):
+                    continue  # a gzip member of blank lines only: no record
                 if record.format != "warc":  # warcio reads ARC too, and takes any text for it
                     result.error = f"record {result.records + 1} is no WARC record"
                     break
@@ -91,15 +95,14 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
                 if _cut_short(record):
                     result.error = f"record {result.records} is cut short: the file ends inside it"
                     break
+                end = records.get_record_offset() + records.get_record_length()
                 if document is None:
                     result.skipped += 1
                     continue
                 yield record_identity(record, document.body), document
-            if result.records:
-                end = records.get_record_offset() + records.get_record_length()
-            # bytes after the last record (but its closing blank lines): a record's start, cut
-            # before warcio could read it, which it passes over as the file's end
-            if not result.error and end < size - len(b"\r\n\r\n"):
+            # bytes after the last record but blank lines (or gzip members of them): a record's
+            # start, cut before warcio could read it, which it passes over as the file's end
+            if not result.error and not _blank(stream, end):
                 result.error = f"record {result.records + 1} is cut short: the file ends inside it"
         except AttributeError:  # warcio, on a response record's header without WARC-Target-URI
             result.error = (
@@ -128,6 +131,25 @@ def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:
             charset = value.strip("\"' ").lower()
     url = record.rec_headers.get_header("WARC-Target-URI") or ""
     return Document(url, body, media.strip().lower(), charset, origin="warc")
+
+
+def _blank(stream: BinaryIO, end: int) -> bool:
+    """Whether what follows ``end`` in ``stream`` (at most :data:`_TAIL_BYTES`) is blank lines
+    (CRLF or LF) and gzip members that hold nothing else, each read whole."""
+    stream.seek(end)
+    tail = stream.read(_TAIL_BYTES + 1)
+    if len(tail) > _TAIL_BYTES:
+        return False
+    while tail := tail.lstrip(b"\r\n"):
+        member = zlib.decompressobj(wbits=31)  # a gzip member, or (no gzip) zlib.error
+        try:
+            text = member.decompress(tail, _TAIL_BYTES)
+        except zlib.error:
+            return False
+        if not member.eof or text.strip(b"\r\n"):
+            return False
+        tail = member.unused_data
+    return True
 
 
 def _cut_short(record: ArcWarcRecord) -> bool:

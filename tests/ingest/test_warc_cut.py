@@ -18,10 +18,11 @@ from crystalline.ingest.warc_records import WarcYield, html_responses
 PAGE = b"<html><head><title>t</title></head><body><p>" + b"words of a page " * 100 + b"</p></body></html>"
 
 
-def _warc(n: int) -> bytes:
+def _warc(n: int, first: int = 0) -> bytes:
+    """``n`` response records (from ``https://example.org/{first}`` on), a gzip member each."""
     out = io.BytesIO()
     writer = WARCWriter(out, gzip=True)
-    for i in range(n):
+    for i in range(first, first + n):
         headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
         record = writer.create_warc_record(
             f"https://example.org/{i}", "response", payload=io.BytesIO(PAGE), http_headers=headers
@@ -56,24 +57,45 @@ def test_a_record_cut_short_is_not_taken_for_a_whole_page(tmp_path: Path, compre
     assert result.summary() == f"WARC: 0 HTML responses of 2 records to the spool; {result.error}"
 
 
-def test_a_whole_warc_has_no_error(tmp_path: Path) -> None:
-    path = tmp_path / "whole.warc.gz"
-    path.write_bytes(_warc(2))
+@pytest.mark.parametrize(
+    ("compressed", "tail"),
+    [
+        (True, b""),
+        (False, b""),
+        (False, b"\r\n"),  # one more blank line (an editor, `echo >>`, a `cat` of files)
+        (False, b"\r\n\r\n\n\n"),
+        (True, gzip.compress(b"")),  # an empty gzip member
+        (True, gzip.compress(b"\r\n")),  # a member of a blank line: warcio makes a record of it
+        (True, b"\n" + gzip.compress(b"") + b"\r\n"),
+    ],
+)
+def test_a_whole_warc_has_no_error(tmp_path: Path, compressed: bool, tail: bytes) -> None:
+    path = tmp_path / "whole.warc"
+    path.write_bytes((_warc(2) if compressed else gzip.decompress(_warc(2))) + tail)
     documents, result = _read(path)
     assert [d.body for d in documents] == [PAGE, PAGE] and result.error == "" and result.records == 2
 
 
+CUT = "record 3 is cut short: the file ends inside it"
+
+
 @pytest.mark.parametrize(
-    ("into", "error"),
+    ("compressed", "tail", "records", "error"),
     [
-        (30, "record 2 is cut short or broken: its header could not be parsed"),  # warcio: AttributeError
-        (120, "record 2 is cut short: the file ends inside it"),  # warcio ends without a record
+        (False, b"\r\n\t\r\n", 2, CUT),
+        (False, b"\r\n" + b"\n" * 65536, 2, CUT),  # past what is looked at: not taken for blank
+        (False, b"\r\nW", 2, "stopped at record 3: Invalid WARC record, first line: W"),
+        (True, gzip.compress(b"")[:-3], 2, CUT),  # an empty member, cut
+        (True, gzip.compress(b"") + b"W", 2, CUT),
+        (True, gzip.compress(b"\r\nW"), 2, CUT),  # warcio: a record of no header, as a blank member
     ],
 )
-def test_a_cut_in_a_records_header_is_named(tmp_path: Path, into: int, error: str) -> None:
-    whole = gzip.decompress(_warc(2))
-    path = tmp_path / "cut.warc"
-    path.write_bytes(whole[: whole.index(b"WARC/1.0", 10) + into])
+def test_anything_but_blank_lines_after_the_last_record_is_a_cut(
+    tmp_path: Path, compressed: bool, tail: bytes, records: int, error: str
+) -> None:
+    """What the fix for blank tails must not let through (these cases were named before it)."""
+    path = tmp_path / "tail.warc"
+    path.write_bytes((_warc(2) if compressed else gzip.decompress(_warc(2))) + tail)
     documents, result = _read(path)
-    assert [d.body for d in documents] == [PAGE]
-    assert result.error == error
+    assert [d.body for d in documents] == [PAGE, PAGE]
+    assert (result.records, result.error) == (records, error)
