@@ -504,7 +504,11 @@ class Supervisor:
 
     async def run(self) -> int:
         s = self.settings
-        s.runtime_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            s.runtime_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only file system, a path through a file, ...
+            why = exc.strerror or exc
+            raise OSError(f"cannot create the runtime directory {s.runtime_dir}: {why}") from None
         loop = asyncio.get_running_loop()
         # asyncio.to_thread's threads, named, so that the stop can tell what it leaves running
         self.executor = ThreadPoolExecutor(thread_name_prefix=THREAD_PREFIX)

@@ -698,3 +698,14 @@ def test_debug_raises_a_user_error_and_no_debug_makes_it_one_line(capsys: pytest
         exit_status.run_command(bad_value, argparse.Namespace(debug=True))
     assert exit_status.run_command(bad_value, argparse.Namespace(debug=False)) == exit_status.ERROR
     assert capsys.readouterr().err == "crystalline: error: --lr must be positive\n"
+
+
+@pytest.mark.timeout(60)
+def test_a_runtime_directory_that_cannot_be_created_is_named(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    proc = run_cli(["run", "--state-dir", str(afile / "state"), "--http", "off"], cli_env)
+    assert proc.returncode == 1
+    # before: 'crystalline: error: [Errno 20] Not a directory: '.../afile/state/run''
+    said = f"crystalline: error: cannot create the runtime directory {afile}/state/run: Not a directory\n"
+    assert proc.stderr == said
