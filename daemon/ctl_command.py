@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from crystalline.exit_status import ERROR, OK
+from crystalline.exit_status import ERROR, OK, UsageError
 
 from . import commands
 from .status_client import request
@@ -25,7 +25,8 @@ from .status_command import add_socket_options, socket_of
 
 
 def fields(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as request fields (ValueError, one line, for a pair without ``=``)."""
+    """``KEY=VALUE`` pairs as request fields (ValueError, one line, for a pair without ``=``;
+    UsageError for a value nested too deep for the JSON parser, ``n=[[[[...``)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -37,6 +38,8 @@ def fields(pairs: list[str]) -> dict[str, Any]:
             out[key] = json.loads(value)
         except ValueError:
             out[key] = value
+        except RecursionError:
+            raise UsageError(f"{key}=...: the value is nested too deep to read as JSON") from None
     return out
 
 

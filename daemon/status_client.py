@@ -56,6 +56,8 @@ def _request(path: Path, payload: dict[str, Any], deadline: float) -> dict[str, 
         reply = json.loads(b"".join(chunks))
     except ValueError:
         raise ConnectionError(f"{path}: the reply is not JSON") from None
+    except RecursionError:
+        raise ConnectionError(f"{path}: the reply is nested too deep to read") from None
     if not isinstance(reply, dict):
         raise ConnectionError(f"{path}: malformed reply")
     return reply

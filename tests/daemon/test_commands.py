@@ -13,6 +13,7 @@ import pytest
 from crystalline.daemon import commands
 from crystalline.daemon.config import DaemonConfig
 from crystalline.daemon.ctl_command import fields
+from crystalline.exit_status import UsageError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,6 +78,17 @@ def test_fields_read_json_values_and_strings() -> None:
     for bad in ("crawl", "=x", "cmd=stop"):
         with pytest.raises(ValueError):
             fields([bad])
+
+
+def test_a_value_nested_too_deep_is_a_one_line_usage_error() -> None:
+    deep = "[" * 50_000
+    with pytest.raises(UsageError, match=r"^n=\.\.\.: the value is nested too deep to read as JSON$"):
+        fields(["prompt=x", f"n={deep}"])
+    out = ctl("--socket", "/nonexistent/crystalline.sock", "generate", f"n={deep}")
+    assert out.returncode == 64  # a usage error, before any connection
+    assert out.stderr.splitlines() == [
+        "crystalline: error: n=...: the value is nested too deep to read as JSON"
+    ]
 
 
 def test_ctl_errors_are_one_line() -> None:

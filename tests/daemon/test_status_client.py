@@ -51,7 +51,10 @@ class OneReplyServer:
             except (BrokenPipeError, ConnectionResetError):
                 self.client_left = True
 
-    def close(self) -> None:
+    def __enter__(self) -> OneReplyServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.thread.join(timeout=60)
         self.listener.close()
 
@@ -63,31 +66,43 @@ def sock_path() -> Iterator[Path]:
         yield Path(d) / "crystalline.sock"
 
 
+def ctl_status(path: Path, *options: str) -> tuple[int, list[str]]:
+    """`crystalline ctl status` against ``path``: its exit status and its stderr lines."""
+    out = subprocess.run(
+        [*CTL, "--socket", str(path), *options, "status"], capture_output=True, text=True, timeout=60
+    )
+    return out.returncode, out.stderr.splitlines()
+
+
+def trickling(path: Path) -> OneReplyServer:
+    return OneReplyServer(path, b'{"ok": true, "pad": "' + b"x" * TRICKLE, pace_s=0.02)
+
+
 def test_a_trickled_reply_ends_at_the_requests_deadline(sock_path: Path) -> None:
-    server = OneReplyServer(sock_path, b'{"ok": true, "pad": "' + b"x" * TRICKLE, pace_s=0.02)
-    try:
-        with pytest.raises(TimeoutError) as caught:
-            request(sock_path, {"cmd": "status"}, timeout_s=0.5)
-    finally:
-        server.close()
+    with trickling(sock_path) as server, pytest.raises(TimeoutError) as caught:
+        request(sock_path, {"cmd": "status"}, timeout_s=0.5)
     assert str(caught.value) == f"{sock_path}: no whole reply within 0.5 s"
     assert not server.thread.is_alive()
     assert server.client_left and server.sent < TRICKLE  # the client hung up mid-reply
 
 
 def test_ctl_against_a_trickling_daemon_is_one_line(sock_path: Path) -> None:
-    server = OneReplyServer(sock_path, b'{"ok": true, "pad": "' + b"x" * TRICKLE, pace_s=0.02)
-    try:
-        out = subprocess.run(
-            [*CTL, "--socket", str(sock_path), "--timeout", "1", "status"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        server.close()
-    assert out.returncode == 1
-    assert out.stderr.splitlines() == [
-        f"crystalline: daemon unreachable at {sock_path}: {sock_path}: no whole reply within 1 s"
-    ]
+    with trickling(sock_path) as server:
+        status, lines = ctl_status(sock_path, "--timeout", "1")
+    assert status == 1
+    error = f"{sock_path}: no whole reply within 1 s"
+    assert lines == [f"crystalline: daemon unreachable at {sock_path}: {error}"]
     assert server.client_left and server.sent < TRICKLE
+
+
+def test_a_reply_nested_too_deep_is_a_one_line_error(sock_path: Path) -> None:
+    deep = b"[" * 50_000 + b"\n"
+    with OneReplyServer(sock_path, deep), pytest.raises(ConnectionError) as caught:
+        request(sock_path, {"cmd": "status"}, timeout_s=30)
+    error = f"{sock_path}: the reply is nested too deep to read"
+    assert str(caught.value) == error
+    sock_path.unlink()
+    with OneReplyServer(sock_path, deep):
+        status, lines = ctl_status(sock_path)
+    assert status == 1
+    assert lines == [f"crystalline: daemon unreachable at {sock_path}: {error}"]
