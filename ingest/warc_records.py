@@ -56,18 +56,30 @@ def is_warc(name: str) -> bool:
 @dataclass
 class WarcYield:
     """What one WARC file gave: HTML responses spooled, those spooled before (``known``: a WARC
-    read again after a stop), records skipped, and why it stopped early."""
+    read again after a stop), records skipped (``broken`` ones among them, the first's reason
+    kept), and why it stopped early."""
 
     records: int = 0
     spooled: int = 0
     known: int = 0
     skipped: int = 0
+    broken: int = 0  # records skipped as broken, with more records after them
+    broken_reason: str = ""  # the first one's
     error: str = ""  # "" when read to its end
     stopped: bool = False  # the stop came between two records: the file is not done
+
+    def skip_broken(self, reason: str) -> None:
+        self.skipped += 1
+        self.broken += 1
+        self.broken_reason = self.broken_reason or reason
 
     def summary(self) -> str:
         text = f"WARC: {self.spooled} HTML responses of {self.records} records to the spool"
         text += f" ({self.known} there already)" if self.known else ""
+        if self.broken == 1:
+            text += f"; 1 broken record skipped: {self.broken_reason}"
+        elif self.broken:
+            text += f"; {self.broken} broken records skipped, the first: {self.broken_reason}"
         return f"{text}; {self.error}" if self.error else text
 
 
@@ -77,32 +89,48 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
     with open(os.dup(fd), "rb") as stream:
         stream.seek(0)
         end = 0  # where the last record read ends in the file
+        # the last record read, when warcio ended it at its gzip member's end (or the file's) before
+        # its Content-Length or without one: (why it is skipped, why it is a cut). A record after
+        # it: it was whole in its member, but broken, and is skipped; none: the file is cut in it
+        suspect: tuple[str, str] | None = None
         try:
             records = ArchiveIterator(stream)
             for record in records:
                 if not (record.rec_headers.protocol or record.rec_headers.headers):
                     continue  # a gzip member of blank lines only: no record
+                if suspect is not None:
+                    result.skip_broken(suspect[0])
+                    suspect = None
                 if record.format != "warc":  # warcio reads ARC too, and takes any text for it
                     result.error = f"record {result.records + 1} is no WARC record"
                     break
                 result.records += 1
                 document = _document(record, max_bytes)
-                # warcio ends a record at the file's end without a word: its payload is a part,
-                # or (cut in its header) it is a record without a Content-Length
+                # warcio ends a record at its gzip member's end or the file's without a word: its
+                # payload is a part, or (cut in its header) it is a record without Content-Length
+                n = result.records
                 if record.length is None:
-                    result.error = f"record {result.records} is cut short or broken: it has no Content-Length"
-                    break
-                if _cut_short(record):
-                    result.error = f"record {result.records} is cut short: the file ends inside it"
-                    break
+                    suspect = (
+                        f"record {n} has no Content-Length",
+                        f"record {n} is cut short or broken: it has no Content-Length",
+                    )
+                elif _cut_short(record):
+                    suspect = (
+                        f"record {n} is shorter than its Content-Length",
+                        f"record {n} is cut short: the file ends inside it",
+                    )
                 end = records.get_record_offset() + records.get_record_length()
+                if suspect is not None:
+                    continue
                 if document is None:
                     result.skipped += 1
                     continue
                 yield record_identity(record, document.body), document
+            if suspect is not None:  # the file's last record
+                result.error, suspect = suspect[1], None
             # bytes after the last record but blank lines (or gzip members of them): a record's
             # start, cut before warcio could read it, which it passes over as the file's end
-            if not result.error and not _blank(stream, end):
+            elif not result.error and not _blank(stream, end):
                 result.error = f"record {result.records + 1} is cut short: the file ends inside it"
         except AttributeError:  # warcio, on a response record's header without WARC-Target-URI
             result.error = (
@@ -110,6 +138,8 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
             )
         except (ArchiveLoadFailed, OSError, ValueError, EOFError) as exc:
             result.error = f"stopped at record {result.records + 1}: {' '.join(str(exc).split())[:200]}"
+        if suspect is not None:  # followed by a record warcio could not read: not the file's end
+            result.skip_broken(suspect[0])
 
 
 def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,82 @@ def test_anything_but_blank_lines_after_the_last_record_is_a_cut(
     documents, result = _read(path)
     assert [d.body for d in documents] == [PAGE, PAGE]
     assert (result.records, result.error) == (records, error)
+
+
+def _broken(member: bytes, how: str) -> bytes:
+    """The WARC record in the gzip ``member`` without its Content-Length, or with one 10 too large."""
+    record = gzip.decompress(member)
+    if how == "no Content-Length":
+        record = re.sub(rb"Content-Length: \d+\r\n", b"", record, count=1)
+    else:
+        record = re.sub(
+            rb"Content-Length: (\d+)", lambda m: b"Content-Length: %d" % (int(m[1]) + 10), record, count=1
+        )
+    return gzip.compress(record)
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("no Content-Length", "record 2 has no Content-Length"),
+        ("Content-Length +10", "record 2 is shorter than its Content-Length"),
+    ],
+)
+def test_a_broken_record_inside_the_file_is_skipped_and_the_rest_read(
+    tmp_path: Path, how: str, reason: str
+) -> None:
+    path = tmp_path / "broken.warc.gz"
+    path.write_bytes(_warc(1) + _broken(_warc(1, first=1), how) + _warc(2, first=2))
+    documents, result = _read(path)
+    assert [d.source for d in documents] == [
+        "https://example.org/0",
+        "https://example.org/2",
+        "https://example.org/3",
+    ]
+    assert (result.records, result.skipped, result.broken, result.error) == (4, 1, 1, "")
+    assert (
+        result.summary()
+        == f"WARC: 0 HTML responses of 4 records to the spool; 1 broken record skipped: {reason}"
+    )
+    # the same record last in the file: a cut, as before
+    path.write_bytes(_warc(1) + _broken(_warc(1, first=1), how))
+    documents, result = _read(path)
+    assert [d.source for d in documents] == ["https://example.org/0"]
+    assert (result.records, result.broken) == (2, 0)
+    assert result.error == (
+        "record 2 is cut short or broken: it has no Content-Length"
+        if how == "no Content-Length"
+        else "record 2 is cut short: the file ends inside it"
+    )
+
+
+def test_two_broken_records_are_counted_and_the_first_named(tmp_path: Path) -> None:
+    path = tmp_path / "broken.warc.gz"
+    middle = _broken(_warc(1, first=1), "Content-Length +10") + _broken(
+        _warc(1, first=2), "no Content-Length"
+    )
+    path.write_bytes(_warc(1) + middle + _warc(1, first=3))
+    documents, result = _read(path)
+    assert [d.source for d in documents] == ["https://example.org/0", "https://example.org/3"]
+    assert (result.records, result.skipped, result.broken, result.error) == (4, 2, 2, "")
+    assert result.summary().endswith(
+        "; 2 broken records skipped, the first: record 2 is shorter than its Content-Length"
+    )
+
+
+@pytest.mark.parametrize(
+    ("tail", "broken", "error"),
+    [
+        (b"\x00" * 64, 1, "stopped at record 3: Invalid WARC record, first line:"),
+        (gzip.compress(b"\r\n"), 0, "record 2 is cut short or broken: it has no Content-Length"),
+    ],
+    ids=["bytes after it", "a blank member after it"],
+)
+def test_what_follows_a_broken_record_decides_whether_it_is_a_cut(
+    tmp_path: Path, tail: bytes, broken: int, error: str
+) -> None:
+    path = tmp_path / "broken.warc.gz"
+    path.write_bytes(_warc(1) + _broken(_warc(1, first=1), "no Content-Length") + tail)
+    documents, result = _read(path)
+    assert [d.source for d in documents] == ["https://example.org/0"]
+    assert (result.records, result.broken) == (2, broken) and result.error.startswith(error)
