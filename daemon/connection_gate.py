@@ -45,7 +45,6 @@ class ConnectionGate:
         self.limit = limit
         self.head_s = head_s
         self.refused = 0  # connections answered 503 (past the cap)
-        self.timed_out = 0  # connections closed with their first request's head unsent
         self._accepted = 0  # made by this factory, not yet told to aiohttp's Server (same loop turn)
         self._waiting_head: dict[RequestHandler, float] = {}  # accepted at (loop time), no request yet
         self._sweep: asyncio.TimerHandle | None = None
@@ -86,7 +85,6 @@ class ConnectionGate:
                 del self._waiting_head[handler]
             elif now - since >= self.head_s:
                 del self._waiting_head[handler]
-                self.timed_out += 1
                 handler.force_close()
         self._sweep = loop.call_later(SWEEP_S, self._close_late_heads) if self._waiting_head else None
 

@@ -315,7 +315,7 @@ class Dashboard:
             out["error"] = self.error
         out.update(requests=self.requests, refused=self.refused, event_clients=self._event_clients)
         if self._gate is not None:
-            out.update(connections_refused=self._gate.refused, heads_timed_out=self._gate.timed_out)
+            out["connections_refused"] = self._gate.refused
         return out
 
     # ---- data -----------------------------------------------------------------------------
