@@ -179,3 +179,19 @@ def test_what_follows_a_broken_record_decides_whether_it_is_a_cut(
     documents, result = _read(path)
     assert [d.source for d in documents] == ["https://example.org/0"]
     assert (result.records, result.broken) == (2, broken) and result.error.startswith(error)
+
+
+@pytest.mark.parametrize(
+    ("into", "error"),
+    [
+        (30, "record 2 is cut short or broken: its header could not be parsed"),  # warcio: AttributeError
+        (120, "record 2 is cut short: the file ends inside it"),  # warcio ends without a record
+    ],
+)
+def test_a_cut_in_a_records_header_is_named(tmp_path: Path, into: int, error: str) -> None:
+    whole = gzip.decompress(_warc(2))
+    path = tmp_path / "cut.warc"
+    path.write_bytes(whole[: whole.index(b"WARC/1.0", 10) + into])
+    documents, result = _read(path)
+    assert [d.body for d in documents] == [PAGE]
+    assert result.error == error
