@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .log_lines import log_to_stderr
+from .log_lines import escaped, indented, log_to_stderr
 
 OK = 0
 ERROR = 1  # an error the user can act on: a missing file, a bad value, a daemon unreachable
@@ -60,11 +60,12 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    """The error as one line: its message (or class name), an OSError's file name in front."""
+    """The error as one line: its message (or class name), an OSError's file name in front,
+    its other control characters escaped."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
         text = f"{exc.filename}: {text}"
-    return " ".join(text.split())
+    return escaped(" ".join(text.split()))
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -91,7 +92,7 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         if is_user_error(exc):
             print(f"crystalline: error: {one_line(exc)}", file=sys.stderr)
             return ERROR
-        traceback.print_exc()
+        print(indented(traceback.format_exc().rstrip("\n")), file=sys.stderr)  # lines as the log's
         print(f"crystalline: internal error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return SOFTWARE
 

@@ -29,27 +29,34 @@ class OneLineFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         message = record.message
-        record.message = message.translate(_ESCAPES)
+        record.message = escaped(message)
         try:
             return super().formatMessage(record)
         finally:
             record.message = message
 
     def formatException(self, ei: Any) -> str:
-        return _indented(super().formatException(ei))
+        return indented(super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:
-        return _indented(super().formatStack(stack_info))
+        return indented(super().formatStack(stack_info))
 
 
-def _indented(text: str) -> str:
+def escaped(text: str) -> str:
+    """``text`` on one line: its line breaks and other control characters escaped."""
+    return text.translate(_ESCAPES)
+
+
+def indented(text: str) -> str:
     """A traceback's or a stack's lines, each indented by two spaces with its controls escaped."""
     return "\n".join("  " + line.translate(_IN_A_LINE) for line in text.split("\n"))
 
 
 def log_to_stderr(fmt: str, level: int = logging.INFO) -> None:
     """The process's root logger: ``fmt`` lines on stderr at ``level`` (``logging.basicConfig``
-    with :class:`OneLineFormatter`; like it, a no-op when the root already has a handler)."""
+    with :class:`OneLineFormatter`; like it, a no-op when the root already has a handler).
+    Warnings go through it too (``logging.captureWarnings``: logger ``py.warnings``)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OneLineFormatter(fmt))
     logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from crystalline import exit_status
 from crystalline.log_lines import OneLineFormatter
 
 
@@ -74,3 +78,31 @@ def test_c1_controls_and_unicode_line_separators_are_escaped() -> None:
     line = formatter.format(record)
     assert line == "INFO a\\x85ERROR x: nel\\u2028c\\u2029d\\x9b2J\xa0éb"
     assert line.splitlines() == [line]
+
+
+def test_a_warning_is_logged_on_one_line() -> None:
+    code = (
+        "import warnings\n"
+        "from crystalline.log_lines import log_to_stderr\n"
+        "log_to_stderr('%(levelname)s %(name)s: %(message)s')\n"
+        "warnings.warn('a.txt\\nERROR x: forged')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("WARNING py.warnings: <string>:4: UserWarning: a.txt\\nERROR x: forged\\n")
+
+
+def test_an_internal_errors_traceback_cannot_forge_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def buggy(_args: argparse.Namespace) -> int:
+        raise RuntimeError("boom\nERROR x: forged\x1b[2J")
+
+    assert exit_status.run_command(buggy, argparse.Namespace(debug=False)) == exit_status.SOFTWARE
+    lines = capsys.readouterr().err.split("\n")
+    assert lines[0] == "  Traceback (most recent call last):"
+    assert lines[-3:] == [
+        "  ERROR x: forged\\x1b[2J",
+        "crystalline: internal error: RuntimeError: boom ERROR x: forged\\x1b[2J",
+        "",
+    ]
+    assert all(line.startswith("  ") for line in lines[:-2])
