@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from crystalline.documents import Document
+from crystalline.exit_status import one_line
 from crystalline.log_lines import log_to_stderr
 
 from .extract import ExtractionError, ExtractLimits, extract_document, sniff_kind
@@ -190,7 +191,7 @@ def _work_safely(config_json: str, header: dict[str, Any], body: bytes, tokenize
         return _frame({"source": header["source"], "error": "out of memory during extraction"})
     except Exception as e:  # a library's own error on hostile input: fail the document, keep the worker
         log.warning("extraction of %s raised %s", header["source"], type(e).__name__, exc_info=True)
-        why = " ".join(str(e).split())[:200] or "no message"
+        why = one_line(e)[:200] if str(e).strip() else "no message"
         return _frame({"source": header["source"], "error": f"extractor error ({type(e).__name__}: {why})"})
 
 

@@ -41,6 +41,7 @@ from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
 from crystalline.documents import Document, Spool
+from crystalline.exit_status import one_line
 
 log = logging.getLogger("crystalline.ingest.warc")
 
@@ -137,7 +138,8 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
                 f"record {result.records + 1} is cut short or broken: its header could not be parsed"
             )
         except (ArchiveLoadFailed, OSError, ValueError, EOFError) as exc:
-            result.error = f"stopped at record {result.records + 1}: {' '.join(str(exc).split())[:200]}"
+            # warcio puts the line it could not read (the file's bytes) in its message
+            result.error = f"stopped at record {result.records + 1}: {one_line(exc)[:200]}"
         if suspect is not None:  # followed by a record warcio could not read: not the file's end
             result.skip_broken(suspect[0])
 

@@ -146,6 +146,16 @@ def test_in_process_time_limit_and_extractor_errors_fail_one_document(
     assert signal.getsignal(signal.SIGALRM) == before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
+def test_an_extractor_errors_text_reaches_the_reason_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def extractor(doc: Document, limits: ExtractLimits, kind: str) -> Extraction:
+        raise ValueError("bad\x00xref\x1b[2J\nERROR forged")  # a library's message with the file's bytes
+
+    monkeypatch.setattr(pool_module, "extract_document", extractor)
+    doc = Document("/d/a.txt", samples.prose(0, 100).encode(), "")
+    [(_, result)] = extract_in_process(PoolConfig(min_words=5), [doc], want_text=True)
+    assert result.error == "extractor error (ValueError: bad\\x00xref\\x1b[2J ERROR forged)"
+
+
 def _counted(docs: list[Document], taken: list[int]) -> Iterator[Document]:
     """``docs``, noting in ``taken`` how many were asked for so far."""
     for doc in docs:

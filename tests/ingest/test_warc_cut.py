@@ -181,6 +181,15 @@ def test_what_follows_a_broken_record_decides_whether_it_is_a_cut(
     assert (result.records, result.broken) == (2, broken) and result.error.startswith(error)
 
 
+def test_a_reason_holds_no_control_characters(tmp_path: Path) -> None:
+    path = tmp_path / "padded.warc"
+    path.write_bytes(gzip.decompress(_warc(2)) + b"\x00" * 512)  # NUL padding: warcio names the line
+    documents, result = _read(path)
+    assert len(documents) == 2
+    assert result.error.startswith("stopped at record 3: Invalid WARC record, first line: \\x00\\x00")
+    assert result.error.isprintable() and len(result.error) <= 240
+
+
 @pytest.mark.parametrize(
     ("into", "error"),
     [
