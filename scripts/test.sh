@@ -22,18 +22,26 @@ echo "== pytest" >&2
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 # what tests leave for people to look at (the dashboard's screenshots), kept after the run
 export CRYSTALLINE_TEST_ARTIFACTS="${CRYSTALLINE_TEST_ARTIFACTS:-$ROOT/test-artifacts}"
-# pytest runs in the background so that this shell can pass a TERM on as if it had exec'd pytest
-# (a runner stopping the command it started signals this process alone); a Ctrl-C, which the
-# terminal sends to the whole process group, reaches pytest itself (a background job ignores INT
-# unless told not to), so it is not passed on (twice would cut pytest's teardown short). Either ends
-# mypy, and the run ends with pytest's status
+# pytest runs in the background so that this shell can pass a signal on as if it had exec'd pytest
+# (a runner stopping the command it started signals this process alone), but for a Ctrl-C: the
+# terminal sends that to the whole foreground process group, pytest included (a background job
+# ignores INT unless told not to), and a second INT would cut pytest's teardown short. Either ends
+# mypy, and the run ends with pytest's status.
 pytest_pid=""
 stopping=""
 stop() {  # stop SIGNAL
     stopping=1
     [[ -z "$mypy_pid" ]] || kill "$mypy_pid" 2>/dev/null || true
     [[ -n "$pytest_pid" ]] || exit $((128 + $(kill -l "$1")))
-    [[ "$1" != TERM ]] || kill -TERM "$pytest_pid" 2>/dev/null || true
+    if [[ "$1" != INT ]] || ! terminal_foreground; then
+        kill -"$1" "$pytest_pid" 2>/dev/null || true
+    fi
+}
+terminal_foreground() {  # whether this shell's process group is its terminal's foreground one
+    local stat pgrp tpgid
+    stat="$(</proc/$$/stat)"
+    read -r _ _ pgrp _ _ tpgid _ <<<"${stat##*) }"  # fields 5 and 8, after "pid (comm) "
+    [[ "$pgrp" == "$tpgid" ]]
 }
 trap 'stop TERM' TERM
 trap 'stop INT' INT

@@ -1,12 +1,13 @@
 """scripts/test.sh, the test command, with stand-ins for what it runs: its own bootstrap (the
 real one installs), ruff and compileall that pass, a pytest and a mypy that run until signalled
-(or end with a given status). A TERM to the script's process alone (a runner that signals the
-command it started) and a Ctrl-C (an INT to its whole process group, as a terminal sends it) stop
-both stand-ins, and the script ends with pytest's status, as when it exec'd pytest."""
+(or end with a given status). A TERM or an INT to the script's process alone (a runner that
+signals the command it started) and a Ctrl-C typed on its terminal stop both stand-ins, pytest's
+once, and the script ends with pytest's status, as when it exec'd pytest."""
 
 from __future__ import annotations
 
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -23,11 +24,12 @@ RUFF = "#!/bin/sh\nexit 0\n"
 # each stand-in writes its pid (the sleep's, after exec), or ends at once with STANDIN_<NAME>_EXIT
 MYPY = '#!/bin/sh\n[ -z "$STANDIN_MYPY_EXIT" ] || { echo mypy-said; exit "$STANDIN_MYPY_EXIT"; }\n'
 MYPY += 'echo $$ > "$STANDIN_PIDS/mypy"\nexec sleep 120\n'
-# pytest's stand-in ends as pytest does: 2 on a Ctrl-C (KeyboardInterrupt), killed by a TERM
+# pytest's stand-in ends as pytest does: killed by a TERM; on an INT (KeyboardInterrupt) its
+# teardown, which a second INT would cut short (130), then 2
 PYTEST = (
     "import os, sys, time\n"
     "open(os.path.join(os.environ['STANDIN_PIDS'], 'pytest'), 'w').write(str(os.getpid()))\n"
-    "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    sys.exit(2)\n"
+    "try:\n    time.sleep(120)\nexcept KeyboardInterrupt:\n    time.sleep(1)\n    sys.exit(2)\n"
 )
 PYTHON = '#!/bin/sh\n[ "$2" = compileall ] && exit 0\n[ "$2" = pytest ] || exit 99\n'
 PYTHON += '[ -z "$STANDIN_PYTEST_EXIT" ] || exit "$STANDIN_PYTEST_EXIT"\n'
@@ -57,7 +59,9 @@ def _tree(tmp_path: Path) -> Path:
     return root
 
 
-def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+def _start(tmp_path: Path, terminal: int | None = None, **env: str) -> subprocess.Popen[str]:
+    """The script in a session of its own; with ``terminal`` (a pty's other end) as its stdin and
+    controlling terminal, whose foreground process group it is, as in a shell."""
     root = _tree(tmp_path)
     env = {
         "PATH": os.environ["PATH"],
@@ -66,29 +70,32 @@ def _start(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
         "STANDIN_PYTEST": PYTEST,
         **env,
     }
+    setsid = ["setsid", "--ctty"] if terminal is not None else []
     return subprocess.Popen(
-        ["bash", str(root / "scripts" / "test.sh")],
+        [*setsid, "bash", str(root / "scripts" / "test.sh")],
         env=env,
+        stdin=terminal,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own process group: a Ctrl-C is an INT to that group
+        start_new_session=terminal is None,
     )
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize(("send", "status"), [("term-to-the-script", 143), ("ctrl-c", 2)])
+@pytest.mark.parametrize(("send", "status"), [("TERM", 143), ("INT", 2), ("ctrl-c", 2)])
 def test_a_signal_to_the_test_command_stops_pytest_and_mypy(tmp_path: Path, send: str, status: int) -> None:
-    script = _start(tmp_path)
+    controller, terminal = pty.openpty() if send == "ctrl-c" else (None, None)
+    script = _start(tmp_path, terminal)
     pids = tmp_path / "pids"
     standins: list[int] = []
     try:
         until(lambda: all((pids / name).is_file() for name in ("mypy", "pytest")), "stand-ins started", 60)
         standins = [int((pids / name).read_text(encoding="ascii")) for name in ("pytest", "mypy")]
-        if send == "ctrl-c":
-            os.killpg(script.pid, signal.SIGINT)
+        if controller is not None:
+            os.write(controller, b"\x03")  # the terminal's INT to its foreground process group
         else:
-            os.kill(script.pid, signal.SIGTERM)
+            os.kill(script.pid, signal.Signals[f"SIG{send}"])
         script.wait(timeout=60)
         until(lambda: not any(_runs(pid) for pid in standins), lambda: f"stand-ins end: {standins}", 30)
         assert script.returncode == status
@@ -98,6 +105,9 @@ def test_a_signal_to_the_test_command_stops_pytest_and_mypy(tmp_path: Path, send
                 os.kill(pid, signal.SIGKILL)
         script.kill()
         script.communicate(timeout=60)
+        for fd in (controller, terminal):
+            if fd is not None:
+                os.close(fd)
 
 
 @pytest.mark.timeout(120)
