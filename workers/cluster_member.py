@@ -105,8 +105,7 @@ class Membership:
         self.away = False  # left by request (crystalline pause) until rejoin()
         self.leaves = 0  # leave() calls; the thread tells the store of each (``told``), even
         self.told = 0  # when rejoin() came before its tick: the next registration is a new number
-        self._stop = threading.Event()
-        self._wake = threading.Event()  # close(): the thread's last tick now, not a tick later
+        self._stop = threading.Event()  # ends the thread at once; leaving, after telling the store
         self._server: dist.TCPStore | None = None
         self.guard: RendezvousGuard | None = None
         if settings.hosts_store:  # the server lives as long as this process
@@ -156,7 +155,7 @@ class Membership:
         client: dist.TCPStore | None = None
         registered = False
         beat = 0
-        while not self._wake.wait(self.tick_s) or not self._stop.is_set():
+        while not self._stop.wait(self.tick_s) or self.leaving:
             try:
                 if client is None:
                     if self.leaving:  # a new connection holds no number to tell the store of
@@ -277,13 +276,12 @@ class Membership:
         known to be cut off (a link gone silent: a store call in hand waits out the deadline), it
         waits for the thread's last tick as for any other."""
         self.leaving = True
-        self._wake.set()
+        self._stop.set()
         cut_off = self.unreachable()
         if cut_off is None:
             self._thread.join(timeout=self.tick_s * 3 + self.s.timeout_s)
         else:
             log.info("%s: stopping without telling it that this member leaves", cut_off)
-        self._stop.set()
         self._thread.join(timeout=self.s.timeout_s)
         if self.guard is not None:
             self.guard.close()
