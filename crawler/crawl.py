@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver
 
 from ..documents import Document, DocumentSink
+from ..exit_status import one_line
 from ..postgres import DatabaseUnavailable
 from . import schedule, sitemaps
 from .feedback import IngestFeedback
@@ -418,7 +419,7 @@ class Crawler:
         if self._database_error is None:
             log.warning("crawl paused: %s", exc)
             self._database_since = time.time()
-        self._database_error = str(exc)
+        self._database_error = one_line(exc)
         self._database_wait = min(30.0, max(0.5, self._database_wait * 2))
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), self._database_wait)
@@ -622,7 +623,7 @@ class Crawler:
                 try:
                     await self.warc.write(result, cut=cut)
                 except OSError as exc:  # a full disk: the URL is not done without its records
-                    self._disk_full(entry, str(exc))
+                    self._disk_full(entry, one_line(exc))
                     return
                 self._disk_works()
             await self._handle(entry, result)

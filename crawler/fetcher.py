@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from ..exit_status import one_line
 from .settings import CrawlSettings
 from .urls import UrlPolicy, is_private_host
 
@@ -208,7 +209,7 @@ class Fetcher:
                 if not 200 <= status < 300:
                     return replace(base, elapsed=time.monotonic() - start)
                 if accept is not None and content_type not in accept:
-                    error = f"content type {content_type or '(none)'} skipped"
+                    error = f"content type {one_line(content_type) or '(none)'} skipped"
                     return replace(base, elapsed=time.monotonic() - start, error=error)
                 encoding = rh.get("Content-Encoding", "").strip().lower()
                 declared = resp.content_length
@@ -218,19 +219,17 @@ class Fetcher:
                 body = await self._read_body(resp, encoding, max_bytes, truncate)
                 return replace(base, body=body, elapsed=time.monotonic() - start)
         except BodyTooLarge as exc:
-            return FetchResult(url, 200, elapsed=time.monotonic() - start, error=str(exc))
+            return FetchResult(url, 200, elapsed=time.monotonic() - start, error=one_line(exc))
         except (ValueError, zlib.error) as exc:
-            return FetchResult(url, elapsed=time.monotonic() - start, error=f"bad response: {exc}")
+            return FetchResult(url, elapsed=time.monotonic() - start, error=f"bad response: {one_line(exc)}")
         except TimeoutError:
             return FetchResult(url, elapsed=time.monotonic() - start, error="timeout", retryable=True)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, PrivateAddressRefused):  # final: asking again cannot help
                 return FetchResult(url, elapsed=time.monotonic() - start, error=f"refused: {exc.os_error}")
-            error = " ".join((str(exc) or type(exc).__name__).split())
-            return FetchResult(url, elapsed=time.monotonic() - start, error=error, retryable=True)
+            return FetchResult(url, elapsed=time.monotonic() - start, error=one_line(exc), retryable=True)
         except (aiohttp.ClientError, OSError) as exc:
-            error = " ".join((str(exc) or type(exc).__name__).split())
-            return FetchResult(url, elapsed=time.monotonic() - start, error=error, retryable=True)
+            return FetchResult(url, elapsed=time.monotonic() - start, error=one_line(exc), retryable=True)
 
     async def _read_body(
         self, resp: aiohttp.ClientResponse, encoding: str, max_bytes: int, truncate: bool

@@ -34,6 +34,8 @@ from collections.abc import Iterator
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from crystalline.exit_status import one_line
+
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ def ocr_image(image: Image.Image, timeout_s: float, language: str = "eng") -> st
             except subprocess.TimeoutExpired:
                 log.warning("tesseract (pid %d) was not reaped %gs after its kill", proc.pid, KILLED_WAIT_S)
     if proc.returncode:
-        why = " ".join(err.decode("utf-8", "replace").split())[-300:] or "no message"
+        why = one_line(err.decode("utf-8", "replace")[-300:]) or "no message"
         raise OcrError(f"tesseract failed (exit code {proc.returncode}): {why}")
     return out.decode("utf-8")
 
@@ -179,4 +181,4 @@ def _first_line(exc: BaseException) -> str:
     the buffer it read: "cannot identify image file <_io.BytesIO object at 0x7f...>"), so that
     the same bad file gets the same reason each time."""
     text = _OBJECT_REPR.sub("", str(exc)).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return one_line(text.splitlines()[0]) if text else type(exc).__name__

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pypdfium2 as pdfium
 
+from crystalline.exit_status import one_line
+
 from .ocr import OcrError, ocr_image
 
 
@@ -55,10 +57,10 @@ def extract_pdf(
     try:
         pdf = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as e:
-        message = str(e)
+        message = one_line(e)
         if "password" in message.lower():
             raise PdfError("encrypted PDF: a password is required") from e
-        raise PdfError(f"not a readable PDF ({message.strip().rstrip('.')})") from e
+        raise PdfError(f"not a readable PDF ({message.rstrip('.')})") from e
     deadline = time.monotonic() + time_budget_s if time_budget_s > 0 else math.inf
     try:
         total = len(pdf)
@@ -72,7 +74,7 @@ def extract_pdf(
             try:
                 page = pdf[index]
             except pdfium.PdfiumError as e:
-                raise PdfError(f"page {index + 1} is unreadable ({str(e).strip()})") from e
+                raise PdfError(f"page {index + 1} is unreadable ({one_line(e)})") from e
             try:
                 textpage = page.get_textpage()
                 text = textpage.get_text_bounded()
@@ -93,7 +95,7 @@ def extract_pdf(
                     if ocr_pages == max_ocr_pages and not truncated:
                         truncated = f"OCR stopped after {max_ocr_pages} pages"
             except pdfium.PdfiumError as e:
-                raise PdfError(f"page {index + 1} is unreadable ({str(e).strip()})") from e
+                raise PdfError(f"page {index + 1} is unreadable ({one_line(e)})") from e
             finally:
                 page.close()
             texts.append(text)

@@ -138,7 +138,7 @@ def _work(config_json: str, header: dict[str, Any], body: bytes, tokenizer: Any)
     try:
         ex = extract_document(doc, limits, kind)
     except ExtractionError as e:
-        reply["error"] = str(e)
+        reply["error"] = one_line(e)
         reply["kind"] = kind
         return _frame(reply)
     reply.update(

@@ -59,12 +59,16 @@ def is_user_error(exc: BaseException) -> bool:
     return False
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException | str) -> str:
     """The error as one line: its message (or class name), an OSError's file name in front,
-    its other control characters escaped."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
-        text = f"{exc.filename}: {text}"
+    its white space runs one space, its other control characters escaped. A text from outside
+    (a tool's stderr) is made one line the same way ("" stays "")."""
+    if isinstance(exc, str):
+        text = exc
+    else:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+            text = f"{exc.filename}: {text}"
     return escaped(" ".join(text.split()))
 
 

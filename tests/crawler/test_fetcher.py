@@ -197,3 +197,34 @@ def test_retry_after_parsing() -> None:
     later = parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT")
     assert later is not None and later > 1e9
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+def test_a_servers_control_characters_reach_the_reason_escaped(tmp_path: Path) -> None:
+    # Z1: a Content-Type with an ESC and a SOH (which aiohttp's parser lets through) was named
+    # raw in the skipped page's reason; a status line it cannot parse is one line too
+    responses = {
+        "/type": b"HTTP/1.1 200 OK\r\nContent-Type: text/\x1b[2J\x01evil\r\nContent-Length: 2\r\n\r\nhi",
+        "/status": b"HTTP/1.1 2x0 O\x1b[2JK\r\nContent-Length: 2\r\n\r\nhi",
+    }
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.write(responses[request.split()[1].decode()])
+        await writer.drain()
+        writer.close()
+
+    async def main() -> dict[str, str]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        settings = fast_settings(tmp_path)
+        try:
+            async with Fetcher(settings, UrlPolicy(settings)) as fetcher:
+                base, accept = f"http://127.0.0.1:{port}", settings.content_types
+                return {path: (await fetcher.fetch(base + path, accept, 1000)).error for path in responses}
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    errors = asyncio.run(main())
+    assert errors["/type"] == "content type text/\\x1b[2j\\x01evil skipped"
+    assert errors["/status"].startswith("400, message=") and errors["/status"].isprintable()

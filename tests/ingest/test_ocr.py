@@ -297,3 +297,26 @@ def test_a_tesseract_that_reads_no_image_and_the_missing_tools_are_one_line_each
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
     with pytest.raises(OcrError, match=r"^tesseract is not installed \(apt-get install tesseract-ocr\)$"):
         ocr_image(samples.render_text(samples.OCR_LINES), timeout_s=30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["image", "pdf"])
+def test_tesseracts_error_text_reaches_the_reason_as_one_escaped_line(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Y1: tesseract's stderr reached the reason with its NULs and ESCs raw (only white space
+    # runs were joined); a scanned page of a PDF carries it the same way
+    from crystalline.ingest.extract import ExtractionError, ExtractLimits, extract_document
+
+    script = r"printf 'bad\000data\nERROR crystalline: forged\033[2J' >&2; exit 1"
+    _fake_tesseract(tmp_path, script, monkeypatch)
+    scan = samples.render_text(samples.OCR_LINES)
+    body = samples.make_pdf([scan]) if kind == "pdf" else samples.image_bytes(scan, "PNG")
+    media = "application/pdf" if kind == "pdf" else "image/png"
+    doc = Document(f"scan.{'pdf' if kind == 'pdf' else 'png'}", body, media, origin="drop")
+    with pytest.raises(ExtractionError) as caught:
+        extract_document(doc, ExtractLimits(ocr_timeout_s=30), kind)
+    page = "page 1: " if kind == "pdf" else ""
+    assert str(caught.value) == (
+        f"{page}tesseract failed (exit code 1): bad\\x00data ERROR crystalline: forged\\x1b[2J"
+    )
