@@ -66,6 +66,8 @@ class WarcYield:
     skipped: int = 0
     broken: int = 0  # records skipped as broken, with more records after them
     broken_reason: str = ""  # the first one's
+    unterminated: int = 0  # records followed by a line where blank lines were due
+    unterminated_reason: str = ""  # the first one's: where, and the line warcio passed over
     error: str = ""  # "" when read to its end
     stopped: bool = False  # the stop came between two records: the file is not done
 
@@ -81,6 +83,11 @@ class WarcYield:
             text += f"; 1 broken record skipped: {self.broken_reason}"
         elif self.broken:
             text += f"; {self.broken} broken records skipped, the first: {self.broken_reason}"
+        if self.unterminated == 1:
+            text += f"; 1 record not followed by a blank line: {self.unterminated_reason}"
+        elif self.unterminated:
+            text += f"; {self.unterminated} records not followed by a blank line, the first: "
+            text += self.unterminated_reason
         return f"{text}; {self.error}" if self.error else text
 
 
@@ -95,7 +102,7 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
         # it: it was whole in its member, but broken, and is skipped; none: the file is cut in it
         suspect: tuple[str, str] | None = None
         try:
-            records = ArchiveIterator(stream)
+            records = _Records(stream, result)
             for record in records:
                 if not (record.rec_headers.protocol or record.rec_headers.headers):
                     continue  # a gzip member of blank lines only: no record
@@ -142,6 +149,35 @@ def html_responses(fd: int, max_bytes: int, result: WarcYield) -> Iterator[tuple
             result.error = f"stopped at record {result.records + 1}: {one_line(exc)[:200]}"
         if suspect is not None:  # followed by a record warcio could not read: not the file's end
             result.skip_broken(suspect[0])
+
+
+class _Records(ArchiveIterator):
+    """warcio's :class:`ArchiveIterator` whose warning on a record followed by a line where blank
+    lines were due (``INC_RECORD``: three lines written straight to stderr, past the daemon's
+    one-line log; its Content-Length is likely short) is counted in ``result`` instead, the
+    first one named with its offset and the line it passed over."""
+
+    def __init__(self, stream: BinaryIO, result: WarcYield) -> None:
+        super().__init__(stream)
+        self.INC_RECORD = _UnterminatedRecord(result)  # warcio writes INC_RECORD.format(...)
+
+
+class _UnterminatedRecord:
+    """Takes warcio's ``INC_RECORD.format(offset, line)``: counts it, writes nothing."""
+
+    def __init__(self, result: WarcYield) -> None:
+        self.result = result
+
+    def format(self, offset: int, line: bytes | str) -> str:
+        result = self.result
+        result.unterminated += 1
+        if not result.unterminated_reason:
+            text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+            result.unterminated_reason = (
+                f"record {result.records} (its Content-Length short?) is followed at offset {offset}"
+                f' by "{one_line(text)[:200]}"'
+            )
+        return ""
 
 
 def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:

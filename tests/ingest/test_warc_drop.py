@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -278,3 +279,37 @@ def test_a_copy_of_a_warc_under_another_name_with_its_mtime_kept_is_counted_as_d
     assert stats["duplicates"] == n, stats
     assert _warc_reasons(tmp_path) == [f"WARC: {n} HTML responses of {n} records to the spool"] * 2
     assert (drop.done / "b.warc").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_record_its_content_length_cuts_short_is_counted_not_printed(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # R18 6: warcio wrote its own three lines ("WARNING: Record not followed by newline ...",
+    # "Offset: ...", "Remainder: ...") straight to stderr, past the one-line log
+    out = io.BytesIO()
+    writer = WARCWriter(out, gzip=False)
+    for i in range(2):
+        payload = f"<html><body>{article(i)}</body></html>\r\nTAIL {i}\x1b[2J".encode()
+        headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
+        record = writer.create_warc_record(
+            f"https://example.org/{i}", "response", payload=io.BytesIO(payload), http_headers=headers
+        )
+        writer.write_record(record)
+    data = out.getvalue()
+    # the first record's Content-Length 10 bytes short: its last line is left after it
+    first = data.index(b"Content-Length: ") + len(b"Content-Length: ")
+    length = int(data[first : data.index(b"\r\n", first)])
+    data = data[:first] + str(length - 10).encode() + data[data.index(b"\r\n", first) :]
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "short.warc").write_bytes(data)
+    _, rows, _ = ingest_inbox(tmp_path)
+    assert [r[0] for r in rows if r[3] != "warc"] == ["https://example.org/0", "https://example.org/1"]
+    (reason,) = _warc_reasons(tmp_path)
+    assert re.fullmatch(
+        r"WARC: 2 HTML responses of 2 records to the spool; 1 record not followed by a blank line: "
+        r'record 1 \(its Content-Length short\?\) is followed at offset \d+ by "TAIL 0\\x1b\[2J"',
+        reason,
+    ), reason
+    err = capfd.readouterr().err
+    assert "Record not followed by newline" not in err and "Remainder" not in err
