@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from ..exit_status import one_line
 from ..states import COMPONENT, transition
 
 log = logging.getLogger("crystalline.supervisor")
@@ -68,7 +69,7 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 def describe(exc: BaseException) -> str:
     """One line for a component's failure."""
     text = str(exc) if isinstance(exc, ComponentFailed) else f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())
+    return one_line(text)
 
 
 class ComponentRunner:

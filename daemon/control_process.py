@@ -46,6 +46,7 @@ from ..descriptors import (
     shard_map_cap,
     soft_limit,
 )
+from ..exit_status import one_line
 from ..log_lines import log_to_stderr
 from ..shm.segments import SharedMemoryFull
 from ..states import TRAINING, transition
@@ -439,9 +440,9 @@ class Control:
                 self.trainer = self._start_trainer()
             # RingTimeout: the supervisor's ring did not answer (it restarts); ask again later
             except (SharedMemoryFull, DescriptorLimitTooLow, ClusterUnavailable, RingTimeout) as exc:
-                if str(exc) != self.error:
+                if one_line(exc) != self.error:
                     log.error("%s; not training, trying again every %g s", exc, self.resource_retry_s)
-                self.error = str(exc)
+                self.error = one_line(exc)
                 self.state = transition(TRAINING, self.state, "failed")
                 deadline = time.monotonic() + self.resource_retry_s
                 while time.monotonic() < deadline and not self.stopping:

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..exit_status import one_line
 from ..tokens.learned_vocab import DerivedStore, Stopped, derived_dir, learn_once, vocab_path
 from ..workers.train_config import TrainConfig
 from .store_data import byte_store_dir
@@ -60,7 +61,8 @@ class VocabService:
             # control waiting for the vocabulary forever, so it is reported and tried again
             except Exception as exc:
                 self.failures += 1
-                error = str(exc) if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {exc}"
+                error = one_line(exc)
+                error = error if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {error}"
                 if error != self.error:
                     log.error(
                         "learned vocabulary: %s; trying again (every %.0f s at most)",

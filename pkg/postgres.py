@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+from .exit_status import one_line
 from .statement_deadline import STATEMENT_TIMEOUT_S, check_statement_timeout, client_deadline_s
 
 SCHEMES = ("postgresql://", "postgres://")
@@ -363,7 +364,8 @@ class _Watchdog:
 def _first_line(exc: Exception) -> str:
     """The first line of a libpq error ("connection failed: ... Connection refused"; its hints
     follow on lines of their own)."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    return one_line(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def _lock_key(name: str) -> int:

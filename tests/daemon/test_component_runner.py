@@ -9,7 +9,7 @@ import logging
 import pytest
 from _wait import until_async
 
-from crystalline.daemon.component_runner import Backoff, ComponentFailed, ComponentRunner
+from crystalline.daemon.component_runner import Backoff, ComponentFailed, ComponentRunner, describe
 
 
 class FakeTime:
@@ -138,3 +138,11 @@ def test_progress_clears_the_error_and_stop_ends_a_backoff_at_once() -> None:
         assert fresh.state == "stopped"
 
     asyncio.run(scenario())
+
+
+def test_a_components_failure_is_one_escaped_line() -> None:
+    # Z1: describe() joined white space but left an ESC or a NUL of the error's text raw in the
+    # reason that status shows and the log prints
+    assert describe(RuntimeError("bad\x00 page\x1b[2J\nERROR forged")) == (
+        "RuntimeError: bad\\x00 page\\x1b[2J ERROR forged"
+    )
