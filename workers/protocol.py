@@ -21,6 +21,8 @@ from typing import Any
 
 import msgpack
 
+from ..exit_status import one_line
+
 PROTOCOL_VERSION = 1
 
 HELLO = "HELLO"
@@ -66,7 +68,7 @@ def unpack_map(data: bytes, max_bytes: int) -> dict[str, Any]:
     try:
         msg = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"not msgpack: {' '.join(str(exc).split())}") from None
+        raise ProtocolError(f"not msgpack: {one_line(exc)}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"not a map but {type(msg).__name__}")
     return msg
