@@ -11,6 +11,7 @@ import pytest
 
 from tests._postgres import pg_cluster, pg_url  # noqa: F401  (fixtures: a PostgreSQL cluster, a database)
 from tests._session_shm import PRIVATE_DEV_SHM  # noqa: F401  (made at import: the session's own /dev/shm)
+from tests._sigterm import pytest_configure  # noqa: F401  (the hook: a TERM runs the teardown)
 
 # Sentences drawn from a tiny word list: repetitive enough for a 30k-parameter model to learn
 # in a few hundred steps, varied enough that the validation split is not a copy of training.
