@@ -275,14 +275,15 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 # the [ingest] keys each command leaves out: what only the daemon's drop folder and shards use,
-# and for extract, which opens no database, the registry's
+# and for extract, which opens no database, the registry's. No flag; a file or the environment
+# shared with the daemon may set them (checked, then unused)
 INGEST_LEAVES_OUT = ("drop_settle_s",)
 EXTRACT_LEAVES_OUT = ("drop_settle_s", "batch_documents", "batch_bytes", "database", "database_timeout_s")
 
 
 def settings_tree(leaves_out: tuple[str, ...]) -> Tree:
     """The settings of `crystalline ingest` or `extract`: the [ingest] keys but ``leaves_out``."""
-    return Tree({"ingest": _ingest_table()}, exclude={"ingest": leaves_out})
+    return Tree({"ingest": _ingest_table()}, shared={"ingest": leaves_out})
 
 
 @functools.cache

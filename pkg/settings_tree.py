@@ -383,12 +383,14 @@ Given = tuple[Any, Source, Any]  # value, where it came from, how it is shown
 @dataclass(frozen=True)
 class Tree:
     """The tables one command reads, the command's own defaults, the keys it leaves out (no flag,
-    not reported; a file or the environment shared with the daemon may still set them: checked,
-    then unused), and which tables' flags carry the table's name (``run --crawl-concurrency``)."""
+    not reported, refused anywhere: ``exclude``) or shares with the daemon's file (no flag, not
+    reported; a file or the environment may set them: checked, then unused: ``shared``), and
+    which tables' flags carry the table's name (``run --crawl-concurrency``)."""
 
     tables: dict[str, Table]
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shared: dict[str, tuple[str, ...]] = field(default_factory=dict)
     prefixed: tuple[str, ...] = ()
 
     def key(self, table_name: str, name: str) -> Key:
@@ -400,10 +402,14 @@ class Tree:
             return override[key.name], Source("command")
         return key.default, Source("default")
 
+    def unused(self, table_name: str) -> tuple[str, ...]:
+        """The keys of a table this command does not use (excluded or shared)."""
+        return self.exclude.get(table_name, ()) + self.shared.get(table_name, ())
+
     def keys(self) -> Iterable[Key]:
         for name, tab in self.tables.items():
             for key in tab.keys.values():
-                if key.name not in self.exclude.get(name, ()):
+                if key.name not in self.unused(name):
                     yield key
 
     def flag(self, key: Key, name: str | None = None) -> str:
@@ -418,7 +424,7 @@ class Tree:
         for name, tab in self.tables.items():
             group = parser.add_argument_group(f"[{name}] settings (env {ENV_PREFIX}{name.upper()}_<KEY>)")
             for key in tab.keys.values():
-                if key.name not in self.exclude.get(name, ()):
+                if key.name not in self.unused(name):
                     self._add_key(group, key, taken)
         self._add_renamed(parser, taken)
 
@@ -496,7 +502,7 @@ class Tree:
                 values[slot], sources[slot] = self.default(key)
                 shown[slot] = key.shown(None, values[slot])
         built = {}
-        left_out = {slot: given[slot] for slot in given if slot not in values}  # keys it leaves out
+        left_out = {slot: given[slot] for slot in given if slot not in values}  # the shared keys set
         sources.update({slot: source for slot, (_, source, _) in left_out.items()})
         for name, tab in self.tables.items():
             changed = {
@@ -603,10 +609,11 @@ class Tree:
             return  # another command's table
         tab = self.tables[table_name]
         found = tab.lookup(name)
-        # a key this command leaves out (it has no flag) is still a key of the table: a file or an
-        # environment shared with the daemon may set it; resolve checks it, and the command ignores it
-        if found is None:
-            raise UsageError(f"{source}: {unknown(tab, name)}")
+        # a shared key (no flag) is still a key of the table: a file or an environment shared with
+        # the daemon may set it; resolve checks it, and the command ignores it. An excluded one is
+        # refused: the command would drop it (run's [crawl] data-dir: the frontier is the state's)
+        if found is None or found[0].name in self.exclude.get(table_name, ()):
+            raise UsageError(f"{source}: {unknown(tab, name, self.unused(table_name))}")
         key, negate, deprecated = found
         if deprecated and not quiet:
             _deprecated(_spot(source, where), _new_name(kind, key, negate))
@@ -632,9 +639,9 @@ def _claim(flag: str, taken: set[str]) -> None:
     taken.add(flag)
 
 
-def unknown(tab: Table, name: str) -> str:
-    """ "unknown key [t] x (did you mean ...; keys: ...)" in one line."""
-    names = [k.dashed for k in tab.keys.values()]
+def unknown(tab: Table, name: str, unused: tuple[str, ...] = ()) -> str:
+    """ "unknown key [t] x (did you mean ...; keys: ...)" in one line, of the keys the command uses."""
+    names = [k.dashed for k in tab.keys.values() if k.name not in unused]
     dashed = name.replace("_", "-")
     close = difflib.get_close_matches(dashed, names, n=3)
     hint = f"did you mean {' or '.join(close)}? " if close else ""

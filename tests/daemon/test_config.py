@@ -247,6 +247,8 @@ DB_BOUND = "must be at least 1 and at most 60 s"  # a statement's deadline (crys
         ("[crawl]\nconcurency = 3\n", "{path}: unknown key [crawl] concurency (did you mean concurrency"),
         ("[crawl]\nzzz = 3\n", "{path}: unknown key [crawl] zzz (keys: start-url, "),
         ("[daemon]\nbogus = 1\n", "{path}: unknown key [daemon] bogus (keys: state-dir, runtime-dir, "),
+        # the daemon puts the frontier under the state directory: a data-dir would be dropped (R19 1)
+        ('[crawl]\ndata-dir = "/srv/x"\n', "{path}: unknown key [crawl] data-dir (did you mean warc-dir"),
         ("bogus = 1\n", "{path}: unknown setting 'bogus' (expected [TABLE] KEY in a file"),
         ("[trian]\nworkers = 1\n", "{path}: unknown table [trian] (tables: daemon, crawl, ingest, train)"),
         ('[crawl]\nconcurrency = "many"\n', "{path}: [crawl] concurrency must be an integer, got 'many'"),
@@ -291,6 +293,8 @@ def test_bad_file_values_name_the_file_and_the_key(tmp_path: Path, body: str, me
     [
         ({"CRYSTALLINE_CRAWL_CONCURENCY": "3"},
          "CRYSTALLINE_CRAWL_CONCURENCY: unknown key [crawl] concurency"),
+        ({"CRYSTALLINE_CRAWL_DATA_DIR": "/srv/x"},
+         "CRYSTALLINE_CRAWL_DATA_DIR: unknown key [crawl] data-dir"),
         ({"CRYSTALLINE_TESTS": "1"}, "CRYSTALLINE_TESTS: unknown setting 'CRYSTALLINE_TESTS'"),
         ({"CRYSTALLINE_DAEMON_NO_CRAWL": "maybe"},
          "CRYSTALLINE_DAEMON_NO_CRAWL: [daemon] no-crawl must be true or false, got 'maybe'"),
@@ -590,3 +594,28 @@ def test_the_help_texts_read_by_the_line_scan_are_inspect_getsources(monkeypatch
     for cls in classes:
         assert scanned[cls] == parsed[cls], cls.__qualname__
     assert sum(len(c) for c in parsed.values()) > 20  # the comparison is of real help texts
+
+
+def test_only_extract_and_ingest_take_the_daemons_keys_from_a_shared_file(tmp_path: Path) -> None:
+    """extract and ingest check, then leave unused, the [ingest] keys they share with the daemon's
+    file or environment (not flags); a misspelt key is refused and its hint names only the keys
+    the command uses (R19 1, 11b); run's own exclusion, [crawl] data-dir, stays refused."""
+    from crystalline.ingest import command as ingest_command
+
+    extract = ingest_command.settings_tree(ingest_command.EXTRACT_LEAVES_OUT)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[ingest]\ndatabase = "postgresql:///x"\ndatabase-timeout-s = 15\n', encoding="utf-8")
+    resolved = extract.resolve(argparse.Namespace(), {"CRYSTALLINE_INGEST_DROP_SETTLE_S": "3"}, cfg)
+    assert "database" not in resolved.report()["ingest"]  # unused, so not reported
+    cfg.write_text('[ingest]\ndatabse = "postgresql:///x"\n', encoding="utf-8")
+    with pytest.raises(UsageError) as err:
+        extract.resolve(argparse.Namespace(), {}, cfg)
+    said = str(err.value)
+    assert said.startswith(f"{cfg}: unknown key [ingest] databse (keys: "), said
+    assert "database" not in said.replace("databse", ""), said  # extract ignores database
+    cfg.write_text("[ingest]\nocr-timeot-s = 3\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=r"\[ingest\] ocr-timeot-s \(did you mean ocr-timeout-s\?"):
+        extract.resolve(argparse.Namespace(), {}, cfg)
+    cfg.write_text('[crawl]\ndata-dir = "/srv/frontier"\n', encoding="utf-8")
+    with pytest.raises(UsageError, match=r"unknown key \[crawl\] data-dir \(did you mean warc-dir"):
+        config.resolve(parse(["--config", str(cfg)]), {})
