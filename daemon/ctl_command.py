@@ -23,10 +23,15 @@ from . import commands
 from .status_client import request
 from .status_command import add_socket_options, socket_of
 
+# no command's field nests; json's reader and writer give out near 1000 levels, each at a depth
+# that varies with the stack it runs on (R19 2: 989-991 deep was read here and overflowed the
+# writer in status_client), so a field is held well below both, the daemon's reader included
+MAX_NESTING = 64
+
 
 def fields(pairs: list[str]) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as request fields (ValueError, one line, for a pair without ``=``;
-    UsageError for a value nested too deep for the JSON parser, ``n=[[[[...``)."""
+    UsageError for a value nested more than MAX_NESTING deep, ``n=[[[[...``)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -34,13 +39,27 @@ def fields(pairs: list[str]) -> dict[str, Any]:
             raise ValueError(f"{pair!r} is not KEY=VALUE")
         if key == "cmd":
             raise ValueError("the command is named before its fields, not as cmd=")
+        too_deep = f"{key}=...: the value is nested more than {MAX_NESTING} levels deep"
         try:
             out[key] = json.loads(value)
         except ValueError:
             out[key] = value
-        except RecursionError:
-            raise UsageError(f"{key}=...: the value is nested too deep to read as JSON") from None
+        except RecursionError:  # deeper than MAX_NESTING all the same
+            raise UsageError(too_deep) from None
+        if _nesting(out[key]) > MAX_NESTING:
+            raise UsageError(too_deep)
     return out
+
+
+def _nesting(value: Any) -> int:
+    """How many lists and objects deep ``value`` is (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            todo += [(inner, depth + 1) for inner in (item.values() if isinstance(item, dict) else item)]
+    return deepest
 
 
 def add_parser(sub: Any) -> None:

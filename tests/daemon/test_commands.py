@@ -82,13 +82,15 @@ def test_fields_read_json_values_and_strings() -> None:
 
 def test_a_value_nested_too_deep_is_a_one_line_usage_error() -> None:
     deep = "[" * 50_000
-    with pytest.raises(UsageError, match=r"^n=\.\.\.: the value is nested too deep to read as JSON$"):
+    with pytest.raises(UsageError, match=r"^n=\.\.\.: the value is nested more than 64 levels deep$"):
         fields(["prompt=x", f"n={deep}"])
     out = ctl("--socket", "/nonexistent/crystalline.sock", "generate", f"n={deep}")
     assert out.returncode == 64  # a usage error, before any connection
-    assert out.stderr.splitlines() == [
-        "crystalline: error: n=...: the value is nested too deep to read as JSON"
-    ]
+    said = "crystalline: error: n=...: the value is nested more than 64 levels deep"
+    assert out.stderr.splitlines() == [said]
+    assert fields(["n=" + "[" * 64 + "]" * 64, 'o={"a": [[{}]]}'])["o"] == {"a": [[{}]]}  # at the bound
+    with pytest.raises(UsageError, match="more than 64 levels"):
+        fields(['n={"a": ' + "[" * 64 + "]" * 64 + "}"])
 
 
 def test_ctl_errors_are_one_line() -> None:

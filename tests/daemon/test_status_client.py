@@ -106,3 +106,67 @@ def test_a_reply_nested_too_deep_is_a_one_line_error(sock_path: Path) -> None:
         status, lines = ctl_status(sock_path)
     assert status == 1
     assert lines == [f"crystalline: daemon unreachable at {sock_path}: {error}"]
+
+
+class AnsweringServer:
+    """Answers every connection on a real Unix socket with ``{"ok": true, "data": null}`` once it
+    has read a whole request line, counting the lines it got, until closed."""
+
+    def __init__(self, path: Path) -> None:
+        self.lines = 0
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen()
+        self.listener.settimeout(0.2)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(30)
+                got = b""
+                while not got.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+                if got.endswith(b"\n"):
+                    self.lines += 1
+                    conn.sendall(b'{"ok": true, "data": null}\n')
+
+    def __enter__(self) -> AnsweringServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=60)
+        self.listener.close()
+
+
+def test_a_field_nested_near_the_parsers_limit_is_sent_or_a_usage_error(sock_path: Path) -> None:
+    """`ctl generate n=[[...]]` at depths around ctl's bound (64) and around where json's reader
+    and writer give out (R19 2: 989-991 deep passed the reader in `fields` and overflowed the
+    writer, exit 70 with a traceback): up to the bound each is sent (exit 0), past it one
+    usage-error line (exit 64) before any connection."""
+    depths = [1, 63, 64, 65, 100, *range(950, 1001)]
+    with AnsweringServer(sock_path) as server:
+        for depth in depths:
+            nest = "[" * depth + "]" * depth
+            out = subprocess.run(
+                [*CTL, "--socket", str(sock_path), "--timeout", "30", "generate", f"n={nest}"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if depth <= 64:
+                assert (out.returncode, out.stdout, out.stderr) == (0, "null\n", ""), depth
+            else:
+                assert out.returncode == 64, (depth, out.returncode, out.stderr[-2000:])
+                assert out.stderr.splitlines() == [
+                    "crystalline: error: n=...: the value is nested more than 64 levels deep"
+                ], (depth, out.stderr)
+    assert server.lines == 3  # only those sent reached the socket
