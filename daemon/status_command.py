@@ -194,6 +194,9 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run_status_command)
 
 
+MAX_TIMEOUT_S = 3600.0  # the longest wait status and ctl take (a command is given 120 s)
+
+
 def add_socket_options(p: argparse.ArgumentParser, timeout_s: float = 5.0) -> None:
     """Where the daemon's socket is, and how long to wait for it (status and ctl)."""
     where = p.add_mutually_exclusive_group()
@@ -201,8 +204,22 @@ def add_socket_options(p: argparse.ArgumentParser, timeout_s: float = 5.0) -> No
         "--socket", type=Path, help="the status socket (default: $RUNTIME_DIRECTORY or ./state/run)"
     )
     where.add_argument("--runtime-dir", type=Path, help="the daemon's runtime directory")
-    help_text = f"seconds to wait for the daemon (default {timeout_s:g})"
-    p.add_argument("--timeout", type=float, default=timeout_s, help=help_text)
+    help_text = f"seconds to wait for the daemon, at most {MAX_TIMEOUT_S:g} (default {timeout_s:g})"
+    p.add_argument("--timeout", type=_timeout, default=timeout_s, help=help_text)
+
+
+def _timeout(text: str) -> float:
+    """--timeout: a number of seconds more than 0 and at most MAX_TIMEOUT_S (inf overflowed the
+    socket's timeout, nan and 0 or less gave no wait at all)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_S:  # nan too
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds more than 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}"
+        )
+    return value
 
 
 def socket_of(args: argparse.Namespace) -> Path:
