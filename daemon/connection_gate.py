@@ -5,7 +5,11 @@ after a response; before the first request only in newer releases) and no cap on
 300 connections each sending half a request held 300 of the supervisor's descriptors for
 minutes. ``GatedRunner`` is an ``AppRunner`` whose sites accept through a ``ConnectionGate``:
 
-- past ``limit`` open connections a new one is answered ``503`` in one line and closed at once;
+- at ``limit`` open connections a new one takes the place of the keep-alive connection that is
+  idle longest (no request in progress, so never an event stream: its request lasts; idle since
+  its last request began), which is closed, as servers free a reusable connection; only when no
+  connection is idle (every one is in a request, or has not sent its first) is the new one
+  answered ``503`` in one line and closed at once;
 - a connection whose first request has not reached the application ``head_s`` after it was
   accepted is closed unanswered (checked every ``SWEEP_S``, so within ``head_s + SWEEP_S``);
   after a response, aiohttp's keep-alive timeout (the runner's ``keepalive_timeout``, ``head_s``
@@ -46,14 +50,16 @@ class ConnectionGate:
         self._server = server
         self.limit = limit
         self.head_s = head_s
-        self.refused = 0  # connections answered 503 (past the cap)
+        self.refused = 0  # connections answered 503 (at the cap, none idle)
+        self.evicted = 0  # idle keep-alive connections closed for a new one (at the cap)
         self._accepted = 0  # made by this factory, not yet told to aiohttp's Server (same loop turn)
         self._waiting_head: dict[RequestHandler, float] = {}  # accepted at (loop time), no request yet
+        self._last_request: dict[RequestHandler, float] = {}  # its last request began at (loop time)
         self._sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> asyncio.BaseProtocol:
         loop = asyncio.get_running_loop()
-        if len(self._server.connections) + self._accepted >= self.limit:
+        if self._open() >= self.limit and not self._evict_idle():
             self.refused += 1
             return _Refusal()
         # the transport tells the Server of its connection at the loop's next turn: counted here
@@ -74,6 +80,33 @@ class ConnectionGate:
     def started(self, handler: Any) -> None:
         """A request of ``handler``'s connection reached the application: its head came in time."""
         self._waiting_head.pop(handler, None)
+        self._last_request[handler] = asyncio.get_running_loop().time()
+        if len(self._last_request) > 2 * self.limit:  # closed connections' entries: bounded
+            self._forget_closed()
+
+    def _open(self) -> int:
+        """Open connections: the Server's (less those closed here this loop turn: a transport of
+        None, gone from the Server at the next) and those it has not been told of yet."""
+        return sum(h.transport is not None for h in self._server.connections) + self._accepted
+
+    def _forget_closed(self) -> None:
+        open_now = {h for h in self._server.connections if h.transport is not None}
+        for handler in [h for h in self._last_request if h not in open_now]:
+            del self._last_request[handler]
+
+    def _evict_idle(self) -> bool:
+        """Close the keep-alive connection whose last request began longest ago and has ended;
+        False when there is none (aiohttp's ``_request_in_progress`` flag, from 3.11 on: without
+        it no connection counts as idle and the cap refuses as it did before eviction)."""
+        self._forget_closed()
+        idle = [h for h in self._last_request if not getattr(h, "_request_in_progress", True)]
+        if not idle:
+            return False
+        victim = min(idle, key=self._last_request.__getitem__)
+        del self._last_request[victim]
+        victim.force_close()
+        self.evicted += 1
+        return True
 
     def _made(self) -> None:
         self._accepted -= 1

@@ -14,8 +14,10 @@ Security:
   with its port): a DNS-rebinding page reaching us under its own name is refused;
 - the page inserts every string as text (``textContent``), never as HTML, and the server
   sends a Content-Security-Policy without inline scripts;
-- at most MAX_CONNECTIONS connections, and a request's head within REQUEST_HEAD_S
-  (``connection_gate``): a local user cannot hold the supervisor's descriptors.
+- at most MAX_CONNECTIONS connections (at the cap a newcomer closes the longest-idle keep-alive
+  one; 503 only when every one is in a request), and a request's head within REQUEST_HEAD_S
+  (``connection_gate``): a local user holds at most MAX_CONNECTIONS of the supervisor's
+  descriptors, and cannot lock others out with idle keep-alive connections.
 """
 
 from __future__ import annotations
@@ -316,6 +318,7 @@ class Dashboard:
         out.update(requests=self.requests, refused=self.refused, event_clients=self._event_clients)
         if self._gate is not None:
             out["connections_refused"] = self._gate.refused
+            out["connections_evicted"] = self._gate.evicted
         return out
 
     # ---- data -----------------------------------------------------------------------------

@@ -756,3 +756,105 @@ async def _test_connections_past_the_cap(tmp_path: Path) -> None:
         finally:
             for _r, writer in held:
                 writer.close()
+
+
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response's head and body (Content-Length), or b"" at the server's close."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    except asyncio.IncompleteReadError:
+        return b""
+    lines = head.lower().split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:"))
+    return head + await asyncio.wait_for(reader.readexactly(length), 30)
+
+
+async def _keep_alive_holder(url: str, served: list[int], closed: list[int], stop: asyncio.Event) -> None:
+    """A client holding one keep-alive connection by a complete GET every 0.2 s, until ``stop`` or
+    the server's close (counted in ``closed``); ``served`` counts its answered requests."""
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        while not stop.is_set():
+            writer.write(f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            try:
+                answer = await _read_response(reader)
+            except ConnectionError:
+                answer = b""
+            if not answer:
+                closed.append(1)
+                return
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
+            served.append(1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    finally:
+        writer.close()
+
+
+def test_at_the_cap_a_new_client_takes_the_place_of_the_longest_idle_keep_alive_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, one client sending a GET every 0.2 s on each of the cap's connections held them
+    all, and every other client got the 503."""
+    monkeypatch.setattr(dashboard_module, "MAX_CONNECTIONS", 8)
+    asyncio.run(_test_a_new_client_takes_an_idle_place(tmp_path))
+
+
+async def _test_a_new_client_takes_an_idle_place(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        served: list[int] = []
+        closed: list[int] = []
+        stop = asyncio.Event()
+        holders = [asyncio.create_task(_keep_alive_holder(d.url, served, closed, stop)) for _ in range(8)]
+        try:
+            await until_async(lambda: len(served) >= 16, "the 8 holders each served", 30)
+            async with aiohttp.ClientSession() as s, s.get(d.url + "api/status") as r:
+                assert r.status == 200  # a new connection: it took an idle holder's place
+                assert (await r.json())["state"] == "running"
+            await until_async(lambda: closed, "a holder's connection closed", 30)
+            assert len(closed) == 1
+            assert d.info()["connections_refused"] == 0
+            assert d.info()["connections_evicted"] == 1
+        finally:
+            stop.set()
+            await asyncio.gather(*holders)
+
+
+def test_at_the_cap_with_every_connection_in_a_request_a_new_one_gets_the_503_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request in progress (an event stream, an action's body still coming) is never closed
+    for a newcomer: with none idle, the newcomer is refused."""
+    monkeypatch.setattr(dashboard_module, "MAX_CONNECTIONS", 8)
+    asyncio.run(_test_every_connection_in_a_request(tmp_path))
+
+
+async def _test_every_connection_in_a_request(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        host, port = d.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        busy = []
+        for i in range(8):  # seven actions whose bodies never end, one event stream
+            reader, writer = await asyncio.open_connection(host, int(port))
+            if i == 0:
+                writer.write(f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            else:
+                writer.write(
+                    f"POST /api/pause HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                    f"{TOKEN_HEADER}: {d.token}\r\nContent-Length: 100\r\n\r\n{{".encode()
+                )
+            await writer.drain()
+            busy.append((reader, writer))
+        try:
+            await until_async(lambda: d.requests >= 8, "the 8 requests reached the dashboard", 30)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            head, _, body = (await _read_to_eof(reader)).partition(b"\r\n\r\n")
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 503 ")
+            assert body == b"too many connections to this dashboard\n"
+            assert d.info()["connections_evicted"] == 0
+            assert d.requests == 8
+        finally:
+            for _r, w in busy:
+                w.close()
