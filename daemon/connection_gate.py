@@ -6,8 +6,9 @@ after a response; before the first request only in newer releases) and no cap on
 minutes. ``GatedRunner`` is an ``AppRunner`` whose sites accept through a ``ConnectionGate``:
 
 - at ``limit`` open connections a new one takes the place of the keep-alive connection that is
-  idle longest (no request in progress, so never an event stream: its request lasts; idle since
-  its last request began), which is closed, as servers free a reusable connection; only when no
+  idle longest (no request in progress, so never an event stream: its request lasts; and waiting
+  for its next request's head, not holding one its handler has yet to start; idle since its
+  last request began), which is closed, as servers free a reusable connection; only when no
   connection is idle (every one is in a request, or has not sent its first) is the new one
   answered ``503`` in one line and closed at once;
 - a connection whose first request has not reached the application ``head_s`` after it was
@@ -99,7 +100,7 @@ class ConnectionGate:
         False when there is none (aiohttp's ``_request_in_progress`` flag, from 3.11 on: without
         it no connection counts as idle and the cap refuses as it did before eviction)."""
         self._forget_closed()
-        idle = [h for h in self._last_request if not getattr(h, "_request_in_progress", True)]
+        idle = [h for h in self._last_request if _idle(h)]
         if not idle:
             return False
         victim = min(idle, key=self._last_request.__getitem__)
@@ -122,6 +123,17 @@ class ConnectionGate:
                 del self._waiting_head[handler]
                 handler.force_close()
         self._sweep = loop.call_later(SWEEP_S, self._close_late_heads) if self._waiting_head else None
+
+
+def _idle(handler: RequestHandler) -> bool:
+    """No request in progress and parked for the next one, aiohttp's own keep-alive test: a head
+    that arrived (parsed, or pipelined) resolves ``_waiter`` a loop turn or two before its
+    handler sets ``_request_in_progress``, so such a connection is busy. Without either
+    attribute (an aiohttp without them) a connection counts as busy."""
+    if getattr(handler, "_request_in_progress", True):
+        return False
+    waiter = getattr(handler, "_waiter", None)
+    return waiter is not None and not waiter.done()
 
 
 class GatedRunner(web.AppRunner):

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import sqlite3
 import stat
 import threading
@@ -819,6 +820,45 @@ async def _test_a_new_client_takes_an_idle_place(tmp_path: Path) -> None:
         finally:
             stop.set()
             await asyncio.gather(*holders)
+
+
+def test_at_the_cap_a_connection_whose_next_head_has_arrived_is_not_taken_for_idle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A keep-alive connection's second request head and a newcomer reach the server in one
+    loop turn (the loop was busy): before, the newcomer's accept ran before the request's handler
+    had started, the connection counted as idle and was closed with its request unanswered."""
+    monkeypatch.setattr(dashboard_module, "MAX_CONNECTIONS", 2)
+    asyncio.run(_test_a_next_head_is_not_idle(tmp_path))
+
+
+async def _test_a_next_head_is_not_idle(tmp_path: Path) -> None:
+    async with serving(tmp_path) as (d, _rec):
+        host, port = d.url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        get = f"GET /api/status HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        held = [await asyncio.open_connection(host, int(port)) for _ in range(2)]
+        newcomer: socket.socket | None = None
+        try:
+            for reader, writer in held:  # a first, then b: both idle, a's request the older
+                writer.write(get)
+                assert (await _read_response(reader)).startswith(b"HTTP/1.1 200 ")
+            await asyncio.sleep(0.2)  # both handlers parked for their next request
+            (a_reader, a_writer), (b_reader, _b_writer) = held
+            # without yielding to the loop: a's next head is in the server's socket buffer and the
+            # newcomer in the listen queue, so one select() sees both
+            a_writer.write(get)
+            newcomer = socket.create_connection((host, int(port)), timeout=30)
+            assert (await _read_response(a_reader)).startswith(b"HTTP/1.1 200 ")
+            new_reader, new_writer = await asyncio.open_connection(sock=newcomer)
+            new_writer.write(get)
+            assert (await _read_response(new_reader)).startswith(b"HTTP/1.1 200 ")
+            new_writer.close()
+            assert await _read_to_eof(b_reader) == b""  # the idle one made room
+            assert d.info()["connections_evicted"] == 1
+            assert d.info()["connections_refused"] == 0
+        finally:
+            for _r, w in held:
+                w.close()
 
 
 def test_at_the_cap_with_every_connection_in_a_request_a_new_one_gets_the_503_line(
