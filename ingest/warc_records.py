@@ -162,22 +162,34 @@ class _Records(ArchiveIterator):
         self.INC_RECORD = _UnterminatedRecord(result)  # warcio writes INC_RECORD.format(...)
 
 
-class _UnterminatedRecord:
-    """Takes warcio's ``INC_RECORD.format(offset, line)``: counts it, writes nothing."""
+class _UnterminatedRecord(str):
+    """Takes warcio's ``INC_RECORD.format(offset, line)``: counts it, writes nothing. An empty
+    ``str``, so that a warcio 1.x release calling it otherwise (more arguments, ``%``, a str
+    method first) still reads the rest of the file; ``format`` and ``%`` count with whatever
+    they get."""
 
-    def __init__(self, result: WarcYield) -> None:
+    result: WarcYield
+
+    def __new__(cls, result: WarcYield) -> _UnterminatedRecord:
+        self = super().__new__(cls, "")
         self.result = result
+        return self
 
-    def format(self, offset: int, line: bytes | str) -> str:
+    def format(self, *args: object, **kwargs: object) -> str:
         result = self.result
         result.unterminated += 1
         if not result.unterminated_reason:
+            offset = args[0] if args else "?"
+            line = args[1] if len(args) > 1 else ""
             text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
             result.unterminated_reason = (
                 f"record {result.records} (its Content-Length short?) is followed at offset {offset}"
                 f' by "{one_line(text)[:200]}"'
             )
         return ""
+
+    def __mod__(self, values: object) -> str:
+        return self.format(*values) if isinstance(values, tuple) else self.format(values)
 
 
 def _document(record: ArcWarcRecord, max_bytes: int) -> Document | None:

@@ -4,17 +4,20 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import os
 import random
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 import pytest
 from _local_site import start_site
 from _wait import until
 from aiohttp import web
+from warcio import archiveiterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -282,25 +285,30 @@ def test_a_copy_of_a_warc_under_another_name_with_its_mtime_kept_is_counted_as_d
 
 
 @pytest.mark.timeout(180)
-def test_a_record_its_content_length_cuts_short_is_counted_not_printed(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    # R18 6: warcio wrote its own three lines ("WARNING: Record not followed by newline ...",
-    # "Offset: ...", "Remainder: ...") straight to stderr, past the one-line log
+def _first_record_short(n: int, tail: str, short_by: int) -> bytes:
+    """An uncompressed WARC of ``n`` HTML responses, each ending in a line "TAIL i{tail}", the
+    first one's Content-Length ``short_by`` bytes short."""
     out = io.BytesIO()
     writer = WARCWriter(out, gzip=False)
-    for i in range(2):
-        payload = f"<html><body>{article(i)}</body></html>\r\nTAIL {i}\x1b[2J".encode()
+    for i in range(n):
+        payload = f"<html><body>{article(i)}</body></html>\r\nTAIL {i}{tail}".encode()
         headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
         record = writer.create_warc_record(
             f"https://example.org/{i}", "response", payload=io.BytesIO(payload), http_headers=headers
         )
         writer.write_record(record)
     data = out.getvalue()
-    # the first record's Content-Length 10 bytes short: its last line is left after it
     first = data.index(b"Content-Length: ") + len(b"Content-Length: ")
     length = int(data[first : data.index(b"\r\n", first)])
-    data = data[:first] + str(length - 10).encode() + data[data.index(b"\r\n", first) :]
+    return data[:first] + str(length - short_by).encode() + data[data.index(b"\r\n", first) :]
+
+
+def test_a_record_its_content_length_cuts_short_is_counted_not_printed(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # R18 6: warcio wrote its own three lines ("WARNING: Record not followed by newline ...",
+    # "Offset: ...", "Remainder: ...") straight to stderr, past the one-line log
+    data = _first_record_short(2, "\x1b[2J", 10)  # its last line is left after it
     (tmp_path / "inbox").mkdir()
     (tmp_path / "inbox" / "short.warc").write_bytes(data)
     _, rows, _ = ingest_inbox(tmp_path)
@@ -313,3 +321,46 @@ def test_a_record_its_content_length_cuts_short_is_counted_not_printed(
     ), reason
     err = capfd.readouterr().err
     assert "Record not followed by newline" not in err and "Remainder" not in err
+
+
+_WARCIO_CALL = "self.INC_RECORD.format(err_offset, line)"
+
+
+@pytest.mark.parametrize(
+    ("call", "counted"),
+    [
+        ("self.INC_RECORD.format(err_offset, line, self.err_count)", 1),  # an argument more
+        ("self.INC_RECORD % (err_offset, line)", 1),  # %-formatting
+        ("self.INC_RECORD.strip().format(err_offset, line)", 0),  # a str method first
+    ],
+)
+def test_a_changed_warcio_call_of_its_warning_loses_no_record(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    call: str,
+    counted: int,
+) -> None:
+    """R20 2: warcio (pinned < 2) may change how it writes INC_RECORD. Before, an argument more
+    or ``%`` raised TypeError out of html_responses, and a str method first an AttributeError
+    taken for a broken header: the file's other records dropped under a wrong reason."""
+    source = textwrap.dedent(inspect.getsource(archiveiterator.ArchiveIterator._consume_blanklines))
+    assert source.count(_WARCIO_CALL) == 1, "warcio's call is no longer the one this test rewrites"
+    namespace: dict[str, object] = {}
+    exec(source.replace(_WARCIO_CALL, call), vars(archiveiterator), namespace)
+    changed = namespace["_consume_blanklines"]
+    monkeypatch.setattr(archiveiterator.ArchiveIterator, "_consume_blanklines", changed)
+    (tmp_path / "short.warc").write_bytes(_first_record_short(3, "", 6))
+    result = WarcYield()
+    fd = os.open(tmp_path / "short.warc", os.O_RDONLY)
+    try:
+        urls = [document.source for _identity, document in html_responses(fd, 10**6, result)]
+    finally:
+        os.close(fd)
+    assert urls == [f"https://example.org/{i}" for i in range(3)]
+    assert result.records == 3 and result.error == "" and result.broken == 0
+    assert result.unterminated == counted
+    if counted:
+        assert "record 1 (its Content-Length short?) is followed at offset" in result.unterminated_reason
+        assert '"TAIL 0"' in result.unterminated_reason
+    assert "Record not followed by newline" not in capfd.readouterr().err
