@@ -195,6 +195,7 @@ def add_parser(sub: Any) -> None:
 
 
 MAX_TIMEOUT_S = 3600.0  # the longest wait status and ctl take (a command is given 120 s)
+MIN_TIMEOUT_S = 0.001  # the shortest: below it a missing socket read as "no whole reply"
 
 
 def add_socket_options(p: argparse.ArgumentParser, timeout_s: float = 5.0) -> None:
@@ -209,15 +210,17 @@ def add_socket_options(p: argparse.ArgumentParser, timeout_s: float = 5.0) -> No
 
 
 def _timeout(text: str) -> float:
-    """--timeout: a number of seconds more than 0 and at most MAX_TIMEOUT_S (inf overflowed the
-    socket's timeout, nan and 0 or less gave no wait at all)."""
+    """--timeout: a number of seconds from MIN_TIMEOUT_S to MAX_TIMEOUT_S (inf overflowed the
+    socket's timeout, nan and 0 or less gave no wait at all, 1e-320 timed out before a missing
+    socket's own error)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= MAX_TIMEOUT_S:  # nan too
+    if not MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S:  # nan too
         raise argparse.ArgumentTypeError(
-            f"must be a number of seconds more than 0 and at most {MAX_TIMEOUT_S:g}, got {text!r}"
+            f"must be a number of seconds at least {MIN_TIMEOUT_S:g} and at most {MAX_TIMEOUT_S:g}, "
+            f"got {text!r}"
         )
     return value
 

@@ -176,18 +176,20 @@ def test_a_field_nested_near_the_parsers_limit_is_sent_or_a_usage_error(sock_pat
 def test_a_timeout_that_is_no_finite_positive_bounded_number_is_a_usage_error(
     sock_path: Path, command: str
 ) -> None:
-    """--timeout of status and ctl: more than 0 and at most 3600 s (R19 10b: inf and 1e300 were
+    """--timeout of status and ctl: at least 0.001 and at most 3600 s (R19 10b: inf and 1e300 were
     an internal error, exit 70, from the socket's timeout; nan was "Invalid value NaN", exit 1;
-    0 and -1 waited for nothing); the error names the flag and what it got."""
+    0 and -1 waited for nothing; R20 4: 1e-320 hid a missing socket behind "no whole reply");
+    the error names the flag and what it got."""
     argv = [sys.executable, "-m", "crystalline.daemon.cli", command, "--socket", str(sock_path)]
     tail = ["status"] if command == "ctl" else []
-    for bad in ("inf", "-inf", "nan", "1e300", "0", "-1", "3600.5", "soon"):
+    for bad in ("inf", "-inf", "nan", "1e300", "0", "-1", "3600.5", "soon", "1e-320", "0.0009"):
         out = subprocess.run([*argv, f"--timeout={bad}", *tail], capture_output=True, text=True, timeout=60)
         assert out.returncode == 64 and out.stdout == "", (bad, out.returncode, out.stderr)
         assert out.stderr.splitlines()[-1] == (
             f"crystalline {command}: error: argument --timeout: "
-            f"must be a number of seconds more than 0 and at most 3600, got {bad!r}"
+            f"must be a number of seconds at least 0.001 and at most 3600, got {bad!r}"
         ), (bad, out.stderr)
         assert "Traceback" not in out.stderr
-    out = subprocess.run([*argv, "--timeout", "3600", *tail], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and "daemon unreachable" in out.stderr, out.stderr  # in range: it tries
+    for good in ("3600", "0.001"):  # in range: it tries
+        out = subprocess.run([*argv, "--timeout", good, *tail], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and "daemon unreachable" in out.stderr, (good, out.stderr)
