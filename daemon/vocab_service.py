@@ -61,8 +61,9 @@ class VocabService:
             # control waiting for the vocabulary forever, so it is reported and tried again
             except Exception as exc:
                 self.failures += 1
-                error = one_line(exc)
-                error = error if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {error}"
+                error = one_line(exc)  # the class name alone for an exception without a message
+                if not isinstance(exc, OSError | ValueError) and error != type(exc).__name__:
+                    error = f"{type(exc).__name__}: {error}"
                 if error != self.error:
                     log.error(
                         "learned vocabulary: %s; trying again (every %.0f s at most)",

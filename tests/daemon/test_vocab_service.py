@@ -36,7 +36,8 @@ def test_an_unexpected_failure_is_reported_and_retried_with_backoff(
     monkeypatch.setattr(vocab_service, "POLL_S", 0.01)
     monkeypatch.setattr(vocab_service, "MAX_BACKOFF_S", 0.05, raising=False)
     service = VocabService(tmp_path, TrainConfig())
-    failures: list[BaseException] = [TokenizerFailure("merges broke"), MemoryError("no room")]
+    # R20 5: one without a message was named twice, "MemoryError: MemoryError"
+    failures: list[BaseException] = [TokenizerFailure("merges broke"), MemoryError("no room"), MemoryError()]
     errors: list[object] = []
     waits: list[float] = []
 
@@ -51,20 +52,22 @@ def test_an_unexpected_failure_is_reported_and_retried_with_backoff(
         task = service.start()
         for _ in range(500):
             errors.append(service.stats().get("error"))
-            if len(waits) >= 4:
+            if len(waits) >= 5:
                 break
             await asyncio.sleep(0.005)
-        assert not task.done()  # still running after both failures
+        assert not task.done()  # still running after the failures
         await service.stop(1.0)
         assert task.done() and task.exception() is None
 
     caplog.set_level(logging.ERROR, logger="crystalline.vocab")
     asyncio.run(run())
     assert "TokenizerFailure: merges broke" in errors and "MemoryError: no room" in errors
+    assert "MemoryError" in errors and "MemoryError: MemoryError" not in errors
     assert service.stats().get("error") is None  # the pass after them worked
-    assert waits[:4] == [0.01, 0.02, 0.04, 0.01]  # doubling after each failure, reset by a success
+    assert waits[:5] == [0.01, 0.02, 0.04, 0.05, 0.01]  # doubled per failure (capped), reset by a success
     logged = [r.getMessage() for r in caplog.records]
-    assert len(logged) == 2 and "TokenizerFailure" in logged[0] and "MemoryError" in logged[1]
+    assert len(logged) == 3 and "TokenizerFailure" in logged[0] and "MemoryError: no room" in logged[1]
+    assert logged[2] == "learned vocabulary: MemoryError; trying again (every 0 s at most)"
     assert service.wait_s() == 0.01
     service.failures = 30
     assert service.wait_s() == 0.05  # capped
