@@ -80,6 +80,20 @@ def test_c1_controls_and_unicode_line_separators_are_escaped() -> None:
     assert line.splitlines() == [line]
 
 
+BIDI_CONTROLS = [0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+
+
+@pytest.mark.parametrize("code", BIDI_CONTROLS, ids=[f"U+{c:04X}" for c in BIDI_CONTROLS])
+def test_bidi_controls_are_escaped(code: int) -> None:
+    """R20 6: a right-to-left override (or isolate, or mark) in outside text reordered a log
+    line, a reason or an error as a terminal shows it."""
+    text = f"a{chr(code)}b"
+    assert exit_status.one_line(text) == f"a\\u{code:04x}b"
+    formatter = OneLineFormatter("%(message)s")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", (text,), None)
+    assert formatter.format(record) == f"a\\u{code:04x}b"
+
+
 def test_a_warning_is_logged_on_one_line() -> None:
     code = (
         "import warnings\n"
