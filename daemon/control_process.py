@@ -126,8 +126,10 @@ class Channel:
         return None
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        """Close the channel and the process's one ZeroMQ context with every socket still open
+        on it (the ring's, the engine's): a socket a failed path left open must not make the
+        exit wait forever, as ``term()`` would."""
+        self.ctx.destroy(linger=0)
 
 
 class Control:

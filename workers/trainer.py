@@ -355,12 +355,14 @@ class Trainer:
         """Train until max-steps, the target validation loss, or ``stop_requested``; then
         checkpoint and close the engine. ``between_steps`` runs before every step (the daemon's
         control process serves its commands there, and blocks there while paused)."""
-        metrics = MetricsLog(self.checkpoint_dir / "metrics.jsonl")
-        self.metrics = metrics
-        try:
-            return self._loop(metrics, progress, between_steps)
+        try:  # the engine is closed whatever fails, the metrics file's opening included
+            metrics = MetricsLog(self.checkpoint_dir / "metrics.jsonl")
+            self.metrics = metrics
+            try:
+                return self._loop(metrics, progress, between_steps)
+            finally:
+                metrics.close()
         finally:
-            metrics.close()
             self.close()
 
     def _evaluate(self) -> dict[str, Any]:

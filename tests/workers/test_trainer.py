@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -448,3 +449,21 @@ def test_resume_with_worker_processes_is_exact(tmp_path: Path, corpus_file: Path
     # and the one-process trainer can resume an engine checkpoint
     one = Trainer([corpus_file], split, dataclasses.replace(cfg, workers=1, max_steps=14), resume=True)
     assert one.run().steps == 14
+
+
+@pytest.mark.timeout(120)
+def test_a_run_that_cannot_open_its_metrics_file_still_stops_its_workers(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    """The checkpoint directory removed under a trainer (a state directory deleted, a disk
+    gone): run() fails, and its worker processes are stopped all the same; their ZeroMQ sockets
+    closed, so the caller's context can end."""
+    cfg = tiny_config(max_steps=4, workers=2)
+    ckdir = tmp_path / "ck"
+    trainer = Trainer([corpus_file], ckdir, cfg)
+    procs = [h.proc for h in trainer.engine.workers]
+    assert procs and all(p is not None and p.poll() is None for p in procs)
+    shutil.rmtree(ckdir)
+    with pytest.raises(OSError):
+        trainer.run()
+    assert all(p is not None and p.poll() is not None for p in procs)
