@@ -226,7 +226,8 @@ class Fetcher:
             return FetchResult(url, elapsed=time.monotonic() - start, error="timeout", retryable=True)
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, PrivateAddressRefused):  # final: asking again cannot help
-                return FetchResult(url, elapsed=time.monotonic() - start, error=f"refused: {exc.os_error}")
+                refusal = f"refused: {one_line(exc.os_error)}"
+                return FetchResult(url, elapsed=time.monotonic() - start, error=refusal)
             return FetchResult(url, elapsed=time.monotonic() - start, error=one_line(exc), retryable=True)
         except (aiohttp.ClientError, OSError) as exc:
             return FetchResult(url, elapsed=time.monotonic() - start, error=one_line(exc), retryable=True)

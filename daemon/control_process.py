@@ -442,9 +442,10 @@ class Control:
                 self.trainer = self._start_trainer()
             # RingTimeout: the supervisor's ring did not answer (it restarts); ask again later
             except (SharedMemoryFull, DescriptorLimitTooLow, ClusterUnavailable, RingTimeout) as exc:
-                if one_line(exc) != self.error:
-                    log.error("%s; not training, trying again every %g s", exc, self.resource_retry_s)
-                self.error = one_line(exc)
+                error = one_line(exc)
+                if error != self.error:
+                    log.error("%s; not training, trying again every %g s", error, self.resource_retry_s)
+                self.error = error
                 self.state = transition(TRAINING, self.state, "failed")
                 deadline = time.monotonic() + self.resource_retry_s
                 while time.monotonic() < deadline and not self.stopping:

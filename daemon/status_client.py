@@ -27,7 +27,7 @@ def request(path: Path, payload: dict[str, Any], timeout_s: float = 10.0) -> dic
     try:
         return _request(path, payload, deadline)
     except TimeoutError:
-        raise TimeoutError(f"{path}: no whole reply within {timeout_s:g} s") from None
+        raise TimeoutError(f"{path}: the daemon did not reply within {timeout_s:g} s (--timeout)") from None
 
 
 def _request(path: Path, payload: dict[str, Any], deadline: float) -> dict[str, Any]:

@@ -195,7 +195,7 @@ def add_parser(sub: Any) -> None:
 
 
 MAX_TIMEOUT_S = 3600.0  # the longest wait status and ctl take (a command is given 120 s)
-MIN_TIMEOUT_S = 0.001  # the shortest: below it a missing socket read as "no whole reply"
+MIN_TIMEOUT_S = 0.001  # the shortest: below it a missing socket read as "did not reply"
 
 
 def add_socket_options(p: argparse.ArgumentParser, timeout_s: float = 5.0) -> None:

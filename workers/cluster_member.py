@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..exit_status import one_line
 from .cluster_config import ClusterSettings, ClusterUnavailable
 from .engine import StepAbandoned, StepEngine
 from .rendezvous_guard import HANDSHAKE, RendezvousGuard, host_store
@@ -123,7 +124,7 @@ class Membership:
             self._server, self.guard = host_store((self.s.host, self.s.port), self.s.timeout_s)
             self.connect()
         except (OSError, RuntimeError) as exc:
-            why = str(exc).splitlines()[0][:200]
+            why = one_line(exc)[:200]
             if self.guard is not None:
                 self.guard.close()
                 if self.guard.refused:
@@ -202,7 +203,7 @@ class Membership:
                     if self.cut_off is None:
                         log.warning(
                             "cut off from the rendezvous point %s:%d (%s): paused until it answers",
-                            self.s.host, self.s.port, str(exc).splitlines()[0][:200],
+                            self.s.host, self.s.port, one_line(exc)[:200],
                         )  # fmt: skip
                     self.cut_off = f"cut off from the rendezvous point {self.s.host}:{self.s.port}"
 
@@ -573,7 +574,7 @@ class ClusterMember:
             self.given_up = g
             return False
         except RuntimeError as exc:
-            why = str(exc).splitlines()[0][:300]
+            why = one_line(exc)[:300]
             log.warning("generation %d: %s", g, why)
             self._give_up(g, f"generation {g} failed to form ({why}); waiting for the next")
             return False
@@ -797,7 +798,7 @@ class ClusterMember:
         except RuntimeError as exc:
             g = self.group_generation
             self._give_up(g, f"allreduce of generation {g} failed; waiting for the next")
-            raise StepAbandoned(f"allreduce failed: {str(exc).splitlines()[0][:200]}") from None
+            raise StepAbandoned(f"allreduce failed: {one_line(exc)[:200]}") from None
         self.last_ms = (time.perf_counter() - started) * 1000
         self.payload_bytes = buf.nbytes
         self.last_bytes = ring_wire_bytes(buf.nbytes, self.world)
@@ -835,7 +836,7 @@ class ClusterMember:
                 self._outer_step(engine, st.step)
             except RuntimeError as exc:
                 g = self.group_generation
-                log.warning("outer step %d failed: %s", st.step, str(exc).splitlines()[0][:200])
+                log.warning("outer step %d failed: %s", st.step, one_line(exc)[:200])
                 self._give_up(g, f"outer step of generation {g} failed; waiting for the next")
         self.published(engine.params(), st.step)
 

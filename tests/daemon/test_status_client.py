@@ -81,7 +81,7 @@ def trickling(path: Path) -> OneReplyServer:
 def test_a_trickled_reply_ends_at_the_requests_deadline(sock_path: Path) -> None:
     with trickling(sock_path) as server, pytest.raises(TimeoutError) as caught:
         request(sock_path, {"cmd": "status"}, timeout_s=0.5)
-    assert str(caught.value) == f"{sock_path}: no whole reply within 0.5 s"
+    assert str(caught.value) == f"{sock_path}: the daemon did not reply within 0.5 s (--timeout)"
     assert not server.thread.is_alive()
     assert server.client_left and server.sent < TRICKLE  # the client hung up mid-reply
 
@@ -90,7 +90,7 @@ def test_ctl_against_a_trickling_daemon_is_one_line(sock_path: Path) -> None:
     with trickling(sock_path) as server:
         status, lines = ctl_status(sock_path, "--timeout", "1")
     assert status == 1
-    error = f"{sock_path}: no whole reply within 1 s"
+    error = f"{sock_path}: the daemon did not reply within 1 s (--timeout)"
     assert lines == [f"crystalline: daemon unreachable at {sock_path}: {error}"]
     assert server.client_left and server.sent < TRICKLE
 
@@ -178,7 +178,7 @@ def test_a_timeout_that_is_no_finite_positive_bounded_number_is_a_usage_error(
 ) -> None:
     """--timeout of status and ctl: at least 0.001 and at most 3600 s (R19 10b: inf and 1e300 were
     an internal error, exit 70, from the socket's timeout; nan was "Invalid value NaN", exit 1;
-    0 and -1 waited for nothing; R20 4: 1e-320 hid a missing socket behind "no whole reply");
+    0 and -1 waited for nothing; R20 4: 1e-320 hid a missing socket behind "did not reply");
     the error names the flag and what it got."""
     argv = [sys.executable, "-m", "crystalline.daemon.cli", command, "--socket", str(sock_path)]
     tail = ["status"] if command == "ctl" else []
