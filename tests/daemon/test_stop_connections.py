@@ -21,6 +21,7 @@ from crystalline.daemon.dashboard import Dashboard
 from crystalline.daemon.metrics_history import MetricsHistory
 from crystalline.daemon.status_server import StatusServer
 from crystalline.ingest.registry import Registry
+from tests._wait import until_async
 
 pytestmark = pytest.mark.timeout(60)
 BOUND_S = 30.0  # a close that does not end is a failure, not a hung test
@@ -124,8 +125,7 @@ def test_the_dashboard_closes_with_peers_that_never_read_and_refuses_new_ones(tm
         head = f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
         half = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()  # the headers never end
         peers = [_silent_peer(host, port, request) for request in (head, b"", half)]
-        while dashboard.info()["event_clients"] < 1:  # the event stream is being served
-            await asyncio.sleep(0.01)
+        await until_async(lambda: dashboard.info()["event_clients"] >= 1, "the event stream served", BOUND_S)
         await asyncio.wait_for(dashboard.close(2.0), BOUND_S)
         assert dashboard.state == "off" and dashboard.info()["event_clients"] == 0
         with pytest.raises(ConnectionRefusedError):  # no longer listening
@@ -162,8 +162,7 @@ def test_a_dashboard_close_that_aiohttp_does_not_end_is_cut_at_its_deadline(
         dashboard._runner.__class__ = NeverCleaned
         head = f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
         peer = _silent_peer(host, port, head)
-        while dashboard.info()["event_clients"] < 1:
-            await asyncio.sleep(0.01)
+        await until_async(lambda: dashboard.info()["event_clients"] >= 1, "the event stream served", BOUND_S)
         await asyncio.wait_for(dashboard.close(1.0), BOUND_S)
         assert hook == ["waiting"] and dashboard.state == "off"
         with pytest.raises(ConnectionRefusedError):  # no longer listening, though aiohttp never stopped it
@@ -192,8 +191,7 @@ def test_a_dashboard_close_with_its_budget_spent_still_gives_aiohttp_its_own_clo
         head = f"GET /api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
         half = f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()
         peers = [_silent_peer(host, port, request) for request in (head, b"", half)]
-        while dashboard.info()["event_clients"] < 1:
-            await asyncio.sleep(0.01)
+        await until_async(lambda: dashboard.info()["event_clients"] >= 1, "the event stream served", BOUND_S)
         await asyncio.wait_for(dashboard.close(0.0), BOUND_S)
         assert dashboard.state == "off"
         for peer in peers:  # closed by aiohttp: what was sent, then EOF (an abort would reset)
