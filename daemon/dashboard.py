@@ -43,7 +43,7 @@ from ..states import SERVICE, transition
 from . import prometheus
 from .config import parse_bind as parse_bind  # re-exported for the supervisor
 from .connection_gate import ConnectionGate, GatedRunner
-from .generation_service import generate_fields
+from .generate_fields import generate_fields
 from .metrics_history import MetricsHistory
 from .status_server import Command, CommandError
 

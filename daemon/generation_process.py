@@ -38,8 +38,8 @@ from ..workers.model import GELU_C, GELU_K, GPT, LN_EPS
 from ..workers.sampling import pick_token
 from ..workers.train_config import TrainConfig
 from ..workers.trainer import engine_instance
-from .generation_service import generate_fields
-from .status_server import CommandError
+from .commands import CommandError
+from .generate_fields import generate_fields
 
 log = logging.getLogger("crystalline.generate")
 

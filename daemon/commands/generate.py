@@ -30,6 +30,6 @@ def limit(daemon: Daemon) -> CommandLimit:
 
 
 async def execute(daemon: Daemon, request: dict[str, Any]) -> Any:
-    from ..generation_service import generate_fields
+    from ..generate_fields import generate_fields
 
     return await daemon.generation.generate(generate_fields(request))

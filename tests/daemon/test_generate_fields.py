@@ -1,4 +1,4 @@
-"""generate's request fields, checked in one place (generation_service.generate_fields) for the
+"""generate's request fields, checked in one place (daemon/generate_fields.py) for the
 dashboard's chat, the status socket (and `crystalline ctl generate`) and the generation process:
 a field of the wrong type or out of its range is one line naming the field and what it takes
 (400 on the dashboard), never an internal error or a traceback in the log, and nothing reaches
